@@ -1,0 +1,1 @@
+//! kwg gateway library.
