@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages kwg's tests, demo and benchmarks use, when they are missing.
+# Safe to run again: it installs nothing when everything is there.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip           || need+=(iproute2)
+have nft          || need+=(nftables)
+have dig          || need+=(dnsutils)
+have wg           || need+=(wireguard-tools)
+have wireguard-go || need+=(wireguard-go)
+have iperf3       || need+=(iperf3)
+have curl         || need+=(curl)
+have unshare      || need+=(util-linux)
+have ping         || need+=(iputils-ping)
+have pgrep        || need+=(procps)
+have cc           || need+=(gcc)
+have kubectl      || need+=(kubernetes-client)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install-deps: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+have cargo || { echo "install-deps: cargo is missing: install a Rust toolchain (rustup) first" >&2; exit 1; }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every kwg test: unit, property, API server (with the real kubectl), network-namespace
+# WireGuard tests and the one-machine-cluster end-to-end tests.
+# Run as root on a fresh Debian machine; it installs the system packages it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/test.sh: run as root (sudo scripts/test.sh): the tests build network namespaces" >&2
+  exit 1
+fi
+
+bash scripts/install-deps.sh
+
+echo "== build"
+cargo build --workspace --bins --locked
+export KWG_BIN_DIR="$PWD/target/debug"
+
+echo "== test"
+cargo test --workspace --locked --no-fail-fast
