@@ -1,1 +1,3 @@
 //! kwg WireGuard library.
+
+pub mod netlink;
