@@ -1,0 +1,350 @@
+//! What the gateway publishes: its info ConfigMap and the `/peers` JSON of its admin port.
+
+use super::error::truncate_for_message;
+use super::{ContractError, PROTOCOL_VERSION, PeerName, TunnelIp};
+use crate::keys::PublicKey;
+use chrono::{DateTime, Utc};
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+/// The gateway info JSON (ConfigMap `kwg-gateway-info`, key `info.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayInfo {
+    /// Contract version, [`PROTOCOL_VERSION`].
+    pub version: u32,
+    #[serde(with = "display_fromstr")]
+    pub public_key: PublicKey,
+    /// Where peers reach the gateway: LoadBalancer ingress first, then node addresses with
+    /// the NodePort.
+    pub endpoints: Vec<Endpoint>,
+    pub tunnel_cidr: Ipv4Net,
+    pub gateway_ip: TunnelIp,
+    pub service_cidrs: Vec<IpNet>,
+    pub pod_cidrs: Vec<IpNet>,
+    /// The cluster DNS Service IP; `null` when the cluster has no kube-dns Service.
+    pub dns_ip: Option<IpAddr>,
+    pub cluster_domain: String,
+    /// The admin HTTP port, reachable at `gatewayIp:adminPort` through the tunnel.
+    pub admin_port: u16,
+}
+
+impl GatewayInfo {
+    /// Parses and validates the JSON document.
+    pub fn from_json(bytes: &[u8]) -> Result<GatewayInfo, ContractError> {
+        // Check the version first so a newer gateway gets the "upgrade" message, not a
+        // complaint about a field it added.
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let invalid = |e: serde_json::Error| ContractError::InvalidGatewayInfo {
+            reason: e.to_string(),
+        };
+        let v: Version = serde_json::from_slice(bytes).map_err(invalid)?;
+        if v.version != PROTOCOL_VERSION {
+            return Err(ContractError::UnsupportedVersion {
+                found: v.version,
+                expected: PROTOCOL_VERSION,
+            });
+        }
+        let info: GatewayInfo = serde_json::from_slice(bytes).map_err(invalid)?;
+        info.validate()?;
+        Ok(info)
+    }
+
+    /// The JSON document (validated first).
+    pub fn to_json(&self) -> Result<String, ContractError> {
+        self.validate()?;
+        Ok(serde_json::to_string_pretty(self).expect("GatewayInfo serializes"))
+    }
+
+    /// Checks the fields agree with each other.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        let fail = |reason: String| Err(ContractError::InvalidGatewayInfo { reason });
+        if self.version != PROTOCOL_VERSION {
+            return Err(ContractError::UnsupportedVersion {
+                found: self.version,
+                expected: PROTOCOL_VERSION,
+            });
+        }
+        if self.tunnel_cidr.prefix_len() > 30 {
+            return fail(format!(
+                "tunnel CIDR {} has no room for peers",
+                self.tunnel_cidr
+            ));
+        }
+        let gw = self.gateway_ip.addr();
+        if !self.tunnel_cidr.contains(&gw)
+            || gw == self.tunnel_cidr.network()
+            || gw == self.tunnel_cidr.broadcast()
+        {
+            return fail(format!(
+                "gateway IP {gw} is not a host address of the tunnel CIDR {}",
+                self.tunnel_cidr
+            ));
+        }
+        if self.endpoints.is_empty() {
+            return fail("no endpoints: the gateway found neither a LoadBalancer ingress nor a node address; check the kwg-gateway Service".into());
+        }
+        if self.service_cidrs.is_empty() {
+            return fail("no service CIDR: start the gateway with --service-cidr".into());
+        }
+        if self.cluster_domain.is_empty() || self.cluster_domain.len() > 253 {
+            return fail(format!(
+                "cluster domain `{}` is invalid",
+                truncate_for_message(&self.cluster_domain)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One peer as the gateway's `/peers` endpoint reports it (a JSON array of these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayPeer {
+    #[serde(with = "display_fromstr")]
+    pub name: PeerName,
+    #[serde(with = "display_fromstr")]
+    pub public_key: PublicKey,
+    pub tunnel_ip: Option<TunnelIp>,
+    pub owner: String,
+    pub hostname: String,
+    pub namespaces: Vec<String>,
+    pub lease_expires: DateTime<Utc>,
+    /// The peer's last seen UDP address.
+    pub endpoint: Option<SocketAddr>,
+    pub last_handshake: Option<DateTime<Utc>>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// Where a peer sends WireGuard packets: `host:port` with an IP or a DNS name
+/// (`[v6]:port` for IPv6).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// An endpoint from an IP address and a port.
+    pub fn from_ip(ip: IpAddr, port: u16) -> Endpoint {
+        Endpoint {
+            host: ip.to_string(),
+            port,
+        }
+    }
+
+    /// The host as an IP address, when it is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = ContractError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ContractError::InvalidEndpoint {
+            value: truncate_for_message(s),
+        };
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(Endpoint::from_ip(sa.ip(), sa.port()));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(bad());
+        }
+        Ok(Endpoint {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip() {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            _ => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        display_fromstr::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        display_fromstr::deserialize(d)
+    }
+}
+
+/// Serde through `Display` / `FromStr` (keys, names, endpoints are strings on the wire).
+mod display_fromstr {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub fn serialize<T: Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: serde::Deserializer<'de>,
+    {
+        let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+    use proptest::prelude::*;
+
+    fn example() -> GatewayInfo {
+        GatewayInfo {
+            version: 1,
+            public_key: PrivateKey::generate().public_key(),
+            endpoints: vec![
+                "lb.example.com:51820".parse().unwrap(),
+                "192.0.2.1:31820".parse().unwrap(),
+            ],
+            tunnel_cidr: "100.77.0.0/16".parse().unwrap(),
+            gateway_ip: "100.77.0.1".parse().unwrap(),
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            pod_cidrs: vec!["10.244.0.0/24".parse().unwrap()],
+            dns_ip: Some("10.96.0.10".parse().unwrap()),
+            cluster_domain: "cluster.local".into(),
+            admin_port: 8080,
+        }
+    }
+
+    #[test]
+    fn documented_json_parses() {
+        let key = PrivateKey::generate().public_key();
+        let json = format!(
+            r#"{{"version":1,"publicKey":"{key}","endpoints":["192.0.2.1:31820"],
+            "tunnelCidr":"100.77.0.0/16","gatewayIp":"100.77.0.1","serviceCidrs":["10.96.0.0/12"],
+            "podCidrs":["10.244.0.0/24"],"dnsIp":"10.96.0.10","clusterDomain":"cluster.local",
+            "adminPort":8080}}"#
+        );
+        let info = GatewayInfo::from_json(json.as_bytes()).unwrap();
+        assert_eq!(info.public_key, key);
+        assert_eq!(info.endpoints[0].to_string(), "192.0.2.1:31820");
+        assert_eq!(info.gateway_ip.to_string(), "100.77.0.1");
+    }
+
+    #[test]
+    fn roundtrip_and_camel_case() {
+        let info = example();
+        let json = info.to_json().unwrap();
+        assert!(json.contains("\"gatewayIp\": \"100.77.0.1\""), "{json}");
+        assert_eq!(GatewayInfo::from_json(json.as_bytes()).unwrap(), info);
+    }
+
+    #[test]
+    fn newer_version_asks_for_upgrade() {
+        let json = r#"{"version":2,"somethingNew":true}"#;
+        let err = GatewayInfo::from_json(json.as_bytes()).unwrap_err();
+        assert_eq!(
+            err,
+            ContractError::UnsupportedVersion {
+                found: 2,
+                expected: 1
+            }
+        );
+        assert!(err.to_string().contains("upgrade"));
+    }
+
+    #[test]
+    fn validation() {
+        let mut i = example();
+        i.gateway_ip = "100.78.0.1".parse().unwrap();
+        assert!(
+            i.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not a host address")
+        );
+        let mut i = example();
+        i.endpoints.clear();
+        assert!(i.to_json().is_err());
+        let mut i = example();
+        i.tunnel_cidr = "100.77.0.0/31".parse().unwrap();
+        assert!(i.validate().is_err());
+    }
+
+    #[test]
+    fn endpoints() {
+        let e: Endpoint = "[fd00::1]:51820".parse().unwrap();
+        assert_eq!(e.to_string(), "[fd00::1]:51820");
+        assert_eq!(e.ip(), Some("fd00::1".parse().unwrap()));
+        let e: Endpoint = "gw.example.com:443".parse().unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.ip()),
+            ("gw.example.com", 443, None)
+        );
+        for bad in ["", "host", "host:", "host:99999", "-x:1", "a b:1", ":1"] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn peers_json() {
+        let p = GatewayPeer {
+            name: "mybox".parse().unwrap(),
+            public_key: PrivateKey::generate().public_key(),
+            tunnel_ip: Some("100.77.0.2".parse().unwrap()),
+            owner: "me".into(),
+            hostname: "mybox".into(),
+            namespaces: vec![],
+            lease_expires: super::super::parse_lease("2030-01-01T00:00:00Z").unwrap(),
+            endpoint: Some("192.0.2.10:40000".parse().unwrap()),
+            last_handshake: None,
+            rx_bytes: 1,
+            tx_bytes: 2,
+        };
+        let json = serde_json::to_string(&vec![p.clone()]).unwrap();
+        assert!(json.contains("\"tunnelIp\":\"100.77.0.2\""), "{json}");
+        assert!(
+            json.contains("\"leaseExpires\":\"2030-01-01T00:00:00Z\""),
+            "{json}"
+        );
+        let back: Vec<GatewayPeer> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, vec![p]);
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_json_never_panics(s in ".{0,300}") {
+            let _ = GatewayInfo::from_json(s.as_bytes());
+        }
+
+        #[test]
+        fn endpoint_roundtrip(host in "[a-z][a-z0-9]{0,10}(\\.[a-z][a-z0-9]{0,10}){0,3}", port: u16) {
+            let e = Endpoint { host, port };
+            prop_assert_eq!(e.to_string().parse::<Endpoint>().unwrap(), e);
+        }
+    }
+}

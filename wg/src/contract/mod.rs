@@ -1,0 +1,155 @@
+//! The contract between the gateway and every client (see `docs/contract.md`).
+//!
+//! Names of Kubernetes objects, the peer Secret format, the gateway info JSON and the
+//! `/peers` JSON of the gateway's admin port. Parsing takes plain maps (a Secret's `data`,
+//! its labels and annotations), so this crate does not depend on k8s-openapi.
+
+mod error;
+mod info;
+mod peer;
+mod types;
+
+pub use error::ContractError;
+pub use info::{Endpoint, GatewayInfo, GatewayPeer};
+pub use peer::{PeerSpec, format_lease, parse_lease};
+pub use types::{PeerName, TunnelIp};
+
+use std::collections::BTreeMap;
+
+/// Default namespace of every kwg object (`--kwg-namespace` / `KWG_NAMESPACE`).
+pub const DEFAULT_NAMESPACE: &str = "kwg-system";
+/// Namespace holding only the gateway's private key Secret. Kept apart from
+/// [`DEFAULT_NAMESPACE`] because RBAC cannot deny: users who may list peer Secrets in
+/// `kwg-system` could otherwise read the key.
+pub const DEFAULT_KEY_NAMESPACE: &str = "kwg-gateway-private";
+
+/// Label marking a Secret as a kwg peer, with value [`PEER_LABEL_VALUE`].
+pub const PEER_LABEL: &str = "kwg.io/peer";
+/// Value of [`PEER_LABEL`].
+pub const PEER_LABEL_VALUE: &str = "true";
+/// Label selector for peer Secrets.
+pub const PEER_SELECTOR: &str = "kwg.io/peer=true";
+/// Secret `type` of peer Secrets.
+pub const PEER_SECRET_TYPE: &str = "kwg.io/peer";
+/// Peer Secrets are named `kwg-peer-<peer name>`.
+pub const PEER_SECRET_PREFIX: &str = "kwg-peer-";
+/// Annotation the gateway writes with the peer's assigned tunnel address.
+pub const TUNNEL_IP_ANNOTATION: &str = "kwg.io/tunnel-ip";
+/// Annotation the gateway writes on a malformed peer Secret, with the reason.
+pub const ERROR_ANNOTATION: &str = "kwg.io/error";
+
+/// Secret (in the key namespace) holding the gateway's private key.
+pub const GATEWAY_KEY_SECRET: &str = "kwg-gateway-key";
+/// Key of the private key inside [`GATEWAY_KEY_SECRET`].
+pub const GATEWAY_KEY_FIELD: &str = "privateKey";
+/// ConfigMap with the gateway info, readable by kwg users.
+pub const GATEWAY_INFO_CONFIGMAP: &str = "kwg-gateway-info";
+/// Key of the JSON document inside [`GATEWAY_INFO_CONFIGMAP`].
+pub const GATEWAY_INFO_KEY: &str = "info.json";
+/// Service exposing the gateway's WireGuard port.
+pub const GATEWAY_SERVICE: &str = "kwg-gateway";
+
+/// The gateway's WireGuard UDP port in its pod (the port `wg-quick` uses by convention).
+pub const WIREGUARD_PORT: u16 = 51820;
+/// The default NodePort of the `kwg-gateway` Service.
+pub const DEFAULT_NODE_PORT: u16 = 31820;
+/// The gateway's admin HTTP port (`/healthz`, `/readyz`, `/metrics`, `/peers`).
+pub const ADMIN_PORT: u16 = 8080;
+/// Default tunnel CIDR (inside 100.64.0.0/10, RFC 6598 shared address space, which rarely
+/// collides with home, office or cluster networks).
+pub const DEFAULT_TUNNEL_CIDR: &str = "100.77.0.0/16";
+/// Version of this contract; [`GatewayInfo::version`] must equal it.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// True when labels mark a Secret as a kwg peer.
+pub fn is_peer_secret(labels: &BTreeMap<String, String>) -> bool {
+    labels.get(PEER_LABEL).map(String::as_str) == Some(PEER_LABEL_VALUE)
+}
+
+/// Labels a client puts on a peer Secret.
+pub fn peer_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([(PEER_LABEL.to_owned(), PEER_LABEL_VALUE.to_owned())])
+}
+
+/// The tunnel IP the gateway assigned, from a peer Secret's annotations.
+///
+/// `None` while the gateway has not assigned one yet; an error when the annotation holds
+/// something that is not an IPv4 address.
+pub fn tunnel_ip_from_annotations(
+    annotations: &BTreeMap<String, String>,
+) -> Option<Result<TunnelIp, ContractError>> {
+    annotations.get(TUNNEL_IP_ANNOTATION).map(|v| v.parse())
+}
+
+/// Entry point for fuzzers: feeds arbitrary bytes to every parser of this module.
+///
+/// The bytes are read as a peer Secret (`key=value` lines, values may be any bytes), as
+/// gateway info JSON, as `/peers` JSON, as a lease and as a tunnel IP. Never panics.
+pub fn fuzz_parse(data: &[u8]) {
+    let mut map = BTreeMap::new();
+    for line in data.split(|b| *b == b'\n') {
+        let mut kv = line.splitn(2, |b| *b == b'=');
+        let k = String::from_utf8_lossy(kv.next().unwrap_or_default()).into_owned();
+        map.insert(k, kv.next().unwrap_or_default().to_vec());
+    }
+    let name = map
+        .get("name")
+        .map(|n| format!("{PEER_SECRET_PREFIX}{}", String::from_utf8_lossy(n)))
+        .unwrap_or_default();
+    if let Ok(spec) = PeerSpec::from_secret_data(&name, &map) {
+        let again = PeerSpec::from_secret_data(&spec.secret_name(), &spec.to_secret_data());
+        assert_eq!(again.as_ref(), Ok(&spec), "peer spec roundtrip");
+    }
+    let _ = GatewayInfo::from_json(data);
+    let _ = serde_json::from_slice::<Vec<GatewayPeer>>(data);
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = parse_lease(s);
+        let _ = s.parse::<TunnelIp>();
+        let _ = s.parse::<PeerName>();
+        let _ = s.parse::<Endpoint>();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn peer_label_detection() {
+        assert!(is_peer_secret(&peer_labels()));
+        let other = BTreeMap::from([(PEER_LABEL.to_owned(), "false".to_owned())]);
+        assert!(!is_peer_secret(&other));
+        assert!(!is_peer_secret(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn tunnel_ip_annotation() {
+        let mut a = BTreeMap::new();
+        assert!(tunnel_ip_from_annotations(&a).is_none());
+        a.insert(TUNNEL_IP_ANNOTATION.to_owned(), "100.77.0.2".to_owned());
+        let ip = tunnel_ip_from_annotations(&a).unwrap().unwrap();
+        assert_eq!(ip.to_string(), "100.77.0.2");
+        a.insert(TUNNEL_IP_ANNOTATION.to_owned(), "nope".to_owned());
+        assert!(tunnel_ip_from_annotations(&a).unwrap().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_entry_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            fuzz_parse(&data);
+        }
+
+        #[test]
+        fn fuzz_entry_never_panics_on_near_valid(
+            name in "[a-z0-9-]{0,70}",
+            key in "[A-Za-z0-9+/=]{0,50}",
+            lease in "[0-9TZ:.+-]{0,30}",
+            extra in proptest::option::of("[a-zA-Z]{1,10}=.{0,20}"),
+        ) {
+            let mut s = format!("name={name}\npublicKey={key}\nowner=o\nhostname=h\nnamespaces=\nleaseExpires={lease}");
+            if let Some(e) = extra { s.push('\n'); s.push_str(&e); }
+            fuzz_parse(s.as_bytes());
+        }
+    }
+}
