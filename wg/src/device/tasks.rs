@@ -1,0 +1,128 @@
+//! The device's tasks: TUN → encrypt → UDP, UDP → decrypt → TUN, and timers. Each holds the
+//! core's lock only while it runs the crypto of one batch, never across I/O.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tun_rs::GROTable;
+
+use super::Shared;
+use crate::core::{NetBatch, TunBatch};
+use crate::io::tun::TunRecvBufs;
+use crate::io::udp::RecvBufs;
+
+/// How often the timers run (boringtun asks for `update_timers` about every 250 ms).
+const TICK: Duration = Duration::from_millis(100);
+/// Extra non-blocking TUN reads folded into one batch after a blocking one.
+const TUN_READS_PER_BATCH: usize = 4;
+
+fn fatal(what: &str, e: &io::Error) -> bool {
+    // EBADFD / ENODEV: the interface is gone; anything else is transient.
+    let gone = matches!(
+        e.raw_os_error(),
+        Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::EBADF)
+    );
+    if gone {
+        tracing::warn!(error = %e, "{what}: interface gone, stopping");
+    } else {
+        tracing::debug!(error = %e, "{what} failed");
+    }
+    gone
+}
+
+pub(super) async fn tun_to_udp(shared: Arc<Shared>) {
+    let mut bufs = TunRecvBufs::new(shared.mtu);
+    let mut net = NetBatch::new(1);
+    loop {
+        let n = match shared.tun.recv(&mut bufs).await {
+            Ok(n) => n,
+            Err(e) if fatal("TUN read", &e) => return,
+            Err(_) => continue,
+        };
+        let udp = shared.udp();
+        net.clear();
+        net.set_max_segments(udp.max_gso_segments());
+        encrypt_batch(&shared, &mut bufs, n, &mut net);
+        udp.send_batch(&net).await;
+    }
+}
+
+/// Encrypts the packets read, plus whatever more the TUN has ready, under one lock.
+fn encrypt_batch(shared: &Shared, bufs: &mut TunRecvBufs, n: usize, net: &mut NetBatch) {
+    let now = Instant::now();
+    let mut core = shared.core();
+    for p in bufs.packets(n) {
+        core.handle_tun(p, now, net);
+    }
+    for _ in 0..TUN_READS_PER_BATCH {
+        let Ok(n) = shared.tun.try_recv(bufs) else {
+            break;
+        };
+        for p in bufs.packets(n) {
+            core.handle_tun(p, now, net);
+        }
+    }
+}
+
+pub(super) async fn udp_to_tun(shared: Arc<Shared>) {
+    let udp = shared.udp();
+    let mut bufs = RecvBufs::default();
+    let mut net = NetBatch::new(1);
+    let mut tun = TunBatch::new(shared.tun.offset());
+    let mut gro = GROTable::default();
+    loop {
+        let n = match udp.recv(&mut bufs).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "UDP receive failed");
+                continue;
+            }
+        };
+        net.clear();
+        net.set_max_segments(udp.max_gso_segments());
+        tun.clear();
+        let now = Instant::now();
+        {
+            let mut core = shared.core();
+            for (from, d) in bufs.datagrams(n) {
+                core.handle_udp(from, d, now, &mut net, &mut tun);
+            }
+        }
+        if let Err(e) = shared.tun.send(&mut tun, &mut gro).await
+            && fatal("TUN write", &e)
+        {
+            return;
+        }
+        if !net.is_empty() {
+            shared.udp().send_batch(&net).await;
+        }
+    }
+}
+
+pub(super) async fn timers(shared: Arc<Shared>) {
+    let mut net = NetBatch::new(1);
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        net.clear();
+        shared.core().tick(Instant::now(), &mut net);
+        if !net.is_empty() {
+            shared.udp().send_batch(&net).await;
+        }
+    }
+}
+
+/// (Re)starts the receive task on the current socket, stopping the previous one.
+pub(super) fn restart_udp_task(shared: &Arc<Shared>) {
+    let task = tokio::spawn(udp_to_tun(shared.clone()));
+    let old = shared
+        .udp_task
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(task);
+    if let Some(old) = old {
+        old.abort();
+    }
+}

@@ -1,0 +1,177 @@
+//! The device's UDP socket: dual-stack `[::]:port` (IPv4 only if IPv6 is disabled), batched
+//! receives (recvmmsg + GRO) and segmented sends (GSO) via quinn-udp.
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+
+use crate::core::NetBatch;
+
+/// Socket buffer size: room for a few GSO batches in flight.
+const SOCKET_BUFFER: usize = 4 << 20;
+/// Receive buffer per datagram slot: a GRO batch can reach 64 KiB.
+const RECV_SLOT: usize = 65536;
+
+pub struct Udp {
+    sock: tokio::net::UdpSocket,
+    state: UdpSocketState,
+    v6: bool,
+    port: u16,
+}
+
+impl Udp {
+    pub fn bind(port: u16, fwmark: u32) -> io::Result<Udp> {
+        let v6 = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).and_then(|s| {
+            s.set_only_v6(false)?;
+            s.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())?;
+            Ok(s)
+        });
+        let (sock, v6) = match v6 {
+            Ok(s) => (s, true),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(e),
+            Err(_) => {
+                let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+                s.bind(&SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port).into())?;
+                (s, false)
+            }
+        };
+        // Root may exceed net.core.{r,w}mem_max; others get what the sysctl allows.
+        use nix::sys::socket::{setsockopt, sockopt};
+        if setsockopt(&sock, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+            let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+        }
+        if setsockopt(&sock, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+            let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+        }
+        if fwmark != 0 {
+            sock.set_mark(fwmark)?;
+        }
+        sock.set_nonblocking(true)?;
+        let std_sock: std::net::UdpSocket = sock.into();
+        let state = UdpSocketState::new((&std_sock).into())?;
+        let port = std_sock.local_addr()?.port();
+        let sock = tokio::net::UdpSocket::from_std(std_sock)?;
+        tracing::debug!(
+            port,
+            gso_segments = state.max_gso_segments(),
+            gro_segments = state.gro_segments(),
+            "UDP socket bound"
+        );
+        Ok(Udp {
+            sock,
+            state,
+            v6,
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn max_gso_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    pub fn set_mark(&self, mark: u32) -> io::Result<()> {
+        socket2::SockRef::from(&self.sock).set_mark(mark)
+    }
+
+    fn wire_addr(&self, dst: SocketAddr) -> SocketAddr {
+        match (self.v6, dst) {
+            (true, SocketAddr::V4(a)) => {
+                SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
+            }
+            _ => dst,
+        }
+    }
+
+    async fn send_one(
+        &self,
+        dst: SocketAddr,
+        contents: &[u8],
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        let t = Transmit {
+            destination: self.wire_addr(dst),
+            ecn: None,
+            contents,
+            segment_size: segment,
+            src_ip: None,
+        };
+        loop {
+            self.sock.writable().await?;
+            match self.sock.try_io(Interest::WRITABLE, || {
+                self.state.try_send((&self.sock).into(), &t)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Sends every datagram of `net`, segmented where the batch grouped them.
+    pub async fn send_batch(&self, net: &NetBatch) {
+        for (dst, contents, seg) in net.sends() {
+            let segment = (contents.len() > seg).then_some(seg);
+            if let Err(e) = self.send_one(dst, contents, segment).await {
+                if segment.is_none() {
+                    tracing::debug!(%dst, error = %e, "UDP send failed");
+                    continue;
+                }
+                // GSO refused (quinn-udp turns it off on EIO): send one by one.
+                for chunk in contents.chunks(seg) {
+                    if let Err(e) = self.send_one(dst, chunk, None).await {
+                        tracing::debug!(%dst, error = %e, "UDP send failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for datagrams and reads a batch. Each received entry may hold several datagrams of
+    /// `stride` bytes (GRO).
+    pub async fn recv(&self, bufs: &mut RecvBufs) -> io::Result<usize> {
+        loop {
+            self.sock.readable().await?;
+            let mut slices: Vec<IoSliceMut<'_>> =
+                bufs.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match self.sock.try_io(Interest::READABLE, || {
+                self.state
+                    .recv((&self.sock).into(), &mut slices, &mut bufs.meta)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+}
+
+/// Receive buffers for [`Udp::recv`].
+pub struct RecvBufs {
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+}
+
+impl Default for RecvBufs {
+    fn default() -> Self {
+        let n = quinn_udp::BATCH_SIZE;
+        RecvBufs {
+            bufs: vec![vec![0; RECV_SLOT]; n],
+            meta: vec![RecvMeta::default(); n],
+        }
+    }
+}
+
+impl RecvBufs {
+    /// `(source, datagram)` for every datagram of the first `n` entries.
+    pub fn datagrams(&self, n: usize) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        self.meta[..n]
+            .iter()
+            .zip(&self.bufs)
+            .flat_map(|(m, b)| b[..m.len].chunks(m.stride.max(1)).map(move |d| (m.addr, d)))
+    }
+}

@@ -1,0 +1,92 @@
+//! What the `kwg-wg` binary does: run a UAPI-configured device, in the foreground or as a
+//! daemon that the parent waits for (like wireguard-go).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::device::{DEFAULT_MTU, Device};
+
+/// Where `wg` looks for UAPI sockets; `KWG_WG_RUN_DIR` overrides it.
+pub const DEFAULT_RUN_DIR: &str = "/var/run/wireguard";
+/// How long the parent waits for the daemon's interface.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("KWG_WG_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
+}
+
+/// Tracing to stderr, filtered by `KWG_LOG` (default `info`), JSON with `KWG_LOG_FORMAT=json`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KWG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("KWG_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs the device until SIGTERM/SIGINT or until its interface is deleted.
+pub fn foreground(ifname: &str) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let device =
+            Device::start_with(ifname.to_owned(), None, 0, DEFAULT_MTU, Some(run_dir())).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let ifindex_path = PathBuf::from(format!("/sys/class/net/{ifname}"));
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    // `ip link del` removes the interface: stop like wireguard-go does.
+                    if !ifindex_path.exists() {
+                        tracing::info!(ifname, "interface deleted, stopping");
+                        break;
+                    }
+                }
+            }
+        }
+        device.shutdown().await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Starts `kwg-wg --foreground IFNAME` in a new session and returns once its UAPI socket
+/// answers, or fails with the child's error.
+pub fn daemonize(ifname: &str) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find the kwg-wg executable")?;
+    let socket = run_dir().join(format!("{ifname}.sock"));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--foreground")
+        .arg(ifname)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    cmd.process_group(0);
+    let mut child = cmd.spawn().context("cannot start the kwg-wg daemon")?;
+    let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!("the kwg-wg daemon exited with {status} (its error is printed above)");
+        }
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!(
+        "the kwg-wg daemon did not create {} within {STARTUP_TIMEOUT:?}",
+        socket.display()
+    )
+}
