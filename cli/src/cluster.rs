@@ -1,0 +1,314 @@
+//! The Kubernetes side of kwg: kubeconfig like kubectl, gateway info, the peer Secret.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use kwg_wg::contract::{self, GatewayInfo, PeerSpec};
+
+use crate::error::Error;
+
+/// A client for the cluster kwg joins, with what `status` shows about it.
+#[derive(Clone)]
+pub struct Kube {
+    pub client: Client,
+    pub server: String,
+    pub user: String,
+    pub context: Option<String>,
+    /// The kubeconfig context's namespace (`default` when unset).
+    pub default_namespace: String,
+}
+
+/// What a Kubernetes call was doing, for error messages.
+pub struct Step<'a> {
+    pub verb: &'a str,
+    pub resource: &'a str,
+    pub namespace: &'a str,
+}
+
+impl Kube {
+    /// Loads the kubeconfig like kubectl: `--kubeconfig`, else `$KUBECONFIG`, else
+    /// `~/.kube/config`; `--context` or the current context. Exec auth plugins work.
+    pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<Kube, Error> {
+        let kc = match kubeconfig {
+            Some(p) => Kubeconfig::read_from(p),
+            None => Kubeconfig::read(),
+        }
+        .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        let ctx_name = context
+            .map(str::to_string)
+            .or_else(|| kc.current_context.clone());
+        let user = ctx_name
+            .as_ref()
+            .and_then(|n| kc.contexts.iter().find(|c| &c.name == n))
+            .and_then(|c| c.context.as_ref())
+            .and_then(|c| c.user.clone())
+            .unwrap_or_else(|| "unknown".into());
+        let opts = KubeConfigOptions {
+            context: context.map(str::to_string),
+            ..Default::default()
+        };
+        let mut config = Config::from_custom_kubeconfig(kc, &opts)
+            .await
+            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        config.connect_timeout = Some(Duration::from_secs(5));
+        config.read_timeout = Some(Duration::from_secs(15));
+        let server = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
+        let default_namespace = config.default_namespace.clone();
+        let client = Client::try_from(config).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        Ok(Kube {
+            client,
+            server,
+            user,
+            context: ctx_name,
+            default_namespace,
+        })
+    }
+
+    /// Maps a kube error to the sentence a user can act on.
+    pub fn error(&self, step: Step<'_>, e: kube::Error) -> Error {
+        match &e {
+            kube::Error::Api(s) if s.is_forbidden() || s.code == 401 => Error::Forbidden {
+                user: self.user.clone(),
+                verb: step.verb.into(),
+                resource: step.resource.into(),
+                namespace: step.namespace.into(),
+            },
+            kube::Error::Api(_) | kube::Error::SerdeError(_) => Error::Kube {
+                step: format!("{} {} in {}", step.verb, step.resource, step.namespace),
+                source: Box::new(e),
+            },
+            _ => Error::ApiUnreachable {
+                server: self.server.clone(),
+                reason: error_chain(&e),
+            },
+        }
+    }
+
+    /// The gateway's published info; [`Error::NoGateway`] when it is not installed.
+    pub async fn gateway_info(&self, ns: &str) -> Result<GatewayInfo, Error> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        let step = || Step {
+            verb: "get",
+            resource: "configmaps",
+            namespace: ns,
+        };
+        let cm = api
+            .get_opt(contract::GATEWAY_INFO_CONFIGMAP)
+            .await
+            .map_err(|e| match &e {
+                kube::Error::Api(s) if s.is_not_found() => no_gateway(ns),
+                _ => self.error(step(), e),
+            })?
+            .ok_or_else(|| no_gateway(ns))?;
+        let json = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(contract::GATEWAY_INFO_KEY))
+            .ok_or_else(|| no_gateway(ns))?;
+        Ok(GatewayInfo::from_json(json.as_bytes())?)
+    }
+
+    /// Creates the peer Secret, or overwrites this machine's own earlier one.
+    pub async fn register_peer(&self, ns: &str, spec: &PeerSpec) -> Result<(), Error> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let secret = peer_secret(spec);
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_conflict() => {
+                let patch = serde_json::json!({
+                    "data": secret.data,
+                    "metadata": { "labels": secret.metadata.labels },
+                });
+                self.patch_secret(ns, &spec.secret_name(), &patch).await
+            }
+            Err(e) => Err(self.secrets_error("create", ns, e)),
+        }
+    }
+
+    /// Polls the peer Secret until the gateway wrote its tunnel IP (or an error annotation).
+    pub async fn wait_tunnel_ip(
+        &self,
+        ns: &str,
+        secret: &str,
+        timeout: Duration,
+    ) -> Result<Ipv4Addr, Error> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut detail = String::new();
+        while tokio::time::Instant::now() < deadline {
+            let s = api
+                .get_opt(secret)
+                .await
+                .map_err(|e| self.secrets_error("get", ns, e))?;
+            let annotations = s
+                .as_ref()
+                .and_then(|s| s.metadata.annotations.clone())
+                .unwrap_or_default();
+            if let Some(ip) = annotations
+                .get(contract::TUNNEL_IP_ANNOTATION)
+                .and_then(|v| v.parse().ok())
+            {
+                return Ok(ip);
+            }
+            if let Some(err) = annotations.get(contract::ERROR_ANNOTATION) {
+                detail = format!(" (the gateway rejected the Secret: {err})");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(Error::NoTunnelIp {
+            peer: secret.to_string(),
+            secs: timeout.as_secs(),
+            detail,
+        })
+    }
+
+    /// Moves the lease to `expires`.
+    pub async fn renew_lease(
+        &self,
+        ns: &str,
+        secret: &str,
+        expires: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), Error> {
+        let patch = serde_json::json!({
+            "stringData": { "leaseExpires": contract::format_lease(expires) },
+        });
+        self.patch_secret(ns, secret, &patch).await
+    }
+
+    async fn patch_secret(
+        &self,
+        ns: &str,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> Result<(), Error> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map(drop)
+            .map_err(|e| self.secrets_error("patch", ns, e))
+    }
+
+    fn secrets_error(&self, verb: &str, ns: &str, e: kube::Error) -> Error {
+        let step = Step {
+            verb,
+            resource: "secrets",
+            namespace: ns,
+        };
+        self.error(step, e)
+    }
+
+    /// Deletes the peer Secret; `Ok(false)` when it was already gone.
+    pub async fn delete_peer(&self, ns: &str, secret: &str) -> Result<bool, Error> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        match api.delete(secret, &DeleteParams::default()).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
+            Err(e) => Err(self.secrets_error("delete", ns, e)),
+        }
+    }
+
+    /// Every peer Secret: parsed spec (or the reason it is malformed), tunnel IP, error.
+    pub async fn list_peers(&self, ns: &str) -> Result<Vec<ListedPeer>, Error> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let list = api
+            .list(&ListParams::default().labels(contract::PEER_SELECTOR))
+            .await
+            .map_err(|e| self.secrets_error("list", ns, e))?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|s| {
+                let name = s.metadata.name.clone()?;
+                let data: BTreeMap<String, Vec<u8>> = s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                let annotations = s.metadata.annotations.unwrap_or_default();
+                Some(ListedPeer {
+                    spec: PeerSpec::from_secret_data(&name, &data).map_err(|e| e.to_string()),
+                    secret: name,
+                    tunnel_ip: annotations.get(contract::TUNNEL_IP_ANNOTATION).cloned(),
+                    error: annotations.get(contract::ERROR_ANNOTATION).cloned(),
+                })
+            })
+            .collect())
+    }
+
+    /// The cluster's namespaces; empty when the user may not list them (names are then
+    /// only resolved for the connected and mapped namespaces).
+    pub async fn namespaces(&self) -> BTreeSet<String> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        match api.list_metadata(&ListParams::default()).await {
+            Ok(l) => l
+                .items
+                .into_iter()
+                .filter_map(|n| n.metadata.name)
+                .collect(),
+            Err(e) => {
+                tracing::info!(error = %e, "cannot list namespaces; only the connected and mapped namespaces resolve as <svc>.<ns>");
+                BTreeSet::new()
+            }
+        }
+    }
+}
+
+/// A peer Secret as listed.
+pub struct ListedPeer {
+    pub secret: String,
+    pub spec: Result<PeerSpec, String>,
+    pub tunnel_ip: Option<String>,
+    pub error: Option<String>,
+}
+
+fn no_gateway(ns: &str) -> Error {
+    Error::NoGateway {
+        namespace: ns.to_string(),
+        configmap: contract::GATEWAY_INFO_CONFIGMAP.to_string(),
+    }
+}
+
+fn peer_secret(spec: &PeerSpec) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(spec.secret_name()),
+            labels: Some(contract::peer_labels()),
+            ..Default::default()
+        },
+        type_: Some(contract::PEER_SECRET_TYPE.to_string()),
+        data: Some(
+            spec.to_secret_data()
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v)))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,219 @@
+use super::*;
+use hickory_proto::op::Query;
+use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV};
+use hickory_proto::rr::{RData, Record, RecordType};
+use std::collections::BTreeSet;
+
+/// A tiny authoritative DNS server on loopback answering from a fixed table, NXDOMAIN otherwise.
+async fn fake_dns(records: Vec<(&'static str, RData)>) -> SocketAddr {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let tcp = TcpListener::bind(addr).await.unwrap();
+    let table = Arc::new(records);
+    let reply_to = |table: Arc<Vec<(&'static str, RData)>>, query: &[u8]| {
+        let q = Message::from_vec(query).unwrap();
+        let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+        r.queries = q.queries.clone();
+        let name = q.queries[0].name.to_ascii().to_ascii_lowercase();
+        for (n, data) in table.iter() {
+            if format!("{n}.") == name && data.record_type() == q.queries[0].query_type {
+                r.answers.push(Record::from_rdata(
+                    q.queries[0].name.clone(),
+                    5,
+                    data.clone(),
+                ));
+            }
+        }
+        if !table.iter().any(|(n, _)| format!("{n}.") == name) {
+            r.metadata.response_code = ResponseCode::NXDomain;
+        }
+        r.to_vec().unwrap()
+    };
+    let t = table.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, from) = sock.recv_from(&mut buf).await.unwrap();
+            sock.send_to(&reply_to(t.clone(), &buf[..n]), from)
+                .await
+                .unwrap();
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = tcp.accept().await.unwrap();
+            let q = read_frame(&mut s).await.unwrap();
+            write_frame(&mut s, &reply_to(table.clone(), &q))
+                .await
+                .unwrap();
+        }
+    });
+    addr
+}
+
+fn split() -> SplitDns {
+    SplitDns {
+        cluster_domain: "cluster.local".into(),
+        namespace: "emojivoto".into(),
+        cluster_namespaces: BTreeSet::from(["emojivoto".to_string(), "other".to_string()]),
+        mapped: None,
+        include_suffixes: vec![],
+        exclude_suffixes: crate::dns::split::DEFAULT_EXCLUDE_SUFFIXES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        reverse_subnets: vec!["10.96.0.0/12".parse().unwrap()],
+    }
+}
+
+async fn setup() -> Forwarder {
+    let name = |s: &str| Name::from_ascii(s).unwrap();
+    let cluster = fake_dns(vec![
+        (
+            "web-app.emojivoto.svc.cluster.local",
+            RData::A(A("10.96.0.20".parse().unwrap())),
+        ),
+        (
+            "web-app.emojivoto.svc.cluster.local",
+            RData::AAAA(AAAA("fd00::20".parse().unwrap())),
+        ),
+        (
+            "echo.other.svc.cluster.local",
+            RData::A(A("10.96.0.30".parse().unwrap())),
+        ),
+        (
+            "_http._tcp.web-app.emojivoto.svc.cluster.local",
+            RData::SRV(SRV::new(
+                0,
+                100,
+                80,
+                name("web-app.emojivoto.svc.cluster.local."),
+            )),
+        ),
+        (
+            "20.0.96.10.in-addr.arpa",
+            RData::PTR(PTR(name("web-app.emojivoto.svc.cluster.local."))),
+        ),
+    ])
+    .await;
+    let lan = fake_dns(vec![(
+        "intranet.corp.example",
+        RData::A(A("192.0.2.80".parse().unwrap())),
+    )])
+    .await;
+    let dead: SocketAddr = {
+        // A bound socket that never answers: the forwarder must move on to the next upstream.
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = s.local_addr().unwrap();
+        std::mem::forget(s);
+        a
+    };
+    Forwarder::start(
+        "127.0.0.1:0".parse().unwrap(),
+        ForwarderConfig {
+            split: split(),
+            cluster,
+            upstreams: vec![dead, lan],
+            timeout: Duration::from_secs(2),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn ask(fwd: SocketAddr, name: &str, qtype: RecordType, tcp: bool) -> Message {
+    let mut m = Message::query();
+    m.metadata.id = 4242;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    let raw = m.to_vec().unwrap();
+    let reply = if tcp {
+        relay_tcp(&raw, fwd).await.unwrap()
+    } else {
+        relay_udp(&raw, fwd).await.unwrap()
+    };
+    Message::from_vec(&reply).unwrap()
+}
+
+fn answers(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .map(|r| format!("{} {}", r.name, r.data))
+        .collect()
+}
+
+#[tokio::test]
+async fn cluster_names_are_rewritten_and_answered_under_the_asked_name() {
+    let f = setup().await;
+    let r = ask(f.addr, "web-app.", RecordType::A, false).await;
+    assert_eq!(answers(&r), ["web-app. 10.96.0.20"]);
+    assert_eq!(r.queries[0].name.to_ascii(), "web-app.");
+    let r = ask(f.addr, "web-app.emojivoto.", RecordType::AAAA, false).await;
+    assert_eq!(answers(&r), ["web-app.emojivoto. fd00::20"]);
+    let r = ask(f.addr, "echo.other.", RecordType::A, true).await;
+    assert_eq!(answers(&r), ["echo.other. 10.96.0.30"]);
+    let r = ask(
+        f.addr,
+        "web-app.emojivoto.svc.cluster.local.",
+        RecordType::A,
+        true,
+    )
+    .await;
+    assert_eq!(
+        answers(&r),
+        ["web-app.emojivoto.svc.cluster.local. 10.96.0.20"]
+    );
+    let r = ask(
+        f.addr,
+        "_http._tcp.web-app.emojivoto.svc.cluster.local.",
+        RecordType::SRV,
+        false,
+    )
+    .await;
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(r.answers[0].record_type(), RecordType::SRV);
+    let r = ask(f.addr, "20.0.96.10.in-addr.arpa.", RecordType::PTR, false).await;
+    assert_eq!(
+        answers(&r),
+        ["20.0.96.10.in-addr.arpa. web-app.emojivoto.svc.cluster.local."]
+    );
+    let r = ask(f.addr, "nosuch.", RecordType::A, false).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    f.stop();
+}
+
+#[tokio::test]
+async fn other_names_go_to_the_original_resolvers() {
+    let f = setup().await;
+    let r = ask(f.addr, "intranet.corp.example.", RecordType::A, false).await;
+    assert_eq!(answers(&r), ["intranet.corp.example. 192.0.2.80"]);
+    assert_eq!(r.metadata.id, 4242);
+    let r = ask(f.addr, "intranet.corp.example.", RecordType::A, true).await;
+    assert_eq!(answers(&r), ["intranet.corp.example. 192.0.2.80"]);
+    // The cluster's table has no .com names: excluded suffixes never reach it.
+    let r = ask(f.addr, "web-app.com.", RecordType::A, false).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[tokio::test]
+async fn hidden_namespaces_and_timeouts() {
+    let mut s = split();
+    s.mapped = Some(BTreeSet::from(["emojivoto".to_string()]));
+    let f = Forwarder::start(
+        "127.0.0.1:0".parse().unwrap(),
+        ForwarderConfig {
+            split: s,
+            cluster: "127.0.0.1:9".parse().unwrap(),
+            upstreams: vec![],
+            timeout: Duration::from_millis(300),
+        },
+    )
+    .await
+    .unwrap();
+    let r = ask(f.addr, "echo.other.", RecordType::A, false).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    let start = std::time::Instant::now();
+    let r = ask(f.addr, "intranet.corp.example.", RecordType::A, false).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert!(start.elapsed() < Duration::from_secs(2));
+}

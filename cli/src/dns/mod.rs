@@ -1,0 +1,5 @@
+//! Split DNS: the decision, the forwarder and the machine's resolver configuration.
+
+pub mod forwarder;
+pub mod resolvconf;
+pub mod split;

@@ -1,0 +1,109 @@
+//! The one error type of the `kwg` CLI: every message is one sentence naming the fix.
+
+use ipnet::IpNet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "kwg join needs root or CAP_NET_ADMIN to create the tunnel interface: run it with sudo (or grant CAP_NET_ADMIN)"
+    )]
+    NotPrivileged,
+    #[error(
+        "no kwg gateway is installed in namespace {namespace} (ConfigMap {configmap} is missing): as a cluster admin, apply the manifests with kubectl apply -k manifests/"
+    )]
+    NoGateway {
+        namespace: String,
+        configmap: String,
+    },
+    #[error(
+        "your kubeconfig user {user} is not allowed to {verb} {resource} in namespace {namespace}: ask a cluster admin to bind you to the kwg-user role (see manifests/)"
+    )]
+    Forbidden {
+        user: String,
+        verb: String,
+        resource: String,
+        namespace: String,
+    },
+    #[error(
+        "the Kubernetes API server {server} is unreachable ({reason}): check your network, kubeconfig and --context"
+    )]
+    ApiUnreachable { server: String, reason: String },
+    #[error("cannot load the kubeconfig: {0}: check KUBECONFIG, --kubeconfig and --context")]
+    Kubeconfig(String),
+    #[error("Kubernetes API error while trying to {step}: {source}")]
+    Kube {
+        step: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error(
+        "the gateway did not answer on UDP {endpoints} within {secs}s: check that UDP to the kwg-gateway NodePort/LoadBalancer is allowed by firewalls and that the gateway pod runs"
+    )]
+    GatewayUdp { endpoints: String, secs: u64 },
+    #[error(
+        "the gateway did not assign a tunnel IP to peer {peer} within {secs}s: check that the kwg-gateway pod runs (kubectl -n kwg-system get pods) and read its log{detail}"
+    )]
+    NoTunnelIp {
+        peer: String,
+        secs: u64,
+        detail: String,
+    },
+    #[error(
+        "cluster DNS did not answer {name} through the tunnel within {secs}s: check the kube-dns Service and the gateway's log"
+    )]
+    DnsCheck { name: String, secs: u64 },
+    #[error(
+        "route {subnet} ({source_name}) conflicts with the existing route {existing}; pass --allow-conflicting-subnets {subnet} to route it through kwg anyway, or --never-proxy the overlap"
+    )]
+    RouteConflict {
+        subnet: IpNet,
+        source_name: String,
+        existing: String,
+    },
+    #[error("kwg is already joined (daemon pid {pid}): run kwg leave first")]
+    AlreadyJoined { pid: u32 },
+    #[error("kwg is not joined: run kwg join")]
+    NotJoined,
+    #[error(
+        "the kwg daemon (pid {pid}) does not answer on {socket}: run kwg leave to clean up, then kwg join"
+    )]
+    DaemonUnreachable { pid: u32, socket: String },
+    #[error("the kwg daemon failed: {0}")]
+    Daemon(String),
+    #[error("gateway info is invalid: {0}: upgrade kwg or the gateway so they match")]
+    Contract(#[from] kwg_wg::contract::ContractError),
+    #[error("{0}")]
+    Netlink(#[from] kwg_wg::netlink::NetlinkError),
+    #[error("{0}")]
+    Wg(#[from] kwg_wg::Error),
+    #[error("DNS forwarder: cannot listen on {addr}: {source}: pick another with --dns-listen")]
+    DnsListen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: String, reason: String },
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! What `status` and `peers` print: aligned text like `tailscale status`, or JSON.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Utc};
+
+use crate::routes::PlannedRoute;
+
+/// The sentence `kwg status` prints when nothing is joined (exit code 1).
+pub const NOT_JOINED: &str = "kwg is not joined to a cluster: run `kwg join --namespace <ns>`.";
+
+/// `kwg status -o json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub connected: bool,
+    pub daemon_pid: Option<u32>,
+    pub server: String,
+    pub context: Option<String>,
+    pub user: String,
+    pub namespace: String,
+    pub mapped_namespaces: Option<Vec<String>>,
+    pub peer: String,
+    pub interface: String,
+    pub tunnel_ip: Option<String>,
+    pub gateway_endpoint: Option<String>,
+    pub gateway_key: Option<String>,
+    pub last_handshake: Option<DateTime<Utc>>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub dns: Option<DnsStatus>,
+    pub subnets: Vec<PlannedRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsStatus {
+    pub mode: String,
+    pub remote_ip: Option<String>,
+    pub forwarder: SocketAddr,
+    pub upstreams: Vec<SocketAddr>,
+    pub include_suffixes: Vec<String>,
+    pub exclude_suffixes: Vec<String>,
+    pub timeout_secs: u64,
+}
+
+/// `2m3s ago`, `never`.
+pub fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    match t {
+        None => "never".into(),
+        Some(t) => {
+            let secs = (now - t).num_seconds().max(0) as u64;
+            format!(
+                "{} ago",
+                humantime::format_duration(std::time::Duration::from_secs(secs))
+            )
+        }
+    }
+}
+
+/// `1.5 KiB` style sizes.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn list(v: &[String]) -> String {
+    format!("[{}]", v.join(" "))
+}
+
+/// The text of `kwg status`.
+pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
+    let mut o = String::new();
+    let state = if s.connected {
+        "Connected"
+    } else {
+        "Daemon not running (run kwg leave, then kwg join)"
+    };
+    let none = || "-".to_string();
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(o, "{k:<16}: {v}");
+    };
+    row("Status", state.into());
+    row(
+        "Daemon",
+        s.daemon_pid
+            .map(|p| format!("pid {p}"))
+            .unwrap_or_else(none),
+    );
+    row("Kubernetes", s.server.clone());
+    row(
+        "Context",
+        s.context.clone().unwrap_or_else(|| "(current)".into()),
+    );
+    row("User", s.user.clone());
+    row("Namespace", s.namespace.clone());
+    row(
+        "Mapped ns",
+        s.mapped_namespaces
+            .as_ref()
+            .map(|m| m.join(","))
+            .unwrap_or_else(|| "all".into()),
+    );
+    row("Peer", s.peer.clone());
+    row(
+        "Tunnel IP",
+        format!(
+            "{} on {}",
+            s.tunnel_ip.clone().unwrap_or_else(none),
+            s.interface
+        ),
+    );
+    row(
+        "Gateway",
+        format!(
+            "{} key {}",
+            s.gateway_endpoint.clone().unwrap_or_else(none),
+            s.gateway_key.clone().unwrap_or_else(none)
+        ),
+    );
+    row("Last handshake", ago(s.last_handshake, now));
+    row(
+        "Transfer",
+        format!("rx {}, tx {}", bytes(s.rx_bytes), bytes(s.tx_bytes)),
+    );
+    match &s.dns {
+        None => row("DNS", "off".into()),
+        Some(d) => {
+            let _ = writeln!(o, "DNS:");
+            let mut sub = |k: &str, v: String| {
+                let _ = writeln!(o, "  {k:<16}: {v}");
+            };
+            sub("Mode", d.mode.clone());
+            sub("Remote IP", d.remote_ip.clone().unwrap_or_else(none));
+            sub("Forwarder", d.forwarder.to_string());
+            sub(
+                "Upstreams",
+                list(
+                    &d.upstreams
+                        .iter()
+                        .map(|u| u.to_string())
+                        .collect::<Vec<_>>(),
+                ),
+            );
+            sub("Exclude suffixes", list(&d.exclude_suffixes));
+            sub("Include suffixes", list(&d.include_suffixes));
+            sub("Timeout", format!("{}s", d.timeout_secs));
+        }
+    }
+    let _ = writeln!(o, "Subnets: ({} subnets)", s.subnets.len());
+    for r in &s.subnets {
+        let _ = writeln!(o, "  - {} ({})", r.subnet, r.source);
+    }
+    o
+}
+
+/// One row of `kwg peers`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerRow {
+    pub name: String,
+    pub this_machine: bool,
+    pub tunnel_ip: Option<String>,
+    pub owner: String,
+    pub hostname: String,
+    pub namespaces: Vec<String>,
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    pub last_handshake: Option<DateTime<Utc>>,
+    pub rx_bytes: Option<u64>,
+    pub tx_bytes: Option<u64>,
+    pub lease_expires: DateTime<Utc>,
+    /// Set when the gateway rejected the Secret (`kwg.io/error`).
+    pub error: Option<String>,
+}
+
+/// Aligned columns; the row of this machine is marked with `*`.
+pub fn peers_text(rows: &[PeerRow], wide: bool, now: DateTime<Utc>) -> String {
+    let mut header = vec![
+        "",
+        "NAME",
+        "TUNNEL-IP",
+        "OWNER",
+        "NAMESPACES",
+        "LAST-HANDSHAKE",
+        "RX",
+        "TX",
+        "LEASE-EXPIRES",
+    ];
+    if wide {
+        header.extend(["HOSTNAME", "ENDPOINT", "PUBLIC-KEY", "ERROR"]);
+    }
+    let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for r in rows {
+        let stat = |v: Option<u64>| v.map(bytes).unwrap_or_else(|| "-".into());
+        let lease = r.lease_expires - now;
+        let lease = if lease.num_seconds() <= 0 {
+            "expired".into()
+        } else {
+            format!(
+                "in {}",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    lease.num_seconds() as u64
+                ))
+            )
+        };
+        let mut row = vec![
+            if r.this_machine {
+                "*".into()
+            } else {
+                String::new()
+            },
+            r.name.clone(),
+            r.tunnel_ip.clone().unwrap_or_else(|| "pending".into()),
+            r.owner.clone(),
+            if r.namespaces.is_empty() {
+                "-".into()
+            } else {
+                r.namespaces.join(",")
+            },
+            if r.last_handshake.is_none() && r.rx_bytes.is_none() {
+                "-".into()
+            } else {
+                ago(r.last_handshake, now)
+            },
+            stat(r.rx_bytes),
+            stat(r.tx_bytes),
+            lease,
+        ];
+        if wide {
+            row.extend([
+                r.hostname.clone(),
+                r.endpoint.clone().unwrap_or_else(|| "-".into()),
+                r.public_key.clone(),
+                r.error.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        table.push(row);
+    }
+    align(&table)
+}
+
+fn align(table: &[Vec<String>]) -> String {
+    let cols = table.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in table {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::RouteSource;
+
+    fn now() -> DateTime<Utc> {
+        "2026-01-01T00:01:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn status_lists_everything_a_user_checks() {
+        let s = Status {
+            connected: true,
+            daemon_pid: Some(42),
+            server: "https://192.0.2.1:6443".into(),
+            context: Some("dev".into()),
+            user: "developer".into(),
+            namespace: "emojivoto".into(),
+            mapped_namespaces: None,
+            peer: "laptop".into(),
+            interface: "kwg0".into(),
+            tunnel_ip: Some("100.77.0.2".into()),
+            gateway_endpoint: Some("192.0.2.1:31820".into()),
+            gateway_key: Some("AbCd…".into()),
+            last_handshake: Some("2026-01-01T00:00:57Z".parse().unwrap()),
+            rx_bytes: 2048,
+            tx_bytes: 10,
+            dns: Some(DnsStatus {
+                mode: "resolv-conf".into(),
+                remote_ip: Some("10.96.0.10".into()),
+                forwarder: "127.77.0.53:53".parse().unwrap(),
+                upstreams: vec!["192.0.2.53:53".parse().unwrap()],
+                include_suffixes: vec![],
+                exclude_suffixes: vec![".com".into(), ".io".into()],
+                timeout_secs: 4,
+            }),
+            subnets: vec![PlannedRoute {
+                subnet: "10.96.0.0/12".parse().unwrap(),
+                source: RouteSource::Service,
+            }],
+        };
+        let t = status_text(&s, now());
+        for line in [
+            "Status          : Connected",
+            "Daemon          : pid 42",
+            "Namespace       : emojivoto",
+            "Tunnel IP       : 100.77.0.2 on kwg0",
+            "Gateway         : 192.0.2.1:31820 key AbCd…",
+            "Last handshake  : 3s ago",
+            "Transfer        : rx 2.0 KiB, tx 10 B",
+            "  Remote IP       : 10.96.0.10",
+            "  Exclude suffixes: [.com .io]",
+            "  Include suffixes: []",
+            "  Timeout         : 4s",
+            "Subnets: (1 subnets)",
+            "  - 10.96.0.0/12 (service CIDR)",
+        ] {
+            assert!(t.lines().any(|l| l == line), "missing {line:?} in\n{t}");
+        }
+    }
+
+    #[test]
+    fn peers_align_and_mark_this_machine() {
+        let row = |name: &str, me: bool| PeerRow {
+            name: name.into(),
+            this_machine: me,
+            tunnel_ip: Some("100.77.0.2".into()),
+            owner: "developer".into(),
+            hostname: "h".into(),
+            namespaces: vec!["emojivoto".into()],
+            public_key: "k".into(),
+            endpoint: None,
+            last_handshake: None,
+            rx_bytes: None,
+            tx_bytes: None,
+            lease_expires: "2026-01-01T01:01:00Z".parse().unwrap(),
+            error: None,
+        };
+        let t = peers_text(
+            &[row("laptop", true), row("ci-runner-long", false)],
+            false,
+            now(),
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "   NAME            TUNNEL-IP   OWNER      NAMESPACES  LAST-HANDSHAKE  RX  TX  LEASE-EXPIRES"
+        );
+        assert_eq!(
+            lines[1],
+            "*  laptop          100.77.0.2  developer  emojivoto   -               -   -   in 1h"
+        );
+        assert!(lines[2].starts_with("   ci-runner-long  "));
+    }
+}
