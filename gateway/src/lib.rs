@@ -1,1 +1,22 @@
-//! kwg gateway library.
+//! kwg gateway: the in-cluster end of every kwg tunnel.
+//!
+//! Pure parts: [`alloc`] (tunnel IPs), [`core`] (reconcile Secrets against the device),
+//! [`nft`] (the firewall ruleset), [`discovery`]'s parsers, [`metrics`] rendering.
+//! I/O edges: [`kube_io`] (watcher, patches, Events, key, info), [`net`] (device, interface,
+//! nftables), [`admin`] (HTTP), tied together by [`run`].
+
+pub mod admin;
+pub mod alloc;
+pub mod config;
+pub mod core;
+pub mod discovery;
+mod error;
+pub mod kube_io;
+pub mod metrics;
+pub mod net;
+pub mod nft;
+mod run;
+
+pub use config::Config;
+pub use error::GatewayError;
+pub use run::run;

@@ -1,0 +1,207 @@
+//! Tunnel IP allocation: the gateway takes the first host address, every peer one other.
+//!
+//! Pure: the allocator only knows names and addresses. It is rebuilt after a restart from the
+//! `kwg.io/tunnel-ip` annotations (see [`crate::core::Core`]), so peers keep their addresses.
+
+use crate::GatewayError;
+use ipnet::Ipv4Net;
+use kwg_wg::contract::{PeerName, TunnelIp};
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+/// Assigns addresses of a tunnel CIDR to peers; never one address to two peers.
+#[derive(Debug, Clone)]
+pub struct Allocator {
+    cidr: Ipv4Net,
+    gateway: Ipv4Addr,
+    by_ip: BTreeMap<Ipv4Addr, PeerName>,
+    by_peer: HashMap<PeerName, Ipv4Addr>,
+    /// Where the search for a free address continues (keeps assignment O(1) on average and
+    /// avoids handing a just-freed address straight to the next peer).
+    cursor: u32,
+}
+
+impl Allocator {
+    /// An allocator over `cidr`; the gateway takes its first host address.
+    pub fn new(cidr: Ipv4Net) -> Result<Allocator, GatewayError> {
+        let cidr = cidr.trunc();
+        if cidr.prefix_len() > 30 {
+            return Err(GatewayError::Config(format!(
+                "tunnel CIDR {cidr} is too small: use a prefix of /30 or shorter, like 100.77.0.0/16"
+            )));
+        }
+        let gateway = Ipv4Addr::from(u32::from(cidr.network()) + 1);
+        Ok(Allocator {
+            cidr,
+            gateway,
+            by_ip: BTreeMap::new(),
+            by_peer: HashMap::new(),
+            cursor: u32::from(gateway) + 1,
+        })
+    }
+
+    pub fn cidr(&self) -> Ipv4Net {
+        self.cidr
+    }
+
+    /// The gateway's own tunnel address.
+    pub fn gateway_ip(&self) -> TunnelIp {
+        TunnelIp::new(self.gateway)
+    }
+
+    /// The address a peer holds.
+    pub fn get(&self, peer: &PeerName) -> Option<TunnelIp> {
+        self.by_peer.get(peer).copied().map(TunnelIp::new)
+    }
+
+    /// Number of peers holding an address.
+    pub fn len(&self) -> usize {
+        self.by_peer.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_peer.is_empty()
+    }
+
+    fn usable(&self, ip: Ipv4Addr) -> bool {
+        self.cidr.contains(&ip)
+            && ip != self.cidr.network()
+            && ip != self.cidr.broadcast()
+            && ip != self.gateway
+    }
+
+    /// Gives `peer` the address `ip` it held before (from its annotation), if that address
+    /// is a peer address of the CIDR and nobody else holds it. Returns whether it did.
+    pub fn claim(&mut self, peer: &PeerName, ip: TunnelIp) -> bool {
+        let ip = ip.addr();
+        if self.by_peer.get(peer) == Some(&ip) {
+            return true;
+        }
+        if !self.usable(ip) || self.by_ip.contains_key(&ip) {
+            return false;
+        }
+        self.release(peer);
+        self.by_ip.insert(ip, peer.clone());
+        self.by_peer.insert(peer.clone(), ip);
+        true
+    }
+
+    /// The peer's address, assigning the next free one when it has none.
+    pub fn assign(&mut self, peer: &PeerName) -> Result<TunnelIp, GatewayError> {
+        if let Some(ip) = self.get(peer) {
+            return Ok(ip);
+        }
+        let first = u32::from(self.cidr.network()) + 2; // skip network and gateway
+        let last = u32::from(self.cidr.broadcast()) - 1;
+        let span = last - first + 1;
+        for i in 0..span {
+            let candidate = first + (self.cursor.saturating_sub(first) + i) % span;
+            let ip = Ipv4Addr::from(candidate);
+            if !self.by_ip.contains_key(&ip) {
+                self.by_ip.insert(ip, peer.clone());
+                self.by_peer.insert(peer.clone(), ip);
+                self.cursor = candidate + 1;
+                return Ok(TunnelIp::new(ip));
+            }
+        }
+        Err(GatewayError::TunnelCidrFull { cidr: self.cidr })
+    }
+
+    /// Frees the peer's address.
+    pub fn release(&mut self, peer: &PeerName) -> Option<TunnelIp> {
+        let ip = self.by_peer.remove(peer)?;
+        self.by_ip.remove(&ip);
+        Some(TunnelIp::new(ip))
+    }
+
+    /// Peers holding an address, in no particular order.
+    pub fn peers(&self) -> impl Iterator<Item = &PeerName> {
+        self.by_peer.keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    fn name(i: usize) -> PeerName {
+        format!("peer-{i}").parse().unwrap()
+    }
+
+    fn alloc(cidr: &str) -> Allocator {
+        Allocator::new(cidr.parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn gateway_takes_first_host() {
+        let mut a = alloc("100.77.0.0/16");
+        assert_eq!(a.gateway_ip().to_string(), "100.77.0.1");
+        assert_eq!(a.assign(&name(0)).unwrap().to_string(), "100.77.0.2");
+        assert_eq!(
+            a.assign(&name(0)).unwrap().to_string(),
+            "100.77.0.2",
+            "stable"
+        );
+        assert_eq!(a.assign(&name(1)).unwrap().to_string(), "100.77.0.3");
+    }
+
+    #[test]
+    fn fifty_peers_get_fifty_addresses() {
+        let mut a = alloc("100.77.0.0/16");
+        let ips: HashSet<_> = (0..50).map(|i| a.assign(&name(i)).unwrap()).collect();
+        assert_eq!(ips.len(), 50);
+        assert!(!ips.contains(&a.gateway_ip()));
+    }
+
+    #[test]
+    fn small_cidr_fills_up_and_frees() {
+        let mut a = alloc("10.0.0.0/29"); // hosts .1-.6, gateway .1: 5 peers
+        for i in 0..5 {
+            a.assign(&name(i)).unwrap();
+        }
+        let err = a.assign(&name(5)).unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        let freed = a.release(&name(2)).unwrap();
+        assert_eq!(a.assign(&name(5)).unwrap(), freed);
+        assert!(Allocator::new("10.0.0.0/31".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn claims_respect_owners_and_reserved() {
+        let mut a = alloc("100.77.0.0/24");
+        let ip = |s: &str| s.parse::<TunnelIp>().unwrap();
+        assert!(a.claim(&name(0), ip("100.77.0.9")));
+        assert!(!a.claim(&name(1), ip("100.77.0.9")), "taken");
+        assert!(!a.claim(&name(1), ip("100.77.0.1")), "gateway");
+        assert!(!a.claim(&name(1), ip("100.77.0.0")), "network");
+        assert!(!a.claim(&name(1), ip("100.77.0.255")), "broadcast");
+        assert!(!a.claim(&name(1), ip("10.0.0.5")), "outside");
+        assert!(a.claim(&name(0), ip("100.77.0.9")), "idempotent");
+        assert!(a.claim(&name(0), ip("100.77.0.10")), "move");
+        assert!(a.claim(&name(1), ip("100.77.0.9")), "old address freed");
+    }
+
+    proptest! {
+        /// Any sequence of assign/claim/release keeps addresses unique and usable.
+        #[test]
+        fn never_two_peers_on_one_ip(ops in proptest::collection::vec((0u8..3, 0usize..20, 0u32..16), 0..200)) {
+            let mut a = alloc("10.1.0.0/28");
+            for (op, peer, host) in ops {
+                let peer = name(peer);
+                match op {
+                    0 => { let _ = a.assign(&peer); }
+                    1 => { a.claim(&peer, TunnelIp::new(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 1, 0, 0)) + host))); }
+                    _ => { a.release(&peer); }
+                }
+                let ips: Vec<_> = a.peers().map(|p| a.get(p).unwrap()).collect();
+                let unique: HashSet<_> = ips.iter().collect();
+                prop_assert_eq!(unique.len(), ips.len());
+                for ip in ips {
+                    prop_assert!(a.usable(ip.addr()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The gateway's flags (each also an environment variable).
+
+use clap::Parser;
+use ipnet::{IpNet, Ipv4Net};
+use kwg_wg::contract;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// kwg gateway: the in-cluster WireGuard end of kwg. Runs in a pod with NET_ADMIN.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kwg-gateway", version)]
+pub struct Config {
+    /// Namespace of peer Secrets and the gateway info ConfigMap.
+    #[arg(long, env = "KWG_NAMESPACE", default_value = contract::DEFAULT_NAMESPACE)]
+    pub kwg_namespace: String,
+    /// Namespace of the private key Secret (readable only by the gateway).
+    #[arg(long, env = "KWG_KEY_NAMESPACE", default_value = contract::DEFAULT_KEY_NAMESPACE)]
+    pub key_namespace: String,
+    /// Addresses handed to peers; the gateway takes the first host address.
+    #[arg(long, env = "KWG_TUNNEL_CIDR", default_value = contract::DEFAULT_TUNNEL_CIDR)]
+    pub tunnel_cidr: Ipv4Net,
+    /// WireGuard UDP port in the pod.
+    #[arg(long, env = "KWG_LISTEN_PORT", default_value_t = contract::WIREGUARD_PORT)]
+    pub listen_port: u16,
+    /// TUN interface name.
+    #[arg(long, env = "KWG_INTERFACE", default_value = "kwg0")]
+    pub interface: String,
+    /// TUN MTU.
+    #[arg(long, env = "KWG_MTU", default_value_t = kwg_wg::device::DEFAULT_MTU)]
+    pub mtu: u16,
+    /// Admin HTTP address (/healthz, /readyz, /metrics, /peers).
+    #[arg(long, env = "KWG_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+    /// Service CIDR(s) when neither ServiceCIDR objects nor the API's error reveal them.
+    #[arg(long, env = "KWG_SERVICE_CIDR", value_delimiter = ',')]
+    pub service_cidr: Vec<IpNet>,
+    /// Pod CIDR(s) when Nodes have no podCIDR.
+    #[arg(long, env = "KWG_POD_CIDR", value_delimiter = ',')]
+    pub pod_cidr: Vec<IpNet>,
+    /// Extra destinations peers may reach (besides service and pod CIDRs).
+    #[arg(long, env = "KWG_ALLOW_CIDR", value_delimiter = ',')]
+    pub allow_cidr: Vec<IpNet>,
+    /// Let peers reach each other through the gateway.
+    #[arg(long, env = "KWG_ALLOW_PEER_TO_PEER")]
+    pub allow_peer_to_peer: bool,
+    /// Cluster DNS IP when there is no kube-system/kube-dns Service.
+    #[arg(long, env = "KWG_DNS_IP")]
+    pub dns_ip: Option<IpAddr>,
+    /// Cluster domain published to clients.
+    #[arg(long, env = "KWG_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Service whose NodePort / LoadBalancer ingress peers use.
+    #[arg(long, env = "KWG_SERVICE_NAME", default_value = contract::GATEWAY_SERVICE)]
+    pub service_name: String,
+    /// How often CIDRs, DNS IP and endpoints are re-read.
+    #[arg(long, env = "KWG_DISCOVERY_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub discovery_interval: Duration,
+    /// Serve the WireGuard UAPI socket in this directory (for `wg show`).
+    #[arg(long, env = "KWG_UAPI_DIR")]
+    pub uapi_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// A config with every default (for tests).
+    pub fn defaults() -> Config {
+        Config::parse_from(["kwg-gateway"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::defaults();
+        assert_eq!(c.kwg_namespace, "kwg-system");
+        assert_eq!(c.tunnel_cidr.to_string(), "100.77.0.0/16");
+        assert_eq!(c.admin_addr.port(), contract::ADMIN_PORT);
+        assert_eq!(c.listen_port, 51820);
+    }
+
+    #[test]
+    fn lists_split_on_commas() {
+        let c = Config::parse_from([
+            "kwg-gateway",
+            "--allow-cidr",
+            "192.0.2.0/24,198.51.100.7/32",
+        ]);
+        assert_eq!(c.allow_cidr.len(), 2);
+    }
+}

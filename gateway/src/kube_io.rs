@@ -1,0 +1,206 @@
+//! The gateway's Kubernetes edge: the private key Secret, the info ConfigMap, peer Secret
+//! annotations, deletions and Events.
+
+use crate::GatewayError;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, EventSource, ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kwg_wg::contract::{self, GatewayInfo};
+use kwg_wg::keys::PrivateKey;
+use std::collections::BTreeMap;
+
+/// The component name in Events and field managers.
+pub const COMPONENT: &str = "kwg-gateway";
+/// Event reason for malformed peer Secrets.
+pub const MALFORMED_REASON: &str = "MalformedPeer";
+
+/// The gateway's private key: read from its Secret, or generated and stored on first start.
+pub async fn ensure_private_key(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<PrivateKey, GatewayError> {
+    let api = Api::<Secret>::namespaced(client.clone(), namespace);
+    let what = format!("read Secret {namespace}/{}", contract::GATEWAY_KEY_SECRET);
+    for _ in 0..3 {
+        if let Some(secret) = api
+            .get_opt(contract::GATEWAY_KEY_SECRET)
+            .await
+            .map_err(GatewayError::kube(&what))?
+        {
+            let bad = || {
+                GatewayError::BadPrivateKey(format!("{namespace}/{}", contract::GATEWAY_KEY_SECRET))
+            };
+            let bytes = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(contract::GATEWAY_KEY_FIELD))
+                .ok_or_else(bad)?;
+            let text = std::str::from_utf8(&bytes.0).map_err(|_| bad())?;
+            let key: PrivateKey = text.parse().map_err(|_| bad())?;
+            tracing::info!(key = %key.public_key().short(), "using the stored gateway key");
+            return Ok(key);
+        }
+        let key = PrivateKey::generate();
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(contract::GATEWAY_KEY_SECRET.into()),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                contract::GATEWAY_KEY_FIELD.to_owned(),
+                ByteString(key.to_string().into_bytes()),
+            )])),
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => {
+                tracing::info!(key = %key.public_key().short(), "generated and stored a new gateway key");
+                return Ok(key);
+            }
+            // Another replica won the race: read its key.
+            Err(kube::Error::Api(s)) if s.is_already_exists() => continue,
+            Err(e) => {
+                return Err(GatewayError::kube(format!(
+                    "create Secret {namespace}/{}",
+                    contract::GATEWAY_KEY_SECRET
+                ))(e));
+            }
+        }
+    }
+    Err(GatewayError::BadPrivateKey(format!(
+        "{namespace}/{} (created and deleted repeatedly)",
+        contract::GATEWAY_KEY_SECRET
+    )))
+}
+
+/// Creates or updates the gateway info ConfigMap.
+pub async fn publish_info(
+    client: &kube::Client,
+    namespace: &str,
+    info: &GatewayInfo,
+) -> Result<(), GatewayError> {
+    let json = info
+        .to_json()
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
+    let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+    let data = BTreeMap::from([(contract::GATEWAY_INFO_KEY.to_owned(), json)]);
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(contract::GATEWAY_INFO_CONFIGMAP.into()),
+            ..Default::default()
+        },
+        data: Some(data.clone()),
+        ..Default::default()
+    };
+    let what = format!(
+        "publish ConfigMap {namespace}/{}",
+        contract::GATEWAY_INFO_CONFIGMAP
+    );
+    match api.create(&PostParams::default(), &cm).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {
+            let patch = serde_json::json!({ "data": data });
+            api.patch(
+                contract::GATEWAY_INFO_CONFIGMAP,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map(|_| ())
+            .map_err(GatewayError::kube(what))
+        }
+        Err(e) => Err(GatewayError::kube(what)(e)),
+    }
+}
+
+/// Merge-patches a peer Secret's annotations, retrying conflicts.
+pub async fn patch_secret(
+    api: &Api<Secret>,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<(), GatewayError> {
+    let mut attempt = 0;
+    loop {
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.is_conflict() && attempt < 5 => attempt += 1,
+            // Deleted meanwhile: nothing to annotate.
+            Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(()),
+            Err(e) => return Err(GatewayError::kube(format!("annotate Secret {name}"))(e)),
+        }
+    }
+}
+
+/// Deletes a peer Secret whose lease ended, only if it is still the version that was read
+/// (a client renewing at the same moment wins).
+pub async fn delete_expired(
+    api: &Api<Secret>,
+    name: &str,
+    resource_version: Option<String>,
+) -> Result<(), GatewayError> {
+    let dp = DeleteParams {
+        preconditions: resource_version.map(|rv| Preconditions {
+            resource_version: Some(rv),
+            uid: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
+        Err(e) => Err(GatewayError::kube(format!("delete expired Secret {name}"))(
+            e,
+        )),
+    }
+}
+
+/// Records a Warning Event on a malformed peer Secret (`kubectl describe secret` shows it).
+pub async fn malformed_event(
+    client: &kube::Client,
+    namespace: &str,
+    secret: &str,
+    uid: Option<String>,
+    reason: &str,
+) -> Result<(), GatewayError> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let ev = Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{secret}.")),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            name: Some(secret.into()),
+            namespace: Some(namespace.into()),
+            uid,
+            ..Default::default()
+        },
+        reason: Some(MALFORMED_REASON.into()),
+        message: Some(reason.into()),
+        type_: Some("Warning".into()),
+        count: Some(1),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        source: Some(EventSource {
+            component: Some(COMPONENT.into()),
+            host: None,
+        }),
+        reporting_component: Some(COMPONENT.into()),
+        reporting_instance: std::env::var("HOSTNAME").ok(),
+        ..Default::default()
+    };
+    Api::<Event>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &ev)
+        .await
+        .map(|_| ())
+        .map_err(GatewayError::kube(format!(
+            "create an Event for Secret {secret}"
+        )))
+}

@@ -1,0 +1,77 @@
+//! The gateway's network edge: the WireGuard device and its TUN, IPv4 forwarding, nftables.
+
+use crate::{Config, GatewayError, nft};
+use ipnet::{IpNet, Ipv4Net};
+use kwg_wg::contract::TunnelIp;
+use kwg_wg::device::{Device, DeviceConfig};
+use kwg_wg::keys::PrivateKey;
+use kwg_wg::netlink::Netlink;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// Starts the device on `cfg.interface`, gives the TUN the gateway's address with the tunnel
+/// prefix (so the kernel routes the whole tunnel CIDR into it) and brings it up.
+pub async fn start_device(
+    cfg: &Config,
+    key: PrivateKey,
+    gateway_ip: TunnelIp,
+) -> Result<Device, GatewayError> {
+    let device = Device::start(DeviceConfig {
+        name: cfg.interface.clone(),
+        private_key: key,
+        listen_port: cfg.listen_port,
+        mtu: cfg.mtu,
+        uapi_dir: cfg.uapi_dir.clone(),
+    })
+    .await?;
+    let nl_err = |source| GatewayError::Netlink {
+        interface: cfg.interface.clone(),
+        source,
+    };
+    let nl = Netlink::open().map_err(nl_err)?;
+    let addr = Ipv4Net::new(gateway_ip.addr(), cfg.tunnel_cidr.prefix_len())
+        .expect("prefix of a valid CIDR");
+    nl.add_address(&cfg.interface, IpNet::V4(addr))
+        .await
+        .map_err(nl_err)?;
+    nl.link_up(&cfg.interface, Some(u32::from(cfg.mtu)))
+        .await
+        .map_err(nl_err)?;
+    Ok(device)
+}
+
+/// Turns on IPv4 forwarding in the pod's network namespace.
+pub fn enable_forwarding() -> Result<(), GatewayError> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(GatewayError::Forwarding)
+}
+
+/// Loads an nft script (`nft -f -`).
+pub fn nft_apply(script: &str) -> Result<(), GatewayError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| GatewayError::Nft(format!("cannot run nft: {e}")))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| GatewayError::Nft(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| GatewayError::Nft(e.to_string()))?;
+    if !out.status.success() {
+        return Err(GatewayError::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes the gateway's nftables table.
+pub fn nft_teardown() -> Result<(), GatewayError> {
+    nft_apply(&nft::render_teardown())
+}

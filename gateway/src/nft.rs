@@ -1,0 +1,214 @@
+//! The gateway's nftables ruleset, rendered by a pure function and loaded with `nft -f -`.
+//!
+//! One table `inet kwg` owned by the gateway: peers (traffic entering the TUN) reach only
+//! the allowed destinations (service and pod CIDRs plus admin extras), masqueraded to the
+//! pod's address, and the gateway's admin port on its tunnel IP. Everything else from the
+//! tunnel is dropped: link-local and cloud metadata, the node's other networks, the
+//! internet, other peers (unless allowed) and IPv6.
+
+use ipnet::{IpNet, Ipv4Net};
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+/// Name of the gateway's table (family `inet`).
+pub const TABLE: &str = "kwg";
+
+/// What the ruleset allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub interface: String,
+    pub tunnel_cidr: Ipv4Net,
+    pub gateway_ip: Ipv4Addr,
+    pub admin_port: u16,
+    /// Service CIDRs, pod CIDRs and admin extras (IPv6 entries are ignored: the tunnel is IPv4).
+    pub allowed: Vec<IpNet>,
+    pub allow_peer_to_peer: bool,
+}
+
+/// Where cloud metadata services and other link-local hosts live (RFC 3927).
+const LINK_LOCAL: &str = "169.254.0.0/16";
+
+/// The `nft -f -` script that atomically replaces the gateway's table.
+pub fn render(p: &Policy) -> String {
+    let allowed = merged_v4(&p.allowed);
+    let iif = &p.interface;
+    let mut s = String::new();
+    // Creating then deleting makes the script work whether or not the table exists; the
+    // whole file is one transaction.
+    let _ = writeln!(s, "table inet {TABLE} {{}}\ndelete table inet {TABLE}");
+    let _ = writeln!(s, "table inet {TABLE} {{");
+    if allowed.is_empty() {
+        let _ = writeln!(s, "\tset allowed {{ type ipv4_addr; flags interval; }}");
+    } else {
+        let list = allowed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            s,
+            "\tset allowed {{ type ipv4_addr; flags interval; elements = {{ {list} }} }}"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;"
+    );
+    let _ = writeln!(
+        s,
+        "\t\tiifname \"{iif}\" ct state established,related accept"
+    );
+    let _ = writeln!(
+        s,
+        "\t\tiifname \"{iif}\" ip daddr {} tcp dport {} accept",
+        p.gateway_ip, p.admin_port
+    );
+    let _ = writeln!(
+        s,
+        "\t\tiifname \"{iif}\" ip daddr {} icmp type echo-request accept",
+        p.gateway_ip
+    );
+    let _ = writeln!(s, "\t\tiifname \"{iif}\" counter drop\n\t}}");
+    let _ = writeln!(
+        s,
+        "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;"
+    );
+    let _ = writeln!(
+        s,
+        "\t\tiifname \"{iif}\" ip saddr != {} counter drop",
+        p.tunnel_cidr
+    );
+    let _ = writeln!(
+        s,
+        "\t\tiifname \"{iif}\" ip daddr {LINK_LOCAL} counter drop"
+    );
+    if p.allow_peer_to_peer {
+        let _ = writeln!(
+            s,
+            "\t\tiifname \"{iif}\" oifname \"{iif}\" ip daddr {} accept",
+            p.tunnel_cidr
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\t\tiifname \"{iif}\" oifname != \"{iif}\" ip daddr @allowed accept"
+    );
+    let _ = writeln!(s, "\t\tiifname \"{iif}\" counter drop\n\t}}");
+    let _ = writeln!(
+        s,
+        "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;"
+    );
+    let _ = writeln!(
+        s,
+        "\t\tip saddr {} oifname != \"{iif}\" ip daddr @allowed masquerade\n\t}}",
+        p.tunnel_cidr
+    );
+    let _ = writeln!(s, "}}");
+    s
+}
+
+/// The `nft -f -` script that removes the gateway's table (whether or not it exists).
+pub fn render_teardown() -> String {
+    format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
+}
+
+/// IPv4 destinations, merged (nft interval sets refuse overlaps). The tunnel CIDR and
+/// link-local space need no filtering here: the drop rules before the set and the
+/// `oifname != <tun>` condition keep them out even when an admin allows 0.0.0.0/0.
+fn merged_v4(allowed: &[IpNet]) -> Vec<Ipv4Net> {
+    let v4: Vec<Ipv4Net> = allowed
+        .iter()
+        .filter_map(|n| match n {
+            IpNet::V4(n) => Some(n.trunc()),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    Ipv4Net::aggregate(&v4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            interface: "kwg0".into(),
+            tunnel_cidr: "100.77.0.0/16".parse().unwrap(),
+            gateway_ip: "100.77.0.1".parse().unwrap(),
+            admin_port: 8080,
+            allowed: [
+                "10.96.0.0/12",
+                "10.244.0.0/24",
+                "10.244.0.0/16",
+                "fd00::/64",
+            ]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect(),
+            allow_peer_to_peer: false,
+        }
+    }
+
+    #[test]
+    fn allows_cluster_cidrs_merged() {
+        let r = render(&policy());
+        assert!(
+            r.contains("elements = { 10.96.0.0/12, 10.244.0.0/16 }"),
+            "{r}"
+        );
+        assert!(!r.contains("fd00"), "IPv6 ignored");
+        assert!(r.contains("masquerade"));
+        assert!(r.contains("ip daddr 100.77.0.1 tcp dport 8080 accept"));
+        assert!(r.starts_with("table inet kwg {}\ndelete table inet kwg\n"));
+    }
+
+    #[test]
+    fn peers_isolated_unless_allowed() {
+        let r = render(&policy());
+        assert!(!r.contains("oifname \"kwg0\" ip daddr 100.77.0.0/16 accept"));
+        assert!(r.contains("iifname \"kwg0\" counter drop"));
+        let mut p = policy();
+        p.allow_peer_to_peer = true;
+        assert!(
+            render(&p).contains("iifname \"kwg0\" oifname \"kwg0\" ip daddr 100.77.0.0/16 accept")
+        );
+    }
+
+    #[test]
+    fn allow_all_still_drops_link_local_and_peers() {
+        let mut p = policy();
+        p.allowed = vec!["0.0.0.0/0".parse().unwrap()];
+        let r = render(&p);
+        let drop_ll = r.find("ip daddr 169.254.0.0/16 counter drop").unwrap();
+        let accept = r.find("ip daddr @allowed accept").unwrap();
+        assert!(drop_ll < accept, "{r}");
+        assert!(r.contains("oifname != \"kwg0\" ip daddr @allowed accept"));
+    }
+
+    #[test]
+    fn nft_accepts_the_ruleset() {
+        // Checked by nft itself (`-c` parses without applying), in a throwaway network namespace.
+        let Ok(out) = std::process::Command::new("unshare")
+            .args(["--net", "nft", "-c", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(render(&policy()).as_bytes())?;
+                c.wait_with_output()
+            })
+        else {
+            panic!("cannot run `unshare --net nft`: install nftables and run as root");
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
