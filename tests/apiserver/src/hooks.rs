@@ -1,0 +1,290 @@
+//! Kind-specific defaulting and validation on writes (everything else is generic).
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+use crate::kinds::Kind;
+use crate::status::{ApiError, FieldError, go_str};
+use crate::store::{Store, meta_str};
+use crate::validation::{
+    allocate_cluster_ip, allocate_node_port, check_cluster_ip, check_node_port, config_key_errors,
+    services_in_use,
+};
+
+/// What hooks may look at.
+pub struct Ctx<'a> {
+    pub store: &'a Store,
+    pub service_cidr: IpNet,
+}
+
+fn invalid(kind: &Kind, obj: &Value, errs: Vec<FieldError>) -> Result<(), ApiError> {
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(kind, meta_str(obj, "name"), errs))
+    }
+}
+
+/// Defaulting and validation before a create.
+pub fn on_create(ctx: &Ctx, kind: &'static Kind, obj: &mut Value) -> Result<(), ApiError> {
+    match (kind.group, kind.plural) {
+        ("", "secrets") => secret(kind, obj),
+        ("", "configmaps") => invalid(kind, obj, data_key_errors(obj, "data")),
+        ("", "namespaces") => {
+            let name = meta_str(obj, "name").to_string();
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+            obj["spec"] = json!({"finalizers": ["kubernetes"]});
+            obj["status"] = json!({"phase": "Active"});
+            Ok(())
+        }
+        ("", "services") => service(ctx, kind, None, obj),
+        ("", "pods") => {
+            obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+            default_pod_spec(&mut obj["spec"]);
+            Ok(())
+        }
+        ("apps", "deployments") | ("apps", "replicasets") => {
+            let spec = &mut obj["spec"];
+            default(spec, "replicas", json!(1));
+            default(spec, "revisionHistoryLimit", json!(10));
+            if kind.plural == "deployments" {
+                default(spec, "progressDeadlineSeconds", json!(600));
+                default(
+                    spec,
+                    "strategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+                );
+            }
+            default_pod_spec(&mut spec["template"]["spec"]);
+            obj["status"] = json!({});
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Defaulting and validation before an update (`old` is the stored object).
+pub fn on_update(
+    ctx: &Ctx,
+    kind: &'static Kind,
+    old: &Value,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
+    match (kind.group, kind.plural) {
+        ("", "secrets") => secret(kind, obj),
+        ("", "configmaps") => invalid(kind, obj, data_key_errors(obj, "data")),
+        ("", "services") => service(ctx, kind, Some(old), obj),
+        _ => Ok(()),
+    }
+}
+
+fn default(obj: &mut Value, field: &str, value: Value) {
+    if obj.get(field).is_none_or(Value::is_null) {
+        obj[field] = value;
+    }
+}
+
+fn default_pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    default(spec, "restartPolicy", json!("Always"));
+    default(spec, "dnsPolicy", json!("ClusterFirst"));
+    default(spec, "terminationGracePeriodSeconds", json!(30));
+    default(spec, "schedulerName", json!("default-scheduler"));
+    for c in spec["containers"].as_array_mut().into_iter().flatten() {
+        let latest = c["image"].as_str().is_some_and(|i| {
+            !i.rsplit('/').next().unwrap_or(i).contains(':') || i.ends_with(":latest")
+        });
+        default(
+            c,
+            "imagePullPolicy",
+            json!(if latest { "Always" } else { "IfNotPresent" }),
+        );
+        default(c, "terminationMessagePath", json!("/dev/termination-log"));
+        default(c, "terminationMessagePolicy", json!("File"));
+        for p in c["ports"].as_array_mut().into_iter().flatten() {
+            default(p, "protocol", json!("TCP"));
+        }
+    }
+}
+
+fn data_key_errors(obj: &Value, field: &str) -> Vec<FieldError> {
+    obj[field]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, _)| config_key_errors(field, k))
+        .collect()
+}
+
+/// Fold `stringData` into base64 `data`, check `data` is base64, default the type.
+fn secret(kind: &'static Kind, obj: &mut Value) -> Result<(), ApiError> {
+    if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
+        for (k, v) in sd {
+            let text = v.as_str().unwrap_or_default().to_string();
+            obj["data"][k] = json!(B64.encode(text));
+        }
+    }
+    for (_, v) in obj["data"].as_object().into_iter().flatten() {
+        let ok = v.as_str().is_some_and(|s| B64.decode(s).is_ok()) || v.is_null();
+        if !ok {
+            return Err(ApiError::bad_request(format!(
+                "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at input byte 0 ({v})"
+            )));
+        }
+    }
+    default(obj, "type", json!("Opaque"));
+    invalid(kind, obj, data_key_errors(obj, "data"))
+}
+
+const SERVICE_TYPES: &[&str] = &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
+
+/// Service defaulting, ClusterIP and NodePort allocation/validation.
+fn service(
+    ctx: &Ctx,
+    kind: &'static Kind,
+    old: Option<&Value>,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
+    let me = (
+        meta_str(obj, "namespace").to_string(),
+        meta_str(obj, "name").to_string(),
+    );
+    let (used_ips, mut used_ports) =
+        services_in_use(ctx.store.list(kind, None).into_iter(), (&me.0, &me.1));
+    let spec = &mut obj["spec"];
+    if !spec.is_object() {
+        *spec = json!({});
+    }
+    default(spec, "type", json!("ClusterIP"));
+    default(spec, "sessionAffinity", json!("None"));
+    let ty = spec["type"].as_str().unwrap_or("").to_string();
+    if !SERVICE_TYPES.contains(&ty.as_str()) {
+        let e = FieldError::not_supported("spec.type", go_str(&ty), SERVICE_TYPES);
+        return invalid(kind, obj, vec![e]);
+    }
+    let old_spec = old.map(|o| &o["spec"]);
+    let mut errs = Vec::new();
+    // Ports: protocol and targetPort defaults, NodePorts kept from the old object or allocated.
+    let wants_node_ports = ty == "NodePort" || ty == "LoadBalancer";
+    for (i, p) in spec["ports"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        default(p, "protocol", json!("TCP"));
+        if p.get("targetPort").is_none() {
+            p["targetPort"] = p["port"].clone();
+        }
+        if !wants_node_ports {
+            if let Some(o) = p.as_object_mut() {
+                o.remove("nodePort");
+            }
+            continue;
+        }
+        let kept = old_spec.and_then(|s| {
+            s["ports"]
+                .as_array()?
+                .iter()
+                .find(|op| op["port"] == p["port"] && op["protocol"] == p["protocol"])?["nodePort"]
+                .as_i64()
+        });
+        match p["nodePort"].as_i64() {
+            Some(np) if Some(np) == kept => {}
+            Some(np) => match check_node_port(i, np, &used_ports) {
+                Ok(np) => {
+                    used_ports.insert(np);
+                }
+                Err(e) => errs.push(e),
+            },
+            None => {
+                let np = kept
+                    .and_then(|k| u16::try_from(k).ok())
+                    .or_else(|| allocate_node_port(&used_ports));
+                if let Some(np) = np {
+                    used_ports.insert(np);
+                    p["nodePort"] = json!(np);
+                }
+            }
+        }
+    }
+    if ty == "ExternalName" {
+        return invalid(kind, obj, errs);
+    }
+    // ClusterIP: kept, validated or allocated.
+    let requested = spec["clusterIP"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .or_else(|| spec["clusterIPs"].get(0).and_then(Value::as_str))
+        .map(str::to_string);
+    let previous = old_spec
+        .and_then(|s| s["clusterIP"].as_str())
+        .map(str::to_string);
+    let ip = match (requested, previous) {
+        (None, Some(prev)) => Some(prev),
+        (Some(req), Some(prev)) if req != prev => {
+            errs.push(FieldError::invalid(
+                "spec.clusterIPs[0]",
+                go_str(&req),
+                "may not change once set",
+            ));
+            None
+        }
+        (Some(req), Some(_)) => Some(req),
+        (Some(req), None) if req == "None" => Some(req),
+        (Some(req), None) => match check_cluster_ip(&req, &ctx.service_cidr, &used_ips) {
+            Ok(ip) => Some(ip.to_string()),
+            Err(e) => {
+                errs.push(e);
+                None
+            }
+        },
+        (None, None) => match allocate_cluster_ip(&ctx.service_cidr, &used_ips) {
+            Ok(ip) => Some(ip.to_string()),
+            Err(e) => {
+                errs.push(e);
+                None
+            }
+        },
+    };
+    if let Some(ip) = ip {
+        spec["clusterIP"] = json!(ip);
+        spec["clusterIPs"] = json!([ip]);
+        default(spec, "ipFamilies", json!(["IPv4"]));
+        default(spec, "ipFamilyPolicy", json!("SingleStack"));
+        default(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+    if old.is_none() {
+        obj["status"] = json!({"loadBalancer": {}});
+    }
+    invalid(kind, obj, errs)
+}
+
+/// Objects the real controllers create for a new object (ServiceAccount `default` and
+/// ConfigMap `kube-root-ca.crt` in every namespace).
+pub fn children(
+    kind: &Kind,
+    obj: &Value,
+    ca_pem: &str,
+) -> Vec<(&'static str, &'static str, Value)> {
+    if !kind.is("", "namespaces") {
+        return Vec::new();
+    }
+    let ns = meta_str(obj, "name");
+    vec![
+        (
+            "",
+            "serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}}),
+        ),
+        (
+            "",
+            "configmaps",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": ns}, "data": {"ca.crt": ca_pem}}),
+        ),
+    ]
+}

@@ -1,0 +1,301 @@
+//! Validation with the real server's messages: object names and Service IPs and ports.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use crate::kinds::NameRule;
+use crate::status::{FieldError, go_str, go_str_slice};
+
+/// The NodePort range of a default API server.
+pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+const SUBDOMAIN_RE: &str = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const LABEL_RE: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
+const DNS1035_RE: &str = "[a-z]([-a-z0-9]*[a-z0-9])?";
+
+/// apimachinery's `RegexError`.
+fn regex_error(msg: &str, re: &str, examples: &[&str]) -> String {
+    let ex: String = examples
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{}'{e}', ", if i > 0 { " or " } else { "" }))
+        .collect();
+    format!("{msg} (e.g. {ex}regex used for validation is '{re}')")
+}
+
+fn is_label(s: &str, first_alpha: bool) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && (if first_alpha {
+            b[0].is_ascii_lowercase()
+        } else {
+            b[0] != b'-'
+        })
+        && b[b.len() - 1] != b'-'
+}
+
+/// Errors for `metadata.name` under `rule` (empty when valid).
+pub fn name_errors(rule: NameRule, name: &str) -> Vec<FieldError> {
+    let field = "metadata.name";
+    let mut details = Vec::new();
+    match rule {
+        NameRule::Subdomain => {
+            if name.len() > 253 {
+                details.push("must be no more than 253 characters".to_string());
+            }
+            if !name.split('.').all(|p| is_label(p, false)) {
+                details.push(regex_error(
+                    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+                    SUBDOMAIN_RE,
+                    &["example.com"],
+                ));
+            }
+        }
+        NameRule::Label | NameRule::Dns1035 => {
+            if name.len() > 63 {
+                details.push("must be no more than 63 characters".to_string());
+            }
+            if rule == NameRule::Label && !is_label(name, false) {
+                details.push(regex_error(
+                    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
+                    LABEL_RE,
+                    &["my-name", "123-abc"],
+                ));
+            }
+            if rule == NameRule::Dns1035 && !is_label(name, true) {
+                details.push(regex_error(
+                    "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character",
+                    DNS1035_RE,
+                    &["my-name", "abc-123"],
+                ));
+            }
+        }
+        NameRule::PathSegment => {
+            if name == "." || name == ".." {
+                details.push(format!("may not be '{name}'"));
+            }
+            for bad in ["/", "%"] {
+                if name.contains(bad) {
+                    details.push(format!("may not contain '{bad}'"));
+                }
+            }
+        }
+    }
+    details
+        .into_iter()
+        .map(|d| FieldError::invalid(field, go_str(name), d))
+        .collect()
+}
+
+/// Keys of Secret and ConfigMap data.
+pub fn config_key_errors(field: &str, key: &str) -> Option<FieldError> {
+    let ok = !key.is_empty()
+        && key
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-._".contains(&c));
+    (!ok).then(|| {
+        FieldError::invalid(
+            format!("{field}[{key}]"),
+            go_str(key),
+            regex_error(
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                "[-._a-zA-Z0-9]+",
+                &["key.name", "KEY_NAME", "key-name"],
+            ),
+        )
+    })
+}
+
+/// Check a requested ClusterIP against the service CIDR and the IPs in use.
+pub fn check_cluster_ip(
+    ip_text: &str,
+    cidr: &IpNet,
+    used: &HashSet<IpAddr>,
+) -> Result<IpAddr, FieldError> {
+    let ip: IpAddr = ip_text.parse().map_err(|_| {
+        FieldError::invalid(
+            "spec.clusterIPs[0]",
+            go_str(ip_text),
+            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        )
+    })?;
+    let value = go_str_slice(&[ip_text.to_string()]);
+    if !cidr.contains(&ip) || ip == cidr.network() || ip == cidr.broadcast() {
+        return Err(FieldError::invalid(
+            "spec.clusterIPs",
+            value,
+            format!(
+                "failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {cidr}"
+            ),
+        ));
+    }
+    if used.contains(&ip) {
+        return Err(FieldError::invalid(
+            "spec.clusterIPs",
+            value,
+            format!("failed to allocate IP {ip}: provided IP is already allocated"),
+        ));
+    }
+    Ok(ip)
+}
+
+fn nth_host(cidr: &IpNet, n: u128) -> Option<IpAddr> {
+    match cidr {
+        IpNet::V4(n4) => {
+            let base = u32::from(n4.network()) as u128;
+            u32::try_from(base + n)
+                .ok()
+                .map(|v| IpAddr::V4(v.into()))
+                .filter(|ip| cidr.contains(ip))
+        }
+        IpNet::V6(n6) => {
+            Some(IpAddr::V6((u128::from(n6.network()) + n).into())).filter(|ip| cidr.contains(ip))
+        }
+    }
+}
+
+/// The first address of the range (the `kubernetes` Service's ClusterIP).
+pub fn first_ip(cidr: &IpNet) -> IpAddr {
+    nth_host(cidr, 1).unwrap_or(cidr.network())
+}
+
+/// Allocate a free ClusterIP, preferring the upper band like the real allocator so that
+/// statically chosen low addresses (kube-dns at .10) stay free.
+pub fn allocate_cluster_ip(cidr: &IpNet, used: &HashSet<IpAddr>) -> Result<IpAddr, FieldError> {
+    let size: u128 = 1u128 << (cidr.max_prefix_len() - cidr.prefix_len()).min(64);
+    let band = (size / 16).clamp(16, 256);
+    let start = if size > 2 * band { band } else { 1 };
+    (start..size - 1)
+        .chain(1..start)
+        .filter_map(|n| nth_host(cidr, n))
+        .find(|ip| !used.contains(ip) && *ip != cidr.broadcast())
+        .ok_or_else(|| {
+            FieldError::invalid(
+                "spec.clusterIPs",
+                "[]string{}".into(),
+                format!("failed to allocate a serviceIP: range is full ({cidr})"),
+            )
+        })
+}
+
+/// Check a requested NodePort.
+pub fn check_node_port(index: usize, port: i64, used: &HashSet<u16>) -> Result<u16, FieldError> {
+    let field = format!("spec.ports[{index}].nodePort");
+    match u16::try_from(port).ok().filter(|p| NODE_PORTS.contains(p)) {
+        None => Err(FieldError::invalid(
+            field,
+            port.to_string(),
+            format!(
+                "provided port is not in the valid range. The range of valid ports is {}-{}",
+                NODE_PORTS.start(),
+                NODE_PORTS.end()
+            ),
+        )),
+        Some(p) if used.contains(&p) => Err(FieldError::invalid(
+            field,
+            port.to_string(),
+            "provided port is already allocated",
+        )),
+        Some(p) => Ok(p),
+    }
+}
+
+pub fn allocate_node_port(used: &HashSet<u16>) -> Option<u16> {
+    NODE_PORTS.clone().find(|p| !used.contains(p))
+}
+
+/// ClusterIPs and NodePorts held by Services other than `except` (namespace, name).
+pub fn services_in_use<'a>(
+    services: impl Iterator<Item = &'a Value>,
+    except: (&str, &str),
+) -> (HashSet<IpAddr>, HashSet<u16>) {
+    let (mut ips, mut ports) = (HashSet::new(), HashSet::new());
+    for s in services {
+        let m = &s["metadata"];
+        if m["namespace"].as_str() == Some(except.0) && m["name"].as_str() == Some(except.1) {
+            continue;
+        }
+        for ip in s["spec"]["clusterIPs"].as_array().into_iter().flatten() {
+            if let Some(ip) = ip.as_str().and_then(|t| t.parse().ok()) {
+                ips.insert(ip);
+            }
+        }
+        for p in s["spec"]["ports"].as_array().into_iter().flatten() {
+            if let Some(np) = p["nodePort"].as_u64().and_then(|n| u16::try_from(n).ok()) {
+                ports.insert(np);
+            }
+        }
+    }
+    (ips, ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(name_errors(NameRule::Subdomain, "a.b-c").is_empty());
+        let e = name_errors(NameRule::Subdomain, "Bad_Name");
+        assert_eq!(
+            e[0].to_string(),
+            "metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+        );
+        let e = name_errors(NameRule::Label, "a.b");
+        assert!(
+            e[0].to_string()
+                .contains("(e.g. 'my-name',  or '123-abc', regex"),
+            "{}",
+            e[0]
+        );
+        assert!(!name_errors(NameRule::Dns1035, "1abc").is_empty());
+        assert!(name_errors(NameRule::PathSegment, "system:masters").is_empty());
+    }
+
+    #[test]
+    fn cluster_ips() {
+        let cidr: IpNet = "10.96.0.0/12".parse().unwrap();
+        let e = check_cluster_ip("1.2.3.4", &cidr, &HashSet::new()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "spec.clusterIPs: Invalid value: []string{\"1.2.3.4\"}: failed to allocate IP 1.2.3.4: the provided IP (1.2.3.4) is not in the valid range. The range of valid IPs is 10.96.0.0/12"
+        );
+        let mut used = HashSet::new();
+        used.insert(first_ip(&cidr));
+        assert_eq!(first_ip(&cidr).to_string(), "10.96.0.1");
+        assert!(
+            check_cluster_ip("10.96.0.1", &cidr, &used)
+                .unwrap_err()
+                .to_string()
+                .ends_with("provided IP is already allocated")
+        );
+        let a = allocate_cluster_ip(&cidr, &used).unwrap();
+        assert!(cidr.contains(&a) && a.to_string() != "10.96.0.10");
+        let small: IpNet = "10.0.0.0/30".parse().unwrap();
+        assert_eq!(
+            allocate_cluster_ip(&small, &HashSet::new())
+                .unwrap()
+                .to_string(),
+            "10.0.0.1"
+        );
+    }
+
+    #[test]
+    fn node_ports() {
+        let mut used = HashSet::new();
+        used.insert(30000);
+        assert_eq!(allocate_node_port(&used), Some(30001));
+        assert!(check_node_port(0, 30000, &used).is_err());
+        assert!(
+            check_node_port(0, 80, &used)
+                .unwrap_err()
+                .to_string()
+                .contains("30000-32767")
+        );
+    }
+}
