@@ -21,6 +21,8 @@ enum Ty {
     MapStr,
     MapBytes,
     RepStr,
+    RepMsg(&'static [Field]),
+    IntOrString,
 }
 
 struct Field(u32, &'static str, Ty);
@@ -77,6 +79,61 @@ const SSAR: &[Field] = &[
     Field(1, "metadata", Ty::Msg(OBJECT_META)),
     Field(2, "spec", Ty::Msg(SSAR_SPEC)),
 ];
+const SERVICE_PORT: &[Field] = &[
+    Field(1, "name", Ty::Str),
+    Field(2, "protocol", Ty::Str),
+    Field(3, "port", Ty::Int),
+    Field(4, "targetPort", Ty::IntOrString),
+    Field(5, "nodePort", Ty::Int),
+    Field(6, "appProtocol", Ty::Str),
+];
+const SERVICE_SPEC: &[Field] = &[
+    Field(1, "ports", Ty::RepMsg(SERVICE_PORT)),
+    Field(2, "selector", Ty::MapStr),
+    Field(3, "clusterIP", Ty::Str),
+    Field(4, "type", Ty::Str),
+    Field(5, "externalIPs", Ty::RepStr),
+    Field(7, "sessionAffinity", Ty::Str),
+    Field(8, "loadBalancerIP", Ty::Str),
+    Field(10, "externalName", Ty::Str),
+    Field(18, "clusterIPs", Ty::RepStr),
+];
+const SERVICE: &[Field] = &[
+    Field(1, "metadata", Ty::Msg(OBJECT_META)),
+    Field(2, "spec", Ty::Msg(SERVICE_SPEC)),
+];
+const POLICY_RULE: &[Field] = &[
+    Field(1, "verbs", Ty::RepStr),
+    Field(2, "apiGroups", Ty::RepStr),
+    Field(3, "resources", Ty::RepStr),
+    Field(4, "resourceNames", Ty::RepStr),
+    Field(5, "nonResourceURLs", Ty::RepStr),
+];
+const ROLE: &[Field] = &[
+    Field(1, "metadata", Ty::Msg(OBJECT_META)),
+    Field(2, "rules", Ty::RepMsg(POLICY_RULE)),
+];
+const SUBJECT: &[Field] = &[
+    Field(1, "kind", Ty::Str),
+    Field(2, "apiGroup", Ty::Str),
+    Field(3, "name", Ty::Str),
+    Field(4, "namespace", Ty::Str),
+];
+const ROLE_REF: &[Field] = &[
+    Field(1, "apiGroup", Ty::Str),
+    Field(2, "kind", Ty::Str),
+    Field(3, "name", Ty::Str),
+];
+const BINDING: &[Field] = &[
+    Field(1, "metadata", Ty::Msg(OBJECT_META)),
+    Field(2, "subjects", Ty::RepMsg(SUBJECT)),
+    Field(3, "roleRef", Ty::Msg(ROLE_REF)),
+];
+const INT_OR_STRING: &[Field] = &[
+    Field(1, "type", Ty::Int),
+    Field(2, "intVal", Ty::Int),
+    Field(3, "strVal", Ty::Str),
+];
 const TYPE_META: &[Field] = &[Field(1, "apiVersion", Ty::Str), Field(2, "kind", Ty::Str)];
 const UNKNOWN: &[Field] = &[
     Field(1, "typeMeta", Ty::Msg(TYPE_META)),
@@ -90,6 +147,9 @@ fn schema(kind: &str) -> Option<&'static [Field]> {
         "Namespace" => NAMESPACE,
         "ServiceAccount" => SERVICE_ACCOUNT,
         "SelfSubjectAccessReview" => SSAR,
+        "Service" => SERVICE,
+        "Role" | "ClusterRole" => ROLE,
+        "RoleBinding" | "ClusterRoleBinding" => BINDING,
         _ => return None,
     })
 }
@@ -207,6 +267,21 @@ fn decode(b: &[u8], fields: &[Field]) -> Result<Value, ApiError> {
             (Ty::MapStr | Ty::MapBytes, Payload::Bytes(x)) => {
                 let (k, v) = map_entry(x, matches!(ty, Ty::MapBytes))?;
                 out.entry(name).or_insert_with(|| json!({}))[k] = v;
+            }
+            (Ty::RepMsg(sub), Payload::Bytes(x)) => {
+                let item = decode(x, sub)?;
+                if let Value::Array(a) = out.entry(name).or_insert_with(|| json!([])) {
+                    a.push(item);
+                }
+            }
+            (Ty::IntOrString, Payload::Bytes(x)) => {
+                let v = decode(x, INT_OR_STRING)?;
+                let value = if v["type"] == json!(1) {
+                    v["strVal"].clone()
+                } else {
+                    json!(v["intVal"].as_i64().unwrap_or(0))
+                };
+                out.insert(name, value);
             }
             (Ty::RepStr, Payload::Bytes(x)) => {
                 if let Value::Array(a) = out.entry(name).or_insert_with(|| json!([])) {
