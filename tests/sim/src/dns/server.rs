@@ -1,0 +1,201 @@
+//! The I/O edge shared by both servers: hickory's UDP/TCP server in front of a pure [`Zone`],
+//! and a plain relay to the upstream resolver for names that are not ours.
+
+use std::{net::SocketAddr, time::Duration};
+
+use hickory_proto::{
+    op::{Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode},
+    rr::{Name, RecordType},
+};
+use hickory_server::{
+    Server,
+    net::{runtime::Time, xfer::Protocol},
+    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
+    zone_handler::MessageResponseBuilder,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+};
+use tracing::{debug, warn};
+
+use super::{Error, Reply, Resolution};
+
+/// Idle time after which a TCP client connection is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// How long to wait for the upstream resolver (a stub's usual per-try timeout).
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A zone's pure lookup: one question in, what to answer out.
+pub(crate) trait Zone: Send + Sync + Unpin + 'static {
+    fn resolve(&self, name: &Name, qtype: RecordType) -> Resolution;
+}
+
+/// Serves `zone` on both sockets until the server fails.
+pub(crate) async fn run<Z: Zone>(
+    zone: Z,
+    upstream: Option<SocketAddr>,
+    udp: UdpSocket,
+    tcp: TcpListener,
+) -> Result<(), Error> {
+    let mut server = Server::new(Handler { zone, upstream });
+    server.register_socket(udp);
+    server.register_listener(tcp, TCP_IDLE, 32);
+    server.block_until_done().await?;
+    Err(Error::Stopped)
+}
+
+struct Handler<Z> {
+    zone: Z,
+    upstream: Option<SocketAddr>,
+}
+
+#[async_trait::async_trait]
+impl<Z: Zone> RequestHandler for Handler<Z> {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let edns = response_edns(request);
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = self.upstream.is_some();
+
+        let question = match request.request_info() {
+            Ok(info)
+                if request.metadata.message_type == MessageType::Query
+                    && request.metadata.op_code == OpCode::Query =>
+            {
+                Some((Name::from(info.query.name()), info.query.query_type()))
+            }
+            _ => None,
+        };
+        let resolution = match &question {
+            Some((name, qtype)) => self.zone.resolve(name, *qtype),
+            None => Resolution::Answer(Reply {
+                rcode: ResponseCode::NotImp,
+                ..empty()
+            }),
+        };
+        debug!(?question, ?resolution, "dns query");
+
+        let (metadata, reply) = match (resolution, self.upstream) {
+            (Resolution::Answer(reply), _) => {
+                metadata.response_code = reply.rcode;
+                metadata.authoritative = reply.rcode != ResponseCode::NotImp;
+                (metadata, reply)
+            }
+            (Resolution::Forward, Some(upstream)) => {
+                match relay(upstream, request.as_slice(), request.protocol()).await {
+                    Ok(relayed) => {
+                        let id = metadata.id;
+                        let reply = Reply {
+                            rcode: relayed.metadata.response_code,
+                            answers: relayed.answers,
+                            authorities: relayed.authorities,
+                            additionals: relayed.additionals,
+                        };
+                        let mut metadata = relayed.metadata;
+                        metadata.id = id;
+                        (metadata, reply)
+                    }
+                    Err(error) => {
+                        warn!(%upstream, %error, ?question, "upstream resolver failed");
+                        (with_rcode(metadata, ResponseCode::ServFail), empty())
+                    }
+                }
+            }
+            (Resolution::Forward | Resolution::Refused, _) => {
+                (with_rcode(metadata, ResponseCode::Refused), empty())
+            }
+        };
+        let response = builder.build(
+            metadata,
+            &reply.answers,
+            &reply.authorities,
+            [],
+            &reply.additionals,
+        );
+        let sent = response_handle.send_response(response).await;
+        sent.unwrap_or_else(|error| {
+            warn!(%error, "could not send a DNS response");
+            let metadata = Metadata::response_from_request(&request.metadata);
+            ResponseInfo::from(Header {
+                metadata: with_rcode(metadata, ResponseCode::ServFail),
+                counts: HeaderCounts::default(),
+            })
+        })
+    }
+}
+
+fn empty() -> Reply {
+    Reply::records(Vec::new(), Vec::new())
+}
+
+fn with_rcode(mut metadata: Metadata, response_code: ResponseCode) -> Metadata {
+    metadata.response_code = response_code;
+    metadata
+}
+
+/// EDNS of the response mirrors the request's (RFC 6891 6.1.1); its payload size is what lets
+/// UDP answers grow past 512 bytes before hickory sets TC.
+fn response_edns(request: &Request) -> Option<Edns> {
+    request.edns.as_ref().map(|req| {
+        let mut edns = Edns::new();
+        edns.set_max_payload(req.max_payload().max(512));
+        edns.set_version(0);
+        edns
+    })
+}
+
+/// Sends the client's query bytes unchanged to `upstream` over the client's transport and
+/// returns the decoded reply (TC is kept: a UDP client then retries over TCP, as with any
+/// resolver).
+async fn relay(upstream: SocketAddr, query: &[u8], protocol: Protocol) -> Result<Message, Error> {
+    let exchange = async {
+        match protocol {
+            Protocol::Udp => relay_udp(upstream, query).await,
+            _ => relay_tcp(upstream, query).await,
+        }
+    };
+    let bytes = tokio::time::timeout(UPSTREAM_TIMEOUT, exchange)
+        .await
+        .map_err(|_| Error::UpstreamTimeout { upstream })?
+        .map_err(|source| Error::Upstream { upstream, source })?;
+    Message::from_vec(&bytes).map_err(|e| Error::UpstreamReply {
+        upstream,
+        reason: e.to_string(),
+    })
+}
+
+async fn relay_udp(upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let local: SocketAddr = if upstream.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(upstream).await?;
+    socket.send(query).await?;
+    let mut buf = vec![0; 65535];
+    loop {
+        let n = socket.recv(&mut buf).await?;
+        // Only the reply to this query (same id) counts; drop stray datagrams.
+        if n >= 2 && query.len() >= 2 && buf[..2] == query[..2] {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+    }
+}
+
+async fn relay_tcp(upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(upstream).await?;
+    let len = u16::try_from(query.len()).map_err(std::io::Error::other)?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(query).await?;
+    let len = stream.read_u16().await?;
+    let mut buf = vec![0; usize::from(len)];
+    stream.read_exact(&mut buf).await?;
+    Ok(buf)
+}
