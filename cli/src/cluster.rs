@@ -126,6 +126,22 @@ impl Kube {
         match api.create(&PostParams::default(), &secret).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.is_conflict() => {
+                // Overwrite only this machine's own earlier Secret (same public key).
+                let existing = api
+                    .get(&spec.secret_name())
+                    .await
+                    .map_err(|e| self.secrets_error("get", ns, e))?;
+                let key = existing
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("publicKey"))
+                    .map(|k| String::from_utf8_lossy(&k.0).trim().to_string());
+                if key.as_deref() != Some(spec.public_key.to_string().as_str()) {
+                    return Err(Error::invalid(
+                        format!("peer name {}", spec.name),
+                        "another machine registered it: pass --name with another name",
+                    ));
+                }
                 let patch = serde_json::json!({
                     "data": secret.data,
                     "metadata": { "labels": secret.metadata.labels },

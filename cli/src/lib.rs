@@ -1,10 +1,29 @@
 //! kwg: join this machine to a Kubernetes cluster over WireGuard, with split DNS.
 
+pub mod args;
 pub mod cluster;
+pub mod commands;
+pub mod daemon;
 pub mod dns;
 pub mod error;
 pub mod output;
 pub mod routes;
 pub mod state;
+pub mod undo;
 
 pub use error::Error;
+
+use args::{Cli, Command};
+use state::StateDir;
+
+/// Runs a parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32, Error> {
+    let dir = StateDir::from_env();
+    match cli.command {
+        Command::Join(a) => commands::join(a, dir).await.map(|()| 0),
+        Command::Status(a) => commands::status(a, dir).await,
+        Command::Peers(a) => commands::peers(a, dir).await.map(|()| 0),
+        Command::Leave(a) => commands::leave(a, dir).await.map(|()| 0),
+        Command::Daemon(a) => commands::daemon(&a.spec, dir).await.map(|()| 0),
+    }
+}

@@ -196,7 +196,7 @@ async fn relay_any(raw: &[u8], servers: &[SocketAddr], timeout: Duration) -> Opt
 }
 
 /// Sends `raw` to `server` over UDP (TCP when the reply is truncated) and returns the reply.
-async fn relay(raw: &[u8], server: SocketAddr, timeout: Duration) -> Option<Vec<u8>> {
+pub(crate) async fn relay(raw: &[u8], server: SocketAddr, timeout: Duration) -> Option<Vec<u8>> {
     tokio::time::timeout(timeout, async {
         let reply = relay_udp(raw, server).await.ok()?;
         let truncated = reply.len() >= 3 && reply[2] & 0x02 != 0;

@@ -1,0 +1,154 @@
+//! Command-line flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kwg",
+    version,
+    about = "Join this machine to a Kubernetes cluster over WireGuard: cluster Services, Pods and DNS names become reachable, the rest of the machine's networking stays as it was.",
+    after_help = "State (key, what join changed) lives in $KWG_STATE_DIR (default /var/lib/kwg). Logs: KWG_LOG=debug."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Join the cluster: register this machine as a peer, start the tunnel daemon, set up
+    /// routes and split DNS. Exits 0 once the tunnel handshake is done and a cluster name
+    /// resolves through it; on failure undoes everything.
+    Join(JoinArgs),
+    /// Show whether this machine is joined and how (exit 1 when not joined).
+    Status(OutputArgs),
+    /// List every registered peer of the cluster (this machine marked with *).
+    Peers(PeersArgs),
+    /// Leave the cluster: restore DNS, remove routes and the interface, delete the peer Secret.
+    /// Idempotent; also cleans up after a killed daemon.
+    Leave(LeaveArgs),
+    /// Run the tunnel daemon (started by `kwg join`).
+    #[command(hide = true)]
+    Daemon(DaemonArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum Format {
+    Text,
+    Json,
+    Wide,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum DnsMode {
+    /// resolv-conf (systemd-resolved per-link DNS is not implemented yet).
+    Auto,
+    /// systemd-resolved per-link DNS over D-Bus (not implemented yet: fails).
+    Resolved,
+    /// Rewrite /etc/resolv.conf in place, restoring the original byte for byte on leave.
+    ResolvConf,
+    /// Leave the machine's DNS alone.
+    Off,
+}
+
+#[derive(Debug, Clone, Args, serde::Serialize, serde::Deserialize)]
+pub struct KubeArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, like kubectl).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the current context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Namespace of the kwg gateway and peer Secrets.
+    #[arg(long, env = "KWG_NAMESPACE", default_value = kwg_wg::contract::DEFAULT_NAMESPACE)]
+    pub kwg_namespace: String,
+}
+
+#[derive(Debug, Clone, Args, serde::Serialize, serde::Deserialize)]
+pub struct JoinArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Namespace whose Services resolve by their single-label name (default: the context's).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Only these namespaces' names resolve (comma-separated); routing is unchanged.
+    #[arg(long, value_delimiter = ',')]
+    pub mapped_namespaces: Option<Vec<String>>,
+    /// Also route this subnet through the cluster (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    pub also_proxy: Vec<IpNet>,
+    /// Never route this subnet through the cluster (repeatable; the most specific subnet wins).
+    #[arg(long, value_name = "CIDR")]
+    pub never_proxy: Vec<IpNet>,
+    /// Route cluster subnets inside this one even where they overlap existing routes.
+    #[arg(long, value_name = "CIDR")]
+    pub allow_conflicting_subnets: Vec<IpNet>,
+    /// Peer name (a DNS label; default: derived from the hostname).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Lease of the peer Secret; renewed while joined, the gateway removes the peer after it.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// Give up (and undo everything) when not connected after this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// How to configure the machine's resolver.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dns_mode: DnsMode,
+    /// Names ending in these go to the cluster DNS (wins over --dns-exclude-suffix).
+    #[arg(long = "dns-include-suffix", value_name = "SUFFIX")]
+    pub include_suffixes: Vec<String>,
+    /// Names ending in these never go to the cluster DNS (default .arpa .com .io .net .org .ru).
+    #[arg(long = "dns-exclude-suffix", value_name = "SUFFIX")]
+    pub exclude_suffixes: Vec<String>,
+    /// DNS lookup timeout.
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    pub dns_timeout: Duration,
+    /// Address of the local DNS forwarder.
+    #[arg(long, default_value = crate::dns::forwarder::DEFAULT_LISTEN)]
+    pub dns_listen: std::net::SocketAddr,
+    /// The resolver file rewritten in resolv-conf mode.
+    #[arg(long, default_value = "/etc/resolv.conf", hide = true)]
+    pub resolv_conf: PathBuf,
+    /// Tunnel interface name.
+    #[arg(long, default_value = "kwg0")]
+    pub interface: String,
+    /// Stay in the foreground (the daemon runs in this process until Ctrl-C).
+    #[arg(long)]
+    pub foreground: bool,
+    /// Output: text progress lines, or one JSON object.
+    #[arg(short, long, value_enum, default_value = "text")]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    #[arg(short, long, value_enum, default_value = "text")]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// text, wide (hostname, endpoint, key, error) or json.
+    #[arg(short, long, value_enum, default_value = "text")]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaveArgs {
+    #[arg(short, long, value_enum, default_value = "text")]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The join flags, as JSON.
+    #[arg(long)]
+    pub spec: String,
+}
