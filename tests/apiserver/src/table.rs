@@ -53,10 +53,12 @@ pub fn human_duration(secs: i64) -> String {
 
 type Cell = fn(&Value) -> Value;
 
-fn age(obj: &Value, now: DateTime<Utc>) -> Value {
-    let created = obj["metadata"]["creationTimestamp"]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+/// Time since the first timestamp found at `pointers`, like kubectl's AGE.
+fn since(obj: &Value, pointers: &[&str], now: DateTime<Utc>) -> Value {
+    let created = pointers
+        .iter()
+        .filter_map(|p| obj.pointer(p).and_then(Value::as_str))
+        .find_map(|t| DateTime::parse_from_rfc3339(t).ok());
     match created {
         Some(t) => json!(human_duration((now - t.with_timezone(&Utc)).num_seconds())),
         None => json!("<unknown>"),
@@ -163,53 +165,107 @@ fn or_none(v: &Value) -> Value {
     }
 }
 
-/// Columns between NAME and AGE: (header, type, priority, cell).
-fn columns(kind: &Kind) -> Vec<(&'static str, &'static str, u8, Cell)> {
-    match (kind.group, kind.plural) {
-        ("", "namespaces") => vec![("Status", "string", 0, |o| s(&o["status"]["phase"]))],
-        ("", "secrets") => vec![
-            ("Type", "string", 0, |o| s(&o["type"])),
-            ("Data", "integer", 0, |o| count(&o["data"])),
-        ],
-        ("", "configmaps") => vec![("Data", "integer", 0, |o| count(&o["data"]))],
+/// A Table column.
+enum Col {
+    Name,
+    /// Header and the timestamps (JSON pointers, first present wins) to show the age of.
+    Since(&'static str, &'static [&'static str]),
+    /// Header, type, priority (1: only with `-o wide`), cell.
+    Data(&'static str, &'static str, u8, Cell),
+}
+
+const AGE: Col = Col::Since("Age", &["/metadata/creationTimestamp"]);
+
+/// The columns of a kind: NAME, the kind's own, AGE (events differ, like the real server).
+fn columns(kind: &Kind) -> Vec<Col> {
+    use Col::Data;
+    let middle = match (kind.group, kind.plural) {
+        ("", "namespaces") => vec![Data("Status", "string", 0, |o| s(&o["status"]["phase"]))],
+        ("", "secrets") => {
+            vec![
+                Data("Type", "string", 0, |o| s(&o["type"])),
+                Data("Data", "integer", 0, |o| count(&o["data"])),
+            ]
+        }
+        ("", "configmaps") => vec![Data("Data", "integer", 0, |o| count(&o["data"]))],
         ("", "services") => vec![
-            ("Type", "string", 0, |o| s(&o["spec"]["type"])),
-            ("Cluster-IP", "string", 0, |o| {
+            Data("Type", "string", 0, |o| s(&o["spec"]["type"])),
+            Data("Cluster-IP", "string", 0, |o| {
                 or_none(&o["spec"]["clusterIP"])
             }),
-            ("External-IP", "string", 0, external_ip),
-            ("Port(s)", "string", 0, ports),
+            Data("External-IP", "string", 0, external_ip),
+            Data("Port(s)", "string", 0, ports),
         ],
         ("", "pods") => vec![
-            ("Ready", "string", 0, pod_ready),
-            ("Status", "string", 0, |o| s(&o["status"]["phase"])),
-            ("Restarts", "string", 0, pod_restarts),
-            ("IP", "string", 0, |o| or_none(&o["status"]["podIP"])),
-            ("Node", "string", 1, |o| or_none(&o["spec"]["nodeName"])),
+            Data("Ready", "string", 0, pod_ready),
+            Data("Status", "string", 0, |o| s(&o["status"]["phase"])),
+            Data("Restarts", "string", 0, pod_restarts),
+            Data("IP", "string", 0, |o| or_none(&o["status"]["podIP"])),
+            Data("Node", "string", 1, |o| or_none(&o["spec"]["nodeName"])),
         ],
         ("apps", "deployments") => vec![
-            ("Ready", "string", 0, deploy_ready),
-            ("Up-to-date", "integer", 0, |o| {
+            Data("Ready", "string", 0, deploy_ready),
+            Data("Up-to-date", "integer", 0, |o| {
                 json!(o["status"]["updatedReplicas"].as_i64().unwrap_or(0))
             }),
-            ("Available", "integer", 0, |o| {
+            Data("Available", "integer", 0, |o| {
                 json!(o["status"]["availableReplicas"].as_i64().unwrap_or(0))
             }),
         ],
-        ("", "nodes") => vec![("Status", "string", 0, node_status)],
-        ("", "serviceaccounts") => vec![("Secrets", "integer", 0, |o| count(&o["secrets"]))],
+        ("", "nodes") => {
+            let version = Data("Version", "string", 0, |o| {
+                s(&o["status"]["nodeInfo"]["kubeletVersion"])
+            });
+            return vec![
+                Col::Name,
+                Data("Status", "string", 0, node_status),
+                AGE,
+                version,
+            ];
+        }
+        ("", "events") => {
+            return vec![
+                Col::Since(
+                    "Last Seen",
+                    &[
+                        "/lastTimestamp",
+                        "/eventTime",
+                        "/metadata/creationTimestamp",
+                    ],
+                ),
+                Data("Type", "string", 0, |o| s(&o["type"])),
+                Data("Reason", "string", 0, |o| s(&o["reason"])),
+                Data("Object", "string", 0, |o| {
+                    let kind = o["involvedObject"]["kind"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_ascii_lowercase();
+                    json!(format!(
+                        "{kind}/{}",
+                        o["involvedObject"]["name"].as_str().unwrap_or("")
+                    ))
+                }),
+                Data("Message", "string", 0, |o| s(&o["message"])),
+            ];
+        }
+        ("", "serviceaccounts") => vec![Data("Secrets", "integer", 0, |o| count(&o["secrets"]))],
         ("rbac.authorization.k8s.io", "rolebindings")
         | ("rbac.authorization.k8s.io", "clusterrolebindings") => {
-            vec![("Role", "string", 0, |o| {
+            vec![Data("Role", "string", 0, |o| {
+                let r = &o["roleRef"];
                 json!(format!(
                     "{}/{}",
-                    o["roleRef"]["kind"].as_str().unwrap_or(""),
-                    o["roleRef"]["name"].as_str().unwrap_or("")
+                    r["kind"].as_str().unwrap_or(""),
+                    r["name"].as_str().unwrap_or("")
                 ))
             })]
         }
         _ => vec![],
-    }
+    };
+    let mut cols = vec![Col::Name];
+    cols.extend(middle);
+    cols.push(AGE);
+    cols
 }
 
 /// A `meta.k8s.io/v1` Table of `objects`.
@@ -220,21 +276,28 @@ pub fn table<'a>(
     now: DateTime<Utc>,
 ) -> Value {
     let cols = columns(kind);
-    let mut defs = vec![
-        json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}),
-    ];
-    defs.extend(cols.iter().map(
-        |(n, t, p, _)| json!({"name": n, "type": t, "format": "", "description": n, "priority": p}),
-    ));
-    defs.push(
-        json!({"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}),
-    );
+    let defs: Vec<Value> = cols
+        .iter()
+        .map(|c| {
+            let (name, ty, format, priority) = match c {
+                Col::Name => ("Name", "string", "name", 0),
+                Col::Since(h, _) => (*h, "string", "", 0),
+                Col::Data(h, t, p, _) => (*h, *t, "", *p),
+            };
+            json!({"name": name, "type": ty, "format": format, "description": name, "priority": priority})
+        })
+        .collect();
     let rows: Vec<Value> = objects
         .into_iter()
         .map(|o| {
-            let mut cells = vec![o["metadata"]["name"].clone()];
-            cells.extend(cols.iter().map(|(_, _, _, f)| f(o)));
-            cells.push(age(o, now));
+            let cells: Vec<Value> = cols
+                .iter()
+                .map(|c| match c {
+                    Col::Name => o["metadata"]["name"].clone(),
+                    Col::Since(_, pointers) => since(o, pointers, now),
+                    Col::Data(_, _, _, f) => f(o),
+                })
+                .collect();
             json!({"cells": cells, "object": o})
         })
         .collect();

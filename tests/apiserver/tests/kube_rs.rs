@@ -490,3 +490,62 @@ async fn watcher_sees_changes_in_order_and_recovers_from_gone() {
     next_matching(&mut stream, &mut seen, "delete before").await;
     assert_eq!(seen, vec!["delete before"]);
 }
+
+#[tokio::test]
+async fn selector_watch_sees_unlabel_as_delete() {
+    let c = Cluster::start().await;
+    let api: Api<Secret> = Api::namespaced(c.client("admin").await, "default");
+    let mut stream = watcher(
+        api.clone(),
+        watcher::Config::default().labels("kwg.io/peer=true"),
+    )
+    .boxed();
+    let mut seen = Vec::new();
+    next_matching(&mut stream, &mut seen, "initdone").await;
+    api.create(&PostParams::default(), &secret("p", &[], &[]))
+        .await
+        .unwrap();
+    let pp = PatchParams::default();
+    api.patch(
+        "p",
+        &pp,
+        &Patch::Merge(json!({"metadata": {"labels": {"kwg.io/peer": "true"}}})),
+    )
+    .await
+    .unwrap();
+    api.patch(
+        "p",
+        &pp,
+        &Patch::Merge(json!({"metadata": {"labels": {"kwg.io/peer": null}}})),
+    )
+    .await
+    .unwrap();
+    seen.clear();
+    next_matching(&mut stream, &mut seen, "delete p").await;
+    assert_eq!(seen, vec!["apply p", "delete p"]);
+}
+
+#[tokio::test]
+async fn ca_is_reused_and_shutdown_stops_serving() {
+    let c = Cluster::start().await;
+    let api: Api<Secret> = Api::namespaced(c.client("admin").await, "default");
+    assert!(api.list(&ListParams::default()).await.is_ok());
+    c.server.clone().shutdown().await;
+    let refused = tokio::time::timeout(Duration::from_secs(10), api.list(&ListParams::default()))
+        .await
+        .expect("a stopped server answers quickly");
+    assert!(refused.is_err(), "the server still answers after shutdown");
+
+    // A second server on the same state directory keeps the CA, so old kubeconfigs stay valid.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = kwg_apiserver::Config {
+        service_cidr: "10.96.0.0/12".parse().unwrap(),
+        cert_sans: vec!["127.0.0.1".into()],
+        state_dir: c.dir.path().join("state"),
+    };
+    let second = kwg_apiserver::ApiServer::serve(cfg, listener)
+        .await
+        .unwrap();
+    assert_eq!(second.ca_pem(), c.server.ca_pem());
+    second.shutdown().await;
+}
