@@ -72,12 +72,23 @@ pub async fn run(
         .run(token.clone())
         .await;
     token.cancel();
-    let _ = discovery.await;
+    // Bounded teardown: every step gets a deadline, so the pod stops within its grace period.
+    let step = Duration::from_secs(2);
+    if tokio::time::timeout(step, discovery).await.is_err() {
+        tracing::warn!("discovery did not stop in time");
+    }
     if let Err(e) = net::nft_teardown() {
         tracing::warn!(error = %e, "cannot remove the nftables table");
     }
-    device.shutdown().await?;
-    let _ = admin.await;
+    tracing::debug!("stopping the WireGuard device");
+    match tokio::time::timeout(step, device.shutdown()).await {
+        Ok(r) => r?,
+        Err(_) => tracing::warn!("the WireGuard device did not stop in time; exiting anyway"),
+    }
+    tracing::debug!("stopping the admin server");
+    if tokio::time::timeout(step, admin).await.is_err() {
+        tracing::warn!("admin HTTP connections still open; exiting anyway");
+    }
     tracing::info!("stopped");
     result
 }
@@ -98,42 +109,58 @@ async fn discovery_loop(
     state: Arc<AdminState>,
     token: CancellationToken,
 ) {
-    let mut applied: Option<Discovered> = None;
+    let mut applied: Option<nft::Policy> = None;
     let mut published: Option<GatewayInfo> = None;
     loop {
         match discovery::discover(&client, &cfg).await {
             Ok(found) => {
-                if applied.as_ref() != Some(&found) {
-                    match net::nft_apply(&nft::render(&policy(&cfg, base.gateway_ip, &found))) {
+                let policy = policy(&cfg, base.gateway_ip, &found);
+                if applied.as_ref() != Some(&policy) {
+                    match net::nft_apply(&nft::render(&policy)) {
                         Ok(()) => {
                             tracing::info!(service_cidrs = ?found.service_cidrs, pod_cidrs = ?found.pod_cidrs, allowed_extra = ?cfg.allow_cidr, "firewall loaded");
                             state.tunnel_ready.store(true, Ordering::Relaxed);
-                            applied = Some(found.clone());
+                            applied = Some(policy);
                         }
                         Err(e) => tracing::error!(error = %e, "cannot load the firewall"),
                     }
                 }
                 let info = gateway_info(&cfg, base, &found);
                 if published.as_ref() != Some(&info) {
-                    if info.endpoints.is_empty() {
-                        tracing::warn!(service = %cfg.service_name, "no endpoints yet (Service missing or without NodePort/LoadBalancer): not publishing gateway info");
-                    } else {
-                        match kube_io::publish_info(&client, &cfg.kwg_namespace, &info).await {
-                            Ok(()) => {
-                                tracing::info!(endpoints = ?info.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(), "gateway info published");
-                                published = Some(info);
-                            }
-                            Err(e) => tracing::warn!(error = %e, "cannot publish gateway info"),
-                        }
-                    }
+                    publish(&client, &cfg, info, &mut published).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cluster discovery failed; retrying"),
         }
+        // Until everything is in place, retry every second.
+        let wait = if applied.is_some() && published.is_some() {
+            cfg.discovery_interval
+        } else {
+            Duration::from_secs(1)
+        };
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tokio::time::sleep(cfg.discovery_interval) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+async fn publish(
+    client: &kube::Client,
+    cfg: &Config,
+    info: GatewayInfo,
+    published: &mut Option<GatewayInfo>,
+) {
+    if info.endpoints.is_empty() {
+        tracing::info!(service = %cfg.service_name, "no endpoints yet (Service missing or without NodePort/LoadBalancer): not publishing gateway info");
+        return;
+    }
+    match kube_io::publish_info(client, &cfg.kwg_namespace, &info).await {
+        Ok(()) => {
+            tracing::info!(endpoints = ?info.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(), "gateway info published");
+            *published = Some(info);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot publish gateway info"),
     }
 }
 
