@@ -1,1 +1,3 @@
 //! The one-machine cluster.
+
+pub mod dns;
