@@ -62,31 +62,30 @@ impl<Z: Zone> RequestHandler for Handler<Z> {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.recursion_available = self.upstream.is_some();
 
+        // One question of opcode QUERY, or an error code (RFC 1035 4.1.1).
         let question = match request.request_info() {
-            Ok(info)
-                if request.metadata.message_type == MessageType::Query
-                    && request.metadata.op_code == OpCode::Query =>
+            Err(_) => Err(ResponseCode::FormErr),
+            Ok(_)
+                if request.metadata.message_type != MessageType::Query
+                    || request.metadata.op_code != OpCode::Query =>
             {
-                Some((Name::from(info.query.name()), info.query.query_type()))
+                Err(ResponseCode::NotImp)
             }
-            _ => None,
+            Ok(info) => Ok((Name::from(info.query.name()), info.query.query_type())),
         };
-        let resolution = match &question {
-            Some((name, qtype)) => self.zone.resolve(name, *qtype),
-            None => Resolution::Answer(Reply {
-                rcode: ResponseCode::NotImp,
-                ..empty()
-            }),
-        };
+        let resolution = question
+            .as_ref()
+            .map(|(name, qtype)| self.zone.resolve(name, *qtype));
         debug!(?question, ?resolution, "dns query");
 
         let (metadata, reply) = match (resolution, self.upstream) {
-            (Resolution::Answer(reply), _) => {
+            (Err(rcode), _) => (with_rcode(metadata, *rcode), empty()),
+            (Ok(Resolution::Answer(reply)), _) => {
                 metadata.response_code = reply.rcode;
-                metadata.authoritative = reply.rcode != ResponseCode::NotImp;
+                metadata.authoritative = true;
                 (metadata, reply)
             }
-            (Resolution::Forward, Some(upstream)) => {
+            (Ok(Resolution::Forward), Some(upstream)) => {
                 match relay(upstream, request.as_slice(), request.protocol()).await {
                     Ok(relayed) => {
                         let id = metadata.id;
@@ -106,7 +105,7 @@ impl<Z: Zone> RequestHandler for Handler<Z> {
                     }
                 }
             }
-            (Resolution::Forward | Resolution::Refused, _) => {
+            (Ok(Resolution::Forward | Resolution::Refused), _) => {
                 (with_rcode(metadata, ResponseCode::Refused), empty())
             }
         };
