@@ -55,22 +55,20 @@ impl Up {
         }
     }
 
+    /// DNS first, then the interface (its routes go with it), the Secret and the state file.
+    /// The device itself is dropped with `Up`; the process exits right after.
     async fn teardown(&mut self) -> Result<Vec<String>, Error> {
         if let Some(f) = self.forwarder.take() {
             f.stop();
         }
-        let mut done = Vec::new();
-        if let Some(d) = self.device.take() {
-            let name = d.handle().ifname().to_string();
-            let _ = d.shutdown().await;
-            done.push(format!("routes and interface {name}"));
-        }
-        let Some(state) = self.state.take() else {
-            return Ok(done);
+        let result = match self.state.take() {
+            Some(state) => {
+                let (done, result) = crate::undo::undo(&state, &self.dir, self.kube.as_ref()).await;
+                result.map(|()| done)
+            }
+            None => Ok(Vec::new()),
         };
-        let (more, result) = crate::undo::undo(&state, &self.dir, self.kube.as_ref()).await;
-        done.splice(0..0, more);
-        result.map(|()| done)
+        result
     }
 }
 
@@ -321,6 +319,7 @@ async fn setup_dns(
             resolv_conf: Some(path.clone()),
             backup: Some(backup),
             forwarder: forwarder_addr,
+            cluster_dns: Some(SocketAddr::new(dns_ip, 53)),
             upstreams,
             include_suffixes: args.include_suffixes.clone(),
             exclude_suffixes: exclude,
@@ -488,7 +487,7 @@ pub fn status_from_state(state: &State, connected: bool) -> Status {
         tx_bytes: 0,
         dns: state.dns.as_ref().map(|d| DnsStatus {
             mode: d.mode.clone(),
-            remote_ip: None,
+            remote_ip: d.cluster_dns.map(|a| a.ip().to_string()),
             forwarder: d.forwarder,
             upstreams: d.upstreams.clone(),
             include_suffixes: d.include_suffixes.clone(),

@@ -62,6 +62,9 @@ pub struct DnsState {
     pub resolv_conf: Option<PathBuf>,
     pub backup: Option<PathBuf>,
     pub forwarder: SocketAddr,
+    /// The cluster DNS the forwarder asks through the tunnel.
+    #[serde(default)]
+    pub cluster_dns: Option<SocketAddr>,
     pub upstreams: Vec<SocketAddr>,
     pub include_suffixes: Vec<String>,
     pub exclude_suffixes: Vec<String>,

@@ -88,8 +88,6 @@ async fn remove_interface(state: &State) -> Result<bool, Error> {
     if !nl.link_exists(&state.interface).await? {
         return Ok(false);
     }
-    for r in &state.routes {
-        nl.delete_route(r.subnet, &state.interface).await?;
-    }
+    // Deleting the interface removes its address and routes with it.
     Ok(nl.delete_link(&state.interface).await?)
 }
