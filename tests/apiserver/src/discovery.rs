@@ -72,13 +72,19 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     for k in &ks {
         resources.push(resource_entry(k));
         for sub in k.subresources {
-            resources.push(json!({
+            let mut r = json!({
                 "name": format!("{}/{sub}", k.plural),
                 "singularName": "",
                 "namespaced": k.namespaced,
                 "kind": k.kind,
                 "verbs": ["get", "patch", "update"],
-            }));
+            });
+            if *sub == "scale" {
+                r["group"] = json!("autoscaling");
+                r["version"] = json!("v1");
+                r["kind"] = json!("Scale");
+            }
+            resources.push(r);
         }
     }
     let gv = if group.is_empty() {

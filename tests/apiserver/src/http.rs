@@ -23,7 +23,7 @@ use crate::rbac::{self, Attrs, User};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::watch::{self, WatchParams};
-use crate::{Shared, discovery, table};
+use crate::{Shared, discovery, scale, table};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -326,6 +326,29 @@ fn resource(
         }
     };
     let name = name.unwrap_or("");
+    if sub == Some("scale") {
+        let body = if matches!(verb, "update" | "patch") {
+            Some(req.json_body()?)
+        } else {
+            None
+        };
+        let change = match (verb, &body) {
+            ("get", _) => scale::Change::Get,
+            ("update", Some(b)) => scale::Change::Replace(b.clone()),
+            ("patch", Some(b)) => scale::Change::Patch(patch_kind(req)?, b),
+            _ => return Err(ApiError::method_not_allowed()),
+        };
+        let out = scale::handle(
+            &mut shared.store(),
+            &shared.env,
+            kind,
+            ns,
+            name,
+            change,
+            req.opts(),
+        )?;
+        return Ok(json_response(200, &out));
+    }
     match verb {
         "get" => {
             let obj = shared
@@ -370,8 +393,7 @@ fn resource(
             Ok(json_response(200, &obj))
         }
         "patch" => {
-            let ct = req.header(header::CONTENT_TYPE);
-            let pk = PatchKind::from_content_type(ct).ok_or_else(|| unsupported_media(ct))?;
+            let pk = patch_kind(req)?;
             let body = req.json_body()?;
             let (obj, created) = ops::patch(
                 &mut shared.store(),
@@ -414,6 +436,11 @@ fn resource(
         }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+fn patch_kind(req: &Req) -> Result<PatchKind, ApiError> {
+    let ct = req.header(header::CONTENT_TYPE);
+    PatchKind::from_content_type(ct).ok_or_else(|| unsupported_media(ct))
 }
 
 fn unsupported_media(ct: &str) -> ApiError {

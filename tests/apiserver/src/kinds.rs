@@ -47,6 +47,7 @@ pub const CRUD: &[&str] = &[
 const CREATE_ONLY: &[&str] = &["create"];
 const ALL: &[&str] = &["all"];
 const STATUS: &[&str] = &["status"];
+const STATUS_SCALE: &[&str] = &["status", "scale"];
 const NONE: &[&str] = &[];
 
 /// Namespaced or not.
@@ -107,8 +108,8 @@ static KINDS: &[Kind] = &[
     k("", "serviceaccounts", "serviceaccount", "ServiceAccount", NS, &["sa"], NONE, NONE, Subdomain),
     k("", "events", "event", "Event", NS, &["ev"], NONE, NONE, Subdomain),
     k("discovery.k8s.io", "endpointslices", "endpointslice", "EndpointSlice", NS, NONE, NONE, NONE, Subdomain),
-    with_generation(k("apps", "deployments", "deployment", "Deployment", NS, &["deploy"], ALL, STATUS, Subdomain)),
-    with_generation(k("apps", "replicasets", "replicaset", "ReplicaSet", NS, &["rs"], ALL, STATUS, Subdomain)),
+    with_generation(k("apps", "deployments", "deployment", "Deployment", NS, &["deploy"], ALL, STATUS_SCALE, Subdomain)),
+    with_generation(k("apps", "replicasets", "replicaset", "ReplicaSet", NS, &["rs"], ALL, STATUS_SCALE, Subdomain)),
     k(RBAC, "roles", "role", "Role", NS, NONE, NONE, NONE, PathSegment),
     k(RBAC, "rolebindings", "rolebinding", "RoleBinding", NS, NONE, NONE, NONE, PathSegment),
     k(RBAC, "clusterroles", "clusterrole", "ClusterRole", CLUSTER, NONE, NONE, NONE, PathSegment),

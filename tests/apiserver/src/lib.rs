@@ -11,6 +11,7 @@ mod ops;
 mod patch;
 mod protobuf;
 mod rbac;
+mod scale;
 mod selectors;
 mod status;
 mod store;

@@ -141,6 +141,7 @@ pub fn create(
 }
 
 /// Replace an object (PUT), or its status with `subresource == Some("status")`.
+#[allow(clippy::too_many_arguments)]
 pub fn update(
     store: &mut Store,
     env: &Env,
@@ -201,10 +202,20 @@ pub fn update(
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
         obj["metadata"]["generation"] = json!(generation);
     }
+    drop_empty_maps(&mut obj);
     if obj == old || opts.dry_run {
         return Ok(obj);
     }
     Ok(store.put(kind, obj))
+}
+
+/// Go's `omitempty`: an emptied `labels`/`annotations` map disappears.
+fn drop_empty_maps(obj: &mut Value) {
+    if let Some(meta) = obj["metadata"].as_object_mut() {
+        meta.retain(|k, v| {
+            !((k == "labels" || k == "annotations") && v.as_object().is_some_and(|m| m.is_empty()))
+        });
+    }
 }
 
 /// Apply a patch; returns the object and whether it was created (server-side apply).

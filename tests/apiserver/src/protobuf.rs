@@ -215,10 +215,7 @@ fn text(b: &[u8]) -> Value {
 
 fn map_entry(b: &[u8], bytes_value: bool) -> Result<(String, Value), ApiError> {
     let mut r = Reader(b);
-    let (mut k, mut v) = (
-        String::new(),
-        if bytes_value { json!("") } else { json!("") },
-    );
+    let (mut k, mut v) = (String::new(), json!(""));
     while let Some((n, p)) = r.next()? {
         if let Payload::Bytes(x) = p {
             match n {
@@ -247,7 +244,7 @@ fn decode(b: &[u8], fields: &[Field]) -> Result<Value, ApiError> {
         let name = name.to_string();
         match (ty, p) {
             // gogo-protobuf writes empty strings and zeros explicitly: they mean "unset".
-            (Ty::Str, Payload::Bytes(x)) if x.is_empty() => {}
+            (Ty::Str, Payload::Bytes([])) => {}
             (Ty::Int, Payload::Varint(0)) => {}
             (Ty::Str, Payload::Bytes(x)) => {
                 out.insert(name, text(x));

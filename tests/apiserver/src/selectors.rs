@@ -68,12 +68,12 @@ impl LabelSelector {
             } else if words.len() >= 2 && words[1] == "in" {
                 LabelReq::In(
                     words[0].into(),
-                    set_values(part.splitn(2, " in ").nth(1).unwrap_or(""), s)?,
+                    set_values(part.split_once(" in ").map_or("", |x| x.1), s)?,
                 )
             } else if words.len() >= 2 && words[1] == "notin" {
                 LabelReq::NotIn(
                     words[0].into(),
-                    set_values(part.splitn(2, " notin ").nth(1).unwrap_or(""), s)?,
+                    set_values(part.split_once(" notin ").map_or("", |x| x.1), s)?,
                 )
             } else if let Some((k, v)) = part.split_once("!=") {
                 LabelReq::NotEq(k.trim().into(), v.trim().into())

@@ -10,6 +10,9 @@ use tokio::sync::broadcast;
 use crate::kinds::Kind;
 use crate::status::ApiError;
 
+/// Live events after a watch started.
+pub type Subscription = broadcast::Receiver<Arc<Event>>;
+
 /// Key of a stored object.
 pub type Key = (&'static str, &'static str, String, String);
 
@@ -164,7 +167,7 @@ impl Store {
         &self,
         kind: &'static Kind,
         from_rv: u64,
-    ) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), ApiError> {
+    ) -> Result<(Vec<Arc<Event>>, Subscription), ApiError> {
         if from_rv < self.floor {
             return Err(ApiError::gone(format!(
                 "too old resource version: {from_rv} ({})",

@@ -488,3 +488,52 @@ async fn kustomize_and_rollout_status() {
         vec!["web", "2/2", "2", "2"]
     );
 }
+
+#[tokio::test]
+async fn server_side_apply_scale_and_diff() {
+    let c = Cluster::start().await;
+    let file = c.write_file("app.yaml", APP);
+    let path = file.to_str().unwrap();
+    let out = c
+        .kubectl_ok("admin", &["apply", "--server-side", "-f", path])
+        .await;
+    assert_eq!(
+        out,
+        "deployment.apps/web serverside-applied\nservice/web serverside-applied\nrole.rbac.authorization.k8s.io/reader serverside-applied\n"
+    );
+    assert_eq!(
+        c.kubectl_ok("admin", &["scale", "deploy/web", "--replicas=3"])
+            .await,
+        "deployment.apps/web scaled\n"
+    );
+    let got = c
+        .kubectl_ok(
+            "admin",
+            &[
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "jsonpath={.spec.replicas} {.metadata.generation}",
+            ],
+        )
+        .await;
+    assert_eq!(got, "3 2");
+    // `kubectl diff` (a dry-run server-side apply) shows the drift and changes nothing.
+    let diff = c
+        .kubectl("admin", &["diff", "--server-side", "-f", path])
+        .await;
+    assert!(
+        !diff.ok && diff.stdout.contains("-  replicas: 3\n+  replicas: 2\n"),
+        "{}{}",
+        diff.stdout,
+        diff.stderr
+    );
+    let still = c
+        .kubectl_ok(
+            "admin",
+            &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"],
+        )
+        .await;
+    assert_eq!(still, "3");
+}
