@@ -1,1 +1,19 @@
-fn main() {}
+//! `kwg-sim`: the one-machine cluster. See the library docs.
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KWG_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match kwg_sim::cli::run(kwg_sim::cli::Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kwg-sim: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

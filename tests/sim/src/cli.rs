@@ -1,0 +1,243 @@
+//! Command line of `kwg-sim`.
+
+use crate::names::{self, Names};
+use crate::{Error, Result, sh, topology};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kwg-sim",
+    about = "A one-machine Kubernetes cluster in network namespaces"
+)]
+pub struct Args {
+    /// Prefix of every namespace and file of the cluster (several clusters can run side by side).
+    #[arg(long, global = true, env = "KWG_SIM_PREFIX", default_value = names::DEFAULT_PREFIX)]
+    pub prefix: String,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Build the cluster (removing a previous one of this prefix) and wait until it is ready.
+    Up,
+    /// Remove the cluster: processes, namespaces, nftables, files. Idempotent.
+    Down,
+    /// Say what runs.
+    Status,
+    /// Print `export` lines for the developer's and the admin's kubeconfigs.
+    Env,
+    /// Add or remove another machine on the LAN.
+    Laptop {
+        #[command(subcommand)]
+        cmd: LaptopCmd,
+    },
+    /// (internal) The API server and the node's controllers; started by `up`.
+    #[command(hide = true)]
+    Daemon,
+    /// (internal) Start a container inside its pod; used by the kubelet role.
+    #[command(hide = true)]
+    PodExec {
+        #[arg(long)]
+        sa_dir: PathBuf,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// Demo workloads, run as pods.
+    Workload {
+        #[command(subcommand)]
+        kind: WorkloadCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LaptopCmd {
+    /// A new machine `<prefix>-laptop-NAME` on the LAN.
+    Add { name: String },
+    /// Remove it.
+    Del { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkloadCmd {
+    /// An HTTP server whose page has `<title>TITLE</title>` (optionally a UDP echo port too).
+    Http {
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        #[arg(long, default_value = "kwg-sim")]
+        title: String,
+        #[arg(long)]
+        udp_echo: Option<u16>,
+    },
+    /// The cluster DNS server (CoreDNS's role) on port 53, from the in-cluster API.
+    ClusterDns {
+        #[arg(long, default_value_t = 53)]
+        port: u16,
+    },
+}
+
+/// Runs a command; `main` maps the result to an exit code.
+pub fn run(args: Args) -> Result<()> {
+    let n = Names::new(&args.prefix)?;
+    match args.cmd {
+        Cmd::Up => up(&n),
+        Cmd::Down => topology::teardown(&n),
+        Cmd::Status => status(&n),
+        Cmd::Env => {
+            println!("export KUBECONFIG={}", n.kubeconfig("developer").display());
+            println!(
+                "export KWG_SIM_ADMIN_KUBECONFIG={}",
+                n.kubeconfig("admin").display()
+            );
+            Ok(())
+        }
+        Cmd::Laptop {
+            cmd: LaptopCmd::Add { name },
+        } => {
+            let addr = topology::add_laptop(&n, &name)?;
+            println!("{} {addr}", n.extra_laptop_ns(&name));
+            Ok(())
+        }
+        Cmd::Laptop {
+            cmd: LaptopCmd::Del { name },
+        } => topology::del_laptop(&n, &name),
+        Cmd::Daemon => {
+            crate::netns::enter(&n.node_ns())?;
+            runtime()?.block_on(crate::daemon::run(n))
+        }
+        Cmd::PodExec { sa_dir, argv } => crate::podexec::run(&sa_dir, &argv),
+        Cmd::Workload { kind } => runtime()?.block_on(workload(kind)),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(Error::io("starting tokio"))
+}
+
+async fn workload(kind: WorkloadCmd) -> Result<()> {
+    match kind {
+        WorkloadCmd::Http {
+            port,
+            title,
+            udp_echo,
+        } => crate::workload::http(port, title, udp_echo).await,
+        WorkloadCmd::ClusterDns { port } => crate::workload::cluster_dns(port).await,
+    }
+}
+
+/// `up`: clean, build the network, start the daemon, wait for its ready file.
+fn up(n: &Names) -> Result<()> {
+    let start = Instant::now();
+    topology::teardown(n)?;
+    let dir = n.run_dir();
+    std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    topology::build(n)?;
+    let log =
+        std::fs::File::create(n.daemon_log()).map_err(Error::io("creating the daemon log"))?;
+    let log2 = log
+        .try_clone()
+        .map_err(Error::io("cloning the daemon log"))?;
+    let exe = std::env::current_exe().map_err(Error::io("finding the kwg-sim executable"))?;
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(&exe)
+        .args(["daemon", "--prefix", n.prefix()])
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            cmd: format!("{} daemon", exe.display()),
+            source,
+        })?;
+    std::fs::write(n.daemon_pid(), child.id().to_string())
+        .map_err(Error::io("writing the pid file"))?;
+    let limit = Duration::from_secs(60);
+    while start.elapsed() < limit {
+        if n.ready_file().exists() {
+            println!(
+                "cluster {} ready in {:.1} s; eval \"$(kwg-sim env --prefix {})\"",
+                n.prefix(),
+                start.elapsed().as_secs_f64(),
+                n.prefix()
+            );
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(n.daemon_log()).unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            return Err(Error::NotReady {
+                prefix: n.prefix().into(),
+                secs: start.elapsed().as_secs(),
+                what: format!("daemon exited ({status}):\n{}", tail.join("\n")),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let what = std::fs::read_to_string(n.run_dir().join("waiting"))
+        .unwrap_or_else(|_| "the daemon did not report".into());
+    Err(Error::NotReady {
+        prefix: n.prefix().into(),
+        secs: limit.as_secs(),
+        what,
+    })
+}
+
+fn status(n: &Names) -> Result<()> {
+    let pid = std::fs::read_to_string(n.daemon_pid())
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok());
+    let running = pid.is_some_and(sh::alive);
+    let namespaces: Vec<String> = sh::netns_list()?
+        .into_iter()
+        .filter(|ns| n.owns_ns(ns))
+        .collect();
+    if !running && namespaces.is_empty() {
+        println!(
+            "cluster {} is not running; start it with `kwg-sim up --prefix {}`",
+            n.prefix(),
+            n.prefix()
+        );
+        return Err(Error::Invalid(format!(
+            "cluster {} is not running",
+            n.prefix()
+        )));
+    }
+    let ready = n.ready_file().exists();
+    println!("cluster     {}", n.prefix());
+    println!(
+        "daemon      {}",
+        match (running, pid) {
+            (true, Some(p)) => format!(
+                "running (pid {p}){}",
+                if ready { ", ready" } else { ", starting" }
+            ),
+            _ => "not running (run `kwg-sim up`)".into(),
+        }
+    );
+    println!("API server  https://{}:{}", names::NODE_IP, names::API_PORT);
+    println!(
+        "kubeconfig  {} (developer), {} (admin)",
+        n.kubeconfig("developer").display(),
+        n.kubeconfig("admin").display()
+    );
+    println!("log         {}", n.daemon_log().display());
+    println!("namespaces  {}", namespaces.len());
+    for ns in namespaces {
+        println!("  {ns}");
+    }
+    Ok(())
+}

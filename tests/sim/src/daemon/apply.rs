@@ -1,0 +1,132 @@
+//! Creating objects from YAML manifests (what `kubectl create -f` does) and the Node object.
+
+use crate::{Error, Result, names};
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use serde_json::{Value, json};
+
+/// The cluster's own manifest: workloads, kube-dns, RBAC.
+pub const CLUSTER_YAML: &str = include_str!("../../manifests/cluster.yaml");
+
+/// The documents of a multi-document YAML text (empty documents skipped).
+pub fn parse_docs(yaml: &str) -> Result<Vec<Value>> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
+        let v =
+            Value::deserialize(doc).map_err(|e| Error::Invalid(format!("manifest YAML: {e}")))?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// The resource name of a kind, as the API serves it.
+fn plural(kind: &str) -> String {
+    let k = kind.to_lowercase();
+    match k.as_str() {
+        "endpoints" => k,
+        _ if k.ends_with('s') => format!("{k}es"),
+        _ if k.ends_with('y') => format!("{}ies", &k[..k.len() - 1]),
+        _ => format!("{k}s"),
+    }
+}
+
+/// The API resource of a document from its `apiVersion` and `kind`.
+fn resource(doc: &Value) -> Result<ApiResource> {
+    let (api_version, kind) = (
+        doc["apiVersion"].as_str().unwrap_or_default(),
+        doc["kind"].as_str().unwrap_or_default(),
+    );
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    if kind.is_empty() || version.is_empty() {
+        return Err(Error::Invalid(format!(
+            "manifest document without apiVersion/kind: {doc}"
+        )));
+    }
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    Ok(ApiResource::from_gvk_with_plural(&gvk, &plural(kind)))
+}
+
+/// Creates every document; objects that exist already are left alone.
+pub async fn create_all(client: &Client, docs: Vec<Value>) -> Result<()> {
+    for doc in docs {
+        let ar = resource(&doc)?;
+        let obj: DynamicObject = serde_json::from_value(doc)
+            .map_err(|e| Error::Invalid(format!("manifest object: {e}")))?;
+        let api: Api<DynamicObject> = match obj.metadata.namespace.as_deref() {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        match api.create(&PostParams::default(), &obj).await {
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            r => {
+                r?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Node object of the one node.
+pub fn node() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": names::NODE_NAME, "labels": {"kubernetes.io/hostname": names::NODE_NAME,
+            "kubernetes.io/os": "linux", "node-role.kubernetes.io/control-plane": ""}},
+        "spec": {"podCIDR": names::NODE_POD_CIDR, "podCIDRs": [names::NODE_POD_CIDR]},
+    })
+}
+
+/// The `kubernetes` Service's EndpointSlice and Endpoints: the API server at 192.0.2.1:6443 (the
+/// real API server maintains these itself).
+pub fn kubernetes_endpoints() -> Vec<Value> {
+    let ip = names::NODE_IP.to_string();
+    vec![
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "endpointslicemirroring-controller.k8s.io"}},
+            "addressType": "IPv4", "ports": [{"name": "https", "port": names::API_PORT, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}}]}),
+        json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "kubernetes", "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": names::API_PORT, "protocol": "TCP"}]}]}),
+    ]
+}
+
+/// The Node's status (Ready, InternalIP 192.0.2.1).
+pub fn node_status(now: &str) -> Value {
+    json!({
+        "addresses": [{"type": "InternalIP", "address": names::NODE_IP.to_string()},
+                      {"type": "Hostname", "address": names::NODE_NAME}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+        "nodeInfo": {"kubeletVersion": "v1.33.0", "kubeProxyVersion": "v1.33.0", "operatingSystem": "linux",
+            "architecture": "amd64", "containerRuntimeVersion": "kwg-sim://0.1", "osImage": "kwg-sim",
+            "kernelVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_manifest_parses_into_known_kinds() {
+        let docs = parse_docs(CLUSTER_YAML).unwrap();
+        let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+        assert!(kinds.contains(&"Deployment") && kinds.contains(&"ClusterRoleBinding"));
+        for d in &docs {
+            resource(d).unwrap();
+        }
+        let dns = docs
+            .iter()
+            .find(|d| d["metadata"]["name"] == "kube-dns")
+            .unwrap();
+        assert_eq!(dns["spec"]["clusterIP"], "10.96.0.10");
+        assert_eq!(resource(&docs[0]).unwrap().plural, "namespaces");
+        assert_eq!(plural("Endpoints"), "endpoints");
+        assert_eq!(plural("NetworkPolicy"), "networkpolicies");
+        assert_eq!(plural("Ingress"), "ingresses");
+    }
+}

@@ -1,0 +1,170 @@
+//! `kwg-sim daemon`: the API server stand-in and the node's controllers, running inside the
+//! node namespace until SIGTERM.
+
+pub mod apply;
+pub mod ready;
+
+use crate::names::{self, Names};
+use crate::{Error, Result};
+use kube::Client;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Builds a client from kubeconfig text.
+pub async fn client_from_kubeconfig(text: &str) -> Result<Client> {
+    let kc =
+        kube::config::Kubeconfig::from_yaml(text).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    Ok(Client::try_from(cfg)?)
+}
+
+/// The certificate SANs of the API server.
+fn cert_sans() -> Vec<String> {
+    let mut sans = vec![
+        names::NODE_IP.to_string(),
+        names::KUBERNETES_SVC_IP.to_string(),
+    ];
+    for s in ["kubernetes", "kubernetes.default", "kubernetes.default.svc"] {
+        sans.push(s.into());
+    }
+    sans.push(format!("kubernetes.default.svc.{}", names::CLUSTER_DOMAIN));
+    sans.extend(["127.0.0.1".to_string(), "localhost".to_string()]);
+    sans
+}
+
+/// Runs the daemon. The process must already be in the node namespace (see [`crate::cli`]).
+pub async fn run(n: Names) -> Result<()> {
+    let dir = n.run_dir();
+    std::fs::write(n.daemon_pid(), std::process::id().to_string())
+        .map_err(Error::io("writing the pid file"))?;
+    let addr = SocketAddr::from((names::NODE_IP, names::API_PORT));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(Error::io(format!("binding the API server to {addr}")))?;
+    let cfg = kwg_apiserver::Config {
+        service_cidr: names::SERVICE_CIDR
+            .parse()
+            .map_err(|e| Error::Invalid(format!("service CIDR: {e}")))?,
+        cert_sans: cert_sans(),
+        state_dir: dir.join("pki"),
+    };
+    let api = Arc::new(
+        kwg_apiserver::ApiServer::serve(cfg, listener)
+            .await
+            .map_err(|e| Error::ApiServer(e.to_string()))?,
+    );
+    crate::sh::write_file(&dir.join("ca.crt"), &api.ca_pem())?;
+    let server = format!("https://{addr}");
+    for (user, groups) in [
+        ("admin", vec!["system:masters"]),
+        ("developer", vec!["kwg:users"]),
+        ("nobody", vec![]),
+    ] {
+        let token = api.add_user(user, &groups);
+        crate::sh::write_file(
+            &n.kubeconfig(user),
+            &api.kubeconfig(&server, user, &token, "default"),
+        )?;
+    }
+    let token = api.add_user("system:kwg-sim", &["system:masters"]);
+    let client =
+        client_from_kubeconfig(&api.kubeconfig(&server, "system:kwg-sim", &token, "default"))
+            .await?;
+    tracing::info!(%server, "API server up");
+
+    create_node(&client).await?;
+    apply::create_all(&client, apply::parse_docs(apply::CLUSTER_YAML)?).await?;
+
+    let lan = crate::lan::start(&n)?;
+    spawn("kube-proxy", crate::proxy::run(client.clone()));
+    spawn(
+        "endpoints controller",
+        crate::endpoints::run(client.clone()),
+    );
+    let api2 = api.clone();
+    let kcfg = crate::kubelet::Config {
+        names: n.clone(),
+        ca_pem: api.ca_pem(),
+        token: Arc::new(move |ns, sa| Ok(api2.service_account_token(ns, sa))),
+        exe: std::env::current_exe().map_err(Error::io("finding the kwg-sim executable"))?,
+    };
+    spawn("kubelet", crate::kubelet::run(client.clone(), kcfg));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Error::io("SIGTERM handler"))?;
+    tokio::select! {
+        r = wait_ready(&client, &n) => r?,
+        _ = term.recv() => return stop(&n, lan),
+    }
+    crate::sh::write_file(&n.ready_file(), "ready\n")?;
+    tracing::info!(prefix = n.prefix(), "cluster ready");
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(Error::io("SIGINT handler"))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    stop(&n, lan)
+}
+
+fn spawn(what: &'static str, f: impl std::future::Future<Output = Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = f.await {
+            tracing::error!(error = %e, "{what} stopped");
+        }
+    });
+}
+
+async fn create_node(client: &Client) -> Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    apply::create_all(client, vec![apply::node()]).await?;
+    apply::create_all(client, apply::kubernetes_endpoints()).await?;
+    let api: kube::Api<Node> = kube::Api::all(client.clone());
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    crate::kubelet::patch_status(&api, names::NODE_NAME, apply::node_status(&now)).await
+}
+
+/// Waits until every Deployment is ready and cluster DNS answers; what is missing is written to
+/// `<run dir>/waiting` (and the log every 10 s) so `up` can say why it gave up.
+async fn wait_ready(client: &Client, n: &Names) -> Result<()> {
+    let start = Instant::now();
+    let mut logged = Instant::now();
+    let dns = SocketAddr::from((names::DNS_SVC_IP, 53));
+    let name = format!("kubernetes.default.svc.{}", names::CLUSTER_DOMAIN);
+    loop {
+        let unready = ready::unready_deployments(client).await?;
+        let what = if !unready.is_empty() {
+            format!("deployments not ready: {}", unready.join(", "))
+        } else if ready::dns_answers(dns, &name).await {
+            let _ = std::fs::remove_file(n.run_dir().join("waiting"));
+            tracing::info!(
+                secs = start.elapsed().as_secs_f64(),
+                "workloads ready and cluster DNS answers"
+            );
+            return Ok(());
+        } else {
+            format!("cluster DNS {dns} does not answer {name}")
+        };
+        crate::sh::write_file(&n.run_dir().join("waiting"), &what)?;
+        if logged.elapsed() > Duration::from_secs(10) {
+            tracing::warn!(%what, "cluster not ready yet");
+            logged = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops the pods (their namespaces) on the way out; `kwg-sim down` removes the rest.
+fn stop(n: &Names, _lan: crate::lan::Lan) -> Result<()> {
+    tracing::info!("stopping: removing pod namespaces");
+    for ns in crate::sh::netns_list()?
+        .into_iter()
+        .filter(|ns| ns.starts_with(&n.pod_ns_prefix()))
+    {
+        crate::topology::delete_ns(&ns);
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! The kube-proxy role: Services and EndpointSlices programmed as an nftables table in the node.
+
+pub mod render;
+
+use crate::names;
+use crate::watch::{snapshot, store};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// The nftables table kube-proxy owns in the node namespace.
+pub const TABLE: &str = "kube-proxy";
+
+/// Reconciles forever; the calling process must be in the node namespace.
+pub async fn run(client: Client) -> crate::Result<()> {
+    let wake = Arc::new(Notify::new());
+    let services = store::<Service>(client.clone(), wake.clone()).await;
+    let slices = store::<EndpointSlice>(client, wake.clone()).await;
+    let mut last = String::new();
+    loop {
+        let rules = render::plan(&snapshot(&services), &snapshot(&slices));
+        let text = render::render(TABLE, names::NODE_IP, &rules);
+        if text != last {
+            match crate::sh::run_stdin("nft", &["-f", "-"], Some(&text)) {
+                Ok(_) => {
+                    let eps: usize = rules.iter().map(|r| r.endpoints.len()).sum();
+                    tracing::info!(
+                        ports = rules.len(),
+                        endpoints = eps,
+                        "kube-proxy programmed nftables"
+                    );
+                    last = text;
+                }
+                Err(e) => tracing::error!(error = %e, "kube-proxy could not program nftables"),
+            }
+        }
+        wake.notified().await;
+        // Let a burst of changes settle into one ruleset.
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,259 @@
+//! The kube-proxy core: Services + EndpointSlices -> an nftables ruleset (pure).
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+/// The label linking an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The packet mark asking postrouting to masquerade (kube-proxy uses the same bit).
+const MASQ_MARK: &str = "0x4000";
+
+/// One Service port as kube-proxy programs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRule {
+    /// `namespace/name:port/proto`, for comments and logs.
+    pub key: String,
+    /// `tcp` or `udp`.
+    pub proto: &'static str,
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    /// Ready endpoints (address, target port), sorted.
+    pub endpoints: Vec<(Ipv4Addr, u16)>,
+}
+
+fn proto(p: Option<&str>) -> Option<&'static str> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some("tcp"),
+        "UDP" => Some("udp"),
+        _ => None,
+    }
+}
+
+/// The rules for every ClusterIP/NodePort Service port, sorted by key.
+pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Vec<PortRule> {
+    let mut out = Vec::new();
+    for svc in services {
+        let (Some(ns), Some(name), Some(spec)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+            svc.spec.as_ref(),
+        ) else {
+            continue;
+        };
+        let Some(cluster_ip) = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        else {
+            continue; // headless or not allocated
+        };
+        let own_slices: Vec<&EndpointSlice> = slices
+            .iter()
+            .filter(|s| {
+                s.metadata.namespace.as_deref() == Some(ns)
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        .map(String::as_str)
+                        == Some(name)
+            })
+            .collect();
+        for sp in spec.ports.iter().flatten() {
+            let Some(proto) = proto(sp.protocol.as_deref()) else {
+                continue;
+            };
+            let port_name = sp.name.clone().unwrap_or_default();
+            let mut endpoints = BTreeSet::new();
+            for slice in &own_slices {
+                let Some(target) = slice.ports.iter().flatten().find(|p| {
+                    p.name.clone().unwrap_or_default() == port_name
+                        && proto_matches(p.protocol.as_deref(), proto)
+                }) else {
+                    continue;
+                };
+                let Some(target) = target.port.and_then(|p| u16::try_from(p).ok()) else {
+                    continue;
+                };
+                for ep in &slice.endpoints {
+                    if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                        continue;
+                    }
+                    for a in &ep.addresses {
+                        if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                            endpoints.insert((ip, target));
+                        }
+                    }
+                }
+            }
+            out.push(PortRule {
+                key: format!("{ns}/{name}:{}/{proto}", sp.port),
+                proto,
+                cluster_ip,
+                port: u16::try_from(sp.port).unwrap_or(0),
+                node_port: sp.node_port.and_then(|p| u16::try_from(p).ok()),
+                endpoints: endpoints.into_iter().collect(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
+}
+
+fn proto_matches(p: Option<&str>, want: &str) -> bool {
+    proto(p) == Some(want)
+}
+
+/// The whole `table ip <table>` for `nft -f -`, replacing any previous one atomically.
+/// Pods' traffic leaving the node towards the LAN (`eth0`) is masqueraded like a node's egress.
+pub fn render(table: &str, node_ip: Ipv4Addr, rules: &[PortRule]) -> String {
+    let mut s = String::new();
+    // Create-then-delete makes the replacement work whether or not the table exists.
+    let _ = writeln!(
+        s,
+        "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{"
+    );
+    // Numeric priorities: `dstnat` is not accepted for the output hook by nft 1.0.6.
+    for (hook, prio) in [("prerouting", "-100"), ("output", "-100")] {
+        let _ = writeln!(
+            s,
+            "  chain {hook} {{\n    type nat hook {hook} priority {prio}; policy accept;\n    jump services\n  }}"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    meta mark & {MASQ_MARK} == {MASQ_MARK} masquerade\n    ip saddr {pods} ip daddr != {pods} oifname \"eth0\" masquerade\n  }}",
+        pods = crate::names::POD_CIDR
+    );
+    let _ = writeln!(s, "  chain services {{");
+    for (i, r) in rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.endpoints.is_empty())
+    {
+        let (p, key) = (r.proto, &r.key);
+        let _ = writeln!(
+            s,
+            "    ip daddr {} {p} dport {} goto svc_{i} comment \"{key}\"",
+            r.cluster_ip, r.port
+        );
+        if let Some(np) = r.node_port {
+            let _ = writeln!(
+                s,
+                "    ip daddr {node_ip} {p} dport {np} goto svc_{i} comment \"{key} nodePort\""
+            );
+        }
+    }
+    let _ = writeln!(s, "  }}");
+    for (i, r) in rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.endpoints.is_empty())
+    {
+        let n = r.endpoints.len();
+        let targets: Vec<String> = (0..n).map(|j| format!("{j} : goto ep_{i}_{j}")).collect();
+        let _ = writeln!(
+            s,
+            "  chain svc_{i} {{\n    numgen random mod {n} vmap {{ {} }}\n  }}",
+            targets.join(", ")
+        );
+        for (j, (ip, port)) in r.endpoints.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "  chain ep_{i}_{j} {{\n    ip saddr {ip} meta mark set meta mark | {MASQ_MARK}\n    meta l4proto {} dnat to {ip}:{port}\n  }}",
+                r.proto
+            );
+        }
+    }
+    s.push_str("}\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).unwrap()
+    }
+    fn slice(v: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn fixture() -> (Vec<Service>, Vec<EndpointSlice>) {
+        let services = vec![
+            svc(json!({"metadata": {"name": "echo", "namespace": "default"},
+                "spec": {"type": "NodePort", "clusterIP": "10.96.0.20", "ports": [
+                    {"name": "http", "port": 80, "targetPort": 8080},
+                    {"name": "udp", "port": 7, "protocol": "UDP", "nodePort": 30007}]}})),
+            svc(
+                json!({"metadata": {"name": "headless", "namespace": "default"},
+                "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}),
+            ),
+            svc(
+                json!({"metadata": {"name": "empty", "namespace": "default"},
+                "spec": {"clusterIP": "10.96.0.30", "ports": [{"port": 80}]}}),
+            ),
+        ];
+        let slices = vec![slice(json!({
+            "metadata": {"name": "echo-abc", "namespace": "default", "labels": {SERVICE_NAME_LABEL: "echo"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "udp", "port": 7007, "protocol": "UDP"}],
+            "endpoints": [
+                {"addresses": ["10.244.0.3"], "conditions": {"ready": true}},
+                {"addresses": ["10.244.0.2"], "conditions": {"ready": true}},
+                {"addresses": ["10.244.0.9"], "conditions": {"ready": false}}]}))];
+        (services, slices)
+    }
+
+    #[test]
+    fn plan_joins_named_ports_with_ready_endpoints_and_skips_headless() {
+        let (services, slices) = fixture();
+        let rules = plan(&services, &slices);
+        let keys: Vec<&str> = rules.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "default/echo:7/udp",
+                "default/echo:80/tcp",
+                "default/empty:80/tcp"
+            ]
+        );
+        assert_eq!(rules[0].node_port, Some(30007));
+        assert_eq!(
+            rules[0].endpoints,
+            [
+                (Ipv4Addr::new(10, 244, 0, 2), 7007),
+                (Ipv4Addr::new(10, 244, 0, 3), 7007)
+            ]
+        );
+        assert_eq!(rules[1].endpoints.len(), 2);
+        assert!(rules[2].endpoints.is_empty());
+    }
+
+    #[test]
+    fn render_balances_dnats_and_marks_hairpin() {
+        let (services, slices) = fixture();
+        let text = render(
+            "kube-proxy",
+            Ipv4Addr::new(192, 0, 2, 1),
+            &plan(&services, &slices),
+        );
+        assert!(text.contains("ip daddr 10.96.0.20 udp dport 7 goto svc_0"));
+        assert!(text.contains("ip daddr 192.0.2.1 udp dport 30007 goto svc_0"));
+        assert!(text.contains("numgen random mod 2 vmap { 0 : goto ep_0_0, 1 : goto ep_0_1 }"));
+        assert!(text.contains("ip saddr 10.244.0.2 meta mark set meta mark | 0x4000"));
+        assert!(text.contains("meta l4proto udp dnat to 10.244.0.2:7007"));
+        assert!(text.contains("meta l4proto tcp dnat to 10.244.0.3:8080"));
+        assert!(
+            !text.contains("10.96.0.30"),
+            "a Service without endpoints gets no DNAT"
+        );
+        assert!(text.starts_with("table ip kube-proxy {}\ndelete table ip kube-proxy\n"));
+    }
+}

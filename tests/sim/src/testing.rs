@@ -1,0 +1,247 @@
+//! A harness for end-to-end tests: one cluster per test, torn down on drop.
+//!
+//! ```no_run
+//! # fn main() -> kwg_sim::Result<()> {
+//! use kwg_sim::testing::Cluster;
+//! let c = Cluster::up()?;                       // `kwg-sim up --prefix <unique>`
+//! let ns = c.kubectl_admin(&["get", "ns", "-o", "name"])?;
+//! assert!(ns.contains("namespace/emojivoto"));
+//! let web = c.pod_netns("emojivoto", "web-app")?; // the namespace of a pod labelled app=web-app
+//! let page = c.exec_ok(&web, &["curl", "-s", "http://web-app/"])?;
+//! assert!(page.contains("<title>Emoji Vote</title>"));
+//! # Ok(()) }                                      // drop: `kwg-sim down --prefix <unique>`
+//! ```
+//!
+//! Every cluster has its own prefix (`kt<pid % 10000><counter>`), so tests run in parallel.
+//! The `kwg-sim` binary is found with [`crate::bin_path`]; build it first (`cargo build -p kwg-sim`).
+
+use crate::names::Names;
+use crate::{Error, Result};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A running one-machine cluster; `kwg-sim down` when dropped.
+#[derive(Debug)]
+pub struct Cluster {
+    names: Names,
+}
+
+/// A prefix no other test of this machine uses at the same time.
+pub fn unique_prefix() -> String {
+    format!(
+        "kt{}x{}",
+        std::process::id() % 10000,
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The `kwg-sim` executable.
+pub fn kwg_sim_bin() -> Result<PathBuf> {
+    let bin = crate::bin_path("kwg-sim");
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(Error::NoBinary {
+            name: "kwg-sim".into(),
+            dir: crate::bin_dir().display().to_string(),
+        })
+    }
+}
+
+fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl Cluster {
+    /// Starts a cluster with a unique prefix and waits until it is ready.
+    pub fn up() -> Result<Cluster> {
+        Cluster::up_with_prefix(&unique_prefix())
+    }
+
+    /// Starts a cluster with this prefix (removing a previous one of the same prefix).
+    pub fn up_with_prefix(prefix: &str) -> Result<Cluster> {
+        let names = Names::new(prefix)?;
+        let cluster = Cluster { names };
+        let out = cluster.kwg_sim(&["up"])?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                cmd: format!("kwg-sim up --prefix {prefix}"),
+                stderr: output_text(&out),
+            });
+        }
+        Ok(cluster)
+    }
+
+    /// Runs `kwg-sim <args> --prefix <prefix>`.
+    pub fn kwg_sim(&self, args: &[&str]) -> Result<Output> {
+        let bin = kwg_sim_bin()?;
+        Command::new(&bin)
+            .args(args)
+            .args(["--prefix", self.prefix()])
+            .output()
+            .map_err(|source| Error::Spawn {
+                cmd: bin.display().to_string(),
+                source,
+            })
+    }
+
+    pub fn prefix(&self) -> &str {
+        self.names.prefix()
+    }
+
+    /// All names of this cluster.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The network namespace of a role: `node`, `laptop`, `lan` (or an extra laptop's name).
+    pub fn netns(&self, role: &str) -> String {
+        match role {
+            "node" => self.names.node_ns(),
+            "laptop" => self.names.laptop_ns(),
+            "lan" => self.names.lan_ns(),
+            other => self.names.extra_laptop_ns(other),
+        }
+    }
+
+    pub fn developer_kubeconfig(&self) -> PathBuf {
+        self.names.kubeconfig("developer")
+    }
+
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.names.kubeconfig("admin")
+    }
+
+    /// A user without any RoleBinding.
+    pub fn nobody_kubeconfig(&self) -> PathBuf {
+        self.names.kubeconfig("nobody")
+    }
+
+    /// Runs `cmd` inside network namespace `netns` (`ip netns exec`, so the namespace's
+    /// `/etc/netns/<ns>/resolv.conf` applies).
+    pub fn exec(&self, netns: &str, cmd: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(cmd)
+            .output()
+            .map_err(|source| Error::Spawn {
+                cmd: cmd.join(" "),
+                source,
+            })
+    }
+
+    /// Like [`Cluster::exec`]; a non-zero exit is an error with the output; returns stdout.
+    pub fn exec_ok(&self, netns: &str, cmd: &[&str]) -> Result<String> {
+        let out = self.exec(netns, cmd)?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                cmd: format!("ip netns exec {netns} {}", cmd.join(" ")),
+                stderr: output_text(&out),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kubectl` as the admin, run from the laptop; returns stdout, errors carry stderr.
+    pub fn kubectl_admin(&self, args: &[&str]) -> Result<String> {
+        self.kubectl(&self.admin_kubeconfig(), args)
+    }
+
+    /// `kubectl` as the developer (view access), run from the laptop.
+    pub fn kubectl_developer(&self, args: &[&str]) -> Result<String> {
+        self.kubectl(&self.developer_kubeconfig(), args)
+    }
+
+    /// `kubectl --kubeconfig <kubeconfig> <args>` from the laptop.
+    pub fn kubectl(&self, kubeconfig: &std::path::Path, args: &[&str]) -> Result<String> {
+        let kc = kubeconfig.to_string_lossy();
+        let mut cmd = vec!["kubectl", "--kubeconfig", &kc];
+        cmd.extend_from_slice(args);
+        self.exec_ok(&self.names.laptop_ns(), &cmd)
+    }
+
+    /// Network namespaces of the Running pods in `namespace` labelled `app=<app>` (or
+    /// `k8s-app=<app>`), sorted.
+    pub fn pod_netnses(&self, namespace: &str, app: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for label in ["app", "k8s-app"] {
+            let sel = format!("{label}={app}");
+            let names = self.kubectl_admin(&[
+                "get",
+                "pods",
+                "-n",
+                namespace,
+                "-l",
+                &sel,
+                "--field-selector",
+                "status.phase=Running",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ])?;
+            out.extend(
+                names
+                    .split_whitespace()
+                    .map(|p| self.names.pod_ns(namespace, p)),
+            );
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The network namespace of one Running pod labelled `app=<app>` in `namespace`.
+    pub fn pod_netns(&self, namespace: &str, app: &str) -> Result<String> {
+        self.pod_netnses(namespace, app)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no Running pod with app={app} in namespace {namespace}"
+                ))
+            })
+    }
+
+    /// Runs `f` on a thread inside network namespace `netns` (sockets it opens live there), e.g.
+    /// a current-thread tokio runtime with a kube client reaching `https://192.0.2.1:6443`:
+    ///
+    /// ```no_run
+    /// # fn main() -> kwg_sim::Result<()> {
+    /// # let c = kwg_sim::testing::Cluster::up()?;
+    /// let kubeconfig = std::fs::read_to_string(c.admin_kubeconfig()).unwrap();
+    /// let n = c.run_in(&c.netns("laptop"), move || {
+    ///     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    ///     rt.block_on(async {
+    ///         let client = kwg_sim::daemon::client_from_kubeconfig(&kubeconfig).await?;
+    ///         let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+    ///         Ok(api.list(&Default::default()).await?.items.len())
+    ///     })
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn run_in<T: Send + 'static>(
+        &self,
+        netns: &str,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        crate::netns::run_in(netns, f)
+    }
+
+    /// `kwg-sim down`, also run on drop.
+    pub fn down(&self) -> Result<()> {
+        crate::topology::teardown(&self.names)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(e) = self.down() {
+            eprintln!("kwg-sim down --prefix {}: {e}", self.prefix());
+        }
+    }
+}
