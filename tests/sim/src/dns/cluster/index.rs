@@ -94,12 +94,14 @@ impl<K, V> Default for Table<K, V> {
 
 impl<K: Ord, V> Table<K, V> {
     /// Applies a watcher event; `entry` reduces an object (`None`: not for DNS), `key` names it.
+    /// Returns whether the live data may have changed (not while a re-list is still arriving).
     fn apply<O>(
         &mut self,
         event: Event<O>,
         entry: impl Fn(&O) -> Option<(K, V)>,
         key: impl Fn(&O) -> Option<K>,
-    ) {
+    ) -> bool {
+        let visible = !matches!(event, Event::Init | Event::InitApply(_));
         match event {
             Event::Init => self.relist = Some(BTreeMap::new()),
             Event::InitApply(obj) => {
@@ -127,6 +129,7 @@ impl<K: Ord, V> Table<K, V> {
                 key(&obj).map(|k| self.live.remove(&k));
             }
         }
+        visible
     }
 }
 
@@ -150,14 +153,16 @@ impl Index {
         self.serial
     }
 
-    pub fn apply_service_event(&mut self, event: Event<K8sService>) {
+    /// Applies a Service watch event; returns whether answers may have changed.
+    pub fn apply_service_event(&mut self, event: Event<K8sService>) -> bool {
         self.serial = self.serial.wrapping_add(1);
-        self.services.apply(event, service_entry, service_key);
+        self.services.apply(event, service_entry, service_key)
     }
 
-    pub fn apply_slice_event(&mut self, event: Event<EndpointSlice>) {
+    /// Applies an EndpointSlice watch event; returns whether answers may have changed.
+    pub fn apply_slice_event(&mut self, event: Event<EndpointSlice>) -> bool {
         self.serial = self.serial.wrapping_add(1);
-        self.slices.apply(event, slice_entry, slice_key);
+        self.slices.apply(event, slice_entry, slice_key)
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&ServiceEntry> {

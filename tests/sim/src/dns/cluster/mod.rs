@@ -100,7 +100,7 @@ async fn follow(client: kube::Client, tx: watch::Sender<Arc<Index>>) -> std::con
     let mut changes = std::pin::pin!(stream::select(services, slices));
     let mut index = Index::default();
     loop {
-        match changes.next().await {
+        let changed = match changes.next().await {
             Some(Ok(Change::Service(event))) => index.apply_service_event(*event),
             Some(Ok(Change::Slice(event))) => index.apply_slice_event(*event),
             Some(Err(error)) => {
@@ -109,8 +109,11 @@ async fn follow(client: kube::Client, tx: watch::Sender<Arc<Index>>) -> std::con
             }
             // Watchers with backoff never end; if they did, keep serving what we have.
             None => std::future::pending().await,
+        };
+        // Publish a snapshot for the server (one clone per change; a relist publishes once).
+        if changed {
+            tx.send_replace(Arc::new(index.clone()));
         }
-        tx.send_replace(Arc::new(index.clone()));
     }
 }
 

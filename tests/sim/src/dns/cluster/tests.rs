@@ -42,7 +42,7 @@ fn slice(ns: &str, name: &str, svc: &str, eps: &[(&str, Option<&str>, bool)]) ->
 /// The cluster of these tests, delivered as an initial list like a fresh watcher does.
 fn cluster() -> Index {
     let mut index = Index::default();
-    index.apply_service_event(Event::Init);
+    let _ = index.apply_service_event(Event::Init);
     for svc in [
         cluster_ip(
             "default",
@@ -67,11 +67,11 @@ fn cluster() -> Index {
             json!({"type": "ExternalName", "externalName": "intranet.corp.example"}),
         ),
     ] {
-        index.apply_service_event(Event::InitApply(svc));
+        let _ = index.apply_service_event(Event::InitApply(svc));
     }
-    index.apply_service_event(Event::InitDone);
-    index.apply_slice_event(Event::Init);
-    index.apply_slice_event(Event::InitApply(slice(
+    let _ = index.apply_service_event(Event::InitDone);
+    let _ = index.apply_slice_event(Event::Init);
+    let _ = index.apply_slice_event(Event::InitApply(slice(
         "data",
         "db-abc",
         "db",
@@ -81,7 +81,7 @@ fn cluster() -> Index {
             ("10.244.0.9", None, false),
         ],
     )));
-    index.apply_slice_event(Event::InitDone);
+    let _ = index.apply_slice_event(Event::InitDone);
     index
 }
 
@@ -305,16 +305,16 @@ fn changes_follow_apply_delete_and_relist() {
     let name = "late.default.svc.cluster.local.";
     assert_negative(&reply(&index, name, RecordType::A), ResponseCode::NXDomain);
     let late = cluster_ip("default", "late", "10.96.0.99", json!([]));
-    index.apply_service_event(Event::Apply(late.clone()));
+    let _ = index.apply_service_event(Event::Apply(late.clone()));
     assert_eq!(
         lines(&reply(&index, name, RecordType::A).answers),
         [format!("{name} 5 IN A 10.96.0.99")]
     );
-    index.apply_service_event(Event::Delete(late));
+    let _ = index.apply_service_event(Event::Delete(late));
     assert_negative(&reply(&index, name, RecordType::A), ResponseCode::NXDomain);
 
     // A pod turning not-ready leaves the headless answer.
-    index.apply_slice_event(Event::Apply(slice(
+    let _ = index.apply_slice_event(Event::Apply(slice(
         "data",
         "db-abc",
         "db",
@@ -326,14 +326,14 @@ fn changes_follow_apply_delete_and_relist() {
     );
 
     // A relist replaces everything: what it does not list is gone.
-    index.apply_service_event(Event::Init);
-    index.apply_service_event(Event::InitApply(cluster_ip(
+    let _ = index.apply_service_event(Event::Init);
+    let _ = index.apply_service_event(Event::InitApply(cluster_ip(
         "default",
         "kubernetes",
         "10.96.0.1",
         json!([]),
     )));
-    index.apply_service_event(Event::InitDone);
+    let _ = index.apply_service_event(Event::InitDone);
     assert_negative(
         &reply(
             &index,
@@ -358,7 +358,7 @@ fn changes_follow_apply_delete_and_relist() {
 fn soa_serial_changes_with_the_data() {
     let mut index = cluster();
     let before = reply(&index, "cluster.local.", RecordType::SOA).answers;
-    index.apply_service_event(Event::Apply(cluster_ip(
+    let _ = index.apply_service_event(Event::Apply(cluster_ip(
         "default",
         "x",
         "10.96.0.9",
@@ -367,5 +367,43 @@ fn soa_serial_changes_with_the_data() {
     assert_ne!(
         reply(&index, "cluster.local.", RecordType::SOA).answers,
         before
+    );
+}
+
+#[test]
+fn a_relist_is_visible_only_once_complete() {
+    let mut index = cluster();
+    assert!(!index.apply_service_event(Event::Init));
+    assert!(!index.apply_service_event(Event::InitApply(cluster_ip(
+        "default",
+        "new",
+        "10.96.0.5",
+        json!([])
+    ))));
+    // Mid-relist the old data still answers.
+    assert_eq!(
+        reply(
+            &index,
+            "web-app.emojivoto.svc.cluster.local.",
+            RecordType::A
+        )
+        .answers
+        .len(),
+        1
+    );
+    assert!(index.apply_service_event(Event::InitDone));
+    assert_eq!(
+        reply(&index, "new.default.svc.cluster.local.", RecordType::A)
+            .answers
+            .len(),
+        1
+    );
+    assert_negative(
+        &reply(
+            &index,
+            "web-app.emojivoto.svc.cluster.local.",
+            RecordType::A,
+        ),
+        ResponseCode::NXDomain,
     );
 }
