@@ -79,6 +79,9 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "kind": k.kind,
                 "verbs": ["get", "patch", "update"],
             });
+            if *sub == "log" {
+                r["verbs"] = json!(["get"]);
+            }
             if *sub == "scale" {
                 r["group"] = json!("autoscaling");
                 r["version"] = json!("v1");

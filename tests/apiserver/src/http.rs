@@ -23,7 +23,7 @@ use crate::rbac::{self, Attrs, User};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::watch::{self, WatchParams};
-use crate::{Shared, discovery, scale, table};
+use crate::{Shared, discovery, podlog, scale, table};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -326,6 +326,32 @@ fn resource(
         }
     };
     let name = name.unwrap_or("");
+    let sub_verbs: &[&str] = if sub == Some("log") {
+        &["get"]
+    } else {
+        &["get", "update", "patch"]
+    };
+    if sub.is_some() && !sub_verbs.contains(&verb) {
+        return Err(ApiError::method_not_allowed());
+    }
+    if sub == Some("log") {
+        let source = shared
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let r = podlog::LogRequest {
+            namespace: ns,
+            pod: name,
+            container: req.param("container"),
+            follow: req.param("follow") == "true",
+            tail_lines: req.param("tailLines").parse().ok(),
+        };
+        return Ok(stream_response(
+            "text/plain",
+            podlog::start(shared, source, r)?,
+        ));
+    }
     if sub == Some("scale") {
         let body = if matches!(verb, "update" | "patch") {
             Some(req.json_body()?)
@@ -527,14 +553,21 @@ fn watch(
         table: req.wants_table(),
         send_initial_events: req.param("sendInitialEvents") == "true",
     };
-    let rx = watch::start(shared, params);
+    Ok(stream_response(
+        "application/json",
+        watch::start(shared, params),
+    ))
+}
+
+/// A streamed response (watch events, followed logs).
+fn stream_response(content_type: &str, rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
     let stream = ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
-    Ok(Response::builder()
+    Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::CACHE_CONTROL, "no-cache, private")
         .body(BodyExt::boxed(StreamBody::new(stream)))
-        .expect("static response parts are valid"))
+        .expect("static response parts are valid")
 }
 
 fn self_subject_access_review(

@@ -47,6 +47,7 @@ pub const CRUD: &[&str] = &[
 const CREATE_ONLY: &[&str] = &["create"];
 const ALL: &[&str] = &["all"];
 const STATUS: &[&str] = &["status"];
+const STATUS_LOG: &[&str] = &["status", "log"];
 const STATUS_SCALE: &[&str] = &["status", "scale"];
 const NONE: &[&str] = &[];
 
@@ -103,7 +104,7 @@ static KINDS: &[Kind] = &[
     k("", "configmaps", "configmap", "ConfigMap", NS, &["cm"], NONE, NONE, Subdomain),
     k("", "services", "service", "Service", NS, &["svc"], ALL, STATUS, Dns1035),
     k("", "endpoints", "endpoints", "Endpoints", NS, &["ep"], NONE, NONE, Subdomain),
-    k("", "pods", "pod", "Pod", NS, &["po"], ALL, STATUS, Subdomain),
+    k("", "pods", "pod", "Pod", NS, &["po"], ALL, STATUS_LOG, Subdomain),
     k("", "nodes", "node", "Node", CLUSTER, &["no"], NONE, STATUS, Subdomain),
     k("", "serviceaccounts", "serviceaccount", "ServiceAccount", NS, &["sa"], NONE, NONE, Subdomain),
     k("", "events", "event", "Event", NS, &["ev"], NONE, NONE, Subdomain),

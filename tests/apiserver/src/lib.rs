@@ -9,6 +9,7 @@ mod http;
 mod kinds;
 mod ops;
 mod patch;
+mod podlog;
 mod protobuf;
 mod rbac;
 mod scale;
@@ -81,6 +82,7 @@ pub(crate) struct Shared {
     pub env: ops::Env,
     pub shutdown: CancellationToken,
     pub tls: tokio_rustls::TlsAcceptor,
+    pub logs: Mutex<Option<podlog::LogSource>>,
 }
 
 pub(crate) use store::Store;
@@ -136,6 +138,7 @@ impl ApiServer {
             env,
             shutdown: CancellationToken::new(),
             tls: tokio_rustls::TlsAcceptor::from(tls.config),
+            logs: Mutex::new(None),
         });
         let server = ApiServer {
             shared,
@@ -291,6 +294,15 @@ impl ApiServer {
             .iter()
             .find(|k| k.group == group && k.plural == resource)?;
         self.shared.store().get(kind, namespace, name).cloned()
+    }
+
+    /// Serve `kubectl logs [-f]`: `f(namespace, pod, container)` names the container's log
+    /// file (None: no log yet, an empty answer).
+    pub fn set_pod_logs(
+        &self,
+        f: impl Fn(&str, &str, &str) -> Option<PathBuf> + Send + Sync + 'static,
+    ) {
+        *self.shared.logs.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
     }
 
     /// Stop serving: no new connections, open connections and watches end.

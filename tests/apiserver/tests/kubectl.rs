@@ -537,3 +537,50 @@ async fn server_side_apply_scale_and_diff() {
         .await;
     assert_eq!(still, "3");
 }
+
+#[tokio::test]
+async fn logs_and_follow() {
+    let c = Cluster::start().await;
+    let logs = c.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let dir = logs.clone();
+    c.server.set_pod_logs(move |ns, pod, container| {
+        Some(dir.join(format!("{ns}_{pod}_{container}.log")))
+    });
+    let log = logs.join("default_gw_gateway.log");
+    std::fs::write(&log, "one\ntwo\nthree\n").unwrap();
+    let pod = c.write_file("pod.yaml", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: gw\nspec:\n  containers:\n  - name: gateway\n    image: kwg-gateway\n");
+    c.kubectl_ok("admin", &["apply", "-f", pod.to_str().unwrap()])
+        .await;
+    assert_eq!(
+        c.kubectl_ok("admin", &["logs", "gw"]).await,
+        "one\ntwo\nthree\n"
+    );
+    assert_eq!(
+        c.kubectl_ok("admin", &["logs", "gw", "--tail=1"]).await,
+        "three\n"
+    );
+
+    let mut child = c.spawn_kubectl("admin", &["logs", "-f", "gw"]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("a log line in time")
+            .unwrap()
+    };
+    assert_eq!(next().await.as_deref(), Some("one"));
+    assert_eq!(next().await.as_deref(), Some("two"));
+    assert_eq!(next().await.as_deref(), Some("three"));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .map(|mut f| std::io::Write::write_all(&mut f, b"four\n"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(next().await.as_deref(), Some("four"));
+    // Deleting the pod ends the stream.
+    c.kubectl_ok("admin", &["delete", "pod", "gw"]).await;
+    assert_eq!(next().await, None);
+    assert!(child.wait().await.unwrap().success());
+}
