@@ -102,7 +102,10 @@ pub fn start(
             return;
         }
         let mut offset = buf.len() as u64;
-        while follow {
+        if !follow {
+            return;
+        }
+        loop {
             tokio::select! {
                 _ = tokio::time::sleep(FOLLOW_POLL) => {}
                 _ = shared.shutdown.cancelled() => return,
