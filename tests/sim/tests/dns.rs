@@ -9,6 +9,7 @@ use std::{
 use k8s_openapi::api::{
     core::v1::{Namespace, Service},
     discovery::v1::EndpointSlice,
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use kube::api::{Api, DeleteParams, PostParams};
 use kwg_apiserver::{ApiServer, Config};
@@ -78,13 +79,10 @@ impl Setup {
         let api = ApiServer::serve(cfg, listener)
             .await
             .expect("API server starts");
-        let token = api.add_user("admin", &["system:masters"]);
-        let kubeconfig = api.kubeconfig(&url, "admin", &token, "default");
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .unwrap();
-        let client = kube::Client::try_from(config).unwrap();
+        let client = user_client(&api, &url, "admin", &["system:masters"]).await;
+        // The DNS server runs with only the access the module documents.
+        let dns_client = user_client(&api, &url, "dns", &[]).await;
+        grant_dns_access(&client, "dns").await;
 
         let lan = start_lan().await;
         let (udp, tcp, addr) = sockets().await;
@@ -92,7 +90,6 @@ impl Setup {
             domain: "cluster.local".into(),
             upstream: lan.0,
         };
-        let dns_client = client.clone();
         let task = tokio::spawn(async move {
             cluster::serve(dns_client, udp, tcp, cfg)
                 .await
@@ -161,6 +158,43 @@ impl Setup {
     async fn dig(&self, args: &[&str]) -> Dig {
         dig(self.dns.0, args).await
     }
+}
+
+async fn user_client(api: &ApiServer, url: &str, user: &str, groups: &[&str]) -> kube::Client {
+    let token = api.add_user(user, groups);
+    let kubeconfig = api.kubeconfig(url, user, &token, "default");
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// get/list/watch on services and endpointslices, cluster-wide: what `cluster::serve` needs.
+async fn grant_dns_access(admin: &kube::Client, user: &str) {
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": "kwg-test-dns"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+        ],
+    }))
+    .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "kwg-test-dns"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kwg-test-dns"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))
+    .unwrap();
+    let pp = PostParams::default();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&pp, &role)
+        .await
+        .expect("create ClusterRole");
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&pp, &binding)
+        .await
+        .expect("create ClusterRoleBinding");
 }
 
 /// What `dig` printed, split into what a user reads.
