@@ -173,26 +173,33 @@ impl Cluster {
         let mut out = Vec::new();
         for label in ["app", "k8s-app"] {
             let sel = format!("{label}={app}");
-            let names = self.kubectl_admin(&[
+            let rows = self.kubectl_admin(&[
                 "get",
                 "pods",
                 "-n",
                 namespace,
                 "-l",
                 &sel,
-                "--field-selector",
-                "status.phase=Running",
                 "-o",
-                "jsonpath={.items[*].metadata.name}",
+                "jsonpath={range .items[*]}{.metadata.name} {.status.phase}{\"\\n\"}{end}",
             ])?;
-            out.extend(
-                names
-                    .split_whitespace()
-                    .map(|p| self.names.pod_ns(namespace, p)),
-            );
+            let running = rows.lines().filter_map(|l| l.strip_suffix(" Running"));
+            out.extend(running.map(|p| self.names.pod_ns(namespace, p)));
         }
         out.sort();
         Ok(out)
+    }
+
+    /// A field of the first pod labelled `app=<app>` in `namespace`, e.g. `{.status.podIP}`.
+    pub fn pod_field(&self, namespace: &str, app: &str, jsonpath: &str) -> Result<String> {
+        let sel = format!("app={app}");
+        let path = format!("jsonpath={{.items[0]{jsonpath}}}");
+        self.kubectl_admin(&["get", "pods", "-n", namespace, "-l", &sel, "-o", &path])
+    }
+
+    /// The IP of the first pod labelled `app=<app>` in `namespace`.
+    pub fn pod_ip(&self, namespace: &str, app: &str) -> Result<String> {
+        self.pod_field(namespace, app, ".status.podIP")
     }
 
     /// The network namespace of one Running pod labelled `app=<app>` in `namespace`.

@@ -222,6 +222,16 @@ pub fn teardown(n: &Names) -> Result<()> {
     for ns in all {
         delete_ns(&ns);
     }
+    // resolv.conf directories of namespaces that went away by other means.
+    for entry in std::fs::read_dir("/etc/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if n.owns_ns(&entry.file_name().to_string_lossy()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     let dir = n.run_dir();
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(Error::io(format!("removing {}", dir.display())))?;
