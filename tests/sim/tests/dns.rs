@@ -420,6 +420,7 @@ async fn cluster_dns_forwards_other_names_to_the_lan_resolver() {
     for transport in ["+notcp", "+tcp"] {
         let a = s.dig(&["intranet.corp.example", "A", transport]).await;
         assert_eq!(a.status, "NOERROR", "{a:?}");
+        assert!(a.flags.contains(&"ra".to_owned()), "{a:?}");
         assert_eq!(a.answer, ["intranet.corp.example. 60 IN A 192.0.2.80"]);
     }
     let missing = s.dig(&["nope.corp.example", "A"]).await;

@@ -97,6 +97,8 @@ impl<Z: Zone> RequestHandler for Handler<Z> {
                         };
                         let mut metadata = relayed.metadata;
                         metadata.id = id;
+                        // We are the client's recursive resolver for forwarded names.
+                        metadata.recursion_available = true;
                         (metadata, reply)
                     }
                     Err(error) => {
