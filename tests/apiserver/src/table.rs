@@ -127,6 +127,41 @@ fn pod_ready(pod: &Value) -> Value {
     json!(format!("{ready}/{total}"))
 }
 
+/// kubectl's pod STATUS: a waiting/terminated container's reason wins over the phase.
+fn pod_status(pod: &Value) -> Value {
+    let st = &pod["status"];
+    let mut reason = st["reason"]
+        .as_str()
+        .or(st["phase"].as_str())
+        .unwrap_or("")
+        .to_string();
+    for c in st["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+    {
+        let state = &c["state"];
+        if let Some(r) = state["waiting"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            reason = r.to_string();
+        } else if let Some(r) = state["terminated"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            reason = r.to_string();
+        } else if let Some(code) = state["terminated"]["exitCode"].as_i64() {
+            reason = format!("ExitCode:{code}");
+        }
+    }
+    if !pod["metadata"]["deletionTimestamp"].is_null() {
+        reason = "Terminating".into();
+    }
+    json!(reason)
+}
+
 fn pod_restarts(pod: &Value) -> Value {
     let statuses = pod["status"]["containerStatuses"].as_array();
     json!(
@@ -196,13 +231,17 @@ fn columns(kind: &Kind) -> Vec<Col> {
             Data("External-IP", "string", 0, external_ip),
             Data("Port(s)", "string", 0, ports),
         ],
-        ("", "pods") => vec![
-            Data("Ready", "string", 0, pod_ready),
-            Data("Status", "string", 0, |o| s(&o["status"]["phase"])),
-            Data("Restarts", "string", 0, pod_restarts),
-            Data("IP", "string", 0, |o| or_none(&o["status"]["podIP"])),
-            Data("Node", "string", 1, |o| or_none(&o["spec"]["nodeName"])),
-        ],
+        ("", "pods") => {
+            return vec![
+                Col::Name,
+                Data("Ready", "string", 0, pod_ready),
+                Data("Status", "string", 0, pod_status),
+                Data("Restarts", "string", 0, pod_restarts),
+                AGE,
+                Data("IP", "string", 0, |o| or_none(&o["status"]["podIP"])),
+                Data("Node", "string", 1, |o| or_none(&o["spec"]["nodeName"])),
+            ];
+        }
         ("apps", "deployments") => vec![
             Data("Ready", "string", 0, deploy_ready),
             Data("Up-to-date", "integer", 0, |o| {
@@ -313,6 +352,16 @@ pub fn table<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_status_shows_container_reasons() {
+        let pod = json!({"status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": "ErrImageNeverPull"}}}]}});
+        assert_eq!(pod_status(&pod), "ErrImageNeverPull");
+        assert_eq!(
+            pod_status(&json!({"status": {"phase": "Running"}})),
+            "Running"
+        );
+    }
 
     #[test]
     fn durations_like_kubectl() {

@@ -552,6 +552,16 @@ async fn logs_and_follow() {
     let pod = c.write_file("pod.yaml", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: gw\nspec:\n  containers:\n  - name: gateway\n    image: kwg-gateway\n");
     c.kubectl_ok("admin", &["apply", "-f", pod.to_str().unwrap()])
         .await;
+    let pods = c.kubectl_ok("admin", &["get", "pods"]).await;
+    let rows: Vec<Vec<&str>> = pods
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP"]
+    );
+    assert_eq!(rows[1][..4], ["gw", "0/1", "Pending", "0"]);
     assert_eq!(
         c.kubectl_ok("admin", &["logs", "gw"]).await,
         "one\ntwo\nthree\n"
