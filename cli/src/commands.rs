@@ -121,7 +121,7 @@ pub async fn join(args: JoinArgs, dir: StateDir) -> Result<(), Error> {
     )));
     for p in progress {
         match p {
-            Progress::Failed(msg) => outcome = Err(Error::Daemon(msg)),
+            Progress::Failed(msg) => outcome = Err(Error::Reported(msg)),
             Progress::Ready(_) => {
                 outcome = Ok(());
                 report(p);

@@ -12,6 +12,7 @@ use kwg_wg::contract::{GatewayInfo, PeerName, PeerSpec};
 use kwg_wg::device::{DEFAULT_MTU, Device, DeviceConfig, PeerConfig};
 use kwg_wg::keys::{self, PrivateKey};
 use kwg_wg::netlink::Netlink;
+use kwg_wg::uapi::SetRequest;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::Instant;
@@ -28,6 +29,11 @@ use crate::state::{DnsState, State, StateDir};
 
 /// WireGuard persistent keepalive, seconds (the `wg` man page suggests 25 behind NAT).
 const KEEPALIVE: u16 = 25;
+
+/// When to move to a new UDP source port (and restart the handshake) while there is no
+/// handshake yet; a handshake answer takes one round trip, far below these.
+const REBIND_FIRST: Duration = Duration::from_millis(1000);
+const REBIND_EVERY: Duration = Duration::from_millis(2000);
 
 /// What the daemon tells `kwg join` while it comes up (one JSON object per line).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -227,15 +233,14 @@ async fn bring_up(
     for r in &plan {
         nl.replace_route(r.subnet, &args.interface).await?;
     }
-    handle
-        .upsert_peer(PeerConfig {
-            public_key: info.public_key,
-            preshared_key: None,
-            endpoint: Some(endpoint),
-            allowed_ips: plan.iter().map(|r| r.subnet).collect(),
-            persistent_keepalive: Some(KEEPALIVE),
-        })
-        .await?;
+    let gateway = PeerConfig {
+        public_key: info.public_key,
+        preshared_key: None,
+        endpoint: Some(endpoint),
+        allowed_ips: plan.iter().map(|r| r.subnet).collect(),
+        persistent_keepalive: Some(KEEPALIVE),
+    };
+    handle.upsert_peer(gateway.clone()).await?;
     progress(Progress::Step(format!(
         "Tunnel {} up as {tunnel_ip} to gateway {endpoint}, {} routes",
         args.interface,
@@ -245,7 +250,7 @@ async fn bring_up(
     if let Some(dns_ip) = info.dns_ip {
         setup_dns(args, up, &kube, &info, &namespace, dns_ip, &plan).await?;
     }
-    verify(args, up, &info, &endpoint, deadline).await?;
+    verify(args, up, &gateway, &info, &endpoint, deadline).await?;
     let _ = std::fs::remove_file(dir.socket());
     UnixListener::bind(dir.socket())
         .map_err(|e| Error::io(format!("listen on {}", dir.socket().display()), e))
@@ -338,6 +343,7 @@ async fn setup_dns(
 async fn verify(
     args: &JoinArgs,
     up: &Up,
+    gateway: &PeerConfig,
     info: &GatewayInfo,
     endpoint: &SocketAddr,
     deadline: Instant,
@@ -349,7 +355,27 @@ async fn verify(
     );
     let mut dns_ok = info.dns_ip.is_none();
     let mut handshake = false;
+    let mut next_rebind = Instant::now() + REBIND_FIRST;
     while Instant::now() < deadline {
+        if !handshake && Instant::now() >= next_rebind {
+            // A stale conntrack/NAT entry for our UDP 5-tuple (made before the NodePort was
+            // programmed) would swallow every retry: move to a fresh source port.
+            let req = SetRequest {
+                listen_port: Some(0),
+                ..Default::default()
+            };
+            let errno = handle.uapi_set(&req);
+            // Re-adding the peer drops its pending handshake, so the next packet starts a new
+            // one right away instead of after the retry timer.
+            let _ = handle.remove_peer(&gateway.public_key).await;
+            handle.upsert_peer(gateway.clone()).await?;
+            tracing::info!(
+                errno,
+                port = handle.listen_port(),
+                "no handshake yet: rebound the UDP port"
+            );
+            next_rebind += REBIND_EVERY;
+        }
         if !dns_ok && let Some(ip) = info.dns_ip {
             dns_ok = probe_dns(SocketAddr::new(ip, 53), &name, Duration::from_millis(300)).await;
         } else if !handshake {

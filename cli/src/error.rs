@@ -70,6 +70,9 @@ pub enum Error {
     DaemonUnreachable { pid: u32, socket: String },
     #[error("the kwg daemon failed: {0}")]
     Daemon(String),
+    /// An error the daemon reported, already one sentence.
+    #[error("{0}")]
+    Reported(String),
     #[error("gateway info is invalid: {0}: upgrade kwg or the gateway so they match")]
     Contract(#[from] kwg_wg::contract::ContractError),
     #[error("{0}")]

@@ -1,0 +1,435 @@
+//! `kwg join/status/peers/leave` on the one-machine cluster: the demo's transcript with
+//! assertions, plus recovery, RBAC, mapped namespaces, also/never-proxy, two laptops and
+//! non-root. Each test uses its own laptop (`kwg-sim laptop add`) on one shared cluster.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// One cluster with the gateway installed; `kwg-sim down` when the last test drops it.
+struct Sim {
+    prefix: String,
+}
+
+impl Sim {
+    fn shared() -> Arc<Sim> {
+        static SHARED: Mutex<Weak<Sim>> = Mutex::new(Weak::new());
+        let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = slot.upgrade() {
+            return s;
+        }
+        let s = Arc::new(Sim::up());
+        *slot = Arc::downgrade(&s);
+        s
+    }
+
+    fn up() -> Sim {
+        let prefix = format!("kc{}", std::process::id() % 100_000);
+        let sim = Sim { prefix };
+        let out = sim.sim(&["up"]);
+        assert!(
+            out.status.success(),
+            "kwg-sim up failed: {}",
+            text(&out.stderr)
+        );
+        let manifests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests");
+        let apply = sim.admin_kubectl(&["apply", "-k", manifests.to_str().unwrap()]);
+        assert!(
+            apply.status.success(),
+            "kubectl apply -k manifests/: {}",
+            text(&apply.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let got =
+                sim.admin_kubectl(&["-n", "kwg-system", "get", "configmap", "kwg-gateway-info"]);
+            if got.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not publish its info within 90 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        sim
+    }
+
+    fn sim(&self, args: &[&str]) -> Output {
+        run(Command::new(kwg_sim::bin_path("kwg-sim"))
+            .args(args)
+            .args(["--prefix", &self.prefix]))
+    }
+
+    /// kubectl as the cluster admin, from the main laptop (the API server is on the LAN).
+    fn admin_kubectl(&self, args: &[&str]) -> Output {
+        let admin = self.kubeconfig("admin");
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &format!("{}-laptop", self.prefix),
+            "kubectl",
+            "--kubeconfig",
+        ])
+        .arg(admin)
+        .args(args);
+        run(&mut cmd)
+    }
+
+    fn kubeconfig(&self, user: &str) -> PathBuf {
+        PathBuf::from(format!("/run/kwg-sim/{}/{user}.kubeconfig", self.prefix))
+    }
+
+    /// A new machine on the LAN, removed on drop.
+    fn laptop(self: &Arc<Self>, name: &str) -> Laptop {
+        let out = self.sim(&["laptop", "add", name]);
+        assert!(
+            out.status.success(),
+            "kwg-sim laptop add {name}: {}",
+            text(&out.stderr)
+        );
+        let netns = text(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        let state = PathBuf::from(format!("/run/kwg-sim/{}/kwg-state-{name}", self.prefix));
+        Laptop {
+            sim: self.clone(),
+            name: name.to_string(),
+            netns,
+            state,
+        }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.sim(&["down"]);
+    }
+}
+
+struct Laptop {
+    sim: Arc<Sim>,
+    name: String,
+    netns: String,
+    state: PathBuf,
+}
+
+impl Laptop {
+    /// Runs `argv` on this laptop as the developer.
+    fn run(&self, argv: &[&str]) -> Output {
+        self.run_as("developer", argv)
+    }
+
+    fn run_as(&self, user: &str, argv: &[&str]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns])
+            .env("KWG_STATE_DIR", &self.state)
+            .env("KUBECONFIG", self.sim.kubeconfig(user))
+            .env("PATH", path_with_bins());
+        run(cmd.args(argv))
+    }
+
+    fn kwg(&self, args: &[&str]) -> Output {
+        let mut argv = vec!["kwg"];
+        argv.extend_from_slice(args);
+        self.run(&argv)
+    }
+
+    /// `kwg join` that must succeed.
+    fn join(&self, args: &[&str]) -> Output {
+        let mut a = vec!["join", "--name", &self.name];
+        a.extend_from_slice(args);
+        let out = self.kwg(&a);
+        assert!(
+            out.status.success(),
+            "kwg join {args:?} failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+
+    fn curl(&self, url: &str) -> Output {
+        self.run(&["curl", "-sS", "--max-time", "3", url])
+    }
+
+    fn dig(&self, name: &str) -> String {
+        text(
+            &self
+                .run(&["dig", "+short", "+time=2", "+tries=1", name])
+                .stdout,
+        )
+        .trim()
+        .to_string()
+    }
+
+    fn resolv_conf(&self) -> Vec<u8> {
+        std::fs::read(format!("/etc/netns/{}/resolv.conf", self.netns)).unwrap()
+    }
+
+    fn routes(&self) -> String {
+        text(&self.run(&["ip", "route", "show"]).stdout)
+    }
+
+    fn daemon_pid(&self) -> i32 {
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.state.join("state.json")).unwrap()).unwrap();
+        s["daemonPid"].as_i64().unwrap() as i32
+    }
+}
+
+impl Drop for Laptop {
+    fn drop(&mut self) {
+        let _ = self.kwg(&["leave"]);
+        let _ = self.sim.sim(&["laptop", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn path_with_bins() -> String {
+    format!(
+        "{}:{}",
+        kwg_sim::bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+fn secret_exists(sim: &Sim, name: &str) -> bool {
+    let secret = format!("kwg-peer-{name}");
+    sim.admin_kubectl(&["-n", "kwg-system", "get", "secret", &secret])
+        .status
+        .success()
+}
+
+#[test]
+fn walkthrough_join_status_curl_peers_leave() {
+    let sim = Sim::shared();
+    let laptop = sim.laptop("walk");
+    let original = laptop.resolv_conf();
+    assert_eq!(laptop.dig("intranet.corp.example"), "192.0.2.80");
+
+    let join = laptop.join(&["--namespace", "emojivoto"]);
+    assert!(
+        text(&join.stdout).contains("Joined"),
+        "{}",
+        text(&join.stdout)
+    );
+
+    let status = laptop.kwg(&["status"]);
+    assert!(status.status.success());
+    let s = text(&status.stdout);
+    for want in [
+        "Status          : Connected",
+        "Namespace       : emojivoto",
+        "10.96.0.0/12",
+        "Exclude suffixes: [.arpa .com .io .net .org .ru]",
+    ] {
+        assert!(s.contains(want), "kwg status lacks {want:?}:\n{s}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&laptop.kwg(&["status", "-o", "json"]).stdout).unwrap();
+    assert_eq!(json["connected"], true);
+    assert!(json["lastHandshake"].is_string(), "{json}");
+
+    let page = laptop.curl("web-app:80");
+    assert!(
+        text(&page.stdout).contains("<title>Emoji Vote</title>"),
+        "curl web-app:80: {}",
+        text(&page.stderr)
+    );
+    assert!(text(&laptop.curl("web-app.emojivoto").stdout).contains("Emoji Vote"));
+    assert!(text(&laptop.curl("echo.default").stdout).contains("<title>Echo</title>"));
+    assert_eq!(laptop.dig("intranet.corp.example"), "192.0.2.80");
+    assert!(!laptop.dig("web-app").is_empty());
+    let tcp = text(
+        &laptop
+            .run(&[
+                "dig",
+                "+tcp",
+                "+short",
+                "web-app.emojivoto.svc.cluster.local",
+            ])
+            .stdout,
+    );
+    assert!(tcp.trim().starts_with("10.96."), "dig +tcp: {tcp}");
+
+    let peers = text(&laptop.kwg(&["peers"]).stdout);
+    let me = peers
+        .lines()
+        .find(|l| l.starts_with('*'))
+        .unwrap_or_else(|| panic!("no marked row:\n{peers}"));
+    assert!(me.contains("walk") && me.contains("100.77."), "{peers}");
+
+    let leave = laptop.kwg(&["leave"]);
+    assert!(leave.status.success(), "{}", text(&leave.stderr));
+    assert!(
+        !laptop.curl("web-app:80").status.success(),
+        "web-app:80 still answers after leave"
+    );
+    assert_eq!(
+        laptop.resolv_conf(),
+        original,
+        "resolv.conf not restored byte for byte"
+    );
+    assert_eq!(laptop.dig("intranet.corp.example"), "192.0.2.80");
+    assert!(!secret_exists(&sim, "walk"));
+    assert!(!laptop.routes().contains("kwg0"));
+
+    let again = laptop.kwg(&["leave"]);
+    assert!(again.status.success());
+    let st = laptop.kwg(&["status"]);
+    assert_eq!(st.status.code(), Some(1));
+    assert_eq!(
+        text(&st.stdout).trim(),
+        "kwg is not joined to a cluster: run `kwg join --namespace <ns>`."
+    );
+}
+
+#[test]
+fn killed_daemon_is_recovered_by_leave_and_by_the_next_join() {
+    let sim = Sim::shared();
+    let laptop = sim.laptop("kill");
+    let original = laptop.resolv_conf();
+    for recover_with_join in [false, true] {
+        laptop.join(&["--namespace", "emojivoto"]);
+        nix_kill(laptop.daemon_pid());
+        // Even with the daemon dead the machine keeps working DNS (the original servers follow).
+        assert_eq!(laptop.dig("intranet.corp.example"), "192.0.2.80");
+        if recover_with_join {
+            laptop.join(&["--namespace", "emojivoto"]);
+            assert!(text(&laptop.curl("web-app:80").stdout).contains("Emoji Vote"));
+        }
+        let leave = laptop.kwg(&["leave"]);
+        assert!(leave.status.success(), "{}", text(&leave.stderr));
+        assert_eq!(laptop.resolv_conf(), original);
+        assert!(!secret_exists(&sim, "kill"));
+    }
+}
+
+fn nix_kill(pid: i32) {
+    let ok = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+#[test]
+fn user_without_rights_gets_the_rbac_sentence_and_nothing_is_left() {
+    let sim = Sim::shared();
+    let laptop = sim.laptop("rbac");
+    let original = laptop.resolv_conf();
+    let out = laptop.run_as(
+        "nobody",
+        &["kwg", "join", "--name", "rbac", "--namespace", "emojivoto"],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("is not allowed to") && err.contains("kwg-user"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(laptop.resolv_conf(), original);
+    assert!(!laptop.routes().contains("kwg0"));
+    assert!(!secret_exists(&sim, "rbac"));
+    assert_eq!(laptop.kwg(&["status"]).status.code(), Some(1));
+}
+
+#[test]
+fn mapped_namespaces_hide_other_names() {
+    let sim = Sim::shared();
+    let laptop = sim.laptop("mapped");
+    laptop.join(&[
+        "--namespace",
+        "emojivoto",
+        "--mapped-namespaces",
+        "emojivoto",
+    ]);
+    assert!(text(&laptop.curl("web-app:80").stdout).contains("Emoji Vote"));
+    assert!(!laptop.curl("echo.default").status.success());
+    assert_eq!(laptop.dig("echo.default"), "");
+    assert_eq!(laptop.dig("intranet.corp.example"), "192.0.2.80");
+}
+
+#[test]
+fn also_and_never_proxy_change_the_routes() {
+    let sim = Sim::shared();
+    let laptop = sim.laptop("proxy");
+    laptop.join(&[
+        "--namespace",
+        "emojivoto",
+        "--also-proxy",
+        "172.30.0.0/16",
+        "--never-proxy",
+        "10.244.0.128/25",
+    ]);
+    let routes = laptop.routes();
+    assert!(routes.contains("172.30.0.0/16 dev kwg0"), "{routes}");
+    assert!(routes.contains("10.244.0.0/25 dev kwg0"), "{routes}");
+    assert!(!routes.contains("10.244.0.0/24 dev kwg0"), "{routes}");
+    let status = text(&laptop.kwg(&["status"]).stdout);
+    assert!(status.contains("172.30.0.0/16 (--also-proxy)"), "{status}");
+}
+
+#[test]
+fn two_laptops_appear_in_peers() {
+    let sim = Sim::shared();
+    let a = sim.laptop("twoa");
+    let b = sim.laptop("twob");
+    a.join(&["--namespace", "emojivoto"]);
+    b.join(&["--namespace", "default"]);
+    let rows: serde_json::Value =
+        serde_json::from_slice(&a.kwg(&["peers", "-o", "json"]).stdout).unwrap();
+    let names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"twoa") && names.contains(&"twob"), "{rows}");
+    let mine: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["thisMachine"] == true)
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(mine, ["twoa"]);
+    assert!(text(&b.curl("echo:80").stdout).contains("Echo"));
+}
+
+#[test]
+fn join_as_non_root_fails_with_the_privilege_sentence() {
+    let sim = Sim::shared();
+    let laptop = sim.laptop("noroot");
+    let out = laptop.run(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "kwg",
+        "join",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "kwg: kwg join needs root or CAP_NET_ADMIN to create the tunnel interface: run it with sudo (or grant CAP_NET_ADMIN)"
+    );
+}
