@@ -157,13 +157,26 @@ async fn wait_ready(client: &Client, n: &Names) -> Result<()> {
     }
 }
 
-/// Stops the pods (their namespaces) on the way out; `kwg-sim down` removes the rest.
+/// Stops the pods on the way out (SIGTERM, up to 1 s, then their namespaces go); `kwg-sim down`
+/// removes the rest.
 fn stop(n: &Names, _lan: crate::lan::Lan) -> Result<()> {
-    tracing::info!("stopping: removing pod namespaces");
-    for ns in crate::sh::netns_list()?
+    tracing::info!("stopping: terminating pods");
+    let pods: Vec<String> = crate::sh::netns_list()?
         .into_iter()
         .filter(|ns| ns.starts_with(&n.pod_ns_prefix()))
-    {
+        .collect();
+    let pids: Vec<i32> = pods
+        .iter()
+        .flat_map(|ns| crate::sh::netns_pids(ns))
+        .collect();
+    for pid in &pids {
+        crate::sh::kill(*pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) && pids.iter().any(|p| crate::sh::alive(*p)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for ns in pods {
         crate::topology::delete_ns(&ns);
     }
     Ok(())

@@ -15,8 +15,9 @@ use kube::{Client, ResourceExt};
 use runtime::{Ctr, RunningPod};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -40,6 +41,25 @@ struct Kubelet {
     pods: BTreeMap<Key, RunningPod>,
     /// Pods created but not yet seen in the watch cache: name -> (owner uid, when).
     expected: BTreeMap<Key, (String, Instant)>,
+    /// Addresses of pods still shutting down (not to be reused yet).
+    stopping: Arc<Mutex<BTreeSet<Ipv4Addr>>>,
+}
+
+/// Longest grace period honoured (a Pod's `terminationGracePeriodSeconds` defaults to 30).
+const MAX_GRACE: Duration = Duration::from_secs(10);
+
+/// SIGTERM, the grace period, SIGKILL; then the pod's network and files go.
+async fn stop_pod(mut rp: RunningPod, names: Names, stopping: Arc<Mutex<BTreeSet<Ipv4Addr>>>) {
+    let grace = rp.grace;
+    futures::future::join_all(rp.containers.iter_mut().map(|c| c.stop(grace))).await;
+    let net = rp.net.clone();
+    let _ = tokio::task::spawn_blocking(move || net.delete(&names)).await;
+    let _ = std::fs::remove_dir_all(&rp.dir);
+    stopping
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&rp.net.ip);
+    tracing::info!(ns = %rp.net.ns, "pod stopped");
 }
 
 fn key(p: &Pod) -> Key {
@@ -75,6 +95,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<()> {
         client,
         pods: BTreeMap::new(),
         expected: BTreeMap::new(),
+        stopping: Arc::default(),
     };
     loop {
         let (d, p) = (snapshot(&deploys), snapshot(&pods));
@@ -179,15 +200,13 @@ impl Kubelet {
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {
-            if let Some(mut rp) = self.pods.remove(&k) {
+            if let Some(rp) = self.pods.remove(&k) {
                 tracing::info!(pod = %k.1, namespace = %k.0, "stopping pod");
-                for c in &mut rp.containers {
-                    c.stop(Duration::from_secs(1)).await;
-                }
-                let names = self.cfg.names.clone();
-                let net = rp.net.clone();
-                let _ = tokio::task::spawn_blocking(move || net.delete(&names)).await;
-                let _ = std::fs::remove_dir_all(&rp.dir);
+                self.stopping
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(rp.net.ip);
+                tokio::spawn(stop_pod(rp, self.cfg.names.clone(), self.stopping.clone()));
             }
         }
         for (k, pod) in wanted {
@@ -207,7 +226,14 @@ impl Kubelet {
 
     async fn start_pod(&mut self, pod: &Pod) -> Result<RunningPod> {
         let (ns, name) = key(pod);
-        let used: BTreeSet<_> = self.pods.values().map(|p| p.net.ip).collect();
+        let mut used: BTreeSet<_> = self.pods.values().map(|p| p.net.ip).collect();
+        used.extend(
+            self.stopping
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied(),
+        );
         let ip = plan::allocate_ip(&used)
             .ok_or_else(|| Error::Invalid("pod CIDR 10.244.0.0/24 is full".into()))?;
         let net = PodNet::new(&self.cfg.names, &ns, &name, ip);
@@ -248,7 +274,13 @@ impl Kubelet {
             });
         }
         tracing::info!(pod = %name, namespace = %ns, %ip, "pod network ready");
+        let grace = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
         Ok(RunningPod {
+            grace: Duration::from_secs(grace.max(0) as u64).min(MAX_GRACE),
             uid: pod.uid().unwrap_or_default(),
             net,
             dir,

@@ -36,6 +36,8 @@ pub struct RunningPod {
     pub containers: Vec<Ctr>,
     pub started: String,
     pub reported: Option<Value>,
+    /// How long containers get between SIGTERM and SIGKILL.
+    pub grace: Duration,
 }
 
 impl Ctr {

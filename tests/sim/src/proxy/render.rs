@@ -129,6 +129,30 @@ pub fn render(table: &str, node_ip: Ipv4Addr, rules: &[PortRule]) -> String {
         "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    meta mark & {MASQ_MARK} == {MASQ_MARK} masquerade\n    ip saddr {pods} ip daddr != {pods} oifname \"eth0\" masquerade\n  }}",
         pods = crate::names::POD_CIDR
     );
+    // Services without endpoints are rejected like kube-proxy does (ICMP port unreachable), in
+    // filter hooks that see packets after any DNAT.
+    for hook in ["input", "forward", "output"] {
+        let _ = writeln!(
+            s,
+            "  chain filter_{hook} {{\n    type filter hook {hook} priority -10; policy accept;\n    jump no_endpoints\n  }}"
+        );
+    }
+    let _ = writeln!(s, "  chain no_endpoints {{");
+    for r in rules.iter().filter(|r| r.endpoints.is_empty()) {
+        let (p, key) = (r.proto, &r.key);
+        let _ = writeln!(
+            s,
+            "    ip daddr {} {p} dport {} reject comment \"{key} has no endpoints\"",
+            r.cluster_ip, r.port
+        );
+        if let Some(np) = r.node_port {
+            let _ = writeln!(
+                s,
+                "    ip daddr {node_ip} {p} dport {np} reject comment \"{key} has no endpoints\""
+            );
+        }
+    }
+    let _ = writeln!(s, "  }}");
     let _ = writeln!(s, "  chain services {{");
     for (i, r) in rules
         .iter()
