@@ -381,6 +381,41 @@ async fn cluster_dns_answers_services_pods_and_reverse_names() {
         .dig(&["10-244-0-5.emojivoto.pod.cluster.local", "A"])
         .await;
     assert_eq!(pod.data(), ["10.244.0.5"]);
+
+    // ExternalName: the CNAME and, followed upstream, the target's address (stub resolvers
+    // do not chase CNAMEs themselves).
+    s.service(
+        "data",
+        "intranet",
+        json!({"type": "ExternalName", "externalName": "intranet.corp.example"}),
+    )
+    .await;
+    let ext = wait_for(&s, "intranet.data.svc.cluster.local", |d| {
+        d.status == "NOERROR"
+    })
+    .await;
+    assert_eq!(
+        ext.answer,
+        [
+            "intranet.data.svc.cluster.local. 5 IN CNAME intranet.corp.example.",
+            "intranet.corp.example. 60 IN A 192.0.2.80",
+        ]
+    );
+    // An ExternalName pointing into the cluster is followed in the cluster.
+    s.service(
+        "data",
+        "alias",
+        json!({"type": "ExternalName", "externalName": "db.data.svc.cluster.local"}),
+    )
+    .await;
+    let alias = wait_for(&s, "alias.data.svc.cluster.local", |d| {
+        d.status == "NOERROR"
+    })
+    .await;
+    assert_eq!(
+        alias.data(),
+        ["db.data.svc.cluster.local.", "10.244.0.7", "10.244.0.8"]
+    );
 }
 
 #[tokio::test]

@@ -4,8 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use hickory_proto::{
-    op::{Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode},
-    rr::{Name, RecordType},
+    op::{Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, Query, ResponseCode},
+    rr::{Name, RData, Record, RecordType, rdata::CNAME},
 };
 use hickory_server::{
     Server,
@@ -23,6 +23,8 @@ use super::{Error, Reply, Resolution};
 
 /// Idle time after which a TCP client connection is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Longest CNAME chain followed (a loop of ExternalName Services ends here).
+const MAX_CNAME_CHAIN: usize = 8;
 /// How long to wait for the upstream resolver (a stub's usual per-try timeout).
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -80,9 +82,13 @@ impl<Z: Zone> RequestHandler for Handler<Z> {
 
         let (metadata, reply) = match (resolution, self.upstream) {
             (Err(rcode), _) => (with_rcode(metadata, *rcode), empty()),
-            (Ok(Resolution::Answer(reply)), _) => {
+            (Ok(Resolution::Answer(mut reply)), _) => {
                 metadata.response_code = reply.rcode;
                 metadata.authoritative = true;
+                if let Ok((_, qtype)) = &question {
+                    let answers = std::mem::take(&mut reply.answers);
+                    reply.answers = self.chase_cname(answers, *qtype, request.protocol()).await;
+                }
                 (metadata, reply)
             }
             (Ok(Resolution::Forward), Some(upstream)) => {
@@ -127,6 +133,63 @@ impl<Z: Zone> RequestHandler for Handler<Z> {
                 counts: HeaderCounts::default(),
             })
         })
+    }
+}
+
+impl<Z: Zone> Handler<Z> {
+    /// Follows a CNAME that ends an authoritative answer (an ExternalName Service), in our
+    /// zone or upstream, so that stub resolvers, which do not chase CNAMEs, get the addresses
+    /// too (as CoreDNS does).
+    async fn chase_cname(
+        &self,
+        mut answers: Vec<Record>,
+        qtype: RecordType,
+        protocol: Protocol,
+    ) -> Vec<Record> {
+        for _ in 0..MAX_CNAME_CHAIN {
+            let Some(target) = cname_target(&answers, qtype) else {
+                break;
+            };
+            let more = match (self.zone.resolve(&target, qtype), self.upstream) {
+                (Resolution::Answer(reply), _) => reply.answers,
+                (Resolution::Forward, Some(upstream)) => {
+                    let mut query = Message::query();
+                    query.metadata.recursion_desired = true;
+                    query.add_query(Query::query(target.clone(), qtype));
+                    let relayed = match query.to_vec() {
+                        Ok(bytes) => relay(upstream, &bytes, protocol).await,
+                        Err(e) => Err(Error::UpstreamReply {
+                            upstream,
+                            reason: e.to_string(),
+                        }),
+                    };
+                    match relayed {
+                        Ok(reply) => reply.answers,
+                        Err(error) => {
+                            debug!(%target, %error, "could not follow CNAME upstream");
+                            break;
+                        }
+                    }
+                }
+                _ => break,
+            };
+            if more.is_empty() {
+                break;
+            }
+            answers.extend(more);
+        }
+        answers
+    }
+}
+
+/// The target of a CNAME ending `answers`, if the client asked for another type.
+fn cname_target(answers: &[Record], qtype: RecordType) -> Option<Name> {
+    if matches!(qtype, RecordType::CNAME | RecordType::ANY) {
+        return None;
+    }
+    match &answers.last()?.data {
+        RData::CNAME(CNAME(target)) => Some(target.clone()),
+        _ => None,
     }
 }
 
