@@ -88,22 +88,26 @@ pub fn populate(store: &mut Store, env: &Env) {
         rbac,
         "clusterroles",
         "",
-        cluster_role("admin", rules(WRITE, &[], &["authorization.k8s.io"])),
-    );
-    put(
-        rbac,
-        "clusterroles",
-        "",
-        cluster_role("edit", rules(WRITE, &[], &[rbac, "authorization.k8s.io"])),
-    );
-    put(
-        rbac,
-        "clusterroles",
-        "",
         cluster_role(
-            "view",
-            rules(READ, &["secrets"], &[rbac, "authorization.k8s.io"]),
+            "admin",
+            rules(
+                WRITE,
+                &[],
+                &["authorization.k8s.io", "authentication.k8s.io"],
+            ),
         ),
+    );
+    put(
+        rbac,
+        "clusterroles",
+        "",
+        cluster_role("edit", rules(WRITE, &[], &[rbac])),
+    );
+    put(
+        rbac,
+        "clusterroles",
+        "",
+        cluster_role("view", rules(READ, &["secrets"], &[rbac])),
     );
     let discovery_urls = [
         "/api",
@@ -133,7 +137,10 @@ pub fn populate(store: &mut Store, env: &Env) {
         "",
         cluster_role(
             "system:basic-user",
-            json!([{"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews"], "verbs": ["create"]}]),
+            json!([
+                {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews"], "verbs": ["create"]},
+                {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]}
+            ]),
         ),
     );
     put(

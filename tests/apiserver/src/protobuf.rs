@@ -147,6 +147,7 @@ fn schema(kind: &str) -> Option<&'static [Field]> {
         "Namespace" => NAMESPACE,
         "ServiceAccount" => SERVICE_ACCOUNT,
         "SelfSubjectAccessReview" => SSAR,
+        "SelfSubjectReview" => &[Field(1, "metadata", Ty::Msg(OBJECT_META))],
         "Service" => SERVICE,
         "Role" | "ClusterRole" => ROLE,
         "RoleBinding" | "ClusterRoleBinding" => BINDING,

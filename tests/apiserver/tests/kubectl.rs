@@ -380,6 +380,9 @@ async fn can_i_and_forbidden() {
         "Error from server (Forbidden): namespaces is forbidden: User \"nobody\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope\n"
     );
 
+    let whoami = c.kubectl_ok("nobody", &["auth", "whoami"]).await;
+    assert_eq!(whoami, "ATTRIBUTE   VALUE\nUsername    nobody\nGroups      [system:authenticated]\n");
+
     // Granting view through a RoleBinding made with kubectl changes the answers.
     c.kubectl_ok(
         "admin",
