@@ -201,10 +201,11 @@ fn status(n: &Names) -> Result<()> {
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok());
     let running = pid.is_some_and(sh::alive);
-    let namespaces: Vec<String> = sh::netns_list()?
+    let mut namespaces: Vec<String> = sh::netns_list()?
         .into_iter()
         .filter(|ns| n.owns_ns(ns))
         .collect();
+    namespaces.sort();
     if !running && namespaces.is_empty() {
         println!(
             "cluster {} is not running; start it with `kwg-sim up --prefix {}`",

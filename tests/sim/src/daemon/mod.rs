@@ -127,7 +127,8 @@ async fn create_node(client: &Client) -> Result<()> {
     crate::kubelet::patch_status(&api, names::NODE_NAME, apply::node_status(&now)).await
 }
 
-/// Waits until every Deployment is ready and cluster DNS answers; what is missing is written to
+/// Waits until every Deployment is ready, every TCP Service port accepts connections and cluster
+/// DNS answers; what is missing is written to
 /// `<run dir>/waiting` (and the log every 10 s) so `up` can say why it gave up.
 async fn wait_ready(client: &Client, n: &Names) -> Result<()> {
     let start = Instant::now();
@@ -136,8 +137,14 @@ async fn wait_ready(client: &Client, n: &Names) -> Result<()> {
     let name = format!("kubernetes.default.svc.{}", names::CLUSTER_DOMAIN);
     loop {
         let unready = ready::unready_deployments(client).await?;
+        let services = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client.clone())
+            .list(&Default::default())
+            .await?;
+        let closed = ready::unreachable(&ready::tcp_service_addrs(&services.items)).await;
         let what = if !unready.is_empty() {
             format!("deployments not ready: {}", unready.join(", "))
+        } else if !closed.is_empty() {
+            format!("Services not reachable through kube-proxy yet: {closed:?}")
         } else if ready::dns_answers(dns, &name).await {
             let _ = std::fs::remove_file(n.run_dir().join("waiting"));
             tracing::info!(

@@ -41,6 +41,53 @@ pub async fn dns_answers(server: SocketAddr, name: &str) -> bool {
         Ok(Ok(n)) if dns_answered(id, &buf[..n]))
 }
 
+/// ClusterIP:port of every TCP port of Services with a selector (what kube-proxy must serve).
+pub fn tcp_service_addrs(services: &[k8s_openapi::api::core::v1::Service]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for spec in services.iter().filter_map(|s| s.spec.as_ref()) {
+        let Some(ip) = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
+        else {
+            continue;
+        };
+        if spec.selector.as_ref().is_none_or(|s| s.is_empty()) {
+            continue;
+        }
+        for p in spec
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        {
+            out.push(SocketAddr::from((ip, p.port as u16)));
+        }
+    }
+    out
+}
+
+/// Those of `addrs` that do not accept a TCP connection within 300 ms (through kube-proxy's
+/// output DNAT when called in the node).
+pub async fn unreachable(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    let tries = addrs.iter().map(|a| async move {
+        let ok = matches!(
+            tokio::time::timeout(
+                Duration::from_millis(300),
+                tokio::net::TcpStream::connect(a)
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        (!ok).then_some(*a)
+    });
+    futures::future::join_all(tries)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// Deployments that do not have all their replicas ready yet.
 pub async fn unready_deployments(client: &Client) -> Result<Vec<String>, kube::Error> {
     let list = Api::<Deployment>::all(client.clone())
