@@ -549,3 +549,22 @@ async fn ca_is_reused_and_shutdown_stops_serving() {
     assert_eq!(second.ca_pem(), c.server.ca_pem());
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn streaming_list_watcher() {
+    let c = Cluster::start().await;
+    let api: Api<Secret> = Api::namespaced(c.client("admin").await, "default");
+    api.create(&PostParams::default(), &secret("a", &[], &[]))
+        .await
+        .unwrap();
+    let mut stream = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut seen = Vec::new();
+    next_matching(&mut stream, &mut seen, "initdone").await;
+    assert_eq!(seen, vec!["init", "initapply a", "initdone"]);
+    api.create(&PostParams::default(), &secret("b", &[], &[]))
+        .await
+        .unwrap();
+    seen.clear();
+    next_matching(&mut stream, &mut seen, "apply b").await;
+    assert_eq!(seen, vec!["apply b"]);
+}

@@ -381,7 +381,10 @@ async fn can_i_and_forbidden() {
     );
 
     let whoami = c.kubectl_ok("nobody", &["auth", "whoami"]).await;
-    assert_eq!(whoami, "ATTRIBUTE   VALUE\nUsername    nobody\nGroups      [system:authenticated]\n");
+    assert_eq!(
+        whoami,
+        "ATTRIBUTE   VALUE\nUsername    nobody\nGroups      [system:authenticated]\n"
+    );
 
     // Granting view through a RoleBinding made with kubectl changes the answers.
     c.kubectl_ok(
