@@ -1,1 +1,561 @@
-//! Shared helpers for the end-to-end tests in `tests/`.
+//! Shared helpers for the end-to-end tests in `tests/`: a one-machine cluster per test
+//! (through the `kwg-sim` binary, torn down on drop), installing the gateway from
+//! `manifests/`, registering peers by writing Secrets with `kubectl`, and WireGuard peers
+//! (`kwg-wg` or `wireguard-go`, configured with `wg`) in laptop namespaces.
+//!
+//! Every test needs root; names carry a per-process unique prefix, so tests run in parallel.
+
+use anyhow::{Context, Result, bail};
+use kwg_wg::contract::{self, GatewayInfo, GatewayPeer, TunnelIp};
+use kwg_wg::keys::{PrivateKey, PublicKey};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique on this machine for this run: `<letters><pid % 10000><counter>`.
+pub fn unique(letters: &str) -> String {
+    format!(
+        "{letters}{}{}",
+        std::process::id() % 10_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The repository root (for `manifests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs a command; its output, whatever the exit status.
+pub fn run(args: &[&str]) -> Result<Output> {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", args.join(" ")))
+}
+
+/// Runs a command that must succeed; its stdout.
+pub fn run_ok(args: &[&str]) -> Result<String> {
+    let out = run(args)?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let start = Instant::now();
+    let mut last_err = None;
+    loop {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_err:?})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Who runs kubectl.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum As {
+    Admin,
+    Developer,
+}
+
+/// A one-machine cluster with a unique prefix; `kwg-sim down` on drop.
+pub struct Cluster {
+    prefix: String,
+    sim: PathBuf,
+    laptops: Vec<String>,
+}
+
+impl Cluster {
+    /// Builds a fresh cluster.
+    pub fn up() -> Result<Cluster> {
+        let cluster = Cluster {
+            prefix: unique("kt"),
+            sim: kwg_sim::bin_path("kwg-sim"),
+            laptops: Vec::new(),
+        };
+        cluster.sim(&["up"])?;
+        Ok(cluster)
+    }
+
+    fn sim(&self, args: &[&str]) -> Result<String> {
+        let sim = self.sim.to_str().context("kwg-sim path")?;
+        let mut all = vec![sim, "--prefix", &self.prefix];
+        all.extend_from_slice(args);
+        run_ok(&all)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The network namespace of a role: `node`, `laptop`, `lan`.
+    pub fn netns(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    /// Adds another machine on the LAN; its network namespace.
+    pub fn add_laptop(&mut self, name: &str) -> Result<String> {
+        self.sim(&["laptop", "add", name])?;
+        self.laptops.push(name.to_owned());
+        Ok(format!("{}-laptop-{name}", self.prefix))
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        Path::new("/run/kwg-sim").join(&self.prefix)
+    }
+
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.run_dir().join("admin.kubeconfig")
+    }
+
+    pub fn developer_kubeconfig(&self) -> PathBuf {
+        self.run_dir().join("developer.kubeconfig")
+    }
+
+    /// Runs a command in a network namespace.
+    pub fn exec(&self, netns: &str, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["ip", "netns", "exec", netns];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// Runs a command in a network namespace; it must succeed; its stdout.
+    pub fn exec_ok(&self, netns: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["ip", "netns", "exec", netns];
+        all.extend_from_slice(args);
+        run_ok(&all)
+    }
+
+    fn kubectl_args<'a>(kubeconfig: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec!["kubectl", "--kubeconfig", kubeconfig];
+        all.extend_from_slice(args);
+        all
+    }
+
+    fn kubeconfig(&self, who: As) -> String {
+        let p = match who {
+            As::Admin => self.admin_kubeconfig(),
+            As::Developer => self.developer_kubeconfig(),
+        };
+        p.to_string_lossy().into_owned()
+    }
+
+    /// kubectl from the laptop; its output whatever the status.
+    pub fn kubectl(&self, who: As, args: &[&str]) -> Result<Output> {
+        let kc = self.kubeconfig(who);
+        self.exec(&self.netns("laptop"), &Self::kubectl_args(&kc, args))
+    }
+
+    /// kubectl from the laptop that must succeed; its stdout.
+    pub fn kubectl_ok(&self, who: As, args: &[&str]) -> Result<String> {
+        let kc = self.kubeconfig(who);
+        self.exec_ok(&self.netns("laptop"), &Self::kubectl_args(&kc, args))
+    }
+
+    /// `kubectl apply -f -` with a JSON or YAML document.
+    pub fn kubectl_apply(&self, who: As, doc: &str) -> Result<String> {
+        let kc = self.kubeconfig(who);
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns("laptop"),
+                "kubectl",
+                "--kubeconfig",
+                &kc,
+                "apply",
+                "-f",
+                "-",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(doc.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl apply failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // KWG_E2E_KEEP_LOGS=DIR keeps the cluster's state and pod logs for debugging.
+        if let Some(dir) = std::env::var_os("KWG_E2E_KEEP_LOGS") {
+            let dest = Path::new(&dir).join(&self.prefix);
+            let _ = run(&[
+                "cp",
+                "-r",
+                &self.run_dir().to_string_lossy(),
+                &dest.to_string_lossy(),
+            ]);
+        }
+        for l in std::mem::take(&mut self.laptops) {
+            let _ = self.sim(&["laptop", "del", &l]);
+        }
+        if let Err(e) = self.sim(&["down"]) {
+            eprintln!("kwg-sim down failed: {e}");
+        }
+    }
+}
+
+/// Installs the gateway with `kubectl apply -k manifests/` as admin and waits until it is
+/// ready and has published its info.
+pub fn install_gateway(c: &Cluster) -> Result<GatewayInfo> {
+    let manifests = repo_root().join("manifests");
+    c.kubectl_ok(
+        As::Admin,
+        &["apply", "-k", manifests.to_str().context("path")?],
+    )?;
+    wait_gateway_ready(c, Duration::from_secs(30))?;
+    wait_for("gateway info", Duration::from_secs(30), || {
+        gateway_info(c).map(Some)
+    })
+}
+
+/// The ready gateway pod's name.
+pub fn wait_gateway_ready(c: &Cluster, timeout: Duration) -> Result<String> {
+    wait_for("a ready gateway pod", timeout, || {
+        let out = c.kubectl_ok(
+            As::Admin,
+            &[
+                "-n",
+                contract::DEFAULT_NAMESPACE,
+                "get",
+                "pods",
+                "-o",
+                "json",
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let ready = v["items"].as_array().into_iter().flatten().find(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("kwg-gateway-"))
+                && p["metadata"]["deletionTimestamp"].is_null()
+                && p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        Ok(ready.and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned)))
+    })
+}
+
+/// Restarts the gateway by deleting its pod; waits for the new one to be ready.
+pub fn restart_gateway(c: &Cluster) -> Result<String> {
+    let old = wait_gateway_ready(c, Duration::from_secs(5))?;
+    c.kubectl_ok(
+        As::Admin,
+        &[
+            "-n",
+            contract::DEFAULT_NAMESPACE,
+            "delete",
+            "pod",
+            &old,
+            "--wait=true",
+        ],
+    )?;
+    wait_for("a new gateway pod", Duration::from_secs(30), || {
+        let name = wait_gateway_ready(c, Duration::from_secs(1)).ok();
+        Ok(name.filter(|n| *n != old))
+    })
+}
+
+/// The gateway info as a kwg user reads it.
+pub fn gateway_info(c: &Cluster) -> Result<GatewayInfo> {
+    let json = c.kubectl_ok(
+        As::Developer,
+        &[
+            "-n",
+            contract::DEFAULT_NAMESPACE,
+            "get",
+            "configmap",
+            contract::GATEWAY_INFO_CONFIGMAP,
+            "-o",
+            "jsonpath={.data.info\\.json}",
+        ],
+    )?;
+    Ok(GatewayInfo::from_json(json.as_bytes())?)
+}
+
+/// The gateway pod's network namespace.
+pub fn gateway_netns(c: &Cluster) -> Result<String> {
+    let pod = wait_gateway_ready(c, Duration::from_secs(10))?;
+    Ok(format!(
+        "{}-pod-{}-{pod}",
+        c.prefix(),
+        contract::DEFAULT_NAMESPACE
+    ))
+}
+
+/// The gateway's `/peers`, read inside its pod.
+pub fn gateway_peers(c: &Cluster) -> Result<Vec<GatewayPeer>> {
+    let out = c.exec_ok(
+        &gateway_netns(c)?,
+        &[
+            "curl",
+            "-sf",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:8080/peers",
+        ],
+    )?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// A peer Secret as a client writes it (see docs/contract.md).
+pub fn peer_secret_json(
+    name: &str,
+    key: &PublicKey,
+    lease_expires: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    use std::collections::BTreeMap;
+    let data: BTreeMap<String, String> = [
+        ("name", name.to_owned()),
+        ("publicKey", key.to_string()),
+        ("owner", "developer".into()),
+        ("hostname", format!("{name}-host")),
+        ("namespaces", "emojivoto".into()),
+        ("leaseExpires", contract::format_lease(lease_expires)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": contract::PEER_SECRET_TYPE,
+        "metadata": {"name": format!("{}{name}", contract::PEER_SECRET_PREFIX), "namespace": contract::DEFAULT_NAMESPACE,
+                     "labels": {contract::PEER_LABEL: contract::PEER_LABEL_VALUE}},
+        "stringData": data,
+    })
+}
+
+/// Registers a peer as the developer, with a lease of `lease` from now.
+pub fn register_peer(c: &Cluster, name: &str, key: &PublicKey, lease: Duration) -> Result<()> {
+    let expires = chrono::Utc::now() + chrono::Duration::from_std(lease)?;
+    c.kubectl_apply(
+        As::Developer,
+        &peer_secret_json(name, key, expires).to_string(),
+    )?;
+    Ok(())
+}
+
+/// The peer Secret's annotations.
+pub fn peer_annotations(c: &Cluster, name: &str) -> Result<Option<serde_json::Value>> {
+    let secret = format!("{}{name}", contract::PEER_SECRET_PREFIX);
+    let out = c.kubectl(
+        As::Developer,
+        &[
+            "-n",
+            contract::DEFAULT_NAMESPACE,
+            "get",
+            "secret",
+            &secret,
+            "-o",
+            "json",
+        ],
+    )?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(Some(v["metadata"]["annotations"].clone()))
+}
+
+/// Waits for the gateway to write the peer's tunnel IP.
+pub fn wait_tunnel_ip(c: &Cluster, name: &str, timeout: Duration) -> Result<TunnelIp> {
+    wait_for(&format!("tunnel IP of {name}"), timeout, || {
+        let ann = peer_annotations(c, name)?.unwrap_or_default();
+        Ok(ann[contract::TUNNEL_IP_ANNOTATION]
+            .as_str()
+            .and_then(|s| s.parse().ok()))
+    })
+}
+
+/// Which WireGuard implementation a test peer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Implementation {
+    /// The `kwg-wg` binary of this workspace.
+    KwgWg,
+    /// Debian's `wireguard-go`.
+    WireguardGo,
+}
+
+/// A WireGuard peer in a network namespace, configured with `wg` like any user would.
+pub struct WgPeer {
+    pub netns: String,
+    pub ifname: String,
+    pub key: PrivateKey,
+    pub ip: Option<TunnelIp>,
+    child: Child,
+}
+
+impl WgPeer {
+    /// Starts the interface (no peer configured yet).
+    pub fn start(netns: &str, imp: Implementation) -> Result<WgPeer> {
+        let ifname = unique("kp");
+        let bin = match imp {
+            Implementation::KwgWg => kwg_sim::bin_path("kwg-wg").to_string_lossy().into_owned(),
+            Implementation::WireguardGo => "wireguard-go".into(),
+        };
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, &bin, "-f", &ifname])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {bin}"))?;
+        let peer = WgPeer {
+            netns: netns.to_owned(),
+            ifname,
+            key: PrivateKey::generate(),
+            ip: None,
+            child,
+        };
+        wait_for("the WireGuard interface", Duration::from_secs(10), || {
+            Ok(
+                Path::new(&format!("/var/run/wireguard/{}.sock", peer.ifname))
+                    .exists()
+                    .then_some(()),
+            )
+        })?;
+        Ok(peer)
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    /// Points the interface at the gateway with `wg set`, gives it its tunnel address and
+    /// routes `routes` through it.
+    pub fn connect(&mut self, info: &GatewayInfo, ip: TunnelIp, routes: &[&str]) -> Result<()> {
+        let key_file = std::env::temp_dir().join(format!("{}.key", self.ifname));
+        kwg_wg::keys::write_private_key_file(&key_file, &self.key)?;
+        let endpoint = info
+            .endpoints
+            .first()
+            .context("gateway has no endpoint")?
+            .to_string();
+        let allowed = routes.join(",");
+        let r = run_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.netns,
+            "wg",
+            "set",
+            &self.ifname,
+            "private-key",
+            key_file.to_str().context("path")?,
+            "peer",
+            &info.public_key.to_string(),
+            "endpoint",
+            &endpoint,
+            "allowed-ips",
+            &allowed,
+            "persistent-keepalive",
+            "5",
+        ]);
+        let _ = std::fs::remove_file(&key_file);
+        r?;
+        let addr = format!("{ip}/32");
+        run_ok(&[
+            "ip",
+            "-n",
+            &self.netns,
+            "addr",
+            "add",
+            &addr,
+            "dev",
+            &self.ifname,
+        ])?;
+        run_ok(&["ip", "-n", &self.netns, "link", "set", &self.ifname, "up"])?;
+        for r in routes {
+            run_ok(&[
+                "ip",
+                "-n",
+                &self.netns,
+                "route",
+                "add",
+                r,
+                "dev",
+                &self.ifname,
+            ])?;
+        }
+        self.ip = Some(ip);
+        Ok(())
+    }
+
+    /// Runs a command in the peer's namespace.
+    pub fn exec(&self, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["ip", "netns", "exec", &self.netns];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// `curl` through the tunnel; the body, or `None` when it fails.
+    pub fn http_get(&self, url: &str, timeout_secs: u32) -> Result<Option<String>> {
+        let t = timeout_secs.to_string();
+        let out = self.exec(&["curl", "-sf", "--max-time", &t, url])?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
+    /// `wg show <if> latest-handshakes` says there was a handshake.
+    pub fn handshaked(&self) -> Result<bool> {
+        let out = run_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.netns,
+            "wg",
+            "show",
+            &self.ifname,
+            "latest-handshakes",
+        ])?;
+        Ok(out.split_whitespace().nth(1).is_some_and(|t| t != "0"))
+    }
+}
+
+impl Drop for WgPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = run(&["ip", "-n", &self.netns, "link", "del", &self.ifname]);
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname));
+    }
+}

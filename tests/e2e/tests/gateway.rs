@@ -1,0 +1,430 @@
+//! The gateway on the one-machine cluster, installed with `kubectl apply -k manifests/`.
+//! Needs root (network namespaces); every test builds its own cluster.
+
+use anyhow::Result;
+use kwg_e2e::{
+    As, Cluster, Implementation, WgPeer, gateway_info, gateway_netns, gateway_peers,
+    install_gateway, peer_annotations, register_peer, restart_gateway, wait_for, wait_tunnel_ip,
+};
+use kwg_wg::contract::{self, TunnelIp};
+use kwg_wg::keys::PrivateKey;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+const LEASE: Duration = Duration::from_secs(3600);
+/// Everything a joined peer routes into the tunnel in these tests: the tunnel, the cluster
+/// CIDRs and destinations the gateway must refuse (the LAN intranet server, cloud metadata).
+const ROUTES: [&str; 5] = [
+    "100.77.0.0/16",
+    "10.96.0.0/12",
+    "10.244.0.0/16",
+    "192.0.2.80/32",
+    "169.254.169.254/32",
+];
+
+/// `kubectl auth can-i` as the developer: its answer on stdout (it exits 1 for "no").
+fn can_i(c: &Cluster, args: &[&str]) -> Result<String> {
+    let mut all = vec!["auth", "can-i"];
+    all.extend_from_slice(args);
+    Ok(
+        String::from_utf8_lossy(&c.kubectl(As::Developer, &all)?.stdout)
+            .trim()
+            .to_owned(),
+    )
+}
+
+fn kubectl_says(c: &Cluster, who: As, args: &[&str]) -> Result<String> {
+    let out = c.kubectl(who, args)?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+#[test]
+fn install_publishes_info_keeps_key_and_protects_it() -> Result<()> {
+    let c = Cluster::up()?;
+    let info = install_gateway(&c)?;
+    assert_eq!(
+        info.endpoints
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["192.0.2.1:31820"]
+    );
+    assert_eq!(info.service_cidrs, ["10.96.0.0/12".parse()?]);
+    assert_eq!(info.pod_cidrs, ["10.244.0.0/24".parse()?]);
+    assert_eq!(info.dns_ip, Some("10.96.0.10".parse()?));
+    assert_eq!(info.gateway_ip.to_string(), "100.77.0.1");
+    assert_eq!(info.cluster_domain, "cluster.local");
+
+    // The developer (group kwg:users) cannot read the private key, by name or by listing.
+    let ns = contract::DEFAULT_KEY_NAMESPACE;
+    let get = kubectl_says(
+        &c,
+        As::Developer,
+        &["-n", ns, "get", "secret", contract::GATEWAY_KEY_SECRET],
+    )?;
+    assert!(
+        get.contains("Forbidden") || get.contains("forbidden"),
+        "{get}"
+    );
+    let list = kubectl_says(&c, As::Developer, &["-n", ns, "get", "secrets"])?;
+    assert!(list.to_lowercase().contains("forbidden"), "{list}");
+    // ... and may do what kwg-user grants.
+    for (verb, res, ns) in [
+        ("create", "secrets", contract::DEFAULT_NAMESPACE),
+        ("watch", "secrets", contract::DEFAULT_NAMESPACE),
+        ("delete", "secrets", contract::DEFAULT_NAMESPACE),
+        (
+            "get",
+            "configmaps/kwg-gateway-info",
+            contract::DEFAULT_NAMESPACE,
+        ),
+        ("list", "namespaces", "default"),
+    ] {
+        assert_eq!(
+            can_i(&c, &[verb, res, "-n", ns])?,
+            "yes",
+            "developer can-i {verb} {res} -n {ns}"
+        );
+    }
+    assert_eq!(
+        can_i(&c, &["get", "secrets/kwg-gateway-key", "-n", ns])?,
+        "no"
+    );
+
+    // A restart keeps the key.
+    restart_gateway(&c)?;
+    let again = wait_for(
+        "gateway info after restart",
+        Duration::from_secs(20),
+        || gateway_info(&c).map(Some),
+    )?;
+    assert_eq!(again.public_key, info.public_key);
+    Ok(())
+}
+
+#[test]
+fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
+    let mut c = Cluster::up()?;
+    let info = install_gateway(&c)?;
+    let laptop = c.netns("laptop");
+    // Control: the intranet answers on the LAN directly before any tunnel routes exist.
+    let direct = c.exec_ok(
+        &laptop,
+        &["curl", "-sf", "--max-time", "3", "http://192.0.2.80/"],
+    )?;
+    assert!(direct.contains("Corp Intranet"));
+
+    // Peer A: the kwg-wg binary, configured with `wg`, registered with a Secret.
+    let mut a = WgPeer::start(&laptop, Implementation::KwgWg)?;
+    register_peer(&c, "peer-a", &a.public_key(), LEASE)?;
+    let a_ip = wait_tunnel_ip(&c, "peer-a", Duration::from_secs(10))?;
+    a.connect(&info, a_ip, &ROUTES)?;
+
+    let page = wait_for(
+        "web-app through the tunnel",
+        Duration::from_secs(10),
+        || a.http_get("http://10.96.1.0/", 2),
+    )?;
+    // The ClusterIP of web-app, looked up rather than assumed.
+    let web_ip = c.kubectl_ok(
+        As::Developer,
+        &[
+            "-n",
+            "emojivoto",
+            "get",
+            "svc",
+            "web-app",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    )?;
+    let page2 = a
+        .http_get(&format!("http://{web_ip}/"), 3)?
+        .unwrap_or_default();
+    assert!(
+        page.contains("Emoji Vote") && page2.contains("Emoji Vote"),
+        "{page2}"
+    );
+    assert!(a.handshaked()?);
+
+    // A pod IP directly.
+    let pods = c.kubectl_ok(
+        As::Developer,
+        &["-n", "emojivoto", "get", "pods", "-o", "json"],
+    )?;
+    let pods: serde_json::Value = serde_json::from_str(&pods)?;
+    let web_pod_ip = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("web-app-"))
+        })
+        .and_then(|p| p["status"]["podIP"].as_str())
+        .map(str::to_owned)
+        .expect("a web-app pod");
+    let direct = a
+        .http_get(&format!("http://{web_pod_ip}/"), 3)?
+        .unwrap_or_default();
+    assert!(
+        direct.contains("Emoji Vote"),
+        "pod IP {web_pod_ip}: {direct}"
+    );
+
+    // Cluster DNS through the tunnel.
+    let dns = a.exec(&[
+        "dig",
+        "+short",
+        "+time=2",
+        "+tries=2",
+        "@10.96.0.10",
+        "web-app.emojivoto.svc.cluster.local",
+    ])?;
+    assert_eq!(String::from_utf8_lossy(&dns.stdout).trim(), web_ip);
+
+    // The gateway's admin port on its tunnel IP.
+    let peers = a
+        .http_get("http://100.77.0.1:8080/peers", 3)?
+        .expect("/peers through the tunnel");
+    assert!(peers.contains("\"name\":\"peer-a\""), "{peers}");
+
+    // Refused: a LAN address outside the allowed CIDRs, cloud metadata, the gateway pod's
+    // other ports. Controls show each destination answers when asked from elsewhere.
+    assert_eq!(
+        a.http_get("http://192.0.2.80/", 2)?,
+        None,
+        "the LAN intranet through the tunnel"
+    );
+    let node = c.netns("node");
+    kwg_e2e::run_ok(&[
+        "ip",
+        "-n",
+        &node,
+        "addr",
+        "add",
+        "169.254.169.254/32",
+        "dev",
+        "lo",
+    ])?;
+    // A stand-in for a cloud metadata service, on the node.
+    let metadata = HttpServer::start(&node, "169.254.169.254")?;
+    let gw_ns = gateway_netns(&c)?;
+    let from_pod = c.exec_ok(
+        &gw_ns,
+        &[
+            "curl",
+            "-sf",
+            "--max-time",
+            "3",
+            "http://169.254.169.254:8000/",
+        ],
+    );
+    assert!(
+        from_pod.is_ok(),
+        "control: metadata answers the gateway pod itself: {from_pod:?}"
+    );
+    assert_eq!(
+        a.http_get("http://169.254.169.254:8000/", 2)?,
+        None,
+        "cloud metadata through the tunnel"
+    );
+    drop(metadata);
+
+    // Peer B (wireguard-go, another laptop) serves HTTP on its tunnel IP; A cannot reach it.
+    let other = c.add_laptop(&kwg_e2e::unique("b"))?;
+    let mut b = WgPeer::start(&other, Implementation::WireguardGo)?;
+    register_peer(&c, "peer-b", &b.public_key(), LEASE)?;
+    let b_ip = wait_tunnel_ip(&c, "peer-b", Duration::from_secs(10))?;
+    assert_ne!(a_ip, b_ip);
+    b.connect(&info, b_ip, &["100.77.0.0/16", "10.96.0.0/12"])?;
+    let b_server = HttpServer::start(&other, &b_ip.to_string())?;
+    wait_for("peer B through its tunnel", Duration::from_secs(10), || {
+        b.http_get("http://10.96.1.0/", 2)
+    })?;
+    let control = c.exec_ok(
+        &gw_ns,
+        &[
+            "curl",
+            "-sf",
+            "--max-time",
+            "3",
+            &format!("http://{b_ip}:8000/"),
+        ],
+    );
+    assert!(
+        control.is_ok(),
+        "control: the gateway reaches peer B: {control:?}"
+    );
+    assert_eq!(
+        a.http_get(&format!("http://{b_ip}:8000/"), 2)?,
+        None,
+        "peer A reached peer B"
+    );
+    drop(b_server);
+
+    // A malformed Secret next to A: reported, A undisturbed.
+    let bad = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwg-peer-broken", "namespace": "kwg-system",
+        "labels": {"kwg.io/peer": "true"}}, "stringData": {"name": "broken", "publicKey": "not-a-key"}});
+    c.kubectl_apply(As::Developer, &bad.to_string())?;
+    let err = wait_for("the error annotation", Duration::from_secs(10), || {
+        Ok(peer_annotations(&c, "broken")?
+            .and_then(|a| a[contract::ERROR_ANNOTATION].as_str().map(str::to_owned)))
+    })?;
+    assert!(
+        err.contains("missing") || err.contains("public key"),
+        "{err}"
+    );
+    let events = c.kubectl_ok(
+        As::Developer,
+        &["-n", "kwg-system", "get", "events", "-o", "json"],
+    )?;
+    assert!(
+        events.contains("MalformedPeer") && events.contains("kwg-peer-broken"),
+        "{events}"
+    );
+    assert!(
+        a.http_get("http://10.96.1.0/", 3)?
+            .is_some_and(|p| p.contains("Emoji Vote")),
+        "A disturbed by a malformed Secret"
+    );
+    assert_eq!(
+        peer_annotations(&c, "peer-a")?.unwrap()[contract::TUNNEL_IP_ANNOTATION],
+        a_ip.to_string()
+    );
+
+    // Deleting A's Secret stops its traffic (within 1 s), B keeps working.
+    c.kubectl_ok(
+        As::Developer,
+        &["-n", "kwg-system", "delete", "secret", "kwg-peer-peer-a"],
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        a.http_get("http://10.96.1.0/", 2)?,
+        None,
+        "A still reaches the cluster 1 s after its Secret was deleted"
+    );
+    assert!(
+        b.http_get("http://10.96.1.0/", 3)?.is_some(),
+        "B lost its tunnel when A left"
+    );
+    Ok(())
+}
+
+#[test]
+fn many_registrations_restart_and_lease_expiry() -> Result<()> {
+    let c = Cluster::up()?;
+    let info = install_gateway(&c)?;
+    // 50 Secrets in one apply: they arrive at the gateway together.
+    let items: Vec<serde_json::Value> = (0..50)
+        .map(|i| {
+            let expires = chrono::Utc::now() + chrono::Duration::hours(1);
+            kwg_e2e::peer_secret_json(
+                &format!("many-{i}"),
+                &PrivateKey::generate().public_key(),
+                expires,
+            )
+        })
+        .collect();
+    c.kubectl_apply(
+        As::Developer,
+        // One YAML stream of 50 JSON documents.
+        &items
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n---\n"),
+    )?;
+    let mut ips: BTreeMap<String, TunnelIp> = BTreeMap::new();
+    for i in 0..50 {
+        let name = format!("many-{i}");
+        ips.insert(
+            name.clone(),
+            wait_tunnel_ip(&c, &name, Duration::from_secs(20))?,
+        );
+    }
+    let distinct: HashSet<_> = ips.values().collect();
+    assert_eq!(distinct.len(), 50, "{ips:?}");
+    assert!(!distinct.contains(&info.gateway_ip));
+
+    // A restarted gateway gives every peer the same address.
+    restart_gateway(&c)?;
+    let peers = wait_for("50 peers after restart", Duration::from_secs(20), || {
+        Ok(gateway_peers(&c).ok().filter(|p| p.len() == 50))
+    })?;
+    for p in peers {
+        assert_eq!(Some(ips[p.name.as_str()]), p.tunnel_ip, "{} moved", p.name);
+    }
+
+    // A lease that ends is collected, and its address freed for the next peer.
+    let short = PrivateKey::generate().public_key();
+    register_peer(&c, "short-lived", &short, Duration::from_secs(3))?;
+    wait_tunnel_ip(&c, "short-lived", Duration::from_secs(10))?;
+    wait_for(
+        "the expired Secret to be deleted",
+        Duration::from_secs(20),
+        || Ok(peer_annotations(&c, "short-lived")?.is_none().then_some(())),
+    )?;
+    assert!(
+        !gateway_peers(&c)?
+            .iter()
+            .any(|p| p.name.as_str() == "short-lived")
+    );
+    Ok(())
+}
+
+/// `python3 -m http.server` bound to one address in a namespace; killed on drop.
+struct HttpServer(std::process::Child);
+
+impl HttpServer {
+    fn start(netns: &str, ip: &str) -> Result<HttpServer> {
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns,
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                &ip.to_string(),
+                "8000",
+                "--directory",
+                "/tmp",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let s = HttpServer(child);
+        let url = format!("http://{ip}:8000/");
+        wait_for("the test HTTP server", Duration::from_secs(10), || {
+            Ok(kwg_e2e::run(&[
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                "curl",
+                "-sf",
+                "--max-time",
+                "1",
+                &url,
+            ])?
+            .status
+            .success()
+            .then_some(()))
+        })?;
+        Ok(s)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
