@@ -12,6 +12,7 @@ mod patch;
 mod podlog;
 mod protobuf;
 mod rbac;
+mod resource;
 mod scale;
 mod selectors;
 mod status;
