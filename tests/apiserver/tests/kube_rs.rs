@@ -467,10 +467,12 @@ async fn watcher_sees_changes_in_order_and_recovers_from_gone() {
 
     // History lost and watches cut: the watcher resumes from a too-old version, gets 410
     // Gone, re-lists and keeps going.
-    c.server.compact_history();
     api.create(&PostParams::default(), &secret("after", &[], &[]))
         .await
         .unwrap();
+    seen.clear();
+    next_matching(&mut stream, &mut seen, "apply after").await;
+    c.server.compact_history();
     seen.clear();
     next_matching(&mut stream, &mut seen, "initdone").await;
     assert_eq!(
