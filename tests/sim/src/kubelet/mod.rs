@@ -361,15 +361,11 @@ impl Kubelet {
         let now = Instant::now();
         let exe = self.cfg.exe.clone();
         for rp in self.pods.values_mut() {
-            for i in 0..rp.containers.len() {
-                rp.containers[i].reap(now);
-                if rp.containers[i].child.is_none()
-                    && rp.containers[i].next_start.is_some_and(|t| t <= now)
-                {
-                    let stamp = now_rfc3339();
-                    let (ns, dir) = (rp.net.ns.clone(), rp.dir.clone());
-                    let c = &mut rp.containers[i];
-                    if let Err(e) = c.spawn(&ns, &dir, &exe, &stamp) {
+            let (ns, dir) = (rp.net.ns.clone(), rp.dir.clone());
+            for c in rp.containers.iter_mut() {
+                c.reap(now);
+                if c.child.is_none() && c.next_start.is_some_and(|t| t <= now) {
+                    if let Err(e) = c.spawn(&ns, &dir, &exe, &now_rfc3339()) {
                         tracing::error!(container = %c.name, error = %e, "cannot start container");
                     }
                     if c.child.is_none() {
@@ -377,8 +373,11 @@ impl Kubelet {
                     }
                 }
             }
+        }
+        // Readiness probes of every container at once (each waits at most 500 ms).
+        let probes = self.pods.values().flat_map(|rp| {
             let ip = rp.net.ip;
-            let probes = rp.containers.iter().map(|c| {
+            rp.containers.iter().map(move |c| {
                 let probe = c.probe.clone();
                 let running = c.child.is_some();
                 async move {
@@ -387,11 +386,15 @@ impl Kubelet {
                         _ => running,
                     }
                 }
-            });
-            let results = futures::future::join_all(probes).await;
-            for (c, ok) in rp.containers.iter_mut().zip(results) {
-                c.ready = ok;
-            }
+            })
+        });
+        let mut results = futures::future::join_all(probes).await.into_iter();
+        for c in self
+            .pods
+            .values_mut()
+            .flat_map(|rp| rp.containers.iter_mut())
+        {
+            c.ready = results.next().unwrap_or(false);
         }
         let stored: BTreeMap<Key, &Pod> = pods.iter().map(|p| (key(p), p)).collect();
         for (k, rp) in &mut self.pods {

@@ -197,3 +197,93 @@ pub fn pod_status(pod: &RunningPod, host_ip: std::net::Ipv4Addr) -> Value {
         "containerStatuses": statuses,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::Names;
+
+    fn ctr(name: &str, probe: bool) -> Ctr {
+        Ctr {
+            name: name.into(),
+            image: "kwg-sim:dev".into(),
+            argv: vec!["/bin/true".into()],
+            env: Vec::new(),
+            probe: probe.then(|| (80, "/readyz".into())),
+            child: None,
+            restarts: 0,
+            next_start: None,
+            ready: false,
+            started_at: None,
+            waiting: None,
+        }
+    }
+
+    #[test]
+    fn status_reports_ip_phase_readiness_and_restarts() {
+        let n = Names::new("kwg").unwrap();
+        let ip = std::net::Ipv4Addr::new(10, 244, 0, 7);
+        let mut pod = RunningPod {
+            uid: "u".into(),
+            net: PodNet::new(&n, "default", "web-1", ip),
+            dir: PathBuf::from("/nonexistent"),
+            containers: vec![ctr("web", true)],
+            started: "2026-01-01T00:00:00Z".into(),
+            reported: None,
+            grace: Duration::from_secs(1),
+        };
+        let st = pod_status(&pod, std::net::Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(st["phase"], "Pending");
+        assert_eq!(st["podIP"], "10.244.0.7");
+        assert_eq!(st["hostIP"], "192.0.2.1");
+        assert_eq!(
+            st["containerStatuses"][0]["state"]["waiting"]["reason"],
+            "ContainerCreating"
+        );
+
+        // Crashed twice, waiting to restart: Running phase (it started before), not ready.
+        let c = &mut pod.containers[0];
+        c.started_at = Some("2026-01-01T00:00:01Z".into());
+        c.restarts = 2;
+        c.waiting = Some((
+            "CrashLoopBackOff".into(),
+            "container exited: exit status: 1".into(),
+        ));
+        let st = pod_status(&pod, std::net::Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(st["phase"], "Running");
+        assert_eq!(st["containerStatuses"][0]["restartCount"], 2);
+        assert_eq!(
+            st["containerStatuses"][0]["state"]["waiting"]["reason"],
+            "CrashLoopBackOff"
+        );
+        let ready = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
+        assert_eq!(ready["status"], "False");
+        assert_eq!(
+            st,
+            pod_status(&pod, std::net::Ipv4Addr::new(192, 0, 2, 1)),
+            "deterministic"
+        );
+    }
+
+    #[test]
+    fn a_missing_binary_waits_with_a_reason() {
+        let n = Names::new("kwg").unwrap();
+        let mut c = ctr("gw", false);
+        c.argv = vec!["/nonexistent/kwg-gateway".into()];
+        let pod = PodNet::new(&n, "default", "x", std::net::Ipv4Addr::new(10, 244, 0, 9));
+        c.spawn(
+            &pod.ns,
+            std::path::Path::new("/nonexistent"),
+            std::path::Path::new("/bin/false"),
+            "now",
+        )
+        .unwrap();
+        assert!(c.child.is_none());
+        assert_eq!(c.waiting.as_ref().unwrap().0, "ErrImageNeverPull");
+    }
+}
