@@ -200,7 +200,7 @@ fn status(n: &Names) -> Result<()> {
     let pid = std::fs::read_to_string(n.daemon_pid())
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok());
-    let running = pid.is_some_and(sh::alive);
+    let running = pid.is_some_and(|p| sh::is_daemon(p, n.prefix()));
     let mut namespaces: Vec<String> = sh::netns_list()?
         .into_iter()
         .filter(|ns| n.owns_ns(ns))

@@ -84,6 +84,20 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// Whether `pid` runs `kwg-sim daemon --prefix <prefix>`.
+pub fn is_daemon(pid: i32, prefix: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.len() >= 4
+        && args[0].ends_with(b"kwg-sim")
+        && args[1] == b"daemon"
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"--prefix" && w[1] == prefix.as_bytes())
+}
+
 /// Writes `text` to `path`, rewriting in place (a bind-mounted resolv.conf cannot be renamed over).
 pub fn write_file(path: &std::path::Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent() {

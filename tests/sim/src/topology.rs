@@ -201,17 +201,19 @@ pub fn pod_resolv_conf(namespace: &str) -> String {
 
 /// Removes everything of cluster `n`: daemon, processes, namespaces, files. Idempotent.
 pub fn teardown(n: &Names) -> Result<()> {
-    if let Ok(pid) = std::fs::read_to_string(n.daemon_pid()) {
-        if let Ok(pid) = pid.trim().parse::<i32>() {
-            sh::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            for _ in 0..100 {
-                if !sh::alive(pid) {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
+    // Only a process that is this cluster's daemon (a stale pid file may name a reused PID).
+    let pid = std::fs::read_to_string(n.daemon_pid())
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok());
+    if let Some(pid) = pid.filter(|p| sh::is_daemon(*p, n.prefix())) {
+        sh::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if !sh::alive(pid) {
+                break;
             }
-            sh::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        sh::kill(pid, nix::sys::signal::Signal::SIGKILL);
     }
     // Pods first, then the machines, the node last (the daemon lives there).
     let mut all: Vec<String> = sh::netns_list()?

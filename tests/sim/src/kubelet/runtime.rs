@@ -146,7 +146,7 @@ pub async fn http_ok(ip: std::net::Ipv4Addr, port: u16, path: &str) -> bool {
         )
         .await
         .ok()?;
-        let mut buf = vec![0u8; 64];
+        let mut buf = [0u8; 64];
         let mut n = 0;
         while n < 12 {
             let r = s.read(&mut buf[n..]).await.ok()?;
