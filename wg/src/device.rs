@@ -160,7 +160,9 @@ impl Device {
     pub async fn shutdown(mut self) -> Result<(), Error> {
         let mut tasks = std::mem::take(&mut self.tasks);
         tasks.extend(self.take_udp_task());
-        self.stop();
+        for t in &tasks {
+            t.abort();
+        }
         for t in tasks {
             let _ = t.await;
         }

@@ -1,0 +1,140 @@
+//! Two kwg devices in network namespaces, driven through the library API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use kwg_wg::device::PeerConfig;
+use kwg_wg::keys::PrivateKey;
+
+fn peer(key: kwg_wg::keys::PublicKey, endpoint: Option<&str>, ips: &[&str]) -> PeerConfig {
+    PeerConfig {
+        endpoint: endpoint.map(|e| e.parse().unwrap()),
+        allowed_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+        ..PeerConfig::new(key)
+    }
+}
+
+/// `a` (10.70.0.1) and `b` (10.70.0.2) over the veth, kwg on both, peers configured.
+struct Pair {
+    link: Link,
+    a: NsDevice,
+    b: NsDevice,
+}
+
+fn pair() -> Pair {
+    let link = Link::new();
+    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+    let (pa, pb) = (ka.public_key(), kb.public_key());
+    let a = NsDevice::start(&link.a, ka, 0, None);
+    let b = NsDevice::start(&link.b, kb, 51820, None);
+    link.a.addr_up(&a.ifname(), "10.70.0.1/24");
+    link.b.addr_up(&b.ifname(), "10.70.0.2/24");
+    a.block_on(
+        a.handle
+            .upsert_peer(peer(pb, Some("192.168.77.2:51820"), &["10.70.0.2/32"])),
+    )
+    .unwrap();
+    b.block_on(b.handle.upsert_peer(peer(pa, None, &["10.70.0.1/32"])))
+        .unwrap();
+    Pair { link, a, b }
+}
+
+#[test]
+fn two_kwg_devices_carry_udp_and_tcp() {
+    let p = pair();
+    assert!(
+        p.link.a.probe_until(&p.link.b, "10.70.0.2:7000", 5),
+        "UDP through the tunnel"
+    );
+    assert!(tcp_transfer(
+        &p.link.a,
+        &p.link.b,
+        "10.70.0.2:5001".parse().unwrap(),
+        8 << 20
+    ));
+    let stats = p.a.block_on(p.a.handle.peers());
+    assert_eq!(stats.len(), 1);
+    assert!(stats[0].last_handshake.is_some());
+    assert!(stats[0].tx_bytes > 8 << 20, "tx {}", stats[0].tx_bytes);
+    let b_stats = p.b.block_on(p.b.handle.peers());
+    assert_eq!(
+        b_stats[0].endpoint.map(|e| e.ip().to_string()),
+        Some("192.168.77.1".to_owned()),
+        "b learned a's endpoint by roaming"
+    );
+}
+
+#[test]
+fn spoofed_inner_source_is_dropped() {
+    let p = pair();
+    assert!(p.link.a.probe_until(&p.link.b, "10.70.0.2:7000", 5));
+    // A second address on a's tunnel that b does not allow for a.
+    p.link
+        .a
+        .ip(&["addr", "add", "10.70.0.9/24", "dev", &p.a.ifname()]);
+    let spoofed = || {
+        p.link
+            .a
+            .probe(&p.link.b, Some("10.70.0.9"), "10.70.0.2:7001")
+    };
+    assert!(!spoofed(), "b accepted a source outside a's AllowedIPs");
+    // Once b allows it, the same ping passes (same session).
+    let pa = p.a.handle.public_key();
+    p.b.block_on(
+        p.b.handle
+            .upsert_peer(peer(pa, None, &["10.70.0.1/32", "10.70.0.9/32"])),
+    )
+    .unwrap();
+    assert!(spoofed(), "the AllowedIPs update did not take effect");
+}
+
+#[test]
+fn removing_a_peer_stops_only_its_traffic() {
+    // b is a hub with two spokes: a (10.70.0.1) and c (10.70.0.3) in a third namespace.
+    let p = pair();
+    let c_ns = Netns::new();
+    c_ns.ip(&[
+        "link",
+        "add",
+        "vc",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vbc",
+        "netns",
+        &p.link.b.name,
+    ]);
+    c_ns.addr_up("vc", "192.168.78.3/24");
+    p.link.b.addr_up("vbc", "192.168.78.2/24");
+    let kc = PrivateKey::generate();
+    let pc = kc.public_key();
+    let c = NsDevice::start(&c_ns, kc, 0, None);
+    c_ns.addr_up(&c.ifname(), "10.70.0.3/24");
+    let pb = p.b.handle.public_key();
+    c.block_on(
+        c.handle
+            .upsert_peer(peer(pb, Some("192.168.78.2:51820"), &["10.70.0.2/32"])),
+    )
+    .unwrap();
+    p.b.block_on(p.b.handle.upsert_peer(peer(pc, None, &["10.70.0.3/32"])))
+        .unwrap();
+    assert!(p.link.a.probe_until(&p.link.b, "10.70.0.2:7000", 5));
+    assert!(c_ns.probe_until(&p.link.b, "10.70.0.2:7001", 5));
+
+    let pa = p.a.handle.public_key();
+    p.b.block_on(p.b.handle.remove_peer(&pa)).unwrap();
+    assert!(
+        !p.link.a.probe(&p.link.b, None, "10.70.0.2:7002"),
+        "removed peer still reaches b"
+    );
+    assert!(
+        c_ns.probe(&p.link.b, None, "10.70.0.2:7003"),
+        "the other peer lost its traffic"
+    );
+    assert_eq!(p.b.block_on(p.b.handle.peers()).len(), 1);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(10));
+}
