@@ -134,6 +134,11 @@ const INT_OR_STRING: &[Field] = &[
     Field(2, "intVal", Ty::Int),
     Field(3, "strVal", Ty::Str),
 ];
+const SSRR_SPEC: &[Field] = &[Field(1, "namespace", Ty::Str)];
+const SSRR: &[Field] = &[
+    Field(1, "metadata", Ty::Msg(OBJECT_META)),
+    Field(2, "spec", Ty::Msg(SSRR_SPEC)),
+];
 const TYPE_META: &[Field] = &[Field(1, "apiVersion", Ty::Str), Field(2, "kind", Ty::Str)];
 const UNKNOWN: &[Field] = &[
     Field(1, "typeMeta", Ty::Msg(TYPE_META)),
@@ -147,6 +152,7 @@ fn schema(kind: &str) -> Option<&'static [Field]> {
         "Namespace" => NAMESPACE,
         "ServiceAccount" => SERVICE_ACCOUNT,
         "SelfSubjectAccessReview" => SSAR,
+        "SelfSubjectRulesReview" => SSRR,
         "SelfSubjectReview" => &[Field(1, "metadata", Ty::Msg(OBJECT_META))],
         "Service" => SERVICE,
         "Role" | "ClusterRole" => ROLE,

@@ -99,7 +99,9 @@ fn subject_matches(subject: &Value, user: &User, binding_ns: &str) -> bool {
     }
 }
 
-fn binding_allows(store: &Store, binding: &Value, user: &User, a: &Attrs) -> bool {
+/// The rules a binding grants `user` (none when no subject matches). Namespaced bindings
+/// never grant non-resource URLs.
+fn binding_rules<'a>(store: &'a Store, binding: &Value, user: &User) -> Vec<&'a Value> {
     let ns = meta_str(binding, "namespace");
     if !binding["subjects"]
         .as_array()
@@ -107,27 +109,47 @@ fn binding_allows(store: &Store, binding: &Value, user: &User, a: &Attrs) -> boo
         .flatten()
         .any(|s| subject_matches(s, user, ns))
     {
-        return false;
+        return Vec::new();
     }
     let role_name = binding["roleRef"]["name"].as_str().unwrap_or("");
     let role = match binding["roleRef"]["kind"].as_str() {
-        Some("ClusterRole") => find("rbac.authorization.k8s.io", "v1", "clusterroles")
-            .and_then(|k| store.get(k, "", role_name)),
-        Some("Role") if !ns.is_empty() => find("rbac.authorization.k8s.io", "v1", "roles")
-            .and_then(|k| store.get(k, ns, role_name)),
+        Some("ClusterRole") => {
+            find(RBAC, "v1", "clusterroles").and_then(|k| store.get(k, "", role_name))
+        }
+        Some("Role") if !ns.is_empty() => {
+            find(RBAC, "v1", "roles").and_then(|k| store.get(k, ns, role_name))
+        }
         _ => None,
     };
-    // Namespaced bindings never grant non-resource URLs.
-    if !ns.is_empty() && matches!(a, Attrs::NonResource { .. }) {
-        return false;
+    let rules = role
+        .and_then(|r| r["rules"].as_array())
+        .into_iter()
+        .flatten();
+    rules
+        .filter(|r| ns.is_empty() || r.get("nonResourceURLs").is_none())
+        .collect()
+}
+
+const RBAC: &str = "rbac.authorization.k8s.io";
+
+/// Every rule granted to `user` cluster-wide and in `namespace` (empty: cluster scope only).
+pub fn user_rules<'a>(store: &'a Store, user: &User, namespace: &str) -> Vec<&'a Value> {
+    let crb = find(RBAC, "v1", "clusterrolebindings").expect("clusterrolebindings are served");
+    let mut rules: Vec<&Value> = store
+        .list(crb, None)
+        .into_iter()
+        .flat_map(|b| binding_rules(store, b, user))
+        .collect();
+    if !namespace.is_empty() {
+        let rb = find(RBAC, "v1", "rolebindings").expect("rolebindings are served");
+        rules.extend(
+            store
+                .list(rb, Some(namespace))
+                .into_iter()
+                .flat_map(|b| binding_rules(store, b, user)),
+        );
     }
-    role.is_some_and(|r| {
-        r["rules"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|rule| rule_allows(rule, a))
-    })
+    rules
 }
 
 /// Whether `user` may do `a`.
@@ -135,26 +157,13 @@ pub fn allowed(store: &Store, user: &User, a: &Attrs) -> bool {
     if user.groups.iter().any(|g| g == MASTERS) {
         return true;
     }
-    let crb = find("rbac.authorization.k8s.io", "v1", "clusterrolebindings")
-        .expect("clusterrolebindings are served");
-    if store
-        .list(crb, None)
+    let namespace = match a {
+        Attrs::Resource { namespace, .. } => namespace.as_str(),
+        Attrs::NonResource { .. } => "",
+    };
+    user_rules(store, user, namespace)
         .into_iter()
-        .any(|b| binding_allows(store, b, user, a))
-    {
-        return true;
-    }
-    match a {
-        Attrs::Resource { namespace, .. } if !namespace.is_empty() => {
-            let rb = find("rbac.authorization.k8s.io", "v1", "rolebindings")
-                .expect("rolebindings are served");
-            store
-                .list(rb, Some(namespace))
-                .into_iter()
-                .any(|b| binding_allows(store, b, user, a))
-        }
-        _ => false,
-    }
+        .any(|rule| rule_allows(rule, a))
 }
 
 /// The real server's 403 for a denied request.

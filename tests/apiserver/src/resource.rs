@@ -72,6 +72,9 @@ pub(crate) fn resource(
             "status": {"userInfo": {"username": user.name, "groups": user.groups}}});
         return Ok(json_response(201, &review));
     }
+    if kind.is("authorization.k8s.io", "selfsubjectrulesreviews") {
+        return self_subject_rules_review(shared, req, user, kind);
+    }
     if kind.is("authorization.k8s.io", "selfsubjectaccessreviews") {
         return self_subject_access_review(shared, req, user, kind);
     }
@@ -352,5 +355,39 @@ fn self_subject_access_review(
     }
     review["metadata"]["creationTimestamp"] = Value::Null;
     review["status"] = json!({"allowed": allowed});
+    Ok(json_response(201, &review))
+}
+
+/// `kubectl auth can-i --list`: the rules granted to the caller in a namespace.
+fn self_subject_rules_review(
+    shared: &Shared,
+    req: &Req,
+    user: &User,
+    kind: &Kind,
+) -> Result<Response<Body>, ApiError> {
+    let body = req.json_body()?;
+    let namespace = body["spec"]["namespace"].as_str().unwrap_or("").to_string();
+    let store = shared.store();
+    let (mut resource_rules, mut non_resource_rules) = (Vec::new(), Vec::new());
+    for rule in rbac::user_rules(&store, user, &namespace) {
+        let pick = |fields: &[&str]| -> Value {
+            fields
+                .iter()
+                .filter_map(|f| rule.get(*f).map(|v| (f.to_string(), v.clone())))
+                .collect()
+        };
+        if rule.get("nonResourceURLs").is_some() {
+            non_resource_rules.push(pick(&["verbs", "nonResourceURLs"]));
+        } else {
+            resource_rules.push(pick(&["verbs", "apiGroups", "resources", "resourceNames"]));
+        }
+    }
+    let review = json!({
+        "apiVersion": kind.api_version(),
+        "kind": kind.kind,
+        "metadata": {"creationTimestamp": null},
+        "spec": {"namespace": namespace},
+        "status": {"resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": false},
+    });
     Ok(json_response(201, &review))
 }

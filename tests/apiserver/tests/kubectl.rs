@@ -408,6 +408,30 @@ async fn can_i_and_forbidden() {
         .await,
         "yes\n"
     );
+    let list = c
+        .kubectl_ok("nobody", &["auth", "can-i", "--list", "-n", "kwg-system"])
+        .await;
+    let rows: Vec<Vec<&str>> = list
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        vec![
+            "Resources",
+            "Non-Resource",
+            "URLs",
+            "Resource",
+            "Names",
+            "Verbs"
+        ]
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[0] == "configmaps" && r[3..] == ["[get", "list", "watch]"]),
+        "{list}"
+    );
+    assert!(!rows.iter().any(|r| r[0] == "secrets"), "{list}");
     let secrets = c
         .kubectl(
             "nobody",
