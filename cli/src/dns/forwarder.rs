@@ -23,6 +23,10 @@ pub const DEFAULT_LISTEN: &str = "127.77.0.53:53";
 /// EDNS it can reach 65535, so receive buffers are that large.
 const MAX_MESSAGE: usize = 65535;
 
+/// How long to wait for a UDP answer before sending the query again (glibc's resolver waits
+/// 5 s by default; a forwarder on the same machine can be quicker).
+const RETRANSMIT: Duration = Duration::from_millis(700);
+
 #[derive(Debug, Clone)]
 pub struct ForwarderConfig {
     pub split: SplitDns,
@@ -211,6 +215,8 @@ pub(crate) async fn relay(raw: &[u8], server: SocketAddr, timeout: Duration) -> 
     .flatten()
 }
 
+/// One UDP exchange; the query is sent again every [`RETRANSMIT`] until the caller's timeout,
+/// like a stub resolver does, so one lost datagram costs a second, not the whole lookup.
 async fn relay_udp(raw: &[u8], server: SocketAddr) -> std::io::Result<Vec<u8>> {
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0"
@@ -221,13 +227,20 @@ async fn relay_udp(raw: &[u8], server: SocketAddr) -> std::io::Result<Vec<u8>> {
     .expect("literal");
     let sock = UdpSocket::bind(bind).await?;
     sock.connect(server).await?;
-    sock.send(raw).await?;
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
-        let n = sock.recv(&mut buf).await?;
-        // Only the reply to this query (same id) counts.
-        if n >= 2 && raw.len() >= 2 && buf[..2] == raw[..2] {
-            return Ok(buf[..n].to_vec());
+        sock.send(raw).await?;
+        let wait = tokio::time::timeout(RETRANSMIT, async {
+            loop {
+                let n = sock.recv(&mut buf).await?;
+                // Only the reply to this query (same id) counts.
+                if n >= 2 && raw.len() >= 2 && buf[..2] == raw[..2] {
+                    return Ok::<usize, std::io::Error>(n);
+                }
+            }
+        });
+        if let Ok(n) = wait.await {
+            return Ok(buf[..n?].to_vec());
         }
     }
 }

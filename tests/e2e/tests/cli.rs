@@ -157,14 +157,15 @@ impl Laptop {
         self.run(&["curl", "-sS", "--max-time", "3", url])
     }
 
+    /// The addresses `dig +short` prints (its ";;" remarks, e.g. a refused first server, dropped).
     fn dig(&self, name: &str) -> String {
-        text(
+        let out = text(
             &self
-                .run(&["dig", "+short", "+time=2", "+tries=1", name])
+                .run(&["dig", "+short", "+time=3", "+tries=3", name])
                 .stdout,
-        )
-        .trim()
-        .to_string()
+        );
+        let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with(";;")).collect();
+        lines.join("\n")
     }
 
     fn resolv_conf(&self) -> Vec<u8> {
@@ -184,6 +185,10 @@ impl Laptop {
 
 impl Drop for Laptop {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.state.join("daemon.log")).unwrap_or_default();
+            eprintln!("--- kwg daemon log of laptop {}:\n{log}", self.name);
+        }
         let _ = self.kwg(&["leave"]);
         let _ = self.sim.sim(&["laptop", "del", &self.name]);
         let _ = std::fs::remove_dir_all(&self.state);
