@@ -11,6 +11,13 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use common::Cluster;
 
+/// kubectl's table output as rows of words.
+fn words(text: &str) -> Vec<Vec<&str>> {
+    text.lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
 const APP: &str = r#"apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -57,7 +64,7 @@ rules:
 async fn get_create_label_delete_secrets() {
     let c = Cluster::start().await;
     let ns = c.kubectl_ok("admin", &["get", "ns"]).await;
-    let lines: Vec<Vec<&str>> = ns.lines().map(|l| l.split_whitespace().collect()).collect();
+    let lines = words(&ns);
     assert_eq!(lines[0], vec!["NAME", "STATUS", "AGE"]);
     let names: Vec<&str> = lines[1..].iter().map(|l| l[0]).collect();
     assert_eq!(
@@ -130,10 +137,7 @@ async fn get_create_label_delete_secrets() {
             ],
         )
         .await;
-    let rows: Vec<Vec<&str>> = table
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let rows = words(&table);
     assert_eq!(rows[0], vec!["NAME", "TYPE", "DATA", "AGE"]);
     assert_eq!(rows[1][..3], ["kwg-peer-mybox", "kwg.io/peer", "1"]);
     let none = c
@@ -221,10 +225,7 @@ async fn apply_twice_then_get() {
     assert_eq!(spec, "2 nginx:1.26 two 80");
 
     let svc = c.kubectl_ok("admin", &["get", "svc"]).await;
-    let rows: Vec<Vec<&str>> = svc
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let rows = words(&svc);
     assert_eq!(
         rows[0],
         vec![
@@ -411,10 +412,7 @@ async fn can_i_and_forbidden() {
     let list = c
         .kubectl_ok("nobody", &["auth", "can-i", "--list", "-n", "kwg-system"])
         .await;
-    let rows: Vec<Vec<&str>> = list
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let rows = words(&list);
     assert_eq!(
         rows[0],
         vec![
@@ -583,10 +581,7 @@ async fn logs_and_follow() {
     c.kubectl_ok("admin", &["apply", "-f", pod.to_str().unwrap()])
         .await;
     let pods = c.kubectl_ok("admin", &["get", "pods"]).await;
-    let rows: Vec<Vec<&str>> = pods
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let rows = words(&pods);
     assert_eq!(
         rows[0],
         vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP"]
