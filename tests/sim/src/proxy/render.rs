@@ -275,8 +275,12 @@ mod tests {
         assert!(text.contains("meta l4proto udp dnat to 10.244.0.2:7007"));
         assert!(text.contains("meta l4proto tcp dnat to 10.244.0.3:8080"));
         assert!(
-            !text.contains("10.96.0.30"),
+            !text.contains("dport 80 goto svc_2"),
             "a Service without endpoints gets no DNAT"
+        );
+        assert!(
+            text.contains("ip daddr 10.96.0.30 tcp dport 80 reject"),
+            "but a reject"
         );
         assert!(text.starts_with("table ip kube-proxy {}\ndelete table ip kube-proxy\n"));
     }
