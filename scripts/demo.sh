@@ -66,7 +66,7 @@ for _ in $(seq 1 300); do
 done
 
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
-on_laptop() { echo "laptop\$ $*"; ip netns exec "$LAPTOP" "$@"; }
+on_laptop() { echo "laptop\$ $*" >&2; ip netns exec "$LAPTOP" "$@"; }
 
 echo "== walkthrough on the laptop ($LAPTOP)"
 on_laptop dig +short intranet.corp.example
