@@ -72,13 +72,20 @@ pub fn daemonize(ifname: &str) -> anyhow::Result<()> {
     cmd.arg("--foreground")
         .arg(ifname)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
+        .stdout(std::process::Stdio::null())
+        // Kept only to report a startup failure; later log lines are dropped (like
+        // wireguard-go without LOG_LEVEL).
+        .stderr(std::process::Stdio::piped());
     cmd.process_group(0);
     let mut child = cmd.spawn().context("cannot start the kwg-wg daemon")?;
     let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
     while std::time::Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
-            bail!("the kwg-wg daemon exited with {status} (its error is printed above)");
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            bail!("the kwg-wg daemon exited with {status}: {}", err.trim());
         }
         if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
             return Ok(());

@@ -211,14 +211,32 @@ impl Drop for NsDevice {
     }
 }
 
-/// A child process killed (by PID) on drop.
+/// A child process stopped (by its PID: SIGTERM, then SIGKILL after 3 s) on drop.
 pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    /// Sends SIGTERM and waits up to 3 s; true if it exited by then.
+    pub fn terminate(&mut self) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        wait_for(Duration::from_secs(3), || {
+            matches!(self.0.try_wait(), Ok(Some(_)))
+        })
+    }
+}
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        if !self.terminate() {
+            let _ = self.0.kill();
+        }
         let _ = self.0.wait();
     }
+}
+
+/// `/var/run/wireguard/<ifname>.sock`, where `wg` looks.
+pub fn uapi_socket(ifname: &str) -> PathBuf {
+    PathBuf::from("/var/run/wireguard").join(format!("{ifname}.sock"))
 }
 
 /// Spawns `args` inside `ns`.
