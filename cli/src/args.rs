@@ -23,7 +23,7 @@ pub enum Command {
     /// Join the cluster: register this machine as a peer, start the tunnel daemon, set up
     /// routes and split DNS. Exits 0 once the tunnel handshake is done and a cluster name
     /// resolves through it; on failure undoes everything.
-    Join(JoinArgs),
+    Join(Box<JoinArgs>),
     /// Show whether this machine is joined and how (exit 1 when not joined).
     Status(OutputArgs),
     /// List every registered peer of the cluster (this machine marked with *).

@@ -67,14 +67,13 @@ impl Up {
         if let Some(f) = self.forwarder.take() {
             f.stop();
         }
-        let result = match self.state.take() {
+        match self.state.take() {
             Some(state) => {
                 let (done, result) = crate::undo::undo(&state, &self.dir, self.kube.as_ref()).await;
                 result.map(|()| done)
             }
             None => Ok(Vec::new()),
-        };
-        result
+        }
     }
 }
 

@@ -20,7 +20,18 @@ use state::StateDir;
 pub async fn run(cli: Cli) -> Result<i32, Error> {
     let dir = StateDir::from_env();
     match cli.command {
-        Command::Join(a) => commands::join(a, dir).await.map(|()| 0),
+        Command::Join(a) => {
+            let json = a.output == args::Format::Json;
+            let result = commands::join(*a, dir).await;
+            if let (true, Err(e)) = (json, &result) {
+                // `-o json`: one JSON object on stdout, also on failure.
+                println!(
+                    "{}",
+                    serde_json::json!({ "connected": false, "error": e.to_string() })
+                );
+            }
+            result.map(|()| 0)
+        }
         Command::Status(a) => commands::status(a, dir).await,
         Command::Peers(a) => commands::peers(a, dir).await.map(|()| 0),
         Command::Leave(a) => commands::leave(a, dir).await.map(|()| 0),
