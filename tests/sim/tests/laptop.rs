@@ -135,3 +135,27 @@ fn extra_laptops_join_the_lan() {
     let list = kwg_sim::sh::netns_list().unwrap();
     assert!(!list.contains(&bob));
 }
+
+#[test]
+fn a_udp_flow_through_a_nodeport_survives_the_replacement_of_its_pods() {
+    let c = common::cluster();
+    // A socket made inside the laptop namespace stays there; one source port = one flow.
+    let sock = c
+        .run_in(&c.netns("laptop"), || {
+            Ok(UdpSocket::bind("0.0.0.0:0").unwrap())
+        })
+        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let echoes = |sock: &UdpSocket| {
+        let mut buf = [0u8; 16];
+        sock.send_to(b"ping", "192.0.2.1:30007").is_ok() && matches!(sock.recv(&mut buf), Ok(4))
+    };
+    assert!(echoes(&sock));
+    c.kubectl_admin(&["delete", "pods", "-l", "app=echo"])
+        .unwrap();
+    // Kept busy, a flow still pinned to a deleted pod would never expire: kube-proxy must drop it.
+    common::eventually(15, "the same UDP flow answered by a new pod", || {
+        echoes(&sock).then_some(())
+    });
+}

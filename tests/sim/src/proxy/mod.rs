@@ -1,5 +1,6 @@
 //! The kube-proxy role: Services and EndpointSlices programmed as an nftables table in the node.
 
+pub mod conntrack;
 pub mod render;
 
 use crate::names;
@@ -32,6 +33,7 @@ pub async fn run(client: Client) -> crate::Result<()> {
                         "kube-proxy programmed nftables"
                     );
                     last = text;
+                    forget_stale_udp_flows(&rules);
                 }
                 Err(e) => tracing::error!(error = %e, "kube-proxy could not program nftables"),
             }
@@ -39,5 +41,28 @@ pub async fn run(client: Client) -> crate::Result<()> {
         wake.notified().await;
         // Let a burst of changes settle into one ruleset.
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Deletes UDP conntrack entries DNATed to addresses that are no longer UDP endpoints.
+fn forget_stale_udp_flows(rules: &[render::PortRule]) {
+    let live = rules
+        .iter()
+        .filter(|r| r.proto == "udp")
+        .flat_map(|r| r.endpoints.iter().map(|(ip, _)| *ip))
+        .collect();
+    let Ok(text) = std::fs::read_to_string("/proc/net/nf_conntrack") else {
+        return;
+    };
+    let stale = conntrack::stale_udp_flows(&text, &live);
+    match conntrack::delete(&stale) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            flows = n,
+            "kube-proxy deleted UDP flows to removed endpoints"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "kube-proxy cannot delete stale UDP conntrack entries")
+        }
     }
 }
