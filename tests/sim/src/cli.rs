@@ -81,6 +81,15 @@ pub enum WorkloadCmd {
 /// Runs a command; `main` maps the result to an exit code.
 pub fn run(args: Args) -> Result<()> {
     let n = Names::new(&args.prefix)?;
+    let needs_root = matches!(
+        args.cmd,
+        Cmd::Up | Cmd::Down | Cmd::Laptop { .. } | Cmd::Daemon
+    );
+    if needs_root && !nix::unistd::geteuid().is_root() {
+        return Err(Error::Invalid(
+            "kwg-sim builds network namespaces: run it as root (sudo kwg-sim ...)".into(),
+        ));
+    }
     match args.cmd {
         Cmd::Up => up(&n),
         Cmd::Down => topology::teardown(&n),
