@@ -332,11 +332,6 @@ impl PeerLoop {
         let mut c = self.state.counters();
         c.malformed = malformed;
         c.malformed_total += plan.malformed.iter().filter(|m| m.first_report).count() as u64;
-        c.expired_total += plan
-            .expired
-            .iter()
-            .filter(|n| self.sent.get(*n).is_some_and(|s| s.starts_with("delete")))
-            .count() as u64;
         c.reconcile.observe(started.elapsed());
         next
     }
@@ -386,7 +381,7 @@ impl PeerLoop {
     fn apply_writes(&mut self, plan: &Plan) {
         for (name, ip) in &plan.annotate {
             let patch = core::tunnel_ip_patch(*ip);
-            self.write(name, format!("ip:{ip}"), move |api, _, n| async move {
+            let _ = self.write(name, format!("ip:{ip}"), move |api, _, n| async move {
                 kube_io::patch_secret(&api, &n, &patch).await
             });
         }
@@ -399,7 +394,9 @@ impl PeerLoop {
                     self.meta.get(&m.secret_name).and_then(|x| x.uid.clone()),
                 );
                 let (secret, reason) = (m.secret_name.clone(), m.reason.clone());
+                let sem = self.writes.clone();
                 tokio::spawn(async move {
+                    let _permit = sem.acquire_owned().await;
                     if let Err(e) =
                         kube_io::malformed_event(&client, &ns, &secret, uid, &reason).await
                     {
@@ -409,7 +406,7 @@ impl PeerLoop {
             }
             if m.write_annotation {
                 let patch = core::error_patch(&m.reason);
-                self.write(
+                let _ = self.write(
                     &m.secret_name,
                     format!("err:{}", m.reason),
                     move |api, _, n| async move { kube_io::patch_secret(&api, &n, &patch).await },
@@ -418,25 +415,27 @@ impl PeerLoop {
         }
         for name in &plan.expired {
             let rv = self.meta.get(name).and_then(|m| m.resource_version.clone());
-            if !self.sent.contains_key(name) {
-                tracing::info!(secret = %name, "lease expired: deleting the peer Secret");
-            }
-            self.write(
+            let sent = self.write(
                 name,
                 format!("delete:{rv:?}"),
                 move |api, rv, n| async move { kube_io::delete_expired(&api, &n, rv).await },
             );
+            if sent {
+                tracing::info!(secret = %name, "lease expired: deleting the peer Secret");
+                self.state.counters().expired_total += 1;
+            }
         }
     }
 
-    /// Sends one write in the background unless the same write is already under way.
-    fn write<F, Fut>(&mut self, name: &str, signature: String, op: F)
+    /// Sends one write in the background unless the same write is already under way;
+    /// whether it sent it.
+    fn write<F, Fut>(&mut self, name: &str, signature: String, op: F) -> bool
     where
         F: FnOnce(Api<Secret>, Option<String>, String) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), GatewayError>> + Send,
     {
         if self.sent.get(name) == Some(&signature) {
-            return;
+            return false;
         }
         self.sent.insert(name.to_owned(), signature);
         let (api, sem, failed, n) = (
@@ -453,6 +452,7 @@ impl PeerLoop {
                 let _ = failed.send(n);
             }
         });
+        true
     }
 }
 

@@ -95,6 +95,32 @@ fn install_publishes_info_keeps_key_and_protects_it() -> Result<()> {
         "no"
     );
 
+    // A peer registered by hand, exactly as docs/contract.md shows (`wg genkey`, kubectl).
+    let dir = std::env::temp_dir().join(kwg_e2e::unique("kwgdoc"));
+    std::fs::create_dir_all(&dir)?;
+    let script = format!(
+        "set -e; cd {dir}; export KUBECONFIG={kc}
+         wg genkey | tee peer.key | wg pubkey > peer.pub
+         kubectl -n kwg-system create secret generic kwg-peer-mybox --type=kwg.io/peer \\
+           --from-literal=name=mybox --from-file=publicKey=peer.pub --from-literal=owner=me \\
+           --from-literal=hostname=mybox --from-literal=namespaces=default \\
+           --from-literal=leaseExpires=2030-01-01T00:00:00Z
+         kubectl -n kwg-system label secret kwg-peer-mybox kwg.io/peer=true",
+        dir = dir.display(),
+        kc = c.developer_kubeconfig().display()
+    );
+    c.exec_ok(&c.netns("laptop"), &["sh", "-c", &script])?;
+    let ip = kwg_e2e::wait_tunnel_ip(&c, "mybox", Duration::from_secs(10))?;
+    let key = std::fs::read_to_string(dir.join("peer.pub"))?;
+    std::fs::remove_dir_all(&dir)?;
+    let listed = gateway_peers(&c)?;
+    assert!(
+        listed.iter().any(|p| p.name.as_str() == "mybox"
+            && p.tunnel_ip == Some(ip)
+            && p.public_key.to_string() == key.trim()),
+        "{listed:?}"
+    );
+
     // A restart keeps the key.
     restart_gateway(&c)?;
     let again = wait_for(

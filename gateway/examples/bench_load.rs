@@ -1,0 +1,222 @@
+//! Load driver for `scripts/bench-gateway.sh` (run inside the laptop namespace of a
+//! `kwg-sim` cluster with the gateway installed; KUBECONFIG = an admin kubeconfig).
+//!
+//! `bench_load register N`: creates N peer Secrets (32 requests in flight) and waits until
+//! the gateway has annotated all of them.
+//! `bench_load latency IFNAME SAMPLES`: per sample, a new key on the WireGuard interface
+//! IFNAME (wireguard-go, configured with `wg`), a new Secret, and the time from creating the
+//! Secret to the gateway's annotation and to the first completed handshake.
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use kwg_wg::contract::{self, GatewayInfo, PeerSpec};
+use kwg_wg::keys::PrivateKey;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn secret(spec: &PeerSpec) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(spec.secret_name()),
+            labels: Some(contract::peer_labels()),
+            ..Default::default()
+        },
+        type_: Some(contract::PEER_SECRET_TYPE.into()),
+        data: Some(
+            spec.to_secret_data()
+                .into_iter()
+                .map(|(k, v)| (k, k8s_openapi::ByteString(v)))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn spec(name: &str, key: &PrivateKey) -> Result<PeerSpec> {
+    Ok(PeerSpec {
+        name: name.parse()?,
+        public_key: key.public_key(),
+        owner: "bench".into(),
+        hostname: name.into(),
+        namespaces: vec![],
+        lease_expires: chrono::Utc::now() + chrono::Duration::hours(2),
+    })
+}
+
+async fn register(api: &Api<Secret>, n: usize) -> Result<()> {
+    let start = Instant::now();
+    let names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
+    let results: Vec<Result<()>> = futures::stream::iter(names)
+        .map(|name| async move {
+            let s = secret(&spec(&name, &PrivateKey::generate())?);
+            match api.create(&PostParams::default(), &s).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.is_already_exists() => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<_>>>()?;
+    let created = start.elapsed();
+    loop {
+        let list = api
+            .list(&ListParams::default().labels(contract::PEER_SELECTOR))
+            .await?;
+        let annotated = list
+            .items
+            .iter()
+            .filter(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(contract::TUNNEL_IP_ANNOTATION))
+            })
+            .count();
+        if annotated >= list.items.len() && list.items.len() >= n {
+            println!(
+                "registered {n} peers: Secrets created in {:.1} s, all {} addressed after {:.1} s",
+                created.as_secs_f64(),
+                list.items.len(),
+                start.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "only {annotated} of {} peers addressed after 10 minutes",
+                list.items.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn sh(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0]).args(&args[1..]).output()?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn latency(
+    client: kube::Client,
+    api: &Api<Secret>,
+    ifname: &str,
+    samples: usize,
+) -> Result<()> {
+    let cms: Api<ConfigMap> = Api::namespaced(client, contract::DEFAULT_NAMESPACE);
+    let cm = cms.get(contract::GATEWAY_INFO_CONFIGMAP).await?;
+    let json = cm
+        .data
+        .and_then(|d| d.get(contract::GATEWAY_INFO_KEY).cloned())
+        .context("no gateway info")?;
+    let info = GatewayInfo::from_json(json.as_bytes())?;
+    let endpoint = info.endpoints.first().context("no endpoint")?.to_string();
+    let gw = info.public_key.to_string();
+    let (mut to_ip, mut to_hs) = (Vec::new(), Vec::new());
+    for i in 0..samples {
+        let key = PrivateKey::generate();
+        let key_file = std::env::temp_dir().join(format!("bench-{ifname}.key"));
+        kwg_wg::keys::write_private_key_file(&key_file, &key)?;
+        // A fresh interface identity: the gateway has never seen this key.
+        sh(&[
+            "wg",
+            "set",
+            ifname,
+            "private-key",
+            key_file.to_str().context("path")?,
+            "peer",
+            &gw,
+            "remove",
+        ])?;
+        let name = format!("latency-{}-{i}", std::process::id());
+        let start = Instant::now();
+        api.create(&PostParams::default(), &secret(&spec(&name, &key)?))
+            .await?;
+        loop {
+            let s = api
+                .get(&format!("{}{name}", contract::PEER_SECRET_PREFIX))
+                .await?;
+            if s.metadata
+                .annotations
+                .is_some_and(|a| a.contains_key(contract::TUNNEL_IP_ANNOTATION))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        to_ip.push(start.elapsed());
+        // What a client does once it has its address: configure the gateway as its peer.
+        sh(&[
+            "wg",
+            "set",
+            ifname,
+            "peer",
+            &gw,
+            "endpoint",
+            &endpoint,
+            "allowed-ips",
+            "100.77.0.1/32",
+            "persistent-keepalive",
+            "1",
+        ])?;
+        loop {
+            let hs = sh(&["wg", "show", ifname, "latest-handshakes"])?;
+            if hs.split_whitespace().nth(1).is_some_and(|t| t != "0") {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("no handshake 30 s after registering {name}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        to_hs.push(start.elapsed());
+        let _ = std::fs::remove_file(&key_file);
+    }
+    let ms = |v: &mut Vec<Duration>| {
+        v.sort();
+        (
+            v[v.len() / 2].as_secs_f64() * 1e3,
+            v[v.len() - 1].as_secs_f64() * 1e3,
+        )
+    };
+    let (ip_med, ip_max) = ms(&mut to_ip);
+    let (hs_med, hs_max) = ms(&mut to_hs);
+    println!(
+        "Secret -> tunnel IP annotation: median {ip_med:.0} ms, max {ip_max:.0} ms ({samples} samples)"
+    );
+    println!(
+        "Secret -> first handshake:      median {hs_med:.0} ms, max {hs_max:.0} ms ({samples} samples)"
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let client = kube::Client::try_default().await?;
+    let api: Api<Secret> = Api::namespaced(client.clone(), contract::DEFAULT_NAMESPACE);
+    match args.get(1).map(String::as_str) {
+        Some("register") => register(&api, args.get(2).context("register N")?.parse()?).await,
+        Some("latency") => {
+            let ifname = args.get(2).context("latency IFNAME SAMPLES")?;
+            latency(
+                client,
+                &api,
+                ifname,
+                args.get(3).map_or(Ok(10), |s| s.parse())?,
+            )
+            .await
+        }
+        _ => bail!("usage: bench_load register N | latency IFNAME SAMPLES"),
+    }
+}
