@@ -112,10 +112,6 @@ impl Device {
         if !valid_ifname(&name) {
             return Err(Error::InvalidIfname(name));
         }
-        let uapi_listener = match &uapi_dir {
-            Some(dir) => Some(uapi::server::bind(dir, &name)?),
-            None => None,
-        };
         let tun = Tun::create(&name, mtu).map_err(|source| Error::Tun {
             name: name.clone(),
             source,
@@ -124,6 +120,10 @@ impl Device {
             port: listen_port,
             source,
         })?;
+        let uapi_listener = match &uapi_dir {
+            Some(dir) => Some(uapi::server::bind(dir, &name)?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             core: Mutex::new(Core::new(private_key)),
             tun,
