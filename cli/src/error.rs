@@ -62,12 +62,6 @@ pub enum Error {
     },
     #[error("kwg is already joined (daemon pid {pid}): run kwg leave first")]
     AlreadyJoined { pid: u32 },
-    #[error("kwg is not joined: run kwg join")]
-    NotJoined,
-    #[error(
-        "the kwg daemon (pid {pid}) does not answer on {socket}: run kwg leave to clean up, then kwg join"
-    )]
-    DaemonUnreachable { pid: u32, socket: String },
     #[error("the kwg daemon failed: {0}")]
     Daemon(String),
     /// An error the daemon reported, already one sentence.
