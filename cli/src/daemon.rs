@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
-use hickory_proto::op::{Message, Query};
+use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use ipnet::{IpNet, Ipv4Net};
 use kwg_wg::contract::{GatewayInfo, PeerName, PeerSpec};
@@ -408,7 +408,7 @@ async fn verify(
     Err(Error::DnsCheck { name, secs })
 }
 
-/// Whether `server` answers a query for `name` (any answer proves the path works).
+/// Whether `server` resolves `name` to at least one address.
 pub async fn probe_dns(server: SocketAddr, name: &str, timeout: Duration) -> bool {
     let Ok(qname) = Name::from_ascii(name) else {
         return false;
@@ -420,7 +420,10 @@ pub async fn probe_dns(server: SocketAddr, name: &str, timeout: Duration) -> boo
     let Ok(raw) = m.to_vec() else {
         return false;
     };
-    forwarder::relay(&raw, server, timeout).await.is_some()
+    forwarder::relay(&raw, server, timeout)
+        .await
+        .and_then(|reply| Message::from_vec(&reply).ok())
+        .is_some_and(|m| m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty())
 }
 
 fn rand_id() -> u16 {
