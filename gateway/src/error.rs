@@ -9,7 +9,7 @@ pub enum GatewayError {
     Config(String),
     #[error("tunnel CIDR {cidr} is full: start the gateway with a larger --tunnel-cidr")]
     TunnelCidrFull { cidr: Ipv4Net },
-    #[error("Kubernetes API: cannot {action}: {source} (check the gateway's RBAC in manifests/)")]
+    #[error("Kubernetes API: cannot {action}: {source}{}", hint(.source))]
     Kube {
         action: String,
         #[source]
@@ -43,6 +43,15 @@ pub enum GatewayError {
         "gateway private key in Secret {0} is invalid: delete the Secret to generate a new key (peers must then re-join)"
     )]
     BadPrivateKey(String),
+}
+
+/// What to do about an API error, when there is something to do.
+fn hint(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(s) if s.is_forbidden() => " (apply manifests/ for the gateway's RBAC)",
+        kube::Error::InferConfig(_) => " (run in a pod with a ServiceAccount, or set KUBECONFIG)",
+        _ => "",
+    }
 }
 
 impl GatewayError {
