@@ -47,46 +47,48 @@ sleep 0.3
 
 # iperf3 TCP from A to $1 with $2 streams for 5 s: receiver Gbit/s.
 throughput() {
-  ip netns exec "$A" iperf3 -c "$1" -p 5201 -t 5 -P "$2" -f g 2>/dev/null |
+  { ip netns exec "$A" iperf3 -c "$1" -p 5201 -t 5 -P "$2" -f g 2>/dev/null || true; } |
     awk -v p="$2" '/receiver/ && (p == 1 || /SUM/) { v = $(NF-2) } END { printf "%.2f", v + 0 }'
 }
 
 # ping RTT average in ms over 50 pings.
 rtt() {
-  ip netns exec "$A" ping -q -c 50 -i 0.01 "$1" 2>/dev/null |
+  { ip netns exec "$A" ping -q -c 50 -i 0.01 "$1" 2>/dev/null || true; } |
     awk -F'/' '/^rtt|^round-trip/ { printf "%.3f", $5 }'
 }
 
-wg -h >/dev/null 2>&1 || true
-wg genkey > "$WORK/ka"; wg genkey > "$WORK/kb"; chmod 600 "$WORK/ka" "$WORK/kb"
+(umask 077; wg genkey > "$WORK/ka"; wg genkey > "$WORK/kb")
 
-# tunnel IMPL IFNAME: start IMPL on both sides, configure with wg, address 10.90.0.x/24.
+# tunnel IMPL NAME: start IMPL on both sides (interfaces NAMEa in A, NAMEb in B: the UAPI socket
+# directory is shared by all namespaces), configure with wg, address 10.90.0.x/24.
 tunnel() {
-  local impl=$1 ifn=$2 ns
-  for ns in "$A" "$B"; do
-    if [[ $impl == kwg ]]; then
-      ip netns exec "$ns" "$KWG" "$ifn"
-    else
-      WG_PROCESS_FOREGROUND=1 ip netns exec "$ns" wireguard-go "$ifn" >/dev/null 2>&1 &
-      PIDS+=($!)
-    fi
-  done
+  local impl=$1 ia="${2}a" ib="${2}b"
+  if [[ $impl == kwg ]]; then
+    ip netns exec "$A" "$KWG" "$ia"
+    ip netns exec "$B" "$KWG" "$ib"
+  else
+    WG_PROCESS_FOREGROUND=1 ip netns exec "$A" wireguard-go "$ia" >/dev/null 2>&1 &
+    PIDS+=($!)
+    WG_PROCESS_FOREGROUND=1 ip netns exec "$B" wireguard-go "$ib" >/dev/null 2>&1 &
+    PIDS+=($!)
+  fi
   for _ in $(seq 50); do
-    [[ -S /var/run/wireguard/$ifn.sock ]] && ip netns exec "$B" wg show "$ifn" >/dev/null 2>&1 && break
+    [[ -S /var/run/wireguard/$ia.sock && -S /var/run/wireguard/$ib.sock ]] && break
     sleep 0.1
   done
-  ip netns exec "$A" wg set "$ifn" private-key "$WORK/ka" listen-port 51820 \
+  ip netns exec "$A" wg set "$ia" private-key "$WORK/ka" listen-port 51820 \
     peer "$(wg pubkey < "$WORK/kb")" endpoint 192.168.90.2:51820 allowed-ips 10.90.0.2/32
-  ip netns exec "$B" wg set "$ifn" private-key "$WORK/kb" listen-port 51820 \
+  ip netns exec "$B" wg set "$ib" private-key "$WORK/kb" listen-port 51820 \
     peer "$(wg pubkey < "$WORK/ka")" allowed-ips 10.90.0.1/32
-  ip -n "$A" addr add 10.90.0.1/24 dev "$ifn"; ip -n "$A" link set "$ifn" mtu 1420 up
-  ip -n "$B" addr add 10.90.0.2/24 dev "$ifn"; ip -n "$B" link set "$ifn" mtu 1420 up
-  ip netns exec "$A" ping -q -c 3 -W 1 10.90.0.2 >/dev/null || { echo "$impl tunnel does not pass traffic" >&2; exit 1; }
+  ip -n "$A" addr add 10.90.0.1/24 dev "$ia"; ip -n "$A" link set "$ia" mtu 1420 up
+  ip -n "$B" addr add 10.90.0.2/24 dev "$ib"; ip -n "$B" link set "$ib" mtu 1420 up
+  ip netns exec "$A" ping -q -c 5 -i 0.2 -W 1 10.90.0.2 >/dev/null ||
+    { echo "bench-tunnel.sh: the $impl tunnel does not pass traffic" >&2; exit 1; }
 }
 
 untunnel() {
-  ip -n "$A" link del "$1" 2>/dev/null || true
-  ip -n "$B" link del "$1" 2>/dev/null || true
+  ip -n "$A" link del "${1}a" 2>/dev/null || true
+  ip -n "$B" link del "${1}b" 2>/dev/null || true
   sleep 0.5
 }
 
