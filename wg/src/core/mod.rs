@@ -321,19 +321,14 @@ impl Core {
             TunnResult::Done => {}
             TunnResult::Err(_) => authenticated = false,
             TunnResult::WriteToNetwork(reply) => {
-                let n = reply.len();
-                net.push(from, &self.scratch[..n]);
-                peer.tx_bytes += n as u64;
+                net.push(from, reply);
+                peer.tx_bytes += reply.len() as u64;
                 // Flush packets queued while the handshake was in progress.
-                loop {
-                    match tunn.decapsulate(None, &[], &mut self.scratch) {
-                        TunnResult::WriteToNetwork(p) => {
-                            let n = p.len();
-                            net.push(from, &self.scratch[..n]);
-                            peer.tx_bytes += n as u64;
-                        }
-                        _ => break,
-                    }
+                while let TunnResult::WriteToNetwork(p) =
+                    tunn.decapsulate(None, &[], &mut self.scratch)
+                {
+                    net.push(from, p);
+                    peer.tx_bytes += p.len() as u64;
                 }
                 peer.last_sent = Some(now);
             }
