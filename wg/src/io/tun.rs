@@ -84,7 +84,20 @@ impl TunRecvBufs {
     pub fn new(mtu: u16) -> TunRecvBufs {
         TunRecvBufs {
             original: vec![0; VIRTIO_NET_HDR_LEN + 65535],
-            bufs: vec![vec![0; usize::from(mtu).max(9000) + 64]; IDEAL_BATCH_SIZE],
+            // Segments of a GSO read fit the MTU; a single unsegmented packet lands in the
+            // first buffer, which takes any size (the MTU may be raised after creation).
+            bufs: (0..IDEAL_BATCH_SIZE)
+                .map(|i| {
+                    vec![
+                        0;
+                        if i == 0 {
+                            65535
+                        } else {
+                            usize::from(mtu).max(9000) + 64
+                        }
+                    ]
+                })
+                .collect(),
             sizes: vec![0; IDEAL_BATCH_SIZE],
         }
     }
