@@ -33,7 +33,7 @@ pub fn build(n: &Names) -> Result<()> {
             "net.ipv4.conf.default.rp_filter=0",
         ],
     )?;
-    attach_to_lan(n, &node, "p-node", names::NODE_IP, false)?;
+    attach_to_lan(n, &node, "p-node", names::NODE_IP)?;
     // The node's own processes reach ClusterIPs through the output DNAT, which needs a route to
     // exist first; a veth whose peer stays down (a dummy like kube-proxy's kube-ipvs0, without
     // needing the dummy module) drops what no Service matches.
@@ -52,7 +52,7 @@ pub fn build(n: &Names) -> Result<()> {
 fn add_machine(n: &Names, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
     ip(&format!("netns add {ns}"))?;
     ip(&format!("-n {ns} link set lo up"))?;
-    attach_to_lan(n, ns, port, addr, true)?;
+    attach_to_lan(n, ns, port, addr)?;
     sh::write_file(
         &Names::etc_netns(ns).join("resolv.conf"),
         &format!(
@@ -64,10 +64,16 @@ fn add_machine(n: &Names, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
 }
 
 /// A veth from the LAN bridge (port `port`) to `eth0` in `ns` with `addr/24`.
-fn attach_to_lan(n: &Names, ns: &str, port: &str, addr: Ipv4Addr, _laptop: bool) -> Result<()> {
+///
+/// `eth0`'s MAC address is derived from `addr`: a laptop deleted and added again with the same
+/// address keeps its MAC, so the LAN's neighbour caches (resolver, node) stay right instead of
+/// sending replies to a vanished MAC until their entries expire (seconds of silence).
+fn attach_to_lan(n: &Names, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
     let lan = n.lan_ns();
+    let [a, b, c, d] = addr.octets();
+    let mac = format!("02:6b:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
     ip(&format!(
-        "-n {lan} link add {port} type veth peer name eth0 netns {ns}"
+        "-n {lan} link add {port} type veth peer name eth0 address {mac} netns {ns}"
     ))?;
     ip(&format!("-n {lan} link set {port} master br0 up"))?;
     ip(&format!("-n {ns} addr add {addr}/24 dev eth0"))?;
