@@ -6,7 +6,7 @@ use tokio::signal::unix::{SignalKind, signal};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cfg = kwg_gateway::Config::parse();
-    init_tracing();
+    kwg_wg::logging::init("info");
     let shutdown = async {
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
@@ -21,19 +21,5 @@ async fn main() -> std::process::ExitCode {
             eprintln!("kwg-gateway: {e}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-/// `KWG_LOG` filters (default `info`), `KWG_LOG_FORMAT=json` prints JSON lines.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KWG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("KWG_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -20,7 +20,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    kwg_wg::run::init_tracing();
+    kwg_wg::logging::init("info");
     let result = if args.foreground {
         kwg_wg::run::foreground(&args.ifname)
     } else {

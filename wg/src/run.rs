@@ -19,20 +19,6 @@ pub fn run_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
 }
 
-/// Tracing to stderr, filtered by `KWG_LOG` (default `info`), JSON with `KWG_LOG_FORMAT=json`.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KWG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("KWG_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// Runs the device until SIGTERM/SIGINT or until its interface is deleted.
 pub fn foreground(ifname: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()

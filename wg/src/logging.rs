@@ -1,0 +1,19 @@
+//! Tracing set-up shared by every kwg binary: logs go to stderr, filtered by `KWG_LOG`
+//! (an `EnvFilter` directive such as `debug` or `kwg_gateway=trace`), as JSON lines when
+//! `KWG_LOG_FORMAT=json`.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber; `default_filter` applies when `KWG_LOG` is unset or invalid.
+pub fn init(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_env("KWG_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("KWG_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
