@@ -45,6 +45,11 @@ struct StaticKeys {
 struct Peer {
     cfg: PeerConfig,
     idx: u32,
+    /// `peer = <short key>`, created once: events name it as their parent, so the hot path
+    /// neither enters spans nor formats keys.
+    span: tracing::Span,
+    /// Spoofed-source drops since the last report (logged once per rate-limit period).
+    spoofed_unreported: u32,
     /// Created on first use and dropped when its sessions expire: an idle peer costs a few
     /// hundred bytes, one with live sessions about 11 KB (boringtun keeps 8 session slots).
     tunn: Option<Box<Tunn>>,
@@ -79,6 +84,8 @@ pub struct Core {
     routes: AllowedIps,
     scratch: Vec<u8>,
     last_rate_reset: Option<Instant>,
+    /// `drops.cookies_sent` at the last report.
+    cookies_reported: u64,
     pub drops: Drops,
 }
 
@@ -96,6 +103,7 @@ impl Core {
             routes: AllowedIps::default(),
             scratch: vec![0; 65536 + DATA_OVERHEAD],
             last_rate_reset: None,
+            cookies_reported: 0,
             drops: Drops::default(),
         };
         core.set_private_key(private_key);
@@ -163,19 +171,28 @@ impl Core {
     /// session; only a changed preshared key restarts it. `endpoint: None` keeps the current one.
     pub fn upsert_peer(&mut self, cfg: PeerConfig) {
         if Some(cfg.public_key) == self.public_key() {
-            tracing::warn!(key = %cfg.public_key.short(), "ignoring a peer with the interface's own public key");
+            tracing::warn!(peer = %cfg.public_key.short(), "ignoring a peer with the interface's own public key");
             return;
         }
-        let idx = match self.by_key.get(&cfg.public_key) {
-            Some(idx) => *idx,
+        let idx = match self.by_key.get(&cfg.public_key).copied() {
             None => {
                 let idx = self.free_index();
                 self.by_key.insert(cfg.public_key, idx);
+                let span = tracing::info_span!("peer", peer = %cfg.public_key.short());
+                tracing::info!(
+                    parent: &span,
+                    endpoint = cfg.endpoint.map(tracing::field::display),
+                    allowed_ips = cfg.allowed_ips.len(),
+                    keepalive = cfg.persistent_keepalive,
+                    "peer added"
+                );
                 self.peers.insert(
                     idx,
                     Peer {
                         cfg: PeerConfig::new(cfg.public_key),
                         idx,
+                        span,
+                        spoofed_unreported: 0,
                         tunn: None,
                         handshake_at: None,
                         rx_bytes: 0,
@@ -183,7 +200,18 @@ impl Core {
                         last_sent: None,
                     },
                 );
-                tracing::debug!(peer = %cfg.public_key.short(), idx, "peer added");
+                idx
+            }
+            Some(idx) => {
+                let peer = &self.peers[&idx];
+                tracing::debug!(
+                    parent: &peer.span,
+                    endpoint = cfg.endpoint.map(tracing::field::display),
+                    allowed_ips = cfg.allowed_ips.len(),
+                    keepalive = cfg.persistent_keepalive,
+                    new_preshared_key = peer.cfg.preshared_key != cfg.preshared_key,
+                    "peer updated"
+                );
                 idx
             }
         };
@@ -229,11 +257,11 @@ impl Core {
             return false;
         };
         if let Some(peer) = self.peers.remove(&idx) {
+            tracing::info!(parent: &peer.span, "peer removed");
             for net in peer.cfg.allowed_ips {
                 self.routes.remove(net, idx);
             }
         }
-        tracing::debug!(peer = %key.short(), "peer removed");
         true
     }
 
@@ -315,6 +343,13 @@ impl Core {
             self.drops.invalid += 1;
             return;
         };
+        let role = match parsed {
+            Packet::HandshakeInit(_) => Some("responder"),
+            Packet::HandshakeResponse(_) => Some("initiator"),
+            _ => None,
+        };
+        // Handshakes only (never data): boringtun's own handshake events land in the peer span.
+        let _in_span = role.map(|_| peer.span.enter());
         let tunn = ensure_tunn(&mut peer.tunn, &peer.cfg, idx, keys);
         let mut authenticated = true;
         match tunn.decapsulate(Some(from.ip()), datagram, &mut self.scratch) {
@@ -338,6 +373,7 @@ impl Core {
                     tun.push(&self.scratch[..n]);
                 } else {
                     self.drops.spoofed_source += 1;
+                    peer.spoofed_unreported += 1;
                 }
             }
             TunnResult::WriteToTunnelV6(p, src) => {
@@ -346,13 +382,24 @@ impl Core {
                     tun.push(&self.scratch[..n]);
                 } else {
                     self.drops.spoofed_source += 1;
+                    peer.spoofed_unreported += 1;
                 }
             }
         }
         if authenticated {
+            if let Some(role) = role {
+                tracing::info!(parent: &peer.span, %role, endpoint = %from, "handshake completed");
+            }
             peer.rx_bytes += datagram.len() as u64;
             if peer.cfg.endpoint != Some(from) {
-                tracing::debug!(peer = %peer.cfg.public_key.short(), endpoint = %from, "peer endpoint changed");
+                match peer.cfg.endpoint {
+                    Some(old) => {
+                        tracing::info!(parent: &peer.span, %old, new = %from, "endpoint roamed")
+                    }
+                    None => {
+                        tracing::info!(parent: &peer.span, endpoint = %from, "endpoint learned")
+                    }
+                }
                 peer.cfg.endpoint = Some(from);
             }
         } else {
@@ -361,16 +408,31 @@ impl Core {
     }
 
     /// Runs the timers: handshake retries, rekeys, keepalives. Call every 100–250 ms.
+    /// Once per rate-limit period it also logs the drops counted since the last report.
     pub fn tick(&mut self, now: Instant, net: &mut NetBatch) {
-        if let Some(keys) = &self.keys
-            && self
-                .last_rate_reset
-                .is_none_or(|t| now.duration_since(t) >= RATE_LIMIT_PERIOD)
-        {
-            keys.rate_limiter.reset_count();
+        let period_over = self
+            .last_rate_reset
+            .is_none_or(|t| now.duration_since(t) >= RATE_LIMIT_PERIOD);
+        if period_over {
+            if let Some(keys) = &self.keys {
+                keys.rate_limiter.reset_count();
+            }
             self.last_rate_reset = Some(now);
+            let cookies = self.drops.cookies_sent - self.cookies_reported;
+            if cookies > 0 {
+                tracing::info!(count = cookies, "cookie replies sent under handshake load");
+                self.cookies_reported = self.drops.cookies_sent;
+            }
         }
         for peer in self.peers.values_mut() {
+            if period_over && peer.spoofed_unreported > 0 {
+                tracing::info!(
+                    parent: &peer.span,
+                    count = peer.spoofed_unreported,
+                    "dropped packets whose inner source is outside the peer's AllowedIPs"
+                );
+                peer.spoofed_unreported = 0;
+            }
             peer.tick(self.keys.as_ref(), now, net, &mut self.scratch);
         }
     }
@@ -454,6 +516,7 @@ impl Peer {
         net: &mut NetBatch,
         scratch: &mut [u8],
     ) {
+        let span = &self.span;
         if let Some(tunn) = self.tunn.as_mut() {
             match tunn.update_timers(scratch) {
                 TunnResult::WriteToNetwork(p) => {
@@ -465,6 +528,7 @@ impl Peer {
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) if tunn.is_expired() => {
                     // Sessions are gone for good: free them until the peer talks again.
+                    tracing::info!(parent: span, "session expired");
                     self.handshake_at = tunn
                         .time_since_last_handshake()
                         .and_then(|age| Instant::now().checked_sub(age));

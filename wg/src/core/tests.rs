@@ -3,6 +3,8 @@
 use super::*;
 use proptest::prelude::*;
 
+mod logs;
+
 const A_ADDR: &str = "192.0.2.1:51820";
 const B_ADDR: &str = "192.0.2.2:51820";
 
@@ -38,7 +40,10 @@ fn peer(key: PublicKey, endpoint: Option<&str>, ips: &[&str]) -> PeerConfig {
 
 impl Pair {
     fn new() -> Pair {
-        let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+        Pair::with_keys(PrivateKey::generate(), PrivateKey::generate())
+    }
+
+    fn with_keys(ka: PrivateKey, kb: PrivateKey) -> Pair {
         let (a_key, b_key) = (ka.public_key(), kb.public_key());
         let mut a = Core::new(Some(ka));
         let mut b = Core::new(Some(kb));
