@@ -10,8 +10,9 @@ use crate::args::{Format, JoinArgs, LeaveArgs, OutputArgs, PeersArgs};
 use crate::cluster::Kube;
 use crate::daemon::{self, Progress};
 use crate::error::Error;
-use crate::output::{self, PeerRow, Status};
+use crate::output::{self, PeerRow};
 use crate::state::{State, StateDir, pid_alive};
+use kwg_wg::contract::Status;
 
 /// CAP_NET_ADMIN's bit in the capability sets (linux/capability.h).
 const CAP_NET_ADMIN: u32 = 12;

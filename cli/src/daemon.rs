@@ -23,9 +23,9 @@ use crate::dns::forwarder::{self, Forwarder, ForwarderConfig};
 use crate::dns::resolvconf;
 use crate::dns::split::{DEFAULT_EXCLUDE_SUFFIXES, SplitDns};
 use crate::error::Error;
-use crate::output::{DnsStatus, Status};
 use crate::routes::{self, RouteInputs};
 use crate::state::{DnsState, State, StateDir};
+use kwg_wg::contract::{DnsStatus, Status};
 
 /// WireGuard persistent keepalive, seconds (the `wg` man page suggests 25 behind NAT).
 const KEEPALIVE: u16 = 25;

@@ -1,49 +1,12 @@
 //! What `status` and `peers` print: aligned text like `tailscale status`, or JSON.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 
 use chrono::{DateTime, Utc};
-
-use crate::routes::PlannedRoute;
+use kwg_wg::contract::Status;
 
 /// The sentence `kwg status` prints when nothing is joined (exit code 1).
 pub const NOT_JOINED: &str = "kwg is not joined to a cluster: run `kwg join --namespace <ns>`.";
-
-/// `kwg status -o json`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Status {
-    pub connected: bool,
-    pub daemon_pid: Option<u32>,
-    pub server: String,
-    pub context: Option<String>,
-    pub user: String,
-    pub namespace: String,
-    pub mapped_namespaces: Option<Vec<String>>,
-    pub peer: String,
-    pub interface: String,
-    pub tunnel_ip: Option<String>,
-    pub gateway_endpoint: Option<String>,
-    pub gateway_key: Option<String>,
-    pub last_handshake: Option<DateTime<Utc>>,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub dns: Option<DnsStatus>,
-    pub subnets: Vec<PlannedRoute>,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DnsStatus {
-    pub mode: String,
-    pub remote_ip: Option<String>,
-    pub forwarder: SocketAddr,
-    pub upstreams: Vec<SocketAddr>,
-    pub include_suffixes: Vec<String>,
-    pub exclude_suffixes: Vec<String>,
-    pub timeout_secs: u64,
-}
 
 /// `2m3s ago`, `never`.
 pub fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
@@ -278,7 +241,7 @@ fn align(table: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::RouteSource;
+    use kwg_wg::contract::{DnsStatus, PlannedRoute, RouteSource};
 
     fn now() -> DateTime<Utc> {
         "2026-01-01T00:01:00Z".parse().unwrap()

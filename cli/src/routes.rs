@@ -8,33 +8,7 @@ use kwg_wg::netlink::{MAIN_TABLE, RouteEntry};
 
 use crate::error::Error;
 
-/// Why a subnet is routed through the tunnel (shown in errors and `kwg status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RouteSource {
-    Service,
-    Pod,
-    AlsoProxy,
-    Gateway,
-}
-
-impl std::fmt::Display for RouteSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            RouteSource::Service => "service CIDR",
-            RouteSource::Pod => "pod CIDR",
-            RouteSource::AlsoProxy => "--also-proxy",
-            RouteSource::Gateway => "gateway tunnel address",
-        })
-    }
-}
-
-/// One subnet to route through the tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PlannedRoute {
-    pub subnet: IpNet,
-    pub source: RouteSource,
-}
+pub use kwg_wg::contract::{PlannedRoute, RouteSource};
 
 /// What to route: the cluster's subnets plus `--also-proxy`, minus `--never-proxy`.
 #[derive(Debug, Clone, Default)]

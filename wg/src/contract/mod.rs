@@ -1,17 +1,19 @@
 //! The contract between the gateway and every client (see `docs/contract.md`).
 //!
-//! Names of Kubernetes objects, the peer Secret format, the gateway info JSON and the
-//! `/peers` JSON of the gateway's admin port. Parsing takes plain maps (a Secret's `data`,
+//! Names of Kubernetes objects, the peer Secret format, the gateway info JSON, the
+//! `/peers` JSON of the gateway's admin port and the `kwg status -o json` document. Parsing takes plain maps (a Secret's `data`,
 //! its labels and annotations), so this crate does not depend on k8s-openapi.
 
 mod error;
 mod info;
 mod peer;
+mod status;
 mod types;
 
 pub use error::ContractError;
 pub use info::{Endpoint, GatewayInfo, GatewayPeer};
 pub use peer::{PeerSpec, format_lease, parse_lease};
+pub use status::{DnsStatus, PlannedRoute, RouteSource, Status};
 pub use types::{PeerName, TunnelIp};
 
 use std::collections::BTreeMap;

@@ -1,0 +1,179 @@
+//! `kwg status -o json`: what a joined client reports (see `docs/contract.md`, "Status").
+//!
+//! The CLI fills and prints these; scripts and other tools read them. Field names are camelCase.
+
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+
+/// `kwg status -o json` of a joined machine. When nothing is joined the CLI prints
+/// `{"connected":false}` instead and exits with 1.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// Whether the daemon runs (`false`: run `kwg leave`, then `kwg join`).
+    pub connected: bool,
+    pub daemon_pid: Option<u32>,
+    /// The API server URL.
+    pub server: String,
+    /// The kubeconfig context, `None` for the current one.
+    pub context: Option<String>,
+    pub user: String,
+    pub namespace: String,
+    /// `None`: every namespace is mapped.
+    pub mapped_namespaces: Option<Vec<String>>,
+    /// This machine's peer name.
+    pub peer: String,
+    /// The tunnel interface, e.g. `kwg0`.
+    pub interface: String,
+    pub tunnel_ip: Option<String>,
+    pub gateway_endpoint: Option<String>,
+    pub gateway_key: Option<String>,
+    pub last_handshake: Option<DateTime<Utc>>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// `None` when cluster DNS is off.
+    pub dns: Option<DnsStatus>,
+    /// The subnets routed through the tunnel.
+    pub subnets: Vec<PlannedRoute>,
+}
+
+/// The `dns` part of [`Status`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsStatus {
+    /// How the machine's resolver was pointed at kwg, e.g. `resolv-conf`.
+    pub mode: String,
+    /// The cluster DNS server reached through the tunnel.
+    pub remote_ip: Option<String>,
+    /// The local forwarder.
+    pub forwarder: SocketAddr,
+    /// The machine's original servers, for names outside the cluster.
+    pub upstreams: Vec<SocketAddr>,
+    pub include_suffixes: Vec<String>,
+    pub exclude_suffixes: Vec<String>,
+    pub timeout_secs: u64,
+}
+
+/// Why a subnet is routed through the tunnel (shown in errors and `kwg status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteSource {
+    Service,
+    Pod,
+    AlsoProxy,
+    Gateway,
+}
+
+impl std::fmt::Display for RouteSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RouteSource::Service => "service CIDR",
+            RouteSource::Pod => "pod CIDR",
+            RouteSource::AlsoProxy => "--also-proxy",
+            RouteSource::Gateway => "gateway tunnel address",
+        })
+    }
+}
+
+/// One subnet to route through the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlannedRoute {
+    pub subnet: IpNet,
+    pub source: RouteSource,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of `docs/contract.md`, byte for byte as `kwg status -o json` prints it.
+    const EXAMPLE: &str = r#"{
+  "connected": true,
+  "daemonPid": 4242,
+  "server": "https://192.0.2.1:6443",
+  "context": null,
+  "user": "developer",
+  "namespace": "emojivoto",
+  "mappedNamespaces": null,
+  "peer": "laptop",
+  "interface": "kwg0",
+  "tunnelIp": "100.77.0.2",
+  "gatewayEndpoint": "192.0.2.1:31820",
+  "gatewayKey": "p0DgqXpMPbxjtgkBYpjGFK6fJVGdjwi3mv3ZCw5qQV0=",
+  "lastHandshake": "2026-01-01T00:00:57Z",
+  "rxBytes": 2048,
+  "txBytes": 10,
+  "dns": {
+    "mode": "resolv-conf",
+    "remoteIp": "10.96.0.10",
+    "forwarder": "127.77.0.53:53",
+    "upstreams": [
+      "192.0.2.53:53"
+    ],
+    "includeSuffixes": [],
+    "excludeSuffixes": [
+      ".com",
+      ".io"
+    ],
+    "timeoutSecs": 4
+  },
+  "subnets": [
+    {
+      "subnet": "10.96.0.0/12",
+      "source": "service"
+    },
+    {
+      "subnet": "172.30.0.0/16",
+      "source": "also-proxy"
+    }
+  ]
+}"#;
+
+    fn example() -> Status {
+        Status {
+            connected: true,
+            daemon_pid: Some(4242),
+            server: "https://192.0.2.1:6443".into(),
+            context: None,
+            user: "developer".into(),
+            namespace: "emojivoto".into(),
+            mapped_namespaces: None,
+            peer: "laptop".into(),
+            interface: "kwg0".into(),
+            tunnel_ip: Some("100.77.0.2".into()),
+            gateway_endpoint: Some("192.0.2.1:31820".into()),
+            gateway_key: Some("p0DgqXpMPbxjtgkBYpjGFK6fJVGdjwi3mv3ZCw5qQV0=".into()),
+            last_handshake: Some("2026-01-01T00:00:57Z".parse().unwrap()),
+            rx_bytes: 2048,
+            tx_bytes: 10,
+            dns: Some(DnsStatus {
+                mode: "resolv-conf".into(),
+                remote_ip: Some("10.96.0.10".into()),
+                forwarder: "127.77.0.53:53".parse().unwrap(),
+                upstreams: vec!["192.0.2.53:53".parse().unwrap()],
+                include_suffixes: vec![],
+                exclude_suffixes: vec![".com".into(), ".io".into()],
+                timeout_secs: 4,
+            }),
+            subnets: vec![
+                PlannedRoute {
+                    subnet: "10.96.0.0/12".parse().unwrap(),
+                    source: RouteSource::Service,
+                },
+                PlannedRoute {
+                    subnet: "172.30.0.0/16".parse().unwrap(),
+                    source: RouteSource::AlsoProxy,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn status_json_is_the_documented_one() {
+        assert_eq!(serde_json::to_string_pretty(&example()).unwrap(), EXAMPLE);
+        let back: Status = serde_json::from_str(EXAMPLE).unwrap();
+        assert_eq!(back, example());
+    }
+}
