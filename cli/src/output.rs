@@ -241,7 +241,6 @@ fn align(table: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kwg_wg::contract::{DnsStatus, PlannedRoute, RouteSource};
 
     fn now() -> DateTime<Utc> {
         "2026-01-01T00:01:00Z".parse().unwrap()
@@ -249,51 +248,24 @@ mod tests {
 
     #[test]
     fn status_lists_everything_a_user_checks() {
-        let s = Status {
-            connected: true,
-            daemon_pid: Some(42),
-            server: "https://192.0.2.1:6443".into(),
-            context: Some("dev".into()),
-            user: "developer".into(),
-            namespace: "emojivoto".into(),
-            mapped_namespaces: None,
-            peer: "laptop".into(),
-            interface: "kwg0".into(),
-            tunnel_ip: Some("100.77.0.2".into()),
-            gateway_endpoint: Some("192.0.2.1:31820".into()),
-            gateway_key: Some("AbCd…".into()),
-            last_handshake: Some("2026-01-01T00:00:57Z".parse().unwrap()),
-            rx_bytes: 2048,
-            tx_bytes: 10,
-            dns: Some(DnsStatus {
-                mode: "resolv-conf".into(),
-                remote_ip: Some("10.96.0.10".into()),
-                forwarder: "127.77.0.53:53".parse().unwrap(),
-                upstreams: vec!["192.0.2.53:53".parse().unwrap()],
-                include_suffixes: vec![],
-                exclude_suffixes: vec![".com".into(), ".io".into()],
-                timeout_secs: 4,
-            }),
-            subnets: vec![PlannedRoute {
-                subnet: "10.96.0.0/12".parse().unwrap(),
-                source: RouteSource::Service,
-            }],
-        };
+        let s = Status::example();
         let t = status_text(&s, now());
         for line in [
             "Status          : Connected",
-            "Daemon          : pid 42",
+            "Daemon          : pid 4242",
+            "Context         : (current)",
             "Namespace       : emojivoto",
             "Tunnel IP       : 100.77.0.2 on kwg0",
-            "Gateway         : 192.0.2.1:31820 key AbCd…",
+            "Gateway         : 192.0.2.1:31820 key p0DgqXpMPbxjtgkBYpjGFK6fJVGdjwi3mv3ZCw5qQV0=",
             "Last handshake  : 3s ago",
             "Transfer        : rx 2.0 KiB, tx 10 B",
             "  Remote IP       : 10.96.0.10",
             "  Exclude suffixes: [.com .io]",
             "  Include suffixes: []",
             "  Timeout         : 4s",
-            "Subnets: (1 subnets)",
+            "Subnets: (2 subnets)",
             "  - 10.96.0.0/12 (service CIDR)",
+            "  - 172.30.0.0/16 (--also-proxy)",
         ] {
             assert!(t.lines().any(|l| l == line), "missing {line:?} in\n{t}");
         }

@@ -39,6 +39,48 @@ pub struct Status {
     pub subnets: Vec<PlannedRoute>,
 }
 
+impl Status {
+    /// The example of `docs/contract.md` (for tests and documentation of consumers).
+    pub fn example() -> Status {
+        Status {
+            connected: true,
+            daemon_pid: Some(4242),
+            server: "https://192.0.2.1:6443".into(),
+            context: None,
+            user: "developer".into(),
+            namespace: "emojivoto".into(),
+            mapped_namespaces: None,
+            peer: "laptop".into(),
+            interface: "kwg0".into(),
+            tunnel_ip: Some("100.77.0.2".into()),
+            gateway_endpoint: Some("192.0.2.1:31820".into()),
+            gateway_key: Some("p0DgqXpMPbxjtgkBYpjGFK6fJVGdjwi3mv3ZCw5qQV0=".into()),
+            last_handshake: Some("2026-01-01T00:00:57Z".parse().unwrap()),
+            rx_bytes: 2048,
+            tx_bytes: 10,
+            dns: Some(DnsStatus {
+                mode: "resolv-conf".into(),
+                remote_ip: Some("10.96.0.10".into()),
+                forwarder: "127.77.0.53:53".parse().unwrap(),
+                upstreams: vec!["192.0.2.53:53".parse().unwrap()],
+                include_suffixes: vec![],
+                exclude_suffixes: vec![".com".into(), ".io".into()],
+                timeout_secs: 4,
+            }),
+            subnets: vec![
+                PlannedRoute {
+                    subnet: "10.96.0.0/12".parse().unwrap(),
+                    source: RouteSource::Service,
+                },
+                PlannedRoute {
+                    subnet: "172.30.0.0/16".parse().unwrap(),
+                    source: RouteSource::AlsoProxy,
+                },
+            ],
+        }
+    }
+}
+
 /// The `dns` part of [`Status`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -131,49 +173,13 @@ mod tests {
   ]
 }"#;
 
-    fn example() -> Status {
-        Status {
-            connected: true,
-            daemon_pid: Some(4242),
-            server: "https://192.0.2.1:6443".into(),
-            context: None,
-            user: "developer".into(),
-            namespace: "emojivoto".into(),
-            mapped_namespaces: None,
-            peer: "laptop".into(),
-            interface: "kwg0".into(),
-            tunnel_ip: Some("100.77.0.2".into()),
-            gateway_endpoint: Some("192.0.2.1:31820".into()),
-            gateway_key: Some("p0DgqXpMPbxjtgkBYpjGFK6fJVGdjwi3mv3ZCw5qQV0=".into()),
-            last_handshake: Some("2026-01-01T00:00:57Z".parse().unwrap()),
-            rx_bytes: 2048,
-            tx_bytes: 10,
-            dns: Some(DnsStatus {
-                mode: "resolv-conf".into(),
-                remote_ip: Some("10.96.0.10".into()),
-                forwarder: "127.77.0.53:53".parse().unwrap(),
-                upstreams: vec!["192.0.2.53:53".parse().unwrap()],
-                include_suffixes: vec![],
-                exclude_suffixes: vec![".com".into(), ".io".into()],
-                timeout_secs: 4,
-            }),
-            subnets: vec![
-                PlannedRoute {
-                    subnet: "10.96.0.0/12".parse().unwrap(),
-                    source: RouteSource::Service,
-                },
-                PlannedRoute {
-                    subnet: "172.30.0.0/16".parse().unwrap(),
-                    source: RouteSource::AlsoProxy,
-                },
-            ],
-        }
-    }
-
     #[test]
     fn status_json_is_the_documented_one() {
-        assert_eq!(serde_json::to_string_pretty(&example()).unwrap(), EXAMPLE);
+        assert_eq!(
+            serde_json::to_string_pretty(&Status::example()).unwrap(),
+            EXAMPLE
+        );
         let back: Status = serde_json::from_str(EXAMPLE).unwrap();
-        assert_eq!(back, example());
+        assert_eq!(back, Status::example());
     }
 }
