@@ -53,8 +53,10 @@ pub struct Config {
     /// Service whose NodePort / LoadBalancer ingress peers use.
     #[arg(long, env = "KWG_SERVICE_NAME", default_value = contract::GATEWAY_SERVICE)]
     pub service_name: String,
-    /// How often CIDRs, DNS IP and endpoints are re-read.
-    #[arg(long, env = "KWG_DISCOVERY_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    /// Safety-net resync of CIDRs, DNS IP and endpoints (changes are watched and applied at
+    /// once; this re-asks the API for the service range when there are no ServiceCIDR objects,
+    /// and rewrites the gateway info ConfigMap).
+    #[arg(long, env = "KWG_DISCOVERY_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub discovery_interval: Duration,
     /// Serve the WireGuard UAPI socket in this directory (for `wg show`).
     #[arg(long, env = "KWG_UAPI_DIR")]

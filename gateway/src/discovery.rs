@@ -1,5 +1,6 @@
 //! What the gateway learns about the cluster: service and pod CIDRs, the DNS IP and the
-//! endpoints peers use. Pure parsers first, the API reads at the bottom.
+//! endpoints peers use. Pure parsers and [`assemble`] first, the dry-run probe at the bottom;
+//! `discovery_watch` keeps the objects current.
 //!
 //! Service CIDRs: ServiceCIDR objects (Kubernetes >= 1.33), otherwise the range named in the
 //! API's error for a dry-run Service with an invalid ClusterIP, otherwise `--service-cidr`.
@@ -10,9 +11,11 @@ use crate::{Config, GatewayError};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::ServiceCIDR;
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 use kwg_wg::contract::Endpoint;
+use std::borrow::Borrow;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// What discovery found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -41,32 +44,35 @@ pub fn parse_valid_range(message: &str) -> Vec<IpNet> {
 }
 
 /// CIDRs from ServiceCIDR objects.
-pub fn service_cidrs_from_objects(objs: &[ServiceCIDR]) -> Vec<IpNet> {
+pub fn service_cidrs_from_objects(objs: &[impl Borrow<ServiceCIDR>]) -> Vec<IpNet> {
     let all = objs
         .iter()
-        .filter_map(|o| o.spec.as_ref()?.cidrs.as_ref())
+        .filter_map(|o| o.borrow().spec.as_ref()?.cidrs.as_ref())
         .flatten()
         .filter_map(|c| c.parse().ok());
     dedup(all)
 }
 
 /// Pod CIDRs of every Node.
-pub fn pod_cidrs_from_nodes(nodes: &[Node]) -> Vec<IpNet> {
-    let all = nodes.iter().filter_map(|n| n.spec.as_ref()).flat_map(|s| {
-        let many = s.pod_cidrs.clone().unwrap_or_default();
-        let list = if many.is_empty() {
-            s.pod_cidr.clone().into_iter().collect()
-        } else {
-            many
-        };
-        list.into_iter().filter_map(|c| c.parse().ok())
-    });
+pub fn pod_cidrs_from_nodes(nodes: &[impl Borrow<Node>]) -> Vec<IpNet> {
+    let all = nodes
+        .iter()
+        .filter_map(|n| n.borrow().spec.as_ref())
+        .flat_map(|s| {
+            let many = s.pod_cidrs.clone().unwrap_or_default();
+            let list = if many.is_empty() {
+                s.pod_cidr.clone().into_iter().collect()
+            } else {
+                many
+            };
+            list.into_iter().filter_map(|c| c.parse().ok())
+        });
     dedup(all)
 }
 
 /// Endpoints of the gateway Service: LoadBalancer ingress (IP or hostname, Service port)
 /// first, then every node's ExternalIP and InternalIP with the NodePort.
-pub fn endpoints(service: &Service, nodes: &[Node]) -> Vec<Endpoint> {
+pub fn endpoints(service: &Service, nodes: &[impl Borrow<Node>]) -> Vec<Endpoint> {
     let Some(port) = wireguard_port(service.spec.as_ref()) else {
         return Vec::new();
     };
@@ -85,7 +91,7 @@ pub fn endpoints(service: &Service, nodes: &[Node]) -> Vec<Endpoint> {
         for kind in ["ExternalIP", "InternalIP"] {
             let addrs = nodes
                 .iter()
-                .filter_map(|n| n.status.as_ref()?.addresses.as_ref())
+                .filter_map(|n| n.borrow().status.as_ref()?.addresses.as_ref())
                 .flatten();
             for a in addrs.filter(|a| a.type_ == kind) {
                 if let Ok(ip) = a.address.parse::<IpAddr>() {
@@ -124,45 +130,45 @@ fn dedup(it: impl Iterator<Item = IpNet>) -> Vec<IpNet> {
     out
 }
 
-/// Reads everything from the API, falling back to the flags.
-pub async fn discover(client: &kube::Client, cfg: &Config) -> Result<Discovered, GatewayError> {
-    let nodes = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(GatewayError::kube("list Nodes"))?
-        .items;
-    let mut service_cidrs = service_cidrs(client).await;
-    if service_cidrs.is_empty() {
-        service_cidrs = cfg.service_cidr.clone();
-    }
-    if service_cidrs.is_empty() {
-        return Err(GatewayError::NoServiceCidr);
-    }
-    let mut pod_cidrs = pod_cidrs_from_nodes(&nodes);
+/// The cluster objects discovery reads (kept current by watchers).
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    /// Every Node, in name order.
+    pub nodes: Vec<Arc<Node>>,
+    /// Every ServiceCIDR object (none where the API lacks the kind).
+    pub service_cidrs: Vec<Arc<ServiceCIDR>>,
+    /// The range from the dry-run Service's error (asked only without ServiceCIDR objects).
+    pub probed_service_cidrs: Vec<IpNet>,
+    /// Service `kube-system/kube-dns`.
+    pub dns: Option<Arc<Service>>,
+    /// The gateway's Service.
+    pub gateway: Option<Arc<Service>>,
+}
+
+/// What the objects say, falling back to the flags.
+pub fn assemble(cfg: &Config, objs: &Objects) -> Result<Discovered, GatewayError> {
+    let service_cidrs = [
+        service_cidrs_from_objects(&objs.service_cidrs),
+        objs.probed_service_cidrs.clone(),
+        cfg.service_cidr.clone(),
+    ]
+    .into_iter()
+    .find(|v| !v.is_empty())
+    .ok_or(GatewayError::NoServiceCidr)?;
+    let mut pod_cidrs = pod_cidrs_from_nodes(&objs.nodes);
     if pod_cidrs.is_empty() {
         pod_cidrs = cfg.pod_cidr.clone();
     }
-    let dns = Api::<Service>::namespaced(client.clone(), "kube-system");
-    let dns_ip = match dns
-        .get_opt("kube-dns")
-        .await
-        .map_err(GatewayError::kube("get Service kube-system/kube-dns"))?
-    {
-        Some(svc) => svc
-            .spec
-            .and_then(|s| s.cluster_ip)
-            .and_then(|ip| ip.parse().ok()),
-        None => None,
-    }
-    .or(cfg.dns_ip);
-    let svc = Api::<Service>::namespaced(client.clone(), &cfg.kwg_namespace)
-        .get_opt(&cfg.service_name)
-        .await
-        .map_err(GatewayError::kube(format!(
-            "get Service {}/{}",
-            cfg.kwg_namespace, cfg.service_name
-        )))?;
-    let endpoints = svc.map(|s| endpoints(&s, &nodes)).unwrap_or_default();
+    let dns_ip = objs
+        .dns
+        .as_ref()
+        .and_then(|s| s.spec.as_ref()?.cluster_ip.as_ref()?.parse().ok())
+        .or(cfg.dns_ip);
+    let endpoints = objs
+        .gateway
+        .as_ref()
+        .map(|s| endpoints(s, &objs.nodes))
+        .unwrap_or_default();
     Ok(Discovered {
         service_cidrs,
         pod_cidrs,
@@ -171,16 +177,9 @@ pub async fn discover(client: &kube::Client, cfg: &Config) -> Result<Discovered,
     })
 }
 
-/// ServiceCIDR objects, else the dry-run error; empty when neither tells.
-async fn service_cidrs(client: &kube::Client) -> Vec<IpNet> {
-    match Api::<ServiceCIDR>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-    {
-        Ok(list) if !list.items.is_empty() => return service_cidrs_from_objects(&list.items),
-        Ok(_) => {}
-        Err(e) => tracing::debug!(error = %e, "no ServiceCIDR objects; trying a dry-run Service"),
-    }
+/// The service range named in the error for a dry-run Service with an invalid ClusterIP;
+/// empty when the error does not tell.
+pub async fn probe_service_cidrs(client: &kube::Client) -> Vec<IpNet> {
     let probe = Service {
         metadata: ObjectMeta {
             name: Some("kwg-service-cidr-probe".into()),
@@ -221,6 +220,7 @@ async fn service_cidrs(client: &kube::Client) -> Vec<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     fn nets(v: &[&str]) -> Vec<IpNet> {
         v.iter().map(|s| s.parse().unwrap()).collect()
@@ -299,5 +299,60 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(eps, ["192.0.2.1:31820"]);
+    }
+
+    #[test]
+    fn assemble_prefers_objects_then_probe_then_flags() {
+        let cfg = Config::parse_from([
+            "kwg-gateway",
+            "--service-cidr",
+            "10.0.0.0/16",
+            "--pod-cidr",
+            "10.1.0.0/16",
+            "--dns-ip",
+            "10.0.0.10",
+        ]);
+        let flags = assemble(&cfg, &Objects::default()).unwrap();
+        assert_eq!(flags.service_cidrs, nets(&["10.0.0.0/16"]));
+        assert_eq!(flags.pod_cidrs, nets(&["10.1.0.0/16"]));
+        assert_eq!(flags.dns_ip, Some("10.0.0.10".parse().unwrap()));
+        assert!(flags.endpoints.is_empty());
+
+        let cidr: ServiceCIDR =
+            serde_json::from_value(serde_json::json!({"spec": {"cidrs": ["10.96.0.0/12"]}}))
+                .unwrap();
+        let dns: Service =
+            serde_json::from_value(serde_json::json!({"spec": {"clusterIP": "10.96.0.10"}}))
+                .unwrap();
+        let gw: Service = serde_json::from_value(serde_json::json!({
+            "spec": {"ports": [{"port": 51820, "protocol": "UDP", "nodePort": 31820}]}
+        }))
+        .unwrap();
+        let mut objs = Objects {
+            nodes: vec![Arc::new(node(serde_json::json!({
+                "spec": {"podCIDR": "10.244.0.0/24"},
+                "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}]}
+            })))],
+            service_cidrs: vec![Arc::new(cidr)],
+            probed_service_cidrs: nets(&["10.97.0.0/16"]),
+            dns: Some(Arc::new(dns)),
+            gateway: Some(Arc::new(gw)),
+        };
+        let d = assemble(&cfg, &objs).unwrap();
+        assert_eq!(d.service_cidrs, nets(&["10.96.0.0/12"]));
+        assert_eq!(d.pod_cidrs, nets(&["10.244.0.0/24"]));
+        assert_eq!(d.dns_ip, Some("10.96.0.10".parse().unwrap()));
+        assert_eq!(d.endpoints[0].to_string(), "192.0.2.1:31820");
+        objs.service_cidrs.clear();
+        assert_eq!(
+            assemble(&cfg, &objs).unwrap().service_cidrs,
+            nets(&["10.97.0.0/16"])
+        );
+        objs.probed_service_cidrs.clear();
+        let bare = Config::defaults();
+        assert!(matches!(
+            assemble(&bare, &objs),
+            Err(GatewayError::NoServiceCidr)
+        ));
     }
 }

@@ -2,14 +2,16 @@
 //!
 //! Pure parts: [`alloc`] (tunnel IPs), [`core`] (reconcile Secrets against the device),
 //! [`nft`] (the firewall ruleset), [`discovery`]'s parsers, [`metrics`] rendering.
-//! I/O edges: [`kube_io`] (watcher, patches, Events, key, info), [`net`] (device, interface,
-//! nftables), [`admin`] (HTTP), tied together by [`run`].
+//! I/O edges: [`kube_io`] (watcher, patches, Events, key, info), [`discovery_watch`] (watchers
+//! keeping discovery current), [`net`] (device, interface, nftables), [`admin`] (HTTP), tied
+//! together by [`run`].
 
 pub mod admin;
 pub mod alloc;
 pub mod config;
 pub mod core;
 pub mod discovery;
+pub mod discovery_watch;
 mod error;
 pub mod kube_io;
 pub mod metrics;

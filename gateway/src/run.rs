@@ -3,14 +3,14 @@
 use crate::admin::{self, AdminState};
 use crate::alloc::Allocator;
 use crate::core::{self, Core, DeviceOp, PeerSecret, Plan};
-use crate::discovery::{self, Discovered};
-use crate::{Config, GatewayError, kube_io, net, nft};
+use crate::discovery_watch::{self, InfoBase};
+use crate::{Config, GatewayError, kube_io, net};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kwg_wg::contract::{self, GatewayInfo, PeerName, TunnelIp};
+use kwg_wg::contract::{self, PeerName};
 use kwg_wg::device::{DeviceHandle, PeerConfig};
 use kwg_wg::keys::PublicKey;
 use std::collections::{BTreeMap, HashMap};
@@ -61,7 +61,7 @@ pub async fn run(
         public_key,
         gateway_ip,
     };
-    let discovery = tokio::spawn(discovery_loop(
+    let discovery = tokio::spawn(discovery_watch::run(
         client.clone(),
         cfg.clone(),
         info,
@@ -91,109 +91,6 @@ pub async fn run(
     }
     tracing::info!("stopped");
     result
-}
-
-/// The parts of the gateway info that do not come from discovery.
-#[derive(Clone, Copy)]
-struct InfoBase {
-    public_key: PublicKey,
-    gateway_ip: TunnelIp,
-}
-
-/// Re-reads CIDRs, DNS and endpoints every interval; on change reloads nftables and
-/// republishes the gateway info.
-async fn discovery_loop(
-    client: kube::Client,
-    cfg: Config,
-    base: InfoBase,
-    state: Arc<AdminState>,
-    token: CancellationToken,
-) {
-    let mut applied: Option<nft::Policy> = None;
-    let mut published: Option<GatewayInfo> = None;
-    loop {
-        match discovery::discover(&client, &cfg).await {
-            Ok(found) => {
-                let policy = policy(&cfg, base.gateway_ip, &found);
-                if applied.as_ref() != Some(&policy) {
-                    match net::nft_apply(&nft::render(&policy)) {
-                        Ok(()) => {
-                            tracing::info!(service_cidrs = ?found.service_cidrs, pod_cidrs = ?found.pod_cidrs, allowed_extra = ?cfg.allow_cidr, "firewall loaded");
-                            state.tunnel_ready.store(true, Ordering::Relaxed);
-                            applied = Some(policy);
-                        }
-                        Err(e) => tracing::error!(error = %e, "cannot load the firewall"),
-                    }
-                }
-                let info = gateway_info(&cfg, base, &found);
-                if published.as_ref() != Some(&info) {
-                    publish(&client, &cfg, info, &mut published).await;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cluster discovery failed; retrying"),
-        }
-        // Until everything is in place, retry every second.
-        let wait = if applied.is_some() && published.is_some() {
-            cfg.discovery_interval
-        } else {
-            Duration::from_secs(1)
-        };
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-async fn publish(
-    client: &kube::Client,
-    cfg: &Config,
-    info: GatewayInfo,
-    published: &mut Option<GatewayInfo>,
-) {
-    if info.endpoints.is_empty() {
-        tracing::info!(service = %cfg.service_name, "no endpoints yet (Service missing or without NodePort/LoadBalancer): not publishing gateway info");
-        return;
-    }
-    match kube_io::publish_info(client, &cfg.kwg_namespace, &info).await {
-        Ok(()) => {
-            tracing::info!(endpoints = ?info.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(), "gateway info published");
-            *published = Some(info);
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot publish gateway info"),
-    }
-}
-
-fn policy(cfg: &Config, gateway_ip: TunnelIp, d: &Discovered) -> nft::Policy {
-    nft::Policy {
-        interface: cfg.interface.clone(),
-        tunnel_cidr: cfg.tunnel_cidr.trunc(),
-        gateway_ip: gateway_ip.addr(),
-        admin_port: cfg.admin_addr.port(),
-        allowed: d
-            .service_cidrs
-            .iter()
-            .chain(&d.pod_cidrs)
-            .chain(&cfg.allow_cidr)
-            .copied()
-            .collect(),
-        allow_peer_to_peer: cfg.allow_peer_to_peer,
-    }
-}
-
-fn gateway_info(cfg: &Config, base: InfoBase, d: &Discovered) -> GatewayInfo {
-    GatewayInfo {
-        version: contract::PROTOCOL_VERSION,
-        public_key: base.public_key,
-        endpoints: d.endpoints.clone(),
-        tunnel_cidr: cfg.tunnel_cidr.trunc(),
-        gateway_ip: base.gateway_ip,
-        service_cidrs: d.service_cidrs.clone(),
-        pod_cidrs: d.pod_cidrs.clone(),
-        dns_ip: d.dns_ip,
-        cluster_domain: cfg.cluster_domain.clone(),
-        admin_port: cfg.admin_addr.port(),
-    }
 }
 
 /// Object metadata the writes need.

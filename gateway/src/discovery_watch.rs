@@ -1,0 +1,439 @@
+//! Keeps discovery current: watchers on Nodes, ServiceCIDRs and the two Services
+//! (`kube-system/kube-dns`, the gateway's own) feed one trigger. Each burst of changes re-runs
+//! [`discovery::assemble`] on the watched objects and, only when the result differs, reloads
+//! the firewall and republishes the gateway info. A slow resync (`--discovery-interval`)
+//! re-asks the dry-run probe (nothing to watch there) and rewrites the info ConfigMap.
+
+use crate::admin::AdminState;
+use crate::discovery::{self, Discovered, Objects};
+use crate::{Config, GatewayError, kube_io, net, nft};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Service};
+use k8s_openapi::api::networking::v1::ServiceCIDR;
+use kube::api::{Api, ListParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Resource, ResourceExt};
+use kwg_wg::contract::{self, GatewayInfo, TunnelIp};
+use kwg_wg::keys::PublicKey;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How soon a failed step (API, nftables) is retried.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The parts of the gateway info that do not come from discovery.
+#[derive(Clone, Copy)]
+pub struct InfoBase {
+    pub public_key: PublicKey,
+    pub gateway_ip: TunnelIp,
+}
+
+/// What one discovery result changes, given what is in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changes {
+    /// The firewall policy differs from the loaded one.
+    pub firewall: bool,
+    /// The info differs from the published one and has endpoints peers can use.
+    pub info: bool,
+}
+
+/// Compares a new policy and info with what is loaded and published.
+pub fn changes(
+    applied: Option<&nft::Policy>,
+    published: Option<&GatewayInfo>,
+    policy: &nft::Policy,
+    info: &GatewayInfo,
+) -> Changes {
+    Changes {
+        firewall: applied != Some(policy),
+        info: published != Some(info) && !info.endpoints.is_empty(),
+    }
+}
+
+/// Watches the cluster and keeps the firewall and the gateway info current until `token`.
+pub async fn run(
+    client: kube::Client,
+    cfg: Config,
+    base: InfoBase,
+    state: Arc<AdminState>,
+    token: CancellationToken,
+) {
+    let (sources, mut kicks) = Sources::watch(&client, &cfg).await;
+    let mut applied: Option<nft::Policy> = None;
+    let mut published: Option<GatewayInfo> = None;
+    let mut last: Option<Discovered> = None;
+    let mut probed: Option<Vec<IpNet>> = None;
+    let mut failed = false;
+    let mut next_resync = Instant::now() + cfg.discovery_interval;
+    let mut resync = false;
+    loop {
+        let wake = if failed {
+            Instant::now() + RETRY
+        } else {
+            next_resync
+        };
+        tokio::select! {
+            _ = token.cancelled() => return,
+            kick = kicks.next() => {
+                if kick.is_none() {
+                    return;
+                }
+                while let Some(Some(())) = kicks.next().now_or_never() {}
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                if Instant::now() >= next_resync {
+                    tracing::debug!("discovery resync");
+                    next_resync = Instant::now() + cfg.discovery_interval;
+                    probed = None;
+                    resync = true;
+                }
+            }
+        }
+        if !sources.ready() {
+            continue;
+        }
+        let mut objs = sources.snapshot();
+        if objs.service_cidrs.is_empty() {
+            if probed.is_none() {
+                probed =
+                    Some(discovery::probe_service_cidrs(&client).await).filter(|v| !v.is_empty());
+            }
+            objs.probed_service_cidrs = probed.clone().unwrap_or_default();
+        }
+        let found = match discovery::assemble(&cfg, &objs) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster discovery failed; retrying");
+                failed = true;
+                continue;
+            }
+        };
+        if last.as_ref() != Some(&found) {
+            tracing::debug!(?found, "discovered");
+            if found.endpoints.is_empty() {
+                tracing::info!(service = %cfg.service_name, "no endpoints yet (Service missing or without NodePort/LoadBalancer): not publishing gateway info");
+            }
+            last = Some(found.clone());
+        }
+        let policy = policy(&cfg, base.gateway_ip, &found);
+        let info = gateway_info(&cfg, base, &found);
+        let todo = changes(applied.as_ref(), published.as_ref(), &policy, &info);
+        failed = false;
+        if todo.firewall {
+            match net::nft_apply(&nft::render(&policy)) {
+                Ok(()) => {
+                    tracing::info!(service_cidrs = ?found.service_cidrs, pod_cidrs = ?found.pod_cidrs, allowed_extra = ?cfg.allow_cidr, "firewall loaded");
+                    state.tunnel_ready.store(true, Ordering::Relaxed);
+                    applied = Some(policy);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot load the firewall");
+                    failed = true;
+                }
+            }
+        }
+        // A resync rewrites the info too, repairing an edited or deleted ConfigMap.
+        let rewrite = std::mem::take(&mut resync) && published.as_ref() == Some(&info);
+        if todo.info || rewrite {
+            match kube_io::publish_info(&client, &cfg.kwg_namespace, &info).await {
+                Ok(()) if todo.info => {
+                    tracing::info!(endpoints = ?info.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(), "gateway info published");
+                    published = Some(info);
+                }
+                Ok(()) => tracing::debug!("gateway info rewritten"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot publish gateway info");
+                    failed = true;
+                }
+            }
+        }
+    }
+}
+
+/// Caches of the watched objects.
+struct Sources {
+    nodes: Store<Node>,
+    /// `None` where the API has no ServiceCIDR kind (or may not list it).
+    service_cidrs: Option<Store<ServiceCIDR>>,
+    dns: Store<Service>,
+    gateway: Store<Service>,
+}
+
+impl Sources {
+    /// Starts the watchers; the stream yields once per change of any of them.
+    async fn watch(client: &kube::Client, cfg: &Config) -> (Sources, BoxStream<'static, ()>) {
+        let (nodes, n) = watch(Api::all(client.clone()), None, "Nodes", trim_node);
+        let (dns, d) = watch(
+            Api::namespaced(client.clone(), "kube-system"),
+            Some("kube-dns"),
+            "Service kube-system/kube-dns",
+            trim_service,
+        );
+        let (gateway, g) = watch(
+            Api::namespaced(client.clone(), &cfg.kwg_namespace),
+            Some(&cfg.service_name),
+            "the gateway Service",
+            trim_service,
+        );
+        let mut streams = vec![n, d, g];
+        let service_cidrs = service_cidr_api(client).await.map(|api| {
+            let (store, s) = watch(api, None, "ServiceCIDRs", |o: &mut ServiceCIDR| {
+                o.metadata.managed_fields = None
+            });
+            streams.push(s);
+            store
+        });
+        let sources = Sources {
+            nodes,
+            service_cidrs,
+            dns,
+            gateway,
+        };
+        (sources, futures::stream::select_all(streams).boxed())
+    }
+
+    /// Whether the required caches hold a first full list. ServiceCIDRs are optional: until
+    /// they are listed, the dry-run probe stands in.
+    fn ready(&self) -> bool {
+        listed(&self.nodes) && listed(&self.dns) && listed(&self.gateway)
+    }
+
+    fn snapshot(&self) -> Objects {
+        Objects {
+            nodes: by_name(&self.nodes),
+            service_cidrs: self.service_cidrs.as_ref().map(by_name).unwrap_or_default(),
+            probed_service_cidrs: Vec::new(),
+            dns: self.dns.state().into_iter().next(),
+            gateway: self.gateway.state().into_iter().next(),
+        }
+    }
+}
+
+/// Whether a cache holds a first full list.
+fn listed<K: Resource + Clone>(store: &Store<K>) -> bool
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
+}
+
+/// A cache's objects in name order (a cache has none), so results compare stably.
+fn by_name<K: Resource + Clone>(store: &Store<K>) -> Vec<Arc<K>>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    let mut all = store.state();
+    all.sort_by_key(|o| o.name_any());
+    all
+}
+
+/// A watcher on `api` (only object `name` if given) filling a cache; the stream yields `()`
+/// whenever the cache changed.
+fn watch<K>(
+    api: Api<K>,
+    name: Option<&str>,
+    what: &'static str,
+    trim: fn(&mut K),
+) -> (Store<K>, BoxStream<'static, ()>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let mut wc = watcher::Config::default();
+    if let Some(name) = name {
+        wc = wc.fields(&format!("metadata.name={name}"));
+    }
+    let (store, writer) = reflector::store();
+    let stream = watcher::watcher(api, wc)
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer)
+        .filter_map(move |ev| async move {
+            match ev {
+                Ok(Event::Init | Event::InitApply(_)) => None,
+                Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_)) => Some(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching {what} failed; retrying");
+                    None
+                }
+            }
+        })
+        .boxed();
+    (store, stream)
+}
+
+/// ServiceCIDR objects' API, unless the cluster lacks the kind (before Kubernetes 1.33) or
+/// the gateway may not list it; then the dry-run probe tells the service range.
+async fn service_cidr_api(client: &kube::Client) -> Option<Api<ServiceCIDR>> {
+    let api = Api::<ServiceCIDR>::all(client.clone());
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Some(api),
+        Err(kube::Error::Api(s)) if s.is_not_found() => {
+            tracing::info!(
+                "the API has no ServiceCIDR objects: the service range comes from a dry-run Service"
+            );
+            None
+        }
+        Err(e) => {
+            let e = GatewayError::kube("list ServiceCIDR objects")(e);
+            tracing::warn!(error = %e, "the service range comes from a dry-run Service");
+            None
+        }
+    }
+}
+
+/// Keeps what discovery reads of a Node (pod CIDRs, addresses), so a big cluster's Nodes
+/// cost little memory.
+fn trim_node(n: &mut Node) {
+    n.metadata.managed_fields = None;
+    n.metadata.annotations = None;
+    n.metadata.labels = None;
+    n.spec = n.spec.take().map(|s| NodeSpec {
+        pod_cidr: s.pod_cidr,
+        pod_cidrs: s.pod_cidrs,
+        ..Default::default()
+    });
+    n.status = n.status.take().map(|s| NodeStatus {
+        addresses: s.addresses,
+        ..Default::default()
+    });
+}
+
+fn trim_service(s: &mut Service) {
+    s.metadata.managed_fields = None;
+}
+
+fn policy(cfg: &Config, gateway_ip: TunnelIp, d: &Discovered) -> nft::Policy {
+    nft::Policy {
+        interface: cfg.interface.clone(),
+        tunnel_cidr: cfg.tunnel_cidr.trunc(),
+        gateway_ip: gateway_ip.addr(),
+        admin_port: cfg.admin_addr.port(),
+        allowed: d
+            .service_cidrs
+            .iter()
+            .chain(&d.pod_cidrs)
+            .chain(&cfg.allow_cidr)
+            .copied()
+            .collect(),
+        allow_peer_to_peer: cfg.allow_peer_to_peer,
+    }
+}
+
+fn gateway_info(cfg: &Config, base: InfoBase, d: &Discovered) -> GatewayInfo {
+    GatewayInfo {
+        version: contract::PROTOCOL_VERSION,
+        public_key: base.public_key,
+        endpoints: d.endpoints.clone(),
+        tunnel_cidr: cfg.tunnel_cidr.trunc(),
+        gateway_ip: base.gateway_ip,
+        service_cidrs: d.service_cidrs.clone(),
+        pod_cidrs: d.pod_cidrs.clone(),
+        dns_ip: d.dns_ip,
+        cluster_domain: cfg.cluster_domain.clone(),
+        admin_port: cfg.admin_addr.port(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kwg_wg::contract::Endpoint;
+
+    fn found(endpoints: &[&str], pod_cidr: &str) -> Discovered {
+        Discovered {
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            pod_cidrs: vec![pod_cidr.parse().unwrap()],
+            dns_ip: Some("10.96.0.10".parse().unwrap()),
+            endpoints: endpoints
+                .iter()
+                .map(|e| e.parse::<Endpoint>().unwrap())
+                .collect(),
+        }
+    }
+
+    fn base() -> InfoBase {
+        InfoBase {
+            public_key: "SJVgt8LxpiwJj5UUKIQmLqi738ku6cBLqWGPL0OdXko="
+                .parse()
+                .unwrap(),
+            gateway_ip: "100.77.0.1".parse().unwrap(),
+        }
+    }
+
+    /// The policy and info a discovery result gives.
+    fn plan(d: &Discovered) -> (nft::Policy, GatewayInfo) {
+        let (cfg, base) = (Config::defaults(), base());
+        (
+            policy(&cfg, base.gateway_ip, d),
+            gateway_info(&cfg, base, d),
+        )
+    }
+
+    fn redo(firewall: bool, info: bool) -> Changes {
+        Changes { firewall, info }
+    }
+
+    #[test]
+    fn only_what_differs_is_redone() {
+        let (p0, i0) = plan(&found(&["192.0.2.1:31820"], "10.244.0.0/24"));
+        assert_eq!(changes(None, None, &p0, &i0), redo(true, true));
+        let (p0b, i0b) = plan(&found(&["192.0.2.1:31820"], "10.244.0.0/24"));
+        assert_eq!(
+            changes(Some(&p0), Some(&i0), &p0b, &i0b),
+            redo(false, false)
+        );
+        // A new NodePort: the same firewall, new info.
+        let (p1, i1) = plan(&found(&["192.0.2.1:31821"], "10.244.0.0/24"));
+        assert_eq!(changes(Some(&p0), Some(&i0), &p1, &i1), redo(false, true));
+        // A new Node's pod CIDR: both.
+        let (p2, i2) = plan(&found(&["192.0.2.1:31820"], "10.244.1.0/24"));
+        assert_eq!(changes(Some(&p0), Some(&i0), &p2, &i2), redo(true, true));
+    }
+
+    #[test]
+    fn info_without_endpoints_is_not_published() {
+        let (p, i) = plan(&found(&[], "10.244.0.0/24"));
+        assert_eq!(changes(None, None, &p, &i), redo(true, false));
+    }
+
+    #[test]
+    fn trimmed_nodes_keep_what_discovery_reads() {
+        let mut n: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "labels": {"a": "b"}},
+            "spec": {"podCIDR": "10.244.0.0/24", "providerID": "x"},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "192.0.2.1"}],
+                "images": [{"names": ["busybox"], "sizeBytes": 1}]
+            }
+        }))
+        .unwrap();
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "spec": {"ports": [{"port": 51820, "protocol": "UDP", "nodePort": 31820}]}
+        }))
+        .unwrap();
+        let before = (
+            discovery::pod_cidrs_from_nodes(&[n.clone()]),
+            discovery::endpoints(&svc, &[n.clone()]),
+        );
+        trim_node(&mut n);
+        assert!(n.status.as_ref().unwrap().images.is_none());
+        assert!(n.metadata.labels.is_none());
+        let after = (
+            discovery::pod_cidrs_from_nodes(&[n.clone()]),
+            discovery::endpoints(&svc, &[n]),
+        );
+        assert_eq!(before, after);
+        assert_eq!(after.1.len(), 1);
+    }
+}
