@@ -1,20 +1,25 @@
 //! What a user debugging a tunnel reads: events inside the peer's span, drops summarised.
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Once;
 
 use base64::Engine;
-use tracing_subscriber::fmt::MakeWriter;
 
 use super::*;
 
-/// Formatted log output, captured in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    /// Formatted log lines of this thread while `capture` runs.
+    static CAPTURED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
 
-impl Write for Captured {
+/// Writes into this thread's capture buffer, or nowhere. Cores are synchronous, so their events
+/// are written on the thread that drives them.
+struct ThreadWriter;
+
+impl Write for ThreadWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURED.with_borrow_mut(|c| c.as_mut().map(|v| v.extend_from_slice(buf)));
         Ok(buf.len())
     }
 
@@ -23,30 +28,30 @@ impl Write for Captured {
     }
 }
 
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-        text.lines().map(str::to_owned).collect()
-    }
-}
-
-/// Runs `f` with a debug-level text subscriber and returns the lines it logged.
+/// Runs `f` and returns the lines it logged at debug level and above. One global subscriber
+/// serves every test: scoped ones (`with_default`) race with tracing's per-callsite interest
+/// cache when other tests hit the same callsites in parallel, and lose events.
 fn capture(f: impl FnOnce()) -> Vec<String> {
-    let out = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(out.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    tracing::subscriber::with_default(subscriber, f);
-    out.lines()
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(|| ThreadWriter)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in the kwg-wg unit tests");
+    });
+    // Callsites first hit by another thread before the subscriber existed cached "disabled".
+    tracing::callsite::rebuild_interest_cache();
+    CAPTURED.with_borrow_mut(|c| *c = Some(Vec::new()));
+    f();
+    let bytes = CAPTURED.with_borrow_mut(Option::take).unwrap_or_default();
+    String::from_utf8(bytes)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn only<'a>(lines: &'a [String], needle: &str) -> &'a str {
@@ -132,4 +137,27 @@ fn roaming_logs_old_and_new_endpoints() {
         roamed.contains(&format!("old={A_ADDR} new=[2001:db8::7]:4000")),
         "{roamed}"
     );
+}
+
+#[test]
+fn cookie_replies_are_summarised_once_per_period() {
+    let lines = capture(|| {
+        let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+        let mut a = Core::new(Some(ka.clone()));
+        let mut b = Core::with_handshake_limit(Some(kb.clone()), 0);
+        a.upsert_peer(peer(kb.public_key(), Some(B_ADDR), &["10.0.0.2/32"]));
+        b.upsert_peer(peer(ka.public_key(), None, &["10.0.0.1/32"]));
+        let mut net = NetBatch::new(1);
+        let now = Instant::now();
+        a.handle_tun(&ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"x"), now, &mut net);
+        let (_, init) = net.datagrams().next().unwrap();
+        for _ in 0..3 {
+            let mut tun = TunBatch::new(0);
+            b.handle_udp(src_of(true), init, now, &mut NetBatch::new(1), &mut tun);
+        }
+        b.tick(now, &mut NetBatch::new(1));
+        b.tick(now + RATE_LIMIT_PERIOD, &mut NetBatch::new(1));
+    });
+    let cookies = only(&lines, "cookie replies sent");
+    assert!(cookies.contains("count=3"), "{cookies}");
 }
