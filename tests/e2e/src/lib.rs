@@ -1,55 +1,22 @@
-//! Shared helpers for the end-to-end tests in `tests/`: a one-machine cluster per test
-//! (through the `kwg-sim` binary, torn down on drop), installing the gateway from
+//! Shared helpers for the end-to-end tests in `tests/`, on the one-machine cluster of
+//! [`kwg_sim::testing::Cluster`]: installing the gateway from
 //! `manifests/`, registering peers by writing Secrets with `kubectl`, and WireGuard peers
 //! (`kwg-wg` or `wireguard-go`, configured with `wg`) in laptop namespaces.
 //!
 //! Every test needs root; names carry a per-process unique prefix, so tests run in parallel.
 
 use anyhow::{Context, Result, bail};
+use kwg_sim::sh;
+use kwg_sim::testing::{Cluster, exec, exec_ok, unique};
 use kwg_wg::contract::{self, GatewayInfo, GatewayPeer, TunnelIp};
 use kwg_wg::keys::{PrivateKey, PublicKey};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A name unique on this machine for this run: `<letters><pid % 10000><counter>`.
-pub fn unique(letters: &str) -> String {
-    format!(
-        "{letters}{}{}",
-        std::process::id() % 10_000,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// The repository root (for `manifests/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Runs a command; its output, whatever the exit status.
-pub fn run(args: &[&str]) -> Result<Output> {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("cannot run {}", args.join(" ")))
-}
-
-/// Runs a command that must succeed; its stdout.
-pub fn run_ok(args: &[&str]) -> Result<String> {
-    let out = run(args)?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or fails after `timeout`.
@@ -73,172 +40,11 @@ pub fn wait_for<T>(
     }
 }
 
-/// Who runs kubectl.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum As {
-    Admin,
-    Developer,
-}
-
-/// A one-machine cluster with a unique prefix; `kwg-sim down` on drop.
-pub struct Cluster {
-    prefix: String,
-    sim: PathBuf,
-    laptops: Vec<String>,
-}
-
-impl Cluster {
-    /// Builds a fresh cluster.
-    pub fn up() -> Result<Cluster> {
-        let cluster = Cluster {
-            prefix: unique("kt"),
-            sim: kwg_sim::bin_path("kwg-sim"),
-            laptops: Vec::new(),
-        };
-        cluster.sim(&["up"])?;
-        Ok(cluster)
-    }
-
-    fn sim(&self, args: &[&str]) -> Result<String> {
-        let sim = self.sim.to_str().context("kwg-sim path")?;
-        let mut all = vec![sim, "--prefix", &self.prefix];
-        all.extend_from_slice(args);
-        run_ok(&all)
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// The network namespace of a role: `node`, `laptop`, `lan`.
-    pub fn netns(&self, role: &str) -> String {
-        format!("{}-{role}", self.prefix)
-    }
-
-    /// Adds another machine on the LAN; its network namespace.
-    pub fn add_laptop(&mut self, name: &str) -> Result<String> {
-        self.sim(&["laptop", "add", name])?;
-        self.laptops.push(name.to_owned());
-        Ok(format!("{}-laptop-{name}", self.prefix))
-    }
-
-    fn run_dir(&self) -> PathBuf {
-        Path::new("/run/kwg-sim").join(&self.prefix)
-    }
-
-    pub fn admin_kubeconfig(&self) -> PathBuf {
-        self.run_dir().join("admin.kubeconfig")
-    }
-
-    pub fn developer_kubeconfig(&self) -> PathBuf {
-        self.run_dir().join("developer.kubeconfig")
-    }
-
-    /// Runs a command in a network namespace.
-    pub fn exec(&self, netns: &str, args: &[&str]) -> Result<Output> {
-        let mut all = vec!["ip", "netns", "exec", netns];
-        all.extend_from_slice(args);
-        run(&all)
-    }
-
-    /// Runs a command in a network namespace; it must succeed; its stdout.
-    pub fn exec_ok(&self, netns: &str, args: &[&str]) -> Result<String> {
-        let mut all = vec!["ip", "netns", "exec", netns];
-        all.extend_from_slice(args);
-        run_ok(&all)
-    }
-
-    fn kubectl_args<'a>(kubeconfig: &'a str, args: &[&'a str]) -> Vec<&'a str> {
-        let mut all = vec!["kubectl", "--kubeconfig", kubeconfig];
-        all.extend_from_slice(args);
-        all
-    }
-
-    fn kubeconfig(&self, who: As) -> String {
-        let p = match who {
-            As::Admin => self.admin_kubeconfig(),
-            As::Developer => self.developer_kubeconfig(),
-        };
-        p.to_string_lossy().into_owned()
-    }
-
-    /// kubectl from the laptop; its output whatever the status.
-    pub fn kubectl(&self, who: As, args: &[&str]) -> Result<Output> {
-        let kc = self.kubeconfig(who);
-        self.exec(&self.netns("laptop"), &Self::kubectl_args(&kc, args))
-    }
-
-    /// kubectl from the laptop that must succeed; its stdout.
-    pub fn kubectl_ok(&self, who: As, args: &[&str]) -> Result<String> {
-        let kc = self.kubeconfig(who);
-        self.exec_ok(&self.netns("laptop"), &Self::kubectl_args(&kc, args))
-    }
-
-    /// `kubectl apply -f -` with a JSON or YAML document.
-    pub fn kubectl_apply(&self, who: As, doc: &str) -> Result<String> {
-        let kc = self.kubeconfig(who);
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.netns("laptop"),
-                "kubectl",
-                "--kubeconfig",
-                &kc,
-                "apply",
-                "-f",
-                "-",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(doc.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "kubectl apply failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // KWG_E2E_KEEP_LOGS=DIR keeps the cluster's state and pod logs for debugging.
-        if let Some(dir) = std::env::var_os("KWG_E2E_KEEP_LOGS") {
-            let dest = Path::new(&dir).join(&self.prefix);
-            let _ = run(&[
-                "cp",
-                "-r",
-                &self.run_dir().to_string_lossy(),
-                &dest.to_string_lossy(),
-            ]);
-        }
-        for l in std::mem::take(&mut self.laptops) {
-            let _ = self.sim(&["laptop", "del", &l]);
-        }
-        if let Err(e) = self.sim(&["down"]) {
-            eprintln!("kwg-sim down failed: {e}");
-        }
-    }
-}
-
 /// Installs the gateway with `kubectl apply -k manifests/` as admin and waits until it is
 /// ready and has published its info.
 pub fn install_gateway(c: &Cluster) -> Result<GatewayInfo> {
     let manifests = repo_root().join("manifests");
-    c.kubectl_ok(
-        As::Admin,
-        &["apply", "-k", manifests.to_str().context("path")?],
-    )?;
+    c.kubectl_admin(&["apply", "-k", manifests.to_str().context("path")?])?;
     wait_gateway_ready(c, Duration::from_secs(30))?;
     wait_for("gateway info", Duration::from_secs(30), || {
         gateway_info(c).map(Some)
@@ -248,17 +54,14 @@ pub fn install_gateway(c: &Cluster) -> Result<GatewayInfo> {
 /// The ready gateway pod's name.
 pub fn wait_gateway_ready(c: &Cluster, timeout: Duration) -> Result<String> {
     wait_for("a ready gateway pod", timeout, || {
-        let out = c.kubectl_ok(
-            As::Admin,
-            &[
-                "-n",
-                contract::DEFAULT_NAMESPACE,
-                "get",
-                "pods",
-                "-o",
-                "json",
-            ],
-        )?;
+        let out = c.kubectl_admin(&[
+            "-n",
+            contract::DEFAULT_NAMESPACE,
+            "get",
+            "pods",
+            "-o",
+            "json",
+        ])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         let ready = v["items"].as_array().into_iter().flatten().find(|p| {
             p["metadata"]["name"]
@@ -278,17 +81,14 @@ pub fn wait_gateway_ready(c: &Cluster, timeout: Duration) -> Result<String> {
 /// Restarts the gateway by deleting its pod; waits for the new one to be ready.
 pub fn restart_gateway(c: &Cluster) -> Result<String> {
     let old = wait_gateway_ready(c, Duration::from_secs(5))?;
-    c.kubectl_ok(
-        As::Admin,
-        &[
-            "-n",
-            contract::DEFAULT_NAMESPACE,
-            "delete",
-            "pod",
-            &old,
-            "--wait=true",
-        ],
-    )?;
+    c.kubectl_admin(&[
+        "-n",
+        contract::DEFAULT_NAMESPACE,
+        "delete",
+        "pod",
+        &old,
+        "--wait=true",
+    ])?;
     wait_for("a new gateway pod", Duration::from_secs(30), || {
         let name = wait_gateway_ready(c, Duration::from_secs(1)).ok();
         Ok(name.filter(|n| *n != old))
@@ -297,29 +97,22 @@ pub fn restart_gateway(c: &Cluster) -> Result<String> {
 
 /// The gateway info as a kwg user reads it.
 pub fn gateway_info(c: &Cluster) -> Result<GatewayInfo> {
-    let json = c.kubectl_ok(
-        As::Developer,
-        &[
-            "-n",
-            contract::DEFAULT_NAMESPACE,
-            "get",
-            "configmap",
-            contract::GATEWAY_INFO_CONFIGMAP,
-            "-o",
-            "jsonpath={.data.info\\.json}",
-        ],
-    )?;
+    let json = c.kubectl_developer(&[
+        "-n",
+        contract::DEFAULT_NAMESPACE,
+        "get",
+        "configmap",
+        contract::GATEWAY_INFO_CONFIGMAP,
+        "-o",
+        "jsonpath={.data.info\\.json}",
+    ])?;
     Ok(GatewayInfo::from_json(json.as_bytes())?)
 }
 
 /// The gateway pod's network namespace.
 pub fn gateway_netns(c: &Cluster) -> Result<String> {
     let pod = wait_gateway_ready(c, Duration::from_secs(10))?;
-    Ok(format!(
-        "{}-pod-{}-{pod}",
-        c.prefix(),
-        contract::DEFAULT_NAMESPACE
-    ))
+    Ok(c.names().pod_ns(contract::DEFAULT_NAMESPACE, &pod))
 }
 
 /// The gateway's `/peers`, read inside its pod.
@@ -367,7 +160,7 @@ pub fn peer_secret_json(
 pub fn register_peer(c: &Cluster, name: &str, key: &PublicKey, lease: Duration) -> Result<()> {
     let expires = chrono::Utc::now() + chrono::Duration::from_std(lease)?;
     c.kubectl_apply(
-        As::Developer,
+        &c.developer_kubeconfig(),
         &peer_secret_json(name, key, expires).to_string(),
     )?;
     Ok(())
@@ -376,8 +169,8 @@ pub fn register_peer(c: &Cluster, name: &str, key: &PublicKey, lease: Duration) 
 /// The peer Secret's annotations.
 pub fn peer_annotations(c: &Cluster, name: &str) -> Result<Option<serde_json::Value>> {
     let secret = format!("{}{name}", contract::PEER_SECRET_PREFIX);
-    let out = c.kubectl(
-        As::Developer,
+    let out = c.kubectl_output(
+        &c.developer_kubeconfig(),
         &[
             "-n",
             contract::DEFAULT_NAMESPACE,
@@ -469,50 +262,32 @@ impl WgPeer {
             .context("gateway has no endpoint")?
             .to_string();
         let allowed = routes.join(",");
-        let r = run_ok(&[
-            "ip",
-            "netns",
-            "exec",
+        let r = exec_ok(
             &self.netns,
-            "wg",
-            "set",
-            &self.ifname,
-            "private-key",
-            key_file.to_str().context("path")?,
-            "peer",
-            &info.public_key.to_string(),
-            "endpoint",
-            &endpoint,
-            "allowed-ips",
-            &allowed,
-            "persistent-keepalive",
-            "5",
-        ]);
+            &[
+                "wg",
+                "set",
+                &self.ifname,
+                "private-key",
+                key_file.to_str().context("path")?,
+                "peer",
+                &info.public_key.to_string(),
+                "endpoint",
+                &endpoint,
+                "allowed-ips",
+                &allowed,
+                "persistent-keepalive",
+                "5",
+            ],
+        );
         let _ = std::fs::remove_file(&key_file);
         r?;
         let addr = format!("{ip}/32");
-        run_ok(&[
-            "ip",
-            "-n",
-            &self.netns,
-            "addr",
-            "add",
-            &addr,
-            "dev",
-            &self.ifname,
-        ])?;
-        run_ok(&["ip", "-n", &self.netns, "link", "set", &self.ifname, "up"])?;
+        let ns = self.netns.as_str();
+        sh::run("ip", &["-n", ns, "addr", "add", &addr, "dev", &self.ifname])?;
+        sh::run("ip", &["-n", ns, "link", "set", &self.ifname, "up"])?;
         for r in routes {
-            run_ok(&[
-                "ip",
-                "-n",
-                &self.netns,
-                "route",
-                "add",
-                r,
-                "dev",
-                &self.ifname,
-            ])?;
+            sh::run("ip", &["-n", ns, "route", "add", r, "dev", &self.ifname])?;
         }
         self.ip = Some(ip);
         Ok(())
@@ -520,9 +295,7 @@ impl WgPeer {
 
     /// Runs a command in the peer's namespace.
     pub fn exec(&self, args: &[&str]) -> Result<Output> {
-        let mut all = vec!["ip", "netns", "exec", &self.netns];
-        all.extend_from_slice(args);
-        run(&all)
+        Ok(exec(&self.netns, args)?)
     }
 
     /// `curl` through the tunnel; the body, or `None` when it fails.
@@ -537,16 +310,10 @@ impl WgPeer {
 
     /// `wg show <if> latest-handshakes` says there was a handshake.
     pub fn handshaked(&self) -> Result<bool> {
-        let out = run_ok(&[
-            "ip",
-            "netns",
-            "exec",
+        let out = exec_ok(
             &self.netns,
-            "wg",
-            "show",
-            &self.ifname,
-            "latest-handshakes",
-        ])?;
+            &["wg", "show", &self.ifname, "latest-handshakes"],
+        )?;
         Ok(out.split_whitespace().nth(1).is_some_and(|t| t != "0"))
     }
 }
@@ -555,7 +322,7 @@ impl Drop for WgPeer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = run(&["ip", "-n", &self.netns, "link", "del", &self.ifname]);
+        let _ = sh::run("ip", &["-n", &self.netns, "link", "del", &self.ifname]);
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname));
     }
 }

@@ -2,117 +2,45 @@
 //! assertions, plus recovery, RBAC, mapped namespaces, also/never-proxy, two laptops and
 //! non-root. Each test uses its own laptop (`kwg-sim laptop add`) on one shared cluster.
 
+use kwg_sim::testing::Cluster;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// One cluster with the gateway installed; `kwg-sim down` when the last test drops it.
-struct Sim {
-    prefix: String,
+/// One cluster with the gateway installed, shared by the tests running at the same time;
+/// `kwg-sim down` when the last of them drops it.
+fn shared() -> Arc<Cluster> {
+    static SHARED: Mutex<Weak<Cluster>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = slot.upgrade() {
+        return c;
+    }
+    let c = Cluster::up().expect("kwg-sim up");
+    kwg_e2e::install_gateway(&c).expect("kubectl apply -k manifests/");
+    let c = Arc::new(c);
+    *slot = Arc::downgrade(&c);
+    c
 }
 
-impl Sim {
-    fn shared() -> Arc<Sim> {
-        static SHARED: Mutex<Weak<Sim>> = Mutex::new(Weak::new());
-        let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = slot.upgrade() {
-            return s;
-        }
-        let s = Arc::new(Sim::up());
-        *slot = Arc::downgrade(&s);
-        s
-    }
-
-    fn up() -> Sim {
-        let prefix = format!("kc{}", std::process::id() % 100_000);
-        let sim = Sim { prefix };
-        let out = sim.sim(&["up"]);
-        assert!(
-            out.status.success(),
-            "kwg-sim up failed: {}",
-            text(&out.stderr)
-        );
-        let manifests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests");
-        let apply = sim.admin_kubectl(&["apply", "-k", manifests.to_str().unwrap()]);
-        assert!(
-            apply.status.success(),
-            "kubectl apply -k manifests/: {}",
-            text(&apply.stderr)
-        );
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let got =
-                sim.admin_kubectl(&["-n", "kwg-system", "get", "configmap", "kwg-gateway-info"]);
-            if got.status.success() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not publish its info within 90 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        sim
-    }
-
-    fn sim(&self, args: &[&str]) -> Output {
-        run(Command::new(kwg_sim::bin_path("kwg-sim"))
-            .args(args)
-            .args(["--prefix", &self.prefix]))
-    }
-
-    /// kubectl as the cluster admin, from the main laptop (the API server is on the LAN).
-    fn admin_kubectl(&self, args: &[&str]) -> Output {
-        let admin = self.kubeconfig("admin");
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &format!("{}-laptop", self.prefix),
-            "kubectl",
-            "--kubeconfig",
-        ])
-        .arg(admin)
-        .args(args);
-        run(&mut cmd)
-    }
-
-    fn kubeconfig(&self, user: &str) -> PathBuf {
-        PathBuf::from(format!("/run/kwg-sim/{}/{user}.kubeconfig", self.prefix))
-    }
-
-    /// A new machine on the LAN, removed on drop.
-    fn laptop(self: &Arc<Self>, name: &str) -> Laptop {
-        let out = self.sim(&["laptop", "add", name]);
-        assert!(
-            out.status.success(),
-            "kwg-sim laptop add {name}: {}",
-            text(&out.stderr)
-        );
-        let netns = text(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        let state = PathBuf::from(format!("/run/kwg-sim/{}/kwg-state-{name}", self.prefix));
-        Laptop {
-            sim: self.clone(),
-            name: name.to_string(),
-            netns,
-            state,
-        }
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.sim(&["down"]);
+/// A new machine on the LAN (it stays until `kwg-sim down`: deleting it while other tests run
+/// let a new laptop reuse its LAN address, and the LAN's stale neighbour entry for it
+/// blackholed DNS answers for seconds).
+fn laptop(sim: &Arc<Cluster>, name: &str) -> Laptop {
+    let netns = sim
+        .add_laptop(name)
+        .unwrap_or_else(|e| panic!("kwg-sim laptop add {name}: {e}"));
+    let state = sim.names().run_dir().join(format!("kwg-state-{name}"));
+    Laptop {
+        sim: sim.clone(),
+        name: name.to_string(),
+        netns,
+        state,
     }
 }
 
 struct Laptop {
-    sim: Arc<Sim>,
+    sim: Arc<Cluster>,
     name: String,
     netns: String,
     state: PathBuf,
@@ -125,12 +53,14 @@ impl Laptop {
     }
 
     fn run_as(&self, user: &str, argv: &[&str]) -> Output {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns])
-            .env("KWG_STATE_DIR", &self.state)
-            .env("KUBECONFIG", self.sim.kubeconfig(user))
-            .env("PATH", path_with_bins());
-        run(cmd.args(argv))
+        let state = format!("KWG_STATE_DIR={}", self.state.display());
+        let kubeconfig = format!("KUBECONFIG={}", self.sim.names().kubeconfig(user).display());
+        let path = format!("PATH={}", path_with_bins());
+        let mut all = vec!["env", &state, &kubeconfig, &path];
+        all.extend_from_slice(argv);
+        self.sim
+            .exec(&self.netns, &all)
+            .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"))
     }
 
     fn kwg(&self, args: &[&str]) -> Output {
@@ -199,16 +129,8 @@ impl Drop for Laptop {
             eprintln!("--- kwg daemon log of laptop {}:\n{log}", self.name);
         }
         let _ = self.kwg(&["leave"]);
-        // The laptop itself stays until `kwg-sim down`: deleting it while other tests run let
-        // a new laptop reuse its LAN address, and the LAN's stale neighbour entry for it
-        // blackholed DNS answers for seconds.
         let _ = std::fs::remove_dir_all(&self.state);
     }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 fn text(b: &[u8]) -> String {
@@ -223,17 +145,16 @@ fn path_with_bins() -> String {
     )
 }
 
-fn secret_exists(sim: &Sim, name: &str) -> bool {
+fn secret_exists(sim: &Cluster, name: &str) -> bool {
     let secret = format!("kwg-peer-{name}");
-    sim.admin_kubectl(&["-n", "kwg-system", "get", "secret", &secret])
-        .status
-        .success()
+    sim.kubectl_admin(&["-n", "kwg-system", "get", "secret", &secret])
+        .is_ok()
 }
 
 #[test]
 fn walkthrough_join_status_curl_peers_leave() {
-    let sim = Sim::shared();
-    let laptop = sim.laptop("walk");
+    let sim = shared();
+    let laptop = laptop(&sim, "walk");
     let original = laptop.resolv_conf();
     assert_eq!(laptop.dig("intranet.corp.example"), "192.0.2.80");
 
@@ -316,8 +237,8 @@ fn walkthrough_join_status_curl_peers_leave() {
 
 #[test]
 fn killed_daemon_is_recovered_by_leave_and_by_the_next_join() {
-    let sim = Sim::shared();
-    let laptop = sim.laptop("kill");
+    let sim = shared();
+    let laptop = laptop(&sim, "kill");
     let original = laptop.resolv_conf();
     for recover_with_join in [false, true] {
         laptop.join(&["--namespace", "emojivoto"]);
@@ -347,8 +268,8 @@ fn nix_kill(pid: i32) {
 
 #[test]
 fn user_without_rights_gets_the_rbac_sentence_and_nothing_is_left() {
-    let sim = Sim::shared();
-    let laptop = sim.laptop("rbac");
+    let sim = shared();
+    let laptop = laptop(&sim, "rbac");
     let original = laptop.resolv_conf();
     let out = laptop.run_as(
         "nobody",
@@ -369,8 +290,8 @@ fn user_without_rights_gets_the_rbac_sentence_and_nothing_is_left() {
 
 #[test]
 fn mapped_namespaces_hide_other_names() {
-    let sim = Sim::shared();
-    let laptop = sim.laptop("mapped");
+    let sim = shared();
+    let laptop = laptop(&sim, "mapped");
     laptop.join(&[
         "--namespace",
         "emojivoto",
@@ -385,8 +306,8 @@ fn mapped_namespaces_hide_other_names() {
 
 #[test]
 fn also_and_never_proxy_change_the_routes() {
-    let sim = Sim::shared();
-    let laptop = sim.laptop("proxy");
+    let sim = shared();
+    let laptop = laptop(&sim, "proxy");
     laptop.join(&[
         "--namespace",
         "emojivoto",
@@ -405,9 +326,9 @@ fn also_and_never_proxy_change_the_routes() {
 
 #[test]
 fn two_laptops_appear_in_peers() {
-    let sim = Sim::shared();
-    let a = sim.laptop("twoa");
-    let b = sim.laptop("twob");
+    let sim = shared();
+    let a = laptop(&sim, "twoa");
+    let b = laptop(&sim, "twob");
     a.join(&["--namespace", "emojivoto"]);
     b.join(&["--namespace", "default"]);
     let rows: serde_json::Value =
@@ -432,8 +353,8 @@ fn two_laptops_appear_in_peers() {
 
 #[test]
 fn join_as_non_root_fails_with_the_privilege_sentence() {
-    let sim = Sim::shared();
-    let laptop = sim.laptop("noroot");
+    let sim = shared();
+    let laptop = laptop(&sim, "noroot");
     let out = laptop.run(&[
         "setpriv",
         "--reuid=65534",

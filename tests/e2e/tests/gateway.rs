@@ -3,12 +3,14 @@
 
 use anyhow::Result;
 use kwg_e2e::{
-    As, Cluster, Implementation, WgPeer, gateway_info, gateway_netns, gateway_peers,
-    install_gateway, peer_annotations, register_peer, restart_gateway, wait_for, wait_tunnel_ip,
+    Implementation, WgPeer, gateway_info, gateway_netns, gateway_peers, install_gateway,
+    peer_annotations, register_peer, restart_gateway, wait_for, wait_tunnel_ip,
 };
+use kwg_sim::testing::Cluster;
 use kwg_wg::contract::{self, TunnelIp};
 use kwg_wg::keys::PrivateKey;
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 use std::time::Duration;
 
 const LEASE: Duration = Duration::from_secs(3600);
@@ -27,14 +29,14 @@ fn can_i(c: &Cluster, args: &[&str]) -> Result<String> {
     let mut all = vec!["auth", "can-i"];
     all.extend_from_slice(args);
     Ok(
-        String::from_utf8_lossy(&c.kubectl(As::Developer, &all)?.stdout)
+        String::from_utf8_lossy(&c.kubectl_output(&c.developer_kubeconfig(), &all)?.stdout)
             .trim()
             .to_owned(),
     )
 }
 
-fn kubectl_says(c: &Cluster, who: As, args: &[&str]) -> Result<String> {
-    let out = c.kubectl(who, args)?;
+fn kubectl_says(c: &Cluster, kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let out = c.kubectl_output(kubeconfig, args)?;
     Ok(format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -63,14 +65,14 @@ fn install_publishes_info_keeps_key_and_protects_it() -> Result<()> {
     let ns = contract::DEFAULT_KEY_NAMESPACE;
     let get = kubectl_says(
         &c,
-        As::Developer,
+        &c.developer_kubeconfig(),
         &["-n", ns, "get", "secret", contract::GATEWAY_KEY_SECRET],
     )?;
     assert!(
         get.contains("Forbidden") || get.contains("forbidden"),
         "{get}"
     );
-    let list = kubectl_says(&c, As::Developer, &["-n", ns, "get", "secrets"])?;
+    let list = kubectl_says(&c, &c.developer_kubeconfig(), &["-n", ns, "get", "secrets"])?;
     assert!(list.to_lowercase().contains("forbidden"), "{list}");
     // ... and may do what kwg-user grants.
     for (verb, res, ns) in [
@@ -96,7 +98,7 @@ fn install_publishes_info_keeps_key_and_protects_it() -> Result<()> {
     );
 
     // A peer registered by hand, exactly as docs/contract.md shows (`wg genkey`, kubectl).
-    let dir = std::env::temp_dir().join(kwg_e2e::unique("kwgdoc"));
+    let dir = std::env::temp_dir().join(kwg_sim::testing::unique("kwgdoc"));
     std::fs::create_dir_all(&dir)?;
     let script = format!(
         "set -e; cd {dir}; export KUBECONFIG={kc}
@@ -134,7 +136,7 @@ fn install_publishes_info_keeps_key_and_protects_it() -> Result<()> {
 
 #[test]
 fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
-    let mut c = Cluster::up()?;
+    let c = Cluster::up()?;
     let info = install_gateway(&c)?;
     let laptop = c.netns("laptop");
     // Control: the intranet answers on the LAN directly before any tunnel routes exist.
@@ -156,18 +158,15 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
         || a.http_get("http://10.96.1.0/", 2),
     )?;
     // The ClusterIP of web-app, looked up rather than assumed.
-    let web_ip = c.kubectl_ok(
-        As::Developer,
-        &[
-            "-n",
-            "emojivoto",
-            "get",
-            "svc",
-            "web-app",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ],
-    )?;
+    let web_ip = c.kubectl_developer(&[
+        "-n",
+        "emojivoto",
+        "get",
+        "svc",
+        "web-app",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
     let page2 = a
         .http_get(&format!("http://{web_ip}/"), 3)?
         .unwrap_or_default();
@@ -178,10 +177,7 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
     assert!(a.handshaked()?);
 
     // A pod IP directly.
-    let pods = c.kubectl_ok(
-        As::Developer,
-        &["-n", "emojivoto", "get", "pods", "-o", "json"],
-    )?;
+    let pods = c.kubectl_developer(&["-n", "emojivoto", "get", "pods", "-o", "json"])?;
     let pods: serde_json::Value = serde_json::from_str(&pods)?;
     let web_pod_ip = pods["items"]
         .as_array()
@@ -228,16 +224,18 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
         "the LAN intranet through the tunnel"
     );
     let node = c.netns("node");
-    kwg_e2e::run_ok(&[
+    kwg_sim::sh::run(
         "ip",
-        "-n",
-        &node,
-        "addr",
-        "add",
-        "169.254.169.254/32",
-        "dev",
-        "lo",
-    ])?;
+        &[
+            "-n",
+            &node,
+            "addr",
+            "add",
+            "169.254.169.254/32",
+            "dev",
+            "lo",
+        ],
+    )?;
     // A stand-in for a cloud metadata service, on the node.
     let metadata = HttpServer::start(&node, "169.254.169.254")?;
     let gw_ns = gateway_netns(&c)?;
@@ -263,7 +261,7 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
     drop(metadata);
 
     // Peer B (wireguard-go, another laptop) serves HTTP on its tunnel IP; A cannot reach it.
-    let other = c.add_laptop(&kwg_e2e::unique("b"))?;
+    let other = c.add_laptop(&kwg_sim::testing::unique("b"))?;
     let mut b = WgPeer::start(&other, Implementation::WireguardGo)?;
     register_peer(&c, "peer-b", &b.public_key(), LEASE)?;
     let b_ip = wait_tunnel_ip(&c, "peer-b", Duration::from_secs(10))?;
@@ -297,7 +295,7 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
     // A malformed Secret next to A: reported, A undisturbed.
     let bad = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwg-peer-broken", "namespace": "kwg-system",
         "labels": {"kwg.io/peer": "true"}}, "stringData": {"name": "broken", "publicKey": "not-a-key"}});
-    c.kubectl_apply(As::Developer, &bad.to_string())?;
+    c.kubectl_apply(&c.developer_kubeconfig(), &bad.to_string())?;
     let err = wait_for("the error annotation", Duration::from_secs(10), || {
         Ok(peer_annotations(&c, "broken")?
             .and_then(|a| a[contract::ERROR_ANNOTATION].as_str().map(str::to_owned)))
@@ -306,10 +304,7 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
         err.contains("missing") || err.contains("public key"),
         "{err}"
     );
-    let events = c.kubectl_ok(
-        As::Developer,
-        &["-n", "kwg-system", "get", "events", "-o", "json"],
-    )?;
+    let events = c.kubectl_developer(&["-n", "kwg-system", "get", "events", "-o", "json"])?;
     assert!(
         events.contains("MalformedPeer") && events.contains("kwg-peer-broken"),
         "{events}"
@@ -325,10 +320,7 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
     );
 
     // Deleting A's Secret stops its traffic (within 1 s), B keeps working.
-    c.kubectl_ok(
-        As::Developer,
-        &["-n", "kwg-system", "delete", "secret", "kwg-peer-peer-a"],
-    )?;
+    c.kubectl_developer(&["-n", "kwg-system", "delete", "secret", "kwg-peer-peer-a"])?;
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         a.http_get("http://10.96.1.0/", 2)?,
@@ -358,7 +350,7 @@ fn many_registrations_restart_and_lease_expiry() -> Result<()> {
         })
         .collect();
     c.kubectl_apply(
-        As::Developer,
+        &c.developer_kubeconfig(),
         // One YAML stream of 50 JSON documents.
         &items
             .iter()
@@ -429,20 +421,12 @@ impl HttpServer {
         let s = HttpServer(child);
         let url = format!("http://{ip}:8000/");
         wait_for("the test HTTP server", Duration::from_secs(10), || {
-            Ok(kwg_e2e::run(&[
-                "ip",
-                "netns",
-                "exec",
-                netns,
-                "curl",
-                "-sf",
-                "--max-time",
-                "1",
-                &url,
-            ])?
-            .status
-            .success()
-            .then_some(()))
+            Ok(
+                kwg_sim::testing::exec(netns, &["curl", "-sf", "--max-time", "1", &url])?
+                    .status
+                    .success()
+                    .then_some(()),
+            )
         })?;
         Ok(s)
     }

@@ -17,8 +17,9 @@
 
 use crate::names::Names;
 use crate::{Error, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -29,13 +30,19 @@ pub struct Cluster {
     names: Names,
 }
 
-/// A prefix no other test of this machine uses at the same time.
-pub fn unique_prefix() -> String {
+/// A name no other test of this machine uses at the same time: `<letters><pid % 10000>x<counter>`
+/// (for prefixes, laptop and interface names).
+pub fn unique(letters: &str) -> String {
     format!(
-        "kt{}x{}",
+        "{letters}{}x{}",
         std::process::id() % 10000,
         COUNTER.fetch_add(1, Ordering::SeqCst)
     )
+}
+
+/// A cluster prefix no other test of this machine uses at the same time.
+pub fn unique_prefix() -> String {
+    unique("kt")
 }
 
 /// The `kwg-sim` executable.
@@ -57,6 +64,31 @@ fn output_text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// Runs `cmd` inside network namespace `netns` (`ip netns exec`, so the namespace's
+/// `/etc/netns/<ns>/resolv.conf` applies).
+pub fn exec(netns: &str, cmd: &[&str]) -> Result<Output> {
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(cmd)
+        .output()
+        .map_err(|source| Error::Spawn {
+            cmd: cmd.join(" "),
+            source,
+        })
+}
+
+/// Like [`exec`]; a non-zero exit is an error with the output; returns stdout.
+pub fn exec_ok(netns: &str, cmd: &[&str]) -> Result<String> {
+    let out = exec(netns, cmd)?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            cmd: format!("ip netns exec {netns} {}", cmd.join(" ")),
+            stderr: output_text(&out),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl Cluster {
@@ -119,34 +151,29 @@ impl Cluster {
         self.names.kubeconfig("admin")
     }
 
+    /// Adds another machine on the LAN (`kwg-sim laptop add <name>`); its network namespace.
+    /// It goes with the cluster.
+    pub fn add_laptop(&self, name: &str) -> Result<String> {
+        // One at a time: tests sharing a cluster would otherwise pick the same free address.
+        static ADDING: Mutex<()> = Mutex::new(());
+        let _one = ADDING.lock().unwrap_or_else(|e| e.into_inner());
+        crate::topology::add_laptop(&self.names, name)?;
+        Ok(self.names.extra_laptop_ns(name))
+    }
+
     /// A user without any RoleBinding.
     pub fn nobody_kubeconfig(&self) -> PathBuf {
         self.names.kubeconfig("nobody")
     }
 
-    /// Runs `cmd` inside network namespace `netns` (`ip netns exec`, so the namespace's
-    /// `/etc/netns/<ns>/resolv.conf` applies).
+    /// Runs `cmd` inside network namespace `netns`: [`exec`].
     pub fn exec(&self, netns: &str, cmd: &[&str]) -> Result<Output> {
-        Command::new("ip")
-            .args(["netns", "exec", netns])
-            .args(cmd)
-            .output()
-            .map_err(|source| Error::Spawn {
-                cmd: cmd.join(" "),
-                source,
-            })
+        exec(netns, cmd)
     }
 
-    /// Like [`Cluster::exec`]; a non-zero exit is an error with the output; returns stdout.
+    /// [`exec_ok`]: a non-zero exit is an error with the output; returns stdout.
     pub fn exec_ok(&self, netns: &str, cmd: &[&str]) -> Result<String> {
-        let out = self.exec(netns, cmd)?;
-        if !out.status.success() {
-            return Err(Error::Command {
-                cmd: format!("ip netns exec {netns} {}", cmd.join(" ")),
-                stderr: output_text(&out),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        exec_ok(netns, cmd)
     }
 
     /// `kubectl` as the admin, run from the laptop; returns stdout, errors carry stderr.
@@ -160,11 +187,23 @@ impl Cluster {
     }
 
     /// `kubectl --kubeconfig <kubeconfig> <args>` from the laptop.
-    pub fn kubectl(&self, kubeconfig: &std::path::Path, args: &[&str]) -> Result<String> {
+    pub fn kubectl(&self, kubeconfig: &Path, args: &[&str]) -> Result<String> {
         let kc = kubeconfig.to_string_lossy();
-        let mut cmd = vec!["kubectl", "--kubeconfig", &kc];
-        cmd.extend_from_slice(args);
-        self.exec_ok(&self.names.laptop_ns(), &cmd)
+        self.exec_ok(&self.names.laptop_ns(), &kubectl_argv(&kc, args))
+    }
+
+    /// Like [`Cluster::kubectl`], its output whatever the exit status (e.g. to read a "no").
+    pub fn kubectl_output(&self, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
+        let kc = kubeconfig.to_string_lossy();
+        self.exec(&self.names.laptop_ns(), &kubectl_argv(&kc, args))
+    }
+
+    /// `kubectl apply -f -` of a JSON or YAML document from the laptop; returns stdout.
+    pub fn kubectl_apply(&self, kubeconfig: &Path, doc: &str) -> Result<String> {
+        let (laptop, kc) = (self.names.laptop_ns(), kubeconfig.to_string_lossy());
+        let mut argv = vec!["netns", "exec", &laptop];
+        argv.extend(kubectl_argv(&kc, &["apply", "-f", "-"]));
+        crate::sh::run_stdin("ip", &argv, Some(doc))
     }
 
     /// Network namespaces of the Running pods in `namespace` labelled `app=<app>` (or
@@ -245,8 +284,23 @@ impl Cluster {
     }
 }
 
+/// `kubectl --kubeconfig <kubeconfig> <args>`.
+fn kubectl_argv<'a>(kubeconfig: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut argv = vec!["kubectl", "--kubeconfig", kubeconfig];
+    argv.extend_from_slice(args);
+    argv
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // KWG_E2E_KEEP_LOGS=DIR keeps the cluster's state and pod logs for debugging.
+        if let Some(dir) = std::env::var_os("KWG_E2E_KEEP_LOGS") {
+            let dest = Path::new(&dir).join(self.prefix());
+            let _ = Command::new("cp")
+                .arg("-r")
+                .args([self.names.run_dir(), dest])
+                .status();
+        }
         if let Err(e) = self.down() {
             eprintln!("kwg-sim down --prefix {}: {e}", self.prefix());
         }

@@ -30,11 +30,7 @@ fn pid_in(ns: &str) -> Option<i32> {
 #[test]
 fn the_kubelet_runs_restarts_and_stops_a_deployment() {
     let c = common::cluster();
-    let file = std::env::temp_dir().join(format!("{}-probe.yaml", c.prefix()));
-    std::fs::write(&file, DEPLOYMENT).unwrap();
-    c.kubectl_admin(&["apply", "-f", file.to_str().unwrap()])
-        .unwrap();
-    let _ = std::fs::remove_file(&file);
+    c.kubectl_apply(&c.admin_kubeconfig(), DEPLOYMENT).unwrap();
     c.kubectl_admin(&["rollout", "status", "deployment/probe", "--timeout=30s"])
         .unwrap();
 

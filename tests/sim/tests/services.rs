@@ -98,11 +98,7 @@ spec:
 #[test]
 fn a_pod_failing_its_readiness_probe_gets_no_traffic() {
     let c = common::cluster();
-    let file = std::env::temp_dir().join(format!("{}-unready.yaml", c.prefix()));
-    std::fs::write(&file, UNREADY).unwrap();
-    c.kubectl_admin(&["apply", "-f", file.to_str().unwrap()])
-        .unwrap();
-    let _ = std::fs::remove_file(&file);
+    c.kubectl_apply(&c.admin_kubeconfig(), UNREADY).unwrap();
     eventually(15, "the unready pod running", || {
         let phase = c.pod_field("default", "unready", ".status.phase").ok()?;
         (phase == "Running").then_some(())
