@@ -21,7 +21,13 @@ fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
     let mut net = NetBatch::new(64);
     let mut tun = TunBatch::new(10);
-    core.handle_udp("192.0.2.1:51820".parse().unwrap(), data, now, &mut net, &mut tun);
+    core.handle_udp(
+        "192.0.2.1:51820".parse().unwrap(),
+        data,
+        now,
+        &mut net,
+        &mut tun,
+    );
     core.handle_tun(data, now, &mut net);
     core.tick(now, &mut net);
 });
