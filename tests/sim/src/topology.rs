@@ -15,7 +15,11 @@ pub fn build(n: &Names) -> Result<()> {
         ip(&format!("netns add {ns}"))?;
         ip(&format!("-n {ns} link set lo up"))?;
     }
-    ip(&format!("-n {lan} link add br0 type bridge"))?;
+    // A fixed MAC: a bridge without one takes the lowest of its ports' MACs, so adding a laptop
+    // could change it under the LAN's neighbour caches and silence 192.0.2.53/.80 for seconds.
+    ip(&format!(
+        "-n {lan} link add br0 address 02:6b:00:00:00:fe type bridge"
+    ))?;
     ip(&format!("-n {lan} link set br0 up"))?;
     for addr in [names::LAN_DNS_IP, names::INTRANET_IP] {
         ip(&format!("-n {lan} addr add {addr}/24 dev br0"))?;
