@@ -18,3 +18,9 @@ export KWG_BIN_DIR="$PWD/target/debug"
 
 echo "== test"
 cargo test --workspace --locked --no-fail-fast
+
+# Rekey and session expiry on boringtun's mock clock: a crate outside the workspace, so the
+# `mock-instant` feature does not freeze Tunn's clock in the workspace's binaries.
+echo "== test: WireGuard timers (wg/timer-tests)"
+CARGO_TARGET_DIR="$PWD/target/timer-tests" \
+  cargo test --locked --manifest-path wg/timer-tests/Cargo.toml

@@ -6,6 +6,8 @@
 
 mod allowed_ips;
 mod batch;
+#[doc(hidden)]
+pub mod testing;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

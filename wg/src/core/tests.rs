@@ -8,19 +8,7 @@ mod logs;
 const A_ADDR: &str = "192.0.2.1:51820";
 const B_ADDR: &str = "192.0.2.2:51820";
 
-/// A minimal IPv4/UDP packet from `src` to `dst` carrying `payload`.
-pub(crate) fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let total = 28 + payload.len();
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src);
-    p[16..20].copy_from_slice(&dst);
-    p[28..].copy_from_slice(payload);
-    p
-}
+pub(crate) use super::testing::ipv4;
 
 struct Pair {
     a: Core,
@@ -71,17 +59,15 @@ impl Pair {
         while let Some((sender_is_a, from, dgram)) = pending.pop() {
             rounds += 1;
             assert!(rounds < 100, "ping-pong does not settle");
-            let mut net = NetBatch::new(1);
-            let mut tun = TunBatch::new(0);
             let (rx, tuns) = if sender_is_a {
                 (&mut self.b, &mut tun_b)
             } else {
                 (&mut self.a, &mut tun_a)
             };
-            rx.handle_udp(from, &dgram, self.now, &mut net, &mut tun);
-            tuns.extend(tun.packets().map(<[u8]>::to_vec));
-            for (_, d) in net.datagrams() {
-                pending.push((!sender_is_a, src_of(!sender_is_a), d.to_vec()));
+            let (replies, packets) = super::testing::receive(rx, from, &dgram, self.now);
+            tuns.extend(packets);
+            for d in replies {
+                pending.push((!sender_is_a, src_of(!sender_is_a), d));
             }
         }
         (tun_a, tun_b)

@@ -1,58 +1,9 @@
 //! What a user debugging a tunnel reads: events inside the peer's span, drops summarised.
 
-use std::cell::RefCell;
-use std::io::Write;
-use std::sync::Once;
-
 use base64::Engine;
 
 use super::*;
-
-thread_local! {
-    /// Formatted log lines of this thread while `capture` runs.
-    static CAPTURED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
-}
-
-/// Writes into this thread's capture buffer, or nowhere. Cores are synchronous, so their events
-/// are written on the thread that drives them.
-struct ThreadWriter;
-
-impl Write for ThreadWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        CAPTURED.with_borrow_mut(|c| c.as_mut().map(|v| v.extend_from_slice(buf)));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Runs `f` and returns the lines it logged at debug level and above. One global subscriber
-/// serves every test: scoped ones (`with_default`) race with tracing's per-callsite interest
-/// cache when other tests hit the same callsites in parallel, and lose events.
-fn capture(f: impl FnOnce()) -> Vec<String> {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(|| ThreadWriter)
-            .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber)
-            .expect("no other global subscriber in the kwg-wg unit tests");
-    });
-    // Callsites first hit by another thread before the subscriber existed cached "disabled".
-    tracing::callsite::rebuild_interest_cache();
-    CAPTURED.with_borrow_mut(|c| *c = Some(Vec::new()));
-    f();
-    let bytes = CAPTURED.with_borrow_mut(Option::take).unwrap_or_default();
-    String::from_utf8(bytes)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
+use crate::core::testing::capture;
 
 fn only<'a>(lines: &'a [String], needle: &str) -> &'a str {
     let found: Vec<&String> = lines.iter().filter(|l| l.contains(needle)).collect();
