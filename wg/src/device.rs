@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use tokio::task::JoinHandle;
 
@@ -240,7 +240,7 @@ impl DeviceHandle {
     /// Every peer's statistics (empty once the device stopped).
     pub async fn peers(&self) -> Vec<PeerStats> {
         self.live()
-            .map(|s| s.core().peers(SystemTime::now()))
+            .map(|s| s.core().peers(Instant::now(), SystemTime::now()))
             .unwrap_or_default()
     }
 
@@ -276,7 +276,12 @@ impl DeviceHandle {
             listen_port: s.listen_port.load(Ordering::Relaxed),
             fwmark: s.fwmark.load(Ordering::Relaxed),
         };
-        Ok(uapi::format_get(&s.core(), &info, SystemTime::now()))
+        Ok(uapi::format_get(
+            &s.core(),
+            &info,
+            Instant::now(),
+            SystemTime::now(),
+        ))
     }
 
     /// Applies a UAPI `set=1` request; returns the errno to report (0 on success).

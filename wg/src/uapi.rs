@@ -6,7 +6,7 @@ pub(crate) mod server;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 
@@ -192,7 +192,7 @@ pub struct InterfaceInfo {
 }
 
 /// The response to `get=1`, including the final `errno=0` and empty line.
-pub fn format_get(core: &Core, info: &InterfaceInfo, now: SystemTime) -> String {
+pub fn format_get(core: &Core, info: &InterfaceInfo, now: Instant, wall: SystemTime) -> String {
     let mut out = String::new();
     if let Some(k) = core.private_key() {
         let _ = writeln!(out, "private_key={}", hex32(k.as_bytes()));
@@ -201,7 +201,7 @@ pub fn format_get(core: &Core, info: &InterfaceInfo, now: SystemTime) -> String 
     if info.fwmark != 0 {
         let _ = writeln!(out, "fwmark={}", info.fwmark);
     }
-    for stats in core.peers(now) {
+    for stats in core.peers(now, wall) {
         let cfg = core
             .peer_config(&stats.public_key)
             .expect("listed peer exists");

@@ -273,15 +273,18 @@ impl Core {
         }
     }
 
-    /// Statistics of every peer; `now` converts handshake ages into wall-clock times.
-    pub fn peers(&self, now: SystemTime) -> Vec<PeerStats> {
-        let mut out: Vec<PeerStats> = self.peers.values().map(|p| p.stats(now)).collect();
+    /// Statistics of every peer at `now`; `wall` (the wall-clock time at `now`) turns handshake
+    /// ages into times.
+    pub fn peers(&self, now: Instant, wall: SystemTime) -> Vec<PeerStats> {
+        let mut out: Vec<PeerStats> = self.peers.values().map(|p| p.stats(now, wall)).collect();
         out.sort_by_key(|s| s.public_key);
         out
     }
 
-    pub fn peer_stats(&self, key: &PublicKey, now: SystemTime) -> Option<PeerStats> {
-        self.by_key.get(key).map(|idx| self.peers[idx].stats(now))
+    pub fn peer_stats(&self, key: &PublicKey, now: Instant, wall: SystemTime) -> Option<PeerStats> {
+        self.by_key
+            .get(key)
+            .map(|idx| self.peers[idx].stats(now, wall))
     }
 
     /// An IP packet read from the TUN device: encrypt it for the peer that owns its destination.
@@ -465,17 +468,20 @@ fn ensure_tunn<'a>(
 }
 
 impl Peer {
+    /// Time since the last completed handshake. boringtun forgets it once its sessions
+    /// expire (180 s idle); like the kernel and wireguard-go, `wg show` keeps reporting it, from
+    /// the time `tick` last recorded.
     fn handshake_age(&self, now: Instant) -> Option<Duration> {
-        match &self.tunn {
-            Some(t) => t.time_since_last_handshake(),
-            None => self.handshake_at.map(|t| now.saturating_duration_since(t)),
-        }
+        self.tunn
+            .as_ref()
+            .and_then(|t| t.time_since_last_handshake())
+            .or_else(|| self.handshake_at.map(|t| now.saturating_duration_since(t)))
     }
 
-    fn stats(&self, now: SystemTime) -> PeerStats {
+    fn stats(&self, now: Instant, wall: SystemTime) -> PeerStats {
         let last_handshake = self
-            .handshake_age(Instant::now())
-            .and_then(|age| now.checked_sub(age));
+            .handshake_age(now)
+            .and_then(|age| wall.checked_sub(age));
         PeerStats {
             public_key: self.cfg.public_key,
             endpoint: self.cfg.endpoint,
@@ -520,6 +526,9 @@ impl Peer {
     ) {
         let span = &self.span;
         if let Some(tunn) = self.tunn.as_mut() {
+            if let Some(age) = tunn.time_since_last_handshake() {
+                self.handshake_at = now.checked_sub(age);
+            }
             match tunn.update_timers(scratch) {
                 TunnResult::WriteToNetwork(p) => {
                     if let Some(ep) = self.cfg.endpoint {
@@ -531,9 +540,6 @@ impl Peer {
                 TunnResult::Err(WireGuardError::ConnectionExpired) if tunn.is_expired() => {
                     // Sessions are gone for good: free them until the peer talks again.
                     tracing::info!(parent: span, "session expired");
-                    self.handshake_at = tunn
-                        .time_since_last_handshake()
-                        .and_then(|age| Instant::now().checked_sub(age));
                     self.tunn = None;
                 }
                 _ => {}

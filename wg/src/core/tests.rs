@@ -99,11 +99,15 @@ fn handshake_then_data_both_ways() {
     let pong = ipv4([10, 0, 0, 2], [10, 0, 0, 1], b"pong");
     assert_eq!(p.b_sends(&pong), vec![pong.clone()]);
     // B learned A's endpoint from the handshake (roaming) and both report a handshake.
-    let sb = p.b.peer_stats(&p.a_key, SystemTime::now()).unwrap();
+    let sb =
+        p.b.peer_stats(&p.a_key, Instant::now(), SystemTime::now())
+            .unwrap();
     assert_eq!(sb.endpoint, Some(A_ADDR.parse().unwrap()));
     assert!(sb.last_handshake.is_some());
     assert!(sb.rx_bytes > 0 && sb.tx_bytes > 0);
-    let sa = p.a.peer_stats(&p.b_key, SystemTime::now()).unwrap();
+    let sa =
+        p.a.peer_stats(&p.b_key, Instant::now(), SystemTime::now())
+            .unwrap();
     assert!(sa.last_handshake.is_some());
 }
 
@@ -191,12 +195,12 @@ fn persistent_keepalive_on_the_fake_clock() {
     let d: Vec<_> = net.datagrams().map(|(_, d)| d.len()).collect();
     assert_eq!(d, vec![32], "one empty data message");
     let rx_before =
-        p.b.peer_stats(&p.a_key, SystemTime::now())
+        p.b.peer_stats(&p.a_key, Instant::now(), SystemTime::now())
             .unwrap()
             .rx_bytes;
     assert!(p.deliver(true, net).1.is_empty());
     let rx_after =
-        p.b.peer_stats(&p.a_key, SystemTime::now())
+        p.b.peer_stats(&p.a_key, Instant::now(), SystemTime::now())
             .unwrap()
             .rx_bytes;
     assert_eq!(rx_after, rx_before + 32);
@@ -230,7 +234,7 @@ fn handshake_flood_gets_cookie_replies() {
     assert_eq!((cookie[0], cookie.len()), (3, 64), "a cookie reply");
     assert_eq!(b.drops.cookies_sent, 1);
     assert!(
-        b.peer_stats(&a_key, SystemTime::now())
+        b.peer_stats(&a_key, Instant::now(), SystemTime::now())
             .unwrap()
             .last_handshake
             .is_none()

@@ -28,6 +28,7 @@ fn set_then_get_roundtrip() {
             listen_port: 51820,
             fwmark: 0,
         },
+        Instant::now(),
         SystemTime::now(),
     );
     assert!(

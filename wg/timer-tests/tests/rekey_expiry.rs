@@ -189,7 +189,9 @@ impl Link {
     /// How long ago each side last completed a handshake, as their statistics report it.
     fn handshake_ages(&self) -> (Option<Duration>, Option<Duration>) {
         let age = |core: &Core, key: &PublicKey| {
-            let stats = core.peer_stats(key, wall()).expect("peer configured");
+            let stats = core
+                .peer_stats(key, self.now, wall())
+                .expect("peer configured");
             stats
                 .last_handshake
                 .map(|t| wall().duration_since(t).unwrap())
@@ -295,6 +297,17 @@ fn idle_session_expires_after_three_reject_after_times() {
         .copied()
         .collect();
     assert!(chatter.is_empty(), "idle tunnel still talks: {chatter:?}");
+    // With the sessions gone, the last handshake is still reported (as the kernel and
+    // wireguard-go do in `wg show`): it happened at the start, `elapsed` ago.
+    let (age_a, age_b) = l.handshake_ages();
+    for age in [age_a, age_b] {
+        let age = age.expect("last handshake forgotten after expiry");
+        assert!(
+            age.abs_diff(l.elapsed) <= SECOND,
+            "{age:?} vs {:?}",
+            l.elapsed
+        );
+    }
 
     // The next packet waits for a fresh handshake, then arrives.
     let before = l.wire.len();
