@@ -109,6 +109,15 @@ pub async fn join(args: JoinArgs, dir: StateDir) -> Result<(), Error> {
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
+            // The daemon handles SIGTERM only once joined: before that it dies at once, so
+            // undo from the state file what it had done, or it stays behind.
+            wait_exit(pid, Duration::from_secs(5)).await;
+            let _ = child.wait();
+            if let Ok(Some(state)) = State::load(&dir.state())
+                && let Err(e) = cleanup_dead(&state, &dir).await
+            {
+                tracing::error!(error = %e, "cleanup after the stopped daemon failed; run kwg leave");
+            }
             return Err(Error::Daemon(format!(
                 "it did not finish joining within {}s and was stopped; its log is {}",
                 timeout.as_secs(),
