@@ -78,7 +78,11 @@ impl Kube {
     /// Maps a kube error to the sentence a user can act on.
     pub fn error(&self, step: Step<'_>, e: kube::Error) -> Error {
         match &e {
-            kube::Error::Api(s) if s.is_forbidden() || s.code == 401 => Error::Forbidden {
+            kube::Error::Api(s) if s.code == 401 => Error::Unauthorized {
+                server: self.server.clone(),
+                user: self.user.clone(),
+            },
+            kube::Error::Api(s) if s.is_forbidden() => Error::Forbidden {
                 user: self.user.clone(),
                 verb: step.verb.into(),
                 resource: step.resource.into(),

@@ -25,6 +25,10 @@ pub enum Error {
         namespace: String,
     },
     #[error(
+        "the Kubernetes API server {server} rejected the credentials of your kubeconfig user {user}: log in again (refresh the token or certificate) or pick another --context"
+    )]
+    Unauthorized { server: String, user: String },
+    #[error(
         "the Kubernetes API server {server} is unreachable ({reason}): check your network, kubeconfig and --context"
     )]
     ApiUnreachable { server: String, reason: String },
