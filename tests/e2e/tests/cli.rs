@@ -253,6 +253,8 @@ fn killed_daemon_is_recovered_by_leave_and_by_the_next_join() {
         assert!(leave.status.success(), "{}", text(&leave.stderr));
         assert_eq!(laptop.resolv_conf(), original);
         assert!(!secret_exists(&sim, "kill"));
+        assert!(!laptop.routes().contains("kwg0"), "{}", laptop.routes());
+        assert!(!laptop.curl("web-app:80").status.success());
     }
 }
 
