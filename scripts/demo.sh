@@ -79,7 +79,7 @@ done
 join_ms=$(ms "$t0")
 
 on_laptop kwg status
-on_laptop curl -s web-app:80 | head -n 5
+on_laptop curl -s web-app:80 | sed -n '1,5p'  # sed reads it all: head could make curl fail (pipefail)
 on_laptop curl -s web-app.emojivoto | grep -o '<title>.*</title>'
 on_laptop curl -s echo.default | grep -o '<title>.*</title>'
 on_laptop dig +short intranet.corp.example
