@@ -313,7 +313,8 @@ fn trim_service(s: &mut Service) {
     s.metadata.managed_fields = None;
 }
 
-fn policy(cfg: &Config, gateway_ip: TunnelIp, d: &Discovered) -> nft::Policy {
+/// The firewall for what discovery found (with nothing found: only the admin's extras).
+pub(crate) fn policy(cfg: &Config, gateway_ip: TunnelIp, d: &Discovered) -> nft::Policy {
     nft::Policy {
         interface: cfg.interface.clone(),
         tunnel_cidr: cfg.tunnel_cidr.trunc(),

@@ -4,7 +4,7 @@ use crate::admin::{self, AdminState};
 use crate::alloc::Allocator;
 use crate::core::{self, Core, DeviceOp, PeerSecret, Plan};
 use crate::discovery_watch::{self, InfoBase};
-use crate::{Config, GatewayError, kube_io, net};
+use crate::{Config, GatewayError, kube_io, net, nft};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
@@ -37,6 +37,10 @@ pub async fn run(
     let gateway_ip = alloc.gateway_ip();
     let key = kube_io::ensure_private_key(&client, &cfg.key_namespace).await?;
     let public_key = key.public_key();
+    // Until discovery knows the cluster's CIDRs, the firewall lets peers reach only the
+    // gateway's admin port (and the admin's extras): never an open window with forwarding on.
+    let closed = discovery_watch::policy(&cfg, gateway_ip, &Default::default());
+    net::nft_apply(&nft::render(&closed))?;
     net::enable_forwarding()?;
     let device = net::start_device(&cfg, key, gateway_ip).await?;
     tracing::info!(interface = %cfg.interface, %gateway_ip, port = cfg.listen_port, key = %public_key.short(), "tunnel up");
