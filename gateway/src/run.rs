@@ -81,11 +81,13 @@ pub async fn run(
     if tokio::time::timeout(step, discovery).await.is_err() {
         tracing::warn!("discovery did not stop in time");
     }
+    // The device goes before the firewall, so no peer is ever forwarded unfiltered.
+    tracing::debug!("stopping the WireGuard device");
+    let stopped = tokio::time::timeout(step, device.shutdown()).await;
     if let Err(e) = net::nft_teardown() {
         tracing::warn!(error = %e, "cannot remove the nftables table");
     }
-    tracing::debug!("stopping the WireGuard device");
-    match tokio::time::timeout(step, device.shutdown()).await {
+    match stopped {
         Ok(r) => r?,
         Err(_) => tracing::warn!("the WireGuard device did not stop in time; exiting anyway"),
     }
@@ -301,7 +303,7 @@ impl PeerLoop {
                     if let Err(e) =
                         kube_io::malformed_event(&client, &ns, &secret, uid, &reason).await
                     {
-                        tracing::warn!(error = %e, "cannot record an Event");
+                        tracing::warn!(%secret, error = %e, "cannot record an Event");
                     }
                 });
             }
