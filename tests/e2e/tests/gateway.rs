@@ -218,10 +218,18 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
 
     // Refused: a LAN address outside the allowed CIDRs, cloud metadata, the gateway pod's
     // other ports. Controls show each destination answers when asked from elsewhere.
+    // The node does not masquerade tunnel addresses, so a missing answer alone does not show
+    // that the gateway dropped the packets: its firewall's drop counters must have grown.
+    let gw_ns = gateway_netns(&c)?;
+    let drops_before = tunnel_drops(&c, &gw_ns, "counter")?;
     assert_eq!(
         a.http_get("http://192.0.2.80/", 2)?,
         None,
         "the LAN intranet through the tunnel"
+    );
+    assert!(
+        tunnel_drops(&c, &gw_ns, "counter")? > drops_before,
+        "LAN not dropped by the gateway"
     );
     let node = c.netns("node");
     kwg_sim::sh::run(
@@ -238,7 +246,6 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
     )?;
     // A stand-in for a cloud metadata service, on the node.
     let metadata = HttpServer::start(&node, "169.254.169.254")?;
-    let gw_ns = gateway_netns(&c)?;
     let from_pod = c.exec_ok(
         &gw_ns,
         &[
@@ -257,6 +264,10 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
         a.http_get("http://169.254.169.254:8000/", 2)?,
         None,
         "cloud metadata through the tunnel"
+    );
+    assert!(
+        tunnel_drops(&c, &gw_ns, "169.254.0.0/16 counter")? > 0,
+        "metadata not dropped"
     );
     drop(metadata);
 
@@ -394,6 +405,24 @@ fn many_registrations_restart_and_lease_expiry() -> Result<()> {
             .any(|p| p.name.as_str() == "short-lived")
     );
     Ok(())
+}
+
+/// Packets the gateway's firewall dropped on rules from the tunnel containing `rule`.
+fn tunnel_drops(c: &Cluster, gw_ns: &str, rule: &str) -> Result<u64> {
+    let table = c.exec_ok(gw_ns, &["nft", "list", "table", "inet", "kwg"])?;
+    let pattern = format!(" {rule} packets ");
+    Ok(table
+        .lines()
+        .filter(|l| l.contains("iifname \"kwg0\"") && l.trim_end().ends_with("drop"))
+        .filter_map(|l| {
+            l.split_once(&pattern)?
+                .1
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum())
 }
 
 /// `python3 -m http.server` bound to one address in a namespace; killed on drop.
