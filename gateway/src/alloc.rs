@@ -40,10 +40,6 @@ impl Allocator {
         })
     }
 
-    pub fn cidr(&self) -> Ipv4Net {
-        self.cidr
-    }
-
     /// The gateway's own tunnel address.
     pub fn gateway_ip(&self) -> TunnelIp {
         TunnelIp::new(self.gateway)
@@ -52,15 +48,6 @@ impl Allocator {
     /// The address a peer holds.
     pub fn get(&self, peer: &PeerName) -> Option<TunnelIp> {
         self.by_peer.get(peer).copied().map(TunnelIp::new)
-    }
-
-    /// Number of peers holding an address.
-    pub fn len(&self) -> usize {
-        self.by_peer.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_peer.is_empty()
     }
 
     fn usable(&self, ip: Ipv4Addr) -> bool {

@@ -108,10 +108,6 @@ impl Core {
         self.alloc.gateway_ip()
     }
 
-    pub fn tunnel_cidr(&self) -> Ipv4Net {
-        self.alloc.cidr()
-    }
-
     /// Decides what to change, given every peer Secret (by name) and the device's peers
     /// with their AllowedIPs.
     pub fn reconcile(
