@@ -77,6 +77,30 @@ impl Up {
     }
 }
 
+/// SIGTERM and SIGINT, which stop the daemon (after undoing everything).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let handle = |kind| signal(kind).map_err(|e| Error::io("handle SIGTERM/SIGINT", e));
+        Ok(Signals {
+            term: handle(SignalKind::terminate())?,
+            int: handle(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
 /// Runs the daemon: brings everything up (reporting progress), serves until `leave` or
 /// SIGTERM/SIGINT, then undoes everything. On a bring-up failure undoes what was done and
 /// returns the error.
@@ -93,7 +117,15 @@ pub async fn run(
         forwarder: None,
     };
     let started = Instant::now();
-    let result = bring_up(&args, &mut up, progress).await;
+    // Handled from the start, so a signal during bring-up also undoes what was done.
+    let mut signals = Signals::new()?;
+    let result = tokio::select! {
+        r = bring_up(&args, &mut up, progress) => r,
+        _ = signals.recv() => Err(Error::Daemon(
+            "it was stopped by a signal before it finished joining; what it had set up is undone"
+                .into(),
+        )),
+    };
     let listener = match result {
         Ok(l) => l,
         Err(e) => {
@@ -106,7 +138,7 @@ pub async fn run(
     let status = current_status(&up).await;
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "joined");
     progress(Progress::Ready(Box::new(status)));
-    let leave_conn = serve(&args, &mut up, listener).await;
+    let leave_conn = serve(&args, &mut up, listener, &mut signals).await;
     let result = up.teardown().await;
     if let Some(mut conn) = leave_conn {
         let reply = match &result {
@@ -528,16 +560,17 @@ pub fn status_from_state(state: &State, connected: bool) -> Status {
 
 /// Serves the control socket and renews the lease until `leave` (returns its connection, to
 /// answer once everything is undone) or SIGTERM/SIGINT.
-async fn serve(args: &JoinArgs, up: &mut Up, listener: UnixListener) -> Option<UnixStream> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).ok()?;
-    let mut int = signal(SignalKind::interrupt()).ok()?;
+async fn serve(
+    args: &JoinArgs,
+    up: &mut Up,
+    listener: UnixListener,
+    signals: &mut Signals,
+) -> Option<UnixStream> {
     let renew_every = (args.ttl / 3).max(Duration::from_secs(1));
     let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
     loop {
         tokio::select! {
-            _ = term.recv() => return None,
-            _ = int.recv() => return None,
+            _ = signals.recv() => return None,
             _ = renew.tick() => renew_lease(args, up).await,
             conn = listener.accept() => {
                 let Ok((conn, _)) = conn else { continue };
