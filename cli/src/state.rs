@@ -130,12 +130,34 @@ impl State {
     }
 }
 
-/// Whether process `pid` is alive (signal 0).
+/// Whether process `pid` is alive (signal 0) and runs this program: a pid recorded before a
+/// reboot may belong to an unrelated process by now, which must never be taken for the daemon
+/// (nor signalled by `leave`).
 pub fn pid_alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !is_zombie(pid)
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        && !is_zombie(pid)
+        && runs_this_program(pid)
+}
+
+/// Compares the program names of `pid` and of this process; true when `/proc` does not say.
+fn runs_this_program(pid: i32) -> bool {
+    let name = |p: std::path::PathBuf| {
+        p.file_name().map(|n| {
+            n.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string()
+        })
+    };
+    match (
+        std::fs::read_link(format!("/proc/{pid}/exe")),
+        std::env::current_exe(),
+    ) {
+        (Ok(theirs), Ok(ours)) => name(theirs) == name(ours),
+        _ => true,
+    }
 }
 
 fn is_zombie(pid: i32) -> bool {
@@ -185,5 +207,14 @@ pub(crate) mod tests {
         State::remove(&sd.state()).unwrap();
         State::remove(&sd.state()).unwrap();
         assert!(pid_alive(std::process::id()));
+        // A live process of another program (a recycled pid) is never taken for the daemon.
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let other_alive = pid_alive(other.id());
+        other.kill().unwrap();
+        other.wait().unwrap();
+        assert!(!other_alive);
     }
 }
