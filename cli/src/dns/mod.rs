@@ -2,4 +2,5 @@
 
 pub mod forwarder;
 pub mod resolvconf;
+pub mod resolved;
 pub mod split;
