@@ -156,41 +156,52 @@ impl Kube {
         }
     }
 
-    /// Polls the peer Secret until the gateway wrote its tunnel IP (or an error annotation).
-    pub async fn wait_tunnel_ip(
-        &self,
-        ns: &str,
-        secret: &str,
-        timeout: Duration,
-    ) -> Result<Ipv4Addr, Error> {
+    /// Watches the peer Secret until the gateway wrote its tunnel IP (or an error
+    /// annotation). No timeout of its own: the session's deadline cancels it.
+    pub async fn wait_tunnel_ip(&self, ns: &str, secret: &str) -> Result<Ipv4Addr, Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut detail = String::new();
-        while tokio::time::Instant::now() < deadline {
-            let s = api
-                .get_opt(secret)
-                .await
-                .map_err(|e| self.secrets_error("get", ns, e))?;
-            let annotations = s
-                .as_ref()
-                .and_then(|s| s.metadata.annotations.clone())
-                .unwrap_or_default();
-            if let Some(ip) = annotations
-                .get(contract::TUNNEL_IP_ANNOTATION)
-                .and_then(|v| v.parse().ok())
-            {
-                return Ok(ip);
-            }
-            if let Some(err) = annotations.get(contract::ERROR_ANNOTATION) {
-                detail = format!(" (the gateway rejected the Secret: {err})");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        let decided = |s: Option<&Secret>| {
+            let a = s.and_then(|s| s.metadata.annotations.as_ref());
+            a.is_some_and(|a| {
+                a.contains_key(contract::ERROR_ANNOTATION)
+                    || a.get(contract::TUNNEL_IP_ANNOTATION)
+                        .is_some_and(|v| v.parse::<Ipv4Addr>().is_ok())
+            })
+        };
+        let secret_obj = kube::runtime::wait::await_condition(api, secret, decided)
+            .await
+            .map_err(|kube::runtime::wait::Error::ProbeFailed(e)| {
+                use kube::runtime::watcher::Error as W;
+                match e {
+                    W::InitialListFailed(e) | W::WatchStartFailed(e) | W::WatchFailed(e) => {
+                        self.secrets_error("watch", ns, e)
+                    }
+                    other => Error::ApiUnreachable {
+                        server: self.server.clone(),
+                        reason: other.to_string(),
+                    },
+                }
+            })?;
+        let annotations = secret_obj
+            .and_then(|s| s.metadata.annotations)
+            .unwrap_or_default();
+        if let Some(ip) = annotations
+            .get(contract::TUNNEL_IP_ANNOTATION)
+            .and_then(|v| v.parse().ok())
+        {
+            return Ok(ip);
         }
         Err(Error::NoTunnelIp {
             peer: secret.to_string(),
-            secs: timeout.as_secs(),
-            detail,
+            secs: 0,
+            detail: format!(
+                " (the gateway rejected the Secret: {})",
+                crate::output::sanitize(
+                    annotations
+                        .get(contract::ERROR_ANNOTATION)
+                        .map_or("", |s| s.as_str())
+                )
+            ),
         })
     }
 
@@ -200,11 +211,21 @@ impl Kube {
         ns: &str,
         secret: &str,
         expires: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), crate::session::LeaseFailure> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let patch = serde_json::json!({
             "stringData": { "leaseExpires": contract::format_lease(expires) },
         });
-        self.patch_secret(ns, secret, &patch).await
+        api.patch(secret, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(drop)
+            .map_err(|e| {
+                let code = match &e {
+                    kube::Error::Api(s) => Some(s.code),
+                    _ => None,
+                };
+                crate::driver::exec::lease_failure(code, self.secrets_error("patch", ns, e))
+            })
     }
 
     async fn patch_secret(
@@ -220,7 +241,7 @@ impl Kube {
             .map_err(|e| self.secrets_error("patch", ns, e))
     }
 
-    fn secrets_error(&self, verb: &str, ns: &str, e: kube::Error) -> Error {
+    pub fn secrets_error(&self, verb: &str, ns: &str, e: kube::Error) -> Error {
         let step = Step {
             verb,
             resource: "secrets",

@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use crate::api::{self, ClientError, Reply, Request};
 use crate::args::{Format, JoinArgs, LeaveArgs, OutputArgs, PeersArgs};
 use crate::cluster::Kube;
-use crate::daemon::{self, Progress};
+use crate::driver::{self, Progress, exec::cleanup_dead, status_from_state};
 use crate::error::Error;
+use crate::lock::{DaemonLock, Holder};
 use crate::output::{self, PeerRow};
-use crate::state::{State, StateDir, pid_alive};
+use crate::state::{State, StateDir};
 use kwg_wg::contract::Status;
 
 /// CAP_NET_ADMIN's bit in the capability sets (linux/capability.h).
@@ -48,44 +50,32 @@ pub async fn join(args: JoinArgs, dir: StateDir) -> Result<(), Error> {
     }
     let started = Instant::now();
     dir.create()?;
-    if let Some(state) = State::load(&dir.state())? {
-        match state.daemon_pid.filter(|p| pid_alive(*p)) {
-            Some(pid) => return Err(Error::AlreadyJoined { pid }),
-            None => {
-                say(
-                    args.output,
-                    "Cleaning up after a previous kwg daemon that died",
-                );
-                cleanup_dead(&state, &dir).await?;
-            }
-        }
+    if let Holder::Running(pid) = DaemonLock::holder(&dir.lock()) {
+        return Err(Error::AlreadyJoined { pid });
     }
     let format = args.output;
     let mut report = |p: Progress| match p {
-        Progress::Step(s) => say(format, &s),
+        Progress::Step(s) => say(format, &output::sanitize(&s)),
         Progress::Ready(status) => print_joined(&status, format, started.elapsed()),
         Progress::Failed(_) => {}
     };
     if args.foreground {
-        return daemon::run(args, dir, &mut report).await;
+        return driver::run(args, dir, &mut report).await;
     }
     let exe = std::env::current_exe().map_err(|e| Error::io("find the kwg executable", e))?;
     let log = std::fs::File::create(dir.log())
         .map_err(|e| Error::io(format!("create {}", dir.log().display()), e))?;
     let spec = serde_json::to_string(&args).expect("join args serialize");
-    let mut child = {
-        use std::os::unix::process::CommandExt;
+    let mut child = kwg_wg::process::spawn_detached(
         Process::new(exe)
             .args(["daemon", "--spec", &spec])
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| Error::io("start the kwg daemon", e))?
-    };
+            .stderr(log),
+    )
+    .map_err(|e| Error::io("start the kwg daemon", e))?;
     let pid = child.id();
     let stdout = child.stdout.take().expect("piped");
+    // The daemon gives up itself at --timeout; this is the bound for a daemon that hangs.
     let timeout = args.timeout + Duration::from_secs(5);
     let lines = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
@@ -102,33 +92,31 @@ pub async fn join(args: JoinArgs, dir: StateDir) -> Result<(), Error> {
         }
         out
     });
+    let log = dir.log().display().to_string();
     let progress = match tokio::time::timeout(timeout, lines).await {
         Ok(Ok(p)) => p,
         _ => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            // The daemon handles SIGTERM only once joined: before that it dies at once, so
-            // undo from the state file what it had done, or it stays behind.
-            wait_exit(pid, Duration::from_secs(5)).await;
+            // SIGTERM makes the daemon undo what it did; a daemon that does not exit is
+            // killed, and its journal undone here.
+            signal(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let _ = child.kill();
             let _ = child.wait();
             if let Ok(Some(state)) = State::load(&dir.state())
                 && let Err(e) = cleanup_dead(&state, &dir).await
             {
                 tracing::error!(error = %e, "cleanup after the stopped daemon failed; run kwg leave");
             }
-            return Err(Error::Daemon(format!(
-                "it did not finish joining within {}s and was stopped; its log is {}",
-                timeout.as_secs(),
-                dir.log().display()
-            )));
+            return Err(Error::DaemonTimeout {
+                secs: timeout.as_secs(),
+                log,
+            });
         }
     };
-    let mut outcome = Err(Error::Daemon(format!(
-        "it exited unexpectedly; its log is {}",
-        dir.log().display()
-    )));
+    let mut outcome = Err(Error::DaemonExited { log });
     for p in progress {
         match p {
             Progress::Failed(msg) => outcome = Err(Error::Reported(msg)),
@@ -168,7 +156,7 @@ fn print_joined(status: &Status, format: Format, elapsed: Duration) {
     }
 }
 
-/// The daemon process: runs [`daemon::run`], reporting progress as JSON lines on stdout.
+/// The daemon process: runs [`driver::run`], reporting progress as JSON lines on stdout.
 pub async fn daemon(spec: &str, dir: StateDir) -> Result<(), Error> {
     let args: JoinArgs =
         serde_json::from_str(spec).map_err(|e| Error::invalid("daemon spec", e.to_string()))?;
@@ -182,21 +170,11 @@ pub async fn daemon(spec: &str, dir: StateDir) -> Result<(), Error> {
         );
         let _ = out.flush();
     };
-    let result = daemon::run(args, dir, &mut send).await;
+    let result = driver::run(args, dir, &mut send).await;
     if let Err(e) = &result {
         send(Progress::Failed(e.to_string()));
     }
     result
-}
-
-/// Undoes a join whose daemon is gone; needs the kube client only for the Secret.
-async fn cleanup_dead(state: &State, dir: &StateDir) -> Result<Vec<String>, Error> {
-    let kube = Kube::connect(state.kubeconfig.as_deref(), state.context.as_deref()).await;
-    if let Err(e) = &kube {
-        tracing::warn!(error = %e, "cannot reach the cluster to delete the peer Secret; the gateway collects it when its lease expires");
-    }
-    let (done, result) = crate::undo::undo(state, dir, kube.as_ref().ok()).await;
-    result.map(|()| done)
 }
 
 /// `kwg status`: exit code 1 when not joined.
@@ -209,18 +187,25 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
         }
         return Ok(1);
     };
-    let alive = state.daemon_pid.is_some_and(pid_alive);
-    let status = if alive {
-        match daemon::request(&dir, "status", Duration::from_secs(3))
-            .await
-            .ok()
-            .and_then(|l| serde_json::from_str::<Status>(&l).ok())
-        {
-            Some(s) => s,
-            None => daemon::status_from_state(&state, false),
+    let status = match DaemonLock::holder(&dir.lock()) {
+        Holder::None => status_from_state(&state, false),
+        Holder::Running(_) => {
+            match api::call(&dir.socket(), Request::Status, Duration::from_secs(3)).await {
+                Ok(Reply::Status(s)) => *s,
+                Ok(other) => {
+                    tracing::warn!(?other, "unexpected reply to status");
+                    status_from_state(&state, false)
+                }
+                // An older daemon: its version sentence is the answer.
+                Err(e @ (ClientError::OlderDaemon | ClientError::OtherVersion { .. })) => {
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the daemon does not answer");
+                    status_from_state(&state, false)
+                }
+            }
         }
-    } else {
-        daemon::status_from_state(&state, false)
     };
     if args.output == Format::Json {
         println!(
@@ -242,18 +227,12 @@ pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
     };
     let kube = Kube::connect(kubeconfig.as_deref(), context.as_deref()).await?;
     let listed = kube.list_peers(&args.kube.kwg_namespace).await?;
+    let running = matches!(DaemonLock::holder(&dir.lock()), Holder::Running(_));
     let stats = match state.as_ref().and_then(|s| s.gateway_admin) {
-        Some(admin)
-            if state
-                .as_ref()
-                .and_then(|s| s.daemon_pid)
-                .is_some_and(pid_alive) =>
-        {
-            gateway_peers(admin).await
-        }
+        Some(admin) if running => gateway_peers(admin).await,
         _ => Vec::new(),
     };
-    let me = state.as_ref().map(|s| s.peer.clone());
+    let me = state.as_ref().map(|s| s.peer.to_string());
     let mut rows: Vec<PeerRow> = listed
         .into_iter()
         .filter_map(|p| {
@@ -292,17 +271,25 @@ pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
 
 /// The gateway's `/peers` JSON through the tunnel (empty when it does not answer).
 async fn gateway_peers(admin: std::net::SocketAddr) -> Vec<kwg_wg::contract::GatewayPeer> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use http_body_util::BodyExt;
     let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-        let req =
-            format!("GET /peers HTTP/1.0\r\nHost: {admin}\r\nAccept: application/json\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8(buf).ok()?;
-        let (_, body) = text.split_once("\r\n\r\n")?;
-        serde_json::from_str(body).ok()
+        let tcp = tokio::net::TcpStream::connect(admin).await.ok()?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/peers")
+            .header(hyper::header::HOST, admin.to_string())
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .ok()?;
+        let resp = sender.send_request(req).await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        serde_json::from_slice(&body).ok()
     };
     tokio::time::timeout(Duration::from_secs(2), fetch)
         .await
@@ -314,7 +301,8 @@ async fn gateway_peers(admin: std::net::SocketAddr) -> Vec<kwg_wg::contract::Gat
 /// `kwg leave`: asks the daemon to undo everything, or undoes it from the state file.
 pub async fn leave(args: LeaveArgs, dir: StateDir) -> Result<(), Error> {
     let started = Instant::now();
-    let Some(state) = State::load(&dir.state())? else {
+    let holder = DaemonLock::holder(&dir.lock());
+    if holder == Holder::None && State::load(&dir.state())?.is_none() {
         say(args.output, "kwg is not joined; nothing to do.");
         if args.output == Format::Json {
             println!("{}", serde_json::json!({ "left": false, "removed": [] }));
@@ -322,30 +310,25 @@ pub async fn leave(args: LeaveArgs, dir: StateDir) -> Result<(), Error> {
         return Ok(());
     };
     let mut removed: Vec<String> = Vec::new();
-    let pid = state.daemon_pid.filter(|p| pid_alive(*p));
-    if let Some(pid) = pid {
-        match daemon::request(&dir, "leave", Duration::from_secs(10)).await {
-            Ok(line) => {
-                let reply: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if let Some(r) = reply.get("removed").and_then(|r| r.as_array()) {
-                    removed.extend(r.iter().filter_map(|v| v.as_str().map(String::from)));
-                }
-                if let Some(e) = reply.get("error").and_then(|e| e.as_str()) {
-                    tracing::warn!(
-                        error = e,
-                        "the daemon could not undo everything; cleaning up from the state file"
-                    );
-                }
-            }
+    if let Holder::Running(pid) = holder {
+        match api::call(&dir.socket(), Request::Leave, Duration::from_secs(15)).await {
+            Ok(Reply::Left { removed: r }) => removed.extend(r),
+            Ok(other) => tracing::warn!(?other, "unexpected reply to leave"),
+            Err(ClientError::Daemon(e)) => tracing::warn!(
+                error = e,
+                "the daemon could not undo everything; cleaning up from the state file"
+            ),
             Err(e) => {
-                tracing::warn!(error = %e, pid, "the daemon does not answer; stopping it");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
+                // An older daemon, or one that hangs: SIGTERM makes it undo everything.
+                tracing::warn!(error = %e, ?pid, "the daemon did not take the leave request; stopping it");
+                if let Some(pid) = pid {
+                    signal(pid, nix::sys::signal::Signal::SIGTERM);
+                }
             }
         }
-        wait_exit(pid, Duration::from_secs(5)).await;
+        if let Some(pid) = pid {
+            wait_exit(&dir, pid, Duration::from_secs(5)).await;
+        }
     }
     if let Some(state) = State::load(&dir.state())? {
         removed.extend(cleanup_dead(&state, &dir).await?);
@@ -367,15 +350,21 @@ pub async fn leave(args: LeaveArgs, dir: StateDir) -> Result<(), Error> {
     Ok(())
 }
 
-async fn wait_exit(pid: u32, max: Duration) {
+/// Signals `pid` (only ever a pid read from the daemon's lock file while it is held).
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+/// Waits until the daemon released its lock (it exited), at most `max`; then kills it.
+async fn wait_exit(dir: &StateDir, pid: u32, max: Duration) {
+    let running = || DaemonLock::holder(&dir.lock()) == Holder::Running(Some(pid));
     let deadline = Instant::now() + max;
-    while pid_alive(pid) && Instant::now() < deadline {
+    while running() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    if pid_alive(pid) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+    if running() {
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
 }

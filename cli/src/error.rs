@@ -64,10 +64,24 @@ pub enum Error {
         source_name: String,
         existing: String,
     },
-    #[error("kwg is already joined (daemon pid {pid}): run kwg leave first")]
-    AlreadyJoined { pid: u32 },
-    #[error("the kwg daemon failed: {0}")]
-    Daemon(String),
+    #[error("kwg is already joined or joining (daemon pid {}): run kwg leave first", pid.map_or("unknown".to_string(), |p| p.to_string()))]
+    AlreadyJoined { pid: Option<u32> },
+    #[error(
+        "interface {name} already exists and is not kwg's: pass --interface with another name (kwg never touches an interface it did not create)"
+    )]
+    InterfaceExists { name: String },
+    #[error(
+        "kwg join did not get past {step} within {secs}s: check the API server and the kwg-gateway pod (kubectl -n kwg-system get pods), or raise --timeout"
+    )]
+    JoinTimeout { step: String, secs: u64 },
+    #[error(
+        "the kwg daemon did not finish joining within {secs}s and was stopped (what it had set up is undone): read its log {log}"
+    )]
+    DaemonTimeout { secs: u64, log: String },
+    #[error("the kwg daemon exited before it finished joining: read its log {log}")]
+    DaemonExited { log: String },
+    #[error("{0}")]
+    Api(#[from] crate::api::ClientError),
     /// An error the daemon reported, already one sentence.
     #[error("{0}")]
     Reported(String),

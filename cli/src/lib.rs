@@ -1,15 +1,17 @@
 //! kwg: join this machine to a Kubernetes cluster over WireGuard, with split DNS.
 
+pub mod api;
 pub mod args;
 pub mod cluster;
 pub mod commands;
-pub mod daemon;
 pub mod dns;
+pub mod driver;
 pub mod error;
+pub mod lock;
 pub mod output;
 pub mod routes;
+pub mod session;
 pub mod state;
-pub mod undo;
 
 pub use error::Error;
 

@@ -305,3 +305,9 @@ mod tests {
         assert!(lines[2].starts_with("   ci-runner-long  "));
     }
 }
+
+/// `text` without control characters: text from the cluster (annotations, names) may carry
+/// terminal escapes and is never printed raw.
+pub fn sanitize(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}

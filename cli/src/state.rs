@@ -1,10 +1,12 @@
-//! The state directory and the state file: what `join` changed on this machine, so `leave`
-//! can undo it even after the daemon was killed.
+//! The state directory and the state file: what `join` changed on this machine, as an undo
+//! journal written before each change is made, so `leave` can undo it even after the daemon
+//! was killed.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use kwg_wg::contract::PeerName;
 
 use crate::error::Error;
 use crate::routes::PlannedRoute;
@@ -25,13 +27,21 @@ impl StateDir {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
         )
     }
+
+    /// Creates the directory, readable by root only (it holds the private key and the
+    /// control socket).
     pub fn create(&self) -> Result<(), Error> {
-        std::fs::create_dir_all(&self.0).map_err(|e| {
-            Error::io(
-                format!("create the state directory {}", self.0.display()),
-                e,
-            )
-        })
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.0)
+            .map_err(|e| {
+                Error::io(
+                    format!("create the state directory {}", self.0.display()),
+                    e,
+                )
+            })
     }
     pub fn key(&self) -> PathBuf {
         self.0.join("private.key")
@@ -41,6 +51,10 @@ impl StateDir {
     }
     pub fn socket(&self) -> PathBuf {
         self.0.join("kwg.sock")
+    }
+    /// Held (flock) by the daemon for its lifetime; holds its pid.
+    pub fn lock(&self) -> PathBuf {
+        self.0.join("daemon.lock")
     }
     pub fn resolv_backup(&self) -> PathBuf {
         self.0.join("resolv.conf.orig")
@@ -54,16 +68,26 @@ impl StateDir {
 }
 
 /// How the machine's resolver was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DnsModeUsed {
+    ResolvConf,
+}
+
+impl DnsModeUsed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsModeUsed::ResolvConf => "resolv-conf",
+        }
+    }
+}
+
+/// The split-DNS set-up, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DnsState {
-    /// `resolv-conf` or `off`.
-    pub mode: String,
-    /// The file rewritten in place, and its byte-for-byte backup.
-    pub resolv_conf: Option<PathBuf>,
-    pub backup: Option<PathBuf>,
+    pub mode: DnsModeUsed,
     pub forwarder: SocketAddr,
     /// The cluster DNS the forwarder asks through the tunnel.
-    #[serde(default)]
     pub cluster_dns: Option<SocketAddr>,
     pub upstreams: Vec<SocketAddr>,
     pub include_suffixes: Vec<String>,
@@ -72,11 +96,29 @@ pub struct DnsState {
     pub search: Vec<String>,
 }
 
+/// One change `join` made, as what undoes it. Recorded in the state file before the change.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "undo", rename_all = "camelCase")]
+pub enum Undo {
+    /// Delete the peer Secret.
+    #[serde(rename_all = "camelCase")]
+    DeletePeer { namespace: String, secret: String },
+    /// Delete the tunnel interface, but only while it is the one this daemon created
+    /// (`ifindex` is recorded once it exists; a TUN without its process is gone anyway).
+    #[serde(rename_all = "camelCase")]
+    DeleteInterface { name: String, ifindex: Option<u32> },
+    /// Stop the DNS forwarder (in the daemon only: it dies with it).
+    StopForwarder,
+    /// Put the original resolv.conf back from its backup, if the file is still kwg's.
+    #[serde(rename_all = "camelCase")]
+    RestoreResolvConf { path: PathBuf, backup: PathBuf },
+}
+
 /// Everything `join` did, written before each change is made.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct State {
-    pub peer: String,
+    pub peer: PeerName,
     pub kwg_namespace: String,
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
@@ -94,12 +136,15 @@ pub struct State {
     pub daemon_pid: Option<u32>,
     pub joined_at: DateTime<Utc>,
     pub ttl_secs: u64,
+    /// What undoes each change made so far, oldest first.
+    #[serde(default)]
+    pub undo: Vec<Undo>,
 }
 
 impl State {
     /// Reads the state file; `Ok(None)` when there is none.
     pub fn load(path: &Path) -> Result<Option<State>, Error> {
-        match std::fs::read(path) {
+        match read_no_follow(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
                 Error::invalid(
                     format!("state file {}", path.display()),
@@ -111,13 +156,10 @@ impl State {
         }
     }
 
-    /// Writes the state file atomically (temporary file + rename).
+    /// Writes the state file atomically (temporary file + fsync + rename).
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        let tmp = path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(self).expect("state serializes");
-        std::fs::write(&tmp, json)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| Error::io(format!("write {}", path.display()), e))
+        write_atomic(path, &json)
     }
 
     pub fn remove(path: &Path) -> Result<(), Error> {
@@ -130,44 +172,35 @@ impl State {
     }
 }
 
-/// Whether process `pid` is alive (signal 0) and runs this program: a pid recorded before a
-/// reboot may belong to an unrelated process by now, which must never be taken for the daemon
-/// (nor signalled by `leave`).
-pub fn pid_alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-        && !is_zombie(pid)
-        && runs_this_program(pid)
+/// Reads a file without following a symlink at its last component.
+pub fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out)?;
+    Ok(out)
 }
 
-/// Compares the program names of `pid` and of this process; true when `/proc` does not say.
-fn runs_this_program(pid: i32) -> bool {
-    let name = |p: std::path::PathBuf| {
-        p.file_name().map(|n| {
-            n.to_string_lossy()
-                .trim_end_matches(" (deleted)")
-                .to_string()
-        })
-    };
-    match (
-        std::fs::read_link(format!("/proc/{pid}/exe")),
-        std::env::current_exe(),
-    ) {
-        (Ok(theirs), Ok(ours)) => name(theirs) == name(ours),
-        _ => true,
-    }
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+/// Writes `bytes` to a fresh temporary file next to `path` (never following a symlink), syncs
+/// it and renames it over `path`: a crash leaves either the old or the new content.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    result.map_err(|e| Error::io(format!("write {}", path.display()), e))
 }
 
 #[cfg(test)]
@@ -176,7 +209,7 @@ pub(crate) mod tests {
 
     pub(crate) fn sample() -> State {
         State {
-            peer: "laptop".into(),
+            peer: "laptop".parse().unwrap(),
             kwg_namespace: "kwg-system".into(),
             kubeconfig: None,
             context: Some("dev".into()),
@@ -194,6 +227,20 @@ pub(crate) mod tests {
             daemon_pid: Some(std::process::id()),
             joined_at: "2026-01-01T00:00:00Z".parse().unwrap(),
             ttl_secs: 3600,
+            undo: vec![Undo::DeletePeer {
+                namespace: "kwg-system".into(),
+                secret: "kwg-peer-laptop".into(),
+            }],
+        }
+    }
+
+    /// The fixed part of a state a session starts from.
+    pub(crate) fn sample_template() -> State {
+        State {
+            undo: Vec::new(),
+            tunnel_ip: None,
+            routes: Vec::new(),
+            ..sample()
         }
     }
 
@@ -206,15 +253,19 @@ pub(crate) mod tests {
         assert_eq!(State::load(&sd.state()).unwrap(), Some(sample()));
         State::remove(&sd.state()).unwrap();
         State::remove(&sd.state()).unwrap();
-        assert!(pid_alive(std::process::id()));
-        // A live process of another program (a recycled pid) is never taken for the daemon.
-        let mut other = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let other_alive = pid_alive(other.id());
-        other.kill().unwrap();
-        other.wait().unwrap();
-        assert!(!other_alive);
+    }
+
+    #[test]
+    fn state_files_are_never_read_or_written_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"precious").unwrap();
+        let link = dir.path().join("state.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(State::load(&link).is_err());
+        sample().save(&link).unwrap();
+        // The link itself was replaced; its target is untouched.
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+        assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
     }
 }

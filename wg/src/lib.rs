@@ -10,6 +10,7 @@ pub mod keys;
 pub mod logging;
 pub mod netlink;
 pub mod peer;
+pub mod process;
 pub mod run;
 pub mod uapi;
 

@@ -179,6 +179,39 @@ impl Netlink {
             .map_err(|e| kernel(format!("add address {addr} to {name}"), e))
     }
 
+    /// Removes `addr` from `name`; `Ok(false)` when it was not there.
+    pub async fn delete_address(&self, name: &str, addr: IpNet) -> Result<bool, NetlinkError> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let index = self.link_index(name).await?;
+        let mut msgs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(msg) = msgs
+            .try_next()
+            .await
+            .map_err(|e| kernel(format!("list addresses of {name}"), e))?
+        {
+            let matches = msg.header.prefix_len == addr.prefix_len()
+                && msg
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == addr.addr()));
+            if matches {
+                self.handle
+                    .address()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .map_err(|e| kernel(format!("delete address {addr} of {name}"), e))?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The addresses configured on `name`.
     pub async fn addresses(&self, name: &str) -> Result<Vec<IpNet>, NetlinkError> {
         use rtnetlink::packet_route::address::AddressAttribute;

@@ -11,8 +11,22 @@ const MAX_LABEL_LEN: usize = 63;
 /// A peer's name: a DNS label (RFC 1123: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 63 chars).
 ///
 /// The Secret is named `kwg-peer-<name>`, so the Secret name also stays a valid object name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct PeerName(String);
+
+impl TryFrom<String> for PeerName {
+    type Error = ContractError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<PeerName> for String {
+    fn from(n: PeerName) -> String {
+        n.0
+    }
+}
 
 impl PeerName {
     /// The name as a string.

@@ -1,0 +1,324 @@
+//! The driver's I/O: each long action of the session core as a future that owns what it
+//! needs, and the undo steps (shared with the cleanup after a killed daemon).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+use kwg_wg::contract::{GatewayInfo, PeerSpec};
+use kwg_wg::device::{DeviceHandle, PeerConfig};
+use kwg_wg::keys::{self, PrivateKey};
+use kwg_wg::netlink::Netlink;
+use kwg_wg::uapi::SetRequest;
+
+use crate::args::JoinArgs;
+use crate::cluster::Kube;
+use crate::dns::{forwarder, resolvconf};
+use crate::error::Error;
+use crate::session::{Event, Facts, LeaseFailure, plan};
+use crate::state::{State, StateDir, Undo};
+
+/// Connects to the cluster and reads what the plan needs, from it and from the machine.
+pub async fn inspect(
+    args: &JoinArgs,
+    dir: &StateDir,
+) -> Result<(Box<Facts>, Kube, PrivateKey), Error> {
+    let kube = Kube::connect(
+        args.kube.kubeconfig.as_deref(),
+        args.kube.context.as_deref(),
+    )
+    .await?;
+    let info = kube.gateway_info(&args.kube.kwg_namespace).await?;
+    let nl = Netlink::open()?;
+    let endpoint = resolve_endpoint(&info).await?;
+    let key = load_or_create_key(dir)?;
+    let resolv_conf = match (plan::uses_resolv_conf(args.dns_mode), info.dns_ip) {
+        (true, Some(_)) => Some(
+            crate::state::read_no_follow(&args.resolv_conf)
+                .map_err(|e| Error::io(format!("read {}", args.resolv_conf.display()), e))?,
+        ),
+        _ => None,
+    };
+    let facts = Facts {
+        now_wall: chrono::Utc::now(),
+        server: kube.server.clone(),
+        user: kube.user.clone(),
+        context: kube.context.clone(),
+        default_namespace: kube.default_namespace.clone(),
+        namespaces: kube.namespaces().await,
+        machine_routes: nl.routes().await?,
+        interface_exists: nl.link_exists(&args.interface).await?,
+        public_key: key.public_key(),
+        hostname: hostname(),
+        endpoint,
+        info,
+        resolv_conf,
+    };
+    Ok((Box::new(facts), kube, key))
+}
+
+/// Registers the peer with a lease of `ttl` from now.
+pub async fn register(kube: Kube, ns: String, mut spec: PeerSpec, ttl: Duration) -> Event {
+    spec.lease_expires = chrono::Utc::now() + ttl;
+    match kube.register_peer(&ns, &spec).await {
+        Ok(()) => Event::Registered,
+        Err(e) => Event::Failed(e),
+    }
+}
+
+pub async fn wait_tunnel_ip(kube: Kube, ns: String, secret: String) -> Event {
+    match kube.wait_tunnel_ip(&ns, &secret).await {
+        Ok(ip) => Event::TunnelIp(ip),
+        Err(e) => Event::Failed(e),
+    }
+}
+
+pub async fn renew_lease(kube: Kube, ns: String, secret: String, ttl: Duration) -> Event {
+    match kube
+        .renew_lease(&ns, &secret, chrono::Utc::now() + ttl)
+        .await
+    {
+        Ok(()) => Event::LeaseRenewed,
+        Err(f) => Event::LeaseFailed(f),
+    }
+}
+
+/// Pokes the tunnel (a packet toward `poke` starts the handshake) until the gateway answered.
+pub async fn await_handshake(handle: DeviceHandle, gateway: PeerConfig, poke: SocketAddr) -> Event {
+    loop {
+        let done = handle
+            .peers()
+            .await
+            .iter()
+            .any(|p| p.public_key == gateway.public_key && p.last_handshake.is_some());
+        if done {
+            return Event::Handshake;
+        }
+        match poke.port() {
+            53 => {
+                let _ =
+                    probe_dns(poke, "kubernetes.default.svc.", Duration::from_millis(100)).await;
+            }
+            _ => {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    tokio::net::TcpStream::connect(poke),
+                )
+                .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A fresh UDP source port and a new handshake: a stale conntrack/NAT entry for the old
+/// 5-tuple (made before the NodePort was programmed) would swallow every retry.
+pub async fn rebind(handle: &DeviceHandle, gateway: PeerConfig) -> Result<(), Error> {
+    let errno = handle.uapi_set(&SetRequest {
+        listen_port: Some(0),
+        ..Default::default()
+    });
+    // Re-adding the peer drops its pending handshake, so the next packet starts a new one.
+    handle.remove_peer(&gateway.public_key).await?;
+    handle.upsert_peer(gateway).await?;
+    tracing::info!(
+        errno,
+        port = handle.listen_port(),
+        "no handshake yet: rebound the UDP port"
+    );
+    Ok(())
+}
+
+/// Asks `server` until it resolves `name`.
+pub async fn dns_answers(server: SocketAddr, name: String) -> Event {
+    while !probe_dns(server, &name, Duration::from_millis(300)).await {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Event::DnsAnswered
+}
+
+/// Whether `server` resolves `name` to at least one address.
+pub async fn probe_dns(server: SocketAddr, name: &str, timeout: Duration) -> bool {
+    let Ok(qname) = Name::from_ascii(name) else {
+        return false;
+    };
+    let mut m = Message::query();
+    m.metadata.id = rand::random();
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(qname, RecordType::A));
+    let Ok(raw) = m.to_vec() else {
+        return false;
+    };
+    forwarder::relay(&raw, server, timeout)
+        .await
+        .and_then(|reply| Message::from_vec(&reply).ok())
+        .is_some_and(|m| m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty())
+}
+
+/// Backs up the resolver file, then rewrites it in place (it may be a bind mount, where a
+/// rename fails). The backup is complete and synced before the file is touched.
+pub fn write_resolv_conf(
+    path: &std::path::Path,
+    backup: &std::path::Path,
+    original: &[u8],
+    contents: &[u8],
+) -> Result<(), Error> {
+    crate::state::write_atomic(backup, original)?;
+    resolvconf::write_in_place(path, contents)
+}
+
+async fn resolve_endpoint(info: &GatewayInfo) -> Result<SocketAddr, Error> {
+    for ep in &info.endpoints {
+        if let Some(ip) = ep.ip() {
+            return Ok(SocketAddr::new(ip, ep.port));
+        }
+        if let Ok(mut addrs) = tokio::net::lookup_host((ep.host.as_str(), ep.port)).await
+            && let Some(a) = addrs.next()
+        {
+            return Ok(a);
+        }
+    }
+    Err(Error::invalid(
+        "gateway endpoints",
+        "none of them resolves: check the kwg-gateway Service and the gateway info ConfigMap",
+    ))
+}
+
+fn load_or_create_key(dir: &StateDir) -> Result<PrivateKey, Error> {
+    let path = dir.key();
+    if path.exists() {
+        return Ok(keys::read_private_key_file(&path)?);
+    }
+    let key = PrivateKey::generate();
+    keys::write_private_key_file(&path, &key)?;
+    Ok(key)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Undoes one recorded change outside the daemon's own resources (those are dropped by the
+/// driver first). Returns what was removed, for the user.
+pub async fn undo_step(u: &Undo, kube: Option<&Kube>) -> Result<Option<String>, Error> {
+    match u {
+        Undo::DeletePeer { namespace, secret } => match kube {
+            Some(k) => Ok(k
+                .delete_peer(namespace, secret)
+                .await?
+                .then(|| format!("peer Secret {secret}"))),
+            None => Err(Error::invalid(
+                format!("peer Secret {secret}"),
+                "the cluster cannot be reached to delete it: run kwg leave again later (the gateway removes it when its lease expires)",
+            )),
+        },
+        Undo::DeleteInterface { name, ifindex } => {
+            let nl = Netlink::open()?;
+            let ours = match ifindex {
+                Some(i) => nl.link_index(name).await.ok() == Some(*i),
+                None => false,
+            };
+            if !ours {
+                return Ok(None);
+            }
+            // Deleting the interface removes its address and routes with it.
+            Ok(nl
+                .delete_link(name)
+                .await?
+                .then(|| format!("routes and interface {name}")))
+        }
+        Undo::StopForwarder => Ok(None),
+        Undo::RestoreResolvConf { path, backup } => restore_resolv_conf(path, backup),
+    }
+}
+
+/// Puts the original resolver file back byte for byte if the current one is still kwg's (or
+/// empty: a crash in the middle of writing it), then deletes the backup.
+fn restore_resolv_conf(
+    path: &std::path::Path,
+    backup: &std::path::Path,
+) -> Result<Option<String>, Error> {
+    let original = match crate::state::read_no_follow(backup) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::io(
+                format!("read the resolv.conf backup {}", backup.display()),
+                e,
+            ));
+        }
+    };
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    let restored = if resolvconf::is_ours(&current) || current.is_empty() {
+        resolvconf::write_in_place(path, &original)?;
+        true
+    } else {
+        tracing::warn!(path = %path.display(), "resolv.conf was changed by someone else since kwg join: leaving it as it is");
+        false
+    };
+    let _ = std::fs::remove_file(backup);
+    Ok(restored.then(|| "DNS settings".to_string()))
+}
+
+/// Undoes a join whose daemon is gone, from its journal, newest change first. Failed steps
+/// stay in the journal for the next `kwg leave`.
+pub async fn cleanup_dead(state: &State, dir: &StateDir) -> Result<Vec<String>, Error> {
+    let needs_kube = state
+        .undo
+        .iter()
+        .any(|u| matches!(u, Undo::DeletePeer { .. }));
+    let kube = match needs_kube {
+        true => match Kube::connect(state.kubeconfig.as_deref(), state.context.as_deref()).await {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the cluster to delete the peer Secret");
+                None
+            }
+        },
+        false => None,
+    };
+    let mut removed = Vec::new();
+    let mut kept = Vec::new();
+    let mut first_err = None;
+    for u in state.undo.iter().rev() {
+        match undo_step(u, kube.as_ref()).await {
+            Ok(what) => removed.extend(what),
+            Err(e) => {
+                kept.push(u.clone());
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        None => {
+            State::remove(&dir.state())?;
+            Ok(removed)
+        }
+        Some(e) => {
+            let mut left = state.clone();
+            kept.reverse();
+            left.undo = kept;
+            left.save(&dir.state())?;
+            Err(e)
+        }
+    }
+}
+
+/// The gateway's admin address for `info`.
+pub fn admin_addr(info: &GatewayInfo) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(info.gateway_ip.addr()), info.admin_port)
+}
+
+/// Failure kinds of a lease renewal, from the API status code.
+pub fn lease_failure(code: Option<u16>, e: Error) -> LeaseFailure {
+    match code {
+        Some(409) => LeaseFailure::Conflict,
+        Some(404) => LeaseFailure::NotFound,
+        _ => LeaseFailure::Other(e),
+    }
+}

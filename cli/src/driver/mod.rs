@@ -1,0 +1,443 @@
+//! The daemon's driver: executes the session core's actions (kube, netlink, the device, DNS,
+//! files), feeds the results back as events, and serves the control socket. It owns every
+//! resource; the core owns every decision.
+
+pub mod exec;
+mod status;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kwg_wg::contract::{GatewayInfo, Status};
+use kwg_wg::device::{DEFAULT_MTU, Device, DeviceConfig};
+use kwg_wg::keys::PrivateKey;
+use kwg_wg::netlink::Netlink;
+use kwg_wg::process::Signals;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::api::{self, Incoming, Reply, Request};
+use crate::args::JoinArgs;
+use crate::cluster::Kube;
+use crate::dns::forwarder::Forwarder;
+use crate::error::Error;
+use crate::lock::DaemonLock;
+use crate::session::{Action, Event, Session};
+use crate::state::{State, StateDir, Undo};
+pub use status::status_from_state;
+
+/// What the daemon tells `kwg join` while it comes up (one JSON object per line).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Progress {
+    Step(String),
+    Ready(Box<Status>),
+    Failed(String),
+}
+
+type Long = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// A finished long action.
+enum Done {
+    Event(Event),
+    Inspected(Result<(Box<crate::session::Facts>, Kube, PrivateKey), Error>),
+}
+
+struct Driver {
+    args: JoinArgs,
+    dir: StateDir,
+    kube: Option<Kube>,
+    key: Option<PrivateKey>,
+    device: Option<Device>,
+    forwarder: Option<Forwarder>,
+    watch: Option<tokio::task::JoinHandle<()>>,
+    info_tx: mpsc::Sender<GatewayInfo>,
+}
+
+/// Runs the daemon: takes the lock, cleans up after a dead predecessor, brings everything up
+/// (reporting progress), serves until `leave` or SIGTERM/SIGINT, then undoes everything.
+pub async fn run(
+    args: JoinArgs,
+    dir: StateDir,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(), Error> {
+    // Handled from the start, so a signal during bring-up also undoes what was done.
+    let mut signals = Signals::new().map_err(|e| Error::io("handle SIGTERM/SIGINT", e))?;
+    dir.create()?;
+    let _lock = DaemonLock::acquire(&dir.lock())?;
+    if let Some(stale) = State::load(&dir.state())? {
+        progress(Progress::Step(
+            "Cleaning up after a previous kwg daemon that died".into(),
+        ));
+        exec::cleanup_dead(&stale, &dir).await?;
+    }
+    let (req_tx, mut requests) = mpsc::channel::<Incoming>(16);
+    let server = tokio::spawn(api::serve(api::listen(&dir.socket())?, req_tx));
+    let (info_tx, mut infos) = mpsc::channel(4);
+    let template = State {
+        peer: "pending".parse().expect("a valid name"),
+        kwg_namespace: args.kube.kwg_namespace.clone(),
+        kubeconfig: args.kube.kubeconfig.clone(),
+        context: args.kube.context.clone(),
+        server: String::new(),
+        user: String::new(),
+        namespace: String::new(),
+        mapped_namespaces: args.mapped_namespaces.clone(),
+        interface: args.interface.clone(),
+        tunnel_ip: None,
+        gateway_endpoint: None,
+        gateway_key: None,
+        gateway_admin: None,
+        routes: Vec::new(),
+        dns: None,
+        daemon_pid: Some(std::process::id()),
+        joined_at: chrono::Utc::now(),
+        ttl_secs: args.ttl.as_secs(),
+        undo: Vec::new(),
+    };
+    let started = Instant::now();
+    let mut session = Session::new(
+        args.clone(),
+        template,
+        dir.resolv_backup(),
+        started.into_std(),
+    );
+    let mut d = Driver {
+        args,
+        dir: dir.clone(),
+        kube: None,
+        key: None,
+        device: None,
+        forwarder: None,
+        watch: None,
+        info_tx,
+    };
+    let mut long: Option<Long> = None;
+    let mut leave_waiters: Vec<oneshot::Sender<Reply>> = Vec::new();
+    let mut joined = false;
+    'run: loop {
+        while let Some(action) = session.poll_action() {
+            let now = std::time::Instant::now();
+            match action {
+                Action::Exit => break 'run,
+                Action::Cancel => long = None,
+                Action::Progress(s) => progress(Progress::Step(s)),
+                Action::Ready => {
+                    joined = true;
+                    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "joined");
+                    progress(Progress::Ready(Box::new(d.status(&session).await)));
+                    d.watch_gateway_info();
+                }
+                a => match d.start(a).await {
+                    Started::Now(ev) => session.handle(ev, now),
+                    Started::Long(fut) => long = Some(fut),
+                    Started::Nothing => {}
+                },
+            }
+        }
+        let timeout = session.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            done = async { long.as_mut().expect("in flight").await }, if long.is_some() => {
+                long = None;
+                let ev = d.finished(done);
+                session.handle(ev, std::time::Instant::now());
+            }
+            _ = tokio::time::sleep_until(timeout.unwrap_or_else(Instant::now)), if timeout.is_some() => {
+                session.handle_timeout(std::time::Instant::now());
+            }
+            _ = signals.recv() => session.handle(Event::Signal, std::time::Instant::now()),
+            Some((req, reply)) = requests.recv() => match req {
+                Request::Status => { let _ = reply.send(Reply::Status(Box::new(d.status(&session).await))); }
+                Request::Leave => {
+                    leave_waiters.push(reply);
+                    session.handle(Event::Leave, std::time::Instant::now());
+                }
+            },
+            Some(info) = infos.recv() => session.handle(Event::GatewayInfo(Box::new(info)), std::time::Instant::now()),
+        }
+    }
+    server.abort();
+    if let Some(w) = d.watch.take() {
+        w.abort();
+    }
+    let _ = std::fs::remove_file(dir.socket());
+    let outcome = session.outcome();
+    for w in leave_waiters {
+        let _ = w.send(match &outcome {
+            Ok(removed) => Reply::Left {
+                removed: removed.clone(),
+            },
+            Err(e) => Reply::Error {
+                message: e.to_string(),
+            },
+        });
+    }
+    // Give the `leave` clients a moment to read their reply before the process exits.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(e) if joined => {
+            tracing::error!(error = %e, "leaving did not undo everything; kwg leave retries");
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+enum Started {
+    Now(Event),
+    Long(Long),
+    Nothing,
+}
+
+fn event(r: Result<(), Error>, ok: Event) -> Started {
+    Started::Now(match r {
+        Ok(()) => ok,
+        Err(e) => Event::Failed(e),
+    })
+}
+
+impl Driver {
+    fn kube(&self) -> Kube {
+        self.kube
+            .clone()
+            .expect("connected before any cluster action")
+    }
+
+    fn handle(&self) -> kwg_wg::device::DeviceHandle {
+        self.device.as_ref().expect("device created").handle()
+    }
+
+    async fn start(&mut self, action: Action) -> Started {
+        match action {
+            Action::Inspect => {
+                let (args, dir) = (self.args.clone(), self.dir.clone());
+                Started::Long(Box::pin(async move {
+                    Done::Inspected(exec::inspect(&args, &dir).await)
+                }))
+            }
+            Action::Save(state) => match state.save(&self.dir.state()) {
+                Ok(()) => Started::Nothing,
+                Err(e) => Started::Now(Event::Failed(e)),
+            },
+            Action::Register { spec, ttl } => {
+                let ns = self.args.kube.kwg_namespace.clone();
+                long(exec::register(self.kube(), ns, *spec, ttl))
+            }
+            Action::WaitTunnelIp { namespace, secret } => {
+                long(exec::wait_tunnel_ip(self.kube(), namespace, secret))
+            }
+            Action::CreateDevice { name } => self.create_device(name).await,
+            Action::ConfigureNetwork {
+                name,
+                address,
+                routes,
+                gateway,
+            } => {
+                let r = async {
+                    let nl = Netlink::open()?;
+                    nl.link_up(&name, Some(u32::from(DEFAULT_MTU))).await?;
+                    nl.add_address(&name, address).await?;
+                    for r in routes {
+                        nl.replace_route(r, &name).await?;
+                    }
+                    self.handle().upsert_peer(gateway).await?;
+                    Ok(())
+                };
+                event(r.await, Event::NetworkConfigured)
+            }
+            Action::StartForwarder { listen, config } => {
+                match Forwarder::start(listen, *config).await {
+                    Ok(f) => {
+                        let addr = f.addr;
+                        self.forwarder = Some(f);
+                        Started::Now(Event::ForwarderStarted(addr))
+                    }
+                    Err(e) => Started::Now(Event::Failed(e)),
+                }
+            }
+            Action::WriteResolvConf {
+                path,
+                backup,
+                original,
+                contents,
+            } => event(
+                exec::write_resolv_conf(&path, &backup, &original, &contents),
+                Event::ResolvConfWritten,
+            ),
+            Action::AwaitHandshake { gateway, poke } => {
+                long(exec::await_handshake(self.handle(), gateway, poke))
+            }
+            Action::Rebind { gateway } => match exec::rebind(&self.handle(), gateway).await {
+                Ok(()) => Started::Nothing,
+                Err(e) => Started::Now(Event::Failed(e)),
+            },
+            Action::ProbeDns { server, name } => long(exec::dns_answers(server, name)),
+            Action::RenewLease {
+                namespace,
+                secret,
+                ttl,
+            } => long(exec::renew_lease(self.kube(), namespace, secret, ttl)),
+            Action::UpdateGateway { old_key, peer } => {
+                let h = self.handle();
+                let r = async {
+                    if old_key != peer.public_key {
+                        h.remove_peer(&old_key).await?;
+                    }
+                    h.upsert_peer(peer).await.map_err(Error::from)
+                };
+                match r.await {
+                    Ok(()) => Started::Nothing,
+                    Err(e) => Started::Now(Event::Failed(e)),
+                }
+            }
+            Action::SetRoutes { name, add, remove } => {
+                let r = async {
+                    let nl = Netlink::open()?;
+                    for r in remove {
+                        nl.delete_route(r, &name).await?;
+                    }
+                    for r in add {
+                        nl.replace_route(r, &name).await?;
+                    }
+                    Ok::<_, Error>(())
+                };
+                match r.await {
+                    Ok(()) => Started::Nothing,
+                    Err(e) => Started::Now(Event::Failed(e)),
+                }
+            }
+            Action::ChangeAddress { name, old, new } => {
+                let r = async {
+                    let nl = Netlink::open()?;
+                    nl.add_address(&name, new).await?;
+                    nl.delete_address(&name, old).await?;
+                    Ok::<_, Error>(())
+                };
+                match r.await {
+                    Ok(()) => Started::Nothing,
+                    Err(e) => Started::Now(Event::Failed(e)),
+                }
+            }
+            Action::Undo(u) => Started::Now(self.undo(u).await),
+            Action::RemoveState => match State::remove(&self.dir.state()) {
+                Ok(()) => Started::Nothing,
+                Err(e) => Started::Now(Event::Failed(e)),
+            },
+            Action::Exit | Action::Cancel | Action::Progress(_) | Action::Ready => Started::Nothing,
+        }
+    }
+
+    async fn create_device(&mut self, name: String) -> Started {
+        let key = self.key.clone().expect("key loaded");
+        let r = async {
+            let device = Device::start(DeviceConfig {
+                name: name.clone(),
+                private_key: key,
+                listen_port: 0,
+                mtu: DEFAULT_MTU,
+                uapi_dir: Some(self.dir.uapi_dir()),
+            })
+            .await?;
+            self.device = Some(device);
+            Ok::<_, Error>(Netlink::open()?.link_index(&name).await?)
+        };
+        match r.await {
+            Ok(ifindex) => Started::Now(Event::DeviceCreated { ifindex }),
+            Err(e) => Started::Now(Event::Failed(e)),
+        }
+    }
+
+    fn finished(&mut self, done: Done) -> Event {
+        match done {
+            Done::Event(e) => e,
+            Done::Inspected(Ok((facts, kube, key))) => {
+                self.kube = Some(kube);
+                self.key = Some(key);
+                Event::Inspected(facts)
+            }
+            Done::Inspected(Err(e)) => Event::Failed(e),
+        }
+    }
+
+    /// Undoes one step; the daemon's own device and forwarder are stopped here first.
+    async fn undo(&mut self, u: Undo) -> Event {
+        match &u {
+            Undo::StopForwarder => {
+                if let Some(f) = self.forwarder.take() {
+                    f.stop();
+                }
+            }
+            Undo::DeleteInterface { .. } => {
+                if let Some(d) = self.device.take()
+                    && let Err(e) = d.shutdown().await
+                {
+                    tracing::warn!(error = %e, "stopping the device");
+                }
+            }
+            _ => {}
+        }
+        match exec::undo_step(&u, self.kube.as_ref()).await {
+            Ok(what) => Event::Undone(what),
+            Err(e) => Event::UndoFailed(e),
+        }
+    }
+
+    /// Follows the gateway info ConfigMap while serving.
+    fn watch_gateway_info(&mut self) {
+        let (Some(kube), tx) = (self.kube.clone(), self.info_tx.clone()) else {
+            return;
+        };
+        let ns = self.args.kube.kwg_namespace.clone();
+        self.watch = Some(tokio::spawn(async move {
+            use kube::runtime::{WatchStreamExt, watcher};
+            let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+                kube::Api::namespaced(kube.client.clone(), &ns);
+            let cfg = watcher::Config::default().fields(&format!(
+                "metadata.name={}",
+                kwg_wg::contract::GATEWAY_INFO_CONFIGMAP
+            ));
+            let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff().applied_objects());
+            while let Some(item) = stream.next().await {
+                let Ok(cm) = item else { continue };
+                let Some(json) = cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(kwg_wg::contract::GATEWAY_INFO_KEY))
+                else {
+                    continue;
+                };
+                match GatewayInfo::from_json(json.as_bytes()) {
+                    Ok(info) => {
+                        if tx.send(info).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring invalid gateway info"),
+                }
+            }
+        }));
+    }
+
+    async fn status(&self, session: &Session) -> Status {
+        let mut s = match session.state() {
+            Some(state) => status_from_state(state, true),
+            None => status::joining(&self.args),
+        };
+        if let Some(p) = match &self.device {
+            Some(d) => d.handle().peers().await.into_iter().next(),
+            None => None,
+        } {
+            s.last_handshake = p.last_handshake.map(chrono::DateTime::<chrono::Utc>::from);
+            s.rx_bytes = p.rx_bytes;
+            s.tx_bytes = p.tx_bytes;
+        }
+        s
+    }
+}
+
+fn long(fut: impl Future<Output = Event> + Send + 'static) -> Started {
+    Started::Long(Box::pin(async move { Done::Event(fut.await) }))
+}

@@ -1,0 +1,757 @@
+//! The laptop daemon's session core, sans I/O: events and `now` in, actions out, the next
+//! deadline from [`Session::poll_timeout`]. Bring-up is a fixed sequence of states; every
+//! change to the machine or the cluster has its [`Undo`] recorded (and saved, action
+//! [`Action::Save`]) before the change is asked for, so a failure, a timeout or a signal at any
+//! step undoes exactly the steps already taken, in reverse. The driver (`crate::driver`)
+//! executes the actions and feeds their results back.
+
+pub mod plan;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use kwg_wg::contract::{GatewayInfo, PeerSpec};
+use kwg_wg::device::PeerConfig;
+
+use crate::args::{DnsMode, JoinArgs};
+use crate::dns::forwarder::ForwarderConfig;
+use crate::error::Error;
+use crate::state::{DnsModeUsed, DnsState, State, Undo};
+pub use plan::{Facts, Plan};
+
+/// While there is no handshake: when to move to a new UDP source port and restart the
+/// handshake (a stale conntrack entry for the old 5-tuple can swallow every retry). A handshake
+/// answer takes one round trip, far below these.
+pub const REBIND_FIRST: Duration = Duration::from_millis(1000);
+pub const REBIND_EVERY: Duration = Duration::from_millis(2000);
+/// Retry of a lease renewal that hit a conflict (someone else wrote the Secret meanwhile).
+pub const RENEW_CONFLICT_RETRY: Duration = Duration::from_secs(1);
+/// First back-off after a failed renewal (doubles up to the renewal interval).
+pub const RENEW_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What the driver does next.
+#[derive(Debug)]
+pub enum Action {
+    /// Connect to the cluster and inspect it and the machine (long; `Inspected`).
+    Inspect,
+    /// Tell `kwg join` how far it got.
+    Progress(String),
+    /// Write the state file (the undo journal).
+    Save(Box<State>),
+    /// Create or overwrite this machine's peer Secret, its lease ending `ttl` from the
+    /// driver's wall clock (long; `Registered`).
+    Register { spec: Box<PeerSpec>, ttl: Duration },
+    /// Wait until the gateway annotates the Secret with a tunnel IP (long; `TunnelIp`).
+    WaitTunnelIp { namespace: String, secret: String },
+    /// Create the WireGuard TUN device (`DeviceCreated`).
+    CreateDevice { name: String },
+    /// Interface up, its address, the routes and the gateway peer (`NetworkConfigured`).
+    ConfigureNetwork {
+        name: String,
+        address: IpNet,
+        routes: Vec<IpNet>,
+        gateway: PeerConfig,
+    },
+    /// Start the DNS forwarder (`ForwarderStarted`).
+    StartForwarder {
+        listen: SocketAddr,
+        config: Box<ForwarderConfig>,
+    },
+    /// Back up the resolver file, then replace it (`ResolvConfWritten`).
+    WriteResolvConf {
+        path: std::path::PathBuf,
+        backup: std::path::PathBuf,
+        original: Vec<u8>,
+        contents: Vec<u8>,
+    },
+    /// Send into the tunnel until the gateway handshake completes (long; `Handshake`).
+    AwaitHandshake {
+        gateway: PeerConfig,
+        poke: SocketAddr,
+    },
+    /// Move to a fresh UDP port and restart the handshake with the gateway.
+    Rebind { gateway: PeerConfig },
+    /// Ask the cluster DNS through the tunnel until it answers `name` (long; `DnsAnswered`).
+    ProbeDns { server: SocketAddr, name: String },
+    /// Joined: report the status to `kwg join`.
+    Ready,
+    /// Move the lease to now + ttl (long; `LeaseRenewed` / `LeaseFailed`).
+    RenewLease {
+        namespace: String,
+        secret: String,
+        ttl: Duration,
+    },
+    /// Replace the gateway peer (new key, endpoint or allowed IPs); `old_key` is removed when
+    /// the key changed.
+    UpdateGateway {
+        old_key: kwg_wg::keys::PublicKey,
+        peer: PeerConfig,
+    },
+    /// Reconcile routes of the interface.
+    SetRoutes {
+        name: String,
+        add: Vec<IpNet>,
+        remove: Vec<IpNet>,
+    },
+    /// Replace the tunnel address (the gateway assigned another one on re-registration).
+    ChangeAddress {
+        name: String,
+        old: IpNet,
+        new: IpNet,
+    },
+    /// Drop the long action in flight: the session is tearing down.
+    Cancel,
+    /// Undo one change (`Undone` / `UndoFailed`).
+    Undo(Undo),
+    /// Everything is undone: remove the state file.
+    RemoveState,
+    /// The session is over; [`Session::outcome`] says how.
+    Exit,
+}
+
+/// What happened.
+#[derive(Debug)]
+pub enum Event {
+    Inspected(Box<Facts>),
+    Registered,
+    TunnelIp(Ipv4Addr),
+    DeviceCreated {
+        ifindex: u32,
+    },
+    NetworkConfigured,
+    ForwarderStarted(SocketAddr),
+    ResolvConfWritten,
+    Handshake,
+    DnsAnswered,
+    LeaseRenewed,
+    LeaseFailed(LeaseFailure),
+    /// The gateway's published info changed.
+    GatewayInfo(Box<GatewayInfo>),
+    /// An undo step finished; what it removed, for the user.
+    Undone(Option<String>),
+    UndoFailed(Error),
+    /// The action in flight (or just executed) failed.
+    Failed(Error),
+    /// `kwg leave` asked to undo everything.
+    Leave,
+    /// SIGTERM/SIGINT.
+    Signal,
+}
+
+/// Why a lease renewal failed.
+#[derive(Debug)]
+pub enum LeaseFailure {
+    /// 409: the Secret changed meanwhile; retry at once.
+    Conflict,
+    /// 404: the Secret is gone (expired while the machine slept, or deleted): register again.
+    NotFound,
+    /// Anything else (403, API unreachable): keep the tunnel, retry with back-off.
+    Other(Error),
+}
+
+/// The states of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Inspecting,
+    Registering,
+    WaitingTunnelIp,
+    CreatingDevice,
+    ConfiguringNetwork,
+    StartingDns,
+    WritingResolvConf,
+    AwaitingHandshake,
+    ProbingDns,
+    Serving,
+    TearingDown,
+    Done,
+}
+
+/// Lease renewal while serving.
+#[derive(Debug, Clone, Default)]
+pub struct Lease {
+    pub next: Option<Instant>,
+    pub in_flight: bool,
+    pub failures: u32,
+    /// The last failure, shown by `status` until a renewal succeeds.
+    pub last_error: Option<String>,
+    /// Registering again after the Secret vanished.
+    pub reregistering: bool,
+}
+
+pub struct Session {
+    args: JoinArgs,
+    template: State,
+    /// Where the resolver file's original is kept.
+    resolv_backup: std::path::PathBuf,
+    phase: Phase,
+    deadline: Instant,
+    actions: VecDeque<Action>,
+    /// A long action is in flight.
+    in_flight: bool,
+    plan: Option<Plan>,
+    state: Option<State>,
+    next_rebind: Option<Instant>,
+    lease: Lease,
+    /// Why the session ends badly (the first error); `None` after a clean `leave`.
+    error: Option<Error>,
+    undo_error: Option<Error>,
+    /// Undo steps that failed, kept in the journal for `kwg leave`.
+    kept: Vec<Undo>,
+    removed: Vec<String>,
+}
+
+impl Session {
+    /// A session for `args`, starting at `now`. `template` is the state file's fixed part
+    /// (kubeconfig, pid, time); its `undo` must be empty.
+    pub fn new(
+        args: JoinArgs,
+        template: State,
+        resolv_backup: std::path::PathBuf,
+        now: Instant,
+    ) -> Session {
+        let deadline = now + args.timeout;
+        Session {
+            args,
+            template,
+            resolv_backup,
+            phase: Phase::Inspecting,
+            deadline,
+            actions: VecDeque::from([Action::Inspect]),
+            in_flight: true,
+            plan: None,
+            state: None,
+            next_rebind: None,
+            lease: Lease::default(),
+            error: None,
+            undo_error: None,
+            kept: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+    pub fn state(&self) -> Option<&State> {
+        self.state.as_ref()
+    }
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
+    }
+
+    /// The next action to execute.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::TearingDown | Phase::Done => None,
+            Phase::Serving => self.lease.next.filter(|_| !self.lease.in_flight),
+            Phase::AwaitingHandshake => Some(
+                self.next_rebind
+                    .map_or(self.deadline, |r| r.min(self.deadline)),
+            ),
+            _ => Some(self.deadline),
+        }
+    }
+
+    /// How the session ended: `Ok(removed)` after a clean leave, else the first error.
+    pub fn outcome(&mut self) -> Result<Vec<String>, Error> {
+        match (self.error.take(), self.undo_error.take()) {
+            (Some(e), _) | (None, Some(e)) => Err(e),
+            (None, None) => Ok(std::mem::take(&mut self.removed)),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Serving => {
+                if self.lease.next.is_some_and(|t| now >= t) && !self.lease.in_flight {
+                    self.renew();
+                }
+            }
+            Phase::TearingDown | Phase::Done => {}
+            phase if now >= self.deadline => {
+                let err = self.timeout_error(phase);
+                self.fail(err);
+            }
+            Phase::AwaitingHandshake => {
+                if let (Some(t), Some(plan)) = (self.next_rebind, &self.plan)
+                    && now >= t
+                {
+                    self.actions.push_back(Action::Rebind {
+                        gateway: plan.gateway.clone(),
+                    });
+                    self.next_rebind = Some(t + REBIND_EVERY);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn timeout_error(&self, phase: Phase) -> Error {
+        let secs = self.args.timeout.as_secs();
+        match (phase, &self.plan) {
+            (Phase::WaitingTunnelIp, Some(p)) => Error::NoTunnelIp {
+                peer: p.secret(),
+                secs,
+                detail: String::new(),
+            },
+            (Phase::AwaitingHandshake, Some(p)) => Error::GatewayUdp {
+                endpoints: p
+                    .gateway
+                    .endpoint
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
+                secs,
+            },
+            (Phase::ProbingDns, Some(p)) => Error::DnsCheck {
+                name: p.probe_name.clone(),
+                secs,
+            },
+            (phase, _) => Error::JoinTimeout {
+                step: format!("{phase:?}"),
+                secs,
+            },
+        }
+    }
+
+    pub fn handle(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Leave | Event::Signal => return self.teardown(),
+            Event::Failed(e) => {
+                self.in_flight = false;
+                if self.phase != Phase::Serving {
+                    return self.fail(e);
+                }
+                if self.lease.reregistering || self.lease.in_flight {
+                    self.lease.reregistering = false;
+                    return self.lease_result(Event::LeaseFailed(LeaseFailure::Other(e)), now);
+                }
+                // A change while serving (routes, gateway peer) failed: keep the tunnel.
+                return tracing::error!(error = %e, "a change while serving failed");
+            }
+            Event::Undone(what) => return self.undone(what, None),
+            Event::UndoFailed(e) => return self.undone(None, Some(e)),
+            Event::LeaseRenewed | Event::LeaseFailed(_) if self.phase == Phase::Serving => {
+                return self.lease_result(event, now);
+            }
+            Event::GatewayInfo(info) if self.phase == Phase::Serving => {
+                return self.gateway_changed(*info);
+            }
+            _ => {}
+        }
+        if self.lease.reregistering && self.phase == Phase::Serving {
+            return self.reregistered(event, now);
+        }
+        self.in_flight = false;
+        match (self.phase, event) {
+            (Phase::Inspecting, Event::Inspected(facts)) => {
+                let lease = facts.now_wall + self.args.ttl;
+                self.inspected(*facts, lease)
+            }
+            (Phase::Registering, Event::Registered) => {
+                self.long(Phase::WaitingTunnelIp, self.wait_tunnel_ip());
+                let msg = format!("Registered peer {}, waiting for its tunnel IP", self.peer());
+                self.actions.push_front(Action::Progress(msg));
+            }
+            (Phase::WaitingTunnelIp, Event::TunnelIp(ip)) => {
+                let name = self.args.interface.clone();
+                self.journal(|s| s.tunnel_ip = Some(ip));
+                self.record(Undo::DeleteInterface {
+                    name: name.clone(),
+                    ifindex: None,
+                });
+                self.step(Phase::CreatingDevice, Action::CreateDevice { name });
+            }
+            (Phase::CreatingDevice, Event::DeviceCreated { ifindex }) => {
+                self.journal(|s| {
+                    for u in &mut s.undo {
+                        if let Undo::DeleteInterface { ifindex: i, .. } = u {
+                            *i = Some(ifindex);
+                        }
+                    }
+                });
+                let (plan, state) = (self.plan.as_ref().expect("planned"), self.state());
+                let action = Action::ConfigureNetwork {
+                    name: self.args.interface.clone(),
+                    address: plan::tunnel_address(
+                        state.and_then(|s| s.tunnel_ip).expect("assigned"),
+                    ),
+                    routes: plan.routes.iter().map(|r| r.subnet).collect(),
+                    gateway: plan.gateway.clone(),
+                };
+                self.step(Phase::ConfiguringNetwork, action);
+            }
+            (Phase::ConfiguringNetwork, Event::NetworkConfigured) => self.network_configured(now),
+            (Phase::StartingDns, Event::ForwarderStarted(addr)) => self.forwarder_started(addr),
+            (Phase::WritingResolvConf, Event::ResolvConfWritten) => self.verify(now),
+            (Phase::AwaitingHandshake, Event::Handshake) => self.handshake_done(now),
+            (Phase::ProbingDns, Event::DnsAnswered) => self.serve(now),
+            (phase, event) => tracing::debug!(?phase, ?event, "event ignored in this phase"),
+        }
+    }
+
+    fn peer(&self) -> String {
+        self.plan
+            .as_ref()
+            .map(|p| p.peer.name.to_string())
+            .unwrap_or_default()
+    }
+
+    fn inspected(&mut self, facts: Facts, lease: chrono::DateTime<chrono::Utc>) {
+        if self.args.dns_mode == DnsMode::Resolved {
+            return self.fail(Error::invalid(
+                "--dns-mode resolved",
+                "systemd-resolved support is not implemented yet: use --dns-mode resolv-conf",
+            ));
+        }
+        let plan = match plan::plan(&self.args, &facts, self.resolv_backup.clone(), lease) {
+            Ok(p) => p,
+            Err(e) => return self.fail(e),
+        };
+        let mut state = self.template.clone();
+        state.peer = plan.peer.name.clone();
+        state.context = facts.context.clone();
+        state.server = facts.server.clone();
+        state.user = facts.user.clone();
+        state.namespace = plan.namespace.clone();
+        state.gateway_endpoint = Some(facts.endpoint.to_string());
+        state.gateway_key = Some(facts.info.public_key.to_string());
+        state.gateway_admin = Some(plan.gateway_admin);
+        state.routes = plan.routes.clone();
+        self.actions.push_back(Action::Progress(format!(
+            "Connected to context {}, namespace {} ({})",
+            facts.context.as_deref().unwrap_or("(current)"),
+            plan.namespace,
+            facts.server
+        )));
+        let spec = plan.peer.clone();
+        self.state = Some(state);
+        self.plan = Some(plan);
+        self.record(Undo::DeletePeer {
+            namespace: self.args.kube.kwg_namespace.clone(),
+            secret: spec.secret_name(),
+        });
+        let ttl = self.args.ttl;
+        self.long(
+            Phase::Registering,
+            Action::Register {
+                spec: Box::new(spec),
+                ttl,
+            },
+        );
+    }
+
+    fn wait_tunnel_ip(&self) -> Action {
+        Action::WaitTunnelIp {
+            namespace: self.args.kube.kwg_namespace.clone(),
+            secret: self.plan.as_ref().expect("planned").secret(),
+        }
+    }
+
+    fn network_configured(&mut self, now: Instant) {
+        let plan = self.plan.as_ref().expect("planned");
+        let ip = self.state().and_then(|s| s.tunnel_ip).expect("assigned");
+        let msg = format!(
+            "Tunnel {} up as {ip} to gateway {}, {} routes",
+            self.args.interface,
+            plan.gateway
+                .endpoint
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+            plan.routes.len()
+        );
+        self.actions.push_back(Action::Progress(msg));
+        match plan.dns.clone() {
+            Some(dns) => {
+                self.record(Undo::StopForwarder);
+                self.step(
+                    Phase::StartingDns,
+                    Action::StartForwarder {
+                        listen: dns.listen,
+                        config: Box::new(dns.forwarder),
+                    },
+                );
+            }
+            None => self.verify(now),
+        }
+    }
+
+    fn forwarder_started(&mut self, addr: SocketAddr) {
+        let dns = self
+            .plan
+            .as_ref()
+            .and_then(|p| p.dns.clone())
+            .expect("dns planned");
+        let args = &self.args;
+        let state = DnsState {
+            mode: DnsModeUsed::ResolvConf,
+            forwarder: addr,
+            cluster_dns: Some(dns.forwarder.cluster),
+            upstreams: dns.forwarder.upstreams.clone(),
+            include_suffixes: args.include_suffixes.clone(),
+            exclude_suffixes: dns.forwarder.split.exclude_suffixes.clone(),
+            timeout_secs: args.dns_timeout.as_secs(),
+            search: dns.search.clone(),
+        };
+        self.journal(|s| s.dns = Some(state));
+        self.record(Undo::RestoreResolvConf {
+            path: dns.resolv_conf.clone(),
+            backup: dns.backup.clone(),
+        });
+        let contents = dns.rendered(addr);
+        self.step(
+            Phase::WritingResolvConf,
+            Action::WriteResolvConf {
+                path: dns.resolv_conf,
+                backup: dns.backup,
+                original: dns.original,
+                contents,
+            },
+        );
+    }
+
+    fn verify(&mut self, now: Instant) {
+        let plan = self.plan.as_ref().expect("planned");
+        let poke = match plan.cluster_dns {
+            Some(dns) => dns,
+            None => plan.gateway_admin,
+        };
+        let action = Action::AwaitHandshake {
+            gateway: plan.gateway.clone(),
+            poke,
+        };
+        self.next_rebind = Some(now + REBIND_FIRST);
+        self.long(Phase::AwaitingHandshake, action);
+    }
+
+    fn handshake_done(&mut self, now: Instant) {
+        self.next_rebind = None;
+        let plan = self.plan.as_ref().expect("planned");
+        match plan.cluster_dns {
+            Some(server) => {
+                let name = plan.probe_name.clone();
+                self.long(Phase::ProbingDns, Action::ProbeDns { server, name });
+            }
+            None => self.serve(now),
+        }
+    }
+
+    fn serve(&mut self, now: Instant) {
+        self.phase = Phase::Serving;
+        self.lease.next = Some(now + self.renew_every());
+        self.actions.push_back(Action::Ready);
+    }
+
+    fn renew_every(&self) -> Duration {
+        (self.args.ttl / 3).max(Duration::from_secs(1))
+    }
+
+    fn renew(&mut self) {
+        self.lease.in_flight = true;
+        self.in_flight = true;
+        self.actions.push_back(Action::RenewLease {
+            namespace: self.args.kube.kwg_namespace.clone(),
+            secret: self.plan.as_ref().expect("planned").secret(),
+            ttl: self.args.ttl,
+        });
+    }
+
+    fn lease_result(&mut self, event: Event, now: Instant) {
+        self.lease.in_flight = false;
+        self.in_flight = false;
+        let every = self.renew_every();
+        match event {
+            Event::LeaseRenewed => {
+                self.lease.failures = 0;
+                self.lease.last_error = None;
+                self.lease.next = Some(now + every);
+            }
+            Event::LeaseFailed(LeaseFailure::Conflict) => {
+                self.lease.next = Some(now + RENEW_CONFLICT_RETRY);
+            }
+            Event::LeaseFailed(LeaseFailure::NotFound) => {
+                tracing::warn!(peer = %self.peer(), "the peer Secret is gone (lease expired?): registering again");
+                self.lease.reregistering = true;
+                self.lease.next = None;
+                let spec = Box::new(self.plan.as_ref().expect("planned").peer.clone());
+                self.in_flight = true;
+                let ttl = self.args.ttl;
+                self.actions.push_back(Action::Register { spec, ttl });
+            }
+            Event::LeaseFailed(LeaseFailure::Other(e)) => {
+                let backoff = RENEW_BACKOFF
+                    .saturating_mul(1 << self.lease.failures.min(16))
+                    .min(every);
+                self.lease.failures += 1;
+                tracing::warn!(error = %e, retry_in = ?backoff, "lease renewal failed; the tunnel keeps working");
+                self.lease.last_error = Some(e.to_string());
+                self.lease.next = Some(now + backoff);
+            }
+            _ => {}
+        }
+    }
+
+    /// Events while registering again after the Secret vanished.
+    fn reregistered(&mut self, event: Event, now: Instant) {
+        self.in_flight = false;
+        match event {
+            Event::Registered => {
+                self.in_flight = true;
+                let action = self.wait_tunnel_ip();
+                self.actions.push_back(action);
+            }
+            Event::TunnelIp(ip) => {
+                self.lease.reregistering = false;
+                self.lease.next = Some(now + self.renew_every());
+                let old = self.state().and_then(|s| s.tunnel_ip);
+                if old != Some(ip) {
+                    if let Some(old) = old {
+                        self.actions.push_back(Action::ChangeAddress {
+                            name: self.args.interface.clone(),
+                            old: plan::tunnel_address(old),
+                            new: plan::tunnel_address(ip),
+                        });
+                    }
+                    self.journal(|s| s.tunnel_ip = Some(ip));
+                }
+            }
+            other => tracing::debug!(?other, "event ignored while registering again"),
+        }
+    }
+
+    fn gateway_changed(&mut self, info: GatewayInfo) {
+        let Some(plan) = self.plan.as_mut() else {
+            return;
+        };
+        let routes = plan::plan_routes(&self.args, &info);
+        let endpoint = info
+            .endpoints
+            .iter()
+            .find_map(|e| e.ip().map(|ip| SocketAddr::new(ip, e.port)))
+            .or(plan.gateway.endpoint)
+            .expect("an endpoint");
+        let gateway = plan::gateway_peer(&info, endpoint, &routes);
+        let (add, remove) = plan::diff_routes(&plan.routes, &routes);
+        if gateway == plan.gateway && add.is_empty() && remove.is_empty() {
+            return;
+        }
+        tracing::info!(key = %info.public_key, %endpoint, ?add, ?remove, "the gateway info changed: following it");
+        let old_key = plan.gateway.public_key;
+        plan.gateway = gateway.clone();
+        plan.routes = routes.clone();
+        self.journal(|s| {
+            s.gateway_key = Some(info.public_key.to_string());
+            s.gateway_endpoint = Some(endpoint.to_string());
+            s.routes = routes;
+        });
+        if !add.is_empty() || !remove.is_empty() {
+            self.actions.push_back(Action::SetRoutes {
+                name: self.args.interface.clone(),
+                add,
+                remove,
+            });
+        }
+        self.actions.push_back(Action::UpdateGateway {
+            old_key,
+            peer: gateway,
+        });
+    }
+
+    /// Records `undo` in the journal and saves it: before the change it undoes is asked for.
+    fn record(&mut self, undo: Undo) {
+        self.journal(|s| s.undo.push(undo));
+    }
+
+    /// Changes the state and saves it.
+    fn journal(&mut self, change: impl FnOnce(&mut State)) {
+        if let Some(s) = self.state.as_mut() {
+            change(s);
+            self.actions.push_back(Action::Save(Box::new(s.clone())));
+        }
+    }
+
+    fn step(&mut self, phase: Phase, action: Action) {
+        self.phase = phase;
+        self.actions.push_back(action);
+    }
+
+    fn long(&mut self, phase: Phase, action: Action) {
+        self.in_flight = true;
+        self.step(phase, action);
+    }
+
+    fn fail(&mut self, e: Error) {
+        if matches!(self.phase, Phase::TearingDown | Phase::Done) {
+            tracing::warn!(error = %e, "error while tearing down");
+            return;
+        }
+        if self.phase == Phase::Serving {
+            tracing::error!(error = %e, "the session failed while serving");
+        }
+        self.error.get_or_insert(e);
+        self.teardown();
+    }
+
+    fn teardown(&mut self) {
+        if matches!(self.phase, Phase::TearingDown | Phase::Done) {
+            return;
+        }
+        self.phase = Phase::TearingDown;
+        self.actions.clear();
+        if std::mem::take(&mut self.in_flight) {
+            self.actions.push_back(Action::Cancel);
+        }
+        self.next_undo();
+    }
+
+    fn next_undo(&mut self) {
+        let undo = self.state.as_mut().and_then(|s| s.undo.last().cloned());
+        match undo {
+            Some(u) => self.actions.push_back(Action::Undo(u)),
+            None => self.finish(),
+        }
+    }
+
+    fn undone(&mut self, what: Option<String>, err: Option<Error>) {
+        if self.phase != Phase::TearingDown {
+            return;
+        }
+        if let Some(w) = what {
+            self.removed.push(w);
+        }
+        let state = self.state.as_mut().expect("undoing a journal");
+        let undo = state.undo.pop();
+        // Keep a failed step in the journal, so `kwg leave` can try it again.
+        if let Some(e) = err {
+            tracing::warn!(error = %e, ?undo, "undo step failed; kwg leave retries it");
+            self.kept.extend(undo);
+            self.undo_error.get_or_insert(e);
+        }
+        self.next_undo();
+    }
+
+    fn finish(&mut self) {
+        if self.state.is_none() {
+            // Nothing was changed, nothing was saved.
+        } else if self.undo_error.is_none() {
+            self.actions.push_back(Action::RemoveState);
+        } else if let Some(s) = self.state.as_mut() {
+            s.undo = std::mem::take(&mut self.kept);
+            s.undo.reverse();
+            self.actions.push_back(Action::Save(Box::new(s.clone())));
+        }
+        self.phase = Phase::Done;
+        self.actions.push_back(Action::Exit);
+    }
+}

@@ -1,0 +1,249 @@
+//! Pure planning: from the join flags and what the driver found out (the cluster, the
+//! machine), what the session will set up. No I/O.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::{IpNet, Ipv4Net};
+use kwg_wg::contract::{GatewayInfo, PeerName, PeerSpec};
+use kwg_wg::device::PeerConfig;
+use kwg_wg::keys::PublicKey;
+use kwg_wg::netlink::RouteEntry;
+
+use crate::args::{DnsMode, JoinArgs};
+use crate::dns::forwarder::ForwarderConfig;
+use crate::dns::resolvconf;
+use crate::dns::split::{DEFAULT_EXCLUDE_SUFFIXES, SplitDns};
+use crate::error::Error;
+use crate::routes::{self, PlannedRoute, RouteInputs};
+
+/// WireGuard persistent keepalive, seconds (the `wg` man page suggests 25 behind NAT).
+pub const KEEPALIVE: u16 = 25;
+
+/// What the driver found out before anything is changed (event `Inspected`).
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// The wall clock when inspected (for the first lease).
+    pub now_wall: chrono::DateTime<chrono::Utc>,
+    pub server: String,
+    pub user: String,
+    pub context: Option<String>,
+    /// The kubeconfig context's namespace.
+    pub default_namespace: String,
+    pub info: GatewayInfo,
+    /// The first gateway endpoint that resolved.
+    pub endpoint: SocketAddr,
+    /// The cluster's namespaces, as far as the user may list them.
+    pub namespaces: BTreeSet<String>,
+    /// Every route of the machine.
+    pub machine_routes: Vec<RouteEntry>,
+    /// Whether an interface of the requested name already exists.
+    pub interface_exists: bool,
+    pub public_key: PublicKey,
+    pub hostname: String,
+    /// The resolver file's original content, when DNS is to be set up through it.
+    pub resolv_conf: Option<Vec<u8>>,
+}
+
+/// The split-DNS part of a plan.
+#[derive(Debug, Clone)]
+pub struct DnsPlan {
+    pub listen: SocketAddr,
+    pub forwarder: ForwarderConfig,
+    pub resolv_conf: PathBuf,
+    pub backup: PathBuf,
+    pub original: Vec<u8>,
+    pub search: Vec<String>,
+}
+
+impl DnsPlan {
+    /// The resolver file pointing at the forwarder bound at `addr`.
+    pub fn rendered(&self, addr: SocketAddr) -> Vec<u8> {
+        let text = String::from_utf8_lossy(&self.original);
+        resolvconf::render(&text, addr.ip(), &self.search).into_bytes()
+    }
+}
+
+/// Everything the session sets up.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub peer: PeerSpec,
+    pub namespace: String,
+    pub routes: Vec<PlannedRoute>,
+    pub gateway: PeerConfig,
+    pub gateway_admin: SocketAddr,
+    pub dns: Option<DnsPlan>,
+    /// `kubernetes.default.svc.<cluster domain>.`: resolved through the tunnel to verify.
+    pub probe_name: String,
+    pub cluster_dns: Option<SocketAddr>,
+}
+
+impl Plan {
+    pub fn secret(&self) -> String {
+        self.peer.secret_name()
+    }
+}
+
+/// The peer name: `--name`, or derived from the hostname.
+pub fn peer_name(args: &JoinArgs, hostname: &str) -> Result<PeerName, Error> {
+    match &args.name {
+        Some(n) => n
+            .parse()
+            .map_err(|e: kwg_wg::contract::ContractError| Error::invalid("--name", e.to_string())),
+        None => PeerName::sanitize(hostname)
+            .ok_or_else(|| Error::invalid("hostname", "it gives no usable peer name: pass --name")),
+    }
+}
+
+/// Plans routes, the gateway peer and DNS; fails on a route conflict or a taken interface.
+pub fn plan(
+    args: &JoinArgs,
+    facts: &Facts,
+    backup: PathBuf,
+    lease_expires: chrono::DateTime<chrono::Utc>,
+) -> Result<Plan, Error> {
+    if facts.interface_exists {
+        return Err(Error::InterfaceExists {
+            name: args.interface.clone(),
+        });
+    }
+    let info = &facts.info;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| facts.default_namespace.clone());
+    let routes = plan_routes(args, info);
+    routes::check_conflicts(
+        &routes,
+        &facts.machine_routes,
+        &args.interface,
+        &args.allow_conflicting_subnets,
+    )?;
+    let peer = PeerSpec {
+        name: peer_name(args, &facts.hostname)?,
+        public_key: facts.public_key,
+        owner: facts.user.clone(),
+        hostname: facts.hostname.clone(),
+        namespaces: args
+            .mapped_namespaces
+            .clone()
+            .unwrap_or_else(|| vec![namespace.clone()]),
+        lease_expires,
+    };
+    let cluster_dns = info.dns_ip.map(|ip| SocketAddr::new(ip, 53));
+    let dns = match (cluster_dns, &facts.resolv_conf) {
+        (Some(cluster), Some(original)) => Some(plan_dns(
+            args, facts, &namespace, &routes, cluster, original, backup,
+        )),
+        _ => None,
+    };
+    Ok(Plan {
+        gateway: gateway_peer(info, facts.endpoint, &routes),
+        gateway_admin: SocketAddr::new(IpAddr::V4(info.gateway_ip.addr()), info.admin_port),
+        probe_name: format!(
+            "kubernetes.default.svc.{}.",
+            info.cluster_domain.trim_end_matches('.')
+        ),
+        peer,
+        namespace,
+        routes,
+        dns,
+        cluster_dns,
+    })
+}
+
+/// The routes for `info`: the cluster's subnets, `--also-proxy`, minus `--never-proxy`, plus
+/// the gateway's own tunnel address.
+pub fn plan_routes(args: &JoinArgs, info: &GatewayInfo) -> Vec<PlannedRoute> {
+    routes::plan(&RouteInputs {
+        service: info.service_cidrs.clone(),
+        pod: info.pod_cidrs.clone(),
+        also_proxy: args.also_proxy.clone(),
+        never_proxy: args.never_proxy.clone(),
+        gateway: vec![IpNet::V4(Ipv4Net::from(info.gateway_ip.addr()))],
+    })
+}
+
+/// The gateway as this machine's one WireGuard peer.
+pub fn gateway_peer(
+    info: &GatewayInfo,
+    endpoint: SocketAddr,
+    routes: &[PlannedRoute],
+) -> PeerConfig {
+    PeerConfig {
+        public_key: info.public_key,
+        preshared_key: None,
+        endpoint: Some(endpoint),
+        allowed_ips: routes.iter().map(|r| r.subnet).collect(),
+        persistent_keepalive: Some(KEEPALIVE),
+    }
+}
+
+fn plan_dns(
+    args: &JoinArgs,
+    facts: &Facts,
+    namespace: &str,
+    routes: &[PlannedRoute],
+    cluster: SocketAddr,
+    original: &[u8],
+    backup: PathBuf,
+) -> DnsPlan {
+    // The original resolvers, read BEFORE rewriting, or the forwarder would forward to itself.
+    let text = String::from_utf8_lossy(original);
+    let upstreams = resolvconf::upstreams(&text, args.dns_listen.ip());
+    let exclude = if args.exclude_suffixes.is_empty() {
+        DEFAULT_EXCLUDE_SUFFIXES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        args.exclude_suffixes.clone()
+    };
+    let split = SplitDns {
+        cluster_domain: facts.info.cluster_domain.clone(),
+        namespace: namespace.to_string(),
+        cluster_namespaces: facts.namespaces.clone(),
+        mapped: args
+            .mapped_namespaces
+            .as_ref()
+            .map(|m| m.iter().cloned().collect()),
+        include_suffixes: args.include_suffixes.clone(),
+        exclude_suffixes: exclude,
+        reverse_subnets: routes.iter().map(|r| r.subnet).collect(),
+    };
+    let search = split.search_domains();
+    DnsPlan {
+        listen: args.dns_listen,
+        forwarder: ForwarderConfig {
+            split,
+            cluster,
+            upstreams,
+            timeout: args.dns_timeout,
+        },
+        resolv_conf: args.resolv_conf.clone(),
+        backup,
+        original: original.to_vec(),
+        search,
+    }
+}
+
+/// Whether `mode` sets up DNS through the resolver file.
+pub fn uses_resolv_conf(mode: DnsMode) -> bool {
+    matches!(mode, DnsMode::Auto | DnsMode::ResolvConf)
+}
+
+/// The routes to add and to remove to go from `old` to `new`.
+pub fn diff_routes(old: &[PlannedRoute], new: &[PlannedRoute]) -> (Vec<IpNet>, Vec<IpNet>) {
+    let old: BTreeSet<IpNet> = old.iter().map(|r| r.subnet).collect();
+    let new: BTreeSet<IpNet> = new.iter().map(|r| r.subnet).collect();
+    (
+        new.difference(&old).copied().collect(),
+        old.difference(&new).copied().collect(),
+    )
+}
+
+/// The tunnel IP as the address of the interface.
+pub fn tunnel_address(ip: Ipv4Addr) -> IpNet {
+    IpNet::V4(Ipv4Net::from(ip))
+}

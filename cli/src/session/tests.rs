@@ -1,0 +1,587 @@
+//! The session core on a fake clock: the happy path, a failure and a signal at every step
+//! (each ends with exactly the undo of the steps taken, in reverse), lease renewal, the
+//! gateway info changing while serving.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use kwg_wg::contract::GatewayInfo;
+use kwg_wg::keys::PrivateKey;
+
+use super::*;
+use crate::state::Undo;
+
+const INFO: &str = r#"{"version":1,"publicKey":"KEY","endpoints":["192.0.2.1:31820"],
+"tunnelCidr":"100.77.0.0/16","gatewayIp":"100.77.0.1","serviceCidrs":["10.96.0.0/12"],
+"podCidrs":["10.244.0.0/16"],"dnsIp":"10.96.0.10","clusterDomain":"cluster.local","adminPort":8080}"#;
+
+fn info(key: &PrivateKey) -> GatewayInfo {
+    GatewayInfo::from_json(
+        INFO.replace("KEY", &key.public_key().to_string())
+            .as_bytes(),
+    )
+    .unwrap()
+}
+
+fn args(extra: &[&str]) -> JoinArgs {
+    let mut argv = vec![
+        "kwg",
+        "join",
+        "--name",
+        "laptop",
+        "--ttl",
+        "90s",
+        "--timeout",
+        "30s",
+    ];
+    argv.extend_from_slice(extra);
+    match crate::args::Cli::parse_from(argv).command {
+        crate::args::Command::Join(a) => *a,
+        _ => unreachable!(),
+    }
+}
+
+fn facts(gateway: &PrivateKey) -> Facts {
+    Facts {
+        now_wall: "2026-01-01T00:00:00Z".parse().unwrap(),
+        server: "https://192.0.2.1:6443".into(),
+        user: "developer".into(),
+        context: Some("dev".into()),
+        default_namespace: "emojivoto".into(),
+        info: info(gateway),
+        endpoint: "192.0.2.1:31820".parse().unwrap(),
+        namespaces: ["emojivoto".to_string()].into(),
+        machine_routes: vec![],
+        interface_exists: false,
+        public_key: PrivateKey::generate().public_key(),
+        hostname: "laptop".into(),
+        resolv_conf: Some(b"nameserver 192.0.2.53\n".to_vec()),
+    }
+}
+
+/// A session driven by a script: each action answered with its success event unless told
+/// otherwise; every action's name recorded.
+struct Run {
+    s: Session,
+    now: Instant,
+    log: Vec<String>,
+    gateway: PrivateKey,
+    /// The last saved journal.
+    saved: Option<State>,
+}
+
+fn name(a: &Action) -> String {
+    match a {
+        Action::Undo(u) => format!("undo {}", undo_name(u)),
+        a => {
+            let dbg = format!("{a:?}");
+            let head = dbg
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or("");
+            head.to_string()
+        }
+    }
+}
+
+fn undo_name(u: &Undo) -> &'static str {
+    match u {
+        Undo::DeletePeer { .. } => "DeletePeer",
+        Undo::DeleteInterface {
+            ifindex: Some(_), ..
+        } => "DeleteInterface(created)",
+        Undo::DeleteInterface { ifindex: None, .. } => "DeleteInterface(not created)",
+        Undo::StopForwarder => "StopForwarder",
+        Undo::RestoreResolvConf { .. } => "RestoreResolvConf",
+    }
+}
+
+impl Run {
+    fn new(extra: &[&str]) -> Run {
+        let now = Instant::now();
+        let template = crate::state::tests::sample_template();
+        Run {
+            s: Session::new(args(extra), template, "/state/resolv.conf.orig".into(), now),
+            now,
+            log: Vec::new(),
+            gateway: PrivateKey::generate(),
+            saved: None,
+        }
+    }
+
+    /// The success event of `a`, if it has one.
+    fn success(&self, a: &Action) -> Option<Event> {
+        Some(match a {
+            Action::Inspect => Event::Inspected(Box::new(facts(&self.gateway))),
+            Action::Register { .. } => Event::Registered,
+            Action::WaitTunnelIp { .. } => Event::TunnelIp("100.77.0.2".parse().unwrap()),
+            Action::CreateDevice { .. } => Event::DeviceCreated { ifindex: 7 },
+            Action::ConfigureNetwork { .. } => Event::NetworkConfigured,
+            Action::StartForwarder { .. } => {
+                Event::ForwarderStarted("127.77.0.53:53".parse().unwrap())
+            }
+            Action::WriteResolvConf { .. } => Event::ResolvConfWritten,
+            Action::AwaitHandshake { .. } => Event::Handshake,
+            Action::ProbeDns { .. } => Event::DnsAnswered,
+            Action::RenewLease { .. } => Event::LeaseRenewed,
+            Action::Undo(_) => Event::Undone(None),
+            _ => return None,
+        })
+    }
+
+    /// Executes queued actions; `answer` may replace an action's event (`Some(None)`: no
+    /// answer, the action stays in flight). Stops when nothing is queued.
+    fn pump(&mut self, mut answer: impl FnMut(&Action) -> Option<Option<Event>>) {
+        while let Some(a) = self.s.poll_action() {
+            self.log.push(name(&a));
+            if let Action::Save(s) = &a {
+                self.saved = Some((**s).clone());
+            }
+            let ev = match answer(&a) {
+                Some(ev) => ev,
+                None => self.success(&a),
+            };
+            if let Some(ev) = ev {
+                self.s.handle(ev, self.now);
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.s.handle_timeout(self.now);
+    }
+
+    fn take_log(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.log)
+    }
+}
+
+const HAPPY: &[&str] = &[
+    "Inspect",
+    "Progress",
+    "Save",
+    "Register",
+    "Progress",
+    "WaitTunnelIp",
+    "Save",
+    "Save",
+    "CreateDevice",
+    "Save",
+    "ConfigureNetwork",
+    "Progress",
+    "Save",
+    "StartForwarder",
+    "Save",
+    "Save",
+    "WriteResolvConf",
+    "AwaitHandshake",
+    "ProbeDns",
+    "Ready",
+];
+
+#[test]
+fn happy_path_records_each_undo_before_its_step() {
+    let mut r = Run::new(&[]);
+    let mut journal_before = Vec::new();
+    let mut last_saved: Vec<Undo> = Vec::new();
+    while let Some(a) = r.s.poll_action() {
+        r.log.push(name(&a));
+        if let Action::Save(s) = &a {
+            last_saved = s.undo.clone();
+        }
+        journal_before.push((
+            name(&a),
+            last_saved.iter().map(undo_name).collect::<Vec<_>>(),
+        ));
+        if let Some(ev) = r.success(&a) {
+            r.s.handle(ev, r.now);
+        }
+    }
+    assert_eq!(r.log, HAPPY);
+    assert_eq!(r.s.phase(), Phase::Serving);
+    let at = |step: &str| {
+        journal_before
+            .iter()
+            .find(|(n, _)| n == step)
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert_eq!(at("Register"), ["DeletePeer"]);
+    assert_eq!(
+        at("CreateDevice"),
+        ["DeletePeer", "DeleteInterface(not created)"]
+    );
+    assert_eq!(
+        at("ConfigureNetwork"),
+        ["DeletePeer", "DeleteInterface(created)"]
+    );
+    assert_eq!(
+        at("StartForwarder"),
+        ["DeletePeer", "DeleteInterface(created)", "StopForwarder"]
+    );
+    assert_eq!(
+        at("WriteResolvConf"),
+        [
+            "DeletePeer",
+            "DeleteInterface(created)",
+            "StopForwarder",
+            "RestoreResolvConf"
+        ]
+    );
+    let state = r.s.state().unwrap();
+    assert_eq!(state.tunnel_ip, Some("100.77.0.2".parse().unwrap()));
+    assert_eq!(state.peer.as_str(), "laptop");
+    assert_eq!(
+        state.dns.as_ref().unwrap().forwarder,
+        "127.77.0.53:53".parse().unwrap()
+    );
+}
+
+/// The undo steps expected when bring-up stops at `step` (newest first).
+fn expected_undo(step: &str) -> Vec<String> {
+    let all = [
+        ("Register", "DeletePeer"),
+        ("CreateDevice", "DeleteInterface(not created)"),
+        ("ConfigureNetwork", "DeleteInterface(created)"),
+        ("StartForwarder", "StopForwarder"),
+        ("WriteResolvConf", "RestoreResolvConf"),
+    ];
+    let pos = HAPPY.iter().position(|s| *s == step).unwrap();
+    let mut out: Vec<String> = Vec::new();
+    for (s, u) in all {
+        let p = HAPPY.iter().position(|x| *x == s).unwrap();
+        if p <= pos {
+            if u == "DeleteInterface(created)" {
+                out.retain(|x| x != "undo DeleteInterface(not created)");
+            }
+            out.push(format!("undo {u}"));
+        }
+    }
+    out.reverse();
+    out
+}
+
+const STEPS: &[&str] = &[
+    "Inspect",
+    "Register",
+    "WaitTunnelIp",
+    "CreateDevice",
+    "ConfigureNetwork",
+    "StartForwarder",
+    "WriteResolvConf",
+    "AwaitHandshake",
+    "ProbeDns",
+];
+
+fn undo_tail(log: &[String]) -> Vec<String> {
+    log.iter()
+        .filter(|n| n.starts_with("undo "))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_failure_at_every_step_undoes_exactly_the_steps_taken() {
+    for step in STEPS {
+        let mut r = Run::new(&[]);
+        r.pump(|a| {
+            (name(a) == *step).then(|| Some(Event::Failed(Error::invalid("test", "injected"))))
+        });
+        let log = r.take_log();
+        let expected = match *step {
+            "Inspect" => vec![],
+            s => expected_undo(s),
+        };
+        assert_eq!(undo_tail(&log), expected, "failure at {step}: {log:?}");
+        assert!(
+            !log.contains(&"Cancel".to_string()),
+            "{step}: nothing in flight after a failure"
+        );
+        let last = &log[log.len() - 2..];
+        let end: Vec<&str> = if *step == "Inspect" {
+            vec!["Inspect", "Exit"]
+        } else {
+            vec!["RemoveState", "Exit"]
+        };
+        assert_eq!(last, end.as_slice(), "{step}: {log:?}");
+        assert_eq!(r.s.phase(), Phase::Done);
+        let err = r.s.outcome().unwrap_err();
+        assert!(err.to_string().contains("injected"), "{err}");
+    }
+}
+
+#[test]
+fn a_signal_at_every_step_cancels_it_and_undoes_the_steps_taken() {
+    for step in STEPS {
+        let mut r = Run::new(&[]);
+        // The step never answers: it is in flight (or, for a quick step, done just before).
+        r.pump(|a| (name(a) == *step).then_some(None));
+        r.take_log();
+        r.s.handle(Event::Signal, r.now);
+        r.pump(|_| None);
+        let log = r.take_log();
+        let long = [
+            "Inspect",
+            "Register",
+            "WaitTunnelIp",
+            "AwaitHandshake",
+            "ProbeDns",
+        ]
+        .contains(step);
+        assert_eq!(
+            log.first().map(String::as_str) == Some("Cancel"),
+            long,
+            "{step}: {log:?}"
+        );
+        let expected = match *step {
+            "Inspect" => vec![],
+            s => expected_undo(s),
+        };
+        assert_eq!(undo_tail(&log), expected, "signal at {step}: {log:?}");
+        assert_eq!(log.last().map(String::as_str), Some("Exit"));
+        // Stopped by a signal before serving: a clean undo is still a clean exit.
+        assert!(r.s.outcome().is_ok());
+    }
+}
+
+#[test]
+fn the_deadline_fails_the_step_it_stops_with_its_own_sentence() {
+    let cases = [
+        ("WaitTunnelIp", "did not assign a tunnel IP"),
+        ("AwaitHandshake", "did not answer on UDP 192.0.2.1:31820"),
+        (
+            "ProbeDns",
+            "cluster DNS did not answer kubernetes.default.svc.cluster.local.",
+        ),
+        ("Register", "did not get past Registering"),
+    ];
+    for (step, sentence) in cases {
+        let mut r = Run::new(&[]);
+        r.pump(|a| (name(a) == step).then_some(None));
+        r.take_log();
+        // Before the deadline nothing happens (a rebind at most).
+        r.advance(Duration::from_secs(29));
+        r.pump(|_| None);
+        assert!(undo_tail(&r.take_log()).is_empty(), "{step}");
+        r.advance(Duration::from_secs(1));
+        r.pump(|_| None);
+        assert_eq!(undo_tail(&r.take_log()), expected_undo(step), "{step}");
+        let err = r.s.outcome().unwrap_err().to_string();
+        assert!(err.contains(sentence), "{step}: {err}");
+    }
+}
+
+#[test]
+fn without_a_handshake_the_udp_port_is_rebound_after_1s_then_every_2s() {
+    let mut r = Run::new(&[]);
+    r.pump(|a| (name(a) == "AwaitHandshake").then_some(None));
+    r.take_log();
+    let start = r.now;
+    assert_eq!(r.s.poll_timeout(), Some(start + REBIND_FIRST));
+    let mut rebinds = Vec::new();
+    for _ in 0..60 {
+        r.advance(Duration::from_millis(100));
+        r.pump(|_| None);
+        if r.take_log().contains(&"Rebind".to_string()) {
+            rebinds.push(r.now - start);
+        }
+    }
+    let ms: Vec<u128> = rebinds.iter().map(|d| d.as_millis()).collect();
+    assert_eq!(ms, [1000, 3000, 5000]);
+    r.s.handle(Event::Handshake, r.now);
+    r.pump(|_| None);
+    assert_eq!(r.s.phase(), Phase::Serving);
+}
+
+fn serving(extra: &[&str]) -> Run {
+    let mut r = Run::new(extra);
+    r.pump(|_| None);
+    r.take_log();
+    assert_eq!(r.s.phase(), Phase::Serving);
+    r
+}
+
+#[test]
+fn the_lease_is_renewed_every_third_of_the_ttl_and_failures_back_off() {
+    let mut r = serving(&[]);
+    let renew_at = r.s.poll_timeout().unwrap();
+    assert_eq!(renew_at - r.now, Duration::from_secs(30));
+    r.advance(Duration::from_secs(30));
+    r.pump(|_| None);
+    assert_eq!(r.take_log(), ["RenewLease"]);
+    assert_eq!(r.s.poll_timeout().unwrap() - r.now, Duration::from_secs(30));
+    // 409: retried after a second.
+    r.advance(Duration::from_secs(30));
+    r.pump(|a| {
+        matches!(a, Action::RenewLease { .. })
+            .then(|| Some(Event::LeaseFailed(LeaseFailure::Conflict)))
+    });
+    assert_eq!(r.s.poll_timeout().unwrap() - r.now, RENEW_CONFLICT_RETRY);
+    // 403 (or the API unreachable): the tunnel stays, retries back off 2 s, 4 s, 8 s.
+    let forbidden = || {
+        Some(Event::LeaseFailed(LeaseFailure::Other(Error::Forbidden {
+            user: "developer".into(),
+            verb: "patch".into(),
+            resource: "secrets".into(),
+            namespace: "kwg-system".into(),
+        })))
+    };
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let wait = r.s.poll_timeout().unwrap() - r.now;
+        r.advance(wait);
+        r.pump(|a| matches!(a, Action::RenewLease { .. }).then(forbidden));
+        waits.push((r.s.poll_timeout().unwrap() - r.now).as_secs());
+    }
+    assert_eq!(waits, [2, 4, 8]);
+    assert!(
+        r.s.lease()
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("not allowed to patch secrets")
+    );
+    assert!(undo_tail(&r.take_log()).is_empty());
+    assert_eq!(r.s.phase(), Phase::Serving);
+    // Success clears the error and restores the interval.
+    r.advance(Duration::from_secs(8));
+    r.pump(|_| None);
+    assert_eq!(r.s.lease().last_error, None);
+    assert_eq!(r.s.poll_timeout().unwrap() - r.now, Duration::from_secs(30));
+}
+
+#[test]
+fn a_vanished_secret_is_registered_again_and_a_new_address_replaces_the_old() {
+    for (ip, change) in [("100.77.0.2", false), ("100.77.0.9", true)] {
+        let mut r = serving(&[]);
+        r.advance(Duration::from_secs(30));
+        r.pump(|a| match a {
+            Action::RenewLease { .. } => Some(Some(Event::LeaseFailed(LeaseFailure::NotFound))),
+            Action::WaitTunnelIp { .. } => Some(Some(Event::TunnelIp(ip.parse().unwrap()))),
+            _ => None,
+        });
+        let log = r.take_log();
+        let mut expected = vec!["RenewLease", "Register", "WaitTunnelIp"];
+        if change {
+            expected.extend(["ChangeAddress", "Save"]);
+        }
+        assert_eq!(log, expected);
+        assert_eq!(r.s.state().unwrap().tunnel_ip, Some(ip.parse().unwrap()));
+        assert_eq!(r.s.poll_timeout().unwrap() - r.now, Duration::from_secs(30));
+    }
+}
+
+#[test]
+fn the_gateway_info_changing_while_serving_is_followed() {
+    let mut r = serving(&[]);
+    let old_key = r.gateway.public_key();
+    // Unchanged info: nothing to do.
+    r.s.handle(Event::GatewayInfo(Box::new(info(&r.gateway))), r.now);
+    r.pump(|_| None);
+    assert!(r.take_log().is_empty());
+    // Reinstalled with a new key and a second pod CIDR.
+    let new = PrivateKey::generate();
+    let mut changed = info(&new);
+    changed.pod_cidrs.push("10.245.0.0/16".parse().unwrap());
+    r.s.handle(Event::GatewayInfo(Box::new(changed)), r.now);
+    let mut actions = Vec::new();
+    while let Some(a) = r.s.poll_action() {
+        actions.push(a);
+    }
+    let names: Vec<String> = actions.iter().map(name).collect();
+    assert_eq!(names, ["Save", "SetRoutes", "UpdateGateway"]);
+    match &actions[1] {
+        Action::SetRoutes { add, remove, .. } => {
+            assert_eq!(add, &["10.245.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
+            assert!(remove.is_empty());
+        }
+        a => panic!("{a:?}"),
+    }
+    match &actions[2] {
+        Action::UpdateGateway { old_key: k, peer } => {
+            assert_eq!(*k, old_key);
+            assert_eq!(peer.public_key, new.public_key());
+            assert!(peer.allowed_ips.contains(&"10.245.0.0/16".parse().unwrap()));
+        }
+        a => panic!("{a:?}"),
+    }
+    assert_eq!(
+        r.s.state().unwrap().gateway_key,
+        Some(new.public_key().to_string())
+    );
+}
+
+#[test]
+fn leave_undoes_everything_in_reverse_and_removes_the_state() {
+    let mut r = serving(&[]);
+    r.s.handle(Event::Leave, r.now);
+    r.pump(|a| match a {
+        Action::Undo(Undo::RestoreResolvConf { .. }) => {
+            Some(Some(Event::Undone(Some("DNS settings".into()))))
+        }
+        Action::Undo(Undo::DeletePeer { .. }) => Some(Some(Event::Undone(Some(
+            "peer Secret kwg-peer-laptop".into(),
+        )))),
+        _ => None,
+    });
+    assert_eq!(
+        r.take_log(),
+        [
+            "undo RestoreResolvConf",
+            "undo StopForwarder",
+            "undo DeleteInterface(created)",
+            "undo DeletePeer",
+            "RemoveState",
+            "Exit"
+        ]
+    );
+    assert_eq!(
+        r.s.outcome().unwrap(),
+        ["DNS settings", "peer Secret kwg-peer-laptop"]
+    );
+}
+
+#[test]
+fn a_failed_undo_step_stays_in_the_journal_for_the_next_leave() {
+    let mut r = serving(&[]);
+    r.s.handle(Event::Signal, r.now);
+    r.pump(|a| {
+        matches!(a, Action::Undo(Undo::DeletePeer { .. })).then(|| {
+            Some(Event::UndoFailed(Error::invalid(
+                "peer Secret",
+                "unreachable",
+            )))
+        })
+    });
+    let log = r.take_log();
+    assert_eq!(&log[log.len() - 2..], ["Save", "Exit"]);
+    assert!(!log.contains(&"RemoveState".to_string()));
+    let kept: Vec<&str> = r
+        .saved
+        .as_ref()
+        .unwrap()
+        .undo
+        .iter()
+        .map(undo_name)
+        .collect();
+    assert_eq!(kept, ["DeletePeer"]);
+    assert!(r.s.outcome().is_err());
+}
+
+#[test]
+fn an_existing_interface_is_refused_before_anything_changes() {
+    let mut r = Run::new(&["--interface", "wg0"]);
+    let gw = PrivateKey::generate();
+    r.pump(|a| {
+        matches!(a, Action::Inspect).then(|| {
+            let mut f = facts(&gw);
+            f.interface_exists = true;
+            Some(Event::Inspected(Box::new(f)))
+        })
+    });
+    assert_eq!(r.take_log(), ["Inspect", "Exit"]);
+    let err = r.s.outcome().unwrap_err().to_string();
+    assert!(err.contains("interface wg0 already exists"), "{err}");
+}
