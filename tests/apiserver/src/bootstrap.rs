@@ -10,6 +10,8 @@ use crate::store::Store;
 use crate::validation::first_ip;
 
 const READ: &[&str] = &["get", "list", "watch"];
+/// The aggregated admin/edit/view roles grant nothing on admission configuration.
+const ADMISSION: &str = "admissionregistration.k8s.io";
 
 /// Rules over the served resources: every group except `exclude_groups`, resources except
 /// `exclude` (subresources included).
@@ -50,6 +52,7 @@ pub fn populate(store: &mut Store, env: &Env) {
     let opts = WriteOpts {
         dry_run: false,
         now: Utc::now(),
+        user: None,
     };
     let mut put = |group: &str, plural: &str, ns: &str, obj: Value| {
         let kind = find(group, "v1", plural).expect("bootstrap kinds are served");
@@ -93,7 +96,7 @@ pub fn populate(store: &mut Store, env: &Env) {
             rules(
                 WRITE,
                 &[],
-                &["authorization.k8s.io", "authentication.k8s.io"],
+                &["authorization.k8s.io", "authentication.k8s.io", ADMISSION],
             ),
         ),
     );
@@ -101,13 +104,13 @@ pub fn populate(store: &mut Store, env: &Env) {
         rbac,
         "clusterroles",
         "",
-        cluster_role("edit", rules(WRITE, &[], &[rbac])),
+        cluster_role("edit", rules(WRITE, &[], &[rbac, ADMISSION])),
     );
     put(
         rbac,
         "clusterroles",
         "",
-        cluster_role("view", rules(READ, &["secrets"], &[rbac])),
+        cluster_role("view", rules(READ, &["secrets"], &[rbac, ADMISSION])),
     );
     let discovery_urls = [
         "/api",

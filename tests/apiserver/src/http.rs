@@ -122,10 +122,12 @@ impl Req<'_> {
             .is_some_and(|first| first.contains("as=Table"))
     }
 
-    pub fn opts(&self) -> WriteOpts {
+    /// Write options of a request by `user`.
+    pub fn opts<'u>(&self, user: &'u User) -> WriteOpts<'u> {
         WriteOpts {
             dry_run: self.param("dryRun") == "All",
             now: self.now,
+            user: Some(user),
         }
     }
 

@@ -96,6 +96,8 @@ const fn create_only(mut kind: Kind) -> Kind {
 use NameRule::*;
 
 const RBAC: &str = "rbac.authorization.k8s.io";
+const ADMISSION: &str = "admissionregistration.k8s.io";
+const API_EXTENSIONS: &[&str] = &["api-extensions"];
 
 #[rustfmt::skip]
 static KINDS: &[Kind] = &[
@@ -120,6 +122,9 @@ static KINDS: &[Kind] = &[
     k("events.k8s.io", "events", "event", "Event", NS, &["ev"], NONE, NONE, Subdomain),
     create_only(k("authentication.k8s.io", "selfsubjectreviews", "selfsubjectreview", "SelfSubjectReview", CLUSTER, NONE, NONE, NONE, Subdomain)),
     create_only(k("authorization.k8s.io", "selfsubjectrulesreviews", "selfsubjectrulesreview", "SelfSubjectRulesReview", CLUSTER, NONE, NONE, NONE, Subdomain)),
+    create_only(k("authorization.k8s.io", "subjectaccessreviews", "subjectaccessreview", "SubjectAccessReview", CLUSTER, NONE, NONE, NONE, Subdomain)),
+    with_generation(k(ADMISSION, "validatingadmissionpolicies", "validatingadmissionpolicy", "ValidatingAdmissionPolicy", CLUSTER, NONE, API_EXTENSIONS, STATUS, Subdomain)),
+    k(ADMISSION, "validatingadmissionpolicybindings", "validatingadmissionpolicybinding", "ValidatingAdmissionPolicyBinding", CLUSTER, NONE, API_EXTENSIONS, NONE, Subdomain),
     create_only(k("authorization.k8s.io", "selfsubjectaccessreviews", "selfsubjectaccessreview", "SelfSubjectAccessReview", CLUSTER, NONE, NONE, NONE, Subdomain)),
 ];
 
@@ -174,6 +179,15 @@ impl Kind {
             self.plural.to_string()
         } else {
             format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// `Secret`, `Deployment.apps`: how the real server names a kind in 422 messages.
+    pub fn group_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.to_string()
+        } else {
+            format!("{}.{}", self.kind, self.group)
         }
     }
 

@@ -2,7 +2,9 @@
 //! CRUD/watch/patch of the kinds kwg uses, all in memory. Usable in-process (tests, `kwg-sim`)
 //! and as the `kwg-apiserver` binary.
 
+mod admission;
 mod bootstrap;
+mod cel;
 mod discovery;
 mod hooks;
 mod http;
@@ -272,6 +274,7 @@ impl ApiServer {
         let opts = ops::WriteOpts {
             dry_run: false,
             now: chrono::Utc::now(),
+            user: None,
         };
         ops::create(
             &mut self.shared.store(),

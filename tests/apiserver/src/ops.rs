@@ -5,9 +5,11 @@ use ipnet::IpNet;
 use rand::Rng;
 use serde_json::{Value, json};
 
+use crate::admission::{self, Operation};
 use crate::hooks::{self, Ctx};
 use crate::kinds::{Kind, find};
 use crate::patch::{self, PatchKind};
+use crate::rbac::User;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, FieldError};
 use crate::store::{Store, meta_str};
@@ -22,10 +24,56 @@ pub struct Env {
 
 /// Options common to writes.
 #[derive(Debug, Clone, Copy)]
-pub struct WriteOpts {
+pub struct WriteOpts<'u> {
     pub dry_run: bool,
     pub now: DateTime<Utc>,
+    /// The requesting user: admission (ValidatingAdmissionPolicy) runs for user requests,
+    /// not for the server's own writes (bootstrap, controllers).
+    pub user: Option<&'u User>,
 }
+
+impl WriteOpts<'_> {
+    /// The same options for a controller's write (no admission).
+    pub fn as_controller(self) -> WriteOpts<'static> {
+        WriteOpts {
+            dry_run: self.dry_run,
+            now: self.now,
+            user: None,
+        }
+    }
+}
+
+/// Run admission for a user's request.
+fn admit(store: &Store, opts: WriteOpts, a: Attrs) -> Result<(), ApiError> {
+    let Some(user) = opts.user else {
+        return Ok(());
+    };
+    admission::validate(
+        store,
+        &admission::Attributes {
+            operation: a.0,
+            kind: a.1,
+            subresource: a.2,
+            namespace: a.3,
+            name: a.4,
+            object: a.5,
+            old_object: a.6,
+            user,
+            dry_run: opts.dry_run,
+        },
+    )
+}
+
+/// (operation, kind, subresource, namespace, name, object, old object)
+type Attrs<'a> = (
+    Operation,
+    &'static Kind,
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a Value>,
+    Option<&'a Value>,
+);
 
 pub fn timestamp(now: DateTime<Utc>) -> String {
     now.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -126,6 +174,16 @@ pub fn create(
         kind,
         &mut obj,
     )?;
+    let a = (
+        Operation::Create,
+        kind,
+        "",
+        ns,
+        name.as_str(),
+        Some(&obj),
+        None,
+    );
+    admit(store, opts, a)?;
     if opts.dry_run {
         return Ok(obj);
     }
@@ -134,7 +192,7 @@ pub fn create(
         if let Some(k) = find(group, "v1", plural) {
             let child_ns = meta_str(&child, "namespace").to_string();
             // A child that already exists is fine.
-            let _ = create(store, env, k, &child_ns, child, opts);
+            let _ = create(store, env, k, &child_ns, child, opts.as_controller());
         }
     }
     Ok(stored)
@@ -203,6 +261,17 @@ pub fn update(
         obj["metadata"]["generation"] = json!(generation);
     }
     drop_empty_maps(&mut obj);
+    let sub = subresource.unwrap_or("");
+    let a = (
+        Operation::Update,
+        kind,
+        sub,
+        ns,
+        name,
+        Some(&obj),
+        Some(&old),
+    );
+    admit(store, opts, a)?;
     if obj == old || opts.dry_run {
         return Ok(obj);
     }
@@ -252,7 +321,7 @@ pub fn delete(
     kind: &'static Kind,
     ns: &str,
     name: &str,
-    dry_run: bool,
+    opts: WriteOpts,
 ) -> Result<Value, ApiError> {
     let obj = store
         .get(kind, ns, name)
@@ -265,7 +334,12 @@ pub fn delete(
             "this namespace may not be deleted".into(),
         ));
     }
-    if dry_run {
+    admit(
+        store,
+        opts,
+        (Operation::Delete, kind, "", ns, name, None, Some(&obj)),
+    )?;
+    if opts.dry_run {
         return Ok(obj);
     }
     if kind.is("", "namespaces") {
@@ -295,7 +369,7 @@ pub fn delete_collection(
     ns: Option<&str>,
     labels: &LabelSelector,
     fields: &FieldSelector,
-    dry_run: bool,
+    opts: WriteOpts,
 ) -> Result<Vec<Value>, ApiError> {
     let victims: Vec<(String, String)> = store
         .list(kind, ns)
@@ -310,7 +384,7 @@ pub fn delete_collection(
         .collect();
     let mut out = Vec::new();
     for (n, name) in victims {
-        out.push(delete(store, kind, &n, &name, dry_run)?);
+        out.push(delete(store, kind, &n, &name, opts)?);
     }
     Ok(out)
 }

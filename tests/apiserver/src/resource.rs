@@ -12,7 +12,7 @@ use crate::ops;
 use crate::patch::PatchKind;
 use crate::rbac::{self, Attrs, User};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::status::ApiError;
+use crate::status::{ApiError, FieldError};
 use crate::watch::{self, WatchParams};
 use crate::{Shared, podlog, scale, table};
 
@@ -76,7 +76,10 @@ pub(crate) fn resource(
         return self_subject_rules_review(shared, req, user, kind);
     }
     if kind.is("authorization.k8s.io", "selfsubjectaccessreviews") {
-        return self_subject_access_review(shared, req, user, kind);
+        return access_review(shared, req, Some(user), kind);
+    }
+    if kind.is("authorization.k8s.io", "subjectaccessreviews") {
+        return access_review(shared, req, None, kind);
     }
     let scoped = || {
         if kind.namespaced && ns.is_empty() {
@@ -131,7 +134,7 @@ pub(crate) fn resource(
             ns,
             name,
             change,
-            req.opts(),
+            req.opts(user),
         )?;
         return Ok(json_response(200, &out));
     }
@@ -160,7 +163,7 @@ pub(crate) fn resource(
                 kind,
                 ns,
                 req.json_body()?,
-                req.opts(),
+                req.opts(user),
             )?;
             Ok(json_response(201, &obj))
         }
@@ -174,7 +177,7 @@ pub(crate) fn resource(
                 name,
                 body,
                 sub,
-                req.opts(),
+                req.opts(user),
             )?;
             Ok(json_response(200, &obj))
         }
@@ -190,12 +193,12 @@ pub(crate) fn resource(
                 pk,
                 &body,
                 sub,
-                req.opts(),
+                req.opts(user),
             )?;
             Ok(json_response(if created { 201 } else { 200 }, &obj))
         }
         "delete" => {
-            let obj = ops::delete(&mut shared.store(), kind, ns, name, req.opts().dry_run)?;
+            let obj = ops::delete(&mut shared.store(), kind, ns, name, req.opts(user))?;
             let mut details =
                 json!({"name": name, "kind": kind.plural, "uid": obj["metadata"]["uid"]});
             if !kind.group.is_empty() {
@@ -215,7 +218,7 @@ pub(crate) fn resource(
                 scope,
                 &labels,
                 &fields,
-                req.opts().dry_run,
+                req.opts(user),
             )?;
             let rv = shared.store().current_rv();
             Ok(json_response(200, &list_doc(kind, items, rv)))
@@ -319,35 +322,78 @@ fn watch(
     ))
 }
 
-fn self_subject_access_review(
+/// SelfSubjectAccessReview (`subject` = the caller) and SubjectAccessReview (the subject is
+/// `spec.user`/`spec.groups`, exactly as given: no implicit `system:authenticated`).
+fn access_review(
     shared: &Shared,
     req: &Req,
-    user: &User,
+    subject: Option<&User>,
     kind: &Kind,
 ) -> Result<Response<Body>, ApiError> {
     let mut review = req.json_body()?;
     let spec = &review["spec"];
     let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-    let attrs = if let Some(r) = spec.get("resourceAttributes").filter(|r| r.is_object()) {
-        Attrs::Resource {
+    let resource = spec.get("resourceAttributes").filter(|r| r.is_object());
+    let non_resource = spec.get("nonResourceAttributes").filter(|r| r.is_object());
+    let mut errs = Vec::new();
+    if resource.is_some() && non_resource.is_some() {
+        errs.push(FieldError::invalid(
+            "spec.nonResourceAttributes",
+            "&authorization.NonResourceAttributes{...}".into(),
+            "cannot be specified in combination with resourceAttributes",
+        ));
+    }
+    let subject = match subject {
+        Some(u) => u.clone(),
+        None => {
+            let groups: Vec<String> = spec["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|g| g.as_str().map(str::to_string))
+                .collect();
+            if s(&spec["user"]).is_empty() && groups.is_empty() {
+                errs.push(FieldError::invalid(
+                    "spec.user",
+                    "\"\"".into(),
+                    "at least one of user or group must be specified",
+                ));
+            }
+            User {
+                name: s(&spec["user"]),
+                groups,
+            }
+        }
+    };
+    let attrs = match (resource, non_resource) {
+        (Some(r), _) => Attrs::Resource {
             verb: s(&r["verb"]),
             group: s(&r["group"]),
             resource: s(&r["resource"]),
             subresource: s(&r["subresource"]),
             namespace: s(&r["namespace"]),
             name: s(&r["name"]),
-        }
-    } else if let Some(n) = spec.get("nonResourceAttributes").filter(|r| r.is_object()) {
-        Attrs::NonResource {
+        },
+        (None, Some(n)) => Attrs::NonResource {
             verb: s(&n["verb"]),
             path: s(&n["path"]),
+        },
+        (None, None) => {
+            errs.push(FieldError::invalid(
+                "spec.resourceAttributes",
+                "nil".into(),
+                "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            ));
+            Attrs::NonResource {
+                verb: String::new(),
+                path: String::new(),
+            }
         }
-    } else {
-        return Err(ApiError::bad_request(
-            "spec.resourceAttributes or spec.nonResourceAttributes is required",
-        ));
     };
-    let allowed = rbac::allowed(&shared.store(), user, &attrs);
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(kind, "", errs));
+    }
+    let allowed = rbac::allowed(&shared.store(), &subject, &attrs);
     review["apiVersion"] = json!(kind.api_version());
     review["kind"] = json!(kind.kind);
     if !review["metadata"].is_object() {

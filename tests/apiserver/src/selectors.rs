@@ -91,6 +91,32 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
+    /// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions` with In, NotIn,
+    /// Exists, DoesNotExist); absent or empty matches everything.
+    pub fn from_object(sel: &Value) -> Result<Self, String> {
+        let mut reqs = Vec::new();
+        for (k, v) in sel["matchLabels"].as_object().into_iter().flatten() {
+            reqs.push(LabelReq::Eq(k.clone(), v.as_str().unwrap_or("").into()));
+        }
+        for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+            let key = e["key"].as_str().unwrap_or("").to_string();
+            let values: Vec<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            reqs.push(match e["operator"].as_str().unwrap_or("") {
+                "In" => LabelReq::In(key, values),
+                "NotIn" => LabelReq::NotIn(key, values),
+                "Exists" => LabelReq::Exists(key),
+                "DoesNotExist" => LabelReq::NotExists(key),
+                op => return Err(format!("{op:?} is not a valid label selector operator")),
+            });
+        }
+        Ok(LabelSelector(reqs))
+    }
+
     /// Whether an object's `metadata.labels` match.
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels");

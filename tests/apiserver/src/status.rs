@@ -133,7 +133,7 @@ impl ApiError {
         Self::new(
             422,
             "Invalid",
-            format!("{} {:?} is invalid: {}", kind.kind, name, body),
+            format!("{} {:?} is invalid: {}", kind.group_kind(), name, body),
         )
         .with_details(d)
     }
