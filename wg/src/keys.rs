@@ -23,11 +23,10 @@ fn decode32(s: &str) -> Result<[u8; 32], Error> {
             Ok(out)
         }
         Ok(mut v) => {
+            // Read the length before zeroize, which also clears the vector.
+            let len = v.len();
             v.zeroize();
-            Err(Error::InvalidKey(format!(
-                "{} bytes instead of 32",
-                v.len()
-            )))
+            Err(Error::InvalidKey(format!("{len} bytes instead of 32")))
         }
         Err(e) => Err(Error::InvalidKey(e.to_string())),
     }
@@ -276,6 +275,15 @@ mod tests {
         assert_eq!(serde_json::from_str::<PublicKey>(&j).unwrap(), p);
         assert!("abc".parse::<PublicKey>().is_err());
         assert_eq!(unhex32(&p.to_hex()), Some(*p.as_bytes()));
+    }
+
+    #[test]
+    fn wrong_length_names_the_length() {
+        // 16 bytes of base64: a well-formed string, but not a key.
+        let err = "AAAAAAAAAAAAAAAAAAAAAA==".parse::<PublicKey>().unwrap_err();
+        assert!(err.to_string().contains("16 bytes instead of 32"), "{err}");
+        let err = "AAAA".parse::<PrivateKey>().unwrap_err();
+        assert!(err.to_string().contains("3 bytes instead of 32"), "{err}");
     }
 
     #[test]
