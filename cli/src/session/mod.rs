@@ -6,22 +6,20 @@
 //! executes the actions and feeds their results back.
 
 pub mod plan;
+mod serving;
 #[cfg(test)]
 mod tests;
+mod types;
 
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
-use kwg_wg::contract::{GatewayInfo, PeerSpec};
-use kwg_wg::device::PeerConfig;
-
 use crate::args::{DnsMode, JoinArgs};
-use crate::dns::forwarder::ForwarderConfig;
 use crate::error::Error;
 use crate::state::{DnsModeUsed, DnsState, State, Undo};
 pub use plan::{Facts, Plan};
+pub use types::{Action, Event, Lease, LeaseFailure, Phase};
 
 /// While there is no handshake: when to move to a new UDP source port and restart the
 /// handshake (a stale conntrack entry for the old 5-tuple can swallow every retry). A handshake
@@ -32,155 +30,6 @@ pub const REBIND_EVERY: Duration = Duration::from_millis(2000);
 pub const RENEW_CONFLICT_RETRY: Duration = Duration::from_secs(1);
 /// First back-off after a failed renewal (doubles up to the renewal interval).
 pub const RENEW_BACKOFF: Duration = Duration::from_secs(2);
-
-/// What the driver does next.
-#[derive(Debug)]
-pub enum Action {
-    /// Connect to the cluster and inspect it and the machine (long; `Inspected`).
-    Inspect,
-    /// Tell `kwg join` how far it got.
-    Progress(String),
-    /// Write the state file (the undo journal).
-    Save(Box<State>),
-    /// Create or overwrite this machine's peer Secret, its lease ending `ttl` from the
-    /// driver's wall clock (long; `Registered`).
-    Register { spec: Box<PeerSpec>, ttl: Duration },
-    /// Wait until the gateway annotates the Secret with a tunnel IP (long; `TunnelIp`).
-    WaitTunnelIp { namespace: String, secret: String },
-    /// Create the WireGuard TUN device (`DeviceCreated`).
-    CreateDevice { name: String },
-    /// Interface up, its address, the routes and the gateway peer (`NetworkConfigured`).
-    ConfigureNetwork {
-        name: String,
-        address: IpNet,
-        routes: Vec<IpNet>,
-        gateway: PeerConfig,
-    },
-    /// Start the DNS forwarder (`ForwarderStarted`).
-    StartForwarder {
-        listen: SocketAddr,
-        config: Box<ForwarderConfig>,
-    },
-    /// Back up the resolver file, then replace it (`ResolvConfWritten`).
-    WriteResolvConf {
-        path: std::path::PathBuf,
-        backup: std::path::PathBuf,
-        original: Vec<u8>,
-        contents: Vec<u8>,
-    },
-    /// Send into the tunnel until the gateway handshake completes (long; `Handshake`).
-    AwaitHandshake {
-        gateway: PeerConfig,
-        poke: SocketAddr,
-    },
-    /// Move to a fresh UDP port and restart the handshake with the gateway.
-    Rebind { gateway: PeerConfig },
-    /// Ask the cluster DNS through the tunnel until it answers `name` (long; `DnsAnswered`).
-    ProbeDns { server: SocketAddr, name: String },
-    /// Joined: report the status to `kwg join`.
-    Ready,
-    /// Move the lease to now + ttl (long; `LeaseRenewed` / `LeaseFailed`).
-    RenewLease {
-        namespace: String,
-        secret: String,
-        ttl: Duration,
-    },
-    /// Replace the gateway peer (new key, endpoint or allowed IPs); `old_key` is removed when
-    /// the key changed.
-    UpdateGateway {
-        old_key: kwg_wg::keys::PublicKey,
-        peer: PeerConfig,
-    },
-    /// Reconcile routes of the interface.
-    SetRoutes {
-        name: String,
-        add: Vec<IpNet>,
-        remove: Vec<IpNet>,
-    },
-    /// Replace the tunnel address (the gateway assigned another one on re-registration).
-    ChangeAddress {
-        name: String,
-        old: IpNet,
-        new: IpNet,
-    },
-    /// Drop the long action in flight: the session is tearing down.
-    Cancel,
-    /// Undo one change (`Undone` / `UndoFailed`).
-    Undo(Undo),
-    /// Everything is undone: remove the state file.
-    RemoveState,
-    /// The session is over; [`Session::outcome`] says how.
-    Exit,
-}
-
-/// What happened.
-#[derive(Debug)]
-pub enum Event {
-    Inspected(Box<Facts>),
-    Registered,
-    TunnelIp(Ipv4Addr),
-    DeviceCreated {
-        ifindex: u32,
-    },
-    NetworkConfigured,
-    ForwarderStarted(SocketAddr),
-    ResolvConfWritten,
-    Handshake,
-    DnsAnswered,
-    LeaseRenewed,
-    LeaseFailed(LeaseFailure),
-    /// The gateway's published info changed.
-    GatewayInfo(Box<GatewayInfo>),
-    /// An undo step finished; what it removed, for the user.
-    Undone(Option<String>),
-    UndoFailed(Error),
-    /// The action in flight (or just executed) failed.
-    Failed(Error),
-    /// `kwg leave` asked to undo everything.
-    Leave,
-    /// SIGTERM/SIGINT.
-    Signal,
-}
-
-/// Why a lease renewal failed.
-#[derive(Debug)]
-pub enum LeaseFailure {
-    /// 409: the Secret changed meanwhile; retry at once.
-    Conflict,
-    /// 404: the Secret is gone (expired while the machine slept, or deleted): register again.
-    NotFound,
-    /// Anything else (403, API unreachable): keep the tunnel, retry with back-off.
-    Other(Error),
-}
-
-/// The states of a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Inspecting,
-    Registering,
-    WaitingTunnelIp,
-    CreatingDevice,
-    ConfiguringNetwork,
-    StartingDns,
-    WritingResolvConf,
-    AwaitingHandshake,
-    ProbingDns,
-    Serving,
-    TearingDown,
-    Done,
-}
-
-/// Lease renewal while serving.
-#[derive(Debug, Clone, Default)]
-pub struct Lease {
-    pub next: Option<Instant>,
-    pub in_flight: bool,
-    pub failures: u32,
-    /// The last failure, shown by `status` until a renewal succeeds.
-    pub last_error: Option<String>,
-    /// Registering again after the Secret vanished.
-    pub reregistering: bool,
-}
 
 pub struct Session {
     args: JoinArgs,
@@ -545,127 +394,6 @@ impl Session {
             }
             None => self.serve(now),
         }
-    }
-
-    fn serve(&mut self, now: Instant) {
-        self.phase = Phase::Serving;
-        self.lease.next = Some(now + self.renew_every());
-        self.actions.push_back(Action::Ready);
-    }
-
-    fn renew_every(&self) -> Duration {
-        (self.args.ttl / 3).max(Duration::from_secs(1))
-    }
-
-    fn renew(&mut self) {
-        self.lease.in_flight = true;
-        self.in_flight = true;
-        self.actions.push_back(Action::RenewLease {
-            namespace: self.args.kube.kwg_namespace.clone(),
-            secret: self.plan.as_ref().expect("planned").secret(),
-            ttl: self.args.ttl,
-        });
-    }
-
-    fn lease_result(&mut self, event: Event, now: Instant) {
-        self.lease.in_flight = false;
-        self.in_flight = false;
-        let every = self.renew_every();
-        match event {
-            Event::LeaseRenewed => {
-                self.lease.failures = 0;
-                self.lease.last_error = None;
-                self.lease.next = Some(now + every);
-            }
-            Event::LeaseFailed(LeaseFailure::Conflict) => {
-                self.lease.next = Some(now + RENEW_CONFLICT_RETRY);
-            }
-            Event::LeaseFailed(LeaseFailure::NotFound) => {
-                tracing::warn!(peer = %self.peer(), "the peer Secret is gone (lease expired?): registering again");
-                self.lease.reregistering = true;
-                self.lease.next = None;
-                let spec = Box::new(self.plan.as_ref().expect("planned").peer.clone());
-                self.in_flight = true;
-                let ttl = self.args.ttl;
-                self.actions.push_back(Action::Register { spec, ttl });
-            }
-            Event::LeaseFailed(LeaseFailure::Other(e)) => {
-                let backoff = RENEW_BACKOFF
-                    .saturating_mul(1 << self.lease.failures.min(16))
-                    .min(every);
-                self.lease.failures += 1;
-                tracing::warn!(error = %e, retry_in = ?backoff, "lease renewal failed; the tunnel keeps working");
-                self.lease.last_error = Some(e.to_string());
-                self.lease.next = Some(now + backoff);
-            }
-            _ => {}
-        }
-    }
-
-    /// Events while registering again after the Secret vanished.
-    fn reregistered(&mut self, event: Event, now: Instant) {
-        self.in_flight = false;
-        match event {
-            Event::Registered => {
-                self.in_flight = true;
-                let action = self.wait_tunnel_ip();
-                self.actions.push_back(action);
-            }
-            Event::TunnelIp(ip) => {
-                self.lease.reregistering = false;
-                self.lease.next = Some(now + self.renew_every());
-                let old = self.state().and_then(|s| s.tunnel_ip);
-                if old != Some(ip) {
-                    if let Some(old) = old {
-                        self.actions.push_back(Action::ChangeAddress {
-                            name: self.args.interface.clone(),
-                            old: plan::tunnel_address(old),
-                            new: plan::tunnel_address(ip),
-                        });
-                    }
-                    self.journal(|s| s.tunnel_ip = Some(ip));
-                }
-            }
-            other => tracing::debug!(?other, "event ignored while registering again"),
-        }
-    }
-
-    fn gateway_changed(&mut self, info: GatewayInfo) {
-        let Some(plan) = self.plan.as_mut() else {
-            return;
-        };
-        let routes = plan::plan_routes(&self.args, &info);
-        let endpoint = info
-            .endpoints
-            .iter()
-            .find_map(|e| e.ip().map(|ip| SocketAddr::new(ip, e.port)))
-            .or(plan.gateway.endpoint)
-            .expect("an endpoint");
-        let gateway = plan::gateway_peer(&info, endpoint, &routes);
-        let (add, remove) = plan::diff_routes(&plan.routes, &routes);
-        if gateway == plan.gateway && add.is_empty() && remove.is_empty() {
-            return;
-        }
-        tracing::info!(key = %info.public_key, %endpoint, ?add, ?remove, "the gateway info changed: following it");
-        let old_key = plan.gateway.public_key;
-        plan.gateway = gateway.clone();
-        plan.routes = routes.clone();
-        self.journal(|s| {
-            s.gateway_key = Some(info.public_key.to_string());
-            s.gateway_endpoint = Some(endpoint.to_string());
-            s.routes = routes;
-        });
-        if !add.is_empty() || !remove.is_empty() {
-            self.actions.push_back(Action::SetRoutes {
-                name: self.args.interface.clone(),
-                add,
-                remove,
-            });
-        }
-        self.actions.push_back(Action::UpdateGateway {
-            old_key,
-            peer: gateway,
-        });
     }
 
     /// Records `undo` in the journal and saves it: before the change it undoes is asked for.

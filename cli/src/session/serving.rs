@@ -1,0 +1,134 @@
+//! The session while serving: lease renewal (with back-off, and registering again when the
+//! Secret vanished) and following the gateway info.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use kwg_wg::contract::GatewayInfo;
+
+use super::{
+    Action, Event, LeaseFailure, Phase, RENEW_BACKOFF, RENEW_CONFLICT_RETRY, Session, plan,
+};
+
+impl Session {
+    pub(super) fn serve(&mut self, now: Instant) {
+        self.phase = Phase::Serving;
+        self.lease.next = Some(now + self.renew_every());
+        self.actions.push_back(Action::Ready);
+    }
+
+    pub(super) fn renew_every(&self) -> Duration {
+        (self.args.ttl / 3).max(Duration::from_secs(1))
+    }
+
+    pub(super) fn renew(&mut self) {
+        self.lease.in_flight = true;
+        self.in_flight = true;
+        self.actions.push_back(Action::RenewLease {
+            namespace: self.args.kube.kwg_namespace.clone(),
+            secret: self.plan.as_ref().expect("planned").secret(),
+            ttl: self.args.ttl,
+        });
+    }
+
+    pub(super) fn lease_result(&mut self, event: Event, now: Instant) {
+        self.lease.in_flight = false;
+        self.in_flight = false;
+        let every = self.renew_every();
+        match event {
+            Event::LeaseRenewed => {
+                self.lease.failures = 0;
+                self.lease.last_error = None;
+                self.lease.next = Some(now + every);
+            }
+            Event::LeaseFailed(LeaseFailure::Conflict) => {
+                self.lease.next = Some(now + RENEW_CONFLICT_RETRY);
+            }
+            Event::LeaseFailed(LeaseFailure::NotFound) => {
+                tracing::warn!(peer = %self.peer(), "the peer Secret is gone (lease expired?): registering again");
+                self.lease.reregistering = true;
+                self.lease.next = None;
+                let spec = Box::new(self.plan.as_ref().expect("planned").peer.clone());
+                self.in_flight = true;
+                let ttl = self.args.ttl;
+                self.actions.push_back(Action::Register { spec, ttl });
+            }
+            Event::LeaseFailed(LeaseFailure::Other(e)) => {
+                let backoff = RENEW_BACKOFF
+                    .saturating_mul(1 << self.lease.failures.min(16))
+                    .min(every);
+                self.lease.failures += 1;
+                tracing::warn!(error = %e, retry_in = ?backoff, "lease renewal failed; the tunnel keeps working");
+                self.lease.last_error = Some(e.to_string());
+                self.lease.next = Some(now + backoff);
+            }
+            _ => {}
+        }
+    }
+
+    /// Events while registering again after the Secret vanished.
+    pub(super) fn reregistered(&mut self, event: Event, now: Instant) {
+        self.in_flight = false;
+        match event {
+            Event::Registered => {
+                self.in_flight = true;
+                let action = self.wait_tunnel_ip();
+                self.actions.push_back(action);
+            }
+            Event::TunnelIp(ip) => {
+                self.lease.reregistering = false;
+                self.lease.next = Some(now + self.renew_every());
+                let old = self.state().and_then(|s| s.tunnel_ip);
+                if old != Some(ip) {
+                    if let Some(old) = old {
+                        self.actions.push_back(Action::ChangeAddress {
+                            name: self.args.interface.clone(),
+                            old: plan::tunnel_address(old),
+                            new: plan::tunnel_address(ip),
+                        });
+                    }
+                    self.journal(|s| s.tunnel_ip = Some(ip));
+                }
+            }
+            other => tracing::debug!(?other, "event ignored while registering again"),
+        }
+    }
+
+    pub(super) fn gateway_changed(&mut self, info: GatewayInfo) {
+        let Some(plan) = self.plan.as_mut() else {
+            return;
+        };
+        let routes = plan::plan_routes(&self.args, &info);
+        let endpoint = info
+            .endpoints
+            .iter()
+            .find_map(|e| e.ip().map(|ip| SocketAddr::new(ip, e.port)))
+            .or(plan.gateway.endpoint)
+            .expect("an endpoint");
+        let gateway = plan::gateway_peer(&info, endpoint, &routes);
+        let (add, remove) = plan::diff_routes(&plan.routes, &routes);
+        if gateway == plan.gateway && add.is_empty() && remove.is_empty() {
+            return;
+        }
+        tracing::info!(key = %info.public_key, %endpoint, ?add, ?remove, "the gateway info changed: following it");
+        let old_key = plan.gateway.public_key;
+        plan.gateway = gateway.clone();
+        plan.routes = routes.clone();
+        self.journal(|s| {
+            s.gateway_key = Some(info.public_key.to_string());
+            s.gateway_endpoint = Some(endpoint.to_string());
+            s.routes = routes;
+        });
+        if !add.is_empty() || !remove.is_empty() {
+            self.actions.push_back(Action::SetRoutes {
+                name: self.args.interface.clone(),
+                add,
+                remove,
+            });
+        }
+        self.actions.push_back(Action::UpdateGateway {
+            old_key,
+            peer: gateway,
+        });
+    }
+}

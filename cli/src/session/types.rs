@@ -1,0 +1,162 @@
+//! The vocabulary of the session core: actions out, events in, phases.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use kwg_wg::contract::{GatewayInfo, PeerSpec};
+use kwg_wg::device::PeerConfig;
+
+use super::Facts;
+use crate::dns::forwarder::ForwarderConfig;
+use crate::error::Error;
+use crate::state::{State, Undo};
+
+/// What the driver does next.
+#[derive(Debug)]
+pub enum Action {
+    /// Connect to the cluster and inspect it and the machine (long; `Inspected`).
+    Inspect,
+    /// Tell `kwg join` how far it got.
+    Progress(String),
+    /// Write the state file (the undo journal).
+    Save(Box<State>),
+    /// Create or overwrite this machine's peer Secret, its lease ending `ttl` from the
+    /// driver's wall clock (long; `Registered`).
+    Register { spec: Box<PeerSpec>, ttl: Duration },
+    /// Wait until the gateway annotates the Secret with a tunnel IP (long; `TunnelIp`).
+    WaitTunnelIp { namespace: String, secret: String },
+    /// Create the WireGuard TUN device (`DeviceCreated`).
+    CreateDevice { name: String },
+    /// Interface up, its address, the routes and the gateway peer (`NetworkConfigured`).
+    ConfigureNetwork {
+        name: String,
+        address: IpNet,
+        routes: Vec<IpNet>,
+        gateway: PeerConfig,
+    },
+    /// Start the DNS forwarder (`ForwarderStarted`).
+    StartForwarder {
+        listen: SocketAddr,
+        config: Box<ForwarderConfig>,
+    },
+    /// Back up the resolver file, then replace it (`ResolvConfWritten`).
+    WriteResolvConf {
+        path: std::path::PathBuf,
+        backup: std::path::PathBuf,
+        original: Vec<u8>,
+        contents: Vec<u8>,
+    },
+    /// Send into the tunnel until the gateway handshake completes (long; `Handshake`).
+    AwaitHandshake {
+        gateway: PeerConfig,
+        poke: SocketAddr,
+    },
+    /// Move to a fresh UDP port and restart the handshake with the gateway.
+    Rebind { gateway: PeerConfig },
+    /// Ask the cluster DNS through the tunnel until it answers `name` (long; `DnsAnswered`).
+    ProbeDns { server: SocketAddr, name: String },
+    /// Joined: report the status to `kwg join`.
+    Ready,
+    /// Move the lease to now + ttl (long; `LeaseRenewed` / `LeaseFailed`).
+    RenewLease {
+        namespace: String,
+        secret: String,
+        ttl: Duration,
+    },
+    /// Replace the gateway peer (new key, endpoint or allowed IPs); `old_key` is removed when
+    /// the key changed.
+    UpdateGateway {
+        old_key: kwg_wg::keys::PublicKey,
+        peer: PeerConfig,
+    },
+    /// Reconcile routes of the interface.
+    SetRoutes {
+        name: String,
+        add: Vec<IpNet>,
+        remove: Vec<IpNet>,
+    },
+    /// Replace the tunnel address (the gateway assigned another one on re-registration).
+    ChangeAddress {
+        name: String,
+        old: IpNet,
+        new: IpNet,
+    },
+    /// Drop the long action in flight: the session is tearing down.
+    Cancel,
+    /// Undo one change (`Undone` / `UndoFailed`).
+    Undo(Undo),
+    /// Everything is undone: remove the state file.
+    RemoveState,
+    /// The session is over; [`Session::outcome`] says how.
+    Exit,
+}
+
+/// What happened.
+#[derive(Debug)]
+pub enum Event {
+    Inspected(Box<Facts>),
+    Registered,
+    TunnelIp(Ipv4Addr),
+    DeviceCreated {
+        ifindex: u32,
+    },
+    NetworkConfigured,
+    ForwarderStarted(SocketAddr),
+    ResolvConfWritten,
+    Handshake,
+    DnsAnswered,
+    LeaseRenewed,
+    LeaseFailed(LeaseFailure),
+    /// The gateway's published info changed.
+    GatewayInfo(Box<GatewayInfo>),
+    /// An undo step finished; what it removed, for the user.
+    Undone(Option<String>),
+    UndoFailed(Error),
+    /// The action in flight (or just executed) failed.
+    Failed(Error),
+    /// `kwg leave` asked to undo everything.
+    Leave,
+    /// SIGTERM/SIGINT.
+    Signal,
+}
+
+/// Why a lease renewal failed.
+#[derive(Debug)]
+pub enum LeaseFailure {
+    /// 409: the Secret changed meanwhile; retry at once.
+    Conflict,
+    /// 404: the Secret is gone (expired while the machine slept, or deleted): register again.
+    NotFound,
+    /// Anything else (403, API unreachable): keep the tunnel, retry with back-off.
+    Other(Error),
+}
+
+/// The states of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Inspecting,
+    Registering,
+    WaitingTunnelIp,
+    CreatingDevice,
+    ConfiguringNetwork,
+    StartingDns,
+    WritingResolvConf,
+    AwaitingHandshake,
+    ProbingDns,
+    Serving,
+    TearingDown,
+    Done,
+}
+
+/// Lease renewal while serving.
+#[derive(Debug, Clone, Default)]
+pub struct Lease {
+    pub next: Option<Instant>,
+    pub in_flight: bool,
+    pub failures: u32,
+    /// The last failure, shown by `status` until a renewal succeeds.
+    pub last_error: Option<String>,
+    /// Registering again after the Secret vanished.
+    pub reregistering: bool,
+}
