@@ -6,6 +6,8 @@
 
 mod allowed_ips;
 mod batch;
+mod initiation;
+mod peer;
 #[doc(hidden)]
 pub mod testing;
 
@@ -14,8 +16,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use boringtun::noise::errors::WireGuardError;
-use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
@@ -23,9 +23,15 @@ use ipnet::IpNet;
 
 pub use allowed_ips::AllowedIps;
 pub use batch::{NetBatch, TunBatch};
+pub use initiation::{Opened, Tai64N, open_initiation};
+
+use peer::{Peer, ensure_tunn};
 
 use crate::keys::{PrivateKey, PublicKey};
 use crate::peer::{PeerConfig, PeerStats};
+
+/// Message type of a cookie reply (the WireGuard paper, section 5.4.7).
+const COOKIE_REPLY: u8 = 3;
 
 /// Handshakes per second across all peers before cookie replies are demanded (the WireGuard
 /// paper, section 5.3, leaves the threshold to the implementation).
@@ -44,24 +50,6 @@ struct StaticKeys {
     rate_limiter: Arc<RateLimiter>,
 }
 
-struct Peer {
-    cfg: PeerConfig,
-    idx: u32,
-    /// `peer = <short key>`, created once: events name it as their parent, so the hot path
-    /// neither enters spans nor formats keys.
-    span: tracing::Span,
-    /// Spoofed-source drops since the last report (logged once per rate-limit period).
-    spoofed_unreported: u32,
-    /// Created on first use and dropped when its sessions expire: an idle peer costs a few
-    /// hundred bytes, one with live sessions about 11 KB (boringtun keeps 8 session slots).
-    tunn: Option<Box<Tunn>>,
-    /// The last handshake of a dropped `Tunn`, for statistics.
-    handshake_at: Option<Instant>,
-    rx_bytes: u64,
-    tx_bytes: u64,
-    last_sent: Option<Instant>,
-}
-
 /// Counters of packets the core refused, for logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Drops {
@@ -75,6 +63,8 @@ pub struct Drops {
     pub invalid: u64,
     /// Cookie replies sent because handshakes exceeded the rate limit.
     pub cookies_sent: u64,
+    /// Handshake initiations not newer than the last one accepted from their sender: replays.
+    pub replayed_initiations: u64,
 }
 
 /// The WireGuard state of one interface.
@@ -131,7 +121,12 @@ impl Core {
         self.keys = key.map(|private| {
             let secret = private.to_secret();
             let public = x25519::PublicKey::from(&secret);
-            let rate_limiter = Arc::new(RateLimiter::new(&public, self.handshake_limit));
+            // Every handshake message passes the limiter twice: in `handle_udp` (before the
+            // initiation is opened) and again in `Tunn::decapsulate`.
+            let rate_limiter = Arc::new(RateLimiter::new(
+                &public,
+                self.handshake_limit.saturating_mul(2),
+            ));
             StaticKeys {
                 private,
                 secret,
@@ -188,20 +183,8 @@ impl Core {
                     keepalive = cfg.persistent_keepalive,
                     "peer added"
                 );
-                self.peers.insert(
-                    idx,
-                    Peer {
-                        cfg: PeerConfig::new(cfg.public_key),
-                        idx,
-                        span,
-                        spoofed_unreported: 0,
-                        tunn: None,
-                        handshake_at: None,
-                        rx_bytes: 0,
-                        tx_bytes: 0,
-                        last_sent: None,
-                    },
-                );
+                self.peers
+                    .insert(idx, Peer::new(PeerConfig::new(cfg.public_key), idx, span));
                 idx
             }
             Some(idx) => {
@@ -302,7 +285,9 @@ impl Core {
         }
     }
 
-    /// A datagram received on the UDP socket from `from`.
+    /// A datagram received on the UDP socket from `from`. The peer's endpoint moves to `from`
+    /// only after a packet that authenticated: a completed handshake or a data message that
+    /// decrypted. Cookie replies (sent or received), rejected handshakes and replays never move it.
     pub fn handle_udp(
         &mut self,
         from: SocketAddr,
@@ -332,13 +317,12 @@ impl Core {
                     return;
                 }
             };
+        let mut initiation = None;
         let idx = match parsed {
-            Packet::HandshakeInit(ref p) => parse_handshake_anon(&keys.secret, &keys.public, p)
-                .ok()
-                .and_then(|h| {
-                    self.by_key
-                        .get(&PublicKey::from_bytes(h.peer_static_public))
-                        .copied()
+            Packet::HandshakeInit(_) => open_initiation(&keys.secret, &keys.public, datagram)
+                .and_then(|o| {
+                    initiation = Some(o.timestamp);
+                    self.by_key.get(&o.peer).copied()
                 }),
             Packet::HandshakeResponse(ref p) => Some(p.receiver_idx >> 8),
             Packet::PacketCookieReply(ref p) => Some(p.receiver_idx >> 8),
@@ -348,18 +332,44 @@ impl Core {
             self.drops.invalid += 1;
             return;
         };
-        let role = match parsed {
-            Packet::HandshakeInit(_) => Some("responder"),
-            Packet::HandshakeResponse(_) => Some("initiator"),
-            _ => None,
+        let (role, is_data) = match parsed {
+            Packet::HandshakeInit(_) => (Some("responder"), false),
+            Packet::HandshakeResponse(_) => (Some("initiator"), false),
+            Packet::PacketCookieReply(_) => (None, false),
+            Packet::PacketData(_) => (None, true),
+        };
+        let timestamp = match initiation {
+            None => None,
+            // The timestamp does not authenticate: not from the holder of the peer's key.
+            Some(None) => {
+                self.drops.invalid += 1;
+                return;
+            }
+            Some(Some(t)) if peer.last_initiation.is_some_and(|last| t <= last) => {
+                self.drops.replayed_initiations += 1;
+                tracing::debug!(parent: &peer.span, %from, "replayed handshake initiation dropped");
+                return;
+            }
+            Some(Some(t)) => Some(t),
         };
         // Handshakes only (never data): boringtun's own handshake events land in the peer span.
         let _in_span = role.map(|_| peer.span.enter());
         let tunn = ensure_tunn(&mut peer.tunn, &peer.cfg, idx, keys);
-        let mut authenticated = true;
-        match tunn.decapsulate(Some(from.ip()), datagram, &mut self.scratch) {
-            TunnResult::Done => {}
-            TunnResult::Err(_) => authenticated = false,
+        let authenticated = match tunn.decapsulate(Some(from.ip()), datagram, &mut self.scratch) {
+            // A keepalive decrypted; or a cookie reply to us accepted, which proves nothing
+            // about where the peer is.
+            TunnResult::Done => is_data,
+            TunnResult::Err(_) => {
+                self.drops.invalid += 1;
+                false
+            }
+            // Under handshake load the handshake was not even looked at: the sender must
+            // come back with the cookie first.
+            TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY) => {
+                net.push(from, reply);
+                self.drops.cookies_sent += 1;
+                false
+            }
             TunnResult::WriteToNetwork(reply) => {
                 net.push(from, reply);
                 peer.tx_bytes += reply.len() as u64;
@@ -371,6 +381,10 @@ impl Core {
                     peer.tx_bytes += p.len() as u64;
                 }
                 peer.last_sent = Some(now);
+                if timestamp.is_some() {
+                    peer.last_initiation = timestamp;
+                }
+                true
             }
             TunnResult::WriteToTunnelV4(p, src) => {
                 let n = p.len();
@@ -380,6 +394,7 @@ impl Core {
                     self.drops.spoofed_source += 1;
                     peer.spoofed_unreported += 1;
                 }
+                true
             }
             TunnResult::WriteToTunnelV6(p, src) => {
                 let n = p.len();
@@ -389,26 +404,26 @@ impl Core {
                     self.drops.spoofed_source += 1;
                     peer.spoofed_unreported += 1;
                 }
+                true
             }
+        };
+        if !authenticated {
+            return;
         }
-        if authenticated {
-            if let Some(role) = role {
-                tracing::info!(parent: &peer.span, %role, endpoint = %from, "handshake completed");
-            }
-            peer.rx_bytes += datagram.len() as u64;
-            if peer.cfg.endpoint != Some(from) {
-                match peer.cfg.endpoint {
-                    Some(old) => {
-                        tracing::info!(parent: &peer.span, %old, new = %from, "endpoint roamed")
-                    }
-                    None => {
-                        tracing::info!(parent: &peer.span, endpoint = %from, "endpoint learned")
-                    }
+        if let Some(role) = role {
+            tracing::info!(parent: &peer.span, %role, endpoint = %from, "handshake completed");
+        }
+        peer.rx_bytes += datagram.len() as u64;
+        if peer.cfg.endpoint != Some(from) {
+            match peer.cfg.endpoint {
+                Some(old) => {
+                    tracing::info!(parent: &peer.span, %old, new = %from, "endpoint roamed")
                 }
-                peer.cfg.endpoint = Some(from);
+                None => {
+                    tracing::info!(parent: &peer.span, endpoint = %from, "endpoint learned")
+                }
             }
-        } else {
-            self.drops.invalid += 1;
+            peer.cfg.endpoint = Some(from);
         }
     }
 
@@ -439,118 +454,6 @@ impl Core {
                 peer.spoofed_unreported = 0;
             }
             peer.tick(self.keys.as_ref(), now, net, &mut self.scratch);
-        }
-    }
-}
-
-impl Peer {
-    fn tunn(&mut self, keys: &StaticKeys) -> &mut Tunn {
-        ensure_tunn(&mut self.tunn, &self.cfg, self.idx, keys)
-    }
-}
-
-fn ensure_tunn<'a>(
-    tunn: &'a mut Option<Box<Tunn>>,
-    cfg: &PeerConfig,
-    idx: u32,
-    keys: &StaticKeys,
-) -> &'a mut Tunn {
-    tunn.get_or_insert_with(|| {
-        Box::new(Tunn::new(
-            keys.secret.clone(),
-            cfg.public_key.to_x25519(),
-            cfg.preshared_key.as_ref().map(|k| *k.as_bytes()),
-            None,
-            idx,
-            Some(keys.rate_limiter.clone()),
-        ))
-    })
-}
-
-impl Peer {
-    /// Time since the last completed handshake. boringtun forgets it once its sessions
-    /// expire (180 s idle); like the kernel and wireguard-go, `wg show` keeps reporting it, from
-    /// the time `tick` last recorded.
-    fn handshake_age(&self, now: Instant) -> Option<Duration> {
-        self.tunn
-            .as_ref()
-            .and_then(|t| t.time_since_last_handshake())
-            .or_else(|| self.handshake_at.map(|t| now.saturating_duration_since(t)))
-    }
-
-    fn stats(&self, now: Instant, wall: SystemTime) -> PeerStats {
-        let last_handshake = self
-            .handshake_age(now)
-            .and_then(|age| wall.checked_sub(age));
-        PeerStats {
-            public_key: self.cfg.public_key,
-            endpoint: self.cfg.endpoint,
-            allowed_ips: self.cfg.allowed_ips.clone(),
-            last_handshake,
-            rx_bytes: self.rx_bytes,
-            tx_bytes: self.tx_bytes,
-            persistent_keepalive: self.cfg.persistent_keepalive,
-        }
-    }
-
-    /// Encrypts `packet` (empty: a keepalive) to the peer's endpoint; false without an endpoint.
-    fn send(
-        &mut self,
-        keys: Option<&StaticKeys>,
-        packet: &[u8],
-        now: Instant,
-        net: &mut NetBatch,
-    ) -> bool {
-        let (Some(endpoint), Some(keys)) = (self.cfg.endpoint, keys) else {
-            return false;
-        };
-        let tunn = self.tunn(keys);
-        let max = (packet.len() + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
-        let sent = net.push_with(endpoint, max, |buf| match tunn.encapsulate(packet, buf) {
-            TunnResult::WriteToNetwork(p) => Some(p.len()),
-            _ => None,
-        });
-        if let Some(n) = sent {
-            self.tx_bytes += n as u64;
-            self.last_sent = Some(now);
-        }
-        true
-    }
-
-    fn tick(
-        &mut self,
-        keys: Option<&StaticKeys>,
-        now: Instant,
-        net: &mut NetBatch,
-        scratch: &mut [u8],
-    ) {
-        let span = &self.span;
-        if let Some(tunn) = self.tunn.as_mut() {
-            if let Some(age) = tunn.time_since_last_handshake() {
-                self.handshake_at = now.checked_sub(age);
-            }
-            match tunn.update_timers(scratch) {
-                TunnResult::WriteToNetwork(p) => {
-                    if let Some(ep) = self.cfg.endpoint {
-                        net.push(ep, p);
-                        self.tx_bytes += p.len() as u64;
-                        self.last_sent = Some(now);
-                    }
-                }
-                TunnResult::Err(WireGuardError::ConnectionExpired) if tunn.is_expired() => {
-                    // Sessions are gone for good: free them until the peer talks again.
-                    tracing::info!(parent: span, "session expired");
-                    self.tunn = None;
-                }
-                _ => {}
-            }
-        }
-        if let Some(ka) = self.cfg.persistent_keepalive
-            && self
-                .last_sent
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(ka.into()))
-        {
-            self.send(keys, &[], now, net);
         }
     }
 }

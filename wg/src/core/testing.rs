@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Once;
 use std::time::Instant;
 
+use boringtun::noise::{Tunn, TunnResult};
+
 use super::{Core, NetBatch, TunBatch};
+use crate::keys::{PrivateKey, PublicKey};
 
 /// A minimal IPv4/UDP packet from `src` to `dst` carrying `payload`.
 pub fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
@@ -21,6 +24,16 @@ pub fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     p[16..20].copy_from_slice(&dst);
     p[28..].copy_from_slice(payload);
     p
+}
+
+/// A handshake initiation from `from` to `to`, as boringtun makes it.
+pub fn initiation(from: &PrivateKey, to: &PublicKey) -> Vec<u8> {
+    let mut t = Tunn::new(from.to_secret(), to.to_x25519(), None, None, 1, None);
+    let mut buf = vec![0; 256];
+    match t.format_handshake_initiation(&mut buf, false) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        _ => panic!("boringtun made no initiation"),
+    }
 }
 
 /// Hands `datagram` from `from` to `core`: returns the datagrams it answers with and the IP

@@ -4,6 +4,7 @@ use super::*;
 use proptest::prelude::*;
 
 mod logs;
+mod trust;
 
 const A_ADDR: &str = "192.0.2.1:51820";
 const B_ADDR: &str = "192.0.2.2:51820";

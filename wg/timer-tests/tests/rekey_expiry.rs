@@ -1,6 +1,7 @@
 //! Two kwg-wg cores back to back in memory, on boringtun's mock clock: a session is rekeyed after
 //! REKEY_AFTER_TIME without losing data, is no longer used after REJECT_AFTER_TIME, and an idle
-//! peer's session expires after REJECT_AFTER_TIME × 3 (the WireGuard paper, sections 6.1–6.2).
+//! peer's session expires after REJECT_AFTER_TIME × 3 (the WireGuard paper, sections 6.1–6.2), and
+//! an initiation captured before that expiry and replayed after it is refused.
 //!
 //! mock_instant 0.3 keeps its clock per thread and every test runs on its own thread, so the
 //! tests do not disturb each other. The cores' own `now` advances by the same amounts.
@@ -51,6 +52,8 @@ struct Link {
     now: Instant,
     elapsed: Duration,
     wire: Vec<Seen>,
+    /// Every datagram sent, as an attacker on the path records them: (from A, bytes).
+    captured: Vec<(bool, Vec<u8>)>,
 }
 
 fn peer(key: PublicKey, endpoint: Option<&str>, ip: &str) -> PeerConfig {
@@ -87,6 +90,7 @@ impl Link {
             now: Instant::now(),
             elapsed: Duration::ZERO,
             wire: Vec::new(),
+            captured: Vec::new(),
         }
     }
 
@@ -104,6 +108,7 @@ impl Link {
             rounds += 1;
             assert!(rounds < 100, "ping-pong does not settle");
             let receiver = u32::from_le_bytes(dgram[4..8].try_into().unwrap());
+            self.captured.push((sender_is_a, dgram.clone()));
             self.wire.push(Seen {
                 from_a: sender_is_a,
                 at: self.elapsed,
@@ -319,4 +324,35 @@ fn idle_session_expires_after_three_reject_after_times() {
         l.handshake_ages(),
         (Some(Duration::ZERO), Some(Duration::ZERO))
     );
+}
+
+#[test]
+fn initiation_replayed_after_expiry_is_refused() {
+    let mut l = Link::new();
+    l.exchange(0);
+    let (_, init) = l
+        .captured
+        .iter()
+        .find(|(from_a, d)| *from_a && d[0] == INITIATION)
+        .cloned()
+        .expect("A initiated");
+    // B forgets its sessions (and boringtun's `Tunn` with them) after 3 × REJECT_AFTER_TIME.
+    let expired = expiries(capture(|| l.advance_to(REJECT_AFTER_TIME * 3 + SECOND)));
+    assert_eq!(expired.len(), 2, "{expired:?}");
+
+    // An attacker replays A's old initiation from its own address: B neither answers nor
+    // moves A's endpoint to it.
+    let attacker: SocketAddr = "198.51.100.66:666".parse().unwrap();
+    let (replies, tun) = receive(&mut l.b, attacker, &init, l.now);
+    assert!(
+        replies.is_empty() && tun.is_empty(),
+        "replay answered: {replies:?}"
+    );
+    assert_eq!(l.b.drops.replayed_initiations, 1);
+    let endpoint = l.b.peer_config(&l.a_key).unwrap().endpoint;
+    assert_eq!(endpoint, Some(addr(true)), "endpoint moved by a replay");
+
+    // A's next packet still reaches B, over a fresh handshake, both ways.
+    l.exchange(1);
+    assert_eq!(l.initiations_by_a(), vec![Duration::ZERO, l.elapsed]);
 }
