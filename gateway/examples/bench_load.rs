@@ -38,7 +38,7 @@ fn spec(name: &str, key: &PrivateKey) -> Result<PeerSpec> {
     Ok(PeerSpec {
         name: name.parse()?,
         public_key: key.public_key(),
-        owner: "bench".into(),
+        owner: name.into(), // one owner per peer: the gateway caps peers per owner
         hostname: name.into(),
         namespaces: vec![],
         lease_expires: chrono::Utc::now() + chrono::Duration::hours(2),

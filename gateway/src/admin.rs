@@ -1,40 +1,55 @@
-//! The admin HTTP server: `/healthz`, `/readyz`, `/metrics`, `/peers`.
+//! The admin HTTP server: `/healthz` and `/readyz` for everyone (the kubelet's probes);
+//! `/metrics` and `/peers` only through the tunnel or from the gateway pod itself.
+//!
+//! A caller is told apart by its connection: from loopback it runs in the gateway pod (an
+//! admin with `kubectl exec`); from a tunnel address to the gateway's tunnel address it is
+//! a peer (WireGuard only lets a peer send from its own address, and an answer to a forged
+//! tunnel source goes into the tunnel, so a pod cannot complete a TCP handshake as one).
+//! A peer sees its own entry in full and only names, addresses and handshake times of others.
 
 use crate::GatewayError;
 use crate::core::ActivePeer;
-use crate::metrics::{self, Counters};
+use crate::metrics::{self, Metrics};
 use axum::Router;
-use axum::extract::State;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::IncomingStream;
+use ipnet::Ipv4Net;
 use kwg_wg::contract::GatewayPeer;
 use kwg_wg::device::{DeviceHandle, PeerStats};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
+use tokio::net::TcpListener;
 
 /// What the admin server shows; written by the reconcile loop, read by handlers.
 pub struct AdminState {
     pub device: DeviceHandle,
+    /// Peers' addresses: callers from here (to the gateway's address in it) are peers.
+    pub tunnel_cidr: Ipv4Net,
     /// Device, address and nftables are set up.
     pub tunnel_ready: AtomicBool,
     /// The watcher has listed every peer Secret once.
     pub watcher_ready: AtomicBool,
     pub peers: RwLock<Arc<Vec<ActivePeer>>>,
-    pub counters: Mutex<Counters>,
+    pub metrics: Metrics,
 }
 
 impl AdminState {
-    pub fn new(device: DeviceHandle) -> Arc<AdminState> {
+    pub fn new(device: DeviceHandle, tunnel_cidr: Ipv4Net) -> Arc<AdminState> {
         Arc::new(AdminState {
             device,
+            tunnel_cidr,
             tunnel_ready: AtomicBool::new(false),
             watcher_ready: AtomicBool::new(false),
             peers: RwLock::new(Arc::new(Vec::new())),
-            counters: Mutex::new(Counters::default()),
+            metrics: Metrics::default(),
         })
     }
 
@@ -49,19 +64,67 @@ impl AdminState {
     fn peers(&self) -> Arc<Vec<ActivePeer>> {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
 
-    pub fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
-        self.counters.lock().unwrap_or_else(|e| e.into_inner())
+/// Both ends of an admin connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for Conn {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Conn {
+        let remote = *stream.remote_addr();
+        Conn {
+            local: stream.io().local_addr().unwrap_or(remote),
+            remote,
+        }
     }
 }
 
-/// The router (also used by tests).
+/// Who is asking, by the connection's addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// From loopback: a process in the gateway's pod.
+    Local,
+    /// Through the tunnel, from this peer address.
+    Peer(Ipv4Addr),
+    /// Anyone else (pods, nodes, the kubelet).
+    Other,
+}
+
+impl Caller {
+    pub fn of(conn: Conn, tunnel_cidr: Ipv4Net) -> Caller {
+        let (local, remote) = (
+            conn.local.ip().to_canonical(),
+            conn.remote.ip().to_canonical(),
+        );
+        match (local, remote) {
+            (_, r) if r.is_loopback() => Caller::Local,
+            (IpAddr::V4(l), IpAddr::V4(r))
+                if tunnel_cidr.contains(&l) && tunnel_cidr.contains(&r) =>
+            {
+                Caller::Peer(r)
+            }
+            _ => Caller::Other,
+        }
+    }
+}
+
+/// The router (also used by tests); serve it with connect info of type [`Conn`].
 pub fn router(state: Arc<AdminState>) -> Router {
+    let private = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/peers", get(peers_handler))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            tunnel_or_local,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_handler))
-        .route("/peers", get(peers_handler))
+        .merge(private)
         .with_state(state)
 }
 
@@ -71,18 +134,37 @@ pub async fn serve(
     state: Arc<AdminState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<()>, GatewayError> {
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| GatewayError::Admin { addr, source })?;
     tracing::info!(%addr, "admin HTTP server listening");
+    let app = router(state).into_make_service_with_connect_info::<Conn>();
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(state))
+        if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
         {
             tracing::error!(error = %e, "admin HTTP server failed");
         }
     }))
+}
+
+/// The refusal a caller outside the tunnel and the pod gets.
+pub const REFUSED: &str = "forbidden: /metrics and /peers answer only through the kwg tunnel (http://<gatewayIp>:8080 after `kwg join`) or inside the gateway pod (kubectl exec ... curl http://127.0.0.1:8080/metrics)\n";
+
+async fn tunnel_or_local(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match Caller::of(conn, s.tunnel_cidr) {
+        Caller::Other => {
+            tracing::debug!(remote = %conn.remote, path = %req.uri().path(), "admin request refused");
+            (StatusCode::FORBIDDEN, REFUSED).into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
@@ -103,32 +185,45 @@ fn word(ok: bool) -> &'static str {
 
 async fn metrics_handler(State(s): State<Arc<AdminState>>) -> Response {
     let stats = s.device.peers().await;
-    let counters = s.counters().clone();
-    let text = metrics::render(&counters, &s.peers(), &stats, SystemTime::now());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    let text = metrics::render(&s.metrics, &s.peers(), &stats, SystemTime::now());
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
-async fn peers_handler(State(s): State<Arc<AdminState>>) -> Response {
+async fn peers_handler(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+) -> Response {
     let stats = s.device.peers().await;
-    axum::Json(gateway_peers(&s.peers(), &stats)).into_response()
+    let caller = Caller::of(conn, s.tunnel_cidr);
+    axum::Json(gateway_peers(&s.peers(), &stats, caller)).into_response()
 }
 
-/// Joins the active peers with the device's statistics (the `/peers` JSON).
-pub fn gateway_peers(peers: &[ActivePeer], stats: &[PeerStats]) -> Vec<GatewayPeer> {
+/// Joins the active peers with the device's statistics (the `/peers` JSON). A peer caller
+/// gets other peers without their public endpoint and hostname.
+pub fn gateway_peers(
+    peers: &[ActivePeer],
+    stats: &[PeerStats],
+    caller: Caller,
+) -> Vec<GatewayPeer> {
     let by_key: HashMap<_, _> = stats.iter().map(|s| (s.public_key, s)).collect();
     peers
         .iter()
         .map(|p| {
             let st = by_key.get(&p.spec.public_key);
+            let full = match caller {
+                Caller::Local => true,
+                Caller::Peer(ip) => ip == p.ip.addr(),
+                Caller::Other => false,
+            };
             GatewayPeer {
                 name: p.spec.name.clone(),
                 public_key: p.spec.public_key,
                 tunnel_ip: Some(p.ip),
                 owner: p.spec.owner.clone(),
-                hostname: p.spec.hostname.clone(),
+                hostname: full.then(|| p.spec.hostname.clone()),
                 namespaces: p.spec.namespaces.clone(),
                 lease_expires: p.spec.lease_expires,
-                endpoint: st.and_then(|s| s.endpoint),
+                endpoint: st.and_then(|s| s.endpoint).filter(|_| full),
                 last_handshake: st.and_then(|s| s.last_handshake).map(Into::into),
                 rx_bytes: st.map_or(0, |s| s.rx_bytes),
                 tx_bytes: st.map_or(0, |s| s.tx_bytes),
@@ -136,3 +231,7 @@ pub fn gateway_peers(peers: &[ActivePeer], stats: &[PeerStats]) -> Vec<GatewayPe
         })
         .collect()
 }
+
+#[cfg(test)]
+#[path = "admin_tests.rs"]
+mod tests;

@@ -58,6 +58,14 @@ pub struct Config {
     /// and rewrites the gateway info ConfigMap).
     #[arg(long, env = "KWG_DISCOVERY_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub discovery_interval: Duration,
+    /// Most peers one owner (the `owner` field of peer Secrets) may have; the oldest are
+    /// served, later ones get an error annotation.
+    #[arg(long, env = "KWG_MAX_PEERS_PER_OWNER", default_value_t = crate::core::DEFAULT_PEERS_PER_OWNER)]
+    pub max_peers_per_owner: usize,
+    /// Largest peer Secret the gateway parses (bytes of data, annotations and labels);
+    /// larger ones are left unparsed with an error annotation.
+    #[arg(long, env = "KWG_MAX_SECRET_BYTES", default_value_t = crate::peer_object::DEFAULT_MAX_SECRET_BYTES)]
+    pub max_secret_bytes: usize,
     /// Serve the WireGuard UAPI socket in this directory (for `wg show`).
     #[arg(long, env = "KWG_UAPI_DIR")]
     pub uapi_dir: Option<PathBuf>,
@@ -81,6 +89,7 @@ mod tests {
         assert_eq!(c.tunnel_cidr.to_string(), "100.77.0.0/16");
         assert_eq!(c.admin_addr.port(), contract::ADMIN_PORT);
         assert_eq!(c.listen_port, 51820);
+        assert_eq!((c.max_peers_per_owner, c.max_secret_bytes), (20, 16_384));
     }
 
     #[test]

@@ -15,11 +15,26 @@ use kwg_wg::keys::PublicKey;
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
+/// Why a Secret's content is not a peer spec.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SecretError {
+    #[error(transparent)]
+    Contract(#[from] ContractError),
+    #[error(
+        "Secret is {bytes} bytes, more than the gateway's limit of {limit} (--max-secret-bytes): a peer Secret needs well under 1 KiB; remove the extra data or annotations"
+    )]
+    TooLarge { bytes: usize, limit: usize },
+}
+
 /// A peer Secret as the watcher delivered it, parsed once when it arrives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerSecret {
     pub secret_name: String,
-    pub spec: Result<PeerSpec, ContractError>,
+    /// `metadata.uid` (empty when unknown): tells a re-created Secret from the old one.
+    pub uid: String,
+    /// `metadata.creationTimestamp`, set by the API server: the older Secret keeps a key.
+    pub created: Option<DateTime<Utc>>,
+    pub spec: Result<PeerSpec, SecretError>,
     /// The `kwg.io/tunnel-ip` annotation, when it holds an address.
     pub tunnel_ip: Option<TunnelIp>,
     /// The `kwg.io/error` annotation.
@@ -33,12 +48,49 @@ impl PeerSecret {
         data: &BTreeMap<String, Vec<u8>>,
         annotations: &BTreeMap<String, String>,
     ) -> PeerSecret {
+        let spec = PeerSpec::from_secret_data(secret_name, data).map_err(SecretError::from);
+        PeerSecret::with_spec(secret_name, spec, annotations)
+    }
+
+    /// A Secret too large to parse: only its annotations are read.
+    pub fn too_large(
+        secret_name: &str,
+        bytes: usize,
+        limit: usize,
+        annotations: &BTreeMap<String, String>,
+    ) -> PeerSecret {
+        let spec = Err(SecretError::TooLarge { bytes, limit });
+        PeerSecret::with_spec(secret_name, spec, annotations)
+    }
+
+    fn with_spec(
+        secret_name: &str,
+        spec: Result<PeerSpec, SecretError>,
+        annotations: &BTreeMap<String, String>,
+    ) -> PeerSecret {
         PeerSecret {
             secret_name: secret_name.to_owned(),
-            spec: PeerSpec::from_secret_data(secret_name, data),
+            uid: String::new(),
+            created: None,
+            spec,
             tunnel_ip: contract::tunnel_ip_from_annotations(annotations).and_then(Result::ok),
             error: annotations.get(ERROR_ANNOTATION).cloned(),
         }
+    }
+
+    /// Who holds a key: the Secret, told apart from a re-created one of the same name.
+    fn id(&self) -> (String, String) {
+        (self.secret_name.clone(), self.uid.clone())
+    }
+
+    /// Oldest first (creation time, then uid, then name; unknown creation times last).
+    fn age(&self) -> (bool, Option<DateTime<Utc>>, &str, &str) {
+        (
+            self.created.is_none(),
+            self.created,
+            &self.uid,
+            &self.secret_name,
+        )
     }
 }
 
@@ -56,10 +108,39 @@ pub enum DeviceOp {
     Remove { key: PublicKey },
 }
 
-/// A malformed Secret to report.
+/// Why a peer Secret is not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// Its data does not follow the contract.
+    Invalid,
+    /// Larger than `--max-secret-bytes`: not parsed at all.
+    TooLarge,
+    /// Its public key is held by an older Secret.
+    DuplicateKey,
+    /// Its owner already has `--max-peers-per-owner` peers.
+    OwnerLimit,
+    /// No address left in the tunnel CIDR.
+    CidrFull,
+}
+
+impl Problem {
+    /// The Event reason (`kubectl describe secret`).
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            Problem::Invalid => "MalformedPeer",
+            Problem::TooLarge => "SecretTooLarge",
+            Problem::DuplicateKey => "DuplicatePublicKey",
+            Problem::OwnerLimit => "PeerLimitReached",
+            Problem::CidrFull => "TunnelCidrFull",
+        }
+    }
+}
+
+/// A Secret that is not served, to report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed {
     pub secret_name: String,
+    pub problem: Problem,
     pub reason: String,
     /// First time this reason is seen for this Secret: log it and emit an Event.
     pub first_report: bool,
@@ -88,12 +169,20 @@ pub struct Plan {
     pub next_expiry: Option<DateTime<Utc>>,
 }
 
+/// Default of `--max-peers-per-owner`.
+pub const DEFAULT_PEERS_PER_OWNER: usize = 20;
+
+type Rejected<'a> = (&'a PeerSecret, Problem, String);
+
 /// The state the core keeps between reconciles.
 #[derive(Debug)]
 pub struct Core {
     alloc: Allocator,
     /// Reason last reported per malformed Secret (one log line and Event per reason).
     reported: HashMap<String, String>,
+    /// The Secret (name, uid) serving each public key: it keeps the key while it lives.
+    holders: HashMap<PublicKey, (String, String)>,
+    peers_per_owner: usize,
 }
 
 impl Core {
@@ -101,42 +190,45 @@ impl Core {
         Core {
             alloc,
             reported: HashMap::new(),
+            holders: HashMap::new(),
+            peers_per_owner: DEFAULT_PEERS_PER_OWNER,
         }
+    }
+
+    /// Serves at most `n` peers per `owner` (the oldest; peers already served first).
+    pub fn with_peers_per_owner(mut self, n: usize) -> Core {
+        self.peers_per_owner = n;
+        self
     }
 
     pub fn gateway_ip(&self) -> TunnelIp {
         self.alloc.gateway_ip()
     }
 
-    /// Decides what to change, given every peer Secret (by name) and the device's peers
-    /// with their AllowedIPs.
-    pub fn reconcile(
+    /// Decides what to change, given every peer Secret and the device's peers with their
+    /// AllowedIPs.
+    pub fn reconcile<'a>(
         &mut self,
-        secrets: &BTreeMap<String, PeerSecret>,
+        secrets: impl IntoIterator<Item = &'a PeerSecret>,
         running: &BTreeMap<PublicKey, Vec<IpNet>>,
         now: SystemTime,
     ) -> Plan {
         let mut plan = Plan::default();
-        let mut errors: Vec<(&PeerSecret, String)> = Vec::new();
-        let mut live: Vec<(&PeerSecret, &PeerSpec)> = Vec::new();
-        let mut key_owner: HashMap<PublicKey, &PeerName> = HashMap::new();
-        for secret in secrets.values() {
+        let mut errors: Vec<Rejected<'a>> = Vec::new();
+        let mut valid: Vec<(&PeerSecret, &PeerSpec)> = Vec::new();
+        for secret in secrets {
             match &secret.spec {
-                Err(e) => errors.push((secret, e.to_string())),
-                Ok(spec) if spec.lease_expired(now) => plan.expired.push(secret.secret_name.clone()),
-                Ok(spec) => match key_owner.get(&spec.public_key) {
-                    Some(owner) => errors.push((
-                        secret,
-                        format!("public key is already used by peer `{owner}`: give every machine its own key (`wg genkey`)"),
-                    )),
-                    None => {
-                        key_owner.insert(spec.public_key, &spec.name);
-                        live.push((secret, spec));
-                    }
-                },
+                Err(e @ SecretError::TooLarge { .. }) => {
+                    errors.push((secret, Problem::TooLarge, e.to_string()))
+                }
+                Err(e) => errors.push((secret, Problem::Invalid, e.to_string())),
+                Ok(spec) if spec.lease_expired(now) => {
+                    plan.expired.push(secret.secret_name.clone())
+                }
+                Ok(spec) => valid.push((secret, spec)),
             }
         }
-
+        let live = self.select(valid, &mut errors);
         self.allocate(&live, &mut errors);
         self.report(errors, &mut plan);
 
@@ -172,13 +264,69 @@ impl Core {
         plan
     }
 
+    /// Picks the valid peers to serve, oldest first: one Secret per public key (the one
+    /// holding it, else the oldest) and at most `peers_per_owner` per owner (those already
+    /// served first, then the oldest). The rest are rejected.
+    fn select<'a>(
+        &mut self,
+        mut valid: Vec<(&'a PeerSecret, &'a PeerSpec)>,
+        errors: &mut Vec<Rejected<'a>>,
+    ) -> Vec<(&'a PeerSecret, &'a PeerSpec)> {
+        let holds = |h: &HashMap<PublicKey, (String, String)>, s: &PeerSecret, k| {
+            h.get(k)
+                .is_some_and(|id| id.0 == s.secret_name && id.1 == s.uid)
+        };
+        valid.sort_by(|(a, ka), (b, kb)| {
+            let (ha, hb) = (
+                holds(&self.holders, a, &ka.public_key),
+                holds(&self.holders, b, &kb.public_key),
+            );
+            hb.cmp(&ha).then_with(|| a.age().cmp(&b.age()))
+        });
+        let mut key_owner: HashMap<PublicKey, &PeerName> = HashMap::new();
+        let mut unique = Vec::with_capacity(valid.len());
+        for (secret, spec) in valid {
+            match key_owner.get(&spec.public_key) {
+                Some(owner) => errors.push((
+                    secret,
+                    Problem::DuplicateKey,
+                    format!("public key is already used by peer `{owner}`: give every machine its own key (`wg genkey`)"),
+                )),
+                None => {
+                    key_owner.insert(spec.public_key, &spec.name);
+                    unique.push((secret, spec));
+                }
+            }
+        }
+        self.holders = unique
+            .iter()
+            .map(|(s, spec)| (spec.public_key, s.id()))
+            .collect();
+        unique.sort_by_key(|(s, spec)| (self.alloc.get(&spec.name).is_none(), s.age()));
+        let mut per_owner: HashMap<&str, usize> = HashMap::new();
+        let mut live = Vec::with_capacity(unique.len());
+        for (secret, spec) in unique {
+            let n = per_owner.entry(spec.owner.as_str()).or_default();
+            if *n >= self.peers_per_owner {
+                errors.push((secret, Problem::OwnerLimit, format!(
+                    "owner `{}` already has {} peers, the gateway's limit (--max-peers-per-owner): remove a peer no longer used (`kwg leave` on that machine, or delete its Secret)",
+                    spec.owner, self.peers_per_owner
+                )));
+            } else {
+                *n += 1;
+                live.push((secret, spec));
+            }
+        }
+        live
+    }
+
     /// Frees addresses of peers that are gone, then keeps, reclaims (after a restart, from
     /// the annotation) or assigns an address for every live peer, in that order so a new
     /// peer never takes an address an annotated peer holds.
     fn allocate<'a>(
         &mut self,
         live: &[(&'a PeerSecret, &PeerSpec)],
-        errors: &mut Vec<(&'a PeerSecret, String)>,
+        errors: &mut Vec<Rejected<'a>>,
     ) {
         let keep: std::collections::HashSet<&PeerName> =
             live.iter().map(|(_, s)| &s.name).collect();
@@ -200,16 +348,18 @@ impl Core {
         }
         for (secret, spec) in live {
             if let Err(e) = self.alloc.assign(&spec.name) {
-                errors.push((secret, e.to_string()));
+                errors.push((secret, Problem::CidrFull, e.to_string()));
             }
         }
     }
 
-    fn report(&mut self, errors: Vec<(&PeerSecret, String)>, plan: &mut Plan) {
-        let names: std::collections::HashSet<&str> =
-            errors.iter().map(|(s, _)| s.secret_name.as_str()).collect();
+    fn report(&mut self, errors: Vec<Rejected<'_>>, plan: &mut Plan) {
+        let names: std::collections::HashSet<&str> = errors
+            .iter()
+            .map(|(s, _, _)| s.secret_name.as_str())
+            .collect();
         self.reported.retain(|k, _| names.contains(k.as_str()));
-        for (secret, reason) in errors {
+        for (secret, problem, reason) in errors {
             let first_report = self.reported.get(&secret.secret_name) != Some(&reason);
             let write_annotation = secret.error.as_deref() != Some(reason.as_str());
             if first_report {
@@ -219,6 +369,7 @@ impl Core {
             if first_report || write_annotation {
                 plan.malformed.push(Malformed {
                     secret_name: secret.secret_name.clone(),
+                    problem,
                     reason,
                     first_report,
                     write_annotation,
@@ -241,3 +392,7 @@ pub fn error_patch(reason: &str) -> serde_json::Value {
 #[cfg(test)]
 #[path = "core_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "core_rules_tests.rs"]
+mod rules_tests;

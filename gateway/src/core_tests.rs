@@ -4,17 +4,18 @@ use proptest::prelude::*;
 use std::collections::HashSet;
 use std::time::Duration;
 
-const LEASE: &str = "2030-01-01T00:00:00Z";
+pub(super) const LEASE: &str = "2030-01-01T00:00:00Z";
 
-fn now() -> SystemTime {
+pub(super) fn now() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) // 2027
 }
 
-fn data(name: &str, key: &PublicKey, lease: &str) -> BTreeMap<String, Vec<u8>> {
+pub(super) fn data(name: &str, key: &PublicKey, lease: &str) -> BTreeMap<String, Vec<u8>> {
     [
         ("name", name.to_owned()),
         ("publicKey", key.to_string()),
-        ("owner", "dev".into()),
+        // One owner per peer: the per-owner limit has its own tests.
+        ("owner", format!("owner-of-{name}")),
         ("hostname", name.to_owned()),
         ("namespaces", "".into()),
         ("leaseExpires", lease.to_owned()),
@@ -24,7 +25,7 @@ fn data(name: &str, key: &PublicKey, lease: &str) -> BTreeMap<String, Vec<u8>> {
     .collect()
 }
 
-fn secret(name: &str, key: &PublicKey) -> PeerSecret {
+pub(super) fn secret(name: &str, key: &PublicKey) -> PeerSecret {
     PeerSecret::parse(
         &format!("kwg-peer-{name}"),
         &data(name, key, LEASE),
@@ -32,15 +33,15 @@ fn secret(name: &str, key: &PublicKey) -> PeerSecret {
     )
 }
 
-fn key() -> PublicKey {
+pub(super) fn key() -> PublicKey {
     PrivateKey::generate().public_key()
 }
 
-fn core() -> Core {
+pub(super) fn core() -> Core {
     Core::new(Allocator::new("100.77.0.0/16".parse().unwrap()).unwrap())
 }
 
-fn store(secrets: impl IntoIterator<Item = PeerSecret>) -> BTreeMap<String, PeerSecret> {
+pub(super) fn store(secrets: impl IntoIterator<Item = PeerSecret>) -> BTreeMap<String, PeerSecret> {
     secrets
         .into_iter()
         .map(|s| (s.secret_name.clone(), s))
@@ -48,7 +49,7 @@ fn store(secrets: impl IntoIterator<Item = PeerSecret>) -> BTreeMap<String, Peer
 }
 
 /// Applies a plan like the I/O layer would: device ops to `running`, annotations to the Secrets.
-fn apply(
+pub(super) fn apply(
     plan: &Plan,
     running: &mut BTreeMap<PublicKey, Vec<IpNet>>,
     secrets: &mut BTreeMap<String, PeerSecret>,
@@ -79,7 +80,7 @@ fn new_peer_is_added_and_annotated() {
     let k = key();
     let mut secrets = store([secret("a", &k)]);
     let mut running = BTreeMap::new();
-    let plan = c.reconcile(&secrets, &running, now());
+    let plan = c.reconcile(secrets.values(), &running, now());
     let ip: TunnelIp = "100.77.0.2".parse().unwrap();
     assert_eq!(
         plan.device,
@@ -96,7 +97,7 @@ fn new_peer_is_added_and_annotated() {
         Some(contract::parse_lease(LEASE).unwrap())
     );
     apply(&plan, &mut running, &mut secrets);
-    let again = c.reconcile(&secrets, &running, now());
+    let again = c.reconcile(secrets.values(), &running, now());
     assert!(
         again.device.is_empty() && again.annotate.is_empty(),
         "{again:?}"
@@ -112,20 +113,20 @@ fn removed_secret_removes_peer_and_frees_ip() {
     let mut secrets = store([secret("a", &ka), secret("b", &kb)]);
     let mut running = BTreeMap::new();
     apply(
-        &c.reconcile(&secrets, &running, now()),
+        &c.reconcile(secrets.values(), &running, now()),
         &mut running,
         &mut secrets,
     );
     let a_ip = secrets["kwg-peer-a"].tunnel_ip.unwrap();
     secrets.remove("kwg-peer-a");
-    let plan = c.reconcile(&secrets, &running, now());
+    let plan = c.reconcile(secrets.values(), &running, now());
     assert_eq!(plan.device, [DeviceOp::Remove { key: ka }]);
     apply(&plan, &mut running, &mut secrets);
     for n in ["c", "d", "e", "f"] {
         let s = secret(n, &key());
         secrets.insert(s.secret_name.clone(), s);
     }
-    let plan = c.reconcile(&secrets, &running, now());
+    let plan = c.reconcile(secrets.values(), &running, now());
     assert!(plan.malformed.is_empty(), "{plan:?}");
     assert!(
         plan.annotate.iter().any(|(_, ip)| *ip == a_ip),
@@ -134,7 +135,7 @@ fn removed_secret_removes_peer_and_frees_ip() {
     let one_more = secret("g", &key());
     secrets.insert(one_more.secret_name.clone(), one_more);
     apply(&plan, &mut running, &mut secrets);
-    let plan = c.reconcile(&secrets, &running, now());
+    let plan = c.reconcile(secrets.values(), &running, now());
     assert!(plan.malformed[0].reason.contains("full"), "{plan:?}");
 }
 
@@ -145,7 +146,7 @@ fn key_change_replaces_device_peer() {
     let mut secrets = store([secret("a", &k1)]);
     let mut running = BTreeMap::new();
     apply(
-        &c.reconcile(&secrets, &running, now()),
+        &c.reconcile(secrets.values(), &running, now()),
         &mut running,
         &mut secrets,
     );
@@ -153,7 +154,7 @@ fn key_change_replaces_device_peer() {
     let mut s = secret("a", &k2);
     s.tunnel_ip = ip;
     secrets.insert(s.secret_name.clone(), s);
-    let plan = c.reconcile(&secrets, &running, now());
+    let plan = c.reconcile(secrets.values(), &running, now());
     assert!(plan.device.contains(&DeviceOp::Remove { key: k1 }));
     assert!(plan.device.iter().any(
         |op| matches!(op, DeviceOp::Upsert { key, ip: i, .. } if *key == k2 && Some(*i) == ip)
@@ -170,13 +171,13 @@ fn malformed_reported_once_and_valid_peer_undisturbed() {
     let bad = PeerSecret::parse("kwg-peer-bad", &bad_data, &BTreeMap::new());
     let mut secrets = store([secret("good", &k), bad]);
     let mut running = BTreeMap::new();
-    let plan = c.reconcile(&secrets, &running, now());
+    let plan = c.reconcile(secrets.values(), &running, now());
     assert_eq!(plan.malformed.len(), 1);
     assert!(plan.malformed[0].first_report && plan.malformed[0].write_annotation);
     assert!(plan.malformed[0].reason.contains("public key is invalid"));
     assert_eq!(plan.active.len(), 1);
     apply(&plan, &mut running, &mut secrets);
-    let plan = c.reconcile(&secrets, &running, now());
+    let plan = c.reconcile(secrets.values(), &running, now());
     assert!(plan.malformed.is_empty(), "reported once: {plan:?}");
     assert!(plan.device.is_empty());
 }
@@ -186,7 +187,7 @@ fn duplicate_key_is_malformed() {
     let mut c = core();
     let k = key();
     let secrets = store([secret("a", &k), secret("b", &k)]);
-    let plan = c.reconcile(&secrets, &BTreeMap::new(), now());
+    let plan = c.reconcile(secrets.values(), &BTreeMap::new(), now());
     assert_eq!(plan.active.len(), 1);
     assert_eq!(plan.active[0].spec.name.as_str(), "a");
     assert!(
@@ -204,7 +205,7 @@ fn expired_lease_is_deleted_not_added() {
         &data("old", &key(), "2020-01-01T00:00:00Z"),
         &BTreeMap::new(),
     );
-    let plan = c.reconcile(&store([past]), &BTreeMap::new(), now());
+    let plan = c.reconcile(store([past]).values(), &BTreeMap::new(), now());
     assert_eq!(plan.expired, ["kwg-peer-old"]);
     assert!(plan.device.is_empty() && plan.active.is_empty());
 }
@@ -220,11 +221,11 @@ fn lease_passing_removes_running_peer() {
         &BTreeMap::new(),
     )]);
     let mut running = BTreeMap::new();
-    let plan = c.reconcile(&secrets, &running, now());
+    let plan = c.reconcile(secrets.values(), &running, now());
     apply(&plan, &mut running, &mut secrets);
     let end: SystemTime = contract::parse_lease(lease_end).unwrap().into();
     assert_eq!(plan.next_expiry.map(SystemTime::from), Some(end));
-    let plan = c.reconcile(&secrets, &running, end);
+    let plan = c.reconcile(secrets.values(), &running, end);
     assert_eq!(plan.expired, ["kwg-peer-a"]);
     assert_eq!(plan.device, [DeviceOp::Remove { key: k }]);
 }
@@ -234,7 +235,7 @@ fn stray_device_peer_is_removed() {
     let mut c = core();
     let stray = key();
     let running = BTreeMap::from([(stray, vec!["100.77.0.9/32".parse().unwrap()])]);
-    let plan = c.reconcile(&BTreeMap::new(), &running, now());
+    let plan = c.reconcile([], &running, now());
     assert_eq!(plan.device, [DeviceOp::Remove { key: stray }]);
 }
 
@@ -242,7 +243,7 @@ fn stray_device_peer_is_removed() {
 fn fifty_registrations_at_once_get_distinct_ips() {
     let mut c = core();
     let secrets = store((0..50).map(|i| secret(&format!("p{i}"), &key())));
-    let plan = c.reconcile(&secrets, &BTreeMap::new(), now());
+    let plan = c.reconcile(secrets.values(), &BTreeMap::new(), now());
     let ips: HashSet<_> = plan.annotate.iter().map(|(_, ip)| *ip).collect();
     assert_eq!((plan.annotate.len(), ips.len()), (50, 50));
     assert!(!ips.contains(&c.gateway_ip()));
@@ -258,7 +259,7 @@ fn restart_keeps_every_ip() {
         secrets.remove(&format!("kwg-peer-p{i}"));
     }
     apply(
-        &c.reconcile(&secrets, &running, now()),
+        &c.reconcile(secrets.values(), &running, now()),
         &mut running,
         &mut secrets,
     );
@@ -267,7 +268,7 @@ fn restart_keeps_every_ip() {
         secrets.insert(s.secret_name.clone(), s);
     }
     apply(
-        &c.reconcile(&secrets, &running, now()),
+        &c.reconcile(secrets.values(), &running, now()),
         &mut running,
         &mut secrets,
     );
@@ -279,7 +280,7 @@ fn restart_keeps_every_ip() {
     let mut restarted = core();
     let s = secret("late", &key());
     secrets.insert(s.secret_name.clone(), s);
-    let plan = restarted.reconcile(&secrets, &BTreeMap::new(), now());
+    let plan = restarted.reconcile(secrets.values(), &BTreeMap::new(), now());
     let after: BTreeMap<_, _> = plan
         .active
         .iter()
@@ -298,14 +299,14 @@ fn forged_annotation_cannot_steal_an_address() {
     let mut secrets = store([secret("a", &key())]);
     let mut running = BTreeMap::new();
     apply(
-        &c.reconcile(&secrets, &running, now()),
+        &c.reconcile(secrets.values(), &running, now()),
         &mut running,
         &mut secrets,
     );
     let mut thief = secret("b", &key());
     thief.tunnel_ip = secrets["kwg-peer-a"].tunnel_ip;
     secrets.insert(thief.secret_name.clone(), thief);
-    let plan = c.reconcile(&secrets, &running, now());
+    let plan = c.reconcile(secrets.values(), &running, now());
     let (name, ip) = &plan.annotate[0];
     assert_eq!(name, "kwg-peer-b");
     assert_ne!(Some(*ip), secrets["kwg-peer-a"].tunnel_ip);
@@ -327,7 +328,7 @@ proptest! {
             } else {
                 secrets.remove(&format!("kwg-peer-p{i}"));
             }
-            let plan = c.reconcile(&secrets, &running, now());
+            let plan = c.reconcile(secrets.values(), &running, now());
             apply(&plan, &mut running, &mut secrets);
             let ips: HashSet<_> = plan.active.iter().map(|p| p.ip).collect();
             prop_assert_eq!(ips.len(), plan.active.len());

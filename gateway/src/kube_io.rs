@@ -2,18 +2,17 @@
 //! annotations, deletions and Events.
 
 use crate::GatewayError;
+use crate::core::Problem;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, EventSource, ObjectReference, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kwg_wg::contract::{self, GatewayInfo};
 use kwg_wg::keys::PrivateKey;
 use std::collections::BTreeMap;
 
 /// The component name in Events and field managers.
 pub const COMPONENT: &str = "kwg-gateway";
-/// Event reason for malformed peer Secrets.
-pub const MALFORMED_REASON: &str = "MalformedPeer";
 
 /// The gateway's private key: read from its Secret, or generated and stored on first start.
 pub async fn ensure_private_key(
@@ -159,47 +158,45 @@ pub async fn delete_expired(
     }
 }
 
-/// Records a Warning Event on a malformed peer Secret (`kubectl describe secret` shows it).
-pub async fn malformed_event(
-    client: &kube::Client,
+/// The Event recorder of the gateway (events.k8s.io/v1; repeats become a series).
+pub fn recorder(client: &kube::Client) -> Recorder {
+    let reporter = Reporter {
+        controller: COMPONENT.into(),
+        instance: std::env::var("HOSTNAME").ok(),
+    };
+    Recorder::new(client.clone(), reporter)
+}
+
+/// Records a Warning Event on a peer Secret the gateway does not serve (`kubectl describe
+/// secret` shows it).
+pub async fn problem_event(
+    recorder: &Recorder,
     namespace: &str,
     secret: &str,
     uid: Option<String>,
-    reason: &str,
+    problem: Problem,
+    message: &str,
 ) -> Result<(), GatewayError> {
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let ev = Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{secret}.")),
-            namespace: Some(namespace.into()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Secret".into()),
-            name: Some(secret.into()),
-            namespace: Some(namespace.into()),
-            uid,
-            ..Default::default()
-        },
-        reason: Some(MALFORMED_REASON.into()),
-        message: Some(reason.into()),
-        type_: Some("Warning".into()),
-        count: Some(1),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
-        source: Some(EventSource {
-            component: Some(COMPONENT.into()),
-            host: None,
-        }),
-        reporting_component: Some(COMPONENT.into()),
-        reporting_instance: std::env::var("HOSTNAME").ok(),
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Secret".into()),
+        name: Some(secret.into()),
+        namespace: Some(namespace.into()),
+        uid,
         ..Default::default()
     };
-    Api::<Event>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &ev)
+    // The Events API takes at most 1 kB of note.
+    let note: String = message.chars().take(1000).collect();
+    let event = Event {
+        type_: EventType::Warning,
+        reason: problem.event_reason().into(),
+        note: Some(note),
+        action: "ServePeer".into(),
+        secondary: None,
+    };
+    recorder
+        .publish(&event, &reference)
         .await
-        .map(|_| ())
         .map_err(GatewayError::kube(format!(
             "create an Event for Secret {secret}"
         )))

@@ -1,7 +1,8 @@
 //! kwg gateway: the in-cluster end of every kwg tunnel.
 //!
 //! Pure parts: [`alloc`] (tunnel IPs), [`core`] (reconcile Secrets against the device),
-//! [`nft`] (the firewall ruleset), [`discovery`]'s parsers, [`metrics`] rendering.
+//! [`nft`] (the firewall ruleset), [`discovery`]'s parsers, [`metrics`] rendering,
+//! [`peer_object`] (Secrets as the reflector store keeps them).
 //! I/O edges: [`kube_io`] (watcher, patches, Events, key, info), [`discovery_watch`] (watchers
 //! keeping discovery current), [`net`] (device, interface, nftables), [`admin`] (HTTP), tied
 //! together by [`run`].
@@ -17,6 +18,7 @@ pub mod kube_io;
 pub mod metrics;
 pub mod net;
 pub mod nft;
+pub mod peer_object;
 mod run;
 
 pub use config::Config;

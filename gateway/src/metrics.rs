@@ -1,172 +1,174 @@
-//! Prometheus text exposition of the gateway's state, rendered by a pure function.
+//! The gateway's Prometheus metrics (prometheus-client, Prometheus text format 0.0.4).
+//!
+//! Counters and the reconcile histogram live in [`Metrics`] (atomics the reconcile loop
+//! updates); the per-peer series and the peer gauges are built at scrape time from the
+//! active peers and the device's statistics by [`render`].
 
 use crate::core::ActivePeer;
 use kwg_wg::device::PeerStats;
 use kwg_wg::keys::PublicKey;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::collections::HashMap;
-use std::fmt::Write;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
+
+/// The `Content-Type` of [`render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds (seconds) of the reconcile duration histogram.
 const BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
 ];
 
-/// A latency histogram with fixed buckets.
-#[derive(Debug, Clone, Default)]
-pub struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// A handshake this recent counts as connected (WireGuard rekeys every 2 minutes).
+const CONNECTED_WITHIN: Duration = Duration::from_secs(180);
+
+/// The metrics the reconcile loop keeps; cheap to clone (shared atomics).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub reconcile: Histogram,
+    /// Secrets not served right now (malformed, too large, duplicate key, over a limit).
+    pub malformed: Gauge,
+    /// Reports of such Secrets (one per Secret and reason).
+    pub malformed_reports: Counter,
+    /// Reports of Secrets larger than `--max-secret-bytes`.
+    pub oversized_reports: Counter,
+    pub peers_added: Counter,
+    pub peers_removed: Counter,
+    pub leases_expired: Counter,
 }
 
-impl Histogram {
-    pub fn observe(&mut self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.counts[i] += 1;
-            }
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            reconcile: Histogram::new(BUCKETS),
+            malformed: Gauge::default(),
+            malformed_reports: Counter::default(),
+            oversized_reports: Counter::default(),
+            peers_added: Counter::default(),
+            peers_removed: Counter::default(),
+            leases_expired: Counter::default(),
         }
-        self.count += 1;
-        self.sum += secs;
     }
 }
 
-/// Counters the reconcile loop keeps.
-#[derive(Debug, Clone, Default)]
-pub struct Counters {
-    pub reconcile: Histogram,
-    /// Malformed Secrets right now.
-    pub malformed: usize,
-    /// Malformed Secret reports (one per Secret and reason).
-    pub malformed_total: u64,
-    pub peers_added_total: u64,
-    pub peers_removed_total: u64,
-    pub expired_total: u64,
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+    tunnel_ip: String,
 }
 
 /// Renders every metric. `peers` are the active peers, `stats` the device's view.
-pub fn render(
-    counters: &Counters,
-    peers: &[ActivePeer],
-    stats: &[PeerStats],
-    now: SystemTime,
-) -> String {
+pub fn render(m: &Metrics, peers: &[ActivePeer], stats: &[PeerStats], now: SystemTime) -> String {
     let by_key: HashMap<&PublicKey, &PeerStats> =
         stats.iter().map(|s| (&s.public_key, s)).collect();
-    let mut s = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
-        let _ = writeln!(
-            s,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    gauge(
+    let mut r = Registry::default();
+    r.register(
         "kwg_gateway_peers",
-        "Valid peer Secrets configured on the device.",
-        "gauge",
-        peers.len().to_string(),
+        "Valid peer Secrets configured on the device",
+        gauge(peers.len()),
     );
-    let recent = peers
+    let connected = peers
         .iter()
         .filter_map(|p| by_key.get(&p.spec.public_key)?.last_handshake)
         .filter(|t| {
             now.duration_since(*t)
-                .map(|d| d < Duration::from_secs(180))
-                .unwrap_or(true)
+                .map_or(true, |d| d < CONNECTED_WITHIN)
         })
         .count();
-    gauge(
+    r.register(
         "kwg_gateway_peers_connected",
-        "Peers with a handshake in the last 3 minutes (WireGuard rekeys every 2).",
-        "gauge",
-        recent.to_string(),
+        "Peers with a handshake in the last 3 minutes (WireGuard rekeys every 2)",
+        gauge(connected),
     );
-    gauge(
+    r.register(
         "kwg_gateway_malformed_secrets",
-        "Peer Secrets skipped as malformed.",
-        "gauge",
-        counters.malformed.to_string(),
+        "Peer Secrets not served: malformed, too large, duplicate key or over a limit",
+        m.malformed.clone(),
     );
-    gauge(
-        "kwg_gateway_malformed_secrets_total",
-        "Malformed peer Secret reports.",
-        "counter",
-        counters.malformed_total.to_string(),
-    );
-    gauge(
-        "kwg_gateway_peers_added_total",
-        "Peers added to the device.",
-        "counter",
-        counters.peers_added_total.to_string(),
-    );
-    gauge(
-        "kwg_gateway_peers_removed_total",
-        "Peers removed from the device.",
-        "counter",
-        counters.peers_removed_total.to_string(),
-    );
-    gauge(
-        "kwg_gateway_leases_expired_total",
-        "Peer Secrets deleted after their lease ended.",
-        "counter",
-        counters.expired_total.to_string(),
-    );
-
-    let h = &counters.reconcile;
-    let name = "kwg_gateway_reconcile_duration_seconds";
-    let _ = writeln!(
-        s,
-        "# HELP {name} Time to reconcile peer Secrets with the device.\n# TYPE {name} histogram"
-    );
-    for (b, c) in BUCKETS.iter().zip(h.counts) {
-        let _ = writeln!(s, "{name}_bucket{{le=\"{b}\"}} {c}");
-    }
-    let _ = writeln!(
-        s,
-        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-        h.count, h.sum, h.count
-    );
-
-    let per_peer: [(&str, &str, &str, fn(&PeerStats) -> Option<f64>); 3] = [
+    let counters = [
         (
-            "kwg_gateway_peer_rx_bytes",
-            "Bytes received from the peer.",
-            "counter",
-            |p| Some(p.rx_bytes as f64),
+            "kwg_gateway_malformed_secrets",
+            "Reports of peer Secrets not served (one per Secret and reason)",
+            &m.malformed_reports,
         ),
         (
-            "kwg_gateway_peer_tx_bytes",
-            "Bytes sent to the peer.",
-            "counter",
-            |p| Some(p.tx_bytes as f64),
+            "kwg_gateway_oversized_secrets",
+            "Reports of peer Secrets larger than --max-secret-bytes, left unparsed",
+            &m.oversized_reports,
         ),
         (
-            "kwg_gateway_peer_last_handshake_seconds",
-            "Unix time of the peer's last handshake.",
-            "gauge",
-            |p| {
-                p.last_handshake?
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .ok()
-                    .map(|d| d.as_secs_f64())
-            },
+            "kwg_gateway_peers_added",
+            "Peers added to the device",
+            &m.peers_added,
+        ),
+        (
+            "kwg_gateway_peers_removed",
+            "Peers removed from the device",
+            &m.peers_removed,
+        ),
+        (
+            "kwg_gateway_leases_expired",
+            "Peer Secrets deleted after their lease ended",
+            &m.leases_expired,
         ),
     ];
-    for (name, help, kind, value) in per_peer {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for p in peers {
-            if let Some(v) = by_key.get(&p.spec.public_key).and_then(|st| value(st)) {
-                let _ = writeln!(
-                    s,
-                    "{name}{{peer=\"{}\",tunnel_ip=\"{}\"}} {v}",
-                    p.spec.name, p.ip
-                );
-            }
+    for (name, help, counter) in counters {
+        r.register(name, help, counter.clone());
+    }
+    r.register(
+        "kwg_gateway_reconcile_duration_seconds",
+        "Time to reconcile peer Secrets with the device",
+        m.reconcile.clone(),
+    );
+
+    let rx = Family::<PeerLabels, Counter>::default();
+    let tx = Family::<PeerLabels, Counter>::default();
+    let handshake = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
+    for p in peers {
+        let Some(st) = by_key.get(&p.spec.public_key) else {
+            continue;
+        };
+        let labels = PeerLabels {
+            peer: p.spec.name.to_string(),
+            tunnel_ip: p.ip.to_string(),
+        };
+        rx.get_or_create(&labels).inc_by(st.rx_bytes);
+        tx.get_or_create(&labels).inc_by(st.tx_bytes);
+        if let Some(d) = st
+            .last_handshake
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        {
+            handshake.get_or_create(&labels).set(d.as_secs_f64());
         }
     }
-    s
+    r.register(
+        "kwg_gateway_peer_rx_bytes",
+        "Bytes received from the peer",
+        rx,
+    );
+    r.register("kwg_gateway_peer_tx_bytes", "Bytes sent to the peer", tx);
+    r.register(
+        "kwg_gateway_peer_last_handshake_seconds",
+        "Unix time of the peer's last handshake",
+        handshake,
+    );
+    let mut text = String::new();
+    prometheus_text::encode(&mut text, &r).expect("writing to a String cannot fail");
+    text
+}
+
+/// A gauge holding a count.
+fn gauge(v: usize) -> Gauge {
+    let g = Gauge::default();
+    g.set(i64::try_from(v).unwrap_or(i64::MAX));
+    g
 }
 
 #[cfg(test)]
@@ -200,25 +202,39 @@ mod tests {
             tx_bytes: 92,
             persistent_keepalive: None,
         }];
-        let mut c = Counters {
-            malformed: 1,
-            malformed_total: 2,
-            ..Default::default()
-        };
-        c.reconcile.observe(Duration::from_millis(3));
-        let text = render(&c, &peers, &stats, now);
+        let m = Metrics::default();
+        m.malformed.set(1);
+        m.malformed_reports.inc_by(2);
+        m.reconcile.observe(0.003);
+        let text = render(&m, &peers, &stats, now);
         for line in [
+            "# TYPE kwg_gateway_peers gauge",
             "kwg_gateway_peers 1",
             "kwg_gateway_peers_connected 1",
+            "# TYPE kwg_gateway_malformed_secrets gauge",
             "kwg_gateway_malformed_secrets 1",
+            "# TYPE kwg_gateway_malformed_secrets_total counter",
             "kwg_gateway_malformed_secrets_total 2",
+            "kwg_gateway_oversized_secrets_total 0",
+            "kwg_gateway_peers_added_total 0",
+            "kwg_gateway_leases_expired_total 0",
+            "# TYPE kwg_gateway_reconcile_duration_seconds histogram",
             "kwg_gateway_reconcile_duration_seconds_bucket{le=\"0.0025\"} 0",
             "kwg_gateway_reconcile_duration_seconds_bucket{le=\"0.005\"} 1",
+            "kwg_gateway_reconcile_duration_seconds_bucket{le=\"+Inf\"} 1",
             "kwg_gateway_reconcile_duration_seconds_count 1",
-            "kwg_gateway_peer_rx_bytes{peer=\"mybox\",tunnel_ip=\"100.77.0.2\"} 148",
-            "kwg_gateway_peer_last_handshake_seconds{peer=\"mybox\",tunnel_ip=\"100.77.0.2\"} 999995",
+            "# TYPE kwg_gateway_peer_rx_bytes_total counter",
+            "kwg_gateway_peer_rx_bytes_total{peer=\"mybox\",tunnel_ip=\"100.77.0.2\"} 148",
+            "kwg_gateway_peer_tx_bytes_total{peer=\"mybox\",tunnel_ip=\"100.77.0.2\"} 92",
+            "kwg_gateway_peer_last_handshake_seconds{peer=\"mybox\",tunnel_ip=\"100.77.0.2\"} 999995.0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }
+        assert!(
+            text.contains(
+                "# HELP kwg_gateway_peers Valid peer Secrets configured on the device.\n"
+            ),
+            "{text}"
+        );
     }
 }

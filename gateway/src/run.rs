@@ -2,18 +2,21 @@
 
 use crate::admin::{self, AdminState};
 use crate::alloc::Allocator;
-use crate::core::{self, Core, DeviceOp, PeerSecret, Plan};
+use crate::core::{self, Core, DeviceOp, Plan, Problem};
 use crate::discovery_watch::{self, InfoBase};
+use crate::peer_object::{self, PeerObject};
 use crate::{Config, GatewayError, kube_io, net, nft};
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kwg_wg::contract::{self, PeerName};
 use kwg_wg::device::{DeviceHandle, PeerConfig};
 use kwg_wg::keys::PublicKey;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Concurrent API writes (annotations, deletions, Events).
 const WRITE_CONCURRENCY: usize = 32;
+/// Secrets per page of a (re-)list: bounds the memory a list of large Secrets takes before
+/// they are reduced to [`PeerObject`]s (the API server caps an object at about 1.5 MiB).
+const LIST_PAGE: u32 = 50;
 
 /// Runs the gateway until `shutdown` completes, then removes what it added.
 pub async fn run(
@@ -46,7 +52,7 @@ pub async fn run(
     tracing::info!(interface = %cfg.interface, %gateway_ip, port = cfg.listen_port, key = %public_key.short(), "tunnel up");
 
     let token = CancellationToken::new();
-    let state = AdminState::new(device.handle());
+    let state = AdminState::new(device.handle(), cfg.tunnel_cidr.trunc());
     let admin = admin::serve(
         cfg.admin_addr,
         state.clone(),
@@ -72,7 +78,8 @@ pub async fn run(
         state.clone(),
         token.clone(),
     ));
-    let result = PeerLoop::new(client, &cfg, Core::new(alloc), device.handle(), state)
+    let core = Core::new(alloc).with_peers_per_owner(cfg.max_peers_per_owner);
+    let result = PeerLoop::new(client, &cfg, core, device.handle(), state)
         .run(token.clone())
         .await;
     token.cancel();
@@ -99,25 +106,18 @@ pub async fn run(
     result
 }
 
-/// Object metadata the writes need.
-#[derive(Debug, Clone, Default)]
-struct Meta {
-    uid: Option<String>,
-    resource_version: Option<String>,
-}
-
-/// Owns the peer state: watches Secrets, reconciles, applies plans.
+/// Owns the peer state: watches Secrets into a reflector store, reconciles, applies plans.
 struct PeerLoop {
-    client: kube::Client,
     api: Api<Secret>,
+    recorder: Recorder,
     namespace: String,
+    max_secret_bytes: usize,
     core: Core,
     device: DeviceHandle,
     state: Arc<AdminState>,
-    store: BTreeMap<String, PeerSecret>,
-    meta: HashMap<String, Meta>,
-    /// Secrets of a re-list in progress (a full resync replaces the store at `InitDone`).
-    relist: Option<(BTreeMap<String, PeerSecret>, HashMap<String, Meta>)>,
+    /// Every peer Secret; a re-list replaces it whole at `InitDone` (a full resync).
+    store: Store<PeerObject>,
+    writer: Option<Writer<PeerObject>>,
     synced: bool,
     /// The last write sent per Secret, so a write is not repeated before its watch event.
     sent: HashMap<String, String>,
@@ -136,16 +136,17 @@ impl PeerLoop {
         state: Arc<AdminState>,
     ) -> PeerLoop {
         let (failed_tx, failed_rx) = mpsc::unbounded_channel();
+        let writer = Writer::default();
         PeerLoop {
             api: Api::namespaced(client.clone(), &cfg.kwg_namespace),
-            client,
+            recorder: kube_io::recorder(&client),
             namespace: cfg.kwg_namespace.clone(),
+            max_secret_bytes: cfg.max_secret_bytes,
             core,
             device,
             state,
-            store: BTreeMap::new(),
-            meta: HashMap::new(),
-            relist: None,
+            store: writer.as_reader(),
+            writer: Some(writer),
             synced: false,
             sent: HashMap::new(),
             names: HashMap::new(),
@@ -156,8 +157,15 @@ impl PeerLoop {
     }
 
     async fn run(mut self, token: CancellationToken) -> Result<(), GatewayError> {
-        let wc = watcher::Config::default().labels(contract::PEER_SELECTOR);
-        let stream = watcher::watcher(self.api.clone(), wc).default_backoff();
+        let wc = watcher::Config::default()
+            .labels(contract::PEER_SELECTOR)
+            .page_size(LIST_PAGE);
+        let max = self.max_secret_bytes;
+        let events = watcher::watcher(self.api.clone(), wc)
+            .default_backoff()
+            .map_ok(move |ev| peer_object::convert(ev, max));
+        let writer = self.writer.take().expect("run once");
+        let stream = reflector::reflector(writer, events);
         futures::pin_mut!(stream);
         let mut next_expiry: Option<SystemTime> = None;
         loop {
@@ -182,37 +190,26 @@ impl PeerLoop {
         }
     }
 
-    fn handle(&mut self, ev: Result<Event<Secret>, watcher::Error>) {
+    /// Notes what an event changed; the reflector has already applied it to the store.
+    fn handle(&mut self, ev: Result<Event<PeerObject>, watcher::Error>) {
         match ev {
-            Ok(Event::Init) => self.relist = Some(Default::default()),
-            Ok(Event::InitApply(s)) => {
-                if let Some((store, meta)) = self.relist.as_mut() {
-                    insert(store, meta, &s);
-                }
-            }
+            Ok(Event::Init | Event::InitApply(_)) => {}
             Ok(Event::InitDone) => {
-                if let Some((store, meta)) = self.relist.take() {
-                    tracing::info!(secrets = store.len(), "peer Secrets listed");
-                    self.store = store;
-                    self.meta = meta;
-                    self.sent.clear();
-                }
+                tracing::info!(secrets = self.store.len(), "peer Secrets listed");
+                self.sent.clear();
                 self.synced = true;
                 self.state.watcher_ready.store(true, Ordering::Relaxed);
             }
-            Ok(Event::Apply(s)) => {
-                if let Some(name) = insert(&mut self.store, &mut self.meta, &s) {
-                    self.sent.remove(&name);
-                }
-            }
-            Ok(Event::Delete(s)) => {
-                let name = s.metadata.name.unwrap_or_default();
-                self.store.remove(&name);
-                self.meta.remove(&name);
-                self.sent.remove(&name);
+            Ok(Event::Apply(o) | Event::Delete(o)) => {
+                self.sent.remove(&o.secret.secret_name);
             }
             Err(e) => tracing::warn!(error = %e, "watching peer Secrets failed; retrying"),
         }
+    }
+
+    fn object(&self, name: &str) -> Option<Arc<PeerObject>> {
+        self.store
+            .get(&ObjectRef::new(name).within(&self.namespace))
     }
 
     async fn reconcile(&mut self) -> Option<SystemTime> {
@@ -224,18 +221,21 @@ impl PeerLoop {
             .into_iter()
             .map(|p| (p.public_key, p.allowed_ips))
             .collect();
-        let plan = self
-            .core
-            .reconcile(&self.store, &running, SystemTime::now());
+        let objects = self.store.state();
+        let secrets = objects.iter().map(|o| &o.secret);
+        let plan = self.core.reconcile(secrets, &running, SystemTime::now());
         self.apply_device(&plan).await;
         self.apply_writes(&plan);
         let next = plan.next_expiry.map(SystemTime::from);
-        let malformed = self.store.len() - plan.active.len() - plan.expired.len();
+        let rejected = objects.len() - plan.active.len() - plan.expired.len();
         self.state.set_peers(plan.active);
-        let mut c = self.state.counters();
-        c.malformed = malformed;
-        c.malformed_total += plan.malformed.iter().filter(|m| m.first_report).count() as u64;
-        c.reconcile.observe(started.elapsed());
+        let m = &self.state.metrics;
+        m.malformed.set(i64::try_from(rejected).unwrap_or(i64::MAX));
+        let reports = plan.malformed.iter().filter(|m| m.first_report);
+        m.malformed_reports.inc_by(reports.clone().count() as u64);
+        let oversized = reports.filter(|r| r.problem == Problem::TooLarge).count();
+        m.oversized_reports.inc_by(oversized as u64);
+        m.reconcile.observe(started.elapsed().as_secs_f64());
         next
     }
 
@@ -276,9 +276,8 @@ impl PeerLoop {
                 }
             }
         }
-        let mut c = self.state.counters();
-        c.peers_added_total += added;
-        c.peers_removed_total += removed;
+        self.state.metrics.peers_added.inc_by(added);
+        self.state.metrics.peers_removed.inc_by(removed);
     }
 
     fn apply_writes(&mut self, plan: &Plan) {
@@ -290,18 +289,20 @@ impl PeerLoop {
         }
         for m in &plan.malformed {
             if m.first_report {
-                tracing::warn!(secret = %m.secret_name, reason = %m.reason, "malformed peer Secret skipped");
-                let (client, ns, uid) = (
-                    self.client.clone(),
+                tracing::warn!(secret = %m.secret_name, reason = %m.reason, "peer Secret not served");
+                let (recorder, ns, uid) = (
+                    self.recorder.clone(),
                     self.namespace.clone(),
-                    self.meta.get(&m.secret_name).and_then(|x| x.uid.clone()),
+                    self.object(&m.secret_name)
+                        .and_then(|o| Some(o.secret.uid.clone()).filter(|u| !u.is_empty())),
                 );
-                let (secret, reason) = (m.secret_name.clone(), m.reason.clone());
+                let (secret, problem, reason) =
+                    (m.secret_name.clone(), m.problem, m.reason.clone());
                 let sem = self.writes.clone();
                 tokio::spawn(async move {
                     let _permit = sem.acquire_owned().await;
                     if let Err(e) =
-                        kube_io::malformed_event(&client, &ns, &secret, uid, &reason).await
+                        kube_io::problem_event(&recorder, &ns, &secret, uid, problem, &reason).await
                     {
                         tracing::warn!(%secret, error = %e, "cannot record an Event");
                     }
@@ -317,7 +318,7 @@ impl PeerLoop {
             }
         }
         for name in &plan.expired {
-            let rv = self.meta.get(name).and_then(|m| m.resource_version.clone());
+            let rv = self.resource_version(name);
             let sent = self.write(
                 name,
                 format!("delete:{rv:?}"),
@@ -325,9 +326,13 @@ impl PeerLoop {
             );
             if sent {
                 tracing::info!(secret = %name, "lease expired: deleting the peer Secret");
-                self.state.counters().expired_total += 1;
+                self.state.metrics.leases_expired.inc();
             }
         }
+    }
+
+    fn resource_version(&self, name: &str) -> Option<String> {
+        self.object(name).and_then(|o| o.resource_version.clone())
     }
 
     /// Sends one write in the background unless the same write is already under way;
@@ -347,7 +352,7 @@ impl PeerLoop {
             self.failed_tx.clone(),
             name.to_owned(),
         );
-        let rv = self.meta.get(name).and_then(|m| m.resource_version.clone());
+        let rv = self.resource_version(name);
         tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
             if let Err(e) = op(api, rv, n.clone()).await {
@@ -357,29 +362,4 @@ impl PeerLoop {
         });
         true
     }
-}
-
-/// Parses a Secret into the store; returns its name.
-fn insert(
-    store: &mut BTreeMap<String, PeerSecret>,
-    meta: &mut HashMap<String, Meta>,
-    s: &Secret,
-) -> Option<String> {
-    let name = s.metadata.name.clone()?;
-    let data: BTreeMap<String, Vec<u8>> = s
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
-    let annotations = s.metadata.annotations.clone().unwrap_or_default();
-    store.insert(name.clone(), PeerSecret::parse(&name, &data, &annotations));
-    meta.insert(
-        name.clone(),
-        Meta {
-            uid: s.metadata.uid.clone(),
-            resource_version: s.metadata.resource_version.clone(),
-        },
-    );
-    Some(name)
 }

@@ -113,10 +113,13 @@ pub struct GatewayPeer {
     pub public_key: PublicKey,
     pub tunnel_ip: Option<TunnelIp>,
     pub owner: String,
-    pub hostname: String,
+    /// Shown only to the peer itself and inside the gateway pod; absent for other peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
     pub namespaces: Vec<String>,
     pub lease_expires: DateTime<Utc>,
-    /// The peer's last seen UDP address.
+    /// The peer's last seen UDP address; shown only to the peer itself and inside the
+    /// gateway pod (`null` for other peers).
     pub endpoint: Option<SocketAddr>,
     pub last_handshake: Option<DateTime<Utc>>,
     pub rx_bytes: u64,
@@ -317,7 +320,7 @@ mod tests {
             public_key: PrivateKey::generate().public_key(),
             tunnel_ip: Some("100.77.0.2".parse().unwrap()),
             owner: "me".into(),
-            hostname: "mybox".into(),
+            hostname: Some("mybox".into()),
             namespaces: vec![],
             lease_expires: super::super::parse_lease("2030-01-01T00:00:00Z").unwrap(),
             endpoint: Some("192.0.2.10:40000".parse().unwrap()),
@@ -332,7 +335,17 @@ mod tests {
             "{json}"
         );
         let back: Vec<GatewayPeer> = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, vec![p]);
+        assert_eq!(back, vec![p.clone()]);
+        // Another peer's entry: no hostname, no endpoint.
+        let other = GatewayPeer {
+            hostname: None,
+            endpoint: None,
+            ..p
+        };
+        let json = serde_json::to_string(&other).unwrap();
+        assert!(!json.contains("hostname"), "{json}");
+        assert!(json.contains("\"endpoint\":null"), "{json}");
+        assert_eq!(serde_json::from_str::<GatewayPeer>(&json).unwrap(), other);
     }
 
     proptest! {

@@ -1,0 +1,99 @@
+use super::*;
+use kwg_wg::contract::PeerSpec;
+use kwg_wg::keys::PrivateKey;
+use std::time::Duration;
+
+fn conn(local: &str, remote: &str) -> Conn {
+    Conn {
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+    }
+}
+
+fn cidr() -> Ipv4Net {
+    "100.77.0.0/16".parse().unwrap()
+}
+
+#[test]
+fn callers_by_address() {
+    let cases = [
+        (conn("127.0.0.1:8080", "127.0.0.1:5000"), Caller::Local),
+        (conn("[::1]:8080", "[::1]:5000"), Caller::Local),
+        (
+            conn("[::ffff:127.0.0.1]:8080", "[::ffff:127.0.0.1]:5000"),
+            Caller::Local,
+        ),
+        (
+            conn("100.77.0.1:8080", "100.77.0.2:5000"),
+            Caller::Peer("100.77.0.2".parse().unwrap()),
+        ),
+        // A pod, the kubelet, a node.
+        (conn("10.244.0.5:8080", "10.244.0.9:5000"), Caller::Other),
+        (conn("10.244.0.5:8080", "192.0.2.1:5000"), Caller::Other),
+        // A tunnel source to the pod address: not through the tunnel.
+        (conn("10.244.0.5:8080", "100.77.0.2:5000"), Caller::Other),
+        (conn("100.77.0.1:8080", "100.78.0.2:5000"), Caller::Other),
+    ];
+    for (c, want) in cases {
+        assert_eq!(Caller::of(c, cidr()), want, "{c:?}");
+    }
+}
+
+fn peer(name: &str, ip: &str) -> (ActivePeer, PeerStats) {
+    let key = PrivateKey::generate().public_key();
+    let spec = PeerSpec {
+        name: name.parse().unwrap(),
+        public_key: key,
+        owner: "dev".into(),
+        hostname: format!("{name}-laptop"),
+        namespaces: vec!["default".into()],
+        lease_expires: kwg_wg::contract::parse_lease("2030-01-01T00:00:00Z").unwrap(),
+    };
+    let stats = PeerStats {
+        public_key: key,
+        endpoint: Some("192.0.2.10:40000".parse().unwrap()),
+        allowed_ips: vec![],
+        last_handshake: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+        rx_bytes: 10,
+        tx_bytes: 20,
+        persistent_keepalive: None,
+    };
+    (
+        ActivePeer {
+            spec,
+            ip: ip.parse().unwrap(),
+        },
+        stats,
+    )
+}
+
+#[test]
+fn a_peer_sees_others_without_endpoint_or_hostname() {
+    let (a, sa) = peer("a", "100.77.0.2");
+    let (b, sb) = peer("b", "100.77.0.3");
+    let peers = [a, b];
+    let stats = [sa, sb];
+    let seen = gateway_peers(&peers, &stats, Caller::Peer("100.77.0.2".parse().unwrap()));
+    let (me, other) = (&seen[0], &seen[1]);
+    assert_eq!(me.hostname.as_deref(), Some("a-laptop"));
+    assert!(me.endpoint.is_some());
+    assert_eq!(other.name.as_str(), "b");
+    assert_eq!(
+        other.tunnel_ip.map(|i| i.to_string()).as_deref(),
+        Some("100.77.0.3")
+    );
+    assert!(other.last_handshake.is_some());
+    assert_eq!((other.hostname.as_ref(), other.endpoint), (None, None));
+    let json = serde_json::to_string(&seen).unwrap();
+    assert!(
+        !json.contains("b-laptop") && json.matches("192.0.2.10").count() == 1,
+        "{json}"
+    );
+
+    let admin = gateway_peers(&peers, &stats, Caller::Local);
+    assert!(
+        admin
+            .iter()
+            .all(|p| p.hostname.is_some() && p.endpoint.is_some())
+    );
+}
