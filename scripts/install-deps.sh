@@ -17,12 +17,23 @@ have ping         || need+=(iputils-ping)
 have pgrep        || need+=(procps)
 have cc           || need+=(gcc)
 have kubectl      || need+=(kubernetes-client)
+# The real systemd-resolved of tests/sim (kwg_sim::resolved) runs on a dbus-daemon of the test's.
+have dbus-daemon  || need+=(dbus-daemon)
+have dbus-send    || need+=(dbus-bin)
+have nsenter      || need+=(util-linux)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# systemd-resolved itself is never installed (it would take over this machine's resolv.conf):
+# tests `apt-get download` it into /var/cache/kwg-test, so apt must know the package.
+if ! apt-cache show systemd-resolved >/dev/null 2>&1; then
+  echo "install-deps: apt-get update (tests download systemd-resolved without installing it)"
+  apt-get update -qq
 fi
 
 have cargo || { echo "install-deps: cargo is missing: install a Rust toolchain (rustup) first" >&2; exit 1; }

@@ -33,6 +33,7 @@ pub mod names;
 pub mod netns;
 pub mod podexec;
 pub mod proxy;
+pub mod resolved;
 pub mod sh;
 pub mod testing;
 pub mod topology;

@@ -16,6 +16,7 @@
 //! The `kwg-sim` binary is found with [`crate::bin_path`]; build it first (`cargo build -p kwg-sim`).
 
 use crate::names::Names;
+pub use crate::resolved::ResolvedNs;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
