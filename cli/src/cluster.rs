@@ -14,6 +14,9 @@ use kwg_wg::contract::{self, GatewayInfo, PeerSpec};
 
 use crate::error::Error;
 
+/// The gateway's Deployment (manifests/deployment.yaml).
+pub const GATEWAY_DEPLOYMENT: &str = "kwg-gateway";
+
 /// A client for the cluster kwg joins, with what `status` shows about it.
 #[derive(Clone)]
 pub struct Kube {
@@ -40,7 +43,7 @@ impl Kube {
             Some(p) => Kubeconfig::read_from(p),
             None => Kubeconfig::read(),
         }
-        .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        .map_err(kubeconfig_error)?;
         let ctx_name = context
             .map(str::to_string)
             .or_else(|| kc.current_context.clone());
@@ -56,7 +59,7 @@ impl Kube {
         };
         let mut config = Config::from_custom_kubeconfig(kc, &opts)
             .await
-            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+            .map_err(kubeconfig_error)?;
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(15));
         let server = config
@@ -289,21 +292,37 @@ impl Kube {
             .collect())
     }
 
-    /// The cluster's namespaces; empty when the user may not list them (names are then
+    /// The cluster's namespaces; `None` when the user may not list them (names are then
     /// only resolved for the connected and mapped namespaces).
-    pub async fn namespaces(&self) -> BTreeSet<String> {
+    pub async fn namespaces(&self) -> Option<BTreeSet<String>> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         match api.list_metadata(&ListParams::default()).await {
-            Ok(l) => l
-                .items
-                .into_iter()
-                .filter_map(|n| n.metadata.name)
-                .collect(),
+            Ok(l) => Some(
+                l.items
+                    .into_iter()
+                    .filter_map(|n| n.metadata.name)
+                    .collect(),
+            ),
             Err(e) => {
                 tracing::info!(error = %e, "cannot list namespaces; only the connected and mapped namespaces resolve as <svc>.<ns>");
-                BTreeSet::new()
+                None
             }
         }
+    }
+
+    /// The gateway Deployment's (ready, desired, existing) pods; `None` when it cannot be
+    /// read (not allowed, or not installed as a Deployment of that name).
+    pub async fn gateway_pods(&self, ns: &str) -> Option<(i32, i32, i32)> {
+        let api: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(self.client.clone(), ns);
+        let d = api.get_opt(GATEWAY_DEPLOYMENT).await.ok()??;
+        let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = d.status.unwrap_or_default();
+        Some((
+            status.ready_replicas.unwrap_or(0),
+            desired,
+            status.replicas.unwrap_or(0),
+        ))
     }
 }
 
@@ -313,6 +332,18 @@ pub struct ListedPeer {
     pub spec: Result<PeerSpec, String>,
     pub tunnel_ip: Option<String>,
     pub error: Option<String>,
+}
+
+/// The kubeconfig loader's errors as our sentences.
+fn kubeconfig_error(e: kube::config::KubeconfigError) -> Error {
+    use kube::config::KubeconfigError as K;
+    match e {
+        K::ReadConfig(source, path) => Error::KubeconfigRead { path, source },
+        K::FindPath => Error::NoKubeconfig,
+        K::CurrentContextNotSet => Error::NoContext,
+        K::LoadContext(name) => Error::NoSuchContext(name),
+        e => Error::Kubeconfig(error_chain(&e)),
+    }
 }
 
 fn no_gateway(ns: &str) -> Error {

@@ -34,6 +34,36 @@ pub enum Error {
     ApiUnreachable { server: String, reason: String },
     #[error("cannot load the kubeconfig: {0}: check KUBECONFIG, --kubeconfig and --context")]
     Kubeconfig(String),
+    #[error(
+        "cannot read the kubeconfig {}: {source}: set KUBECONFIG or pass --kubeconfig (kubectl config view shows what kubectl uses)", path.display()
+    )]
+    KubeconfigRead {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "no kubeconfig found ($KUBECONFIG is unset and there is no ~/.kube/config): set KUBECONFIG or pass --kubeconfig"
+    )]
+    NoKubeconfig,
+    #[error(
+        "the kubeconfig has no current context: pass --context, or pick one with kubectl config use-context NAME"
+    )]
+    NoContext,
+    #[error("context {0} is not in the kubeconfig: kubectl config get-contexts lists them")]
+    NoSuchContext(String),
+    #[error(
+        "namespaces \"{name}\" not found: kubectl get namespaces lists them; pass an existing one with {flag}"
+    )]
+    NamespaceNotFound { name: String, flag: &'static str },
+    #[error(
+        "the kwg gateway has no ready pod ({ready}/{desired} ready in {namespace}): kubectl -n {namespace} describe deployment kwg-gateway shows why; a cluster admin must scale it up or fix it"
+    )]
+    GatewayNotReady {
+        ready: i32,
+        desired: i32,
+        namespace: String,
+    },
     #[error("Kubernetes API error while trying to {step}: {source}")]
     Kube {
         step: String,

@@ -30,6 +30,18 @@ pub async fn inspect(
     )
     .await?;
     let info = kube.gateway_info(&args.kube.kwg_namespace).await?;
+    // A gateway scaled to 0 (or whose pods all failed) is seen at once, not after --timeout;
+    // a pod that is starting is waited for.
+    if let Some((ready, desired, existing)) = kube.gateway_pods(&args.kube.kwg_namespace).await
+        && ready == 0
+        && existing == 0
+    {
+        return Err(Error::GatewayNotReady {
+            ready,
+            desired,
+            namespace: args.kube.kwg_namespace.clone(),
+        });
+    }
     let nl = Netlink::open()?;
     let endpoint = resolve_endpoint(&info).await?;
     let key = load_or_create_key(dir)?;

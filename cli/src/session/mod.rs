@@ -278,6 +278,12 @@ impl Session {
         state.gateway_key = Some(facts.info.public_key.to_string());
         state.gateway_admin = Some(plan.gateway_admin);
         state.routes = plan.routes.clone();
+        if facts.namespaces.is_none() {
+            self.actions.push_back(Action::Progress(format!(
+                "Could not check that namespace {} exists: you may not list namespaces",
+                plan.namespace
+            )));
+        }
         self.actions.push_back(Action::Progress(format!(
             "Connected to context {}, namespace {} ({})",
             facts.context.as_deref().unwrap_or("(current)"),

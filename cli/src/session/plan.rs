@@ -34,8 +34,8 @@ pub struct Facts {
     pub info: GatewayInfo,
     /// The first gateway endpoint that resolved.
     pub endpoint: SocketAddr,
-    /// The cluster's namespaces, as far as the user may list them.
-    pub namespaces: BTreeSet<String>,
+    /// The cluster's namespaces; `None` when the user may not list them.
+    pub namespaces: Option<BTreeSet<String>>,
     /// Every route of the machine.
     pub machine_routes: Vec<RouteEntry>,
     /// Whether an interface of the requested name already exists.
@@ -113,6 +113,7 @@ pub fn plan(
         .namespace
         .clone()
         .unwrap_or_else(|| facts.default_namespace.clone());
+    check_namespaces(args, &namespace, facts.namespaces.as_ref())?;
     let routes = plan_routes(args, info);
     routes::check_conflicts(
         &routes,
@@ -151,6 +152,34 @@ pub fn plan(
         dns,
         cluster_dns,
     })
+}
+
+/// The connected and the mapped namespaces must exist (when the user may list them: else
+/// the driver says it could not check).
+pub fn check_namespaces(
+    args: &JoinArgs,
+    namespace: &str,
+    existing: Option<&BTreeSet<String>>,
+) -> Result<(), Error> {
+    let Some(existing) = existing else {
+        return Ok(());
+    };
+    let missing = |n: &str| !existing.contains(n);
+    if missing(namespace) {
+        return Err(Error::NamespaceNotFound {
+            name: namespace.to_string(),
+            flag: "--namespace",
+        });
+    }
+    for m in args.mapped_namespaces.iter().flatten() {
+        if missing(m) {
+            return Err(Error::NamespaceNotFound {
+                name: m.clone(),
+                flag: "--mapped-namespaces",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The routes for `info`: the cluster's subnets, `--also-proxy`, minus `--never-proxy`, plus
@@ -203,7 +232,7 @@ fn plan_dns(
     let split = SplitDns {
         cluster_domain: facts.info.cluster_domain.clone(),
         namespace: namespace.to_string(),
-        cluster_namespaces: facts.namespaces.clone(),
+        cluster_namespaces: facts.namespaces.clone().unwrap_or_default(),
         mapped: args
             .mapped_namespaces
             .as_ref()

@@ -50,7 +50,7 @@ fn facts(gateway: &PrivateKey) -> Facts {
         default_namespace: "emojivoto".into(),
         info: info(gateway),
         endpoint: "192.0.2.1:31820".parse().unwrap(),
-        namespaces: ["emojivoto".to_string()].into(),
+        namespaces: Some(["emojivoto".to_string(), "default".to_string()].into()),
         machine_routes: vec![],
         interface_exists: false,
         public_key: PrivateKey::generate().public_key(),
@@ -584,4 +584,37 @@ fn an_existing_interface_is_refused_before_anything_changes() {
     assert_eq!(r.take_log(), ["Inspect", "Exit"]);
     let err = r.s.outcome().unwrap_err().to_string();
     assert!(err.contains("interface wg0 already exists"), "{err}");
+}
+
+#[test]
+fn a_namespace_that_does_not_exist_is_refused_before_anything_changes() {
+    for (flags, sentence) in [
+        (
+            &["--namespace", "doesnotexist"][..],
+            "namespaces \"doesnotexist\" not found: kubectl get namespaces lists them; pass an existing one with --namespace",
+        ),
+        (
+            &["--mapped-namespaces", "default,typo"][..],
+            "namespaces \"typo\" not found",
+        ),
+    ] {
+        let mut r = Run::new(flags);
+        r.pump(|_| None);
+        assert_eq!(r.take_log(), ["Inspect", "Exit"]);
+        let err = r.s.outcome().unwrap_err().to_string();
+        assert!(err.contains(sentence), "{err}");
+    }
+    // A user who may not list namespaces is told it could not be checked, and joins.
+    let mut r = Run::new(&["--namespace", "unlisted"]);
+    let gw = PrivateKey::generate();
+    r.pump(|a| {
+        matches!(a, Action::Inspect).then(|| {
+            let mut f = facts(&gw);
+            f.namespaces = None;
+            Some(Event::Inspected(Box::new(f)))
+        })
+    });
+    assert_eq!(r.s.phase(), Phase::Serving);
+    // The "could not check" line comes before the usual "Connected to" line.
+    assert_eq!(&r.log[..4], ["Inspect", "Progress", "Progress", "Save"]);
 }
