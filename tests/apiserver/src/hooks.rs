@@ -137,7 +137,20 @@ fn secret(kind: &'static Kind, obj: &mut Value) -> Result<(), ApiError> {
         }
     }
     default(obj, "type", json!("Opaque"));
-    invalid(kind, obj, data_key_errors(obj, "data"))
+    let mut errs = Vec::new();
+    let sa = crate::tokens::NAME_ANNOTATION;
+    if obj["type"] == crate::tokens::TOKEN_TYPE
+        && obj["metadata"]["annotations"][sa]
+            .as_str()
+            .is_none_or(str::is_empty)
+    {
+        errs.push(FieldError::required(
+            format!("metadata.annotations[{sa}]"),
+            "",
+        ));
+    }
+    errs.extend(data_key_errors(obj, "data"));
+    invalid(kind, obj, errs)
 }
 
 const SERVICE_TYPES: &[&str] = &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];

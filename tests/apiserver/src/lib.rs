@@ -21,6 +21,7 @@ mod status;
 mod store;
 mod table;
 mod tls;
+mod tokens;
 mod validation;
 mod watch;
 
@@ -94,6 +95,8 @@ pub(crate) use store::Store;
 pub(crate) struct Users {
     by_token: HashMap<String, User>,
     service_accounts: HashMap<(String, String), String>,
+    /// Legacy tokens the token controller put into Secrets.
+    secret_tokens: HashMap<String, tokens::TokenSecret>,
 }
 
 impl Shared {
@@ -101,13 +104,23 @@ impl Shared {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn users(&self) -> MutexGuard<'_, Users> {
+        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn user(&self, token: &str) -> Option<User> {
-        self.users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_token
-            .get(token)
-            .cloned()
+        let from_secret = {
+            let users = self.users();
+            if let Some(u) = users.by_token.get(token) {
+                return Some(u.clone());
+            }
+            users.secret_tokens.get(token)?.clone()
+        };
+        tokens::authenticate(&self.store(), token, &from_secret)
+    }
+
+    pub fn add_secret_token(&self, token: &str, from: tokens::TokenSecret) {
+        self.users().secret_tokens.insert(token.to_string(), from);
     }
 }
 

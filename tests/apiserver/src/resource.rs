@@ -165,6 +165,7 @@ pub(crate) fn resource(
                 req.json_body()?,
                 req.opts(user),
             )?;
+            controllers(shared, req, kind, &obj);
             Ok(json_response(201, &obj))
         }
         "update" => {
@@ -179,6 +180,7 @@ pub(crate) fn resource(
                 sub,
                 req.opts(user),
             )?;
+            controllers(shared, req, kind, &obj);
             Ok(json_response(200, &obj))
         }
         "patch" => {
@@ -195,6 +197,7 @@ pub(crate) fn resource(
                 sub,
                 req.opts(user),
             )?;
+            controllers(shared, req, kind, &obj);
             Ok(json_response(if created { 201 } else { 200 }, &obj))
         }
         "delete" => {
@@ -224,6 +227,15 @@ pub(crate) fn resource(
             Ok(json_response(200, &list_doc(kind, items, rv)))
         }
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// What the cluster's controllers do after a write (the answer is the object as written, the
+/// controllers' changes follow as watch events).
+fn controllers(shared: &Shared, req: &Req, kind: &Kind, obj: &Value) {
+    if kind.is("", "secrets") && req.param("dryRun") != "All" {
+        let meta = |f| crate::store::meta_str(obj, f).to_string();
+        crate::tokens::reconcile(shared, &meta("namespace"), &meta("name"));
     }
 }
 
