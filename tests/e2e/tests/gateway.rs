@@ -104,7 +104,8 @@ fn install_publishes_info_keeps_key_and_protects_it() -> Result<()> {
         "set -e; cd {dir}; export KUBECONFIG={kc}
          wg genkey | tee peer.key | wg pubkey > peer.pub
          kubectl -n kwg-system create secret generic kwg-peer-mybox --type=kwg.io/peer \\
-           --from-literal=name=mybox --from-file=publicKey=peer.pub --from-literal=owner=me \\
+           --from-literal=name=mybox --from-file=publicKey=peer.pub \\
+           --from-literal=owner=\"$(kubectl auth whoami -o jsonpath='{{.status.userInfo.username}}')\" \\
            --from-literal=hostname=mybox --from-literal=namespaces=default \\
            --from-literal=leaseExpires=2030-01-01T00:00:00Z
          kubectl -n kwg-system label secret kwg-peer-mybox kwg.io/peer=true",
@@ -305,7 +306,8 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
 
     // A malformed Secret next to A: reported, A undisturbed.
     let bad = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwg-peer-broken", "namespace": "kwg-system",
-        "labels": {"kwg.io/peer": "true"}}, "stringData": {"name": "broken", "publicKey": "not-a-key"}});
+        "labels": {"kwg.io/peer": "true"}}, "type": "kwg.io/peer",
+        "stringData": {"name": "broken", "publicKey": "not-a-key", "owner": "developer"}});
     c.kubectl_apply(&c.developer_kubeconfig(), &bad.to_string())?;
     let err = wait_for("the error annotation", Duration::from_secs(10), || {
         Ok(peer_annotations(&c, "broken")?
