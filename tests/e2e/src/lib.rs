@@ -5,6 +5,8 @@
 //!
 //! Every test needs root; names carry a per-process unique prefix, so tests run in parallel.
 
+pub mod laptop;
+
 use anyhow::{Context, Result, bail};
 use kwg_sim::sh;
 use kwg_sim::testing::{Cluster, exec, exec_ok, unique};

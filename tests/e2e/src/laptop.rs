@@ -1,0 +1,150 @@
+//! A laptop of the one-machine cluster running the real `kwg` (as the `developer` user by
+//! default), and one cluster with the gateway installed shared by the tests of a binary.
+
+use kwg_sim::testing::Cluster;
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::{Arc, Mutex, Weak};
+
+/// One cluster with the gateway installed, shared by the tests running at the same time;
+/// `kwg-sim down` when the last of them drops it.
+pub fn shared() -> Arc<Cluster> {
+    static SHARED: Mutex<Weak<Cluster>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = slot.upgrade() {
+        return c;
+    }
+    let c = Cluster::up().expect("kwg-sim up");
+    crate::install_gateway(&c).expect("kubectl apply -k manifests/");
+    let c = Arc::new(c);
+    *slot = Arc::downgrade(&c);
+    c
+}
+
+/// A new machine on the LAN (it stays until `kwg-sim down`: deleting it while other tests run
+/// let a new laptop reuse its LAN address, and the LAN's stale neighbour entry for it
+/// blackholed DNS answers for seconds).
+pub fn laptop(sim: &Arc<Cluster>, name: &str) -> Laptop {
+    let netns = sim
+        .add_laptop(name)
+        .unwrap_or_else(|e| panic!("kwg-sim laptop add {name}: {e}"));
+    let state = sim.names().run_dir().join(format!("kwg-state-{name}"));
+    Laptop {
+        sim: sim.clone(),
+        name: name.to_string(),
+        netns,
+        state,
+    }
+}
+
+pub struct Laptop {
+    pub sim: Arc<Cluster>,
+    pub name: String,
+    pub netns: String,
+    pub state: PathBuf,
+}
+
+impl Laptop {
+    /// Runs `argv` on this laptop as the developer.
+    pub fn run(&self, argv: &[&str]) -> Output {
+        self.run_as("developer", argv)
+    }
+
+    pub fn run_as(&self, user: &str, argv: &[&str]) -> Output {
+        let state = format!("KWG_STATE_DIR={}", self.state.display());
+        let kubeconfig = format!("KUBECONFIG={}", self.sim.names().kubeconfig(user).display());
+        let path = format!("PATH={}", path_with_bins());
+        let mut all = vec!["env", &state, &kubeconfig, &path];
+        all.extend_from_slice(argv);
+        self.sim
+            .exec(&self.netns, &all)
+            .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"))
+    }
+
+    pub fn kwg(&self, args: &[&str]) -> Output {
+        let mut argv = vec!["kwg"];
+        argv.extend_from_slice(args);
+        self.run(&argv)
+    }
+
+    /// `kwg join` that must succeed.
+    pub fn join(&self, args: &[&str]) -> Output {
+        let mut a = vec!["join", "--name", &self.name];
+        a.extend_from_slice(args);
+        let out = self.kwg(&a);
+        assert!(
+            out.status.success(),
+            "kwg join {args:?} failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+
+    pub fn curl(&self, url: &str) -> Output {
+        self.run(&["curl", "-sS", "--max-time", "3", url])
+    }
+
+    /// The addresses `dig +short` prints (its ";;" remarks, e.g. a refused first server, dropped).
+    pub fn dig(&self, name: &str) -> String {
+        let out = text(
+            &self
+                .run(&["dig", "+short", "+time=3", "+tries=3", name])
+                .stdout,
+        );
+        let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with(";;")).collect();
+        lines.join("\n")
+    }
+
+    /// The first IPv4 address glibc resolves for `name` (what applications see).
+    pub fn getent(&self, name: &str) -> String {
+        let out = text(&self.run(&["getent", "ahostsv4", name]).stdout);
+        out.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    pub fn resolv_conf(&self) -> Vec<u8> {
+        std::fs::read(format!("/etc/netns/{}/resolv.conf", self.netns)).unwrap()
+    }
+
+    pub fn routes(&self) -> String {
+        text(&self.run(&["ip", "route", "show"]).stdout)
+    }
+
+    pub fn daemon_pid(&self) -> i32 {
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.state.join("state.json")).unwrap()).unwrap();
+        s["daemonPid"].as_i64().unwrap() as i32
+    }
+}
+
+impl Drop for Laptop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.state.join("daemon.log")).unwrap_or_default();
+            eprintln!("--- kwg daemon log of laptop {}:\n{log}", self.name);
+        }
+        let _ = self.kwg(&["leave"]);
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn path_with_bins() -> String {
+    format!(
+        "{}:{}",
+        kwg_sim::bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+pub fn secret_exists(sim: &Cluster, name: &str) -> bool {
+    let secret = format!("kwg-peer-{name}");
+    sim.kubectl_admin(&["-n", "kwg-system", "get", "secret", &secret])
+        .is_ok()
+}

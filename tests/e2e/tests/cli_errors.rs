@@ -1,0 +1,150 @@
+//! What a new user trips over, and what must never be lost: each failure is one sentence of
+//! ours naming the fix, with nothing left behind (no Secret, interface, route or DNS change).
+
+use std::time::{Duration, Instant};
+
+use kwg_e2e::laptop::{Laptop, laptop, secret_exists, shared, text};
+
+/// Runs `kwg join` expected to fail; returns its stderr after checking that it is one line and
+/// that nothing of the join is left on the laptop or in the cluster.
+fn failed_join(laptop: &Laptop, argv: &[&str]) -> String {
+    let original = laptop.resolv_conf();
+    let out = laptop.run(argv);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{argv:?} succeeded: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(laptop.resolv_conf(), original);
+    assert!(!laptop.routes().contains("kwg0"), "{}", laptop.routes());
+    assert!(!secret_exists(&laptop.sim, &laptop.name));
+    assert_eq!(laptop.kwg(&["status"]).status.code(), Some(1));
+    err
+}
+
+#[test]
+fn a_namespace_that_does_not_exist_is_refused_with_kubectls_words() {
+    let sim = shared();
+    let laptop = laptop(&sim, "typo");
+    let name = laptop.name.clone();
+    let err = failed_join(
+        &laptop,
+        &["kwg", "join", "--name", &name, "-n", "doesnotexist"],
+    );
+    assert!(
+        err.contains("namespaces \"doesnotexist\" not found: kubectl get namespaces lists them"),
+        "{err}"
+    );
+    let err = failed_join(
+        &laptop,
+        &[
+            "kwg",
+            "join",
+            "--name",
+            &name,
+            "-n",
+            "emojivoto",
+            "--mapped-namespaces",
+            "emojivoto,nope",
+        ],
+    );
+    assert!(err.contains("namespaces \"nope\" not found"), "{err}");
+}
+
+#[test]
+fn no_kubeconfig_is_one_sentence_with_the_path_once() {
+    let sim = shared();
+    let laptop = laptop(&sim, "nokube");
+    let err = failed_join(
+        &laptop,
+        &[
+            "env",
+            "KUBECONFIG=/nonexistent/.kube/config",
+            "kwg",
+            "join",
+            "--name",
+            "nokube",
+        ],
+    );
+    assert!(
+        err.contains(
+            "cannot read the kubeconfig /nonexistent/.kube/config: No such file or directory (os error 2): set KUBECONFIG or pass --kubeconfig"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.matches("/nonexistent/.kube/config").count(), 1, "{err}");
+}
+
+#[test]
+fn an_existing_interface_is_refused_and_survives() {
+    let sim = shared();
+    let laptop = laptop(&sim, "iface");
+    laptop.run(&["ip", "tuntap", "add", "wg0", "mode", "tun"]);
+    let err = failed_join(
+        &laptop,
+        &["kwg", "join", "--name", "iface", "--interface", "wg0"],
+    );
+    assert!(
+        err.contains("interface wg0 already exists and is not kwg's"),
+        "{err}"
+    );
+    let link = text(&laptop.run(&["ip", "link", "show", "wg0"]).stdout);
+    assert!(link.contains("wg0"), "wg0 was removed: {link}");
+}
+
+#[test]
+fn of_two_concurrent_joins_one_wins_and_keeps_working() {
+    let sim = shared();
+    let laptop = laptop(&sim, "race");
+    let argv = ["join", "--name", "race", "--namespace", "emojivoto"];
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| laptop.kwg(&argv));
+        let b = s.spawn(|| laptop.kwg(&argv));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let wins = [&a, &b].iter().filter(|o| o.status.success()).count();
+    assert_eq!(wins, 1, "a: {}\nb: {}", text(&a.stderr), text(&b.stderr));
+    let loser = if a.status.success() { &b } else { &a };
+    assert!(
+        text(&loser.stderr).contains("kwg is already joined or joining (daemon pid"),
+        "{}",
+        text(&loser.stderr)
+    );
+    assert!(text(&laptop.curl("web-app:80").stdout).contains("Emoji Vote"));
+    assert_eq!(laptop.kwg(&["status"]).status.code(), Some(0));
+    assert!(laptop.kwg(&["leave"]).status.success());
+    assert!(!secret_exists(&sim, "race"));
+}
+
+#[test]
+fn a_gateway_with_no_pod_fails_the_join_at_once() {
+    // Its own cluster: scaling the gateway down would break the other tests' joins.
+    let sim = std::sync::Arc::new(kwg_sim::testing::Cluster::up().expect("kwg-sim up"));
+    kwg_e2e::install_gateway(&sim).expect("kubectl apply -k manifests/");
+    sim.kubectl_admin(&[
+        "-n",
+        "kwg-system",
+        "scale",
+        "deployment/kwg-gateway",
+        "--replicas=0",
+    ])
+    .expect("scale");
+    let laptop = laptop(&sim, "noready");
+    kwg_e2e::wait_for("the gateway pod to go", Duration::from_secs(20), || {
+        let pods = sim.kubectl_admin(&["-n", "kwg-system", "get", "pods", "-o", "name"])?;
+        Ok(pods.trim().is_empty().then_some(()))
+    })
+    .expect("gateway scaled to 0");
+    let started = Instant::now();
+    let err = failed_join(
+        &laptop,
+        &["kwg", "join", "--name", "noready", "-n", "emojivoto"],
+    );
+    assert!(
+        err.contains("the kwg gateway has no ready pod (0/0 ready in kwg-system): kubectl -n kwg-system describe deployment kwg-gateway shows why"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
