@@ -7,6 +7,7 @@ pub mod device;
 mod error;
 pub mod io;
 pub mod keys;
+pub mod lifeline;
 pub mod logging;
 pub mod netlink;
 pub mod peer;

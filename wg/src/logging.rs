@@ -10,7 +10,11 @@ pub fn init(default_filter: &str) {
         EnvFilter::try_from_env("KWG_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A failed log write is dropped: by default tracing reports it with `eprintln!`, which
+        // panics when stderr is a closed pipe (a daemon whose parent has exited), and a panic
+        // in the middle of a UAPI `set` made `wg` fail with "Protocol error".
+        .log_internal_errors(false);
     if std::env::var("KWG_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {

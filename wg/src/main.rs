@@ -14,6 +14,9 @@ struct Args {
     /// Stay in the foreground instead of daemonizing once the interface exists.
     #[arg(short, long)]
     foreground: bool,
+    /// Set by the daemonizing parent: stop writing to its stderr once the device is up.
+    #[arg(long, hide = true)]
+    detached: bool,
     /// Interface name (at most 15 characters).
     ifname: String,
 }
@@ -22,7 +25,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     kwg_wg::logging::init("info");
     let result = if args.foreground {
-        kwg_wg::run::foreground(&args.ifname)
+        kwg_wg::run::foreground(&args.ifname, args.detached)
     } else {
         kwg_wg::run::daemonize(&args.ifname)
     };

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::device::{DEFAULT_MTU, Device};
+use crate::lifeline::Lifeline;
 
 /// Where `wg` looks for UAPI sockets; `KWG_WG_RUN_DIR` overrides it.
 pub const DEFAULT_RUN_DIR: &str = "/var/run/wireguard";
@@ -19,25 +20,31 @@ pub fn run_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
 }
 
-/// Runs the device until SIGTERM/SIGINT or until its interface is deleted.
-pub fn foreground(ifname: &str) -> anyhow::Result<()> {
+/// Runs the device until SIGTERM/SIGINT or until its [`Lifeline`] ends. `detached`: started by
+/// [`daemonize`], whose parent reads stderr only until the device is up; after that the daemon
+/// logs nowhere (like wireguard-go).
+pub fn foreground(ifname: &str, detached: bool) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
+        let dir = run_dir();
         let device =
-            Device::start_with(ifname.to_owned(), None, 0, DEFAULT_MTU, Some(run_dir())).await?;
+            Device::start_with(ifname.to_owned(), None, 0, DEFAULT_MTU, Some(dir.clone())).await?;
+        let lifeline = Lifeline::new(ifname, dir.join(format!("{ifname}.sock")));
+        if detached {
+            let devnull = std::fs::File::options().write(true).open("/dev/null")?;
+            nix::unistd::dup2_stderr(&devnull).context("cannot detach from the parent's stderr")?;
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let ifindex_path = PathBuf::from(format!("/sys/class/net/{ifname}"));
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                    // `ip link del` removes the interface: stop like wireguard-go does.
-                    if !ifindex_path.exists() {
-                        tracing::info!(ifname, "interface deleted, stopping");
+                    if let Some(reason) = lifeline.ended() {
+                        tracing::info!(ifname, %reason, "stopping");
                         break;
                     }
                 }
@@ -55,7 +62,7 @@ pub fn daemonize(ifname: &str) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the kwg-wg executable")?;
     let socket = run_dir().join(format!("{ifname}.sock"));
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--foreground")
+    cmd.args(["--foreground", "--detached"])
         .arg(ifname)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

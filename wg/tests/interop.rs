@@ -188,24 +188,6 @@ fn allowed_ips_update_through_uapi_needs_no_new_handshake() {
 }
 
 #[test]
-fn daemon_returns_once_the_interface_exists_and_stops_with_it() {
-    let ns = Netns::new();
-    let ifname = unique("d");
-    ns.exec(&[KWG, &ifname]);
-    assert!(uapi_socket(&ifname).exists());
-    assert!(ns.ip(&["link", "show", &ifname]).contains(&ifname));
-    let show = ns.exec(&["wg", "show", &ifname]);
-    assert!(show.contains(&format!("interface: {ifname}")), "{show}");
-    // `ip link del` (what wg-quick down does) stops the daemon, which removes its socket.
-    ns.ip(&["link", "del", &ifname]);
-    let gone = wait_for(Duration::from_secs(5), || !uapi_socket(&ifname).exists());
-    if !gone {
-        let _ = std::fs::remove_file(uapi_socket(&ifname));
-    }
-    assert!(gone, "daemon did not stop after its interface was deleted");
-}
-
-#[test]
 fn sigterm_removes_the_socket() {
     let ns = Netns::new();
     let mut k = Wg::kwg(&ns);
