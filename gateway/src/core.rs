@@ -195,7 +195,7 @@ impl Core {
         }
     }
 
-    /// Serves at most `n` peers per `owner` (the oldest; peers already served first).
+    /// Serves at most `n` peers per `owner` (those already served, then the oldest).
     pub fn with_peers_per_owner(mut self, n: usize) -> Core {
         self.peers_per_owner = n;
         self
@@ -302,7 +302,12 @@ impl Core {
             .iter()
             .map(|(s, spec)| (spec.public_key, s.id()))
             .collect();
-        unique.sort_by_key(|(s, spec)| (self.alloc.get(&spec.name).is_none(), s.age()));
+        // Served: holding an address, or (after a restart) annotated with one and no error.
+        // An owner's annotations only reorder that owner's own peers.
+        let served = |s: &PeerSecret, spec: &PeerSpec| {
+            self.alloc.get(&spec.name).is_some() || (s.tunnel_ip.is_some() && s.error.is_none())
+        };
+        unique.sort_by_key(|(s, spec)| (!served(s, spec), s.age()));
         let mut per_owner: HashMap<&str, usize> = HashMap::new();
         let mut live = Vec::with_capacity(unique.len());
         for (secret, spec) in unique {

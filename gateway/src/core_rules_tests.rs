@@ -154,6 +154,12 @@ fn an_owner_gets_at_most_the_limit() {
     assert_eq!(active(&plan), ["p0", "p1", "p2", "x"]);
     apply(&plan, &mut running, &mut secrets);
 
+    // A restarted gateway serves the same peers (from their annotations), not the oldest.
+    let plan = core()
+        .with_peers_per_owner(3)
+        .reconcile(secrets.values(), &BTreeMap::new(), now());
+    assert_eq!(active(&plan), ["p0", "p1", "p2", "x"]);
+
     // One served peer leaves: the oldest waiting one takes its place.
     secrets.remove("kwg-peer-p1");
     let plan = c.reconcile(secrets.values(), &running, now());

@@ -317,7 +317,16 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
         err.contains("missing") || err.contains("public key"),
         "{err}"
     );
-    let events = c.kubectl_developer(&["-n", "kwg-system", "get", "events", "-o", "json"])?;
+    // The gateway records events.k8s.io/v1 Events. A real API server also lists them as
+    // core/v1 Events (what the developer's role reads); the stand-in keeps the two apart.
+    let events = c.kubectl_admin(&[
+        "-n",
+        "kwg-system",
+        "get",
+        "events.v1.events.k8s.io",
+        "-o",
+        "json",
+    ])?;
     assert!(
         events.contains("MalformedPeer") && events.contains("kwg-peer-broken"),
         "{events}"
@@ -351,7 +360,7 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
 fn many_registrations_restart_and_lease_expiry() -> Result<()> {
     let c = Cluster::up()?;
     let info = install_gateway(&c)?;
-    // 50 Secrets in one apply: they arrive at the gateway together.
+    // 50 Secrets of one owner in one apply: they arrive at the gateway together.
     let items: Vec<serde_json::Value> = (0..50)
         .map(|i| {
             let expires = chrono::Utc::now() + chrono::Duration::hours(1);
@@ -371,26 +380,56 @@ fn many_registrations_restart_and_lease_expiry() -> Result<()> {
             .collect::<Vec<_>>()
             .join("\n---\n"),
     )?;
+    // One owner: the first 20 get distinct addresses, the other 30 the limit's error.
     let mut ips: BTreeMap<String, TunnelIp> = BTreeMap::new();
+    let mut refused = Vec::new();
     for i in 0..50 {
         let name = format!("many-{i}");
-        ips.insert(
-            name.clone(),
-            wait_tunnel_ip(&c, &name, Duration::from_secs(20))?,
-        );
+        let a = wait_for(&format!("{name} answered"), Duration::from_secs(20), || {
+            Ok(peer_annotations(&c, &name)?.filter(|a| {
+                a.get(contract::TUNNEL_IP_ANNOTATION).is_some()
+                    || a.get(contract::ERROR_ANNOTATION).is_some()
+            }))
+        })?;
+        match a[contract::TUNNEL_IP_ANNOTATION].as_str() {
+            Some(ip) => {
+                ips.insert(name, ip.parse()?);
+            }
+            None => refused.push(a[contract::ERROR_ANNOTATION].to_string()),
+        }
     }
+    assert_eq!((ips.len(), refused.len()), (20, 30), "{ips:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.contains("owner `developer` already has 20 peers")),
+        "{refused:?}"
+    );
     let distinct: HashSet<_> = ips.values().collect();
-    assert_eq!(distinct.len(), 50, "{ips:?}");
+    assert_eq!(distinct.len(), 20, "{ips:?}");
     assert!(!distinct.contains(&info.gateway_ip));
 
-    // A restarted gateway gives every peer the same address.
+    // A restarted gateway serves the same 20 peers at the same addresses.
     restart_gateway(&c)?;
-    let peers = wait_for("50 peers after restart", Duration::from_secs(20), || {
-        Ok(gateway_peers(&c).ok().filter(|p| p.len() == 50))
+    let peers = wait_for("20 peers after restart", Duration::from_secs(20), || {
+        Ok(gateway_peers(&c).ok().filter(|p| p.len() == 20))
     })?;
     for p in peers {
-        assert_eq!(Some(ips[p.name.as_str()]), p.tunnel_ip, "{} moved", p.name);
+        assert_eq!(
+            ips.get(p.name.as_str()),
+            p.tunnel_ip.as_ref(),
+            "{} moved",
+            p.name
+        );
     }
+    c.kubectl_developer(&[
+        "-n",
+        "kwg-system",
+        "delete",
+        "secret",
+        "-l",
+        "kwg.io/peer=true",
+    ])?;
 
     // A lease that ends is collected, and its address freed for the next peer.
     let short = PrivateKey::generate().public_key();
@@ -468,4 +507,97 @@ impl Drop for HttpServer {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `curl` from `netns`: the HTTP status and the body.
+fn http_status(c: &Cluster, netns: &str, url: &str) -> Result<(String, String)> {
+    let out = c.exec_ok(
+        netns,
+        &["curl", "-s", "--max-time", "3", "-w", "\n%{http_code}", url],
+    )?;
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+    Ok((code.trim().to_owned(), body.to_owned()))
+}
+
+#[test]
+fn admin_port_serves_pods_only_health_and_peers_only_themselves() -> Result<()> {
+    let c = Cluster::up()?;
+    let info = install_gateway(&c)?;
+    let pod = kwg_e2e::wait_gateway_ready(&c, Duration::from_secs(10))?;
+    let gw_ip = c.kubectl_admin(&[
+        "-n",
+        contract::DEFAULT_NAMESPACE,
+        "get",
+        "pod",
+        &pod,
+        "-o",
+        "jsonpath={.status.podIP}",
+    ])?;
+    let mut a = WgPeer::start(&c.netns("laptop"), Implementation::KwgWg)?;
+    register_peer(&c, "peer-a", &a.public_key(), LEASE)?;
+    register_peer(&c, "peer-b", &PrivateKey::generate().public_key(), LEASE)?;
+    let a_ip = wait_tunnel_ip(&c, "peer-a", Duration::from_secs(10))?;
+    wait_tunnel_ip(&c, "peer-b", Duration::from_secs(10))?;
+
+    // Another pod: the probes answer, the rest is refused with a sentence naming the way in.
+    let web = c.pod_netns("emojivoto", "web-app")?;
+    let base = format!("http://{gw_ip}:8080");
+    assert_eq!(
+        http_status(&c, &web, &format!("{base}/healthz"))?,
+        ("200".into(), "ok\n".into())
+    );
+    assert_eq!(http_status(&c, &web, &format!("{base}/readyz"))?.0, "200");
+    for path in ["/metrics", "/peers"] {
+        let (code, body) = http_status(&c, &web, &format!("{base}{path}"))?;
+        assert_eq!(code, "403", "{path} from a pod: {body}");
+        assert!(body.contains("only through the kwg tunnel"), "{body}");
+        assert!(
+            !body.contains("peer-a") && !body.contains("kwg_gateway"),
+            "{body}"
+        );
+    }
+    // Control: inside the gateway pod both answer.
+    let gw_ns = gateway_netns(&c)?;
+    let (code, metrics) = http_status(&c, &gw_ns, "http://127.0.0.1:8080/metrics")?;
+    assert_eq!(code, "200");
+    assert!(
+        metrics.lines().any(|l| l == "kwg_gateway_peers 2"),
+        "{metrics}"
+    );
+    let all = gateway_peers(&c)?;
+    assert!(all.iter().all(|p| p.hostname.is_some()), "{all:?}");
+
+    // Through the tunnel: a peer sees itself in full, the other without its hostname.
+    a.connect(&info, a_ip, &ROUTES)?;
+    let peers = wait_for("/peers through the tunnel", Duration::from_secs(10), || {
+        a.http_get("http://100.77.0.1:8080/peers", 2)
+    })?;
+    let peers: Vec<contract::GatewayPeer> = serde_json::from_str(&peers)?;
+    let me = peers
+        .iter()
+        .find(|p| p.name.as_str() == "peer-a")
+        .expect("peer-a");
+    let other = peers
+        .iter()
+        .find(|p| p.name.as_str() == "peer-b")
+        .expect("peer-b");
+    assert_eq!(me.hostname.as_deref(), Some("peer-a-host"));
+    assert!(
+        me.endpoint.is_some() && me.last_handshake.is_some(),
+        "{me:?}"
+    );
+    assert_eq!(
+        (other.hostname.as_ref(), other.endpoint),
+        (None, None),
+        "{other:?}"
+    );
+    assert!(other.tunnel_ip.is_some());
+    let metrics = a
+        .http_get("http://100.77.0.1:8080/metrics", 2)?
+        .expect("/metrics through the tunnel");
+    assert!(
+        metrics.contains("kwg_gateway_peers_connected 1"),
+        "{metrics}"
+    );
+    Ok(())
 }
