@@ -45,6 +45,9 @@ pub fn on_create(ctx: &Ctx, kind: &'static Kind, obj: &mut Value) -> Result<(), 
             default_pod_spec(&mut obj["spec"]);
             Ok(())
         }
+        ("admissionregistration.k8s.io", _) => {
+            invalid(kind, obj, crate::admission::config_errors(kind, obj))
+        }
         ("apps", "deployments") | ("apps", "replicasets") => {
             let spec = &mut obj["spec"];
             default(spec, "replicas", json!(1));
@@ -76,6 +79,9 @@ pub fn on_update(
         ("", "secrets") => secret(kind, obj),
         ("", "configmaps") => invalid(kind, obj, data_key_errors(obj, "data")),
         ("", "services") => service(ctx, kind, Some(old), obj),
+        ("admissionregistration.k8s.io", _) => {
+            invalid(kind, obj, crate::admission::config_errors(kind, obj))
+        }
         _ => Ok(()),
     }
 }

@@ -10,9 +10,9 @@ use crate::http::{Body, Req, authorize, json_response, stream_response};
 use crate::kinds::{Kind, find};
 use crate::ops;
 use crate::patch::PatchKind;
-use crate::rbac::{self, Attrs, User};
+use crate::rbac::{Attrs, User};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::status::{ApiError, FieldError};
+use crate::status::ApiError;
 use crate::watch::{self, WatchParams};
 use crate::{Shared, podlog, scale, table};
 
@@ -73,13 +73,13 @@ pub(crate) fn resource(
         return Ok(json_response(201, &review));
     }
     if kind.is("authorization.k8s.io", "selfsubjectrulesreviews") {
-        return self_subject_rules_review(shared, req, user, kind);
+        return crate::reviews::self_subject_rules_review(shared, req, user, kind);
     }
     if kind.is("authorization.k8s.io", "selfsubjectaccessreviews") {
-        return access_review(shared, req, Some(user), kind);
+        return crate::reviews::access_review(shared, req, Some(user), kind);
     }
     if kind.is("authorization.k8s.io", "subjectaccessreviews") {
-        return access_review(shared, req, None, kind);
+        return crate::reviews::access_review(shared, req, None, kind);
     }
     let scoped = || {
         if kind.namespaced && ns.is_empty() {
@@ -202,6 +202,9 @@ pub(crate) fn resource(
         }
         "delete" => {
             let obj = ops::delete(&mut shared.store(), kind, ns, name, req.opts(user))?;
+            if !req.opts(user).dry_run {
+                crate::events::mirror_delete(&mut shared.store(), kind, &obj);
+            }
             let mut details =
                 json!({"name": name, "kind": kind.plural, "uid": obj["metadata"]["uid"]});
             if !kind.group.is_empty() {
@@ -223,6 +226,11 @@ pub(crate) fn resource(
                 &fields,
                 req.opts(user),
             )?;
+            if !req.opts(user).dry_run {
+                for item in &items {
+                    crate::events::mirror_delete(&mut shared.store(), kind, item);
+                }
+            }
             let rv = shared.store().current_rv();
             Ok(json_response(200, &list_doc(kind, items, rv)))
         }
@@ -233,7 +241,11 @@ pub(crate) fn resource(
 /// What the cluster's controllers do after a write (the answer is the object as written, the
 /// controllers' changes follow as watch events).
 fn controllers(shared: &Shared, req: &Req, kind: &Kind, obj: &Value) {
-    if kind.is("", "secrets") && req.param("dryRun") != "All" {
+    if req.param("dryRun") == "All" {
+        return;
+    }
+    crate::events::mirror_write(&mut shared.store(), kind, obj);
+    if kind.is("", "secrets") {
         let meta = |f| crate::store::meta_str(obj, f).to_string();
         crate::tokens::reconcile(shared, &meta("namespace"), &meta("name"));
     }
@@ -332,120 +344,4 @@ fn watch(
         "application/json",
         watch::start(shared, params),
     ))
-}
-
-/// SelfSubjectAccessReview (`subject` = the caller) and SubjectAccessReview (the subject is
-/// `spec.user`/`spec.groups`, exactly as given: no implicit `system:authenticated`).
-fn access_review(
-    shared: &Shared,
-    req: &Req,
-    subject: Option<&User>,
-    kind: &Kind,
-) -> Result<Response<Body>, ApiError> {
-    let mut review = req.json_body()?;
-    let spec = &review["spec"];
-    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-    let resource = spec.get("resourceAttributes").filter(|r| r.is_object());
-    let non_resource = spec.get("nonResourceAttributes").filter(|r| r.is_object());
-    let mut errs = Vec::new();
-    if resource.is_some() && non_resource.is_some() {
-        errs.push(FieldError::invalid(
-            "spec.nonResourceAttributes",
-            "&authorization.NonResourceAttributes{...}".into(),
-            "cannot be specified in combination with resourceAttributes",
-        ));
-    }
-    let subject = match subject {
-        Some(u) => u.clone(),
-        None => {
-            let groups: Vec<String> = spec["groups"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|g| g.as_str().map(str::to_string))
-                .collect();
-            if s(&spec["user"]).is_empty() && groups.is_empty() {
-                errs.push(FieldError::invalid(
-                    "spec.user",
-                    "\"\"".into(),
-                    "at least one of user or group must be specified",
-                ));
-            }
-            User {
-                name: s(&spec["user"]),
-                groups,
-            }
-        }
-    };
-    let attrs = match (resource, non_resource) {
-        (Some(r), _) => Attrs::Resource {
-            verb: s(&r["verb"]),
-            group: s(&r["group"]),
-            resource: s(&r["resource"]),
-            subresource: s(&r["subresource"]),
-            namespace: s(&r["namespace"]),
-            name: s(&r["name"]),
-        },
-        (None, Some(n)) => Attrs::NonResource {
-            verb: s(&n["verb"]),
-            path: s(&n["path"]),
-        },
-        (None, None) => {
-            errs.push(FieldError::invalid(
-                "spec.resourceAttributes",
-                "nil".into(),
-                "exactly one of nonResourceAttributes or resourceAttributes must be specified",
-            ));
-            Attrs::NonResource {
-                verb: String::new(),
-                path: String::new(),
-            }
-        }
-    };
-    if !errs.is_empty() {
-        return Err(ApiError::invalid(kind, "", errs));
-    }
-    let allowed = rbac::allowed(&shared.store(), &subject, &attrs);
-    review["apiVersion"] = json!(kind.api_version());
-    review["kind"] = json!(kind.kind);
-    if !review["metadata"].is_object() {
-        review["metadata"] = json!({});
-    }
-    review["metadata"]["creationTimestamp"] = Value::Null;
-    review["status"] = json!({"allowed": allowed});
-    Ok(json_response(201, &review))
-}
-
-/// `kubectl auth can-i --list`: the rules granted to the caller in a namespace.
-fn self_subject_rules_review(
-    shared: &Shared,
-    req: &Req,
-    user: &User,
-    kind: &Kind,
-) -> Result<Response<Body>, ApiError> {
-    let body = req.json_body()?;
-    let namespace = body["spec"]["namespace"].as_str().unwrap_or("").to_string();
-    let store = shared.store();
-    let (mut resource_rules, mut non_resource_rules) = (Vec::new(), Vec::new());
-    for rule in rbac::user_rules(&store, user, &namespace) {
-        let pick = |fields: &[&str]| -> Value {
-            fields
-                .iter()
-                .filter_map(|f| rule.get(*f).map(|v| (f.to_string(), v.clone())))
-                .collect()
-        };
-        if rule.get("nonResourceURLs").is_some() {
-            non_resource_rules.push(pick(&["verbs", "nonResourceURLs"]));
-        } else {
-            resource_rules.push(pick(&["verbs", "apiGroups", "resources", "resourceNames"]));
-        }
-    }
-    let review = json!({
-        "apiVersion": kind.api_version(),
-        "kind": kind.kind,
-        "metadata": {"creationTimestamp": null},
-        "spec": {"namespace": namespace},
-        "status": {"resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": false},
-    });
-    Ok(json_response(201, &review))
 }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::cel::{self, Activation};
 use crate::kinds::{Kind, find};
 use crate::rbac::User;
-use crate::status::ApiError;
+use crate::status::{ApiError, FieldError, go_str};
 use crate::store::{Store, meta_str};
 
 /// What admission is asked about.
@@ -301,6 +301,60 @@ fn evaluate(
         }
     }
     None
+}
+
+/// The real server's 422 checks of a policy or binding: required fields, and CEL that
+/// compiles (the compiler's own wording follows `compilation failed: `).
+pub fn config_errors(kind: &Kind, obj: &Value) -> Vec<FieldError> {
+    let spec = &obj["spec"];
+    let mut errs = Vec::new();
+    if kind.plural == "validatingadmissionpolicybindings" {
+        if spec["policyName"].as_str().is_none_or(str::is_empty) {
+            errs.push(FieldError::required("spec.policyName", ""));
+        }
+        if spec["validationActions"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+        {
+            errs.push(FieldError::required(
+                "spec.validationActions",
+                "at least one validation action is required",
+            ));
+        }
+        return errs;
+    }
+    if !spec["matchConstraints"].is_object() {
+        errs.push(FieldError::required("spec.matchConstraints", ""));
+    }
+    let count = |f: &str| spec[f].as_array().map_or(0, Vec::len);
+    if count("validations") == 0 && count("auditAnnotations") == 0 {
+        errs.push(FieldError::required(
+            "spec.validations",
+            "validations or auditAnnotations must contain at least one item",
+        ));
+    }
+    for (list, field) in [
+        ("matchConditions", "expression"),
+        ("variables", "expression"),
+        ("validations", "expression"),
+        ("validations", "messageExpression"),
+    ] {
+        for (i, item) in spec[list].as_array().into_iter().flatten().enumerate() {
+            let path = format!("spec.{list}[{i}].{field}");
+            match item[field].as_str() {
+                None if field == "expression" => {
+                    errs.push(FieldError::required(path, "expression is not specified"));
+                }
+                None => {}
+                Some(src) => {
+                    if let Err(e) = cel::compile(src) {
+                        errs.push(FieldError::invalid(path, go_str(src), e.0));
+                    }
+                }
+            }
+        }
+    }
+    errs
 }
 
 #[cfg(test)]

@@ -183,3 +183,39 @@ fn token_secrets_and_big_secrets_are_refused_and_the_gateway_is_exempt() {
     );
     assert!(e.unwrap_err().contains("printable ASCII"));
 }
+
+#[test]
+fn policies_with_missing_fields_or_bad_cel_are_invalid() {
+    let vap = find(GROUP, "v1", "validatingadmissionpolicies").unwrap();
+    let bad = json!({"spec": {"validations": [{"expression": "object.("}, {"message": "m"}]}});
+    let errs: Vec<String> = config_errors(vap, &bad)
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(errs[0], "spec.matchConstraints: Required value");
+    assert!(
+        errs[1].starts_with(
+            "spec.validations[0].expression: Invalid value: \"object.(\": compilation failed: "
+        ),
+        "{}",
+        errs[1]
+    );
+    assert_eq!(
+        errs[2],
+        "spec.validations[1].expression: Required value: expression is not specified"
+    );
+    let store = store_with_policy();
+    for policy in store.list(vap, None) {
+        assert_eq!(
+            config_errors(vap, policy),
+            vec![],
+            "the shipped policy compiles"
+        );
+    }
+    let binding = find(GROUP, "v1", "validatingadmissionpolicybindings").unwrap();
+    let errs = config_errors(binding, &json!({"spec": {"policyName": "p"}}));
+    assert_eq!(
+        errs[0].to_string(),
+        "spec.validationActions: Required value: at least one validation action is required"
+    );
+}
