@@ -42,10 +42,14 @@ fn resolved_sends_cluster_names_to_the_tunnel_link_and_forgets_them_on_revert_an
     let server: SocketAddr = "127.77.0.53:53".parse().unwrap();
     let responder = Responder::start(&ns, server);
     let domains = resolved::link_domains("cluster.local", "emojivoto", ["default"], &[]).unwrap();
+    let mut domains = domains.domains;
+    domains.extend(resolved::reverse_domains(&["10.96.0.0/12"
+        .parse()
+        .unwrap()]));
     let cfg = LinkConfig {
         ifindex,
         server,
-        domains: domains.domains,
+        domains,
     };
 
     let rt = runtime();
@@ -81,6 +85,13 @@ fn resolved_sends_cluster_names_to_the_tunnel_link_and_forgets_them_on_revert_an
             responder.names()
         );
     }
+    // A reverse lookup of a Service address goes to kwg too (~96.10.in-addr.arpa).
+    let _ = getent(&r, "10.96.7.7");
+    assert!(
+        responder.saw("7.7.96.10.in-addr.arpa"),
+        "{:?}",
+        responder.names()
+    );
     assert_lan_resolves(&r);
     assert!(!responder.saw("intranet.corp.example"));
 
@@ -117,6 +128,7 @@ fn assert_nothing_of_kwg(r: &ResolvedNs, responder: &Responder) {
     assert!(!all.contains("127.77.0.53"), "{all}");
     assert!(!all.contains("cluster.local"), "{all}");
     assert!(!all.contains("emojivoto"), "{all}");
+    assert!(!all.contains("in-addr.arpa"), "{all}");
     let before = responder.names().len();
     assert!(getent(r, "z.cluster.local").is_none());
     assert_eq!(responder.names().len(), before, "{:?}", responder.names());

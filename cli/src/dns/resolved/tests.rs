@@ -1,4 +1,5 @@
 use super::*;
+use ipnet::IpNet;
 
 fn names(d: &LinkDomains) -> Vec<String> {
     d.domains.iter().map(ToString::to_string).collect()
@@ -175,4 +176,35 @@ fn interface_index_zero_is_rejected() {
     assert!(link_index(0).is_err());
     assert!(link_index(u32::MAX).is_err());
     assert_eq!(link_index(3).unwrap(), 3);
+}
+
+#[test]
+fn reverse_zones_of_the_cluster_cidrs_round_to_octet_and_nibble_boundaries() {
+    let nets: Vec<IpNet> = [
+        "10.96.0.0/12",
+        "10.244.0.0/16",
+        "10.244.1.0/24",
+        "fd00:10:96::/62",
+        "0.0.0.0/0",
+    ]
+    .iter()
+    .map(|n| n.parse().unwrap())
+    .collect();
+    let got: Vec<String> = reverse_domains(&nets)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut want: Vec<String> = (96..=111)
+        .map(|o| format!("~{o}.10.in-addr.arpa"))
+        .collect();
+    want.push("~1.244.10.in-addr.arpa".into());
+    want.push("~244.10.in-addr.arpa".into());
+    // fd00:0010:0096:0000::/62 -> the 16th nibble is 0..=3.
+    for n in 0..4 {
+        want.push(format!("~{n}.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa"));
+    }
+    want.sort();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    assert_eq!(got_sorted, want);
 }

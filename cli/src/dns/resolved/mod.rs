@@ -8,11 +8,16 @@
 //! - the DNS server: the forwarder (`SetLinkDNS`, or `SetLinkDNSEx` when it is not on port 53);
 //! - routing-only domains `~<cluster domain>` and `~<namespace>` for each visible namespace (so
 //!   `web-app.emojivoto` goes to kwg), and the connected namespace's `<ns>.svc.<cluster domain>`
-//!   as a search domain (so single-label `web-app` works);
+//!   as a search domain (so single-label `web-app` works); `~<zone>.in-addr.arpa` for the
+//!   cluster's CIDRs (PTR lookups) when the caller adds [`reverse_domains`];
 //! - not the default route, and DNSSEC, DNS-over-TLS, LLMNR and mDNS off on the link (cluster
 //!   DNS signs nothing and speaks plain DNS).
 //!
 //! `RevertLink` undoes it all; when the link goes away (a crashed daemon's TUN), resolved forgets it.
+
+mod domains;
+
+pub use domains::{LinkDomain, LinkDomains, link_domains, reverse_domains};
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -29,10 +34,6 @@ const OBJECT: &str = "/org/freedesktop/resolve1";
 const MANAGER: &str = "org.freedesktop.resolve1.Manager";
 /// A D-Bus call to resolved answers in milliseconds; past this it is hung.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Labels that must never become routing domains: routing them would send a whole TLD, mDNS
-/// (`local`, RFC 6762) or reverse lookups (`arpa`) to the cluster.
-const RESERVED_LABELS: &[&str] = &["local", "arpa", "localhost", "invalid", "test", "onion"];
-
 /// Why kwg cannot use systemd-resolved; each names the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolvedError {
@@ -92,7 +93,7 @@ impl ResolvConf {
         if link_target.is_some_and(|t| t.ends_with("stub-resolv.conf")) {
             return ResolvConf::Stub;
         }
-        let first = super::resolvconf::nameservers(text).into_iter().next();
+        let first = crate::dns::resolvconf::nameservers(text).into_iter().next();
         if first == Some(IpAddr::V4(STUB)) {
             ResolvConf::Stub
         } else {
@@ -148,110 +149,6 @@ pub async fn detect_with(
             }
         }
     }
-}
-
-/// One domain of a link: `routing_only` is resolved's `~domain` (routes, never searched).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LinkDomain {
-    pub name: String,
-    pub routing_only: bool,
-}
-
-impl std::fmt::Display for LinkDomain {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let tilde = if self.routing_only { "~" } else { "" };
-        write!(f, "{tilde}{}", self.name)
-    }
-}
-
-/// The link's domains and the namespaces left out (with why), for a log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkDomains {
-    pub domains: Vec<LinkDomain>,
-    pub skipped: Vec<(String, &'static str)>,
-}
-
-/// The domains of kwg's link: `~<cluster_domain>`, the search domain
-/// `<namespace>.svc.<cluster_domain>`, and `~<ns>` for the connected namespace and each of
-/// `namespaces` (the mapped ones, or all visible ones). A namespace (untrusted: from the
-/// cluster) that is not a DNS label, is a reserved name, or ends like an exclude suffix (`com`
-/// would route every `.com` name to the cluster) is skipped.
-pub fn link_domains<'a>(
-    cluster_domain: &str,
-    namespace: &str,
-    namespaces: impl IntoIterator<Item = &'a str>,
-    exclude_suffixes: &[String],
-) -> Result<LinkDomains, ResolvedError> {
-    let domain = cluster_domain.trim_matches('.').to_ascii_lowercase();
-    if domain.is_empty() || !domain.split('.').all(is_dns_label) {
-        return Err(ResolvedError::Invalid(format!(
-            "cluster domain {cluster_domain:?} is not a DNS name: pass --cluster-domain (e.g. cluster.local)"
-        )));
-    }
-    let namespace = namespace.to_ascii_lowercase();
-    if !is_dns_label(&namespace) {
-        return Err(ResolvedError::Invalid(format!(
-            "namespace {namespace:?} is not a DNS label: pass -n with a Kubernetes namespace"
-        )));
-    }
-    let mut domains = vec![
-        LinkDomain {
-            name: domain.clone(),
-            routing_only: true,
-        },
-        LinkDomain {
-            name: format!("{namespace}.svc.{domain}"),
-            routing_only: false,
-        },
-    ];
-    let mut skipped = Vec::new();
-    let mut names: Vec<String> = namespaces
-        .into_iter()
-        .map(str::to_ascii_lowercase)
-        .chain([namespace])
-        .collect();
-    names.sort();
-    names.dedup();
-    for ns in names {
-        match namespace_unroutable(&ns, &domain, exclude_suffixes) {
-            Some(why) => skipped.push((ns, why)),
-            None => domains.push(LinkDomain {
-                name: ns,
-                routing_only: true,
-            }),
-        }
-    }
-    Ok(LinkDomains { domains, skipped })
-}
-
-/// Why `ns` cannot be a routing domain, if it cannot.
-fn namespace_unroutable(ns: &str, domain: &str, exclude: &[String]) -> Option<&'static str> {
-    if !is_dns_label(ns) {
-        return Some("not a DNS label");
-    }
-    if RESERVED_LABELS.contains(&ns) || domain.split('.').next_back() == Some(ns) {
-        return Some("a reserved or top-level name");
-    }
-    let excluded = |suffix: &str| suffix.trim_matches('.').eq_ignore_ascii_case(ns);
-    let defaults = super::split::DEFAULT_EXCLUDE_SUFFIXES.iter().copied();
-    if exclude
-        .iter()
-        .map(String::as_str)
-        .chain(defaults)
-        .any(excluded)
-    {
-        return Some("an excluded suffix");
-    }
-    None
-}
-
-/// A DNS label as Kubernetes names namespaces (RFC 1123): a-z, 0-9, '-', 1-63 characters.
-fn is_dns_label(s: &str) -> bool {
-    (1..=63).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// The body of the call that sets the link's server: `SetLinkDNS` takes `a(iay)` (port 53),
@@ -473,5 +370,4 @@ pub fn classify_call_error(
 }
 
 #[cfg(test)]
-#[path = "resolved_tests.rs"]
 mod tests;

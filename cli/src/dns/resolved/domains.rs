@@ -1,0 +1,162 @@
+//! The domains of kwg's link (pure): which names systemd-resolved routes to kwg, and which
+//! name it completes single labels with.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::ResolvedError;
+
+/// Labels that must never become routing domains: routing them would send a whole TLD, mDNS
+/// (`local`, RFC 6762) or reverse lookups (`arpa`) to the cluster.
+const RESERVED_LABELS: &[&str] = &["local", "arpa", "localhost", "invalid", "test", "onion"];
+
+/// One domain of a link: `routing_only` is resolved's `~domain` (routes, never searched).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LinkDomain {
+    pub name: String,
+    pub routing_only: bool,
+}
+
+impl std::fmt::Display for LinkDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tilde = if self.routing_only { "~" } else { "" };
+        write!(f, "{tilde}{}", self.name)
+    }
+}
+
+/// The link's domains and the namespaces left out (with why), for a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkDomains {
+    pub domains: Vec<LinkDomain>,
+    pub skipped: Vec<(String, &'static str)>,
+}
+
+/// The domains of kwg's link: `~<cluster_domain>`, the search domain
+/// `<namespace>.svc.<cluster_domain>`, and `~<ns>` for the connected namespace and each of
+/// `namespaces` (the mapped ones, or all visible ones). A namespace (untrusted: from the
+/// cluster) that is not a DNS label, is a reserved name, or ends like an exclude suffix (`com`
+/// would route every `.com` name to the cluster) is skipped.
+pub fn link_domains<'a>(
+    cluster_domain: &str,
+    namespace: &str,
+    namespaces: impl IntoIterator<Item = &'a str>,
+    exclude_suffixes: &[String],
+) -> Result<LinkDomains, ResolvedError> {
+    let domain = cluster_domain.trim_matches('.').to_ascii_lowercase();
+    if domain.is_empty() || !domain.split('.').all(is_dns_label) {
+        return Err(ResolvedError::Invalid(format!(
+            "cluster domain {cluster_domain:?} is not a DNS name: pass --cluster-domain (e.g. cluster.local)"
+        )));
+    }
+    let namespace = namespace.to_ascii_lowercase();
+    if !is_dns_label(&namespace) {
+        return Err(ResolvedError::Invalid(format!(
+            "namespace {namespace:?} is not a DNS label: pass -n with a Kubernetes namespace"
+        )));
+    }
+    let mut domains = vec![
+        LinkDomain {
+            name: domain.clone(),
+            routing_only: true,
+        },
+        LinkDomain {
+            name: format!("{namespace}.svc.{domain}"),
+            routing_only: false,
+        },
+    ];
+    let mut skipped = Vec::new();
+    let mut names: Vec<String> = namespaces
+        .into_iter()
+        .map(str::to_ascii_lowercase)
+        .chain([namespace])
+        .collect();
+    names.sort();
+    names.dedup();
+    for ns in names {
+        match namespace_unroutable(&ns, &domain, exclude_suffixes) {
+            Some(why) => skipped.push((ns, why)),
+            None => domains.push(LinkDomain {
+                name: ns,
+                routing_only: true,
+            }),
+        }
+    }
+    Ok(LinkDomains { domains, skipped })
+}
+
+/// Routing domains for reverse lookups (PTR) of the cluster's CIDRs, which kwg's forwarder
+/// answers: `~96.10.in-addr.arpa`. A prefix between octet (IPv4) or nibble (IPv6) boundaries
+/// is covered by the zones of the next boundary: 10.96.0.0/12 gives `~96.10.in-addr.arpa` to
+/// `~111.10.in-addr.arpa`. A /0 is skipped (it would route every reverse lookup to kwg).
+pub fn reverse_domains(cidrs: &[IpNet]) -> Vec<LinkDomain> {
+    let mut out = Vec::new();
+    for net in cidrs.iter().map(IpNet::trunc) {
+        let (step, suffix) = match net {
+            IpNet::V4(_) => (8, "in-addr.arpa"),
+            IpNet::V6(_) => (4, "ip6.arpa"),
+        };
+        let bits = net.prefix_len().div_ceil(step) * step;
+        if bits == 0 {
+            continue;
+        }
+        for zone in net.subnets(bits).into_iter().flatten() {
+            let labels: Vec<String> = match zone.addr() {
+                IpAddr::V4(a) => a.octets()[..usize::from(bits / 8)]
+                    .iter()
+                    .rev()
+                    .map(u8::to_string)
+                    .collect(),
+                IpAddr::V6(a) => {
+                    let nibbles = a
+                        .octets()
+                        .iter()
+                        .flat_map(|b| [b >> 4, b & 0xf])
+                        .collect::<Vec<_>>();
+                    nibbles[..usize::from(bits / 4)]
+                        .iter()
+                        .rev()
+                        .map(|n| format!("{n:x}"))
+                        .collect()
+                }
+            };
+            out.push(LinkDomain {
+                name: format!("{}.{suffix}", labels.join(".")),
+                routing_only: true,
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Why `ns` cannot be a routing domain, if it cannot.
+fn namespace_unroutable(ns: &str, domain: &str, exclude: &[String]) -> Option<&'static str> {
+    if !is_dns_label(ns) {
+        return Some("not a DNS label");
+    }
+    if RESERVED_LABELS.contains(&ns) || domain.split('.').next_back() == Some(ns) {
+        return Some("a reserved or top-level name");
+    }
+    let excluded = |suffix: &str| suffix.trim_matches('.').eq_ignore_ascii_case(ns);
+    let defaults = crate::dns::split::DEFAULT_EXCLUDE_SUFFIXES.iter().copied();
+    if exclude
+        .iter()
+        .map(String::as_str)
+        .chain(defaults)
+        .any(excluded)
+    {
+        return Some("an excluded suffix");
+    }
+    None
+}
+
+/// A DNS label as Kubernetes names namespaces (RFC 1123): a-z, 0-9, '-', 1-63 characters.
+fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
