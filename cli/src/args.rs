@@ -45,9 +45,9 @@ pub enum Format {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum DnsMode {
-    /// resolv-conf (systemd-resolved per-link DNS is not implemented yet).
+    /// resolved when systemd-resolved manages the machine's DNS, else resolv-conf.
     Auto,
-    /// systemd-resolved per-link DNS over D-Bus (not implemented yet: fails).
+    /// systemd-resolved per-link DNS of the tunnel interface over D-Bus, reverted on leave.
     Resolved,
     /// Rewrite /etc/resolv.conf in place, restoring the original byte for byte on leave.
     ResolvConf,

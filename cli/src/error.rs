@@ -127,6 +127,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "--dns-mode resolved: systemd-resolved does not manage this machine's DNS ({reason}): pass --dns-mode auto or resolv-conf"
+    )]
+    ResolvedUnavailable { reason: String },
+    #[error("{0}")]
+    Resolved(#[from] crate::dns::resolved::ResolvedError),
     #[error("invalid {what}: {reason}")]
     Invalid { what: String, reason: String },
     #[error("cannot {what}: {source}")]

@@ -72,12 +72,14 @@ impl StateDir {
 #[serde(rename_all = "kebab-case")]
 pub enum DnsModeUsed {
     ResolvConf,
+    Resolved,
 }
 
 impl DnsModeUsed {
     pub fn as_str(self) -> &'static str {
         match self {
             DnsModeUsed::ResolvConf => "resolv-conf",
+            DnsModeUsed::Resolved => "resolved",
         }
     }
 }
@@ -109,6 +111,10 @@ pub enum Undo {
     DeleteInterface { name: String, ifindex: Option<u32> },
     /// Stop the DNS forwarder (in the daemon only: it dies with it).
     StopForwarder,
+    /// Drop kwg's per-link DNS in systemd-resolved (it forgets a link that is gone by
+    /// itself).
+    #[serde(rename_all = "camelCase")]
+    RevertLink { name: String, ifindex: u32 },
     /// Put the original resolv.conf back from its backup, if the file is still kwg's.
     #[serde(rename_all = "camelCase")]
     RestoreResolvConf { path: PathBuf, backup: PathBuf },

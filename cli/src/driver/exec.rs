@@ -12,18 +12,24 @@ use kwg_wg::keys::{self, PrivateKey};
 use kwg_wg::netlink::Netlink;
 use kwg_wg::uapi::SetRequest;
 
-use crate::args::JoinArgs;
+use crate::args::{DnsMode, JoinArgs};
 use crate::cluster::Kube;
+use crate::dns::resolved::{self, Detection};
 use crate::dns::{forwarder, resolvconf};
 use crate::error::Error;
 use crate::session::{Event, Facts, LeaseFailure, plan};
 use crate::state::{State, StateDir, Undo};
 
+/// What inspecting found: the facts for the core, and the clients the driver keeps.
+pub struct Inspected {
+    pub facts: Box<Facts>,
+    pub kube: Kube,
+    pub key: PrivateKey,
+    pub resolved: Option<resolved::Resolved>,
+}
+
 /// Connects to the cluster and reads what the plan needs, from it and from the machine.
-pub async fn inspect(
-    args: &JoinArgs,
-    dir: &StateDir,
-) -> Result<(Box<Facts>, Kube, PrivateKey), Error> {
+pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error> {
     let kube = Kube::connect(
         args.kube.kubeconfig.as_deref(),
         args.kube.context.as_deref(),
@@ -45,7 +51,8 @@ pub async fn inspect(
     let nl = Netlink::open()?;
     let endpoint = resolve_endpoint(&info).await?;
     let key = load_or_create_key(dir)?;
-    let resolv_conf = match (plan::uses_resolv_conf(args.dns_mode), info.dns_ip) {
+    let (resolved_state, resolved) = detect_resolved(args).await?;
+    let resolv_conf = match (plan::sets_up_dns(args.dns_mode), info.dns_ip) {
         (true, Some(_)) => Some(
             crate::state::read_no_follow(&args.resolv_conf)
                 .map_err(|e| Error::io(format!("read {}", args.resolv_conf.display()), e))?,
@@ -66,8 +73,33 @@ pub async fn inspect(
         endpoint,
         info,
         resolv_conf,
+        resolved: resolved_state,
     };
-    Ok((Box::new(facts), kube, key))
+    Ok(Inspected {
+        facts: Box::new(facts),
+        kube,
+        key,
+        resolved,
+    })
+}
+
+/// Whether systemd-resolved manages DNS here (in modes auto and resolved).
+async fn detect_resolved(
+    args: &JoinArgs,
+) -> Result<(plan::Resolved, Option<resolved::Resolved>), Error> {
+    if !matches!(args.dns_mode, DnsMode::Auto | DnsMode::Resolved) {
+        return Ok((plan::Resolved::NotChecked, None));
+    }
+    match resolved::detect_with(&args.resolv_conf, None).await {
+        Ok(Detection::Managed(client)) => Ok((plan::Resolved::Managed, Some(client))),
+        Ok(Detection::NotManaged { reason }) => Ok((plan::Resolved::NotManaged(reason), None)),
+        // The stub without a running resolved: resolv.conf would not work either.
+        Err(e) if args.dns_mode == DnsMode::Resolved => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "systemd-resolved is not usable; using resolv.conf");
+            Ok((plan::Resolved::NotManaged(e.to_string()), None))
+        }
+    }
 }
 
 /// Registers the peer with a lease of `ttl` from now.
@@ -245,6 +277,18 @@ pub async fn undo_step(u: &Undo, kube: Option<&Kube>) -> Result<Option<String>, 
                 .then(|| format!("routes and interface {name}")))
         }
         Undo::StopForwarder => Ok(None),
+        Undo::RevertLink { name, ifindex } => {
+            // A link that is gone took its DNS settings with it.
+            let nl = Netlink::open()?;
+            if nl.link_index(name).await.ok() != Some(*ifindex) {
+                return Ok(None);
+            }
+            resolved::Resolved::connect()
+                .await?
+                .revert(*ifindex)
+                .await?;
+            Ok(Some(format!("DNS settings of {name} in systemd-resolved")))
+        }
         Undo::RestoreResolvConf { path, backup } => restore_resolv_conf(path, backup),
     }
 }

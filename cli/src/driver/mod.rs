@@ -42,7 +42,7 @@ type Long = Pin<Box<dyn Future<Output = Done> + Send>>;
 /// A finished long action.
 enum Done {
     Event(Event),
-    Inspected(Result<(Box<crate::session::Facts>, Kube, PrivateKey), Error>),
+    Inspected(Result<exec::Inspected, Error>),
 }
 
 struct Driver {
@@ -52,6 +52,7 @@ struct Driver {
     key: Option<PrivateKey>,
     device: Option<Device>,
     forwarder: Option<Forwarder>,
+    resolved: Option<crate::dns::resolved::Resolved>,
     watch: Option<tokio::task::JoinHandle<()>>,
     info_tx: mpsc::Sender<GatewayInfo>,
 }
@@ -111,6 +112,7 @@ pub async fn run(
         key: None,
         device: None,
         forwarder: None,
+        resolved: None,
         watch: None,
         info_tx,
     };
@@ -267,6 +269,15 @@ impl Driver {
                 exec::write_resolv_conf(&path, &backup, &original, &contents),
                 Event::ResolvConfWritten,
             ),
+            Action::ConfigureResolved(link) => {
+                let r = match &self.resolved {
+                    Some(c) => c.configure(&link).await.map_err(Error::from),
+                    None => Err(Error::ResolvedUnavailable {
+                        reason: "not connected to it".into(),
+                    }),
+                };
+                event(r, Event::ResolvedConfigured)
+            }
             Action::AwaitHandshake { gateway, poke } => {
                 long(exec::await_handshake(self.handle(), gateway, poke))
             }
@@ -353,10 +364,11 @@ impl Driver {
     fn finished(&mut self, done: Done) -> Event {
         match done {
             Done::Event(e) => e,
-            Done::Inspected(Ok((facts, kube, key))) => {
-                self.kube = Some(kube);
-                self.key = Some(key);
-                Event::Inspected(facts)
+            Done::Inspected(Ok(i)) => {
+                self.kube = Some(i.kube);
+                self.key = Some(i.key);
+                self.resolved = i.resolved;
+                Event::Inspected(i.facts)
             }
             Done::Inspected(Err(e)) => Event::Failed(e),
         }
@@ -368,6 +380,14 @@ impl Driver {
             Undo::StopForwarder => {
                 if let Some(f) = self.forwarder.take() {
                     f.stop();
+                }
+            }
+            Undo::RevertLink { ifindex, .. } => {
+                if let Some(c) = &self.resolved {
+                    return match c.revert(*ifindex).await {
+                        Ok(()) => Event::Undone(Some("DNS settings in systemd-resolved".into())),
+                        Err(e) => Event::UndoFailed(e.into()),
+                    };
                 }
             }
             Undo::DeleteInterface { .. } => {

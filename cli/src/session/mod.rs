@@ -15,10 +15,11 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::args::{DnsMode, JoinArgs};
+use crate::args::JoinArgs;
+use crate::dns::resolved::LinkConfig;
 use crate::error::Error;
 use crate::state::{DnsModeUsed, DnsState, State, Undo};
-pub use plan::{Facts, Plan};
+pub use plan::{DnsPlan, DnsTarget, Facts, Plan};
 pub use types::{Action, Event, Lease, LeaseFailure, Phase};
 
 /// While there is no handshake: when to move to a new UDP source port and restart the
@@ -44,6 +45,8 @@ pub struct Session {
     plan: Option<Plan>,
     state: Option<State>,
     next_rebind: Option<Instant>,
+    /// The tunnel interface's index, once created.
+    ifindex: Option<u32>,
     lease: Lease,
     /// Why the session ends badly (the first error); `None` after a clean `leave`.
     error: Option<Error>,
@@ -74,6 +77,7 @@ impl Session {
             plan: None,
             state: None,
             next_rebind: None,
+            ifindex: None,
             lease: Lease::default(),
             error: None,
             undo_error: None,
@@ -223,6 +227,7 @@ impl Session {
                 self.step(Phase::CreatingDevice, Action::CreateDevice { name });
             }
             (Phase::CreatingDevice, Event::DeviceCreated { ifindex }) => {
+                self.ifindex = Some(ifindex);
                 self.journal(|s| {
                     for u in &mut s.undo {
                         if let Undo::DeleteInterface { ifindex: i, .. } = u {
@@ -244,6 +249,7 @@ impl Session {
             (Phase::ConfiguringNetwork, Event::NetworkConfigured) => self.network_configured(now),
             (Phase::StartingDns, Event::ForwarderStarted(addr)) => self.forwarder_started(addr),
             (Phase::WritingResolvConf, Event::ResolvConfWritten) => self.verify(now),
+            (Phase::ConfiguringResolved, Event::ResolvedConfigured) => self.verify(now),
             (Phase::AwaitingHandshake, Event::Handshake) => self.handshake_done(now),
             (Phase::ProbingDns, Event::DnsAnswered) => self.serve(now),
             (phase, event) => tracing::debug!(?phase, ?event, "event ignored in this phase"),
@@ -258,12 +264,6 @@ impl Session {
     }
 
     fn inspected(&mut self, facts: Facts, lease: chrono::DateTime<chrono::Utc>) {
-        if self.args.dns_mode == DnsMode::Resolved {
-            return self.fail(Error::invalid(
-                "--dns-mode resolved",
-                "systemd-resolved support is not implemented yet: use --dns-mode resolv-conf",
-            ));
-        }
         let plan = match plan::plan(&self.args, &facts, self.resolv_backup.clone(), lease) {
             Ok(p) => p,
             Err(e) => return self.fail(e),
@@ -349,8 +349,12 @@ impl Session {
             .and_then(|p| p.dns.clone())
             .expect("dns planned");
         let args = &self.args;
+        let mode = match dns.target {
+            DnsTarget::ResolvConf { .. } => DnsModeUsed::ResolvConf,
+            DnsTarget::Resolved { .. } => DnsModeUsed::Resolved,
+        };
         let state = DnsState {
-            mode: DnsModeUsed::ResolvConf,
+            mode,
             forwarder: addr,
             cluster_dns: Some(dns.forwarder.cluster),
             upstreams: dns.forwarder.upstreams.clone(),
@@ -360,20 +364,37 @@ impl Session {
             search: dns.search.clone(),
         };
         self.journal(|s| s.dns = Some(state));
-        self.record(Undo::RestoreResolvConf {
-            path: dns.resolv_conf.clone(),
-            backup: dns.backup.clone(),
-        });
-        let contents = dns.rendered(addr);
-        self.step(
-            Phase::WritingResolvConf,
-            Action::WriteResolvConf {
-                path: dns.resolv_conf,
-                backup: dns.backup,
-                original: dns.original,
-                contents,
-            },
-        );
+        match dns.target {
+            DnsTarget::ResolvConf {
+                path,
+                backup,
+                original,
+            } => {
+                self.record(Undo::RestoreResolvConf {
+                    path: path.clone(),
+                    backup: backup.clone(),
+                });
+                let contents = DnsPlan::rendered(&original, addr, &dns.search);
+                let action = Action::WriteResolvConf {
+                    path,
+                    backup,
+                    original,
+                    contents,
+                };
+                self.step(Phase::WritingResolvConf, action);
+            }
+            DnsTarget::Resolved { domains } => {
+                let ifindex = self.ifindex.expect("device created");
+                let name = self.args.interface.clone();
+                self.record(Undo::RevertLink { name, ifindex });
+                let link = LinkConfig {
+                    ifindex,
+                    server: addr,
+                    domains,
+                };
+                self.step(Phase::ConfiguringResolved, Action::ConfigureResolved(link));
+            }
+        }
     }
 
     fn verify(&mut self, now: Instant) {
@@ -393,7 +414,7 @@ impl Session {
     fn handshake_done(&mut self, now: Instant) {
         self.next_rebind = None;
         let plan = self.plan.as_ref().expect("planned");
-        match plan.cluster_dns {
+        match plan.probe_dns {
             Some(server) => {
                 let name = plan.probe_name.clone();
                 self.long(Phase::ProbingDns, Action::ProbeDns { server, name });

@@ -14,6 +14,7 @@ use kwg_wg::netlink::RouteEntry;
 use crate::args::{DnsMode, JoinArgs};
 use crate::dns::forwarder::ForwarderConfig;
 use crate::dns::resolvconf;
+use crate::dns::resolved::{self, LinkDomain, STUB};
 use crate::dns::split::{DEFAULT_EXCLUDE_SUFFIXES, SplitDns};
 use crate::error::Error;
 use crate::routes::{self, PlannedRoute, RouteInputs};
@@ -42,8 +43,32 @@ pub struct Facts {
     pub interface_exists: bool,
     pub public_key: PublicKey,
     pub hostname: String,
-    /// The resolver file's original content, when DNS is to be set up through it.
+    /// The resolver file's content (its upstream servers), unless DNS is off.
     pub resolv_conf: Option<Vec<u8>>,
+    /// Whether systemd-resolved manages the machine's DNS (checked in modes auto and resolved).
+    pub resolved: Resolved,
+}
+
+/// What the driver found out about systemd-resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    NotChecked,
+    Managed,
+    /// Not usable here, and why.
+    NotManaged(String),
+}
+
+/// How the machine's resolver is pointed at kwg's forwarder.
+#[derive(Debug, Clone)]
+pub enum DnsTarget {
+    /// Rewrite the resolver file in place (its byte-for-byte original kept in `backup`).
+    ResolvConf {
+        path: PathBuf,
+        backup: PathBuf,
+        original: Vec<u8>,
+    },
+    /// Per-link DNS of the tunnel interface in systemd-resolved, with these domains.
+    Resolved { domains: Vec<LinkDomain> },
 }
 
 /// The split-DNS part of a plan.
@@ -51,17 +76,15 @@ pub struct Facts {
 pub struct DnsPlan {
     pub listen: SocketAddr,
     pub forwarder: ForwarderConfig,
-    pub resolv_conf: PathBuf,
-    pub backup: PathBuf,
-    pub original: Vec<u8>,
     pub search: Vec<String>,
+    pub target: DnsTarget,
 }
 
 impl DnsPlan {
     /// The resolver file pointing at the forwarder bound at `addr`.
-    pub fn rendered(&self, addr: SocketAddr) -> Vec<u8> {
-        let text = String::from_utf8_lossy(&self.original);
-        resolvconf::render(&text, addr.ip(), &self.search).into_bytes()
+    pub fn rendered(original: &[u8], addr: SocketAddr, search: &[String]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(original);
+        resolvconf::render(&text, addr.ip(), search).into_bytes()
     }
 }
 
@@ -77,6 +100,8 @@ pub struct Plan {
     /// `kubernetes.default.svc.<cluster domain>.`: resolved through the tunnel to verify.
     pub probe_name: String,
     pub cluster_dns: Option<SocketAddr>,
+    /// Where the verification asks `probe_name`.
+    pub probe_dns: Option<SocketAddr>,
 }
 
 impl Plan {
@@ -136,8 +161,13 @@ pub fn plan(
     let dns = match (cluster_dns, &facts.resolv_conf) {
         (Some(cluster), Some(original)) => Some(plan_dns(
             args, facts, &namespace, &routes, cluster, original, backup,
-        )),
+        )?),
         _ => None,
+    };
+    // Through resolved, the probe takes the path applications take: its stub.
+    let probe_dns = match dns.as_ref().map(|d| &d.target) {
+        Some(DnsTarget::Resolved { .. }) => Some(SocketAddr::new(IpAddr::V4(STUB), 53)),
+        _ => cluster_dns,
     };
     Ok(Plan {
         gateway: gateway_peer(info, facts.endpoint, &routes),
@@ -151,6 +181,7 @@ pub fn plan(
         routes,
         dns,
         cluster_dns,
+        probe_dns,
     })
 }
 
@@ -217,7 +248,7 @@ fn plan_dns(
     cluster: SocketAddr,
     original: &[u8],
     backup: PathBuf,
-) -> DnsPlan {
+) -> Result<DnsPlan, Error> {
     // The original resolvers, read BEFORE rewriting, or the forwarder would forward to itself.
     let text = String::from_utf8_lossy(original);
     let upstreams = resolvconf::upstreams(&text, args.dns_listen.ip());
@@ -242,7 +273,37 @@ fn plan_dns(
         reverse_subnets: routes.iter().map(|r| r.subnet).collect(),
     };
     let search = split.search_domains();
-    DnsPlan {
+    let use_resolved = match (&facts.resolved, args.dns_mode) {
+        (Resolved::Managed, DnsMode::Auto | DnsMode::Resolved) => true,
+        (Resolved::NotManaged(reason), DnsMode::Resolved) => {
+            return Err(Error::ResolvedUnavailable {
+                reason: reason.clone(),
+            });
+        }
+        _ => false,
+    };
+    let target = if use_resolved {
+        let names: Vec<&str> = match &split.mapped {
+            Some(m) => m.iter().map(String::as_str).collect(),
+            None => Vec::new(),
+        };
+        let mut domains = resolved::link_domains(
+            &split.cluster_domain,
+            namespace,
+            names,
+            &split.exclude_suffixes,
+        )?
+        .domains;
+        domains.extend(resolved::reverse_domains(&split.reverse_subnets));
+        DnsTarget::Resolved { domains }
+    } else {
+        DnsTarget::ResolvConf {
+            path: args.resolv_conf.clone(),
+            backup,
+            original: original.to_vec(),
+        }
+    };
+    Ok(DnsPlan {
         listen: args.dns_listen,
         forwarder: ForwarderConfig {
             split,
@@ -250,16 +311,14 @@ fn plan_dns(
             upstreams,
             timeout: args.dns_timeout,
         },
-        resolv_conf: args.resolv_conf.clone(),
-        backup,
-        original: original.to_vec(),
         search,
-    }
+        target,
+    })
 }
 
-/// Whether `mode` sets up DNS through the resolver file.
-pub fn uses_resolv_conf(mode: DnsMode) -> bool {
-    matches!(mode, DnsMode::Auto | DnsMode::ResolvConf)
+/// Whether `mode` sets up DNS (and needs the resolver file's upstream servers).
+pub fn sets_up_dns(mode: DnsMode) -> bool {
+    mode != DnsMode::Off
 }
 
 /// The routes to add and to remove to go from `old` to `new`.

@@ -11,6 +11,8 @@ use kwg_wg::keys::PrivateKey;
 use super::*;
 use crate::state::Undo;
 
+mod serving;
+
 const INFO: &str = r#"{"version":1,"publicKey":"KEY","endpoints":["192.0.2.1:31820"],
 "tunnelCidr":"100.77.0.0/16","gatewayIp":"100.77.0.1","serviceCidrs":["10.96.0.0/12"],
 "podCidrs":["10.244.0.0/16"],"dnsIp":"10.96.0.10","clusterDomain":"cluster.local","adminPort":8080}"#;
@@ -56,6 +58,7 @@ fn facts(gateway: &PrivateKey) -> Facts {
         public_key: PrivateKey::generate().public_key(),
         hostname: "laptop".into(),
         resolv_conf: Some(b"nameserver 192.0.2.53\n".to_vec()),
+        resolved: plan::Resolved::NotManaged("no stub".into()),
     }
 }
 
@@ -93,6 +96,7 @@ fn undo_name(u: &Undo) -> &'static str {
         Undo::DeleteInterface { ifindex: None, .. } => "DeleteInterface(not created)",
         Undo::StopForwarder => "StopForwarder",
         Undo::RestoreResolvConf { .. } => "RestoreResolvConf",
+        Undo::RevertLink { .. } => "RevertLink",
     }
 }
 
@@ -121,6 +125,7 @@ impl Run {
                 Event::ForwarderStarted("127.77.0.53:53".parse().unwrap())
             }
             Action::WriteResolvConf { .. } => Event::ResolvConfWritten,
+            Action::ConfigureResolved(_) => Event::ResolvedConfigured,
             Action::AwaitHandshake { .. } => Event::Handshake,
             Action::ProbeDns { .. } => Event::DnsAnswered,
             Action::RenewLease { .. } => Event::LeaseRenewed,
@@ -395,181 +400,6 @@ fn without_a_handshake_the_udp_port_is_rebound_after_1s_then_every_2s() {
     assert_eq!(r.s.phase(), Phase::Serving);
 }
 
-fn serving(extra: &[&str]) -> Run {
-    let mut r = Run::new(extra);
-    r.pump(|_| None);
-    r.take_log();
-    assert_eq!(r.s.phase(), Phase::Serving);
-    r
-}
-
-#[test]
-fn the_lease_is_renewed_every_third_of_the_ttl_and_failures_back_off() {
-    let mut r = serving(&[]);
-    let renew_at = r.s.poll_timeout().unwrap();
-    assert_eq!(renew_at - r.now, Duration::from_secs(30));
-    r.advance(Duration::from_secs(30));
-    r.pump(|_| None);
-    assert_eq!(r.take_log(), ["RenewLease"]);
-    assert_eq!(r.s.poll_timeout().unwrap() - r.now, Duration::from_secs(30));
-    // 409: retried after a second.
-    r.advance(Duration::from_secs(30));
-    r.pump(|a| {
-        matches!(a, Action::RenewLease { .. })
-            .then(|| Some(Event::LeaseFailed(LeaseFailure::Conflict)))
-    });
-    assert_eq!(r.s.poll_timeout().unwrap() - r.now, RENEW_CONFLICT_RETRY);
-    // 403 (or the API unreachable): the tunnel stays, retries back off 2 s, 4 s, 8 s.
-    let forbidden = || {
-        Some(Event::LeaseFailed(LeaseFailure::Other(Error::Forbidden {
-            user: "developer".into(),
-            verb: "patch".into(),
-            resource: "secrets".into(),
-            namespace: "kwg-system".into(),
-        })))
-    };
-    let mut waits = Vec::new();
-    for _ in 0..3 {
-        let wait = r.s.poll_timeout().unwrap() - r.now;
-        r.advance(wait);
-        r.pump(|a| matches!(a, Action::RenewLease { .. }).then(forbidden));
-        waits.push((r.s.poll_timeout().unwrap() - r.now).as_secs());
-    }
-    assert_eq!(waits, [2, 4, 8]);
-    assert!(
-        r.s.lease()
-            .last_error
-            .as_deref()
-            .unwrap()
-            .contains("not allowed to patch secrets")
-    );
-    assert!(undo_tail(&r.take_log()).is_empty());
-    assert_eq!(r.s.phase(), Phase::Serving);
-    // Success clears the error and restores the interval.
-    r.advance(Duration::from_secs(8));
-    r.pump(|_| None);
-    assert_eq!(r.s.lease().last_error, None);
-    assert_eq!(r.s.poll_timeout().unwrap() - r.now, Duration::from_secs(30));
-}
-
-#[test]
-fn a_vanished_secret_is_registered_again_and_a_new_address_replaces_the_old() {
-    for (ip, change) in [("100.77.0.2", false), ("100.77.0.9", true)] {
-        let mut r = serving(&[]);
-        r.advance(Duration::from_secs(30));
-        r.pump(|a| match a {
-            Action::RenewLease { .. } => Some(Some(Event::LeaseFailed(LeaseFailure::NotFound))),
-            Action::WaitTunnelIp { .. } => Some(Some(Event::TunnelIp(ip.parse().unwrap()))),
-            _ => None,
-        });
-        let log = r.take_log();
-        let mut expected = vec!["RenewLease", "Register", "WaitTunnelIp"];
-        if change {
-            expected.extend(["ChangeAddress", "Save"]);
-        }
-        assert_eq!(log, expected);
-        assert_eq!(r.s.state().unwrap().tunnel_ip, Some(ip.parse().unwrap()));
-        assert_eq!(r.s.poll_timeout().unwrap() - r.now, Duration::from_secs(30));
-    }
-}
-
-#[test]
-fn the_gateway_info_changing_while_serving_is_followed() {
-    let mut r = serving(&[]);
-    let old_key = r.gateway.public_key();
-    // Unchanged info: nothing to do.
-    r.s.handle(Event::GatewayInfo(Box::new(info(&r.gateway))), r.now);
-    r.pump(|_| None);
-    assert!(r.take_log().is_empty());
-    // Reinstalled with a new key and a second pod CIDR.
-    let new = PrivateKey::generate();
-    let mut changed = info(&new);
-    changed.pod_cidrs.push("10.245.0.0/16".parse().unwrap());
-    r.s.handle(Event::GatewayInfo(Box::new(changed)), r.now);
-    let mut actions = Vec::new();
-    while let Some(a) = r.s.poll_action() {
-        actions.push(a);
-    }
-    let names: Vec<String> = actions.iter().map(name).collect();
-    assert_eq!(names, ["Save", "SetRoutes", "UpdateGateway"]);
-    match &actions[1] {
-        Action::SetRoutes { add, remove, .. } => {
-            assert_eq!(add, &["10.245.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
-            assert!(remove.is_empty());
-        }
-        a => panic!("{a:?}"),
-    }
-    match &actions[2] {
-        Action::UpdateGateway { old_key: k, peer } => {
-            assert_eq!(*k, old_key);
-            assert_eq!(peer.public_key, new.public_key());
-            assert!(peer.allowed_ips.contains(&"10.245.0.0/16".parse().unwrap()));
-        }
-        a => panic!("{a:?}"),
-    }
-    assert_eq!(
-        r.s.state().unwrap().gateway_key,
-        Some(new.public_key().to_string())
-    );
-}
-
-#[test]
-fn leave_undoes_everything_in_reverse_and_removes_the_state() {
-    let mut r = serving(&[]);
-    r.s.handle(Event::Leave, r.now);
-    r.pump(|a| match a {
-        Action::Undo(Undo::RestoreResolvConf { .. }) => {
-            Some(Some(Event::Undone(Some("DNS settings".into()))))
-        }
-        Action::Undo(Undo::DeletePeer { .. }) => Some(Some(Event::Undone(Some(
-            "peer Secret kwg-peer-laptop".into(),
-        )))),
-        _ => None,
-    });
-    assert_eq!(
-        r.take_log(),
-        [
-            "undo RestoreResolvConf",
-            "undo StopForwarder",
-            "undo DeleteInterface(created)",
-            "undo DeletePeer",
-            "RemoveState",
-            "Exit"
-        ]
-    );
-    assert_eq!(
-        r.s.outcome().unwrap(),
-        ["DNS settings", "peer Secret kwg-peer-laptop"]
-    );
-}
-
-#[test]
-fn a_failed_undo_step_stays_in_the_journal_for_the_next_leave() {
-    let mut r = serving(&[]);
-    r.s.handle(Event::Signal, r.now);
-    r.pump(|a| {
-        matches!(a, Action::Undo(Undo::DeletePeer { .. })).then(|| {
-            Some(Event::UndoFailed(Error::invalid(
-                "peer Secret",
-                "unreachable",
-            )))
-        })
-    });
-    let log = r.take_log();
-    assert_eq!(&log[log.len() - 2..], ["Save", "Exit"]);
-    assert!(!log.contains(&"RemoveState".to_string()));
-    let kept: Vec<&str> = r
-        .saved
-        .as_ref()
-        .unwrap()
-        .undo
-        .iter()
-        .map(undo_name)
-        .collect();
-    assert_eq!(kept, ["DeletePeer"]);
-    assert!(r.s.outcome().is_err());
-}
-
 #[test]
 fn an_existing_interface_is_refused_before_anything_changes() {
     let mut r = Run::new(&["--interface", "wg0"]);
@@ -617,4 +447,71 @@ fn a_namespace_that_does_not_exist_is_refused_before_anything_changes() {
     assert_eq!(r.s.phase(), Phase::Serving);
     // The "could not check" line comes before the usual "Connected to" line.
     assert_eq!(&r.log[..4], ["Inspect", "Progress", "Progress", "Save"]);
+}
+
+#[test]
+fn with_systemd_resolved_the_tunnel_link_gets_the_cluster_domains_and_the_stub_is_probed() {
+    let mut r = Run::new(&[]);
+    let gw = PrivateKey::generate();
+    let mut actions = Vec::new();
+    r.pump(|a| {
+        actions.push(format!("{a:?}"));
+        matches!(a, Action::Inspect).then(|| {
+            let mut f = facts(&gw);
+            f.resolved = plan::Resolved::Managed;
+            Some(Event::Inspected(Box::new(f)))
+        })
+    });
+    let log = r.take_log();
+    let tail: Vec<&str> = log
+        .iter()
+        .skip_while(|n| *n != "StartForwarder")
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            "StartForwarder",
+            "Save",
+            "Save",
+            "ConfigureResolved",
+            "AwaitHandshake",
+            "ProbeDns",
+            "Ready"
+        ]
+    );
+    let link = actions
+        .iter()
+        .find(|a| a.starts_with("ConfigureResolved"))
+        .unwrap();
+    for domain in [
+        "\"cluster.local\", routing_only: true",
+        "\"emojivoto.svc.cluster.local\", routing_only: false",
+        "\"emojivoto\", routing_only: true",
+        "ifindex: 7",
+    ] {
+        assert!(link.contains(domain), "{domain} missing in {link}");
+    }
+    let probe = actions.iter().find(|a| a.starts_with("ProbeDns")).unwrap();
+    assert!(probe.contains("127.0.0.53:53"), "{probe}");
+    assert_eq!(
+        r.s.state().unwrap().dns.as_ref().unwrap().mode,
+        crate::state::DnsModeUsed::Resolved
+    );
+    // Leave reverts the link first.
+    r.s.handle(Event::Leave, r.now);
+    r.pump(|_| None);
+    assert_eq!(r.take_log()[0], "undo RevertLink");
+}
+
+#[test]
+fn dns_mode_resolved_without_resolved_is_refused_before_anything_changes() {
+    let mut r = Run::new(&["--dns-mode", "resolved"]);
+    r.pump(|_| None);
+    assert_eq!(r.take_log(), ["Inspect", "Exit"]);
+    let err = r.s.outcome().unwrap_err().to_string();
+    assert!(
+        err.contains("systemd-resolved does not manage this machine's DNS (no stub)"),
+        "{err}"
+    );
 }

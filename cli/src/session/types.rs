@@ -9,6 +9,7 @@ use kwg_wg::device::PeerConfig;
 
 use super::Facts;
 use crate::dns::forwarder::ForwarderConfig;
+use crate::dns::resolved::LinkConfig;
 use crate::error::Error;
 use crate::state::{State, Undo};
 
@@ -47,6 +48,9 @@ pub enum Action {
         original: Vec<u8>,
         contents: Vec<u8>,
     },
+    /// Point systemd-resolved's per-link DNS of the tunnel at the forwarder
+    /// (`ResolvedConfigured`).
+    ConfigureResolved(LinkConfig),
     /// Send into the tunnel until the gateway handshake completes (long; `Handshake`).
     AwaitHandshake {
         gateway: PeerConfig,
@@ -104,6 +108,7 @@ pub enum Event {
     NetworkConfigured,
     ForwarderStarted(SocketAddr),
     ResolvConfWritten,
+    ResolvedConfigured,
     Handshake,
     DnsAnswered,
     LeaseRenewed,
@@ -142,6 +147,7 @@ pub enum Phase {
     ConfiguringNetwork,
     StartingDns,
     WritingResolvConf,
+    ConfiguringResolved,
     AwaitingHandshake,
     ProbingDns,
     Serving,
