@@ -138,3 +138,33 @@ fn removing_a_peer_stops_only_its_traffic() {
     drop(c);
     std::thread::sleep(Duration::from_millis(10));
 }
+
+#[test]
+fn oversized_and_junk_datagrams_neither_stop_receiving_nor_move_the_endpoint() {
+    // GotaTun's receive task panicked on a datagram larger than its buffer (fixed in its 0.7.2):
+    // kwg's 64 KiB receive slots hold the largest UDP datagram, and junk is dropped.
+    let p = pair();
+    assert!(p.link.a.probe_until(&p.link.b, "10.70.0.2:7000", 5));
+    let endpoint = p.b.block_on(p.b.handle.peers())[0].endpoint;
+    p.link.a.run(|| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let to = "192.168.77.2:51820";
+        s.send_to(&vec![4u8; 65507], to).unwrap();
+        for len in [0usize, 1, 4, 16, 32, 148, 1500, 9000] {
+            for kind in 0u8..6 {
+                let mut d = vec![0xa5u8; len];
+                if let Some(b) = d.first_mut() {
+                    *b = kind;
+                }
+                s.send_to(&d, to).unwrap();
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        p.link.a.probe_until(&p.link.b, "10.70.0.2:7002", 5),
+        "the tunnel stopped after junk"
+    );
+    let stats = p.b.block_on(p.b.handle.peers());
+    assert_eq!(stats[0].endpoint, endpoint, "junk moved the endpoint");
+}
