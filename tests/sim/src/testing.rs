@@ -162,6 +162,12 @@ impl Cluster {
         Ok(self.names.extra_laptop_ns(name))
     }
 
+    /// Starts the real systemd-resolved in `netns` (a laptop's), the LAN resolver as its
+    /// upstream: [`ResolvedNs::start`].
+    pub fn start_resolved(&self, netns: &str) -> Result<ResolvedNs> {
+        ResolvedNs::start(netns, crate::names::LAN_DNS_IP.into())
+    }
+
     /// A user without any RoleBinding.
     pub fn nobody_kubeconfig(&self) -> PathBuf {
         self.names.kubeconfig("nobody")

@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType};
 use hickory_proto::rr::{RData, Record, RecordType, rdata::A};
 use kwg::dns::resolved::{self, Detection, LinkConfig};
-use kwg_sim::names::LAN_DNS_IP;
 use kwg_sim::testing::ResolvedNs;
 
 /// The address every A query of the responder answers.
@@ -22,7 +21,7 @@ const ANSWER: [u8; 4] = [10, 96, 7, 7];
 fn resolved_sends_cluster_names_to_the_tunnel_link_and_forgets_them_on_revert_and_link_loss() {
     let c = common::cluster();
     let ns = c.add_laptop(&kwg_sim::testing::unique("rs")).unwrap();
-    let r = ResolvedNs::start(&ns, IpAddr::V4(LAN_DNS_IP)).unwrap();
+    let r = c.start_resolved(&ns).unwrap();
     eprintln!(
         "systemd-resolved {} owned its bus name {} ms after spawn",
         r.package().version(),
@@ -71,6 +70,13 @@ fn resolved_sends_cluster_names_to_the_tunnel_link_and_forgets_them_on_revert_an
     );
     assert!(status.contains("-DefaultRoute"), "{status}");
     assert!(status.contains("Current Scopes: DNS"), "{status}");
+    // What glibc reads: resolved writes the search domain into the stub file.
+    let resolv = r.exec_ok(&["cat", "/etc/resolv.conf"]).unwrap();
+    assert!(resolv.contains("nameserver 127.0.0.53"), "{resolv}");
+    assert!(
+        resolv.contains("search emojivoto.svc.cluster.local"),
+        "{resolv}"
+    );
 
     // Names a user types: an FQDN, <svc>.<ns>, a single label (the search domain).
     for (typed, asked) in [
@@ -129,6 +135,8 @@ fn assert_nothing_of_kwg(r: &ResolvedNs, responder: &Responder) {
     assert!(!all.contains("cluster.local"), "{all}");
     assert!(!all.contains("emojivoto"), "{all}");
     assert!(!all.contains("in-addr.arpa"), "{all}");
+    let resolv = r.exec_ok(&["cat", "/etc/resolv.conf"]).unwrap();
+    assert!(!resolv.contains("cluster.local"), "{resolv}");
     let before = responder.names().len();
     assert!(getent(r, "z.cluster.local").is_none());
     assert_eq!(responder.names().len(), before, "{:?}", responder.names());
