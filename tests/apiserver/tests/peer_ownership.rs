@@ -370,6 +370,15 @@ async fn can_i_shows_the_intended_grants() {
         let out = c.kubectl(words[0], &args).await;
         assert_eq!(out.stdout.trim(), words[1], "{case}: {}", out.stderr);
     }
+    // Applying the manifests again changes nothing.
+    let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/../../manifests");
+    let again = c.kubectl_ok("admin", &["apply", "-k", manifests]).await;
+    assert!(
+        again.contains(
+            "validatingadmissionpolicy.admissionregistration.k8s.io/kwg-peer-ownership unchanged"
+        ),
+        "{again}"
+    );
     // The policy is installed (what an admin checks on a real cluster).
     let out = c
         .kubectl_ok(
