@@ -54,7 +54,8 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
     let (resolved_state, resolved) = detect_resolved(args).await?;
     let resolv_conf = match (plan::sets_up_dns(args.dns_mode), info.dns_ip) {
         (true, Some(_)) => Some(
-            crate::state::read_no_follow(&args.resolv_conf)
+            // resolv.conf is a symlink on most laptops (to resolved's stub file): follow it.
+            std::fs::read(&args.resolv_conf)
                 .map_err(|e| Error::io(format!("read {}", args.resolv_conf.display()), e))?,
         ),
         _ => None,

@@ -1,0 +1,151 @@
+//! `kwg join` on a laptop whose DNS is managed by the real systemd-resolved (Debian's package
+//! unpacked and run in the laptop's namespace on a private bus, `/etc/resolv.conf` its stub):
+//! auto mode picks resolved, sets the tunnel link's DNS and domains, cluster and LAN names
+//! resolve through the stub, and nothing of kwg stays in resolved after `leave` or `kill -9`.
+
+use std::net::IpAddr;
+use std::process::Output;
+
+use kwg_e2e::laptop::{Laptop, laptop, path_with_bins, secret_exists, shared, text};
+use kwg_sim::names::LAN_DNS_IP;
+use kwg_sim::testing::ResolvedNs;
+
+/// `argv` inside resolved's mount and network namespace, as the developer.
+fn run(r: &ResolvedNs, l: &Laptop, argv: &[&str]) -> Output {
+    let state = format!("KWG_STATE_DIR={}", l.state.display());
+    let kubeconfig = format!(
+        "KUBECONFIG={}",
+        l.sim.names().kubeconfig("developer").display()
+    );
+    let path = format!("PATH={}", path_with_bins());
+    let mut all = vec!["env", &state, &kubeconfig, &path];
+    all.extend_from_slice(argv);
+    r.exec(&all).unwrap()
+}
+
+/// The first address glibc resolves for `name` (through the stub).
+fn getent(r: &ResolvedNs, l: &Laptop, name: &str) -> Option<String> {
+    let out = run(r, l, &["getent", "ahostsv4", name]);
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+}
+
+fn kwg_link_state(r: &ResolvedNs) -> String {
+    // The global view of every link: kwg's link and domains must not appear after leave.
+    r.resolvectl(&["status"]).unwrap_or_default()
+}
+
+#[test]
+fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
+    let sim = shared();
+    let l = laptop(&sim, "rsv");
+    let r = ResolvedNs::start(&l.netns, IpAddr::V4(LAN_DNS_IP)).expect("start systemd-resolved");
+    let web_app = sim
+        .kubectl_admin(&[
+            "-n",
+            "emojivoto",
+            "get",
+            "svc",
+            "web-app",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .unwrap();
+    assert_eq!(
+        getent(&r, &l, "intranet.corp.example").as_deref(),
+        Some("192.0.2.80")
+    );
+
+    for kill in [false, true] {
+        let out = run(
+            &r,
+            &l,
+            &["kwg", "join", "--name", "rsv", "--namespace", "emojivoto"],
+        );
+        assert!(
+            out.status.success(),
+            "join: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains("DNS resolved"),
+            "{}",
+            text(&out.stdout)
+        );
+        let link = r.resolvectl(&["status", "kwg0"]).unwrap();
+        for want in [
+            "127.77.0.53",
+            "~cluster.local",
+            "emojivoto.svc.cluster.local",
+            "~emojivoto",
+        ] {
+            assert!(
+                link.contains(want),
+                "{want} missing from resolvectl status kwg0:\n{link}"
+            );
+        }
+        for name in [
+            "web-app",
+            "web-app.emojivoto",
+            "web-app.emojivoto.svc.cluster.local",
+        ] {
+            assert_eq!(
+                getent(&r, &l, name).as_deref(),
+                Some(web_app.as_str()),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            getent(&r, &l, "intranet.corp.example").as_deref(),
+            Some("192.0.2.80")
+        );
+        let page = run(
+            &r,
+            &l,
+            &["curl", "-sS", "--max-time", "3", "http://web-app:80"],
+        );
+        assert!(
+            text(&page.stdout).contains("Emoji Vote"),
+            "{}",
+            text(&page.stderr)
+        );
+        let status = text(&run(&r, &l, &["kwg", "status", "-o", "json"]).stdout);
+        assert!(status.contains("\"mode\": \"resolved\""), "{status}");
+
+        if kill {
+            let pid = std::fs::read_to_string(l.state.join("daemon.lock")).unwrap();
+            let killed = std::process::Command::new("kill")
+                .args(["-KILL", pid.trim()])
+                .status()
+                .unwrap();
+            assert!(killed.success());
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            // The TUN went with the process, and resolved forgot its DNS settings.
+            let after = kwg_link_state(&r);
+            assert!(
+                !after.contains("kwg0") && !after.contains("127.77.0.53"),
+                "{after}"
+            );
+            assert_eq!(
+                getent(&r, &l, "intranet.corp.example").as_deref(),
+                Some("192.0.2.80")
+            );
+        }
+        let leave = run(&r, &l, &["kwg", "leave"]);
+        assert!(leave.status.success(), "{}", text(&leave.stderr));
+        let after = kwg_link_state(&r);
+        assert!(
+            !after.contains("kwg0") && !after.contains("127.77.0.53"),
+            "{after}"
+        );
+        assert!(getent(&r, &l, "web-app.emojivoto").is_none());
+        assert_eq!(
+            getent(&r, &l, "intranet.corp.example").as_deref(),
+            Some("192.0.2.80")
+        );
+        assert!(!secret_exists(&sim, "rsv"));
+    }
+}
