@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod net;
 pub mod nft;
 pub mod peer_object;
+pub mod reach;
 mod run;
 
 pub use config::Config;
