@@ -37,11 +37,10 @@ pub fn foreground(ifname: &str, detached: bool) -> anyhow::Result<()> {
             let devnull = std::fs::File::options().write(true).open("/dev/null")?;
             nix::unistd::dup2_stderr(&devnull).context("cannot detach from the parent's stderr")?;
         }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut signals = crate::process::Signals::new()?;
         loop {
             tokio::select! {
-                _ = term.recv() => break,
-                _ = tokio::signal::ctrl_c() => break,
+                _ = signals.recv() => break,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     if let Some(reason) = lifeline.ended() {
                         tracing::info!(ifname, %reason, "stopping");
@@ -58,7 +57,6 @@ pub fn foreground(ifname: &str, detached: bool) -> anyhow::Result<()> {
 /// Starts `kwg-wg --foreground IFNAME` in a new session and returns once its UAPI socket
 /// answers, or fails with the child's error.
 pub fn daemonize(ifname: &str) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the kwg-wg executable")?;
     let socket = run_dir().join(format!("{ifname}.sock"));
     let mut cmd = std::process::Command::new(exe);
@@ -69,8 +67,8 @@ pub fn daemonize(ifname: &str) -> anyhow::Result<()> {
         // Kept only to report a startup failure; later log lines are dropped (like
         // wireguard-go without LOG_LEVEL).
         .stderr(std::process::Stdio::piped());
-    cmd.process_group(0);
-    let mut child = cmd.spawn().context("cannot start the kwg-wg daemon")?;
+    let mut child =
+        crate::process::spawn_detached(&mut cmd).context("cannot start the kwg-wg daemon")?;
     let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
     while std::time::Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {

@@ -53,6 +53,11 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
     let key = load_or_create_key(dir)?;
     let (resolved_state, resolved) = detect_resolved(args).await?;
     let resolv_conf = match (plan::sets_up_dns(args.dns_mode), info.dns_ip) {
+        // The forwarder's upstreams are resolved's own (the stub would route names under the
+        // link's domains back to kwg: a loop).
+        (true, Some(_)) if resolved.is_some() => {
+            Some(std::fs::read(resolved::UPLINK_RESOLV_CONF).unwrap_or_default())
+        }
         (true, Some(_)) => Some(
             // resolv.conf is a symlink on most laptops (to resolved's stub file): follow it.
             std::fs::read(&args.resolv_conf)

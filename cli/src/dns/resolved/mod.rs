@@ -29,6 +29,8 @@ use zbus::{Connection, DBusError};
 pub const STUB: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
 /// Where resolv.conf links to when resolved manages it in stub mode.
 pub const STUB_RESOLV_CONF: &str = "/run/systemd/resolve/stub-resolv.conf";
+/// resolved's list of its uplink servers (what it forwards to), in resolv.conf format.
+pub const UPLINK_RESOLV_CONF: &str = "/run/systemd/resolve/resolv.conf";
 const BUS_NAME: &str = "org.freedesktop.resolve1";
 const OBJECT: &str = "/org/freedesktop/resolve1";
 const MANAGER: &str = "org.freedesktop.resolve1.Manager";
