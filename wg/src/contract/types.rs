@@ -11,7 +11,9 @@ const MAX_LABEL_LEN: usize = 63;
 /// A peer's name: a DNS label (RFC 1123: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 63 chars).
 ///
 /// The Secret is named `kwg-peer-<name>`, so the Secret name also stays a valid object name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct PeerName(String);
 
