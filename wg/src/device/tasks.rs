@@ -81,18 +81,25 @@ pub(super) async fn udp_to_tun(shared: Arc<Shared>) {
         };
         net.clear();
         net.set_max_segments(udp.max_gso_segments());
-        tun.clear();
         let now = Instant::now();
-        {
-            let mut core = shared.core();
-            for (from, d) in bufs.datagrams(n) {
-                core.handle_udp(from, d, now, &mut net, &mut tun);
+        let mut datagrams = bufs.datagrams(n).peekable();
+        // A receive can hold over a thousand datagrams (GRO): decrypt and write them to the TUN
+        // a batch at a time, so each batch's buffers have room to coalesce.
+        while datagrams.peek().is_some() {
+            tun.clear();
+            {
+                let mut core = shared.core();
+                while !tun.is_full()
+                    && let Some((from, d)) = datagrams.next()
+                {
+                    core.handle_udp(from, d, now, &mut net, &mut tun);
+                }
             }
-        }
-        if let Err(e) = shared.tun.send(&mut tun, &mut gro).await
-            && fatal("TUN write", &e)
-        {
-            return;
+            if let Err(e) = shared.tun.send(&mut tun, &mut gro).await
+                && fatal("TUN write", &e)
+            {
+                return;
+            }
         }
         if !net.is_empty() {
             shared.udp().send_batch(&net).await;
