@@ -38,6 +38,8 @@ pub struct AdminState {
     /// The watcher has listed every peer Secret once.
     pub watcher_ready: AtomicBool,
     pub peers: RwLock<Arc<Vec<ActivePeer>>>,
+    /// Signalled whenever the peers are set (reach by RBAC recomputes the grants).
+    pub peers_changed: tokio::sync::Notify,
     pub metrics: Metrics,
 }
 
@@ -49,6 +51,7 @@ impl AdminState {
             tunnel_ready: AtomicBool::new(false),
             watcher_ready: AtomicBool::new(false),
             peers: RwLock::new(Arc::new(Vec::new())),
+            peers_changed: tokio::sync::Notify::new(),
             metrics: Metrics::default(),
         })
     }
@@ -59,9 +62,10 @@ impl AdminState {
 
     pub fn set_peers(&self, peers: Vec<ActivePeer>) {
         *self.peers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(peers);
+        self.peers_changed.notify_one();
     }
 
-    fn peers(&self) -> Arc<Vec<ActivePeer>> {
+    pub fn peers(&self) -> Arc<Vec<ActivePeer>> {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -185,7 +189,10 @@ fn word(ok: bool) -> &'static str {
 
 async fn metrics_handler(State(s): State<Arc<AdminState>>) -> Response {
     let stats = s.device.peers().await;
-    let text = metrics::render(&s.metrics, &s.peers(), &stats, SystemTime::now());
+    let drops = tokio::task::spawn_blocking(crate::net::nft_drops)
+        .await
+        .unwrap_or_default();
+    let text = metrics::render(&s.metrics, &s.peers(), &stats, &drops, SystemTime::now());
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 

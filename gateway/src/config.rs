@@ -66,9 +66,26 @@ pub struct Config {
     /// larger ones are left unparsed with an error annotation.
     #[arg(long, env = "KWG_MAX_SECRET_BYTES", default_value_t = crate::peer_object::DEFAULT_MAX_SECRET_BYTES)]
     pub max_secret_bytes: usize,
+    /// What peers reach. `rbac`: ClusterIPs and pod IPs of the namespaces whose Services the
+    /// peer's owner may `get` (SubjectAccessReview) and the peer asked for, plus cluster DNS;
+    /// never node addresses or hostNetwork pods. `all`: the service and pod CIDRs, whoever
+    /// the owner is (the behaviour before reach by RBAC).
+    #[arg(long, env = "KWG_REACH", value_enum, default_value_t = Reach::Rbac)]
+    pub reach: Reach,
+    /// How often every owner's grants are asked again (they are also asked again at once when
+    /// a Role, ClusterRole or binding changes).
+    #[arg(long, env = "KWG_REACH_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub reach_refresh: Duration,
     /// Serve the WireGuard UAPI socket in this directory (for `wg show`).
     #[arg(long, env = "KWG_UAPI_DIR")]
     pub uapi_dir: Option<PathBuf>,
+}
+
+/// `--reach`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reach {
+    Rbac,
+    All,
 }
 
 impl Config {
@@ -90,6 +107,10 @@ mod tests {
         assert_eq!(c.admin_addr.port(), contract::ADMIN_PORT);
         assert_eq!(c.listen_port, 51820);
         assert_eq!((c.max_peers_per_owner, c.max_secret_bytes), (20, 16_384));
+        assert_eq!(
+            (c.reach, c.reach_refresh),
+            (Reach::Rbac, Duration::from_secs(60))
+        );
     }
 
     #[test]

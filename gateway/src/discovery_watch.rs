@@ -220,7 +220,7 @@ impl Sources {
 }
 
 /// Whether a cache holds a first full list.
-fn listed<K: Resource + Clone>(store: &Store<K>) -> bool
+pub(crate) fn listed<K: Resource + Clone>(store: &Store<K>) -> bool
 where
     K::DynamicType: Eq + Hash + Clone,
 {
@@ -239,7 +239,7 @@ where
 
 /// A watcher on `api` (only object `name` if given) filling a cache; the stream yields `()`
 /// whenever the cache changed.
-fn watch<K>(
+pub(crate) fn watch<K>(
     api: Api<K>,
     name: Option<&str>,
     what: &'static str,
@@ -328,6 +328,7 @@ pub(crate) fn policy(cfg: &Config, gateway_ip: TunnelIp, d: &Discovered) -> nft:
             .copied()
             .collect(),
         allow_peer_to_peer: cfg.allow_peer_to_peer,
+        reach_rbac: cfg.reach == crate::config::Reach::Rbac,
     }
 }
 

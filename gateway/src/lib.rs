@@ -1,10 +1,10 @@
 //! kwg gateway: the in-cluster end of every kwg tunnel.
 //!
 //! Pure parts: [`alloc`] (tunnel IPs), [`core`] (reconcile Secrets against the device),
-//! [`nft`] (the firewall ruleset), [`discovery`]'s parsers, [`metrics`] rendering,
+//! [`nft`] (the firewall ruleset), [`reach`] (who reaches what), [`discovery`]'s parsers, [`metrics`] rendering,
 //! [`peer_object`] (Secrets as the reflector store keeps them).
 //! I/O edges: [`kube_io`] (watcher, patches, Events, key, info), [`discovery_watch`] (watchers
-//! keeping discovery current), [`net`] (device, interface, nftables), [`admin`] (HTTP), tied
+//! keeping discovery current), [`reach_watch`] (reach by RBAC: reviews, nftables elements), [`net`] (device, interface, nftables), [`admin`] (HTTP), tied
 //! together by [`run`].
 
 pub mod admin;
@@ -20,6 +20,7 @@ pub mod net;
 pub mod nft;
 pub mod peer_object;
 pub mod reach;
+pub mod reach_watch;
 mod run;
 
 pub use config::Config;

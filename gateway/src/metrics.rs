@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
@@ -64,8 +65,15 @@ struct PeerLabels {
     tunnel_ip: String,
 }
 
-/// Renders every metric. `peers` are the active peers, `stats` the device's view.
-pub fn render(m: &Metrics, peers: &[ActivePeer], stats: &[PeerStats], now: SystemTime) -> String {
+/// Renders every metric. `peers` are the active peers, `stats` the device's view, `drops`
+/// the packets reach by RBAC dropped per peer address.
+pub fn render(
+    m: &Metrics,
+    peers: &[ActivePeer],
+    stats: &[PeerStats],
+    drops: &[(Ipv4Addr, u64)],
+    now: SystemTime,
+) -> String {
     let by_key: HashMap<&PublicKey, &PeerStats> =
         stats.iter().map(|s| (&s.public_key, s)).collect();
     let mut r = Registry::default();
@@ -131,13 +139,18 @@ pub fn render(m: &Metrics, peers: &[ActivePeer], stats: &[PeerStats], now: Syste
     let rx = Family::<PeerLabels, Counter>::default();
     let tx = Family::<PeerLabels, Counter>::default();
     let handshake = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
+    let dropped = Family::<PeerLabels, Counter>::default();
+    let drops: HashMap<Ipv4Addr, u64> = drops.iter().copied().collect();
     for p in peers {
-        let Some(st) = by_key.get(&p.spec.public_key) else {
-            continue;
-        };
         let labels = PeerLabels {
             peer: p.spec.name.to_string(),
             tunnel_ip: p.ip.to_string(),
+        };
+        if let Some(n) = drops.get(&p.ip.addr()) {
+            dropped.get_or_create(&labels).inc_by(*n);
+        }
+        let Some(st) = by_key.get(&p.spec.public_key) else {
+            continue;
         };
         rx.get_or_create(&labels).inc_by(st.rx_bytes);
         tx.get_or_create(&labels).inc_by(st.tx_bytes);
@@ -158,6 +171,11 @@ pub fn render(m: &Metrics, peers: &[ActivePeer], stats: &[PeerStats], now: Syste
         "kwg_gateway_peer_last_handshake_seconds",
         "Unix time of the peer's last handshake",
         handshake,
+    );
+    r.register(
+        "kwg_gateway_peer_dropped_packets",
+        "Packets from the peer to destinations it may not reach (reach by RBAC)",
+        dropped,
     );
     let mut text = String::new();
     prometheus_text::encode(&mut text, &r).expect("writing to a String cannot fail");
@@ -206,7 +224,11 @@ mod tests {
         m.malformed.set(1);
         m.malformed_reports.inc_by(2);
         m.reconcile.observe(0.003);
-        let text = render(&m, &peers, &stats, now);
+        let drops = [
+            ("100.77.0.2".parse().unwrap(), 3),
+            ("100.77.0.9".parse().unwrap(), 1),
+        ];
+        let text = render(&m, &peers, &stats, &drops, now);
         for line in [
             "# TYPE kwg_gateway_peers gauge",
             "kwg_gateway_peers 1",
@@ -227,6 +249,7 @@ mod tests {
             "kwg_gateway_peer_rx_bytes_total{peer=\"mybox\",tunnel_ip=\"100.77.0.2\"} 148",
             "kwg_gateway_peer_tx_bytes_total{peer=\"mybox\",tunnel_ip=\"100.77.0.2\"} 92",
             "kwg_gateway_peer_last_handshake_seconds{peer=\"mybox\",tunnel_ip=\"100.77.0.2\"} 999995.0",
+            "kwg_gateway_peer_dropped_packets_total{peer=\"mybox\",tunnel_ip=\"100.77.0.2\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

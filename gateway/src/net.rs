@@ -71,6 +71,19 @@ pub fn nft_apply(script: &str) -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// Packets the reach table dropped per peer address (empty when it does not exist).
+pub fn nft_drops() -> Vec<(std::net::Ipv4Addr, u64)> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "set", "inet", nft::REACH_TABLE, "peer_drops"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => nft::parse_drops(&String::from_utf8_lossy(&o.stdout)),
+        _ => Vec::new(),
+    }
+}
+
 /// Removes the gateway's nftables table.
 pub fn nft_teardown() -> Result<(), GatewayError> {
     nft_apply(&nft::render_teardown())

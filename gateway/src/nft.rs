@@ -12,6 +12,8 @@ use std::net::Ipv4Addr;
 
 /// Name of the gateway's table (family `inet`).
 pub const TABLE: &str = "kwg";
+/// The reach-by-RBAC table (family `inet`): created once, then changed element by element.
+pub const REACH_TABLE: &str = "kwg_reach";
 
 /// What the ruleset allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +25,9 @@ pub struct Policy {
     /// Service CIDRs, pod CIDRs and admin extras (IPv6 entries are ignored: the tunnel is IPv4).
     pub allowed: Vec<IpNet>,
     pub allow_peer_to_peer: bool,
+    /// Reach by RBAC: traffic from peers to the cluster is judged by the [`REACH_TABLE`]
+    /// (only `@allowed`'s link-local and tunnel guards stay here); off: `@allowed` decides.
+    pub reach_rbac: bool,
 }
 
 /// Where cloud metadata services and other link-local hosts live (RFC 3927).
@@ -89,27 +94,95 @@ pub fn render(p: &Policy) -> String {
             p.tunnel_cidr
         );
     }
+    // Toward peers only replies: nothing in the cluster opens a connection to a laptop.
     let _ = writeln!(
         s,
-        "\t\tiifname \"{iif}\" oifname != \"{iif}\" ip daddr @allowed accept"
+        "\t\toifname \"{iif}\" ct state established,related accept\n\t\toifname \"{iif}\" counter drop"
+    );
+    let judge = if p.reach_rbac {
+        // The reach table's forward chain decides (a packet must pass both tables).
+        ""
+    } else {
+        " ip daddr @allowed"
+    };
+    let _ = writeln!(
+        s,
+        "\t\tiifname \"{iif}\" oifname != \"{iif}\"{judge} accept"
     );
     let _ = writeln!(s, "\t\tiifname \"{iif}\" counter drop\n\t}}");
     let _ = writeln!(
         s,
         "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;"
     );
+    // Only what the forward chains let through leaves the tunnel: masquerade all of it.
     let _ = writeln!(
         s,
-        "\t\tip saddr {} oifname != \"{iif}\" ip daddr @allowed masquerade\n\t}}",
+        "\t\tip saddr {} oifname != \"{iif}\" masquerade\n\t}}",
         p.tunnel_cidr
     );
     let _ = writeln!(s, "}}");
     s
 }
 
-/// The `nft -f -` script that removes the gateway's table (whether or not it exists).
+/// The `nft -f -` script that removes the gateway's tables (whether or not they exist).
 pub fn render_teardown() -> String {
-    format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
+    format!(
+        "table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {REACH_TABLE} {{}}\ndelete table inet {REACH_TABLE}\n"
+    )
+}
+
+/// Most peers the per-peer drop counters track (one element per tunnel address).
+const DROP_COUNTERS: u32 = 65_536;
+
+/// The `nft -f -` script creating the reach table, empty: `dest_ns` maps a ClusterIP or pod
+/// IP to its namespace's id (the packet mark), `peer_ns` holds `peer . namespace` grants,
+/// `dns` the cluster DNS addresses (port 53 for all), `extra` the admin's `--allow-cidr`.
+/// Whatever else a peer sends out of the tunnel is dropped and counted in `peer_drops`, per
+/// peer address. [`crate::reach::Diff::render`] fills the sets.
+pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
+    let t = REACH_TABLE;
+    let iif = interface;
+    let extra = merged_v4(extra);
+    let elements = if extra.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = extra.iter().map(ToString::to_string).collect();
+        format!(" elements = {{ {} }}", list.join(", "))
+    };
+    format!(
+        "table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{
+\tmap dest_ns {{ typeof ip daddr : meta mark; }}
+\tset peer_ns {{ typeof ip saddr . meta mark; }}
+\tset dns {{ typeof ip daddr; }}
+\tset extra {{ type ipv4_addr; flags interval;{elements} }}
+\tset peer_drops {{ typeof ip saddr; size {DROP_COUNTERS}; flags dynamic; counter; }}
+\tchain forward {{
+\t\ttype filter hook forward priority filter + 10; policy accept;
+\t\tiifname \"{iif}\" oifname \"{iif}\" accept
+\t\tiifname \"{iif}\" meta l4proto {{ tcp, udp }} th dport 53 ip daddr @dns accept
+\t\tiifname \"{iif}\" ip daddr @extra accept
+\t\tiifname \"{iif}\" meta mark set ip daddr map @dest_ns
+\t\tiifname \"{iif}\" ip saddr . meta mark @peer_ns accept
+\t\tiifname \"{iif}\" update @peer_drops {{ ip saddr }} counter drop
+\t}}
+}}
+"
+    )
+}
+
+/// Packets dropped per peer address, from `nft -j list set inet kwg_reach peer_drops`.
+pub fn parse_drops(json: &str) -> Vec<(Ipv4Addr, u64)> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let sets = v["nftables"].as_array().into_iter().flatten();
+    sets.filter_map(|o| o["set"]["elem"].as_array())
+        .flatten()
+        .filter_map(|e| {
+            let ip = e["elem"]["val"].as_str()?.parse().ok()?;
+            Some((ip, e["elem"]["counter"]["packets"].as_u64()?))
+        })
+        .collect()
 }
 
 /// IPv4 destinations, merged (nft interval sets refuse overlaps). The tunnel CIDR and
@@ -146,6 +219,7 @@ mod tests {
             .map(|s| s.parse().unwrap())
             .collect(),
             allow_peer_to_peer: false,
+            reach_rbac: false,
         }
     }
 
@@ -186,6 +260,32 @@ mod tests {
     }
 
     #[test]
+    fn rbac_mode_hands_the_decision_to_the_reach_table() {
+        let mut p = policy();
+        p.reach_rbac = true;
+        let r = render(&p);
+        assert!(
+            r.contains("iifname \"kwg0\" oifname != \"kwg0\" accept"),
+            "{r}"
+        );
+        let toward = r
+            .find("oifname \"kwg0\" ct state established,related accept")
+            .unwrap();
+        assert!(toward < r.find("oifname \"kwg0\" counter drop").unwrap());
+        let reach = render_reach("kwg0", &["192.0.2.0/24".parse().unwrap()]);
+        assert!(reach.contains("elements = { 192.0.2.0/24 }"), "{reach}");
+        let grant = reach.find("ip saddr . meta mark @peer_ns accept").unwrap();
+        assert!(grant < reach.find("update @peer_drops").unwrap());
+    }
+
+    #[test]
+    fn drops_per_peer_from_nft_json() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"set": {"family": "inet", "name": "peer_drops", "table": "kwg_reach", "type": "ipv4_addr", "elem": [{"elem": {"val": "100.77.0.2", "counter": {"packets": 7, "bytes": 420}}}]}}]}"#;
+        assert_eq!(parse_drops(json), [("100.77.0.2".parse().unwrap(), 7)]);
+        assert!(parse_drops("garbage").is_empty());
+    }
+
+    #[test]
     fn nft_accepts_the_ruleset() {
         // Checked by nft itself (`-c` parses without applying), in a throwaway network namespace.
         let Ok(out) = std::process::Command::new("unshare")
@@ -196,10 +296,10 @@ mod tests {
             .spawn()
             .and_then(|mut c| {
                 use std::io::Write;
-                c.stdin
-                    .take()
-                    .unwrap()
-                    .write_all(render(&policy()).as_bytes())?;
+                let mut p = policy();
+                p.reach_rbac = true;
+                let script = render_reach("kwg0", &[]) + &render(&policy()) + &render(&p);
+                c.stdin.take().unwrap().write_all(script.as_bytes())?;
                 c.wait_with_output()
             })
         else {

@@ -214,6 +214,23 @@ fn lines<T>(
     }
 }
 
+/// The groups a review names for `owner`: every user is `system:authenticated`; a
+/// ServiceAccount (`system:serviceaccount:<ns>:<name>`) also has its two ServiceAccount groups.
+/// Other groups (from the cluster's authenticator) are not known to the gateway, so grants
+/// through them do not count.
+pub fn owner_groups(owner: &str) -> Vec<String> {
+    let mut groups = vec!["system:authenticated".to_owned()];
+    if let Some(rest) = owner.strip_prefix("system:serviceaccount:")
+        && let Some((ns, name)) = rest.split_once(':')
+        && !ns.is_empty()
+        && !name.is_empty()
+    {
+        groups.push("system:serviceaccounts".into());
+        groups.push(format!("system:serviceaccounts:{ns}"));
+    }
+    groups
+}
+
 /// The inventory of watched objects: every IPv4 ClusterIP of a Service (not headless) and pod
 /// IP of a running or pending Pod, per namespace, except hostNetwork Pods and addresses of
 /// Nodes (a peer never reaches a node); DNS: the ClusterIPs of `kube-system/kube-dns`.
@@ -237,7 +254,9 @@ pub fn inventory<'a>(
     };
     let mut dns = BTreeSet::new();
     for s in services {
-        let Some(spec) = s.spec.as_ref() else { continue };
+        let Some(spec) = s.spec.as_ref() else {
+            continue;
+        };
         let ips = spec
             .cluster_ips
             .iter()
@@ -254,7 +273,9 @@ pub fn inventory<'a>(
     }
     for p in pods {
         let host = p.spec.as_ref().and_then(|s| s.host_network) == Some(true);
-        let Some(st) = p.status.as_ref().filter(|_| !host) else { continue };
+        let Some(st) = p.status.as_ref().filter(|_| !host) else {
+            continue;
+        };
         if matches!(st.phase.as_deref(), Some("Succeeded" | "Failed")) {
             continue; // its address may already be another pod's
         }

@@ -97,7 +97,10 @@ fn a_grant_and_its_removal_are_two_elements() {
     );
     let back = diff(&after, &before);
     assert_eq!(back.del_peer, [(ip("100.77.0.2"), def)]);
-    assert!(back.render("kwg").starts_with("delete element inet kwg peer_ns"));
+    assert!(
+        back.render("kwg")
+            .starts_with("delete element inet kwg peer_ns")
+    );
     assert!(diff(&after, &after).is_empty());
 }
 
@@ -123,8 +126,12 @@ fn a_moved_address_is_deleted_then_added() {
     assert_eq!(d.add_dest, [(ip("10.244.0.5"), ids.id("default"))]);
     assert_eq!(d.del_dns, [ip("10.96.0.10")]);
     let script = d.render("kwg");
-    let del = script.find("delete element inet kwg dest_ns { 10.244.0.5 }").unwrap();
-    let add = script.find("add element inet kwg dest_ns { 10.244.0.5 : ").unwrap();
+    let del = script
+        .find("delete element inet kwg dest_ns { 10.244.0.5 }")
+        .unwrap();
+    let add = script
+        .find("add element inet kwg dest_ns { 10.244.0.5 : ")
+        .unwrap();
     assert!(del < add, "{script}");
 }
 
@@ -178,4 +185,21 @@ fn inventory_skips_host_network_nodes_and_finished_pods() {
     );
     assert_eq!(inv.by_namespace["kube-system"], [ip("10.96.0.10")].into());
     assert_eq!(inv.dns, [ip("10.96.0.10")].into());
+}
+
+#[test]
+fn service_accounts_get_their_groups() {
+    assert_eq!(owner_groups("alice"), ["system:authenticated"]);
+    assert_eq!(
+        owner_groups("system:serviceaccount:emo:bot"),
+        [
+            "system:authenticated",
+            "system:serviceaccounts",
+            "system:serviceaccounts:emo"
+        ]
+    );
+    assert_eq!(
+        owner_groups("system:serviceaccount:bad"),
+        ["system:authenticated"]
+    );
 }

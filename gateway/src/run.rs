@@ -45,6 +45,13 @@ pub async fn run(
     let public_key = key.public_key();
     // Until discovery knows the cluster's CIDRs, the firewall lets peers reach only the
     // gateway's admin port (and the admin's extras): never an open window with forwarding on.
+    // With reach by RBAC the reach table exists, empty (nothing reachable), before that.
+    let rbac = cfg.reach == crate::config::Reach::Rbac;
+    if rbac {
+        net::nft_apply(&nft::render_reach(&cfg.interface, &cfg.allow_cidr))?;
+    } else {
+        tracing::warn!("--reach=all: every peer reaches every pod and Service, whoever its owner");
+    }
     let closed = discovery_watch::policy(&cfg, gateway_ip, &Default::default());
     net::nft_apply(&nft::render(&closed))?;
     net::enable_forwarding()?;
@@ -78,6 +85,14 @@ pub async fn run(
         state.clone(),
         token.clone(),
     ));
+    let reach = rbac.then(|| {
+        tokio::spawn(crate::reach_watch::run(
+            client.clone(),
+            cfg.clone(),
+            state.clone(),
+            token.clone(),
+        ))
+    });
     let core = Core::new(alloc).with_peers_per_owner(cfg.max_peers_per_owner);
     let result = PeerLoop::new(client, &cfg, core, device.handle(), state)
         .run(token.clone())
@@ -87,6 +102,11 @@ pub async fn run(
     let step = Duration::from_secs(2);
     if tokio::time::timeout(step, discovery).await.is_err() {
         tracing::warn!("discovery did not stop in time");
+    }
+    if let Some(reach) = reach
+        && tokio::time::timeout(step, reach).await.is_err()
+    {
+        tracing::warn!("reach by RBAC did not stop in time");
     }
     // The device goes before the firewall, so no peer is ever forwarded unfiltered.
     tracing::debug!("stopping the WireGuard device");

@@ -1,0 +1,266 @@
+//! Reach by RBAC, the I/O side: watches Services, Pods and Nodes (what peers may reach) and
+//! Roles, ClusterRoles and their bindings (when to ask again), asks SubjectAccessReviews per
+//! owner and namespace, and moves the `kwg_reach` nftables sets to what [`reach::desired`]
+//! says, element by element.
+
+use crate::admin::AdminState;
+use crate::discovery_watch::{listed, watch};
+use crate::{Config, GatewayError, net, nft, reach};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Node, NodeStatus, Pod, PodSpec, PodStatus, Service};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{Api, PostParams};
+use reach::{NsIds, PeerReach, Question, Sets};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How soon a failed step (a review, nftables) is retried.
+const RETRY: Duration = Duration::from_secs(1);
+/// Reviews in flight at once.
+const REVIEWS_IN_FLIGHT: usize = 16;
+
+/// Keeps the reach sets current until `token`.
+pub async fn run(
+    client: kube::Client,
+    cfg: Config,
+    state: Arc<AdminState>,
+    token: CancellationToken,
+) {
+    let (services, s) = watch(Api::all(client.clone()), None, "Services", trim_service);
+    let (pods, p) = watch(Api::all(client.clone()), None, "Pods", trim_pod);
+    let (nodes, n) = watch(Api::all(client.clone()), None, "Nodes", trim_node);
+    let mut objects = futures::stream::select_all([s, p, n]);
+    let mut rbac = rbac_changes(&client);
+    let mut grants: HashMap<Question, bool> = HashMap::new();
+    let mut applied = Sets::default();
+    let mut ids = NsIds::default();
+    let mut refresh_at = Instant::now() + cfg.reach_refresh;
+    let (mut ask_all, mut failed) = (false, false);
+    loop {
+        let wake = if failed {
+            Instant::now() + RETRY
+        } else {
+            refresh_at
+        };
+        tokio::select! {
+            _ = token.cancelled() => return,
+            Some(()) = objects.next() => {
+                while let Some(Some(())) = objects.next().now_or_never() {}
+            }
+            Some(()) = rbac.next() => {
+                tracing::debug!("RBAC changed: asking every owner's grants again");
+                ask_all = true;
+                while let Some(Some(())) = rbac.next().now_or_never() {}
+            }
+            _ = state.peers_changed.notified() => {}
+            _ = tokio::time::sleep_until(wake) => {
+                if Instant::now() >= refresh_at {
+                    refresh_at = Instant::now() + cfg.reach_refresh;
+                    ask_all = true;
+                }
+            }
+        }
+        if !(listed(&services) && listed(&pods) && listed(&nodes)) {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let inv = reach::inventory(
+            services.state().iter().map(|s| s.as_ref()),
+            pods.state().iter().map(|p| p.as_ref()),
+            nodes.state().iter().map(|n| n.as_ref()),
+        );
+        let peers = peer_reach(&state);
+        let all = std::mem::take(&mut ask_all);
+        let asked = reach::questions(&inv, &peers, |o, ns| {
+            !all && grants.contains_key(&(o.to_owned(), ns.to_owned()))
+        });
+        failed = false;
+        if !asked.is_empty() {
+            let n = asked.len();
+            failed |= review_all(&client, asked.clone(), &mut grants).await;
+            if all {
+                // Pairs no peer needs any more are forgotten.
+                grants.retain(|q, _| asked.contains(q));
+            }
+            tracing::debug!(reviews = n, "owners' grants asked");
+        }
+        let new = reach::desired(
+            &inv,
+            &peers,
+            |o, ns| grants.get(&(o.to_owned(), ns.to_owned())) == Some(&true),
+            &mut ids,
+        );
+        let d = reach::diff(&applied, &new);
+        if d.is_empty() {
+            continue;
+        }
+        match apply(&cfg, &d, &new) {
+            Ok(()) => {
+                tracing::info!(
+                    elements = d.len(),
+                    grants_added = d.add_peer.len(),
+                    grants_removed = d.del_peer.len(),
+                    destinations = new.dest_ns.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "reach updated"
+                );
+                applied = new;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot update the reach sets");
+                failed = true;
+            }
+        }
+    }
+}
+
+/// Applies the element changes; when nft refuses them (the sets were changed behind the
+/// gateway's back), reloads the reach table whole with `new`.
+fn apply(cfg: &Config, d: &reach::Diff, new: &Sets) -> Result<(), GatewayError> {
+    net::nft_apply(&d.render(nft::REACH_TABLE)).or_else(|e| {
+        tracing::warn!(error = %e, "element update refused: reloading the reach table");
+        let full = reach::diff(&Sets::default(), new).render(nft::REACH_TABLE);
+        net::nft_apply(&(nft::render_reach(&cfg.interface, &cfg.allow_cidr) + &full))
+    })
+}
+
+/// The served peers as reach sees them.
+fn peer_reach(state: &AdminState) -> Vec<PeerReach> {
+    state
+        .peers()
+        .iter()
+        .map(|p| PeerReach {
+            ip: p.ip.addr(),
+            owner: p.spec.owner.clone(),
+            asked: p.spec.namespaces.clone(),
+        })
+        .collect()
+}
+
+/// Asks every question; records the answers. Whether any review failed (its previous answer,
+/// if any, stays).
+async fn review_all(
+    client: &kube::Client,
+    asked: BTreeSet<Question>,
+    grants: &mut HashMap<Question, bool>,
+) -> bool {
+    let api = Api::<SubjectAccessReview>::all(client.clone());
+    let mut answers = futures::stream::iter(asked)
+        .map(|q| {
+            let api = api.clone();
+            async move {
+                let r = may_get_services(&api, &q.0, &q.1).await;
+                (q, r)
+            }
+        })
+        .buffer_unordered(REVIEWS_IN_FLIGHT);
+    let mut failed = false;
+    while let Some((q, r)) = answers.next().await {
+        match r {
+            Ok(allowed) => {
+                if grants.insert(q.clone(), allowed) != Some(allowed) {
+                    tracing::info!(owner = %q.0, namespace = %q.1, allowed, "owner's reach");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(owner = %q.0, namespace = %q.1, error = %e, "SubjectAccessReview failed; retrying");
+                failed = true;
+            }
+        }
+    }
+    failed
+}
+
+/// Whether `owner` may `get` Services in `namespace` (a SubjectAccessReview).
+async fn may_get_services(
+    api: &Api<SubjectAccessReview>,
+    owner: &str,
+    namespace: &str,
+) -> Result<bool, GatewayError> {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(owner.to_owned()),
+            groups: Some(reach::owner_groups(owner)),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.to_owned()),
+                verb: Some("get".into()),
+                group: Some(String::new()),
+                resource: Some("services".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let done = api
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(GatewayError::kube("create a SubjectAccessReview"))?;
+    Ok(done.status.is_some_and(|s| s.allowed))
+}
+
+/// A stream that yields whenever a Role, ClusterRole, RoleBinding or ClusterRoleBinding
+/// changes (and after each re-list).
+fn rbac_changes(client: &kube::Client) -> BoxStream<'static, ()> {
+    fn strip<K: kube::Resource>(o: &mut K) {
+        o.meta_mut().managed_fields = None;
+        o.meta_mut().annotations = None;
+    }
+    let (_, a) = watch::<Role>(Api::all(client.clone()), None, "Roles", strip);
+    let (_, b) = watch::<RoleBinding>(Api::all(client.clone()), None, "RoleBindings", strip);
+    let (_, c) = watch::<ClusterRole>(Api::all(client.clone()), None, "ClusterRoles", strip);
+    let (_, d) =
+        watch::<ClusterRoleBinding>(Api::all(client.clone()), None, "ClusterRoleBindings", strip);
+    futures::stream::select_all([a, b, c, d]).boxed()
+}
+
+/// Keeps what reach reads of a Pod: namespace, hostNetwork, phase and addresses.
+fn trim_pod(p: &mut Pod) {
+    p.metadata.managed_fields = None;
+    p.metadata.annotations = None;
+    p.metadata.labels = None;
+    p.metadata.owner_references = None;
+    p.spec = p.spec.take().map(|s| PodSpec {
+        host_network: s.host_network,
+        ..Default::default()
+    });
+    p.status = p.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
+        ..Default::default()
+    });
+}
+
+fn trim_service(s: &mut Service) {
+    s.metadata.managed_fields = None;
+    s.metadata.annotations = None;
+    s.metadata.labels = None;
+    s.status = None;
+    s.spec = s
+        .spec
+        .take()
+        .map(|sp| k8s_openapi::api::core::v1::ServiceSpec {
+            cluster_ip: sp.cluster_ip,
+            cluster_ips: sp.cluster_ips,
+            ..Default::default()
+        });
+}
+
+fn trim_node(n: &mut Node) {
+    n.metadata.managed_fields = None;
+    n.metadata.annotations = None;
+    n.metadata.labels = None;
+    n.spec = None;
+    n.status = n.status.take().map(|s| NodeStatus {
+        addresses: s.addresses,
+        ..Default::default()
+    });
+}
