@@ -151,10 +151,9 @@ pub fn plan(
         public_key: facts.public_key,
         owner: facts.user.clone(),
         hostname: facts.hostname.clone(),
-        namespaces: args
-            .mapped_namespaces
-            .clone()
-            .unwrap_or_else(|| vec![namespace.clone()]),
+        // What the gateway lets the peer reach (with the owner's RBAC): the mapped
+        // namespaces, or every namespace (empty) without --mapped-namespaces.
+        namespaces: args.mapped_namespaces.clone().unwrap_or_default(),
         lease_expires,
     };
     let cluster_dns = info.dns_ip.map(|ip| SocketAddr::new(ip, 53));
