@@ -285,6 +285,13 @@ impl Driver {
                 Ok(()) => Started::Nothing,
                 Err(e) => Started::Now(Event::Failed(e)),
             },
+            Action::ReadStats => {
+                let p = self.handle().peers().await.into_iter().next();
+                Started::Now(Event::Stats {
+                    tx_bytes: p.as_ref().map_or(0, |p| p.tx_bytes),
+                    rx_bytes: p.as_ref().map_or(0, |p| p.rx_bytes),
+                })
+            }
             Action::ProbeDns { server, name } => long(exec::dns_answers(server, name)),
             Action::RenewLease {
                 namespace,

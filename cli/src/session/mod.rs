@@ -5,6 +5,7 @@
 //! step undoes exactly the steps already taken, in reverse. The driver (`crate::driver`)
 //! executes the actions and feeds their results back.
 
+pub mod health;
 pub mod plan;
 mod serving;
 #[cfg(test)]
@@ -48,6 +49,7 @@ pub struct Session {
     /// The tunnel interface's index, once created.
     ifindex: Option<u32>,
     lease: Lease,
+    health: Option<health::Health>,
     /// Why the session ends badly (the first error); `None` after a clean `leave`.
     error: Option<Error>,
     undo_error: Option<Error>,
@@ -79,6 +81,7 @@ impl Session {
             next_rebind: None,
             ifindex: None,
             lease: Lease::default(),
+            health: None,
             error: None,
             undo_error: None,
             kept: Vec::new(),
@@ -108,7 +111,11 @@ impl Session {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::TearingDown | Phase::Done => None,
-            Phase::Serving => self.lease.next.filter(|_| !self.lease.in_flight),
+            Phase::Serving => {
+                let lease = self.lease.next.filter(|_| !self.lease.in_flight);
+                let health = self.health.as_ref().map(|h| h.next);
+                lease.into_iter().chain(health).min()
+            }
             Phase::AwaitingHandshake => Some(
                 self.next_rebind
                     .map_or(self.deadline, |r| r.min(self.deadline)),
@@ -130,6 +137,10 @@ impl Session {
             Phase::Serving => {
                 if self.lease.next.is_some_and(|t| now >= t) && !self.lease.in_flight {
                     self.renew();
+                }
+                if let Some(h) = self.health.as_mut().filter(|h| now >= h.next) {
+                    h.next = now + health::CHECK_EVERY;
+                    self.actions.push_back(Action::ReadStats);
                 }
             }
             Phase::TearingDown | Phase::Done => {}
@@ -197,6 +208,9 @@ impl Session {
             Event::UndoFailed(e) => return self.undone(None, Some(e)),
             Event::LeaseRenewed | Event::LeaseFailed(_) if self.phase == Phase::Serving => {
                 return self.lease_result(event, now);
+            }
+            Event::Stats { tx_bytes, rx_bytes } if self.phase == Phase::Serving => {
+                return self.stats(tx_bytes, rx_bytes, now);
             }
             Event::GatewayInfo(info) if self.phase == Phase::Serving => {
                 return self.gateway_changed(*info);

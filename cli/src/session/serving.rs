@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use kwg_wg::contract::GatewayInfo;
 
+use super::health::Health;
 use super::{
     Action, Event, LeaseFailure, Phase, RENEW_BACKOFF, RENEW_CONFLICT_RETRY, Session, plan,
 };
@@ -14,7 +15,28 @@ impl Session {
     pub(super) fn serve(&mut self, now: Instant) {
         self.phase = Phase::Serving;
         self.lease.next = Some(now + self.renew_every());
+        self.health = Some(Health::new(now));
         self.actions.push_back(Action::Ready);
+    }
+
+    /// The device's counters: a stalled session gets a new handshake from a fresh port.
+    pub(super) fn stats(&mut self, tx: u64, rx: u64, now: Instant) {
+        let Some(h) = self.health.as_mut() else {
+            return;
+        };
+        if h.observe(tx, rx, now) {
+            tracing::warn!(
+                restarts = h.restarts,
+                "packets to the gateway go unanswered: starting a new handshake"
+            );
+            let gateway = self.plan.as_ref().expect("planned").gateway.clone();
+            self.actions.push_back(Action::Rebind { gateway });
+        }
+    }
+
+    /// How many times a stalled session was restarted.
+    pub fn restarts(&self) -> u32 {
+        self.health.as_ref().map_or(0, |h| h.restarts)
     }
 
     pub(super) fn renew_every(&self) -> Duration {

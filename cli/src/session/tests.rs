@@ -129,6 +129,10 @@ impl Run {
             Action::AwaitHandshake { .. } => Event::Handshake,
             Action::ProbeDns { .. } => Event::DnsAnswered,
             Action::RenewLease { .. } => Event::LeaseRenewed,
+            Action::ReadStats => Event::Stats {
+                tx_bytes: 0,
+                rx_bytes: 0,
+            },
             Action::Undo(_) => Event::Undone(None),
             _ => return None,
         })
@@ -138,7 +142,10 @@ impl Run {
     /// answer, the action stays in flight). Stops when nothing is queued.
     fn pump(&mut self, mut answer: impl FnMut(&Action) -> Option<Option<Event>>) {
         while let Some(a) = self.s.poll_action() {
-            self.log.push(name(&a));
+            // The serving phase reads the counters every 250 ms: not worth logging.
+            if !matches!(a, Action::ReadStats) {
+                self.log.push(name(&a));
+            }
             if let Action::Save(s) = &a {
                 self.saved = Some((**s).clone());
             }

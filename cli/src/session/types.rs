@@ -62,6 +62,8 @@ pub enum Action {
     ProbeDns { server: SocketAddr, name: String },
     /// Joined: report the status to `kwg join`.
     Ready,
+    /// Read the gateway peer's byte counters (`Stats`).
+    ReadStats,
     /// Move the lease to now + ttl (long; `LeaseRenewed` / `LeaseFailed`).
     RenewLease {
         namespace: String,
@@ -113,6 +115,11 @@ pub enum Event {
     DnsAnswered,
     LeaseRenewed,
     LeaseFailed(LeaseFailure),
+    /// The gateway peer's byte counters.
+    Stats {
+        tx_bytes: u64,
+        rx_bytes: u64,
+    },
     /// The gateway's published info changed.
     GatewayInfo(Box<GatewayInfo>),
     /// An undo step finished; what it removed, for the user.

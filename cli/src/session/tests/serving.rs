@@ -18,19 +18,19 @@ fn serving(extra: &[&str]) -> Run {
 #[test]
 fn the_lease_is_renewed_every_third_of_the_ttl_and_failures_back_off() {
     let mut r = serving(&[]);
-    let renew_at = r.s.poll_timeout().unwrap();
+    let renew_at = r.s.lease().next.unwrap();
     assert_eq!(renew_at - r.now, Duration::from_secs(30));
     r.advance(Duration::from_secs(30));
     r.pump(|_| None);
     assert_eq!(r.take_log(), ["RenewLease"]);
-    assert_eq!(r.s.poll_timeout().unwrap() - r.now, Duration::from_secs(30));
+    assert_eq!(r.s.lease().next.unwrap() - r.now, Duration::from_secs(30));
     // 409: retried after a second.
     r.advance(Duration::from_secs(30));
     r.pump(|a| {
         matches!(a, Action::RenewLease { .. })
             .then(|| Some(Event::LeaseFailed(LeaseFailure::Conflict)))
     });
-    assert_eq!(r.s.poll_timeout().unwrap() - r.now, RENEW_CONFLICT_RETRY);
+    assert_eq!(r.s.lease().next.unwrap() - r.now, RENEW_CONFLICT_RETRY);
     // 403 (or the API unreachable): the tunnel stays, retries back off 2 s, 4 s, 8 s.
     let forbidden = || {
         Some(Event::LeaseFailed(LeaseFailure::Other(Error::Forbidden {
@@ -42,10 +42,10 @@ fn the_lease_is_renewed_every_third_of_the_ttl_and_failures_back_off() {
     };
     let mut waits = Vec::new();
     for _ in 0..3 {
-        let wait = r.s.poll_timeout().unwrap() - r.now;
+        let wait = r.s.lease().next.unwrap() - r.now;
         r.advance(wait);
         r.pump(|a| matches!(a, Action::RenewLease { .. }).then(forbidden));
-        waits.push((r.s.poll_timeout().unwrap() - r.now).as_secs());
+        waits.push((r.s.lease().next.unwrap() - r.now).as_secs());
     }
     assert_eq!(waits, [2, 4, 8]);
     assert!(
@@ -61,7 +61,7 @@ fn the_lease_is_renewed_every_third_of_the_ttl_and_failures_back_off() {
     r.advance(Duration::from_secs(8));
     r.pump(|_| None);
     assert_eq!(r.s.lease().last_error, None);
-    assert_eq!(r.s.poll_timeout().unwrap() - r.now, Duration::from_secs(30));
+    assert_eq!(r.s.lease().next.unwrap() - r.now, Duration::from_secs(30));
 }
 
 #[test]
@@ -81,7 +81,7 @@ fn a_vanished_secret_is_registered_again_and_a_new_address_replaces_the_old() {
         }
         assert_eq!(log, expected);
         assert_eq!(r.s.state().unwrap().tunnel_ip, Some(ip.parse().unwrap()));
-        assert_eq!(r.s.poll_timeout().unwrap() - r.now, Duration::from_secs(30));
+        assert_eq!(r.s.lease().next.unwrap() - r.now, Duration::from_secs(30));
     }
 }
 
@@ -180,4 +180,31 @@ fn a_failed_undo_step_stays_in_the_journal_for_the_next_leave() {
         .collect();
     assert_eq!(kept, ["DeletePeer"]);
     assert!(r.s.outcome().is_err());
+}
+
+#[test]
+fn a_session_whose_packets_go_unanswered_gets_a_new_handshake() {
+    let mut r = serving(&[]);
+    let (mut tx, rx) = (1000u64, 1000u64);
+    let mut rebinds = Vec::new();
+    let start = r.now;
+    for _ in 0..20 {
+        // A curl loop into a dead session: only sending.
+        tx += 100;
+        r.advance(health::CHECK_EVERY);
+        r.pump(|a| {
+            matches!(a, Action::ReadStats).then_some(Some(Event::Stats {
+                tx_bytes: tx,
+                rx_bytes: rx,
+            }))
+        });
+        if r.take_log().contains(&"Rebind".to_string()) {
+            rebinds.push((r.now - start).as_millis());
+        }
+    }
+    // The first read (250 ms) sets the baseline, sending is seen from the second (500 ms);
+    // 1.5 s later the session counts as dead, then again every 3 s.
+    assert_eq!(rebinds, [2000, 5000]);
+    assert_eq!(r.s.restarts(), 2);
+    assert_eq!(r.s.phase(), Phase::Serving);
 }
