@@ -288,6 +288,29 @@ fn columns(kind: &Kind) -> Vec<Col> {
             ];
         }
         ("", "serviceaccounts") => vec![Data("Secrets", "integer", 0, |o| count(&o["secrets"]))],
+        ("admissionregistration.k8s.io", "validatingadmissionpolicies") => vec![
+            Data("Validations", "integer", 0, |o| {
+                count(&o["spec"]["validations"])
+            }),
+            Data("ParamKind", "string", 0, |o| {
+                let k = &o["spec"]["paramKind"];
+                json!(match (k["apiVersion"].as_str(), k["kind"].as_str()) {
+                    (Some(v), Some(kind)) => format!("{v}/{kind}"),
+                    _ => "<unset>".into(),
+                })
+            }),
+        ],
+        ("admissionregistration.k8s.io", "validatingadmissionpolicybindings") => vec![
+            Data("PolicyName", "string", 0, |o| s(&o["spec"]["policyName"])),
+            Data("ParamRef", "string", 0, |o| {
+                let r = &o["spec"]["paramRef"];
+                json!(match (r["namespace"].as_str(), r["name"].as_str()) {
+                    (_, None | Some("")) => "<unset>".to_string(),
+                    (None | Some(""), Some(n)) => format!("*/{n}"),
+                    (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                })
+            }),
+        ],
         ("rbac.authorization.k8s.io", "rolebindings")
         | ("rbac.authorization.k8s.io", "clusterrolebindings") => {
             vec![Data("Role", "string", 0, |o| {

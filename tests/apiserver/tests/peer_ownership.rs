@@ -379,6 +379,41 @@ async fn can_i_shows_the_intended_grants() {
         ),
         "{again}"
     );
+    let table = c
+        .kubectl_ok(
+            "admin",
+            &[
+                "get",
+                "validatingadmissionpolicies,validatingadmissionpolicybindings",
+            ],
+        )
+        .await;
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["NAME", "VALIDATIONS", "PARAMKIND", "AGE"],
+        "{table}"
+    );
+    assert_eq!(
+        rows[1][..3],
+        [
+            "validatingadmissionpolicy.admissionregistration.k8s.io/kwg-peer-ownership",
+            "7",
+            "<unset>"
+        ]
+    );
+    assert_eq!(
+        rows[4][..3],
+        [
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/kwg-peer-ownership",
+            "kwg-peer-ownership",
+            "<unset>"
+        ],
+        "{table}"
+    );
     // The policy is installed (what an admin checks on a real cluster).
     let out = c
         .kubectl_ok(
