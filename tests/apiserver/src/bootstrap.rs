@@ -53,6 +53,7 @@ pub fn populate(store: &mut Store, env: &Env) {
         dry_run: false,
         now: Utc::now(),
         user: None,
+        warnings: None,
     };
     let mut put = |group: &str, plural: &str, ns: &str, obj: Value| {
         let kind = find(group, "v1", plural).expect("bootstrap kinds are served");

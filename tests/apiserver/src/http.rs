@@ -85,11 +85,20 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         headers: &parts.headers,
         body,
         now: Utc::now(),
+        warnings: std::sync::Mutex::default(),
     };
-    let resp = match route(&shared, &req) {
+    let mut resp = match route(&shared, &req) {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
+    let warnings = req.warnings.lock().map(|w| w.clone()).unwrap_or_default();
+    for w in warnings {
+        // RFC 7234 warn-code 299 with agent "-", as the real server sends admission warnings.
+        let text = format!("299 - {w:?}");
+        if let Ok(v) = http::HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
     tracing::debug!(method = %parts.method, path = %parts.uri, code = resp.status().as_u16(), "request");
     resp
 }
@@ -101,6 +110,8 @@ pub(crate) struct Req<'a> {
     pub headers: &'a HeaderMap,
     pub body: Bytes,
     pub now: DateTime<Utc>,
+    /// Warnings for the response (`Warning` headers), e.g. from admission policies.
+    pub warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Req<'_> {
@@ -123,11 +134,12 @@ impl Req<'_> {
     }
 
     /// Write options of a request by `user`.
-    pub fn opts<'u>(&self, user: &'u User) -> WriteOpts<'u> {
+    pub fn opts<'u>(&'u self, user: &'u User) -> WriteOpts<'u> {
         WriteOpts {
             dry_run: self.param("dryRun") == "All",
             now: self.now,
             user: Some(user),
+            warnings: Some(&self.warnings),
         }
     }
 

@@ -290,6 +290,7 @@ impl ApiServer {
             dry_run: false,
             now: chrono::Utc::now(),
             user: None,
+            warnings: None,
         };
         ops::create(
             &mut self.shared.store(),

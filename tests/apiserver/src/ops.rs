@@ -1,5 +1,7 @@
 //! Create, update, patch and delete on the store: one generic path plus `hooks`.
 
+use std::sync::Mutex;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use ipnet::IpNet;
 use rand::Rng;
@@ -30,6 +32,8 @@ pub struct WriteOpts<'u> {
     /// The requesting user: admission (ValidatingAdmissionPolicy) runs for user requests,
     /// not for the server's own writes (bootstrap, controllers).
     pub user: Option<&'u User>,
+    /// Where admission warnings go (the response's `Warning` headers).
+    pub warnings: Option<&'u Mutex<Vec<String>>>,
 }
 
 impl WriteOpts<'_> {
@@ -39,6 +43,7 @@ impl WriteOpts<'_> {
             dry_run: self.dry_run,
             now: self.now,
             user: None,
+            warnings: None,
         }
     }
 }
@@ -48,7 +53,7 @@ fn admit(store: &Store, opts: WriteOpts, a: Attrs) -> Result<(), ApiError> {
     let Some(user) = opts.user else {
         return Ok(());
     };
-    admission::validate(
+    let warned = admission::validate(
         store,
         &admission::Attributes {
             operation: a.0,
@@ -61,7 +66,11 @@ fn admit(store: &Store, opts: WriteOpts, a: Attrs) -> Result<(), ApiError> {
             user,
             dry_run: opts.dry_run,
         },
-    )
+    )?;
+    if let Some(w) = opts.warnings {
+        w.lock().unwrap_or_else(|p| p.into_inner()).extend(warned);
+    }
+    Ok(())
 }
 
 /// (operation, kind, subresource, namespace, name, object, old object)

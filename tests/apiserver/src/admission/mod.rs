@@ -4,8 +4,8 @@
 //!
 //! Supported: matchConstraints/matchResources (resourceRules, excludeResourceRules,
 //! namespaceSelector, objectSelector), matchConditions, variables, validations (expression,
-//! message, messageExpression, reason), failurePolicy, validationActions (Deny; Warn and Audit
-//! are accepted and do not deny), paramKind with a binding's paramRef.name. The variables
+//! message, messageExpression, reason), failurePolicy, validationActions (Deny; Warn as a
+//! response warning; Audit accepted, no audit log), paramKind with a binding's paramRef.name. The variables
 //! `object`, `oldObject`, `request`, `params`, `namespaceObject`, `variables`. Not supported:
 //! `authorizer`, the CEL cost budget, type-checking warnings in the policy status.
 
@@ -56,14 +56,16 @@ struct Denial {
     reason: &'static str,
 }
 
-/// Run every matching policy; the first denial is the request's answer.
-pub fn validate(store: &Store, a: &Attributes) -> Result<(), ApiError> {
+/// Run every matching policy; the first denial is the request's answer. Ok holds the
+/// warnings of bindings with `validationActions: [Warn]`.
+pub fn validate(store: &Store, a: &Attributes) -> Result<Vec<String>, ApiError> {
     let (Some(policies), Some(bindings)) = (
         find(GROUP, "v1", "validatingadmissionpolicies"),
         find(GROUP, "v1", "validatingadmissionpolicybindings"),
     ) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
+    let mut warnings = Vec::new();
     let namespace = if a.kind.namespaced && !a.namespace.is_empty() {
         find("", "v1", "namespaces").and_then(|k| store.get(k, "", a.namespace))
     } else {
@@ -110,13 +112,19 @@ pub fn validate(store: &Store, a: &Attributes) -> Result<(), ApiError> {
                 .flatten()
                 .filter_map(Value::as_str)
                 .collect();
+            d.binding = meta_str(binding, "name").to_string();
             if actions.contains(&"Deny") {
-                d.binding = meta_str(binding, "name").to_string();
                 return Err(denied(a, &d));
+            }
+            if actions.contains(&"Warn") {
+                warnings.push(format!(
+                    "Validation failed for ValidatingAdmissionPolicy '{}' with binding '{}': {}",
+                    d.policy, d.binding, d.message
+                ));
             }
         }
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// The params object of a binding: Ok(None) without paramKind; Err(None) to skip the binding

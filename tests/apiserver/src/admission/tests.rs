@@ -63,7 +63,9 @@ fn check(
         user: who,
         dry_run: false,
     };
-    validate(s, &a).map_err(|e| format!("{} {}", e.code, e.message))
+    validate(s, &a)
+        .map(drop)
+        .map_err(|e| format!("{} {}", e.code, e.message))
 }
 
 #[test]
