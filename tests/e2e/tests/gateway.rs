@@ -448,9 +448,10 @@ fn many_registrations_restart_and_lease_expiry() -> Result<()> {
     Ok(())
 }
 
-/// Packets the gateway's firewall dropped on rules from the tunnel containing `rule`.
+/// Packets the gateway's firewall (its tables `kwg` and `kwg_reach`) dropped on rules from
+/// the tunnel containing `rule`.
 fn tunnel_drops(c: &Cluster, gw_ns: &str, rule: &str) -> Result<u64> {
-    let table = c.exec_ok(gw_ns, &["nft", "list", "table", "inet", "kwg"])?;
+    let table = c.exec_ok(gw_ns, &["nft", "list", "ruleset"])?;
     let pattern = format!(" {rule} packets ");
     Ok(table
         .lines()
