@@ -144,12 +144,14 @@ fn a_view_only_user_reaches_its_namespace_and_what_a_new_binding_grants() -> Res
     // A RoleBinding in `default` opens it without re-joining; deleting it closes it again.
     let grant = binding(&sa, "default", "ClusterRole", "view");
     c.kubectl_apply(&c.admin_kubeconfig(), &grant.to_string())?;
+    let granted_at = std::time::Instant::now();
     let url = format!("http://{echo}/");
     wait_for(
         "echo.default after the RoleBinding",
         Duration::from_secs(60),
         || Ok(answers(&l, &sa, &url).then_some(())),
     )?;
+    eprintln!("RoleBinding took effect in {:?}", granted_at.elapsed());
     assert!(text(&l.curl("echo.default").stdout).contains("Echo"));
     c.kubectl_admin(&[
         "-n",
