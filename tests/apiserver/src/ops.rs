@@ -391,9 +391,17 @@ pub fn delete_collection(
             )
         })
         .collect();
+    // Like the real server: every item is tried (each through admission), the first error
+    // is the answer.
     let mut out = Vec::new();
+    let mut first_err = None;
     for (n, name) in victims {
-        out.push(delete(store, kind, &n, &name, opts)?);
+        match delete(store, kind, &n, &name, opts) {
+            Ok(o) => out.push(o),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
     }
-    Ok(out)
+    first_err.map_or(Ok(out), Err)
 }

@@ -97,3 +97,53 @@ async fn warn_deny_and_failure_policy() {
         out.stderr
     );
 }
+
+const KEEP: &str = r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: keep
+spec:
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: ["v1"]
+      operations: ["DELETE"]
+      resources: ["configmaps"]
+  validations:
+  - expression: "oldObject.metadata.name != 'keep'"
+    message: this one stays
+    reason: Forbidden
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: keep
+spec:
+  policyName: keep
+  validationActions: [Deny]
+"#;
+
+#[tokio::test]
+async fn deletecollection_tries_every_item_and_answers_the_first_denial() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let c = Cluster::start().await;
+    let file = c.write_file("keep.yaml", KEEP);
+    c.kubectl_ok("admin", &["apply", "-f", file.to_str().unwrap()])
+        .await;
+    for name in ["a-first", "keep", "z-last"] {
+        c.kubectl_ok("admin", &["create", "configmap", name]).await;
+    }
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(c.client("admin").await, "default");
+    let err = api
+        .delete_collection(&Default::default(), &Default::default())
+        .await
+        .expect_err("keep is kept");
+    assert!(
+        err.to_string().contains("configmaps \"keep\" is forbidden: ValidatingAdmissionPolicy 'keep' with binding 'keep' denied request: this one stays"),
+        "{err}"
+    );
+    let left = c
+        .kubectl_ok("admin", &["get", "configmaps", "-o", "name"])
+        .await;
+    assert_eq!(left, "configmap/keep\n");
+}

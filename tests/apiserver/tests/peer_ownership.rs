@@ -251,6 +251,21 @@ async fn only_the_owner_changes_or_deletes_a_peer_and_nobody_swaps_its_key() {
     // The victim's Secret is untouched.
     let held = secret_field(&c, "kwg-peer-devbox", ".data.publicKey").await;
     assert_eq!(B64.decode(held).unwrap(), key.as_bytes());
+    // mallory's `delete --all` removes her own peer and none of the others (kwg-user has no
+    // deletecollection: kubectl deletes one by one, each through admission).
+    assert!(create_peer(&c, "mallory", "mbox", "mallory", key).await.ok);
+    let out = c.kubectl("mallory", &["delete", "secrets", "--all"]).await;
+    assert!(out.stderr.contains(&not_yours), "{}", out.stderr);
+    let left = c
+        .kubectl_ok(
+            "admin",
+            &["-n", "kwg-system", "get", "secrets", "-o", "name"],
+        )
+        .await;
+    assert!(
+        !left.contains("kwg-peer-mbox") && left.contains("kwg-peer-devbox"),
+        "{left}"
+    );
     c.kubectl_ok("developer", &["delete", "secret", "kwg-peer-devbox"])
         .await;
 }
