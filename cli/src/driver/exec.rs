@@ -52,19 +52,17 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
     let endpoint = resolve_endpoint(&info).await?;
     let key = load_or_create_key(dir)?;
     let (resolved_state, resolved) = detect_resolved(args).await?;
-    let resolv_conf = match (plan::sets_up_dns(args.dns_mode), info.dns_ip) {
-        // The forwarder's upstreams are resolved's own (the stub would route names under the
-        // link's domains back to kwg: a loop).
-        (true, Some(_)) if resolved.is_some() => {
-            Some(std::fs::read(resolved::UPLINK_RESOLV_CONF).unwrap_or_default())
-        }
-        (true, Some(_)) => Some(
-            // resolv.conf is a symlink on most laptops (to resolved's stub file): follow it.
+    let dns_on = plan::sets_up_dns(args.dns_mode) && info.dns_ip.is_some();
+    let resolv_conf = match dns_on {
+        // resolv.conf is a symlink on most laptops (to resolved's stub file): follow it.
+        true => Some(
             std::fs::read(&args.resolv_conf)
                 .map_err(|e| Error::io(format!("read {}", args.resolv_conf.display()), e))?,
         ),
-        _ => None,
+        false => None,
     };
+    let uplink = (dns_on && resolved.is_some())
+        .then(|| std::fs::read(resolved::UPLINK_RESOLV_CONF).unwrap_or_default());
     let facts = Facts {
         now_wall: chrono::Utc::now(),
         server: kube.server.clone(),
@@ -79,6 +77,7 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
         endpoint,
         info,
         resolv_conf,
+        uplink,
         resolved: resolved_state,
     };
     Ok(Inspected {

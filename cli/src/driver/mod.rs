@@ -278,6 +278,13 @@ impl Driver {
                 };
                 event(r, Event::ResolvedConfigured)
             }
+            Action::RevertResolved { ifindex } => {
+                let r = match &self.resolved {
+                    Some(c) => c.revert(ifindex).await.map_err(Error::from),
+                    None => Ok(()),
+                };
+                event(r, Event::ResolvedReverted)
+            }
             Action::AwaitHandshake { gateway, poke } => {
                 long(exec::await_handshake(self.handle(), gateway, poke))
             }

@@ -5,6 +5,7 @@
 //! step undoes exactly the steps already taken, in reverse. The driver (`crate::driver`)
 //! executes the actions and feeds their results back.
 
+mod dns;
 pub mod health;
 pub mod plan;
 mod serving;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::args::JoinArgs;
 use crate::dns::resolved::LinkConfig;
 use crate::error::Error;
-use crate::state::{DnsModeUsed, DnsState, State, Undo};
+use crate::state::{State, Undo};
 pub use plan::{DnsPlan, DnsTarget, Facts, Plan};
 pub use types::{Action, Event, Lease, LeaseFailure, Phase};
 
@@ -28,6 +29,9 @@ pub use types::{Action, Event, Lease, LeaseFailure, Phase};
 /// answer takes one round trip, far below these.
 pub const REBIND_FIRST: Duration = Duration::from_millis(1000);
 pub const REBIND_EVERY: Duration = Duration::from_millis(2000);
+/// How long queries through systemd-resolved's stub may take to reach kwg before mode auto
+/// falls back to the resolver file (Telepresence waits 2 s too).
+pub const RESOLVED_CHECK: Duration = Duration::from_secs(2);
 /// Retry of a lease renewal that hit a conflict (someone else wrote the Secret meanwhile).
 pub const RENEW_CONFLICT_RETRY: Duration = Duration::from_secs(1);
 /// First back-off after a failed renewal (doubles up to the renewal interval).
@@ -50,6 +54,9 @@ pub struct Session {
     ifindex: Option<u32>,
     lease: Lease,
     health: Option<health::Health>,
+    /// In mode auto with resolved: when the probe through resolved's stub gives up and the
+    /// resolver file is used instead.
+    resolved_check: Option<Instant>,
     /// Why the session ends badly (the first error); `None` after a clean `leave`.
     error: Option<Error>,
     undo_error: Option<Error>,
@@ -82,6 +89,7 @@ impl Session {
             ifindex: None,
             lease: Lease::default(),
             health: None,
+            resolved_check: None,
             error: None,
             undo_error: None,
             kept: Vec::new(),
@@ -118,6 +126,10 @@ impl Session {
             }
             Phase::AwaitingHandshake => Some(
                 self.next_rebind
+                    .map_or(self.deadline, |r| r.min(self.deadline)),
+            ),
+            Phase::ProbingDns => Some(
+                self.resolved_check
                     .map_or(self.deadline, |r| r.min(self.deadline)),
             ),
             _ => Some(self.deadline),
@@ -157,6 +169,9 @@ impl Session {
                     });
                     self.next_rebind = Some(t + REBIND_EVERY);
                 }
+            }
+            Phase::ProbingDns if self.resolved_check.is_some_and(|t| now >= t) => {
+                self.fall_back();
             }
             _ => {}
         }
@@ -266,6 +281,7 @@ impl Session {
             (Phase::ConfiguringResolved, Event::ResolvedConfigured) => self.verify(now),
             (Phase::AwaitingHandshake, Event::Handshake) => self.handshake_done(now),
             (Phase::ProbingDns, Event::DnsAnswered) => self.serve(now),
+            (Phase::RevertingResolved, Event::ResolvedReverted) => self.resolved_reverted(),
             (phase, event) => tracing::debug!(?phase, ?event, "event ignored in this phase"),
         }
     }
@@ -356,61 +372,6 @@ impl Session {
         }
     }
 
-    fn forwarder_started(&mut self, addr: SocketAddr) {
-        let dns = self
-            .plan
-            .as_ref()
-            .and_then(|p| p.dns.clone())
-            .expect("dns planned");
-        let args = &self.args;
-        let mode = match dns.target {
-            DnsTarget::ResolvConf { .. } => DnsModeUsed::ResolvConf,
-            DnsTarget::Resolved { .. } => DnsModeUsed::Resolved,
-        };
-        let state = DnsState {
-            mode,
-            forwarder: addr,
-            cluster_dns: Some(dns.forwarder.cluster),
-            upstreams: dns.forwarder.upstreams.clone(),
-            include_suffixes: args.include_suffixes.clone(),
-            exclude_suffixes: dns.forwarder.split.exclude_suffixes.clone(),
-            timeout_secs: args.dns_timeout.as_secs(),
-            search: dns.search.clone(),
-        };
-        self.journal(|s| s.dns = Some(state));
-        match dns.target {
-            DnsTarget::ResolvConf {
-                path,
-                backup,
-                original,
-            } => {
-                self.record(Undo::RestoreResolvConf {
-                    path: path.clone(),
-                    backup: backup.clone(),
-                });
-                let contents = DnsPlan::rendered(&original, addr, &dns.search);
-                let action = Action::WriteResolvConf {
-                    path,
-                    backup,
-                    original,
-                    contents,
-                };
-                self.step(Phase::WritingResolvConf, action);
-            }
-            DnsTarget::Resolved { domains } => {
-                let ifindex = self.ifindex.expect("device created");
-                let name = self.args.interface.clone();
-                self.record(Undo::RevertLink { name, ifindex });
-                let link = LinkConfig {
-                    ifindex,
-                    server: addr,
-                    domains,
-                };
-                self.step(Phase::ConfiguringResolved, Action::ConfigureResolved(link));
-            }
-        }
-    }
-
     fn verify(&mut self, now: Instant) {
         let plan = self.plan.as_ref().expect("planned");
         let poke = match plan.cluster_dns {
@@ -428,6 +389,10 @@ impl Session {
     fn handshake_done(&mut self, now: Instant) {
         self.next_rebind = None;
         let plan = self.plan.as_ref().expect("planned");
+        let resolved = plan.dns.as_ref().is_some_and(|d| {
+            matches!(d.target, DnsTarget::Resolved { .. }) && d.fallback.is_some()
+        });
+        self.resolved_check = resolved.then_some(now + RESOLVED_CHECK);
         match plan.probe_dns {
             Some(server) => {
                 let name = plan.probe_name.clone();

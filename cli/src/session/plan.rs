@@ -45,6 +45,10 @@ pub struct Facts {
     pub hostname: String,
     /// The resolver file's content (its upstream servers), unless DNS is off.
     pub resolv_conf: Option<Vec<u8>>,
+    /// systemd-resolved's uplink servers (resolv.conf format), when it manages DNS: the
+    /// forwarder's upstreams then (the stub would route names under the link's domains back
+    /// to kwg, a loop).
+    pub uplink: Option<Vec<u8>>,
     /// Whether systemd-resolved manages the machine's DNS (checked in modes auto and resolved).
     pub resolved: Resolved,
 }
@@ -78,6 +82,9 @@ pub struct DnsPlan {
     pub forwarder: ForwarderConfig,
     pub search: Vec<String>,
     pub target: DnsTarget,
+    /// In mode auto with resolved: the resolver file, used when queries do not arrive
+    /// through resolved.
+    pub fallback: Option<DnsTarget>,
 }
 
 impl DnsPlan {
@@ -248,9 +255,6 @@ fn plan_dns(
     original: &[u8],
     backup: PathBuf,
 ) -> Result<DnsPlan, Error> {
-    // The original resolvers, read BEFORE rewriting, or the forwarder would forward to itself.
-    let text = String::from_utf8_lossy(original);
-    let upstreams = resolvconf::upstreams(&text, args.dns_listen.ip());
     let exclude = if args.exclude_suffixes.is_empty() {
         DEFAULT_EXCLUDE_SUFFIXES
             .iter()
@@ -281,6 +285,18 @@ fn plan_dns(
         }
         _ => false,
     };
+    // The original resolvers, read BEFORE rewriting, or the forwarder would forward to itself.
+    let servers = match (&facts.uplink, use_resolved) {
+        (Some(uplink), true) => uplink.as_slice(),
+        _ => original,
+    };
+    let upstreams = resolvconf::upstreams(&String::from_utf8_lossy(servers), args.dns_listen.ip());
+    let file = DnsTarget::ResolvConf {
+        path: args.resolv_conf.clone(),
+        backup,
+        original: original.to_vec(),
+    };
+    let mut fallback = None;
     let target = if use_resolved {
         let names: Vec<&str> = match &split.mapped {
             Some(m) => m.iter().map(String::as_str).collect(),
@@ -294,13 +310,12 @@ fn plan_dns(
         )?
         .domains;
         domains.extend(resolved::reverse_domains(&split.reverse_subnets));
+        if args.dns_mode == DnsMode::Auto {
+            fallback = Some(file);
+        }
         DnsTarget::Resolved { domains }
     } else {
-        DnsTarget::ResolvConf {
-            path: args.resolv_conf.clone(),
-            backup,
-            original: original.to_vec(),
-        }
+        file
     };
     Ok(DnsPlan {
         listen: args.dns_listen,
@@ -312,6 +327,7 @@ fn plan_dns(
         },
         search,
         target,
+        fallback,
     })
 }
 

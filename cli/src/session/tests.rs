@@ -58,6 +58,7 @@ fn facts(gateway: &PrivateKey) -> Facts {
         public_key: PrivateKey::generate().public_key(),
         hostname: "laptop".into(),
         resolv_conf: Some(b"nameserver 192.0.2.53\n".to_vec()),
+        uplink: None,
         resolved: plan::Resolved::NotManaged("no stub".into()),
     }
 }
@@ -126,6 +127,7 @@ impl Run {
             }
             Action::WriteResolvConf { .. } => Event::ResolvConfWritten,
             Action::ConfigureResolved(_) => Event::ResolvedConfigured,
+            Action::RevertResolved { .. } => Event::ResolvedReverted,
             Action::AwaitHandshake { .. } => Event::Handshake,
             Action::ProbeDns { .. } => Event::DnsAnswered,
             Action::RenewLease { .. } => Event::LeaseRenewed,
@@ -520,5 +522,69 @@ fn dns_mode_resolved_without_resolved_is_refused_before_anything_changes() {
     assert!(
         err.contains("systemd-resolved does not manage this machine's DNS (no stub)"),
         "{err}"
+    );
+}
+
+#[test]
+fn in_auto_mode_queries_not_reaching_kwg_through_resolved_fall_back_to_the_resolver_file() {
+    let mut r = Run::new(&[]);
+    let gw = PrivateKey::generate();
+    r.pump(|a| match a {
+        Action::Inspect => {
+            let mut f = facts(&gw);
+            f.resolved = plan::Resolved::Managed;
+            f.uplink = Some(b"nameserver 192.0.2.53\n".to_vec());
+            Some(Some(Event::Inspected(Box::new(f))))
+        }
+        // The stub never answers the probe.
+        Action::ProbeDns { .. } => Some(None),
+        _ => None,
+    });
+    r.take_log();
+    assert_eq!(r.s.phase(), Phase::ProbingDns);
+    r.advance(Duration::from_millis(1999));
+    r.pump(|_| None);
+    assert!(r.take_log().is_empty());
+    r.advance(Duration::from_millis(1));
+    let mut probes = Vec::new();
+    r.pump(|a| {
+        if let Action::ProbeDns { server, .. } = a {
+            probes.push(*server);
+        }
+        None
+    });
+    assert_eq!(
+        r.take_log(),
+        [
+            "Cancel",
+            "Progress",
+            "RevertResolved",
+            "Save",
+            "Save",
+            "WriteResolvConf",
+            "AwaitHandshake",
+            "ProbeDns",
+            "Ready"
+        ]
+    );
+    assert_eq!(probes, ["10.96.0.10:53".parse().unwrap()]);
+    let state = r.s.state().unwrap();
+    assert_eq!(
+        state.dns.as_ref().unwrap().mode,
+        crate::state::DnsModeUsed::ResolvConf
+    );
+    let undo: Vec<&str> = state.undo.iter().map(undo_name).collect();
+    assert_eq!(
+        undo,
+        [
+            "DeletePeer",
+            "DeleteInterface(created)",
+            "StopForwarder",
+            "RestoreResolvConf"
+        ]
+    );
+    assert_eq!(
+        state.dns.as_ref().unwrap().upstreams,
+        ["192.0.2.53:53".parse().unwrap()]
     );
 }

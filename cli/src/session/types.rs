@@ -51,6 +51,9 @@ pub enum Action {
     /// Point systemd-resolved's per-link DNS of the tunnel at the forwarder
     /// (`ResolvedConfigured`).
     ConfigureResolved(LinkConfig),
+    /// Drop the tunnel link's DNS in resolved, to fall back to the resolver file
+    /// (`ResolvedReverted`).
+    RevertResolved { ifindex: u32 },
     /// Send into the tunnel until the gateway handshake completes (long; `Handshake`).
     AwaitHandshake {
         gateway: PeerConfig,
@@ -111,6 +114,7 @@ pub enum Event {
     ForwarderStarted(SocketAddr),
     ResolvConfWritten,
     ResolvedConfigured,
+    ResolvedReverted,
     Handshake,
     DnsAnswered,
     LeaseRenewed,
@@ -155,6 +159,8 @@ pub enum Phase {
     StartingDns,
     WritingResolvConf,
     ConfiguringResolved,
+    /// Queries did not arrive through resolved: reverting its link to fall back.
+    RevertingResolved,
     AwaitingHandshake,
     ProbingDns,
     Serving,
