@@ -69,6 +69,9 @@ impl Kube {
             .to_string();
         let default_namespace = config.default_namespace.clone();
         let client = Client::try_from(config).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        // The name the API server authenticates (what RBAC and the peer-ownership policy
+        // see), not the kubeconfig's name for the user entry.
+        let user = whoami(&client).await.unwrap_or(user);
         Ok(Kube {
             client,
             server,
@@ -332,6 +335,18 @@ pub struct ListedPeer {
     pub spec: Result<PeerSpec, String>,
     pub tunnel_ip: Option<String>,
     pub error: Option<String>,
+}
+
+/// `kubectl auth whoami`: the user name the API server authenticates (a SelfSubjectReview).
+async fn whoami(client: &Client) -> Option<String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let api: Api<SelfSubjectReview> = Api::all(client.clone());
+    let review = api
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .map_err(|e| tracing::debug!(error = %e, "SelfSubjectReview failed; using the kubeconfig's user name"))
+        .ok()?;
+    review.status?.user_info?.username
 }
 
 /// The kubeconfig loader's errors as our sentences.

@@ -14,11 +14,9 @@ mod tests;
 mod types;
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::args::JoinArgs;
-use crate::dns::resolved::LinkConfig;
 use crate::error::Error;
 use crate::state::{State, Undo};
 pub use plan::{DnsPlan, DnsTarget, Facts, Plan};
