@@ -32,7 +32,17 @@ fn developer_apply_refused(c: &Cluster, doc: &serde_json::Value) -> Result<Strin
 fn a_kwg_user_takes_neither_the_gateways_identity_nor_another_users_peer() -> Result<()> {
     let c = Cluster::up()?;
     let info = install_gateway(&c)?;
-    // The victim: alice's peer (registered for her by an admin), connected and working.
+    // The victim: alice's peer (registered for her by an admin), connected and working; alice
+    // may view emojivoto (the gateway forwards a peer only where its owner may get Services).
+    c.kubectl_admin(&[
+        "-n",
+        "emojivoto",
+        "create",
+        "rolebinding",
+        "alice-view",
+        "--clusterrole=view",
+        "--user=alice",
+    ])?;
     let mut victim = WgPeer::start(&c.netns("laptop"), Implementation::KwgWg)?;
     let expires = chrono::Utc::now() + chrono::Duration::hours(1);
     let mut doc = peer_secret_json("victim", &victim.public_key(), expires);
