@@ -22,7 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Join the cluster: register this machine as a peer, start the tunnel daemon, set up
     /// routes and split DNS. Exits 0 once the tunnel handshake is done and a cluster name
-    /// resolves through it; on failure undoes everything.
+    /// resolves through it (and every --wait-for target answers); on failure undoes
+    /// everything and exits with the code of the table below.
+    #[command(after_help = crate::exit::ExitCode::help_table())]
     Join(Box<JoinArgs>),
     /// Show whether this machine is joined and how (exit 1 when not joined).
     Status(OutputArgs),
@@ -31,6 +33,9 @@ pub enum Command {
     /// Leave the cluster: restore DNS, remove routes and the interface, delete the peer Secret.
     /// Idempotent; also cleans up after a killed daemon.
     Leave(LeaveArgs),
+    /// As a cluster admin: create a ServiceAccount bound to the kwg-user roles and print a
+    /// kubeconfig with a token of --duration for it (a CI secret).
+    CiCredentials(crate::credentials::CiCredentialsArgs),
     /// Run the tunnel daemon (started by `kwg join`).
     #[command(hide = true)]
     Daemon(DaemonArgs),
@@ -120,6 +125,12 @@ pub struct JoinArgs {
     /// Stay in the foreground (the daemon runs in this process until Ctrl-C).
     #[arg(long)]
     pub foreground: bool,
+    /// Return only when HOST:PORT (a cluster name such as web-app.emojivoto, or an IP)
+    /// accepts a TCP connection through the tunnel, retried within --timeout; else leave
+    /// again and exit 8 (repeatable).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "foreground")]
+    #[serde(default)]
+    pub wait_for: Vec<crate::wait::Target>,
     /// Output: text progress lines, or one JSON object.
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Format,

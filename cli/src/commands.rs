@@ -117,12 +117,13 @@ pub async fn join(args: JoinArgs, dir: StateDir) -> Result<(), Error> {
         }
     };
     let mut outcome = Err(Error::DaemonExited { log });
+    let mut ready = None;
     for p in progress {
         match p {
-            Progress::Failed(msg) => outcome = Err(Error::Reported(msg)),
-            Progress::Ready(_) => {
+            Progress::Failed(f) => outcome = Err(Error::Reported(f)),
+            Progress::Ready(status) => {
                 outcome = Ok(());
-                report(p);
+                ready = Some(status);
             }
             p => report(p),
         }
@@ -130,7 +131,24 @@ pub async fn join(args: JoinArgs, dir: StateDir) -> Result<(), Error> {
     if outcome.is_err() {
         let _ = child.wait();
     }
-    outcome
+    let Some(status) = ready else {
+        return outcome;
+    };
+    if !args.wait_for.is_empty() {
+        let names: Vec<String> = args.wait_for.iter().map(|t| t.to_string()).collect();
+        say(format, &format!("Waiting for {}", names.join(", ")));
+        let deadline = started + args.timeout;
+        let deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+        if let Err(e) = crate::wait::all(&args.wait_for, &status, deadline).await {
+            // Nothing of a join that failed its wait stays behind.
+            if let Err(undo) = undo_all(&dir).await {
+                tracing::error!(error = %undo, "leaving after --wait-for failed; run kwg leave");
+            }
+            return Err(e);
+        }
+    }
+    report(Progress::Ready(status));
+    Ok(())
 }
 
 fn print_joined(status: &Status, format: Format, elapsed: Duration) {
@@ -172,7 +190,7 @@ pub async fn daemon(spec: &str, dir: StateDir) -> Result<(), Error> {
     };
     let result = driver::run(args, dir, &mut send).await;
     if let Err(e) = &result {
-        send(Progress::Failed(e.to_string()));
+        send(Progress::Failed(e.into()));
     }
     result
 }
@@ -309,8 +327,29 @@ pub async fn leave(args: LeaveArgs, dir: StateDir) -> Result<(), Error> {
         }
         return Ok(());
     };
+    let removed = undo_all(&dir).await?;
+    let ms = started.elapsed().as_millis();
+    if args.output == Format::Json {
+        println!(
+            "{}",
+            serde_json::json!({ "left": true, "removed": removed, "elapsedMs": ms })
+        );
+    } else if removed.is_empty() {
+        println!("Left the cluster ({ms} ms).");
+    } else {
+        println!(
+            "Left the cluster: removed {} ({ms} ms).",
+            removed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Asks the daemon to undo everything (or stops it), then undoes what is left from the
+/// state file; returns what was removed.
+async fn undo_all(dir: &StateDir) -> Result<Vec<String>, Error> {
     let mut removed: Vec<String> = Vec::new();
-    if let Holder::Running(pid) = holder {
+    if let Holder::Running(pid) = DaemonLock::holder(&dir.lock()) {
         match api::call(&dir.socket(), Request::Leave, Duration::from_secs(15)).await {
             Ok(Reply::Left { removed: r }) => removed.extend(r),
             Ok(other) => tracing::warn!(?other, "unexpected reply to leave"),
@@ -327,27 +366,13 @@ pub async fn leave(args: LeaveArgs, dir: StateDir) -> Result<(), Error> {
             }
         }
         if let Some(pid) = pid {
-            wait_exit(&dir, pid, Duration::from_secs(5)).await;
+            wait_exit(dir, pid, Duration::from_secs(5)).await;
         }
     }
     if let Some(state) = State::load(&dir.state())? {
-        removed.extend(cleanup_dead(&state, &dir).await?);
+        removed.extend(cleanup_dead(&state, dir).await?);
     }
-    let ms = started.elapsed().as_millis();
-    if args.output == Format::Json {
-        println!(
-            "{}",
-            serde_json::json!({ "left": true, "removed": removed, "elapsedMs": ms })
-        );
-    } else if removed.is_empty() {
-        println!("Left the cluster ({ms} ms).");
-    } else {
-        println!(
-            "Left the cluster: removed {} ({ms} ms).",
-            removed.join(", ")
-        );
-    }
-    Ok(())
+    Ok(removed)
 }
 
 /// Signals `pid` (only ever a pid read from the daemon's lock file while it is held).

@@ -112,9 +112,17 @@ pub enum Error {
     DaemonExited { log: String },
     #[error("{0}")]
     Api(#[from] crate::api::ClientError),
-    /// An error the daemon reported, already one sentence.
-    #[error("{0}")]
-    Reported(String),
+    #[error(
+        "--wait-for {targets} did not accept a TCP connection through the tunnel within {secs}s (last: {last}); kwg left the cluster again: check the Service has ready endpoints (kubectl get endpointslices), or raise --timeout"
+    )]
+    WaitFor {
+        targets: String,
+        secs: u64,
+        last: String,
+    },
+    /// An error the daemon reported, already one sentence, with its exit code.
+    #[error("{}", .0.message)]
+    Reported(crate::exit::Failure),
     #[error("gateway info is invalid: {0}: upgrade kwg or the gateway so they match")]
     Contract(#[from] kwg_wg::contract::ContractError),
     #[error("{0}")]

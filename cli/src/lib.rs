@@ -4,14 +4,17 @@ pub mod api;
 pub mod args;
 pub mod cluster;
 pub mod commands;
+pub mod credentials;
 pub mod dns;
 pub mod driver;
 pub mod error;
+pub mod exit;
 pub mod lock;
 pub mod output;
 pub mod routes;
 pub mod session;
 pub mod state;
+pub mod wait;
 
 pub use error::Error;
 
@@ -27,9 +30,10 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             let result = commands::join(*a, dir).await;
             if let (true, Err(e)) = (json, &result) {
                 // `-o json`: one JSON object on stdout, also on failure.
+                let failure = exit::Failure::from(e);
                 println!(
                     "{}",
-                    serde_json::json!({ "connected": false, "error": e.to_string() })
+                    serde_json::to_string(&failure).expect("failure serializes")
                 );
             }
             result.map(|()| 0)
@@ -37,6 +41,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Status(a) => commands::status(a, dir).await,
         Command::Peers(a) => commands::peers(a, dir).await.map(|()| 0),
         Command::Leave(a) => commands::leave(a, dir).await.map(|()| 0),
+        Command::CiCredentials(a) => credentials::run(a).await.map(|()| 0),
         Command::Daemon(a) => commands::daemon(&a.spec, dir).await.map(|()| 0),
     }
 }

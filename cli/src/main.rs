@@ -1,7 +1,10 @@
 use clap::Parser;
 
 fn main() {
-    let cli = kwg::args::Cli::parse();
+    let cli = match kwg::args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     kwg_wg::logging::init("warn");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -12,8 +15,32 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kwg: {e}");
-            1
+            kwg::exit::ExitCode::from(&e).code()
         }
     };
     std::process::exit(code);
+}
+
+/// clap's message and code 2; with `-o json` also the failure object on stdout.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let args: Vec<String> = std::env::args().collect();
+    let json = args
+        .windows(2)
+        .any(|w| matches!(w[0].as_str(), "-o" | "--output") && w[1] == "json")
+        || args.iter().any(|a| a == "-ojson" || a == "--output=json");
+    let help = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    if json && !help {
+        let code = kwg::exit::ExitCode::Usage;
+        let first = e.to_string();
+        let message = first.lines().next().unwrap_or_default();
+        let failure = kwg::exit::Failure {
+            connected: false,
+            step: code.step().into(),
+            message: message.trim_start_matches("error: ").into(),
+            exit_code: code,
+        };
+        println!("{}", serde_json::to_string(&failure).expect("serializes"));
+    }
+    e.exit()
 }

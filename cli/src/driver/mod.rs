@@ -34,7 +34,7 @@ pub use status::status_from_state;
 pub enum Progress {
     Step(String),
     Ready(Box<Status>),
-    Failed(String),
+    Failed(crate::exit::Failure),
 }
 
 type Long = Pin<Box<dyn Future<Output = Done> + Send>>;

@@ -1,0 +1,41 @@
+// The action's main step: kwg join -o json with the inputs; outputs tunnel-ip and status.
+// On failure: one ::error:: line with kwg's message, and kwg's exit code (docs/ci.md).
+'use strict';
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+const { input, fileCommand, kwg, defaultName } = require('./runner');
+
+const dir = fs.mkdtempSync(path.join(process.env.RUNNER_TEMP || os.tmpdir(), 'kwg-'));
+const kubeconfig = path.join(dir, 'kubeconfig');
+fs.writeFileSync(kubeconfig, `${input('kubeconfig')}\n`, { mode: 0o600 });
+// The post step removes the kubeconfig and leaves, whatever happens below.
+fileCommand('GITHUB_STATE', 'kubeconfig', kubeconfig);
+
+const exe = input('kwg') || 'kwg';
+const args = ['join', '-o', 'json', '--kubeconfig', kubeconfig];
+args.push('--name', input('name') || defaultName(process.env));
+args.push('--ttl', input('ttl') || '10m', '--timeout', input('timeout') || '60s');
+if (input('namespace')) {
+  args.push('--namespace', input('namespace'));
+}
+for (const target of input('wait-for').split(/[\s,]+/).filter(Boolean)) {
+  args.push('--wait-for', target);
+}
+const r = kwg(exe, args);
+let result;
+try {
+  result = JSON.parse(r.stdout.trim().split('\n').pop() || '{}');
+} catch (e) {
+  result = { connected: false, message: r.error || `kwg printed no JSON: ${r.stdout}` };
+}
+if (r.code !== 0 || !result.connected) {
+  const step = result.step ? ` (${result.step})` : '';
+  console.log(`::error title=kwg join failed${step}::${result.message || r.error || 'see the log above'}`);
+  process.exit(r.code || 1);
+}
+fileCommand('GITHUB_STATE', 'joined', 'true');
+fileCommand('GITHUB_OUTPUT', 'tunnel-ip', result.tunnelIp || '');
+fileCommand('GITHUB_OUTPUT', 'status', JSON.stringify(result));
+fileCommand('GITHUB_ENV', 'KWG_TUNNEL_IP', result.tunnelIp || '');
+console.log(`Joined ${result.server} as ${result.tunnelIp} (namespace ${result.namespace})`);

@@ -1,0 +1,41 @@
+// What main.js and post.js share: the GitHub Actions runner's file commands and kwg itself.
+// No dependencies (no @actions/core): the runner passes inputs as INPUT_<NAME> variables and
+// takes outputs, environment and state as lines appended to the files it names.
+'use strict';
+const fs = require('fs');
+const { spawnSync } = require('child_process');
+
+function input(name) {
+  return (process.env[`INPUT_${name.replace(/ /g, '_').toUpperCase()}`] || '').trim();
+}
+
+// `name<<delimiter` form: safe for any value.
+function fileCommand(variable, name, value) {
+  const file = process.env[variable];
+  if (!file) {
+    throw new Error(`${variable} is not set: run this as a GitHub Actions step`);
+  }
+  const delimiter = `kwg_${Math.random().toString(36).slice(2)}`;
+  fs.appendFileSync(file, `${name}<<${delimiter}\n${value}\n${delimiter}\n`);
+}
+
+// Runs kwg (through sudo when not root); returns { code, stdout }.
+function kwg(exe, args) {
+  const root = typeof process.getuid === 'function' && process.getuid() === 0;
+  const [cmd, argv] = root ? [exe, args] : ['sudo', ['-E', exe, ...args]];
+  const r = spawnSync(cmd, argv, { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
+  if (r.error) {
+    return { code: 1, stdout: '', error: `cannot run ${cmd}: ${r.error.message}` };
+  }
+  return { code: r.status === null ? 1 : r.status, stdout: r.stdout };
+}
+
+// A DNS label from the run: ci-<run id>-<attempt>-<job>.
+function defaultName(env) {
+  const raw = ['ci', env.GITHUB_RUN_ID, env.GITHUB_RUN_ATTEMPT, env.GITHUB_JOB]
+    .filter(Boolean)
+    .join('-');
+  return raw.toLowerCase().replace(/[^a-z0-9-]+/g, '-').slice(0, 63).replace(/-+$/, '');
+}
+
+module.exports = { input, fileCommand, kwg, defaultName };

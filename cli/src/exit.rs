@@ -1,0 +1,339 @@
+//! The documented exit codes of `kwg`: one per situation a script (a CI job) handles
+//! differently. The same table is printed by `kwg join --help`, and is in the README and
+//! docs/ci.md (a unit test checks both files carry it).
+
+use crate::error::Error;
+
+/// Why `kwg` failed, as its process exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitCode {
+    /// Anything not listed below (read the message).
+    Failure = 1,
+    /// Bad flags or flag values (clap's code), a namespace that does not exist.
+    Usage = 2,
+    /// Not root and no CAP_NET_ADMIN.
+    Privilege = 3,
+    /// No or unreadable kubeconfig, rejected credentials, or RBAC forbids what kwg needs.
+    Credentials = 4,
+    /// The kwg gateway is not installed, has no ready pod, or assigns no tunnel IP.
+    GatewayMissing = 5,
+    /// No WireGuard handshake with the gateway (UDP blocked or dropped).
+    GatewayUnreachable = 6,
+    /// Cluster DNS did not answer through the tunnel.
+    DnsVerification = 7,
+    /// A `--wait-for` target did not accept a TCP connection in time.
+    WaitFor = 8,
+    /// Something local is in the way: already joined, the interface exists, a route or the
+    /// DNS listen address conflicts.
+    LocalConflict = 9,
+    /// The Kubernetes API server cannot be reached.
+    ApiUnreachable = 10,
+}
+
+impl ExitCode {
+    pub const ALL: [ExitCode; 10] = [
+        ExitCode::Failure,
+        ExitCode::Usage,
+        ExitCode::Privilege,
+        ExitCode::Credentials,
+        ExitCode::GatewayMissing,
+        ExitCode::GatewayUnreachable,
+        ExitCode::DnsVerification,
+        ExitCode::WaitFor,
+        ExitCode::LocalConflict,
+        ExitCode::ApiUnreachable,
+    ];
+
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// The `step` of the `-o json` failure object.
+    pub fn step(self) -> &'static str {
+        match self {
+            ExitCode::Failure => "join",
+            ExitCode::Usage => "usage",
+            ExitCode::Privilege => "privilege",
+            ExitCode::Credentials => "credentials",
+            ExitCode::GatewayMissing => "gateway",
+            ExitCode::GatewayUnreachable => "handshake",
+            ExitCode::DnsVerification => "dns",
+            ExitCode::WaitFor => "wait-for",
+            ExitCode::LocalConflict => "local-conflict",
+            ExitCode::ApiUnreachable => "api-server",
+        }
+    }
+
+    fn meaning(self) -> &'static str {
+        match self {
+            ExitCode::Failure => "any other failure (read the message)",
+            ExitCode::Usage => "bad flags or flag values, a namespace that does not exist",
+            ExitCode::Privilege => "not root and no CAP_NET_ADMIN",
+            ExitCode::Credentials => {
+                "no or unreadable kubeconfig, rejected credentials, RBAC forbids what kwg needs"
+            }
+            ExitCode::GatewayMissing => {
+                "kwg gateway not installed, no ready gateway pod, or no tunnel IP assigned"
+            }
+            ExitCode::GatewayUnreachable => {
+                "no WireGuard handshake with the gateway (UDP blocked or dropped)"
+            }
+            ExitCode::DnsVerification => "cluster DNS did not answer through the tunnel",
+            ExitCode::WaitFor => "a --wait-for target did not accept a TCP connection in time",
+            ExitCode::LocalConflict => {
+                "already joined, the interface exists, a route or the DNS listen address conflicts"
+            }
+            ExitCode::ApiUnreachable => "the Kubernetes API server cannot be reached",
+        }
+    }
+
+    /// The table for `--help`.
+    pub fn help_table() -> String {
+        let mut s =
+            String::from("Exit codes:\n   0  joined (and every --wait-for target answered)\n");
+        for c in Self::ALL {
+            s.push_str(&format!(
+                "  {:>2}  {:<15} {}\n",
+                c.code(),
+                c.step(),
+                c.meaning()
+            ));
+        }
+        s.push_str(
+            "With -o json a failure is one JSON object on stdout: {\"connected\":false,\"step\":…,\"message\":…,\"exitCode\":…}",
+        );
+        s
+    }
+
+    /// The table for the README and docs/ci.md.
+    pub fn markdown_table() -> String {
+        let mut s = String::from(
+            "| Code | `step` | Meaning |\n|---:|---|---|\n| 0 | | joined (and every `--wait-for` target answered) |\n",
+        );
+        for c in Self::ALL {
+            s.push_str(&format!(
+                "| {} | `{}` | {} |\n",
+                c.code(),
+                c.step(),
+                c.meaning().replace("--wait-for", "`--wait-for`")
+            ));
+        }
+        s
+    }
+}
+
+impl From<&Error> for ExitCode {
+    fn from(e: &Error) -> Self {
+        use ExitCode as C;
+        match e {
+            Error::NotPrivileged => C::Privilege,
+            Error::NoGateway { .. } | Error::GatewayNotReady { .. } | Error::NoTunnelIp { .. } => {
+                C::GatewayMissing
+            }
+            Error::Forbidden { .. }
+            | Error::Unauthorized { .. }
+            | Error::Kubeconfig(_)
+            | Error::KubeconfigRead { .. }
+            | Error::NoKubeconfig
+            | Error::NoContext
+            | Error::NoSuchContext(_) => C::Credentials,
+            Error::Kube { source, .. } => match source.as_ref() {
+                kube::Error::Api(s) if s.code == 401 || s.code == 403 => C::Credentials,
+                _ => C::Failure,
+            },
+            Error::ApiUnreachable { .. } => C::ApiUnreachable,
+            Error::NamespaceNotFound { .. }
+            | Error::Invalid { .. }
+            | Error::ResolvedUnavailable { .. } => C::Usage,
+            Error::GatewayUdp { .. } => C::GatewayUnreachable,
+            Error::DnsCheck { .. } => C::DnsVerification,
+            Error::WaitFor { .. } => C::WaitFor,
+            Error::RouteConflict { .. }
+            | Error::AlreadyJoined { .. }
+            | Error::InterfaceExists { .. }
+            | Error::DnsListen { .. } => C::LocalConflict,
+            Error::Reported(f) => f.exit_code,
+            Error::JoinTimeout { .. }
+            | Error::DaemonTimeout { .. }
+            | Error::DaemonExited { .. }
+            | Error::Api(_)
+            | Error::Contract(_)
+            | Error::Netlink(_)
+            | Error::Wg(_)
+            | Error::Resolved(_)
+            | Error::Io { .. } => C::Failure,
+        }
+    }
+}
+
+/// A failed join as the daemon reports it to `kwg join`, and as `-o json` prints it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    pub connected: bool,
+    pub step: String,
+    pub message: String,
+    #[serde(with = "as_number")]
+    pub exit_code: ExitCode,
+}
+
+impl From<&Error> for Failure {
+    fn from(e: &Error) -> Self {
+        if let Error::Reported(f) = e {
+            return f.clone();
+        }
+        let exit_code = ExitCode::from(e);
+        Failure {
+            connected: false,
+            step: exit_code.step().into(),
+            message: e.to_string(),
+            exit_code,
+        }
+    }
+}
+
+/// `exitCode` is the number a shell sees.
+mod as_number {
+    use super::ExitCode;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(c: &ExitCode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i32(c.code())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ExitCode, D::Error> {
+        let n = i32::deserialize(d)?;
+        ExitCode::ALL
+            .into_iter()
+            .find(|c| c.code() == n)
+            .ok_or_else(|| D::Error::custom(format!("unknown exit code {n}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(e: Error) -> i32 {
+        ExitCode::from(&e).code()
+    }
+
+    #[test]
+    fn each_situation_has_its_code() {
+        assert_eq!(code(Error::NotPrivileged), 3);
+        assert_eq!(code(Error::NoKubeconfig), 4);
+        let forbidden = Error::Forbidden {
+            user: "u".into(),
+            verb: "create".into(),
+            resource: "secrets".into(),
+            namespace: "kwg-system".into(),
+        };
+        assert_eq!(code(forbidden), 4);
+        let kube403 = Error::Kube {
+            step: "list".into(),
+            source: Box::new(kube::Error::Api(Box::new(
+                kube::core::Status::failure("no", "Forbidden").with_code(403),
+            ))),
+        };
+        assert_eq!(code(kube403), 4);
+        let ns = Error::NamespaceNotFound {
+            name: "x".into(),
+            flag: "-n",
+        };
+        assert_eq!(code(ns), 2);
+        let ready = Error::GatewayNotReady {
+            ready: 0,
+            desired: 0,
+            namespace: "kwg-system".into(),
+        };
+        assert_eq!(code(ready), 5);
+        let udp = Error::GatewayUdp {
+            endpoints: "192.0.2.1:31820".into(),
+            secs: 3,
+        };
+        assert_eq!(code(udp), 6);
+        let dns = Error::DnsCheck {
+            name: "kubernetes.default".into(),
+            secs: 3,
+        };
+        assert_eq!(code(dns), 7);
+        let wait = Error::WaitFor {
+            targets: "web-app.emojivoto:80".into(),
+            secs: 3,
+            last: "connection refused".into(),
+        };
+        assert_eq!(code(wait), 8);
+        assert_eq!(code(Error::AlreadyJoined { pid: Some(1) }), 9);
+        let iface = Error::InterfaceExists { name: "wg0".into() };
+        assert_eq!(code(iface), 9);
+        let api = Error::ApiUnreachable {
+            server: "https://x".into(),
+            reason: "refused".into(),
+        };
+        assert_eq!(code(api), 10);
+        assert_eq!(code(Error::invalid("--name", "not a label")), 2);
+        let timeout = Error::DaemonTimeout {
+            secs: 5,
+            log: "l".into(),
+        };
+        assert_eq!(code(timeout), 1);
+    }
+
+    #[test]
+    fn codes_are_distinct_and_not_clap_or_shell_reserved() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ExitCode::ALL {
+            assert!(seen.insert(c.code()), "{c:?} repeats {}", c.code());
+            assert!((1..126).contains(&c.code()));
+        }
+        assert_eq!(ExitCode::Usage.code(), 2, "clap exits 2 on usage errors");
+    }
+
+    #[test]
+    fn a_reported_failure_keeps_the_daemons_code_through_json() {
+        let f = Failure::from(&Error::GatewayUdp {
+            endpoints: "192.0.2.1:31820".into(),
+            secs: 3,
+        });
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["connected"], false);
+        assert_eq!(json["step"], "handshake");
+        assert_eq!(json["exitCode"], 6);
+        assert!(
+            json["message"]
+                .as_str()
+                .unwrap()
+                .contains("did not answer on UDP")
+        );
+        let back: Failure = serde_json::from_value(json).unwrap();
+        assert_eq!(code(Error::Reported(back.clone())), 6);
+        assert_eq!(Error::Reported(back).to_string(), f.message);
+    }
+
+    #[test]
+    fn the_readme_and_the_ci_guide_carry_the_table() {
+        let table = ExitCode::markdown_table();
+        for doc in ["../README.md", "../docs/ci.md"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(doc);
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.contains(&table),
+                "{doc} lacks the exit-code table; paste:\n{table}"
+            );
+        }
+    }
+
+    #[test]
+    fn help_lists_every_code() {
+        let help = ExitCode::help_table();
+        for c in ExitCode::ALL {
+            assert!(
+                help.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{} ", c.code()))
+                        && l.contains(c.step())),
+                "{help}"
+            );
+        }
+    }
+}
