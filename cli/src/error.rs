@@ -141,6 +141,10 @@ pub enum Error {
     ResolvedUnavailable { reason: String },
     #[error("{0}")]
     Resolved(#[from] crate::dns::resolved::ResolvedError),
+    #[error(
+        "refused {what} from the cluster: {why}; a cluster admin must fix it (kubectl -n kwg-system get configmap kwg-gateway-info -o yaml shows what the gateway published)"
+    )]
+    UntrustedInfo { what: String, why: String },
     #[error("invalid {what}: {reason}")]
     Invalid { what: String, reason: String },
     #[error("cannot {what}: {source}")]

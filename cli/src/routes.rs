@@ -4,7 +4,12 @@
 //! the plan.
 
 use ipnet::IpNet;
-use kwg_wg::netlink::{MAIN_TABLE, RouteEntry};
+#[cfg(test)]
+use kwg_wg::netlink::MAIN_TABLE;
+use kwg_wg::netlink::RouteEntry;
+
+/// The kernel's table of local and broadcast addresses (`ip route show table local`).
+const LOCAL_TABLE: u32 = 255;
 
 use crate::error::Error;
 
@@ -93,9 +98,10 @@ fn subtract(outer: IpNet, inner: IpNet) -> Vec<IpNet> {
     out
 }
 
-/// Checks the plan against the machine's main-table routes (other than `own_interface`'s and
-/// default routes): an overlap is an error naming the existing route, unless the planned subnet
-/// lies inside one of `allowed` (`--allow-conflicting-subnets`).
+/// Checks the plan against the machine's routes in every table but `local` (another VPN's
+/// routes, e.g. Tailscale's 100.64.0.0/10 in table 52, count too), other than `own_interface`'s
+/// and default routes: an overlap is an error naming the existing route, unless the planned
+/// subnet lies inside one of `allowed` (`--allow-conflicting-subnets`).
 pub fn check_conflicts(
     plan: &[PlannedRoute],
     existing: &[RouteEntry],
@@ -107,7 +113,7 @@ pub fn check_conflicts(
             continue;
         }
         let conflict = existing.iter().find(|e| {
-            e.table == MAIN_TABLE
+            e.table != LOCAL_TABLE
                 && e.destination.prefix_len() > 0
                 && e.interface.as_deref() != Some(own_interface)
                 && (e.destination.contains(&route.subnet) || route.subnet.contains(&e.destination))
@@ -216,5 +222,20 @@ mod tests {
         );
         check_conflicts(&p, &routes, "kwg0", &[n("10.0.0.0/8")]).unwrap();
         check_conflicts(&p, &routes[..2], "kwg0", &[]).unwrap();
+        // Another VPN's routes in its own table count (Tailscale uses table 52).
+        let p = plan(&RouteInputs {
+            pod: vec![n("100.64.0.0/16")],
+            ..Default::default()
+        });
+        let tailscale = RouteEntry {
+            table: 52,
+            ..existing("100.64.0.0/10", "tailscale0")
+        };
+        assert!(check_conflicts(&p, &[tailscale.clone()], "kwg0", &[]).is_err());
+        let local = RouteEntry {
+            table: LOCAL_TABLE,
+            ..tailscale
+        };
+        check_conflicts(&p, &[local], "kwg0", &[]).unwrap();
     }
 }

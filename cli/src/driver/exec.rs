@@ -71,6 +71,8 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
         default_namespace: kube.default_namespace.clone(),
         namespaces: kube.namespaces().await,
         machine_routes: nl.routes().await?,
+        machine_addresses: machine_addresses(),
+        api_server: api_server_addresses(&kube.server).await,
         interface_exists: nl.link_exists(&args.interface).await?,
         public_key: key.public_key(),
         hostname: hostname(),
@@ -232,6 +234,41 @@ async fn resolve_endpoint(info: &GatewayInfo) -> Result<SocketAddr, Error> {
         "gateway endpoints",
         "none of them resolves: check the kwg-gateway Service and the gateway info ConfigMap",
     ))
+}
+
+/// The addresses of the machine's interfaces.
+fn machine_addresses() -> Vec<IpAddr> {
+    nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| a.address)
+                .filter_map(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The API server's addresses (its URL's host, resolved).
+async fn api_server_addresses(server: &str) -> Vec<IpAddr> {
+    let Ok(url) = server.parse::<hyper::Uri>() else {
+        return Vec::new();
+    };
+    let Some(host) = url.host() else {
+        return Vec::new();
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse() {
+        return vec![ip];
+    }
+    let port = url.port_u16().unwrap_or(443);
+    tokio::net::lookup_host((host, port))
+        .await
+        .map(|a| a.map(|s| s.ip()).collect())
+        .unwrap_or_default()
 }
 
 fn load_or_create_key(dir: &StateDir) -> Result<PrivateKey, Error> {

@@ -11,6 +11,7 @@ pub mod plan;
 mod serving;
 #[cfg(test)]
 mod tests;
+pub mod trust;
 mod types;
 
 use std::collections::VecDeque;
@@ -245,6 +246,10 @@ impl Session {
                 self.actions.push_front(Action::Progress(msg));
             }
             (Phase::WaitingTunnelIp, Event::TunnelIp(ip)) => {
+                let plan = self.plan.as_ref().expect("planned");
+                if let Err(e) = trust::check_tunnel_ip(ip, &plan.info, &plan.machine_addresses) {
+                    return self.fail(e);
+                }
                 let name = self.args.interface.clone();
                 self.journal(|s| s.tunnel_ip = Some(ip));
                 self.record(Undo::DeleteInterface {

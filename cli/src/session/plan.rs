@@ -18,6 +18,7 @@ use crate::dns::resolved::{self, LinkDomain, STUB};
 use crate::dns::split::{DEFAULT_EXCLUDE_SUFFIXES, SplitDns};
 use crate::error::Error;
 use crate::routes::{self, PlannedRoute, RouteInputs};
+use crate::session::trust;
 
 /// WireGuard persistent keepalive, seconds (the `wg` man page suggests 25 behind NAT).
 pub const KEEPALIVE: u16 = 25;
@@ -39,6 +40,10 @@ pub struct Facts {
     pub namespaces: Option<BTreeSet<String>>,
     /// Every route of the machine.
     pub machine_routes: Vec<RouteEntry>,
+    /// The addresses of the machine's interfaces.
+    pub machine_addresses: Vec<IpAddr>,
+    /// The API server's addresses.
+    pub api_server: Vec<IpAddr>,
     /// Whether an interface of the requested name already exists.
     pub interface_exists: bool,
     pub public_key: PublicKey,
@@ -109,6 +114,9 @@ pub struct Plan {
     pub cluster_dns: Option<SocketAddr>,
     /// Where the verification asks `probe_name`.
     pub probe_dns: Option<SocketAddr>,
+    /// The gateway info and the machine's addresses, to check a tunnel IP or new info with.
+    pub info: GatewayInfo,
+    pub machine_addresses: Vec<IpAddr>,
 }
 
 impl Plan {
@@ -146,6 +154,23 @@ pub fn plan(
         .clone()
         .unwrap_or_else(|| facts.default_namespace.clone());
     check_namespaces(args, &namespace, facts.namespaces.as_ref())?;
+    let gateways: Vec<IpAddr> = facts
+        .machine_routes
+        .iter()
+        .filter(|r| r.destination.prefix_len() == 0)
+        .filter_map(|r| r.gateway)
+        .collect();
+    let machine = trust::Machine {
+        addresses: &facts.machine_addresses,
+        gateways: &gateways,
+        api_server: &facts.api_server,
+    };
+    trust::check_info(
+        info,
+        &machine,
+        &exclude_suffixes(args),
+        &args.include_suffixes,
+    )?;
     let routes = plan_routes(args, info);
     routes::check_conflicts(
         &routes,
@@ -188,7 +213,21 @@ pub fn plan(
         dns,
         cluster_dns,
         probe_dns,
+        info: info.clone(),
+        machine_addresses: facts.machine_addresses.clone(),
     })
+}
+
+/// `--dns-exclude-suffix`, or Telepresence's defaults.
+pub fn exclude_suffixes(args: &JoinArgs) -> Vec<String> {
+    if args.exclude_suffixes.is_empty() {
+        DEFAULT_EXCLUDE_SUFFIXES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        args.exclude_suffixes.clone()
+    }
 }
 
 /// The connected and the mapped namespaces must exist (when the user may list them: else
@@ -255,14 +294,7 @@ fn plan_dns(
     original: &[u8],
     backup: PathBuf,
 ) -> Result<DnsPlan, Error> {
-    let exclude = if args.exclude_suffixes.is_empty() {
-        DEFAULT_EXCLUDE_SUFFIXES
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    } else {
-        args.exclude_suffixes.clone()
-    };
+    let exclude = exclude_suffixes(args);
     let split = SplitDns {
         cluster_domain: facts.info.cluster_domain.clone(),
         namespace: namespace.to_string(),

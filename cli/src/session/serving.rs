@@ -120,7 +120,21 @@ impl Session {
         let Some(plan) = self.plan.as_mut() else {
             return;
         };
+        let info = match super::trust::check_info(
+            &info,
+            &super::trust::Machine {
+                addresses: &plan.machine_addresses,
+                gateways: &[],
+                api_server: &[],
+            },
+            &plan::exclude_suffixes(&self.args),
+            &self.args.include_suffixes,
+        ) {
+            Ok(()) => info,
+            Err(e) => return tracing::error!(error = %e, "ignoring the changed gateway info"),
+        };
         let routes = plan::plan_routes(&self.args, &info);
+        plan.info = info.clone();
         let endpoint = info
             .endpoints
             .iter()

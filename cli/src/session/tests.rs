@@ -54,6 +54,8 @@ fn facts(gateway: &PrivateKey) -> Facts {
         endpoint: "192.0.2.1:31820".parse().unwrap(),
         namespaces: Some(["emojivoto".to_string(), "default".to_string()].into()),
         machine_routes: vec![],
+        machine_addresses: vec!["192.0.2.10".parse().unwrap()],
+        api_server: vec!["192.0.2.1".parse().unwrap()],
         interface_exists: false,
         public_key: PrivateKey::generate().public_key(),
         hostname: "laptop".into(),
