@@ -2,6 +2,7 @@
 //! become Pod objects, Pod objects become processes in pod namespaces.
 
 pub mod plan;
+pub mod rollout;
 pub mod runtime;
 
 use crate::names::{self, Names};
@@ -41,6 +42,8 @@ struct Kubelet {
     pods: BTreeMap<Key, RunningPod>,
     /// Pods created but not yet seen in the watch cache: name -> (owner uid, when).
     expected: BTreeMap<Key, (String, Instant)>,
+    /// Pods deleted but maybe still in the watch cache: not counted by the rollout.
+    deleted: BTreeMap<Key, Instant>,
     /// Addresses of pods still shutting down (not to be reused yet).
     stopping: Arc<Mutex<BTreeSet<Ipv4Addr>>>,
 }
@@ -95,6 +98,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<()> {
         client,
         pods: BTreeMap::new(),
         expected: BTreeMap::new(),
+        deleted: BTreeMap::new(),
         stopping: Arc::default(),
     };
     loop {
@@ -130,18 +134,23 @@ impl Kubelet {
         let seen: BTreeSet<Key> = pods.iter().map(key).collect();
         self.expected
             .retain(|k, (_, at)| !seen.contains(k) && at.elapsed() < Duration::from_secs(5));
+        self.deleted
+            .retain(|k, at| seen.contains(k) && at.elapsed() < Duration::from_secs(5));
         for d in deploys {
             let ns = d.namespace().unwrap_or_default();
-            let owned: Vec<&Pod> = pods.iter().filter(|p| plan::owned_by(p, d)).collect();
-            let mut rp = plan::replica_plan(d, &owned);
+            let owned: Vec<&Pod> = pods
+                .iter()
+                .filter(|p| plan::owned_by(p, d) && !self.deleted.contains_key(&key(p)))
+                .collect();
             let uid = d.uid().unwrap_or_default();
-            rp.create = rp
-                .create
-                .saturating_sub(self.expected.values().filter(|(u, _)| *u == uid).count());
+            let pending = self.expected.values().filter(|(u, _)| *u == uid).count();
+            let rp = rollout::replica_plan(d, &owned, pending);
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
             for name in &rp.delete {
-                tracing::info!(pod = %name, deployment = %d.name_any(), "deleting surplus pod");
+                tracing::info!(pod = %name, deployment = %d.name_any(), "deleting pod (rollout or scale-down)");
                 ignore_not_found(api.delete(name, &DeleteParams::default()).await.map(|_| ()))?;
+                self.deleted
+                    .insert((ns.clone(), name.clone()), Instant::now());
             }
             for _ in 0..rp.create {
                 let suffix: String = (0..5)

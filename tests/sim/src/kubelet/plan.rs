@@ -53,41 +53,6 @@ pub fn pod_ready(pod: &Pod) -> bool {
         .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-/// What to do about one Deployment's pods.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ReplicaPlan {
-    /// How many pods of the current template to create.
-    pub create: usize,
-    /// Names of pods to delete: old templates first, then surplus.
-    pub delete: Vec<String>,
-}
-
-/// Keeps `spec.replicas` pods of the current template (old templates are replaced at once).
-pub fn replica_plan(d: &Deployment, owned: &[&Pod]) -> ReplicaPlan {
-    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
-    let hash = template_hash(d);
-    let live: Vec<&&Pod> = owned
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
-    let (current, old): (Vec<&&Pod>, Vec<&&Pod>) = live.into_iter().partition(|p| {
-        p.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(TEMPLATE_HASH_LABEL))
-            == Some(&hash)
-    });
-    let mut delete: Vec<String> = old.iter().filter_map(|p| p.metadata.name.clone()).collect();
-    let mut current: Vec<String> = current
-        .iter()
-        .filter_map(|p| p.metadata.name.clone())
-        .collect();
-    current.sort();
-    let create = want.saturating_sub(current.len());
-    delete.extend(current.into_iter().skip(want));
-    ReplicaPlan { create, delete }
-}
-
 /// A new Pod for `d` named `<deployment>-<hash>-<suffix>`, bound to `node`.
 pub fn new_pod(d: &Deployment, suffix: &str, node: &str) -> Option<Pod> {
     let spec = d.spec.as_ref()?;
@@ -259,33 +224,6 @@ mod tests {
         assert_eq!(image_binary("ghcr.io/x/kwg-gateway:v1.2"), "kwg-gateway");
         assert_eq!(image_binary("localhost:5000/kwg-sim@sha256:abc"), "kwg-sim");
         assert_eq!(image_binary("kwg-sim"), "kwg-sim");
-    }
-
-    #[test]
-    fn replica_plan_scales_and_replaces_old_templates() {
-        let d = deploy(2, "kwg-sim");
-        let mut p1 = new_pod(&d, "aaaaa", "node-1").unwrap();
-        p1.metadata.uid = Some("p1".into());
-        assert_eq!(p1.metadata.labels.as_ref().unwrap()["app"], "web");
-        assert!(owned_by(&p1, &d));
-        assert_eq!(
-            replica_plan(&d, &[&p1]),
-            ReplicaPlan {
-                create: 1,
-                delete: vec![]
-            }
-        );
-        let d2 = deploy(1, "kwg-gateway");
-        assert_ne!(template_hash(&d), template_hash(&d2));
-        let p2 = new_pod(&d2, "bbbbb", "node-1").unwrap();
-        let plan = replica_plan(&d2, &[&p1, &p2]);
-        assert_eq!(plan.create, 0);
-        assert_eq!(plan.delete, vec![p1.metadata.name.clone().unwrap()]);
-        let p3 = new_pod(&d2, "ccccc", "node-1").unwrap();
-        assert_eq!(
-            replica_plan(&d2, &[&p2, &p3]).delete,
-            vec![p3.metadata.name.clone().unwrap()]
-        );
     }
 
     #[test]
