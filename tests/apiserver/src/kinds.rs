@@ -119,6 +119,7 @@ static KINDS: &[Kind] = &[
     k(RBAC, "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", CLUSTER, NONE, NONE, NONE, PathSegment),
     k("networking.k8s.io", "servicecidrs", "servicecidr", "ServiceCIDR", CLUSTER, NONE, NONE, STATUS, Subdomain),
     k("coordination.k8s.io", "leases", "lease", "Lease", NS, NONE, NONE, NONE, Subdomain),
+    with_generation(k("policy", "poddisruptionbudgets", "poddisruptionbudget", "PodDisruptionBudget", NS, &["pdb"], NONE, STATUS, Subdomain)),
     k("events.k8s.io", "events", "event", "Event", NS, &["ev"], NONE, NONE, Subdomain),
     create_only(k("authentication.k8s.io", "selfsubjectreviews", "selfsubjectreview", "SelfSubjectReview", CLUSTER, NONE, NONE, NONE, Subdomain)),
     create_only(k("authorization.k8s.io", "selfsubjectrulesreviews", "selfsubjectrulesreview", "SelfSubjectRulesReview", CLUSTER, NONE, NONE, NONE, Subdomain)),
