@@ -136,7 +136,12 @@ pub async fn run(args: CiCredentialsArgs) -> Result<(), Error> {
     let issued = sas
         .create_token_request(name, &PostParams::default(), &request)
         .await
-        .map_err(|e| kube.error(step("create", "serviceaccounts/token", &ns), e))?;
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 404 => Error::NoTokenRequest {
+                server: kube.server.clone(),
+            },
+            e => kube.error(step("create", "serviceaccounts/token", &ns), e),
+        })?;
     let status = issued.status.ok_or_else(|| {
         Error::invalid(
             "TokenRequest answer",

@@ -120,6 +120,10 @@ pub enum Error {
         secs: u64,
         last: String,
     },
+    #[error(
+        "the Kubernetes API server {server} does not serve TokenRequest (serviceaccounts/token, Kubernetes >= 1.22): upgrade the cluster, or create a token Secret for the ServiceAccount by hand"
+    )]
+    NoTokenRequest { server: String },
     /// An error the daemon reported, already one sentence, with its exit code.
     #[error("{}", .0.message)]
     Reported(crate::exit::Failure),

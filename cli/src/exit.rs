@@ -152,11 +152,13 @@ impl From<&Error> for ExitCode {
             Error::RouteConflict { .. }
             | Error::AlreadyJoined { .. }
             | Error::InterfaceExists { .. }
-            | Error::DnsListen { .. } => C::LocalConflict,
+            | Error::DnsListen { .. }
+            | Error::UntrustedInfo { .. } => C::LocalConflict,
             Error::Reported(f) => f.exit_code,
             Error::JoinTimeout { .. }
             | Error::DaemonTimeout { .. }
             | Error::DaemonExited { .. }
+            | Error::NoTokenRequest { .. }
             | Error::Api(_)
             | Error::Contract(_)
             | Error::Netlink(_)
