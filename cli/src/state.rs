@@ -109,6 +109,9 @@ pub enum Undo {
     /// (`ifindex` is recorded once it exists; a TUN without its process is gone anyway).
     #[serde(rename_all = "camelCase")]
     DeleteInterface { name: String, ifindex: Option<u32> },
+    /// Delete kwg's nftables table (it outlives a killed daemon).
+    #[serde(rename_all = "camelCase")]
+    RemoveFirewall { table: String },
     /// Stop the DNS forwarder (in the daemon only: it dies with it).
     StopForwarder,
     /// Drop kwg's per-link DNS in systemd-resolved (it forgets a link that is gone by

@@ -319,6 +319,9 @@ pub async fn undo_step(u: &Undo, kube: Option<&Kube>) -> Result<Option<String>, 
                 .then(|| format!("routes and interface {name}")))
         }
         Undo::StopForwarder => Ok(None),
+        Undo::RemoveFirewall { table } => Ok(super::firewall::remove(table)
+            .await?
+            .then(|| format!("firewall table {table}"))),
         Undo::RevertLink { name, ifindex } => {
             // A link that is gone took its DNS settings with it.
             let nl = Netlink::open()?;

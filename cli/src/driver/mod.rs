@@ -3,6 +3,7 @@
 //! resource; the core owns every decision.
 
 pub mod exec;
+pub mod firewall;
 mod status;
 
 use std::future::Future;
@@ -55,6 +56,8 @@ struct Driver {
     resolved: Option<crate::dns::resolved::Resolved>,
     watch: Option<tokio::task::JoinHandle<()>>,
     info_tx: mpsc::Sender<GatewayInfo>,
+    /// Said to `kwg join` with the next progress line.
+    warnings: Vec<String>,
 }
 
 /// Runs the daemon: takes the lock, cleans up after a dead predecessor, brings everything up
@@ -115,6 +118,7 @@ pub async fn run(
         resolved: None,
         watch: None,
         info_tx,
+        warnings: Vec::new(),
     };
     let mut long: Option<Long> = None;
     let mut leave_waiters: Vec<oneshot::Sender<Reply>> = Vec::new();
@@ -125,7 +129,12 @@ pub async fn run(
             match action {
                 Action::Exit => break 'run,
                 Action::Cancel => long = None,
-                Action::Progress(s) => progress(Progress::Step(s)),
+                Action::Progress(s) => {
+                    for w in d.warnings.drain(..) {
+                        progress(Progress::Step(w));
+                    }
+                    progress(Progress::Step(s))
+                }
                 Action::Ready => {
                     joined = true;
                     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "joined");
@@ -249,6 +258,18 @@ impl Driver {
                     Ok(())
                 };
                 event(r.await, Event::NetworkConfigured)
+            }
+            Action::InstallFirewall { table, interface } => {
+                match firewall::install(&table, &interface).await {
+                    Ok(true) => Started::Now(Event::FirewallInstalled),
+                    Ok(false) => {
+                        let msg = "Warning: nft is not installed: new connections from the cluster to this machine are not filtered (install nftables)";
+                        tracing::warn!("{msg}");
+                        self.warnings.push(msg.to_string());
+                        Started::Now(Event::FirewallInstalled)
+                    }
+                    Err(e) => Started::Now(Event::Failed(e)),
+                }
             }
             Action::StartForwarder { listen, config } => {
                 match Forwarder::start(listen, *config).await {

@@ -278,7 +278,18 @@ impl Session {
                 };
                 self.step(Phase::ConfiguringNetwork, action);
             }
-            (Phase::ConfiguringNetwork, Event::NetworkConfigured) => self.network_configured(now),
+            (Phase::ConfiguringNetwork, Event::NetworkConfigured) => {
+                let interface = self.args.interface.clone();
+                let table = crate::driver::firewall::table_name(&interface);
+                self.record(Undo::RemoveFirewall {
+                    table: table.clone(),
+                });
+                self.step(
+                    Phase::InstallingFirewall,
+                    Action::InstallFirewall { table, interface },
+                );
+            }
+            (Phase::InstallingFirewall, Event::FirewallInstalled) => self.network_configured(now),
             (Phase::StartingDns, Event::ForwarderStarted(addr)) => self.forwarder_started(addr),
             (Phase::WritingResolvConf, Event::ResolvConfWritten) => self.verify(now),
             (Phase::ConfiguringResolved, Event::ResolvedConfigured) => self.verify(now),

@@ -100,6 +100,7 @@ fn undo_name(u: &Undo) -> &'static str {
         Undo::StopForwarder => "StopForwarder",
         Undo::RestoreResolvConf { .. } => "RestoreResolvConf",
         Undo::RevertLink { .. } => "RevertLink",
+        Undo::RemoveFirewall { .. } => "RemoveFirewall",
     }
 }
 
@@ -124,6 +125,7 @@ impl Run {
             Action::WaitTunnelIp { .. } => Event::TunnelIp("100.77.0.2".parse().unwrap()),
             Action::CreateDevice { .. } => Event::DeviceCreated { ifindex: 7 },
             Action::ConfigureNetwork { .. } => Event::NetworkConfigured,
+            Action::InstallFirewall { .. } => Event::FirewallInstalled,
             Action::StartForwarder { .. } => {
                 Event::ForwarderStarted("127.77.0.53:53".parse().unwrap())
             }
@@ -185,6 +187,8 @@ const HAPPY: &[&str] = &[
     "CreateDevice",
     "Save",
     "ConfigureNetwork",
+    "Save",
+    "InstallFirewall",
     "Progress",
     "Save",
     "StartForwarder",
@@ -235,13 +239,19 @@ fn happy_path_records_each_undo_before_its_step() {
     );
     assert_eq!(
         at("StartForwarder"),
-        ["DeletePeer", "DeleteInterface(created)", "StopForwarder"]
+        [
+            "DeletePeer",
+            "DeleteInterface(created)",
+            "RemoveFirewall",
+            "StopForwarder"
+        ]
     );
     assert_eq!(
         at("WriteResolvConf"),
         [
             "DeletePeer",
             "DeleteInterface(created)",
+            "RemoveFirewall",
             "StopForwarder",
             "RestoreResolvConf"
         ]
@@ -261,6 +271,7 @@ fn expected_undo(step: &str) -> Vec<String> {
         ("Register", "DeletePeer"),
         ("CreateDevice", "DeleteInterface(not created)"),
         ("ConfigureNetwork", "DeleteInterface(created)"),
+        ("InstallFirewall", "RemoveFirewall"),
         ("StartForwarder", "StopForwarder"),
         ("WriteResolvConf", "RestoreResolvConf"),
     ];
@@ -285,6 +296,7 @@ const STEPS: &[&str] = &[
     "WaitTunnelIp",
     "CreateDevice",
     "ConfigureNetwork",
+    "InstallFirewall",
     "StartForwarder",
     "WriteResolvConf",
     "AwaitHandshake",
@@ -581,6 +593,7 @@ fn in_auto_mode_queries_not_reaching_kwg_through_resolved_fall_back_to_the_resol
         [
             "DeletePeer",
             "DeleteInterface(created)",
+            "RemoveFirewall",
             "StopForwarder",
             "RestoreResolvConf"
         ]

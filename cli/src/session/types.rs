@@ -36,6 +36,9 @@ pub enum Action {
         routes: Vec<IpNet>,
         gateway: PeerConfig,
     },
+    /// Load the laptop's firewall table: new connections arriving on `interface` are dropped
+    /// (`FirewallInstalled`).
+    InstallFirewall { table: String, interface: String },
     /// Start the DNS forwarder (`ForwarderStarted`).
     StartForwarder {
         listen: SocketAddr,
@@ -111,6 +114,7 @@ pub enum Event {
         ifindex: u32,
     },
     NetworkConfigured,
+    FirewallInstalled,
     ForwarderStarted(SocketAddr),
     ResolvConfWritten,
     ResolvedConfigured,
@@ -156,6 +160,7 @@ pub enum Phase {
     WaitingTunnelIp,
     CreatingDevice,
     ConfiguringNetwork,
+    InstallingFirewall,
     StartingDns,
     WritingResolvConf,
     ConfiguringResolved,

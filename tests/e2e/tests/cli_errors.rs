@@ -148,3 +148,70 @@ fn a_gateway_with_no_pod_fails_the_join_at_once() {
         started.elapsed()
     );
 }
+
+/// The laptop's firewall counter of dropped new connections from the tunnel.
+fn firewall_drops(l: &Laptop) -> Option<u64> {
+    let out = l.run(&["nft", "list", "table", "inet", "kwg_kwg0"]);
+    if !out.status.success() {
+        return None;
+    }
+    let t = text(&out.stdout);
+    let line = t
+        .lines()
+        .find(|l| l.contains("counter") && l.contains("drop"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "packets")?;
+    words.next()?.parse().ok()
+}
+
+#[test]
+fn the_laptop_drops_new_connections_from_the_cluster_and_its_firewall_never_outlives_it() {
+    let sim = shared();
+    let l = laptop(&sim, "fw");
+    for kill in [false, true] {
+        l.join(&["--namespace", "emojivoto"]);
+        let before = firewall_drops(&l).expect("the firewall table while joined");
+        // The gateway pod itself (not forwarding: its own connection) calls the laptop.
+        let status = text(&l.kwg(&["status", "-o", "json"]).stdout);
+        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let ip = v["tunnelIp"].as_str().unwrap().to_string();
+        let gw = kwg_e2e::gateway_netns(&sim).unwrap();
+        let call = sim
+            .exec(
+                &gw,
+                &[
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "2",
+                    &format!("http://{ip}:22/"),
+                ],
+            )
+            .unwrap();
+        assert!(!call.status.success());
+        // Replies to the laptop's own connections still pass.
+        assert!(text(&l.curl("web-app:80").stdout).contains("Emoji Vote"));
+        let after = firewall_drops(&l).unwrap();
+        assert!(
+            after > before,
+            "the laptop's firewall dropped nothing ({before} -> {after})"
+        );
+        if kill {
+            let pid = std::fs::read_to_string(l.state.join("daemon.lock")).unwrap();
+            assert!(
+                std::process::Command::new("kill")
+                    .args(["-KILL", pid.trim()])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(l.kwg(&["leave"]).status.success());
+        assert_eq!(
+            firewall_drops(&l),
+            None,
+            "the firewall table outlived leave"
+        );
+    }
+}

@@ -143,6 +143,7 @@ fn leave_undoes_everything_in_reverse_and_removes_the_state() {
         [
             "undo RestoreResolvConf",
             "undo StopForwarder",
+            "undo RemoveFirewall",
             "undo DeleteInterface(created)",
             "undo DeletePeer",
             "RemoveState",
