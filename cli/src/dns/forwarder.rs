@@ -23,6 +23,11 @@ pub const DEFAULT_LISTEN: &str = "127.77.0.53:53";
 /// EDNS it can reach 65535, so receive buffers are that large.
 const MAX_MESSAGE: usize = 65535;
 
+/// Lookups over UDP in flight at once (each holds a task and a socket).
+pub const MAX_IN_FLIGHT: usize = 256;
+/// TCP clients served at once.
+pub const MAX_TCP_CONNECTIONS: usize = 64;
+
 /// How long to wait for a UDP answer before sending the query again (glibc's resolver waits
 /// 5 s by default; a forwarder on the same machine can be quicker).
 const RETRANSMIT: Duration = Duration::from_millis(700);
@@ -69,6 +74,8 @@ impl Forwarder {
 
 async fn serve_udp(sock: Arc<UdpSocket>, cfg: Arc<ForwarderConfig>) {
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let mut dropped: u64 = 0;
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -77,6 +84,15 @@ async fn serve_udp(sock: Arc<UdpSocket>, cfg: Arc<ForwarderConfig>) {
                 continue;
             }
         };
+        // A flood must not exhaust tasks and sockets (each lookup opens one): past the bound a
+        // query is dropped, and the client retries as after any loss.
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            dropped += 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(dropped, "DNS forwarder busy: dropping queries");
+            }
+            continue;
+        };
         let query = buf[..n].to_vec();
         let (sock, cfg) = (sock.clone(), cfg.clone());
         tokio::spawn(async move {
@@ -84,18 +100,25 @@ async fn serve_udp(sock: Arc<UdpSocket>, cfg: Arc<ForwarderConfig>) {
                 truncate_for_udp(&query, &mut reply);
                 let _ = sock.send_to(&reply, from).await;
             }
+            drop(permit);
         });
     }
 }
 
 async fn serve_tcp(listener: TcpListener, cfg: Arc<ForwarderConfig>) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        // Past the bound a new connection is closed at once.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
             continue;
         };
         let cfg = cfg.clone();
         tokio::spawn(async move {
             let _ = serve_tcp_conn(stream, &cfg).await;
+            drop(permit);
         });
     }
 }

@@ -217,3 +217,74 @@ async fn hidden_namespaces_and_timeouts() {
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     assert!(start.elapsed() < Duration::from_secs(2));
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_queries_to_a_silent_upstream_neither_exhausts_sockets_nor_stalls_the_forwarder()
+{
+    // The cluster DNS never answers (a blackhole that reads and drops): every lookup waits
+    // for its timeout while holding a socket.
+    let blackhole = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent = blackhole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while blackhole.recv_from(&mut buf).await.is_ok() {}
+    });
+    let upstream = fake_dns(vec![(
+        "intranet.corp.example",
+        RData::A(A("192.0.2.80".parse().unwrap())),
+    )])
+    .await;
+    let f = Forwarder::start(
+        "127.0.0.1:0".parse().unwrap(),
+        ForwarderConfig {
+            split: split(),
+            cluster: silent,
+            upstreams: vec![upstream],
+            timeout: Duration::from_secs(3),
+        },
+    )
+    .await
+    .unwrap();
+    let before = open_fds();
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..3000u16 {
+        let mut m = Message::query();
+        m.metadata.id = i;
+        m.add_query(Query::query(
+            Name::from_ascii("web-app.emojivoto.svc.cluster.local.").unwrap(),
+            RecordType::A,
+        ));
+        client.send_to(&m.to_vec().unwrap(), f.addr).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = open_fds();
+    assert!(
+        during < before + MAX_IN_FLIGHT + 32,
+        "{before} fds before the flood, {during} during it"
+    );
+    // The forwarder is not stalled: a LAN name is still answered once the flood's lookups
+    // time out and free their slots.
+    let start = std::time::Instant::now();
+    let r = loop {
+        let r = tokio::time::timeout(Duration::from_secs(1), async {
+            ask(f.addr, "intranet.corp.example.", RecordType::A, false).await
+        })
+        .await;
+        if let Ok(r) = r
+            && !r.answers.is_empty()
+        {
+            break r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the forwarder stayed stalled"
+        );
+    };
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+}
