@@ -60,7 +60,7 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream) {
         async move { Ok::<_, Infallible>(handle(s, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
     tokio::select! {
         r = conn => if let Err(e) = r { tracing::debug!(error = %e, "connection ended"); },
         _ = shared.shutdown.cancelled() => {}
@@ -68,6 +68,9 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream) {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    if let Some((ns, pod)) = crate::portforward::target_of(req.uri().path()) {
+        return crate::portforward::handle(shared, req, &ns, &pod).await;
+    }
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),

@@ -13,6 +13,7 @@ mod kinds;
 mod ops;
 mod patch;
 mod podlog;
+mod portforward;
 mod protobuf;
 mod rbac;
 mod resource;
@@ -23,6 +24,7 @@ mod status;
 mod store;
 mod table;
 mod tls;
+mod token_request;
 mod tokens;
 mod validation;
 mod watch;
@@ -89,6 +91,7 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     pub tls: tokio_rustls::TlsAcceptor,
     pub logs: Mutex<Option<podlog::LogSource>>,
+    pub netns: Mutex<Option<portforward::NetnsSource>>,
 }
 
 pub(crate) use store::Store;
@@ -99,6 +102,8 @@ pub(crate) struct Users {
     service_accounts: HashMap<(String, String), String>,
     /// Legacy tokens the token controller put into Secrets.
     secret_tokens: HashMap<String, tokens::TokenSecret>,
+    /// Tokens TokenRequest issued (`serviceaccounts/token`).
+    bound_tokens: HashMap<String, token_request::BoundToken>,
 }
 
 impl Shared {
@@ -111,14 +116,23 @@ impl Shared {
     }
 
     pub fn user(&self, token: &str) -> Option<User> {
-        let from_secret = {
+        let (from_secret, bound) = {
             let users = self.users();
             if let Some(u) = users.by_token.get(token) {
                 return Some(u.clone());
             }
-            users.secret_tokens.get(token)?.clone()
+            let bound = users.bound_tokens.get(token).cloned();
+            (users.secret_tokens.get(token).cloned(), bound)
         };
-        tokens::authenticate(&self.store(), token, &from_secret)
+        match (from_secret, bound) {
+            (Some(from), _) => tokens::authenticate(&self.store(), token, &from),
+            (None, Some(b)) => token_request::authenticate(&self.store(), &b, chrono::Utc::now()),
+            (None, None) => None,
+        }
+    }
+
+    pub fn add_bound_token(&self, token: &str, t: token_request::BoundToken) {
+        self.users().bound_tokens.insert(token.to_string(), t);
     }
 
     pub fn add_secret_token(&self, token: &str, from: tokens::TokenSecret) {
@@ -157,6 +171,7 @@ impl ApiServer {
             shutdown: CancellationToken::new(),
             tls: tokio_rustls::TlsAcceptor::from(tls.config),
             logs: Mutex::new(None),
+            netns: Mutex::new(None),
         });
         let server = ApiServer {
             shared,
@@ -323,6 +338,13 @@ impl ApiServer {
         f: impl Fn(&str, &str, &str) -> Option<PathBuf> + Send + Sync + 'static,
     ) {
         *self.shared.logs.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+    }
+
+    /// Serve `kubectl port-forward`: `f(namespace, pod)` names the pod's network namespace file
+    /// (`/run/netns/...`), where `localhost:PORT` is dialled as containerd does. Without it (or
+    /// for None) the pod IP is dialled from the server's namespace.
+    pub fn set_pod_netns(&self, f: impl Fn(&str, &str) -> Option<PathBuf> + Send + Sync + 'static) {
+        *self.shared.netns.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
     }
 
     /// Stop serving: no new connections, open connections and watches end.

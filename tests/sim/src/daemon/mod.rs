@@ -57,6 +57,11 @@ pub async fn run(n: Names) -> Result<()> {
             .map_err(|e| Error::ApiServer(e.to_string()))?,
     );
     crate::sh::write_file(&dir.join("ca.crt"), &api.ca_pem())?;
+    let pods = n.clone();
+    // kubectl port-forward dials localhost:PORT inside the pod's namespace, as containerd does.
+    api.set_pod_netns(move |ns, pod| {
+        Some(std::path::PathBuf::from("/run/netns").join(pods.pod_ns(ns, pod)))
+    });
     let server = format!("https://{addr}");
     for (user, groups) in [
         ("admin", vec!["system:masters"]),
