@@ -423,3 +423,45 @@ pub fn lease_failure(code: Option<u16>, e: Error) -> LeaseFailure {
         _ => LeaseFailure::Other(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The resolver file after a SIGKILL at each point of `write_resolv_conf`, then `leave`.
+    #[test]
+    fn resolv_conf_is_whole_after_a_kill_at_any_write_step() {
+        let original = b"search corp.example\nnameserver 192.0.2.53\n".to_vec();
+        let ours = crate::session::DnsPlan::rendered(
+            &original,
+            "127.77.0.53:53".parse().unwrap(),
+            &["emojivoto.svc.cluster.local".into()],
+        );
+        // (file content at the kill, backup written?)
+        let cases: [(&[u8], bool); 4] = [
+            (&original, false), // killed before the backup: nothing to restore
+            (&original, true),  // killed after the backup, before the rewrite
+            (b"", true),        // killed between truncate and write
+            (&ours, true),      // killed after the rewrite
+        ];
+        for (at_kill, backed_up) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, backup) = (
+                dir.path().join("resolv.conf"),
+                dir.path().join("resolv.conf.orig"),
+            );
+            std::fs::write(&path, at_kill).unwrap();
+            if backed_up {
+                crate::state::write_atomic(&backup, &original).unwrap();
+            }
+            restore_resolv_conf(&path, &backup).unwrap();
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                original,
+                "killed with {:?}",
+                String::from_utf8_lossy(at_kill)
+            );
+            assert!(!backup.exists());
+        }
+    }
+}
