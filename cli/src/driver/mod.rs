@@ -5,12 +5,12 @@
 pub mod exec;
 pub mod firewall;
 mod status;
+pub mod undo;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kwg_wg::contract::{GatewayInfo, Status};
 use kwg_wg::device::{DEFAULT_MTU, Device, DeviceConfig};
 use kwg_wg::keys::PrivateKey;
@@ -75,7 +75,7 @@ pub async fn run(
         progress(Progress::Step(
             "Cleaning up after a previous kwg daemon that died".into(),
         ));
-        exec::cleanup_dead(&stale, &dir).await?;
+        undo::cleanup_dead(&stale, &dir).await?;
     }
     let (req_tx, mut requests) = mpsc::channel::<Incoming>(16);
     let server = tokio::spawn(api::serve(api::listen(&dir.socket())?, req_tx));
@@ -434,62 +434,10 @@ impl Driver {
             }
             _ => {}
         }
-        match exec::undo_step(&u, self.kube.as_ref()).await {
+        match undo::undo_step(&u, self.kube.as_ref()).await {
             Ok(what) => Event::Undone(what),
             Err(e) => Event::UndoFailed(e),
         }
-    }
-
-    /// Follows the gateway info ConfigMap while serving.
-    fn watch_gateway_info(&mut self) {
-        let (Some(kube), tx) = (self.kube.clone(), self.info_tx.clone()) else {
-            return;
-        };
-        let ns = self.args.kube.kwg_namespace.clone();
-        self.watch = Some(tokio::spawn(async move {
-            use kube::runtime::{WatchStreamExt, watcher};
-            let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
-                kube::Api::namespaced(kube.client.clone(), &ns);
-            let cfg = watcher::Config::default().fields(&format!(
-                "metadata.name={}",
-                kwg_wg::contract::GATEWAY_INFO_CONFIGMAP
-            ));
-            let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff().applied_objects());
-            while let Some(item) = stream.next().await {
-                let Ok(cm) = item else { continue };
-                let Some(json) = cm
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(kwg_wg::contract::GATEWAY_INFO_KEY))
-                else {
-                    continue;
-                };
-                match GatewayInfo::from_json(json.as_bytes()) {
-                    Ok(info) => {
-                        if tx.send(info).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "ignoring invalid gateway info"),
-                }
-            }
-        }));
-    }
-
-    async fn status(&self, session: &Session) -> Status {
-        let mut s = match session.state() {
-            Some(state) => status_from_state(state, true),
-            None => status::joining(&self.args),
-        };
-        if let Some(p) = match &self.device {
-            Some(d) => d.handle().peers().await.into_iter().next(),
-            None => None,
-        } {
-            s.last_handshake = p.last_handshake.map(chrono::DateTime::<chrono::Utc>::from);
-            s.rx_bytes = p.rx_bytes;
-            s.tx_bytes = p.tx_bytes;
-        }
-        s
     }
 }
 

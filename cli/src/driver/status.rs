@@ -1,6 +1,10 @@
-//! The status `kwg status` shows, from the journal (and the daemon's live statistics).
+//! The status `kwg status` shows, from the journal (and the daemon's live statistics), and
+//! following the gateway info while serving.
 
-use kwg_wg::contract::{DnsStatus, Status};
+use futures::StreamExt;
+use kwg_wg::contract::{DnsStatus, GatewayInfo, Status};
+
+use crate::session::Session;
 
 use crate::args::JoinArgs;
 use crate::state::State;
@@ -56,5 +60,59 @@ pub fn joining(args: &JoinArgs) -> Status {
         tx_bytes: 0,
         dns: None,
         subnets: Vec::new(),
+    }
+}
+
+impl super::Driver {
+    /// Follows the gateway info ConfigMap while serving.
+    pub(super) fn watch_gateway_info(&mut self) {
+        let (Some(kube), tx) = (self.kube.clone(), self.info_tx.clone()) else {
+            return;
+        };
+        let ns = self.args.kube.kwg_namespace.clone();
+        self.watch = Some(tokio::spawn(async move {
+            use kube::runtime::{WatchStreamExt, watcher};
+            let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+                kube::Api::namespaced(kube.client.clone(), &ns);
+            let cfg = watcher::Config::default().fields(&format!(
+                "metadata.name={}",
+                kwg_wg::contract::GATEWAY_INFO_CONFIGMAP
+            ));
+            let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff().applied_objects());
+            while let Some(item) = stream.next().await {
+                let Ok(cm) = item else { continue };
+                let Some(json) = cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(kwg_wg::contract::GATEWAY_INFO_KEY))
+                else {
+                    continue;
+                };
+                match GatewayInfo::from_json(json.as_bytes()) {
+                    Ok(info) => {
+                        if tx.send(info).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring invalid gateway info"),
+                }
+            }
+        }));
+    }
+
+    pub(super) async fn status(&self, session: &Session) -> Status {
+        let mut s = match session.state() {
+            Some(state) => status_from_state(state, true),
+            None => joining(&self.args),
+        };
+        if let Some(p) = match &self.device {
+            Some(d) => d.handle().peers().await.into_iter().next(),
+            None => None,
+        } {
+            s.last_handshake = p.last_handshake.map(chrono::DateTime::<chrono::Utc>::from);
+            s.rx_bytes = p.rx_bytes;
+            s.tx_bytes = p.tx_bytes;
+        }
+        s
     }
 }

@@ -9,6 +9,7 @@ mod dns;
 pub mod health;
 pub mod plan;
 mod serving;
+mod teardown;
 #[cfg(test)]
 mod tests;
 pub mod trust;
@@ -437,69 +438,5 @@ impl Session {
     fn long(&mut self, phase: Phase, action: Action) {
         self.in_flight = true;
         self.step(phase, action);
-    }
-
-    fn fail(&mut self, e: Error) {
-        if matches!(self.phase, Phase::TearingDown | Phase::Done) {
-            tracing::warn!(error = %e, "error while tearing down");
-            return;
-        }
-        if self.phase == Phase::Serving {
-            tracing::error!(error = %e, "the session failed while serving");
-        }
-        self.error.get_or_insert(e);
-        self.teardown();
-    }
-
-    fn teardown(&mut self) {
-        if matches!(self.phase, Phase::TearingDown | Phase::Done) {
-            return;
-        }
-        self.phase = Phase::TearingDown;
-        self.actions.clear();
-        if std::mem::take(&mut self.in_flight) {
-            self.actions.push_back(Action::Cancel);
-        }
-        self.next_undo();
-    }
-
-    fn next_undo(&mut self) {
-        let undo = self.state.as_mut().and_then(|s| s.undo.last().cloned());
-        match undo {
-            Some(u) => self.actions.push_back(Action::Undo(u)),
-            None => self.finish(),
-        }
-    }
-
-    fn undone(&mut self, what: Option<String>, err: Option<Error>) {
-        if self.phase != Phase::TearingDown {
-            return;
-        }
-        if let Some(w) = what {
-            self.removed.push(w);
-        }
-        let state = self.state.as_mut().expect("undoing a journal");
-        let undo = state.undo.pop();
-        // Keep a failed step in the journal, so `kwg leave` can try it again.
-        if let Some(e) = err {
-            tracing::warn!(error = %e, ?undo, "undo step failed; kwg leave retries it");
-            self.kept.extend(undo);
-            self.undo_error.get_or_insert(e);
-        }
-        self.next_undo();
-    }
-
-    fn finish(&mut self) {
-        if self.state.is_none() {
-            // Nothing was changed, nothing was saved.
-        } else if self.undo_error.is_none() {
-            self.actions.push_back(Action::RemoveState);
-        } else if let Some(s) = self.state.as_mut() {
-            s.undo = std::mem::take(&mut self.kept);
-            s.undo.reverse();
-            self.actions.push_back(Action::Save(Box::new(s.clone())));
-        }
-        self.phase = Phase::Done;
-        self.actions.push_back(Action::Exit);
     }
 }

@@ -15,7 +15,7 @@ use crate::args::{DnsMode, JoinArgs};
 use crate::dns::forwarder::ForwarderConfig;
 use crate::dns::resolvconf;
 use crate::dns::resolved::{self, LinkDomain, STUB};
-use crate::dns::split::{DEFAULT_EXCLUDE_SUFFIXES, SplitDns};
+use crate::dns::split::{DEFAULT_EXCLUDE_SUFFIXES, SplitDns, machine_search};
 use crate::error::Error;
 use crate::routes::{self, PlannedRoute, RouteInputs};
 use crate::session::trust;
@@ -306,6 +306,11 @@ fn plan_dns(
         include_suffixes: args.include_suffixes.clone(),
         exclude_suffixes: exclude,
         reverse_subnets: routes.iter().map(|r| r.subnet).collect(),
+        // The machine's own search domains (before join): names under them stay the LAN's.
+        machine_search: machine_search(
+            &String::from_utf8_lossy(original),
+            &facts.info.cluster_domain,
+        ),
     };
     let search = split.search_domains();
     let use_resolved = match (&facts.resolved, args.dns_mode) {

@@ -1,0 +1,172 @@
+//! Undoing recorded changes: one step at a time from the daemon, or a whole journal after the
+//! daemon was killed (`kwg leave`, the next `kwg join`).
+
+use kwg_wg::netlink::Netlink;
+
+use crate::cluster::Kube;
+use crate::dns::{resolvconf, resolved};
+use crate::error::Error;
+use crate::state::{State, StateDir, Undo};
+
+/// Undoes one recorded change outside the daemon's own resources (those are dropped by the
+/// driver first). Returns what was removed, for the user.
+pub async fn undo_step(u: &Undo, kube: Option<&Kube>) -> Result<Option<String>, Error> {
+    match u {
+        Undo::DeletePeer { namespace, secret } => match kube {
+            Some(k) => Ok(k
+                .delete_peer(namespace, secret)
+                .await?
+                .then(|| format!("peer Secret {secret}"))),
+            None => Err(Error::invalid(
+                format!("peer Secret {secret}"),
+                "the cluster cannot be reached to delete it: run kwg leave again later (the gateway removes it when its lease expires)",
+            )),
+        },
+        Undo::DeleteInterface { name, ifindex } => {
+            let nl = Netlink::open()?;
+            let ours = match ifindex {
+                Some(i) => nl.link_index(name).await.ok() == Some(*i),
+                None => false,
+            };
+            if !ours {
+                return Ok(None);
+            }
+            // Deleting the interface removes its address and routes with it.
+            Ok(nl
+                .delete_link(name)
+                .await?
+                .then(|| format!("routes and interface {name}")))
+        }
+        Undo::StopForwarder => Ok(None),
+        Undo::RemoveFirewall { table } => Ok(super::firewall::remove(table)
+            .await?
+            .then(|| format!("firewall table {table}"))),
+        Undo::RevertLink { name, ifindex } => {
+            // A link that is gone took its DNS settings with it.
+            let nl = Netlink::open()?;
+            if nl.link_index(name).await.ok() != Some(*ifindex) {
+                return Ok(None);
+            }
+            resolved::Resolved::connect()
+                .await?
+                .revert(*ifindex)
+                .await?;
+            Ok(Some(format!("DNS settings of {name} in systemd-resolved")))
+        }
+        Undo::RestoreResolvConf { path, backup } => restore_resolv_conf(path, backup),
+    }
+}
+
+/// Puts the original resolver file back byte for byte if the current one is still kwg's (or
+/// empty: a crash in the middle of writing it), then deletes the backup.
+fn restore_resolv_conf(
+    path: &std::path::Path,
+    backup: &std::path::Path,
+) -> Result<Option<String>, Error> {
+    let original = match crate::state::read_no_follow(backup) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::io(
+                format!("read the resolv.conf backup {}", backup.display()),
+                e,
+            ));
+        }
+    };
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    let restored = if resolvconf::is_ours(&current) || current.is_empty() {
+        resolvconf::write_in_place(path, &original)?;
+        true
+    } else {
+        tracing::warn!(path = %path.display(), "resolv.conf was changed by someone else since kwg join: leaving it as it is");
+        false
+    };
+    let _ = std::fs::remove_file(backup);
+    Ok(restored.then(|| "DNS settings".to_string()))
+}
+
+/// Undoes a join whose daemon is gone, from its journal, newest change first. Failed steps
+/// stay in the journal for the next `kwg leave`.
+pub async fn cleanup_dead(state: &State, dir: &StateDir) -> Result<Vec<String>, Error> {
+    let needs_kube = state
+        .undo
+        .iter()
+        .any(|u| matches!(u, Undo::DeletePeer { .. }));
+    let kube = match needs_kube {
+        true => match Kube::connect(state.kubeconfig.as_deref(), state.context.as_deref()).await {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the cluster to delete the peer Secret");
+                None
+            }
+        },
+        false => None,
+    };
+    let mut removed = Vec::new();
+    let mut kept = Vec::new();
+    let mut first_err = None;
+    for u in state.undo.iter().rev() {
+        match undo_step(u, kube.as_ref()).await {
+            Ok(what) => removed.extend(what),
+            Err(e) => {
+                kept.push(u.clone());
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        None => {
+            State::remove(&dir.state())?;
+            Ok(removed)
+        }
+        Some(e) => {
+            let mut left = state.clone();
+            kept.reverse();
+            left.undo = kept;
+            left.save(&dir.state())?;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The resolver file after a SIGKILL at each point of `write_resolv_conf`, then `leave`.
+    #[test]
+    fn resolv_conf_is_whole_after_a_kill_at_any_write_step() {
+        let original = b"search corp.example\nnameserver 192.0.2.53\n".to_vec();
+        let ours = crate::session::DnsPlan::rendered(
+            &original,
+            "127.77.0.53:53".parse().unwrap(),
+            &["emojivoto.svc.cluster.local".into()],
+        );
+        // (file content at the kill, backup written?)
+        let cases: [(&[u8], bool); 4] = [
+            (&original, false), // killed before the backup: nothing to restore
+            (&original, true),  // killed after the backup, before the rewrite
+            (b"", true),        // killed between truncate and write
+            (&ours, true),      // killed after the rewrite
+        ];
+        for (at_kill, backed_up) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, backup) = (
+                dir.path().join("resolv.conf"),
+                dir.path().join("resolv.conf.orig"),
+            );
+            std::fs::write(&path, at_kill).unwrap();
+            if backed_up {
+                crate::state::write_atomic(&backup, &original).unwrap();
+            }
+            restore_resolv_conf(&path, &backup).unwrap();
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                original,
+                "killed with {:?}",
+                String::from_utf8_lossy(at_kill)
+            );
+            assert!(!backup.exists());
+        }
+    }
+}
