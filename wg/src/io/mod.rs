@@ -2,5 +2,6 @@
 //! recvmmsg, UDP GSO and GRO through quinn-udp). Each falls back to one packet per syscall when
 //! the kernel lacks a feature.
 
+pub mod stream;
 pub mod tun;
 pub mod udp;
