@@ -82,6 +82,12 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             if *sub == "log" {
                 r["verbs"] = json!(["get"]);
             }
+            if *sub == "token" {
+                r["group"] = json!("authentication.k8s.io");
+                r["version"] = json!("v1");
+                r["kind"] = json!("TokenRequest");
+                r["verbs"] = json!(["create"]);
+            }
             if *sub == "scale" {
                 r["group"] = json!("autoscaling");
                 r["version"] = json!("v1");

@@ -108,7 +108,7 @@ static KINDS: &[Kind] = &[
     k("", "endpoints", "endpoints", "Endpoints", NS, &["ep"], NONE, NONE, Subdomain),
     k("", "pods", "pod", "Pod", NS, &["po"], ALL, STATUS_LOG, Subdomain),
     k("", "nodes", "node", "Node", CLUSTER, &["no"], NONE, STATUS, Subdomain),
-    k("", "serviceaccounts", "serviceaccount", "ServiceAccount", NS, &["sa"], NONE, NONE, Subdomain),
+    k("", "serviceaccounts", "serviceaccount", "ServiceAccount", NS, &["sa"], NONE, &["token"], Subdomain),
     k("", "events", "event", "Event", NS, &["ev"], NONE, NONE, Subdomain),
     k("discovery.k8s.io", "endpointslices", "endpointslice", "EndpointSlice", NS, NONE, NONE, NONE, Subdomain),
     with_generation(k("apps", "deployments", "deployment", "Deployment", NS, &["deploy"], ALL, STATUS_SCALE, Subdomain)),

@@ -139,6 +139,21 @@ const SSRR: &[Field] = &[
     Field(1, "metadata", Ty::Msg(OBJECT_META)),
     Field(2, "spec", Ty::Msg(SSRR_SPEC)),
 ];
+const BOUND_OBJECT_REFERENCE: &[Field] = &[
+    Field(1, "kind", Ty::Str),
+    Field(2, "apiVersion", Ty::Str),
+    Field(3, "name", Ty::Str),
+    Field(4, "uid", Ty::Str),
+];
+const TOKEN_REQUEST_SPEC: &[Field] = &[
+    Field(1, "audiences", Ty::RepStr),
+    Field(3, "boundObjectRef", Ty::Msg(BOUND_OBJECT_REFERENCE)),
+    Field(4, "expirationSeconds", Ty::Int),
+];
+const TOKEN_REQUEST: &[Field] = &[
+    Field(1, "metadata", Ty::Msg(OBJECT_META)),
+    Field(2, "spec", Ty::Msg(TOKEN_REQUEST_SPEC)),
+];
 const TYPE_META: &[Field] = &[Field(1, "apiVersion", Ty::Str), Field(2, "kind", Ty::Str)];
 const UNKNOWN: &[Field] = &[
     Field(1, "typeMeta", Ty::Msg(TYPE_META)),
@@ -157,6 +172,7 @@ fn schema(kind: &str) -> Option<&'static [Field]> {
         "Service" => SERVICE,
         "Role" | "ClusterRole" => ROLE,
         "RoleBinding" | "ClusterRoleBinding" => BINDING,
+        "TokenRequest" => TOKEN_REQUEST,
         _ => return None,
     })
 }

@@ -81,6 +81,12 @@ pub(crate) fn resource(
     if kind.is("authorization.k8s.io", "subjectaccessreviews") {
         return crate::reviews::access_review(shared, req, None, kind);
     }
+    if sub == Some("token") {
+        return match (verb, name) {
+            ("create", Some(name)) => crate::token_request::create(shared, req, ns, name),
+            _ => Err(ApiError::method_not_allowed()),
+        };
+    }
     let scoped = || {
         if kind.namespaced && ns.is_empty() {
             Err(ApiError::method_not_allowed())

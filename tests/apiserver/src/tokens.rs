@@ -130,15 +130,19 @@ pub fn authenticate(store: &Store, token: &str, from: &TokenSecret) -> Option<Us
     if meta_str(sa, "uid") != annotation(secret, UID_ANNOTATION) {
         return None;
     }
-    let ns = &from.namespace;
-    Some(User {
-        name: format!("system:serviceaccount:{ns}:{sa_name}"),
+    Some(service_account_user(&from.namespace, sa_name))
+}
+
+/// The user a ServiceAccount's token (legacy or TokenRequest) authenticates as.
+pub fn service_account_user(ns: &str, name: &str) -> User {
+    User {
+        name: format!("system:serviceaccount:{ns}:{name}"),
         groups: vec![
             "system:serviceaccounts".into(),
             format!("system:serviceaccounts:{ns}"),
             AUTHENTICATED.into(),
         ],
-    })
+    }
 }
 
 #[cfg(test)]
