@@ -37,6 +37,8 @@ pub struct AdminState {
     pub tunnel_ready: AtomicBool,
     /// The watcher has listed every peer Secret once.
     pub watcher_ready: AtomicBool,
+    /// SIGTERM came: not ready any more (the endpoints drop this replica), still serving.
+    pub draining: AtomicBool,
     pub peers: RwLock<Arc<Vec<ActivePeer>>>,
     /// Signalled whenever the peers are set (reach by RBAC recomputes the grants).
     pub peers_changed: tokio::sync::Notify,
@@ -50,6 +52,7 @@ impl AdminState {
             tunnel_cidr,
             tunnel_ready: AtomicBool::new(false),
             watcher_ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             peers: RwLock::new(Arc::new(Vec::new())),
             peers_changed: tokio::sync::Notify::new(),
             metrics: Metrics::default(),
@@ -57,7 +60,9 @@ impl AdminState {
     }
 
     pub fn ready(&self) -> bool {
-        self.tunnel_ready.load(Ordering::Relaxed) && self.watcher_ready.load(Ordering::Relaxed)
+        self.tunnel_ready.load(Ordering::Relaxed)
+            && self.watcher_ready.load(Ordering::Relaxed)
+            && !self.draining.load(Ordering::Relaxed)
     }
 
     pub fn set_peers(&self, peers: Vec<ActivePeer>) {
@@ -174,8 +179,12 @@ async fn tunnel_or_local(
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
     let tunnel = s.tunnel_ready.load(Ordering::Relaxed);
     let watcher = s.watcher_ready.load(Ordering::Relaxed);
-    let body = format!("tunnel: {}\nwatcher: {}\n", word(tunnel), word(watcher));
-    let code = if tunnel && watcher {
+    let draining = s.draining.load(Ordering::Relaxed);
+    let mut body = format!("tunnel: {}\nwatcher: {}\n", word(tunnel), word(watcher));
+    if draining {
+        body.push_str("shutting down: draining\n");
+    }
+    let code = if s.ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -76,6 +76,10 @@ pub struct Config {
     /// a Role, ClusterRole or binding changes).
     #[arg(long, env = "KWG_REACH_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
     pub reach_refresh: Duration,
+    /// After SIGTERM: how long the tunnel keeps serving, not ready (while endpoints and load
+    /// balancers stop sending here), before it stops; keep it below the pod's grace period.
+    #[arg(long, env = "KWG_DRAIN", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
     /// Serve the WireGuard UAPI socket in this directory (for `wg show`).
     #[arg(long, env = "KWG_UAPI_DIR")]
     pub uapi_dir: Option<PathBuf>,

@@ -183,6 +183,9 @@ pub struct Core {
     /// The Secret (name, uid) serving each public key: it keeps the key while it lives.
     holders: HashMap<PublicKey, (String, String)>,
     peers_per_owner: usize,
+    /// Leader: assigns addresses. Follower (another replica leads): serves only the
+    /// addresses the leader wrote into the annotations, assigns none.
+    assigning: bool,
 }
 
 impl Core {
@@ -192,6 +195,7 @@ impl Core {
             reported: HashMap::new(),
             holders: HashMap::new(),
             peers_per_owner: DEFAULT_PEERS_PER_OWNER,
+            assigning: true,
         }
     }
 
@@ -199,6 +203,11 @@ impl Core {
     pub fn with_peers_per_owner(mut self, n: usize) -> Core {
         self.peers_per_owner = n;
         self
+    }
+
+    /// Whether this replica assigns addresses (it leads) or follows the annotations.
+    pub fn set_assigning(&mut self, assigning: bool) {
+        self.assigning = assigning;
     }
 
     pub fn gateway_ip(&self) -> TunnelIp {
@@ -344,6 +353,10 @@ impl Core {
         for peer in gone {
             self.alloc.release(&peer);
         }
+        if !self.assigning {
+            self.follow(live);
+            return;
+        }
         for (secret, spec) in live {
             if self.alloc.get(&spec.name).is_none()
                 && let Some(ip) = secret.tunnel_ip
@@ -354,6 +367,22 @@ impl Core {
         for (secret, spec) in live {
             if let Err(e) = self.alloc.assign(&spec.name) {
                 errors.push((secret, Problem::CidrFull, e.to_string()));
+            }
+        }
+    }
+
+    /// A follower's addresses: exactly the annotated ones (without an error); a peer the
+    /// leader has not annotated yet is not served until it has.
+    fn follow(&mut self, live: &[(&PeerSecret, &PeerSpec)]) {
+        for (secret, spec) in live {
+            let annotated = secret.tunnel_ip.filter(|_| secret.error.is_none());
+            if annotated.is_none() || self.alloc.get(&spec.name) != annotated {
+                self.alloc.release(&spec.name);
+            }
+        }
+        for (secret, spec) in live {
+            if let Some(ip) = secret.tunnel_ip.filter(|_| secret.error.is_none()) {
+                self.alloc.claim(&spec.name, ip);
             }
         }
     }

@@ -1,8 +1,9 @@
 //! Who gets a public key and how many peers an owner gets: the rules that stop one kwg user
 //! from taking over or crowding out another's peer.
 
-use super::tests::{LEASE, apply, core, data, key, now, store};
+use super::tests::{LEASE, apply, core, data, key, now, secret, store};
 use super::*;
+use std::collections::HashSet;
 
 /// A Secret of `owner`, created `age` seconds after a fixed instant (larger = newer).
 fn aged(name: &str, k: &PublicKey, owner: &str, age: i64) -> PeerSecret {
@@ -210,4 +211,40 @@ fn an_oversized_secret_is_reported_not_parsed() {
     );
     assert_eq!(plan.malformed[0].problem.event_reason(), "SecretTooLarge");
     assert!(plan.active.is_empty() && plan.device.is_empty());
+}
+
+/// Two replicas: the leader assigns, the follower configures exactly the annotated
+/// addresses (and nothing before the leader annotated), and takes over assigning without
+/// moving anybody when it becomes the leader.
+#[test]
+fn a_follower_serves_the_leaders_addresses_and_takes_over_without_moves() {
+    let (mut leader, mut follower) = (core(), core());
+    follower.set_assigning(false);
+    let mut secrets = store((0..5).map(|i| secret(&format!("p{i}"), &key())));
+    let (mut run_l, mut run_f) = (BTreeMap::new(), BTreeMap::new());
+    let plan = follower.reconcile(secrets.values(), &run_f, now());
+    assert!(plan.device.is_empty() && plan.annotate.is_empty() && plan.active.is_empty());
+    let plan = leader.reconcile(secrets.values(), &run_l, now());
+    apply(&plan, &mut run_l, &mut secrets);
+    let plan = follower.reconcile(secrets.values(), &run_f, now());
+    assert!(
+        plan.annotate.is_empty(),
+        "a follower never writes addresses"
+    );
+    let mut scratch = secrets.clone();
+    apply(&plan, &mut run_f, &mut scratch);
+    assert_eq!(
+        run_f, run_l,
+        "both replicas configure the same peers and addresses"
+    );
+    // The leader goes; the follower leads: a new peer gets a fresh address, nobody moves.
+    follower.set_assigning(true);
+    secrets.extend(store([secret("late", &key())]));
+    let plan = follower.reconcile(secrets.values(), &run_f, now());
+    assert_eq!(plan.annotate.len(), 1, "only the new peer is annotated");
+    let before: HashSet<_> = run_l.values().cloned().collect();
+    apply(&plan, &mut run_f, &mut secrets);
+    let ips: HashSet<_> = run_f.values().cloned().collect();
+    assert_eq!(ips.len(), 6, "six distinct addresses");
+    assert!(before.is_subset(&ips));
 }

@@ -66,6 +66,7 @@ pub async fn run(
     cfg: Config,
     base: InfoBase,
     state: Arc<AdminState>,
+    mut leader: tokio::sync::watch::Receiver<bool>,
     token: CancellationToken,
 ) {
     let (sources, mut kicks) = Sources::watch(&client, &cfg).await;
@@ -84,6 +85,10 @@ pub async fn run(
         };
         tokio::select! {
             _ = token.cancelled() => return,
+            Ok(()) = leader.changed() => {
+                // A new leader publishes what it found (the old one may have been older).
+                published = None;
+            }
             kick = kicks.next() => {
                 if kick.is_none() {
                     return;
@@ -144,7 +149,8 @@ pub async fn run(
         }
         // A resync rewrites the info too, repairing an edited or deleted ConfigMap.
         let rewrite = std::mem::take(&mut resync) && published.as_ref() == Some(&info);
-        if todo.info || rewrite {
+        // The info is the leader's to publish (every replica computes the same one).
+        if (todo.info || rewrite) && *leader.borrow() {
             match kube_io::publish_info(&client, &cfg.kwg_namespace, &info).await {
                 Ok(()) if todo.info => {
                     tracing::info!(endpoints = ?info.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(), "gateway info published");

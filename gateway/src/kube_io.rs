@@ -135,6 +135,32 @@ pub async fn patch_secret(
     }
 }
 
+/// Merge-patches a peer Secret at `resource_version` (optimistic concurrency: the tunnel IP
+/// is decided from that version). A 409 means the Secret changed meanwhile: nothing is
+/// retried here, its watch event brings the new version and a new decision.
+pub async fn patch_secret_at(
+    api: &Api<Secret>,
+    name: &str,
+    resource_version: Option<String>,
+    mut patch: serde_json::Value,
+) -> Result<(), GatewayError> {
+    if let Some(rv) = resource_version {
+        patch["metadata"]["resourceVersion"] = rv.into();
+    }
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_conflict() => {
+            tracing::debug!(secret = %name, "changed meanwhile: deciding again from the new version");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(GatewayError::kube(format!("annotate Secret {name}"))(e)),
+    }
+}
+
 /// Deletes a peer Secret whose lease ended, only if it is still the version that was read
 /// (a client renewing at the same moment wins).
 pub async fn delete_expired(

@@ -2,9 +2,9 @@
 //!
 //! Pure parts: [`alloc`] (tunnel IPs), [`core`] (reconcile Secrets against the device),
 //! [`nft`] (the firewall ruleset), [`reach`] (who reaches what), [`discovery`]'s parsers, [`metrics`] rendering,
-//! [`peer_object`] (Secrets as the reflector store keeps them).
+//! [`peer_object`] (Secrets as the reflector store keeps them), [`election`] (leader election).
 //! I/O edges: [`kube_io`] (watcher, patches, Events, key, info), [`discovery_watch`] (watchers
-//! keeping discovery current), [`reach_watch`] (reach by RBAC: reviews, nftables elements), [`net`] (device, interface, nftables), [`admin`] (HTTP), tied
+//! keeping discovery current), [`reach_watch`] (reach by RBAC: reviews, nftables elements), [`leader`] (the Lease), [`net`] (device, interface, nftables), [`admin`] (HTTP), tied
 //! together by [`run`].
 
 pub mod admin;
@@ -13,8 +13,10 @@ pub mod config;
 pub mod core;
 pub mod discovery;
 pub mod discovery_watch;
+pub mod election;
 mod error;
 pub mod kube_io;
+pub mod leader;
 pub mod metrics;
 pub mod net;
 pub mod nft;

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Concurrent API writes (annotations, deletions, Events).
@@ -59,6 +59,7 @@ pub async fn run(
     tracing::info!(interface = %cfg.interface, %gateway_ip, port = cfg.listen_port, key = %public_key.short(), "tunnel up");
 
     let token = CancellationToken::new();
+    let leading = CancellationToken::new();
     let state = AdminState::new(device.handle(), cfg.tunnel_cidr.trunc());
     let admin = admin::serve(
         cfg.admin_addr,
@@ -66,14 +67,30 @@ pub async fn run(
         token.clone().cancelled_owned(),
     )
     .await?;
+    // SIGTERM: /readyz turns false and the Lease is handed over at once; the tunnel keeps
+    // serving for --drain (while endpoints and load balancers stop sending here), then stops.
     tokio::spawn({
-        let token = token.clone();
+        let (token, leading, state, drain) =
+            (token.clone(), leading.clone(), state.clone(), cfg.drain);
         async move {
             shutdown.await;
-            tracing::info!("shutting down");
+            tracing::info!(drain = ?drain, "shutting down: not ready, draining");
+            state
+                .draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            leading.cancel();
+            tokio::time::sleep(drain).await;
             token.cancel();
         }
     });
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let election = tokio::spawn(crate::leader::run(
+        client.clone(),
+        cfg.kwg_namespace.clone(),
+        crate::election::Elector::new(crate::leader::identity(), Default::default()),
+        leader_tx,
+        leading.clone(),
+    ));
     let info = InfoBase {
         public_key,
         gateway_ip,
@@ -83,6 +100,7 @@ pub async fn run(
         cfg.clone(),
         info,
         state.clone(),
+        leader_rx.clone(),
         token.clone(),
     ));
     let reach = rbac.then(|| {
@@ -95,11 +113,15 @@ pub async fn run(
     });
     let core = Core::new(alloc).with_peers_per_owner(cfg.max_peers_per_owner);
     let result = PeerLoop::new(client, &cfg, core, device.handle(), state)
-        .run(token.clone())
+        .run(token.clone(), leader_rx)
         .await;
     token.cancel();
+    leading.cancel();
     // Bounded teardown: every step gets a deadline, so the pod stops within its grace period.
     let step = Duration::from_secs(2);
+    if tokio::time::timeout(step, election).await.is_err() {
+        tracing::warn!("the leader Lease was not released in time");
+    }
     if tokio::time::timeout(step, discovery).await.is_err() {
         tracing::warn!("discovery did not stop in time");
     }
@@ -139,6 +161,8 @@ struct PeerLoop {
     store: Store<PeerObject>,
     writer: Option<Writer<PeerObject>>,
     synced: bool,
+    /// This replica leads: it writes annotations, Events and deletions.
+    leading: bool,
     /// The last write sent per Secret, so a write is not repeated before its watch event.
     sent: HashMap<String, String>,
     names: HashMap<PublicKey, PeerName>,
@@ -168,6 +192,7 @@ impl PeerLoop {
             store: writer.as_reader(),
             writer: Some(writer),
             synced: false,
+            leading: false,
             sent: HashMap::new(),
             names: HashMap::new(),
             writes: Arc::new(Semaphore::new(WRITE_CONCURRENCY)),
@@ -176,7 +201,12 @@ impl PeerLoop {
         }
     }
 
-    async fn run(mut self, token: CancellationToken) -> Result<(), GatewayError> {
+    async fn run(
+        mut self,
+        token: CancellationToken,
+        mut leader: watch::Receiver<bool>,
+    ) -> Result<(), GatewayError> {
+        self.set_leading(*leader.borrow_and_update());
         let wc = watcher::Config::default()
             .labels(contract::PEER_SELECTOR)
             .page_size(LIST_PAGE);
@@ -202,12 +232,22 @@ impl PeerLoop {
                     }
                 }
                 Some(name) = self.failed_rx.recv() => { self.sent.remove(&name); }
+                Ok(()) = leader.changed() => {
+                    let leading = *leader.borrow_and_update();
+                    self.set_leading(leading);
+                }
                 _ = tokio::time::sleep(wake) => {}
             }
             if self.synced {
                 next_expiry = self.reconcile().await;
             }
         }
+    }
+
+    fn set_leading(&mut self, leading: bool) {
+        self.leading = leading;
+        self.core.set_assigning(leading);
+        self.sent.clear();
     }
 
     /// Notes what an event changed; the reflector has already applied it to the store.
@@ -245,7 +285,9 @@ impl PeerLoop {
         let secrets = objects.iter().map(|o| &o.secret);
         let plan = self.core.reconcile(secrets, &running, SystemTime::now());
         self.apply_device(&plan).await;
-        self.apply_writes(&plan);
+        if self.leading {
+            self.apply_writes(&plan);
+        }
         let next = plan.next_expiry.map(SystemTime::from);
         let rejected = objects.len() - plan.active.len() - plan.expired.len();
         self.state.set_peers(plan.active);
@@ -303,8 +345,10 @@ impl PeerLoop {
     fn apply_writes(&mut self, plan: &Plan) {
         for (name, ip) in &plan.annotate {
             let patch = core::tunnel_ip_patch(*ip);
-            let _ = self.write(name, format!("ip:{ip}"), move |api, _, n| async move {
-                kube_io::patch_secret(&api, &n, &patch).await
+            // At the version read: a Secret changed meanwhile (by a client, or a replica that
+            // led a moment ago) gets 409 and is decided again from its watch event.
+            let _ = self.write(name, format!("ip:{ip}"), move |api, rv, n| async move {
+                kube_io::patch_secret_at(&api, &n, rv, patch).await
             });
         }
         for m in &plan.malformed {

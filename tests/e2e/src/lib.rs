@@ -42,15 +42,57 @@ pub fn wait_for<T>(
     }
 }
 
-/// Installs the gateway with `kubectl apply -k manifests/` as admin and waits until it is
-/// ready and has published its info.
+/// Installs the gateway with `kubectl apply -k manifests/` as admin, scaled to one replica
+/// (for tests that read one replica's state: `/peers`, counters, its pod), and waits until it
+/// is ready and has published its info.
 pub fn install_gateway(c: &Cluster) -> Result<GatewayInfo> {
+    install_gateway_replicas(c, 1)
+}
+
+/// Installs the gateway (the manifests run 2 replicas) scaled to `replicas`, and waits until
+/// exactly that many pods are Ready and the info is published.
+pub fn install_gateway_replicas(c: &Cluster, replicas: usize) -> Result<GatewayInfo> {
     let manifests = repo_root().join("manifests");
     c.kubectl_admin(&["apply", "-k", manifests.to_str().context("path")?])?;
-    wait_gateway_ready(c, Duration::from_secs(30))?;
+    let n = format!("--replicas={replicas}");
+    let ns = contract::DEFAULT_NAMESPACE;
+    c.kubectl_admin(&["-n", ns, "scale", "deployment/kwg-gateway", &n])?;
+    wait_for("the gateway replicas", Duration::from_secs(30), || {
+        let pods = gateway_pods(c)?;
+        Ok((pods.len() == replicas && pods.iter().all(|p| p.1)).then_some(()))
+    })?;
     wait_for("gateway info", Duration::from_secs(30), || {
         gateway_info(c).map(Some)
     })
+}
+
+/// Every gateway pod: (name, Ready).
+pub fn gateway_pods(c: &Cluster) -> Result<Vec<(String, bool)>> {
+    let out = c.kubectl_admin(&[
+        "-n",
+        contract::DEFAULT_NAMESPACE,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=kwg-gateway",
+        "-o",
+        "json",
+    ])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|p| {
+            let ready = p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            Some((p["metadata"]["name"].as_str()?.to_owned(), ready))
+        })
+        .collect())
 }
 
 /// The ready gateway pod's name.
