@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 
-use super::split::{Decision, SplitDns};
+use super::split::{Decision, Source, SplitDns};
 use crate::error::Error;
 
 /// Where kwg's forwarder listens by default: loopback, away from systemd-resolved's
@@ -163,18 +163,32 @@ pub async fn answer(query: &[u8], cfg: &ForwarderConfig) -> Option<Vec<u8>> {
     let qname = q.name.to_ascii();
     let decision = cfg.split.decide(&qname);
     tracing::debug!(name = %qname, qtype = %q.query_type, ?decision, "DNS query");
-    let result = match &decision {
-        Decision::Upstream => relay_any(query, &cfg.upstreams, cfg.timeout).await,
-        Decision::Hidden => return error_reply(&msg, ResponseCode::NXDomain),
-        Decision::Cluster(fqdn) => ask_cluster(&msg, query, fqdn, cfg).await,
-    };
-    match result {
-        Some(reply) => Some(reply),
-        None => {
-            tracing::warn!(name = %qname, ?decision, "DNS lookup timed out");
-            error_reply(&msg, ResponseCode::ServFail)
+    if decision == Decision::Hidden {
+        return error_reply(&msg, ResponseCode::NXDomain);
+    }
+    // The first answer without an error is final; an NXDOMAIN (or no answer) moves on to
+    // the next source, and the last reply received is the answer when none is final.
+    let mut last = None;
+    for source in decision.sources() {
+        let reply = match source {
+            Source::Upstream => relay_any(query, &cfg.upstreams, cfg.timeout).await,
+            Source::Cluster(fqdn) => ask_cluster(&msg, query, fqdn, cfg).await,
+        };
+        match reply {
+            Some(r) if no_error(&r) => return Some(r),
+            Some(r) => last = Some(r),
+            None => tracing::debug!(name = %qname, ?source, "no answer"),
         }
     }
+    last.or_else(|| {
+        tracing::warn!(name = %qname, ?decision, "DNS lookup timed out");
+        error_reply(&msg, ResponseCode::ServFail)
+    })
+}
+
+/// Whether a reply's code is NOERROR (also without records: the name exists there).
+fn no_error(reply: &[u8]) -> bool {
+    reply.len() >= 4 && reply[3] & 0x0f == 0
 }
 
 /// Asks the cluster DNS for `fqdn` and answers under the original name.

@@ -55,7 +55,9 @@ fn split() -> SplitDns {
     SplitDns {
         cluster_domain: "cluster.local".into(),
         namespace: "emojivoto".into(),
-        cluster_namespaces: BTreeSet::from(["emojivoto".to_string(), "other".to_string()]),
+        cluster_namespaces: ["emojivoto", "other", "example", "dev"]
+            .map(String::from)
+            .into(),
         mapped: None,
         include_suffixes: vec![],
         exclude_suffixes: crate::dns::split::DEFAULT_EXCLUDE_SUFFIXES
@@ -63,6 +65,7 @@ fn split() -> SplitDns {
             .map(|s| s.to_string())
             .collect(),
         reverse_subnets: vec!["10.96.0.0/12".parse().unwrap()],
+        machine_search: vec!["corp.example".into()],
     }
 }
 
@@ -90,16 +93,31 @@ async fn setup() -> Forwarder {
                 name("web-app.emojivoto.svc.cluster.local."),
             )),
         ),
+        // Services named like LAN names, in namespaces named like LAN domains.
+        (
+            "corp.example.svc.cluster.local",
+            RData::A(A("10.96.0.66".parse().unwrap())),
+        ),
+        (
+            "nas.emojivoto.svc.cluster.local",
+            RData::A(A("10.96.0.67".parse().unwrap())),
+        ),
         (
             "20.0.96.10.in-addr.arpa",
             RData::PTR(PTR(name("web-app.emojivoto.svc.cluster.local."))),
         ),
     ])
     .await;
-    let lan = fake_dns(vec![(
-        "intranet.corp.example",
-        RData::A(A("192.0.2.80".parse().unwrap())),
-    )])
+    let lan = fake_dns(vec![
+        (
+            "intranet.corp.example",
+            RData::A(A("192.0.2.80".parse().unwrap())),
+        ),
+        ("corp.example", RData::A(A("192.0.2.81".parse().unwrap()))),
+        ("go.dev", RData::A(A("192.0.2.82".parse().unwrap()))),
+        // A home router answers its hosts by single label.
+        ("nas", RData::A(A("192.0.2.83".parse().unwrap()))),
+    ])
     .await;
     let dead: SocketAddr = {
         // A bound socket that never answers: the forwarder must move on to the next upstream.
@@ -196,6 +214,28 @@ async fn other_names_go_to_the_original_resolvers() {
 }
 
 #[tokio::test]
+async fn the_lan_keeps_its_names_when_the_cluster_has_the_same() {
+    let f = setup().await;
+    // Issue 12: namespace `example`, Service `corp`, while `corp.example` is the LAN's
+    // search domain: the LAN answers.
+    let r = ask(f.addr, "corp.example.", RecordType::A, false).await;
+    assert_eq!(answers(&r), ["corp.example. 192.0.2.81"]);
+    // A namespace `dev`: the cluster's NXDOMAIN for go.dev falls back to the LAN.
+    let r = ask(f.addr, "go.dev.", RecordType::A, true).await;
+    assert_eq!(answers(&r), ["go.dev. 192.0.2.82"]);
+    // A single label the LAN answers stays the LAN's; one it does not know is the
+    // connected namespace's.
+    let r = ask(f.addr, "nas.", RecordType::A, false).await;
+    assert_eq!(answers(&r), ["nas. 192.0.2.83"]);
+    let r = ask(f.addr, "web-app.", RecordType::A, false).await;
+    assert_eq!(answers(&r), ["web-app. 10.96.0.20"]);
+    // Known to neither: NXDOMAIN.
+    let r = ask(f.addr, "nosuch.dev.", RecordType::A, false).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    f.stop();
+}
+
+#[tokio::test]
 async fn hidden_namespaces_and_timeouts() {
     let mut s = split();
     s.mapped = Some(BTreeSet::from(["emojivoto".to_string()]));
@@ -210,7 +250,7 @@ async fn hidden_namespaces_and_timeouts() {
     )
     .await
     .unwrap();
-    let r = ask(f.addr, "echo.other.", RecordType::A, false).await;
+    let r = ask(f.addr, "echo.other.svc.", RecordType::A, false).await;
     assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
     let start = std::time::Instant::now();
     let r = ask(f.addr, "intranet.corp.example.", RecordType::A, false).await;

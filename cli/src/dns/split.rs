@@ -13,12 +13,44 @@ pub const DEFAULT_EXCLUDE_SUFFIXES: &[&str] = &[".arpa", ".com", ".io", ".net", 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Ask the cluster DNS for this fully qualified name (no trailing dot), then answer under
-    /// the original query name.
+    /// the original query name: names under the cluster domain, include suffixes, reverse
+    /// names of cluster subnets.
     Cluster(String),
+    /// `<name>.<ns>`: the cluster first (as this fully qualified name); when it does not know
+    /// the name (NXDOMAIN, or no answer), the machine's resolvers, as before join, so a
+    /// namespace called `dev` does not take `go.dev` away.
+    ClusterThenUpstream(String),
+    /// A single label: the machine's resolvers first, unchanged, as before join (a home
+    /// router answers its hosts by single label); when they do not know it, the connected
+    /// namespace (this fully qualified name).
+    UpstreamThenCluster(String),
     /// Relay to the machine's original resolvers unchanged.
     Upstream,
     /// A cluster name the user chose not to see (`--mapped-namespaces`): NXDOMAIN.
     Hidden,
+}
+
+/// One place a query is asked, in a [`Decision`]'s order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// The cluster DNS, for this fully qualified name.
+    Cluster(&'a str),
+    /// The machine's resolvers, for the query as asked.
+    Upstream,
+}
+
+impl Decision {
+    /// Where to ask, in order: the first answer that is not an error (NOERROR, also without
+    /// records) is final; empty for [`Decision::Hidden`].
+    pub fn sources(&self) -> Vec<Source<'_>> {
+        match self {
+            Decision::Cluster(n) => vec![Source::Cluster(n)],
+            Decision::ClusterThenUpstream(n) => vec![Source::Cluster(n), Source::Upstream],
+            Decision::UpstreamThenCluster(n) => vec![Source::Upstream, Source::Cluster(n)],
+            Decision::Upstream => vec![Source::Upstream],
+            Decision::Hidden => Vec::new(),
+        }
+    }
 }
 
 /// The inputs of the decision, fixed while joined.
@@ -36,6 +68,11 @@ pub struct SplitDns {
     pub exclude_suffixes: Vec<String>,
     /// Subnets whose reverse (PTR) names the cluster DNS answers.
     pub reverse_subnets: Vec<IpNet>,
+    /// The machine's own search domains before join (resolv.conf's `search`, e.g.
+    /// `corp.example`): names under them stay the LAN's, and they come first in the joined
+    /// search list. Never the cluster's own (see [`machine_search`]).
+    #[serde(default)]
+    pub machine_search: Vec<String>,
 }
 
 impl SplitDns {
@@ -53,6 +90,13 @@ impl SplitDns {
     }
 
     /// Decides for a query name (any case, with or without the trailing dot).
+    ///
+    /// The order: include suffixes; the cluster domain, unless a machine search domain is
+    /// as long or longer a match (`corp.example` stays the LAN's even with cluster domain
+    /// `example`); reverse names of cluster subnets; exclude suffixes and names under the
+    /// machine's search domains (the machine's); `<name>.<ns>[.svc]` of a mapped (or
+    /// existing) namespace (the cluster, then the machine); single labels (the machine,
+    /// then the connected namespace); everything else the machine's.
     pub fn decide(&self, qname: &str) -> Decision {
         let name = qname.trim_end_matches('.').to_ascii_lowercase();
         if name.is_empty() {
@@ -67,7 +111,8 @@ impl SplitDns {
             return Decision::Cluster(name);
         }
         let domain = self.cluster_domain.trim_matches('.').to_ascii_lowercase();
-        if name == domain || dotted.ends_with(&format!(".{domain}")) {
+        let machine = self.machine_match(&dotted);
+        if ends_with_suffix(&dotted, &domain) && machine.is_none_or(|m| m.len() < domain.len()) {
             return self.decide_cluster_fqdn(&name, &domain);
         }
         if let Some(ip) = reverse_name_ip(&name) {
@@ -77,17 +122,23 @@ impl SplitDns {
                 Decision::Upstream
             };
         }
-        if self
-            .exclude_suffixes
-            .iter()
-            .any(|s| ends_with_suffix(&dotted, s))
+        if machine.is_some()
+            || self
+                .exclude_suffixes
+                .iter()
+                .any(|s| ends_with_suffix(&dotted, s))
         {
             return Decision::Upstream;
         }
         let labels: Vec<&str> = name.split('.').collect();
         match labels.as_slice() {
-            [svc] => Decision::Cluster(format!("{svc}.{}.svc.{domain}", self.namespace)),
-            [svc, ns] | [svc, ns, "svc"] if self.is_cluster_namespace(ns) => {
+            [svc] => {
+                Decision::UpstreamThenCluster(format!("{svc}.{}.svc.{domain}", self.namespace))
+            }
+            [svc, ns] if self.visible(ns) => {
+                Decision::ClusterThenUpstream(format!("{svc}.{ns}.svc.{domain}"))
+            }
+            [svc, ns, "svc"] if self.is_cluster_namespace(ns) => {
                 if self.visible(ns) {
                     Decision::Cluster(format!("{svc}.{ns}.svc.{domain}"))
                 } else {
@@ -96,6 +147,15 @@ impl SplitDns {
             }
             _ => Decision::Upstream,
         }
+    }
+
+    /// The longest machine search domain `dotted` is equal to or under.
+    fn machine_match(&self, dotted: &str) -> Option<&str> {
+        self.machine_search
+            .iter()
+            .map(|s| s.trim_matches('.'))
+            .filter(|s| !s.is_empty() && ends_with_suffix(dotted, s))
+            .max_by_key(|s| s.len())
     }
 
     /// `<...>.<ns>.svc.<domain>` is hidden when `ns` is not mapped.
@@ -114,15 +174,49 @@ impl SplitDns {
         Decision::Cluster(name.to_string())
     }
 
-    /// The search domains to put first in the machine's resolver configuration.
+    /// The joined resolver's search list: the machine's own domains first, as before join
+    /// (a LAN name keeps its answer even when a Service has the same name), then the
+    /// connected namespace's, as inside a pod.
     pub fn search_domains(&self) -> Vec<String> {
         let d = self.cluster_domain.trim_matches('.');
-        vec![
+        let mut out: Vec<String> = Vec::new();
+        let cluster = [
             format!("{}.svc.{d}", self.namespace),
             format!("svc.{d}"),
             d.to_string(),
-        ]
+        ];
+        for s in self.machine_search.iter().cloned().chain(cluster) {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        out
     }
+}
+
+/// The machine's search domains from its resolver file, as glibc reads them (the last
+/// `search` or `domain` line wins), without the cluster's own: a resolver file kwg rendered
+/// (a stale one) or a machine inside the cluster lists `svc.<cluster domain>`, which must not
+/// turn cluster names into LAN names.
+pub fn machine_search(resolv_conf: &str, cluster_domain: &str) -> Vec<String> {
+    let domain = cluster_domain.trim_matches('.').to_ascii_lowercase();
+    let mut found: Vec<String> = Vec::new();
+    for line in resolv_conf.lines() {
+        let mut words = line.split_whitespace();
+        if let Some("search" | "domain") = words.next() {
+            found = words
+                .map(|w| w.trim_end_matches('.').to_ascii_lowercase())
+                .filter(|w| !w.is_empty())
+                .collect();
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for w in found {
+        if !ends_with_suffix(&format!(".{w}"), &domain) && !out.contains(&w) {
+            out.push(w);
+        }
+    }
+    out
 }
 
 fn ends_with_suffix(dotted_name: &str, suffix: &str) -> bool {
@@ -170,116 +264,5 @@ fn reverse_name_ip(name: &str) -> Option<IpAddr> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn split(mapped: Option<&[&str]>) -> SplitDns {
-        SplitDns {
-            cluster_domain: "cluster.local".into(),
-            namespace: "emojivoto".into(),
-            cluster_namespaces: ["default", "emojivoto", "kube-system", "other"]
-                .map(String::from)
-                .into(),
-            mapped: mapped.map(|m| m.iter().map(|s| s.to_string()).collect()),
-            include_suffixes: vec![],
-            exclude_suffixes: DEFAULT_EXCLUDE_SUFFIXES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            reverse_subnets: vec!["10.96.0.0/12".parse().unwrap()],
-        }
-    }
-
-    fn cluster(s: &str) -> Decision {
-        Decision::Cluster(s.into())
-    }
-
-    #[test]
-    fn names_resolve_like_inside_a_pod() {
-        let s = split(None);
-        assert_eq!(
-            s.decide("web-app"),
-            cluster("web-app.emojivoto.svc.cluster.local")
-        );
-        assert_eq!(
-            s.decide("Web-App."),
-            cluster("web-app.emojivoto.svc.cluster.local")
-        );
-        assert_eq!(
-            s.decide("web-app.emojivoto"),
-            cluster("web-app.emojivoto.svc.cluster.local")
-        );
-        assert_eq!(
-            s.decide("echo.other"),
-            cluster("echo.other.svc.cluster.local")
-        );
-        assert_eq!(
-            s.decide("echo.other.svc"),
-            cluster("echo.other.svc.cluster.local")
-        );
-        assert_eq!(
-            s.decide("web-app.emojivoto.svc.cluster.local."),
-            cluster("web-app.emojivoto.svc.cluster.local")
-        );
-        assert_eq!(s.decide("intranet.corp.example"), Decision::Upstream);
-        assert_eq!(s.decide("web-app.nosuchns"), Decision::Upstream);
-        assert_eq!(s.decide("example.com"), Decision::Upstream);
-        assert_eq!(s.decide("debian.org."), Decision::Upstream);
-    }
-
-    #[test]
-    fn excludes_and_includes() {
-        let mut s = split(None);
-        s.cluster_namespaces.insert("com".into());
-        assert_eq!(s.decide("x.com"), Decision::Upstream);
-        s.include_suffixes = vec![".corp.example".into()];
-        assert_eq!(
-            s.decide("intranet.corp.example"),
-            cluster("intranet.corp.example")
-        );
-        s.include_suffixes = vec!["x.com".into()];
-        assert_eq!(s.decide("a.x.com"), cluster("a.x.com"));
-    }
-
-    #[test]
-    fn mapped_namespaces_hide_the_others() {
-        let s = split(Some(&["emojivoto"]));
-        assert_eq!(
-            s.decide("web-app"),
-            cluster("web-app.emojivoto.svc.cluster.local")
-        );
-        assert_eq!(s.decide("echo.other"), Decision::Hidden);
-        assert_eq!(s.decide("echo.other.svc.cluster.local"), Decision::Hidden);
-        assert_eq!(
-            s.decide("web-app.emojivoto.svc.cluster.local"),
-            cluster("web-app.emojivoto.svc.cluster.local")
-        );
-        assert_eq!(s.decide("kubernetes.default"), Decision::Hidden);
-    }
-
-    #[test]
-    fn reverse_names_of_cluster_subnets_go_to_the_cluster() {
-        let s = split(None);
-        assert_eq!(
-            s.decide("10.0.96.10.in-addr.arpa."),
-            cluster("10.0.96.10.in-addr.arpa")
-        );
-        assert_eq!(s.decide("80.2.0.192.in-addr.arpa"), Decision::Upstream);
-        assert_eq!(
-            reverse_name_ip(&format!("{}ip6.arpa", "1.0.".repeat(16))),
-            Some("0101:0101:0101:0101:0101:0101:0101:0101".parse().unwrap())
-        );
-    }
-
-    #[test]
-    fn search_domains_follow_the_namespace() {
-        assert_eq!(
-            split(None).search_domains(),
-            [
-                "emojivoto.svc.cluster.local",
-                "svc.cluster.local",
-                "cluster.local"
-            ]
-        );
-    }
-}
+#[path = "split_tests.rs"]
+mod tests;

@@ -1,0 +1,211 @@
+use super::*;
+
+fn split(mapped: Option<&[&str]>) -> SplitDns {
+    SplitDns {
+        cluster_domain: "cluster.local".into(),
+        namespace: "emojivoto".into(),
+        cluster_namespaces: [
+            "default",
+            "emojivoto",
+            "kube-system",
+            "other",
+            "example",
+            "dev",
+        ]
+        .map(String::from)
+        .into(),
+        mapped: mapped.map(|m| m.iter().map(|s| s.to_string()).collect()),
+        include_suffixes: vec![],
+        exclude_suffixes: DEFAULT_EXCLUDE_SUFFIXES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        reverse_subnets: vec!["10.96.0.0/12".parse().unwrap()],
+        machine_search: vec!["corp.example".into()],
+    }
+}
+
+fn cluster(s: &str) -> Decision {
+    Decision::Cluster(s.into())
+}
+
+fn cluster_first(s: &str) -> Decision {
+    Decision::ClusterThenUpstream(s.into())
+}
+
+fn machine_first(s: &str) -> Decision {
+    Decision::UpstreamThenCluster(s.into())
+}
+
+#[test]
+fn names_resolve_like_inside_a_pod() {
+    let s = split(None);
+    assert_eq!(
+        s.decide("web-app"),
+        machine_first("web-app.emojivoto.svc.cluster.local")
+    );
+    assert_eq!(
+        s.decide("Web-App."),
+        machine_first("web-app.emojivoto.svc.cluster.local")
+    );
+    assert_eq!(
+        s.decide("web-app.emojivoto"),
+        cluster_first("web-app.emojivoto.svc.cluster.local")
+    );
+    assert_eq!(
+        s.decide("echo.other"),
+        cluster_first("echo.other.svc.cluster.local")
+    );
+    assert_eq!(
+        s.decide("echo.other.svc"),
+        cluster("echo.other.svc.cluster.local")
+    );
+    assert_eq!(
+        s.decide("web-app.emojivoto.svc.cluster.local."),
+        cluster("web-app.emojivoto.svc.cluster.local")
+    );
+    assert_eq!(s.decide("web-app.nosuchns"), Decision::Upstream);
+    assert_eq!(s.decide("example.com"), Decision::Upstream);
+    assert_eq!(s.decide("debian.org."), Decision::Upstream);
+}
+
+#[test]
+fn names_under_the_machines_search_domains_stay_the_machines() {
+    // Issue 12: a namespace `example` with a Service `corp` while `corp.example` is the
+    // LAN's search domain.
+    let s = split(None);
+    assert_eq!(s.decide("corp.example"), Decision::Upstream);
+    assert_eq!(s.decide("CORP.example."), Decision::Upstream);
+    assert_eq!(s.decide("intranet.corp.example"), Decision::Upstream);
+    // A sibling of the search domain is no LAN name: the namespace rule applies.
+    assert_eq!(
+        s.decide("other.example"),
+        cluster_first("other.example.svc.cluster.local")
+    );
+    // Mapped namespaces do not override it either.
+    let s = split(Some(&["emojivoto", "example"]));
+    assert_eq!(s.decide("corp.example"), Decision::Upstream);
+}
+
+#[test]
+fn a_namespace_named_like_a_tld_falls_back_to_the_machine() {
+    // Telepresence's `.dev` breakage: `go.dev` with a namespace `dev` asks the cluster first,
+    // and its NXDOMAIN falls back (the forwarder's part); the decision says so.
+    let s = split(None);
+    assert_eq!(
+        s.decide("go.dev"),
+        cluster_first("go.dev.svc.cluster.local")
+    );
+    assert_eq!(
+        Decision::ClusterThenUpstream("go.dev.svc.cluster.local".into()).sources(),
+        [
+            Source::Cluster("go.dev.svc.cluster.local"),
+            Source::Upstream
+        ]
+    );
+    // With --mapped-namespaces, an unmapped namespace is not asked at all.
+    let s = split(Some(&["emojivoto"]));
+    assert_eq!(s.decide("go.dev"), Decision::Upstream);
+}
+
+#[test]
+fn single_labels_ask_the_machine_first_then_the_connected_namespace() {
+    let s = split(None);
+    let d = s.decide("intranet");
+    assert_eq!(
+        d.sources(),
+        [
+            Source::Upstream,
+            Source::Cluster("intranet.emojivoto.svc.cluster.local")
+        ]
+    );
+}
+
+#[test]
+fn the_cluster_domain_loses_to_an_equal_or_longer_machine_search_domain() {
+    let mut s = split(None);
+    s.machine_search = vec!["corp.example".into(), "k8s.corp.example".into()];
+    s.cluster_domain = "corp.example".into();
+    assert_eq!(s.decide("intranet.corp.example"), Decision::Upstream);
+    // A cluster domain inside the LAN's zone is more specific: the cluster's.
+    s.cluster_domain = "k8s.corp.example".into();
+    s.machine_search = vec!["corp.example".into()];
+    assert_eq!(
+        s.decide("web-app.emojivoto.svc.k8s.corp.example"),
+        cluster("web-app.emojivoto.svc.k8s.corp.example")
+    );
+    assert_eq!(s.decide("intranet.corp.example"), Decision::Upstream);
+}
+
+#[test]
+fn machine_search_domains_read_as_glibc_without_the_clusters() {
+    let text = "domain old.example\nsearch Corp.Example. emojivoto.svc.cluster.local svc.cluster.local cluster.local lab.example\n";
+    assert_eq!(
+        machine_search(text, "cluster.local"),
+        ["corp.example", "lab.example"]
+    );
+    assert_eq!(
+        machine_search("search a.example\ndomain b.example\n", "cluster.local"),
+        ["b.example"]
+    );
+    assert!(machine_search("nameserver 192.0.2.53\n", "cluster.local").is_empty());
+}
+
+#[test]
+fn excludes_and_includes() {
+    let mut s = split(None);
+    s.cluster_namespaces.insert("com".into());
+    assert_eq!(s.decide("x.com"), Decision::Upstream);
+    s.include_suffixes = vec![".corp.example".into()];
+    assert_eq!(
+        s.decide("intranet.corp.example"),
+        cluster("intranet.corp.example")
+    );
+    s.include_suffixes = vec!["x.com".into()];
+    assert_eq!(s.decide("a.x.com"), cluster("a.x.com"));
+}
+
+#[test]
+fn mapped_namespaces_hide_the_others() {
+    let s = split(Some(&["emojivoto"]));
+    assert_eq!(
+        s.decide("web-app"),
+        machine_first("web-app.emojivoto.svc.cluster.local")
+    );
+    // `<name>.<ns>` of an unmapped namespace is not the cluster's: the machine's.
+    assert_eq!(s.decide("echo.other"), Decision::Upstream);
+    assert_eq!(s.decide("echo.other.svc"), Decision::Hidden);
+    assert_eq!(s.decide("echo.other.svc.cluster.local"), Decision::Hidden);
+    assert_eq!(
+        s.decide("web-app.emojivoto.svc.cluster.local"),
+        cluster("web-app.emojivoto.svc.cluster.local")
+    );
+    assert_eq!(Decision::Hidden.sources(), []);
+}
+
+#[test]
+fn reverse_names_of_cluster_subnets_go_to_the_cluster() {
+    let s = split(None);
+    assert_eq!(
+        s.decide("10.0.96.10.in-addr.arpa."),
+        cluster("10.0.96.10.in-addr.arpa")
+    );
+    assert_eq!(s.decide("80.2.0.192.in-addr.arpa"), Decision::Upstream);
+    assert_eq!(
+        reverse_name_ip(&format!("{}ip6.arpa", "1.0.".repeat(16))),
+        Some("0101:0101:0101:0101:0101:0101:0101:0101".parse().unwrap())
+    );
+}
+
+#[test]
+fn search_list_is_the_machines_first_then_the_namespaces() {
+    assert_eq!(
+        split(None).search_domains(),
+        [
+            "corp.example",
+            "emojivoto.svc.cluster.local",
+            "svc.cluster.local",
+            "cluster.local"
+        ]
+    );
+}
