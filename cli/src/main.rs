@@ -14,7 +14,8 @@ fn main() {
     let code = match rt.block_on(kwg::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kwg: {e}");
+            // Messages quote cluster text (names, annotations): never printed raw.
+            eprintln!("kwg: {}", kwg::output::sanitize_lines(&e.to_string()));
             kwg::exit::ExitCode::from(&e).code()
         }
     };

@@ -51,8 +51,9 @@ pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
         "Daemon not running (run kwg leave, then kwg join)"
     };
     let none = || "-".to_string();
+    // Most of these values come from the cluster or the daemon: never printed raw.
     let mut row = |k: &str, v: String| {
-        let _ = writeln!(o, "{k:<16}: {v}");
+        let _ = writeln!(o, "{k:<16}: {}", sanitize(&v));
     };
     row("Status", state.into());
     row(
@@ -102,7 +103,7 @@ pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
         Some(d) => {
             let _ = writeln!(o, "DNS:");
             let mut sub = |k: &str, v: String| {
-                let _ = writeln!(o, "  {k:<16}: {v}");
+                let _ = writeln!(o, "  {k:<16}: {}", sanitize(&v));
             };
             sub("Mode", d.mode.clone());
             sub("Remote IP", d.remote_ip.clone().unwrap_or_else(none));
@@ -209,7 +210,9 @@ pub fn peers_text(rows: &[PeerRow], wide: bool, now: DateTime<Utc>) -> String {
                 r.error.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
-        table.push(row);
+        // Owner, hostname, namespaces and the gateway's error come from Secrets anyone with
+        // create rights wrote: never printed raw.
+        table.push(row.iter().map(|c| sanitize(c)).collect());
     }
     align(&table)
 }
@@ -271,9 +274,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn peers_align_and_mark_this_machine() {
-        let row = |name: &str, me: bool| PeerRow {
+    fn row(name: &str, me: bool) -> PeerRow {
+        PeerRow {
             name: name.into(),
             this_machine: me,
             tunnel_ip: Some("100.77.0.2".into()),
@@ -287,7 +289,11 @@ mod tests {
             tx_bytes: None,
             lease_expires: "2026-01-01T01:01:00Z".parse().unwrap(),
             error: None,
-        };
+        }
+    }
+
+    #[test]
+    fn peers_align_and_mark_this_machine() {
         let t = peers_text(
             &[row("laptop", true), row("ci-runner-long", false)],
             false,
@@ -304,10 +310,60 @@ mod tests {
         );
         assert!(lines[2].starts_with("   ci-runner-long  "));
     }
+
+    #[test]
+    fn peers_and_status_never_print_terminal_escapes() {
+        let row = PeerRow {
+            tunnel_ip: None,
+            owner: "mallory\u{7}".into(),
+            hostname: "h\u{1b}[2J\u{1b}]0;pwned\u{7}ost".into(),
+            namespaces: vec!["emoji\u{9b}31mvoto".into(), "\u{202e}gnp.exe".into()],
+            error: Some("refused\r\nkwg: all good".into()),
+            ..row("evil", false)
+        };
+        let t = peers_text(std::slice::from_ref(&row), true, now());
+        assert!(
+            !t.chars().any(|c| c != '\n' && is_hostile(c)),
+            "escape printed: {t:?}"
+        );
+        let line = t.lines().nth(1).unwrap();
+        assert!(line.contains("  mallory  "), "{line}");
+        assert!(line.contains("  h[2J]0;pwnedost  "), "{line}");
+        assert!(line.contains("  emoji31mvoto,gnp.exe  "), "{line}");
+        assert!(line.ends_with("  refusedkwg: all good"), "{line}");
+        assert_eq!(t.lines().count(), 2);
+        let mut s = Status::example();
+        s.namespace = "emojivoto\u{1b}[2J".into();
+        s.server = "https://x\u{1b}]8;;http://evil\u{7}".into();
+        let t = status_text(&s, now());
+        assert!(
+            t.lines().any(|l| l == "Namespace       : emojivoto[2J"),
+            "{t}"
+        );
+        assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
+    }
+
+    #[test]
+    fn messages_keep_their_lines() {
+        assert_eq!(sanitize_lines("a\u{1b}[1mb\n\tc\r"), "a[1mb\n\tc");
+    }
 }
 
 /// `text` without control characters: text from the cluster (annotations, names) may carry
-/// terminal escapes and is never printed raw.
+/// terminal escapes (ESC, CSI, BEL, backspace, carriage return) and is never printed raw.
+/// Bidirectional overrides go too: they make a terminal show text in another order than it is.
 pub fn sanitize(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).collect()
+    text.chars().filter(|c| !is_hostile(*c)).collect()
+}
+
+/// [`sanitize`] for a message of several lines: line breaks and tabs are kept.
+pub fn sanitize_lines(text: &str) -> String {
+    text.chars()
+        .filter(|c| matches!(c, '\n' | '\t') || !is_hostile(*c))
+        .collect()
+}
+
+fn is_hostile(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
