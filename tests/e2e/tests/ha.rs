@@ -1,0 +1,361 @@
+//! A highly available gateway (2 replicas, as `manifests/` installs it): a laptop joined with
+//! the real kwg keeps working when the replica holding its session is deleted and through a
+//! `kubectl rollout restart`; the longest gap without a successful request (one every 100 ms)
+//! is printed and bounded. Registrations against two replicas get distinct addresses, also
+//! with the leader killed in the middle; an expired lease is collected exactly once.
+//! Own clusters: deleting gateway pods would disturb other tests' joins.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kwg_e2e::laptop::{Laptop, laptop};
+use kwg_sim::testing::Cluster;
+use kwg_wg::contract::{self, GatewayPeer};
+use kwg_wg::keys::PrivateKey;
+
+/// Generous bound on a gap (the daemon re-handshakes after 1.5 s of unanswered packets).
+const GAP_BOUND: Duration = Duration::from_secs(8);
+const NS: &str = contract::DEFAULT_NAMESPACE;
+
+/// One HTTP request through the tunnel every 100 ms, each result with its time.
+struct RequestLoop {
+    results: Arc<Mutex<Vec<(Instant, bool)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RequestLoop {
+    fn start(l: &Arc<Laptop>) -> RequestLoop {
+        let results: Arc<Mutex<Vec<(Instant, bool)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s, l) = (results.clone(), stop.clone(), l.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let out = l.run(&[
+                    "curl",
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "--max-time",
+                    "1",
+                    "http://web-app:80",
+                ]);
+                r.lock()
+                    .unwrap()
+                    .push((Instant::now(), out.status.success()));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        RequestLoop {
+            results,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until requests have succeeded for `steady` in a row after `since`.
+    fn wait_steady(&self, since: Instant, steady: Duration, timeout: Duration) {
+        kwg_e2e::wait_for("requests succeeding again", timeout, || {
+            let r = self.results.lock().unwrap();
+            let last_fail = r.iter().rev().find(|(_, ok)| !ok).map(|(t, _)| *t);
+            let start = last_fail.map_or(since, |f| f.max(since));
+            Ok(r.iter()
+                .any(|(t, ok)| *ok && *t > start + steady)
+                .then_some(()))
+        })
+        .unwrap_or_else(|e| panic!("traffic did not come back: {e}"));
+    }
+
+    /// Waits for 3 s of successes after `since`, prints the longest gap (a line
+    /// scripts/bench-failover.sh reads) and checks it against [`GAP_BOUND`].
+    fn measure(&self, since: Instant, what: &str) {
+        self.wait_steady(since, Duration::from_secs(3), Duration::from_secs(40));
+        let (gap, failed) = self.longest_gap(since);
+        eprintln!(
+            "{what}: longest gap {:.2} s, {failed} failed requests",
+            gap.as_secs_f64()
+        );
+        assert!(gap < GAP_BOUND, "{what}: gap {gap:?}");
+    }
+
+    /// The longest time between two successful requests around `since` (from the last
+    /// success before it on).
+    fn longest_gap(&self, since: Instant) -> (Duration, usize) {
+        let r = self.results.lock().unwrap();
+        let ok: Vec<Instant> = r.iter().filter(|(_, ok)| *ok).map(|(t, _)| *t).collect();
+        let from = ok.iter().rposition(|t| *t <= since).unwrap_or(0);
+        let gap = ok[from..]
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        let failed = r.iter().filter(|(t, ok)| !ok && *t > since).count();
+        (gap, failed)
+    }
+}
+
+impl Drop for RequestLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `GET /<path>` on one gateway pod, from inside it.
+fn admin_get(sim: &Cluster, pod: &str, path: &str) -> String {
+    let netns = sim.names().pod_ns(NS, pod);
+    let url = format!("http://127.0.0.1:8080/{path}");
+    sim.exec_ok(&netns, &["curl", "-sf", "--max-time", "3", &url])
+        .unwrap_or_else(|e| panic!("{url} in {pod}: {e}"))
+}
+
+fn peers_of(sim: &Cluster, pod: &str) -> Vec<GatewayPeer> {
+    serde_json::from_str(&admin_get(sim, pod, "peers")).expect("/peers JSON")
+}
+
+fn ready_pods(sim: &Cluster) -> Vec<String> {
+    let pods = kwg_e2e::gateway_pods(sim).unwrap();
+    pods.into_iter().filter(|p| p.1).map(|p| p.0).collect()
+}
+
+/// The replica holding `peer`'s session: the one that saw its latest handshake.
+fn session_holder(sim: &Cluster, peer: &str) -> String {
+    ready_pods(sim)
+        .into_iter()
+        .filter_map(|pod| {
+            let hs = peers_of(sim, &pod)
+                .into_iter()
+                .find(|p| p.name.as_str() == peer)?
+                .last_handshake?;
+            Some((hs, pod))
+        })
+        .max()
+        .map(|(_, pod)| pod)
+        .expect("no replica has a handshake with the laptop")
+}
+
+fn lease_holder(sim: &Cluster) -> String {
+    sim.kubectl_admin(&[
+        "-n",
+        NS,
+        "get",
+        "lease",
+        "kwg-gateway",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+    .unwrap()
+}
+
+/// `kubectl rollout status` of the gateway (waits for the rollout to finish).
+fn rollout_status(sim: &Cluster) -> String {
+    let d = "deployment/kwg-gateway";
+    sim.kubectl_admin(&["-n", NS, "rollout", "status", d, "--timeout=90s"])
+        .unwrap()
+}
+
+/// Waits until `replicas` pods are Ready and nothing else runs.
+fn wait_replicas(sim: &Cluster, replicas: usize) {
+    kwg_e2e::wait_for("the gateway replicas", Duration::from_secs(60), || {
+        let pods = kwg_e2e::gateway_pods(sim)?;
+        Ok((pods.len() == replicas && pods.iter().all(|p| p.1)).then_some(()))
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_laptop_keeps_working_when_its_replica_is_deleted_and_through_a_rolling_restart() {
+    let sim = Arc::new(Cluster::up().expect("kwg-sim up"));
+    kwg_e2e::install_gateway_replicas(&sim, 2).expect("kubectl apply -k manifests/");
+    let l = Arc::new(laptop(&sim, "ha"));
+    l.join(&["--namespace", "emojivoto"]);
+    let requests = RequestLoop::start(&l);
+    requests.wait_steady(
+        Instant::now(),
+        Duration::from_secs(1),
+        Duration::from_secs(20),
+    );
+
+    // 1. The replica holding the session is deleted.
+    let holder = session_holder(&sim, "ha");
+    let t = Instant::now();
+    sim.kubectl_admin(&["-n", NS, "delete", "pod", &holder, "--wait=false"])
+        .unwrap();
+    requests.measure(t, &format!("failover, deleted pod {holder}"));
+    wait_replicas(&sim, 2);
+    assert!(!ready_pods(&sim).contains(&holder));
+
+    // 2. kubectl rollout restart: one new replica at a time, an old one goes once it is Ready.
+    let before = ready_pods(&sim);
+    let t = Instant::now();
+    sim.kubectl_admin(&["-n", NS, "rollout", "restart", "deployment/kwg-gateway"])
+        .unwrap();
+    let status = rollout_status(&sim);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    requests.measure(t, "rolling restart");
+    wait_replicas(&sim, 2);
+    let after = ready_pods(&sim);
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "{before:?} -> {after:?}"
+    );
+    // Both replicas serve the laptop at the same address.
+    let ips: Vec<_> = after
+        .iter()
+        .map(|pod| {
+            peers_of(&sim, pod)
+                .into_iter()
+                .find(|p| p.name.as_str() == "ha")
+                .map(|p| p.tunnel_ip)
+        })
+        .collect();
+    assert!(
+        ips[0].is_some() && ips.iter().all(|ip| *ip == ips[0]),
+        "{ips:?}"
+    );
+    drop(requests);
+    assert!(l.kwg(&["leave"]).status.success());
+}
+
+#[test]
+fn registrations_against_two_replicas_get_distinct_addresses_and_a_lease_is_collected_once() {
+    let sim = Cluster::up().expect("kwg-sim up");
+    kwg_e2e::install_gateway_replicas(&sim, 2).expect("kubectl apply -k manifests/");
+    // One owner registers 50 peers: raise the per-owner limit (a rolling update, too).
+    let patch = r#"[{"op":"add","path":"/spec/template/spec/containers/0/env/-","value":{"name":"KWG_MAX_PEERS_PER_OWNER","value":"100"}}]"#;
+    sim.kubectl_admin(&[
+        "-n",
+        NS,
+        "patch",
+        "deployment/kwg-gateway",
+        "--type=json",
+        "-p",
+        patch,
+    ])
+    .unwrap();
+    rollout_status(&sim);
+    wait_replicas(&sim, 2);
+    kwg_e2e::wait_for("a leader", Duration::from_secs(20), || {
+        Ok(Some(lease_holder(&sim)).filter(|h| ready_pods(&sim).contains(h)))
+    })
+    .unwrap();
+
+    // 50 registrations at once, the leader killed after the first 25.
+    let list = |range: std::ops::Range<usize>| {
+        let items: Vec<_> = range
+            .map(|i| {
+                let expires = chrono::Utc::now() + chrono::Duration::hours(1);
+                kwg_e2e::peer_secret_json(
+                    &format!("ha-{i}"),
+                    &PrivateKey::generate().public_key(),
+                    expires,
+                )
+            })
+            .collect();
+        // One `kubectl apply` of 25 documents.
+        let docs: Vec<String> = items.iter().map(|i| i.to_string()).collect();
+        docs.join("\n---\n")
+    };
+    sim.kubectl_apply(&sim.developer_kubeconfig(), &list(0..25))
+        .unwrap();
+    let leader = lease_holder(&sim);
+    sim.kubectl_admin(&["-n", NS, "delete", "pod", &leader, "--wait=false"])
+        .unwrap();
+    sim.kubectl_apply(&sim.developer_kubeconfig(), &list(25..50))
+        .unwrap();
+    let addresses = kwg_e2e::wait_for("50 addresses", Duration::from_secs(60), || {
+        let out = sim.kubectl_admin(&[
+            "-n",
+            NS,
+            "get",
+            "secrets",
+            "-l",
+            "kwg.io/peer=true",
+            "-o",
+            "json",
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let anns: Vec<_> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["metadata"]["annotations"].clone())
+            .collect();
+        let ips: Vec<String> = anns
+            .iter()
+            .filter_map(|a| {
+                a[contract::TUNNEL_IP_ANNOTATION]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        let errors: Vec<_> = anns
+            .iter()
+            .filter_map(|a| a[contract::ERROR_ANNOTATION].as_str())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        Ok((ips.len() == 50).then_some(ips))
+    })
+    .unwrap();
+    let distinct: std::collections::BTreeSet<String> = addresses.iter().cloned().collect();
+    assert_eq!(distinct.len(), 50, "{addresses:?}");
+    assert_ne!(
+        lease_holder(&sim),
+        leader,
+        "a surviving replica took the Lease"
+    );
+    wait_replicas(&sim, 2);
+    // Every replica serves all 50 at the annotated addresses.
+    let pods = ready_pods(&sim);
+    kwg_e2e::wait_for(
+        "both replicas serving 50 peers",
+        Duration::from_secs(20),
+        || {
+            Ok(pods
+                .iter()
+                .all(|pod| {
+                    let ips: std::collections::BTreeSet<String> = peers_of(&sim, pod)
+                        .iter()
+                        .filter_map(|p| p.tunnel_ip)
+                        .map(|ip| ip.to_string())
+                        .collect();
+                    ips.len() == 50 && ips.iter().all(|ip| distinct.contains(ip))
+                })
+                .then_some(()))
+        },
+    )
+    .unwrap();
+
+    // A lease that ends: the Secret goes, deleted by exactly one replica.
+    kwg_e2e::register_peer(
+        &sim,
+        "ha-brief",
+        &PrivateKey::generate().public_key(),
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    kwg_e2e::wait_tunnel_ip(&sim, "ha-brief", Duration::from_secs(10)).unwrap();
+    kwg_e2e::wait_for(
+        "the expired peer collected",
+        Duration::from_secs(30),
+        || Ok((!kwg_e2e::laptop::secret_exists(&sim, "ha-brief")).then_some(())),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let collected: u64 = pods
+        .iter()
+        .map(|pod| {
+            let metrics = admin_get(&sim, pod, "metrics");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("kwg_gateway_leases_expired_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        })
+        .sum();
+    assert_eq!(collected, 1, "leases collected over both replicas");
+}
