@@ -205,7 +205,6 @@ fn wait_for_a_ready_service_returns_when_it_answers() {
 }
 
 #[test]
-#[ignore = "the API server stand-in does not serve TokenRequest (serviceaccounts/token) yet"]
 fn ci_credentials_print_a_kubeconfig_that_joins() {
     let sim = shared();
     let l = laptop(&sim, "cicreds");
