@@ -15,8 +15,19 @@ use kwg_sim::testing::Cluster;
 use kwg_wg::contract::{self, GatewayPeer};
 use kwg_wg::keys::PrivateKey;
 
-/// Generous bound on a gap (the daemon re-handshakes after 1.5 s of unanswered packets).
-const GAP_BOUND: Duration = Duration::from_secs(8);
+/// Generous bound on a gap with 2 replicas (the daemon re-handshakes after 1.5 s of
+/// unanswered packets). `KWG_HA_REPLICAS=1` (scripts/bench-failover.sh) measures a single
+/// gateway for comparison, bounded only by 30 s.
+fn gap_bound() -> Duration {
+    Duration::from_secs(if replicas() >= 2 { 8 } else { 30 })
+}
+
+fn replicas() -> usize {
+    std::env::var("KWG_HA_REPLICAS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
 const NS: &str = contract::DEFAULT_NAMESPACE;
 
 /// One HTTP request through the tunnel every 100 ms, each result with its time.
@@ -69,7 +80,7 @@ impl RequestLoop {
     }
 
     /// Waits for 3 s of successes after `since`, prints the longest gap (a line
-    /// scripts/bench-failover.sh reads) and checks it against [`GAP_BOUND`].
+    /// scripts/bench-failover.sh reads) and checks it against [`gap_bound`].
     fn measure(&self, since: Instant, what: &str) {
         self.wait_steady(since, Duration::from_secs(3), Duration::from_secs(40));
         let (gap, failed) = self.longest_gap(since);
@@ -77,7 +88,7 @@ impl RequestLoop {
             "{what}: longest gap {:.2} s, {failed} failed requests",
             gap.as_secs_f64()
         );
-        assert!(gap < GAP_BOUND, "{what}: gap {gap:?}");
+        assert!(gap < gap_bound(), "{what}: gap {gap:?}");
     }
 
     /// The longest time between two successful requests around `since` (from the last
@@ -170,7 +181,7 @@ fn wait_replicas(sim: &Cluster, replicas: usize) {
 #[test]
 fn a_laptop_keeps_working_when_its_replica_is_deleted_and_through_a_rolling_restart() {
     let sim = Arc::new(Cluster::up().expect("kwg-sim up"));
-    kwg_e2e::install_gateway_replicas(&sim, 2).expect("kubectl apply -k manifests/");
+    kwg_e2e::install_gateway_replicas(&sim, replicas()).expect("kubectl apply -k manifests/");
     let l = Arc::new(laptop(&sim, "ha"));
     l.join(&["--namespace", "emojivoto"]);
     let requests = RequestLoop::start(&l);
@@ -186,7 +197,7 @@ fn a_laptop_keeps_working_when_its_replica_is_deleted_and_through_a_rolling_rest
     sim.kubectl_admin(&["-n", NS, "delete", "pod", &holder, "--wait=false"])
         .unwrap();
     requests.measure(t, &format!("failover, deleted pod {holder}"));
-    wait_replicas(&sim, 2);
+    wait_replicas(&sim, replicas());
     assert!(!ready_pods(&sim).contains(&holder));
 
     // 2. kubectl rollout restart: one new replica at a time, an old one goes once it is Ready.
@@ -197,7 +208,7 @@ fn a_laptop_keeps_working_when_its_replica_is_deleted_and_through_a_rolling_rest
     let status = rollout_status(&sim);
     assert!(status.contains("successfully rolled out"), "{status}");
     requests.measure(t, "rolling restart");
-    wait_replicas(&sim, 2);
+    wait_replicas(&sim, replicas());
     let after = ready_pods(&sim);
     assert!(
         after.iter().all(|p| !before.contains(p)),
