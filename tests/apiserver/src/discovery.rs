@@ -115,6 +115,25 @@ fn oapi_path(group: &str, version: &str) -> String {
     }
 }
 
+/// `/openapi/v2`: an empty document (no paths, no definitions), as protobuf (what kubectl asks
+/// for) or JSON. kubectl falls back to it for kinds without a PATCH operation in /openapi/v3
+/// (e.g. `kubectl create -f` of a SubjectAccessReview); it skips client-side validation of a
+/// kind the document does not define, as for a CRD without a schema.
+pub fn openapi_v2(accept: &str) -> (&'static str, Vec<u8>) {
+    if accept.contains("protobuf") {
+        // An empty protobuf message: openapi_v2.Document with every field unset.
+        return (
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            Vec::new(),
+        );
+    }
+    let doc = json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": format!("v{MAJOR}.{MINOR}.0")}, "paths": {}, "definitions": {}});
+    (
+        "application/json",
+        serde_json::to_vec(&doc).unwrap_or_default(),
+    )
+}
+
 /// `/openapi/v3`: the index of per-group/version documents.
 pub fn openapi_v3_index() -> Value {
     let mut paths = serde_json::Map::new();

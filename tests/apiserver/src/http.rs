@@ -269,6 +269,10 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Result<Response<Body>, ApiError> {
         ["api", v] => non_resource(discovery::resource_list("", v)),
         ["apis", g] => non_resource(discovery::api_group(g)),
         ["apis", g, v] => non_resource(discovery::resource_list(g, v)),
+        ["openapi", "v2"] => non_resource(Some(Value::Null)).map(|_| {
+            let (content_type, doc) = discovery::openapi_v2(req.header(header::ACCEPT));
+            full(StatusCode::OK, content_type, doc)
+        }),
         ["openapi", "v3"] => non_resource(Some(discovery::openapi_v3_index())),
         ["openapi", "v3", rest @ ..] => non_resource(discovery::openapi_v3_doc(&rest.join("/"))),
         ["api", v, rest @ ..] => crate::resource::resource(shared, req, &user, "", v, rest),
