@@ -180,6 +180,10 @@ pub async fn answer(query: &[u8], cfg: &ForwarderConfig) -> Option<Vec<u8>> {
             None => tracing::debug!(name = %qname, ?source, "no answer"),
         }
     }
+    // Here no source answered without an error.
+    if decision == Decision::UpstreamElseHidden {
+        return error_reply(&msg, ResponseCode::NXDomain);
+    }
     last.or_else(|| {
         tracing::warn!(name = %qname, ?decision, "DNS lookup timed out");
         error_reply(&msg, ResponseCode::ServFail)

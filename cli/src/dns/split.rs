@@ -26,6 +26,10 @@ pub enum Decision {
     UpstreamThenCluster(String),
     /// Relay to the machine's original resolvers unchanged.
     Upstream,
+    /// `<name>.<ns>` of a namespace the user chose not to see (`--mapped-namespaces`): the
+    /// machine's resolvers (a namespace `dev` must not hide `go.dev`), and NXDOMAIN when they
+    /// do not know it.
+    UpstreamElseHidden,
     /// A cluster name the user chose not to see (`--mapped-namespaces`): NXDOMAIN.
     Hidden,
 }
@@ -47,7 +51,7 @@ impl Decision {
             Decision::Cluster(n) => vec![Source::Cluster(n)],
             Decision::ClusterThenUpstream(n) => vec![Source::Cluster(n), Source::Upstream],
             Decision::UpstreamThenCluster(n) => vec![Source::Upstream, Source::Cluster(n)],
-            Decision::Upstream => vec![Source::Upstream],
+            Decision::Upstream | Decision::UpstreamElseHidden => vec![Source::Upstream],
             Decision::Hidden => Vec::new(),
         }
     }
@@ -138,6 +142,7 @@ impl SplitDns {
             [svc, ns] if self.visible(ns) => {
                 Decision::ClusterThenUpstream(format!("{svc}.{ns}.svc.{domain}"))
             }
+            [_, ns] if self.is_cluster_namespace(ns) => Decision::UpstreamElseHidden,
             [svc, ns, "svc"] if self.is_cluster_namespace(ns) => {
                 if self.visible(ns) {
                     Decision::Cluster(format!("{svc}.{ns}.svc.{domain}"))

@@ -103,9 +103,10 @@ fn a_namespace_named_like_a_tld_falls_back_to_the_machine() {
             Source::Upstream
         ]
     );
-    // With --mapped-namespaces, an unmapped namespace is not asked at all.
+    // With --mapped-namespaces, an unmapped namespace is not asked at all: the machine's
+    // answer, NXDOMAIN when it has none.
     let s = split(Some(&["emojivoto"]));
-    assert_eq!(s.decide("go.dev"), Decision::Upstream);
+    assert_eq!(s.decide("go.dev"), Decision::UpstreamElseHidden);
 }
 
 #[test]
@@ -173,7 +174,8 @@ fn mapped_namespaces_hide_the_others() {
         machine_first("web-app.emojivoto.svc.cluster.local")
     );
     // `<name>.<ns>` of an unmapped namespace is not the cluster's: the machine's.
-    assert_eq!(s.decide("echo.other"), Decision::Upstream);
+    assert_eq!(s.decide("echo.other"), Decision::UpstreamElseHidden);
+    assert_eq!(s.decide("echo.nosuchns"), Decision::Upstream);
     assert_eq!(s.decide("echo.other.svc"), Decision::Hidden);
     assert_eq!(s.decide("echo.other.svc.cluster.local"), Decision::Hidden);
     assert_eq!(
