@@ -181,39 +181,38 @@ impl Netlink {
 
     /// Removes `addr` from `name`; `Ok(false)` when it was not there.
     pub async fn delete_address(&self, name: &str, addr: IpNet) -> Result<bool, NetlinkError> {
-        use rtnetlink::packet_route::address::AddressAttribute;
-        let index = self.link_index(name).await?;
-        let mut msgs = self
-            .handle
+        let found = self
+            .address_messages(name)
+            .await?
+            .into_iter()
+            .find(|(net, _)| *net == addr);
+        let Some((_, msg)) = found else {
+            return Ok(false);
+        };
+        self.handle
             .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        while let Some(msg) = msgs
-            .try_next()
+            .del(msg)
+            .execute()
             .await
-            .map_err(|e| kernel(format!("list addresses of {name}"), e))?
-        {
-            let matches = msg.header.prefix_len == addr.prefix_len()
-                && msg
-                    .attributes
-                    .iter()
-                    .any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == addr.addr()));
-            if matches {
-                self.handle
-                    .address()
-                    .del(msg)
-                    .execute()
-                    .await
-                    .map_err(|e| kernel(format!("delete address {addr} of {name}"), e))?;
-                return Ok(true);
-            }
-        }
-        Ok(false)
+            .map_err(|e| kernel(format!("delete address {addr} of {name}"), e))?;
+        Ok(true)
     }
 
     /// The addresses configured on `name`.
     pub async fn addresses(&self, name: &str) -> Result<Vec<IpNet>, NetlinkError> {
+        Ok(self
+            .address_messages(name)
+            .await?
+            .into_iter()
+            .map(|(net, _)| net)
+            .collect())
+    }
+
+    /// Each address of `name` with the kernel's message for it.
+    async fn address_messages(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(IpNet, rtnetlink::packet_route::address::AddressMessage)>, NetlinkError> {
         use rtnetlink::packet_route::address::AddressAttribute;
         let index = self.link_index(name).await?;
         let mut out = Vec::new();
@@ -228,12 +227,12 @@ impl Netlink {
             .await
             .map_err(|e| kernel(format!("list addresses of {name}"), e))?
         {
-            for attr in &msg.attributes {
-                if let AddressAttribute::Address(ip) = attr
-                    && let Ok(net) = IpNet::new(*ip, msg.header.prefix_len)
-                {
-                    out.push(net);
-                }
+            let net = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => IpNet::new(*ip, msg.header.prefix_len).ok(),
+                _ => None,
+            });
+            if let Some(net) = net {
+                out.push((net, msg));
             }
         }
         Ok(out)

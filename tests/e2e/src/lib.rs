@@ -6,6 +6,7 @@
 //! Every test needs root; names carry a per-process unique prefix, so tests run in parallel.
 
 pub mod laptop;
+pub mod requests;
 
 use anyhow::{Context, Result, bail};
 use kwg_sim::sh;

@@ -5,12 +5,11 @@
 //! with the leader killed in the middle; an expired lease is collected exactly once.
 //! Own clusters: deleting gateway pods would disturb other tests' joins.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kwg_e2e::laptop::{Laptop, laptop};
+use kwg_e2e::laptop::laptop;
+use kwg_e2e::requests::RequestLoop;
 use kwg_sim::testing::Cluster;
 use kwg_wg::contract::{self, GatewayPeer};
 use kwg_wg::keys::PrivateKey;
@@ -29,92 +28,6 @@ fn replicas() -> usize {
         .unwrap_or(2)
 }
 const NS: &str = contract::DEFAULT_NAMESPACE;
-
-/// One HTTP request through the tunnel every 100 ms, each result with its time.
-struct RequestLoop {
-    results: Arc<Mutex<Vec<(Instant, bool)>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl RequestLoop {
-    fn start(l: &Arc<Laptop>) -> RequestLoop {
-        let results: Arc<Mutex<Vec<(Instant, bool)>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (r, s, l) = (results.clone(), stop.clone(), l.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let out = l.run(&[
-                    "curl",
-                    "-sS",
-                    "-o",
-                    "/dev/null",
-                    "--max-time",
-                    "1",
-                    "http://web-app:80",
-                ]);
-                r.lock()
-                    .unwrap()
-                    .push((Instant::now(), out.status.success()));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        RequestLoop {
-            results,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Waits until requests have succeeded for `steady` in a row after `since`.
-    fn wait_steady(&self, since: Instant, steady: Duration, timeout: Duration) {
-        kwg_e2e::wait_for("requests succeeding again", timeout, || {
-            let r = self.results.lock().unwrap();
-            let last_fail = r.iter().rev().find(|(_, ok)| !ok).map(|(t, _)| *t);
-            let start = last_fail.map_or(since, |f| f.max(since));
-            Ok(r.iter()
-                .any(|(t, ok)| *ok && *t > start + steady)
-                .then_some(()))
-        })
-        .unwrap_or_else(|e| panic!("traffic did not come back: {e}"));
-    }
-
-    /// Waits for 3 s of successes after `since`, prints the longest gap (a line
-    /// scripts/bench-failover.sh reads) and checks it against [`gap_bound`].
-    fn measure(&self, since: Instant, what: &str) {
-        self.wait_steady(since, Duration::from_secs(3), Duration::from_secs(40));
-        let (gap, failed) = self.longest_gap(since);
-        eprintln!(
-            "{what}: longest gap {:.2} s, {failed} failed requests",
-            gap.as_secs_f64()
-        );
-        assert!(gap < gap_bound(), "{what}: gap {gap:?}");
-    }
-
-    /// The longest time between two successful requests around `since` (from the last
-    /// success before it on).
-    fn longest_gap(&self, since: Instant) -> (Duration, usize) {
-        let r = self.results.lock().unwrap();
-        let ok: Vec<Instant> = r.iter().filter(|(_, ok)| *ok).map(|(t, _)| *t).collect();
-        let from = ok.iter().rposition(|t| *t <= since).unwrap_or(0);
-        let gap = ok[from..]
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or_default();
-        let failed = r.iter().filter(|(t, ok)| !ok && *t > since).count();
-        (gap, failed)
-    }
-}
-
-impl Drop for RequestLoop {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// `GET /<path>` on one gateway pod, from inside it.
 fn admin_get(sim: &Cluster, pod: &str, path: &str) -> String {
@@ -196,7 +109,7 @@ fn a_laptop_keeps_working_when_its_replica_is_deleted_and_through_a_rolling_rest
     let t = Instant::now();
     sim.kubectl_admin(&["-n", NS, "delete", "pod", &holder, "--wait=false"])
         .unwrap();
-    requests.measure(t, &format!("failover, deleted pod {holder}"));
+    requests.measure(t, &format!("failover, deleted pod {holder}"), gap_bound());
     wait_replicas(&sim, replicas());
     assert!(!ready_pods(&sim).contains(&holder));
 
@@ -207,7 +120,7 @@ fn a_laptop_keeps_working_when_its_replica_is_deleted_and_through_a_rolling_rest
         .unwrap();
     let status = rollout_status(&sim);
     assert!(status.contains("successfully rolled out"), "{status}");
-    requests.measure(t, "rolling restart");
+    requests.measure(t, "rolling restart", gap_bound());
     wait_replicas(&sim, replicas());
     let after = ready_pods(&sim);
     assert!(

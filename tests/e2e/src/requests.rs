@@ -1,0 +1,96 @@
+//! A request loop through the tunnel: one HTTP request to web-app every 100 ms, each result
+//! with its time, to measure how long traffic stops while the gateway fails over or heals.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::laptop::Laptop;
+
+/// One HTTP request through the tunnel every 100 ms, each result with its time.
+pub struct RequestLoop {
+    /// Every request's end and whether it succeeded.
+    pub results: Arc<Mutex<Vec<(Instant, bool)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RequestLoop {
+    pub fn start(l: &Arc<Laptop>) -> RequestLoop {
+        let results: Arc<Mutex<Vec<(Instant, bool)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s, l) = (results.clone(), stop.clone(), l.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let out = l.run(&[
+                    "curl",
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "--max-time",
+                    "1",
+                    "http://web-app:80",
+                ]);
+                r.lock()
+                    .unwrap()
+                    .push((Instant::now(), out.status.success()));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        RequestLoop {
+            results,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until requests have succeeded for `steady` in a row after `since`.
+    pub fn wait_steady(&self, since: Instant, steady: Duration, timeout: Duration) {
+        crate::wait_for("requests succeeding again", timeout, || {
+            let r = self.results.lock().unwrap();
+            let last_fail = r.iter().rev().find(|(_, ok)| !ok).map(|(t, _)| *t);
+            let start = last_fail.map_or(since, |f| f.max(since));
+            Ok(r.iter()
+                .any(|(t, ok)| *ok && *t > start + steady)
+                .then_some(()))
+        })
+        .unwrap_or_else(|e| panic!("traffic did not come back: {e}"));
+    }
+
+    /// Waits for 3 s of successes after `since`, prints the longest gap (a line
+    /// scripts/bench-failover.sh reads) and checks it against `bound`.
+    pub fn measure(&self, since: Instant, what: &str, bound: Duration) {
+        self.wait_steady(since, Duration::from_secs(3), Duration::from_secs(40));
+        let (gap, failed) = self.longest_gap(since);
+        eprintln!(
+            "{what}: longest gap {:.2} s, {failed} failed requests",
+            gap.as_secs_f64()
+        );
+        assert!(gap < bound, "{what}: gap {gap:?}");
+    }
+
+    /// The longest time between two successful requests around `since` (from the last
+    /// success before it on).
+    pub fn longest_gap(&self, since: Instant) -> (Duration, usize) {
+        let r = self.results.lock().unwrap();
+        let ok: Vec<Instant> = r.iter().filter(|(_, ok)| *ok).map(|(t, _)| *t).collect();
+        let from = ok.iter().rposition(|t| *t <= since).unwrap_or(0);
+        let gap = ok[from..]
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        let failed = r.iter().filter(|(t, ok)| !ok && *t > since).count();
+        (gap, failed)
+    }
+}
+
+impl Drop for RequestLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
