@@ -215,3 +215,103 @@ fn the_laptop_drops_new_connections_from_the_cluster_and_its_firewall_never_outl
         );
     }
 }
+
+#[test]
+fn another_user_on_the_laptop_can_neither_leave_nor_read_the_daemons_state() {
+    let sim = shared();
+    let l = laptop(&sim, "second");
+    l.join(&["--namespace", "emojivoto"]);
+    let as_nobody = |args: &[&str]| {
+        let mut argv = vec![
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "kwg",
+        ];
+        argv.extend_from_slice(args);
+        l.run(&argv)
+    };
+    let leave = as_nobody(&["leave"]);
+    assert!(
+        !leave.status.success(),
+        "another user left: {}",
+        text(&leave.stdout)
+    );
+    assert!(
+        text(&leave.stderr).contains("Permission denied"),
+        "{}",
+        text(&leave.stderr)
+    );
+    let socket = l.state.join("kwg.sock");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let dir = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&l.state).unwrap().permissions(),
+    );
+    assert_eq!(dir & 0o777, 0o700);
+    // The join is untouched.
+    assert!(text(&l.curl("web-app:80").stdout).contains("Emoji Vote"));
+    assert_eq!(l.kwg(&["status"]).status.code(), Some(0));
+    assert!(l.kwg(&["leave"]).status.success());
+}
+
+#[test]
+fn hostile_gateway_info_is_refused_before_anything_changes() {
+    // An admin (or whoever may write the info ConfigMap) publishes info that would route half
+    // the Internet through the tunnel; the laptop refuses it with the reason, and nothing of
+    // the join is left. A namespace of its own, so the real gateway's info is not disturbed.
+    let sim = shared();
+    let l = laptop(&sim, "hostile");
+    let real = sim
+        .kubectl_admin(&[
+            "-n",
+            "kwg-system",
+            "get",
+            "configmap",
+            "kwg-gateway-info",
+            "-o",
+            "jsonpath={.data.info\\.json}",
+        ])
+        .unwrap();
+    let mut info: serde_json::Value = serde_json::from_str(&real).unwrap();
+    info["podCidrs"]
+        .as_array_mut()
+        .unwrap()
+        .push("0.0.0.0/1".into());
+    let ns = "hostile-kwg";
+    sim.kubectl_admin(&["create", "namespace", ns]).unwrap();
+    let cm = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kwg-gateway-info", "namespace": ns},
+        "data": {"info.json": info.to_string()},
+    });
+    sim.kubectl_apply(&sim.admin_kubeconfig(), &cm.to_string())
+        .unwrap();
+    let out = l.run_as(
+        "admin",
+        &[
+            "kwg",
+            "join",
+            "--name",
+            "hostile",
+            "--kwg-namespace",
+            ns,
+            "-n",
+            "emojivoto",
+        ],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    assert!(
+        err.contains("refused cluster subnet 0.0.0.0/1 from the cluster: a prefix shorter than /8"),
+        "{err}"
+    );
+    assert!(!l.routes().contains("kwg0"), "{}", l.routes());
+    let secrets = sim
+        .kubectl_admin(&["-n", ns, "get", "secrets", "-o", "name"])
+        .unwrap();
+    assert!(!secrets.contains("kwg-peer-hostile"), "{secrets}");
+}
