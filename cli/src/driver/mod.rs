@@ -425,11 +425,16 @@ impl Driver {
                     };
                 }
             }
-            Undo::DeleteInterface { .. } => {
-                if let Some(d) = self.device.take()
-                    && let Err(e) = d.shutdown().await
-                {
-                    tracing::warn!(error = %e, "stopping the device");
+            Undo::DeleteInterface { name, .. } => {
+                if let Some(d) = self.device.take() {
+                    if let Err(e) = d.shutdown().await {
+                        tracing::warn!(error = %e, "stopping the device");
+                    }
+                    // The TUN goes with the device; delete it if it is somehow still there.
+                    return match undo::undo_step(&u, self.kube.as_ref()).await {
+                        Ok(_) => Event::Undone(Some(format!("routes and interface {name}"))),
+                        Err(e) => Event::UndoFailed(e),
+                    };
                 }
             }
             _ => {}
