@@ -231,7 +231,7 @@ mod tests {
             table: 52,
             ..existing("100.64.0.0/10", "tailscale0")
         };
-        assert!(check_conflicts(&p, &[tailscale.clone()], "kwg0", &[]).is_err());
+        assert!(check_conflicts(&p, std::slice::from_ref(&tailscale), "kwg0", &[]).is_err());
         let local = RouteEntry {
             table: LOCAL_TABLE,
             ..tailscale
