@@ -21,6 +21,9 @@ have kubectl      || need+=(kubernetes-client)
 have dbus-daemon  || need+=(dbus-daemon)
 have dbus-send    || need+=(dbus-bin)
 have nsenter      || need+=(util-linux)
+have setpriv      || need+=(util-linux)
+# The GitHub action's steps (ci/action/*.js) are run as a runner would, with node.
+have node         || need+=(nodejs)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"
