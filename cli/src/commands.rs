@@ -9,7 +9,7 @@ use chrono::Utc;
 use crate::api::{self, ClientError, Reply, Request};
 use crate::args::{Format, JoinArgs, LeaveArgs, OutputArgs, PeersArgs};
 use crate::cluster::Kube;
-use crate::driver::{self, Progress, undo::cleanup_dead, status_from_state};
+use crate::driver::{self, Progress, status_from_state, undo::cleanup_dead};
 use crate::error::Error;
 use crate::lock::{DaemonLock, Holder};
 use crate::output::{self, PeerRow};

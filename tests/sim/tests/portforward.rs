@@ -11,7 +11,10 @@ use kwg_sim::testing::Cluster;
 
 /// A running `kubectl port-forward`, killed by PID on drop; its stdout is kept open (kubectl
 /// writes "Handling connection for N" there and fails on a closed pipe).
-struct Forward(Child, #[allow(dead_code)] BufReader<std::process::ChildStdout>);
+struct Forward(
+    Child,
+    #[allow(dead_code)] BufReader<std::process::ChildStdout>,
+);
 
 impl Drop for Forward {
     fn drop(&mut self) {
@@ -21,15 +24,28 @@ impl Drop for Forward {
 }
 
 fn web_pod(c: &Cluster) -> String {
-    c.pod_field("emojivoto", "web-app", ".metadata.name").unwrap()
+    c.pod_field("emojivoto", "web-app", ".metadata.name")
+        .unwrap()
 }
 
 /// Start `kubectl port-forward pod/<pod> LOCAL:REMOTE` in the laptop and wait for "Forwarding from".
 fn forward(c: &Cluster, kubeconfig: &std::path::Path, pod: &str, ports: &str) -> Forward {
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &c.netns("laptop"), "kubectl", "--kubeconfig"])
+        .args([
+            "netns",
+            "exec",
+            &c.netns("laptop"),
+            "kubectl",
+            "--kubeconfig",
+        ])
         .arg(kubeconfig)
-        .args(["-n", "emojivoto", "port-forward", &format!("pod/{pod}"), ports])
+        .args([
+            "-n",
+            "emojivoto",
+            "port-forward",
+            &format!("pod/{pod}"),
+            ports,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -37,12 +53,16 @@ fn forward(c: &Cluster, kubeconfig: &std::path::Path, pod: &str, ports: &str) ->
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    assert!(line.starts_with("Forwarding from 127.0.0.1:"), "kubectl said {line:?}");
+    assert!(
+        line.starts_with("Forwarding from 127.0.0.1:"),
+        "kubectl said {line:?}"
+    );
     Forward(child, out)
 }
 
 fn curl(c: &Cluster, url: &str) -> std::process::Output {
-    c.exec(&c.netns("laptop"), &["curl", "-sS", "-m", "5", url]).unwrap()
+    c.exec(&c.netns("laptop"), &["curl", "-sS", "-m", "5", url])
+        .unwrap()
 }
 
 /// The page at `url`, or a panic with curl's complaint.
@@ -76,7 +96,8 @@ fn kubectl_port_forward_carries_http_and_answers_like_a_real_cluster() {
     let _ = fw.0.kill();
     let mut err = String::new();
     std::io::Read::read_to_string(fw.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-    let want = format!("an error occurred forwarding 18081 -> 81: error forwarding port 81 to pod ");
+    let want =
+        format!("an error occurred forwarding 18081 -> 81: error forwarding port 81 to pod ");
     assert!(err.contains(&want), "{err}");
     assert!(
         err.contains("failed to connect to localhost:81 inside namespace")
@@ -89,7 +110,13 @@ fn kubectl_port_forward_carries_http_and_answers_like_a_real_cluster() {
     let out = c
         .kubectl_output(
             &c.developer_kubeconfig(),
-            &["-n", "emojivoto", "port-forward", &format!("pod/{pod}"), "18082:80"],
+            &[
+                "-n",
+                "emojivoto",
+                "port-forward",
+                &format!("pod/{pod}"),
+                "18082:80",
+            ],
         )
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -121,7 +121,10 @@ fn start(
             "pod {name} does not have a host assigned"
         )));
     }
-    let uid = pod["metadata"]["uid"].as_str().unwrap_or("").replace('-', "");
+    let uid = pod["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .replace('-', "");
     let netns = shared
         .netns
         .lock()
@@ -129,7 +132,9 @@ fn start(
         .clone()
         .and_then(|f| f(ns, name));
     let target = Arc::new(Target {
-        pod_ip: pod["status"]["podIP"].as_str().and_then(|s| s.parse::<IpAddr>().ok()),
+        pod_ip: pod["status"]["podIP"]
+            .as_str()
+            .and_then(|s| s.parse::<IpAddr>().ok()),
         netns,
         // A CRI sandbox id is 64 hex digits; derived from the pod's uid.
         sandbox: format!("{uid}{uid}").chars().take(64).collect(),
@@ -194,9 +199,9 @@ fn websocket(
             .filter_map(|m| async move {
                 match m {
                     Ok(Message::Binary(b)) => Some(Ok(b)),
-                    Ok(Message::Text(_)) => Some(Err(std::io::Error::other(
-                        "invalid message type received",
-                    ))),
+                    Ok(Message::Text(_)) => {
+                        Some(Err(std::io::Error::other("invalid message type received")))
+                    }
                     Ok(_) => None,
                     Err(e) => Some(Err(std::io::Error::other(e))),
                 }

@@ -116,13 +116,7 @@ where
                             continue;
                         };
                         let ids = Ids { error, data };
-                        tokio::spawn(forward(
-                            target.clone(),
-                            port,
-                            ids,
-                            from_client,
-                            tx.clone(),
-                        ));
+                        tokio::spawn(forward(target.clone(), port, ids, from_client, tx.clone()));
                     }
                 }
                 Frame::Data { stream, fin, data } => {
@@ -299,8 +293,9 @@ fn connect_in_netns(path: &std::path::Path, port: u16) -> Result<std::net::TcpSt
     let v4 = std::net::TcpStream::connect(("127.0.0.1", port));
     let stream = match v4 {
         Ok(s) => s,
-        Err(e4) => std::net::TcpStream::connect(("::1", port))
-            .map_err(|e6| DialError::Connect(e4, e6))?,
+        Err(e4) => {
+            std::net::TcpStream::connect(("::1", port)).map_err(|e6| DialError::Connect(e4, e6))?
+        }
     };
     stream
         .set_nonblocking(true)

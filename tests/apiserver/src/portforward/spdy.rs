@@ -121,7 +121,9 @@ impl Decoder {
         }
         let need = |b: &Bytes, n: usize| {
             if b.len() < n {
-                Err(SpdyError::Malformed("control frame shorter than its fields"))
+                Err(SpdyError::Malformed(
+                    "control frame shorter than its fields",
+                ))
             } else {
                 Ok(())
             }
@@ -351,7 +353,9 @@ mod tests {
     use super::*;
 
     fn hdrs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
