@@ -181,6 +181,37 @@ pub async fn rebind(handle: &DeviceHandle, gateway: PeerConfig) -> Result<(), Er
     Ok(())
 }
 
+/// Brings `name` up (with `address`, when given) and reconciles its routes: `remove`d, then
+/// `add`ed (replace: idempotent).
+pub async fn set_routes(
+    name: &str,
+    address: Option<ipnet::IpNet>,
+    add: &[ipnet::IpNet],
+    remove: &[ipnet::IpNet],
+) -> Result<(), Error> {
+    let nl = Netlink::open()?;
+    if let Some(address) = address {
+        nl.link_up(name, Some(u32::from(kwg_wg::device::DEFAULT_MTU)))
+            .await?;
+        nl.add_address(name, address).await?;
+    }
+    for r in remove {
+        nl.delete_route(*r, name).await?;
+    }
+    for r in add {
+        nl.replace_route(*r, name).await?;
+    }
+    Ok(())
+}
+
+/// Replaces the interface's address `old` by `new`.
+pub async fn change_address(name: &str, old: ipnet::IpNet, new: ipnet::IpNet) -> Result<(), Error> {
+    let nl = Netlink::open()?;
+    nl.add_address(name, new).await?;
+    nl.delete_address(name, old).await?;
+    Ok(())
+}
+
 /// Asks `server` until it resolves `name`.
 pub async fn dns_answers(server: SocketAddr, name: String) -> Event {
     while !probe_dns(server, &name, Duration::from_millis(300)).await {

@@ -203,6 +203,14 @@ enum Started {
     Nothing,
 }
 
+/// An action with no event of its own: only a failure is reported.
+fn quiet(r: Result<(), Error>) -> Started {
+    match r {
+        Ok(()) => Started::Nothing,
+        Err(e) => Started::Now(Event::Failed(e)),
+    }
+}
+
 fn event(r: Result<(), Error>, ok: Event) -> Started {
     Started::Now(match r {
         Ok(()) => ok,
@@ -229,10 +237,7 @@ impl Driver {
                     Done::Inspected(exec::inspect(&args, &dir).await)
                 }))
             }
-            Action::Save(state) => match state.save(&self.dir.state()) {
-                Ok(()) => Started::Nothing,
-                Err(e) => Started::Now(Event::Failed(e)),
-            },
+            Action::Save(state) => quiet(state.save(&self.dir.state())),
             Action::Register { spec, ttl } => {
                 let ns = self.args.kube.kwg_namespace.clone();
                 long(exec::register(self.kube(), ns, *spec, ttl))
@@ -248,14 +253,11 @@ impl Driver {
                 gateway,
             } => {
                 let r = async {
-                    let nl = Netlink::open()?;
-                    nl.link_up(&name, Some(u32::from(DEFAULT_MTU))).await?;
-                    nl.add_address(&name, address).await?;
-                    for r in routes {
-                        nl.replace_route(r, &name).await?;
-                    }
-                    self.handle().upsert_peer(gateway).await?;
-                    Ok(())
+                    exec::set_routes(&name, Some(address), &routes, &[]).await?;
+                    self.handle()
+                        .upsert_peer(gateway)
+                        .await
+                        .map_err(Error::from)
                 };
                 event(r.await, Event::NetworkConfigured)
             }
@@ -309,10 +311,7 @@ impl Driver {
             Action::AwaitHandshake { gateway, poke } => {
                 long(exec::await_handshake(self.handle(), gateway, poke))
             }
-            Action::Rebind { gateway } => match exec::rebind(&self.handle(), gateway).await {
-                Ok(()) => Started::Nothing,
-                Err(e) => Started::Now(Event::Failed(e)),
-            },
+            Action::Rebind { gateway } => quiet(exec::rebind(&self.handle(), gateway).await),
             Action::ReadStats => {
                 let p = self.handle().peers().await.into_iter().next();
                 Started::Now(Event::Stats {
@@ -334,44 +333,16 @@ impl Driver {
                     }
                     h.upsert_peer(peer).await.map_err(Error::from)
                 };
-                match r.await {
-                    Ok(()) => Started::Nothing,
-                    Err(e) => Started::Now(Event::Failed(e)),
-                }
+                quiet(r.await)
             }
             Action::SetRoutes { name, add, remove } => {
-                let r = async {
-                    let nl = Netlink::open()?;
-                    for r in remove {
-                        nl.delete_route(r, &name).await?;
-                    }
-                    for r in add {
-                        nl.replace_route(r, &name).await?;
-                    }
-                    Ok::<_, Error>(())
-                };
-                match r.await {
-                    Ok(()) => Started::Nothing,
-                    Err(e) => Started::Now(Event::Failed(e)),
-                }
+                quiet(exec::set_routes(&name, None, &add, &remove).await)
             }
             Action::ChangeAddress { name, old, new } => {
-                let r = async {
-                    let nl = Netlink::open()?;
-                    nl.add_address(&name, new).await?;
-                    nl.delete_address(&name, old).await?;
-                    Ok::<_, Error>(())
-                };
-                match r.await {
-                    Ok(()) => Started::Nothing,
-                    Err(e) => Started::Now(Event::Failed(e)),
-                }
+                quiet(exec::change_address(&name, old, new).await)
             }
             Action::Undo(u) => Started::Now(self.undo(u).await),
-            Action::RemoveState => match State::remove(&self.dir.state()) {
-                Ok(()) => Started::Nothing,
-                Err(e) => Started::Now(Event::Failed(e)),
-            },
+            Action::RemoveState => quiet(State::remove(&self.dir.state())),
             Action::Exit | Action::Cancel | Action::Progress(_) | Action::Ready => Started::Nothing,
         }
     }

@@ -1,7 +1,9 @@
 //! Two cores talking in memory: handshakes, data, cryptokey routing, timers on a fake clock.
 
 use super::*;
+use ipnet::IpNet;
 use proptest::prelude::*;
+use std::time::SystemTime;
 
 mod logs;
 mod trust;
