@@ -118,6 +118,18 @@ impl Laptop {
             serde_json::from_slice(&std::fs::read(self.state.join("state.json")).unwrap()).unwrap();
         s["daemonPid"].as_i64().unwrap() as i32
     }
+
+    /// Kills the daemon with SIGKILL (no cleanup: a crash), and gives the kernel a moment to
+    /// close its TUN.
+    pub fn kill_daemon(&self) {
+        let pid = self.daemon_pid().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success(), "kill -KILL {pid}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
 }
 
 impl Drop for Laptop {

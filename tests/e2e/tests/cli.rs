@@ -3,8 +3,6 @@
 //! non-root. Each test uses its own laptop (`kwg-sim laptop add`) on one shared cluster.
 
 use kwg_e2e::laptop::{laptop, secret_exists, shared, text};
-use std::process::Command;
-use std::time::Duration;
 
 #[test]
 fn walkthrough_join_status_curl_peers_leave() {
@@ -97,7 +95,7 @@ fn killed_daemon_is_recovered_by_leave_and_by_the_next_join() {
     let original = laptop.resolv_conf();
     for recover_with_join in [false, true] {
         laptop.join(&["--namespace", "emojivoto"]);
-        nix_kill(laptop.daemon_pid());
+        laptop.kill_daemon();
         // Even with the daemon dead the machine keeps working DNS (the original servers follow).
         assert_eq!(laptop.getent("intranet.corp.example"), "192.0.2.80");
         if recover_with_join {
@@ -111,16 +109,6 @@ fn killed_daemon_is_recovered_by_leave_and_by_the_next_join() {
         assert!(!laptop.routes().contains("kwg0"), "{}", laptop.routes());
         assert!(!laptop.curl("web-app:80").status.success());
     }
-}
-
-fn nix_kill(pid: i32) {
-    let ok = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    std::thread::sleep(Duration::from_millis(200));
 }
 
 #[test]

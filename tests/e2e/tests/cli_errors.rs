@@ -197,15 +197,7 @@ fn the_laptop_drops_new_connections_from_the_cluster_and_its_firewall_never_outl
             "the laptop's firewall dropped nothing ({before} -> {after})"
         );
         if kill {
-            let pid = std::fs::read_to_string(l.state.join("daemon.lock")).unwrap();
-            assert!(
-                std::process::Command::new("kill")
-                    .args(["-KILL", pid.trim()])
-                    .status()
-                    .unwrap()
-                    .success()
-            );
-            std::thread::sleep(Duration::from_millis(200));
+            l.kill_daemon();
         }
         assert!(l.kwg(&["leave"]).status.success());
         assert_eq!(

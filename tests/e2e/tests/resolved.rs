@@ -116,13 +116,7 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
         assert!(status.contains("\"mode\": \"resolved\""), "{status}");
 
         if kill {
-            let pid = std::fs::read_to_string(l.state.join("daemon.lock")).unwrap();
-            let killed = std::process::Command::new("kill")
-                .args(["-KILL", pid.trim()])
-                .status()
-                .unwrap();
-            assert!(killed.success());
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            l.kill_daemon();
             // The TUN went with the process, and resolved forgot its DNS settings.
             let after = kwg_link_state(&r);
             assert!(
