@@ -36,6 +36,9 @@ pub enum Command {
     /// As a cluster admin: create a ServiceAccount bound to the kwg-user roles and print a
     /// kubeconfig with a token of --duration for it (a CI secret).
     CiCredentials(crate::credentials::CiCredentialsArgs),
+    /// Check this machine, the cluster and the tunnel, one line per check naming the fix of
+    /// each failure (exit code of the first failure); --bundle writes a redacted tar.gz.
+    Doctor(crate::doctor::DoctorArgs),
     /// Run the tunnel daemon (started by `kwg join`).
     #[command(hide = true)]
     Daemon(DaemonArgs),

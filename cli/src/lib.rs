@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod commands;
 pub mod credentials;
 pub mod dns;
+pub mod doctor;
 pub mod driver;
 pub mod error;
 pub mod exit;
@@ -42,6 +43,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Peers(a) => commands::peers(a, dir).await.map(|()| 0),
         Command::Leave(a) => commands::leave(a, dir).await.map(|()| 0),
         Command::CiCredentials(a) => credentials::run(a).await.map(|()| 0),
+        Command::Doctor(a) => doctor::run(a, dir).await,
         Command::Daemon(a) => commands::daemon(&a.spec, dir).await.map(|()| 0),
     }
 }
