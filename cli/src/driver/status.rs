@@ -37,6 +37,7 @@ pub fn status_from_state(state: &State, connected: bool) -> Status {
             timeout_secs: d.timeout_secs,
         }),
         subnets: state.routes.clone(),
+        lease: None,
     }
 }
 
@@ -60,6 +61,7 @@ pub fn joining(args: &JoinArgs) -> Status {
         tx_bytes: 0,
         dns: None,
         subnets: Vec::new(),
+        lease: None,
     }
 }
 

@@ -37,6 +37,9 @@ pub struct Status {
     pub dns: Option<DnsStatus>,
     /// The subnets routed through the tunnel.
     pub subnets: Vec<PlannedRoute>,
+    /// The peer Secret's lease as the daemon renews it; absent from an older daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseStatus>,
 }
 
 impl Status {
@@ -77,8 +80,31 @@ impl Status {
                     source: RouteSource::AlsoProxy,
                 },
             ],
+            lease: None,
         }
     }
+}
+
+/// The `lease` part of [`Status`]: renewal of the peer Secret's lease, and why it fails (the
+/// tunnel keeps carrying traffic while the API server is unreachable).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseStatus {
+    pub ttl_secs: u64,
+    /// The last successful registration or renewal.
+    pub renewed: Option<DateTime<Utc>>,
+    /// When the gateway removes this peer unless the lease is renewed.
+    pub expires: Option<DateTime<Utc>>,
+    /// Since when renewals fail; `None` while they succeed.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// The last failure, as a sentence.
+    pub error: Option<String>,
+    /// Consecutive failed renewals.
+    pub failures: u32,
+    /// The next renewal (or retry).
+    pub next_attempt: Option<DateTime<Utc>>,
+    /// Registering again: the Secret was gone (the lease ended while the machine slept).
+    pub reregistering: bool,
 }
 
 /// The `dns` part of [`Status`].
