@@ -157,10 +157,35 @@ fn print_joined(status: &Status, format: Format, elapsed: Duration) {
             "{}",
             serde_json::to_string(status).expect("status serializes")
         );
+    let mut status = status;
+    tell_reach(&mut status, &dir, format).await;
     } else {
         println!(
             "Joined: {} as {} in namespace {} ({} subnets, DNS {}) in {} ms",
             status.context.as_deref().unwrap_or(&status.server),
+/// Tells the user which mapped namespaces the gateway will not forward to (waiting up to 3 s
+/// for the gateway to decide), and puts the reach into the status `kwg join` prints.
+async fn tell_reach(status: &mut Status, dir: &StateDir, format: Format) {
+    let Some(admin) = State::load(&dir.state())
+        .ok()
+        .flatten()
+        .and_then(|s| s.gateway_admin)
+    else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    status.reach = crate::reach::wait_own(admin, &status.peer, deadline).await;
+    match &status.reach {
+        Some(r) => crate::reach::warnings(status, r)
+            .iter()
+            .for_each(|w| say(format, &output::sanitize(w))),
+        None => say(
+            format,
+            "The gateway did not say which namespaces this peer reaches yet: see `kwg status`.",
+        ),
+    }
+}
+
             status.tunnel_ip.as_deref().unwrap_or("-"),
             status.namespace,
             status.subnets.len(),
@@ -235,6 +260,10 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
     }
     Ok(if status.connected { 0 } else { 1 })
 }
+    let mut status = status;
+    if let (true, Some(admin)) = (status.connected, state.gateway_admin) {
+        status.reach = crate::reach::own(admin, &status.peer).await;
+    }
 
 /// `kwg peers`: the peer Secrets, with tunnel statistics from the gateway when joined.
 pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
@@ -288,7 +317,9 @@ pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
 }
 
 /// The gateway's `/peers` JSON through the tunnel (empty when it does not answer).
-async fn gateway_peers(admin: std::net::SocketAddr) -> Vec<kwg_wg::contract::GatewayPeer> {
+pub(crate) async fn gateway_peers(
+    admin: std::net::SocketAddr,
+) -> Vec<kwg_wg::contract::GatewayPeer> {
     use http_body_util::BodyExt;
     let fetch = async {
         let tcp = tokio::net::TcpStream::connect(admin).await.ok()?;

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::IncomingStream;
 use ipnet::Ipv4Net;
-use kwg_wg::contract::GatewayPeer;
+use kwg_wg::contract::{GatewayPeer, ReachStatus};
 use kwg_wg::device::{DeviceHandle, PeerStats};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -42,7 +42,41 @@ pub struct AdminState {
     pub peers: RwLock<Arc<Vec<ActivePeer>>>,
     /// Signalled whenever the peers are set (reach by RBAC recomputes the grants).
     pub peers_changed: tokio::sync::Notify,
+    /// What reach by RBAC enforces per peer (written by [`crate::reach_watch`]).
+    pub reach: RwLock<Arc<ReachView>>,
     pub metrics: Metrics,
+}
+
+/// What the gateway forwards each peer to, as enforced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReachView {
+    /// `false` with `--reach=all` (every peer reaches everything).
+    pub enforced: bool,
+    /// Reachable namespaces per peer address; a peer not here is not decided yet.
+    pub by_peer: HashMap<Ipv4Addr, Vec<String>>,
+}
+
+impl ReachView {
+    /// `--reach=all`.
+    pub fn open() -> ReachView {
+        ReachView {
+            enforced: false,
+            by_peer: HashMap::new(),
+        }
+    }
+
+    /// What `/peers` shows a peer about its own reach (`None`: not decided yet).
+    pub fn of(&self, peer: Ipv4Addr, drops: &[(Ipv4Addr, u64)]) -> Option<ReachStatus> {
+        let namespaces = match self.enforced {
+            true => self.by_peer.get(&peer)?.clone(),
+            false => Vec::new(),
+        };
+        Some(ReachStatus {
+            enforced: self.enforced,
+            namespaces,
+            dropped_packets: drops.iter().find(|d| d.0 == peer).map_or(0, |d| d.1),
+        })
+    }
 }
 
 impl AdminState {
@@ -55,6 +89,11 @@ impl AdminState {
             draining: AtomicBool::new(false),
             peers: RwLock::new(Arc::new(Vec::new())),
             peers_changed: tokio::sync::Notify::new(),
+            // Nothing decided: every peer's reach is unknown until reach by RBAC says.
+            reach: RwLock::new(Arc::new(ReachView {
+                enforced: true,
+                by_peer: HashMap::new(),
+            })),
             metrics: Metrics::default(),
         })
     }
@@ -72,6 +111,14 @@ impl AdminState {
 
     pub fn peers(&self) -> Arc<Vec<ActivePeer>> {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_reach(&self, view: ReachView) {
+        *self.reach.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+    }
+
+    pub fn reach(&self) -> Arc<ReachView> {
+        self.reach.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -211,14 +258,20 @@ async fn peers_handler(
 ) -> Response {
     let stats = s.device.peers().await;
     let caller = Caller::of(conn, s.tunnel_cidr);
-    axum::Json(gateway_peers(&s.peers(), &stats, caller)).into_response()
+    let drops = tokio::task::spawn_blocking(crate::net::nft_drops)
+        .await
+        .unwrap_or_default();
+    let reach = (&*s.reach(), drops.as_slice());
+    axum::Json(gateway_peers(&s.peers(), &stats, reach, caller)).into_response()
 }
 
-/// Joins the active peers with the device's statistics (the `/peers` JSON). A peer caller
-/// gets other peers without their public endpoint and hostname.
+/// Joins the active peers with the device's statistics and their reach and drops (the
+/// `/peers` JSON). A peer caller gets other peers without their public endpoint, hostname
+/// and reach.
 pub fn gateway_peers(
     peers: &[ActivePeer],
     stats: &[PeerStats],
+    (reach, drops): (&ReachView, &[(Ipv4Addr, u64)]),
     caller: Caller,
 ) -> Vec<GatewayPeer> {
     let by_key: HashMap<_, _> = stats.iter().map(|s| (s.public_key, s)).collect();
@@ -243,6 +296,7 @@ pub fn gateway_peers(
                 last_handshake: st.and_then(|s| s.last_handshake).map(Into::into),
                 rx_bytes: st.map_or(0, |s| s.rx_bytes),
                 tx_bytes: st.map_or(0, |s| s.tx_bytes),
+                reach: reach.of(p.ip.addr(), drops).filter(|_| full),
             }
         })
         .collect()

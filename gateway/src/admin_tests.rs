@@ -73,9 +73,30 @@ fn a_peer_sees_others_without_endpoint_or_hostname() {
     let (b, sb) = peer("b", "100.77.0.3");
     let peers = [a, b];
     let stats = [sa, sb];
-    let seen = gateway_peers(&peers, &stats, Caller::Peer("100.77.0.2".parse().unwrap()));
+    let view = ReachView {
+        enforced: true,
+        by_peer: [
+            ("100.77.0.2".parse().unwrap(), vec!["emojivoto".to_owned()]),
+            ("100.77.0.3".parse().unwrap(), vec!["default".to_owned()]),
+        ]
+        .into(),
+    };
+    let drops = [("100.77.0.2".parse().unwrap(), 7)];
+    let reach = (&view, drops.as_slice());
+    let seen = gateway_peers(
+        &peers,
+        &stats,
+        reach,
+        Caller::Peer("100.77.0.2".parse().unwrap()),
+    );
     let (me, other) = (&seen[0], &seen[1]);
     assert_eq!(me.hostname.as_deref(), Some("a-laptop"));
+    let mine = me.reach.as_ref().expect("own reach shown");
+    assert_eq!(
+        (mine.namespaces.as_slice(), mine.dropped_packets),
+        (&["emojivoto".to_owned()][..], 7)
+    );
+    assert_eq!(other.reach, None, "another peer's reach is not shown");
     assert!(me.endpoint.is_some());
     assert_eq!(other.name.as_str(), "b");
     assert_eq!(
@@ -90,10 +111,25 @@ fn a_peer_sees_others_without_endpoint_or_hostname() {
         "{json}"
     );
 
-    let admin = gateway_peers(&peers, &stats, Caller::Local);
+    let admin = gateway_peers(&peers, &stats, reach, Caller::Local);
     assert!(
         admin
             .iter()
-            .all(|p| p.hostname.is_some() && p.endpoint.is_some())
+            .all(|p| p.hostname.is_some() && p.endpoint.is_some() && p.reach.is_some())
     );
+}
+
+#[test]
+fn reach_undecided_or_open() {
+    let (a, sa) = peer("a", "100.77.0.2");
+    let me = Caller::Peer("100.77.0.2".parse().unwrap());
+    let undecided = ReachView {
+        enforced: true,
+        by_peer: Default::default(),
+    };
+    let seen = gateway_peers(&[a.clone()], &[sa.clone()], (&undecided, &[]), me);
+    assert_eq!(seen[0].reach, None, "not decided yet: not shown as nothing");
+    let seen = gateway_peers(&[a], &[sa], (&ReachView::open(), &[]), me);
+    let r = seen[0].reach.as_ref().unwrap();
+    assert!(!r.enforced && r.namespaces.is_empty());
 }

@@ -131,6 +131,28 @@ pub fn desired(
     sets
 }
 
+/// The namespaces each peer reaches, by name (what `/peers` tells the peer itself), for the
+/// peers whose every review is answered (`answer` is `None` while one is not): a peer whose
+/// reach is not decided yet is left out rather than shown less than it will get.
+pub fn reachable(
+    inv: &Inventory,
+    peers: &[PeerReach],
+    answer: impl Fn(&str, &str) -> Option<bool>,
+) -> HashMap<Ipv4Addr, Vec<String>> {
+    peers
+        .iter()
+        .filter_map(|p| {
+            let mut granted = Vec::new();
+            for ns in p.wanted(inv) {
+                if answer(&p.owner, ns)? {
+                    granted.push(ns.to_owned());
+                }
+            }
+            Some((p.ip, granted))
+        })
+        .collect()
+}
+
 /// Element commands taking the loaded sets from `old` to `new`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Diff {

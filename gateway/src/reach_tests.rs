@@ -39,6 +39,27 @@ fn names(sets: &Sets, p: &str) -> Vec<u32> {
 }
 
 #[test]
+fn reachable_names_only_decided_peers() {
+    let peers = [
+        peer("100.77.0.2", "alice", &[]),
+        peer("100.77.0.3", "alice", &["emojivoto", "default", "gone"]),
+        peer("100.77.0.4", "bob", &[]),
+    ];
+    // bob's review in `default` is not answered yet.
+    let answer = |o: &str, ns: &str| (o != "bob" || ns != "default").then(|| rbac(o, ns));
+    let r = reachable(&inv(), &peers, answer);
+    // Namespaces in inventory order (sorted); a mapped namespace that does not exist is not reached.
+    assert_eq!(r[&ip("100.77.0.2")], ["emojivoto"]);
+    assert_eq!(r[&ip("100.77.0.3")], ["emojivoto"]);
+    assert!(!r.contains_key(&ip("100.77.0.4")), "undecided: left out");
+    let root = [peer("100.77.0.5", "root", &[])];
+    assert_eq!(
+        reachable(&inv(), &root, |o, ns| Some(rbac(o, ns)))[&ip("100.77.0.5")],
+        ["default", "emojivoto"]
+    );
+}
+
+#[test]
 fn owner_grants_intersected_with_asked_namespaces() {
     let mut ids = NsIds::default();
     let peers = [

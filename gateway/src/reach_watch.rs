@@ -3,7 +3,7 @@
 //! owner and namespace, and moves the `kwg_reach` nftables sets to what [`reach::desired`]
 //! says, element by element.
 
-use crate::admin::AdminState;
+use crate::admin::{AdminState, ReachView};
 use crate::discovery_watch::{listed, watch};
 use crate::{Config, GatewayError, net, nft, reach};
 use futures::stream::BoxStream;
@@ -98,26 +98,29 @@ pub async fn run(
             &mut ids,
         );
         let d = reach::diff(&applied, &new);
-        if d.is_empty() {
-            continue;
-        }
-        match apply(&cfg, &d, &new) {
-            Ok(()) => {
-                tracing::info!(
-                    elements = d.len(),
-                    grants_added = d.add_peer.len(),
-                    grants_removed = d.del_peer.len(),
-                    destinations = new.dest_ns.len(),
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "reach updated"
-                );
-                applied = new;
-            }
-            Err(e) => {
+        if !d.is_empty() {
+            if let Err(e) = apply(&cfg, &d, &new) {
                 tracing::error!(error = %e, "cannot update the reach sets");
                 failed = true;
+                continue;
             }
+            tracing::info!(
+                elements = d.len(),
+                grants_added = d.add_peer.len(),
+                grants_removed = d.del_peer.len(),
+                destinations = new.dest_ns.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "reach updated"
+            );
+            applied = new;
         }
+        // What is enforced now is what peers are told (`/peers`).
+        state.set_reach(ReachView {
+            enforced: true,
+            by_peer: reach::reachable(&inv, &peers, |o, ns| {
+                grants.get(&(o.to_owned(), ns.to_owned())).copied()
+            }),
+        });
     }
 }
 

@@ -61,6 +61,9 @@ pub async fn run(
     let token = CancellationToken::new();
     let leading = CancellationToken::new();
     let state = AdminState::new(device.handle(), cfg.tunnel_cidr.trunc());
+    if !rbac {
+        state.set_reach(admin::ReachView::open());
+    }
     let admin = admin::serve(
         cfg.admin_addr,
         state.clone(),

@@ -38,6 +38,7 @@ pub fn status_from_state(state: &State, connected: bool) -> Status {
         }),
         subnets: state.routes.clone(),
         lease: None,
+        reach: None,
     }
 }
 
@@ -62,6 +63,7 @@ pub fn joining(args: &JoinArgs) -> Status {
         dns: None,
         subnets: Vec::new(),
         lease: None,
+        reach: None,
     }
 }
 

@@ -124,6 +124,10 @@ pub struct GatewayPeer {
     pub last_handshake: Option<DateTime<Utc>>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// What the gateway forwards this peer to; shown only to the peer itself and inside the
+    /// gateway pod, absent until the gateway has decided (and for other peers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<super::ReachStatus>,
 }
 
 /// Where a peer sends WireGuard packets: `host:port` with an IP or a DNS name
@@ -327,6 +331,11 @@ mod tests {
             last_handshake: None,
             rx_bytes: 1,
             tx_bytes: 2,
+            reach: Some(crate::contract::ReachStatus {
+                enforced: true,
+                namespaces: vec!["emojivoto".into()],
+                dropped_packets: 0,
+            }),
         };
         let json = serde_json::to_string(&vec![p.clone()]).unwrap();
         assert!(json.contains("\"tunnelIp\":\"100.77.0.2\""), "{json}");
@@ -337,13 +346,16 @@ mod tests {
         let back: Vec<GatewayPeer> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, vec![p.clone()]);
         // Another peer's entry: no hostname, no endpoint.
+        assert!(json.contains("\"reach\":{\"enforced\":true"), "{json}");
         let other = GatewayPeer {
             hostname: None,
             endpoint: None,
+            reach: None,
             ..p
         };
         let json = serde_json::to_string(&other).unwrap();
         assert!(!json.contains("hostname"), "{json}");
+        assert!(!json.contains("reach"), "{json}");
         assert!(json.contains("\"endpoint\":null"), "{json}");
         assert_eq!(serde_json::from_str::<GatewayPeer>(&json).unwrap(), other);
     }

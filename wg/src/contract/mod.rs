@@ -14,7 +14,7 @@ pub use error::ContractError;
 pub use info::{Endpoint, GatewayInfo, GatewayPeer};
 pub use peer::{PeerSpec, format_lease, parse_lease};
 pub use status::LeaseStatus;
-pub use status::{DnsStatus, PlannedRoute, RouteSource, Status};
+pub use status::{DnsStatus, PlannedRoute, ReachStatus, RouteSource, Status};
 pub use types::{PeerName, TunnelIp};
 
 use std::collections::BTreeMap;

@@ -40,6 +40,11 @@ pub struct Status {
     /// The peer Secret's lease as the daemon renews it; absent from an older daemon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseStatus>,
+    /// What the gateway forwards this peer to, as the gateway enforces it (from its `/peers`
+    /// entry through the tunnel); absent when the gateway did not say (not reachable, not
+    /// decided yet, or an older gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<ReachStatus>,
 }
 
 impl Status {
@@ -81,7 +86,34 @@ impl Status {
                 },
             ],
             lease: None,
+            reach: None,
         }
+    }
+}
+
+/// A peer's reach as the gateway enforces it (`reach` of [`Status`] and of the gateway's
+/// `/peers` entry of the caller itself).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReachStatus {
+    /// `false`: the gateway runs with `--reach=all` and forwards to every namespace
+    /// (`namespaces` is then empty).
+    pub enforced: bool,
+    /// The namespaces whose ClusterIPs and pod IPs the gateway forwards this peer to: mapped
+    /// by the peer (or every namespace when none is mapped) and whose Services its owner may
+    /// `get`. Sorted.
+    pub namespaces: Vec<String>,
+    /// Packets from this peer the gateway dropped (destinations it may not reach).
+    pub dropped_packets: u64,
+}
+
+impl ReachStatus {
+    /// The namespaces of `wanted` this peer cannot reach (none when not enforced).
+    pub fn unreachable<'a>(&'a self, wanted: &'a [String]) -> impl Iterator<Item = &'a str> + 'a {
+        wanted
+            .iter()
+            .map(String::as_str)
+            .filter(move |w| self.enforced && !self.namespaces.iter().any(|n| n == w))
     }
 }
 
@@ -207,5 +239,29 @@ mod tests {
         );
         let back: Status = serde_json::from_str(EXAMPLE).unwrap();
         assert_eq!(back, Status::example());
+    }
+
+    #[test]
+    fn reach_json_and_unreachable_namespaces() {
+        let mut s = Status::example();
+        s.reach = Some(ReachStatus {
+            enforced: true,
+            namespaces: vec!["emojivoto".into()],
+            dropped_packets: 3,
+        });
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["reach"],
+            serde_json::json!({"enforced": true, "namespaces": ["emojivoto"], "droppedPackets": 3})
+        );
+        let r = s.reach.as_ref().unwrap();
+        let wanted = ["emojivoto".to_owned(), "default".to_owned()];
+        assert_eq!(r.unreachable(&wanted).collect::<Vec<_>>(), ["default"]);
+        let open = ReachStatus {
+            enforced: false,
+            namespaces: vec![],
+            dropped_packets: 0,
+        };
+        assert_eq!(open.unreachable(&wanted).count(), 0);
     }
 }

@@ -1,0 +1,142 @@
+//! Reach by RBAC as the laptop sees it: what the gateway says it forwards this peer to (its
+//! own `/peers` entry, through the tunnel), the warnings of `kwg join` for mapped namespaces
+//! the peer cannot reach, and the `Reachable ns` line of `kwg status`.
+//!
+//! The gateway's answer is the truth: it is what its nftables sets enforce, from a
+//! SubjectAccessReview per owner and namespace (`get services`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kwg_wg::contract::{ReachStatus, Status};
+use tokio::time::Instant;
+
+/// How often `kwg join` asks again while the gateway has not decided the peer's reach.
+const POLL: Duration = Duration::from_millis(200);
+
+/// This peer's reach from the gateway's `/peers` (`None`: no answer, or not decided yet).
+pub async fn own(admin: SocketAddr, peer: &str) -> Option<ReachStatus> {
+    crate::commands::gateway_peers(admin)
+        .await
+        .into_iter()
+        .find(|g| g.name.as_str() == peer)?
+        .reach
+}
+
+/// [`own`], asked again until the gateway has decided or `deadline` passes.
+pub async fn wait_own(admin: SocketAddr, peer: &str, deadline: Instant) -> Option<ReachStatus> {
+    loop {
+        let r = own(admin, peer).await;
+        if r.is_some() || Instant::now() + POLL > deadline {
+            return r;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The namespaces a user means to reach: the mapped ones, else the join's namespace.
+fn wanted(s: &Status) -> Vec<String> {
+    match &s.mapped_namespaces {
+        Some(m) if !m.is_empty() => m.clone(),
+        _ if s.namespace.is_empty() => Vec::new(),
+        _ => vec![s.namespace.clone()],
+    }
+}
+
+/// What `kwg join` tells the user about namespaces the gateway will not forward to.
+pub fn warnings(s: &Status, reach: &ReachStatus) -> Vec<String> {
+    let mut out: Vec<String> = reach
+        .unreachable(&wanted(s))
+        .map(|ns| {
+            format!(
+                "Namespace {ns} is not reachable: the gateway forwards only to namespaces whose \
+                 Services {} may get. Ask an admin for a RoleBinding there (e.g. `kubectl -n {ns} \
+                 create rolebinding {}-view --clusterrole=view --user={}`); it takes effect within \
+                 a minute, without joining again.",
+                s.user, s.peer, s.user
+            )
+        })
+        .collect();
+    if reach.enforced && reach.namespaces.is_empty() && out.is_empty() {
+        out.push(format!(
+            "No namespace is reachable: {} may get Services in none of the mapped namespaces \
+             (only cluster DNS answers).",
+            s.user
+        ));
+    }
+    out
+}
+
+/// The `Reachable ns` value of `kwg status`.
+pub fn text(reach: Option<&ReachStatus>) -> String {
+    match reach {
+        None => "unknown (the gateway did not say; is the tunnel up?)".into(),
+        Some(r) if !r.enforced => "all (the gateway does not restrict by RBAC)".into(),
+        Some(r) => {
+            let ns = if r.namespaces.is_empty() {
+                "none".to_owned()
+            } else {
+                r.namespaces.join(",")
+            };
+            format!("{ns} ({} packets dropped)", r.dropped_packets)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reach(ns: &[&str]) -> ReachStatus {
+        ReachStatus {
+            enforced: true,
+            namespaces: ns.iter().map(|s| s.to_string()).collect(),
+            dropped_packets: 4,
+        }
+    }
+
+    #[test]
+    fn join_warns_for_each_mapped_namespace_the_gateway_will_not_forward() {
+        let mut s = Status::example();
+        s.mapped_namespaces = Some(vec!["emojivoto".into(), "default".into()]);
+        let w = warnings(&s, &reach(&["emojivoto"]));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("Namespace default is not reachable"),
+            "{}",
+            w[0]
+        );
+        assert!(w[0].contains(
+            "kubectl -n default create rolebinding laptop-view --clusterrole=view --user=developer"
+        ));
+        assert!(warnings(&s, &reach(&["default", "emojivoto"])).is_empty());
+        // Nothing mapped: the join's namespace is the one that matters.
+        s.mapped_namespaces = None;
+        assert!(warnings(&s, &reach(&["emojivoto"])).is_empty());
+        let w = warnings(&s, &reach(&["default"]));
+        assert!(
+            w[0].starts_with("Namespace emojivoto is not reachable"),
+            "{w:?}"
+        );
+        // --reach=all on the gateway: nothing to warn about.
+        let open = ReachStatus {
+            enforced: false,
+            namespaces: vec![],
+            dropped_packets: 0,
+        };
+        assert!(warnings(&s, &open).is_empty());
+    }
+
+    #[test]
+    fn status_line() {
+        assert_eq!(text(Some(&reach(&["a", "b"]))), "a,b (4 packets dropped)");
+        assert_eq!(text(Some(&reach(&[]))), "none (4 packets dropped)");
+        assert!(text(None).starts_with("unknown"));
+        let open = ReachStatus {
+            enforced: false,
+            namespaces: vec![],
+            dropped_packets: 0,
+        };
+        assert!(text(Some(&open)).starts_with("all"));
+    }
+}
