@@ -147,22 +147,12 @@ pub async fn join(args: JoinArgs, dir: StateDir) -> Result<(), Error> {
             return Err(e);
         }
     }
+    let mut status = status;
+    tell_reach(&mut status, &dir, format).await;
     report(Progress::Ready(status));
     Ok(())
 }
 
-fn print_joined(status: &Status, format: Format, elapsed: Duration) {
-    if format == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string(status).expect("status serializes")
-        );
-    let mut status = status;
-    tell_reach(&mut status, &dir, format).await;
-    } else {
-        println!(
-            "Joined: {} as {} in namespace {} ({} subnets, DNS {}) in {} ms",
-            status.context.as_deref().unwrap_or(&status.server),
 /// Tells the user which mapped namespaces the gateway will not forward to (waiting up to 3 s
 /// for the gateway to decide), and puts the reach into the status `kwg join` prints.
 async fn tell_reach(status: &mut Status, dir: &StateDir, format: Format) {
@@ -186,6 +176,16 @@ async fn tell_reach(status: &mut Status, dir: &StateDir, format: Format) {
     }
 }
 
+fn print_joined(status: &Status, format: Format, elapsed: Duration) {
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string(status).expect("status serializes")
+        );
+    } else {
+        println!(
+            "Joined: {} as {} in namespace {} ({} subnets, DNS {}) in {} ms",
+            status.context.as_deref().unwrap_or(&status.server),
             status.tunnel_ip.as_deref().unwrap_or("-"),
             status.namespace,
             status.subnets.len(),
@@ -250,6 +250,10 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
             }
         }
     };
+    let mut status = status;
+    if let (true, Some(admin)) = (status.connected, state.gateway_admin) {
+        status.reach = crate::reach::own(admin, &status.peer).await;
+    }
     if args.output == Format::Json {
         println!(
             "{}",
@@ -260,10 +264,6 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
     }
     Ok(if status.connected { 0 } else { 1 })
 }
-    let mut status = status;
-    if let (true, Some(admin)) = (status.connected, state.gateway_admin) {
-        status.reach = crate::reach::own(admin, &status.peer).await;
-    }
 
 /// `kwg peers`: the peer Secrets, with tunnel statistics from the gateway when joined.
 pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
