@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
-use kwg_wg::contract::Status;
+use kwg_wg::contract::{LeaseStatus, Status};
 
 /// The sentence `kwg status` prints when nothing is joined (exit code 1).
 pub const NOT_JOINED: &str = "kwg is not joined to a cluster: run `kwg join --namespace <ns>`.";
@@ -99,6 +99,9 @@ pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
         "Transfer",
         format!("rx {}, tx {}", bytes(s.rx_bytes), bytes(s.tx_bytes)),
     );
+    if let Some(l) = &s.lease {
+        row("Lease", lease_text(l, now));
+    }
     match &s.dns {
         None => row("DNS", "off".into()),
         Some(d) => {
@@ -128,6 +131,40 @@ pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
         let _ = writeln!(o, "  - {} ({})", r.subnet, r.source);
     }
     o
+}
+
+/// `1m5s` of whole seconds between two instants (0s when `later` is not later).
+fn span(earlier: DateTime<Utc>, later: DateTime<Utc>) -> String {
+    let secs = (later - earlier).num_seconds().max(0) as u64;
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+}
+
+/// The lease line of `kwg status` (and `kwg doctor`): renewed and when it ends, or since when
+/// renewal fails, why, and when it is retried.
+pub fn lease_text(l: &LeaseStatus, now: DateTime<Utc>) -> String {
+    let ends = match l.expires {
+        Some(e) if e > now => format!("lease ends in {}", span(now, e)),
+        Some(e) => format!("lease ended {} ago", span(e, now)),
+        None => "lease end unknown".into(),
+    };
+    let retry = l
+        .next_attempt
+        .map(|t| format!(", retrying in {}", span(now, t)))
+        .unwrap_or_default();
+    let error = l.error.as_deref().unwrap_or("unknown error");
+    if l.reregistering {
+        return format!("registering again (the peer Secret was gone){retry}");
+    }
+    match l.failing_since {
+        Some(since) => format!(
+            "renewal failing since {} ({error}){retry}; {ends}",
+            span(since, now)
+        ),
+        None => format!(
+            "renewed {}, {ends}",
+            ago(l.renewed, now)
+        ),
+    }
 }
 
 /// One row of `kwg peers`.

@@ -117,6 +117,7 @@ impl super::Driver {
             s.rx_bytes = p.rx_bytes;
             s.tx_bytes = p.tx_bytes;
         }
+        s.lease = session.lease_status(std::time::Instant::now(), chrono::Utc::now());
         s
     }
 }

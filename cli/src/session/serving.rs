@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use kwg_wg::contract::GatewayInfo;
+use chrono::{DateTime, Utc};
+use kwg_wg::contract::{GatewayInfo, LeaseStatus};
 
 use super::health::Health;
 use super::{
@@ -15,6 +16,7 @@ impl Session {
     pub(super) fn serve(&mut self, now: Instant) {
         self.phase = Phase::Serving;
         self.lease.next = Some(now + self.renew_every());
+        self.lease.renewed = Some(now);
         self.health = Some(Health::new(now));
         self.actions.push_back(Action::Ready);
     }
@@ -39,6 +41,31 @@ impl Session {
         self.health.as_ref().map_or(0, |h| h.restarts)
     }
 
+    /// The lease as `kwg status` shows it, in wall-clock time (`wall` is the wall clock at
+    /// `now`); `None` before the session serves.
+    pub fn lease_status(&self, now: Instant, wall: DateTime<Utc>) -> Option<LeaseStatus> {
+        if self.phase != Phase::Serving {
+            return None;
+        }
+        let at = |t: Instant| {
+            wall + chrono::Duration::from_std(t.saturating_duration_since(now)).unwrap_or_default()
+                - chrono::Duration::from_std(now.saturating_duration_since(t)).unwrap_or_default()
+        };
+        let l = &self.lease;
+        let renewed = l.renewed.map(at);
+        Some(LeaseStatus {
+            ttl_secs: self.args.ttl.as_secs(),
+            renewed,
+            expires: renewed
+                .map(|r| r + chrono::Duration::from_std(self.args.ttl).unwrap_or_default()),
+            failing_since: l.failing_since.map(at),
+            error: l.last_error.clone(),
+            failures: l.failures,
+            next_attempt: l.next.filter(|_| !l.in_flight).map(at),
+            reregistering: l.reregistering,
+        })
+    }
+
     pub(super) fn renew_every(&self) -> Duration {
         (self.args.ttl / 3).max(Duration::from_secs(1))
     }
@@ -61,6 +88,8 @@ impl Session {
             Event::LeaseRenewed => {
                 self.lease.failures = 0;
                 self.lease.last_error = None;
+                self.lease.failing_since = None;
+                self.lease.renewed = Some(now);
                 self.lease.next = Some(now + every);
             }
             Event::LeaseFailed(LeaseFailure::Conflict) => {
@@ -82,6 +111,7 @@ impl Session {
                 self.lease.failures += 1;
                 tracing::warn!(error = %e, retry_in = ?backoff, "lease renewal failed; the tunnel keeps working");
                 self.lease.last_error = Some(e.to_string());
+                self.lease.failing_since.get_or_insert(now);
                 self.lease.next = Some(now + backoff);
             }
             _ => {}
@@ -99,6 +129,10 @@ impl Session {
             }
             Event::TunnelIp(ip) => {
                 self.lease.reregistering = false;
+                self.lease.renewed = Some(now);
+                self.lease.failing_since = None;
+                self.lease.last_error = None;
+                self.lease.failures = 0;
                 self.lease.next = Some(now + self.renew_every());
                 let old = self.state().and_then(|s| s.tunnel_ip);
                 if old != Some(ip) {

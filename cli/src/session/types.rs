@@ -181,6 +181,10 @@ pub struct Lease {
     pub failures: u32,
     /// The last failure, shown by `status` until a renewal succeeds.
     pub last_error: Option<String>,
+    /// The first of the current run of failures.
+    pub failing_since: Option<Instant>,
+    /// The last successful registration or renewal.
+    pub renewed: Option<Instant>,
     /// Registering again after the Secret vanished.
     pub reregistering: bool,
 }

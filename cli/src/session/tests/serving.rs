@@ -209,3 +209,52 @@ fn a_session_whose_packets_go_unanswered_gets_a_new_handshake() {
     assert_eq!(r.s.restarts(), 2);
     assert_eq!(r.s.phase(), Phase::Serving);
 }
+
+#[test]
+fn status_says_since_when_renewal_fails_why_and_when_it_is_retried() {
+    let mut r = serving(&[]);
+    let wall: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+    let start = r.now;
+    let at = |r: &Run| wall + chrono::Duration::from_std(r.now - start).unwrap();
+    let lease = r.s.lease_status(r.now, wall).unwrap();
+    assert_eq!((lease.renewed, lease.failing_since), (Some(wall), None));
+    assert_eq!(
+        crate::output::lease_text(&lease, wall),
+        "renewed 0s ago, lease ends in 1m 30s"
+    );
+    let unreachable = || {
+        Some(Event::LeaseFailed(LeaseFailure::Other(Error::ApiUnreachable {
+            server: "https://192.0.2.1:6443".into(),
+            reason: "connection refused".into(),
+        })))
+    };
+    // Three failures: the first at 30 s, then 2 s and 4 s later.
+    for _ in 0..3 {
+        let wait = r.s.lease().next.unwrap() - r.now;
+        r.advance(wait);
+        r.pump(|a| matches!(a, Action::RenewLease { .. }).then(unreachable));
+    }
+    r.advance(Duration::from_secs(1));
+    let now = at(&r);
+    let lease = r.s.lease_status(r.now, now).unwrap();
+    assert_eq!(lease.failures, 3);
+    assert_eq!(lease.failing_since, Some(wall + chrono::Duration::seconds(30)));
+    let text = crate::output::lease_text(&lease, now);
+    assert!(
+        text.starts_with("renewal failing since 7s (the Kubernetes API server https://192.0.2.1:6443 is unreachable (connection refused)"),
+        "{text}"
+    );
+    assert!(text.ends_with("retrying in 7s; lease ends in 53s"), "{text}");
+    let mut status = kwg_wg::contract::Status::example();
+    status.lease = Some(lease);
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["lease"]["failures"], 3);
+    assert_eq!(json["lease"]["failingSince"], "2026-01-01T00:00:30Z");
+    assert!(crate::output::status_text(&status, now).contains("Lease           : renewal failing since 7s"));
+    // Once the API server answers again the error is gone.
+    r.advance(Duration::from_secs(7));
+    r.pump(|_| None);
+    let lease = r.s.lease_status(r.now, at(&r)).unwrap();
+    assert_eq!((lease.failing_since, lease.error, lease.failures), (None, None, 0));
+    assert_eq!(lease.renewed, Some(at(&r)));
+}
