@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::Error;
 use crate::core::Core;
 use crate::io::tun::Tun;
+pub use crate::io::tun::PacketChannel;
 use crate::io::udp::Udp;
 use crate::keys::{PrivateKey, PublicKey};
 pub use crate::peer::{PeerConfig, PeerStats};
@@ -116,6 +117,31 @@ impl Device {
             name: name.clone(),
             source,
         })?;
+        Device::start_on(tun, name, private_key, listen_port, mtu, uapi_dir).await
+    }
+
+    /// A device without a TUN (userspace mode): the same core, UDP socket and tasks, with IP
+    /// packets exchanged over the returned channel (a userspace TCP/IP stack's end). Nothing
+    /// on the machine changes; `name` only labels logs.
+    pub async fn start_userspace(
+        name: String,
+        private_key: PrivateKey,
+        listen_port: u16,
+        mtu: u16,
+    ) -> Result<(Device, PacketChannel), Error> {
+        let (tun, channel) = Tun::channel();
+        let device = Device::start_on(tun, name, Some(private_key), listen_port, mtu, None).await?;
+        Ok((device, channel))
+    }
+
+    async fn start_on(
+        tun: Tun,
+        name: String,
+        private_key: Option<PrivateKey>,
+        listen_port: u16,
+        mtu: u16,
+        uapi_dir: Option<PathBuf>,
+    ) -> Result<Device, Error> {
         let udp = Udp::bind(listen_port, 0).map_err(|source| Error::Bind {
             port: listen_port,
             source,
