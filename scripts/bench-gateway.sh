@@ -44,13 +44,13 @@ kube() { ip netns exec "$LAPTOP" kubectl --kubeconfig "$ADMIN" "$@"; }
 kube apply -k manifests/ >/dev/null
 POD=
 for _ in $(seq 1 300); do
-    POD=$(kube -n kwg-system get pods -o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | awk '$2=="True"{print $1; exit}')
+    POD=$(kube -n kwg-gateway get pods -o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | awk '$2=="True"{print $1; exit}')
     [ -n "$POD" ] && break
     sleep 0.2
 done
 [ -n "$POD" ] || { echo "the gateway did not become ready" >&2; exit 1; }
 PID=
-for p in $(ip netns pids "$PREFIX-pod-kwg-system-$POD"); do
+for p in $(ip netns pids "$PREFIX-pod-kwg-gateway-$POD"); do
     [ "$(cat "/proc/$p/comm")" = kwg-gateway ] && PID=$p
 done
 [ -n "$PID" ] || { echo "cannot find the gateway process" >&2; exit 1; }

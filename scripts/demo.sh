@@ -59,7 +59,7 @@ admin_kubectl() { ip netns exec "$LAPTOP" kubectl --kubeconfig "$ADMIN" "$@"; }
 
 echo "== gateway: kubectl apply -k manifests/ (as admin)"
 admin_kubectl apply -k manifests/
-admin_kubectl -n kwg-system rollout status deployment/kwg-gateway --timeout=90s
+admin_kubectl -n kwg-gateway rollout status deployment/kwg-gateway --timeout=90s
 for _ in $(seq 1 300); do
   admin_kubectl -n kwg-system get configmap kwg-gateway-info >/dev/null 2>&1 && break
   sleep 0.1

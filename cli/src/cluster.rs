@@ -14,9 +14,6 @@ use kwg_wg::contract::{self, GatewayInfo, PeerSpec};
 
 use crate::error::Error;
 
-/// The gateway's Deployment (manifests/deployment.yaml).
-pub const GATEWAY_DEPLOYMENT: &str = "kwg-gateway";
-
 /// A client for the cluster kwg joins, with what `status` shows about it.
 #[derive(Clone)]
 pub struct Kube {
@@ -313,12 +310,13 @@ impl Kube {
         }
     }
 
-    /// The gateway Deployment's (ready, desired, existing) pods; `None` when it cannot be
-    /// read (not allowed, or not installed as a Deployment of that name).
+    /// The gateway Deployment's (ready, desired, existing) pods, in the gateway's namespace
+    /// `ns`; `None` when it cannot be read (not allowed, or not installed as a Deployment of
+    /// that name).
     pub async fn gateway_pods(&self, ns: &str) -> Option<(i32, i32, i32)> {
         let api: Api<k8s_openapi::api::apps::v1::Deployment> =
             Api::namespaced(self.client.clone(), ns);
-        let d = api.get_opt(GATEWAY_DEPLOYMENT).await.ok()??;
+        let d = api.get_opt(contract::GATEWAY_DEPLOYMENT).await.ok()??;
         let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let status = d.status.unwrap_or_default();
         Some((

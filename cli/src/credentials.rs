@@ -117,8 +117,14 @@ pub async fn run(args: CiCredentialsArgs) -> Result<(), Error> {
         role_ref: role_ref("Role"),
         subjects: Some(vec![subject.clone()]),
     };
-    let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), kwg_ns);
-    ensure(&kube, rbs, &rb, step("create", "rolebindings", kwg_ns)).await?;
+    // The kwg-user Role in kwg-system (peer Secrets) and in the gateway's namespace (its
+    // readiness, the port-forward fallback).
+    for role_ns in [kwg_ns, args.kube.gateway_namespace.as_str()] {
+        let mut rb = rb.clone();
+        rb.metadata.namespace = Some(role_ns.into());
+        let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), role_ns);
+        ensure(&kube, rbs, &rb, step("create", "rolebindings", role_ns)).await?;
+    }
     let crb = ClusterRoleBinding {
         metadata: meta(&binding, None),
         role_ref: role_ref("ClusterRole"),
@@ -156,7 +162,7 @@ pub async fn run(args: CiCredentialsArgs) -> Result<(), Error> {
         None => print!("{yaml}"),
     }
     eprintln!(
-        "ServiceAccount {ns}/{name} is bound to the {ROLE} Role and ClusterRole; its token expires at {} (the kubeconfig above is a secret: store it as one, e.g. KWG_KUBECONFIG)",
+        "ServiceAccount {ns}/{name} is bound to the {ROLE} Roles and ClusterRole; its token expires at {} (the kubeconfig above is a secret: store it as one, e.g. KWG_KUBECONFIG)",
         status.expiration_timestamp.0
     );
     Ok(())

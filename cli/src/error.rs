@@ -75,7 +75,7 @@ pub enum Error {
     )]
     GatewayUdp { endpoints: String, secs: u64 },
     #[error(
-        "the gateway did not assign a tunnel IP to peer {peer} within {secs}s: check that the kwg-gateway pod runs (kubectl -n kwg-system get pods) and read its log{detail}"
+        "the gateway did not assign a tunnel IP to peer {peer} within {secs}s: check that the kwg-gateway pod runs (kubectl -n kwg-gateway get pods) and read its log{detail}"
     )]
     NoTunnelIp {
         peer: String,
@@ -101,7 +101,7 @@ pub enum Error {
     )]
     InterfaceExists { name: String },
     #[error(
-        "kwg join did not get past {step} within {secs}s: check the API server and the kwg-gateway pod (kubectl -n kwg-system get pods), or raise --timeout"
+        "kwg join did not get past {step} within {secs}s: check the API server and the kwg-gateway pod (kubectl -n kwg-gateway get pods), or raise --timeout"
     )]
     JoinTimeout { step: String, secs: u64 },
     #[error(

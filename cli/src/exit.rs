@@ -247,7 +247,7 @@ mod tests {
         let ready = Error::GatewayNotReady {
             ready: 0,
             desired: 0,
-            namespace: "kwg-system".into(),
+            namespace: "kwg-gateway".into(),
         };
         assert_eq!(code(ready), 5);
         let udp = Error::GatewayUdp {

@@ -11,12 +11,13 @@ use std::time::Duration;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kwg-gateway", version)]
 pub struct Config {
-    /// Namespace of peer Secrets and the gateway info ConfigMap.
+    /// Namespace of peer Secrets and the gateway info ConfigMap (kwg users write here).
     #[arg(long, env = "KWG_NAMESPACE", default_value = contract::DEFAULT_NAMESPACE)]
     pub kwg_namespace: String,
-    /// Namespace of the private key Secret (readable only by the gateway).
-    #[arg(long, env = "KWG_KEY_NAMESPACE", default_value = contract::DEFAULT_KEY_NAMESPACE)]
-    pub key_namespace: String,
+    /// Namespace the gateway runs in, where kwg users have no rights: its Service, the
+    /// leader Lease and the private key Secret. The manifests set it to the pod's namespace.
+    #[arg(long, env = "KWG_GATEWAY_NAMESPACE", default_value = contract::DEFAULT_GATEWAY_NAMESPACE)]
+    pub gateway_namespace: String,
     /// Addresses handed to peers; the gateway takes the first host address.
     #[arg(long, env = "KWG_TUNNEL_CIDR", default_value = contract::DEFAULT_TUNNEL_CIDR)]
     pub tunnel_cidr: Ipv4Net,
@@ -106,7 +107,10 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let c = Config::defaults();
-        assert_eq!(c.kwg_namespace, "kwg-system");
+        assert_eq!(
+            (c.kwg_namespace.as_str(), c.gateway_namespace.as_str()),
+            ("kwg-system", "kwg-gateway")
+        );
         assert_eq!(c.tunnel_cidr.to_string(), "100.77.0.0/16");
         assert_eq!(c.admin_addr.port(), contract::ADMIN_PORT);
         assert_eq!(c.listen_port, 51820);

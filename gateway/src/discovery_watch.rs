@@ -186,7 +186,7 @@ impl Sources {
             trim_service,
         );
         let (gateway, g) = watch(
-            Api::namespaced(client.clone(), &cfg.kwg_namespace),
+            Api::namespaced(client.clone(), &cfg.gateway_namespace),
             Some(&cfg.service_name),
             "the gateway Service",
             trim_service,

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// The Lease's name (in `--kwg-namespace`).
+/// The Lease's name (in `--gateway-namespace`).
 pub const LEASE_NAME: &str = "kwg-gateway";
 
 /// This replica's identity in the Lease: the pod name (`HOSTNAME`), else a random one.

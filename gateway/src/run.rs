@@ -41,7 +41,7 @@ pub async fn run(
         ))?;
     let alloc = Allocator::new(cfg.tunnel_cidr)?;
     let gateway_ip = alloc.gateway_ip();
-    let key = kube_io::ensure_private_key(&client, &cfg.key_namespace).await?;
+    let key = kube_io::ensure_private_key(&client, &cfg.gateway_namespace).await?;
     let public_key = key.public_key();
     // Until discovery knows the cluster's CIDRs, the firewall lets peers reach only the
     // gateway's admin port (and the admin's extras): never an open window with forwarding on.
@@ -89,7 +89,7 @@ pub async fn run(
     let (leader_tx, leader_rx) = watch::channel(false);
     let election = tokio::spawn(crate::leader::run(
         client.clone(),
-        cfg.kwg_namespace.clone(),
+        cfg.gateway_namespace.clone(),
         crate::election::Elector::new(crate::leader::identity(), Default::default()),
         leader_tx,
         leading.clone(),

@@ -3,6 +3,11 @@
 
 use std::path::PathBuf;
 
+pub mod check;
+pub mod cluster;
+pub mod local;
+pub mod redact;
+
 use crate::args::{Format, KubeArgs};
 use crate::error::Error;
 use crate::state::StateDir;

@@ -38,14 +38,14 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
     let info = kube.gateway_info(&args.kube.kwg_namespace).await?;
     // A gateway scaled to 0 (or whose pods all failed) is seen at once, not after --timeout;
     // a pod that is starting is waited for.
-    if let Some((ready, desired, existing)) = kube.gateway_pods(&args.kube.kwg_namespace).await
+    if let Some((ready, desired, existing)) = kube.gateway_pods(&args.kube.gateway_namespace).await
         && ready == 0
         && existing == 0
     {
         return Err(Error::GatewayNotReady {
             ready,
             desired,
-            namespace: args.kube.kwg_namespace.clone(),
+            namespace: args.kube.gateway_namespace.clone(),
         });
     }
     let nl = Netlink::open()?;

@@ -59,14 +59,11 @@ async fn create_peer(
     c.kubectl(user, &args).await
 }
 
-/// A field of a Secret in kwg-system, as the admin reads it.
-async fn secret_field(c: &Cluster, name: &str, field: &str) -> String {
+/// A field of Secret `ns/name`, as the admin reads it.
+async fn secret_field(c: &Cluster, ns: &str, name: &str, field: &str) -> String {
     let jsonpath = format!("jsonpath={{{field}}}");
-    c.kubectl_ok(
-        "admin",
-        &["-n", "kwg-system", "get", "secret", name, "-o", &jsonpath],
-    )
-    .await
+    c.kubectl_ok("admin", &["-n", ns, "get", "secret", name, "-o", &jsonpath])
+        .await
 }
 
 fn assert_denied(out: &common::Output, want: &str) {
@@ -77,6 +74,7 @@ fn assert_denied(out: &common::Output, want: &str) {
 #[tokio::test]
 async fn token_secret_for_the_gateway_is_refused_and_the_controller_fills_an_admins() {
     let c = cluster().await;
+    // In kwg-system (where kwg users may create Secrets) admission refuses it.
     let file = c.write_file("token.yaml", TOKEN_SECRET);
     let file = file.to_str().unwrap();
     let out = c.kubectl("developer", &["create", "-f", file]).await;
@@ -93,26 +91,36 @@ async fn token_secret_for_the_gateway_is_refused_and_the_controller_fills_an_adm
         gone.stderr.trim_end(),
         "Error from server (NotFound): secrets \"gw-token\" not found"
     );
-
-    // An admin's token Secret is filled by the token controller and authenticates as the SA.
+    // Next to the gateway's ServiceAccount, in kwg-gateway, RBAC refuses it.
+    let in_gateway_ns = TOKEN_SECRET.replace("namespace: kwg-system", "namespace: kwg-gateway");
+    let gw_file = c.write_file("token-gw.yaml", &in_gateway_ns);
+    let gw_file = gw_file.to_str().unwrap();
+    for user in ["developer", "mallory"] {
+        let out = c.kubectl(user, &["create", "-f", gw_file]).await;
+        assert_denied(
+            &out,
+            &format!(
+                "Error from server (Forbidden): error when creating \"{gw_file}\": secrets is forbidden: User \"{user}\" cannot create resource \"secrets\" in API group \"\" in the namespace \"kwg-gateway\""
+            ),
+        );
+    }
+    // An admin's token Secret in kwg-system names no ServiceAccount there (the gateway's is
+    // in kwg-gateway): the controller deletes it.
     c.kubectl_ok("admin", &["create", "-f", file]).await;
-    let token = String::from_utf8(
-        B64.decode(secret_field(&c, "gw-token", ".data.token").await)
-            .unwrap(),
-    )
-    .unwrap();
-    let uid = secret_field(
-        &c,
-        "gw-token",
-        ".metadata.annotations.kubernetes\\.io/service-account\\.uid",
-    )
-    .await;
+    wait_gone(&c, "kwg-system", "gw-token").await;
+
+    // An admin's token Secret in kwg-gateway is filled by the token controller and
+    // authenticates as the gateway's ServiceAccount.
+    c.kubectl_ok("admin", &["create", "-f", gw_file]).await;
+    let field = |f: &'static str| secret_field(&c, "kwg-gateway", "gw-token", f);
+    let token = String::from_utf8(B64.decode(field(".data.token").await).unwrap()).unwrap();
+    let uid = field(".metadata.annotations.kubernetes\\.io/service-account\\.uid").await;
     let sa_uid = c
         .kubectl_ok(
             "admin",
             &[
                 "-n",
-                "kwg-system",
+                "kwg-gateway",
                 "get",
                 "sa",
                 "kwg-gateway",
@@ -123,13 +131,11 @@ async fn token_secret_for_the_gateway_is_refused_and_the_controller_fills_an_adm
         .await;
     assert_eq!(uid, sa_uid);
     assert_eq!(
-        B64.decode(secret_field(&c, "gw-token", ".data.namespace").await)
-            .unwrap(),
-        b"kwg-system"
+        B64.decode(field(".data.namespace").await).unwrap(),
+        b"kwg-gateway"
     );
     assert_eq!(
-        B64.decode(secret_field(&c, "gw-token", ".data.ca\\.crt").await)
-            .unwrap(),
+        B64.decode(field(".data.ca\\.crt").await).unwrap(),
         c.server.ca_pem().as_bytes()
     );
     c.write_kubeconfig("from-secret", &token, "kwg-system");
@@ -141,7 +147,7 @@ async fn token_secret_for_the_gateway_is_refused_and_the_controller_fills_an_adm
         .await;
     assert_eq!(
         whoami,
-        r#"{"groups":["system:serviceaccounts","system:serviceaccounts:kwg-system","system:authenticated"],"username":"system:serviceaccount:kwg-system:kwg-gateway"}"#
+        r#"{"groups":["system:serviceaccounts","system:serviceaccounts:kwg-gateway","system:authenticated"],"username":"system:serviceaccount:kwg-gateway:kwg-gateway"}"#
     );
     // The gateway's RBAC applies to it: it may read the private key, the developer may not.
     let can_key = [
@@ -150,7 +156,7 @@ async fn token_secret_for_the_gateway_is_refused_and_the_controller_fills_an_adm
         "get",
         "secrets/kwg-gateway-key",
         "-n",
-        "kwg-gateway-private",
+        "kwg-gateway",
     ];
     assert_eq!(c.kubectl_ok("from-secret", &can_key).await.trim(), "yes");
     assert_eq!(c.kubectl("developer", &can_key).await.stdout.trim(), "no");
@@ -158,7 +164,7 @@ async fn token_secret_for_the_gateway_is_refused_and_the_controller_fills_an_adm
     // Deleting the Secret revokes the token.
     c.kubectl_ok(
         "admin",
-        &["-n", "kwg-system", "delete", "secret", "gw-token"],
+        &["-n", "kwg-gateway", "delete", "secret", "gw-token"],
     )
     .await;
     let out = c.kubectl("from-secret", &["get", "secrets"]).await;
@@ -169,7 +175,7 @@ async fn token_secret_for_the_gateway_is_refused_and_the_controller_fills_an_adm
     // A token Secret without the annotation is invalid; one for a missing SA is deleted.
     let bare = c.write_file(
         "bare.yaml",
-        &TOKEN_SECRET.replace("kubernetes.io/service-account.name: kwg-gateway", "a: b"),
+        &in_gateway_ns.replace("kubernetes.io/service-account.name: kwg-gateway", "a: b"),
     );
     let out = c
         .kubectl("admin", &["create", "-f", bare.to_str().unwrap()])
@@ -177,16 +183,27 @@ async fn token_secret_for_the_gateway_is_refused_and_the_controller_fills_an_adm
     assert!(out.stderr.contains("Secret \"gw-token\" is invalid: metadata.annotations[kubernetes.io/service-account.name]: Required value"), "{}", out.stderr);
     let ghost = c.write_file(
         "ghost.yaml",
-        &TOKEN_SECRET.replace("name: kwg-gateway", "name: ghost"),
+        &in_gateway_ns.replace("name: kwg-gateway", "name: ghost"),
     );
     c.kubectl_ok("admin", &["create", "-f", ghost.to_str().unwrap()])
         .await;
-    let gone = c
-        .kubectl("admin", &["-n", "kwg-system", "get", "secret", "gw-token"])
-        .await;
-    assert!(
-        !gone.ok,
-        "the controller deletes a token Secret of a missing ServiceAccount"
+    wait_gone(&c, "kwg-gateway", "gw-token").await;
+}
+
+/// Waits (up to 5 s) until the token controller has deleted Secret `ns/name`.
+async fn wait_gone(c: &Cluster, ns: &str, name: &str) {
+    for _ in 0..50 {
+        if !c
+            .kubectl("admin", &["-n", ns, "get", "secret", name])
+            .await
+            .ok
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the controller did not delete the token Secret {ns}/{name} of a missing ServiceAccount"
     );
 }
 
@@ -249,7 +266,7 @@ async fn only_the_owner_changes_or_deletes_a_peer_and_nobody_swaps_its_key() {
         ),
     );
     // The victim's Secret is untouched.
-    let held = secret_field(&c, "kwg-peer-devbox", ".data.publicKey").await;
+    let held = secret_field(&c, "kwg-system", "kwg-peer-devbox", ".data.publicKey").await;
     assert_eq!(B64.decode(held).unwrap(), key.as_bytes());
     // mallory's `delete --all` removes her own peer and none of the others (kwg-user has no
     // deletecollection: kubectl deletes one by one, each through admission).
@@ -332,7 +349,7 @@ async fn review(
 #[tokio::test]
 async fn subject_access_reviews_answer_from_rbac_for_the_gateway_only() {
     let c = cluster().await;
-    let gw = c.server.service_account_token("kwg-system", "kwg-gateway");
+    let gw = c.server.service_account_token("kwg-gateway", "kwg-gateway");
     c.write_kubeconfig("gateway", &gw, "kwg-system");
     let users = ["kwg:users"];
     assert_eq!(
@@ -340,7 +357,7 @@ async fn subject_access_reviews_answer_from_rbac_for_the_gateway_only() {
         Ok(true)
     );
     assert_eq!(
-        review(&c, "gateway", "developer", &users, "kwg-gateway-private").await,
+        review(&c, "gateway", "developer", &users, "kwg-gateway").await,
         Ok(false)
     );
     // Exactly the subject given: without the group, developer has no grant.
@@ -361,7 +378,7 @@ async fn subject_access_reviews_answer_from_rbac_for_the_gateway_only() {
 #[tokio::test]
 async fn can_i_shows_the_intended_grants() {
     let c = cluster().await;
-    let gw = c.server.service_account_token("kwg-system", "kwg-gateway");
+    let gw = c.server.service_account_token("kwg-gateway", "kwg-gateway");
     c.write_kubeconfig("gateway", &gw, "kwg-system");
     // user, answer, then `kubectl auth can-i` arguments.
     let cases = [
@@ -369,14 +386,25 @@ async fn can_i_shows_the_intended_grants() {
         "developer yes delete secrets -n kwg-system",
         "developer yes get configmaps/kwg-gateway-info -n kwg-system",
         "developer no update configmaps/kwg-gateway-info -n kwg-system",
-        "developer no get secrets -n kwg-gateway-private",
+        "developer no get secrets -n kwg-gateway",
+        "developer no create secrets -n kwg-gateway",
+        "developer no create pods -n kwg-gateway",
+        "developer no create serviceaccounts/token -n kwg-gateway",
+        "developer yes get deployments.apps/kwg-gateway -n kwg-gateway",
+        "developer no list deployments.apps -n kwg-gateway",
+        "developer no update deployments.apps/kwg-gateway -n kwg-gateway",
+        "developer no update leases.coordination.k8s.io/kwg-gateway -n kwg-gateway",
         "developer no create secrets -n default",
         "developer no create subjectaccessreviews.authorization.k8s.io",
         "developer no delete validatingadmissionpolicies.admissionregistration.k8s.io",
         "gateway yes create subjectaccessreviews.authorization.k8s.io",
-        "gateway yes get secrets/kwg-gateway-key -n kwg-gateway-private",
-        "gateway no list secrets -n kwg-gateway-private",
+        "gateway yes get secrets/kwg-gateway-key -n kwg-gateway",
+        "gateway no list secrets -n kwg-gateway",
+        "gateway yes update leases.coordination.k8s.io/kwg-gateway -n kwg-gateway",
+        "gateway no update leases.coordination.k8s.io/kwg-gateway -n kwg-system",
         "gateway yes update configmaps/kwg-gateway-info -n kwg-system",
+        "gateway no update configmaps/other -n kwg-system",
+        "gateway no create secrets -n kwg-system",
     ];
     for case in cases {
         let words: Vec<&str> = case.split(' ').collect();

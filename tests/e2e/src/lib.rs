@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The namespace the gateway runs in (its pods, Deployment, Service, Lease and key).
+pub const GATEWAY_NS: &str = contract::DEFAULT_GATEWAY_NAMESPACE;
+
 /// The repository root (for `manifests/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -56,8 +59,7 @@ pub fn install_gateway_replicas(c: &Cluster, replicas: usize) -> Result<GatewayI
     let manifests = repo_root().join("manifests");
     c.kubectl_admin(&["apply", "-k", manifests.to_str().context("path")?])?;
     let n = format!("--replicas={replicas}");
-    let ns = contract::DEFAULT_NAMESPACE;
-    c.kubectl_admin(&["-n", ns, "scale", "deployment/kwg-gateway", &n])?;
+    c.kubectl_admin(&["-n", GATEWAY_NS, "scale", "deployment/kwg-gateway", &n])?;
     wait_for("the gateway replicas", Duration::from_secs(30), || {
         let pods = gateway_pods(c)?;
         Ok((pods.len() == replicas && pods.iter().all(|p| p.1)).then_some(()))
@@ -71,7 +73,7 @@ pub fn install_gateway_replicas(c: &Cluster, replicas: usize) -> Result<GatewayI
 pub fn gateway_pods(c: &Cluster) -> Result<Vec<(String, bool)>> {
     let out = c.kubectl_admin(&[
         "-n",
-        contract::DEFAULT_NAMESPACE,
+        GATEWAY_NS,
         "get",
         "pods",
         "-l",
@@ -99,14 +101,7 @@ pub fn gateway_pods(c: &Cluster) -> Result<Vec<(String, bool)>> {
 /// The ready gateway pod's name.
 pub fn wait_gateway_ready(c: &Cluster, timeout: Duration) -> Result<String> {
     wait_for("a ready gateway pod", timeout, || {
-        let out = c.kubectl_admin(&[
-            "-n",
-            contract::DEFAULT_NAMESPACE,
-            "get",
-            "pods",
-            "-o",
-            "json",
-        ])?;
+        let out = c.kubectl_admin(&["-n", GATEWAY_NS, "get", "pods", "-o", "json"])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         let ready = v["items"].as_array().into_iter().flatten().find(|p| {
             p["metadata"]["name"]
@@ -126,14 +121,7 @@ pub fn wait_gateway_ready(c: &Cluster, timeout: Duration) -> Result<String> {
 /// Restarts the gateway by deleting its pod; waits for the new one to be ready.
 pub fn restart_gateway(c: &Cluster) -> Result<String> {
     let old = wait_gateway_ready(c, Duration::from_secs(5))?;
-    c.kubectl_admin(&[
-        "-n",
-        contract::DEFAULT_NAMESPACE,
-        "delete",
-        "pod",
-        &old,
-        "--wait=true",
-    ])?;
+    c.kubectl_admin(&["-n", GATEWAY_NS, "delete", "pod", &old, "--wait=true"])?;
     wait_for("a new gateway pod", Duration::from_secs(30), || {
         let name = wait_gateway_ready(c, Duration::from_secs(1)).ok();
         Ok(name.filter(|n| *n != old))
@@ -157,7 +145,7 @@ pub fn gateway_info(c: &Cluster) -> Result<GatewayInfo> {
 /// The gateway pod's network namespace.
 pub fn gateway_netns(c: &Cluster) -> Result<String> {
     let pod = wait_gateway_ready(c, Duration::from_secs(10))?;
-    Ok(c.names().pod_ns(contract::DEFAULT_NAMESPACE, &pod))
+    Ok(c.names().pod_ns(GATEWAY_NS, &pod))
 }
 
 /// The gateway's `/peers`, read inside its pod.

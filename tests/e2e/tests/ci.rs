@@ -222,7 +222,7 @@ fn ci_credentials_print_a_kubeconfig_that_joins() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("bound to the kwg-user Role and ClusterRole"));
+    assert!(text(&out.stderr).contains("bound to the kwg-user Roles and ClusterRole"));
     let kubeconfig = format!("KUBECONFIG={}", file.display());
     let join = l.run(&[
         "env",

@@ -121,7 +121,7 @@ fn a_gateway_with_no_pod_fails_the_join_at_once() {
     kwg_e2e::install_gateway(&sim).expect("kubectl apply -k manifests/");
     sim.kubectl_admin(&[
         "-n",
-        "kwg-system",
+        kwg_e2e::GATEWAY_NS,
         "scale",
         "deployment/kwg-gateway",
         "--replicas=0",
@@ -129,7 +129,7 @@ fn a_gateway_with_no_pod_fails_the_join_at_once() {
     .expect("scale");
     let laptop = laptop(&sim, "noready");
     kwg_e2e::wait_for("the gateway pod to go", Duration::from_secs(20), || {
-        let pods = sim.kubectl_admin(&["-n", "kwg-system", "get", "pods", "-o", "name"])?;
+        let pods = sim.kubectl_admin(&["-n", kwg_e2e::GATEWAY_NS, "get", "pods", "-o", "name"])?;
         Ok(pods.trim().is_empty().then_some(()))
     })
     .expect("gateway scaled to 0");
@@ -139,7 +139,7 @@ fn a_gateway_with_no_pod_fails_the_join_at_once() {
         &["kwg", "join", "--name", "noready", "-n", "emojivoto"],
     );
     assert!(
-        err.contains("the kwg gateway has no ready pod (0/0 ready in kwg-system): kubectl -n kwg-system describe deployment kwg-gateway shows why"),
+        err.contains("the kwg gateway has no ready pod (0/0 ready in kwg-gateway): kubectl -n kwg-gateway describe deployment kwg-gateway shows why"),
         "{err}"
     );
     assert!(

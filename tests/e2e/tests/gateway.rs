@@ -62,7 +62,7 @@ fn install_publishes_info_keeps_key_and_protects_it() -> Result<()> {
     assert_eq!(info.cluster_domain, "cluster.local");
 
     // The developer (group kwg:users) cannot read the private key, by name or by listing.
-    let ns = contract::DEFAULT_KEY_NAMESPACE;
+    let ns = contract::DEFAULT_GATEWAY_NAMESPACE;
     let get = kubectl_says(
         &c,
         &c.developer_kubeconfig(),
@@ -527,7 +527,7 @@ fn admin_port_serves_pods_only_health_and_peers_only_themselves() -> Result<()> 
     let pod = kwg_e2e::wait_gateway_ready(&c, Duration::from_secs(10))?;
     let gw_ip = c.kubectl_admin(&[
         "-n",
-        contract::DEFAULT_NAMESPACE,
+        kwg_e2e::GATEWAY_NS,
         "get",
         "pod",
         &pod,

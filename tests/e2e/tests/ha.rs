@@ -27,7 +27,8 @@ fn replicas() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2)
 }
-const NS: &str = contract::DEFAULT_NAMESPACE;
+/// The gateway's namespace (its pods, Deployment and Lease).
+const NS: &str = kwg_e2e::GATEWAY_NS;
 
 /// `GET /<path>` on one gateway pod, from inside it.
 fn admin_get(sim: &Cluster, pod: &str, path: &str) -> String {
@@ -194,7 +195,7 @@ fn registrations_against_two_replicas_get_distinct_addresses_and_a_lease_is_coll
     let addresses = kwg_e2e::wait_for("50 addresses", Duration::from_secs(60), || {
         let out = sim.kubectl_admin(&[
             "-n",
-            NS,
+            contract::DEFAULT_NAMESPACE,
             "get",
             "secrets",
             "-l",

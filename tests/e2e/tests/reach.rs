@@ -302,7 +302,7 @@ fn a_pod_cannot_open_a_connection_to_a_laptop() -> Result<()> {
     let node = c.netns("node");
     let gw_pod_ip = c.kubectl_admin(&[
         "-n",
-        "kwg-system",
+        kwg_e2e::GATEWAY_NS,
         "get",
         "pods",
         "-l",

@@ -19,12 +19,17 @@ pub use types::{PeerName, TunnelIp};
 
 use std::collections::BTreeMap;
 
-/// Default namespace of every kwg object (`--kwg-namespace` / `KWG_NAMESPACE`).
+/// Default namespace of what clients and the gateway share: peer Secrets and the gateway
+/// info ConfigMap (`--kwg-namespace` / `KWG_NAMESPACE`). kwg users write Secrets here.
 pub const DEFAULT_NAMESPACE: &str = "kwg-system";
-/// Namespace holding only the gateway's private key Secret. Kept apart from
-/// [`DEFAULT_NAMESPACE`] because RBAC cannot deny: users who may list peer Secrets in
-/// `kwg-system` could otherwise read the key.
-pub const DEFAULT_KEY_NAMESPACE: &str = "kwg-gateway-private";
+/// Default namespace the gateway runs in: its ServiceAccount, Deployment, Service, leader
+/// Lease and private key Secret. Kept apart from [`DEFAULT_NAMESPACE`] because RBAC cannot
+/// deny: kwg users may create Secrets in `kwg-system`, and a token Secret for a
+/// ServiceAccount there would hand them its token. kwg users have no write and no Secret
+/// rights here (see docs/contract.md, "Trust model").
+pub const DEFAULT_GATEWAY_NAMESPACE: &str = "kwg-gateway";
+/// The gateway's Deployment (and ServiceAccount), in the gateway namespace.
+pub const GATEWAY_DEPLOYMENT: &str = "kwg-gateway";
 
 /// Label marking a Secret as a kwg peer, with value [`PEER_LABEL_VALUE`].
 pub const PEER_LABEL: &str = "kwg.io/peer";
@@ -41,7 +46,7 @@ pub const TUNNEL_IP_ANNOTATION: &str = "kwg.io/tunnel-ip";
 /// Annotation the gateway writes on a malformed peer Secret, with the reason.
 pub const ERROR_ANNOTATION: &str = "kwg.io/error";
 
-/// Secret (in the key namespace) holding the gateway's private key.
+/// Secret (in the gateway namespace) holding the gateway's private key.
 pub const GATEWAY_KEY_SECRET: &str = "kwg-gateway-key";
 /// Key of the private key inside [`GATEWAY_KEY_SECRET`].
 pub const GATEWAY_KEY_FIELD: &str = "privateKey";
@@ -49,7 +54,7 @@ pub const GATEWAY_KEY_FIELD: &str = "privateKey";
 pub const GATEWAY_INFO_CONFIGMAP: &str = "kwg-gateway-info";
 /// Key of the JSON document inside [`GATEWAY_INFO_CONFIGMAP`].
 pub const GATEWAY_INFO_KEY: &str = "info.json";
-/// Service exposing the gateway's WireGuard port.
+/// Service exposing the gateway's WireGuard port (in the gateway namespace).
 pub const GATEWAY_SERVICE: &str = "kwg-gateway";
 
 /// The gateway's WireGuard UDP port in its pod (the port `wg-quick` uses by convention).

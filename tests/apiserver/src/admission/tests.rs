@@ -163,9 +163,12 @@ fn token_secrets_and_big_secrets_are_refused_and_the_gateway_is_exempt() {
     let e = check(&s, Operation::Create, &user("developer"), Some(&big), None).unwrap_err();
     assert!(e.starts_with("422 secrets \"kwg-peer-box\" is forbidden: ValidatingAdmissionPolicy 'kwg-peer-ownership' with binding 'kwg-peer-ownership' denied request: a peer Secret holds only the keys"), "{e}");
     let gateway = User {
-        name: "system:serviceaccount:kwg-system:kwg-gateway".into(),
+        name: "system:serviceaccount:kwg-gateway:kwg-gateway".into(),
         groups: vec![],
     };
+    // A ServiceAccount of that name in kwg-system (not the gateway's) is not exempt.
+    let impostor = user("system:serviceaccount:kwg-system:kwg-gateway");
+    assert!(check(&s, Operation::Create, &impostor, Some(&token), None).is_err());
     let admin = User {
         name: "admin".into(),
         groups: vec!["system:masters".into()],

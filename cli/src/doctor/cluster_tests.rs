@@ -1,0 +1,168 @@
+use super::*;
+use crate::doctor::check::Outcome;
+
+fn kc(auth: Auth) -> Result<Kubeconfig, String> {
+    Ok(Kubeconfig {
+        context: "dev".into(),
+        user: "alice".into(),
+        server: "https://192.0.2.1:6443".into(),
+        auth,
+    })
+}
+
+#[test]
+fn a_missing_exec_plugin_is_named_with_its_install_hint() {
+    let c = kubeconfig(&kc(Auth::Exec {
+        command: "gke-gcloud-auth-plugin".into(),
+        found: false,
+        install_hint: Some("Install it with gcloud components install".into()),
+    }));
+    assert_eq!(c.outcome, Outcome::Fail);
+    assert_eq!(c.code, Some(ExitCode::Credentials));
+    assert!(
+        c.detail
+            .contains("`gke-gcloud-auth-plugin`, which is not on PATH")
+    );
+    assert!(
+        c.fix
+            .unwrap()
+            .contains("(Install it with gcloud components install)")
+    );
+    let ok = kubeconfig(&kc(Auth::Exec {
+        command: "kubelogin".into(),
+        found: true,
+        install_hint: None,
+    }));
+    assert_eq!(ok.outcome, Outcome::Pass);
+    assert!(
+        ok.detail.contains("credential plugin kubelogin"),
+        "{}",
+        ok.detail
+    );
+    assert_eq!(kubeconfig(&kc(Auth::None)).outcome, Outcome::Warn);
+    let missing = kubeconfig(&Err("no kubeconfig".into()));
+    assert!(missing.fix.unwrap().contains("--kubeconfig"));
+}
+
+#[test]
+fn api_failures_map_to_credentials_or_unreachable() {
+    let s = "https://192.0.2.1:6443";
+    assert_eq!(
+        api(s, &ApiProbe::Unauthorized).code,
+        Some(ExitCode::Credentials)
+    );
+    let down = api(s, &ApiProbe::Unreachable("connection refused".into()));
+    assert_eq!(down.code, Some(ExitCode::ApiUnreachable));
+    assert!(
+        down.detail
+            .ends_with("cannot be reached: connection refused")
+    );
+    let up = api(
+        s,
+        &ApiProbe::Answered {
+            version: "v1.33.0".into(),
+            user: Some("alice".into()),
+        },
+    );
+    assert_eq!(
+        up.detail,
+        format!("{s} answers (Kubernetes v1.33.0), authenticated as alice")
+    );
+}
+
+#[test]
+fn needs_are_what_the_shipped_kwg_user_roles_grant() {
+    let needs = needs("team-kwg");
+    let has = |verb: &str, resource: &str, ns: Option<&str>| {
+        needs
+            .iter()
+            .any(|n| n.verb == verb && n.resource == resource && n.namespace.as_deref() == ns)
+    };
+    assert!(has("create", "secrets", Some("team-kwg")), "{needs:?}");
+    assert!(has("delete", "secrets", Some("team-kwg")));
+    assert!(has("list", "namespaces", None));
+    let info = needs
+        .iter()
+        .find(|n| n.resource == "configmaps" && n.verb == "get")
+        .unwrap();
+    assert_eq!(
+        info.name.as_deref(),
+        Some(kwg_wg::contract::GATEWAY_INFO_CONFIGMAP)
+    );
+    assert_eq!(
+        info.to_string(),
+        "get configmaps kwg-gateway-info in team-kwg"
+    );
+    assert!(
+        !needs
+            .iter()
+            .any(|n| n.namespace.as_deref() == Some("kwg-system"))
+    );
+}
+
+#[test]
+fn rbac_lists_every_denied_permission_and_the_binding_to_apply() {
+    let n = |verb: &str, resource: &str| Need {
+        verb: verb.into(),
+        group: String::new(),
+        resource: resource.into(),
+        subresource: None,
+        namespace: Some("kwg-system".into()),
+        name: None,
+    };
+    let all_ok = [
+        (n("create", "secrets"), Ok(true)),
+        (n("get", "secrets"), Ok(true)),
+    ];
+    assert_eq!(rbac("alice", &all_ok).outcome, Outcome::Pass);
+    let denied = [
+        (n("create", "secrets"), Ok(false)),
+        (n("get", "secrets"), Ok(true)),
+        (n("delete", "secrets"), Ok(false)),
+    ];
+    let c = rbac("alice", &denied);
+    assert_eq!(c.code, Some(ExitCode::Credentials));
+    assert_eq!(
+        c.detail,
+        "alice may not create secrets in kwg-system, delete secrets in kwg-system"
+    );
+    assert!(c.fix.unwrap().contains("manifests/rbac-user-binding.yaml"));
+    let err = [(n("create", "secrets"), Err("403".into()))];
+    assert!(rbac("alice", &err).detail.contains("cannot ask whether"));
+}
+
+fn info() -> GatewayInfo {
+    GatewayInfo::from_json(
+        br#"{"version":1,"publicKey":"p0DgqXpMPbxjtgkBYpjGFK6fJVGdjwi3mv3ZCw5qQV0=","endpoints":["192.0.2.1:31820"],
+        "tunnelCidr":"100.77.0.0/16","gatewayIp":"100.77.0.1","serviceCidrs":["10.96.0.0/12"],
+        "podCidrs":["10.244.0.0/16"],"dnsIp":"10.96.0.10","clusterDomain":"cluster.local","adminPort":9090}"#,
+    )
+    .unwrap()
+}
+
+#[test]
+fn gateway_scaled_to_zero_names_the_scale_command() {
+    let i = InfoProbe::Valid(Box::new(info()));
+    let c = gateway("kwg-system", "kwg-gateway", &i, Some((0, 0, 0)));
+    assert_eq!(c.code, Some(ExitCode::GatewayMissing));
+    assert!(c.detail.contains("0/0 pods"), "{}", c.detail);
+    assert_eq!(
+        c.fix.unwrap(),
+        "scale it up: kubectl -n kwg-gateway scale deployment kwg-gateway --replicas=1"
+    );
+    let crashing = gateway("kwg-system", "kwg-gateway", &i, Some((0, 1, 1)));
+    assert!(crashing.fix.unwrap().contains("describe deployment"));
+    assert_eq!(
+        gateway("kwg-system", "kwg-gateway", &i, Some((1, 1, 1))).outcome,
+        Outcome::Pass
+    );
+    let missing = gateway("kwg-system", "kwg-gateway", &InfoProbe::Missing, None);
+    assert!(missing.fix.unwrap().contains("kubectl apply -k manifests/"));
+    let newer = gateway(
+        "kwg-system",
+        "kwg-gateway",
+        &InfoProbe::Invalid("contract version 2, this kwg speaks 1".into()),
+        None,
+    );
+    assert!(newer.fix.unwrap().contains("release that matches"));
+}

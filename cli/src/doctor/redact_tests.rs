@@ -1,0 +1,142 @@
+use super::*;
+use base64::Engine as _;
+use kwg_wg::keys::PrivateKey;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIBADAKBggqhkjOPQQDAjAjMSEwHwYDVQQDDBhrM3Mtc2Vy\ndmVyLWNhQDE3MDAwMDAwMDAwHhcNMjMxMTE0MjIxMzIwWhcNMzMxMTExMjIxMzIw\n-----END CERTIFICATE-----\n";
+const KEY: &str = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIIx5nq3dF0gQ1xYwqYvQ8eW3nqHkZ2v3bq8b8hKcqH3xoAoGCCqGSM49\nAwEHoUQDQgAEexample+private+key+material+that+must+not+leak0000\n-----END EC PRIVATE KEY-----\n";
+const TOKEN: &str = "kwg-ci.7f3b2c9a1e8d4f60b5a2c7e9d1f3a8b6";
+const JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a3dnOmNpIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmUtMTIzNDU2Nzg5MA";
+
+fn kubeconfig() -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Config
+current-context: dev
+clusters:
+- name: dev
+  cluster:
+    server: https://192.0.2.1:6443
+    certificate-authority-data: {ca}
+contexts:
+- name: dev
+  context: {{cluster: dev, user: alice, namespace: emojivoto}}
+users:
+- name: alice
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+- name: ci
+  user:
+    token: {TOKEN}
+- name: oidc
+  user:
+    auth-provider:
+      config:
+        id-token: {JWT}
+        refresh-token: 1//0gLrefresh-token-value
+        client-secret: s3cr3t-value
+- name: basic
+  user:
+    username: admin
+    password: "hunter2 is long"
+"#,
+        ca = b64(CERT.as_bytes()),
+        cert = b64(CERT.as_bytes()),
+        key = b64(KEY.as_bytes()),
+    )
+}
+
+fn assert_clean(out: &str, secrets: &[&str]) {
+    for s in secrets {
+        assert!(!out.contains(s), "{s:?} left in:\n{out}");
+    }
+    for marker in [
+        "BEGIN CERTIFICATE",
+        "PRIVATE KEY-----\nM",
+        "LS0tLS1C",
+        "eyJ",
+    ] {
+        assert!(!out.contains(marker), "{marker:?} left in:\n{out}");
+    }
+}
+
+#[test]
+fn a_kubeconfig_keeps_its_shape_and_loses_every_credential() {
+    let out = redact(&kubeconfig(), &[]);
+    assert_clean(
+        &out,
+        &[
+            TOKEN,
+            JWT,
+            "1//0gLrefresh",
+            "s3cr3t-value",
+            "hunter2",
+            &b64(KEY.as_bytes())[..40],
+            &b64(CERT.as_bytes())[..40],
+        ],
+    );
+    assert!(out.contains("server: https://192.0.2.1:6443"), "{out}");
+    assert!(out.contains("username: admin"), "{out}");
+    assert!(out.contains("client-key-data: REDACTED"), "{out}");
+    assert!(
+        out.contains("certificate-authority-data: REDACTED"),
+        "{out}"
+    );
+    assert!(out.contains("token: REDACTED"), "{out}");
+    // Still YAML a reader can follow.
+    let doc: serde_json::Value = serde_yaml_ng::from_str(&out).unwrap();
+    assert_eq!(doc["users"][1]["name"], "ci");
+}
+
+#[test]
+fn pem_blocks_and_json_fields_are_redacted() {
+    let text =
+        format!("{CERT}{KEY}{{\"token\":\"{TOKEN}\",\"privateKey\":\"abc\",\"user\":\"alice\"}}");
+    let out = redact(&text, &[]);
+    assert_clean(&out, &[TOKEN, "example+private+key"]);
+    assert!(out.contains("-----REDACTED CERTIFICATE-----"), "{out}");
+    assert!(out.contains("-----REDACTED EC PRIVATE KEY-----"), "{out}");
+    assert!(out.contains(r#""token":"REDACTED""#), "{out}");
+    assert!(out.contains(r#""user":"alice""#), "{out}");
+}
+
+#[test]
+fn wireguard_private_keys_go_and_named_public_keys_stay() {
+    let private = PrivateKey::generate();
+    let secret = b64(private.as_bytes());
+    let public = private.public_key().to_string();
+    let other = PrivateKey::generate().public_key().to_string();
+    let text = format!(
+        "[Interface]\nPrivateKey = {secret}\n\n[Peer]\nPublicKey = {public}\nEndpoint = 192.0.2.1:31820\n\
+         private_key={hex}\npublic_key={pubhex}\nstray {other} in a log\n",
+        hex = hex(private.as_bytes()),
+        pubhex = private.public_key().to_hex(),
+    );
+    let out = redact(&text, std::slice::from_ref(&public));
+    assert_clean(&out, &[&secret, &hex(private.as_bytes()), &other]);
+    assert!(out.contains(&format!("PublicKey = {public}")), "{out}");
+    assert!(out.contains("PrivateKey = REDACTED"), "{out}");
+    assert!(out.contains("Endpoint = 192.0.2.1:31820"), "{out}");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn bearer_tokens_in_logs_are_redacted() {
+    let log = format!(
+        "2026-01-01T00:00:00Z DEBUG kube_client: request headers={{\"authorization\": \"Bearer {TOKEN}\"}}\n\
+         curl -H 'Authorization: Bearer {JWT}' https://192.0.2.1:6443/version\n\
+         Authorization: Basic YWRtaW46aHVudGVyMg==\n\
+         WARN lease renewal failed error=the Kubernetes API server https://192.0.2.1:6443 is unreachable (connection refused)\n"
+    );
+    let out = redact(&log, &[]);
+    assert_clean(&out, &[TOKEN, JWT, "YWRtaW46aHVudGVyMg"]);
+    assert!(out.contains("Bearer REDACTED"), "{out}");
+    assert!(out.contains("is unreachable (connection refused)"), "{out}");
+}
