@@ -1,6 +1,7 @@
 //! The userspace WireGuard device: a TUN, one UDP socket and the protocol [`Core`], driven by
 //! tokio tasks (one per direction, one for timers, one for UAPI).
 
+mod streams;
 mod tasks;
 
 use std::net::SocketAddr;
@@ -13,12 +14,13 @@ use tokio::task::JoinHandle;
 
 use crate::Error;
 use crate::core::Core;
-use crate::io::tun::Tun;
 pub use crate::io::tun::PacketChannel;
+use crate::io::tun::Tun;
 use crate::io::udp::Udp;
 use crate::keys::{PrivateKey, PublicKey};
 pub use crate::peer::{PeerConfig, PeerStats};
 use crate::uapi;
+pub use streams::ByteStream;
 
 /// Default MTU: 1500 minus the largest WireGuard overhead (IPv6 40 + UDP 8 + WireGuard 32).
 pub const DEFAULT_MTU: u16 = 1420;
@@ -52,6 +54,7 @@ pub(crate) struct Shared {
     pub(crate) tun: Tun,
     pub(crate) udp: RwLock<Arc<Udp>>,
     pub(crate) udp_task: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) streams: streams::Streams,
     ifname: String,
     listen_port: AtomicU16,
     fwmark: AtomicU32,
@@ -156,6 +159,7 @@ impl Device {
             listen_port: AtomicU16::new(udp.port()),
             udp: RwLock::new(Arc::new(udp)),
             udp_task: Mutex::new(None),
+            streams: streams::Streams::default(),
             ifname: name,
             fwmark: AtomicU32::new(0),
             mtu,
@@ -184,6 +188,7 @@ impl Device {
 
     /// Stops the device: its tasks end, the TUN disappears, the UAPI socket is removed.
     pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.shared.streams.close_all();
         let mut tasks = std::mem::take(&mut self.tasks);
         tasks.extend(self.take_udp_task());
         for t in &tasks {
@@ -204,6 +209,7 @@ impl Device {
     }
 
     fn stop(&mut self) {
+        self.shared.streams.close_all();
         for t in &self.tasks {
             t.abort();
         }
@@ -293,6 +299,72 @@ impl DeviceHandle {
     pub async fn peer_endpoint(&self, k: &PublicKey) -> Option<SocketAddr> {
         let s = self.live().ok()?;
         s.core().peer_config(k).and_then(|c| c.endpoint)
+    }
+
+    /// Carries WireGuard datagrams over `stream` (framed, see [`crate::io::stream`]); returns
+    /// the stream's endpoint. A peer moves onto it by sending an authenticated packet through
+    /// it, or by [`DeviceHandle::set_endpoint`]. The stream ends when either side closes it,
+    /// on a malformed frame, or on [`DeviceHandle::close_stream`].
+    pub fn attach_stream(
+        &self,
+        stream: impl ByteStream,
+        label: impl Into<String>,
+    ) -> Result<SocketAddr, Error> {
+        Ok(self.live()?.attach_stream(Box::new(stream), label.into()))
+    }
+
+    /// Whether the stream of endpoint `ep` still runs.
+    pub fn stream_open(&self, ep: &SocketAddr) -> bool {
+        self.live().is_ok_and(|s| s.streams.is_open(ep))
+    }
+
+    /// How many streams are attached.
+    pub fn streams(&self) -> usize {
+        self.live().map_or(0, |s| s.streams.len())
+    }
+
+    pub fn close_stream(&self, ep: &SocketAddr) {
+        if let Ok(s) = self.live() {
+            s.streams.close(ep);
+        }
+    }
+
+    /// Moves a peer's traffic to `ep` (a UDP address or a stream endpoint); its session stays.
+    pub async fn set_endpoint(&self, k: &PublicKey, ep: SocketAddr) -> Result<(), Error> {
+        let s = self.live()?;
+        let cfg = s.core().peer_config(k).cloned();
+        if let Some(mut cfg) = cfg {
+            cfg.endpoint = Some(ep);
+            s.core().upsert_peer(cfg);
+        }
+        Ok(())
+    }
+
+    /// Sends the peer a handshake initiation over `via` without moving its endpoint (see
+    /// [`Core::initiate_to`]); false for an unknown peer.
+    pub async fn probe(&self, k: &PublicKey, via: SocketAddr) -> Result<bool, Error> {
+        let s = self.live()?;
+        let mut net = crate::core::NetBatch::new(1);
+        let known = s.core().initiate_to(k, via, Instant::now(), &mut net);
+        s.send_net(&net).await;
+        Ok(known)
+    }
+
+    /// Moves a peer to `ep` and pins it there: only this side chooses the path from now on
+    /// (a client's transport ladder). [`DeviceHandle::heard_other`] tells when another path
+    /// answered.
+    pub async fn pin_endpoint(&self, k: &PublicKey, ep: SocketAddr) -> Result<(), Error> {
+        self.set_endpoint(k, ep).await?;
+        self.live()?.core().pin_endpoint(k, true);
+        Ok(())
+    }
+
+    /// The last address other than a pinned endpoint an authenticated packet came from, and
+    /// how long ago.
+    pub fn heard_other(&self, k: &PublicKey) -> Option<(SocketAddr, std::time::Duration)> {
+        let s = self.live().ok()?;
+        let (from, at) = s.core().heard_other(k)?;
+        Some((from, at.elapsed()))
     }
 
     /// The UAPI `get=1` answer.

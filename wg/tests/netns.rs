@@ -5,16 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kwg_wg::device::PeerConfig;
 use kwg_wg::keys::PrivateKey;
-
-fn peer(key: kwg_wg::keys::PublicKey, endpoint: Option<&str>, ips: &[&str]) -> PeerConfig {
-    PeerConfig {
-        endpoint: endpoint.map(|e| e.parse().unwrap()),
-        allowed_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
-        ..PeerConfig::new(key)
-    }
-}
 
 /// `a` (10.70.0.1) and `b` (10.70.0.2) over the veth, kwg on both, peers configured.
 struct Pair {

@@ -157,6 +157,39 @@ impl Core {
         }
     }
 
+    /// Sends the peer a handshake initiation to `dst` instead of its endpoint: a probe of
+    /// another path. The peer answers to where the initiation came from, and moves its side
+    /// there; a pinned endpoint here stays, the answer shows in [`Core::heard_other`]. False
+    /// for an unknown peer.
+    pub fn initiate_to(
+        &mut self,
+        key: &PublicKey,
+        dst: SocketAddr,
+        now: Instant,
+        net: &mut NetBatch,
+    ) -> bool {
+        let Some(peer) = self.by_key.get(key).and_then(|i| self.peers.get_mut(i)) else {
+            return false;
+        };
+        peer.initiate_to(canonical(dst), self.keys.as_ref(), now, net)
+    }
+
+    /// Pins (or unpins) a peer's endpoint: pinned, authenticated packets from elsewhere no
+    /// longer move it (a client choosing its path among UDP and streams).
+    pub fn pin_endpoint(&mut self, key: &PublicKey, pinned: bool) {
+        if let Some(peer) = self.by_key.get(key).and_then(|i| self.peers.get_mut(i)) {
+            peer.pinned = pinned;
+            peer.heard_other = None;
+        }
+    }
+
+    /// For a pinned peer: the last address other than its endpoint that an authenticated
+    /// packet came from, and when.
+    pub fn heard_other(&self, key: &PublicKey) -> Option<(SocketAddr, Instant)> {
+        let peer = self.by_key.get(key).and_then(|i| self.peers.get(i))?;
+        peer.heard_other
+    }
+
     /// A datagram received on the UDP socket from `from`. The peer's endpoint moves to `from`
     /// only after a packet that authenticated: a completed handshake or a data message that
     /// decrypted. Cookie replies (sent or received), rejected handshakes and replays never move it.
@@ -286,7 +319,9 @@ impl Core {
             tracing::info!(parent: &peer.span, %role, endpoint = %from, "handshake completed");
         }
         peer.rx_bytes += datagram.len() as u64;
-        if peer.cfg.endpoint != Some(from) {
+        if peer.cfg.endpoint != Some(from) && peer.pinned {
+            peer.heard_other = Some((from, now));
+        } else if peer.cfg.endpoint != Some(from) {
             match peer.cfg.endpoint {
                 Some(old) => {
                     tracing::info!(parent: &peer.span, %old, new = %from, "endpoint roamed")

@@ -1,6 +1,7 @@
 //! One peer's state: its configuration, its boringtun `Tunn` (made on first use, dropped when
 //! its sessions expire), counters, and the timestamp of the last initiation it was accepted for.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use boringtun::noise::errors::WireGuardError;
@@ -30,6 +31,12 @@ pub(super) struct Peer {
     pub(super) rx_bytes: u64,
     pub(super) tx_bytes: u64,
     pub(super) last_sent: Option<Instant>,
+    /// The endpoint is chosen by the owner (a client choosing its path), not learned from
+    /// where packets come from.
+    pub(super) pinned: bool,
+    /// With a pinned endpoint: the last authenticated packet from another address (another
+    /// path works), and when.
+    pub(super) heard_other: Option<(SocketAddr, Instant)>,
 }
 
 impl Peer {
@@ -45,6 +52,8 @@ impl Peer {
             rx_bytes: 0,
             tx_bytes: 0,
             last_sent: None,
+            pinned: false,
+            heard_other: None,
         }
     }
 
@@ -94,11 +103,38 @@ impl Peer {
             TunnResult::WriteToNetwork(p) => Some(p.len()),
             _ => None,
         });
+        self.record_sent(sent, now);
+        true
+    }
+
+    /// A new handshake initiation to `endpoint` (whatever the peer's endpoint is); false
+    /// without keys.
+    pub(super) fn initiate_to(
+        &mut self,
+        endpoint: SocketAddr,
+        keys: Option<&StaticKeys>,
+        now: Instant,
+        net: &mut NetBatch,
+    ) -> bool {
+        let Some(keys) = keys else {
+            return false;
+        };
+        let tunn = self.tunn(keys);
+        let sent = net.push_with(endpoint, HANDSHAKE_INIT_LEN, |buf| {
+            match tunn.format_handshake_initiation(buf, true) {
+                TunnResult::WriteToNetwork(p) => Some(p.len()),
+                _ => None,
+            }
+        });
+        self.record_sent(sent, now);
+        true
+    }
+
+    fn record_sent(&mut self, sent: Option<usize>, now: Instant) {
         if let Some(n) = sent {
             self.tx_bytes += n as u64;
             self.last_sent = Some(now);
         }
-        true
     }
 
     pub(super) fn tick(

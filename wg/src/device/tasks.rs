@@ -1,7 +1,8 @@
-//! The device's tasks: TUN → encrypt → UDP, UDP → decrypt → TUN, and timers. Each holds the
-//! core's lock only while it runs the crypto of one batch, never across I/O.
+//! The device's tasks: TUN → encrypt → UDP or stream, UDP → decrypt → TUN, and timers. Each
+//! holds the core's lock only while it runs the crypto of one batch, never across I/O.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,11 +41,10 @@ pub(super) async fn tun_to_udp(shared: Arc<Shared>) {
             Err(e) if fatal("TUN read", &e) => return,
             Err(_) => continue,
         };
-        let udp = shared.udp();
         net.clear();
-        net.set_max_segments(udp.max_gso_segments());
+        net.set_max_segments(shared.udp().max_gso_segments());
         encrypt_batch(&shared, &mut bufs, n, &mut net);
-        udp.send_batch(&net).await;
+        shared.send_net(&net).await;
     }
 }
 
@@ -81,30 +81,45 @@ pub(super) async fn udp_to_tun(shared: Arc<Shared>) {
         };
         net.clear();
         net.set_max_segments(udp.max_gso_segments());
-        let now = Instant::now();
-        let mut datagrams = bufs.datagrams(n).peekable();
-        // A receive can hold over a thousand datagrams (GRO): decrypt and write them to the TUN
-        // a batch at a time, so each batch's buffers have room to coalesce.
-        while datagrams.peek().is_some() {
-            tun.clear();
-            {
-                let mut core = shared.core();
-                while !tun.is_full()
-                    && let Some((from, d)) = datagrams.next()
-                {
-                    core.handle_udp(from, d, now, &mut net, &mut tun);
-                }
-            }
-            if let Err(e) = shared.tun.send(&mut tun, &mut gro).await
-                && fatal("TUN write", &e)
-            {
-                return;
-            }
-        }
-        if !net.is_empty() {
-            shared.udp().send_batch(&net).await;
+        if !decrypt_to_tun(&shared, bufs.datagrams(n), &mut net, &mut tun, &mut gro).await {
+            return;
         }
     }
+}
+
+/// Decrypts received datagrams into the TUN and sends what the core answers (handshake
+/// responses, queued packets). False when the interface is gone.
+pub(super) async fn decrypt_to_tun<'a>(
+    shared: &Shared,
+    datagrams: impl Iterator<Item = (SocketAddr, &'a [u8])>,
+    net: &mut NetBatch,
+    tun: &mut TunBatch,
+    gro: &mut GROTable,
+) -> bool {
+    let now = Instant::now();
+    let mut datagrams = datagrams.peekable();
+    // A receive can hold over a thousand datagrams (GRO): decrypt and write them to the TUN
+    // a batch at a time, so each batch's buffers have room to coalesce.
+    while datagrams.peek().is_some() {
+        tun.clear();
+        {
+            let mut core = shared.core();
+            while !tun.is_full()
+                && let Some((from, d)) = datagrams.next()
+            {
+                core.handle_udp(from, d, now, net, tun);
+            }
+        }
+        if let Err(e) = shared.tun.send(tun, gro).await
+            && fatal("TUN write", &e)
+        {
+            return false;
+        }
+    }
+    if !net.is_empty() {
+        shared.send_net(net).await;
+    }
+    true
 }
 
 pub(super) async fn timers(shared: Arc<Shared>) {
@@ -116,7 +131,7 @@ pub(super) async fn timers(shared: Arc<Shared>) {
         net.clear();
         shared.core().tick(Instant::now(), &mut net);
         if !net.is_empty() {
-            shared.udp().send_batch(&net).await;
+            shared.send_net(&net).await;
         }
     }
 }

@@ -6,6 +6,8 @@
 //! A stream cannot resynchronise after a bad length, so an oversized frame is an error that
 //! ends the connection (the peer reconnects and WireGuard re-handshakes).
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
 /// The largest length a 2-byte prefix can carry.
 pub const MAX_FRAME: usize = u16::MAX as usize;
 /// Bytes of the length prefix.
@@ -112,6 +114,22 @@ impl Decoder {
     }
 }
 
+/// Streams appear to the protocol core as endpoints in `100::/64`, the IPv6 discard-only prefix
+/// (RFC 6666): no datagram ever arrives from there, so a peer roams between UDP and a stream
+/// exactly as between two UDP addresses, on authenticated packets only.
+pub fn stream_endpoint(id: u64) -> SocketAddr {
+    let ip = Ipv6Addr::from((0x0100u128 << 112) | u128::from(id));
+    SocketAddr::new(IpAddr::V6(ip), 0)
+}
+
+/// Whether `a` names a stream (see [`stream_endpoint`]), not a UDP address.
+pub fn is_stream_endpoint(a: &SocketAddr) -> bool {
+    match a.ip() {
+        IpAddr::V6(ip) => u128::from(ip) >> 64 == 0x0100u128 << 48,
+        IpAddr::V4(_) => false,
+    }
+}
+
 /// Socket options for a stream carrying WireGuard: `TCP_NODELAY` (a handshake or a small
 /// packet must not wait for Nagle's timer) and keepalive so a dead path is noticed by the
 /// kernel too.
@@ -175,6 +193,22 @@ mod tests {
         assert_eq!((n, out.len()), (2, 204));
         let mut out = Vec::new();
         assert_eq!(encode_batch([&a[..]], 10, &mut out), Ok(1));
+    }
+
+    #[test]
+    fn stream_endpoints_are_in_the_discard_prefix_and_never_udp_addresses() {
+        let a = stream_endpoint(7);
+        assert_eq!(a.to_string(), "[100::7]:0");
+        assert!(is_stream_endpoint(&a));
+        assert!(is_stream_endpoint(&stream_endpoint(u64::MAX)));
+        for udp in [
+            "192.0.2.1:31820",
+            "[fd00::1]:51820",
+            "[100:0:0:1::1]:0",
+            "[::ffff:1.2.3.4]:1",
+        ] {
+            assert!(!is_stream_endpoint(&udp.parse().unwrap()), "{udp}");
+        }
     }
 
     proptest! {

@@ -8,8 +8,6 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 
-use crate::core::NetBatch;
-
 /// Socket buffer size: room for a few GSO batches in flight.
 const SOCKET_BUFFER: usize = 4 << 20;
 /// Receive buffer per datagram slot: a GRO batch can reach 64 KiB.
@@ -113,9 +111,10 @@ impl Udp {
         }
     }
 
-    /// Sends every datagram of `net`, segmented where the batch grouped them.
-    pub async fn send_batch(&self, net: &NetBatch) {
-        for (dst, contents, seg) in net.sends() {
+    /// Sends every datagram of `sends` (a `NetBatch`'s), segmented where the batch grouped
+    /// them.
+    pub async fn send_batch<'a>(&self, sends: impl Iterator<Item = (SocketAddr, &'a [u8], usize)>) {
+        for (dst, contents, seg) in sends {
             let segment = (contents.len() > seg).then_some(seg);
             if let Err(e) = self.send_one(dst, contents, segment).await {
                 if segment.is_none() {

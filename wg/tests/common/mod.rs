@@ -300,3 +300,16 @@ pub fn tcp_transfer(client: &Netns, server: &Netns, addr: SocketAddr, len: usize
     srv.join().unwrap();
     ok
 }
+
+/// A peer with `endpoint` and AllowedIPs `ips`.
+pub fn peer(
+    key: kwg_wg::keys::PublicKey,
+    endpoint: Option<&str>,
+    ips: &[&str],
+) -> kwg_wg::device::PeerConfig {
+    kwg_wg::device::PeerConfig {
+        endpoint: endpoint.map(|e| e.parse().unwrap()),
+        allowed_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+        ..kwg_wg::device::PeerConfig::new(key)
+    }
+}

@@ -1,0 +1,222 @@
+//! Stream peers: WireGuard datagrams over byte streams (TCP, or a port-forward through the
+//! API server), framed by [`crate::io::stream`]. Each attached stream gets an endpoint in
+//! `100::/64`; the core sees it like a UDP address, so cryptokey routing and roaming work the
+//! same. One task per stream reads frames into the core and writes batches of frames (many
+//! datagrams per write syscall).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tun_rs::GROTable;
+
+use super::Shared;
+use crate::core::{NetBatch, TunBatch};
+use crate::io::stream::{self, Decoder};
+
+/// Any byte stream that can carry WireGuard datagrams.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+/// Framed batches queued per stream; when full, datagrams are dropped as UDP would drop them.
+const QUEUE: usize = 256;
+/// Bytes gathered into one write.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Bytes asked of one read.
+const READ_BUF: usize = 64 * 1024;
+
+struct Entry {
+    tx: mpsc::Sender<Vec<u8>>,
+    task: JoinHandle<()>,
+    label: String,
+}
+
+/// The attached streams, by endpoint.
+#[derive(Default)]
+pub(crate) struct Streams {
+    next: AtomicU64,
+    open: std::sync::Mutex<HashMap<SocketAddr, Entry>>,
+}
+
+impl Streams {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Entry>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_open(&self, ep: &SocketAddr) -> bool {
+        self.lock().get(ep).is_some_and(|e| !e.task.is_finished())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub(crate) fn close(&self, ep: &SocketAddr) {
+        if let Some(e) = self.lock().remove(ep) {
+            tracing::info!(endpoint = %ep, stream = %e.label, "stream closed");
+            e.task.abort();
+        }
+    }
+
+    pub(crate) fn close_all(&self) {
+        for (_, e) in self.lock().drain() {
+            e.task.abort();
+        }
+    }
+
+    /// Queues framed datagrams for `ep`; false when the stream is gone or its queue is full.
+    fn queue(&self, ep: &SocketAddr, framed: Vec<u8>) -> bool {
+        match self.lock().get(ep) {
+            Some(e) => e.tx.try_send(framed).is_ok(),
+            None => false,
+        }
+    }
+}
+
+impl Shared {
+    /// Sends a batch: stream endpoints through their stream, the rest over UDP.
+    pub(crate) async fn send_net(&self, net: &NetBatch) {
+        let mut udp_only = true;
+        for (dst, contents, seg) in net.sends() {
+            if !stream::is_stream_endpoint(&dst) {
+                continue;
+            }
+            udp_only = false;
+            let mut framed =
+                Vec::with_capacity(contents.len() + contents.len() / seg.max(1) * 2 + 2);
+            if let Err(e) =
+                stream::encode_batch(contents.chunks(seg.max(1)), usize::MAX, &mut framed)
+            {
+                tracing::debug!(%dst, error = %e, "datagram not sent on the stream");
+                continue;
+            }
+            if !self.streams.queue(&dst, framed) {
+                tracing::trace!(%dst, "stream gone or full: datagrams dropped");
+            }
+        }
+        let sends = net.sends();
+        if udp_only {
+            self.udp().send_batch(sends).await;
+        } else {
+            let udp = sends.filter(|(dst, _, _)| !stream::is_stream_endpoint(dst));
+            self.udp().send_batch(udp).await;
+        }
+    }
+
+    /// Starts carrying datagrams over `stream`; returns its endpoint.
+    pub(crate) fn attach_stream(
+        self: &Arc<Self>,
+        stream: Box<dyn ByteStream>,
+        label: String,
+    ) -> SocketAddr {
+        let ep = stream::stream_endpoint(self.streams.next.fetch_add(1, Ordering::Relaxed) + 1);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        // Registered before the task runs, so the task's own removal always finds it.
+        let mut open = self.streams.lock();
+        let task = tokio::spawn(run(self.clone(), ep, stream, rx, label.clone()));
+        tracing::info!(endpoint = %ep, stream = %label, "stream attached");
+        open.insert(ep, Entry { tx, task, label });
+        ep
+    }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    ep: SocketAddr,
+    stream: Box<dyn ByteStream>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    label: String,
+) {
+    let (reader, writer) = tokio::io::split(stream);
+    let why = tokio::select! {
+        r = read_loop(&shared, ep, reader) => r,
+        r = write_loop(writer, rx) => r,
+    };
+    tracing::info!(endpoint = %ep, stream = %label, reason = %why, "stream ended");
+    shared.streams.lock().remove(&ep);
+}
+
+async fn read_loop(shared: &Shared, ep: SocketAddr, mut reader: impl AsyncRead + Unpin) -> String {
+    let mut decoder = Decoder::new(stream::MAX_FRAME);
+    let mut buf = vec![0u8; READ_BUF];
+    let mut net = NetBatch::new(1);
+    let mut tun = TunBatch::new(shared.tun.offset());
+    let mut gro = GROTable::default();
+    // The datagrams of one read, copied out of the decoder into one buffer.
+    let mut flat: Vec<u8> = Vec::with_capacity(READ_BUF);
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) => return "closed by the other side".into(),
+            Ok(n) => n,
+            Err(e) => return format!("read failed: {e}"),
+        };
+        decoder.push(&buf[..n]);
+        flat.clear();
+        spans.clear();
+        loop {
+            match decoder.next_datagram() {
+                Ok(Some(d)) if d.is_empty() => {}
+                Ok(Some(d)) => {
+                    spans.push((flat.len(), d.len()));
+                    flat.extend_from_slice(d);
+                }
+                Ok(None) => break,
+                Err(e) => return e.to_string(),
+            }
+        }
+        net.clear();
+        net.set_max_segments(shared.udp().max_gso_segments());
+        let it = Spans {
+            ep,
+            flat: &flat,
+            spans: spans.iter(),
+        };
+        if !super::tasks::decrypt_to_tun(shared, it, &mut net, &mut tun, &mut gro).await {
+            return "the interface is gone".into();
+        }
+    }
+}
+
+/// The datagrams of one read (a named type: a closure here trips the `Send` check of the
+/// spawned future).
+struct Spans<'a> {
+    ep: SocketAddr,
+    flat: &'a [u8],
+    spans: std::slice::Iter<'a, (usize, usize)>,
+}
+
+impl<'a> Iterator for Spans<'a> {
+    type Item = (SocketAddr, &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        let &(at, len) = self.spans.next()?;
+        Some((self.ep, &self.flat[at..at + len]))
+    }
+}
+
+async fn write_loop(
+    mut writer: impl AsyncWrite + Unpin,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) -> String {
+    let mut out = Vec::with_capacity(WRITE_BATCH);
+    while let Some(first) = rx.recv().await {
+        out.clear();
+        out.extend_from_slice(&first);
+        while out.len() < WRITE_BATCH
+            && let Ok(more) = rx.try_recv()
+        {
+            out.extend_from_slice(&more);
+        }
+        if let Err(e) = writer.write_all(&out).await {
+            return format!("write failed: {e}");
+        }
+        if let Err(e) = writer.flush().await {
+            return format!("flush failed: {e}");
+        }
+    }
+    "detached".into()
+}

@@ -1,0 +1,138 @@
+//! Two kwg devices in network namespaces carrying WireGuard over a TCP stream, and roaming
+//! between the stream and UDP on authenticated packets.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use kwg_wg::device::DeviceHandle;
+use kwg_wg::io::stream::is_stream_endpoint;
+use kwg_wg::keys::PrivateKey;
+
+fn endpoint_of(d: &NsDevice, key: &kwg_wg::keys::PublicKey) -> Option<SocketAddr> {
+    d.block_on(d.handle.peer_endpoint(key))
+}
+
+/// Accepts TCP on `b`'s 192.168.77.2:51820 and attaches every connection to `b`'s device.
+fn serve_tcp(ns: &Netns, d: &NsDevice) {
+    let listener = ns.run(|| std::net::TcpListener::bind("192.168.77.2:51820").unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let handle: DeviceHandle = d.handle.clone();
+    d.block_on(async move {
+        let l = tokio::net::TcpListener::from_std(listener).unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, from)) = l.accept().await {
+                kwg_wg::io::stream::set_stream_options(&s).unwrap();
+                handle.attach_stream(s, format!("tcp {from}")).unwrap();
+            }
+        });
+    });
+}
+
+#[test]
+fn datagrams_over_tcp_then_back_to_udp_without_losing_the_session() {
+    let link = Link::new();
+    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+    let (pa, pb) = (ka.public_key(), kb.public_key());
+    let a = NsDevice::start(&link.a, ka, 0, None);
+    let b = NsDevice::start(&link.b, kb, 51820, None);
+    link.a.addr_up(&a.ifname(), "10.70.0.1/24");
+    link.b.addr_up(&b.ifname(), "10.70.0.2/24");
+    serve_tcp(&link.b, &b);
+    // UDP from a to b is dropped: only the stream can carry the tunnel.
+    link.a.exec(&["nft", "add table inet t; add chain inet t o { type filter hook output priority 0; }; add rule inet t o udp dport 51820 drop"]);
+    a.block_on(
+        a.handle
+            .upsert_peer(peer(pb, Some("192.168.77.2:51820"), &["10.70.0.2/32"])),
+    )
+    .unwrap();
+    b.block_on(b.handle.upsert_peer(peer(pa, None, &["10.70.0.1/32"])))
+        .unwrap();
+    assert!(
+        !link.a.probe_until(&link.b, "10.70.0.2:7000", 2),
+        "UDP is blocked: no tunnel yet"
+    );
+
+    let tcp = link
+        .a
+        .run(|| std::net::TcpStream::connect("192.168.77.2:51820").unwrap());
+    tcp.set_nonblocking(true).unwrap();
+    let h = a.handle.clone();
+    let ep = a.block_on(async move {
+        let s = tokio::net::TcpStream::from_std(tcp).unwrap();
+        kwg_wg::io::stream::set_stream_options(&s).unwrap();
+        let ep = h.attach_stream(s, "tcp to b").unwrap();
+        h.pin_endpoint(&pb, ep).await.unwrap();
+        ep
+    });
+    assert!(is_stream_endpoint(&ep));
+    assert!(
+        link.a.probe_until(&link.b, "10.70.0.2:7000", 5),
+        "UDP inside the tunnel, over TCP"
+    );
+    assert!(tcp_transfer(
+        &link.a,
+        &link.b,
+        "10.70.0.2:5001".parse().unwrap(),
+        4 << 20
+    ));
+    let on_b = endpoint_of(&b, &pa).expect("b learned a's endpoint");
+    assert!(
+        is_stream_endpoint(&on_b),
+        "b answers over the stream: {on_b}"
+    );
+    let handshakes = a.block_on(a.handle.peers())[0].last_handshake;
+
+    // UDP unblocked: a handshake over UDP is answered over UDP (a stays pinned on the
+    // stream meanwhile), then a moves its pin to UDP and b follows on a's next packet.
+    link.a.exec(&["nft", "delete table inet t"]);
+    let udp: SocketAddr = "192.168.77.2:51820".parse().unwrap();
+    assert!(a.block_on(a.handle.probe(&pb, udp)).unwrap());
+    assert!(
+        wait_for(Duration::from_secs(5), || a
+            .handle
+            .heard_other(&pb)
+            .is_some_and(|(from, _)| from == udp)),
+        "the UDP probe was answered over UDP"
+    );
+    assert_eq!(
+        endpoint_of(&a, &pb),
+        Some(ep),
+        "pinned: a's endpoint did not move by itself"
+    );
+    a.block_on(a.handle.pin_endpoint(&pb, udp)).unwrap();
+    assert!(link.a.probe_until(&link.b, "10.70.0.2:7000", 3));
+    assert_eq!(
+        endpoint_of(&b, &pa).map(|e| e.ip().to_string()),
+        Some("192.168.77.1".into())
+    );
+    assert!(a.block_on(a.handle.peers())[0].last_handshake >= handshakes);
+    a.handle.close_stream(&ep);
+    assert!(!a.handle.stream_open(&ep));
+    assert!(
+        link.a.probe_until(&link.b, "10.70.0.2:7000", 3),
+        "still up over UDP"
+    );
+}
+
+#[test]
+fn a_junk_stream_is_dropped_and_the_device_keeps_serving() {
+    let link = Link::new();
+    let b = NsDevice::start(&link.b, PrivateKey::generate(), 51820, None);
+    serve_tcp(&link.b, &b);
+    // A 64 KiB frame of garbage, then a frame length beyond the limit: nothing breaks.
+    let ok = link.a.run(|| {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect("192.168.77.2:51820").unwrap();
+        let mut junk = vec![0xff, 0xff];
+        junk.extend(std::iter::repeat_n(0x01u8, 0xffff));
+        s.write_all(&junk).is_ok()
+    });
+    assert!(ok);
+    assert!(
+        wait_for(Duration::from_secs(3), || b.handle.streams() == 0),
+        "the junk stream ended"
+    );
+}
