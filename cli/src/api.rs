@@ -64,7 +64,8 @@ pub fn listen(path: &Path) -> Result<UnixListener, Error> {
 }
 
 /// Accepts clients until the receiver is gone: each is served on its own task (a client that
-/// sends nothing stalls only itself), its request bounded in size and time, only from root.
+/// sends nothing stalls only itself), its request bounded in size and time, only from the
+/// daemon's own user (root, or the user of a userspace-mode daemon).
 pub async fn serve(listener: UnixListener, to_loop: mpsc::Sender<Incoming>) {
     loop {
         let Ok((conn, _)) = listener.accept().await else {
@@ -81,6 +82,7 @@ pub async fn serve(listener: UnixListener, to_loop: mpsc::Sender<Incoming>) {
 
 async fn serve_one(conn: UnixStream, to_loop: mpsc::Sender<Incoming>) -> std::io::Result<()> {
     let uid = conn.peer_cred()?.uid();
+    let owner = nix::unistd::geteuid().as_raw();
     let mut reader = BufReader::new(conn).take(MAX_REQUEST);
     let mut line = String::new();
     let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
@@ -98,8 +100,12 @@ async fn serve_one(conn: UnixStream, to_loop: mpsc::Sender<Incoming>) -> std::io
                 env.version
             ),
         },
-        (_, Ok(_)) if uid != 0 => Reply::Error {
-            message: "only root may talk to the kwg daemon: run it with sudo".into(),
+        (_, Ok(_)) if uid != owner => Reply::Error {
+            message: match owner {
+                0 => "only root may talk to the kwg daemon: run it with sudo".into(),
+                // Userspace mode: the daemon runs as the user who joined.
+                _ => format!("only uid {owner}, who started this kwg daemon, may talk to it"),
+            },
         },
         (_, Ok(env)) => {
             let (tx, rx) = oneshot::channel();

@@ -11,7 +11,7 @@ use ipnet::IpNet;
     name = "kwg",
     version,
     about = "Join this machine to a Kubernetes cluster over WireGuard: cluster Services, Pods and DNS names become reachable, the rest of the machine's networking stays as it was.",
-    after_help = "State (key, what join changed) lives in $KWG_STATE_DIR (default /var/lib/kwg). Logs: KWG_LOG=debug."
+    after_help = "State (key, what join changed) lives in $KWG_STATE_DIR (default /var/lib/kwg for root, else $XDG_RUNTIME_DIR/kwg or /tmp/kwg-<uid>). Logs: KWG_LOG=debug."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -33,6 +33,12 @@ pub enum Command {
     /// Leave the cluster: restore DNS, remove routes and the interface, delete the peer Secret.
     /// Idempotent; also cleans up after a killed daemon.
     Leave(LeaveArgs),
+    /// Listen on 127.0.0.1:LOCAL_PORT and carry each connection to HOST:PORT in the cluster
+    /// (for clients that cannot use a proxy, e.g. a database client), until Ctrl-C.
+    Forward(ForwardArgs),
+    /// Run CMD with ALL_PROXY, HTTP_PROXY, HTTPS_PROXY (and lower-case) and NO_PROXY set to
+    /// the userspace proxy, so it reaches the cluster (nothing is set with the TUN path).
+    Exec(ExecArgs),
     /// As a cluster admin: create a ServiceAccount bound to the kwg-user roles and print a
     /// kubeconfig with a token of --duration for it (a CI secret).
     CiCredentials(crate::credentials::CiCredentialsArgs),
@@ -133,6 +139,21 @@ pub struct JoinArgs {
     /// Tunnel interface name.
     #[arg(long, default_value = "kwg0")]
     pub interface: String,
+    /// Userspace mode: no interface, routes, DNS or firewall changes and no privilege; the
+    /// cluster is reached through a SOCKS5/HTTP proxy on --proxy-listen (see kwg exec, kwg
+    /// forward). Chosen by itself without root/CAP_NET_ADMIN or /dev/net/tun.
+    #[arg(long, conflicts_with = "tun")]
+    #[serde(default)]
+    pub userspace: bool,
+    /// Require the tunnel interface: fail without root/CAP_NET_ADMIN instead of falling back
+    /// to --userspace.
+    #[arg(long)]
+    #[serde(default)]
+    pub tun: bool,
+    /// The userspace proxy's address (SOCKS5 and HTTP on one port).
+    #[arg(long, default_value = crate::userspace::DEFAULT_PROXY)]
+    #[serde(default = "default_proxy")]
+    pub proxy_listen: std::net::SocketAddr,
     /// Stay in the foreground (the daemon runs in this process until Ctrl-C).
     #[arg(long)]
     pub foreground: bool,
@@ -166,6 +187,31 @@ pub struct PeersArgs {
 pub struct LeaveArgs {
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Format,
+}
+
+fn default_proxy() -> std::net::SocketAddr {
+    crate::userspace::DEFAULT_PROXY
+        .parse()
+        .expect("a socket address")
+}
+
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
+    /// LOCAL_PORT:HOST:PORT, e.g. 5432:db.prod:5432 (HOST a cluster name or IP).
+    #[arg(value_name = "LOCAL_PORT:HOST:PORT")]
+    pub spec: crate::userspace::client::ForwardSpec,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The command and its arguments (after --).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

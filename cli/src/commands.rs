@@ -21,9 +21,11 @@ const CAP_NET_ADMIN: u32 = 12;
 
 /// Whether this process may create interfaces and routes.
 pub fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
+    nix::unistd::geteuid().is_root() || has_cap_net_admin()
+}
+
+/// Whether CAP_NET_ADMIN is in this process's effective capabilities.
+pub fn has_cap_net_admin() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -44,9 +46,17 @@ fn say(format: Format, line: &str) {
 
 /// `kwg join`: starts the daemon (or runs it here with --foreground) and waits until it is
 /// connected or failed.
-pub async fn join(args: JoinArgs, dir: StateDir) -> Result<(), Error> {
-    if !privileged() {
-        return Err(Error::NotPrivileged);
+pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
+    let facts = crate::userspace::ModeFacts::probe();
+    match crate::userspace::choose(args.userspace, args.tun, facts, args.proxy_listen) {
+        (crate::userspace::Mode::Userspace, why) => {
+            args.userspace = true;
+            if let Some(why) = why {
+                eprintln!("{why}");
+            }
+        }
+        _ if !privileged() => return Err(Error::NotPrivileged),
+        _ => {}
     }
     let started = Instant::now();
     dir.create()?;

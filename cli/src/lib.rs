@@ -16,6 +16,7 @@ pub mod reach;
 pub mod routes;
 pub mod session;
 pub mod state;
+pub mod userspace;
 pub mod wait;
 
 pub use error::Error;
@@ -44,6 +45,8 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Peers(a) => commands::peers(a, dir).await.map(|()| 0),
         Command::Leave(a) => commands::leave(a, dir).await.map(|()| 0),
         Command::CiCredentials(a) => credentials::run(a).await.map(|()| 0),
+        Command::Forward(a) => userspace::client::forward(a.spec, dir).await.map(|()| 0),
+        Command::Exec(a) => userspace::client::exec(&a.command, dir).map(|()| 0),
         Command::Doctor(a) => doctor::run(a, dir).await,
         Command::Daemon(a) => commands::daemon(&a.spec, dir).await.map(|()| 0),
     }

@@ -19,19 +19,20 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/kwg";
 pub struct StateDir(pub PathBuf);
 
 impl StateDir {
-    /// `$KWG_STATE_DIR` or [`DEFAULT_STATE_DIR`].
+    /// `$KWG_STATE_DIR`; else [`DEFAULT_STATE_DIR`] for root, and for other users (userspace
+    /// mode) their runtime directory: `$XDG_RUNTIME_DIR/kwg`, or `/tmp/kwg-<uid>`.
     pub fn from_env() -> Self {
-        StateDir(
-            std::env::var_os("KWG_STATE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
-        )
+        let explicit = std::env::var_os("KWG_STATE_DIR").map(PathBuf::from);
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+        let uid = nix::unistd::geteuid();
+        StateDir(default_dir(explicit, uid.is_root(), runtime, uid.as_raw()))
     }
 
-    /// Creates the directory, readable by root only (it holds the private key and the
-    /// control socket).
+    /// Creates the directory, readable by its owner only (it holds the private key and the
+    /// control socket), and checks an existing one is this user's and closed to others (a
+    /// directory in /tmp may have been made by someone else first).
     pub fn create(&self) -> Result<(), Error> {
-        use std::os::unix::fs::DirBuilderExt;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -41,7 +42,19 @@ impl StateDir {
                     format!("create the state directory {}", self.0.display()),
                     e,
                 )
-            })
+            })?;
+        let meta = std::fs::symlink_metadata(&self.0)
+            .map_err(|e| Error::io(format!("inspect {}", self.0.display()), e))?;
+        let uid = nix::unistd::geteuid().as_raw();
+        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+            return Err(Error::invalid(
+                format!("state directory {}", self.0.display()),
+                format!(
+                    "it must be a directory of uid {uid} that only its owner can open (mode 0700): remove it, or set KWG_STATE_DIR"
+                ),
+            ));
+        }
+        Ok(())
     }
     pub fn key(&self) -> PathBuf {
         self.0.join("private.key")
@@ -64,6 +77,21 @@ impl StateDir {
     }
     pub fn log(&self) -> PathBuf {
         self.0.join("daemon.log")
+    }
+}
+
+/// The state directory when `$KWG_STATE_DIR` is not set.
+fn default_dir(
+    explicit: Option<PathBuf>,
+    root: bool,
+    runtime: Option<PathBuf>,
+    uid: u32,
+) -> PathBuf {
+    match (explicit, root, runtime) {
+        (Some(d), _, _) => d,
+        (None, true, _) => PathBuf::from(DEFAULT_STATE_DIR),
+        (None, false, Some(r)) if r.is_absolute() => r.join("kwg"),
+        (None, false, _) => PathBuf::from(format!("/tmp/kwg-{uid}")),
     }
 }
 
@@ -121,6 +149,9 @@ pub enum Undo {
     /// Put the original resolv.conf back from its backup, if the file is still kwg's.
     #[serde(rename_all = "camelCase")]
     RestoreResolvConf { path: PathBuf, backup: PathBuf },
+    /// Stop the userspace tunnel and its proxy (in the daemon only: they die with it).
+    #[serde(rename_all = "camelCase")]
+    StopProxy { listen: SocketAddr },
 }
 
 /// Everything `join` did, written before each change is made.
@@ -143,6 +174,9 @@ pub struct State {
     pub routes: Vec<PlannedRoute>,
     pub dns: Option<DnsState>,
     pub daemon_pid: Option<u32>,
+    /// Userspace mode: the SOCKS5/HTTP proxy (no interface, routes or DNS changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<SocketAddr>,
     pub joined_at: DateTime<Utc>,
     pub ttl_secs: u64,
     /// What undoes each change made so far, oldest first.
@@ -234,6 +268,7 @@ pub(crate) mod tests {
             routes: vec![],
             dns: None,
             daemon_pid: Some(std::process::id()),
+            proxy: None,
             joined_at: "2026-01-01T00:00:00Z".parse().unwrap(),
             ttl_secs: 3600,
             undo: vec![Undo::DeletePeer {
@@ -251,6 +286,45 @@ pub(crate) mod tests {
             routes: Vec::new(),
             ..sample()
         }
+    }
+
+    #[test]
+    fn users_other_than_root_keep_state_in_their_runtime_directory() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            default_dir(p("/x"), false, p("/run/user/1000"), 1000),
+            PathBuf::from("/x")
+        );
+        assert_eq!(
+            default_dir(None, true, p("/run/user/0"), 0),
+            PathBuf::from(DEFAULT_STATE_DIR)
+        );
+        assert_eq!(
+            default_dir(None, false, p("/run/user/1000"), 1000),
+            PathBuf::from("/run/user/1000/kwg")
+        );
+        assert_eq!(
+            default_dir(None, false, p("relative"), 1000),
+            PathBuf::from("/tmp/kwg-1000")
+        );
+        assert_eq!(
+            default_dir(None, false, None, 1000),
+            PathBuf::from("/tmp/kwg-1000")
+        );
+    }
+
+    #[test]
+    fn a_state_directory_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir(dir.path().join("kwg"));
+        sd.create().unwrap();
+        std::fs::set_permissions(&sd.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = sd.create().unwrap_err().to_string();
+        assert!(
+            e.contains("mode 0700") && e.contains("KWG_STATE_DIR"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -52,6 +52,8 @@ struct Driver {
     kube: Option<Kube>,
     key: Option<PrivateKey>,
     device: Option<Device>,
+    /// Userspace mode's stack and proxy (the device is `device`).
+    userspace: Option<crate::userspace::Userspace>,
     forwarder: Option<Forwarder>,
     resolved: Option<crate::dns::resolved::Resolved>,
     watch: Option<tokio::task::JoinHandle<()>>,
@@ -97,6 +99,7 @@ pub async fn run(
         routes: Vec::new(),
         dns: None,
         daemon_pid: Some(std::process::id()),
+        proxy: None,
         joined_at: chrono::Utc::now(),
         ttl_secs: args.ttl.as_secs(),
         undo: Vec::new(),
@@ -114,6 +117,7 @@ pub async fn run(
         kube: None,
         key: None,
         device: None,
+        userspace: None,
         forwarder: None,
         resolved: None,
         watch: None,
@@ -246,6 +250,7 @@ impl Driver {
                 long(exec::wait_tunnel_ip(self.kube(), namespace, secret))
             }
             Action::CreateDevice { name } => self.create_device(name).await,
+            Action::StartUserspace(setup) => self.start_userspace(*setup).await,
             Action::ConfigureNetwork {
                 name,
                 address,
@@ -308,9 +313,15 @@ impl Driver {
                 };
                 event(r, Event::ResolvedReverted)
             }
-            Action::AwaitHandshake { gateway, poke } => {
-                long(exec::await_handshake(self.handle(), gateway, poke))
-            }
+            Action::AwaitHandshake { gateway, poke } => match &self.userspace {
+                Some(u) => long(crate::userspace::await_handshake(
+                    self.handle(),
+                    u.connector(),
+                    gateway,
+                    poke,
+                )),
+                None => long(exec::await_handshake(self.handle(), gateway, poke)),
+            },
             Action::Rebind { gateway } => quiet(exec::rebind(&self.handle(), gateway).await),
             Action::ReadStats => {
                 let p = self.handle().peers().await.into_iter().next();
@@ -319,7 +330,17 @@ impl Driver {
                     rx_bytes: p.as_ref().map_or(0, |p| p.rx_bytes),
                 })
             }
-            Action::ProbeDns { server, name } => long(exec::dns_answers(server, name)),
+            Action::ProbeDns { server, name } => match &self.userspace {
+                Some(u) => long(crate::userspace::dns_answers(u.connector(), server, name)),
+                None => long(exec::dns_answers(server, name)),
+            },
+            // Userspace mode has no interface: its stack reaches the subnets of the setup.
+            Action::SetRoutes { .. } | Action::ChangeAddress { .. } if self.userspace.is_some() => {
+                tracing::warn!(
+                    "the gateway's subnets or tunnel address changed: userspace mode keeps the old ones until the next join"
+                );
+                Started::Nothing
+            }
             Action::RenewLease {
                 namespace,
                 secret,
@@ -367,6 +388,19 @@ impl Driver {
         }
     }
 
+    async fn start_userspace(&mut self, setup: crate::userspace::Setup) -> Started {
+        let key = self.key.clone().expect("key loaded");
+        match crate::userspace::Userspace::start(key, &self.args.interface, setup).await {
+            Ok((device, u)) => {
+                let listen = u.listen;
+                self.device = Some(device);
+                self.userspace = Some(u);
+                Started::Now(Event::UserspaceStarted(listen))
+            }
+            Err(e) => Started::Now(Event::Failed(e)),
+        }
+    }
+
     fn finished(&mut self, done: Done) -> Event {
         match done {
             Done::Event(e) => e,
@@ -395,6 +429,17 @@ impl Driver {
                         Err(e) => Event::UndoFailed(e.into()),
                     };
                 }
+            }
+            Undo::StopProxy { listen } => {
+                if let Some(u) = self.userspace.take() {
+                    u.stop();
+                }
+                if let Some(d) = self.device.take()
+                    && let Err(e) = d.shutdown().await
+                {
+                    tracing::warn!(error = %e, "stopping the device");
+                }
+                return Event::Undone(Some(format!("the userspace tunnel and proxy on {listen}")));
             }
             Undo::DeleteInterface { name, .. } => {
                 if let Some(d) = self.device.take() {

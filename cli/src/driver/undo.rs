@@ -37,7 +37,7 @@ pub async fn undo_step(u: &Undo, kube: Option<&Kube>) -> Result<Option<String>, 
                 .await?
                 .then(|| format!("routes and interface {name}")))
         }
-        Undo::StopForwarder => Ok(None),
+        Undo::StopForwarder | Undo::StopProxy { .. } => Ok(None),
         Undo::RemoveFirewall { table } => Ok(super::firewall::remove(table)
             .await?
             .then(|| format!("firewall table {table}"))),

@@ -14,6 +14,7 @@ mod teardown;
 mod tests;
 pub mod trust;
 mod types;
+mod userspace;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -251,8 +252,11 @@ impl Session {
                 if let Err(e) = trust::check_tunnel_ip(ip, &plan.info, &plan.machine_addresses) {
                     return self.fail(e);
                 }
-                let name = self.args.interface.clone();
                 self.journal(|s| s.tunnel_ip = Some(ip));
+                if self.args.userspace {
+                    return self.start_userspace(ip);
+                }
+                let name = self.args.interface.clone();
                 self.record(Undo::DeleteInterface {
                     name: name.clone(),
                     ifindex: None,
@@ -291,6 +295,9 @@ impl Session {
                 );
             }
             (Phase::InstallingFirewall, Event::FirewallInstalled) => self.network_configured(now),
+            (Phase::CreatingDevice, Event::UserspaceStarted(proxy)) => {
+                self.userspace_started(proxy, now)
+            }
             (Phase::StartingDns, Event::ForwarderStarted(addr)) => self.forwarder_started(addr),
             (Phase::WritingResolvConf, Event::ResolvConfWritten) => self.verify(now),
             (Phase::ConfiguringResolved, Event::ResolvedConfigured) => self.verify(now),
@@ -387,7 +394,7 @@ impl Session {
         }
     }
 
-    fn verify(&mut self, now: Instant) {
+    pub(super) fn verify(&mut self, now: Instant) {
         let plan = self.plan.as_ref().expect("planned");
         let poke = match plan.cluster_dns {
             Some(dns) => dns,

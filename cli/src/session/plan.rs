@@ -143,7 +143,8 @@ pub fn plan(
     backup: PathBuf,
     lease_expires: chrono::DateTime<chrono::Utc>,
 ) -> Result<Plan, Error> {
-    if facts.interface_exists {
+    // Userspace mode creates no interface and adds no routes: neither can conflict.
+    if facts.interface_exists && !args.userspace {
         return Err(Error::InterfaceExists {
             name: args.interface.clone(),
         });
@@ -172,12 +173,14 @@ pub fn plan(
         &args.include_suffixes,
     )?;
     let routes = plan_routes(args, info);
-    routes::check_conflicts(
-        &routes,
-        &facts.machine_routes,
-        &args.interface,
-        &args.allow_conflicting_subnets,
-    )?;
+    if !args.userspace {
+        routes::check_conflicts(
+            &routes,
+            &facts.machine_routes,
+            &args.interface,
+            &args.allow_conflicting_subnets,
+        )?;
+    }
     let peer = PeerSpec {
         name: peer_name(args, &facts.hostname)?,
         public_key: facts.public_key,
@@ -314,6 +317,8 @@ fn plan_dns(
     };
     let search = split.search_domains();
     let use_resolved = match (&facts.resolved, args.dns_mode) {
+        // Userspace mode changes no resolver: the proxy asks the forwarder's sources itself.
+        _ if args.userspace => false,
         (Resolved::Managed, DnsMode::Auto | DnsMode::Resolved) => true,
         (Resolved::NotManaged(reason), DnsMode::Resolved) => {
             return Err(Error::ResolvedUnavailable {

@@ -13,6 +13,7 @@ use crate::state::Undo;
 
 mod dns;
 mod serving;
+mod userspace;
 
 const INFO: &str = r#"{"version":1,"publicKey":"KEY","endpoints":["192.0.2.1:31820"],
 "tunnelCidr":"100.77.0.0/16","gatewayIp":"100.77.0.1","serviceCidrs":["10.96.0.0/12"],
@@ -99,6 +100,7 @@ fn undo_name(u: &Undo) -> &'static str {
         } => "DeleteInterface(created)",
         Undo::DeleteInterface { ifindex: None, .. } => "DeleteInterface(not created)",
         Undo::StopForwarder => "StopForwarder",
+        Undo::StopProxy { .. } => "StopProxy",
         Undo::RestoreResolvConf { .. } => "RestoreResolvConf",
         Undo::RevertLink { .. } => "RevertLink",
         Undo::RemoveFirewall { .. } => "RemoveFirewall",

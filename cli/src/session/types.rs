@@ -29,6 +29,9 @@ pub enum Action {
     WaitTunnelIp { namespace: String, secret: String },
     /// Create the WireGuard TUN device (`DeviceCreated`).
     CreateDevice { name: String },
+    /// Userspace mode instead of the device, network, firewall and DNS steps: the device on
+    /// a packet channel, the userspace stack and the proxy (`UserspaceStarted`).
+    StartUserspace(Box<crate::userspace::Setup>),
     /// Interface up, its address, the routes and the gateway peer (`NetworkConfigured`).
     ConfigureNetwork {
         name: String,
@@ -114,6 +117,8 @@ pub enum Event {
         ifindex: u32,
     },
     NetworkConfigured,
+    /// The userspace tunnel runs; its proxy listens here.
+    UserspaceStarted(SocketAddr),
     FirewallInstalled,
     ForwarderStarted(SocketAddr),
     ResolvConfWritten,
