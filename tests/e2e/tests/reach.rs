@@ -97,6 +97,13 @@ fn answers(l: &Laptop, user: &str, url: &str) -> bool {
         .success()
 }
 
+/// The namespaces `kwg status -o json` says the gateway forwards this laptop to.
+fn reachable(l: &Laptop, user: &str) -> Result<Vec<String>> {
+    let out = l.run_as(user, &["kwg", "status", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(serde_json::from_value(json["reach"]["namespaces"].clone()).unwrap_or_default())
+}
+
 fn svc_ip(c: &Cluster, ns: &str, name: &str) -> Result<String> {
     let jp = "jsonpath={.spec.clusterIP}";
     Ok(c.kubectl_admin(&["-n", ns, "get", "svc", name, "-o", jp])?)
@@ -126,6 +133,14 @@ fn a_view_only_user_reaches_its_namespace_and_what_a_new_binding_grants() -> Res
         text(&join.stdout),
         text(&join.stderr)
     );
+    // The join names the mapped namespace the gateway will not forward to, and only that one.
+    let said = text(&join.stderr);
+    assert!(
+        said.contains("Namespace default is not reachable") && said.contains("--clusterrole=view"),
+        "{said}"
+    );
+    assert!(!said.contains("Namespace emojivoto is not"), "{said}");
+    assert_eq!(reachable(&l, &sa)?, ["emojivoto"]);
     let (web, echo) = (
         svc_ip(&c, "emojivoto", "web-app")?,
         svc_ip(&c, "default", "echo")?,
@@ -140,6 +155,18 @@ fn a_view_only_user_reaches_its_namespace_and_what_a_new_binding_grants() -> Res
     assert!(!answers(&l, &sa, &format!("http://{echo_pod}:8080/")));
     let after = drops(&c, "rbac")?;
     assert!(after > before, "drops {before} -> {after}");
+    // `kwg status` shows the same reach and the drops (as the gateway holding the session counts them).
+    let status = l.run_as(&sa, &["kwg", "status"]);
+    let line = text(&status.stdout);
+    let line = line
+        .lines()
+        .find(|l| l.starts_with("Reachable ns"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(line.contains(": emojivoto ("), "{line}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&l.run_as(&sa, &["kwg", "status", "-o", "json"]).stdout)?;
+    assert!(json["reach"]["droppedPackets"].as_u64() > Some(0), "{json}");
 
     // A RoleBinding in `default` opens it without re-joining; deleting it closes it again.
     let grant = binding(&sa, "default", "ClusterRole", "view");
@@ -152,6 +179,9 @@ fn a_view_only_user_reaches_its_namespace_and_what_a_new_binding_grants() -> Res
         || Ok(answers(&l, &sa, &url).then_some(())),
     )?;
     eprintln!("RoleBinding took effect in {:?}", granted_at.elapsed());
+    wait_for("kwg status lists default", Duration::from_secs(10), || {
+        Ok((reachable(&l, &sa)? == ["default", "emojivoto"]).then_some(()))
+    })?;
     assert!(text(&l.curl("echo.default").stdout).contains("Echo"));
     c.kubectl_admin(&[
         "-n",
@@ -169,6 +199,9 @@ fn a_view_only_user_reaches_its_namespace_and_what_a_new_binding_grants() -> Res
         answers(&l, &sa, &format!("http://{web}/")),
         "emojivoto still reachable"
     );
+    wait_for("kwg status drops default", Duration::from_secs(10), || {
+        Ok((reachable(&l, &sa)? == ["emojivoto"]).then_some(()))
+    })?;
     Ok(())
 }
 
