@@ -33,6 +33,14 @@ pub enum GatewayError {
         "cannot enable IPv4 forwarding: {0} (run the pod with NET_ADMIN and a writable /proc/sys/net)"
     )]
     Forwarding(std::io::Error),
+    #[error(
+        "cannot listen on TCP port {port} for WireGuard over TCP: {source} (another process holds it: choose another --listen-port)"
+    )]
+    TcpBind {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("admin HTTP server on {addr}: {source}")]
     Admin {
         addr: std::net::SocketAddr,

@@ -4,7 +4,7 @@
 //! [`nft`] (the firewall ruleset), [`reach`] (who reaches what), [`discovery`]'s parsers, [`metrics`] rendering,
 //! [`peer_object`] (Secrets as the reflector store keeps them), [`election`] (leader election).
 //! I/O edges: [`kube_io`] (watcher, patches, Events, key, info), [`discovery_watch`] (watchers
-//! keeping discovery current), [`reach_watch`] (reach by RBAC: reviews, nftables elements), [`leader`] (the Lease), [`net`] (device, interface, nftables), [`admin`] (HTTP), tied
+//! keeping discovery current), [`reach_watch`] (reach by RBAC: reviews, nftables elements), [`leader`] (the Lease), [`net`] (device, interface, nftables), [`tcp`] (WireGuard over TCP), [`admin`] (HTTP), tied
 //! together by [`run`].
 
 pub mod admin;
@@ -24,6 +24,7 @@ pub mod peer_object;
 pub mod reach;
 pub mod reach_watch;
 mod run;
+pub mod tcp;
 
 pub use config::Config;
 pub use error::GatewayError;

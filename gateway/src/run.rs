@@ -56,6 +56,7 @@ pub async fn run(
     net::nft_apply(&nft::render(&closed))?;
     net::enable_forwarding()?;
     let device = net::start_device(&cfg, key, gateway_ip).await?;
+    let tcp = crate::tcp::bind(cfg.listen_port)?;
     tracing::info!(interface = %cfg.interface, %gateway_ip, port = cfg.listen_port, key = %public_key.short(), "tunnel up");
 
     let token = CancellationToken::new();
@@ -86,6 +87,7 @@ pub async fn run(
             token.cancel();
         }
     });
+    tokio::spawn(crate::tcp::serve(tcp, device.handle(), token.clone()));
     let (leader_tx, leader_rx) = watch::channel(false);
     let election = tokio::spawn(crate::leader::run(
         client.clone(),

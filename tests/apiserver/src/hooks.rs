@@ -1,5 +1,7 @@
 //! Kind-specific defaulting and validation on writes (everything else is generic).
 
+use std::collections::HashMap;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ipnet::IpNet;
@@ -189,6 +191,9 @@ fn service(
     let mut errs = Vec::new();
     // Ports: protocol and targetPort defaults, NodePorts kept from the old object or allocated.
     let wants_node_ports = ty == "NodePort" || ty == "LoadBalancer";
+    // As the real allocator (registry/core/service/storage/alloc.go, allocNodePorts): ports
+    // with the same port number (TCP and UDP of one service, e.g. DNS) share one NodePort.
+    let mut by_port: HashMap<i64, u16> = HashMap::new();
     for (i, p) in spec["ports"]
         .as_array_mut()
         .into_iter()
@@ -212,8 +217,12 @@ fn service(
                 .find(|op| op["port"] == p["port"] && op["protocol"] == p["protocol"])?["nodePort"]
                 .as_i64()
         });
+        let port = p["port"].as_i64().unwrap_or_default();
+        let shared = by_port.get(&port).copied();
         match p["nodePort"].as_i64() {
             Some(np) if Some(np) == kept => {}
+            Some(np) if shared.is_some_and(|s| i64::from(s) == np) => {}
+            None if shared.is_some() => p["nodePort"] = json!(shared),
             Some(np) => match check_node_port(i, np, &used_ports) {
                 Ok(np) => {
                     used_ports.insert(np);
@@ -229,6 +238,9 @@ fn service(
                     p["nodePort"] = json!(np);
                 }
             }
+        }
+        if let Some(np) = p["nodePort"].as_i64().and_then(|n| u16::try_from(n).ok()) {
+            by_port.entry(port).or_insert(np);
         }
     }
     if ty == "ExternalName" {

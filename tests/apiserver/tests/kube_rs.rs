@@ -290,6 +290,26 @@ async fn validation_messages_and_dry_run() {
         e.message,
         "Service \"gw3\" is invalid: spec.ports[0].nodePort: Invalid value: 31820: provided port is already allocated"
     );
+    // TCP and UDP of one port number share a NodePort, requested or allocated (alloc.go).
+    let both = |name: &str, port: Option<u16>| -> Service {
+        let mut s = np(name, port);
+        let mut tcp = s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].clone();
+        tcp.name = Some("tcp".into());
+        tcp.protocol = Some("TCP".into());
+        let ports = s.spec.as_mut().unwrap().ports.as_mut().unwrap();
+        ports[0].name = Some("udp".into());
+        ports.push(tcp);
+        s
+    };
+    for (name, req) in [("gw4", Some(31821)), ("gw5", None)] {
+        let s = svcs
+            .create(&PostParams::default(), &both(name, req))
+            .await
+            .unwrap();
+        let ports = s.spec.unwrap().ports.unwrap();
+        assert!(ports[0].node_port.is_some());
+        assert_eq!(ports[0].node_port, ports[1].node_port, "{name}");
+    }
 
     // Names.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");

@@ -26,6 +26,10 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
 const QUEUE: usize = 256;
 /// Bytes gathered into one write.
 const WRITE_BATCH: usize = 256 * 1024;
+/// A stream silent this long is closed: no WireGuard session outlives it without traffic
+/// (Reject-After-Time, 180 s, WireGuard paper §6.1), and it bounds what a connection that
+/// never authenticates can hold.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(180);
 /// Bytes asked of one read.
 const READ_BUF: usize = 64 * 1024;
 
@@ -150,10 +154,11 @@ async fn read_loop(shared: &Shared, ep: SocketAddr, mut reader: impl AsyncRead +
     let mut flat: Vec<u8> = Vec::with_capacity(READ_BUF);
     let mut spans: Vec<(usize, usize)> = Vec::new();
     loop {
-        let n = match reader.read(&mut buf).await {
-            Ok(0) => return "closed by the other side".into(),
-            Ok(n) => n,
-            Err(e) => return format!("read failed: {e}"),
+        let n = match tokio::time::timeout(IDLE, reader.read(&mut buf)).await {
+            Err(_) => return format!("nothing received for {} s", IDLE.as_secs()),
+            Ok(Ok(0)) => return "closed by the other side".into(),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return format!("read failed: {e}"),
         };
         decoder.push(&buf[..n]);
         flat.clear();
