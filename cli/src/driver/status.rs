@@ -39,6 +39,7 @@ pub fn status_from_state(state: &State, connected: bool) -> Status {
         subnets: state.routes.clone(),
         lease: None,
         reach: None,
+        transport: None,
     }
 }
 
@@ -64,6 +65,7 @@ pub fn joining(args: &JoinArgs) -> Status {
         subnets: Vec::new(),
         lease: None,
         reach: None,
+        transport: None,
     }
 }
 

@@ -15,6 +15,7 @@ pub use info::{Endpoint, GatewayInfo, GatewayPeer};
 pub use peer::{PeerSpec, format_lease, parse_lease};
 pub use status::LeaseStatus;
 pub use status::{DnsStatus, PlannedRoute, ReachStatus, RouteSource, Status};
+pub use status::{PathFailure, TransportStatus};
 pub use types::{PeerName, TunnelIp};
 
 use std::collections::BTreeMap;

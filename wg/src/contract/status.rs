@@ -45,6 +45,10 @@ pub struct Status {
     /// decided yet, or an older gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reach: Option<ReachStatus>,
+    /// How the tunnel reaches the gateway (UDP, TCP or the API server) and why better paths
+    /// failed; absent from an older daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<TransportStatus>,
 }
 
 impl Status {
@@ -87,8 +91,37 @@ impl Status {
             ],
             lease: None,
             reach: None,
+            transport: None,
         }
     }
+}
+
+/// The `transport` part of [`Status`]: the path WireGuard's datagrams take to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransportStatus {
+    /// `kwg join --transport`: `auto`, `udp`, `tcp` or `api-server`.
+    pub mode: String,
+    /// The path in use: `udp`, `tcp` or `api-server`; `None` until a handshake completed on
+    /// one.
+    pub path: Option<String>,
+    /// Where that path goes, e.g. `udp 192.0.2.1:31820`.
+    pub endpoint: Option<String>,
+    /// Better paths than the one in use that failed, best first, with why.
+    pub failed: Vec<PathFailure>,
+    /// When better paths are tried again (mode `auto` on a stream path).
+    pub next_probe: Option<DateTime<Utc>>,
+}
+
+/// A path that did not work, in [`TransportStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PathFailure {
+    pub path: String,
+    /// One sentence, e.g. `no answer to a handshake over UDP within 3 s`.
+    pub reason: String,
+    /// When it last failed.
+    pub at: DateTime<Utc>,
 }
 
 /// A peer's reach as the gateway enforces it (`reach` of [`Status`] and of the gateway's
