@@ -163,6 +163,18 @@ pub async fn await_handshake(handle: DeviceHandle, gateway: PeerConfig, poke: So
     }
 }
 
+/// A new handshake initiation to the gateway's current endpoint from the current socket (the
+/// session stays until the answer replaces it).
+pub async fn rehandshake(handle: &DeviceHandle, gateway: PeerConfig) -> Result<(), Error> {
+    let key = gateway.public_key;
+    let endpoint = handle.peer_endpoint(&key).await.or(gateway.endpoint);
+    if let Some(ep) = endpoint {
+        handle.probe(&key, ep).await?;
+        tracing::info!(%ep, "sent a new handshake initiation");
+    }
+    Ok(())
+}
+
 /// A fresh UDP source port and a new handshake: a stale conntrack/NAT entry for the old
 /// 5-tuple (made before the NodePort was programmed) would swallow every retry.
 pub async fn rebind(handle: &DeviceHandle, gateway: PeerConfig) -> Result<(), Error> {

@@ -323,6 +323,9 @@ impl Driver {
                 None => long(exec::await_handshake(self.handle(), gateway, poke)),
             },
             Action::Rebind { gateway } => quiet(exec::rebind(&self.handle(), gateway).await),
+            Action::Rehandshake { gateway } => {
+                quiet(exec::rehandshake(&self.handle(), gateway).await)
+            }
             Action::ReadStats => {
                 let p = self.handle().peers().await.into_iter().next();
                 Started::Now(Event::Stats {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use kwg_wg::contract::{GatewayInfo, LeaseStatus};
 
-use super::health::Health;
+use super::health::{Health, Verdict};
 use super::{
     Action, Event, LeaseFailure, Phase, RENEW_BACKOFF, RENEW_CONFLICT_RETRY, Session, plan,
 };
@@ -21,18 +21,29 @@ impl Session {
         self.actions.push_back(Action::Ready);
     }
 
-    /// The device's counters: a stalled session gets a new handshake from a fresh port.
+    /// The device's counters: a stalled session gets a new handshake, then one from a fresh
+    /// port when that goes unanswered.
     pub(super) fn stats(&mut self, tx: u64, rx: u64, now: Instant) {
         let Some(h) = self.health.as_mut() else {
             return;
         };
-        if h.observe(tx, rx, now) {
+        let verdict = h.observe(tx, rx, now);
+        if verdict == Verdict::Fine {
+            return;
+        }
+        let gateway = self.plan.as_ref().expect("planned").gateway.clone();
+        if verdict == Verdict::Rebind {
+            tracing::warn!(
+                restarts = h.restarts,
+                "the new handshake went unanswered too: rebinding the UDP port"
+            );
+            self.actions.push_back(Action::Rebind { gateway });
+        } else {
             tracing::warn!(
                 restarts = h.restarts,
                 "packets to the gateway go unanswered: starting a new handshake"
             );
-            let gateway = self.plan.as_ref().expect("planned").gateway.clone();
-            self.actions.push_back(Action::Rebind { gateway });
+            self.actions.push_back(Action::Rehandshake { gateway });
         }
     }
 

@@ -65,6 +65,9 @@ pub enum Action {
         gateway: PeerConfig,
         poke: SocketAddr,
     },
+    /// Send the gateway a new handshake initiation on the current socket (any replica
+    /// answers it).
+    Rehandshake { gateway: PeerConfig },
     /// Move to a fresh UDP port and restart the handshake with the gateway.
     Rebind { gateway: PeerConfig },
     /// Ask the cluster DNS through the tunnel until it answers `name` (long; `DnsAnswered`).

@@ -187,9 +187,9 @@ fn a_failed_undo_step_stays_in_the_journal_for_the_next_leave() {
 fn a_session_whose_packets_go_unanswered_gets_a_new_handshake() {
     let mut r = serving(&[]);
     let (mut tx, rx) = (1000u64, 1000u64);
-    let mut rebinds = Vec::new();
+    let mut restarts = Vec::new();
     let start = r.now;
-    for _ in 0..20 {
+    for _ in 0..50 {
         // A curl loop into a dead session: only sending.
         tx += 100;
         r.advance(health::CHECK_EVERY);
@@ -199,15 +199,60 @@ fn a_session_whose_packets_go_unanswered_gets_a_new_handshake() {
                 rx_bytes: rx,
             }))
         });
-        if r.take_log().contains(&"Rebind".to_string()) {
-            rebinds.push((r.now - start).as_millis());
+        for a in r.take_log() {
+            if a == "Rehandshake" || a == "Rebind" {
+                restarts.push((a, (r.now - start).as_millis()));
+            }
         }
     }
-    // The first read (250 ms) sets the baseline, sending is seen from the second (500 ms);
-    // 1.5 s later the session counts as dead, then again every 3 s.
-    assert_eq!(rebinds, [2000, 5000]);
-    assert_eq!(r.s.restarts(), 2);
+    // The first read (100 ms) sets the baseline, sending is seen from the second (200 ms);
+    // 500 ms later a handshake on the current socket; unanswered, a new streak: 600 ms later
+    // a new port, then handshakes every 600 ms and a new port at most every 3 s.
+    let at = |name: &str| -> Vec<u128> {
+        restarts
+            .iter()
+            .filter(|(a, _)| a == name)
+            .map(|(_, t)| *t)
+            .collect()
+    };
+    assert_eq!(restarts[0], ("Rehandshake".to_string(), 700));
+    assert_eq!(at("Rebind"), [1300, 4300]);
+    assert_eq!(at("Rehandshake")[..2], [700, 1900]);
+    assert_eq!(r.s.restarts() as usize, restarts.len());
     assert_eq!(r.s.phase(), Phase::Serving);
+}
+
+#[test]
+fn a_handshake_a_live_replica_answers_ends_the_stall_on_the_same_port() {
+    let mut r = serving(&[]);
+    let (mut tx, mut rx) = (1000u64, 1000u64);
+    let mut log = Vec::new();
+    for _ in 0..40 {
+        tx += 100;
+        r.advance(health::CHECK_EVERY);
+        r.pump(|a| match a {
+            Action::ReadStats => Some(Some(Event::Stats {
+                tx_bytes: tx,
+                rx_bytes: rx,
+            })),
+            // Another replica answers the initiation; traffic flows again.
+            Action::Rehandshake { .. } => {
+                rx += 92;
+                None
+            }
+            _ => None,
+        });
+        log.extend(r.take_log());
+        if log.iter().any(|a| a == "Rehandshake") {
+            rx += 100;
+        }
+    }
+    assert_eq!(
+        log.iter().filter(|a| *a == "Rehandshake").count(),
+        1,
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|a| a == "Rebind"), "{log:?}");
 }
 
 #[test]
@@ -223,10 +268,12 @@ fn status_says_since_when_renewal_fails_why_and_when_it_is_retried() {
         "renewed 0s ago, lease ends in 1m 30s"
     );
     let unreachable = || {
-        Some(Event::LeaseFailed(LeaseFailure::Other(Error::ApiUnreachable {
-            server: "https://192.0.2.1:6443".into(),
-            reason: "connection refused".into(),
-        })))
+        Some(Event::LeaseFailed(LeaseFailure::Other(
+            Error::ApiUnreachable {
+                server: "https://192.0.2.1:6443".into(),
+                reason: "connection refused".into(),
+            },
+        )))
     };
     // Three failures: the first at 30 s, then 2 s and 4 s later.
     for _ in 0..3 {
@@ -238,23 +285,35 @@ fn status_says_since_when_renewal_fails_why_and_when_it_is_retried() {
     let now = at(&r);
     let lease = r.s.lease_status(r.now, now).unwrap();
     assert_eq!(lease.failures, 3);
-    assert_eq!(lease.failing_since, Some(wall + chrono::Duration::seconds(30)));
+    assert_eq!(
+        lease.failing_since,
+        Some(wall + chrono::Duration::seconds(30))
+    );
     let text = crate::output::lease_text(&lease, now);
     assert!(
         text.starts_with("renewal failing since 7s (the Kubernetes API server https://192.0.2.1:6443 is unreachable (connection refused)"),
         "{text}"
     );
-    assert!(text.ends_with("retrying in 7s; lease ends in 53s"), "{text}");
+    assert!(
+        text.ends_with("retrying in 7s; lease ends in 53s"),
+        "{text}"
+    );
     let mut status = kwg_wg::contract::Status::example();
     status.lease = Some(lease);
     let json = serde_json::to_value(&status).unwrap();
     assert_eq!(json["lease"]["failures"], 3);
     assert_eq!(json["lease"]["failingSince"], "2026-01-01T00:00:30Z");
-    assert!(crate::output::status_text(&status, now).contains("Lease           : renewal failing since 7s"));
+    assert!(
+        crate::output::status_text(&status, now)
+            .contains("Lease           : renewal failing since 7s")
+    );
     // Once the API server answers again the error is gone.
     r.advance(Duration::from_secs(7));
     r.pump(|_| None);
     let lease = r.s.lease_status(r.now, at(&r)).unwrap();
-    assert_eq!((lease.failing_since, lease.error, lease.failures), (None, None, 0));
+    assert_eq!(
+        (lease.failing_since, lease.error, lease.failures),
+        (None, None, 0)
+    );
     assert_eq!(lease.renewed, Some(at(&r)));
 }

@@ -1,0 +1,113 @@
+use super::*;
+
+/// Feeds (tx, rx) every CHECK_EVERY; returns the reads (indexes) with a verdict, and which.
+fn run(samples: &[(u64, u64)]) -> Vec<(usize, Verdict)> {
+    let start = Instant::now();
+    let mut h = Health::new(start);
+    samples
+        .iter()
+        .enumerate()
+        .map(|(i, (tx, rx))| (i, h.observe(*tx, *rx, start + CHECK_EVERY * (i as u32 + 1))))
+        .filter(|(_, v)| *v != Verdict::Fine)
+        .collect()
+}
+
+#[test]
+fn a_healthy_or_idle_tunnel_never_restarts() {
+    // Traffic both ways.
+    let busy: Vec<(u64, u64)> = (1..100).map(|i| (i * 100, i * 100)).collect();
+    assert!(run(&busy).is_empty());
+    // Idle with a persistent keepalive every 25 s that nobody answers.
+    let idle: Vec<(u64, u64)> = (0..1000u64).map(|i| (32 * (i / 250 + 1), 0)).collect();
+    assert!(run(&idle).is_empty());
+}
+
+#[test]
+fn a_dead_session_gets_a_handshake_after_half_a_second_then_a_new_port() {
+    // Answers until read 4, then only sending (a curl loop into a dead session).
+    let mut s: Vec<(u64, u64)> = (1..=4).map(|i| (i * 100, i * 100)).collect();
+    for i in 5..=100 {
+        s.push((i * 100, 400));
+    }
+    // Unanswered from index 4 (500 ms): the stall (5 reads) ends at index 9 (1.0 s): a
+    // handshake on this socket; unanswered again (a new streak from index 10): a new port at
+    // index 15; then a handshake every 600 ms and a new port at most every 3 s.
+    let v = run(&s);
+    assert_eq!(v[0], (9, Verdict::Handshake));
+    assert_eq!(v[1], (15, Verdict::Rebind));
+    assert_eq!(v[2], (21, Verdict::Handshake));
+    let rebinds: Vec<usize> = v
+        .iter()
+        .filter(|(_, v)| *v == Verdict::Rebind)
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(rebinds, [15, 45, 75]);
+}
+
+#[test]
+fn an_answered_handshake_ends_it_without_a_new_port() {
+    // The replica holding the session is gone; the handshake reaches another one, which answers.
+    let mut s: Vec<(u64, u64)> = (1..=4).map(|i| (i * 100, i * 100)).collect();
+    for i in 5..=10 {
+        s.push((i * 100, 400));
+    }
+    for i in 11..=60 {
+        s.push((i * 100, i * 100));
+    }
+    assert_eq!(run(&s), [(9, Verdict::Handshake)]);
+}
+
+#[test]
+fn one_way_traffic_gets_a_handshake_at_most_every_retry() {
+    // A UDP stream nobody answers; each handshake is answered (rx grows by its response).
+    let start = Instant::now();
+    let mut h = Health::new(start);
+    let (mut tx, mut rx) = (0, 0);
+    let mut tries = Vec::new();
+    for i in 1..=100u32 {
+        tx += 100;
+        let now = start + CHECK_EVERY * i;
+        match h.observe(tx, rx, now) {
+            Verdict::Fine => {}
+            v => {
+                tries.push((i, v));
+                rx += 92; // the handshake response, read next time
+            }
+        }
+    }
+    assert_eq!(tries[0], (6, Verdict::Handshake));
+    assert!(
+        tries.iter().all(|(_, v)| *v == Verdict::Handshake),
+        "{tries:?}"
+    );
+    for w in tries.windows(2) {
+        assert!(CHECK_EVERY * (w[1].0 - w[0].0) >= RETRY, "{tries:?}");
+    }
+}
+
+#[test]
+fn an_answer_clears_the_stall() {
+    // Sending every read, an answer every fourth read (a slow but live server).
+    let s: Vec<(u64, u64)> = (1..=100u64).map(|i| (i * 100, (i / 4) * 100)).collect();
+    assert!(run(&s).is_empty());
+}
+
+#[test]
+fn a_single_connection_retransmitting_into_a_dead_session_restarts_it() {
+    // One TCP SYN at 0 s, retransmitted at 1 s and 3 s; nothing comes back.
+    let start = Instant::now();
+    let mut h = Health::new(start);
+    let mut tx = 0;
+    let mut restarted = None;
+    for i in 1..=40u32 {
+        let now = start + CHECK_EVERY * i;
+        if [1, 11, 31].contains(&i) {
+            tx += 60;
+        }
+        if h.observe(tx, 0, now) != Verdict::Fine && restarted.is_none() {
+            restarted = Some((now - start).as_millis());
+        }
+    }
+    // Seen at 0.1 s and again at 1.1 s (the retransmission): a handshake at once.
+    assert_eq!(restarted, Some(1100));
+}
