@@ -367,6 +367,20 @@ impl DeviceHandle {
         Some((from, at.elapsed()))
     }
 
+    /// Syscalls and segments on each edge so far (UDP: since the socket was last bound).
+    pub fn io_stats(&self) -> crate::io::stats::IoStats {
+        let Ok(s) = self.live() else {
+            return Default::default();
+        };
+        let udp = s.udp();
+        crate::io::stats::IoStats {
+            tun_read: s.tun.reads.get(),
+            tun_write: s.tun.writes.get(),
+            udp_send: udp.sends.get(),
+            udp_recv: udp.recvs.get(),
+        }
+    }
+
     /// The UAPI `get=1` answer.
     pub fn uapi_get(&self) -> Result<String, Error> {
         let s = self.live()?;

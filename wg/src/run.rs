@@ -9,6 +9,9 @@ use anyhow::{Context, bail};
 use crate::device::{DEFAULT_MTU, Device};
 use crate::lifeline::Lifeline;
 
+/// Env var naming a file where the daemon writes its segments per syscall (see
+/// [`crate::io::stats::IoStats`]) on SIGUSR1 and when it stops.
+pub const STATS_ENV: &str = "KWG_WG_STATS";
 /// Where `wg` looks for UAPI sockets; `KWG_WG_RUN_DIR` overrides it.
 pub const DEFAULT_RUN_DIR: &str = "/var/run/wireguard";
 /// How long the parent waits for the daemon's interface.
@@ -38,9 +41,13 @@ pub fn foreground(ifname: &str, detached: bool) -> anyhow::Result<()> {
             nix::unistd::dup2_stderr(&devnull).context("cannot detach from the parent's stderr")?;
         }
         let mut signals = crate::process::Signals::new()?;
+        let stats = StatsFile::from_env();
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
         loop {
             tokio::select! {
                 _ = signals.recv() => break,
+                _ = usr1.recv() => stats.write(&device),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     if let Some(reason) = lifeline.ended() {
                         tracing::info!(ifname, %reason, "stopping");
@@ -49,6 +56,12 @@ pub fn foreground(ifname: &str, detached: bool) -> anyhow::Result<()> {
                 }
             }
         }
+        stats.write(&device);
+        tracing::info!(
+            ifname,
+            "segments per syscall:\n{}",
+            device.handle().io_stats()
+        );
         device.shutdown().await?;
         anyhow::Ok(())
     })
@@ -87,4 +100,23 @@ pub fn daemonize(ifname: &str) -> anyhow::Result<()> {
         "the kwg-wg daemon did not create {} within {STARTUP_TIMEOUT:?}",
         socket.display()
     )
+}
+
+/// The `KWG_WG_STATS` file, if asked for.
+struct StatsFile(Option<PathBuf>);
+
+impl StatsFile {
+    fn from_env() -> StatsFile {
+        StatsFile(std::env::var_os(STATS_ENV).map(PathBuf::from))
+    }
+
+    /// Replaces the file with the current counters (a reader never sees half of it).
+    fn write(&self, device: &Device) {
+        let Some(path) = &self.0 else { return };
+        let tmp = path.with_extension("tmp");
+        let text = device.handle().io_stats().to_string();
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the stats file");
+        }
+    }
 }

@@ -11,6 +11,7 @@ use tokio::sync::{Mutex, mpsc};
 use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::core::TunBatch;
+use crate::io::stats::{Edge, vnet_segments};
 
 /// Packets queued between the device and the userspace stack, each way (beyond it the
 /// sender waits: the stack's TCP slows down as on a full NIC ring).
@@ -18,6 +19,9 @@ pub const CHANNEL_PACKETS: usize = 1024;
 
 pub struct Tun {
     backend: Backend,
+    /// Syscalls and packets of the kernel TUN (a channel device counts nothing).
+    pub reads: Edge,
+    pub writes: Edge,
 }
 
 enum Backend {
@@ -60,6 +64,8 @@ impl Tun {
         };
         Ok(Tun {
             backend: Backend::Kernel { dev, offload },
+            reads: Edge::default(),
+            writes: Edge::default(),
         })
     }
 
@@ -73,6 +79,8 @@ impl Tun {
         };
         let tun = Tun {
             backend: Backend::Channel(side),
+            reads: Edge::default(),
+            writes: Edge::default(),
         };
         (tun, PacketChannel { tx, rx })
     }
@@ -100,11 +108,19 @@ impl Tun {
             Backend::Kernel { dev, offload: true } => {
                 dev.send_multiple(gro, &mut batch.bufs[..batch.len], batch.offset)
                     .await?;
+                // Coalesced packets were appended to their flow's first buffer, whose header
+                // now says how many it carries: one write each, the rest absorbed.
+                let absorbed: usize = batch.bufs[..batch.len]
+                    .iter()
+                    .map(|b| vnet_segments(&b[..batch.offset], b.len() - batch.offset) - 1)
+                    .sum();
+                self.writes.add_calls(batch.len - absorbed, batch.len);
             }
             Backend::Kernel { dev, .. } => {
                 for p in batch.packets() {
                     dev.send(p).await?;
                 }
+                self.writes.add_calls(batch.len, batch.len);
             }
             Backend::Channel(c) => {
                 for p in batch.packets() {
@@ -119,8 +135,11 @@ impl Tun {
     pub async fn recv(&self, bufs: &mut TunRecvBufs) -> io::Result<usize> {
         match &self.backend {
             Backend::Kernel { dev, .. } => {
-                dev.recv_multiple(&mut bufs.original, &mut bufs.bufs, &mut bufs.sizes, 0)
-                    .await
+                let n = dev
+                    .recv_multiple(&mut bufs.original, &mut bufs.bufs, &mut bufs.sizes, 0)
+                    .await?;
+                self.reads.add(n);
+                Ok(n)
             }
             Backend::Channel(c) => {
                 let mut rx = c.from_stack.lock().await;
@@ -134,7 +153,10 @@ impl Tun {
     pub fn try_recv(&self, bufs: &mut TunRecvBufs) -> io::Result<usize> {
         match &self.backend {
             Backend::Kernel { dev, .. } => {
-                dev.try_recv_multiple(&mut bufs.original, &mut bufs.bufs, &mut bufs.sizes, 0)
+                let n =
+                    dev.try_recv_multiple(&mut bufs.original, &mut bufs.bufs, &mut bufs.sizes, 0)?;
+                self.reads.add(n);
+                Ok(n)
             }
             Backend::Channel(c) => {
                 let mut rx = c.from_stack.try_lock().map_err(|_| would_block())?;

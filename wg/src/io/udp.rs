@@ -8,6 +8,8 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 
+use crate::io::stats::Edge;
+
 /// Socket buffer size: room for a few GSO batches in flight.
 const SOCKET_BUFFER: usize = 4 << 20;
 /// Receive buffer per datagram slot: a GRO batch can reach 64 KiB.
@@ -18,6 +20,9 @@ pub struct Udp {
     state: UdpSocketState,
     v6: bool,
     port: u16,
+    /// sendmsg/recvmmsg calls and the datagrams they carried (since this socket was bound).
+    pub sends: Edge,
+    pub recvs: Edge,
 }
 
 impl Udp {
@@ -63,6 +68,8 @@ impl Udp {
             state,
             v6,
             port,
+            sends: Edge::default(),
+            recvs: Edge::default(),
         })
     }
 
@@ -106,7 +113,13 @@ impl Udp {
                 self.state.try_send((&self.sock).into(), &t)
             }) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return r,
+                r => {
+                    if r.is_ok() {
+                        let seg = segment.unwrap_or(contents.len()).max(1);
+                        self.sends.add(contents.len().div_ceil(seg));
+                    }
+                    return r;
+                }
             }
         }
     }
@@ -143,7 +156,15 @@ impl Udp {
                     .recv((&self.sock).into(), &mut slices, &mut bufs.meta)
             }) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return r,
+                Err(e) => return Err(e),
+                Ok(n) => {
+                    let datagrams = bufs.meta[..n]
+                        .iter()
+                        .map(|m| m.len.div_ceil(m.stride.max(1)))
+                        .sum();
+                    self.recvs.add(datagrams);
+                    return Ok(n);
+                }
             }
         }
     }
