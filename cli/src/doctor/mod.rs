@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
+pub mod bundle;
 pub mod check;
 pub mod cluster;
+mod gather;
 pub mod local;
 pub mod redact;
 
@@ -26,6 +28,23 @@ pub struct DoctorArgs {
 }
 
 /// Runs every check; the exit code is that of the first failed check (0 when all pass).
-pub async fn run(_args: DoctorArgs, _dir: StateDir) -> Result<i32, Error> {
-    Ok(0)
+pub async fn run(args: DoctorArgs, dir: StateDir) -> Result<i32, Error> {
+    let findings = gather::gather(&args, &dir).await;
+    match args.output {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&check::json(&findings.checks)).expect("serializes")
+        ),
+        _ => print!("{}", check::text(&findings.checks)),
+    }
+    if let Some(path) = &args.bundle {
+        bundle::write(path, &bundle::contents(&findings, &dir))?;
+        if args.output != Format::Json {
+            println!(
+                "Wrote {} (keys, tokens and certificates redacted).",
+                path.display()
+            );
+        }
+    }
+    Ok(check::exit_code(&findings.checks))
 }

@@ -1,0 +1,467 @@
+//! The I/O of `kwg doctor`: reads the kubeconfig, asks the API server, the daemon and the
+//! kernel, and probes the gateway; the verdicts are in `check`, `cluster` and `local`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ipnet::IpNet;
+use kube::config::Kubeconfig;
+use kwg_wg::contract::{GatewayInfo, RouteSource, Status};
+
+use super::check::Check;
+use super::cluster::{self as verdict, ApiProbe, Auth, InfoProbe};
+use super::local::{self, DaemonProbe, DnsProbe, Initiation, UdpProbe};
+use crate::api::{self, Reply, Request};
+use crate::cluster::Kube;
+use crate::lock::{DaemonLock, Holder};
+use crate::state::{State, StateDir};
+
+/// How long a probe through the tunnel waits for the gateway.
+const TUNNEL_WAIT: Duration = Duration::from_secs(3);
+/// How long an initiation waits for a reply or an ICMP error.
+const INITIATION_WAIT: Duration = Duration::from_secs(1);
+
+/// Everything the checks found, and what the bundle adds to them.
+pub struct Findings {
+    pub checks: Vec<Check>,
+    pub status: Option<Status>,
+    pub state: Option<State>,
+    pub kubeconfig_path: Option<PathBuf>,
+    pub server_version: Option<String>,
+    pub info: Option<GatewayInfo>,
+}
+
+pub async fn gather(args: &super::DoctorArgs, dir: &StateDir) -> Findings {
+    let state = State::load(&dir.state()).ok().flatten();
+    let (daemon, status) = daemon(dir, state.is_some()).await;
+    // Joined: the daemon's kubeconfig and context unless others are given.
+    let kubeconfig = args
+        .kube
+        .kubeconfig
+        .clone()
+        .or_else(|| state.as_ref().and_then(|s| s.kubeconfig.clone()));
+    let context = args
+        .kube
+        .context
+        .clone()
+        .or_else(|| state.as_ref().and_then(|s| s.context.clone()));
+    let mut f = Findings {
+        checks: Vec::new(),
+        status,
+        state,
+        kubeconfig_path: kubeconfig.clone(),
+        server_version: None,
+        info: None,
+    };
+    let kc = read_kubeconfig(kubeconfig.as_deref(), context.as_deref());
+    f.checks.push(verdict::kubeconfig(&kc));
+    let cluster = match kc {
+        Ok(_) => Kube::connect(kubeconfig.as_deref(), context.as_deref()).await,
+        Err(e) => Err(crate::Error::Kubeconfig(e)),
+    };
+    let ttl = Duration::from_secs(f.state.as_ref().map_or(900, |s| s.ttl_secs));
+    match cluster {
+        Ok(kube) => cluster_checks(&kube, args, ttl, &mut f).await,
+        Err(e) => {
+            let why = format!("no API server to ask: {e}");
+            for name in ["api", "rbac", "gateway", "clock"] {
+                f.checks.push(Check::skip(name, why.clone()));
+            }
+        }
+    }
+    let interface = f
+        .state
+        .as_ref()
+        .map_or("kwg0".to_string(), |s| s.interface.clone());
+    f.checks.push(routes(&f, &interface).await);
+    f.checks.push(udp(&f, &daemon).await);
+    f.checks.push(dns(&f, &interface).await);
+    f.checks.push(local::daemon(&daemon, Utc::now()));
+    f
+}
+
+async fn cluster_checks(kube: &Kube, args: &super::DoctorArgs, ttl: Duration, f: &mut Findings) {
+    let (probe, skew) = version(kube).await;
+    if let ApiProbe::Answered { version, .. } = &probe {
+        f.server_version = Some(version.clone());
+    }
+    f.checks.push(verdict::api(&kube.server, &probe));
+    if !matches!(probe, ApiProbe::Answered { .. }) {
+        for name in ["rbac", "gateway", "clock"] {
+            f.checks
+                .push(Check::skip(name, "the API server did not answer (see api)"));
+        }
+        return;
+    }
+    let needs = verdict::needs(&args.kube.kwg_namespace);
+    let answers = futures::future::join_all(needs.into_iter().map(|n| async {
+        let allowed = access_review(kube, &n).await;
+        (n, allowed)
+    }))
+    .await;
+    f.checks.push(verdict::rbac(&kube.user, &answers));
+    let info = match kube.gateway_info(&args.kube.kwg_namespace).await {
+        Ok(i) => InfoProbe::Valid(Box::new(i)),
+        Err(crate::Error::NoGateway { .. }) => InfoProbe::Missing,
+        Err(crate::Error::Contract(e)) => InfoProbe::Invalid(e.to_string()),
+        Err(e) => InfoProbe::Error(e.to_string()),
+    };
+    if let InfoProbe::Valid(i) = &info {
+        f.info = Some((**i).clone());
+    }
+    let pods = kube.gateway_pods(&args.kube.gateway_namespace).await;
+    f.checks.push(verdict::gateway(
+        &args.kube.kwg_namespace,
+        &args.kube.gateway_namespace,
+        &info,
+        pods,
+    ));
+    f.checks.push(super::check::clock(skew, ttl));
+}
+
+/// The kubeconfig as kubectl reads it, and how its user authenticates.
+fn read_kubeconfig(
+    path: Option<&Path>,
+    context: Option<&str>,
+) -> Result<verdict::Kubeconfig, String> {
+    let kc = match path {
+        Some(p) => Kubeconfig::read_from(p),
+        None => Kubeconfig::read(),
+    }
+    .map_err(|e| format!("cannot read the kubeconfig: {e}"))?;
+    let name = context
+        .map(str::to_string)
+        .or_else(|| kc.current_context.clone())
+        .ok_or("the kubeconfig has no current context: pass --context")?;
+    let ctx = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.context.clone())
+        .ok_or_else(|| format!("the kubeconfig has no context {name}"))?;
+    let user = ctx.user.clone().unwrap_or_default();
+    let server = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == ctx.cluster)
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .ok_or_else(|| {
+            format!(
+                "context {name} names cluster {} with no server",
+                ctx.cluster
+            )
+        })?;
+    let info = kc
+        .auth_infos
+        .iter()
+        .find(|a| a.name == user)
+        .and_then(|a| a.auth_info.clone())
+        .unwrap_or_default();
+    let auth = if let Some(exec) = &info.exec {
+        let command = exec.command.clone().unwrap_or_default();
+        Auth::Exec {
+            found: on_path(&command),
+            command,
+            install_hint: exec.install_hint.clone(),
+        }
+    } else if info.token.is_some() || info.token_file.is_some() {
+        Auth::Token
+    } else if info.client_certificate.is_some() || info.client_certificate_data.is_some() {
+        Auth::ClientCertificate
+    } else if let Some(p) = &info.auth_provider {
+        Auth::Provider(p.name.clone())
+    } else if info.username.is_some() {
+        Auth::BasicAuth
+    } else {
+        Auth::None
+    };
+    Ok(verdict::Kubeconfig {
+        context: name,
+        user,
+        server,
+        auth,
+    })
+}
+
+/// Whether `command` runs: an executable path, or found on `$PATH` as a shell would.
+fn on_path(command: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if command.contains('/') {
+        return executable(Path::new(command));
+    }
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| !command.is_empty() && executable(&d.join(command)))
+    })
+}
+
+/// `GET /version`: whether the server answers, and its clock (the `Date` header) minus ours.
+async fn version(kube: &Kube) -> (ApiProbe, Option<chrono::Duration>) {
+    let req = http::Request::get("/version")
+        .body(kube::client::Body::from(Vec::new()))
+        .expect("a valid request");
+    let res = match tokio::time::timeout(Duration::from_secs(10), kube.client.send(req)).await {
+        Err(_) => return (ApiProbe::Unreachable("no answer within 10 s".into()), None),
+        Ok(Err(e)) => {
+            let why = match kube.error(
+                crate::cluster::Step {
+                    verb: "get",
+                    resource: "version",
+                    namespace: "",
+                },
+                e,
+            ) {
+                crate::Error::ApiUnreachable { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            return (ApiProbe::Unreachable(why), None);
+        }
+        Ok(Ok(r)) => r,
+    };
+    let skew = res
+        .headers()
+        .get(http::header::DATE)
+        .and_then(|d| d.to_str().ok())
+        .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+        .map(|d| Utc::now() - d.with_timezone(&Utc));
+    if res.status() == http::StatusCode::UNAUTHORIZED {
+        return (ApiProbe::Unauthorized, skew);
+    }
+    let body = res.into_body().collect_bytes().await.unwrap_or_default();
+    let version = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["gitVersion"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "version unknown".into());
+    (
+        ApiProbe::Answered {
+            version,
+            user: Some(kube.user.clone()),
+        },
+        skew,
+    )
+}
+
+/// `kubectl auth can-i` for one need.
+async fn access_review(kube: &Kube, n: &verdict::Need) -> Result<bool, String> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(n.verb.clone()),
+                group: Some(n.group.clone()),
+                resource: Some(n.resource.clone()),
+                subresource: n.subresource.clone(),
+                namespace: n.namespace.clone(),
+                name: n.name.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: kube::Api<SelfSubjectAccessReview> = kube::Api::all(kube.client.clone());
+    api.create(&Default::default(), &review)
+        .await
+        .map(|r| r.status.is_some_and(|s| s.allowed))
+        .map_err(|e| e.to_string())
+}
+
+async fn daemon(dir: &StateDir, joined: bool) -> (DaemonProbe, Option<Status>) {
+    match (DaemonLock::holder(&dir.lock()), joined) {
+        (Holder::None, false) => (DaemonProbe::NotJoined, None),
+        (Holder::None, true) => (DaemonProbe::Dead, None),
+        (Holder::Running(_), _) => {
+            match api::call(&dir.socket(), Request::Status, Duration::from_secs(3)).await {
+                Ok(Reply::Status(s)) => (DaemonProbe::Running(s.clone()), Some(*s)),
+                Ok(other) => (
+                    DaemonProbe::NoAnswer(format!("unexpected reply {other:?}")),
+                    None,
+                ),
+                Err(e) => (DaemonProbe::NoAnswer(e.to_string()), None),
+            }
+        }
+    }
+}
+
+/// The cluster's subnets (from the gateway info, else what the daemon routes).
+fn cluster_subnets(f: &Findings) -> Vec<(IpNet, &'static str)> {
+    if let Some(i) = &f.info {
+        let mut v: Vec<(IpNet, &'static str)> = Vec::new();
+        v.extend(i.service_cidrs.iter().map(|c| (*c, "service CIDR")));
+        v.extend(i.pod_cidrs.iter().map(|c| (*c, "pod CIDR")));
+        v.push((IpNet::V4(i.tunnel_cidr), "tunnel CIDR"));
+        return v;
+    }
+    f.state.as_ref().map_or(Vec::new(), |s| {
+        s.routes
+            .iter()
+            .map(|r| {
+                let what = match r.source {
+                    RouteSource::Service => "service CIDR",
+                    RouteSource::Pod => "pod CIDR",
+                    RouteSource::AlsoProxy => "--also-proxy",
+                    RouteSource::Gateway => "gateway tunnel address",
+                };
+                (r.subnet, what)
+            })
+            .collect()
+    })
+}
+
+async fn routes(f: &Findings, interface: &str) -> Check {
+    let subnets = cluster_subnets(f);
+    if subnets.is_empty() {
+        return Check::skip("routes", "the cluster's subnets are unknown (see gateway)");
+    }
+    let existing = match kwg_wg::netlink::Netlink::open() {
+        Ok(nl) => nl.routes().await,
+        Err(e) => Err(e),
+    };
+    let existing = match existing {
+        Ok(r) => r,
+        Err(e) => return Check::skip("routes", format!("cannot list this machine's routes: {e}")),
+    };
+    let mut interfaces: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    interfaces.sort();
+    local::routes(&subnets, &existing, interface, &interfaces)
+}
+
+async fn udp(f: &Findings, daemon: &DaemonProbe) -> Check {
+    let now = Utc::now();
+    if let (DaemonProbe::Running(s), Some(admin)) =
+        (daemon, f.state.as_ref().and_then(|s| s.gateway_admin))
+    {
+        // Any answer through the tunnel (even a refused connection) proves UDP both ways.
+        let answered =
+            match tokio::time::timeout(TUNNEL_WAIT, tokio::net::TcpStream::connect(admin)).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+                Err(_) => false,
+            };
+        let probe = UdpProbe::Tunnel {
+            endpoint: s.gateway_endpoint.clone().unwrap_or_else(|| "-".into()),
+            answered,
+            last_handshake: s.last_handshake,
+        };
+        return local::udp(&probe, now, TUNNEL_WAIT);
+    }
+    let Some(info) = &f.info else {
+        return Check::skip("udp", "the gateway's endpoints are unknown (see gateway)");
+    };
+    let mut results = Vec::new();
+    for e in &info.endpoints {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((e.host.as_str(), e.port))
+            .await
+            .map(|a| a.collect())
+            .unwrap_or_default();
+        let r = match addrs.first() {
+            Some(a) => initiation(*a, info).await,
+            None => Initiation::SendFailed(format!("{} does not resolve", e.host)),
+        };
+        results.push((e.to_string(), r));
+    }
+    local::udp(&UdpProbe::Initiations(results), now, INITIATION_WAIT)
+}
+
+/// Sends a handshake initiation from a throwaway key and waits for a reply or an ICMP error.
+async fn initiation(to: SocketAddr, info: &GatewayInfo) -> Initiation {
+    let key = kwg_wg::keys::PrivateKey::generate();
+    let mut tunn = boringtun::noise::Tunn::new(
+        key.to_secret(),
+        info.public_key.to_x25519(),
+        None,
+        None,
+        1,
+        None,
+    );
+    let mut buf = vec![0u8; 256];
+    let packet = match tunn.format_handshake_initiation(&mut buf, false) {
+        boringtun::noise::TunnResult::WriteToNetwork(p) => p.to_vec(),
+        _ => return Initiation::SendFailed("could not build an initiation".into()),
+    };
+    let bind: SocketAddr = match to {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("valid"),
+        SocketAddr::V6(_) => "[::]:0".parse().expect("valid"),
+    };
+    let exchange = async {
+        let sock = tokio::net::UdpSocket::bind(bind).await?;
+        sock.connect(to).await?;
+        sock.send(&packet).await?;
+        let mut reply = [0u8; 256];
+        sock.recv(&mut reply).await
+    };
+    match tokio::time::timeout(INITIATION_WAIT, exchange).await {
+        Err(_) => Initiation::NoReply,
+        Ok(Ok(_)) => Initiation::Answered,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Initiation::Refused(e.to_string())
+        }
+        Ok(Err(e)) => Initiation::SendFailed(e.to_string()),
+    }
+}
+
+async fn dns(f: &Findings, interface: &str) -> Check {
+    let Some(status) = &f.status else {
+        let nameservers = std::fs::read_to_string("/etc/resolv.conf")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("nameserver")
+                    .map(|s| s.trim().to_string())
+            })
+            .collect();
+        return local::dns(&DnsProbe::NotJoined { nameservers }, interface);
+    };
+    let Some(d) = &status.dns else {
+        return local::dns(&DnsProbe::Off, interface);
+    };
+    let domain = f
+        .info
+        .as_ref()
+        .map_or("cluster.local".to_string(), |i| i.cluster_domain.clone());
+    let name = format!("kubernetes.default.svc.{domain}");
+    let started = Instant::now();
+    let answer = match tokio::time::timeout(
+        Duration::from_secs(d.timeout_secs.max(1) + 1),
+        tokio::net::lookup_host((name.as_str(), 443)),
+    )
+    .await
+    {
+        Err(_) => Err(format!(
+            "no answer within {} s",
+            started.elapsed().as_secs()
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(a)) => Ok(a.map(|a| a.ip()).collect()),
+    };
+    let service_cidrs = status
+        .subnets
+        .iter()
+        .filter(|r| r.source == RouteSource::Service)
+        .map(|r| r.subnet)
+        .collect();
+    local::dns(
+        &DnsProbe::Joined {
+            mode: d.mode.clone(),
+            forwarder: d.forwarder.to_string(),
+            name,
+            answer,
+            service_cidrs,
+        },
+        interface,
+    )
+}
