@@ -62,6 +62,8 @@ fn each_exit_code_comes_from_the_situation_it_names() {
         ][..],
         &["--inh-caps=-all"][..],
         &join[..],
+        // Without --tun a user without privilege gets userspace mode (tests/userspace.rs).
+        &["--tun"][..],
     ]
     .concat();
     fails_with(&l, "developer", &noroot, 3, "privilege");

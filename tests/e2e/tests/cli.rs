@@ -210,6 +210,8 @@ fn join_as_non_root_fails_with_the_privilege_sentence() {
         "--inh-caps=-all",
         "kwg",
         "join",
+        // Without --tun a user without privilege gets userspace mode (tests/userspace.rs).
+        "--tun",
     ]);
     assert!(!out.status.success());
     assert_eq!(

@@ -1,0 +1,361 @@
+//! Userspace mode on the one-machine cluster: a user without privilege joins (no TUN, no
+//! routes, no DNS changes: the laptop's routes, resolv.conf and interfaces are compared before,
+//! while and after), reaches cluster names through the SOCKS5 and HTTP proxy, `kwg exec` and
+//! `kwg forward`, reaches a LAN name directly through the same proxy, and leaves.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kwg_e2e::laptop::{Laptop, laptop, path_with_bins, secret_exists, shared, text};
+
+/// The unprivileged user (nobody) and its files: a runtime directory and a kubeconfig copy.
+struct User {
+    home: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+const UID: u32 = 65534;
+
+impl User {
+    fn new(l: &Laptop) -> User {
+        // Below /tmp (world-traversable), per laptop namespace (unique per run).
+        let home = PathBuf::from(format!("/tmp/{}-home", l.netns));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(home.join("run")).unwrap();
+        let kubeconfig = home.join("kubeconfig");
+        std::fs::copy(l.sim.names().kubeconfig("developer"), &kubeconfig).unwrap();
+        for (p, mode) in [
+            (&home, 0o755),
+            (&home.join("run"), 0o700),
+            (&kubeconfig, 0o600),
+        ] {
+            std::os::unix::fs::chown(p, Some(UID), Some(UID)).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        User { home, kubeconfig }
+    }
+
+    /// `argv` as nobody in the laptop's namespace, without any capability and with its own
+    /// runtime directory (no KWG_STATE_DIR: kwg picks $XDG_RUNTIME_DIR/kwg).
+    fn argv<'a>(&self, l: &Laptop, argv: &[&'a str]) -> Vec<String> {
+        let mut all: Vec<String> = [
+            "ip",
+            "netns",
+            "exec",
+            &l.netns,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "env",
+            "-i",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        all.push(format!("PATH={}", path_with_bins()));
+        all.push(format!("HOME={}", self.home.display()));
+        all.push(format!(
+            "XDG_RUNTIME_DIR={}",
+            self.home.join("run").display()
+        ));
+        all.push(format!("KUBECONFIG={}", self.kubeconfig.display()));
+        all.extend(argv.iter().map(|s| s.to_string()));
+        all
+    }
+
+    fn run(&self, l: &Laptop, argv: &[&str]) -> Output {
+        let all = self.argv(l, argv);
+        Command::new(&all[0]).args(&all[1..]).output().unwrap()
+    }
+
+    fn spawn(&self, l: &Laptop, argv: &[&str]) -> Child {
+        let all = self.argv(l, argv);
+        Command::new(&all[0])
+            .args(&all[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn state(&self) -> PathBuf {
+        self.home.join("run/kwg")
+    }
+}
+
+/// What must not change on the laptop: routes (every table), addresses and links, the
+/// resolver file.
+fn machine(l: &Laptop) -> String {
+    let ip = |args: &[&str]| text(&l.run(args).stdout);
+    // A new namespace's IPv6 link-local address is tentative for a moment (duplicate address
+    // detection), and gets its local route after: wait until the kernel settled.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ip(&["ip", "-o", "addr", "show"]).contains("tentative") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    format!(
+        "{}\n{}\n{}\n{}",
+        ip(&["ip", "route", "show", "table", "all"]),
+        ip(&["ip", "-o", "addr", "show"]),
+        ip(&["ip", "-o", "link", "show"]),
+        String::from_utf8_lossy(&l.resolv_conf())
+    )
+}
+
+fn curl(u: &User, l: &Laptop, args: &[&str]) -> Output {
+    let mut argv = vec!["curl", "-sS", "--max-time", "5"];
+    argv.extend_from_slice(args);
+    u.run(l, &argv)
+}
+
+fn wait_listening(u: &User, l: &Laptop, port: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let out = text(
+            &u.run(l, &["ss", "-Htln", &format!("sport = :{port}")])
+                .stdout,
+        );
+        if !out.trim().is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on port {port}");
+}
+
+#[test]
+fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_the_proxy() {
+    let sim = shared();
+    let l = laptop(&sim, "usp");
+    let u = User::new(&l);
+    let before = machine(&l);
+
+    let join = u.run(&l, &["kwg", "join", "--name", "usp", "-n", "emojivoto"]);
+    let said = text(&join.stderr);
+    assert!(
+        join.status.success(),
+        "join failed:\n{}{said}",
+        text(&join.stdout)
+    );
+    assert!(
+        said.contains("Userspace mode: this process is neither root nor has CAP_NET_ADMIN"),
+        "{said}"
+    );
+    assert!(
+        said.contains("SOCKS5 and HTTP proxy on 127.0.0.1:1080"),
+        "{said}"
+    );
+    assert!(
+        text(&join.stdout).contains("Joined"),
+        "{}",
+        text(&join.stdout)
+    );
+    assert!(secret_exists(&sim, "usp"));
+    // The daemon runs as the user, with its state in the user's runtime directory.
+    let state = u.state();
+    assert!(state.join("state.json").exists());
+    let meta = std::fs::metadata(&state).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), UID);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    assert_eq!(machine(&l), before, "joining changed the laptop's network");
+
+    let socks = curl(
+        &u,
+        &l,
+        &[
+            "--proxy",
+            "socks5h://127.0.0.1:1080",
+            "http://web-app.emojivoto/",
+        ],
+    );
+    assert!(
+        text(&socks.stdout).contains("Emoji Vote"),
+        "socks5h: {}",
+        text(&socks.stderr)
+    );
+    let single = curl(
+        &u,
+        &l,
+        &["--proxy", "socks5h://127.0.0.1:1080", "http://web-app/"],
+    );
+    assert!(
+        text(&single.stdout).contains("Emoji Vote"),
+        "socks5h web-app: {}",
+        text(&single.stderr)
+    );
+    let http = curl(
+        &u,
+        &l,
+        &["-x", "http://127.0.0.1:1080", "http://web-app.emojivoto/"],
+    );
+    assert!(
+        text(&http.stdout).contains("Emoji Vote"),
+        "http proxy: {}",
+        text(&http.stderr)
+    );
+    let fqdn = curl(
+        &u,
+        &l,
+        &[
+            "-p",
+            "-x",
+            "http://127.0.0.1:1080",
+            "http://web-app.emojivoto.svc.cluster.local/",
+        ],
+    );
+    assert!(
+        text(&fqdn.stdout).contains("Emoji Vote"),
+        "CONNECT: {}",
+        text(&fqdn.stderr)
+    );
+    // A LAN name through the same proxy goes direct (the cluster knows nothing of it).
+    let lan = curl(
+        &u,
+        &l,
+        &[
+            "--proxy",
+            "socks5h://127.0.0.1:1080",
+            "http://intranet.corp.example/",
+        ],
+    );
+    assert!(
+        text(&lan.stdout).contains("Corp Intranet"),
+        "LAN: {}",
+        text(&lan.stderr)
+    );
+    // A cluster name that does not exist: the proxy says so.
+    let missing = curl(
+        &u,
+        &l,
+        &["-x", "http://127.0.0.1:1080", "http://nope.emojivoto/"],
+    );
+    assert!(
+        text(&missing.stdout).contains("kwg cannot reach nope.emojivoto:80"),
+        "{}",
+        text(&missing.stdout)
+    );
+
+    let exec = u.run(
+        &l,
+        &[
+            "kwg",
+            "exec",
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "web-app.emojivoto",
+        ],
+    );
+    assert!(
+        text(&exec.stdout).contains("Emoji Vote"),
+        "kwg exec: {}",
+        text(&exec.stderr)
+    );
+
+    // kwg forward to the web-app pod itself (its IP, port 80): a TCP session via 127.0.0.1.
+    let pod = sim.pod_ip("emojivoto", "web-app").unwrap();
+    let spec = format!("18080:{pod}:80");
+    let mut fwd = u.spawn(&l, &["kwg", "forward", &spec]);
+    wait_listening(&u, &l, "18080");
+    let page = curl(&u, &l, &["http://127.0.0.1:18080/"]);
+    let big = curl(
+        &u,
+        &l,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:18080/readyz",
+        ],
+    );
+    // Ctrl-C stops it (the pid is kwg's: ip netns exec, setpriv and env exec it).
+    let _ = Command::new("kill")
+        .args(["-INT", &fwd.id().to_string()])
+        .status();
+    let _ = fwd.wait();
+    assert!(
+        text(&page.stdout).contains("Emoji Vote"),
+        "kwg forward: {}",
+        text(&page.stderr)
+    );
+    assert_eq!(text(&big.stdout), "200");
+
+    let status = u.run(&l, &["kwg", "status"]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    assert!(
+        text(&status.stdout).contains("Connected"),
+        "{}",
+        text(&status.stdout)
+    );
+    assert_eq!(
+        machine(&l),
+        before,
+        "the proxy changed the laptop's network"
+    );
+
+    let leave = u.run(&l, &["kwg", "leave"]);
+    assert!(leave.status.success(), "{}", text(&leave.stderr));
+    assert!(
+        text(&leave.stdout).contains("the userspace tunnel and proxy on 127.0.0.1:1080"),
+        "{}",
+        text(&leave.stdout)
+    );
+    assert!(!secret_exists(&sim, "usp"), "leave left the peer Secret");
+    assert!(!state.join("state.json").exists());
+    let gone = curl(
+        &u,
+        &l,
+        &[
+            "--proxy",
+            "socks5h://127.0.0.1:1080",
+            "http://web-app.emojivoto/",
+        ],
+    );
+    assert!(!gone.status.success(), "the proxy outlived leave");
+    assert_eq!(machine(&l), before, "leaving changed the laptop's network");
+    let _ = std::fs::remove_dir_all(&u.home);
+}
+
+/// Root may ask for userspace mode too: the same proxy, nothing changed on the machine.
+#[test]
+fn root_can_choose_userspace_mode() {
+    let sim = shared();
+    let l = laptop(&sim, "uspr");
+    let before = machine(&l);
+    let join = l.join(&[
+        "-n",
+        "emojivoto",
+        "--userspace",
+        "--proxy-listen",
+        "127.0.0.1:1081",
+    ]);
+    assert!(
+        !text(&join.stderr).contains("Userspace mode:"),
+        "asked for: no sentence"
+    );
+    assert_eq!(machine(&l), before);
+    let out = l.run(&[
+        "kwg",
+        "exec",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "http://web-app/",
+    ]);
+    assert!(
+        text(&out.stdout).contains("Emoji Vote"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(l.kwg(&["leave"]).status.success());
+    assert_eq!(machine(&l), before);
+}
