@@ -6,14 +6,17 @@
 //! a peer (WireGuard only lets a peer send from its own address, and an answer to a forged
 //! tunnel source goes into the tunnel, so a pod cannot complete a TCP handshake as one).
 //! A peer sees its own entry in full and only names, addresses and handshake times of others.
+//! With several replicas, statistics come from the replica holding each session (see
+//! [`crate::siblings`]; `/replica/stats` answers only a caller holding the gateway's key).
 
 use crate::GatewayError;
 use crate::core::ActivePeer;
 use crate::metrics::{self, Metrics};
+use crate::siblings::{self, ReplicaStat, Siblings};
 use axum::Router;
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -44,6 +47,8 @@ pub struct AdminState {
     pub peers_changed: tokio::sync::Notify,
     /// What reach by RBAC enforces per peer (written by [`crate::reach_watch`]).
     pub reach: RwLock<Arc<ReachView>>,
+    /// The sibling replicas whose statistics `/peers` and `/metrics` merge (unset: none).
+    pub siblings: std::sync::OnceLock<Siblings>,
     pub metrics: Metrics,
 }
 
@@ -94,6 +99,7 @@ impl AdminState {
                 enforced: true,
                 by_peer: HashMap::new(),
             })),
+            siblings: std::sync::OnceLock::new(),
             metrics: Metrics::default(),
         })
     }
@@ -115,6 +121,15 @@ impl AdminState {
 
     pub fn set_reach(&self, view: ReachView) {
         *self.reach.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+    }
+
+    /// Each peer's device statistics from the replica holding its session.
+    pub async fn stats(&self) -> Vec<PeerStats> {
+        let local = self.device.peers().await;
+        match self.siblings.get() {
+            Some(sib) => siblings::merge(&local, &sib.stats().await),
+            None => local,
+        }
     }
 
     pub fn reach(&self) -> Arc<ReachView> {
@@ -180,6 +195,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route(siblings::PATH, get(replica_stats))
         .merge(private)
         .with_state(state)
 }
@@ -223,6 +239,20 @@ async fn tunnel_or_local(
     }
 }
 
+/// This replica's own statistics, for a sibling replica that proves it holds the key.
+async fn replica_stats(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    let proof = headers.get(siblings::HEADER).and_then(|v| v.to_str().ok());
+    let proven = match (s.siblings.get(), proof) {
+        (Some(sib), Some(p)) => sib.key.verify(p, siblings::PATH, SystemTime::now()),
+        _ => false,
+    };
+    if !proven {
+        return (StatusCode::FORBIDDEN, REFUSED).into_response();
+    }
+    let local = s.device.peers().await;
+    axum::Json(local.iter().map(ReplicaStat::from).collect::<Vec<_>>()).into_response()
+}
+
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
     let tunnel = s.tunnel_ready.load(Ordering::Relaxed);
     let watcher = s.watcher_ready.load(Ordering::Relaxed);
@@ -244,7 +274,7 @@ fn word(ok: bool) -> &'static str {
 }
 
 async fn metrics_handler(State(s): State<Arc<AdminState>>) -> Response {
-    let stats = s.device.peers().await;
+    let stats = s.stats().await;
     let drops = tokio::task::spawn_blocking(crate::net::nft_drops)
         .await
         .unwrap_or_default();
@@ -256,7 +286,7 @@ async fn peers_handler(
     State(s): State<Arc<AdminState>>,
     ConnectInfo(conn): ConnectInfo<Conn>,
 ) -> Response {
-    let stats = s.device.peers().await;
+    let stats = s.stats().await;
     let caller = Caller::of(conn, s.tunnel_cidr);
     let drops = tokio::task::spawn_blocking(crate::net::nft_drops)
         .await

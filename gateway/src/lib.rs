@@ -24,6 +24,7 @@ pub mod peer_object;
 pub mod reach;
 pub mod reach_watch;
 mod run;
+pub mod siblings;
 pub mod tcp;
 
 pub use config::Config;

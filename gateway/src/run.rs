@@ -43,6 +43,7 @@ pub async fn run(
     let gateway_ip = alloc.gateway_ip();
     let key = kube_io::ensure_private_key(&client, &cfg.gateway_namespace).await?;
     let public_key = key.public_key();
+    let replica_key = crate::siblings::ReplicaKey::derive(&key);
     // Until discovery knows the cluster's CIDRs, the firewall lets peers reach only the
     // gateway's admin port (and the admin's extras): never an open window with forwarding on.
     // With reach by RBAC the reach table exists, empty (nothing reachable), before that.
@@ -65,6 +66,13 @@ pub async fn run(
     if !rbac {
         state.set_reach(admin::ReachView::open());
     }
+    let _ = state.siblings.set(crate::siblings::Siblings {
+        client: client.clone(),
+        namespace: cfg.gateway_namespace.clone(),
+        me: crate::leader::identity(),
+        port: cfg.admin_addr.port(),
+        key: replica_key,
+    });
     let admin = admin::serve(
         cfg.admin_addr,
         state.clone(),

@@ -1,0 +1,92 @@
+use super::*;
+
+fn stats(key: &PublicKey, hs_ms: Option<u64>, rx: u64) -> PeerStats {
+    PeerStats {
+        public_key: *key,
+        endpoint: Some("192.0.2.10:40000".parse().unwrap()),
+        allowed_ips: vec!["100.77.0.2/32".parse().unwrap()],
+        last_handshake: hs_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+        rx_bytes: rx,
+        tx_bytes: rx * 2,
+        persistent_keepalive: None,
+    }
+}
+
+#[test]
+fn each_peer_comes_from_the_replica_with_its_latest_handshake() {
+    let (a, b, c) = (
+        PrivateKey::generate().public_key(),
+        PrivateKey::generate().public_key(),
+        PrivateKey::generate().public_key(),
+    );
+    // a: session here; b: session on a sibling (here an old one); c: nowhere yet.
+    let local = [
+        stats(&a, Some(2_000), 10),
+        stats(&b, Some(1_000), 5),
+        stats(&c, None, 0),
+    ];
+    let mut sib_b = ReplicaStat::from(&stats(&b, Some(3_000), 700));
+    sib_b.endpoint = Some("192.0.2.20:50000".parse().unwrap());
+    let siblings = [
+        ReplicaStat::from(&stats(&a, Some(1_500), 99)),
+        sib_b,
+        ReplicaStat::from(&stats(&c, None, 0)),
+        // A peer this replica does not serve: left out.
+        ReplicaStat::from(&stats(&PrivateKey::generate().public_key(), Some(9_000), 1)),
+        ReplicaStat {
+            public_key: "not a key".into(),
+            endpoint: None,
+            last_handshake_ms: Some(10_000),
+            rx_bytes: 1,
+            tx_bytes: 1,
+        },
+    ];
+    let merged = merge(&local, &siblings);
+    assert_eq!(merged.len(), 3);
+    assert_eq!(
+        merged[0], local[0],
+        "a stays local: its handshake is the latest"
+    );
+    assert_eq!(merged[1].rx_bytes, 700);
+    assert_eq!(merged[1].tx_bytes, 1400);
+    assert_eq!(
+        merged[1].last_handshake,
+        Some(UNIX_EPOCH + Duration::from_millis(3_000))
+    );
+    assert_eq!(
+        merged[1].endpoint,
+        Some("192.0.2.20:50000".parse().unwrap())
+    );
+    assert_eq!(merged[1].allowed_ips, local[1].allowed_ips);
+    assert_eq!(merged[2], local[2]);
+}
+
+#[test]
+fn only_a_holder_of_the_key_gets_the_stats() {
+    let key = PrivateKey::generate();
+    let k = ReplicaKey::derive(&key);
+    let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let proof = k.proof(PATH, now);
+    assert!(k.verify(&proof, PATH, now));
+    assert!(k.verify(&proof, PATH, now + SKEW));
+    assert!(
+        !k.verify(&proof, PATH, now + SKEW + Duration::from_secs(1)),
+        "too old"
+    );
+    assert!(!k.verify(&proof, "/peers", now), "bound to the path");
+    let other = ReplicaKey::derive(&PrivateKey::generate());
+    assert!(!other.verify(&proof, PATH, now), "another key");
+    assert!(!k.verify(&other.proof(PATH, now), PATH, now));
+    for bad in [
+        "",
+        "1800000000",
+        "1800000000.zz",
+        "x.00",
+        &proof[..proof.len() - 2],
+    ] {
+        assert!(!k.verify(bad, PATH, now), "{bad:?}");
+    }
+    // The derived key is not the private key, and its Debug is redacted.
+    assert_ne!(&k.0, key.as_bytes());
+    assert_eq!(format!("{k:?}"), "ReplicaKey(redacted)");
+}
