@@ -139,6 +139,15 @@ pub struct JoinArgs {
     /// Tunnel interface name.
     #[arg(long, default_value = "kwg0")]
     pub interface: String,
+    /// How WireGuard reaches the gateway: auto tries UDP, then TCP to the same endpoint, then
+    /// the API server's port-forward, and moves back up when a better path answers.
+    #[arg(long, value_enum, default_value = "auto")]
+    #[serde(default)]
+    pub transport: crate::transport::Mode,
+    /// How often auto probes better paths while on TCP or the API server.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, hide = true)]
+    #[serde(default = "default_probe_every")]
+    pub transport_probe_every: Duration,
     /// Userspace mode: no interface, routes, DNS or firewall changes and no privilege; the
     /// cluster is reached through a SOCKS5/HTTP proxy on --proxy-listen (see kwg exec, kwg
     /// forward). Chosen by itself without root/CAP_NET_ADMIN or /dev/net/tun.
@@ -187,6 +196,10 @@ pub struct PeersArgs {
 pub struct LeaveArgs {
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Format,
+}
+
+fn default_probe_every() -> Duration {
+    crate::transport::Timings::default().probe_every
 }
 
 fn default_proxy() -> std::net::SocketAddr {

@@ -16,6 +16,7 @@ pub mod reach;
 pub mod routes;
 pub mod session;
 pub mod state;
+pub mod transport;
 pub mod userspace;
 pub mod wait;
 

@@ -1,0 +1,128 @@
+//! How WireGuard's datagrams reach the gateway: UDP, TCP, or the API server's port-forward.
+//! [`ladder`] decides (pure, time passed in); [`run`] does the I/O in one task next to the
+//! device; the driver talks to it through [`Transport`].
+
+mod api_server;
+pub mod ladder;
+mod run;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use kwg_wg::contract::{PathFailure, TransportStatus};
+use kwg_wg::device::{DeviceHandle, PeerConfig};
+use tokio::sync::{mpsc, watch};
+
+use ladder::Ladder;
+pub use ladder::{Mode, Rung, Timings};
+
+use crate::cluster::Kube;
+
+/// What the driver tells the transport task.
+#[derive(Debug)]
+enum Cmd {
+    /// The gateway peer changed (gateway info): apply it on the current path.
+    Gateway(PeerConfig),
+    /// No handshake yet, or the session stalled: try again or another path.
+    Stall,
+}
+
+/// The ladder's state for `kwg status`, with wall-clock times.
+#[derive(Debug, Clone, Default)]
+struct Snapshot(Option<TransportStatus>);
+
+impl Snapshot {
+    fn of(l: &Ladder, endpoint: Option<String>, now: Instant) -> Snapshot {
+        let wall = |t: Instant| {
+            let d = chrono::Duration::from_std(t.saturating_duration_since(now))
+                .unwrap_or_default()
+                - chrono::Duration::from_std(now.saturating_duration_since(t)).unwrap_or_default();
+            chrono::Utc::now() + d
+        };
+        Snapshot(Some(TransportStatus {
+            mode: l.mode().as_str().into(),
+            path: l.path().map(|p| p.as_str().into()),
+            endpoint,
+            failed: l
+                .failures()
+                .map(|(r, f)| PathFailure {
+                    path: r.as_str().into(),
+                    reason: f.reason.clone(),
+                    at: wall(f.at),
+                })
+                .collect(),
+            next_probe: l.next_probe().map(wall),
+        }))
+    }
+}
+
+/// The running transport task.
+pub struct Transport {
+    cmds: mpsc::Sender<Cmd>,
+    status: watch::Receiver<Snapshot>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Where the gateway peer points before the transport chose: its UDP endpoint, or nowhere in
+/// the stream-only modes (no datagram may go out over UDP then).
+pub fn first_endpoint(mode: Mode, udp: Option<SocketAddr>) -> Option<SocketAddr> {
+    match mode {
+        Mode::Auto | Mode::Udp => udp,
+        Mode::Tcp | Mode::ApiServer => None,
+    }
+}
+
+impl Transport {
+    /// Starts choosing the path for `gateway` (already added to the device); `udp` is the
+    /// gateway's advertised endpoint.
+    pub fn start(
+        mode: Mode,
+        timings: Timings,
+        device: DeviceHandle,
+        gateway: PeerConfig,
+        udp: SocketAddr,
+        kube: Option<Kube>,
+        kwg_namespace: String,
+    ) -> Transport {
+        let (cmds, rx) = mpsc::channel(8);
+        let (status_tx, status) = watch::channel(Snapshot::default());
+        let io = run::Io {
+            ladder: Ladder::new(mode, timings, Instant::now()),
+            device,
+            gateway,
+            udp,
+            kube,
+            kwg_namespace,
+            stream: None,
+            status: status_tx,
+        };
+        let task = tokio::spawn(io.run(rx));
+        Transport { cmds, status, task }
+    }
+
+    /// The gateway peer changed.
+    pub fn gateway(&self, peer: PeerConfig) {
+        if self.cmds.try_send(Cmd::Gateway(peer)).is_err() {
+            tracing::warn!("the transport task is busy or gone: gateway change not applied");
+        }
+    }
+
+    /// No handshake yet, or the session stalled.
+    pub fn stall(&self) {
+        let _ = self.cmds.try_send(Cmd::Stall);
+    }
+
+    /// For `kwg status`.
+    pub fn status(&self) -> Option<TransportStatus> {
+        self.status.borrow().0.clone()
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,263 @@
+//! The transport's I/O: one task owns the [`Ladder`], opens streams (TCP, the API server),
+//! attaches them to the device, pins the gateway peer to the path the ladder chooses, sends
+//! probes, and watches the device for handshakes, answers over other paths and broken streams.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use kwg_wg::device::{ByteStream, DeviceHandle, PeerConfig};
+use kwg_wg::io::stream::{is_stream_endpoint, set_stream_options};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::ladder::{Ladder, Rung, Step};
+use super::{Cmd, Snapshot};
+use crate::cluster::Kube;
+
+/// How often the device is looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// A TCP connect that takes longer failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+type Opened = (Rung, Result<Box<dyn ByteStream>, String>);
+
+pub(super) struct Io {
+    pub ladder: Ladder,
+    pub device: DeviceHandle,
+    pub gateway: PeerConfig,
+    /// The gateway's UDP endpoint (TCP goes to the same address).
+    pub udp: SocketAddr,
+    pub kube: Option<Kube>,
+    pub kwg_namespace: String,
+    pub stream: Option<(Rung, SocketAddr)>,
+    pub status: watch::Sender<Snapshot>,
+}
+
+impl Io {
+    pub(super) async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) {
+        let (opened_tx, mut opened) = mpsc::channel::<Opened>(2);
+        let mut connecting: Option<JoinHandle<()>> = None;
+        let mut seen_handshake = None;
+        loop {
+            while let Some(step) = self.ladder.poll() {
+                if let Step::Connect(rung) = step {
+                    if let Some(c) = connecting.take() {
+                        c.abort();
+                    }
+                    let (tx, target) = (opened_tx.clone(), self.udp);
+                    let (kube, ns) = (self.kube.clone(), self.kwg_namespace.clone());
+                    connecting = Some(tokio::spawn(async move {
+                        let r = open(rung, target, kube, &ns).await;
+                        let _ = tx.send((rung, r)).await;
+                    }));
+                } else {
+                    self.execute(step).await;
+                }
+            }
+            self.publish();
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    None => break,
+                    Some(Cmd::Gateway(peer)) => self.follow(peer).await,
+                    Some(Cmd::Stall) => self.ladder.stall(Instant::now()),
+                },
+                Some((rung, r)) = opened.recv() => self.opened(rung, r),
+                _ = tokio::time::sleep(TICK) => {
+                    let now = Instant::now();
+                    self.observe(&mut seen_handshake, now).await;
+                    self.ladder.tick(now);
+                }
+            }
+        }
+        if let Some(c) = connecting {
+            c.abort();
+        }
+        if let Some((_, ep)) = self.stream.take() {
+            self.device.close_stream(&ep);
+        }
+    }
+
+    fn opened(&mut self, rung: Rung, r: Result<Box<dyn ByteStream>, String>) {
+        let now = Instant::now();
+        let attached = r.and_then(|s| {
+            self.device
+                .attach_stream(s, format!("{rung} to the gateway"))
+                .map_err(|e| e.to_string())
+        });
+        match attached {
+            Ok(ep) => {
+                if let Some((_, old)) = self.stream.replace((rung, ep)) {
+                    self.device.close_stream(&old);
+                }
+                self.ladder.connected(rung, now);
+            }
+            Err(e) => self.ladder.connect_failed(rung, &e, now),
+        }
+    }
+
+    /// Handshakes, answers over other paths, broken streams.
+    async fn observe(&mut self, seen: &mut Option<std::time::SystemTime>, now: Instant) {
+        let key = self.gateway.public_key;
+        let hs = self
+            .device
+            .peers()
+            .await
+            .into_iter()
+            .find(|p| p.public_key == key)
+            .and_then(|p| p.last_handshake);
+        if hs.is_some() && hs != *seen {
+            *seen = hs;
+            self.ladder.handshake(now);
+        }
+        if let Some((from, age)) = self.device.heard_other(&key)
+            && age < Duration::from_secs(5)
+        {
+            let rung = if is_stream_endpoint(&from) {
+                self.stream.map_or(Rung::Tcp, |(r, _)| r)
+            } else {
+                Rung::Udp
+            };
+            self.ladder.heard(rung, now);
+        }
+        if let Some((_, ep)) = self.stream
+            && !self.device.stream_open(&ep)
+        {
+            self.stream = None;
+            self.ladder
+                .stream_closed("closed by the gateway or the network", now);
+        }
+    }
+
+    async fn execute(&mut self, step: Step) {
+        let key = self.gateway.public_key;
+        let r = match step {
+            Step::Use { rung, restart } => {
+                let ep = match rung {
+                    Rung::Udp => Some(self.udp),
+                    _ => self.stream.map(|(_, ep)| ep),
+                };
+                match ep {
+                    Some(ep) => self.pin(ep, restart).await,
+                    None => Ok(()),
+                }
+            }
+            Step::Rebind => {
+                let r = crate::driver::exec::rebind(&self.device, self.gateway.clone()).await;
+                match r {
+                    Ok(()) => self.pin(self.udp, false).await,
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Step::Probe(_) => {
+                tracing::debug!(udp = %self.udp, "probing UDP with a handshake");
+                self.device
+                    .probe(&key, self.udp)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Step::Close => {
+                if let Some((_, ep)) = self.stream.take() {
+                    self.device.close_stream(&ep);
+                }
+                Ok(())
+            }
+            Step::Connect(_) => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "transport step failed");
+        }
+    }
+
+    /// Pins the gateway peer to `ep`; `restart` drops its pending handshake so the next packet
+    /// starts a new one there.
+    async fn pin(&self, ep: SocketAddr, restart: bool) -> Result<(), String> {
+        let key = self.gateway.public_key;
+        if restart {
+            self.device
+                .remove_peer(&key)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut peer = self.gateway.clone();
+            peer.endpoint = Some(ep);
+            self.device
+                .upsert_peer(peer)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tracing::info!(endpoint = %ep, "gateway traffic pinned");
+        self.device
+            .pin_endpoint(&key, ep)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The gateway info changed: the new peer, on the current path.
+    async fn follow(&mut self, peer: PeerConfig) {
+        if let Some(ep) = peer.endpoint {
+            self.udp = ep;
+        }
+        let old = self.gateway.public_key;
+        self.gateway = peer.clone();
+        let pinned = match self.ladder.pinned() {
+            Rung::Udp => Some(self.udp),
+            _ => self.stream.map(|(_, ep)| ep),
+        };
+        let r = async {
+            if old != peer.public_key {
+                self.device.remove_peer(&old).await?;
+            }
+            let mut p = peer;
+            p.endpoint = pinned;
+            self.device.upsert_peer(p).await?;
+            if let Some(ep) = pinned {
+                self.device
+                    .pin_endpoint(&self.gateway.public_key, ep)
+                    .await?;
+            }
+            Ok::<_, kwg_wg::Error>(())
+        };
+        if let Err(e) = r.await {
+            tracing::warn!(error = %e, "cannot follow the gateway info");
+        }
+    }
+
+    fn publish(&self) {
+        let endpoint = self.ladder.path().map(|p| match (p, self.stream) {
+            (Rung::Udp, _) => format!("udp {}", self.udp),
+            (Rung::Tcp, _) => format!("tcp {}", self.udp),
+            (Rung::ApiServer, _) => {
+                format!("api-server pods/portforward in {}", self.kwg_namespace)
+            }
+        });
+        let now = Instant::now();
+        self.status
+            .send_replace(Snapshot::of(&self.ladder, endpoint, now));
+    }
+}
+
+/// Opens a stream of `rung` to the gateway.
+async fn open(
+    rung: Rung,
+    target: SocketAddr,
+    kube: Option<Kube>,
+    ns: &str,
+) -> Result<Box<dyn ByteStream>, String> {
+    match rung {
+        Rung::Tcp => {
+            let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "TCP connect to {target} timed out after {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    )
+                })?
+                .map_err(|e| format!("TCP connect to {target}: {e}"))?;
+            set_stream_options(&s).map_err(|e| format!("TCP options: {e}"))?;
+            Ok(Box::new(s))
+        }
+        Rung::ApiServer => super::api_server::open(kube, ns).await,
+        Rung::Udp => Err("UDP is not a stream".into()),
+    }
+}
