@@ -8,6 +8,7 @@ pub mod check;
 pub mod cluster;
 mod gather;
 pub mod local;
+mod probe;
 pub mod redact;
 
 use crate::args::{Format, KubeArgs};
