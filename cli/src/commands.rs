@@ -193,17 +193,23 @@ fn print_joined(status: &Status, format: Format, elapsed: Duration) {
             serde_json::to_string(status).expect("status serializes")
         );
     } else {
+        let how = match status.proxy {
+            Some(p) => format!("userspace mode, proxy on {p}"),
+            None => format!(
+                "DNS {}",
+                status
+                    .dns
+                    .as_ref()
+                    .map(|d| d.mode.as_str())
+                    .unwrap_or("off")
+            ),
+        };
         println!(
-            "Joined: {} as {} in namespace {} ({} subnets, DNS {}) in {} ms",
+            "Joined: {} as {} in namespace {} ({} subnets, {how}) in {} ms",
             status.context.as_deref().unwrap_or(&status.server),
             status.tunnel_ip.as_deref().unwrap_or("-"),
             status.namespace,
             status.subnets.len(),
-            status
-                .dns
-                .as_ref()
-                .map(|d| d.mode.as_str())
-                .unwrap_or("off"),
             elapsed.as_millis()
         );
     }
@@ -332,7 +338,7 @@ pub(crate) async fn gateway_peers(
 ) -> Vec<kwg_wg::contract::GatewayPeer> {
     use http_body_util::BodyExt;
     let fetch = async {
-        let tcp = tokio::net::TcpStream::connect(admin).await.ok()?;
+        let tcp = crate::userspace::client::dial_cluster(admin).await.ok()?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
                 .await

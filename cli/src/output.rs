@@ -77,13 +77,13 @@ pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
             .unwrap_or_else(|| "all".into()),
     );
     row("Peer", s.peer.clone());
+    let on = match s.proxy {
+        Some(p) => format!("in userspace mode (no interface): SOCKS5/HTTP proxy on {p}"),
+        None => format!("on {}", s.interface),
+    };
     row(
         "Tunnel IP",
-        format!(
-            "{} on {}",
-            s.tunnel_ip.clone().unwrap_or_else(none),
-            s.interface
-        ),
+        format!("{} {on}", s.tunnel_ip.clone().unwrap_or_else(none)),
     );
     row(
         "Gateway",
@@ -103,6 +103,10 @@ pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
         row("Lease", lease_text(l, now));
     }
     match &s.dns {
+        None if s.proxy.is_some() => row(
+            "DNS",
+            "split DNS inside the proxy (the machine's resolver is unchanged)".into(),
+        ),
         None => row("DNS", "off".into()),
         Some(d) => {
             let _ = writeln!(o, "DNS:");
@@ -160,10 +164,7 @@ pub fn lease_text(l: &LeaseStatus, now: DateTime<Utc>) -> String {
             "renewal failing since {} ({error}){retry}; {ends}",
             span(since, now)
         ),
-        None => format!(
-            "renewed {}, {ends}",
-            ago(l.renewed, now)
-        ),
+        None => format!("renewed {}, {ends}", ago(l.renewed, now)),
     }
 }
 

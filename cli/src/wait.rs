@@ -77,7 +77,12 @@ pub async fn all(targets: &[Target], status: &Status, deadline: Instant) -> Resu
     let started = Instant::now();
     for t in targets {
         loop {
-            let last = match attempt(t, dns, deadline).await {
+            let tried = match status.proxy {
+                // Userspace mode: through the proxy, which resolves the name itself.
+                Some(proxy) => through_proxy(t, proxy, deadline).await,
+                None => attempt(t, dns, deadline).await,
+            };
+            let last = match tried {
                 Ok(addr) => {
                     tracing::info!(target = %t, %addr, "wait-for target answered");
                     break;
@@ -100,6 +105,24 @@ pub async fn all(targets: &[Target], status: &Status, deadline: Instant) -> Resu
         }
     }
     Ok(())
+}
+
+/// One try through the userspace proxy (SOCKS5 CONNECT by name). Err is a short reason.
+async fn through_proxy(
+    t: &Target,
+    proxy: SocketAddr,
+    deadline: Instant,
+) -> Result<SocketAddr, String> {
+    let budget = deadline
+        .saturating_duration_since(Instant::now())
+        .min(ATTEMPT);
+    let to = crate::userspace::target::Target::parse(&t.to_string()).map_err(|e| e.to_string())?;
+    let open = crate::userspace::client::socks_open(proxy, &to);
+    match tokio::time::timeout(budget, open).await {
+        Ok(Ok(_)) => Ok(proxy),
+        Ok(Err(e)) => Err(format!("{t} through the proxy {proxy}: {e}")),
+        Err(_) => Err(format!("{t}: no answer within {}ms", budget.as_millis())),
+    }
 }
 
 /// One try: resolve, then connect to the first address. Err is a short reason.

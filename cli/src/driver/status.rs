@@ -40,6 +40,7 @@ pub fn status_from_state(state: &State, connected: bool) -> Status {
         lease: None,
         reach: None,
         transport: None,
+        proxy: state.proxy,
     }
 }
 
@@ -66,6 +67,7 @@ pub fn joining(args: &JoinArgs) -> Status {
         lease: None,
         reach: None,
         transport: None,
+        proxy: None,
     }
 }
 

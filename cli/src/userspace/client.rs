@@ -84,16 +84,38 @@ async fn carry(
 ) -> Result<(), socks::SocksError> {
     let _ = client.set_nodelay(true);
     let mut server = match proxy {
-        Some(p) => {
-            let mut s = TcpStream::connect(p).await?;
-            socks::connect(&mut s, target).await?;
-            s
-        }
+        Some(p) => socks_open(p, target).await?,
         None => TcpStream::connect(target.to_string()).await?,
     };
     let _ = server.set_nodelay(true);
     tokio::io::copy_bidirectional(&mut client, &mut server).await?;
     Ok(())
+}
+
+/// A connection to `target` through the SOCKS5 proxy at `proxy`.
+pub async fn socks_open(
+    proxy: SocketAddr,
+    target: &Target,
+) -> Result<TcpStream, socks::SocksError> {
+    let mut s = TcpStream::connect(proxy).await?;
+    socks::connect(&mut s, target).await?;
+    Ok(s)
+}
+
+/// A TCP connection to `to` in the cluster the way this machine reaches it: through the
+/// userspace proxy of the joined daemon (in `$KWG_STATE_DIR` or the default), else directly
+/// (the TUN path routes it).
+pub async fn dial_cluster(to: SocketAddr) -> std::io::Result<TcpStream> {
+    let proxy = State::load(&StateDir::from_env().state())
+        .ok()
+        .flatten()
+        .and_then(|s| s.proxy);
+    match proxy {
+        Some(p) => socks_open(p, &Target::from(to))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string())),
+        None => TcpStream::connect(to).await,
+    }
 }
 
 /// The variables `kwg exec` sets for the proxy at `proxy` (curl reads the lower-case ones,

@@ -74,6 +74,15 @@ impl Target {
     }
 }
 
+impl From<std::net::SocketAddr> for Target {
+    fn from(a: std::net::SocketAddr) -> Target {
+        Target {
+            host: Host::Ip(a.ip()),
+            port: a.port(),
+        }
+    }
+}
+
 pub fn parse_port(s: &str) -> Result<u16, TargetError> {
     match s.parse::<u16>() {
         Ok(p) if p != 0 => Ok(p),

@@ -49,6 +49,10 @@ pub struct Status {
     /// failed; absent from an older daemon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<TransportStatus>,
+    /// Userspace mode: the loopback SOCKS5/HTTP proxy that reaches the cluster (there is no
+    /// interface, no route and no resolver change); absent with the TUN path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<std::net::SocketAddr>,
 }
 
 impl Status {
@@ -92,6 +96,7 @@ impl Status {
             lease: None,
             reach: None,
             transport: None,
+            proxy: None,
         }
     }
 }
