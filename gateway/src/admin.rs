@@ -239,14 +239,19 @@ async fn tunnel_or_local(
     }
 }
 
-/// This replica's own statistics, for a sibling replica that proves it holds the key.
-async fn replica_stats(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+/// This replica's own statistics, for a sibling replica that proves it holds the key (and
+/// an admin inside the pod).
+async fn replica_stats(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    headers: HeaderMap,
+) -> Response {
     let proof = headers.get(siblings::HEADER).and_then(|v| v.to_str().ok());
     let proven = match (s.siblings.get(), proof) {
         (Some(sib), Some(p)) => sib.key.verify(p, siblings::PATH, SystemTime::now()),
         _ => false,
     };
-    if !proven {
+    if !proven && Caller::of(conn, s.tunnel_cidr) != Caller::Local {
         return (StatusCode::FORBIDDEN, REFUSED).into_response();
     }
     let local = s.device.peers().await;

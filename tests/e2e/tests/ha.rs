@@ -47,20 +47,117 @@ fn ready_pods(sim: &Cluster) -> Vec<String> {
     pods.into_iter().filter(|p| p.1).map(|p| p.0).collect()
 }
 
-/// The replica holding `peer`'s session: the one that saw its latest handshake.
-fn session_holder(sim: &Cluster, peer: &str) -> String {
-    ready_pods(sim)
+/// A replica's own device statistics of the peer with `key` (`/replica/stats`, which
+/// answers inside the pod): its last handshake (Unix ms) and received bytes.
+fn local_stats(sim: &Cluster, pod: &str, key: &str) -> (Option<u64>, u64) {
+    let all: serde_json::Value =
+        serde_json::from_str(&admin_get(sim, pod, "replica/stats")).expect("stats JSON");
+    let me = all
+        .as_array()
         .into_iter()
-        .filter_map(|pod| {
-            let hs = peers_of(sim, &pod)
-                .into_iter()
-                .find(|p| p.name.as_str() == peer)?
-                .last_handshake?;
-            Some((hs, pod))
-        })
+        .flatten()
+        .find(|s| s["publicKey"] == key);
+    me.map_or((None, 0), |s| {
+        (
+            s["lastHandshakeMs"].as_u64(),
+            s["rxBytes"].as_u64().unwrap_or(0),
+        )
+    })
+}
+
+fn key_of(sim: &Cluster, pod: &str, peer: &str) -> String {
+    let p = peers_of(sim, pod)
+        .into_iter()
+        .find(|p| p.name.as_str() == peer);
+    p.expect("the peer is served").public_key.to_string()
+}
+
+/// The replica holding `peer`'s session: the one whose own device saw its latest handshake.
+fn session_holder(sim: &Cluster, peer: &str) -> String {
+    let pods = ready_pods(sim);
+    let key = key_of(sim, &pods[0], peer);
+    pods.into_iter()
+        .filter_map(|pod| Some((local_stats(sim, &pod, &key).0?, pod)))
         .max()
         .map(|(_, pod)| pod)
         .expect("no replica has a handshake with the laptop")
+}
+
+/// With several replicas, every replica's `/peers` (and the laptop's `kwg peers`) shows the
+/// laptop's handshake and traffic as the replica holding its session counts them, though the
+/// others never saw it; a pod asking a replica for its stats gets 403.
+fn every_replica_reports_the_holders_session(sim: &Cluster, l: &kwg_e2e::laptop::Laptop) {
+    let holder = session_holder(sim, "ha");
+    let key = key_of(sim, &holder, "ha");
+    let (held_hs, held_rx) = local_stats(sim, &holder, &key);
+    for pod in ready_pods(sim) {
+        let p = peers_of(sim, &pod)
+            .into_iter()
+            .find(|p| p.name.as_str() == "ha");
+        let p = p.expect("served");
+        let hs = p.last_handshake.map(|t| t.timestamp_millis() as u64);
+        assert!(
+            hs >= held_hs && p.rx_bytes >= held_rx,
+            "{pod} /peers: {p:?}, holder {holder}: {held_hs:?} {held_rx}"
+        );
+        if pod != holder {
+            let (own_hs, _) = local_stats(sim, &pod, &key);
+            assert!(own_hs < held_hs, "{pod} holds a session too: {own_hs:?}");
+        }
+    }
+    let rows: serde_json::Value =
+        serde_json::from_slice(&l.kwg(&["peers", "-o", "json"]).stdout).expect("kwg peers JSON");
+    let me = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["name"] == "ha")
+        .expect("own row");
+    assert!(
+        me["lastHandshake"].is_string() && me["rxBytes"].as_u64() > Some(0),
+        "{me}"
+    );
+    let web = sim.pod_netns("emojivoto", "web-app").unwrap();
+    let ip = sim
+        .kubectl_admin(&[
+            "-n",
+            NS,
+            "get",
+            "pod",
+            &holder,
+            "-o",
+            "jsonpath={.status.podIP}",
+        ])
+        .unwrap();
+    let url = format!("http://{ip}:8080/replica/stats");
+    let out = sim
+        .exec(
+            &web,
+            &["curl", "-s", "--max-time", "3", "-w", " %{http_code}", &url],
+        )
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.starts_with("forbidden") && said.ends_with(" 403"),
+        "{said}"
+    );
+    let forged = sim
+        .exec(
+            &web,
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "3",
+                "-w",
+                " %{http_code}",
+                "-H",
+                "x-kwg-replica: 1.00",
+                &url,
+            ],
+        )
+        .unwrap();
+    assert!(String::from_utf8_lossy(&forged.stdout).ends_with(" 403"));
 }
 
 fn lease_holder(sim: &Cluster) -> String {
@@ -104,6 +201,8 @@ fn a_laptop_keeps_working_when_its_replica_is_deleted_and_through_a_rolling_rest
         Duration::from_secs(1),
         Duration::from_secs(20),
     );
+
+    every_replica_reports_the_holders_session(&sim, &l);
 
     // 1. The replica holding the session is deleted.
     let holder = session_holder(&sim, "ha");
