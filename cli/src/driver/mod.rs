@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use kwg_wg::contract::{GatewayInfo, Status};
-use kwg_wg::device::{DEFAULT_MTU, Device, DeviceConfig};
+use kwg_wg::device::{DEFAULT_MTU, Device, DeviceConfig, PeerConfig};
 use kwg_wg::keys::PrivateKey;
 use kwg_wg::netlink::Netlink;
 use kwg_wg::process::Signals;
@@ -52,6 +52,8 @@ struct Driver {
     kube: Option<Kube>,
     key: Option<PrivateKey>,
     device: Option<Device>,
+    /// Chooses the gateway's path (UDP, TCP, API server) once the peer is configured.
+    transport: Option<crate::transport::Transport>,
     /// Userspace mode's stack and proxy (the device is `device`).
     userspace: Option<crate::userspace::Userspace>,
     forwarder: Option<Forwarder>,
@@ -117,6 +119,7 @@ pub async fn run(
         kube: None,
         key: None,
         device: None,
+        transport: None,
         userspace: None,
         forwarder: None,
         resolved: None,
@@ -259,10 +262,7 @@ impl Driver {
             } => {
                 let r = async {
                     exec::set_routes(&name, Some(address), &routes, &[]).await?;
-                    self.handle()
-                        .upsert_peer(gateway)
-                        .await
-                        .map_err(Error::from)
+                    self.configure_gateway(gateway).await
                 };
                 event(r.await, Event::NetworkConfigured)
             }
@@ -322,7 +322,13 @@ impl Driver {
                 )),
                 None => long(exec::await_handshake(self.handle(), gateway, poke)),
             },
-            Action::Rebind { gateway } => quiet(exec::rebind(&self.handle(), gateway).await),
+            Action::Rebind { gateway } => match &self.transport {
+                Some(t) => {
+                    t.stall();
+                    Started::Nothing
+                }
+                None => quiet(exec::rebind(&self.handle(), gateway).await),
+            },
             Action::Rehandshake { gateway } => {
                 quiet(exec::rehandshake(&self.handle(), gateway).await)
             }
@@ -349,6 +355,10 @@ impl Driver {
                 secret,
                 ttl,
             } => long(exec::renew_lease(self.kube(), namespace, secret, ttl)),
+            Action::UpdateGateway { peer, .. } if self.transport.is_some() => {
+                self.transport.as_ref().expect("checked").gateway(peer);
+                Started::Nothing
+            }
             Action::UpdateGateway { old_key, peer } => {
                 let h = self.handle();
                 let r = async {
@@ -404,6 +414,26 @@ impl Driver {
         }
     }
 
+    /// Adds the gateway peer and starts choosing its path (see [`crate::transport`]).
+    async fn configure_gateway(&mut self, mut gateway: PeerConfig) -> Result<(), Error> {
+        use crate::transport::{Timings, Transport, first_endpoint};
+        let udp = gateway.endpoint;
+        let mode = self.args.transport;
+        gateway.endpoint = first_endpoint(mode, udp);
+        self.handle().upsert_peer(gateway.clone()).await?;
+        if let Some(udp) = udp {
+            let timings = Timings {
+                probe_every: self.args.transport_probe_every,
+                ..Timings::default()
+            };
+            let ns = self.args.kube.kwg_namespace.clone();
+            let (handle, kube) = (self.handle(), self.kube.clone());
+            let t = Transport::start(mode, timings, handle, gateway, udp, kube, ns);
+            self.transport = Some(t);
+        }
+        Ok(())
+    }
+
     fn finished(&mut self, done: Done) -> Event {
         match done {
             Done::Event(e) => e,
@@ -445,6 +475,7 @@ impl Driver {
                 return Event::Undone(Some(format!("the userspace tunnel and proxy on {listen}")));
             }
             Undo::DeleteInterface { name, .. } => {
+                self.transport = None;
                 if let Some(d) = self.device.take() {
                     if let Err(e) = d.shutdown().await {
                         tracing::warn!(error = %e, "stopping the device");

@@ -121,6 +121,7 @@ impl super::Driver {
             s.rx_bytes = p.rx_bytes;
             s.tx_bytes = p.tx_bytes;
         }
+        s.transport = self.transport.as_ref().and_then(|t| t.status());
         s.lease = session.lease_status(std::time::Instant::now(), chrono::Utc::now());
         s
     }
