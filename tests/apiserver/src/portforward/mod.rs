@@ -8,10 +8,16 @@
 //!   kubectl falls back when the WebSocket upgrade gets any non-101 answer
 //!   (`httpstream.IsUpgradeFailure`), a 403 included.
 //!
-//! Authorization as the request-info filter of a 1.33 server does it: the verb comes from the
-//! method (`GET` → `get`, `POST` → `create`) on `pods/portforward`, before the pod is looked up
-//! (so 403 before 404).
+//! - WebSocket without a `SPDY/3.1+` subprotocol (kube-rs, older client-go): the API server
+//!   proxies it to the kubelet, which speaks the channel protocol (`channel.rs`).
+//!
+//! Authorization as the request-info filter of a 1.32 server does it: the verb comes from the
+//! method (`GET` → `get`, `POST` → `create`) on `pods/portforward`, before the options are
+//! decoded (400 for bad `ports`) and the pod is looked up (404). The synthetic `create` check
+//! for WebSocket upgrades (`AuthorizePodWebsocketUpgradeCreatePermission`) only exists from
+//! 1.35 on, so a 1.32 WebSocket upgrade needs `get` alone.
 
+pub mod channel;
 mod session;
 pub mod spdy;
 
@@ -26,6 +32,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::{Message, Role};
+use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::http::{Body, error_response, full};
@@ -35,12 +42,18 @@ use crate::status::ApiError;
 
 pub use session::Target;
 
+/// A server-side WebSocket on an upgraded HTTP connection.
+pub type WsStream = tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
 /// Where a pod's network namespace is: `f(namespace, pod)` → `/run/netns/...`.
 pub type NetnsSource = Arc<dyn Fn(&str, &str) -> Option<PathBuf> + Send + Sync>;
 
 /// The WebSocket subprotocol of SPDY tunnelled over WebSocket (`WebsocketsSPDYTunnelingPrefix`
 /// + `portforward.k8s.io`).
 const WS_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+/// `WebsocketsSPDYTunnelingPrefix`: an offered subprotocol with it sends the request to the
+/// API server's tunnelling handler (`IsWebSocketRequestWithTunnelingProtocol`).
+const TUNNEL_PREFIX: &str = "SPDY/3.1+";
 /// The port-forward protocol over SPDY (`PortForwardProtocolV1Name`).
 const PORTFORWARD_V1: &str = "portforward.k8s.io";
 const STREAM_PROTOCOL: &str = "X-Stream-Protocol-Version";
@@ -110,6 +123,7 @@ fn start(
     if !rbac::allowed(&shared.store(), &user, &attrs) {
         return Err(rbac::forbidden(&user, &attrs));
     }
+    let ports = channel::parse_ports(req.uri().query())?;
     let pods = find("", "v1", "pods").expect("pods are served");
     let pod = shared
         .store()
@@ -140,8 +154,13 @@ fn start(
         sandbox: format!("{uid}{uid}").chars().take(64).collect(),
     });
     let upgrade = header_values(req, "upgrade").join(",").to_ascii_lowercase();
-    if upgrade.contains("websocket") {
+    let tunnel = header_values(req, "sec-websocket-protocol")
+        .iter()
+        .any(|p| p.starts_with(TUNNEL_PREFIX));
+    if upgrade.contains("websocket") && tunnel {
         websocket(shared, req, target)
+    } else if upgrade.contains("websocket") {
+        Ok(channels(shared, req, target, ports))
     } else if upgrade.contains("spdy/3.1") {
         spdy_upgrade(shared, req, target)
     } else {
@@ -165,6 +184,31 @@ fn switching(headers: &[(&str, String)]) -> Response<Body> {
     resp
 }
 
+/// Accept a WebSocket upgrade: the `Sec-WebSocket-Accept` answer (None without a key), with
+/// `serve` run on the upgraded connection.
+fn accept_websocket<F, Fut>(
+    shared: &Arc<Shared>,
+    req: &mut Request<Incoming>,
+    serve: F,
+) -> Option<String>
+where
+    F: FnOnce(WsStream, CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let key = req.headers().get("sec-websocket-key")?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(req);
+    let stop = shared.shutdown.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let ws = WsStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        serve(ws, stop).await;
+    });
+    Some(accept)
+}
+
 fn websocket(
     shared: &Arc<Shared>,
     req: &mut Request<Incoming>,
@@ -176,23 +220,7 @@ fn websocket(
             "unable to upgrade: unable to match protocol: client supports {offered:?}, server supports [\"{WS_TUNNEL}\"]"
         )));
     }
-    let key = req
-        .headers()
-        .get("sec-websocket-key")
-        .ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(req);
-    let stop = shared.shutdown.clone();
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            None,
-        )
-        .await;
+    let accept = accept_websocket(shared, req, move |ws, stop| async move {
         let (sink, stream) = ws.split();
         let input = stream
             .take_while(|m| futures::future::ready(!matches!(m, Ok(Message::Close(_)))))
@@ -210,13 +238,49 @@ fn websocket(
             .sink_map_err(std::io::Error::other)
             .with(|b: Bytes| futures::future::ready(Ok(Message::Binary(b))));
         session::serve(Box::pin(input), Box::pin(output), target, stop).await;
-    });
+    })
+    .ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
     Ok(switching(&[
         ("connection", "Upgrade".into()),
         ("upgrade", "websocket".into()),
         ("sec-websocket-accept", accept),
         ("sec-websocket-protocol", WS_TUNNEL.into()),
     ]))
+}
+
+/// The kubelet's WebSocket port-forward (`handleWebSocketStreams`), proxied unchanged.
+fn channels(
+    shared: &Arc<Shared>,
+    req: &mut Request<Incoming>,
+    target: Arc<Target>,
+    ports: Vec<u16>,
+) -> Response<Body> {
+    if let Err(text) = channel::check_ports(&ports) {
+        // The kubelet's 400, passed through by the API server's upgrade-aware proxy.
+        return full(StatusCode::BAD_REQUEST, "text/plain", text.into_bytes());
+    }
+    let offered = header_values(req, "sec-websocket-protocol");
+    let Some((protocol, codec)) = channel::negotiate(&offered) else {
+        // x/net/websocket: a handshake error is a bare 403.
+        return full(StatusCode::FORBIDDEN, "text/plain", Vec::new());
+    };
+    let serve = move |ws, stop| channel::serve(ws, codec, ports, target, stop);
+    let Some(accept) = accept_websocket(shared, req, serve) else {
+        return full(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            b"Bad Request".to_vec(),
+        );
+    };
+    let mut headers = vec![
+        ("connection", "Upgrade".to_string()),
+        ("upgrade", "websocket".into()),
+        ("sec-websocket-accept", accept),
+    ];
+    if !protocol.is_empty() {
+        headers.push(("sec-websocket-protocol", protocol.into()));
+    }
+    switching(&headers)
 }
 
 fn spdy_upgrade(

@@ -173,7 +173,7 @@ async fn forward(
     target: Arc<Target>,
     port: String,
     ids: Ids,
-    mut from_client: mpsc::Receiver<Bytes>,
+    from_client: mpsc::Receiver<Bytes>,
     tx: mpsc::Sender<Frame>,
 ) {
     let fin = |stream| Frame::Data {
@@ -188,10 +188,7 @@ async fn forward(
     };
     match result {
         Err(why) => {
-            let text = format!(
-                "error forwarding port {port} to pod {}, uid : {why}",
-                target.sandbox
-            );
+            let text = forward_error(&port, &target, &why);
             tracing::debug!(%text, "port-forward failed");
             let _ = tx
                 .send(Frame::Data {
@@ -202,49 +199,72 @@ async fn forward(
                 .await;
         }
         Ok(tcp) => {
-            let _ = tcp.set_nodelay(true);
-            let (mut r, mut w) = tcp.into_split();
-            let up = async {
-                while let Some(b) = from_client.recv().await {
-                    if w.write_all(&b).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = w.shutdown().await;
+            let data = |data| Frame::Data {
+                stream: ids.data,
+                fin: false,
+                data,
             };
-            let down = async {
-                let mut buf = vec![0u8; READ_CHUNK];
-                loop {
-                    match r.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            let data = Bytes::copy_from_slice(&buf[..n]);
-                            let frame = Frame::Data {
-                                stream: ids.data,
-                                fin: false,
-                                data,
-                            };
-                            if tx.send(frame).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            };
-            // containerd ends the forward when the first direction ends.
-            tokio::select! {
-                _ = up => {}
-                _ = down => {}
-            }
+            pump(tcp, from_client, &tx, data).await;
         }
     }
     let _ = tx.send(fin(ids.data)).await;
     let _ = tx.send(fin(ids.error)).await;
 }
 
+/// The kubelet's text on a port's error stream (`portForward` in its streaming server: the
+/// runtime calls the sandbox id the pod and passes no uid).
+pub(super) fn forward_error(port: &str, target: &Target, why: &str) -> String {
+    format!(
+        "error forwarding port {port} to pod {}, uid : {why}",
+        target.sandbox
+    )
+}
+
+/// Carry bytes between the pod's connection and the client until the first direction ends
+/// (as containerd does): the client's chunks come from `from_client`, the pod's go to `tx`
+/// wrapped by `wrap`.
+pub(super) async fn pump<T>(
+    tcp: TcpStream,
+    mut from_client: mpsc::Receiver<Bytes>,
+    tx: &mpsc::Sender<T>,
+    wrap: impl Fn(Bytes) -> T,
+) {
+    let _ = tcp.set_nodelay(true);
+    let (mut r, mut w) = tcp.into_split();
+    let up = async {
+        while let Some(b) = from_client.recv().await {
+            if w.write_all(&b).await.is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx
+                        .send(wrap(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
+
 /// Connect to the pod's port: `localhost` inside its network namespace (IPv4, then IPv6, as
 /// containerd), or its IP when the namespace is not known. Errors read like containerd's.
-async fn dial(target: &Target, port: u16) -> Result<TcpStream, String> {
+pub(super) async fn dial(target: &Target, port: u16) -> Result<TcpStream, String> {
     let Some(netns) = target.netns.clone() else {
         let ip = target
             .pod_ip
