@@ -93,6 +93,9 @@ pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
             s.gateway_key.clone().unwrap_or_else(none)
         ),
     );
+    if let Some(t) = &s.transport {
+        row("Path", crate::transport::text(t, now));
+    }
     row("Reachable ns", crate::reach::text(s.reach.as_ref()));
     row("Last handshake", ago(s.last_handshake, now));
     row(

@@ -124,5 +124,26 @@ impl Drop for Transport {
     }
 }
 
+/// The `Path` line of `kwg status`: the path in use, then each better path that failed and
+/// why, and when better paths are tried again.
+pub fn text(t: &TransportStatus, now: chrono::DateTime<chrono::Utc>) -> String {
+    let secs = |from, to| {
+        let s: chrono::Duration = to - from;
+        humantime::format_duration(std::time::Duration::from_secs(s.num_seconds().max(0) as u64))
+    };
+    let mut o = match (&t.path, &t.endpoint) {
+        (Some(_), Some(e)) => e.clone(),
+        (Some(p), None) => p.clone(),
+        (None, _) => format!("none yet (--transport {})", t.mode),
+    };
+    for f in &t.failed {
+        o += &format!("; {} failed {} ago: {}", f.path, secs(f.at, now), f.reason);
+    }
+    if let Some(n) = t.next_probe {
+        o += &format!("; better paths tried again in {}", secs(now, n));
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests;
