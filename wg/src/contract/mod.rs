@@ -31,6 +31,8 @@ pub const DEFAULT_NAMESPACE: &str = "kwg-system";
 pub const DEFAULT_GATEWAY_NAMESPACE: &str = "kwg-gateway";
 /// The gateway's Deployment (and ServiceAccount), in the gateway namespace.
 pub const GATEWAY_DEPLOYMENT: &str = "kwg-gateway";
+/// Label selector of the gateway Deployment's pods (manifests/deployment.yaml).
+pub const GATEWAY_POD_SELECTOR: &str = "app.kubernetes.io/name=kwg-gateway";
 
 /// Label marking a Secret as a kwg peer, with value [`PEER_LABEL_VALUE`].
 pub const PEER_LABEL: &str = "kwg.io/peer";
