@@ -4,7 +4,7 @@
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
-const { input, fileCommand, kwg, defaultName } = require('./runner');
+const { input, fileCommand, kwg, defaultName, userspace, proxyEnv } = require('./runner');
 
 const dir = fs.mkdtempSync(path.join(process.env.RUNNER_TEMP || os.tmpdir(), 'kwg-'));
 const kubeconfig = path.join(dir, 'kubeconfig');
@@ -22,7 +22,12 @@ if (input('namespace')) {
 for (const target of input('wait-for').split(/[\s,]+/).filter(Boolean)) {
   args.push('--wait-for', target);
 }
-const r = kwg(exe, args);
+const asUser = userspace();
+if (asUser) {
+  args.push('--userspace');
+}
+fileCommand('GITHUB_STATE', 'userspace', String(asUser));
+const r = kwg(exe, args, asUser);
 let result;
 try {
   result = JSON.parse(r.stdout.trim().split('\n').pop() || '{}');
@@ -38,4 +43,10 @@ fileCommand('GITHUB_STATE', 'joined', 'true');
 fileCommand('GITHUB_OUTPUT', 'tunnel-ip', result.tunnelIp || '');
 fileCommand('GITHUB_OUTPUT', 'status', JSON.stringify(result));
 fileCommand('GITHUB_ENV', 'KWG_TUNNEL_IP', result.tunnelIp || '');
+if (result.proxy) {
+  fileCommand('GITHUB_OUTPUT', 'proxy', result.proxy);
+  for (const [name, value] of Object.entries(proxyEnv(result.proxy))) {
+    fileCommand('GITHUB_ENV', name, value);
+  }
+}
 console.log(`Joined ${result.server} as ${result.tunnelIp} (namespace ${result.namespace})`);

@@ -6,7 +6,7 @@ const fs = require('fs');
 const path = require('path');
 const { input, kwg } = require('./runner');
 
-const r = kwg(input('kwg') || 'kwg', ['leave', '-o', 'json']);
+const r = kwg(input('kwg') || 'kwg', ['leave', '-o', 'json'], process.env.STATE_userspace === 'true');
 console.log(r.stdout.trim());
 const kubeconfig = process.env.STATE_kubeconfig;
 if (kubeconfig) {

@@ -19,10 +19,11 @@ function fileCommand(variable, name, value) {
   fs.appendFileSync(file, `${name}<<${delimiter}\n${value}\n${delimiter}\n`);
 }
 
-// Runs kwg (through sudo when not root); returns { code, stdout }.
-function kwg(exe, args) {
+// Runs kwg (through sudo when not root, unless `asUser`: userspace mode); returns
+// { code, stdout }.
+function kwg(exe, args, asUser) {
   const root = typeof process.getuid === 'function' && process.getuid() === 0;
-  const [cmd, argv] = root ? [exe, args] : ['sudo', ['-E', exe, ...args]];
+  const [cmd, argv] = root || asUser ? [exe, args] : ['sudo', ['-E', exe, ...args]];
   const r = spawnSync(cmd, argv, { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
   if (r.error) {
     return { code: 1, stdout: '', error: `cannot run ${cmd}: ${r.error.message}` };
@@ -38,4 +39,22 @@ function defaultName(env) {
   return raw.toLowerCase().replace(/[^a-z0-9-]+/g, '-').slice(0, 63).replace(/-+$/, '');
 }
 
-module.exports = { input, fileCommand, kwg, defaultName };
+// Whether the userspace input asks for userspace mode.
+function userspace() {
+  return ['true', 'yes', '1'].includes(input('userspace').toLowerCase());
+}
+
+// The variables `kwg exec` sets, for the job's later steps (curl reads the lower-case ones).
+function proxyEnv(proxy) {
+  const socks = `socks5h://${proxy}`;
+  const http = `http://${proxy}`;
+  const none = 'localhost,127.0.0.1,::1';
+  return {
+    ALL_PROXY: socks, all_proxy: socks,
+    HTTP_PROXY: http, http_proxy: http,
+    HTTPS_PROXY: http, https_proxy: http,
+    NO_PROXY: none, no_proxy: none,
+  };
+}
+
+module.exports = { input, fileCommand, kwg, defaultName, userspace, proxyEnv };

@@ -137,15 +137,7 @@ pub async fn renew_lease(kube: Kube, ns: String, secret: String, ttl: Duration) 
 
 /// Pokes the tunnel (a packet toward `poke` starts the handshake) until the gateway answered.
 pub async fn await_handshake(handle: DeviceHandle, gateway: PeerConfig, poke: SocketAddr) -> Event {
-    loop {
-        let done = handle
-            .peers()
-            .await
-            .iter()
-            .any(|p| p.public_key == gateway.public_key && p.last_handshake.is_some());
-        if done {
-            return Event::Handshake;
-        }
+    await_handshake_poking(handle, gateway, || async move {
         match poke.port() {
             53 => {
                 let _ =

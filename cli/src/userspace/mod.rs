@@ -165,18 +165,13 @@ pub async fn await_handshake(
         SocketAddr::V4(a) => a,
         SocketAddr::V6(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, poke.port()),
     };
-    loop {
-        let done = handle
-            .peers()
-            .await
-            .iter()
-            .any(|p| p.public_key == gateway.public_key && p.last_handshake.is_some());
-        if done {
-            return Event::Handshake;
+    crate::driver::exec::await_handshake_poking(handle, gateway, || {
+        let tunnel = tunnel.clone();
+        async move {
+            let _ = tunnel.connect(poke, Duration::from_millis(100)).await;
         }
-        let _ = tunnel.connect(poke, Duration::from_millis(100)).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Asks the cluster DNS `server` through the stack until it resolves `name`.

@@ -134,7 +134,19 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
     let u = User::new(&l);
     let before = machine(&l);
 
-    let join = u.run(&l, &["kwg", "join", "--name", "usp", "-n", "emojivoto"]);
+    let join = u.run(
+        &l,
+        &[
+            "kwg",
+            "join",
+            "--name",
+            "usp",
+            "-n",
+            "emojivoto",
+            "--wait-for",
+            "web-app:80",
+        ],
+    );
     let said = text(&join.stderr);
     assert!(
         join.status.success(),
@@ -289,11 +301,15 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
 
     let status = u.run(&l, &["kwg", "status"]);
     assert!(status.status.success(), "{}", text(&status.stderr));
+    let said = text(&status.stdout);
+    assert!(said.contains("Connected"), "{said}");
     assert!(
-        text(&status.stdout).contains("Connected"),
-        "{}",
-        text(&status.stdout)
+        said.contains("in userspace mode (no interface): SOCKS5/HTTP proxy on 127.0.0.1:1080"),
+        "{said}"
     );
+    let json: serde_json::Value =
+        serde_json::from_slice(&u.run(&l, &["kwg", "status", "-o", "json"]).stdout).unwrap();
+    assert_eq!(json["proxy"], "127.0.0.1:1080", "{json}");
     assert_eq!(
         machine(&l),
         before,
