@@ -151,6 +151,27 @@ pub async fn await_handshake(handle: DeviceHandle, gateway: PeerConfig, poke: So
                 .await;
             }
         }
+    })
+    .await
+}
+
+/// Runs `poke` (which sends something into the tunnel) until the gateway answered the
+/// handshake.
+pub async fn await_handshake_poking<F: std::future::Future<Output = ()>>(
+    handle: DeviceHandle,
+    gateway: PeerConfig,
+    mut poke: impl FnMut() -> F,
+) -> Event {
+    loop {
+        let done = handle
+            .peers()
+            .await
+            .iter()
+            .any(|p| p.public_key == gateway.public_key && p.last_handshake.is_some());
+        if done {
+            return Event::Handshake;
+        }
+        poke().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
