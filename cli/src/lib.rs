@@ -12,6 +12,7 @@ pub mod error;
 pub mod exit;
 pub mod lock;
 pub mod output;
+pub mod portforward;
 pub mod reach;
 pub mod routes;
 pub mod session;
