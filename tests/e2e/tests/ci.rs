@@ -225,6 +225,19 @@ fn ci_credentials_print_a_kubeconfig_that_joins() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("bound to the kwg-user Roles and ClusterRole"));
+    // Bound in the gateway's namespace too: `kwg join` reads whether the gateway is ready.
+    let ready = sim.kubectl_output(
+        &file,
+        &[
+            "auth",
+            "can-i",
+            "get",
+            "deployments.apps/kwg-gateway",
+            "-n",
+            "kwg-gateway",
+        ],
+    );
+    assert_eq!(text(&ready.expect("kubectl").stdout).trim(), "yes");
     let kubeconfig = format!("KUBECONFIG={}", file.display());
     let join = l.run(&[
         "env",

@@ -1,28 +1,41 @@
 //! Issue 10 on the one-machine cluster: the developer (a kwg user) attacks the gateway's
 //! identity and a peer owned by another user; the admission policy of `manifests/` refuses
 //! each attack with the real server's message and the victim keeps reaching the cluster.
-//! Needs root (network namespaces).
+//! The developer and a second kwg user have no rights next to the gateway (namespace
+//! `kwg-gateway`: RBAC refuses with the real server's message), while an admin's token Secret
+//! for the gateway still works. Needs root (network namespaces).
 
 use anyhow::Result;
 use kwg_e2e::{
-    Implementation, WgPeer, install_gateway, peer_annotations, peer_secret_json, wait_for,
-    wait_tunnel_ip,
+    GATEWAY_NS, Implementation, WgPeer, install_gateway, peer_annotations, peer_secret_json,
+    wait_for, wait_tunnel_ip,
 };
 use kwg_sim::testing::Cluster;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const DENIED: &str = "ValidatingAdmissionPolicy 'kwg-peer-ownership' with binding 'kwg-peer-ownership' denied request: ";
 
 /// kubectl as the developer from the laptop; its stderr (it must fail).
 fn developer_refused(c: &Cluster, args: &[&str]) -> Result<String> {
-    let out = c.kubectl_output(&c.developer_kubeconfig(), args)?;
+    refused(c, &c.developer_kubeconfig(), args)
+}
+
+/// kubectl as `kubeconfig` from the laptop, which must be refused; its stderr.
+fn refused(c: &Cluster, kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let out = c.kubectl_output(kubeconfig, args)?;
     anyhow::ensure!(!out.status.success(), "kubectl {args:?} was allowed");
     Ok(String::from_utf8_lossy(&out.stderr).trim_end().to_owned())
 }
 
 /// `kubectl apply -f -` as the developer; the error text (it must fail).
 fn developer_apply_refused(c: &Cluster, doc: &serde_json::Value) -> Result<String> {
-    match c.kubectl_apply(&c.developer_kubeconfig(), &doc.to_string()) {
+    apply_refused(c, &c.developer_kubeconfig(), &doc.to_string())
+}
+
+/// `kubectl apply -f -` as `kubeconfig`, which must be refused; the error text.
+fn apply_refused(c: &Cluster, kubeconfig: &Path, doc: &str) -> Result<String> {
+    match c.kubectl_apply(kubeconfig, doc) {
         Ok(out) => anyhow::bail!("apply was allowed: {out}"),
         Err(e) => Ok(e.to_string()),
     }
@@ -138,3 +151,217 @@ fn a_kwg_user_takes_neither_the_gateways_identity_nor_another_users_peer() -> Re
     assert!(works(&victim)?, "the victim lost the cluster");
     Ok(())
 }
+
+/// The real API server's RBAC denial, as kubectl prints it.
+fn forbidden(user: &str, verb: &str, what: &str, resource: &str, group: &str) -> String {
+    format!(
+        "Error from server (Forbidden): {what} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{group}\" in the namespace \"{GATEWAY_NS}\""
+    )
+}
+
+/// A second kwg user, as an admin makes one: `kwg ci-credentials mallory` (a ServiceAccount in
+/// kwg-system bound to the kwg-user roles); its kubeconfig and user name.
+fn second_user(c: &Cluster) -> Result<(PathBuf, String)> {
+    let file = c.names().run_dir().join("mallory.kubeconfig");
+    let admin = format!("KUBECONFIG={}", c.admin_kubeconfig().display());
+    let kwg = kwg_sim::bin_path("kwg");
+    let argv = [
+        "env",
+        &admin,
+        kwg.to_str().unwrap_or("kwg"),
+        "ci-credentials",
+        "mallory",
+        "--out",
+        file.to_str().unwrap_or_default(),
+    ];
+    c.exec_ok(&c.netns("laptop"), &argv)?;
+    Ok((file, "system:serviceaccount:kwg-system:mallory".into()))
+}
+
+#[test]
+fn kwg_users_have_no_rights_next_to_the_gateway() -> Result<()> {
+    let c = Cluster::up()?;
+    install_gateway(&c)?;
+    let gw_pod = kwg_e2e::wait_gateway_ready(&c, Duration::from_secs(10))?;
+    let (mallory, mallory_name) = second_user(&c)?;
+    let dev = c.developer_kubeconfig();
+    // A token Secret next to the gateway's ServiceAccount, and a pod running as it.
+    let dir = c.names().run_dir();
+    let token_file = dir.join("gw-token.json");
+    std::fs::write(
+        &token_file,
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+            "metadata": {"name": "gw-token", "namespace": GATEWAY_NS,
+                         "annotations": {"kubernetes.io/service-account.name": "kwg-gateway"}}})
+        .to_string(),
+    )?;
+    let token_file = token_file.to_str().unwrap_or_default();
+    let pod_overrides = r#"{"spec": {"serviceAccountName": "kwg-gateway"}}"#;
+    let ns = ["-n", GATEWAY_NS];
+    for (kubeconfig, user) in [(&dev, "developer"), (&mallory, mallory_name.as_str())] {
+        let attempts: [(Vec<&str>, String); 7] = [
+            (
+                vec!["get", "secrets"],
+                forbidden(user, "list", "secrets", "secrets", ""),
+            ),
+            (
+                vec!["get", "secret", "kwg-gateway-key"],
+                forbidden(user, "get", "secrets \"kwg-gateway-key\"", "secrets", ""),
+            ),
+            (
+                vec!["create", "-f", token_file],
+                format!(
+                    "Error from server (Forbidden): error when creating \"{token_file}\": {}",
+                    forbidden(user, "create", "secrets", "secrets", "")
+                        .trim_start_matches("Error from server (Forbidden): ")
+                ),
+            ),
+            (
+                vec!["create", "token", "kwg-gateway"],
+                format!(
+                    "error: failed to create token: {}",
+                    forbidden(
+                        user,
+                        "create",
+                        "serviceaccounts \"kwg-gateway\"",
+                        "serviceaccounts/token",
+                        ""
+                    )
+                    .trim_start_matches("Error from server (Forbidden): ")
+                ),
+            ),
+            (
+                vec![
+                    "run",
+                    "thief",
+                    "--image=kwg-sim:dev",
+                    "--overrides",
+                    pod_overrides,
+                ],
+                forbidden(user, "create", "pods", "pods", ""),
+            ),
+            (
+                vec!["delete", "lease", "kwg-gateway"],
+                forbidden(
+                    user,
+                    "delete",
+                    "leases.coordination.k8s.io \"kwg-gateway\"",
+                    "leases",
+                    "coordination.k8s.io",
+                ),
+            ),
+            (
+                vec!["delete", "pod", &gw_pod],
+                forbidden(user, "delete", &format!("pods \"{gw_pod}\""), "pods", ""),
+            ),
+        ];
+        for (args, want) in attempts {
+            let args = [&ns[..], &args].concat();
+            assert_eq!(
+                refused(&c, kubeconfig, &args)?,
+                want,
+                "{user}: kubectl {args:?}"
+            );
+        }
+    }
+    // What a kwg user may do there, as the API server lists it: read the gateway Deployment
+    // by name (readiness), the cluster-wide reads of kwg-user and what every authenticated
+    // user may. The port-forward fallback's rules (get pods, create pods/portforward) are
+    // the only others allowed.
+    let list = c.kubectl(&mallory, &["auth", "can-i", "--list", "-n", GATEWAY_NS])?;
+    let mut rules: Vec<String> = list
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        // Non-resource URLs: discovery, /healthz and the like, for every user.
+        .filter(|l| !l.starts_with("[/"))
+        .filter(|l| !l.starts_with("pods/portforward ") && !l.starts_with("pods "))
+        .collect();
+    rules.sort();
+    assert_eq!(rules, EXPECTED_RULES, "{list}");
+    // In kwg-system the second user, like the developer, may neither take the developer's
+    // peer nor make a token Secret.
+    let key = kwg_wg::keys::PrivateKey::generate().public_key();
+    kwg_e2e::register_peer(&c, "devbox", &key, Duration::from_secs(3600))?;
+    let del = ["-n", "kwg-system", "delete", "secret", "kwg-peer-devbox"];
+    assert_eq!(
+        refused(&c, &mallory, &del)?,
+        format!(
+            "Error from server (Forbidden): secrets \"kwg-peer-devbox\" is forbidden: {DENIED}you may change or delete only your own peer Secrets: this one is not owned by {mallory_name}"
+        )
+    );
+    let in_kwg_system = std::fs::read_to_string(token_file)?.replace(GATEWAY_NS, "kwg-system");
+    let err = apply_refused(&c, &mallory, &in_kwg_system)?;
+    assert!(
+        err.contains(&format!("{DENIED}in kwg-system you may only write Secrets of type kwg.io/peer (a kwg peer), not kubernetes.io/service-account-token")),
+        "{err}"
+    );
+    // Nothing a kwg user did touched the gateway: the same pod still serves.
+    assert_eq!(
+        kwg_e2e::wait_gateway_ready(&c, Duration::from_secs(5))?,
+        gw_pod
+    );
+
+    // The token controller still serves an admin: a token Secret for the gateway's
+    // ServiceAccount, created by the admin in kwg-gateway, is filled and authenticates as it.
+    c.kubectl_admin(&["create", "-f", token_file])?;
+    let token = wait_for("the token controller", Duration::from_secs(10), || {
+        let t = c.kubectl_admin(
+            &[
+                &ns[..],
+                &[
+                    "get",
+                    "secret",
+                    "gw-token",
+                    "-o",
+                    "go-template={{.data.token | base64decode}}",
+                ],
+            ]
+            .concat(),
+        )?;
+        Ok((!t.is_empty()).then_some(t))
+    })?;
+    let as_gateway = dir.join("gw-token.kubeconfig");
+    let dev_token = c.kubectl(
+        &dev,
+        &[
+            "config",
+            "view",
+            "--raw",
+            "-o",
+            "jsonpath={.users[0].user.token}",
+        ],
+    )?;
+    std::fs::write(
+        &as_gateway,
+        std::fs::read_to_string(&dev)?.replace(dev_token.trim(), token.trim()),
+    )?;
+    let whoami = c.kubectl(
+        &as_gateway,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    )?;
+    assert_eq!(whoami, "system:serviceaccount:kwg-gateway:kwg-gateway");
+    let key = c.kubectl(
+        &as_gateway,
+        &[&ns[..], &["get", "secret", "kwg-gateway-key", "-o", "name"]].concat(),
+    )?;
+    assert_eq!(key.trim(), "secret/kwg-gateway-key");
+    c.kubectl_admin(&[&ns[..], &["delete", "secret", "gw-token"]].concat())?;
+    Ok(())
+}
+
+/// `kubectl auth can-i --list -n kwg-gateway` of a kwg user (no other grant): its resource
+/// rows, sorted, columns joined by one space.
+const EXPECTED_RULES: [&str; 6] = [
+    "deployments.apps [] [kwg-gateway] [get]",
+    "namespaces [] [] [get list]",
+    "selfsubjectaccessreviews.authorization.k8s.io [] [] [create]",
+    "selfsubjectreviews.authentication.k8s.io [] [] [create]",
+    "selfsubjectrulesreviews.authorization.k8s.io [] [] [create]",
+    "services [] [] [get list]",
+];
