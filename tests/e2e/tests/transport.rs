@@ -1,0 +1,109 @@
+//! WireGuard over TCP when UDP does not get through (issue 13): with UDP from the laptop to the
+//! node dropped by nftables in the laptop's namespace, `kwg join` succeeds over TCP to the same
+//! NodePort, HTTP and DNS work, `kwg status` names the path and why UDP failed; once UDP is
+//! let through again, the tunnel moves back to UDP without a failed request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kwg_e2e::laptop::{Laptop, laptop, shared, text};
+use kwg_e2e::requests::RequestLoop;
+
+/// This test's own nftables table in the laptop's namespace (removed on drop).
+struct UdpDropped<'a> {
+    l: &'a Laptop,
+    table: String,
+}
+
+impl<'a> UdpDropped<'a> {
+    fn new(l: &'a Laptop, ip: &str, port: u16) -> UdpDropped<'a> {
+        let table = format!("kwgtransport_{}", l.name.replace('-', "_"));
+        let script = format!(
+            "add table inet {table}; add chain inet {table} out {{ type filter hook output priority 0 ; }}; add rule inet {table} out ip daddr {ip} udp dport {port} drop"
+        );
+        let out = l.run(&["nft", &script]);
+        assert!(out.status.success(), "nft: {}", text(&out.stderr));
+        UdpDropped { l, table }
+    }
+}
+
+impl Drop for UdpDropped<'_> {
+    fn drop(&mut self) {
+        let _ = self.l.run(&["nft", "delete", "table", "inet", &self.table]);
+    }
+}
+
+fn status(l: &Laptop) -> serde_json::Value {
+    serde_json::from_slice(&l.kwg(&["status", "-o", "json"]).stdout).unwrap_or_default()
+}
+
+#[test]
+fn join_over_tcp_without_udp_then_back_to_udp_without_a_failed_request() {
+    let sim = shared();
+    let l = Arc::new(laptop(&sim, "tcpladder"));
+    let info = kwg_e2e::gateway_info(&sim).unwrap();
+    let ep = info.endpoints.first().expect("an endpoint").clone();
+    let ip = ep.ip().expect("a node address").to_string();
+    let blocked = UdpDropped::new(&l, &ip, ep.port);
+    let started = Instant::now();
+    let out = l.join(&["--namespace", "emojivoto", "--transport-probe-every", "5s"]);
+    let took = started.elapsed();
+    eprintln!(
+        "kwg join over TCP took {:.2} s\n{}",
+        took.as_secs_f64(),
+        text(&out.stdout)
+    );
+    assert!(took < Duration::from_secs(10), "join took {took:?}");
+    let page = l.curl("web-app:80");
+    assert!(
+        text(&page.stdout).contains("<title>Emoji Vote</title>"),
+        "curl web-app:80 over TCP: {}{}",
+        text(&page.stdout),
+        text(&page.stderr)
+    );
+    assert!(
+        !l.dig("web-app.emojivoto.svc.cluster.local").is_empty(),
+        "DNS over TCP"
+    );
+    let s = status(&l);
+    assert_eq!(s["transport"]["mode"], "auto", "{s}");
+    assert_eq!(s["transport"]["path"], "tcp", "{s}");
+    assert_eq!(s["transport"]["failed"][0]["path"], "udp", "{s}");
+    let line = text(&l.kwg(&["status"]).stdout);
+    let path = line
+        .lines()
+        .find(|l| l.starts_with("Path"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        path.contains(&format!("tcp {ip}:{}", ep.port)) && path.contains("udp failed"),
+        "{line}"
+    );
+
+    // UDP let through while a request loop runs: the next probe moves the tunnel to UDP.
+    let requests = RequestLoop::start(&l);
+    std::thread::sleep(Duration::from_secs(1));
+    drop(blocked);
+    let unblocked = Instant::now();
+    kwg_e2e::wait_for("the path back on UDP", Duration::from_secs(60), || {
+        Ok((status(&l)["transport"]["path"] == "udp").then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", status(&l)));
+    let moved = unblocked.elapsed();
+    // Past the stream's closing (5 s after the move) with traffic still flowing.
+    std::thread::sleep(Duration::from_secs(7));
+    let (gap, failed) = requests.longest_gap(unblocked);
+    let total = requests.results.lock().unwrap().len();
+    drop(requests);
+    eprintln!(
+        "back on UDP {:.2} s after unblocking; {total} requests, {failed} failed, longest gap {:.2} s",
+        moved.as_secs_f64(),
+        gap.as_secs_f64()
+    );
+    assert_eq!(failed, 0, "no failed request across the move");
+    let s = status(&l);
+    assert_eq!(s["transport"]["failed"], serde_json::json!([]), "{s}");
+    assert!(l.curl("web-app:80").status.success());
+    let left = l.kwg(&["leave"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+}
