@@ -350,6 +350,30 @@ impl DeviceHandle {
         Ok(known)
     }
 
+    /// [`DeviceHandle::probe`] over the peer's endpoint; once the handshake completes, the
+    /// packets sent since `since` go out again (see [`Core::initiate_replaying`]; replay must
+    /// be on: [`DeviceHandle::set_replay`]).
+    pub async fn rehandshake(
+        &self,
+        k: &PublicKey,
+        via: SocketAddr,
+        since: Instant,
+    ) -> Result<bool, Error> {
+        let s = self.live()?;
+        let mut net = crate::core::NetBatch::new(1);
+        let known = s
+            .core()
+            .initiate_replaying(k, via, since, Instant::now(), &mut net);
+        s.send_net(&net).await;
+        Ok(known)
+    }
+
+    /// Keeps copies of what is sent to the peer for [`DeviceHandle::rehandshake`].
+    pub fn set_replay(&self, k: &PublicKey, on: bool) -> Result<(), Error> {
+        self.live()?.core().set_replay(k, on);
+        Ok(())
+    }
+
     /// Moves a peer to `ep` and pins it there: only this side chooses the path from now on
     /// (a client's transport ladder). [`DeviceHandle::heard_other`] tells when another path
     /// answered.

@@ -177,12 +177,16 @@ pub async fn await_handshake_poking<F: std::future::Future<Output = ()>>(
 }
 
 /// A new handshake initiation to the gateway's current endpoint from the current socket (the
-/// session stays until the answer replaces it).
-pub async fn rehandshake(handle: &DeviceHandle, gateway: PeerConfig) -> Result<(), Error> {
+/// session stays until the answer replaces it, then what was sent since `since` goes again).
+pub async fn rehandshake(
+    handle: &DeviceHandle,
+    gateway: PeerConfig,
+    since: std::time::Instant,
+) -> Result<(), Error> {
     let key = gateway.public_key;
     let endpoint = handle.peer_endpoint(&key).await.or(gateway.endpoint);
     if let Some(ep) = endpoint {
-        handle.probe(&key, ep).await?;
+        handle.rehandshake(&key, ep, since).await?;
         tracing::info!(%ep, "sent a new handshake initiation");
     }
     Ok(())

@@ -49,6 +49,8 @@ pub struct Health {
     answered_since_try: bool,
     last_rebind: Option<Instant>,
     pub restarts: u32,
+    /// Since when the last stall went unanswered (what a new session should carry again).
+    pub stalled_since: Option<Instant>,
 }
 
 impl Health {
@@ -64,6 +66,7 @@ impl Health {
             answered_since_try: false,
             last_rebind: None,
             restarts: 0,
+            stalled_since: None,
         }
     }
 
@@ -110,6 +113,8 @@ impl Health {
             _ => Verdict::Handshake,
         };
         self.last_try = Some(now);
+        // The first unanswered packet went out up to one read before it was seen.
+        self.stalled_since = self.unanswered_since.map(|t| t - CHECK_EVERY);
         self.answered_since_try = false;
         self.restarts += 1;
         self.unanswered_since = None;

@@ -43,7 +43,9 @@ impl Session {
                 restarts = h.restarts,
                 "packets to the gateway go unanswered: starting a new handshake"
             );
-            self.actions.push_back(Action::Rehandshake { gateway });
+            let since = h.stalled_since.unwrap_or(now);
+            self.actions
+                .push_back(Action::Rehandshake { gateway, since });
         }
     }
 

@@ -66,8 +66,8 @@ pub enum Action {
         poke: SocketAddr,
     },
     /// Send the gateway a new handshake initiation on the current socket (any replica
-    /// answers it).
-    Rehandshake { gateway: PeerConfig },
+    /// answers it); what was sent since `since` goes again under the new session.
+    Rehandshake { gateway: PeerConfig, since: Instant },
     /// Move to a fresh UDP port and restart the handshake with the gateway.
     Rebind { gateway: PeerConfig },
     /// Ask the cluster DNS through the tunnel until it answers `name` (long; `DnsAnswered`).

@@ -9,6 +9,7 @@ mod batch;
 mod config;
 mod initiation;
 mod peer;
+mod replay;
 #[doc(hidden)]
 pub mod testing;
 
@@ -174,6 +175,39 @@ impl Core {
         peer.initiate_to(canonical(dst), self.keys.as_ref(), now, net)
     }
 
+    /// Turns replay on or off for a peer (see [`replay`]): a client's gateway peer. Turning
+    /// it on again keeps what is kept.
+    pub fn set_replay(&mut self, key: &PublicKey, on: bool) {
+        if let Some(peer) = self.by_key.get(key).and_then(|i| self.peers.get_mut(i)) {
+            match (on, &peer.replay) {
+                (true, Some(_)) => {}
+                (true, None) => peer.replay = Some(Box::default()),
+                (false, _) => peer.replay = None,
+            }
+        }
+    }
+
+    /// [`Core::initiate_to`], and once this handshake completes, the packets sent to the peer
+    /// since `since` (nothing came back since) go out again under the new session.
+    pub fn initiate_replaying(
+        &mut self,
+        key: &PublicKey,
+        dst: SocketAddr,
+        since: Instant,
+        now: Instant,
+        net: &mut NetBatch,
+    ) -> bool {
+        if let Some(r) = self
+            .by_key
+            .get(key)
+            .and_then(|i| self.peers.get_mut(i))
+            .and_then(|p| p.replay.as_mut())
+        {
+            r.arm(since);
+        }
+        self.initiate_to(key, dst, now, net)
+    }
+
     /// Pins (or unpins) a peer's endpoint: pinned, authenticated packets from elsewhere no
     /// longer move it (a client choosing its path among UDP and streams).
     pub fn pin_endpoint(&mut self, key: &PublicKey, pinned: bool) {
@@ -331,6 +365,20 @@ impl Core {
                 }
             }
             peer.cfg.endpoint = Some(from);
+        }
+        drop(_in_span);
+        if role == Some("initiator") {
+            let again = peer
+                .replay
+                .as_mut()
+                .map(|r| r.take(now))
+                .unwrap_or_default();
+            if !again.is_empty() {
+                tracing::info!(parent: &peer.span, packets = again.len(), "sent again under the new session");
+            }
+            for p in again {
+                peer.send(self.keys.as_ref(), &p, now, net);
+            }
         }
     }
 

@@ -37,6 +37,9 @@ pub(super) struct Peer {
     /// With a pinned endpoint: the last authenticated packet from another address (another
     /// path works), and when.
     pub(super) heard_other: Option<(SocketAddr, Instant)>,
+    /// Copies of sent packets, to send again after a handshake that replaces a dead session
+    /// (off unless the owner turns it on).
+    pub(super) replay: Option<Box<super::replay::Replay>>,
 }
 
 impl Peer {
@@ -54,6 +57,7 @@ impl Peer {
             last_sent: None,
             pinned: false,
             heard_other: None,
+            replay: None,
         }
     }
 
@@ -97,6 +101,9 @@ impl Peer {
         let (Some(endpoint), Some(keys)) = (self.cfg.endpoint, keys) else {
             return false;
         };
+        if let Some(r) = self.replay.as_mut() {
+            r.record(packet, now);
+        }
         let tunn = self.tunn(keys);
         let max = (packet.len() + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
         let sent = net.push_with(endpoint, max, |buf| match tunn.encapsulate(packet, buf) {

@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use std::time::SystemTime;
 
 mod logs;
+mod replay;
 mod trust;
 
 const A_ADDR: &str = "192.0.2.1:51820";

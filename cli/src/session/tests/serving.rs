@@ -227,6 +227,7 @@ fn a_handshake_a_live_replica_answers_ends_the_stall_on_the_same_port() {
     let mut r = serving(&[]);
     let (mut tx, mut rx) = (1000u64, 1000u64);
     let mut log = Vec::new();
+    let (start, mut replay_since) = (r.now, None);
     for _ in 0..40 {
         tx += 100;
         r.advance(health::CHECK_EVERY);
@@ -236,8 +237,9 @@ fn a_handshake_a_live_replica_answers_ends_the_stall_on_the_same_port() {
                 rx_bytes: rx,
             })),
             // Another replica answers the initiation; traffic flows again.
-            Action::Rehandshake { .. } => {
+            Action::Rehandshake { since, .. } => {
                 rx += 92;
+                replay_since = Some(*since);
                 None
             }
             _ => None,
@@ -253,6 +255,9 @@ fn a_handshake_a_live_replica_answers_ends_the_stall_on_the_same_port() {
         "{log:?}"
     );
     assert!(!log.iter().any(|a| a == "Rebind"), "{log:?}");
+    // What was sent since the first unanswered read (200 ms) and the read before is sent
+    // again under the new session.
+    assert_eq!(replay_since, Some(start + Duration::from_millis(100)));
 }
 
 #[test]
