@@ -329,11 +329,16 @@ impl Driver {
                 }
                 None => quiet(exec::rebind(&self.handle(), gateway).await),
             },
-            Action::Rehandshake { gateway } => {
-                quiet(exec::rehandshake(&self.handle(), gateway).await)
+            Action::Rehandshake { gateway, since } => {
+                quiet(exec::rehandshake(&self.handle(), gateway, since).await)
             }
             Action::ReadStats => {
                 let p = self.handle().peers().await.into_iter().next();
+                if let Some(p) = &p {
+                    // Packets to the gateway are kept a moment, for a rehandshake to send
+                    // again (idempotent; a re-added peer gets it back here).
+                    let _ = self.handle().set_replay(&p.public_key, true);
+                }
                 Started::Now(Event::Stats {
                     tx_bytes: p.as_ref().map_or(0, |p| p.tx_bytes),
                     rx_bytes: p.as_ref().map_or(0, |p| p.rx_bytes),
