@@ -431,7 +431,8 @@ impl Driver {
                 probe_every: self.args.transport_probe_every,
                 ..Timings::default()
             };
-            let ns = self.args.kube.kwg_namespace.clone();
+            // The API-server rung port-forwards to a pod of the gateway's namespace.
+            let ns = self.args.kube.gateway_namespace.clone();
             let (handle, kube) = (self.handle(), self.kube.clone());
             let t = Transport::start(mode, timings, handle, gateway, udp, kube, ns);
             self.transport = Some(t);
