@@ -8,6 +8,7 @@ pub mod client;
 pub mod http;
 pub mod netstack;
 pub mod proxy;
+mod queues;
 pub mod route;
 pub mod socks;
 pub mod target;
