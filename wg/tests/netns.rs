@@ -7,31 +7,6 @@ use std::time::Duration;
 use common::*;
 use kwg_wg::keys::PrivateKey;
 
-/// `a` (10.70.0.1) and `b` (10.70.0.2) over the veth, kwg on both, peers configured.
-struct Pair {
-    link: Link,
-    a: NsDevice,
-    b: NsDevice,
-}
-
-fn pair() -> Pair {
-    let link = Link::new();
-    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
-    let (pa, pb) = (ka.public_key(), kb.public_key());
-    let a = NsDevice::start(&link.a, ka, 0, None);
-    let b = NsDevice::start(&link.b, kb, 51820, None);
-    link.a.addr_up(&a.ifname(), "10.70.0.1/24");
-    link.b.addr_up(&b.ifname(), "10.70.0.2/24");
-    a.block_on(
-        a.handle
-            .upsert_peer(peer(pb, Some("192.168.77.2:51820"), &["10.70.0.2/32"])),
-    )
-    .unwrap();
-    b.block_on(b.handle.upsert_peer(peer(pa, None, &["10.70.0.1/32"])))
-        .unwrap();
-    Pair { link, a, b }
-}
-
 #[test]
 fn two_kwg_devices_carry_udp_and_tcp() {
     let p = pair();

@@ -313,3 +313,28 @@ pub fn peer(
         ..kwg_wg::device::PeerConfig::new(key)
     }
 }
+
+/// `a` (10.70.0.1) and `b` (10.70.0.2) over the veth, kwg on both, peers configured.
+pub struct Pair {
+    pub link: Link,
+    pub a: NsDevice,
+    pub b: NsDevice,
+}
+
+pub fn pair() -> Pair {
+    let link = Link::new();
+    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+    let (pa, pb) = (ka.public_key(), kb.public_key());
+    let a = NsDevice::start(&link.a, ka, 0, None);
+    let b = NsDevice::start(&link.b, kb, 51820, None);
+    link.a.addr_up(&a.ifname(), "10.70.0.1/24");
+    link.b.addr_up(&b.ifname(), "10.70.0.2/24");
+    a.block_on(
+        a.handle
+            .upsert_peer(peer(pb, Some("192.168.77.2:51820"), &["10.70.0.2/32"])),
+    )
+    .unwrap();
+    b.block_on(b.handle.upsert_peer(peer(pa, None, &["10.70.0.1/32"])))
+        .unwrap();
+    Pair { link, a, b }
+}
