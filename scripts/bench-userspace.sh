@@ -17,10 +17,11 @@ else
     cargo build -p kwg -p kwg-gateway --bins
 fi
 cargo build -p kwg-sim
-BIN=$ROOT/target/$PROFILE
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET/$PROFILE
 BINDIR=$(mktemp -d)
 for b in kwg kwg-gateway; do ln -s "$BIN/$b" "$BINDIR/$b"; done
-ln -s "$ROOT/target/debug/kwg-sim" "$BINDIR/kwg-sim"
+ln -s "$TARGET/debug/kwg-sim" "$BINDIR/kwg-sim"
 export KWG_BIN_DIR=$BINDIR
 PREFIX=ku$(( $$ % 10000 ))
 WORK=$(mktemp -d)
