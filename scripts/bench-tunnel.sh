@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Throughput and latency of kwg-wg against wireguard-go and the raw veth, in one run.
-# Two network namespaces joined by a veth pair; iperf3 TCP with 1 and 4 streams (5 s each) and
-# ping RTT over: the veth itself, a wireguard-go tunnel, a kwg-wg tunnel. Prints Gbit/s, RTT and
-# the ratios kwg/wireguard-go and kwg/veth. Needs root. Usage: scripts/bench-tunnel.sh
+# Throughput and latency of kwg-wg against the other userspace WireGuards and the raw veth, in
+# one run. Two network namespaces joined by a veth pair; iperf3 TCP with 1 and 4 streams (5 s
+# each) and ping RTT over: the veth itself, wireguard-go (Debian), boringtun-cli, GotaTun
+# (gotatun-cli), kwg-wg. Prints Gbit/s, RTT, every ratio kwg/other, and kwg-wg's segments per
+# syscall on each edge (TUN read/write, UDP send/receive). boringtun-cli and gotatun-cli are
+# installed with `cargo install` into ~/.cargo/bin when missing (bench only). The machine's
+# other load moves the absolute figures: compare the ratios of one run.
+# Needs root. Usage: scripts/bench-tunnel.sh   (SECONDS_PER_RUN=5 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [[ $EUID -eq 0 ]] || { echo "bench-tunnel.sh: run as root (it creates network namespaces)" >&2; exit 1; }
+DURATION=${SECONDS_PER_RUN:-5}
 
 missing=()
 command -v iperf3 >/dev/null || missing+=(iperf3)
@@ -16,6 +21,19 @@ command -v ping >/dev/null || missing+=(iputils-ping)
 if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# cargo_bin BIN CRATE: the path of BIN, installed from crates.io CRATE when missing.
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+cargo_bin() {
+  if command -v "$1" >/dev/null; then command -v "$1"; return; fi
+  if [[ ! -x $CARGO_BIN/$1 ]]; then
+    echo "bench-tunnel.sh: installing $2 (cargo install, a few minutes)" >&2
+    cargo install --locked -q "$2" >&2
+  fi
+  echo "$CARGO_BIN/$1"
+}
+GOTATUN=$(cargo_bin gotatun gotatun-cli)
+BORINGTUN=$(cargo_bin boringtun-cli boringtun-cli)
 
 cargo build --release -q -p kwg-wg --bin kwg-wg
 KWG="$PWD/target/release/kwg-wg"
@@ -45,9 +63,9 @@ ip -n "$B" addr add 192.168.90.2/24 dev vb; ip -n "$B" link set vb up
 ip netns exec "$B" iperf3 -s -D -p 5201 --pidfile "$WORK/iperf.pid" >/dev/null
 sleep 0.3
 
-# iperf3 TCP from A to $1 with $2 streams for 5 s: receiver Gbit/s.
+# iperf3 TCP from A to $1 with $2 streams for $DURATION s: receiver Gbit/s.
 throughput() {
-  { ip netns exec "$A" iperf3 -c "$1" -p 5201 -t 5 -P "$2" -f g 2>/dev/null || true; } |
+  { ip netns exec "$A" iperf3 -c "$1" -p 5201 -t "$DURATION" -P "$2" -f g 2>/dev/null || true; } |
     awk -v p="$2" '/receiver/ && (p == 1 || /SUM/) { v = $(NF-2) } END { printf "%.2f", v + 0 }'
 }
 
@@ -59,53 +77,114 @@ rtt() {
 
 (umask 077; wg genkey > "$WORK/ka"; wg genkey > "$WORK/kb")
 
-# tunnel IMPL NAME: start IMPL on both sides (interfaces NAMEa in A, NAMEb in B: the UAPI socket
-# directory is shared by all namespaces), configure with wg, address 10.90.0.x/24.
+# tunnel IMPL NAME: start IMPL in the foreground on both sides (interfaces NAMEa in A, NAMEb in
+# B: the UAPI socket directory is shared by all namespaces), configure with wg, address
+# 10.90.0.x/24. kwg-wg writes its counters to $WORK/stats-{a,b} on SIGUSR1.
 tunnel() {
-  local impl=$1 ia="${2}a" ib="${2}b"
-  if [[ $impl == kwg ]]; then
-    ip netns exec "$A" "$KWG" "$ia"
-    ip netns exec "$B" "$KWG" "$ib"
-  else
-    WG_PROCESS_FOREGROUND=1 ip netns exec "$A" wireguard-go "$ia" >/dev/null 2>&1 &
+  local impl=$1 ia="${2}a" ib="${2}b" side
+  for side in a b; do
+    local ns=$A cmd=()
+    [[ $side == b ]] && ns=$B
+    case $impl in
+      kwg) cmd=(env KWG_WG_STATS="$WORK/stats-$side" "$KWG" --foreground) ;;
+      wireguard-go) cmd=(env WG_PROCESS_FOREGROUND=1 wireguard-go) ;;
+      gotatun) cmd=("$GOTATUN" --foreground --disable-drop-privileges) ;;
+      boringtun) cmd=("$BORINGTUN" --foreground --disable-drop-privileges) ;;
+    esac
+    ip netns exec "$ns" "${cmd[@]}" "$2$side" >"$WORK/$impl-$side.log" 2>&1 &
     PIDS+=($!)
-    WG_PROCESS_FOREGROUND=1 ip netns exec "$B" wireguard-go "$ib" >/dev/null 2>&1 &
-    PIDS+=($!)
-  fi
+  done
   for _ in $(seq 50); do
     [[ -S /var/run/wireguard/$ia.sock && -S /var/run/wireguard/$ib.sock ]] && break
     sleep 0.1
   done
+  local fail="bench-tunnel.sh: the $impl tunnel"
   ip netns exec "$A" wg set "$ia" private-key "$WORK/ka" listen-port 51820 \
-    peer "$(wg pubkey < "$WORK/kb")" endpoint 192.168.90.2:51820 allowed-ips 10.90.0.2/32
+    peer "$(wg pubkey < "$WORK/kb")" endpoint 192.168.90.2:51820 allowed-ips 10.90.0.2/32 &&
   ip netns exec "$B" wg set "$ib" private-key "$WORK/kb" listen-port 51820 \
-    peer "$(wg pubkey < "$WORK/ka")" allowed-ips 10.90.0.1/32
+    peer "$(wg pubkey < "$WORK/ka")" allowed-ips 10.90.0.1/32 ||
+    { echo "$fail cannot be configured with wg; its logs:" >&2; cat "$WORK/$impl"-*.log >&2; exit 1; }
   ip -n "$A" addr add 10.90.0.1/24 dev "$ia"; ip -n "$A" link set "$ia" mtu 1420 up
   ip -n "$B" addr add 10.90.0.2/24 dev "$ib"; ip -n "$B" link set "$ib" mtu 1420 up
   ip netns exec "$A" ping -q -c 5 -i 0.2 -W 1 10.90.0.2 >/dev/null ||
-    { echo "bench-tunnel.sh: the $impl tunnel does not pass traffic" >&2; exit 1; }
+    { echo "$fail does not pass traffic; its logs:" >&2; cat "$WORK/$impl"-*.log >&2; exit 1; }
 }
 
 untunnel() {
   ip -n "$A" link del "${1}a" 2>/dev/null || true
   ip -n "$B" link del "${1}b" 2>/dev/null || true
-  sleep 0.5
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+  rm -f /var/run/wireguard/"$1"*.sock
+}
+
+# kwg_snapshot LABEL: the kwg-wg counters of both sides now, into $WORK/snap-LABEL-{a,b}.
+kwg_snapshot() {
+  local side
+  rm -f "$WORK"/stats-?
+  kill -USR1 "${PIDS[@]}"
+  for _ in $(seq 50); do
+    [[ -f $WORK/stats-a && -f $WORK/stats-b ]] && break
+    sleep 0.05
+  done
+  for side in a b; do cp "$WORK/stats-$side" "$WORK/snap-$1-$side"; done
+}
+
+# kwg_per_call FROM TO SIDE EDGE: segments per syscall on EDGE between two snapshots.
+kwg_per_call() {
+  awk -v e="$4" '
+    $1 == e { split($2, c, "="); split($3, s, "="); calls[FILENAME] = c[2]; segs[FILENAME] = s[2]; f[++n] = FILENAME }
+    END { dc = calls[f[2]] - calls[f[1]]; ds = segs[f[2]] - segs[f[1]]
+          if (dc > 0) printf "%.1f", ds / dc; else printf "-" }' \
+    "$WORK/snap-$1-$3" "$WORK/snap-$2-$3"
 }
 
 declare -A T1 T4 RTT
-measure() { # NAME ADDR
-  T1[$1]=$(throughput "$2" 1); T4[$1]=$(throughput "$2" 4); RTT[$1]=$(rtt "$2")
+IMPLS=(wireguard-go boringtun gotatun kwg)
+measure() { # NAME ADDR [kwg]
+  if [[ ${3:-} == kwg ]]; then kwg_snapshot start; fi
+  T1[$1]=$(throughput "$2" 1)
+  if [[ ${3:-} == kwg ]]; then kwg_snapshot one; fi
+  T4[$1]=$(throughput "$2" 4)
+  if [[ ${3:-} == kwg ]]; then kwg_snapshot four; fi
+  RTT[$1]=$(rtt "$2")
   printf '%-14s %8s Gbit/s %8s Gbit/s %9s ms\n' "$1" "${T1[$1]}" "${T4[$1]}" "${RTT[$1]}"
 }
 
+echo "iperf3 TCP ${DURATION} s per run; $("$GOTATUN" --version 2>/dev/null | head -1), $("$BORINGTUN" --version 2>/dev/null | head -1), wireguard-go $(wireguard-go --version 2>/dev/null | awk '{print $2; exit}')"
 printf '%-14s %15s %15s %12s\n' "path" "TCP 1 stream" "TCP 4 streams" "ping RTT"
 measure veth 192.168.90.2
-tunnel wggo "${P}g"; measure wireguard-go 10.90.0.2; untunnel "${P}g"
-for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; PIDS=()
-tunnel kwg "${P}k"; measure kwg-wg 10.90.0.2; untunnel "${P}k"
+n=0
+for impl in "${IMPLS[@]}"; do
+  name="${P}$((n++))"
+  tunnel "$impl" "$name"
+  [[ $impl == kwg ]] && label=kwg-wg || label=$impl
+  measure "$label" 10.90.0.2 "$impl"
+  untunnel "$name"
+done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
-echo "kwg/wireguard-go throughput: 1 stream $(ratio "${T1[kwg-wg]}" "${T1[wireguard-go]}"), 4 streams $(ratio "${T4[kwg-wg]}" "${T4[wireguard-go]}")"
-echo "kwg/veth throughput:         1 stream $(ratio "${T1[kwg-wg]}" "${T1[veth]}"), 4 streams $(ratio "${T4[kwg-wg]}" "${T4[veth]}")"
-echo "added RTT over veth: kwg-wg $(awk -v a="${RTT[kwg-wg]}" -v b="${RTT[veth]}" 'BEGIN { printf "%.3f", a - b }') ms, wireguard-go $(awk -v a="${RTT[wireguard-go]}" -v b="${RTT[veth]}" 'BEGIN { printf "%.3f", a - b }') ms"
+printf '%-24s %9s %10s\n' "kwg-wg / other" "1 stream" "4 streams"
+for other in veth wireguard-go boringtun gotatun; do
+  printf '%-24s %9s %10s\n' "kwg-wg / $other" "$(ratio "${T1[kwg-wg]}" "${T1[$other]}")" \
+    "$(ratio "${T4[kwg-wg]}" "${T4[$other]}")"
+done
+echo
+printf 'added RTT over the veth:'
+for other in wireguard-go boringtun gotatun kwg-wg; do
+  printf ' %s %s ms;' "$other" "$(awk -v a="${RTT[$other]}" -v b="${RTT[veth]}" 'BEGIN { printf "%.3f", a - b }')"
+done
+echo
+echo
+echo "kwg-wg segments per syscall (a = sender side of the iperf3 data, b = receiver side)"
+printf '%-10s %9s %10s %9s %9s\n' "run/side" "TUN read" "TUN write" "UDP send" "UDP recv"
+for run in "start one 1-stream" "one four 4-streams"; do
+  set -- $run
+  for side in a b; do
+    printf '%-10s %9s %10s %9s %9s\n' "$3/$side" "$(kwg_per_call "$1" "$2" "$side" tun_read)" \
+      "$(kwg_per_call "$1" "$2" "$side" tun_write)" "$(kwg_per_call "$1" "$2" "$side" udp_send)" \
+      "$(kwg_per_call "$1" "$2" "$side" udp_recv)"
+  done
+done
