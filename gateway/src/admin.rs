@@ -239,19 +239,15 @@ async fn tunnel_or_local(
     }
 }
 
-/// This replica's own statistics, for a sibling replica that proves it holds the key (and
-/// an admin inside the pod).
-async fn replica_stats(
-    State(s): State<Arc<AdminState>>,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    headers: HeaderMap,
-) -> Response {
+/// This replica's own statistics, only for a sibling replica that proves it holds the key
+/// (not even from loopback: a kwg user's port-forward to the pod arrives there).
+async fn replica_stats(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     let proof = headers.get(siblings::HEADER).and_then(|v| v.to_str().ok());
     let proven = match (s.siblings.get(), proof) {
         (Some(sib), Some(p)) => sib.key.verify(p, siblings::PATH, SystemTime::now()),
         _ => false,
     };
-    if !proven && Caller::of(conn, s.tunnel_cidr) != Caller::Local {
+    if !proven {
         return (StatusCode::FORBIDDEN, REFUSED).into_response();
     }
     let local = s.device.peers().await;

@@ -6,10 +6,11 @@
 //! Own clusters: deleting gateway pods would disturb other tests' joins.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use kwg_e2e::laptop::laptop;
 use kwg_e2e::requests::RequestLoop;
+use kwg_gateway::siblings;
 use kwg_sim::testing::Cluster;
 use kwg_wg::contract::{self, GatewayPeer};
 use kwg_wg::keys::PrivateKey;
@@ -47,11 +48,50 @@ fn ready_pods(sim: &Cluster) -> Vec<String> {
     pods.into_iter().filter(|p| p.1).map(|p| p.0).collect()
 }
 
-/// A replica's own device statistics of the peer with `key` (`/replica/stats`, which
-/// answers inside the pod): its last handshake (Unix ms) and received bytes.
+/// `curl -s -w ' %{http_code}'` of a replica's `/replica/stats` from the web-app pod, with
+/// these extra arguments.
+fn replica_stats_from_a_pod(sim: &Cluster, pod: &str, extra: &[&str]) -> String {
+    let web = sim.pod_netns("emojivoto", "web-app").unwrap();
+    let jp = "jsonpath={.status.podIP}";
+    let ip = sim
+        .kubectl_admin(&["-n", NS, "get", "pod", pod, "-o", jp])
+        .unwrap();
+    let url = format!("http://{}:8080{}", ip.trim(), siblings::PATH);
+    let mut argv = vec!["curl", "-s", "--max-time", "3", "-w", " %{http_code}"];
+    argv.extend_from_slice(extra);
+    argv.push(&url);
+    let out = sim.exec(&web, &argv).unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The header a sibling replica proves itself with, made from the gateway's key (an admin
+/// reads it; pods cannot).
+fn replica_proof(sim: &Cluster) -> String {
+    let key = sim
+        .kubectl_admin(&[
+            "-n",
+            NS,
+            "get",
+            "secret",
+            contract::GATEWAY_KEY_SECRET,
+            "-o",
+            "go-template={{.data.privateKey | base64decode}}",
+        ])
+        .unwrap();
+    let key: PrivateKey = key.trim().parse().unwrap();
+    let proof = siblings::ReplicaKey::derive(&key).proof(siblings::PATH, SystemTime::now());
+    format!("{}: {proof}", siblings::HEADER)
+}
+
+/// A replica's own device statistics of the peer with `key` (`/replica/stats`, asked as a
+/// sibling does): its last handshake (Unix ms) and received bytes.
 fn local_stats(sim: &Cluster, pod: &str, key: &str) -> (Option<u64>, u64) {
-    let all: serde_json::Value =
-        serde_json::from_str(&admin_get(sim, pod, "replica/stats")).expect("stats JSON");
+    let proof = replica_proof(sim);
+    let said = replica_stats_from_a_pod(sim, pod, &["-H", &proof]);
+    let body = said
+        .strip_suffix(" 200")
+        .unwrap_or_else(|| panic!("{said}"));
+    let all: serde_json::Value = serde_json::from_str(body).expect("stats JSON");
     let me = all
         .as_array()
         .into_iter()
@@ -117,47 +157,14 @@ fn every_replica_reports_the_holders_session(sim: &Cluster, l: &kwg_e2e::laptop:
         me["lastHandshake"].is_string() && me["rxBytes"].as_u64() > Some(0),
         "{me}"
     );
-    let web = sim.pod_netns("emojivoto", "web-app").unwrap();
-    let ip = sim
-        .kubectl_admin(&[
-            "-n",
-            NS,
-            "get",
-            "pod",
-            &holder,
-            "-o",
-            "jsonpath={.status.podIP}",
-        ])
-        .unwrap();
-    let url = format!("http://{ip}:8080/replica/stats");
-    let out = sim
-        .exec(
-            &web,
-            &["curl", "-s", "--max-time", "3", "-w", " %{http_code}", &url],
-        )
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let said = replica_stats_from_a_pod(sim, &holder, &[]);
     assert!(
         said.starts_with("forbidden") && said.ends_with(" 403"),
         "{said}"
     );
-    let forged = sim
-        .exec(
-            &web,
-            &[
-                "curl",
-                "-s",
-                "--max-time",
-                "3",
-                "-w",
-                " %{http_code}",
-                "-H",
-                "x-kwg-replica: 1.00",
-                &url,
-            ],
-        )
-        .unwrap();
-    assert!(String::from_utf8_lossy(&forged.stdout).ends_with(" 403"));
+    let forged = format!("{}: 1.{}", siblings::HEADER, "0".repeat(64));
+    let said = replica_stats_from_a_pod(sim, &holder, &["-H", &forged]);
+    assert!(said.ends_with(" 403"), "{said}");
 }
 
 fn lease_holder(sim: &Cluster) -> String {
