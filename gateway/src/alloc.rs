@@ -19,6 +19,11 @@ pub struct Allocator {
     /// Where the search for a free address continues (keeps assignment O(1) on average and
     /// avoids handing a just-freed address straight to the next peer).
     cursor: u32,
+    /// The address each peer held last, while nobody else took it: a peer whose lease ended
+    /// (a laptop that slept) gets it back when it registers again. At most one entry per
+    /// address.
+    released: HashMap<PeerName, Ipv4Addr>,
+    released_by_ip: BTreeMap<Ipv4Addr, PeerName>,
 }
 
 impl Allocator {
@@ -37,6 +42,8 @@ impl Allocator {
             by_ip: BTreeMap::new(),
             by_peer: HashMap::new(),
             cursor: u32::from(gateway) + 1,
+            released: HashMap::new(),
+            released_by_ip: BTreeMap::new(),
         })
     }
 
@@ -68,15 +75,34 @@ impl Allocator {
             return false;
         }
         self.release(peer);
+        self.take(peer, ip);
+        true
+    }
+
+    /// Gives `ip` (free) to `peer`, forgetting whose it was before.
+    fn take(&mut self, peer: &PeerName, ip: Ipv4Addr) {
+        if let Some(before) = self.released_by_ip.remove(&ip) {
+            self.released.remove(&before);
+        }
+        if let Some(old) = self.released.remove(peer) {
+            self.released_by_ip.remove(&old);
+        }
         self.by_ip.insert(ip, peer.clone());
         self.by_peer.insert(peer.clone(), ip);
-        true
     }
 
     /// The peer's address, assigning the next free one when it has none.
     pub fn assign(&mut self, peer: &PeerName) -> Result<TunnelIp, GatewayError> {
         if let Some(ip) = self.get(peer) {
             return Ok(ip);
+        }
+        if let Some(&ip) = self
+            .released
+            .get(peer)
+            .filter(|ip| !self.by_ip.contains_key(ip))
+        {
+            self.take(peer, ip);
+            return Ok(TunnelIp::new(ip));
         }
         let first = u32::from(self.cidr.network()) + 2; // skip network and gateway
         let last = u32::from(self.cidr.broadcast()) - 1;
@@ -85,8 +111,7 @@ impl Allocator {
             let candidate = first + (self.cursor.saturating_sub(first) + i) % span;
             let ip = Ipv4Addr::from(candidate);
             if !self.by_ip.contains_key(&ip) {
-                self.by_ip.insert(ip, peer.clone());
-                self.by_peer.insert(peer.clone(), ip);
+                self.take(peer, ip);
                 self.cursor = candidate + 1;
                 return Ok(TunnelIp::new(ip));
             }
@@ -98,6 +123,10 @@ impl Allocator {
     pub fn release(&mut self, peer: &PeerName) -> Option<TunnelIp> {
         let ip = self.by_peer.remove(peer)?;
         self.by_ip.remove(&ip);
+        if let Some(old) = self.released.insert(peer.clone(), ip) {
+            self.released_by_ip.remove(&old);
+        }
+        self.released_by_ip.insert(ip, peer.clone());
         Some(TunnelIp::new(ip))
     }
 
@@ -168,6 +197,27 @@ mod tests {
         assert!(a.claim(&name(0), ip("100.77.0.9")), "idempotent");
         assert!(a.claim(&name(0), ip("100.77.0.10")), "move");
         assert!(a.claim(&name(1), ip("100.77.0.9")), "old address freed");
+    }
+
+    #[test]
+    fn a_peer_registering_again_gets_its_old_address_while_nobody_took_it() {
+        let mut a = alloc("10.0.0.0/29"); // peers .2-.6
+        let first = a.assign(&name(0)).unwrap();
+        a.assign(&name(1)).unwrap();
+        a.release(&name(0));
+        a.assign(&name(2)).unwrap();
+        assert_eq!(a.assign(&name(0)).unwrap(), first, "slept, came back");
+        // Taken by another peer meanwhile: the next free one.
+        a.release(&name(0));
+        for i in 3..6 {
+            a.assign(&name(i)).unwrap();
+        }
+        a.release(&name(5));
+        let other = a.assign(&name(6)).unwrap();
+        assert_eq!(other, first, "the only free address");
+        a.release(&name(4));
+        assert_ne!(a.assign(&name(0)).unwrap(), first);
+        assert!(a.released.len() <= 5 && a.released.len() == a.released_by_ip.len());
     }
 
     proptest! {

@@ -37,11 +37,14 @@ pub async fn gather(args: &super::DoctorArgs, dir: &StateDir) -> Findings {
         .kubeconfig
         .clone()
         .or_else(|| state.as_ref().and_then(|s| s.kubeconfig.clone()));
-    let context = args
-        .kube
-        .context
-        .clone()
-        .or_else(|| state.as_ref().and_then(|s| s.context.clone()));
+    let context = match args.kube.kubeconfig {
+        Some(_) => args.kube.context.clone(),
+        None => args
+            .kube
+            .context
+            .clone()
+            .or_else(|| state.as_ref().and_then(|s| s.context.clone())),
+    };
     let mut f = Findings {
         checks: Vec::new(),
         status,

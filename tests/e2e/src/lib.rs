@@ -5,6 +5,7 @@
 //!
 //! Every test needs root; names carry a per-process unique prefix, so tests run in parallel.
 
+pub mod firewall;
 pub mod laptop;
 pub mod requests;
 

@@ -1,0 +1,237 @@
+//! `kwg doctor` as a user would run it: all checks pass on a healthy join; with UDP to the
+//! gateway blocked, a route over a cluster subnet, a user without the kwg-user roles and the
+//! gateway scaled to 0, the failing check names the fix and sets the exit code; the bundle
+//! holds no private key, token or certificate. One test: scaling the gateway disturbs joins.
+
+use std::process::Output;
+
+use kwg_e2e::GATEWAY_NS;
+use kwg_e2e::firewall::Blocked;
+use kwg_e2e::laptop::{Laptop, laptop, shared, text};
+use kwg_sim::names::{NODE_IP, NODE_POD_CIDR};
+
+/// `kwg doctor -o json` (plus `extra`): its exit code and the checks by name.
+fn doctor(l: &Laptop, extra: &[&str]) -> (i32, serde_json::Value, Output) {
+    let mut args = vec!["doctor", "-o", "json"];
+    args.extend_from_slice(extra);
+    let out = l.kwg(&args);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "kwg doctor -o json: {e}:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    });
+    let mut by_name = serde_json::Map::new();
+    for c in json["checks"].as_array().unwrap() {
+        by_name.insert(c["check"].as_str().unwrap().to_string(), c.clone());
+    }
+    (out.status.code().unwrap_or(-1), by_name.into(), out)
+}
+
+fn outcome(checks: &serde_json::Value, name: &str) -> String {
+    checks[name]["outcome"]
+        .as_str()
+        .unwrap_or("missing")
+        .to_string()
+}
+
+fn run_ok(l: &Laptop, argv: &[&str]) {
+    let out = l.run(argv);
+    assert!(out.status.success(), "{argv:?}: {}", text(&out.stderr));
+}
+
+#[test]
+fn doctor_passes_a_healthy_join_and_names_the_fix_of_each_failure() {
+    let sim = shared();
+    let l = laptop(&sim, "doctor");
+
+    // Not joined: what can be checked passes, the rest says why it was not tested.
+    let (code, checks, _) = doctor(&l, &[]);
+    assert_eq!(code, 0, "{checks:#}");
+    for name in ["kubeconfig", "api", "rbac", "gateway", "clock", "routes"] {
+        assert_eq!(outcome(&checks, name), "pass", "{name}: {checks:#}");
+    }
+    for name in ["udp", "dns", "daemon"] {
+        assert_eq!(outcome(&checks, name), "skip", "{name}: {checks:#}");
+    }
+    assert!(
+        checks["udp"]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("not tested: not joined")
+    );
+
+    // Joined and healthy: every check passes, one line each.
+    l.join(&["--namespace", "emojivoto"]);
+    let (code, checks, _) = doctor(&l, &[]);
+    assert_eq!(code, 0, "{checks:#}");
+    for (name, c) in checks.as_object().unwrap() {
+        assert_eq!(c["outcome"], "pass", "{name}: {checks:#}");
+    }
+    assert_eq!(checks.as_object().unwrap().len(), 9, "{checks:#}");
+    let out = l.kwg(&["doctor"]);
+    let lines = text(&out.stdout);
+    eprintln!("kwg doctor (healthy join):\n{lines}");
+    assert!(out.status.success());
+    assert_eq!(
+        lines.lines().filter(|l| l.starts_with("ok ")).count(),
+        9,
+        "{lines}"
+    );
+    assert!(lines.contains("lease ends in"), "{lines}");
+
+    // The bundle: the expected files, and no private key, token or certificate.
+    let bundle = l.state.with_extension("bundle.tar.gz");
+    let bundle_s = bundle.to_str().unwrap();
+    let out = l.kwg(&["doctor", "--bundle", bundle_s]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let unpacked = l.state.with_extension("bundle");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    run_ok(
+        &l,
+        &["tar", "-xzf", bundle_s, "-C", unpacked.to_str().unwrap()],
+    );
+    let files = unpacked.join("kwg-doctor");
+    let mut all = String::new();
+    for name in [
+        "versions.txt",
+        "checks.txt",
+        "checks.json",
+        "status.json",
+        "state.json",
+        "daemon.log",
+        "kubeconfig.yaml",
+    ] {
+        let t = std::fs::read_to_string(files.join(name))
+            .unwrap_or_else(|e| panic!("{name} not in the bundle: {e}"));
+        all.push_str(&t);
+    }
+    let private = std::fs::read_to_string(l.state.join("private.key")).unwrap();
+    let kubeconfig = std::fs::read_to_string(sim.names().kubeconfig("developer")).unwrap();
+    let token = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token:"))
+        .map(|t| t.trim().trim_matches('"').to_string());
+    assert!(
+        !all.contains(private.trim()),
+        "the private key is in the bundle"
+    );
+    if let Some(token) = &token {
+        assert!(!all.contains(token.as_str()), "the token is in the bundle");
+    }
+    for marker in ["BEGIN CERTIFICATE", "PRIVATE KEY-----", "LS0tLS1C"] {
+        assert!(!all.contains(marker), "{marker} in the bundle");
+    }
+    assert!(all.contains("REDACTED"), "nothing was redacted: {all}");
+    let _ = std::fs::remove_dir_all(&unpacked);
+    let _ = std::fs::remove_file(&bundle);
+
+    // UDP to the gateway dropped: the udp check fails first and names it.
+    let block = Blocked::new(&l, &format!("ip daddr {NODE_IP} meta l4proto udp drop"));
+    let (code, checks, _) = doctor(&l, &[]);
+    drop(block);
+    assert_eq!(outcome(&checks, "udp"), "fail", "{checks:#}");
+    assert_eq!(code, 6, "{checks:#}");
+    let fix = checks["udp"]["fix"].as_str().unwrap();
+    assert!(
+        fix.starts_with(&format!("allow outgoing UDP to {NODE_IP}:")),
+        "{fix}"
+    );
+
+    // A route of this machine over a cluster subnet (another VPN's, in its own table).
+    run_ok(
+        &l,
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.244.0.0/25",
+            "dev",
+            "eth0",
+            "table",
+            "77",
+        ],
+    );
+    let (code, checks, _) = doctor(&l, &[]);
+    run_ok(
+        &l,
+        &[
+            "ip",
+            "route",
+            "del",
+            "10.244.0.0/25",
+            "dev",
+            "eth0",
+            "table",
+            "77",
+        ],
+    );
+    assert_eq!(outcome(&checks, "routes"), "fail", "{checks:#}");
+    assert_eq!(code, 9, "{checks:#}");
+    let detail = checks["routes"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "{NODE_POD_CIDR} (pod CIDR) overlaps the route 10.244.0.0/25 dev eth0 table 77"
+        )),
+        "{detail}"
+    );
+    let fix = checks["routes"]["fix"].as_str().unwrap();
+    assert!(
+        fix.starts_with(&format!(
+            "kwg join --allow-conflicting-subnets {NODE_POD_CIDR}"
+        )),
+        "{fix}"
+    );
+
+    // A user without the kwg-user roles.
+    let nobody = sim.nobody_kubeconfig();
+    let (code, checks, _) = doctor(&l, &["--kubeconfig", nobody.to_str().unwrap()]);
+    assert_eq!(outcome(&checks, "rbac"), "fail", "{checks:#}");
+    assert_eq!(code, 4, "{checks:#}");
+    assert!(
+        checks["rbac"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("may not create secrets in kwg-system"),
+        "{checks:#}"
+    );
+    assert!(
+        checks["rbac"]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("manifests/rbac-user-binding.yaml")
+    );
+
+    // The gateway scaled to 0.
+    assert!(l.kwg(&["leave"]).status.success());
+    sim.kubectl_admin(&[
+        "-n",
+        GATEWAY_NS,
+        "scale",
+        "deployment/kwg-gateway",
+        "--replicas=0",
+    ])
+    .unwrap();
+    kwg_e2e::wait_for(
+        "no gateway pods",
+        std::time::Duration::from_secs(30),
+        || Ok(kwg_e2e::gateway_pods(&sim)?.is_empty().then_some(())),
+    )
+    .unwrap();
+    let (code, checks, _) = doctor(&l, &[]);
+    sim.kubectl_admin(&[
+        "-n",
+        GATEWAY_NS,
+        "scale",
+        "deployment/kwg-gateway",
+        "--replicas=1",
+    ])
+    .unwrap();
+    assert_eq!(outcome(&checks, "gateway"), "fail", "{checks:#}");
+    assert_eq!(code, 5, "{checks:#}");
+    assert_eq!(
+        checks["gateway"]["fix"].as_str().unwrap(),
+        format!("scale it up: kubectl -n {GATEWAY_NS} scale deployment kwg-gateway --replicas=1")
+    );
+}

@@ -1,0 +1,69 @@
+//! A tunnel that follows a reinstalled gateway: its key Secret deleted and its pod replaced,
+//! the gateway comes back with a new key (and publishes it); with a request loop running
+//! through kwg, the daemon follows the new info with no user action. Its own cluster:
+//! replacing the gateway's key would disturb the other tests' joins.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kwg_e2e::GATEWAY_NS;
+use kwg_e2e::laptop::{laptop, text};
+use kwg_e2e::requests::RequestLoop;
+use kwg_sim::testing::Cluster;
+use kwg_wg::contract::GATEWAY_KEY_SECRET;
+
+#[test]
+fn traffic_flows_again_through_a_gateway_reinstalled_with_a_new_key() {
+    let sim = Arc::new(Cluster::up().expect("kwg-sim up"));
+    let before = kwg_e2e::install_gateway(&sim).expect("kubectl apply -k manifests/");
+    let l = Arc::new(laptop(&sim, "reinstall"));
+    l.join(&["--namespace", "emojivoto"]);
+    let requests = RequestLoop::start(&l);
+    std::thread::sleep(Duration::from_secs(1));
+    // A reinstall as far as a client can tell: the key is gone and a new pod makes another.
+    sim.kubectl_admin(&["-n", GATEWAY_NS, "delete", "secret", GATEWAY_KEY_SECRET])
+        .unwrap();
+    let replaced = Instant::now();
+    kwg_e2e::restart_gateway(&sim).expect("a new gateway pod");
+    let ready = Instant::now();
+    let (after, published) =
+        kwg_e2e::wait_for("the new key published", Duration::from_secs(30), || {
+            let info = kwg_e2e::gateway_info(&sim)?;
+            Ok((info.public_key != before.public_key).then(|| (info, Instant::now())))
+        })
+        .unwrap();
+    let healed = kwg_e2e::wait_for(
+        "traffic through the new gateway",
+        Duration::from_secs(30),
+        || {
+            let r = requests.results.lock().unwrap();
+            Ok(r.iter().find(|(t, ok)| *ok && *t > ready).map(|(t, _)| *t))
+        },
+    )
+    .expect("traffic never came back through the reinstalled gateway");
+    requests.wait_steady(healed, Duration::from_secs(1), Duration::from_secs(10));
+    let (gap, failed) = requests.longest_gap(replaced);
+    eprintln!(
+        "MEASURED: gateway reinstalled with a new key: ready {:.2} s after the pod was replaced, new key seen {:.2} s after ready, traffic again {:.2} s after ready; {failed} failed requests, longest gap {:.2} s",
+        (ready - replaced).as_secs_f64(),
+        published.saturating_duration_since(ready).as_secs_f64(),
+        (healed - ready).as_secs_f64(),
+        gap.as_secs_f64()
+    );
+    assert!(
+        healed - ready < Duration::from_secs(6),
+        "took {:?}",
+        healed - ready
+    );
+    // The daemon followed the new info (its journal holds the new key).
+    let out = l.kwg(&["status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["gatewayKey"],
+        after.public_key.to_string(),
+        "{}",
+        text(&out.stdout)
+    );
+    drop(requests);
+    assert!(l.kwg(&["leave"]).status.success());
+}
