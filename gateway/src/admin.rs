@@ -2,10 +2,13 @@
 //! `/metrics` and `/peers` only through the tunnel or from the gateway pod itself.
 //!
 //! A caller is told apart by its connection: from loopback it runs in the gateway pod (an
-//! admin with `kubectl exec`); from a tunnel address to the gateway's tunnel address it is
+//! admin with `kubectl exec`, but also any kwg user's `kubectl port-forward`, which the
+//! kubelet dials to localhost inside the pod); from a tunnel address to the gateway's tunnel address it is
 //! a peer (WireGuard only lets a peer send from its own address, and an answer to a forged
 //! tunnel source goes into the tunnel, so a pod cannot complete a TCP handshake as one).
-//! A peer sees its own entry in full and only names, addresses and handshake times of others.
+//! A peer sees its own entry in full and only names, addresses and handshake times of others;
+//! a loopback caller sees every peer that way (port-forward makes loopback a kwg user), so
+//! public endpoints and hostnames are shown to nobody but their own peer.
 //! With several replicas, statistics come from the replica holding each session (see
 //! [`crate::siblings`]; `/replica/stats` answers only a caller holding the gateway's key).
 
@@ -157,7 +160,7 @@ impl Connected<IncomingStream<'_, TcpListener>> for Conn {
 /// Who is asking, by the connection's addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
-    /// From loopback: a process in the gateway's pod.
+    /// From loopback: a process in the gateway's pod or a kwg user's port-forward.
     Local,
     /// Through the tunnel, from this peer address.
     Peer(Ipv4Addr),
@@ -311,7 +314,7 @@ pub fn gateway_peers(
         .map(|p| {
             let st = by_key.get(&p.spec.public_key);
             let full = match caller {
-                Caller::Local => true,
+                Caller::Local => false,
                 Caller::Peer(ip) => ip == p.ip.addr(),
                 Caller::Other => false,
             };
