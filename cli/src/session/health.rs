@@ -74,6 +74,12 @@ impl Health {
     /// streak and none was answered for [`STALL`].
     pub fn observe(&mut self, tx: u64, rx: u64, now: Instant) -> Verdict {
         self.next = now + CHECK_EVERY;
+        if tx < self.last_tx || rx < self.last_rx {
+            // Counters that went back: the gateway peer was replaced (a reinstalled gateway's
+            // new key) and counts from zero again.
+            self.last_tx = 0;
+            self.last_rx = 0;
+        }
         let (sent, received) = (tx > self.last_tx, rx > self.last_rx);
         self.last_tx = tx;
         self.last_rx = rx;

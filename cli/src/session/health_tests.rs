@@ -111,3 +111,20 @@ fn a_single_connection_retransmitting_into_a_dead_session_restarts_it() {
     // Seen at 0.1 s and again at 1.1 s (the retransmission): a handshake at once.
     assert_eq!(restarted, Some(1100));
 }
+
+#[test]
+fn a_replaced_gateway_peer_counting_from_zero_is_watched_too() {
+    // A busy session, then the gateway's new key: a new peer whose counters start at 0 and
+    // whose first handshake goes unanswered.
+    let mut s: Vec<(u64, u64)> = (1..=20).map(|i| (i * 1000, i * 1000)).collect();
+    for i in 1..=20 {
+        s.push((i * 100, 0));
+    }
+    let verdicts = run(&s);
+    assert_eq!(
+        verdicts.first().map(|v| v.1),
+        Some(Verdict::Handshake),
+        "{verdicts:?}"
+    );
+    assert!(verdicts[0].0 <= 26, "noticed at read {}", verdicts[0].0);
+}
