@@ -35,6 +35,20 @@ fn rules(verbs: &[&str], exclude: &[&str], exclude_groups: &[&str]) -> Value {
     json!(out)
 }
 
+/// The real `view` role (`system:aggregate-to-view` in Kubernetes' bootstrap policy), limited
+/// to the kinds this server serves: no Secrets, Nodes, Leases, `events.k8s.io`, RBAC or
+/// admission objects.
+fn view_rules() -> Value {
+    json!([
+        {"apiGroups": [""], "resources": ["pods", "serviceaccounts", "services", "services/status", "endpoints", "configmaps"], "verbs": READ},
+        {"apiGroups": [""], "resources": ["events", "pods/status", "namespaces/status", "pods/log"], "verbs": READ},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
+        {"apiGroups": ["apps"], "resources": ["deployments", "deployments/status", "deployments/scale", "replicasets", "replicasets/status", "replicasets/scale"], "verbs": READ},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets", "poddisruptionbudgets/status"], "verbs": READ},
+    ])
+}
+
 fn cluster_role(name: &str, rules: Value) -> Value {
     json!({"metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules})
 }
@@ -107,12 +121,7 @@ pub fn populate(store: &mut Store, env: &Env) {
         "",
         cluster_role("edit", rules(WRITE, &[], &[rbac, ADMISSION])),
     );
-    put(
-        rbac,
-        "clusterroles",
-        "",
-        cluster_role("view", rules(READ, &["secrets"], &[rbac, ADMISSION])),
-    );
+    put(rbac, "clusterroles", "", cluster_role("view", view_rules()));
     let discovery_urls = [
         "/api",
         "/api/*",

@@ -429,7 +429,10 @@ async fn can_i_and_forbidden() {
             .any(|r| r[0] == "configmaps" && r[3..] == ["[get", "list", "watch]"]),
         "{list}"
     );
-    assert!(!rows.iter().any(|r| r[0] == "secrets"), "{list}");
+    // The real `view`: no Secrets, and neither Leases nor Nodes.
+    for hidden in ["secrets", "leases.coordination.k8s.io", "nodes"] {
+        assert!(!rows.iter().any(|r| r[0] == hidden), "{hidden}: {list}");
+    }
     let secrets = c
         .kubectl(
             "nobody",
