@@ -75,6 +75,10 @@ pub enum Error {
     )]
     GatewayUdp { endpoints: String, secs: u64 },
     #[error(
+        "the gateway did not answer within {secs}s on any path ({tried}): check that UDP or TCP to the kwg-gateway NodePort/LoadBalancer is allowed by firewalls and that the gateway pod runs"
+    )]
+    GatewayPaths { secs: u64, tried: String },
+    #[error(
         "the gateway did not assign a tunnel IP to peer {peer} within {secs}s: check that the kwg-gateway pod runs (kubectl -n kwg-gateway get pods) and read its log{detail}"
     )]
     NoTunnelIp {

@@ -146,7 +146,7 @@ impl From<&Error> for ExitCode {
             Error::NamespaceNotFound { .. }
             | Error::Invalid { .. }
             | Error::ResolvedUnavailable { .. } => C::Usage,
-            Error::GatewayUdp { .. } => C::GatewayUnreachable,
+            Error::GatewayUdp { .. } | Error::GatewayPaths { .. } => C::GatewayUnreachable,
             Error::DnsCheck { .. } => C::DnsVerification,
             Error::WaitFor { .. } => C::WaitFor,
             Error::RouteConflict { .. }

@@ -54,6 +54,8 @@ struct Driver {
     device: Option<Device>,
     /// Chooses the gateway's path (UDP, TCP, API server) once the peer is configured.
     transport: Option<crate::transport::Transport>,
+    /// Its last status, kept for the error when no path worked.
+    transport_status: Option<kwg_wg::contract::TransportStatus>,
     /// Userspace mode's stack and proxy (the device is `device`).
     userspace: Option<crate::userspace::Userspace>,
     forwarder: Option<Forwarder>,
@@ -120,6 +122,7 @@ pub async fn run(
         key: None,
         device: None,
         transport: None,
+        transport_status: None,
         userspace: None,
         forwarder: None,
         resolved: None,
@@ -181,7 +184,7 @@ pub async fn run(
         w.abort();
     }
     let _ = std::fs::remove_file(dir.socket());
-    let outcome = session.outcome();
+    let outcome = session.outcome().map_err(|e| d.paths_error(e));
     for w in leave_waiters {
         let _ = w.send(match &outcome {
             Ok(removed) => Reply::Left {
@@ -440,6 +443,19 @@ impl Driver {
         Ok(())
     }
 
+    /// No handshake on any path: the error names each path tried and why it failed.
+    fn paths_error(&self, e: Error) -> Error {
+        match (e, &self.transport_status) {
+            (Error::GatewayUdp { secs, .. }, Some(t)) if !t.failed.is_empty() => {
+                Error::GatewayPaths {
+                    secs,
+                    tried: crate::transport::failures_text(t),
+                }
+            }
+            (e, _) => e,
+        }
+    }
+
     fn finished(&mut self, done: Done) -> Event {
         match done {
             Done::Event(e) => e,
@@ -481,7 +497,9 @@ impl Driver {
                 return Event::Undone(Some(format!("the userspace tunnel and proxy on {listen}")));
             }
             Undo::DeleteInterface { name, .. } => {
-                self.transport = None;
+                if let Some(t) = self.transport.take() {
+                    self.transport_status = t.status();
+                }
                 if let Some(d) = self.device.take() {
                     if let Err(e) = d.shutdown().await {
                         tracing::warn!(error = %e, "stopping the device");

@@ -270,6 +270,17 @@ impl Ladder {
         self.steps.push_back(Step::Use { rung, restart });
     }
 
+    /// UDP did not answer the join's handshake in time: on to the stream.
+    fn leave_udp(&mut self, stream: Rung, now: Instant) {
+        // A stall already said why (and a failure is dropped once UDP answers).
+        if self.path == Rung::Udp && !self.failures.contains_key(&Rung::Udp) {
+            let ms = self.t.switch_after.as_millis();
+            let reason = format!("no handshake answer over UDP within {ms} ms");
+            self.fail(Rung::Udp, reason, now);
+        }
+        self.use_rung(stream, true, now);
+    }
+
     /// A stream of `rung` is open.
     pub fn connected(&mut self, rung: Rung, now: Instant) {
         self.stream = Stream::Up(rung);
@@ -282,9 +293,8 @@ impl Ladder {
             }
             // A reconnection of the stream in use: the session continues on it.
             Some(j) if j == rung || self.path == rung => self.use_rung(rung, false, now),
-            _ if self.mode != Mode::Auto || now >= self.started + self.t.switch_after => {
-                self.use_rung(rung, true, now)
-            }
+            _ if self.mode != Mode::Auto => self.use_rung(rung, true, now),
+            _ if now >= self.started + self.t.switch_after => self.leave_udp(rung, now),
             _ => {}
         }
     }
@@ -386,7 +396,10 @@ impl Ladder {
                     && self
                         .restarted
                         .is_some_and(|t| now < t + self.t.switch_after) => {}
-            (rung, Some(_)) if first => self.use_rung(rung, true, now),
+            (rung, Some(_)) if first => {
+                self.fail(rung, format!("no handshake answer over {rung}"), now);
+                self.use_rung(rung, true, now);
+            }
             (rung, Some(_)) => {
                 self.fail(rung, "packets over the stream went unanswered", now);
                 self.stream = Stream::None;
@@ -419,13 +432,7 @@ impl Ladder {
             && now >= self.started + self.t.switch_after
             && let Some(s) = self.stream_rung()
         {
-            let ms = self.t.switch_after.as_millis();
-            self.fail(
-                Rung::Udp,
-                format!("no handshake answer over UDP within {ms} ms"),
-                now,
-            );
-            self.use_rung(s, true, now);
+            self.leave_udp(s, now);
         }
         if let Stream::Retry { rung, at, .. } = self.stream
             && now >= at

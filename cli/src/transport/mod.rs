@@ -145,5 +145,15 @@ pub fn text(t: &TransportStatus, now: chrono::DateTime<chrono::Utc>) -> String {
     o
 }
 
+/// Each failed path and why, for an error: `udp: …; tcp: …`.
+pub fn failures_text(t: &TransportStatus) -> String {
+    let each: Vec<String> = t
+        .failed
+        .iter()
+        .map(|f| format!("{}: {}", f.path, f.reason))
+        .collect();
+    each.join("; ")
+}
+
 #[cfg(test)]
 mod tests;

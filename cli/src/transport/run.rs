@@ -16,8 +16,9 @@ use crate::cluster::Kube;
 
 /// How often the device is looked at.
 const TICK: Duration = Duration::from_millis(100);
-/// A TCP connect that takes longer failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A TCP connect that takes longer failed (one lost SYN is retransmitted after 1 s, RFC
+/// 6298); short, so that a dropped TCP still lets the API-server path join within ~3 s.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 type Opened = (Rung, Result<Box<dyn ByteStream>, String>);
 

@@ -100,6 +100,13 @@ fn a_slow_tcp_connect_takes_over_as_soon_as_it_is_up() {
     assert_eq!(steps(&mut l), []);
     l.connected(Rung::Tcp, t0 + secs(2.0));
     assert_eq!(steps(&mut l), [use_(Rung::Tcp, true)]);
+    assert_eq!(
+        failed(&l),
+        [(
+            Rung::Udp,
+            "no handshake answer over UDP within 1000 ms".into()
+        )]
+    );
 }
 
 #[test]

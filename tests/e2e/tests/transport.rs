@@ -9,25 +9,29 @@ use std::time::{Duration, Instant};
 use kwg_e2e::laptop::{Laptop, laptop, shared, text};
 use kwg_e2e::requests::RequestLoop;
 
-/// This test's own nftables table in the laptop's namespace (removed on drop).
-struct UdpDropped<'a> {
+/// This test's own nftables table in the laptop's namespace dropping what leaves it for
+/// `ip` on `port` over each of `protocols` (removed on drop).
+struct Dropped<'a> {
     l: &'a Laptop,
     table: String,
 }
 
-impl<'a> UdpDropped<'a> {
-    fn new(l: &'a Laptop, ip: &str, port: u16) -> UdpDropped<'a> {
-        let table = format!("kwgtransport_{}", l.name.replace('-', "_"));
-        let script = format!(
-            "add table inet {table}; add chain inet {table} out {{ type filter hook output priority 0 ; }}; add rule inet {table} out ip daddr {ip} udp dport {port} drop"
+impl<'a> Dropped<'a> {
+    fn new(l: &'a Laptop, ip: &str, port: u16, protocols: &[&str]) -> Dropped<'a> {
+        let table = format!("kwgtransport_{}", l.name);
+        let mut script = format!(
+            "add table inet {table}; add chain inet {table} out {{ type filter hook output priority 0 ; }}"
         );
+        for p in protocols {
+            script += &format!("; add rule inet {table} out ip daddr {ip} {p} dport {port} drop");
+        }
         let out = l.run(&["nft", &script]);
         assert!(out.status.success(), "nft: {}", text(&out.stderr));
-        UdpDropped { l, table }
+        Dropped { l, table }
     }
 }
 
-impl Drop for UdpDropped<'_> {
+impl Drop for Dropped<'_> {
     fn drop(&mut self) {
         let _ = self.l.run(&["nft", "delete", "table", "inet", &self.table]);
     }
@@ -44,7 +48,7 @@ fn join_over_tcp_without_udp_then_back_to_udp_without_a_failed_request() {
     let info = kwg_e2e::gateway_info(&sim).unwrap();
     let ep = info.endpoints.first().expect("an endpoint").clone();
     let ip = ep.ip().expect("a node address").to_string();
-    let blocked = UdpDropped::new(&l, &ip, ep.port);
+    let blocked = Dropped::new(&l, &ip, ep.port, &["udp"]);
     let started = Instant::now();
     let out = l.join(&["--namespace", "emojivoto", "--transport-probe-every", "5s"]);
     let took = started.elapsed();
@@ -104,6 +108,50 @@ fn join_over_tcp_without_udp_then_back_to_udp_without_a_failed_request() {
     let s = status(&l);
     assert_eq!(s["transport"]["failed"], serde_json::json!([]), "{s}");
     assert!(l.curl("web-app:80").status.success());
+    let left = l.kwg(&["leave"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+}
+
+#[test]
+fn without_udp_and_tcp_the_join_goes_over_the_api_server() {
+    let sim = shared();
+    let l = laptop(&sim, "apipath");
+    let info = kwg_e2e::gateway_info(&sim).unwrap();
+    let ep = info.endpoints.first().expect("an endpoint").clone();
+    let ip = ep.ip().expect("a node address").to_string();
+    let _blocked = Dropped::new(&l, &ip, ep.port, &["udp", "tcp"]);
+    let started = Instant::now();
+    let out = l.join(&["--namespace", "emojivoto"]);
+    let took = started.elapsed();
+    eprintln!(
+        "kwg join over the API server took {:.2} s\n{}",
+        took.as_secs_f64(),
+        text(&out.stdout)
+    );
+    let page = l.curl("web-app:80");
+    assert!(
+        text(&page.stdout).contains("<title>Emoji Vote</title>"),
+        "curl web-app:80 over the API server: {}",
+        text(&page.stderr)
+    );
+    assert!(!l.dig("web-app").is_empty(), "DNS over the API server");
+    let s = status(&l);
+    assert_eq!(s["transport"]["path"], "api-server", "{s}");
+    let failed: Vec<&str> = s["transport"]["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert_eq!(failed, ["udp", "tcp"], "{s}");
+    let line = text(&l.kwg(&["status"]).stdout);
+    assert!(
+        line.contains(&format!(
+            "tcp failed 0s ago: TCP connect to {ip}:{} timed out",
+            ep.port
+        )) || line.contains("tcp failed"),
+        "{line}"
+    );
     let left = l.kwg(&["leave"]);
     assert!(left.status.success(), "{}", text(&left.stderr));
 }
