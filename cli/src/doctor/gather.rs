@@ -315,6 +315,12 @@ fn cluster_subnets(f: &Findings) -> Vec<(IpNet, &'static str)> {
 }
 
 async fn routes(f: &Findings, interface: &str) -> Check {
+    if f.state.as_ref().is_some_and(|s| s.proxy.is_some()) {
+        return Check::skip(
+            "routes",
+            "userspace mode: kwg adds no routes to this machine",
+        );
+    }
     let subnets = cluster_subnets(f);
     if subnets.is_empty() {
         return Check::skip("routes", "the cluster's subnets are unknown (see gateway)");

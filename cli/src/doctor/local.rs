@@ -104,6 +104,8 @@ pub enum UdpProbe {
         endpoint: String,
         answered: bool,
         last_handshake: Option<DateTime<Utc>>,
+        /// The path WireGuard takes when not UDP (`tcp`, `api-server`), and why UDP failed.
+        fallback: Option<(String, String)>,
     },
     /// Not joined: one initiation per endpoint.
     Initiations(Vec<(String, Initiation)>),
@@ -121,6 +123,20 @@ pub fn udp(probe: &UdpProbe, now: DateTime<Utc>, waited: Duration) -> Check {
             endpoint,
             answered: true,
             last_handshake,
+            fallback: Some((path, why)),
+        } => Check::warn(
+            NAME,
+            format!(
+                "the gateway answers through the tunnel over {path} ({endpoint}, last handshake {}), not UDP: {why}",
+                crate::output::ago(*last_handshake, now)
+            ),
+            "allow outgoing UDP to the gateway's endpoint for the faster path (kwg retries it by itself)",
+        ),
+        UdpProbe::Tunnel {
+            endpoint,
+            answered: true,
+            last_handshake,
+            fallback: None,
         } => Check::pass(
             NAME,
             format!(
@@ -132,6 +148,7 @@ pub fn udp(probe: &UdpProbe, now: DateTime<Utc>, waited: Duration) -> Check {
             endpoint,
             answered: false,
             last_handshake,
+            ..
         } => Check::fail(
             NAME,
             ExitCode::GatewayUnreachable,
@@ -190,6 +207,10 @@ pub enum DnsProbe {
         nameservers: Vec<String>,
     },
     Off,
+    /// Userspace mode: names resolve through the proxy, the machine's DNS is unchanged.
+    Userspace {
+        proxy: String,
+    },
     /// Joined: a cluster name looked up through the system resolver (getaddrinfo).
     Joined {
         mode: String,
@@ -204,6 +225,14 @@ pub fn dns(probe: &DnsProbe, interface: &str) -> Check {
     const NAME: &str = "dns";
     let (mode, forwarder, name, answer, cidrs) = match probe {
         DnsProbe::Off => return Check::skip(NAME, "DNS mode off: cluster names are not resolved"),
+        DnsProbe::Userspace { proxy } => {
+            return Check::skip(
+                NAME,
+                format!(
+                    "userspace mode: cluster names resolve through the proxy {proxy} (socks5h), the machine's DNS is unchanged"
+                ),
+            );
+        }
         DnsProbe::NotJoined { nameservers } => {
             return Check::skip(
                 NAME,

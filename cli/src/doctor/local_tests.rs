@@ -61,6 +61,7 @@ fn udp_through_the_tunnel_passes_or_names_the_blocked_endpoint() {
         endpoint: "192.0.2.1:31820".into(),
         answered,
         last_handshake: Some("2026-01-01T00:00:20Z".parse().unwrap()),
+        fallback: None,
     };
     let ok = udp(&probe(true), now, Duration::from_secs(3));
     assert_eq!(ok.outcome, Outcome::Pass);
@@ -81,6 +82,27 @@ fn udp_through_the_tunnel_passes_or_names_the_blocked_endpoint() {
             .fix
             .unwrap()
             .starts_with("allow outgoing UDP to 192.0.2.1:31820")
+    );
+    // Working over the TCP fallback: a warning that says why UDP is not used.
+    let tcp = UdpProbe::Tunnel {
+        endpoint: "tcp 192.0.2.1:31821".into(),
+        answered: true,
+        last_handshake: None,
+        fallback: Some((
+            "tcp".into(),
+            "no answer to a handshake over UDP within 3 s".into(),
+        )),
+    };
+    let w = udp(&tcp, now, Duration::from_secs(3));
+    assert_eq!(w.outcome, Outcome::Warn);
+    assert!(
+        w.detail.contains("over tcp (tcp 192.0.2.1:31821"),
+        "{}",
+        w.detail
+    );
+    assert!(
+        w.detail
+            .ends_with("not UDP: no answer to a handshake over UDP within 3 s")
     );
 }
 

@@ -21,17 +21,30 @@ pub async fn udp(f: &Findings, daemon: &DaemonProbe) -> Check {
     if let (DaemonProbe::Running(s), Some(admin)) =
         (daemon, f.state.as_ref().and_then(|s| s.gateway_admin))
     {
-        // Any answer through the tunnel (even a refused connection) proves UDP both ways.
-        let answered =
-            match tokio::time::timeout(TUNNEL_WAIT, tokio::net::TcpStream::connect(admin)).await {
-                Ok(Ok(_)) => true,
-                Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
-                Err(_) => false,
-            };
+        // Any answer through the tunnel (even a refused connection) proves the path both ways.
+        let answered = match s.proxy {
+            Some(proxy) => socks_connect(proxy, admin).await,
+            None => tcp_answered(admin).await,
+        };
+        let transport = s.transport.as_ref();
+        let fallback = transport
+            .and_then(|t| t.path.clone())
+            .filter(|p| p != "udp")
+            .map(|p| {
+                let why = transport
+                    .and_then(|t| t.failed.iter().find(|f| f.path == "udp"))
+                    .map_or("UDP was not tried".to_string(), |f| f.reason.clone());
+                (p, why)
+            });
         let probe = UdpProbe::Tunnel {
-            endpoint: s.gateway_endpoint.clone().unwrap_or_else(|| "-".into()),
+            endpoint: match fallback {
+                Some(_) => transport.and_then(|t| t.endpoint.clone()),
+                None => s.gateway_endpoint.clone(),
+            }
+            .unwrap_or_else(|| "-".into()),
             answered,
             last_handshake: s.last_handshake,
+            fallback,
         };
         return local::udp(&probe, now, TUNNEL_WAIT);
     }
@@ -51,6 +64,41 @@ pub async fn udp(f: &Findings, daemon: &DaemonProbe) -> Check {
         results.push((e.to_string(), r));
     }
     local::udp(&UdpProbe::Initiations(results), now, INITIATION_WAIT)
+}
+
+/// A TCP connection to `to` through the tunnel: accepted or refused, an answer came back.
+async fn tcp_answered(to: SocketAddr) -> bool {
+    match tokio::time::timeout(TUNNEL_WAIT, tokio::net::TcpStream::connect(to)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        Err(_) => false,
+    }
+}
+
+/// The same through userspace mode's proxy: a SOCKS5 CONNECT (RFC 1928) whose reply is
+/// "succeeded" (0) or "connection refused" (5).
+async fn socks_connect(proxy: SocketAddr, to: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let SocketAddr::V4(to) = to else {
+        return false;
+    };
+    let exchange = async {
+        let mut c = tokio::net::TcpStream::connect(proxy).await?;
+        c.write_all(&[5, 1, 0]).await?;
+        let mut method = [0u8; 2];
+        c.read_exact(&mut method).await?;
+        let mut req = vec![5, 1, 0, 1];
+        req.extend_from_slice(&to.ip().octets());
+        req.extend_from_slice(&to.port().to_be_bytes());
+        c.write_all(&req).await?;
+        let mut reply = [0u8; 10];
+        c.read_exact(&mut reply).await?;
+        Ok::<_, std::io::Error>(method == [5, 0] && matches!(reply[1], 0 | 5))
+    };
+    matches!(
+        tokio::time::timeout(TUNNEL_WAIT, exchange).await,
+        Ok(Ok(true))
+    )
 }
 
 /// Sends a handshake initiation from a throwaway key and waits for a reply or an ICMP error.
@@ -103,6 +151,10 @@ pub async fn dns(f: &Findings, interface: &str) -> Check {
             .collect();
         return local::dns(&DnsProbe::NotJoined { nameservers }, interface);
     };
+    if let Some(proxy) = status.proxy {
+        let proxy = proxy.to_string();
+        return local::dns(&DnsProbe::Userspace { proxy }, interface);
+    }
     let Some(d) = &status.dns else {
         return local::dns(&DnsProbe::Off, interface);
     };

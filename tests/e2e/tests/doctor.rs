@@ -62,8 +62,10 @@ fn doctor_passes_a_healthy_join_and_names_the_fix_of_each_failure() {
             .starts_with("not tested: not joined")
     );
 
-    // Joined and healthy: every check passes, one line each.
-    l.join(&["--namespace", "emojivoto"]);
+    // Joined and healthy: every check passes, one line each. UDP only: with the default
+    // transport (auto) kwg would move to TCP when UDP is blocked below, and doctor would warn
+    // instead.
+    l.join(&["--namespace", "emojivoto", "--transport", "udp"]);
     let (code, checks, _) = doctor(&l, &[]);
     assert_eq!(code, 0, "{checks:#}");
     for (name, c) in checks.as_object().unwrap() {
@@ -202,6 +204,24 @@ fn doctor_passes_a_healthy_join_and_names_the_fix_of_each_failure() {
             .unwrap()
             .contains("manifests/rbac-user-binding.yaml")
     );
+
+    // Userspace mode: the tunnel probe goes through its proxy; no routes, no DNS change.
+    let u = laptop(&sim, "doctorus");
+    u.join(&["--namespace", "emojivoto", "--userspace"]);
+    let (code, checks, _) = doctor(&u, &[]);
+    assert_eq!(code, 0, "{checks:#}");
+    assert_eq!(outcome(&checks, "udp"), "pass", "{checks:#}");
+    assert_eq!(outcome(&checks, "daemon"), "pass", "{checks:#}");
+    for name in ["routes", "dns"] {
+        assert_eq!(outcome(&checks, name), "skip", "{name}: {checks:#}");
+        assert!(
+            checks[name]["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("userspace mode")
+        );
+    }
+    assert!(u.kwg(&["leave"]).status.success());
 
     // The gateway scaled to 0.
     assert!(l.kwg(&["leave"]).status.success());
