@@ -199,9 +199,17 @@ pub async fn rebind(handle: &DeviceHandle, gateway: PeerConfig) -> Result<(), Er
         listen_port: Some(0),
         ..Default::default()
     });
-    // Re-adding the peer drops its pending handshake, so the next packet starts a new one.
-    handle.remove_peer(&gateway.public_key).await?;
-    handle.upsert_peer(gateway).await?;
+    // A new initiation from the new port; the peer stays, so packets a stalled session kept
+    // for replay go again once it completes. A peer the device does not know is added (its
+    // first packet starts the handshake).
+    let sent = match gateway.endpoint {
+        Some(ep) => handle.probe(&gateway.public_key, ep).await?,
+        None => false,
+    };
+    if !sent {
+        handle.remove_peer(&gateway.public_key).await?;
+        handle.upsert_peer(gateway).await?;
+    }
     tracing::info!(
         errno,
         port = handle.listen_port(),
