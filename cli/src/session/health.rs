@@ -70,6 +70,17 @@ impl Health {
         }
     }
 
+    /// The gateway peer was replaced (a reinstalled gateway's new key): its counters start
+    /// from zero, and the one initiation it sends (later packets wait for the handshake, so
+    /// the counters barely move) counts as a streak: unanswered for [`STALL`], another one.
+    pub fn peer_replaced(&mut self, now: Instant) {
+        self.last_tx = 0;
+        self.last_rx = 0;
+        self.last_sent = Some(now);
+        self.unanswered_since = Some(now);
+        self.unanswered_reads = 1;
+    }
+
     /// The counters read at `now`. A stall: packets were sent in at least two reads of one
     /// streak and none was answered for [`STALL`].
     pub fn observe(&mut self, tx: u64, rx: u64, now: Instant) -> Verdict {

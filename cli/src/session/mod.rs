@@ -229,7 +229,7 @@ impl Session {
                 return self.stats(tx_bytes, rx_bytes, now);
             }
             Event::GatewayInfo(info) if self.phase == Phase::Serving => {
-                return self.gateway_changed(*info);
+                return self.gateway_changed(*info, now);
             }
             _ => {}
         }

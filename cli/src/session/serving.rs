@@ -163,7 +163,7 @@ impl Session {
         }
     }
 
-    pub(super) fn gateway_changed(&mut self, info: GatewayInfo) {
+    pub(super) fn gateway_changed(&mut self, info: GatewayInfo, now: Instant) {
         let Some(plan) = self.plan.as_mut() else {
             return;
         };
@@ -208,6 +208,11 @@ impl Session {
                 add,
                 remove,
             });
+        }
+        if old_key != gateway.public_key
+            && let Some(h) = self.health.as_mut()
+        {
+            h.peer_replaced(now);
         }
         self.actions.push_back(Action::UpdateGateway {
             old_key,

@@ -45,6 +45,15 @@ impl RequestLoop {
         }
     }
 
+    /// When the first request that succeeded after `since` ended; panics after `within`.
+    pub fn first_success_after(&self, since: Instant, within: Duration) -> Instant {
+        crate::wait_for("a successful request", within, || {
+            let r = self.results.lock().unwrap();
+            Ok(r.iter().find(|(t, ok)| *ok && *t > since).map(|(t, _)| *t))
+        })
+        .unwrap_or_else(|e| panic!("traffic did not come back: {e}"))
+    }
+
     /// Waits until requests have succeeded for `steady` in a row after `since`.
     pub fn wait_steady(&self, since: Instant, steady: Duration, timeout: Duration) {
         crate::wait_for("requests succeeding again", timeout, || {

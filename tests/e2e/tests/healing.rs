@@ -48,17 +48,7 @@ fn traffic_flows_again_within_seconds_of_a_crashed_gateway_being_ready() {
     })
     .unwrap();
     let ready_at = Instant::now();
-    let healed = kwg_e2e::wait_for(
-        "traffic through the new pod",
-        Duration::from_secs(30),
-        || {
-            let r = requests.results.lock().unwrap();
-            Ok(r.iter()
-                .find(|(t, ok)| *ok && *t > ready_at)
-                .map(|(t, _)| *t))
-        },
-    )
-    .expect("traffic never came back through the new gateway pod");
+    let healed = requests.first_success_after(ready_at, Duration::from_secs(30));
     requests.wait_steady(healed, Duration::from_millis(500), Duration::from_secs(10));
     let (gap, failed) = requests.longest_gap(deleted_at);
     eprintln!(

@@ -23,15 +23,6 @@ fn status_json(l: &Laptop) -> serde_json::Value {
     })
 }
 
-/// The first successful request that ended after `since`.
-fn first_success_after(requests: &RequestLoop, since: Instant, within: Duration) -> Instant {
-    kwg_e2e::wait_for("a successful request", within, || {
-        let r = requests.results.lock().unwrap();
-        Ok(r.iter().find(|(t, ok)| *ok && *t > since).map(|(t, _)| *t))
-    })
-    .expect("traffic did not come back")
-}
-
 fn daemon_log(l: &Laptop) -> String {
     std::fs::read_to_string(l.state.join("daemon.log")).unwrap_or_default()
 }
@@ -64,7 +55,7 @@ fn a_new_lan_address_carries_traffic_again_within_seconds() {
         let out = l.run(&argv);
         assert!(out.status.success(), "{argv:?}: {}", text(&out.stderr));
     }
-    let healed = first_success_after(&requests, changed, Duration::from_secs(30));
+    let healed = requests.first_success_after(changed, Duration::from_secs(30));
     requests.wait_steady(healed, Duration::from_secs(1), Duration::from_secs(10));
     let (gap, failed) = requests.longest_gap(changed);
     eprintln!(
@@ -81,15 +72,19 @@ fn a_new_lan_address_carries_traffic_again_within_seconds() {
     );
     // The gateway now sends to the new address.
     let new_ip = new.split('/').next().unwrap();
-    let peers = kwg_e2e::gateway_peers(&sim).unwrap();
-    let me = peers
-        .iter()
-        .find(|p| p.name.to_string() == "healaddr")
-        .unwrap();
-    let endpoint = me
-        .endpoint
-        .expect("the gateway knows the laptop's endpoint");
-    assert_eq!(endpoint.ip().to_string(), new_ip, "{peers:?}");
+    let endpoint = kwg_e2e::wait_for(
+        "the gateway's endpoint of the laptop",
+        Duration::from_secs(10),
+        || {
+            let peers = kwg_e2e::gateway_peers(&sim)?;
+            Ok(peers
+                .iter()
+                .find(|p| p.name.to_string() == "healaddr")
+                .and_then(|p| p.endpoint))
+        },
+    )
+    .unwrap();
+    assert_eq!(endpoint.ip().to_string(), new_ip);
     drop(requests);
     assert!(l.kwg(&["leave"]).status.success());
 }
@@ -125,7 +120,7 @@ fn after_sleeping_longer_than_its_lease_the_daemon_registers_again_and_traffic_f
     signal("-CONT");
     let resumed = Instant::now();
     let gone = gone.expect("the gateway never deleted the expired Secret");
-    let healed = first_success_after(&requests, resumed, Duration::from_secs(40));
+    let healed = requests.first_success_after(resumed, Duration::from_secs(40));
     requests.wait_steady(healed, Duration::from_secs(1), Duration::from_secs(10));
     eprintln!(
         "MEASURED: slept {:.1} s (Secret deleted {:.1} s in, --ttl 6s): traffic again {:.2} s after resuming",

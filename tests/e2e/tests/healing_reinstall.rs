@@ -32,15 +32,7 @@ fn traffic_flows_again_through_a_gateway_reinstalled_with_a_new_key() {
             Ok((info.public_key != before.public_key).then(|| (info, Instant::now())))
         })
         .unwrap();
-    let healed = kwg_e2e::wait_for(
-        "traffic through the new gateway",
-        Duration::from_secs(30),
-        || {
-            let r = requests.results.lock().unwrap();
-            Ok(r.iter().find(|(t, ok)| *ok && *t > ready).map(|(t, _)| *t))
-        },
-    )
-    .expect("traffic never came back through the reinstalled gateway");
+    let healed = requests.first_success_after(ready, Duration::from_secs(30));
     requests.wait_steady(healed, Duration::from_secs(1), Duration::from_secs(10));
     let (gap, failed) = requests.longest_gap(replaced);
     eprintln!(

@@ -322,3 +322,39 @@ fn status_says_since_when_renewal_fails_why_and_when_it_is_retried() {
     );
     assert_eq!(lease.renewed, Some(at(&r)));
 }
+
+#[test]
+fn a_new_gateway_key_whose_first_handshake_goes_unanswered_gets_another_at_once() {
+    let mut r = serving(&[]);
+    // A busy tunnel.
+    for i in 1..=5u64 {
+        r.advance(health::CHECK_EVERY);
+        r.pump(|a| {
+            matches!(a, Action::ReadStats).then_some(Some(Event::Stats {
+                tx_bytes: i * 10_000,
+                rx_bytes: i * 10_000,
+            }))
+        });
+    }
+    r.take_log();
+    // The gateway is reinstalled: a new peer, one initiation (148 bytes) and nothing back; the
+    // packets behind it wait for the handshake, so the counters stay put.
+    let new = PrivateKey::generate();
+    r.s.handle(Event::GatewayInfo(Box::new(info(&new))), r.now);
+    let replaced = r.now;
+    let mut restarted = None;
+    for _ in 0..20 {
+        r.advance(health::CHECK_EVERY);
+        r.pump(|a| {
+            matches!(a, Action::ReadStats).then_some(Some(Event::Stats {
+                tx_bytes: 148,
+                rx_bytes: 0,
+            }))
+        });
+        if r.take_log().iter().any(|a| a == "Rehandshake") && restarted.is_none() {
+            restarted = Some(r.now - replaced);
+        }
+    }
+    // Not after WireGuard's 5 s rekey timeout: after the stall time.
+    assert_eq!(restarted, Some(Duration::from_millis(500)));
+}
