@@ -498,7 +498,7 @@ impl Driver {
             }
             Undo::DeleteInterface { name, .. } => {
                 if let Some(t) = self.transport.take() {
-                    self.transport_status = t.status();
+                    self.transport_status = t.last_status();
                 }
                 if let Some(d) = self.device.take() {
                     if let Err(e) = d.shutdown().await {

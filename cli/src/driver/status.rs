@@ -121,7 +121,9 @@ impl super::Driver {
             s.rx_bytes = p.rx_bytes;
             s.tx_bytes = p.tx_bytes;
         }
-        s.transport = self.transport.as_ref().and_then(|t| t.status());
+        if let Some(t) = &self.transport {
+            s.transport = t.status().await;
+        }
         s.lease = session.lease_status(std::time::Instant::now(), chrono::Utc::now());
         s
     }

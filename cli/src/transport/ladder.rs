@@ -270,15 +270,14 @@ impl Ladder {
         self.steps.push_back(Step::Use { rung, restart });
     }
 
-    /// UDP did not answer the join's handshake in time: on to the stream.
-    fn leave_udp(&mut self, stream: Rung, now: Instant) {
-        // A stall already said why (and a failure is dropped once UDP answers).
+    /// UDP did not answer the join's handshake in time: said once (a stall may have said it
+    /// already, and a failure is dropped once UDP answers).
+    fn udp_silent(&mut self, now: Instant) {
         if self.path == Rung::Udp && !self.failures.contains_key(&Rung::Udp) {
             let ms = self.t.switch_after.as_millis();
             let reason = format!("no handshake answer over UDP within {ms} ms");
             self.fail(Rung::Udp, reason, now);
         }
-        self.use_rung(stream, true, now);
     }
 
     /// A stream of `rung` is open.
@@ -294,7 +293,10 @@ impl Ladder {
             // A reconnection of the stream in use: the session continues on it.
             Some(j) if j == rung || self.path == rung => self.use_rung(rung, false, now),
             _ if self.mode != Mode::Auto => self.use_rung(rung, true, now),
-            _ if now >= self.started + self.t.switch_after => self.leave_udp(rung, now),
+            _ if now >= self.started + self.t.switch_after => {
+                self.udp_silent(now);
+                self.use_rung(rung, true, now);
+            }
             _ => {}
         }
     }
@@ -430,9 +432,11 @@ impl Ladder {
             && self.joined.is_none()
             && self.path == Rung::Udp
             && now >= self.started + self.t.switch_after
-            && let Some(s) = self.stream_rung()
         {
-            self.leave_udp(s, now);
+            self.udp_silent(now);
+            if let Some(s) = self.stream_rung() {
+                self.use_rung(s, true, now);
+            }
         }
         if let Stream::Retry { rung, at, .. } = self.stream
             && now >= at

@@ -25,6 +25,9 @@ enum Cmd {
     Gateway(PeerConfig),
     /// No handshake yet, or the session stalled: try again or another path.
     Stall,
+    /// The status, after looking at the device (a handshake may have completed since the
+    /// last tick).
+    Status(tokio::sync::oneshot::Sender<Option<TransportStatus>>),
 }
 
 /// The ladder's state for `kwg status`, with wall-clock times.
@@ -112,8 +115,19 @@ impl Transport {
         let _ = self.cmds.try_send(Cmd::Stall);
     }
 
-    /// For `kwg status`.
-    pub fn status(&self) -> Option<TransportStatus> {
+    /// For `kwg status`: fresh from the task, or its last state when it does not answer.
+    pub async fn status(&self) -> Option<TransportStatus> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.cmds.try_send(Cmd::Status(tx)).is_ok()
+            && let Ok(Ok(s)) = tokio::time::timeout(std::time::Duration::from_millis(500), rx).await
+        {
+            return s;
+        }
+        self.last_status()
+    }
+
+    /// The task's last published state.
+    pub fn last_status(&self) -> Option<TransportStatus> {
         self.status.borrow().0.clone()
     }
 }

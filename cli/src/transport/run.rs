@@ -61,6 +61,11 @@ impl Io {
                     None => break,
                     Some(Cmd::Gateway(peer)) => self.follow(peer).await,
                     Some(Cmd::Stall) => self.ladder.stall(Instant::now()),
+                    Some(Cmd::Status(reply)) => {
+                        self.observe(&mut seen_handshake, Instant::now()).await;
+                        self.publish();
+                        let _ = reply.send(self.status.borrow().0.clone());
+                    }
                 },
                 Some((rung, r)) = opened.recv() => self.opened(rung, r),
                 _ = tokio::time::sleep(TICK) => {

@@ -150,7 +150,8 @@ fn tcp_refused_falls_to_the_api_server_and_then_starts_over_with_back_off() {
     let reasons = failed(&l);
     assert_eq!(
         reasons.iter().map(|f| f.0).collect::<Vec<_>>(),
-        [Rung::Tcp, Rung::ApiServer]
+        [Rung::Udp, Rung::Tcp, Rung::ApiServer],
+        "UDP's silence counts without any stream to move to"
     );
     // UDP finally answers: joined on UDP, nothing more to do.
     l.handshake(t0 + secs(1.2));

@@ -37,6 +37,20 @@ impl Drop for Dropped<'_> {
     }
 }
 
+/// `kwg join` that must succeed, with the daemon logging at info (printed when a test fails).
+fn join(l: &Laptop, args: &[&str]) -> std::process::Output {
+    let mut argv = vec!["env", "KWG_LOG=info", "kwg", "join", "--name", &l.name];
+    argv.extend_from_slice(args);
+    let out = l.run(&argv);
+    assert!(
+        out.status.success(),
+        "kwg join {args:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
 fn status(l: &Laptop) -> serde_json::Value {
     serde_json::from_slice(&l.kwg(&["status", "-o", "json"]).stdout).unwrap_or_default()
 }
@@ -50,7 +64,10 @@ fn join_over_tcp_without_udp_then_back_to_udp_without_a_failed_request() {
     let ip = ep.ip().expect("a node address").to_string();
     let blocked = Dropped::new(&l, &ip, ep.port, &["udp"]);
     let started = Instant::now();
-    let out = l.join(&["--namespace", "emojivoto", "--transport-probe-every", "5s"]);
+    let out = join(
+        &l,
+        &["--namespace", "emojivoto", "--transport-probe-every", "5s"],
+    );
     let took = started.elapsed();
     eprintln!(
         "kwg join over TCP took {:.2} s\n{}",
@@ -121,7 +138,7 @@ fn without_udp_and_tcp_the_join_goes_over_the_api_server() {
     let ip = ep.ip().expect("a node address").to_string();
     let _blocked = Dropped::new(&l, &ip, ep.port, &["udp", "tcp"]);
     let started = Instant::now();
-    let out = l.join(&["--namespace", "emojivoto"]);
+    let out = join(&l, &["--namespace", "emojivoto"]);
     let took = started.elapsed();
     eprintln!(
         "kwg join over the API server took {:.2} s\n{}",
@@ -154,4 +171,52 @@ fn without_udp_and_tcp_the_join_goes_over_the_api_server() {
     );
     let left = l.kwg(&["leave"]);
     assert!(left.status.success(), "{}", text(&left.stderr));
+}
+
+#[test]
+fn without_udp_tcp_and_port_forward_permission_the_error_names_each() {
+    let sim = shared();
+    // A user with kwg's rights except those in the gateway's namespace (no pods/portforward).
+    for args in [
+        &[
+            "-n",
+            "kwg-system",
+            "create",
+            "rolebinding",
+            "kwgtest-noperm",
+            "--role=kwg-user",
+            "--user=nobody",
+        ][..],
+        &[
+            "create",
+            "clusterrolebinding",
+            "kwgtest-noperm",
+            "--clusterrole=kwg-user",
+            "--user=nobody",
+        ][..],
+    ] {
+        sim.kubectl_admin(args).unwrap();
+    }
+    let l = laptop(&sim, "noperm");
+    let info = kwg_e2e::gateway_info(&sim).unwrap();
+    let ep = info.endpoints.first().expect("an endpoint").clone();
+    let ip = ep.ip().expect("a node address").to_string();
+    let _blocked = Dropped::new(&l, &ip, ep.port, &["udp", "tcp"]);
+    let out = l.run_as(
+        "nobody",
+        &["kwg", "join", "--name", "noperm", "--timeout", "6s"],
+    );
+    let err = text(&out.stderr);
+    eprintln!("{err}");
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        err.contains(
+            "the gateway did not answer within 6s on any path (udp: no handshake answer over UDP"
+        ) && err.contains(&format!("tcp: TCP connect to {ip}:{} timed out", ep.port))
+            && err.contains("api-server: your kubeconfig user may not")
+            && err.contains("kwg-gateway"),
+        "{err}"
+    );
+    let s = text(&l.run_as("nobody", &["kwg", "status"]).stdout);
+    assert!(!s.contains("Connected"), "nothing stays joined: {s}");
 }
