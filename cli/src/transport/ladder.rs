@@ -61,8 +61,12 @@ pub enum Mode {
     /// UDP, falling back to TCP, then to the API server; moves back up when it can.
     #[default]
     Auto,
+    /// UDP to the gateway's endpoint only (what WireGuard does).
     Udp,
+    /// WireGuard over TCP to the same endpoint only (networks without UDP).
     Tcp,
+    /// WireGuard over the API server's pods/portforward to a gateway pod only (needs get and
+    /// create on pods/portforward in the gateway's namespace).
     ApiServer,
 }
 
