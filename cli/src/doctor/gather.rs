@@ -1,9 +1,8 @@
 //! The I/O of `kwg doctor`: reads the kubeconfig, asks the API server, the daemon and the
 //! kernel, and probes the gateway; the verdicts are in `check`, `cluster` and `local`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use ipnet::IpNet;
@@ -12,7 +11,7 @@ use kwg_wg::contract::{GatewayInfo, RouteSource, Status};
 
 use super::check::Check;
 use super::cluster::{self as verdict, ApiProbe, Auth, InfoProbe};
-use super::local::{self, DaemonProbe, DnsProbe, Initiation, UdpProbe};
+use super::local::{self, DaemonProbe};
 use crate::api::{self, Reply, Request};
 use crate::cluster::Kube;
 use crate::lock::{DaemonLock, Holder};
@@ -273,6 +272,11 @@ async fn access_review(kube: &Kube, n: &verdict::Need) -> Result<bool, String> {
 }
 
 async fn daemon(dir: &StateDir, joined: bool) -> (DaemonProbe, Option<Status>) {
+    if let Err(e) = std::fs::read_dir(&dir.0)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return (DaemonProbe::Unreadable(dir.0.display().to_string()), None);
+    }
     match (DaemonLock::holder(&dir.lock()), joined) {
         (Holder::None, false) => (DaemonProbe::NotJoined, None),
         (Holder::None, true) => (DaemonProbe::Dead, None),
@@ -341,4 +345,41 @@ async fn routes(f: &Findings, interface: &str) -> Check {
         .unwrap_or_default();
     interfaces.sort();
     local::routes(&subnets, &existing, interface, &interfaces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exec_plugin_is_looked_up_on_path_like_a_shell_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        let kubeconfig = |command: &str| {
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: dev\nclusters:\n- name: c\n  cluster: {{server: 'https://192.0.2.1:6443'}}\ncontexts:\n- name: dev\n  context: {{cluster: c, user: u}}\nusers:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {command}\n      installHint: get it from your admin\n"
+            )
+        };
+        std::fs::write(&path, kubeconfig("kwg-no-such-plugin-7f3a")).unwrap();
+        let k = read_kubeconfig(Some(&path), None).unwrap();
+        assert_eq!(k.context, "dev");
+        assert_eq!(k.server, "https://192.0.2.1:6443");
+        assert_eq!(
+            k.auth,
+            Auth::Exec {
+                command: "kwg-no-such-plugin-7f3a".into(),
+                found: false,
+                install_hint: Some("get it from your admin".into()),
+            }
+        );
+        std::fs::write(&path, kubeconfig("sh")).unwrap();
+        let k = read_kubeconfig(Some(&path), None).unwrap();
+        assert!(
+            matches!(k.auth, Auth::Exec { found: true, .. }),
+            "{:?}",
+            k.auth
+        );
+        let e = read_kubeconfig(Some(&path), Some("prod")).unwrap_err();
+        assert_eq!(e, "the kubeconfig has no context prod");
+    }
 }

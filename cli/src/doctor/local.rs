@@ -291,6 +291,8 @@ pub fn dns(probe: &DnsProbe, interface: &str) -> Check {
 #[derive(Debug, Clone)]
 pub enum DaemonProbe {
     NotJoined,
+    /// The state directory cannot be read (root only): whether kwg is joined is unknown.
+    Unreadable(String),
     /// A state file but no daemon: it was killed (or the machine rebooted).
     Dead,
     Running(Box<Status>),
@@ -302,6 +304,15 @@ pub fn daemon(probe: &DaemonProbe, now: DateTime<Utc>) -> Check {
     let rejoin = "run kwg leave, then kwg join";
     let s = match probe {
         DaemonProbe::NotJoined => return Check::skip(NAME, "not joined (kwg join starts it)"),
+        DaemonProbe::Unreadable(dir) => {
+            return Check::warn(
+                NAME,
+                format!(
+                    "cannot read the state directory {dir}: whether kwg is joined is unknown, and so are the tunnel, DNS and lease"
+                ),
+                "run kwg doctor as root (sudo), like kwg join",
+            );
+        }
         DaemonProbe::Dead => {
             return Check::fail(
                 NAME,

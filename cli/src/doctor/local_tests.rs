@@ -198,6 +198,9 @@ fn the_daemon_line_carries_the_lease_and_warns_while_renewal_fails() {
         "{}",
         failing.detail
     );
+    let unknown = daemon(&DaemonProbe::Unreadable("/var/lib/kwg".into()), now);
+    assert_eq!(unknown.outcome, Outcome::Warn);
+    assert!(unknown.fix.unwrap().contains("as root"));
     let dead = daemon(&DaemonProbe::Dead, now);
     assert_eq!(dead.outcome, Outcome::Fail);
     assert_eq!(dead.fix.unwrap(), "run kwg leave, then kwg join");
