@@ -130,7 +130,12 @@ fn reach_undecided_or_open() {
         enforced: true,
         by_peer: Default::default(),
     };
-    let seen = gateway_peers(&[a.clone()], &[sa.clone()], (&undecided, &[]), me);
+    let seen = gateway_peers(
+        std::slice::from_ref(&a),
+        std::slice::from_ref(&sa),
+        (&undecided, &[]),
+        me,
+    );
     assert_eq!(seen[0].reach, None, "not decided yet: not shown as nothing");
     let seen = gateway_peers(&[a], &[sa], (&ReachView::open(), &[]), me);
     let r = seen[0].reach.as_ref().unwrap();
