@@ -15,8 +15,8 @@ use kwg_sim::testing::Cluster;
 use kwg_wg::contract::{self, GatewayPeer};
 use kwg_wg::keys::PrivateKey;
 
-/// Generous bound on a gap with 2 replicas (the daemon re-handshakes after 1.5 s of
-/// unanswered packets). `KWG_HA_REPLICAS=1` (scripts/bench-failover.sh) measures a single
+/// Generous bound on a gap with 2 replicas (the daemon handshakes again after 0.5 s of
+/// unanswered packets and replays them; scripts/bench-failover.sh measures ~0.9 s). `KWG_HA_REPLICAS=1` (scripts/bench-failover.sh) measures a single
 /// gateway for comparison, bounded only by 30 s.
 fn gap_bound() -> Duration {
     Duration::from_secs(if replicas() >= 2 { 8 } else { 30 })
