@@ -315,7 +315,7 @@ impl Ladder {
         self.fail(rung, reason, now);
         let next = rung.next_stream().filter(|_| self.mode == Mode::Auto);
         match next {
-            Some(n) if self.joined.is_none_or(|j| j > n) => self.connect(n),
+            Some(n) => self.connect(n),
             // Auto starts over from the best stream rung.
             _ if self.mode == Mode::Auto => self.retry(Rung::Tcp, now),
             _ => self.retry(rung, now),
@@ -343,8 +343,14 @@ impl Ladder {
             return;
         }
         self.fail(rung, format!("the stream broke: {reason}"), now);
-        // The best stream rung is tried again first.
+        // The best stream rung is tried again first, unless it failed within the last probe
+        // interval (the next probe tries UDP, and a stream above this one, again).
+        let tcp_failed_lately = self
+            .failures
+            .get(&Rung::Tcp)
+            .is_some_and(|f| now < f.at + self.t.probe_every);
         let again = match self.mode {
+            Mode::Auto if rung == Rung::ApiServer && tcp_failed_lately => rung,
             Mode::Auto => Rung::Tcp,
             _ => rung,
         };

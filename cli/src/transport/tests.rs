@@ -238,3 +238,28 @@ fn the_status_line_names_the_path_and_why_better_ones_failed() {
     };
     assert_eq!(super::text(&joining, now), "none yet (--transport auto)");
 }
+
+#[test]
+fn a_broken_api_server_stream_comes_back_over_the_api_server_when_tcp_still_fails() {
+    let t0 = Instant::now();
+    let mut l = Ladder::new(Mode::Auto, Timings::default(), t0);
+    steps(&mut l);
+    l.connect_failed(Rung::Tcp, "timed out", t0 + secs(2.0));
+    assert_eq!(steps(&mut l), [Step::Connect(Rung::ApiServer)]);
+    l.connected(Rung::ApiServer, t0 + secs(2.1));
+    assert_eq!(steps(&mut l), [use_(Rung::ApiServer, true)]);
+    l.handshake(t0 + secs(2.2));
+    // The gateway pod goes: TCP failed a moment ago, so the API server again at once.
+    l.stream_closed("closed by the other side", t0 + secs(30.0));
+    assert_eq!(steps(&mut l), [Step::Connect(Rung::ApiServer)]);
+    l.connected(Rung::ApiServer, t0 + secs(30.1));
+    assert_eq!(steps(&mut l), [use_(Rung::ApiServer, false)]);
+    // Later, TCP is tried first (it may work now), then the API server again.
+    l.stream_closed("closed by the other side", t0 + secs(70.0));
+    assert_eq!(steps(&mut l), [Step::Connect(Rung::Tcp)]);
+    l.connect_failed(Rung::Tcp, "timed out", t0 + secs(72.0));
+    assert_eq!(steps(&mut l), [Step::Connect(Rung::ApiServer)]);
+    l.connected(Rung::ApiServer, t0 + secs(72.1));
+    assert_eq!(steps(&mut l), [use_(Rung::ApiServer, false)]);
+    assert_eq!(l.path(), Some(Rung::ApiServer));
+}
