@@ -123,7 +123,7 @@ impl Session {
                     .min(every);
                 self.lease.failures += 1;
                 tracing::warn!(error = %e, retry_in = ?backoff, "lease renewal failed; the tunnel keeps working");
-                self.lease.last_error = Some(e.to_string());
+                self.lease.last_error = Some(short_error(&e));
                 self.lease.failing_since.get_or_insert(now);
                 self.lease.next = Some(now + backoff);
             }
@@ -218,5 +218,17 @@ impl Session {
             old_key,
             peer: gateway,
         });
+    }
+}
+
+/// The sentence `kwg status` shows for a failed renewal: the innermost cause of an unreachable
+/// API server (`connection refused`), not the whole chain of the HTTP stack.
+fn short_error(e: &crate::error::Error) -> String {
+    match e {
+        crate::error::Error::ApiUnreachable { server, reason } => format!(
+            "API server {server} unreachable: {}",
+            reason.rsplit(": ").next().unwrap_or(reason)
+        ),
+        e => e.to_string(),
     }
 }

@@ -189,6 +189,7 @@ fn with_the_api_server_unreachable_the_tunnel_works_and_status_says_why_the_leas
         .find(|l| l.starts_with("Lease"))
         .unwrap_or_else(|| panic!("no lease line:\n{status}"));
     assert!(line.contains("renewal failing since"), "{line}");
+    assert!(line.contains("unreachable: Connection refused"), "{line}");
     assert!(line.contains("retrying in"), "{line}");
     let held = blocked.elapsed();
     let (gap, failed) = requests.longest_gap(blocked);

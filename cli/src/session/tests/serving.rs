@@ -276,7 +276,7 @@ fn status_says_since_when_renewal_fails_why_and_when_it_is_retried() {
         Some(Event::LeaseFailed(LeaseFailure::Other(
             Error::ApiUnreachable {
                 server: "https://192.0.2.1:6443".into(),
-                reason: "connection refused".into(),
+                reason: "ServiceError: client error (Connect): tcp connect error: Connection refused (os error 111)".into(),
             },
         )))
     };
@@ -296,7 +296,9 @@ fn status_says_since_when_renewal_fails_why_and_when_it_is_retried() {
     );
     let text = crate::output::lease_text(&lease, now);
     assert!(
-        text.starts_with("renewal failing since 7s (the Kubernetes API server https://192.0.2.1:6443 is unreachable (connection refused)"),
+        text.starts_with(
+            "renewal failing since 7s (API server https://192.0.2.1:6443 unreachable: Connection refused (os error 111)), retrying in 7s"
+        ),
         "{text}"
     );
     assert!(
