@@ -409,13 +409,17 @@ impl Driver {
         }
     }
 
-    async fn start_userspace(&mut self, setup: crate::userspace::Setup) -> Started {
+    async fn start_userspace(&mut self, mut setup: crate::userspace::Setup) -> Started {
         let key = self.key.clone().expect("key loaded");
+        let gateway = setup.gateway.clone();
+        setup.gateway.endpoint =
+            crate::transport::first_endpoint(self.args.transport, gateway.endpoint);
         match crate::userspace::Userspace::start(key, &self.args.interface, setup).await {
             Ok((device, u)) => {
                 let listen = u.listen;
                 self.device = Some(device);
                 self.userspace = Some(u);
+                self.start_transport(gateway);
                 Started::Now(Event::UserspaceStarted(listen))
             }
             Err(e) => Started::Now(Event::Failed(e)),
@@ -423,13 +427,19 @@ impl Driver {
     }
 
     /// Adds the gateway peer and starts choosing its path (see [`crate::transport`]).
-    async fn configure_gateway(&mut self, mut gateway: PeerConfig) -> Result<(), Error> {
-        use crate::transport::{Timings, Transport, first_endpoint};
-        let udp = gateway.endpoint;
+    async fn configure_gateway(&mut self, gateway: PeerConfig) -> Result<(), Error> {
+        let mut first = gateway.clone();
+        first.endpoint = crate::transport::first_endpoint(self.args.transport, gateway.endpoint);
+        self.handle().upsert_peer(first).await?;
+        self.start_transport(gateway);
+        Ok(())
+    }
+
+    /// Starts choosing the path of `gateway` (already on the device; its endpoint is UDP's).
+    fn start_transport(&mut self, gateway: PeerConfig) {
+        use crate::transport::{Timings, Transport};
         let mode = self.args.transport;
-        gateway.endpoint = first_endpoint(mode, udp);
-        self.handle().upsert_peer(gateway.clone()).await?;
-        if let Some(udp) = udp {
+        if let Some(udp) = gateway.endpoint {
             let timings = Timings {
                 probe_every: self.args.transport_probe_every,
                 ..Timings::default()
@@ -440,7 +450,6 @@ impl Driver {
             let t = Transport::start(mode, timings, handle, gateway, udp, kube, ns);
             self.transport = Some(t);
         }
-        Ok(())
     }
 
     /// No handshake on any path: the error names each path tried and why it failed.

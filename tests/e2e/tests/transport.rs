@@ -220,3 +220,40 @@ fn without_udp_tcp_and_port_forward_permission_the_error_names_each() {
     let s = text(&l.run_as("nobody", &["kwg", "status"]).stdout);
     assert!(!s.contains("Connected"), "nothing stays joined: {s}");
 }
+
+#[test]
+fn userspace_mode_falls_back_to_tcp_too() {
+    let sim = shared();
+    let l = laptop(&sim, "tcpusp");
+    let info = kwg_e2e::gateway_info(&sim).unwrap();
+    let ep = info.endpoints.first().expect("an endpoint").clone();
+    let ip = ep.ip().expect("a node address").to_string();
+    let _blocked = Dropped::new(&l, &ip, ep.port, &["udp"]);
+    join(
+        &l,
+        &[
+            "-n",
+            "emojivoto",
+            "--userspace",
+            "--proxy-listen",
+            "127.0.0.1:1081",
+        ],
+    );
+    assert_eq!(status(&l)["transport"]["path"], "tcp");
+    let page = l.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "3",
+        "--proxy",
+        "socks5h://127.0.0.1:1081",
+        "http://web-app.emojivoto/",
+    ]);
+    assert!(
+        text(&page.stdout).contains("<title>Emoji Vote</title>"),
+        "curl through the proxy over TCP: {}",
+        text(&page.stderr)
+    );
+    let left = l.kwg(&["leave"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+}
