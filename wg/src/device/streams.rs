@@ -165,7 +165,7 @@ async fn read_loop(shared: &Shared, ep: SocketAddr, mut reader: impl AsyncRead +
         spans.clear();
         loop {
             match decoder.next_datagram() {
-                Ok(Some(d)) if d.is_empty() => {}
+                Ok(Some([])) => {}
                 Ok(Some(d)) => {
                     spans.push((flat.len(), d.len()));
                     flat.extend_from_slice(d);
