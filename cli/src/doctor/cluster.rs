@@ -225,10 +225,22 @@ pub fn needs(kwg_ns: &str) -> Vec<Need> {
 /// `allowed`: each need's SelfSubjectAccessReview answer, or why it could not be asked.
 pub fn rbac(user: &str, answers: &[(Need, Result<bool, String>)]) -> Check {
     const NAME: &str = "rbac";
-    let denied: Vec<String> = answers
-        .iter()
-        .filter(|(_, a)| matches!(a, Ok(false)))
-        .map(|(n, _)| n.to_string())
+    // Grouped by what they are on: "create, delete secrets in kwg-system".
+    let mut denied: Vec<(String, Vec<&str>)> = Vec::new();
+    for (n, _) in answers.iter().filter(|(_, a)| matches!(a, Ok(false))) {
+        let what = n.to_string();
+        let what = what
+            .split_once(' ')
+            .map_or(what.as_str(), |(_, w)| w)
+            .to_string();
+        match denied.iter_mut().find(|(w, _)| *w == what) {
+            Some((_, verbs)) => verbs.push(&n.verb),
+            None => denied.push((what, vec![&n.verb])),
+        }
+    }
+    let denied: Vec<String> = denied
+        .into_iter()
+        .map(|(what, verbs)| format!("{} {what}", verbs.join(", ")))
         .collect();
     if let Some((need, Err(e))) = answers.iter().find(|(_, a)| a.is_err()) {
         return Check::fail(
@@ -250,9 +262,9 @@ pub fn rbac(user: &str, answers: &[(Need, Result<bool, String>)]) -> Check {
     Check::fail(
         NAME,
         ExitCode::Credentials,
-        format!("{user} may not {}", denied.join(", ")),
+        format!("{user} may not {}", denied.join("; ")),
         format!(
-            "ask a cluster admin to bind the kwg-user Role and ClusterRole to {user} (manifests/rbac-user-binding.yaml)"
+            "ask a cluster admin to bind the kwg-user roles (each Role and the ClusterRole) to {user}: manifests/rbac-user-binding.yaml"
         ),
     )
 }

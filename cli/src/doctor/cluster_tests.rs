@@ -124,7 +124,7 @@ fn rbac_lists_every_denied_permission_and_the_binding_to_apply() {
     assert_eq!(c.code, Some(ExitCode::Credentials));
     assert_eq!(
         c.detail,
-        "alice may not create secrets in kwg-system, delete secrets in kwg-system"
+        "alice may not create, delete secrets in kwg-system"
     );
     assert!(c.fix.unwrap().contains("manifests/rbac-user-binding.yaml"));
     let err = [(n("create", "secrets"), Err("403".into()))];
