@@ -114,6 +114,23 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
         );
         let status = text(&run(&r, &l, &["kwg", "status", "-o", "json"]).stdout);
         assert!(status.contains("\"mode\": \"resolved\""), "{status}");
+        // kwg doctor sees queries for a cluster name reach kwg through resolved.
+        let doctor = run(&r, &l, &["kwg", "doctor", "-o", "json"]);
+        let checks: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+        let dns = checks["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "dns")
+            .unwrap();
+        assert_eq!(dns["outcome"], "pass", "{checks:#}");
+        assert!(
+            dns["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("mode resolved: kubernetes.default.svc.cluster.local resolves to"),
+            "{dns}"
+        );
 
         if kill {
             l.kill_daemon();
@@ -126,6 +143,15 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
             assert_eq!(
                 getent(&r, &l, "intranet.corp.example").as_deref(),
                 Some("192.0.2.80")
+            );
+            // kwg doctor names the dead daemon and the fix.
+            let doctor = run(&r, &l, &["kwg", "doctor"]);
+            let out = text(&doctor.stdout);
+            assert_eq!(doctor.status.code(), Some(1), "{out}");
+            assert!(
+                out.lines().any(|l| l.starts_with("FAIL  daemon")
+                    && l.ends_with("fix: run kwg leave, then kwg join")),
+                "{out}"
             );
         }
         let leave = run(&r, &l, &["kwg", "leave"]);
