@@ -16,6 +16,9 @@ const TUNNEL_WAIT: Duration = Duration::from_secs(3);
 /// How long an initiation waits for a reply or an ICMP error.
 const INITIATION_WAIT: Duration = Duration::from_secs(1);
 
+/// Joined, but no daemon answers: what it set up may be half gone.
+const NO_DAEMON: &str = "not tested: joined, but the daemon does not answer (see daemon)";
+
 pub async fn udp(f: &Findings, daemon: &DaemonProbe) -> Check {
     let now = Utc::now();
     if let (DaemonProbe::Running(s), Some(admin)) =
@@ -47,6 +50,9 @@ pub async fn udp(f: &Findings, daemon: &DaemonProbe) -> Check {
             fallback,
         };
         return local::udp(&probe, now, TUNNEL_WAIT);
+    }
+    if f.state.is_some() {
+        return Check::skip("udp", NO_DAEMON);
     }
     let Some(info) = &f.info else {
         return Check::skip("udp", "the gateway's endpoints are unknown (see gateway)");
@@ -139,6 +145,9 @@ async fn initiation(to: SocketAddr, info: &GatewayInfo) -> Initiation {
 }
 
 pub async fn dns(f: &Findings, interface: &str) -> Check {
+    if f.status.is_none() && f.state.is_some() {
+        return Check::skip("dns", NO_DAEMON);
+    }
     let Some(status) = &f.status else {
         let nameservers = std::fs::read_to_string("/etc/resolv.conf")
             .unwrap_or_default()

@@ -153,6 +153,11 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
                     && l.ends_with("fix: run kwg leave, then kwg join")),
                 "{out}"
             );
+            assert!(
+                out.lines().any(|l| l.starts_with("skip  dns")
+                    && l.ends_with("joined, but the daemon does not answer (see daemon)")),
+                "{out}"
+            );
         }
         let leave = run(&r, &l, &["kwg", "leave"]);
         assert!(leave.status.success(), "{}", text(&leave.stderr));
