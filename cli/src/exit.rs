@@ -18,7 +18,7 @@ pub enum ExitCode {
     Credentials = 4,
     /// The kwg gateway is not installed, has no ready pod, or assigns no tunnel IP.
     GatewayMissing = 5,
-    /// No WireGuard handshake with the gateway (UDP blocked or dropped).
+    /// No WireGuard handshake with the gateway on any path (UDP, TCP, API server).
     GatewayUnreachable = 6,
     /// Cluster DNS did not answer through the tunnel.
     DnsVerification = 7,
@@ -77,7 +77,7 @@ impl ExitCode {
                 "kwg gateway not installed, no ready gateway pod, or no tunnel IP assigned"
             }
             ExitCode::GatewayUnreachable => {
-                "no WireGuard handshake with the gateway (UDP blocked or dropped)"
+                "no WireGuard handshake with the gateway on any path (UDP, TCP, API server)"
             }
             ExitCode::DnsVerification => "cluster DNS did not answer through the tunnel",
             ExitCode::WaitFor => "a --wait-for target did not accept a TCP connection in time",
