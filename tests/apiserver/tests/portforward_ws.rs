@@ -1,7 +1,9 @@
 //! kube-rs's `Api::portforward` (WebSocket `v4.channel.k8s.io`) against the stand-in: bytes
 //! both ways to a listener "in the pod", two ports on one socket, the kubelet's error for a
 //! closed port, the 403 of a user who may only `create pods/portforward` (a 1.32 server
-//! authorizes the WebSocket GET as `get`), and the 404 of a missing pod.
+//! authorizes the WebSocket GET as `get`), the 404 of a missing pod, the 400s before the upgrade
+//! (no port: the kubelet's; a bad one: the API server's), the bare 403 for an unknown
+//! subprotocol, and the base64 variant.
 
 mod common;
 
@@ -143,4 +145,88 @@ async fn websocket_port_forward_needs_get_on_a_1_32_server() {
         (status.code, status.message.as_str()),
         (404, "pods \"nope\" not found")
     );
+}
+
+/// A WebSocket upgrade of `.../pods/web/portforward?QUERY` offering `protocol`, as admin.
+async fn upgrade(c: &Cluster, query: &str, protocol: &str) -> http::Response<kube::client::Body> {
+    let client = c.client("admin").await;
+    let req = http::Request::get(format!(
+        "/api/v1/namespaces/default/pods/web/portforward?{query}"
+    ))
+    .header("connection", "Upgrade")
+    .header("upgrade", "websocket")
+    .header("sec-websocket-version", "13")
+    .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+    .header("sec-websocket-protocol", protocol)
+    .body(kube::client::Body::empty())
+    .unwrap();
+    client.send(req).await.unwrap()
+}
+
+async fn body_text(r: http::Response<kube::client::Body>) -> String {
+    use http_body_util::BodyExt;
+    let b = r.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+#[tokio::test]
+async fn base64_channels_and_the_refusals_before_the_upgrade() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let c = Cluster::start().await;
+    pod(&c, "web").await;
+    let port = echo(b"hi").await;
+
+    // No port: the kubelet's plain-text 400. A bad one: the API server's 400 Status.
+    let r = upgrade(&c, "", "v4.channel.k8s.io").await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(body_text(r).await, "query parameter \"port\" is required");
+    let r = upgrade(&c, "ports=http", "v4.channel.k8s.io").await;
+    assert_eq!(r.status(), 400);
+    assert!(body_text(r).await.contains(
+        "cannot convert to []int32: strconv.ParseUint: parsing \\\"http\\\": invalid syntax"
+    ));
+    // No subprotocol the kubelet knows: x/net/websocket's bare 403.
+    let r = upgrade(&c, &format!("ports={port}"), "v5.channel.k8s.io").await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(body_text(r).await, "");
+
+    // base64: text messages, the channel as a digit.
+    let r = upgrade(&c, &format!("ports={port}"), "v4.base64.channel.k8s.io").await;
+    assert_eq!(r.status(), 101);
+    assert_eq!(
+        r.headers()["sec-websocket-protocol"],
+        "v4.base64.channel.k8s.io"
+    );
+    let io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(r).await.unwrap());
+    let role = tokio_tungstenite::tungstenite::protocol::Role::Client;
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, role, None).await;
+    let b64 = |b: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(b)
+    };
+    let le = port.to_le_bytes();
+    ws.send(Message::text(format!("0{}", b64(b"ping"))))
+        .await
+        .unwrap();
+    let mut next = async || match ws.next().await.unwrap().unwrap() {
+        Message::Text(t) => t.to_string(),
+        other => panic!("{other:?}"),
+    };
+    // First each channel's port, then the pod's bytes on channel 0.
+    assert_eq!(next().await, format!("0{}", b64(&le)));
+    assert_eq!(next().await, format!("1{}", b64(&le)));
+    let mut data = Vec::new();
+    while data.len() < b"hiping".len() {
+        let t = next().await;
+        assert!(t.starts_with('0'), "{t}");
+        use base64::Engine;
+        data.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(&t[1..])
+                .unwrap(),
+        );
+    }
+    assert_eq!(data, b"hiping");
 }
