@@ -104,6 +104,8 @@ pub struct Timings {
     pub max_backoff: Duration,
     /// After moving up, the old stream stays open this long for packets in flight.
     pub close_after: Duration,
+    /// A session on UDP stalled this long falls back to a stream.
+    pub fallback_after: Duration,
 }
 
 impl Default for Timings {
@@ -115,6 +117,7 @@ impl Default for Timings {
             backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
             close_after: Duration::from_secs(5),
+            fallback_after: Duration::from_secs(5),
         }
     }
 }
@@ -163,6 +166,8 @@ pub struct Ladder {
     next_probe: Option<Instant>,
     probe_sent: Option<Instant>,
     close_at: Option<Instant>,
+    /// Since when the session on UDP stalls (reset by a handshake).
+    udp_stall: Option<Instant>,
     /// The last reconnection delay (reset once a stream is up).
     backoff: Option<Duration>,
     /// When the peer was last pinned with a new handshake.
@@ -186,6 +191,7 @@ impl Ladder {
             close_at: None,
             restarted: None,
             backoff: None,
+            udp_stall: None,
             steps: Default::default(),
         };
         match first {
@@ -359,6 +365,7 @@ impl Ladder {
 
     /// A handshake with the gateway completed while the peer was pinned to the current path.
     pub fn handshake(&mut self, now: Instant) {
+        self.udp_stall = None;
         if self.joined == Some(self.path) {
             return;
         }
@@ -392,7 +399,10 @@ impl Ladder {
                 self.use_rung(s, true, now);
             }
             (Rung::Udp, _) => {
-                if self.mode == Mode::Auto && !first {
+                // A gateway restarting answers UDP again within seconds: only a stall that
+                // lasts falls back to a stream.
+                let since = *self.udp_stall.get_or_insert(now);
+                if self.mode == Mode::Auto && !first && now >= since + self.t.fallback_after {
                     self.fail(Rung::Udp, "packets over UDP went unanswered", now);
                     // The stream takes over when it connects, unless UDP answers first.
                     self.joined = None;

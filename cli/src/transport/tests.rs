@@ -192,18 +192,27 @@ fn forced_udp_rebinds_on_a_stall_as_before() {
 }
 
 #[test]
-fn a_stall_while_serving_on_udp_brings_up_tcp() {
+fn a_stall_while_serving_on_udp_brings_up_tcp_only_when_it_lasts() {
     let t0 = Instant::now();
     let mut l = Ladder::new(Mode::Auto, Timings::default(), t0);
     steps(&mut l);
     l.handshake(t0 + secs(0.01));
     l.connected(Rung::Tcp, t0 + secs(0.02));
     steps(&mut l);
+    // A gateway restart: a fresh port and a handshake, which completes.
     l.stall(t0 + secs(300.0));
+    assert_eq!(steps(&mut l), [Step::Rebind]);
+    l.handshake(t0 + secs(302.0));
+    l.stall(t0 + secs(400.0));
+    l.stall(t0 + secs(402.0));
+    assert_eq!(steps(&mut l), [Step::Rebind, Step::Rebind]);
+    assert_eq!(l.path(), Some(Rung::Udp));
+    // UDP stays silent: TCP comes up and takes over.
+    l.stall(t0 + secs(405.0));
     assert_eq!(steps(&mut l), [Step::Connect(Rung::Tcp), Step::Rebind]);
-    l.connected(Rung::Tcp, t0 + secs(300.1));
+    l.connected(Rung::Tcp, t0 + secs(405.1));
     assert_eq!(steps(&mut l), [use_(Rung::Tcp, true)]);
-    l.handshake(t0 + secs(300.2));
+    l.handshake(t0 + secs(405.2));
     assert_eq!(l.path(), Some(Rung::Tcp));
     assert_eq!(
         failed(&l),
