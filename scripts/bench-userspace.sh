@@ -3,7 +3,7 @@
 # cluster, once through the TUN path (kwg join --tun) and once through userspace mode
 # (kwg join --userspace + kwg forward, as a user without privilege would), SECS seconds each
 # direction, one run. Target: userspace carries >= 50 % of the TUN path's throughput.
-#   PROFILE=release SECS=5 scripts/bench-userspace.sh
+#   PROFILE=release SECS=5 [BUILD=0] scripts/bench-userspace.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -11,15 +11,20 @@ PROFILE=${PROFILE:-release}
 SECS=${SECS:-5}
 command -v iperf3 >/dev/null || { echo "iperf3 is missing: scripts/install-deps.sh installs it" >&2; exit 1; }
 
-if [ "$PROFILE" = release ]; then
-    cargo build --release -p kwg -p kwg-gateway --bins
-else
-    cargo build -p kwg -p kwg-gateway --bins
+# BUILD=0 uses the binaries already built (another build holding the target dir's lock
+# can make cargo wait for minutes).
+if [ "${BUILD:-1}" = 1 ]; then
+    if [ "$PROFILE" = release ]; then
+        cargo build --release -p kwg -p kwg-gateway --bins
+    else
+        cargo build -p kwg -p kwg-gateway --bins
+    fi
+    cargo build -p kwg-sim
 fi
-cargo build -p kwg-sim
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/$PROFILE
 BINDIR=$(mktemp -d)
+chmod 755 "$BINDIR"   # the userspace run is as nobody
 for b in kwg kwg-gateway; do ln -s "$BIN/$b" "$BINDIR/$b"; done
 ln -s "$TARGET/debug/kwg-sim" "$BINDIR/kwg-sim"
 export KWG_BIN_DIR=$BINDIR
