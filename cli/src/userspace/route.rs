@@ -4,7 +4,7 @@
 //! cluster DNS through the tunnel (DNS over TCP, RFC 7766), in the order the split DNS decides.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -192,7 +192,7 @@ pub fn a_records(reply: &[u8]) -> Vec<IpAddr> {
     m.answers
         .iter()
         .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(Ipv4Addr::from(a.0))),
+            RData::A(a) => Some(IpAddr::V4(a.0)),
             _ => None,
         })
         .collect()
