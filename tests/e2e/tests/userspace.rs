@@ -375,3 +375,92 @@ fn root_can_choose_userspace_mode() {
     assert!(l.kwg(&["leave"]).status.success());
     assert_eq!(machine(&l), before);
 }
+
+/// The GitHub action with `userspace: true` on a runner without privilege: kwg runs as the
+/// runner's user (no sudo), later steps get the proxy variables through GITHUB_ENV, and the
+/// post step leaves as that user.
+#[test]
+fn the_action_in_userspace_mode_hands_the_proxy_to_later_steps() {
+    let sim = shared();
+    let l = laptop(&sim, "uspa");
+    let u = User::new(&l);
+    let runner = u.home.join("runner");
+    std::fs::create_dir(&runner).unwrap();
+    std::os::unix::fs::chown(&runner, Some(UID), Some(UID)).unwrap();
+    let kubeconfig = std::fs::read_to_string(&u.kubeconfig).unwrap();
+    let file = |n: &str| format!("{}", runner.join(n).display());
+    let js = |s: &str| {
+        format!(
+            "{}",
+            kwg_e2e::repo_root().join("ci/action").join(s).display()
+        )
+    };
+    let step = |script: &str, extra: &[String]| {
+        let mut env = vec![
+            format!("INPUT_KUBECONFIG={kubeconfig}"),
+            "INPUT_NAMESPACE=emojivoto".into(),
+            "INPUT_WAIT-FOR=web-app:80".into(),
+            "INPUT_USERSPACE=true".into(),
+            "INPUT_NAME=uspa".into(),
+            format!("GITHUB_OUTPUT={}", file("output")),
+            format!("GITHUB_ENV={}", file("env")),
+            format!("GITHUB_STATE={}", file("state")),
+            format!("RUNNER_TEMP={}", runner.display()),
+        ];
+        env.extend(extra.iter().cloned());
+        let mut argv: Vec<&str> = vec!["env"];
+        argv.extend(env.iter().map(String::as_str));
+        let js = js(script);
+        argv.extend(["node", &js]);
+        u.run(&l, &argv)
+    };
+    let main = step("main.js", &[]);
+    assert_eq!(main.status.code(), Some(0), "{}", text(&main.stdout));
+    let env = commands(&runner.join("env"));
+    let value = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(
+        value("ALL_PROXY").as_deref(),
+        Some("socks5h://127.0.0.1:1080")
+    );
+    assert_eq!(
+        value("http_proxy").as_deref(),
+        Some("http://127.0.0.1:1080")
+    );
+    // A later step, with the variables the runner sets from GITHUB_ENV.
+    let mut argv = vec!["env".to_string()];
+    argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    argv.extend(["curl", "-sS", "--max-time", "5", "http://web-app/"].map(String::from));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let page = u.run(&l, &argv);
+    assert!(
+        text(&page.stdout).contains("Emoji Vote"),
+        "{}",
+        text(&page.stderr)
+    );
+    let state: Vec<String> = commands(&runner.join("state"))
+        .into_iter()
+        .map(|(k, v)| format!("STATE_{k}={v}"))
+        .collect();
+    assert!(
+        state.contains(&"STATE_userspace=true".to_string()),
+        "{state:?}"
+    );
+    let post = step("post.js", &state);
+    assert_eq!(post.status.code(), Some(0), "{}", text(&post.stdout));
+    assert!(!secret_exists(&sim, "uspa"));
+    let _ = std::fs::remove_dir_all(&u.home);
+}
+
+/// The `name<<delimiter` lines the runner's command files hold.
+fn commands(path: &std::path::Path) -> Vec<(String, String)> {
+    let all = std::fs::read_to_string(path).unwrap_or_default();
+    let mut lines = all.lines();
+    let mut out = Vec::new();
+    while let Some(head) = lines.next() {
+        if let Some((name, end)) = head.split_once("<<") {
+            let value: Vec<&str> = lines.by_ref().take_while(|l| *l != end).collect();
+            out.push((name.to_string(), value.join("\n")));
+        }
+    }
+    out
+}
