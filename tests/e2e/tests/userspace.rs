@@ -14,6 +14,7 @@ use kwg_e2e::laptop::{Laptop, laptop, path_with_bins, secret_exists, shared, tex
 struct User {
     home: PathBuf,
     kubeconfig: PathBuf,
+    netns: String,
 }
 
 const UID: u32 = 65534;
@@ -34,17 +35,21 @@ impl User {
             std::os::unix::fs::chown(p, Some(UID), Some(UID)).unwrap();
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
         }
-        User { home, kubeconfig }
+        User {
+            home,
+            kubeconfig,
+            netns: l.netns.clone(),
+        }
     }
 
     /// `argv` as nobody in the laptop's namespace, without any capability and with its own
     /// runtime directory (no KWG_STATE_DIR: kwg picks $XDG_RUNTIME_DIR/kwg).
-    fn argv<'a>(&self, l: &Laptop, argv: &[&'a str]) -> Vec<String> {
+    fn argv_in(&self, argv: &[&str]) -> Vec<String> {
         let mut all: Vec<String> = [
             "ip",
             "netns",
             "exec",
-            &l.netns,
+            &self.netns,
             "setpriv",
             "--reuid=65534",
             "--regid=65534",
@@ -67,13 +72,13 @@ impl User {
         all
     }
 
-    fn run(&self, l: &Laptop, argv: &[&str]) -> Output {
-        let all = self.argv(l, argv);
+    fn run(&self, argv: &[&str]) -> Output {
+        let all = self.argv_in(argv);
         Command::new(&all[0]).args(&all[1..]).output().unwrap()
     }
 
-    fn spawn(&self, l: &Laptop, argv: &[&str]) -> Child {
-        let all = self.argv(l, argv);
+    fn spawn(&self, argv: &[&str]) -> Child {
+        let all = self.argv_in(argv);
         Command::new(&all[0])
             .args(&all[1..])
             .stdout(Stdio::null())
@@ -84,6 +89,17 @@ impl User {
 
     fn state(&self) -> PathBuf {
         self.home.join("run/kwg")
+    }
+}
+
+impl Drop for User {
+    /// A failed test leaves no daemon of the user behind (the laptop's own leave is root's).
+    fn drop(&mut self) {
+        if self.state().join("state.json").exists() {
+            let all = self.argv_in(&["kwg", "leave"]);
+            let _ = Command::new(&all[0]).args(&all[1..]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.home);
     }
 }
 
@@ -106,19 +122,16 @@ fn machine(l: &Laptop) -> String {
     )
 }
 
-fn curl(u: &User, l: &Laptop, args: &[&str]) -> Output {
+fn curl(u: &User, args: &[&str]) -> Output {
     let mut argv = vec!["curl", "-sS", "--max-time", "5"];
     argv.extend_from_slice(args);
-    u.run(l, &argv)
+    u.run(&argv)
 }
 
-fn wait_listening(u: &User, l: &Laptop, port: &str) {
+fn wait_listening(u: &User, port: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        let out = text(
-            &u.run(l, &["ss", "-Htln", &format!("sport = :{port}")])
-                .stdout,
-        );
+        let out = text(&u.run(&["ss", "-Htln", &format!("sport = :{port}")]).stdout);
         if !out.trim().is_empty() {
             return;
         }
@@ -134,19 +147,16 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
     let u = User::new(&l);
     let before = machine(&l);
 
-    let join = u.run(
-        &l,
-        &[
-            "kwg",
-            "join",
-            "--name",
-            "usp",
-            "-n",
-            "emojivoto",
-            "--wait-for",
-            "web-app:80",
-        ],
-    );
+    let join = u.run(&[
+        "kwg",
+        "join",
+        "--name",
+        "usp",
+        "-n",
+        "emojivoto",
+        "--wait-for",
+        "web-app:80",
+    ]);
     let said = text(&join.stderr);
     assert!(
         join.status.success(),
@@ -177,7 +187,6 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
 
     let socks = curl(
         &u,
-        &l,
         &[
             "--proxy",
             "socks5h://127.0.0.1:1080",
@@ -191,7 +200,6 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
     );
     let single = curl(
         &u,
-        &l,
         &["--proxy", "socks5h://127.0.0.1:1080", "http://web-app/"],
     );
     assert!(
@@ -201,7 +209,6 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
     );
     let http = curl(
         &u,
-        &l,
         &["-x", "http://127.0.0.1:1080", "http://web-app.emojivoto/"],
     );
     assert!(
@@ -211,7 +218,6 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
     );
     let fqdn = curl(
         &u,
-        &l,
         &[
             "-p",
             "-x",
@@ -227,7 +233,6 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
     // A LAN name through the same proxy goes direct (the cluster knows nothing of it).
     let lan = curl(
         &u,
-        &l,
         &[
             "--proxy",
             "socks5h://127.0.0.1:1080",
@@ -242,7 +247,6 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
     // A cluster name that does not exist: the proxy says so.
     let missing = curl(
         &u,
-        &l,
         &["-x", "http://127.0.0.1:1080", "http://nope.emojivoto/"],
     );
     assert!(
@@ -251,19 +255,16 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
         text(&missing.stdout)
     );
 
-    let exec = u.run(
-        &l,
-        &[
-            "kwg",
-            "exec",
-            "--",
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "web-app.emojivoto",
-        ],
-    );
+    let exec = u.run(&[
+        "kwg",
+        "exec",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "web-app.emojivoto",
+    ]);
     assert!(
         text(&exec.stdout).contains("Emoji Vote"),
         "kwg exec: {}",
@@ -273,12 +274,11 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
     // kwg forward to the web-app pod itself (its IP, port 80): a TCP session via 127.0.0.1.
     let pod = sim.pod_ip("emojivoto", "web-app").unwrap();
     let spec = format!("18080:{pod}:80");
-    let mut fwd = u.spawn(&l, &["kwg", "forward", &spec]);
-    wait_listening(&u, &l, "18080");
-    let page = curl(&u, &l, &["http://127.0.0.1:18080/"]);
+    let mut fwd = u.spawn(&["kwg", "forward", &spec]);
+    wait_listening(&u, "18080");
+    let page = curl(&u, &["http://127.0.0.1:18080/"]);
     let big = curl(
         &u,
-        &l,
         &[
             "-o",
             "/dev/null",
@@ -299,7 +299,7 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
     );
     assert_eq!(text(&big.stdout), "200");
 
-    let status = u.run(&l, &["kwg", "status"]);
+    let status = u.run(&["kwg", "status"]);
     assert!(status.status.success(), "{}", text(&status.stderr));
     let said = text(&status.stdout);
     assert!(said.contains("Connected"), "{said}");
@@ -308,7 +308,7 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
         "{said}"
     );
     let json: serde_json::Value =
-        serde_json::from_slice(&u.run(&l, &["kwg", "status", "-o", "json"]).stdout).unwrap();
+        serde_json::from_slice(&u.run(&["kwg", "status", "-o", "json"]).stdout).unwrap();
     assert_eq!(json["proxy"], "127.0.0.1:1080", "{json}");
     assert_eq!(
         machine(&l),
@@ -316,7 +316,7 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
         "the proxy changed the laptop's network"
     );
 
-    let leave = u.run(&l, &["kwg", "leave"]);
+    let leave = u.run(&["kwg", "leave"]);
     assert!(leave.status.success(), "{}", text(&leave.stderr));
     assert!(
         text(&leave.stdout).contains("the userspace tunnel and proxy on 127.0.0.1:1080"),
@@ -327,7 +327,6 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
     assert!(!state.join("state.json").exists());
     let gone = curl(
         &u,
-        &l,
         &[
             "--proxy",
             "socks5h://127.0.0.1:1080",
@@ -336,7 +335,6 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
     );
     assert!(!gone.status.success(), "the proxy outlived leave");
     assert_eq!(machine(&l), before, "leaving changed the laptop's network");
-    let _ = std::fs::remove_dir_all(&u.home);
 }
 
 /// Root may ask for userspace mode too: the same proxy, nothing changed on the machine.
@@ -412,7 +410,7 @@ fn the_action_in_userspace_mode_hands_the_proxy_to_later_steps() {
         argv.extend(env.iter().map(String::as_str));
         let js = js(script);
         argv.extend(["node", &js]);
-        u.run(&l, &argv)
+        u.run(&argv)
     };
     let main = step("main.js", &[]);
     assert_eq!(main.status.code(), Some(0), "{}", text(&main.stdout));
@@ -431,7 +429,7 @@ fn the_action_in_userspace_mode_hands_the_proxy_to_later_steps() {
     argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
     argv.extend(["curl", "-sS", "--max-time", "5", "http://web-app/"].map(String::from));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let page = u.run(&l, &argv);
+    let page = u.run(&argv);
     assert!(
         text(&page.stdout).contains("Emoji Vote"),
         "{}",
@@ -448,7 +446,6 @@ fn the_action_in_userspace_mode_hands_the_proxy_to_later_steps() {
     let post = step("post.js", &state);
     assert_eq!(post.status.code(), Some(0), "{}", text(&post.stdout));
     assert!(!secret_exists(&sim, "uspa"));
-    let _ = std::fs::remove_dir_all(&u.home);
 }
 
 /// The `name<<delimiter` lines the runner's command files hold.
