@@ -351,12 +351,15 @@ impl Driver {
                 Some(u) => long(crate::userspace::dns_answers(u.connector(), server, name)),
                 None => long(exec::dns_answers(server, name)),
             },
-            // Userspace mode has no interface: its stack reaches the subnets of the setup.
-            Action::SetRoutes { .. } | Action::ChangeAddress { .. } if self.userspace.is_some() => {
-                tracing::warn!(
-                    "the gateway's subnets or tunnel address changed: userspace mode keeps the old ones until the next join"
-                );
+            // Userspace mode has no interface: the stack and the proxy's router follow.
+            Action::SetRoutes { add, remove, .. } if self.userspace.is_some() => {
+                let u = self.userspace.as_ref().expect("userspace");
+                u.set_routes(&add, &remove);
                 Started::Nothing
+            }
+            Action::ChangeAddress { new, .. } if self.userspace.is_some() => {
+                let u = self.userspace.as_ref().expect("userspace");
+                quiet(u.readdress(new))
             }
             Action::RenewLease {
                 namespace,

@@ -99,6 +99,7 @@ pub struct Setup {
 /// The running userspace stack and proxy (the device is the driver's, as on the TUN path).
 pub struct Userspace {
     stack: Netstack,
+    subnets: route::Subnets,
     proxy: tokio::task::JoinHandle<()>,
     pub listen: SocketAddr,
 }
@@ -123,9 +124,10 @@ impl Userspace {
             SocketAddr::V4(server) => Some((d.split.clone(), server)),
             SocketAddr::V6(_) => None,
         });
+        let subnets = route::Subnets::new(std::sync::RwLock::new(setup.subnets));
         let router = Router {
             tunnel: stack.connector(),
-            subnets: setup.subnets,
+            subnets: subnets.clone(),
             dns,
             dns_timeout: setup
                 .dns
@@ -138,6 +140,7 @@ impl Userspace {
             device,
             Userspace {
                 stack,
+                subnets,
                 proxy,
                 listen,
             },
@@ -148,9 +151,44 @@ impl Userspace {
         self.stack.connector()
     }
 
+    /// Follows the gateway's subnets: the proxy sends addresses in `add` through the tunnel,
+    /// those in `remove` no longer.
+    pub fn set_routes(&self, add: &[IpNet], remove: &[IpNet]) {
+        apply_routes(
+            &mut self.subnets.write().unwrap_or_else(|e| e.into_inner()),
+            add,
+            remove,
+        );
+        tracing::info!(?add, ?remove, "userspace subnets changed");
+    }
+
+    /// Follows a new tunnel address.
+    pub fn readdress(&self, new: IpNet) -> Result<(), Error> {
+        match new {
+            IpNet::V4(n) => self
+                .stack
+                .readdress(n.addr())
+                .map_err(|e| Error::io("move the userspace stack to its new address", e)),
+            IpNet::V6(_) => Err(Error::invalid(
+                "tunnel address",
+                "IPv6 is not supported in userspace mode",
+            )),
+        }
+    }
+
     /// Stops the proxy and the stack (the caller stops the device).
     pub fn stop(self) {
         self.proxy.abort();
+    }
+}
+
+/// `subnets` minus `remove`, plus `add` (each once).
+fn apply_routes(subnets: &mut Vec<IpNet>, add: &[IpNet], remove: &[IpNet]) {
+    subnets.retain(|n| !remove.contains(n));
+    for n in add {
+        if !subnets.contains(n) {
+            subnets.push(*n);
+        }
     }
 }
 
@@ -185,7 +223,7 @@ pub async fn dns_answers(tunnel: Connector, server: SocketAddr, name: String) ->
     };
     let router = Router {
         tunnel,
-        subnets: Vec::new(),
+        subnets: Default::default(),
         dns: None,
         dns_timeout: Duration::from_millis(500),
     };
@@ -198,6 +236,18 @@ pub async fn dns_answers(tunnel: Connector, server: SocketAddr, name: String) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gateways_new_subnets_replace_the_old_ones() {
+        let n = |s: &str| s.parse::<IpNet>().unwrap();
+        let mut subnets = vec![n("10.96.0.0/12"), n("10.244.0.0/24")];
+        apply_routes(
+            &mut subnets,
+            &[n("10.245.0.0/24"), n("10.96.0.0/12")],
+            &[n("10.244.0.0/24")],
+        );
+        assert_eq!(subnets, [n("10.96.0.0/12"), n("10.245.0.0/24")]);
+    }
 
     #[test]
     fn userspace_is_chosen_without_privilege_or_tun_and_says_why() {

@@ -39,8 +39,14 @@ const TCP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The stack: ask it for connections; dropping it stops it.
 pub struct Netstack {
-    cmds: mpsc::Sender<Connect>,
+    cmds: mpsc::Sender<Command>,
     task: JoinHandle<()>,
+}
+
+enum Command {
+    Connect(Connect),
+    /// The gateway assigned another tunnel address.
+    Readdress(Ipv4Addr),
 }
 
 struct Connect {
@@ -64,6 +70,13 @@ impl Netstack {
         Netstack { cmds, task }
     }
 
+    /// Moves the stack to a new tunnel address (open connections from the old one end).
+    pub fn readdress(&self, address: Ipv4Addr) -> io::Result<()> {
+        self.cmds
+            .try_send(Command::Readdress(address))
+            .map_err(|_| io::Error::other("the userspace stack is busy or stopped"))
+    }
+
     /// A handle for other tasks (the stack lives while the [`Netstack`] does).
     pub fn connector(&self) -> Connector {
         Connector(self.cmds.clone())
@@ -78,14 +91,14 @@ impl Drop for Netstack {
 
 /// A cloneable way to open connections through a running [`Netstack`].
 #[derive(Clone)]
-pub struct Connector(mpsc::Sender<Connect>);
+pub struct Connector(mpsc::Sender<Command>);
 
 impl Connector {
     pub async fn connect(&self, to: SocketAddrV4, timeout: Duration) -> io::Result<VirtualStream> {
         let (reply, answer) = oneshot::channel();
         let stopped = || io::Error::other("the userspace stack stopped");
         self.0
-            .send(Connect { to, reply })
+            .send(Command::Connect(Connect { to, reply }))
             .await
             .map_err(|_| stopped())?;
         match tokio::time::timeout(timeout, answer).await {
@@ -171,7 +184,7 @@ struct Stack {
 
 async fn run(
     channel: PacketChannel,
-    mut cmds: mpsc::Receiver<Connect>,
+    mut cmds: mpsc::Receiver<Command>,
     address: Ipv4Addr,
     gateway: Ipv4Addr,
     mtu: usize,
@@ -205,7 +218,8 @@ async fn run(
                 None => return,
             },
             c = cmds.recv() => match c {
-                Some(c) => s.open(c),
+                Some(Command::Connect(c)) => s.open(c),
+                Some(Command::Readdress(a)) => s.readdress(a),
                 None => return,
             },
             _ = s.wake.notified() => {}
@@ -290,6 +304,14 @@ impl Stack {
                 user_done: false,
             },
         );
+    }
+
+    fn readdress(&mut self, address: Ipv4Addr) {
+        self.iface.update_ip_addrs(|a| {
+            a.clear();
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(address), 32));
+        });
+        tracing::info!(%address, "userspace stack readdressed");
     }
 
     fn free_port(&mut self) -> Option<u16> {

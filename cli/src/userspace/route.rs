@@ -25,12 +25,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Router {
     pub tunnel: Connector,
     /// The subnets routed through the tunnel (cluster CIDRs, --also-proxy, minus
-    /// --never-proxy).
-    pub subnets: Vec<IpNet>,
+    /// --never-proxy); the driver updates them when the gateway's change.
+    pub subnets: Subnets,
     /// The split-DNS decision and the cluster DNS (absent with --dns-mode off).
     pub dns: Option<(SplitDns, SocketAddrV4)>,
     pub dns_timeout: Duration,
 }
+
+/// Subnets shared between the driver (writer) and the proxy's router (readers).
+pub type Subnets = std::sync::Arc<std::sync::RwLock<Vec<IpNet>>>;
 
 /// An open connection.
 pub enum Stream {
@@ -48,7 +51,11 @@ pub enum Via {
 impl Router {
     /// Whether `ip` is reached through the tunnel.
     pub fn in_tunnel(&self, ip: IpAddr) -> bool {
-        self.subnets.iter().any(|n| n.contains(&ip))
+        self.subnets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|n| n.contains(&ip))
     }
 
     /// Resolves `target` and opens the connection.
