@@ -21,9 +21,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Join the cluster: register this machine as a peer, start the tunnel daemon, set up
-    /// routes and split DNS. Exits 0 once the tunnel handshake is done and a cluster name
-    /// resolves through it (and every --wait-for target answers); on failure undoes
-    /// everything and exits with the code of the table below.
+    /// routes and split DNS (or, without root/CAP_NET_ADMIN or /dev/net/tun, userspace mode:
+    /// a SOCKS5/HTTP proxy and no change to the machine, see --userspace). Exits 0 once the
+    /// tunnel handshake is done and a cluster name resolves through it (and every --wait-for
+    /// target answers); on failure undoes everything and exits with the code of the table
+    /// below.
     #[command(after_help = crate::exit::ExitCode::help_table())]
     Join(Box<JoinArgs>),
     /// Show whether this machine is joined and how (exit 1 when not joined).
