@@ -6,7 +6,9 @@
 # syscall on each edge (TUN read/write, UDP send/receive). boringtun-cli and gotatun-cli are
 # installed with `cargo install` into ~/.cargo/bin when missing (bench only). The machine's
 # other load moves the absolute figures: compare the ratios of one run.
-# Needs root. Usage: scripts/bench-tunnel.sh   (SECONDS_PER_RUN=5 by default)
+# PERF=1: also where kwg-wg's CPU goes (perf sampling of both sides during one more 1-stream
+# run; kernel and user symbols). Needs root.
+# Usage: [SECONDS_PER_RUN=5] [PERF=1] scripts/bench-tunnel.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,7 @@ command -v iperf3 >/dev/null || missing+=(iperf3)
 command -v wireguard-go >/dev/null || missing+=(wireguard-go)
 command -v wg >/dev/null || missing+=(wireguard-tools)
 command -v ping >/dev/null || missing+=(iputils-ping)
+[[ ${PERF:-0} == 1 ]] && ! command -v perf >/dev/null && missing+=(linux-perf)
 if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
@@ -35,7 +38,8 @@ cargo_bin() {
 GOTATUN=$(cargo_bin gotatun gotatun-cli)
 BORINGTUN=$(cargo_bin boringtun-cli boringtun-cli)
 
-cargo build --release -q -p kwg-wg --bin kwg-wg
+# BUILD=0: use the release binaries already in target/ (another cargo may hold the lock).
+[[ ${BUILD:-1} == 0 ]] || cargo build --release -q -p kwg-wg --bin kwg-wg
 KWG="$PWD/target/release/kwg-wg"
 
 P="kb$(( $$ % 100000 ))"
@@ -140,6 +144,26 @@ kwg_per_call() {
     "$WORK/snap-$1-$3" "$WORK/snap-$2-$3"
 }
 
+# kwg_profile: perf samples of each kwg-wg during a 1-stream run; the top symbols per side.
+kwg_profile() {
+  local i side perfs=()
+  for i in 0 1; do
+    perf record -q -F 997 -g -p "${PIDS[$i]}" -o "$WORK/perf-$i.data" -- sleep "$DURATION" \
+      >/dev/null 2>&1 &
+    perfs+=($!)
+  done
+  sleep 0.2
+  throughput 10.90.0.2 1 >/dev/null
+  wait "${perfs[@]}" || true
+  for i in 0 1; do
+    side=sender; ((i == 1)) && side=receiver
+    echo "kwg-wg $side: where the CPU goes (perf, self time, top 15)"
+    perf report -i "$WORK/perf-$i.data" --stdio --no-children --sort dso,sym 2>/dev/null |
+      grep -E '^ +[0-9.]+%' | head -15
+  done
+  echo
+}
+
 declare -A T1 T4 RTT
 IMPLS=(wireguard-go boringtun gotatun kwg)
 measure() { # NAME ADDR [kwg]
@@ -161,6 +185,7 @@ for impl in "${IMPLS[@]}"; do
   tunnel "$impl" "$name"
   [[ $impl == kwg ]] && label=kwg-wg || label=$impl
   measure "$label" 10.90.0.2 "$impl"
+  [[ $impl == kwg && ${PERF:-0} == 1 ]] && kwg_profile
   untunnel "$name"
 done
 

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# The path users use, end to end: iperf3 TCP (1 and 4 streams, SECONDS_PER_RUN s each, default
+# 5) from the laptop to an iperf3 pod behind a ClusterIP, in the one-machine cluster (tests/sim),
+#   - through `kwg join` (the kwg client),
+#   - through a wireguard-go client registered by hand per docs/contract.md against the same
+#     gateway (a peer Secret with its public key; wg-quick-like setup with ip/wg in the laptop),
+#   - from the node to the pod with no tunnel (the ceiling).
+# Prints Gbit/s and the ratios, in one run. The machine's other load moves the absolute figures:
+# compare the ratios of one run. Needs root. Usage: scripts/bench-e2e.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DURATION=${SECONDS_PER_RUN:-5}
+
+[[ $EUID -eq 0 ]] || { echo "bench-e2e.sh: run as root (it builds a cluster in network namespaces)" >&2; exit 1; }
+missing=()
+command -v iperf3 >/dev/null || missing+=(iperf3)
+command -v wireguard-go >/dev/null || missing+=(wireguard-go)
+command -v wg >/dev/null || missing+=(wireguard-tools)
+command -v jq >/dev/null || missing+=(jq)
+if ((${#missing[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# BUILD=0: use the release binaries already in target/ (another cargo may hold the lock).
+[[ ${BUILD:-1} == 0 ]] || cargo build --release -q -p kwg -p kwg-gateway -p kwg-wg -p kwg-sim
+BINDIR=$(mktemp -d)
+for b in kwg kwg-gateway kwg-wg kwg-sim; do ln -s "$ROOT/target/release/$b" "$BINDIR/$b"; done
+export KWG_BIN_DIR=$BINDIR   # the sim's kubelet runs images as the binaries found here
+
+P=ke$(( $$ % 10000 ))
+LAPTOP=$P-laptop NODE=$P-node
+RUN=/run/kwg-sim/$P
+STATE=$BINDIR/kwg-state
+WG=${P}w WGPID=
+
+cleanup() {
+  [[ -n $WGPID ]] && kill "$WGPID" 2>/dev/null || true
+  [[ -d $STATE ]] && dev kwg leave >/dev/null 2>&1 || true
+  rm -f "/var/run/wireguard/$WG.sock"
+  "$BINDIR/kwg-sim" --prefix "$P" down >/dev/null 2>&1 || true
+  rm -rf "$BINDIR"
+}
+trap cleanup EXIT
+
+# As the developer on the laptop.
+dev() {
+  ip netns exec "$LAPTOP" env KWG_STATE_DIR="$STATE" KUBECONFIG="$RUN/developer.kubeconfig" \
+    PATH="$BINDIR:$PATH" "$@"
+}
+admin() { ip netns exec "$LAPTOP" kubectl --kubeconfig "$RUN/admin.kubeconfig" "$@"; }
+# wait_for WHAT CMD...: retries CMD (its output is the value) for up to 60 s.
+wait_for() {
+  local what=$1 out; shift
+  for _ in $(seq 300); do
+    out=$("$@" 2>/dev/null || true)
+    [[ -n $out ]] && { echo "$out"; return; }
+    sleep 0.2
+  done
+  echo "bench-e2e.sh: timed out waiting for $what" >&2; exit 1
+}
+
+"$BINDIR/kwg-sim" --prefix "$P" up >/dev/null
+admin apply -k manifests/ >/dev/null
+admin apply -f - >/dev/null <<'EOF'
+apiVersion: v1
+kind: Namespace
+metadata: {name: kwg-bench}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: iperf3, namespace: kwg-bench}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: iperf3}}
+  template:
+    metadata: {labels: {app: iperf3}}
+    spec:
+      containers:
+        - name: iperf3
+          image: iperf3
+          command: [/usr/bin/iperf3, --server, --port, "5201"]
+          ports: [{name: iperf3, containerPort: 5201}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: iperf3, namespace: kwg-bench}
+spec:
+  selector: {app: iperf3}
+  ports: [{name: iperf3, port: 5201, targetPort: iperf3}]
+EOF
+ready_gateway() {
+  admin -n kwg-gateway get pods -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -m1 True
+}
+wait_for "the gateway to be Ready" ready_gateway >/dev/null
+INFO=$(wait_for "the gateway info" admin -n kwg-system get configmap kwg-gateway-info -o jsonpath='{.data.info\.json}')
+pod_ip() { admin -n kwg-bench get pods -l app=iperf3 -o jsonpath='{.items[0].status.podIP}'; }
+POD_IP=$(wait_for "the iperf3 pod" pod_ip)
+SVC_IP=$(admin -n kwg-bench get service iperf3 -o jsonpath='{.spec.clusterIP}')
+
+# iperf3 TCP from namespace $1 to $2 with $3 streams: receiver Gbit/s (one retry if the run
+# fails, e.g. the server still finishing the previous one; its error goes to stderr).
+throughput() {
+  local out v
+  for attempt in 1 2 3; do
+    out=$(ip netns exec "$1" iperf3 -c "$2" -p 5201 -t "$DURATION" -P "$3" -f g 2>&1 || true)
+    v=$(awk -v p="$3" '/receiver/ && (p == 1 || /SUM/) { v = $(NF-2) } END { printf "%.2f", v + 0 }' <<<"$out")
+    [[ $v != 0.00 ]] && break
+    echo "bench-e2e.sh: iperf3 -P $3 to $2 gave no result (attempt $attempt): $(grep -v '^ *$' <<<"$out" | tail -1)" >&2
+    sleep 2
+  done
+  echo "$v"
+}
+reachable() { # NS ADDR: an iperf3 connection works within 20 s
+  for _ in $(seq 40); do
+    ip netns exec "$1" iperf3 -c "$2" -p 5201 -n 1K >/dev/null 2>&1 && return
+    sleep 0.5
+  done
+  echo "bench-e2e.sh: $2:5201 unreachable from $1" >&2; exit 1
+}
+
+declare -A T1 T4
+measure() { # NAME NS ADDR
+  reachable "$2" "$3"
+  T1[$1]=$(throughput "$2" "$3" 1); T4[$1]=$(throughput "$2" "$3" 4)
+  printf '%-34s %8s Gbit/s %8s Gbit/s\n' "$1" "${T1[$1]}" "${T4[$1]}"
+}
+
+echo "iperf3 TCP ${DURATION} s per run, pod $POD_IP behind ClusterIP $SVC_IP (cluster $P)"
+printf '%-34s %15s %15s\n' "path" "TCP 1 stream" "TCP 4 streams"
+measure "node -> pod (no tunnel)" "$NODE" "$POD_IP"
+
+dev kwg join --name kwg-bench >"$BINDIR/join.log" 2>&1 ||
+  { echo "bench-e2e.sh: kwg join failed:" >&2; cat "$BINDIR/join.log" >&2; exit 1; }
+measure "kwg join -> ClusterIP" "$LAPTOP" "$SVC_IP"
+dev kwg leave >/dev/null 2>&1
+
+# A wireguard-go client registered per docs/contract.md.
+(umask 077; wg genkey > "$BINDIR/wg.key")
+wg pubkey < "$BINDIR/wg.key" > "$BINDIR/wg.pub"
+OWNER=$(dev kubectl auth whoami -o jsonpath='{.status.userInfo.username}')
+dev kubectl -n kwg-system create secret generic kwg-peer-wggo --type=kwg.io/peer \
+  --from-literal=name=wggo --from-file=publicKey="$BINDIR/wg.pub" --from-literal=owner="$OWNER" \
+  --from-literal=hostname=wggo --from-literal=namespaces=kwg-bench \
+  --from-literal=leaseExpires="$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)" >/dev/null
+dev kubectl -n kwg-system label secret kwg-peer-wggo kwg.io/peer=true >/dev/null
+tunnel_ip() { dev kubectl -n kwg-system get secret kwg-peer-wggo -o jsonpath='{.metadata.annotations.kwg\.io/tunnel-ip}'; }
+TIP=$(wait_for "the wireguard-go peer's tunnel address" tunnel_ip)
+CIDRS=$(jq -r '[.serviceCidrs[], .podCidrs[], (.gatewayIp + "/32")] | join(",")' <<<"$INFO")
+WG_PROCESS_FOREGROUND=1 ip netns exec "$LAPTOP" wireguard-go "$WG" >"$BINDIR/wggo.log" 2>&1 &
+WGPID=$!
+wait_for "the wireguard-go UAPI socket" ls "/var/run/wireguard/$WG.sock" >/dev/null
+ip netns exec "$LAPTOP" wg set "$WG" private-key "$BINDIR/wg.key" \
+  peer "$(jq -r .publicKey <<<"$INFO")" endpoint "$(jq -r '.endpoints[0]' <<<"$INFO")" \
+  allowed-ips "$CIDRS" persistent-keepalive 25
+ip -n "$LAPTOP" addr add "$TIP/32" dev "$WG"
+ip -n "$LAPTOP" link set "$WG" mtu 1420 up
+for c in ${CIDRS//,/ }; do ip -n "$LAPTOP" route replace "$c" dev "$WG"; done
+measure "wireguard-go client -> ClusterIP" "$LAPTOP" "$SVC_IP"
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+K="kwg join -> ClusterIP" W="wireguard-go client -> ClusterIP" N="node -> pod (no tunnel)"
+echo
+printf '%-28s %9s %10s\n' "ratio" "1 stream" "4 streams"
+printf '%-28s %9s %10s\n' "kwg / wireguard-go client" "$(ratio "${T1[$K]}" "${T1[$W]}")" "$(ratio "${T4[$K]}" "${T4[$W]}")"
+printf '%-28s %9s %10s\n' "kwg / no tunnel" "$(ratio "${T1[$K]}" "${T1[$N]}")" "$(ratio "${T4[$K]}" "${T4[$N]}")"
+printf '%-28s %9s %10s\n' "wireguard-go / no tunnel" "$(ratio "${T1[$W]}" "${T1[$N]}")" "$(ratio "${T4[$W]}" "${T4[$N]}")"
