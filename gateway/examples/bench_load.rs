@@ -6,6 +6,11 @@
 //! `bench_load latency IFNAME SAMPLES`: per sample, a new key on the WireGuard interface
 //! IFNAME (wireguard-go, configured with `wg`), a new Secret, and the time from creating the
 //! Secret to the gateway's annotation and to the first completed handshake.
+//! `bench_load services N`: N Services, 10 per namespace `bench-svc-<i>` (reach by RBAC's
+//! inventory: one namespace id per namespace, one element per ClusterIP).
+//! `bench_load peer NAME OWNER IFNAME`: a new key on IFNAME, a peer Secret owned by OWNER;
+//! prints `<tunnel IP> <gateway key> <gateway endpoint>` once the gateway addressed it.
+//! `BENCH_OWNERS=K` spreads registered peers over K owners (default: one owner per peer).
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
@@ -35,10 +40,14 @@ fn secret(spec: &PeerSpec) -> Secret {
 }
 
 fn spec(name: &str, key: &PrivateKey) -> Result<PeerSpec> {
+    spec_owned(name, name, key) // one owner per peer: the gateway caps peers per owner
+}
+
+fn spec_owned(name: &str, owner: &str, key: &PrivateKey) -> Result<PeerSpec> {
     Ok(PeerSpec {
         name: name.parse()?,
         public_key: key.public_key(),
-        owner: name.into(), // one owner per peer: the gateway caps peers per owner
+        owner: owner.into(),
         hostname: name.into(),
         namespaces: vec![],
         lease_expires: chrono::Utc::now() + chrono::Duration::hours(2),
@@ -48,9 +57,13 @@ fn spec(name: &str, key: &PrivateKey) -> Result<PeerSpec> {
 async fn register(api: &Api<Secret>, n: usize) -> Result<()> {
     let start = Instant::now();
     let names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
-    let results: Vec<Result<()>> = futures::stream::iter(names)
-        .map(|name| async move {
-            let s = secret(&spec(&name, &PrivateKey::generate())?);
+    let owners: Option<usize> = std::env::var("BENCH_OWNERS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let results: Vec<Result<()>> = futures::stream::iter(names.into_iter().enumerate())
+        .map(|(i, name)| async move {
+            let owner = owners.map_or(name.clone(), |k| format!("bench-owner-{}", i % k.max(1)));
+            let s = secret(&spec_owned(&name, &owner, &PrivateKey::generate())?);
             match api.create(&PostParams::default(), &s).await {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(e)) if e.is_already_exists() => Ok(()),
@@ -113,13 +126,7 @@ async fn latency(
     ifname: &str,
     samples: usize,
 ) -> Result<()> {
-    let cms: Api<ConfigMap> = Api::namespaced(client, contract::DEFAULT_NAMESPACE);
-    let cm = cms.get(contract::GATEWAY_INFO_CONFIGMAP).await?;
-    let json = cm
-        .data
-        .and_then(|d| d.get(contract::GATEWAY_INFO_KEY).cloned())
-        .context("no gateway info")?;
-    let info = GatewayInfo::from_json(json.as_bytes())?;
+    let info = gateway_info(client).await?;
     let endpoint = info.endpoints.first().context("no endpoint")?.to_string();
     let gw = info.public_key.to_string();
     let (mut to_ip, mut to_hs) = (Vec::new(), Vec::new());
@@ -200,6 +207,101 @@ async fn latency(
     Ok(())
 }
 
+/// `services N`: namespaces `bench-svc-<i>` with 10 Services each.
+async fn services(client: kube::Client, n: usize) -> Result<()> {
+    use k8s_openapi::api::core::v1::{Namespace, Service};
+    let start = Instant::now();
+    let namespaces = n.div_ceil(10);
+    let nss: Api<Namespace> = Api::all(client.clone());
+    for i in 0..namespaces {
+        let ns: Namespace = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": format!("bench-svc-{i}")}}),
+        )?;
+        match nss.create(&PostParams::default(), &ns).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.is_already_exists() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let results: Vec<Result<()>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let api: Api<Service> = Api::namespaced(client, &format!("bench-svc-{}", i / 10));
+                let svc: Service = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("svc-{i}")},
+                    "spec": {"ports": [{"port": 80}], "selector": {"app": format!("none-{i}")}}
+                }))?;
+                match api.create(&PostParams::default(), &svc).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.is_already_exists() => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<_>>>()?;
+    println!(
+        "created {n} Services in {namespaces} namespaces in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `peer NAME OWNER IFNAME`: a fresh key on IFNAME and its peer Secret; prints the tunnel IP,
+/// the gateway's key and endpoint.
+async fn peer(client: kube::Client, api: &Api<Secret>, args: &[String]) -> Result<()> {
+    let [name, owner, ifname] = args else {
+        bail!("usage: bench_load peer NAME OWNER IFNAME");
+    };
+    let info = gateway_info(client).await?;
+    let key = PrivateKey::generate();
+    let key_file = std::env::temp_dir().join(format!("bench-{ifname}.key"));
+    kwg_wg::keys::write_private_key_file(&key_file, &key)?;
+    sh(&[
+        "wg",
+        "set",
+        ifname,
+        "private-key",
+        key_file.to_str().context("path")?,
+    ])?;
+    let _ = std::fs::remove_file(&key_file);
+    api.create(
+        &PostParams::default(),
+        &secret(&spec_owned(name, owner, &key)?),
+    )
+    .await?;
+    let start = Instant::now();
+    loop {
+        let s = api
+            .get(&format!("{}{name}", contract::PEER_SECRET_PREFIX))
+            .await?;
+        if let Some(Ok(ip)) =
+            contract::tunnel_ip_from_annotations(&s.metadata.annotations.unwrap_or_default())
+        {
+            let ep = info.endpoints.first().context("no endpoint")?;
+            println!("{ip} {} {ep}", info.public_key);
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("{name} not addressed after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn gateway_info(client: kube::Client) -> Result<GatewayInfo> {
+    let cms: Api<ConfigMap> = Api::namespaced(client, contract::DEFAULT_NAMESPACE);
+    let cm = cms.get(contract::GATEWAY_INFO_CONFIGMAP).await?;
+    let json = cm
+        .data
+        .and_then(|d| d.get(contract::GATEWAY_INFO_KEY).cloned())
+        .context("no gateway info")?;
+    Ok(GatewayInfo::from_json(json.as_bytes())?)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -217,6 +319,10 @@ async fn main() -> Result<()> {
             )
             .await
         }
-        _ => bail!("usage: bench_load register N | latency IFNAME SAMPLES"),
+        Some("services") => services(client, args.get(2).context("services N")?.parse()?).await,
+        Some("peer") => peer(client, &api, &args[2..]).await,
+        _ => bail!(
+            "usage: bench_load register N | latency IFNAME SAMPLES | services N | peer NAME OWNER IFNAME"
+        ),
     }
 }

@@ -14,6 +14,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::{Node, NodeStatus, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, PostParams};
+use kube::runtime::reflector::Store;
 use reach::{NsIds, PeerReach, Question, Sets};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -37,7 +38,10 @@ pub async fn run(
     let (pods, p) = watch(Api::all(client.clone()), None, "Pods", trim_pod);
     let (nodes, n) = watch(Api::all(client.clone()), None, "Nodes", trim_node);
     let mut objects = futures::stream::select_all([s, p, n]);
-    let mut rbac = rbac_changes(&client);
+    let (roles, bindings, mut ns_rbac) = namespaced_rbac(&client);
+    let mut cluster_rbac = cluster_rbac(&client);
+    let mut rbac_seen = reach::RbacVersions::new();
+    let mut dirty: BTreeSet<String> = BTreeSet::new();
     let mut grants: HashMap<Question, bool> = HashMap::new();
     let mut applied = Sets::default();
     let mut ids = NsIds::default();
@@ -54,10 +58,18 @@ pub async fn run(
             Some(()) = objects.next() => {
                 while let Some(Some(())) = objects.next().now_or_never() {}
             }
-            Some(()) = rbac.next() => {
-                tracing::debug!("RBAC changed: asking every owner's grants again");
+            Some(()) = ns_rbac.next() => {
+                while let Some(Some(())) = ns_rbac.next().now_or_never() {}
+                let now = rbac_versions(&roles, &bindings);
+                let changed = reach::changed_namespaces(&rbac_seen, &now);
+                tracing::debug!(namespaces = changed.len(), "Roles or RoleBindings changed: asking the grants there again");
+                dirty.extend(changed);
+                rbac_seen = now;
+            }
+            Some(()) = cluster_rbac.next() => {
+                tracing::debug!("ClusterRoles or ClusterRoleBindings changed: asking every owner's grants again");
                 ask_all = true;
-                while let Some(Some(())) = rbac.next().now_or_never() {}
+                while let Some(Some(())) = cluster_rbac.next().now_or_never() {}
             }
             _ = state.peers_changed.notified() => {}
             _ = tokio::time::sleep_until(wake) => {
@@ -78,13 +90,17 @@ pub async fn run(
         );
         let peers = peer_reach(&state);
         let all = std::mem::take(&mut ask_all);
+        let stale = std::mem::take(&mut dirty);
         let asked = reach::questions(&inv, &peers, |o, ns| {
-            !all && grants.contains_key(&(o.to_owned(), ns.to_owned()))
+            !all && !stale.contains(ns) && grants.contains_key(&(o.to_owned(), ns.to_owned()))
         });
         failed = false;
         if !asked.is_empty() {
             let n = asked.len();
             failed |= review_all(&client, asked.clone(), &mut grants).await;
+            if failed {
+                dirty = stale; // asked again with the retry
+            }
             if all {
                 // Pairs no peer needs any more are forgotten.
                 grants.retain(|q, _| asked.contains(q));
@@ -209,19 +225,49 @@ async fn may_get_services(
     Ok(done.status.is_some_and(|s| s.allowed))
 }
 
-/// A stream that yields whenever a Role, ClusterRole, RoleBinding or ClusterRoleBinding
-/// changes (and after each re-list).
-fn rbac_changes(client: &kube::Client) -> BoxStream<'static, ()> {
-    fn strip<K: kube::Resource>(o: &mut K) {
-        o.meta_mut().managed_fields = None;
-        o.meta_mut().annotations = None;
-    }
-    let (_, a) = watch::<Role>(Api::all(client.clone()), None, "Roles", strip);
-    let (_, b) = watch::<RoleBinding>(Api::all(client.clone()), None, "RoleBindings", strip);
+fn strip<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+    o.meta_mut().annotations = None;
+}
+
+/// Caches of Roles and RoleBindings and a stream that yields whenever one changes (and after
+/// each re-list).
+fn namespaced_rbac(
+    client: &kube::Client,
+) -> (Store<Role>, Store<RoleBinding>, BoxStream<'static, ()>) {
+    let (roles, a) = watch::<Role>(Api::all(client.clone()), None, "Roles", strip);
+    let (bindings, b) = watch::<RoleBinding>(Api::all(client.clone()), None, "RoleBindings", strip);
+    (roles, bindings, futures::stream::select_all([a, b]).boxed())
+}
+
+/// A stream that yields whenever a ClusterRole or ClusterRoleBinding changes.
+fn cluster_rbac(client: &kube::Client) -> BoxStream<'static, ()> {
     let (_, c) = watch::<ClusterRole>(Api::all(client.clone()), None, "ClusterRoles", strip);
     let (_, d) =
         watch::<ClusterRoleBinding>(Api::all(client.clone()), None, "ClusterRoleBindings", strip);
-    futures::stream::select_all([a, b, c, d]).boxed()
+    futures::stream::select_all([c, d]).boxed()
+}
+
+/// The cached Roles' and RoleBindings' versions.
+fn rbac_versions(roles: &Store<Role>, bindings: &Store<RoleBinding>) -> reach::RbacVersions {
+    fn key<K: kube::Resource>(
+        kind: &'static str,
+        o: &K,
+    ) -> ((&'static str, String, String), String) {
+        let m = o.meta();
+        let ns = m.namespace.clone().unwrap_or_default();
+        let name = m.name.clone().unwrap_or_default();
+        (
+            (kind, ns, name),
+            m.resource_version.clone().unwrap_or_default(),
+        )
+    }
+    let r = roles.state().into_iter().map(|o| key("Role", o.as_ref()));
+    let b = bindings
+        .state()
+        .into_iter()
+        .map(|o| key("RoleBinding", o.as_ref()));
+    r.chain(b).collect()
 }
 
 /// Keeps what reach reads of a Pod: namespace, hostNetwork, phase and addresses.
