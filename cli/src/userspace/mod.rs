@@ -7,6 +7,7 @@
 pub mod client;
 pub mod http;
 pub mod netstack;
+mod owner;
 pub mod proxy;
 mod queues;
 pub mod route;

@@ -1,6 +1,7 @@
 //! The local proxy: one loopback port speaking SOCKS5 and HTTP (told apart by the first byte:
-//! 5 is SOCKS5's version, no HTTP method starts with it). Each client is served on its own
-//! task, its handshake bounded in size and time, at most [`MAX_CLIENTS`] at once.
+//! 5 is SOCKS5's version, no HTTP method starts with it), for the joined user's own processes
+//! only (`owner.rs`). Each client is served on its own task, its handshake bounded in size and
+//! time, at most [`MAX_CLIENTS`] at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,10 +24,20 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves clients on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, router: Router) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let owner = nix::unistd::geteuid().as_raw();
     loop {
         let Ok((client, from)) = listener.accept().await else {
             continue;
         };
+        // Only the user who joined: another local user would reach the cluster as them.
+        let uid = client
+            .local_addr()
+            .ok()
+            .and_then(|at| super::owner::uid_of(from, at));
+        if uid != Some(owner) {
+            tracing::warn!(%from, ?uid, owner, "proxy client of another user refused");
+            continue;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%from, "proxy busy: {MAX_CLIENTS} clients, closing a new one");
             continue;

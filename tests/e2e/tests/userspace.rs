@@ -230,6 +230,25 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
         "CONNECT: {}",
         text(&fqdn.stderr)
     );
+    // Another local user may not use the proxy (it would reach the cluster as this one).
+    let stranger = l.run(&[
+        "setpriv",
+        "--reuid=65533",
+        "--regid=65533",
+        "--clear-groups",
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "--proxy",
+        "socks5h://127.0.0.1:1080",
+        "http://web-app.emojivoto/",
+    ]);
+    assert!(
+        !stranger.status.success() && !text(&stranger.stdout).contains("Emoji Vote"),
+        "another user got through the proxy: {}",
+        text(&stranger.stdout)
+    );
     // A LAN name through the same proxy goes direct (the cluster knows nothing of it).
     let lan = curl(
         &u,
