@@ -62,6 +62,8 @@ wait_for() {
 
 "$BINDIR/kwg-sim" --prefix "$P" up >/dev/null
 admin apply -k manifests/ >/dev/null
+# One replica: both clients go through the same gateway process.
+admin -n kwg-gateway scale deployment/kwg-gateway --replicas=1 >/dev/null
 admin apply -f - >/dev/null <<'EOF'
 apiVersion: v1
 kind: Namespace
@@ -93,6 +95,8 @@ ready_gateway() {
   admin -n kwg-gateway get pods -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -m1 True
 }
 wait_for "the gateway to be Ready" ready_gateway >/dev/null
+one_gateway() { [[ $(admin -n kwg-gateway get pods -o name | wc -l) == 1 ]] && echo yes; }
+wait_for "one gateway pod" one_gateway >/dev/null
 INFO=$(wait_for "the gateway info" admin -n kwg-system get configmap kwg-gateway-info -o jsonpath='{.data.info\.json}')
 pod_ip() { admin -n kwg-bench get pods -l app=iperf3 -o jsonpath='{.items[0].status.podIP}'; }
 POD_IP=$(wait_for "the iperf3 pod" pod_ip)

@@ -7,7 +7,8 @@
 # installed with `cargo install` into ~/.cargo/bin when missing (bench only). The machine's
 # other load moves the absolute figures: compare the ratios of one run.
 # PERF=1: also where kwg-wg's CPU goes (perf sampling of both sides during one more 1-stream
-# run; kernel and user symbols). Needs root.
+# run; kernel and user symbols; PERF_OUT=DIR keeps the perf.data files). IMPLS="kwg" runs only
+# some of "wireguard-go boringtun gotatun kwg". Needs root.
 # Usage: [SECONDS_PER_RUN=5] [PERF=1] scripts/bench-tunnel.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +41,7 @@ BORINGTUN=$(cargo_bin boringtun-cli boringtun-cli)
 
 # BUILD=0: use the release binaries already in target/ (another cargo may hold the lock).
 [[ ${BUILD:-1} == 0 ]] || cargo build --release -q -p kwg-wg --bin kwg-wg
-KWG="$PWD/target/release/kwg-wg"
+KWG="${KWG_WG:-$PWD/target/release/kwg-wg}"  # KWG_WG=path: another build, for A/B runs
 
 P="kb$(( $$ % 100000 ))"
 A="${P}a"; B="${P}b"
@@ -159,13 +160,14 @@ kwg_profile() {
     side=sender; ((i == 1)) && side=receiver
     echo "kwg-wg $side: where the CPU goes (perf, self time, top 15)"
     perf report -i "$WORK/perf-$i.data" --stdio --no-children --sort dso,sym 2>/dev/null |
-      grep -E '^ +[0-9.]+%' | head -15
+      awk '/^ +[0-9.]+%/ && n++ < 15'
+    [[ -n ${PERF_OUT:-} ]] && cp "$WORK/perf-$i.data" "$PERF_OUT/kwg-wg-$side.perf.data"
   done
   echo
 }
 
 declare -A T1 T4 RTT
-IMPLS=(wireguard-go boringtun gotatun kwg)
+read -ra IMPLS <<<"${IMPLS:-wireguard-go boringtun gotatun kwg}"
 measure() { # NAME ADDR [kwg]
   if [[ ${3:-} == kwg ]]; then kwg_snapshot start; fi
   T1[$1]=$(throughput "$2" 1)
@@ -193,15 +195,17 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 echo
 printf '%-24s %9s %10s\n' "kwg-wg / other" "1 stream" "4 streams"
 for other in veth wireguard-go boringtun gotatun; do
-  printf '%-24s %9s %10s\n' "kwg-wg / $other" "$(ratio "${T1[kwg-wg]}" "${T1[$other]}")" \
-    "$(ratio "${T4[kwg-wg]}" "${T4[$other]}")"
+  printf '%-24s %9s %10s\n' "kwg-wg / $other" "$(ratio "${T1[kwg-wg]:-0}" "${T1[$other]:-0}")" \
+    "$(ratio "${T4[kwg-wg]:-0}" "${T4[$other]:-0}")"
 done
 echo
 printf 'added RTT over the veth:'
 for other in wireguard-go boringtun gotatun kwg-wg; do
+  [[ -n ${RTT[$other]:-} ]] || continue
   printf ' %s %s ms;' "$other" "$(awk -v a="${RTT[$other]}" -v b="${RTT[veth]}" 'BEGIN { printf "%.3f", a - b }')"
 done
 echo
+[[ -f $WORK/snap-four-a ]] || exit 0
 echo
 echo "kwg-wg segments per syscall (a = sender side of the iperf3 data, b = receiver side)"
 printf '%-10s %9s %10s %9s %9s\n' "run/side" "TUN read" "TUN write" "UDP send" "UDP recv"
