@@ -7,28 +7,16 @@
 # auto with UDP and TCP to the NodePort dropped in the laptop (only the API server left); ratios.
 # Targets (issue 13): join <= 3 s on the API-server path; the API-server path carries >= 50 %
 # of kubectl port-forward's throughput.
-#   PROFILE=release SECS=5 scripts/bench-reach.sh
+#   PROFILE=release SECS=5 [BUILD=0] [PATHS="udp tcp api-server only-api-server"] scripts/bench-reach.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 PROFILE=${PROFILE:-release}
 SECS=${SECS:-5}
 PATHS=${PATHS:-"udp tcp api-server only-api-server"}
 command -v iperf3 >/dev/null || { echo "iperf3 is missing: scripts/install-deps.sh installs it" >&2; exit 1; }
 
-if [ "$PROFILE" = release ]; then
-    cargo build --release -p kwg -p kwg-gateway --bins
-    cargo build --release -p kwg --example portforward_proxy
-else
-    cargo build -p kwg -p kwg-gateway --bins
-    cargo build -p kwg --example portforward_proxy
-fi
-cargo build -p kwg-sim
-BIN=$ROOT/target/$PROFILE
-BINDIR=$(mktemp -d)
-for b in kwg kwg-gateway; do ln -s "$BIN/$b" "$BINDIR/$b"; done
-ln -s "$ROOT/target/debug/kwg-sim" "$BINDIR/kwg-sim"
-export KWG_BIN_DIR=$BINDIR
+. scripts/lib/sim-iperf.sh
+sim_bins --example portforward_proxy
 PREFIX=kr$(( $$ % 10000 ))
 WORK=$(mktemp -d)
 FWD=
@@ -45,27 +33,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BINDIR/kwg-sim" --prefix "$PREFIX" up >/dev/null
-LAPTOP=$PREFIX-laptop
-ADMIN=/run/kwg-sim/$PREFIX/admin.kubeconfig
-DEV=/run/kwg-sim/$PREFIX/developer.kubeconfig
-kube() { ip netns exec "$LAPTOP" kubectl --kubeconfig "$ADMIN" "$@"; }
-kube apply -k manifests/ >/dev/null
-kube -n kwg-gateway scale deployment/kwg-gateway --replicas=1 >/dev/null
-for _ in $(seq 1 300); do
-    ready=$(kube -n kwg-gateway get pods -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c True || true)
-    [ "$ready" = 1 ] && break
-    sleep 0.2
-done
-POD=$(kube -n emojivoto get pods -l app=web-app -o jsonpath='{.items[0].metadata.name}')
-POD_IP=$(kube -n emojivoto get pods -l app=web-app -o jsonpath='{.items[0].status.podIP}')
-ip netns exec "$PREFIX-pod-emojivoto-$POD" iperf3 -s -D -p 5201 --pidfile "$WORK/iperf.pid" >/dev/null
+sim_up_with_iperf
 
-# iperf3 TCP to $1:$2 for SECS s ($3: -R for pod -> laptop): receiver Gbit/s.
-iperf() {
-    { ip netns exec "$LAPTOP" iperf3 -c "$1" -p "$2" -t "$SECS" $3 -f g 2>/dev/null || true; } |
-        awk '/receiver/{v=$(NF-2)} END{printf "%.3f\n", v+0}'
-}
 # Median ping RTT in ms to $1 (20 pings, 50 ms apart).
 rtt() {
     { ip netns exec "$LAPTOP" ping -q -c 20 -i 0.05 -W 1 "$1" 2>/dev/null || true; } |

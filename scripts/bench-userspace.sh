@@ -6,28 +6,12 @@
 #   PROFILE=release SECS=5 [BUILD=0] scripts/bench-userspace.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 PROFILE=${PROFILE:-release}
 SECS=${SECS:-5}
 command -v iperf3 >/dev/null || { echo "iperf3 is missing: scripts/install-deps.sh installs it" >&2; exit 1; }
 
-# BUILD=0 uses the binaries already built (another build holding the target dir's lock
-# can make cargo wait for minutes).
-if [ "${BUILD:-1}" = 1 ]; then
-    if [ "$PROFILE" = release ]; then
-        cargo build --release -p kwg -p kwg-gateway --bins
-    else
-        cargo build -p kwg -p kwg-gateway --bins
-    fi
-    cargo build -p kwg-sim
-fi
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET/$PROFILE
-BINDIR=$(mktemp -d)
-chmod 755 "$BINDIR"   # the userspace run is as nobody
-for b in kwg kwg-gateway; do ln -s "$BIN/$b" "$BINDIR/$b"; done
-ln -s "$TARGET/debug/kwg-sim" "$BINDIR/kwg-sim"
-export KWG_BIN_DIR=$BINDIR
+. scripts/lib/sim-iperf.sh
+sim_bins
 PREFIX=ku$(( $$ % 10000 ))
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
@@ -44,27 +28,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BINDIR/kwg-sim" --prefix "$PREFIX" up >/dev/null
-LAPTOP=$PREFIX-laptop
-ADMIN=/run/kwg-sim/$PREFIX/admin.kubeconfig
-DEV=/run/kwg-sim/$PREFIX/developer.kubeconfig
-kube() { ip netns exec "$LAPTOP" kubectl --kubeconfig "$ADMIN" "$@"; }
-kube apply -k manifests/ >/dev/null
-kube -n kwg-gateway scale deployment/kwg-gateway --replicas=1 >/dev/null
-for _ in $(seq 1 300); do
-    ready=$(kube -n kwg-gateway get pods -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c True || true)
-    [ "$ready" = 1 ] && break
-    sleep 0.2
-done
-POD=$(kube -n emojivoto get pods -l app=web-app -o jsonpath='{.items[0].metadata.name}')
-POD_IP=$(kube -n emojivoto get pods -l app=web-app -o jsonpath='{.items[0].status.podIP}')
-ip netns exec "$PREFIX-pod-emojivoto-$POD" iperf3 -s -D -p 5201 --pidfile "$WORK/iperf.pid" >/dev/null
-
-# iperf3 TCP to $1:$2 for SECS s ($3: -R for pod -> laptop): receiver Gbit/s.
-iperf() {
-    { ip netns exec "$LAPTOP" iperf3 -c "$1" -p "$2" -t "$SECS" $3 -f g 2>/dev/null || true; } |
-        awk '/receiver/{v=$(NF-2)} END{print v+0}'
-}
+sim_up_with_iperf
 
 # The TUN path, as root.
 mkdir -m 700 "$WORK/tun"
