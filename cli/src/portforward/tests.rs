@@ -109,3 +109,43 @@ async fn the_kubelet_error_is_what_a_read_returns() {
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
     assert_eq!(e.to_string(), text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_survive_reading_and_writing_at_once() {
+    use futures::{SinkExt, StreamExt};
+    let (s, mut server) = pair(51820).await;
+    // The server echoes channel 0 back, in its own message sizes.
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = server.next().await {
+            if let Message::Binary(b) = m {
+                for part in b[1..].chunks(7000) {
+                    let mut out = vec![0u8];
+                    out.extend_from_slice(part);
+                    if server.send(Message::binary(out)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let total = 8 << 20;
+    let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
+    let (mut r, mut w) = tokio::io::split(s);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        let mut off = 0;
+        let mut step = 1;
+        while off < sent.len() {
+            let n = (step * 1237 % 70000 + 1).min(sent.len() - off);
+            w.write_all(&sent[off..off + n]).await.unwrap();
+            w.flush().await.unwrap();
+            off += n;
+            step += 1;
+        }
+        w
+    });
+    let mut got = vec![0u8; total];
+    r.read_exact(&mut got).await.unwrap();
+    let _w = writer.await.unwrap();
+    assert!(got == data, "the echoed bytes differ");
+}
