@@ -230,3 +230,26 @@ async fn base64_channels_and_the_refusals_before_the_upgrade() {
     }
     assert_eq!(data, b"hiping");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_survive_both_directions_at_once() {
+    let c = Cluster::start().await;
+    pod(&c, "web").await;
+    let port = echo(b"").await;
+    let pods: Api<Pod> = Api::default_namespaced(c.client("admin").await);
+    let mut pf = pods.portforward("web", &[port]).await.unwrap();
+    let (mut r, mut w) = tokio::io::split(pf.take_stream(port).unwrap());
+    let total = 8 << 20;
+    let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in sent.chunks(50_000) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w
+    });
+    let mut got = vec![0u8; total];
+    r.read_exact(&mut got).await.unwrap();
+    let _w = writer.await.unwrap();
+    assert!(got == data, "the echoed bytes differ");
+}
