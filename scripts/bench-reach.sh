@@ -35,6 +35,12 @@ trap cleanup EXIT
 
 sim_up_with_iperf
 
+# iperf3 up then down; a pause before each run lets the server finish the previous test (on the
+# API-server path the previous test's last packets can still be in flight: "server is busy").
+updown() {
+    sleep 1; UP[$1]=$(iperf "$2" "$3" "")
+    sleep 1; DOWN[$1]=$(iperf "$2" "$3" -R)
+}
 # Median ping RTT in ms to $1 (20 pings, 50 ms apart).
 rtt() {
     { ip netns exec "$LAPTOP" ping -q -c 20 -i 0.05 -W 1 "$1" 2>/dev/null || true; } |
@@ -55,13 +61,13 @@ declare -A UP DOWN RTT JOIN
 ip netns exec "$LAPTOP" kubectl --kubeconfig "$ADMIN" -n emojivoto port-forward "pod/$POD" 15201:5201 >/dev/null 2>&1 &
 FWD=$!
 listening 15201
-UP[kubectl]=$(iperf 127.0.0.1 15201 ""); DOWN[kubectl]=$(iperf 127.0.0.1 15201 -R)
+updown kubectl 127.0.0.1 15201
 kill "$FWD"; wait "$FWD" 2>/dev/null || true; FWD=
 for impl in kwg kube-rs; do
     ip netns exec "$LAPTOP" env KUBECONFIG="$ADMIN" "$BIN/examples/portforward_proxy" "$impl" 127.0.0.1:15202 emojivoto "$POD" 5201 >/dev/null 2>&1 &
     FWD=$!
     listening 15202
-    UP[pf-$impl]=$(iperf 127.0.0.1 15202 ""); DOWN[pf-$impl]=$(iperf 127.0.0.1 15202 -R)
+    updown "pf-$impl" 127.0.0.1 15202
     kill "$FWD"; wait "$FWD" 2>/dev/null || true; FWD=
 done
 
@@ -87,7 +93,7 @@ for p in $PATHS; do
         want=$p; [ "$p" = only-api-server ] && want=api-server
         [ "$path" = "$want" ] || echo "kwg join --transport $mode ($p): status says path $path" >&2
         RTT[$p]=$(rtt "$POD_IP")
-        UP[$p]=$(iperf "$POD_IP" 5201 ""); DOWN[$p]=$(iperf "$POD_IP" 5201 -R)
+        updown "$p" "$POD_IP" 5201
         ip netns exec "$LAPTOP" env KWG_STATE_DIR="$state" "$BINDIR/kwg" leave >/dev/null 2>&1 || true
         unblock
     else
