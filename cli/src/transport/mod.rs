@@ -5,6 +5,7 @@
 mod api_server;
 pub mod ladder;
 mod run;
+mod rungs;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -14,7 +15,8 @@ use kwg_wg::device::{DeviceHandle, PeerConfig};
 use tokio::sync::{mpsc, watch};
 
 use ladder::Ladder;
-pub use ladder::{Mode, Rung, Timings};
+pub use ladder::Timings;
+pub use rungs::{Mode, Rung};
 
 use crate::cluster::Kube;
 

@@ -10,7 +10,8 @@ use kwg_wg::io::stream::{is_stream_endpoint, set_stream_options};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::ladder::{Ladder, Rung, Step};
+use super::Rung;
+use super::ladder::{Ladder, Step};
 use super::{Cmd, Snapshot};
 use crate::cluster::Kube;
 

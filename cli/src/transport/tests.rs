@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::ladder::{Ladder, Mode, Rung, Step, Timings};
+use super::ladder::{Ladder, Step, Timings};
+use super::{Mode, Rung};
 
 fn steps(l: &mut Ladder) -> Vec<Step> {
     std::iter::from_fn(|| l.poll()).collect()
