@@ -11,6 +11,7 @@
 
 use blake2::Blake2sMac256;
 use blake2::digest::{FixedOutput, KeyInit, Mac, Update};
+use kwg_wg::contract::GATEWAY_POD_SELECTOR;
 use kwg_wg::device::PeerStats;
 use kwg_wg::keys::{PrivateKey, PublicKey};
 use std::collections::HashMap;
@@ -163,16 +164,13 @@ pub struct Siblings {
     pub key: ReplicaKey,
 }
 
-/// The gateway pods' label (manifests/deployment.yaml).
-const POD_SELECTOR: &str = "app.kubernetes.io/name=kwg-gateway";
-
 impl Siblings {
     /// The statistics of every sibling that answers within [`TIMEOUT`] (a draining one
     /// too: it still holds sessions).
     pub async fn stats(&self) -> Vec<ReplicaStat> {
         use k8s_openapi::api::core::v1::Pod;
         let api = kube::Api::<Pod>::namespaced(self.client.clone(), &self.namespace);
-        let lp = kube::api::ListParams::default().labels(POD_SELECTOR);
+        let lp = kube::api::ListParams::default().labels(GATEWAY_POD_SELECTOR);
         let pods = match tokio::time::timeout(TIMEOUT, api.list(&lp)).await {
             Ok(Ok(l)) => l.items,
             Ok(Err(e)) => {
