@@ -54,26 +54,48 @@ fn spec_owned(name: &str, owner: &str, key: &PrivateKey) -> Result<PeerSpec> {
     })
 }
 
+/// Creates `obj`; one already there (an earlier run's) is kept.
+async fn create_or_keep<K>(api: &Api<K>, obj: &K) -> Result<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.is_already_exists() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs `each` on every item, 32 at a time; the first error, if any, once all ended.
+async fn in_flight<I, F, Fut>(items: I, each: F) -> Result<()>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let results: Vec<Result<()>> = futures::stream::iter(items)
+        .map(each)
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
 async fn register(api: &Api<Secret>, n: usize) -> Result<()> {
     let start = Instant::now();
     let names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
     let owners: Option<usize> = std::env::var("BENCH_OWNERS")
         .ok()
         .and_then(|v| v.parse().ok());
-    let results: Vec<Result<()>> = futures::stream::iter(names.into_iter().enumerate())
-        .map(|(i, name)| async move {
-            let owner = owners.map_or(name.clone(), |k| format!("bench-owner-{}", i % k.max(1)));
-            let s = secret(&spec_owned(&name, &owner, &PrivateKey::generate())?);
-            match api.create(&PostParams::default(), &s).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(e)) if e.is_already_exists() => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    results.into_iter().collect::<Result<Vec<_>>>()?;
+    in_flight(names.into_iter().enumerate(), |(i, name)| async move {
+        let owner = owners.map_or(name.clone(), |k| format!("bench-owner-{}", i % k.max(1)));
+        create_or_keep(
+            api,
+            &secret(&spec_owned(&name, &owner, &PrivateKey::generate())?),
+        )
+        .await
+    })
+    .await?;
     let created = start.elapsed();
     loop {
         let list = api
@@ -217,32 +239,20 @@ async fn services(client: kube::Client, n: usize) -> Result<()> {
         let ns: Namespace = serde_json::from_value(
             serde_json::json!({"metadata": {"name": format!("bench-svc-{i}")}}),
         )?;
-        match nss.create(&PostParams::default(), &ns).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.is_already_exists() => {}
-            Err(e) => return Err(e.into()),
-        }
+        create_or_keep(&nss, &ns).await?;
     }
-    let results: Vec<Result<()>> = futures::stream::iter(0..n)
-        .map(|i| {
-            let client = client.clone();
-            async move {
-                let api: Api<Service> = Api::namespaced(client, &format!("bench-svc-{}", i / 10));
-                let svc: Service = serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": format!("svc-{i}")},
-                    "spec": {"ports": [{"port": 80}], "selector": {"app": format!("none-{i}")}}
-                }))?;
-                match api.create(&PostParams::default(), &svc).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(e)) if e.is_already_exists() => Ok(()),
-                    Err(e) => Err(e.into()),
-                }
-            }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    results.into_iter().collect::<Result<Vec<_>>>()?;
+    in_flight(0..n, |i| {
+        let client = client.clone();
+        async move {
+            let api: Api<Service> = Api::namespaced(client, &format!("bench-svc-{}", i / 10));
+            let svc: Service = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("svc-{i}")},
+                "spec": {"ports": [{"port": 80}], "selector": {"app": format!("none-{i}")}}
+            }))?;
+            create_or_keep(&api, &svc).await
+        }
+    })
+    .await?;
     println!(
         "created {n} Services in {namespaces} namespaces in {:.1} s",
         start.elapsed().as_secs_f64()
