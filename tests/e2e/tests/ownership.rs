@@ -8,7 +8,7 @@
 use anyhow::Result;
 use kwg_e2e::{
     GATEWAY_NS, Implementation, WgPeer, install_gateway, peer_annotations, peer_secret_json,
-    wait_for, wait_tunnel_ip,
+    tokens, wait_for, wait_tunnel_ip,
 };
 use kwg_sim::testing::Cluster;
 use std::path::{Path, PathBuf};
@@ -305,47 +305,13 @@ fn kwg_users_have_no_rights_next_to_the_gateway() -> Result<()> {
     // The token controller still serves an admin: a token Secret for the gateway's
     // ServiceAccount, created by the admin in kwg-gateway, is filled and authenticates as it.
     c.kubectl_admin(&["create", "-f", token_file])?;
-    let token = wait_for("the token controller", Duration::from_secs(10), || {
-        let t = c.kubectl_admin(
-            &[
-                &ns[..],
-                &[
-                    "get",
-                    "secret",
-                    "gw-token",
-                    "-o",
-                    "go-template={{.data.token | base64decode}}",
-                ],
-            ]
-            .concat(),
-        )?;
-        Ok((!t.is_empty()).then_some(t))
-    })?;
+    let token = tokens::wait_token(&c, GATEWAY_NS, "gw-token")?;
     let as_gateway = dir.join("gw-token.kubeconfig");
-    let dev_token = c.kubectl(
-        &dev,
-        &[
-            "config",
-            "view",
-            "--raw",
-            "-o",
-            "jsonpath={.users[0].user.token}",
-        ],
-    )?;
-    std::fs::write(
-        &as_gateway,
-        std::fs::read_to_string(&dev)?.replace(dev_token.trim(), token.trim()),
-    )?;
-    let whoami = c.kubectl(
-        &as_gateway,
-        &[
-            "auth",
-            "whoami",
-            "-o",
-            "jsonpath={.status.userInfo.username}",
-        ],
-    )?;
-    assert_eq!(whoami, "system:serviceaccount:kwg-gateway:kwg-gateway");
+    std::fs::write(&as_gateway, tokens::developer_kubeconfig_with(&c, &token)?)?;
+    assert_eq!(
+        tokens::whoami(&c, &as_gateway)?,
+        "system:serviceaccount:kwg-gateway:kwg-gateway"
+    );
     let key = c.kubectl(
         &as_gateway,
         &[&ns[..], &["get", "secret", "kwg-gateway-key", "-o", "name"]].concat(),

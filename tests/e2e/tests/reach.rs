@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use kwg_e2e::laptop::{Laptop, laptop, shared, text};
-use kwg_e2e::{gateway_netns, wait_for, wait_tunnel_ip};
+use kwg_e2e::{gateway_netns, tokens, wait_for, wait_tunnel_ip};
 use kwg_sim::testing::{Cluster, unique};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -25,45 +25,12 @@ fn view_only_user(c: &Cluster) -> Result<(String, String)> {
     for doc in docs {
         c.kubectl_apply(&c.admin_kubeconfig(), &doc.to_string())?;
     }
-    let token = wait_for("the token controller", Duration::from_secs(10), || {
-        let t = c.kubectl_admin(&[
-            "-n",
-            "emojivoto",
-            "get",
-            "secret",
-            &format!("{sa}-token"),
-            "-o",
-            "go-template={{.data.token | base64decode}}",
-        ])?;
-        Ok((!t.is_empty()).then_some(t))
-    })?;
-    let dev = c.developer_kubeconfig();
-    let dev_token = c.kubectl(
-        &dev,
-        &[
-            "config",
-            "view",
-            "--raw",
-            "-o",
-            "jsonpath={.users[0].user.token}",
-        ],
-    )?;
+    let token = tokens::wait_token(c, "emojivoto", &format!("{sa}-token"))?;
     // `kwg join` names the owner after the kubeconfig's user entry: name it as the API
     // server knows the user (the admission policy compares the two).
-    let config = std::fs::read_to_string(&dev)?
-        .replace(dev_token.trim(), token.trim())
-        .replace("developer", &user);
+    let config = tokens::developer_kubeconfig_with(c, &token)?.replace("developer", &user);
     std::fs::write(c.names().kubeconfig(&sa), config)?;
-    let whoami = c.kubectl(
-        &c.names().kubeconfig(&sa),
-        &[
-            "auth",
-            "whoami",
-            "-o",
-            "jsonpath={.status.userInfo.username}",
-        ],
-    )?;
-    assert_eq!(whoami.trim(), user);
+    assert_eq!(tokens::whoami(c, &c.names().kubeconfig(&sa))?, user);
     Ok((sa, user))
 }
 
