@@ -122,10 +122,15 @@ fn machine(l: &Laptop) -> String {
     )
 }
 
+const CURL: [&str; 4] = ["curl", "-sS", "--max-time", "5"];
+
 fn curl(u: &User, args: &[&str]) -> Output {
-    let mut argv = vec!["curl", "-sS", "--max-time", "5"];
-    argv.extend_from_slice(args);
-    u.run(&argv)
+    u.run(&[&CURL[..], args].concat())
+}
+
+/// `kwg exec -- curl … url`.
+fn exec_curl(url: &str) -> Vec<&str> {
+    [&["kwg", "exec", "--"][..], &CURL, &[url]].concat()
 }
 
 fn wait_listening(u: &User, port: &str) {
@@ -247,16 +252,7 @@ fn a_user_without_privilege_joins_in_userspace_and_reaches_the_cluster_through_t
         text(&missing.stdout)
     );
 
-    let exec = u.run(&[
-        "kwg",
-        "exec",
-        "--",
-        "curl",
-        "-sS",
-        "--max-time",
-        "5",
-        "web-app.emojivoto",
-    ]);
+    let exec = u.run(&exec_curl("web-app.emojivoto"));
     assert!(
         text(&exec.stdout).contains("Emoji Vote"),
         "kwg exec: {}",
@@ -347,16 +343,7 @@ fn root_can_choose_userspace_mode() {
         "asked for: no sentence"
     );
     assert_eq!(machine(&l), before);
-    let out = l.run(&[
-        "kwg",
-        "exec",
-        "--",
-        "curl",
-        "-sS",
-        "--max-time",
-        "5",
-        "http://web-app/",
-    ]);
+    let out = l.run(&exec_curl("http://web-app/"));
     assert!(
         text(&out.stdout).contains("Emoji Vote"),
         "{}",
