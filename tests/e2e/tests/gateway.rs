@@ -481,7 +481,7 @@ impl HttpServer {
                 "-m",
                 "http.server",
                 "--bind",
-                &ip.to_string(),
+                ip,
                 "8000",
                 "--directory",
                 "/tmp",

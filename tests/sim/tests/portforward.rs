@@ -96,9 +96,8 @@ fn kubectl_port_forward_carries_http_and_answers_like_a_real_cluster() {
     let _ = fw.0.kill();
     let mut err = String::new();
     std::io::Read::read_to_string(fw.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-    let want =
-        format!("an error occurred forwarding 18081 -> 81: error forwarding port 81 to pod ");
-    assert!(err.contains(&want), "{err}");
+    let want = "an error occurred forwarding 18081 -> 81: error forwarding port 81 to pod ";
+    assert!(err.contains(want), "{err}");
     assert!(
         err.contains("failed to connect to localhost:81 inside namespace")
             && err.contains("IPv4: dial tcp4 127.0.0.1:81: connect: connection refused"),
