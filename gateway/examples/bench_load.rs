@@ -81,6 +81,19 @@ where
     results.into_iter().collect()
 }
 
+/// A fresh private key on the WireGuard interface `ifname`, set with `wg set … private-key`
+/// followed by `then` (more `wg set` arguments).
+fn new_key_on(ifname: &str, then: &[&str]) -> Result<PrivateKey> {
+    let key = PrivateKey::generate();
+    let key_file = std::env::temp_dir().join(format!("bench-{ifname}.key"));
+    kwg_wg::keys::write_private_key_file(&key_file, &key)?;
+    let path = key_file.to_str().context("path")?;
+    let set = sh(&[&["wg", "set", ifname, "private-key", path][..], then].concat());
+    let _ = std::fs::remove_file(&key_file);
+    set?;
+    Ok(key)
+}
+
 async fn register(api: &Api<Secret>, n: usize) -> Result<()> {
     let start = Instant::now();
     let names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
@@ -153,20 +166,8 @@ async fn latency(
     let gw = info.public_key.to_string();
     let (mut to_ip, mut to_hs) = (Vec::new(), Vec::new());
     for i in 0..samples {
-        let key = PrivateKey::generate();
-        let key_file = std::env::temp_dir().join(format!("bench-{ifname}.key"));
-        kwg_wg::keys::write_private_key_file(&key_file, &key)?;
         // A fresh interface identity: the gateway has never seen this key.
-        sh(&[
-            "wg",
-            "set",
-            ifname,
-            "private-key",
-            key_file.to_str().context("path")?,
-            "peer",
-            &gw,
-            "remove",
-        ])?;
+        let key = new_key_on(ifname, &["peer", &gw, "remove"])?;
         let name = format!("latency-{}-{i}", std::process::id());
         let start = Instant::now();
         api.create(&PostParams::default(), &secret(&spec(&name, &key)?))
@@ -209,7 +210,6 @@ async fn latency(
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         to_hs.push(start.elapsed());
-        let _ = std::fs::remove_file(&key_file);
     }
     let ms = |v: &mut Vec<Duration>| {
         v.sort();
@@ -267,17 +267,7 @@ async fn peer(client: kube::Client, api: &Api<Secret>, args: &[String]) -> Resul
         bail!("usage: bench_load peer NAME OWNER IFNAME");
     };
     let info = gateway_info(client).await?;
-    let key = PrivateKey::generate();
-    let key_file = std::env::temp_dir().join(format!("bench-{ifname}.key"));
-    kwg_wg::keys::write_private_key_file(&key_file, &key)?;
-    sh(&[
-        "wg",
-        "set",
-        ifname,
-        "private-key",
-        key_file.to_str().context("path")?,
-    ])?;
-    let _ = std::fs::remove_file(&key_file);
+    let key = new_key_on(ifname, &[])?;
     api.create(
         &PostParams::default(),
         &secret(&spec_owned(name, owner, &key)?),
