@@ -108,7 +108,8 @@ fn each_exit_code_comes_from_the_situation_it_names() {
     assert!(m.contains("interface wg9 already exists"), "{m}");
     l.run(&["ip", "link", "del", "wg9"]);
 
-    // WireGuard's UDP dropped on the way out (DNS to the LAN resolver still works).
+    // WireGuard's UDP dropped on the way out (DNS to the LAN resolver still works), and the
+    // join held to UDP: `--transport auto` would go on over TCP.
     nft(&l, "add table inet kwgtest");
     nft(
         &l,
@@ -116,7 +117,8 @@ fn each_exit_code_comes_from_the_situation_it_names() {
     );
     nft(&l, "add rule inet kwgtest out udp dport != 53 drop");
     let started = Instant::now();
-    let m = fails_with(&l, "developer", &with(&["--timeout", "4s"]), 6, "handshake");
+    let udp_only = with(&["--timeout", "4s", "--transport", "udp"]);
+    let m = fails_with(&l, "developer", &udp_only, 6, "handshake");
     assert!(m.contains("did not answer on UDP"), "{m}");
     assert!(
         started.elapsed() < Duration::from_secs(12),
