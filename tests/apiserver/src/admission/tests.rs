@@ -224,3 +224,87 @@ fn policies_with_missing_fields_or_bad_cel_are_invalid() {
         "spec.validationActions: Required value: at least one validation action is required"
     );
 }
+
+#[test]
+fn groups_are_the_users_own_exactly_and_never_change() {
+    let s = store_with_policy();
+    let dev = user("developer"); // kwg:users, system:authenticated
+    let with = |groups: &str| {
+        let mut p = peer("developer", "k");
+        p["metadata"]["annotations"] = json!({"kwg.io/groups": groups});
+        p
+    };
+    let mine = with("kwg:users\nsystem:authenticated");
+    assert_eq!(
+        check(&s, Operation::Create, &dev, Some(&mine), None),
+        Ok(())
+    );
+    let mut renewed = mine.clone();
+    renewed["data"]["leaseExpires"] = json!(B64.encode("2031-01-01T00:00:00Z"));
+    assert_eq!(
+        check(&s, Operation::Update, &dev, Some(&renewed), Some(&mine)),
+        Ok(())
+    );
+    let prefix = "403 secrets \"kwg-peer-box\" is forbidden: ValidatingAdmissionPolicy 'kwg-peer-ownership' with binding 'kwg-peer-ownership' denied request: ";
+    let forged_msg = format!(
+        "{prefix}the annotation kwg.io/groups of a peer Secret must list your groups exactly, one a line, in the order the API server gives them (kwg:users, system:authenticated); kwg join writes them, or leave the annotation out"
+    );
+    for forged in [
+        "kwg:users\nsystem:authenticated\nsystem:masters",
+        "system:masters",
+        "system:authenticated\nkwg:users",
+        "kwg:users",
+        "",
+    ] {
+        assert_eq!(
+            check(&s, Operation::Create, &dev, Some(&with(forged)), None),
+            Err(forged_msg.clone()),
+            "{forged:?}"
+        );
+    }
+    // A group holding the separator could pass for two groups: refused, not split.
+    let odd = User {
+        name: "developer".into(),
+        groups: vec!["kwg:users\nsystem:masters".into()],
+    };
+    let e = check(
+        &s,
+        Operation::Create,
+        &odd,
+        Some(&with("kwg:users\nsystem:masters")),
+        None,
+    );
+    let e = e.unwrap_err();
+    assert!(e.contains("must list your groups exactly"), "{e}");
+    // Without the annotation the peer has no groups: allowed.
+    let plain = peer("developer", "k");
+    assert_eq!(
+        check(&s, Operation::Create, &dev, Some(&plain), None),
+        Ok(())
+    );
+    let never = format!(
+        "{prefix}the annotation kwg.io/groups of a peer Secret never changes: delete the peer and register it again"
+    );
+    // Added, removed or changed later: refused, even to the user's own groups.
+    for (new, old) in [(&mine, &plain), (&plain, &mine)] {
+        assert_eq!(
+            check(&s, Operation::Update, &dev, Some(new), Some(old)),
+            Err(never.clone())
+        );
+    }
+    let moved = User {
+        name: "developer".into(),
+        groups: vec!["kwg:admins".into(), "system:authenticated".into()],
+    };
+    let now = with("kwg:admins\nsystem:authenticated");
+    assert_eq!(
+        check(&s, Operation::Update, &moved, Some(&now), Some(&mine)),
+        Err(never)
+    );
+    // The user's groups changed since the peer registered: renewing it is refused.
+    assert!(
+        check(&s, Operation::Update, &moved, Some(&renewed), Some(&mine))
+            .unwrap_err()
+            .contains("(kwg:admins, system:authenticated)")
+    );
+}
