@@ -126,12 +126,12 @@ impl AdminState {
         *self.reach.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
     }
 
-    /// Each peer's device statistics from the replica holding its session.
-    pub async fn stats(&self) -> Vec<PeerStats> {
+    /// This replica's device statistics and those of the siblings that answered.
+    pub async fn replica_stats(&self) -> (Vec<PeerStats>, Vec<ReplicaStat>) {
         let local = self.device.peers().await;
         match self.siblings.get() {
-            Some(sib) => siblings::merge(&local, &sib.stats().await),
-            None => local,
+            Some(sib) => (local, sib.stats().await),
+            None => (local, Vec::new()),
         }
     }
 
@@ -254,7 +254,15 @@ async fn replica_stats(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> 
         return (StatusCode::FORBIDDEN, REFUSED).into_response();
     }
     let local = s.device.peers().await;
-    axum::Json(local.iter().map(ReplicaStat::from).collect::<Vec<_>>()).into_response()
+    let drops = nft_drops().await;
+    axum::Json(siblings::own_stats(&local, &s.peers(), &drops)).into_response()
+}
+
+/// The drops this replica's nftables counted per peer address.
+async fn nft_drops() -> Vec<(Ipv4Addr, u64)> {
+    tokio::task::spawn_blocking(crate::net::nft_drops)
+        .await
+        .unwrap_or_default()
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
@@ -277,11 +285,12 @@ fn word(ok: bool) -> &'static str {
     if ok { "running" } else { "not running" }
 }
 
+/// Handshakes and traffic from the replica holding each session; drops only this replica's
+/// (every replica exports its own counter: summed over replicas it would be counted twice).
 async fn metrics_handler(State(s): State<Arc<AdminState>>) -> Response {
-    let stats = s.stats().await;
-    let drops = tokio::task::spawn_blocking(crate::net::nft_drops)
-        .await
-        .unwrap_or_default();
+    let (local, sibs) = s.replica_stats().await;
+    let stats = siblings::merge(&local, &sibs);
+    let drops = nft_drops().await;
     let text = metrics::render(&s.metrics, &s.peers(), &stats, &drops, SystemTime::now());
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
@@ -290,13 +299,14 @@ async fn peers_handler(
     State(s): State<Arc<AdminState>>,
     ConnectInfo(conn): ConnectInfo<Conn>,
 ) -> Response {
-    let stats = s.stats().await;
+    let (local, sibs) = s.replica_stats().await;
+    let stats = siblings::merge(&local, &sibs);
     let caller = Caller::of(conn, s.tunnel_cidr);
-    let drops = tokio::task::spawn_blocking(crate::net::nft_drops)
-        .await
-        .unwrap_or_default();
+    let peers = s.peers();
+    // A peer's drops on every replica that answered: its packets may have met any of them.
+    let drops = siblings::total_drops(&peers, &nft_drops().await, &sibs);
     let reach = (&*s.reach(), drops.as_slice());
-    axum::Json(gateway_peers(&s.peers(), &stats, reach, caller)).into_response()
+    axum::Json(gateway_peers(&peers, &stats, reach, caller)).into_response()
 }
 
 /// Joins the active peers with the device's statistics and their reach and drops (the
@@ -338,4 +348,4 @@ pub fn gateway_peers(
 
 #[cfg(test)]
 #[path = "admin_tests.rs"]
-mod tests;
+pub(crate) mod tests;

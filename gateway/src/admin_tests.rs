@@ -39,7 +39,8 @@ fn callers_by_address() {
     }
 }
 
-fn peer(name: &str, ip: &str) -> (ActivePeer, PeerStats) {
+/// An active peer and its device statistics (also for the siblings tests).
+pub(crate) fn peer(name: &str, ip: &str) -> (ActivePeer, PeerStats) {
     let key = PrivateKey::generate().public_key();
     let spec = PeerSpec {
         name: name.parse().unwrap(),

@@ -8,6 +8,11 @@
 //! cluster can read it): the header [`HEADER`] is `<unix seconds>.<MAC>`, the MAC a keyed
 //! BLAKE2s of the time and path under a key derived from the private key, accepted for
 //! [`SKEW`] either way. Without it the path answers 403 like `/metrics` and `/peers`.
+//!
+//! Drops by reach by RBAC are counted by each replica's own nftables: a peer's own `/peers`
+//! entry (and so `kwg status`) shows the sum over the replicas that answer ([`total_drops`]),
+//! while `/metrics` exports only this replica's counter (Prometheus scrapes every replica and
+//! sums; a merged counter there would be counted once per replica).
 
 use blake2::Blake2sMac256;
 use blake2::digest::{FixedOutput, KeyInit, Mac, Update};
@@ -15,7 +20,8 @@ use kwg_wg::contract::GATEWAY_POD_SELECTOR;
 use kwg_wg::device::PeerStats;
 use kwg_wg::keys::{PrivateKey, PublicKey};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use crate::core::ActivePeer;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The admin path a replica serves its own device statistics on.
@@ -100,6 +106,10 @@ pub struct ReplicaStat {
     pub last_handshake_ms: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Packets from the peer reach by RBAC dropped on the answering replica (absent, so 0,
+    /// from a replica older than this field).
+    #[serde(default)]
+    pub dropped_packets: u64,
 }
 
 impl From<&PeerStats> for ReplicaStat {
@@ -113,8 +123,57 @@ impl From<&PeerStats> for ReplicaStat {
                 .map(|d| d.as_millis() as u64),
             rx_bytes: s.rx_bytes,
             tx_bytes: s.tx_bytes,
+            dropped_packets: 0,
         }
     }
+}
+
+/// What this replica tells its siblings: its device statistics with the drops its nftables
+/// counted per peer address (`drops`), matched to keys through the active `peers`.
+pub fn own_stats(
+    local: &[PeerStats],
+    peers: &[ActivePeer],
+    drops: &[(Ipv4Addr, u64)],
+) -> Vec<ReplicaStat> {
+    let ip: HashMap<PublicKey, Ipv4Addr> = peers
+        .iter()
+        .map(|p| (p.spec.public_key, p.ip.addr()))
+        .collect();
+    local
+        .iter()
+        .map(|l| ReplicaStat {
+            dropped_packets: ip
+                .get(&l.public_key)
+                .and_then(|a| drops.iter().find(|d| d.0 == *a))
+                .map_or(0, |d| d.1),
+            ..ReplicaStat::from(l)
+        })
+        .collect()
+}
+
+/// Each active peer's drops summed over this replica (`local`, per address) and the
+/// siblings that answered (per key; a key no active peer has is left out). A sibling that
+/// does not answer leaves its drops out until it does; a replica that goes away takes its
+/// count with it (the sum is what the peer's packets met on the replicas serving now).
+pub fn total_drops(
+    peers: &[ActivePeer],
+    local: &[(Ipv4Addr, u64)],
+    siblings: &[ReplicaStat],
+) -> Vec<(Ipv4Addr, u64)> {
+    let mut sum: HashMap<Ipv4Addr, u64> = local.iter().copied().collect();
+    let ip: HashMap<String, Ipv4Addr> = peers
+        .iter()
+        .map(|p| (p.spec.public_key.to_string(), p.ip.addr()))
+        .collect();
+    for s in siblings.iter().filter(|s| s.dropped_packets > 0) {
+        if let Some(a) = ip.get(&s.public_key) {
+            let n = sum.entry(*a).or_default();
+            *n = n.saturating_add(s.dropped_packets);
+        }
+    }
+    let mut out: Vec<_> = sum.into_iter().collect();
+    out.sort_unstable();
+    out
 }
 
 /// Each peer's statistics from the replica holding its session: the one with the latest

@@ -39,6 +39,7 @@ fn each_peer_comes_from_the_replica_with_its_latest_handshake() {
             last_handshake_ms: Some(10_000),
             rx_bytes: 1,
             tx_bytes: 1,
+            dropped_packets: 0,
         },
     ];
     let merged = merge(&local, &siblings);
@@ -89,4 +90,50 @@ fn only_a_holder_of_the_key_gets_the_stats() {
     // The derived key is not the private key, and its Debug is redacted.
     assert_ne!(&k.0, key.as_bytes());
     assert_eq!(format!("{k:?}"), "ReplicaKey(redacted)");
+}
+
+#[test]
+fn a_peers_drops_are_summed_over_the_replicas() {
+    use crate::admin::tests::peer;
+    let (a, sa) = peer("a", "100.77.0.2");
+    let (b, sb) = peer("b", "100.77.0.3");
+    let (c, sc) = peer("c", "100.77.0.4");
+    let gone = PrivateKey::generate().public_key();
+    let peers = [a, b, c];
+    // What a sibling answers: its own counters matched to keys through its active peers.
+    let sib_drops = [
+        ("100.77.0.2".parse().unwrap(), 5),
+        ("100.77.0.3".parse().unwrap(), 40),
+        ("100.77.0.9".parse().unwrap(), 1),
+    ];
+    let mut sib = own_stats(&[sa.clone(), sb, sc, stats(&gone, None, 0)], &peers, &sib_drops);
+    assert_eq!(
+        sib.iter().map(|s| s.dropped_packets).collect::<Vec<_>>(),
+        [5, 40, 0, 0]
+    );
+    // A third replica that still holds a's old session, and one older than the field.
+    let mut third = own_stats(&[sa], &peers, &[("100.77.0.2".parse().unwrap(), 2)]);
+    let old: ReplicaStat = serde_json::from_str(&format!(
+        r#"{{"publicKey": "{}", "endpoint": null, "lastHandshakeMs": null, "rxBytes": 0, "txBytes": 0}}"#,
+        peers[2].spec.public_key
+    ))
+    .unwrap();
+    assert_eq!(old.dropped_packets, 0, "absent from an older replica");
+    sib.append(&mut third);
+    sib.push(old);
+    // Drops for a key no active peer has (left the sibling's view, not ours): left out.
+    sib.push(ReplicaStat {
+        dropped_packets: 7,
+        ..ReplicaStat::from(&stats(&gone, None, 0))
+    });
+    let local = [("100.77.0.2".parse().unwrap(), 3), ("100.77.0.4".parse().unwrap(), 1)];
+    assert_eq!(
+        total_drops(&peers, &local, &sib),
+        [
+            ("100.77.0.2".parse().unwrap(), 10),
+            ("100.77.0.3".parse().unwrap(), 40),
+            ("100.77.0.4".parse().unwrap(), 1),
+        ]
+    );
+    assert_eq!(total_drops(&peers, &local, &[]), local, "no siblings: ours");
 }
