@@ -48,6 +48,9 @@ pub const PEER_SECRET_PREFIX: &str = "kwg-peer-";
 pub const TUNNEL_IP_ANNOTATION: &str = "kwg.io/tunnel-ip";
 /// Annotation the gateway writes on a malformed peer Secret, with the reason.
 pub const ERROR_ANNOTATION: &str = "kwg.io/error";
+/// Annotation the client writes with its user's groups, one a line, as the API server gives
+/// them (`request.userInfo.groups`, which the admission policy compares it with).
+pub const GROUPS_ANNOTATION: &str = "kwg.io/groups";
 
 /// Secret (in the gateway namespace) holding the gateway's private key.
 pub const GATEWAY_KEY_SECRET: &str = "kwg-gateway-key";
@@ -90,6 +93,25 @@ pub fn tunnel_ip_from_annotations(
     annotations: &BTreeMap<String, String>,
 ) -> Option<Result<TunnelIp, ContractError>> {
     annotations.get(TUNNEL_IP_ANNOTATION).map(|v| v.parse())
+}
+
+/// The value of [`GROUPS_ANNOTATION`] for these groups; `None` when a group holds a line
+/// break (the policy refuses such a list: register without groups).
+pub fn groups_annotation(groups: &[String]) -> Option<String> {
+    (!groups.iter().any(|g| g.contains('\n'))).then(|| groups.join("\n"))
+}
+
+/// The groups [`GROUPS_ANNOTATION`] lists (none when it is absent; empty lines are skipped).
+pub fn groups_from_annotations(annotations: &BTreeMap<String, String>) -> Vec<String> {
+    annotations
+        .get(GROUPS_ANNOTATION)
+        .map(|v| {
+            v.split('\n')
+                .filter(|g| !g.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Entry point for fuzzers: feeds arbitrary bytes to every parser of this module.
@@ -143,6 +165,18 @@ mod tests {
         assert_eq!(ip.to_string(), "100.77.0.2");
         a.insert(TUNNEL_IP_ANNOTATION.to_owned(), "nope".to_owned());
         assert!(tunnel_ip_from_annotations(&a).unwrap().is_err());
+    }
+
+    #[test]
+    fn groups_annotation_round_trips_and_refuses_line_breaks() {
+        let groups = vec!["kwg:users".to_owned(), "system:authenticated".to_owned()];
+        let v = groups_annotation(&groups).unwrap();
+        assert_eq!(v, "kwg:users\nsystem:authenticated");
+        let a = BTreeMap::from([(GROUPS_ANNOTATION.to_owned(), v)]);
+        assert_eq!(groups_from_annotations(&a), groups);
+        assert!(groups_from_annotations(&BTreeMap::new()).is_empty());
+        assert_eq!(groups_annotation(&[]).as_deref(), Some(""));
+        assert_eq!(groups_annotation(&["a\nb".to_owned()]), None);
     }
 
     proptest! {
