@@ -63,6 +63,7 @@ pub(crate) fn peer(name: &str, ip: &str) -> (ActivePeer, PeerStats) {
         ActivePeer {
             spec,
             ip: ip.parse().unwrap(),
+            groups: vec![],
         },
         stats,
     )

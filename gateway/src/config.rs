@@ -73,6 +73,13 @@ pub struct Config {
     /// the owner is (the behaviour before reach by RBAC).
     #[arg(long, env = "KWG_REACH", value_enum, default_value_t = Reach::Rbac)]
     pub reach: Reach,
+    /// Count the groups a peer Secret names (`kwg.io/groups`) in its owner's reviews. Only
+    /// where the admission policy `kwg-peer-ownership` (manifests/admission-policy.yaml,
+    /// Kubernetes >= 1.30) is installed: it makes them the owner's own groups; without it they
+    /// are self-declared and anyone could claim `system:masters`. Off: only grants to the owner
+    /// by name (and `system:authenticated`, ServiceAccount groups) count.
+    #[arg(long, env = "KWG_TRUST_PEER_GROUPS")]
+    pub trust_peer_groups: bool,
     /// How often every owner's grants are asked again (they are also asked again at once when
     /// a Role, ClusterRole or binding changes).
     #[arg(long, env = "KWG_REACH_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -118,6 +125,10 @@ mod tests {
         assert_eq!(
             (c.reach, c.reach_refresh),
             (Reach::Rbac, Duration::from_secs(60))
+        );
+        assert!(
+            !c.trust_peer_groups,
+            "peer groups are self-declared unless an admin says"
         );
     }
 

@@ -39,6 +39,8 @@ pub struct PeerSecret {
     pub tunnel_ip: Option<TunnelIp>,
     /// The `kwg.io/error` annotation.
     pub error: Option<String>,
+    /// The `kwg.io/groups` annotation: the owner's groups, as admission verified them.
+    pub groups: Vec<String>,
 }
 
 impl PeerSecret {
@@ -75,6 +77,7 @@ impl PeerSecret {
             spec,
             tunnel_ip: contract::tunnel_ip_from_annotations(annotations).and_then(Result::ok),
             error: annotations.get(ERROR_ANNOTATION).cloned(),
+            groups: contract::groups_from_annotations(annotations),
         }
     }
 
@@ -153,6 +156,8 @@ pub struct Malformed {
 pub struct ActivePeer {
     pub spec: PeerSpec,
     pub ip: TunnelIp,
+    /// The owner's groups from the Secret's `kwg.io/groups` (counted with `--trust-peer-groups`).
+    pub groups: Vec<String>,
 }
 
 /// What one reconcile decided.
@@ -265,6 +270,7 @@ impl Core {
             plan.active.push(ActivePeer {
                 spec: spec.clone(),
                 ip,
+                groups: secret.groups.clone(),
             });
         }
         for key in running.keys().filter(|k| !desired.contains_key(*k)) {

@@ -336,3 +336,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn active_peers_carry_their_secrets_groups() {
+    let k = key();
+    let groups = BTreeMap::from([(
+        contract::GROUPS_ANNOTATION.to_owned(),
+        "kwg:users\nsystem:authenticated".to_owned(),
+    )]);
+    let with = PeerSecret::parse("kwg-peer-a", &data("a", &k, LEASE), &groups);
+    let plan = core().reconcile(store([with]).values(), &BTreeMap::new(), now());
+    assert_eq!(plan.active[0].groups, ["kwg:users", "system:authenticated"]);
+    let plan = core().reconcile(store([secret("a", &k)]).values(), &BTreeMap::new(), now());
+    assert!(plan.active[0].groups.is_empty());
+}

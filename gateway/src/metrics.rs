@@ -209,6 +209,7 @@ mod tests {
         let peers = [ActivePeer {
             spec,
             ip: "100.77.0.2".parse().unwrap(),
+            groups: vec![],
         }];
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let stats = [PeerStats {

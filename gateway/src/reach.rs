@@ -50,11 +50,35 @@ pub struct Inventory {
     pub dns: BTreeSet<Ipv4Addr>,
 }
 
+/// Who a review asks about: a peer's owner and the groups counted for it. Reviews are keyed
+/// by it, so two peers of one owner with other groups get their own answers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Subject {
+    pub user: String,
+    /// Sorted, without repeats: [`owner_groups`] and the verified groups of the peer's Secret.
+    pub groups: Vec<String>,
+}
+
+impl Subject {
+    /// `owner` with `verified` groups (the Secret's `kwg.io/groups` when the gateway trusts
+    /// them, see `--trust-peer-groups`; none otherwise).
+    pub fn new(owner: &str, verified: &[String]) -> Subject {
+        let mut groups = owner_groups(owner);
+        groups.extend(verified.iter().filter(|g| !g.is_empty()).cloned());
+        groups.sort();
+        groups.dedup();
+        Subject {
+            user: owner.to_owned(),
+            groups,
+        }
+    }
+}
+
 /// A served peer as reach sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerReach {
     pub ip: Ipv4Addr,
-    pub owner: String,
+    pub subject: Subject,
     /// The namespaces it asked for; empty: every namespace.
     pub asked: Vec<String>,
 }
@@ -70,20 +94,20 @@ impl PeerReach {
     }
 }
 
-/// An owner and a namespace: one SubjectAccessReview (`get services` there).
-pub type Question = (String, String);
+/// A subject and a namespace: one SubjectAccessReview (`get services` there).
+pub type Question = (Subject, String);
 
 /// The reviews needed to decide every peer's reach that `known` does not answer yet.
 pub fn questions(
     inv: &Inventory,
     peers: &[PeerReach],
-    known: impl Fn(&str, &str) -> bool,
+    known: impl Fn(&Subject, &str) -> bool,
 ) -> BTreeSet<Question> {
     peers
         .iter()
-        .flat_map(|p| p.wanted(inv).map(move |ns| (p.owner.as_str(), ns)))
+        .flat_map(|p| p.wanted(inv).map(move |ns| (&p.subject, ns)))
         .filter(|(o, ns)| !known(o, ns))
-        .map(|(o, ns)| (o.to_owned(), ns.to_owned()))
+        .map(|(o, ns)| (o.clone(), ns.to_owned()))
         .collect()
 }
 
@@ -109,7 +133,7 @@ impl Sets {
 pub fn desired(
     inv: &Inventory,
     peers: &[PeerReach],
-    allowed: impl Fn(&str, &str) -> bool,
+    allowed: impl Fn(&Subject, &str) -> bool,
     ids: &mut NsIds,
 ) -> Sets {
     let mut sets = Sets {
@@ -124,7 +148,7 @@ pub fn desired(
         }
     }
     for p in peers {
-        for ns in p.wanted(inv).filter(|ns| allowed(&p.owner, ns)) {
+        for ns in p.wanted(inv).filter(|ns| allowed(&p.subject, ns)) {
             sets.peer_ns.insert((p.ip, ids.id(ns)));
         }
     }
@@ -137,14 +161,14 @@ pub fn desired(
 pub fn reachable(
     inv: &Inventory,
     peers: &[PeerReach],
-    answer: impl Fn(&str, &str) -> Option<bool>,
+    answer: impl Fn(&Subject, &str) -> Option<bool>,
 ) -> HashMap<Ipv4Addr, Vec<String>> {
     peers
         .iter()
         .filter_map(|p| {
             let mut granted = Vec::new();
             for ns in p.wanted(inv) {
-                if answer(&p.owner, ns)? {
+                if answer(&p.subject, ns)? {
                     granted.push(ns.to_owned());
                 }
             }
@@ -250,8 +274,8 @@ fn lines<T>(
 
 /// The groups a review names for `owner`: every user is `system:authenticated`; a
 /// ServiceAccount (`system:serviceaccount:<ns>:<name>`) also has its two ServiceAccount groups.
-/// Other groups (from the cluster's authenticator) are not known to the gateway, so grants
-/// through them do not count.
+/// Other groups (from the cluster's authenticator) count only as the peer Secret's verified
+/// `kwg.io/groups` ([`Subject::new`]).
 pub fn owner_groups(owner: &str) -> Vec<String> {
     let mut groups = vec!["system:authenticated".to_owned()];
     if let Some(rest) = owner.strip_prefix("system:serviceaccount:")

@@ -24,14 +24,14 @@ fn inv() -> Inventory {
 fn peer(addr: &str, owner: &str, asked: &[&str]) -> PeerReach {
     PeerReach {
         ip: ip(addr),
-        owner: owner.into(),
+        subject: Subject::new(owner, &[]),
         asked: asked.iter().map(|s| s.to_string()).collect(),
     }
 }
 
 /// `alice` may get Services only in emojivoto; `root` everywhere.
-fn rbac(owner: &str, ns: &str) -> bool {
-    owner == "root" || ns == "emojivoto"
+fn rbac(who: &Subject, ns: &str) -> bool {
+    who.user == "root" || ns == "emojivoto"
 }
 
 fn names(sets: &Sets, p: &str) -> Vec<u32> {
@@ -69,7 +69,7 @@ fn reachable_names_only_decided_peers() {
         peer("100.77.0.4", "bob", &[]),
     ];
     // bob's review in `default` is not answered yet.
-    let answer = |o: &str, ns: &str| (o != "bob" || ns != "default").then(|| rbac(o, ns));
+    let answer = |o: &Subject, ns: &str| (o.user != "bob" || ns != "default").then(|| rbac(o, ns));
     let r = reachable(&inv(), &peers, answer);
     // Namespaces in inventory order (sorted); a mapped namespace that does not exist is not reached.
     assert_eq!(r[&ip("100.77.0.2")], ["emojivoto"]);
@@ -116,8 +116,13 @@ fn questions_are_owner_namespace_pairs_not_known() {
         peer("100.77.0.3", "alice", &["default", "gone"]),
         peer("100.77.0.4", "bob", &["emojivoto"]),
     ];
-    let q = questions(&inv(), &peers, |o, ns| o == "alice" && ns == "emojivoto");
-    let q: Vec<(&str, &str)> = q.iter().map(|(o, n)| (o.as_str(), n.as_str())).collect();
+    let q = questions(&inv(), &peers, |o, ns| {
+        o.user == "alice" && ns == "emojivoto"
+    });
+    let q: Vec<(&str, &str)> = q
+        .iter()
+        .map(|(o, n)| (o.user.as_str(), n.as_str()))
+        .collect();
     // A namespace with nothing to reach (`gone`) needs no review.
     assert_eq!(q, [("alice", "default"), ("bob", "emojivoto")]);
 }
@@ -246,4 +251,48 @@ fn service_accounts_get_their_groups() {
         owner_groups("system:serviceaccount:bad"),
         ["system:authenticated"]
     );
+}
+
+#[test]
+fn reviews_are_keyed_by_owner_and_verified_groups() {
+    let dev = |groups: &[&str]| {
+        let g: Vec<String> = groups.iter().map(|s| s.to_string()).collect();
+        Subject::new("dev", &g)
+    };
+    // Sorted and without repeats: the Secret's order and system:authenticated do not matter.
+    assert_eq!(
+        dev(&["system:authenticated", "kwg:users", ""]).groups,
+        ["kwg:users", "system:authenticated"]
+    );
+    assert_eq!(
+        dev(&["kwg:users"]),
+        dev(&["system:authenticated", "kwg:users"])
+    );
+    assert_eq!(dev(&[]).groups, ["system:authenticated"]);
+    let sa = Subject::new("system:serviceaccount:emo:bot", &["ci".to_owned()]);
+    assert_eq!(
+        sa.groups,
+        [
+            "ci",
+            "system:authenticated",
+            "system:serviceaccounts",
+            "system:serviceaccounts:emo"
+        ]
+    );
+    // Two peers of one owner, one with a group: two reviews per namespace, each answered
+    // for its own peer (the group grants `default`).
+    let mut with = peer("100.77.0.2", "dev", &[]);
+    with.subject = dev(&["kwg:users"]);
+    let peers = [with, peer("100.77.0.3", "dev", &[])];
+    let q = questions(&inv(), &peers, |_, _| false);
+    assert_eq!(q.len(), 4);
+    assert!(q.contains(&(dev(&["kwg:users"]), "default".to_owned())));
+    assert!(q.contains(&(dev(&[]), "default".to_owned())));
+    let by_group =
+        |o: &Subject, ns: &str| ns == "emojivoto" || o.groups.iter().any(|g| g == "kwg:users");
+    let got = reachable(&inv(), &peers, |o, ns| Some(by_group(o, ns)));
+    assert_eq!(got[&ip("100.77.0.2")], ["default", "emojivoto"]);
+    assert_eq!(got[&ip("100.77.0.3")], ["emojivoto"]);
+    let known = |o: &Subject, ns: &str| o == &dev(&[]) && ns == "default";
+    assert_eq!(questions(&inv(), &peers, known).len(), 3);
 }

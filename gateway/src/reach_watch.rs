@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Node, NodeStatus, Pod, PodSpec, PodStatus, Serv
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::Store;
-use reach::{NsIds, PeerReach, Question, Sets};
+use reach::{NsIds, PeerReach, Question, Sets, Subject};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,11 +88,11 @@ pub async fn run(
             pods.state().iter().map(|p| p.as_ref()),
             nodes.state().iter().map(|n| n.as_ref()),
         );
-        let peers = peer_reach(&state);
+        let peers = peer_reach(&state, cfg.trust_peer_groups);
         let all = std::mem::take(&mut ask_all);
         let stale = std::mem::take(&mut dirty);
         let asked = reach::questions(&inv, &peers, |o, ns| {
-            !all && !stale.contains(ns) && grants.contains_key(&(o.to_owned(), ns.to_owned()))
+            !all && !stale.contains(ns) && grants.contains_key(&(o.clone(), ns.to_owned()))
         });
         failed = false;
         if !asked.is_empty() {
@@ -110,7 +110,7 @@ pub async fn run(
         let new = reach::desired(
             &inv,
             &peers,
-            |o, ns| grants.get(&(o.to_owned(), ns.to_owned())) == Some(&true),
+            |o, ns| grants.get(&(o.clone(), ns.to_owned())) == Some(&true),
             &mut ids,
         );
         let d = reach::diff(&applied, &new);
@@ -134,7 +134,7 @@ pub async fn run(
         state.set_reach(ReachView {
             enforced: true,
             by_peer: reach::reachable(&inv, &peers, |o, ns| {
-                grants.get(&(o.to_owned(), ns.to_owned())).copied()
+                grants.get(&(o.clone(), ns.to_owned())).copied()
             }),
         });
     }
@@ -150,14 +150,15 @@ fn apply(cfg: &Config, d: &reach::Diff, new: &Sets) -> Result<(), GatewayError> 
     })
 }
 
-/// The served peers as reach sees them.
-fn peer_reach(state: &AdminState) -> Vec<PeerReach> {
+/// The served peers as reach sees them; their Secrets' groups count only with
+/// `--trust-peer-groups` (the admission policy verified them).
+fn peer_reach(state: &AdminState, trust_groups: bool) -> Vec<PeerReach> {
     state
         .peers()
         .iter()
         .map(|p| PeerReach {
             ip: p.ip.addr(),
-            owner: p.spec.owner.clone(),
+            subject: Subject::new(&p.spec.owner, if trust_groups { &p.groups } else { &[] }),
             asked: p.spec.namespaces.clone(),
         })
         .collect()
@@ -185,11 +186,11 @@ async fn review_all(
         match r {
             Ok(allowed) => {
                 if grants.insert(q.clone(), allowed) != Some(allowed) {
-                    tracing::info!(owner = %q.0, namespace = %q.1, allowed, "owner's reach");
+                    tracing::info!(owner = %q.0.user, groups = ?q.0.groups, namespace = %q.1, allowed, "owner's reach");
                 }
             }
             Err(e) => {
-                tracing::warn!(owner = %q.0, namespace = %q.1, error = %e, "SubjectAccessReview failed; retrying");
+                tracing::warn!(owner = %q.0.user, namespace = %q.1, error = %e, "SubjectAccessReview failed; retrying");
                 failed = true;
             }
         }
@@ -197,16 +198,16 @@ async fn review_all(
     failed
 }
 
-/// Whether `owner` may `get` Services in `namespace` (a SubjectAccessReview).
+/// Whether `who` may `get` Services in `namespace` (a SubjectAccessReview).
 async fn may_get_services(
     api: &Api<SubjectAccessReview>,
-    owner: &str,
+    who: &Subject,
     namespace: &str,
 ) -> Result<bool, GatewayError> {
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
-            user: Some(owner.to_owned()),
-            groups: Some(reach::owner_groups(owner)),
+            user: Some(who.user.clone()),
+            groups: Some(who.groups.clone()),
             resource_attributes: Some(ResourceAttributes {
                 namespace: Some(namespace.to_owned()),
                 verb: Some("get".into()),
