@@ -20,6 +20,9 @@ pub struct Kube {
     pub client: Client,
     pub server: String,
     pub user: String,
+    /// The user's groups as the API server gives them (SelfSubjectReview); `None` when it
+    /// did not tell. Written into the peer Secret, where the admission policy checks them.
+    pub groups: Option<Vec<String>>,
     pub context: Option<String>,
     /// The kubeconfig context's namespace (`default` when unset).
     pub default_namespace: String,
@@ -68,11 +71,15 @@ impl Kube {
         let client = Client::try_from(config).map_err(|e| Error::Kubeconfig(e.to_string()))?;
         // The name the API server authenticates (what RBAC and the peer-ownership policy
         // see), not the kubeconfig's name for the user entry.
-        let user = whoami(&client).await.unwrap_or(user);
+        let (user, groups) = match whoami(&client).await {
+            Some((name, groups)) => (name, Some(groups)),
+            None => (user, None),
+        };
         Ok(Kube {
             client,
             server,
             user,
+            groups,
             context: ctx_name,
             default_namespace,
         })
@@ -129,7 +136,7 @@ impl Kube {
     /// Creates the peer Secret, or overwrites this machine's own earlier one.
     pub async fn register_peer(&self, ns: &str, spec: &PeerSpec) -> Result<(), Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let secret = peer_secret(spec);
+        let secret = peer_secret(spec, self.groups.as_deref());
         match api.create(&PostParams::default(), &secret).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.is_conflict() => {
@@ -335,8 +342,9 @@ pub struct ListedPeer {
     pub error: Option<String>,
 }
 
-/// `kubectl auth whoami`: the user name the API server authenticates (a SelfSubjectReview).
-async fn whoami(client: &Client) -> Option<String> {
+/// `kubectl auth whoami`: the user name and groups the API server authenticates (a
+/// SelfSubjectReview).
+async fn whoami(client: &Client) -> Option<(String, Vec<String>)> {
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
     let api: Api<SelfSubjectReview> = Api::all(client.clone());
     let review = api
@@ -344,7 +352,8 @@ async fn whoami(client: &Client) -> Option<String> {
         .await
         .map_err(|e| tracing::debug!(error = %e, "SelfSubjectReview failed; using the kubeconfig's user name"))
         .ok()?;
-    review.status?.user_info?.username
+    let info = review.status?.user_info?;
+    Some((info.username?, info.groups.unwrap_or_default()))
 }
 
 /// The kubeconfig loader's errors as our sentences.
@@ -366,11 +375,18 @@ fn no_gateway(ns: &str) -> Error {
     }
 }
 
-fn peer_secret(spec: &PeerSpec) -> Secret {
+/// The peer Secret; with the user's groups in `kwg.io/groups` when the server told them and
+/// none holds a line break (the policy refuses such a list; without it the gateway counts no
+/// group of the owner).
+fn peer_secret(spec: &PeerSpec, groups: Option<&[String]>) -> Secret {
+    let annotations = groups
+        .and_then(contract::groups_annotation)
+        .map(|v| [(contract::GROUPS_ANNOTATION.to_owned(), v)].into());
     Secret {
         metadata: ObjectMeta {
             name: Some(spec.secret_name()),
             labels: Some(contract::peer_labels()),
+            annotations,
             ..Default::default()
         },
         type_: Some(contract::PEER_SECRET_TYPE.to_string()),
@@ -396,4 +412,29 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_secret_names_the_users_groups_when_known() {
+        let spec = PeerSpec {
+            name: "box".parse().unwrap(),
+            public_key: kwg_wg::keys::PrivateKey::generate().public_key(),
+            owner: "dev".into(),
+            hostname: "box".into(),
+            namespaces: vec![],
+            lease_expires: contract::parse_lease("2030-01-01T00:00:00Z").unwrap(),
+        };
+        let groups = |g: Option<&[String]>| peer_secret(&spec, g).metadata.annotations;
+        let two = ["kwg:users".to_owned(), "system:authenticated".to_owned()];
+        assert_eq!(
+            groups(Some(&two)).unwrap()[contract::GROUPS_ANNOTATION],
+            "kwg:users\nsystem:authenticated"
+        );
+        assert_eq!(groups(None), None);
+        assert_eq!(groups(Some(&["a\nb".to_owned()])), None);
+    }
 }
