@@ -35,7 +35,7 @@ pub const REBIND_EVERY: Duration = Duration::from_millis(2000);
 pub const RESOLVED_CHECK: Duration = Duration::from_secs(2);
 /// Retry of a lease renewal that hit a conflict (someone else wrote the Secret meanwhile).
 pub const RENEW_CONFLICT_RETRY: Duration = Duration::from_secs(1);
-/// First back-off after a failed renewal (doubles up to the renewal interval).
+/// First back-off after a failed renewal (doubles up to a tenth of the ttl).
 pub const RENEW_BACKOFF: Duration = Duration::from_secs(2);
 
 pub struct Session {

@@ -118,9 +118,13 @@ impl Session {
                 self.actions.push_back(Action::Register { spec, ttl });
             }
             Event::LeaseFailed(LeaseFailure::Other(e)) => {
+                // At most a tenth of the ttl apart, so that several attempts fall between a
+                // missed renewal and the lease's end (capped at the interval alone, the last
+                // attempt came as the lease ended).
                 let backoff = RENEW_BACKOFF
                     .saturating_mul(1 << self.lease.failures.min(16))
-                    .min(every);
+                    .min(every)
+                    .min((self.args.ttl / 10).max(RENEW_BACKOFF));
                 self.lease.failures += 1;
                 tracing::warn!(error = %e, retry_in = ?backoff, "lease renewal failed; the tunnel keeps working");
                 self.lease.last_error = Some(short_error(&e));

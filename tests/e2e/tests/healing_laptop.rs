@@ -159,8 +159,9 @@ fn after_sleeping_longer_than_its_lease_the_daemon_registers_again_and_traffic_f
 fn with_the_api_server_unreachable_the_tunnel_works_and_status_says_why_the_lease_is_not_renewed() {
     let sim = shared();
     let l = Arc::new(laptop(&sim, "healapi"));
-    // Renewed every 10 s; blocked for 25 s the lease (30 s from the last renewal) holds.
-    l.join(&["--namespace", "emojivoto", "--ttl", "30s"]);
+    // Renewed every 30 s; blocked for a minute (the figure) the lease (90 s from the
+    // last renewal) holds.
+    l.join(&["--namespace", "emojivoto", "--ttl", "90s"]);
     let requests = RequestLoop::start(&l);
     std::thread::sleep(Duration::from_secs(1));
     let rule = format!("ip daddr {NODE_IP} tcp dport {API_PORT} reject with tcp reset");
@@ -168,7 +169,7 @@ fn with_the_api_server_unreachable_the_tunnel_works_and_status_says_why_the_leas
     let blocked = Instant::now();
     let failing = kwg_e2e::wait_for(
         "status showing the lease error",
-        Duration::from_secs(20),
+        Duration::from_secs(45),
         || {
             let s = status_json(&l);
             Ok((!s["lease"]["failingSince"].is_null()).then_some(s))
@@ -181,7 +182,7 @@ fn with_the_api_server_unreachable_the_tunnel_works_and_status_says_why_the_leas
         .to_string();
     assert!(error.contains("unreachable"), "{failing}");
     assert!(!failing["lease"]["nextAttempt"].is_null(), "{failing}");
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(blocked.elapsed()));
     let out = l.kwg(&["status"]);
     let status = text(&out.stdout);
     let line = status

@@ -31,7 +31,8 @@ fn the_lease_is_renewed_every_third_of_the_ttl_and_failures_back_off() {
             .then(|| Some(Event::LeaseFailed(LeaseFailure::Conflict)))
     });
     assert_eq!(r.s.lease().next.unwrap() - r.now, RENEW_CONFLICT_RETRY);
-    // 403 (or the API unreachable): the tunnel stays, retries back off 2 s, 4 s, 8 s.
+    // 403 (or the API unreachable): the tunnel stays, retries back off 2 s, 4 s, 8 s, then
+    // every 9 s (a tenth of the ttl: several attempts before the lease ends).
     let forbidden = || {
         Some(Event::LeaseFailed(LeaseFailure::Other(Error::Forbidden {
             user: "developer".into(),
@@ -41,13 +42,13 @@ fn the_lease_is_renewed_every_third_of_the_ttl_and_failures_back_off() {
         })))
     };
     let mut waits = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..5 {
         let wait = r.s.lease().next.unwrap() - r.now;
         r.advance(wait);
         r.pump(|a| matches!(a, Action::RenewLease { .. }).then(forbidden));
         waits.push((r.s.lease().next.unwrap() - r.now).as_secs());
     }
-    assert_eq!(waits, [2, 4, 8]);
+    assert_eq!(waits, [2, 4, 8, 9, 9]);
     assert!(
         r.s.lease()
             .last_error
@@ -58,7 +59,7 @@ fn the_lease_is_renewed_every_third_of_the_ttl_and_failures_back_off() {
     assert!(undo_tail(&r.take_log()).is_empty());
     assert_eq!(r.s.phase(), Phase::Serving);
     // Success clears the error and restores the interval.
-    r.advance(Duration::from_secs(8));
+    r.advance(Duration::from_secs(9));
     r.pump(|_| None);
     assert_eq!(r.s.lease().last_error, None);
     assert_eq!(r.s.lease().next.unwrap() - r.now, Duration::from_secs(30));
