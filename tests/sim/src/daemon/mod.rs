@@ -66,6 +66,9 @@ pub async fn run(n: Names) -> Result<()> {
     for (user, groups) in [
         ("admin", vec!["system:masters"]),
         ("developer", vec!["kwg:users"]),
+        // Not a kwg user until a test binds it; what it reaches comes through its group
+        // (e2e reach_groups.rs).
+        ("carol", vec!["kwg:viewers"]),
         ("nobody", vec![]),
     ] {
         let token = api.add_user(user, &groups);
