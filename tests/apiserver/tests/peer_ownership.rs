@@ -444,7 +444,7 @@ async fn can_i_shows_the_intended_grants() {
         rows[1][..3],
         [
             "validatingadmissionpolicy.admissionregistration.k8s.io/kwg-peer-ownership",
-            "7",
+            "9",
             "<unset>"
         ]
     );
