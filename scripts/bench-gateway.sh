@@ -6,9 +6,10 @@
 # Then reach by RBAC (REACH=1, the default; the policy is on): SERVICES Services (default
 # 1,000, 10 per namespace) with the peers above (spread over OWNERS owners, default 50): the
 # gateway's RSS, the time from a RoleBinding to a peer reaching that namespace, and iperf3
-# throughput through the tunnel to a pod with the policy on and then off (--reach=all, same run).
+# throughput through the tunnel to a pod with the policy on and off (--reach=all, same run),
+# interleaved over rollouts, as medians, with the gateways' CPU time per GB (see below).
 # Target: on >= 95 % of off.
-#   COUNTS="1000 10000" SAMPLES=10 PROFILE=release scripts/bench-gateway.sh
+#   COUNTS="1000 10000" SAMPLES=10 PROFILE=release ROUNDS=3 PER=2 WINDOW=5 scripts/bench-gateway.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -124,26 +125,121 @@ for _ in $(seq 1 3000); do reaches && break; sleep 0.02; done
 reaches || { echo "the RoleBinding did not take effect within a minute" >&2; exit 1; }
 RB_MS=$(( ($(date +%s%N) - T0) / 1000000 ))
 echo "RoleBinding -> namespace reachable: $RB_MS ms"
-# The median of 3 iperf3 runs of 5 s (the machine is shared: single runs vary by ~10 %).
-iperf() {
-    for _ in 1 2 3; do
-        ip netns exec "$LAPTOP" timeout 20 iperf3 -c "$IPERF" -p 5201 -t 5 -J --connect-timeout 3000 \
-            | python3 -c 'import json,sys; print("%.0f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6))'
-    done | sort -n | sed -n 2p
+# Throughput and CPU with the policy on vs off, interleaved: the gateway reads --reach only at
+# start, so every window gets fresh replicas from a rollout (on, off, on, off, ..., ROUNDS of
+# each, PER iperf3 windows of WINDOW s per rollout) and the figures are medians per mode. Each
+# window starts once the gateways are idle (the startup reviews done) and ends before the next
+# every-60 s full re-review (--reach-refresh; a window that would cross one waits for the
+# next minute); a window that crossed one anyway is marked and left out of the medians.
+# Besides Mbit/s, the gateways' CPU time (utime + stime of every replica, /proc/<pid>/stat)
+# per GB through the tunnel: the per-packet cost of the nftables lookups, less noisy than
+# throughput on a shared machine (the kernel forwards a packet written to the TUN device in
+# the gateway's write(), so the reach table's lookups land in its stime).
+ROUNDS=${ROUNDS:-3}
+PER=${PER:-2}
+WINDOW=${WINDOW:-5}
+REFRESH=60
+TCK=$(getconf CLK_TCK)
+gw_pids() {
+    local ns p
+    for ns in $(ip netns list | awk -v pre="$PREFIX-pod-kwg-gateway-" 'index($1, pre) == 1 {print $1}'); do
+        for p in $(ip netns pids "$ns" 2>/dev/null); do
+            if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = kwg-gateway ]; then echo "$p"; fi
+        done
+    done | sort -n
 }
-ON=$(iperf)
-echo "throughput, policy on:  $ON Mbit/s (median of 3)"
-# The same cluster with --reach=all (a rolling update of the gateway).
-kube -n kwg-gateway get deployment kwg-gateway -o json | python3 -c '
+# Sum of utime and stime (ticks) of the given pids.
+cpu_ticks() { local p; for p in "$@"; do cat "/proc/$p/stat" 2>/dev/null; done | awk '{ t += $14 + $15 } END { print t + 0 }'; }
+# The latest full re-review minute each pid has entered (age / REFRESH), space-separated.
+minutes() {
+    local up p
+    up=$(awk '{print $1}' /proc/uptime)
+    for p in "$@"; do
+        awk -v up="$up" -v tck="$TCK" -v r="$REFRESH" '{ printf "%d ", (up - $22 / tck) / r }' "/proc/$p/stat" 2>/dev/null || echo "gone "
+    done
+}
+# Seconds left before the next re-review of the pid nearest to one.
+slot_left() {
+    local up
+    up=$(awk '{print $1}' /proc/uptime)
+    for p in "$@"; do awk -v up="$up" -v tck="$TCK" -v r="$REFRESH" '{ a = up - $22 / tck; print r - (a - int(a / r) * r) }' "/proc/$p/stat" 2>/dev/null || true; done | sort -n | head -1
+}
+# Waits for the gateways to be idle (< 3 % of a core over 1 s), at most 90 s.
+settle() {
+    local a b i
+    for i in $(seq 1 90); do
+        a=$(cpu_ticks "$@"); sleep 1; b=$(cpu_ticks "$@")
+        [ $(( (b - a) * 100 / TCK )) -lt 3 ] && return 0
+    done
+    echo "  (the gateways were still busy after 90 s)" >&2
+}
+# A rollout to --reach=$1 (rbac or all), then waits for the replicas, the tunnel and idleness.
+REPLICAS=$(kube -n kwg-gateway get deployment kwg-gateway -o jsonpath='{.spec.replicas}')
+ROUND=0
+rollout() {
+    ROUND=$((ROUND + 1))
+    kube -n kwg-gateway get deployment kwg-gateway -o json | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-d["spec"]["template"]["spec"]["containers"][0].setdefault("env", []).append({"name": "KWG_REACH", "value": "all"})
+t = d["spec"]["template"]
+t["metadata"].setdefault("annotations", {})["kwg.io/bench-round"] = sys.argv[2]
+c = t["spec"]["containers"][0]
+c["env"] = [e for e in c.get("env", []) if e["name"] != "KWG_REACH"] + [{"name": "KWG_REACH", "value": sys.argv[1]}]
 for k in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
     d["metadata"].pop(k, None)
 d.pop("status", None)
-print(json.dumps(d))' | kube replace -f - >/dev/null
-kube -n kwg-gateway rollout status deployment/kwg-gateway --timeout=120s >/dev/null
-for _ in $(seq 1 600); do reaches && break; sleep 0.1; done
-OFF=$(iperf)
-echo "throughput, policy off: $OFF Mbit/s (median of 3)"
-awk -v on="$ON" -v off="$OFF" 'BEGIN { printf "policy on / off: %.2f (>= 0.95 meets the target)\n", on / off }'
+print(json.dumps(d))' "$1" "$ROUND" | kube replace -f - >/dev/null
+    kube -n kwg-gateway rollout status deployment/kwg-gateway --timeout=180s >/dev/null
+    for _ in $(seq 1 300); do [ "$(gw_pids | wc -l)" = "$REPLICAS" ] && break; sleep 0.2; done
+    for _ in $(seq 1 600); do reaches && break; sleep 0.1; done
+    reaches || { echo "the peer does not reach bench-iperf after the rollout to --reach=$1" >&2; exit 1; }
+}
+# One window: prints "Mbit/s CPU-s/GB utime-s/GB stime-s/GB crossed" (crossed: 1 if a
+# re-review started during it).
+window() {
+    local pids u0 s0 u1 s1 m0 m1 out
+    mapfile -t pids < <(gw_pids)
+    while [ "$(slot_left "${pids[@]}" | cut -d. -f1)" -lt $((WINDOW + 4)) ]; do sleep 1; done
+    settle "${pids[@]}"
+    while [ "$(slot_left "${pids[@]}" | cut -d. -f1)" -lt $((WINDOW + 4)) ]; do sleep 1; done
+    m0=$(minutes "${pids[@]}")
+    read -r u0 s0 < <(for p in "${pids[@]}"; do cat "/proc/$p/stat"; done | awk '{ u += $14; s += $15 } END { print u + 0, s + 0 }')
+    out=$(ip netns exec "$LAPTOP" timeout $((WINDOW + 15)) iperf3 -c "$IPERF" -p 5201 -t "$WINDOW" -J --connect-timeout 3000)
+    read -r u1 s1 < <(for p in "${pids[@]}"; do cat "/proc/$p/stat"; done | awk '{ u += $14; s += $15 } END { print u + 0, s + 0 }')
+    m1=$(minutes "${pids[@]}")
+    echo "$out" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["end"]["sum_received"]
+u, s, tck, crossed = (float(x) for x in sys.argv[1:5])
+gb = r["bytes"] / 1e9
+print("%.0f %.2f %.2f %.2f %d" % (r["bits_per_second"] / 1e6, (u + s) / tck / gb, u / tck / gb, s / tck / gb, crossed))' \
+        $((u1 - u0)) $((s1 - s0)) "$TCK" "$([ "$m0" = "$m1" ] && echo 0 || echo 1)"
+}
+echo "policy on/off interleaved: $ROUNDS rollouts each, $PER windows of $WINDOW s per rollout, $REPLICAS replicas"
+printf "%-4s %-4s %8s %10s %10s %10s  %s\n" mode run Mbit/s "CPU-s/GB" "user-s/GB" "sys-s/GB" ""
+RESULTS=$(mktemp)
+for r in $(seq 1 "$ROUNDS"); do
+    for mode in on off; do
+        if [ $mode = on ]; then rollout rbac; else rollout all; fi
+        for w in $(seq 1 "$PER"); do
+            read -r MB CPU US SY CROSSED < <(window)
+            note=; [ "$CROSSED" = 1 ] && note="crossed a re-review: left out"
+            printf "%-4s %-4s %8s %10s %10s %10s  %s\n" $mode "$r.$w" "$MB" "$CPU" "$US" "$SY" "$note"
+            [ "$CROSSED" = 1 ] || echo "$mode $MB $CPU $US $SY" >> "$RESULTS"
+        done
+    done
+done
+python3 - "$RESULTS" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+med = {m: [statistics.median(float(r[i]) for r in rows if r[0] == m) for i in range(1, 5)]
+       for m in ("on", "off") if any(r[0] == m for r in rows)}
+if len(med) < 2:
+    sys.exit("no window left for one of the modes")
+n = {m: sum(r[0] == m for r in rows) for m in med}
+for m in ("on", "off"):
+    print("median, policy %-3s (%d windows): %.0f Mbit/s, %.2f CPU-s/GB (user %.2f, sys %.2f)" % (m, n[m], *med[m]))
+print("throughput on / off: %.2f (>= 0.95 meets the target)" % (med["on"][0] / med["off"][0]))
+print("gateway CPU per GB, on / off: %.2f (<= 1.05 meets the target from the CPU side)" % (med["on"][1] / med["off"][1]))
+PY
+rm -f "$RESULTS"
