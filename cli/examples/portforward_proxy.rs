@@ -17,7 +17,13 @@ async fn main() -> anyhow::Result<()> {
         bail!("the client is kwg or kube-rs, not {which}");
     }
     let port: u16 = port.parse().context("PORT")?;
-    let client = kube::Client::try_default().await?;
+    // As kwg opens them: the kwg client on kwg's stream client (TCP_NODELAY), kube-rs's on
+    // kube-rs's default one.
+    let config = kube::Config::infer().await?;
+    let client = match which.as_str() {
+        "kwg" => kwg::portforward::stream_client(&config)?,
+        _ => kube::Client::try_from(config)?,
+    };
     let listener = TcpListener::bind(listen.as_str()).await?;
     println!("Forwarding from {listen} -> {port}");
     loop {

@@ -18,6 +18,9 @@ use crate::error::Error;
 #[derive(Clone)]
 pub struct Kube {
     pub client: Client,
+    /// For port-forward streams: `TCP_NODELAY`, no read timeout
+    /// ([`crate::portforward::stream_client`]).
+    pub streams: Client,
     pub server: String,
     pub user: String,
     /// The user's groups as the API server gives them (SelfSubjectReview); `None` when it
@@ -68,6 +71,8 @@ impl Kube {
             .trim_end_matches('/')
             .to_string();
         let default_namespace = config.default_namespace.clone();
+        let streams = crate::portforward::stream_client(&config)
+            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
         let client = Client::try_from(config).map_err(|e| Error::Kubeconfig(e.to_string()))?;
         // The name the API server authenticates (what RBAC and the peer-ownership policy
         // see), not the kubeconfig's name for the user entry.
@@ -77,6 +82,7 @@ impl Kube {
         };
         Ok(Kube {
             client,
+            streams,
             server,
             user,
             groups,

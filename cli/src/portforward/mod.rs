@@ -9,6 +9,7 @@
 //! RBAC (Kubernetes 1.32): the upgrade is a GET, authorized as `get pods/portforward`; from
 //! 1.35 `create` is checked too. Finding a ready gateway pod needs `list pods`.
 
+mod client;
 mod demux;
 mod stream;
 
@@ -18,6 +19,7 @@ use kube::core::Request;
 use kube::{Client, Resource};
 use kwg_wg::contract::GATEWAY_POD_SELECTOR;
 
+pub use client::stream_client;
 pub use demux::ProtocolError;
 pub use stream::{MAX_MESSAGE, PodPortError, PodStream};
 

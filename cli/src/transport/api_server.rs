@@ -10,7 +10,7 @@ use crate::cluster::Kube;
 /// namespace. The error is one sentence (a 403 names the permission to ask for).
 pub(super) async fn open(kube: Option<Kube>, ns: &str) -> Result<Box<dyn ByteStream>, String> {
     let kube = kube.ok_or("the API-server path needs the cluster's kubeconfig")?;
-    let (pod, stream) = crate::portforward::open_gateway(kube.client, ns, WIREGUARD_PORT)
+    let (pod, stream) = crate::portforward::open_gateway(kube.streams, ns, WIREGUARD_PORT)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(namespace = ns, pod, "port-forward to the gateway pod open");
