@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::GatewayError;
 
 /// Open streams at most: each costs a task and a few hundred KiB of buffers at most; a
-/// connection beyond it is closed at once (the limit bounds what unauthenticated clients can
-/// hold; the device closes streams idle for longer than a session lives).
+/// connection beyond it is closed at once. A connection the device has not answered (no
+/// handshake of a known peer) within `kwg_wg::device::UNANSWERED` (10 s) is closed, so holding
+/// every slot takes a steady ~400 new connections a second, not 4096 idle ones; the device
+/// also closes streams idle for longer than a session lives.
 pub const MAX_STREAMS: usize = 4096;
 
 /// Binds TCP `[::]:port` (dual-stack where `net.ipv6.bindv6only` is 0, as by default; IPv4
@@ -62,7 +64,7 @@ pub async fn serve(
         if let Err(e) = set_stream_options(&stream) {
             tracing::debug!(%from, error = %e, "cannot set TCP options");
         }
-        if let Err(e) = device.attach_stream(stream, format!("tcp {from}")) {
+        if let Err(e) = device.accept_stream(stream, format!("tcp {from}")) {
             tracing::debug!(%from, error = %e, "device stopped: TCP connection dropped");
             return;
         }

@@ -14,7 +14,8 @@ fn endpoint_of(d: &NsDevice, key: &kwg_wg::keys::PublicKey) -> Option<SocketAddr
     d.block_on(d.handle.peer_endpoint(key))
 }
 
-/// Accepts TCP on `b`'s 192.168.77.2:51820 and attaches every connection to `b`'s device.
+/// Accepts TCP on `b`'s 192.168.77.2:51820 and attaches every connection to `b`'s device as
+/// the gateway does (closed when not answered within `UNANSWERED`).
 fn serve_tcp(ns: &Netns, d: &NsDevice) {
     let listener = ns.run(|| std::net::TcpListener::bind("192.168.77.2:51820").unwrap());
     listener.set_nonblocking(true).unwrap();
@@ -24,7 +25,7 @@ fn serve_tcp(ns: &Netns, d: &NsDevice) {
         tokio::spawn(async move {
             while let Ok((s, from)) = l.accept().await {
                 kwg_wg::io::stream::set_stream_options(&s).unwrap();
-                handle.attach_stream(s, format!("tcp {from}")).unwrap();
+                handle.accept_stream(s, format!("tcp {from}")).unwrap();
             }
         });
     });
@@ -124,5 +125,46 @@ fn a_junk_stream_is_dropped_and_the_device_keeps_serving() {
     assert!(
         link.a.probe_until(&link.b, "10.70.0.2:7000", 5),
         "the tunnel over UDP works"
+    );
+}
+
+#[test]
+fn an_accepted_connection_that_never_authenticates_is_closed_and_a_peers_stays() {
+    let Pair { link, a, b } = pair();
+    let pb = b.handle.public_key();
+    serve_tcp(&link.b, &b);
+    // A connection that sends nothing a known peer would (here: nothing at all) ...
+    let silent = link
+        .a
+        .run(|| std::net::TcpStream::connect("192.168.77.2:51820").unwrap());
+    // ... and a's own stream, over which a handshakes.
+    let tcp = link
+        .a
+        .run(|| std::net::TcpStream::connect("192.168.77.2:51820").unwrap());
+    tcp.set_nonblocking(true).unwrap();
+    let h = a.handle.clone();
+    a.block_on(async move {
+        let s = tokio::net::TcpStream::from_std(tcp).unwrap();
+        let ep = h.attach_stream(s, "tcp to b").unwrap();
+        h.pin_endpoint(&pb, ep).await.unwrap();
+    });
+    assert!(link.a.probe_until(&link.b, "10.70.0.2:7000", 5), "over TCP");
+    assert!(wait_for(Duration::from_secs(3), || b.handle.streams() == 2));
+    let gone = wait_for(kwg_wg::device::UNANSWERED + Duration::from_secs(3), || {
+        b.handle.streams() == 1
+    });
+    assert!(gone, "the silent connection was closed");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut &silent, &mut byte).ok(),
+        Some(0),
+        "closed by the device"
+    );
+    assert!(
+        link.a.probe_until(&link.b, "10.70.0.2:7000", 3),
+        "a's stream stays"
     );
 }

@@ -86,7 +86,26 @@ impl DeviceHandle {
         stream: impl ByteStream,
         label: impl Into<String>,
     ) -> Result<SocketAddr, Error> {
-        Ok(self.live()?.attach_stream(Box::new(stream), label.into()))
+        Ok(self
+            .live()?
+            .attach_stream(Box::new(stream), label.into(), None))
+    }
+
+    /// [`DeviceHandle::attach_stream`] for a connection someone else opened (a listener's):
+    /// closed when the device has sent nothing over it within
+    /// [`UNANSWERED`](super::UNANSWERED) of attaching. The device answers only
+    /// handshakes from known peers (and cookie replies under load), so a connection that
+    /// never authenticates holds its slot only that long.
+    pub fn accept_stream(
+        &self,
+        stream: impl ByteStream,
+        label: impl Into<String>,
+    ) -> Result<SocketAddr, Error> {
+        Ok(self.live()?.attach_stream(
+            Box::new(stream),
+            label.into(),
+            Some(super::streams::UNANSWERED),
+        ))
     }
 
     /// Whether the stream of endpoint `ep` still runs.

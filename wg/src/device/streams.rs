@@ -30,6 +30,9 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// (Reject-After-Time, 180 s, WireGuard paper §6.1), and it bounds what a connection that
 /// never authenticates can hold.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(180);
+/// A stream a listener accepted is closed when the device has sent nothing over it this long
+/// after attaching (see [`super::DeviceHandle::accept_stream`]).
+pub const UNANSWERED: std::time::Duration = std::time::Duration::from_secs(10);
 /// Bytes asked of one read.
 const READ_BUF: usize = 64 * 1024;
 
@@ -116,12 +119,19 @@ impl Shared {
         self: &Arc<Self>,
         stream: Box<dyn ByteStream>,
         label: String,
+        answer_within: Option<std::time::Duration>,
     ) -> SocketAddr {
         let ep = stream::stream_endpoint(self.streams.next.fetch_add(1, Ordering::Relaxed) + 1);
         let (tx, rx) = mpsc::channel(QUEUE);
         // Registered before the task runs, so the task's own removal always finds it.
         let mut open = self.streams.lock();
-        let task = tokio::spawn(run(self.clone(), ep, stream, rx, label.clone()));
+        let task = tokio::spawn(run(
+            self.clone(),
+            ep,
+            (stream, answer_within),
+            rx,
+            label.clone(),
+        ));
         tracing::info!(endpoint = %ep, stream = %label, "stream attached");
         open.insert(ep, Entry { tx, task, label });
         ep
@@ -131,14 +141,16 @@ impl Shared {
 async fn run(
     shared: Arc<Shared>,
     ep: SocketAddr,
-    stream: Box<dyn ByteStream>,
+    (stream, answer_within): (Box<dyn ByteStream>, Option<std::time::Duration>),
     rx: mpsc::Receiver<Vec<u8>>,
     label: String,
 ) {
     let (reader, writer) = tokio::io::split(stream);
+    let sent = std::sync::atomic::AtomicBool::new(false);
     let why = tokio::select! {
         r = read_loop(&shared, ep, reader) => r,
-        r = write_loop(writer, rx) => r,
+        r = write_loop(writer, rx, &sent) => r,
+        r = unanswered(answer_within, &sent) => r,
     };
     tracing::info!(endpoint = %ep, stream = %label, reason = %why, "stream ended");
     shared.streams.lock().remove(&ep);
@@ -203,9 +215,28 @@ impl<'a> Iterator for Spans<'a> {
     }
 }
 
+/// Resolves when `within` passed without anything sent (never when `within` is None).
+async fn unanswered(
+    within: Option<std::time::Duration>,
+    sent: &std::sync::atomic::AtomicBool,
+) -> String {
+    match within {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+    if sent.load(Ordering::Relaxed) {
+        std::future::pending().await
+    }
+    format!(
+        "nothing to answer within {} s of connecting (no handshake of a known peer)",
+        within.unwrap_or_default().as_secs()
+    )
+}
+
 async fn write_loop(
     mut writer: impl AsyncWrite + Unpin,
     mut rx: mpsc::Receiver<Vec<u8>>,
+    sent: &std::sync::atomic::AtomicBool,
 ) -> String {
     let mut out = Vec::with_capacity(WRITE_BATCH);
     while let Some(first) = rx.recv().await {
@@ -222,6 +253,7 @@ async fn write_loop(
         if let Err(e) = writer.flush().await {
             return format!("flush failed: {e}");
         }
+        sent.store(true, Ordering::Relaxed);
     }
     "detached".into()
 }
