@@ -14,13 +14,13 @@
 //! while `/metrics` exports only this replica's counter (Prometheus scrapes every replica and
 //! sums; a merged counter there would be counted once per replica).
 
+use crate::core::ActivePeer;
 use blake2::Blake2sMac256;
 use blake2::digest::{FixedOutput, KeyInit, Mac, Update};
 use kwg_wg::contract::GATEWAY_POD_SELECTOR;
 use kwg_wg::device::PeerStats;
 use kwg_wg::keys::{PrivateKey, PublicKey};
 use std::collections::HashMap;
-use crate::core::ActivePeer;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

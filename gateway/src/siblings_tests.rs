@@ -106,7 +106,11 @@ fn a_peers_drops_are_summed_over_the_replicas() {
         ("100.77.0.3".parse().unwrap(), 40),
         ("100.77.0.9".parse().unwrap(), 1),
     ];
-    let mut sib = own_stats(&[sa.clone(), sb, sc, stats(&gone, None, 0)], &peers, &sib_drops);
+    let mut sib = own_stats(
+        &[sa.clone(), sb, sc, stats(&gone, None, 0)],
+        &peers,
+        &sib_drops,
+    );
     assert_eq!(
         sib.iter().map(|s| s.dropped_packets).collect::<Vec<_>>(),
         [5, 40, 0, 0]
@@ -126,7 +130,10 @@ fn a_peers_drops_are_summed_over_the_replicas() {
         dropped_packets: 7,
         ..ReplicaStat::from(&stats(&gone, None, 0))
     });
-    let local = [("100.77.0.2".parse().unwrap(), 3), ("100.77.0.4".parse().unwrap(), 1)];
+    let local = [
+        ("100.77.0.2".parse().unwrap(), 3),
+        ("100.77.0.4".parse().unwrap(), 1),
+    ];
     assert_eq!(
         total_drops(&peers, &local, &sib),
         [
