@@ -29,6 +29,10 @@ use state::StateDir;
 /// Runs a parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
     let dir = StateDir::from_env();
+    if !matches!(cli.command, Command::CiCredentials(_)) {
+        // Before anything in it is trusted: another local user may have planted it.
+        dir.check()?;
+    }
     match cli.command {
         Command::Join(a) => {
             let json = a.output == args::Format::Json;

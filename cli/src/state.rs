@@ -32,7 +32,7 @@ impl StateDir {
     /// control socket), and checks an existing one is this user's and closed to others (a
     /// directory in /tmp may have been made by someone else first).
     pub fn create(&self) -> Result<(), Error> {
-        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -43,19 +43,39 @@ impl StateDir {
                     e,
                 )
             })?;
-        let meta = std::fs::symlink_metadata(&self.0)
-            .map_err(|e| Error::io(format!("inspect {}", self.0.display()), e))?;
-        let uid = nix::unistd::geteuid().as_raw();
-        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
-            return Err(Error::invalid(
-                format!("state directory {}", self.0.display()),
-                format!(
-                    "it must be a directory of uid {uid} that only its owner can open (mode 0700): remove it, or set KWG_STATE_DIR"
-                ),
-            ));
-        }
-        Ok(())
+        self.check()
     }
+
+    /// Refuses a state directory another local user could have planted or can change (a
+    /// symlink, not this user's, or open to group/others): every command trusts what it reads
+    /// there (the kubeconfig, the daemon's pid, the proxy's address). A missing one is fine.
+    pub fn check(&self) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = match std::fs::symlink_metadata(&self.0) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("inspect {}", self.0.display()), e)),
+        };
+        let uid = nix::unistd::geteuid().as_raw();
+        let found = if meta.is_symlink() {
+            "a symlink".to_string()
+        } else if !meta.is_dir() {
+            "not a directory".to_string()
+        } else if meta.uid() != uid {
+            format!("owned by uid {}", meta.uid())
+        } else if meta.mode() & 0o077 != 0 {
+            format!("mode {:04o}", meta.mode() & 0o7777)
+        } else {
+            return Ok(());
+        };
+        Err(Error::invalid(
+            format!("state directory {}", self.0.display()),
+            format!(
+                "it is {found}, but must be a directory of uid {uid} that only its owner can open (mode 0700): remove it, or set KWG_STATE_DIR"
+            ),
+        ))
+    }
+
     pub fn key(&self) -> PathBuf {
         self.0.join("private.key")
     }
@@ -325,6 +345,30 @@ pub(crate) mod tests {
             e.contains("mode 0700") && e.contains("KWG_STATE_DIR"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_planted_state_directory_is_refused_before_anything_is_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = StateDir(dir.path().join("none"));
+        missing.check().unwrap();
+        let real = StateDir(dir.path().join("real"));
+        real.create().unwrap();
+        real.check().unwrap();
+        let link = StateDir(dir.path().join("link"));
+        std::os::unix::fs::symlink(&real.0, &link.0).unwrap();
+        let e = link.check().unwrap_err().to_string();
+        assert!(e.contains("a symlink") && e.contains("remove it"), "{e}");
+        std::fs::set_permissions(&real.0, std::fs::Permissions::from_mode(0o770)).unwrap();
+        let e = real.check().unwrap_err().to_string();
+        assert!(e.contains("mode 0770") && e.contains("remove it"), "{e}");
+        if nix::unistd::geteuid().is_root() {
+            std::fs::set_permissions(&real.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(&real.0, Some(65534), None).unwrap();
+            let e = real.check().unwrap_err().to_string();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+        }
     }
 
     #[test]
