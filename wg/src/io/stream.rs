@@ -115,7 +115,8 @@ impl Decoder {
 }
 
 /// Streams appear to the protocol core as endpoints in `100::/64`, the IPv6 discard-only prefix
-/// (RFC 6666): no datagram ever arrives from there, so a peer roams between UDP and a stream
+/// (RFC 6666): a datagram from there over UDP is spoofed and dropped on receive
+/// ([`crate::io::udp::RecvBufs::datagrams`]), so a peer roams between UDP and a stream
 /// exactly as between two UDP addresses, on authenticated packets only.
 pub fn stream_endpoint(id: u64) -> SocketAddr {
     let ip = Ipv6Addr::from((0x0100u128 << 112) | u128::from(id));

@@ -9,6 +9,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 
 use crate::io::stats::Edge;
+use crate::io::stream::is_stream_endpoint;
 
 /// Socket buffer size: room for a few GSO batches in flight.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -187,11 +188,42 @@ impl Default for RecvBufs {
 }
 
 impl RecvBufs {
-    /// `(source, datagram)` for every datagram of the first `n` entries.
+    /// `(source, datagram)` for every datagram of the first `n` entries. A source in the
+    /// streams' prefix (`100::/64`, [`is_stream_endpoint`]) is spoofed: dropped, so that no
+    /// datagram over UDP can pass for one from a stream (an answer queued into a client's
+    /// stream, a peer moved onto a stream).
     pub fn datagrams(&self, n: usize) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         self.meta[..n]
             .iter()
             .zip(&self.bufs)
+            .filter(|(m, _)| !is_stream_endpoint(&m.addr))
             .flat_map(|(m, b)| b[..m.len].chunks(m.stride.max(1)).map(move |d| (m.addr, d)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::stream::stream_endpoint;
+
+    fn meta(addr: SocketAddr, len: usize) -> RecvMeta {
+        let mut m = RecvMeta::default();
+        m.addr = addr;
+        m.len = len;
+        m.stride = len;
+        m
+    }
+
+    #[test]
+    fn datagrams_from_the_stream_prefix_are_dropped() {
+        let mut bufs = RecvBufs::default();
+        let udp: SocketAddr = "[2001:db8::1]:51820".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:51820".parse().unwrap();
+        bufs.meta[0] = meta(udp, 3);
+        bufs.meta[1] = meta(stream_endpoint(1), 4);
+        bufs.meta[2] = meta("[100::ffff:0:1]:0".parse().unwrap(), 5);
+        bufs.meta[3] = meta(mapped, 6);
+        let got: Vec<(SocketAddr, usize)> = bufs.datagrams(4).map(|(a, d)| (a, d.len())).collect();
+        assert_eq!(got, [(udp, 3), (mapped, 6)]);
     }
 }
