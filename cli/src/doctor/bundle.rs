@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use super::gather::Findings;
-use super::redact::redact;
+use super::redact;
 use crate::error::Error;
 use crate::state::StateDir;
 
@@ -14,6 +14,13 @@ const MAX_LOG: usize = 4 << 20;
 
 /// The files of the bundle, already redacted: (name, contents).
 pub fn contents(f: &Findings, dir: &StateDir) -> Vec<(String, String)> {
+    // Public keys identify peers and are no secret: they stay readable.
+    let public: Vec<String> = f
+        .info
+        .iter()
+        .map(|i| i.public_key.to_string())
+        .chain(f.status.iter().filter_map(|s| s.gateway_key.clone()))
+        .collect();
     let mut files: Vec<(String, String)> = Vec::new();
     let uname = nix::sys::utsname::uname()
         .map(|u| {
@@ -74,21 +81,17 @@ pub fn contents(f: &Findings, dir: &StateDir) -> Vec<(String, String)> {
             .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".kube/config")))
     });
     if let Some(text) = kubeconfig.and_then(|p| std::fs::read_to_string(p).ok()) {
-        files.push(("kubeconfig.yaml".into(), text));
+        files.push(("kubeconfig.yaml".into(), redact::kubeconfig(&text, &public)));
     }
     if let Ok(text) = std::fs::read_to_string("/etc/resolv.conf") {
         files.push(("resolv.conf".into(), text));
     }
-    // Public keys identify peers and are no secret: they stay readable.
-    let public: Vec<String> = f
-        .info
-        .iter()
-        .map(|i| i.public_key.to_string())
-        .chain(f.status.iter().filter_map(|s| s.gateway_key.clone()))
-        .collect();
     files
         .into_iter()
-        .map(|(name, text)| (name, redact(&text, &public)))
+        .map(|(name, text)| match name.as_str() {
+            "kubeconfig.yaml" => (name, text),
+            _ => (name, redact::redact(&text, &public)),
+        })
         .collect()
 }
 

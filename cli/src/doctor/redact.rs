@@ -5,6 +5,7 @@
 use std::sync::LazyLock;
 
 use regex::Regex;
+use serde_yaml_ng::Value;
 
 /// What replaces a secret.
 pub const REDACTED: &str = "REDACTED";
@@ -15,10 +16,13 @@ static PEM: LazyLock<Regex> = LazyLock::new(|| {
 /// `key: value`, `key=value`, `"key": "value"` for the names secrets go by.
 static FIELD: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r#"(?i)("?[a-z0-9_-]*(?:token|password|passwd|secret|private[_-]?key|preshared[_-]?key|client-key-data|client-certificate-data|certificate-authority-data|cookie)"?\s*[:=]\s*)("?)([^"\s,}]+)"#,
+        r#"(?i)("?[a-z0-9_.-]*(?:token|password|passwd|pwd|secret|private[_-]?key|preshared[_-]?key|api[_-]?key|access[_-]?key|credential|client-key-data|client-certificate-data|certificate-authority-data|cookie)[a-z0-9_.-]*"?[ \t]*[:=][ \t]*)("?)([^"\s,}]+)"#,
     )
     .unwrap()
 });
+/// `scheme://user:password@host`: the password goes, the user stays.
+static URL_USERINFO: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@").unwrap());
 static AUTH_HEADER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9\-._~+/]+=*").unwrap());
 static JWT: LazyLock<Regex> = LazyLock::new(|| {
@@ -26,27 +30,119 @@ static JWT: LazyLock<Regex> = LazyLock::new(|| {
 });
 /// Base64 of `-----BEGIN` (certificate or key data without its field name).
 static PEM_B64: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"LS0tLS1C[A-Za-z0-9+/=]+").unwrap());
-/// A 32-byte key in base64 (WireGuard's format) or hex (its UAPI's).
+/// A 32-byte key in base64 (WireGuard's format) or hex (its UAPI's), not inside a longer
+/// base64 or hex run (the regex crate has no look-behind: group 1 takes the character before).
 static KEY32: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=|\b[0-9a-fA-F]{64}\b").unwrap()
+    Regex::new(r"(^|[^A-Za-z0-9+/_])([A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=|[0-9a-fA-F]{64}\b)")
+        .unwrap()
 });
 
 /// Redacts `text`, keeping the keys of `public` (base64) readable.
 pub fn redact(text: &str, public: &[String]) -> String {
     let s = PEM.replace_all(text, "-----REDACTED $1-----");
     let s = FIELD.replace_all(&s, format!("${{1}}${{2}}{REDACTED}").as_str());
+    let s = URL_USERINFO.replace_all(&s, format!("${{1}}{REDACTED}@").as_str());
     let s = AUTH_HEADER.replace_all(&s, format!("${{1}}${{2}}{REDACTED}").as_str());
     let s = JWT.replace_all(&s, REDACTED);
     let s = PEM_B64.replace_all(&s, REDACTED);
     KEY32
         .replace_all(&s, |c: &regex::Captures| {
-            let k = &c[0];
+            let k = &c[2];
             match public.iter().any(|p| p == k) {
-                true => k.to_string(),
-                false => REDACTED.to_string(),
+                true => c[0].to_string(),
+                false => format!("{}{REDACTED}", &c[1]),
             }
         })
         .into_owned()
+}
+
+/// A kubeconfig: every credential under `users[].user` is blanked by structure (what is kept
+/// says which auth method and which exec plugin run, and nothing more), then the text pass runs.
+/// Text that is not YAML gets the text pass alone.
+pub fn kubeconfig(text: &str, public: &[String]) -> String {
+    let Ok(mut doc) = serde_yaml_ng::from_str::<Value>(text) else {
+        return redact(text, public);
+    };
+    if let Some(users) = doc.get_mut("users").and_then(Value::as_sequence_mut) {
+        for u in users {
+            if let Some(user) = u.get_mut("user") {
+                user_entry(user);
+            }
+        }
+    }
+    let text = serde_yaml_ng::to_string(&doc).unwrap_or_else(|_| text.to_string());
+    redact(&text, public)
+}
+
+/// Names of flags and variables that carry a secret.
+static SECRET_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)token|passw|pwd|secret|key|credential|cookie|auth").unwrap());
+
+fn user_entry(user: &mut Value) {
+    let Some(m) = user.as_mapping_mut() else {
+        return blank(user);
+    };
+    for (k, v) in m.iter_mut() {
+        match k.as_str().unwrap_or_default() {
+            // Paths and the user's name: no secret, and they tell which method is used.
+            "username" | "client-certificate" | "client-key" | "tokenFile" => {}
+            "exec" => exec(v),
+            "auth-provider" => keep_only(v, &["name"]),
+            _ => blank(v),
+        }
+    }
+}
+
+fn exec(v: &mut Value) {
+    let Some(m) = v.as_mapping_mut() else {
+        return blank(v);
+    };
+    for (k, v) in m.iter_mut() {
+        match k.as_str().unwrap_or_default() {
+            "command" | "apiVersion" | "installHint" | "interactiveMode" | "provideClusterInfo" => {
+            }
+            "args" => {
+                let mut after_secret_flag = false;
+                for a in v.as_sequence_mut().into_iter().flatten() {
+                    let s = a.as_str().unwrap_or_default().to_string();
+                    if after_secret_flag && !s.starts_with('-') {
+                        blank(a);
+                    }
+                    after_secret_flag =
+                        s.starts_with('-') && !s.contains('=') && SECRET_NAME.is_match(&s);
+                }
+            }
+            "env" => {
+                for e in v.as_sequence_mut().into_iter().flatten() {
+                    keep_only(e, &["name"]);
+                }
+            }
+            _ => blank(v),
+        }
+    }
+}
+
+/// Blanks every value of the mapping `v` but those of `keep`.
+fn keep_only(v: &mut Value, keep: &[&str]) {
+    let Some(m) = v.as_mapping_mut() else {
+        return blank(v);
+    };
+    for (k, v) in m.iter_mut() {
+        if !keep.contains(&k.as_str().unwrap_or_default()) {
+            blank(v);
+        }
+    }
+}
+
+/// Replaces every scalar under `v` (keys stay, so the shape can still be read).
+fn blank(v: &mut Value) {
+    match v {
+        Value::Sequence(s) => s.iter_mut().for_each(blank),
+        Value::Mapping(m) => m.iter_mut().for_each(|(_, v)| blank(v)),
+        Value::Tagged(t) => blank(&mut t.value),
+        Value::Null | Value::Bool(_) => {}
+        _ => *v = Value::String(REDACTED.into()),
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ const KEY: &str = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIIx5nq3dF0gQ1xYwqYvQ8
 const TOKEN: &str = "kwg-ci.7f3b2c9a1e8d4f60b5a2c7e9d1f3a8b6";
 const JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a3dnOmNpIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmUtMTIzNDU2Nzg5MA";
 
-fn kubeconfig() -> String {
+fn kubeconfig_fixture() -> String {
     format!(
         r#"apiVersion: v1
 kind: Config
@@ -66,7 +66,7 @@ fn assert_clean(out: &str, secrets: &[&str]) {
 
 #[test]
 fn a_kubeconfig_keeps_its_shape_and_loses_every_credential() {
-    let out = redact(&kubeconfig(), &[]);
+    let out = redact(&kubeconfig_fixture(), &[]);
     assert_clean(
         &out,
         &[
@@ -139,4 +139,120 @@ fn bearer_tokens_in_logs_are_redacted() {
     assert_clean(&out, &[TOKEN, JWT, "YWRtaW46aHVudGVyMg"]);
     assert!(out.contains("Bearer REDACTED"), "{out}");
     assert!(out.contains("is unreachable (connection refused)"), "{out}");
+}
+
+#[test]
+fn a_kubeconfig_exec_plugin_keeps_its_command_and_env_names_only() {
+    let text = r#"apiVersion: v1
+kind: Config
+users:
+- name: vault
+  user:
+    exec:
+      apiVersion: client.authentication.k8s.io/v1
+      command: vault-k8s-login
+      args: ["--role", "dev", "--auth-token", "hvs.CAESIJ9vault-secret", "--password=pw-in-arg"]
+      env:
+      - name: VAULT_TOKEN
+        value: hvs.CAESIvault-env-secret
+      - name: AWS_PROFILE
+        value: prod-profile-name
+      interactiveMode: Never
+- name: sso
+  user:
+    auth-provider:
+      name: oidc
+      config:
+        idp-issuer-url: https://issuer.example
+        extra: opaque-provider-secret
+- name: files
+  user:
+    client-certificate: /home/alice/.kube/alice.crt
+    client-key: /home/alice/.kube/alice.key
+    as-user-extra: {scopes: [impersonated-secret-scope]}
+"#;
+    let out = kubeconfig(text, &[]);
+    assert_clean(
+        &out,
+        &[
+            "hvs.CAESIJ9vault-secret",
+            "hvs.CAESIvault-env-secret",
+            "prod-profile-name",
+            "pw-in-arg",
+            "opaque-provider-secret",
+            "impersonated-secret-scope",
+        ],
+    );
+    let doc: serde_json::Value = serde_yaml_ng::from_str(&out).unwrap();
+    let exec = &doc["users"][0]["user"]["exec"];
+    assert_eq!(exec["command"], "vault-k8s-login", "{out}");
+    assert_eq!(exec["apiVersion"], "client.authentication.k8s.io/v1");
+    assert_eq!(exec["args"][0], "--role");
+    assert_eq!(exec["args"][1], "dev");
+    assert_eq!(exec["args"][3], REDACTED);
+    assert_eq!(exec["env"][0]["name"], "VAULT_TOKEN");
+    assert_eq!(exec["env"][0]["value"], REDACTED);
+    assert_eq!(exec["env"][1]["value"], REDACTED);
+    assert_eq!(doc["users"][1]["user"]["auth-provider"]["name"], "oidc");
+    assert_eq!(
+        doc["users"][2]["user"]["client-key"],
+        "/home/alice/.kube/alice.key"
+    );
+}
+
+#[test]
+fn the_existing_kubeconfig_checks_hold_through_the_structural_pass() {
+    let out = kubeconfig(&kubeconfig_fixture(), &[]);
+    assert_clean(
+        &out,
+        &[TOKEN, JWT, "1//0gLrefresh", "s3cr3t-value", "hunter2"],
+    );
+    assert!(out.contains("server: https://192.0.2.1:6443"), "{out}");
+    assert!(out.contains("username: admin"), "{out}");
+    // Not YAML: the text pass alone still runs.
+    assert_eq!(kubeconfig(": [\ntoken: abc", &[]), ": [\ntoken: REDACTED");
+}
+
+#[test]
+fn secret_words_anywhere_in_a_field_name_and_url_passwords_are_redacted() {
+    let text = "[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\n\
+                aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n\
+                {\"apiKey\": \"sk-live-123456\", \"user\": \"alice\"}\n\
+                client_secret_value: abcdef-secret\n\
+                proxy-url: https://alice:p4ss-w0rd@proxy.example:3128/path\n\
+                tokens:\n  keep-this-line: 1\n";
+    let out = redact(text, &[]);
+    assert_clean(
+        &out,
+        &[
+            "AKIAIOSFODNN7EXAMPLE",
+            "wJalrXUtnFEMI",
+            "sk-live-123456",
+            "abcdef-secret",
+            "p4ss-w0rd",
+        ],
+    );
+    assert!(out.contains("aws_secret_access_key = REDACTED"), "{out}");
+    assert!(out.contains(r#""apiKey": "REDACTED""#), "{out}");
+    assert!(
+        out.contains("https://alice:REDACTED@proxy.example:3128/path"),
+        "{out}"
+    );
+    assert!(out.contains(r#""user": "alice""#), "{out}");
+    // A section name with a secret word does not swallow the next line.
+    assert!(out.contains("keep-this-line: 1"), "{out}");
+}
+
+#[test]
+fn keys_starting_with_plus_or_slash_are_redacted_but_not_inside_longer_base64() {
+    let plus = format!("+{}E=", "A".repeat(41));
+    let slash = format!("/{}", &plus[1..]);
+    assert_eq!(plus.len(), 44);
+    let long = format!("Zm9v{plus}");
+    let text = format!("peer key {plus}\nkey:{slash}\nblob {long}\n");
+    let out = redact(&text, &[]);
+    assert!(!out.contains(&slash), "{out}");
+    assert!(out.contains("peer key REDACTED\nkey:REDACTED\n"), "{out}");
+    // Part of a longer base64 run: not a key on its own.
+    assert!(out.contains(&long), "{out}");
 }
