@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::http::{self, ProxyRequest};
+use super::owner::{self, Gate};
 use super::route::{Router, Stream};
 use super::socks;
 use super::target::Target;
@@ -24,26 +25,19 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves clients on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, router: Router) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
-    let owner = nix::unistd::geteuid().as_raw();
+    let gate = Arc::new(Gate::new("proxy"));
     loop {
-        let Ok((client, from)) = listener.accept().await else {
-            continue;
-        };
-        // Only the user who joined: another local user would reach the cluster as them.
-        let uid = client
-            .local_addr()
-            .ok()
-            .and_then(|at| super::owner::uid_of(from, at));
-        if uid != Some(owner) {
-            tracing::warn!(%from, ?uid, owner, "proxy client of another user refused");
-            continue;
-        }
+        let (client, from) = owner::accept(&listener).await;
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%from, "proxy busy: {MAX_CLIENTS} clients, closing a new one");
             continue;
         };
-        let router = router.clone();
+        let (router, gate) = (router.clone(), gate.clone());
         tokio::spawn(async move {
+            // Only the user who joined: another local user would reach the cluster as them.
+            if !gate.admits(&client, from).await {
+                return;
+            }
             let _ = client.set_nodelay(true);
             if let Err(e) = serve_one(client, &router).await {
                 tracing::debug!(%from, error = %e, "proxy client");
