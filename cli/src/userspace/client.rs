@@ -4,12 +4,15 @@
 //! connects directly and `exec` sets nothing.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use super::owner::{self, Gate};
 use super::socks;
 use super::target::{Target, parse_port};
 use crate::error::Error;
+use crate::lock::{DaemonLock, Holder};
 use crate::state::{State, StateDir};
 
 /// `kwg forward LOCAL_PORT:HOST:PORT`.
@@ -34,15 +37,21 @@ impl std::str::FromStr for ForwardSpec {
 
 /// The proxy of the joined daemon: `Ok(None)` when joined with the TUN path.
 fn joined_proxy(dir: &StateDir) -> Result<Option<SocketAddr>, Error> {
-    match State::load(&dir.state())? {
-        Some(state) => Ok(state.proxy),
-        None => Err(Error::invalid(
-            "state",
-            format!(
-                "kwg is not joined (no state in {}): run kwg join first",
-                dir.0.display()
-            ),
-        )),
+    let state = State::load(&dir.state())?;
+    let running = matches!(DaemonLock::holder(&dir.lock()), Holder::Running(_));
+    live_proxy(state.as_ref(), running).map_err(|why| Error::invalid("state", why))
+}
+
+/// The proxy to use given the state and whether its daemon runs. A dead daemon's port is
+/// not used: after a crash any local user could listen on it and receive the traffic.
+fn live_proxy(state: Option<&State>, running: bool) -> Result<Option<SocketAddr>, &'static str> {
+    match (state, running) {
+        (None, _) => Err("kwg is not joined: run kwg join first"),
+        (Some(State { proxy: None, .. }), _) => Ok(None),
+        (Some(State { proxy: Some(p), .. }), true) => Ok(Some(*p)),
+        (Some(_), false) => {
+            Err("not joined (the daemon is not running): run kwg leave, then kwg join")
+        }
     }
 }
 
@@ -60,16 +69,18 @@ pub async fn forward(spec: ForwardSpec, dir: StateDir) -> Result<(), Error> {
     );
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
+    let gate = Arc::new(Gate::new("kwg forward"));
     loop {
-        let (client, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
+        let (client, from) = tokio::select! {
+            a = owner::accept(&listener) => a,
             _ = &mut stop => return Ok(()),
         };
-        let target = spec.target.clone();
+        let (target, gate) = (spec.target.clone(), gate.clone());
         tokio::spawn(async move {
+            // Only this user's programs: another local user would reach the cluster as them.
+            if !gate.admits(&client, from).await {
+                return;
+            }
             if let Err(e) = carry(client, proxy, &target).await {
                 eprintln!("kwg forward: {target}: {e}");
             }
@@ -106,10 +117,11 @@ pub async fn socks_open(
 /// userspace proxy of the joined daemon (in `$KWG_STATE_DIR` or the default), else directly
 /// (the TUN path routes it).
 pub async fn dial_cluster(to: SocketAddr) -> std::io::Result<TcpStream> {
-    let proxy = State::load(&StateDir::from_env().state())
-        .ok()
-        .flatten()
-        .and_then(|s| s.proxy);
+    let dir = StateDir::from_env();
+    let proxy = match dir.check().and_then(|()| joined_proxy(&dir)) {
+        Ok(p) => p,
+        Err(e) => return Err(std::io::Error::other(e.to_string())),
+    };
     match proxy {
         Some(p) => socks_open(p, &Target::from(to))
             .await
@@ -165,6 +177,34 @@ mod tests {
         for bad in ["5432", "0:db:1", "x:db:1", "1:db", "1:db:0", "1:a b:2"] {
             assert!(bad.parse::<ForwardSpec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_dead_daemons_proxy_port_is_never_used() {
+        let mut state = crate::state::tests::sample();
+        state.proxy = Some("127.0.0.1:1080".parse().unwrap());
+        assert_eq!(live_proxy(Some(&state), true), Ok(state.proxy));
+        let e = live_proxy(Some(&state), false).unwrap_err();
+        assert!(
+            e.contains("daemon is not running") && e.contains("kwg leave"),
+            "{e}"
+        );
+        assert!(live_proxy(None, true).unwrap_err().contains("kwg join"));
+        state.proxy = None;
+        assert_eq!(live_proxy(Some(&state), false), Ok(None));
+    }
+
+    #[tokio::test]
+    async fn with_a_dead_daemon_exec_and_forward_refuse_the_recorded_proxy() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir(dir.path().into());
+        let mut state = crate::state::tests::sample();
+        state.proxy = Some("127.0.0.1:1".parse().unwrap());
+        state.save(&sd.state()).unwrap();
+        let e = joined_proxy(&sd).unwrap_err().to_string();
+        assert!(e.contains("the daemon is not running"), "{e}");
+        let _lock = DaemonLock::acquire(&sd.lock()).unwrap();
+        assert_eq!(joined_proxy(&sd).unwrap(), state.proxy);
     }
 
     #[test]
