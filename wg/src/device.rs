@@ -20,7 +20,7 @@ use crate::keys::PrivateKey;
 pub use crate::peer::{PeerConfig, PeerStats};
 use crate::uapi;
 pub use handle::DeviceHandle;
-pub use streams::{ByteStream, UNANSWERED};
+pub use streams::{ByteStream, ORPHANED, UNANSWERED};
 
 /// Default MTU: 1500 minus the largest WireGuard overhead (IPv6 40 + UDP 8 + WireGuard 32).
 pub const DEFAULT_MTU: u16 = 1420;

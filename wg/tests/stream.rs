@@ -128,16 +128,8 @@ fn a_junk_stream_is_dropped_and_the_device_keeps_serving() {
     );
 }
 
-#[test]
-fn an_accepted_connection_that_never_authenticates_is_closed_and_a_peers_stays() {
-    let Pair { link, a, b } = pair();
-    let pb = b.handle.public_key();
-    serve_tcp(&link.b, &b);
-    // A connection that sends nothing a known peer would (here: nothing at all) ...
-    let silent = link
-        .a
-        .run(|| std::net::TcpStream::connect("192.168.77.2:51820").unwrap());
-    // ... and a's own stream, over which a handshakes.
+/// Connects `a` to `b`'s listener over TCP and moves `a`'s endpoint for `b` onto it.
+fn stream_to_b(link: &Link, a: &NsDevice, pb: kwg_wg::keys::PublicKey) -> SocketAddr {
     let tcp = link
         .a
         .run(|| std::net::TcpStream::connect("192.168.77.2:51820").unwrap());
@@ -147,13 +139,36 @@ fn an_accepted_connection_that_never_authenticates_is_closed_and_a_peers_stays()
         let s = tokio::net::TcpStream::from_std(tcp).unwrap();
         let ep = h.attach_stream(s, "tcp to b").unwrap();
         h.pin_endpoint(&pb, ep).await.unwrap();
-    });
+        ep
+    })
+}
+
+#[test]
+fn an_accepted_connection_that_never_authenticates_is_closed_and_a_peers_stays() {
+    let Pair { link, a, b } = pair();
+    let pb = b.handle.public_key();
+    serve_tcp(&link.b, &b);
+    // A connection that sends nothing a known peer would (here: nothing at all) ...
+    let silent = link
+        .a
+        .run(|| std::net::TcpStream::connect("192.168.77.2:51820").unwrap());
+    // ... and a's own stream, over which a handshakes ...
+    let first = stream_to_b(&link, &a, pb);
     assert!(link.a.probe_until(&link.b, "10.70.0.2:7000", 5), "over TCP");
-    assert!(wait_for(Duration::from_secs(3), || b.handle.streams() == 2));
-    let gone = wait_for(kwg_wg::device::UNANSWERED + Duration::from_secs(3), || {
-        b.handle.streams() == 1
-    });
-    assert!(gone, "the silent connection was closed");
+    // ... then a newer one: b follows a onto it, and no peer uses the first anymore.
+    let second = stream_to_b(&link, &a, pb);
+    assert!(
+        link.a.probe_until(&link.b, "10.70.0.2:7000", 5),
+        "over the second stream"
+    );
+    assert!(wait_for(Duration::from_secs(3), || b.handle.streams() == 3));
+    let wait = kwg_wg::device::UNANSWERED.max(kwg_wg::device::ORPHANED) + Duration::from_secs(3);
+    let gone = wait_for(wait, || b.handle.streams() == 1);
+    assert!(
+        gone,
+        "the silent connection and the one a left were closed: {} open",
+        b.handle.streams()
+    );
     silent
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
@@ -164,7 +179,12 @@ fn an_accepted_connection_that_never_authenticates_is_closed_and_a_peers_stays()
         "closed by the device"
     );
     assert!(
+        wait_for(Duration::from_secs(2), || !a.handle.stream_open(&first)),
+        "b closed the stream a left"
+    );
+    assert!(a.handle.stream_open(&second));
+    assert!(
         link.a.probe_until(&link.b, "10.70.0.2:7000", 3),
-        "a's stream stays"
+        "a's current stream stays"
     );
 }

@@ -224,6 +224,11 @@ impl Core {
         peer.heard_other
     }
 
+    /// The peers' current endpoints (what the device must keep a stream open for).
+    pub fn endpoints(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.peers.values().filter_map(|p| p.cfg.endpoint)
+    }
+
     /// A datagram received on the UDP socket from `from`. The peer's endpoint moves to `from`
     /// only after a packet that authenticated: a completed handshake or a data message that
     /// decrypted. Cookie replies (sent or received), rejected handshakes and replays never move it.

@@ -4,10 +4,11 @@
 //! same. One task per stream reads frames into the core and writes batches of frames (many
 //! datagrams per write syscall).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -26,13 +27,17 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
 const QUEUE: usize = 256;
 /// Bytes gathered into one write.
 const WRITE_BATCH: usize = 256 * 1024;
-/// A stream silent this long is closed: no WireGuard session outlives it without traffic
+/// A stream that carried no datagram this long is closed: no WireGuard session outlives it without traffic
 /// (Reject-After-Time, 180 s, WireGuard paper §6.1), and it bounds what a connection that
 /// never authenticates can hold.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(180);
 /// A stream a listener accepted is closed when the device has sent nothing over it this long
 /// after attaching (see [`super::DeviceHandle::accept_stream`]).
 pub const UNANSWERED: std::time::Duration = std::time::Duration::from_secs(10);
+/// An accepted stream that no peer's endpoint points at (the peer moved to a newer stream or
+/// to UDP) is closed after this long: a peer opening connection after connection holds one
+/// slot, plus those of the last few seconds, instead of every slot.
+pub const ORPHANED: std::time::Duration = std::time::Duration::from_secs(10);
 /// Bytes asked of one read.
 const READ_BUF: usize = 64 * 1024;
 
@@ -40,6 +45,10 @@ struct Entry {
     tx: mpsc::Sender<Vec<u8>>,
     task: JoinHandle<()>,
     label: String,
+    /// Opened by a listener (closed once orphaned, see [`ORPHANED`]).
+    accepted: bool,
+    /// Since when no peer's endpoint was this stream, as last seen by [`Streams::sweep`].
+    orphaned_since: Option<Instant>,
 }
 
 /// The attached streams, by endpoint.
@@ -73,6 +82,28 @@ impl Streams {
         for (_, e) in self.lock().drain() {
             e.task.abort();
         }
+    }
+
+    /// Closes the accepted streams that no endpoint in `in_use` has pointed at for
+    /// [`ORPHANED`] (by the sweeps' clock); returns how many.
+    pub(crate) fn sweep(&self, in_use: &HashSet<SocketAddr>, now: Instant) -> usize {
+        let mut open = self.lock();
+        let mut closed = 0;
+        open.retain(|ep, e| {
+            if !e.accepted || in_use.contains(ep) {
+                e.orphaned_since = None;
+                return true;
+            }
+            let since = *e.orphaned_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < ORPHANED {
+                return true;
+            }
+            tracing::info!(endpoint = %ep, stream = %e.label, "stream closed: no peer uses it anymore");
+            e.task.abort();
+            closed += 1;
+            false
+        });
+        closed
     }
 
     /// Queues framed datagrams for `ep`; false when the stream is gone or its queue is full.
@@ -133,7 +164,16 @@ impl Shared {
             label.clone(),
         ));
         tracing::info!(endpoint = %ep, stream = %label, "stream attached");
-        open.insert(ep, Entry { tx, task, label });
+        open.insert(
+            ep,
+            Entry {
+                tx,
+                task,
+                label,
+                accepted: answer_within.is_some(),
+                orphaned_since: None,
+            },
+        );
         ep
     }
 }
@@ -165,8 +205,10 @@ async fn read_loop(shared: &Shared, ep: SocketAddr, mut reader: impl AsyncRead +
     // The datagrams of one read, copied out of the decoder into one buffer.
     let mut flat: Vec<u8> = Vec::with_capacity(READ_BUF);
     let mut spans: Vec<(usize, usize)> = Vec::new();
+    // Only datagrams count as activity: empty frames cost the sender nothing.
+    let mut deadline = tokio::time::Instant::now() + IDLE;
     loop {
-        let n = match tokio::time::timeout(IDLE, reader.read(&mut buf)).await {
+        let n = match tokio::time::timeout_at(deadline, reader.read(&mut buf)).await {
             Err(_) => return format!("nothing received for {} s", IDLE.as_secs()),
             Ok(Ok(0)) => return "closed by the other side".into(),
             Ok(Ok(n)) => n,
@@ -186,6 +228,10 @@ async fn read_loop(shared: &Shared, ep: SocketAddr, mut reader: impl AsyncRead +
                 Err(e) => return e.to_string(),
             }
         }
+        if spans.is_empty() {
+            continue;
+        }
+        deadline = tokio::time::Instant::now() + IDLE;
         net.clear();
         net.set_max_segments(shared.udp().max_gso_segments());
         let it = Spans {

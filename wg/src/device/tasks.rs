@@ -1,6 +1,7 @@
 //! The device's tasks: TUN → encrypt → UDP or stream, UDP → decrypt → TUN, and timers. Each
 //! holds the core's lock only while it runs the crypto of one batch, never across I/O.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use crate::io::udp::RecvBufs;
 
 /// How often the timers run (boringtun asks for `update_timers` about every 250 ms).
 const TICK: Duration = Duration::from_millis(100);
+/// Ticks between sweeps of the accepted streams no peer uses (see `streams::ORPHANED`).
+const SWEEP_EVERY: u64 = 10;
 /// Extra non-blocking TUN reads folded into one batch after a blocking one.
 const TUN_READS_PER_BATCH: usize = 4;
 
@@ -126,10 +129,23 @@ pub(super) async fn timers(shared: Arc<Shared>) {
     let mut net = NetBatch::new(1);
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let mut in_use = HashSet::new();
+    for n in 0u64.. {
         interval.tick().await;
         net.clear();
-        shared.core().tick(Instant::now(), &mut net);
+        let now = Instant::now();
+        let sweep = n % SWEEP_EVERY == 0 && shared.streams.len() > 0;
+        {
+            let mut core = shared.core();
+            core.tick(now, &mut net);
+            if sweep {
+                in_use.clear();
+                in_use.extend(core.endpoints());
+            }
+        }
+        if sweep {
+            shared.streams.sweep(&in_use, now);
+        }
         if !net.is_empty() {
             shared.send_net(&net).await;
         }
