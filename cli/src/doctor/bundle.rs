@@ -99,13 +99,20 @@ pub fn contents(f: &Findings, dir: &StateDir) -> Vec<(String, String)> {
 pub fn write(path: &Path, files: &[(String, String)]) -> Result<(), Error> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |e| Error::io(format!("write the bundle {}", path.display()), e);
+    // A new file only: never through a symlink, never an old file keeping its old mode.
     let file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
-        .map_err(io)?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::invalid(
+                format!("the bundle {}", path.display()),
+                "it already exists (or is a symlink): remove it or name a new file",
+            ),
+            _ => io(e),
+        })?;
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     let mtime = chrono::Utc::now().timestamp().max(0) as u64;
@@ -160,5 +167,21 @@ mod tests {
             &std::fs::metadata(&path).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn an_existing_file_or_a_symlink_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.tar.gz");
+        std::fs::write(&old, "keep me").unwrap();
+        let err = write(&old, &[]).unwrap_err().to_string();
+        assert!(err.contains("already exists"), "{err}");
+        assert!(err.contains("remove it or name a new file"), "{err}");
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), "keep me");
+        let link = dir.path().join("link.tar.gz");
+        std::os::unix::fs::symlink(dir.path().join("target"), &link).unwrap();
+        let err = write(&link, &[]).unwrap_err().to_string();
+        assert!(err.contains("remove it or name a new file"), "{err}");
+        assert!(!dir.path().join("target").exists());
     }
 }
