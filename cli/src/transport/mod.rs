@@ -23,8 +23,6 @@ use crate::cluster::Kube;
 /// What the driver tells the transport task.
 #[derive(Debug)]
 enum Cmd {
-    /// The gateway peer changed (gateway info): apply it on the current path.
-    Gateway(PeerConfig),
     /// No handshake yet, or the session stalled: try again or another path.
     Stall,
     /// The status, after looking at the device (a handshake may have completed since the
@@ -64,6 +62,8 @@ impl Snapshot {
 /// The running transport task.
 pub struct Transport {
     cmds: mpsc::Sender<Cmd>,
+    /// The gateway peer, latest first: a change is never lost to a full queue.
+    gateway: watch::Sender<Option<PeerConfig>>,
     status: watch::Receiver<Snapshot>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -90,6 +90,7 @@ impl Transport {
         kwg_namespace: String,
     ) -> Transport {
         let (cmds, rx) = mpsc::channel(8);
+        let (gateway_tx, gateway_rx) = watch::channel(None);
         let (status_tx, status) = watch::channel(Snapshot::default());
         let io = run::Io {
             ladder: Ladder::new(mode, timings, Instant::now()),
@@ -101,15 +102,18 @@ impl Transport {
             stream: None,
             status: status_tx,
         };
-        let task = tokio::spawn(io.run(rx));
-        Transport { cmds, status, task }
+        let task = tokio::spawn(io.run(rx, gateway_rx));
+        Transport {
+            cmds,
+            gateway: gateway_tx,
+            status,
+            task,
+        }
     }
 
-    /// The gateway peer changed.
+    /// The gateway peer changed: applied by the task, the latest change winning.
     pub fn gateway(&self, peer: PeerConfig) {
-        if self.cmds.try_send(Cmd::Gateway(peer)).is_err() {
-            tracing::warn!("the transport task is busy or gone: gateway change not applied");
-        }
+        self.gateway.send_replace(Some(peer));
     }
 
     /// No handshake yet, or the session stalled.

@@ -36,7 +36,11 @@ pub(super) struct Io {
 }
 
 impl Io {
-    pub(super) async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) {
+    pub(super) async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<Cmd>,
+        mut gateway: watch::Receiver<Option<PeerConfig>>,
+    ) {
         let (opened_tx, mut opened) = mpsc::channel::<Opened>(2);
         let mut connecting: Option<JoinHandle<()>> = None;
         let mut seen_handshake = None;
@@ -60,7 +64,6 @@ impl Io {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
                     None => break,
-                    Some(Cmd::Gateway(peer)) => self.follow(peer).await,
                     Some(Cmd::Stall) => self.ladder.stall(Instant::now()),
                     Some(Cmd::Status(reply)) => {
                         self.observe(&mut seen_handshake, Instant::now()).await;
@@ -68,6 +71,12 @@ impl Io {
                         let _ = reply.send(self.status.borrow().0.clone());
                     }
                 },
+                Ok(()) = gateway.changed() => {
+                    let peer = gateway.borrow_and_update().clone();
+                    if let Some(peer) = peer {
+                        self.follow(peer).await;
+                    }
+                }
                 Some((rung, r)) = opened.recv() => self.opened(rung, r),
                 _ = tokio::time::sleep(TICK) => {
                     let now = Instant::now();
