@@ -213,8 +213,21 @@ impl Ladder {
         }
     }
 
-    /// A stream of `rung` is open.
+    /// The rung a stream is being opened for, whose result is awaited.
+    pub fn connecting(&self) -> Option<Rung> {
+        match self.stream {
+            Stream::Connecting(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// A stream of `rung` is open. Ignored unless that is the rung being opened (a result of
+    /// an attempt the ladder moved on from).
     pub fn connected(&mut self, rung: Rung, now: Instant) {
+        if self.connecting() != Some(rung) {
+            tracing::debug!(path = %rung, "stream opened for an attempt moved on from");
+            return;
+        }
         self.stream = Stream::Up(rung);
         self.backoff = None;
         match self.joined {
@@ -234,8 +247,11 @@ impl Ladder {
         }
     }
 
-    /// A stream of `rung` could not be opened.
+    /// A stream of `rung` could not be opened. Ignored unless that is the rung being opened.
     pub fn connect_failed(&mut self, rung: Rung, reason: &str, now: Instant) {
+        if self.connecting() != Some(rung) {
+            return;
+        }
         if self.path() == Some(Rung::Udp) {
             // A spare stream for a join that UDP carried: not needed.
             self.stream = Stream::None;

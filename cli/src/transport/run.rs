@@ -21,7 +21,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// 6298); short, so that a dropped TCP still lets the API-server path join within ~3 s.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-type Opened = (Rung, Result<Box<dyn ByteStream>, String>);
+/// A connect attempt's result, with the attempt's number: only the latest attempt's counts.
+type Opened = (u64, Rung, Result<Box<dyn ByteStream>, String>);
 
 pub(super) struct Io {
     pub ladder: Ladder,
@@ -43,6 +44,7 @@ impl Io {
     ) {
         let (opened_tx, mut opened) = mpsc::channel::<Opened>(2);
         let mut connecting: Option<JoinHandle<()>> = None;
+        let mut attempt = 0u64;
         let mut seen_handshake = None;
         loop {
             while let Some(step) = self.ladder.poll() {
@@ -50,11 +52,12 @@ impl Io {
                     if let Some(c) = connecting.take() {
                         c.abort();
                     }
-                    let (tx, target) = (opened_tx.clone(), self.udp);
+                    attempt += 1;
+                    let (tx, target, n) = (opened_tx.clone(), self.udp, attempt);
                     let (kube, ns) = (self.kube.clone(), self.kwg_namespace.clone());
                     connecting = Some(tokio::spawn(async move {
                         let r = open(rung, target, kube, &ns).await;
-                        let _ = tx.send((rung, r)).await;
+                        let _ = tx.send((n, rung, r)).await;
                     }));
                 } else {
                     self.execute(step).await;
@@ -77,7 +80,14 @@ impl Io {
                         self.follow(peer).await;
                     }
                 }
-                Some((rung, r)) = opened.recv() => self.opened(rung, r),
+                Some((n, rung, r)) = opened.recv() => {
+                    if n == attempt && self.ladder.connecting() == Some(rung) {
+                        self.opened(rung, r);
+                    } else {
+                        // Superseded: its stream (if any) is dropped, which closes it.
+                        tracing::debug!(path = %rung, "result of a superseded connect ignored");
+                    }
+                }
                 _ = tokio::time::sleep(TICK) => {
                     let now = Instant::now();
                     self.observe(&mut seen_handshake, now).await;

@@ -172,6 +172,8 @@ fn forced_tcp_never_uses_udp_nor_probes_it() {
     assert_eq!(steps(&mut l), []);
     l.heard(Rung::Udp, t0 + secs(600.0));
     assert_eq!(steps(&mut l), []);
+    l.stream_closed("reset", t0 + secs(601.0));
+    assert_eq!(steps(&mut l), [Step::Connect(Rung::Tcp)]);
     l.connect_failed(Rung::Tcp, "refused", t0 + secs(601.0));
     l.tick(t0 + secs(601.25));
     assert_eq!(
@@ -272,4 +274,23 @@ fn a_broken_api_server_stream_comes_back_over_the_api_server_when_tcp_still_fail
     l.connected(Rung::ApiServer, t0 + secs(72.1));
     assert_eq!(steps(&mut l), [use_(Rung::ApiServer, false)]);
     assert_eq!(l.path(), Some(Rung::ApiServer));
+}
+
+#[test]
+fn a_connect_result_for_a_rung_no_longer_opened_is_ignored() {
+    let t0 = Instant::now();
+    let mut l = Ladder::new(Mode::Auto, Timings::default(), t0);
+    steps(&mut l);
+    l.connect_failed(Rung::Tcp, "refused", t0 + secs(0.01));
+    assert_eq!(steps(&mut l), [Step::Connect(Rung::ApiServer)]);
+    // The TCP attempt's late success, then a late failure: neither counts.
+    l.connected(Rung::Tcp, t0 + secs(0.02));
+    l.connect_failed(Rung::Tcp, "late", t0 + secs(0.03));
+    assert_eq!(l.connecting(), Some(Rung::ApiServer));
+    assert_eq!(failed(&l), [(Rung::Tcp, "refused".into())]);
+    l.tick(t0 + secs(1.0));
+    assert_eq!(steps(&mut l), [], "no stream is up to switch to");
+    l.connected(Rung::ApiServer, t0 + secs(1.1));
+    assert_eq!(steps(&mut l), [use_(Rung::ApiServer, true)]);
+    assert_eq!(l.connecting(), None);
 }
