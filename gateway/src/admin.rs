@@ -13,6 +13,7 @@
 //! [`crate::siblings`]; `/replica/stats` answers only a caller holding the gateway's key).
 
 use crate::GatewayError;
+use crate::cache::Cached;
 use crate::core::ActivePeer;
 use crate::metrics::{self, Metrics};
 use crate::siblings::{self, ReplicaStat, Siblings};
@@ -31,7 +32,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 use tokio::net::TcpListener;
 
 /// What the admin server shows; written by the reconcile loop, read by handlers.
@@ -52,6 +53,10 @@ pub struct AdminState {
     pub reach: RwLock<Arc<ReachView>>,
     /// The sibling replicas whose statistics `/peers` and `/metrics` merge (unset: none).
     pub siblings: std::sync::OnceLock<Siblings>,
+    /// The siblings' statistics and this replica's nftables drops, shared by the requests
+    /// of a second (a peer looping `/peers` would otherwise list pods and run `nft` each time).
+    sibling_stats: Cached<Vec<ReplicaStat>>,
+    drops: Cached<Vec<(Ipv4Addr, u64)>>,
     pub metrics: Metrics,
 }
 
@@ -103,6 +108,8 @@ impl AdminState {
                 by_peer: HashMap::new(),
             })),
             siblings: std::sync::OnceLock::new(),
+            sibling_stats: Cached::default(),
+            drops: Cached::default(),
             metrics: Metrics::default(),
         })
     }
@@ -130,7 +137,10 @@ impl AdminState {
     pub async fn replica_stats(&self) -> (Vec<PeerStats>, Vec<ReplicaStat>) {
         let local = self.device.peers().await;
         match self.siblings.get() {
-            Some(sib) => (local, sib.stats().await),
+            Some(sib) => {
+                let sibs = self.sibling_stats.get(Instant::now(), || sib.stats());
+                (local, sibs.await)
+            }
             None => (local, Vec::new()),
         }
     }
@@ -254,15 +264,20 @@ async fn replica_stats(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> 
         return (StatusCode::FORBIDDEN, REFUSED).into_response();
     }
     let local = s.device.peers().await;
-    let drops = nft_drops().await;
+    let drops = s.nft_drops().await;
     axum::Json(siblings::own_stats(&local, &s.peers(), &drops)).into_response()
 }
 
-/// The drops this replica's nftables counted per peer address.
-async fn nft_drops() -> Vec<(Ipv4Addr, u64)> {
-    tokio::task::spawn_blocking(crate::net::nft_drops)
-        .await
-        .unwrap_or_default()
+impl AdminState {
+    /// The drops this replica's nftables counted per peer address (as of the last second).
+    async fn nft_drops(&self) -> Vec<(Ipv4Addr, u64)> {
+        let run = || async {
+            tokio::task::spawn_blocking(crate::net::nft_drops)
+                .await
+                .unwrap_or_default()
+        };
+        self.drops.get(Instant::now(), run).await
+    }
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
@@ -290,7 +305,7 @@ fn word(ok: bool) -> &'static str {
 async fn metrics_handler(State(s): State<Arc<AdminState>>) -> Response {
     let (local, sibs) = s.replica_stats().await;
     let stats = siblings::merge(&local, &sibs);
-    let drops = nft_drops().await;
+    let drops = s.nft_drops().await;
     let text = metrics::render(&s.metrics, &s.peers(), &stats, &drops, SystemTime::now());
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
@@ -304,7 +319,7 @@ async fn peers_handler(
     let caller = Caller::of(conn, s.tunnel_cidr);
     let peers = s.peers();
     // A peer's drops on every replica that answered: its packets may have met any of them.
-    let drops = siblings::total_drops(&peers, &nft_drops().await, &sibs);
+    let drops = siblings::total_drops(&peers, &s.nft_drops().await, &sibs);
     let reach = (&*s.reach(), drops.as_slice());
     axum::Json(gateway_peers(&peers, &stats, reach, caller)).into_response()
 }

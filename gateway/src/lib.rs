@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod alloc;
+pub mod cache;
 pub mod config;
 pub mod core;
 pub mod discovery;
