@@ -61,10 +61,18 @@ pub struct Subject {
 
 impl Subject {
     /// `owner` with `verified` groups (the Secret's `kwg.io/groups` when the gateway trusts
-    /// them, see `--trust-peer-groups`; none otherwise).
+    /// them, see `--trust-peer-groups`; none otherwise). A `system:` group of the Secret never
+    /// counts (`system:masters` would grant everything, and principals exempt from the
+    /// admission policy can write any groups): the `system:` groups of a review are only the
+    /// ones [`owner_groups`] derives from the owner.
     pub fn new(owner: &str, verified: &[String]) -> Subject {
         let mut groups = owner_groups(owner);
-        groups.extend(verified.iter().filter(|g| !g.is_empty()).cloned());
+        groups.extend(
+            verified
+                .iter()
+                .filter(|g| !g.is_empty() && !g.starts_with("system:"))
+                .cloned(),
+        );
         groups.sort();
         groups.dedup();
         Subject {

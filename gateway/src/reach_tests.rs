@@ -269,7 +269,20 @@ fn reviews_are_keyed_by_owner_and_verified_groups() {
         dev(&["system:authenticated", "kwg:users"])
     );
     assert_eq!(dev(&[]).groups, ["system:authenticated"]);
-    let sa = Subject::new("system:serviceaccount:emo:bot", &["ci".to_owned()]);
+    // A `system:` group of the Secret never counts (an exempt writer could put any there).
+    assert_eq!(
+        dev(&[
+            "system:masters",
+            "system:serviceaccounts:kube-system",
+            "kwg:users"
+        ])
+        .groups,
+        ["kwg:users", "system:authenticated"]
+    );
+    let sa = Subject::new(
+        "system:serviceaccount:emo:bot",
+        &["ci".to_owned(), "system:masters".to_owned()],
+    );
     assert_eq!(
         sa.groups,
         [
