@@ -14,8 +14,11 @@ use crate::GatewayError;
 /// Open streams at most: each costs a task and a few hundred KiB of buffers at most; a
 /// connection beyond it is closed at once. A connection the device has not answered (no
 /// handshake of a known peer) within `kwg_wg::device::UNANSWERED` (10 s) is closed, so holding
-/// every slot takes a steady ~400 new connections a second, not 4096 idle ones; the device
-/// also closes streams idle for longer than a session lives.
+/// every slot takes a steady ~400 new connections a second, not 4096 idle ones. The device
+/// also closes an accepted stream no peer's endpoint has pointed at for
+/// `kwg_wg::device::ORPHANED` (a peer that moved to a newer connection), and streams that
+/// carried no datagram for longer than a session lives. No cap per source address: the
+/// connections of the API-server path all come from 127.0.0.1 (the kubelet's port-forward).
 pub const MAX_STREAMS: usize = 4096;
 
 /// Binds TCP `[::]:port` (dual-stack where `net.ipv6.bindv6only` is 0, as by default; IPv4
