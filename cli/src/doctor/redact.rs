@@ -16,7 +16,7 @@ static PEM: LazyLock<Regex> = LazyLock::new(|| {
 /// `key: value`, `key=value`, `"key": "value"` for the names secrets go by.
 static FIELD: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r#"(?i)("?[a-z0-9_.-]*(?:token|password|passwd|pwd|secret|private[_-]?key|preshared[_-]?key|api[_-]?key|access[_-]?key|credential|client-key-data|client-certificate-data|certificate-authority-data|cookie)[a-z0-9_.-]*"?[ \t]*[:=][ \t]*)("?)([^"\s,}]+)"#,
+        r#"(?i)("?[a-z0-9_.-]*(?:token|password|passwd|pwd|secret|private[_-]?key|preshared[_-]?key|api[_-]?key|access[_-]?key|credential|client-key-data|client-certificate-data|certificate-authority-data|cookie)[a-z0-9_.-]*"?[ \t]*[:=][ \t]*)("?)([^"\s,}\[{][^"\s,}]*)"#,
     )
     .unwrap()
 });
@@ -40,7 +40,16 @@ static KEY32: LazyLock<Regex> = LazyLock::new(|| {
 /// Redacts `text`, keeping the keys of `public` (base64) readable.
 pub fn redact(text: &str, public: &[String]) -> String {
     let s = PEM.replace_all(text, "-----REDACTED $1-----");
-    let s = FIELD.replace_all(&s, format!("${{1}}${{2}}{REDACTED}").as_str());
+    // A file's path or name (`tokenFile`, `password_path`) is no secret and tells where to look.
+    let s = FIELD.replace_all(&s, |c: &regex::Captures| {
+        let name = c[1]
+            .trim_end_matches([' ', '\t', ':', '=', '"'])
+            .to_ascii_lowercase();
+        match name.ends_with("file") || name.ends_with("path") {
+            true => c[0].to_string(),
+            false => format!("{}{}{REDACTED}", &c[1], &c[2]),
+        }
+    });
     let s = URL_USERINFO.replace_all(&s, format!("${{1}}{REDACTED}@").as_str());
     let s = AUTH_HEADER.replace_all(&s, format!("${{1}}${{2}}{REDACTED}").as_str());
     let s = JWT.replace_all(&s, REDACTED);

@@ -239,6 +239,13 @@ fn secret_words_anywhere_in_a_field_name_and_url_passwords_are_redacted() {
         "{out}"
     );
     assert!(out.contains(r#""user": "alice""#), "{out}");
+    // A path stays; a secret word in the name of an object or list keeps the JSON whole.
+    let json =
+        r#"{"tokenFile": "/var/run/secrets/token", "peerSecrets": {"n": 1}, "apiKeys": ["k"]}"#;
+    let out_json = redact(json, &[]);
+    let doc: serde_json::Value = serde_json::from_str(&out_json).expect(&out_json);
+    assert_eq!(doc["tokenFile"], "/var/run/secrets/token");
+    assert_eq!(doc["peerSecrets"]["n"], 1);
     // A section name with a secret word does not swallow the next line.
     assert!(out.contains("keep-this-line: 1"), "{out}");
 }
