@@ -23,7 +23,8 @@ pub struct DoctorArgs {
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Format,
     /// Also write a tar.gz of versions, status, logs and the checks (keys, tokens and
-    /// certificates redacted) to FILE, for a bug report.
+    /// certificates redacted) to FILE (a new file, mode 0600; an existing one is refused), for a
+    /// bug report.
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
 }
