@@ -22,6 +22,9 @@ have dbus-daemon  || need+=(dbus-daemon)
 have dbus-send    || need+=(dbus-bin)
 have nsenter      || need+=(util-linux)
 have setpriv      || need+=(util-linux)
+# Listeners inside pods in the reach and gateway e2e tests; doctor's bundle is unpacked with tar.
+have python3      || need+=(python3)
+have tar          || need+=(tar)
 # The GitHub action's steps (ci/action/*.js) are run as a runner would, with node.
 have node         || need+=(nodejs)
 
