@@ -22,6 +22,16 @@ use std::time::{Duration, Instant};
 /// The namespace the gateway runs in (its pods, Deployment, Service, Lease and key).
 pub const GATEWAY_NS: &str = contract::DEFAULT_GATEWAY_NAMESPACE;
 
+/// Runs the rest of an argv as user and group 65534 (nobody), no supplementary groups and no
+/// capabilities: another local user, or a user without privilege.
+pub const AS_NOBODY: [&str; 5] = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all",
+];
+
 /// The repository root (for `manifests/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -54,13 +54,7 @@ fn each_exit_code_comes_from_the_situation_it_names() {
     assert!(m.contains("namespaces \"nope\" not found"), "{m}");
 
     let noroot = [
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-        ][..],
-        &["--inh-caps=-all"][..],
+        &kwg_e2e::AS_NOBODY[..],
         &join[..],
         // Without --tun a user without privilege gets userspace mode (tests/userspace.rs).
         &["--tun"][..],

@@ -202,17 +202,8 @@ fn two_laptops_appear_in_peers() {
 fn join_as_non_root_fails_with_the_privilege_sentence() {
     let sim = shared();
     let laptop = laptop(&sim, "noroot");
-    let out = laptop.run(&[
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-        "kwg",
-        "join",
-        // Without --tun a user without privilege gets userspace mode (tests/userspace.rs).
-        "--tun",
-    ]);
+    // Without --tun a user without privilege gets userspace mode (tests/userspace.rs).
+    let out = laptop.run(&[&kwg_e2e::AS_NOBODY[..], &["kwg", "join", "--tun"]].concat());
     assert!(!out.status.success());
     assert_eq!(
         text(&out.stderr).trim(),

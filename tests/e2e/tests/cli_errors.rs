@@ -214,15 +214,7 @@ fn another_user_on_the_laptop_can_neither_leave_nor_read_the_daemons_state() {
     let l = laptop(&sim, "second");
     l.join(&["--namespace", "emojivoto"]);
     let as_nobody = |args: &[&str]| {
-        let mut argv = vec![
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "kwg",
-        ];
-        argv.extend_from_slice(args);
+        let argv = [&kwg_e2e::AS_NOBODY[..], &["kwg"], args].concat();
         l.run(&argv)
     };
     let leave = as_nobody(&["leave"]);

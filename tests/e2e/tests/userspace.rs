@@ -45,22 +45,12 @@ impl User {
     /// `argv` as nobody in the laptop's namespace, without any capability and with its own
     /// runtime directory (no KWG_STATE_DIR: kwg picks $XDG_RUNTIME_DIR/kwg).
     fn argv_in(&self, argv: &[&str]) -> Vec<String> {
-        let mut all: Vec<String> = [
-            "ip",
-            "netns",
-            "exec",
-            &self.netns,
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "env",
-            "-i",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut all: Vec<String> = ["ip", "netns", "exec", &self.netns]
+            .iter()
+            .chain(&kwg_e2e::AS_NOBODY)
+            .chain(&["env", "-i"])
+            .map(|s| s.to_string())
+            .collect();
         all.push(format!("PATH={}", path_with_bins()));
         all.push(format!("HOME={}", self.home.display()));
         all.push(format!(
