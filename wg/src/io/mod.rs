@@ -2,6 +2,7 @@
 //! recvmmsg, UDP GSO and GRO through quinn-udp). Each falls back to one packet per syscall when
 //! the kernel lacks a feature.
 
+pub mod offload;
 pub mod stats;
 pub mod stream;
 pub mod tun;
