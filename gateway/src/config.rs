@@ -24,6 +24,12 @@ pub struct Config {
     /// WireGuard UDP port in the pod.
     #[arg(long, env = "KWG_LISTEN_PORT", default_value_t = contract::WIREGUARD_PORT)]
     pub listen_port: u16,
+    /// WireGuard-over-TCP connections one source address (IPv4, or IPv6 /64) may hold before
+    /// they authenticate; more are closed at once. Raise it when many peers join at once
+    /// through one NAT address, or through nodes that masquerade NodePort traffic.
+    #[arg(long, env = "KWG_TCP_PENDING_PER_SOURCE", default_value_t = crate::tcp::limit::PER_SOURCE as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub tcp_pending_per_source: u32,
     /// TUN interface name.
     #[arg(long, env = "KWG_INTERFACE", default_value = "kwg0")]
     pub interface: String,
@@ -121,6 +127,7 @@ mod tests {
         assert_eq!(c.tunnel_cidr.to_string(), "100.77.0.0/16");
         assert_eq!(c.admin_addr.port(), contract::ADMIN_PORT);
         assert_eq!(c.listen_port, 51820);
+        assert_eq!(c.tcp_pending_per_source, 64);
         assert_eq!((c.max_peers_per_owner, c.max_secret_bytes), (20, 16_384));
         assert_eq!(
             (c.reach, c.reach_refresh),

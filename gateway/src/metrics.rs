@@ -43,6 +43,10 @@ pub struct Metrics {
     pub peers_added: Counter,
     pub peers_removed: Counter,
     pub leases_expired: Counter,
+    /// WireGuard TCP connections refused: their source held too many unauthenticated ones.
+    pub tcp_refused_source: Counter,
+    /// WireGuard TCP connections refused: every stream slot was taken.
+    pub tcp_refused_full: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +59,8 @@ impl Default for Metrics {
             peers_added: Counter::default(),
             peers_removed: Counter::default(),
             leases_expired: Counter::default(),
+            tcp_refused_source: Counter::default(),
+            tcp_refused_full: Counter::default(),
         }
     }
 }
@@ -125,6 +131,16 @@ pub fn render(
             "kwg_gateway_leases_expired",
             "Peer Secrets deleted after their lease ended",
             &m.leases_expired,
+        ),
+        (
+            "kwg_gateway_tcp_refused_per_source",
+            "WireGuard TCP connections closed at once: their source address held --tcp-pending-per-source unauthenticated ones",
+            &m.tcp_refused_source,
+        ),
+        (
+            "kwg_gateway_tcp_refused_full",
+            "WireGuard TCP connections closed at once: every stream slot was taken",
+            &m.tcp_refused_full,
         ),
     ];
     for (name, help, counter) in counters {
@@ -225,6 +241,7 @@ mod tests {
         m.malformed.set(1);
         m.malformed_reports.inc_by(2);
         m.reconcile.observe(0.003);
+        m.tcp_refused_source.inc_by(4);
         let drops = [
             ("100.77.0.2".parse().unwrap(), 3),
             ("100.77.0.9".parse().unwrap(), 1),
@@ -241,6 +258,8 @@ mod tests {
             "kwg_gateway_oversized_secrets_total 0",
             "kwg_gateway_peers_added_total 0",
             "kwg_gateway_leases_expired_total 0",
+            "kwg_gateway_tcp_refused_per_source_total 4",
+            "kwg_gateway_tcp_refused_full_total 0",
             "# TYPE kwg_gateway_reconcile_duration_seconds histogram",
             "kwg_gateway_reconcile_duration_seconds_bucket{le=\"0.0025\"} 0",
             "kwg_gateway_reconcile_duration_seconds_bucket{le=\"0.005\"} 1",

@@ -95,7 +95,13 @@ pub async fn run(
             token.cancel();
         }
     });
-    tokio::spawn(crate::tcp::serve(tcp, device.handle(), token.clone()));
+    tokio::spawn(crate::tcp::serve(
+        tcp,
+        device.handle(),
+        cfg.tcp_pending_per_source as usize,
+        state.metrics.clone(),
+        token.clone(),
+    ));
     let (leader_tx, leader_rx) = watch::channel(false);
     let election = tokio::spawn(crate::leader::run(
         client.clone(),
