@@ -1,13 +1,8 @@
-//! Output batches the core fills and the I/O layer drains: datagrams grouped for UDP GSO, and
-//! IP packets for the TUN device.
+//! Datagrams the core fills and the I/O layer sends, grouped for UDP GSO (the TUN's side is
+//! [`super::TunBatch`]).
 
 use std::net::SocketAddr;
 
-/// Packets per TUN write batch (what wireguard-go and tun-rs call the ideal batch size); the
-/// buffers of a full batch reserve [`GRO_BYTES`] each, so at most 8 MiB, touched only as used.
-pub const TUN_BATCH: usize = 128;
-/// Largest packet the TUN layer coalesces (an IP packet's length field is 16 bits).
-const GRO_BYTES: usize = 65535;
 /// Largest payload of one UDP GSO send (the kernel's limit is 64 KiB including headers).
 const MAX_GSO_BYTES: usize = 60_000;
 
@@ -114,56 +109,6 @@ impl NetBatch {
     }
 }
 
-/// IP packets for the TUN device, each in its own buffer starting at `offset` (room for the
-/// virtio-net header when the TUN uses offloads).
-pub struct TunBatch {
-    pub bufs: Vec<Vec<u8>>,
-    pub len: usize,
-    pub offset: usize,
-}
-
-impl TunBatch {
-    pub fn new(offset: usize) -> TunBatch {
-        TunBatch {
-            bufs: Vec::new(),
-            len: 0,
-            offset,
-        }
-    }
-
-    pub fn push(&mut self, packet: &[u8]) {
-        if self.bufs.len() == self.len {
-            // With a vnet header (offset > 0) the TUN layer coalesces a flow's packets into the
-            // first one's buffer (GRO) only if its capacity holds the whole super-packet; with
-            // MTU-sized buffers every packet was written on its own.
-            let room = if self.offset > 0 { GRO_BYTES } else { 1500 };
-            self.bufs.push(Vec::with_capacity(self.offset + room));
-        }
-        let b = &mut self.bufs[self.len];
-        b.clear();
-        b.resize(self.offset, 0);
-        b.extend_from_slice(packet);
-        self.len += 1;
-    }
-
-    pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
-        self.bufs[..self.len].iter().map(|b| &b[self.offset..])
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// [`TUN_BATCH`] packets are waiting: write them before adding more.
-    pub fn is_full(&self) -> bool {
-        self.len >= TUN_BATCH
-    }
-
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,24 +130,5 @@ mod tests {
         one.push(a, &[1; 100]);
         one.push(a, &[1; 100]);
         assert_eq!(one.sends().count(), 2);
-    }
-
-    #[test]
-    fn tun_buffers_leave_room_to_coalesce_behind_a_vnet_header() {
-        let mut t = TunBatch::new(10);
-        for _ in 0..TUN_BATCH {
-            assert!(!t.is_full());
-            t.push(&[0x45; 1420]);
-        }
-        assert!(t.is_full());
-        // tun-rs coalesces into a buffer only if it can hold the 64 KiB super-packet.
-        assert!(t.bufs.iter().all(|b| b.capacity() >= 10 + 65535));
-        assert_eq!(t.packets().count(), TUN_BATCH);
-        let mut plain = TunBatch::new(0);
-        plain.push(&[0x45; 1420]);
-        assert!(
-            plain.bufs[0].capacity() < 4096,
-            "no offload, no room needed"
-        );
     }
 }

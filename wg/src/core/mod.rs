@@ -12,6 +12,7 @@ mod peer;
 mod replay;
 #[doc(hidden)]
 pub mod testing;
+mod tun_batch;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,8 +24,9 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 
 pub use allowed_ips::AllowedIps;
-pub use batch::{NetBatch, TunBatch};
+pub use batch::NetBatch;
 pub use initiation::{Opened, Tai64N, open_initiation};
+pub use tun_batch::{TUN_BATCH, TunBatch};
 
 use peer::{Peer, ensure_tunn};
 
@@ -299,7 +301,9 @@ impl Core {
         // Handshakes only (never data): boringtun's own handshake events land in the peer span.
         let _in_span = role.map(|_| peer.span.enter());
         let tunn = ensure_tunn(&mut peer.tunn, &peer.cfg, idx, keys);
-        let authenticated = match tunn.decapsulate(Some(from.ip()), datagram, &mut self.scratch) {
+        // Decrypted straight into the TUN batch; kept there only once its source passed.
+        let dst = tun.dst(datagram.len());
+        let authenticated = match tunn.decapsulate(Some(from.ip()), datagram, dst) {
             // A keepalive decrypted; or a cookie reply to us accepted, which proves nothing
             // about where the peer is.
             TunnResult::Done => is_data,
@@ -333,7 +337,7 @@ impl Core {
             TunnResult::WriteToTunnelV4(p, src) => {
                 let n = p.len();
                 if self.routes.lookup(IpAddr::V4(src)) == Some(idx) {
-                    tun.push(&self.scratch[..n]);
+                    tun.commit(n);
                 } else {
                     self.drops.spoofed_source += 1;
                     peer.spoofed_unreported += 1;
@@ -343,7 +347,7 @@ impl Core {
             TunnResult::WriteToTunnelV6(p, src) => {
                 let n = p.len();
                 if self.routes.lookup(IpAddr::V6(src)) == Some(idx) {
-                    tun.push(&self.scratch[..n]);
+                    tun.commit(n);
                 } else {
                     self.drops.spoofed_source += 1;
                     peer.spoofed_unreported += 1;

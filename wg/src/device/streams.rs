@@ -13,7 +13,6 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tun_rs::GROTable;
 
 use super::Shared;
 use crate::core::{NetBatch, TunBatch};
@@ -201,7 +200,6 @@ async fn read_loop(shared: &Shared, ep: SocketAddr, mut reader: impl AsyncRead +
     let mut buf = vec![0u8; READ_BUF];
     let mut net = NetBatch::new(1);
     let mut tun = TunBatch::new(shared.tun.offset());
-    let mut gro = GROTable::default();
     // The datagrams of one read, copied out of the decoder into one buffer.
     let mut flat: Vec<u8> = Vec::with_capacity(READ_BUF);
     let mut spans: Vec<(usize, usize)> = Vec::new();
@@ -239,7 +237,7 @@ async fn read_loop(shared: &Shared, ep: SocketAddr, mut reader: impl AsyncRead +
             flat: &flat,
             spans: spans.iter(),
         };
-        if !super::tasks::decrypt_to_tun(shared, it, &mut net, &mut tun, &mut gro).await {
+        if !super::tasks::decrypt_to_tun(shared, it, &mut net, &mut tun).await {
             return "the interface is gone".into();
         }
     }

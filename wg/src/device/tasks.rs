@@ -7,8 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tun_rs::GROTable;
-
 use super::Shared;
 use crate::core::{NetBatch, TunBatch};
 use crate::io::tun::TunRecvBufs;
@@ -73,7 +71,6 @@ pub(super) async fn udp_to_tun(shared: Arc<Shared>) {
     let mut bufs = RecvBufs::default();
     let mut net = NetBatch::new(1);
     let mut tun = TunBatch::new(shared.tun.offset());
-    let mut gro = GROTable::default();
     loop {
         let n = match udp.recv(&mut bufs).await {
             Ok(n) => n,
@@ -84,7 +81,7 @@ pub(super) async fn udp_to_tun(shared: Arc<Shared>) {
         };
         net.clear();
         net.set_max_segments(udp.max_gso_segments());
-        if !decrypt_to_tun(&shared, bufs.datagrams(n), &mut net, &mut tun, &mut gro).await {
+        if !decrypt_to_tun(&shared, bufs.datagrams(n), &mut net, &mut tun).await {
             return;
         }
     }
@@ -97,12 +94,11 @@ pub(super) async fn decrypt_to_tun<'a>(
     datagrams: impl Iterator<Item = (SocketAddr, &'a [u8])>,
     net: &mut NetBatch,
     tun: &mut TunBatch,
-    gro: &mut GROTable,
 ) -> bool {
     let now = Instant::now();
     let mut datagrams = datagrams.peekable();
-    // A receive can hold over a thousand datagrams (GRO): decrypt and write them to the TUN
-    // a batch at a time, so each batch's buffers have room to coalesce.
+    // A receive can hold over a thousand datagrams (UDP GRO): decrypt them into the TUN's
+    // frames, coalesced, and write them a batch of frames at a time.
     while datagrams.peek().is_some() {
         tun.clear();
         {
@@ -113,7 +109,7 @@ pub(super) async fn decrypt_to_tun<'a>(
                 core.handle_udp(from, d, now, net, tun);
             }
         }
-        if let Err(e) = shared.tun.send(tun, gro).await
+        if let Err(e) = shared.tun.send(tun).await
             && fatal("TUN write", &e)
         {
             return false;

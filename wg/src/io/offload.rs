@@ -387,4 +387,4 @@ impl Flow {
 
 #[cfg(test)]
 #[path = "offload_tests.rs"]
-mod tests;
+pub(crate) mod tests;

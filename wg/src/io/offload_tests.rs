@@ -1,7 +1,7 @@
 use super::*;
 
 /// RFC 1071 the slow way: 16-bit big-endian words, end-around carry.
-fn naive(data: &[u8]) -> u16 {
+pub(crate) fn naive(data: &[u8]) -> u16 {
     let mut s: u32 = 0;
     for c in data.chunks(2) {
         s += u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0));
@@ -11,7 +11,7 @@ fn naive(data: &[u8]) -> u16 {
 }
 
 /// Whether a packet's IPv4 header and TCP/UDP checksums verify (computed by `naive`).
-fn checksums_ok(p: &[u8]) -> bool {
+pub(crate) fn checksums_ok(p: &[u8]) -> bool {
     let (v6, t) = if p[0] >> 4 == 6 {
         (true, 40)
     } else {
@@ -26,16 +26,16 @@ fn checksums_ok(p: &[u8]) -> bool {
     (v6 || naive(&p[..t]) == 0xffff) && naive(&pseudo) == 0xffff
 }
 
-struct Pkt {
-    v6: bool,
-    payload: usize,
-    seq: u32,
-    flags: u8,
-    opts: Vec<u8>,
-    udp: bool,
+pub(crate) struct Pkt {
+    pub v6: bool,
+    pub payload: usize,
+    pub seq: u32,
+    pub flags: u8,
+    pub opts: Vec<u8>,
+    pub udp: bool,
 }
 
-fn pkt(v6: bool, payload: usize) -> Pkt {
+pub(crate) fn pkt(v6: bool, payload: usize) -> Pkt {
     Pkt {
         v6,
         payload,
@@ -47,7 +47,7 @@ fn pkt(v6: bool, payload: usize) -> Pkt {
 }
 
 impl Pkt {
-    fn build(&self) -> Vec<u8> {
+    pub(crate) fn build(&self) -> Vec<u8> {
         let ip = if self.v6 { 40 } else { 20 };
         let th = if self.udp { 8 } else { 20 + self.opts.len() };
         let len = ip + th + self.payload;
@@ -96,7 +96,7 @@ impl Pkt {
 
     /// The packet as the TUN hands a TSO/USO read over: vnet header, checksum field holding
     /// the pseudo-header sum.
-    fn gso(&self, gso_size: u16) -> Vec<u8> {
+    pub(crate) fn gso(&self, gso_size: u16) -> Vec<u8> {
         let p = self.build();
         let ip = if self.v6 { 40 } else { 20 };
         let th = if self.udp { 8 } else { 20 + self.opts.len() };
@@ -127,7 +127,11 @@ impl Pkt {
     }
 }
 
-fn split_all(buf: &mut [u8]) -> Vec<Vec<u8>> {
+pub(crate) fn fix_ipv4_checksum(p: &mut [u8]) {
+    ipv4_checksum(p, 20);
+}
+
+pub(crate) fn split_all(buf: &mut [u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let n = split(buf, |s| out.push(s.to_vec())).unwrap();
     assert_eq!(n, out.len());

@@ -1,6 +1,7 @@
 //! The TUN device: created here, configured (addresses, routes, up) by the caller over netlink.
-//! With IFF_VNET_HDR offloads one read yields a whole TCP/UDP GSO batch and writes are
-//! coalesced (GRO); without them, one packet per syscall.
+//! With IFF_VNET_HDR offloads one write carries a coalesced TCP super-packet (see
+//! [`crate::io::offload`]) and one read a whole TCP/UDP GSO batch; without them, one packet
+//! per syscall.
 //!
 //! Or, in userspace mode, no TUN at all: the same device tasks read and write IP packets over
 //! an in-process [`PacketChannel`] whose other end is a userspace TCP/IP stack.
@@ -8,10 +9,10 @@
 use std::io;
 
 use tokio::sync::{Mutex, mpsc};
-use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, DeviceBuilder, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::core::TunBatch;
-use crate::io::stats::{Edge, vnet_segments};
+use crate::io::stats::Edge;
 
 /// Packets queued between the device and the userspace stack, each way (beyond it the
 /// sender waits: the stack's TCP slows down as on a full NIC ring).
@@ -100,27 +101,24 @@ impl Tun {
         }
     }
 
-    pub async fn send(&self, batch: &mut TunBatch, gro: &mut GROTable) -> io::Result<()> {
+    /// Writes the batch: one write per frame (a coalesced TCP super-packet or one packet).
+    /// A failed write does not stop the others; the first error is returned.
+    pub async fn send(&self, batch: &mut TunBatch) -> io::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
+        let (frames, packets) = batch.counts();
+        let mut result = Ok(());
         match &self.backend {
-            Backend::Kernel { dev, offload: true } => {
-                dev.send_multiple(gro, &mut batch.bufs[..batch.len], batch.offset)
-                    .await?;
-                // Coalesced packets were appended to their flow's first buffer, whose header
-                // now says how many it carries: one write each, the rest absorbed.
-                let absorbed: usize = batch.bufs[..batch.len]
-                    .iter()
-                    .map(|b| vnet_segments(&b[..batch.offset], b.len() - batch.offset) - 1)
-                    .sum();
-                self.writes.add_calls(batch.len - absorbed, batch.len);
-            }
             Backend::Kernel { dev, .. } => {
-                for p in batch.packets() {
-                    dev.send(p).await?;
+                for f in batch.frames() {
+                    if let Err(e) = dev.send(f).await
+                        && result.is_ok()
+                    {
+                        result = Err(e);
+                    }
                 }
-                self.writes.add_calls(batch.len, batch.len);
+                self.writes.add_calls(frames, packets);
             }
             Backend::Channel(c) => {
                 for p in batch.packets() {
@@ -128,7 +126,7 @@ impl Tun {
                 }
             }
         }
-        Ok(())
+        result
     }
 
     /// Waits for packets and reads one batch into `bufs`; returns how many packets.

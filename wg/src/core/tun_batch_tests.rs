@@ -1,0 +1,129 @@
+use super::*;
+use crate::io::offload::VNET_HDR_LEN;
+use crate::io::offload::tests::{pkt, split_all};
+
+/// What boringtun does with `dst`: the plaintext, then 16 bytes of tag and padding.
+fn decrypt(t: &mut TunBatch, p: &[u8]) {
+    let dst = t.dst(p.len() + DATA_OVERHEAD);
+    assert!(dst.len() >= p.len() + 16, "room for the tag");
+    dst[..p.len()].copy_from_slice(p);
+    dst[p.len()..p.len() + 16].fill(0xee);
+}
+
+fn receive(t: &mut TunBatch, p: &[u8]) {
+    decrypt(t, p);
+    t.commit(p.len());
+}
+
+fn frames(t: &mut TunBatch) -> Vec<Vec<u8>> {
+    t.frames().map(<[u8]>::to_vec).collect()
+}
+
+fn tso_segments(v6: bool, seq: u32, payload: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let mut p = pkt(v6, payload);
+    p.seq = seq;
+    let read = p.gso(1400);
+    let segs = split_all(&mut read.clone());
+    (read, segs)
+}
+
+#[test]
+fn segments_decrypted_in_place_make_the_super_packet_the_sender_read() {
+    for v6 in [false, true] {
+        let (read, segs) = tso_segments(v6, 0, 1400 * 20 + 77);
+        let mut t = TunBatch::new(VNET_HDR_LEN);
+        for s in &segs {
+            receive(&mut t, s);
+        }
+        assert_eq!(t.counts(), (1, 21));
+        assert_eq!(frames(&mut t), vec![read.clone()]);
+        // Without the header room (userspace, or no offloads): one packet each.
+        let mut plain = TunBatch::new(0);
+        for s in &segs {
+            receive(&mut plain, s);
+        }
+        assert_eq!(
+            plain.packets().map(<[u8]>::to_vec).collect::<Vec<_>>(),
+            segs
+        );
+    }
+}
+
+#[test]
+fn a_packet_not_kept_leaves_the_super_packet_as_it_was() {
+    let (read, segs) = tso_segments(false, 0, 1400 * 6);
+    let mut t = TunBatch::new(VNET_HDR_LEN);
+    for (i, s) in segs.iter().enumerate() {
+        receive(&mut t, s);
+        // A datagram whose packet is dropped (spoofed source, a handshake): decrypted over
+        // the super-packet's tail, never committed.
+        decrypt(&mut t, &pkt(true, 900 + i).build());
+    }
+    assert_eq!(frames(&mut t), vec![read]);
+}
+
+#[test]
+fn other_packets_move_to_their_own_frame_intact() {
+    let (read_a, a) = tso_segments(false, 0, 1400 * 4);
+    let (read_b, b) = tso_segments(true, 0, 1400 * 2);
+    let mut ack = pkt(false, 0); // a pure ACK, shorter than the flow's headers
+    ack.seq = 5;
+    let ack = ack.build();
+    let mut t = TunBatch::new(VNET_HDR_LEN);
+    for s in [&a[0], &a[1], &b[0], &b[1], &ack, &a[2], &a[3]] {
+        receive(&mut t, s);
+    }
+    let out = frames(&mut t);
+    let (first, rest) = (&a[..2], &a[2..]);
+    let alone = |p: &[u8]| [&[0; VNET_HDR_LEN][..], p].concat();
+    assert_eq!(out.len(), 4);
+    assert_eq!(out[1], read_b);
+    assert_eq!(out[2], alone(&ack));
+    // The flow's first two segments and last two: each pair one super-packet.
+    for (o, segs) in [(&out[0], first), (&out[3], rest)] {
+        let mut again = split_all(&mut o.clone());
+        // The IPv4 ids restart from each super-packet's first.
+        for (x, s) in again.iter_mut().zip(segs) {
+            x[4..6].copy_from_slice(&s[4..6]);
+            x[10..12].copy_from_slice(&s[10..12]);
+        }
+        assert_eq!(again, segs);
+    }
+    assert_eq!(t.counts(), (4, 7));
+    assert!(read_a.len() > out[0].len());
+}
+
+#[test]
+fn a_super_packet_never_exceeds_the_ip_length_limit() {
+    let (_, segs) = tso_segments(false, 0, 1400 * 100);
+    let mut t = TunBatch::new(VNET_HDR_LEN);
+    for s in &segs {
+        receive(&mut t, s);
+    }
+    let out = frames(&mut t);
+    assert_eq!(out.len(), 3);
+    assert!(out.iter().all(|f| f.len() - VNET_HDR_LEN <= MAX_IP_LEN));
+    let again: Vec<_> = out
+        .into_iter()
+        .flat_map(|mut f| split_all(&mut f))
+        .collect();
+    assert_eq!(again.len(), 100);
+    let payload = |v: &[Vec<u8>]| v.iter().flat_map(|s| s[52..].to_vec()).collect::<Vec<_>>();
+    assert_eq!(payload(&again), payload(&segs));
+}
+
+#[test]
+fn full_after_a_batch_of_writes_and_clear_starts_over() {
+    let mut t = TunBatch::new(VNET_HDR_LEN);
+    for i in 0..TUN_BATCH {
+        assert!(!t.is_full());
+        let mut p = pkt(false, 100);
+        p.flags |= 0x08; // PSH: nothing coalesces
+        p.seq = i as u32;
+        receive(&mut t, &p.build());
+    }
+    assert!(t.is_full());
+    t.clear();
+    assert!(t.is_empty());
+    assert_eq!(frames(&mut t).len(), 0);
+}
