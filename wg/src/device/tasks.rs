@@ -34,35 +34,32 @@ fn fatal(what: &str, e: &io::Error) -> bool {
 }
 
 pub(super) async fn tun_to_udp(shared: Arc<Shared>) {
-    let mut bufs = TunRecvBufs::new(shared.mtu);
+    let mut bufs = TunRecvBufs::default();
     let mut net = NetBatch::new(1);
     loop {
-        let n = match shared.tun.recv(&mut bufs).await {
-            Ok(n) => n,
+        match shared.tun.recv(&mut bufs).await {
+            Ok(()) => {}
             Err(e) if fatal("TUN read", &e) => return,
             Err(_) => continue,
-        };
+        }
         net.clear();
         net.set_max_segments(shared.udp().max_gso_segments());
-        encrypt_batch(&shared, &mut bufs, n, &mut net);
+        encrypt_batch(&shared, &mut bufs, &mut net);
         shared.send_net(&net).await;
     }
 }
 
-/// Encrypts the packets read, plus whatever more the TUN has ready, under one lock.
-fn encrypt_batch(shared: &Shared, bufs: &mut TunRecvBufs, n: usize, net: &mut NetBatch) {
+/// Encrypts the packets read (a TSO read's segments split in place, each encrypted straight
+/// from the read buffer), plus whatever more the TUN has ready, under one lock.
+fn encrypt_batch(shared: &Shared, bufs: &mut TunRecvBufs, net: &mut NetBatch) {
     let now = Instant::now();
     let mut core = shared.core();
-    for p in bufs.packets(n) {
-        core.handle_tun(p, now, net);
-    }
+    bufs.drain(|p| core.handle_tun(p, now, net));
     for _ in 0..TUN_READS_PER_BATCH {
-        let Ok(n) = shared.tun.try_recv(bufs) else {
+        if shared.tun.try_recv(bufs).is_err() {
             break;
-        };
-        for p in bufs.packets(n) {
-            core.handle_tun(p, now, net);
         }
+        bufs.drain(|p| core.handle_tun(p, now, net));
     }
 }
 

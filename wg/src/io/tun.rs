@@ -9,14 +9,17 @@
 use std::io;
 
 use tokio::sync::{Mutex, mpsc};
-use tun_rs::{AsyncDevice, DeviceBuilder, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use crate::core::TunBatch;
-use crate::io::stats::Edge;
+use crate::io::offload::{self, MAX_IP_LEN, VNET_HDR_LEN};
+use crate::io::stats::{Edge, vnet_segments};
 
 /// Packets queued between the device and the userspace stack, each way (beyond it the
 /// sender waits: the stack's TCP slows down as on a full NIC ring).
 pub const CHANNEL_PACKETS: usize = 1024;
+/// Packets taken from the channel per batch.
+const CHANNEL_BATCH: usize = 128;
 
 pub struct Tun {
     backend: Backend,
@@ -96,7 +99,7 @@ impl Tun {
     /// Header room [`TunBatch`] buffers need for [`Tun::send`].
     pub fn offset(&self) -> usize {
         match self.backend {
-            Backend::Kernel { offload: true, .. } => VIRTIO_NET_HDR_LEN,
+            Backend::Kernel { offload: true, .. } => VNET_HDR_LEN,
             _ => 0,
         }
     }
@@ -129,32 +132,29 @@ impl Tun {
         result
     }
 
-    /// Waits for packets and reads one batch into `bufs`; returns how many packets.
-    pub async fn recv(&self, bufs: &mut TunRecvBufs) -> io::Result<usize> {
+    /// Waits for packets and reads one batch into `bufs` (one TUN read, or what the channel
+    /// holds); [`TunRecvBufs::drain`] then hands out its IP packets.
+    pub async fn recv(&self, bufs: &mut TunRecvBufs) -> io::Result<()> {
         match &self.backend {
-            Backend::Kernel { dev, .. } => {
-                let n = dev
-                    .recv_multiple(&mut bufs.original, &mut bufs.bufs, &mut bufs.sizes, 0)
-                    .await?;
-                self.reads.add(n);
-                Ok(n)
+            Backend::Kernel { dev, offload } => {
+                let n = dev.recv(&mut bufs.raw).await?;
+                self.read(bufs, n, *offload);
             }
             Backend::Channel(c) => {
                 let mut rx = c.from_stack.lock().await;
                 let first = rx.recv().await.ok_or_else(gone)?;
-                Ok(bufs.fill(first, &mut rx))
+                bufs.fill(first, &mut rx);
             }
         }
+        Ok(())
     }
 
     /// Like [`Tun::recv`] but returns `WouldBlock` instead of waiting.
-    pub fn try_recv(&self, bufs: &mut TunRecvBufs) -> io::Result<usize> {
+    pub fn try_recv(&self, bufs: &mut TunRecvBufs) -> io::Result<()> {
         match &self.backend {
-            Backend::Kernel { dev, .. } => {
-                let n =
-                    dev.try_recv_multiple(&mut bufs.original, &mut bufs.bufs, &mut bufs.sizes, 0)?;
-                self.reads.add(n);
-                Ok(n)
+            Backend::Kernel { dev, offload } => {
+                let n = dev.try_recv(&mut bufs.raw)?;
+                self.read(bufs, n, *offload);
             }
             Backend::Channel(c) => {
                 let mut rx = c.from_stack.try_lock().map_err(|_| would_block())?;
@@ -162,9 +162,19 @@ impl Tun {
                     mpsc::error::TryRecvError::Empty => would_block(),
                     mpsc::error::TryRecvError::Disconnected => gone(),
                 })?;
-                Ok(bufs.fill(first, &mut rx))
+                bufs.fill(first, &mut rx);
             }
         }
+        Ok(())
+    }
+
+    fn read(&self, bufs: &mut TunRecvBufs, n: usize, vnet: bool) {
+        (bufs.len, bufs.vnet) = (n, vnet);
+        let segments = match vnet {
+            true if n >= VNET_HDR_LEN => vnet_segments(&bufs.raw[..VNET_HDR_LEN], n - VNET_HDR_LEN),
+            _ => 1,
+        };
+        self.reads.add(segments);
     }
 }
 
@@ -177,56 +187,52 @@ fn would_block() -> io::Error {
     io::ErrorKind::WouldBlock.into()
 }
 
-/// Buffers for [`Tun::recv`]: one raw read split into MTU-sized packets.
+/// Buffers for [`Tun::recv`]: one raw TUN read (a TSO/USO super-packet is split in place),
+/// or the packets the userspace stack queued.
 pub struct TunRecvBufs {
-    original: Vec<u8>,
-    bufs: Vec<Vec<u8>>,
-    sizes: Vec<usize>,
+    /// Virtio-net header (with offloads) and packet.
+    raw: Vec<u8>,
+    /// Bytes of `raw` read and not yet drained.
+    len: usize,
+    vnet: bool,
+    queued: Vec<Vec<u8>>,
+}
+
+impl Default for TunRecvBufs {
+    fn default() -> TunRecvBufs {
+        TunRecvBufs {
+            raw: vec![0; VNET_HDR_LEN + MAX_IP_LEN],
+            len: 0,
+            vnet: false,
+            queued: Vec::new(),
+        }
+    }
 }
 
 impl TunRecvBufs {
-    pub fn new(mtu: u16) -> TunRecvBufs {
-        TunRecvBufs {
-            original: vec![0; VIRTIO_NET_HDR_LEN + 65535],
-            // Segments of a GSO read fit the MTU; a single unsegmented packet lands in the
-            // first buffer, which takes any size (the MTU may be raised after creation).
-            bufs: (0..IDEAL_BATCH_SIZE)
-                .map(|i| {
-                    vec![
-                        0;
-                        if i == 0 {
-                            65535
-                        } else {
-                            usize::from(mtu).max(9000) + 64
-                        }
-                    ]
-                })
-                .collect(),
-            sizes: vec![0; IDEAL_BATCH_SIZE],
+    /// Puts `first` and whatever more the channel holds (up to a batch) into the queue.
+    fn fill(&mut self, first: Vec<u8>, rx: &mut mpsc::Receiver<Vec<u8>>) {
+        self.queued.push(first);
+        while self.queued.len() < CHANNEL_BATCH
+            && let Ok(p) = rx.try_recv()
+        {
+            self.queued.push(p);
         }
     }
 
-    /// Puts `first` and whatever more the channel holds (up to a batch) into the buffers.
-    fn fill(&mut self, first: Vec<u8>, rx: &mut mpsc::Receiver<Vec<u8>>) -> usize {
-        let mut n = 0;
-        let mut next = Some(first);
-        while let Some(p) = next {
-            let b = &mut self.bufs[n];
-            if b.len() < p.len() {
-                b.resize(p.len(), 0);
+    /// Calls `f` with each IP packet received since the last drain, in order. A read the
+    /// kernel's offloads made unsplittable is dropped (and logged).
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) {
+        let n = std::mem::take(&mut self.len);
+        if self.vnet && n > 0 {
+            if let Err(e) = offload::split(&mut self.raw[..n], &mut f) {
+                tracing::debug!(error = %e, "TUN read dropped");
             }
-            b[..p.len()].copy_from_slice(&p);
-            self.sizes[n] = p.len();
-            n += 1;
-            next = (n < self.bufs.len()).then(|| rx.try_recv().ok()).flatten();
+        } else if n > 0 {
+            f(&self.raw[..n]);
         }
-        n
-    }
-
-    pub fn packets(&self, n: usize) -> impl Iterator<Item = &[u8]> {
-        self.bufs[..n]
-            .iter()
-            .zip(&self.sizes)
-            .map(|(b, s)| &b[..*s])
+        for p in self.queued.drain(..) {
+            f(&p);
+        }
     }
 }
