@@ -252,15 +252,17 @@ async fn tunnel_or_local(
     }
 }
 
-/// This replica's own statistics, only for a sibling replica that proves it holds the key
-/// (not even from loopback: a kwg user's port-forward to the pod arrives there).
+/// This replica's own statistics, only for a sibling replica that proves it holds the key,
+/// once per proof made for this replica (not even from loopback: a kwg user's port-forward
+/// to the pod arrives there).
 async fn replica_stats(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     let proof = headers.get(siblings::HEADER).and_then(|v| v.to_str().ok());
     let proven = match (s.siblings.get(), proof) {
-        (Some(sib), Some(p)) => sib.key.verify(p, siblings::PATH, SystemTime::now()),
-        _ => false,
+        (Some(sib), Some(p)) => sib.admit(p, SystemTime::now()),
+        _ => Err(siblings::ProofRefused::Malformed),
     };
-    if !proven {
+    if let Err(why) = proven {
+        tracing::debug!(reason = %why, "replica stats refused");
         return (StatusCode::FORBIDDEN, REFUSED).into_response();
     }
     let local = s.device.peers().await;

@@ -72,6 +72,9 @@ pub async fn run(
         me: crate::leader::identity(),
         port: cfg.admin_addr.port(),
         key: replica_key,
+        seen: Arc::new(std::sync::Mutex::new(crate::siblings::Seen::new(
+            SystemTime::now(),
+        ))),
     });
     let admin = admin::serve(
         cfg.admin_addr,

@@ -4,97 +4,31 @@
 //! session (the latest handshake).
 //!
 //! A replica serves its statistics on `GET /replica/stats` of the admin port only to callers
-//! that prove they hold the gateway's private key (every replica does; nothing else in the
-//! cluster can read it): the header [`HEADER`] is `<unix seconds>.<MAC>`, the MAC a keyed
-//! BLAKE2s of the time and path under a key derived from the private key, accepted for
-//! [`SKEW`] either way. Without it the path answers 403 like `/metrics` and `/peers`.
+//! that prove they hold the gateway's private key, with a proof made for this replica and
+//! accepted once ([`proof`]). Without it the path answers 403 like `/metrics` and `/peers`.
 //!
 //! Drops by reach by RBAC are counted by each replica's own nftables: a peer's own `/peers`
 //! entry (and so `kwg status`) shows the sum over the replicas that answer ([`total_drops`]),
 //! while `/metrics` exports only this replica's counter (Prometheus scrapes every replica and
 //! sums; a merged counter there would be counted once per replica).
 
+mod proof;
+
+pub use proof::{HEADER, Nonce, ProofRefused, Proven, ReplicaKey, SKEW, Seen};
+
 use crate::core::ActivePeer;
-use blake2::Blake2sMac256;
-use blake2::digest::{FixedOutput, KeyInit, Mac, Update};
 use kwg_wg::contract::GATEWAY_POD_SELECTOR;
 use kwg_wg::device::PeerStats;
-use kwg_wg::keys::{PrivateKey, PublicKey};
+use kwg_wg::keys::PublicKey;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The admin path a replica serves its own device statistics on.
 pub const PATH: &str = "/replica/stats";
-/// The request header carrying the proof.
-pub const HEADER: &str = "x-kwg-replica";
-/// How far a proof's time may be from the receiver's clock.
-pub const SKEW: Duration = Duration::from_secs(30);
 /// How long a sibling may take to answer before its statistics are left out.
 pub const TIMEOUT: Duration = Duration::from_millis(700);
-/// Domain separation of the derived key (never used for anything else).
-const LABEL: &[u8] = b"kwg replica stats v1";
-
-/// The key replicas prove themselves with, derived from the shared private key.
-#[derive(Clone)]
-pub struct ReplicaKey([u8; 32]);
-
-impl std::fmt::Debug for ReplicaKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ReplicaKey(redacted)")
-    }
-}
-
-impl ReplicaKey {
-    pub fn derive(private: &PrivateKey) -> ReplicaKey {
-        let mut mac =
-            <Blake2sMac256 as KeyInit>::new_from_slice(private.as_bytes()).expect("32-byte key");
-        Mac::update(&mut mac, LABEL);
-        ReplicaKey(mac.finalize_fixed().into())
-    }
-
-    fn mac(&self, secs: u64, path: &str) -> Blake2sMac256 {
-        let mut mac = <Blake2sMac256 as KeyInit>::new_from_slice(&self.0).expect("32-byte key");
-        Update::update(&mut mac, format!("{secs} {path}").as_bytes());
-        mac
-    }
-
-    /// The header value proving the caller at `now`.
-    pub fn proof(&self, path: &str, now: SystemTime) -> String {
-        let secs = unix(now);
-        let tag: [u8; 32] = self.mac(secs, path).finalize_fixed().into();
-        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{secs}.{hex}")
-    }
-
-    /// Whether `header` proves a replica at `now` (constant-time comparison).
-    pub fn verify(&self, header: &str, path: &str, now: SystemTime) -> bool {
-        let Some((secs, hex)) = header.split_once('.') else {
-            return false;
-        };
-        let (Ok(secs), Some(tag)) = (secs.parse::<u64>(), unhex(hex)) else {
-            return false;
-        };
-        if unix(now).abs_diff(secs) > SKEW.as_secs() {
-            return false;
-        }
-        self.mac(secs, path).verify_slice(&tag).is_ok()
-    }
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
-}
 
 /// One peer's statistics as replicas exchange them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -217,13 +151,23 @@ pub fn merge(local: &[PeerStats], siblings: &[ReplicaStat]) -> Vec<PeerStats> {
 pub struct Siblings {
     pub client: kube::Client,
     pub namespace: String,
-    /// This replica's pod name (left out).
+    /// This replica's pod name (left out; what siblings' proofs must name).
     pub me: String,
     pub port: u16,
     pub key: ReplicaKey,
+    /// The siblings' proofs this replica accepted lately.
+    pub seen: Arc<Mutex<Seen>>,
 }
 
 impl Siblings {
+    /// Whether `header` proves a sibling asking this replica for [`PATH`] at `now`; a proof
+    /// is accepted once.
+    pub fn admit(&self, header: &str, now: SystemTime) -> Result<(), ProofRefused> {
+        let proven = self.key.verify(header, &self.me, PATH, now)?;
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.admit(proven, now)
+    }
+
     /// The statistics of every sibling that answers within [`TIMEOUT`] (a draining one
     /// too: it still holds sessions).
     pub async fn stats(&self) -> Vec<ReplicaStat> {
@@ -238,22 +182,21 @@ impl Siblings {
             }
             Err(_) => return Vec::new(),
         };
-        let addrs = pods.iter().filter_map(|p| {
+        let now = SystemTime::now();
+        let asks = pods.iter().filter_map(|p| {
             let ip = p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
-            (p.metadata.name.as_deref() != Some(self.me.as_str()))
-                .then(|| SocketAddr::new(ip, self.port))
-        });
-        let proof = self.key.proof(PATH, SystemTime::now());
-        let asks = addrs.map(|a| {
-            let proof = proof.clone();
-            async move {
+            let name = p.metadata.name.as_deref().filter(|n| *n != self.me)?;
+            let a = SocketAddr::new(ip, self.port);
+            // Made for this sibling only: it accepts no proof naming another pod.
+            let proof = self.key.proof(name, PATH, Nonce::random(), now);
+            Some(async move {
                 let r = tokio::time::timeout(TIMEOUT, get(a, &proof)).await;
                 let r = r.ok().flatten();
                 if r.is_none() {
                     tracing::debug!(sibling = %a, "a sibling replica did not answer with its stats");
                 }
                 r.unwrap_or_default()
-            }
+            })
         });
         futures::future::join_all(asks).await.concat()
     }

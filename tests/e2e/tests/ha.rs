@@ -64,9 +64,9 @@ fn replica_stats_from_a_pod(sim: &Cluster, pod: &str, extra: &[&str]) -> String 
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// The header a sibling replica proves itself with, made from the gateway's key (an admin
-/// reads it; pods cannot).
-fn replica_proof(sim: &Cluster) -> String {
+/// The header a sibling replica proves itself to replica `pod` with, made from the gateway's
+/// key (an admin reads it; pods cannot).
+fn replica_proof(sim: &Cluster, pod: &str) -> String {
     let key = sim
         .kubectl_admin(&[
             "-n",
@@ -79,14 +79,16 @@ fn replica_proof(sim: &Cluster) -> String {
         ])
         .unwrap();
     let key: PrivateKey = key.trim().parse().unwrap();
-    let proof = siblings::ReplicaKey::derive(&key).proof(siblings::PATH, SystemTime::now());
+    let nonce = siblings::Nonce::random();
+    let proof =
+        siblings::ReplicaKey::derive(&key).proof(pod, siblings::PATH, nonce, SystemTime::now());
     format!("{}: {proof}", siblings::HEADER)
 }
 
 /// A replica's own device statistics of the peer with `key` (`/replica/stats`, asked as a
 /// sibling does): its last handshake (Unix ms) and received bytes.
 fn local_stats(sim: &Cluster, pod: &str, key: &str) -> (Option<u64>, u64) {
-    let proof = replica_proof(sim);
+    let proof = replica_proof(sim, pod);
     let said = replica_stats_from_a_pod(sim, pod, &["-H", &proof]);
     let body = said
         .strip_suffix(" 200")
@@ -162,9 +164,28 @@ fn every_replica_reports_the_holders_session(sim: &Cluster, l: &kwg_e2e::laptop:
         said.starts_with("forbidden") && said.ends_with(" 403"),
         "{said}"
     );
-    let forged = format!("{}: 1.{}", siblings::HEADER, "0".repeat(64));
+    let forged = format!(
+        "{}: 1.{}.{}",
+        siblings::HEADER,
+        "0".repeat(32),
+        "0".repeat(64)
+    );
     let said = replica_stats_from_a_pod(sim, &holder, &["-H", &forged]);
     assert!(said.ends_with(" 403"), "{said}");
+    // A proof read off the pod network is good for nothing: it names the replica it was made
+    // for, which accepts it once.
+    let proof = replica_proof(sim, &holder);
+    let said = replica_stats_from_a_pod(sim, &holder, &["-H", &proof]);
+    assert!(said.ends_with(" 200"), "{said}");
+    let said = replica_stats_from_a_pod(sim, &holder, &["-H", &proof]);
+    assert!(said.ends_with(" 403"), "replayed: {said}");
+    let pods = ready_pods(sim);
+    let other = pods.iter().find(|p| **p != holder).expect("two replicas");
+    let said = replica_stats_from_a_pod(sim, other, &["-H", &replica_proof(sim, &holder)]);
+    assert!(
+        said.ends_with(" 403"),
+        "made for {holder}, sent to {other}: {said}"
+    );
 }
 
 fn lease_holder(sim: &Cluster) -> String {
