@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 /// within the same 10 s, and a source without a key then needs 64 addresses to fill the
 /// 4096 slots. For comparison: nginx's `limit_conn` has no default (its documented example
 /// is 1 per address, for downloads), tailscale's derper limits only the global accept rate,
-/// wireguard-go has no TCP listener. `--tcp-pending-per-source` changes it.
+/// wireguard-go has no TCP listener. `--tcp-pending-per-source` changes it. The API-server
+/// path's connections all come from the pod's loopback (the kubelet's port-forward): they too
+/// count as one source, but only for the round trip of their first handshake.
 pub const PER_SOURCE: usize = 64;
 
 /// Refusals are logged at most once per this long (with the count since the last log).
