@@ -5,8 +5,15 @@
 #   - through a wireguard-go client registered by hand per docs/contract.md against the same
 #     gateway (a peer Secret with its public key; wg-quick-like setup with ip/wg in the laptop),
 #   - from the node to the pod with no tunnel (the ceiling).
-# Prints Gbit/s and the ratios, in one run. The machine's other load moves the absolute figures:
-# compare the ratios of one run. Needs root. Usage: scripts/bench-e2e.sh
+# Prints Gbit/s, the gateway's CPU seconds per GB carried (user + system time of the
+# kwg-gateway process, from /proc/PID/stat) and the machine's (all CPUs, busy time, from
+# /proc/stat: it includes the client, iperf3, softirq and anything else running), and the
+# ratios, in one run. The machine's other load moves the absolute figures: compare the ratios
+# of one run. Needs root. Usage: scripts/bench-e2e.sh
+# BINS=DIR: kwg, kwg-gateway, kwg-wg and kwg-sim from DIR (e.g. copies of two builds for A/B
+# runs; nothing is built). PERF=1: also where the CPU goes during one more 4-stream run of each
+# client (perf sampling of the whole machine; kernel and user symbols; PERF_OUT=DIR keeps the
+# perf.data files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,14 +25,17 @@ command -v iperf3 >/dev/null || missing+=(iperf3)
 command -v wireguard-go >/dev/null || missing+=(wireguard-go)
 command -v wg >/dev/null || missing+=(wireguard-tools)
 command -v jq >/dev/null || missing+=(jq)
+[[ ${PERF:-0} == 1 ]] && ! command -v perf >/dev/null && missing+=(linux-perf)
 if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # BUILD=0: use the release binaries already in target/ (another cargo may hold the lock).
-[[ ${BUILD:-1} == 0 ]] || cargo build --release -q -p kwg -p kwg-gateway -p kwg-wg -p kwg-sim
+[[ ${BUILD:-1} == 0 || -n ${BINS:-} ]] ||
+  cargo build --release -q -p kwg -p kwg-gateway -p kwg-wg -p kwg-sim
+BINS=$(realpath "${BINS:-$ROOT/target/release}")
 BINDIR=$(mktemp -d)
-for b in kwg kwg-gateway kwg-wg kwg-sim; do ln -s "$ROOT/target/release/$b" "$BINDIR/$b"; done
+for b in kwg kwg-gateway kwg-wg kwg-sim; do ln -s "$BINS/$b" "$BINDIR/$b"; done
 export KWG_BIN_DIR=$BINDIR   # the sim's kubelet runs images as the binaries found here
 
 P=ke$(( $$ % 10000 ))
@@ -123,20 +133,68 @@ reachable() { # NS ADDR: an iperf3 connection works within 20 s
   echo "bench-e2e.sh: $2:5201 unreachable from $1" >&2; exit 1
 }
 
-declare -A T1 T4
-measure() { # NAME NS ADDR
+# The gateway process (the one replica, in its pod's namespace).
+gateway_pid() {
+  local pod pid
+  pod=$(admin -n kwg-gateway get pods -o jsonpath='{.items[0].metadata.name}')
+  for pid in $(ip netns pids "$P-pod-kwg-gateway-$pod"); do
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == kwg-gateway ]] && { echo "$pid"; return; }
+  done
+}
+GWPID=$(wait_for "the gateway process" gateway_pid)
+TICK=$(getconf CLK_TCK)
+# CPU seconds so far: the gateway's user + system time; the machine's busy time (all CPUs).
+gateway_cpu() { sed 's/.*) //' "/proc/$GWPID/stat" | awk -v t="$TICK" '{ printf "%.2f", ($12 + $13) / t }'; }
+machine_cpu() { awk -v t="$TICK" '$1 == "cpu" { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / t }' /proc/stat; }
+# per_gb SECONDS_BEFORE SECONDS_AFTER GBITS_PER_S: CPU seconds per GB carried in the run.
+per_gb() { awk -v a="$1" -v b="$2" -v g="$3" -v d="$DURATION" 'BEGIN { if (g > 0) printf "%.2f", (b - a) / (g * d / 8); else print "-" }'; }
+
+declare -A T1 T4 G1 G4 M1 M4
+run() { # NAME NS ADDR STREAMS: Gbit/s into T$4, CPU s/GB of the gateway (G$4) and machine (M$4)
+  local g0 m0 v
+  g0=$(gateway_cpu) m0=$(machine_cpu)
+  v=$(throughput "$2" "$3" "$4")
+  eval "T$4[\$1]=\$v"
+  eval "G$4[\$1]=$(per_gb "$g0" "$(gateway_cpu)" "$v")"
+  eval "M$4[\$1]=$(per_gb "$m0" "$(machine_cpu)" "$v")"
+}
+measure() { # NAME NS ADDR [no-gateway]
   reachable "$2" "$3"
-  T1[$1]=$(throughput "$2" "$3" 1); T4[$1]=$(throughput "$2" "$3" 4)
-  printf '%-34s %8s Gbit/s %8s Gbit/s\n' "$1" "${T1[$1]}" "${T4[$1]}"
+  run "$1" "$2" "$3" 1
+  run "$1" "$2" "$3" 4
+  [[ ${4:-} == no-gateway ]] && G1[$1]=- G4[$1]=-
+  printf '%-34s %8s Gbit/s %8s Gbit/s %7s %7s %7s %7s\n' "$1" "${T1[$1]}" "${T4[$1]}" \
+    "${G1[$1]}" "${G4[$1]}" "${M1[$1]}" "${M4[$1]}"
+}
+# profile NAME NS ADDR: perf samples of the whole machine during one more 4-stream run; the
+# gateway's top symbols, then the kernel's softirq (forwarding, NAT, veth) outside processes.
+profile() {
+  [[ ${PERF:-0} == 1 ]] || return 0
+  local data=$BINDIR/perf-${1%% *}.data
+  perf record -q -a -g -F 997 -o "$data" -- sleep "$DURATION" >/dev/null 2>&1 &
+  local perf=$!
+  sleep 0.2
+  throughput "$2" "$3" 4 >/dev/null
+  wait "$perf" || true
+  echo "$1: where the gateway's CPU goes (perf, self time, top 15)"
+  perf report -i "$data" --stdio --no-children --pid "$GWPID" --sort dso,sym 2>/dev/null |
+    awk '/^ +[0-9.]+%/ && n++ < 15'
+  echo "$1: the whole machine by process (top 10)"
+  perf report -i "$data" --stdio --no-children --sort comm 2>/dev/null | awk '/^ +[0-9.]+%/ && n++ < 10'
+  [[ -n ${PERF_OUT:-} ]] && cp "$data" "$PERF_OUT/"
+  echo
 }
 
 echo "iperf3 TCP ${DURATION} s per run, pod $POD_IP behind ClusterIP $SVC_IP (cluster $P)"
-printf '%-34s %15s %15s\n' "path" "TCP 1 stream" "TCP 4 streams"
-measure "node -> pod (no tunnel)" "$NODE" "$POD_IP"
+printf '%-34s %15s %15s %15s %15s\n' "" "" "" "gateway CPU" "machine CPU"
+printf '%-34s %15s %15s %15s %15s\n' "path" "TCP 1 stream" "TCP 4 streams" "s/GB 1 / 4" "s/GB 1 / 4"
+measure "node -> pod (no tunnel)" "$NODE" "$POD_IP" no-gateway
 
 dev kwg join --name kwg-bench >"$BINDIR/join.log" 2>&1 ||
   { echo "bench-e2e.sh: kwg join failed:" >&2; cat "$BINDIR/join.log" >&2; exit 1; }
 measure "kwg join -> ClusterIP" "$LAPTOP" "$SVC_IP"
+PROFILES=()
+[[ ${PERF:-0} == 1 ]] && PROFILES+=("$(profile "kwg join -> ClusterIP" "$LAPTOP" "$SVC_IP")")
 dev kwg leave >/dev/null 2>&1
 
 # A wireguard-go client registered per docs/contract.md.
@@ -161,6 +219,7 @@ ip -n "$LAPTOP" addr add "$TIP/32" dev "$WG"
 ip -n "$LAPTOP" link set "$WG" mtu 1420 up
 for c in ${CIDRS//,/ }; do ip -n "$LAPTOP" route replace "$c" dev "$WG"; done
 measure "wireguard-go client -> ClusterIP" "$LAPTOP" "$SVC_IP"
+[[ ${PERF:-0} == 1 ]] && PROFILES+=("$(profile "wireguard-go client -> ClusterIP" "$LAPTOP" "$SVC_IP")")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 K="kwg join -> ClusterIP" W="wireguard-go client -> ClusterIP" N="node -> pod (no tunnel)"
@@ -169,3 +228,5 @@ printf '%-28s %9s %10s\n' "ratio" "1 stream" "4 streams"
 printf '%-28s %9s %10s\n' "kwg / wireguard-go client" "$(ratio "${T1[$K]}" "${T1[$W]}")" "$(ratio "${T4[$K]}" "${T4[$W]}")"
 printf '%-28s %9s %10s\n' "kwg / no tunnel" "$(ratio "${T1[$K]}" "${T1[$N]}")" "$(ratio "${T4[$K]}" "${T4[$N]}")"
 printf '%-28s %9s %10s\n' "wireguard-go / no tunnel" "$(ratio "${T1[$W]}" "${T1[$N]}")" "$(ratio "${T4[$W]}" "${T4[$N]}")"
+printf '%-28s %9s %10s\n' "gateway CPU/GB kwg / wg-go" "$(ratio "${G1[$K]}" "${G1[$W]}")" "$(ratio "${G4[$K]}" "${G4[$W]}")"
+if ((${#PROFILES[@]})); then echo; printf '%s\n' "${PROFILES[@]}"; fi
