@@ -8,7 +8,9 @@
 # Prints Gbit/s, the gateway's CPU seconds per GB carried (user + system time of the
 # kwg-gateway process, from /proc/PID/stat) and the machine's (all CPUs, busy time, from
 # /proc/stat: it includes the client, iperf3, softirq and anything else running), and the
-# ratios, in one run. The machine's other load moves the absolute figures: compare the ratios
+# ratios, in one run. The gateway's figure also holds the softirq work its thread happens to run
+# (kernels without IRQ time accounting charge it to the running task): with PERF=1 about 13-19 %
+# of its samples, the node's routing and the pod's TCP receive among them. The machine's other load moves the absolute figures: compare the ratios
 # of one run. Needs root. Usage: scripts/bench-e2e.sh
 # BINS=DIR: kwg, kwg-gateway, kwg-wg and kwg-sim from DIR (e.g. copies of two builds for A/B
 # runs; nothing is built). PERF=1: also where the CPU goes during one more 4-stream run of each
