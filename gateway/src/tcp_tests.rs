@@ -2,7 +2,7 @@
 //! a laptop that is one of its peers.
 
 use super::*;
-use kwg_wg::device::{DEFAULT_MTU, Device, PeerConfig};
+use kwg_wg::device::{Device, PeerConfig};
 use kwg_wg::keys::PrivateKey;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -22,7 +22,7 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 }
 
 async fn userspace(name: &str, key: &PrivateKey, peer: &PrivateKey, peer_ip: &str) -> Device {
-    let (d, _channel) = Device::start_userspace(name.into(), key.clone(), 0, DEFAULT_MTU)
+    let (d, _channel) = Device::start_userspace(name.into(), key.clone(), 0)
         .await
         .unwrap();
     let p = PeerConfig {

@@ -1,7 +1,9 @@
 //! The userspace WireGuard device: a TUN, one UDP socket and the protocol [`Core`], driven by
-//! tokio tasks (one per direction, one for timers, one for UAPI).
+//! tokio tasks (one per direction and one for timers on the device's own data-plane thread, see
+//! [`plane`]; UAPI and byte streams on the caller's runtime).
 
 mod handle;
+mod plane;
 mod streams;
 mod tasks;
 
@@ -51,6 +53,9 @@ impl DeviceConfig {
 
 pub(crate) struct Shared {
     pub(crate) core: Mutex<Core>,
+    /// The data-plane thread's runtime: the TUN and UDP sockets are registered with it and the
+    /// packet tasks run on it.
+    pub(crate) plane: tokio::runtime::Handle,
     pub(crate) tun: Tun,
     pub(crate) udp: RwLock<Arc<Udp>>,
     pub(crate) udp_task: Mutex<Option<JoinHandle<()>>>,
@@ -58,7 +63,6 @@ pub(crate) struct Shared {
     ifname: String,
     listen_port: AtomicU16,
     fwmark: AtomicU32,
-    mtu: u16,
 }
 
 impl Shared {
@@ -78,6 +82,8 @@ pub struct Device {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
     uapi_path: Option<PathBuf>,
+    /// Declared last: the thread ends after the tasks were aborted.
+    _plane: plane::DataPlane,
 }
 
 /// What a device starts from, whatever carries its packets (the key may come later through
@@ -86,7 +92,6 @@ struct Setup {
     name: String,
     private_key: Option<PrivateKey>,
     listen_port: u16,
-    mtu: u16,
     uapi_dir: Option<PathBuf>,
 }
 
@@ -126,18 +131,21 @@ impl Device {
         if !valid_ifname(&name) {
             return Err(Error::InvalidIfname(name));
         }
-        let tun = Tun::create(&name, mtu).map_err(|source| Error::Tun {
-            name: name.clone(),
-            source,
-        })?;
+        let plane = plane::DataPlane::start(&name).map_err(Error::Thread)?;
+        let tun = {
+            let _in_plane = plane.handle().enter();
+            Tun::create(&name, mtu).map_err(|source| Error::Tun {
+                name: name.clone(),
+                source,
+            })?
+        };
         let setup = Setup {
             name,
             private_key,
             listen_port,
-            mtu,
             uapi_dir,
         };
-        Device::start_on(tun, setup).await
+        Device::start_on(tun, setup, plane).await
     }
 
     /// A device without a TUN (userspace mode): the same core, UDP socket and tasks, with IP
@@ -147,38 +155,40 @@ impl Device {
         name: String,
         private_key: PrivateKey,
         listen_port: u16,
-        mtu: u16,
     ) -> Result<(Device, PacketChannel), Error> {
+        let plane = plane::DataPlane::start(&name).map_err(Error::Thread)?;
         let (tun, channel) = Tun::channel();
         let setup = Setup {
             name,
             private_key: Some(private_key),
             listen_port,
-            mtu,
             uapi_dir: None,
         };
-        let device = Device::start_on(tun, setup).await?;
+        let device = Device::start_on(tun, setup, plane).await?;
         Ok((device, channel))
     }
 
-    async fn start_on(tun: Tun, setup: Setup) -> Result<Device, Error> {
+    async fn start_on(tun: Tun, setup: Setup, plane: plane::DataPlane) -> Result<Device, Error> {
         let Setup {
             name,
             private_key,
             listen_port,
-            mtu,
             uapi_dir,
         } = setup;
-        let udp = Udp::bind(listen_port, 0).map_err(|source| Error::Bind {
-            port: listen_port,
-            source,
-        })?;
+        let udp = {
+            let _in_plane = plane.handle().enter();
+            Udp::bind(listen_port, 0).map_err(|source| Error::Bind {
+                port: listen_port,
+                source,
+            })?
+        };
         let uapi_listener = match &uapi_dir {
             Some(dir) => Some(uapi::server::bind(dir, &name)?),
             None => None,
         };
         let shared = Arc::new(Shared {
             core: Mutex::new(Core::new(private_key)),
+            plane: plane.handle().clone(),
             tun,
             listen_port: AtomicU16::new(udp.port()),
             udp: RwLock::new(Arc::new(udp)),
@@ -186,11 +196,10 @@ impl Device {
             streams: streams::Streams::default(),
             ifname: name,
             fwmark: AtomicU32::new(0),
-            mtu,
         });
         let mut tasks = vec![
-            tokio::spawn(tasks::tun_to_udp(shared.clone())),
-            tokio::spawn(tasks::timers(shared.clone())),
+            plane.handle().spawn(tasks::tun_to_udp(shared.clone())),
+            plane.handle().spawn(tasks::timers(shared.clone())),
         ];
         tasks::restart_udp_task(&shared);
         let mut uapi_path = None;
@@ -203,6 +212,7 @@ impl Device {
             shared,
             tasks,
             uapi_path,
+            _plane: plane,
         })
     }
 

@@ -39,6 +39,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot start the data-plane thread: {0} (the process is out of threads or memory: check `ulimit -u` and free memory)"
+    )]
+    Thread(#[source] std::io::Error),
     #[error("invalid interface name {0:?}: use 1 to 15 characters of [A-Za-z0-9_.-]")]
     InvalidIfname(String),
     #[error("the device is stopped")]

@@ -117,8 +117,7 @@ impl Userspace {
         let listen = listener
             .local_addr()
             .map_err(|e| Error::io("read the proxy's address", e))?;
-        let (device, channel) =
-            Device::start_userspace(name.to_string(), key, 0, DEFAULT_MTU).await?;
+        let (device, channel) = Device::start_userspace(name.to_string(), key, 0).await?;
         device.handle().upsert_peer(setup.gateway).await?;
         let stack = Netstack::start(channel, setup.address, setup.gateway_ip, DEFAULT_MTU);
         let dns = setup.dns.as_ref().and_then(|d| match d.cluster {

@@ -223,7 +223,11 @@ impl DeviceHandle {
         if let Some(port) = req.listen_port
             && port != s.listen_port.load(Ordering::Relaxed)
         {
-            match Udp::bind(port, s.fwmark.load(Ordering::Relaxed)) {
+            let bound = {
+                let _in_plane = s.plane.enter();
+                Udp::bind(port, s.fwmark.load(Ordering::Relaxed))
+            };
+            match bound {
                 Ok(udp) => {
                     s.listen_port.store(udp.port(), Ordering::Relaxed);
                     *s.udp.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(udp);

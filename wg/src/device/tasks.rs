@@ -147,7 +147,7 @@ pub(super) async fn timers(shared: Arc<Shared>) {
 
 /// (Re)starts the receive task on the current socket, stopping the previous one.
 pub(super) fn restart_udp_task(shared: &Arc<Shared>) {
-    let task = tokio::spawn(udp_to_tun(shared.clone()));
+    let task = shared.plane.spawn(udp_to_tun(shared.clone()));
     let old = shared
         .udp_task
         .lock()
