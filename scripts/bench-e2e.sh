@@ -5,6 +5,7 @@
 #   - through a wireguard-go client registered by hand per docs/contract.md against the same
 #     gateway (a peer Secret with its public key; wg-quick-like setup with ip/wg in the laptop),
 #   - from the node to the pod with no tunnel (the ceiling).
+# The LAN segments datagrams to its MTU as a real network does (see wire() below).
 # Prints Gbit/s, the gateway's CPU seconds per GB carried (user + system time of the
 # kwg-gateway process, from /proc/PID/stat) and the machine's (all CPUs, busy time, from
 # /proc/stat: it includes the client, iperf3, softirq and anything else running), and the
@@ -192,11 +193,26 @@ printf '%-34s %15s %15s %15s %15s\n' "" "" "" "gateway CPU" "machine CPU"
 printf '%-34s %15s %15s %15s %15s\n' "path" "TCP 1 stream" "TCP 4 streams" "s/GB 1 / 4" "s/GB 1 / 4"
 measure "node -> pod (no tunnel)" "$NODE" "$POD_IP" no-gateway
 
+# The LAN as a wire: a machine's NIC sends frames of at most its MTU, so a UDP GSO datagram of
+# up to 64 KB (what kwg's client and gateway send) is cut into MTU-sized datagrams when it
+# leaves the laptop or the node. The sim's veths and bridge would carry it whole into the
+# other side's socket, which no real network does: one row shows that path too, for comparison.
+wire() { # on|off: segment what leaves the laptop's and the node's eth0, or not
+  local segs=65535
+  [[ $1 == on ]] && segs=1
+  ip -n "$LAPTOP" link set eth0 gso_max_segs "$segs"
+  ip -n "$NODE" link set eth0 gso_max_segs "$segs"
+}
+wire on
+
 dev kwg join --name kwg-bench >"$BINDIR/join.log" 2>&1 ||
   { echo "bench-e2e.sh: kwg join failed:" >&2; cat "$BINDIR/join.log" >&2; exit 1; }
 measure "kwg join -> ClusterIP" "$LAPTOP" "$SVC_IP"
 PROFILES=()
 [[ ${PERF:-0} == 1 ]] && PROFILES+=("$(profile "kwg join -> ClusterIP" "$LAPTOP" "$SVC_IP")")
+wire off
+measure "kwg, LAN datagrams whole (sim)" "$LAPTOP" "$SVC_IP"
+wire on
 dev kwg leave >/dev/null 2>&1
 
 # A wireguard-go client registered per docs/contract.md.
@@ -225,9 +241,11 @@ measure "wireguard-go client -> ClusterIP" "$LAPTOP" "$SVC_IP"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 K="kwg join -> ClusterIP" W="wireguard-go client -> ClusterIP" N="node -> pod (no tunnel)"
+S="kwg, LAN datagrams whole (sim)"
 echo
 printf '%-28s %9s %10s\n' "ratio" "1 stream" "4 streams"
 printf '%-28s %9s %10s\n' "kwg / wireguard-go client" "$(ratio "${T1[$K]}" "${T1[$W]}")" "$(ratio "${T4[$K]}" "${T4[$W]}")"
+printf '%-28s %9s %10s\n' "(datagrams whole) / wg-go" "$(ratio "${T1[$S]}" "${T1[$W]}")" "$(ratio "${T4[$S]}" "${T4[$W]}")"
 printf '%-28s %9s %10s\n' "kwg / no tunnel" "$(ratio "${T1[$K]}" "${T1[$N]}")" "$(ratio "${T4[$K]}" "${T4[$N]}")"
 printf '%-28s %9s %10s\n' "wireguard-go / no tunnel" "$(ratio "${T1[$W]}" "${T1[$N]}")" "$(ratio "${T4[$W]}" "${T4[$N]}")"
 printf '%-28s %9s %10s\n' "gateway CPU/GB kwg / wg-go" "$(ratio "${G1[$K]}" "${G1[$W]}")" "$(ratio "${G4[$K]}" "${G4[$W]}")"
