@@ -127,3 +127,68 @@ fn full_after_a_batch_of_writes_and_clear_starts_over() {
     assert!(t.is_empty());
     assert_eq!(frames(&mut t).len(), 0);
 }
+
+mod arbitrary {
+    use super::*;
+    use crate::io::offload::{VnetHdr, split};
+    use proptest::prelude::*;
+
+    /// A valid segment of one of two flows, then bytes flipped at random places.
+    fn mangled() -> impl Strategy<Value = Vec<u8>> {
+        let base = (any::<bool>(), 0..3u32, 0..1500usize, any::<bool>());
+        let flips = prop::collection::vec((0..80usize, any::<u8>()), 0..3);
+        (base, flips).prop_map(|((v6, seq, payload, psh), flips)| {
+            let mut p = pkt(v6, payload);
+            (p.seq, p.flags) = (seq * 1400, if psh { 0x18 } else { 0x10 });
+            let mut b = p.build();
+            for (at, x) in flips {
+                if let Some(byte) = b.get_mut(at) {
+                    *byte ^= x;
+                }
+            }
+            b
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_packets_coalesce_into_frames_that_split_back(
+            pkts in prop::collection::vec(mangled(), 0..40),
+            kept in prop::collection::vec(any::<bool>(), 40),
+        ) {
+            let mut t = TunBatch::new(VNET_HDR_LEN);
+            let mut sent = 0;
+            for (p, keep) in pkts.iter().zip(kept) {
+                decrypt(&mut t, p);
+                if keep {
+                    t.commit(p.len());
+                    sent += p.len();
+                }
+            }
+            let mut back = 0;
+            for f in t.frames() {
+                prop_assert!(f.len() - VNET_HDR_LEN <= MAX_IP_LEN);
+                let n = split(&mut f.to_vec(), |s| back += s.len());
+                prop_assert!(n.is_ok(), "{n:?}");
+            }
+            prop_assert_eq!(back, sent, "every byte kept comes back out");
+        }
+
+        #[test]
+        fn any_tun_read_splits_without_panicking(
+            hdr in (0..3u8, prop::sample::select(vec![0u8, 1, 3, 4, 5, 0x81]), any::<u16>(),
+                    0..2000u16, 0..80u16, prop::sample::select(vec![6u16, 16, 90])),
+            body in mangled(),
+        ) {
+            let (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) = hdr;
+            let mut read = vec![0; VNET_HDR_LEN];
+            VnetHdr { flags, gso_type, hdr_len, gso_size, csum_start, csum_offset }
+                .encode(&mut read);
+            read.extend_from_slice(&body);
+            let mut total = 0;
+            if let Ok(n) = split(&mut read, |s| total += s.len()) {
+                prop_assert!(n >= 1 && total >= body.len());
+            }
+        }
+    }
+}
