@@ -5,7 +5,9 @@
 #   - through a wireguard-go client registered by hand per docs/contract.md against the same
 #     gateway (a peer Secret with its public key; wg-quick-like setup with ip/wg in the laptop),
 #   - from the node to the pod with no tunnel (the ceiling).
-# The LAN segments datagrams to its MTU as a real network does (see wire() below).
+# The LAN segments datagrams to its MTU as a real network does (see wire() below); two more rows
+# show kwg with the datagrams whole (only the sim can do that) and both clients with a node NIC
+# that coalesces forwarded UDP (nic_gro() below).
 # Prints Gbit/s, the gateway's CPU seconds per GB carried (user + system time of the
 # kwg-gateway process, from /proc/PID/stat) and the machine's (all CPUs, busy time, from
 # /proc/stat: it includes the client, iperf3, softirq and anything else running), and the
@@ -28,6 +30,7 @@ command -v iperf3 >/dev/null || missing+=(iperf3)
 command -v wireguard-go >/dev/null || missing+=(wireguard-go)
 command -v wg >/dev/null || missing+=(wireguard-tools)
 command -v jq >/dev/null || missing+=(jq)
+command -v ethtool >/dev/null || missing+=(ethtool)
 [[ ${PERF:-0} == 1 ]] && ! command -v perf >/dev/null && missing+=(linux-perf)
 if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -204,6 +207,15 @@ wire() { # on|off: segment what leaves the laptop's and the node's eth0, or not
   ip -n "$NODE" link set eth0 gso_max_segs "$segs"
 }
 wire on
+# A node NIC that coalesces forwarded UDP (`ethtool -K NIC rx-udp-gro-forwarding on`, the node
+# operator's choice): the node's eth0 does GRO, UDP forwarding included, and the LAN's port
+# toward it sends no TSO frames (a veth coalesces only frames its peer could not send whole).
+nic_gro() { # on|off
+  local tso=on
+  [[ $1 == on ]] && tso=off
+  ip netns exec "$P-lan" ethtool -K p-node tso "$tso"
+  ip netns exec "$NODE" ethtool -K eth0 gro "$1" rx-udp-gro-forwarding "$1"
+}
 # And as a switch: no host firewall on bridged frames (br_netfilter, when something on the host
 # loaded it, runs the LAN namespace's hooks for each frame: ~2 % of the machine in perf).
 if ip netns exec "$P-lan" test -e /proc/sys/net/bridge/bridge-nf-call-iptables; then
@@ -219,6 +231,9 @@ PROFILES=()
 wire off
 measure "kwg, LAN datagrams whole (sim)" "$LAPTOP" "$SVC_IP"
 wire on
+nic_gro on
+measure "kwg, node NIC UDP GRO forwarding" "$LAPTOP" "$SVC_IP"
+nic_gro off
 dev kwg leave >/dev/null 2>&1
 
 # A wireguard-go client registered per docs/contract.md.
@@ -244,14 +259,19 @@ ip -n "$LAPTOP" link set "$WG" mtu 1420 up
 for c in ${CIDRS//,/ }; do ip -n "$LAPTOP" route replace "$c" dev "$WG"; done
 measure "wireguard-go client -> ClusterIP" "$LAPTOP" "$SVC_IP"
 [[ ${PERF:-0} == 1 ]] && PROFILES+=("$(profile "wireguard-go client -> ClusterIP" "$LAPTOP" "$SVC_IP")")
+nic_gro on
+measure "wg-go, node NIC UDP GRO forwarding" "$LAPTOP" "$SVC_IP"
+nic_gro off
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 K="kwg join -> ClusterIP" W="wireguard-go client -> ClusterIP" N="node -> pod (no tunnel)"
-S="kwg, LAN datagrams whole (sim)"
+S="kwg, LAN datagrams whole (sim)" KG="kwg, node NIC UDP GRO forwarding"
+WG="wg-go, node NIC UDP GRO forwarding"
 echo
 printf '%-28s %9s %10s\n' "ratio" "1 stream" "4 streams"
 printf '%-28s %9s %10s\n' "kwg / wireguard-go client" "$(ratio "${T1[$K]}" "${T1[$W]}")" "$(ratio "${T4[$K]}" "${T4[$W]}")"
 printf '%-28s %9s %10s\n' "(datagrams whole) / wg-go" "$(ratio "${T1[$S]}" "${T1[$W]}")" "$(ratio "${T4[$S]}" "${T4[$W]}")"
+printf '%-28s %9s %10s\n' "(node UDP GRO) kwg / wg-go" "$(ratio "${T1[$KG]}" "${T1[$WG]}")" "$(ratio "${T4[$KG]}" "${T4[$WG]}")"
 printf '%-28s %9s %10s\n' "kwg / no tunnel" "$(ratio "${T1[$K]}" "${T1[$N]}")" "$(ratio "${T4[$K]}" "${T4[$N]}")"
 printf '%-28s %9s %10s\n' "wireguard-go / no tunnel" "$(ratio "${T1[$W]}" "${T1[$N]}")" "$(ratio "${T4[$W]}" "${T4[$N]}")"
 printf '%-28s %9s %10s\n' "gateway CPU/GB kwg / wg-go" "$(ratio "${G1[$K]}" "${G1[$W]}")" "$(ratio "${G4[$K]}" "${G4[$W]}")"

@@ -11,6 +11,8 @@ have dig          || need+=(dnsutils)
 have wg           || need+=(wireguard-tools)
 have wireguard-go || need+=(wireguard-go)
 have iperf3       || need+=(iperf3)
+# bench-e2e.sh models a node NIC that coalesces forwarded UDP.
+have ethtool      || need+=(ethtool)
 have curl         || need+=(curl)
 have unshare      || need+=(util-linux)
 have ping         || need+=(iputils-ping)
