@@ -150,8 +150,11 @@ impl Udp {
     pub async fn recv(&self, bufs: &mut RecvBufs) -> io::Result<usize> {
         loop {
             self.sock.readable().await?;
-            let mut slices: Vec<IoSliceMut<'_>> =
-                bufs.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            // On the stack: no allocation per receive.
+            let mut slots = bufs.bufs.iter_mut();
+            let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] = std::array::from_fn(|_| {
+                IoSliceMut::new(slots.next().expect("one buffer per batch slot"))
+            });
             match self.sock.try_io(Interest::READABLE, || {
                 self.state
                     .recv((&self.sock).into(), &mut slices, &mut bufs.meta)
