@@ -20,19 +20,31 @@ pub(crate) struct DataPlane {
 }
 
 impl DataPlane {
-    /// Starts the thread, named after the interface.
+    /// Starts the thread, named after the interface. The runtime is built (and, at the end,
+    /// dropped) on that thread: dropping a runtime inside the caller's async context would panic.
     pub(crate) fn start(ifname: &str) -> io::Result<DataPlane> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
+        let (ready, handle) = std::sync::mpsc::sync_channel::<io::Result<Handle>>(1);
         std::thread::Builder::new()
             .name(format!("wg {ifname}"))
             .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready.send(Ok(rt.handle().clone()));
                 // Err when the sender is dropped: that is the signal.
                 let _ = rt.block_on(stopped);
             })?;
+        let handle = handle
+            .recv()
+            .map_err(|_| io::Error::other("the data-plane thread ended before its runtime"))??;
         Ok(DataPlane {
             handle,
             stop: Some(stop),
