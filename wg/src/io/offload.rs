@@ -146,7 +146,9 @@ pub fn split(buf: &mut [u8], mut emit: impl FnMut(&[u8])) -> Result<usize, Split
             let initial = u64::from(be16(pkt, csum_at));
             put16(pkt, csum_at, 0);
             let c = !fold(sum(&pkt[cstart..], initial));
-            put16(pkt, csum_at, c);
+            // As Linux's skb_checksum_help (CSUM_MANGLED_0): a zero UDP checksum would mean
+            // none (IPv6 receivers drop it); 0xffff is the same sum for TCP.
+            put16(pkt, csum_at, if c == 0 { 0xffff } else { c });
         }
         emit(pkt);
         return Ok(1);
@@ -330,6 +332,11 @@ impl Flow {
             // TOS; DF; TTL and protocol; addresses
             same(1, 2) && same(6, 7) && same(8, 10) && same(12, 20)
         };
+        // Without DF the IDs must count up (Linux's flush_id): the kernel gives the segments it
+        // cuts consecutive IDs, so only such a run comes back out as it went in.
+        let id_ok = self.v6
+            || first[6] & 0x40 != 0
+            || be16(head, 4) == be16(first, 4).wrapping_add(self.segments as u16);
         let tcp_same = same(t, t + 4) // ports
             && same(t + 8, t + 13) // ack number, data offset
             && same(t + 14, t + 16) // window
@@ -337,6 +344,7 @@ impl Flow {
         if s.v6 != self.v6
             || s.hdr_len != h
             || !ip_same
+            || !id_ok
             || !tcp_same
             || s.seq != self.next_seq
             || payload > self.gso_size

@@ -435,3 +435,29 @@ fn super_packets_stay_within_the_ip_length_field() {
         "each super-packet splits back into its segments"
     );
 }
+
+#[test]
+fn without_df_only_consecutive_ipv4_ids_coalesce() {
+    let seg = |seq: u32, id: u16, df: bool| {
+        let mut b = pkt(false, 1000);
+        b.seq = seq;
+        let mut p = b.build();
+        p[6] = if df { 0x40 } else { 0 };
+        put16(&mut p, 4, id);
+        ipv4_checksum(&mut p, 20);
+        p
+    };
+    let run = |ids: [u16; 3], df: bool| {
+        coalesce(&[
+            seg(1000, ids[0], df),
+            seg(2000, ids[1], df),
+            seg(3000, ids[2], df),
+        ])
+        .len()
+    };
+    assert_eq!(run([7, 8, 9], false), 1, "consecutive");
+    assert_eq!(run([0xffff, 0, 1], false), 1, "consecutive across the wrap");
+    assert_eq!(run([7, 7, 7], false), 3, "repeated ids");
+    assert_eq!(run([7, 8, 10], false), 2, "a gap");
+    assert_eq!(run([7, 7, 7], true), 1, "with DF the ids do not matter");
+}
