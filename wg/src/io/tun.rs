@@ -169,6 +169,13 @@ impl Tun {
     }
 
     fn read(&self, bufs: &mut TunRecvBufs, n: usize, vnet: bool) {
+        if n == bufs.raw.len() {
+            // Larger than any IP packet: the kernel truncated it; splitting would send a
+            // shortened last segment with a fresh, valid checksum.
+            tracing::debug!(bytes = n, "TUN read dropped: truncated");
+            bufs.len = 0;
+            return;
+        }
         (bufs.len, bufs.vnet) = (n, vnet);
         let segments = match vnet {
             true if n >= VNET_HDR_LEN => vnet_segments(&bufs.raw[..VNET_HDR_LEN], n - VNET_HDR_LEN),
@@ -187,6 +194,9 @@ fn would_block() -> io::Error {
     io::ErrorKind::WouldBlock.into()
 }
 
+/// Fixed IPv6 header, outside the payload length.
+const IPV6_HDR_LEN: usize = 40;
+
 /// Buffers for [`Tun::recv`]: one raw TUN read (a TSO/USO super-packet is split in place),
 /// or the packets the userspace stack queued.
 pub struct TunRecvBufs {
@@ -201,7 +211,9 @@ pub struct TunRecvBufs {
 impl Default for TunRecvBufs {
     fn default() -> TunRecvBufs {
         TunRecvBufs {
-            raw: vec![0; VNET_HDR_LEN + MAX_IP_LEN],
+            // The largest read (an IPv6 header and 64 KiB of payload behind the virtio-net
+            // header) plus one byte, so that a truncated read shows as a full buffer.
+            raw: vec![0; VNET_HDR_LEN + IPV6_HDR_LEN + MAX_IP_LEN + 1],
             len: 0,
             vnet: false,
             queued: Vec::new(),
