@@ -66,16 +66,12 @@ pub async fn run(
     if !rbac {
         state.set_reach(admin::ReachView::open());
     }
-    let _ = state.siblings.set(crate::siblings::Siblings {
-        client: client.clone(),
-        namespace: cfg.gateway_namespace.clone(),
-        me: crate::leader::identity(),
-        port: cfg.admin_addr.port(),
-        key: replica_key,
-        seen: Arc::new(std::sync::Mutex::new(crate::siblings::Seen::new(
-            SystemTime::now(),
-        ))),
-    });
+    let _ = state.siblings.set(crate::siblings::Siblings::new(
+        client.clone(),
+        cfg.gateway_namespace.clone(),
+        cfg.admin_addr.port(),
+        replica_key,
+    ));
     let admin = admin::serve(
         cfg.admin_addr,
         state.clone(),

@@ -160,6 +160,19 @@ pub struct Siblings {
 }
 
 impl Siblings {
+    /// This replica (its pod name from [`crate::leader::identity`]), started now: it accepts
+    /// no proof made before.
+    pub fn new(client: kube::Client, namespace: String, port: u16, key: ReplicaKey) -> Siblings {
+        Siblings {
+            client,
+            namespace,
+            me: crate::leader::identity(),
+            port,
+            key,
+            seen: Arc::new(Mutex::new(Seen::new(SystemTime::now()))),
+        }
+    }
+
     /// Whether `header` proves a sibling asking this replica for [`PATH`] at `now`; a proof
     /// is accepted once.
     pub fn admit(&self, header: &str, now: SystemTime) -> Result<(), ProofRefused> {
