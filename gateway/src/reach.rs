@@ -11,11 +11,22 @@
 //!
 //! So a packet costs two hash lookups whatever the number of peers, Services or pods, and the
 //! sets hold peers × namespaces + destinations elements, not peers × destinations.
+//!
+//! A ClusterIP leads wherever its Service's EndpointSlices point, and whoever may edit a
+//! namespace's EndpointSlices may point them anywhere (CVE-2021-25740). So a ClusterIP counts
+//! as its namespace's only while every endpoint is a pod of that namespace; endpoints that are
+//! pods of other namespaces make it a "span" of all those namespaces (its own `dest_ns` id,
+//! granted to a peer reaching each of them), and an endpoint that is no pod (a node, anything
+//! outside the pod network) makes it reachable by no peer, unless the address is in
+//! `--allow-cidr` (every peer reaches it anyway). Whose pod an address is comes from the Pods
+//! the gateway watches, never from the slice's `targetRef`, which its writer chooses.
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// A namespace's number in the `dest_ns` and `peer_ns` sets (the packet mark the lookup sets;
 /// never 0, the mark of a packet whose destination is in no namespace).
@@ -45,9 +56,34 @@ impl NsIds {
 /// What the cluster holds: reachable addresses per namespace and the cluster DNS addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
-    /// ClusterIPs and pod IPs (not hostNetwork, not node addresses) per namespace.
+    /// Pod IPs (not hostNetwork, not node addresses) and the ClusterIPs whose endpoints are
+    /// all pods of the namespace, per namespace (so every namespace a span names has one).
     pub by_namespace: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// ClusterIPs whose endpoints are pods of other namespaces too: each needs reach in every
+    /// namespace of its set (its Service's own included).
+    pub spans: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    /// ClusterIPs with an endpoint that is no pod: no peer reaches them.
+    pub refused: BTreeMap<Ipv4Addr, Refused>,
     pub dns: BTreeSet<Ipv4Addr>,
+}
+
+/// Why no peer reaches a ClusterIP (for the log): the Service and its first endpoint that is
+/// no pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// `namespace/name`.
+    pub service: String,
+    pub endpoint: Ipv4Addr,
+}
+
+/// The `dest_ns` key of a span: its namespaces joined by commas (a namespace name, a DNS
+/// label, holds no comma, so a span never shares an id with a namespace).
+fn span_key(namespaces: &BTreeSet<String>) -> String {
+    namespaces
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Who a review asks about: a peer's owner and the groups counted for it. Reviews are keyed
@@ -155,9 +191,20 @@ pub fn desired(
             sets.dest_ns.entry(*a).or_insert(id);
         }
     }
+    let spans: BTreeSet<&BTreeSet<String>> = inv.spans.values().collect();
+    for (a, span) in &inv.spans {
+        sets.dest_ns.entry(*a).or_insert(ids.id(&span_key(span)));
+    }
     for p in peers {
-        for ns in p.wanted(inv).filter(|ns| allowed(&p.subject, ns)) {
+        let granted: BTreeSet<&str> = p.wanted(inv).filter(|ns| allowed(&p.subject, ns)).collect();
+        for ns in &granted {
             sets.peer_ns.insert((p.ip, ids.id(ns)));
+        }
+        for span in spans
+            .iter()
+            .filter(|s| s.iter().all(|ns| granted.contains(ns.as_str())))
+        {
+            sets.peer_ns.insert((p.ip, ids.id(&span_key(span))));
         }
     }
     sets
@@ -297,13 +344,20 @@ pub fn owner_groups(owner: &str) -> Vec<String> {
     groups
 }
 
-/// The inventory of watched objects: every IPv4 ClusterIP of a Service (not headless) and pod
-/// IP of a running or pending Pod, per namespace, except hostNetwork Pods and addresses of
-/// Nodes (a peer never reaches a node); DNS: the ClusterIPs of `kube-system/kube-dns`.
+/// The label naming an EndpointSlice's Service (what kube-proxy reads).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The inventory of watched objects: every IPv4 pod IP of a running or pending Pod per
+/// namespace, except hostNetwork Pods and addresses of Nodes (a peer never reaches a node);
+/// every IPv4 ClusterIP of a Service (not headless) by where its IPv4 EndpointSlices point
+/// (see the module's documentation; endpoints in `allowed`, the admin's `--allow-cidr`, need
+/// nothing); DNS: the ClusterIPs of `kube-system/kube-dns`.
 pub fn inventory<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     pods: impl IntoIterator<Item = &'a Pod>,
     nodes: impl IntoIterator<Item = &'a Node>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    allowed: &[IpNet],
 ) -> Inventory {
     let node_addrs: BTreeSet<Ipv4Addr> = nodes
         .into_iter()
@@ -312,34 +366,12 @@ pub fn inventory<'a>(
         .filter_map(|a| a.address.parse().ok())
         .collect();
     let mut inv = Inventory::default();
-    let mut put = |ns: Option<&String>, ips: Vec<Ipv4Addr>| {
-        if let Some(ns) = ns {
-            let set = inv.by_namespace.entry(ns.clone()).or_default();
-            set.extend(ips.into_iter().filter(|a| !node_addrs.contains(a)));
-        }
-    };
-    let mut dns = BTreeSet::new();
-    for s in services {
-        let Some(spec) = s.spec.as_ref() else {
-            continue;
-        };
-        let ips = spec
-            .cluster_ips
-            .iter()
-            .flatten()
-            .chain(spec.cluster_ip.iter())
-            .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
-            .collect::<Vec<_>>();
-        if s.metadata.namespace.as_deref() == Some("kube-system")
-            && s.metadata.name.as_deref() == Some("kube-dns")
-        {
-            dns.extend(ips.iter().copied());
-        }
-        put(s.metadata.namespace.as_ref(), ips);
-    }
+    // Whose pod each address is (two namespaces for a stale address already reused).
+    let mut pod_ns: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
     for p in pods {
         let host = p.spec.as_ref().and_then(|s| s.host_network) == Some(true);
-        let Some(st) = p.status.as_ref().filter(|_| !host) else {
+        let (Some(st), Some(ns)) = (p.status.as_ref().filter(|_| !host), &p.metadata.namespace)
+        else {
             continue;
         };
         if matches!(st.phase.as_deref(), Some("Succeeded" | "Failed")) {
@@ -350,13 +382,87 @@ pub fn inventory<'a>(
             .iter()
             .flatten()
             .map(|i| &i.ip)
-            .chain(st.pod_ip.iter())
-            .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
-            .collect::<Vec<_>>();
-        put(p.metadata.namespace.as_ref(), ips);
+            .chain(st.pod_ip.iter());
+        let set = inv.by_namespace.entry(ns.clone()).or_default();
+        for ip in ips.filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
+            if !node_addrs.contains(&ip) {
+                set.insert(ip);
+                pod_ns.entry(ip).or_default().insert(ns.clone());
+            }
+        }
     }
-    inv.dns = dns;
+    let endpoints = service_endpoints(slices);
+    for s in services {
+        let (Some(spec), Some(ns), Some(name)) =
+            (s.spec.as_ref(), &s.metadata.namespace, &s.metadata.name)
+        else {
+            continue;
+        };
+        let ips = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
+            .filter(|a| !node_addrs.contains(a))
+            .collect::<BTreeSet<_>>();
+        if ns == "kube-system" && name == "kube-dns" {
+            inv.dns.extend(ips.iter().copied());
+        }
+        let mut span = BTreeSet::from([ns.clone()]);
+        let mut refused = None;
+        let eps = endpoints
+            .get(&(ns.as_str(), name.as_str()))
+            .into_iter()
+            .flatten();
+        for a in eps.filter(|a| !allowed.iter().any(|n| n.contains(&IpAddr::V4(**a)))) {
+            match pod_ns.get(a) {
+                Some(owners) => span.extend(owners.iter().cloned()),
+                None => {
+                    refused = Some(Refused {
+                        service: format!("{ns}/{name}"),
+                        endpoint: *a,
+                    });
+                    break;
+                }
+            }
+        }
+        for ip in ips {
+            if let Some(r) = &refused {
+                inv.refused.insert(ip, r.clone());
+            } else if span.len() > 1 {
+                inv.spans.insert(ip, span.clone());
+            } else {
+                inv.by_namespace.entry(ns.clone()).or_default().insert(ip);
+            }
+        }
+    }
     inv
+}
+
+/// Every IPv4 endpoint address of each Service (`namespace`, `name`), from the EndpointSlices
+/// labelled with its name in its namespace, whoever manages them: kube-proxy sends a
+/// ClusterIP's connections to all of them. FQDN and IPv6 slices carry nothing for an IPv4
+/// ClusterIP.
+fn service_endpoints<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> BTreeMap<(&'a str, &'a str), BTreeSet<Ipv4Addr>> {
+    let mut out: BTreeMap<(&str, &str), BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for s in slices.into_iter().filter(|s| s.address_type == "IPv4") {
+        let service = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
+        let (Some(ns), Some(service)) = (&s.metadata.namespace, service) else {
+            continue;
+        };
+        let addrs = s.endpoints.iter().flat_map(|e| &e.addresses);
+        out.entry((ns.as_str(), service.as_str()))
+            .or_default()
+            .extend(addrs.filter_map(|a| a.parse::<Ipv4Addr>().ok()));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ fn inv() -> Inventory {
     Inventory {
         by_namespace,
         dns: [ip("10.96.0.10")].into(),
+        ..Inventory::default()
     }
 }
 
@@ -227,7 +228,7 @@ fn inventory_skips_host_network_nodes_and_finished_pods() {
     .into_iter()
     .map(|v| serde_json::from_value(v).unwrap())
     .collect();
-    let inv = inventory(&svc, &pods, &nodes);
+    let inv = inventory(&svc, &pods, &nodes, &[], &[]);
     assert_eq!(
         inv.by_namespace["emo"],
         [ip("10.96.1.0"), ip("10.244.0.5")].into()
@@ -308,4 +309,170 @@ fn reviews_are_keyed_by_owner_and_verified_groups() {
     assert_eq!(got[&ip("100.77.0.3")], ["emojivoto"]);
     let known = |o: &Subject, ns: &str| o == &dev(&[]) && ns == "default";
     assert_eq!(questions(&inv(), &peers, known).len(), 3);
+}
+
+fn objects<T: serde::de::DeserializeOwned>(values: Vec<serde_json::Value>) -> Vec<T> {
+    values
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect()
+}
+
+fn service(ns: &str, name: &str, cluster_ip: &str) -> serde_json::Value {
+    json!({"metadata": {"name": name, "namespace": ns}, "spec": {"clusterIP": cluster_ip}})
+}
+
+fn slice(ns: &str, service: &str, name: &str, addrs: &[&str]) -> serde_json::Value {
+    let eps: Vec<_> = addrs
+        .iter()
+        .map(|a| json!({"addresses": [a], "conditions": {"ready": true}}))
+        .collect();
+    json!({"metadata": {"name": name, "namespace": ns, "labels": {SERVICE_NAME_LABEL: service}},
+           "addressType": "IPv4", "endpoints": eps})
+}
+
+/// Pods `web` (emo, 10.244.0.5), `db` (default, 10.244.0.6), `api` (kube-system, 10.244.0.7);
+/// node 192.0.2.1; Services in `emo`: `web` (its own pod), `pivot` (a hand-written slice),
+/// `lb` and `empty` (no slices).
+fn cluster(pivot: &[&str], allowed: &[&str]) -> Inventory {
+    let pods: Vec<Pod> = objects(vec![
+        json!({"metadata": {"name": "web", "namespace": "emo"}, "status": {"phase": "Running", "podIP": "10.244.0.5"}}),
+        json!({"metadata": {"name": "db", "namespace": "default"}, "status": {"phase": "Running", "podIP": "10.244.0.6"}}),
+        json!({"metadata": {"name": "api", "namespace": "kube-system"}, "status": {"phase": "Running", "podIP": "10.244.0.7"}}),
+    ]);
+    let nodes: Vec<Node> = objects(vec![
+        json!({"metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}]}}),
+    ]);
+    let services: Vec<Service> = objects(vec![
+        service("emo", "web", "10.96.1.1"),
+        service("emo", "pivot", "10.96.1.2"),
+        service("emo", "empty", "10.96.1.3"),
+    ]);
+    let slices: Vec<EndpointSlice> = objects(vec![
+        slice("emo", "web", "web-abcde", &["10.244.0.5"]),
+        slice("emo", "pivot", "pivot-1", pivot),
+        // Another namespace's slice naming a Service `pivot` is not emo/pivot's.
+        slice("default", "pivot", "pivot", &["192.0.2.1"]),
+    ]);
+    let allowed: Vec<IpNet> = allowed.iter().map(|a| a.parse().unwrap()).collect();
+    inventory(&services, &pods, &nodes, &slices, &allowed)
+}
+
+#[test]
+fn a_cluster_ip_of_its_own_pods_belongs_to_its_namespace() {
+    let inv = cluster(&["10.244.0.5"], &[]);
+    let emo = &inv.by_namespace["emo"];
+    for a in ["10.96.1.1", "10.96.1.2", "10.96.1.3", "10.244.0.5"] {
+        assert!(emo.contains(&ip(a)), "{a}: {inv:?}");
+    }
+    assert!(inv.spans.is_empty() && inv.refused.is_empty(), "{inv:?}");
+}
+
+#[test]
+fn a_cluster_ip_pointing_at_a_node_or_outside_the_pods_is_refused() {
+    for target in ["192.0.2.1", "10.244.0.99", "8.8.8.8"] {
+        let inv = cluster(&["10.244.0.5", target], &[]);
+        assert_eq!(
+            inv.refused[&ip("10.96.1.2")],
+            Refused {
+                service: "emo/pivot".into(),
+                endpoint: ip(target)
+            }
+        );
+        assert!(!inv.by_namespace["emo"].contains(&ip("10.96.1.2")));
+        let mut ids = NsIds::default();
+        let root = [peer("100.77.0.5", "root", &[])];
+        let sets = desired(&inv, &root, |_, _| true, &mut ids);
+        assert!(
+            !sets.dest_ns.contains_key(&ip("10.96.1.2")),
+            "no id: no peer reaches it"
+        );
+        // Its neighbour is untouched.
+        assert_eq!(sets.dest_ns[&ip("10.96.1.1")], ids.id("emo"));
+    }
+    // Unless the admin allows the address to every peer anyway.
+    let inv = cluster(&["192.0.2.1"], &["192.0.2.0/24"]);
+    assert!(inv.refused.is_empty(), "{inv:?}");
+    assert!(inv.by_namespace["emo"].contains(&ip("10.96.1.2")));
+}
+
+#[test]
+fn a_cluster_ip_spanning_namespaces_needs_reach_in_each() {
+    let inv = cluster(&["10.244.0.5", "10.244.0.6"], &[]);
+    let span: BTreeSet<String> = ["default".to_owned(), "emo".to_owned()].into();
+    assert_eq!(inv.spans[&ip("10.96.1.2")], span);
+    assert!(!inv.by_namespace["emo"].contains(&ip("10.96.1.2")));
+    let only_emo = |_: &Subject, ns: &str| ns == "emo";
+    let peers = [
+        peer("100.77.0.2", "alice", &[]),
+        peer("100.77.0.3", "root", &[]),
+        // root's other peer asked only for emo: it does not reach into default.
+        peer("100.77.0.4", "root", &["emo"]),
+    ];
+    let mut ids = NsIds::default();
+    let sets = desired(
+        &inv,
+        &peers,
+        |o, ns| o.user == "root" || only_emo(o, ns),
+        &mut ids,
+    );
+    let id = sets.dest_ns[&ip("10.96.1.2")];
+    assert!(
+        ![ids.id("emo"), ids.id("default")].contains(&id),
+        "a span has its own id"
+    );
+    let has = |p: &str| sets.peer_ns.contains(&(ip(p), id));
+    assert!(!has("100.77.0.2"), "alice may not reach default");
+    assert!(has("100.77.0.3"));
+    assert!(!has("100.77.0.4"));
+    // Alice still reaches the rest of emo; a grant in default opens the span too.
+    assert!(sets.peer_ns.contains(&(ip("100.77.0.2"), ids.id("emo"))));
+    let both = desired(&inv, &peers, |_, _| true, &mut ids);
+    assert!(both.peer_ns.contains(&(ip("100.77.0.2"), id)));
+}
+
+#[test]
+fn an_endpoint_slice_change_moves_the_cluster_ip_element_by_element() {
+    let mut ids = NsIds::default();
+    let peers = [peer("100.77.0.2", "alice", &[])];
+    let rbac = |_: &Subject, ns: &str| ns == "emo";
+    let good = desired(&cluster(&["10.244.0.5"], &[]), &peers, rbac, &mut ids);
+    let bad = desired(
+        &cluster(&["10.244.0.5", "192.0.2.1"], &[]),
+        &peers,
+        rbac,
+        &mut ids,
+    );
+    let d = diff(&good, &bad);
+    assert_eq!(d.del_dest, [ip("10.96.1.2")]);
+    assert!(
+        d.add_dest.is_empty() && d.add_peer.is_empty() && d.del_peer.is_empty(),
+        "{d:?}"
+    );
+    let back = diff(&bad, &good);
+    assert_eq!(back.add_dest, [(ip("10.96.1.2"), ids.id("emo"))]);
+}
+
+#[test]
+fn only_ipv4_slices_labelled_for_the_service_count() {
+    let pods: Vec<Pod> = objects(vec![
+        json!({"metadata": {"name": "web", "namespace": "emo"}, "status": {"phase": "Running", "podIP": "10.244.0.5"}}),
+    ]);
+    let services: Vec<Service> = objects(vec![service("emo", "web", "10.96.1.1")]);
+    let mut fqdn = slice("emo", "web", "fqdn", &["db.example.com"]);
+    fqdn["addressType"] = json!("FQDN");
+    let mut v6 = slice("emo", "web", "v6", &["fd00::1"]);
+    v6["addressType"] = json!("IPv6");
+    let mut unlabelled = slice("emo", "web", "other", &["192.0.2.1"]);
+    unlabelled["metadata"]["labels"] = json!({});
+    let slices: Vec<EndpointSlice> = objects(vec![fqdn, v6, unlabelled]);
+    let inv = inventory(&services, &pods, &[], &slices, &[]);
+    assert!(
+        inv.by_namespace["emo"].contains(&ip("10.96.1.1")),
+        "{inv:?}"
+    );
+    // The label is what counts, not the slice's name or its manager.
+    let hand: Vec<EndpointSlice> = objects(vec![slice("emo", "web", "anything", &["192.0.2.1"])]);
+    let inv = inventory(&services, &pods, &[], &hand, &[]);
+    assert!(inv.refused.contains_key(&ip("10.96.1.1")));
 }

@@ -1,4 +1,5 @@
-//! Reach by RBAC, the I/O side: watches Services, Pods and Nodes (what peers may reach) and
+//! Reach by RBAC, the I/O side: watches Services, their EndpointSlices, Pods and Nodes (what
+//! peers may reach) and
 //! Roles, ClusterRoles and their bindings (when to ask again), asks SubjectAccessReviews per
 //! owner and namespace, and moves the `kwg_reach` nftables sets to what [`reach::desired`]
 //! says, element by element.
@@ -12,6 +13,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::{Node, NodeStatus, Pod, PodSpec, PodStatus, Service};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::Store;
@@ -37,13 +39,15 @@ pub async fn run(
     let (services, s) = watch(Api::all(client.clone()), None, "Services", trim_service);
     let (pods, p) = watch(Api::all(client.clone()), None, "Pods", trim_pod);
     let (nodes, n) = watch(Api::all(client.clone()), None, "Nodes", trim_node);
-    let mut objects = futures::stream::select_all([s, p, n]);
+    let (slices, e) = watch(Api::all(client.clone()), None, "EndpointSlices", trim_slice);
+    let mut objects = futures::stream::select_all([s, p, n, e]);
     let (roles, bindings, mut ns_rbac) = namespaced_rbac(&client);
     let mut cluster_rbac = cluster_rbac(&client);
     let mut rbac_seen = reach::RbacVersions::new();
     let mut dirty: BTreeSet<String> = BTreeSet::new();
     let mut grants: HashMap<Question, bool> = HashMap::new();
     let mut applied = Sets::default();
+    let mut refused = std::collections::BTreeMap::new();
     let mut ids = NsIds::default();
     let mut refresh_at = Instant::now() + cfg.reach_refresh;
     let (mut ask_all, mut failed) = (false, false);
@@ -79,7 +83,7 @@ pub async fn run(
                 }
             }
         }
-        if !(listed(&services) && listed(&pods) && listed(&nodes)) {
+        if !(listed(&services) && listed(&pods) && listed(&nodes) && listed(&slices)) {
             continue;
         }
         let started = std::time::Instant::now();
@@ -87,7 +91,11 @@ pub async fn run(
             services.state().iter().map(|s| s.as_ref()),
             pods.state().iter().map(|p| p.as_ref()),
             nodes.state().iter().map(|n| n.as_ref()),
+            slices.state().iter().map(|s| s.as_ref()),
+            &cfg.allow_cidr,
         );
+        log_refused(&refused, &inv.refused);
+        refused = inv.refused.clone();
         let peers = peer_reach(&state, cfg.trust_peer_groups);
         let all = std::mem::take(&mut ask_all);
         let stale = std::mem::take(&mut dirty);
@@ -148,6 +156,20 @@ fn apply(cfg: &Config, d: &reach::Diff, new: &Sets) -> Result<(), GatewayError> 
         let full = reach::diff(&Sets::default(), new).render(nft::REACH_TABLE);
         net::nft_apply(&(nft::render_reach(&cfg.interface, &cfg.allow_cidr) + &full))
     })
+}
+
+/// Logs each ClusterIP that became refused to every peer, or stopped being.
+fn log_refused(
+    old: &std::collections::BTreeMap<std::net::Ipv4Addr, reach::Refused>,
+    new: &std::collections::BTreeMap<std::net::Ipv4Addr, reach::Refused>,
+) {
+    for (ip, r) in new.iter().filter(|(ip, r)| old.get(ip) != Some(r)) {
+        tracing::warn!(cluster_ip = %ip, service = %r.service, endpoint = %r.endpoint,
+            "ClusterIP refused to every peer: an endpoint of its Service is no pod (a node or an address outside the pod network)");
+    }
+    for (ip, r) in old.iter().filter(|(ip, _)| !new.contains_key(ip)) {
+        tracing::info!(cluster_ip = %ip, service = %r.service, "ClusterIP no longer refused");
+    }
 }
 
 /// The served peers as reach sees them; their Secrets' groups count only with
@@ -287,6 +309,26 @@ fn trim_pod(p: &mut Pod) {
         pod_ips: s.pod_ips,
         ..Default::default()
     });
+}
+
+/// Keeps what reach reads of an EndpointSlice: namespace, Service label, address type and
+/// addresses (not `targetRef`: its writer chooses it, the Pods say whose an address is).
+fn trim_slice(s: &mut EndpointSlice) {
+    s.metadata.managed_fields = None;
+    s.metadata.annotations = None;
+    s.metadata.owner_references = None;
+    s.metadata.labels = s.metadata.labels.take().map(|l| {
+        l.into_iter()
+            .filter(|(k, _)| k == reach::SERVICE_NAME_LABEL)
+            .collect()
+    });
+    s.ports = None;
+    for e in &mut s.endpoints {
+        *e = Endpoint {
+            addresses: std::mem::take(&mut e.addresses),
+            ..Default::default()
+        };
+    }
 }
 
 fn trim_service(s: &mut Service) {
