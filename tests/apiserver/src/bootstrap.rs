@@ -49,6 +49,22 @@ fn view_rules() -> Value {
     ])
 }
 
+/// Kinds the aggregated `admin` and `edit` roles only read: since Kubernetes 1.22 (CVE-2021-25740)
+/// they write neither Endpoints nor EndpointSlices (`system:aggregate-to-edit` never granted
+/// EndpointSlices, and lost Endpoints): whoever writes them sends a Service's traffic anywhere.
+const READ_ONLY_IN_EDIT: &[&str] = &["endpoints", "endpointslices"];
+
+/// `admin` or `edit`: writes on every served kind but `exclude_groups` and
+/// [`READ_ONLY_IN_EDIT`], which it reads.
+fn namespace_writer(exclude_groups: &[&str]) -> Value {
+    let mut out = rules(WRITE, READ_ONLY_IN_EDIT, exclude_groups);
+    if let Some(rules) = out.as_array_mut() {
+        rules.push(json!({"apiGroups": [""], "resources": ["endpoints"], "verbs": READ}));
+        rules.push(json!({"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ}));
+    }
+    out
+}
+
 fn cluster_role(name: &str, rules: Value) -> Value {
     json!({"metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules})
 }
@@ -108,18 +124,14 @@ pub fn populate(store: &mut Store, env: &Env) {
         "",
         cluster_role(
             "admin",
-            rules(
-                WRITE,
-                &[],
-                &["authorization.k8s.io", "authentication.k8s.io", ADMISSION],
-            ),
+            namespace_writer(&["authorization.k8s.io", "authentication.k8s.io", ADMISSION]),
         ),
     );
     put(
         rbac,
         "clusterroles",
         "",
-        cluster_role("edit", rules(WRITE, &[], &[rbac, ADMISSION])),
+        cluster_role("edit", namespace_writer(&[rbac, ADMISSION])),
     );
     put(rbac, "clusterroles", "", cluster_role("view", view_rules()));
     let discovery_urls = [

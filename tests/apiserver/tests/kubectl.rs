@@ -450,6 +450,58 @@ async fn can_i_and_forbidden() {
     );
 }
 
+/// The real `edit` (Kubernetes >= 1.22, CVE-2021-25740): writes Services, only reads
+/// Endpoints and EndpointSlices, which decide where a Service's traffic goes.
+#[tokio::test]
+async fn edit_writes_services_but_not_endpoints() {
+    let c = Cluster::start().await;
+    c.kubectl_ok("admin", &["create", "namespace", "team"])
+        .await;
+    let bind = [
+        "-n",
+        "team",
+        "create",
+        "rolebinding",
+        "nobody-edit",
+        "--clusterrole=edit",
+        "--user=nobody",
+    ];
+    c.kubectl_ok("admin", &bind).await;
+    let can = |verb: &'static str, what: &'static str| {
+        let c = &c;
+        async move {
+            c.kubectl("nobody", &["auth", "can-i", verb, what, "-n", "team"])
+                .await
+                .stdout
+        }
+    };
+    assert_eq!(can("create", "services").await, "yes\n");
+    for what in ["endpoints", "endpointslices.discovery.k8s.io"] {
+        assert_eq!(can("create", what).await, "no\n", "{what}");
+        assert_eq!(can("update", what).await, "no\n", "{what}");
+        assert_eq!(can("list", what).await, "yes\n", "{what}");
+    }
+    // `admin` neither (it is `edit` plus Roles and RoleBindings).
+    let bind = [
+        "-n",
+        "team",
+        "create",
+        "rolebinding",
+        "nobody-admin",
+        "--clusterrole=admin",
+        "--user=nobody",
+    ];
+    c.kubectl_ok("admin", &bind).await;
+    assert_eq!(
+        can("create", "endpointslices.discovery.k8s.io").await,
+        "no\n"
+    );
+    assert_eq!(
+        can("create", "rolebindings.rbac.authorization.k8s.io").await,
+        "yes\n"
+    );
+}
+
 #[tokio::test]
 async fn kustomize_and_rollout_status() {
     let c = Cluster::start().await;
