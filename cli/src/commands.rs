@@ -10,6 +10,8 @@ use crate::api::{self, ClientError, Reply, Request};
 use crate::args::{Format, JoinArgs, LeaveArgs, OutputArgs, PeersArgs};
 use crate::cluster::Kube;
 use crate::driver::{self, Progress, status_from_state, undo::cleanup_dead};
+use crate::exit::Cancel;
+use crate::progress::Reporter;
 use crate::error::Error;
 use crate::lock::{DaemonLock, Holder};
 use crate::output::{self, PeerRow};
@@ -64,14 +66,19 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
         return Err(Error::AlreadyJoined { pid });
     }
     let format = args.output;
-    let mut report = |p: Progress| match p {
-        Progress::Step(s) => say(format, &output::sanitize(&s)),
-        Progress::Ready(status) => print_joined(&status, format, started.elapsed()),
-        Progress::Failed(_) => {}
-    };
+    let reporter = Reporter::new(format);
     if args.foreground {
+        let mut report = |p: Progress| match p {
+            Progress::Ready(status) => {
+                reporter.clear();
+                print_joined(&status, format, started.elapsed());
+            }
+            p => reporter.show(&p),
+        };
         return driver::run(args, dir, &mut report).await;
     }
+    // From here a signal cancels the join (the daemon undoes its steps) instead of killing kwg.
+    let mut signals = driver::CancelSignals::new()?;
     let exe = std::env::current_exe().map_err(|e| Error::io("find the kwg executable", e))?;
     let log = std::fs::File::create(dir.log())
         .map_err(|e| Error::io(format!("create {}", dir.log().display()), e))?;
@@ -83,89 +90,162 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
             .stderr(log),
     )
     .map_err(|e| Error::io("start the kwg daemon", e))?;
-    let pid = child.id();
     let stdout = child.stdout.take().expect("piped");
-    // The daemon gives up itself at --timeout; this is the bound for a daemon that hangs.
-    let timeout = args.timeout + Duration::from_secs(5);
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
+    // Each line as it comes: the progress is shown while the daemon works.
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+    std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             let Ok(p) = serde_json::from_str::<Progress>(&line) else {
                 continue;
             };
-            let last = !matches!(p, Progress::Step(_));
-            out.push(p);
-            if last {
+            if tx.send(p).is_err() {
                 break;
             }
         }
-        out
     });
+    // The daemon gives up itself at --timeout; this is the bound for a daemon that hangs.
+    let timeout = args.timeout + Duration::from_secs(5);
+    let mut deadline = tokio::time::Instant::now() + timeout;
     let log = dir.log().display().to_string();
-    let progress = match tokio::time::timeout(timeout, lines).await {
-        Ok(Ok(p)) => p,
-        _ => {
-            // SIGTERM makes the daemon undo what it did; a daemon that does not exit is
-            // killed, and its journal undone here.
-            signal(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut cancel: Option<Cancel> = None;
+    let mut outcome = Err(Error::DaemonExited { log: log.clone() });
+    loop {
+        tokio::select! {
+            p = lines.recv() => match p {
+                // Cancelled: the daemon's stdout closes when it has undone its steps and exits.
+                None => break,
+                Some(Progress::Ready(status)) if cancel.is_none() => {
+                    outcome = Ok(status);
+                    break;
+                }
+                Some(Progress::Failed(f)) => {
+                    outcome = Err(Error::Reported(f));
+                    break;
+                }
+                Some(p) => reporter.show(&p),
+            },
+            by = signals.recv() => match cancel {
+                None => {
+                    cancel = Some(by);
+                    reporter.cancelling(by);
+                    // SIGTERM makes the daemon undo every step it took, reporting as it goes.
+                    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+                    deadline = tokio::time::Instant::now() + CANCEL_GRACE;
+                }
+                Some(_) => reporter.still_cleaning(),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                let undone = stop_daemon(&mut child, &dir).await;
+                reporter.clear();
+                return Err(match cancel {
+                    Some(by) => Error::Cancelled { by, undone },
+                    None => Error::DaemonTimeout { secs: timeout.as_secs(), log },
+                });
             }
-            let _ = child.kill();
+        }
+    }
+    if let Some(by) = cancel {
+        let undone = stop_daemon(&mut child, &dir).await;
+        reporter.clear();
+        return Err(Error::Cancelled { by, undone });
+    }
+    let status = match outcome {
+        Ok(status) => status,
+        Err(e) => {
             let _ = child.wait();
-            if let Ok(Some(state)) = State::load(&dir.state())
-                && let Err(e) = cleanup_dead(&state, &dir).await
-            {
-                tracing::error!(error = %e, "cleanup after the stopped daemon failed; run kwg leave");
-            }
-            return Err(Error::DaemonTimeout {
-                secs: timeout.as_secs(),
-                log,
-            });
-        }
-    };
-    let mut outcome = Err(Error::DaemonExited { log });
-    let mut ready = None;
-    for p in progress {
-        match p {
-            Progress::Failed(f) => outcome = Err(Error::Reported(f)),
-            Progress::Ready(status) => {
-                outcome = Ok(());
-                ready = Some(status);
-            }
-            p => report(p),
-        }
-    }
-    if outcome.is_err() {
-        let _ = child.wait();
-    }
-    let Some(status) = ready else {
-        return outcome;
-    };
-    if !args.wait_for.is_empty() {
-        let names: Vec<String> = args.wait_for.iter().map(|t| t.to_string()).collect();
-        say(format, &format!("Waiting for {}", names.join(", ")));
-        let deadline = started + args.timeout;
-        let deadline = deadline.max(Instant::now() + Duration::from_secs(1));
-        if let Err(e) = crate::wait::all(&args.wait_for, &status, deadline).await {
-            // Nothing of a join that failed its wait stays behind.
-            if let Err(undo) = undo_all(&dir).await {
-                tracing::error!(error = %undo, "leaving after --wait-for failed; run kwg leave");
-            }
+            reporter.clear();
             return Err(e);
         }
+    };
+    let after_ready = async {
+        let mut status = status;
+        if !args.wait_for.is_empty() {
+            let names: Vec<String> = args.wait_for.iter().map(|t| t.to_string()).collect();
+            let waiting = format!("Waiting for {}", names.join(", "));
+            reporter.doing("WaitFor", &waiting);
+            let deadline = started + args.timeout;
+            let deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+            crate::wait::all(&args.wait_for, &status, deadline).await?;
+        }
+        tell_reach(&mut status, &dir, &reporter).await;
+        Ok::<_, Error>(status)
+    };
+    let result = tokio::select! {
+        r = after_ready => r.map_err(|e| (e, None)),
+        by = signals.recv() => {
+            reporter.cancelling(by);
+            Err((Error::Cancelled { by, undone: String::new() }, Some(by)))
+        }
+    };
+    match result {
+        Ok(status) => {
+            reporter.clear();
+            print_joined(&status, format, started.elapsed());
+            Ok(())
+        }
+        Err((e, by)) => {
+            // Nothing of a join that failed its wait or was cancelled stays behind.
+            let undone = match undo_all(&dir).await {
+                Ok(c) => {
+                    reporter.left(&c.removed);
+                    UNDONE.to_string()
+                }
+                Err(undo) => {
+                    let undone = format!("undoing failed ({undo}): run kwg leave");
+                    if by.is_none() {
+                        reporter.step(&format!("Leaving again: {undone}"));
+                    }
+                    undone
+                }
+            };
+            reporter.clear();
+            Err(match by {
+                Some(by) => Error::Cancelled { by, undone },
+                None => e,
+            })
+        }
     }
-    let mut status = status;
-    tell_reach(&mut status, &dir, format).await;
-    report(Progress::Ready(status));
-    Ok(())
+}
+
+/// How long a cancelled daemon may take to undo its steps before it is killed and its journal
+/// undone here.
+const CANCEL_GRACE: Duration = Duration::from_secs(15);
+
+/// The end of [`Error::Cancelled`]'s sentence when everything was undone.
+pub const UNDONE: &str = "every step it had taken is undone";
+
+/// Waits for a daemon that was told to stop (SIGTERM) to exit, kills it after 5 s, and undoes
+/// what its journal still holds; says whether everything is undone.
+async fn stop_daemon(child: &mut std::process::Child, dir: &StateDir) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if matches!(child.try_wait(), Ok(None)) {
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    match State::load(&dir.state()) {
+        Ok(Some(state)) => match cleanup_dead(&state, dir, None).await {
+            Ok(_) => UNDONE.into(),
+            Err(e) => format!("undoing failed ({e}): run kwg leave"),
+        },
+        Ok(None) => UNDONE.into(),
+        Err(e) => format!("its journal is unreadable ({e}): run kwg leave"),
+    }
 }
 
 /// Tells the user which mapped namespaces the gateway will not forward to (waiting up to 3 s
 /// for the gateway to decide), and puts the reach into the status `kwg join` prints.
-async fn tell_reach(status: &mut Status, dir: &StateDir, format: Format) {
+async fn tell_reach(status: &mut Status, dir: &StateDir, reporter: &Reporter) {
     let Some(admin) = State::load(&dir.state())
         .ok()
         .flatten()
@@ -178,9 +258,8 @@ async fn tell_reach(status: &mut Status, dir: &StateDir, format: Format) {
     match &status.reach {
         Some(r) => crate::reach::warnings(status, r)
             .iter()
-            .for_each(|w| say(format, &output::sanitize(w))),
-        None => say(
-            format,
+            .for_each(|w| reporter.step(w)),
+        None => reporter.step(
             "The gateway did not say which namespaces this peer reaches yet: see `kwg status`.",
         ),
     }

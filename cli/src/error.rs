@@ -178,3 +178,9 @@ impl Error {
         }
     }
 }
+    /// `kwg join` stopped before it finished; `undone` says whether everything was undone.
+    #[error("join cancelled by {by} before it finished; {undone}")]
+    Cancelled {
+        by: crate::exit::Cancel,
+        undone: String,
+    },

@@ -29,10 +29,59 @@ pub enum ExitCode {
     LocalConflict = 9,
     /// The Kubernetes API server cannot be reached.
     ApiUnreachable = 10,
+    /// A closed terminal (SIGHUP) cancelled `kwg join`; every step it took is undone.
+    HungUp = 129,
+    /// Ctrl-C (SIGINT) cancelled `kwg join`; every step it took is undone.
+    Interrupted = 130,
+    /// SIGTERM cancelled `kwg join`; every step it took is undone.
+    Terminated = 143,
+}
+
+/// What cancelled a `kwg join` before it finished. The codes are the shell's for a process
+/// killed by the signal (128 + its number), as for any command stopped that way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    Interrupt,
+    Terminate,
+    Hangup,
+    /// `kwg leave` (from another terminal) while the join was running.
+    Leave,
+}
+
+impl Cancel {
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            Cancel::Interrupt => ExitCode::Interrupted,
+            Cancel::Terminate => ExitCode::Terminated,
+            Cancel::Hangup => ExitCode::HungUp,
+            Cancel::Leave => ExitCode::Failure,
+        }
+    }
+
+    /// The signal's name, as in the JSON progress events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cancel::Interrupt => "SIGINT",
+            Cancel::Terminate => "SIGTERM",
+            Cancel::Hangup => "SIGHUP",
+            Cancel::Leave => "leave",
+        }
+    }
+}
+
+impl std::fmt::Display for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cancel::Interrupt => "Ctrl-C (SIGINT)",
+            Cancel::Terminate => "SIGTERM",
+            Cancel::Hangup => "a closed terminal (SIGHUP)",
+            Cancel::Leave => "kwg leave",
+        })
+    }
 }
 
 impl ExitCode {
-    pub const ALL: [ExitCode; 10] = [
+    pub const ALL: [ExitCode; 13] = [
         ExitCode::Failure,
         ExitCode::Usage,
         ExitCode::Privilege,
@@ -43,6 +92,9 @@ impl ExitCode {
         ExitCode::WaitFor,
         ExitCode::LocalConflict,
         ExitCode::ApiUnreachable,
+        ExitCode::HungUp,
+        ExitCode::Interrupted,
+        ExitCode::Terminated,
     ];
 
     pub fn code(self) -> i32 {
@@ -62,6 +114,9 @@ impl ExitCode {
             ExitCode::WaitFor => "wait-for",
             ExitCode::LocalConflict => "local-conflict",
             ExitCode::ApiUnreachable => "api-server",
+            ExitCode::HungUp => "hangup",
+            ExitCode::Interrupted => "interrupted",
+            ExitCode::Terminated => "terminated",
         }
     }
 
@@ -85,6 +140,15 @@ impl ExitCode {
                 "already joined, the interface exists, a route or the DNS listen address conflicts"
             }
             ExitCode::ApiUnreachable => "the Kubernetes API server cannot be reached",
+            ExitCode::HungUp => {
+                "join: the terminal closed (SIGHUP) before it finished; every step taken is undone"
+            }
+            ExitCode::Interrupted => {
+                "join: cancelled with Ctrl-C (SIGINT); every step taken is undone"
+            }
+            ExitCode::Terminated => {
+                "join: stopped by SIGTERM before it finished; every step taken is undone"
+            }
         }
     }
 
@@ -155,6 +219,7 @@ impl From<&Error> for ExitCode {
             | Error::DnsListen { .. }
             | Error::UntrustedInfo { .. } => C::LocalConflict,
             Error::Reported(f) => f.exit_code,
+            Error::Cancelled { by, .. } => by.exit_code(),
             Error::JoinTimeout { .. }
             | Error::DaemonTimeout { .. }
             | Error::DaemonExited { .. }
@@ -287,7 +352,21 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for c in ExitCode::ALL {
             assert!(seen.insert(c.code()), "{c:?} repeats {}", c.code());
-            assert!((1..126).contains(&c.code()));
+            let signal = [Cancel::Interrupt, Cancel::Terminate, Cancel::Hangup]
+                .into_iter()
+                .find(|s| s.exit_code() == c);
+            match signal {
+                // The shell's code for a process a signal stopped: 128 + the signal's number.
+                Some(s) => {
+                    let number = match s {
+                        Cancel::Interrupt => nix::sys::signal::Signal::SIGINT,
+                        Cancel::Terminate => nix::sys::signal::Signal::SIGTERM,
+                        _ => nix::sys::signal::Signal::SIGHUP,
+                    };
+                    assert_eq!(c.code(), 128 + number as i32, "{c:?}");
+                }
+                None => assert!((1..126).contains(&c.code()), "{c:?}"),
+            }
         }
         assert_eq!(ExitCode::Usage.code(), 2, "clap exits 2 on usage errors");
     }

@@ -14,6 +14,7 @@ pub mod lock;
 pub mod output;
 pub mod portforward;
 pub mod reach;
+pub mod progress;
 pub mod routes;
 pub mod session;
 pub mod state;
@@ -27,6 +28,28 @@ use args::{Cli, Command};
 use state::StateDir;
 
 /// Runs a parsed command; returns the process exit code.
+/// Starts tracing. kwg's commands say what matters in sentences of their own, so their logs
+/// are off unless `KWG_LOG` asks for them (an `EnvFilter` directive such as `debug`), on
+/// stderr, coloured only when stderr is a terminal; `KWG_LOG_FORMAT=json` for JSON lines. The
+/// daemon (`daemon`) logs warnings to its log file, never coloured.
+pub fn init_tracing(daemon: bool) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let default = if daemon { "warn" } else { "off" };
+    let filter = EnvFilter::try_from_env("KWG_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(!daemon && std::io::stderr().is_terminal())
+        // A failed write (a closed pipe or terminal) is dropped, never a panic.
+        .log_internal_errors(false);
+    if std::env::var("KWG_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<i32, Error> {
     let dir = StateDir::from_env();
     if !matches!(cli.command, Command::CiCredentials(_)) {

@@ -5,7 +5,7 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => usage_error(e),
     };
-    kwg_wg::logging::init("warn");
+    kwg::init_tracing(matches!(cli.command, kwg::args::Command::Daemon(_)));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -14,8 +14,14 @@ fn main() {
     let code = match rt.block_on(kwg::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            // Messages quote cluster text (names, annotations): never printed raw.
-            eprintln!("kwg: {}", kwg::output::sanitize_lines(&e.to_string()));
+            // Messages quote cluster text (names, annotations): never printed raw. A closed
+            // terminal must not turn the exit code into a panic's.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "kwg: {}",
+                kwg::output::sanitize_lines(&e.to_string())
+            );
             kwg::exit::ExitCode::from(&e).code()
         }
     };

@@ -15,7 +15,6 @@ use std::time::Duration;
 use kwg_wg::contract::{GatewayInfo, Status};
 use kwg_wg::device::Device;
 use kwg_wg::keys::PrivateKey;
-use kwg_wg::process::Signals;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -25,7 +24,7 @@ use crate::cluster::Kube;
 use crate::dns::forwarder::Forwarder;
 use crate::error::Error;
 use crate::lock::DaemonLock;
-use crate::session::{Action, Event, Session};
+use crate::session::{Action, Event, Phase, Session};
 use crate::state::{State, StateDir, Undo};
 use actions::Started;
 pub use status::status_from_state;
@@ -34,9 +33,66 @@ pub use status::status_from_state;
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Progress {
+    /// A step begins (`step` names the session's phase): the spinner's text.
+    Doing { step: String, message: String },
+    /// A sentence about what was done.
     Step(String),
     Ready(Box<Status>),
     Failed(crate::exit::Failure),
+    /// The session ended and every step it took was undone (what was removed).
+    Left { removed: Vec<String> },
+}
+
+/// The signals that end a session or cancel a join: SIGINT, SIGTERM and SIGHUP.
+pub struct CancelSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl CancelSignals {
+    /// Registers the handlers (from then on none of these signals kills the process); needs a
+    /// tokio runtime.
+    pub fn new() -> Result<CancelSignals, Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let register = |kind| signal(kind).map_err(|e| Error::io("handle SIGINT/SIGTERM/SIGHUP", e));
+        Ok(CancelSignals {
+            int: register(SignalKind::interrupt())?,
+            term: register(SignalKind::terminate())?,
+            hup: register(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next of these signals.
+    pub async fn recv(&mut self) -> crate::exit::Cancel {
+        use crate::exit::Cancel;
+        tokio::select! {
+            _ = self.int.recv() => Cancel::Interrupt,
+            _ = self.term.recv() => Cancel::Terminate,
+            _ = self.hup.recv() => Cancel::Hangup,
+        }
+    }
+}
+
+/// What the spinner says while the session is in `phase` (`None`: nothing to wait for).
+fn doing(phase: Phase, userspace: bool) -> Option<&'static str> {
+    Some(match phase {
+        Phase::Inspecting => "Reading the kubeconfig and the gateway's info",
+        Phase::Registering => "Registering this machine's peer",
+        Phase::WaitingTunnelIp => "Waiting for the gateway to assign a tunnel IP",
+        Phase::CreatingDevice if userspace => "Starting the userspace tunnel and proxy",
+        Phase::CreatingDevice => "Creating the tunnel interface",
+        Phase::ConfiguringNetwork => "Adding the tunnel address and routes",
+        Phase::InstallingFirewall => "Installing the tunnel's firewall rules",
+        Phase::StartingDns => "Starting the DNS forwarder",
+        Phase::WritingResolvConf => "Pointing resolv.conf at the DNS forwarder",
+        Phase::ConfiguringResolved => "Configuring systemd-resolved",
+        Phase::RevertingResolved => "Falling back from systemd-resolved to resolv.conf",
+        Phase::AwaitingHandshake => "Waiting for the WireGuard handshake with the gateway",
+        Phase::ProbingDns => "Checking that cluster DNS answers through the tunnel",
+        Phase::TearingDown => "Undoing the steps taken",
+        Phase::Serving | Phase::Done => return None,
+    })
 }
 
 type Long = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -68,14 +124,17 @@ struct Driver {
 }
 
 /// Runs the daemon: takes the lock, cleans up after a dead predecessor, brings everything up
-/// (reporting progress), serves until `leave` or SIGTERM/SIGINT, then undoes everything.
+/// (reporting progress), serves until `leave` or SIGTERM/SIGINT, then undoes everything. A
+/// signal or `leave` before it is ready cancels the join: [`Error::Cancelled`] once undone.
+/// SIGHUP counts only with `--foreground` (a closed terminal); the detached daemon outlives
+/// the terminal that started it.
 pub async fn run(
     args: JoinArgs,
     dir: StateDir,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(), Error> {
     // Handled from the start, so a signal during bring-up also undoes what was done.
-    let mut signals = Signals::new().map_err(|e| Error::io("handle SIGTERM/SIGINT", e))?;
+    let mut signals = CancelSignals::new()?;
     dir.create()?;
     let _lock = DaemonLock::acquire(&dir.lock())?;
     if let Some(stale) = State::load(&dir.state())? {
@@ -148,6 +207,8 @@ pub async fn run(
                 }
                 Action::Ready => {
                     joined = true;
+    let mut cancelled: Option<crate::exit::Cancel> = None;
+    let mut shown: Option<Phase> = None;
                     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "joined");
                     progress(Progress::Ready(Box::new(d.status(&session).await)));
                     d.watch_gateway_info();
@@ -169,9 +230,30 @@ pub async fn run(
             _ = tokio::time::sleep_until(timeout.unwrap_or_else(Instant::now)), if timeout.is_some() => {
                 session.handle_timeout(std::time::Instant::now());
             }
-            _ = signals.recv() => session.handle(Event::Signal, std::time::Instant::now()),
+            signal = signals.recv() => {
+                use crate::exit::Cancel;
+                if signal == Cancel::Hangup && !d.args.foreground {
+                    tracing::info!("SIGHUP ignored: the daemon outlives the terminal that started it");
+                    continue;
+                }
+                if session.phase() == Phase::TearingDown {
+                    progress(Progress::Step("Still undoing the steps taken; kwg exits when they are undone".into()));
+                }
+                if !joined {
+                    cancelled.get_or_insert(signal);
+                }
+                session.handle(Event::Signal, std::time::Instant::now())
+            }
             Some((req, reply)) = requests.recv() => match req {
                 Request::Status => { let _ = reply.send(Reply::Status(Box::new(d.status(&session).await))); }
+            let phase = session.phase();
+            if shown != Some(phase) && (!joined || phase == Phase::TearingDown) {
+                shown = Some(phase);
+                if let Some(message) = doing(phase, d.args.userspace) {
+                    let step = format!("{phase:?}");
+                    progress(Progress::Doing { step, message: message.into() });
+                }
+            }
                 Request::Leave => {
                     leave_waiters.push(reply);
                     session.handle(Event::Leave, std::time::Instant::now());
@@ -190,6 +272,9 @@ pub async fn run(
         let _ = w.send(match &outcome {
             Ok(removed) => Reply::Left {
                 removed: removed.clone(),
+                    if !joined {
+                        cancelled.get_or_insert(crate::exit::Cancel::Leave);
+                    }
             },
             Err(e) => Reply::Error {
                 message: e.to_string(),
@@ -216,7 +301,16 @@ impl Driver {
                 Error::GatewayPaths {
                     secs,
                     tried: crate::transport::failures_text(t),
+    if let Ok(removed) = &outcome {
+        progress(Progress::Left {
+            removed: removed.clone(),
+        });
+    }
                 }
+        Ok(_) if !joined && let Some(by) = cancelled => Err(Error::Cancelled {
+            by,
+            undone: "every step it had taken is undone".into(),
+        }),
             }
             (e, _) => e,
         }
