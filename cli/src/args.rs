@@ -129,6 +129,12 @@ pub struct JoinArgs {
     /// Names ending in these never go to the cluster DNS (default .arpa .com .io .net .org .ru).
     #[arg(long = "dns-exclude-suffix", value_name = "SUFFIX")]
     pub exclude_suffixes: Vec<String>,
+    /// Accept this very cluster domain from the gateway info although it is a public name (a
+    /// public suffix such as co.uk, or a name under one such as k8s.example.com): the cluster's
+    /// DNS then answers every name under it. Private names (cluster.local, *.internal) need no flag.
+    #[arg(long, value_name = "DOMAIN")]
+    #[serde(default)]
+    pub cluster_domain: Option<String>,
     /// DNS lookup timeout.
     #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
     pub dns_timeout: Duration,

@@ -150,9 +150,15 @@ pub enum Error {
     #[error("{0}")]
     Resolved(#[from] crate::dns::resolved::ResolvedError),
     #[error(
-        "refused {what} from the cluster: {why}; a cluster admin must fix it (kubectl -n kwg-system get configmap kwg-gateway-info -o yaml shows what the gateway published)"
+        "refused {what} from the cluster: {why}; {}a cluster admin must fix it (kubectl -n kwg-system get configmap kwg-gateway-info -o yaml shows what the gateway published)",
+        .allow.as_ref().map(|f| format!("pass {f} to accept it, or ")).unwrap_or_default()
     )]
-    UntrustedInfo { what: String, why: String },
+    UntrustedInfo {
+        what: String,
+        why: String,
+        /// The user's flag that would accept it.
+        allow: Option<String>,
+    },
     #[error("invalid {what}: {reason}")]
     Invalid { what: String, reason: String },
     #[error("cannot {what}: {source}")]

@@ -105,6 +105,16 @@ pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
     if let Some(l) = &s.lease {
         row("Lease", lease_text(l, now));
     }
+    if let Some(r) = &s.refused_info {
+        row(
+            "Refused",
+            format!(
+                "a gateway info change {}, keeping the last good configuration: {}",
+                ago(Some(r.at), now),
+                r.reason
+            ),
+        );
+    }
     match &s.dns {
         None if s.proxy.is_some() => row(
             "DNS",

@@ -40,6 +40,7 @@ pub fn status_from_state(state: &State, connected: bool) -> Status {
         lease: None,
         reach: None,
         transport: None,
+        refused_info: None,
         proxy: state.proxy,
     }
 }
@@ -67,6 +68,7 @@ pub fn joining(args: &JoinArgs) -> Status {
         lease: None,
         reach: None,
         transport: None,
+        refused_info: None,
         proxy: None,
     }
 }
@@ -127,4 +129,5 @@ impl super::Driver {
         s.lease = session.lease_status(std::time::Instant::now(), chrono::Utc::now());
         s
     }
+        s.refused_info = session.refused_status(std::time::Instant::now(), chrono::Utc::now());
 }

@@ -249,7 +249,7 @@ impl Session {
             }
             (Phase::WaitingTunnelIp, Event::TunnelIp(ip)) => {
                 let plan = self.plan.as_ref().expect("planned");
-                if let Err(e) = trust::check_tunnel_ip(ip, &plan.info, &plan.machine_addresses) {
+                if let Err(e) = trust::check_tunnel_ip(ip, &plan.info, &plan.machine) {
                     return self.fail(e);
                 }
                 self.journal(|s| s.tunnel_ip = Some(ip));

@@ -114,9 +114,14 @@ pub struct Plan {
     pub cluster_dns: Option<SocketAddr>,
     /// Where the verification asks `probe_name`.
     pub probe_dns: Option<SocketAddr>,
-    /// The gateway info and the machine's addresses, to check a tunnel IP or new info with.
+    /// The gateway info and the machine's facts, to check a tunnel IP or new info with.
     pub info: GatewayInfo,
-    pub machine_addresses: Vec<IpAddr>,
+    pub machine: trust::Machine,
+    /// The machine's routes at join: a changed gateway info must not conflict with them either.
+    pub machine_routes: Vec<RouteEntry>,
+    /// The last changed gateway info refused while serving (when, and the sentence why); cleared
+    /// when a later one is accepted.
+    pub refused: Option<(std::time::Instant, String)>,
 }
 
 impl Plan {
@@ -155,32 +160,8 @@ pub fn plan(
         .clone()
         .unwrap_or_else(|| facts.default_namespace.clone());
     check_namespaces(args, &namespace, facts.namespaces.as_ref())?;
-    let gateways: Vec<IpAddr> = facts
-        .machine_routes
-        .iter()
-        .filter(|r| r.destination.prefix_len() == 0)
-        .filter_map(|r| r.gateway)
-        .collect();
-    let machine = trust::Machine {
-        addresses: &facts.machine_addresses,
-        gateways: &gateways,
-        api_server: &facts.api_server,
-    };
-    trust::check_info(
-        info,
-        &machine,
-        &exclude_suffixes(args),
-        &args.include_suffixes,
-    )?;
-    let routes = plan_routes(args, info);
-    if !args.userspace {
-        routes::check_conflicts(
-            &routes,
-            &facts.machine_routes,
-            &args.interface,
-            &args.allow_conflicting_subnets,
-        )?;
-    }
+    let machine = machine(facts);
+    let routes = check_cluster(args, info, &machine, &facts.machine_routes)?;
     let peer = PeerSpec {
         name: peer_name(args, &facts.hostname)?,
         public_key: facts.public_key,
@@ -217,8 +198,69 @@ pub fn plan(
         cluster_dns,
         probe_dns,
         info: info.clone(),
-        machine_addresses: facts.machine_addresses.clone(),
+        machine,
+        machine_routes: facts.machine_routes.clone(),
+        refused: None,
     })
+}
+
+/// What the trust checks need to know about the machine: its addresses, default gateways, DNS
+/// servers (the resolver file's, and systemd-resolved's uplink servers) and the API server.
+pub fn machine(facts: &Facts) -> trust::Machine {
+    let mut dns_servers: Vec<IpAddr> = Vec::new();
+    for file in [&facts.resolv_conf, &facts.uplink].into_iter().flatten() {
+        for ip in resolvconf::nameservers(&String::from_utf8_lossy(file)) {
+            if !dns_servers.contains(&ip) {
+                dns_servers.push(ip);
+            }
+        }
+    }
+    trust::Machine {
+        addresses: facts.machine_addresses.clone(),
+        gateways: facts
+            .machine_routes
+            .iter()
+            .filter(|r| r.destination.prefix_len() == 0)
+            .filter_map(|r| r.gateway)
+            .collect(),
+        dns_servers,
+        api_server: facts.api_server.clone(),
+    }
+}
+
+/// What the user's flags accept from the cluster (`exclude` is [`exclude_suffixes`]).
+pub fn consent<'a>(args: &'a JoinArgs, exclude: &'a [String]) -> trust::Consent<'a> {
+    trust::Consent {
+        also_proxy: &args.also_proxy,
+        never_proxy: &args.never_proxy,
+        cluster_domain: args.cluster_domain.as_deref(),
+        exclude,
+        include: &args.include_suffixes,
+    }
+}
+
+/// The checks a gateway info passes before its routes touch the machine, at join and for
+/// every change while serving: the trust rules (`trust::check_info`), then no conflict with
+/// the machine's routes (the LAN's, another VPN's). The routes it gives.
+pub fn check_cluster(
+    args: &JoinArgs,
+    info: &GatewayInfo,
+    machine: &trust::Machine,
+    machine_routes: &[RouteEntry],
+) -> Result<Vec<PlannedRoute>, Error> {
+    let exclude = exclude_suffixes(args);
+    trust::check_info(info, machine, &consent(args, &exclude))?;
+    let routes = plan_routes(args, info);
+    // Userspace mode creates no interface and adds no routes: neither can conflict.
+    if !args.userspace {
+        routes::check_conflicts(
+            &routes,
+            machine_routes,
+            &args.interface,
+            &args.allow_conflicting_subnets,
+        )?;
+    }
+    Ok(routes)
 }
 
 /// `--dns-exclude-suffix`, or Telepresence's defaults.
@@ -261,12 +303,13 @@ pub fn check_namespaces(
     Ok(())
 }
 
-/// The routes for `info`: the cluster's subnets, `--also-proxy`, minus `--never-proxy`, plus
-/// the gateway's own tunnel address.
+/// The routes for `info`: the cluster's subnets (adjacent ones merged: per-node pod CIDRs
+/// become their cluster range), `--also-proxy`, minus `--never-proxy`, plus the gateway's own
+/// tunnel address.
 pub fn plan_routes(args: &JoinArgs, info: &GatewayInfo) -> Vec<PlannedRoute> {
     routes::plan(&RouteInputs {
-        service: info.service_cidrs.clone(),
-        pod: info.pod_cidrs.clone(),
+        service: IpNet::aggregate(&info.service_cidrs),
+        pod: IpNet::aggregate(&info.pod_cidrs),
         also_proxy: args.also_proxy.clone(),
         never_proxy: args.never_proxy.clone(),
         gateway: vec![IpNet::V4(Ipv4Net::from(info.gateway_ip.addr()))],

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use kwg_wg::contract::{GatewayInfo, LeaseStatus};
+use kwg_wg::contract::{GatewayInfo, LeaseStatus, RefusedInfo};
 
 use super::health::{Health, Verdict};
 use super::{
@@ -79,6 +79,17 @@ impl Session {
         })
     }
 
+    /// The last changed gateway info this session refused while serving, for `kwg status`
+    /// (`wall` is the wall clock at `now`).
+    pub fn refused_status(&self, now: Instant, wall: DateTime<Utc>) -> Option<RefusedInfo> {
+        let (at, reason) = self.plan.as_ref()?.refused.as_ref()?;
+        let ago = chrono::Duration::from_std(now.saturating_duration_since(*at)).unwrap_or_default();
+        Some(RefusedInfo {
+            at: wall - ago,
+            reason: reason.clone(),
+        })
+    }
+
     pub(super) fn renew_every(&self) -> Duration {
         (self.args.ttl / 3).max(Duration::from_secs(1))
     }
@@ -145,6 +156,12 @@ impl Session {
                 self.actions.push_back(action);
             }
             Event::TunnelIp(ip) => {
+                let plan = self.plan.as_mut().expect("planned");
+                let refused = super::trust::check_tunnel_ip(ip, &plan.info, &plan.machine).err();
+                if let Some(e) = &refused {
+                    tracing::error!(error = %e, "keeping the old tunnel address");
+                    plan.refused = Some((now, e.to_string()));
+                }
                 self.lease.reregistering = false;
                 self.lease.renewed = Some(now);
                 self.lease.failing_since = None;
@@ -152,7 +169,7 @@ impl Session {
                 self.lease.failures = 0;
                 self.lease.next = Some(now + self.renew_every());
                 let old = self.state().and_then(|s| s.tunnel_ip);
-                if old != Some(ip) {
+                if old != Some(ip) && refused.is_none() {
                     if let Some(old) = old {
                         self.actions.push_back(Action::ChangeAddress {
                             name: self.args.interface.clone(),
@@ -171,20 +188,18 @@ impl Session {
         let Some(plan) = self.plan.as_mut() else {
             return;
         };
-        let info = match super::trust::check_info(
-            &info,
-            &super::trust::Machine {
-                addresses: &plan.machine_addresses,
-                gateways: &[],
-                api_server: &[],
-            },
-            &plan::exclude_suffixes(&self.args),
-            &self.args.include_suffixes,
-        ) {
-            Ok(()) => info,
-            Err(e) => return tracing::error!(error = %e, "ignoring the changed gateway info"),
-        };
-        let routes = plan::plan_routes(&self.args, &info);
+        // The same checks as at join, against the machine as it was then: a refused change
+        // leaves the whole last good configuration in place, and `kwg status` says why.
+        let routes =
+            match plan::check_cluster(&self.args, &info, &plan.machine, &plan.machine_routes) {
+                Ok(routes) => routes,
+                Err(e) => {
+                    tracing::error!(error = %e, "ignoring the changed gateway info; keeping the last good one");
+                    plan.refused = Some((now, e.to_string()));
+                    return;
+                }
+            };
+        plan.refused = None;
         plan.info = info.clone();
         let endpoint = info
             .endpoints

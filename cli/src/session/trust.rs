@@ -1,7 +1,9 @@
 //! What the laptop accepts from the cluster. The gateway info and the tunnel-IP annotation are
 //! written by whoever may write them in the cluster; before anything of them touches the
-//! machine (a root daemon), each is checked, and a refusal names what and why. The user's own
-//! `--also-proxy` and `--allow-conflicting-subnets` stay the explicit way to widen.
+//! machine (a root daemon), each is checked, and a refusal names what, why and the user's flag
+//! that would accept it. The user's own `--also-proxy`, `--never-proxy`, `--cluster-domain`
+//! and `--allow-conflicting-subnets` stay the explicit ways to widen. The rules and their
+//! reasons: docs/laptop-trust.md.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -14,46 +16,147 @@ use crate::error::Error;
 pub const MIN_PREFIX_V4: u8 = 8;
 pub const MIN_PREFIX_V6: u8 = 32;
 
-/// Ranges never routed into a tunnel: loopback, link-local, multicast, "this network".
+/// The address space a cluster may announce without the user's say-so: private (RFC 1918),
+/// shared (RFC 6598, where CGNAT and overlay networks live) and unique local IPv6 (RFC 4193).
+/// Every real cluster's service and pod ranges lie there; anything else is someone's public
+/// address space, which only the user may route into the cluster (`--also-proxy`).
+pub const PRIVATE: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+];
+
+/// At most this many separate cluster prefixes (service and pod CIDRs after merging adjacent
+/// and nested ones, which is also how they are routed). A cluster needs one service and one pod
+/// range per address family, a few more with several ServiceCIDRs or node pools; per-node pod
+/// CIDRs merge into their cluster range. 32 leaves room for that while bounding what a cluster
+/// can make the laptop install (each prefix is a route, an AllowedIP and a reverse DNS zone).
+pub const MAX_CLUSTER_PREFIXES: usize = 32;
+
+/// Ranges never routed into a tunnel: "this network", loopback, link-local (the cloud metadata
+/// address), multicast, the old class E and broadcast.
 const RESERVED: &[&str] = &[
+    "0.0.0.0/8",
     "127.0.0.0/8",
     "169.254.0.0/16",
     "224.0.0.0/4",
-    "0.0.0.0/8",
-    "255.255.255.255/32",
+    "240.0.0.0/4",
+    "::/128",
     "::1/128",
     "fe80::/10",
     "ff00::/8",
 ];
 
-/// The machine facts the checks need.
-pub struct Machine<'a> {
+/// Domains for private use only, never delegated in public DNS: a cluster domain under them
+/// captures no public name. `local` (RFC 6762), `home.arpa` (RFC 8375), `internal` (reserved
+/// by ICANN for private use in 2024), `lan` (common on home routers, not a TLD).
+pub const PRIVATE_DOMAINS: &[&str] = &["local", "internal", "lan", "home.arpa"];
+
+/// What the checks need to know about the machine (read once at join).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Machine {
     /// Addresses of the machine's own interfaces.
-    pub addresses: &'a [IpAddr],
+    pub addresses: Vec<IpAddr>,
     /// Next hops of the machine's default routes (any table).
-    pub gateways: &'a [IpAddr],
+    pub gateways: Vec<IpAddr>,
+    /// The machine's DNS servers (resolv.conf, or systemd-resolved's uplink servers).
+    pub dns_servers: Vec<IpAddr>,
     /// The API server's addresses.
-    pub api_server: &'a [IpAddr],
+    pub api_server: Vec<IpAddr>,
+}
+
+/// What the user allowed on the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct Consent<'a> {
+    /// `--also-proxy`: a cluster subnet inside one is the user's own route anyway.
+    pub also_proxy: &'a [IpNet],
+    /// `--never-proxy`: an address inside one is never routed, so a cluster subnet may cover it.
+    pub never_proxy: &'a [IpNet],
+    /// `--cluster-domain`: this very cluster domain is accepted even when public.
+    pub cluster_domain: Option<&'a str>,
+    pub exclude: &'a [String],
+    pub include: &'a [String],
+}
+
+/// A refusal before it becomes the error: what, why, and the flag that would accept it.
+struct Refusal {
+    what: String,
+    why: String,
+    allow: Option<String>,
+}
+
+impl Refusal {
+    fn new(what: impl Into<String>, why: impl Into<String>) -> Refusal {
+        Refusal {
+            what: what.into(),
+            why: why.into(),
+            allow: None,
+        }
+    }
+    fn allow(mut self, flag: impl Into<String>) -> Refusal {
+        self.allow = Some(flag.into());
+        self
+    }
+    fn error(self) -> Error {
+        Error::UntrustedInfo {
+            what: self.what,
+            why: self.why,
+            allow: self.allow,
+        }
+    }
 }
 
 fn refused(what: impl Into<String>, why: impl Into<String>) -> Error {
-    Error::UntrustedInfo {
-        what: what.into(),
-        why: why.into(),
-    }
+    Refusal::new(what, why).error()
 }
 
-/// Checks the gateway info's subnets, cluster domain and DNS IP.
-pub fn check_info(
-    info: &GatewayInfo,
-    machine: &Machine<'_>,
-    exclude: &[String],
-    include: &[String],
-) -> Result<(), Error> {
-    for net in info.service_cidrs.iter().chain(&info.pod_cidrs) {
-        check_subnet(net, machine)?;
+/// Checks the gateway info: its subnets, gateway IP, tunnel CIDR, cluster domain and DNS IP.
+pub fn check_info(info: &GatewayInfo, machine: &Machine, consent: &Consent<'_>) -> Result<(), Error> {
+    let users = |net: &IpNet| consent.also_proxy.iter().any(|a| a.contains(net));
+    // Subnets inside the user's own --also-proxy are routed anyway: nothing to accept.
+    let cluster: Vec<IpNet> = info
+        .service_cidrs
+        .iter()
+        .chain(&info.pod_cidrs)
+        .map(IpNet::trunc)
+        .filter(|n| !users(n))
+        .collect();
+    let mut refusals = cluster
+        .iter()
+        .filter_map(|net| check_subnet(net, machine, consent).err());
+    if let Some(mut first) = refusals.next() {
+        let more = refusals.count();
+        if more > 0 {
+            first.what = format!("{} (and {more} more)", first.what);
+        }
+        return Err(first.error());
     }
-    check_cluster_domain(&info.cluster_domain, exclude, include)?;
+    let merged = IpNet::aggregate(&cluster);
+    if merged.len() > MAX_CLUSTER_PREFIXES {
+        return Err(Refusal::new(
+            format!("{} cluster subnets", merged.len()),
+            format!(
+                "more than {MAX_CLUSTER_PREFIXES} separate prefixes (adjacent ones merged); a cluster needs a few (a service and a pod range per address family)"
+            ),
+        )
+        .allow("--also-proxy with ranges that cover them")
+        .error());
+    }
+    let gateway = IpNet::from(IpAddr::V4(info.gateway_ip.addr()));
+    if !users(&gateway) {
+        check_subnet(&gateway, machine, consent).map_err(|mut r| {
+            r.what = format!("gatewayIp {}", info.gateway_ip.addr());
+            r.error()
+        })?;
+    }
+    let tunnel = IpNet::V4(info.tunnel_cidr.trunc());
+    if !users(&tunnel) {
+        check_space(&tunnel)
+            .map_err(|(why, allow)| Refusal::new(format!("tunnelCidr {tunnel}"), why).allow(allow).error())?;
+    }
+    check_cluster_domain(&info.cluster_domain, consent)?;
     if let Some(dns) = info.dns_ip
         && !info
             .service_cidrs
@@ -69,48 +172,69 @@ pub fn check_info(
     Ok(())
 }
 
-/// A cluster subnet: not too wide, not a reserved range, covering none of the machine's own
-/// addresses, default gateways or the API server.
-pub fn check_subnet(net: &IpNet, machine: &Machine<'_>) -> Result<(), Error> {
-    let what = || format!("cluster subnet {net}");
+/// Where a prefix lies: not too wide, not reserved, inside private or shared space. The error
+/// is why, and the flag that would route it anyway.
+fn check_space(net: &IpNet) -> Result<(), (String, String)> {
+    let allow = format!("--also-proxy {net}");
     let min = match net {
         IpNet::V4(_) => MIN_PREFIX_V4,
         IpNet::V6(_) => MIN_PREFIX_V6,
     };
     if net.prefix_len() < min {
-        return Err(refused(
-            what(),
-            format!(
-                "a prefix shorter than /{min} would route far more than a cluster through the tunnel"
-            ),
+        return Err((
+            format!("a prefix shorter than /{min} would route far more than a cluster through the tunnel"),
+            allow,
         ));
     }
     for r in RESERVED {
         let r: IpNet = r.parse().expect("a valid range");
-        if r.contains(net) || net.contains(&r) || r.contains(&net.network()) {
-            return Err(refused(
-                what(),
-                format!("it overlaps the reserved range {r}"),
-            ));
+        if r.contains(net) || net.contains(&r) {
+            return Err((format!("it overlaps the reserved range {r}"), allow));
         }
     }
-    let covered = |ips: &[IpAddr], whose: &str| match ips.iter().find(|ip| net.contains(*ip)) {
-        Some(ip) => Err(refused(what(), format!("it covers {whose} {ip}"))),
-        None => Ok(()),
-    };
-    covered(machine.addresses, "this machine's address")?;
-    covered(machine.gateways, "this machine's default gateway")?;
-    covered(machine.api_server, "the API server's address")
+    if !PRIVATE
+        .iter()
+        .any(|p| p.parse::<IpNet>().expect("a valid range").contains(net))
+    {
+        return Err((
+            format!(
+                "it is public address space, while a cluster's subnets lie in private or shared space ({})",
+                PRIVATE.join(", ")
+            ),
+            allow,
+        ));
+    }
+    Ok(())
 }
 
-/// The cluster domain: a DNS name of at least two labels (a public suffix such as `com`
-/// would send every such name to the cluster), not under an exclude suffix unless an
-/// include suffix covers it.
-pub fn check_cluster_domain(
-    domain: &str,
-    exclude: &[String],
-    include: &[String],
-) -> Result<(), Error> {
+/// A cluster subnet: [`check_space`], and covering none of the machine's own addresses, default
+/// gateways, DNS servers or the API server (unless `--never-proxy` keeps that address off the
+/// tunnel).
+fn check_subnet(net: &IpNet, machine: &Machine, consent: &Consent<'_>) -> Result<(), Refusal> {
+    let what = format!("cluster subnet {net}");
+    check_space(net).map_err(|(why, allow)| Refusal::new(&what, why).allow(allow))?;
+    let kept_off = |ip: &IpAddr| consent.never_proxy.iter().any(|n| n.contains(ip));
+    for (ips, whose) in [
+        (&machine.addresses, "this machine's address"),
+        (&machine.gateways, "this machine's default gateway"),
+        (&machine.dns_servers, "this machine's DNS server"),
+        (&machine.api_server, "the API server's address"),
+    ] {
+        if let Some(ip) = ips.iter().find(|ip| net.contains(*ip) && !kept_off(ip)) {
+            let host = IpNet::from(*ip);
+            return Err(Refusal::new(&what, format!("it covers {whose} {ip}"))
+                .allow(format!("--never-proxy {host}")));
+        }
+    }
+    Ok(())
+}
+
+/// The cluster domain: a DNS name of at least two labels that captures no public name: not a
+/// public suffix (`co.uk`) nor any name under one (`bbc.co.uk`), per the Public Suffix List;
+/// names for private use (`cluster.local`, `*.internal`, `*.home.arpa`) and unlisted
+/// top-level domains pass. `--cluster-domain` with that very name accepts it anyway;
+/// `--dns-include-suffix` lets it under an excluded suffix.
+pub fn check_cluster_domain(domain: &str, consent: &Consent<'_>) -> Result<(), Error> {
     let d = domain.trim_end_matches('.').to_ascii_lowercase();
     let what = || format!("clusterDomain {:?}", crate::output::sanitize(domain));
     let label_ok = |l: &str| {
@@ -124,34 +248,64 @@ pub fn check_cluster_domain(
     if d.len() > 253 || !d.split('.').all(label_ok) {
         return Err(refused(what(), "it is not a DNS name"));
     }
-    if !d.contains('.') {
-        return Err(refused(
-            what(),
-            "a single label is a top-level domain: every name under it would go to the cluster",
-        ));
+    if consent
+        .cluster_domain
+        .is_some_and(|c| c.trim_end_matches('.').eq_ignore_ascii_case(&d))
+    {
+        return Ok(());
     }
-    let under = |suffixes: &[String]| {
+    let allow = format!("--cluster-domain {d}");
+    let under = |suffixes: &[&str]| {
         suffixes.iter().any(|s| {
             let s = s.trim_matches('.').to_ascii_lowercase();
             d == s || d.ends_with(&format!(".{s}"))
         })
     };
-    if under(exclude) && !under(include) {
-        return Err(refused(
+    if !d.contains('.') {
+        return Err(Refusal::new(
             what(),
-            "it is under an excluded suffix (pass --dns-include-suffix to allow it)",
-        ));
+            "a single label is a top-level domain: every name under it would go to the cluster",
+        )
+        .allow(allow)
+        .error());
+    }
+    if under(PRIVATE_DOMAINS) {
+        return Ok(());
+    }
+    let (exclude, include) = (strs(consent.exclude), strs(consent.include));
+    if under(&exclude) && !under(&include) {
+        return Err(Refusal::new(
+            what(),
+            "it is under an excluded suffix, whose names must stay the machine's",
+        )
+        .allow(format!("{allow} (or --dns-include-suffix)"))
+        .error());
+    }
+    if let Some(suffix) = psl::suffix(d.as_bytes()).filter(|s| s.is_known()) {
+        let suffix = String::from_utf8_lossy(suffix.trim().as_bytes()).into_owned();
+        let why = if suffix == d {
+            "it is a public suffix (Public Suffix List): anyone may register names under it, and every such name would go to the cluster".to_string()
+        } else {
+            let registrable = psl::domain(d.as_bytes())
+                .map(|r| String::from_utf8_lossy(r.trim().as_bytes()).into_owned())
+                .unwrap_or_else(|| d.clone());
+            format!(
+                "it is a public name under the public suffix {suffix} (registrable domain {registrable}): the cluster would answer for names that belong to someone else"
+            )
+        };
+        return Err(Refusal::new(what(), why).allow(allow).error());
     }
     Ok(())
 }
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// The tunnel IP the gateway annotated: inside the tunnel CIDR, not the gateway's own, not an
-/// address the machine already has.
-pub fn check_tunnel_ip(
-    ip: Ipv4Addr,
-    info: &GatewayInfo,
-    addresses: &[IpAddr],
-) -> Result<(), Error> {
+/// address the machine already has or talks to (its DNS servers, default gateways, the API
+/// server: the tunnel address would capture that traffic locally).
+pub fn check_tunnel_ip(ip: Ipv4Addr, info: &GatewayInfo, machine: &Machine) -> Result<(), Error> {
     let what = || format!("tunnel IP {ip}");
     if !info.tunnel_cidr.contains(&ip) {
         return Err(refused(
@@ -168,8 +322,18 @@ pub fn check_tunnel_ip(
             "it is the gateway's or the CIDR's own address",
         ));
     }
-    if addresses.contains(&IpAddr::V4(ip)) {
+    let ip = IpAddr::V4(ip);
+    if machine.addresses.contains(&ip) {
         return Err(refused(what(), "this machine already has that address"));
+    }
+    for (ips, whose) in [
+        (&machine.gateways, "this machine's default gateway"),
+        (&machine.dns_servers, "this machine's DNS server"),
+        (&machine.api_server, "the API server's address"),
+    ] {
+        if ips.contains(&ip) {
+            return Err(refused(what(), format!("it is {whose}")));
+        }
     }
     Ok(())
 }
@@ -191,18 +355,16 @@ mod tests {
         .unwrap()
     }
 
-    const ADDRS: &[IpAddr] = &[
-        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
-        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53)),
-    ];
-    const GW: &[IpAddr] = &[IpAddr::V4(Ipv4Addr::new(192, 0, 2, 254))];
-    const API: &[IpAddr] = &[IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))];
+    fn ips(v: &[&str]) -> Vec<IpAddr> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
 
-    fn machine() -> Machine<'static> {
+    fn machine() -> Machine {
         Machine {
-            addresses: ADDRS,
-            gateways: GW,
-            api_server: API,
+            addresses: ips(&["192.0.2.10", "10.1.2.3"]),
+            gateways: ips(&["192.168.1.1"]),
+            dns_servers: ips(&["172.20.0.53"]),
+            api_server: ips(&["192.0.2.1", "100.100.0.1"]),
         }
     }
 
@@ -213,84 +375,263 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_normal_cluster_is_accepted() {
-        check_info(&info(), &machine(), &exclude(), &[]).unwrap();
-        check_tunnel_ip("100.77.0.2".parse().unwrap(), &info(), ADDRS).unwrap();
+    /// `check_info` with these flags.
+    fn check(
+        i: &GatewayInfo,
+        also: &[&str],
+        never: &[&str],
+        domain: Option<&str>,
+    ) -> Result<(), String> {
+        check_on(&machine(), i, also, never, domain)
+    }
+
+    fn check_on(
+        machine: &Machine,
+        i: &GatewayInfo,
+        also: &[&str],
+        never: &[&str],
+        domain: Option<&str>,
+    ) -> Result<(), String> {
+        let nets = |v: &[&str]| v.iter().map(|s| s.parse().unwrap()).collect::<Vec<IpNet>>();
+        let (also, never, exclude) = (nets(also), nets(never), exclude());
+        let consent = Consent {
+            also_proxy: &also,
+            never_proxy: &never,
+            cluster_domain: domain,
+            exclude: &exclude,
+            include: &[],
+        };
+        check_info(i, machine, &consent).map_err(|e| e.to_string())
+    }
+
+    fn with_pod(cidr: &str) -> GatewayInfo {
+        let mut i = info();
+        i.pod_cidrs.push(cidr.parse().unwrap());
+        i
     }
 
     #[test]
-    fn hostile_subnets_are_refused_with_the_reason() {
-        for (cidr, why) in [
-            ("0.0.0.0/1", "a prefix shorter than /8"),
-            ("0.0.0.0/0", "a prefix shorter than /8"),
-            ("127.0.0.0/16", "reserved range 127.0.0.0/8"),
-            ("169.254.169.254/32", "reserved range 169.254.0.0/16"),
-            ("224.0.0.0/8", "reserved range 224.0.0.0/4"),
-            ("192.0.2.0/24", "covers this machine's address 192.0.2.10"),
-            (
-                "192.0.2.254/32",
-                "covers this machine's default gateway 192.0.2.254",
-            ),
-            ("192.0.2.0/31", "covers the API server's address 192.0.2.1"),
+    fn a_normal_cluster_is_accepted() {
+        check(&info(), &[], &[], None).unwrap();
+        check_tunnel_ip("100.77.0.2".parse().unwrap(), &info(), &machine()).unwrap();
+        // The edges of private and shared space, IPv6 unique local, per-node pod CIDRs.
+        for cidr in [
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "fd00:10:244::/56",
+            "10.244.7.0/24",
         ] {
-            let mut i = info();
-            i.pod_cidrs.push(cidr.parse().unwrap());
-            let err = check_info(&i, &machine(), &exclude(), &[])
-                .unwrap_err()
-                .to_string();
+            let public_only = Machine {
+                addresses: ips(&["192.0.2.10"]),
+                ..Machine::default()
+            };
+            check_on(&public_only, &with_pod(cidr), &[], &[], None)
+                .unwrap_or_else(|e| panic!("{cidr}: {e}"));
+        }
+    }
+
+    #[test]
+    fn hostile_subnets_are_refused_with_the_reason_and_the_flag() {
+        for (cidr, why, flag) in [
+            ("0.0.0.0/1", "a prefix shorter than /8", "--also-proxy 0.0.0.0/1"),
+            ("0.0.0.0/0", "a prefix shorter than /8", "--also-proxy 0.0.0.0/0"),
+            ("127.0.0.0/16", "reserved range 127.0.0.0/8", "--also-proxy"),
+            ("169.254.169.254/32", "reserved range 169.254.0.0/16", "--also-proxy"),
+            ("224.0.0.0/8", "reserved range 224.0.0.0/4", "--also-proxy"),
+            ("8.0.0.0/8", "public address space", "--also-proxy 8.0.0.0/8"),
+            ("172.32.0.0/16", "public address space", "--also-proxy 172.32.0.0/16"),
+            ("100.128.0.0/10", "public address space", "--also-proxy"),
+            ("192.0.2.0/24", "public address space", "--also-proxy 192.0.2.0/24"),
+            ("2001:db8::/32", "public address space", "--also-proxy 2001:db8::/32"),
+            ("fc00::/7", "a prefix shorter than /32", "--also-proxy"),
+            ("10.1.0.0/16", "covers this machine's address 10.1.2.3", "--never-proxy 10.1.2.3/32"),
+            ("192.168.1.0/24", "covers this machine's default gateway 192.168.1.1", "--never-proxy 192.168.1.1/32"),
+            ("172.20.0.0/16", "covers this machine's DNS server 172.20.0.53", "--never-proxy 172.20.0.53/32"),
+            ("100.100.0.0/24", "covers the API server's address 100.100.0.1", "--never-proxy 100.100.0.1/32"),
+        ] {
+            let err = check(&with_pod(cidr), &[], &[], None).unwrap_err();
+            let net: IpNet = cidr.parse().unwrap();
             assert!(
-                err.contains(&format!(
-                    "cluster subnet {}",
-                    cidr.parse::<IpNet>().unwrap()
-                )) && err.contains(why),
+                err.contains(&format!("refused cluster subnet {} from the cluster", net.trunc()))
+                    && err.contains(why)
+                    && err.contains(&format!("pass {flag}")),
                 "{cidr}: {err}"
             );
         }
     }
 
     #[test]
-    fn a_cluster_domain_that_captures_public_names_is_refused() {
-        for (domain, why) in [
-            ("com", "single label"),
-            ("example.com", "excluded suffix"),
-            ("bad_name.local", "not a DNS name"),
-            ("\u{1b}[31mred.local", "not a DNS name"),
+    fn the_users_own_flags_accept_what_they_name() {
+        // --also-proxy: a subnet inside it is the user's own route.
+        check(&with_pod("8.0.0.0/8"), &["8.0.0.0/8"], &[], None).unwrap();
+        check(&with_pod("8.8.8.0/24"), &["8.0.0.0/8"], &[], None).unwrap();
+        check(&with_pod("8.0.0.0/7"), &["8.0.0.0/8"], &[], None).unwrap_err();
+        // --never-proxy: a covered address kept off the tunnel.
+        check(&with_pod("172.20.0.0/16"), &[], &["172.20.0.53/32"], None).unwrap();
+        check(&with_pod("172.20.0.0/16"), &[], &["172.20.1.0/24"], None).unwrap_err();
+    }
+
+    #[test]
+    fn the_218_public_slash_8s_are_refused_as_one_sentence() {
+        let mut i = info();
+        let publics: Vec<IpNet> = (1..=223u8)
+            .filter(|o| ![10, 100, 127, 172, 192, 169].contains(o))
+            .map(|o| format!("{o}.0.0.0/8").parse().unwrap())
+            .collect();
+        let n = publics.len();
+        i.service_cidrs.extend(publics);
+        let err = check(&i, &[], &[], None).unwrap_err();
+        assert!(
+            err.starts_with(&format!(
+                "refused cluster subnet 1.0.0.0/8 (and {} more) from the cluster: it is public address space",
+                n - 1
+            )),
+            "{err}"
+        );
+        assert_eq!(err.matches('\n').count(), 0, "{err}");
+    }
+
+    #[test]
+    fn more_prefixes_than_the_cap_are_refused_and_adjacent_ones_merge() {
+        // 256 per-node /24s merge into one /16: fine.
+        let mut i = info();
+        i.pod_cidrs = (0..=255u8)
+            .map(|n| format!("10.244.{n}.0/24").parse().unwrap())
+            .collect();
+        check(&i, &[], &[], None).unwrap();
+        // Exactly the cap (with the service CIDR) passes, one more does not.
+        let spread = |count: usize| -> Vec<IpNet> {
+            (0..count)
+                .map(|n| format!("10.200.{}.0/24", n * 2).parse().unwrap())
+                .collect()
+        };
+        i.pod_cidrs = spread(MAX_CLUSTER_PREFIXES - 1);
+        check(&i, &[], &[], None).unwrap();
+        i.pod_cidrs = spread(MAX_CLUSTER_PREFIXES);
+        let err = check(&i, &[], &[], None).unwrap_err();
+        assert!(
+            err.contains("refused 33 cluster subnets from the cluster: more than 32")
+                && err.contains("pass --also-proxy"),
+            "{err}"
+        );
+        // The user's own range covering them.
+        check(&i, &["10.200.0.0/16"], &[], None).unwrap();
+    }
+
+    #[test]
+    fn the_gateway_ip_and_tunnel_cidr_follow_the_same_rules() {
+        let mut i = info();
+        i.tunnel_cidr = "8.8.8.0/24".parse().unwrap();
+        i.gateway_ip = "8.8.8.1".parse().unwrap();
+        let err = check(&i, &[], &[], None).unwrap_err();
+        assert!(err.contains("refused gatewayIp 8.8.8.1") && err.contains("public address space"), "{err}");
+        assert!(err.contains("pass --also-proxy 8.8.8.1/32"), "{err}");
+        let err = check(&i, &["8.8.8.1/32"], &[], None).unwrap_err();
+        assert!(err.contains("refused tunnelCidr 8.8.8.0/24") && err.contains("public"), "{err}");
+        check(&i, &["8.8.8.0/24"], &[], None).unwrap();
+        let mut i = info();
+        i.tunnel_cidr = "100.100.0.0/16".parse().unwrap();
+        i.gateway_ip = "100.100.0.1".parse().unwrap();
+        let err = check(&i, &[], &[], None).unwrap_err();
+        assert!(err.contains("refused gatewayIp 100.100.0.1") && err.contains("covers the API server's address"), "{err}");
+    }
+
+    fn domain(d: &str, flag: Option<&str>) -> Result<(), String> {
+        let mut i = info();
+        i.cluster_domain = d.into();
+        check(&i, &[], &[], flag)
+    }
+
+    #[test]
+    fn cluster_domains_at_the_edges_of_the_public_suffix_list() {
+        for ok in [
+            "cluster.local",
+            "corp.internal",
+            "k8s.lan",
+            "cluster.home.arpa",
+            "foo.example",
+            "cluster.local.",
+            "Cluster.Local",
+            "prod.k8s",
         ] {
-            let mut i = info();
-            i.cluster_domain = domain.into();
-            let err = check_info(&i, &machine(), &exclude(), &[])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(why), "{domain}: {err}");
+            domain(ok, None).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, why) in [
+            ("co.uk", "is a public suffix"),
+            ("bbc.co.uk", "public name under the public suffix co.uk (registrable domain bbc.co.uk)"),
+            ("www.bbc.co.uk", "registrable domain bbc.co.uk"),
+            ("k8s.example.de", "public suffix de"),
+            ("co.jp", "is a public suffix"),
+            ("k8s.blogspot.com", "excluded suffix"),
+            ("example.com", "excluded suffix"),
+            ("com", "single label"),
+            ("local", "single label"),
+        ] {
+            let err = domain(bad, None).unwrap_err();
+            let name = bad.trim_end_matches('.');
+            assert!(
+                err.contains(&format!("refused clusterDomain {name:?}"))
+                    && err.contains(why)
+                    && err.contains(&format!("pass --cluster-domain {name}")),
+                "{bad}: {err}"
+            );
+        }
+        // The user's say-so: that very name, not another.
+        domain("co.uk", Some("co.uk")).unwrap();
+        domain("bbc.co.uk", Some("bbc.co.uk.")).unwrap();
+        domain("k8s.example.com", Some("k8s.example.com")).unwrap();
+        domain("bbc.co.uk", Some("co.uk")).unwrap_err();
+        domain("co.uk", Some("bbc.co.uk")).unwrap_err();
+    }
+
+    #[test]
+    fn names_that_are_not_dns_names_are_refused_without_control_characters() {
+        for d in ["bad_name.local", "\u{1b}[31mred.local", "-a.local", ""] {
+            let err = domain(d, Some(d)).unwrap_err();
+            assert!(err.contains("not a DNS name"), "{d}: {err}");
             assert!(!err.contains('\u{1b}'), "{err}");
         }
-        // An include suffix is the user's explicit way to allow it.
-        check_cluster_domain("k8s.example.com", &exclude(), &[".example.com".into()]).unwrap();
+        // An include suffix lets a private-looking name under an excluded suffix through, but
+        // not past the Public Suffix List.
+        let consent = Consent {
+            also_proxy: &[],
+            never_proxy: &[],
+            cluster_domain: None,
+            exclude: &[".corp".into()],
+            include: &[".k8s.corp".into()],
+        };
+        check_cluster_domain("a.k8s.corp", &consent).unwrap();
+        check_cluster_domain("b.corp", &consent).unwrap_err();
     }
 
     #[test]
     fn a_dns_ip_outside_the_cluster_and_forged_tunnel_ips_are_refused() {
         let mut i = info();
         i.dns_ip = Some("192.0.2.53".parse().unwrap());
-        let err = check_info(&i, &machine(), &exclude(), &[])
-            .unwrap_err()
-            .to_string();
+        let err = check(&i, &[], &[], None).unwrap_err();
         assert!(err.contains("dnsIp 192.0.2.53"), "{err}");
         for (ip, why) in [
             ("192.0.2.53", "outside the tunnel CIDR"),
             ("100.77.0.1", "gateway's"),
             ("100.77.0.0", "CIDR's own"),
         ] {
-            let err = check_tunnel_ip(ip.parse().unwrap(), &info(), ADDRS)
+            let err = check_tunnel_ip(ip.parse().unwrap(), &info(), &machine())
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(why), "{ip}: {err}");
         }
-        let mine = [IpAddr::V4("100.77.0.9".parse().unwrap())];
-        let err = check_tunnel_ip("100.77.0.9".parse().unwrap(), &info(), &mine)
+        let mut m = machine();
+        m.addresses.push("100.77.0.9".parse().unwrap());
+        m.dns_servers.push("100.77.0.53".parse().unwrap());
+        let err = check_tunnel_ip("100.77.0.9".parse().unwrap(), &info(), &m)
             .unwrap_err()
             .to_string();
         assert!(err.contains("already has that address"), "{err}");
+        let err = check_tunnel_ip("100.77.0.53".parse().unwrap(), &info(), &m)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("it is this machine's DNS server"), "{err}");
     }
 }

@@ -16,6 +16,7 @@ pub use peer::{PeerSpec, format_lease, parse_lease};
 pub use status::LeaseStatus;
 pub use status::{DnsStatus, PlannedRoute, ReachStatus, RouteSource, Status};
 pub use status::{PathFailure, TransportStatus};
+pub use status::RefusedInfo;
 pub use types::{PeerName, TunnelIp};
 
 use std::collections::BTreeMap;

@@ -49,6 +49,10 @@ pub struct Status {
     /// failed; absent from an older daemon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<TransportStatus>,
+    /// The last change of the gateway info the daemon refused while joined (it kept its last
+    /// good configuration), and why; absent when none was, or a later change was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_info: Option<RefusedInfo>,
     /// Userspace mode: the loopback SOCKS5/HTTP proxy that reaches the cluster (there is no
     /// interface, no route and no resolver change); absent with the TUN path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,9 +100,21 @@ impl Status {
             lease: None,
             reach: None,
             transport: None,
+            refused_info: None,
             proxy: None,
         }
     }
+}
+
+/// The `refusedInfo` part of [`Status`]: a gateway info change that failed the laptop's trust
+/// checks (docs/laptop-trust.md).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedInfo {
+    /// When the change arrived.
+    pub at: DateTime<Utc>,
+    /// The refusal, one sentence: what, why, and the flag that would accept it.
+    pub reason: String,
 }
 
 /// The `transport` part of [`Status`]: the path WireGuard's datagrams take to the gateway.

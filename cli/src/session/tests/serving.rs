@@ -22,7 +22,8 @@ fn the_lease_is_renewed_every_third_of_the_ttl_and_failures_back_off() {
     assert_eq!(renew_at - r.now, Duration::from_secs(30));
     r.advance(Duration::from_secs(30));
     r.pump(|_| None);
-    assert_eq!(r.take_log(), ["RenewLease"]);
+    // The lease's new end is journalled (what leave names when it cannot delete the peer).
+    assert_eq!(r.take_log(), ["RenewLease", "Save"]);
     assert_eq!(r.s.lease().next.unwrap() - r.now, Duration::from_secs(30));
     // 409: retried after a second.
     r.advance(Duration::from_secs(30));
@@ -76,7 +77,7 @@ fn a_vanished_secret_is_registered_again_and_a_new_address_replaces_the_old() {
             _ => None,
         });
         let log = r.take_log();
-        let mut expected = vec!["RenewLease", "Register", "WaitTunnelIp"];
+        let mut expected = vec!["RenewLease", "Register", "Save", "WaitTunnelIp"];
         if change {
             expected.extend(["ChangeAddress", "Save"]);
         }
@@ -97,7 +98,7 @@ fn the_gateway_info_changing_while_serving_is_followed() {
     // Reinstalled with a new key and a second pod CIDR.
     let new = PrivateKey::generate();
     let mut changed = info(&new);
-    changed.pod_cidrs.push("10.245.0.0/16".parse().unwrap());
+    changed.pod_cidrs.push("10.250.0.0/16".parse().unwrap());
     r.s.handle(Event::GatewayInfo(Box::new(changed)), r.now);
     let mut actions = Vec::new();
     while let Some(a) = r.s.poll_action() {
@@ -107,7 +108,7 @@ fn the_gateway_info_changing_while_serving_is_followed() {
     assert_eq!(names, ["Save", "SetRoutes", "UpdateGateway"]);
     match &actions[1] {
         Action::SetRoutes { add, remove, .. } => {
-            assert_eq!(add, &["10.245.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
+            assert_eq!(add, &["10.250.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
             assert!(remove.is_empty());
         }
         a => panic!("{a:?}"),
@@ -116,7 +117,7 @@ fn the_gateway_info_changing_while_serving_is_followed() {
         Action::UpdateGateway { old_key: k, peer } => {
             assert_eq!(*k, old_key);
             assert_eq!(peer.public_key, new.public_key());
-            assert!(peer.allowed_ips.contains(&"10.245.0.0/16".parse().unwrap()));
+            assert!(peer.allowed_ips.contains(&"10.250.0.0/16".parse().unwrap()));
         }
         a => panic!("{a:?}"),
     }
@@ -124,6 +125,57 @@ fn the_gateway_info_changing_while_serving_is_followed() {
         r.s.state().unwrap().gateway_key,
         Some(new.public_key().to_string())
     );
+}
+
+#[test]
+fn a_changed_gateway_info_that_fails_the_trust_checks_is_refused_and_the_last_good_one_kept() {
+    let mut r = serving(&[]);
+    let routes = r.s.state().unwrap().routes.clone();
+    let wall: chrono::DateTime<chrono::Utc> = "2026-01-01T00:01:00Z".parse().unwrap();
+    assert_eq!(r.s.refused_status(r.now, wall), None);
+    // A new key with the Internet in its subnets: nothing of it is applied.
+    let mut bad = info(&PrivateKey::generate());
+    bad.service_cidrs.push("8.0.0.0/8".parse().unwrap());
+    r.now += Duration::from_secs(5);
+    r.s.handle(Event::GatewayInfo(Box::new(bad)), r.now);
+    r.pump(|_| None);
+    assert!(r.take_log().is_empty());
+    assert_eq!(r.s.state().unwrap().routes, routes);
+    assert_eq!(r.s.plan().unwrap().gateway.public_key, r.gateway.public_key());
+    let refused = r
+        .s
+        .refused_status(r.now + Duration::from_secs(10), wall)
+        .unwrap();
+    assert_eq!(refused.at, wall - chrono::Duration::seconds(10));
+    assert!(
+        refused
+            .reason
+            .starts_with("refused cluster subnet 8.0.0.0/8 from the cluster: it is public address space"),
+        "{}",
+        refused.reason
+    );
+    // A route conflict is refused too (checked at join only, before).
+    let mut conflict = info(&r.gateway);
+    conflict.pod_cidrs.push("192.168.5.0/24".parse().unwrap());
+    let mut s = r;
+    if let Some(p) = s.s.plan.as_mut() {
+        p.machine_routes.push(kwg_wg::netlink::RouteEntry {
+            destination: "192.168.0.0/16".parse().unwrap(),
+            interface: Some("eth0".into()),
+            gateway: None,
+            table: kwg_wg::netlink::MAIN_TABLE,
+        });
+    }
+    s.s.handle(Event::GatewayInfo(Box::new(conflict)), s.now);
+    assert!(s.s.poll_action().is_none());
+    let reason = s.s.refused_status(s.now, wall).unwrap().reason;
+    assert!(reason.contains("192.168.5.0/24"), "{reason}");
+    // A good change is followed again, and the refusal is gone.
+    let mut good = info(&s.gateway);
+    good.pod_cidrs.push("10.250.0.0/16".parse().unwrap());
+    s.s.handle(Event::GatewayInfo(Box::new(good)), s.now);
+    assert!(s.s.poll_action().is_some());
+    assert_eq!(s.s.refused_status(s.now, wall), None);
 }
 
 #[test]
