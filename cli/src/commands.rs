@@ -338,15 +338,13 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
                 Err(e @ (ClientError::OlderDaemon | ClientError::OtherVersion { .. })) => {
                     return Err(e.into());
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the daemon does not answer");
-                    status_from_state(&state, false)
-                }
+                Err(e) => crate::driver::silent_daemon_status(&state, e.to_string()).await,
             }
         }
     };
     let mut status = status;
-    if let (true, Some(admin)) = (status.connected, state.gateway_admin) {
+    // A daemon of this version asked the gateway itself (`state` is its verdict).
+    if let (true, None, Some(admin)) = (status.connected, status.state, state.gateway_admin) {
         status.reach = crate::reach::own(admin, &status.peer).await;
     }
     if args.output == Format::Json {
@@ -357,7 +355,7 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
     } else {
         print!("{}", output::status_text(&status, Utc::now()));
     }
-    Ok(if status.connected { 0 } else { 1 })
+    Ok(crate::health::exit_code(&status))
 }
 
 /// `kwg peers`: the peer Secrets, with tunnel statistics from the gateway when joined.

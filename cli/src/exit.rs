@@ -251,6 +251,10 @@ impl From<&Error> for Failure {
             return f.clone();
         }
         let exit_code = ExitCode::from(e);
+/// `kwg status`: joined, but `Degraded` (a health line names each problem and its fix) or
+/// still `Joining`. 0 is `Connected`, 1 not joined or no daemon (docs/ci.md).
+pub const STATUS_DEGRADED: i32 = 13;
+
         Failure {
             connected: false,
             step: exit_code.step().into(),

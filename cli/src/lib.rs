@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod driver;
 pub mod error;
 pub mod exit;
+pub mod health;
 pub mod lock;
 pub mod output;
 pub mod portforward;

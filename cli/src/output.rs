@@ -45,17 +45,13 @@ fn list(v: &[String]) -> String {
 /// The text of `kwg status`.
 pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
     let mut o = String::new();
-    let state = if s.connected {
-        "Connected"
-    } else {
-        "Daemon not running (run kwg leave, then kwg join)"
-    };
+    let state = crate::health::state_text(s);
     let none = || "-".to_string();
     // Most of these values come from the cluster or the daemon: never printed raw.
     let mut row = |k: &str, v: String| {
         let _ = writeln!(o, "{k:<16}: {}", sanitize(&v));
     };
-    row("Status", state.into());
+    row("Status", state);
     row(
         "Daemon",
         s.daemon_pid
@@ -147,11 +143,12 @@ pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
     for r in &s.subnets {
         let _ = writeln!(o, "  - {} ({})", r.subnet, r.source);
     }
+    o.push_str(&crate::health::lines_text(s));
     o
 }
 
 /// `1m5s` of whole seconds between two instants (0s when `later` is not later).
-fn span(earlier: DateTime<Utc>, later: DateTime<Utc>) -> String {
+pub fn span(earlier: DateTime<Utc>, later: DateTime<Utc>) -> String {
     let secs = (later - earlier).num_seconds().max(0) as u64;
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }

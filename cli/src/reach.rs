@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kwg_wg::contract::{ReachStatus, Status};
+use kwg_wg::contract::{GatewayPeer, ReachStatus, Status};
 use tokio::time::Instant;
 
 /// How often `kwg join` asks again while the gateway has not decided the peer's reach.
@@ -21,6 +21,48 @@ pub async fn own(admin: SocketAddr, peer: &str) -> Option<ReachStatus> {
         .into_iter()
         .find(|g| g.name.as_str() == peer)?
         .reach
+}
+
+/// The gateway's `/peers` through the tunnel (or the userspace proxy), or why it did not
+/// answer within `timeout` (a sentence for `kwg status`'s health line).
+pub async fn fetch(admin: SocketAddr, timeout: Duration) -> Result<Vec<GatewayPeer>, String> {
+    use http_body_util::BodyExt;
+    let fetch = async {
+        let tcp = crate::userspace::client::dial_cluster(admin)
+            .await
+            .map_err(|e| format!("cannot connect to its admin address {admin}: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| format!("{admin}: {e}"))?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/peers")
+            .header(hyper::header::HOST, admin.to_string())
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("GET http://{admin}/peers: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("GET http://{admin}/peers: {}", resp.status()));
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("GET http://{admin}/peers: {e}"))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| format!("GET http://{admin}/peers: {e}"))
+    };
+    match tokio::time::timeout(timeout, fetch).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no answer from {admin} within {} ms",
+            timeout.as_millis()
+        )),
+    }
 }
 
 /// [`own`], asked again until the gateway has decided or `deadline` passes.

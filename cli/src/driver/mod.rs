@@ -27,7 +27,7 @@ use crate::lock::DaemonLock;
 use crate::session::{Action, Event, Phase, Session};
 use crate::state::{State, StateDir, Undo};
 use actions::Started;
-pub use status::status_from_state;
+pub use status::{silent_daemon_status, status_from_state};
 
 /// What the daemon tells `kwg join` while it comes up (one JSON object per line).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -245,7 +245,10 @@ pub async fn run(
                 session.handle(Event::Signal, std::time::Instant::now())
             }
             Some((req, reply)) = requests.recv() => match req {
-                Request::Status => { let _ = reply.send(Reply::Status(Box::new(d.status(&session).await))); }
+                Request::Status => {
+                    let checked = d.status_checked(&session).await;
+                    tokio::spawn(async move { let _ = reply.send(Reply::Status(Box::new(checked.await))); });
+                }
             let phase = session.phase();
             if shown != Some(phase) && (!joined || phase == Phase::TearingDown) {
                 shown = Some(phase);

@@ -1,13 +1,23 @@
 //! The status `kwg status` shows, from the journal (and the daemon's live statistics), and
 //! following the gateway info while serving.
 
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::Utc;
 use futures::StreamExt;
-use kwg_wg::contract::{DnsStatus, GatewayInfo, Status};
+use kwg_wg::contract::{ConnectionState, DnsStatus, GatewayInfo, Status};
 
 use crate::session::Session;
 
 use crate::args::JoinArgs;
-use crate::state::State;
+use crate::cluster::Kube;
+use crate::health::{self, Observed, Probe, SecretProbe};
+use crate::state::{DnsModeUsed, State};
+
+/// How long each of `kwg status`'s checks (the gateway through the tunnel, the peer Secret)
+/// may take: the CLI waits 3 s for the daemon's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// The status from the state file alone (`connected` says whether the daemon runs).
 pub fn status_from_state(state: &State, connected: bool) -> Status {
@@ -42,7 +52,89 @@ pub fn status_from_state(state: &State, connected: bool) -> Status {
         transport: None,
         refused_info: None,
         proxy: state.proxy,
+        state: (!connected).then_some(ConnectionState::NotRunning),
+        health: Vec::new(),
     }
+}
+
+/// `kwg status` when the daemon holds its lock but does not answer (stopped, hung): the
+/// state file's status, judged with what the API server says about the peer Secret (whose
+/// lease nobody renews meanwhile).
+pub async fn silent_daemon_status(state: &State, why: String) -> Status {
+    let mut s = status_from_state(state, false);
+    let peer_secret = match Kube::connect(state.kubeconfig.as_deref(), state.context.as_deref()).await {
+        Ok(kube) => peer_secret(&kube, &state.kwg_namespace, &state.peer.to_string()).await,
+        Err(_) => SecretProbe::Unknown,
+    };
+    let observed = Observed {
+        daemon_silent: Some(why),
+        peer_secret,
+        ..Observed::default()
+    };
+    health::apply(&mut s, &observed, Utc::now());
+    s
+}
+
+/// The peer Secret of `peer` as the API server shows it (`Unknown` when it does not say
+/// within [`PROBE_TIMEOUT`]).
+async fn peer_secret(kube: &Kube, namespace: &str, peer: &str) -> SecretProbe {
+    let name = format!("{}{peer}", kwg_wg::contract::PEER_SECRET_PREFIX);
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(kube.client.clone(), namespace);
+    match tokio::time::timeout(PROBE_TIMEOUT, api.get_opt(&name)).await {
+        Ok(Ok(None)) => SecretProbe::Missing {
+            namespace: namespace.to_string(),
+            name,
+        },
+        Ok(Ok(Some(secret))) => SecretProbe::Present {
+            lease_expires: secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get("leaseExpires"))
+                .and_then(|v| std::str::from_utf8(&v.0).ok())
+                .and_then(|v| kwg_wg::contract::parse_lease(v).ok()),
+        },
+        _ => SecretProbe::Unknown,
+    }
+}
+
+/// The planned routes that are not on the tunnel interface (none in userspace mode, or when
+/// the kernel's table cannot be read).
+async fn missing_routes(state: &State) -> Vec<ipnet::IpNet> {
+    if state.proxy.is_some() {
+        return Vec::new();
+    }
+    let Ok(existing) = async { kwg_wg::netlink::Netlink::open()?.routes().await }.await else {
+        return Vec::new();
+    };
+    state
+        .routes
+        .iter()
+        .map(|r| r.subnet)
+        .filter(|subnet| {
+            !existing.iter().any(|e| {
+                e.destination == *subnet && e.interface.as_deref() == Some(state.interface.as_str())
+            })
+        })
+        .collect()
+}
+
+/// Why the machine's resolver does not send names to kwg's forwarder (resolv-conf mode: the
+/// file must still name it; resolved mode is verified at join and reverted only by kwg).
+fn dns_problem(state: &State) -> Option<String> {
+    let d = state.dns.as_ref()?;
+    if d.mode != DnsModeUsed::ResolvConf {
+        return None;
+    }
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let ip = d.forwarder.ip();
+    let named = text.lines().any(|l| {
+        let mut w = l.split_whitespace();
+        w.next() == Some("nameserver") && w.next().and_then(|a| a.parse().ok()) == Some(ip)
+    });
+    (!named).then(|| {
+        format!("/etc/resolv.conf no longer names kwg's forwarder {ip}: cluster names do not resolve")
+    })
 }
 
 /// The status of a daemon still inspecting the cluster (nothing changed yet).
@@ -70,6 +162,8 @@ pub fn joining(args: &JoinArgs) -> Status {
         transport: None,
         refused_info: None,
         proxy: None,
+        state: Some(ConnectionState::Joining),
+        health: Vec::new(),
     }
 }
 
@@ -127,7 +221,69 @@ impl super::Driver {
             s.transport = t.status().await;
         }
         s.lease = session.lease_status(std::time::Instant::now(), chrono::Utc::now());
+        s.refused_info = session.refused_status(std::time::Instant::now(), chrono::Utc::now());
+        // What the daemon knows without asking anyone (the answer to `kwg join`).
+        health::apply(&mut s, &Observed::default(), Utc::now());
         s
     }
-        s.refused_info = session.refused_status(std::time::Instant::now(), chrono::Utc::now());
+
+    /// `kwg status`: [`Self::status`] with its verdict. The checks (a request to the gateway
+    /// through the tunnel, which also renews an idle session's handshake, the peer Secret,
+    /// the routes and the resolver) run in the returned future, off the daemon's loop.
+    pub(super) async fn status_checked(
+        &self,
+        session: &Session,
+    ) -> impl Future<Output = Status> + Send + 'static {
+        let mut s = self.status(session).await;
+        let device = self.device.as_ref().map(|d| d.handle());
+        let kube = self.kube.clone();
+        let state = session.state().cloned();
+        let serving = s.lease.is_some();
+        async move {
+            let Some(state) = state.filter(|_| serving) else {
+                return s;
+            };
+            let gateway = async {
+                let Some(admin) = state.gateway_admin else {
+                    return Probe::NotAsked;
+                };
+                match crate::reach::fetch(admin, PROBE_TIMEOUT).await {
+                    Ok(peers) => {
+                        s.reach = peers
+                            .into_iter()
+                            .find(|g| g.name.as_str() == state.peer.as_str())
+                            .and_then(|g| g.reach);
+                        Probe::Answered
+                    }
+                    Err(why) => Probe::Failed(why),
+                }
+            };
+            let secret = async {
+                match &kube {
+                    Some(k) => peer_secret(k, &state.kwg_namespace, state.peer.as_str()).await,
+                    None => SecretProbe::Unknown,
+                }
+            };
+            let (gateway, peer_secret, missing_routes) =
+                futures::join!(gateway, secret, missing_routes(&state));
+            // The request through the tunnel handshook again if the session had expired.
+            if let Some(p) = match &device {
+                Some(d) => d.peers().await.into_iter().next(),
+                None => None,
+            } {
+                s.last_handshake = p.last_handshake.map(chrono::DateTime::<Utc>::from);
+                s.rx_bytes = p.rx_bytes;
+                s.tx_bytes = p.tx_bytes;
+            }
+            let observed = Observed {
+                daemon_silent: None,
+                gateway,
+                peer_secret,
+                missing_routes,
+                dns: dns_problem(&state),
+            };
+            health::apply(&mut s, &observed, Utc::now());
+            s
+        }
+    }
 }

@@ -17,6 +17,7 @@ pub use status::LeaseStatus;
 pub use status::{DnsStatus, PlannedRoute, ReachStatus, RouteSource, Status};
 pub use status::{PathFailure, TransportStatus};
 pub use status::RefusedInfo;
+pub use status::{ConnectionState, HealthIssue, HealthKind};
 pub use types::{PeerName, TunnelIp};
 
 use std::collections::BTreeMap;

@@ -57,6 +57,81 @@ pub struct Status {
     /// interface, no route and no resolver change); absent with the TUN path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<std::net::SocketAddr>,
+    /// The verdict: `connected` only while every health rule holds (see [`HealthIssue`]);
+    /// absent from an older daemon (then only `connected` tells, and only that it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ConnectionState>,
+    /// One entry per problem found, each with its fix; empty when `connected`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<HealthIssue>,
+}
+
+/// What `kwg status` concludes (`state` of [`Status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionState {
+    /// A recent handshake, the gateway answers through the tunnel, the lease is valid, the
+    /// peer Secret exists, routes and DNS are in place.
+    Connected,
+    /// The daemon runs (or holds its lock) but at least one of those does not hold: see
+    /// `health`.
+    Degraded,
+    /// The daemon is still joining.
+    Joining,
+    /// No daemon runs, but what `kwg join` changed is still in place.
+    NotRunning,
+}
+
+impl std::fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnectionState::Connected => "Connected",
+            ConnectionState::Degraded => "Degraded",
+            ConnectionState::Joining => "Joining",
+            ConnectionState::NotRunning => "Daemon not running",
+        })
+    }
+}
+
+/// One problem of a joined machine (`health` of [`Status`]), like `tailscale status`'s
+/// health lines.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthIssue {
+    /// Stable name for scripts, e.g. `peer-deleted` (see docs/contract.md).
+    pub kind: HealthKind,
+    /// What is wrong, one sentence.
+    pub message: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+/// The kinds of [`HealthIssue`]. New kinds may be added: consumers treat an unknown one as
+/// a problem (`state` is `degraded` either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthKind {
+    /// The daemon holds its lock but does not answer.
+    DaemonUnresponsive,
+    /// No WireGuard handshake with the gateway yet.
+    NoHandshake,
+    /// The last handshake is older than WireGuard's REJECT_AFTER_TIME (180 s).
+    HandshakeStale,
+    /// The gateway did not answer through the tunnel.
+    GatewaySilent,
+    /// The peer Secret is gone (deleted, or collected when the lease ended).
+    PeerDeleted,
+    /// The lease ended without renewal.
+    LeaseExpired,
+    /// Renewals fail (the lease is still valid).
+    LeaseRenewalFailing,
+    /// Routes of the plan are missing from the tunnel interface.
+    RoutesMissing,
+    /// The machine's resolver no longer points at kwg.
+    DnsMissing,
+    /// Any kind this version does not know (from a newer daemon).
+    #[serde(other)]
+    Other,
 }
 
 impl Status {
@@ -102,6 +177,8 @@ impl Status {
             transport: None,
             refused_info: None,
             proxy: None,
+            state: Some(ConnectionState::Connected),
+            health: vec![],
         }
     }
 }
@@ -282,7 +359,8 @@ mod tests {
       "subnet": "172.30.0.0/16",
       "source": "also-proxy"
     }
-  ]
+  ],
+  "state": "connected"
 }"#;
 
     #[test]
@@ -317,5 +395,32 @@ mod tests {
             dropped_packets: 0,
         };
         assert_eq!(open.unreachable(&wanted).count(), 0);
+    }
+
+    #[test]
+    fn health_json_and_older_daemons() {
+        let mut s = Status::example();
+        s.state = Some(ConnectionState::Degraded);
+        s.health = vec![HealthIssue {
+            kind: HealthKind::PeerDeleted,
+            message: "gone".into(),
+            fix: "join".into(),
+        }];
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["state"], "degraded");
+        assert_eq!(
+            json["health"],
+            serde_json::json!([{"kind": "peer-deleted", "message": "gone", "fix": "join"}])
+        );
+        // An older daemon's status has neither; a newer one's unknown kind still parses.
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("state");
+        old.as_object_mut().unwrap().remove("health");
+        let back: Status = serde_json::from_value(old).unwrap();
+        assert_eq!((back.state, back.health.len()), (None, 0));
+        let mut newer = json;
+        newer["health"][0]["kind"] = "something-new".into();
+        let back: Status = serde_json::from_value(newer).unwrap();
+        assert_eq!(back.health[0].kind, HealthKind::Other);
     }
 }
