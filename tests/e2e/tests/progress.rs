@@ -44,12 +44,15 @@ fn lines(child: &mut Child) -> mpsc::Receiver<(Instant, String)> {
     rx
 }
 
-/// What a Ctrl-C sends to the terminal's foreground process (the daemon runs in a process
-/// group of its own, which the terminal does not signal).
-fn sigint(child: &Child) {
+/// Sends `kill -SIGNAL` to `child` only, as a terminal signals its foreground process (the
+/// daemon runs in a process group of its own, which the terminal does not signal).
+fn send(child: &Child, signal: &str) {
     let pid = child.id().to_string();
-    let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
-    assert!(sent.success(), "kill -INT {pid}");
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {pid}");
 }
 
 /// Waits for `child` (at most 20 s); its exit code and stdout.
@@ -133,47 +136,54 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
     assert_clean(&l, &resolv, "after leave");
 
     // A step that waits (no UDP to the gateway, --transport udp): every line up to it arrives
-    // while the join runs, and Ctrl-C there undoes all of it.
+    // while the join runs, and Ctrl-C there undoes all of it; so do SIGTERM and a closed
+    // terminal (SIGHUP), with the shell's codes for them.
     {
         let _udp = Blocked::new(&l, &format!("ip daddr {NODE_IP} meta l4proto udp drop"));
-        let started = Instant::now();
-        let mut child = spawn(
-            &l,
-            &kubeconfig,
-            &["join", "--name", "ctrlc", "-n", "emojivoto", "--transport", "udp"],
-        );
-        let rx = lines(&mut child);
-        let (at, line) = rx
-            .iter()
-            .find(|(_, line)| line.contains(" Tunnel kwg0 up as "))
-            .expect("the tunnel line");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the join ended before its progress was read: {line}"
-        );
-        eprintln!(
-            "MEASURED: with the handshake blocked, the tunnel line after {} ms while the join waits",
-            (at - started).as_millis()
-        );
-        assert!(secret_exists(&sim, "ctrlc"));
-        sigint(&child);
-        let (code, stdout) = finish(child);
-        let err: Vec<String> = rx.iter().map(|(_, l)| l).collect();
-        let err = err.join("\n");
-        assert_eq!(code, Some(130), "{stdout}\n{err}");
-        assert!(
-            err.contains("Ctrl-C (SIGINT): cancelling the join, undoing the steps taken"),
-            "{err}"
-        );
-        assert!(err.contains("peer Secret kwg-peer-ctrlc"), "{err}");
-        assert!(
-            err.ends_with(
-                "kwg: join cancelled by Ctrl-C (SIGINT) before it finished; every step it had taken is undone"
-            ),
-            "{err}"
-        );
-        assert_only_sentences("cancelled join", &err);
-        assert_clean(&l, &resolv, "Ctrl-C while waiting for the handshake");
+        for (signal, code, by) in [
+            ("INT", 130, "Ctrl-C (SIGINT)"),
+            ("TERM", 143, "SIGTERM"),
+            ("HUP", 129, "a closed terminal (SIGHUP)"),
+        ] {
+            let started = Instant::now();
+            let mut child = spawn(
+                &l,
+                &kubeconfig,
+                &["join", "--name", "ctrlc", "-n", "emojivoto", "--transport", "udp"],
+            );
+            let rx = lines(&mut child);
+            let (at, line) = rx
+                .iter()
+                .find(|(_, line)| line.contains(" Tunnel kwg0 up as "))
+                .expect("the tunnel line");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the join ended before its progress was read: {line}"
+            );
+            eprintln!(
+                "MEASURED: with the handshake blocked, the tunnel line after {} ms while the join waits",
+                (at - started).as_millis()
+            );
+            assert!(secret_exists(&sim, "ctrlc"));
+            send(&child, signal);
+            let (exit, stdout) = finish(child);
+            let err: Vec<String> = rx.iter().map(|(_, l)| l).collect();
+            let err = err.join("\n");
+            assert_eq!(exit, Some(code), "SIG{signal}: {stdout}\n{err}");
+            assert!(
+                err.contains(&format!("{by}: cancelling the join, undoing the steps taken")),
+                "{err}"
+            );
+            assert!(err.contains("peer Secret kwg-peer-ctrlc"), "{err}");
+            assert!(
+                err.ends_with(&format!(
+                    "kwg: join cancelled by {by} before it finished; every step it had taken is undone"
+                )),
+                "{err}"
+            );
+            assert_only_sentences("cancelled join", &err);
+            assert_clean(&l, &resolv, &format!("SIG{signal} while waiting for the handshake"));
+        }
     }
 
     // Ctrl-C after each step's start (the JSON events): whatever was done is undone.
@@ -194,7 +204,7 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
                 seen += 1;
                 if seen == n {
                     step = event["step"].as_str().map(String::from);
-                    sigint(&child);
+                    send(&child, "INT");
                     break;
                 }
             }
