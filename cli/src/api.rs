@@ -34,6 +34,9 @@ pub enum Reply {
     /// Everything is undone; what was removed.
     Left {
         removed: Vec<String>,
+        /// The peer Secret it could not delete (the gateway collects it at its lease's end).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        left_behind: Option<crate::state::LeftBehind>,
     },
     /// One sentence for the user.
     Error {
@@ -243,6 +246,7 @@ mod tests {
                     Request::Status => Reply::Status(Box::new(Status::example())),
                     Request::Leave => Reply::Left {
                         removed: vec!["x".into()],
+                        left_behind: None,
                     },
                 });
             }

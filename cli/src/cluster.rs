@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{
+    DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use kwg_wg::contract::{self, GatewayInfo, PeerSpec};
 
 use crate::error::Error;
+use crate::output;
 
 /// A client for the cluster kwg joins, with what `status` shows about it.
 #[derive(Clone)]
@@ -139,34 +142,38 @@ impl Kube {
         Ok(GatewayInfo::from_json(json.as_bytes())?)
     }
 
-    /// Creates the peer Secret, or overwrites this machine's own earlier one.
-    pub async fn register_peer(&self, ns: &str, spec: &PeerSpec) -> Result<(), Error> {
+    /// Creates the peer Secret, or overwrites this machine's own earlier one (same public key
+    /// and owner); returns its uid. A Secret of that name holding another key or owner is
+    /// another machine's: [`Error::PeerNameTaken`], and it is left alone.
+    pub async fn register_peer(&self, ns: &str, spec: &PeerSpec) -> Result<String, Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let secret = peer_secret(spec, self.groups.as_deref());
         match api.create(&PostParams::default(), &secret).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.is_conflict() => {
-                // Overwrite only this machine's own earlier Secret (same public key).
+            Ok(created) => Ok(created.metadata.uid.unwrap_or_default()),
+            // 409 with reason AlreadyExists (kube's `is_conflict` matches only reason Conflict).
+            Err(kube::Error::Api(s)) if s.is_already_exists() || s.is_conflict() => {
                 let existing = api
                     .get(&spec.secret_name())
                     .await
                     .map_err(|e| self.secrets_error("get", ns, e))?;
-                let key = existing
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("publicKey"))
-                    .map(|k| String::from_utf8_lossy(&k.0).trim().to_string());
-                if key.as_deref() != Some(spec.public_key.to_string().as_str()) {
-                    return Err(Error::invalid(
-                        format!("peer name {}", spec.name),
-                        "another machine registered it: pass --name with another name",
-                    ));
+                let field = |k: &str| secret_field(&existing, k);
+                let ours = field("publicKey").as_deref()
+                    == Some(spec.public_key.to_string().as_str())
+                    && field("owner").as_deref() == Some(spec.owner.as_str());
+                if !ours {
+                    return Err(Error::PeerNameTaken {
+                        name: spec.name.to_string(),
+                        secret: spec.secret_name(),
+                        owner: output::sanitize(&field("owner").unwrap_or_default()),
+                        hostname: output::sanitize(&field("hostname").unwrap_or_default()),
+                    });
                 }
                 let patch = serde_json::json!({
                     "data": secret.data,
                     "metadata": { "labels": secret.metadata.labels },
                 });
-                self.patch_secret(ns, &spec.secret_name(), &patch).await
+                self.patch_secret(ns, &spec.secret_name(), &patch).await?;
+                Ok(existing.metadata.uid.unwrap_or_default())
             }
             Err(e) => Err(self.secrets_error("create", ns, e)),
         }
@@ -266,12 +273,55 @@ impl Kube {
         self.error(step, e)
     }
 
-    /// Deletes the peer Secret; `Ok(false)` when it was already gone.
-    pub async fn delete_peer(&self, ns: &str, secret: &str) -> Result<bool, Error> {
+    /// Deletes the peer Secret only if it is this join's own: the object of `uid`, or (before
+    /// the uid was recorded) the Secret holding `public_key`, deleted with its uid as
+    /// precondition so a Secret replaced meanwhile survives. `Ok(false)` when it is gone or
+    /// not ours.
+    pub async fn delete_own_peer(
+        &self,
+        ns: &str,
+        secret: &str,
+        uid: Option<&str>,
+        public_key: Option<&str>,
+    ) -> Result<bool, Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        match api.delete(secret, &DeleteParams::default()).await {
+        let uid = match (uid, public_key) {
+            (Some(uid), _) => uid.to_string(),
+            (None, Some(key)) => {
+                let existing = match api.get_opt(secret).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return Ok(false),
+                    Err(e) => return Err(self.secrets_error("get", ns, e)),
+                };
+                if secret_field(&existing, "publicKey").as_deref() != Some(key) {
+                    tracing::info!(
+                        secret,
+                        "the peer Secret holds another machine's key: not deleting it"
+                    );
+                    return Ok(false);
+                }
+                existing.metadata.uid.unwrap_or_default()
+            }
+            (None, None) => return Ok(false),
+        };
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(secret, &params).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
+            // The precondition failed: another Secret of that name now, not ours.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tracing::info!(
+                    secret,
+                    "the peer Secret was replaced by another one: not deleting it"
+                );
+                Ok(false)
+            }
             Err(e) => Err(self.secrets_error("delete", ns, e)),
         }
     }
@@ -372,6 +422,14 @@ fn kubeconfig_error(e: kube::config::KubeconfigError) -> Error {
         K::LoadContext(name) => Error::NoSuchContext(name),
         e => Error::Kubeconfig(error_chain(&e)),
     }
+}
+
+/// A field of a Secret's `data`, trimmed.
+fn secret_field(s: &Secret, key: &str) -> Option<String> {
+    s.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
 }
 
 fn no_gateway(ns: &str) -> Error {

@@ -10,11 +10,11 @@ use crate::api::{self, ClientError, Reply, Request};
 use crate::args::{Format, JoinArgs, LeaveArgs, OutputArgs, PeersArgs};
 use crate::cluster::Kube;
 use crate::driver::{self, Progress, status_from_state, undo::cleanup_dead};
-use crate::exit::Cancel;
-use crate::progress::Reporter;
 use crate::error::Error;
+use crate::exit::Cancel;
 use crate::lock::{DaemonLock, Holder};
 use crate::output::{self, PeerRow};
+use crate::progress::Reporter;
 use crate::state::{State, StateDir};
 use kwg_wg::contract::Status;
 
@@ -451,12 +451,13 @@ pub async fn leave(args: LeaveArgs, dir: StateDir) -> Result<(), Error> {
         }
         return Ok(());
     };
-    let removed = undo_all(&dir).await?;
+    let cleaned = undo_all(&dir).await?;
+    let (removed, left_behind) = (cleaned.removed, cleaned.left_behind);
     let ms = started.elapsed().as_millis();
     if args.output == Format::Json {
         println!(
             "{}",
-            serde_json::json!({ "left": true, "removed": removed, "elapsedMs": ms })
+            serde_json::json!({ "left": true, "removed": removed, "elapsedMs": ms, "leftBehind": left_behind })
         );
     } else if removed.is_empty() {
         println!("Left the cluster ({ms} ms).");
@@ -466,16 +467,28 @@ pub async fn leave(args: LeaveArgs, dir: StateDir) -> Result<(), Error> {
             removed.join(", ")
         );
     }
-    Ok(())
+    // The machine is clean; what could not be done remotely is one sentence and its own
+    // exit code.
+    match left_behind {
+        Some(l) => Err(Error::PeerLeftBehind(l)),
+        None => Ok(()),
+    }
 }
 
 /// Asks the daemon to undo everything (or stops it), then undoes what is left from the
-/// state file; returns what was removed.
-async fn undo_all(dir: &StateDir) -> Result<Vec<String>, Error> {
+/// state file; returns what was removed and the peer Secret that could not be deleted.
+async fn undo_all(dir: &StateDir) -> Result<driver::undo::Cleaned, Error> {
     let mut removed: Vec<String> = Vec::new();
+    let mut left_behind = None;
     if let Holder::Running(pid) = DaemonLock::holder(&dir.lock()) {
         match api::call(&dir.socket(), Request::Leave, Duration::from_secs(15)).await {
-            Ok(Reply::Left { removed: r }) => removed.extend(r),
+            Ok(Reply::Left {
+                removed: r,
+                left_behind: l,
+            }) => {
+                removed.extend(r);
+                left_behind = l;
+            }
             Ok(other) => tracing::warn!(?other, "unexpected reply to leave"),
             Err(ClientError::Daemon(e)) => tracing::warn!(
                 error = e,
@@ -494,9 +507,14 @@ async fn undo_all(dir: &StateDir) -> Result<Vec<String>, Error> {
         }
     }
     if let Some(state) = State::load(&dir.state())? {
-        removed.extend(cleanup_dead(&state, dir).await?);
+        let cleaned = cleanup_dead(&state, dir, None).await?;
+        removed.extend(cleaned.removed);
+        left_behind = left_behind.or(cleaned.left_behind);
     }
-    Ok(removed)
+    Ok(driver::undo::Cleaned {
+        removed,
+        left_behind,
+    })
 }
 
 /// Signals `pid` (only ever a pid read from the daemon's lock file while it is held).

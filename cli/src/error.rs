@@ -128,6 +128,18 @@ pub enum Error {
         "the Kubernetes API server {server} does not serve TokenRequest (serviceaccounts/token, Kubernetes >= 1.22): upgrade the cluster, or create a token Secret for the ServiceAccount by hand"
     )]
     NoTokenRequest { server: String },
+    #[error(
+        "peer name {name} is taken by another machine's peer (Secret {secret}, owner {owner}, hostname {hostname}): pass --name with a name of its own for this machine"
+    )]
+    PeerNameTaken {
+        name: String,
+        secret: String,
+        owner: String,
+        hostname: String,
+    },
+    /// `leave` cleaned up the machine but could not delete the peer Secret.
+    #[error("{0}")]
+    PeerLeftBehind(crate::state::LeftBehind),
     /// An error the daemon reported, already one sentence, with its exit code.
     #[error("{}", .0.message)]
     Reported(crate::exit::Failure),
@@ -167,6 +179,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `kwg join` stopped before it finished; `undone` says whether everything was undone.
+    #[error("join cancelled by {by} before it finished; {undone}")]
+    Cancelled {
+        by: crate::exit::Cancel,
+        undone: String,
+    },
 }
 
 impl Error {
@@ -184,9 +202,3 @@ impl Error {
         }
     }
 }
-    /// `kwg join` stopped before it finished; `undone` says whether everything was undone.
-    #[error("join cancelled by {by} before it finished; {undone}")]
-    Cancelled {
-        by: crate::exit::Cancel,
-        undone: String,
-    },

@@ -29,6 +29,11 @@ pub enum ExitCode {
     LocalConflict = 9,
     /// The Kubernetes API server cannot be reached.
     ApiUnreachable = 10,
+    /// The peer name is another machine's (or another user's) peer: pass `--name`.
+    NameTaken = 11,
+    /// `leave` cleaned up this machine but could not delete the peer Secret (refused,
+    /// credentials rejected, API gone); the gateway collects it when its lease ends.
+    LeftLocally = 12,
     /// A closed terminal (SIGHUP) cancelled `kwg join`; every step it took is undone.
     HungUp = 129,
     /// Ctrl-C (SIGINT) cancelled `kwg join`; every step it took is undone.
@@ -81,7 +86,7 @@ impl std::fmt::Display for Cancel {
 }
 
 impl ExitCode {
-    pub const ALL: [ExitCode; 13] = [
+    pub const ALL: [ExitCode; 15] = [
         ExitCode::Failure,
         ExitCode::Usage,
         ExitCode::Privilege,
@@ -92,6 +97,8 @@ impl ExitCode {
         ExitCode::WaitFor,
         ExitCode::LocalConflict,
         ExitCode::ApiUnreachable,
+        ExitCode::NameTaken,
+        ExitCode::LeftLocally,
         ExitCode::HungUp,
         ExitCode::Interrupted,
         ExitCode::Terminated,
@@ -114,6 +121,8 @@ impl ExitCode {
             ExitCode::WaitFor => "wait-for",
             ExitCode::LocalConflict => "local-conflict",
             ExitCode::ApiUnreachable => "api-server",
+            ExitCode::NameTaken => "name-taken",
+            ExitCode::LeftLocally => "left-locally",
             ExitCode::HungUp => "hangup",
             ExitCode::Interrupted => "interrupted",
             ExitCode::Terminated => "terminated",
@@ -140,6 +149,12 @@ impl ExitCode {
                 "already joined, the interface exists, a route or the DNS listen address conflicts"
             }
             ExitCode::ApiUnreachable => "the Kubernetes API server cannot be reached",
+            ExitCode::NameTaken => {
+                "the peer name is another machine's peer (pass --name with a name of its own)"
+            }
+            ExitCode::LeftLocally => {
+                "leave: this machine is cleaned up, but the peer Secret could not be deleted (the gateway removes it when its lease ends)"
+            }
             ExitCode::HungUp => {
                 "join: the terminal closed (SIGHUP) before it finished; every step taken is undone"
             }
@@ -207,6 +222,8 @@ impl From<&Error> for ExitCode {
                 _ => C::Failure,
             },
             Error::ApiUnreachable { .. } => C::ApiUnreachable,
+            Error::PeerNameTaken { .. } => C::NameTaken,
+            Error::PeerLeftBehind(_) => C::LeftLocally,
             Error::NamespaceNotFound { .. }
             | Error::Invalid { .. }
             | Error::ResolvedUnavailable { .. } => C::Usage,
@@ -234,6 +251,10 @@ impl From<&Error> for ExitCode {
     }
 }
 
+/// `kwg status`: joined, but `Degraded` (a health line names each problem and its fix) or
+/// still `Joining`. 0 is `Connected`, 1 not joined or no daemon (docs/ci.md).
+pub const STATUS_DEGRADED: i32 = 13;
+
 /// A failed join as the daemon reports it to `kwg join`, and as `-o json` prints it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -251,10 +272,6 @@ impl From<&Error> for Failure {
             return f.clone();
         }
         let exit_code = ExitCode::from(e);
-/// `kwg status`: joined, but `Degraded` (a health line names each problem and its fix) or
-/// still `Joining`. 0 is `Connected`, 1 not joined or no daemon (docs/ci.md).
-pub const STATUS_DEGRADED: i32 = 13;
-
         Failure {
             connected: false,
             step: exit_code.step().into(),

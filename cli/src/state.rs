@@ -154,9 +154,22 @@ pub struct DnsState {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "undo", rename_all = "camelCase")]
 pub enum Undo {
-    /// Delete the peer Secret.
+    /// Delete the peer Secret, but only while it is this join's own: the object of `uid`
+    /// (recorded once created), or before that a Secret holding this machine's `public_key`
+    /// (deleted with its uid as precondition). Another machine's peer of the same name is
+    /// never touched.
     #[serde(rename_all = "camelCase")]
-    DeletePeer { namespace: String, secret: String },
+    DeletePeer {
+        namespace: String,
+        secret: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        public_key: Option<String>,
+        /// When the gateway collects the peer if nobody deletes it (moved by each renewal).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_expires: Option<DateTime<Utc>>,
+    },
     /// Delete the tunnel interface, but only while it is the one this daemon created
     /// (`ifindex` is recorded once it exists; a TUN without its process is gone anyway).
     #[serde(rename_all = "camelCase")]
@@ -176,6 +189,44 @@ pub enum Undo {
     /// Stop the userspace tunnel and its proxy (in the daemon only: they die with it).
     #[serde(rename_all = "camelCase")]
     StopProxy { listen: SocketAddr },
+}
+
+/// A peer Secret `leave` could not delete (refused, credentials rejected, API gone): the
+/// machine is cleaned up anyway and the gateway collects the peer when its lease ends.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeftBehind {
+    pub namespace: String,
+    pub secret: String,
+    /// Why it could not be deleted (the API's sentence).
+    pub reason: String,
+    pub lease_expires: Option<DateTime<Utc>>,
+}
+
+impl LeftBehind {
+    /// "when its lease ends at …".
+    pub fn when(&self) -> String {
+        match self.lease_expires {
+            Some(t) => format!(
+                "when its lease ends at {}",
+                t.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            None => "when its lease ends".to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for LeftBehind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "left this machine (its interface, routes, DNS and state are removed) but could not delete peer Secret {}/{}: {}; the gateway removes it {}, and kwg join works meanwhile",
+            self.namespace,
+            self.secret,
+            self.reason,
+            self.when()
+        )
+    }
 }
 
 /// Everything `join` did, written before each change is made.
@@ -298,6 +349,9 @@ pub(crate) mod tests {
             undo: vec![Undo::DeletePeer {
                 namespace: "kwg-system".into(),
                 secret: "kwg-peer-laptop".into(),
+                uid: Some("3f1c".into()),
+                public_key: None,
+                lease_expires: None,
             }],
         }
     }

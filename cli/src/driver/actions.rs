@@ -173,7 +173,17 @@ impl Driver {
                 namespace,
                 secret,
                 ttl,
-            } => long(exec::renew_lease(self.kube(), namespace, secret, ttl)),
+            } => {
+                let k = &self.args.kube;
+                let login = (k.kubeconfig.clone(), k.context.clone());
+                let renew = exec::renew_lease_fresh(self.kube(), login, namespace, secret, ttl);
+                Started::Long(Box::pin(async move {
+                    match renew.await {
+                        (ev, Some(fresh)) => Done::Reconnected(Box::new(fresh), ev),
+                        (ev, None) => Done::Event(ev),
+                    }
+                }))
+            }
             Action::UpdateGateway { peer, .. } if self.transport.is_some() => {
                 self.transport.as_ref().expect("checked").gateway(peer);
                 Started::Nothing

@@ -26,6 +26,8 @@ pub struct Inspected {
     pub kube: Kube,
     pub key: PrivateKey,
     pub resolved: Option<resolved::Resolved>,
+    /// Sentences for the user (a new key pair was made).
+    pub notes: Vec<String>,
 }
 
 /// Connects to the cluster and reads what the plan needs, from it and from the machine.
@@ -51,6 +53,11 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
     let nl = Netlink::open()?;
     let endpoint = resolve_endpoint(&info).await?;
     let key = load_or_create_key(dir)?;
+    let tag = machine_tag(&key.public_key());
+    let own = plan::peer_name(args, &hostname(), &tag)
+        .ok()
+        .map(|n| format!("{}{n}", kwg_wg::contract::PEER_SECRET_PREFIX));
+    let (key, notes) = unsquatted_key(&kube, &args.kube.kwg_namespace, own, key, dir).await?;
     let (resolved_state, resolved) = detect_resolved(args).await?;
     let dns_on = plan::sets_up_dns(args.dns_mode) && info.dns_ip.is_some();
     let resolv_conf = match dns_on {
@@ -76,6 +83,7 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
         interface_exists: nl.link_exists(&args.interface).await?,
         public_key: key.public_key(),
         hostname: hostname(),
+        machine_tag: tag,
         endpoint,
         info,
         resolv_conf,
@@ -87,7 +95,53 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
         kube,
         key,
         resolved,
+        notes,
     })
+}
+
+/// This machine's key, or a new pair when a peer Secret other than this machine's own name
+/// holds its public key (another user copied it into theirs, or an old peer of this machine
+/// lives on under another name): the gateway serves one Secret per key, so registering with
+/// it would be refused. Not knowing (no right to list peers) keeps the key.
+async fn unsquatted_key(
+    kube: &Kube,
+    ns: &str,
+    own_secret: Option<String>,
+    key: PrivateKey,
+    dir: &StateDir,
+) -> Result<(PrivateKey, Vec<String>), Error> {
+    let public = key.public_key();
+    let peers = match kube.list_peers(ns).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list peers to check that this machine's key is its own");
+            return Ok((key, Vec::new()));
+        }
+    };
+    let holder = peers.iter().find(|p| {
+        Some(&p.secret) != own_secret.as_ref()
+            && p.spec.as_ref().is_ok_and(|s| s.public_key == public)
+    });
+    let Some(holder) = holder else {
+        return Ok((key, Vec::new()));
+    };
+    let owner = holder
+        .spec
+        .as_ref()
+        .map(|s| s.owner.clone())
+        .unwrap_or_default();
+    let new = PrivateKey::generate();
+    let tmp = dir.key().with_extension("new");
+    keys::write_private_key_file(&tmp, &new)?;
+    std::fs::rename(&tmp, dir.key())
+        .map_err(|e| Error::io(format!("write {}", dir.key().display()), e))?;
+    let note = format!(
+        "This machine's public key is held by peer Secret {} (owner {}): made a new key pair",
+        holder.secret,
+        crate::output::sanitize(&owner)
+    );
+    tracing::warn!(secret = %holder.secret, "{note}");
+    Ok((new, vec![note]))
 }
 
 /// Whether systemd-resolved manages DNS here (in modes auto and resolved).
@@ -113,7 +167,10 @@ async fn detect_resolved(
 pub async fn register(kube: Kube, ns: String, mut spec: PeerSpec, ttl: Duration) -> Event {
     spec.lease_expires = chrono::Utc::now() + ttl;
     match kube.register_peer(&ns, &spec).await {
-        Ok(()) => Event::Registered,
+        Ok(uid) => Event::Registered(crate::session::Registration {
+            uid,
+            lease_expires: spec.lease_expires,
+        }),
         Err(e) => Event::Failed(e),
     }
 }
@@ -126,12 +183,42 @@ pub async fn wait_tunnel_ip(kube: Kube, ns: String, secret: String) -> Event {
 }
 
 pub async fn renew_lease(kube: Kube, ns: String, secret: String, ttl: Duration) -> Event {
-    match kube
-        .renew_lease(&ns, &secret, chrono::Utc::now() + ttl)
-        .await
-    {
-        Ok(()) => Event::LeaseRenewed,
+    let expires = chrono::Utc::now() + ttl;
+    match kube.renew_lease(&ns, &secret, expires).await {
+        Ok(()) => Event::LeaseRenewed(expires),
         Err(f) => Event::LeaseFailed(f),
+    }
+}
+
+/// Renews the lease; when the API server rejects the credentials (401), loads the kubeconfig
+/// `login` names again (a refreshed token file, the exec plugin run again) and tries once more
+/// with that client, which is returned for the driver to keep.
+pub async fn renew_lease_fresh(
+    kube: Kube,
+    login: (Option<std::path::PathBuf>, Option<String>),
+    ns: String,
+    secret: String,
+    ttl: Duration,
+) -> (Event, Option<Kube>) {
+    let first = renew_lease(kube, ns.clone(), secret.clone(), ttl).await;
+    if !matches!(
+        first,
+        Event::LeaseFailed(LeaseFailure::Other(Error::Unauthorized { .. }))
+    ) {
+        return (first, None);
+    }
+    match Kube::connect(login.0.as_deref(), login.1.as_deref()).await {
+        Ok(fresh) => {
+            tracing::info!("the API server rejected the credentials: loaded the kubeconfig again");
+            (
+                renew_lease(fresh.clone(), ns, secret, ttl).await,
+                Some(fresh),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "loading the kubeconfig again failed");
+            (first, None)
+        }
     }
 }
 
@@ -357,6 +444,34 @@ fn hostname() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Six hex digits naming this machine in the default peer name: a hash of
+/// `/etc/machine-id` (the id itself is never published, as machine-id(5) asks), else of this
+/// state directory's public key (stable while the key is).
+pub fn machine_tag(public_key: &kwg_wg::keys::PublicKey) -> String {
+    let id = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| public_key.to_string());
+    tag_of(&id)
+}
+
+/// The tag of a machine id: a keyed BLAKE2s of it, six hex digits.
+fn tag_of(id: &str) -> String {
+    use blake2::Digest;
+    let mut h = blake2::Blake2s256::new();
+    h.update(b"kwg peer name\0");
+    h.update(id.as_bytes());
+    h.finalize()[..3]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The gateway's admin address for `info`.
 pub fn admin_addr(info: &GatewayInfo) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(info.gateway_ip.addr()), info.admin_port)
@@ -368,5 +483,40 @@ pub fn lease_failure(code: Option<u16>, e: Error) -> LeaseFailure {
         Some(409) => LeaseFailure::Conflict,
         Some(404) => LeaseFailure::NotFound,
         _ => LeaseFailure::Other(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_machine_tag_is_stable_short_and_never_the_id_itself() {
+        let id = "4f1c0b7e9d2a4c61b3e8a9f0d1c2b3a4";
+        let tag = tag_of(id);
+        assert_eq!(tag, tag_of(id));
+        assert_eq!(tag.len(), 6);
+        assert!(tag.chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(!id.contains(&tag), "{tag} is a piece of the id");
+        assert_ne!(tag, tag_of("4f1c0b7e9d2a4c61b3e8a9f0d1c2b3a5"));
+    }
+
+    #[test]
+    fn default_names_are_the_hostname_and_the_tag_within_a_dns_label() {
+        use crate::session::plan::default_peer_name;
+        let name = |h: &str, t: &str| default_peer_name(h, t).map(|n| n.to_string());
+        assert_eq!(
+            name("Dev-Box.corp", "a1b2c3").as_deref(),
+            Some("dev-box-corp-a1b2c3")
+        );
+        // Two machines of one hostname: two names.
+        assert_ne!(name("runner", "a1b2c3"), name("runner", "d4e5f6"));
+        // A long hostname is cut so the tag stays.
+        let long = name(&"x".repeat(80), "a1b2c3").unwrap();
+        assert_eq!(long.len(), 63);
+        assert!(long.ends_with("-a1b2c3"));
+        // Nothing usable in the hostname: the tag alone; no tag: the hostname.
+        assert_eq!(name("...", "a1b2c3").as_deref(), Some("a1b2c3"));
+        assert_eq!(name("box", "").as_deref(), Some("box"));
     }
 }

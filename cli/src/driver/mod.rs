@@ -27,20 +27,25 @@ use crate::lock::DaemonLock;
 use crate::session::{Action, Event, Phase, Session};
 use crate::state::{State, StateDir, Undo};
 use actions::Started;
-pub use status::{silent_daemon_status, status_from_state};
+pub use status::{dns_problem, peer_secret, silent_daemon_status, status_from_state};
 
 /// What the daemon tells `kwg join` while it comes up (one JSON object per line).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Progress {
     /// A step begins (`step` names the session's phase): the spinner's text.
-    Doing { step: String, message: String },
+    Doing {
+        step: String,
+        message: String,
+    },
     /// A sentence about what was done.
     Step(String),
     Ready(Box<Status>),
     Failed(crate::exit::Failure),
     /// The session ended and every step it took was undone (what was removed).
-    Left { removed: Vec<String> },
+    Left {
+        removed: Vec<String>,
+    },
 }
 
 /// The signals that end a session or cancel a join: SIGINT, SIGTERM and SIGHUP.
@@ -55,7 +60,8 @@ impl CancelSignals {
     /// tokio runtime.
     pub fn new() -> Result<CancelSignals, Error> {
         use tokio::signal::unix::{SignalKind, signal};
-        let register = |kind| signal(kind).map_err(|e| Error::io("handle SIGINT/SIGTERM/SIGHUP", e));
+        let register =
+            |kind| signal(kind).map_err(|e| Error::io("handle SIGINT/SIGTERM/SIGHUP", e));
         Ok(CancelSignals {
             int: register(SignalKind::interrupt())?,
             term: register(SignalKind::terminate())?,
@@ -101,6 +107,8 @@ type Long = Pin<Box<dyn Future<Output = Done> + Send>>;
 enum Done {
     Event(Event),
     Inspected(Result<exec::Inspected, Error>),
+    /// The credentials were loaded again from the kubeconfig: the client to keep.
+    Reconnected(Box<Kube>, Event),
 }
 
 struct Driver {
@@ -141,7 +149,22 @@ pub async fn run(
         progress(Progress::Step(
             "Cleaning up after a previous kwg daemon that died".into(),
         ));
-        undo::cleanup_dead(&stale, &dir).await?;
+        // With the kubeconfig this join was given, not the dead session's (which may be
+        // expired or revoked); a peer Secret it cannot delete is left to its lease.
+        let kube = (
+            args.kube.kubeconfig.as_deref(),
+            args.kube.context.as_deref(),
+        );
+        let cleaned = undo::cleanup_dead(&stale, &dir, Some(kube)).await?;
+        if let Some(l) = cleaned.left_behind {
+            progress(Progress::Step(format!(
+                "Could not delete the previous session's peer Secret {}/{} ({}): the gateway removes it {}",
+                l.namespace,
+                l.secret,
+                l.reason,
+                l.when()
+            )));
+        }
     }
     let (req_tx, mut requests) = mpsc::channel::<Incoming>(16);
     let server = tokio::spawn(api::serve(api::listen(&dir.socket())?, req_tx));
@@ -193,6 +216,8 @@ pub async fn run(
     let mut long: Option<Long> = None;
     let mut leave_waiters: Vec<oneshot::Sender<Reply>> = Vec::new();
     let mut joined = false;
+    let mut cancelled: Option<crate::exit::Cancel> = None;
+    let mut shown: Option<Phase> = None;
     'run: loop {
         while let Some(action) = session.poll_action() {
             let now = std::time::Instant::now();
@@ -207,8 +232,6 @@ pub async fn run(
                 }
                 Action::Ready => {
                     joined = true;
-    let mut cancelled: Option<crate::exit::Cancel> = None;
-    let mut shown: Option<Phase> = None;
                     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "joined");
                     progress(Progress::Ready(Box::new(d.status(&session).await)));
                     d.watch_gateway_info();
@@ -218,6 +241,17 @@ pub async fn run(
                     Started::Long(fut) => long = Some(fut),
                     Started::Nothing => {}
                 },
+            }
+            let phase = session.phase();
+            if shown != Some(phase) && (!joined || phase == Phase::TearingDown) {
+                shown = Some(phase);
+                if let Some(message) = doing(phase, d.args.userspace) {
+                    let step = format!("{phase:?}");
+                    progress(Progress::Doing {
+                        step,
+                        message: message.into(),
+                    });
+                }
             }
         }
         let timeout = session.poll_timeout().map(Instant::from_std);
@@ -249,15 +283,10 @@ pub async fn run(
                     let checked = d.status_checked(&session).await;
                     tokio::spawn(async move { let _ = reply.send(Reply::Status(Box::new(checked.await))); });
                 }
-            let phase = session.phase();
-            if shown != Some(phase) && (!joined || phase == Phase::TearingDown) {
-                shown = Some(phase);
-                if let Some(message) = doing(phase, d.args.userspace) {
-                    let step = format!("{phase:?}");
-                    progress(Progress::Doing { step, message: message.into() });
-                }
-            }
                 Request::Leave => {
+                    if !joined {
+                        cancelled.get_or_insert(crate::exit::Cancel::Leave);
+                    }
                     leave_waiters.push(reply);
                     session.handle(Event::Leave, std::time::Instant::now());
                 }
@@ -275,9 +304,7 @@ pub async fn run(
         let _ = w.send(match &outcome {
             Ok(removed) => Reply::Left {
                 removed: removed.clone(),
-                    if !joined {
-                        cancelled.get_or_insert(crate::exit::Cancel::Leave);
-                    }
+                left_behind: session.left_behind().cloned(),
             },
             Err(e) => Reply::Error {
                 message: e.to_string(),
@@ -286,7 +313,16 @@ pub async fn run(
     }
     // Give the `leave` clients a moment to read their reply before the process exits.
     tokio::time::sleep(Duration::from_millis(10)).await;
+    if let Ok(removed) = &outcome {
+        progress(Progress::Left {
+            removed: removed.clone(),
+        });
+    }
     match outcome {
+        Ok(_) if !joined && let Some(by) = cancelled => Err(Error::Cancelled {
+            by,
+            undone: "every step it had taken is undone".into(),
+        }),
         Ok(_) => Ok(()),
         Err(e) if joined => {
             tracing::error!(error = %e, "leaving did not undo everything; kwg leave retries");
@@ -304,16 +340,7 @@ impl Driver {
                 Error::GatewayPaths {
                     secs,
                     tried: crate::transport::failures_text(t),
-    if let Ok(removed) = &outcome {
-        progress(Progress::Left {
-            removed: removed.clone(),
-        });
-    }
                 }
-        Ok(_) if !joined && let Some(by) = cancelled => Err(Error::Cancelled {
-            by,
-            undone: "every step it had taken is undone".into(),
-        }),
             }
             (e, _) => e,
         }
@@ -326,9 +353,51 @@ impl Driver {
                 self.kube = Some(i.kube);
                 self.key = Some(i.key);
                 self.resolved = i.resolved;
+                self.warnings.extend(i.notes);
                 Event::Inspected(i.facts)
             }
             Done::Inspected(Err(e)) => Event::Failed(e),
+            Done::Reconnected(kube, e) => {
+                self.kube = Some(*kube);
+                e
+            }
+        }
+    }
+
+    /// Deletes this join's peer Secret; credentials the API rejects are loaded again from the
+    /// kubeconfig (a new token, the exec plugin run again) for one more try.
+    async fn delete_peer(&mut self, u: &Undo) -> Event {
+        let Some(kube) = self.kube.clone() else {
+            return Event::UndoFailed(undo::left_behind(u, "the cluster cannot be reached".into()));
+        };
+        let mut r = undo::delete_peer(u, &kube).await;
+        if let Err(Error::Unauthorized { .. }) = r
+            && let Some(fresh) = self.reconnect().await
+        {
+            r = undo::delete_peer(u, &fresh).await;
+        }
+        match r {
+            Ok(what) => Event::Undone(what),
+            Err(e) => Event::UndoFailed(undo::left_behind(u, e.to_string())),
+        }
+    }
+
+    /// A new client from the kubeconfig this daemon was started with (re-read, exec plugin
+    /// run again), kept for what follows; `None` when that fails too.
+    async fn reconnect(&mut self) -> Option<Kube> {
+        let k = &self.args.kube;
+        match Kube::connect(k.kubeconfig.as_deref(), k.context.as_deref()).await {
+            Ok(fresh) => {
+                tracing::info!(
+                    "loaded the kubeconfig again after the API server rejected the credentials"
+                );
+                self.kube = Some(fresh.clone());
+                Some(fresh)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "loading the kubeconfig again failed");
+                None
+            }
         }
     }
 
@@ -374,6 +443,7 @@ impl Driver {
                     };
                 }
             }
+            Undo::DeletePeer { .. } => return self.delete_peer(&u).await,
             _ => {}
         }
         match undo::undo_step(&u, self.kube.as_ref()).await {

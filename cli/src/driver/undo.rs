@@ -12,16 +12,16 @@ use crate::state::{State, StateDir, Undo};
 /// driver first). Returns what was removed, for the user.
 pub async fn undo_step(u: &Undo, kube: Option<&Kube>) -> Result<Option<String>, Error> {
     match u {
-        Undo::DeletePeer { namespace, secret } => match kube {
-            Some(k) => Ok(k
-                .delete_peer(namespace, secret)
-                .await?
-                .then(|| format!("peer Secret {secret}"))),
-            None => Err(Error::invalid(
-                format!("peer Secret {secret}"),
-                "the cluster cannot be reached to delete it: run kwg leave again later (the gateway removes it when its lease expires)",
-            )),
-        },
+        Undo::DeletePeer { .. } => {
+            let Some(k) = kube else {
+                return Err(left_behind(u, "the cluster cannot be reached".into()));
+            };
+            // Whatever keeps the delete from happening, the machine is still cleaned up: the
+            // gateway collects the peer when its lease ends.
+            delete_peer(u, k)
+                .await
+                .map_err(|e| left_behind(u, e.to_string()))
+        }
         Undo::DeleteInterface { name, ifindex } => {
             let nl = Netlink::open()?;
             let ours = match ifindex {
@@ -57,6 +57,45 @@ pub async fn undo_step(u: &Undo, kube: Option<&Kube>) -> Result<Option<String>, 
     }
 }
 
+/// Deletes the peer Secret of a [`Undo::DeletePeer`] if it is this join's own; the API's
+/// error as it is (the daemon logs in again on a 401 and retries).
+pub async fn delete_peer(u: &Undo, kube: &Kube) -> Result<Option<String>, Error> {
+    let Undo::DeletePeer {
+        namespace,
+        secret,
+        uid,
+        public_key,
+        ..
+    } = u
+    else {
+        return Ok(None);
+    };
+    let deleted = kube
+        .delete_own_peer(namespace, secret, uid.as_deref(), public_key.as_deref())
+        .await?;
+    Ok(deleted.then(|| format!("peer Secret {secret}")))
+}
+
+/// A [`Undo::DeletePeer`] that could not be done, as the error that lets the rest of the
+/// cleanup go on.
+pub fn left_behind(u: &Undo, reason: String) -> Error {
+    let (namespace, secret, lease_expires) = match u {
+        Undo::DeletePeer {
+            namespace,
+            secret,
+            lease_expires,
+            ..
+        } => (namespace.clone(), secret.clone(), *lease_expires),
+        _ => Default::default(),
+    };
+    Error::PeerLeftBehind(crate::state::LeftBehind {
+        namespace,
+        secret,
+        reason,
+        lease_expires,
+    })
+}
+
 /// Puts the original resolver file back byte for byte if the current one is still kwg's (or
 /// empty: a crash in the middle of writing it), then deletes the backup.
 fn restore_resolv_conf(
@@ -85,29 +124,52 @@ fn restore_resolv_conf(
     Ok(restored.then(|| "DNS settings".to_string()))
 }
 
-/// Undoes a join whose daemon is gone, from its journal, newest change first. Failed steps
-/// stay in the journal for the next `kwg leave`.
-pub async fn cleanup_dead(state: &State, dir: &StateDir) -> Result<Vec<String>, Error> {
+/// What undoing a dead daemon's journal removed, and the peer Secret it could not delete.
+#[derive(Debug, Default)]
+pub struct Cleaned {
+    pub removed: Vec<String>,
+    pub left_behind: Option<crate::state::LeftBehind>,
+}
+
+/// Undoes a join whose daemon is gone, from its journal, newest change first. Failed local
+/// steps stay in the journal for the next `kwg leave`; a peer Secret that cannot be deleted
+/// does not (see [`Cleaned::left_behind`]). The cluster is reached with `kube` (`join` passes
+/// the kubeconfig it was given now), else with the journal's kubeconfig.
+pub async fn cleanup_dead(
+    state: &State,
+    dir: &StateDir,
+    kube: Option<(Option<&std::path::Path>, Option<&str>)>,
+) -> Result<Cleaned, Error> {
     let needs_kube = state
         .undo
         .iter()
         .any(|u| matches!(u, Undo::DeletePeer { .. }));
+    let (kubeconfig, context) =
+        kube.unwrap_or((state.kubeconfig.as_deref(), state.context.as_deref()));
+    let mut connect_error = None;
     let kube = match needs_kube {
-        true => match Kube::connect(state.kubeconfig.as_deref(), state.context.as_deref()).await {
+        true => match Kube::connect(kubeconfig, context).await {
             Ok(k) => Some(k),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot reach the cluster to delete the peer Secret");
+                tracing::info!(error = %e, "cannot reach the cluster to delete the peer Secret");
+                connect_error = Some(e.to_string());
                 None
             }
         },
         false => None,
     };
-    let mut removed = Vec::new();
+    let mut cleaned = Cleaned::default();
     let mut kept = Vec::new();
     let mut first_err = None;
     for u in state.undo.iter().rev() {
         match undo_step(u, kube.as_ref()).await {
-            Ok(what) => removed.extend(what),
+            Ok(what) => cleaned.removed.extend(what),
+            Err(Error::PeerLeftBehind(mut l)) => {
+                if let Some(reason) = connect_error.take() {
+                    l.reason = reason;
+                }
+                cleaned.left_behind = Some(l);
+            }
             Err(e) => {
                 kept.push(u.clone());
                 first_err.get_or_insert(e);
@@ -117,7 +179,7 @@ pub async fn cleanup_dead(state: &State, dir: &StateDir) -> Result<Vec<String>, 
     match first_err {
         None => {
             State::remove(&dir.state())?;
-            Ok(removed)
+            Ok(cleaned)
         }
         Some(e) => {
             let mut left = state.clone();

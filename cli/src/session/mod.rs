@@ -23,7 +23,7 @@ use crate::args::JoinArgs;
 use crate::error::Error;
 use crate::state::{State, Undo};
 pub use plan::{DnsPlan, DnsTarget, Facts, Plan};
-pub use types::{Action, Event, Lease, LeaseFailure, Phase};
+pub use types::{Action, Event, Lease, LeaseFailure, Phase, Registration};
 
 /// While there is no handshake: when to move to a new UDP source port and restart the
 /// handshake (a stale conntrack entry for the old 5-tuple can swallow every retry). A handshake
@@ -64,6 +64,8 @@ pub struct Session {
     /// Undo steps that failed, kept in the journal for `kwg leave`.
     kept: Vec<Undo>,
     removed: Vec<String>,
+    /// The peer Secret teardown could not delete (the lease collects it).
+    left_behind: Option<crate::state::LeftBehind>,
 }
 
 impl Session {
@@ -95,7 +97,13 @@ impl Session {
             undo_error: None,
             kept: Vec::new(),
             removed: Vec::new(),
+            left_behind: None,
         }
+    }
+
+    /// After teardown: the peer Secret that could not be deleted, if any.
+    pub fn left_behind(&self) -> Option<&crate::state::LeftBehind> {
+        self.left_behind.as_ref()
     }
 
     pub fn phase(&self) -> Phase {
@@ -222,7 +230,7 @@ impl Session {
             }
             Event::Undone(what) => return self.undone(what, None),
             Event::UndoFailed(e) => return self.undone(None, Some(e)),
-            Event::LeaseRenewed | Event::LeaseFailed(_) if self.phase == Phase::Serving => {
+            Event::LeaseRenewed(_) | Event::LeaseFailed(_) if self.phase == Phase::Serving => {
                 return self.lease_result(event, now);
             }
             Event::Stats { tx_bytes, rx_bytes } if self.phase == Phase::Serving => {
@@ -242,7 +250,8 @@ impl Session {
                 let lease = facts.now_wall + self.args.ttl;
                 self.inspected(*facts, lease)
             }
-            (Phase::Registering, Event::Registered) => {
+            (Phase::Registering, Event::Registered(r)) => {
+                self.registered(r);
                 self.long(Phase::WaitingTunnelIp, self.wait_tunnel_ip());
                 let msg = format!("Registered peer {}, waiting for its tunnel IP", self.peer());
                 self.actions.push_front(Action::Progress(msg));
@@ -348,6 +357,9 @@ impl Session {
         self.record(Undo::DeletePeer {
             namespace: self.args.kube.kwg_namespace.clone(),
             secret: spec.secret_name(),
+            uid: None,
+            public_key: Some(spec.public_key.to_string()),
+            lease_expires: Some(spec.lease_expires),
         });
         let ttl = self.args.ttl;
         self.long(
@@ -357,6 +369,22 @@ impl Session {
                 ttl,
             },
         );
+    }
+
+    /// Journals the registered Secret's uid and lease end: from now on undo deletes that very
+    /// object, never another machine's Secret of the same name.
+    pub(super) fn registered(&mut self, r: Registration) {
+        self.journal(|s| {
+            for u in &mut s.undo {
+                if let Undo::DeletePeer {
+                    uid, lease_expires, ..
+                } = u
+                {
+                    *uid = Some(r.uid.clone()).filter(|u| !u.is_empty()).or(uid.take());
+                    *lease_expires = Some(r.lease_expires);
+                }
+            }
+        });
     }
 
     fn wait_tunnel_ip(&self) -> Action {

@@ -48,6 +48,9 @@ pub struct Facts {
     pub interface_exists: bool,
     pub public_key: PublicKey,
     pub hostname: String,
+    /// A short stable tag of this machine (see `driver::exec::machine_tag`), for the default
+    /// peer name.
+    pub machine_tag: String,
     /// The resolver file's content (its upstream servers), unless DNS is off.
     pub resolv_conf: Option<Vec<u8>>,
     /// systemd-resolved's uplink servers (resolv.conf format), when it manages DNS: the
@@ -130,14 +133,31 @@ impl Plan {
     }
 }
 
-/// The peer name: `--name`, or derived from the hostname.
-pub fn peer_name(args: &JoinArgs, hostname: &str) -> Result<PeerName, Error> {
+/// The peer name: `--name`, or the hostname and this machine's tag.
+pub fn peer_name(args: &JoinArgs, hostname: &str, tag: &str) -> Result<PeerName, Error> {
     match &args.name {
         Some(n) => n
             .parse()
             .map_err(|e: kwg_wg::contract::ContractError| Error::invalid("--name", e.to_string())),
-        None => PeerName::sanitize(hostname)
+        None => default_peer_name(hostname, tag)
             .ok_or_else(|| Error::invalid("hostname", "it gives no usable peer name: pass --name")),
+    }
+}
+
+/// `<hostname>-<tag>`, the hostname cut so the whole stays a DNS label: two machines of one
+/// hostname (cloned images, CI runners) get names of their own.
+pub fn default_peer_name(hostname: &str, tag: &str) -> Option<PeerName> {
+    let host = PeerName::sanitize(hostname);
+    if tag.is_empty() {
+        return host;
+    }
+    let host = host.map(String::from).unwrap_or_default();
+    // A DNS label is at most 63 characters (RFC 1123).
+    let room = 63usize.saturating_sub(tag.len() + 1);
+    let host = host[..host.len().min(room)].trim_end_matches('-');
+    match host.is_empty() {
+        true => PeerName::sanitize(tag),
+        false => format!("{host}-{tag}").parse().ok(),
     }
 }
 
@@ -163,7 +183,7 @@ pub fn plan(
     let machine = machine(facts);
     let routes = check_cluster(args, info, &machine, &facts.machine_routes)?;
     let peer = PeerSpec {
-        name: peer_name(args, &facts.hostname)?,
+        name: peer_name(args, &facts.hostname, &facts.machine_tag)?,
         public_key: facts.public_key,
         owner: facts.user.clone(),
         hostname: facts.hostname.clone(),

@@ -66,13 +66,17 @@ impl Session {
         };
         let l = &self.lease;
         let renewed = l.renewed.map(at);
+        let error = match l.credentials_rejected_since {
+            Some(since) => Some(credentials_rejected(at(since))),
+            None => l.last_error.clone(),
+        };
         Some(LeaseStatus {
             ttl_secs: self.args.ttl.as_secs(),
             renewed,
             expires: renewed
                 .map(|r| r + chrono::Duration::from_std(self.args.ttl).unwrap_or_default()),
             failing_since: l.failing_since.map(at),
-            error: l.last_error.clone(),
+            error,
             failures: l.failures,
             next_attempt: l.next.filter(|_| !l.in_flight).map(at),
             reregistering: l.reregistering,
@@ -83,7 +87,8 @@ impl Session {
     /// (`wall` is the wall clock at `now`).
     pub fn refused_status(&self, now: Instant, wall: DateTime<Utc>) -> Option<RefusedInfo> {
         let (at, reason) = self.plan.as_ref()?.refused.as_ref()?;
-        let ago = chrono::Duration::from_std(now.saturating_duration_since(*at)).unwrap_or_default();
+        let ago =
+            chrono::Duration::from_std(now.saturating_duration_since(*at)).unwrap_or_default();
         Some(RefusedInfo {
             at: wall - ago,
             reason: reason.clone(),
@@ -109,10 +114,18 @@ impl Session {
         self.in_flight = false;
         let every = self.renew_every();
         match event {
-            Event::LeaseRenewed => {
+            Event::LeaseRenewed(expires) => {
+                self.journal(|s| {
+                    for u in &mut s.undo {
+                        if let crate::state::Undo::DeletePeer { lease_expires, .. } = u {
+                            *lease_expires = Some(expires);
+                        }
+                    }
+                });
                 self.lease.failures = 0;
                 self.lease.last_error = None;
                 self.lease.failing_since = None;
+                self.lease.credentials_rejected_since = None;
                 self.lease.renewed = Some(now);
                 self.lease.next = Some(now + every);
             }
@@ -138,6 +151,12 @@ impl Session {
                     .min((self.args.ttl / 10).max(RENEW_BACKOFF));
                 self.lease.failures += 1;
                 tracing::warn!(error = %e, retry_in = ?backoff, "lease renewal failed; the tunnel keeps working");
+                match e {
+                    crate::error::Error::Unauthorized { .. } => {
+                        self.lease.credentials_rejected_since.get_or_insert(now);
+                    }
+                    _ => self.lease.credentials_rejected_since = None,
+                }
                 self.lease.last_error = Some(short_error(&e));
                 self.lease.failing_since.get_or_insert(now);
                 self.lease.next = Some(now + backoff);
@@ -150,7 +169,8 @@ impl Session {
     pub(super) fn reregistered(&mut self, event: Event, now: Instant) {
         self.in_flight = false;
         match event {
-            Event::Registered => {
+            Event::Registered(r) => {
+                self.registered(r);
                 self.in_flight = true;
                 let action = self.wait_tunnel_ip();
                 self.actions.push_back(action);
@@ -190,15 +210,19 @@ impl Session {
         };
         // The same checks as at join, against the machine as it was then: a refused change
         // leaves the whole last good configuration in place, and `kwg status` says why.
-        let routes =
-            match plan::check_cluster(&self.args, &info, &plan.machine, &plan.machine_routes) {
-                Ok(routes) => routes,
-                Err(e) => {
-                    tracing::error!(error = %e, "ignoring the changed gateway info; keeping the last good one");
-                    plan.refused = Some((now, e.to_string()));
-                    return;
-                }
-            };
+        let routes = match plan::check_cluster(
+            &self.args,
+            &info,
+            &plan.machine,
+            &plan.machine_routes,
+        ) {
+            Ok(routes) => routes,
+            Err(e) => {
+                tracing::error!(error = %e, "ignoring the changed gateway info; keeping the last good one");
+                plan.refused = Some((now, e.to_string()));
+                return;
+            }
+        };
         plan.refused = None;
         plan.info = info.clone();
         let endpoint = info
@@ -238,6 +262,15 @@ impl Session {
             peer: gateway,
         });
     }
+}
+
+/// What `kwg status` says while the API server rejects the daemon's credentials (each retry
+/// loads the kubeconfig again, so logging in is all it takes).
+pub fn credentials_rejected(since: DateTime<Utc>) -> String {
+    format!(
+        "credentials rejected since {}: log in again (kwg reloads the kubeconfig at each retry)",
+        since.format("%Y-%m-%d %H:%M:%S UTC")
+    )
 }
 
 /// The sentence `kwg status` shows for a failed renewal: the innermost cause of an unreachable

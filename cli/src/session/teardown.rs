@@ -46,6 +46,16 @@ impl Session {
         }
         let state = self.state.as_mut().expect("undoing a journal");
         let undo = state.undo.pop();
+        // A peer Secret that cannot be deleted is the lease's to collect: the rest of the
+        // machine is cleaned up and the state removed all the same.
+        let err = match err {
+            Some(crate::error::Error::PeerLeftBehind(l)) => {
+                tracing::warn!(secret = %l.secret, reason = %l.reason, "could not delete the peer Secret; its lease collects it");
+                self.left_behind = Some(l);
+                None
+            }
+            e => e,
+        };
         // Keep a failed step in the journal, so `kwg leave` can try it again.
         if let Some(e) = err {
             tracing::warn!(error = %e, ?undo, "undo step failed; kwg leave retries it");
@@ -58,7 +68,7 @@ impl Session {
     fn finish(&mut self) {
         if self.state.is_none() {
             // Nothing was changed, nothing was saved.
-        } else if self.undo_error.is_none() {
+        } else if self.kept.is_empty() {
             self.actions.push_back(Action::RemoveState);
         } else if let Some(s) = self.state.as_mut() {
             s.undo = std::mem::take(&mut self.kept);

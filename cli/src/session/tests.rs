@@ -12,6 +12,7 @@ use super::*;
 use crate::state::Undo;
 
 mod dns;
+mod identity;
 mod serving;
 mod stops;
 mod userspace;
@@ -62,6 +63,7 @@ fn facts(gateway: &PrivateKey) -> Facts {
         interface_exists: false,
         public_key: PrivateKey::generate().public_key(),
         hostname: "laptop".into(),
+        machine_tag: String::new(),
         resolv_conf: Some(b"nameserver 192.0.2.53\n".to_vec()),
         uplink: None,
         resolved: plan::Resolved::NotManaged("no stub".into()),
@@ -125,7 +127,7 @@ impl Run {
     fn success(&self, a: &Action) -> Option<Event> {
         Some(match a {
             Action::Inspect => Event::Inspected(Box::new(facts(&self.gateway))),
-            Action::Register { .. } => Event::Registered,
+            Action::Register { .. } => Event::Registered(Default::default()),
             Action::WaitTunnelIp { .. } => Event::TunnelIp("100.77.0.2".parse().unwrap()),
             Action::CreateDevice { .. } => Event::DeviceCreated { ifindex: 7 },
             Action::ConfigureNetwork { .. } => Event::NetworkConfigured,
@@ -138,7 +140,7 @@ impl Run {
             Action::RevertResolved { .. } => Event::ResolvedReverted,
             Action::AwaitHandshake { .. } => Event::Handshake,
             Action::ProbeDns { .. } => Event::DnsAnswered,
-            Action::RenewLease { .. } => Event::LeaseRenewed,
+            Action::RenewLease { .. } => Event::LeaseRenewed(Default::default()),
             Action::ReadStats => Event::Stats {
                 tx_bytes: 0,
                 rx_bytes: 0,
@@ -185,6 +187,7 @@ const HAPPY: &[&str] = &[
     "Save",
     "Register",
     "Progress",
+    "Save",
     "WaitTunnelIp",
     "Save",
     "Save",

@@ -114,7 +114,8 @@ pub enum Action {
 #[derive(Debug)]
 pub enum Event {
     Inspected(Box<Facts>),
-    Registered,
+    /// The peer Secret exists: its uid (what undo deletes) and lease end.
+    Registered(Registration),
     TunnelIp(Ipv4Addr),
     DeviceCreated {
         ifindex: u32,
@@ -129,7 +130,8 @@ pub enum Event {
     ResolvedReverted,
     Handshake,
     DnsAnswered,
-    LeaseRenewed,
+    /// The lease now ends at this time.
+    LeaseRenewed(chrono::DateTime<chrono::Utc>),
     LeaseFailed(LeaseFailure),
     /// The gateway peer's byte counters.
     Stats {
@@ -147,6 +149,13 @@ pub enum Event {
     Leave,
     /// SIGTERM/SIGINT.
     Signal,
+}
+
+/// A registered peer Secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registration {
+    pub uid: String,
+    pub lease_expires: chrono::DateTime<chrono::Utc>,
 }
 
 /// Why a lease renewal failed.
@@ -195,4 +204,7 @@ pub struct Lease {
     pub renewed: Option<Instant>,
     /// Registering again after the Secret vanished.
     pub reregistering: bool,
+    /// Since when the API server rejects the credentials (401, after loading the
+    /// kubeconfig again); `None` once a renewal succeeds or fails otherwise.
+    pub credentials_rejected_since: Option<Instant>,
 }

@@ -141,16 +141,18 @@ fn a_changed_gateway_info_that_fails_the_trust_checks_is_refused_and_the_last_go
     r.pump(|_| None);
     assert!(r.take_log().is_empty());
     assert_eq!(r.s.state().unwrap().routes, routes);
-    assert_eq!(r.s.plan().unwrap().gateway.public_key, r.gateway.public_key());
-    let refused = r
-        .s
-        .refused_status(r.now + Duration::from_secs(10), wall)
-        .unwrap();
+    assert_eq!(
+        r.s.plan().unwrap().gateway.public_key,
+        r.gateway.public_key()
+    );
+    let refused =
+        r.s.refused_status(r.now + Duration::from_secs(10), wall)
+            .unwrap();
     assert_eq!(refused.at, wall - chrono::Duration::seconds(10));
     assert!(
-        refused
-            .reason
-            .starts_with("refused cluster subnet 8.0.0.0/8 from the cluster: it is public address space"),
+        refused.reason.starts_with(
+            "refused cluster subnet 8.0.0.0/8 from the cluster: it is public address space"
+        ),
         "{}",
         refused.reason
     );
