@@ -4,6 +4,7 @@ use kwg_wg::contract::GatewayInfo;
 
 use super::check::Check;
 use crate::exit::ExitCode;
+use crate::health::SecretProbe;
 
 /// How the kubeconfig's user authenticates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,6 +268,35 @@ pub fn rbac(user: &str, answers: &[(Need, Result<bool, String>)]) -> Check {
             "ask a cluster admin to bind the kwg-user roles (each Role and the ClusterRole) to {user}: manifests/rbac-user-binding.yaml"
         ),
     )
+}
+
+/// This machine's peer Secret (joined only): deleted, its lease ended, or in place.
+pub fn peer(probe: &SecretProbe, now: chrono::DateTime<chrono::Utc>) -> Check {
+    const NAME: &str = "peer";
+    match probe {
+        SecretProbe::Missing { namespace, name } => Check::fail(
+            NAME,
+            ExitCode::Failure,
+            format!("the peer Secret {namespace}/{name} was deleted (by an admin, or by the gateway when its lease ended): the gateway no longer serves this machine"),
+            "the daemon registers again at its next lease renewal; or run kwg leave, then kwg join (if an admin removed this machine on purpose, ask them first)",
+        ),
+        SecretProbe::Present {
+            lease_expires: Some(e),
+        } if *e <= now => Check::fail(
+            NAME,
+            ExitCode::Failure,
+            format!("the peer Secret's lease ended {} ago: the gateway removes this peer", crate::output::span(*e, now)),
+            "the daemon renews it while it runs and the API server accepts it (see daemon and api); or run kwg leave, then kwg join",
+        ),
+        SecretProbe::Present { lease_expires } => Check::pass(
+            NAME,
+            match lease_expires {
+                Some(e) => format!("in place, lease ends in {}", crate::output::span(now, *e)),
+                None => "in place".to_string(),
+            },
+        ),
+        SecretProbe::Unknown => Check::skip(NAME, "the API server did not say whether the peer Secret exists"),
+    }
 }
 
 /// What reading the gateway's info ConfigMap brought back.

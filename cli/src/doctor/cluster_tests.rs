@@ -166,3 +166,49 @@ fn gateway_scaled_to_zero_names_the_scale_command() {
     );
     assert!(newer.fix.unwrap().contains("release that matches"));
 }
+
+#[test]
+fn a_deleted_or_lapsed_peer_is_named_as_such() {
+    let now: chrono::DateTime<chrono::Utc> = "2026-01-01T00:10:00Z".parse().unwrap();
+    let gone = peer(
+        &SecretProbe::Missing {
+            namespace: "kwg-system".into(),
+            name: "kwg-peer-laptop".into(),
+        },
+        now,
+    );
+    assert_eq!(gone.outcome, Outcome::Fail);
+    assert!(
+        gone.detail
+            .starts_with("the peer Secret kwg-system/kwg-peer-laptop was deleted"),
+        "{}",
+        gone.detail
+    );
+    let lapsed = peer(
+        &SecretProbe::Present {
+            lease_expires: Some("2026-01-01T00:09:00Z".parse().unwrap()),
+        },
+        now,
+    );
+    assert_eq!(lapsed.outcome, Outcome::Fail);
+    assert_eq!(
+        lapsed.detail,
+        "the peer Secret's lease ended 1m ago: the gateway removes this peer"
+    );
+    let fine = peer(
+        &SecretProbe::Present {
+            lease_expires: Some("2026-01-01T00:20:00Z".parse().unwrap()),
+        },
+        now,
+    );
+    assert_eq!(fine.outcome, Outcome::Pass);
+    assert_eq!(fine.detail, "in place, lease ends in 10m");
+}
+
+#[test]
+fn rejected_credentials_fail_the_api_check_with_log_in_again() {
+    let c = api("https://192.0.2.1:6443", &ApiProbe::Unauthorized);
+    assert_eq!(c.outcome, Outcome::Fail);
+    assert_eq!(c.code, Some(ExitCode::Credentials));
+    assert!(c.fix.unwrap().starts_with("log in again"));
+}

@@ -73,8 +73,29 @@ pub async fn gather(args: &super::DoctorArgs, dir: &StateDir) -> Findings {
         .as_ref()
         .map_or("kwg0".to_string(), |s| s.interface.clone());
     f.checks.push(routes(&f, &interface).await);
-    f.checks.push(super::probe::udp(&f, &daemon).await);
-    f.checks.push(super::probe::dns(&f, &interface).await);
+    // The tunnel cannot work without a peer or a gateway: UDP and DNS are not to blame then.
+    let failed = |name: &str| {
+        f.checks
+            .iter()
+            .any(|c| c.check == name && c.outcome == super::check::Outcome::Fail)
+    };
+    let blocked = if failed("peer") {
+        Some("not tested: the gateway does not serve this machine's peer (see peer)")
+    } else if failed("gateway") {
+        Some("not tested: the gateway is not serving (see gateway)")
+    } else {
+        None
+    };
+    match blocked {
+        Some(why) => {
+            f.checks.push(Check::skip("udp", why));
+            f.checks.push(Check::skip("dns", why));
+        }
+        None => {
+            f.checks.push(super::probe::udp(&f, &daemon).await);
+            f.checks.push(super::probe::dns(&f, &interface).await);
+        }
+    }
     f.checks.push(local::daemon(&daemon, Utc::now()));
     f
 }
@@ -85,10 +106,16 @@ async fn cluster_checks(kube: &Kube, args: &super::DoctorArgs, ttl: Duration, f:
         f.server_version = Some(version.clone());
     }
     f.checks.push(verdict::api(&kube.server, &probe));
+    let joined = f.state.as_ref().map(|s| (s.kwg_namespace.clone(), s.peer.to_string()));
     if !matches!(probe, ApiProbe::Answered { .. }) {
-        for name in ["rbac", "gateway", "clock"] {
-            f.checks
-                .push(Check::skip(name, "the API server did not answer (see api)"));
+        let why = match probe {
+            ApiProbe::Unauthorized => "the API server rejects the credentials (see api)",
+            _ => "the API server did not answer (see api)",
+        };
+        for name in ["rbac", "gateway", "peer", "clock"] {
+            if name != "peer" || joined.is_some() {
+                f.checks.push(Check::skip(name, why));
+            }
         }
         return;
     }
@@ -115,6 +142,10 @@ async fn cluster_checks(kube: &Kube, args: &super::DoctorArgs, ttl: Duration, f:
         &info,
         pods,
     ));
+    if let Some((ns, peer)) = &joined {
+        let probe = crate::driver::peer_secret(kube, ns, peer).await;
+        f.checks.push(verdict::peer(&probe, Utc::now()));
+    }
     f.checks.push(super::check::clock(skew, ttl));
 }
 
@@ -235,13 +266,37 @@ async fn version(kube: &Kube) -> (ApiProbe, Option<chrono::Duration>) {
         .ok()
         .and_then(|v| v["gitVersion"].as_str().map(str::to_string))
         .unwrap_or_else(|| "version unknown".into());
-    (
-        ApiProbe::Answered {
-            version,
-            user: Some(kube.user.clone()),
-        },
-        skew,
-    )
+    // `/version` is public: whether the credentials are accepted is another question.
+    match whoami(kube).await {
+        Err(()) => (ApiProbe::Unauthorized, skew),
+        Ok(user) => (ApiProbe::Answered { version, user }, skew),
+    }
+}
+
+/// `kubectl auth whoami` (a SelfSubjectReview): the user name the API server authenticated,
+/// `None` when it did not say (an older server), `Err` when it rejects the credentials.
+async fn whoami(kube: &Kube) -> Result<Option<String>, ()> {
+    let review = br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+    let req = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(kube::client::Body::from(review.to_vec()))
+        .expect("a valid request");
+    let res = match tokio::time::timeout(Duration::from_secs(10), kube.client.send(req)).await {
+        Ok(Ok(r)) => r,
+        // A 401 from kube's own layers (an exec plugin or token file refused).
+        Ok(Err(kube::Error::Api(s))) if s.code == 401 => return Err(()),
+        _ => return Ok(None),
+    };
+    if res.status() == http::StatusCode::UNAUTHORIZED {
+        return Err(());
+    }
+    if !res.status().is_success() {
+        return Ok(None);
+    }
+    let body = res.into_body().collect_bytes().await.unwrap_or_default();
+    Ok(serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["status"]["userInfo"]["username"].as_str().map(str::to_string)))
 }
 
 /// `kubectl auth can-i` for one need.

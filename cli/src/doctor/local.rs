@@ -218,12 +218,15 @@ pub enum DnsProbe {
         name: String,
         answer: Result<Vec<IpAddr>, String>,
         service_cidrs: Vec<IpNet>,
+        /// resolv-conf mode: whether /etc/resolv.conf still names kwg's forwarder (`None`:
+        /// not checked).
+        points_at_kwg: Option<bool>,
     },
 }
 
 pub fn dns(probe: &DnsProbe, interface: &str) -> Check {
     const NAME: &str = "dns";
-    let (mode, forwarder, name, answer, cidrs) = match probe {
+    let (mode, forwarder, name, answer, cidrs, points_at_kwg) = match probe {
         DnsProbe::Off => return Check::skip(NAME, "DNS mode off: cluster names are not resolved"),
         DnsProbe::Userspace { proxy } => {
             return Check::skip(
@@ -251,7 +254,8 @@ pub fn dns(probe: &DnsProbe, interface: &str) -> Check {
             name,
             answer,
             service_cidrs,
-        } => (mode, forwarder, name, answer, service_cidrs),
+            points_at_kwg,
+        } => (mode, forwarder, name, answer, service_cidrs, *points_at_kwg),
     };
     let fix = match mode.as_str() {
         "resolved" => format!(
@@ -277,6 +281,13 @@ pub fn dns(probe: &DnsProbe, interface: &str) -> Check {
                 ips
             ),
             fix,
+        ),
+        // The resolver asks kwg: the answer was lost behind it, in the tunnel.
+        Err(e) if points_at_kwg == Some(true) => Check::fail(
+            NAME,
+            ExitCode::DnsVerification,
+            format!("mode {mode}: {name} does not resolve ({e}); /etc/resolv.conf names kwg's forwarder {forwarder}, which got no answer from the cluster DNS through the tunnel"),
+            "see the udp, gateway and daemon checks (kwg status names what is wrong with the tunnel)",
         ),
         Err(e) => Check::fail(
             NAME,
@@ -338,6 +349,16 @@ pub fn daemon(probe: &DaemonProbe, now: DateTime<Utc>) -> Check {
         s.tunnel_ip.as_deref().unwrap_or("-"),
         s.interface
     );
+    if s.state == Some(kwg_wg::contract::ConnectionState::Degraded) {
+        let what: Vec<&str> = s.health.iter().map(|h| h.message.as_str()).collect();
+        let fix: Vec<&str> = s.health.iter().map(|h| h.fix.as_str()).collect();
+        return Check::fail(
+            NAME,
+            ExitCode::Failure,
+            format!("{who}; Degraded: {}", what.join("; ")),
+            fix.join("; "),
+        );
+    }
     let Some(lease) = &s.lease else {
         return Check::pass(NAME, who);
     };

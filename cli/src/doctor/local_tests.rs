@@ -142,6 +142,7 @@ fn dns_passes_only_when_kwg_answered_and_names_the_fix_per_mode() {
         name: "kubernetes.default.svc.cluster.local".into(),
         answer,
         service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+        points_at_kwg: None,
     };
     let ok = dns(
         &probe("resolv-conf", Ok(vec!["10.96.0.1".parse().unwrap()])),
@@ -162,6 +163,14 @@ fn dns_passes_only_when_kwg_answered_and_names_the_fix_per_mode() {
     );
     let lost = dns(&probe("resolved", Err("NXDOMAIN".into())), "kwg0");
     assert!(lost.fix.unwrap().starts_with("`resolvectl status kwg0`"));
+    // resolv.conf still names kwg: the tunnel lost the answer, nothing rewrote the file.
+    let mut behind = probe("resolv-conf", Err("no answer within 5 s".into()));
+    if let DnsProbe::Joined { points_at_kwg, .. } = &mut behind {
+        *points_at_kwg = Some(true);
+    }
+    let behind = dns(&behind, "kwg0");
+    assert!(behind.detail.contains("got no answer from the cluster DNS through the tunnel"), "{}", behind.detail);
+    assert!(!behind.fix.unwrap().contains("rewrote"));
     assert_eq!(dns(&DnsProbe::Off, "kwg0").outcome, Outcome::Skip);
 }
 
@@ -204,4 +213,23 @@ fn the_daemon_line_carries_the_lease_and_warns_while_renewal_fails() {
     let dead = daemon(&DaemonProbe::Dead, now);
     assert_eq!(dead.outcome, Outcome::Fail);
     assert_eq!(dead.fix.unwrap(), "run kwg leave, then kwg join");
+}
+
+#[test]
+fn a_degraded_daemon_fails_with_each_health_line() {
+    let now: DateTime<Utc> = "2026-01-01T00:01:00Z".parse().unwrap();
+    let mut s = Status::example();
+    s.state = Some(kwg_wg::contract::ConnectionState::Degraded);
+    s.health = vec![kwg_wg::contract::HealthIssue {
+        kind: kwg_wg::contract::HealthKind::RoutesMissing,
+        message: "routes missing from kwg0: 10.96.0.0/12".into(),
+        fix: "run kwg leave, then kwg join".into(),
+    }];
+    let c = daemon(&DaemonProbe::Running(Box::new(s)), now);
+    assert_eq!(c.outcome, Outcome::Fail);
+    assert_eq!(
+        c.detail,
+        "pid 4242, laptop as 100.77.0.2 on kwg0; Degraded: routes missing from kwg0: 10.96.0.0/12"
+    );
+    assert_eq!(c.fix.unwrap(), "run kwg leave, then kwg join");
 }

@@ -192,6 +192,11 @@ pub async fn dns(f: &Findings, interface: &str) -> Check {
         .filter(|r| r.source == RouteSource::Service)
         .map(|r| r.subnet)
         .collect();
+    let points_at_kwg = f
+        .state
+        .as_ref()
+        .filter(|s| d.mode == "resolv-conf" && s.dns.is_some())
+        .map(|s| crate::driver::dns_problem(s).is_none());
     local::dns(
         &DnsProbe::Joined {
             mode: d.mode.clone(),
@@ -199,6 +204,7 @@ pub async fn dns(f: &Findings, interface: &str) -> Check {
             name,
             answer,
             service_cidrs,
+            points_at_kwg,
         },
         interface,
     )

@@ -62,10 +62,11 @@ pub fn status_from_state(state: &State, connected: bool) -> Status {
 /// lease nobody renews meanwhile).
 pub async fn silent_daemon_status(state: &State, why: String) -> Status {
     let mut s = status_from_state(state, false);
-    let peer_secret = match Kube::connect(state.kubeconfig.as_deref(), state.context.as_deref()).await {
-        Ok(kube) => peer_secret(&kube, &state.kwg_namespace, &state.peer.to_string()).await,
-        Err(_) => SecretProbe::Unknown,
-    };
+    let peer_secret =
+        match Kube::connect(state.kubeconfig.as_deref(), state.context.as_deref()).await {
+            Ok(kube) => peer_secret(&kube, &state.kwg_namespace, &state.peer.to_string()).await,
+            Err(_) => SecretProbe::Unknown,
+        };
     let observed = Observed {
         daemon_silent: Some(why),
         peer_secret,
@@ -77,7 +78,7 @@ pub async fn silent_daemon_status(state: &State, why: String) -> Status {
 
 /// The peer Secret of `peer` as the API server shows it (`Unknown` when it does not say
 /// within [`PROBE_TIMEOUT`]).
-async fn peer_secret(kube: &Kube, namespace: &str, peer: &str) -> SecretProbe {
+pub async fn peer_secret(kube: &Kube, namespace: &str, peer: &str) -> SecretProbe {
     let name = format!("{}{peer}", kwg_wg::contract::PEER_SECRET_PREFIX);
     let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
         kube::Api::namespaced(kube.client.clone(), namespace);
@@ -121,7 +122,7 @@ async fn missing_routes(state: &State) -> Vec<ipnet::IpNet> {
 
 /// Why the machine's resolver does not send names to kwg's forwarder (resolv-conf mode: the
 /// file must still name it; resolved mode is verified at join and reverted only by kwg).
-fn dns_problem(state: &State) -> Option<String> {
+pub fn dns_problem(state: &State) -> Option<String> {
     let d = state.dns.as_ref()?;
     if d.mode != DnsModeUsed::ResolvConf {
         return None;
@@ -133,7 +134,9 @@ fn dns_problem(state: &State) -> Option<String> {
         w.next() == Some("nameserver") && w.next().and_then(|a| a.parse().ok()) == Some(ip)
     });
     (!named).then(|| {
-        format!("/etc/resolv.conf no longer names kwg's forwarder {ip}: cluster names do not resolve")
+        format!(
+            "/etc/resolv.conf no longer names kwg's forwarder {ip}: cluster names do not resolve"
+        )
     })
 }
 

@@ -123,8 +123,6 @@ pub enum HealthKind {
     PeerDeleted,
     /// The lease ended without renewal.
     LeaseExpired,
-    /// Renewals fail (the lease is still valid).
-    LeaseRenewalFailing,
     /// Routes of the plan are missing from the tunnel interface.
     RoutesMissing,
     /// The machine's resolver no longer points at kwg.
