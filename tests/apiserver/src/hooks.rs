@@ -42,6 +42,11 @@ pub fn on_create(ctx: &Ctx, kind: &'static Kind, obj: &mut Value) -> Result<(), 
             Ok(())
         }
         ("", "services") => service(ctx, kind, None, obj),
+        ("discovery.k8s.io", "endpointslices") => invalid(
+            kind,
+            obj,
+            crate::validation::endpoint_slice_errors(None, obj),
+        ),
         ("", "pods") => {
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             default_pod_spec(&mut obj["spec"]);
@@ -81,6 +86,11 @@ pub fn on_update(
         ("", "secrets") => secret(kind, obj),
         ("", "configmaps") => invalid(kind, obj, data_key_errors(obj, "data")),
         ("", "services") => service(ctx, kind, Some(old), obj),
+        ("discovery.k8s.io", "endpointslices") => invalid(
+            kind,
+            obj,
+            crate::validation::endpoint_slice_errors(Some(old), obj),
+        ),
         ("admissionregistration.k8s.io", _) => {
             invalid(kind, obj, crate::admission::config_errors(kind, obj))
         }

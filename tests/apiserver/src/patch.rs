@@ -101,7 +101,8 @@ fn strip_directives(v: &Value) -> Value {
     }
 }
 
-fn strategic(orig: &Value, patch: &Value, _field: &str) -> Value {
+/// `parent`: the field holding `orig` ("" at the object's top level).
+fn strategic(orig: &Value, patch: &Value, parent: &str) -> Value {
     let (Some(o), Some(p)) = (orig.as_object(), patch.as_object()) else {
         return strip_directives(patch);
     };
@@ -132,7 +133,9 @@ fn strategic(orig: &Value, patch: &Value, _field: &str) -> Value {
             }
             Value::Array(items) => {
                 let merged = match out.get(k) {
-                    Some(Value::Array(cur)) => merge_list(k, cur, items),
+                    // No built-in kind merges a top-level list: an EndpointSlice's `ports`
+                    // and `endpoints` are atomic (unlike a Service's `spec.ports`).
+                    Some(Value::Array(cur)) if !parent.is_empty() => merge_list(k, cur, items),
                     _ => strip_directives(&Value::Array(
                         items
                             .iter()
@@ -244,6 +247,16 @@ mod tests {
             json!([{"port": 80, "nodePort": 30080, "targetPort": 8080}, {"port": 81}])
         );
         assert_eq!(out["rules"], json!([3]));
+    }
+
+    #[test]
+    fn endpoint_slice_ports_and_endpoints_are_replaced() {
+        let cur = json!({"kind": "EndpointSlice", "ports": [{"name": "http", "port": 8080}],
+                         "endpoints": [{"addresses": ["10.244.0.2"]}]});
+        let patch = json!({"ports": [{"name": "http", "port": 80}], "endpoints": [{"addresses": ["10.244.0.6"]}]});
+        let out = apply(PatchKind::Strategic, &cur, &patch).unwrap();
+        assert_eq!(out["ports"], json!([{"name": "http", "port": 80}]));
+        assert_eq!(out["endpoints"], json!([{"addresses": ["10.244.0.6"]}]));
     }
 
     #[test]

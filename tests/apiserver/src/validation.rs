@@ -299,3 +299,89 @@ mod tests {
         );
     }
 }
+
+/// Kubernetes' EndpointSlice validation (`pkg/apis/discovery/validation`), the parts that
+/// decide where traffic may go: a known and unchanged `addressType`, at least one address
+/// per endpoint, valid IPv4 addresses that are not special (unspecified, loopback,
+/// link-local, link-local multicast: `ValidateNonSpecialIP`), port names used once.
+pub fn endpoint_slice_errors(old: Option<&Value>, obj: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let types = ["FQDN", "IPv4", "IPv6"];
+    let addr_type = obj["addressType"].as_str().unwrap_or_default();
+    if addr_type.is_empty() {
+        errs.push(FieldError::required("addressType", ""));
+    } else if !types.contains(&addr_type) {
+        errs.push(FieldError::not_supported(
+            "addressType",
+            go_str(addr_type),
+            &types,
+        ));
+    }
+    if let Some(was) = old.and_then(|o| o["addressType"].as_str())
+        && was != addr_type
+    {
+        errs.push(FieldError::invalid(
+            "addressType",
+            go_str(addr_type),
+            "field is immutable",
+        ));
+    }
+    for (i, ep) in obj["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let field = format!("endpoints[{i}].addresses");
+        let addrs = ep["addresses"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if addrs.is_empty() {
+            errs.push(FieldError::required(
+                &field,
+                "must contain at least 1 address",
+            ));
+        }
+        for (j, a) in addrs.iter().enumerate() {
+            let a = a.as_str().unwrap_or_default();
+            let field = format!("{field}[{j}]");
+            if addr_type != "IPv4" {
+                continue;
+            }
+            let Ok(ip) = a.parse::<std::net::Ipv4Addr>() else {
+                errs.push(FieldError::invalid(
+                    field,
+                    go_str(a),
+                    "must be a valid IPv4 address",
+                ));
+                continue;
+            };
+            let special = if ip.is_unspecified() {
+                Some("may not be unspecified (0.0.0.0)")
+            } else if ip.is_loopback() {
+                Some("may not be in the loopback range (127.0.0.0/8, ::1/128)")
+            } else if ip.is_link_local() {
+                Some("may not be in the link-local range (169.254.0.0/16, fe80::/10)")
+            } else if ip.octets()[..3] == [224, 0, 0] {
+                Some("may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)")
+            } else {
+                None
+            };
+            errs.extend(special.map(|why| FieldError::invalid(field, go_str(a), why)));
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, p) in obj["ports"].as_array().into_iter().flatten().enumerate() {
+        let name = p["name"].as_str().unwrap_or_default();
+        if !names.insert(name) {
+            errs.push(FieldError {
+                field: format!("ports[{i}].name"),
+                reason: "FieldValueDuplicate",
+                kind_text: format!("Duplicate value: {}", go_str(name)),
+                detail: String::new(),
+            });
+        }
+    }
+    errs
+}

@@ -502,6 +502,41 @@ async fn edit_writes_services_but_not_endpoints() {
     );
 }
 
+/// A hand-written EndpointSlice as Kubernetes takes it: `kubectl apply` replaces its
+/// (atomic) ports and endpoints, and special addresses are refused with the real message.
+#[tokio::test]
+async fn hand_written_endpoint_slices() {
+    let c = Cluster::start().await;
+    let slice = |port: u16, addr: &str| {
+        format!(
+            r#"{{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+              "metadata": {{"name": "pivot-1", "namespace": "default",
+                            "labels": {{"kubernetes.io/service-name": "pivot"}}}},
+              "addressType": "IPv4", "ports": [{{"name": "http", "port": {port}, "protocol": "TCP"}}],
+              "endpoints": [{{"addresses": ["{addr}"]}}]}}"#
+        )
+    };
+    let file = c.write_file("slice.json", &slice(8080, "10.244.0.2"));
+    let path = file.to_str().unwrap();
+    c.kubectl_ok("admin", &["apply", "-f", path]).await;
+    c.write_file("slice.json", &slice(80, "10.244.0.6"));
+    c.kubectl_ok("admin", &["apply", "-f", path]).await;
+    let jp = "jsonpath={.ports[*].port} {.endpoints[*].addresses[*]}";
+    let got = c
+        .kubectl_ok("admin", &["get", "endpointslice", "pivot-1", "-o", jp])
+        .await;
+    assert_eq!(got, "80 10.244.0.6");
+    c.write_file("slice.json", &slice(80, "127.0.0.1"));
+    let loopback = c.kubectl("admin", &["apply", "-f", path]).await;
+    assert!(
+        loopback.stderr.contains(
+            "endpoints[0].addresses[0]: Invalid value: \"127.0.0.1\": may not be in the loopback range (127.0.0.0/8, ::1/128)"
+        ),
+        "{}",
+        loopback.stderr
+    );
+}
+
 #[tokio::test]
 async fn kustomize_and_rollout_status() {
     let c = Cluster::start().await;
