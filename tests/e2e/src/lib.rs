@@ -154,6 +154,18 @@ pub fn gateway_info(c: &Cluster) -> Result<GatewayInfo> {
     Ok(GatewayInfo::from_json(json.as_bytes())?)
 }
 
+/// Writes the gateway info ConfigMap of namespace `ns` as the admin, with any JSON (how a
+/// hostile cluster, or one whoever may write that ConfigMap, changes what laptops read).
+pub fn put_gateway_info(c: &Cluster, ns: &str, info: &serde_json::Value) -> Result<()> {
+    let cm = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": contract::GATEWAY_INFO_CONFIGMAP, "namespace": ns},
+        "data": {(contract::GATEWAY_INFO_KEY): info.to_string()},
+    });
+    c.kubectl_apply(&c.admin_kubeconfig(), &cm.to_string())?;
+    Ok(())
+}
+
 /// The gateway pod's network namespace.
 pub fn gateway_netns(c: &Cluster) -> Result<String> {
     let pod = wait_gateway_ready(c, Duration::from_secs(10))?;

@@ -249,31 +249,14 @@ fn hostile_gateway_info_is_refused_before_anything_changes() {
     // the join is left. A namespace of its own, so the real gateway's info is not disturbed.
     let sim = shared();
     let l = laptop(&sim, "hostile");
-    let real = sim
-        .kubectl_admin(&[
-            "-n",
-            "kwg-system",
-            "get",
-            "configmap",
-            "kwg-gateway-info",
-            "-o",
-            "jsonpath={.data.info\\.json}",
-        ])
-        .unwrap();
-    let mut info: serde_json::Value = serde_json::from_str(&real).unwrap();
+    let mut info = serde_json::to_value(kwg_e2e::gateway_info(&sim).unwrap()).unwrap();
     info["podCidrs"]
         .as_array_mut()
         .unwrap()
         .push("0.0.0.0/1".into());
     let ns = "hostile-kwg";
     sim.kubectl_admin(&["create", "namespace", ns]).unwrap();
-    let cm = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "kwg-gateway-info", "namespace": ns},
-        "data": {"info.json": info.to_string()},
-    });
-    sim.kubectl_apply(&sim.admin_kubeconfig(), &cm.to_string())
-        .unwrap();
+    kwg_e2e::put_gateway_info(&sim, ns, &info).unwrap();
     let out = l.run_as(
         "admin",
         &[

@@ -15,8 +15,7 @@ pub use info::{Endpoint, GatewayInfo, GatewayPeer};
 pub use peer::{PeerSpec, format_lease, parse_lease};
 pub use status::LeaseStatus;
 pub use status::{DnsStatus, PlannedRoute, ReachStatus, RouteSource, Status};
-pub use status::{PathFailure, TransportStatus};
-pub use status::RefusedInfo;
+pub use status::{PathFailure, RefusedInfo, TransportStatus};
 pub use status::{ConnectionState, HealthIssue, HealthKind};
 pub use types::{PeerName, TunnelIp};
 
