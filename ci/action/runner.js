@@ -31,12 +31,16 @@ function kwg(exe, args, asUser) {
   return { code: r.status === null ? 1 : r.status, stdout: r.stdout };
 }
 
-// A DNS label from the run: ci-<run id>-<attempt>-<job>.
-function defaultName(env) {
-  const raw = ['ci', env.GITHUB_RUN_ID, env.GITHUB_RUN_ATTEMPT, env.GITHUB_JOB]
+// A DNS label of this job leg: ci-<run id>-<attempt>-<job>-<6 hex digits>. The legs of a matrix
+// (and jobs of one name in reusable workflows) share the run, attempt and job: the random
+// suffix, drawn once by the main step, tells them apart. The job is cut so the suffix stays.
+function defaultName(env, suffix = require('crypto').randomBytes(3).toString('hex')) {
+  const head = ['ci', env.GITHUB_RUN_ID, env.GITHUB_RUN_ATTEMPT, env.GITHUB_JOB]
     .filter(Boolean)
-    .join('-');
-  return raw.toLowerCase().replace(/[^a-z0-9-]+/g, '-').slice(0, 63).replace(/-+$/, '');
+    .join('-')
+    .toLowerCase()
+    .replace(/[^a-z0-9-]+/g, '-');
+  return `${head.slice(0, 63 - suffix.length - 1).replace(/-+$/, '')}-${suffix}`;
 }
 
 // Whether the userspace input asks for userspace mode.
