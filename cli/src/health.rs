@@ -140,6 +140,25 @@ pub fn assess(s: &Status, o: &Observed, now: DateTime<Utc>) -> (ConnectionState,
         // and when the next attempt is (a rule for rejected credentials belongs here).
         _ => {}
     }
+    // The daemon's sentence for a 401 (`credentials_rejected` in session/serving.rs).
+    if let Some(e) = lease
+        .and_then(|l| l.error.as_deref())
+        .filter(|e| e.starts_with("credentials rejected since"))
+    {
+        let ends = expires.map_or(String::new(), |e| format!(" (the lease ends in {})", span(now, e)));
+        line(
+            HealthKind::CredentialsRejected,
+            format!("the API server rejects the daemon's credentials: the lease cannot be renewed{ends}"),
+            e.split_once(": ").map_or(e, |(_, fix)| fix).to_string(),
+        );
+    }
+    if let Some(r) = &s.refused_info {
+        line(
+            HealthKind::GatewayInfoRefused,
+            format!("a change of the gateway info {} was refused, the last good configuration stays: {}", ago(Some(r.at), now), r.reason),
+            "if the cluster really changed, join again with the flag the refusal names; otherwise tell the cluster admin".into(),
+        );
+    }
     if !o.missing_routes.is_empty() {
         let list: Vec<String> = o.missing_routes.iter().map(|r| r.to_string()).collect();
         line(

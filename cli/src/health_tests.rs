@@ -230,3 +230,25 @@ fn text_lists_each_problem_then_its_fix() {
     s.state = None;
     assert_eq!(state_text(&s), "Connected");
 }
+
+#[test]
+fn rejected_credentials_and_a_refused_gateway_info_are_lines_too() {
+    let mut s = joined();
+    s.lease.as_mut().unwrap().error = Some("credentials rejected since 2026-01-01 00:01:40 UTC: log in again (kwg reloads the kubeconfig at each retry)".into());
+    s.refused_info = Some(kwg_wg::contract::RefusedInfo {
+        at: at(50),
+        reason: "serviceCidrs 8.0.0.0/8 is public address space: pass --also-proxy 8.0.0.0/8".into(),
+    });
+    let (state, lines) = assess(&s, &answered(), at(200));
+    assert_eq!(state, ConnectionState::Degraded);
+    assert_eq!(
+        lines.iter().map(|l| l.kind).collect::<Vec<_>>(),
+        [HealthKind::CredentialsRejected, HealthKind::GatewayInfoRefused]
+    );
+    assert_eq!(
+        lines[0].message,
+        "the API server rejects the daemon's credentials: the lease cannot be renewed (the lease ends in 11m 40s)"
+    );
+    assert!(lines[0].fix.starts_with("log in again"), "{}", lines[0].fix);
+    assert!(lines[1].message.starts_with("a change of the gateway info 2m 30s ago was refused"), "{}", lines[1].message);
+}

@@ -123,6 +123,10 @@ pub enum HealthKind {
     PeerDeleted,
     /// The lease ended without renewal.
     LeaseExpired,
+    /// The API server rejects the daemon's credentials: the lease cannot be renewed.
+    CredentialsRejected,
+    /// A change of the gateway info was refused (the last good configuration stays).
+    GatewayInfoRefused,
     /// Routes of the plan are missing from the tunnel interface.
     RoutesMissing,
     /// The machine's resolver no longer points at kwg.
