@@ -4,7 +4,9 @@
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
-const { input, fileCommand, kwg, defaultName, userspace, proxyEnv } = require('./runner');
+const {
+  input, fileCommand, kwg, defaultName, userspace, proxyEnv, workflowCommand,
+} = require('./runner');
 
 const dir = fs.mkdtempSync(path.join(process.env.RUNNER_TEMP || os.tmpdir(), 'kwg-'));
 const kubeconfig = path.join(dir, 'kubeconfig');
@@ -36,7 +38,8 @@ try {
 }
 if (r.code !== 0 || !result.connected) {
   const step = result.step ? ` (${result.step})` : '';
-  console.log(`::error title=kwg join failed${step}::${result.message || r.error || 'see the log above'}`);
+  const message = result.message || r.error || 'see the log above';
+  console.log(workflowCommand('error', { title: `kwg join failed${step}` }, message));
   process.exit(r.code || 1);
 }
 fileCommand('GITHUB_STATE', 'joined', 'true');

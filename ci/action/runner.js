@@ -19,6 +19,24 @@ function fileCommand(variable, name, value) {
   fs.appendFileSync(file, `${name}<<${delimiter}\n${value}\n${delimiter}\n`);
 }
 
+// A workflow command line (`::error title=…::message`). The runner reads a command up to the
+// line's end and splits its properties at , and :, so the message escapes %, CR and LF, and a
+// property value also : and , (the rules of @actions/core's escapeData and escapeProperty).
+function escapeData(value) {
+  return String(value).replace(/%/g, '%25').replace(/\r/g, '%0D').replace(/\n/g, '%0A');
+}
+
+function escapeProperty(value) {
+  return escapeData(value).replace(/:/g, '%3A').replace(/,/g, '%2C');
+}
+
+function workflowCommand(name, properties, message) {
+  const props = Object.entries(properties)
+    .map(([key, value]) => `${key}=${escapeProperty(value)}`)
+    .join(',');
+  return `::${name}${props ? ` ${props}` : ''}::${escapeData(message)}`;
+}
+
 // Runs kwg (through sudo when not root, unless `asUser`: userspace mode); returns
 // { code, stdout }.
 function kwg(exe, args, asUser) {
@@ -61,4 +79,6 @@ function proxyEnv(proxy) {
   };
 }
 
-module.exports = { input, fileCommand, kwg, defaultName, userspace, proxyEnv };
+module.exports = {
+  input, fileCommand, kwg, defaultName, userspace, proxyEnv, workflowCommand, escapeData, escapeProperty,
+};

@@ -259,6 +259,33 @@ fn failing_commands_print_sentences_without_escapes_or_log_lines() {
     ]);
     assert_ne!(doctor.status.code(), Some(0));
     assert_only_sentences("doctor with the API down", &text(&doctor.stderr));
+    // An existing --bundle file is refused in kwg's words.
+    let doctor = l.run(&[
+        "env",
+        &format!("KUBECONFIG={}", down.display()),
+        "kwg",
+        "doctor",
+        "--bundle",
+        &kubeconfig,
+    ]);
+    let err = text(&doctor.stderr);
+    assert_eq!(doctor.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("kwg: invalid --bundle {kubeconfig}: it already exists")),
+        "{err}"
+    );
+    assert_only_sentences("doctor --bundle over a file", &err);
+
+    // ci-credentials needs an admin; the developer is told so, not to ask for kwg-user.
+    let ci = l.kwg(&["ci-credentials", "plainerr-ci"]);
+    let err = text(&ci.stderr);
+    assert_eq!(ci.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("may not create serviceaccounts (namespace kwg-system): kwg ci-credentials is for a cluster admin"),
+        "{err}"
+    );
+    assert!(!err.contains("kwg-user role"), "{err}");
+    assert_only_sentences("ci-credentials as the developer", &err);
 
     // Credentials rejected after the join, the daemon gone: leave cleans up this machine and
     // says what it could not do, in sentences.
@@ -281,4 +308,22 @@ fn failing_commands_print_sentences_without_escapes_or_log_lines() {
     let _ = sim.kubectl_admin(&["-n", "kwg-system", "delete", "secret", "kwg-peer-plainerr"]);
     let _ = std::fs::remove_file(&down);
     let _ = std::fs::remove_file(&creds);
+}
+
+/// The GitHub action's `::error::` and `::warning::` lines (escaped, one line each) and its
+/// post step's exit code after a failed leave: ci/action/action.test.js, without a cluster.
+#[test]
+fn the_actions_messages_follow_the_workflow_command_rules() {
+    let test = kwg_e2e::repo_root().join("ci/action/action.test.js");
+    let out = Command::new("node")
+        .arg("--test")
+        .arg(&test)
+        .output()
+        .expect("node (the action's runtime) is installed");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
