@@ -59,6 +59,23 @@ pub enum Format {
     Wide,
 }
 
+/// `-o` of the commands that print text or JSON only: `wide` is refused with clap's message
+/// and code 2, as kubectl refuses an output format a command does not support.
+pub fn text_or_json() -> impl clap::builder::TypedValueParser<Value = Format> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["text", "json"])
+        .map(|s| Format::from_str(&s, false).expect("one of the listed values"))
+}
+
+/// `--timeout`: a duration above zero (0s would give up before the first step).
+fn timeout(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above zero, e.g. 30s".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum DnsMode {
     /// resolved when systemd-resolved manages the machine's DNS, else resolv-conf.
@@ -118,7 +135,7 @@ pub struct JoinArgs {
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
     /// Give up (and undo everything) when not connected after this long.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = timeout)]
     pub timeout: Duration,
     /// How to configure the machine's resolver.
     #[arg(long, value_enum, default_value = "auto")]
@@ -180,14 +197,15 @@ pub struct JoinArgs {
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "foreground")]
     #[serde(default)]
     pub wait_for: Vec<crate::wait::Target>,
-    /// Output: text progress lines, or one JSON object.
-    #[arg(short, long, value_enum, default_value = "text")]
+    /// Output: text progress lines, or one JSON object (progress as JSON events on stderr).
+    #[arg(short, long, default_value = "text", value_parser = text_or_json())]
     pub output: Format,
 }
 
 #[derive(Debug, Args)]
 pub struct OutputArgs {
-    #[arg(short, long, value_enum, default_value = "text")]
+    /// text or json.
+    #[arg(short, long, default_value = "text", value_parser = text_or_json())]
     pub output: Format,
 }
 
@@ -202,7 +220,8 @@ pub struct PeersArgs {
 
 #[derive(Debug, Args)]
 pub struct LeaveArgs {
-    #[arg(short, long, value_enum, default_value = "text")]
+    /// text or json (progress as JSON events on stderr).
+    #[arg(short, long, default_value = "text", value_parser = text_or_json())]
     pub output: Format,
 }
 
@@ -240,4 +259,38 @@ pub struct DaemonArgs {
     /// The join flags, as JSON.
     #[arg(long)]
     pub spec: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn refused(argv: &[&str]) -> clap::Error {
+        Cli::try_parse_from(argv).expect_err("refused")
+    }
+
+    #[test]
+    fn wide_is_refused_where_it_would_do_nothing() {
+        for cmd in ["join", "status", "leave", "doctor"] {
+            let e = refused(&["kwg", cmd, "-o", "wide"]);
+            assert_eq!(e.kind(), ErrorKind::InvalidValue, "{cmd}");
+            assert_eq!(e.exit_code(), 2);
+            assert!(
+                e.to_string().contains("[possible values: text, json]"),
+                "{cmd}: {e}"
+            );
+        }
+        assert!(Cli::try_parse_from(["kwg", "peers", "-o", "wide"]).is_ok());
+        assert!(Cli::try_parse_from(["kwg", "status", "-o", "json"]).is_ok());
+    }
+
+    #[test]
+    fn a_zero_timeout_is_a_usage_error() {
+        let e = refused(&["kwg", "join", "--timeout", "0s"]);
+        assert_eq!(e.kind(), ErrorKind::ValueValidation);
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("must be above zero"), "{e}");
+        assert!(Cli::try_parse_from(["kwg", "join", "--timeout", "1s"]).is_ok());
+    }
 }

@@ -68,7 +68,26 @@ where
     }
 }
 
+/// `kwg ci-credentials`; a user who may not create what it needs is told it takes an admin
+/// (the kwg-user roles do not grant it).
 pub async fn run(args: CiCredentialsArgs) -> Result<(), Error> {
+    issue(args).await.map_err(|e| match e {
+        Error::Forbidden {
+            user,
+            verb,
+            resource,
+            namespace,
+        } => Error::NotClusterAdmin {
+            user,
+            verb,
+            resource,
+            namespace,
+        },
+        e => e,
+    })
+}
+
+async fn issue(args: CiCredentialsArgs) -> Result<(), Error> {
     kwg_wg::contract::PeerName::try_from(args.name.clone())
         .map_err(|e| Error::invalid("NAME", format!("{e}: pass a DNS label such as github-ci")))?;
     if args.duration < MIN_DURATION {

@@ -179,6 +179,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `kwg ci-credentials` run by a user who may not create what it creates.
+    #[error(
+        "your kubeconfig user {user} may not {verb} {resource} ({}): kwg ci-credentials is for a cluster admin, who may create ServiceAccounts, RoleBindings, ClusterRoleBindings and service-account tokens: run it with an admin's kubeconfig (--kubeconfig or --context), or ask an admin to run it and store the kubeconfig it prints as the CI secret",
+        if namespace.is_empty() { "cluster-wide".to_string() } else { format!("namespace {namespace}") }
+    )]
+    NotClusterAdmin {
+        user: String,
+        verb: String,
+        resource: String,
+        namespace: String,
+    },
     /// `kwg join` stopped before it finished; `undone` says whether everything was undone.
     #[error("join cancelled by {by} before it finished; {undone}")]
     Cancelled {

@@ -216,7 +216,8 @@ impl From<&Error> for ExitCode {
             | Error::KubeconfigRead { .. }
             | Error::NoKubeconfig
             | Error::NoContext
-            | Error::NoSuchContext(_) => C::Credentials,
+            | Error::NoSuchContext(_)
+            | Error::NotClusterAdmin { .. } => C::Credentials,
             Error::Kube { source, .. } => match source.as_ref() {
                 kube::Error::Api(s) if s.code == 401 || s.code == 403 => C::Credentials,
                 _ => C::Failure,

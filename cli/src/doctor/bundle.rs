@@ -108,7 +108,7 @@ pub fn write(path: &Path, files: &[(String, String)]) -> Result<(), Error> {
         .open(path)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => Error::invalid(
-                format!("the bundle {}", path.display()),
+                format!("--bundle {}", path.display()),
                 "it already exists (or is a symlink): remove it or name a new file",
             ),
             _ => io(e),

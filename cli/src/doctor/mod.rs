@@ -20,7 +20,7 @@ pub struct DoctorArgs {
     #[command(flatten)]
     pub kube: KubeArgs,
     /// Output: one line per check, or one JSON object.
-    #[arg(short, long, value_enum, default_value = "text")]
+    #[arg(short, long, default_value = "text", value_parser = crate::args::text_or_json())]
     pub output: Format,
     /// Also write a tar.gz of versions, status, logs and the checks (keys, tokens and
     /// certificates redacted) to FILE (a new file, mode 0600; an existing one is refused), for a
