@@ -207,7 +207,19 @@ pub(crate) fn resource(
             Ok(json_response(if created { 201 } else { 200 }, &obj))
         }
         "delete" => {
-            let obj = ops::delete(&mut shared.store(), kind, ns, name, req.opts(user))?;
+            // DeleteOptions.preconditions (uid, resourceVersion), checked under the same lock
+            // as the delete, as the real server does.
+            let options = match req.body.is_empty() {
+                true => Value::Null,
+                false => req.json_body()?,
+            };
+            let obj = {
+                let mut store = shared.store();
+                if let Some(current) = store.get(kind, ns, name) {
+                    check_preconditions(kind, name, current, &options["preconditions"])?;
+                }
+                ops::delete(&mut store, kind, ns, name, req.opts(user))?
+            };
             if !req.opts(user).dry_run {
                 crate::events::mirror_delete(&mut shared.store(), kind, &obj);
             }
@@ -350,4 +362,28 @@ fn watch(
         "application/json",
         watch::start(shared, params),
     ))
+}
+
+/// A delete's preconditions against the stored object: 409 Conflict with the real server's
+/// sentence when its uid or resourceVersion differs.
+fn check_preconditions(
+    kind: &Kind,
+    name: &str,
+    current: &Value,
+    preconditions: &Value,
+) -> Result<(), ApiError> {
+    for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
+        let Some(want) = preconditions[field].as_str() else {
+            continue;
+        };
+        let have = crate::store::meta_str(current, field);
+        if want != have {
+            let mut e = ApiError::conflict(kind, name);
+            e.message = format!(
+                "Precondition failed: {label} in precondition: {want}, {label} in object meta: {have}"
+            );
+            return Err(e);
+        }
+    }
+    Ok(())
 }

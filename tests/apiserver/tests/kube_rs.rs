@@ -590,3 +590,43 @@ async fn streaming_list_watcher() {
     next_matching(&mut stream, &mut seen, "apply b").await;
     assert_eq!(seen, vec!["apply b"]);
 }
+
+#[tokio::test]
+async fn a_delete_with_a_uid_precondition_spares_a_recreated_object() {
+    use kube::api::Preconditions;
+    let c = Cluster::start().await;
+    let api: Api<Secret> = Api::namespaced(c.client("admin").await, "default");
+    let first = api
+        .create(&PostParams::default(), &secret("pre", &[], &[]))
+        .await
+        .unwrap();
+    api.delete("pre", &DeleteParams::default()).await.unwrap();
+    let second = api
+        .create(&PostParams::default(), &secret("pre", &[], &[]))
+        .await
+        .unwrap();
+    let with_uid = |uid: Option<String>| DeleteParams {
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let e = api_error(
+        api.delete("pre", &with_uid(first.metadata.uid.clone()))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        e.message,
+        format!(
+            "Precondition failed: UID in precondition: {}, UID in object meta: {}",
+            first.metadata.uid.unwrap(),
+            second.metadata.uid.clone().unwrap()
+        )
+    );
+    assert!(api.get_opt("pre").await.unwrap().is_some());
+    api.delete("pre", &with_uid(second.metadata.uid)).await.unwrap();
+    assert!(api.get_opt("pre").await.unwrap().is_none());
+}
