@@ -627,6 +627,8 @@ async fn a_delete_with_a_uid_precondition_spares_a_recreated_object() {
         )
     );
     assert!(api.get_opt("pre").await.unwrap().is_some());
-    api.delete("pre", &with_uid(second.metadata.uid)).await.unwrap();
+    api.delete("pre", &with_uid(second.metadata.uid))
+        .await
+        .unwrap();
     assert!(api.get_opt("pre").await.unwrap().is_none());
 }
