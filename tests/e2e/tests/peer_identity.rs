@@ -104,6 +104,7 @@ fn a_second_machine_of_the_same_hostname_is_told_and_deletes_nothing() {
 
     let second = b.kwg(&["join", "-n", "emojivoto"]);
     let err = text(&second.stderr);
+    eprintln!("SAID (second machine): {err}");
     assert_eq!(second.status.code(), Some(11), "{err}");
     assert!(
         err.contains(&format!(
@@ -182,6 +183,7 @@ fn leave_after_a_refused_delete_cleans_the_machine_and_names_the_lease_end() {
     .expect("delete the RoleBinding");
     let leave = l.kwg(&["leave"]);
     let err = text(&leave.stderr);
+    eprintln!("SAID (leave): {err}");
     assert_eq!(leave.status.code(), Some(12), "{err}");
     assert!(
         err.contains("could not delete peer Secret kwg-system/kwg-peer-refused")
@@ -249,6 +251,7 @@ fn revoked_credentials_are_shown_followed_when_renewed_and_never_wedge_the_machi
     revoke(&sim, "revoked");
     let leave = l.kwg(&["leave"]);
     let err = text(&leave.stderr);
+    eprintln!("SAID (leave): {err}");
     assert_eq!(leave.status.code(), Some(12), "{err}");
     assert!(
         err.contains("could not delete peer Secret kwg-system/kwg-peer-revoked")
