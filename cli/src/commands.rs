@@ -1,6 +1,6 @@
 //! `join`, `status`, `peers`, `leave`: thin clients of the daemon and the state file.
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,14 +36,6 @@ pub fn has_cap_net_admin() -> bool {
                 .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         })
         .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
-}
-
-fn say(format: Format, line: &str) {
-    if format != Format::Json {
-        let mut err = std::io::stderr();
-        let mark = if err.is_terminal() { "• " } else { "" };
-        let _ = writeln!(err, "{mark}{line}");
-    }
 }
 
 /// `kwg join`: starts the daemon (or runs it here with --foreground) and waits until it is
@@ -186,7 +178,7 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
         }
         Err((e, by)) => {
             // Nothing of a join that failed its wait or was cancelled stays behind.
-            let undone = match undo_all(&dir).await {
+            let undone = match undo_all(&dir, &reporter).await {
                 Ok(c) => {
                     reporter.left(&c.removed);
                     UNDONE.to_string()
@@ -443,15 +435,19 @@ pub(crate) async fn gateway_peers(
 /// `kwg leave`: asks the daemon to undo everything, or undoes it from the state file.
 pub async fn leave(args: LeaveArgs, dir: StateDir) -> Result<(), Error> {
     let started = Instant::now();
+    let reporter = Reporter::new(args.output);
     let holder = DaemonLock::holder(&dir.lock());
     if holder == Holder::None && State::load(&dir.state())?.is_none() {
-        say(args.output, "kwg is not joined; nothing to do.");
+        reporter.step("kwg is not joined; nothing to do.");
         if args.output == Format::Json {
             println!("{}", serde_json::json!({ "left": false, "removed": [] }));
         }
         return Ok(());
     };
-    let cleaned = undo_all(&dir).await?;
+    reporter.doing("Leaving", "Undoing what kwg join set up");
+    let cleaned = undo_all(&dir, &reporter).await;
+    reporter.clear();
+    let cleaned = cleaned?;
     let (removed, left_behind) = (cleaned.removed, cleaned.left_behind);
     let ms = started.elapsed().as_millis();
     if args.output == Format::Json {
@@ -477,7 +473,7 @@ pub async fn leave(args: LeaveArgs, dir: StateDir) -> Result<(), Error> {
 
 /// Asks the daemon to undo everything (or stops it), then undoes what is left from the
 /// state file; returns what was removed and the peer Secret that could not be deleted.
-async fn undo_all(dir: &StateDir) -> Result<driver::undo::Cleaned, Error> {
+async fn undo_all(dir: &StateDir, reporter: &Reporter) -> Result<driver::undo::Cleaned, Error> {
     let mut removed: Vec<String> = Vec::new();
     let mut left_behind = None;
     if let Holder::Running(pid) = DaemonLock::holder(&dir.lock()) {
@@ -489,14 +485,18 @@ async fn undo_all(dir: &StateDir) -> Result<driver::undo::Cleaned, Error> {
                 removed.extend(r);
                 left_behind = l;
             }
-            Ok(other) => tracing::warn!(?other, "unexpected reply to leave"),
-            Err(ClientError::Daemon(e)) => tracing::warn!(
-                error = e,
-                "the daemon could not undo everything; cleaning up from the state file"
-            ),
+            Ok(other) => {
+                tracing::warn!(?other, "unexpected reply to leave");
+                reporter.step("The daemon's answer to leave was not understood; cleaning up from the state file");
+            }
+            Err(ClientError::Daemon(e)) => reporter.step(&format!(
+                "The daemon could not undo everything ({e}); cleaning up from the state file"
+            )),
             Err(e) => {
                 // An older daemon, or one that hangs: SIGTERM makes it undo everything.
-                tracing::warn!(error = %e, ?pid, "the daemon did not take the leave request; stopping it");
+                reporter.step(&format!(
+                    "The daemon did not take the leave request ({e}); stopping it"
+                ));
                 if let Some(pid) = pid {
                     signal(pid, nix::sys::signal::Signal::SIGTERM);
                 }

@@ -63,6 +63,18 @@ impl Cancel {
         }
     }
 
+    /// The signal of [`Cancel::name`].
+    pub fn from_name(name: &str) -> Option<Cancel> {
+        [
+            Cancel::Interrupt,
+            Cancel::Terminate,
+            Cancel::Hangup,
+            Cancel::Leave,
+        ]
+        .into_iter()
+        .find(|c| c.name() == name)
+    }
+
     /// The signal's name, as in the JSON progress events.
     pub fn name(self) -> &'static str {
         match self {

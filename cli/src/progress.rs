@@ -238,6 +238,11 @@ impl Reporter {
             Progress::Doing { step, message } => self.doing(step, message),
             Progress::Step(s) => self.step(s),
             Progress::Left { removed } => self.left(removed),
+            Progress::Cancelling(name) => {
+                if let Some(by) = Cancel::from_name(name) {
+                    self.cancelling(by);
+                }
+            }
             Progress::Ready(_) | Progress::Failed(_) => {}
         }
     }
@@ -276,8 +281,14 @@ mod tests {
             Style::choose(Format::Text, true, Some("xterm")),
             Style::Terminal
         );
-        assert_eq!(Style::choose(Format::Text, false, Some("xterm")), Style::Plain);
-        assert_eq!(Style::choose(Format::Text, true, Some("dumb")), Style::Plain);
+        assert_eq!(
+            Style::choose(Format::Text, false, Some("xterm")),
+            Style::Plain
+        );
+        assert_eq!(
+            Style::choose(Format::Text, true, Some("dumb")),
+            Style::Plain
+        );
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub enum Progress {
     Left {
         removed: Vec<String>,
     },
+    /// With `--foreground`: a signal (its name) cancels the join.
+    Cancelling(String),
 }
 
 /// The signals that end a session or cancel a join: SIGINT, SIGTERM and SIGHUP.
@@ -273,8 +275,12 @@ pub async fn run(
                 if session.phase() == Phase::TearingDown {
                     progress(Progress::Step("Still undoing the steps taken; kwg exits when they are undone".into()));
                 }
-                if !joined {
-                    cancelled.get_or_insert(signal);
+                if !joined && cancelled.is_none() {
+                    cancelled = Some(signal);
+                    // Detached, `kwg join` itself says so (it sent the SIGTERM).
+                    if d.args.foreground {
+                        progress(Progress::Cancelling(signal.name().into()));
+                    }
                 }
                 session.handle(Event::Signal, std::time::Instant::now())
             }

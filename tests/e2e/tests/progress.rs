@@ -69,7 +69,10 @@ fn finish(mut child: Child) -> (Option<i32>, String) {
 /// Nothing of a join is left: no peer Secret (asked as the admin), interface, route, nft
 /// table, resolv.conf change or state file, and `kwg status` says not joined.
 fn assert_clean(l: &Laptop, resolv: &[u8], when: &str) {
-    assert!(!secret_exists(&l.sim, &l.name), "{when}: the peer Secret stayed");
+    assert!(
+        !secret_exists(&l.sim, &l.name),
+        "{when}: the peer Secret stayed"
+    );
     let links = text(&l.run(&["ip", "-o", "link", "show"]).stdout);
     assert!(!links.contains("kwg0"), "{when}: kwg0 stayed:\n{links}");
     assert!(!l.routes().contains("kwg0"), "{when}: {}", l.routes());
@@ -107,7 +110,11 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
 
     // A join as CI logs it (stderr not a terminal): timestamped lines, each as it happens.
     let started = Instant::now();
-    let mut child = spawn(&l, &kubeconfig, &["join", "--name", "ctrlc", "-n", "emojivoto"]);
+    let mut child = spawn(
+        &l,
+        &kubeconfig,
+        &["join", "--name", "ctrlc", "-n", "emojivoto"],
+    );
     let rx = lines(&mut child);
     let (code, stdout) = finish(child);
     let returned = started.elapsed();
@@ -127,12 +134,28 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
         );
     }
     assert!(
-        got.iter().any(|(_, l)| l.contains(" Registered peer ctrlc")),
+        got.iter()
+            .any(|(_, l)| l.contains(" Registered peer ctrlc")),
         "{got:?}"
     );
-    assert_only_sentences("join", &got.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n"));
+    assert_only_sentences(
+        "join",
+        &got.iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
     assert!(stdout.starts_with("Joined: "), "{stdout}");
-    assert_eq!(l.kwg(&["leave"]).status.code(), Some(0));
+    // leave reports the same way: with -o json its events on stderr, its object on stdout.
+    let leave = l.kwg(&["leave", "-o", "json"]);
+    assert_eq!(leave.status.code(), Some(0));
+    let left: serde_json::Value = serde_json::from_slice(&leave.stdout).unwrap();
+    assert_eq!(left["left"], true, "{left}");
+    let events = text(&leave.stderr);
+    let first: serde_json::Value = serde_json::from_str(events.lines().next().unwrap_or("{}"))
+        .unwrap_or_else(|e| panic!("not a JSON event ({e}): {events}"));
+    assert_eq!(first["event"], "doing", "{events}");
+    assert_eq!(first["step"], "Leaving", "{events}");
     assert_clean(&l, &resolv, "after leave");
 
     // A step that waits (no UDP to the gateway, --transport udp): every line up to it arrives
@@ -149,7 +172,15 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
             let mut child = spawn(
                 &l,
                 &kubeconfig,
-                &["join", "--name", "ctrlc", "-n", "emojivoto", "--transport", "udp"],
+                &[
+                    "join",
+                    "--name",
+                    "ctrlc",
+                    "-n",
+                    "emojivoto",
+                    "--transport",
+                    "udp",
+                ],
             );
             let rx = lines(&mut child);
             let (at, line) = rx
@@ -171,7 +202,9 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
             let err = err.join("\n");
             assert_eq!(exit, Some(code), "SIG{signal}: {stdout}\n{err}");
             assert!(
-                err.contains(&format!("{by}: cancelling the join, undoing the steps taken")),
+                err.contains(&format!(
+                    "{by}: cancelling the join, undoing the steps taken"
+                )),
                 "{err}"
             );
             assert!(err.contains("peer Secret kwg-peer-ctrlc"), "{err}");
@@ -182,7 +215,11 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
                 "{err}"
             );
             assert_only_sentences("cancelled join", &err);
-            assert_clean(&l, &resolv, &format!("SIG{signal} while waiting for the handshake"));
+            assert_clean(
+                &l,
+                &resolv,
+                &format!("SIG{signal} while waiting for the handshake"),
+            );
         }
     }
 
@@ -222,16 +259,25 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
         assert_eq!(failure["step"], "interrupted", "{stdout}");
         assert_eq!(failure["exitCode"], 130, "{stdout}");
         assert!(
-            rest.iter().any(|l| l.contains("\"event\":\"cancelling\"")
-                && l.contains("\"signal\":\"SIGINT\"")),
+            rest.iter()
+                .any(|l| l.contains("\"event\":\"cancelling\"")
+                    && l.contains("\"signal\":\"SIGINT\"")),
             "SIGINT at {step}: {rest:?}"
         );
         assert_clean(&l, &resolv, &format!("SIGINT at {step}"));
         steps.push(step);
     }
     eprintln!("SIGINT undone at each of: {}", steps.join(", "));
-    for step in ["Inspecting", "Registering", "AwaitingHandshake", "ProbingDns"] {
-        assert!(steps.iter().any(|s| s == step), "{step} not reached: {steps:?}");
+    for step in [
+        "Inspecting",
+        "Registering",
+        "AwaitingHandshake",
+        "ProbingDns",
+    ] {
+        assert!(
+            steps.iter().any(|s| s == step),
+            "{step} not reached: {steps:?}"
+        );
     }
 }
 
@@ -244,7 +290,10 @@ fn failing_commands_print_sentences_without_escapes_or_log_lines() {
     let typo = l.kwg(&["join", "--name", "plainerr", "-n", "doesnotexist"]);
     assert_eq!(typo.status.code(), Some(2));
     let err = text(&typo.stderr);
-    assert!(err.contains("kwg: namespaces \"doesnotexist\" not found"), "{err}");
+    assert!(
+        err.contains("kwg: namespaces \"doesnotexist\" not found"),
+        "{err}"
+    );
     assert_only_sentences("join with a namespace typo", &err);
 
     // The API server down: doctor's lines on stdout, nothing but sentences on stderr.
@@ -271,7 +320,9 @@ fn failing_commands_print_sentences_without_escapes_or_log_lines() {
     let err = text(&doctor.stderr);
     assert_eq!(doctor.status.code(), Some(2), "{err}");
     assert!(
-        err.contains(&format!("kwg: invalid --bundle {kubeconfig}: it already exists")),
+        err.contains(&format!(
+            "kwg: invalid --bundle {kubeconfig}: it already exists"
+        )),
         "{err}"
     );
     assert_only_sentences("doctor --bundle over a file", &err);
@@ -292,7 +343,16 @@ fn failing_commands_print_sentences_without_escapes_or_log_lines() {
     let creds = l.state.with_extension("kubeconfig");
     std::fs::write(&creds, &config).unwrap();
     let creds_env = format!("KUBECONFIG={}", creds.display());
-    let join = l.run(&["env", &creds_env, "kwg", "join", "--name", "plainerr", "-n", "emojivoto"]);
+    let join = l.run(&[
+        "env",
+        &creds_env,
+        "kwg",
+        "join",
+        "--name",
+        "plainerr",
+        "-n",
+        "emojivoto",
+    ]);
     assert!(join.status.success(), "{}", text(&join.stderr));
     l.kill_daemon();
     let token = config
