@@ -59,9 +59,8 @@ pub enum SecretProbe {
 /// The verdict on `s` with what was observed, at `now`.
 pub fn assess(s: &Status, o: &Observed, now: DateTime<Utc>) -> (ConnectionState, Vec<HealthIssue>) {
     let mut out = Vec::new();
-    let mut line = |kind, message: String, fix: String| {
-        out.push(HealthIssue { kind, message, fix })
-    };
+    let mut line =
+        |kind, message: String, fix: String| out.push(HealthIssue { kind, message, fix });
     if !s.connected && o.daemon_silent.is_none() {
         return (ConnectionState::NotRunning, Vec::new());
     }
@@ -69,8 +68,12 @@ pub fn assess(s: &Status, o: &Observed, now: DateTime<Utc>) -> (ConnectionState,
     if let Some(why) = &o.daemon_silent {
         line(
             HealthKind::DaemonUnresponsive,
-            format!("the daemon (pid {pid}) runs but does not answer ({why}): the tunnel, DNS and lease are not being looked after"),
-            format!("if it was stopped (SIGSTOP, a debugger), continue it: kill -CONT {pid}; otherwise run kwg leave, then kwg join"),
+            format!(
+                "the daemon (pid {pid}) runs but does not answer ({why}): the tunnel, DNS and lease are not being looked after"
+            ),
+            format!(
+                "if it was stopped (SIGSTOP, a debugger), continue it: kill -CONT {pid}; otherwise run kwg leave, then kwg join"
+            ),
         );
     } else if s.tunnel_ip.is_none() && s.proxy.is_none() {
         return (ConnectionState::Joining, Vec::new());
@@ -84,7 +87,9 @@ pub fn assess(s: &Status, o: &Observed, now: DateTime<Utc>) -> (ConnectionState,
             (Probe::Answered, _) => {}
             (Probe::Failed(why), _) => line(
                 HealthKind::GatewaySilent,
-                format!("the gateway does not answer through the tunnel ({why}); last handshake {handshake}"),
+                format!(
+                    "the gateway does not answer through the tunnel ({why}); last handshake {handshake}"
+                ),
                 gateway_fix,
             ),
             (_, None) => line(
@@ -94,25 +99,33 @@ pub fn assess(s: &Status, o: &Observed, now: DateTime<Utc>) -> (ConnectionState,
             ),
             (_, Some(t)) if now - t > HANDSHAKE_FRESH => line(
                 HealthKind::HandshakeStale,
-                format!("last handshake {handshake}: WireGuard drops a session after 180 s and the gateway has not answered a new handshake"),
+                format!(
+                    "last handshake {handshake}: WireGuard drops a session after 180 s and the gateway has not answered a new handshake"
+                ),
                 gateway_fix,
             ),
             _ => {}
         }
     }
     let lease = s.lease.as_ref();
-    let renewal = lease.and_then(|l| l.next_attempt).map_or(String::new(), |t| {
-        if t > now {
-            format!(" (next attempt in {})", span(now, t))
-        } else {
-            " (now)".to_string()
-        }
-    });
+    let renewal = lease
+        .and_then(|l| l.next_attempt)
+        .map_or(String::new(), |t| {
+            if t > now {
+                format!(" (next attempt in {})", span(now, t))
+            } else {
+                " (now)".to_string()
+            }
+        });
     if let SecretProbe::Missing { namespace, name } = &o.peer_secret {
         line(
             HealthKind::PeerDeleted,
-            format!("the peer Secret {namespace}/{name} was deleted (by an admin, or by the gateway when the lease ended): the gateway no longer serves this machine"),
-            format!("the daemon registers again at its next renewal{renewal}; or run kwg leave, then kwg join (if an admin removed this machine on purpose, ask them first)"),
+            format!(
+                "the peer Secret {namespace}/{name} was deleted (by an admin, or by the gateway when the lease ended): the gateway no longer serves this machine"
+            ),
+            format!(
+                "the daemon registers again at its next renewal{renewal}; or run kwg leave, then kwg join (if an admin removed this machine on purpose, ask them first)"
+            ),
         );
     } else if lease.is_some_and(|l| l.reregistering) {
         line(
@@ -145,10 +158,14 @@ pub fn assess(s: &Status, o: &Observed, now: DateTime<Utc>) -> (ConnectionState,
         .and_then(|l| l.error.as_deref())
         .filter(|e| e.starts_with("credentials rejected since"))
     {
-        let ends = expires.map_or(String::new(), |e| format!(" (the lease ends in {})", span(now, e)));
+        let ends = expires.map_or(String::new(), |e| {
+            format!(" (the lease ends in {})", span(now, e))
+        });
         line(
             HealthKind::CredentialsRejected,
-            format!("the API server rejects the daemon's credentials: the lease cannot be renewed{ends}"),
+            format!(
+                "the API server rejects the daemon's credentials: the lease cannot be renewed{ends}"
+            ),
             e.split_once(": ").map_or(e, |(_, fix)| fix).to_string(),
         );
     }

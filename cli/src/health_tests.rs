@@ -98,12 +98,16 @@ fn a_deleted_peer_secret_is_named_with_its_renewal() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0].kind, HealthKind::PeerDeleted);
     assert!(
-        lines[0].message.starts_with("the peer Secret kwg-system/laptop was deleted"),
+        lines[0]
+            .message
+            .starts_with("the peer Secret kwg-system/laptop was deleted"),
         "{}",
         lines[0].message
     );
     assert!(
-        lines[0].fix.starts_with("the daemon registers again at its next renewal (next attempt in 3m 20s)"),
+        lines[0]
+            .fix
+            .starts_with("the daemon registers again at its next renewal (next attempt in 3m 20s)"),
         "{}",
         lines[0].fix
     );
@@ -197,7 +201,11 @@ fn missing_routes_and_dns_are_named() {
     assert_eq!(state, ConnectionState::Degraded);
     assert_eq!(lines[0].message, "routes missing from kwg0: 10.96.0.0/12");
     assert_eq!(lines[1].kind, HealthKind::DnsMissing);
-    assert!(lines[1].fix.contains("/etc/resolv.conf"), "{}", lines[1].fix);
+    assert!(
+        lines[1].fix.contains("/etc/resolv.conf"),
+        "{}",
+        lines[1].fix
+    );
 }
 
 #[test]
@@ -237,18 +245,28 @@ fn rejected_credentials_and_a_refused_gateway_info_are_lines_too() {
     s.lease.as_mut().unwrap().error = Some("credentials rejected since 2026-01-01 00:01:40 UTC: log in again (kwg reloads the kubeconfig at each retry)".into());
     s.refused_info = Some(kwg_wg::contract::RefusedInfo {
         at: at(50),
-        reason: "serviceCidrs 8.0.0.0/8 is public address space: pass --also-proxy 8.0.0.0/8".into(),
+        reason: "serviceCidrs 8.0.0.0/8 is public address space: pass --also-proxy 8.0.0.0/8"
+            .into(),
     });
     let (state, lines) = assess(&s, &answered(), at(200));
     assert_eq!(state, ConnectionState::Degraded);
     assert_eq!(
         lines.iter().map(|l| l.kind).collect::<Vec<_>>(),
-        [HealthKind::CredentialsRejected, HealthKind::GatewayInfoRefused]
+        [
+            HealthKind::CredentialsRejected,
+            HealthKind::GatewayInfoRefused
+        ]
     );
     assert_eq!(
         lines[0].message,
         "the API server rejects the daemon's credentials: the lease cannot be renewed (the lease ends in 11m 40s)"
     );
     assert!(lines[0].fix.starts_with("log in again"), "{}", lines[0].fix);
-    assert!(lines[1].message.starts_with("a change of the gateway info 2m 30s ago was refused"), "{}", lines[1].message);
+    assert!(
+        lines[1]
+            .message
+            .starts_with("a change of the gateway info 2m 30s ago was refused"),
+        "{}",
+        lines[1].message
+    );
 }

@@ -43,10 +43,46 @@ pub struct ForwarderConfig {
     pub timeout: Duration,
 }
 
+/// The configuration a running forwarder answers with; each query takes the current one.
+type Shared = Arc<std::sync::RwLock<Arc<ForwarderConfig>>>;
+
 /// A running forwarder; dropping it stops serving.
 pub struct Forwarder {
     pub addr: SocketAddr,
     tasks: JoinSet<()>,
+    shared: Shared,
+}
+
+/// Changes the split decision of a running forwarder (namespaces created or deleted while
+/// joined, the reach the gateway grants).
+#[derive(Clone)]
+pub struct SplitHandle(Shared);
+
+impl SplitHandle {
+    pub fn split(&self) -> SplitDns {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .split
+            .clone()
+    }
+
+    /// Applies `change`; whether anything changed.
+    pub fn update(&self, change: impl FnOnce(&mut SplitDns)) -> bool {
+        let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let mut cfg = ForwarderConfig::clone(&guard);
+        change(&mut cfg.split);
+        let changed = cfg.split.cluster_namespaces != guard.split.cluster_namespaces
+            || cfg.split.reachable != guard.split.reachable;
+        if changed {
+            *guard = Arc::new(cfg);
+        }
+        changed
+    }
+}
+
+fn current(shared: &Shared) -> Arc<ForwarderConfig> {
+    shared.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 impl Forwarder {
@@ -59,12 +95,20 @@ impl Forwarder {
         let udp = Arc::new(UdpSocket::bind(listen).await.map_err(bind_err)?);
         let addr = udp.local_addr().map_err(bind_err)?;
         let tcp = TcpListener::bind(addr).await.map_err(bind_err)?;
-        let cfg = Arc::new(cfg);
+        let shared: Shared = Arc::new(std::sync::RwLock::new(Arc::new(cfg)));
         let mut tasks = JoinSet::new();
-        tasks.spawn(serve_udp(udp, cfg.clone()));
-        tasks.spawn(serve_tcp(tcp, cfg));
+        tasks.spawn(serve_udp(udp, shared.clone()));
+        tasks.spawn(serve_tcp(tcp, shared.clone()));
         tracing::info!(%addr, "DNS forwarder listening");
-        Ok(Forwarder { addr, tasks })
+        Ok(Forwarder {
+            addr,
+            tasks,
+            shared,
+        })
+    }
+
+    pub fn split_handle(&self) -> SplitHandle {
+        SplitHandle(self.shared.clone())
     }
 
     pub fn stop(mut self) {
@@ -72,7 +116,7 @@ impl Forwarder {
     }
 }
 
-async fn serve_udp(sock: Arc<UdpSocket>, cfg: Arc<ForwarderConfig>) {
+async fn serve_udp(sock: Arc<UdpSocket>, shared: Shared) {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut dropped: u64 = 0;
@@ -94,7 +138,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, cfg: Arc<ForwarderConfig>) {
             continue;
         };
         let query = buf[..n].to_vec();
-        let (sock, cfg) = (sock.clone(), cfg.clone());
+        let (sock, cfg) = (sock.clone(), current(&shared));
         tokio::spawn(async move {
             if let Some(mut reply) = answer(&query, &cfg).await {
                 truncate_for_udp(&query, &mut reply);
@@ -105,7 +149,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, cfg: Arc<ForwarderConfig>) {
     }
 }
 
-async fn serve_tcp(listener: TcpListener, cfg: Arc<ForwarderConfig>) {
+async fn serve_tcp(listener: TcpListener, shared: Shared) {
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -115,22 +159,22 @@ async fn serve_tcp(listener: TcpListener, cfg: Arc<ForwarderConfig>) {
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             continue;
         };
-        let cfg = cfg.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let _ = serve_tcp_conn(stream, &cfg).await;
+            let _ = serve_tcp_conn(stream, &shared).await;
             drop(permit);
         });
     }
 }
 
-async fn serve_tcp_conn(mut stream: TcpStream, cfg: &ForwarderConfig) -> std::io::Result<()> {
+async fn serve_tcp_conn(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     loop {
         let query =
             match tokio::time::timeout(Duration::from_secs(10), read_frame(&mut stream)).await {
                 Ok(Ok(q)) => q,
                 _ => return Ok(()),
             };
-        if let Some(reply) = answer(&query, cfg).await {
+        if let Some(reply) = answer(&query, &current(shared)).await {
             write_frame(&mut stream, &reply).await?;
         }
     }

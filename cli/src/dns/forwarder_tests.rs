@@ -66,6 +66,7 @@ fn split() -> SplitDns {
             .collect(),
         reverse_subnets: vec!["10.96.0.0/12".parse().unwrap()],
         machine_search: vec!["corp.example".into()],
+        reachable: None,
     }
 }
 

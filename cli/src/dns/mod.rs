@@ -1,5 +1,6 @@
 //! Split DNS: the decision, the forwarder and the machine's resolver configuration.
 
+pub mod follow;
 pub mod forwarder;
 pub mod resolvconf;
 pub mod resolved;

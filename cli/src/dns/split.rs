@@ -77,14 +77,21 @@ pub struct SplitDns {
     /// search list. Never the cluster's own (see [`machine_search`]).
     #[serde(default)]
     pub machine_search: Vec<String>,
+    /// The namespaces the gateway forwards this peer to (its reach by RBAC, from its
+    /// `/peers` entry); `None` when it does not restrict (or has not said). Names of the
+    /// others are NXDOMAIN, as for namespaces left out of `--mapped-namespaces`: their
+    /// ClusterIPs would only be dropped by the gateway.
+    #[serde(default)]
+    pub reachable: Option<BTreeSet<String>>,
 }
 
 impl SplitDns {
     fn visible(&self, ns: &str) -> bool {
-        match &self.mapped {
+        let chosen = match &self.mapped {
             Some(m) => m.contains(ns),
             None => ns == self.namespace || self.cluster_namespaces.contains(ns),
-        }
+        };
+        chosen && self.reachable.as_ref().is_none_or(|r| r.contains(ns))
     }
 
     fn is_cluster_namespace(&self, ns: &str) -> bool {
@@ -177,6 +184,21 @@ impl SplitDns {
             return Decision::Hidden;
         }
         Decision::Cluster(name.to_string())
+    }
+
+    /// The namespaces whose `<svc>.<ns>` names go to the cluster: the mapped ones, else the
+    /// connected one and every namespace of the cluster (`~<ns>` routing domains in
+    /// systemd-resolved).
+    pub fn routed_namespaces(&self) -> BTreeSet<String> {
+        match &self.mapped {
+            Some(m) => m.clone(),
+            None => self
+                .cluster_namespaces
+                .iter()
+                .cloned()
+                .chain([self.namespace.clone()])
+                .collect(),
+        }
     }
 
     /// The joined resolver's search list: the machine's own domains first, as before join

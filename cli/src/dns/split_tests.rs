@@ -22,6 +22,7 @@ fn split(mapped: Option<&[&str]>) -> SplitDns {
             .collect(),
         reverse_subnets: vec!["10.96.0.0/12".parse().unwrap()],
         machine_search: vec!["corp.example".into()],
+        reachable: None,
     }
 }
 

@@ -277,7 +277,9 @@ pub fn peer(probe: &SecretProbe, now: chrono::DateTime<chrono::Utc>) -> Check {
         SecretProbe::Missing { namespace, name } => Check::fail(
             NAME,
             ExitCode::Failure,
-            format!("the peer Secret {namespace}/{name} was deleted (by an admin, or by the gateway when its lease ended): the gateway no longer serves this machine"),
+            format!(
+                "the peer Secret {namespace}/{name} was deleted (by an admin, or by the gateway when its lease ended): the gateway no longer serves this machine"
+            ),
             "the daemon registers again at its next lease renewal; or run kwg leave, then kwg join (if an admin removed this machine on purpose, ask them first)",
         ),
         SecretProbe::Present {
@@ -285,7 +287,10 @@ pub fn peer(probe: &SecretProbe, now: chrono::DateTime<chrono::Utc>) -> Check {
         } if *e <= now => Check::fail(
             NAME,
             ExitCode::Failure,
-            format!("the peer Secret's lease ended {} ago: the gateway removes this peer", crate::output::span(*e, now)),
+            format!(
+                "the peer Secret's lease ended {} ago: the gateway removes this peer",
+                crate::output::span(*e, now)
+            ),
             "the daemon renews it while it runs and the API server accepts it (see daemon and api); or run kwg leave, then kwg join",
         ),
         SecretProbe::Present { lease_expires } => Check::pass(
@@ -295,7 +300,10 @@ pub fn peer(probe: &SecretProbe, now: chrono::DateTime<chrono::Utc>) -> Check {
                 None => "in place".to_string(),
             },
         ),
-        SecretProbe::Unknown => Check::skip(NAME, "the API server did not say whether the peer Secret exists"),
+        SecretProbe::Unknown => Check::skip(
+            NAME,
+            "the API server did not say whether the peer Secret exists",
+        ),
     }
 }
 

@@ -106,7 +106,10 @@ async fn cluster_checks(kube: &Kube, args: &super::DoctorArgs, ttl: Duration, f:
         f.server_version = Some(version.clone());
     }
     f.checks.push(verdict::api(&kube.server, &probe));
-    let joined = f.state.as_ref().map(|s| (s.kwg_namespace.clone(), s.peer.to_string()));
+    let joined = f
+        .state
+        .as_ref()
+        .map(|s| (s.kwg_namespace.clone(), s.peer.to_string()));
     if !matches!(probe, ApiProbe::Answered { .. }) {
         let why = match probe {
             ApiProbe::Unauthorized => "the API server rejects the credentials (see api)",
@@ -296,7 +299,11 @@ async fn whoami(kube: &Kube) -> Result<Option<String>, ()> {
     let body = res.into_body().collect_bytes().await.unwrap_or_default();
     Ok(serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
-        .and_then(|v| v["status"]["userInfo"]["username"].as_str().map(str::to_string)))
+        .and_then(|v| {
+            v["status"]["userInfo"]["username"]
+                .as_str()
+                .map(str::to_string)
+        }))
 }
 
 /// `kubectl auth can-i` for one need.

@@ -286,7 +286,9 @@ pub fn dns(probe: &DnsProbe, interface: &str) -> Check {
         Err(e) if points_at_kwg == Some(true) => Check::fail(
             NAME,
             ExitCode::DnsVerification,
-            format!("mode {mode}: {name} does not resolve ({e}); /etc/resolv.conf names kwg's forwarder {forwarder}, which got no answer from the cluster DNS through the tunnel"),
+            format!(
+                "mode {mode}: {name} does not resolve ({e}); /etc/resolv.conf names kwg's forwarder {forwarder}, which got no answer from the cluster DNS through the tunnel"
+            ),
             "see the udp, gateway and daemon checks (kwg status names what is wrong with the tunnel)",
         ),
         Err(e) => Check::fail(

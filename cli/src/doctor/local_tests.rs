@@ -169,7 +169,13 @@ fn dns_passes_only_when_kwg_answered_and_names_the_fix_per_mode() {
         *points_at_kwg = Some(true);
     }
     let behind = dns(&behind, "kwg0");
-    assert!(behind.detail.contains("got no answer from the cluster DNS through the tunnel"), "{}", behind.detail);
+    assert!(
+        behind
+            .detail
+            .contains("got no answer from the cluster DNS through the tunnel"),
+        "{}",
+        behind.detail
+    );
     assert!(!behind.fix.unwrap().contains("rewrote"));
     assert_eq!(dns(&DnsProbe::Off, "kwg0").outcome, Outcome::Skip);
 }

@@ -177,7 +177,8 @@ impl super::Driver {
             return;
         };
         let ns = self.args.kube.kwg_namespace.clone();
-        self.watch = Some(tokio::spawn(async move {
+        let follow = self.dns_follow(&kube);
+        let info = async move {
             use kube::runtime::{WatchStreamExt, watcher};
             let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
                 kube::Api::namespaced(kube.client.clone(), &ns);
@@ -204,7 +205,36 @@ impl super::Driver {
                     Err(e) => tracing::warn!(error = %e, "ignoring invalid gateway info"),
                 }
             }
+        };
+        self.watch = Some(tokio::spawn(async move {
+            match follow {
+                Some(f) => {
+                    futures::future::join(info, crate::dns::follow::run(f)).await;
+                }
+                None => info.await,
+            }
         }));
+    }
+
+    /// What keeps the split DNS in step with the cluster's namespaces and the peer's reach
+    /// (`None` without a forwarder: DNS off, or userspace mode).
+    fn dns_follow(&self, kube: &Kube) -> Option<crate::dns::follow::Follow> {
+        let split = self.forwarder.as_ref()?.split_handle();
+        let state = State::load(&self.dir.state()).ok().flatten()?;
+        let resolved = match (&self.resolved, state.dns.as_ref().map(|d| d.mode)) {
+            (Some(r), Some(DnsModeUsed::Resolved)) => {
+                nix::net::if_::if_nametoindex(state.interface.as_str())
+                    .ok()
+                    .map(|i| (r.clone(), i))
+            }
+            _ => None,
+        };
+        Some(crate::dns::follow::Follow {
+            split,
+            kube: kube.clone(),
+            resolved,
+            gateway: state.gateway_admin.map(|a| (a, state.peer.to_string())),
+        })
     }
 
     pub(super) async fn status(&self, session: &Session) -> Status {

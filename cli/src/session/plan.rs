@@ -377,6 +377,7 @@ fn plan_dns(
             &String::from_utf8_lossy(original),
             &facts.info.cluster_domain,
         ),
+        reachable: None,
     };
     let search = split.search_domains();
     let use_resolved = match (&facts.resolved, args.dns_mode) {
@@ -403,18 +404,10 @@ fn plan_dns(
     };
     let mut fallback = None;
     let target = if use_resolved {
-        let names: Vec<&str> = match &split.mapped {
-            Some(m) => m.iter().map(String::as_str).collect(),
-            None => Vec::new(),
-        };
-        let mut domains = resolved::link_domains(
-            &split.cluster_domain,
-            namespace,
-            names,
-            &split.exclude_suffixes,
-        )?
-        .domains;
-        domains.extend(resolved::reverse_domains(&split.reverse_subnets));
+        // `~<ns>` for every namespace whose `<svc>.<ns>` goes to the cluster: resolved
+        // searches no domain for a two-label name, it routes it by its last label (the
+        // daemon keeps these in step with namespaces created and deleted while joined).
+        let domains = resolved::split_domains(&split)?;
         if args.dns_mode == DnsMode::Auto {
             fallback = Some(file);
         }

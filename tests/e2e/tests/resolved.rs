@@ -32,6 +32,71 @@ fn getent(r: &ResolvedNs, l: &Laptop, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// `<svc>.<ns>` of a namespace other than the joined one resolves through resolved (it routes
+/// a two-label name by its last label: kwg's link needs `~<ns>` for each), and so does one of
+/// a namespace created after the join; a deleted namespace loses its routing domain.
+fn every_namespace_resolves_and_follows_new_ones(r: &ResolvedNs, l: &Laptop) {
+    let cluster_ip = |ns: &str, svc: &str| {
+        l.sim
+            .kubectl_admin(&[
+                "-n",
+                ns,
+                "get",
+                "svc",
+                svc,
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ])
+            .unwrap()
+    };
+    let echo = cluster_ip("default", "echo");
+    assert_eq!(getent(r, l, "echo.default").as_deref(), Some(echo.as_str()));
+    l.sim
+        .kubectl_admin(&["create", "namespace", "late"])
+        .unwrap();
+    l.sim
+        .kubectl_admin(&[
+            "-n",
+            "late",
+            "create",
+            "service",
+            "clusterip",
+            "late-svc",
+            "--tcp=80:8080",
+        ])
+        .unwrap();
+    let late = cluster_ip("late", "late-svc");
+    let created = std::time::Instant::now();
+    kwg_e2e::wait_for(
+        "late-svc.late to resolve through resolved",
+        std::time::Duration::from_secs(20),
+        || Ok((getent(r, l, "late-svc.late").as_deref() == Some(late.as_str())).then_some(())),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}",
+            r.resolvectl(&["status", "kwg0"]).unwrap_or_default()
+        )
+    });
+    eprintln!(
+        "MEASURED: a namespace created while joined resolves through resolved after {:.1} s",
+        created.elapsed().as_secs_f64()
+    );
+    assert!(
+        r.resolvectl(&["status", "kwg0"]).unwrap().contains("~late"),
+        "no ~late on kwg0"
+    );
+    l.sim
+        .kubectl_admin(&["delete", "namespace", "late"])
+        .unwrap();
+    kwg_e2e::wait_for(
+        "~late to leave kwg0's domains",
+        std::time::Duration::from_secs(30),
+        || Ok((!r.resolvectl(&["status", "kwg0"])?.contains("~late")).then_some(())),
+    )
+    .unwrap();
+}
+
 fn kwg_link_state(r: &ResolvedNs) -> String {
     // The global view of every link: kwg's link and domains must not appear after leave.
     r.resolvectl(&["status"]).unwrap_or_default()
@@ -102,6 +167,9 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
             getent(&r, &l, "intranet.corp.example").as_deref(),
             Some("192.0.2.80")
         );
+        if !kill {
+            every_namespace_resolves_and_follows_new_ones(&r, &l);
+        }
         let page = run(
             &r,
             &l,

@@ -132,11 +132,7 @@ fn status_is_degraded_with_the_reason_and_doctor_names_it() {
     let (code, out, v) = status(&l);
     assert_eq!(code, Some(DEGRADED), "{out}");
     assert_eq!(line(&out, "Status"), "Status          : Degraded");
-    assert_eq!(
-        kinds(&v),
-        ["daemon-unresponsive", "peer-deleted"],
-        "{v:#}"
-    );
+    assert_eq!(kinds(&v), ["daemon-unresponsive", "peer-deleted"], "{v:#}");
     assert!(out.contains("kill -CONT"), "{out}");
     assert!(out.contains("when the lease ended"), "{out}");
     let d = doctor(&l);
@@ -180,7 +176,10 @@ fn status_is_degraded_with_the_reason_and_doctor_names_it() {
     let (d, restored) = {
         let d = doctor(&l);
         scale(replicas.trim());
-        (d, kwg_e2e::wait_gateway_ready(&sim, Duration::from_secs(30)))
+        (
+            d,
+            kwg_e2e::wait_gateway_ready(&sim, Duration::from_secs(30)),
+        )
     };
     eprintln!("SEEN with the gateway scaled to 0:\n{out}\n{d}");
     assert_eq!(code, Some(DEGRADED), "{out}");
@@ -189,7 +188,10 @@ fn status_is_degraded_with_the_reason_and_doctor_names_it() {
         out.contains("the gateway does not answer through the tunnel"),
         "{out}"
     );
-    assert!(line(&d, "FAIL  gateway").contains("pods of Deployment kwg-gateway"), "{d}");
+    assert!(
+        line(&d, "FAIL  gateway").contains("pods of Deployment kwg-gateway"),
+        "{d}"
+    );
     assert!(line(&d, "skip  udp").contains("(see gateway)"), "{d}");
     blames_nothing_local(&d);
     restored.unwrap();

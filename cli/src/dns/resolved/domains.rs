@@ -32,6 +32,23 @@ pub struct LinkDomains {
     pub skipped: Vec<(String, &'static str)>,
 }
 
+/// Every domain of kwg's link for `split`: [`link_domains`] of the namespaces it routes to
+/// the cluster ([`SplitDns::routed_namespaces`]), then [`reverse_domains`] of its subnets.
+pub fn split_domains(
+    split: &crate::dns::split::SplitDns,
+) -> Result<Vec<LinkDomain>, ResolvedError> {
+    let names = split.routed_namespaces();
+    let mut domains = link_domains(
+        &split.cluster_domain,
+        &split.namespace,
+        names.iter().map(String::as_str),
+        &split.exclude_suffixes,
+    )?
+    .domains;
+    domains.extend(reverse_domains(&split.reverse_subnets));
+    Ok(domains)
+}
+
 /// The domains of kwg's link: `~<cluster_domain>`, the search domain
 /// `<namespace>.svc.<cluster_domain>`, and `~<ns>` for the connected namespace and each of
 /// `namespaces` (the mapped ones, or all visible ones). A namespace (untrusted: from the

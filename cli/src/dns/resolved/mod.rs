@@ -17,7 +17,7 @@
 
 mod domains;
 
-pub use domains::{LinkDomain, LinkDomains, link_domains, reverse_domains};
+pub use domains::{LinkDomain, LinkDomains, link_domains, reverse_domains, split_domains};
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -289,6 +289,20 @@ impl Resolved {
             self.call(call, ifindex, &(ifindex, "no")).await?;
         }
         Ok(())
+    }
+
+    /// Replaces the link's domains (`SetLinkDomains`), e.g. when namespaces come and go.
+    pub async fn set_domains(
+        &self,
+        ifindex: u32,
+        domains: &[LinkDomain],
+    ) -> Result<(), ResolvedError> {
+        let index = link_index(ifindex)?;
+        let domains: Vec<(&str, bool)> = domains
+            .iter()
+            .map(|d| (d.name.as_str(), d.routing_only))
+            .collect();
+        self.call("SetLinkDomains", index, &(index, domains)).await
     }
 
     /// Drops everything set on the link (`RevertLink`). A link that is already gone is fine.
