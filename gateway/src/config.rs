@@ -69,6 +69,11 @@ pub struct Config {
     /// served, later ones get an error annotation.
     #[arg(long, env = "KWG_MAX_PEERS_PER_OWNER", default_value_t = crate::core::DEFAULT_PEERS_PER_OWNER)]
     pub max_peers_per_owner: usize,
+    /// Longest lease honoured: a peer Secret whose `leaseExpires` lies farther out is treated
+    /// as ending this long after the gateway first saw that value (each renewal starts anew),
+    /// so a Secret written once with a lease in years is collected like any unrenewed peer.
+    #[arg(long, env = "KWG_MAX_LEASE", default_value = "24h", value_parser = positive_duration)]
+    pub max_lease: Duration,
     /// Largest peer Secret the gateway parses (bytes of data, annotations and labels);
     /// larger ones are left unparsed with an error annotation.
     #[arg(long, env = "KWG_MAX_SECRET_BYTES", default_value_t = crate::peer_object::DEFAULT_MAX_SECRET_BYTES)]
@@ -97,6 +102,14 @@ pub struct Config {
     /// Serve the WireGuard UAPI socket in this directory (for `wg show`).
     #[arg(long, env = "KWG_UAPI_DIR")]
     pub uapi_dir: Option<PathBuf>,
+}
+
+/// A duration above zero.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be longer than 0s".into()),
+        other => other.map_err(|e| e.to_string()),
+    }
 }
 
 /// `--reach`.
@@ -129,6 +142,8 @@ mod tests {
         assert_eq!(c.listen_port, 51820);
         assert_eq!(c.tcp_pending_per_source, 64);
         assert_eq!((c.max_peers_per_owner, c.max_secret_bytes), (20, 16_384));
+        assert_eq!(c.max_lease, Duration::from_secs(24 * 3600));
+        assert!(Config::try_parse_from(["kwg-gateway", "--max-lease", "0s"]).is_err());
         assert_eq!(
             (c.reach, c.reach_refresh),
             (Reach::Rbac, Duration::from_secs(60))

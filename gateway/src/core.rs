@@ -176,6 +176,8 @@ pub struct Plan {
 
 /// Default of `--max-peers-per-owner`.
 pub const DEFAULT_PEERS_PER_OWNER: usize = 20;
+/// Default of `--max-lease`: 24 h.
+pub const DEFAULT_MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 type Rejected<'a> = (&'a PeerSecret, Problem, String);
 
@@ -191,6 +193,10 @@ pub struct Core {
     /// Leader: assigns addresses. Follower (another replica leads): serves only the
     /// addresses the leader wrote into the annotations, assigns none.
     assigning: bool,
+    /// The longest lease honoured, from when this gateway first saw the lease's value.
+    max_lease: chrono::Duration,
+    /// Per Secret (name, uid): its `leaseExpires` and when it was first seen with it.
+    lease_seen: HashMap<(String, String), (DateTime<Utc>, DateTime<Utc>)>,
 }
 
 impl Core {
@@ -201,7 +207,33 @@ impl Core {
             holders: HashMap::new(),
             peers_per_owner: DEFAULT_PEERS_PER_OWNER,
             assigning: true,
+            max_lease: chrono::Duration::from_std(DEFAULT_MAX_LEASE)
+                .unwrap_or(chrono::Duration::MAX),
+            lease_seen: HashMap::new(),
         }
+    }
+
+    /// Honours a lease for at most `max` after the gateway first saw its `leaseExpires`
+    /// (`--max-lease`): a farther one ends there.
+    pub fn with_max_lease(mut self, max: std::time::Duration) -> Core {
+        self.max_lease = chrono::Duration::from_std(max).unwrap_or(chrono::Duration::MAX);
+        self
+    }
+
+    /// When `secret`'s lease ends for the gateway: its `leaseExpires`, or `--max-lease` after
+    /// the gateway first saw that value, whichever is sooner. A renewal (a new value) starts
+    /// again from `now`.
+    fn lease_end(
+        &mut self,
+        secret: &PeerSecret,
+        stated: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        let seen = self.lease_seen.entry(secret.id()).or_insert((stated, now));
+        if seen.0 != stated {
+            *seen = (stated, now);
+        }
+        stated.min(seen.1.checked_add_signed(self.max_lease).unwrap_or(stated))
     }
 
     /// Serves at most `n` peers per `owner` (those already served, then the oldest).
@@ -230,18 +262,27 @@ impl Core {
         let mut plan = Plan::default();
         let mut errors: Vec<Rejected<'a>> = Vec::new();
         let mut valid: Vec<(&PeerSecret, &PeerSpec)> = Vec::new();
+        let at = DateTime::<Utc>::from(now);
+        let mut ends = HashMap::new();
         for secret in secrets {
             match &secret.spec {
                 Err(e @ SecretError::TooLarge { .. }) => {
                     errors.push((secret, Problem::TooLarge, e.to_string()))
                 }
                 Err(e) => errors.push((secret, Problem::Invalid, e.to_string())),
-                Ok(spec) if spec.lease_expired(now) => {
-                    plan.expired.push(secret.secret_name.clone())
+                Ok(spec) => {
+                    let end = self.lease_end(secret, spec.lease_expires, at);
+                    ends.insert(secret.id(), end);
+                    if at >= end {
+                        plan.expired.push(secret.secret_name.clone())
+                    } else {
+                        valid.push((secret, spec))
+                    }
                 }
-                Ok(spec) => valid.push((secret, spec)),
             }
         }
+        // Secrets gone are forgotten.
+        self.lease_seen.retain(|id, _| ends.contains_key(id));
         let live = self.select(valid, &mut errors);
         self.allocate(&live, &mut errors);
         self.report(errors, &mut plan);
@@ -265,10 +306,15 @@ impl Core {
                     new: have.is_none(),
                 }),
             }
-            let lease = spec.lease_expires;
+            let lease = ends
+                .get(&secret.id())
+                .copied()
+                .unwrap_or(spec.lease_expires);
             plan.next_expiry = Some(plan.next_expiry.map_or(lease, |e| e.min(lease)));
+            let mut spec = spec.clone();
+            spec.lease_expires = lease; // what /peers shows: when the gateway collects it
             plan.active.push(ActivePeer {
-                spec: spec.clone(),
+                spec,
                 ip,
                 groups: secret.groups.clone(),
             });

@@ -92,10 +92,9 @@ fn new_peer_is_added_and_annotated() {
         }]
     );
     assert_eq!(plan.annotate, [("kwg-peer-a".to_owned(), ip)]);
-    assert_eq!(
-        plan.next_expiry,
-        Some(contract::parse_lease(LEASE).unwrap())
-    );
+    // LEASE (2030) lies beyond --max-lease: the gateway holds it to 24 h from now.
+    let capped = DateTime::<Utc>::from(now()) + chrono::Duration::hours(24);
+    assert_eq!(plan.next_expiry, Some(capped));
     apply(&plan, &mut running, &mut secrets);
     let again = c.reconcile(secrets.values(), &running, now());
     assert!(
@@ -228,6 +227,43 @@ fn lease_passing_removes_running_peer() {
     let plan = c.reconcile(secrets.values(), &running, end);
     assert_eq!(plan.expired, ["kwg-peer-a"]);
     assert_eq!(plan.device, [DeviceOp::Remove { key: k }]);
+}
+
+#[test]
+fn a_lease_beyond_the_maximum_ends_max_after_it_was_first_seen() {
+    let mut c = core().with_max_lease(Duration::from_secs(3600));
+    let k = key();
+    let far = |lease: &str| {
+        store([PeerSecret::parse(
+            "kwg-peer-a",
+            &data("a", &k, lease),
+            &BTreeMap::new(),
+        )])
+    };
+    let mut secrets = far(LEASE);
+    let mut running = BTreeMap::new();
+    let plan = c.reconcile(secrets.values(), &running, now());
+    apply(&plan, &mut running, &mut secrets);
+    let hour = Duration::from_secs(3600);
+    let cap = DateTime::<Utc>::from(now() + hour);
+    assert_eq!(plan.next_expiry, Some(cap));
+    // /peers shows when the gateway collects it, not the stated 2030.
+    assert_eq!(plan.active[0].spec.lease_expires, cap);
+    // Reconciling later does not move the end (it runs from when the value was first seen).
+    let later = c.reconcile(secrets.values(), &running, now() + hour / 2);
+    assert_eq!(later.next_expiry, Some(cap));
+    let plan = c.reconcile(secrets.values(), &running, now() + hour);
+    assert_eq!(plan.expired, ["kwg-peer-a"]);
+    assert_eq!(plan.device, [DeviceOp::Remove { key: k }]);
+    // A renewal (a new value, even a far one) starts anew; a lease within the cap is kept.
+    let renewed = far("2031-01-01T00:00:00Z");
+    let at = now() + hour / 2;
+    let plan = c.reconcile(renewed.values(), &BTreeMap::new(), at);
+    assert_eq!(plan.next_expiry, Some(DateTime::<Utc>::from(at + hour)));
+    let near = DateTime::<Utc>::from(at + hour / 4);
+    let soon = far(&contract::format_lease(near));
+    let plan = c.reconcile(soon.values(), &BTreeMap::new(), at);
+    assert_eq!(plan.next_expiry, Some(near));
 }
 
 #[test]

@@ -129,7 +129,9 @@ pub async fn run(
             token.clone(),
         ))
     });
-    let core = Core::new(alloc).with_peers_per_owner(cfg.max_peers_per_owner);
+    let core = Core::new(alloc)
+        .with_peers_per_owner(cfg.max_peers_per_owner)
+        .with_max_lease(cfg.max_lease);
     let result = PeerLoop::new(client, &cfg, core, device.handle(), state)
         .run(token.clone(), leader_rx)
         .await;
