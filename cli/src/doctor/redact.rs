@@ -20,9 +20,10 @@ static FIELD: LazyLock<Regex> = LazyLock::new(|| {
     )
     .unwrap()
 });
-/// `scheme://user:password@host`: the password goes, the user stays.
+/// `scheme://user:password@host` and `scheme://token@host`: the whole user info goes (a
+/// user name in a URL is often a token itself).
 static URL_USERINFO: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@").unwrap());
+    LazyLock::new(|| Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@").unwrap());
 static AUTH_HEADER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9\-._~+/]+=*").unwrap());
 static JWT: LazyLock<Regex> = LazyLock::new(|| {
@@ -83,10 +84,6 @@ pub fn kubeconfig(text: &str, public: &[String]) -> String {
     redact(&text, public)
 }
 
-/// Names of flags and variables that carry a secret.
-static SECRET_NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)token|passw|pwd|secret|key|credential|cookie|auth").unwrap());
-
 fn user_entry(user: &mut Value) {
     let Some(m) = user.as_mapping_mut() else {
         return blank(user);
@@ -110,17 +107,9 @@ fn exec(v: &mut Value) {
         match k.as_str().unwrap_or_default() {
             "command" | "apiVersion" | "installHint" | "interactiveMode" | "provideClusterInfo" => {
             }
-            "args" => {
-                let mut after_secret_flag = false;
-                for a in v.as_sequence_mut().into_iter().flatten() {
-                    let s = a.as_str().unwrap_or_default().to_string();
-                    if after_secret_flag && !s.starts_with('-') {
-                        blank(a);
-                    }
-                    after_secret_flag =
-                        s.starts_with('-') && !s.contains('=') && SECRET_NAME.is_match(&s);
-                }
-            }
+            // Every argument: a secret hides behind any flag (`-p`) or none (a positional
+            // token); how many there are still shows.
+            "args" => blank(v),
             "env" => {
                 for e in v.as_sequence_mut().into_iter().flatten() {
                     keep_only(e, &["name"]);

@@ -142,7 +142,7 @@ fn bearer_tokens_in_logs_are_redacted() {
 }
 
 #[test]
-fn a_kubeconfig_exec_plugin_keeps_its_command_and_env_names_only() {
+fn a_kubeconfig_exec_plugin_keeps_its_command_and_env_names_only_every_argument_goes() {
     let text = r#"apiVersion: v1
 kind: Config
 users:
@@ -151,7 +151,7 @@ users:
     exec:
       apiVersion: client.authentication.k8s.io/v1
       command: vault-k8s-login
-      args: ["--role", "dev", "--auth-token", "hvs.CAESIJ9vault-secret", "--password=pw-in-arg"]
+      args: ["--role", "dev", "--auth-token", "hvs.CAESIJ9vault-secret", "--password=pw-in-arg", "-p", "short-flag-secret", "get-token", "positional-secret-token"]
       env:
       - name: VAULT_TOKEN
         value: hvs.CAESIvault-env-secret
@@ -179,6 +179,8 @@ users:
             "hvs.CAESIvault-env-secret",
             "prod-profile-name",
             "pw-in-arg",
+            "short-flag-secret",
+            "positional-secret-token",
             "opaque-provider-secret",
             "impersonated-secret-scope",
         ],
@@ -187,9 +189,10 @@ users:
     let exec = &doc["users"][0]["user"]["exec"];
     assert_eq!(exec["command"], "vault-k8s-login", "{out}");
     assert_eq!(exec["apiVersion"], "client.authentication.k8s.io/v1");
-    assert_eq!(exec["args"][0], "--role");
-    assert_eq!(exec["args"][1], "dev");
-    assert_eq!(exec["args"][3], REDACTED);
+    // Every argument goes, whatever flag (or none) precedes it; their number stays.
+    let args = exec["args"].as_array().unwrap();
+    assert_eq!(args.len(), 9, "{out}");
+    assert!(args.iter().all(|a| a == REDACTED), "{out}");
     assert_eq!(exec["env"][0]["name"], "VAULT_TOKEN");
     assert_eq!(exec["env"][0]["value"], REDACTED);
     assert_eq!(exec["env"][1]["value"], REDACTED);
@@ -230,13 +233,19 @@ fn secret_words_anywhere_in_a_field_name_and_url_passwords_are_redacted() {
             "sk-live-123456",
             "abcdef-secret",
             "p4ss-w0rd",
+            "alice:",
         ],
     );
     assert!(out.contains("aws_secret_access_key = REDACTED"), "{out}");
     assert!(out.contains(r#""apiKey": "REDACTED""#), "{out}");
     assert!(
-        out.contains("https://alice:REDACTED@proxy.example:3128/path"),
+        out.contains("https://REDACTED@proxy.example:3128/path"),
         "{out}"
+    );
+    // A user name alone in a URL (often a token itself) goes too.
+    assert_eq!(
+        redact("proxy-url: http://ghp_tok3n@proxy:8080", &[]),
+        "proxy-url: http://REDACTED@proxy:8080"
     );
     assert!(out.contains(r#""user": "alice""#), "{out}");
     // A path stays; a secret word in the name of an object or list keeps the JSON whole.
