@@ -78,12 +78,28 @@ pub fn spinner_line(message: &str, elapsed: Duration, tick: usize) -> String {
     }
 }
 
+/// In the plain style, a step still under way is said again after this long, then every
+/// [`STILL_EVERY`], so a CI log shows where a slow join waits.
+const STILL_FIRST: Duration = Duration::from_secs(5);
+const STILL_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether a step under way for `elapsed`, last said again at `said` (`None`: not yet), is
+/// due to be said again.
+pub fn still_due(elapsed: Duration, said: Option<Duration>) -> bool {
+    match said {
+        None => elapsed >= STILL_FIRST,
+        Some(at) => elapsed >= at + STILL_EVERY,
+    }
+}
+
 struct Spinner {
     message: Option<String>,
     since: Instant,
     tick: usize,
     /// The spinner line is on the screen.
     drawn: bool,
+    /// Plain style: when the step under way was last said again.
+    said: Option<Duration>,
 }
 
 impl Spinner {
@@ -129,17 +145,30 @@ impl Reporter {
             since: Instant::now(),
             tick: 0,
             drawn: false,
+            said: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
-        let ticker = (style == Style::Terminal).then(|| {
+        let ticker = (style != Style::Json).then(|| {
             let (spinner, stop) = (spinner.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(TICK);
                     let mut s = spinner.lock().unwrap_or_else(|e| e.into_inner());
-                    if s.drawn {
+                    if style == Style::Terminal && s.drawn {
                         s.tick += 1;
                         s.draw(&mut std::io::stderr().lock());
+                    }
+                    let elapsed = s.since.elapsed();
+                    if style == Style::Plain
+                        && let Some(m) = s.message.as_ref().filter(|_| still_due(elapsed, s.said))
+                    {
+                        let line = format!("{m} ({}s so far)", elapsed.as_secs());
+                        let _ = writeln!(
+                            std::io::stderr().lock(),
+                            "{}",
+                            plain_line(Utc::now(), &line)
+                        );
+                        s.said = Some(elapsed);
                     }
                 }
             })
@@ -162,7 +191,9 @@ impl Reporter {
         let mut err = std::io::stderr().lock();
         s.erase(&mut err);
         let _ = writeln!(err, "{line}");
-        s.draw(&mut err);
+        if self.style == Style::Terminal {
+            s.draw(&mut err);
+        }
     }
 
     /// A step begins.
@@ -174,8 +205,13 @@ impl Reporter {
                 s.since = Instant::now();
                 s.draw(&mut std::io::stderr().lock());
             }
-            // The plain log has the sentences of what was done, not each step's start.
-            Style::Plain => {}
+            // The plain log has the sentences of what was done, and a step only when it is slow.
+            Style::Plain => {
+                let mut s = self.spinner.lock().unwrap_or_else(|e| e.into_inner());
+                s.message = Some(message.to_string());
+                s.since = Instant::now();
+                s.said = None;
+            }
             Style::Json => self.above(&json_event(
                 Utc::now(),
                 "doing",
@@ -312,6 +348,15 @@ mod tests {
         assert_eq!(v["event"], "doing");
         assert_eq!(v["step"], "Registering");
         assert_eq!(v["message"], "a\nb");
+    }
+
+    #[test]
+    fn a_slow_step_is_said_again_after_5s_then_every_10s() {
+        let s = Duration::from_secs;
+        assert!(!still_due(s(4), None));
+        assert!(still_due(s(5), None));
+        assert!(!still_due(s(14), Some(s(5))));
+        assert!(still_due(s(15), Some(s(5))));
     }
 
     #[test]
