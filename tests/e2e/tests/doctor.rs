@@ -36,6 +36,87 @@ fn outcome(checks: &serde_json::Value, name: &str) -> String {
         .to_string()
 }
 
+/// The developer's kubeconfig with its `user` replaced by `user_yaml` (indented 4), in a file
+/// next to the laptop's state.
+fn kubeconfig_with_user(l: &Laptop, file: &str, user_yaml: &str) -> String {
+    let developer = std::fs::read_to_string(l.sim.names().kubeconfig("developer")).unwrap();
+    let (head, _) = developer.split_once("users:").unwrap();
+    let path = l.state.with_extension(file);
+    std::fs::write(
+        &path,
+        format!("{head}users:\n- name: developer\n  user:\n{user_yaml}"),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// A rejected token is a failed api check that says to log in again (not "authenticated as"
+/// followed by a raw 401); a bundle made with an exec plugin's secret arguments, env values
+/// and a proxy URL's user info holds none of them.
+fn rejected_token_and_crafted_exec_arguments(l: &Laptop) {
+    let bad = kubeconfig_with_user(l, "bad-token", "    token: kwg-revoked-token-0123456789\n");
+    let (code, checks, out) = doctor(l, &["--kubeconfig", &bad]);
+    eprintln!("api with a rejected token: {}", checks["api"]);
+    assert_eq!(outcome(&checks, "api"), "fail", "{checks:#}");
+    assert_eq!(code, 4, "{checks:#}");
+    assert!(
+        checks["api"]["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("rejects the credentials (401 Unauthorized)"),
+        "{checks:#}"
+    );
+    assert!(
+        checks["api"]["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("log in again"),
+        "{checks:#}"
+    );
+    for name in ["rbac", "gateway", "peer"] {
+        assert_eq!(outcome(&checks, name), "skip", "{name}: {checks:#}");
+    }
+    let all = text(&out.stdout);
+    assert!(!all.contains("authenticated as"), "{all}");
+    assert!(!all.contains("ApiError"), "{all}");
+    let _ = std::fs::remove_file(&bad);
+
+    let crafted = kubeconfig_with_user(
+        l,
+        "crafted",
+        "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/false\n      args: [\"-p\", \"SHORT-FLAG-S3CRET\", \"POSITIONAL-T0KEN\", \"--role=dev\"]\n      env:\n      - name: PLUGIN_TOKEN\n        value: ENV-VALUE-S3CRET\n",
+    );
+    let crafted_text = std::fs::read_to_string(&crafted).unwrap().replace(
+        "    server: https",
+        "    proxy-url: http://proxyuser:PROXY-PASSW0RD@192.0.2.99:3128\n    server: https",
+    );
+    std::fs::write(&crafted, crafted_text).unwrap();
+    let bundle = l.state.with_extension("crafted.tar.gz");
+    let bundle_s = bundle.to_str().unwrap();
+    l.kwg(&["doctor", "--kubeconfig", &crafted, "--bundle", bundle_s]);
+    let unpacked = l.state.with_extension("crafted-bundle");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    run_ok(
+        l,
+        &["tar", "-xzf", bundle_s, "-C", unpacked.to_str().unwrap()],
+    );
+    let kc = std::fs::read_to_string(unpacked.join("kwg-doctor/kubeconfig.yaml")).unwrap();
+    for secret in [
+        "SHORT-FLAG-S3CRET",
+        "POSITIONAL-T0KEN",
+        "ENV-VALUE-S3CRET",
+        "PROXY-PASSW0RD",
+        "proxyuser",
+    ] {
+        assert!(!kc.contains(secret), "{secret} in the bundle:\n{kc}");
+    }
+    assert!(kc.contains("/bin/false"), "{kc}");
+    assert!(kc.contains("PLUGIN_TOKEN"), "{kc}");
+    let _ = std::fs::remove_dir_all(&unpacked);
+    let _ = std::fs::remove_file(&bundle);
+    let _ = std::fs::remove_file(&crafted);
+}
+
 fn run_ok(l: &Laptop, argv: &[&str]) {
     let out = l.run(argv);
     assert!(out.status.success(), "{argv:?}: {}", text(&out.stderr));
@@ -71,14 +152,14 @@ fn doctor_passes_a_healthy_join_and_names_the_fix_of_each_failure() {
     for (name, c) in checks.as_object().unwrap() {
         assert_eq!(c["outcome"], "pass", "{name}: {checks:#}");
     }
-    assert_eq!(checks.as_object().unwrap().len(), 9, "{checks:#}");
+    assert_eq!(checks.as_object().unwrap().len(), 10, "{checks:#}");
     let out = l.kwg(&["doctor"]);
     let lines = text(&out.stdout);
     eprintln!("kwg doctor (healthy join):\n{lines}");
     assert!(out.status.success());
     assert_eq!(
         lines.lines().filter(|l| l.starts_with("ok ")).count(),
-        9,
+        10,
         "{lines}"
     );
     assert!(lines.contains("lease ends in"), "{lines}");
@@ -128,6 +209,8 @@ fn doctor_passes_a_healthy_join_and_names_the_fix_of_each_failure() {
     assert!(all.contains("REDACTED"), "nothing was redacted: {all}");
     let _ = std::fs::remove_dir_all(&unpacked);
     let _ = std::fs::remove_file(&bundle);
+
+    rejected_token_and_crafted_exec_arguments(&l);
 
     // UDP to the gateway dropped: the udp check fails first and names it.
     let block = Blocked::new(&l, &format!("ip daddr {NODE_IP} meta l4proto udp drop"));
