@@ -113,7 +113,11 @@ fn refused(what: impl Into<String>, why: impl Into<String>) -> Error {
 }
 
 /// Checks the gateway info: its subnets, gateway IP, tunnel CIDR, cluster domain and DNS IP.
-pub fn check_info(info: &GatewayInfo, machine: &Machine, consent: &Consent<'_>) -> Result<(), Error> {
+pub fn check_info(
+    info: &GatewayInfo,
+    machine: &Machine,
+    consent: &Consent<'_>,
+) -> Result<(), Error> {
     let users = |net: &IpNet| consent.also_proxy.iter().any(|a| a.contains(net));
     // Subnets inside the user's own --also-proxy are routed anyway: nothing to accept.
     let cluster: Vec<IpNet> = info
@@ -153,8 +157,11 @@ pub fn check_info(info: &GatewayInfo, machine: &Machine, consent: &Consent<'_>) 
     }
     let tunnel = IpNet::V4(info.tunnel_cidr.trunc());
     if !users(&tunnel) {
-        check_space(&tunnel)
-            .map_err(|(why, allow)| Refusal::new(format!("tunnelCidr {tunnel}"), why).allow(allow).error())?;
+        check_space(&tunnel).map_err(|(why, allow)| {
+            Refusal::new(format!("tunnelCidr {tunnel}"), why)
+                .allow(allow)
+                .error()
+        })?;
     }
     check_cluster_domain(&info.cluster_domain, consent)?;
     if let Some(dns) = info.dns_ip
@@ -182,7 +189,9 @@ fn check_space(net: &IpNet) -> Result<(), (String, String)> {
     };
     if net.prefix_len() < min {
         return Err((
-            format!("a prefix shorter than /{min} would route far more than a cluster through the tunnel"),
+            format!(
+                "a prefix shorter than /{min} would route far more than a cluster through the tunnel"
+            ),
             allow,
         ));
     }
@@ -435,27 +444,73 @@ mod tests {
     #[test]
     fn hostile_subnets_are_refused_with_the_reason_and_the_flag() {
         for (cidr, why, flag) in [
-            ("0.0.0.0/1", "a prefix shorter than /8", "--also-proxy 0.0.0.0/1"),
-            ("0.0.0.0/0", "a prefix shorter than /8", "--also-proxy 0.0.0.0/0"),
+            (
+                "0.0.0.0/1",
+                "a prefix shorter than /8",
+                "--also-proxy 0.0.0.0/1",
+            ),
+            (
+                "0.0.0.0/0",
+                "a prefix shorter than /8",
+                "--also-proxy 0.0.0.0/0",
+            ),
             ("127.0.0.0/16", "reserved range 127.0.0.0/8", "--also-proxy"),
-            ("169.254.169.254/32", "reserved range 169.254.0.0/16", "--also-proxy"),
+            (
+                "169.254.169.254/32",
+                "reserved range 169.254.0.0/16",
+                "--also-proxy",
+            ),
             ("224.0.0.0/8", "reserved range 224.0.0.0/4", "--also-proxy"),
-            ("8.0.0.0/8", "public address space", "--also-proxy 8.0.0.0/8"),
-            ("172.32.0.0/16", "public address space", "--also-proxy 172.32.0.0/16"),
+            (
+                "8.0.0.0/8",
+                "public address space",
+                "--also-proxy 8.0.0.0/8",
+            ),
+            (
+                "172.32.0.0/16",
+                "public address space",
+                "--also-proxy 172.32.0.0/16",
+            ),
             ("100.128.0.0/10", "public address space", "--also-proxy"),
-            ("192.0.2.0/24", "public address space", "--also-proxy 192.0.2.0/24"),
-            ("2001:db8::/32", "public address space", "--also-proxy 2001:db8::/32"),
+            (
+                "192.0.2.0/24",
+                "public address space",
+                "--also-proxy 192.0.2.0/24",
+            ),
+            (
+                "2001:db8::/32",
+                "public address space",
+                "--also-proxy 2001:db8::/32",
+            ),
             ("fc00::/7", "a prefix shorter than /32", "--also-proxy"),
-            ("10.1.0.0/16", "covers this machine's address 10.1.2.3", "--never-proxy 10.1.2.3/32"),
-            ("192.168.1.0/24", "covers this machine's default gateway 192.168.1.1", "--never-proxy 192.168.1.1/32"),
-            ("172.20.0.0/16", "covers this machine's DNS server 172.20.0.53", "--never-proxy 172.20.0.53/32"),
-            ("100.100.0.0/24", "covers the API server's address 100.100.0.1", "--never-proxy 100.100.0.1/32"),
+            (
+                "10.1.0.0/16",
+                "covers this machine's address 10.1.2.3",
+                "--never-proxy 10.1.2.3/32",
+            ),
+            (
+                "192.168.1.0/24",
+                "covers this machine's default gateway 192.168.1.1",
+                "--never-proxy 192.168.1.1/32",
+            ),
+            (
+                "172.20.0.0/16",
+                "covers this machine's DNS server 172.20.0.53",
+                "--never-proxy 172.20.0.53/32",
+            ),
+            (
+                "100.100.0.0/24",
+                "covers the API server's address 100.100.0.1",
+                "--never-proxy 100.100.0.1/32",
+            ),
         ] {
             let err = check(&with_pod(cidr), &[], &[], None).unwrap_err();
             let net: IpNet = cidr.parse().unwrap();
             assert!(
-                err.contains(&format!("refused cluster subnet {} from the cluster", net.trunc()))
-                    && err.contains(why)
+                err.contains(&format!(
+                    "refused cluster subnet {} from the cluster",
+                    net.trunc()
+                )) && err.contains(why)
                     && err.contains(&format!("pass {flag}")),
                 "{cidr}: {err}"
             );
@@ -526,16 +581,26 @@ mod tests {
         i.tunnel_cidr = "8.8.8.0/24".parse().unwrap();
         i.gateway_ip = "8.8.8.1".parse().unwrap();
         let err = check(&i, &[], &[], None).unwrap_err();
-        assert!(err.contains("refused gatewayIp 8.8.8.1") && err.contains("public address space"), "{err}");
+        assert!(
+            err.contains("refused gatewayIp 8.8.8.1") && err.contains("public address space"),
+            "{err}"
+        );
         assert!(err.contains("pass --also-proxy 8.8.8.1/32"), "{err}");
         let err = check(&i, &["8.8.8.1/32"], &[], None).unwrap_err();
-        assert!(err.contains("refused tunnelCidr 8.8.8.0/24") && err.contains("public"), "{err}");
+        assert!(
+            err.contains("refused tunnelCidr 8.8.8.0/24") && err.contains("public"),
+            "{err}"
+        );
         check(&i, &["8.8.8.0/24"], &[], None).unwrap();
         let mut i = info();
         i.tunnel_cidr = "100.100.0.0/16".parse().unwrap();
         i.gateway_ip = "100.100.0.1".parse().unwrap();
         let err = check(&i, &[], &[], None).unwrap_err();
-        assert!(err.contains("refused gatewayIp 100.100.0.1") && err.contains("covers the API server's address"), "{err}");
+        assert!(
+            err.contains("refused gatewayIp 100.100.0.1")
+                && err.contains("covers the API server's address"),
+            "{err}"
+        );
     }
 
     fn domain(d: &str, flag: Option<&str>) -> Result<(), String> {
@@ -560,7 +625,10 @@ mod tests {
         }
         for (bad, why) in [
             ("co.uk", "is a public suffix"),
-            ("bbc.co.uk", "public name under the public suffix co.uk (registrable domain bbc.co.uk)"),
+            (
+                "bbc.co.uk",
+                "public name under the public suffix co.uk (registrable domain bbc.co.uk)",
+            ),
             ("www.bbc.co.uk", "registrable domain bbc.co.uk"),
             ("k8s.example.de", "public suffix de"),
             ("co.jp", "is a public suffix"),
