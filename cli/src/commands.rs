@@ -41,12 +41,14 @@ pub fn has_cap_net_admin() -> bool {
 /// `kwg join`: starts the daemon (or runs it here with --foreground) and waits until it is
 /// connected or failed.
 pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
+    let format = args.output;
+    let reporter = Reporter::new(format);
     let facts = crate::userspace::ModeFacts::probe();
     match crate::userspace::choose(args.userspace, args.tun, facts, args.proxy_listen) {
         (crate::userspace::Mode::Userspace, why) => {
             args.userspace = true;
             if let Some(why) = why {
-                eprintln!("{why}");
+                reporter.step(&why);
             }
         }
         _ if !privileged() => return Err(Error::NotPrivileged),
@@ -57,8 +59,6 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
     if let Holder::Running(pid) = DaemonLock::holder(&dir.lock()) {
         return Err(Error::AlreadyJoined { pid });
     }
-    let format = args.output;
-    let reporter = Reporter::new(format);
     if args.foreground {
         let mut report = |p: Progress| match p {
             Progress::Ready(status) => {
