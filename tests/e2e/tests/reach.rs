@@ -115,6 +115,14 @@ fn a_view_only_user_reaches_its_namespace_and_what_a_new_binding_grants() -> Res
     let echo_pod = c.pod_ip("default", "echo")?;
     assert!(text(&l.curl("web-app:80").stdout).contains("Emoji Vote"));
     assert!(answers(&l, &sa, &format!("http://{web}/")));
+    // Names of the namespace it cannot reach are NXDOMAIN (kwg's DNS follows the gateway's
+    // reach), not a ClusterIP the gateway would drop; its own namespace's names resolve.
+    wait_for("echo.default NXDOMAIN", Duration::from_secs(10), || {
+        let out = l.run(&["dig", "+time=3", "echo.default.svc.cluster.local"]);
+        Ok(text(&out.stdout).contains("status: NXDOMAIN").then_some(()))
+    })?;
+    assert_eq!(l.dig("echo.default"), "");
+    assert_eq!(l.dig("web-app.emojivoto"), web);
 
     // `default` was asked for but the owner may not get Services there: dropped, counted.
     let before = drops(&c, "rbac")?;
@@ -148,6 +156,9 @@ fn a_view_only_user_reaches_its_namespace_and_what_a_new_binding_grants() -> Res
     eprintln!("RoleBinding took effect in {:?}", granted_at.elapsed());
     wait_for("kwg status lists default", Duration::from_secs(10), || {
         Ok((reachable(&l, &sa)? == ["default", "emojivoto"]).then_some(()))
+    })?;
+    wait_for("echo.default resolves again", Duration::from_secs(10), || {
+        Ok((l.dig("echo.default") == echo).then_some(()))
     })?;
     assert!(text(&l.curl("echo.default").stdout).contains("Echo"));
     c.kubectl_admin(&[
