@@ -98,10 +98,15 @@ pub fn desired_slice(svc: &Service, pods: &[Pod]) -> Option<EndpointSlice> {
         })
         .collect();
     let name = svc.name_any();
+    // Owned by its Service, as the real controller's slices are (the garbage collector
+    // deletes them with it).
+    let owner = json!({"apiVersion": "v1", "kind": "Service", "name": name,
+        "uid": svc.metadata.uid, "controller": true, "blockOwnerDeletion": true});
     serde_json::from_value(json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": name, "namespace": svc.metadata.namespace,
-            "labels": {SERVICE_NAME_LABEL: name, MANAGED_BY: MANAGER}},
+            "labels": {SERVICE_NAME_LABEL: name, MANAGED_BY: MANAGER},
+            "ownerReferences": [owner]},
         "addressType": "IPv4", "ports": ports, "endpoints": endpoints,
     }))
     .ok()
@@ -239,7 +244,24 @@ async fn reconcile(
             .await?;
         }
     }
-    // Slices we manage whose Service is gone (or lost its selector).
+    // Slices labelled as ours and not wanted: those a Service with a selector no longer
+    // needs (the controller reconciles its own), and those owned by a Service that is gone
+    // (what the garbage collector deletes). Like the real controller, the slices of a Service
+    // without selector are left alone, whoever labelled them: they are written out of band.
+    let selectorless: std::collections::BTreeSet<_> = services
+        .iter()
+        .filter(|s| {
+            s.spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .is_none_or(|s| s.is_empty())
+        })
+        .map(|s| key(&s.metadata.namespace, &s.metadata.name))
+        .collect();
+    let uids: std::collections::BTreeSet<_> = services
+        .iter()
+        .filter_map(|s| s.metadata.uid.as_deref())
+        .collect();
     for (k, s) in &cur_slices {
         let ours = s
             .metadata
@@ -248,7 +270,17 @@ async fn reconcile(
             .and_then(|l| l.get(MANAGED_BY))
             .map(String::as_str)
             == Some(MANAGER);
-        if ours && !wanted.contains(k) {
+        let service = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
+        let of_selectorless =
+            service.is_some_and(|n| selectorless.contains(&(k.0.clone(), n.clone())));
+        let orphan = s.metadata.owner_references.iter().flatten().any(|o| {
+            o.kind == "Service" && o.controller == Some(true) && !uids.contains(o.uid.as_str())
+        });
+        if ours && !wanted.contains(k) && (!of_selectorless || orphan) {
             let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &k.0);
             let _ = api.delete(&k.1, &DeleteParams::default()).await;
         }
@@ -305,6 +337,19 @@ mod tests {
             })
             .collect();
         assert_eq!(addrs, [("10.244.0.2", true), ("10.244.0.3", false)]);
+    }
+
+    #[test]
+    fn a_slice_is_owned_by_its_service() {
+        let mut svc = service("10.96.0.5");
+        svc.metadata.uid = Some("uid-web".into());
+        let slice = desired_slice(&svc, &[pod("a", "10.244.0.2", true, "web")]).unwrap();
+        let owner = &slice.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("Service", "uid-web")
+        );
+        assert_eq!(owner.controller, Some(true));
     }
 
     #[test]
