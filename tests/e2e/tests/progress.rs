@@ -197,10 +197,28 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
             );
             assert!(secret_exists(&sim, "ctrlc"));
             send(&child, signal);
+            let mut err: Vec<String> = Vec::new();
+            if signal == "INT" {
+                // A second Ctrl-C while it undoes: it says so and goes on undoing.
+                for (_, line) in rx.iter() {
+                    let cancelling = line.contains("cancelling the join");
+                    err.push(line);
+                    if cancelling {
+                        send(&child, "INT");
+                        break;
+                    }
+                }
+            }
             let (exit, stdout) = finish(child);
-            let err: Vec<String> = rx.iter().map(|(_, l)| l).collect();
+            err.extend(rx.iter().map(|(_, l)| l));
             let err = err.join("\n");
             assert_eq!(exit, Some(code), "SIG{signal}: {stdout}\n{err}");
+            if signal == "INT" {
+                assert!(
+                    err.contains("Still undoing the steps taken; kwg exits when they are undone"),
+                    "{err}"
+                );
+            }
             assert!(
                 err.contains(&format!(
                     "{by}: cancelling the join, undoing the steps taken"
