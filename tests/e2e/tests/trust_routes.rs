@@ -160,6 +160,7 @@ fn a_hostile_cluster_cannot_route_resolve_or_forward_through_the_laptop() {
     // The hostile gateway will need its UAPI socket (case d): a rolling update, under way
     // while the refusals below run.
     let d = "deployment/kwg-gateway";
+    let _uapi = RemoveDir(uapi_dir(&sim));
     let env = format!("KWG_UAPI_DIR={}", uapi_dir(&sim));
     sim.kubectl_admin(&["-n", GATEWAY_NS, "set", "env", d, &env])
         .unwrap();
@@ -349,5 +350,13 @@ fn a_hostile_cluster_cannot_route_resolve_or_forward_through_the_laptop() {
     assert!(l.kwg(&["leave"]).status.success());
     let tables = text(&l.run(&["nft", "list", "tables"]).stdout);
     assert!(!tables.contains("kwg_"), "{tables}");
-    let _ = std::fs::remove_dir_all(uapi_dir(&sim));
+}
+
+/// Removes a directory on drop (the gateway's UAPI socket directory, outside the cluster's).
+struct RemoveDir(String);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
