@@ -14,8 +14,8 @@ pub mod health;
 pub mod lock;
 pub mod output;
 pub mod portforward;
-pub mod reach;
 pub mod progress;
+pub mod reach;
 pub mod routes;
 pub mod session;
 pub mod state;
@@ -28,7 +28,6 @@ pub use error::Error;
 use args::{Cli, Command};
 use state::StateDir;
 
-/// Runs a parsed command; returns the process exit code.
 /// Starts tracing. kwg's commands say what matters in sentences of their own, so their logs
 /// are off unless `KWG_LOG` asks for them (an `EnvFilter` directive such as `debug`), on
 /// stderr, coloured only when stderr is a terminal; `KWG_LOG_FORMAT=json` for JSON lines. The
@@ -51,6 +50,7 @@ pub fn init_tracing(daemon: bool) {
     }
 }
 
+/// Runs a parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
     let dir = StateDir::from_env();
     if !matches!(cli.command, Command::CiCredentials(_)) {
