@@ -27,6 +27,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
 
 /// A namespace's number in the `dest_ns` and `peer_ns` sets (the packet mark the lookup sets;
 /// never 0, the mark of a packet whose destination is in no namespace).
@@ -65,6 +66,56 @@ pub struct Inventory {
     /// ClusterIPs with an endpoint that is no pod: no peer reaches them.
     pub refused: BTreeMap<Ipv4Addr, Refused>,
     pub dns: BTreeSet<Ipv4Addr>,
+    /// Whose pod each address is (two namespaces for a stale address already reused).
+    pub pods: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+}
+
+/// How long an address whose pod went still counts as that pod's namespace's for the
+/// endpoints that list it: the EndpointSlice controller drops a deleted pod's endpoint only
+/// after the Pod is gone, and meanwhile the Service's ClusterIP would be refused to everyone.
+pub const DEPARTED_GRACE: Duration = Duration::from_secs(10);
+
+/// Pod addresses that went within [`DEPARTED_GRACE`] (time passed in).
+#[derive(Debug, Default)]
+pub struct Departed {
+    last: BTreeMap<Ipv4Addr, String>,
+    left: BTreeMap<Ipv4Addr, (String, Instant)>,
+}
+
+impl Departed {
+    /// Notes the addresses that stopped being pods since the last call (`pods`: the
+    /// inventory's) and forgets those that are pods again or went more than the grace ago.
+    /// Whether an address just went (judge the endpoints again with it).
+    pub fn update(&mut self, pods: &BTreeMap<Ipv4Addr, BTreeSet<String>>, now: Instant) -> bool {
+        let mut went = false;
+        for (ip, ns) in &self.last {
+            if !pods.contains_key(ip) && !self.left.contains_key(ip) {
+                self.left.insert(*ip, (ns.clone(), now));
+                went = true;
+            }
+        }
+        self.left.retain(|ip, (_, at)| {
+            !pods.contains_key(ip) && now.saturating_duration_since(*at) < DEPARTED_GRACE
+        });
+        self.last = pods
+            .iter()
+            .filter_map(|(ip, ns)| Some((*ip, ns.first()?.clone())))
+            .collect();
+        went
+    }
+
+    /// The addresses that went recently, with the namespace of the pod that held them.
+    pub fn recent(&self) -> BTreeMap<Ipv4Addr, String> {
+        self.left
+            .iter()
+            .map(|(ip, (ns, _))| (*ip, ns.clone()))
+            .collect()
+    }
+
+    /// When the next of them stops counting.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.left.values().map(|(_, at)| *at + DEPARTED_GRACE).min()
+    }
 }
 
 /// Why no peer reaches a ClusterIP (for the log): the Service and its first endpoint that is
@@ -351,13 +402,15 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// namespace, except hostNetwork Pods and addresses of Nodes (a peer never reaches a node);
 /// every IPv4 ClusterIP of a Service (not headless) by where its IPv4 EndpointSlices point
 /// (see the module's documentation; endpoints in `allowed`, the admin's `--allow-cidr`, need
-/// nothing); DNS: the ClusterIPs of `kube-system/kube-dns`.
+/// nothing; an address in `departed`, whose pod went moments ago, still counts as that
+/// namespace's); DNS: the ClusterIPs of `kube-system/kube-dns`.
 pub fn inventory<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     pods: impl IntoIterator<Item = &'a Pod>,
     nodes: impl IntoIterator<Item = &'a Node>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     allowed: &[IpNet],
+    departed: &BTreeMap<Ipv4Addr, String>,
 ) -> Inventory {
     let node_addrs: BTreeSet<Ipv4Addr> = nodes
         .into_iter()
@@ -392,6 +445,12 @@ pub fn inventory<'a>(
         }
     }
     let endpoints = service_endpoints(slices);
+    let mut owners = pod_ns.clone();
+    for (ip, ns) in departed {
+        owners
+            .entry(*ip)
+            .or_insert_with(|| BTreeSet::from([ns.clone()]));
+    }
     for s in services {
         let (Some(spec), Some(ns), Some(name)) =
             (s.spec.as_ref(), &s.metadata.namespace, &s.metadata.name)
@@ -416,7 +475,7 @@ pub fn inventory<'a>(
             .into_iter()
             .flatten();
         for a in eps.filter(|a| !allowed.iter().any(|n| n.contains(&IpAddr::V4(**a)))) {
-            match pod_ns.get(a) {
+            match owners.get(a) {
                 Some(owners) => span.extend(owners.iter().cloned()),
                 None => {
                     refused = Some(Refused {
@@ -437,6 +496,7 @@ pub fn inventory<'a>(
             }
         }
     }
+    inv.pods = pod_ns;
     inv
 }
 

@@ -228,7 +228,7 @@ fn inventory_skips_host_network_nodes_and_finished_pods() {
     .into_iter()
     .map(|v| serde_json::from_value(v).unwrap())
     .collect();
-    let inv = inventory(&svc, &pods, &nodes, &[], &[]);
+    let inv = inventory(&svc, &pods, &nodes, &[], &[], &BTreeMap::new());
     assert_eq!(
         inv.by_namespace["emo"],
         [ip("10.96.1.0"), ip("10.244.0.5")].into()
@@ -355,7 +355,14 @@ fn cluster(pivot: &[&str], allowed: &[&str]) -> Inventory {
         slice("default", "pivot", "pivot", &["192.0.2.1"]),
     ]);
     let allowed: Vec<IpNet> = allowed.iter().map(|a| a.parse().unwrap()).collect();
-    inventory(&services, &pods, &nodes, &slices, &allowed)
+    inventory(
+        &services,
+        &pods,
+        &nodes,
+        &slices,
+        &allowed,
+        &BTreeMap::new(),
+    )
 }
 
 #[test]
@@ -466,13 +473,44 @@ fn only_ipv4_slices_labelled_for_the_service_count() {
     let mut unlabelled = slice("emo", "web", "other", &["192.0.2.1"]);
     unlabelled["metadata"]["labels"] = json!({});
     let slices: Vec<EndpointSlice> = objects(vec![fqdn, v6, unlabelled]);
-    let inv = inventory(&services, &pods, &[], &slices, &[]);
+    let inv = inventory(&services, &pods, &[], &slices, &[], &BTreeMap::new());
     assert!(
         inv.by_namespace["emo"].contains(&ip("10.96.1.1")),
         "{inv:?}"
     );
     // The label is what counts, not the slice's name or its manager.
     let hand: Vec<EndpointSlice> = objects(vec![slice("emo", "web", "anything", &["192.0.2.1"])]);
-    let inv = inventory(&services, &pods, &[], &hand, &[]);
+    let inv = inventory(&services, &pods, &[], &hand, &[], &BTreeMap::new());
     assert!(inv.refused.contains_key(&ip("10.96.1.1")));
+}
+
+#[test]
+fn an_address_whose_pod_just_went_counts_for_its_namespace_for_a_while() {
+    let t0 = std::time::Instant::now();
+    let mut gone = Departed::default();
+    let with_web = cluster(&["10.244.0.5"], &[]);
+    assert!(!gone.update(&with_web.pods, t0));
+    // web's Pod is deleted; its slice still lists it until the controller catches up.
+    let mut pods = with_web.pods.clone();
+    pods.remove(&ip("10.244.0.5"));
+    assert!(gone.update(&pods, t0), "an address went");
+    assert_eq!(gone.recent(), [(ip("10.244.0.5"), "emo".to_owned())].into());
+    assert_eq!(gone.next_expiry(), Some(t0 + DEPARTED_GRACE));
+    let services: Vec<Service> = objects(vec![service("emo", "web", "10.96.1.1")]);
+    let slices: Vec<EndpointSlice> = objects(vec![slice("emo", "web", "web-1", &["10.244.0.5"])]);
+    let judge =
+        |recent: &BTreeMap<Ipv4Addr, String>| inventory(&services, &[], &[], &slices, &[], recent);
+    assert!(judge(&gone.recent()).by_namespace["emo"].contains(&ip("10.96.1.1")));
+    // After the grace it is no pod: refused.
+    assert!(!gone.update(&pods, t0 + DEPARTED_GRACE));
+    assert!(gone.recent().is_empty() && gone.next_expiry().is_none());
+    assert!(judge(&gone.recent()).refused.contains_key(&ip("10.96.1.1")));
+    // An address that is a pod again (of any namespace) is judged by that pod at once.
+    let mut again = Departed::default();
+    again.update(&with_web.pods, t0);
+    again.update(&pods, t0);
+    let mut reused = pods.clone();
+    reused.insert(ip("10.244.0.5"), ["default".to_owned()].into());
+    again.update(&reused, t0);
+    assert!(again.recent().is_empty());
 }

@@ -48,6 +48,7 @@ pub async fn run(
     let mut grants: HashMap<Question, bool> = HashMap::new();
     let mut applied = Sets::default();
     let mut refused = std::collections::BTreeMap::new();
+    let mut departed = reach::Departed::default();
     let mut ids = NsIds::default();
     let mut refresh_at = Instant::now() + cfg.reach_refresh;
     let (mut ask_all, mut failed) = (false, false);
@@ -57,6 +58,10 @@ pub async fn run(
         } else {
             refresh_at
         };
+        // A departed pod's address stops counting for the endpoints that still list it.
+        let wake = departed
+            .next_expiry()
+            .map_or(wake, |at| wake.min(Instant::from_std(at)));
         tokio::select! {
             _ = token.cancelled() => return,
             Some(()) = objects.next() => {
@@ -87,13 +92,20 @@ pub async fn run(
             continue;
         }
         let started = std::time::Instant::now();
-        let inv = reach::inventory(
-            services.state().iter().map(|s| s.as_ref()),
-            pods.state().iter().map(|p| p.as_ref()),
-            nodes.state().iter().map(|n| n.as_ref()),
-            slices.state().iter().map(|s| s.as_ref()),
-            &cfg.allow_cidr,
-        );
+        let inventory = |departed: &reach::Departed| {
+            reach::inventory(
+                services.state().iter().map(|s| s.as_ref()),
+                pods.state().iter().map(|p| p.as_ref()),
+                nodes.state().iter().map(|n| n.as_ref()),
+                slices.state().iter().map(|s| s.as_ref()),
+                &cfg.allow_cidr,
+                &departed.recent(),
+            )
+        };
+        let mut inv = inventory(&departed);
+        if departed.update(&inv.pods, started) {
+            inv = inventory(&departed); // a pod just went: its endpoints still count
+        }
         log_refused(&refused, &inv.refused);
         refused = inv.refused.clone();
         let peers = peer_reach(&state, cfg.trust_peer_groups);
