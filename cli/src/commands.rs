@@ -144,6 +144,15 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
     }
     let status = match outcome {
         Ok(status) => status,
+        Err(e @ Error::DaemonExited { .. }) => {
+            // It died without undoing: what its journal holds is undone here.
+            let undone = stop_daemon(&mut child, &dir).await;
+            if undone != UNDONE {
+                reporter.step(&format!("The daemon's steps: {undone}"));
+            }
+            reporter.clear();
+            return Err(e);
+        }
         Err(e) => {
             let _ = child.wait();
             reporter.clear();

@@ -239,6 +239,38 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
                 &format!("SIG{signal} while waiting for the handshake"),
             );
         }
+        // A daemon that dies there (kill -9): the join says so and undoes its journal itself.
+        let mut child = spawn(
+            &l,
+            &kubeconfig,
+            &[
+                "join",
+                "--name",
+                "ctrlc",
+                "-n",
+                "emojivoto",
+                "--transport",
+                "udp",
+            ],
+        );
+        let rx = lines(&mut child);
+        rx.iter()
+            .find(|(_, line)| line.contains(" Tunnel kwg0 up as "))
+            .expect("the tunnel line");
+        l.kill_daemon();
+        let (exit, stdout) = finish(child);
+        let err: Vec<String> = rx.iter().map(|(_, l)| l).collect();
+        assert_eq!(exit, Some(1), "{stdout}\n{err:?}");
+        assert!(
+            err.iter()
+                .any(|l| l.contains("kwg: the kwg daemon exited before it finished joining")),
+            "{err:?}"
+        );
+        assert_clean(
+            &l,
+            &resolv,
+            "the daemon killed while waiting for the handshake",
+        );
     }
 
     // Ctrl-C after each step's start (the JSON events): whatever was done is undone.
