@@ -101,6 +101,36 @@ fn assert_only_sentences(what: &str, stderr: &str) {
     }
 }
 
+/// Starts a join that will wait for the handshake (UDP to the gateway blocked, `--transport
+/// udp`) and reads its progress until the tunnel is up, checking the join still runs.
+fn join_until_waiting(l: &Laptop, kubeconfig: &str) -> (Child, mpsc::Receiver<(Instant, String)>) {
+    let started = Instant::now();
+    let argv = [
+        "join",
+        "--name",
+        &l.name,
+        "-n",
+        "emojivoto",
+        "--transport",
+        "udp",
+    ];
+    let mut child = spawn(l, kubeconfig, &argv);
+    let rx = lines(&mut child);
+    let (at, line) = rx
+        .iter()
+        .find(|(_, line)| line.contains(" Tunnel kwg0 up as "))
+        .expect("the tunnel line");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the join ended before its progress was read: {line}"
+    );
+    eprintln!(
+        "MEASURED: with the handshake blocked, the tunnel line after {} ms while the join waits",
+        (at - started).as_millis()
+    );
+    (child, rx)
+}
+
 #[test]
 fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
     let sim = shared();
@@ -168,33 +198,7 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
             ("TERM", 143, "SIGTERM"),
             ("HUP", 129, "a closed terminal (SIGHUP)"),
         ] {
-            let started = Instant::now();
-            let mut child = spawn(
-                &l,
-                &kubeconfig,
-                &[
-                    "join",
-                    "--name",
-                    "ctrlc",
-                    "-n",
-                    "emojivoto",
-                    "--transport",
-                    "udp",
-                ],
-            );
-            let rx = lines(&mut child);
-            let (at, line) = rx
-                .iter()
-                .find(|(_, line)| line.contains(" Tunnel kwg0 up as "))
-                .expect("the tunnel line");
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the join ended before its progress was read: {line}"
-            );
-            eprintln!(
-                "MEASURED: with the handshake blocked, the tunnel line after {} ms while the join waits",
-                (at - started).as_millis()
-            );
+            let (child, rx) = join_until_waiting(&l, &kubeconfig);
             assert!(secret_exists(&sim, "ctrlc"));
             send(&child, signal);
             let mut err: Vec<String> = Vec::new();
@@ -240,23 +244,7 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
             );
         }
         // A daemon that dies there (kill -9): the join says so and undoes its journal itself.
-        let mut child = spawn(
-            &l,
-            &kubeconfig,
-            &[
-                "join",
-                "--name",
-                "ctrlc",
-                "-n",
-                "emojivoto",
-                "--transport",
-                "udp",
-            ],
-        );
-        let rx = lines(&mut child);
-        rx.iter()
-            .find(|(_, line)| line.contains(" Tunnel kwg0 up as "))
-            .expect("the tunnel line");
+        let (child, rx) = join_until_waiting(&l, &kubeconfig);
         l.kill_daemon();
         let (exit, stdout) = finish(child);
         let err: Vec<String> = rx.iter().map(|(_, l)| l).collect();
