@@ -9,7 +9,7 @@ use ipnet::IpNet;
 #[derive(Debug, Parser)]
 #[command(
     name = "kwg",
-    version,
+    version = crate::version::LONG_VERSION,
     about = "Join this machine to a Kubernetes cluster over WireGuard: cluster Services, Pods and DNS names become reachable, the rest of the machine's networking stays as it was.",
     after_help = "State (key, what join changed) lives in $KWG_STATE_DIR (default /var/lib/kwg for root, else $XDG_RUNTIME_DIR/kwg or /tmp/kwg-<uid>). Logs: KWG_LOG=debug."
 )]
@@ -50,6 +50,14 @@ pub enum Command {
     /// Run the tunnel daemon (started by `kwg join`).
     #[command(hide = true)]
     Daemon(DaemonArgs),
+    /// Show this client's version and commit, the gateway's version and contract version,
+    /// and a warning (on stderr, exit 0) when they are outside the supported skew.
+    Version(crate::version::VersionArgs),
+    /// Print a shell completion script: `source <(kwg completion bash)`.
+    Completion(crate::version::CompletionArgs),
+    /// Write the man pages (kwg.1, kwg-COMMAND.1) into a directory.
+    #[command(hide = true)]
+    Man(crate::version::ManArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]

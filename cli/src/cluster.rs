@@ -120,6 +120,13 @@ impl Kube {
 
     /// The gateway's published info; [`Error::NoGateway`] when it is not installed.
     pub async fn gateway_info(&self, ns: &str) -> Result<GatewayInfo, Error> {
+        let json = self.gateway_info_json(ns).await?;
+        Ok(GatewayInfo::from_json(json.as_bytes())?)
+    }
+
+    /// The gateway's info document as published, not parsed (`kwg version` reads the
+    /// versions of any contract from it); [`Error::NoGateway`] when it is not installed.
+    pub async fn gateway_info_json(&self, ns: &str) -> Result<String, Error> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
         let step = || Step {
             verb: "get",
@@ -134,12 +141,9 @@ impl Kube {
                 _ => self.error(step(), e),
             })?
             .ok_or_else(|| no_gateway(ns))?;
-        let json = cm
-            .data
-            .as_ref()
-            .and_then(|d| d.get(contract::GATEWAY_INFO_KEY))
-            .ok_or_else(|| no_gateway(ns))?;
-        Ok(GatewayInfo::from_json(json.as_bytes())?)
+        cm.data
+            .and_then(|mut d| d.remove(contract::GATEWAY_INFO_KEY))
+            .ok_or_else(|| no_gateway(ns))
     }
 
     /// Creates the peer Secret, or overwrites this machine's own earlier one (same public key

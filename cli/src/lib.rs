@@ -21,6 +21,7 @@ pub mod session;
 pub mod state;
 pub mod transport;
 pub mod userspace;
+pub mod version;
 pub mod wait;
 
 pub use error::Error;
@@ -52,6 +53,16 @@ pub fn init_tracing(daemon: bool) {
 
 /// Runs a parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
+    // Commands that touch no state.
+    match cli.command {
+        Command::Version(a) => return version::run(a).await,
+        Command::Completion(a) => {
+            version::completion(&a);
+            return Ok(0);
+        }
+        Command::Man(a) => return version::man(&a).map(|()| 0),
+        _ => {}
+    }
     let dir = StateDir::from_env();
     if !matches!(cli.command, Command::CiCredentials(_)) {
         // Before anything in it is trusted: another local user may have planted it.
@@ -79,5 +90,8 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Exec(a) => userspace::client::exec(&a.command, dir).map(|()| 0),
         Command::Doctor(a) => doctor::run(a, dir).await,
         Command::Daemon(a) => commands::daemon(&a.spec, dir).await.map(|()| 0),
+        Command::Version(_) | Command::Completion(_) | Command::Man(_) => {
+            unreachable!("answered above")
+        }
     }
 }

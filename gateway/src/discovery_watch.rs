@@ -350,6 +350,7 @@ fn gateway_info(cfg: &Config, base: InfoBase, d: &Discovered) -> GatewayInfo {
         dns_ip: d.dns_ip,
         cluster_domain: cfg.cluster_domain.clone(),
         admin_port: cfg.admin_addr.port(),
+        gateway_version: Some(env!("CARGO_PKG_VERSION").into()),
     }
 }
 

@@ -30,6 +30,31 @@ pub struct GatewayInfo {
     pub cluster_domain: String,
     /// The admin HTTP port, reachable at `gatewayIp:adminPort` through the tunnel.
     pub admin_port: u16,
+    /// The gateway's release (`0.1.0`, its Cargo package version); absent from gateways older
+    /// than this field, which `kwg version` reports as unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_version: Option<String>,
+}
+
+/// The two versions a gateway info document carries, read without validating the rest, so
+/// `kwg version` can report a gateway whose contract this CLI does not speak.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedVersions {
+    /// The contract version ([`GatewayInfo::version`]).
+    pub version: u32,
+    /// The gateway's release, when it publishes one ([`GatewayInfo::gateway_version`]).
+    #[serde(default)]
+    pub gateway_version: Option<String>,
+}
+
+impl PublishedVersions {
+    /// The versions of an info document of any contract version.
+    pub fn from_json(bytes: &[u8]) -> Result<PublishedVersions, ContractError> {
+        serde_json::from_slice(bytes).map_err(|e| ContractError::InvalidGatewayInfo {
+            reason: e.to_string(),
+        })
+    }
 }
 
 impl GatewayInfo {
@@ -244,7 +269,30 @@ mod tests {
             dns_ip: Some("10.96.0.10".parse().unwrap()),
             cluster_domain: "cluster.local".into(),
             admin_port: 8080,
+            gateway_version: Some("0.1.0".into()),
         }
+    }
+
+    #[test]
+    fn gateway_version_is_additive() {
+        // A gateway older than the field: parses, version unknown, and it is not written back.
+        let mut old = example();
+        old.gateway_version = None;
+        let json = old.to_json().unwrap();
+        assert!(!json.contains("gatewayVersion"), "{json}");
+        assert_eq!(GatewayInfo::from_json(json.as_bytes()).unwrap(), old);
+        let json = example().to_json().unwrap();
+        assert!(json.contains("\"gatewayVersion\": \"0.1.0\""), "{json}");
+        // Any contract version's versions are readable (a newer gateway's info is not).
+        let newer = r#"{"version":2,"gatewayVersion":"0.3.0","somethingNew":true}"#;
+        assert_eq!(
+            PublishedVersions::from_json(newer.as_bytes()).unwrap(),
+            PublishedVersions {
+                version: 2,
+                gateway_version: Some("0.3.0".into())
+            }
+        );
+        assert!(PublishedVersions::from_json(b"{}").is_err());
     }
 
     #[test]
