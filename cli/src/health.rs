@@ -80,7 +80,10 @@ pub fn assess(s: &Status, o: &Observed, now: DateTime<Utc>) -> (ConnectionState,
     }
     let gateway_fix = "see the Path line and run kwg doctor (the gateway's pods, UDP to its endpoint); the daemon handshakes again by itself once the gateway answers".to_string();
     let handshake = ago(s.last_handshake, now);
-    if o.daemon_silent.is_none() {
+    // Without its peer Secret the gateway drops this peer: its silence is no problem of its own.
+    let peer_gone = matches!(o.peer_secret, SecretProbe::Missing { .. })
+        || s.lease.as_ref().is_some_and(|l| l.reregistering);
+    if o.daemon_silent.is_none() && !peer_gone {
         match (&o.gateway, s.last_handshake) {
             // It answered through the tunnel: a session works, however old the handshake
             // read before (a fresh one was made if needed).

@@ -111,6 +111,15 @@ fn a_deleted_peer_secret_is_named_with_its_renewal() {
         "{}",
         lines[0].fix
     );
+    // The gateway drops a peer without Secret: its silence is not named as a cause of its own.
+    let silent_too = Observed {
+        gateway: Probe::Failed("no answer within 1500 ms".into()),
+        ..o
+    };
+    assert_eq!(
+        kinds(&joined(), &silent_too, 100),
+        (ConnectionState::Degraded, vec![HealthKind::PeerDeleted])
+    );
     // The daemon found out itself at a renewal (404) and is registering again.
     let mut s = joined();
     s.lease.as_mut().unwrap().reregistering = true;
