@@ -210,3 +210,50 @@ fn join_as_non_root_fails_with_the_privilege_sentence() {
         "kwg: kwg join needs root or CAP_NET_ADMIN to create the tunnel interface: run it with sudo (or grant CAP_NET_ADMIN)"
     );
 }
+
+#[test]
+fn version_shows_both_ends_and_warns_outside_the_skew() {
+    // The real gateway: its release and contract, within the skew (no warning).
+    let sim = shared();
+    let l = laptop(&sim, "vers");
+    let out = l.kwg(&["version", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let client = v["client"]["version"].as_str().unwrap().to_string();
+    assert_eq!(v["gateway"]["version"], client.as_str(), "{v}");
+    assert_eq!(v["gateway"]["contractVersion"], 1, "{v}");
+    assert!(v.get("warnings").is_none(), "{v}");
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+    let out = l.kwg(&["version"]);
+    let s = text(&out.stdout);
+    assert!(s.contains(&format!("Gateway Version: {client}")), "{s}");
+    assert!(l.kwg(&["--version"]).status.success());
+
+    // Gateways of a newer and an older contract, and one older than the version field, in a
+    // namespace of their own (the real gateway's info is not disturbed): exit 0, a warning
+    // naming what to upgrade.
+    let real = serde_json::to_value(kwg_e2e::gateway_info(&sim).unwrap()).unwrap();
+    let ns = "version-kwg";
+    sim.kubectl_admin(&["create", "namespace", ns]).unwrap();
+    let version = |info: serde_json::Value| {
+        kwg_e2e::put_gateway_info(&sim, ns, &info).unwrap();
+        let out = l.run_as("admin", &["kwg", "version", "--kwg-namespace", ns]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let (out, err) = version(serde_json::json!({"version": 2, "gatewayVersion": "9.0.0"}));
+    assert!(out.contains("Gateway Contract: 2"), "{out}");
+    assert!(
+        err.contains("contract version 2, newer than the 1 this kwg understands")
+            && err.trim_end().ends_with("upgrade kwg to 9.0.0"),
+        "{err}"
+    );
+    let (_, err) = version(serde_json::json!({"version": 0}));
+    assert!(err.contains("contract version 0, older"), "{err}");
+    assert!(err.contains("upgrade the gateway to"), "{err}");
+    let mut old = real.clone();
+    old.as_object_mut().unwrap().remove("gatewayVersion");
+    let (out, err) = version(old);
+    assert!(out.contains("Gateway Version: unknown"), "{out}");
+    assert!(err.contains("does not publish its release"), "{err}");
+}
