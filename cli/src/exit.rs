@@ -42,6 +42,9 @@ pub enum ExitCode {
     Terminated = 143,
 }
 
+/// The end of [`Error::Cancelled`]'s sentence when everything was undone.
+pub const UNDONE: &str = "every step it had taken is undone";
+
 /// What cancelled a `kwg join` before it finished. The codes are the shell's for a process
 /// killed by the signal (128 + its number), as for any command stopped that way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -327,7 +327,7 @@ pub async fn run(
     match outcome {
         Ok(_) if !joined && let Some(by) = cancelled => Err(Error::Cancelled {
             by,
-            undone: "every step it had taken is undone".into(),
+            undone: crate::exit::UNDONE.into(),
         }),
         Ok(_) => Ok(()),
         Err(e) if joined => {

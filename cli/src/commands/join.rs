@@ -1,0 +1,291 @@
+//! `kwg join` and the daemon process it starts: the daemon's progress shown as it comes,
+//! and a signal to `join` before it returns passed on as a cancel.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{privileged, signal, undo_all};
+use crate::args::{Format, JoinArgs};
+use crate::driver::{self, Progress, undo::cleanup_dead};
+use crate::error::Error;
+use crate::exit::{Cancel, UNDONE};
+use crate::lock::{DaemonLock, Holder};
+use crate::progress::Reporter;
+use crate::state::{State, StateDir};
+use kwg_wg::contract::Status;
+
+/// `kwg join`: starts the daemon (or runs it here with --foreground) and waits until it is
+/// connected or failed.
+pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
+    let format = args.output;
+    let reporter = Reporter::new(format);
+    let facts = crate::userspace::ModeFacts::probe();
+    match crate::userspace::choose(args.userspace, args.tun, facts, args.proxy_listen) {
+        (crate::userspace::Mode::Userspace, why) => {
+            args.userspace = true;
+            if let Some(why) = why {
+                reporter.step(&why);
+            }
+        }
+        _ if !privileged() => return Err(Error::NotPrivileged),
+        _ => {}
+    }
+    let started = Instant::now();
+    dir.create()?;
+    if let Holder::Running(pid) = DaemonLock::holder(&dir.lock()) {
+        return Err(Error::AlreadyJoined { pid });
+    }
+    if args.foreground {
+        let mut report = |p: Progress| match p {
+            Progress::Ready(status) => {
+                reporter.clear();
+                print_joined(&status, format, started.elapsed());
+            }
+            p => reporter.show(&p),
+        };
+        return driver::run(args, dir, &mut report).await;
+    }
+    // From here a signal cancels the join (the daemon undoes its steps) instead of killing kwg.
+    let mut signals = driver::CancelSignals::new()?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("find the kwg executable", e))?;
+    let log = std::fs::File::create(dir.log())
+        .map_err(|e| Error::io(format!("create {}", dir.log().display()), e))?;
+    let spec = serde_json::to_string(&args).expect("join args serialize");
+    let mut child = kwg_wg::process::spawn_detached(
+        Process::new(exe)
+            .args(["daemon", "--spec", &spec])
+            .stdout(Stdio::piped())
+            .stderr(log),
+    )
+    .map_err(|e| Error::io("start the kwg daemon", e))?;
+    let stdout = child.stdout.take().expect("piped");
+    // Each line as it comes: the progress is shown while the daemon works.
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Ok(p) = serde_json::from_str::<Progress>(&line) else {
+                continue;
+            };
+            if tx.send(p).is_err() {
+                break;
+            }
+        }
+    });
+    // The daemon gives up itself at --timeout; this is the bound for a daemon that hangs.
+    let timeout = args.timeout + Duration::from_secs(5);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    let log = dir.log().display().to_string();
+    let mut cancel: Option<Cancel> = None;
+    let mut outcome = Err(Error::DaemonExited { log: log.clone() });
+    loop {
+        tokio::select! {
+            p = lines.recv() => match p {
+                // Cancelled: the daemon's stdout closes when it has undone its steps and exits.
+                None => break,
+                Some(Progress::Ready(status)) if cancel.is_none() => {
+                    outcome = Ok(status);
+                    break;
+                }
+                Some(Progress::Failed(f)) => {
+                    outcome = Err(Error::Reported(f));
+                    break;
+                }
+                Some(p) => reporter.show(&p),
+            },
+            by = signals.recv() => match cancel {
+                None => {
+                    cancel = Some(by);
+                    reporter.cancelling(by);
+                    // SIGTERM makes the daemon undo every step it took, reporting as it goes.
+                    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+                    deadline = tokio::time::Instant::now() + CANCEL_GRACE;
+                }
+                Some(_) => reporter.still_cleaning(),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                let undone = stop_daemon(&mut child, &dir).await;
+                reporter.clear();
+                return Err(match cancel {
+                    Some(by) => Error::Cancelled { by, undone },
+                    None => Error::DaemonTimeout { secs: timeout.as_secs(), log },
+                });
+            }
+        }
+    }
+    if let Some(by) = cancel {
+        let undone = stop_daemon(&mut child, &dir).await;
+        reporter.clear();
+        return Err(Error::Cancelled { by, undone });
+    }
+    let status = match outcome {
+        Ok(status) => status,
+        Err(e @ Error::DaemonExited { .. }) => {
+            // It died without undoing: what its journal holds is undone here.
+            let undone = stop_daemon(&mut child, &dir).await;
+            if undone != UNDONE {
+                reporter.step(&format!("The daemon's steps: {undone}"));
+            }
+            reporter.clear();
+            return Err(e);
+        }
+        Err(e) => {
+            let _ = child.wait();
+            reporter.clear();
+            return Err(e);
+        }
+    };
+    let after_ready = async {
+        let mut status = status;
+        if !args.wait_for.is_empty() {
+            let names: Vec<String> = args.wait_for.iter().map(|t| t.to_string()).collect();
+            let waiting = format!("Waiting for {}", names.join(", "));
+            reporter.doing("WaitFor", &waiting);
+            let deadline = started + args.timeout;
+            let deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+            crate::wait::all(&args.wait_for, &status, deadline).await?;
+        }
+        tell_reach(&mut status, &dir, &reporter).await;
+        Ok::<_, Error>(status)
+    };
+    let result = tokio::select! {
+        r = after_ready => r.map_err(|e| (e, None)),
+        by = signals.recv() => {
+            reporter.cancelling(by);
+            Err((Error::Cancelled { by, undone: String::new() }, Some(by)))
+        }
+    };
+    match result {
+        Ok(status) => {
+            reporter.clear();
+            print_joined(&status, format, started.elapsed());
+            Ok(())
+        }
+        Err((e, by)) => {
+            // Nothing of a join that failed its wait or was cancelled stays behind.
+            let undone = match undo_all(&dir, &reporter).await {
+                Ok(c) => {
+                    reporter.left(&c.removed);
+                    UNDONE.to_string()
+                }
+                Err(undo) => {
+                    let undone = format!("undoing failed ({undo}): run kwg leave");
+                    if by.is_none() {
+                        reporter.step(&format!("Leaving again: {undone}"));
+                    }
+                    undone
+                }
+            };
+            reporter.clear();
+            Err(match by {
+                Some(by) => Error::Cancelled { by, undone },
+                None => e,
+            })
+        }
+    }
+}
+
+/// How long a cancelled daemon may take to undo its steps before it is killed and its journal
+/// undone here.
+const CANCEL_GRACE: Duration = Duration::from_secs(15);
+
+/// Waits for a daemon that was told to stop (SIGTERM) to exit, kills it after 5 s, and undoes
+/// what its journal still holds; says whether everything is undone.
+async fn stop_daemon(child: &mut std::process::Child, dir: &StateDir) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if matches!(child.try_wait(), Ok(None)) {
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    match State::load(&dir.state()) {
+        Ok(Some(state)) => match cleanup_dead(&state, dir, None).await {
+            Ok(_) => UNDONE.into(),
+            Err(e) => format!("undoing failed ({e}): run kwg leave"),
+        },
+        Ok(None) => UNDONE.into(),
+        Err(e) => format!("its journal is unreadable ({e}): run kwg leave"),
+    }
+}
+
+/// Tells the user which mapped namespaces the gateway will not forward to (waiting up to 3 s
+/// for the gateway to decide), and puts the reach into the status `kwg join` prints.
+async fn tell_reach(status: &mut Status, dir: &StateDir, reporter: &Reporter) {
+    let Some(admin) = State::load(&dir.state())
+        .ok()
+        .flatten()
+        .and_then(|s| s.gateway_admin)
+    else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    status.reach = crate::reach::wait_own(admin, &status.peer, deadline).await;
+    match &status.reach {
+        Some(r) => crate::reach::warnings(status, r)
+            .iter()
+            .for_each(|w| reporter.step(w)),
+        None => reporter.step(
+            "The gateway did not say which namespaces this peer reaches yet: see `kwg status`.",
+        ),
+    }
+}
+
+fn print_joined(status: &Status, format: Format, elapsed: Duration) {
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string(status).expect("status serializes")
+        );
+    } else {
+        let how = match status.proxy {
+            Some(p) => format!("userspace mode, proxy on {p}"),
+            None => format!(
+                "DNS {}",
+                status
+                    .dns
+                    .as_ref()
+                    .map(|d| d.mode.as_str())
+                    .unwrap_or("off")
+            ),
+        };
+        println!(
+            "Joined: {} as {} in namespace {} ({} subnets, {how}) in {} ms",
+            status.context.as_deref().unwrap_or(&status.server),
+            status.tunnel_ip.as_deref().unwrap_or("-"),
+            status.namespace,
+            status.subnets.len(),
+            elapsed.as_millis()
+        );
+    }
+}
+
+/// The daemon process: runs [`driver::run`], reporting progress as JSON lines on stdout.
+pub async fn daemon(spec: &str, dir: StateDir) -> Result<(), Error> {
+    let args: JoinArgs =
+        serde_json::from_str(spec).map_err(|e| Error::invalid("daemon spec", e.to_string()))?;
+    let mut out = std::io::stdout();
+    let mut send = |p: Progress| {
+        // `kwg join` stops reading once ready: later writes may fail, which is fine.
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&p).expect("progress serializes")
+        );
+        let _ = out.flush();
+    };
+    let result = driver::run(args, dir, &mut send).await;
+    if let Err(e) = &result {
+        send(Progress::Failed(e.into()));
+    }
+    result
+}
