@@ -25,7 +25,8 @@ pub enum Command {
     /// a SOCKS5/HTTP proxy and no change to the machine, see --userspace). Exits 0 once the
     /// tunnel handshake is done and a cluster name resolves through it (and every --wait-for
     /// target answers); on failure undoes everything and exits with the code of the table
-    /// below.
+    /// below. Each step shows on stderr as it happens; Ctrl-C (SIGTERM, a closed terminal)
+    /// before it returns cancels the join and undoes every step taken.
     #[command(after_help = crate::exit::ExitCode::help_table())]
     Join(Box<JoinArgs>),
     /// Show whether this machine is joined and how (exit 1 when not joined).
