@@ -55,9 +55,12 @@ pub async fn run(f: Follow) {
     let mut domains: Option<Vec<LinkDomain>> = resolved::split_domains(&f.split.split()).ok();
     loop {
         tokio::time::sleep(EVERY).await;
-        let namespaces = match f.split.split().mapped {
-            Some(_) => None,
-            None => f.kube.namespaces().await,
+        // Mapped namespaces are fixed; a user who could not list them at join (none known)
+        // cannot now either.
+        let current = f.split.split();
+        let namespaces = match current.mapped.is_none() && !current.cluster_namespaces.is_empty() {
+            true => f.kube.namespaces().await,
+            false => None,
         };
         let peers = match &f.gateway {
             Some((admin, _)) => crate::reach::fetch(*admin, GATEWAY_WAIT).await.ok(),

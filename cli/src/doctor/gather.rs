@@ -342,14 +342,15 @@ async fn daemon(dir: &StateDir, joined: bool) -> (DaemonProbe, Option<Status>) {
     match (DaemonLock::holder(&dir.lock()), joined) {
         (Holder::None, false) => (DaemonProbe::NotJoined, None),
         (Holder::None, true) => (DaemonProbe::Dead, None),
-        (Holder::Running(_), _) => {
+        (Holder::Running(pid), _) => {
+            let pid = pid.map_or("-".to_string(), |p| p.to_string());
             match api::call(&dir.socket(), Request::Status, Duration::from_secs(3)).await {
                 Ok(Reply::Status(s)) => (DaemonProbe::Running(s.clone()), Some(*s)),
                 Ok(other) => (
-                    DaemonProbe::NoAnswer(format!("unexpected reply {other:?}")),
+                    DaemonProbe::NoAnswer(format!("pid {pid}: unexpected reply {other:?}")),
                     None,
                 ),
-                Err(e) => (DaemonProbe::NoAnswer(e.to_string()), None),
+                Err(e) => (DaemonProbe::NoAnswer(format!("pid {pid}: {e}")), None),
             }
         }
     }

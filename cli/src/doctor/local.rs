@@ -339,7 +339,7 @@ pub fn daemon(probe: &DaemonProbe, now: DateTime<Utc>) -> Check {
                 NAME,
                 ExitCode::Failure,
                 format!("runs but does not answer: {e}"),
-                rejoin,
+                "if it was stopped (SIGSTOP, a debugger), continue it with kill -CONT; otherwise run kwg leave, then kwg join",
             );
         }
         DaemonProbe::Running(s) => s,

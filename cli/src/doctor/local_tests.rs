@@ -216,6 +216,9 @@ fn the_daemon_line_carries_the_lease_and_warns_while_renewal_fails() {
     let unknown = daemon(&DaemonProbe::Unreadable("/var/lib/kwg".into()), now);
     assert_eq!(unknown.outcome, Outcome::Warn);
     assert!(unknown.fix.unwrap().contains("as root"));
+    let stopped = daemon(&DaemonProbe::NoAnswer("pid 7: timed out".into()), now);
+    assert_eq!(stopped.outcome, Outcome::Fail);
+    assert!(stopped.fix.unwrap().contains("kill -CONT"));
     let dead = daemon(&DaemonProbe::Dead, now);
     assert_eq!(dead.outcome, Outcome::Fail);
     assert_eq!(dead.fix.unwrap(), "run kwg leave, then kwg join");

@@ -139,7 +139,9 @@ fn status_is_degraded_with_the_reason_and_doctor_names_it() {
     let d = doctor(&l);
     eprintln!("SEEN with the daemon stopped past its lease:\n{out}\n{d}");
     assert!(line(&d, "FAIL  peer").contains("was deleted"), "{d}");
-    assert!(line(&d, "FAIL  daemon").contains("does not answer"), "{d}");
+    let daemon = line(&d, "FAIL  daemon");
+    assert!(daemon.contains("does not answer"), "{d}");
+    assert!(daemon.contains("kill -CONT"), "{d}");
     blames_nothing_local(&d);
     drop(stopped);
     // Continued, the daemon registers again by itself.
