@@ -491,6 +491,10 @@ pub fn inventory<'a>(
                 inv.refused.insert(ip, r.clone());
             } else if span.len() > 1 {
                 inv.spans.insert(ip, span.clone());
+                // Its namespaces are asked about even when they hold no pod of their own.
+                for n in &span {
+                    inv.by_namespace.entry(n.clone()).or_default();
+                }
             } else {
                 inv.by_namespace.entry(ns.clone()).or_default().insert(ip);
             }

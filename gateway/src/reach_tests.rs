@@ -514,3 +514,20 @@ fn an_address_whose_pod_just_went_counts_for_its_namespace_for_a_while() {
     again.update(&reused, t0);
     assert!(again.recent().is_empty());
 }
+
+#[test]
+fn a_span_from_a_namespace_without_pods_is_asked_about_and_granted() {
+    let pods: Vec<Pod> = objects(vec![
+        json!({"metadata": {"name": "db", "namespace": "data"}, "status": {"phase": "Running", "podIP": "10.244.0.6"}}),
+    ]);
+    let services: Vec<Service> = objects(vec![service("front", "db", "10.96.1.9")]);
+    let slices: Vec<EndpointSlice> = objects(vec![slice("front", "db", "db-1", &["10.244.0.6"])]);
+    let inv = inventory(&services, &pods, &[], &slices, &[], &BTreeMap::new());
+    let peers = [peer("100.77.0.2", "alice", &[])];
+    let q = questions(&inv, &peers, |_, _| false);
+    assert!(q.iter().any(|(_, ns)| ns == "front"), "{q:?}");
+    let mut ids = NsIds::default();
+    let sets = desired(&inv, &peers, |_, _| true, &mut ids);
+    let id = sets.dest_ns[&ip("10.96.1.9")];
+    assert!(sets.peer_ns.contains(&(ip("100.77.0.2"), id)));
+}
