@@ -125,7 +125,6 @@ pub struct Reporter {
     style: Style,
     spinner: Arc<Mutex<Spinner>>,
     stop: Arc<AtomicBool>,
-    ticker: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Reporter {
@@ -148,7 +147,7 @@ impl Reporter {
             said: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
-        let ticker = (style != Style::Json).then(|| {
+        if style != Style::Json {
             let (spinner, stop) = (spinner.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -171,13 +170,12 @@ impl Reporter {
                         s.said = Some(elapsed);
                     }
                 }
-            })
-        });
+            });
+        }
         Reporter {
             style,
             spinner,
             stop,
-            ticker,
         }
     }
 
@@ -293,12 +291,11 @@ impl Reporter {
 }
 
 impl Drop for Reporter {
+    /// Stops the ticker without waiting for it (it sleeps up to a tick, which `kwg join`'s
+    /// exit must not): once cleared there is nothing left for it to draw.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.clear();
-        if let Some(t) = self.ticker.take() {
-            let _ = t.join();
-        }
     }
 }
 
