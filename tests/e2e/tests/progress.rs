@@ -176,6 +176,17 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
             .join("\n"),
     );
     assert!(stdout.starts_with("Joined: "), "{stdout}");
+    // Joined, the daemon outlives the terminal that started it: a hangup does not stop it.
+    let daemon = l.daemon_pid().to_string();
+    let hup = Command::new("kill")
+        .args(["-HUP", &daemon])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(200));
+    let status = l.kwg(&["status"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stdout));
+    assert_eq!(l.daemon_pid().to_string(), daemon);
     // leave reports the same way: with -o json its events on stderr, its object on stdout.
     let leave = l.kwg(&["leave", "-o", "json"]);
     assert_eq!(leave.status.code(), Some(0));
