@@ -98,6 +98,32 @@ fn status_is_degraded_with_the_reason_and_doctor_names_it() {
     assert_eq!(v["state"], "connected", "{v:#}");
     assert!(!out.contains("Health:"), "{out}");
 
+    // 0. Something removes a route of the tunnel (NetworkManager, another VPN).
+    let route = |verb: &str| {
+        let out = l.run(&["ip", "route", verb, "10.96.0.0/12", "dev", "kwg0"]);
+        assert!(
+            out.status.success(),
+            "ip route {verb}: {}",
+            text(&out.stderr)
+        );
+    };
+    route("del");
+    let (code, out, v) = status(&l);
+    let d = doctor(&l);
+    route("add");
+    assert_eq!(code, Some(DEGRADED), "{out}");
+    assert_eq!(kinds(&v), ["routes-missing"], "{v:#}");
+    assert!(
+        out.contains("routes missing from kwg0: 10.96.0.0/12"),
+        "{out}"
+    );
+    assert!(
+        line(&d, "FAIL  daemon").contains("routes missing from kwg0: 10.96.0.0/12"),
+        "{d}"
+    );
+    blames_nothing_local(&d);
+    assert_eq!(status(&l).0, Some(0));
+
     // 1. An admin deletes the peer Secret: the gateway drops the peer at once.
     sim.kubectl_admin(&["-n", "kwg-system", "delete", "secret", "kwg-peer-truth"])
         .unwrap();
