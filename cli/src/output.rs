@@ -93,6 +93,9 @@ pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
         row("Path", crate::transport::text(t, now));
     }
     row("Reachable ns", crate::reach::text(s.reach.as_ref()));
+    if let Some(r) = crate::reach::refused_text(s.reach.as_ref()) {
+        row("Last refused", r);
+    }
     row("Last handshake", ago(s.last_handshake, now));
     row(
         "Transfer",

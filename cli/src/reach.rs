@@ -125,6 +125,27 @@ pub fn text(reach: Option<&ReachStatus>) -> String {
     }
 }
 
+/// The `Last refused` value of `kwg status`: the destination the gateway last refused and the
+/// RoleBinding that would allow it (`None`: nothing refused, or the gateway did not say).
+pub fn refused_text(reach: Option<&ReachStatus>) -> Option<String> {
+    let r = reach?.last_refused.as_ref()?;
+    let why = if r.namespaces.is_empty() {
+        "no pod or Service of the cluster reachable by peers".to_owned()
+    } else if r.allow.is_empty() {
+        format!(
+            "{}: not among the mapped namespaces",
+            r.namespaces.join(",")
+        )
+    } else {
+        format!(
+            "{}; allowed by: {}",
+            r.namespaces.join(","),
+            r.allow.join(" && ")
+        )
+    };
+    Some(format!("{} ({why})", r.address))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +155,7 @@ mod tests {
             enforced: true,
             namespaces: ns.iter().map(|s| s.to_string()).collect(),
             dropped_packets: 4,
+            last_refused: None,
         }
     }
 
@@ -165,6 +187,7 @@ mod tests {
             enforced: false,
             namespaces: vec![],
             dropped_packets: 0,
+            last_refused: None,
         };
         assert!(warnings(&s, &open).is_empty());
     }
@@ -178,7 +201,30 @@ mod tests {
             enforced: false,
             namespaces: vec![],
             dropped_packets: 0,
+            last_refused: None,
         };
         assert!(text(Some(&open)).starts_with("all"));
+    }
+
+    #[test]
+    fn last_refused_line_names_the_rolebinding() {
+        let mut r = reach(&["emojivoto"]);
+        assert_eq!(refused_text(Some(&r)), None);
+        let allow = "kubectl -n kube-system create rolebinding kwg-reach-developer --clusterrole=view --user=developer";
+        r.last_refused = Some(kwg_wg::contract::RefusedDestination {
+            address: "10.96.0.10".parse().unwrap(),
+            namespaces: vec!["kube-system".into()],
+            allow: vec![allow.into()],
+        });
+        assert_eq!(
+            refused_text(Some(&r)).unwrap(),
+            format!("10.96.0.10 (kube-system; allowed by: {allow})")
+        );
+        r.last_refused.as_mut().unwrap().namespaces.clear();
+        assert!(
+            refused_text(Some(&r))
+                .unwrap()
+                .contains("no pod or Service")
+        );
     }
 }

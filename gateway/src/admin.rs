@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::IncomingStream;
 use ipnet::Ipv4Net;
-use kwg_wg::contract::{GatewayPeer, ReachStatus};
+use kwg_wg::contract::{GatewayPeer, ReachStatus, RefusedDestination};
 use kwg_wg::device::{DeviceHandle, PeerStats};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -57,6 +57,8 @@ pub struct AdminState {
     /// of a second (a peer looping `/peers` would otherwise list pods and run `nft` each time).
     sibling_stats: Cached<Vec<ReplicaStat>>,
     drops: Cached<Vec<(Ipv4Addr, u64)>>,
+    /// The destination this replica's nftables last refused per peer address.
+    refused: Cached<Vec<(Ipv4Addr, Ipv4Addr)>>,
     pub metrics: Metrics,
 }
 
@@ -67,6 +69,9 @@ pub struct ReachView {
     pub enforced: bool,
     /// Reachable namespaces per peer address; a peer not here is not decided yet.
     pub by_peer: HashMap<Ipv4Addr, Vec<String>>,
+    /// The namespaces each pod IP and ClusterIP belongs to ([`crate::reach::address_namespaces`]),
+    /// to say what a refused destination was.
+    pub namespaces_of: Arc<HashMap<Ipv4Addr, Vec<String>>>,
 }
 
 impl ReachView {
@@ -75,19 +80,42 @@ impl ReachView {
         ReachView {
             enforced: false,
             by_peer: HashMap::new(),
+            namespaces_of: Arc::default(),
         }
     }
 
-    /// What `/peers` shows a peer about its own reach (`None`: not decided yet).
-    pub fn of(&self, peer: Ipv4Addr, drops: &[(Ipv4Addr, u64)]) -> Option<ReachStatus> {
+    /// What `/peers` shows a peer of `owner` about its own reach (`None`: not decided yet),
+    /// with its drops and the destination last refused to it (`refused`: per peer address).
+    pub fn of(&self, peer: Ipv4Addr, owner: &str, counted: Counted<'_>) -> Option<ReachStatus> {
         let namespaces = match self.enforced {
             true => self.by_peer.get(&peer)?.clone(),
             false => Vec::new(),
         };
+        let last_refused = counted
+            .refused
+            .iter()
+            .find(|r| r.0 == peer)
+            .map(|&(_, dest)| {
+                let of = self.namespaces_of.get(&dest).cloned().unwrap_or_default();
+                RefusedDestination {
+                    address: dest,
+                    allow: of
+                        .iter()
+                        .filter(|ns| !namespaces.contains(ns))
+                        .map(|ns| crate::reach::allow_command(owner, ns))
+                        .collect(),
+                    namespaces: of,
+                }
+            });
         Some(ReachStatus {
             enforced: self.enforced,
             namespaces,
-            dropped_packets: drops.iter().find(|d| d.0 == peer).map_or(0, |d| d.1),
+            dropped_packets: counted
+                .drops
+                .iter()
+                .find(|d| d.0 == peer)
+                .map_or(0, |d| d.1),
+            last_refused,
         })
     }
 }
@@ -105,11 +133,12 @@ impl AdminState {
             // Nothing decided: every peer's reach is unknown until reach by RBAC says.
             reach: RwLock::new(Arc::new(ReachView {
                 enforced: true,
-                by_peer: HashMap::new(),
+                ..ReachView::open()
             })),
             siblings: std::sync::OnceLock::new(),
             sibling_stats: Cached::default(),
             drops: Cached::default(),
+            refused: Cached::default(),
             metrics: Metrics::default(),
         })
     }
@@ -322,8 +351,27 @@ async fn peers_handler(
     let peers = s.peers();
     // A peer's drops on every replica that answered: its packets may have met any of them.
     let drops = siblings::total_drops(&peers, &s.nft_drops().await, &sibs);
-    let reach = (&*s.reach(), drops.as_slice());
-    axum::Json(gateway_peers(&peers, &stats, reach, caller)).into_response()
+    let refused = s
+        .refused
+        .get(Instant::now(), || async {
+            tokio::task::spawn_blocking(crate::net::nft_last_refused)
+                .await
+                .unwrap_or_default()
+        })
+        .await;
+    let counted = Counted {
+        drops: &drops,
+        refused: &refused,
+    };
+    axum::Json(gateway_peers(&peers, &stats, (&s.reach(), counted), caller)).into_response()
+}
+
+/// What the reach table counted per peer address: packets refused (summed over the replicas
+/// that answered) and the destination last refused (this replica's).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counted<'a> {
+    pub drops: &'a [(Ipv4Addr, u64)],
+    pub refused: &'a [(Ipv4Addr, Ipv4Addr)],
 }
 
 /// Joins the active peers with the device's statistics and their reach and drops (the
@@ -332,7 +380,7 @@ async fn peers_handler(
 pub fn gateway_peers(
     peers: &[ActivePeer],
     stats: &[PeerStats],
-    (reach, drops): (&ReachView, &[(Ipv4Addr, u64)]),
+    (reach, counted): (&ReachView, Counted<'_>),
     caller: Caller,
 ) -> Vec<GatewayPeer> {
     let by_key: HashMap<_, _> = stats.iter().map(|s| (s.public_key, s)).collect();
@@ -357,7 +405,9 @@ pub fn gateway_peers(
                 last_handshake: st.and_then(|s| s.last_handshake).map(Into::into),
                 rx_bytes: st.map_or(0, |s| s.rx_bytes),
                 tx_bytes: st.map_or(0, |s| s.tx_bytes),
-                reach: reach.of(p.ip.addr(), drops).filter(|_| full),
+                reach: reach
+                    .of(p.ip.addr(), &p.spec.owner, counted)
+                    .filter(|_| full),
             }
         })
         .collect()

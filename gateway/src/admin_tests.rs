@@ -82,9 +82,24 @@ fn a_peer_sees_others_without_endpoint_or_hostname() {
             ("100.77.0.3".parse().unwrap(), vec!["default".to_owned()]),
         ]
         .into(),
+        namespaces_of: Arc::new(
+            [(
+                "10.96.0.10".parse().unwrap(),
+                vec!["kube-system".to_owned()],
+            )]
+            .into(),
+        ),
     };
     let drops = [("100.77.0.2".parse().unwrap(), 7)];
-    let reach = (&view, drops.as_slice());
+    let refused = [
+        ("100.77.0.2".parse().unwrap(), "10.96.0.10".parse().unwrap()),
+        ("100.77.0.3".parse().unwrap(), "10.96.0.10".parse().unwrap()),
+    ];
+    let counted = Counted {
+        drops: &drops,
+        refused: &refused,
+    };
+    let reach = (&view, counted);
     let seen = gateway_peers(
         &peers,
         &stats,
@@ -97,6 +112,15 @@ fn a_peer_sees_others_without_endpoint_or_hostname() {
     assert_eq!(
         (mine.namespaces.as_slice(), mine.dropped_packets),
         (&["emojivoto".to_owned()][..], 7)
+    );
+    let refused = mine.last_refused.as_ref().expect("last refused shown");
+    assert_eq!(refused.namespaces, ["kube-system"]);
+    assert_eq!(
+        refused.allow,
+        [format!(
+            "kubectl -n kube-system create rolebinding kwg-reach-{0} --clusterrole=view --user={0}",
+            me.owner
+        )]
     );
     assert_eq!(other.reach, None, "another peer's reach is not shown");
     assert!(me.endpoint.is_some());
@@ -130,16 +154,16 @@ fn reach_undecided_or_open() {
     let me = Caller::Peer("100.77.0.2".parse().unwrap());
     let undecided = ReachView {
         enforced: true,
-        by_peer: Default::default(),
+        ..ReachView::open()
     };
     let seen = gateway_peers(
         std::slice::from_ref(&a),
         std::slice::from_ref(&sa),
-        (&undecided, &[]),
+        (&undecided, Counted::default()),
         me,
     );
     assert_eq!(seen[0].reach, None, "not decided yet: not shown as nothing");
-    let seen = gateway_peers(&[a], &[sa], (&ReachView::open(), &[]), me);
+    let seen = gateway_peers(&[a], &[sa], (&ReachView::open(), Counted::default()), me);
     let r = seen[0].reach.as_ref().unwrap();
     assert!(!r.enforced && r.namespaces.is_empty());
 }

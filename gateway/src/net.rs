@@ -73,15 +73,26 @@ pub fn nft_apply(script: &str) -> Result<(), GatewayError> {
 
 /// Packets the reach table dropped per peer address (empty when it does not exist).
 pub fn nft_drops() -> Vec<(std::net::Ipv4Addr, u64)> {
+    reach_set_json("peer_drops").map_or_else(Vec::new, |j| nft::parse_drops(&j))
+}
+
+/// The destination the reach table last refused per peer address (empty when it does not
+/// exist).
+pub fn nft_last_refused() -> Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)> {
+    reach_set_json("refused").map_or_else(Vec::new, |j| nft::parse_last_refused(&j))
+}
+
+/// `nft -j list set` of one set of the reach table (`None` when it cannot be read).
+fn reach_set_json(set: &str) -> Option<String> {
     let out = Command::new("nft")
-        .args(["-j", "list", "set", "inet", nft::REACH_TABLE, "peer_drops"])
+        .args(["-j", "list", "set", "inet", nft::REACH_TABLE, set])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => nft::parse_drops(&String::from_utf8_lossy(&o.stdout)),
-        _ => Vec::new(),
-    }
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Removes the gateway's nftables table.

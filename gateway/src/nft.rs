@@ -131,14 +131,20 @@ pub fn render_teardown() -> String {
     )
 }
 
-/// Most peers the per-peer drop counters track (one element per tunnel address).
+/// Most peers the per-peer drop counters track (one element per tunnel address), and most
+/// refused (peer, destination) pairs remembered.
 const DROP_COUNTERS: u32 = 65_536;
+/// How long a refused destination is remembered after its last packet.
+const REFUSED_KEPT_SECS: u64 = 3600;
 
 /// The `nft -f -` script creating the reach table, empty: `dest_ns` maps a ClusterIP or pod
 /// IP to its namespace's id (the packet mark), `peer_ns` holds `peer . namespace` grants,
 /// `dns` the cluster DNS addresses (port 53 for all), `extra` the admin's `--allow-cidr`.
-/// Whatever else a peer sends out of the tunnel is dropped and counted in `peer_drops`, per
-/// peer address. [`crate::reach::Diff::render`] fills the sets.
+/// Whatever else a peer sends out of the tunnel is refused at once (a TCP reset, else ICMP
+/// administratively prohibited, RFC 1812 5.2.7.1: type 3 code 13), counted in `peer_drops` per
+/// peer address, and remembered in `refused` (`peer . destination`, an hour from its last
+/// packet) so `/peers` names the last one. The answer is routed like any reply toward the
+/// peer: into the tunnel. [`crate::reach::Diff::render`] fills the sets.
 pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
     let t = REACH_TABLE;
     let iif = interface;
@@ -156,6 +162,11 @@ pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
 \tset dns {{ typeof ip daddr; }}
 \tset extra {{ type ipv4_addr; flags interval;{elements} }}
 \tset peer_drops {{ typeof ip saddr; size {DROP_COUNTERS}; flags dynamic; counter; }}
+\tset refused {{ typeof ip saddr . ip daddr; size {DROP_COUNTERS}; flags dynamic, timeout; timeout {REFUSED_KEPT_SECS}s; }}
+\tchain refuse {{
+\t\tmeta l4proto tcp reject with tcp reset
+\t\treject with icmpx admin-prohibited
+\t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter + 10; policy accept;
 \t\tiifname \"{iif}\" oifname \"{iif}\" accept
@@ -163,7 +174,7 @@ pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
 \t\tiifname \"{iif}\" ip daddr @extra accept
 \t\tiifname \"{iif}\" meta mark set ip daddr map @dest_ns
 \t\tiifname \"{iif}\" ip saddr . meta mark @peer_ns accept
-\t\tiifname \"{iif}\" update @peer_drops {{ ip saddr }} counter drop
+\t\tiifname \"{iif}\" update @peer_drops {{ ip saddr }} update @refused {{ ip saddr . ip daddr }} goto refuse
 \t}}
 }}
 "
@@ -183,6 +194,30 @@ pub fn parse_drops(json: &str) -> Vec<(Ipv4Addr, u64)> {
             Some((ip, e["elem"]["counter"]["packets"].as_u64()?))
         })
         .collect()
+}
+
+/// The destination each peer address was last refused, from `nft -j list set inet kwg_reach
+/// refused`: of a peer's elements, the one whose timeout was refreshed last (most time left).
+pub fn parse_last_refused(json: &str) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let sets = v["nftables"].as_array().into_iter().flatten();
+    let mut last: std::collections::BTreeMap<Ipv4Addr, (u64, Ipv4Addr)> = Default::default();
+    let elems = sets.filter_map(|o| o["set"]["elem"].as_array()).flatten();
+    for e in elems {
+        let pair = e["elem"]["val"]["concat"].as_array();
+        let addr = |i: usize| pair?.get(i)?.as_str()?.parse::<Ipv4Addr>().ok();
+        let (Some(peer), Some(dest)) = (addr(0), addr(1)) else {
+            continue;
+        };
+        let left = e["elem"]["expires"].as_u64().unwrap_or(0);
+        let slot = last.entry(peer).or_insert((left, dest));
+        if left > slot.0 {
+            *slot = (left, dest);
+        }
+    }
+    last.into_iter().map(|(p, (_, d))| (p, d)).collect()
 }
 
 /// IPv4 destinations, merged (nft interval sets refuse overlaps). The tunnel CIDR and
@@ -276,6 +311,29 @@ mod tests {
         assert!(reach.contains("elements = { 192.0.2.0/24 }"), "{reach}");
         let grant = reach.find("ip saddr . meta mark @peer_ns accept").unwrap();
         assert!(grant < reach.find("update @peer_drops").unwrap());
+        assert!(reach.contains("update @refused { ip saddr . ip daddr } goto refuse"));
+        let refuse = &reach[reach.find("chain refuse").unwrap()..];
+        let tcp = refuse
+            .find("meta l4proto tcp reject with tcp reset")
+            .unwrap();
+        assert!(tcp < refuse.find("reject with icmpx admin-prohibited").unwrap());
+    }
+
+    #[test]
+    fn last_refused_per_peer_is_the_freshest_element() {
+        let json = r#"{"nftables": [{"set": {"family": "inet", "name": "refused", "table": "kwg_reach", "elem": [
+            {"elem": {"val": {"concat": ["100.77.0.2", "10.96.0.10"]}, "expires": 1799}},
+            {"elem": {"val": {"concat": ["100.77.0.2", "10.96.0.11"]}, "expires": 3599}},
+            {"elem": {"val": {"concat": ["100.77.0.3", "10.244.0.9"]}, "expires": 12}}]}}]}"#;
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            parse_last_refused(json),
+            [
+                (ip("100.77.0.2"), ip("10.96.0.11")),
+                (ip("100.77.0.3"), ip("10.244.0.9"))
+            ]
+        );
+        assert!(parse_last_refused("garbage").is_empty());
     }
 
     #[test]

@@ -395,6 +395,53 @@ pub fn owner_groups(owner: &str) -> Vec<String> {
     groups
 }
 
+/// The namespaces each address of the inventory belongs to: a pod IP or ClusterIP its
+/// namespace, a span's ClusterIP every namespace of the span (a refused ClusterIP none).
+pub fn address_namespaces(inv: &Inventory) -> HashMap<Ipv4Addr, Vec<String>> {
+    let mut of: HashMap<Ipv4Addr, Vec<String>> = HashMap::new();
+    for (ns, addrs) in &inv.by_namespace {
+        for a in addrs {
+            of.entry(*a).or_default().push(ns.clone());
+        }
+    }
+    for (a, span) in &inv.spans {
+        of.insert(*a, span.iter().cloned().collect());
+    }
+    of
+}
+
+/// The command creating the RoleBinding that lets `owner` reach `namespace`: ClusterRole
+/// `view` (which holds `get services`) bound there to the user or ServiceAccount.
+pub fn allow_command(owner: &str, namespace: &str) -> String {
+    let subject = match owner.strip_prefix("system:serviceaccount:") {
+        Some(sa) => format!("--serviceaccount={}", shell_word(sa)),
+        None => format!("--user={}", shell_word(owner)),
+    };
+    // A RoleBinding's name is a DNS subdomain: lower case, digits, '-' and '.'.
+    let label: String = owner
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-' | '.') => c,
+            _ => '-',
+        })
+        .take(200)
+        .collect();
+    let label = label.trim_matches(|c| c == '-' || c == '.');
+    format!(
+        "kubectl -n {namespace} create rolebinding kwg-reach-{label} --clusterrole=view {subject}"
+    )
+}
+
+/// `word` as one shell word: as is when it holds only safe characters, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 /// The label naming an EndpointSlice's Service (what kube-proxy reads).
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 

@@ -531,3 +531,19 @@ fn a_span_from_a_namespace_without_pods_is_asked_about_and_granted() {
     let id = sets.dest_ns[&ip("10.96.1.9")];
     assert!(sets.peer_ns.contains(&(ip("100.77.0.2"), id)));
 }
+
+#[test]
+fn allow_command_names_the_user_or_service_account() {
+    assert_eq!(
+        allow_command("developer", "kube-system"),
+        "kubectl -n kube-system create rolebinding kwg-reach-developer --clusterrole=view --user=developer"
+    );
+    assert_eq!(
+        allow_command("system:serviceaccount:kwg-ci:deploy", "emojivoto"),
+        "kubectl -n emojivoto create rolebinding kwg-reach-system-serviceaccount-kwg-ci-deploy --clusterrole=view --serviceaccount=kwg-ci:deploy"
+    );
+    assert!(
+        allow_command("Jane Doe", "a")
+            .ends_with("kwg-reach-jane-doe --clusterrole=view --user='Jane Doe'")
+    );
+}

@@ -156,6 +156,7 @@ pub async fn run(
             by_peer: reach::reachable(&inv, &peers, |o, ns| {
                 grants.get(&(o.clone(), ns.to_owned())).copied()
             }),
+            namespaces_of: std::sync::Arc::new(reach::address_namespaces(&inv)),
         });
     }
 }

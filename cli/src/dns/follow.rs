@@ -164,6 +164,7 @@ mod tests {
             enforced: true,
             namespaces: vec!["emojivoto".into()],
             dropped_packets: 0,
+            last_refused: None,
         };
         let peers = [peer("other", None), peer("me", Some(reach))];
         apply(&mut s, None, Some((&peers, "me")));
@@ -179,6 +180,7 @@ mod tests {
             enforced: false,
             namespaces: vec![],
             dropped_packets: 0,
+            last_refused: None,
         };
         apply(&mut s, None, Some((&[peer("me", Some(open))], "me")));
         assert_eq!(s.reachable, None);

@@ -383,6 +383,7 @@ mod tests {
                 enforced: true,
                 namespaces: vec!["emojivoto".into()],
                 dropped_packets: 0,
+                last_refused: None,
             }),
         };
         let json = serde_json::to_string(&vec![p.clone()]).unwrap();

@@ -236,8 +236,26 @@ pub struct ReachStatus {
     /// by the peer (or every namespace when none is mapped) and whose Services its owner may
     /// `get`. Sorted.
     pub namespaces: Vec<String>,
-    /// Packets from this peer the gateway dropped (destinations it may not reach).
+    /// Packets from this peer the gateway refused (destinations it may not reach): each
+    /// answered at once with a TCP reset or ICMP administratively prohibited.
     pub dropped_packets: u64,
+    /// The destination the gateway last refused this peer (within the last hour, on the
+    /// replica answering); absent when none or from an older gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refused: Option<RefusedDestination>,
+}
+
+/// A destination the gateway refused a peer, and what would allow it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedDestination {
+    pub address: std::net::Ipv4Addr,
+    /// The namespaces the address belongs to (a pod's, a ClusterIP's endpoints'); empty when
+    /// it is no pod or ClusterIP of the cluster.
+    pub namespaces: Vec<String>,
+    /// One command per namespace the owner lacks, creating the RoleBinding that would allow it
+    /// (`get services` there, through ClusterRole `view`).
+    pub allow: Vec<String>,
 }
 
 impl ReachStatus {
@@ -382,6 +400,7 @@ mod tests {
             enforced: true,
             namespaces: vec!["emojivoto".into()],
             dropped_packets: 3,
+            last_refused: None,
         });
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(
@@ -395,6 +414,7 @@ mod tests {
             enforced: false,
             namespaces: vec![],
             dropped_packets: 0,
+            last_refused: None,
         };
         assert_eq!(open.unreachable(&wanted).count(), 0);
     }
