@@ -105,7 +105,12 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
                 Some(_) => reporter.still_cleaning(),
             },
             _ = tokio::time::sleep_until(deadline) => {
-                let undone = stop_daemon(&mut child, &dir).await;
+                if cancel.is_none() {
+                    // SIGTERM makes the daemon undo what it did; one that does not exit is
+                    // killed, and its journal undone here.
+                    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+                }
+                let undone = stop_daemon(&mut child, &dir, &args).await;
                 reporter.clear();
                 return Err(match cancel {
                     Some(by) => Error::Cancelled { by, undone },
@@ -115,7 +120,7 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
         }
     }
     if let Some(by) = cancel {
-        let undone = stop_daemon(&mut child, &dir).await;
+        let undone = stop_daemon(&mut child, &dir, &args).await;
         reporter.clear();
         return Err(Error::Cancelled { by, undone });
     }
@@ -123,7 +128,7 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
         Ok(status) => status,
         Err(e @ Error::DaemonExited { .. }) => {
             // It died without undoing: what its journal holds is undone here.
-            let undone = stop_daemon(&mut child, &dir).await;
+            let undone = stop_daemon(&mut child, &dir, &args).await;
             if undone != UNDONE {
                 reporter.step(&format!("The daemon's steps: {undone}"));
             }
@@ -191,28 +196,31 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
 const CANCEL_GRACE: Duration = Duration::from_secs(15);
 
 /// Waits for a daemon that was told to stop (SIGTERM) to exit, kills it after 5 s, and undoes
-/// what its journal still holds; says whether everything is undone.
-async fn stop_daemon(child: &mut std::process::Child, dir: &StateDir) -> String {
+/// what its journal still holds (with the kubeconfig this join was given); says whether
+/// everything is undone.
+async fn stop_daemon(child: &mut std::process::Child, dir: &StateDir, args: &JoinArgs) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    if matches!(child.try_wait(), Ok(None)) {
-        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
     if matches!(child.try_wait(), Ok(None)) {
         let _ = child.kill();
     }
     let _ = child.wait();
     match State::load(&dir.state()) {
-        Ok(Some(state)) => match cleanup_dead(&state, dir, None).await {
-            Ok(_) => UNDONE.into(),
-            Err(e) => format!("undoing failed ({e}): run kwg leave"),
-        },
+        Ok(Some(state)) => {
+            let kube = (
+                args.kube.kubeconfig.as_deref(),
+                args.kube.context.as_deref(),
+            );
+            match cleanup_dead(&state, dir, Some(kube)).await {
+                Ok(c) => match c.left_behind {
+                    Some(l) => format!("it {l}"),
+                    None => UNDONE.into(),
+                },
+                Err(e) => format!("undoing failed ({e}): run kwg leave"),
+            }
+        }
         Ok(None) => UNDONE.into(),
         Err(e) => format!("its journal is unreadable ({e}): run kwg leave"),
     }
