@@ -1,6 +1,8 @@
 //! Tracing set-up shared by every kwg binary: logs go to stderr, filtered by `KWG_LOG`
 //! (an `EnvFilter` directive such as `debug` or `kwg_gateway=trace`), as JSON lines when
-//! `KWG_LOG_FORMAT=json`.
+//! `KWG_LOG_FORMAT=json`; coloured only when stderr is a terminal.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,6 +13,8 @@ pub fn init(default_filter: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: pod logs, files and pipes get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         // A failed log write is dropped: by default tracing reports it with `eprintln!`, which
         // panics when stderr is a closed pipe (a daemon whose parent has exited), and a panic
         // in the middle of a UAPI `set` made `wg` fail with "Protocol error".
