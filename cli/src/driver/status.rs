@@ -120,6 +120,31 @@ async fn missing_routes(state: &State) -> Vec<ipnet::IpNet> {
         .collect()
 }
 
+/// Resolved mode: why systemd-resolved no longer sends names to kwg (kwg's forwarder gone
+/// from the link: reverted by something else, resolved restarted); `None` when it is there
+/// or resolved cannot be asked.
+async fn resolved_problem(
+    client: Option<&crate::dns::resolved::Resolved>,
+    state: &State,
+) -> Option<String> {
+    let d = state
+        .dns
+        .as_ref()
+        .filter(|d| d.mode == DnsModeUsed::Resolved)?;
+    let ifindex = nix::net::if_::if_nametoindex(state.interface.as_str()).ok()?;
+    let servers = tokio::time::timeout(PROBE_TIMEOUT, client?.link_servers(ifindex))
+        .await
+        .ok()?
+        .ok()?;
+    let ip = d.forwarder.ip();
+    (!servers.contains(&ip)).then(|| {
+        format!(
+            "systemd-resolved no longer sends cluster names to kwg: {} has no DNS server {ip}",
+            state.interface
+        )
+    })
+}
+
 /// Why the machine's resolver does not send names to kwg's forwarder (resolv-conf mode: the
 /// file must still name it; resolved mode is verified at join and reverted only by kwg).
 pub fn dns_problem(state: &State) -> Option<String> {
@@ -270,6 +295,7 @@ impl super::Driver {
         let mut s = self.status(session).await;
         let device = self.device.as_ref().map(|d| d.handle());
         let kube = self.kube.clone();
+        let resolved = self.resolved.clone();
         let state = session.state().cloned();
         let serving = s.lease.is_some();
         async move {
@@ -308,12 +334,16 @@ impl super::Driver {
                 s.rx_bytes = p.rx_bytes;
                 s.tx_bytes = p.tx_bytes;
             }
+            let dns = match dns_problem(&state) {
+                Some(p) => Some(p),
+                None => resolved_problem(resolved.as_ref(), &state).await,
+            };
             let observed = Observed {
                 daemon_silent: None,
                 gateway,
                 peer_secret,
                 missing_routes,
-                dns: dns_problem(&state),
+                dns,
             };
             health::apply(&mut s, &observed, Utc::now());
             s

@@ -227,6 +227,21 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
                 "{out}"
             );
         }
+        if !kill {
+            // Something reverts kwg's link: status is Degraded and says so.
+            r.resolvectl(&["revert", "kwg0"]).unwrap();
+            let out = run(&r, &l, &["kwg", "status", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(out.status.code(), Some(13), "{v:#}");
+            assert_eq!(v["health"][0]["kind"], "dns-missing", "{v:#}");
+            assert!(
+                v["health"][0]["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("systemd-resolved no longer sends cluster names to kwg"),
+                "{v:#}"
+            );
+        }
         let leave = run(&r, &l, &["kwg", "leave"]);
         assert!(leave.status.success(), "{}", text(&leave.stderr));
         let after = kwg_link_state(&r);

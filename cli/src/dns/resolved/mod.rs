@@ -291,6 +291,47 @@ impl Resolved {
         Ok(())
     }
 
+    /// The DNS servers systemd-resolved has for the link (its `DNS` property), to tell
+    /// whether kwg's forwarder is still there (something may have reverted the link).
+    pub async fn link_servers(&self, ifindex: u32) -> Result<Vec<std::net::IpAddr>, ResolvedError> {
+        let index = link_index(ifindex)?;
+        let bus = |e: zbus::Error| ResolvedError::Bus {
+            reason: e.to_string(),
+        };
+        let reply = self
+            .conn
+            .call_method(Some(BUS_NAME), OBJECT, Some(MANAGER), "GetLink", &(index,))
+            .await
+            .map_err(|e| call_error("GetLink", ifindex, e))?;
+        let path: zbus::OwnedObjectPath = reply.body().deserialize().map_err(bus)?;
+        let reply = self
+            .conn
+            .call_method(
+                Some(BUS_NAME),
+                path.as_str(),
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &("org.freedesktop.resolve1.Link", "DNS"),
+            )
+            .await
+            .map_err(bus)?;
+        let value: zbus::OwnedVariant = reply.body().deserialize().map_err(bus)?;
+        let servers: Vec<(i32, Vec<u8>)> =
+            value
+                .try_into()
+                .map_err(|e: zbus::Error| ResolvedError::Bus {
+                    reason: format!("the link's DNS property: {e}"),
+                })?;
+        Ok(servers
+            .into_iter()
+            .filter_map(|(_, a)| match a.len() {
+                4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(a).ok()?)),
+                16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(a).ok()?)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Replaces the link's domains (`SetLinkDomains`), e.g. when namespaces come and go.
     pub async fn set_domains(
         &self,
