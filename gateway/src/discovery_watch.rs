@@ -351,6 +351,7 @@ fn gateway_info(cfg: &Config, base: InfoBase, d: &Discovered) -> GatewayInfo {
         cluster_domain: cfg.cluster_domain.clone(),
         admin_port: cfg.admin_addr.port(),
         gateway_version: Some(env!("CARGO_PKG_VERSION").into()),
+        udp_receive: None,
     }
 }
 

@@ -34,6 +34,34 @@ pub struct GatewayInfo {
     /// than this field, which `kwg version` reports as unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_version: Option<String>,
+    /// How the gateway's UDP socket last found datagrams arriving under load; absent until it
+    /// has seen enough traffic to judge (and from gateways older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_receive: Option<UdpReceive>,
+}
+
+/// The gateway's judgement of its UDP receive over a window under load (docs/performance.md):
+/// whether the node coalesces the forwarded WireGuard datagrams (UDP GRO forwarding) before
+/// the gateway pod receives them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UdpReceive {
+    /// About one datagram per received message: the node's interface does not coalesce
+    /// forwarded UDP (`ethtool -K <nic> rx-udp-gro-forwarding on` is missing).
+    pub one_per_frame: bool,
+    /// Received messages in the window judged.
+    pub messages: u64,
+    /// Datagrams those messages held.
+    pub datagrams: u64,
+    /// When the window ended.
+    pub observed_at: DateTime<Utc>,
+}
+
+impl UdpReceive {
+    /// Datagrams per received message in the window.
+    pub fn per_message(&self) -> f64 {
+        self.datagrams as f64 / self.messages.max(1) as f64
+    }
 }
 
 /// The two versions a gateway info document carries, read without validating the rest, so
@@ -270,6 +298,7 @@ mod tests {
             cluster_domain: "cluster.local".into(),
             admin_port: 8080,
             gateway_version: Some("0.1.0".into()),
+            udp_receive: None,
         }
     }
 

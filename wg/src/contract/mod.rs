@@ -11,7 +11,7 @@ mod status;
 mod types;
 
 pub use error::ContractError;
-pub use info::{Endpoint, GatewayInfo, GatewayPeer, PublishedVersions};
+pub use info::{Endpoint, GatewayInfo, GatewayPeer, PublishedVersions, UdpReceive};
 pub use peer::{PeerSpec, format_lease, parse_lease};
 pub use status::LeaseStatus;
 pub use status::{DnsStatus, PlannedRoute, ReachStatus, RefusedDestination, RouteSource, Status};

@@ -197,6 +197,7 @@ impl DeviceHandle {
             tun_write: s.tun.writes.get(),
             udp_send: udp.sends.get(),
             udp_recv: udp.recvs.get(),
+            udp_recv_gro: udp.recv_gro.get(),
         }
     }
 

@@ -55,15 +55,19 @@ pub struct IoStats {
     pub tun_write: EdgeCount,
     pub udp_send: EdgeCount,
     pub udp_recv: EdgeCount,
+    /// The UDP receive's messages (`calls`: one per recvmmsg entry) and the datagrams they
+    /// held (`segments`): more than one only when a GRO engine on the way coalesced them.
+    pub udp_recv_gro: EdgeCount,
 }
 
 impl IoStats {
-    fn edges(&self) -> [(&'static str, EdgeCount); 4] {
+    fn edges(&self) -> [(&'static str, EdgeCount); 5] {
         [
             ("tun_read", self.tun_read),
             ("tun_write", self.tun_write),
             ("udp_send", self.udp_send),
             ("udp_recv", self.udp_recv),
+            ("udp_recv_gro", self.udp_recv_gro),
         ]
     }
 }
@@ -83,6 +87,49 @@ impl fmt::Display for IoStats {
         }
         Ok(())
     }
+}
+
+/// Datagrams received in a window before its receive pattern is judged: fewer is not load
+/// (20 000 datagrams of ~1400 bytes are ~28 MB).
+pub const LOAD_WINDOW_DATAGRAMS: u64 = 20_000;
+
+/// At or below this many datagrams per received message, datagrams arrive one per frame: no
+/// GRO engine coalesced them (with the node's UDP GRO forwarding on, a UDP_GRO socket gets
+/// ~40 per message; see docs/performance.md).
+pub const ONE_PER_FRAME_MAX: f64 = 1.5;
+
+/// How datagrams reached the UDP socket over a window under load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReceivePattern {
+    /// About one datagram per received message: nothing coalesced them on the way (the node's
+    /// `rx-udp-gro-forwarding` is off, or GRO is off).
+    OnePerFrame { per_message: f64 },
+    /// Coalesced: several datagrams per received message.
+    Coalesced { per_message: f64 },
+}
+
+impl ReceivePattern {
+    pub fn one_per_frame(&self) -> bool {
+        matches!(self, ReceivePattern::OnePerFrame { .. })
+    }
+}
+
+/// Judges the receive pattern from the GRO edge's growth over a window (`now` minus
+/// `before`, two readings of [`IoStats::udp_recv_gro`]): `None` while the window holds fewer
+/// than `window` datagrams (not under load; keep accumulating) or the counters went back
+/// (the socket was bound again).
+pub fn judge_receive(before: EdgeCount, now: EdgeCount, window: u64) -> Option<ReceivePattern> {
+    let messages = now.calls.checked_sub(before.calls)?;
+    let datagrams = now.segments.checked_sub(before.segments)?;
+    if datagrams < window || messages == 0 {
+        return None;
+    }
+    let per_message = datagrams as f64 / messages as f64;
+    Some(if per_message <= ONE_PER_FRAME_MAX {
+        ReceivePattern::OnePerFrame { per_message }
+    } else {
+        ReceivePattern::Coalesced { per_message }
+    })
 }
 
 /// How many segments a coalesced TUN write carried, from its virtio-net header (the 10 bytes
@@ -131,6 +178,36 @@ mod tests {
             text.contains("tun_read calls=0 segments=0 per_call=0.00\n"),
             "{text}"
         );
+    }
+
+    fn count(calls: u64, segments: u64) -> EdgeCount {
+        EdgeCount { calls, segments }
+    }
+
+    #[test]
+    fn one_datagram_per_message_under_load_is_one_per_frame() {
+        let before = count(100, 150);
+        let p = judge_receive(before, count(100 + 20_000, 150 + 20_400), 20_000).unwrap();
+        assert!(p.one_per_frame(), "{p:?}");
+        assert_eq!(p, ReceivePattern::OnePerFrame { per_message: 1.02 });
+    }
+
+    #[test]
+    fn coalesced_datagrams_are_not_one_per_frame() {
+        let p = judge_receive(count(0, 0), count(500, 20_000), 20_000).unwrap();
+        assert_eq!(p, ReceivePattern::Coalesced { per_message: 40.0 });
+        assert!(!p.one_per_frame());
+        // Just above the line: coalesced.
+        let p = judge_receive(count(0, 0), count(10_000, 16_000), 10_000).unwrap();
+        assert!(!p.one_per_frame(), "{p:?}");
+    }
+
+    #[test]
+    fn no_verdict_without_load_or_after_a_rebind() {
+        // A trickle (keepalives, a ping): not judged, whatever its pattern.
+        assert_eq!(judge_receive(count(0, 0), count(19_999, 19_999), 20_000), None);
+        // The socket was bound again: its counters restarted.
+        assert_eq!(judge_receive(count(50_000, 50_000), count(10, 10), 20_000), None);
     }
 
     #[test]

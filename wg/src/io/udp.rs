@@ -24,6 +24,9 @@ pub struct Udp {
     /// sendmsg/recvmmsg calls and the datagrams they carried (since this socket was bound).
     pub sends: Edge,
     pub recvs: Edge,
+    /// Received messages (recvmmsg entries) and the datagrams they held: more than one per
+    /// message only when GRO coalesced them before the socket.
+    pub recv_gro: Edge,
 }
 
 impl Udp {
@@ -71,6 +74,7 @@ impl Udp {
             port,
             sends: Edge::default(),
             recvs: Edge::default(),
+            recv_gro: Edge::default(),
         })
     }
 
@@ -167,6 +171,7 @@ impl Udp {
                         .map(|m| m.len.div_ceil(m.stride.max(1)))
                         .sum();
                     self.recvs.add(datagrams);
+                    self.recv_gro.add_calls(n, datagrams);
                     return Ok(n);
                 }
             }
