@@ -1,6 +1,7 @@
 //! Command line of `kwg-sim`.
 
 use crate::names::{self, Names};
+use crate::net::{ClusterNet, parse_cidr};
 use crate::{Error, Result, sh, topology};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Build the cluster (removing a previous one of this prefix) and wait until it is ready.
-    Up,
+    Up(UpArgs),
     /// Remove the cluster: processes, namespaces, nftables, files. Idempotent.
     Down,
     /// Say what runs.
@@ -52,10 +53,51 @@ pub enum Cmd {
     },
 }
 
+/// The addresses of a new cluster; everything else (the API server, kube-dns, pod IPs, ...)
+/// follows from them.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// The LAN (/24 or larger): the node and API server are .1, the laptop .10, extra laptops
+    /// .11-.50, the resolver .53, the intranet .80.
+    #[arg(long, value_name = "CIDR", default_value = names::LAN_CIDR)]
+    pub lan: String,
+    /// ClusterIPs (/24 or larger): `kubernetes` is .1, kube-dns .10.
+    #[arg(long, value_name = "CIDR", default_value = names::SERVICE_CIDR)]
+    pub service_cidr: String,
+    /// Pod IPs (/24 or larger); the node's podCIDR is its first /24.
+    #[arg(long, value_name = "CIDR", default_value = names::POD_CIDR)]
+    pub pod_cidr: String,
+    /// The cluster domain (names `<svc>.<ns>.svc.<domain>`, pods' search list).
+    #[arg(long, default_value = names::CLUSTER_DOMAIN)]
+    pub domain: String,
+}
+
+impl UpArgs {
+    /// The validated choices; errors name the option to change.
+    pub fn net(&self) -> Result<ClusterNet> {
+        let net = ClusterNet {
+            lan: parse_cidr("--lan", &self.lan)?,
+            service_cidr: parse_cidr("--service-cidr", &self.service_cidr)?,
+            pod_cidr: parse_cidr("--pod-cidr", &self.pod_cidr)?,
+            domain: self.domain.trim_end_matches('.').to_string(),
+        };
+        net.validate()?;
+        Ok(net)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LaptopCmd {
-    /// A new machine `<prefix>-laptop-NAME` on the LAN.
-    Add { name: String },
+    /// A new machine `<owner>-laptop-NAME` on the LAN of the --prefix cluster, or on the LANs of
+    /// every --cluster (the first owns it: it goes when that cluster goes down).
+    Add {
+        name: String,
+        /// Attach to this running cluster's LAN (its prefix); repeat for several clusters, whose
+        /// LANs must differ (`kwg-sim up --lan`). The laptop's interfaces are eth0, eth1, ... in
+        /// this order.
+        #[arg(long = "cluster", value_name = "PREFIX")]
+        clusters: Vec<String>,
+    },
     /// Remove it.
     Del { name: String },
 }
@@ -75,6 +117,12 @@ pub enum WorkloadCmd {
     ClusterDns {
         #[arg(long, default_value_t = 53)]
         port: u16,
+        /// The cluster domain served.
+        #[arg(long, default_value = names::CLUSTER_DOMAIN)]
+        domain: String,
+        /// Where names outside the cluster domain go (the LAN resolver).
+        #[arg(long, default_value = "192.0.2.53:53")]
+        upstream: std::net::SocketAddr,
     },
 }
 
@@ -83,7 +131,7 @@ pub fn run(args: Args) -> Result<()> {
     let n = Names::new(&args.prefix)?;
     let needs_root = matches!(
         args.cmd,
-        Cmd::Up | Cmd::Down | Cmd::Laptop { .. } | Cmd::Daemon
+        Cmd::Up(_) | Cmd::Down | Cmd::Laptop { .. } | Cmd::Daemon
     );
     if needs_root && !nix::unistd::geteuid().is_root() {
         return Err(Error::Invalid(
@@ -91,7 +139,7 @@ pub fn run(args: Args) -> Result<()> {
         ));
     }
     match args.cmd {
-        Cmd::Up => up(&n),
+        Cmd::Up(up_args) => up(&n, &up_args.net()?),
         Cmd::Down => topology::teardown(&n),
         Cmd::Status => status(&n),
         Cmd::Env => {
@@ -103,10 +151,19 @@ pub fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Cmd::Laptop {
-            cmd: LaptopCmd::Add { name },
+            cmd: LaptopCmd::Add { name, clusters },
         } => {
-            let addr = topology::add_laptop(&n, &name)?;
-            println!("{} {addr}", n.extra_laptop_ns(&name));
+            let clusters = if clusters.is_empty() {
+                vec![n]
+            } else {
+                clusters
+                    .iter()
+                    .map(|p| Names::new(p))
+                    .collect::<Result<Vec<_>>>()?
+            };
+            let addrs = topology::add_laptop(&clusters, &name)?;
+            let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            println!("{} {}", clusters[0].extra_laptop_ns(&name), addrs.join(" "));
             Ok(())
         }
         Cmd::Laptop {
@@ -136,17 +193,22 @@ async fn workload(kind: WorkloadCmd) -> Result<()> {
             title,
             udp_echo,
         } => crate::workload::http(port, title, udp_echo).await,
-        WorkloadCmd::ClusterDns { port } => crate::workload::cluster_dns(port).await,
+        WorkloadCmd::ClusterDns {
+            port,
+            domain,
+            upstream,
+        } => crate::workload::cluster_dns(port, domain, upstream).await,
     }
 }
 
 /// `up`: clean, build the network, start the daemon, wait for its ready file.
-fn up(n: &Names) -> Result<()> {
+fn up(n: &Names, net: &ClusterNet) -> Result<()> {
     let start = Instant::now();
     topology::teardown(n)?;
     let dir = n.run_dir();
     std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-    topology::build(n)?;
+    net.save(n)?;
+    topology::build(n, net)?;
     let log =
         std::fs::File::create(n.daemon_log()).map_err(Error::io("creating the daemon log"))?;
     let log2 = log
@@ -238,7 +300,12 @@ fn status(n: &Names) -> Result<()> {
             _ => "not running (run `kwg-sim up`)".into(),
         }
     );
-    println!("API server  https://{}:{}", names::NODE_IP, names::API_PORT);
+    let net = ClusterNet::load(n)?;
+    println!("API server  {}", net.api_server());
+    println!(
+        "addresses   LAN {}, Services {}, pods {}, domain {}",
+        net.lan, net.service_cidr, net.pod_cidr, net.domain
+    );
     println!(
         "kubeconfig  {} (developer), {} (admin)",
         n.kubeconfig("developer").display(),

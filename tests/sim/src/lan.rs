@@ -3,6 +3,7 @@
 
 use crate::dns::lan::{LanDnsConfig, serve};
 use crate::names::{self, Names};
+use crate::net::ClusterNet;
 use crate::{Result, netns};
 use std::net::SocketAddr;
 
@@ -12,28 +13,29 @@ pub struct Lan {
 }
 
 /// Records of the LAN zone, relative to it (`intranet` is `intranet.corp.example`).
-pub fn records() -> Vec<(String, std::net::Ipv4Addr)> {
+pub fn records(net: &ClusterNet) -> Vec<(String, std::net::Ipv4Addr)> {
     [
-        ("intranet", names::INTRANET_IP),
-        ("ns", names::LAN_DNS_IP),
-        ("node", names::NODE_IP),
-        ("laptop", names::LAPTOP_IP),
+        ("intranet", net.intranet_ip()),
+        ("ns", net.lan_dns_ip()),
+        ("node", net.node_ip()),
+        ("laptop", net.laptop_ip()),
     ]
     .into_iter()
     .map(|(n, ip)| (n.to_string(), ip))
     .collect()
 }
 
-/// Binds and starts the LAN resolver (192.0.2.53:53 UDP+TCP) and intranet (192.0.2.80:80).
-pub fn start(n: &Names) -> Result<Lan> {
+/// Binds and starts the LAN resolver (`.53` of the LAN, port 53 UDP+TCP) and the intranet
+/// (`.80`, port 80).
+pub fn start(n: &Names, net: &ClusterNet) -> Result<Lan> {
     let lan = n.lan_ns();
-    let dns = SocketAddr::from((names::LAN_DNS_IP, 53));
+    let dns = SocketAddr::from((net.lan_dns_ip(), 53));
     let udp = netns::udp_socket(&lan, dns)?;
     let tcp = netns::tcp_listener(&lan, dns)?;
-    let web = netns::tcp_listener(&lan, SocketAddr::from((names::INTRANET_IP, 80)))?;
+    let web = netns::tcp_listener(&lan, SocketAddr::from((net.intranet_ip(), 80)))?;
     let cfg = LanDnsConfig {
         zone: names::LAN_ZONE.to_string(),
-        records: records(),
+        records: records(net),
     };
     let t1 = tokio::spawn(async move {
         if let Err(e) = serve(udp, tcp, cfg).await {

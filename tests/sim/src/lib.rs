@@ -30,6 +30,7 @@ pub mod error;
 pub mod kubelet;
 pub mod lan;
 pub mod names;
+pub mod net;
 pub mod netns;
 pub mod podexec;
 pub mod proxy;

@@ -16,6 +16,7 @@
 //! The `kwg-sim` binary is found with [`crate::bin_path`]; build it first (`cargo build -p kwg-sim`).
 
 use crate::names::Names;
+pub use crate::net::ClusterNet;
 pub use crate::resolved::ResolvedNs;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -24,11 +25,86 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// Laptops are added one at a time: tests sharing a cluster would otherwise pick the same free
+/// address.
+static ADDING: Mutex<()> = Mutex::new(());
 
 /// A running one-machine cluster; `kwg-sim down` when dropped.
 #[derive(Debug)]
 pub struct Cluster {
     names: Names,
+    net: ClusterNet,
+}
+
+/// A cluster with other addresses than the defaults, from [`Cluster::builder`]:
+///
+/// ```no_run
+/// # fn main() -> kwg_sim::Result<()> {
+/// let c = kwg_sim::testing::Cluster::builder()
+///     .lan("198.51.100.0/24")
+///     .service_cidr("10.43.0.0/16")
+///     .pod_cidr("10.42.0.0/16")
+///     .domain("corp.internal")
+///     .up()?;
+/// assert_eq!(c.net().node_ip().to_string(), "198.51.100.1");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct ClusterBuilder {
+    prefix: Option<String>,
+    options: Vec<(&'static str, String)>,
+}
+
+impl ClusterBuilder {
+    fn option(mut self, flag: &'static str, value: &str) -> ClusterBuilder {
+        self.options.retain(|(f, _)| *f != flag);
+        self.options.push((flag, value.to_string()));
+        self
+    }
+    /// `kwg-sim up --lan CIDR`.
+    pub fn lan(self, cidr: &str) -> ClusterBuilder {
+        self.option("--lan", cidr)
+    }
+    /// `kwg-sim up --service-cidr CIDR`.
+    pub fn service_cidr(self, cidr: &str) -> ClusterBuilder {
+        self.option("--service-cidr", cidr)
+    }
+    /// `kwg-sim up --pod-cidr CIDR`.
+    pub fn pod_cidr(self, cidr: &str) -> ClusterBuilder {
+        self.option("--pod-cidr", cidr)
+    }
+    /// `kwg-sim up --domain DOMAIN`.
+    pub fn domain(self, domain: &str) -> ClusterBuilder {
+        self.option("--domain", domain)
+    }
+    /// This prefix instead of a unique one.
+    pub fn prefix(mut self, prefix: &str) -> ClusterBuilder {
+        self.prefix = Some(prefix.to_string());
+        self
+    }
+
+    /// `kwg-sim up` with these options; waits until the cluster is ready.
+    pub fn up(self) -> Result<Cluster> {
+        let prefix = self.prefix.unwrap_or_else(unique_prefix);
+        let mut args = vec!["up"];
+        for (flag, value) in &self.options {
+            args.extend([*flag, value.as_str()]);
+        }
+        let names = Names::new(&prefix)?;
+        let mut cluster = Cluster {
+            names,
+            net: ClusterNet::default(),
+        };
+        let out = cluster.kwg_sim(&args)?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                cmd: format!("kwg-sim {} --prefix {prefix}", args.join(" ")),
+                stderr: output_text(&out),
+            });
+        }
+        cluster.net = ClusterNet::load(&cluster.names)?;
+        Ok(cluster)
+    }
 }
 
 /// A name no other test of this machine uses at the same time: `<letters><pid % 10000>x<counter>`
@@ -100,16 +176,17 @@ impl Cluster {
 
     /// Starts a cluster with this prefix (removing a previous one of the same prefix).
     pub fn up_with_prefix(prefix: &str) -> Result<Cluster> {
-        let names = Names::new(prefix)?;
-        let cluster = Cluster { names };
-        let out = cluster.kwg_sim(&["up"])?;
-        if !out.status.success() {
-            return Err(Error::Command {
-                cmd: format!("kwg-sim up --prefix {prefix}"),
-                stderr: output_text(&out),
-            });
-        }
-        Ok(cluster)
+        Cluster::builder().prefix(prefix).up()
+    }
+
+    /// A cluster with other addresses or domain than the defaults: [`ClusterBuilder`].
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// The cluster's addresses (LAN, Service and pod CIDRs, domain and what follows from them).
+    pub fn net(&self) -> &ClusterNet {
+        &self.net
     }
 
     /// Runs `kwg-sim <args> --prefix <prefix>`.
@@ -155,17 +232,30 @@ impl Cluster {
     /// Adds another machine on the LAN (`kwg-sim laptop add <name>`); its network namespace.
     /// It goes with the cluster.
     pub fn add_laptop(&self, name: &str) -> Result<String> {
-        // One at a time: tests sharing a cluster would otherwise pick the same free address.
-        static ADDING: Mutex<()> = Mutex::new(());
         let _one = ADDING.lock().unwrap_or_else(|e| e.into_inner());
-        crate::topology::add_laptop(&self.names, name)?;
+        crate::topology::add_laptop(std::slice::from_ref(&self.names), name)?;
         Ok(self.names.extra_laptop_ns(name))
+    }
+
+    /// Adds a machine on this cluster's LAN (`eth0`, it goes with this cluster) and on each of
+    /// `others`' LANs (`eth1`, ...): `kwg-sim laptop add <name> --cluster <this> --cluster
+    /// <other>...`. Returns its network namespace and its address on each LAN, this one first.
+    pub fn add_laptop_on(
+        &self,
+        name: &str,
+        others: &[&Cluster],
+    ) -> Result<(String, Vec<std::net::Ipv4Addr>)> {
+        let _one = ADDING.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clusters = vec![self.names.clone()];
+        clusters.extend(others.iter().map(|c| c.names.clone()));
+        let addrs = crate::topology::add_laptop(&clusters, name)?;
+        Ok((self.names.extra_laptop_ns(name), addrs))
     }
 
     /// Starts the real systemd-resolved in `netns` (a laptop's), the LAN resolver as its
     /// upstream: [`ResolvedNs::start`].
     pub fn start_resolved(&self, netns: &str) -> Result<ResolvedNs> {
-        ResolvedNs::start(netns, crate::names::LAN_DNS_IP.into())
+        ResolvedNs::start(netns, self.net.lan_dns_ip().into())
     }
 
     /// A user without any RoleBinding.
@@ -261,7 +351,8 @@ impl Cluster {
     }
 
     /// Runs `f` on a thread inside network namespace `netns` (sockets it opens live there), e.g.
-    /// a current-thread tokio runtime with a kube client reaching `https://192.0.2.1:6443`:
+    /// a current-thread tokio runtime with a kube client reaching the API server (by default
+    /// `https://192.0.2.1:6443`):
     ///
     /// ```no_run
     /// # fn main() -> kwg_sim::Result<()> {

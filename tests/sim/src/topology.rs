@@ -4,25 +4,28 @@
 //! namespace.
 
 use crate::names::{self, Names};
+use crate::net::ClusterNet;
 use crate::sh::{self, ip};
 use crate::{Error, Result};
 use std::net::Ipv4Addr;
 
-/// Creates the node, LAN and laptop namespaces and wires them.
-pub fn build(n: &Names) -> Result<()> {
+/// Creates the node, LAN and laptop namespaces and wires them, with the addresses of `net`.
+pub fn build(n: &Names, net: &ClusterNet) -> Result<()> {
     let (node, lan, laptop) = (n.node_ns(), n.lan_ns(), n.laptop_ns());
     for ns in [&lan, &node] {
         ip(&format!("netns add {ns}"))?;
         ip(&format!("-n {ns} link set lo up"))?;
     }
     // A fixed MAC: a bridge without one takes the lowest of its ports' MACs, so adding a laptop
-    // could change it under the LAN's neighbour caches and silence 192.0.2.53/.80 for seconds.
+    // could change it under the LAN's neighbour caches and silence the resolver (.53) and the
+    // intranet (.80) for seconds.
     ip(&format!(
         "-n {lan} link add br0 address 02:6b:00:00:00:fe type bridge"
     ))?;
     ip(&format!("-n {lan} link set br0 up"))?;
-    for addr in [names::LAN_DNS_IP, names::INTRANET_IP] {
-        ip(&format!("-n {lan} addr add {addr}/24 dev br0"))?;
+    let bits = net.lan.prefix_len();
+    for addr in [net.lan_dns_ip(), net.intranet_ip()] {
+        ip(&format!("-n {lan} addr add {addr}/{bits} dev br0"))?;
     }
     sh::run(
         "ip",
@@ -37,7 +40,11 @@ pub fn build(n: &Names) -> Result<()> {
             "net.ipv4.conf.default.rp_filter=0",
         ],
     )?;
-    attach_to_lan(n, &node, "p-node", names::NODE_IP)?;
+    let on_lan = Attach {
+        lan_ns: lan.clone(),
+        bits,
+    };
+    on_lan.attach(&node, "p-node", "eth0", net.node_ip())?;
     // The node's own processes reach ClusterIPs through the output DNAT, which needs a route to
     // exist first; a veth whose peer stays down (a dummy like kube-proxy's kube-ipvs0, without
     // needing the dummy module) drops what no Service matches.
@@ -47,46 +54,107 @@ pub fn build(n: &Names) -> Result<()> {
     ip(&format!("-n {node} link set kube-svc up"))?;
     ip(&format!(
         "-n {node} route add {} dev kube-svc",
-        names::SERVICE_CIDR
+        net.service_cidr
     ))?;
-    add_machine(n, &laptop, "p-laptop", names::LAPTOP_IP)
+    add_machine(&laptop, net)?;
+    on_lan.attach(&laptop, "p-laptop", "eth0", net.laptop_ip())
 }
 
-/// Creates a machine namespace on the LAN with `addr` and a resolv.conf pointing at the LAN resolver.
-fn add_machine(n: &Names, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
+/// Creates a machine namespace with a resolv.conf pointing at the LAN resolver of `net` (its
+/// interfaces come after, with [`Attach::attach`]).
+fn add_machine(ns: &str, net: &ClusterNet) -> Result<()> {
     ip(&format!("netns add {ns}"))?;
     ip(&format!("-n {ns} link set lo up"))?;
-    attach_to_lan(n, ns, port, addr)?;
     sh::write_file(
         &Names::etc_netns(ns).join("resolv.conf"),
         &format!(
             "nameserver {}\nsearch {}\n",
-            names::LAN_DNS_IP,
+            net.lan_dns_ip(),
             names::LAN_ZONE
         ),
     )
 }
 
-/// A veth from the LAN bridge (port `port`) to `eth0` in `ns` with `addr/24`.
-///
-/// `eth0`'s MAC address is derived from `addr`: a laptop deleted and added again with the same
-/// address keeps its MAC, so the LAN's neighbour caches (resolver, node) stay right instead of
-/// sending replies to a vanished MAC until their entries expire (seconds of silence).
-fn attach_to_lan(n: &Names, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
-    let lan = n.lan_ns();
-    let [a, b, c, d] = addr.octets();
-    let mac = format!("02:6b:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
-    ip(&format!(
-        "-n {lan} link add {port} type veth peer name eth0 address {mac} netns {ns}"
-    ))?;
-    ip(&format!("-n {lan} link set {port} master br0 up"))?;
-    ip(&format!("-n {ns} addr add {addr}/24 dev eth0"))?;
-    ip(&format!("-n {ns} link set eth0 up"))?;
-    Ok(())
+/// One cluster's LAN: the namespace holding its bridge and its prefix length.
+struct Attach {
+    lan_ns: String,
+    bits: u8,
 }
 
-/// `kwg-sim laptop add NAME`: another machine on the LAN; returns its address.
-pub fn add_laptop(n: &Names, name: &str) -> Result<Ipv4Addr> {
+impl Attach {
+    fn of(n: &Names, net: &ClusterNet) -> Attach {
+        Attach {
+            lan_ns: n.lan_ns(),
+            bits: net.lan.prefix_len(),
+        }
+    }
+
+    /// A veth from the LAN bridge (port `port`) to `ifname` in `ns` with `addr`.
+    ///
+    /// The interface's MAC address is derived from `addr`: a laptop deleted and added again with
+    /// the same address keeps its MAC, so the LAN's neighbour caches (resolver, node) stay right
+    /// instead of sending replies to a vanished MAC until their entries expire (seconds of
+    /// silence).
+    fn attach(&self, ns: &str, port: &str, ifname: &str, addr: Ipv4Addr) -> Result<()> {
+        let (lan, bits) = (&self.lan_ns, self.bits);
+        let [a, b, c, d] = addr.octets();
+        let mac = format!("02:6b:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+        ip(&format!(
+            "-n {lan} link add {port} type veth peer name {ifname} address {mac} netns {ns}"
+        ))?;
+        ip(&format!("-n {lan} link set {port} master br0 up"))?;
+        ip(&format!("-n {ns} addr add {addr}/{bits} dev {ifname}"))?;
+        ip(&format!("-n {ns} link set {ifname} up"))?;
+        Ok(())
+    }
+}
+
+/// Addresses of `n`'s LAN taken by extra laptops: its own (`laptops/NAME`) and those of other
+/// clusters attached to it (`guests/<laptop namespace>`), each file holding the address.
+fn used_laptop_ips(n: &Names) -> Vec<String> {
+    [n.laptops_dir(), guests_dir(n)]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|a| a.trim().to_string())
+        .collect()
+}
+
+/// `<run dir>/guests`: laptops of other clusters attached to this cluster's LAN.
+fn guests_dir(n: &Names) -> std::path::PathBuf {
+    n.run_dir().join("guests")
+}
+
+/// A free extra-laptop address on `n`'s LAN.
+fn free_laptop_ip(n: &Names, net: &ClusterNet) -> Result<Ipv4Addr> {
+    let used = used_laptop_ips(n);
+    net.extra_laptop_ips()
+        .find(|a| !used.contains(&a.to_string()))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "no free address on the LAN {} of cluster {} for another laptop (40 at most)",
+                net.lan,
+                n.prefix()
+            ))
+        })
+}
+
+/// A running cluster's addresses; an error naming the fix when it does not run.
+fn running(n: &Names) -> Result<ClusterNet> {
+    if !sh::netns_list()?.contains(&n.lan_ns()) {
+        return Err(Error::Invalid(format!(
+            "cluster {p} is not running (no namespace {}); start it with `kwg-sim up --prefix {p}`",
+            n.lan_ns(),
+            p = n.prefix()
+        )));
+    }
+    ClusterNet::load(n)
+}
+
+/// `kwg-sim laptop add NAME [--cluster P]...`: another machine `<owner>-laptop-NAME`, on the LAN
+/// of `clusters[0]` (its owner: the laptop goes when it goes) as `eth0` and on the LAN of each
+/// further cluster as `eth1`, `eth2`, ... Returns its address on each LAN, in that order.
+pub fn add_laptop(clusters: &[Names], name: &str) -> Result<Vec<Ipv4Addr>> {
     let ok = !name.is_empty()
         && name.len() <= 12
         && name
@@ -97,35 +165,85 @@ pub fn add_laptop(n: &Names, name: &str) -> Result<Ipv4Addr> {
             "laptop name {name:?} must be 1-12 characters of a-z and 0-9"
         )));
     }
-    let dir = n.laptops_dir();
-    if dir.join(name).exists() {
+    let Some(owner) = clusters.first() else {
+        return Err(Error::Invalid("a laptop needs a cluster".into()));
+    };
+    let mut nets: Vec<ClusterNet> = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        if clusters[..i].contains(c) {
+            return Err(Error::Invalid(format!(
+                "cluster {} is named twice; name each cluster once",
+                c.prefix()
+            )));
+        }
+        let net = running(c)?;
+        if let Some((j, other)) = nets
+            .iter()
+            .enumerate()
+            .find(|(_, o)| o.lan.contains(&net.lan.network()) || net.lan.contains(&o.lan.network()))
+        {
+            return Err(Error::Invalid(format!(
+                "clusters {} and {} share LAN addresses ({} and {}), so one laptop cannot be on both; start one with another LAN (`kwg-sim up --lan 198.51.100.0/24`)",
+                clusters[j].prefix(),
+                c.prefix(),
+                other.lan,
+                net.lan
+            )));
+        }
+        nets.push(net);
+    }
+    if owner.laptops_dir().join(name).exists() {
         return Err(Error::Invalid(format!(
-            "laptop {name} exists already (kwg-sim laptop del {name})"
+            "laptop {name} exists already (kwg-sim laptop del {name} --prefix {})",
+            owner.prefix()
         )));
     }
-    let used: Vec<String> = std::fs::read_dir(&dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let addr = (11..=50u8)
-        .map(|i| Ipv4Addr::new(192, 0, 2, i))
-        .find(|a| !used.iter().any(|u| u.trim() == a.to_string()))
-        .ok_or_else(|| {
-            Error::Invalid("no free LAN address for another laptop (40 at most)".into())
-        })?;
-    sh::write_file(&dir.join(name), &addr.to_string())?;
-    add_machine(n, &n.extra_laptop_ns(name), &format!("l-{name}"), addr)?;
-    Ok(addr)
+    let ns = owner.extra_laptop_ns(name);
+    let addrs = clusters
+        .iter()
+        .zip(&nets)
+        .map(|(c, net)| free_laptop_ip(c, net))
+        .collect::<Result<Vec<_>>>()?;
+    sh::write_file(&owner.laptops_dir().join(name), &addrs[0].to_string())?;
+    for (c, addr) in clusters.iter().zip(&addrs).skip(1) {
+        sh::write_file(&guests_dir(c).join(&ns), &addr.to_string())?;
+    }
+    add_machine(&ns, &nets[0])?;
+    for (i, ((c, net), addr)) in clusters.iter().zip(&nets).zip(&addrs).enumerate() {
+        let port = match i {
+            0 => format!("l-{name}"),
+            // Unique on that LAN: the address is.
+            _ => format!("g-{}", addr.octets()[3]),
+        };
+        Attach::of(c, net).attach(&ns, &port, &format!("eth{i}"), *addr)?;
+    }
+    Ok(addrs)
 }
 
-/// `kwg-sim laptop del NAME`.
+/// `kwg-sim laptop del NAME`: the laptop, and its records on other clusters' LANs.
 pub fn del_laptop(n: &Names, name: &str) -> Result<()> {
-    delete_ns(&n.extra_laptop_ns(name));
+    let ns = n.extra_laptop_ns(name);
+    delete_ns(&ns);
     let _ = std::fs::remove_file(n.laptops_dir().join(name));
+    forget_guests(|g| g == ns);
     Ok(())
+}
+
+/// Removes the records of laptops attached to other clusters' LANs whose namespace `gone` says
+/// went away.
+fn forget_guests(gone: impl Fn(&str) -> bool) {
+    let runs = std::fs::read_dir("/run/kwg-sim")
+        .into_iter()
+        .flatten()
+        .flatten();
+    for run in runs {
+        let guests = run.path().join("guests");
+        for e in std::fs::read_dir(&guests).into_iter().flatten().flatten() {
+            if gone(&e.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Kills every process inside `ns`, deletes it and its `/etc/netns` directory. Never fails.
@@ -165,7 +283,7 @@ impl PodNet {
     }
 
     /// Creates the namespace and veth, routes and the kubelet-style resolv.conf.
-    pub fn create(&self, n: &Names, namespace: &str) -> Result<()> {
+    pub fn create(&self, n: &Names, namespace: &str, net: &ClusterNet) -> Result<()> {
         let (node, ns, hif, ip4, gw) = (
             n.node_ns(),
             &self.ns,
@@ -189,7 +307,7 @@ impl PodNet {
         ip(&format!("-n {ns} route add default via {gw} dev eth0"))?;
         sh::write_file(
             &Names::etc_netns(ns).join("resolv.conf"),
-            &pod_resolv_conf(namespace),
+            &pod_resolv_conf(namespace, net),
         )
     }
 
@@ -201,11 +319,11 @@ impl PodNet {
 }
 
 /// resolv.conf as a kubelet writes it for a pod in `namespace` (dnsPolicy ClusterFirst).
-pub fn pod_resolv_conf(namespace: &str) -> String {
-    let d = names::CLUSTER_DOMAIN;
+pub fn pod_resolv_conf(namespace: &str, net: &ClusterNet) -> String {
+    let d = &net.domain;
     format!(
         "nameserver {}\nsearch {namespace}.svc.{d} svc.{d} {d}\noptions ndots:5\n",
-        names::DNS_SVC_IP
+        net.dns_svc_ip()
     )
 }
 
@@ -244,6 +362,7 @@ pub fn teardown(n: &Names) -> Result<()> {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+    forget_guests(|ns| n.owns_ns(ns));
     let dir = n.run_dir();
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(Error::io(format!("removing {}", dir.display())))?;
@@ -258,8 +377,17 @@ mod tests {
     #[test]
     fn resolv_conf_is_what_a_kubelet_writes() {
         assert_eq!(
-            pod_resolv_conf("emojivoto"),
+            pod_resolv_conf("emojivoto", &ClusterNet::default()),
             "nameserver 10.96.0.10\nsearch emojivoto.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+        );
+        let other = ClusterNet {
+            service_cidr: "10.43.0.0/16".parse().unwrap(),
+            domain: "corp.internal".into(),
+            ..ClusterNet::default()
+        };
+        assert_eq!(
+            pod_resolv_conf("web", &other),
+            "nameserver 10.43.0.10\nsearch web.svc.corp.internal svc.corp.internal corp.internal\noptions ndots:5\n"
         );
     }
 

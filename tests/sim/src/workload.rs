@@ -68,8 +68,9 @@ pub async fn http(port: u16, title: String, udp_echo: Option<u16>) -> Result<()>
     }
 }
 
-/// `kwg-sim workload cluster-dns`: CoreDNS's role, with the pod's in-cluster credentials.
-pub async fn cluster_dns(port: u16) -> Result<()> {
+/// `kwg-sim workload cluster-dns`: CoreDNS's role, with the pod's in-cluster credentials,
+/// serving `domain` and forwarding the rest to `upstream`.
+pub async fn cluster_dns(port: u16, domain: String, upstream: SocketAddr) -> Result<()> {
     use crate::dns::cluster::{ClusterDnsConfig, serve};
     let client = kube::Client::try_default().await?;
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
@@ -79,10 +80,7 @@ pub async fn cluster_dns(port: u16) -> Result<()> {
     let tcp = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(Error::io(format!("binding TCP {addr}")))?;
-    let cfg = ClusterDnsConfig {
-        domain: crate::names::CLUSTER_DOMAIN.to_string(),
-        upstream: SocketAddr::from((crate::names::LAN_DNS_IP, 53)),
-    };
+    let cfg = ClusterDnsConfig { domain, upstream };
     tracing::info!(%addr, "cluster DNS listening");
     serve(client, udp, tcp, cfg)
         .await

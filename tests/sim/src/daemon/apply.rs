@@ -1,5 +1,6 @@
 //! Creating objects from YAML manifests (what `kubectl create -f` does) and the Node object.
 
+use crate::net::ClusterNet;
 use crate::{Error, Result, names};
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
@@ -7,6 +8,30 @@ use serde_json::{Value, json};
 
 /// The cluster's own manifest: workloads, kube-dns, RBAC.
 pub const CLUSTER_YAML: &str = include_str!("../../manifests/cluster.yaml");
+
+/// [`CLUSTER_YAML`] for `net`: kube-dns at `.10` of its Service CIDR, and the cluster DNS
+/// server told the cluster domain and the LAN resolver (a CoreDNS Corefile's `kubernetes` zone
+/// and `forward`).
+pub fn cluster_docs(net: &ClusterNet) -> Result<Vec<Value>> {
+    let mut docs = parse_docs(CLUSTER_YAML)?;
+    for d in &mut docs {
+        let in_kube_system = d["metadata"]["namespace"] == "kube-system";
+        if d["kind"] == "Service" && d["metadata"]["name"] == "kube-dns" && in_kube_system {
+            d["spec"]["clusterIP"] = json!(net.dns_svc_ip().to_string());
+        }
+        if d["kind"] == "Deployment" && d["metadata"]["name"] == "coredns" && in_kube_system {
+            let args = &mut d["spec"]["template"]["spec"]["containers"][0]["args"];
+            let Some(args) = args.as_array_mut() else {
+                return Err(Error::Invalid("manifest: coredns has no args".into()));
+            };
+            let upstream = format!("{}:53", net.lan_dns_ip());
+            for a in ["--domain", &net.domain, "--upstream", &upstream] {
+                args.push(json!(a));
+            }
+        }
+    }
+    Ok(docs)
+}
 
 /// The documents of a multi-document YAML text (empty documents skipped).
 pub fn parse_docs(yaml: &str) -> Result<Vec<Value>> {
@@ -70,19 +95,20 @@ pub async fn create_all(client: &Client, docs: Vec<Value>) -> Result<()> {
 }
 
 /// The Node object of the one node.
-pub fn node() -> Value {
+pub fn node(net: &ClusterNet) -> Value {
+    let pod_cidr = net.node_pod_cidr().to_string();
     json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": names::NODE_NAME, "labels": {"kubernetes.io/hostname": names::NODE_NAME,
             "kubernetes.io/os": "linux", "node-role.kubernetes.io/control-plane": ""}},
-        "spec": {"podCIDR": names::NODE_POD_CIDR, "podCIDRs": [names::NODE_POD_CIDR]},
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
     })
 }
 
-/// The `kubernetes` Service's EndpointSlice and Endpoints: the API server at 192.0.2.1:6443 (the
-/// real API server maintains these itself).
-pub fn kubernetes_endpoints() -> Vec<Value> {
-    let ip = names::NODE_IP.to_string();
+/// The `kubernetes` Service's EndpointSlice and Endpoints: the API server at the node's LAN
+/// address, port 6443 (the real API server maintains these itself).
+pub fn kubernetes_endpoints(net: &ClusterNet) -> Vec<Value> {
+    let ip = net.node_ip().to_string();
     vec![
         json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "kubernetes", "namespace": "default",
@@ -94,10 +120,10 @@ pub fn kubernetes_endpoints() -> Vec<Value> {
     ]
 }
 
-/// The Node's status (Ready, InternalIP 192.0.2.1).
-pub fn node_status(now: &str) -> Value {
+/// The Node's status (Ready, InternalIP its LAN address).
+pub fn node_status(now: &str, net: &ClusterNet) -> Value {
     json!({
-        "addresses": [{"type": "InternalIP", "address": names::NODE_IP.to_string()},
+        "addresses": [{"type": "InternalIP", "address": net.node_ip().to_string()},
                       {"type": "Hostname", "address": names::NODE_NAME}],
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
             "message": "kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}],
@@ -128,5 +154,39 @@ mod tests {
         assert_eq!(plural("Endpoints"), "endpoints");
         assert_eq!(plural("NetworkPolicy"), "networkpolicies");
         assert_eq!(plural("Ingress"), "ingresses");
+    }
+
+    #[test]
+    fn cluster_dns_follows_the_service_cidr_and_domain() {
+        let net = ClusterNet {
+            lan: "198.51.100.0/24".parse().unwrap(),
+            service_cidr: "10.43.0.0/16".parse().unwrap(),
+            domain: "corp.internal".into(),
+            ..ClusterNet::default()
+        };
+        let docs = cluster_docs(&net).unwrap();
+        let find = |kind: &str, name: &str| {
+            docs.iter()
+                .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+                .unwrap()
+        };
+        assert_eq!(
+            find("Service", "kube-dns")["spec"]["clusterIP"],
+            "10.43.0.10"
+        );
+        let args =
+            &find("Deployment", "coredns")["spec"]["template"]["spec"]["containers"][0]["args"];
+        assert_eq!(
+            args,
+            &json!([
+                "workload",
+                "cluster-dns",
+                "--domain",
+                "corp.internal",
+                "--upstream",
+                "198.51.100.53:53"
+            ])
+        );
+        assert_eq!(node(&net)["spec"]["podCIDR"], "10.244.0.0/24");
     }
 }

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod ready;
 
 use crate::names::{self, Names};
+use crate::net::ClusterNet;
 use crate::{Error, Result};
 use kube::Client;
 use std::net::SocketAddr;
@@ -22,15 +23,15 @@ pub async fn client_from_kubeconfig(text: &str) -> Result<Client> {
 }
 
 /// The certificate SANs of the API server.
-fn cert_sans() -> Vec<String> {
+fn cert_sans(net: &ClusterNet) -> Vec<String> {
     let mut sans = vec![
-        names::NODE_IP.to_string(),
-        names::KUBERNETES_SVC_IP.to_string(),
+        net.node_ip().to_string(),
+        net.kubernetes_svc_ip().to_string(),
     ];
     for s in ["kubernetes", "kubernetes.default", "kubernetes.default.svc"] {
         sans.push(s.into());
     }
-    sans.push(format!("kubernetes.default.svc.{}", names::CLUSTER_DOMAIN));
+    sans.push(format!("kubernetes.default.svc.{}", net.domain));
     sans.extend(["127.0.0.1".to_string(), "localhost".to_string()]);
     sans
 }
@@ -40,15 +41,14 @@ pub async fn run(n: Names) -> Result<()> {
     let dir = n.run_dir();
     std::fs::write(n.daemon_pid(), std::process::id().to_string())
         .map_err(Error::io("writing the pid file"))?;
-    let addr = SocketAddr::from((names::NODE_IP, names::API_PORT));
+    let net = ClusterNet::load(&n)?;
+    let addr = SocketAddr::from((net.node_ip(), names::API_PORT));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(Error::io(format!("binding the API server to {addr}")))?;
     let cfg = kwg_apiserver::Config {
-        service_cidr: names::SERVICE_CIDR
-            .parse()
-            .map_err(|e| Error::Invalid(format!("service CIDR: {e}")))?,
-        cert_sans: cert_sans(),
+        service_cidr: net.service_cidr.into(),
+        cert_sans: cert_sans(&net),
         state_dir: dir.join("pki"),
     };
     let api = Arc::new(
@@ -83,11 +83,11 @@ pub async fn run(n: Names) -> Result<()> {
             .await?;
     tracing::info!(%server, "API server up");
 
-    create_node(&client).await?;
-    apply::create_all(&client, apply::parse_docs(apply::CLUSTER_YAML)?).await?;
+    create_node(&client, &net).await?;
+    apply::create_all(&client, apply::cluster_docs(&net)?).await?;
 
-    let lan = crate::lan::start(&n)?;
-    spawn("kube-proxy", crate::proxy::run(client.clone()));
+    let lan = crate::lan::start(&n, &net)?;
+    spawn("kube-proxy", crate::proxy::run(client.clone(), net.clone()));
     spawn(
         "endpoints controller",
         crate::endpoints::run(client.clone()),
@@ -95,6 +95,7 @@ pub async fn run(n: Names) -> Result<()> {
     let api2 = api.clone();
     let kcfg = crate::kubelet::Config {
         names: n.clone(),
+        net: net.clone(),
         ca_pem: api.ca_pem(),
         token: Arc::new(move |ns, sa| Ok(api2.service_account_token(ns, sa))),
         exe: std::env::current_exe().map_err(Error::io("finding the kwg-sim executable"))?,
@@ -104,7 +105,7 @@ pub async fn run(n: Names) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::io("SIGTERM handler"))?;
     tokio::select! {
-        r = wait_ready(&client, &n) => r?,
+        r = wait_ready(&client, &n, &net) => r?,
         _ = term.recv() => return stop(&n, lan),
     }
     crate::sh::write_file(&n.ready_file(), "ready\n")?;
@@ -126,23 +127,23 @@ fn spawn(what: &'static str, f: impl std::future::Future<Output = Result<()>> + 
     });
 }
 
-async fn create_node(client: &Client) -> Result<()> {
+async fn create_node(client: &Client, net: &ClusterNet) -> Result<()> {
     use k8s_openapi::api::core::v1::Node;
-    apply::create_all(client, vec![apply::node()]).await?;
-    apply::create_all(client, apply::kubernetes_endpoints()).await?;
+    apply::create_all(client, vec![apply::node(net)]).await?;
+    apply::create_all(client, apply::kubernetes_endpoints(net)).await?;
     let api: kube::Api<Node> = kube::Api::all(client.clone());
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    crate::kubelet::patch_status(&api, names::NODE_NAME, apply::node_status(&now)).await
+    crate::kubelet::patch_status(&api, names::NODE_NAME, apply::node_status(&now, net)).await
 }
 
 /// Waits until every Deployment is ready, every TCP Service port accepts connections and cluster
 /// DNS answers; what is missing is written to
 /// `<run dir>/waiting` (and the log every 10 s) so `up` can say why it gave up.
-async fn wait_ready(client: &Client, n: &Names) -> Result<()> {
+async fn wait_ready(client: &Client, n: &Names, net: &ClusterNet) -> Result<()> {
     let start = Instant::now();
     let mut logged = Instant::now();
-    let dns = SocketAddr::from((names::DNS_SVC_IP, 53));
-    let name = format!("kubernetes.default.svc.{}", names::CLUSTER_DOMAIN);
+    let dns = SocketAddr::from((net.dns_svc_ip(), 53));
+    let name = format!("kubernetes.default.svc.{}", net.domain);
     loop {
         let unready = ready::unready_deployments(client).await?;
         let services = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client.clone())

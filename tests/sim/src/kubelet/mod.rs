@@ -28,6 +28,8 @@ pub type TokenFn = Arc<dyn Fn(&str, &str) -> Result<String> + Send + Sync>;
 /// What the kubelet needs from the daemon.
 pub struct Config {
     pub names: Names,
+    /// The cluster's addresses: pod IPs, the node's, the `kubernetes` Service's, cluster DNS.
+    pub net: crate::net::ClusterNet,
     pub ca_pem: String,
     pub token: TokenFn,
     /// The `kwg-sim` executable (for `pod-exec`).
@@ -243,8 +245,9 @@ impl Kubelet {
                 .iter()
                 .copied(),
         );
-        let ip = plan::allocate_ip(&used)
-            .ok_or_else(|| Error::Invalid("pod CIDR 10.244.0.0/24 is full".into()))?;
+        let ip = plan::allocate_ip(self.cfg.net.pod_ips(), &used).ok_or_else(|| {
+            Error::Invalid(format!("pod CIDR {} is full", self.cfg.net.node_pod_cidr()))
+        })?;
         let net = PodNet::new(&self.cfg.names, &ns, &name, ip);
         let dir = self.cfg.names.pods_dir().join(format!("{ns}_{name}"));
         let sa_name = pod
@@ -258,7 +261,8 @@ impl Kubelet {
         crate::sh::write_file(&sa.join("ca.crt"), &self.cfg.ca_pem)?;
         crate::sh::write_file(&sa.join("namespace"), &ns)?;
         let (names, net2, ns2) = (self.cfg.names.clone(), net.clone(), ns.clone());
-        tokio::task::spawn_blocking(move || net2.create(&names, &ns2))
+        let cluster_net = self.cfg.net.clone();
+        tokio::task::spawn_blocking(move || net2.create(&names, &ns2, &cluster_net))
             .await
             .map_err(|e| Error::Invalid(format!("pod network task: {e}")))??;
         let mut containers = Vec::new();
@@ -318,7 +322,7 @@ impl Kubelet {
             ("HOSTNAME".into(), pod.name_any()),
             (
                 "KUBERNETES_SERVICE_HOST".into(),
-                names::KUBERNETES_SVC_IP.to_string(),
+                self.cfg.net.kubernetes_svc_ip().to_string(),
             ),
             ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
             (
@@ -334,7 +338,7 @@ impl Kubelet {
                 (Some(v), _) => Some(v.clone()),
                 (None, Some(from)) => {
                     if let Some(f) = &from.field_ref {
-                        plan::field_ref(pod, &f.field_path, ip, names::NODE_IP)
+                        plan::field_ref(pod, &f.field_path, ip, self.cfg.net.node_ip())
                     } else if let Some(s) = &from.secret_key_ref {
                         let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
                         api.get_opt(&s.name).await.ok().flatten().and_then(|sec| {
@@ -407,7 +411,7 @@ impl Kubelet {
         }
         let stored: BTreeMap<Key, &Pod> = pods.iter().map(|p| (key(p), p)).collect();
         for (k, rp) in &mut self.pods {
-            let status = runtime::pod_status(rp, names::NODE_IP);
+            let status = runtime::pod_status(rp, self.cfg.net.node_ip());
             let in_store = stored
                 .get(k)
                 .and_then(|p| p.status.as_ref())

@@ -133,11 +133,13 @@ pub fn deployment_status(d: &Deployment, owned: &[&Pod], now: &str) -> Option<Va
     }))
 }
 
-/// The lowest free pod address in the node's 10.244.0.0/24 (from .2; .1 is kept for a gateway).
-pub fn allocate_ip(used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-    (2..=254u8)
-        .map(|i| Ipv4Addr::new(10, 244, 0, i))
-        .find(|ip| !used.contains(ip))
+/// The first of `candidates` (the node's pod addresses in order,
+/// [`crate::net::ClusterNet::pod_ips`]) not in `used`.
+pub fn allocate_ip(
+    mut candidates: impl Iterator<Item = Ipv4Addr>,
+    used: &BTreeSet<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    candidates.find(|ip| !used.contains(ip))
 }
 
 /// Restart back-off after `restarts` crashes: 250 ms doubling up to 10 s (a kubelet caps at 5 min).
@@ -255,7 +257,11 @@ mod tests {
     #[test]
     fn ip_allocation_backoff_and_argv() {
         let used: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 244, 0, 2)].into();
-        assert_eq!(allocate_ip(&used), Some(Ipv4Addr::new(10, 244, 0, 3)));
+        let net = crate::net::ClusterNet::default();
+        assert_eq!(
+            allocate_ip(net.pod_ips(), &used),
+            Some(Ipv4Addr::new(10, 244, 0, 3))
+        );
         assert_eq!(backoff(0), Duration::from_millis(250));
         assert_eq!(backoff(20), Duration::from_secs(10));
         let c: Container = serde_json::from_value(

@@ -15,8 +15,13 @@ pub struct Flow {
     pub dport: u16,
 }
 
-/// UDP flows DNATed to a pod address (the reply source) that is no longer a UDP endpoint (pure).
-pub fn stale_udp_flows(proc_text: &str, live: &BTreeSet<Ipv4Addr>) -> Vec<Flow> {
+/// UDP flows DNATed to a pod address (the reply source, in `pods`) that is no longer a UDP
+/// endpoint (pure).
+pub fn stale_udp_flows(
+    proc_text: &str,
+    pods: ipnet::Ipv4Net,
+    live: &BTreeSet<Ipv4Addr>,
+) -> Vec<Flow> {
     let mut out = Vec::new();
     for line in proc_text.lines() {
         let mut words = line.split_whitespace();
@@ -52,7 +57,7 @@ pub fn stale_udp_flows(proc_text: &str, live: &BTreeSet<Ipv4Addr>) -> Vec<Flow> 
             continue;
         };
         let dnated = reply_src != dst;
-        let to_pod = reply_src.octets()[..2] == [10, 244]; // names::POD_CIDR
+        let to_pod = pods.contains(&reply_src);
         if dnated && to_pod && !live.contains(&reply_src) {
             out.push(Flow {
                 src,
@@ -161,7 +166,7 @@ ipv4     2 tcp      6 431999 ESTABLISHED src=192.0.2.10 dst=192.0.2.1 sport=5000
     #[test]
     fn only_udp_flows_dnated_to_dead_endpoints_are_stale() {
         let live: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 244, 0, 7)].into();
-        let stale = stale_udp_flows(PROC, &live);
+        let stale = stale_udp_flows(PROC, "10.244.0.0/16".parse().unwrap(), &live);
         assert_eq!(
             stale,
             [Flow {

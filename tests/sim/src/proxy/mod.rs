@@ -3,7 +3,7 @@
 pub mod conntrack;
 pub mod render;
 
-use crate::names;
+use crate::net::ClusterNet;
 use crate::watch::{snapshot, store};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -15,14 +15,14 @@ use tokio::sync::Notify;
 pub const TABLE: &str = "kube-proxy";
 
 /// Reconciles forever; the calling process must be in the node namespace.
-pub async fn run(client: Client) -> crate::Result<()> {
+pub async fn run(client: Client, net: ClusterNet) -> crate::Result<()> {
     let wake = Arc::new(Notify::new());
     let services = store::<Service>(client.clone(), wake.clone()).await;
     let slices = store::<EndpointSlice>(client, wake.clone()).await;
     let mut last = String::new();
     loop {
         let rules = render::plan(&snapshot(&services), &snapshot(&slices));
-        let text = render::render(TABLE, names::NODE_IP, &rules);
+        let text = render::render(TABLE, net.node_ip(), net.pod_cidr, &rules);
         if text != last {
             match crate::sh::run_stdin("nft", &["-f", "-"], Some(&text)) {
                 Ok(_) => {
@@ -33,7 +33,7 @@ pub async fn run(client: Client) -> crate::Result<()> {
                         "kube-proxy programmed nftables"
                     );
                     last = text;
-                    forget_stale_udp_flows(&rules);
+                    forget_stale_udp_flows(&rules, &net);
                 }
                 Err(e) => tracing::error!(error = %e, "kube-proxy could not program nftables"),
             }
@@ -45,7 +45,7 @@ pub async fn run(client: Client) -> crate::Result<()> {
 }
 
 /// Deletes UDP conntrack entries DNATed to addresses that are no longer UDP endpoints.
-fn forget_stale_udp_flows(rules: &[render::PortRule]) {
+fn forget_stale_udp_flows(rules: &[render::PortRule], net: &ClusterNet) {
     let live = rules
         .iter()
         .filter(|r| r.proto == "udp")
@@ -54,7 +54,7 @@ fn forget_stale_udp_flows(rules: &[render::PortRule]) {
     let Ok(text) = std::fs::read_to_string("/proc/net/nf_conntrack") else {
         return;
     };
-    let stale = conntrack::stale_udp_flows(&text, &live);
+    let stale = conntrack::stale_udp_flows(&text, net.pod_cidr, &live);
     match conntrack::delete(&stale) {
         Ok(0) => {}
         Ok(n) => tracing::info!(

@@ -109,8 +109,9 @@ fn proto_matches(p: Option<&str>, want: &str) -> bool {
 }
 
 /// The whole `table ip <table>` for `nft -f -`, replacing any previous one atomically.
-/// Pods' traffic leaving the node towards the LAN (`eth0`) is masqueraded like a node's egress.
-pub fn render(table: &str, node_ip: Ipv4Addr, rules: &[PortRule]) -> String {
+/// Pods' traffic (from `pods`, the cluster's pod CIDR) leaving the node towards the LAN (`eth0`)
+/// is masqueraded like a node's egress.
+pub fn render(table: &str, node_ip: Ipv4Addr, pods: ipnet::Ipv4Net, rules: &[PortRule]) -> String {
     let mut s = String::new();
     // Create-then-delete makes the replacement work whether or not the table exists.
     let _ = writeln!(
@@ -126,8 +127,7 @@ pub fn render(table: &str, node_ip: Ipv4Addr, rules: &[PortRule]) -> String {
     }
     let _ = writeln!(
         s,
-        "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    meta mark & {MASQ_MARK} == {MASQ_MARK} masquerade\n    ip saddr {pods} ip daddr != {pods} oifname \"eth0\" masquerade\n  }}",
-        pods = crate::names::POD_CIDR
+        "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    meta mark & {MASQ_MARK} == {MASQ_MARK} masquerade\n    ip saddr {pods} ip daddr != {pods} oifname \"eth0\" masquerade\n  }}"
     );
     // Services without endpoints are rejected like kube-proxy does (ICMP port unreachable), in
     // filter hooks that see packets after any DNAT.
@@ -266,6 +266,7 @@ mod tests {
         let text = render(
             "kube-proxy",
             Ipv4Addr::new(192, 0, 2, 1),
+            "10.244.0.0/16".parse().unwrap(),
             &plan(&services, &slices),
         );
         assert!(text.contains("ip daddr 10.96.0.20 udp dport 7 goto svc_0"));
