@@ -230,6 +230,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     let private = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/peers", get(peers_handler))
+        .route(OWN_PATH, get(own_peer_handler))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             tunnel_or_local,
@@ -345,25 +346,78 @@ async fn peers_handler(
     State(s): State<Arc<AdminState>>,
     ConnectInfo(conn): ConnectInfo<Conn>,
 ) -> Response {
-    let (local, sibs) = s.replica_stats().await;
-    let stats = siblings::merge(&local, &sibs);
     let caller = Caller::of(conn, s.tunnel_cidr);
-    let peers = s.peers();
-    // A peer's drops on every replica that answered: its packets may have met any of them.
-    let drops = siblings::total_drops(&peers, &s.nft_drops().await, &sibs);
-    let refused = s
-        .refused
-        .get(Instant::now(), || async {
-            tokio::task::spawn_blocking(crate::net::nft_last_refused)
-                .await
-                .unwrap_or_default()
-        })
-        .await;
-    let counted = Counted {
-        drops: &drops,
-        refused: &refused,
+    axum::Json(s.entries(&s.peers(), caller).await).into_response()
+}
+
+/// `/peers/self`: the asking peer's own entry alone, so that a joined laptop following its
+/// reach every few seconds carries one entry, not every peer's (O(peers²) bytes a second
+/// across a thousand laptops).
+pub const OWN_PATH: &str = "/peers/self";
+
+/// The answer of [`OWN_PATH`] to a caller that is not a peer through the tunnel.
+pub const NOT_A_PEER: &str = "not found: /peers/self answers only a peer through the kwg tunnel, by the tunnel address it asks from (GET /peers lists every peer)\n";
+
+/// The peer is told by the connection's source address in the tunnel (WireGuard lets a peer
+/// send only from its own address), never by anything the request names.
+async fn own_peer_handler(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+) -> Response {
+    let caller = Caller::of(conn, s.tunnel_cidr);
+    let Some(own) = own_peers(&s.peers(), caller) else {
+        return (StatusCode::NOT_FOUND, NOT_A_PEER).into_response();
     };
-    axum::Json(gateway_peers(&peers, &stats, (&s.reach(), counted), caller)).into_response()
+    match s.entries(&own, caller).await.pop() {
+        Some(entry) => axum::Json(entry).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!(
+                "not found: no active peer has the tunnel address {}\n",
+                conn.remote.ip()
+            ),
+        )
+            .into_response(),
+    }
+}
+
+/// The active peers a caller may ask [`OWN_PATH`] about: a peer's own, by its tunnel address
+/// (`None`: not a peer).
+pub fn own_peers(peers: &[ActivePeer], caller: Caller) -> Option<Vec<ActivePeer>> {
+    let Caller::Peer(ip) = caller else {
+        return None;
+    };
+    Some(
+        peers
+            .iter()
+            .filter(|p| p.ip.addr() == ip)
+            .cloned()
+            .collect(),
+    )
+}
+
+impl AdminState {
+    /// The `/peers` entries of `peers` as `caller` may see them.
+    async fn entries(&self, peers: &[ActivePeer], caller: Caller) -> Vec<GatewayPeer> {
+        let s = self;
+        let (local, sibs) = s.replica_stats().await;
+        let stats = siblings::merge(&local, &sibs);
+        // A peer's drops on every replica that answered: its packets may have met any of them.
+        let drops = siblings::total_drops(&peers, &s.nft_drops().await, &sibs);
+        let refused = s
+            .refused
+            .get(Instant::now(), || async {
+                tokio::task::spawn_blocking(crate::net::nft_last_refused)
+                    .await
+                    .unwrap_or_default()
+            })
+            .await;
+        let counted = Counted {
+            drops: &drops,
+            refused: &refused,
+        };
+        gateway_peers(peers, &stats, (&s.reach(), counted), caller)
+    }
 }
 
 /// What the reach table counted per peer address: packets refused (summed over the replicas

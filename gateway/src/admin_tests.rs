@@ -167,3 +167,31 @@ fn reach_undecided_or_open() {
     let r = seen[0].reach.as_ref().unwrap();
     assert!(!r.enforced && r.namespaces.is_empty());
 }
+
+#[test]
+fn peers_self_is_the_asking_peers_own_entry_by_its_tunnel_address() {
+    let (a, sa) = peer("a", "100.77.0.2");
+    let (b, sb) = peer("b", "100.77.0.3");
+    let peers = [a, b];
+    let caller = Caller::of(conn("100.77.0.1:8080", "100.77.0.3:50000"), cidr());
+    let own = own_peers(&peers, caller).unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].spec.name.as_str(), "b");
+    let view = ReachView {
+        enforced: true,
+        by_peer: [("100.77.0.3".parse().unwrap(), vec!["default".into()])].into(),
+        namespaces_of: Arc::default(),
+    };
+    let entries = gateway_peers(&own, &[sa, sb], (&view, Counted::default()), caller);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].hostname.as_deref(), Some("b-laptop"));
+    assert_eq!(entries[0].reach.as_ref().unwrap().namespaces, ["default"]);
+    // A peer the gateway no longer has: nothing (404), not someone else's entry.
+    let gone = Caller::of(conn("100.77.0.1:8080", "100.77.0.9:50000"), cidr());
+    assert!(own_peers(&peers, gone).unwrap().is_empty());
+    // Loopback (an exec or a user's port-forward) and pods are no peer: no self to show.
+    let local = Caller::of(conn("127.0.0.1:8080", "127.0.0.1:50000"), cidr());
+    assert!(own_peers(&peers, local).is_none());
+    let pod = Caller::of(conn("10.244.0.5:8080", "10.244.0.9:50000"), cidr());
+    assert!(own_peers(&peers, pod).is_none());
+}
