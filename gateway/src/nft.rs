@@ -174,7 +174,7 @@ pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
 \t\tiifname \"{iif}\" ip daddr @extra accept
 \t\tiifname \"{iif}\" meta mark set ip daddr map @dest_ns
 \t\tiifname \"{iif}\" ip saddr . meta mark @peer_ns accept
-\t\tiifname \"{iif}\" update @peer_drops {{ ip saddr }} update @refused {{ ip saddr . ip daddr }} goto refuse
+\t\tiifname \"{iif}\" update @peer_drops {{ ip saddr }} counter update @refused {{ ip saddr . ip daddr }} goto refuse
 \t}}
 }}
 "
@@ -311,7 +311,7 @@ mod tests {
         assert!(reach.contains("elements = { 192.0.2.0/24 }"), "{reach}");
         let grant = reach.find("ip saddr . meta mark @peer_ns accept").unwrap();
         assert!(grant < reach.find("update @peer_drops").unwrap());
-        assert!(reach.contains("update @refused { ip saddr . ip daddr } goto refuse"));
+        assert!(reach.contains("update @peer_drops { ip saddr } counter update @refused { ip saddr . ip daddr } goto refuse"));
         let refuse = &reach[reach.find("chain refuse").unwrap()..];
         let tcp = refuse
             .find("meta l4proto tcp reject with tcp reset")
