@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::IncomingStream;
 use ipnet::Ipv4Net;
-use kwg_wg::contract::{GatewayPeer, ReachStatus, RefusedDestination};
+use kwg_wg::contract::{GatewayPeer, ReachStatus, RefusedDestination, UdpReceive};
 use kwg_wg::device::{DeviceHandle, PeerStats};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -60,6 +60,10 @@ pub struct AdminState {
     /// The destination this replica's nftables last refused per peer address.
     refused: Cached<Vec<(Ipv4Addr, Ipv4Addr)>>,
     pub metrics: Metrics,
+    /// This replica's last verdict on its UDP receive ([`crate::udp_watch`]).
+    udp_receive: RwLock<Option<UdpReceive>>,
+    /// Signalled when something the gateway info carries changed outside discovery.
+    pub info_changed: tokio::sync::Notify,
 }
 
 /// What the gateway forwards each peer to, as enforced.
@@ -140,7 +144,22 @@ impl AdminState {
             drops: Cached::default(),
             refused: Cached::default(),
             metrics: Metrics::default(),
+            udp_receive: RwLock::new(None),
+            info_changed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Records a new UDP receive verdict and asks for the gateway info to be republished.
+    pub fn set_udp_receive(&self, seen: UdpReceive) {
+        *self.udp_receive.write().unwrap_or_else(|e| e.into_inner()) = Some(seen);
+        self.info_changed.notify_one();
+    }
+
+    pub fn udp_receive(&self) -> Option<UdpReceive> {
+        self.udp_receive
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn ready(&self) -> bool {
@@ -338,7 +357,18 @@ async fn metrics_handler(State(s): State<Arc<AdminState>>) -> Response {
     let (local, sibs) = s.replica_stats().await;
     let stats = siblings::merge(&local, &sibs);
     let drops = s.nft_drops().await;
-    let text = metrics::render(&s.metrics, &s.peers(), &stats, &drops, SystemTime::now());
+    let udp = metrics::UdpReceiveStats {
+        io: s.device.io_stats(),
+        verdict: s.udp_receive(),
+    };
+    let text = metrics::render(
+        &s.metrics,
+        &s.peers(),
+        &stats,
+        &drops,
+        &udp,
+        SystemTime::now(),
+    );
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 

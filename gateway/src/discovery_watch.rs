@@ -85,6 +85,7 @@ pub async fn run(
         };
         tokio::select! {
             _ = token.cancelled() => return,
+            () = state.info_changed.notified() => {}
             Ok(()) = leader.changed() => {
                 // A new leader publishes what it found (the old one may have been older).
                 published = None;
@@ -131,7 +132,8 @@ pub async fn run(
             last = Some(found.clone());
         }
         let policy = policy(&cfg, base.gateway_ip, &found);
-        let info = gateway_info(&cfg, base, &found);
+        let mut info = gateway_info(&cfg, base, &found);
+        info.udp_receive = state.udp_receive();
         let todo = changes(applied.as_ref(), published.as_ref(), &policy, &info);
         failed = false;
         if todo.firewall {

@@ -27,6 +27,7 @@ pub mod reach_watch;
 mod run;
 pub mod siblings;
 pub mod tcp;
+pub mod udp_watch;
 
 pub use config::Config;
 pub use error::GatewayError;

@@ -5,7 +5,9 @@
 //! active peers and the device's statistics by [`render`].
 
 use crate::core::ActivePeer;
+use kwg_wg::contract::UdpReceive;
 use kwg_wg::device::PeerStats;
+use kwg_wg::io::stats::IoStats;
 use kwg_wg::keys::PublicKey;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::prometheus_text;
@@ -65,6 +67,14 @@ impl Default for Metrics {
     }
 }
 
+/// This replica's UDP receive: the device's counters and the last verdict on them
+/// ([`crate::udp_watch`]).
+#[derive(Debug, Clone, Default)]
+pub struct UdpReceiveStats {
+    pub io: IoStats,
+    pub verdict: Option<UdpReceive>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PeerLabels {
     peer: String,
@@ -72,12 +82,13 @@ struct PeerLabels {
 }
 
 /// Renders every metric. `peers` are the active peers, `stats` the device's view, `drops`
-/// the packets reach by RBAC dropped per peer address.
+/// the packets reach by RBAC dropped per peer address, `udp` this replica's UDP receive.
 pub fn render(
     m: &Metrics,
     peers: &[ActivePeer],
     stats: &[PeerStats],
     drops: &[(Ipv4Addr, u64)],
+    udp: &UdpReceiveStats,
     now: SystemTime,
 ) -> String {
     let by_key: HashMap<&PublicKey, &PeerStats> =
@@ -146,6 +157,7 @@ pub fn render(
     for (name, help, counter) in counters {
         r.register(name, help, counter.clone());
     }
+    register_udp(&mut r, udp);
     r.register(
         "kwg_gateway_reconcile_duration_seconds",
         "Time to reconcile peer Secrets with the device",
@@ -198,6 +210,38 @@ pub fn render(
     text
 }
 
+/// The UDP receive's counters (this replica's socket, since it was bound) and its verdict.
+fn register_udp(r: &mut Registry, udp: &UdpReceiveStats) {
+    let counter = |v: u64| {
+        let c: Counter = Counter::default();
+        c.inc_by(v);
+        c
+    };
+    let (recv, gro) = (udp.io.udp_recv, udp.io.udp_recv_gro);
+    r.register(
+        "kwg_gateway_udp_receive_calls",
+        "UDP receive system calls (recvmmsg) that returned datagrams",
+        counter(recv.calls),
+    );
+    r.register(
+        "kwg_gateway_udp_receive_messages",
+        "UDP messages received; a message holds several datagrams when the node coalesced them (GRO forwarding, docs/performance.md)",
+        counter(gro.calls),
+    );
+    r.register(
+        "kwg_gateway_udp_datagrams_received",
+        "UDP datagrams received",
+        counter(recv.segments),
+    );
+    if let Some(v) = &udp.verdict {
+        r.register(
+            "kwg_gateway_udp_receive_one_per_frame",
+            "1 when the last window under load got about one datagram per message (the node does not coalesce forwarded UDP: ethtool -K <nic> rx-udp-gro-forwarding on, docs/performance.md), 0 when coalesced",
+            gauge(usize::from(v.one_per_frame)),
+        );
+    }
+}
+
 /// A gauge holding a count.
 fn gauge(v: usize) -> Gauge {
     let g = Gauge::default();
@@ -208,6 +252,7 @@ fn gauge(v: usize) -> Gauge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kwg_wg::io::stats::EdgeCount;
     use kwg_wg::contract::PeerSpec;
     use kwg_wg::keys::PrivateKey;
 
@@ -246,7 +291,26 @@ mod tests {
             ("100.77.0.2".parse().unwrap(), 3),
             ("100.77.0.9".parse().unwrap(), 1),
         ];
-        let text = render(&m, &peers, &stats, &drops, now);
+        let udp = UdpReceiveStats {
+            io: IoStats {
+                udp_recv: EdgeCount {
+                    calls: 30,
+                    segments: 1200,
+                },
+                udp_recv_gro: EdgeCount {
+                    calls: 40,
+                    segments: 1200,
+                },
+                ..Default::default()
+            },
+            verdict: Some(UdpReceive {
+                one_per_frame: false,
+                messages: 40,
+                datagrams: 1200,
+                observed_at: "2026-12-07T17:00:00Z".parse().unwrap(),
+            }),
+        };
+        let text = render(&m, &peers, &stats, &drops, &udp, now);
         for line in [
             "# TYPE kwg_gateway_peers gauge",
             "kwg_gateway_peers 1",
@@ -260,6 +324,12 @@ mod tests {
             "kwg_gateway_leases_expired_total 0",
             "kwg_gateway_tcp_refused_per_source_total 4",
             "kwg_gateway_tcp_refused_full_total 0",
+            "# TYPE kwg_gateway_udp_receive_calls_total counter",
+            "kwg_gateway_udp_receive_calls_total 30",
+            "kwg_gateway_udp_receive_messages_total 40",
+            "kwg_gateway_udp_datagrams_received_total 1200",
+            "# TYPE kwg_gateway_udp_receive_one_per_frame gauge",
+            "kwg_gateway_udp_receive_one_per_frame 0",
             "# TYPE kwg_gateway_reconcile_duration_seconds histogram",
             "kwg_gateway_reconcile_duration_seconds_bucket{le=\"0.0025\"} 0",
             "kwg_gateway_reconcile_duration_seconds_bucket{le=\"0.005\"} 1",

@@ -101,6 +101,7 @@ pub async fn run(
         state.metrics.clone(),
         token.clone(),
     ));
+    tokio::spawn(crate::udp_watch::run(state.clone(), token.clone()));
     let (leader_tx, leader_rx) = watch::channel(false);
     let election = tokio::spawn(crate::leader::run(
         client.clone(),
