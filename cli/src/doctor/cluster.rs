@@ -391,6 +391,39 @@ pub fn gateway(
     }
 }
 
+/// Whether the gateway's node coalesces the WireGuard datagrams it forwards to the gateway pod
+/// (UDP GRO forwarding, docs/performance.md), as the gateway judged it under load and
+/// published it (`udpReceive` in its info).
+pub fn node_tuning(info: &InfoProbe) -> Check {
+    const NAME: &str = "node-tuning";
+    let InfoProbe::Valid(info) = info else {
+        return Check::skip(NAME, "no usable gateway info (see gateway)");
+    };
+    match &info.udp_receive {
+        None => Check::skip(
+            NAME,
+            "the gateway has not judged its UDP receive: it does under load (20000 datagrams within 30 s)",
+        ),
+        Some(u) if u.one_per_frame => Check::warn(
+            NAME,
+            format!(
+                "the gateway receives one UDP datagram per frame under load ({:.1} per message, {} datagrams, {}): its node does not coalesce forwarded UDP, which limits throughput",
+                u.per_message(),
+                u.datagrams,
+                u.observed_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            ),
+            "a cluster admin, on the gateway's node: ethtool -K <nic> rx-udp-gro-forwarding on (with gro on), made persistent as docs/performance.md shows",
+        ),
+        Some(u) => Check::pass(
+            NAME,
+            format!(
+                "the gateway's node coalesces forwarded UDP ({:.1} datagrams per message under load)",
+                u.per_message()
+            ),
+        ),
+    }
+}
+
 #[cfg(test)]
 #[path = "cluster_tests.rs"]
 mod tests;

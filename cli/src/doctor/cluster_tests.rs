@@ -212,3 +212,41 @@ fn rejected_credentials_fail_the_api_check_with_log_in_again() {
     assert_eq!(c.code, Some(ExitCode::Credentials));
     assert!(c.fix.unwrap().starts_with("log in again"));
 }
+
+#[test]
+fn node_tuning_warns_with_the_ethtool_fix_when_the_gateway_gets_one_datagram_per_frame() {
+    let mut i = info();
+    assert_eq!(
+        node_tuning(&InfoProbe::Valid(Box::new(i.clone()))).outcome,
+        Outcome::Skip
+    );
+    i.udp_receive = Some(kwg_wg::contract::UdpReceive {
+        one_per_frame: true,
+        messages: 20_000,
+        datagrams: 20_400,
+        observed_at: "2026-12-07T17:00:00Z".parse().unwrap(),
+    });
+    let c = node_tuning(&InfoProbe::Valid(Box::new(i.clone())));
+    assert_eq!(c.outcome, Outcome::Warn);
+    assert_eq!(c.code, None, "a warning does not fail doctor");
+    assert!(
+        c.detail.contains("one UDP datagram per frame under load (1.0 per message"),
+        "{}",
+        c.detail
+    );
+    let fix = c.fix.unwrap();
+    assert!(
+        fix.contains("ethtool -K <nic> rx-udp-gro-forwarding on") && fix.contains("docs/performance.md"),
+        "{fix}"
+    );
+    i.udp_receive = Some(kwg_wg::contract::UdpReceive {
+        one_per_frame: false,
+        messages: 500,
+        datagrams: 20_000,
+        observed_at: "2026-12-07T17:00:00Z".parse().unwrap(),
+    });
+    let c = node_tuning(&InfoProbe::Valid(Box::new(i)));
+    assert_eq!(c.outcome, Outcome::Pass);
+    assert!(c.detail.contains("40.0 datagrams per message"), "{}", c.detail);
+    assert_eq!(node_tuning(&InfoProbe::Missing).outcome, Outcome::Skip);
+}

@@ -145,6 +145,7 @@ async fn cluster_checks(kube: &Kube, args: &super::DoctorArgs, ttl: Duration, f:
         &info,
         pods,
     ));
+    f.checks.push(verdict::node_tuning(&info));
     if let Some((ns, peer)) = &joined {
         let probe = crate::driver::peer_secret(kube, ns, peer).await;
         f.checks.push(verdict::peer(&probe, Utc::now()));
