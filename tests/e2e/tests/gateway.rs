@@ -607,5 +607,21 @@ fn admin_port_serves_pods_only_health_and_peers_only_themselves() -> Result<()> 
         metrics.contains("kwg_gateway_peers_connected 1"),
         "{metrics}"
     );
+    // The UDP receive's counters (docs/performance.md): the handshakes and this request came
+    // in over UDP, one datagram per message on this LAN (nothing coalesces them).
+    let counter = |name: &str| -> u64 {
+        let prefix = format!("{name} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"))
+    };
+    let calls = counter("kwg_gateway_udp_receive_calls_total");
+    let messages = counter("kwg_gateway_udp_receive_messages_total");
+    let datagrams = counter("kwg_gateway_udp_datagrams_received_total");
+    assert!(
+        calls >= 1 && messages >= calls && datagrams >= messages,
+        "calls {calls}, messages {messages}, datagrams {datagrams}"
+    );
     Ok(())
 }
