@@ -29,6 +29,11 @@ have python3      || need+=(python3)
 have tar          || need+=(tar)
 # The GitHub action's steps (ci/action/*.js) are run as a runner would, with node.
 have node         || need+=(nodejs)
+# The release tests: pip for the workflow and Dockerfile checkers, man for the man pages,
+# dpkg-deb for the .deb (scripts/install-release-tools.sh installs the rest into a cache).
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+have man          || need+=(man-db)
+have dpkg-deb     || need+=(dpkg)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"
@@ -45,3 +50,6 @@ if ! apt-cache show systemd-resolved >/dev/null 2>&1; then
 fi
 
 have cargo || { echo "install-deps: cargo is missing: install a Rust toolchain (rustup) first" >&2; exit 1; }
+
+# check-jsonschema, hadolint and cargo-deb for the release tests, into /var/cache/kwg-test/tools.
+bash "$(dirname "$0")/install-release-tools.sh" >/dev/null

@@ -7,6 +7,7 @@ const path = require('path');
 const {
   input, fileCommand, kwg, defaultName, userspace, proxyEnv, workflowCommand,
 } = require('./runner');
+const { resolveKwg } = require('./install');
 
 const dir = fs.mkdtempSync(path.join(process.env.RUNNER_TEMP || os.tmpdir(), 'kwg-'));
 const kubeconfig = path.join(dir, 'kubeconfig');
@@ -14,7 +15,21 @@ fs.writeFileSync(kubeconfig, `${input('kubeconfig')}\n`, { mode: 0o600 });
 // The post step removes the kubeconfig and leaves, whatever happens below.
 fileCommand('GITHUB_STATE', 'kubeconfig', kubeconfig);
 
-const exe = input('kwg') || 'kwg';
+// The kwg to run, downloaded when the inputs ask for a release (install.js): an absolute path,
+// which the post step reuses and later steps find on PATH.
+let exe;
+try {
+  const found = resolveKwg(input);
+  exe = found.exe;
+  console.log(found.note);
+} catch (e) {
+  console.log(workflowCommand('error', { title: 'kwg install failed' }, e.message));
+  process.exit(1);
+}
+fileCommand('GITHUB_STATE', 'kwg', exe);
+if (process.env.GITHUB_PATH) {
+  fs.appendFileSync(process.env.GITHUB_PATH, `${path.dirname(exe)}\n`);
+}
 const args = ['join', '-o', 'json', '--kubeconfig', kubeconfig];
 args.push('--name', input('name') || defaultName(process.env));
 args.push('--ttl', input('ttl') || '10m', '--timeout', input('timeout') || '60s');

@@ -6,7 +6,9 @@ const fs = require('fs');
 const path = require('path');
 const { input, kwg, workflowCommand } = require('./runner');
 
-const r = kwg(input('kwg') || 'kwg', ['leave', '-o', 'json'], process.env.STATE_userspace === 'true');
+// The main step's kwg (an absolute path, maybe the downloaded release).
+const exe = process.env.STATE_kwg || input('kwg') || 'kwg';
+const r = kwg(exe, ['leave', '-o', 'json'], process.env.STATE_userspace === 'true');
 console.log(r.stdout.trim());
 const kubeconfig = process.env.STATE_kubeconfig;
 if (kubeconfig) {
