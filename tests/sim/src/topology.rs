@@ -99,6 +99,9 @@ impl Attach {
         let (lan, bits) = (&self.lan_ns, self.bits);
         let [a, b, c, d] = addr.octets();
         let mac = format!("02:6b:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+        // A port left by a laptop whose namespace was just deleted: the kernel frees a deleted
+        // namespace's veths asynchronously, for a few milliseconds after `ip netns del`.
+        let _ = ip(&format!("-n {lan} link del {port}"));
         ip(&format!(
             "-n {lan} link add {port} type veth peer name {ifname} address {mac} netns {ns}"
         ))?;
