@@ -14,18 +14,71 @@ use tokio::time::Instant;
 /// How often `kwg join` asks again while the gateway has not decided the peer's reach.
 const POLL: Duration = Duration::from_millis(200);
 
-/// This peer's reach from the gateway's `/peers` (`None`: no answer, or not decided yet).
+/// This peer's reach from the gateway's `/peers/self` (all of `/peers` from a gateway older
+/// than that route) (`None`: no answer, or not decided yet).
 pub async fn own(admin: SocketAddr, peer: &str) -> Option<ReachStatus> {
-    crate::commands::gateway_peers(admin)
-        .await
-        .into_iter()
-        .find(|g| g.name.as_str() == peer)?
-        .reach
+    match fetch_own(admin, OWN_WAIT).await {
+        Ok(Own::Entry(p)) => p.reach,
+        Ok(Own::NoRoute) => crate::commands::gateway_peers(admin)
+            .await
+            .into_iter()
+            .find(|g| g.name.as_str() == peer)?
+            .reach,
+        Err(_) => None,
+    }
 }
+
+/// How long `/peers/self` may take through the tunnel for `kwg join` and `kwg status`.
+const OWN_WAIT: Duration = Duration::from_secs(2);
 
 /// The gateway's `/peers` through the tunnel (or the userspace proxy), or why it did not
 /// answer within `timeout` (a sentence for `kwg status`'s health line).
 pub async fn fetch(admin: SocketAddr, timeout: Duration) -> Result<Vec<GatewayPeer>, String> {
+    let (status, body) = get(admin, PEERS, timeout).await?;
+    if !status.is_success() {
+        return Err(format!("GET http://{admin}{PEERS}: {status}"));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("GET http://{admin}{PEERS}: {e}"))
+}
+
+const PEERS: &str = "/peers";
+/// This peer's own `/peers` entry alone, told by the tunnel address it asks from.
+pub const OWN: &str = "/peers/self";
+
+/// What the gateway's `/peers/self` answered.
+#[derive(Debug)]
+pub enum Own {
+    /// This peer's entry.
+    Entry(Box<GatewayPeer>),
+    /// A gateway from before `/peers/self` (its router's bare 404): ask `/peers` instead.
+    NoRoute,
+}
+
+/// This peer's entry from the gateway's `/peers/self` (one entry, not every peer's), or why
+/// there is none (the gateway has no active peer at this tunnel address, or no answer).
+pub async fn fetch_own(admin: SocketAddr, timeout: Duration) -> Result<Own, String> {
+    let (status, body) = get(admin, OWN, timeout).await?;
+    own_answer(status, &body).map_err(|e| format!("GET http://{admin}{OWN}: {e}"))
+}
+
+/// [`fetch_own`]'s decision on the gateway's answer. A gateway that has the route says why it
+/// found no entry in a body starting `not found:`; an older one answers a bare 404.
+pub fn own_answer(status: hyper::StatusCode, body: &[u8]) -> Result<Own, String> {
+    match status {
+        s if s.is_success() => serde_json::from_slice(body)
+            .map(|p| Own::Entry(Box::new(p)))
+            .map_err(|e| e.to_string()),
+        hyper::StatusCode::NOT_FOUND if !body.starts_with(b"not found:") => Ok(Own::NoRoute),
+        s => Err(format!("{s}: {}", String::from_utf8_lossy(body).trim())),
+    }
+}
+
+/// A `GET` of `path` on the gateway's admin address through the tunnel: its status and body.
+async fn get(
+    admin: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(hyper::StatusCode, bytes::Bytes), String> {
     use http_body_util::BodyExt;
     let fetch = async {
         let tcp = crate::userspace::client::dial_cluster(admin)
@@ -36,7 +89,7 @@ pub async fn fetch(admin: SocketAddr, timeout: Duration) -> Result<Vec<GatewayPe
                 .await
                 .map_err(|e| format!("{admin}: {e}"))?;
         tokio::spawn(conn);
-        let req = hyper::Request::get("/peers")
+        let req = hyper::Request::get(path)
             .header(hyper::header::HOST, admin.to_string())
             .header(hyper::header::ACCEPT, "application/json")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -44,17 +97,15 @@ pub async fn fetch(admin: SocketAddr, timeout: Duration) -> Result<Vec<GatewayPe
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| format!("GET http://{admin}/peers: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("GET http://{admin}/peers: {}", resp.status()));
-        }
+            .map_err(|e| format!("GET http://{admin}{path}: {e}"))?;
+        let status = resp.status();
         let body = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| format!("GET http://{admin}/peers: {e}"))?
+            .map_err(|e| format!("GET http://{admin}{path}: {e}"))?
             .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| format!("GET http://{admin}/peers: {e}"))
+        Ok((status, body))
     };
     match tokio::time::timeout(timeout, fetch).await {
         Ok(r) => r,
@@ -190,6 +241,30 @@ mod tests {
             last_refused: None,
         };
         assert!(warnings(&s, &open).is_empty());
+    }
+
+    #[test]
+    fn peers_self_answers_an_entry_a_reason_or_that_the_gateway_is_older() {
+        use hyper::StatusCode;
+        let entry = crate::dns::follow::tests::peer("laptop", None);
+        let body = serde_json::to_vec(&entry).unwrap();
+        match own_answer(StatusCode::OK, &body) {
+            Ok(Own::Entry(p)) => assert_eq!(p.name.as_str(), "laptop"),
+            other => panic!("{other:?}"),
+        }
+        // An older gateway: its router's 404 has no body.
+        assert!(matches!(
+            own_answer(StatusCode::NOT_FOUND, b""),
+            Ok(Own::NoRoute)
+        ));
+        // This gateway has the route but no active peer at this address: no answer, not older.
+        let gone = own_answer(
+            StatusCode::NOT_FOUND,
+            b"not found: no active peer has the tunnel address 100.77.0.9\n",
+        )
+        .unwrap_err();
+        assert!(gone.contains("no active peer"), "{gone}");
+        assert!(own_answer(StatusCode::FORBIDDEN, b"forbidden: ...").is_err());
     }
 
     #[test]

@@ -1,23 +1,41 @@
 //! While joined: keeps the forwarder's split decision and systemd-resolved's routing domains
 //! in step with the cluster's namespaces (created and deleted while joined) and with the
 //! reach the gateway grants this peer (names of namespaces it cannot reach are NXDOMAIN).
-//! [`apply`] decides without I/O; [`run`] asks the API server and the gateway.
+//! [`apply`], [`Namespaces`] and [`GatewayPoll`] decide without I/O; [`run`] asks the API
+//! server and the gateway.
+//!
+//! Cheap at a thousand laptops: namespaces come from one watch per daemon (a list only at its
+//! start and on a resync), not a list every few seconds; the gateway is asked for this peer's
+//! own `/peers/self` entry, not every peer's. Older installs: a list every [`SLOW`] when the
+//! user may not watch namespaces, all of `/peers` every [`SLOW`] from a gateway without
+//! `/peers/self`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kwg_wg::contract::GatewayPeer;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::watcher::{self, Event};
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kwg_wg::contract::{GatewayPeer, ReachStatus};
+use tokio::time::Instant;
 
 use super::forwarder::SplitHandle;
 use super::resolved::{self, LinkDomain, Resolved};
 use super::split::SplitDns;
 use crate::cluster::Kube;
+use crate::reach::Own;
 
-/// How often the namespaces and the reach are read again: a namespace created while joined
-/// resolves within this long (a user may list namespaces, not watch them).
+/// How often the gateway is asked for this peer's reach: a RoleBinding given while joined
+/// makes its namespace's names resolve within about this long after the gateway enforces it.
 pub const EVERY: Duration = Duration::from_secs(3);
-/// How long the gateway's `/peers` may take through the tunnel.
+/// How often what older installs allow is asked instead: namespaces listed when the user
+/// may not watch them, all of `/peers` from a gateway without `/peers/self`.
+pub const SLOW: Duration = Duration::from_secs(30);
+/// How long the gateway's `/peers/self` may take through the tunnel.
 const GATEWAY_WAIT: Duration = Duration::from_secs(2);
 
 /// What the loop needs.
@@ -30,46 +48,225 @@ pub struct Follow {
     pub gateway: Option<(SocketAddr, String)>,
 }
 
-/// The split with what was read: `namespaces` (`None`: could not be listed, keep the last
-/// list) and the gateway's `/peers` (`None`: no answer, keep the last reach).
+/// The split with what was read: `namespaces` (`None`: nothing new, keep the last list) and
+/// this peer's reach from the gateway (`None`: no answer, keep the last reach; `Some(None)`:
+/// not decided yet).
 pub fn apply(
     split: &mut SplitDns,
     namespaces: Option<BTreeSet<String>>,
-    peers: Option<(&[GatewayPeer], &str)>,
+    reach: Option<Option<&ReachStatus>>,
 ) {
     if let Some(n) = namespaces {
         split.cluster_namespaces = n;
     }
-    if let Some((peers, me)) = peers {
-        split.reachable = peers
-            .iter()
-            .find(|p| p.name.as_str() == me)
-            .and_then(|p| p.reach.as_ref())
+    if let Some(reach) = reach {
+        split.reachable = reach
             .filter(|r| r.enforced)
             .map(|r| r.namespaces.iter().cloned().collect());
     }
 }
 
+/// Peer `me`'s reach in all of a gateway's `/peers` (a gateway without `/peers/self`).
+pub fn reach_of<'a>(peers: &'a [GatewayPeer], me: &str) -> Option<&'a ReachStatus> {
+    peers
+        .iter()
+        .find(|p| p.name.as_str() == me)
+        .and_then(|p| p.reach.as_ref())
+}
+
+/// The cluster's namespace names as a watch reports them, with kube's reflector semantics:
+/// `Init` … `InitDone` (the watch's list, at its start and again after a desync) replaces
+/// the whole set; `Apply` and `Delete` change one name.
+#[derive(Debug, Default)]
+pub struct Namespaces {
+    known: BTreeSet<String>,
+    /// The names of a list under way (between `Init` and `InitDone`).
+    listing: Option<BTreeSet<String>>,
+}
+
+impl Namespaces {
+    pub fn new(known: BTreeSet<String>) -> Namespaces {
+        Namespaces {
+            known,
+            listing: None,
+        }
+    }
+
+    /// Takes one event; the whole set when it changed.
+    pub fn event(&mut self, event: Event<String>) -> Option<BTreeSet<String>> {
+        let changed = match event {
+            Event::Init => {
+                self.listing = Some(BTreeSet::new());
+                false
+            }
+            Event::InitApply(name) => match &mut self.listing {
+                Some(l) => {
+                    l.insert(name);
+                    false
+                }
+                None => self.known.insert(name),
+            },
+            Event::InitDone => match self.listing.take() {
+                Some(l) if l != self.known => {
+                    self.known = l;
+                    true
+                }
+                _ => false,
+            },
+            Event::Apply(name) => self.known.insert(name),
+            Event::Delete(name) => self.known.remove(&name),
+        };
+        changed.then(|| self.known.clone())
+    }
+}
+
+/// Which of the gateway's routes the reach poll asks, and how often.
+#[derive(Debug, Default)]
+pub struct GatewayPoll {
+    /// When the gateway last answered that it has no `/peers/self` (older than this kwg).
+    older_at: Option<Instant>,
+    said: bool,
+}
+
+impl GatewayPoll {
+    /// Whether to ask at `now`: every tick, but only every [`SLOW`] once the gateway proved
+    /// older (all of `/peers` is every peer's entry).
+    pub fn due(&self, now: Instant) -> bool {
+        self.older_at.is_none_or(|t| now >= t + SLOW)
+    }
+
+    /// The gateway answered `/peers/self` (`older`: with no such route) at `now`; `true` the
+    /// first time it proved older (to say so once).
+    pub fn answered(&mut self, older: bool, now: Instant) -> bool {
+        self.older_at = older.then_some(now);
+        let first = older && !self.said;
+        self.said |= older;
+        first
+    }
+}
+
+/// Whether a watch failed because the user may not watch (RBAC from before `watch namespaces`).
+fn forbidden(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s))
+        | watcher::Error::InitialListFailed(kube::Error::Api(s)) => s.is_forbidden(),
+        watcher::Error::WatchError(s) => s.is_forbidden(),
+        _ => false,
+    }
+}
+
+type NamespaceEvents = BoxStream<'static, Result<Event<String>, watcher::Error>>;
+
+/// Namespace names as they change, from one watch (names only).
+fn namespace_watch(kube: &Kube) -> NamespaceEvents {
+    let api: kube::Api<PartialObjectMeta<Namespace>> = kube::Api::all(kube.client.clone());
+    watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map(|r| {
+            r.map(|e| match e {
+                Event::Apply(n) => Event::Apply(n.metadata.name.unwrap_or_default()),
+                Event::Delete(n) => Event::Delete(n.metadata.name.unwrap_or_default()),
+                Event::Init => Event::Init,
+                Event::InitApply(n) => Event::InitApply(n.metadata.name.unwrap_or_default()),
+                Event::InitDone => Event::InitDone,
+            })
+        })
+        .boxed()
+}
+
+/// The next namespace event (never, without a watch).
+async fn next_event(
+    watch: &mut Option<NamespaceEvents>,
+) -> Option<Result<Event<String>, watcher::Error>> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// This peer's reach from the gateway when due (`None`: not asked, or no answer).
+async fn ask_gateway(
+    (admin, me): (SocketAddr, &str),
+    poll: &mut GatewayPoll,
+    now: Instant,
+) -> Option<Option<ReachStatus>> {
+    if !poll.due(now) {
+        return None;
+    }
+    match crate::reach::fetch_own(admin, GATEWAY_WAIT).await {
+        Ok(Own::Entry(p)) => {
+            poll.answered(false, now);
+            Some(p.reach)
+        }
+        Ok(Own::NoRoute) => {
+            if poll.answered(true, now) {
+                tracing::info!(
+                    every_secs = SLOW.as_secs(),
+                    "the gateway has no /peers/self (older than this kwg): its reach is read from all of /peers, less often"
+                );
+            }
+            let peers = crate::reach::fetch(admin, GATEWAY_WAIT).await.ok()?;
+            Some(reach_of(&peers, me).cloned())
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "no reach from the gateway");
+            None
+        }
+    }
+}
+
+/// What woke the loop.
+enum Woke {
+    Watch(Option<Result<Event<String>, watcher::Error>>),
+    Tick,
+}
+
 /// Runs until the task is aborted (at leave).
 pub async fn run(f: Follow) {
     let mut domains: Option<Vec<LinkDomain>> = resolved::split_domains(&f.split.split()).ok();
+    // Mapped namespaces are fixed; a user who could not list them at join (none known)
+    // cannot now either.
+    let current = f.split.split();
+    let follow = current.mapped.is_none() && !current.cluster_namespaces.is_empty();
+    let mut names = Namespaces::new(current.cluster_namespaces.clone());
+    let mut watch = follow.then(|| namespace_watch(&f.kube));
+    // Without a watch (not allowed): when the next list is due.
+    let mut list_at: Option<Instant> = None;
+    let mut poll = GatewayPoll::default();
+    let mut tick = tokio::time::interval_at(Instant::now() + EVERY, EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(EVERY).await;
-        // Mapped namespaces are fixed; a user who could not list them at join (none known)
-        // cannot now either.
-        let current = f.split.split();
-        let namespaces = match current.mapped.is_none() && !current.cluster_namespaces.is_empty() {
-            true => f.kube.namespaces().await,
-            false => None,
+        let woke = tokio::select! {
+            ev = next_event(&mut watch) => Woke::Watch(ev),
+            _ = tick.tick() => Woke::Tick,
         };
-        let peers = match &f.gateway {
-            Some((admin, _)) => crate::reach::fetch(*admin, GATEWAY_WAIT).await.ok(),
-            None => None,
-        };
-        let me = f.gateway.as_ref().map_or("", |(_, me)| me.as_str());
+        let (mut namespaces, mut reach) = (None, None);
+        match woke {
+            Woke::Watch(Some(Ok(ev))) => namespaces = names.event(ev),
+            Woke::Watch(Some(Err(e))) if forbidden(&e) => {
+                tracing::info!(error = %e, every_secs = SLOW.as_secs(), "may not watch namespaces (a kwg-user role from before `watch namespaces`): listing them instead, less often");
+                watch = None;
+                list_at = Some(Instant::now());
+            }
+            Woke::Watch(Some(Err(e))) => {
+                tracing::debug!(error = %e, "namespace watch failed; it starts again");
+            }
+            Woke::Watch(None) => watch = None,
+            Woke::Tick => {
+                let now = Instant::now();
+                if list_at.is_some_and(|t| now >= t) {
+                    list_at = Some(now + SLOW);
+                    namespaces = f.kube.namespaces().await;
+                }
+                if let Some((admin, me)) = &f.gateway {
+                    reach = ask_gateway((*admin, me), &mut poll, now).await;
+                }
+            }
+        }
         let changed = f
             .split
-            .update(|s| apply(s, namespaces, peers.as_deref().map(|p| (p, me))));
+            .update(|s| apply(s, namespaces, reach.as_ref().map(Option::as_ref)));
         let Some((client, ifindex)) = &f.resolved else {
             continue;
         };
@@ -98,7 +295,7 @@ pub async fn run(f: Follow) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use kwg_wg::contract::ReachStatus;
 
@@ -116,7 +313,8 @@ mod tests {
         }
     }
 
-    fn peer(name: &str, reach: Option<ReachStatus>) -> GatewayPeer {
+    /// A `/peers` entry as the gateway writes it (also for the reach tests).
+    pub(crate) fn peer(name: &str, reach: Option<ReachStatus>) -> GatewayPeer {
         let mut p: GatewayPeer = serde_json::from_value(serde_json::json!({
             "name": name,
             "publicKey": "p0DgqXpMPbxjtgkBYpjGFK6fJVGdjwi3mv3ZCw5qQV0=",
@@ -167,7 +365,7 @@ mod tests {
             last_refused: None,
         };
         let peers = [peer("other", None), peer("me", Some(reach))];
-        apply(&mut s, None, Some((&peers, "me")));
+        apply(&mut s, None, Some(reach_of(&peers, "me")));
         assert_eq!(s.reachable, Some(["emojivoto".to_string()].into()));
         assert_eq!(s.decide("echo.default.svc.cluster.local"), Decision::Hidden);
         assert_eq!(s.decide("echo.default"), Decision::UpstreamElseHidden);
@@ -182,11 +380,54 @@ mod tests {
             dropped_packets: 0,
             last_refused: None,
         };
-        apply(&mut s, None, Some((&[peer("me", Some(open))], "me")));
+        apply(&mut s, None, Some(Some(&open)));
         assert_eq!(s.reachable, None);
         // No answer from the gateway: the last reach stays.
         s.reachable = Some(BTreeSet::new());
         apply(&mut s, None, None);
         assert_eq!(s.reachable, Some(BTreeSet::new()));
+    }
+
+    #[test]
+    fn a_namespace_watch_changes_names_one_by_one_and_a_relist_replaces_them_all() {
+        let mut n = Namespaces::new(["default", "emojivoto"].map(String::from).into());
+        let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        // The watch's first list: the same names, nothing to do.
+        assert_eq!(n.event(Event::Init), None);
+        assert_eq!(n.event(Event::InitApply("default".into())), None);
+        assert_eq!(n.event(Event::InitApply("emojivoto".into())), None);
+        assert_eq!(n.event(Event::InitDone), None);
+        assert_eq!(
+            n.event(Event::Apply("late".into())),
+            Some(set(&["default", "emojivoto", "late"]))
+        );
+        // A namespace's status changing (Terminating) is no new name.
+        assert_eq!(n.event(Event::Apply("late".into())), None);
+        assert_eq!(
+            n.event(Event::Delete("emojivoto".into())),
+            Some(set(&["default", "late"]))
+        );
+        // A relist after a desync (410 Gone): a deletion the watch missed goes, and not
+        // before the list is complete.
+        assert_eq!(n.event(Event::Init), None);
+        assert_eq!(n.event(Event::InitApply("default".into())), None);
+        assert_eq!(n.event(Event::InitDone), Some(set(&["default"])));
+    }
+
+    #[test]
+    fn an_older_gateway_is_asked_for_all_peers_every_30_s_and_said_once() {
+        let t0 = Instant::now();
+        let mut p = GatewayPoll::default();
+        assert!(p.due(t0));
+        p.answered(false, t0);
+        assert!(p.due(t0 + EVERY));
+        assert!(p.answered(true, t0 + EVERY), "said the first time");
+        assert!(!p.due(t0 + EVERY * 2));
+        assert!(!p.due(t0 + EVERY + SLOW - Duration::from_millis(1)));
+        assert!(p.due(t0 + EVERY + SLOW));
+        assert!(!p.answered(true, t0 + EVERY + SLOW), "said once");
+        // Upgraded: every tick again.
+        p.answered(false, t0 + EVERY * 2 + SLOW);
+        assert!(p.due(t0 + EVERY * 3 + SLOW));
     }
 }
