@@ -19,11 +19,13 @@ const POLL: Duration = Duration::from_millis(200);
 pub async fn own(admin: SocketAddr, peer: &str) -> Option<ReachStatus> {
     match fetch_own(admin, OWN_WAIT).await {
         Ok(Own::Entry(p)) => p.reach,
-        Ok(Own::NoRoute) => crate::commands::gateway_peers(admin)
-            .await
-            .into_iter()
-            .find(|g| g.name.as_str() == peer)?
-            .reach,
+        Ok(Own::NoRoute) => {
+            crate::commands::gateway_peers(admin)
+                .await
+                .into_iter()
+                .find(|g| g.name.as_str() == peer)?
+                .reach
+        }
         Err(_) => None,
     }
 }
