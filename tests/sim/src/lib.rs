@@ -1,9 +1,10 @@
 //! The one-machine cluster: a small Kubernetes cluster network in network namespaces.
 //!
 //! `kwg-sim up` builds namespaces `<P>-node`, `<P>-lan`, `<P>-laptop` and one per pod, starts the
-//! API server stand-in at `https://192.0.2.1:6443` in the node, and a daemon that plays
-//! kube-proxy (nftables), the endpoints controller and the kubelet (pods are local processes).
-//! See `docs/architecture.md` for the addresses and names.
+//! API server stand-in at `https://192.0.2.1:6443` in the node (the LAN's `.1`; `up --lan`,
+//! `--service-cidr`, `--pod-cidr` and `--domain` choose other addresses, see [`net`]), and a daemon
+//! that plays kube-proxy (nftables), the endpoints controller and the kubelet (pods are local
+//! processes). See `docs/architecture.md` for the addresses and names.
 //!
 //! # Test harness
 //!
