@@ -325,7 +325,7 @@ fn kwg_users_have_no_rights_next_to_the_gateway() -> Result<()> {
 /// rows, sorted, columns joined by one space.
 const EXPECTED_RULES: [&str; 6] = [
     "deployments.apps [] [kwg-gateway] [get]",
-    "namespaces [] [] [get list]",
+    "namespaces [] [] [get list watch]",
     "selfsubjectaccessreviews.authorization.k8s.io [] [] [create]",
     "selfsubjectreviews.authentication.k8s.io [] [] [create]",
     "selfsubjectrulesreviews.authorization.k8s.io [] [] [create]",
