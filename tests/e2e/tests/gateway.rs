@@ -548,7 +548,7 @@ fn admin_port_serves_pods_only_health_and_peers_only_themselves() -> Result<()> 
         ("200".into(), "ok\n".into())
     );
     assert_eq!(http_status(&c, &web, &format!("{base}/readyz"))?.0, "200");
-    for path in ["/metrics", "/peers"] {
+    for path in ["/metrics", "/peers", "/peers/self"] {
         let (code, body) = http_status(&c, &web, &format!("{base}{path}"))?;
         assert_eq!(code, "403", "{path} from a pod: {body}");
         assert!(body.contains("only through the kwg tunnel"), "{body}");
@@ -565,6 +565,10 @@ fn admin_port_serves_pods_only_health_and_peers_only_themselves() -> Result<()> 
         metrics.lines().any(|l| l == "kwg_gateway_peers 2"),
         "{metrics}"
     );
+    // /peers/self names no peer from loopback: it is told by the tunnel address asking.
+    let (code, body) = http_status(&c, &gw_ns, "http://127.0.0.1:8080/peers/self")?;
+    assert_eq!(code, "404", "{body}");
+    assert!(body.starts_with("not found: /peers/self answers only a peer"), "{body}");
     // Loopback is also where a kwg user's port-forward arrives: nobody's endpoint or hostname.
     let all = gateway_peers(&c)?;
     assert!(
@@ -600,6 +604,15 @@ fn admin_port_serves_pods_only_health_and_peers_only_themselves() -> Result<()> 
         "{other:?}"
     );
     assert!(other.tunnel_ip.is_some());
+    // What the joined laptop polls: its own entry alone, in full, by its tunnel address.
+    let own = a
+        .http_get("http://100.77.0.1:8080/peers/self", 2)?
+        .expect("/peers/self through the tunnel");
+    let own: contract::GatewayPeer = serde_json::from_str(&own)?;
+    assert_eq!(
+        (own.name.as_str(), own.hostname.as_deref()),
+        ("peer-a", Some("peer-a-host"))
+    );
     let metrics = a
         .http_get("http://100.77.0.1:8080/metrics", 2)?
         .expect("/metrics through the tunnel");
