@@ -316,5 +316,12 @@ fn status(n: &Names) -> Result<()> {
     for ns in namespaces {
         println!("  {ns}");
     }
+    let guests = topology::guests(n);
+    if !guests.is_empty() {
+        println!("laptops of other clusters on this LAN");
+        for (ns, addr) in guests {
+            println!("  {ns} {addr}");
+        }
+    }
     Ok(())
 }

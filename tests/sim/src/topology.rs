@@ -128,6 +128,25 @@ fn guests_dir(n: &Names) -> std::path::PathBuf {
     n.run_dir().join("guests")
 }
 
+/// Laptops of other clusters attached to `n`'s LAN: (namespace, address), sorted.
+pub fn guests(n: &Names) -> Vec<(String, String)> {
+    let dir = std::fs::read_dir(guests_dir(n))
+        .into_iter()
+        .flatten()
+        .flatten();
+    let mut out: Vec<(String, String)> = dir
+        .filter_map(|e| {
+            let addr = std::fs::read_to_string(e.path()).ok()?;
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                addr.trim().to_string(),
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// A free extra-laptop address on `n`'s LAN.
 fn free_laptop_ip(n: &Names, net: &ClusterNet) -> Result<Ipv4Addr> {
     let used = used_laptop_ips(n);
