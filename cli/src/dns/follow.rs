@@ -146,11 +146,11 @@ impl GatewayPoll {
 }
 
 /// Whether a watch failed because the user may not watch (RBAC from before `watch namespaces`).
+/// A list refused is not that: the watch retries it, backing off to 30 s, as a list would.
 fn forbidden(e: &watcher::Error) -> bool {
     match e {
         watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s))
-        | watcher::Error::InitialListFailed(kube::Error::Api(s)) => s.is_forbidden(),
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.is_forbidden(),
         watcher::Error::WatchError(s) => s.is_forbidden(),
         _ => false,
     }
@@ -429,5 +429,32 @@ pub(crate) mod tests {
         // Upgraded: every tick again.
         p.answered(false, t0 + EVERY * 2 + SLOW);
         assert!(p.due(t0 + EVERY * 3 + SLOW));
+    }
+
+    #[test]
+    fn only_a_watch_refused_by_rbac_falls_back_to_listing() {
+        use kube::core::Status;
+        let api = |code: u16, reason: &str| {
+            kube::Error::Api(Box::new(
+                Status::failure("namespaces is forbidden", reason).with_code(code),
+            ))
+        };
+        assert!(forbidden(&watcher::Error::WatchStartFailed(api(
+            403,
+            "Forbidden"
+        ))));
+        assert!(forbidden(&watcher::Error::WatchFailed(api(
+            403,
+            "Forbidden"
+        ))));
+        assert!(!forbidden(&watcher::Error::WatchStartFailed(api(
+            500,
+            "InternalError"
+        ))));
+        assert!(!forbidden(&watcher::Error::InitialListFailed(api(
+            403,
+            "Forbidden"
+        ))));
+        assert!(!forbidden(&watcher::Error::NoResourceVersion));
     }
 }
