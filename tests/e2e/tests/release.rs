@@ -47,6 +47,7 @@ fn tool(argv: &[&str]) -> Output {
         .current_dir(root())
         .env("PATH", path)
         .env("PYTHONPATH", t.join("python"))
+        .env("KWG_RELEASE_FAST", "1")
         .output()
         .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
 }
