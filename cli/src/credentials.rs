@@ -1,13 +1,17 @@
-//! `kwg ci-credentials NAME`: as a cluster admin, a ServiceAccount bound to the `kwg-user`
-//! Role and ClusterRole (manifests/rbac-user.yaml), and a kubeconfig with a token of a
-//! chosen lifetime for it (TokenRequest), to store as a CI secret.
+//! `kwg ci-credentials NAME --reach NS,...`: as a cluster admin, a ServiceAccount in a
+//! namespace of its own (`kwg-ci`, created when missing) bound to the `kwg-user` Roles and
+//! ClusterRole (manifests/rbac-user.yaml) and, in each namespace of `--reach` only, to
+//! ClusterRole `kwg-reach` (`get services`: what reach by RBAC asks), and a kubeconfig with a
+//! token of a chosen lifetime for it (TokenRequest), to store as a CI secret.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, RoleBinding, RoleRef, Subject,
+};
 use kube::api::{ObjectMeta, PostParams};
 use kube::config::{Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 use kube::{Api, Resource};
@@ -18,6 +22,10 @@ use crate::error::Error;
 
 /// The roles of manifests/rbac-user.yaml.
 const ROLE: &str = "kwg-user";
+/// The ClusterRole whose binding in a namespace opens it to a peer (manifests/rbac-user.yaml).
+const REACH_ROLE: &str = "kwg-reach";
+/// Where the ServiceAccounts live by default: not next to the peer Secrets in kwg-system.
+const CI_NAMESPACE: &str = "kwg-ci";
 /// The shortest token a Kubernetes API server issues (TokenRequest's minimum, 10 minutes).
 const MIN_DURATION: Duration = Duration::from_secs(600);
 
@@ -25,9 +33,13 @@ const MIN_DURATION: Duration = Duration::from_secs(600);
 pub struct CiCredentialsArgs {
     /// Name of the ServiceAccount (a DNS label, e.g. github-ci).
     pub name: String,
-    /// Namespace of the ServiceAccount (default: the kwg namespace).
-    #[arg(short, long)]
-    pub namespace: Option<String>,
+    /// Namespace of the ServiceAccount (created when missing).
+    #[arg(short, long, default_value = CI_NAMESPACE)]
+    pub namespace: String,
+    /// The namespaces the credential's peer may reach (comma-separated): a RoleBinding to
+    /// ClusterRole kwg-reach (`get services`) in each. Without it, it reaches none.
+    #[arg(long, value_name = "NS,...", value_delimiter = ',')]
+    pub reach: Vec<String>,
     /// Lifetime of the token (at least 10m; the API server may cap it).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -99,7 +111,7 @@ async fn issue(args: CiCredentialsArgs) -> Result<(), Error> {
     let kubeconfig = args.kube.kubeconfig.as_deref();
     let kube = Kube::connect(kubeconfig, args.kube.context.as_deref()).await?;
     let kwg_ns = args.kube.kwg_namespace.as_str();
-    let ns = args.namespace.clone().unwrap_or_else(|| kwg_ns.to_string());
+    let ns = args.namespace.clone();
     let name = args.name.as_str();
     let client = kube.client.clone();
     let step = |verb, resource, namespace| Step {
@@ -107,6 +119,26 @@ async fn issue(args: CiCredentialsArgs) -> Result<(), Error> {
         resource,
         namespace,
     };
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for reach in &args.reach {
+        let found = namespaces
+            .get_opt(reach)
+            .await
+            .map_err(|e| kube.error(step("get", "namespaces", reach), e))?;
+        if found.is_none() {
+            return Err(Error::invalid(
+                "--reach",
+                format!(
+                    "namespace {reach} does not exist: check the names (kubectl get namespaces)"
+                ),
+            ));
+        }
+    }
+    let own_ns = Namespace {
+        metadata: meta(&ns, None),
+        ..Default::default()
+    };
+    ensure(&kube, namespaces, &own_ns, step("create", "namespaces", "")).await?;
     let sa = ServiceAccount {
         metadata: meta(name, Some(&ns)),
         ..Default::default()
@@ -130,6 +162,10 @@ async fn issue(args: CiCredentialsArgs) -> Result<(), Error> {
         kind: kind.into(),
         name: ROLE.into(),
     };
+    let reach_ref = RoleRef {
+        name: REACH_ROLE.into(),
+        ..role_ref("ClusterRole")
+    };
     let binding = format!("kwg-ci-{ns}-{name}");
     let rb = RoleBinding {
         metadata: meta(&binding, Some(kwg_ns)),
@@ -151,6 +187,29 @@ async fn issue(args: CiCredentialsArgs) -> Result<(), Error> {
     };
     let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
     ensure(&kube, crbs, &crb, step("create", "clusterrolebindings", "")).await?;
+    if !args.reach.is_empty() {
+        let reach_role = ClusterRole {
+            metadata: meta(REACH_ROLE, None),
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["services".into()]),
+                verbs: vec!["get".into()],
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let crs: Api<ClusterRole> = Api::all(client.clone());
+        ensure(&kube, crs, &reach_role, step("create", "clusterroles", "")).await?;
+    }
+    for reach in &args.reach {
+        let rb = RoleBinding {
+            metadata: meta(&binding, Some(reach)),
+            role_ref: reach_ref.clone(),
+            subjects: rb.subjects.clone(),
+        };
+        let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), reach);
+        ensure(&kube, rbs, &rb, step("create", "rolebindings", reach)).await?;
+    }
     let request = TokenRequest {
         spec: TokenRequestSpec {
             expiration_seconds: Some(args.duration.as_secs() as i64),
@@ -180,8 +239,12 @@ async fn issue(args: CiCredentialsArgs) -> Result<(), Error> {
         Some(path) => crate::state::write_atomic(path, yaml.as_bytes())?,
         None => print!("{yaml}"),
     }
+    let reaches = match args.reach.as_slice() {
+        [] => "it reaches no namespace (pass --reach NS,... to open some)".to_owned(),
+        r => format!("it reaches {} ({REACH_ROLE} bound there)", r.join(",")),
+    };
     eprintln!(
-        "ServiceAccount {ns}/{name} is bound to the {ROLE} Roles and ClusterRole; its token expires at {} (the kubeconfig above is a secret: store it as one, e.g. KWG_KUBECONFIG)",
+        "ServiceAccount {ns}/{name} is bound to the {ROLE} Roles and ClusterRole; {reaches}; its token expires at {} (the kubeconfig above is a secret: store it as one, e.g. KWG_KUBECONFIG)",
         status.expiration_timestamp.0
     );
     Ok(())

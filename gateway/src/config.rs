@@ -84,13 +84,14 @@ pub struct Config {
     /// the owner is (the behaviour before reach by RBAC).
     #[arg(long, env = "KWG_REACH", value_enum, default_value_t = Reach::Rbac)]
     pub reach: Reach,
-    /// Count the groups a peer Secret names (`kwg.io/groups`) in its owner's reviews. Only
-    /// where the admission policy `kwg-peer-ownership` (manifests/admission-policy.yaml,
-    /// Kubernetes >= 1.30) is installed: it makes them the owner's own groups; without it they
-    /// are self-declared and anyone could claim `system:masters`. Off: only grants to the owner
-    /// by name (and `system:authenticated`, ServiceAccount groups) count.
-    #[arg(long, env = "KWG_TRUST_PEER_GROUPS")]
-    pub trust_peer_groups: bool,
+    /// Count the groups a peer Secret names (`kwg.io/groups`) in its owner's reviews. Unset
+    /// (the default): counted when the admission policy `kwg-peer-ownership` and its binding
+    /// (manifests/admission-policy.yaml, Kubernetes >= 1.30) exist at start, since they make
+    /// them the owner's own groups; without them they would be self-declared (anyone could
+    /// claim `system:masters`). `false`: only grants to the owner by name (and
+    /// `system:authenticated`, ServiceAccount groups) count. `true`: counted without looking.
+    #[arg(long, env = "KWG_TRUST_PEER_GROUPS", num_args = 0..=1, default_missing_value = "true")]
+    pub trust_peer_groups: Option<bool>,
     /// How often every owner's grants are asked again (they are also asked again at once when
     /// a Role, ClusterRole or binding changes).
     #[arg(long, env = "KWG_REACH_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -148,10 +149,14 @@ mod tests {
             (c.reach, c.reach_refresh),
             (Reach::Rbac, Duration::from_secs(60))
         );
-        assert!(
-            !c.trust_peer_groups,
-            "peer groups are self-declared unless an admin says"
+        assert_eq!(
+            c.trust_peer_groups, None,
+            "peer groups count where the admission policy makes them the owner's"
         );
+        let on = Config::parse_from(["kwg-gateway", "--trust-peer-groups"]);
+        assert_eq!(on.trust_peer_groups, Some(true));
+        let off = Config::parse_from(["kwg-gateway", "--trust-peer-groups=false"]);
+        assert_eq!(off.trust_peer_groups, Some(false));
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub async fn run(
     let (nodes, n) = watch(Api::all(client.clone()), None, "Nodes", trim_node);
     let (slices, e) = watch(Api::all(client.clone()), None, "EndpointSlices", trim_slice);
     let mut objects = futures::stream::select_all([s, p, n, e]);
+    let trust_groups = match cfg.trust_peer_groups {
+        Some(set) => set,
+        None => admission_policy_installed(&client).await,
+    };
     let (roles, bindings, mut ns_rbac) = namespaced_rbac(&client);
     let mut cluster_rbac = cluster_rbac(&client);
     let mut rbac_seen = reach::RbacVersions::new();
@@ -108,7 +112,7 @@ pub async fn run(
         }
         log_refused(&refused, &inv.refused);
         refused = inv.refused.clone();
-        let peers = peer_reach(&state, cfg.trust_peer_groups);
+        let peers = peer_reach(&state, trust_groups);
         let all = std::mem::take(&mut ask_all);
         let stale = std::mem::take(&mut dirty);
         let asked = reach::questions(&inv, &peers, |o, ns| {
@@ -158,6 +162,43 @@ pub async fn run(
             }),
             namespaces_of: std::sync::Arc::new(reach::address_namespaces(&inv)),
         });
+    }
+}
+
+/// The admission policy that makes a peer Secret's groups its owner's.
+const OWNERSHIP_POLICY: &str = "kwg-peer-ownership";
+
+/// Whether the admission policy `kwg-peer-ownership` and its binding exist (then a peer's
+/// groups count in its reviews), said in the log either way.
+async fn admission_policy_installed(client: &kube::Client) -> bool {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let policy = Api::<ValidatingAdmissionPolicy>::all(client.clone())
+        .get_opt(OWNERSHIP_POLICY)
+        .await;
+    let binding = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+        .get_opt(OWNERSHIP_POLICY)
+        .await;
+    match (policy, binding) {
+        (Ok(Some(_)), Ok(Some(_))) => {
+            tracing::info!(
+                policy = OWNERSHIP_POLICY,
+                "admission policy installed: peers' groups count in reach by RBAC"
+            );
+            true
+        }
+        (Ok(_), Ok(_)) => {
+            tracing::warn!(
+                policy = OWNERSHIP_POLICY,
+                "admission policy or its binding not installed (Kubernetes < 1.30, or manifests/admission-policy.yaml not applied): reach counts user names only, not groups"
+            );
+            false
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(policy = OWNERSHIP_POLICY, error = %e, "cannot read the admission policy (grant get on validatingadmissionpolicies and validatingadmissionpolicybindings, manifests/rbac-gateway.yaml): reach counts user names only, not groups");
+            false
+        }
     }
 }
 

@@ -383,3 +383,9 @@ impl Drop for WgPeer {
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname));
     }
 }
+
+/// The ClusterIP of Service `ns/name`, as an admin reads it.
+pub fn cluster_ip(c: &Cluster, ns: &str, name: &str) -> anyhow::Result<String> {
+    let jp = "jsonpath={.spec.clusterIP}";
+    Ok(c.kubectl_admin(&["-n", ns, "get", "svc", name, "-o", jp])?)
+}

@@ -213,6 +213,8 @@ fn ci_credentials_print_a_kubeconfig_that_joins() {
             "kwg",
             "ci-credentials",
             "cicreds",
+            "--reach",
+            "emojivoto",
             "--duration",
             "1h",
             "--out",
@@ -220,7 +222,30 @@ fn ci_credentials_print_a_kubeconfig_that_joins() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("bound to the kwg-user Roles and ClusterRole"));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("ServiceAccount kwg-ci/cicreds is bound to the kwg-user Roles and ClusterRole; it reaches emojivoto (kwg-reach bound there)"),
+        "{said}"
+    );
+    // Without --reach it reaches nothing, and says so.
+    let bare = l.run_as(
+        "admin",
+        &["kwg", "ci-credentials", "cibare", "--out", "/dev/null"],
+    );
+    let said = text(&bare.stderr);
+    assert!(bare.status.success(), "{said}");
+    assert!(
+        said.contains("it reaches no namespace (pass --reach NS,... to open some)"),
+        "{said}"
+    );
+    let can_i = |ns: &str| {
+        let out = sim.kubectl_output(&file, &["auth", "can-i", "get", "services", "-n", ns]);
+        text(&out.expect("kubectl").stdout).trim().to_owned()
+    };
+    assert_eq!(
+        (can_i("emojivoto"), can_i("default")),
+        ("yes".into(), "no".into())
+    );
     // Bound in the gateway's namespace too: `kwg join` reads whether the gateway is ready.
     let ready = sim.kubectl_output(
         &file,
@@ -247,6 +272,21 @@ fn ci_credentials_print_a_kubeconfig_that_joins() {
     ]);
     assert!(join.status.success(), "{}", text(&join.stderr));
     assert!(text(&l.curl("web-app:80").stdout).contains("Emoji Vote"));
+    // ... and nothing else: the gateway forwards it to emojivoto only, `default` is refused.
+    let status = l.run(&["kwg", "status", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    assert_eq!(
+        json["reach"]["namespaces"],
+        serde_json::json!(["emojivoto"]),
+        "{json}"
+    );
+    let echo = kwg_e2e::cluster_ip(&sim, "default", "echo").expect("echo's ClusterIP");
+    let refused = l.run(&["curl", "-s", "--max-time", "2", &format!("http://{echo}/")]);
+    assert_eq!(
+        refused.status.code(),
+        Some(7),
+        "echo.default from the CI credential"
+    );
     let leave = l.run(&["env", &kubeconfig, "kwg", "leave"]);
     assert!(leave.status.success());
 }

@@ -160,7 +160,7 @@ fn forbidden(user: &str, verb: &str, what: &str, resource: &str, group: &str) ->
 }
 
 /// A second kwg user, as an admin makes one: `kwg ci-credentials mallory` (a ServiceAccount in
-/// kwg-system bound to the kwg-user roles); its kubeconfig and user name.
+/// kwg-ci bound to the kwg-user roles); its kubeconfig and user name.
 fn second_user(c: &Cluster) -> Result<(PathBuf, String)> {
     let file = c.names().run_dir().join("mallory.kubeconfig");
     let admin = format!("KUBECONFIG={}", c.admin_kubeconfig().display());
@@ -175,7 +175,7 @@ fn second_user(c: &Cluster) -> Result<(PathBuf, String)> {
         file.to_str().unwrap_or_default(),
     ];
     c.exec_ok(&c.netns("laptop"), &argv)?;
-    Ok((file, "system:serviceaccount:kwg-system:mallory".into()))
+    Ok((file, "system:serviceaccount:kwg-ci:mallory".into()))
 }
 
 #[test]
@@ -323,11 +323,10 @@ fn kwg_users_have_no_rights_next_to_the_gateway() -> Result<()> {
 
 /// `kubectl auth can-i --list -n kwg-gateway` of a kwg user (no other grant): its resource
 /// rows, sorted, columns joined by one space.
-const EXPECTED_RULES: [&str; 6] = [
+const EXPECTED_RULES: [&str; 5] = [
     "deployments.apps [] [kwg-gateway] [get]",
     "namespaces [] [] [get list watch]",
     "selfsubjectaccessreviews.authorization.k8s.io [] [] [create]",
     "selfsubjectreviews.authentication.k8s.io [] [] [create]",
     "selfsubjectrulesreviews.authorization.k8s.io [] [] [create]",
-    "services [] [] [get list]",
 ];

@@ -25,7 +25,8 @@ fn secret_uid(sim: &Cluster, secret: &str) -> Option<String> {
     .map(|s| s.trim().to_string())
 }
 
-/// `kwg ci-credentials NAME --out FILE` as the admin: a ServiceAccount's kubeconfig.
+/// `kwg ci-credentials NAME --reach emojivoto --out FILE` as the admin: a ServiceAccount's
+/// kubeconfig.
 fn ci_credentials(l: &Laptop, name: &str, file: &Path) {
     let out = l.run_as(
         "admin",
@@ -33,6 +34,8 @@ fn ci_credentials(l: &Laptop, name: &str, file: &Path) {
             "kwg",
             "ci-credentials",
             name,
+            "--reach",
+            "emojivoto",
             "--duration",
             "1h",
             "--out",
@@ -42,9 +45,9 @@ fn ci_credentials(l: &Laptop, name: &str, file: &Path) {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
-/// Deletes the ServiceAccount `name` in kwg-system: its tokens stop working (401).
+/// Deletes the ServiceAccount `name` in kwg-ci: its tokens stop working (401).
 fn revoke(sim: &Cluster, name: &str) {
-    sim.kubectl_admin(&["-n", "kwg-system", "delete", "serviceaccount", name])
+    sim.kubectl_admin(&["-n", "kwg-ci", "delete", "serviceaccount", name])
         .expect("delete the ServiceAccount");
 }
 
@@ -178,7 +181,7 @@ fn leave_after_a_refused_delete_cleans_the_machine_and_names_the_lease_end() {
         "kwg-system",
         "delete",
         "rolebinding",
-        "kwg-ci-kwg-system-refused",
+        "kwg-ci-kwg-ci-refused",
     ])
     .expect("delete the RoleBinding");
     let leave = l.kwg(&["leave"]);

@@ -381,7 +381,7 @@ fn failing_commands_print_sentences_without_escapes_or_log_lines() {
     let err = text(&ci.stderr);
     assert_eq!(ci.status.code(), Some(4), "{err}");
     assert!(
-        err.contains("may not create serviceaccounts (namespace kwg-system): kwg ci-credentials is for a cluster admin"),
+        err.contains("may not create namespaces (cluster-wide): kwg ci-credentials is for a cluster admin"),
         "{err}"
     );
     assert!(!err.contains("kwg-user role"), "{err}");

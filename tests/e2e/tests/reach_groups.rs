@@ -1,7 +1,7 @@
-//! Reach by RBAC through the user's groups, on a cluster of its own (the gateway runs with
-//! `KWG_TRUST_PEER_GROUPS=true`, which the shipped manifests leave off): the client writes
-//! the groups the API server gives it into its peer Secret, the admission policy holds them to
-//! the user's own, and a grant to one of them opens a namespace.
+//! Reach by RBAC through the user's groups, on a cluster of its own with the shipped manifests
+//! (groups count by default where the admission policy is installed): the client writes the
+//! groups the API server gives it into its peer Secret, the admission policy holds them to the
+//! user's own, and a grant to one of them opens a namespace.
 
 use anyhow::Result;
 use kwg_e2e::laptop::{laptop, text};
@@ -10,9 +10,14 @@ use kwg_sim::testing::Cluster;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `carol` (group `kwg:viewers`, see kwg-sim) as a kwg user: the kwg-user Roles by name, not
-/// the ClusterRole (it grants `get services` everywhere, which would open every namespace).
+/// `carol` (group `kwg:viewers`, see kwg-sim) as a kwg user: the kwg-user Roles and
+/// ClusterRole (which opens no namespace: it holds no `get services`).
 fn kwg_user_carol(c: &Cluster) -> Result<()> {
+    let crb = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "carol-kwg-user"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kwg-user"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "carol"}]});
+    c.kubectl_apply(&c.admin_kubeconfig(), &crb.to_string())?;
     for ns in ["kwg-system", "kwg-gateway"] {
         let rb = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": "carol-kwg-user", "namespace": ns},
@@ -23,14 +28,22 @@ fn kwg_user_carol(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// The gateway counting peers' groups (a rolling update of the installed one).
-fn trust_peer_groups(c: &Cluster) -> Result<()> {
-    let d = "deployment/kwg-gateway";
-    let env = "KWG_TRUST_PEER_GROUPS=true";
-    c.kubectl_admin(&["-n", "kwg-gateway", "set", "env", d, env])?;
-    c.kubectl_admin(&["-n", "kwg-gateway", "rollout", "status", d, "--timeout=90s"])?;
-    wait_gateway_ready(c, Duration::from_secs(60))?;
-    Ok(())
+/// Whether a gateway pod's log holds `line`.
+fn gateway_logged(c: &Cluster, line: &str) -> Result<bool> {
+    for pod in std::fs::read_dir(c.names().run_dir().join("pods"))? {
+        let dir = pod?.path();
+        let gateway = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("kwg-gateway_"));
+        if gateway
+            && std::fs::read_to_string(dir.join("gateway.log"))
+                .unwrap_or_default()
+                .contains(line)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[test]
@@ -38,7 +51,12 @@ fn a_grant_to_the_users_group_opens_a_namespace_until_it_goes() -> Result<()> {
     let c = Arc::new(Cluster::up()?);
     kwg_e2e::install_gateway(&c)?;
     kwg_user_carol(&c)?;
-    trust_peer_groups(&c)?;
+    wait_gateway_ready(&c, Duration::from_secs(60))?;
+    // The gateway found the admission policy at start and says groups count.
+    assert!(gateway_logged(
+        &c,
+        "admission policy installed: peers' groups count"
+    )?);
     let carol = c.names().kubeconfig("carol");
     let l = laptop(&c, "groups");
     let join = l.run_as("carol", &["kwg", "join", "--name", "groups"]);
@@ -83,15 +101,7 @@ fn a_grant_to_the_users_group_opens_a_namespace_until_it_goes() -> Result<()> {
         text(&forge.stderr)
     );
 
-    let echo = c.kubectl_admin(&[
-        "-n",
-        "default",
-        "get",
-        "svc",
-        "echo",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])?;
+    let echo = kwg_e2e::cluster_ip(&c, "default", "echo")?;
     let url = format!("http://{echo}/");
     let answers = || {
         l.run_as("carol", &["curl", "-sf", "--max-time", "2", &url])
