@@ -325,6 +325,8 @@ fn action_step(l: &Laptop, dir: &Path, script: &str, extra: &[String]) -> Output
         "INPUT_WAIT-FOR=web-app.emojivoto:80, echo.default:80".to_string(),
         "INPUT_TTL=1m".to_string(),
         format!("INPUT_NAME={}", l.name),
+        // The kwg of this tree on PATH, not a downloaded release (ci/action/install.js).
+        "INPUT_VERSION=path".to_string(),
         format!("GITHUB_OUTPUT={}", file("output")),
         format!("GITHUB_ENV={}", file("env")),
         format!("GITHUB_STATE={}", file("state")),
