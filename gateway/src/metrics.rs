@@ -252,8 +252,8 @@ fn gauge(v: usize) -> Gauge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kwg_wg::io::stats::EdgeCount;
     use kwg_wg::contract::PeerSpec;
+    use kwg_wg::io::stats::EdgeCount;
     use kwg_wg::keys::PrivateKey;
 
     #[test]

@@ -178,7 +178,11 @@ mod tests {
         let mut w = ReceiveWatch::new(c(0, 0), t0);
         // 1000 datagrams a minute, one per message, for an hour: never a window under load.
         for m in 1..=60u64 {
-            let out = w.observe(c(m * 1000, m * 1000), t0 + Duration::from_secs(60 * m), wall());
+            let out = w.observe(
+                c(m * 1000, m * 1000),
+                t0 + Duration::from_secs(60 * m),
+                wall(),
+            );
             assert_eq!(out, Outcome::default(), "minute {m}");
         }
     }
@@ -187,7 +191,10 @@ mod tests {
     fn a_rebound_socket_starts_a_new_window() {
         let t0 = Instant::now();
         let mut w = ReceiveWatch::new(c(90_000, 90_000), t0);
-        assert_eq!(w.observe(c(10, 10), t0 + SAMPLE, wall()), Outcome::default());
+        assert_eq!(
+            w.observe(c(10, 10), t0 + SAMPLE, wall()),
+            Outcome::default()
+        );
         let out = w.observe(c(500, 20_010), t0 + 2 * SAMPLE, wall());
         assert_eq!(out.judged.map(|p| p.datagrams), Some(20_000));
     }

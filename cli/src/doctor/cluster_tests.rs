@@ -230,13 +230,15 @@ fn node_tuning_warns_with_the_ethtool_fix_when_the_gateway_gets_one_datagram_per
     assert_eq!(c.outcome, Outcome::Warn);
     assert_eq!(c.code, None, "a warning does not fail doctor");
     assert!(
-        c.detail.contains("one UDP datagram per frame under load (1.0 per message"),
+        c.detail
+            .contains("one UDP datagram per frame under load (1.0 per message"),
         "{}",
         c.detail
     );
     let fix = c.fix.unwrap();
     assert!(
-        fix.contains("ethtool -K <nic> rx-udp-gro-forwarding on") && fix.contains("docs/performance.md"),
+        fix.contains("ethtool -K <nic> rx-udp-gro-forwarding on")
+            && fix.contains("docs/performance.md"),
         "{fix}"
     );
     i.udp_receive = Some(kwg_wg::contract::UdpReceive {
@@ -247,6 +249,10 @@ fn node_tuning_warns_with_the_ethtool_fix_when_the_gateway_gets_one_datagram_per
     });
     let c = node_tuning(&InfoProbe::Valid(Box::new(i)));
     assert_eq!(c.outcome, Outcome::Pass);
-    assert!(c.detail.contains("40.0 datagrams per message"), "{}", c.detail);
+    assert!(
+        c.detail.contains("40.0 datagrams per message"),
+        "{}",
+        c.detail
+    );
     assert_eq!(node_tuning(&InfoProbe::Missing).outcome, Outcome::Skip);
 }

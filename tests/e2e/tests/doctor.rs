@@ -175,7 +175,8 @@ fn node_tuning_warns_after_a_load_of_one_datagram_per_frame(l: &Laptop) {
     );
     let fix = c["fix"].as_str().unwrap();
     assert!(
-        fix.contains("ethtool -K <nic> rx-udp-gro-forwarding on") && fix.contains("docs/performance.md"),
+        fix.contains("ethtool -K <nic> rx-udp-gro-forwarding on")
+            && fix.contains("docs/performance.md"),
         "{fix}"
     );
 }

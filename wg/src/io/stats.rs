@@ -205,9 +205,15 @@ mod tests {
     #[test]
     fn no_verdict_without_load_or_after_a_rebind() {
         // A trickle (keepalives, a ping): not judged, whatever its pattern.
-        assert_eq!(judge_receive(count(0, 0), count(19_999, 19_999), 20_000), None);
+        assert_eq!(
+            judge_receive(count(0, 0), count(19_999, 19_999), 20_000),
+            None
+        );
         // The socket was bound again: its counters restarted.
-        assert_eq!(judge_receive(count(50_000, 50_000), count(10, 10), 20_000), None);
+        assert_eq!(
+            judge_receive(count(50_000, 50_000), count(10, 10), 20_000),
+            None
+        );
     }
 
     #[test]
