@@ -325,6 +325,31 @@ mod tests {
     }
 
     #[test]
+    fn udp_receive_is_additive() {
+        let json = example().to_json().unwrap();
+        assert!(!json.contains("udpReceive"), "{json}");
+        let mut seen = example();
+        seen.udp_receive = Some(UdpReceive {
+            one_per_frame: true,
+            messages: 20_000,
+            datagrams: 20_400,
+            observed_at: "2026-12-07T17:00:00Z".parse().unwrap(),
+        });
+        let json = seen.to_json().unwrap();
+        assert!(
+            json.contains(r#""udpReceive": {
+    "onePerFrame": true,
+    "messages": 20000,
+    "datagrams": 20400,
+    "observedAt": "2026-12-07T17:00:00Z"
+  }"#),
+            "{json}"
+        );
+        assert_eq!(GatewayInfo::from_json(json.as_bytes()).unwrap(), seen);
+        assert_eq!(seen.udp_receive.unwrap().per_message(), 1.02);
+    }
+
+    #[test]
     fn documented_json_parses() {
         let key = PrivateKey::generate().public_key();
         let json = format!(
