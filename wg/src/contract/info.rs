@@ -337,12 +337,14 @@ mod tests {
         });
         let json = seen.to_json().unwrap();
         assert!(
-            json.contains(r#""udpReceive": {
+            json.contains(
+                r#""udpReceive": {
     "onePerFrame": true,
     "messages": 20000,
     "datagrams": 20400,
     "observedAt": "2026-12-07T17:00:00Z"
-  }"#),
+  }"#
+            ),
             "{json}"
         );
         assert_eq!(GatewayInfo::from_json(json.as_bytes()).unwrap(), seen);
