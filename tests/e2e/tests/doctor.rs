@@ -173,6 +173,29 @@ fn node_tuning_warns_after_a_load_of_one_datagram_per_frame(l: &Laptop) {
             .contains("one UDP datagram per frame under load"),
         "{c}"
     );
+    // The gateway's log says so once (at most once an hour), naming the fix and the page.
+    let warning = "UDP datagrams arrive one per frame under load";
+    let mut logged = Vec::new();
+    for pod in std::fs::read_dir(l.sim.names().run_dir().join("pods")).unwrap() {
+        let dir = pod.unwrap().path();
+        if dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("kwg-gateway_"))
+        {
+            let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
+            logged.extend(
+                log.lines()
+                    .filter(|l| l.contains(warning))
+                    .map(String::from),
+            );
+        }
+    }
+    assert!(
+        logged.len() == 1
+            && logged[0].contains("ethtool -K <nic> rx-udp-gro-forwarding on")
+            && logged[0].contains("docs/performance.md"),
+        "{logged:#?}"
+    );
     let fix = c["fix"].as_str().unwrap();
     assert!(
         fix.contains("ethtool -K <nic> rx-udp-gro-forwarding on")
