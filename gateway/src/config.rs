@@ -96,6 +96,10 @@ pub struct Config {
     /// a Role, ClusterRole or binding changes).
     #[arg(long, env = "KWG_REACH_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
     pub reach_refresh: Duration,
+    /// At most this many SubjectAccessReviews a second, in bursts of up to twice as many (new
+    /// peers' questions first; the rest wait their turn).
+    #[arg(long, env = "KWG_REACH_REVIEWS_PER_SECOND", default_value_t = 100.0)]
+    pub reach_reviews_per_second: f64,
     /// After SIGTERM: how long the tunnel keeps serving, not ready (while endpoints and load
     /// balancers stop sending here), before it stops; keep it below the pod's grace period.
     #[arg(long, env = "KWG_DRAIN", default_value = "2s", value_parser = humantime::parse_duration)]

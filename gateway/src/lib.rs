@@ -24,6 +24,7 @@ pub mod nft;
 pub mod peer_object;
 pub mod reach;
 pub mod reach_watch;
+pub mod review_schedule;
 mod run;
 pub mod siblings;
 pub mod tcp;

@@ -6,6 +6,7 @@
 
 use crate::admin::{AdminState, ReachView};
 use crate::discovery_watch::{listed, watch};
+use crate::review_schedule::{Bucket, Spread};
 use crate::{Config, GatewayError, net, nft, reach};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
@@ -54,14 +55,22 @@ pub async fn run(
     let mut refused = std::collections::BTreeMap::new();
     let mut departed = reach::Departed::default();
     let mut ids = NsIds::default();
-    let mut refresh_at = Instant::now() + cfg.reach_refresh;
+    // The periodic re-review, spread over --reach-refresh; every review paced by the bucket.
+    let mut spread = Spread::new(cfg.reach_refresh, std::time::Instant::now());
+    let rate = cfg.reach_reviews_per_second;
+    let mut bucket = Bucket::new(rate, (rate * 2.0).ceil() as u32, std::time::Instant::now());
+    let mut pending: BTreeSet<Question> = BTreeSet::new();
     let (mut ask_all, mut failed) = (false, false);
     loop {
-        let wake = if failed {
+        let now = std::time::Instant::now();
+        let mut wake = if failed {
             Instant::now() + RETRY
         } else {
-            refresh_at
+            Instant::from_std(spread.next_wake())
         };
+        if !pending.is_empty() {
+            wake = wake.min(Instant::from_std(bucket.next_token(now)));
+        }
         // A departed pod's address stops counting for the endpoints that still list it.
         let wake = departed
             .next_expiry()
@@ -86,10 +95,12 @@ pub async fn run(
             }
             _ = state.peers_changed.notified() => {}
             _ = tokio::time::sleep_until(wake) => {
-                if Instant::now() >= refresh_at {
-                    refresh_at = Instant::now() + cfg.reach_refresh;
-                    ask_all = true;
+                // A tick of the spread with nothing due and nothing waiting costs no pass.
+                let due = spread.due(grants.keys(), std::time::Instant::now());
+                if due.is_empty() && pending.is_empty() && !failed && departed.next_expiry().is_none() {
+                    continue;
                 }
+                pending.extend(due);
             }
         }
         if !(listed(&services) && listed(&pods) && listed(&nodes) && listed(&slices)) {
@@ -115,21 +126,28 @@ pub async fn run(
         let peers = peer_reach(&state, trust_groups);
         let all = std::mem::take(&mut ask_all);
         let stale = std::mem::take(&mut dirty);
-        let asked = reach::questions(&inv, &peers, |o, ns| {
-            !all && !stale.contains(ns) && grants.contains_key(&(o.clone(), ns.to_owned()))
-        });
+        let now = std::time::Instant::now();
+        let needed = reach::questions(&inv, &peers, |_, _| false);
+        // Pairs no peer needs any more are forgotten.
+        grants.retain(|q, _| needed.contains(q));
+        // New questions first, then those a change or the periodic re-review made stale.
+        let (new, known): (Vec<&Question>, Vec<&Question>) =
+            needed.iter().partition(|q| !grants.contains_key(*q));
+        let again = known
+            .into_iter()
+            .filter(|q| all || stale.contains(&q.1) || pending.contains(*q));
+        let mut want: Vec<Question> = new.into_iter().chain(again).cloned().collect();
+        let later = want.split_off(bucket.take(want.len(), now));
+        pending = later.into_iter().collect();
+        let asked: BTreeSet<Question> = want.into_iter().collect();
         failed = false;
         if !asked.is_empty() {
             let n = asked.len();
             failed |= review_all(&client, asked.clone(), &mut grants).await;
             if failed {
-                dirty = stale; // asked again with the retry
+                pending.extend(asked); // asked again with the retry
             }
-            if all {
-                // Pairs no peer needs any more are forgotten.
-                grants.retain(|q, _| asked.contains(q));
-            }
-            tracing::debug!(reviews = n, "owners' grants asked");
+            tracing::debug!(reviews = n, waiting = pending.len(), "owners' grants asked");
         }
         let new = reach::desired(
             &inv,
