@@ -22,7 +22,7 @@ use crate::error::Error;
 
 /// The roles of manifests/rbac-user.yaml.
 const ROLE: &str = "kwg-user";
-/// The ClusterRole whose binding in a namespace opens it to a peer (manifests/rbac-user.yaml).
+/// The ClusterRole whose binding in a namespace opens it to a peer (manifests/rbac-reach.yaml).
 const REACH_ROLE: &str = "kwg-reach";
 /// Where the ServiceAccounts live by default: not next to the peer Secrets in kwg-system.
 const CI_NAMESPACE: &str = "kwg-ci";

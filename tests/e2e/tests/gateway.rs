@@ -455,7 +455,9 @@ fn tunnel_drops(c: &Cluster, gw_ns: &str, rule: &str) -> Result<u64> {
     let pattern = format!(" {rule} packets ");
     Ok(table
         .lines()
-        .filter(|l| l.contains("iifname \"kwg0\"") && l.trim_end().ends_with("drop"))
+        // Dropped, or refused (answered with a reset or ICMP admin-prohibited: reach by RBAC).
+        .filter(|l| l.contains("iifname \"kwg0\""))
+        .filter(|l| l.trim_end().ends_with("drop") || l.trim_end().ends_with("goto refuse"))
         .filter_map(|l| {
             l.split_once(&pattern)?
                 .1
@@ -568,7 +570,10 @@ fn admin_port_serves_pods_only_health_and_peers_only_themselves() -> Result<()> 
     // /peers/self names no peer from loopback: it is told by the tunnel address asking.
     let (code, body) = http_status(&c, &gw_ns, "http://127.0.0.1:8080/peers/self")?;
     assert_eq!(code, "404", "{body}");
-    assert!(body.starts_with("not found: /peers/self answers only a peer"), "{body}");
+    assert!(
+        body.starts_with("not found: /peers/self answers only a peer"),
+        "{body}"
+    );
     // Loopback is also where a kwg user's port-forward arrives: nobody's endpoint or hostname.
     let all = gateway_peers(&c)?;
     assert!(
