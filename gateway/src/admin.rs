@@ -433,7 +433,7 @@ impl AdminState {
         let (local, sibs) = s.replica_stats().await;
         let stats = siblings::merge(&local, &sibs);
         // A peer's drops on every replica that answered: its packets may have met any of them.
-        let drops = siblings::total_drops(&peers, &s.nft_drops().await, &sibs);
+        let drops = siblings::total_drops(peers, &s.nft_drops().await, &sibs);
         let refused = s
             .refused
             .get(Instant::now(), || async {
