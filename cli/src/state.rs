@@ -304,12 +304,23 @@ pub fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// Writes `bytes` to a fresh temporary file next to `path` (never following a symlink), syncs
-/// it and renames it over `path`: a crash leaves either the old or the new content.
+/// it and renames it over `path`: a crash leaves either the old or the new content. Only a
+/// regular file (or nothing) is replaced: renaming over `/dev/null`, a FIFO or a symlink would
+/// destroy what the name stood for. The temporary name is this process's own, so no file of
+/// the user's (say `kubeconfig.tmp` next to `kubeconfig`) is removed on the way.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && !meta.file_type().is_file()
+    {
+        return Err(Error::invalid(
+            format!("file {}", path.display()),
+            "it exists and is not a regular file (a device, directory, FIFO or symlink): name a new or regular file",
+        ));
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let result = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -318,12 +329,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         .open(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
         .and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
     result.map_err(|e| Error::io(format!("write {}", path.display()), e))
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn write_atomic_replaces_only_regular_files_and_spares_neighbours() {
+        let dir = std::env::temp_dir().join(format!("kwg-write-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("kubeconfig");
+        let neighbour = dir.join("kubeconfig.tmp");
+        std::fs::write(&neighbour, "the user's").unwrap();
+        write_atomic(&file, b"one").unwrap();
+        write_atomic(&file, b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
+        assert_eq!(std::fs::read_to_string(&neighbour).unwrap(), "the user's");
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&neighbour, &link).unwrap();
+        let refused = write_atomic(&link, b"x").unwrap_err().to_string();
+        assert!(refused.contains("is not a regular file"), "{refused}");
+        assert_eq!(std::fs::read_to_string(&neighbour).unwrap(), "the user's");
+        let refused = write_atomic(Path::new("/dev/null"), b"x").unwrap_err().to_string();
+        assert!(refused.contains("is not a regular file"), "{refused}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3, "no temporary file left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     pub(crate) fn sample() -> State {
         State {

@@ -228,9 +228,16 @@ fn ci_credentials_print_a_kubeconfig_that_joins() {
         "{said}"
     );
     // Without --reach it reaches nothing, and says so.
+    let bare_file = l.state.with_extension("cibare.kubeconfig");
     let bare = l.run_as(
         "admin",
-        &["kwg", "ci-credentials", "cibare", "--out", "/dev/null"],
+        &[
+            "kwg",
+            "ci-credentials",
+            "cibare",
+            "--out",
+            &bare_file.display().to_string(),
+        ],
     );
     let said = text(&bare.stderr);
     assert!(bare.status.success(), "{said}");
