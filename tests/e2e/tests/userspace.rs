@@ -369,6 +369,8 @@ fn the_action_in_userspace_mode_hands_the_proxy_to_later_steps() {
             "INPUT_WAIT-FOR=web-app:80".into(),
             "INPUT_USERSPACE=true".into(),
             "INPUT_NAME=uspa".into(),
+            // The kwg of this tree on PATH, not a downloaded release (ci/action/install.js).
+            "INPUT_VERSION=path".into(),
             format!("GITHUB_OUTPUT={}", file("output")),
             format!("GITHUB_ENV={}", file("env")),
             format!("GITHUB_STATE={}", file("state")),
