@@ -240,8 +240,9 @@ pub fn peers_text(rows: &[PeerRow], wide: bool, now: DateTime<Utc>) -> String {
             r.name.clone(),
             r.tunnel_ip.clone().unwrap_or_else(|| "pending".into()),
             r.owner.clone(),
+            // No mapped namespaces: the peer asked for every namespace, as `status` says.
             if r.namespaces.is_empty() {
-                "-".into()
+                "all".into()
             } else {
                 r.namespaces.join(",")
             },
@@ -380,6 +381,11 @@ mod tests {
             "*  laptop          100.77.0.2  developer  emojivoto   -               -   -   in 1h"
         );
         assert!(lines[2].starts_with("   ci-runner-long  "));
+        // A peer without mapped namespaces asked for all of them, as `kwg status` says.
+        let mut all = row("ci", false);
+        all.namespaces.clear();
+        let t = peers_text(&[all], false, now());
+        assert!(t.lines().nth(1).unwrap().contains("  all  "), "{t}");
     }
 
     #[test]
