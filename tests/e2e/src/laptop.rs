@@ -2,7 +2,7 @@
 //! default), and one cluster with the gateway installed shared by the tests of a binary.
 
 use kwg_sim::testing::Cluster;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -59,6 +59,24 @@ impl Laptop {
         self.sim
             .exec(&self.netns, &all)
             .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"))
+    }
+
+    /// `kwg ci-credentials NAME --out FILE` as the admin, `--reach` each of `reach` and
+    /// `extra` flags after; what it said is the caller's to check.
+    pub fn ci_credentials(
+        &self,
+        name: &str,
+        reach: &[&str],
+        extra: &[&str],
+        file: &Path,
+    ) -> Output {
+        let file = file.display().to_string();
+        let mut argv = vec!["kwg", "ci-credentials", name, "--out", &file];
+        for ns in reach {
+            argv.extend(["--reach", ns]);
+        }
+        argv.extend_from_slice(extra);
+        self.run_as("admin", &argv)
     }
 
     pub fn kwg(&self, args: &[&str]) -> Output {

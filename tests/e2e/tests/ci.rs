@@ -207,20 +207,7 @@ fn ci_credentials_print_a_kubeconfig_that_joins() {
     let sim = shared();
     let l = laptop(&sim, "cicreds");
     let file = l.state.with_extension("ci.kubeconfig");
-    let out = l.run_as(
-        "admin",
-        &[
-            "kwg",
-            "ci-credentials",
-            "cicreds",
-            "--reach",
-            "emojivoto",
-            "--duration",
-            "1h",
-            "--out",
-            &file.display().to_string(),
-        ],
-    );
+    let out = l.ci_credentials("cicreds", &["emojivoto"], &["--duration", "1h"], &file);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let said = text(&out.stderr);
     assert!(
@@ -229,16 +216,7 @@ fn ci_credentials_print_a_kubeconfig_that_joins() {
     );
     // Without --reach it reaches nothing, and says so.
     let bare_file = l.state.with_extension("cibare.kubeconfig");
-    let bare = l.run_as(
-        "admin",
-        &[
-            "kwg",
-            "ci-credentials",
-            "cibare",
-            "--out",
-            &bare_file.display().to_string(),
-        ],
-    );
+    let bare = l.ci_credentials("cibare", &[], &[], &bare_file);
     let said = text(&bare.stderr);
     assert!(bare.status.success(), "{said}");
     assert!(

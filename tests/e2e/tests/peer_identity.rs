@@ -28,20 +28,7 @@ fn secret_uid(sim: &Cluster, secret: &str) -> Option<String> {
 /// `kwg ci-credentials NAME --reach emojivoto --out FILE` as the admin: a ServiceAccount's
 /// kubeconfig.
 fn ci_credentials(l: &Laptop, name: &str, file: &Path) {
-    let out = l.run_as(
-        "admin",
-        &[
-            "kwg",
-            "ci-credentials",
-            name,
-            "--reach",
-            "emojivoto",
-            "--duration",
-            "1h",
-            "--out",
-            &file.display().to_string(),
-        ],
-    );
+    let out = l.ci_credentials(name, &["emojivoto"], &["--duration", "1h"], file);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
