@@ -145,6 +145,12 @@ const REFUSED_KEPT_SECS: u64 = 3600;
 /// peer address, and remembered in `refused` (`peer . destination`, an hour from its last
 /// packet) so `/peers` names the last one. The answer is routed like any reply toward the
 /// peer: into the tunnel. [`crate::reach::Diff::render`] fills the sets.
+///
+/// The bookkeeping rules come before the verdict, each on its own: an update of a full
+/// dynamic set fails and ends its rule (the kernel's NFT_BREAK), so a peer sweeping 65,536
+/// unused addresses would otherwise make the refusing rule stop matching and every packet
+/// fall through to the chain's `policy accept`. The last rule refuses unconditionally. (The
+/// policy stays accept: the chain also sees the node's own forwarded traffic.)
 pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
     let t = REACH_TABLE;
     let iif = interface;
@@ -174,7 +180,9 @@ pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
 \t\tiifname \"{iif}\" ip daddr @extra accept
 \t\tiifname \"{iif}\" meta mark set ip daddr map @dest_ns
 \t\tiifname \"{iif}\" ip saddr . meta mark @peer_ns accept
-\t\tiifname \"{iif}\" update @peer_drops {{ ip saddr }} counter update @refused {{ ip saddr . ip daddr }} goto refuse
+\t\tiifname \"{iif}\" update @peer_drops {{ ip saddr }} counter
+\t\tiifname \"{iif}\" update @refused {{ ip saddr . ip daddr }}
+\t\tiifname \"{iif}\" goto refuse
 \t}}
 }}
 "
@@ -311,7 +319,20 @@ mod tests {
         assert!(reach.contains("elements = { 192.0.2.0/24 }"), "{reach}");
         let grant = reach.find("ip saddr . meta mark @peer_ns accept").unwrap();
         assert!(grant < reach.find("update @peer_drops").unwrap());
-        assert!(reach.contains("update @peer_drops { ip saddr } counter update @refused { ip saddr . ip daddr } goto refuse"));
+        let forward = &reach[reach.find("chain forward").unwrap()..];
+        let rules: Vec<&str> = forward.lines().map(str::trim).collect();
+        let last = rules.iter().rposition(|l| l.starts_with("iifname")).unwrap();
+        // A full set must not decide: the verdict is a rule of its own, with no condition
+        // but the tunnel, and the bookkeeping before it never ends in a verdict.
+        assert_eq!(rules[last], "iifname \"kwg0\" goto refuse", "{reach}");
+        assert_eq!(
+            rules[last - 2..last],
+            [
+                "iifname \"kwg0\" update @peer_drops { ip saddr } counter",
+                "iifname \"kwg0\" update @refused { ip saddr . ip daddr }"
+            ],
+            "{reach}"
+        );
         let refuse = &reach[reach.find("chain refuse").unwrap()..];
         let tcp = refuse
             .find("meta l4proto tcp reject with tcp reset")
