@@ -45,6 +45,15 @@ pub enum ExitCode {
 /// The end of [`Error::Cancelled`]'s sentence when everything was undone.
 pub const UNDONE: &str = "every step it had taken is undone";
 
+/// The end of [`Error::Cancelled`]'s sentence: [`UNDONE`], or which peer Secret stayed behind
+/// and when its lease ends.
+pub fn undone(left_behind: Option<&crate::state::LeftBehind>) -> String {
+    match left_behind {
+        Some(l) => format!("it {l}"),
+        None => UNDONE.into(),
+    }
+}
+
 /// What cancelled a `kwg join` before it finished. The codes are the shell's for a process
 /// killed by the signal (128 + its number), as for any command stopped that way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

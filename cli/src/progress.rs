@@ -252,13 +252,13 @@ impl Reporter {
         self.step("Still undoing the steps taken; kwg exits when they are undone");
     }
 
-    /// Everything was undone.
-    pub fn left(&self, removed: &[String]) {
+    /// Everything was undone, but for `left_behind` (which the caller's result names).
+    pub fn left(&self, removed: &[String], left_behind: Option<&crate::state::LeftBehind>) {
         match self.style {
             Style::Json => self.above(&json_event(
                 Utc::now(),
                 "left",
-                serde_json::json!({ "removed": removed }),
+                serde_json::json!({ "removed": removed, "leftBehind": left_behind }),
             )),
             _ if removed.is_empty() => {}
             _ => self.step(&format!("Removed {}", removed.join(", "))),
@@ -271,7 +271,10 @@ impl Reporter {
         match p {
             Progress::Doing { step, message } => self.doing(step, message),
             Progress::Step(s) => self.step(s),
-            Progress::Left { removed } => self.left(removed),
+            Progress::Left {
+                removed,
+                left_behind,
+            } => self.left(removed, left_behind.as_ref()),
             Progress::Cancelling(name) => {
                 if let Some(by) = Cancel::from_name(name) {
                     self.cancelling(by);

@@ -79,6 +79,8 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
     let log = dir.log().display().to_string();
     let mut cancel: Option<Cancel> = None;
     let mut outcome = Err(Error::DaemonExited { log: log.clone() });
+    // The peer Secret the daemon could not delete (it removes its state all the same).
+    let mut left_behind = None;
     loop {
         tokio::select! {
             p = lines.recv() => match p {
@@ -92,7 +94,17 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
                     outcome = Err(Error::Reported(f));
                     break;
                 }
-                Some(p) => reporter.show(&p),
+                Some(p) => {
+                    if let Progress::Left { left_behind: l, .. } = &p {
+                        left_behind.clone_from(l);
+                    }
+                    // A daemon that failed is undoing its steps: they get their own time
+                    // rather than being cut off by the join's bound (its real error with them).
+                    if matches!(&p, Progress::Doing { step, .. } if step == "TearingDown") {
+                        deadline = deadline.max(tokio::time::Instant::now() + TEARDOWN_GRACE);
+                    }
+                    reporter.show(&p);
+                }
             },
             by = signals.recv() => match cancel {
                 None => {
@@ -110,7 +122,7 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
                     // killed, and its journal undone here.
                     signal(child.id(), nix::sys::signal::Signal::SIGTERM);
                 }
-                let undone = stop_daemon(&mut child, &dir, &args).await;
+                let undone = stop_daemon(&mut child, &dir, &args, left_behind.as_ref()).await;
                 reporter.clear();
                 return Err(match cancel {
                     Some(by) => Error::Cancelled { by, undone },
@@ -120,7 +132,7 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
         }
     }
     if let Some(by) = cancel {
-        let undone = stop_daemon(&mut child, &dir, &args).await;
+        let undone = stop_daemon(&mut child, &dir, &args, left_behind.as_ref()).await;
         reporter.clear();
         return Err(Error::Cancelled { by, undone });
     }
@@ -128,7 +140,7 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
         Ok(status) => status,
         Err(e @ Error::DaemonExited { .. }) => {
             // It died without undoing: what its journal holds is undone here.
-            let undone = stop_daemon(&mut child, &dir, &args).await;
+            let undone = stop_daemon(&mut child, &dir, &args, left_behind.as_ref()).await;
             if undone != UNDONE {
                 reporter.step(&format!("The daemon's steps: {undone}"));
             }
@@ -168,11 +180,23 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
             Ok(())
         }
         Err((e, by)) => {
-            // Nothing of a join that failed its wait or was cancelled stays behind.
-            let undone = match undo_all(&dir, &reporter).await {
+            // Nothing of a join that failed its wait or was cancelled stays behind; a further
+            // signal while undoing does not stop that.
+            let undoing = undo_all(&dir, &reporter);
+            tokio::pin!(undoing);
+            let undone = loop {
+                tokio::select! {
+                    r = &mut undoing => break r,
+                    _ = signals.recv() => reporter.still_cleaning(),
+                }
+            };
+            let undone = match undone {
                 Ok(c) => {
-                    reporter.left(&c.removed);
-                    UNDONE.to_string()
+                    reporter.left(&c.removed, c.left_behind.as_ref());
+                    if let Some(l) = c.left_behind.as_ref().filter(|_| by.is_none()) {
+                        reporter.step(&format!("kwg {l}"));
+                    }
+                    crate::exit::undone(c.left_behind.as_ref())
                 }
                 Err(undo) => {
                     let undone = format!("undoing failed ({undo}): run kwg leave");
@@ -195,10 +219,19 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
 /// undone here.
 const CANCEL_GRACE: Duration = Duration::from_secs(15);
 
+/// How long a daemon that is undoing its steps (after a failure or a cancel) may take from
+/// then on: the peer delete alone may take the API's read timeout (15 s), plus a margin.
+const TEARDOWN_GRACE: Duration = Duration::from_secs(20);
+
 /// Waits for a daemon that was told to stop (SIGTERM) to exit, kills it after 5 s, and undoes
 /// what its journal still holds (with the kubeconfig this join was given); says whether
-/// everything is undone.
-async fn stop_daemon(child: &mut std::process::Child, dir: &StateDir, args: &JoinArgs) -> String {
+/// everything is undone (`left_behind`: the peer Secret the daemon said it could not delete).
+async fn stop_daemon(
+    child: &mut std::process::Child,
+    dir: &StateDir,
+    args: &JoinArgs,
+    left_behind: Option<&crate::state::LeftBehind>,
+) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -214,14 +247,12 @@ async fn stop_daemon(child: &mut std::process::Child, dir: &StateDir, args: &Joi
                 args.kube.context.as_deref(),
             );
             match cleanup_dead(&state, dir, Some(kube)).await {
-                Ok(c) => match c.left_behind {
-                    Some(l) => format!("it {l}"),
-                    None => UNDONE.into(),
-                },
+                Ok(c) => crate::exit::undone(c.left_behind.as_ref().or(left_behind)),
                 Err(e) => format!("undoing failed ({e}): run kwg leave"),
             }
         }
-        Ok(None) => UNDONE.into(),
+        // The daemon undid its journal (and said which Secret it could not delete).
+        Ok(None) => crate::exit::undone(left_behind),
         Err(e) => format!("its journal is unreadable ({e}): run kwg leave"),
     }
 }

@@ -42,9 +42,12 @@ pub enum Progress {
     Step(String),
     Ready(Box<Status>),
     Failed(crate::exit::Failure),
-    /// The session ended and every step it took was undone (what was removed).
+    /// The session ended and every step it took was undone (what was removed), but for the
+    /// peer Secret the cluster would not delete (its lease collects it).
     Left {
         removed: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        left_behind: Option<crate::state::LeftBehind>,
     },
     /// With `--foreground`: a signal (its name) cancels the join.
     Cancelling(String),
@@ -319,15 +322,20 @@ pub async fn run(
     }
     // Give the `leave` clients a moment to read their reply before the process exits.
     tokio::time::sleep(Duration::from_millis(10)).await;
-    if let Ok(removed) = &outcome {
-        progress(Progress::Left {
+    let left_behind = session.left_behind().cloned();
+    match (&outcome, &left_behind) {
+        (Ok(removed), _) => progress(Progress::Left {
             removed: removed.clone(),
-        });
+            left_behind: left_behind.clone(),
+        }),
+        // A failed join: its error is the failure, the Secret it could not delete a sentence.
+        (Err(_), Some(l)) => progress(Progress::Step(format!("kwg {l}"))),
+        (Err(_), None) => {}
     }
     match outcome {
         Ok(_) if !joined && let Some(by) = cancelled => Err(Error::Cancelled {
             by,
-            undone: crate::exit::UNDONE.into(),
+            undone: crate::exit::undone(left_behind.as_ref()),
         }),
         Ok(_) => Ok(()),
         Err(e) if joined => {
