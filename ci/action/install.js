@@ -45,10 +45,10 @@ async function download(url) {
   try {
     r = await fetch(url);
   } catch (e) {
-    throw new InstallError(`cannot download ${url}: ${e.cause ? e.cause.message : e.message}`);
+    throw new InstallError(`cannot download ${url}: ${e.cause ? e.cause.message : e.message} (to use a kwg installed in an earlier step instead, set the action's version input to path)`);
   }
   if (!r.ok) {
-    throw new InstallError(`cannot download ${url}: HTTP ${r.status} (is v${url.split('/v').pop().split('/')[0]} released, with this asset?)`);
+    throw new InstallError(`cannot download ${url}: HTTP ${r.status} (is v${url.split('/v').pop().split('/')[0]} released, with this asset? To use a kwg installed in an earlier step instead, set the action's version input to path)`);
   }
   return Buffer.from(await r.arrayBuffer());
 }

@@ -127,7 +127,7 @@ test('other platforms, architectures and missing releases get a sentence naming 
   await assert.rejects(install({ version, platform: 'linux', arch: 'riscv64', baseUrl, toolCache }),
     /built for amd64 and arm64 and this runner is riscv64/);
   await assert.rejects(install({ version: '9.9.9', platform: 'linux', arch: 'x64', baseUrl, toolCache }),
-    /cannot download http:\/\/127\.0\.0\.1:\d+\/v9\.9\.9\/SHA256SUMS: HTTP 404/);
+    /cannot download http:\/\/127\.0\.0\.1:\d+\/v9\.9\.9\/SHA256SUMS: HTTP 404 .*set the action.s version input to path/);
   fs.rmSync(toolCache, { recursive: true, force: true });
 });
 
