@@ -321,6 +321,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     }
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    // One left by a killed process that had this pid would fail every later write: the name
+    // is this process's own, so it goes (a symlink itself, not what it points to).
+    let _ = std::fs::remove_file(&tmp);
     let result = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -347,6 +350,13 @@ pub(crate) mod tests {
         let neighbour = dir.join("kubeconfig.tmp");
         std::fs::write(&neighbour, "the user's").unwrap();
         write_atomic(&file, b"one").unwrap();
+        // A temporary file a killed process with this pid left behind, as a file and as a
+        // symlink to the neighbour: the write goes through and the neighbour is untouched.
+        let stale = dir.join(format!(".kubeconfig.{}.tmp", std::process::id()));
+        std::fs::write(&stale, "stale").unwrap();
+        write_atomic(&file, b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
+        std::os::unix::fs::symlink(&neighbour, &stale).unwrap();
         write_atomic(&file, b"two").unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
         assert_eq!(std::fs::read_to_string(&neighbour).unwrap(), "the user's");
