@@ -207,7 +207,7 @@ async fn undo_all(dir: &StateDir, reporter: &Reporter) -> Result<driver::undo::C
     let mut removed: Vec<String> = Vec::new();
     let mut left_behind = None;
     if let Holder::Running(pid) = DaemonLock::holder(&dir.lock()) {
-        match api::call(&dir.socket(), Request::Leave, Duration::from_secs(15)).await {
+        match api::call(&dir.socket(), Request::Leave, LEAVE_TIMEOUT).await {
             Ok(Reply::Left {
                 removed: r,
                 left_behind: l,
@@ -232,9 +232,7 @@ async fn undo_all(dir: &StateDir, reporter: &Reporter) -> Result<driver::undo::C
                 }
             }
         }
-        if let Some(pid) = pid {
-            wait_exit(dir, pid, Duration::from_secs(5)).await;
-        }
+        wait_exit(dir, pid, Duration::from_secs(5)).await;
     }
     if let Some(state) = State::load(&dir.state())? {
         let cleaned = cleanup_dead(&state, dir, None).await?;
@@ -254,14 +252,23 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     }
 }
 
-/// Waits until the daemon released its lock (it exited), at most `max`; then kills it.
-async fn wait_exit(dir: &StateDir, pid: u32, max: Duration) {
-    let running = || DaemonLock::holder(&dir.lock()) == Holder::Running(Some(pid));
-    let deadline = Instant::now() + max;
-    while running() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    if running() {
+/// How long `kwg leave` waits for the daemon's answer: its teardown may take the peer delete's
+/// read timeout (15 s) and a retry with reloaded credentials.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until the daemon released its lock (it exited), at most `max`; then kills it and
+/// waits (at most 2 s more) until it is gone, so that nothing it still does races the cleanup
+/// from the state file. A holder whose pid is unknown cannot be killed: only waited for.
+async fn wait_exit(dir: &StateDir, pid: Option<u32>, max: Duration) {
+    let running = || matches!(DaemonLock::holder(&dir.lock()), Holder::Running(_));
+    let until_gone = |deadline: Instant| async move {
+        while running() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    until_gone(Instant::now() + max).await;
+    if let Some(pid) = pid.filter(|_| running()) {
         signal(pid, nix::sys::signal::Signal::SIGKILL);
+        until_gone(Instant::now() + Duration::from_secs(2)).await;
     }
 }
