@@ -75,7 +75,9 @@ pub fn assess(s: &Status, o: &Observed, now: DateTime<Utc>) -> (ConnectionState,
                 "if it was stopped (SIGSTOP, a debugger), continue it: kill -CONT {pid}; otherwise run kwg leave, then kwg join"
             ),
         );
-    } else if s.tunnel_ip.is_none() && s.proxy.is_none() {
+    } else if (s.tunnel_ip.is_none() && s.proxy.is_none()) || s.lease.is_none() {
+        // No lease yet: the daemon is still joining (it has a tunnel IP from the moment the
+        // gateway assigned one, and waits for the handshake and the DNS probe after that).
         return (ConnectionState::Joining, Vec::new());
     }
     let gateway_fix = "see the Path line and run kwg doctor (the gateway's pods, UDP to its endpoint); the daemon handshakes again by itself once the gateway answers".to_string();

@@ -226,6 +226,14 @@ fn a_joining_daemon_has_no_verdict_yet() {
         kinds(&s, &Observed::default(), 0),
         (ConnectionState::Joining, vec![])
     );
+    // A tunnel IP but no handshake and no lease yet: still joining, not Degraded.
+    let mut s = joined();
+    s.last_handshake = None;
+    s.lease = None;
+    assert_eq!(
+        kinds(&s, &Observed::default(), 0),
+        (ConnectionState::Joining, vec![])
+    );
 }
 
 #[test]
