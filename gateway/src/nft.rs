@@ -365,6 +365,53 @@ mod tests {
     }
 
     #[test]
+    fn a_full_refused_set_still_refuses() {
+        // The rendered reach table, its `refused` set shrunk to 2, in a router namespace
+        // between a peer namespace (through `kwg0`) and a host with 6 addresses: the peer's
+        // pings to all 6 are refused (ICMP "Packet filtered"), none answered.
+        let ns = format!("kwgnft{}", std::process::id());
+        let table = render_reach("kwg0", &[]).replace(
+            &format!("size {DROP_COUNTERS}; flags dynamic, timeout"),
+            "size 2; flags dynamic, timeout",
+        );
+        assert!(table.contains("size 2;"), "{table}");
+        let script = format!(
+            r#"set -e
+A={ns}a R={ns}r B={ns}b
+trap 'for n in $A $R $B; do ip netns del $n 2>/dev/null; done' EXIT
+for n in $A $R $B; do ip netns add $n; ip -n $n link set lo up; done
+ip -n $A link add peer type veth peer name kwg0 netns $R
+ip -n $R link add host type veth peer name router netns $B
+ip -n $A addr add 100.77.0.2/24 dev peer; ip -n $A link set peer up
+ip -n $R addr add 100.77.0.1/24 dev kwg0; ip -n $R link set kwg0 up
+ip -n $R addr add 10.8.0.1/24 dev host; ip -n $R link set host up
+ip -n $B addr add 10.8.0.2/24 dev router; ip -n $B link set router up
+ip -n $B route add 100.77.0.0/24 via 10.8.0.1
+ip -n $R route add 10.9.0.0/24 via 10.8.0.2
+ip -n $A route add 10.9.0.0/24 via 100.77.0.1
+ip netns exec $R sysctl -qw net.ipv4.ip_forward=1
+ip netns exec $R nft -f - <<'NFT'
+{table}NFT
+for i in 1 2 3 4 5 6; do
+  ip -n $B addr add 10.9.0.$i/32 dev lo
+  ip netns exec $A ping -c1 -W1 10.9.0.$i 2>&1 | grep -E 'bytes from|filtered' || echo "10.9.0.$i: no answer"
+done
+"#
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text.matches("Packet filtered").count(), 6, "{text}");
+    }
+
+    #[test]
     fn nft_accepts_the_ruleset() {
         // Checked by nft itself (`-c` parses without applying), in a throwaway network namespace.
         let Ok(out) = std::process::Command::new("unshare")
