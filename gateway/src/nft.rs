@@ -321,7 +321,10 @@ mod tests {
         assert!(grant < reach.find("update @peer_drops").unwrap());
         let forward = &reach[reach.find("chain forward").unwrap()..];
         let rules: Vec<&str> = forward.lines().map(str::trim).collect();
-        let last = rules.iter().rposition(|l| l.starts_with("iifname")).unwrap();
+        let last = rules
+            .iter()
+            .rposition(|l| l.starts_with("iifname"))
+            .unwrap();
         // A full set must not decide: the verdict is a rule of its own, with no condition
         // but the tunnel, and the bookkeeping before it never ends in a verdict.
         assert_eq!(rules[last], "iifname \"kwg0\" goto refuse", "{reach}");

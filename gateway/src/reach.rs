@@ -124,7 +124,8 @@ impl Departed {
 pub struct Refused {
     /// `namespace/name`.
     pub service: String,
-    pub endpoint: Ipv4Addr,
+    /// As the slice spells it (an address not in canonical form is no pod's either).
+    pub endpoint: String,
 }
 
 /// The `dest_ns` key of a span: its namespaces joined by commas (a namespace name, a DNS
@@ -521,13 +522,14 @@ pub fn inventory<'a>(
             .get(&(ns.as_str(), name.as_str()))
             .into_iter()
             .flatten();
-        for a in eps.filter(|a| !allowed.iter().any(|n| n.contains(&IpAddr::V4(**a)))) {
-            match owners.get(a) {
+        let anyones = |a: &Ipv4Addr| allowed.iter().any(|n| n.contains(&IpAddr::V4(*a)));
+        for a in eps.filter(|a| !a.as_ref().is_ok_and(anyones)) {
+            match a.as_ref().ok().and_then(|a| owners.get(a)) {
                 Some(owners) => span.extend(owners.iter().cloned()),
                 None => {
                     refused = Some(Refused {
                         service: format!("{ns}/{name}"),
-                        endpoint: *a,
+                        endpoint: a.map_or_else(str::to_owned, |a| a.to_string()),
                     });
                     break;
                 }
@@ -554,11 +556,13 @@ pub fn inventory<'a>(
 /// Every IPv4 endpoint address of each Service (`namespace`, `name`), from the EndpointSlices
 /// labelled with its name in its namespace, whoever manages them: kube-proxy sends a
 /// ClusterIP's connections to all of them. FQDN and IPv6 slices carry nothing for an IPv4
-/// ClusterIP.
+/// ClusterIP. An address that is no IPv4 address in canonical form stays as written (`Err`):
+/// the API server validates slices with Go's lenient parser, which takes `010.244.001.007`
+/// (kube-proxy reads it as 10.244.1.7) and `::ffff:10.244.1.7`, so it may lead anywhere.
 fn service_endpoints<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
-) -> BTreeMap<(&'a str, &'a str), BTreeSet<Ipv4Addr>> {
-    let mut out: BTreeMap<(&str, &str), BTreeSet<Ipv4Addr>> = BTreeMap::new();
+) -> BTreeMap<(&'a str, &'a str), BTreeSet<Result<Ipv4Addr, &'a str>>> {
+    let mut out: BTreeMap<(&str, &str), BTreeSet<Result<Ipv4Addr, &str>>> = BTreeMap::new();
     for s in slices.into_iter().filter(|s| s.address_type == "IPv4") {
         let service = s
             .metadata
@@ -571,7 +575,7 @@ fn service_endpoints<'a>(
         let addrs = s.endpoints.iter().flat_map(|e| &e.addresses);
         out.entry((ns.as_str(), service.as_str()))
             .or_default()
-            .extend(addrs.filter_map(|a| a.parse::<Ipv4Addr>().ok()));
+            .extend(addrs.map(|a| a.parse::<Ipv4Addr>().map_err(|_| a.as_str())));
     }
     out
 }

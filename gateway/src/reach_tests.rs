@@ -383,7 +383,7 @@ fn a_cluster_ip_pointing_at_a_node_or_outside_the_pods_is_refused() {
             inv.refused[&ip("10.96.1.2")],
             Refused {
                 service: "emo/pivot".into(),
-                endpoint: ip(target)
+                endpoint: target.into()
             }
         );
         assert!(!inv.by_namespace["emo"].contains(&ip("10.96.1.2")));
@@ -401,6 +401,36 @@ fn a_cluster_ip_pointing_at_a_node_or_outside_the_pods_is_refused() {
     let inv = cluster(&["192.0.2.1"], &["192.0.2.0/24"]);
     assert!(inv.refused.is_empty(), "{inv:?}");
     assert!(inv.by_namespace["emo"].contains(&ip("10.96.1.2")));
+}
+
+#[test]
+fn a_cluster_ip_with_an_endpoint_not_in_canonical_form_is_refused() {
+    // The API server takes these (Go's lenient parser); kube-proxy reads the first as
+    // 10.244.0.5's neighbour 10.244.1.7, which may be anyone's.
+    for odd in [
+        "010.244.001.007",
+        "::ffff:10.244.1.7",
+        " 10.244.0.5",
+        "10.244.0.5\n",
+    ] {
+        let inv = cluster(&["10.244.0.5", odd], &["0.0.0.0/0"]);
+        assert_eq!(
+            inv.refused[&ip("10.96.1.2")],
+            Refused {
+                service: "emo/pivot".into(),
+                endpoint: odd.into()
+            },
+            "{odd}: not even --allow-cidr 0.0.0.0/0 vouches for it"
+        );
+        let sets = desired(
+            &inv,
+            &[peer("100.77.0.5", "root", &[])],
+            |_, _| true,
+            &mut NsIds::default(),
+        );
+        assert!(!sets.dest_ns.contains_key(&ip("10.96.1.2")), "{odd}");
+        assert!(sets.dest_ns.contains_key(&ip("10.96.1.1")), "{odd}");
+    }
 }
 
 #[test]

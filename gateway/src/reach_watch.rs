@@ -237,7 +237,7 @@ fn log_refused(
 ) {
     for (ip, r) in new.iter().filter(|(ip, r)| old.get(ip) != Some(r)) {
         tracing::warn!(cluster_ip = %ip, service = %r.service, endpoint = %r.endpoint,
-            "ClusterIP refused to every peer: an endpoint of its Service is no pod (a node or an address outside the pod network)");
+            "ClusterIP refused to every peer: an endpoint of its Service is no pod (a node, an address outside the pod network, or one not in canonical form)");
     }
     for (ip, r) in old.iter().filter(|(ip, _)| !new.contains_key(ip)) {
         tracing::info!(cluster_ip = %ip, service = %r.service, "ClusterIP no longer refused");
