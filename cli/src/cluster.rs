@@ -232,26 +232,27 @@ impl Kube {
         })
     }
 
-    /// Moves the lease to `expires`.
+    /// Moves the lease to `expires`; with `uid`, only on that very object (a Secret of the
+    /// same name with another uid is refused, not extended).
     pub async fn renew_lease(
         &self,
         ns: &str,
         secret: &str,
+        uid: Option<&str>,
         expires: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), crate::session::LeaseFailure> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let patch = serde_json::json!({
-            "stringData": { "leaseExpires": contract::format_lease(expires) },
-        });
+        let patch = lease_patch(uid, expires);
         api.patch(secret, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map(drop)
             .map_err(|e| {
-                let code = match &e {
-                    kube::Error::Api(s) => Some(s.code),
-                    _ => None,
+                let (code, message) = match &e {
+                    kube::Error::Api(s) => (Some(s.code), s.message.clone()),
+                    _ => (None, String::new()),
                 };
-                crate::driver::exec::lease_failure(code, self.secrets_error("patch", ns, e))
+                let e = self.secrets_error("patch", ns, e);
+                crate::driver::exec::lease_failure(code, &message, e)
             })
     }
 
@@ -446,6 +447,18 @@ fn no_gateway(ns: &str) -> Error {
 /// The peer Secret; with the user's groups in `kwg.io/groups` when the server told them and
 /// none holds a line break (the policy refuses such a list; without it the gateway counts no
 /// group of the owner).
+/// The merge patch that moves a peer Secret's lease to `expires`; with `uid`, the uid too,
+/// which the API server refuses on another object of that name (uid is immutable).
+fn lease_patch(uid: Option<&str>, expires: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
+    let mut patch = serde_json::json!({
+        "stringData": { "leaseExpires": contract::format_lease(expires) },
+    });
+    if let Some(uid) = uid {
+        patch["metadata"] = serde_json::json!({ "uid": uid });
+    }
+    patch
+}
+
 fn peer_secret(spec: &PeerSpec, groups: Option<&[String]>) -> Secret {
     let annotations = groups
         .and_then(contract::groups_annotation)
@@ -485,6 +498,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_renewal_names_the_journalled_uid_and_only_then() {
+        let at = contract::parse_lease("2030-01-01T00:00:00Z").unwrap();
+        let lease = serde_json::json!({ "leaseExpires": contract::format_lease(at) });
+        assert_eq!(
+            lease_patch(Some("3f1c"), at),
+            serde_json::json!({ "stringData": lease, "metadata": { "uid": "3f1c" } })
+        );
+        assert_eq!(
+            lease_patch(None, at),
+            serde_json::json!({ "stringData": lease })
+        );
+    }
 
     #[test]
     fn the_peer_secret_names_the_users_groups_when_known() {

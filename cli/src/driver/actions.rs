@@ -172,10 +172,12 @@ impl Driver {
             Action::RenewLease {
                 namespace,
                 secret,
+                uid,
                 ttl,
             } => {
                 let k = &self.args.kube;
                 let login = (k.kubeconfig.clone(), k.context.clone());
+                let secret = (secret, uid);
                 let renew = exec::renew_lease_fresh(self.kube(), login, namespace, secret, ttl);
                 Started::Long(Box::pin(async move {
                     match renew.await {

@@ -182,9 +182,15 @@ pub async fn wait_tunnel_ip(kube: Kube, ns: String, secret: String) -> Event {
     }
 }
 
-pub async fn renew_lease(kube: Kube, ns: String, secret: String, ttl: Duration) -> Event {
+/// `secret` is its name and, when journalled, its uid.
+pub async fn renew_lease(
+    kube: Kube,
+    ns: String,
+    (secret, uid): (String, Option<String>),
+    ttl: Duration,
+) -> Event {
     let expires = chrono::Utc::now() + ttl;
-    match kube.renew_lease(&ns, &secret, expires).await {
+    match kube.renew_lease(&ns, &secret, uid.as_deref(), expires).await {
         Ok(()) => Event::LeaseRenewed(expires),
         Err(f) => Event::LeaseFailed(f),
     }
@@ -197,7 +203,7 @@ pub async fn renew_lease_fresh(
     kube: Kube,
     login: (Option<std::path::PathBuf>, Option<String>),
     ns: String,
-    secret: String,
+    secret: (String, Option<String>),
     ttl: Duration,
 ) -> (Event, Option<Kube>) {
     let first = renew_lease(kube, ns.clone(), secret.clone(), ttl).await;
@@ -477,9 +483,16 @@ pub fn admin_addr(info: &GatewayInfo) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(info.gateway_ip.addr()), info.admin_port)
 }
 
-/// Failure kinds of a lease renewal, from the API status code.
-pub fn lease_failure(code: Option<u16>, e: Error) -> LeaseFailure {
+/// Failure kinds of a lease renewal, from the API status code and message. A patch naming
+/// the journalled uid is refused when the Secret of that name is another object: Kubernetes
+/// validates `metadata.uid` as immutable (422 `metadata.uid: Invalid value: ...: field is
+/// immutable`); a failed uid precondition says `Precondition failed: UID in precondition`
+/// (409). Either means the Secret is not this machine's.
+pub fn lease_failure(code: Option<u16>, message: &str, e: Error) -> LeaseFailure {
+    let uid = |needle: &str| message.contains(needle);
     match code {
+        Some(422) if uid("metadata.uid") => LeaseFailure::Replaced,
+        Some(409) if uid("UID in precondition") => LeaseFailure::Replaced,
         Some(409) => LeaseFailure::Conflict,
         Some(404) => LeaseFailure::NotFound,
         _ => LeaseFailure::Other(e),
@@ -489,6 +502,21 @@ pub fn lease_failure(code: Option<u16>, e: Error) -> LeaseFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_renewal_refused_for_another_uid_is_not_ours_and_registers_again() {
+        let e = || Error::Kubeconfig("x".into());
+        let kind = |code, message: &str| format!("{:?}", lease_failure(Some(code), message, e()));
+        // The real API server's sentences (metadata.uid is immutable; a uid precondition).
+        let immutable = r#"Secret "kwg-peer-box" is invalid: metadata.uid: Invalid value: "3f1c": field is immutable"#;
+        assert_eq!(kind(422, immutable), "Replaced");
+        let precondition = r#"Operation cannot be fulfilled on secrets "kwg-peer-box": Precondition failed: UID in precondition: 3f1c, UID in object meta: 9a2b"#;
+        assert_eq!(kind(409, precondition), "Replaced");
+        let modified = r#"Operation cannot be fulfilled on secrets "kwg-peer-box": the object has been modified; please apply your changes to the latest version and try again"#;
+        assert_eq!(kind(409, modified), "Conflict");
+        assert_eq!(kind(404, r#"secrets "kwg-peer-box" not found"#), "NotFound");
+        assert!(kind(422, "data: Invalid value").starts_with("Other"));
+    }
 
     #[test]
     fn the_machine_tag_is_stable_short_and_never_the_id_itself() {

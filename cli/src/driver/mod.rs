@@ -373,6 +373,12 @@ impl Driver {
             Done::Inspected(Err(e)) => Event::Failed(e),
             Done::Reconnected(kube, e) => {
                 self.kube = Some(*kube);
+                // The watches (gateway info, namespaces) hold the client they started with,
+                // which the API server now rejects: started again with the new one.
+                if let Some(w) = self.watch.take() {
+                    w.abort();
+                    self.watch_gateway_info();
+                }
                 e
             }
         }

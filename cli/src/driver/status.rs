@@ -196,7 +196,9 @@ pub fn joining(args: &JoinArgs) -> Status {
 }
 
 impl super::Driver {
-    /// Follows the gateway info ConfigMap while serving.
+    /// Follows the gateway info ConfigMap (and, with a forwarder, the cluster's namespaces)
+    /// while serving, with the client of the moment: started again when the credentials are
+    /// loaded again (the old client's watches would get 401 forever).
     pub(super) fn watch_gateway_info(&mut self) {
         let (Some(kube), tx) = (self.kube.clone(), self.info_tx.clone()) else {
             return;
@@ -213,7 +215,13 @@ impl super::Driver {
             ));
             let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff().applied_objects());
             while let Some(item) = stream.next().await {
-                let Ok(cm) = item else { continue };
+                let cm = match item {
+                    Ok(cm) => cm,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "gateway info watch failed; it starts again");
+                        continue;
+                    }
+                };
                 let Some(json) = cm
                     .data
                     .as_ref()

@@ -105,6 +105,12 @@ impl Session {
         self.actions.push_back(Action::RenewLease {
             namespace: self.args.kube.kwg_namespace.clone(),
             secret: self.plan.as_ref().expect("planned").secret(),
+            uid: self.state().and_then(|s| {
+                s.undo.iter().find_map(|u| match u {
+                    crate::state::Undo::DeletePeer { uid, .. } => uid.clone(),
+                    _ => None,
+                })
+            }),
             ttl: self.args.ttl,
         });
     }
@@ -132,8 +138,12 @@ impl Session {
             Event::LeaseFailed(LeaseFailure::Conflict) => {
                 self.lease.next = Some(now + RENEW_CONFLICT_RETRY);
             }
-            Event::LeaseFailed(LeaseFailure::NotFound) => {
-                tracing::warn!(peer = %self.peer(), "the peer Secret is gone (lease expired?): registering again");
+            Event::LeaseFailed(f @ (LeaseFailure::NotFound | LeaseFailure::Replaced)) => {
+                if matches!(f, LeaseFailure::Replaced) {
+                    tracing::warn!(peer = %self.peer(), "the peer Secret of this name is another object now (ours was deleted): registering again");
+                } else {
+                    tracing::warn!(peer = %self.peer(), "the peer Secret is gone (lease expired?): registering again");
+                }
                 self.lease.reregistering = true;
                 self.lease.next = None;
                 let spec = Box::new(self.plan.as_ref().expect("planned").peer.clone());

@@ -80,6 +80,9 @@ pub enum Action {
     RenewLease {
         namespace: String,
         secret: String,
+        /// The registered Secret's uid (journalled; `None` from an older journal): a Secret
+        /// of that name with another uid is not this machine's and is left alone.
+        uid: Option<String>,
         ttl: Duration,
     },
     /// Replace the gateway peer (new key, endpoint or allowed IPs); `old_key` is removed when
@@ -165,6 +168,9 @@ pub enum LeaseFailure {
     Conflict,
     /// 404: the Secret is gone (expired while the machine slept, or deleted): register again.
     NotFound,
+    /// A Secret of that name with another uid: ours was deleted and the name taken since
+    /// (another machine of the same owner registered it). Left alone: register again.
+    Replaced,
     /// Anything else (403, API unreachable): keep the tunnel, retry with back-off.
     Other(Error),
 }

@@ -88,6 +88,33 @@ fn a_vanished_secret_is_registered_again_and_a_new_address_replaces_the_old() {
 }
 
 #[test]
+fn a_secret_of_our_name_with_another_uid_is_left_alone_and_registered_again() {
+    let mut r = serving(&[]);
+    let mut uids = Vec::new();
+    let mut answer = |a: &Action| match a {
+        Action::RenewLease { uid, .. } => {
+            uids.push(uid.clone());
+            Some(Some(Event::LeaseFailed(LeaseFailure::Replaced)))
+        }
+        Action::Register { .. } => Some(Some(Event::Registered(crate::session::Registration {
+            uid: "9a2b".into(),
+            lease_expires: Default::default(),
+        }))),
+        Action::WaitTunnelIp { .. } => Some(Some(Event::TunnelIp("100.77.0.2".parse().unwrap()))),
+        _ => None,
+    };
+    r.advance(Duration::from_secs(30));
+    r.pump(&mut answer);
+    // Not the 1 s retry of a conflict: registered again (a taken name is said from there).
+    assert_eq!(r.take_log(), ["RenewLease", "Register", "Save", "WaitTunnelIp"]);
+    assert_eq!(r.s.lease().next.unwrap() - r.now, Duration::from_secs(30));
+    // The next renewal names the uid of the Secret registered now.
+    r.advance(Duration::from_secs(30));
+    r.pump(&mut answer);
+    assert_eq!(uids, [None, Some("9a2b".to_string())]);
+}
+
+#[test]
 fn the_gateway_info_changing_while_serving_is_followed() {
     let mut r = serving(&[]);
     let old_key = r.gateway.public_key();
