@@ -303,7 +303,10 @@ mod tests {
 /// Kubernetes' EndpointSlice validation (`pkg/apis/discovery/validation`), the parts that
 /// decide where traffic may go: a known and unchanged `addressType`, at least one address
 /// per endpoint, valid IPv4 addresses that are not special (unspecified, loopback,
-/// link-local, link-local multicast: `ValidateNonSpecialIP`), port names used once.
+/// link-local, link-local multicast: `ValidateNonSpecialIP`), port names used once. IPv4
+/// addresses are parsed as the API server does without the `StrictIPCIDRValidation` feature
+/// gate (alpha in 1.33, off by default): leniently, so `010.244.001.007` and `::ffff:10.244.1.7`
+/// pass ([`parse_ipv4_sloppy`]).
 pub fn endpoint_slice_errors(old: Option<&Value>, obj: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let types = ["FQDN", "IPv4", "IPv6"];
@@ -349,7 +352,7 @@ pub fn endpoint_slice_errors(old: Option<&Value>, obj: &Value) -> Vec<FieldError
             if addr_type != "IPv4" {
                 continue;
             }
-            let Ok(ip) = a.parse::<std::net::Ipv4Addr>() else {
+            let Some(ip) = parse_ipv4_sloppy(a) else {
                 errs.push(FieldError::invalid(
                     field,
                     go_str(a),
@@ -384,4 +387,51 @@ pub fn endpoint_slice_errors(old: Option<&Value>, obj: &Value) -> Vec<FieldError
         }
     }
     errs
+}
+
+/// An IPv4 address as Kubernetes' `netutils.ParseIPSloppy` reads it for an IPv4 field
+/// (`IsValidIPv4Address`): four decimal octets, leading zeros allowed and ignored (`010` is
+/// ten, not octal eight), or an IPv4-mapped IPv6 address (`::ffff:10.244.1.7`).
+pub fn parse_ipv4_sloppy(s: &str) -> Option<std::net::Ipv4Addr> {
+    if let Ok(v6) = s.parse::<std::net::Ipv6Addr>() {
+        return v6.to_ipv4_mapped();
+    }
+    let octets = s.split('.').map(|o| {
+        let digits = !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit());
+        digits.then(|| o.parse::<u8>().ok()).flatten()
+    });
+    let octets: Vec<u8> = octets.collect::<Option<_>>()?;
+    <[u8; 4]>::try_from(octets)
+        .ok()
+        .map(std::net::Ipv4Addr::from)
+}
+
+#[cfg(test)]
+mod sloppy_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ipv4_endpoints_are_parsed_as_leniently_as_kubernetes_does() {
+        let ip = |s: &str| parse_ipv4_sloppy(s).map(|a| a.to_string());
+        assert_eq!(ip("010.244.001.007").as_deref(), Some("10.244.1.7"));
+        assert_eq!(ip("::ffff:10.244.1.7").as_deref(), Some("10.244.1.7"));
+        assert_eq!(ip("10.244.0.5").as_deref(), Some("10.244.0.5"));
+        for bad in [
+            "256.1.1.1",
+            "10.244.0",
+            "10.244.0.5.1",
+            "+1.2.3.4",
+            " 1.2.3.4",
+            "fd00::1",
+        ] {
+            assert_eq!(ip(bad), None, "{bad}");
+        }
+        let slice = |a: &str| json!({"addressType": "IPv4", "endpoints": [{"addresses": [a]}]});
+        assert!(endpoint_slice_errors(None, &slice("010.244.001.007")).is_empty());
+        let errs = endpoint_slice_errors(None, &slice("0127.0.0.1"));
+        assert!(errs[0].to_string().contains("loopback"), "{}", errs[0]);
+        let errs = endpoint_slice_errors(None, &slice("10.244.0.256"));
+        assert!(errs[0].to_string().contains("must be a valid IPv4 address"));
+    }
 }
