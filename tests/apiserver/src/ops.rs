@@ -13,7 +13,7 @@ use crate::kinds::{Kind, find};
 use crate::patch::{self, PatchKind};
 use crate::rbac::User;
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::status::{ApiError, FieldError};
+use crate::status::{ApiError, FieldError, go_str};
 use crate::store::{Store, meta_str};
 use crate::validation::name_errors;
 
@@ -318,6 +318,14 @@ pub fn patch(
         return Err(ApiError::not_found(kind, name));
     };
     let patched = patch::apply(pk, &current, body)?;
+    // metadata.uid is immutable: the real server's update validation refuses a patch that
+    // names another uid (a client's way to touch only the object it knows), where `update`
+    // would quietly put the stored uid back.
+    let uid = meta_str(&patched, "uid");
+    if !uid.is_empty() && uid != meta_str(&current, "uid") {
+        let e = FieldError::invalid("metadata.uid", go_str(uid), "field is immutable");
+        return Err(ApiError::invalid(kind, name, vec![e]));
+    }
     update(store, env, kind, ns, name, patched, subresource, opts).map(|o| (o, false))
 }
 

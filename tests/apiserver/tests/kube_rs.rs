@@ -122,6 +122,24 @@ async fn secrets_crud_conflict_and_patches() {
     );
     assert_eq!(p.data.unwrap().keys().collect::<Vec<_>>(), vec!["a"]);
 
+    // A patch naming the object's own uid applies; another uid is refused (uid is immutable),
+    // and the object is left as it was.
+    let uid = created.metadata.uid.clone().unwrap();
+    let lease =
+        |uid: &str| Patch::Merge(json!({"metadata": {"uid": uid}, "stringData": {"c": "1"}}));
+    let own = api.patch("s1", &pp, &lease(&uid)).await.unwrap();
+    assert_eq!(own.metadata.uid.as_deref(), Some(uid.as_str()));
+    let other = api_error(api.patch("s1", &pp, &lease("0d5e")).await.unwrap_err());
+    assert_eq!(
+        (other.code, other.reason.as_str(), other.message.as_str()),
+        (
+            422,
+            "Invalid",
+            "Secret \"s1\" is invalid: metadata.uid: Invalid value: \"0d5e\": field is immutable"
+        )
+    );
+    assert_eq!(api.get("s1").await.unwrap().metadata.uid, Some(uid));
+
     // Server-side apply creates and then updates.
     let ssa = PatchParams::apply("test").force();
     let applied = api
