@@ -270,6 +270,36 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
             &resolv,
             "the daemon killed while waiting for the handshake",
         );
+        // Ctrl-C while RBAC refuses the delete: the machine is clean, and the message names
+        // the peer Secret left to its lease instead of saying every step is undone.
+        let kc = l.state.with_extension("refused.kubeconfig");
+        let creds = l.ci_credentials("ctrlc-refused", &["emojivoto"], &["--duration", "1h"], &kc);
+        assert!(creds.status.success(), "{}", text(&creds.stderr));
+        let (child, rx) = join_until_waiting(&l, &kc.display().to_string());
+        sim.kubectl_admin(&[
+            "-n",
+            "kwg-system",
+            "delete",
+            "rolebinding",
+            "kwg-ci-kwg-ci-ctrlc-refused",
+        ])
+        .expect("delete the RoleBinding");
+        send(&child, "INT");
+        let (exit, stdout) = finish(child);
+        let err = rx.iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n");
+        eprintln!("SAID (Ctrl-C, delete refused): {err}");
+        assert_eq!(exit, Some(130), "{stdout}\n{err}");
+        assert!(
+            err.contains("kwg: join cancelled by Ctrl-C (SIGINT) before it finished; it left this machine")
+                && err.contains("could not delete peer Secret kwg-system/kwg-peer-ctrlc")
+                && err.contains("the gateway removes it when its lease ends at 20"),
+            "{err}"
+        );
+        assert!(!err.contains("every step it had taken is undone"), "{err}");
+        assert!(secret_exists(&sim, "ctrlc"), "the refused delete deleted");
+        sim.kubectl_admin(&["-n", "kwg-system", "delete", "secret", "kwg-peer-ctrlc"])
+            .expect("delete the Secret left behind");
+        assert_clean(&l, &resolv, "Ctrl-C with the delete refused");
     }
 
     // Ctrl-C after each step's start (the JSON events): whatever was done is undone.
