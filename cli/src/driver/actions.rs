@@ -81,7 +81,7 @@ impl Driver {
                 match firewall::install(&table, &interface).await {
                     Ok(true) => Started::Now(Event::FirewallInstalled),
                     Ok(false) => {
-                        let msg = "Warning: nft is not installed: new connections from the cluster to this machine are not filtered (install nftables)";
+                        let msg = "Warning: nft is not installed: new connections from the cluster to this machine are not filtered, only forwarding from the tunnel is off (install nftables)";
                         tracing::warn!("{msg}");
                         self.warnings.push(msg.to_string());
                         Started::Now(Event::FirewallInstalled)
@@ -224,6 +224,8 @@ impl Driver {
             })
             .await?;
             self.device = Some(device);
+            // Before any address, route or peer: nothing the cluster sends can be forwarded.
+            exec::refuse_forwarding(&name)?;
             Ok::<_, Error>(Netlink::open()?.link_index(&name).await?)
         };
         match r.await {

@@ -368,6 +368,15 @@ pub async fn probe_dns(server: SocketAddr, name: &str, timeout: Duration) -> boo
         .is_some_and(|m| m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty())
 }
 
+/// Turns IPv4 forwarding off for packets coming in on `interface` (in this process's network
+/// namespace): the kernel routes a packet from a device whose `forwarding` is 0 only to this
+/// machine, so the cluster reaches no container or VM behind it even with `ip_forward=1`, from
+/// the first handshake on and without nft. It goes away with the link: no undo.
+pub fn refuse_forwarding(interface: &str) -> Result<(), Error> {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
+    std::fs::write(&path, "0").map_err(|e| Error::io(format!("write 0 to {path}"), e))
+}
+
 /// Backs up the resolver file, then rewrites it in place (it may be a bind mount, where a
 /// rename fails). The backup is complete and synced before the file is touched.
 pub fn write_resolv_conf(

@@ -210,6 +210,10 @@ fn a_hostile_cluster_cannot_route_resolve_or_forward_through_the_laptop() {
     sim.kubectl_admin(&["-n", GATEWAY_NS, "rollout", "status", d, "--timeout=90s"])
         .unwrap();
     wait_gateway_ready(&sim, Duration::from_secs(60)).unwrap();
+    // The laptop forwards (Docker, libvirt) from before the join: case (d).
+    let lns = l.netns.as_str();
+    sim.exec_ok(lns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
     l.join(&["-n", "emojivoto"]);
     let routes = l.routes();
     assert!(route_get(&l, "10.96.0.1").contains("dev kwg0"));
@@ -251,10 +255,10 @@ fn a_hostile_cluster_cannot_route_resolve_or_forward_through_the_laptop() {
     .unwrap();
 
     // (d) The laptop forwards (Docker, libvirt): a "container" behind it at 172.17.0.2. A
-    // hostile gateway routes that address to the laptop's peer and connects: the laptop's
-    // firewall drops it, while the laptop itself still reaches the container and the cluster.
+    // hostile gateway routes that address to the laptop's peer and connects: the laptop does
+    // not forward from the tunnel (its forwarding is off, and its firewall drops it), while the
+    // laptop itself still reaches the container and the cluster.
     let ctr = sim.names().extra_laptop_ns("trust-ctr");
-    let lns = l.netns.as_str();
     for cmd in [
         vec!["ip", "netns", "add", &ctr],
         vec![
@@ -294,15 +298,6 @@ fn a_hostile_cluster_cannot_route_resolve_or_forward_through_the_laptop() {
             "via",
             "172.17.0.1",
         ],
-        vec![
-            "ip",
-            "netns",
-            "exec",
-            lns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ],
     ] {
         let out = std::process::Command::new(cmd[0])
             .args(&cmd[1..])
@@ -329,19 +324,35 @@ fn a_hostile_cluster_cannot_route_resolve_or_forward_through_the_laptop() {
     assert!(answer.contains("errno=0"), "{answer}");
     sim.exec_ok(&gw, &["ip", "route", "add", "172.17.0.2/32", "dev", "kwg0"])
         .unwrap();
+    sim.exec_ok(
+        &ctr,
+        &[
+            "nft",
+            "add table inet seen; add chain inet seen input { type filter hook input priority 0; }; add rule inet seen input ip saddr != 172.17.0.0/16 counter",
+        ],
+    )
+    .unwrap();
     assert_eq!(
         http_code(&gw, "http://172.17.0.2:8000/"),
         "000",
         "the gateway reached the container behind the laptop"
     );
-    let forward = text(
-        &l.run(&["nft", "list", "chain", "inet", "kwg_kwg0", "forward"])
-            .stdout,
+    // The container received nothing from outside its own network.
+    let counted = sim
+        .exec_ok(&ctr, &["nft", "list", "chain", "inet", "seen", "input"])
+        .unwrap();
+    assert!(counted.contains("counter packets 0 "), "{counted}");
+    assert_eq!(
+        text(
+            &l.run(&["cat", "/proc/sys/net/ipv4/conf/kwg0/forwarding"])
+                .stdout
+        )
+        .trim(),
+        "0"
     );
-    assert!(
-        forward.contains("drop comment \"forwarding from the cluster\"")
-            && !forward.contains("counter packets 0 "),
-        "{forward}"
+    assert_eq!(
+        text(&l.run(&["sysctl", "-n", "net.ipv4.ip_forward"]).stdout).trim(),
+        "1"
     );
     assert!(text(&l.curl("web-app:80").stdout).contains("Emoji Vote"));
     assert_eq!(http_code(lns, "http://172.17.0.2:8000/"), "200");
