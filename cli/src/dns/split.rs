@@ -9,6 +9,17 @@ use ipnet::IpNet;
 /// (unless an include suffix matches too).
 pub const DEFAULT_EXCLUDE_SUFFIXES: &[&str] = &[".arpa", ".com", ".io", ".net", ".org", ".ru"];
 
+/// Whether `name` is a public suffix (Public Suffix List: `de`, `co.uk`, `dev`), under which
+/// anyone may register names. A namespace named like one routes no name to the cluster unless
+/// the user named it (`--mapped-namespaces`): a cluster admin creating namespace `de` must not
+/// capture `paypal.de`.
+pub fn is_public_suffix(name: &str) -> bool {
+    let name = name.trim_matches('.').to_ascii_lowercase();
+    psl::suffix(name.as_bytes())
+        .filter(|s| s.is_known())
+        .is_some_and(|s| s.as_bytes() == name.as_bytes())
+}
+
 /// Where a query goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -94,6 +105,12 @@ impl SplitDns {
         chosen && self.reachable.as_ref().is_none_or(|r| r.contains(ns))
     }
 
+    /// A namespace named like a public suffix that the user did not name in
+    /// `--mapped-namespaces`: its `<name>.<ns>` are public names, never the cluster's.
+    fn public_suffix_namespace(&self, ns: &str) -> bool {
+        is_public_suffix(ns) && self.mapped.as_ref().is_none_or(|m| !m.contains(ns))
+    }
+
     fn is_cluster_namespace(&self, ns: &str) -> bool {
         ns == self.namespace
             || self.cluster_namespaces.contains(ns)
@@ -146,6 +163,7 @@ impl SplitDns {
             [svc] => {
                 Decision::UpstreamThenCluster(format!("{svc}.{}.svc.{domain}", self.namespace))
             }
+            [_, ns] if self.public_suffix_namespace(ns) => Decision::Upstream,
             [svc, ns] if self.visible(ns) => {
                 Decision::ClusterThenUpstream(format!("{svc}.{ns}.svc.{domain}"))
             }
@@ -199,6 +217,12 @@ impl SplitDns {
                 .chain([self.namespace.clone()])
                 .collect(),
         }
+    }
+
+    /// The namespaces the user named (`--mapped-namespaces`): routed even when named like a
+    /// public suffix.
+    pub fn named_namespaces(&self) -> BTreeSet<String> {
+        self.mapped.clone().unwrap_or_default()
     }
 
     /// The joined resolver's search list: the machine's own domains first, as before join

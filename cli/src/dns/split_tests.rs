@@ -89,13 +89,19 @@ fn names_under_the_machines_search_domains_stay_the_machines() {
 }
 
 #[test]
-fn a_namespace_named_like_a_tld_falls_back_to_the_machine() {
-    // Telepresence's `.dev` breakage: `go.dev` with a namespace `dev` asks the cluster first,
-    // and its NXDOMAIN falls back (the forwarder's part); the decision says so.
-    let s = split(None);
+fn a_namespace_named_like_a_public_suffix_routes_nothing_unless_mapped() {
+    // A cluster admin creating namespace `dev` or `de` (public suffixes) must not capture
+    // `go.dev` or `paypal.de`: those stay the machine's, never asked of the cluster.
+    let mut s = split(None);
+    s.cluster_namespaces
+        .extend(["de", "uk", "app"].map(String::from));
+    for name in ["go.dev", "paypal.de", "bbc.uk", "web.app"] {
+        assert_eq!(s.decide(name), Decision::Upstream, "{name}");
+    }
+    // An ordinary namespace still resolves `<svc>.<ns>` in the cluster first.
     assert_eq!(
-        s.decide("go.dev"),
-        cluster_first("go.dev.svc.cluster.local")
+        s.decide("web.other"),
+        cluster_first("web.other.svc.cluster.local")
     );
     assert_eq!(
         Decision::ClusterThenUpstream("go.dev.svc.cluster.local".into()).sources(),
@@ -104,10 +110,23 @@ fn a_namespace_named_like_a_tld_falls_back_to_the_machine() {
             Source::Upstream
         ]
     );
-    // With --mapped-namespaces, an unmapped namespace is not asked at all: the machine's
-    // answer, NXDOMAIN when it has none.
-    let s = split(Some(&["emojivoto"]));
-    assert_eq!(s.decide("go.dev"), Decision::UpstreamElseHidden);
+    // The full cluster name and `<svc>.<ns>.svc` still reach it.
+    assert_eq!(
+        s.decide("web.dev.svc.cluster.local"),
+        cluster("web.dev.svc.cluster.local")
+    );
+    assert_eq!(
+        s.decide("web.dev.svc"),
+        cluster("web.dev.svc.cluster.local")
+    );
+    // Named by the user in --mapped-namespaces: routed as any namespace.
+    let s = split(Some(&["emojivoto", "dev"]));
+    assert_eq!(
+        s.decide("go.dev"),
+        cluster_first("go.dev.svc.cluster.local")
+    );
+    assert!(is_public_suffix("de") && is_public_suffix("co.uk") && is_public_suffix("Dev."));
+    assert!(!is_public_suffix("emojivoto") && !is_public_suffix("kube-system"));
 }
 
 #[test]

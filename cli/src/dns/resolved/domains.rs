@@ -43,6 +43,7 @@ pub fn split_domains(
         &split.namespace,
         names.iter().map(String::as_str),
         &split.exclude_suffixes,
+        &split.named_namespaces(),
     )?
     .domains;
     domains.extend(reverse_domains(&split.reverse_subnets));
@@ -52,13 +53,15 @@ pub fn split_domains(
 /// The domains of kwg's link: `~<cluster_domain>`, the search domain
 /// `<namespace>.svc.<cluster_domain>`, and `~<ns>` for the connected namespace and each of
 /// `namespaces` (the mapped ones, or all visible ones). A namespace (untrusted: from the
-/// cluster) that is not a DNS label, is a reserved name, or ends like an exclude suffix (`com`
-/// would route every `.com` name to the cluster) is skipped.
+/// cluster) that is not a DNS label, is a reserved name, ends like an exclude suffix (`com`
+/// would route every `.com` name to the cluster) or is a public suffix not in `named` (the
+/// user's `--mapped-namespaces`: `~de` would route every `.de` name) is skipped.
 pub fn link_domains<'a>(
     cluster_domain: &str,
     namespace: &str,
     namespaces: impl IntoIterator<Item = &'a str>,
     exclude_suffixes: &[String],
+    named: &std::collections::BTreeSet<String>,
 ) -> Result<LinkDomains, ResolvedError> {
     let domain = cluster_domain.trim_matches('.').to_ascii_lowercase();
     if domain.is_empty() || !domain.split('.').all(is_dns_label) {
@@ -91,7 +94,7 @@ pub fn link_domains<'a>(
     names.sort();
     names.dedup();
     for ns in names {
-        match namespace_unroutable(&ns, &domain, exclude_suffixes) {
+        match namespace_unroutable(&ns, &domain, exclude_suffixes, named.contains(&ns)) {
             Some(why) => skipped.push((ns, why)),
             None => domains.push(LinkDomain {
                 name: ns,
@@ -149,7 +152,12 @@ pub fn reverse_domains(cidrs: &[IpNet]) -> Vec<LinkDomain> {
 }
 
 /// Why `ns` cannot be a routing domain, if it cannot.
-fn namespace_unroutable(ns: &str, domain: &str, exclude: &[String]) -> Option<&'static str> {
+fn namespace_unroutable(
+    ns: &str,
+    domain: &str,
+    exclude: &[String],
+    named: bool,
+) -> Option<&'static str> {
     if !is_dns_label(ns) {
         return Some("not a DNS label");
     }
@@ -165,6 +173,9 @@ fn namespace_unroutable(ns: &str, domain: &str, exclude: &[String]) -> Option<&'
         .any(excluded)
     {
         return Some("an excluded suffix");
+    }
+    if !named && crate::dns::split::is_public_suffix(ns) {
+        return Some("a public suffix not named in --mapped-namespaces");
     }
     None
 }

@@ -1,6 +1,10 @@
 use super::*;
 use ipnet::IpNet;
 
+fn none() -> std::collections::BTreeSet<String> {
+    std::collections::BTreeSet::new()
+}
+
 fn names(d: &LinkDomains) -> Vec<String> {
     d.domains.iter().map(ToString::to_string).collect()
 }
@@ -12,6 +16,7 @@ fn the_link_routes_the_cluster_domain_and_each_namespace_and_searches_the_connec
         "emojivoto",
         ["default", "kube-system"],
         &[],
+        &none(),
     )
     .unwrap();
     assert_eq!(
@@ -29,35 +34,46 @@ fn the_link_routes_the_cluster_domain_and_each_namespace_and_searches_the_connec
 
 #[test]
 fn namespaces_that_would_capture_other_names_are_skipped() {
+    // `~com` or `~de` (a public suffix) would send every `.com` or `.de` name to the cluster.
     let excl = vec![".corp".to_string()];
-    let d = link_domains(
-        "cluster.local",
-        "dev",
-        ["com", "local", "corp", "Bad_Name", "-x", "arpa", "web"],
-        &excl,
-    )
-    .unwrap();
-    assert_eq!(
-        names(&d),
-        ["~cluster.local", "dev.svc.cluster.local", "~dev", "~web"]
-    );
+    let spaces = [
+        "com", "local", "corp", "Bad_Name", "-x", "arpa", "web2", "de", "dev",
+    ];
+    let d = link_domains("cluster.local", "emojivoto", spaces, &excl, &none()).unwrap();
+    let routed = ["~cluster.local", "emojivoto.svc.cluster.local"];
+    assert_eq!(names(&d), [&routed[..], &["~emojivoto", "~web2"]].concat());
     let skipped: Vec<&str> = d.skipped.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(skipped, ["-x", "arpa", "bad_name", "com", "corp", "local"]);
+    assert_eq!(
+        skipped,
+        [
+            "-x", "arpa", "bad_name", "com", "corp", "de", "dev", "local"
+        ]
+    );
     assert!(
         d.skipped
             .contains(&("com".to_string(), "an excluded suffix"))
     );
+    assert!(d.skipped.contains(&(
+        "de".to_string(),
+        "a public suffix not named in --mapped-namespaces"
+    )));
+    // A public suffix named in --mapped-namespaces: the user's choice.
+    let named = ["dev".to_string()].into();
+    let d = link_domains("cluster.local", "emojivoto", ["dev"], &[], &named).unwrap();
+    assert_eq!(names(&d), [&routed[..], &["~dev", "~emojivoto"]].concat());
 }
 
 #[test]
 fn a_bad_cluster_domain_or_namespace_is_an_error_naming_the_flag() {
-    let e = link_domains("", "dev", [], &[]).unwrap_err().to_string();
-    assert!(e.contains("--cluster-domain"), "{e}");
-    let e = link_domains("clu ster.local", "dev", [], &[])
+    let e = link_domains("", "dev", [], &[], &none())
         .unwrap_err()
         .to_string();
     assert!(e.contains("--cluster-domain"), "{e}");
-    let e = link_domains("cluster.local", "a.b", [], &[])
+    let e = link_domains("clu ster.local", "dev", [], &[], &none())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--cluster-domain"), "{e}");
+    let e = link_domains("cluster.local", "a.b", [], &[], &none())
         .unwrap_err()
         .to_string();
     assert!(e.contains("pass -n"), "{e}");
