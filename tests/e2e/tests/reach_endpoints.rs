@@ -2,7 +2,8 @@
 //! Services and EndpointSlices in one namespace makes a Service without selector whose
 //! hand-written EndpointSlices point at a pod of another namespace and at the node's API
 //! server. Through its ClusterIP a joined laptop reaches neither, while a Service next to it
-//! is served; an EndpointSlice change takes effect within about a second.
+//! is served, nor through one whose slice spells a pod address with leading zeros; an
+//! EndpointSlice change takes effect within about a second.
 
 use anyhow::Result;
 use kwg_e2e::laptop::{Laptop, laptop, shared, text};
@@ -129,6 +130,23 @@ fn a_cluster_ip_pointing_outside_the_peers_reach_is_refused() -> Result<()> {
     for url in [&pivot_http, &pivot_https] {
         settles(&l, url, false, Instant::now())?;
     }
+    // echo's address with leading zeros (the API server takes it, kube-proxy reads it as
+    // echo's): refused by the gateway itself, which names it as the last refusal.
+    let zeros: Vec<String> = echo.split('.').map(|o| format!("{o:0>3}")).collect();
+    for doc in [
+        selectorless("zeros"),
+        slice("zeros", "zeros-http", ("http", 8080), &[&zeros.join(".")]),
+    ] {
+        c.kubectl_apply(&dev, &doc.to_string())?;
+    }
+    let zeros_ip = svc_ip(&c, "zeros")?;
+    wait_for("the gateway to refuse zeros", Duration::from_secs(10), || {
+        reached(&l, &format!("http://{zeros_ip}/"));
+        let status = l.run(&["kwg", "status", "-o", "json"]).stdout;
+        let json: Value = serde_json::from_slice(&status)?;
+        let last = &json["reach"]["lastRefused"];
+        Ok((last["address"] == zeros_ip.as_str()).then_some(()))
+    })?;
 
     // The slices change: pivot's http now leads to web-app, its https still to the node: one
     // ClusterIP, judged whole (every port), stays refused...
