@@ -391,7 +391,10 @@ impl Driver {
             return Event::UndoFailed(undo::left_behind(u, "the cluster cannot be reached".into()));
         };
         let mut r = undo::delete_peer(u, &kube).await;
-        if let Err(Error::Unauthorized { .. }) = r
+        // Rejected credentials are loaded again; an unreachable server is tried once more on
+        // a fresh client, whose connections start from the machine's current address (a
+        // pooled one from an address the machine no longer has only times out).
+        if let Err(Error::Unauthorized { .. } | Error::ApiUnreachable { .. }) = r
             && let Some(fresh) = self.reconnect().await
         {
             r = undo::delete_peer(u, &fresh).await;
@@ -408,9 +411,7 @@ impl Driver {
         let k = &self.args.kube;
         match Kube::connect(k.kubeconfig.as_deref(), k.context.as_deref()).await {
             Ok(fresh) => {
-                tracing::info!(
-                    "loaded the kubeconfig again after the API server rejected the credentials"
-                );
+                tracing::info!("loaded the kubeconfig again for a fresh API server client");
                 self.kube = Some(fresh.clone());
                 Some(fresh)
             }
