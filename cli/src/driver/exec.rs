@@ -60,16 +60,20 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
     let (key, notes) = unsquatted_key(&kube, &args.kube.kwg_namespace, own, key, dir).await?;
     let (resolved_state, resolved) = detect_resolved(args).await?;
     let dns_on = plan::sets_up_dns(args.dns_mode) && info.dns_ip.is_some();
-    let resolv_conf = match dns_on {
-        // resolv.conf is a symlink on most laptops (to resolved's stub file): follow it.
-        true => Some(
-            std::fs::read(&args.resolv_conf)
-                .map_err(|e| Error::io(format!("read {}", args.resolv_conf.display()), e))?,
-        ),
-        false => None,
+    // resolv.conf is a symlink on most laptops (to resolved's stub file): follow it. Read even
+    // without DNS: its servers are trust facts no cluster route may cover.
+    let resolv_conf = match std::fs::read(&args.resolv_conf) {
+        Ok(text) => Some(text),
+        Err(e) if dns_on => {
+            return Err(Error::io(format!("read {}", args.resolv_conf.display()), e));
+        }
+        Err(_) => None,
     };
-    let uplink = (dns_on && resolved.is_some())
-        .then(|| std::fs::read(resolved::UPLINK_RESOLV_CONF).unwrap_or_default());
+    // resolved's uplink servers when it runs (its file is there), whatever --dns-mode says.
+    let uplink = match &resolved {
+        Some(_) => Some(std::fs::read(resolved::UPLINK_RESOLV_CONF).unwrap_or_default()),
+        None => std::fs::read(resolved::UPLINK_RESOLV_CONF).ok(),
+    };
     let facts = Facts {
         now_wall: chrono::Utc::now(),
         server: kube.server.clone(),

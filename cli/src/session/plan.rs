@@ -194,7 +194,7 @@ pub fn plan(
     };
     let cluster_dns = info.dns_ip.map(|ip| SocketAddr::new(ip, 53));
     let dns = match (cluster_dns, &facts.resolv_conf) {
-        (Some(cluster), Some(original)) => Some(plan_dns(
+        (Some(cluster), Some(original)) if sets_up_dns(args.dns_mode) => Some(plan_dns(
             args, facts, &namespace, &routes, cluster, original, backup,
         )?),
         _ => None,

@@ -138,3 +138,27 @@ fn in_auto_mode_queries_not_reaching_kwg_through_resolved_fall_back_to_the_resol
         ["192.0.2.53:53".parse().unwrap()]
     );
 }
+
+#[test]
+fn the_machines_dns_servers_are_trust_facts_even_without_dns() {
+    // The driver reads the resolver file (and resolved's uplinks) whatever the DNS mode: a
+    // gateway that omits dnsIp, or --dns-mode off, still may not cover them with a route.
+    let gw = PrivateKey::generate();
+    let mut f = facts(&gw);
+    f.uplink = Some(b"nameserver 192.0.2.54\n".to_vec());
+    let servers: [std::net::IpAddr; 2] =
+        ["192.0.2.53".parse().unwrap(), "192.0.2.54".parse().unwrap()];
+    let off = plan::plan(
+        &args(&["--dns-mode", "off"]),
+        &f,
+        "/tmp/b".into(),
+        f.now_wall,
+    )
+    .unwrap();
+    assert!(off.dns.is_none());
+    assert_eq!(off.machine.dns_servers, servers);
+    f.info.dns_ip = None;
+    let no_dns_ip = plan::plan(&args(&[]), &f, "/tmp/b".into(), f.now_wall).unwrap();
+    assert!(no_dns_ip.dns.is_none());
+    assert_eq!(no_dns_ip.machine.dns_servers, servers);
+}
