@@ -236,16 +236,28 @@ pub fn desired(
         dns: inv.dns.clone(),
         ..Sets::default()
     };
+    // The namespaces claiming each address: an address in two namespaces (a stale pod IP
+    // already reused, a pod IP that is also a span's) is a span of them all, so a peer needs
+    // reach in each, whichever pod answers.
+    let mut claims: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
     for (ns, addrs) in &inv.by_namespace {
-        let id = ids.id(ns);
         for a in addrs {
-            // An address in two namespaces (a stale pod IP reused): the first keeps it.
-            sets.dest_ns.entry(*a).or_insert(id);
+            claims.entry(*a).or_default().insert(ns.clone());
         }
     }
-    let spans: BTreeSet<&BTreeSet<String>> = inv.spans.values().collect();
     for (a, span) in &inv.spans {
-        sets.dest_ns.entry(*a).or_insert(ids.id(&span_key(span)));
+        claims.entry(*a).or_default().extend(span.iter().cloned());
+    }
+    let mut spans: BTreeSet<&BTreeSet<String>> = BTreeSet::new();
+    for (a, namespaces) in &claims {
+        let id = match namespaces.first() {
+            Some(ns) if namespaces.len() == 1 => ids.id(ns),
+            _ => {
+                spans.insert(namespaces);
+                ids.id(&span_key(namespaces))
+            }
+        };
+        sets.dest_ns.insert(*a, id);
     }
     for p in peers {
         let granted: BTreeSet<&str> = p.wanted(inv).filter(|ns| allowed(&p.subject, ns)).collect();

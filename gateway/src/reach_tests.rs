@@ -186,6 +186,39 @@ fn a_moved_address_is_deleted_then_added() {
 }
 
 #[test]
+fn an_address_claimed_by_two_namespaces_needs_reach_in_both() {
+    // A stale pod of default still lists emojivoto's new pod's address: whichever answers,
+    // alice (emojivoto only) reaches it through neither; root (both) does.
+    let mut shared = inv();
+    let stale = ip("10.244.0.5");
+    shared
+        .by_namespace
+        .get_mut("default")
+        .unwrap()
+        .insert(stale);
+    let mut ids = NsIds::default();
+    let peers = [
+        peer("100.77.0.2", "alice", &[]),
+        peer("100.77.0.3", "root", &[]),
+        peer("100.77.0.4", "root", &["emojivoto"]),
+    ];
+    let sets = desired(&shared, &peers, rbac, &mut ids);
+    let both = ids.id("default,emojivoto");
+    assert_eq!(sets.dest_ns[&stale], both);
+    let reaches = |p: &str| sets.peer_ns.contains(&(ip(p), sets.dest_ns[&stale]));
+    assert!(!reaches("100.77.0.2"), "granted emojivoto only");
+    assert!(reaches("100.77.0.3"), "granted both");
+    assert!(!reaches("100.77.0.4"), "asked for emojivoto only");
+    // Their other addresses stay their own namespace's.
+    assert_eq!(sets.dest_ns[&ip("10.244.0.6")], ids.id("default"));
+    assert_eq!(sets.dest_ns[&ip("10.96.1.0")], ids.id("emojivoto"));
+    assert!(
+        sets.peer_ns
+            .contains(&(ip("100.77.0.2"), ids.id("emojivoto")))
+    );
+}
+
+#[test]
 fn ids_are_stable() {
     let mut ids = NsIds::default();
     let a = ids.id("a");
