@@ -21,9 +21,10 @@ static FIELD: LazyLock<Regex> = LazyLock::new(|| {
     .unwrap()
 });
 /// `scheme://user:password@host` and `scheme://token@host`: the whole user info goes (a
-/// user name in a URL is often a token itself).
+/// user name in a URL is often a token itself), up to the LAST `@` before the path as Go's
+/// net/url reads it (`http://u:p@ss@proxy` has the password `p@ss`).
 static URL_USERINFO: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@").unwrap());
+    LazyLock::new(|| Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s]*@").unwrap());
 static AUTH_HEADER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9\-._~+/]+=*").unwrap());
 static JWT: LazyLock<Regex> = LazyLock::new(|| {
@@ -68,20 +69,34 @@ pub fn redact(text: &str, public: &[String]) -> String {
 
 /// A kubeconfig: every credential under `users[].user` is blanked by structure (what is kept
 /// says which auth method and which exec plugin run, and nothing more), then the text pass runs.
-/// Text that is not YAML gets the text pass alone.
+/// A kubeconfig whose structure cannot be read (not YAML, not a mapping, `users` not a list)
+/// is left out, a note in its place: the text pass alone would keep exec arguments in clear.
 pub fn kubeconfig(text: &str, public: &[String]) -> String {
-    let Ok(mut doc) = serde_yaml_ng::from_str::<Value>(text) else {
-        return redact(text, public);
+    let left_out = |why: &str| {
+        format!(
+            "# kubeconfig left out of the bundle: {why}, so its credentials could not be found to redact\n"
+        )
     };
-    if let Some(users) = doc.get_mut("users").and_then(Value::as_sequence_mut) {
-        for u in users {
-            if let Some(user) = u.get_mut("user") {
-                user_entry(user);
+    let mut doc = match serde_yaml_ng::from_str::<Value>(text) {
+        Ok(doc) if doc.is_mapping() => doc,
+        Ok(_) => return left_out("it is not a YAML mapping"),
+        Err(e) => return left_out(&format!("it is not YAML kwg can read ({e})")),
+    };
+    match doc.get_mut("users") {
+        None | Some(Value::Null) => {}
+        Some(Value::Sequence(users)) => {
+            for u in users {
+                if let Some(user) = u.get_mut("user") {
+                    user_entry(user);
+                }
             }
         }
+        Some(_) => return left_out("its users is not a list"),
     }
-    let text = serde_yaml_ng::to_string(&doc).unwrap_or_else(|_| text.to_string());
-    redact(&text, public)
+    match serde_yaml_ng::to_string(&doc) {
+        Ok(text) => redact(&text, public),
+        Err(e) => left_out(&format!("it could not be written back ({e})")),
+    }
 }
 
 fn user_entry(user: &mut Value) {

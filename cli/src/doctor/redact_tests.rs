@@ -212,8 +212,30 @@ fn the_existing_kubeconfig_checks_hold_through_the_structural_pass() {
     );
     assert!(out.contains("server: https://192.0.2.1:6443"), "{out}");
     assert!(out.contains("username: admin"), "{out}");
-    // Not YAML: the text pass alone still runs.
-    assert_eq!(kubeconfig(": [\ntoken: abc", &[]), ": [\ntoken: REDACTED");
+}
+
+#[test]
+fn a_kubeconfig_whose_structure_cannot_be_read_is_left_out_with_a_note() {
+    // The text pass alone would keep an exec plugin's arguments in clear.
+    let broken = "users:\n- name: a\n  user:\n    exec:\n      args: [--password, hunter2\n";
+    let other_shape = "users: {a: {exec: {args: [hunter2]}}}\n";
+    for text in [broken, "- hunter2\n", other_shape] {
+        let out = kubeconfig(text, &[]);
+        assert!(
+            out.starts_with("# kubeconfig left out of the bundle: ")
+                && out.contains("so its credentials could not be found to redact"),
+            "{out}"
+        );
+        assert_clean(&out, &["hunter2"]);
+    }
+}
+
+#[test]
+fn url_user_info_goes_up_to_the_last_at_sign_as_go_reads_it() {
+    assert_eq!(
+        redact("proxy-url: http://u:p@ss@proxy:3128/a@b x@y", &[]),
+        "proxy-url: http://REDACTED@proxy:3128/a@b x@y"
+    );
 }
 
 #[test]
