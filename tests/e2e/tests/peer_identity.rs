@@ -72,7 +72,8 @@ fn a_second_machine_of_the_same_hostname_is_told_and_deletes_nothing() {
     let (a, b) = (laptop(&sim, "twina"), laptop(&sim, "twinb"));
     // The sim's laptops share the hostname and /etc/machine-id: the same default name, as two
     // CI legs on one image.
-    let first = a.kwg(&["join", "-n", "emojivoto"]);
+    // A short lease: renewals every 3 s (the name-taken-while-joined case below).
+    let first = a.kwg(&["join", "-n", "emojivoto", "--ttl", "9s"]);
     assert!(first.status.success(), "{}", text(&first.stderr));
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(a.state.join("state.json")).unwrap()).unwrap();
@@ -105,15 +106,65 @@ fn a_second_machine_of_the_same_hostname_is_told_and_deletes_nothing() {
     assert!(!err.contains("ApiError"), "{err}");
     assert_eq!(leftovers(&b), Vec::<String>::new());
     // The first machine's Secret is the same object, and it still works.
-    assert_eq!(secret_uid(&sim, &secret), Some(uid));
+    assert_eq!(secret_uid(&sim, &secret), Some(uid.clone()));
     assert!(reaches_web_app(&a));
     // With a name of its own the second machine joins next to the first.
     let own = b.kwg(&["join", "-n", "emojivoto", "--name", "twinb"]);
     assert!(own.status.success(), "{}", text(&own.stderr));
     assert!(reaches_web_app(&b) && reaches_web_app(&a));
     assert!(b.kwg(&["leave"]).status.success());
+
+    // The first machine's Secret deleted and the name registered by another machine of the
+    // same owner (one `kubectl replace --force`: deleted and created at once, again if the
+    // first machine registered in between): its renewal leaves that Secret alone and says
+    // the name is taken.
+    let theirs = chrono::Utc::now() + chrono::Duration::hours(1);
+    let key = kwg_wg::keys::PrivateKey::generate().public_key();
+    let doc = kwg_e2e::peer_secret_json(&name, &key, theirs).to_string();
+    let dev = sim.developer_kubeconfig().display().to_string();
+    wait_for(
+        "the name registered by another machine",
+        Duration::from_secs(10),
+        || {
+            let argv = [
+                "netns",
+                "exec",
+                &sim.names().laptop_ns(),
+                "kubectl",
+                "--kubeconfig",
+                &dev,
+                "replace",
+                "--force",
+                "-f",
+                "-",
+            ];
+            Ok(kwg_sim::sh::run_stdin("ip", &argv, Some(&doc))
+                .ok()
+                .map(drop))
+        },
+    )
+    .unwrap();
+    let replaced = secret_uid(&sim, &secret).expect("their Secret");
+    assert_ne!(replaced, uid);
+    let said = wait_for("the first machine told", Duration::from_secs(10), || {
+        let e = lease_error(&a);
+        Ok(e.contains("is taken").then_some(e))
+    })
+    .unwrap();
+    eprintln!("SAID (status of the first machine): {said}");
+    let lease = || {
+        let template = "go-template={{.data.leaseExpires | base64decode}}";
+        sim.kubectl_admin(&["-n", "kwg-system", "get", "secret", &secret, "-o", template])
+            .unwrap()
+    };
+    // Renewals every 3 s: two have come and gone, and their lease is still theirs.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(lease(), kwg_wg::contract::format_lease(theirs));
+    assert_eq!(secret_uid(&sim, &secret), Some(replaced.clone()));
     assert!(a.kwg(&["leave"]).status.success());
-    assert_eq!(secret_uid(&sim, &secret), None);
+    assert_eq!(secret_uid(&sim, &secret), Some(replaced));
+    sim.kubectl_admin(&["-n", "kwg-system", "delete", "secret", &secret])
+        .unwrap();
 }
 
 #[test]
