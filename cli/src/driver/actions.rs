@@ -144,6 +144,9 @@ impl Driver {
                 quiet(exec::rehandshake(&self.handle(), gateway, since).await)
             }
             Action::ReadStats => {
+                if self.userspace.is_none() {
+                    exec::keep_forwarding_off(&self.args.interface);
+                }
                 let p = self.handle().peers().await.into_iter().next();
                 if let Some(p) = &p {
                     // Packets to the gateway are kept a moment, for a rehandshake to send

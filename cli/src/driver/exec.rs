@@ -194,7 +194,10 @@ pub async fn renew_lease(
     ttl: Duration,
 ) -> Event {
     let expires = chrono::Utc::now() + ttl;
-    match kube.renew_lease(&ns, &secret, uid.as_deref(), expires).await {
+    match kube
+        .renew_lease(&ns, &secret, uid.as_deref(), expires)
+        .await
+    {
         Ok(()) => Event::LeaseRenewed(expires),
         Err(f) => Event::LeaseFailed(f),
     }
@@ -379,6 +382,24 @@ pub async fn probe_dns(server: SocketAddr, name: &str, timeout: Duration) -> boo
 pub fn refuse_forwarding(interface: &str) -> Result<(), Error> {
     let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
     std::fs::write(&path, "0").map_err(|e| Error::io(format!("write 0 to {path}"), e))
+}
+
+/// Turns forwarding from `interface` off again when something turned it on while joined:
+/// changing `net.ipv4.ip_forward` from 0 to 1 (Docker or libvirt starting) sets every
+/// interface's `forwarding` to 1. Run on each health check (a read of one file).
+pub fn keep_forwarding_off(interface: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "0") {
+        match refuse_forwarding(interface) {
+            Ok(()) => tracing::warn!(
+                interface,
+                "forwarding from the tunnel was turned on (net.ipv4.ip_forward changed?): turned it off again"
+            ),
+            Err(e) => {
+                tracing::warn!(interface, error = %e, "cannot turn forwarding from the tunnel off again")
+            }
+        }
+    }
 }
 
 /// Backs up the resolver file, then rewrites it in place (it may be a bind mount, where a
