@@ -68,6 +68,76 @@ pub struct Inventory {
     pub dns: BTreeSet<Ipv4Addr>,
     /// Whose pod each address is (two namespaces for a stale address already reused).
     pub pods: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    /// Each Service's endpoints in its slices now (not those in `--allow-cidr`), judged.
+    pub endpoints: BTreeMap<ServiceKey, Judged>,
+}
+
+/// A Service: (namespace, name).
+pub type ServiceKey = (String, String);
+/// An endpoint address as its slice spells it: IPv4, or (`Err`) not in canonical form.
+pub type EndpointAddr = Result<Ipv4Addr, String>;
+/// Endpoint addresses with the namespaces of the pods holding them (`None`: no pod's, so no
+/// peer reaches the ClusterIP).
+pub type Judged = BTreeMap<EndpointAddr, Option<BTreeSet<String>>>;
+
+/// How long an endpoint that left its Service's slices still counts for its ClusterIP:
+/// kube-proxy follows a slice change a moment after the gateway (its sync period, about a
+/// second, longer on a busy node), and a connection it sends to the old endpoint meanwhile
+/// stays there (conntrack). The mirror of [`DEPARTED_GRACE`].
+pub const REMOVED_GRACE: Duration = Duration::from_secs(30);
+
+/// Endpoints that left their Service's slices within [`REMOVED_GRACE`] (time passed in),
+/// each as it was judged when it left (a node address keeps refusing, a pod's address keeps
+/// counting for that pod's namespaces even once the pod is gone).
+#[derive(Debug, Default)]
+pub struct Removed {
+    last: BTreeMap<ServiceKey, Judged>,
+    left: BTreeMap<(ServiceKey, EndpointAddr), Left>,
+}
+
+/// How a removed endpoint was judged, and when it left.
+type Left = (Option<BTreeSet<String>>, Instant);
+
+impl Removed {
+    /// Notes the endpoints that left since the last call (`endpoints`: the inventory's) and
+    /// forgets those that are back or left more than the grace ago. Whether one just left
+    /// (judge the Services again with it).
+    pub fn update(&mut self, endpoints: &BTreeMap<ServiceKey, Judged>, now: Instant) -> bool {
+        let listed = |svc: &ServiceKey, a: &EndpointAddr| {
+            endpoints.get(svc).is_some_and(|now| now.contains_key(a))
+        };
+        let mut went = false;
+        for (svc, judged) in &self.last {
+            for (a, owners) in judged.iter().filter(|(a, _)| !listed(svc, a)) {
+                let key = (svc.clone(), a.clone());
+                if let std::collections::btree_map::Entry::Vacant(e) = self.left.entry(key) {
+                    e.insert((owners.clone(), now));
+                    went = true;
+                }
+            }
+        }
+        self.left.retain(|(svc, a), (_, at)| {
+            !listed(svc, a) && now.saturating_duration_since(*at) < REMOVED_GRACE
+        });
+        self.last = endpoints.clone();
+        went
+    }
+
+    /// The endpoints that left recently, per Service, as they were judged.
+    pub fn recent(&self) -> BTreeMap<ServiceKey, Judged> {
+        let mut out: BTreeMap<ServiceKey, Judged> = BTreeMap::new();
+        for ((svc, a), (owners, _)) in &self.left {
+            out.entry(svc.clone())
+                .or_default()
+                .insert(a.clone(), owners.clone());
+        }
+        out
+    }
+
+    /// When the next of them stops counting.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.left.values().map(|(_, at)| *at + REMOVED_GRACE).min()
+    }
 }
 
 /// How long an address whose pod went still counts as that pod's namespace's for the
@@ -463,7 +533,8 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// every IPv4 ClusterIP of a Service (not headless) by where its IPv4 EndpointSlices point
 /// (see the module's documentation; endpoints in `allowed`, the admin's `--allow-cidr`, need
 /// nothing; an address in `departed`, whose pod went moments ago, still counts as that
-/// namespace's); DNS: the ClusterIPs of `kube-system/kube-dns`.
+/// namespace's; an endpoint in `removed`, which left its Service's slices moments ago, still
+/// counts as it was judged then); DNS: the ClusterIPs of `kube-system/kube-dns`.
 pub fn inventory<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     pods: impl IntoIterator<Item = &'a Pod>,
@@ -471,6 +542,7 @@ pub fn inventory<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     allowed: &[IpNet],
     departed: &BTreeMap<Ipv4Addr, String>,
+    removed: &BTreeMap<ServiceKey, Judged>,
 ) -> Inventory {
     let node_addrs: BTreeSet<Ipv4Addr> = nodes
         .into_iter()
@@ -528,25 +600,37 @@ pub fn inventory<'a>(
         if ns == "kube-system" && name == "kube-dns" {
             inv.dns.extend(ips.iter().copied());
         }
-        let mut span = BTreeSet::from([ns.clone()]);
-        let mut refused = None;
         let eps = endpoints
             .get(&(ns.as_str(), name.as_str()))
             .into_iter()
             .flatten();
         let anyones = |a: &Ipv4Addr| allowed.iter().any(|n| n.contains(&IpAddr::V4(*a)));
-        for a in eps.filter(|a| !a.as_ref().is_ok_and(anyones)) {
-            match a.as_ref().ok().and_then(|a| owners.get(a)) {
+        let judged: Judged = eps
+            .filter(|a| !a.as_ref().is_ok_and(anyones))
+            .map(|a| {
+                let whose = a.as_ref().ok().and_then(|a| owners.get(a)).cloned();
+                (a.map_err(str::to_owned), whose)
+            })
+            .collect();
+        let key = (ns.clone(), name.clone());
+        // Endpoints that left moments ago: kube-proxy may still send new connections there.
+        let lingering = removed.get(&key).into_iter().flatten();
+        let lingering = lingering.filter(|(a, _)| !judged.contains_key(*a));
+        let mut span = BTreeSet::from([ns.clone()]);
+        let mut refused = None;
+        for (a, whose) in judged.iter().chain(lingering) {
+            match whose {
                 Some(owners) => span.extend(owners.iter().cloned()),
                 None => {
                     refused = Some(Refused {
                         service: format!("{ns}/{name}"),
-                        endpoint: a.map_or_else(str::to_owned, |a| a.to_string()),
+                        endpoint: a.as_ref().map_or_else(Clone::clone, ToString::to_string),
                     });
                     break;
                 }
             }
         }
+        inv.endpoints.insert(key, judged);
         for ip in ips {
             if let Some(r) = &refused {
                 inv.refused.insert(ip, r.clone());

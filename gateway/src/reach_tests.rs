@@ -261,7 +261,15 @@ fn inventory_skips_host_network_nodes_and_finished_pods() {
     .into_iter()
     .map(|v| serde_json::from_value(v).unwrap())
     .collect();
-    let inv = inventory(&svc, &pods, &nodes, &[], &[], &BTreeMap::new());
+    let inv = inventory(
+        &svc,
+        &pods,
+        &nodes,
+        &[],
+        &[],
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+    );
     assert_eq!(
         inv.by_namespace["emo"],
         [ip("10.96.1.0"), ip("10.244.0.5")].into()
@@ -344,6 +352,20 @@ fn reviews_are_keyed_by_owner_and_verified_groups() {
     assert_eq!(questions(&inv(), &peers, known).len(), 3);
 }
 
+/// The inventory of Services, Pods and EndpointSlices alone (no node, nothing allowed or
+/// recently gone).
+fn pods_and_slices(services: &[Service], pods: &[Pod], slices: &[EndpointSlice]) -> Inventory {
+    inventory(
+        services,
+        pods,
+        &[],
+        slices,
+        &[],
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+    )
+}
+
 fn objects<T: serde::de::DeserializeOwned>(values: Vec<serde_json::Value>) -> Vec<T> {
     values
         .into_iter()
@@ -368,6 +390,15 @@ fn slice(ns: &str, service: &str, name: &str, addrs: &[&str]) -> serde_json::Val
 /// node 192.0.2.1; Services in `emo`: `web` (its own pod), `pivot` (a hand-written slice),
 /// `lb` and `empty` (no slices).
 fn cluster(pivot: &[&str], allowed: &[&str]) -> Inventory {
+    cluster_after(pivot, allowed, &BTreeMap::new())
+}
+
+/// [`cluster`] with endpoints that left their slices moments ago.
+fn cluster_after(
+    pivot: &[&str],
+    allowed: &[&str],
+    removed: &BTreeMap<ServiceKey, Judged>,
+) -> Inventory {
     let pods: Vec<Pod> = objects(vec![
         json!({"metadata": {"name": "web", "namespace": "emo"}, "status": {"phase": "Running", "podIP": "10.244.0.5"}}),
         json!({"metadata": {"name": "db", "namespace": "default"}, "status": {"phase": "Running", "podIP": "10.244.0.6"}}),
@@ -395,6 +426,7 @@ fn cluster(pivot: &[&str], allowed: &[&str]) -> Inventory {
         &slices,
         &allowed,
         &BTreeMap::new(),
+        removed,
     )
 }
 
@@ -536,14 +568,14 @@ fn only_ipv4_slices_labelled_for_the_service_count() {
     let mut unlabelled = slice("emo", "web", "other", &["192.0.2.1"]);
     unlabelled["metadata"]["labels"] = json!({});
     let slices: Vec<EndpointSlice> = objects(vec![fqdn, v6, unlabelled]);
-    let inv = inventory(&services, &pods, &[], &slices, &[], &BTreeMap::new());
+    let inv = pods_and_slices(&services, &pods, &slices);
     assert!(
         inv.by_namespace["emo"].contains(&ip("10.96.1.1")),
         "{inv:?}"
     );
     // The label is what counts, not the slice's name or its manager.
     let hand: Vec<EndpointSlice> = objects(vec![slice("emo", "web", "anything", &["192.0.2.1"])]);
-    let inv = inventory(&services, &pods, &[], &hand, &[], &BTreeMap::new());
+    let inv = pods_and_slices(&services, &pods, &hand);
     assert!(inv.refused.contains_key(&ip("10.96.1.1")));
 }
 
@@ -561,8 +593,9 @@ fn an_address_whose_pod_just_went_counts_for_its_namespace_for_a_while() {
     assert_eq!(gone.next_expiry(), Some(t0 + DEPARTED_GRACE));
     let services: Vec<Service> = objects(vec![service("emo", "web", "10.96.1.1")]);
     let slices: Vec<EndpointSlice> = objects(vec![slice("emo", "web", "web-1", &["10.244.0.5"])]);
-    let judge =
-        |recent: &BTreeMap<Ipv4Addr, String>| inventory(&services, &[], &[], &slices, &[], recent);
+    let judge = |recent: &BTreeMap<Ipv4Addr, String>| {
+        inventory(&services, &[], &[], &slices, &[], recent, &BTreeMap::new())
+    };
     assert!(judge(&gone.recent()).by_namespace["emo"].contains(&ip("10.96.1.1")));
     // After the grace it is no pod: refused.
     assert!(!gone.update(&pods, t0 + DEPARTED_GRACE));
@@ -579,13 +612,56 @@ fn an_address_whose_pod_just_went_counts_for_its_namespace_for_a_while() {
 }
 
 #[test]
+fn an_endpoint_that_left_its_slice_counts_for_a_while() {
+    // pivot led to db (default) and the node; its slice now says web (emo) only. kube-proxy
+    // may still send new connections to the old endpoints for a moment: for 30 s (fake
+    // clock) the ClusterIP stays refused, as it was judged.
+    let t0 = Instant::now();
+    let pivot = ip("10.96.1.2");
+    let mut removed = Removed::default();
+    assert!(!removed.update(&cluster(&["10.244.0.6", "192.0.2.1"], &[]).endpoints, t0));
+    let now = cluster(&["10.244.0.5"], &[]);
+    assert!(removed.update(&now.endpoints, t0 + Duration::from_secs(1)));
+    let judged = |at: u64, removed: &mut Removed| {
+        removed.update(&now.endpoints, t0 + Duration::from_secs(at));
+        cluster_after(&["10.244.0.5"], &[], &removed.recent())
+    };
+    let inv = judged(30, &mut removed);
+    assert_eq!(inv.refused[&pivot].endpoint, "192.0.2.1", "{inv:?}");
+    assert_eq!(removed.next_expiry(), Some(t0 + Duration::from_secs(31)));
+    let inv = judged(31, &mut removed);
+    assert!(inv.by_namespace["emo"].contains(&pivot), "{inv:?}");
+    assert_eq!(removed.next_expiry(), None);
+
+    // Toward db alone, then web: a span of default and emo for the grace (db's address as
+    // it was judged when it left, whatever holds it later).
+    let mut removed = Removed::default();
+    removed.update(&cluster(&["10.244.0.6"], &[]).endpoints, t0);
+    removed.update(&now.endpoints, t0);
+    let gone = removed.recent();
+    let db = &gone[&("emo".to_owned(), "pivot".to_owned())];
+    assert_eq!(
+        db[&Ok(ip("10.244.0.6"))],
+        Some(BTreeSet::from(["default".to_owned()]))
+    );
+    let inv = cluster_after(&["10.244.0.5"], &[], &gone);
+    assert_eq!(
+        inv.spans[&pivot],
+        BTreeSet::from(["default".into(), "emo".into()])
+    );
+    // Listed again: it counts as it is now, not as it was.
+    assert!(!removed.update(&cluster(&["10.244.0.5", "10.244.0.6"], &[]).endpoints, t0));
+    assert!(removed.recent().is_empty());
+}
+
+#[test]
 fn a_span_from_a_namespace_without_pods_is_asked_about_and_granted() {
     let pods: Vec<Pod> = objects(vec![
         json!({"metadata": {"name": "db", "namespace": "data"}, "status": {"phase": "Running", "podIP": "10.244.0.6"}}),
     ]);
     let services: Vec<Service> = objects(vec![service("front", "db", "10.96.1.9")]);
     let slices: Vec<EndpointSlice> = objects(vec![slice("front", "db", "db-1", &["10.244.0.6"])]);
-    let inv = inventory(&services, &pods, &[], &slices, &[], &BTreeMap::new());
+    let inv = pods_and_slices(&services, &pods, &slices);
     let peers = [peer("100.77.0.2", "alice", &[])];
     let q = questions(&inv, &peers, |_, _| false);
     assert!(q.iter().any(|(_, ns)| ns == "front"), "{q:?}");

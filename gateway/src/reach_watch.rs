@@ -54,6 +54,7 @@ pub async fn run(
     let mut applied = Sets::default();
     let mut refused = std::collections::BTreeMap::new();
     let mut departed = reach::Departed::default();
+    let mut removed = reach::Removed::default();
     let mut ids = NsIds::default();
     // The periodic re-review, spread over --reach-refresh; every review paced by the bucket.
     let mut spread = Spread::new(cfg.reach_refresh, std::time::Instant::now());
@@ -72,9 +73,10 @@ pub async fn run(
             wake = wake.min(Instant::from_std(bucket.next_token(now)));
         }
         // A departed pod's address stops counting for the endpoints that still list it.
-        let wake = departed
-            .next_expiry()
-            .map_or(wake, |at| wake.min(Instant::from_std(at)));
+        // So does an endpoint that left its Service's slices.
+        let expiry = [departed.next_expiry(), removed.next_expiry()];
+        let wake =
+            (expiry.into_iter().flatten().min()).map_or(wake, |at| wake.min(Instant::from_std(at)));
         tokio::select! {
             _ = token.cancelled() => return,
             Some(()) = objects.next() => {
@@ -97,7 +99,8 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake) => {
                 // A tick of the spread with nothing due and nothing waiting costs no pass.
                 let due = spread.due(grants.keys(), std::time::Instant::now());
-                if due.is_empty() && pending.is_empty() && !failed && departed.next_expiry().is_none() {
+                let graces = departed.next_expiry().or(removed.next_expiry());
+                if due.is_empty() && pending.is_empty() && !failed && graces.is_none() {
                     continue;
                 }
                 pending.extend(due);
@@ -107,7 +110,7 @@ pub async fn run(
             continue;
         }
         let started = std::time::Instant::now();
-        let inventory = |departed: &reach::Departed| {
+        let inventory = |departed: &reach::Departed, removed: &reach::Removed| {
             reach::inventory(
                 services.state().iter().map(|s| s.as_ref()),
                 pods.state().iter().map(|p| p.as_ref()),
@@ -115,11 +118,15 @@ pub async fn run(
                 slices.state().iter().map(|s| s.as_ref()),
                 &cfg.allow_cidr,
                 &departed.recent(),
+                &removed.recent(),
             )
         };
-        let mut inv = inventory(&departed);
+        let mut inv = inventory(&departed, &removed);
         if departed.update(&inv.pods, started) {
-            inv = inventory(&departed); // a pod just went: its endpoints still count
+            inv = inventory(&departed, &removed); // a pod just went: its endpoints still count
+        }
+        if removed.update(&inv.endpoints, started) {
+            inv = inventory(&departed, &removed); // an endpoint just left: it still counts
         }
         log_refused(&refused, &inv.refused);
         refused = inv.refused.clone();

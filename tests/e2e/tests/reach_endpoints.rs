@@ -2,8 +2,8 @@
 //! Services and EndpointSlices in one namespace makes a Service without selector whose
 //! hand-written EndpointSlices point at a pod of another namespace and at the node's API
 //! server. Through its ClusterIP a joined laptop reaches neither, while a Service next to it
-//! is served, nor through one whose slice spells a pod address with leading zeros; an
-//! EndpointSlice change takes effect within about a second.
+//! is served, nor through one whose slice spells a pod address with leading zeros; a new
+//! endpoint takes effect within about a second, a removed one only after 30 s.
 
 use anyhow::Result;
 use kwg_e2e::laptop::{Laptop, laptop, shared, text};
@@ -153,21 +153,21 @@ fn a_cluster_ip_pointing_outside_the_peers_reach_is_refused() -> Result<()> {
     let to_web = slice("pivot", "pivot-http", ("http", 80), &[&web]);
     c.kubectl_apply(&dev, &to_web.to_string())?;
     settles(&l, &pivot_http, false, Instant::now())?;
-    // ...until that slice goes: served within about a second (timed from before kubectl,
-    // which takes ~0.2 s itself).
-    let start = Instant::now();
+    // ...even once that slice goes: kube-proxy may still send a new connection to the node
+    // for a moment, so the gateway counts a removed endpoint for 30 s (not waited for here).
     let delete = ["-n", "emojivoto", "delete", "endpointslice", "pivot-https"];
     c.kubectl(&dev, &delete)?;
-    let opened = settles(&l, &pivot_http, true, start)?;
-    assert!(text(&l.curl(&pivot_http).stdout).contains("Emoji Vote"));
-    // And back: `own` gains an endpoint at the node; refused within about a second.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert!(!reached(&l, &pivot_http), "served {:?} after", start.elapsed());
+    }
+    // And back: `own` gains an endpoint at the node; refused within about a second (timed
+    // from before kubectl, which takes ~0.2 s itself).
     let to_node = slice("own", "own-http", ("http", 80), &[&web, api]);
     let start = Instant::now();
     c.kubectl_apply(&dev, &to_node.to_string())?;
     let closed = settles(&l, &own_http, false, start)?;
-    eprintln!("after the slices changed: pivot served in {opened:?}, own refused in {closed:?}");
-    for (what, took) in [("served", opened), ("refused", closed)] {
-        assert!(took < Duration::from_millis(1500), "{what} after {took:?}");
-    }
+    eprintln!("after the slices changed: own refused in {closed:?}");
+    assert!(closed < Duration::from_millis(1500), "refused after {closed:?}");
     Ok(())
 }
