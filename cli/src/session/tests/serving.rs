@@ -106,7 +106,10 @@ fn a_secret_of_our_name_with_another_uid_is_left_alone_and_registered_again() {
     r.advance(Duration::from_secs(30));
     r.pump(&mut answer);
     // Not the 1 s retry of a conflict: registered again (a taken name is said from there).
-    assert_eq!(r.take_log(), ["RenewLease", "Register", "Save", "WaitTunnelIp"]);
+    assert_eq!(
+        r.take_log(),
+        ["RenewLease", "Register", "Save", "WaitTunnelIp"]
+    );
     assert_eq!(r.s.lease().next.unwrap() - r.now, Duration::from_secs(30));
     // The next renewal names the uid of the Secret registered now.
     r.advance(Duration::from_secs(30));
