@@ -180,9 +180,9 @@ pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
 \t\tiifname \"{iif}\" ip daddr @extra accept
 \t\tiifname \"{iif}\" meta mark set ip daddr map @dest_ns
 \t\tiifname \"{iif}\" ip saddr . meta mark @peer_ns accept
-\t\tiifname \"{iif}\" update @peer_drops {{ ip saddr }} counter
+\t\tiifname \"{iif}\" update @peer_drops {{ ip saddr }}
 \t\tiifname \"{iif}\" update @refused {{ ip saddr . ip daddr }}
-\t\tiifname \"{iif}\" goto refuse
+\t\tiifname \"{iif}\" counter goto refuse
 \t}}
 }}
 "
@@ -327,11 +327,11 @@ mod tests {
             .unwrap();
         // A full set must not decide: the verdict is a rule of its own, with no condition
         // but the tunnel, and the bookkeeping before it never ends in a verdict.
-        assert_eq!(rules[last], "iifname \"kwg0\" goto refuse", "{reach}");
+        assert_eq!(rules[last], "iifname \"kwg0\" counter goto refuse", "{reach}");
         assert_eq!(
             rules[last - 2..last],
             [
-                "iifname \"kwg0\" update @peer_drops { ip saddr } counter",
+                "iifname \"kwg0\" update @peer_drops { ip saddr }",
                 "iifname \"kwg0\" update @refused { ip saddr . ip daddr }"
             ],
             "{reach}"
