@@ -11,8 +11,8 @@ pub const DEFAULT_EXCLUDE_SUFFIXES: &[&str] = &[".arpa", ".com", ".io", ".net", 
 
 /// Whether `name` is a public suffix (Public Suffix List: `de`, `co.uk`, `dev`), under which
 /// anyone may register names. A namespace named like one routes no name to the cluster unless
-/// the user named it (`--mapped-namespaces`): a cluster admin creating namespace `de` must not
-/// capture `paypal.de`.
+/// the user named it (`--namespace` or `--mapped-namespaces`): a cluster admin creating
+/// namespace `de` must not capture `paypal.de`.
 pub fn is_public_suffix(name: &str) -> bool {
     let name = name.trim_matches('.').to_ascii_lowercase();
     psl::suffix(name.as_bytes())
@@ -105,10 +105,12 @@ impl SplitDns {
         chosen && self.reachable.as_ref().is_none_or(|r| r.contains(ns))
     }
 
-    /// A namespace named like a public suffix that the user did not name in
-    /// `--mapped-namespaces`: its `<name>.<ns>` are public names, never the cluster's.
+    /// A namespace named like a public suffix that the user did not name (`--namespace`,
+    /// `--mapped-namespaces`): its `<name>.<ns>` are public names, never the cluster's.
     fn public_suffix_namespace(&self, ns: &str) -> bool {
-        is_public_suffix(ns) && self.mapped.as_ref().is_none_or(|m| !m.contains(ns))
+        is_public_suffix(ns)
+            && ns != self.namespace
+            && self.mapped.as_ref().is_none_or(|m| !m.contains(ns))
     }
 
     fn is_cluster_namespace(&self, ns: &str) -> bool {
@@ -222,7 +224,9 @@ impl SplitDns {
     /// The namespaces the user named (`--mapped-namespaces`): routed even when named like a
     /// public suffix.
     pub fn named_namespaces(&self) -> BTreeSet<String> {
-        self.mapped.clone().unwrap_or_default()
+        let mut named = self.mapped.clone().unwrap_or_default();
+        named.insert(self.namespace.clone());
+        named
     }
 
     /// The joined resolver's search list: the machine's own domains first, as before join

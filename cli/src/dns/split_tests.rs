@@ -125,6 +125,14 @@ fn a_namespace_named_like_a_public_suffix_routes_nothing_unless_mapped() {
         s.decide("go.dev"),
         cluster_first("go.dev.svc.cluster.local")
     );
+    // Joined with --namespace dev: the user named it, so `web.dev` is the cluster's first.
+    let mut s = split(None);
+    s.namespace = "dev".into();
+    assert_eq!(
+        s.decide("web.dev"),
+        cluster_first("web.dev.svc.cluster.local")
+    );
+    assert!(s.named_namespaces().contains("dev"));
     assert!(is_public_suffix("de") && is_public_suffix("co.uk") && is_public_suffix("Dev."));
     assert!(!is_public_suffix("emojivoto") && !is_public_suffix("kube-system"));
 }

@@ -55,7 +55,8 @@ pub fn split_domains(
 /// `namespaces` (the mapped ones, or all visible ones). A namespace (untrusted: from the
 /// cluster) that is not a DNS label, is a reserved name, ends like an exclude suffix (`com`
 /// would route every `.com` name to the cluster) or is a public suffix not in `named` (the
-/// user's `--mapped-namespaces`: `~de` would route every `.de` name) is skipped.
+/// user's `--namespace` and `--mapped-namespaces`: `~de` would route every `.de` name) is
+/// skipped.
 pub fn link_domains<'a>(
     cluster_domain: &str,
     namespace: &str,
@@ -175,7 +176,7 @@ fn namespace_unroutable(
         return Some("an excluded suffix");
     }
     if !named && crate::dns::split::is_public_suffix(ns) {
-        return Some("a public suffix not named in --mapped-namespaces");
+        return Some("a public suffix not named in --namespace or --mapped-namespaces");
     }
     None
 }

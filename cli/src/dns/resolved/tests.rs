@@ -55,7 +55,7 @@ fn namespaces_that_would_capture_other_names_are_skipped() {
     );
     assert!(d.skipped.contains(&(
         "de".to_string(),
-        "a public suffix not named in --mapped-namespaces"
+        "a public suffix not named in --namespace or --mapped-namespaces"
     )));
     // A public suffix named in --mapped-namespaces: the user's choice.
     let named = ["dev".to_string()].into();
