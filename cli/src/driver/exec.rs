@@ -378,27 +378,44 @@ pub async fn probe_dns(server: SocketAddr, name: &str, timeout: Duration) -> boo
 /// Turns IPv4 forwarding off for packets coming in on `interface` (in this process's network
 /// namespace): the kernel routes a packet from a device whose `forwarding` is 0 only to this
 /// machine, so the cluster reaches no container or VM behind it even with `ip_forward=1`, from
-/// the first handshake on and without nft. It goes away with the link: no undo.
+/// the first handshake on and without nft. It goes away with the link: no undo. Nothing is
+/// written when it is already 0 (the usual case: `ip_forward=0`), so a read-only `/proc/sys`
+/// (a container's default) only matters where forwarding is on.
 pub fn refuse_forwarding(interface: &str) -> Result<(), Error> {
     let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
-    std::fs::write(&path, "0").map_err(|e| Error::io(format!("write 0 to {path}"), e))
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+        return Ok(());
+    }
+    std::fs::write(&path, "0").map_err(|e| {
+        Error::io(
+            format!(
+                "turn off forwarding from the tunnel ({path} is 1 because net.ipv4.ip_forward is on; kwg keeps the cluster from routing through this machine): write 0 to it"
+            ),
+            e,
+        )
+    })
 }
 
 /// Turns forwarding from `interface` off again when something turned it on while joined:
 /// changing `net.ipv4.ip_forward` from 0 to 1 (Docker or libvirt starting) sets every
-/// interface's `forwarding` to 1. Run on each health check (a read of one file).
+/// interface's `forwarding` to 1. Run on each health check (a read of one file); a failure
+/// is logged once, not on every check (the nft forward chain still drops what it would pass).
 pub fn keep_forwarding_off(interface: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FAILED: AtomicBool = AtomicBool::new(false);
     let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
-    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "0") {
-        match refuse_forwarding(interface) {
-            Ok(()) => tracing::warn!(
-                interface,
-                "forwarding from the tunnel was turned on (net.ipv4.ip_forward changed?): turned it off again"
-            ),
-            Err(e) => {
-                tracing::warn!(interface, error = %e, "cannot turn forwarding from the tunnel off again")
-            }
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+        return;
+    }
+    match refuse_forwarding(interface) {
+        Ok(()) => tracing::warn!(
+            interface,
+            "forwarding from the tunnel was turned on (net.ipv4.ip_forward changed?): turned it off again"
+        ),
+        Err(e) if !FAILED.swap(true, Ordering::Relaxed) => {
+            tracing::warn!(interface, error = %e, "cannot turn forwarding from the tunnel off again")
         }
+        Err(_) => {}
     }
 }
 
