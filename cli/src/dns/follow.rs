@@ -225,6 +225,7 @@ enum Woke {
 /// Runs until the task is aborted (at leave).
 pub async fn run(f: Follow) {
     let mut domains: Option<Vec<LinkDomain>> = resolved::split_domains(&f.split.split()).ok();
+    let mut retry = false;
     // Mapped namespaces are fixed; a user who could not list them at join (none known)
     // cannot now either.
     let current = f.split.split();
@@ -270,7 +271,8 @@ pub async fn run(f: Follow) {
         let Some((client, ifindex)) = &f.resolved else {
             continue;
         };
-        if !changed {
+        // A failed update is tried again on the next wake even when nothing changed.
+        if !changed && !retry {
             continue;
         }
         let want = match resolved::split_domains(&f.split.split()) {
@@ -288,8 +290,14 @@ pub async fn run(f: Follow) {
                 let list: Vec<String> = want.iter().map(ToString::to_string).collect();
                 tracing::info!(domains = %list.join(" "), "systemd-resolved's domains follow the cluster's namespaces");
                 domains = Some(want);
+                retry = false;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot update systemd-resolved's domains"),
+            Err(e) => {
+                if !retry {
+                    tracing::warn!(error = %e, "cannot update systemd-resolved's domains");
+                }
+                retry = true;
+            }
         }
     }
 }
