@@ -40,7 +40,9 @@ fn resolved_sends_cluster_names_to_the_tunnel_link_and_forgets_them_on_revert_an
     let ifindex = ifindex(&c, &ns, "kwg0");
     let server: SocketAddr = "127.77.0.53:53".parse().unwrap();
     let responder = Responder::start(&ns, server);
-    let domains = resolved::link_domains("cluster.local", "emojivoto", ["default"], &[]).unwrap();
+    let named = Default::default();
+    let domains =
+        resolved::link_domains("cluster.local", "emojivoto", ["default"], &[], &named).unwrap();
     let mut domains = domains.domains;
     domains.extend(resolved::reverse_domains(&["10.96.0.0/12"
         .parse()
