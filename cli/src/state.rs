@@ -362,9 +362,15 @@ pub(crate) mod tests {
         write_atomic(&file, b"two").unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
         assert_eq!(std::fs::read_to_string(&neighbour).unwrap(), "the user's");
-        let refused = write_atomic(Path::new("/dev/null"), b"x").unwrap_err().to_string();
+        let refused = write_atomic(Path::new("/dev/null"), b"x")
+            .unwrap_err()
+            .to_string();
         assert!(refused.contains("is not a regular file"), "{refused}");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2, "no temporary file left");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            2,
+            "no temporary file left"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -327,7 +327,10 @@ mod tests {
             .unwrap();
         // A full set must not decide: the verdict is a rule of its own, with no condition
         // but the tunnel, and the bookkeeping before it never ends in a verdict.
-        assert_eq!(rules[last], "iifname \"kwg0\" counter goto refuse", "{reach}");
+        assert_eq!(
+            rules[last], "iifname \"kwg0\" counter goto refuse",
+            "{reach}"
+        );
         assert_eq!(
             rules[last - 2..last],
             [

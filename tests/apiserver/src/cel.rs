@@ -123,9 +123,15 @@ mod tests {
     fn dyn_keeps_the_value_and_optionals_work_through_it() {
         let s = json!({"type": "kwg.io/peer", "data": {"owner": "ZGV2ZWxvcGVy"}});
         for (src, want) in [
-            ("dyn(object).?data.?owner.orValue('') == 'ZGV2ZWxvcGVy'", true),
+            (
+                "dyn(object).?data.?owner.orValue('') == 'ZGV2ZWxvcGVy'",
+                true,
+            ),
             ("dyn(object).?data.?publicKey.orValue('') == ''", true),
-            ("dyn(object).?data.orValue({}).all(k, size(dyn(object).data[k]) <= 12)", true),
+            (
+                "dyn(object).?data.orValue({}).all(k, size(dyn(object).data[k]) <= 12)",
+                true,
+            ),
             ("dyn(object).?missing.?owner.orValue('x') == 'x'", true),
         ] {
             assert_eq!(eval(src, s.clone()), Ok(want.into()), "{src}");

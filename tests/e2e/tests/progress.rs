@@ -290,8 +290,9 @@ fn progress_arrives_while_the_join_runs_and_ctrl_c_undoes_every_step() {
         eprintln!("SAID (Ctrl-C, delete refused): {err}");
         assert_eq!(exit, Some(130), "{stdout}\n{err}");
         assert!(
-            err.contains("kwg: join cancelled by Ctrl-C (SIGINT) before it finished; it left this machine")
-                && err.contains("could not delete peer Secret kwg-system/kwg-peer-ctrlc")
+            err.contains(
+                "kwg: join cancelled by Ctrl-C (SIGINT) before it finished; it left this machine"
+            ) && err.contains("could not delete peer Secret kwg-system/kwg-peer-ctrlc")
                 && err.contains("the gateway removes it when its lease ends at 20"),
             "{err}"
         );
@@ -411,7 +412,9 @@ fn failing_commands_print_sentences_without_escapes_or_log_lines() {
     let err = text(&ci.stderr);
     assert_eq!(ci.status.code(), Some(4), "{err}");
     assert!(
-        err.contains("may not create namespaces (cluster-wide): kwg ci-credentials is for a cluster admin"),
+        err.contains(
+            "may not create namespaces (cluster-wide): kwg ci-credentials is for a cluster admin"
+        ),
         "{err}"
     );
     assert!(!err.contains("kwg-user role"), "{err}");

@@ -140,13 +140,17 @@ fn a_cluster_ip_pointing_outside_the_peers_reach_is_refused() -> Result<()> {
         c.kubectl_apply(&dev, &doc.to_string())?;
     }
     let zeros_ip = svc_ip(&c, "zeros")?;
-    wait_for("the gateway to refuse zeros", Duration::from_secs(10), || {
-        reached(&l, &format!("http://{zeros_ip}/"));
-        let status = l.run(&["kwg", "status", "-o", "json"]).stdout;
-        let json: Value = serde_json::from_slice(&status)?;
-        let last = &json["reach"]["lastRefused"];
-        Ok((last["address"] == zeros_ip.as_str()).then_some(()))
-    })?;
+    wait_for(
+        "the gateway to refuse zeros",
+        Duration::from_secs(10),
+        || {
+            reached(&l, &format!("http://{zeros_ip}/"));
+            let status = l.run(&["kwg", "status", "-o", "json"]).stdout;
+            let json: Value = serde_json::from_slice(&status)?;
+            let last = &json["reach"]["lastRefused"];
+            Ok((last["address"] == zeros_ip.as_str()).then_some(()))
+        },
+    )?;
 
     // The slices change: pivot's http now leads to web-app, its https still to the node: one
     // ClusterIP, judged whole (every port), stays refused...
@@ -159,7 +163,11 @@ fn a_cluster_ip_pointing_outside_the_peers_reach_is_refused() -> Result<()> {
     c.kubectl(&dev, &delete)?;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {
-        assert!(!reached(&l, &pivot_http), "served {:?} after", start.elapsed());
+        assert!(
+            !reached(&l, &pivot_http),
+            "served {:?} after",
+            start.elapsed()
+        );
     }
     // And back: `own` gains an endpoint at the node; refused within about a second (timed
     // from before kubectl, which takes ~0.2 s itself).
@@ -168,6 +176,9 @@ fn a_cluster_ip_pointing_outside_the_peers_reach_is_refused() -> Result<()> {
     c.kubectl_apply(&dev, &to_node.to_string())?;
     let closed = settles(&l, &own_http, false, start)?;
     eprintln!("after the slices changed: own refused in {closed:?}");
-    assert!(closed < Duration::from_millis(1500), "refused after {closed:?}");
+    assert!(
+        closed < Duration::from_millis(1500),
+        "refused after {closed:?}"
+    );
     Ok(())
 }

@@ -14,9 +14,9 @@ pub use error::ContractError;
 pub use info::{Endpoint, GatewayInfo, GatewayPeer, PublishedVersions, UdpReceive};
 pub use peer::{PeerSpec, format_lease, parse_lease};
 pub use status::LeaseStatus;
+pub use status::{ConnectionState, HealthIssue, HealthKind};
 pub use status::{DnsStatus, PlannedRoute, ReachStatus, RefusedDestination, RouteSource, Status};
 pub use status::{PathFailure, RefusedInfo, TransportStatus};
-pub use status::{ConnectionState, HealthIssue, HealthKind};
 pub use types::{PeerName, TunnelIp};
 
 use std::collections::BTreeMap;
