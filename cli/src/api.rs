@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kwg_wg::contract::Status;
+use kwg_contract::Status;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};

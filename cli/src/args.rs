@@ -106,16 +106,16 @@ pub struct KubeArgs {
     #[arg(long)]
     pub context: Option<String>,
     /// Namespace of peer Secrets and the gateway info.
-    #[arg(long, env = "KWG_NAMESPACE", default_value = kwg_wg::contract::DEFAULT_NAMESPACE)]
+    #[arg(long, env = "KWG_NAMESPACE", default_value = kwg_contract::DEFAULT_NAMESPACE)]
     pub kwg_namespace: String,
     /// Namespace the gateway's pods run in (its readiness is read there).
-    #[arg(long, env = "KWG_GATEWAY_NAMESPACE", default_value = kwg_wg::contract::DEFAULT_GATEWAY_NAMESPACE)]
+    #[arg(long, env = "KWG_GATEWAY_NAMESPACE", default_value = kwg_contract::DEFAULT_GATEWAY_NAMESPACE)]
     #[serde(default = "default_gateway_namespace")]
     pub gateway_namespace: String,
 }
 
 fn default_gateway_namespace() -> String {
-    kwg_wg::contract::DEFAULT_GATEWAY_NAMESPACE.into()
+    kwg_contract::DEFAULT_GATEWAY_NAMESPACE.into()
 }
 
 #[derive(Debug, Clone, Args, serde::Serialize, serde::Deserialize)]

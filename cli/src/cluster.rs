@@ -12,7 +12,7 @@ use kube::api::{
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use kwg_wg::contract::{self, GatewayInfo, PeerSpec};
+use kwg_contract::{GatewayInfo, PeerSpec};
 
 use crate::error::Error;
 use crate::output;
@@ -134,7 +134,7 @@ impl Kube {
             namespace: ns,
         };
         let cm = api
-            .get_opt(contract::GATEWAY_INFO_CONFIGMAP)
+            .get_opt(kwg_contract::GATEWAY_INFO_CONFIGMAP)
             .await
             .map_err(|e| match &e {
                 kube::Error::Api(s) if s.is_not_found() => no_gateway(ns),
@@ -142,7 +142,7 @@ impl Kube {
             })?
             .ok_or_else(|| no_gateway(ns))?;
         cm.data
-            .and_then(|mut d| d.remove(contract::GATEWAY_INFO_KEY))
+            .and_then(|mut d| d.remove(kwg_contract::GATEWAY_INFO_KEY))
             .ok_or_else(|| no_gateway(ns))
     }
 
@@ -190,8 +190,8 @@ impl Kube {
         let decided = |s: Option<&Secret>| {
             let a = s.and_then(|s| s.metadata.annotations.as_ref());
             a.is_some_and(|a| {
-                a.contains_key(contract::ERROR_ANNOTATION)
-                    || a.get(contract::TUNNEL_IP_ANNOTATION)
+                a.contains_key(kwg_contract::ERROR_ANNOTATION)
+                    || a.get(kwg_contract::TUNNEL_IP_ANNOTATION)
                         .is_some_and(|v| v.parse::<Ipv4Addr>().is_ok())
             })
         };
@@ -213,7 +213,7 @@ impl Kube {
             .and_then(|s| s.metadata.annotations)
             .unwrap_or_default();
         if let Some(ip) = annotations
-            .get(contract::TUNNEL_IP_ANNOTATION)
+            .get(kwg_contract::TUNNEL_IP_ANNOTATION)
             .and_then(|v| v.parse().ok())
         {
             return Ok(ip);
@@ -225,7 +225,7 @@ impl Kube {
                 " (the gateway rejected the Secret: {})",
                 crate::output::sanitize(
                     annotations
-                        .get(contract::ERROR_ANNOTATION)
+                        .get(kwg_contract::ERROR_ANNOTATION)
                         .map_or("", |s| s.as_str())
                 )
             ),
@@ -335,7 +335,7 @@ impl Kube {
     pub async fn list_peers(&self, ns: &str) -> Result<Vec<ListedPeer>, Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let list = api
-            .list(&ListParams::default().labels(contract::PEER_SELECTOR))
+            .list(&ListParams::default().labels(kwg_contract::PEER_SELECTOR))
             .await
             .map_err(|e| self.secrets_error("list", ns, e))?;
         Ok(list
@@ -353,8 +353,8 @@ impl Kube {
                 Some(ListedPeer {
                     spec: PeerSpec::from_secret_data(&name, &data).map_err(|e| e.to_string()),
                     secret: name,
-                    tunnel_ip: annotations.get(contract::TUNNEL_IP_ANNOTATION).cloned(),
-                    error: annotations.get(contract::ERROR_ANNOTATION).cloned(),
+                    tunnel_ip: annotations.get(kwg_contract::TUNNEL_IP_ANNOTATION).cloned(),
+                    error: annotations.get(kwg_contract::ERROR_ANNOTATION).cloned(),
                 })
             })
             .collect())
@@ -384,7 +384,7 @@ impl Kube {
     pub async fn gateway_pods(&self, ns: &str) -> Option<(i32, i32, i32)> {
         let api: Api<k8s_openapi::api::apps::v1::Deployment> =
             Api::namespaced(self.client.clone(), ns);
-        let d = api.get_opt(contract::GATEWAY_DEPLOYMENT).await.ok()??;
+        let d = api.get_opt(kwg_contract::GATEWAY_DEPLOYMENT).await.ok()??;
         let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let status = d.status.unwrap_or_default();
         Some((
@@ -440,7 +440,7 @@ fn secret_field(s: &Secret, key: &str) -> Option<String> {
 fn no_gateway(ns: &str) -> Error {
     Error::NoGateway {
         namespace: ns.to_string(),
-        configmap: contract::GATEWAY_INFO_CONFIGMAP.to_string(),
+        configmap: kwg_contract::GATEWAY_INFO_CONFIGMAP.to_string(),
     }
 }
 
@@ -451,7 +451,7 @@ fn no_gateway(ns: &str) -> Error {
 /// which the API server refuses on another object of that name (uid is immutable).
 fn lease_patch(uid: Option<&str>, expires: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
     let mut patch = serde_json::json!({
-        "stringData": { "leaseExpires": contract::format_lease(expires) },
+        "stringData": { "leaseExpires": kwg_contract::format_lease(expires) },
     });
     if let Some(uid) = uid {
         patch["metadata"] = serde_json::json!({ "uid": uid });
@@ -461,16 +461,16 @@ fn lease_patch(uid: Option<&str>, expires: chrono::DateTime<chrono::Utc>) -> ser
 
 fn peer_secret(spec: &PeerSpec, groups: Option<&[String]>) -> Secret {
     let annotations = groups
-        .and_then(contract::groups_annotation)
-        .map(|v| [(contract::GROUPS_ANNOTATION.to_owned(), v)].into());
+        .and_then(kwg_contract::groups_annotation)
+        .map(|v| [(kwg_contract::GROUPS_ANNOTATION.to_owned(), v)].into());
     Secret {
         metadata: ObjectMeta {
             name: Some(spec.secret_name()),
-            labels: Some(contract::peer_labels()),
+            labels: Some(kwg_contract::peer_labels()),
             annotations,
             ..Default::default()
         },
-        type_: Some(contract::PEER_SECRET_TYPE.to_string()),
+        type_: Some(kwg_contract::PEER_SECRET_TYPE.to_string()),
         data: Some(
             spec.to_secret_data()
                 .into_iter()
@@ -501,8 +501,8 @@ mod tests {
 
     #[test]
     fn a_renewal_names_the_journalled_uid_and_only_then() {
-        let at = contract::parse_lease("2030-01-01T00:00:00Z").unwrap();
-        let lease = serde_json::json!({ "leaseExpires": contract::format_lease(at) });
+        let at = kwg_contract::parse_lease("2030-01-01T00:00:00Z").unwrap();
+        let lease = serde_json::json!({ "leaseExpires": kwg_contract::format_lease(at) });
         assert_eq!(
             lease_patch(Some("3f1c"), at),
             serde_json::json!({ "stringData": lease, "metadata": { "uid": "3f1c" } })
@@ -517,16 +517,16 @@ mod tests {
     fn the_peer_secret_names_the_users_groups_when_known() {
         let spec = PeerSpec {
             name: "box".parse().unwrap(),
-            public_key: kwg_wg::keys::PrivateKey::generate().public_key(),
+            public_key: kwg_contract::keys::PrivateKey::generate().public_key(),
             owner: "dev".into(),
             hostname: "box".into(),
             namespaces: vec![],
-            lease_expires: contract::parse_lease("2030-01-01T00:00:00Z").unwrap(),
+            lease_expires: kwg_contract::parse_lease("2030-01-01T00:00:00Z").unwrap(),
         };
         let groups = |g: Option<&[String]>| peer_secret(&spec, g).metadata.annotations;
         let two = ["kwg:users".to_owned(), "system:authenticated".to_owned()];
         assert_eq!(
-            groups(Some(&two)).unwrap()[contract::GROUPS_ANNOTATION],
+            groups(Some(&two)).unwrap()[kwg_contract::GROUPS_ANNOTATION],
             "kwg:users\nsystem:authenticated"
         );
         assert_eq!(groups(None), None);

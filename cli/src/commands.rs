@@ -132,9 +132,7 @@ pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
 }
 
 /// The gateway's `/peers` JSON through the tunnel (empty when it does not answer).
-pub(crate) async fn gateway_peers(
-    admin: std::net::SocketAddr,
-) -> Vec<kwg_wg::contract::GatewayPeer> {
+pub(crate) async fn gateway_peers(admin: std::net::SocketAddr) -> Vec<kwg_contract::GatewayPeer> {
     use http_body_util::BodyExt;
     let fetch = async {
         let tcp = crate::userspace::client::dial_cluster(admin).await.ok()?;

@@ -100,7 +100,7 @@ pub async fn run(args: CiCredentialsArgs) -> Result<(), Error> {
 }
 
 async fn issue(args: CiCredentialsArgs) -> Result<(), Error> {
-    kwg_wg::contract::PeerName::try_from(args.name.clone())
+    kwg_contract::PeerName::try_from(args.name.clone())
         .map_err(|e| Error::invalid("NAME", format!("{e}: pass a DNS label such as github-ci")))?;
     if args.duration < MIN_DURATION {
         return Err(Error::invalid(

@@ -144,11 +144,13 @@ pub enum Error {
     #[error("{}", .0.message)]
     Reported(crate::exit::Failure),
     #[error("gateway info is invalid: {0}: upgrade kwg or the gateway so they match")]
-    Contract(#[from] kwg_wg::contract::ContractError),
+    Contract(#[from] kwg_contract::ContractError),
     #[error("{0}")]
-    Netlink(#[from] kwg_wg::netlink::NetlinkError),
+    Netlink(#[from] kwg_host::netlink::NetlinkError),
     #[error("{0}")]
     Wg(#[from] kwg_wg::Error),
+    #[error("{0}")]
+    Key(#[from] kwg_contract::keys::KeyError),
     #[error("DNS forwarder: cannot listen on {addr}: {source}: pick another with --dns-listen")]
     DnsListen {
         addr: String,

@@ -270,6 +270,7 @@ impl From<&Error> for ExitCode {
             | Error::Contract(_)
             | Error::Netlink(_)
             | Error::Wg(_)
+            | Error::Key(_)
             | Error::Resolved(_)
             | Error::Io { .. } => C::Failure,
         }

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
-use kwg_wg::contract::{ConnectionState, HealthIssue, HealthKind, Status};
+use kwg_contract::{ConnectionState, HealthIssue, HealthKind, Status};
 
 use crate::output::{ago, span};
 

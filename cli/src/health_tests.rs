@@ -1,5 +1,5 @@
 use super::*;
-use kwg_wg::contract::LeaseStatus;
+use kwg_contract::LeaseStatus;
 
 /// The fake clock: every time is `T0` plus seconds.
 fn at(secs: i64) -> DateTime<Utc> {
@@ -260,7 +260,7 @@ fn text_lists_each_problem_then_its_fix() {
 fn rejected_credentials_and_a_refused_gateway_info_are_lines_too() {
     let mut s = joined();
     s.lease.as_mut().unwrap().error = Some("credentials rejected since 2026-01-01 00:01:40 UTC: log in again (kwg reloads the kubeconfig at each retry)".into());
-    s.refused_info = Some(kwg_wg::contract::RefusedInfo {
+    s.refused_info = Some(kwg_contract::RefusedInfo {
         at: at(50),
         reason: "serviceCidrs 8.0.0.0/8 is public address space: pass --also-proxy 8.0.0.0/8"
             .into(),

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
-use kwg_wg::contract::{LeaseStatus, Status};
+use kwg_contract::{LeaseStatus, Status};
 
 /// The sentence `kwg status` prints when nothing is joined (exit code 1).
 pub const NOT_JOINED: &str = "kwg is not joined to a cluster: run `kwg join --namespace <ns>`.";

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kwg_wg::contract::{GatewayPeer, ReachStatus, Status};
+use kwg_contract::{GatewayPeer, ReachStatus, Status};
 use tokio::time::Instant;
 
 /// How often `kwg join` asks again while the gateway has not decided the peer's reach.
@@ -288,7 +288,7 @@ mod tests {
         let mut r = reach(&["emojivoto"]);
         assert_eq!(refused_text(Some(&r)), None);
         let allow = "kubectl -n kube-system create rolebinding kwg-reach-developer --clusterrole=view --user=developer";
-        r.last_refused = Some(kwg_wg::contract::RefusedDestination {
+        r.last_refused = Some(kwg_contract::RefusedDestination {
             address: "10.96.0.10".parse().unwrap(),
             namespaces: vec!["kube-system".into()],
             allow: vec![allow.into()],

@@ -1,19 +1,19 @@
 //! Route planning: which subnets go through the tunnel, and conflicts with the machine's routes.
 //!
-//! Pure: the caller lists the existing routes (`kwg_wg::netlink::Netlink::routes`) and applies
+//! Pure: the caller lists the existing routes (`kwg_host::netlink::Netlink::routes`) and applies
 //! the plan.
 
 use ipnet::IpNet;
 #[cfg(test)]
-use kwg_wg::netlink::MAIN_TABLE;
-use kwg_wg::netlink::RouteEntry;
+use kwg_host::netlink::MAIN_TABLE;
+use kwg_host::netlink::RouteEntry;
 
 /// The kernel's table of local and broadcast addresses (`ip route show table local`).
 const LOCAL_TABLE: u32 = 255;
 
 use crate::error::Error;
 
-pub use kwg_wg::contract::{PlannedRoute, RouteSource};
+pub use kwg_contract::{PlannedRoute, RouteSource};
 
 /// What to route: the cluster's subnets plus `--also-proxy`, minus `--never-proxy`.
 #[derive(Debug, Clone, Default)]

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use kwg_wg::contract::PeerName;
+use kwg_contract::PeerName;
 
 use crate::error::Error;
 use crate::routes::PlannedRoute;

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, CommandFactory};
-use kwg_wg::contract::{PROTOCOL_VERSION, PublishedVersions};
+use kwg_contract::{PROTOCOL_VERSION, PublishedVersions};
 use serde::Serialize;
 
 use crate::args::{Cli, Format, KubeArgs, text_or_json};

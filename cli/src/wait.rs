@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use kwg_wg::contract::Status;
+use kwg_contract::Status;
 
 use crate::dns::forwarder;
 use crate::error::Error;

@@ -16,8 +16,8 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams, PostParams};
-use kwg_wg::contract::{self, GatewayInfo, PeerSpec};
-use kwg_wg::keys::PrivateKey;
+use kwg_contract::keys::PrivateKey;
+use kwg_contract::{GatewayInfo, PeerSpec};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -25,10 +25,10 @@ fn secret(spec: &PeerSpec) -> Secret {
     Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(spec.secret_name()),
-            labels: Some(contract::peer_labels()),
+            labels: Some(kwg_contract::peer_labels()),
             ..Default::default()
         },
-        type_: Some(contract::PEER_SECRET_TYPE.into()),
+        type_: Some(kwg_contract::PEER_SECRET_TYPE.into()),
         data: Some(
             spec.to_secret_data()
                 .into_iter()
@@ -86,7 +86,7 @@ where
 fn new_key_on(ifname: &str, then: &[&str]) -> Result<PrivateKey> {
     let key = PrivateKey::generate();
     let key_file = std::env::temp_dir().join(format!("bench-{ifname}.key"));
-    kwg_wg::keys::write_private_key_file(&key_file, &key)?;
+    kwg_contract::keys::write_private_key_file(&key_file, &key)?;
     let path = key_file.to_str().context("path")?;
     let set = sh(&[&["wg", "set", ifname, "private-key", path][..], then].concat());
     let _ = std::fs::remove_file(&key_file);
@@ -112,7 +112,7 @@ async fn register(api: &Api<Secret>, n: usize) -> Result<()> {
     let created = start.elapsed();
     loop {
         let list = api
-            .list(&ListParams::default().labels(contract::PEER_SELECTOR))
+            .list(&ListParams::default().labels(kwg_contract::PEER_SELECTOR))
             .await?;
         let annotated = list
             .items
@@ -121,7 +121,7 @@ async fn register(api: &Api<Secret>, n: usize) -> Result<()> {
                 s.metadata
                     .annotations
                     .as_ref()
-                    .is_some_and(|a| a.contains_key(contract::TUNNEL_IP_ANNOTATION))
+                    .is_some_and(|a| a.contains_key(kwg_contract::TUNNEL_IP_ANNOTATION))
             })
             .count();
         if annotated >= list.items.len() && list.items.len() >= n {
@@ -174,11 +174,11 @@ async fn latency(
             .await?;
         loop {
             let s = api
-                .get(&format!("{}{name}", contract::PEER_SECRET_PREFIX))
+                .get(&format!("{}{name}", kwg_contract::PEER_SECRET_PREFIX))
                 .await?;
             if s.metadata
                 .annotations
-                .is_some_and(|a| a.contains_key(contract::TUNNEL_IP_ANNOTATION))
+                .is_some_and(|a| a.contains_key(kwg_contract::TUNNEL_IP_ANNOTATION))
             {
                 break;
             }
@@ -276,10 +276,10 @@ async fn peer(client: kube::Client, api: &Api<Secret>, args: &[String]) -> Resul
     let start = Instant::now();
     loop {
         let s = api
-            .get(&format!("{}{name}", contract::PEER_SECRET_PREFIX))
+            .get(&format!("{}{name}", kwg_contract::PEER_SECRET_PREFIX))
             .await?;
         if let Some(Ok(ip)) =
-            contract::tunnel_ip_from_annotations(&s.metadata.annotations.unwrap_or_default())
+            kwg_contract::tunnel_ip_from_annotations(&s.metadata.annotations.unwrap_or_default())
         {
             let ep = info.endpoints.first().context("no endpoint")?;
             println!("{ip} {} {ep}", info.public_key);
@@ -293,11 +293,11 @@ async fn peer(client: kube::Client, api: &Api<Secret>, args: &[String]) -> Resul
 }
 
 async fn gateway_info(client: kube::Client) -> Result<GatewayInfo> {
-    let cms: Api<ConfigMap> = Api::namespaced(client, contract::DEFAULT_NAMESPACE);
-    let cm = cms.get(contract::GATEWAY_INFO_CONFIGMAP).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client, kwg_contract::DEFAULT_NAMESPACE);
+    let cm = cms.get(kwg_contract::GATEWAY_INFO_CONFIGMAP).await?;
     let json = cm
         .data
-        .and_then(|d| d.get(contract::GATEWAY_INFO_KEY).cloned())
+        .and_then(|d| d.get(kwg_contract::GATEWAY_INFO_KEY).cloned())
         .context("no gateway info")?;
     Ok(GatewayInfo::from_json(json.as_bytes())?)
 }
@@ -306,7 +306,7 @@ async fn gateway_info(client: kube::Client) -> Result<GatewayInfo> {
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let client = kube::Client::try_default().await?;
-    let api: Api<Secret> = Api::namespaced(client.clone(), contract::DEFAULT_NAMESPACE);
+    let api: Api<Secret> = Api::namespaced(client.clone(), kwg_contract::DEFAULT_NAMESPACE);
     match args.get(1).map(String::as_str) {
         Some("register") => register(&api, args.get(2).context("register N")?.parse()?).await,
         Some("latency") => {

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::IncomingStream;
 use ipnet::Ipv4Net;
-use kwg_wg::contract::{GatewayPeer, ReachStatus, RefusedDestination, UdpReceive};
+use kwg_contract::{GatewayPeer, ReachStatus, RefusedDestination, UdpReceive};
 use kwg_wg::device::{DeviceHandle, PeerStats};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

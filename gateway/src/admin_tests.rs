@@ -1,6 +1,6 @@
 use super::*;
-use kwg_wg::contract::PeerSpec;
-use kwg_wg::keys::PrivateKey;
+use kwg_contract::PeerSpec;
+use kwg_contract::keys::PrivateKey;
 use std::time::Duration;
 
 fn conn(local: &str, remote: &str) -> Conn {
@@ -48,7 +48,7 @@ pub(crate) fn peer(name: &str, ip: &str) -> (ActivePeer, PeerStats) {
         owner: "dev".into(),
         hostname: format!("{name}-laptop"),
         namespaces: vec!["default".into()],
-        lease_expires: kwg_wg::contract::parse_lease("2030-01-01T00:00:00Z").unwrap(),
+        lease_expires: kwg_contract::parse_lease("2030-01-01T00:00:00Z").unwrap(),
     };
     let stats = PeerStats {
         public_key: key,

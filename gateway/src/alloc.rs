@@ -5,7 +5,7 @@
 
 use crate::GatewayError;
 use ipnet::Ipv4Net;
-use kwg_wg::contract::{PeerName, TunnelIp};
+use kwg_contract::{PeerName, TunnelIp};
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 

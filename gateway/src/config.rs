@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use ipnet::{IpNet, Ipv4Net};
-use kwg_wg::contract;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,17 +11,17 @@ use std::time::Duration;
 #[command(name = "kwg-gateway", version)]
 pub struct Config {
     /// Namespace of peer Secrets and the gateway info ConfigMap (kwg users write here).
-    #[arg(long, env = "KWG_NAMESPACE", default_value = contract::DEFAULT_NAMESPACE)]
+    #[arg(long, env = "KWG_NAMESPACE", default_value = kwg_contract::DEFAULT_NAMESPACE)]
     pub kwg_namespace: String,
     /// Namespace the gateway runs in, where kwg users have no rights: its Service, the
     /// leader Lease and the private key Secret. The manifests set it to the pod's namespace.
-    #[arg(long, env = "KWG_GATEWAY_NAMESPACE", default_value = contract::DEFAULT_GATEWAY_NAMESPACE)]
+    #[arg(long, env = "KWG_GATEWAY_NAMESPACE", default_value = kwg_contract::DEFAULT_GATEWAY_NAMESPACE)]
     pub gateway_namespace: String,
     /// Addresses handed to peers; the gateway takes the first host address.
-    #[arg(long, env = "KWG_TUNNEL_CIDR", default_value = contract::DEFAULT_TUNNEL_CIDR)]
+    #[arg(long, env = "KWG_TUNNEL_CIDR", default_value = kwg_contract::DEFAULT_TUNNEL_CIDR)]
     pub tunnel_cidr: Ipv4Net,
     /// WireGuard UDP port in the pod.
-    #[arg(long, env = "KWG_LISTEN_PORT", default_value_t = contract::WIREGUARD_PORT)]
+    #[arg(long, env = "KWG_LISTEN_PORT", default_value_t = kwg_contract::WIREGUARD_PORT)]
     pub listen_port: u16,
     /// WireGuard-over-TCP connections one source address (IPv4, or IPv6 /64) may hold before
     /// they authenticate; more are closed at once. Raise it when many peers join at once
@@ -58,7 +57,7 @@ pub struct Config {
     #[arg(long, env = "KWG_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
     /// Service whose NodePort / LoadBalancer ingress peers use.
-    #[arg(long, env = "KWG_SERVICE_NAME", default_value = contract::GATEWAY_SERVICE)]
+    #[arg(long, env = "KWG_SERVICE_NAME", default_value = kwg_contract::GATEWAY_SERVICE)]
     pub service_name: String,
     /// Safety-net resync of CIDRs, DNS IP and endpoints (changes are watched and applied at
     /// once; this re-asks the API for the service range when there are no ServiceCIDR objects,
@@ -143,7 +142,7 @@ mod tests {
             ("kwg-system", "kwg-gateway")
         );
         assert_eq!(c.tunnel_cidr.to_string(), "100.77.0.0/16");
-        assert_eq!(c.admin_addr.port(), contract::ADMIN_PORT);
+        assert_eq!(c.admin_addr.port(), kwg_contract::ADMIN_PORT);
         assert_eq!(c.listen_port, 51820);
         assert_eq!(c.tcp_pending_per_source, 64);
         assert_eq!((c.max_peers_per_owner, c.max_secret_bytes), (20, 16_384));

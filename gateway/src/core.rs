@@ -8,10 +8,10 @@
 use crate::alloc::Allocator;
 use chrono::{DateTime, Utc};
 use ipnet::{IpNet, Ipv4Net};
-use kwg_wg::contract::{
+use kwg_contract::keys::PublicKey;
+use kwg_contract::{
     self, ContractError, ERROR_ANNOTATION, PeerName, PeerSpec, TUNNEL_IP_ANNOTATION, TunnelIp,
 };
-use kwg_wg::keys::PublicKey;
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
@@ -75,9 +75,9 @@ impl PeerSecret {
             uid: String::new(),
             created: None,
             spec,
-            tunnel_ip: contract::tunnel_ip_from_annotations(annotations).and_then(Result::ok),
+            tunnel_ip: kwg_contract::tunnel_ip_from_annotations(annotations).and_then(Result::ok),
             error: annotations.get(ERROR_ANNOTATION).cloned(),
-            groups: contract::groups_from_annotations(annotations),
+            groups: kwg_contract::groups_from_annotations(annotations),
         }
     }
 

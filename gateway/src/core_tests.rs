@@ -1,5 +1,5 @@
 use super::*;
-use kwg_wg::keys::PrivateKey;
+use kwg_contract::keys::PrivateKey;
 use proptest::prelude::*;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -222,7 +222,7 @@ fn lease_passing_removes_running_peer() {
     let mut running = BTreeMap::new();
     let plan = c.reconcile(secrets.values(), &running, now());
     apply(&plan, &mut running, &mut secrets);
-    let end: SystemTime = contract::parse_lease(lease_end).unwrap().into();
+    let end: SystemTime = kwg_contract::parse_lease(lease_end).unwrap().into();
     assert_eq!(plan.next_expiry.map(SystemTime::from), Some(end));
     let plan = c.reconcile(secrets.values(), &running, end);
     assert_eq!(plan.expired, ["kwg-peer-a"]);
@@ -261,7 +261,7 @@ fn a_lease_beyond_the_maximum_ends_max_after_it_was_first_seen() {
     let plan = c.reconcile(renewed.values(), &BTreeMap::new(), at);
     assert_eq!(plan.next_expiry, Some(DateTime::<Utc>::from(at + hour)));
     let near = DateTime::<Utc>::from(at + hour / 4);
-    let soon = far(&contract::format_lease(near));
+    let soon = far(&kwg_contract::format_lease(near));
     let plan = c.reconcile(soon.values(), &BTreeMap::new(), at);
     assert_eq!(plan.next_expiry, Some(near));
 }
@@ -377,7 +377,7 @@ proptest! {
 fn active_peers_carry_their_secrets_groups() {
     let k = key();
     let groups = BTreeMap::from([(
-        contract::GROUPS_ANNOTATION.to_owned(),
+        kwg_contract::GROUPS_ANNOTATION.to_owned(),
         "kwg:users\nsystem:authenticated".to_owned(),
     )]);
     let with = PeerSecret::parse("kwg-peer-a", &data("a", &k, LEASE), &groups);

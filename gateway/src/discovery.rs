@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::api::{Api, ObjectMeta, PostParams};
-use kwg_wg::contract::Endpoint;
+use kwg_contract::Endpoint;
 use std::borrow::Borrow;
 use std::net::IpAddr;
 use std::sync::Arc;

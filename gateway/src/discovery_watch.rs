@@ -17,8 +17,8 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Resource, ResourceExt};
-use kwg_wg::contract::{self, GatewayInfo, TunnelIp};
-use kwg_wg::keys::PublicKey;
+use kwg_contract::keys::PublicKey;
+use kwg_contract::{GatewayInfo, TunnelIp};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -342,7 +342,7 @@ pub(crate) fn policy(cfg: &Config, gateway_ip: TunnelIp, d: &Discovered) -> nft:
 
 fn gateway_info(cfg: &Config, base: InfoBase, d: &Discovered) -> GatewayInfo {
     GatewayInfo {
-        version: contract::PROTOCOL_VERSION,
+        version: kwg_contract::PROTOCOL_VERSION,
         public_key: base.public_key,
         endpoints: d.endpoints.clone(),
         tunnel_cidr: cfg.tunnel_cidr.trunc(),
@@ -360,7 +360,7 @@ fn gateway_info(cfg: &Config, base: InfoBase, d: &Discovered) -> GatewayInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kwg_wg::contract::Endpoint;
+    use kwg_contract::Endpoint;
 
     fn found(endpoints: &[&str], pod_cidr: &str) -> Discovered {
         Discovered {

@@ -25,7 +25,7 @@ pub enum GatewayError {
     Netlink {
         interface: String,
         #[source]
-        source: kwg_wg::netlink::NetlinkError,
+        source: kwg_host::netlink::NetlinkError,
     },
     #[error("nftables: {0} (the pod needs NET_ADMIN and the nft binary)")]
     Nft(String),

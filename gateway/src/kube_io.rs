@@ -7,8 +7,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kwg_wg::contract::{self, GatewayInfo};
-use kwg_wg::keys::PrivateKey;
+use kwg_contract::GatewayInfo;
+use kwg_contract::keys::PrivateKey;
 use std::collections::BTreeMap;
 
 /// The component name in Events and field managers.
@@ -20,20 +20,26 @@ pub async fn ensure_private_key(
     namespace: &str,
 ) -> Result<PrivateKey, GatewayError> {
     let api = Api::<Secret>::namespaced(client.clone(), namespace);
-    let what = format!("read Secret {namespace}/{}", contract::GATEWAY_KEY_SECRET);
+    let what = format!(
+        "read Secret {namespace}/{}",
+        kwg_contract::GATEWAY_KEY_SECRET
+    );
     for _ in 0..3 {
         if let Some(secret) = api
-            .get_opt(contract::GATEWAY_KEY_SECRET)
+            .get_opt(kwg_contract::GATEWAY_KEY_SECRET)
             .await
             .map_err(GatewayError::kube(&what))?
         {
             let bad = || {
-                GatewayError::BadPrivateKey(format!("{namespace}/{}", contract::GATEWAY_KEY_SECRET))
+                GatewayError::BadPrivateKey(format!(
+                    "{namespace}/{}",
+                    kwg_contract::GATEWAY_KEY_SECRET
+                ))
             };
             let bytes = secret
                 .data
                 .as_ref()
-                .and_then(|d| d.get(contract::GATEWAY_KEY_FIELD))
+                .and_then(|d| d.get(kwg_contract::GATEWAY_KEY_FIELD))
                 .ok_or_else(bad)?;
             let text = std::str::from_utf8(&bytes.0).map_err(|_| bad())?;
             let key: PrivateKey = text.parse().map_err(|_| bad())?;
@@ -43,12 +49,12 @@ pub async fn ensure_private_key(
         let key = PrivateKey::generate();
         let secret = Secret {
             metadata: ObjectMeta {
-                name: Some(contract::GATEWAY_KEY_SECRET.into()),
+                name: Some(kwg_contract::GATEWAY_KEY_SECRET.into()),
                 ..Default::default()
             },
             type_: Some("Opaque".into()),
             data: Some(BTreeMap::from([(
-                contract::GATEWAY_KEY_FIELD.to_owned(),
+                kwg_contract::GATEWAY_KEY_FIELD.to_owned(),
                 ByteString(key.to_string().into_bytes()),
             )])),
             ..Default::default()
@@ -63,14 +69,14 @@ pub async fn ensure_private_key(
             Err(e) => {
                 return Err(GatewayError::kube(format!(
                     "create Secret {namespace}/{}",
-                    contract::GATEWAY_KEY_SECRET
+                    kwg_contract::GATEWAY_KEY_SECRET
                 ))(e));
             }
         }
     }
     Err(GatewayError::BadPrivateKey(format!(
         "{namespace}/{} (created and deleted repeatedly)",
-        contract::GATEWAY_KEY_SECRET
+        kwg_contract::GATEWAY_KEY_SECRET
     )))
 }
 
@@ -84,10 +90,10 @@ pub async fn publish_info(
         .to_json()
         .map_err(|e| GatewayError::Config(e.to_string()))?;
     let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-    let data = BTreeMap::from([(contract::GATEWAY_INFO_KEY.to_owned(), json)]);
+    let data = BTreeMap::from([(kwg_contract::GATEWAY_INFO_KEY.to_owned(), json)]);
     let cm = ConfigMap {
         metadata: ObjectMeta {
-            name: Some(contract::GATEWAY_INFO_CONFIGMAP.into()),
+            name: Some(kwg_contract::GATEWAY_INFO_CONFIGMAP.into()),
             ..Default::default()
         },
         data: Some(data.clone()),
@@ -95,14 +101,14 @@ pub async fn publish_info(
     };
     let what = format!(
         "publish ConfigMap {namespace}/{}",
-        contract::GATEWAY_INFO_CONFIGMAP
+        kwg_contract::GATEWAY_INFO_CONFIGMAP
     );
     match api.create(&PostParams::default(), &cm).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_already_exists() => {
             let patch = serde_json::json!({ "data": data });
             api.patch(
-                contract::GATEWAY_INFO_CONFIGMAP,
+                kwg_contract::GATEWAY_INFO_CONFIGMAP,
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )

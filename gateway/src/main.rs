@@ -5,8 +5,8 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cfg = kwg_gateway::Config::parse();
-    kwg_wg::logging::init("info");
-    let mut signals = kwg_wg::process::Signals::new().expect("SIGTERM/SIGINT handlers");
+    kwg_host::logging::init("info");
+    let mut signals = kwg_host::process::Signals::new().expect("SIGTERM/SIGINT handlers");
     let shutdown = async move { signals.recv().await };
     match kwg_gateway::run(cfg, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

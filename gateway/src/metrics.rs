@@ -5,10 +5,10 @@
 //! active peers and the device's statistics by [`render`].
 
 use crate::core::ActivePeer;
-use kwg_wg::contract::UdpReceive;
+use kwg_contract::UdpReceive;
+use kwg_contract::keys::PublicKey;
 use kwg_wg::device::PeerStats;
 use kwg_wg::io::stats::IoStats;
-use kwg_wg::keys::PublicKey;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
@@ -252,9 +252,9 @@ fn gauge(v: usize) -> Gauge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kwg_wg::contract::PeerSpec;
+    use kwg_contract::PeerSpec;
+    use kwg_contract::keys::PrivateKey;
     use kwg_wg::io::stats::EdgeCount;
-    use kwg_wg::keys::PrivateKey;
 
     #[test]
     fn renders_counts_histogram_and_peers() {
@@ -265,7 +265,7 @@ mod tests {
             owner: "me".into(),
             hostname: "mybox".into(),
             namespaces: vec![],
-            lease_expires: kwg_wg::contract::parse_lease("2030-01-01T00:00:00Z").unwrap(),
+            lease_expires: kwg_contract::parse_lease("2030-01-01T00:00:00Z").unwrap(),
         };
         let peers = [ActivePeer {
             spec,

@@ -2,10 +2,10 @@
 
 use crate::{Config, GatewayError, nft};
 use ipnet::{IpNet, Ipv4Net};
-use kwg_wg::contract::TunnelIp;
+use kwg_contract::TunnelIp;
+use kwg_contract::keys::PrivateKey;
+use kwg_host::netlink::Netlink;
 use kwg_wg::device::{Device, DeviceConfig};
-use kwg_wg::keys::PrivateKey;
-use kwg_wg::netlink::Netlink;
 use std::io::Write;
 use std::process::{Command, Stdio};
 

@@ -13,9 +13,9 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
-use kwg_wg::contract::{self, PeerName};
+use kwg_contract::PeerName;
+use kwg_contract::keys::PublicKey;
 use kwg_wg::device::{DeviceHandle, PeerConfig};
-use kwg_wg::keys::PublicKey;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -229,7 +229,7 @@ impl PeerLoop {
     ) -> Result<(), GatewayError> {
         self.set_leading(*leader.borrow_and_update());
         let wc = watcher::Config::default()
-            .labels(contract::PEER_SELECTOR)
+            .labels(kwg_contract::PEER_SELECTOR)
             .page_size(LIST_PAGE);
         let max = self.max_secret_bytes;
         let events = watcher::watcher(self.api.clone(), wc)

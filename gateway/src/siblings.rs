@@ -17,9 +17,9 @@ mod proof;
 pub use proof::{HEADER, Nonce, ProofRefused, Proven, ReplicaKey, SKEW, Seen};
 
 use crate::core::ActivePeer;
-use kwg_wg::contract::GATEWAY_POD_SELECTOR;
+use kwg_contract::GATEWAY_POD_SELECTOR;
+use kwg_contract::keys::PublicKey;
 use kwg_wg::device::PeerStats;
-use kwg_wg::keys::PublicKey;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};

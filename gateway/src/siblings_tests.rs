@@ -1,5 +1,5 @@
 use super::*;
-use kwg_wg::keys::PrivateKey;
+use kwg_contract::keys::PrivateKey;
 
 fn stats(key: &PublicKey, hs_ms: Option<u64>, rx: u64) -> PeerStats {
     PeerStats {

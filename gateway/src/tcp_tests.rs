@@ -2,8 +2,8 @@
 //! a laptop that is one of its peers.
 
 use super::*;
+use kwg_contract::keys::PrivateKey;
 use kwg_wg::device::{Device, PeerConfig};
-use kwg_wg::keys::PrivateKey;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 

@@ -7,7 +7,7 @@
 
 use crate::admin::AdminState;
 use chrono::{DateTime, Utc};
-use kwg_wg::contract::UdpReceive;
+use kwg_contract::UdpReceive;
 use kwg_wg::io::stats::{EdgeCount, LOAD_WINDOW_DATAGRAMS, judge_receive};
 use std::sync::Arc;
 use std::time::Duration;

@@ -18,10 +18,10 @@ use crate::core::Core;
 pub use crate::io::tun::PacketChannel;
 use crate::io::tun::Tun;
 use crate::io::udp::Udp;
-use crate::keys::PrivateKey;
 pub use crate::peer::{PeerConfig, PeerStats};
 use crate::uapi;
 pub use handle::DeviceHandle;
+use kwg_contract::keys::PrivateKey;
 pub use streams::{ByteStream, ORPHANED, UNANSWERED};
 
 /// Default MTU: 1500 minus the largest WireGuard overhead (IPv6 40 + UDP 8 + WireGuard 32).

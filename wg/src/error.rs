@@ -5,20 +5,8 @@ use std::path::PathBuf;
 /// Everything that can go wrong in keys, the device and its configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid WireGuard key: {0} (expected 44 characters of base64 as `wg genkey` prints)")]
-    InvalidKey(String),
-    #[error(
-        "private key file {path} is readable by group or others (mode {mode:o}): run `chmod 600 {path}`",
-        path = .path.display()
-    )]
-    KeyFileTooOpen { path: PathBuf, mode: u32 },
-    #[error("cannot {action} {path}: {source}", path = .path.display())]
-    File {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Key(#[from] kwg_contract::keys::KeyError),
     #[error(
         "cannot create TUN device {name}: {source} (run as root or grant CAP_NET_ADMIN, and check that /dev/net/tun exists)"
     )]

@@ -1,17 +1,12 @@
-//! kwg's userspace WireGuard: keys, a protocol core driving boringtun's `Tunn`, the TUN/UDP
-//! device, UAPI (`wg` compatible) and the contracts shared by gateway and CLI.
+//! kwg's userspace WireGuard: a protocol core driving boringtun's `Tunn`, the TUN/UDP device
+//! and UAPI (`wg` compatible). Keys and the gateway↔client contract live in `kwg-contract`,
+//! netlink and process plumbing in `kwg-host`.
 
-pub mod contract;
 pub mod core;
 pub mod device;
 mod error;
 pub mod io;
-pub mod keys;
-pub mod lifeline;
-pub mod logging;
-pub mod netlink;
 pub mod peer;
-pub mod process;
 pub mod run;
 pub mod uapi;
 

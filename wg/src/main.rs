@@ -23,7 +23,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    kwg_wg::logging::init("info");
+    kwg_host::logging::init("info");
     let result = if args.foreground {
         kwg_wg::run::foreground(&args.ifname, args.detached)
     } else {

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use ipnet::IpNet;
 
-use crate::keys::{PresharedKey, PublicKey};
+use kwg_contract::keys::{PresharedKey, PublicKey};
 
 /// The desired state of one peer.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::device::{DEFAULT_MTU, Device};
-use crate::lifeline::Lifeline;
+use kwg_host::lifeline::Lifeline;
 
 /// Env var naming a file where the daemon writes its segments per syscall (see
 /// [`crate::io::stats::IoStats`]) on SIGUSR1 and when it stops.
@@ -40,7 +40,7 @@ pub fn foreground(ifname: &str, detached: bool) -> anyhow::Result<()> {
             let devnull = std::fs::File::options().write(true).open("/dev/null")?;
             nix::unistd::dup2_stderr(&devnull).context("cannot detach from the parent's stderr")?;
         }
-        let mut signals = crate::process::Signals::new()?;
+        let mut signals = kwg_host::process::Signals::new()?;
         let stats = StatsFile::from_env();
         let mut usr1 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
@@ -81,7 +81,7 @@ pub fn daemonize(ifname: &str) -> anyhow::Result<()> {
         // wireguard-go without LOG_LEVEL).
         .stderr(std::process::Stdio::piped());
     let mut child =
-        crate::process::spawn_detached(&mut cmd).context("cannot start the kwg-wg daemon")?;
+        kwg_host::process::spawn_detached(&mut cmd).context("cannot start the kwg-wg daemon")?;
     let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
     while std::time::Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {

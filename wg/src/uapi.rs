@@ -11,8 +11,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 
 use crate::core::Core;
-use crate::keys::{PresharedKey, PrivateKey, PublicKey, hex32, unhex32};
 use crate::peer::PeerConfig;
+use kwg_contract::keys::{PresharedKey, PrivateKey, PublicKey, hex32, unhex32};
 
 pub use server::serve;
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use kwg_wg::keys::{PrivateKey, write_private_key_file};
+use kwg_contract::keys::{PrivateKey, write_private_key_file};
 
 const KWG: &str = env!("CARGO_BIN_EXE_kwg-wg");
 

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kwg_wg::keys::PrivateKey;
+use kwg_contract::keys::PrivateKey;
 
 #[test]
 fn two_kwg_devices_carry_udp_and_tcp() {

@@ -10,7 +10,7 @@ use common::*;
 use kwg_wg::device::DeviceHandle;
 use kwg_wg::io::stream::is_stream_endpoint;
 
-fn endpoint_of(d: &NsDevice, key: &kwg_wg::keys::PublicKey) -> Option<SocketAddr> {
+fn endpoint_of(d: &NsDevice, key: &kwg_contract::keys::PublicKey) -> Option<SocketAddr> {
     d.block_on(d.handle.peer_endpoint(key))
 }
 
@@ -129,7 +129,7 @@ fn a_junk_stream_is_dropped_and_the_device_keeps_serving() {
 }
 
 /// Connects `a` to `b`'s listener over TCP and moves `a`'s endpoint for `b` onto it.
-fn stream_to_b(link: &Link, a: &NsDevice, pb: kwg_wg::keys::PublicKey) -> SocketAddr {
+fn stream_to_b(link: &Link, a: &NsDevice, pb: kwg_contract::keys::PublicKey) -> SocketAddr {
     let tcp = link
         .a
         .run(|| std::net::TcpStream::connect("192.168.77.2:51820").unwrap());

@@ -13,7 +13,7 @@ use crate::exit::{Cancel, UNDONE};
 use crate::lock::{DaemonLock, Holder};
 use crate::progress::Reporter;
 use crate::state::{State, StateDir};
-use kwg_wg::contract::Status;
+use kwg_contract::Status;
 
 /// `kwg join`: starts the daemon (or runs it here with --foreground) and waits until it is
 /// connected or failed.
@@ -52,7 +52,7 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
     let log = std::fs::File::create(dir.log())
         .map_err(|e| Error::io(format!("create {}", dir.log().display()), e))?;
     let spec = serde_json::to_string(&args).expect("join args serialize");
-    let mut child = kwg_wg::process::spawn_detached(
+    let mut child = kwg_host::process::spawn_detached(
         Process::new(exe)
             .args(["daemon", "--spec", &spec])
             .stdout(Stdio::piped())

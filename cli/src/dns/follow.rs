@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kwg_wg::contract::{GatewayPeer, ReachStatus};
+use kwg_contract::{GatewayPeer, ReachStatus};
 use tokio::time::Instant;
 
 use super::forwarder::SplitHandle;
@@ -305,7 +305,7 @@ pub async fn run(f: Follow) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use kwg_wg::contract::ReachStatus;
+    use kwg_contract::ReachStatus;
 
     fn split() -> SplitDns {
         SplitDns {

@@ -1,6 +1,6 @@
 //! Verdicts about the kubeconfig, the API server, RBAC and the gateway (no I/O).
 
-use kwg_wg::contract::GatewayInfo;
+use kwg_contract::GatewayInfo;
 
 use super::check::Check;
 use crate::exit::ExitCode;
@@ -188,7 +188,7 @@ pub fn needs(kwg_ns: &str) -> Vec<Need> {
         let doc: Doc = serde::Deserialize::deserialize(doc).expect("manifests/rbac-user.yaml");
         let namespace = match doc.kind.as_str() {
             "Role" => Some(match doc.metadata.namespace.as_deref() {
-                Some(kwg_wg::contract::DEFAULT_NAMESPACE) | None => kwg_ns.to_string(),
+                Some(kwg_contract::DEFAULT_NAMESPACE) | None => kwg_ns.to_string(),
                 Some(other) => other.to_string(),
             }),
             _ => None,
@@ -326,8 +326,8 @@ pub fn gateway(
     pods: Option<(i32, i32, i32)>,
 ) -> Check {
     const NAME: &str = "gateway";
-    let cm = kwg_wg::contract::GATEWAY_INFO_CONFIGMAP;
-    let deploy = kwg_wg::contract::GATEWAY_DEPLOYMENT;
+    let cm = kwg_contract::GATEWAY_INFO_CONFIGMAP;
+    let deploy = kwg_contract::GATEWAY_DEPLOYMENT;
     let info = match info {
         InfoProbe::Valid(i) => i,
         InfoProbe::Missing => {

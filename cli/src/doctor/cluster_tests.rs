@@ -87,7 +87,7 @@ fn needs_are_what_the_shipped_kwg_user_roles_grant() {
         .unwrap();
     assert_eq!(
         info.name.as_deref(),
-        Some(kwg_wg::contract::GATEWAY_INFO_CONFIGMAP)
+        Some(kwg_contract::GATEWAY_INFO_CONFIGMAP)
     );
     assert_eq!(
         info.to_string(),
@@ -220,7 +220,7 @@ fn node_tuning_warns_with_the_ethtool_fix_when_the_gateway_gets_one_datagram_per
         node_tuning(&InfoProbe::Valid(Box::new(i.clone()))).outcome,
         Outcome::Skip
     );
-    i.udp_receive = Some(kwg_wg::contract::UdpReceive {
+    i.udp_receive = Some(kwg_contract::UdpReceive {
         one_per_frame: true,
         messages: 20_000,
         datagrams: 20_400,
@@ -241,7 +241,7 @@ fn node_tuning_warns_with_the_ethtool_fix_when_the_gateway_gets_one_datagram_per
             && fix.contains("docs/performance.md"),
         "{fix}"
     );
-    i.udp_receive = Some(kwg_wg::contract::UdpReceive {
+    i.udp_receive = Some(kwg_contract::UdpReceive {
         one_per_frame: false,
         messages: 500,
         datagrams: 20_000,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ipnet::IpNet;
 use kube::config::Kubeconfig;
-use kwg_wg::contract::{GatewayInfo, RouteSource, Status};
+use kwg_contract::{GatewayInfo, RouteSource, Status};
 
 use super::check::Check;
 use super::cluster::{self as verdict, ApiProbe, Auth, InfoProbe};
@@ -393,7 +393,7 @@ async fn routes(f: &Findings, interface: &str) -> Check {
     if subnets.is_empty() {
         return Check::skip("routes", "the cluster's subnets are unknown (see gateway)");
     }
-    let existing = match kwg_wg::netlink::Netlink::open() {
+    let existing = match kwg_host::netlink::Netlink::open() {
         Ok(nl) => nl.routes().await,
         Err(e) => Err(e),
     };

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
-use kwg_wg::contract::Status;
-use kwg_wg::netlink::RouteEntry;
+use kwg_contract::Status;
+use kwg_host::netlink::RouteEntry;
 
 use super::check::Check;
 use crate::exit::ExitCode;
@@ -351,7 +351,7 @@ pub fn daemon(probe: &DaemonProbe, now: DateTime<Utc>) -> Check {
         s.tunnel_ip.as_deref().unwrap_or("-"),
         s.interface
     );
-    if s.state == Some(kwg_wg::contract::ConnectionState::Degraded) {
+    if s.state == Some(kwg_contract::ConnectionState::Degraded) {
         let what: Vec<&str> = s.health.iter().map(|h| h.message.as_str()).collect();
         let fix: Vec<&str> = s.health.iter().map(|h| h.fix.as_str()).collect();
         return Check::fail(

@@ -1,7 +1,7 @@
 use super::*;
 use crate::doctor::check::Outcome;
-use kwg_wg::contract::LeaseStatus;
-use kwg_wg::netlink::MAIN_TABLE;
+use kwg_contract::LeaseStatus;
+use kwg_host::netlink::MAIN_TABLE;
 
 fn route(dest: &str, dev: &str, table: u32) -> RouteEntry {
     RouteEntry {
@@ -228,9 +228,9 @@ fn the_daemon_line_carries_the_lease_and_warns_while_renewal_fails() {
 fn a_degraded_daemon_fails_with_each_health_line() {
     let now: DateTime<Utc> = "2026-01-01T00:01:00Z".parse().unwrap();
     let mut s = Status::example();
-    s.state = Some(kwg_wg::contract::ConnectionState::Degraded);
-    s.health = vec![kwg_wg::contract::HealthIssue {
-        kind: kwg_wg::contract::HealthKind::RoutesMissing,
+    s.state = Some(kwg_contract::ConnectionState::Degraded);
+    s.health = vec![kwg_contract::HealthIssue {
+        kind: kwg_contract::HealthKind::RoutesMissing,
         message: "routes missing from kwg0: 10.96.0.0/12".into(),
         fix: "run kwg leave, then kwg join".into(),
     }];

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use kwg_wg::contract::{GatewayInfo, RouteSource};
+use kwg_contract::{GatewayInfo, RouteSource};
 
 use super::check::Check;
 use super::gather::Findings;
@@ -109,7 +109,7 @@ async fn socks_connect(proxy: SocketAddr, to: SocketAddr) -> bool {
 
 /// Sends a handshake initiation from a throwaway key and waits for a reply or an ICMP error.
 async fn initiation(to: SocketAddr, info: &GatewayInfo) -> Initiation {
-    let key = kwg_wg::keys::PrivateKey::generate();
+    let key = kwg_contract::keys::PrivateKey::generate();
     let mut tunn = boringtun::noise::Tunn::new(
         key.to_secret(),
         info.public_key.to_x25519(),

@@ -1,6 +1,6 @@
 use super::*;
 use base64::Engine as _;
-use kwg_wg::keys::PrivateKey;
+use kwg_contract::keys::PrivateKey;
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)

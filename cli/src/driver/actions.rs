@@ -3,8 +3,8 @@
 
 use std::future::Future;
 
+use kwg_host::netlink::Netlink;
 use kwg_wg::device::{DEFAULT_MTU, Device, DeviceConfig, PeerConfig};
-use kwg_wg::netlink::Netlink;
 
 use super::{Done, Driver, Long, exec, firewall};
 use crate::cluster::Kube;

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
-use kwg_wg::contract::{GatewayInfo, PeerSpec};
+use kwg_contract::keys::{self, PrivateKey};
+use kwg_contract::{GatewayInfo, PeerSpec};
+use kwg_host::netlink::Netlink;
 use kwg_wg::device::{DeviceHandle, PeerConfig};
-use kwg_wg::keys::{self, PrivateKey};
-use kwg_wg::netlink::Netlink;
 use kwg_wg::uapi::SetRequest;
 
 use crate::args::{DnsMode, JoinArgs};
@@ -56,7 +56,7 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
     let tag = machine_tag(&key.public_key());
     let own = plan::peer_name(args, &hostname(), &tag)
         .ok()
-        .map(|n| format!("{}{n}", kwg_wg::contract::PEER_SECRET_PREFIX));
+        .map(|n| format!("{}{n}", kwg_contract::PEER_SECRET_PREFIX));
     let (key, notes) = unsquatted_key(&kube, &args.kube.kwg_namespace, own, key, dir).await?;
     let (resolved_state, resolved) = detect_resolved(args).await?;
     let dns_on = plan::sets_up_dns(args.dns_mode) && info.dns_ip.is_some();
@@ -504,7 +504,7 @@ fn hostname() -> String {
 /// Six hex digits naming this machine in the default peer name: a hash of
 /// `/etc/machine-id` (the id itself is never published, as machine-id(5) asks), else of this
 /// state directory's public key (stable while the key is).
-pub fn machine_tag(public_key: &kwg_wg::keys::PublicKey) -> String {
+pub fn machine_tag(public_key: &kwg_contract::keys::PublicKey) -> String {
     let id = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
         .iter()
         .find_map(|p| {

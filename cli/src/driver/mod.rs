@@ -12,9 +12,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use kwg_wg::contract::{GatewayInfo, Status};
+use kwg_contract::keys::PrivateKey;
+use kwg_contract::{GatewayInfo, Status};
 use kwg_wg::device::Device;
-use kwg_wg::keys::PrivateKey;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -125,7 +125,7 @@ struct Driver {
     /// Chooses the gateway's path (UDP, TCP, API server) once the peer is configured.
     transport: Option<crate::transport::Transport>,
     /// Its last status, kept for the error when no path worked.
-    transport_status: Option<kwg_wg::contract::TransportStatus>,
+    transport_status: Option<kwg_contract::TransportStatus>,
     /// Userspace mode's stack and proxy (the device is `device`).
     userspace: Option<crate::userspace::Userspace>,
     forwarder: Option<Forwarder>,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use kwg_wg::contract::{ConnectionState, DnsStatus, GatewayInfo, Status};
+use kwg_contract::{ConnectionState, DnsStatus, GatewayInfo, Status};
 
 use crate::session::Session;
 
@@ -79,7 +79,7 @@ pub async fn silent_daemon_status(state: &State, why: String) -> Status {
 /// The peer Secret of `peer` as the API server shows it (`Unknown` when it does not say
 /// within [`PROBE_TIMEOUT`]).
 pub async fn peer_secret(kube: &Kube, namespace: &str, peer: &str) -> SecretProbe {
-    let name = format!("{}{peer}", kwg_wg::contract::PEER_SECRET_PREFIX);
+    let name = format!("{}{peer}", kwg_contract::PEER_SECRET_PREFIX);
     let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
         kube::Api::namespaced(kube.client.clone(), namespace);
     match tokio::time::timeout(PROBE_TIMEOUT, api.get_opt(&name)).await {
@@ -93,7 +93,7 @@ pub async fn peer_secret(kube: &Kube, namespace: &str, peer: &str) -> SecretProb
                 .as_ref()
                 .and_then(|d| d.get("leaseExpires"))
                 .and_then(|v| std::str::from_utf8(&v.0).ok())
-                .and_then(|v| kwg_wg::contract::parse_lease(v).ok()),
+                .and_then(|v| kwg_contract::parse_lease(v).ok()),
         },
         _ => SecretProbe::Unknown,
     }
@@ -105,7 +105,7 @@ async fn missing_routes(state: &State) -> Vec<ipnet::IpNet> {
     if state.proxy.is_some() {
         return Vec::new();
     }
-    let Ok(existing) = async { kwg_wg::netlink::Netlink::open()?.routes().await }.await else {
+    let Ok(existing) = async { kwg_host::netlink::Netlink::open()?.routes().await }.await else {
         return Vec::new();
     };
     state
@@ -211,7 +211,7 @@ impl super::Driver {
                 kube::Api::namespaced(kube.client.clone(), &ns);
             let cfg = watcher::Config::default().fields(&format!(
                 "metadata.name={}",
-                kwg_wg::contract::GATEWAY_INFO_CONFIGMAP
+                kwg_contract::GATEWAY_INFO_CONFIGMAP
             ));
             let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff().applied_objects());
             while let Some(item) = stream.next().await {
@@ -225,7 +225,7 @@ impl super::Driver {
                 let Some(json) = cm
                     .data
                     .as_ref()
-                    .and_then(|d| d.get(kwg_wg::contract::GATEWAY_INFO_KEY))
+                    .and_then(|d| d.get(kwg_contract::GATEWAY_INFO_KEY))
                 else {
                     continue;
                 };

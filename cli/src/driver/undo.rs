@@ -1,7 +1,7 @@
 //! Undoing recorded changes: one step at a time from the daemon, or a whole journal after the
 //! daemon was killed (`kwg leave`, the next `kwg join`).
 
-use kwg_wg::netlink::Netlink;
+use kwg_host::netlink::Netlink;
 
 use crate::cluster::Kube;
 use crate::dns::{resolvconf, resolved};

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::core::Request;
 use kube::{Client, Resource};
-use kwg_wg::contract::GATEWAY_POD_SELECTOR;
+use kwg_contract::GATEWAY_POD_SELECTOR;
 
 pub use client::stream_client;
 pub use demux::ProtocolError;

@@ -6,10 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::{IpNet, Ipv4Net};
-use kwg_wg::contract::{GatewayInfo, PeerName, PeerSpec};
+use kwg_contract::keys::PublicKey;
+use kwg_contract::{GatewayInfo, PeerName, PeerSpec};
+use kwg_host::netlink::RouteEntry;
 use kwg_wg::device::PeerConfig;
-use kwg_wg::keys::PublicKey;
-use kwg_wg::netlink::RouteEntry;
 
 use crate::args::{DnsMode, JoinArgs};
 use crate::dns::forwarder::ForwarderConfig;
@@ -138,7 +138,7 @@ pub fn peer_name(args: &JoinArgs, hostname: &str, tag: &str) -> Result<PeerName,
     match &args.name {
         Some(n) => n
             .parse()
-            .map_err(|e: kwg_wg::contract::ContractError| Error::invalid("--name", e.to_string())),
+            .map_err(|e: kwg_contract::ContractError| Error::invalid("--name", e.to_string())),
         None => default_peer_name(hostname, tag)
             .ok_or_else(|| Error::invalid("hostname", "it gives no usable peer name: pass --name")),
     }

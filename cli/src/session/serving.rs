@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use kwg_wg::contract::{GatewayInfo, LeaseStatus, RefusedInfo};
+use kwg_contract::{GatewayInfo, LeaseStatus, RefusedInfo};
 
 use super::health::{Health, Verdict};
 use super::{

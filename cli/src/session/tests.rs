@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use kwg_wg::contract::GatewayInfo;
-use kwg_wg::keys::PrivateKey;
+use kwg_contract::GatewayInfo;
+use kwg_contract::keys::PrivateKey;
 
 use super::*;
 use crate::state::Undo;

@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
-use kwg_wg::contract::GatewayInfo;
+use kwg_contract::GatewayInfo;
 
 use crate::error::Error;
 
@@ -352,7 +352,7 @@ mod tests {
     use super::*;
 
     fn info() -> GatewayInfo {
-        let key = kwg_wg::keys::PrivateKey::generate().public_key();
+        let key = kwg_contract::keys::PrivateKey::generate().public_key();
         GatewayInfo::from_json(
             format!(
                 r#"{{"version":1,"publicKey":"{key}","endpoints":["192.0.2.1:31820"],"tunnelCidr":"100.77.0.0/16",

@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use kwg_wg::contract::{GatewayInfo, PeerSpec};
+use kwg_contract::{GatewayInfo, PeerSpec};
 use kwg_wg::device::PeerConfig;
 
 use super::Facts;
@@ -88,7 +88,7 @@ pub enum Action {
     /// Replace the gateway peer (new key, endpoint or allowed IPs); `old_key` is removed when
     /// the key changed.
     UpdateGateway {
-        old_key: kwg_wg::keys::PublicKey,
+        old_key: kwg_contract::keys::PublicKey,
         peer: PeerConfig,
     },
     /// Reconcile routes of the interface.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use kube::Client;
-use kwg_wg::contract::WIREGUARD_PORT;
+use kwg_contract::WIREGUARD_PORT;
 use kwg_wg::device::ByteStream;
 
 use crate::cluster::Kube;

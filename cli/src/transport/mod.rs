@@ -10,7 +10,7 @@ mod rungs;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use kwg_wg::contract::{PathFailure, TransportStatus};
+use kwg_contract::{PathFailure, TransportStatus};
 use kwg_wg::device::{DeviceHandle, PeerConfig};
 use tokio::sync::{mpsc, watch};
 

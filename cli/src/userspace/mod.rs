@@ -19,8 +19,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use kwg_contract::keys::PrivateKey;
 use kwg_wg::device::{DEFAULT_MTU, Device, DeviceHandle, PeerConfig};
-use kwg_wg::keys::PrivateKey;
 
 use crate::dns::forwarder::ForwarderConfig;
 use crate::error::Error;

@@ -10,7 +10,7 @@
 
 use blake2::Blake2sMac256;
 use blake2::digest::{FixedOutput, KeyInit, Mac, Update};
-use kwg_wg::keys::PrivateKey;
+use kwg_contract::keys::PrivateKey;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -11,16 +11,16 @@ pub mod requests;
 pub mod tokens;
 
 use anyhow::{Context, Result, bail};
+use kwg_contract::keys::{PrivateKey, PublicKey};
+use kwg_contract::{GatewayInfo, GatewayPeer, TunnelIp};
 use kwg_sim::sh;
 use kwg_sim::testing::{Cluster, exec, exec_ok, unique};
-use kwg_wg::contract::{self, GatewayInfo, GatewayPeer, TunnelIp};
-use kwg_wg::keys::{PrivateKey, PublicKey};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The namespace the gateway runs in (its pods, Deployment, Service, Lease and key).
-pub const GATEWAY_NS: &str = contract::DEFAULT_GATEWAY_NAMESPACE;
+pub const GATEWAY_NS: &str = kwg_contract::DEFAULT_GATEWAY_NAMESPACE;
 
 /// Runs the rest of an argv as user and group 65534 (nobody), no supplementary groups and no
 /// capabilities: another local user, or a user without privilege.
@@ -144,10 +144,10 @@ pub fn restart_gateway(c: &Cluster) -> Result<String> {
 pub fn gateway_info(c: &Cluster) -> Result<GatewayInfo> {
     let json = c.kubectl_developer(&[
         "-n",
-        contract::DEFAULT_NAMESPACE,
+        kwg_contract::DEFAULT_NAMESPACE,
         "get",
         "configmap",
-        contract::GATEWAY_INFO_CONFIGMAP,
+        kwg_contract::GATEWAY_INFO_CONFIGMAP,
         "-o",
         "jsonpath={.data.info\\.json}",
     ])?;
@@ -159,8 +159,8 @@ pub fn gateway_info(c: &Cluster) -> Result<GatewayInfo> {
 pub fn put_gateway_info(c: &Cluster, ns: &str, info: &serde_json::Value) -> Result<()> {
     let cm = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": contract::GATEWAY_INFO_CONFIGMAP, "namespace": ns},
-        "data": {(contract::GATEWAY_INFO_KEY): info.to_string()},
+        "metadata": {"name": kwg_contract::GATEWAY_INFO_CONFIGMAP, "namespace": ns},
+        "data": {(kwg_contract::GATEWAY_INFO_KEY): info.to_string()},
     });
     c.kubectl_apply(&c.admin_kubeconfig(), &cm.to_string())?;
     Ok(())
@@ -200,15 +200,15 @@ pub fn peer_secret_json(
         ("owner", "developer".into()),
         ("hostname", format!("{name}-host")),
         ("namespaces", "emojivoto".into()),
-        ("leaseExpires", contract::format_lease(lease_expires)),
+        ("leaseExpires", kwg_contract::format_lease(lease_expires)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret", "type": contract::PEER_SECRET_TYPE,
-        "metadata": {"name": format!("{}{name}", contract::PEER_SECRET_PREFIX), "namespace": contract::DEFAULT_NAMESPACE,
-                     "labels": {contract::PEER_LABEL: contract::PEER_LABEL_VALUE}},
+        "apiVersion": "v1", "kind": "Secret", "type": kwg_contract::PEER_SECRET_TYPE,
+        "metadata": {"name": format!("{}{name}", kwg_contract::PEER_SECRET_PREFIX), "namespace": kwg_contract::DEFAULT_NAMESPACE,
+                     "labels": {kwg_contract::PEER_LABEL: kwg_contract::PEER_LABEL_VALUE}},
         "stringData": data,
     })
 }
@@ -225,12 +225,12 @@ pub fn register_peer(c: &Cluster, name: &str, key: &PublicKey, lease: Duration) 
 
 /// The peer Secret's annotations.
 pub fn peer_annotations(c: &Cluster, name: &str) -> Result<Option<serde_json::Value>> {
-    let secret = format!("{}{name}", contract::PEER_SECRET_PREFIX);
+    let secret = format!("{}{name}", kwg_contract::PEER_SECRET_PREFIX);
     let out = c.kubectl_output(
         &c.developer_kubeconfig(),
         &[
             "-n",
-            contract::DEFAULT_NAMESPACE,
+            kwg_contract::DEFAULT_NAMESPACE,
             "get",
             "secret",
             &secret,
@@ -249,7 +249,7 @@ pub fn peer_annotations(c: &Cluster, name: &str) -> Result<Option<serde_json::Va
 pub fn wait_tunnel_ip(c: &Cluster, name: &str, timeout: Duration) -> Result<TunnelIp> {
     wait_for(&format!("tunnel IP of {name}"), timeout, || {
         let ann = peer_annotations(c, name)?.unwrap_or_default();
-        Ok(ann[contract::TUNNEL_IP_ANNOTATION]
+        Ok(ann[kwg_contract::TUNNEL_IP_ANNOTATION]
             .as_str()
             .and_then(|s| s.parse().ok()))
     })
@@ -312,7 +312,7 @@ impl WgPeer {
     /// routes `routes` through it.
     pub fn connect(&mut self, info: &GatewayInfo, ip: TunnelIp, routes: &[&str]) -> Result<()> {
         let key_file = std::env::temp_dir().join(format!("{}.key", self.ifname));
-        kwg_wg::keys::write_private_key_file(&key_file, &self.key)?;
+        kwg_contract::keys::write_private_key_file(&key_file, &self.key)?;
         let endpoint = info
             .endpoints
             .first()

@@ -2,13 +2,13 @@
 //! Needs root (network namespaces); every test builds its own cluster.
 
 use anyhow::Result;
+use kwg_contract::TunnelIp;
+use kwg_contract::keys::PrivateKey;
 use kwg_e2e::{
     Implementation, WgPeer, gateway_info, gateway_netns, gateway_peers, install_gateway,
     peer_annotations, register_peer, restart_gateway, wait_for, wait_tunnel_ip,
 };
 use kwg_sim::testing::Cluster;
-use kwg_wg::contract::{self, TunnelIp};
-use kwg_wg::keys::PrivateKey;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
@@ -62,11 +62,11 @@ fn install_publishes_info_keeps_key_and_protects_it() -> Result<()> {
     assert_eq!(info.cluster_domain, "cluster.local");
 
     // The developer (group kwg:users) cannot read the private key, by name or by listing.
-    let ns = contract::DEFAULT_GATEWAY_NAMESPACE;
+    let ns = kwg_contract::DEFAULT_GATEWAY_NAMESPACE;
     let get = kubectl_says(
         &c,
         &c.developer_kubeconfig(),
-        &["-n", ns, "get", "secret", contract::GATEWAY_KEY_SECRET],
+        &["-n", ns, "get", "secret", kwg_contract::GATEWAY_KEY_SECRET],
     )?;
     assert!(
         get.contains("Forbidden") || get.contains("forbidden"),
@@ -76,13 +76,13 @@ fn install_publishes_info_keeps_key_and_protects_it() -> Result<()> {
     assert!(list.to_lowercase().contains("forbidden"), "{list}");
     // ... and may do what kwg-user grants.
     for (verb, res, ns) in [
-        ("create", "secrets", contract::DEFAULT_NAMESPACE),
-        ("watch", "secrets", contract::DEFAULT_NAMESPACE),
-        ("delete", "secrets", contract::DEFAULT_NAMESPACE),
+        ("create", "secrets", kwg_contract::DEFAULT_NAMESPACE),
+        ("watch", "secrets", kwg_contract::DEFAULT_NAMESPACE),
+        ("delete", "secrets", kwg_contract::DEFAULT_NAMESPACE),
         (
             "get",
             "configmaps/kwg-gateway-info",
-            contract::DEFAULT_NAMESPACE,
+            kwg_contract::DEFAULT_NAMESPACE,
         ),
         ("list", "namespaces", "default"),
     ] {
@@ -310,8 +310,11 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
         "stringData": {"name": "broken", "publicKey": "not-a-key", "owner": "developer"}});
     c.kubectl_apply(&c.developer_kubeconfig(), &bad.to_string())?;
     let err = wait_for("the error annotation", Duration::from_secs(10), || {
-        Ok(peer_annotations(&c, "broken")?
-            .and_then(|a| a[contract::ERROR_ANNOTATION].as_str().map(str::to_owned)))
+        Ok(peer_annotations(&c, "broken")?.and_then(|a| {
+            a[kwg_contract::ERROR_ANNOTATION]
+                .as_str()
+                .map(str::to_owned)
+        }))
     })?;
     assert!(
         err.contains("missing") || err.contains("public key"),
@@ -337,7 +340,7 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
         "A disturbed by a malformed Secret"
     );
     assert_eq!(
-        peer_annotations(&c, "peer-a")?.unwrap()[contract::TUNNEL_IP_ANNOTATION],
+        peer_annotations(&c, "peer-a")?.unwrap()[kwg_contract::TUNNEL_IP_ANNOTATION],
         a_ip.to_string()
     );
 
@@ -387,15 +390,15 @@ fn many_registrations_restart_and_lease_expiry() -> Result<()> {
         let name = format!("many-{i}");
         let a = wait_for(&format!("{name} answered"), Duration::from_secs(20), || {
             Ok(peer_annotations(&c, &name)?.filter(|a| {
-                a.get(contract::TUNNEL_IP_ANNOTATION).is_some()
-                    || a.get(contract::ERROR_ANNOTATION).is_some()
+                a.get(kwg_contract::TUNNEL_IP_ANNOTATION).is_some()
+                    || a.get(kwg_contract::ERROR_ANNOTATION).is_some()
             }))
         })?;
-        match a[contract::TUNNEL_IP_ANNOTATION].as_str() {
+        match a[kwg_contract::TUNNEL_IP_ANNOTATION].as_str() {
             Some(ip) => {
                 ips.insert(name, ip.parse()?);
             }
-            None => refused.push(a[contract::ERROR_ANNOTATION].to_string()),
+            None => refused.push(a[kwg_contract::ERROR_ANNOTATION].to_string()),
         }
     }
     assert_eq!((ips.len(), refused.len()), (20, 30), "{ips:?}");
@@ -589,7 +592,7 @@ fn admin_port_serves_pods_only_health_and_peers_only_themselves() -> Result<()> 
     let peers = wait_for("/peers through the tunnel", Duration::from_secs(10), || {
         a.http_get("http://100.77.0.1:8080/peers", 2)
     })?;
-    let peers: Vec<contract::GatewayPeer> = serde_json::from_str(&peers)?;
+    let peers: Vec<kwg_contract::GatewayPeer> = serde_json::from_str(&peers)?;
     let me = peers
         .iter()
         .find(|p| p.name.as_str() == "peer-a")
@@ -613,7 +616,7 @@ fn admin_port_serves_pods_only_health_and_peers_only_themselves() -> Result<()> 
     let own = a
         .http_get("http://100.77.0.1:8080/peers/self", 2)?
         .expect("/peers/self through the tunnel");
-    let own: contract::GatewayPeer = serde_json::from_str(&own)?;
+    let own: kwg_contract::GatewayPeer = serde_json::from_str(&own)?;
     assert_eq!(
         (own.name.as_str(), own.hostname.as_deref()),
         ("peer-a", Some("peer-a-host"))

@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use kwg_contract::GatewayPeer;
+use kwg_contract::keys::PrivateKey;
 use kwg_e2e::laptop::laptop;
 use kwg_e2e::requests::RequestLoop;
 use kwg_gateway::siblings;
 use kwg_sim::testing::Cluster;
-use kwg_wg::contract::{self, GatewayPeer};
-use kwg_wg::keys::PrivateKey;
 
 /// Generous bound on a gap with 2 replicas (the daemon handshakes again after 0.5 s of
 /// unanswered packets and replays them; scripts/bench-failover.sh measures ~0.9 s). `KWG_HA_REPLICAS=1` (scripts/bench-failover.sh) measures a single
@@ -73,7 +73,7 @@ fn replica_proof(sim: &Cluster, pod: &str) -> String {
             NS,
             "get",
             "secret",
-            contract::GATEWAY_KEY_SECRET,
+            kwg_contract::GATEWAY_KEY_SECRET,
             "-o",
             "go-template={{.data.privateKey | base64decode}}",
         ])
@@ -322,7 +322,7 @@ fn registrations_against_two_replicas_get_distinct_addresses_and_a_lease_is_coll
     let addresses = kwg_e2e::wait_for("50 addresses", Duration::from_secs(60), || {
         let out = sim.kubectl_admin(&[
             "-n",
-            contract::DEFAULT_NAMESPACE,
+            kwg_contract::DEFAULT_NAMESPACE,
             "get",
             "secrets",
             "-l",
@@ -340,14 +340,14 @@ fn registrations_against_two_replicas_get_distinct_addresses_and_a_lease_is_coll
         let ips: Vec<String> = anns
             .iter()
             .filter_map(|a| {
-                a[contract::TUNNEL_IP_ANNOTATION]
+                a[kwg_contract::TUNNEL_IP_ANNOTATION]
                     .as_str()
                     .map(str::to_owned)
             })
             .collect();
         let errors: Vec<_> = anns
             .iter()
-            .filter_map(|a| a[contract::ERROR_ANNOTATION].as_str())
+            .filter_map(|a| a[kwg_contract::ERROR_ANNOTATION].as_str())
             .collect();
         assert!(errors.is_empty(), "{errors:?}");
         Ok((ips.len() == 50).then_some(ips))

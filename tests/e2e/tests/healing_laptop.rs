@@ -76,7 +76,7 @@ fn a_new_lan_address_carries_traffic_again_within_seconds() {
     let info = kwg_e2e::gateway_info(&sim).unwrap();
     let url = format!("http://{}:{}/peers", info.gateway_ip, info.admin_port);
     let out = l.run(&["curl", "-sf", "--max-time", "3", &url]);
-    let peers: Vec<kwg_wg::contract::GatewayPeer> = serde_json::from_slice(&out.stdout)
+    let peers: Vec<kwg_contract::GatewayPeer> = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{url}: {e}: {}", text(&out.stderr)));
     let me = peers
         .iter()

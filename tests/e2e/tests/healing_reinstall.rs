@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kwg_contract::GATEWAY_KEY_SECRET;
 use kwg_e2e::GATEWAY_NS;
 use kwg_e2e::laptop::{laptop, text};
 use kwg_e2e::requests::RequestLoop;
 use kwg_sim::testing::Cluster;
-use kwg_wg::contract::GATEWAY_KEY_SECRET;
 
 #[test]
 fn traffic_flows_again_through_a_gateway_reinstalled_with_a_new_key() {

@@ -281,7 +281,7 @@ fn kwg_users_have_no_rights_next_to_the_gateway() -> Result<()> {
     assert_eq!(rules, EXPECTED_RULES, "{list}");
     // In kwg-system the second user, like the developer, may neither take the developer's
     // peer nor make a token Secret.
-    let key = kwg_wg::keys::PrivateKey::generate().public_key();
+    let key = kwg_contract::keys::PrivateKey::generate().public_key();
     kwg_e2e::register_peer(&c, "devbox", &key, Duration::from_secs(3600))?;
     let del = ["-n", "kwg-system", "delete", "secret", "kwg-peer-devbox"];
     assert_eq!(

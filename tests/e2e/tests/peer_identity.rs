@@ -82,7 +82,7 @@ fn a_second_machine_of_the_same_hostname_is_told_and_deletes_nothing() {
     let tag = name.rsplit('-').next().unwrap();
     assert!(
         name.starts_with(
-            &kwg_wg::contract::PeerName::sanitize(hostname.trim())
+            &kwg_contract::PeerName::sanitize(hostname.trim())
                 .unwrap()
                 .to_string()
         ) && tag.len() == 6,
@@ -119,7 +119,7 @@ fn a_second_machine_of_the_same_hostname_is_told_and_deletes_nothing() {
     // first machine registered in between): its renewal leaves that Secret alone and says
     // the name is taken.
     let theirs = chrono::Utc::now() + chrono::Duration::hours(1);
-    let key = kwg_wg::keys::PrivateKey::generate().public_key();
+    let key = kwg_contract::keys::PrivateKey::generate().public_key();
     let doc = kwg_e2e::peer_secret_json(&name, &key, theirs).to_string();
     let dev = sim.developer_kubeconfig().display().to_string();
     wait_for(
@@ -159,7 +159,7 @@ fn a_second_machine_of_the_same_hostname_is_told_and_deletes_nothing() {
     };
     // Renewals every 3 s: two have come and gone, and their lease is still theirs.
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(lease(), kwg_wg::contract::format_lease(theirs));
+    assert_eq!(lease(), kwg_contract::format_lease(theirs));
     assert_eq!(secret_uid(&sim, &secret), Some(replaced.clone()));
     assert!(a.kwg(&["leave"]).status.success());
     assert_eq!(secret_uid(&sim, &secret), Some(replaced));
@@ -174,7 +174,7 @@ fn a_squatted_public_key_gets_a_new_key_pair_and_the_join_works() {
     // The machine's key, made by a first join.
     l.join(&["-n", "emojivoto"]);
     assert!(l.kwg(&["leave"]).status.success());
-    let key = kwg_wg::keys::read_private_key_file(&l.state.join("private.key"))
+    let key = kwg_contract::keys::read_private_key_file(&l.state.join("private.key"))
         .unwrap()
         .public_key();
     // Another user copies it into a peer of their own, which the gateway serves.
@@ -194,7 +194,7 @@ fn a_squatted_public_key_gets_a_new_key_pair_and_the_join_works() {
     );
     assert_eq!(err.matches(&said).count(), 1, "{err}");
     assert!(reaches_web_app(&l));
-    let now = kwg_wg::keys::read_private_key_file(&l.state.join("private.key"))
+    let now = kwg_contract::keys::read_private_key_file(&l.state.join("private.key"))
         .unwrap()
         .public_key();
     assert_ne!(now, key);

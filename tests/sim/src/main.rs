@@ -2,7 +2,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    kwg_wg::logging::init("info");
+    kwg_host::logging::init("info");
     match kwg_sim::cli::run(kwg_sim::cli::Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -4,4 +4,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| kwg_wg::contract::fuzz_parse(data));
+fuzz_target!(|data: &[u8]| kwg_contract::fuzz_parse(data));

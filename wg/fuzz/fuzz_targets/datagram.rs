@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use kwg_wg::core::{Core, NetBatch, TunBatch};
-use kwg_wg::keys::PrivateKey;
+use kwg_contract::keys::PrivateKey;
 use kwg_wg::peer::PeerConfig;
 use libfuzzer_sys::fuzz_target;
 

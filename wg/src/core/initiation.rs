@@ -13,7 +13,7 @@ use hmac::{Mac, SimpleHmac};
 
 use boringtun::x25519;
 
-use crate::keys::PublicKey;
+use kwg_contract::keys::PublicKey;
 
 /// Noise protocol name and WireGuard identifier (the WireGuard paper, section 5.4).
 const CONSTRUCTION: &[u8] = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
@@ -109,7 +109,7 @@ pub fn open_initiation(
 mod tests {
     use super::*;
     use crate::core::testing::initiation;
-    use crate::keys::PrivateKey;
+    use kwg_contract::keys::PrivateKey;
 
     #[test]
     fn names_the_sender_and_orders_timestamps() {

@@ -30,8 +30,8 @@ pub use tun_batch::{TUN_BATCH, TunBatch};
 
 use peer::{Peer, ensure_tunn};
 
-use crate::keys::{PrivateKey, PublicKey};
 use crate::peer::{PeerConfig, PeerStats};
+use kwg_contract::keys::{PrivateKey, PublicKey};
 
 /// Message type of a cookie reply (the WireGuard paper, section 5.4.7).
 const COOKIE_REPLY: u8 = 3;

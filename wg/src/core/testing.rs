@@ -10,7 +10,7 @@ use std::time::Instant;
 use boringtun::noise::{Tunn, TunnResult};
 
 use super::{Core, NetBatch, TunBatch};
-use crate::keys::{PrivateKey, PublicKey};
+use kwg_contract::keys::{PrivateKey, PublicKey};
 
 /// A minimal IPv4/UDP packet from `src` to `dst` carrying `payload`.
 pub fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {

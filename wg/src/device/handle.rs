@@ -9,8 +9,8 @@ use std::time::{Instant, SystemTime};
 use super::{ByteStream, PeerConfig, PeerStats, Shared, tasks};
 use crate::Error;
 use crate::io::udp::Udp;
-use crate::keys::PublicKey;
 use crate::uapi;
+use kwg_contract::keys::PublicKey;
 
 impl Shared {
     pub(crate) fn handle(self: &Arc<Self>) -> DeviceHandle {

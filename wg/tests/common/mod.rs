@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use kwg_contract::keys::PrivateKey;
 use kwg_wg::device::{Device, DeviceConfig, DeviceHandle};
-use kwg_wg::keys::PrivateKey;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -303,7 +303,7 @@ pub fn tcp_transfer(client: &Netns, server: &Netns, addr: SocketAddr, len: usize
 
 /// A peer with `endpoint` and AllowedIPs `ips`.
 pub fn peer(
-    key: kwg_wg::keys::PublicKey,
+    key: kwg_contract::keys::PublicKey,
     endpoint: Option<&str>,
     ips: &[&str],
 ) -> kwg_wg::device::PeerConfig {

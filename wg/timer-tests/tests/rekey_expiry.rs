@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kwg_wg::core::testing::{capture, ipv4, receive};
 use kwg_wg::core::{Core, NetBatch};
-use kwg_wg::keys::{PrivateKey, PublicKey};
+use kwg_contract::keys::{PrivateKey, PublicKey};
 use kwg_wg::peer::PeerConfig;
 use mock_instant::MockClock;
 

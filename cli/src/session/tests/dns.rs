@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kwg_wg::keys::PrivateKey;
+use kwg_contract::keys::PrivateKey;
 
 use super::*;
 

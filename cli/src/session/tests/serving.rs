@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kwg_wg::keys::PrivateKey;
+use kwg_contract::keys::PrivateKey;
 
 use super::*;
 
@@ -191,11 +191,11 @@ fn a_changed_gateway_info_that_fails_the_trust_checks_is_refused_and_the_last_go
     conflict.pod_cidrs.push("192.168.5.0/24".parse().unwrap());
     let mut s = r;
     if let Some(p) = s.s.plan.as_mut() {
-        p.machine_routes.push(kwg_wg::netlink::RouteEntry {
+        p.machine_routes.push(kwg_host::netlink::RouteEntry {
             destination: "192.168.0.0/16".parse().unwrap(),
             interface: Some("eth0".into()),
             gateway: None,
-            table: kwg_wg::netlink::MAIN_TABLE,
+            table: kwg_host::netlink::MAIN_TABLE,
         });
     }
     s.s.handle(Event::GatewayInfo(Box::new(conflict)), s.now);
@@ -390,7 +390,7 @@ fn status_says_since_when_renewal_fails_why_and_when_it_is_retried() {
         text.ends_with("retrying in 7s; lease ends in 53s"),
         "{text}"
     );
-    let mut status = kwg_wg::contract::Status::example();
+    let mut status = kwg_contract::Status::example();
     status.lease = Some(lease);
     let json = serde_json::to_value(&status).unwrap();
     assert_eq!(json["lease"]["failures"], 3);

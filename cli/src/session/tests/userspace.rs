@@ -18,11 +18,11 @@ fn userspace_mode_changes_nothing_on_the_machine_and_probes_the_cluster_dns() {
             facts_given = true;
             let mut f = facts(&gateway);
             f.interface_exists = true;
-            f.machine_routes = vec![kwg_wg::netlink::RouteEntry {
+            f.machine_routes = vec![kwg_host::netlink::RouteEntry {
                 destination: "10.96.0.0/12".parse().unwrap(),
                 gateway: None,
                 interface: Some("eth0".into()),
-                table: kwg_wg::netlink::MAIN_TABLE,
+                table: kwg_host::netlink::MAIN_TABLE,
             }];
             Some(Some(Event::Inspected(Box::new(f))))
         }

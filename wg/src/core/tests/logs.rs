@@ -19,7 +19,7 @@ fn handshake_is_logged_in_the_peer_span_without_keys() {
         .flat_map(|k| {
             [
                 k.to_string(),
-                crate::keys::hex32(k.as_bytes()),
+                kwg_contract::keys::hex32(k.as_bytes()),
                 base64::engine::general_purpose::STANDARD.encode(&k.as_bytes()[..12]),
             ]
         })

@@ -84,7 +84,7 @@ fn replayed_initiation_is_refused_after_the_session_restarts() {
 
     // A new preshared key drops B's `Tunn` (and with it boringtun's own replay memory).
     let mut cfg = p.b.peer_config(&p.a_key).unwrap().clone();
-    cfg.preshared_key = Some(crate::keys::PresharedKey::generate());
+    cfg.preshared_key = Some(kwg_contract::keys::PresharedKey::generate());
     p.b.upsert_peer(cfg);
     let attacker: SocketAddr = ATTACKER.parse().unwrap();
     let (replies, _) = testing::receive(&mut p.b, attacker, &init, p.now);

@@ -8,10 +8,29 @@ use std::str::FromStr;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use boringtun::x25519;
+use x25519_dalek as x25519;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::Error;
+/// What can go wrong reading a WireGuard key: its text, or the file that holds it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("invalid WireGuard key: {0} (expected 44 characters of base64 as `wg genkey` prints)")]
+    InvalidKey(String),
+    #[error(
+        "private key file {path} is readable by group or others (mode {mode:o}): run `chmod 600 {path}`",
+        path = .path.display()
+    )]
+    KeyFileTooOpen { path: std::path::PathBuf, mode: u32 },
+    #[error("cannot {action} {path}: {source}", path = .path.display())]
+    File {
+        action: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Error = KeyError;
 
 fn decode32(s: &str) -> Result<[u8; 32], Error> {
     let s = s.trim();
@@ -122,11 +141,13 @@ impl PublicKey {
     }
 }
 
-pub(crate) fn hex32(b: &[u8; 32]) -> String {
+/// 32 bytes as lowercase hex (UAPI's key format).
+pub fn hex32(b: &[u8; 32]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub(crate) fn unhex32(s: &str) -> Option<[u8; 32]> {
+/// UAPI's 64 hex digits back to 32 bytes; `None` for anything else.
+pub fn unhex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 || !s.is_ascii() {
         return None;
     }

@@ -435,7 +435,7 @@ mod tests {
             last_handshake: None,
             rx_bytes: 1,
             tx_bytes: 2,
-            reach: Some(crate::contract::ReachStatus {
+            reach: Some(crate::ReachStatus {
                 enforced: true,
                 namespaces: vec!["emojivoto".into()],
                 dropped_packets: 0,

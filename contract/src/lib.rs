@@ -1,11 +1,11 @@
-//! The contract between the gateway and every client (see `docs/contract.md`).
-//!
-//! Names of Kubernetes objects, the peer Secret format, the gateway info JSON, the
+//! The contract between the gateway and every client (see `docs/contract.md`): WireGuard
+//! keys, names of Kubernetes objects, the peer Secret format, the gateway info JSON, the
 //! `/peers` JSON of the gateway's admin port and the `kwg status -o json` document. Parsing takes plain maps (a Secret's `data`,
 //! its labels and annotations), so this crate does not depend on k8s-openapi.
 
 mod error;
 mod info;
+pub mod keys;
 mod peer;
 mod status;
 mod types;
