@@ -367,8 +367,26 @@ proptest! {
             let plan = c.reconcile(secrets.values(), &running, now());
             apply(&plan, &mut running, &mut secrets);
             let ips: HashSet<_> = plan.active.iter().map(|p| p.ip).collect();
-            prop_assert_eq!(ips.len(), plan.active.len());
-            prop_assert_eq!(running.len(), plan.active.len());
+            prop_assert_eq!(ips.len(), plan.active.len(), "two active peers share an address");
+            // Every Secret present is served (12 peers fit in the /28's 13 addresses), each
+            // under its own key, at the address its Secret is annotated with.
+            let served: BTreeMap<String, (PublicKey, TunnelIp)> = plan
+                .active
+                .iter()
+                .map(|p| (format!("kwg-peer-{}", p.spec.name), (p.spec.public_key, p.ip)))
+                .collect();
+            let wanted: BTreeMap<String, (PublicKey, TunnelIp)> = secrets
+                .iter()
+                .map(|(n, s)| (n.clone(), (s.spec.as_ref().unwrap().public_key, s.tunnel_ip.unwrap())))
+                .collect();
+            prop_assert_eq!(&served, &wanted);
+            // The device holds exactly the active peers, each allowed only its own address.
+            let device: BTreeMap<PublicKey, Vec<IpNet>> = plan
+                .active
+                .iter()
+                .map(|p| (p.spec.public_key, vec![IpNet::V4(Ipv4Net::from(p.ip.addr()))]))
+                .collect();
+            prop_assert_eq!(&running, &device);
         }
     }
 }

@@ -93,12 +93,22 @@ fn a_leader_that_cannot_renew_stops_at_the_renew_deadline() {
     let mut a = Elector::new("a", timing());
     let mut lease = None;
     round(&mut a, &mut lease, t(0));
-    // Renewals fail from now on (decide, no write).
+    let held = lease.clone().expect("a wrote the Lease");
+    // Renewals fail from now on (decide, no write): each round still asks to renew its own
+    // record at that instant, and a keeps leading until the renew deadline.
     for s in 1..=5 {
-        let _ = a.decide(lease.as_ref(), t(s));
+        let Step::Write(r) = a.decide(lease.as_ref(), t(s)) else {
+            panic!("the holder renews at {s}")
+        };
+        assert_eq!(r.holder.as_deref(), Some("a"));
+        assert_eq!(r.renew_time, Some(t(s)), "a renewal stamps the time asked");
+        assert_eq!((r.acquire_time, r.transitions), (held.acquire_time, 0));
         assert!(a.is_leader(t(s)));
     }
     assert!(!a.is_leader(t(6)));
+    // The failed renewals wrote nothing: the Lease still says a renewed at 0, so another
+    // replica takes over a lease duration after it first saw that record.
+    assert_eq!(lease.as_ref().and_then(|r| r.renew_time), Some(t(0)));
 }
 
 #[test]
