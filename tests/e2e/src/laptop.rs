@@ -51,14 +51,32 @@ impl Laptop {
     }
 
     pub fn run_as(&self, user: &str, argv: &[&str]) -> Output {
-        let state = format!("KWG_STATE_DIR={}", self.state.display());
-        let kubeconfig = format!("KUBECONFIG={}", self.sim.names().kubeconfig(user).display());
-        let path = format!("PATH={}", path_with_bins());
-        let mut all = vec!["env", &state, &kubeconfig, &path];
-        all.extend_from_slice(argv);
-        self.sim
-            .exec(&self.netns, &all)
+        self.command(user, argv)
+            .output()
             .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"))
+    }
+
+    /// Starts `argv` on this laptop as the developer without waiting (stdout and stderr
+    /// piped), e.g. to watch what a `kwg join` does while it runs.
+    pub fn spawn(&self, argv: &[&str]) -> std::process::Child {
+        self.command("developer", argv)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {argv:?}: {e}"))
+    }
+
+    fn command(&self, user: &str, argv: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &self.netns, "env"])
+            .arg(format!("KWG_STATE_DIR={}", self.state.display()))
+            .arg(format!(
+                "KUBECONFIG={}",
+                self.sim.names().kubeconfig(user).display()
+            ))
+            .arg(format!("PATH={}", path_with_bins()))
+            .args(argv);
+        c
     }
 
     /// `kwg ci-credentials NAME --out FILE` as the admin, `--reach` each of `reach` and
@@ -173,8 +191,22 @@ pub fn path_with_bins() -> String {
     )
 }
 
+/// Whether the peer Secret of `name` exists. Only the API server's NotFound means it is gone:
+/// any other failure (API server down, RBAC, kubectl missing) panics with kubectl's error, so
+/// a "no Secret left" assertion cannot pass against a broken API server.
 pub fn secret_exists(sim: &Cluster, name: &str) -> bool {
     let secret = format!("kwg-peer-{name}");
-    sim.kubectl_admin(&["-n", "kwg-system", "get", "secret", &secret])
-        .is_ok()
+    let got = sim
+        .kubectl_admin(&[
+            "-n",
+            "kwg-system",
+            "get",
+            "secret",
+            &secret,
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ])
+        .unwrap_or_else(|e| panic!("cannot tell whether Secret {secret} exists: {e}"));
+    !got.trim().is_empty()
 }

@@ -223,10 +223,11 @@ pub fn register_peer(c: &Cluster, name: &str, key: &PublicKey, lease: Duration) 
     Ok(())
 }
 
-/// The peer Secret's annotations.
+/// The peer Secret's annotations; `None` only when the API server says NotFound (any other
+/// kubectl failure is an error, never "gone").
 pub fn peer_annotations(c: &Cluster, name: &str) -> Result<Option<serde_json::Value>> {
     let secret = format!("{}{name}", kwg_contract::PEER_SECRET_PREFIX);
-    let out = c.kubectl_output(
+    let out = c.kubectl(
         &c.developer_kubeconfig(),
         &[
             "-n",
@@ -234,14 +235,15 @@ pub fn peer_annotations(c: &Cluster, name: &str) -> Result<Option<serde_json::Va
             "get",
             "secret",
             &secret,
+            "--ignore-not-found",
             "-o",
             "json",
         ],
     )?;
-    if !out.status.success() {
+    if out.trim().is_empty() {
         return Ok(None);
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
     Ok(Some(v["metadata"]["annotations"].clone()))
 }
 

@@ -177,14 +177,70 @@ fn wait_for_a_service_without_endpoints_fails_and_leaves_nothing() {
 fn wait_for_a_ready_service_returns_when_it_answers() {
     let sim = shared();
     let l = laptop(&sim, "waitok");
-    l.join(&[
+    // `late` has no endpoint until a web-app pod is given its label, after the tunnel is up.
+    let late = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "late", "namespace": "emojivoto"},
+        "spec": {"selector": {"kwg-e2e-late": "waitok"}, "ports": [{"port": 80, "targetPort": 80}]}});
+    sim.kubectl_apply(&sim.admin_kubeconfig(), &late.to_string())
+        .expect("create Service late");
+    let pod = sim
+        .kubectl_admin(&[
+            "-n",
+            "emojivoto",
+            "get",
+            "pods",
+            "-l",
+            "app=web-app",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+        .expect("a web-app pod");
+    let mut join = l.spawn(&[
+        "kwg",
+        "join",
+        "--name",
+        "waitok",
         "-n",
         "emojivoto",
+        "--timeout",
+        "40s",
         "--wait-for",
         "web-app.emojivoto:80",
         "--wait-for",
         "echo.default:80",
+        "--wait-for",
+        "late.emojivoto:80",
     ]);
+    // The tunnel comes up (status: connected) while the join keeps waiting for `late`.
+    let joined_early = |join: &mut std::process::Child| {
+        join.try_wait()
+            .expect("kwg join")
+            .map(|s| panic!("kwg join returned ({s}) before late.emojivoto:80 had an endpoint"))
+    };
+    kwg_e2e::wait_for("the tunnel up", Duration::from_secs(20), || {
+        joined_early(&mut join);
+        Ok(l.kwg(&["status"]).status.success().then_some(()))
+    })
+    .expect("kwg status connected while the join waits");
+    std::thread::sleep(Duration::from_millis(1500));
+    joined_early(&mut join);
+    let label = ["-n", "emojivoto", "label", "pod", &pod];
+    sim.kubectl_admin(&[&label[..], &["kwg-e2e-late=waitok"]].concat())
+        .expect("label the pod");
+    let ready = Instant::now();
+    let out = join.wait_with_output().expect("kwg join");
+    let waited = ready.elapsed();
+    sim.kubectl_admin(&[&label[..], &["kwg-e2e-late-"]].concat())
+        .expect("unlabel the pod");
+    sim.kubectl_admin(&["-n", "emojivoto", "delete", "service", "late"])
+        .expect("delete Service late");
+    assert!(
+        out.status.success(),
+        "kwg join: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(waited < Duration::from_secs(10), "returned {waited:?} after");
     // No retry: the first request works.
     let out = l.run(&[
         "curl",
@@ -399,12 +455,12 @@ fn a_killed_job_is_collected_within_ttl_and_a_minute() {
     let sim = shared();
     let l = laptop(&sim, "killedjob");
     l.join(&["-n", "emojivoto", "--ttl", "20s"]);
-    let in_gateway = || {
-        kwg_e2e::gateway_peers(&sim)
-            .map(|peers| peers.iter().any(|p| p.name.as_str() == "killedjob"))
-            .unwrap_or(true)
+    // The gateway's /peers lists it; a failed read is an error, never "still there" or "gone".
+    let in_gateway = || -> anyhow::Result<bool> {
+        let peers = kwg_e2e::gateway_peers(&sim)?;
+        Ok(peers.iter().any(|p| p.name.as_str() == "killedjob"))
     };
-    assert!(in_gateway());
+    assert!(in_gateway().expect("the gateway's /peers"), "not registered");
     let pid = l.daemon_pid().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -417,7 +473,7 @@ fn a_killed_job_is_collected_within_ttl_and_a_minute() {
     kwg_e2e::wait_for(
         "the gateway to drop the peer",
         Duration::from_secs(80),
-        || Ok((!in_gateway() && !secret_exists(&sim, "killedjob")).then_some(())),
+        || Ok((!in_gateway()? && !secret_exists(&sim, "killedjob")).then_some(())),
     )
     .expect("peer collected within ttl + 60 s");
     eprintln!(
