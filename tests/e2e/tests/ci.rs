@@ -240,7 +240,10 @@ fn wait_for_a_ready_service_returns_when_it_answers() {
         text(&out.stdout),
         text(&out.stderr)
     );
-    assert!(waited < Duration::from_secs(10), "returned {waited:?} after");
+    assert!(
+        waited < Duration::from_secs(10),
+        "returned {waited:?} after"
+    );
     // No retry: the first request works.
     let out = l.run(&[
         "curl",
@@ -460,7 +463,10 @@ fn a_killed_job_is_collected_within_ttl_and_a_minute() {
         let peers = kwg_e2e::gateway_peers(&sim)?;
         Ok(peers.iter().any(|p| p.name.as_str() == "killedjob"))
     };
-    assert!(in_gateway().expect("the gateway's /peers"), "not registered");
+    assert!(
+        in_gateway().expect("the gateway's /peers"),
+        "not registered"
+    );
     let pid = l.daemon_pid().to_string();
     assert!(
         std::process::Command::new("kill")
