@@ -1,6 +1,6 @@
 //! kwg gateway: the in-cluster end of every kwg tunnel.
 //!
-//! Pure parts: [`alloc`] (tunnel IPs), [`core`] (reconcile Secrets against the device),
+//! Pure parts: [`alloc`] (tunnel IPs), [`core`] (reconcile Secrets against the device), [`peers::writes`] (which writes the leader sends),
 //! [`nft`] (the firewall ruleset), [`reach`] (who reaches what), [`discovery`]'s parsers, [`metrics`] rendering,
 //! [`peer_object`] (Secrets as the reflector store keeps them), [`election`] (leader election).
 //! I/O edges: [`kube_io`] (watcher, patches, Events, key, info), [`discovery_watch`] (watchers
@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod net;
 pub mod nft;
 pub mod peer_object;
+pub mod peers;
 pub mod reach;
 pub mod reach_watch;
 pub mod review_schedule;
