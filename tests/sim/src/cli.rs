@@ -2,6 +2,7 @@
 
 use crate::names::{self, Names};
 use crate::net::{ClusterNet, parse_cidr};
+use crate::topology::LanModel;
 use crate::{Error, Result, sh, topology};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -70,6 +71,10 @@ pub struct UpArgs {
     /// The cluster domain (names `<svc>.<ns>.svc.<domain>`, pods' search list).
     #[arg(long, default_value = names::CLUSTER_DOMAIN)]
     pub domain: String,
+    /// How the machines' interfaces on the LAN behave (docs/architecture.md, the one-machine
+    /// cluster).
+    #[arg(long, value_enum, value_name = "MODEL", default_value_t = LanModel::Nic)]
+    pub lan_model: LanModel,
 }
 
 impl UpArgs {
@@ -139,7 +144,7 @@ pub fn run(args: Args) -> Result<()> {
         ));
     }
     match args.cmd {
-        Cmd::Up(up_args) => up(&n, &up_args.net()?),
+        Cmd::Up(up_args) => up(&n, &up_args.net()?, up_args.lan_model),
         Cmd::Down => topology::teardown(&n),
         Cmd::Status => status(&n),
         Cmd::Env => {
@@ -202,13 +207,13 @@ async fn workload(kind: WorkloadCmd) -> Result<()> {
 }
 
 /// `up`: clean, build the network, start the daemon, wait for its ready file.
-fn up(n: &Names, net: &ClusterNet) -> Result<()> {
+fn up(n: &Names, net: &ClusterNet, model: LanModel) -> Result<()> {
     let start = Instant::now();
     topology::teardown(n)?;
     let dir = n.run_dir();
     std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     net.save(n)?;
-    topology::build(n, net)?;
+    topology::build(n, net, model)?;
     let log =
         std::fs::File::create(n.daemon_log()).map_err(Error::io("creating the daemon log"))?;
     let log2 = log

@@ -9,8 +9,76 @@ use crate::sh::{self, ip};
 use crate::{Error, Result};
 use std::net::Ipv4Addr;
 
-/// Creates the node, LAN and laptop namespaces and wires them, with the addresses of `net`.
-pub fn build(n: &Names, net: &ClusterNet) -> Result<()> {
+/// How the machines' interfaces on the LAN behave (`kwg-sim up --lan-model`).
+///
+/// `Nic`: each machine's interface (the node's and every laptop's) acts as a NIC on a wire. It
+/// sends frames of at most its MTU: `gso_max_segs 1` cuts a GSO super-packet (TCP, or a UDP GSO
+/// datagram of up to 64 KB) before it leaves, as a NIC's segmentation offload does. It receives
+/// with GRO as a NIC driver does: `gro on` on the machine's veth and TSO off on the bridge port
+/// that feeds it, so the frames pass the veth's NAPI one by one and are coalesced there: TCP,
+/// and UDP for the machine's own UDP_GRO sockets; UDP the node forwards only with
+/// `rx-udp-gro-forwarding on` on its interface (the node tuning of docs/performance.md, off as
+/// on a NIC out of the box). docs/architecture.md says which feature models which hardware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LanModel {
+    /// Frames of at most the MTU on the wire, GRO on receive, as NICs do.
+    #[default]
+    Nic,
+    /// The LAN of earlier figures: GSO super-packets cross whole, nothing coalesces.
+    Previous,
+}
+
+impl LanModel {
+    fn name(self) -> &'static str {
+        match self {
+            LanModel::Nic => "nic",
+            LanModel::Previous => "previous",
+        }
+    }
+
+    /// The model `n` was started with (`<run dir>/lan-model`); a cluster started before there
+    /// was a choice has the previous LAN.
+    pub fn of(n: &Names) -> LanModel {
+        match std::fs::read_to_string(n.run_dir().join("lan-model")) {
+            Ok(s) if s.trim() == LanModel::Nic.name() => LanModel::Nic,
+            _ => LanModel::Previous,
+        }
+    }
+
+    fn save(self, n: &Names) -> Result<()> {
+        sh::write_file(&n.run_dir().join("lan-model"), self.name())
+    }
+
+    /// Fails, naming the fix, when the model needs a tool this machine lacks.
+    fn check_tools(self) -> Result<()> {
+        if self == LanModel::Nic
+            && std::process::Command::new("ethtool")
+                .arg("--version")
+                .output()
+                .is_err()
+        {
+            return Err(Error::Invalid(
+                "--lan-model nic sets the LAN interfaces' offloads with ethtool, which is not installed: apt-get install ethtool (scripts/install-deps.sh does), or use --lan-model previous".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `ethtool ARGS...` inside the network namespace `ns`.
+fn ethtool(ns: &str, args: &[&str]) -> Result<()> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    crate::netns::run_in(ns, move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sh::run("ethtool", &args).map(drop)
+    })
+}
+
+/// Creates the node, LAN and laptop namespaces and wires them, with the addresses of `net` and
+/// the LAN behaving as `model` says.
+pub fn build(n: &Names, net: &ClusterNet, model: LanModel) -> Result<()> {
+    model.check_tools()?;
+    model.save(n)?;
     let (node, lan, laptop) = (n.node_ns(), n.lan_ns(), n.laptop_ns());
     for ns in [&lan, &node] {
         ip(&format!("netns add {ns}"))?;
@@ -43,6 +111,7 @@ pub fn build(n: &Names, net: &ClusterNet) -> Result<()> {
     let on_lan = Attach {
         lan_ns: lan.clone(),
         bits,
+        model,
     };
     on_lan.attach(&node, "p-node", "eth0", net.node_ip())?;
     // The node's own processes reach ClusterIPs through the output DNAT, which needs a route to
@@ -75,10 +144,12 @@ fn add_machine(ns: &str, net: &ClusterNet) -> Result<()> {
     )
 }
 
-/// One cluster's LAN: the namespace holding its bridge and its prefix length.
+/// One cluster's LAN: the namespace holding its bridge, its prefix length and how its links
+/// behave.
 struct Attach {
     lan_ns: String,
     bits: u8,
+    model: LanModel,
 }
 
 impl Attach {
@@ -86,6 +157,7 @@ impl Attach {
         Attach {
             lan_ns: n.lan_ns(),
             bits: net.lan.prefix_len(),
+            model: LanModel::of(n),
         }
     }
 
@@ -107,6 +179,14 @@ impl Attach {
         ))?;
         ip(&format!("-n {lan} link set {port} master br0 up"))?;
         ip(&format!("-n {ns} addr add {addr}/{bits} dev {ifname}"))?;
+        if self.model == LanModel::Nic {
+            // Transmit as a NIC: frames of at most the MTU leave (see LanModel::Nic).
+            ip(&format!("-n {ns} link set {ifname} gso_max_segs 1"))?;
+            // Receive as a NIC: the port sends the frames one by one (no TSO) into the
+            // interface's NAPI, whose GRO coalesces them.
+            ethtool(lan, &["-K", port, "tso", "off"])?;
+            ethtool(ns, &["-K", ifname, "gro", "on"])?;
+        }
         ip(&format!("-n {ns} link set {ifname} up"))?;
         Ok(())
     }
@@ -219,6 +299,9 @@ pub fn add_laptop(clusters: &[Names], name: &str) -> Result<Vec<Ipv4Addr>> {
             "laptop {name} exists already (kwg-sim laptop del {name} --prefix {})",
             owner.prefix()
         )));
+    }
+    for c in clusters {
+        LanModel::of(c).check_tools()?;
     }
     let ns = owner.extra_laptop_ns(name);
     let addrs = clusters
