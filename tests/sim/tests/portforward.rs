@@ -30,6 +30,17 @@ fn web_pod(c: &Cluster) -> String {
 
 /// Start `kubectl port-forward pod/<pod> LOCAL:REMOTE` in the laptop and wait for "Forwarding from".
 fn forward(c: &Cluster, kubeconfig: &std::path::Path, pod: &str, ports: &str) -> Forward {
+    forward_with(c, kubeconfig, pod, ports, &[])
+}
+
+/// [`forward`] with more kubectl flags (e.g. `-v=6` to log each request and its answer).
+fn forward_with(
+    c: &Cluster,
+    kubeconfig: &std::path::Path,
+    pod: &str,
+    ports: &str,
+    flags: &[&str],
+) -> Forward {
     let mut child = Command::new("ip")
         .args([
             "netns",
@@ -46,6 +57,7 @@ fn forward(c: &Cluster, kubeconfig: &std::path::Path, pod: &str, ports: &str) ->
             &format!("pod/{pod}"),
             ports,
         ])
+        .args(flags)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -162,6 +174,40 @@ subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: User, name: nobody}
 "#;
     c.kubectl_apply(&c.admin_kubeconfig(), rbac).unwrap();
-    let _fw = forward(&c, &c.nobody_kubeconfig(), &pod, "18090:80");
+    // -v=6: kubectl logs each request it sends with the answer's status.
+    let mut fw = forward_with(&c, &c.nobody_kubeconfig(), &pod, "18090:80", &["-v=6"]);
     page(&c, "http://127.0.0.1:18090/");
+    // kubectl took the connection (on its stdout) ...
+    let mut line = String::new();
+    while line.starts_with("Forwarding from") || line.is_empty() {
+        line.clear();
+        fw.1.read_line(&mut line).unwrap();
+    }
+    assert_eq!(line.trim(), "Handling connection for 18090");
+    let _ = fw.0.kill();
+    let mut log = String::new();
+    std::io::Read::read_to_string(fw.0.stderr.as_mut().unwrap(), &mut log).unwrap();
+    // ... and the one upgrade the API server granted was SPDY's POST: kubectl's WebSocket
+    // dialer was refused and it fell back, so the page came through the SPDY session.
+    let url = format!("/api/v1/namespaces/emojivoto/pods/{pod}/portforward\"");
+    let answered = |verb: &str, status: &str| {
+        log.lines().any(|l| {
+            l.contains(&format!("\"Response\" verb=\"{verb}\""))
+                && l.contains(&url)
+                && l.contains(&format!("status=\"{status}"))
+        })
+    };
+    assert!(
+        log.contains("fallback to secondary dialer from primary dialer err: unable to upgrade streaming request: pods")
+            && log.contains("cannot get resource \"pods/portforward\""),
+        "the WebSocket dialer was not refused:\n{log}"
+    );
+    assert!(
+        answered("POST", "101 Switching Protocols"),
+        "no SPDY upgrade:\n{log}"
+    );
+    assert!(
+        !answered("GET", "101"),
+        "the WebSocket upgrade was granted:\n{log}"
+    );
 }
