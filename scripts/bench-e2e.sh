@@ -5,118 +5,45 @@
 #   - through a wireguard-go client registered by hand per docs/contract.md against the same
 #     gateway (a peer Secret with its public key; wg-quick-like setup with ip/wg in the laptop),
 #   - from the node to the pod with no tunnel (the ceiling).
-# The LAN segments datagrams to its MTU as a real network does (see wire() below); two more rows
-# show kwg with the datagrams whole (only the sim can do that) and both clients with a node NIC
-# that coalesces forwarded UDP (nic_gro() below).
+# The LAN is the sim's (LAN_MODEL=nic, the default: its machines send frames of at most the MTU
+# and receive with GRO as NICs do; LAN_MODEL=previous: the LAN of earlier figures, whose
+# datagrams this script cuts to the MTU itself, see wire() below; docs/architecture.md). Two more
+# rows show kwg with the datagrams whole (only the sim can do that) and both clients with a node
+# NIC that coalesces forwarded UDP (nic_gro() below).
 # Prints Gbit/s, the gateway's CPU seconds per GB carried (user + system time of the
 # kwg-gateway process, from /proc/PID/stat) and the machine's (all CPUs, busy time, from
 # /proc/stat: it includes the client, iperf3, softirq and anything else running), and the
 # ratios, in one run. The gateway's figure also holds the softirq work its thread happens to run
 # (kernels without IRQ time accounting charge it to the running task): with PERF=1 about 13-19 %
 # of its samples, the node's routing and the pod's TCP receive among them. The machine's other load moves the absolute figures: compare the ratios
-# of one run. Needs root. Usage: scripts/bench-e2e.sh
+# of one run. Needs root. Usage: [LAN_MODEL=nic|previous] scripts/bench-e2e.sh
 # BINS=DIR: kwg, kwg-gateway, kwg-wg and kwg-sim from DIR (e.g. copies of two builds for A/B
 # runs; nothing is built). PERF=1: also where the CPU goes during one more 4-stream run of each
 # client (perf sampling of the whole machine; kernel and user symbols; PERF_OUT=DIR keeps the
 # perf.data files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 DURATION=${SECONDS_PER_RUN:-5}
+LAN_MODEL=${LAN_MODEL:-nic}
 
-[[ $EUID -eq 0 ]] || { echo "bench-e2e.sh: run as root (it builds a cluster in network namespaces)" >&2; exit 1; }
-missing=()
-command -v iperf3 >/dev/null || missing+=(iperf3)
-command -v wireguard-go >/dev/null || missing+=(wireguard-go)
-command -v wg >/dev/null || missing+=(wireguard-tools)
-command -v jq >/dev/null || missing+=(jq)
-command -v ethtool >/dev/null || missing+=(ethtool)
-[[ ${PERF:-0} == 1 ]] && ! command -v perf >/dev/null && missing+=(linux-perf)
-if ((${#missing[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
+ME=bench-e2e.sh
+. scripts/lib/sim-gateway.sh
+gw_deps "$([[ ${PERF:-0} == 1 ]] && echo perf)"
 # BUILD=0: use the release binaries already in target/ (another cargo may hold the lock).
-[[ ${BUILD:-1} == 0 || -n ${BINS:-} ]] ||
-  cargo build --release -q -p kwg -p kwg-gateway -p kwg-wg -p kwg-sim
-BINS=$(realpath "${BINS:-$ROOT/target/release}")
-BINDIR=$(mktemp -d)
-for b in kwg kwg-gateway kwg-wg kwg-sim; do ln -s "$BINS/$b" "$BINDIR/$b"; done
-export KWG_BIN_DIR=$BINDIR   # the sim's kubelet runs images as the binaries found here
+gw_bins
 
-P=ke$(( $$ % 10000 ))
-LAPTOP=$P-laptop NODE=$P-node
-RUN=/run/kwg-sim/$P
-STATE=$BINDIR/kwg-state
-WG=${P}w WGPID=
-
+P=ke$(( $$ % 10000 )) STATE=$BINDIR/kwg-state
 cleanup() {
-  [[ -n $WGPID ]] && kill "$WGPID" 2>/dev/null || true
+  wggo_stop
   [[ -d $STATE ]] && dev kwg leave >/dev/null 2>&1 || true
-  rm -f "/var/run/wireguard/$WG.sock"
   "$BINDIR/kwg-sim" --prefix "$P" down >/dev/null 2>&1 || true
   rm -rf "$BINDIR"
 }
 trap cleanup EXIT
-
 # As the developer on the laptop.
-dev() {
-  ip netns exec "$LAPTOP" env KWG_STATE_DIR="$STATE" KUBECONFIG="$RUN/developer.kubeconfig" \
-    PATH="$BINDIR:$PATH" "$@"
-}
-admin() { ip netns exec "$LAPTOP" kubectl --kubeconfig "$RUN/admin.kubeconfig" "$@"; }
-# wait_for WHAT CMD...: retries CMD (its output is the value) for up to 60 s.
-wait_for() {
-  local what=$1 out; shift
-  for _ in $(seq 300); do
-    out=$("$@" 2>/dev/null || true)
-    [[ -n $out ]] && { echo "$out"; return; }
-    sleep 0.2
-  done
-  echo "bench-e2e.sh: timed out waiting for $what" >&2; exit 1
-}
+dev() { dev_in "$LAPTOP" "$STATE" "$@"; }
 
-"$BINDIR/kwg-sim" --prefix "$P" up >/dev/null
-admin apply -k manifests/ >/dev/null
-# One replica: both clients go through the same gateway process.
-admin -n kwg-gateway scale deployment/kwg-gateway --replicas=1 >/dev/null
-admin apply -f - >/dev/null <<'EOF'
-apiVersion: v1
-kind: Namespace
-metadata: {name: kwg-bench}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: iperf3, namespace: kwg-bench}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: iperf3}}
-  template:
-    metadata: {labels: {app: iperf3}}
-    spec:
-      containers:
-        - name: iperf3
-          image: iperf3
-          command: [/usr/bin/iperf3, --server, --port, "5201"]
-          ports: [{name: iperf3, containerPort: 5201}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: iperf3, namespace: kwg-bench}
-spec:
-  selector: {app: iperf3}
-  ports: [{name: iperf3, port: 5201, targetPort: iperf3}]
-EOF
-ready_gateway() {
-  admin -n kwg-gateway get pods -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -m1 True
-}
-wait_for "the gateway to be Ready" ready_gateway >/dev/null
-one_gateway() { [[ $(admin -n kwg-gateway get pods -o name | wc -l) == 1 ]] && echo yes; }
-wait_for "one gateway pod" one_gateway >/dev/null
-INFO=$(wait_for "the gateway info" admin -n kwg-system get configmap kwg-gateway-info -o jsonpath='{.data.info\.json}')
-pod_ip() { admin -n kwg-bench get pods -l app=iperf3 -o jsonpath='{.items[0].status.podIP}'; }
-POD_IP=$(wait_for "the iperf3 pod" pod_ip)
-SVC_IP=$(admin -n kwg-bench get service iperf3 -o jsonpath='{.spec.clusterIP}')
+gw_cluster "$P" "$LAN_MODEL"
 
 # iperf3 TCP from namespace $1 to $2 with $3 streams: receiver Gbit/s (one retry if the run
 # fails, e.g. the server still finishing the previous one; its error goes to stderr).
@@ -131,27 +58,7 @@ throughput() {
   done
   echo "$v"
 }
-reachable() { # NS ADDR: an iperf3 connection works within 20 s
-  for _ in $(seq 40); do
-    ip netns exec "$1" iperf3 -c "$2" -p 5201 -n 1K >/dev/null 2>&1 && return
-    sleep 0.5
-  done
-  echo "bench-e2e.sh: $2:5201 unreachable from $1" >&2; exit 1
-}
 
-# The gateway process (the one replica, in its pod's namespace).
-gateway_pid() {
-  local pod pid
-  pod=$(admin -n kwg-gateway get pods -o jsonpath='{.items[0].metadata.name}')
-  for pid in $(ip netns pids "$P-pod-kwg-gateway-$pod"); do
-    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == kwg-gateway ]] && { echo "$pid"; return; }
-  done
-}
-GWPID=$(wait_for "the gateway process" gateway_pid)
-TICK=$(getconf CLK_TCK)
-# CPU seconds so far: the gateway's user + system time; the machine's busy time (all CPUs).
-gateway_cpu() { sed 's/.*) //' "/proc/$GWPID/stat" | awk -v t="$TICK" '{ printf "%.2f", ($12 + $13) / t }'; }
-machine_cpu() { awk -v t="$TICK" '$1 == "cpu" { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / t }' /proc/stat; }
 # per_gb SECONDS_BEFORE SECONDS_AFTER GBITS_PER_S: CPU seconds per GB carried in the run.
 per_gb() { awk -v a="$1" -v b="$2" -v g="$3" -v d="$DURATION" 'BEGIN { if (g > 0) printf "%.2f", (b - a) / (g * d / 8); else print "-" }'; }
 
@@ -191,15 +98,16 @@ profile() {
   echo
 }
 
-echo "iperf3 TCP ${DURATION} s per run, pod $POD_IP behind ClusterIP $SVC_IP (cluster $P)"
+echo "iperf3 TCP ${DURATION} s per run, pod $POD_IP behind ClusterIP $SVC_IP (cluster $P, LAN model $LAN_MODEL)"
 printf '%-34s %15s %15s %15s %15s\n' "" "" "" "gateway CPU" "machine CPU"
 printf '%-34s %15s %15s %15s %15s\n' "path" "TCP 1 stream" "TCP 4 streams" "s/GB 1 / 4" "s/GB 1 / 4"
 measure "node -> pod (no tunnel)" "$NODE" "$POD_IP" no-gateway
 
 # The LAN as a wire: a machine's NIC sends frames of at most its MTU, so a UDP GSO datagram of
 # up to 64 KB (what kwg's client and gateway send) is cut into MTU-sized datagrams when it
-# leaves the laptop or the node. The sim's veths and bridge would carry it whole into the
-# other side's socket, which no real network does: one row shows that path too, for comparison.
+# leaves the laptop or the node (the nic LAN does so already; the previous one needs this). The
+# sim's veths and bridge could carry it whole into the other side's socket, which no real
+# network does: one row shows that path too, for comparison.
 wire() { # on|off: segment what leaves the laptop's and the node's eth0, or not
   local segs=65535
   [[ $1 == on ]] && segs=1
@@ -208,13 +116,17 @@ wire() { # on|off: segment what leaves the laptop's and the node's eth0, or not
 }
 wire on
 # A node NIC that coalesces forwarded UDP (`ethtool -K NIC rx-udp-gro-forwarding on`, the node
-# operator's choice): the node's eth0 does GRO, UDP forwarding included, and the LAN's port
-# toward it sends no TSO frames (a veth coalesces only frames its peer could not send whole).
+# operator's choice): the node's eth0 does GRO, UDP forwarding included. On the nic LAN its GRO
+# runs already (the LAN's port toward it sends no TSO frames: a veth coalesces only frames its
+# peer could not send whole); on the previous LAN this turns that on and off too.
 nic_gro() { # on|off
-  local tso=on
-  [[ $1 == on ]] && tso=off
-  ip netns exec "$P-lan" ethtool -K p-node tso "$tso"
-  ip netns exec "$NODE" ethtool -K eth0 gro "$1" rx-udp-gro-forwarding "$1"
+  if [[ $LAN_MODEL == previous ]]; then
+    local tso=on
+    [[ $1 == on ]] && tso=off
+    ip netns exec "$P-lan" ethtool -K p-node tso "$tso"
+    ip netns exec "$NODE" ethtool -K eth0 gro "$1"
+  fi
+  ip netns exec "$NODE" ethtool -K eth0 rx-udp-gro-forwarding "$1"
 }
 # And as a switch: no host firewall on bridged frames (br_netfilter, when something on the host
 # loaded it, runs the LAN namespace's hooks for each frame: ~2 % of the machine in perf).
@@ -237,33 +149,13 @@ nic_gro off
 dev kwg leave >/dev/null 2>&1
 
 # A wireguard-go client registered per docs/contract.md.
-(umask 077; wg genkey > "$BINDIR/wg.key")
-wg pubkey < "$BINDIR/wg.key" > "$BINDIR/wg.pub"
-OWNER=$(dev kubectl auth whoami -o jsonpath='{.status.userInfo.username}')
-dev kubectl -n kwg-system create secret generic kwg-peer-wggo --type=kwg.io/peer \
-  --from-literal=name=wggo --from-file=publicKey="$BINDIR/wg.pub" --from-literal=owner="$OWNER" \
-  --from-literal=hostname=wggo --from-literal=namespaces=kwg-bench \
-  --from-literal=leaseExpires="$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)" >/dev/null
-dev kubectl -n kwg-system label secret kwg-peer-wggo kwg.io/peer=true >/dev/null
-tunnel_ip() { dev kubectl -n kwg-system get secret kwg-peer-wggo -o jsonpath='{.metadata.annotations.kwg\.io/tunnel-ip}'; }
-TIP=$(wait_for "the wireguard-go peer's tunnel address" tunnel_ip)
-CIDRS=$(jq -r '[.serviceCidrs[], .podCidrs[], (.gatewayIp + "/32")] | join(",")' <<<"$INFO")
-WG_PROCESS_FOREGROUND=1 ip netns exec "$LAPTOP" wireguard-go "$WG" >"$BINDIR/wggo.log" 2>&1 &
-WGPID=$!
-wait_for "the wireguard-go UAPI socket" ls "/var/run/wireguard/$WG.sock" >/dev/null
-ip netns exec "$LAPTOP" wg set "$WG" private-key "$BINDIR/wg.key" \
-  peer "$(jq -r .publicKey <<<"$INFO")" endpoint "$(jq -r '.endpoints[0]' <<<"$INFO")" \
-  allowed-ips "$CIDRS" persistent-keepalive 25
-ip -n "$LAPTOP" addr add "$TIP/32" dev "$WG"
-ip -n "$LAPTOP" link set "$WG" mtu 1420 up
-for c in ${CIDRS//,/ }; do ip -n "$LAPTOP" route replace "$c" dev "$WG"; done
+wggo_client "$LAPTOP" wggo "${P}w"
 measure "wireguard-go client -> ClusterIP" "$LAPTOP" "$SVC_IP"
 [[ ${PERF:-0} == 1 ]] && PROFILES+=("$(profile "wireguard-go client -> ClusterIP" "$LAPTOP" "$SVC_IP")")
 nic_gro on
 measure "wg-go, node NIC UDP GRO forwarding" "$LAPTOP" "$SVC_IP"
 nic_gro off
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 K="kwg join -> ClusterIP" W="wireguard-go client -> ClusterIP" N="node -> pod (no tunnel)"
 S="kwg, LAN datagrams whole (sim)" KG="kwg, node NIC UDP GRO forwarding"
 WG="wg-go, node NIC UDP GRO forwarding"

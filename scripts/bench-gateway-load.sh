@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The gateway under many laptops (issue 31): 1, 4 and 16 laptops of the one-machine cluster
+# (tests/sim; LAN_MODEL=nic, the default, or previous, as bench-e2e.sh), each running one bounded
+# iperf3 TCP upload (SECONDS_PER_RUN s, default 5) at the same time through the same gateway
+# (one replica) to its own iperf3 server in the iperf3 pod,
+#   - every laptop joined with `kwg join` (the kwg client),
+#   - then every laptop with a wireguard-go client registered per docs/contract.md instead.
+# Prints, per client and number of laptops: the aggregate Gbit/s (the receivers' bytes over the
+# run), the gateway's CPU seconds per GB carried (user + system time of the kwg-gateway process,
+# from /proc/PID/stat; it also holds the softirq work its thread happens to run, see
+# bench-e2e.sh) and its RSS after the run; then the ratios of one run: CPU per GB of the most
+# laptops over one laptop's (target: at most 1.10) and kwg over wireguard-go. The machine's other
+# load moves the absolute figures: compare the ratios of one run.
+# Needs root. Usage: [LAPTOPS="1 4 16"] [LAN_MODEL=nic|previous] scripts/bench-gateway-load.sh
+# LAPTOPS: the counts measured (the largest is how many laptops are made; at most 41).
+# BUILD=0 / BINS=DIR: as bench-e2e.sh. PERF=1: also where the gateway's CPU goes during one
+# more run of the most kwg laptops (perf samples of the gateway process; PERF_OUT=DIR keeps
+# perf.data). Everything runs in the cluster's namespaces (prefix kl<pid>), removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${SECONDS_PER_RUN:-5}
+LAN_MODEL=${LAN_MODEL:-nic}
+LAPTOPS=${LAPTOPS:-"1 4 16"}
+MAX=$(tr ' ' '\n' <<<"$LAPTOPS" | sort -n | tail -1)
+PORT0=5300   # laptop i's iperf3 server listens on PORT0 + i
+
+ME=bench-gateway-load.sh
+. scripts/lib/sim-gateway.sh
+gw_deps "$([[ ${PERF:-0} == 1 ]] && echo perf)"
+gw_bins
+
+P=kl$(( $$ % 10000 ))
+cleanup() {
+  wggo_stop
+  local i
+  for ((i = 1; i <= ${#NS[@]}; i++)); do
+    [[ -d $BINDIR/state-$i ]] && dev_in "${NS[i]}" "$BINDIR/state-$i" kwg leave >/dev/null 2>&1 || true
+  done
+  "$BINDIR/kwg-sim" --prefix "$P" down >/dev/null 2>&1 || true
+  rm -rf "$BINDIR"
+}
+NS=()
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+gw_cluster "$P" "$LAN_MODEL"
+
+# The laptops: the cluster's own, then extra ones (kwg-sim laptop add); NS[i] is laptop i's.
+NS[1]=$LAPTOP
+for ((i = 2; i <= MAX; i++)); do
+  NS[i]=$("$BINDIR/kwg-sim" --prefix "$P" laptop add "l$i" | cut -d' ' -f1)
+done
+# One iperf3 server per laptop in the iperf3 pod (a server runs one test at a time); they go
+# with the pod's namespace.
+IPERF_NS=$(gw_iperf_netns)
+for ((i = 1; i <= MAX; i++)); do
+  ip netns exec "$IPERF_NS" iperf3 -s -D -p $((PORT0 + i))
+done
+
+# Every laptop reaches its server within 20 s (the tunnel is up and its handshake done).
+all_reachable() {
+  local i
+  for ((i = 1; i <= MAX; i++)); do reachable "${NS[i]}" "$POD_IP" $((PORT0 + i)); done
+}
+
+declare -A T G R
+# load CLIENT N: laptops 1..N upload at once; stores Gbit/s T, gateway CPU s/GB G and RSS MiB R
+# under "CLIENT N" and prints the row.
+load() {
+  local client=$1 n=$2 i g0 g1 pids=() bytes failed
+  rm -f "$BINDIR"/iperf-*.json
+  g0=$(gateway_cpu)
+  for ((i = 1; i <= n; i++)); do
+    ip netns exec "${NS[i]}" iperf3 -c "$POD_IP" -p $((PORT0 + i)) -t "$DURATION" -J \
+      >"$BINDIR/iperf-$i.json" 2>/dev/null &
+    pids+=($!)
+  done
+  wait "${pids[@]}" || true
+  g1=$(gateway_cpu)
+  bytes=$(jq -s '[.[].end.sum_received.bytes // 0] | add' "$BINDIR"/iperf-*.json)
+  failed=$(jq -s '[.[] | select(.error)] | length' "$BINDIR"/iperf-*.json)
+  ((failed == 0)) || echo "$ME: $failed of $n iperf3 runs failed: $(jq -rs '[.[].error // empty][0]' "$BINDIR"/iperf-*.json)" >&2
+  T[$client $n]=$(awk -v b="$bytes" -v d="$DURATION" 'BEGIN { printf "%.2f", b * 8 / 1e9 / d }')
+  G[$client $n]=$(awk -v a="$g0" -v b="$g1" -v y="$bytes" 'BEGIN { if (y > 0) printf "%.2f", (b - a) / (y / 1e9); else print "-" }')
+  R[$client $n]=$(gateway_rss)
+  printf '%-14s %8s %10s Gbit/s %12s %10s MiB\n' "$client" "$n" "${T[$client $n]}" "${G[$client $n]}" "${R[$client $n]}"
+}
+# profile: perf samples of the gateway process during one more run of the most laptops; its
+# top symbols (self time).
+profile() {
+  [[ ${PERF:-0} == 1 ]] || return 0
+  local data=$BINDIR/perf-gateway-load.data
+  perf record -q -g -F 997 -p "$GWPID" -o "$data" -- sleep "$DURATION" >/dev/null 2>&1 &
+  local perf=$!
+  load "kwg (perf)" "$MAX" >/dev/null
+  wait "$perf" || true
+  echo
+  echo "kwg, $MAX laptops: where the gateway's CPU goes (perf, self time, top 25)"
+  perf report -i "$data" --stdio --no-children --sort dso,sym 2>/dev/null | awk '/^ +[0-9.]+%/ && n++ < 25'
+  echo "by thread"
+  perf report -i "$data" --stdio --no-children --sort comm 2>/dev/null | awk '/^ +[0-9.]+%/ && n++ < 8'
+  [[ -n ${PERF_OUT:-} ]] && cp "$data" "$PERF_OUT/"
+  return 0
+}
+
+echo "iperf3 TCP upload, ${DURATION} s, laptop i -> pod $POD_IP:$((PORT0 + 1))+ through one gateway (cluster $P, LAN model $LAN_MODEL)"
+printf '%-14s %8s %17s %12s %14s\n' client laptops throughput "gw CPU s/GB" "gw RSS"
+
+for ((i = 1; i <= MAX; i++)); do
+  dev_in "${NS[i]}" "$BINDIR/state-$i" kwg join --name "load$i" --transport udp --dns-mode off \
+    >"$BINDIR/join-$i.log" 2>&1 ||
+    { echo "$ME: kwg join on ${NS[i]} failed:" >&2; cat "$BINDIR/join-$i.log" >&2; exit 1; }
+done
+all_reachable
+for n in $LAPTOPS; do load kwg "$n"; done
+PROFILE_OUT=$(profile)
+for ((i = 1; i <= MAX; i++)); do
+  dev_in "${NS[i]}" "$BINDIR/state-$i" kwg leave >/dev/null 2>&1
+  rm -rf "$BINDIR/state-$i"
+done
+
+for ((i = 1; i <= MAX; i++)); do wggo_client "${NS[i]}" "wggo$i" "${P}w$i"; done
+all_reachable
+for n in $LAPTOPS; do load wireguard-go "$n"; done
+
+MIN=$(tr ' ' '\n' <<<"$LAPTOPS" | sort -n | head -1)
+echo
+printf '%-44s %8s %14s\n' ratio kwg wireguard-go
+printf '%-44s %8s %14s\n' "gateway CPU/GB, $MAX laptops / $MIN" \
+  "$(ratio "${G[kwg $MAX]}" "${G[kwg $MIN]}")" "$(ratio "${G[wireguard-go $MAX]}" "${G[wireguard-go $MIN]}")"
+printf '%-44s %8s %14s\n' "throughput, $MAX laptops / $MIN" \
+  "$(ratio "${T[kwg $MAX]}" "${T[kwg $MIN]}")" "$(ratio "${T[wireguard-go $MAX]}" "${T[wireguard-go $MIN]}")"
+for n in $LAPTOPS; do
+  printf '%-44s %8s\n' "kwg / wireguard-go throughput, $n laptops" "$(ratio "${T[kwg $n]}" "${T[wireguard-go $n]}")"
+done
+[[ -n $PROFILE_OUT ]] && echo "$PROFILE_OUT"
+exit 0
