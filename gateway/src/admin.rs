@@ -73,7 +73,7 @@ pub struct ReachView {
     pub enforced: bool,
     /// Reachable namespaces per peer address; a peer not here is not decided yet.
     pub by_peer: HashMap<Ipv4Addr, Vec<String>>,
-    /// The namespaces each pod IP and ClusterIP belongs to ([`crate::reach::address_namespaces`]),
+    /// The namespaces each pod IP and ClusterIP belongs to ([`crate::policy::inventory::address_namespaces`]),
     /// to say what a refused destination was.
     pub namespaces_of: Arc<HashMap<Ipv4Addr, Vec<String>>>,
 }
@@ -106,7 +106,7 @@ impl ReachView {
                     allow: of
                         .iter()
                         .filter(|ns| !namespaces.contains(ns))
-                        .map(|ns| crate::reach::allow_command(owner, ns))
+                        .map(|ns| crate::policy::grants::allow_command(owner, ns))
                         .collect(),
                     namespaces: of,
                 }

@@ -144,7 +144,7 @@ const REFUSED_KEPT_SECS: u64 = 3600;
 /// administratively prohibited, RFC 1812 5.2.7.1: type 3 code 13), counted in `peer_drops` per
 /// peer address, and remembered in `refused` (`peer . destination`, an hour from its last
 /// packet) so `/peers` names the last one. The answer is routed like any reply toward the
-/// peer: into the tunnel. [`crate::reach::Diff::render`] fills the sets.
+/// peer: into the tunnel. [`crate::policy::sets::Diff::render`] fills the sets.
 ///
 /// The bookkeeping rules come before the verdict, each on its own: an update of a full
 /// dynamic set fails and ends its rule (the kernel's NFT_BREAK), so a peer sweeping 65,536

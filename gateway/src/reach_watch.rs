@@ -1,15 +1,17 @@
 //! Reach by RBAC, the I/O side: watches Services, their EndpointSlices, Pods and Nodes (what
 //! peers may reach) and
 //! Roles, ClusterRoles and their bindings (when to ask again), asks SubjectAccessReviews per
-//! owner and namespace, and moves the `kwg_reach` nftables sets to what [`reach::desired`]
+//! owner and namespace, and moves the `kwg_reach` nftables sets to what [`sets::desired`]
 //! says, element by element.
 
 use crate::admin::{AdminState, ReachView};
 use crate::discovery_watch::{listed, watch};
-use crate::review_schedule::{Bucket, Spread};
-use crate::{Config, GatewayError, net, nft, reach};
+use crate::policy::schedule::{Bucket, Spread};
+use crate::policy::{grants, inventory, rbac, sets};
+use crate::{Config, GatewayError, net, nft};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
+use grants::{PeerReach, Question, Subject};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -18,7 +20,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::Store;
-use reach::{NsIds, PeerReach, Question, Sets, Subject};
+use sets::{NsIds, Sets};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,13 +50,13 @@ pub async fn run(
     };
     let (roles, bindings, mut ns_rbac) = namespaced_rbac(&client);
     let mut cluster_rbac = cluster_rbac(&client);
-    let mut rbac_seen = reach::RbacVersions::new();
+    let mut rbac_seen = rbac::RbacVersions::new();
     let mut dirty: BTreeSet<String> = BTreeSet::new();
     let mut grants: HashMap<Question, bool> = HashMap::new();
     let mut applied = Sets::default();
     let mut refused = std::collections::BTreeMap::new();
-    let mut departed = reach::Departed::default();
-    let mut removed = reach::Removed::default();
+    let mut departed = inventory::Departed::default();
+    let mut removed = inventory::Removed::default();
     let mut ids = NsIds::default();
     // The periodic re-review, spread over --reach-refresh; every review paced by the bucket.
     let mut spread = Spread::new(cfg.reach_refresh, std::time::Instant::now());
@@ -85,7 +87,7 @@ pub async fn run(
             Some(()) = ns_rbac.next() => {
                 while let Some(Some(())) = ns_rbac.next().now_or_never() {}
                 let now = rbac_versions(&roles, &bindings);
-                let changed = reach::changed_namespaces(&rbac_seen, &now);
+                let changed = rbac::changed_namespaces(&rbac_seen, &now);
                 tracing::debug!(namespaces = changed.len(), "Roles or RoleBindings changed: asking the grants there again");
                 dirty.extend(changed);
                 rbac_seen = now;
@@ -110,8 +112,8 @@ pub async fn run(
             continue;
         }
         let started = std::time::Instant::now();
-        let inventory = |departed: &reach::Departed, removed: &reach::Removed| {
-            reach::inventory(
+        let inventory = |departed: &inventory::Departed, removed: &inventory::Removed| {
+            inventory::inventory(
                 services.state().iter().map(|s| s.as_ref()),
                 pods.state().iter().map(|p| p.as_ref()),
                 nodes.state().iter().map(|n| n.as_ref()),
@@ -134,7 +136,7 @@ pub async fn run(
         let all = std::mem::take(&mut ask_all);
         let stale = std::mem::take(&mut dirty);
         let now = std::time::Instant::now();
-        let needed = reach::questions(&inv, &peers, |_, _| false);
+        let needed = grants::questions(&inv, &peers, |_, _| false);
         // Pairs no peer needs any more are forgotten.
         grants.retain(|q, _| needed.contains(q));
         // New questions first, then those a change or the periodic re-review made stale.
@@ -156,13 +158,13 @@ pub async fn run(
             }
             tracing::debug!(reviews = n, waiting = pending.len(), "owners' grants asked");
         }
-        let new = reach::desired(
+        let new = sets::desired(
             &inv,
             &peers,
             |o, ns| grants.get(&(o.clone(), ns.to_owned())) == Some(&true),
             &mut ids,
         );
-        let d = reach::diff(&applied, &new);
+        let d = sets::diff(&applied, &new);
         if !d.is_empty() {
             if let Err(e) = apply(&cfg, &d, &new) {
                 tracing::error!(error = %e, "cannot update the reach sets");
@@ -182,10 +184,10 @@ pub async fn run(
         // What is enforced now is what peers are told (`/peers`).
         state.set_reach(ReachView {
             enforced: true,
-            by_peer: reach::reachable(&inv, &peers, |o, ns| {
+            by_peer: grants::reachable(&inv, &peers, |o, ns| {
                 grants.get(&(o.clone(), ns.to_owned())).copied()
             }),
-            namespaces_of: std::sync::Arc::new(reach::address_namespaces(&inv)),
+            namespaces_of: std::sync::Arc::new(inventory::address_namespaces(&inv)),
         });
     }
 }
@@ -229,18 +231,18 @@ async fn admission_policy_installed(client: &kube::Client) -> bool {
 
 /// Applies the element changes; when nft refuses them (the sets were changed behind the
 /// gateway's back), reloads the reach table whole with `new`.
-fn apply(cfg: &Config, d: &reach::Diff, new: &Sets) -> Result<(), GatewayError> {
+fn apply(cfg: &Config, d: &sets::Diff, new: &Sets) -> Result<(), GatewayError> {
     net::nft_apply(&d.render(nft::REACH_TABLE)).or_else(|e| {
         tracing::warn!(error = %e, "element update refused: reloading the reach table");
-        let full = reach::diff(&Sets::default(), new).render(nft::REACH_TABLE);
+        let full = sets::diff(&Sets::default(), new).render(nft::REACH_TABLE);
         net::nft_apply(&(nft::render_reach(&cfg.interface, &cfg.allow_cidr) + &full))
     })
 }
 
 /// Logs each ClusterIP that became refused to every peer, or stopped being.
 fn log_refused(
-    old: &std::collections::BTreeMap<std::net::Ipv4Addr, reach::Refused>,
-    new: &std::collections::BTreeMap<std::net::Ipv4Addr, reach::Refused>,
+    old: &std::collections::BTreeMap<std::net::Ipv4Addr, inventory::Refused>,
+    new: &std::collections::BTreeMap<std::net::Ipv4Addr, inventory::Refused>,
 ) {
     for (ip, r) in new.iter().filter(|(ip, r)| old.get(ip) != Some(r)) {
         tracing::warn!(cluster_ip = %ip, service = %r.service, endpoint = %r.endpoint,
@@ -351,7 +353,7 @@ fn cluster_rbac(client: &kube::Client) -> BoxStream<'static, ()> {
 }
 
 /// The cached Roles' and RoleBindings' versions.
-fn rbac_versions(roles: &Store<Role>, bindings: &Store<RoleBinding>) -> reach::RbacVersions {
+fn rbac_versions(roles: &Store<Role>, bindings: &Store<RoleBinding>) -> rbac::RbacVersions {
     fn key<K: kube::Resource>(
         kind: &'static str,
         o: &K,
@@ -398,7 +400,7 @@ fn trim_slice(s: &mut EndpointSlice) {
     s.metadata.owner_references = None;
     s.metadata.labels = s.metadata.labels.take().map(|l| {
         l.into_iter()
-            .filter(|(k, _)| k == reach::SERVICE_NAME_LABEL)
+            .filter(|(k, _)| k == inventory::SERVICE_NAME_LABEL)
             .collect()
     });
     s.ports = None;

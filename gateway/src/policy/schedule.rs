@@ -3,7 +3,7 @@
 //! all at once, and a global rate limit on reviews (a token bucket) so that a burst (a
 //! ClusterRole change, a thousand peers joining) is paced rather than sent at once.
 
-use crate::reach::Question;
+use super::grants::Question;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
@@ -130,7 +130,7 @@ impl Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reach::Subject;
+    use crate::policy::grants::Subject;
 
     fn questions(n: usize) -> Vec<Question> {
         (0..n)
