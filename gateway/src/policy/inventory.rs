@@ -1,0 +1,332 @@
+//! What the cluster holds that peers may reach (pure): pod IPs per namespace and ClusterIPs
+//! by where their EndpointSlices point.
+//!
+//! A ClusterIP leads wherever its Service's EndpointSlices point, and whoever may edit a
+//! namespace's EndpointSlices may point them anywhere (CVE-2021-25740). So a ClusterIP counts
+//! as its namespace's only while every endpoint is a pod of that namespace; endpoints that are
+//! pods of other namespaces make it a "span" of all those namespaces (its own `dest_ns` id,
+//! granted to a peer reaching each of them), and an endpoint that is no pod (a node, anything
+//! outside the pod network) makes it reachable by no peer, unless the address is in
+//! `--allow-cidr` (every peer reaches it anyway). Whose pod an address is comes from the Pods
+//! the gateway watches, never from the slice's `targetRef`, which its writer chooses.
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+/// What the cluster holds: reachable addresses per namespace and the cluster DNS addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// Pod IPs (not hostNetwork, not node addresses) and the ClusterIPs whose endpoints are
+    /// all pods of the namespace, per namespace (so every namespace a span names has one).
+    pub by_namespace: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// ClusterIPs whose endpoints are pods of other namespaces too: each needs reach in every
+    /// namespace of its set (its Service's own included).
+    pub spans: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    /// ClusterIPs with an endpoint that is no pod: no peer reaches them.
+    pub refused: BTreeMap<Ipv4Addr, Refused>,
+    pub dns: BTreeSet<Ipv4Addr>,
+    /// Whose pod each address is (two namespaces for a stale address already reused).
+    pub pods: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    /// Each Service's endpoints in its slices now (not those in `--allow-cidr`), judged.
+    pub endpoints: BTreeMap<ServiceKey, Judged>,
+}
+
+/// A Service: (namespace, name).
+pub type ServiceKey = (String, String);
+/// An endpoint address as its slice spells it: IPv4, or (`Err`) not in canonical form.
+pub type EndpointAddr = Result<Ipv4Addr, String>;
+/// Endpoint addresses with the namespaces of the pods holding them (`None`: no pod's, so no
+/// peer reaches the ClusterIP).
+pub type Judged = BTreeMap<EndpointAddr, Option<BTreeSet<String>>>;
+
+/// How long an endpoint that left its Service's slices still counts for its ClusterIP:
+/// kube-proxy follows a slice change a moment after the gateway (its sync period, about a
+/// second, longer on a busy node), and a connection it sends to the old endpoint meanwhile
+/// stays there (conntrack). The mirror of [`DEPARTED_GRACE`].
+pub const REMOVED_GRACE: Duration = Duration::from_secs(30);
+
+/// Endpoints that left their Service's slices within [`REMOVED_GRACE`] (time passed in),
+/// each as it was judged when it left (a node address keeps refusing, a pod's address keeps
+/// counting for that pod's namespaces even once the pod is gone).
+#[derive(Debug, Default)]
+pub struct Removed {
+    last: BTreeMap<ServiceKey, Judged>,
+    left: BTreeMap<(ServiceKey, EndpointAddr), Left>,
+}
+
+/// How a removed endpoint was judged, and when it left.
+type Left = (Option<BTreeSet<String>>, Instant);
+
+impl Removed {
+    /// Notes the endpoints that left since the last call (`endpoints`: the inventory's) and
+    /// forgets those that are back or left more than the grace ago. Whether one just left
+    /// (judge the Services again with it).
+    pub fn update(&mut self, endpoints: &BTreeMap<ServiceKey, Judged>, now: Instant) -> bool {
+        let listed = |svc: &ServiceKey, a: &EndpointAddr| {
+            endpoints.get(svc).is_some_and(|now| now.contains_key(a))
+        };
+        let mut went = false;
+        for (svc, judged) in &self.last {
+            for (a, owners) in judged.iter().filter(|(a, _)| !listed(svc, a)) {
+                let key = (svc.clone(), a.clone());
+                if let std::collections::btree_map::Entry::Vacant(e) = self.left.entry(key) {
+                    e.insert((owners.clone(), now));
+                    went = true;
+                }
+            }
+        }
+        self.left.retain(|(svc, a), (_, at)| {
+            !listed(svc, a) && now.saturating_duration_since(*at) < REMOVED_GRACE
+        });
+        self.last = endpoints.clone();
+        went
+    }
+
+    /// The endpoints that left recently, per Service, as they were judged.
+    pub fn recent(&self) -> BTreeMap<ServiceKey, Judged> {
+        let mut out: BTreeMap<ServiceKey, Judged> = BTreeMap::new();
+        for ((svc, a), (owners, _)) in &self.left {
+            out.entry(svc.clone())
+                .or_default()
+                .insert(a.clone(), owners.clone());
+        }
+        out
+    }
+
+    /// When the next of them stops counting.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.left.values().map(|(_, at)| *at + REMOVED_GRACE).min()
+    }
+}
+
+/// How long an address whose pod went still counts as that pod's namespace's for the
+/// endpoints that list it: the EndpointSlice controller drops a deleted pod's endpoint only
+/// after the Pod is gone, and meanwhile the Service's ClusterIP would be refused to everyone.
+pub const DEPARTED_GRACE: Duration = Duration::from_secs(10);
+
+/// Pod addresses that went within [`DEPARTED_GRACE`] (time passed in).
+#[derive(Debug, Default)]
+pub struct Departed {
+    last: BTreeMap<Ipv4Addr, String>,
+    left: BTreeMap<Ipv4Addr, (String, Instant)>,
+}
+
+impl Departed {
+    /// Notes the addresses that stopped being pods since the last call (`pods`: the
+    /// inventory's) and forgets those that are pods again or went more than the grace ago.
+    /// Whether an address just went (judge the endpoints again with it).
+    pub fn update(&mut self, pods: &BTreeMap<Ipv4Addr, BTreeSet<String>>, now: Instant) -> bool {
+        let mut went = false;
+        for (ip, ns) in &self.last {
+            if !pods.contains_key(ip) && !self.left.contains_key(ip) {
+                self.left.insert(*ip, (ns.clone(), now));
+                went = true;
+            }
+        }
+        self.left.retain(|ip, (_, at)| {
+            !pods.contains_key(ip) && now.saturating_duration_since(*at) < DEPARTED_GRACE
+        });
+        self.last = pods
+            .iter()
+            .filter_map(|(ip, ns)| Some((*ip, ns.first()?.clone())))
+            .collect();
+        went
+    }
+
+    /// The addresses that went recently, with the namespace of the pod that held them.
+    pub fn recent(&self) -> BTreeMap<Ipv4Addr, String> {
+        self.left
+            .iter()
+            .map(|(ip, (ns, _))| (*ip, ns.clone()))
+            .collect()
+    }
+
+    /// When the next of them stops counting.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.left.values().map(|(_, at)| *at + DEPARTED_GRACE).min()
+    }
+}
+
+/// Why no peer reaches a ClusterIP (for the log): the Service and its first endpoint that is
+/// no pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// `namespace/name`.
+    pub service: String,
+    /// As the slice spells it (an address not in canonical form is no pod's either).
+    pub endpoint: String,
+}
+
+/// The namespaces each address of the inventory belongs to: a pod IP or ClusterIP its
+/// namespace, a span's ClusterIP every namespace of the span (a refused ClusterIP none).
+pub fn address_namespaces(inv: &Inventory) -> HashMap<Ipv4Addr, Vec<String>> {
+    let mut of: HashMap<Ipv4Addr, Vec<String>> = HashMap::new();
+    for (ns, addrs) in &inv.by_namespace {
+        for a in addrs {
+            of.entry(*a).or_default().push(ns.clone());
+        }
+    }
+    for (a, span) in &inv.spans {
+        of.insert(*a, span.iter().cloned().collect());
+    }
+    of
+}
+
+/// The label naming an EndpointSlice's Service (what kube-proxy reads).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The inventory of watched objects: every IPv4 pod IP of a running or pending Pod per
+/// namespace, except hostNetwork Pods and addresses of Nodes (a peer never reaches a node);
+/// every IPv4 ClusterIP of a Service (not headless) by where its IPv4 EndpointSlices point
+/// (see the module's documentation; endpoints in `allowed`, the admin's `--allow-cidr`, need
+/// nothing; an address in `departed`, whose pod went moments ago, still counts as that
+/// namespace's; an endpoint in `removed`, which left its Service's slices moments ago, still
+/// counts as it was judged then); DNS: the ClusterIPs of `kube-system/kube-dns`.
+pub fn inventory<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    nodes: impl IntoIterator<Item = &'a Node>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    allowed: &[IpNet],
+    departed: &BTreeMap<Ipv4Addr, String>,
+    removed: &BTreeMap<ServiceKey, Judged>,
+) -> Inventory {
+    let node_addrs: BTreeSet<Ipv4Addr> = nodes
+        .into_iter()
+        .filter_map(|n| n.status.as_ref()?.addresses.as_ref())
+        .flatten()
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    let mut inv = Inventory::default();
+    // Whose pod each address is (two namespaces for a stale address already reused).
+    let mut pod_ns: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
+    for p in pods {
+        let host = p.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        let (Some(st), Some(ns)) = (p.status.as_ref().filter(|_| !host), &p.metadata.namespace)
+        else {
+            continue;
+        };
+        if matches!(st.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            continue; // its address may already be another pod's
+        }
+        let ips = st
+            .pod_ips
+            .iter()
+            .flatten()
+            .map(|i| &i.ip)
+            .chain(st.pod_ip.iter());
+        let set = inv.by_namespace.entry(ns.clone()).or_default();
+        for ip in ips.filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
+            if !node_addrs.contains(&ip) {
+                set.insert(ip);
+                pod_ns.entry(ip).or_default().insert(ns.clone());
+            }
+        }
+    }
+    let endpoints = service_endpoints(slices);
+    let mut owners = pod_ns.clone();
+    for (ip, ns) in departed {
+        owners
+            .entry(*ip)
+            .or_insert_with(|| BTreeSet::from([ns.clone()]));
+    }
+    for s in services {
+        let (Some(spec), Some(ns), Some(name)) =
+            (s.spec.as_ref(), &s.metadata.namespace, &s.metadata.name)
+        else {
+            continue;
+        };
+        let ips = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
+            .filter(|a| !node_addrs.contains(a))
+            .collect::<BTreeSet<_>>();
+        if ns == "kube-system" && name == "kube-dns" {
+            inv.dns.extend(ips.iter().copied());
+        }
+        let eps = endpoints
+            .get(&(ns.as_str(), name.as_str()))
+            .into_iter()
+            .flatten();
+        let anyones = |a: &Ipv4Addr| allowed.iter().any(|n| n.contains(&IpAddr::V4(*a)));
+        let judged: Judged = eps
+            .filter(|a| !a.as_ref().is_ok_and(anyones))
+            .map(|a| {
+                let whose = a.as_ref().ok().and_then(|a| owners.get(a)).cloned();
+                (a.map_err(str::to_owned), whose)
+            })
+            .collect();
+        let key = (ns.clone(), name.clone());
+        // Endpoints that left moments ago: kube-proxy may still send new connections there.
+        let lingering = removed.get(&key).into_iter().flatten();
+        let lingering = lingering.filter(|(a, _)| !judged.contains_key(*a));
+        let mut span = BTreeSet::from([ns.clone()]);
+        let mut refused = None;
+        for (a, whose) in judged.iter().chain(lingering) {
+            match whose {
+                Some(owners) => span.extend(owners.iter().cloned()),
+                None => {
+                    refused = Some(Refused {
+                        service: format!("{ns}/{name}"),
+                        endpoint: a.as_ref().map_or_else(Clone::clone, ToString::to_string),
+                    });
+                    break;
+                }
+            }
+        }
+        inv.endpoints.insert(key, judged);
+        for ip in ips {
+            if let Some(r) = &refused {
+                inv.refused.insert(ip, r.clone());
+            } else if span.len() > 1 {
+                inv.spans.insert(ip, span.clone());
+                // Its namespaces are asked about even when they hold no pod of their own.
+                for n in &span {
+                    inv.by_namespace.entry(n.clone()).or_default();
+                }
+            } else {
+                inv.by_namespace.entry(ns.clone()).or_default().insert(ip);
+            }
+        }
+    }
+    inv.pods = pod_ns;
+    inv
+}
+
+/// Every IPv4 endpoint address of each Service (`namespace`, `name`), from the EndpointSlices
+/// labelled with its name in its namespace, whoever manages them: kube-proxy sends a
+/// ClusterIP's connections to all of them. FQDN and IPv6 slices carry nothing for an IPv4
+/// ClusterIP. An address that is no IPv4 address in canonical form stays as written (`Err`):
+/// the API server validates slices with Go's lenient parser, which takes `010.244.001.007`
+/// (kube-proxy reads it as 10.244.1.7) and `::ffff:10.244.1.7`, so it may lead anywhere.
+fn service_endpoints<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> BTreeMap<(&'a str, &'a str), BTreeSet<Result<Ipv4Addr, &'a str>>> {
+    let mut out: BTreeMap<(&str, &str), BTreeSet<Result<Ipv4Addr, &str>>> = BTreeMap::new();
+    for s in slices.into_iter().filter(|s| s.address_type == "IPv4") {
+        let service = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
+        let (Some(ns), Some(service)) = (&s.metadata.namespace, service) else {
+            continue;
+        };
+        let addrs = s.endpoints.iter().flat_map(|e| &e.addresses);
+        out.entry((ns.as_str(), service.as_str()))
+            .or_default()
+            .extend(addrs.map(|a| a.parse::<Ipv4Addr>().map_err(|_| a.as_str())));
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "inventory_tests.rs"]
+mod tests;

@@ -1,0 +1,204 @@
+//! The nftables sets that enforce reach (pure): which destinations each peer may reach, as
+//! the contents of three sets, and the element commands that move the loaded sets to new
+//! contents. The sets (see [`crate::nft`]):
+//! - `dest_ns`: destination address → namespace id (one element per ClusterIP and pod IP);
+//! - `peer_ns`: peer address . namespace id (one element per peer and granted namespace);
+//! - `dns`: the cluster DNS addresses (port 53 for every peer).
+//!
+//! So a packet costs two hash lookups whatever the number of peers, Services or pods, and the
+//! sets hold peers × namespaces + destinations elements, not peers × destinations.
+
+use super::grants::{PeerReach, Subject};
+use super::inventory::Inventory;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+/// A namespace's number in the `dest_ns` and `peer_ns` sets (the packet mark the lookup sets;
+/// never 0, the mark of a packet whose destination is in no namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NsId(u32);
+
+impl NsId {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// Stable ids per namespace name: a namespace keeps its id while the gateway runs, so a
+/// change elsewhere never rewrites its elements.
+#[derive(Debug, Default)]
+pub struct NsIds {
+    ids: HashMap<String, NsId>,
+}
+
+impl NsIds {
+    pub fn id(&mut self, namespace: &str) -> NsId {
+        let next = NsId(u32::try_from(self.ids.len() + 1).unwrap_or(u32::MAX));
+        *self.ids.entry(namespace.to_owned()).or_insert(next)
+    }
+}
+
+/// The `dest_ns` key of a span: its namespaces joined by commas (a namespace name, a DNS
+/// label, holds no comma, so a span never shares an id with a namespace).
+fn span_key(namespaces: &BTreeSet<String>) -> String {
+    namespaces
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The contents of the three sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sets {
+    pub dest_ns: BTreeMap<Ipv4Addr, NsId>,
+    pub peer_ns: BTreeSet<(Ipv4Addr, NsId)>,
+    pub dns: BTreeSet<Ipv4Addr>,
+}
+
+impl Sets {
+    /// Namespaces a peer reaches (for logs and tests).
+    pub fn granted(&self, peer: Ipv4Addr) -> impl Iterator<Item = NsId> + '_ {
+        self.peer_ns
+            .range((peer, NsId(0))..=(peer, NsId(u32::MAX)))
+            .map(|(_, n)| *n)
+    }
+}
+
+/// What the sets must hold, given the cluster, the peers and the owners' grants (`allowed`
+/// answers a review; an unanswered one counts as denied until it is answered).
+pub fn desired(
+    inv: &Inventory,
+    peers: &[PeerReach],
+    allowed: impl Fn(&Subject, &str) -> bool,
+    ids: &mut NsIds,
+) -> Sets {
+    let mut sets = Sets {
+        dns: inv.dns.clone(),
+        ..Sets::default()
+    };
+    // The namespaces claiming each address: an address in two namespaces (a stale pod IP
+    // already reused, a pod IP that is also a span's) is a span of them all, so a peer needs
+    // reach in each, whichever pod answers.
+    let mut claims: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
+    for (ns, addrs) in &inv.by_namespace {
+        for a in addrs {
+            claims.entry(*a).or_default().insert(ns.clone());
+        }
+    }
+    for (a, span) in &inv.spans {
+        claims.entry(*a).or_default().extend(span.iter().cloned());
+    }
+    let mut spans: BTreeSet<&BTreeSet<String>> = BTreeSet::new();
+    for (a, namespaces) in &claims {
+        let id = match namespaces.first() {
+            Some(ns) if namespaces.len() == 1 => ids.id(ns),
+            _ => {
+                spans.insert(namespaces);
+                ids.id(&span_key(namespaces))
+            }
+        };
+        sets.dest_ns.insert(*a, id);
+    }
+    for p in peers {
+        let granted: BTreeSet<&str> = p.wanted(inv).filter(|ns| allowed(&p.subject, ns)).collect();
+        for ns in &granted {
+            sets.peer_ns.insert((p.ip, ids.id(ns)));
+        }
+        for span in spans
+            .iter()
+            .filter(|s| s.iter().all(|ns| granted.contains(ns.as_str())))
+        {
+            sets.peer_ns.insert((p.ip, ids.id(&span_key(span))));
+        }
+    }
+    sets
+}
+
+/// Element commands taking the loaded sets from `old` to `new`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub del_dest: Vec<Ipv4Addr>,
+    pub add_dest: Vec<(Ipv4Addr, NsId)>,
+    pub del_peer: Vec<(Ipv4Addr, NsId)>,
+    pub add_peer: Vec<(Ipv4Addr, NsId)>,
+    pub del_dns: Vec<Ipv4Addr>,
+    pub add_dns: Vec<Ipv4Addr>,
+}
+
+pub fn diff(old: &Sets, new: &Sets) -> Diff {
+    let mut d = Diff::default();
+    for (a, id) in &old.dest_ns {
+        // A changed namespace is a delete then an add (nft keeps a map element's value on add).
+        if new.dest_ns.get(a) != Some(id) {
+            d.del_dest.push(*a);
+        }
+    }
+    for (a, id) in &new.dest_ns {
+        if old.dest_ns.get(a) != Some(id) {
+            d.add_dest.push((*a, *id));
+        }
+    }
+    d.del_peer = old.peer_ns.difference(&new.peer_ns).copied().collect();
+    d.add_peer = new.peer_ns.difference(&old.peer_ns).copied().collect();
+    d.del_dns = old.dns.difference(&new.dns).copied().collect();
+    d.add_dns = new.dns.difference(&old.dns).copied().collect();
+    d
+}
+
+/// Elements per `nft` command line (bounds one line's length; the script is one transaction).
+const CHUNK: usize = 2000;
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements added or deleted.
+    pub fn len(&self) -> usize {
+        self.del_dest.len()
+            + self.add_dest.len()
+            + self.del_peer.len()
+            + self.add_peer.len()
+            + self.del_dns.len()
+            + self.add_dns.len()
+    }
+
+    /// The `nft -f -` script (one transaction): deletes first, then adds.
+    pub fn render(&self, table: &str) -> String {
+        let mut s = String::new();
+        let dest = |(a, id): &(Ipv4Addr, NsId)| format!("{a} : {}", id.0);
+        let pair = |(a, id): &(Ipv4Addr, NsId)| format!("{a} . {}", id.0);
+        let addr = |a: &Ipv4Addr| a.to_string();
+        lines(&mut s, "delete", table, "dest_ns", &self.del_dest, addr);
+        lines(&mut s, "delete", table, "peer_ns", &self.del_peer, pair);
+        lines(&mut s, "delete", table, "dns", &self.del_dns, addr);
+        lines(&mut s, "add", table, "dest_ns", &self.add_dest, dest);
+        lines(&mut s, "add", table, "peer_ns", &self.add_peer, pair);
+        lines(&mut s, "add", table, "dns", &self.add_dns, addr);
+        s
+    }
+}
+
+fn lines<T>(
+    s: &mut String,
+    verb: &str,
+    table: &str,
+    set: &str,
+    items: &[T],
+    fmt: impl Fn(&T) -> String,
+) {
+    for chunk in items.chunks(CHUNK) {
+        let list: Vec<String> = chunk.iter().map(&fmt).collect();
+        let _ = writeln!(
+            s,
+            "{verb} element inet {table} {set} {{ {} }}",
+            list.join(", ")
+        );
+    }
+}
+
+#[cfg(test)]
+#[path = "sets_tests.rs"]
+mod tests;
