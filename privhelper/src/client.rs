@@ -1,0 +1,233 @@
+//! The user side's end of the socket: one connection, one session, requests answered in order.
+//! Dropping the client (or the process dying) ends the session: the helper reverts it.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
+
+use crate::proto::{self, ErrorKind, LineBuf, Reply, Request, SessionInfo};
+
+/// How long a request may take (the helper answers in milliseconds; nft a little more).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What went wrong talking to the helper; each names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no kwg-helper answers on {socket}: {reason} (run kwg helper install once, or join as root)"
+    )]
+    NotRunning { socket: PathBuf, reason: String },
+    #[error("kwg-helper refused: {message}")]
+    Refused { kind: ErrorKind, message: String },
+    #[error("kwg-helper's connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("kwg-helper answered something unexpected: {0}")]
+    Protocol(String),
+}
+
+/// A TUN the helper made for this session.
+#[derive(Debug)]
+pub struct HelperTun {
+    pub fd: OwnedFd,
+    pub name: String,
+    pub ifindex: u32,
+    /// IFF_VNET_HDR is on: packets carry a virtio-net header (TSO/USO).
+    pub offload: bool,
+}
+
+/// A connection to the helper.
+pub struct Client {
+    stream: UnixStream,
+    lines: LineBuf,
+}
+
+impl Client {
+    /// Connects to the helper at `socket`.
+    pub async fn connect(socket: &Path) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|e| ClientError::NotRunning {
+                socket: socket.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Client {
+            stream,
+            lines: LineBuf::default(),
+        })
+    }
+
+    /// A client on a stream already connected to the helper.
+    pub fn from_stream(stream: UnixStream) -> Client {
+        Client {
+            stream,
+            lines: LineBuf::default(),
+        }
+    }
+
+    /// Begins the session on `interface`.
+    pub async fn open(
+        &mut self,
+        interface: &str,
+        state_dir: Option<&Path>,
+        also_proxy: &[IpNet],
+        allow_conflicting: &[IpNet],
+    ) -> Result<u64, ClientError> {
+        let req = Request::Open {
+            version: proto::VERSION,
+            interface: interface.to_string(),
+            state_dir: state_dir.map(Path::to_path_buf),
+            also_proxy: also_proxy.to_vec(),
+            allow_conflicting: allow_conflicting.to_vec(),
+        };
+        match self.call(&req).await? {
+            (Reply::Opened { session }, _) => Ok(session),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    /// Has the helper create the session's TUN and takes its descriptor.
+    pub async fn create_tun(&mut self, mtu: u16) -> Result<HelperTun, ClientError> {
+        match self.call(&Request::CreateTun { mtu }).await? {
+            (
+                Reply::Tun {
+                    name,
+                    ifindex,
+                    offload,
+                },
+                Some(fd),
+            ) => Ok(HelperTun {
+                fd,
+                name,
+                ifindex,
+                offload,
+            }),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn set_address(&mut self, address: IpNet) -> Result<(), ClientError> {
+        self.done(&Request::SetAddress { address }).await
+    }
+
+    pub async fn routes(&mut self, add: &[IpNet], remove: &[IpNet]) -> Result<(), ClientError> {
+        self.done(&Request::Routes {
+            add: add.to_vec(),
+            remove: remove.to_vec(),
+        })
+        .await
+    }
+
+    pub async fn firewall(&mut self) -> Result<(), ClientError> {
+        self.done(&Request::Firewall {}).await
+    }
+
+    /// Reverts the session; the helper then closes the connection.
+    pub async fn close(&mut self) -> Result<(), ClientError> {
+        self.done(&Request::Close {}).await
+    }
+
+    /// Ends the session on `interface` (the caller's own; root: any).
+    pub async fn end(&mut self, interface: &str) -> Result<(), ClientError> {
+        self.done(&Request::End {
+            interface: interface.to_string(),
+        })
+        .await
+    }
+
+    pub async fn list(&mut self) -> Result<Vec<SessionInfo>, ClientError> {
+        match self.call(&Request::List {}).await? {
+            (Reply::Sessions { sessions }, _) => Ok(sessions),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn done(&mut self, req: &Request) -> Result<(), ClientError> {
+        match self.call(req).await? {
+            (Reply::Done, _) => Ok(()),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends `req` and reads its reply (and a descriptor that came with it).
+    pub async fn call(&mut self, req: &Request) -> Result<(Reply, Option<OwnedFd>), ClientError> {
+        let fut = async {
+            self.stream.write_all(&proto::encode(req)).await?;
+            self.reply().await
+        };
+        let (reply, fd) = tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| ClientError::Io(io::ErrorKind::TimedOut.into()))??;
+        match reply {
+            Reply::Error { kind, message } => Err(ClientError::Refused { kind, message }),
+            r => Ok((r, fd)),
+        }
+    }
+
+    async fn reply(&mut self) -> Result<(Reply, Option<OwnedFd>), ClientError> {
+        let mut fd = None;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            if let Some(line) = self
+                .lines
+                .next_line()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                let reply = proto::decode::<Reply>(&line)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                return Ok((reply, fd));
+            }
+            self.stream.readable().await?;
+            let raw = self.stream.as_raw_fd();
+            match self
+                .stream
+                .try_io(Interest::READABLE, || recv_some(raw, &mut buf))
+            {
+                Ok((0, _)) => {
+                    return Err(ClientError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "kwg-helper closed the connection",
+                    )));
+                }
+                Ok((n, got)) => {
+                    self.lines.push(&buf[..n]);
+                    if got.is_some() {
+                        fd = got;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// One `recvmsg`: the bytes and at most one descriptor (any more are closed).
+pub(crate) fn recv_some(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    let mut fd = None;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for f in fds {
+                // SAFETY: the kernel installed this descriptor in our table for us.
+                let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                if fd.is_none() {
+                    fd = Some(owned);
+                }
+            }
+        }
+    }
+    Ok((msg.bytes, fd))
+}
+
+fn unexpected(r: &Reply) -> ClientError {
+    ClientError::Protocol(format!("{r:?}"))
+}

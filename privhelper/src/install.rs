@@ -1,0 +1,105 @@
+//! `kwg-helper install`: a systemd socket unit (the socket, group-owned, 0660) and a service it
+//! activates, written under `--root` (default `/`), and how to remove them.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Where the units go, relative to the root.
+pub const UNIT_DIR: &str = "etc/systemd/system";
+
+/// The socket unit.
+pub fn socket_unit(socket: &Path, group: &str) -> String {
+    format!(
+        "[Unit]\n\
+         Description=kwg helper socket (TUN, routes and firewall for kwg join as a normal user)\n\
+         \n\
+         [Socket]\n\
+         ListenStream={}\n\
+         SocketMode=0660\n\
+         SocketUser=root\n\
+         SocketGroup={group}\n\
+         RemoveOnStop=yes\n\
+         \n\
+         [Install]\n\
+         WantedBy=sockets.target\n",
+        socket.display()
+    )
+}
+
+/// The service unit, started by the socket.
+pub fn service_unit(binary: &Path, socket: &Path, group: &str) -> String {
+    format!(
+        "[Unit]\n\
+         Description=kwg helper (the privileged part of kwg join)\n\
+         Requires=kwg-helper.socket\n\
+         After=kwg-helper.socket\n\
+         \n\
+         [Service]\n\
+         ExecStart={} serve --socket {} --group {group}\n\
+         RuntimeDirectory=kwg-helper\n\
+         RuntimeDirectoryPreserve=yes\n\
+         CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN\n\
+         NoNewPrivileges=yes\n\
+         ProtectHome=yes\n\
+         ProtectSystem=strict\n\
+         ReadWritePaths=/run/kwg-helper\n",
+        binary.display(),
+        socket.display()
+    )
+}
+
+/// Writes both units under `root`; the paths written.
+pub fn install(root: &Path, binary: &Path, socket: &Path, group: &str) -> io::Result<Vec<PathBuf>> {
+    let dir = root.join(UNIT_DIR);
+    std::fs::create_dir_all(&dir)?;
+    let files = [
+        ("kwg-helper.socket", socket_unit(socket, group)),
+        ("kwg-helper.service", service_unit(binary, socket, group)),
+    ];
+    let mut out = Vec::new();
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+/// What to run next, and how to remove it all again.
+pub fn instructions(group: &str, written: &[PathBuf]) -> String {
+    let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "Wrote {}.\n\
+         Enable it:  sudo groupadd -f {group} && sudo usermod -aG {group} $USER && sudo systemctl daemon-reload && sudo systemctl enable --now kwg-helper.socket\n\
+         (log in again for the group to apply; then kwg join runs as you, without sudo)\n\
+         Remove it:  sudo systemctl disable --now kwg-helper.socket kwg-helper.service && sudo rm {} && sudo systemctl daemon-reload",
+        files.join(" and "),
+        files.join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_are_written_under_the_root_and_say_how_to_remove_them() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = Path::new("/run/kwg-helper/helper.sock");
+        let w = install(d.path(), Path::new("/usr/bin/kwg-helper"), sock, "kwg").unwrap();
+        assert_eq!(w.len(), 2);
+        let s = std::fs::read_to_string(&w[0]).unwrap();
+        assert!(
+            s.contains("ListenStream=/run/kwg-helper/helper.sock\nSocketMode=0660"),
+            "{s}"
+        );
+        assert!(s.contains("SocketGroup=kwg"));
+        let svc = std::fs::read_to_string(&w[1]).unwrap();
+        assert!(svc.contains(
+            "ExecStart=/usr/bin/kwg-helper serve --socket /run/kwg-helper/helper.sock --group kwg"
+        ));
+        let how = instructions("kwg", &w);
+        assert!(how.contains("systemctl enable --now kwg-helper.socket"));
+        assert!(how.contains(&format!("sudo rm {} {}", w[0].display(), w[1].display())));
+    }
+}

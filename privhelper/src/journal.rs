@@ -1,0 +1,163 @@
+//! The helper's journal: one file per session under its state directory (`/run/kwg-helper`),
+//! holding what undoes each change, written (temporary file, fsync, rename, fsync of the
+//! directory) before the change is made. A helper that starts reverts whatever the journal holds:
+//! the sessions of a helper that was killed (their user daemons lost their link with it).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{Session, Undo};
+
+/// A session's journal entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    pub session: u64,
+    pub uid: u32,
+    pub interface: String,
+    /// Oldest first.
+    pub undo: Vec<Undo>,
+}
+
+impl Entry {
+    pub fn of(s: &Session) -> Entry {
+        Entry {
+            session: s.id,
+            uid: s.peer.uid,
+            interface: s.spec.interface.clone(),
+            undo: s.undo.clone(),
+        }
+    }
+}
+
+/// The journal directory.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    /// Opens (creating, 0700) `dir`. It must not be a symlink.
+    pub fn open(dir: &Path) -> io::Result<Journal> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let meta = fs::symlink_metadata(dir)?;
+        if !meta.is_dir() {
+            return Err(io::Error::other(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
+        }
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, session: u64) -> PathBuf {
+        self.dir.join(format!("session-{session}.json"))
+    }
+
+    /// Writes `entry` durably, replacing the session's previous one.
+    pub fn write(&self, entry: &Entry) -> io::Result<()> {
+        let path = self.path(entry.session);
+        let tmp = self.dir.join(format!(".session-{}.tmp", entry.session));
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(entry).map_err(io::Error::other)?)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Forgets session `session` (after its changes were reverted).
+    pub fn remove(&self, session: u64) -> io::Result<()> {
+        match fs::remove_file(self.path(session)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => File::open(&self.dir)?.sync_all(),
+        }
+    }
+
+    /// Every entry the journal holds (unreadable ones are reported and skipped), and the
+    /// highest session id seen.
+    pub fn entries(&self) -> io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.dir)? {
+            let path = e?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !(name.starts_with("session-") && name.ends_with(".json")) {
+                continue;
+            }
+            match fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(entry) => out.push(entry),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "unreadable journal entry left alone")
+                }
+            }
+        }
+        out.sort_by_key(|e| e.session);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::rules::tests::n;
+
+    /// A session's entry with a link and a route to undo.
+    pub(crate) fn entry(session: u64) -> Entry {
+        Entry {
+            session,
+            uid: 1000,
+            interface: "kwg0".into(),
+            undo: vec![
+                Undo::DeleteLink {
+                    name: "kwg0".into(),
+                    ifindex: Some(9),
+                },
+                Undo::DeleteRoute {
+                    name: "kwg0".into(),
+                    route: n("10.96.0.0/12"),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn entries_survive_as_written_and_go_when_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(&d.path().join("kwg-helper")).unwrap();
+        j.write(&entry(1)).unwrap();
+        let mut e2 = entry(2);
+        j.write(&e2).unwrap();
+        e2.undo.pop();
+        j.write(&e2).unwrap();
+        std::fs::write(d.path().join("kwg-helper/session-9.json"), "{garbage").unwrap();
+        std::fs::write(d.path().join("kwg-helper/other"), "x").unwrap();
+        let j = Journal::open(&d.path().join("kwg-helper")).unwrap();
+        assert_eq!(j.entries().unwrap(), vec![entry(1), e2]);
+        j.remove(1).unwrap();
+        j.remove(1).unwrap();
+        assert_eq!(j.entries().unwrap().len(), 1);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.path().join("kwg-helper/session-2.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,537 @@
+//! Every session on the machine, without I/O: who owns it, what it changed, and what a request
+//! may change. [`Registry::plan`] turns a request into [`Change`]s (each with its [`Undo`]) after
+//! the rules and the other sessions had their say; the server journals each undo, makes the
+//! change, then [`Registry::applied`] records it.
+
+use std::collections::BTreeMap;
+use std::path::{Component, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::proto::{ErrorKind, MAX_ROUTES, SessionInfo, VERSION};
+use crate::rules::{self, Facts, Policy};
+
+/// How many sessions one uid may hold at once, and the machine in all.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub per_uid: usize,
+    pub total: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            per_uid: 4,
+            total: 32,
+        }
+    }
+}
+
+/// A connection's peer, from SO_PEERCRED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub pid: Option<u32>,
+}
+
+impl Peer {
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+}
+
+/// A refused request: its kind and one sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+fn refuse(kind: ErrorKind, message: impl Into<String>) -> Refusal {
+    Refusal {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// What `Open` asked for, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSpec {
+    pub interface: String,
+    pub state_dir: Option<PathBuf>,
+    /// The consent that counts: the user's `--also-proxy`, for root as asked, for others only
+    /// where the helper's `--allow-route` covers it.
+    pub consent: Vec<IpNet>,
+    pub allow_conflicting: Vec<IpNet>,
+}
+
+/// A change to the machine, planned for one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    CreateTun { name: String, mtu: u16 },
+    AddAddress { name: String, address: IpNet },
+    DeleteAddress { name: String, address: IpNet },
+    AddRoute { name: String, route: IpNet },
+    DeleteRoute { name: String, route: IpNet },
+    InstallFirewall { table: String, name: String },
+}
+
+/// How a change is undone; what the journal holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "undo", rename_all = "camelCase")]
+pub enum Undo {
+    /// Deletes the link if it still has this index (a link of the same name made later by
+    /// someone else stays). `None` until the link exists.
+    DeleteLink {
+        name: String,
+        ifindex: Option<u32>,
+    },
+    DeleteAddress {
+        name: String,
+        address: IpNet,
+    },
+    DeleteRoute {
+        name: String,
+        route: IpNet,
+    },
+    RemoveFirewall {
+        table: String,
+    },
+}
+
+impl Change {
+    /// What undoes it (journalled before it is made); `None` for a removal.
+    pub fn undo(&self) -> Option<Undo> {
+        match self {
+            Change::CreateTun { name, .. } => Some(Undo::DeleteLink {
+                name: name.clone(),
+                ifindex: None,
+            }),
+            Change::AddAddress { name, address } => Some(Undo::DeleteAddress {
+                name: name.clone(),
+                address: *address,
+            }),
+            Change::AddRoute { name, route } => Some(Undo::DeleteRoute {
+                name: name.clone(),
+                route: *route,
+            }),
+            Change::InstallFirewall { table, .. } => Some(Undo::RemoveFirewall {
+                table: table.clone(),
+            }),
+            Change::DeleteAddress { .. } | Change::DeleteRoute { .. } => None,
+        }
+    }
+}
+
+/// The nftables table of interface `name` (one per interface; the same name the one-process
+/// join uses, so both refuse to share an interface).
+pub fn firewall_table(name: &str) -> String {
+    format!("kwg_{}", name.replace(['-', '.'], "_"))
+}
+
+/// One session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: u64,
+    pub peer: Peer,
+    pub spec: OpenSpec,
+    pub ifindex: Option<u32>,
+    pub addresses: Vec<IpNet>,
+    pub routes: Vec<IpNet>,
+    pub firewall: bool,
+    /// What undoes this session's changes, oldest first (the journal's content).
+    pub undo: Vec<Undo>,
+}
+
+impl Session {
+    pub fn info(&self) -> SessionInfo {
+        SessionInfo {
+            session: self.id,
+            uid: self.peer.uid,
+            pid: self.peer.pid,
+            interface: self.spec.interface.clone(),
+            state_dir: self.spec.state_dir.clone(),
+            addresses: self.addresses.clone(),
+            routes: self.routes.clone(),
+            firewall: self.firewall,
+        }
+    }
+}
+
+/// A session-scoped request, after `Open`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    CreateTun { mtu: u16 },
+    SetAddress { address: IpNet },
+    Routes { add: Vec<IpNet>, remove: Vec<IpNet> },
+    Firewall,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: BTreeMap<u64, Session>,
+    next: u64,
+    limits: Limits,
+    /// The helper's `--allow-route`: public prefixes members may route with their consent.
+    allow_routes: Vec<IpNet>,
+}
+
+impl Registry {
+    pub fn new(limits: Limits, allow_routes: Vec<IpNet>) -> Registry {
+        Registry {
+            sessions: BTreeMap::new(),
+            next: 1,
+            limits,
+            allow_routes,
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
+    /// The interfaces of every session and their addresses (left out of the machine's facts).
+    pub fn links(&self) -> Vec<(String, Vec<IpNet>)> {
+        self.sessions
+            .values()
+            .map(|s| (s.spec.interface.clone(), s.addresses.clone()))
+            .collect()
+    }
+
+    /// The sessions `peer` may see: root all, others their own.
+    pub fn visible(&self, peer: Peer) -> Vec<SessionInfo> {
+        self.sessions
+            .values()
+            .filter(|s| peer.is_root() || s.peer.uid == peer.uid)
+            .map(Session::info)
+            .collect()
+    }
+
+    /// The session on `interface` that `peer` may end (its own, or any for root). Another
+    /// user's session is "not found": others do not learn that it exists.
+    pub fn endable(&self, peer: Peer, interface: &str) -> Result<u64, Refusal> {
+        self.sessions
+            .values()
+            .find(|s| s.spec.interface == interface && (peer.is_root() || s.peer.uid == peer.uid))
+            .map(|s| s.id)
+            .ok_or_else(|| {
+                refuse(
+                    ErrorKind::NotFound,
+                    format!(
+                        "no session of yours on {} (kwg-helper list shows yours)",
+                        rules::printable(interface)
+                    ),
+                )
+            })
+    }
+
+    /// Begins a session for `peer`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        &mut self,
+        peer: Peer,
+        version: u32,
+        interface: String,
+        state_dir: Option<PathBuf>,
+        also_proxy: Vec<IpNet>,
+        allow_conflicting: Vec<IpNet>,
+    ) -> Result<u64, Refusal> {
+        if version != VERSION {
+            return Err(refuse(
+                ErrorKind::Version,
+                format!(
+                    "kwg-helper speaks protocol version {VERSION}, the client {version}: install kwg and kwg-helper of the same release"
+                ),
+            ));
+        }
+        rules::check_interface(&interface).map_err(|m| refuse(ErrorKind::BadRequest, m))?;
+        if let Some(dir) = &state_dir {
+            let plain = dir.is_absolute()
+                && dir.as_os_str().len() <= 256
+                && dir
+                    .components()
+                    .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+            if !plain {
+                return Err(refuse(
+                    ErrorKind::BadRequest,
+                    "the state directory must be an absolute path without . or .. of at most 256 bytes",
+                ));
+            }
+        }
+        if also_proxy.len() + allow_conflicting.len() > MAX_ROUTES {
+            return Err(refuse(
+                ErrorKind::Limit,
+                format!(
+                    "at most {MAX_ROUTES} prefixes of --also-proxy and --allow-conflicting-subnets"
+                ),
+            ));
+        }
+        if let Some(other) = self
+            .sessions
+            .values()
+            .find(|s| s.spec.interface == interface)
+        {
+            return Err(refuse(
+                ErrorKind::Conflict,
+                format!(
+                    "interface {interface} is in use by another kwg session (uid {}): pass --interface with another name, e.g. kwg{}",
+                    other.peer.uid,
+                    self.sessions.len()
+                ),
+            ));
+        }
+        let mine = self
+            .sessions
+            .values()
+            .filter(|s| s.peer.uid == peer.uid)
+            .count();
+        if mine >= self.limits.per_uid || self.sessions.len() >= self.limits.total {
+            return Err(refuse(
+                ErrorKind::Limit,
+                format!(
+                    "too many kwg sessions (at most {} per user, {} in all): kwg leave one first",
+                    self.limits.per_uid, self.limits.total
+                ),
+            ));
+        }
+        let allowed = &self.allow_routes;
+        let consent = also_proxy
+            .into_iter()
+            .filter(|p| peer.is_root() || allowed.iter().any(|a| a.contains(p)))
+            .collect();
+        let id = self.next;
+        self.next += 1;
+        let spec = OpenSpec {
+            interface,
+            state_dir,
+            consent,
+            allow_conflicting,
+        };
+        self.sessions.insert(
+            id,
+            Session {
+                id,
+                peer,
+                spec,
+                ifindex: None,
+                addresses: Vec::new(),
+                routes: Vec::new(),
+                firewall: false,
+                undo: Vec::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// The changes `op` makes for session `id`, or why not.
+    pub fn plan(
+        &self,
+        id: u64,
+        op: &Op,
+        facts: &Facts,
+        policy: &dyn Policy,
+    ) -> Result<Vec<Change>, Refusal> {
+        let s = self
+            .sessions
+            .get(&id)
+            .ok_or_else(|| refuse(ErrorKind::BadRequest, "no session: send open first"))?;
+        let name = s.spec.interface.clone();
+        let need_link = || {
+            if s.ifindex.is_none() {
+                Err(refuse(
+                    ErrorKind::BadRequest,
+                    "the session has no link yet: send createTun first",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match op {
+            Op::CreateTun { mtu } => {
+                if s.ifindex.is_some() {
+                    return Err(refuse(
+                        ErrorKind::BadRequest,
+                        "the session has its link already",
+                    ));
+                }
+                if !(576..=9000).contains(mtu) {
+                    return Err(refuse(
+                        ErrorKind::BadRequest,
+                        "the MTU must be within 576..9000",
+                    ));
+                }
+                Ok(vec![Change::CreateTun { name, mtu: *mtu }])
+            }
+            Op::SetAddress { address } => {
+                need_link()?;
+                rules::check_address(address, facts, policy)
+                    .map_err(|m| refuse(ErrorKind::Refused, m))?;
+                if let Some(o) = self.holder(id, |o| {
+                    o.addresses.iter().any(|a| a.addr() == address.addr())
+                        || o.routes.iter().any(|r| r.contains(&address.addr()))
+                }) {
+                    return Err(self.conflict(o, format!("address {address}")));
+                }
+                let mut out = vec![Change::AddAddress {
+                    name: name.clone(),
+                    address: *address,
+                }];
+                out.extend(s.addresses.iter().filter(|a| *a != address).map(|a| {
+                    Change::DeleteAddress {
+                        name: name.clone(),
+                        address: *a,
+                    }
+                }));
+                Ok(out)
+            }
+            Op::Routes { add, remove } => {
+                need_link()?;
+                let after = s.routes.len() + add.len();
+                if add.len() + remove.len() > MAX_ROUTES || after > MAX_ROUTES {
+                    return Err(refuse(
+                        ErrorKind::Limit,
+                        format!("at most {MAX_ROUTES} routes per session"),
+                    ));
+                }
+                let sessions: Vec<&str> = self
+                    .sessions
+                    .values()
+                    .filter(|o| o.id != id)
+                    .map(|o| o.spec.interface.as_str())
+                    .collect();
+                for r in add {
+                    let r = r.trunc();
+                    rules::check_route(&r, facts, policy, &s.spec.consent)
+                        .map_err(|m| refuse(ErrorKind::Refused, m))?;
+                    if let Some(o) = self.holder(id, |o| {
+                        o.routes.iter().any(|x| x.contains(&r) || r.contains(x))
+                    }) {
+                        return Err(self.conflict(o, format!("route {r}")));
+                    }
+                    rules::check_machine_routes(
+                        &r,
+                        &name,
+                        &sessions,
+                        facts,
+                        &s.spec.allow_conflicting,
+                    )
+                    .map_err(|m| refuse(ErrorKind::Conflict, m))?;
+                }
+                let mut out: Vec<Change> = remove
+                    .iter()
+                    .map(|r| r.trunc())
+                    .filter(|r| s.routes.contains(r))
+                    .map(|route| Change::DeleteRoute {
+                        name: name.clone(),
+                        route,
+                    })
+                    .collect();
+                out.extend(add.iter().map(|r| Change::AddRoute {
+                    name: name.clone(),
+                    route: r.trunc(),
+                }));
+                Ok(out)
+            }
+            Op::Firewall => {
+                need_link()?;
+                if s.firewall {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![Change::InstallFirewall {
+                    table: firewall_table(&name),
+                    name,
+                }])
+            }
+        }
+    }
+
+    /// Another session than `id` matching `f`.
+    fn holder(&self, id: u64, f: impl Fn(&Session) -> bool) -> Option<&Session> {
+        self.sessions.values().find(|o| o.id != id && f(o))
+    }
+
+    fn conflict(&self, other: &Session, what: String) -> Refusal {
+        refuse(
+            ErrorKind::Conflict,
+            format!(
+                "refused {what}: it overlaps what the kwg session on {} (uid {}) holds; leave that session first or route another subnet",
+                other.spec.interface, other.peer.uid
+            ),
+        )
+    }
+
+    /// Records the undo of `change` before it is made (the caller journals the session first).
+    pub fn journalled(&mut self, id: u64, change: &Change) {
+        if let (Some(s), Some(u)) = (self.sessions.get_mut(&id), change.undo())
+            && !s.undo.contains(&u)
+        {
+            s.undo.push(u);
+        }
+    }
+
+    /// Records that `change` was made (`ifindex` for a new link).
+    pub fn applied(&mut self, id: u64, change: &Change, ifindex: Option<u32>) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        match change {
+            Change::CreateTun { name, .. } => {
+                s.ifindex = ifindex;
+                for u in &mut s.undo {
+                    if let Undo::DeleteLink {
+                        name: n,
+                        ifindex: i,
+                    } = u
+                        && n == name
+                    {
+                        *i = ifindex;
+                    }
+                }
+            }
+            Change::AddAddress { address, .. } => {
+                if !s.addresses.contains(address) {
+                    s.addresses.push(*address)
+                }
+            }
+            Change::DeleteAddress { name, address } => {
+                s.addresses.retain(|a| a != address);
+                let u = Undo::DeleteAddress {
+                    name: name.clone(),
+                    address: *address,
+                };
+                s.undo.retain(|x| *x != u);
+            }
+            Change::AddRoute { route, .. } => {
+                if !s.routes.contains(route) {
+                    s.routes.push(*route)
+                }
+            }
+            Change::DeleteRoute { name, route } => {
+                s.routes.retain(|r| r != route);
+                let u = Undo::DeleteRoute {
+                    name: name.clone(),
+                    route: *route,
+                };
+                s.undo.retain(|x| *x != u);
+            }
+            Change::InstallFirewall { .. } => s.firewall = true,
+        }
+    }
+
+    /// Ends session `id`: its undo steps, newest first.
+    pub fn close(&mut self, id: u64) -> Vec<Undo> {
+        let mut undo = self
+            .sessions
+            .remove(&id)
+            .map(|s| s.undo)
+            .unwrap_or_default();
+        undo.reverse();
+        undo
+    }
+}
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;

@@ -1,0 +1,314 @@
+use super::*;
+use crate::rules::tests::{TenOnly, facts, n};
+
+const ALICE: Peer = Peer {
+    uid: 1000,
+    pid: Some(42),
+};
+const BOB: Peer = Peer {
+    uid: 1001,
+    pid: Some(43),
+};
+const ROOT: Peer = Peer {
+    uid: 0,
+    pid: Some(1),
+};
+
+fn open(r: &mut Registry, peer: Peer, name: &str) -> u64 {
+    r.open(peer, VERSION, name.into(), None, vec![], vec![])
+        .unwrap()
+}
+
+/// Plans and applies `op` as the server would.
+fn apply(r: &mut Registry, id: u64, op: Op) -> Result<Vec<Change>, Refusal> {
+    let changes = r.plan(id, &op, &facts(), &TenOnly)?;
+    for c in &changes {
+        r.journalled(id, c);
+        r.applied(id, c, Some(7));
+    }
+    Ok(changes)
+}
+
+#[test]
+fn a_session_creates_its_link_then_addresses_routes_and_firewall_and_undoes_them_in_reverse() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let id = open(&mut r, ALICE, "kwg0");
+    let early = r.plan(id, &Op::Firewall, &facts(), &TenOnly).unwrap_err();
+    assert_eq!(
+        early.message,
+        "the session has no link yet: send createTun first"
+    );
+    apply(&mut r, id, Op::CreateTun { mtu: 1420 }).unwrap();
+    apply(
+        &mut r,
+        id,
+        Op::SetAddress {
+            address: n("10.77.0.2/32"),
+        },
+    )
+    .unwrap();
+    apply(
+        &mut r,
+        id,
+        Op::Routes {
+            add: vec![n("10.96.0.1/12"), n("10.244.0.0/16")],
+            remove: vec![],
+        },
+    )
+    .unwrap();
+    apply(&mut r, id, Op::Firewall).unwrap();
+    let s = r.get(id).unwrap();
+    assert_eq!(s.routes, vec![n("10.96.0.0/12"), n("10.244.0.0/16")]);
+    let undo = r.close(id);
+    assert_eq!(
+        undo,
+        vec![
+            Undo::RemoveFirewall {
+                table: "kwg_kwg0".into()
+            },
+            Undo::DeleteRoute {
+                name: "kwg0".into(),
+                route: n("10.244.0.0/16")
+            },
+            Undo::DeleteRoute {
+                name: "kwg0".into(),
+                route: n("10.96.0.0/12")
+            },
+            Undo::DeleteAddress {
+                name: "kwg0".into(),
+                address: n("10.77.0.2/32")
+            },
+            Undo::DeleteLink {
+                name: "kwg0".into(),
+                ifindex: Some(7)
+            },
+        ]
+    );
+    assert!(r.get(id).is_none());
+}
+
+#[test]
+fn a_removed_route_or_replaced_address_leaves_the_journal() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let id = open(&mut r, ALICE, "kwg0");
+    apply(&mut r, id, Op::CreateTun { mtu: 1420 }).unwrap();
+    apply(
+        &mut r,
+        id,
+        Op::SetAddress {
+            address: n("10.77.0.2/32"),
+        },
+    )
+    .unwrap();
+    let c = apply(
+        &mut r,
+        id,
+        Op::SetAddress {
+            address: n("10.77.0.3/32"),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        c[1],
+        Change::DeleteAddress {
+            name: "kwg0".into(),
+            address: n("10.77.0.2/32")
+        }
+    );
+    apply(
+        &mut r,
+        id,
+        Op::Routes {
+            add: vec![n("10.96.0.0/12")],
+            remove: vec![],
+        },
+    )
+    .unwrap();
+    apply(
+        &mut r,
+        id,
+        Op::Routes {
+            add: vec![],
+            remove: vec![n("10.96.0.0/12"), n("10.0.0.0/8")],
+        },
+    )
+    .unwrap();
+    let s = r.get(id).unwrap();
+    assert!(s.routes.is_empty());
+    assert_eq!(s.addresses, vec![n("10.77.0.3/32")]);
+    assert_eq!(s.undo.len(), 2, "{:?}", s.undo);
+}
+
+#[test]
+fn sessions_never_share_an_interface_or_overlap_and_say_whose_it_is() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let a = open(&mut r, ALICE, "kwg0");
+    apply(&mut r, a, Op::CreateTun { mtu: 1420 }).unwrap();
+    apply(
+        &mut r,
+        a,
+        Op::Routes {
+            add: vec![n("10.96.0.0/12")],
+            remove: vec![],
+        },
+    )
+    .unwrap();
+    let e = r
+        .open(BOB, VERSION, "kwg0".into(), None, vec![], vec![])
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict);
+    assert!(
+        e.message
+            .starts_with("interface kwg0 is in use by another kwg session (uid 1000)")
+    );
+    let b = open(&mut r, BOB, "kwg1");
+    apply(&mut r, b, Op::CreateTun { mtu: 1420 }).unwrap();
+    let e = apply(
+        &mut r,
+        b,
+        Op::Routes {
+            add: vec![n("10.96.5.0/24")],
+            remove: vec![],
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict);
+    assert_eq!(
+        e.message,
+        "refused route 10.96.5.0/24: it overlaps what the kwg session on kwg0 (uid 1000) holds; leave that session first or route another subnet"
+    );
+    // Removing a route it does not hold changes nothing, so bob cannot take alice's routes down.
+    let c = apply(
+        &mut r,
+        b,
+        Op::Routes {
+            add: vec![],
+            remove: vec![n("10.96.0.0/12")],
+        },
+    )
+    .unwrap();
+    assert!(c.is_empty());
+    assert_eq!(r.get(a).unwrap().routes, vec![n("10.96.0.0/12")]);
+}
+
+#[test]
+fn others_cannot_see_or_end_a_session_root_can() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let a = open(&mut r, ALICE, "kwg0");
+    assert_eq!(r.visible(BOB), vec![]);
+    assert_eq!(r.visible(ALICE).len(), 1);
+    assert_eq!(r.visible(ROOT).len(), 1);
+    let e = r.endable(BOB, "kwg0").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert_eq!(
+        e.message,
+        "no session of yours on kwg0 (kwg-helper list shows yours)"
+    );
+    assert_eq!(r.endable(ALICE, "kwg0"), Ok(a));
+    assert_eq!(r.endable(ROOT, "kwg0"), Ok(a));
+}
+
+#[test]
+fn public_routes_need_consent_that_counts_for_the_caller() {
+    let mut r = Registry::new(Limits::default(), vec![n("203.0.113.0/24")]);
+    let a = r
+        .open(
+            ALICE,
+            VERSION,
+            "kwg0".into(),
+            None,
+            vec![n("8.8.8.0/24"), n("203.0.113.0/25")],
+            vec![],
+        )
+        .unwrap();
+    apply(&mut r, a, Op::CreateTun { mtu: 1420 }).unwrap();
+    let route = |net: &str| Op::Routes {
+        add: vec![n(net)],
+        remove: vec![],
+    };
+    // Alice's say-so counts only inside the helper's --allow-route.
+    let e = apply(&mut r, a, route("8.8.8.0/24")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Refused);
+    assert_eq!(
+        e.message,
+        "refused route 8.8.8.0/24: it is public address space"
+    );
+    apply(&mut r, a, route("203.0.113.0/25")).unwrap();
+    // Root's counts as given.
+    let root = r
+        .open(
+            ROOT,
+            VERSION,
+            "kwg1".into(),
+            None,
+            vec![n("8.8.8.0/24")],
+            vec![],
+        )
+        .unwrap();
+    apply(&mut r, root, Op::CreateTun { mtu: 1420 }).unwrap();
+    apply(&mut r, root, route("8.8.8.0/24")).unwrap();
+    // The machine's own DNS server stays off any tunnel.
+    let e = apply(&mut r, root, route("10.53.0.0/16")).unwrap_err();
+    assert!(
+        e.message.ends_with("this machine's DNS server 10.53.0.53"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn bad_opens_are_refused_with_what_to_do() {
+    let mut r = Registry::new(
+        Limits {
+            per_uid: 1,
+            total: 2,
+        },
+        vec![],
+    );
+    let e = r
+        .open(ALICE, VERSION + 1, "kwg0".into(), None, vec![], vec![])
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Version);
+    let e = r
+        .open(ALICE, VERSION, "eth0".into(), None, vec![], vec![])
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BadRequest);
+    let e = r
+        .open(
+            ALICE,
+            VERSION,
+            "kwg0".into(),
+            Some("/run/user/1000/../../etc".into()),
+            vec![],
+            vec![],
+        )
+        .unwrap_err();
+    assert!(e.message.contains("without . or .."));
+    open(&mut r, ALICE, "kwg0");
+    let e = r
+        .open(ALICE, VERSION, "kwg1".into(), None, vec![], vec![])
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Limit);
+    open(&mut r, BOB, "kwg1");
+    let e = r
+        .open(ROOT, VERSION, "kwg2".into(), None, vec![], vec![])
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Limit);
+    let id = r.endable(ALICE, "kwg0").unwrap();
+    let e = r
+        .plan(id, &Op::CreateTun { mtu: 65000 }, &facts(), &TenOnly)
+        .unwrap_err();
+    assert!(e.message.contains("MTU"));
+    let e = r
+        .plan(
+            id,
+            &Op::Routes {
+                add: vec![n("10.0.0.0/24"); MAX_ROUTES + 1],
+                remove: vec![],
+            },
+            &facts(),
+            &TenOnly,
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BadRequest, "no link yet comes first");
+}

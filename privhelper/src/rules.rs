@@ -1,0 +1,248 @@
+//! What the helper refuses, whatever the client says: the client is a user process that parses
+//! the cluster's input and may be compromised. The address-space rule is the laptop's trust rule
+//! (docs/laptop-trust.md), reached through [`Policy`] so that there is one copy of it; the rest
+//! (the machine's own addresses, other sessions, interface names) is the helper's own.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use kwg_host::netlink::RouteEntry;
+
+/// The `local` routing table (`RT_TABLE_LOCAL`): the machine's own addresses, never a conflict.
+const LOCAL_TABLE: u32 = 255;
+
+/// Where a prefix may lie without the user's say-so: the trust rule on cluster subnets
+/// (private or shared space, not reserved, not too wide). `Err` is why, in a clause.
+pub trait Policy: Send + Sync {
+    fn address_space(&self, net: &IpNet) -> Result<(), String>;
+}
+
+/// What the helper reads about the machine before each change (excluding its sessions' links).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// Addresses of the machine's interfaces.
+    pub addresses: Vec<IpAddr>,
+    /// Next hops of default routes (any table).
+    pub gateways: Vec<IpAddr>,
+    /// The resolver file's `nameserver`s.
+    pub dns_servers: Vec<IpAddr>,
+    /// Every route of every table.
+    pub routes: Vec<RouteEntry>,
+}
+
+impl Facts {
+    /// The facts without what belongs to the links in `own` (the sessions' TUNs).
+    pub fn without_links(mut self, own: &[(String, Vec<IpNet>)]) -> Facts {
+        let theirs = |ip: &IpAddr| own.iter().any(|(_, a)| a.iter().any(|n| n.addr() == *ip));
+        self.addresses.retain(|a| !theirs(a));
+        self
+    }
+}
+
+/// Interface names a session may use: `kwg` then up to 12 letters, digits, `-` or `_` (IFNAMSIZ
+/// 16 with its NUL). Nothing else of the machine's links is the helper's to touch.
+pub fn check_interface(name: &str) -> Result<(), String> {
+    let rest = name.strip_prefix("kwg").unwrap_or("!");
+    let ok = rest.len() <= 12
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "interface name {:?} is not one kwg-helper manages: use kwg followed by up to 12 lowercase letters, digits, - or _ (e.g. kwg0)",
+            printable(name)
+        ))
+    }
+}
+
+/// A route prefix: inside the policy's space unless the caller's consent covers it, and never
+/// over the machine's own addresses, default gateways or DNS servers (no consent widens that:
+/// the machine would lose its own traffic, its way out or its name resolution).
+pub fn check_route(
+    net: &IpNet,
+    facts: &Facts,
+    policy: &dyn Policy,
+    consent: &[IpNet],
+) -> Result<(), String> {
+    if !consent.iter().any(|c| c.contains(net)) {
+        policy
+            .address_space(net)
+            .map_err(|why| format!("refused route {net}: {why}"))?;
+    }
+    for (ips, whose) in [
+        (&facts.addresses, "this machine's address"),
+        (&facts.gateways, "this machine's default gateway"),
+        (&facts.dns_servers, "this machine's DNS server"),
+    ] {
+        if let Some(ip) = ips.iter().find(|ip| net.contains(*ip)) {
+            return Err(format!("refused route {net}: it covers {whose} {ip}"));
+        }
+    }
+    Ok(())
+}
+
+/// The tunnel address: a host address in the policy's space that the machine does not have.
+pub fn check_address(addr: &IpNet, facts: &Facts, policy: &dyn Policy) -> Result<(), String> {
+    let host = IpNet::from(addr.addr());
+    policy
+        .address_space(&host)
+        .map_err(|why| format!("refused address {addr}: {why}"))?;
+    let taken = facts
+        .addresses
+        .iter()
+        .chain(&facts.gateways)
+        .chain(&facts.dns_servers)
+        .any(|ip| *ip == addr.addr());
+    if taken {
+        return Err(format!(
+            "refused address {addr}: this machine already has or talks to {}",
+            addr.addr()
+        ));
+    }
+    Ok(())
+}
+
+/// A route against the machine's existing routes (other than `own` interface's, default routes
+/// and the local table): an overlap is refused unless inside `allowed`
+/// (`--allow-conflicting-subnets`).
+pub fn check_machine_routes(
+    net: &IpNet,
+    own: &str,
+    sessions: &[&str],
+    facts: &Facts,
+    allowed: &[IpNet],
+) -> Result<(), String> {
+    if allowed.iter().any(|a| a.contains(net)) {
+        return Ok(());
+    }
+    let clash = facts.routes.iter().find(|e| {
+        e.table != LOCAL_TABLE
+            && e.destination.prefix_len() > 0
+            && e.interface.as_deref() != Some(own)
+            // Other sessions' routes are judged by the registry, which names the session.
+            && !e.interface.as_deref().is_some_and(|i| sessions.contains(&i))
+            && (e.destination.contains(net) || net.contains(&e.destination))
+    });
+    match clash {
+        Some(e) => Err(format!(
+            "refused route {net}: it overlaps the existing route {e} (pass --allow-conflicting-subnets {net} to route it anyway)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A name as text safe to print (control characters replaced).
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A stand-in for the trust rule in tests of this crate: 10/8 only, at least /8.
+    pub(crate) struct TenOnly;
+    impl Policy for TenOnly {
+        fn address_space(&self, net: &IpNet) -> Result<(), String> {
+            let ten: IpNet = "10.0.0.0/8".parse().unwrap();
+            if ten.contains(net) {
+                Ok(())
+            } else {
+                Err("it is public address space".into())
+            }
+        }
+    }
+
+    pub(crate) fn n(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    pub(crate) fn facts() -> Facts {
+        Facts {
+            addresses: vec!["10.1.2.3".parse().unwrap(), "192.0.2.10".parse().unwrap()],
+            gateways: vec!["192.0.2.1".parse().unwrap()],
+            dns_servers: vec!["10.53.0.53".parse().unwrap()],
+            routes: vec![RouteEntry {
+                destination: n("10.1.2.0/24"),
+                interface: Some("eth0".into()),
+                gateway: None,
+                table: 254,
+            }],
+        }
+    }
+
+    #[test]
+    fn interface_names_are_kwg_only() {
+        for ok in ["kwg", "kwg0", "kwg-ci_1", "kwgabcdefghijkl"] {
+            assert_eq!(check_interface(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "eth0",
+            "wg0",
+            "kwg0/../x",
+            "kwgabcdefghijklm",
+            "KWG0",
+            "kwg 0",
+            "lo",
+            "",
+        ] {
+            let e = check_interface(bad).unwrap_err();
+            assert!(e.contains("kwg followed by"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn routes_stay_in_the_policy_space_and_off_the_machine() {
+        let f = facts();
+        assert_eq!(check_route(&n("10.96.0.0/12"), &f, &TenOnly, &[]), Ok(()));
+        let e = check_route(&n("8.8.8.0/24"), &f, &TenOnly, &[]).unwrap_err();
+        assert_eq!(e, "refused route 8.8.8.0/24: it is public address space");
+        // Consent widens the space...
+        assert_eq!(
+            check_route(&n("8.8.8.0/24"), &f, &TenOnly, &[n("8.8.0.0/16")]),
+            Ok(())
+        );
+        // ...never over the machine's own addresses, gateways or DNS servers.
+        for (net, why) in [
+            ("10.1.0.0/16", "this machine's address 10.1.2.3"),
+            ("10.53.0.0/24", "this machine's DNS server 10.53.0.53"),
+        ] {
+            let e = check_route(&n(net), &f, &TenOnly, &[]).unwrap_err();
+            assert!(e.ends_with(why), "{e}");
+        }
+        let e = check_route(&n("192.0.2.0/24"), &f, &TenOnly, &[n("0.0.0.0/0")]).unwrap_err();
+        assert!(e.ends_with("this machine's address 192.0.2.10"), "{e}");
+    }
+
+    #[test]
+    fn machine_routes_conflict_unless_allowed() {
+        let f = facts();
+        let e = check_machine_routes(&n("10.1.0.0/16"), "kwg0", &[], &f, &[]).unwrap_err();
+        assert!(
+            e.contains("overlaps the existing route 10.1.2.0/24 dev eth0"),
+            "{e}"
+        );
+        assert_eq!(
+            check_machine_routes(&n("10.1.0.0/16"), "kwg0", &[], &f, &[n("10.1.0.0/16")]),
+            Ok(())
+        );
+        assert_eq!(
+            check_machine_routes(&n("10.96.0.0/12"), "kwg0", &[], &f, &[]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_tunnel_address_is_private_and_not_the_machines() {
+        let f = facts();
+        assert_eq!(check_address(&n("10.77.0.2/32"), &f, &TenOnly), Ok(()));
+        assert!(check_address(&n("10.53.0.53/32"), &f, &TenOnly).is_err());
+        assert!(check_address(&n("8.8.8.8/32"), &f, &TenOnly).is_err());
+    }
+}

@@ -1,0 +1,431 @@
+//! The helper's socket: each connection authorized by SO_PEERCRED, one session per connection,
+//! every change planned by the [`Registry`] under one lock (so two sessions never race into an
+//! overlap), journalled, made, recorded. When a connection ends for any reason its session is
+//! reverted at once.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Mutex;
+
+use crate::auth::{self, Access};
+use crate::journal::{Entry, Journal};
+use crate::proto::{self, ErrorKind, LineBuf, Reply, Request};
+use crate::registry::{Change, Limits, Op, Peer, Refusal, Registry, Undo};
+use crate::rules::Policy;
+use crate::system::{Net, NewTun};
+
+/// How the helper is configured.
+pub struct Config {
+    pub access: Access,
+    /// Uids served besides root and the group (a helper started through `sudo` by `kwg join`
+    /// serves the user who started it).
+    pub allow_uids: Vec<u32>,
+    pub allow_routes: Vec<IpNet>,
+    pub limits: Limits,
+}
+
+struct Inner {
+    reg: Mutex<Registry>,
+    journal: Journal,
+    net: Box<dyn Net>,
+    policy: Box<dyn Policy>,
+    access: Access,
+    allow_uids: Vec<u32>,
+}
+
+/// A running helper's shared state.
+#[derive(Clone)]
+pub struct Helper {
+    inner: Arc<Inner>,
+}
+
+impl Helper {
+    /// Reverts whatever `journal` holds (a previous helper's sessions), then is ready to serve.
+    pub async fn start(
+        cfg: Config,
+        journal: Journal,
+        net: Box<dyn Net>,
+        policy: Box<dyn Policy>,
+    ) -> io::Result<Helper> {
+        for entry in journal.entries()? {
+            tracing::warn!(
+                session = entry.session,
+                uid = entry.uid,
+                interface = entry.interface,
+                "reverting a session the previous helper left"
+            );
+            let left = revert_steps(net.as_ref(), entry.undo.iter().rev()).await;
+            finish_journal(&journal, entry.session, entry.uid, &entry.interface, left);
+        }
+        Ok(Helper {
+            inner: Arc::new(Inner {
+                reg: Mutex::new(Registry::new(cfg.limits, cfg.allow_routes)),
+                journal,
+                net,
+                policy,
+                access: cfg.access,
+                allow_uids: cfg.allow_uids,
+            }),
+        })
+    }
+
+    /// Serves `listener` until the task is dropped.
+    pub async fn serve(&self, listener: UnixListener) -> io::Result<()> {
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let me = self.clone();
+            tokio::spawn(async move { me.connection(stream).await });
+        }
+    }
+
+    /// The sessions, as root sees them (tests and `list`).
+    pub async fn sessions(&self) -> Vec<crate::proto::SessionInfo> {
+        self.inner
+            .reg
+            .lock()
+            .await
+            .visible(Peer { uid: 0, pid: None })
+    }
+
+    async fn connection(&self, mut stream: UnixStream) {
+        let peer = match stream.peer_cred() {
+            Ok(c) => Peer {
+                uid: c.uid(),
+                pid: c.pid().and_then(|p| u32::try_from(p).ok()),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no peer credentials: connection closed");
+                return;
+            }
+        };
+        let allowed = if self.inner.allow_uids.contains(&peer.uid) {
+            Ok(())
+        } else {
+            auth::authorize(peer.uid, &auth::groups_of(peer.uid), &self.inner.access)
+        };
+        if let Err(message) = allowed {
+            tracing::warn!(uid = peer.uid, "refused a caller");
+            let reply = error_reply(ErrorKind::Unauthorized, message);
+            let _ = stream.write_all(&proto::encode(&reply)).await;
+            return;
+        }
+        let mut session = None;
+        let mut lines = LineBuf::default();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let request = match next_request(&mut stream, &mut lines, &mut buf).await {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    let reply = error_reply(ErrorKind::BadRequest, e.to_string());
+                    let _ = send(&stream, &reply, None).await;
+                    break;
+                }
+            };
+            let close = request == Request::Close {};
+            let (reply, fd) = self.handle(peer, &mut session, request).await;
+            let fd_ref = fd.as_ref().map(|f| f.as_raw_fd());
+            if send(&stream, &reply, fd_ref).await.is_err() || close {
+                break;
+            }
+        }
+        if let Some(id) = session {
+            self.end(id).await;
+        }
+    }
+
+    async fn handle(
+        &self,
+        peer: Peer,
+        session: &mut Option<u64>,
+        request: Request,
+    ) -> (Reply, Option<OwnedFd>) {
+        let r = match (request, *session) {
+            (
+                Request::Open {
+                    version,
+                    interface,
+                    state_dir,
+                    also_proxy,
+                    allow_conflicting,
+                },
+                None,
+            ) => {
+                let mut reg = self.inner.reg.lock().await;
+                reg.open(
+                    peer,
+                    version,
+                    interface,
+                    state_dir,
+                    also_proxy,
+                    allow_conflicting,
+                )
+                .map(|id| {
+                    *session = Some(id);
+                    tracing::info!(session = id, uid = peer.uid, "session opened");
+                    (Reply::Opened { session: id }, None)
+                })
+            }
+            (Request::Open { .. }, Some(_)) => Err(bad("this connection has its session already")),
+            (Request::List {}, _) => {
+                let sessions = self.inner.reg.lock().await.visible(peer);
+                Ok((Reply::Sessions { sessions }, None))
+            }
+            (Request::End { interface }, _) => {
+                let id = self.inner.reg.lock().await.endable(peer, &interface);
+                match id {
+                    Ok(id) => {
+                        self.end(id).await;
+                        Ok((Reply::Done, None))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (Request::Close {}, Some(id)) => {
+                self.end(id).await;
+                *session = None;
+                Ok((Reply::Done, None))
+            }
+            (_, None) => Err(bad("no session: send open first")),
+            (Request::CreateTun { mtu }, Some(id)) => self.change(id, Op::CreateTun { mtu }).await,
+            (Request::SetAddress { address }, Some(id)) => {
+                self.change(id, Op::SetAddress { address }).await
+            }
+            (Request::Routes { add, remove }, Some(id)) => {
+                self.change(id, Op::Routes { add, remove }).await
+            }
+            (Request::Firewall {}, Some(id)) => self.change(id, Op::Firewall).await,
+        };
+        match r {
+            Ok(x) => x,
+            Err(e) => (error_reply(e.kind, e.message), None),
+        }
+    }
+
+    /// Plans `op`, then journals, makes and records each change.
+    async fn change(&self, id: u64, op: Op) -> Result<(Reply, Option<OwnedFd>), Refusal> {
+        let mut reg = self.inner.reg.lock().await;
+        let facts = self
+            .inner
+            .net
+            .facts()
+            .await
+            .map_err(|e| {
+                system(format!(
+                    "cannot read this machine's addresses and routes: {e}"
+                ))
+            })?
+            .without_links(&reg.links());
+        let changes = reg.plan(id, &op, &facts, self.inner.policy.as_ref())?;
+        let mut reply = Reply::Done;
+        let mut fd = None;
+        for c in &changes {
+            reg.journalled(id, c);
+            self.write_journal(&reg, id)?;
+            let made = match c {
+                Change::CreateTun { name, mtu } => self.inner.net.create_tun(name, *mtu).await.map(
+                    |NewTun {
+                         fd: f,
+                         ifindex,
+                         offload,
+                     }| {
+                        reply = Reply::Tun {
+                            name: name.clone(),
+                            ifindex,
+                            offload,
+                        };
+                        fd = Some(f);
+                        Some(ifindex)
+                    },
+                ),
+                other => self.inner.net.apply(other).await.map(|()| None),
+            };
+            let ifindex = made.map_err(|e| system(e.to_string()))?;
+            reg.applied(id, c, ifindex);
+            self.write_journal(&reg, id)?;
+        }
+        Ok((reply, fd))
+    }
+
+    fn write_journal(&self, reg: &Registry, id: u64) -> Result<(), Refusal> {
+        let Some(s) = reg.get(id) else {
+            return Ok(());
+        };
+        self.inner.journal.write(&Entry::of(s)).map_err(|e| {
+            system(format!(
+                "cannot write kwg-helper's journal (nothing was changed): {e}"
+            ))
+        })
+    }
+
+    /// Reverts session `id` (newest change first) and forgets it.
+    async fn end(&self, id: u64) {
+        let mut reg = self.inner.reg.lock().await;
+        let Some(s) = reg.get(id) else {
+            return;
+        };
+        let (uid, interface) = (s.peer.uid, s.spec.interface.clone());
+        let undo = reg.close(id);
+        let left = revert_steps(self.inner.net.as_ref(), undo.iter()).await;
+        finish_journal(&self.inner.journal, id, uid, &interface, left);
+        tracing::info!(session = id, uid, interface, "session reverted");
+    }
+}
+
+/// The next request on `stream`; `None` when the client went away.
+async fn next_request(
+    stream: &mut UnixStream,
+    lines: &mut LineBuf,
+    buf: &mut [u8],
+) -> Result<Option<Request>, proto::FrameError> {
+    loop {
+        if let Some(line) = lines.next_line()? {
+            return proto::decode::<Request>(&line).map(Some);
+        }
+        match stream.read(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(n) => lines.push(&buf[..n]),
+        }
+    }
+}
+
+/// Undoes `steps` in the order given; the ones that failed (oldest first), for the journal.
+async fn revert_steps<'a>(net: &dyn Net, steps: impl Iterator<Item = &'a Undo>) -> Vec<Undo> {
+    let mut left = Vec::new();
+    for u in steps {
+        if let Err(e) = net.undo(u).await {
+            tracing::warn!(?u, error = %e, "undo failed: kept in the journal for the next start");
+            left.push(u.clone());
+        }
+    }
+    left.reverse();
+    left
+}
+
+fn finish_journal(journal: &Journal, session: u64, uid: u32, interface: &str, left: Vec<Undo>) {
+    let r = if left.is_empty() {
+        journal.remove(session)
+    } else {
+        journal.write(&Entry {
+            session,
+            uid,
+            interface: interface.to_string(),
+            undo: left,
+        })
+    };
+    if let Err(e) = r {
+        tracing::warn!(session, error = %e, "cannot update the journal");
+    }
+}
+
+fn bad(message: &str) -> Refusal {
+    Refusal {
+        kind: ErrorKind::BadRequest,
+        message: message.into(),
+    }
+}
+
+fn system(message: String) -> Refusal {
+    Refusal {
+        kind: ErrorKind::System,
+        message,
+    }
+}
+
+fn error_reply(kind: ErrorKind, message: String) -> Reply {
+    Reply::Error { kind, message }
+}
+
+/// Sends `reply`, with `fd` attached to its first byte when given.
+async fn send(stream: &UnixStream, reply: &Reply, fd: Option<RawFd>) -> io::Result<()> {
+    let line = proto::encode(reply);
+    let mut sent = 0;
+    while sent < line.len() {
+        stream.writable().await?;
+        let attach = if sent == 0 { fd } else { None };
+        match stream.try_io(Interest::WRITABLE, || {
+            send_some(stream.as_raw_fd(), &line[sent..], attach)
+        }) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One `sendmsg`, with an SCM_RIGHTS message carrying `fd` when given.
+pub(crate) fn send_some(sock: RawFd, bytes: &[u8], fd: Option<RawFd>) -> io::Result<usize> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let iov = [io::IoSlice::new(bytes)];
+    let fds = fd.map(|f| [f]);
+    let cmsgs: Vec<ControlMessage> = fds.iter().map(|f| ControlMessage::ScmRights(f)).collect();
+    sendmsg::<()>(sock, &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).map_err(io::Error::from)
+}
+
+/// Binds the helper's socket at `path` (0660, group `gid`, in a 0755 root-owned directory),
+/// replacing a stale socket file; or takes the listener systemd passed (socket activation).
+pub fn listener(path: &Path, gid: Option<u32>) -> io::Result<UnixListener> {
+    if let Some(l) = activated()? {
+        return Ok(l);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            std::fs::remove_file(path)?
+        }
+        Ok(_) => {
+            return Err(io::Error::other(format!(
+                "{} exists and is not a socket: remove it or pass another --socket",
+                path.display()
+            )));
+        }
+        Err(_) => {}
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(g) = gid {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(g)))
+            .map_err(io::Error::from)?;
+    }
+    Ok(l)
+}
+
+/// The listening socket systemd passed as fd 3 (`LISTEN_FDS`, `LISTEN_PID`), if any.
+fn activated() -> io::Result<Option<UnixListener>> {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let n: u32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if !ours || n < 1 {
+        return Ok(None);
+    }
+    const SD_LISTEN_FDS_START: RawFd = 3;
+    // SAFETY: systemd passed fd 3 to this process (LISTEN_PID is ours) and nothing else owns it.
+    let fd = unsafe { BorrowedFd::borrow_raw(SD_LISTEN_FDS_START) }.try_clone_to_owned()?;
+    let std = std::os::unix::net::UnixListener::from(fd);
+    std.set_nonblocking(true)?;
+    UnixListener::from_std(std).map(Some)
+}
+
+/// The default socket path.
+pub fn default_socket() -> PathBuf {
+    PathBuf::from("/run/kwg-helper/helper.sock")
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -1,0 +1,298 @@
+//! The helper over a real Unix socket with a recorded machine: sessions, refusals, peer
+//! credentials of other uids (a thread that switched its own uid before connecting) and the
+//! journal.
+
+use std::sync::Mutex as StdMutex;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::client::{Client, ClientError};
+use crate::rules::Facts;
+use crate::rules::tests::{TenOnly, facts, n};
+use crate::system::SysError;
+
+#[derive(Default)]
+struct Recorded {
+    log: StdMutex<Vec<String>>,
+}
+
+struct FakeNet(Arc<Recorded>);
+
+#[async_trait::async_trait]
+impl Net for FakeNet {
+    async fn facts(&self) -> Result<Facts, SysError> {
+        Ok(facts())
+    }
+    async fn create_tun(&self, name: &str, _mtu: u16) -> Result<NewTun, SysError> {
+        self.0.log.lock().unwrap().push(format!("create {name}"));
+        let fd = std::fs::File::open("/dev/null").unwrap().into();
+        Ok(NewTun {
+            fd,
+            ifindex: 7,
+            offload: true,
+        })
+    }
+    async fn apply(&self, change: &Change) -> Result<(), SysError> {
+        self.0.log.lock().unwrap().push(format!("{change:?}"));
+        Ok(())
+    }
+    async fn undo(&self, undo: &Undo) -> Result<(), SysError> {
+        self.0.log.lock().unwrap().push(format!("undo {undo:?}"));
+        Ok(())
+    }
+}
+
+struct Rig {
+    rec: Arc<Recorded>,
+    socket: PathBuf,
+    journal: Journal,
+    _dir: tempfile::TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+const BOB: u32 = 64011;
+const EVE: u32 = 64012;
+
+async fn rig_with(dir: tempfile::TempDir) -> Rig {
+    let rec = Arc::new(Recorded::default());
+    let journal = Journal::open(&dir.path().join("journal")).unwrap();
+    let cfg = Config {
+        access: Access {
+            group_name: "kwg".into(),
+            gid: Some(64999),
+        },
+        allow_uids: vec![BOB],
+        allow_routes: vec![],
+        limits: Limits::default(),
+    };
+    let helper = Helper::start(
+        cfg,
+        journal.clone(),
+        Box::new(FakeNet(rec.clone())),
+        Box::new(TenOnly),
+    )
+    .await
+    .unwrap();
+    let socket = dir.path().join("helper.sock");
+    let l = listener(&socket, None).unwrap();
+    // Others may connect (the test's other uids).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let task = tokio::spawn(async move {
+        let _ = helper.serve(l).await;
+    });
+    Rig {
+        rec,
+        socket,
+        journal,
+        _dir: dir,
+        _task: task,
+    }
+}
+
+async fn rig() -> Rig {
+    rig_with(tempfile::tempdir().unwrap()).await
+}
+
+impl Rig {
+    fn log(&self) -> Vec<String> {
+        self.rec.log.lock().unwrap().clone()
+    }
+
+    /// Waits up to 1 s for the log to contain `what`.
+    async fn wait_log(&self, what: &str) -> Duration {
+        let t = Instant::now();
+        while !self.log().iter().any(|l| l.contains(what)) {
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "{what} not in {:?}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        t.elapsed()
+    }
+
+    /// A client connected from a thread running as `uid` (the kernel records the connecting
+    /// thread's credentials; the raw syscall changes only that thread's).
+    async fn client_as(&self, uid: u32) -> Client {
+        let socket = self.socket.clone();
+        let std = std::thread::spawn(move || {
+            // SAFETY: setresuid on this thread only (raw syscall, not glibc's broadcast).
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_setresuid,
+                    uid as libc::c_long,
+                    uid as libc::c_long,
+                    uid as libc::c_long,
+                )
+            };
+            assert_eq!(r, 0, "setresuid needs root");
+            std::os::unix::net::UnixStream::connect(socket).unwrap()
+        })
+        .join()
+        .unwrap();
+        std.set_nonblocking(true).unwrap();
+        Client::from_stream(UnixStream::from_std(std).unwrap())
+    }
+}
+
+fn refused(e: ClientError) -> (ErrorKind, String) {
+    match e {
+        ClientError::Refused { kind, message } => (kind, message),
+        other => panic!("not a refusal: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_session_is_made_over_the_socket_and_reverted_when_its_client_goes() {
+    let rig = rig().await;
+    let mut c = Client::connect(&rig.socket).await.unwrap();
+    c.open("kwg0", Some(Path::new("/run/user/0/kwg")), &[], &[])
+        .await
+        .unwrap();
+    let tun = c.create_tun(1420).await.unwrap();
+    assert_eq!(
+        (tun.name.as_str(), tun.ifindex, tun.offload),
+        ("kwg0", 7, true)
+    );
+    // The descriptor arrived: it is /dev/null, as the fake made it.
+    let target = std::fs::read_link(format!("/proc/self/fd/{}", tun.fd.as_raw_fd())).unwrap();
+    assert_eq!(target, Path::new("/dev/null"));
+    c.set_address(n("10.77.0.2/32")).await.unwrap();
+    c.routes(&[n("10.96.0.0/12")], &[]).await.unwrap();
+    c.firewall().await.unwrap();
+    let journal = rig.journal.entries().unwrap();
+    assert_eq!(journal.len(), 1);
+    assert_eq!(journal[0].undo.len(), 4, "{:?}", journal[0].undo);
+    // The user daemon dies (its socket closes): reverted, newest first, within 1 s.
+    drop(c);
+    let took = rig.wait_log("undo DeleteLink").await;
+    assert!(took < Duration::from_secs(1));
+    let undos: Vec<String> = rig
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with("undo"))
+        .collect();
+    assert_eq!(
+        undos,
+        [
+            "undo RemoveFirewall { table: \"kwg_kwg0\" }",
+            "undo DeleteRoute { name: \"kwg0\", route: 10.96.0.0/12 }",
+            "undo DeleteAddress { name: \"kwg0\", address: 10.77.0.2/32 }",
+            "undo DeleteLink { name: \"kwg0\", ifindex: Some(7) }",
+        ]
+    );
+    assert_eq!(rig.journal.entries().unwrap(), vec![]);
+}
+
+#[tokio::test]
+async fn a_hand_written_client_is_refused_unsafe_routes_and_garbage() {
+    let rig = rig().await;
+    // Not root: the --also-proxy it sends counts only inside the helper's --allow-route.
+    let mut c = rig.client_as(BOB).await;
+    let (kind, msg) = refused(c.create_tun(1420).await.unwrap_err());
+    assert_eq!(
+        (kind, msg.as_str()),
+        (ErrorKind::BadRequest, "no session: send open first")
+    );
+    let (kind, _) = refused(c.open("eth0", None, &[], &[]).await.unwrap_err());
+    assert_eq!(kind, ErrorKind::BadRequest);
+    c.open("kwg3", None, &[n("8.8.8.0/24")], &[]).await.unwrap();
+    c.create_tun(1420).await.unwrap();
+    for (route, why) in [
+        (
+            "8.8.8.0/24",
+            "refused route 8.8.8.0/24: it is public address space",
+        ),
+        (
+            "0.0.0.0/0",
+            "refused route 0.0.0.0/0: it is public address space",
+        ),
+        (
+            "10.53.0.0/16",
+            "refused route 10.53.0.0/16: it covers this machine's DNS server 10.53.0.53",
+        ),
+        (
+            "10.1.2.0/25",
+            "refused route 10.1.2.0/25: it covers this machine's address 10.1.2.3",
+        ),
+    ] {
+        let (kind, msg) = refused(c.routes(&[n(route)], &[]).await.unwrap_err());
+        assert_eq!(kind, ErrorKind::Refused, "{route}");
+        assert_eq!(msg, why);
+    }
+    assert!(
+        !rig.log().iter().any(|l| l.contains("AddRoute")),
+        "{:?}",
+        rig.log()
+    );
+    // Not a request: refused, and the connection (with its session) ends.
+    use tokio::io::AsyncReadExt;
+    let mut raw = UnixStream::connect(&rig.socket).await.unwrap();
+    raw.write_all(b"{\"request\":\"shell\",\"cmd\":\"id\"}\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    raw.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("{\"reply\":\"error\",\"kind\":\"badRequest\""),
+        "{out}"
+    );
+    let mut raw = UnixStream::connect(&rig.socket).await.unwrap();
+    raw.write_all(&vec![b'x'; proto::MAX_LINE]).await.unwrap();
+    let mut out = String::new();
+    raw.read_to_string(&mut out).await.unwrap();
+    assert!(out.contains("longer than"), "{out}");
+}
+
+#[tokio::test]
+async fn other_uids_cannot_see_or_end_a_session_and_strangers_are_not_served() {
+    let rig = rig().await;
+    let mut alice = Client::connect(&rig.socket).await.unwrap();
+    alice.open("kwg0", None, &[], &[]).await.unwrap();
+    alice.create_tun(1420).await.unwrap();
+    let mut bob = rig.client_as(BOB).await;
+    assert_eq!(bob.list().await.unwrap(), vec![]);
+    let (kind, msg) = refused(bob.end("kwg0").await.unwrap_err());
+    assert_eq!(kind, ErrorKind::NotFound);
+    assert_eq!(
+        msg,
+        "no session of yours on kwg0 (kwg-helper list shows yours)"
+    );
+    // Nor take its interface or overlap it.
+    let (kind, msg) = refused(bob.open("kwg0", None, &[], &[]).await.unwrap_err());
+    assert_eq!(kind, ErrorKind::Conflict);
+    assert!(msg.contains("(uid 0)"), "{msg}");
+    assert!(!rig.log().iter().any(|l| l.starts_with("undo")));
+    let mut eve = rig.client_as(EVE).await;
+    let (kind, msg) = refused(eve.list().await.unwrap_err());
+    assert_eq!(kind, ErrorKind::Unauthorized);
+    assert!(
+        msg.starts_with(&format!("uid {EVE} is not in group kwg")),
+        "{msg}"
+    );
+    // Root sees and may end it.
+    let mut root = Client::connect(&rig.socket).await.unwrap();
+    assert_eq!(root.list().await.unwrap().len(), 1);
+    root.end("kwg0").await.unwrap();
+    rig.wait_log("undo DeleteLink").await;
+    let (kind, _) = refused(alice.routes(&[n("10.96.0.0/12")], &[]).await.unwrap_err());
+    assert_eq!(kind, ErrorKind::BadRequest);
+}
+
+#[tokio::test]
+async fn a_new_helper_reverts_what_the_journal_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&dir.path().join("journal")).unwrap();
+    journal.write(&crate::journal::tests::entry(3)).unwrap();
+    let rig = rig_with(dir).await;
+    assert_eq!(
+        rig.log(),
+        [
+            "undo DeleteRoute { name: \"kwg0\", route: 10.96.0.0/12 }",
+            "undo DeleteLink { name: \"kwg0\", ifindex: Some(9) }"
+        ]
+    );
+    assert_eq!(rig.journal.entries().unwrap(), vec![]);
+}

@@ -1,0 +1,210 @@
+//! The helper's I/O on the machine: the facts its rules need, the TUN, addresses, routes and the
+//! firewall. Behind [`Net`] so that the server's logic runs in tests without root.
+
+use std::net::IpAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+
+use kwg_host::netlink::{Netlink, NetlinkError};
+
+use crate::firewall;
+use crate::registry::{Change, Undo};
+use crate::rules::Facts;
+
+/// What the kernel (or nft) said, as one clause.
+#[derive(Debug, thiserror::Error)]
+pub enum SysError {
+    #[error("{0}")]
+    Netlink(#[from] NetlinkError),
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SysError {
+    let what = what.into();
+    move |source| SysError::Io { what, source }
+}
+
+/// A new TUN: its descriptor, index and whether it has the virtio-net header (offloads).
+#[derive(Debug)]
+pub struct NewTun {
+    pub fd: OwnedFd,
+    pub ifindex: u32,
+    pub offload: bool,
+}
+
+/// The machine, as the helper changes it.
+#[async_trait::async_trait]
+pub trait Net: Send + Sync {
+    async fn facts(&self) -> Result<Facts, SysError>;
+    async fn create_tun(&self, name: &str, mtu: u16) -> Result<NewTun, SysError>;
+    async fn apply(&self, change: &Change) -> Result<(), SysError>;
+    /// Undoes one step; `Ok` also when there was nothing left to undo.
+    async fn undo(&self, undo: &Undo) -> Result<(), SysError>;
+}
+
+/// The real machine: rtnetlink, /dev/net/tun, nft, in the helper's network namespace.
+pub struct Kernel;
+
+impl Kernel {
+    fn nl() -> Result<Netlink, SysError> {
+        Ok(Netlink::open()?)
+    }
+}
+
+/// The resolver file's `nameserver` addresses.
+pub fn nameservers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl Net for Kernel {
+    async fn facts(&self) -> Result<Facts, SysError> {
+        let routes = Self::nl()?.routes().await?;
+        let gateways = routes
+            .iter()
+            .filter(|r| r.destination.prefix_len() == 0)
+            .filter_map(|r| r.gateway)
+            .collect();
+        let addresses = nix::ifaddrs::getifaddrs()
+            .map_err(|e| io("list the machine's addresses")(e.into()))?
+            .filter_map(|a| {
+                let s = a.address?;
+                s.as_sockaddr_in()
+                    .map(|v4| IpAddr::V4(v4.ip()))
+                    .or_else(|| s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+            })
+            .collect();
+        let dns_servers =
+            nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+        Ok(Facts {
+            addresses,
+            gateways,
+            dns_servers,
+            routes,
+        })
+    }
+
+    async fn create_tun(&self, name: &str, mtu: u16) -> Result<NewTun, SysError> {
+        let nl = Self::nl()?;
+        if nl.link_exists(name).await? {
+            return Err(io(format!("create interface {name}"))(
+                std::io::Error::other(
+                    "it exists already (another VPN or a one-process kwg join uses it): pass --interface with another name",
+                ),
+            ));
+        }
+        // Today's offloads (TSO/USO through IFF_VNET_HDR) where the kernel has them, as
+        // `kwg_wg::io::tun::Tun::create` sets them up.
+        let build = |offload: bool| {
+            tun_rs::DeviceBuilder::new()
+                .name(name)
+                .mtu(mtu)
+                .offload(offload)
+                .build_sync()
+        };
+        let dev = match build(true) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "TUN offloads unavailable");
+                build(false).map_err(io(format!("create TUN {name}")))?
+            }
+        };
+        let offload = dev.tcp_gso();
+        // SAFETY: into_raw_fd hands over the device's own open descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(dev.into_raw_fd()) };
+        // Before any address, route or peer: nothing the cluster sends is forwarded
+        // (docs/laptop-trust.md). The link goes with the descriptor, and with it this setting.
+        let path = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "0") {
+            std::fs::write(&path, "0").map_err(io(format!("write 0 to {path}")))?;
+        }
+        let ifindex = nl.link_index(name).await?;
+        Ok(NewTun {
+            fd,
+            ifindex,
+            offload,
+        })
+    }
+
+    async fn apply(&self, change: &Change) -> Result<(), SysError> {
+        let nl = Self::nl()?;
+        match change {
+            Change::CreateTun { .. } => unreachable!("create_tun makes links"),
+            Change::AddAddress { name, address } => {
+                let mtu = nl.link(name).await?.mtu;
+                nl.link_up(name, Some(mtu)).await?;
+                nl.add_address(name, *address).await?;
+            }
+            Change::DeleteAddress { name, address } => {
+                nl.delete_address(name, *address).await?;
+            }
+            Change::AddRoute { name, route } => nl.replace_route(*route, name).await?,
+            Change::DeleteRoute { name, route } => {
+                nl.delete_route(*route, name).await?;
+            }
+            Change::InstallFirewall { table, name } => {
+                if !firewall::install(table, name)
+                    .await
+                    .map_err(io(format!("load the nftables table {table}")))?
+                {
+                    tracing::warn!(
+                        table,
+                        "nft is not installed: the tunnel's new connections are not filtered"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn undo(&self, undo: &Undo) -> Result<(), SysError> {
+        let nl = Self::nl()?;
+        match undo {
+            Undo::DeleteLink { name, ifindex } => {
+                // A link whose index we never learned was never handed out: it went with the
+                // helper's descriptor.
+                if ifindex.is_some() && nl.link_index(name).await.ok() == *ifindex {
+                    nl.delete_link(name).await?;
+                }
+            }
+            Undo::DeleteAddress { name, address } => {
+                match nl.delete_address(name, *address).await {
+                    Ok(_) | Err(NetlinkError::NoSuchLink(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Undo::DeleteRoute { name, route } => {
+                nl.delete_route(*route, name).await?;
+            }
+            Undo::RemoveFirewall { table } => {
+                firewall::remove(table)
+                    .await
+                    .map_err(io(format!("delete the nftables table {table}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nameservers_are_read_like_the_resolver() {
+        let t =
+            "# x\nnameserver 192.0.2.53\nnameserver  fd00::53 # c\nsearch a\nnameserver bogus\n";
+        assert_eq!(
+            super::nameservers(t),
+            vec![
+                "192.0.2.53".parse::<std::net::IpAddr>().unwrap(),
+                "fd00::53".parse().unwrap()
+            ]
+        );
+    }
+}
