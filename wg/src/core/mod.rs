@@ -226,6 +226,13 @@ impl Core {
         peer.heard_other
     }
 
+    /// How many handshakes completed with the peer so far (`None`: unknown peer). A re-added
+    /// peer starts again from zero.
+    pub fn handshakes(&self, key: &PublicKey) -> Option<u64> {
+        let peer = self.by_key.get(key).and_then(|i| self.peers.get(i))?;
+        Some(peer.handshakes)
+    }
+
     /// The peers' current endpoints (what the device must keep a stream open for).
     pub fn endpoints(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.peers.values().filter_map(|p| p.cfg.endpoint)
@@ -360,6 +367,7 @@ impl Core {
         }
         if let Some(role) = role {
             tracing::info!(parent: &peer.span, %role, endpoint = %from, "handshake completed");
+            peer.handshakes += 1;
         }
         peer.rx_bytes += datagram.len() as u64;
         if peer.cfg.endpoint != Some(from) && peer.pinned {

@@ -117,6 +117,24 @@ fn handshake_then_data_both_ways() {
 }
 
 #[test]
+fn completed_handshakes_are_counted_per_peer() {
+    let mut p = Pair::new();
+    assert_eq!(p.a.handshakes(&p.b_key), Some(0));
+    p.a_sends(&ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"one"));
+    p.a_sends(&ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"two"));
+    // One handshake carried both packets; data is not a handshake.
+    assert_eq!(p.a.handshakes(&p.b_key), Some(1));
+    assert_eq!(p.b.handshakes(&p.a_key), Some(1));
+    let mut net = NetBatch::new(1);
+    let ep = B_ADDR.parse().unwrap();
+    assert!(p.a.initiate_to(&p.b_key, ep, p.now, &mut net));
+    p.deliver(true, net);
+    assert_eq!(p.a.handshakes(&p.b_key), Some(2));
+    assert_eq!(p.b.handshakes(&p.a_key), Some(2));
+    assert_eq!(p.a.handshakes(&PrivateKey::generate().public_key()), None);
+}
+
+#[test]
 fn spoofed_inner_source_is_dropped() {
     let mut p = Pair::new();
     p.a_sends(&ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"hello"));
