@@ -1,0 +1,138 @@
+//! Everything the model takes from the crates under test, in one place: when a type moves
+//! (the session core and the ladder are moving out of `cli/`), only this file changes.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use kwg_contract::PeerName;
+use kwg_contract::keys::PublicKey;
+
+pub use kwg::error::Error;
+pub use kwg::session::plan::Resolved;
+pub use kwg::session::{Action, Event, Facts, LeaseFailure, Phase, Registration, Session};
+pub use kwg::state::{State, Undo};
+pub use kwg::transport::{Ladder, Step, Timings};
+pub use kwg::transport::{Mode, Rung};
+
+pub use kwg_gateway::alloc::Allocator;
+pub use kwg_gateway::core::{Core as GatewayCore, DeviceOp, PeerSecret, Plan};
+
+pub use kwg_wg::core::testing::ipv4;
+pub use kwg_wg::core::{Core as WgCore, NetBatch, TunBatch};
+pub use kwg_wg::device::PeerConfig;
+
+/// What a laptop joins with (`kwg join --name NAME --ttl TTL --timeout TIMEOUT
+/// --dns-mode off`).
+pub struct JoinConfig {
+    pub name: String,
+    pub ttl: Duration,
+    pub timeout: Duration,
+}
+
+/// A session of the real core for `cfg`, started at `now`.
+pub fn new_session(cfg: &JoinConfig, now: Instant) -> Session {
+    let ttl = format!("{}s", cfg.ttl.as_secs());
+    let timeout = format!("{}s", cfg.timeout.as_secs());
+    let argv = [
+        "kwg",
+        "join",
+        "--name",
+        &cfg.name,
+        "--ttl",
+        &ttl,
+        "--timeout",
+        &timeout,
+        "--dns-mode",
+        "off",
+    ];
+    let args = match kwg::args::Cli::parse_from(argv).command {
+        kwg::args::Command::Join(a) => *a,
+        _ => unreachable!("parsed a join"),
+    };
+    let template = State {
+        peer: cfg.name.parse::<PeerName>().expect("a valid peer name"),
+        kwg_namespace: kwg_contract::DEFAULT_NAMESPACE.to_string(),
+        kubeconfig: None,
+        context: None,
+        server: String::new(),
+        user: String::new(),
+        namespace: String::new(),
+        mapped_namespaces: None,
+        interface: "kwg0".into(),
+        tunnel_ip: None,
+        gateway_endpoint: None,
+        gateway_key: None,
+        gateway_admin: None,
+        routes: Vec::new(),
+        dns: None,
+        daemon_pid: None,
+        proxy: None,
+        joined_at: chrono::DateTime::UNIX_EPOCH,
+        ttl_secs: cfg.ttl.as_secs(),
+        undo: Vec::new(),
+    };
+    Session::new(args, template, "/model/resolv.conf.orig".into(), now)
+}
+
+/// The machine facts a laptop's driver would gather (no DNS, no routes of its own).
+pub fn facts(
+    now_wall: chrono::DateTime<chrono::Utc>,
+    info: kwg_contract::GatewayInfo,
+    endpoint: SocketAddr,
+    address: std::net::IpAddr,
+    public_key: PublicKey,
+    hostname: &str,
+) -> Facts {
+    Facts {
+        now_wall,
+        server: "https://192.0.2.1:6443".into(),
+        user: "developer".into(),
+        context: Some("model".into()),
+        default_namespace: "default".into(),
+        info,
+        endpoint,
+        namespaces: Some(["default".to_string()].into()),
+        machine_routes: vec![],
+        machine_addresses: vec![address],
+        api_server: vec!["192.0.2.1".parse().expect("an address")],
+        interface_exists: false,
+        public_key,
+        hostname: hostname.into(),
+        machine_tag: String::new(),
+        resolv_conf: None,
+        uplink: None,
+        resolved: Resolved::NotManaged("model".into()),
+    }
+}
+
+/// The API server could not be reached.
+pub fn api_unreachable() -> Error {
+    Error::ApiUnreachable {
+        server: "https://192.0.2.1:6443".into(),
+        reason: "blocked by the model".into(),
+    }
+}
+
+/// A peer of that name is another machine's.
+pub fn name_taken(name: &str, secret: &str) -> Error {
+    Error::PeerNameTaken {
+        name: name.into(),
+        secret: secret.into(),
+        owner: "developer".into(),
+        hostname: "other".into(),
+    }
+}
+
+/// The first UDP endpoint the gateway peer gets before the ladder pins it.
+pub fn first_endpoint(mode: Mode, udp: Option<SocketAddr>) -> Option<SocketAddr> {
+    kwg::transport::first_endpoint(mode, udp)
+}
+
+/// The journalled uid of the peer Secret, if any.
+pub fn journalled_uid(state: &State) -> Option<String> {
+    state.undo.iter().find_map(|u| match u {
+        Undo::DeletePeer { uid, .. } => uid.clone(),
+        _ => None,
+    })
+}
