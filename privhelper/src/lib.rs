@@ -17,6 +17,7 @@ pub mod client;
 pub mod firewall;
 pub mod install;
 pub mod journal;
+pub mod policy;
 pub mod proto;
 pub mod registry;
 pub mod rules;

@@ -94,6 +94,14 @@ impl Helper {
             .visible(Peer { uid: 0, pid: None })
     }
 
+    /// Reverts every session (the helper is stopping).
+    pub async fn end_all(&self) {
+        let ids: Vec<u64> = self.sessions().await.iter().map(|s| s.session).collect();
+        for id in ids {
+            self.end(id).await;
+        }
+    }
+
     async fn connection(&self, mut stream: UnixStream) {
         let peer = match stream.peer_cred() {
             Ok(c) => Peer {
