@@ -354,19 +354,48 @@ fn changes_follow_apply_delete_and_relist() {
     );
 }
 
+/// The serial of the zone's SOA as a secondary reads it (the answer to `cluster.local. SOA`).
+fn soa_serial(index: &Index) -> u32 {
+    let answers = reply(index, "cluster.local.", RecordType::SOA).answers;
+    match answers.as_slice() {
+        [record] => match &record.data {
+            hickory_proto::rr::RData::SOA(soa) => soa.serial,
+            other => panic!("the apex SOA answered {other:?}"),
+        },
+        other => panic!("the apex SOA answered {other:?}"),
+    }
+}
+
 #[test]
 fn soa_serial_changes_with_the_data() {
     let mut index = cluster();
-    let before = reply(&index, "cluster.local.", RecordType::SOA).answers;
+    let first = soa_serial(&index);
+    // Reading is no change: the serial stays, so a secondary polling it fetches nothing.
+    let _ = reply(
+        &index,
+        "web-app.emojivoto.svc.cluster.local.",
+        RecordType::A,
+    );
+    assert_eq!(soa_serial(&index), first, "a question moved the serial");
+    // A new Service, then a changed slice: each moves the serial forward (RFC 1982 order).
     let _ = index.apply_service_event(Event::Apply(cluster_ip(
         "default",
         "x",
         "10.96.0.9",
         json!([]),
     )));
-    assert_ne!(
-        reply(&index, "cluster.local.", RecordType::SOA).answers,
-        before
+    let second = soa_serial(&index);
+    let _ = index.apply_slice_event(Event::Apply(slice(
+        "data",
+        "db-abc",
+        "db",
+        &[("10.244.0.7", Some("db-0"), true)],
+    )));
+    let third = soa_serial(&index);
+    let ahead = |new: u32, old: u32| (1..1 << 31).contains(&new.wrapping_sub(old));
+    assert!(
+        ahead(second, first) && ahead(third, second),
+        "serials {first}, {second}, {third}"
     );
 }
 
