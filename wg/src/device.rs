@@ -148,6 +148,34 @@ impl Device {
         Device::start_on(tun, setup, plane).await
     }
 
+    /// Like [`Device::start`] on a TUN another process created and passed as `fd` (kwg-helper:
+    /// the user's daemon holds no privilege); `offload` as the helper reported it.
+    pub async fn start_on_fd(
+        cfg: DeviceConfig,
+        fd: std::os::fd::OwnedFd,
+        offload: bool,
+    ) -> Result<Device, Error> {
+        let name = cfg.name;
+        if !valid_ifname(&name) {
+            return Err(Error::InvalidIfname(name));
+        }
+        let plane = plane::DataPlane::start(&name).map_err(Error::Thread)?;
+        let tun = {
+            let _in_plane = plane.handle().enter();
+            Tun::from_fd(fd, name.clone(), offload).map_err(|source| Error::Tun {
+                name: name.clone(),
+                source,
+            })?
+        };
+        let setup = Setup {
+            name,
+            private_key: Some(cfg.private_key),
+            listen_port: cfg.listen_port,
+            uapi_dir: cfg.uapi_dir,
+        };
+        Device::start_on(tun, setup, plane).await
+    }
+
     /// A device without a TUN (userspace mode): the same core, UDP socket and tasks, with IP
     /// packets exchanged over the returned channel (a userspace TCP/IP stack's end). Nothing
     /// on the machine changes; `name` only labels logs.

@@ -31,6 +31,52 @@ pub struct Tun {
 enum Backend {
     Kernel { dev: AsyncDevice, offload: bool },
     Channel(ChannelSide),
+    /// A TUN descriptor made by someone else (kwg-helper, passed over SCM_RIGHTS), read and
+    /// written directly: tun-rs adopts no descriptor with IFF_VNET_HDR.
+    Fd(FdTun),
+}
+
+/// A passed TUN descriptor: nonblocking, registered with the runtime.
+struct FdTun {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    name: String,
+    offload: bool,
+}
+
+impl FdTun {
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: reads at most buf.len() bytes into buf from a descriptor we own.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: writes buf.len() bytes of buf to a descriptor we own.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut ready = self.fd.readable().await?;
+            match ready.try_io(|_| self.read(buf)) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    async fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            let mut ready = self.fd.writable().await?;
+            match ready.try_io(|_| self.write(buf)) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
 }
 
 /// The device's side of a packet channel.
@@ -73,6 +119,24 @@ impl Tun {
         })
     }
 
+    /// The TUN `name` whose descriptor `fd` another process made (kwg-helper) and passed here;
+    /// `offload` says it has IFF_VNET_HDR with TSO/USO on, as [`Tun::create`] sets them up.
+    /// Needs a tokio runtime (the descriptor is registered with it).
+    pub fn from_fd(fd: std::os::fd::OwnedFd, name: String, offload: bool) -> io::Result<Tun> {
+        nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(io::Error::from)?;
+        // SAFETY: an OwnedFd stays open and the same descriptor for the AsyncFd's lifetime.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)?;
+        Ok(Tun {
+            backend: Backend::Fd(FdTun { fd, name, offload }),
+            reads: Edge::default(),
+            writes: Edge::default(),
+        })
+    }
+
     /// No TUN: packets go to and come from the returned [`PacketChannel`].
     pub fn channel() -> (Tun, PacketChannel) {
         let (tx, from_stack) = mpsc::channel(CHANNEL_PACKETS);
@@ -93,6 +157,7 @@ impl Tun {
         match &self.backend {
             Backend::Kernel { dev, .. } => dev.name(),
             Backend::Channel(_) => Ok("userspace".into()),
+            Backend::Fd(f) => Ok(f.name.clone()),
         }
     }
 
@@ -100,6 +165,7 @@ impl Tun {
     pub fn offset(&self) -> usize {
         match self.backend {
             Backend::Kernel { offload: true, .. } => VNET_HDR_LEN,
+            Backend::Fd(FdTun { offload: true, .. }) => VNET_HDR_LEN,
             _ => 0,
         }
     }
@@ -116,6 +182,16 @@ impl Tun {
             Backend::Kernel { dev, .. } => {
                 for f in batch.frames() {
                     if let Err(e) = dev.send(f).await
+                        && result.is_ok()
+                    {
+                        result = Err(e);
+                    }
+                }
+                self.writes.add_calls(frames, packets);
+            }
+            Backend::Fd(t) => {
+                for f in batch.frames() {
+                    if let Err(e) = t.send(f).await
                         && result.is_ok()
                     {
                         result = Err(e);
@@ -140,6 +216,10 @@ impl Tun {
                 let n = dev.recv(&mut bufs.raw).await?;
                 self.read(bufs, n, *offload);
             }
+            Backend::Fd(t) => {
+                let n = t.recv(&mut bufs.raw).await?;
+                self.read(bufs, n, t.offload);
+            }
             Backend::Channel(c) => {
                 let mut rx = c.from_stack.lock().await;
                 let first = rx.recv().await.ok_or_else(gone)?;
@@ -155,6 +235,10 @@ impl Tun {
             Backend::Kernel { dev, offload } => {
                 let n = dev.try_recv(&mut bufs.raw)?;
                 self.read(bufs, n, *offload);
+            }
+            Backend::Fd(t) => {
+                let n = t.read(&mut bufs.raw)?;
+                self.read(bufs, n, t.offload);
             }
             Backend::Channel(c) => {
                 let mut rx = c.from_stack.try_lock().map_err(|_| would_block())?;
