@@ -29,7 +29,10 @@ pub struct Tun {
 }
 
 enum Backend {
-    Kernel { dev: AsyncDevice, offload: bool },
+    Kernel {
+        dev: AsyncDevice,
+        offload: bool,
+    },
     Channel(ChannelSide),
     /// A TUN descriptor made by someone else (kwg-helper, passed over SCM_RIGHTS), read and
     /// written directly: tun-rs adopts no descriptor with IFF_VNET_HDR.
