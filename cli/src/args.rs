@@ -177,7 +177,7 @@ pub struct JoinArgs {
     /// the API server's port-forward, and moves back up when a better path answers.
     #[arg(long, value_enum, default_value = "auto")]
     #[serde(default)]
-    pub transport: crate::transport::Mode,
+    pub transport: crate::transport::Flag,
     /// How often auto probes better paths while on TCP or the API server.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, hide = true)]
     #[serde(default = "default_probe_every")]

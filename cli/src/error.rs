@@ -1,7 +1,5 @@
 //! The one error type of the `kwg` CLI: every message is one sentence naming the fix.
 
-use ipnet::IpNet;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
@@ -90,14 +88,6 @@ pub enum Error {
         "cluster DNS did not answer {name} through the tunnel within {secs}s: check the kube-dns Service and the gateway's log"
     )]
     DnsCheck { name: String, secs: u64 },
-    #[error(
-        "route {subnet} ({source_name}) conflicts with the existing route {existing}; pass --allow-conflicting-subnets {subnet} to route it through kwg anyway, or --never-proxy the overlap"
-    )]
-    RouteConflict {
-        subnet: IpNet,
-        source_name: String,
-        existing: String,
-    },
     #[error("kwg is already joined or joining (daemon pid {}): run kwg leave first", pid.map_or("unknown".to_string(), |p| p.to_string()))]
     AlreadyJoined { pid: Option<u32> },
     #[error(
@@ -163,16 +153,10 @@ pub enum Error {
     ResolvedUnavailable { reason: String },
     #[error("{0}")]
     Resolved(#[from] crate::dns::resolved::ResolvedError),
-    #[error(
-        "refused {what} from the cluster: {why}; {}a cluster admin must fix it (kubectl -n kwg-system get configmap kwg-gateway-info -o yaml shows what the gateway published)",
-        .allow.as_ref().map(|f| format!("pass {f} to accept it, or ")).unwrap_or_default()
-    )]
-    UntrustedInfo {
-        what: String,
-        why: String,
-        /// The user's flag that would accept it.
-        allow: Option<String>,
-    },
+    /// A decision of the session core (kwg-session): a refused gateway info, a route
+    /// conflict, ...
+    #[error(transparent)]
+    Session(#[from] kwg_session::Error),
     #[error("invalid {what}: {reason}")]
     Invalid { what: String, reason: String },
     #[error("cannot {what}: {source}")]

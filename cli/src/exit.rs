@@ -255,11 +255,10 @@ impl From<&Error> for ExitCode {
             Error::GatewayUdp { .. } | Error::GatewayPaths { .. } => C::GatewayUnreachable,
             Error::DnsCheck { .. } => C::DnsVerification,
             Error::WaitFor { .. } => C::WaitFor,
-            Error::RouteConflict { .. }
-            | Error::AlreadyJoined { .. }
+            Error::AlreadyJoined { .. }
             | Error::InterfaceExists { .. }
-            | Error::DnsListen { .. }
-            | Error::UntrustedInfo { .. } => C::LocalConflict,
+            | Error::DnsListen { .. } => C::LocalConflict,
+            Error::Session(e) => session_code(e),
             Error::Reported(f) => f.exit_code,
             Error::Cancelled { by, .. } => by.exit_code(),
             Error::JoinTimeout { .. }
@@ -274,6 +273,15 @@ impl From<&Error> for ExitCode {
             | Error::Resolved(_)
             | Error::Io { .. } => C::Failure,
         }
+    }
+}
+
+/// The exit code of a decision of the session core.
+fn session_code(e: &kwg_session::Error) -> ExitCode {
+    use kwg_session::Error as S;
+    match e {
+        S::RouteConflict { .. } | S::UntrustedInfo { .. } => ExitCode::LocalConflict,
+        S::DnsConfig(_) => ExitCode::Failure,
     }
 }
 

@@ -16,7 +16,6 @@ pub mod output;
 pub mod portforward;
 pub mod progress;
 pub mod reach;
-pub mod routes;
 pub mod session;
 pub mod state;
 pub mod transport;

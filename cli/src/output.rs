@@ -294,24 +294,7 @@ fn align(table: &[Vec<String>]) -> String {
     out
 }
 
-/// `text` without control characters: text from the cluster (annotations, names) may carry
-/// terminal escapes (ESC, CSI, BEL, backspace, carriage return) and is never printed raw.
-/// Bidirectional overrides go too: they make a terminal show text in another order than it is.
-pub fn sanitize(text: &str) -> String {
-    text.chars().filter(|c| !is_hostile(*c)).collect()
-}
-
-/// [`sanitize`] for a message of several lines: line breaks and tabs are kept.
-pub fn sanitize_lines(text: &str) -> String {
-    text.chars()
-        .filter(|c| matches!(c, '\n' | '\t') || !is_hostile(*c))
-        .collect()
-}
-
-fn is_hostile(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
+pub use kwg_session::text::{sanitize, sanitize_lines};
 
 #[cfg(test)]
 mod tests {
@@ -400,7 +383,8 @@ mod tests {
         };
         let t = peers_text(std::slice::from_ref(&row), true, now());
         assert!(
-            !t.chars().any(|c| c != '\n' && is_hostile(c)),
+            !t.chars()
+                .any(|c| c != '\n' && kwg_session::text::is_hostile(c)),
             "escape printed: {t:?}"
         );
         let line = t.lines().nth(1).unwrap();
@@ -418,10 +402,5 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
-    }
-
-    #[test]
-    fn messages_keep_their_lines() {
-        assert_eq!(sanitize_lines("a\u{1b}[1mb\n\tc\r"), "a[1mb\n\tc");
     }
 }

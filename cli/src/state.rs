@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use kwg_contract::PeerName;
 
 use crate::error::Error;
-use crate::routes::PlannedRoute;
+use kwg_contract::PlannedRoute;
 
 /// Default state directory (`$KWG_STATE_DIR` overrides it).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/kwg";

@@ -25,9 +25,9 @@ use tokio::time::Instant;
 
 use super::forwarder::SplitHandle;
 use super::resolved::{self, LinkDomain, Resolved};
-use super::split::SplitDns;
 use crate::cluster::Kube;
 use crate::reach::Own;
+use kwg_session::dns::split::SplitDns;
 
 /// How often the gateway is asked for this peer's reach: a RoleBinding given while joined
 /// makes its namespace's names resolve within about this long after the gateway enforces it.
@@ -364,7 +364,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_gateways_reach_decides_which_names_are_nxdomain() {
-        use crate::dns::split::Decision;
+        use kwg_session::dns::split::Decision;
         let mut s = split();
         let reach = ReachStatus {
             enforced: true,

@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 
-use super::split::{Decision, Source, SplitDns};
 use crate::error::Error;
+use kwg_session::dns::split::{Decision, Source, SplitDns};
 
 /// Where kwg's forwarder listens by default: loopback, away from systemd-resolved's
 /// 127.0.0.53 and dnsmasq's 127.0.0.1.

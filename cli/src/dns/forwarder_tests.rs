@@ -60,7 +60,7 @@ fn split() -> SplitDns {
             .into(),
         mapped: None,
         include_suffixes: vec![],
-        exclude_suffixes: crate::dns::split::DEFAULT_EXCLUDE_SUFFIXES
+        exclude_suffixes: kwg_session::dns::split::DEFAULT_EXCLUDE_SUFFIXES
             .iter()
             .map(|s| s.to_string())
             .collect(),

@@ -4,4 +4,3 @@ pub mod follow;
 pub mod forwarder;
 pub mod resolvconf;
 pub mod resolved;
-pub mod split;

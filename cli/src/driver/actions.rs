@@ -241,7 +241,7 @@ impl Driver {
         let key = self.key.clone().expect("key loaded");
         let gateway = setup.gateway.clone();
         setup.gateway.endpoint =
-            crate::transport::first_endpoint(self.args.transport, gateway.endpoint);
+            crate::transport::first_endpoint(self.args.transport.into(), gateway.endpoint);
         match crate::userspace::Userspace::start(key, &self.args.interface, setup).await {
             Ok((device, u)) => {
                 let listen = u.listen;
@@ -257,7 +257,8 @@ impl Driver {
     /// Adds the gateway peer and starts choosing its path (see [`crate::transport`]).
     async fn configure_gateway(&mut self, gateway: PeerConfig) -> Result<(), Error> {
         let mut first = gateway.clone();
-        first.endpoint = crate::transport::first_endpoint(self.args.transport, gateway.endpoint);
+        first.endpoint =
+            crate::transport::first_endpoint(self.args.transport.into(), gateway.endpoint);
         self.handle().upsert_peer(first).await?;
         self.start_transport(gateway);
         Ok(())
@@ -266,7 +267,7 @@ impl Driver {
     /// Starts choosing the path of `gateway` (already on the device; its endpoint is UDP's).
     fn start_transport(&mut self, gateway: PeerConfig) {
         use crate::transport::{Timings, Transport};
-        let mode = self.args.transport;
+        let mode = self.args.transport.into();
         if let Some(udp) = gateway.endpoint {
             let timings = Timings {
                 probe_every: self.args.transport_probe_every,

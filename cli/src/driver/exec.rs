@@ -81,7 +81,7 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
         context: kube.context.clone(),
         default_namespace: kube.default_namespace.clone(),
         namespaces: kube.namespaces().await,
-        machine_routes: nl.routes().await?,
+        machine_routes: nl.routes().await?.into_iter().map(machine_route).collect(),
         machine_addresses: machine_addresses(),
         api_server: api_server_addresses(&kube.server).await,
         interface_exists: nl.link_exists(&args.interface).await?,
@@ -101,6 +101,16 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
         resolved,
         notes,
     })
+}
+
+/// A route netlink listed, as the session's plain description.
+fn machine_route(r: kwg_host::netlink::RouteEntry) -> kwg_session::routes::Route {
+    kwg_session::routes::Route {
+        destination: r.destination,
+        interface: r.interface,
+        gateway: r.gateway,
+        table: r.table,
+    }
 }
 
 /// This machine's key, or a new pair when a peer Secret other than this machine's own name

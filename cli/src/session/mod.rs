@@ -12,7 +12,7 @@ mod serving;
 mod teardown;
 #[cfg(test)]
 mod tests;
-pub mod trust;
+use kwg_session::trust;
 mod types;
 mod userspace;
 
@@ -259,7 +259,7 @@ impl Session {
             (Phase::WaitingTunnelIp, Event::TunnelIp(ip)) => {
                 let plan = self.plan.as_ref().expect("planned");
                 if let Err(e) = trust::check_tunnel_ip(ip, &plan.info, &plan.machine) {
-                    return self.fail(e);
+                    return self.fail(e.into());
                 }
                 self.journal(|s| s.tunnel_ip = Some(ip));
                 if self.args.userspace {

@@ -8,17 +8,18 @@ use std::path::PathBuf;
 use ipnet::{IpNet, Ipv4Net};
 use kwg_contract::keys::PublicKey;
 use kwg_contract::{GatewayInfo, PeerName, PeerSpec};
-use kwg_host::netlink::RouteEntry;
+use kwg_session::routes::Route;
 use kwg_wg::device::PeerConfig;
 
 use crate::args::{DnsMode, JoinArgs};
 use crate::dns::forwarder::ForwarderConfig;
 use crate::dns::resolvconf;
 use crate::dns::resolved::{self, LinkDomain, STUB};
-use crate::dns::split::{DEFAULT_EXCLUDE_SUFFIXES, SplitDns, machine_search};
 use crate::error::Error;
-use crate::routes::{self, PlannedRoute, RouteInputs};
-use crate::session::trust;
+use kwg_contract::PlannedRoute;
+use kwg_session::dns::split::{DEFAULT_EXCLUDE_SUFFIXES, SplitDns, machine_search};
+use kwg_session::routes::{self, RouteInputs};
+use kwg_session::trust;
 
 /// WireGuard persistent keepalive, seconds (the `wg` man page suggests 25 behind NAT).
 pub const KEEPALIVE: u16 = 25;
@@ -39,7 +40,7 @@ pub struct Facts {
     /// The cluster's namespaces; `None` when the user may not list them.
     pub namespaces: Option<BTreeSet<String>>,
     /// Every route of the machine.
-    pub machine_routes: Vec<RouteEntry>,
+    pub machine_routes: Vec<Route>,
     /// The addresses of the machine's interfaces.
     pub machine_addresses: Vec<IpAddr>,
     /// The API server's addresses.
@@ -121,7 +122,7 @@ pub struct Plan {
     pub info: GatewayInfo,
     pub machine: trust::Machine,
     /// The machine's routes at join: a changed gateway info must not conflict with them either.
-    pub machine_routes: Vec<RouteEntry>,
+    pub machine_routes: Vec<Route>,
     /// The last changed gateway info refused while serving (when, and the sentence why); cleared
     /// when a later one is accepted.
     pub refused: Option<(std::time::Instant, String)>,
@@ -266,7 +267,7 @@ pub fn check_cluster(
     args: &JoinArgs,
     info: &GatewayInfo,
     machine: &trust::Machine,
-    machine_routes: &[RouteEntry],
+    machine_routes: &[Route],
 ) -> Result<Vec<PlannedRoute>, Error> {
     let exclude = exclude_suffixes(args);
     trust::check_info(info, machine, &consent(args, &exclude))?;

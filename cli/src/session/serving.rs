@@ -187,7 +187,8 @@ impl Session {
             }
             Event::TunnelIp(ip) => {
                 let plan = self.plan.as_mut().expect("planned");
-                let refused = super::trust::check_tunnel_ip(ip, &plan.info, &plan.machine).err();
+                let refused =
+                    kwg_session::trust::check_tunnel_ip(ip, &plan.info, &plan.machine).err();
                 if let Some(e) = &refused {
                     tracing::error!(error = %e, "keeping the old tunnel address");
                     plan.refused = Some((now, e.to_string()));

@@ -1,11 +1,9 @@
 //! How WireGuard's datagrams reach the gateway: UDP, TCP, or the API server's port-forward.
-//! [`ladder`] decides (pure, time passed in); [`run`] does the I/O in one task next to the
-//! device; the driver talks to it through [`Transport`].
+//! `kwg_session::transport`'s ladder decides (pure, time passed in); [`run`] does the I/O in
+//! one task next to the device; the driver talks to it through [`Transport`].
 
 mod api_server;
-pub mod ladder;
 mod run;
-mod rungs;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -14,11 +12,46 @@ use kwg_contract::{PathFailure, TransportStatus};
 use kwg_wg::device::{DeviceHandle, PeerConfig};
 use tokio::sync::{mpsc, watch};
 
-use ladder::Ladder;
-pub use ladder::Timings;
-pub use rungs::{Mode, Rung};
+pub use kwg_session::transport::{Ladder, Mode, Rung, Step, Timings, first_endpoint};
 
 use crate::cluster::Kube;
+
+/// `kwg join --transport`: the ladder's [`Mode`], as a flag.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flag {
+    /// UDP, falling back to TCP, then to the API server; moves back up when it can.
+    #[default]
+    Auto,
+    /// UDP to the gateway's endpoint only (what WireGuard does).
+    Udp,
+    /// WireGuard over TCP to the same endpoint only (networks without UDP).
+    Tcp,
+    /// WireGuard over the API server's pods/portforward to a gateway pod only (needs get and
+    /// create on pods/portforward in the gateway's namespace).
+    ApiServer,
+}
+
+impl From<Flag> for Mode {
+    fn from(m: Flag) -> Mode {
+        match m {
+            Flag::Auto => Mode::Auto,
+            Flag::Udp => Mode::Udp,
+            Flag::Tcp => Mode::Tcp,
+            Flag::ApiServer => Mode::ApiServer,
+        }
+    }
+}
 
 /// What the driver tells the transport task.
 #[derive(Debug)]
@@ -66,15 +99,6 @@ pub struct Transport {
     gateway: watch::Sender<Option<PeerConfig>>,
     status: watch::Receiver<Snapshot>,
     task: tokio::task::JoinHandle<()>,
-}
-
-/// Where the gateway peer points before the transport chose: its UDP endpoint, or nowhere in
-/// the stream-only modes (no datagram may go out over UDP then).
-pub fn first_endpoint(mode: Mode, udp: Option<SocketAddr>) -> Option<SocketAddr> {
-    match mode {
-        Mode::Auto | Mode::Udp => udp,
-        Mode::Tcp | Mode::ApiServer => None,
-    }
 }
 
 impl Transport {
@@ -176,4 +200,34 @@ pub fn failures_text(t: &TransportStatus) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_names_the_path_and_why_better_ones_failed() {
+        let now: chrono::DateTime<chrono::Utc> = "2026-01-01T00:01:00Z".parse().unwrap();
+        let t = kwg_contract::TransportStatus {
+            mode: "auto".into(),
+            path: Some("tcp".into()),
+            endpoint: Some("tcp 192.0.2.1:31820".into()),
+            failed: vec![kwg_contract::PathFailure {
+                path: "udp".into(),
+                reason: "no answer to a handshake over UDP within 3 s".into(),
+                at: "2026-01-01T00:00:40Z".parse().unwrap(),
+            }],
+            next_probe: Some("2026-01-01T00:01:30Z".parse().unwrap()),
+        };
+        assert_eq!(
+            text(&t, now),
+            "tcp 192.0.2.1:31820; udp failed 20s ago: no answer to a handshake over UDP within 3 s; better paths tried again in 30s"
+        );
+        let joining = kwg_contract::TransportStatus {
+            path: None,
+            endpoint: None,
+            failed: vec![],
+            next_probe: None,
+            ..t
+        };
+        assert_eq!(text(&joining, now), "none yet (--transport auto)");
+    }
+}

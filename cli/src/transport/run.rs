@@ -11,9 +11,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Rung;
-use super::ladder::{Ladder, Step};
 use super::{Cmd, Snapshot};
 use crate::cluster::Kube;
+use kwg_session::transport::{Ladder, Step};
 
 /// How often the device is looked at.
 const TICK: Duration = Duration::from_millis(100);

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use super::netstack::{Connector, VirtualStream};
 use super::target::{Host, Target};
-use crate::dns::split::{Decision, Source, SplitDns};
+use kwg_session::dns::split::{Decision, Source, SplitDns};
 
 /// How long opening one connection (either way) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,9 +15,9 @@
 //!
 //! `RevertLink` undoes it all; when the link goes away (a crashed daemon's TUN), resolved forgets it.
 
-mod domains;
-
-pub use domains::{LinkDomain, LinkDomains, link_domains, reverse_domains, split_domains};
+pub use kwg_session::dns::domains::{
+    LinkDomain, LinkDomains, link_domains, reverse_domains, split_domains,
+};
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -191,7 +191,7 @@ fn a_changed_gateway_info_that_fails_the_trust_checks_is_refused_and_the_last_go
     conflict.pod_cidrs.push("192.168.5.0/24".parse().unwrap());
     let mut s = r;
     if let Some(p) = s.s.plan.as_mut() {
-        p.machine_routes.push(kwg_host::netlink::RouteEntry {
+        p.machine_routes.push(kwg_session::routes::Route {
             destination: "192.168.0.0/16".parse().unwrap(),
             interface: Some("eth0".into()),
             gateway: None,

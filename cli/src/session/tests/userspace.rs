@@ -18,7 +18,7 @@ fn userspace_mode_changes_nothing_on_the_machine_and_probes_the_cluster_dns() {
             facts_given = true;
             let mut f = facts(&gateway);
             f.interface_exists = true;
-            f.machine_routes = vec![kwg_host::netlink::RouteEntry {
+            f.machine_routes = vec![kwg_session::routes::Route {
                 destination: "10.96.0.0/12".parse().unwrap(),
                 gateway: None,
                 interface: Some("eth0".into()),

@@ -33,29 +33,15 @@ impl std::fmt::Display for Rung {
     }
 }
 
-/// `kwg join --transport`.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
+/// Which rungs the ladder may use (`kwg join --transport`, whose help says more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// UDP, falling back to TCP, then to the API server; moves back up when it can.
+    /// Every rung, best first, moving back up when a better one answers.
     #[default]
     Auto,
-    /// UDP to the gateway's endpoint only (what WireGuard does).
+    /// One rung only.
     Udp,
-    /// WireGuard over TCP to the same endpoint only (networks without UDP).
     Tcp,
-    /// WireGuard over the API server's pods/portforward to a gateway pod only (needs get and
-    /// create on pods/portforward in the gateway's namespace).
     ApiServer,
 }
 

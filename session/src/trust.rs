@@ -216,6 +216,12 @@ fn check_space(net: &IpNet) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// [`check_space`]'s verdict for kwg-helper, which enforces it on every route a user's session
+/// asks for (docs/laptop-trust.md): why `net` may not be routed without the user's say-so.
+pub fn address_space(net: &IpNet) -> Result<(), String> {
+    check_space(net).map_err(|(why, _)| why)
+}
+
 /// A cluster subnet: [`check_space`], and covering none of the machine's own addresses, default
 /// gateways, DNS servers or the API server (unless `--never-proxy` keeps that address off the
 /// tunnel).
@@ -245,7 +251,7 @@ fn check_subnet(net: &IpNet, machine: &Machine, consent: &Consent<'_>) -> Result
 /// `--dns-include-suffix` lets it under an excluded suffix.
 pub fn check_cluster_domain(domain: &str, consent: &Consent<'_>) -> Result<(), Error> {
     let d = domain.trim_end_matches('.').to_ascii_lowercase();
-    let what = || format!("clusterDomain {:?}", crate::output::sanitize(domain));
+    let what = || format!("clusterDomain {:?}", crate::text::sanitize(domain));
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::ResolvedError;
+use crate::Error;
 
 /// Labels that must never become routing domains: routing them would send a whole TLD, mDNS
 /// (`local`, RFC 6762) or reverse lookups (`arpa`) to the cluster.
@@ -34,9 +34,7 @@ pub struct LinkDomains {
 
 /// Every domain of kwg's link for `split`: [`link_domains`] of the namespaces it routes to
 /// the cluster ([`SplitDns::routed_namespaces`]), then [`reverse_domains`] of its subnets.
-pub fn split_domains(
-    split: &crate::dns::split::SplitDns,
-) -> Result<Vec<LinkDomain>, ResolvedError> {
+pub fn split_domains(split: &crate::dns::split::SplitDns) -> Result<Vec<LinkDomain>, Error> {
     let names = split.routed_namespaces();
     let mut domains = link_domains(
         &split.cluster_domain,
@@ -63,16 +61,16 @@ pub fn link_domains<'a>(
     namespaces: impl IntoIterator<Item = &'a str>,
     exclude_suffixes: &[String],
     named: &std::collections::BTreeSet<String>,
-) -> Result<LinkDomains, ResolvedError> {
+) -> Result<LinkDomains, Error> {
     let domain = cluster_domain.trim_matches('.').to_ascii_lowercase();
     if domain.is_empty() || !domain.split('.').all(is_dns_label) {
-        return Err(ResolvedError::Invalid(format!(
+        return Err(Error::DnsConfig(format!(
             "cluster domain {cluster_domain:?} is not a DNS name: pass --cluster-domain (e.g. cluster.local)"
         )));
     }
     let namespace = namespace.to_ascii_lowercase();
     if !is_dns_label(&namespace) {
-        return Err(ResolvedError::Invalid(format!(
+        return Err(Error::DnsConfig(format!(
             "namespace {namespace:?} is not a DNS label: pass -n with a Kubernetes namespace"
         )));
     }
@@ -188,4 +186,118 @@ fn is_dns_label(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn none() -> std::collections::BTreeSet<String> {
+        std::collections::BTreeSet::new()
+    }
+
+    fn names(d: &LinkDomains) -> Vec<String> {
+        d.domains.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn the_link_routes_the_cluster_domain_and_each_namespace_and_searches_the_connected_one() {
+        let d = link_domains(
+            "cluster.local.",
+            "emojivoto",
+            ["default", "kube-system"],
+            &[],
+            &none(),
+        )
+        .unwrap();
+        assert_eq!(
+            names(&d),
+            [
+                "~cluster.local",
+                "emojivoto.svc.cluster.local",
+                "~default",
+                "~emojivoto",
+                "~kube-system",
+            ]
+        );
+        assert!(d.skipped.is_empty());
+    }
+
+    #[test]
+    fn namespaces_that_would_capture_other_names_are_skipped() {
+        // `~com` or `~de` (a public suffix) would send every `.com` or `.de` name to the cluster.
+        let excl = vec![".corp".to_string()];
+        let spaces = [
+            "com", "local", "corp", "Bad_Name", "-x", "arpa", "web2", "de", "dev",
+        ];
+        let d = link_domains("cluster.local", "emojivoto", spaces, &excl, &none()).unwrap();
+        let routed = ["~cluster.local", "emojivoto.svc.cluster.local"];
+        assert_eq!(names(&d), [&routed[..], &["~emojivoto", "~web2"]].concat());
+        let skipped: Vec<&str> = d.skipped.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            skipped,
+            [
+                "-x", "arpa", "bad_name", "com", "corp", "de", "dev", "local"
+            ]
+        );
+        assert!(
+            d.skipped
+                .contains(&("com".to_string(), "an excluded suffix"))
+        );
+        assert!(d.skipped.contains(&(
+            "de".to_string(),
+            "a public suffix not named in --namespace or --mapped-namespaces"
+        )));
+        // A public suffix named in --mapped-namespaces: the user's choice.
+        let named = ["dev".to_string()].into();
+        let d = link_domains("cluster.local", "emojivoto", ["dev"], &[], &named).unwrap();
+        assert_eq!(names(&d), [&routed[..], &["~dev", "~emojivoto"]].concat());
+    }
+
+    #[test]
+    fn a_bad_cluster_domain_or_namespace_is_an_error_naming_the_flag() {
+        let e = link_domains("", "dev", [], &[], &none())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cluster-domain"), "{e}");
+        let e = link_domains("clu ster.local", "dev", [], &[], &none())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cluster-domain"), "{e}");
+        let e = link_domains("cluster.local", "a.b", [], &[], &none())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pass -n"), "{e}");
+    }
+
+    #[test]
+    fn reverse_zones_of_the_cluster_cidrs_round_to_octet_and_nibble_boundaries() {
+        let nets: Vec<IpNet> = [
+            "10.96.0.0/12",
+            "10.244.0.0/16",
+            "10.244.1.0/24",
+            "fd00:10:96::/62",
+            "0.0.0.0/0",
+        ]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+        let got: Vec<String> = reverse_domains(&nets)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let mut want: Vec<String> = (96..=111)
+            .map(|o| format!("~{o}.10.in-addr.arpa"))
+            .collect();
+        want.push("~1.244.10.in-addr.arpa".into());
+        want.push("~244.10.in-addr.arpa".into());
+        // fd00:0010:0096:0000::/62 -> the 16th nibble is 0..=3.
+        for n in 0..4 {
+            want.push(format!("~{n}.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa"));
+        }
+        want.sort();
+        let mut got_sorted = got.clone();
+        got_sorted.sort();
+        assert_eq!(got_sorted, want);
+    }
 }

@@ -224,34 +224,6 @@ fn a_stall_while_serving_on_udp_brings_up_tcp_only_when_it_lasts() {
 }
 
 #[test]
-fn the_status_line_names_the_path_and_why_better_ones_failed() {
-    let now: chrono::DateTime<chrono::Utc> = "2026-01-01T00:01:00Z".parse().unwrap();
-    let t = kwg_contract::TransportStatus {
-        mode: "auto".into(),
-        path: Some("tcp".into()),
-        endpoint: Some("tcp 192.0.2.1:31820".into()),
-        failed: vec![kwg_contract::PathFailure {
-            path: "udp".into(),
-            reason: "no answer to a handshake over UDP within 3 s".into(),
-            at: "2026-01-01T00:00:40Z".parse().unwrap(),
-        }],
-        next_probe: Some("2026-01-01T00:01:30Z".parse().unwrap()),
-    };
-    assert_eq!(
-        super::text(&t, now),
-        "tcp 192.0.2.1:31820; udp failed 20s ago: no answer to a handshake over UDP within 3 s; better paths tried again in 30s"
-    );
-    let joining = kwg_contract::TransportStatus {
-        path: None,
-        endpoint: None,
-        failed: vec![],
-        next_probe: None,
-        ..t
-    };
-    assert_eq!(super::text(&joining, now), "none yet (--transport auto)");
-}
-
-#[test]
 fn a_broken_api_server_stream_comes_back_over_the_api_server_when_tcp_still_fails() {
     let t0 = Instant::now();
     let mut l = Ladder::new(Mode::Auto, Timings::default(), t0);

@@ -1,17 +1,44 @@
 //! Route planning: which subnets go through the tunnel, and conflicts with the machine's routes.
 //!
-//! Pure: the caller lists the existing routes (`kwg_host::netlink::Netlink::routes`) and applies
-//! the plan.
+//! Pure: the caller lists the existing routes (netlink, as [`Route`]s) and applies the plan.
+
+use std::net::IpAddr;
 
 use ipnet::IpNet;
-#[cfg(test)]
-use kwg_host::netlink::MAIN_TABLE;
-use kwg_host::netlink::RouteEntry;
+
+use crate::error::Error;
 
 /// The kernel's table of local and broadcast addresses (`ip route show table local`).
 const LOCAL_TABLE: u32 = 255;
+/// The main table (`ip route`'s default view).
+pub const MAIN_TABLE: u32 = 254;
 
-use crate::error::Error;
+/// One route of the machine's routing tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Destination prefix (`0.0.0.0/0` for a default route).
+    pub destination: IpNet,
+    /// Output interface name, when the route has one.
+    pub interface: Option<String>,
+    /// Gateway (`via`), when the route has one.
+    pub gateway: Option<IpAddr>,
+    /// Routing table id.
+    pub table: u32,
+}
+
+impl std::fmt::Display for Route {
+    /// As `ip route` shows it: `10.0.0.0/8 via 192.0.2.1 dev eth0`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let via = self
+            .gateway
+            .map(|g| format!(" via {g}"))
+            .unwrap_or_default();
+        let dev = self.interface.as_ref().map(|d| format!(" dev {d}"));
+        let table = (self.table != MAIN_TABLE).then(|| format!(" table {}", self.table));
+        let (dev, table) = (dev.unwrap_or_default(), table.unwrap_or_default());
+        write!(f, "{}{via}{dev}{table}", self.destination)
+    }
+}
 
 pub use kwg_contract::{PlannedRoute, RouteSource};
 
@@ -104,7 +131,7 @@ fn subtract(outer: IpNet, inner: IpNet) -> Vec<IpNet> {
 /// subnet lies inside one of `allowed` (`--allow-conflicting-subnets`).
 pub fn check_conflicts(
     plan: &[PlannedRoute],
-    existing: &[RouteEntry],
+    existing: &[Route],
     own_interface: &str,
     allowed: &[IpNet],
 ) -> Result<(), Error> {
@@ -192,8 +219,8 @@ mod tests {
         assert_eq!(subnets(&p), ["10.96.0.0/12"]);
     }
 
-    fn existing(dest: &str, dev: &str) -> RouteEntry {
-        RouteEntry {
+    fn existing(dest: &str, dev: &str) -> Route {
+        Route {
             destination: n(dest),
             interface: Some(dev.into()),
             gateway: None,
@@ -227,12 +254,17 @@ mod tests {
             pod: vec![n("100.64.0.0/16")],
             ..Default::default()
         });
-        let tailscale = RouteEntry {
+        let tailscale = Route {
             table: 52,
             ..existing("100.64.0.0/10", "tailscale0")
         };
-        assert!(check_conflicts(&p, std::slice::from_ref(&tailscale), "kwg0", &[]).is_err());
-        let local = RouteEntry {
+        let err = check_conflicts(&p, std::slice::from_ref(&tailscale), "kwg0", &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("existing route 100.64.0.0/10 dev tailscale0 table 52;"),
+            "{err}"
+        );
+        let local = Route {
             table: LOCAL_TABLE,
             ..tailscale
         };

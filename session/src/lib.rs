@@ -1,0 +1,14 @@
+//! kwg's laptop decisions, without I/O: what the laptop accepts from the cluster (`trust`),
+//! which subnets it routes (`routes`), which names go to the cluster DNS and how the machine's
+//! resolver is pointed at kwg (`dns`), and which way WireGuard's datagrams take to the gateway
+//! (`transport`). Time is passed in; the CLI's driver (`kwg`) does the I/O. No tokio, kube,
+//! clap, zbus, netlink, tun or hickory: the compiler keeps the decisions below the I/O.
+
+pub mod dns;
+pub mod error;
+pub mod routes;
+pub mod text;
+pub mod transport;
+pub mod trust;
+
+pub use error::Error;
