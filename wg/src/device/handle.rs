@@ -178,6 +178,14 @@ impl DeviceHandle {
         Ok(())
     }
 
+    /// How many handshakes completed with the peer (`None`: unknown peer; a re-added peer
+    /// counts from zero). Tells a new handshake from the same one read again: the
+    /// `last_handshake` of [`DeviceHandle::peers`] differs on every read (wall time minus a
+    /// monotonic age, read at different instants).
+    pub fn handshakes(&self, k: &PublicKey) -> Option<u64> {
+        self.live().ok()?.core().handshakes(k)
+    }
+
     /// The last address other than a pinned endpoint an authenticated packet came from, and
     /// how long ago.
     pub fn heard_other(&self, k: &PublicKey) -> Option<(SocketAddr, std::time::Duration)> {
