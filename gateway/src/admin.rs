@@ -16,6 +16,7 @@ use crate::GatewayError;
 use crate::cache::Cached;
 use crate::core::ActivePeer;
 use crate::metrics::{self, Metrics};
+use crate::policy::view::{Counted, ReachView};
 use crate::siblings::{self, ReplicaStat, Siblings};
 use axum::Router;
 use axum::extract::connect_info::{ConnectInfo, Connected};
@@ -26,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::IncomingStream;
 use ipnet::Ipv4Net;
-use kwg_contract::{GatewayPeer, ReachStatus, RefusedDestination, UdpReceive};
+use kwg_contract::{GatewayPeer, UdpReceive};
 use kwg_wg::device::{DeviceHandle, PeerStats};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -64,64 +65,6 @@ pub struct AdminState {
     udp_receive: RwLock<Option<UdpReceive>>,
     /// Signalled when something the gateway info carries changed outside discovery.
     pub info_changed: tokio::sync::Notify,
-}
-
-/// What the gateway forwards each peer to, as enforced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReachView {
-    /// `false` with `--reach=all` (every peer reaches everything).
-    pub enforced: bool,
-    /// Reachable namespaces per peer address; a peer not here is not decided yet.
-    pub by_peer: HashMap<Ipv4Addr, Vec<String>>,
-    /// The namespaces each pod IP and ClusterIP belongs to ([`crate::policy::inventory::address_namespaces`]),
-    /// to say what a refused destination was.
-    pub namespaces_of: Arc<HashMap<Ipv4Addr, Vec<String>>>,
-}
-
-impl ReachView {
-    /// `--reach=all`.
-    pub fn open() -> ReachView {
-        ReachView {
-            enforced: false,
-            by_peer: HashMap::new(),
-            namespaces_of: Arc::default(),
-        }
-    }
-
-    /// What `/peers` shows a peer of `owner` about its own reach (`None`: not decided yet),
-    /// with its drops and the destination last refused to it (`refused`: per peer address).
-    pub fn of(&self, peer: Ipv4Addr, owner: &str, counted: Counted<'_>) -> Option<ReachStatus> {
-        let namespaces = match self.enforced {
-            true => self.by_peer.get(&peer)?.clone(),
-            false => Vec::new(),
-        };
-        let last_refused = counted
-            .refused
-            .iter()
-            .find(|r| r.0 == peer)
-            .map(|&(_, dest)| {
-                let of = self.namespaces_of.get(&dest).cloned().unwrap_or_default();
-                RefusedDestination {
-                    address: dest,
-                    allow: of
-                        .iter()
-                        .filter(|ns| !namespaces.contains(ns))
-                        .map(|ns| crate::policy::grants::allow_command(owner, ns))
-                        .collect(),
-                    namespaces: of,
-                }
-            });
-        Some(ReachStatus {
-            enforced: self.enforced,
-            namespaces,
-            dropped_packets: counted
-                .drops
-                .iter()
-                .find(|d| d.0 == peer)
-                .map_or(0, |d| d.1),
-            last_refused,
-        })
-    }
 }
 
 impl AdminState {
@@ -448,14 +391,6 @@ impl AdminState {
         };
         gateway_peers(peers, &stats, (&s.reach(), counted), caller)
     }
-}
-
-/// What the reach table counted per peer address: packets refused (summed over the replicas
-/// that answered) and the destination last refused (this replica's).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counted<'a> {
-    pub drops: &'a [(Ipv4Addr, u64)],
-    pub refused: &'a [(Ipv4Addr, Ipv4Addr)],
 }
 
 /// Joins the active peers with the device's statistics and their reach and drops (the

@@ -4,9 +4,10 @@
 //! owner and namespace, and moves the `kwg_reach` nftables sets to what [`sets::desired`]
 //! says, element by element.
 
-use crate::admin::{AdminState, ReachView};
+use crate::admin::AdminState;
 use crate::discovery_watch::{listed, watch};
-use crate::policy::schedule::{Bucket, Spread};
+use crate::policy::reviews::{RETRY, Reviews};
+use crate::policy::view::ReachView;
 use crate::policy::{grants, inventory, rbac, sets};
 use crate::{Config, GatewayError, net, nft};
 use futures::stream::BoxStream;
@@ -21,14 +22,11 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::Store;
 use sets::{NsIds, Sets};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How soon a failed step (a review, nftables) is retried.
-const RETRY: Duration = Duration::from_secs(1);
 /// Reviews in flight at once.
 const REVIEWS_IN_FLIGHT: usize = 16;
 
@@ -51,28 +49,23 @@ pub async fn run(
     let (roles, bindings, mut ns_rbac) = namespaced_rbac(&client);
     let mut cluster_rbac = cluster_rbac(&client);
     let mut rbac_seen = rbac::RbacVersions::new();
-    let mut dirty: BTreeSet<String> = BTreeSet::new();
-    let mut grants: HashMap<Question, bool> = HashMap::new();
+    let mut reviews = Reviews::new(
+        cfg.reach_refresh,
+        cfg.reach_reviews_per_second,
+        std::time::Instant::now(),
+    );
     let mut applied = Sets::default();
     let mut refused = std::collections::BTreeMap::new();
     let mut departed = inventory::Departed::default();
     let mut removed = inventory::Removed::default();
     let mut ids = NsIds::default();
-    // The periodic re-review, spread over --reach-refresh; every review paced by the bucket.
-    let mut spread = Spread::new(cfg.reach_refresh, std::time::Instant::now());
-    let rate = cfg.reach_reviews_per_second;
-    let mut bucket = Bucket::new(rate, (rate * 2.0).ceil() as u32, std::time::Instant::now());
-    let mut pending: BTreeSet<Question> = BTreeSet::new();
-    let (mut ask_all, mut failed) = (false, false);
+    // The nftables update failed: try again after RETRY.
+    let mut nft_failed = false;
     loop {
         let now = std::time::Instant::now();
-        let mut wake = if failed {
-            Instant::now() + RETRY
-        } else {
-            Instant::from_std(spread.next_wake())
-        };
-        if !pending.is_empty() {
-            wake = wake.min(Instant::from_std(bucket.next_token(now)));
+        let mut wake = Instant::from_std(reviews.next_wake(now));
+        if nft_failed {
+            wake = wake.min(Instant::now() + RETRY);
         }
         // A departed pod's address stops counting for the endpoints that still list it.
         // So does an endpoint that left its Service's slices.
@@ -89,23 +82,22 @@ pub async fn run(
                 let now = rbac_versions(&roles, &bindings);
                 let changed = rbac::changed_namespaces(&rbac_seen, &now);
                 tracing::debug!(namespaces = changed.len(), "Roles or RoleBindings changed: asking the grants there again");
-                dirty.extend(changed);
+                reviews.namespaces_changed(changed);
                 rbac_seen = now;
             }
             Some(()) = cluster_rbac.next() => {
                 tracing::debug!("ClusterRoles or ClusterRoleBindings changed: asking every owner's grants again");
-                ask_all = true;
+                reviews.cluster_changed();
                 while let Some(Some(())) = cluster_rbac.next().now_or_never() {}
             }
             _ = state.peers_changed.notified() => {}
             _ = tokio::time::sleep_until(wake) => {
                 // A tick of the spread with nothing due and nothing waiting costs no pass.
-                let due = spread.due(grants.keys(), std::time::Instant::now());
+                let busy = reviews.tick(std::time::Instant::now());
                 let graces = departed.next_expiry().or(removed.next_expiry());
-                if due.is_empty() && pending.is_empty() && !failed && graces.is_none() {
+                if !busy && !nft_failed && graces.is_none() {
                     continue;
                 }
-                pending.extend(due);
             }
         }
         if !(listed(&services) && listed(&pods) && listed(&nodes) && listed(&slices)) {
@@ -133,42 +125,24 @@ pub async fn run(
         log_refused(&refused, &inv.refused);
         refused = inv.refused.clone();
         let peers = peer_reach(&state, trust_groups);
-        let all = std::mem::take(&mut ask_all);
-        let stale = std::mem::take(&mut dirty);
-        let now = std::time::Instant::now();
         let needed = grants::questions(&inv, &peers, |_, _| false);
-        // Pairs no peer needs any more are forgotten.
-        grants.retain(|q, _| needed.contains(q));
-        // New questions first, then those a change or the periodic re-review made stale.
-        let (new, known): (Vec<&Question>, Vec<&Question>) =
-            needed.iter().partition(|q| !grants.contains_key(*q));
-        let again = known
-            .into_iter()
-            .filter(|q| all || stale.contains(&q.1) || pending.contains(*q));
-        let mut want: Vec<Question> = new.into_iter().chain(again).cloned().collect();
-        let later = want.split_off(bucket.take(want.len(), now));
-        pending = later.into_iter().collect();
-        let asked: BTreeSet<Question> = want.into_iter().collect();
-        failed = false;
+        let asked = reviews.to_ask(&needed, std::time::Instant::now());
         if !asked.is_empty() {
             let n = asked.len();
-            failed |= review_all(&client, asked.clone(), &mut grants).await;
-            if failed {
-                pending.extend(asked); // asked again with the retry
-            }
-            tracing::debug!(reviews = n, waiting = pending.len(), "owners' grants asked");
+            review_all(&client, asked, &mut reviews).await;
+            tracing::debug!(
+                reviews = n,
+                waiting = reviews.waiting(),
+                "owners' grants asked"
+            );
         }
-        let new = sets::desired(
-            &inv,
-            &peers,
-            |o, ns| grants.get(&(o.clone(), ns.to_owned())) == Some(&true),
-            &mut ids,
-        );
+        let new = sets::desired(&inv, &peers, |o, ns| reviews.allowed(o, ns), &mut ids);
         let d = sets::diff(&applied, &new);
+        nft_failed = false;
         if !d.is_empty() {
             if let Err(e) = apply(&cfg, &d, &new) {
                 tracing::error!(error = %e, "cannot update the reach sets");
-                failed = true;
+                nft_failed = true;
                 continue;
             }
             tracing::info!(
@@ -184,9 +158,7 @@ pub async fn run(
         // What is enforced now is what peers are told (`/peers`).
         state.set_reach(ReachView {
             enforced: true,
-            by_peer: grants::reachable(&inv, &peers, |o, ns| {
-                grants.get(&(o.clone(), ns.to_owned())).copied()
-            }),
+            by_peer: grants::reachable(&inv, &peers, |o, ns| reviews.answer(o, ns)),
             namespaces_of: std::sync::Arc::new(inventory::address_namespaces(&inv)),
         });
     }
@@ -267,13 +239,9 @@ fn peer_reach(state: &AdminState, trust_groups: bool) -> Vec<PeerReach> {
         .collect()
 }
 
-/// Asks every question; records the answers. Whether any review failed (its previous answer,
-/// if any, stays).
-async fn review_all(
-    client: &kube::Client,
-    asked: BTreeSet<Question>,
-    grants: &mut HashMap<Question, bool>,
-) -> bool {
+/// Asks every question; records the answers (a failed one keeps its last answer and is asked
+/// again after [`RETRY`]).
+async fn review_all(client: &kube::Client, asked: BTreeSet<Question>, reviews: &mut Reviews) {
     let api = Api::<SubjectAccessReview>::all(client.clone());
     let mut answers = futures::stream::iter(asked)
         .map(|q| {
@@ -284,21 +252,21 @@ async fn review_all(
             }
         })
         .buffer_unordered(REVIEWS_IN_FLIGHT);
-    let mut failed = false;
     while let Some((q, r)) = answers.next().await {
         match r {
             Ok(allowed) => {
-                if grants.insert(q.clone(), allowed) != Some(allowed) {
-                    tracing::info!(owner = %q.0.user, groups = ?q.0.groups, namespace = %q.1, allowed, "owner's reach");
+                let (owner, groups, namespace) =
+                    (q.0.user.clone(), q.0.groups.clone(), q.1.clone());
+                if reviews.answered(q, allowed) {
+                    tracing::info!(%owner, ?groups, %namespace, allowed, "owner's reach");
                 }
             }
             Err(e) => {
                 tracing::warn!(owner = %q.0.user, namespace = %q.1, error = %e, "SubjectAccessReview failed; retrying");
-                failed = true;
+                reviews.failed(q, std::time::Instant::now());
             }
         }
     }
-    failed
 }
 
 /// Whether `who` may `get` Services in `namespace` (a SubjectAccessReview).

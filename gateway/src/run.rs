@@ -46,7 +46,7 @@ pub async fn run(
     let leading = CancellationToken::new();
     let state = AdminState::new(device.handle(), cfg.tunnel_cidr.trunc());
     if !rbac {
-        state.set_reach(admin::ReachView::open());
+        state.set_reach(crate::policy::view::ReachView::open());
     }
     let _ = state.siblings.set(crate::siblings::Siblings::new(
         client.clone(),

@@ -1,0 +1,208 @@
+use super::*;
+
+fn q(user: &str, ns: &str) -> Question {
+    (Subject::new(user, &[]), ns.to_owned())
+}
+
+/// `users` × `namespaces`.
+fn needed(users: &[&str], namespaces: &[&str]) -> BTreeSet<Question> {
+    users
+        .iter()
+        .flat_map(|u| namespaces.iter().map(move |n| q(u, n)))
+        .collect()
+}
+
+/// A pass where every question asked is answered `allowed(q)`; what was asked.
+fn pass(
+    r: &mut Reviews,
+    need: &BTreeSet<Question>,
+    now: Instant,
+    allowed: impl Fn(&Question) -> bool,
+) -> BTreeSet<Question> {
+    let asked = r.to_ask(need, now);
+    for a in &asked {
+        r.answered(a.clone(), allowed(a));
+    }
+    asked
+}
+
+/// Runs the loop from `from` to `to` as reach_watch does (wake, tick, pass); every review
+/// asked, with its time.
+fn run(
+    r: &mut Reviews,
+    need: &BTreeSet<Question>,
+    from: Instant,
+    to: Instant,
+) -> Vec<(Instant, Question)> {
+    let mut asked = Vec::new();
+    let mut now = from;
+    loop {
+        now = r.next_wake(now).max(now);
+        if now > to {
+            return asked;
+        }
+        if r.tick(now) {
+            asked.extend(pass(r, need, now, |_| true).into_iter().map(|q| (now, q)));
+        }
+    }
+}
+
+#[test]
+fn new_questions_are_asked_at_once_and_answers_are_kept() {
+    let t0 = Instant::now();
+    let mut r = Reviews::new(Duration::from_secs(60), 100.0, t0);
+    let need = needed(&["alice", "bob"], &["emo", "default"]);
+    assert_eq!(pass(&mut r, &need, t0, |q| q.1 == "emo"), need);
+    assert_eq!(r.answer(&Subject::new("alice", &[]), "emo"), Some(true));
+    assert!(!r.allowed(&Subject::new("alice", &[]), "default"));
+    assert_eq!(r.answer(&Subject::new("carol", &[]), "emo"), None);
+    // Answered: a pass (a peer or an object changed) asks nothing again.
+    assert!(r.to_ask(&need, t0).is_empty());
+    // A new peer's questions go at once; the known ones stay cached.
+    let more = needed(&["alice", "bob", "carol"], &["emo", "default"]);
+    assert_eq!(r.to_ask(&more, t0), needed(&["carol"], &["emo", "default"]));
+}
+
+#[test]
+fn each_answer_is_reviewed_again_once_per_period_spread_over_it() {
+    let t0 = Instant::now();
+    let period = Duration::from_secs(60);
+    let users: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    let need = needed(&users, &["a", "b", "c"]);
+    let mut r = Reviews::new(period, 1000.0, t0);
+    assert_eq!(pass(&mut r, &need, t0, |_| true).len(), 300);
+    let asked = run(&mut r, &need, t0, t0 + 2 * period);
+    // Twice each in two periods, never all at once: 300 over 60 s is 5 a second.
+    assert_eq!(asked.len(), 600);
+    let mut per_q: HashMap<&Question, usize> = HashMap::new();
+    let mut per_second: HashMap<u64, usize> = HashMap::new();
+    for (at, q) in &asked {
+        *per_q.entry(q).or_default() += 1;
+        *per_second.entry((*at - t0).as_secs()).or_default() += 1;
+    }
+    assert!(per_q.values().all(|&n| n == 2), "{per_q:?}");
+    let max = per_second.values().max().copied().unwrap_or(0);
+    assert!(max <= 15, "a burst of {max} in one second");
+}
+
+#[test]
+fn idle_with_nothing_due_costs_no_pass() {
+    let t0 = Instant::now();
+    let mut r = Reviews::new(Duration::from_secs(60), 100.0, t0);
+    let need = needed(&["alice"], &["emo"]);
+    pass(&mut r, &need, t0, |_| true);
+    // One answer, due once a minute: at most one tick in sixty asks for a pass.
+    let mut now = t0;
+    let mut passes = 0;
+    while now < t0 + Duration::from_secs(60) {
+        now = r.next_wake(now);
+        if r.tick(now) {
+            passes += 1;
+            assert_eq!(r.to_ask(&need, now), need);
+        }
+    }
+    assert_eq!(passes, 1);
+}
+
+#[test]
+fn a_role_binding_change_asks_only_its_namespace_again() {
+    let t0 = Instant::now();
+    let mut r = Reviews::new(Duration::from_secs(3600), 100.0, t0);
+    let need = needed(&["alice", "bob"], &["emo", "default", "kube-system"]);
+    pass(&mut r, &need, t0, |_| false);
+    r.namespaces_changed(["emo".to_owned()]);
+    let again = pass(&mut r, &need, t0, |q| q.0.user == "alice");
+    assert_eq!(again, needed(&["alice", "bob"], &["emo"]));
+    assert!(r.allowed(&Subject::new("alice", &[]), "emo"));
+    assert!(r.to_ask(&need, t0).is_empty(), "once");
+    // A namespace no peer needs asks nothing.
+    r.namespaces_changed(["elsewhere".to_owned()]);
+    assert!(r.to_ask(&need, t0).is_empty());
+}
+
+#[test]
+fn a_cluster_role_change_asks_every_pair_again() {
+    let t0 = Instant::now();
+    let mut r = Reviews::new(Duration::from_secs(3600), 100.0, t0);
+    let need = needed(&["alice", "bob"], &["emo", "default"]);
+    pass(&mut r, &need, t0, |_| false);
+    r.cluster_changed();
+    assert_eq!(r.to_ask(&need, t0), need);
+    assert!(r.to_ask(&need, t0).is_empty(), "once");
+}
+
+#[test]
+fn the_rate_limit_paces_a_burst_new_questions_first() {
+    let t0 = Instant::now();
+    // 10 a second, bursts of 20.
+    let mut r = Reviews::new(Duration::from_secs(3600), 10.0, t0);
+    let old = needed(&["old"], &["a", "b", "c", "d", "e"]);
+    assert_eq!(pass(&mut r, &old, t0, |_| true).len(), 5);
+    let t1 = t0 + Duration::from_secs(10); // the bucket is full again
+    r.cluster_changed();
+    let users: Vec<String> = (0..10).map(|i| format!("new{i}")).collect();
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    let mut need = needed(&users, &["a", "b", "c", "d", "e"]);
+    need.extend(old.iter().cloned());
+    let first = pass(&mut r, &need, t1, |_| true);
+    assert_eq!(first.len(), 20, "the burst");
+    assert!(
+        first.iter().all(|q| q.0.user != "old"),
+        "new questions first"
+    );
+    assert_eq!(r.waiting(), 35);
+    // The rest go at 10 a second, woken for each token.
+    r.tick(t1);
+    assert_eq!(r.next_wake(t1), t1 + Duration::from_millis(100));
+    let rest = run(&mut r, &need, t1, t1 + Duration::from_secs(4));
+    let asked: BTreeSet<&Question> = first.iter().chain(rest.iter().map(|(_, q)| q)).collect();
+    assert_eq!(asked.len(), need.len(), "every one asked once");
+    assert_eq!(rest.len(), 35);
+    let last = rest.iter().map(|(at, _)| *at).max().unwrap();
+    assert!(
+        last >= t1 + Duration::from_millis(3400),
+        "paced: {:?}",
+        last - t1
+    );
+    assert_eq!(r.waiting(), 0);
+}
+
+#[test]
+fn a_failed_review_keeps_its_last_answer_and_is_asked_again_after_the_retry() {
+    let t0 = Instant::now();
+    let mut r = Reviews::new(Duration::from_secs(3600), 100.0, t0);
+    let need = needed(&["alice"], &["emo", "default"]);
+    pass(&mut r, &need, t0, |_| true);
+    r.cluster_changed();
+    let asked = r.to_ask(&need, t0);
+    assert_eq!(asked, need);
+    r.answered(q("alice", "default"), false);
+    r.failed(q("alice", "emo"), t0);
+    assert!(r.allowed(&Subject::new("alice", &[]), "emo"), "kept");
+    // Not again before the retry, though the rate limit has tokens to spare.
+    assert_eq!(r.next_wake(t0), t0 + RETRY);
+    assert!(!r.tick(t0 + RETRY / 2));
+    assert!(r.to_ask(&need, t0 + RETRY / 2).is_empty());
+    let t1 = t0 + RETRY;
+    assert!(r.tick(t1));
+    assert_eq!(
+        r.to_ask(&need, t1),
+        needed(&["alice"], &["emo"]),
+        "only the failed one"
+    );
+    assert!(r.to_ask(&need, t1).is_empty());
+}
+
+#[test]
+fn answers_no_peer_needs_are_forgotten() {
+    let t0 = Instant::now();
+    let mut r = Reviews::new(Duration::from_secs(60), 100.0, t0);
+    let both = needed(&["alice", "bob"], &["emo"]);
+    pass(&mut r, &both, t0, |_| true);
+    let alice = needed(&["alice"], &["emo"]);
+    assert!(r.to_ask(&alice, t0).is_empty());
+    assert_eq!(r.answer(&Subject::new("bob", &[]), "emo"), None, "bob left");
+    // Bob back: asked afresh, not answered from a stale cache.
+    assert_eq!(r.to_ask(&both, t0), needed(&["bob"], &["emo"]));
+}
