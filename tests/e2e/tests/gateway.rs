@@ -297,12 +297,48 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
         control.is_ok(),
         "control: the gateway reaches peer B: {control:?}"
     );
+    // A's packets to B are dropped by the gateway's rule toward peers (not lost on the way).
+    let to_peers = || chain_drops(&c, &gw_ns, "forward", "oifname \"kwg0\" counter");
+    let before = to_peers()?;
     assert_eq!(
         a.http_get(&format!("http://{b_ip}:8000/"), 2)?,
         None,
         "peer A reached peer B"
     );
+    assert!(
+        to_peers()? > before,
+        "A's packets to B not dropped by the gateway"
+    );
     drop(b_server);
+
+    // The gateway pod's other ports: its WireGuard-over-TCP port on the tunnel address and
+    // its admin port on the pod address answer inside the pod (controls), not through the
+    // tunnel, where the input chain's last rule drops them.
+    let pod_ip = c.kubectl_admin(&[
+        "-n",
+        kwg_e2e::GATEWAY_NS,
+        "get",
+        "pod",
+        &kwg_e2e::wait_gateway_ready(&c, Duration::from_secs(5))?,
+        "-o",
+        "jsonpath={.status.podIP}",
+    ])?;
+    let to_gateway = || chain_drops(&c, &gw_ns, "input", "iifname \"kwg0\" counter");
+    for (host, port) in [("100.77.0.1", "51820"), (pod_ip.as_str(), "8080")] {
+        assert!(
+            tcp_connects(&gw_ns, host, port)?,
+            "control: {host}:{port} takes a connection inside the gateway pod"
+        );
+        let before = to_gateway()?;
+        assert!(
+            !tcp_connects(&a.netns, host, port)?,
+            "{host}:{port} of the gateway pod took a connection through the tunnel"
+        );
+        assert!(
+            to_gateway()? > before,
+            "{host}:{port} through the tunnel not dropped by the gateway"
+        );
+    }
 
     // A malformed Secret next to A: reported, A undisturbed.
     let bad = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwg-peer-broken", "namespace": "kwg-system",
@@ -344,13 +380,23 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
         a_ip.to_string()
     );
 
-    // Deleting A's Secret stops its traffic (within 1 s), B keeps working.
+    // Deleting A's Secret removes A from the gateway within 1 s; its traffic stops, B keeps
+    // working.
     c.kubectl_developer(&["-n", "kwg-system", "delete", "secret", "kwg-peer-peer-a"])?;
-    std::thread::sleep(Duration::from_secs(1));
+    let deleted = std::time::Instant::now();
+    wait_for("A gone from the gateway", Duration::from_secs(5), || {
+        let peers = gateway_peers(&c)?;
+        Ok((!peers.iter().any(|p| p.name.as_str() == "peer-a")).then_some(()))
+    })?;
+    let removed = deleted.elapsed();
+    assert!(
+        removed < Duration::from_secs(1),
+        "A left the gateway {removed:?} after its Secret was deleted"
+    );
     assert_eq!(
         a.http_get("http://10.96.1.0/", 2)?,
         None,
-        "A still reaches the cluster 1 s after its Secret was deleted"
+        "A still reaches the cluster after leaving the gateway"
     );
     assert!(
         b.http_get("http://10.96.1.0/", 3)?.is_some(),
@@ -470,6 +516,31 @@ fn tunnel_drops(c: &Cluster, gw_ns: &str, rule: &str) -> Result<u64> {
                 .ok()
         })
         .sum())
+}
+
+/// The packet counter of the rule of table `inet kwg`'s `chain` that starts with `rule`
+/// (e.g. `oifname "kwg0" counter`); an error when there is no such rule.
+fn chain_drops(c: &Cluster, gw_ns: &str, chain: &str, rule: &str) -> Result<u64> {
+    let table = c.exec_ok(gw_ns, &["nft", "list", "table", "inet", "kwg"])?;
+    let mut current = "";
+    for line in table.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("chain ") {
+            current = name.trim_end_matches(" {");
+        } else if current == chain && line.starts_with(rule) {
+            let n = line
+                .split_once(" packets ")
+                .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok());
+            return n.ok_or_else(|| anyhow::anyhow!("no packet count in {line:?}"));
+        }
+    }
+    anyhow::bail!("no rule {rule:?} in chain {chain} of table inet kwg:\n{table}")
+}
+
+/// Whether a TCP connection from `netns` to `host:port` is accepted within 2 s.
+fn tcp_connects(netns: &str, host: &str, port: &str) -> Result<bool> {
+    let open = format!("exec 3<>/dev/tcp/{host}/{port}");
+    let out = kwg_sim::testing::exec(netns, &["timeout", "2", "bash", "-c", &open])?;
+    Ok(out.status.success())
 }
 
 /// `python3 -m http.server` bound to one address in a namespace; killed on drop.
