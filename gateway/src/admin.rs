@@ -17,6 +17,7 @@ use crate::cache::Cached;
 use crate::core::ActivePeer;
 use crate::metrics::{self, Metrics};
 use crate::policy::view::{Counted, ReachView};
+use crate::shared::Views;
 use crate::siblings::{self, ReplicaStat, Siblings};
 use axum::Router;
 use axum::extract::connect_info::{ConnectInfo, Connected};
@@ -27,117 +28,66 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::IncomingStream;
 use ipnet::Ipv4Net;
-use kwg_contract::{GatewayPeer, UdpReceive};
+use kwg_contract::GatewayPeer;
 use kwg_wg::device::{DeviceHandle, PeerStats};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio::net::TcpListener;
 
-/// What the admin server shows; written by the reconcile loop, read by handlers.
+/// What the admin server shows. It writes none of it: the values come from the tasks that own
+/// them ([`crate::shared`]), the metrics are counters the tasks increment.
 pub struct AdminState {
     pub device: DeviceHandle,
     /// Peers' addresses: callers from here (to the gateway's address in it) are peers.
     pub tunnel_cidr: Ipv4Net,
-    /// Device, address and nftables are set up.
-    pub tunnel_ready: AtomicBool,
-    /// The watcher has listed every peer Secret once.
-    pub watcher_ready: AtomicBool,
-    /// SIGTERM came: not ready any more (the endpoints drop this replica), still serving.
-    pub draining: AtomicBool,
-    pub peers: RwLock<Arc<Vec<ActivePeer>>>,
-    /// Signalled whenever the peers are set (reach by RBAC recomputes the grants).
-    pub peers_changed: tokio::sync::Notify,
-    /// What reach by RBAC enforces per peer (written by [`crate::reach_watch`]).
-    pub reach: RwLock<Arc<ReachView>>,
-    /// The sibling replicas whose statistics `/peers` and `/metrics` merge (unset: none).
-    pub siblings: std::sync::OnceLock<Siblings>,
+    pub views: Views,
+    /// The sibling replicas whose statistics `/peers` and `/metrics` merge (`None`: none).
+    pub siblings: Option<Siblings>,
+    pub metrics: Metrics,
     /// The siblings' statistics and this replica's nftables drops, shared by the requests
     /// of a second (a peer looping `/peers` would otherwise list pods and run `nft` each time).
     sibling_stats: Cached<Vec<ReplicaStat>>,
     drops: Cached<Vec<(Ipv4Addr, u64)>>,
     /// The destination this replica's nftables last refused per peer address.
     refused: Cached<Vec<(Ipv4Addr, Ipv4Addr)>>,
-    pub metrics: Metrics,
-    /// This replica's last verdict on its UDP receive ([`crate::udp_watch`]).
-    udp_receive: RwLock<Option<UdpReceive>>,
-    /// Signalled when something the gateway info carries changed outside discovery.
-    pub info_changed: tokio::sync::Notify,
 }
 
 impl AdminState {
-    pub fn new(device: DeviceHandle, tunnel_cidr: Ipv4Net) -> Arc<AdminState> {
+    pub fn new(
+        device: DeviceHandle,
+        tunnel_cidr: Ipv4Net,
+        views: Views,
+        siblings: Option<Siblings>,
+        metrics: Metrics,
+    ) -> Arc<AdminState> {
         Arc::new(AdminState {
             device,
             tunnel_cidr,
-            tunnel_ready: AtomicBool::new(false),
-            watcher_ready: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            peers: RwLock::new(Arc::new(Vec::new())),
-            peers_changed: tokio::sync::Notify::new(),
-            // Nothing decided: every peer's reach is unknown until reach by RBAC says.
-            reach: RwLock::new(Arc::new(ReachView {
-                enforced: true,
-                ..ReachView::open()
-            })),
-            siblings: std::sync::OnceLock::new(),
+            views,
+            siblings,
+            metrics,
             sibling_stats: Cached::default(),
             drops: Cached::default(),
             refused: Cached::default(),
-            metrics: Metrics::default(),
-            udp_receive: RwLock::new(None),
-            info_changed: tokio::sync::Notify::new(),
         })
     }
 
-    /// Records a new UDP receive verdict and asks for the gateway info to be republished.
-    pub fn set_udp_receive(&self, seen: UdpReceive) {
-        *self.udp_receive.write().unwrap_or_else(|e| e.into_inner()) = Some(seen);
-        self.info_changed.notify_one();
-    }
-
-    pub fn udp_receive(&self) -> Option<UdpReceive> {
-        self.udp_receive
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn ready(&self) -> bool {
-        self.tunnel_ready.load(Ordering::Relaxed)
-            && self.watcher_ready.load(Ordering::Relaxed)
-            && !self.draining.load(Ordering::Relaxed)
-    }
-
-    pub fn set_peers(&self, peers: Vec<ActivePeer>) {
-        *self.peers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(peers);
-        self.peers_changed.notify_one();
-    }
-
     pub fn peers(&self) -> Arc<Vec<ActivePeer>> {
-        self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn set_reach(&self, view: ReachView) {
-        *self.reach.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+        self.views.peers()
     }
 
     /// This replica's device statistics and those of the siblings that answered.
     pub async fn replica_stats(&self) -> (Vec<PeerStats>, Vec<ReplicaStat>) {
         let local = self.device.peers().await;
-        match self.siblings.get() {
+        match &self.siblings {
             Some(sib) => {
                 let sibs = self.sibling_stats.get(Instant::now(), || sib.stats());
                 (local, sibs.await)
             }
             None => (local, Vec::new()),
         }
-    }
-
-    pub fn reach(&self) -> Arc<ReachView> {
-        self.reach.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -249,7 +199,7 @@ async fn tunnel_or_local(
 /// to the pod arrives there).
 async fn replica_stats(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     let proof = headers.get(siblings::HEADER).and_then(|v| v.to_str().ok());
-    let proven = match (s.siblings.get(), proof) {
+    let proven = match (&s.siblings, proof) {
         (Some(sib), Some(p)) => sib.admit(p, SystemTime::now()),
         _ => Err(siblings::ProofRefused::Malformed),
     };
@@ -275,14 +225,12 @@ impl AdminState {
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
-    let tunnel = s.tunnel_ready.load(Ordering::Relaxed);
-    let watcher = s.watcher_ready.load(Ordering::Relaxed);
-    let draining = s.draining.load(Ordering::Relaxed);
+    let (tunnel, watcher, draining) = s.views.readiness();
     let mut body = format!("tunnel: {}\nwatcher: {}\n", word(tunnel), word(watcher));
     if draining {
         body.push_str("shutting down: draining\n");
     }
-    let code = if s.ready() {
+    let code = if s.views.ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -302,7 +250,7 @@ async fn metrics_handler(State(s): State<Arc<AdminState>>) -> Response {
     let drops = s.nft_drops().await;
     let udp = metrics::UdpReceiveStats {
         io: s.device.io_stats(),
-        verdict: s.udp_receive(),
+        verdict: s.views.udp_receive(),
     };
     let text = metrics::render(
         &s.metrics,
@@ -389,7 +337,7 @@ impl AdminState {
             drops: &drops,
             refused: &refused,
         };
-        gateway_peers(peers, &stats, (&s.reach(), counted), caller)
+        gateway_peers(peers, &stats, (&s.views.reach(), counted), caller)
     }
 }
 

@@ -4,7 +4,6 @@
 //! the firewall and republishes the gateway info. A slow resync (`--discovery-interval`)
 //! re-asks the dry-run probe (nothing to watch there) and rewrites the info ConfigMap.
 
-use crate::admin::AdminState;
 use crate::discovery::{self, Discovered, Objects};
 use crate::{Config, GatewayError, kube_io, net, nft};
 use futures::stream::BoxStream;
@@ -18,12 +17,11 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Resource, ResourceExt};
 use kwg_contract::keys::PublicKey;
-use kwg_contract::{GatewayInfo, TunnelIp};
+use kwg_contract::{GatewayInfo, TunnelIp, UdpReceive};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -65,7 +63,10 @@ pub async fn run(
     client: kube::Client,
     cfg: Config,
     base: InfoBase,
-    state: Arc<AdminState>,
+    (mut udp_receive, tunnel_ready): (
+        tokio::sync::watch::Receiver<Option<UdpReceive>>,
+        tokio::sync::watch::Sender<bool>,
+    ),
     mut leader: tokio::sync::watch::Receiver<bool>,
     token: CancellationToken,
 ) {
@@ -85,7 +86,8 @@ pub async fn run(
         };
         tokio::select! {
             _ = token.cancelled() => return,
-            () = state.info_changed.notified() => {}
+            // The UDP receive verdict is part of the info.
+            Ok(()) = udp_receive.changed() => {}
             Ok(()) = leader.changed() => {
                 // A new leader publishes what it found (the old one may have been older).
                 published = None;
@@ -133,14 +135,14 @@ pub async fn run(
         }
         let policy = policy(&cfg, base.gateway_ip, &found);
         let mut info = gateway_info(&cfg, base, &found);
-        info.udp_receive = state.udp_receive();
+        info.udp_receive = udp_receive.borrow_and_update().clone();
         let todo = changes(applied.as_ref(), published.as_ref(), &policy, &info);
         failed = false;
         if todo.firewall {
             match net::nft_apply(&nft::render(&policy)) {
                 Ok(()) => {
                     tracing::info!(service_cidrs = ?found.service_cidrs, pod_cidrs = ?found.pod_cidrs, allowed_extra = ?cfg.allow_cidr, "firewall loaded");
-                    state.tunnel_ready.store(true, Ordering::Relaxed);
+                    tunnel_ready.send_replace(true);
                     applied = Some(policy);
                 }
                 Err(e) => {

@@ -26,6 +26,7 @@ pub mod peers;
 pub mod policy;
 pub mod reach_watch;
 mod run;
+pub mod shared;
 pub mod siblings;
 pub mod tcp;
 pub mod udp_watch;

@@ -4,7 +4,7 @@
 //! owner and namespace, and moves the `kwg_reach` nftables sets to what [`sets::desired`]
 //! says, element by element.
 
-use crate::admin::AdminState;
+use crate::core::ActivePeer;
 use crate::discovery_watch::{listed, watch};
 use crate::policy::reviews::{RETRY, Reviews};
 use crate::policy::view::ReachView;
@@ -24,6 +24,7 @@ use kube::runtime::reflector::Store;
 use sets::{NsIds, Sets};
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +35,10 @@ const REVIEWS_IN_FLIGHT: usize = 16;
 pub async fn run(
     client: kube::Client,
     cfg: Config,
-    state: Arc<AdminState>,
+    (mut served, reach): (
+        watch::Receiver<Arc<Vec<ActivePeer>>>,
+        watch::Sender<Arc<ReachView>>,
+    ),
     token: CancellationToken,
 ) {
     let (services, s) = watch(Api::all(client.clone()), None, "Services", trim_service);
@@ -90,7 +94,7 @@ pub async fn run(
                 reviews.cluster_changed();
                 while let Some(Some(())) = cluster_rbac.next().now_or_never() {}
             }
-            _ = state.peers_changed.notified() => {}
+            Ok(()) = served.changed() => {}
             _ = tokio::time::sleep_until(wake) => {
                 // A tick of the spread with nothing due and nothing waiting costs no pass.
                 let busy = reviews.tick(std::time::Instant::now());
@@ -124,7 +128,7 @@ pub async fn run(
         }
         log_refused(&refused, &inv.refused);
         refused = inv.refused.clone();
-        let peers = peer_reach(&state, trust_groups);
+        let peers = peer_reach(&served.borrow_and_update(), trust_groups);
         let needed = grants::questions(&inv, &peers, |_, _| false);
         let asked = reviews.to_ask(&needed, std::time::Instant::now());
         if !asked.is_empty() {
@@ -156,11 +160,11 @@ pub async fn run(
             applied = new;
         }
         // What is enforced now is what peers are told (`/peers`).
-        state.set_reach(ReachView {
+        reach.send_replace(Arc::new(ReachView {
             enforced: true,
             by_peer: grants::reachable(&inv, &peers, |o, ns| reviews.answer(o, ns)),
             namespaces_of: std::sync::Arc::new(inventory::address_namespaces(&inv)),
-        });
+        }));
     }
 }
 
@@ -227,9 +231,8 @@ fn log_refused(
 
 /// The served peers as reach sees them; their Secrets' groups count only with
 /// `--trust-peer-groups` (the admission policy verified them).
-fn peer_reach(state: &AdminState, trust_groups: bool) -> Vec<PeerReach> {
-    state
-        .peers()
+fn peer_reach(peers: &[ActivePeer], trust_groups: bool) -> Vec<PeerReach> {
+    peers
         .iter()
         .map(|p| PeerReach {
             ip: p.ip.addr(),

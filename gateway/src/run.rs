@@ -44,16 +44,25 @@ pub async fn run(
 
     let token = CancellationToken::new();
     let leading = CancellationToken::new();
-    let state = AdminState::new(device.handle(), cfg.tunnel_cidr.trunc());
-    if !rbac {
-        state.set_reach(crate::policy::view::ReachView::open());
-    }
-    let _ = state.siblings.set(crate::siblings::Siblings::new(
+    let (owners, views) = crate::shared::channels();
+    let metrics = crate::metrics::Metrics::default();
+    let siblings = crate::siblings::Siblings::new(
         client.clone(),
         cfg.gateway_namespace.clone(),
         cfg.admin_addr.port(),
         replica_key,
-    ));
+    );
+    let state = AdminState::new(
+        device.handle(),
+        cfg.tunnel_cidr.trunc(),
+        views.clone(),
+        Some(siblings),
+        metrics.clone(),
+    );
+    if !rbac {
+        let open = crate::policy::view::ReachView::open();
+        owners.reach.send_replace(std::sync::Arc::new(open));
+    }
     let admin = admin::serve(
         cfg.admin_addr,
         state.clone(),
@@ -63,14 +72,12 @@ pub async fn run(
     // SIGTERM: /readyz turns false and the Lease is handed over at once; the tunnel keeps
     // serving for --drain (while endpoints and load balancers stop sending here), then stops.
     tokio::spawn({
-        let (token, leading, state, drain) =
-            (token.clone(), leading.clone(), state.clone(), cfg.drain);
+        let (token, leading, draining, drain) =
+            (token.clone(), leading.clone(), owners.draining, cfg.drain);
         async move {
             shutdown.await;
             tracing::info!(drain = ?drain, "shutting down: not ready, draining");
-            state
-                .draining
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            draining.send_replace(true);
             leading.cancel();
             tokio::time::sleep(drain).await;
             token.cancel();
@@ -80,10 +87,14 @@ pub async fn run(
         tcp,
         device.handle(),
         cfg.tcp_pending_per_source as usize,
-        state.metrics.clone(),
+        metrics.clone(),
         token.clone(),
     ));
-    tokio::spawn(crate::udp_watch::run(state.clone(), token.clone()));
+    tokio::spawn(crate::udp_watch::run(
+        device.handle(),
+        owners.udp_receive,
+        token.clone(),
+    ));
     let (leader_tx, leader_rx) = watch::channel(false);
     let election = tokio::spawn(crate::leader::run(
         client.clone(),
@@ -100,7 +111,7 @@ pub async fn run(
         client.clone(),
         cfg.clone(),
         info,
-        state.clone(),
+        (views.udp_receive.clone(), owners.tunnel_ready),
         leader_rx.clone(),
         token.clone(),
     ));
@@ -108,14 +119,15 @@ pub async fn run(
         tokio::spawn(crate::reach_watch::run(
             client.clone(),
             cfg.clone(),
-            state.clone(),
+            (views.peers.clone(), owners.reach),
             token.clone(),
         ))
     });
     let core = Core::new(alloc)
         .with_peers_per_owner(cfg.max_peers_per_owner)
         .with_max_lease(cfg.max_lease);
-    let result = PeerLoop::new(client, &cfg, core, device.handle(), state)
+    let published = (owners.peers, owners.watcher_ready);
+    let result = PeerLoop::new(client, &cfg, core, device.handle(), published, metrics)
         .run(token.clone(), leader_rx)
         .await;
     token.cancel();

@@ -5,11 +5,10 @@
 //! logged at most once an hour with the fix, and each change of the verdict is published in
 //! the gateway info (`udpReceive`) for `kwg doctor`, and in `/metrics`.
 
-use crate::admin::AdminState;
 use chrono::{DateTime, Utc};
 use kwg_contract::UdpReceive;
+use kwg_wg::device::DeviceHandle;
 use kwg_wg::io::stats::{EdgeCount, LOAD_WINDOW_DATAGRAMS, judge_receive};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -96,16 +95,20 @@ impl ReceiveWatch {
 }
 
 /// Reads the device's counters every [`SAMPLE`] until `token`.
-pub async fn run(state: Arc<AdminState>, token: CancellationToken) {
-    let gro = |s: &AdminState| s.device.io_stats().udp_recv_gro;
-    let mut watch = ReceiveWatch::new(gro(&state), Instant::now());
+pub async fn run(
+    device: DeviceHandle,
+    verdict: tokio::sync::watch::Sender<Option<UdpReceive>>,
+    token: CancellationToken,
+) {
+    let gro = |d: &DeviceHandle| d.io_stats().udp_recv_gro;
+    let mut watch = ReceiveWatch::new(gro(&device), Instant::now());
     let mut tick = tokio::time::interval(SAMPLE);
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let out = watch.observe(gro(&state), Instant::now(), Utc::now());
+        let out = watch.observe(gro(&device), Instant::now(), Utc::now());
         let Some(seen) = out.judged else {
             continue;
         };
@@ -123,7 +126,7 @@ pub async fn run(state: Arc<AdminState>, token: CancellationToken) {
             );
         }
         if out.publish {
-            state.set_udp_receive(seen);
+            verdict.send_replace(Some(seen));
         }
     }
 }

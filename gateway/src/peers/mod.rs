@@ -5,8 +5,8 @@
 
 pub mod writes;
 
-use crate::admin::AdminState;
-use crate::core::{self, Core, DeviceOp, Plan, Problem};
+use crate::core::{self, ActivePeer, Core, DeviceOp, Plan, Problem};
+use crate::metrics::Metrics;
 use crate::peer_object::{self, PeerObject};
 use crate::{Config, GatewayError, kube_io};
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -21,7 +21,6 @@ use kwg_contract::keys::PublicKey;
 use kwg_wg::device::{DeviceHandle, PeerConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +40,11 @@ pub struct PeerLoop {
     max_secret_bytes: usize,
     core: Core,
     device: DeviceHandle,
-    state: Arc<AdminState>,
+    /// Publishes the active peers (this loop owns them).
+    peers: watch::Sender<Arc<Vec<ActivePeer>>>,
+    /// Publishes that every peer Secret was listed once.
+    listed: watch::Sender<bool>,
+    metrics: Metrics,
     /// Every peer Secret; a re-list replaces it whole at `InitDone` (a full resync).
     store: Store<PeerObject>,
     writer: Option<Writer<PeerObject>>,
@@ -60,7 +63,8 @@ impl PeerLoop {
         cfg: &Config,
         core: Core,
         device: DeviceHandle,
-        state: Arc<AdminState>,
+        (peers, listed): (watch::Sender<Arc<Vec<ActivePeer>>>, watch::Sender<bool>),
+        metrics: Metrics,
     ) -> PeerLoop {
         let (failed_tx, failed_rx) = mpsc::unbounded_channel();
         let writer = Writer::default();
@@ -71,7 +75,9 @@ impl PeerLoop {
             max_secret_bytes: cfg.max_secret_bytes,
             core,
             device,
-            state,
+            peers,
+            listed,
+            metrics,
             store: writer.as_reader(),
             writer: Some(writer),
             synced: false,
@@ -143,7 +149,7 @@ impl PeerLoop {
                 tracing::info!(secrets = self.store.len(), "peer Secrets listed");
                 self.writes.resynced();
                 self.synced = true;
-                self.state.watcher_ready.store(true, Ordering::Relaxed);
+                self.listed.send_replace(true);
             }
             Ok(Event::Apply(o) | Event::Delete(o)) => self.writes.observed(&o.secret.secret_name),
             Err(e) => tracing::warn!(error = %e, "watching peer Secrets failed; retrying"),
@@ -166,8 +172,8 @@ impl PeerLoop {
         self.send(&plan);
         let next = plan.next_expiry.map(SystemTime::from);
         let rejected = objects.len() - plan.active.len() - plan.expired.len();
-        self.state.set_peers(plan.active);
-        let m = &self.state.metrics;
+        self.peers.send_replace(Arc::new(plan.active));
+        let m = &self.metrics;
         m.malformed.set(i64::try_from(rejected).unwrap_or(i64::MAX));
         let reports = plan.malformed.iter().filter(|m| m.first_report);
         m.malformed_reports.inc_by(reports.clone().count() as u64);
@@ -214,8 +220,8 @@ impl PeerLoop {
                 }
             }
         }
-        self.state.metrics.peers_added.inc_by(added);
-        self.state.metrics.peers_removed.inc_by(removed);
+        self.metrics.peers_added.inc_by(added);
+        self.metrics.peers_removed.inc_by(removed);
     }
 
     /// Sends in the background what [`Writes`] decides for `plan` (nothing while following).
@@ -234,7 +240,7 @@ impl PeerLoop {
         for w in sends.writes {
             if w.op == WriteOp::Delete {
                 tracing::info!(secret = %w.secret, "lease expired: deleting the peer Secret");
-                self.state.metrics.leases_expired.inc();
+                self.metrics.leases_expired.inc();
             }
             self.write(w);
         }
