@@ -81,6 +81,8 @@ pub struct Core {
     last_rate_reset: Option<Instant>,
     /// `drops.cookies_sent` at the last report.
     cookies_reported: u64,
+    /// Handshakes completed on this core, for [`Core::handshake_serial`].
+    handshakes: u64,
     pub drops: Drops,
 }
 
@@ -99,6 +101,7 @@ impl Core {
             scratch: vec![0; 65536 + DATA_OVERHEAD],
             last_rate_reset: None,
             cookies_reported: 0,
+            handshakes: 0,
             drops: Drops::default(),
         };
         core.set_private_key(private_key);
@@ -226,11 +229,12 @@ impl Core {
         peer.heard_other
     }
 
-    /// How many handshakes completed with the peer so far (`None`: unknown peer). A re-added
-    /// peer starts again from zero.
-    pub fn handshakes(&self, key: &PublicKey) -> Option<u64> {
+    /// The serial number of the last handshake completed with the peer: 0 when none since it
+    /// was added, and a number no other handshake on this core had, so a changed number is a
+    /// new handshake (also after the peer was removed and added again). `None`: unknown peer.
+    pub fn handshake_serial(&self, key: &PublicKey) -> Option<u64> {
         let peer = self.by_key.get(key).and_then(|i| self.peers.get(i))?;
-        Some(peer.handshakes)
+        Some(peer.handshake_serial)
     }
 
     /// The peers' current endpoints (what the device must keep a stream open for).
@@ -367,7 +371,8 @@ impl Core {
         }
         if let Some(role) = role {
             tracing::info!(parent: &peer.span, %role, endpoint = %from, "handshake completed");
-            peer.handshakes += 1;
+            self.handshakes += 1;
+            peer.handshake_serial = self.handshakes;
         }
         peer.rx_bytes += datagram.len() as u64;
         if peer.cfg.endpoint != Some(from) && peer.pinned {

@@ -40,9 +40,10 @@ pub(super) struct Peer {
     /// Copies of sent packets, to send again after a handshake that replaces a dead session
     /// (off unless the owner turns it on).
     pub(super) replay: Option<Box<super::replay::Replay>>,
-    /// Handshakes completed with the peer (either role): tells a new handshake from the same
-    /// one seen again, which `last_handshake`'s wall time cannot (it jitters between reads).
-    pub(super) handshakes: u64,
+    /// The core's serial number of the last handshake completed with the peer (either role;
+    /// 0: none since added): tells a new handshake from the same one seen again, which
+    /// `last_handshake`'s wall time cannot (it differs on every read).
+    pub(super) handshake_serial: u64,
 }
 
 impl Peer {
@@ -61,7 +62,7 @@ impl Peer {
             pinned: false,
             heard_other: None,
             replay: None,
-            handshakes: 0,
+            handshake_serial: 0,
         }
     }
 

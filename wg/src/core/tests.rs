@@ -117,21 +117,32 @@ fn handshake_then_data_both_ways() {
 }
 
 #[test]
-fn completed_handshakes_are_counted_per_peer() {
+fn each_completed_handshake_gets_a_new_serial() {
     let mut p = Pair::new();
-    assert_eq!(p.a.handshakes(&p.b_key), Some(0));
+    assert_eq!(p.a.handshake_serial(&p.b_key), Some(0));
     p.a_sends(&ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"one"));
     p.a_sends(&ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"two"));
     // One handshake carried both packets; data is not a handshake.
-    assert_eq!(p.a.handshakes(&p.b_key), Some(1));
-    assert_eq!(p.b.handshakes(&p.a_key), Some(1));
-    let mut net = NetBatch::new(1);
+    assert_eq!(p.a.handshake_serial(&p.b_key), Some(1));
+    assert_eq!(p.b.handshake_serial(&p.a_key), Some(1));
     let ep = B_ADDR.parse().unwrap();
+    let mut net = NetBatch::new(1);
     assert!(p.a.initiate_to(&p.b_key, ep, p.now, &mut net));
     p.deliver(true, net);
-    assert_eq!(p.a.handshakes(&p.b_key), Some(2));
-    assert_eq!(p.b.handshakes(&p.a_key), Some(2));
-    assert_eq!(p.a.handshakes(&PrivateKey::generate().public_key()), None);
+    assert_eq!(p.a.handshake_serial(&p.b_key), Some(2));
+    // Removed and added again: 0 until its first handshake, then a number not seen before.
+    let cfg = p.a.peer_config(&p.b_key).unwrap().clone();
+    p.a.remove_peer(&p.b_key);
+    p.a.upsert_peer(cfg);
+    assert_eq!(p.a.handshake_serial(&p.b_key), Some(0));
+    let mut net = NetBatch::new(1);
+    assert!(p.a.initiate_to(&p.b_key, ep, p.now, &mut net));
+    p.deliver(true, net);
+    assert_eq!(p.a.handshake_serial(&p.b_key), Some(3));
+    assert_eq!(
+        p.a.handshake_serial(&PrivateKey::generate().public_key()),
+        None
+    );
 }
 
 #[test]

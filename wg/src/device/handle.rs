@@ -178,12 +178,12 @@ impl DeviceHandle {
         Ok(())
     }
 
-    /// How many handshakes completed with the peer (`None`: unknown peer; a re-added peer
-    /// counts from zero). Tells a new handshake from the same one read again: the
-    /// `last_handshake` of [`DeviceHandle::peers`] differs on every read (wall time minus a
-    /// monotonic age, read at different instants).
-    pub fn handshakes(&self, k: &PublicKey) -> Option<u64> {
-        self.live().ok()?.core().handshakes(k)
+    /// The serial number of the peer's last completed handshake (see
+    /// [`Core::handshake_serial`](crate::core::Core::handshake_serial)): a changed number is a
+    /// new handshake. The `last_handshake` of [`DeviceHandle::peers`] cannot tell that: it
+    /// differs on every read (wall time minus a monotonic age, read at different instants).
+    pub fn handshake_serial(&self, k: &PublicKey) -> Option<u64> {
+        self.live().ok()?.core().handshake_serial(k)
     }
 
     /// The last address other than a pinned endpoint an authenticated packet came from, and
