@@ -45,7 +45,7 @@ impl Io {
         let (opened_tx, mut opened) = mpsc::channel::<Opened>(2);
         let mut connecting: Option<JoinHandle<()>> = None;
         let mut attempt = 0u64;
-        let mut seen_handshake = None;
+        let mut seen_handshake = 0;
         loop {
             while let Some(step) = self.ladder.poll() {
                 if let Step::Connect(rung) = step {
@@ -122,17 +122,14 @@ impl Io {
     }
 
     /// Handshakes, answers over other paths, broken streams.
-    async fn observe(&mut self, seen: &mut Option<std::time::SystemTime>, now: Instant) {
+    /// A handshake is new when its serial changed: `last_handshake` differs on every read,
+    /// which told the ladder of a handshake every tick and reset its UDP stall, so a session on
+    /// UDP never fell back to a stream when UDP broke (found by tests/model).
+    async fn observe(&mut self, seen: &mut u64, now: Instant) {
         let key = self.gateway.public_key;
-        let hs = self
-            .device
-            .peers()
-            .await
-            .into_iter()
-            .find(|p| p.public_key == key)
-            .and_then(|p| p.last_handshake);
-        if hs.is_some() && hs != *seen {
-            *seen = hs;
+        let serial = self.device.handshake_serial(&key).unwrap_or(0);
+        if serial != 0 && serial != *seen {
+            *seen = serial;
             self.ladder.handshake(now);
         }
         if let Some((from, age)) = self.device.heard_other(&key)
