@@ -50,8 +50,8 @@ pub struct Laptop {
     gateway: Option<PeerConfig>,
     stream: Option<Stream>,
     pending: Option<Pending>,
-    /// Handshakes with the gateway peer the transport has seen.
-    seen_handshakes: u64,
+    /// The serial of the last handshake with the gateway peer the transport has seen.
+    seen_handshake: u64,
     info_seen: u64,
     /// Replies from the pod.
     pub answers: u64,
@@ -80,7 +80,7 @@ impl Laptop {
             gateway: None,
             stream: None,
             pending: None,
-            seen_handshakes: 0,
+            seen_handshake: 0,
             info_seen: 0,
             answers: 0,
             next_ping: 0,
@@ -263,7 +263,7 @@ impl Laptop {
                 wg.upsert_peer(first);
                 self.ladder = Some(Ladder::new(Mode::Auto, Timings::default(), now));
                 self.gateway = Some(gateway);
-                self.seen_handshakes = 0;
+                self.seen_handshake = 0;
                 Some(Event::NetworkConfigured)
             }
             Action::InstallFirewall { .. } => Some(Event::FirewallInstalled),
@@ -414,10 +414,10 @@ impl Laptop {
             return;
         };
         let hs = wg.peer_stats(&gw, now, wall).and_then(|p| p.last_handshake);
-        // A new handshake by the count (the peer's removals reset `seen_handshakes`).
-        let n = wg.handshakes(&gw).unwrap_or(0);
-        if n > self.seen_handshakes {
-            self.seen_handshakes = n;
+        // A new handshake by its serial, as the transport's `observe` tells it.
+        let serial = wg.handshake_serial(&gw).unwrap_or(0);
+        if serial != 0 && serial != self.seen_handshake {
+            self.seen_handshake = serial;
             if let Some(l) = self.ladder.as_mut() {
                 l.handshake(now);
             }
@@ -497,7 +497,6 @@ impl Laptop {
                         .endpoint
                         .is_some_and(|ep| wg.initiate_to(&gw.public_key, ep, now, &mut out));
                     if !sent {
-                        self.seen_handshakes = 0;
                         wg.remove_peer(&gw.public_key);
                         wg.upsert_peer(gw);
                     }
@@ -536,7 +535,6 @@ impl Laptop {
             return;
         };
         if restart {
-            self.seen_handshakes = 0;
             wg.remove_peer(&gw.public_key);
             let mut p = gw.clone();
             p.endpoint = Some(ep);
@@ -564,7 +562,6 @@ impl Laptop {
             return;
         };
         if let Some(old) = old.filter(|o| *o != peer.public_key) {
-            self.seen_handshakes = 0;
             wg.remove_peer(&old);
         }
         let mut p = peer;
