@@ -14,6 +14,7 @@ pub mod health;
 pub mod lock;
 pub mod output;
 pub mod portforward;
+pub mod privileged;
 pub mod progress;
 pub mod reach;
 pub mod session;

@@ -1,0 +1,194 @@
+//! `kwg join` as a normal user in TUN mode (issue 26): the daemon runs as the user (kubeconfig,
+//! exec plugins, WireGuard, transports) and asks kwg-helper, the only privileged part, for the
+//! TUN (its descriptor comes over the socket), the address, the routes and the firewall table.
+//! The helper enforces the trust rules itself and reverts the session when the daemon's
+//! connection ends, so the daemon's own undo of those steps is closing the session.
+//!
+//! `kwg join` finds the helper before it starts the daemon: the installed one
+//! (`kwg-helper install`), or one it starts through `sudo -b` with the user's uid allowed (one
+//! password prompt), or it fails with one sentence naming `kwg-helper install`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use kwg_privhelper::client::{Client, ClientError, HelperTun};
+
+use crate::error::Error;
+
+/// Where the daemon finds the helper: `$KWG_HELPER_SOCKET`, else the installed helper's socket.
+pub fn socket() -> PathBuf {
+    std::env::var_os("KWG_HELPER_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(kwg_privhelper::server::default_socket)
+}
+
+/// Whether this process needs the helper for a TUN-mode join (neither root nor CAP_NET_ADMIN).
+pub fn needed() -> bool {
+    !crate::commands::privileged()
+}
+
+fn helper_error(what: &str, e: ClientError) -> Error {
+    Error::io(what.to_string(), std::io::Error::other(e.to_string()))
+}
+
+/// Whether a helper answers on `socket`.
+pub async fn answers(socket: &Path) -> bool {
+    match Client::connect(socket).await {
+        Ok(mut c) => c.list().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The `kwg-helper` binary: next to this `kwg`, else on `PATH` (absolute either way: sudo's
+/// `secure_path` would not find it by name).
+pub fn helper_binary() -> Option<PathBuf> {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("kwg-helper")));
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("kwg-helper"))
+            .find(|c| c.is_file())
+    });
+    sibling.filter(|s| s.is_file()).or(on_path)
+}
+
+/// Makes sure a helper answers on `socket`: the running one, or one started through
+/// `sudo -b` (the password asked once on the terminal) serving this user's uid.
+pub async fn ensure(socket: &Path) -> Result<(), Error> {
+    if answers(socket).await {
+        return Ok(());
+    }
+    let not_running = |why: &str| {
+        Error::io(
+            "reach kwg-helper, which creates the tunnel interface for a join as a normal user",
+            std::io::Error::other(format!(
+                "no helper answers on {} and {why}: run sudo kwg-helper install once (it says how to enable it), or join with sudo, or pass --userspace",
+                socket.display()
+            )),
+        )
+    };
+    let Some(binary) = helper_binary() else {
+        return Err(not_running(
+            "kwg-helper is not installed next to kwg or on PATH",
+        ));
+    };
+    let uid = nix::unistd::getuid().as_raw().to_string();
+    let status = std::process::Command::new("sudo")
+        .arg("-b")
+        .arg(&binary)
+        .arg("serve")
+        .arg("--socket")
+        .arg(socket)
+        .args(["--allow-uid", &uid])
+        .stdout(std::process::Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(_) => return Err(not_running("sudo did not start it")),
+        Err(e) => return Err(not_running(&format!("sudo cannot run ({e})"))),
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        if answers(socket).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(not_running(
+        "the one started through sudo did not answer within 5 s",
+    ))
+}
+
+/// Decides, for `kwg join` before it starts the daemon, whether this join goes through the
+/// helper: neither root nor CAP_NET_ADMIN, no `--userspace`, and a helper answering (or,
+/// with `--tun`, one started through sudo). Such a join is a TUN-mode join (`args.tun`); the
+/// helper configures no DNS yet, so the join's DNS mode is `off` and the user is told.
+pub async fn prepare(
+    args: &mut crate::args::JoinArgs,
+    reporter: &crate::progress::Reporter,
+) -> Result<bool, Error> {
+    if args.userspace || !needed() {
+        return Ok(false);
+    }
+    let socket = socket();
+    if !answers(&socket).await {
+        if !args.tun {
+            // Userspace mode, as before there was a helper.
+            return Ok(false);
+        }
+        ensure(&socket).await?;
+    }
+    args.tun = true;
+    if args.dns_mode != crate::args::DnsMode::Off {
+        args.dns_mode = crate::args::DnsMode::Off;
+        reporter.step(&format!(
+            "Tunnel interface through kwg-helper ({}): kwg runs as you and the helper configures only the interface, routes and firewall, not DNS yet, so cluster names do not resolve on this machine (Service and pod addresses do; join with sudo for split DNS)",
+            socket.display()
+        ));
+    }
+    Ok(true)
+}
+
+/// The daemon's session with the helper: the connection is the session's lifeline.
+pub struct Helper {
+    client: Client,
+}
+
+impl Helper {
+    /// Opens the session for `interface` and has the helper create its TUN.
+    pub async fn open(
+        interface: &str,
+        state_dir: &Path,
+        also_proxy: &[IpNet],
+        allow_conflicting: &[IpNet],
+        mtu: u16,
+    ) -> Result<(Helper, HelperTun), Error> {
+        let socket = socket();
+        let mut client = Client::connect(&socket)
+            .await
+            .map_err(|e| helper_error("reach kwg-helper", e))?;
+        client
+            .open(interface, Some(state_dir), also_proxy, allow_conflicting)
+            .await
+            .map_err(|e| helper_error(&format!("open a kwg-helper session for {interface}"), e))?;
+        let tun = client
+            .create_tun(mtu)
+            .await
+            .map_err(|e| helper_error(&format!("have kwg-helper create {interface}"), e))?;
+        Ok((Helper { client }, tun))
+    }
+
+    /// Gives the link `address` (replacing the previous one) and sets it up.
+    pub async fn set_address(&mut self, address: IpNet) -> Result<(), Error> {
+        self.client
+            .set_address(address)
+            .await
+            .map_err(|e| helper_error(&format!("have kwg-helper set address {address}"), e))
+    }
+
+    /// Removes, then adds routes through the link.
+    pub async fn routes(&mut self, add: &[IpNet], remove: &[IpNet]) -> Result<(), Error> {
+        self.client
+            .routes(add, remove)
+            .await
+            .map_err(|e| helper_error("have kwg-helper change the routes", e))
+    }
+
+    /// Loads the session's firewall table.
+    pub async fn firewall(&mut self) -> Result<(), Error> {
+        self.client
+            .firewall()
+            .await
+            .map_err(|e| helper_error("have kwg-helper load the firewall table", e))
+    }
+
+    /// Ends the session: the helper removes the table, routes, address and link.
+    pub async fn close(mut self) -> Result<(), Error> {
+        self.client
+            .close()
+            .await
+            .map_err(|e| helper_error("have kwg-helper end the session", e))
+    }
+}
