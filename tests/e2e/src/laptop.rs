@@ -117,6 +117,18 @@ impl Laptop {
         out
     }
 
+    /// `kwg status -o json`; output that is not one JSON object fails the test with it.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.kwg(&["status", "-o", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "kwg status -o json: {e}: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            )
+        })
+    }
+
     pub fn curl(&self, url: &str) -> Output {
         self.run(&["curl", "-sS", "--max-time", "3", url])
     }

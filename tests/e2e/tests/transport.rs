@@ -51,8 +51,9 @@ fn join(l: &Laptop, args: &[&str]) -> std::process::Output {
     out
 }
 
-fn status(l: &Laptop) -> serde_json::Value {
-    serde_json::from_slice(&l.kwg(&["status", "-o", "json"]).stdout).unwrap_or_default()
+/// The ClusterIP of emojivoto's web-app, which its DNS names must resolve to.
+fn web_app_ip(l: &Laptop) -> String {
+    kwg_e2e::cluster_ip(&l.sim, "emojivoto", "web-app").expect("web-app's ClusterIP")
 }
 
 #[test]
@@ -82,11 +83,12 @@ fn join_over_tcp_without_udp_then_back_to_udp_without_a_failed_request() {
         text(&page.stdout),
         text(&page.stderr)
     );
-    assert!(
-        !l.dig("web-app.emojivoto.svc.cluster.local").is_empty(),
+    assert_eq!(
+        l.dig("web-app.emojivoto.svc.cluster.local"),
+        web_app_ip(&l),
         "DNS over TCP"
     );
-    let s = status(&l);
+    let s = l.status_json();
     assert_eq!(s["transport"]["mode"], "auto", "{s}");
     assert_eq!(s["transport"]["path"], "tcp", "{s}");
     assert_eq!(s["transport"]["failed"][0]["path"], "udp", "{s}");
@@ -103,26 +105,36 @@ fn join_over_tcp_without_udp_then_back_to_udp_without_a_failed_request() {
 
     // UDP let through while a request loop runs: the next probe moves the tunnel to UDP.
     let requests = RequestLoop::start(&l);
-    std::thread::sleep(Duration::from_secs(1));
+    requests.first_success_after(Instant::now(), Duration::from_secs(5));
     drop(blocked);
     let unblocked = Instant::now();
     kwg_e2e::wait_for("the path back on UDP", Duration::from_secs(60), || {
-        Ok((status(&l)["transport"]["path"] == "udp").then_some(()))
+        Ok((l.status_json()["transport"]["path"] == "udp").then_some(()))
     })
-    .unwrap_or_else(|e| panic!("{e}: {}", status(&l)));
+    .unwrap_or_else(|e| panic!("{e}: {}", l.status_json()));
     let moved = unblocked.elapsed();
     // Past the stream's closing (5 s after the move) with traffic still flowing.
     std::thread::sleep(Duration::from_secs(7));
     let (gap, failed) = requests.longest_gap(unblocked);
-    let total = requests.results.lock().unwrap().len();
+    let (over_tcp, over_udp) = (
+        requests.successes_between(unblocked, unblocked + moved),
+        requests.successes_between(unblocked + moved, Instant::now()),
+    );
     drop(requests);
     eprintln!(
-        "back on UDP {:.2} s after unblocking; {total} requests, {failed} failed, longest gap {:.2} s",
+        "back on UDP {:.2} s after unblocking; {over_tcp} requests succeeded before the move, {over_udp} after, {failed} failed, longest gap {:.2} s",
         moved.as_secs_f64(),
         gap.as_secs_f64()
     );
     assert_eq!(failed, 0, "no failed request across the move");
-    let s = status(&l);
+    // Requests ran all along: over the 7 s on UDP (one every 100 ms plus curl's time), and
+    // no pause long enough to hide a stalled tunnel.
+    assert!(
+        over_udp >= 10,
+        "{over_udp} requests succeeded after the move"
+    );
+    assert!(gap < Duration::from_secs(2), "requests paused {gap:?}");
+    let s = l.status_json();
     assert_eq!(s["transport"]["failed"], serde_json::json!([]), "{s}");
     assert!(l.curl("web-app:80").status.success());
     let left = l.kwg(&["leave"]);
@@ -151,8 +163,8 @@ fn without_udp_and_tcp_the_join_goes_over_the_api_server() {
         "curl web-app:80 over the API server: {}",
         text(&page.stderr)
     );
-    assert!(!l.dig("web-app").is_empty(), "DNS over the API server");
-    let s = status(&l);
+    assert_eq!(l.dig("web-app"), web_app_ip(&l), "DNS over the API server");
+    let s = l.status_json();
     assert_eq!(s["transport"]["path"], "api-server", "{s}");
     let failed: Vec<&str> = s["transport"]["failed"]
         .as_array()
@@ -161,12 +173,12 @@ fn without_udp_and_tcp_the_join_goes_over_the_api_server() {
         .filter_map(|f| f["path"].as_str())
         .collect();
     assert_eq!(failed, ["udp", "tcp"], "{s}");
+    // The path line names why TCP failed (its age varies: "tcp failed Ns ago: ...").
     let line = text(&l.kwg(&["status"]).stdout);
+    let reason = format!(" ago: TCP connect to {ip}:{} timed out", ep.port);
     assert!(
-        line.contains(&format!(
-            "tcp failed 0s ago: TCP connect to {ip}:{} timed out",
-            ep.port
-        )) || line.contains("tcp failed"),
+        line.lines()
+            .any(|p| p.starts_with("Path") && p.contains("; tcp failed ") && p.contains(&reason)),
         "{line}"
     );
     let left = l.kwg(&["leave"]);
@@ -217,8 +229,16 @@ fn without_udp_tcp_and_port_forward_permission_the_error_names_each() {
             && err.contains("kwg-gateway"),
         "{err}"
     );
-    let s = text(&l.run_as("nobody", &["kwg", "status"]).stdout);
-    assert!(!s.contains("Connected"), "nothing stays joined: {s}");
+    let s = l.run_as("nobody", &["kwg", "status"]);
+    assert_eq!(
+        (s.status.code(), text(&s.stdout).trim()),
+        (
+            Some(1),
+            "kwg is not joined to a cluster: run `kwg join --namespace <ns>`."
+        ),
+        "nothing stays joined: {}",
+        text(&s.stderr)
+    );
 }
 
 #[test]
@@ -239,7 +259,7 @@ fn userspace_mode_falls_back_to_tcp_too() {
             "127.0.0.1:1081",
         ],
     );
-    assert_eq!(status(&l)["transport"]["path"], "tcp");
+    assert_eq!(l.status_json()["transport"]["path"], "tcp");
     let page = l.run(&[
         "curl",
         "-sS",

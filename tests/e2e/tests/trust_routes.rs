@@ -85,10 +85,6 @@ fn route_get(l: &Laptop, ip: &str) -> String {
     format!("{}{}", text(&out.stdout), text(&out.stderr))
 }
 
-fn status_json(l: &Laptop) -> serde_json::Value {
-    serde_json::from_slice(&l.kwg(&["status", "-o", "json"]).stdout).unwrap_or_default()
-}
-
 /// `python3 -m http.server` on `ip`:8000 in `netns`; killed on drop.
 struct HttpServer(std::process::Child);
 
@@ -229,7 +225,7 @@ fn a_hostile_cluster_cannot_route_resolve_or_forward_through_the_laptop() {
         "kwg status to name the refusal",
         Duration::from_secs(10),
         || {
-            Ok(status_json(&l)["refusedInfo"]["reason"]
+            Ok(l.status_json()["refusedInfo"]["reason"]
                 .as_str()
                 .map(str::to_owned))
         },
@@ -256,7 +252,7 @@ fn a_hostile_cluster_cannot_route_resolve_or_forward_through_the_laptop() {
     // The real info again: accepted, the refusal is gone.
     put_info(&sim, "kwg-system", &real);
     wait_for("the refusal to clear", Duration::from_secs(10), || {
-        Ok(status_json(&l)["refusedInfo"].is_null().then_some(()))
+        Ok(l.status_json()["refusedInfo"].is_null().then_some(()))
     })
     .unwrap();
 
