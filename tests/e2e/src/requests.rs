@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 
 use crate::laptop::Laptop;
 
+/// The healing target (README): traffic again within 3 s of the broken side being back.
+/// The healing tests use the target itself as their bound: they measure 0.1-0.8 s, so a
+/// loaded machine has several times that, while a tunnel left to WireGuard's own timers
+/// (5 s rekey, ~15 s to a new handshake) fails it.
+pub const HEAL_TARGET: Duration = Duration::from_secs(3);
+
 /// One HTTP request through the tunnel every 100 ms, each result with its time.
 pub struct RequestLoop {
     /// Every request's end and whether it succeeded.
@@ -45,6 +51,36 @@ impl RequestLoop {
         }
     }
 
+    /// Waits until a request has gone through (panics after 10 s): call it before the fault,
+    /// so a test measuring how traffic comes back knows it flowed in the first place.
+    pub fn wait_working(&self) -> Instant {
+        let start = Instant::now();
+        crate::wait_for(
+            "a request through the tunnel",
+            Duration::from_secs(10),
+            || {
+                let r = self.results.lock().unwrap();
+                Ok(r.iter().find(|(_, ok)| *ok).map(|(t, _)| *t))
+            },
+        )
+        .unwrap_or_else(|e| {
+            let r = self.results.lock().unwrap();
+            panic!(
+                "traffic did not flow before the fault ({} requests failed in {:?}): {e}",
+                r.len(),
+                start.elapsed()
+            )
+        })
+    }
+
+    /// How many requests that ended in `from..to` succeeded.
+    pub fn successes_between(&self, from: Instant, to: Instant) -> usize {
+        let r = self.results.lock().unwrap();
+        r.iter()
+            .filter(|(t, ok)| *ok && *t >= from && *t < to)
+            .count()
+    }
+
     /// When the first request that succeeded after `since` ended; panics after `within`.
     pub fn first_success_after(&self, since: Instant, within: Duration) -> Instant {
         crate::wait_for("a successful request", within, || {
@@ -80,11 +116,20 @@ impl RequestLoop {
     }
 
     /// The longest time between two successful requests around `since` (from the last
-    /// success before it on).
+    /// success before it on), and how many failed after it. Panics unless a request succeeded
+    /// before `since` and another after it: a gap needs traffic on both sides.
     pub fn longest_gap(&self, since: Instant) -> (Duration, usize) {
         let r = self.results.lock().unwrap();
         let ok: Vec<Instant> = r.iter().filter(|(_, ok)| *ok).map(|(t, _)| *t).collect();
-        let from = ok.iter().rposition(|t| *t <= since).unwrap_or(0);
+        let from = ok
+            .iter()
+            .rposition(|t| *t <= since)
+            .unwrap_or_else(|| panic!("no request succeeded before the fault ({} ran)", r.len()));
+        assert!(
+            ok.last().is_some_and(|t| *t > since),
+            "no request succeeded after the fault ({} ran)",
+            r.len()
+        );
         let gap = ok[from..]
             .windows(2)
             .map(|w| w[1] - w[0])
