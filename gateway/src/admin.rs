@@ -155,25 +155,28 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-/// Binds the address and serves until `shutdown` completes.
-pub async fn serve(
-    addr: SocketAddr,
-    state: Arc<AdminState>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<tokio::task::JoinHandle<()>, GatewayError> {
+/// Binds the admin address (before anything serves: a taken port fails the start).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| GatewayError::Admin { addr, source })?;
     tracing::info!(%addr, "admin HTTP server listening");
+    Ok(listener)
+}
+
+/// Serves on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let app = router(state).into_make_service_with_connect_info::<Conn>();
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "admin HTTP server failed");
-        }
-    }))
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "admin HTTP server failed");
+    }
 }
 
 /// The refusal a caller outside the tunnel and the pod gets.

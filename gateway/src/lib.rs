@@ -33,4 +33,4 @@ pub mod udp_watch;
 
 pub use config::Config;
 pub use error::GatewayError;
-pub use run::run;
+pub use run::{Gateway, build};
