@@ -23,3 +23,5 @@ pub mod registry;
 pub mod rules;
 pub mod server;
 pub mod system;
+#[doc(hidden)]
+pub mod testing;

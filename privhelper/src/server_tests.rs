@@ -116,22 +116,7 @@ impl Rig {
     /// A client connected from a thread running as `uid` (the kernel records the connecting
     /// thread's credentials; the raw syscall changes only that thread's).
     async fn client_as(&self, uid: u32) -> Client {
-        let socket = self.socket.clone();
-        let std = std::thread::spawn(move || {
-            // SAFETY: setresuid on this thread only (raw syscall, not glibc's broadcast).
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_setresuid,
-                    uid as libc::c_long,
-                    uid as libc::c_long,
-                    uid as libc::c_long,
-                )
-            };
-            assert_eq!(r, 0, "setresuid needs root");
-            std::os::unix::net::UnixStream::connect(socket).unwrap()
-        })
-        .join()
-        .unwrap();
+        let std = crate::testing::connect_as(&self.socket, uid);
         std.set_nonblocking(true).unwrap();
         Client::from_stream(UnixStream::from_std(std).unwrap())
     }
