@@ -90,14 +90,7 @@ fn serve(ns: &Ns, dir: &Path) -> Served {
 
 /// A client connected from a thread running as `uid` only.
 async fn client_as(socket: PathBuf, uid: u32) -> Client {
-    let std = std::thread::spawn(move || {
-        let u = uid as libc::c_long;
-        // SAFETY: changes this thread's credentials only (raw syscall).
-        assert_eq!(unsafe { libc::syscall(libc::SYS_setresuid, u, u, u) }, 0);
-        std::os::unix::net::UnixStream::connect(socket).unwrap()
-    })
-    .join()
-    .unwrap();
+    let std = kwg_privhelper::testing::connect_as(&socket, uid);
     std.set_nonblocking(true).unwrap();
     Client::from_stream(tokio::net::UnixStream::from_std(std).unwrap())
 }
@@ -187,7 +180,10 @@ async fn a_users_session_gets_a_working_tun_and_is_reverted_when_the_user_goes()
         (ip.len() >= 20 && ip[0] >> 4 == 4 && ip[16..20] == [10, 96, 0, 1]).then_some(got)
     });
     let _ = Command::new("kill").arg(pinger.id().to_string()).status();
-    assert!(ping.is_some(), "no ping to 10.96.0.1 read from the TUN descriptor");
+    assert!(
+        ping.is_some(),
+        "no ping to 10.96.0.1 read from the TUN descriptor"
+    );
 
     // The user daemon dies: link, routes and table are gone within 1 s.
     drop(c);
