@@ -10,6 +10,9 @@ use kwg_e2e::laptop::{laptop, text};
 use kwg_e2e::requests::RequestLoop;
 use kwg_sim::testing::Cluster;
 
+/// How soon after the old gateway pods are gone traffic must flow on a new stream.
+const STREAM_BOUND: Duration = Duration::from_secs(10);
+
 #[test]
 fn the_api_server_path_follows_a_deleted_gateway_pod() {
     let sim = Arc::new(Cluster::up().expect("kwg-sim up"));
@@ -36,12 +39,11 @@ fn the_api_server_path_follows_a_deleted_gateway_pod() {
         "emojivoto",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let status: serde_json::Value =
-        serde_json::from_slice(&l.kwg(&["status", "-o", "json"]).stdout).unwrap();
+    let status: serde_json::Value = l.status_json();
     assert_eq!(status["transport"]["path"], "api-server", "{status}");
 
     let requests = RequestLoop::start(&l);
-    std::thread::sleep(Duration::from_secs(1));
+    requests.wait_working();
     // Every gateway pod is deleted, so the one carrying the stream goes.
     let old: Vec<String> = kwg_e2e::gateway_pods(&sim)
         .unwrap()
@@ -64,7 +66,7 @@ fn the_api_server_path_follows_a_deleted_gateway_pod() {
     let gone = Instant::now();
     // The stream to the deleted pod breaks; a new one goes to a ready pod.
     let back = kwg_e2e::wait_for("traffic on a new stream", Duration::from_secs(30), || {
-        let log = std::fs::read_to_string(l.state.join("daemon.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(l.state.join("daemon.log"))?;
         let reopened = log.matches("port-forward to the gateway pod open").count() >= 2;
         let r = requests.results.lock().unwrap();
         let last = r
@@ -82,9 +84,15 @@ fn the_api_server_path_follows_a_deleted_gateway_pod() {
         (back - gone).as_secs_f64(),
         gap.as_secs_f64()
     );
+    // No target of its own (issue 13: "works again without user action"); the bound catches
+    // a stream that is not reopened at once, while the new pod's start is not counted.
+    assert!(
+        back - gone < STREAM_BOUND,
+        "traffic on a new stream {:?} after the old pods were gone (bound {STREAM_BOUND:?})",
+        back - gone
+    );
     drop(requests);
-    let status: serde_json::Value =
-        serde_json::from_slice(&l.kwg(&["status", "-o", "json"]).stdout).unwrap();
+    let status: serde_json::Value = l.status_json();
     assert_eq!(status["transport"]["path"], "api-server", "{status}");
     assert!(l.curl("web-app:80").status.success());
     let left = l.kwg(&["leave"]);
