@@ -112,7 +112,7 @@ impl Health {
         let stalled =
             self.unanswered_reads >= 2 && self.unanswered_since.is_some_and(|t| now - t >= STALL);
         if !stalled {
-            return Verdict::Fine;
+            return self.unanswered_try(now);
         }
         let since_try = self.last_try.map(|t| now - t);
         let verdict = match since_try {
@@ -137,6 +137,32 @@ impl Health {
         self.unanswered_since = None;
         self.unanswered_reads = 0;
         verdict
+    }
+
+    /// A new handshake (or port) that nothing answered, with no new stall to show it: packets
+    /// for a gateway peer without a session (a new key) wait inside boringtun for the
+    /// handshake, so the counters move only with its initiations, seconds apart. A new port
+    /// after [`ESCALATE`] unanswered (after a new port, [`RETRY`]); the transport then falls
+    /// back to a stream when UDP stays silent.
+    fn unanswered_try(&mut self, now: Instant) -> Verdict {
+        let Some(t) = self.last_try.filter(|_| !self.answered_since_try) else {
+            return Verdict::Fine;
+        };
+        let wait = if self.last_rebind == Some(t) {
+            RETRY
+        } else {
+            ESCALATE
+        };
+        if now - t < wait || self.last_rebind.is_some_and(|r| now - r < RETRY) {
+            return Verdict::Fine;
+        }
+        self.last_try = Some(now);
+        self.last_rebind = Some(now);
+        self.restarts += 1;
+        // Its own initiation starts a new streak.
+        self.unanswered_since = None;
+        self.unanswered_reads = 0;
+        Verdict::Rebind
     }
 }
 

@@ -128,3 +128,38 @@ fn a_replaced_gateway_peer_counting_from_zero_is_watched_too() {
     );
     assert!(verdicts[0].0 <= 26, "noticed at read {}", verdicts[0].0);
 }
+
+#[test]
+fn an_unanswered_handshake_to_a_replaced_peer_moves_to_a_new_port() {
+    // The gateway's new key: a peer without a session. Its first initiation and the new
+    // handshake go unanswered; later packets wait inside boringtun, so the counters stay.
+    let start = Instant::now();
+    let mut h = Health::new(start);
+    let at = |i: u32| start + CHECK_EVERY * i;
+    assert_eq!(h.observe(1000, 1000, at(1)), Verdict::Fine);
+    h.peer_replaced(at(2));
+    let mut verdicts = Vec::new();
+    let mut tx = 148;
+    for i in 3..=100u32 {
+        let v = h.observe(tx, 0, at(i));
+        if v != Verdict::Fine {
+            verdicts.push((i, v));
+            tx += 148; // its initiation
+        }
+    }
+    // Noticed half a second after the replacement; unanswered for ESCALATE: a new port; then
+    // one every RETRY while nothing answers, and nothing in between.
+    assert_eq!(
+        verdicts,
+        [
+            (7, Verdict::Handshake),
+            (27, Verdict::Rebind),
+            (57, Verdict::Rebind),
+            (87, Verdict::Rebind)
+        ]
+    );
+    // An answer ends it.
+    let mut h2 = h.clone();
+    assert_eq!(h2.observe(tx, 92, at(101)), Verdict::Fine);
+    assert!((102..200).all(|i| h2.observe(tx, 92, at(i)) == Verdict::Fine));
+}
