@@ -84,9 +84,16 @@ pub fn check_route(
     Ok(())
 }
 
-/// The tunnel address: a host address in the policy's space that the machine does not have.
+/// The tunnel address: a host address (/32 or /128: a shorter prefix would be a route too) in
+/// the policy's space that the machine does not have.
 pub fn check_address(addr: &IpNet, facts: &Facts, policy: &dyn Policy) -> Result<(), String> {
     let host = IpNet::from(addr.addr());
+    if addr.prefix_len() != host.prefix_len() {
+        return Err(format!(
+            "refused address {addr}: the tunnel address is one host ({host}); a shorter prefix would route {} through the tunnel",
+            addr.trunc()
+        ));
+    }
     policy
         .address_space(&host)
         .map_err(|why| format!("refused address {addr}: {why}"))?;
@@ -244,5 +251,10 @@ pub(crate) mod tests {
         assert_eq!(check_address(&n("10.77.0.2/32"), &f, &TenOnly), Ok(()));
         assert!(check_address(&n("10.53.0.53/32"), &f, &TenOnly).is_err());
         assert!(check_address(&n("8.8.8.8/32"), &f, &TenOnly).is_err());
+        let e = check_address(&n("10.77.0.2/8"), &f, &TenOnly).unwrap_err();
+        assert!(
+            e.contains("would route 10.0.0.0/8 through the tunnel"),
+            "{e}"
+        );
     }
 }

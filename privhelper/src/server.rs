@@ -31,8 +31,12 @@ pub struct Config {
     pub limits: Limits,
 }
 
+/// Connections served at once (each a session or a `list`/`end`); more are refused.
+const MAX_CONNECTIONS: usize = 128;
+
 struct Inner {
     reg: Mutex<Registry>,
+    connections: std::sync::atomic::AtomicUsize,
     journal: Journal,
     net: Box<dyn Net>,
     policy: Box<dyn Policy>,
@@ -67,6 +71,7 @@ impl Helper {
         Ok(Helper {
             inner: Arc::new(Inner {
                 reg: Mutex::new(Registry::new(cfg.limits, cfg.allow_routes)),
+                connections: Default::default(),
                 journal,
                 net,
                 policy,
@@ -80,8 +85,22 @@ impl Helper {
     pub async fn serve(&self, listener: UnixListener) -> io::Result<()> {
         loop {
             let (stream, _) = listener.accept().await?;
+            use std::sync::atomic::Ordering::SeqCst;
             let me = self.clone();
-            tokio::spawn(async move { me.connection(stream).await });
+            if me.inner.connections.fetch_add(1, SeqCst) >= MAX_CONNECTIONS {
+                me.inner.connections.fetch_sub(1, SeqCst);
+                tokio::spawn(async move {
+                    let full = format!(
+                        "kwg-helper serves {MAX_CONNECTIONS} connections at once; try again"
+                    );
+                    let _ = send(&stream, &error_reply(ErrorKind::Limit, full), None).await;
+                });
+                continue;
+            }
+            tokio::spawn(async move {
+                me.connection(stream).await;
+                me.inner.connections.fetch_sub(1, SeqCst);
+            });
         }
     }
 

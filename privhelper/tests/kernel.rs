@@ -19,7 +19,10 @@ struct Ns(String);
 impl Ns {
     fn new() -> Ns {
         let name = format!("kwgph{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         run("ip", &["netns", "add", &name]);
         run("ip", &["-n", &name, "link", "set", "lo", "up"]);
         Ns(name)
