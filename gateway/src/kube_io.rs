@@ -3,13 +3,22 @@
 
 use crate::GatewayError;
 use crate::core::Problem;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
+use kube::Resource;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
 use kwg_contract::GatewayInfo;
 use kwg_contract::keys::PrivateKey;
+use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::hash::Hash;
 
 /// The component name in Events and field managers.
 pub const COMPONENT: &str = "kwg-gateway";
@@ -232,4 +241,49 @@ pub async fn problem_event(
         .map_err(GatewayError::kube(format!(
             "create an Event for Secret {secret}"
         )))
+}
+
+/// Whether a cache holds a first full list.
+pub fn listed<K: Resource + Clone>(store: &Store<K>) -> bool
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
+}
+
+/// A watcher on `api` (only object `name` if given) filling a cache; the stream yields `()`
+/// whenever the cache changed.
+pub fn watch<K>(
+    api: Api<K>,
+    name: Option<&str>,
+    what: &'static str,
+    trim: fn(&mut K),
+) -> (Store<K>, BoxStream<'static, ()>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let mut wc = watcher::Config::default();
+    if let Some(name) = name {
+        wc = wc.fields(&format!("metadata.name={name}"));
+    }
+    let (store, writer) = reflector::store();
+    let stream = watcher::watcher(api, wc)
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer)
+        .filter_map(move |ev| async move {
+            match ev {
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
+                Ok(
+                    watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_),
+                ) => Some(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching {what} failed; retrying");
+                    None
+                }
+            }
+        })
+        .boxed();
+    (store, stream)
 }

@@ -5,7 +5,7 @@
 //! says, element by element.
 
 use crate::core::ActivePeer;
-use crate::discovery_watch::{listed, watch};
+use crate::kube_io::{listed, watch};
 use crate::policy::reviews::{RETRY, Reviews};
 use crate::policy::view::ReachView;
 use crate::policy::{grants, inventory, rbac, sets};
