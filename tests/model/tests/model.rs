@@ -588,3 +588,85 @@ fn one_laptop_joins_pings_and_leaves() {
     assert!(w.gateway.peer_ip(&key.public_key()).is_none());
     assert!(!w.key_reaches_pod(&key, ip));
 }
+
+/// A joined laptop, its tunnel address, and the count of pings answered so far.
+fn joined(names: &[&str]) -> World {
+    let mut w = World::new(names, 11);
+    for i in 0..names.len() {
+        let now = w.now;
+        w.laptops[i].join(now);
+    }
+    w.run_for(JOIN_TIME, &[]);
+    assert!(w.laptops.iter().all(|l| l.serving()), "joined");
+    w
+}
+
+/// Pings from laptop `i` for `d`; how many were answered.
+fn pings_answered(w: &mut World, i: usize, d: Duration) -> u64 {
+    let before = w.laptops[i].answers;
+    w.run_for(d, &[i]);
+    w.laptops[i].answers - before
+}
+
+#[test]
+fn udp_blocked_while_serving_moves_the_tunnel_to_tcp() {
+    let mut w = joined(&["alpha"]);
+    assert_eq!(w.laptops[0].path(), Some(kwg_model::sut::Rung::Udp));
+    w.net.udp_blocked = true;
+    // The stall is noticed, UDP gets 5 s to answer again, then TCP carries the pings.
+    assert!(pings_answered(&mut w, 0, Duration::from_secs(10)) > 0);
+    assert_eq!(w.laptops[0].path(), Some(kwg_model::sut::Rung::Tcp));
+    w.net.tcp_blocked = true;
+    assert!(pings_answered(&mut w, 0, Duration::from_secs(10)) > 0);
+    assert_eq!(w.laptops[0].path(), Some(kwg_model::sut::Rung::ApiServer));
+}
+
+#[test]
+fn a_gateway_key_rotation_while_udp_is_blocked_still_reaches_the_pod() {
+    let mut w = joined(&["alpha"]);
+    w.net.udp_blocked = true;
+    w.rotate_gateway_key();
+    assert!(
+        pings_answered(&mut w, 0, PING_TIME) > 0,
+        "path {:?}",
+        w.laptops[0].path()
+    );
+}
+
+#[test]
+fn a_lease_that_ends_while_the_api_server_is_blocked_cuts_the_laptop_off_until_it_registers_again()
+{
+    let mut w = joined(&["alpha", "beta"]);
+    let ip = w.laptops[0].address.expect("an address");
+    w.api.blocked = true;
+    // Renewals fail; the lease (90 s) ends and the gateway collects the Secret and the peer.
+    w.run_for(Duration::from_secs(100), &[]);
+    assert!(w.api.secrets.is_empty(), "{:?}", w.api.secrets.keys());
+    assert_eq!(w.gateway.wg.peer_count(), 0);
+    assert_eq!(pings_answered(&mut w, 0, Duration::from_secs(3)), 0);
+    // The API server is back: the next renewal finds no Secret and registers again.
+    w.api.blocked = false;
+    assert!(pings_answered(&mut w, 0, PING_TIME) > 0);
+    let again = w.laptops[0].address.expect("an address");
+    let annotated = w.api.secrets[&w.laptops[0].secret_name()].tunnel_ip();
+    assert_eq!(
+        annotated,
+        Some(again),
+        "the laptop follows its new address (was {ip})"
+    );
+}
+
+#[test]
+fn a_gateway_restart_keeps_every_tunnel_address() {
+    let mut w = joined(&["alpha", "beta"]);
+    let before: Vec<_> = w.laptops.iter().map(|l| l.address).collect();
+    w.restart_gateway();
+    assert!(pings_answered(&mut w, 0, Duration::from_secs(3)) > 0);
+    assert!(pings_answered(&mut w, 1, Duration::from_secs(3)) > 0);
+    let after: Vec<_> = w.laptops.iter().map(|l| l.address).collect();
+    assert_eq!(before, after);
+    for l in &w.laptops {
+        let ip = l.address.expect("an address");
+        assert_eq!(w.gateway.peer_ip(&l.public_key()), Some(ip.into()));
+    }
+}
