@@ -1,11 +1,22 @@
 //! kwg gateway: the in-cluster end of every kwg tunnel.
 //!
-//! Pure parts: [`alloc`] (tunnel IPs), [`core`] (reconcile Secrets against the device), [`peers::writes`] (which writes the leader sends),
-//! [`nft`] (the firewall ruleset), [`reach`] (who reaches what), [`discovery`]'s parsers, [`metrics`] rendering,
-//! [`peer_object`] (Secrets as the reflector store keeps them), [`election`] (leader election).
-//! I/O edges: [`kube_io`] (watcher, patches, Events, key, info), [`discovery_watch`] (watchers
-//! keeping discovery current), [`reach_watch`] (reach by RBAC: reviews, nftables elements), [`leader`] (the Lease), [`net`] (device, interface, nftables), [`tcp`] (WireGuard over TCP), [`admin`] (HTTP), tied
-//! together by [`run`].
+//! `Config` → [`build`] → [`Gateway::run`] (`run.rs`): one drain signal, each long-running task
+//! in a span of its own. The rooms:
+//! - the peer loop, [`peers`] (Secrets → device, the leader's writes), on the pure [`core`]
+//!   (reconcile Secrets against the device), [`alloc`] (tunnel IPs) and [`peers::writes`]
+//!   (which writes go, when a failed one goes again); [`peer_object`] (Secrets as the
+//!   reflector store keeps them);
+//! - reach by RBAC: [`policy`], its pure decisions (who may reach which namespace, which
+//!   reviews go when, the nftables sets), and [`reach_watch`], its I/O (watches, reviews,
+//!   `nft`);
+//! - discovery: [`discovery`] (pure parsers) and [`discovery_watch`] (watches, firewall, the
+//!   gateway info); [`nft`] renders the firewall;
+//! - the Lease: [`election`] (pure) and [`leader`] (I/O);
+//! - serving: [`tcp`] (WireGuard over TCP), [`udp_watch`] (the node's UDP receive), [`admin`]
+//!   (HTTP, only reading [`shared`]: one `watch` per piece of state, written by its owner),
+//!   [`siblings`] (the other replicas' statistics), [`metrics`], [`cache`];
+//! - the edges: [`kube_io`] (watches, patches, Events, key, info), [`net`] (device,
+//!   forwarding, nftables).
 
 pub mod admin;
 pub mod alloc;
