@@ -144,6 +144,16 @@ impl Laptop {
         lines.join("\n")
     }
 
+    /// The answer's status (`NOERROR`, `NXDOMAIN`, `REFUSED`...) `dig` prints for `name`; no
+    /// answer at all panics (a timeout is no "no such name").
+    pub fn dig_status(&self, name: &str) -> String {
+        let out = text(&self.run(&["dig", "+time=3", "+tries=3", name]).stdout);
+        out.split_once("status: ")
+            .and_then(|(_, rest)| rest.split(',').next())
+            .unwrap_or_else(|| panic!("dig {name} got no answer:\n{out}"))
+            .to_string()
+    }
+
     /// The first IPv4 address glibc resolves for `name` (what applications see).
     pub fn getent(&self, name: &str) -> String {
         let out = text(&self.run(&["getent", "ahostsv4", name]).stdout);
@@ -157,8 +167,11 @@ impl Laptop {
         std::fs::read(format!("/etc/netns/{}/resolv.conf", self.netns)).unwrap()
     }
 
+    /// `ip route show` (a failure panics: "no kwg0 route" must not pass on empty output).
     pub fn routes(&self) -> String {
-        text(&self.run(&["ip", "route", "show"]).stdout)
+        let out = self.run(&["ip", "route", "show"]);
+        assert!(out.status.success(), "ip route: {}", text(&out.stderr));
+        text(&out.stdout)
     }
 
     pub fn daemon_pid(&self) -> i32 {

@@ -317,8 +317,7 @@ fn ci_credentials_print_a_kubeconfig_that_joins() {
     assert!(join.status.success(), "{}", text(&join.stderr));
     assert!(text(&l.curl("web-app:80").stdout).contains("Emoji Vote"));
     // ... and nothing else: the gateway forwards it to emojivoto only, `default` is refused.
-    let status = l.run(&["kwg", "status", "-o", "json"]);
-    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    let json = l.status_json();
     assert_eq!(
         json["reach"]["namespaces"],
         serde_json::json!(["emojivoto"]),

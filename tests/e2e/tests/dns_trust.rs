@@ -79,7 +79,7 @@ fn a_namespace_named_like_the_lan_domain_does_not_capture_lan_names() {
     assert!(corp.starts_with("10.96."), "corp.example.svc: {corp:?}");
     // A name the cluster does not know in an existing namespace falls back to the LAN's
     // answer (here the LAN refuses it: no cluster answer either).
-    assert_eq!(l.dig("nosuch.example"), "");
+    assert_eq!(l.dig_status("nosuch.example"), "REFUSED");
 
     // Cluster text with terminal escapes, as an admin (the admission policy exempts
     // admins): a peer Secret whose hostname clears the screen and retitles the terminal.

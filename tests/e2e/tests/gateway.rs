@@ -69,7 +69,10 @@ fn install_publishes_info_keeps_key_and_protects_it() -> Result<()> {
         &["-n", ns, "get", "secret", kwg_contract::GATEWAY_KEY_SECRET],
     )?;
     assert!(
-        get.contains("Forbidden") || get.contains("forbidden"),
+        get.contains(&format!(
+            "Error from server (Forbidden): secrets \"{}\" is forbidden: User \"developer\" cannot get resource \"secrets\"",
+            kwg_contract::GATEWAY_KEY_SECRET
+        )),
         "{get}"
     );
     let list = kubectl_says(&c, &c.developer_kubeconfig(), &["-n", ns, "get", "secrets"])?;
@@ -353,7 +356,7 @@ fn peer_reaches_the_cluster_and_nothing_else() -> Result<()> {
         }))
     })?;
     assert!(
-        err.contains("missing") || err.contains("public key"),
+        err.contains("public key is invalid") && err.contains("wg pubkey"),
         "{err}"
     );
     // The gateway records events.k8s.io/v1 Events. A real API server also lists them as

@@ -121,7 +121,7 @@ fn a_view_only_user_reaches_its_namespace_and_what_a_new_binding_grants() -> Res
         let out = l.run(&["dig", "+time=3", "echo.default.svc.cluster.local"]);
         Ok(text(&out.stdout).contains("status: NXDOMAIN").then_some(()))
     })?;
-    assert_eq!(l.dig("echo.default"), "");
+    assert_eq!(l.dig_status("echo.default"), "NXDOMAIN");
     assert_eq!(l.dig("web-app.emojivoto"), web);
 
     // `default` was asked for but the owner may not get Services there: dropped, counted.
