@@ -10,19 +10,22 @@ use kwg_e2e::laptop::{Laptop, laptop, shared, text};
 use kwg_e2e::wait_for;
 use kwg_sim::testing::Cluster;
 
-/// The Secret's uid, or `None` when it is gone.
+/// The Secret's uid, or `None` when it is gone (the API server's NotFound; any other kubectl
+/// failure panics with its error).
 fn secret_uid(sim: &Cluster, secret: &str) -> Option<String> {
-    sim.kubectl_admin(&[
-        "-n",
-        "kwg-system",
-        "get",
-        "secret",
-        secret,
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ])
-    .ok()
-    .map(|s| s.trim().to_string())
+    let uid = sim
+        .kubectl_admin(&[
+            "-n",
+            "kwg-system",
+            "get",
+            "secret",
+            secret,
+            "--ignore-not-found",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .unwrap_or_else(|e| panic!("cannot read Secret {secret}: {e}"));
+    Some(uid.trim().to_string()).filter(|u| !u.is_empty())
 }
 
 /// `kwg ci-credentials NAME --reach emojivoto --out FILE` as the admin: a ServiceAccount's
