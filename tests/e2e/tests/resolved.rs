@@ -24,12 +24,21 @@ fn run(r: &ResolvedNs, l: &Laptop, argv: &[&str]) -> Output {
 }
 
 /// The first address glibc resolves for `name` (through the stub).
+/// The first address glibc resolves for `name`, or `None` when getent says it has none
+/// (exit 2); any other failure panics.
 fn getent(r: &ResolvedNs, l: &Laptop, name: &str) -> Option<String> {
     let out = run(r, l, &["getent", "ahostsv4", name]);
-    text(&out.stdout)
-        .split_whitespace()
-        .next()
-        .map(str::to_string)
+    match out.status.code() {
+        Some(0) => Some(
+            text(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or_else(|| panic!("getent {name} printed nothing"))
+                .to_string(),
+        ),
+        Some(2) => None,
+        _ => panic!("getent ahostsv4 {name}: {out:?}"),
+    }
 }
 
 /// `<svc>.<ns>` of a namespace other than the joined one resolves through resolved (it routes
