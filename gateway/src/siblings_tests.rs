@@ -65,7 +65,7 @@ fn each_peer_comes_from_the_replica_with_its_latest_handshake() {
 
 #[test]
 fn a_peers_drops_are_summed_over_the_replicas() {
-    use crate::admin::tests::peer;
+    use crate::admin::peers::tests::peer;
     let (a, sa) = peer("a", "100.77.0.2");
     let (b, sb) = peer("b", "100.77.0.3");
     let (c, sc) = peer("c", "100.77.0.4");

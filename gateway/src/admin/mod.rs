@@ -11,27 +11,29 @@
 //! public endpoints and hostnames are shown to nobody but their own peer.
 //! With several replicas, statistics come from the replica holding each session (see
 //! [`crate::siblings`]; `/replica/stats` answers only a caller holding the gateway's key).
+//! Who is asking and what each caller sees is [`peers`] (pure).
+
+pub mod peers;
 
 use crate::GatewayError;
 use crate::cache::Cached;
 use crate::core::ActivePeer;
 use crate::metrics::{self, Metrics};
-use crate::policy::view::{Counted, ReachView};
+use crate::policy::view::Counted;
 use crate::shared::Views;
 use crate::siblings::{self, ReplicaStat, Siblings};
 use axum::Router;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::IncomingStream;
 use ipnet::Ipv4Net;
 use kwg_contract::GatewayPeer;
 use kwg_wg::device::{DeviceHandle, PeerStats};
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+pub use peers::{Caller, Conn, gateway_peers, own_peers};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio::net::TcpListener;
@@ -87,52 +89,6 @@ impl AdminState {
                 (local, sibs.await)
             }
             None => (local, Vec::new()),
-        }
-    }
-}
-
-/// Both ends of an admin connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Conn {
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-}
-
-impl Connected<IncomingStream<'_, TcpListener>> for Conn {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Conn {
-        let remote = *stream.remote_addr();
-        Conn {
-            local: stream.io().local_addr().unwrap_or(remote),
-            remote,
-        }
-    }
-}
-
-/// Who is asking, by the connection's addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Caller {
-    /// From loopback: a process in the gateway's pod or a kwg user's port-forward.
-    Local,
-    /// Through the tunnel, from this peer address.
-    Peer(Ipv4Addr),
-    /// Anyone else (pods, nodes, the kubelet).
-    Other,
-}
-
-impl Caller {
-    pub fn of(conn: Conn, tunnel_cidr: Ipv4Net) -> Caller {
-        let (local, remote) = (
-            conn.local.ip().to_canonical(),
-            conn.remote.ip().to_canonical(),
-        );
-        match (local, remote) {
-            (_, r) if r.is_loopback() => Caller::Local,
-            (IpAddr::V4(l), IpAddr::V4(r))
-                if tunnel_cidr.contains(&l) && tunnel_cidr.contains(&r) =>
-            {
-                Caller::Peer(r)
-            }
-            _ => Caller::Other,
         }
     }
 }
@@ -305,21 +261,6 @@ async fn own_peer_handler(
     }
 }
 
-/// The active peers a caller may ask [`OWN_PATH`] about: a peer's own, by its tunnel address
-/// (`None`: not a peer).
-pub fn own_peers(peers: &[ActivePeer], caller: Caller) -> Option<Vec<ActivePeer>> {
-    let Caller::Peer(ip) = caller else {
-        return None;
-    };
-    Some(
-        peers
-            .iter()
-            .filter(|p| p.ip.addr() == ip)
-            .cloned()
-            .collect(),
-    )
-}
-
 impl AdminState {
     /// The `/peers` entries of `peers` as `caller` may see them.
     async fn entries(&self, peers: &[ActivePeer], caller: Caller) -> Vec<GatewayPeer> {
@@ -343,46 +284,3 @@ impl AdminState {
         gateway_peers(peers, &stats, (&s.views.reach(), counted), caller)
     }
 }
-
-/// Joins the active peers with the device's statistics and their reach and drops (the
-/// `/peers` JSON). A peer caller gets other peers without their public endpoint, hostname
-/// and reach.
-pub fn gateway_peers(
-    peers: &[ActivePeer],
-    stats: &[PeerStats],
-    (reach, counted): (&ReachView, Counted<'_>),
-    caller: Caller,
-) -> Vec<GatewayPeer> {
-    let by_key: HashMap<_, _> = stats.iter().map(|s| (s.public_key, s)).collect();
-    peers
-        .iter()
-        .map(|p| {
-            let st = by_key.get(&p.spec.public_key);
-            let full = match caller {
-                Caller::Local => false,
-                Caller::Peer(ip) => ip == p.ip.addr(),
-                Caller::Other => false,
-            };
-            GatewayPeer {
-                name: p.spec.name.clone(),
-                public_key: p.spec.public_key,
-                tunnel_ip: Some(p.ip),
-                owner: p.spec.owner.clone(),
-                hostname: full.then(|| p.spec.hostname.clone()),
-                namespaces: p.spec.namespaces.clone(),
-                lease_expires: p.spec.lease_expires,
-                endpoint: st.and_then(|s| s.endpoint).filter(|_| full),
-                last_handshake: st.and_then(|s| s.last_handshake).map(Into::into),
-                rx_bytes: st.map_or(0, |s| s.rx_bytes),
-                tx_bytes: st.map_or(0, |s| s.tx_bytes),
-                reach: reach
-                    .of(p.ip.addr(), &p.spec.owner, counted)
-                    .filter(|_| full),
-            }
-        })
-        .collect()
-}
-
-#[cfg(test)]
-#[path = "admin_tests.rs"]
-pub(crate) mod tests;

@@ -1,7 +1,8 @@
 use super::*;
 use kwg_contract::PeerSpec;
 use kwg_contract::keys::PrivateKey;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 fn conn(local: &str, remote: &str) -> Conn {
     Conn {
