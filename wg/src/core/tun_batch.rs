@@ -6,10 +6,15 @@
 //! is decrypted at `end - hdr_len`, so that a segment of the same flow has its payload exactly
 //! where it must be appended. The `hdr_len` bytes it overwrites (the super-packet's tail) are
 //! saved first and put back once the new header has been read; a packet that does not
-//! continue the flow is then moved into a buffer of its own (a copy, rare in bulk transfers).
+//! continue the flow is then moved into a buffer of its own (a copy, rare in bulk transfers),
+//! unless it continues the super-packet of its own TCP connection in an earlier buffer: flows
+//! interleave when several peers send at once, and each would otherwise end the others'
+//! super-packets (16 laptops uploading: 6 segments per write instead of 18). That append is a
+//! copy of its payload; packets of one connection never change order.
 
 use super::DATA_OVERHEAD;
 use crate::io::offload::{Flow, MAX_HDR_LEN, MAX_IP_LEN, VnetHdr};
+use std::collections::HashMap;
 
 /// Buffers per TUN write batch (what wireguard-go and tun-rs call the ideal batch size). With
 /// offloads each may grow to a 64 KiB super-packet, so at most 8 MiB, touched only as used.
@@ -27,6 +32,55 @@ pub struct TunBatch {
     /// Coalesce TCP segments (the frames start with a virtio-net header).
     gro: bool,
     pending: Pending,
+    /// The frame of each TCP connection's latest packet in the batch (with `gro`).
+    latest: HashMap<ConnKey, usize>,
+}
+
+/// A TCP connection as its packets name it: IP version, addresses and ports (a direction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ConnKey {
+    v6: bool,
+    addrs: [u8; 32],
+    ports: [u8; 4],
+}
+
+/// The connection of a TCP packet starting with `head`; `None` for anything else.
+fn conn_key(head: &[u8]) -> Option<ConnKey> {
+    const TCP: u8 = 6;
+    let mut addrs = [0; 32];
+    let (v6, t) = match head.first()? >> 4 {
+        4 if head.len() >= 20 && head[9] == TCP => {
+            addrs[..8].copy_from_slice(&head[12..20]);
+            (false, usize::from(head[0] & 15) * 4)
+        }
+        6 if head.len() >= 40 && head[6] == TCP => {
+            addrs.copy_from_slice(&head[8..40]);
+            (true, 40)
+        }
+        _ => return None,
+    };
+    let ports = head.get(t..t + 4)?.try_into().ok()?;
+    Some(ConnKey { v6, addrs, ports })
+}
+
+/// Whether the super-packet of the frame holding connection `key`'s latest packet, among
+/// `frames`, takes the packet of `n` bytes starting with `head` (at least that frame's headers):
+/// then its flow has taken it and the frame's index and headers' length are returned; the
+/// payload, `n` minus those headers, must be appended.
+fn join_latest(
+    latest: &HashMap<ConnKey, usize>,
+    frames: &mut [Frame],
+    off: usize,
+    key: ConnKey,
+    head: &[u8],
+    n: usize,
+) -> Option<(usize, usize)> {
+    let j = *latest.get(&key)?;
+    let f = frames.get_mut(j)?;
+    let flow = f.flow.as_mut()?;
+    let h = flow.hdr_len;
+    flow.append(&mut f.buf[off..off + h], head, n)
+        .then_some((j, h))
 }
 
 /// One write: `buf[..offset]` the virtio-net header's room, `buf[offset..end]` the packet.
@@ -61,6 +115,7 @@ impl TunBatch {
             offset,
             gro: offset == crate::io::offload::VNET_HDR_LEN,
             pending: Pending::None,
+            latest: HashMap::new(),
         }
     }
 
@@ -114,7 +169,19 @@ impl TunBatch {
         let (off, gro) = (self.offset, self.gro);
         match std::mem::replace(&mut self.pending, Pending::None) {
             Pending::None => return,
-            Pending::Fresh => {}
+            Pending::Fresh => {
+                let (done, rest) = self.frames.split_at_mut(self.len);
+                let packet = &rest[0].buf[off..off + n];
+                let joined = conn_key(packet)
+                    .and_then(|key| join_latest(&self.latest, done, off, key, packet, n));
+                if let Some((j, h)) = joined {
+                    let to = &mut done[j];
+                    to.buf[to.end..to.end + n - h].copy_from_slice(&packet[h..]);
+                    to.end += n - h;
+                    self.packets += 1;
+                    return;
+                }
+            }
             Pending::InPlace { at, len: h, saved } => {
                 let last = self.len - 1;
                 let f = &mut self.frames[last];
@@ -129,7 +196,27 @@ impl TunBatch {
                     self.packets += 1;
                     return;
                 }
-                // Another flow, or not a continuation: into a frame of its own.
+                // Another flow: the super-packet of its own connection in an earlier frame
+                // may take it (the last frame is not tried again). Its headers may be longer
+                // than the last frame's: `head` takes up to MAX_HDR_LEN bytes, the rest is
+                // still where it was decrypted.
+                let (before, from) = self.frames.split_at_mut(last);
+                let from = &from[0].buf;
+                let k2 = n.min(MAX_HDR_LEN);
+                head[k..k2].copy_from_slice(&from[at + k..at + k2]);
+                let joined = conn_key(&head[..k2])
+                    .and_then(|key| join_latest(&self.latest, before, off, key, &head[..k2], n));
+                if let Some((j, hj)) = joined {
+                    let to = &mut before[j];
+                    let e = to.end;
+                    to.buf[e..e + k2 - hj].copy_from_slice(&head[hj..k2]);
+                    let e = e + k2 - hj;
+                    to.buf[e..e + n - k2].copy_from_slice(&from[at + k2..at + n]);
+                    to.end = e + n - k2;
+                    self.packets += 1;
+                    return;
+                }
+                // Not a continuation: into a frame of its own.
                 self.fresh();
                 let (done, rest) = self.frames.split_at_mut(self.len);
                 let (from, to) = (&done[last].buf, &mut rest[0].buf);
@@ -142,6 +229,9 @@ impl TunBatch {
         let f = &mut self.frames[self.len];
         f.end = off + n;
         f.flow = gro.then(|| Flow::start(&f.buf[off..off + n])).flatten();
+        if let Some(key) = conn_key(&f.buf[off..off + n]).filter(|_| gro) {
+            self.latest.insert(key, self.len);
+        }
         self.len += 1;
         self.packets += 1;
     }
@@ -201,6 +291,7 @@ impl TunBatch {
         self.restore();
         self.len = 0;
         self.packets = 0;
+        self.latest.clear();
     }
 }
 
