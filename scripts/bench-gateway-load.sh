@@ -9,7 +9,9 @@
 # run), the gateway's CPU seconds per GB carried (user + system time of the kwg-gateway process,
 # from /proc/PID/stat; it also holds the softirq work its thread happens to run, see
 # bench-e2e.sh) and its RSS after the run; then the ratios of one run: CPU per GB of the most
-# laptops over one laptop's (target: at most 1.10) and kwg over wireguard-go. The machine's other
+# laptops over one laptop's (target: at most 1.10) and kwg over wireguard-go. "gw GRO": the
+# frames arriving at the gateway's pod per packet it writes into its TUN (how many TCP
+# segments its GRO coalesced into one; about 1 for traffic that arrives coalesced already). The machine's other
 # load moves the absolute figures: compare the ratios of one run.
 # Needs root. Usage: [LAPTOPS="1 4 16"] [LAN_MODEL=nic|previous] scripts/bench-gateway-load.sh
 # LAPTOPS: the counts measured (the largest is how many laptops are made; at most 41).
@@ -63,12 +65,20 @@ all_reachable() {
   for ((i = 1; i <= MAX; i++)); do reachable "${NS[i]}" "$POD_IP" $((PORT0 + i)); done
 }
 
-declare -A T G R
-# load CLIENT N: laptops 1..N upload at once; stores Gbit/s T, gateway CPU s/GB G and RSS MiB R
-# under "CLIENT N" and prints the row.
+# Packets counted by interface $1 of the gateway's pod ($2: rx or tx).
+GWNS=$(ip netns identify "$GWPID")
+gw_packets() { ip -n "$GWNS" -j -s link show "$1" | jq ".[0].stats64.$2.packets"; }
+# The gateway's TUN (the interface that is not eth0 or lo).
+GWTUN=$(ip -n "$GWNS" -j link show | jq -r '[.[].ifname | select(. != "lo" and . != "eth0")][0]')
+
+declare -A T G R C
+# load CLIENT N: laptops 1..N upload at once; stores Gbit/s T, gateway CPU s/GB G, RSS MiB R
+# and the frames arriving at the gateway's pod per packet it writes into its TUN C (how much
+# its GRO coalesced the flows' segments) under "CLIENT N" and prints the row.
 load() {
-  local client=$1 n=$2 i g0 g1 pids=() bytes failed
+  local client=$1 n=$2 i g0 g1 pids=() bytes failed f0 t0
   rm -f "$BINDIR"/iperf-*.json
+  f0=$(gw_packets eth0 rx) t0=$(gw_packets "$GWTUN" rx)
   g0=$(gateway_cpu)
   for ((i = 1; i <= n; i++)); do
     ip netns exec "${NS[i]}" iperf3 -c "$POD_IP" -p $((PORT0 + i)) -t "$DURATION" -J \
@@ -77,13 +87,14 @@ load() {
   done
   wait "${pids[@]}" || true
   g1=$(gateway_cpu)
+  C[$client $n]=$(ratio "$(($(gw_packets eth0 rx) - f0))" "$(($(gw_packets "$GWTUN" rx) - t0))")
   bytes=$(jq -s '[.[].end.sum_received.bytes // 0] | add' "$BINDIR"/iperf-*.json)
   failed=$(jq -s '[.[] | select(.error)] | length' "$BINDIR"/iperf-*.json)
   ((failed == 0)) || echo "$ME: $failed of $n iperf3 runs failed: $(jq -rs '[.[].error // empty][0]' "$BINDIR"/iperf-*.json)" >&2
   T[$client $n]=$(awk -v b="$bytes" -v d="$DURATION" 'BEGIN { printf "%.2f", b * 8 / 1e9 / d }')
   G[$client $n]=$(awk -v a="$g0" -v b="$g1" -v y="$bytes" 'BEGIN { if (y > 0) printf "%.2f", (b - a) / (y / 1e9); else print "-" }')
   R[$client $n]=$(gateway_rss)
-  printf '%-14s %8s %10s Gbit/s %12s %10s MiB\n' "$client" "$n" "${T[$client $n]}" "${G[$client $n]}" "${R[$client $n]}"
+  printf '%-14s %8s %10s Gbit/s %12s %10s MiB %10s\n' "$client" "$n" "${T[$client $n]}" "${G[$client $n]}" "${R[$client $n]}" "${C[$client $n]}"
 }
 # profile: perf samples of the gateway process during one more run of the most laptops; its
 # top symbols (self time).
@@ -104,7 +115,7 @@ profile() {
 }
 
 echo "iperf3 TCP upload, ${DURATION} s, laptop i -> pod $POD_IP:$((PORT0 + 1))+ through one gateway (cluster $P, LAN model $LAN_MODEL)"
-printf '%-14s %8s %17s %12s %14s\n' client laptops throughput "gw CPU s/GB" "gw RSS"
+printf '%-14s %8s %17s %12s %14s %10s\n' client laptops throughput "gw CPU s/GB" "gw RSS" "gw GRO"
 
 for ((i = 1; i <= MAX; i++)); do
   dev_in "${NS[i]}" "$BINDIR/state-$i" kwg join --name "load$i" --transport udp --dns-mode off \
