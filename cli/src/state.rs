@@ -470,12 +470,29 @@ pub(crate) mod tests {
         std::fs::set_permissions(&real.0, std::fs::Permissions::from_mode(0o770)).unwrap();
         let e = real.check().unwrap_err().to_string();
         assert!(e.contains("mode 0770") && e.contains("remove it"), "{e}");
-        if nix::unistd::geteuid().is_root() {
-            std::fs::set_permissions(&real.0, std::fs::Permissions::from_mode(0o700)).unwrap();
-            std::os::unix::fs::chown(&real.0, Some(65534), None).unwrap();
-            let e = real.check().unwrap_err().to_string();
-            assert!(e.contains("owned by uid 65534"), "{e}");
-        }
+    }
+
+    /// Another user's directory is refused whoever runs the test: as root (CI) one of ours
+    /// is given to nobody (65534); another user finds one root made and others may write,
+    /// `/tmp` (a root-owned directory only root may write is accepted, see `check`).
+    #[test]
+    fn a_state_directory_of_another_user_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (foreign, owner) = if nix::unistd::geteuid().is_root() {
+            let d = StateDir(dir.path().join("nobodys"));
+            d.create().unwrap();
+            std::fs::set_permissions(&d.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(&d.0, Some(65534), None).unwrap();
+            (d, 65534)
+        } else {
+            (StateDir(PathBuf::from("/tmp")), 0)
+        };
+        let e = foreign.check().unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("it is owned by uid {owner}")) && e.contains("remove it"),
+            "{e}"
+        );
     }
 
     #[test]
