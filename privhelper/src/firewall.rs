@@ -4,6 +4,15 @@
 
 use tokio::io::AsyncWriteExt;
 
+/// The table for interface `ifname` (one per interface, so two joins never share one).
+pub fn table_name(ifname: &str) -> String {
+    let safe: String = ifname
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("kwg_{safe}")
+}
+
 /// The ruleset creating `table` for interface `ifname`.
 pub fn render(table: &str, ifname: &str) -> String {
     format!(

@@ -125,12 +125,6 @@ impl Change {
     }
 }
 
-/// The nftables table of interface `name` (one per interface; the same name the one-process
-/// join uses, so both refuse to share an interface).
-pub fn firewall_table(name: &str) -> String {
-    format!("kwg_{}", name.replace(['-', '.'], "_"))
-}
-
 /// One session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -440,7 +434,7 @@ impl Registry {
                     return Ok(Vec::new());
                 }
                 Ok(vec![Change::InstallFirewall {
-                    table: firewall_table(&name),
+                    table: crate::firewall::table_name(&name),
                     name,
                 }])
             }
