@@ -270,6 +270,50 @@ pub struct DaemonArgs {
     pub spec: String,
 }
 
+impl From<DnsMode> for kwg_session::DnsMode {
+    fn from(m: DnsMode) -> Self {
+        match m {
+            DnsMode::Auto => Self::Auto,
+            DnsMode::Resolved => Self::Resolved,
+            DnsMode::ResolvConf => Self::ResolvConf,
+            DnsMode::Off => Self::Off,
+        }
+    }
+}
+
+/// The session core's view of `kwg join`'s flags.
+impl From<&JoinArgs> for kwg_session::SessionConfig {
+    fn from(a: &JoinArgs) -> Self {
+        kwg_session::SessionConfig {
+            name: a.name.clone(),
+            namespace: a.namespace.clone(),
+            mapped_namespaces: a.mapped_namespaces.clone(),
+            kwg_namespace: a.kube.kwg_namespace.clone(),
+            interface: a.interface.clone(),
+            userspace: a.userspace,
+            proxy_listen: a.proxy_listen,
+            timeout: a.timeout,
+            ttl: a.ttl,
+            also_proxy: a.also_proxy.clone(),
+            never_proxy: a.never_proxy.clone(),
+            allow_conflicting_subnets: a.allow_conflicting_subnets.clone(),
+            cluster_domain: a.cluster_domain.clone(),
+            exclude_suffixes: a.exclude_suffixes.clone(),
+            include_suffixes: a.include_suffixes.clone(),
+            dns_mode: a.dns_mode.into(),
+            dns_listen: a.dns_listen,
+            dns_timeout: a.dns_timeout,
+            resolv_conf: a.resolv_conf.clone(),
+        }
+    }
+}
+
+impl From<JoinArgs> for kwg_session::SessionConfig {
+    fn from(a: JoinArgs) -> Self {
+        (&a).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::lock::{DaemonLock, Holder};
 use crate::output::{self, PeerRow};
 use crate::progress::Reporter;
-use crate::state::{State, StateDir};
+use crate::state::{State, StateDir, StateFile};
 
 mod join;
 pub use join::{daemon, join};

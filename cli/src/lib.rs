@@ -13,6 +13,7 @@ pub mod exit;
 pub mod health;
 pub mod lock;
 pub mod output;
+pub mod peer;
 pub mod portforward;
 pub mod privileged;
 pub mod progress;

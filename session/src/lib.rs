@@ -4,11 +4,16 @@
 //! (`transport`). Time is passed in; the CLI's driver (`kwg`) does the I/O. No tokio, kube,
 //! clap, zbus, netlink, tun or hickory: the compiler keeps the decisions below the I/O.
 
+pub mod config;
 pub mod dns;
 pub mod error;
+pub mod gateway;
+pub mod journal;
 pub mod routes;
 pub mod text;
 pub mod transport;
 pub mod trust;
+pub mod userspace;
 
+pub use config::{DnsMode, SessionConfig};
 pub use error::Error;

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::exit::{Cancel, UNDONE};
 use crate::lock::{DaemonLock, Holder};
 use crate::progress::Reporter;
-use crate::state::{State, StateDir};
+use crate::state::{State, StateDir, StateFile};
 use kwg_contract::Status;
 
 /// `kwg join`: starts the daemon (or runs it here with --foreground) and waits until it is

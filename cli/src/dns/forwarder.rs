@@ -32,16 +32,7 @@ pub const MAX_TCP_CONNECTIONS: usize = 64;
 /// 5 s by default; a forwarder on the same machine can be quicker).
 const RETRANSMIT: Duration = Duration::from_millis(700);
 
-#[derive(Debug, Clone)]
-pub struct ForwarderConfig {
-    pub split: SplitDns,
-    /// The cluster DNS (kube-dns Service IP, port 53), reached through the tunnel.
-    pub cluster: SocketAddr,
-    /// The machine's original resolvers, read before resolv.conf was rewritten.
-    pub upstreams: Vec<SocketAddr>,
-    /// Per-lookup timeout.
-    pub timeout: Duration,
-}
+pub use kwg_session::dns::ForwarderConfig;
 
 /// The configuration a running forwarder answers with; each query takes the current one.
 type Shared = Arc<std::sync::RwLock<Arc<ForwarderConfig>>>;

@@ -15,7 +15,7 @@ use super::local::{self, DaemonProbe};
 use crate::api::{self, Reply, Request};
 use crate::cluster::Kube;
 use crate::lock::{DaemonLock, Holder};
-use crate::state::{State, StateDir};
+use crate::state::{State, StateDir, StateFile};
 
 /// Everything the checks found, and what the bundle adds to them.
 pub struct Findings {

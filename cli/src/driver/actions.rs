@@ -10,8 +10,9 @@ use super::{Done, Driver, Long, exec, firewall};
 use crate::cluster::Kube;
 use crate::dns::forwarder::Forwarder;
 use crate::error::Error;
+use crate::peer::peer_config;
 use crate::session::{Action, Event};
-use crate::state::State;
+use crate::state::{State, StateFile};
 
 /// What starting an action gave: its event now, a future for it, or nothing to report.
 pub(super) enum Started {
@@ -73,7 +74,7 @@ impl Driver {
             } => {
                 let r = async {
                     exec::set_routes(&name, Some(address), &routes, &[]).await?;
-                    self.configure_gateway(gateway).await
+                    self.configure_gateway(peer_config(&gateway)).await
                 };
                 event(r.await, Event::NetworkConfigured)
             }
@@ -128,20 +129,24 @@ impl Driver {
                 Some(u) => long(crate::userspace::await_handshake(
                     self.handle(),
                     u.connector(),
-                    gateway,
+                    peer_config(&gateway),
                     poke,
                 )),
-                None => long(exec::await_handshake(self.handle(), gateway, poke)),
+                None => long(exec::await_handshake(
+                    self.handle(),
+                    peer_config(&gateway),
+                    poke,
+                )),
             },
             Action::Rebind { gateway } => match &self.transport {
                 Some(t) => {
                     t.stall();
                     Started::Nothing
                 }
-                None => quiet(exec::rebind(&self.handle(), gateway).await),
+                None => quiet(crate::peer::rebind(&self.handle(), peer_config(&gateway)).await),
             },
             Action::Rehandshake { gateway, since } => {
-                quiet(exec::rehandshake(&self.handle(), gateway, since).await)
+                quiet(crate::peer::rehandshake(&self.handle(), peer_config(&gateway), since).await)
             }
             Action::ReadStats => {
                 if self.userspace.is_none() {
@@ -190,7 +195,10 @@ impl Driver {
                 }))
             }
             Action::UpdateGateway { peer, .. } if self.transport.is_some() => {
-                self.transport.as_ref().expect("checked").gateway(peer);
+                self.transport
+                    .as_ref()
+                    .expect("checked")
+                    .gateway(peer_config(&peer));
                 Started::Nothing
             }
             Action::UpdateGateway { old_key, peer } => {
@@ -199,7 +207,7 @@ impl Driver {
                     if old_key != peer.public_key {
                         h.remove_peer(&old_key).await?;
                     }
-                    h.upsert_peer(peer).await.map_err(Error::from)
+                    h.upsert_peer(peer_config(&peer)).await.map_err(Error::from)
                 };
                 quiet(r.await)
             }
@@ -247,7 +255,7 @@ impl Driver {
                 let listen = u.listen;
                 self.device = Some(device);
                 self.userspace = Some(u);
-                self.start_transport(gateway);
+                self.start_transport(peer_config(&gateway));
                 Started::Now(Event::UserspaceStarted(listen))
             }
             Err(e) => Started::Now(Event::Failed(e)),

@@ -10,7 +10,6 @@ use kwg_contract::keys::{self, PrivateKey};
 use kwg_contract::{GatewayInfo, PeerSpec};
 use kwg_host::netlink::Netlink;
 use kwg_wg::device::{DeviceHandle, PeerConfig};
-use kwg_wg::uapi::SetRequest;
 
 use crate::args::{DnsMode, JoinArgs};
 use crate::cluster::Kube;
@@ -54,12 +53,12 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
     let endpoint = resolve_endpoint(&info).await?;
     let key = load_or_create_key(dir)?;
     let tag = machine_tag(&key.public_key());
-    let own = plan::peer_name(args, &hostname(), &tag)
+    let own = plan::peer_name(args.name.as_deref(), &hostname(), &tag)
         .ok()
         .map(|n| format!("{}{n}", kwg_contract::PEER_SECRET_PREFIX));
     let (key, notes) = unsquatted_key(&kube, &args.kube.kwg_namespace, own, key, dir).await?;
     let (resolved_state, resolved) = detect_resolved(args).await?;
-    let dns_on = plan::sets_up_dns(args.dns_mode) && info.dns_ip.is_some();
+    let dns_on = plan::sets_up_dns(args.dns_mode.into()) && info.dns_ip.is_some();
     // resolv.conf is a symlink on most laptops (to resolved's stub file): follow it. Read even
     // without DNS: its servers are trust facts no cluster route may cover.
     let resolv_conf = match std::fs::read(&args.resolv_conf) {
@@ -247,7 +246,7 @@ pub async fn renew_lease_fresh(
 
 /// Pokes the tunnel (a packet toward `poke` starts the handshake) until the gateway answered.
 pub async fn await_handshake(handle: DeviceHandle, gateway: PeerConfig, poke: SocketAddr) -> Event {
-    await_handshake_poking(handle, gateway, || async move {
+    crate::peer::await_handshake(handle, gateway.public_key, || async move {
         match poke.port() {
             53 => {
                 let _ =
@@ -262,70 +261,8 @@ pub async fn await_handshake(handle: DeviceHandle, gateway: PeerConfig, poke: So
             }
         }
     })
-    .await
-}
-
-/// Runs `poke` (which sends something into the tunnel) until the gateway answered the
-/// handshake.
-pub async fn await_handshake_poking<F: std::future::Future<Output = ()>>(
-    handle: DeviceHandle,
-    gateway: PeerConfig,
-    mut poke: impl FnMut() -> F,
-) -> Event {
-    loop {
-        let done = handle
-            .peers()
-            .await
-            .iter()
-            .any(|p| p.public_key == gateway.public_key && p.last_handshake.is_some());
-        if done {
-            return Event::Handshake;
-        }
-        poke().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A new handshake initiation to the gateway's current endpoint from the current socket (the
-/// session stays until the answer replaces it, then what was sent since `since` goes again).
-pub async fn rehandshake(
-    handle: &DeviceHandle,
-    gateway: PeerConfig,
-    since: std::time::Instant,
-) -> Result<(), Error> {
-    let key = gateway.public_key;
-    let endpoint = handle.peer_endpoint(&key).await.or(gateway.endpoint);
-    if let Some(ep) = endpoint {
-        handle.rehandshake(&key, ep, since).await?;
-        tracing::info!(%ep, "sent a new handshake initiation");
-    }
-    Ok(())
-}
-
-/// A fresh UDP source port and a new handshake: a stale conntrack/NAT entry for the old
-/// 5-tuple (made before the NodePort was programmed) would swallow every retry.
-pub async fn rebind(handle: &DeviceHandle, gateway: PeerConfig) -> Result<(), Error> {
-    let errno = handle.uapi_set(&SetRequest {
-        listen_port: Some(0),
-        ..Default::default()
-    });
-    // A new initiation from the new port; the peer stays, so packets a stalled session kept
-    // for replay go again once it completes. A peer the device does not know is added (its
-    // first packet starts the handshake).
-    let sent = match gateway.endpoint {
-        Some(ep) => handle.probe(&gateway.public_key, ep).await?,
-        None => false,
-    };
-    if !sent {
-        handle.remove_peer(&gateway.public_key).await?;
-        handle.upsert_peer(gateway).await?;
-    }
-    tracing::info!(
-        errno,
-        port = handle.listen_port(),
-        "no handshake yet: rebound the UDP port"
-    );
-    Ok(())
+    .await;
+    Event::Handshake
 }
 
 /// Brings `name` up (with `address`, when given) and reconciles its routes: `remove`d, then

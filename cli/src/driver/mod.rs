@@ -25,7 +25,7 @@ use crate::dns::forwarder::Forwarder;
 use crate::error::Error;
 use crate::lock::DaemonLock;
 use crate::session::{Action, Event, Phase, Session};
-use crate::state::{State, StateDir, Undo};
+use crate::state::{State, StateDir, StateFile, Undo};
 use actions::Started;
 pub use status::{dns_problem, peer_secret, silent_daemon_status, status_from_state};
 

@@ -13,7 +13,7 @@ use crate::session::Session;
 use crate::args::JoinArgs;
 use crate::cluster::Kube;
 use crate::health::{self, Observed, Probe, SecretProbe};
-use crate::state::{DnsModeUsed, State};
+use crate::state::{DnsModeUsed, State, StateFile};
 
 /// How long each of `kwg status`'s checks (the gateway through the tunnel, the peer Secret)
 /// may take: the CLI waits 3 s for the daemon's answer.

@@ -6,7 +6,7 @@ use kwg_host::netlink::Netlink;
 use crate::cluster::Kube;
 use crate::dns::{resolvconf, resolved};
 use crate::error::Error;
-use crate::state::{State, StateDir, Undo};
+use crate::state::{State, StateDir, StateFile, Undo};
 
 /// Undoes one recorded change outside the daemon's own resources (those are dropped by the
 /// driver first). Returns what was removed, for the user.

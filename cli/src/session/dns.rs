@@ -15,15 +15,15 @@ impl Session {
             .as_ref()
             .and_then(|p| p.dns.clone())
             .expect("dns planned");
-        let args = &self.args;
+        let config = &self.config;
         let state = DnsState {
             mode: mode_of(&dns.target),
             forwarder: addr,
             cluster_dns: Some(dns.forwarder.cluster),
             upstreams: dns.forwarder.upstreams.clone(),
-            include_suffixes: args.include_suffixes.clone(),
+            include_suffixes: config.include_suffixes.clone(),
             exclude_suffixes: dns.forwarder.split.exclude_suffixes.clone(),
-            timeout_secs: args.dns_timeout.as_secs(),
+            timeout_secs: config.dns_timeout.as_secs(),
             search: dns.search.clone(),
         };
         self.journal(|s| s.dns = Some(state));
@@ -52,7 +52,7 @@ impl Session {
             }
             DnsTarget::Resolved { domains } => {
                 let ifindex = self.ifindex.expect("device created");
-                let name = self.args.interface.clone();
+                let name = self.config.interface.clone();
                 self.record(Undo::RevertLink { name, ifindex });
                 let link = LinkConfig {
                     ifindex,

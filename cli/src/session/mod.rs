@@ -19,9 +19,9 @@ mod userspace;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::args::JoinArgs;
 use crate::error::Error;
 use crate::state::{State, Undo};
+use kwg_session::SessionConfig;
 pub use plan::{DnsPlan, DnsTarget, Facts, Plan};
 pub use types::{Action, Event, Lease, LeaseFailure, Phase, Registration};
 
@@ -39,7 +39,7 @@ pub const RENEW_CONFLICT_RETRY: Duration = Duration::from_secs(1);
 pub const RENEW_BACKOFF: Duration = Duration::from_secs(2);
 
 pub struct Session {
-    args: JoinArgs,
+    config: SessionConfig,
     template: State,
     /// Where the resolver file's original is kept.
     resolv_backup: std::path::PathBuf,
@@ -69,17 +69,18 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for `args`, starting at `now`. `template` is the state file's fixed part
+    /// A session for `config` (the CLI passes its `JoinArgs`), starting at `now`. `template` is the state file's fixed part
     /// (kubeconfig, pid, time); its `undo` must be empty.
     pub fn new(
-        args: JoinArgs,
+        config: impl Into<SessionConfig>,
         template: State,
         resolv_backup: std::path::PathBuf,
         now: Instant,
     ) -> Session {
-        let deadline = now + args.timeout;
+        let config = config.into();
+        let deadline = now + config.timeout;
         Session {
-            args,
+            config,
             template,
             resolv_backup,
             phase: Phase::Inspecting,
@@ -187,7 +188,7 @@ impl Session {
     }
 
     fn timeout_error(&self, phase: Phase) -> Error {
-        let secs = self.args.timeout.as_secs();
+        let secs = self.config.timeout.as_secs();
         match (phase, &self.plan) {
             (Phase::WaitingTunnelIp, Some(p)) => Error::NoTunnelIp {
                 peer: p.secret(),
@@ -247,7 +248,7 @@ impl Session {
         self.in_flight = false;
         match (self.phase, event) {
             (Phase::Inspecting, Event::Inspected(facts)) => {
-                let lease = facts.now_wall + self.args.ttl;
+                let lease = facts.now_wall + self.config.ttl;
                 self.inspected(*facts, lease)
             }
             (Phase::Registering, Event::Registered(r)) => {
@@ -262,10 +263,10 @@ impl Session {
                     return self.fail(e.into());
                 }
                 self.journal(|s| s.tunnel_ip = Some(ip));
-                if self.args.userspace {
+                if self.config.userspace {
                     return self.start_userspace(ip);
                 }
-                let name = self.args.interface.clone();
+                let name = self.config.interface.clone();
                 self.record(Undo::DeleteInterface {
                     name: name.clone(),
                     ifindex: None,
@@ -283,7 +284,7 @@ impl Session {
                 });
                 let (plan, state) = (self.plan.as_ref().expect("planned"), self.state());
                 let action = Action::ConfigureNetwork {
-                    name: self.args.interface.clone(),
+                    name: self.config.interface.clone(),
                     address: plan::tunnel_address(
                         state.and_then(|s| s.tunnel_ip).expect("assigned"),
                     ),
@@ -293,7 +294,7 @@ impl Session {
                 self.step(Phase::ConfiguringNetwork, action);
             }
             (Phase::ConfiguringNetwork, Event::NetworkConfigured) => {
-                let interface = self.args.interface.clone();
+                let interface = self.config.interface.clone();
                 let table = crate::driver::firewall::table_name(&interface);
                 self.record(Undo::RemoveFirewall {
                     table: table.clone(),
@@ -325,7 +326,7 @@ impl Session {
     }
 
     fn inspected(&mut self, facts: Facts, lease: chrono::DateTime<chrono::Utc>) {
-        let plan = match plan::plan(&self.args, &facts, self.resolv_backup.clone(), lease) {
+        let plan = match plan::plan(&self.config, &facts, self.resolv_backup.clone(), lease) {
             Ok(p) => p,
             Err(e) => return self.fail(e),
         };
@@ -355,13 +356,13 @@ impl Session {
         self.state = Some(state);
         self.plan = Some(plan);
         self.record(Undo::DeletePeer {
-            namespace: self.args.kube.kwg_namespace.clone(),
+            namespace: self.config.kwg_namespace.clone(),
             secret: spec.secret_name(),
             uid: None,
             public_key: Some(spec.public_key.to_string()),
             lease_expires: Some(spec.lease_expires),
         });
-        let ttl = self.args.ttl;
+        let ttl = self.config.ttl;
         self.long(
             Phase::Registering,
             Action::Register {
@@ -389,7 +390,7 @@ impl Session {
 
     fn wait_tunnel_ip(&self) -> Action {
         Action::WaitTunnelIp {
-            namespace: self.args.kube.kwg_namespace.clone(),
+            namespace: self.config.kwg_namespace.clone(),
             secret: self.plan.as_ref().expect("planned").secret(),
         }
     }
@@ -399,7 +400,7 @@ impl Session {
         let ip = self.state().and_then(|s| s.tunnel_ip).expect("assigned");
         let msg = format!(
             "Tunnel {} up as {ip} to gateway {}, {} routes",
-            self.args.interface,
+            self.config.interface,
             plan.gateway
                 .endpoint
                 .map(|e| e.to_string())

@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use ipnet::{IpNet, Ipv4Net};
 use kwg_contract::keys::PublicKey;
 use kwg_contract::{GatewayInfo, PeerName, PeerSpec};
+use kwg_session::gateway::{GatewayPeer, KEEPALIVE};
 use kwg_session::routes::Route;
-use kwg_wg::device::PeerConfig;
 
-use crate::args::{DnsMode, JoinArgs};
 use crate::dns::forwarder::ForwarderConfig;
 use crate::dns::resolvconf;
 use crate::dns::resolved::{self, LinkDomain, STUB};
@@ -20,9 +19,7 @@ use kwg_contract::PlannedRoute;
 use kwg_session::dns::split::{DEFAULT_EXCLUDE_SUFFIXES, SplitDns, machine_search};
 use kwg_session::routes::{self, RouteInputs};
 use kwg_session::trust;
-
-/// WireGuard persistent keepalive, seconds (the `wg` man page suggests 25 behind NAT).
-pub const KEEPALIVE: u16 = 25;
+use kwg_session::{DnsMode, SessionConfig};
 
 /// What the driver found out before anything is changed (event `Inspected`).
 #[derive(Debug, Clone)]
@@ -110,7 +107,7 @@ pub struct Plan {
     pub peer: PeerSpec,
     pub namespace: String,
     pub routes: Vec<PlannedRoute>,
-    pub gateway: PeerConfig,
+    pub gateway: GatewayPeer,
     pub gateway_admin: SocketAddr,
     pub dns: Option<DnsPlan>,
     /// `kubernetes.default.svc.<cluster domain>.`: resolved through the tunnel to verify.
@@ -135,8 +132,8 @@ impl Plan {
 }
 
 /// The peer name: `--name`, or the hostname and this machine's tag.
-pub fn peer_name(args: &JoinArgs, hostname: &str, tag: &str) -> Result<PeerName, Error> {
-    match &args.name {
+pub fn peer_name(name: Option<&str>, hostname: &str, tag: &str) -> Result<PeerName, Error> {
+    match name {
         Some(n) => n
             .parse()
             .map_err(|e: kwg_contract::ContractError| Error::invalid("--name", e.to_string())),
@@ -164,39 +161,39 @@ pub fn default_peer_name(hostname: &str, tag: &str) -> Option<PeerName> {
 
 /// Plans routes, the gateway peer and DNS; fails on a route conflict or a taken interface.
 pub fn plan(
-    args: &JoinArgs,
+    config: &SessionConfig,
     facts: &Facts,
     backup: PathBuf,
     lease_expires: chrono::DateTime<chrono::Utc>,
 ) -> Result<Plan, Error> {
     // Userspace mode creates no interface and adds no routes: neither can conflict.
-    if facts.interface_exists && !args.userspace {
+    if facts.interface_exists && !config.userspace {
         return Err(Error::InterfaceExists {
-            name: args.interface.clone(),
+            name: config.interface.clone(),
         });
     }
     let info = &facts.info;
-    let namespace = args
+    let namespace = config
         .namespace
         .clone()
         .unwrap_or_else(|| facts.default_namespace.clone());
-    check_namespaces(args, &namespace, facts.namespaces.as_ref())?;
+    check_namespaces(config, &namespace, facts.namespaces.as_ref())?;
     let machine = machine(facts);
-    let routes = check_cluster(args, info, &machine, &facts.machine_routes)?;
+    let routes = check_cluster(config, info, &machine, &facts.machine_routes)?;
     let peer = PeerSpec {
-        name: peer_name(args, &facts.hostname, &facts.machine_tag)?,
+        name: peer_name(config.name.as_deref(), &facts.hostname, &facts.machine_tag)?,
         public_key: facts.public_key,
         owner: facts.user.clone(),
         hostname: facts.hostname.clone(),
         // What the gateway lets the peer reach (with the owner's RBAC): the mapped
         // namespaces, or every namespace (empty) without --mapped-namespaces.
-        namespaces: args.mapped_namespaces.clone().unwrap_or_default(),
+        namespaces: config.mapped_namespaces.clone().unwrap_or_default(),
         lease_expires,
     };
     let cluster_dns = info.dns_ip.map(|ip| SocketAddr::new(ip, 53));
     let dns = match (cluster_dns, &facts.resolv_conf) {
-        (Some(cluster), Some(original)) if sets_up_dns(args.dns_mode) => Some(plan_dns(
-            args, facts, &namespace, &routes, cluster, original, backup,
+        (Some(cluster), Some(original)) if sets_up_dns(config.dns_mode) => Some(plan_dns(
+            config, facts, &namespace, &routes, cluster, original, backup,
         )?),
         _ => None,
     };
@@ -250,13 +247,13 @@ pub fn machine(facts: &Facts) -> trust::Machine {
 }
 
 /// What the user's flags accept from the cluster (`exclude` is [`exclude_suffixes`]).
-pub fn consent<'a>(args: &'a JoinArgs, exclude: &'a [String]) -> trust::Consent<'a> {
+pub fn consent<'a>(config: &'a SessionConfig, exclude: &'a [String]) -> trust::Consent<'a> {
     trust::Consent {
-        also_proxy: &args.also_proxy,
-        never_proxy: &args.never_proxy,
-        cluster_domain: args.cluster_domain.as_deref(),
+        also_proxy: &config.also_proxy,
+        never_proxy: &config.never_proxy,
+        cluster_domain: config.cluster_domain.as_deref(),
         exclude,
-        include: &args.include_suffixes,
+        include: &config.include_suffixes,
     }
 }
 
@@ -264,42 +261,42 @@ pub fn consent<'a>(args: &'a JoinArgs, exclude: &'a [String]) -> trust::Consent<
 /// every change while serving: the trust rules (`trust::check_info`), then no conflict with
 /// the machine's routes (the LAN's, another VPN's). The routes it gives.
 pub fn check_cluster(
-    args: &JoinArgs,
+    config: &SessionConfig,
     info: &GatewayInfo,
     machine: &trust::Machine,
     machine_routes: &[Route],
 ) -> Result<Vec<PlannedRoute>, Error> {
-    let exclude = exclude_suffixes(args);
-    trust::check_info(info, machine, &consent(args, &exclude))?;
-    let routes = plan_routes(args, info);
+    let exclude = exclude_suffixes(config);
+    trust::check_info(info, machine, &consent(config, &exclude))?;
+    let routes = plan_routes(config, info);
     // Userspace mode creates no interface and adds no routes: neither can conflict.
-    if !args.userspace {
+    if !config.userspace {
         routes::check_conflicts(
             &routes,
             machine_routes,
-            &args.interface,
-            &args.allow_conflicting_subnets,
+            &config.interface,
+            &config.allow_conflicting_subnets,
         )?;
     }
     Ok(routes)
 }
 
 /// `--dns-exclude-suffix`, or Telepresence's defaults.
-pub fn exclude_suffixes(args: &JoinArgs) -> Vec<String> {
-    if args.exclude_suffixes.is_empty() {
+pub fn exclude_suffixes(config: &SessionConfig) -> Vec<String> {
+    if config.exclude_suffixes.is_empty() {
         DEFAULT_EXCLUDE_SUFFIXES
             .iter()
             .map(|s| s.to_string())
             .collect()
     } else {
-        args.exclude_suffixes.clone()
+        config.exclude_suffixes.clone()
     }
 }
 
 /// The connected and the mapped namespaces must exist (when the user may list them: else
 /// the driver says it could not check).
 pub fn check_namespaces(
-    args: &JoinArgs,
+    config: &SessionConfig,
     namespace: &str,
     existing: Option<&BTreeSet<String>>,
 ) -> Result<(), Error> {
@@ -313,7 +310,7 @@ pub fn check_namespaces(
             flag: "--namespace",
         });
     }
-    for m in args.mapped_namespaces.iter().flatten() {
+    for m in config.mapped_namespaces.iter().flatten() {
         if missing(m) {
             return Err(Error::NamespaceNotFound {
                 name: m.clone(),
@@ -327,12 +324,12 @@ pub fn check_namespaces(
 /// The routes for `info`: the cluster's subnets (adjacent ones merged: per-node pod CIDRs
 /// become their cluster range), `--also-proxy`, minus `--never-proxy`, plus the gateway's own
 /// tunnel address.
-pub fn plan_routes(args: &JoinArgs, info: &GatewayInfo) -> Vec<PlannedRoute> {
+pub fn plan_routes(config: &SessionConfig, info: &GatewayInfo) -> Vec<PlannedRoute> {
     routes::plan(&RouteInputs {
         service: IpNet::aggregate(&info.service_cidrs),
         pod: IpNet::aggregate(&info.pod_cidrs),
-        also_proxy: args.also_proxy.clone(),
-        never_proxy: args.never_proxy.clone(),
+        also_proxy: config.also_proxy.clone(),
+        never_proxy: config.never_proxy.clone(),
         gateway: vec![IpNet::V4(Ipv4Net::from(info.gateway_ip.addr()))],
     })
 }
@@ -342,10 +339,9 @@ pub fn gateway_peer(
     info: &GatewayInfo,
     endpoint: SocketAddr,
     routes: &[PlannedRoute],
-) -> PeerConfig {
-    PeerConfig {
+) -> GatewayPeer {
+    GatewayPeer {
         public_key: info.public_key,
-        preshared_key: None,
         endpoint: Some(endpoint),
         allowed_ips: routes.iter().map(|r| r.subnet).collect(),
         persistent_keepalive: Some(KEEPALIVE),
@@ -353,7 +349,7 @@ pub fn gateway_peer(
 }
 
 fn plan_dns(
-    args: &JoinArgs,
+    config: &SessionConfig,
     facts: &Facts,
     namespace: &str,
     routes: &[PlannedRoute],
@@ -361,16 +357,16 @@ fn plan_dns(
     original: &[u8],
     backup: PathBuf,
 ) -> Result<DnsPlan, Error> {
-    let exclude = exclude_suffixes(args);
+    let exclude = exclude_suffixes(config);
     let split = SplitDns {
         cluster_domain: facts.info.cluster_domain.clone(),
         namespace: namespace.to_string(),
         cluster_namespaces: facts.namespaces.clone().unwrap_or_default(),
-        mapped: args
+        mapped: config
             .mapped_namespaces
             .as_ref()
             .map(|m| m.iter().cloned().collect()),
-        include_suffixes: args.include_suffixes.clone(),
+        include_suffixes: config.include_suffixes.clone(),
         exclude_suffixes: exclude,
         reverse_subnets: routes.iter().map(|r| r.subnet).collect(),
         // The machine's own search domains (before join): names under them stay the LAN's.
@@ -381,9 +377,9 @@ fn plan_dns(
         reachable: None,
     };
     let search = split.search_domains();
-    let use_resolved = match (&facts.resolved, args.dns_mode) {
+    let use_resolved = match (&facts.resolved, config.dns_mode) {
         // Userspace mode changes no resolver: the proxy asks the forwarder's sources itself.
-        _ if args.userspace => false,
+        _ if config.userspace => false,
         (Resolved::Managed, DnsMode::Auto | DnsMode::Resolved) => true,
         (Resolved::NotManaged(reason), DnsMode::Resolved) => {
             return Err(Error::ResolvedUnavailable {
@@ -397,9 +393,10 @@ fn plan_dns(
         (Some(uplink), true) => uplink.as_slice(),
         _ => original,
     };
-    let upstreams = resolvconf::upstreams(&String::from_utf8_lossy(servers), args.dns_listen.ip());
+    let upstreams =
+        resolvconf::upstreams(&String::from_utf8_lossy(servers), config.dns_listen.ip());
     let file = DnsTarget::ResolvConf {
-        path: args.resolv_conf.clone(),
+        path: config.resolv_conf.clone(),
         backup,
         original: original.to_vec(),
     };
@@ -409,7 +406,7 @@ fn plan_dns(
         // searches no domain for a two-label name, it routes it by its last label (the
         // daemon keeps these in step with namespaces created and deleted while joined).
         let domains = resolved::split_domains(&split)?;
-        if args.dns_mode == DnsMode::Auto {
+        if config.dns_mode == DnsMode::Auto {
             fallback = Some(file);
         }
         DnsTarget::Resolved { domains }
@@ -417,12 +414,12 @@ fn plan_dns(
         file
     };
     Ok(DnsPlan {
-        listen: args.dns_listen,
+        listen: config.dns_listen,
         forwarder: ForwarderConfig {
             split,
             cluster,
             upstreams,
-            timeout: args.dns_timeout,
+            timeout: config.dns_timeout,
         },
         search,
         target,

@@ -71,10 +71,10 @@ impl Session {
             None => l.last_error.clone(),
         };
         Some(LeaseStatus {
-            ttl_secs: self.args.ttl.as_secs(),
+            ttl_secs: self.config.ttl.as_secs(),
             renewed,
             expires: renewed
-                .map(|r| r + chrono::Duration::from_std(self.args.ttl).unwrap_or_default()),
+                .map(|r| r + chrono::Duration::from_std(self.config.ttl).unwrap_or_default()),
             failing_since: l.failing_since.map(at),
             error,
             failures: l.failures,
@@ -96,14 +96,14 @@ impl Session {
     }
 
     pub(super) fn renew_every(&self) -> Duration {
-        (self.args.ttl / 3).max(Duration::from_secs(1))
+        (self.config.ttl / 3).max(Duration::from_secs(1))
     }
 
     pub(super) fn renew(&mut self) {
         self.lease.in_flight = true;
         self.in_flight = true;
         self.actions.push_back(Action::RenewLease {
-            namespace: self.args.kube.kwg_namespace.clone(),
+            namespace: self.config.kwg_namespace.clone(),
             secret: self.plan.as_ref().expect("planned").secret(),
             uid: self.state().and_then(|s| {
                 s.undo.iter().find_map(|u| match u {
@@ -111,7 +111,7 @@ impl Session {
                     _ => None,
                 })
             }),
-            ttl: self.args.ttl,
+            ttl: self.config.ttl,
         });
     }
 
@@ -148,7 +148,7 @@ impl Session {
                 self.lease.next = None;
                 let spec = Box::new(self.plan.as_ref().expect("planned").peer.clone());
                 self.in_flight = true;
-                let ttl = self.args.ttl;
+                let ttl = self.config.ttl;
                 self.actions.push_back(Action::Register { spec, ttl });
             }
             Event::LeaseFailed(LeaseFailure::Other(e)) => {
@@ -158,7 +158,7 @@ impl Session {
                 let backoff = RENEW_BACKOFF
                     .saturating_mul(1 << self.lease.failures.min(16))
                     .min(every)
-                    .min((self.args.ttl / 10).max(RENEW_BACKOFF));
+                    .min((self.config.ttl / 10).max(RENEW_BACKOFF));
                 self.lease.failures += 1;
                 tracing::warn!(error = %e, retry_in = ?backoff, "lease renewal failed; the tunnel keeps working");
                 match e {
@@ -203,7 +203,7 @@ impl Session {
                 if old != Some(ip) && refused.is_none() {
                     if let Some(old) = old {
                         self.actions.push_back(Action::ChangeAddress {
-                            name: self.args.interface.clone(),
+                            name: self.config.interface.clone(),
                             old: plan::tunnel_address(old),
                             new: plan::tunnel_address(ip),
                         });
@@ -222,7 +222,7 @@ impl Session {
         // The same checks as at join, against the machine as it was then: a refused change
         // leaves the whole last good configuration in place, and `kwg status` says why.
         let routes = match plan::check_cluster(
-            &self.args,
+            &self.config,
             &info,
             &plan.machine,
             &plan.machine_routes,
@@ -258,7 +258,7 @@ impl Session {
         });
         if !add.is_empty() || !remove.is_empty() {
             self.actions.push_back(Action::SetRoutes {
-                name: self.args.interface.clone(),
+                name: self.config.interface.clone(),
                 add,
                 remove,
             });

@@ -29,7 +29,7 @@ fn info(key: &PrivateKey) -> GatewayInfo {
     .unwrap()
 }
 
-fn args(extra: &[&str]) -> JoinArgs {
+fn args(extra: &[&str]) -> SessionConfig {
     let mut argv = vec![
         "kwg",
         "join",
@@ -42,7 +42,7 @@ fn args(extra: &[&str]) -> JoinArgs {
     ];
     argv.extend_from_slice(extra);
     match crate::args::Cli::parse_from(argv).command {
-        crate::args::Command::Join(a) => *a,
+        crate::args::Command::Join(a) => (*a).into(),
         _ => unreachable!(),
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use kwg_contract::{GatewayInfo, PeerSpec};
-use kwg_wg::device::PeerConfig;
+use kwg_session::gateway::GatewayPeer;
 
 use super::Facts;
 use crate::dns::forwarder::ForwarderConfig;
@@ -37,7 +37,7 @@ pub enum Action {
         name: String,
         address: IpNet,
         routes: Vec<IpNet>,
-        gateway: PeerConfig,
+        gateway: GatewayPeer,
     },
     /// Load the laptop's firewall table: new connections arriving on `interface` are dropped
     /// (`FirewallInstalled`).
@@ -62,14 +62,17 @@ pub enum Action {
     RevertResolved { ifindex: u32 },
     /// Send into the tunnel until the gateway handshake completes (long; `Handshake`).
     AwaitHandshake {
-        gateway: PeerConfig,
+        gateway: GatewayPeer,
         poke: SocketAddr,
     },
     /// Send the gateway a new handshake initiation on the current socket (any replica
     /// answers it); what was sent since `since` goes again under the new session.
-    Rehandshake { gateway: PeerConfig, since: Instant },
+    Rehandshake {
+        gateway: GatewayPeer,
+        since: Instant,
+    },
     /// Move to a fresh UDP port and restart the handshake with the gateway.
-    Rebind { gateway: PeerConfig },
+    Rebind { gateway: GatewayPeer },
     /// Ask the cluster DNS through the tunnel until it answers `name` (long; `DnsAnswered`).
     ProbeDns { server: SocketAddr, name: String },
     /// Joined: report the status to `kwg join`.
@@ -89,7 +92,7 @@ pub enum Action {
     /// the key changed.
     UpdateGateway {
         old_key: kwg_contract::keys::PublicKey,
-        peer: PeerConfig,
+        peer: GatewayPeer,
     },
     /// Reconcile routes of the interface.
     SetRoutes {

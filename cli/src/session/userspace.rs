@@ -10,7 +10,7 @@ use crate::state::Undo;
 
 impl Session {
     pub(super) fn start_userspace(&mut self, ip: Ipv4Addr) {
-        let listen = self.args.proxy_listen;
+        let listen = self.config.proxy_listen;
         self.record(Undo::StopProxy { listen });
         let plan = self.plan.as_ref().expect("planned");
         let setup = crate::userspace::Setup {

@@ -165,7 +165,7 @@ impl Io {
                 }
             }
             Step::Rebind => {
-                let r = crate::driver::exec::rebind(&self.device, self.gateway.clone()).await;
+                let r = crate::peer::rebind(&self.device, self.gateway.clone()).await;
                 match r {
                     Ok(()) => self.pin(self.udp, false).await,
                     Err(e) => Err(e.to_string()),

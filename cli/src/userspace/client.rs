@@ -13,7 +13,7 @@ use super::socks;
 use super::target::{Target, parse_port};
 use crate::error::Error;
 use crate::lock::{DaemonLock, Holder};
-use crate::state::{State, StateDir};
+use crate::state::{State, StateDir, StateFile};
 
 /// `kwg forward LOCAL_PORT:HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,7 +22,6 @@ use ipnet::IpNet;
 use kwg_contract::keys::PrivateKey;
 use kwg_wg::device::{DEFAULT_MTU, Device, DeviceHandle, PeerConfig};
 
-use crate::dns::forwarder::ForwarderConfig;
 use crate::error::Error;
 use crate::session::Event;
 use netstack::{Connector, Netstack};
@@ -86,16 +85,7 @@ pub fn choose(
     (Mode::Userspace, Some(sentence))
 }
 
-/// What the session asks the driver to start in userspace mode.
-#[derive(Debug, Clone)]
-pub struct Setup {
-    pub address: Ipv4Addr,
-    pub gateway_ip: Ipv4Addr,
-    pub gateway: PeerConfig,
-    pub subnets: Vec<IpNet>,
-    pub dns: Option<ForwarderConfig>,
-    pub listen: SocketAddr,
-}
+pub use kwg_session::userspace::Setup;
 
 /// The running userspace stack and proxy (the device is the driver's, as on the TUN path).
 pub struct Userspace {
@@ -118,7 +108,10 @@ impl Userspace {
             .local_addr()
             .map_err(|e| Error::io("read the proxy's address", e))?;
         let (device, channel) = Device::start_userspace(name.to_string(), key, 0).await?;
-        device.handle().upsert_peer(setup.gateway).await?;
+        device
+            .handle()
+            .upsert_peer(crate::peer::peer_config(&setup.gateway))
+            .await?;
         let stack = Netstack::start(channel, setup.address, setup.gateway_ip, DEFAULT_MTU);
         let dns = setup.dns.as_ref().and_then(|d| match d.cluster {
             SocketAddr::V4(server) => Some((d.split.clone(), server)),
@@ -204,13 +197,14 @@ pub async fn await_handshake(
         SocketAddr::V4(a) => a,
         SocketAddr::V6(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, poke.port()),
     };
-    crate::driver::exec::await_handshake_poking(handle, gateway, || {
+    crate::peer::await_handshake(handle, gateway.public_key, || {
         let tunnel = tunnel.clone();
         async move {
             let _ = tunnel.connect(poke, Duration::from_millis(100)).await;
         }
     })
-    .await
+    .await;
+    Event::Handshake
 }
 
 /// Asks the cluster DNS `server` through the stack until it resolves `name`.

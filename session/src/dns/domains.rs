@@ -1,7 +1,7 @@
 //! The domains of kwg's link (pure): which names systemd-resolved routes to kwg, and which
 //! name it completes single labels with.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
@@ -23,6 +23,16 @@ impl std::fmt::Display for LinkDomain {
         let tilde = if self.routing_only { "~" } else { "" };
         write!(f, "{tilde}{}", self.name)
     }
+}
+
+/// What kwg sets on its link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkConfig {
+    /// The tunnel interface's index (`if_nametoindex`).
+    pub ifindex: u32,
+    /// kwg's DNS forwarder.
+    pub server: SocketAddr,
+    pub domains: Vec<LinkDomain>,
 }
 
 /// The link's domains and the namespaces left out (with why), for a log line.

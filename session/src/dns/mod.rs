@@ -4,3 +4,20 @@
 pub mod domains;
 pub mod resolvconf;
 pub mod split;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use split::SplitDns;
+
+/// What kwg's DNS forwarder answers with (the CLI's `dns::forwarder` runs it).
+#[derive(Debug, Clone)]
+pub struct ForwarderConfig {
+    pub split: SplitDns,
+    /// The cluster DNS (kube-dns Service IP, port 53), reached through the tunnel.
+    pub cluster: SocketAddr,
+    /// The machine's original resolvers, read before resolv.conf was rewritten.
+    pub upstreams: Vec<SocketAddr>,
+    /// Per-lookup timeout.
+    pub timeout: Duration,
+}

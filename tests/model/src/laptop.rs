@@ -260,9 +260,9 @@ impl Laptop {
                 let wg = self.wg.as_mut().expect("created");
                 let mut first = gateway.clone();
                 first.endpoint = sut::first_endpoint(Mode::Auto, gateway.endpoint);
-                wg.upsert_peer(first);
+                wg.upsert_peer(sut::peer_config(&first));
                 self.ladder = Some(Ladder::new(Mode::Auto, Timings::default(), now));
-                self.gateway = Some(gateway);
+                self.gateway = Some(sut::peer_config(&gateway));
                 self.seen_handshake = 0;
                 Some(Event::NetworkConfigured)
             }
@@ -325,7 +325,7 @@ impl Laptop {
                 })
             }
             Action::UpdateGateway { peer, .. } => {
-                self.follow(peer);
+                self.follow(sut::peer_config(&peer));
                 None
             }
             Action::SetRoutes { .. } => None,

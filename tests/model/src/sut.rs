@@ -18,6 +18,7 @@ pub use kwg::transport::{Mode, Rung};
 pub use kwg_gateway::alloc::Allocator;
 pub use kwg_gateway::core::{Core as GatewayCore, DeviceOp, PeerSecret, Plan};
 
+pub use kwg::peer::peer_config;
 pub use kwg_wg::core::testing::ipv4;
 pub use kwg_wg::core::{Core as WgCore, NetBatch, TunBatch};
 pub use kwg_wg::device::PeerConfig;

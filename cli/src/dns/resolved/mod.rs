@@ -16,7 +16,7 @@
 //! `RevertLink` undoes it all; when the link goes away (a crashed daemon's TUN), resolved forgets it.
 
 pub use kwg_session::dns::domains::{
-    LinkDomain, LinkDomains, link_domains, reverse_domains, split_domains,
+    LinkConfig, LinkDomain, LinkDomains, link_domains, reverse_domains, split_domains,
 };
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -173,16 +173,6 @@ impl DnsCall {
             DnsCall::Ex(vec![(family, bytes, server.port(), String::new())])
         }
     }
-}
-
-/// What kwg sets on its link.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkConfig {
-    /// The tunnel interface's index (`if_nametoindex`).
-    pub ifindex: u32,
-    /// kwg's DNS forwarder.
-    pub server: SocketAddr,
-    pub domains: Vec<LinkDomain>,
 }
 
 /// A client of systemd-resolved on one bus connection.
