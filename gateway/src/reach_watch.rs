@@ -51,7 +51,7 @@ pub async fn run(
         None => admission_policy_installed(&client).await,
     };
     let (roles, bindings, mut ns_rbac) = namespaced_rbac(&client);
-    let mut cluster_rbac = cluster_rbac(&client);
+    let (mut cluster_roles, mut cluster_bindings) = cluster_rbac(&client);
     let mut rbac_seen = rbac::RbacVersions::new();
     let mut reviews = Reviews::new(
         cfg.reach_refresh,
@@ -89,10 +89,15 @@ pub async fn run(
                 reviews.namespaces_changed(changed);
                 rbac_seen = now;
             }
-            Some(()) = cluster_rbac.next() => {
-                tracing::debug!("ClusterRoles or ClusterRoleBindings changed: asking every owner's grants again");
-                reviews.cluster_changed();
-                while let Some(Some(())) = cluster_rbac.next().now_or_never() {}
+            Some(()) = cluster_roles.next() => {
+                tracing::debug!("ClusterRoles changed: asking every owner's grants again");
+                reviews.cluster_roles_changed();
+                while let Some(Some(())) = cluster_roles.next().now_or_never() {}
+            }
+            Some(()) = cluster_bindings.next() => {
+                tracing::debug!("ClusterRoleBindings changed: asking every owner's cluster-wide grant again");
+                reviews.cluster_bindings_changed();
+                while let Some(Some(())) = cluster_bindings.next().now_or_never() {}
             }
             Ok(()) = served.changed() => {}
             _ = tokio::time::sleep_until(wake) => {
@@ -260,8 +265,13 @@ async fn review_all(client: &kube::Client, asked: BTreeSet<Question>, reviews: &
             Ok(allowed) => {
                 let (owner, groups, namespace) =
                     (q.0.user.clone(), q.0.groups.clone(), q.1.clone());
+                let scope = if namespace.is_empty() {
+                    "every namespace"
+                } else {
+                    "namespace"
+                };
                 if reviews.answered(q, allowed) {
-                    tracing::info!(%owner, ?groups, %namespace, allowed, "owner's reach");
+                    tracing::info!(%owner, ?groups, %namespace, scope, allowed, "owner's reach");
                 }
             }
             Err(e) => {
@@ -315,12 +325,12 @@ fn namespaced_rbac(
     (roles, bindings, futures::stream::select_all([a, b]).boxed())
 }
 
-/// A stream that yields whenever a ClusterRole or ClusterRoleBinding changes.
-fn cluster_rbac(client: &kube::Client) -> BoxStream<'static, ()> {
-    let (_, c) = watch::<ClusterRole>(Api::all(client.clone()), None, "ClusterRoles", strip);
-    let (_, d) =
+/// Streams that yield whenever a ClusterRole, and a ClusterRoleBinding, changes.
+fn cluster_rbac(client: &kube::Client) -> (BoxStream<'static, ()>, BoxStream<'static, ()>) {
+    let (_, roles) = watch::<ClusterRole>(Api::all(client.clone()), None, "ClusterRoles", strip);
+    let (_, bindings) =
         watch::<ClusterRoleBinding>(Api::all(client.clone()), None, "ClusterRoleBindings", strip);
-    futures::stream::select_all([c, d]).boxed()
+    (roles, bindings)
 }
 
 /// The cached Roles' and RoleBindings' versions.

@@ -1,10 +1,16 @@
 //! Which SubjectAccessReviews to send, and when (pure; time passed in): the cache of answers
 //! (one per [`Question`], forgotten when no peer needs it), new questions at once, the pairs a
 //! Role or RoleBinding change can affect at once (those of its namespace), every pair after a
-//! ClusterRole or ClusterRoleBinding change, the periodic safety re-review spread evenly over
-//! `--reach-refresh` ([`Spread`]), a failed review again after [`RETRY`], and all of it paced by
-//! the global rate limit `--reach-reviews-per-second` ([`Bucket`]; new questions first, the
-//! rest wait their turn).
+//! ClusterRole change (a RoleBinding may name it), the periodic safety re-review spread evenly
+//! over `--reach-refresh` ([`Spread`]), a failed review again after [`RETRY`], and all of it
+//! paced by the global rate limit `--reach-reviews-per-second` ([`Bucket`]; new questions
+//! first, the rest wait their turn).
+//!
+//! A ClusterRoleBinding grants in every namespace or nowhere, so its change is answered by one
+//! cluster-scope review per subject (namespace `""`, [`cluster`]) instead of one per namespace:
+//! allowed there, the subject reaches every namespace without a review of each; refused, only
+//! the namespaces it was allowed in are asked again (a removed cluster-wide grant may have
+//! been their reason; a refused one cannot have become allowed by it).
 
 use super::grants::{Question, Subject};
 use super::schedule::{Bucket, Spread};
@@ -19,6 +25,11 @@ pub const RETRY: Duration = Duration::from_secs(1);
 pub struct Reviews {
     /// The last answer per question still needed.
     grants: HashMap<Question, bool>,
+    /// The last cluster-scope answer per subject still needed (asked after a
+    /// ClusterRoleBinding change).
+    cluster: HashMap<Subject, bool>,
+    /// A ClusterRoleBinding changed since the last pass.
+    bindings_stale: bool,
     /// Due (re-review, change, failure) but held back by the rate limit or a failure.
     pending: BTreeSet<Question>,
     /// Namespaces whose Roles or RoleBindings changed since the last pass.
@@ -39,6 +50,8 @@ impl Reviews {
         let burst = (per_second * 2.0).ceil() as u32;
         Reviews {
             grants: HashMap::new(),
+            cluster: HashMap::new(),
+            bindings_stale: false,
             pending: BTreeSet::new(),
             stale: BTreeSet::new(),
             all_stale: false,
@@ -54,9 +67,14 @@ impl Reviews {
         self.stale.extend(namespaces);
     }
 
-    /// A ClusterRole or ClusterRoleBinding changed: any answer can have.
-    pub fn cluster_changed(&mut self) {
+    /// A ClusterRole changed: any answer can have (a RoleBinding anywhere may name it).
+    pub fn cluster_roles_changed(&mut self) {
         self.all_stale = true;
+    }
+
+    /// A ClusterRoleBinding changed: only cluster-wide grants can have.
+    pub fn cluster_bindings_changed(&mut self) {
+        self.bindings_stale = true;
     }
 
     /// When the reviews want a pass (a retry, the next slice of the re-review, a token for
@@ -74,7 +92,8 @@ impl Reviews {
     /// came, join what waits. Whether a pass has anything to ask (a tick with nothing due
     /// costs no pass).
     pub fn tick(&mut self, now: Instant) -> bool {
-        let due = self.spread.due(self.grants.keys(), now);
+        let scoped: Vec<Question> = self.cluster.keys().map(cluster).collect();
+        let due = self.spread.due(self.grants.keys().chain(&scoped), now);
         self.pending.extend(due);
         if self.retry_at.is_some_and(|at| at <= now) {
             self.retry_at = None;
@@ -88,22 +107,49 @@ impl Reviews {
     #[must_use]
     pub fn to_ask(&mut self, needed: &BTreeSet<Question>, now: Instant) -> BTreeSet<Question> {
         self.grants.retain(|q, _| needed.contains(q));
+        let subjects: BTreeSet<&Subject> = needed.iter().map(|q| &q.0).collect();
+        self.cluster.retain(|s, _| subjects.contains(s));
         let all = std::mem::take(&mut self.all_stale);
+        let bindings = std::mem::take(&mut self.bindings_stale);
         let stale = std::mem::take(&mut self.stale);
-        let (new, known): (Vec<&Question>, Vec<&Question>) =
-            needed.iter().partition(|q| !self.grants.contains_key(*q));
+        // Cluster-scope questions: every subject after a binding change; those answered
+        // before after a ClusterRole change, when due again, or waiting.
+        let scoped = subjects.iter().filter(|s| {
+            bindings
+                || (all && self.cluster.contains_key(**s))
+                || self.pending.contains(&cluster(s))
+        });
+        let scoped: Vec<Question> = scoped.map(|s| cluster(s)).collect();
+        // A subject allowed everywhere needs no question per namespace.
+        let everywhere = |q: &Question| self.cluster.get(&q.0) == Some(&true);
+        let (new, known): (Vec<&Question>, Vec<&Question>) = needed
+            .iter()
+            .filter(|q| !everywhere(q))
+            .partition(|q| !self.grants.contains_key(*q));
         let again = known
             .into_iter()
             .filter(|q| all || stale.contains(&q.1) || self.pending.contains(*q));
-        let mut want: Vec<Question> = new.into_iter().chain(again).cloned().collect();
+        let mut want: Vec<Question> = scoped;
+        want.extend(new.into_iter().chain(again).cloned());
         let later = want.split_off(self.bucket.take(want.len(), now));
         self.pending = later.into_iter().collect();
         want.into_iter().collect()
     }
 
-    /// The API server answered `q`; whether the answer changed (or is the first).
+    /// The API server answered `q`; whether the answer changed (or is the first). A refused
+    /// cluster-scope question puts the namespaces its subject was allowed in up for asking
+    /// again.
     pub fn answered(&mut self, q: Question, allowed: bool) -> bool {
-        self.grants.insert(q, allowed) != Some(allowed)
+        if !q.1.is_empty() {
+            return self.grants.insert(q, allowed) != Some(allowed);
+        }
+        let before = self.cluster.insert(q.0.clone(), allowed);
+        if !allowed {
+            let granted = self.grants.iter().filter(|(g, yes)| **yes && g.0 == q.0);
+            let again: Vec<Question> = granted.map(|(g, _)| g.clone()).collect();
+            self.pending.extend(again);
+        }
+        before != Some(allowed)
     }
 
     /// Asking `q` failed at `now`: its last answer (if any) stands, and it is asked again
@@ -114,8 +160,12 @@ impl Reviews {
         self.retry_at.get_or_insert(now + RETRY);
     }
 
-    /// The last answer to whether `who` may reach `namespace` (`None`: never answered).
+    /// The last answer to whether `who` may reach `namespace` (`None`: never answered); a
+    /// cluster-scope allowance answers every namespace.
     pub fn answer(&self, who: &Subject, namespace: &str) -> Option<bool> {
+        if self.cluster.get(who) == Some(&true) {
+            return Some(true);
+        }
         self.grants
             .get(&(who.clone(), namespace.to_owned()))
             .copied()
@@ -130,6 +180,12 @@ impl Reviews {
     pub fn waiting(&self) -> usize {
         self.pending.len() + self.retry.len()
     }
+}
+
+/// The cluster-scope question of `who`: may it get Services in every namespace (a
+/// SubjectAccessReview with no namespace).
+pub fn cluster(who: &Subject) -> Question {
+    (who.clone(), String::new())
 }
 
 #[cfg(test)]

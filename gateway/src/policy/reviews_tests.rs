@@ -127,7 +127,7 @@ fn a_cluster_role_change_asks_every_pair_again() {
     let mut r = Reviews::new(Duration::from_secs(3600), 100.0, t0);
     let need = needed(&["alice", "bob"], &["emo", "default"]);
     pass(&mut r, &need, t0, |_| false);
-    r.cluster_changed();
+    r.cluster_roles_changed();
     assert_eq!(r.to_ask(&need, t0), need);
     assert!(r.to_ask(&need, t0).is_empty(), "once");
 }
@@ -140,7 +140,7 @@ fn the_rate_limit_paces_a_burst_new_questions_first() {
     let old = needed(&["old"], &["a", "b", "c", "d", "e"]);
     assert_eq!(pass(&mut r, &old, t0, |_| true).len(), 5);
     let t1 = t0 + Duration::from_secs(10); // the bucket is full again
-    r.cluster_changed();
+    r.cluster_roles_changed();
     let users: Vec<String> = (0..10).map(|i| format!("new{i}")).collect();
     let users: Vec<&str> = users.iter().map(String::as_str).collect();
     let mut need = needed(&users, &["a", "b", "c", "d", "e"]);
@@ -174,7 +174,7 @@ fn a_failed_review_keeps_its_last_answer_and_is_asked_again_after_the_retry() {
     let mut r = Reviews::new(Duration::from_secs(3600), 100.0, t0);
     let need = needed(&["alice"], &["emo", "default"]);
     pass(&mut r, &need, t0, |_| true);
-    r.cluster_changed();
+    r.cluster_roles_changed();
     let asked = r.to_ask(&need, t0);
     assert_eq!(asked, need);
     r.answered(q("alice", "default"), false);
@@ -205,4 +205,78 @@ fn answers_no_peer_needs_are_forgotten() {
     assert_eq!(r.answer(&Subject::new("bob", &[]), "emo"), None, "bob left");
     // Bob back: asked afresh, not answered from a stale cache.
     assert_eq!(r.to_ask(&both, t0), needed(&["bob"], &["emo"]));
+}
+
+#[test]
+fn a_cluster_binding_change_costs_one_review_per_subject_not_per_namespace() {
+    let t0 = Instant::now();
+    let users: Vec<String> = (0..200).map(|i| format!("u{i}")).collect();
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    let namespaces: Vec<String> = (0..100).map(|i| format!("ns{i}")).collect();
+    let namespaces: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+    let need = needed(&users, &namespaces);
+    let mut r = Reviews::new(Duration::from_secs(3600), 1e9, t0);
+    assert_eq!(pass(&mut r, &need, t0, |q| q.1 == "ns0").len(), 20_000);
+    r.cluster_bindings_changed();
+    let asked = pass(&mut r, &need, t0, |_| false);
+    assert_eq!(asked.len(), 200, "one cluster-scope review per subject");
+    assert!(asked.iter().all(|q| q.1.is_empty()));
+    // Refused cluster-wide: only the namespace each was allowed in is asked again.
+    let again = pass(&mut r, &need, t0, |q| q.1 == "ns0");
+    assert_eq!(again.len(), 200);
+    assert!(again.iter().all(|q| q.1 == "ns0"));
+    assert!(r.to_ask(&need, t0).is_empty());
+}
+
+#[test]
+fn a_cluster_wide_grant_answers_every_namespace_until_it_goes() {
+    let t0 = Instant::now();
+    let mut r = Reviews::new(Duration::from_secs(3600), 100.0, t0);
+    let alice = Subject::new("alice", &[]);
+    let need = needed(&["alice", "bob"], &["a", "b"]);
+    pass(&mut r, &need, t0, |q| q.1 == "a" && q.0.user == "alice");
+    r.cluster_bindings_changed();
+    assert_eq!(
+        r.to_ask(&need, t0),
+        [cluster(&alice), cluster(&Subject::new("bob", &[]))].into()
+    );
+    // A ClusterRoleBinding now grants alice everywhere, bob nothing (he had nothing).
+    r.answered(cluster(&alice), true);
+    r.answered(cluster(&Subject::new("bob", &[])), false);
+    assert_eq!(r.answer(&alice, "b"), Some(true));
+    assert!(r.to_ask(&need, t0).is_empty(), "bob had no grant to lose");
+    // A namespace that appears needs no review for alice, one for bob.
+    let more = needed(&["alice", "bob"], &["a", "b", "c"]);
+    assert_eq!(pass(&mut r, &more, t0, |_| false), needed(&["bob"], &["c"]));
+    assert!(r.allowed(&alice, "c"));
+    // The binding goes: alice is asked again where she was allowed, and where she never was
+    // asked (c); b stands refused as answered before.
+    r.cluster_bindings_changed();
+    assert_eq!(
+        pass(&mut r, &more, t0, |_| false),
+        [cluster(&alice), cluster(&Subject::new("bob", &[]))].into()
+    );
+    assert_eq!(r.answer(&alice, "b"), Some(false));
+    assert_eq!(
+        r.to_ask(&more, t0),
+        [q("alice", "a"), q("alice", "c")].into()
+    );
+}
+
+#[test]
+fn cluster_wide_answers_are_reviewed_again_each_period() {
+    let t0 = Instant::now();
+    let period = Duration::from_secs(60);
+    let mut r = Reviews::new(period, 100.0, t0);
+    let alice = Subject::new("alice", &[]);
+    let need = needed(&["alice"], &["a", "b"]);
+    pass(&mut r, &need, t0, |_| false);
+    r.cluster_bindings_changed();
+    pass(&mut r, &need, t0, |_| true);
+    assert!(r.allowed(&alice, "b"));
+    // Within a period the cluster-scope answer is asked again (and nothing per namespace:
+    // the per-namespace answers are not needed while it allows).
+    let asked = run(&mut r, &need, t0, t0 + period);
+    let asked: Vec<&Question> = asked.iter().map(|(_, q)| q).collect();
+    assert!(asked.contains(&&cluster(&alice)), "{asked:?}");
 }
