@@ -261,8 +261,16 @@ impl Ladder {
         let next = rung.next_stream().filter(|_| self.mode == Mode::Auto);
         match next {
             Some(n) => self.connect(n),
-            // Auto starts over from the best stream rung.
-            _ if self.mode == Mode::Auto => self.retry(Rung::Tcp, now),
+            // Auto starts over from the best stream rung, and asks UDP at once when the tunnel
+            // was on a stream that is gone: UDP may answer again (the next probe is up to
+            // `probe_every` away).
+            _ if self.mode == Mode::Auto => {
+                self.retry(Rung::Tcp, now);
+                if self.path != Rung::Udp && self.probe_sent.is_none() {
+                    self.probe_sent = Some(now);
+                    self.steps.push_back(Step::Probe(Rung::Udp));
+                }
+            }
             _ => self.retry(rung, now),
         }
     }

@@ -249,6 +249,28 @@ fn a_broken_api_server_stream_comes_back_over_the_api_server_when_tcp_still_fail
 }
 
 #[test]
+fn a_stream_that_cannot_come_back_asks_udp_at_once() {
+    // Joined over the API server (UDP silent, TCP refused); then the API server goes too.
+    let t0 = Instant::now();
+    let mut l = Ladder::new(Mode::Auto, Timings::default(), t0);
+    steps(&mut l);
+    l.connect_failed(Rung::Tcp, "refused", t0 + secs(0.1));
+    l.connected(Rung::ApiServer, t0 + secs(0.2));
+    l.tick(t0 + secs(1.0));
+    l.handshake(t0 + secs(1.1));
+    steps(&mut l);
+    assert_eq!(l.path(), Some(Rung::ApiServer));
+    l.stream_closed("closed by the other side", t0 + secs(5.0));
+    assert_eq!(steps(&mut l), [Step::Connect(Rung::ApiServer)]);
+    l.connect_failed(Rung::ApiServer, "unreachable", t0 + secs(5.1));
+    // Not only TCP again after the back-off: UDP now, not at the probe a minute after joining.
+    assert_eq!(steps(&mut l), [Step::Probe(Rung::Udp)]);
+    l.heard(Rung::Udp, t0 + secs(5.2));
+    assert_eq!(steps(&mut l), [use_(Rung::Udp, false)]);
+    assert_eq!(l.path(), Some(Rung::Udp));
+}
+
+#[test]
 fn a_connect_result_for_a_rung_no_longer_opened_is_ignored() {
     let t0 = Instant::now();
     let mut l = Ladder::new(Mode::Auto, Timings::default(), t0);
