@@ -80,7 +80,8 @@ struct RefLaptop {
     reach_since: Option<Duration>,
     /// Deleted by a clean leave.
     deleted: bool,
-    /// Another machine registered its name while its Secret was gone: it cannot come back.
+    /// Another machine registered its name while its Secret was gone: it cannot come back
+    /// while that machine's Secret lives.
     evicted: bool,
     /// The gateway info version it follows.
     info_seen: u64,
@@ -146,6 +147,17 @@ impl Reference {
     /// Runs the clock for `d`: renewals happen where they can.
     fn elapse(&mut self, d: Duration) {
         let (t0, t1) = (self.t, self.t + d);
+        // A laptop that lost its name keeps trying: once the other machine's Secret is gone it
+        // registers again (its renewal finds no Secret).
+        let name_free: Vec<bool> = (0..self.laptops.len())
+            .map(|i| Reference::rival(i).is_none_or(|j| self.secret(j, t0) == Secret::Gone))
+            .collect();
+        for (l, free) in self.laptops.iter_mut().zip(name_free) {
+            if l.evicted && free {
+                l.evicted = false;
+                l.reach_since = None;
+            }
+        }
         for l in &mut self.laptops {
             let live = l.status == Status::Joined && !l.evicted && !self.api_blocked;
             if live {
