@@ -120,11 +120,12 @@ impl Reviews {
                 || self.pending.contains(&cluster(s))
         });
         let scoped: Vec<Question> = scoped.map(|s| cluster(s)).collect();
-        // A subject allowed everywhere needs no question per namespace.
+        // A subject allowed everywhere needs no question per namespace, except after a
+        // ClusterRole change: a RoleBinding naming it may have changed its answers too.
         let everywhere = |q: &Question| self.cluster.get(&q.0) == Some(&true);
         let (new, known): (Vec<&Question>, Vec<&Question>) = needed
             .iter()
-            .filter(|q| !everywhere(q))
+            .filter(|q| all || !everywhere(q))
             .partition(|q| !self.grants.contains_key(*q));
         let again = known
             .into_iter()

@@ -280,3 +280,24 @@ fn cluster_wide_answers_are_reviewed_again_each_period() {
     let asked: Vec<&Question> = asked.iter().map(|(_, q)| q).collect();
     assert!(asked.contains(&&cluster(&alice)), "{asked:?}");
 }
+
+#[test]
+fn a_cluster_role_change_asks_every_pair_even_of_a_subject_allowed_everywhere() {
+    let t0 = Instant::now();
+    let mut r = Reviews::new(Duration::from_secs(3600), 100.0, t0);
+    let alice = Subject::new("alice", &[]);
+    let need = needed(&["alice"], &["a", "b"]);
+    pass(&mut r, &need, t0, |_| false);
+    r.cluster_bindings_changed();
+    pass(&mut r, &need, t0, |_| true);
+    // The ClusterRole it was bound to changed: its cluster-wide answer and every namespace's
+    // (a RoleBinding there may name the ClusterRole) are asked again.
+    r.cluster_roles_changed();
+    let mut want = need.clone();
+    want.insert(cluster(&alice));
+    assert_eq!(pass(&mut r, &need, t0, |q| q.1 == "b"), want);
+    assert_eq!(
+        (r.answer(&alice, "a"), r.answer(&alice, "b")),
+        (Some(false), Some(true))
+    );
+}
