@@ -13,6 +13,7 @@ use kube::api::{
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use kwg_contract::{GatewayInfo, PeerSpec};
+use kwg_session::lease::{LeaseFailure, renewal_failure};
 
 use crate::error::Error;
 use crate::output;
@@ -240,7 +241,7 @@ impl Kube {
         secret: &str,
         uid: Option<&str>,
         expires: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), crate::session::LeaseFailure> {
+    ) -> Result<(), LeaseFailure<Error>> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let patch = lease_patch(uid, expires);
         api.patch(secret, &PatchParams::default(), &Patch::Merge(&patch))
@@ -252,7 +253,7 @@ impl Kube {
                     _ => (None, String::new()),
                 };
                 let e = self.secrets_error("patch", ns, e);
-                crate::driver::exec::lease_failure(code, &message, e)
+                renewal_failure(code, &message, e)
             })
     }
 

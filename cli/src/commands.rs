@@ -17,26 +17,6 @@ use crate::state::{State, StateDir, StateFile};
 mod join;
 pub use join::{daemon, join};
 
-/// CAP_NET_ADMIN's bit in the capability sets (linux/capability.h).
-const CAP_NET_ADMIN: u32 = 12;
-
-/// Whether this process may create interfaces and routes.
-pub fn privileged() -> bool {
-    nix::unistd::geteuid().is_root() || has_cap_net_admin()
-}
-
-/// Whether CAP_NET_ADMIN is in this process's effective capabilities.
-pub fn has_cap_net_admin() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
-}
-
 /// `kwg status`: exit code 1 when not joined.
 pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
     let Some(state) = State::load(&dir.state())? else {
@@ -91,7 +71,7 @@ pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
     let listed = kube.list_peers(&args.kube.kwg_namespace).await?;
     let running = matches!(DaemonLock::holder(&dir.lock()), Holder::Running(_));
     let stats = match state.as_ref().and_then(|s| s.gateway_admin) {
-        Some(admin) if running => gateway_peers(admin).await,
+        Some(admin) if running => crate::reach::peers(admin).await,
         _ => Vec::new(),
     };
     let me = state.as_ref().map(|s| s.peer.to_string());
@@ -129,35 +109,6 @@ pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
         ),
     }
     Ok(())
-}
-
-/// The gateway's `/peers` JSON through the tunnel (empty when it does not answer).
-pub(crate) async fn gateway_peers(admin: std::net::SocketAddr) -> Vec<kwg_contract::GatewayPeer> {
-    use http_body_util::BodyExt;
-    let fetch = async {
-        let tcp = crate::userspace::client::dial_cluster(admin).await.ok()?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .ok()?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get("/peers")
-            .header(hyper::header::HOST, admin.to_string())
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .ok()?;
-        let resp = sender.send_request(req).await.ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        let body = resp.into_body().collect().await.ok()?.to_bytes();
-        serde_json::from_slice(&body).ok()
-    };
-    tokio::time::timeout(Duration::from_secs(2), fetch)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default()
 }
 
 /// `kwg leave`: asks the daemon to undo everything, or undoes it from the state file.

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod args;
+pub mod caps;
 pub mod cluster;
 pub mod commands;
 pub mod credentials;

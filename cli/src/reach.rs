@@ -20,7 +20,7 @@ pub async fn own(admin: SocketAddr, peer: &str) -> Option<ReachStatus> {
     match fetch_own(admin, OWN_WAIT).await {
         Ok(Own::Entry(p)) => p.reach,
         Ok(Own::NoRoute) => {
-            crate::commands::gateway_peers(admin)
+            peers(admin)
                 .await
                 .into_iter()
                 .find(|g| g.name.as_str() == peer)?
@@ -41,6 +41,13 @@ pub async fn fetch(admin: SocketAddr, timeout: Duration) -> Result<Vec<GatewayPe
         return Err(format!("GET http://{admin}{PEERS}: {status}"));
     }
     serde_json::from_slice(&body).map_err(|e| format!("GET http://{admin}{PEERS}: {e}"))
+}
+
+/// The gateway's `/peers` through the tunnel; empty when it does not answer within 2 s.
+pub async fn peers(admin: SocketAddr) -> Vec<GatewayPeer> {
+    fetch(admin, Duration::from_secs(2))
+        .await
+        .unwrap_or_default()
 }
 
 const PEERS: &str = "/peers";

@@ -7,8 +7,10 @@
 pub mod config;
 pub mod dns;
 pub mod error;
+pub mod firewall;
 pub mod gateway;
 pub mod journal;
+pub mod lease;
 pub mod routes;
 pub mod text;
 pub mod transport;

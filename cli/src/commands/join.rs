@@ -5,8 +5,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{privileged, signal, undo_all};
+use super::{signal, undo_all};
 use crate::args::{Format, JoinArgs};
+use crate::caps::privileged;
 use crate::driver::{self, Progress, undo::cleanup_dead};
 use crate::error::Error;
 use crate::exit::{Cancel, UNDONE};

@@ -6,7 +6,7 @@ use std::future::Future;
 use kwg_host::netlink::Netlink;
 use kwg_wg::device::{DEFAULT_MTU, Device, DeviceConfig, PeerConfig};
 
-use super::{Done, Driver, Long, exec, firewall};
+use super::{Done, Driver, Long, exec, firewall, inspect};
 use crate::cluster::Kube;
 use crate::dns::forwarder::Forwarder;
 use crate::error::Error;
@@ -53,7 +53,7 @@ impl Driver {
             Action::Inspect => {
                 let (args, dir) = (self.args.clone(), self.dir.clone());
                 Started::Long(Box::pin(async move {
-                    Done::Inspected(exec::inspect(&args, &dir).await)
+                    Done::Inspected(inspect::inspect(&args, &dir).await)
                 }))
             }
             Action::Save(state) => quiet(state.save(&self.dir.state())),

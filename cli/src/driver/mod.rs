@@ -5,6 +5,7 @@
 mod actions;
 pub mod exec;
 pub mod firewall;
+mod inspect;
 mod status;
 pub mod undo;
 
@@ -111,7 +112,7 @@ type Long = Pin<Box<dyn Future<Output = Done> + Send>>;
 /// A finished long action.
 enum Done {
     Event(Event),
-    Inspected(Result<exec::Inspected, Error>),
+    Inspected(Result<inspect::Inspected, Error>),
     /// The credentials were loaded again from the kubeconfig: the client to keep.
     Reconnected(Box<Kube>, Event),
 }

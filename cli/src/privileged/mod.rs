@@ -25,7 +25,7 @@ pub fn socket() -> PathBuf {
 
 /// Whether this process needs the helper for a TUN-mode join (neither root nor CAP_NET_ADMIN).
 pub fn needed() -> bool {
-    !crate::commands::privileged()
+    !crate::caps::privileged()
 }
 
 fn helper_error(what: &str, e: ClientError) -> Error {

@@ -121,11 +121,13 @@ impl Session {
     }
 
     /// The next action to execute.
+    #[must_use]
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 
     /// When [`Session::handle_timeout`] must be called next.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::TearingDown | Phase::Done => None,
@@ -248,7 +250,7 @@ impl Session {
         self.in_flight = false;
         match (self.phase, event) {
             (Phase::Inspecting, Event::Inspected(facts)) => {
-                let lease = facts.now_wall + self.config.ttl;
+                let lease = kwg_session::lease::lease_end(facts.now_wall, self.config.ttl);
                 self.inspected(*facts, lease)
             }
             (Phase::Registering, Event::Registered(r)) => {
@@ -295,7 +297,7 @@ impl Session {
             }
             (Phase::ConfiguringNetwork, Event::NetworkConfigured) => {
                 let interface = self.config.interface.clone();
-                let table = crate::driver::firewall::table_name(&interface);
+                let table = kwg_session::firewall::table_name(&interface);
                 self.record(Undo::RemoveFirewall {
                     table: table.clone(),
                 });

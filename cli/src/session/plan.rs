@@ -46,7 +46,7 @@ pub struct Facts {
     pub interface_exists: bool,
     pub public_key: PublicKey,
     pub hostname: String,
-    /// A short stable tag of this machine (see `driver::exec::machine_tag`), for the default
+    /// A short stable tag of this machine (see `driver::inspect::machine_tag`), for the default
     /// peer name.
     pub machine_tag: String,
     /// The resolver file's content (its upstream servers), unless DNS is off.

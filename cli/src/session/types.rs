@@ -164,19 +164,8 @@ pub struct Registration {
     pub lease_expires: chrono::DateTime<chrono::Utc>,
 }
 
-/// Why a lease renewal failed.
-#[derive(Debug)]
-pub enum LeaseFailure {
-    /// 409: the Secret changed meanwhile; retry at once.
-    Conflict,
-    /// 404: the Secret is gone (expired while the machine slept, or deleted): register again.
-    NotFound,
-    /// A Secret of that name with another uid: ours was deleted and the name taken since
-    /// (another machine of the same owner registered it). Left alone: register again.
-    Replaced,
-    /// Anything else (403, API unreachable): keep the tunnel, retry with back-off.
-    Other(Error),
-}
+/// Why a lease renewal failed (the driver's error in `Other`).
+pub type LeaseFailure = kwg_session::lease::LeaseFailure<Error>;
 
 /// The states of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -52,7 +52,7 @@ impl ModeFacts {
     pub fn probe() -> ModeFacts {
         ModeFacts {
             root: nix::unistd::geteuid().is_root(),
-            cap_net_admin: crate::commands::has_cap_net_admin(),
+            cap_net_admin: crate::caps::has_cap_net_admin(),
             tun_device: Path::new("/dev/net/tun").exists(),
         }
     }
