@@ -261,6 +261,7 @@ impl ReferenceStateMachine for Reference {
                     let l = &mut r.laptops[i];
                     l.status = Status::Joined;
                     l.sure = Some(t);
+                    l.last = Some(t);
                     l.reach_since = Some(t);
                     l.deleted = false;
                     l.evicted = false;
