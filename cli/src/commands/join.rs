@@ -21,6 +21,8 @@ use kwg_contract::Status;
 pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
     let format = args.output;
     let reporter = Reporter::new(format);
+    // A normal user's TUN-mode join goes through kwg-helper (crate::privileged).
+    let via_helper = crate::privileged::prepare(&mut args, &reporter).await?;
     let facts = crate::userspace::ModeFacts::probe();
     match crate::userspace::choose(args.userspace, args.tun, facts, args.proxy_listen) {
         (crate::userspace::Mode::Userspace, why) => {
@@ -29,7 +31,7 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
                 reporter.step(&why);
             }
         }
-        _ if !privileged() => return Err(Error::NotPrivileged),
+        _ if !privileged() && !via_helper => return Err(Error::NotPrivileged),
         _ => {}
     }
     let started = Instant::now();

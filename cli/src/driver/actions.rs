@@ -73,10 +73,15 @@ impl Driver {
                 gateway,
             } => {
                 let r = async {
-                    exec::set_routes(&name, Some(address), &routes, &[]).await?;
+                    self.set_routes(&name, Some(address), &routes, &[]).await?;
                     self.configure_gateway(peer_config(&gateway)).await
                 };
                 event(r.await, Event::NetworkConfigured)
+            }
+            // A normal user's join: the helper loads the session's table.
+            Action::InstallFirewall { .. } if self.helper.is_some() => {
+                let h = self.helper.as_mut().expect("checked");
+                event(h.firewall().await, Event::FirewallInstalled)
             }
             Action::InstallFirewall { table, interface } => {
                 match firewall::install(&table, &interface).await {
@@ -212,10 +217,10 @@ impl Driver {
                 quiet(r.await)
             }
             Action::SetRoutes { name, add, remove } => {
-                quiet(exec::set_routes(&name, None, &add, &remove).await)
+                quiet(self.set_routes(&name, None, &add, &remove).await)
             }
             Action::ChangeAddress { name, old, new } => {
-                quiet(exec::change_address(&name, old, new).await)
+                quiet(self.change_address(&name, old, new).await)
             }
             Action::Undo(u) => Started::Now(self.undo(u).await),
             Action::RemoveState => quiet(State::remove(&self.dir.state())),
@@ -224,6 +229,12 @@ impl Driver {
     }
 
     async fn create_device(&mut self, name: String) -> Started {
+        if crate::privileged::needed() {
+            return match self.create_device_via_helper(&name).await {
+                Ok(ifindex) => Started::Now(Event::DeviceCreated { ifindex }),
+                Err(e) => Started::Now(Event::Failed(e)),
+            };
+        }
         let key = self.key.clone().expect("key loaded");
         let r = async {
             let device = Device::start(DeviceConfig {

@@ -3,6 +3,7 @@
 //! resource; the core owns every decision.
 
 mod actions;
+mod helper;
 pub mod exec;
 pub mod firewall;
 mod inspect;
@@ -135,6 +136,9 @@ struct Driver {
     info_tx: mpsc::Sender<GatewayInfo>,
     /// Said to `kwg join` with the next progress line.
     warnings: Vec<String>,
+    /// A normal user's join: the session with kwg-helper, which made the TUN and holds the
+    /// address, routes and firewall (`crate::privileged`).
+    helper: Option<crate::privileged::Helper>,
 }
 
 /// Runs the daemon: takes the lock, cleans up after a dead predecessor, brings everything up
@@ -218,6 +222,7 @@ pub async fn run(
         watch: None,
         info_tx,
         warnings: Vec::new(),
+        helper: None,
     };
     let mut long: Option<Long> = None;
     let mut leave_waiters: Vec<oneshot::Sender<Reply>> = Vec::new();
@@ -450,6 +455,8 @@ impl Driver {
                 }
                 return Event::Undone(Some(format!("the userspace tunnel and proxy on {listen}")));
             }
+            // The helper removes the table with the rest of the session (below).
+            Undo::RemoveFirewall { .. } if self.helper.is_some() => return Event::Undone(None),
             Undo::DeleteInterface { name, .. } => {
                 if let Some(t) = self.transport.take() {
                     self.transport_status = t.last_status();
@@ -457,6 +464,12 @@ impl Driver {
                 if let Some(d) = self.device.take() {
                     if let Err(e) = d.shutdown().await {
                         tracing::warn!(error = %e, "stopping the device");
+                    }
+                    if let Some(h) = self.helper.take() {
+                        return match h.close().await {
+                            Ok(()) => Event::Undone(Some(format!("routes and interface {name}"))),
+                            Err(e) => Event::UndoFailed(e),
+                        };
                     }
                     // The TUN goes with the device; delete it if it is somehow still there.
                     return match undo::undo_step(&u, self.kube.as_ref()).await {

@@ -1,0 +1,65 @@
+//! The driver's network steps when the daemon runs as a normal user (`crate::privileged`):
+//! kwg-helper creates the TUN and passes its descriptor, and sets the address, routes and
+//! firewall; as root the daemon does them itself (`exec`, `firewall`).
+
+use kwg_wg::device::{DEFAULT_MTU, Device, DeviceConfig};
+
+use super::{Driver, exec};
+use crate::error::Error;
+use crate::privileged::Helper;
+
+impl Driver {
+    /// The device on a TUN the helper made; its ifindex.
+    pub(super) async fn create_device_via_helper(&mut self, name: &str) -> Result<u32, Error> {
+        let key = self.key.clone().expect("key loaded");
+        let (helper, tun) = Helper::open(
+            name,
+            &self.dir.0,
+            &self.args.also_proxy,
+            &self.args.allow_conflicting_subnets,
+            DEFAULT_MTU,
+        )
+        .await?;
+        // The session lives as long as this connection: kept before anything can fail.
+        self.helper = Some(helper);
+        let cfg = DeviceConfig {
+            name: name.to_string(),
+            private_key: key,
+            listen_port: 0,
+            mtu: DEFAULT_MTU,
+            uapi_dir: Some(self.dir.uapi_dir()),
+        };
+        self.device = Some(Device::start_on_fd(cfg, tun.fd, tun.offload).await?);
+        Ok(tun.ifindex)
+    }
+
+    /// Brings `name` up with `address` (when given) and reconciles its routes.
+    pub(super) async fn set_routes(
+        &mut self,
+        name: &str,
+        address: Option<ipnet::IpNet>,
+        add: &[ipnet::IpNet],
+        remove: &[ipnet::IpNet],
+    ) -> Result<(), Error> {
+        let Some(h) = self.helper.as_mut() else {
+            return exec::set_routes(name, address, add, remove).await;
+        };
+        if let Some(a) = address {
+            h.set_address(a).await?;
+        }
+        h.routes(add, remove).await
+    }
+
+    /// Replaces the interface's address `old` by `new`.
+    pub(super) async fn change_address(
+        &mut self,
+        name: &str,
+        old: ipnet::IpNet,
+        new: ipnet::IpNet,
+    ) -> Result<(), Error> {
+        match self.helper.as_mut() {
+            Some(h) => h.set_address(new).await,
+            None => exec::change_address(name, old, new).await,
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! `kwg join` as a normal user (issue 26): a uid without any privilege in the laptop's namespace,
+//! whose kubeconfig authenticates through an exec plugin that reads its token from `$HOME` and
+//! refuses root (like `aws eks get-token` with its cache), joins in TUN mode through a running
+//! kwg-helper. The daemon runs as that uid, the cluster answers through the tunnel, the helper
+//! refuses a hand-written client's unsafe route and another uid's attempt to end the session,
+//! and reverts link, routes and firewall within 1 s of a kill -9 of the user's daemon.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use kwg_e2e::cluster_ip;
+use kwg_e2e::laptop::{Laptop, laptop, path_with_bins, shared, text};
+
+/// The user who joins, and another one the helper also serves.
+const USER: u32 = 64031;
+const OTHER: u32 = 64032;
+
+/// The exec credential plugin: the token from `$HOME`, never as root.
+const PLUGIN: &str = r#"#!/bin/sh
+if [ "$(id -u)" = 0 ]; then
+  echo "kwg-e2e-plugin: refusing to run as root (it would write root-owned caches in $HOME)" >&2
+  exit 1
+fi
+echo "$(id -u) $HOME" >> "$HOME/plugin-calls"
+printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"%s"}}\n' "$(cat "$HOME/.kube/token")"
+"#;
+
+struct Rig {
+    laptop: Laptop,
+    dir: PathBuf,
+    home: PathBuf,
+    helper: Child,
+}
+
+impl Rig {
+    fn socket(&self) -> PathBuf {
+        self.dir.join("helper.sock")
+    }
+
+    /// `argv` in the laptop's namespace as `uid`, with only the environment a login would give.
+    fn run_as_uid(&self, uid: u32, argv: &[&str]) -> Output {
+        let home = self.home.display().to_string();
+        let uid_s = uid.to_string();
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.laptop.netns, "setpriv"])
+            .args(["--reuid", &uid_s, "--regid", &uid_s, "--clear-groups"])
+            .args(["env", "-i"])
+            .arg(format!("HOME={home}"))
+            .arg(format!("PATH={}", path_with_bins()))
+            .arg(format!("KUBECONFIG={home}/.kube/config"))
+            .arg(format!("KWG_STATE_DIR={home}/kwg"))
+            .arg(format!("KWG_HELPER_SOCKET={}", self.socket().display()))
+            .args(argv);
+        c.output().unwrap()
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut argv = vec!["ip"];
+        argv.extend_from_slice(args);
+        text(&self.laptop.run(&argv).stdout)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = self.run_as_uid(USER, &["kwg", "leave"]);
+        let _ = self.helper.kill();
+        let _ = self.helper.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The developer's kubeconfig with its token moved to `$HOME/.kube/token` and the user
+/// authenticating through [`PLUGIN`].
+fn user_kubeconfig(sim_kubeconfig: &Path, home: &Path) -> (String, String) {
+    let out = Command::new("kubectl")
+        .args(["config", "view", "--raw", "-o", "json", "--kubeconfig"])
+        .arg(sim_kubeconfig)
+        .output()
+        .unwrap();
+    let mut kc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let user = &mut kc["users"][0]["user"];
+    let token = user["token"]
+        .as_str()
+        .expect("the developer has a token")
+        .to_string();
+    *user = serde_json::json!({
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": home.join("plugin.sh").display().to_string(),
+            "interactiveMode": "Never",
+        }
+    });
+    (kc.to_string(), token)
+}
+
+fn chown(path: &Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+}
+
+fn rig() -> Rig {
+    let sim = shared();
+    let laptop = laptop(&sim, "priv");
+    let dir = PathBuf::from(format!("/tmp/kwg-e2e-priv-{}", sim.prefix()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("home/.kube")).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = dir.join("home");
+    let (kubeconfig, token) = user_kubeconfig(&sim.names().kubeconfig("developer"), &home);
+    std::fs::write(home.join(".kube/config"), kubeconfig).unwrap();
+    std::fs::write(home.join(".kube/token"), token).unwrap();
+    std::fs::write(home.join("plugin.sh"), PLUGIN).unwrap();
+    std::fs::set_permissions(
+        home.join("plugin.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    for p in [home.join(".kube/config"), home.join(".kube/token")] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        chown(&p, USER);
+    }
+    for p in [home.join(".kube"), home.join("plugin.sh"), home.clone()] {
+        chown(&p, USER);
+    }
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let socket = dir.join("helper.sock");
+    let helper = Command::new("ip")
+        .args(["netns", "exec", &laptop.netns])
+        .arg(kwg_sim::bin_path("kwg-helper"))
+        .arg("serve")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--journal")
+        .arg(dir.join("journal"))
+        .args(["--group", "kwg-e2e-no-such-group"])
+        .args([
+            "--allow-uid",
+            &USER.to_string(),
+            "--allow-uid",
+            &OTHER.to_string(),
+        ])
+        .stderr(std::fs::File::create(dir.join("helper.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !socket.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "kwg-helper did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Group-owned 0660 in real use; these uids have no group of their own.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    Rig {
+        laptop,
+        dir,
+        home,
+        helper,
+    }
+}
+
+/// Request lines to the helper from a connection made as `uid`, one reply line each (a
+/// hand-written client: the credentials are those of the thread that connected, which alone
+/// switched its uid).
+fn speak_as(r: &Rig, uid: u32, lines: &[&str]) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = kwg_privhelper::testing::connect_as(&r.socket(), uid);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    lines
+        .iter()
+        .map(|l| {
+            writer.write_all(format!("{l}\n").as_bytes()).unwrap();
+            let mut reply = String::new();
+            reader.read_line(&mut reply).unwrap();
+            reply
+        })
+        .collect()
+}
+
+#[test]
+fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
+    let r = rig();
+    let sim = r.laptop.sim.clone();
+    let web = cluster_ip(&sim, "emojivoto", "web-app").unwrap();
+
+    // The join, as the user: the plugin ran as the user with the user's home.
+    let out = r.run_as_uid(USER, &["kwg", "join", "--name", "priv", "-n", "emojivoto"]);
+    let log = std::fs::read_to_string(r.home.join("kwg/daemon.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "kwg join as uid {USER} failed:\n{}{}\ndaemon log:\n{log}\nhelper log:\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        std::fs::read_to_string(r.dir.join("helper.log")).unwrap_or_default()
+    );
+    let calls = std::fs::read_to_string(r.home.join("plugin-calls")).unwrap();
+    assert!(
+        calls
+            .lines()
+            .all(|l| l == format!("{USER} {}", r.home.display())),
+        "{calls}"
+    );
+    // The daemon (kube, WireGuard, transports) runs as the user.
+    let pid = text(&std::fs::read(r.home.join("kwg/daemon.lock")).unwrap_or_default());
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.home.join("kwg/state.json")).unwrap()).unwrap();
+    let pid = state["daemonPid"]
+        .as_i64()
+        .map(|p| p.to_string())
+        .unwrap_or(pid);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid_line.split_whitespace().nth(1),
+        Some(USER.to_string().as_str()),
+        "{uid_line}"
+    );
+    // The tunnel works: the interface and routes are the helper's, the traffic the user's.
+    let got = r.laptop.curl(&format!("http://{web}:80/"));
+    assert!(got.status.success(), "curl web-app: {}", text(&got.stderr));
+    assert!(
+        r.ip(&["route"]).contains("dev kwg0"),
+        "{}",
+        r.ip(&["route"])
+    );
+    let status = r.run_as_uid(USER, &["kwg", "status"]);
+    assert!(status.status.success(), "{}", text(&status.stdout));
+
+    // A hand-written client of another uid the helper serves: refused an unsafe route in a
+    // session of its own, and cannot end (or see) the user's session.
+    let replies = speak_as(
+        &r,
+        OTHER,
+        &[
+            r#"{"request":"open","version":1,"interface":"kwg9"}"#,
+            r#"{"request":"createTun","mtu":1420}"#,
+            r#"{"request":"routes","add":["8.8.8.0/24"]}"#,
+            r#"{"request":"list"}"#,
+            r#"{"request":"end","interface":"kwg0"}"#,
+        ],
+    );
+    assert!(
+        replies[2].contains("\"kind\":\"refused\""),
+        "{}",
+        replies[2]
+    );
+    assert!(
+        replies[2].contains("public address space"),
+        "{}",
+        replies[2]
+    );
+    assert!(
+        !replies[3].contains("kwg0"),
+        "another uid sees the session: {}",
+        replies[3]
+    );
+    assert!(
+        replies[4].contains("no session of yours on kwg0"),
+        "{}",
+        replies[4]
+    );
+    assert!(!r.ip(&["route"]).contains("8.8.8.0/24"));
+    assert!(
+        r.ip(&["link"]).contains("kwg0"),
+        "the user's session survived"
+    );
+    let got = r.laptop.curl(&format!("http://{web}:80/"));
+    assert!(
+        got.status.success(),
+        "curl web-app after: {}",
+        text(&got.stderr)
+    );
+
+    // kill -9 of the user's daemon: the helper reverts link, routes and firewall within 1 s.
+    let t = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    loop {
+        let gone = !r.ip(&["link"]).contains("kwg0")
+            && !r.ip(&["route"]).contains("kwg0")
+            && !text(&r.laptop.run(&["nft", "list", "tables"]).stdout).contains("kwg_kwg0");
+        if gone {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "not reverted within 1 s: {}",
+            r.ip(&["link"])
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("reverted {:?} after kill -9", t.elapsed());
+    // The next join works (the daemon's own journal is cleaned up as the user).
+    let out = r.run_as_uid(USER, &["kwg", "join", "--name", "priv", "-n", "emojivoto"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let left = r.run_as_uid(USER, &["kwg", "leave"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+    assert!(!r.ip(&["link"]).contains("kwg0"));
+}
