@@ -3,9 +3,9 @@
 //! resource; the core owns every decision.
 
 mod actions;
-mod helper;
 pub mod exec;
 pub mod firewall;
+mod helper;
 mod inspect;
 mod status;
 pub mod undo;
