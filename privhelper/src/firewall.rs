@@ -1,35 +1,11 @@
-//! A session's own nftables table (family inet): on its interface, only replies come in and
-//! nothing is forwarded onward (docs/laptop-trust.md, "Packets from the cluster"). The same
-//! ruleset as the one-process join's, so either kind of join protects the machine alike.
+//! Loading and removing a session's own nftables table (family inet): on its interface, only
+//! replies come in and nothing is forwarded onward (docs/laptop-trust.md, "Packets from the
+//! cluster"). The ruleset is the laptop's (`kwg_session::firewall`), so a normal user's join and
+//! root's one-process join protect the machine alike; the CLI's driver loads it with these too.
 
 use tokio::io::AsyncWriteExt;
 
-/// The table for interface `ifname` (one per interface, so two joins never share one).
-pub fn table_name(ifname: &str) -> String {
-    let safe: String = ifname
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!("kwg_{safe}")
-}
-
-/// The ruleset creating `table` for interface `ifname`.
-pub fn render(table: &str, ifname: &str) -> String {
-    format!(
-        "table inet {table} {{\n\
-         \tchain input {{\n\
-         \t\ttype filter hook input priority filter; policy accept;\n\
-         \t\tiifname \"{ifname}\" ct state established,related accept\n\
-         \t\tiifname \"{ifname}\" counter drop comment \"new connections from the cluster\"\n\
-         \t}}\n\
-         \tchain forward {{\n\
-         \t\ttype filter hook forward priority filter; policy accept;\n\
-         \t\tiifname \"{ifname}\" ct state established,related accept\n\
-         \t\tiifname \"{ifname}\" counter drop comment \"forwarding from the cluster\"\n\
-         \t}}\n\
-         }}\n"
-    )
-}
+pub use kwg_session::firewall::{render, table_name};
 
 /// Runs `nft -f -` on `script`; `Ok(false)` when nft is not installed.
 async fn nft(script: &str) -> std::io::Result<bool> {

@@ -4,52 +4,19 @@
 //! Docker or libvirt has forwarding on); replies to connections opened from this side pass.
 //! One nftables table of kwg's own (family inet: IPv4 and IPv6), removed on leave.
 
-use tokio::io::AsyncWriteExt;
-
 use crate::error::Error;
 pub use kwg_session::firewall::{render, table_name};
 
-async fn nft(input: &str) -> Result<Option<String>, std::io::Error> {
-    let mut child = match tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).await?;
-    }
-    let out = child.wait_with_output().await?;
-    if out.status.success() {
-        Ok(Some(String::new()))
-    } else {
-        Err(std::io::Error::other(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
-    }
-}
-
 /// Loads the table (replacing a stale one of the same name). `Ok(false)` when `nft` is not
-/// installed: the caller warns.
+/// installed: the caller warns. The same loading kwg-helper does for a normal user's join.
 pub async fn install(table: &str, ifname: &str) -> Result<bool, Error> {
-    let script = format!(
-        "table inet {table}\ndelete table inet {table}\n{}",
-        render(table, ifname)
-    );
-    nft(&script)
+    kwg_privhelper::firewall::install(table, ifname)
         .await
-        .map(|r| r.is_some())
         .map_err(|e| Error::io(format!("load the nftables table {table} (nft -f)"), e))
 }
 
 /// Deletes the table; `Ok(false)` when it was not there.
 pub async fn remove(table: &str) -> Result<bool, Error> {
-    // Creating it first makes the delete succeed whether or not it exists.
     let exists = tokio::process::Command::new("nft")
         .args(["list", "table", "inet", table])
         .stdout(std::process::Stdio::null())
@@ -60,7 +27,7 @@ pub async fn remove(table: &str) -> Result<bool, Error> {
     if !exists {
         return Ok(false);
     }
-    nft(&format!("delete table inet {table}\n"))
+    kwg_privhelper::firewall::remove(table)
         .await
         .map(|_| true)
         .map_err(|e| Error::io(format!("delete the nftables table {table}"), e))
