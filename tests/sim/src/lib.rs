@@ -4,7 +4,9 @@
 //! API server stand-in at `https://192.0.2.1:6443` in the node (the LAN's `.1`; `up --lan`,
 //! `--service-cidr`, `--pod-cidr` and `--domain` choose other addresses, see [`net`]), and a daemon
 //! that plays kube-proxy (nftables), the endpoints controller and the kubelet (pods are local
-//! processes). See `docs/architecture.md` for the addresses and names.
+//! processes). Its LAN's interfaces behave as NICs on a wire (`up --lan-model nic`, the default:
+//! frames of at most the MTU, GRO on receive) or as before (`previous`), see
+//! [`topology::LanModel`]. See `docs/architecture.md` for the addresses and names.
 //!
 //! # Test harness
 //!
