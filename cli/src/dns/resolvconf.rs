@@ -9,12 +9,23 @@ use crate::error::Error;
 
 /// Overwrites `path` in place (truncate + write, no rename) with `bytes`.
 pub fn write_in_place(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    write_in_place_until(path, bytes, || Ok(()))
+}
+
+/// [`write_in_place`], calling `truncated` once the file is empty and before `bytes` are
+/// written: an error from it stops the write there (a test's kill at that point).
+pub fn write_in_place_until(
+    path: &Path,
+    bytes: &[u8],
+    truncated: impl FnOnce() -> Result<(), Error>,
+) -> Result<(), Error> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
         .map_err(|e| Error::io(format!("open {} for writing", path.display()), e))?;
+    truncated()?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::io(format!("write {}", path.display()), e))

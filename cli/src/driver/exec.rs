@@ -216,8 +216,33 @@ pub fn write_resolv_conf(
     original: &[u8],
     contents: &[u8],
 ) -> Result<(), Error> {
+    write_resolv_conf_until(path, backup, original, contents, |_| Ok(()))
+}
+
+/// The points of [`write_resolv_conf`] where the daemon can be killed with a change half made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolvWrite {
+    /// The backup is on disk; the file is untouched.
+    BackedUp,
+    /// The file is truncated; nothing written yet.
+    Truncated,
+    /// The file holds kwg's version.
+    Written,
+}
+
+/// [`write_resolv_conf`], calling `after` at each [`ResolvWrite`] point: an error from it
+/// stops the write there, as a kill would (the undo test stops the real path at each).
+pub fn write_resolv_conf_until(
+    path: &std::path::Path,
+    backup: &std::path::Path,
+    original: &[u8],
+    contents: &[u8],
+    mut after: impl FnMut(ResolvWrite) -> Result<(), Error>,
+) -> Result<(), Error> {
     crate::state::write_atomic(backup, original)?;
-    resolvconf::write_in_place(path, contents)
+    after(ResolvWrite::BackedUp)?;
+    resolvconf::write_in_place_until(path, contents, || after(ResolvWrite::Truncated))?;
+    after(ResolvWrite::Written)
 }
 
 /// The gateway's admin address for `info`.

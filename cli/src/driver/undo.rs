@@ -195,40 +195,53 @@ pub async fn cleanup_dead(
 mod tests {
     use super::*;
 
-    /// The resolver file after a SIGKILL at each point of `write_resolv_conf`, then `leave`.
+    /// The real write of the resolver file (`exec::write_resolv_conf`) stopped at each of its
+    /// points, as a kill there would leave it, then the real undo: the original comes back
+    /// byte for byte, and the backup goes.
     #[test]
     fn resolv_conf_is_whole_after_a_kill_at_any_write_step() {
+        use super::super::exec::{ResolvWrite, write_resolv_conf_until};
         let original = b"search corp.example\nnameserver 192.0.2.53\n".to_vec();
         let ours = crate::session::DnsPlan::rendered(
             &original,
             "127.77.0.53:53".parse().unwrap(),
             &["emojivoto.svc.cluster.local".into()],
         );
-        // (file content at the kill, backup written?)
-        let cases: [(&[u8], bool); 4] = [
-            (&original, false), // killed before the backup: nothing to restore
-            (&original, true),  // killed after the backup, before the rewrite
-            (b"", true),        // killed between truncate and write
-            (&ours, true),      // killed after the rewrite
+        // None: killed before the write began.
+        let stops = [
+            None,
+            Some(ResolvWrite::BackedUp),
+            Some(ResolvWrite::Truncated),
+            Some(ResolvWrite::Written),
         ];
-        for (at_kill, backed_up) in cases {
+        for stop in stops {
             let dir = tempfile::tempdir().unwrap();
             let (path, backup) = (
                 dir.path().join("resolv.conf"),
                 dir.path().join("resolv.conf.orig"),
             );
-            std::fs::write(&path, at_kill).unwrap();
-            if backed_up {
-                crate::state::write_atomic(&backup, &original).unwrap();
+            std::fs::write(&path, &original).unwrap();
+            let mut reached = Vec::new();
+            if stop.is_some() {
+                let killed = write_resolv_conf_until(&path, &backup, &original, &ours, |at| {
+                    reached.push(at);
+                    match Some(at) == stop {
+                        true => Err(Error::invalid("the write", "killed here")),
+                        false => Ok(()),
+                    }
+                });
+                assert!(killed.is_err(), "the write went past {stop:?}");
+                assert_eq!(reached.last().copied(), stop);
             }
+            let at_kill = std::fs::read(&path).unwrap();
             restore_resolv_conf(&path, &backup).unwrap();
             assert_eq!(
                 std::fs::read(&path).unwrap(),
                 original,
-                "killed with {:?}",
-                String::from_utf8_lossy(at_kill)
+                "killed at {stop:?} with {:?}",
+                String::from_utf8_lossy(&at_kill)
             );
-            assert!(!backup.exists());
+            assert!(!backup.exists(), "killed at {stop:?}: the backup stays");
         }
     }
 }
