@@ -56,39 +56,14 @@ impl Drop for Served {
 }
 
 fn serve(ns: &Ns, dir: &Path) -> Served {
-    let socket = dir.join("helper.sock");
-    let _ = std::fs::remove_file(&socket);
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            env!("CARGO_BIN_EXE_kwg-helper"),
-            "serve",
-        ])
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--journal")
-        .arg(dir.join("journal"))
-        .args([
-            "--group",
-            "kwg-no-such-group",
-            "--allow-uid",
-            &USER.to_string(),
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !socket.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "the helper did not start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    Served(child)
+    let binary = Path::new(env!("CARGO_BIN_EXE_kwg-helper"));
+    Served(kwg_privhelper::testing::serve_in(
+        &ns.0,
+        binary,
+        dir,
+        &[USER],
+        Stdio::null(),
+    ))
 }
 
 /// A client connected from a thread running as `uid` only.

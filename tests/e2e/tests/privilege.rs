@@ -125,35 +125,14 @@ fn rig() -> Rig {
         chown(&p, USER);
     }
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let socket = dir.join("helper.sock");
-    let helper = Command::new("ip")
-        .args(["netns", "exec", &laptop.netns])
-        .arg(kwg_sim::bin_path("kwg-helper"))
-        .arg("serve")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--journal")
-        .arg(dir.join("journal"))
-        .args(["--group", "kwg-e2e-no-such-group"])
-        .args([
-            "--allow-uid",
-            &USER.to_string(),
-            "--allow-uid",
-            &OTHER.to_string(),
-        ])
-        .stderr(std::fs::File::create(dir.join("helper.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !socket.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "kwg-helper did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Group-owned 0660 in real use; these uids have no group of their own.
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let log = std::fs::File::create(dir.join("helper.log")).unwrap();
+    let helper = kwg_privhelper::testing::serve_in(
+        &laptop.netns,
+        &kwg_sim::bin_path("kwg-helper"),
+        &dir,
+        &[USER, OTHER],
+        log.into(),
+    );
     Rig {
         laptop,
         dir,
