@@ -355,5 +355,4 @@ fn truncate_for_udp(query: &[u8], reply: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-#[path = "forwarder_tests.rs"]
 mod tests;

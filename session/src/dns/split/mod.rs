@@ -319,5 +319,4 @@ fn reverse_name_ip(name: &str) -> Option<IpAddr> {
 }
 
 #[cfg(test)]
-#[path = "split_tests.rs"]
 mod tests;
