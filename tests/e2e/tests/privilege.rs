@@ -257,6 +257,40 @@ fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
         text(&got.stderr)
     );
 
+    // A second session on kwg1 routing the same cluster (the user allows conflicts with the
+    // machine's routes): the helper refuses it in one sentence naming the first session, leaves
+    // nothing of it, and the first keeps working (its routes are not the second's to take).
+    let second = format!("KWG_STATE_DIR={}/kwg2", r.home.display());
+    let out = r.run_as_uid(
+        USER,
+        &[
+            "env",
+            &second,
+            "kwg",
+            "join",
+            "--name",
+            "priv2",
+            "--interface",
+            "kwg1",
+            "-n",
+            "emojivoto",
+            "--allow-conflicting-subnets",
+            "0.0.0.0/0",
+        ],
+    );
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("overlaps what the kwg session on kwg0 (uid 64031) holds"),
+        "{said}"
+    );
+    assert!(!r.ip(&["link"]).contains("kwg1"), "{}", r.ip(&["link"]));
+    let got = r.laptop.curl(&format!("http://{web}:80/"));
+    assert!(
+        got.status.success(),
+        "curl web-app after the refused second session"
+    );
+
     // kill -9 of the user's daemon: the helper reverts link, routes and firewall within 1 s.
     let t = Instant::now();
     let killed = Command::new("kill")
