@@ -132,7 +132,7 @@ async fn a_users_session_gets_a_working_tun_and_is_reverted_when_the_user_goes()
     // The descriptor is the TUN: a packet routed into kwg0 is read from it, behind the
     // virtio-net header.
     let fd = tun.fd.as_raw_fd();
-    let pinger = Command::new("ip")
+    let mut pinger = Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -157,7 +157,8 @@ async fn a_users_session_gets_a_working_tun_and_is_reverted_when_the_user_goes()
         let ip = buf.get(10..usize::try_from(got).ok()?)?;
         (ip.len() >= 20 && ip[0] >> 4 == 4 && ip[16..20] == [10, 96, 0, 1]).then_some(got)
     });
-    let _ = Command::new("kill").arg(pinger.id().to_string()).status();
+    let _ = pinger.kill();
+    let _ = pinger.wait();
     assert!(
         ping.is_some(),
         "no ping to 10.96.0.1 read from the TUN descriptor"
