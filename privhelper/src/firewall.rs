@@ -42,7 +42,31 @@ pub async fn install(table: &str, ifname: &str) -> std::io::Result<bool> {
     nft(&script).await
 }
 
+/// The script loading a new table: `create table` fails when `table` exists already, so a
+/// session never replaces (and so never deletes) a table it does not own.
+pub fn new_table_script(table: &str, ifname: &str) -> String {
+    format!("create table inet {table}\n{}", render(table, ifname))
+}
+
+/// Loads the table for the helper, refusing one that exists already. `Ok(false)`: nft is not
+/// installed.
+pub async fn install_new(table: &str, ifname: &str) -> std::io::Result<bool> {
+    nft(&new_table_script(table, ifname)).await
+}
+
 /// Deletes the table whether or not it exists (`Ok(false)`: nft is not installed).
 pub async fn remove(table: &str) -> std::io::Result<bool> {
     nft(&format!("table inet {table}\ndelete table inet {table}\n")).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_helper_never_replaces_an_existing_table() {
+        let s = new_table_script("kwg_kwg_a", "kwg_a");
+        assert!(s.starts_with("create table inet kwg_kwg_a\n"), "{s}");
+        assert!(!s.contains("delete table"), "{s}");
+    }
 }

@@ -47,12 +47,12 @@ pub fn check_interface(name: &str) -> Result<(), String> {
     let ok = rest.len() <= 12
         && rest
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "interface name {:?} is not one kwg-helper manages: use kwg followed by up to 12 lowercase letters, digits, - or _ (e.g. kwg0)",
+            "interface name {:?} is not one kwg-helper manages: use kwg followed by up to 12 lowercase letters, digits or _ (e.g. kwg0; no -, so that each name has its own nftables table)",
             printable(name)
         ))
     }
@@ -186,7 +186,7 @@ pub(crate) mod tests {
 
     #[test]
     fn interface_names_are_kwg_only() {
-        for ok in ["kwg", "kwg0", "kwg-ci_1", "kwgabcdefghijkl"] {
+        for ok in ["kwg", "kwg0", "kwg_ci_1", "kwgabcdefghijkl"] {
             assert_eq!(check_interface(ok), Ok(()), "{ok}");
         }
         for bad in [
@@ -196,6 +196,7 @@ pub(crate) mod tests {
             "kwgabcdefghijklm",
             "KWG0",
             "kwg 0",
+            "kwg-a",
             "lo",
             "",
         ] {

@@ -150,9 +150,11 @@ impl Net for Kernel {
                 nl.delete_route(*route, name).await?;
             }
             Change::InstallFirewall { table, name } => {
-                if !firewall::install(table, name)
+                if !firewall::install_new(table, name)
                     .await
-                    .map_err(io(format!("load the nftables table {table}")))?
+                    .map_err(io(format!(
+                        "load the nftables table {table} (refused if it exists already: another kwg owns it, or `nft delete table inet {table}` removes a stale one)"
+                    )))?
                 {
                     tracing::warn!(
                         table,
