@@ -10,7 +10,9 @@
 //! cluster-scope review per subject (namespace `""`, [`cluster`]) instead of one per namespace:
 //! allowed there, the subject reaches every namespace without a review of each; refused, only
 //! the namespaces it was allowed in are asked again (a removed cluster-wide grant may have
-//! been their reason; a refused one cannot have become allowed by it).
+//! been their reason; a refused one cannot have become allowed by it), except after it was
+//! allowed: then every namespace of the subject is asked again at once (the Role and
+//! RoleBinding changes there were not reviewed meanwhile).
 
 use super::grants::{Question, Subject};
 use super::schedule::{Bucket, Spread};
@@ -39,6 +41,8 @@ pub struct Reviews {
     /// Questions whose review failed, asked again at `retry_at`.
     retry: BTreeSet<Question>,
     retry_at: Option<Instant>,
+    /// Answers were dropped (a cluster-wide allowance went): the next pass asks them anew.
+    dropped: bool,
     spread: Spread,
     bucket: Bucket,
 }
@@ -57,6 +61,7 @@ impl Reviews {
             all_stale: false,
             retry: BTreeSet::new(),
             retry_at: None,
+            dropped: false,
             spread: Spread::new(period, now),
             bucket: Bucket::new(per_second, burst, now),
         }
@@ -80,6 +85,9 @@ impl Reviews {
     /// When the reviews want a pass (a retry, the next slice of the re-review, a token for
     /// what waits), if nothing else happens before.
     pub fn next_wake(&self, now: Instant) -> Instant {
+        if self.dropped {
+            return now;
+        }
         let spread = self.spread.next_wake();
         let wake = self.retry_at.map_or(spread, |at| at.min(spread));
         match self.pending.is_empty() {
@@ -99,7 +107,7 @@ impl Reviews {
             self.retry_at = None;
             self.pending.append(&mut self.retry);
         }
-        !self.pending.is_empty()
+        self.dropped || !self.pending.is_empty()
     }
 
     /// A pass: of the questions the peers `needed` now, those to ask at once, as many as the
@@ -109,6 +117,7 @@ impl Reviews {
         self.grants.retain(|q, _| needed.contains(q));
         let subjects: BTreeSet<&Subject> = needed.iter().map(|q| &q.0).collect();
         self.cluster.retain(|s, _| subjects.contains(s));
+        self.dropped = false;
         let all = std::mem::take(&mut self.all_stale);
         let bindings = std::mem::take(&mut self.bindings_stale);
         let stale = std::mem::take(&mut self.stale);
@@ -139,13 +148,16 @@ impl Reviews {
 
     /// The API server answered `q`; whether the answer changed (or is the first). A refused
     /// cluster-scope question puts the namespaces its subject was allowed in up for asking
-    /// again.
+    /// again; one that allowed before drops all of its subject's answers (asked anew at once).
     pub fn answered(&mut self, q: Question, allowed: bool) -> bool {
         if !q.1.is_empty() {
             return self.grants.insert(q, allowed) != Some(allowed);
         }
         let before = self.cluster.insert(q.0.clone(), allowed);
-        if !allowed {
+        if !allowed && before == Some(true) {
+            self.grants.retain(|g, _| g.0 != q.0);
+            self.dropped = true;
+        } else if !allowed {
             let granted = self.grants.iter().filter(|(g, yes)| **yes && g.0 == q.0);
             let again: Vec<Question> = granted.map(|(g, _)| g.clone()).collect();
             self.pending.extend(again);

@@ -249,18 +249,15 @@ fn a_cluster_wide_grant_answers_every_namespace_until_it_goes() {
     let more = needed(&["alice", "bob"], &["a", "b", "c"]);
     assert_eq!(pass(&mut r, &more, t0, |_| false), needed(&["bob"], &["c"]));
     assert!(r.allowed(&alice, "c"));
-    // The binding goes: alice is asked again where she was allowed, and where she never was
-    // asked (c); b stands refused as answered before.
+    // The binding goes: alice is asked again in every namespace (b's RoleBindings may have
+    // changed meanwhile, unreviewed); bob, refused before too, in none.
     r.cluster_bindings_changed();
     assert_eq!(
         pass(&mut r, &more, t0, |_| false),
         [cluster(&alice), cluster(&Subject::new("bob", &[]))].into()
     );
-    assert_eq!(r.answer(&alice, "b"), Some(false));
-    assert_eq!(
-        r.to_ask(&more, t0),
-        [q("alice", "a"), q("alice", "c")].into()
-    );
+    assert_eq!(r.answer(&alice, "b"), None);
+    assert_eq!(r.to_ask(&more, t0), needed(&["alice"], &["a", "b", "c"]));
 }
 
 #[test]
@@ -300,4 +297,30 @@ fn a_cluster_role_change_asks_every_pair_even_of_a_subject_allowed_everywhere() 
         (r.answer(&alice, "a"), r.answer(&alice, "b")),
         (Some(false), Some(true))
     );
+}
+
+#[test]
+fn a_namespace_changed_while_allowed_everywhere_is_asked_at_once_when_that_goes() {
+    let t0 = Instant::now();
+    let mut r = Reviews::new(Duration::from_secs(3600), 100.0, t0);
+    let alice = Subject::new("alice", &[]);
+    let need = needed(&["alice"], &["x"]);
+    pass(&mut r, &need, t0, |_| false);
+    r.cluster_bindings_changed();
+    pass(&mut r, &need, t0, |_| true);
+    // A RoleBinding in x now allows alice: no review while the cluster-wide grant stands.
+    r.namespaces_changed(["x".to_owned()]);
+    assert!(pass(&mut r, &need, t0, |_| true).is_empty());
+    // The ClusterRoleBinding goes: x is asked again at once, not at the next re-review.
+    r.cluster_bindings_changed();
+    assert_eq!(
+        pass(&mut r, &need, t0, |q| !q.1.is_empty()),
+        [cluster(&alice)].into()
+    );
+    let t1 = t0 + Duration::from_millis(10);
+    assert!(r.next_wake(t1) <= t1);
+    assert!(r.tick(t1));
+    assert_eq!(pass(&mut r, &need, t1, |q| !q.1.is_empty()), need);
+    assert!(r.allowed(&alice, "x"));
+    assert!(!r.tick(t1), "once");
 }
