@@ -362,6 +362,8 @@ impl Registry {
                 need_link()?;
                 rules::check_address(address, facts, policy)
                     .map_err(|m| refuse(ErrorKind::Refused, m))?;
+                rules::check_address_routes(address, &name, &self.others(id), facts)
+                    .map_err(|m| refuse(ErrorKind::Conflict, m))?;
                 if let Some(o) = self.holder(id, |o| {
                     o.addresses.iter().any(|a| a.addr() == address.addr())
                         || o.routes.iter().any(|r| r.contains(&address.addr()))
@@ -389,12 +391,7 @@ impl Registry {
                         format!("at most {MAX_ROUTES} routes per session"),
                     ));
                 }
-                let sessions: Vec<&str> = self
-                    .sessions
-                    .values()
-                    .filter(|o| o.id != id)
-                    .map(|o| o.spec.interface.as_str())
-                    .collect();
+                let sessions = self.others(id);
                 for r in add {
                     let r = r.trunc();
                     rules::check_route(&r, facts, policy, &s.spec.consent)
@@ -442,6 +439,15 @@ impl Registry {
     }
 
     /// Another session than `id` matching `f`.
+    /// The interfaces of the sessions other than `id`.
+    fn others(&self, id: u64) -> Vec<&str> {
+        self.sessions
+            .values()
+            .filter(|o| o.id != id)
+            .map(|o| o.spec.interface.as_str())
+            .collect()
+    }
+
     fn holder(&self, id: u64, f: impl Fn(&Session) -> bool) -> Option<&Session> {
         self.sessions.values().find(|o| o.id != id && f(o))
     }

@@ -312,3 +312,28 @@ fn bad_opens_are_refused_with_what_to_do() {
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::BadRequest, "no link yet comes first");
 }
+
+#[test]
+fn the_tunnel_address_is_never_a_host_on_the_machines_networks() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let id = open(&mut r, ALICE, "kwg0");
+    apply(&mut r, id, Op::CreateTun { mtu: 1420 }).unwrap();
+    // 10.1.2.10 is a LAN neighbour of this machine (10.1.2.0/24 dev eth0).
+    let e = apply(
+        &mut r,
+        id,
+        Op::SetAddress {
+            address: n("10.1.2.10/32"),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict);
+    assert!(
+        e.message.starts_with(
+            "refused address 10.1.2.10/32: it is inside the existing route 10.1.2.0/24"
+        ),
+        "{}",
+        e.message
+    );
+    assert!(r.get(id).unwrap().addresses.is_empty());
+}

@@ -125,20 +125,47 @@ pub fn check_machine_routes(
     if allowed.iter().any(|a| a.contains(net)) {
         return Ok(());
     }
-    let clash = facts.routes.iter().find(|e| {
+    match clashing_route(net, own, sessions, facts) {
+        Some(e) => Err(format!(
+            "refused route {net}: it overlaps the existing route {e} (pass --allow-conflicting-subnets {net} to route it anyway)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The tunnel address against the machine's existing routes: an address inside one (a LAN
+/// host's, a container's) would let the tunnel answer for that host. No exemption.
+pub fn check_address_routes(
+    addr: &IpNet,
+    own: &str,
+    sessions: &[&str],
+    facts: &Facts,
+) -> Result<(), String> {
+    let host = IpNet::from(addr.addr());
+    match clashing_route(&host, own, sessions, facts) {
+        Some(e) => Err(format!(
+            "refused address {addr}: it is inside the existing route {e}, so the tunnel would answer for a host there; pick an address outside this machine's networks"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The machine's route (other than `own` interface's, other sessions', default routes and the
+/// local table) that overlaps `net`.
+fn clashing_route<'a>(
+    net: &IpNet,
+    own: &str,
+    sessions: &[&str],
+    facts: &'a Facts,
+) -> Option<&'a RouteEntry> {
+    facts.routes.iter().find(|e| {
         e.table != LOCAL_TABLE
             && e.destination.prefix_len() > 0
             && e.interface.as_deref() != Some(own)
             // Other sessions' routes are judged by the registry, which names the session.
             && !e.interface.as_deref().is_some_and(|i| sessions.contains(&i))
             && (e.destination.contains(net) || net.contains(&e.destination))
-    });
-    match clash {
-        Some(e) => Err(format!(
-            "refused route {net}: it overlaps the existing route {e} (pass --allow-conflicting-subnets {net} to route it anyway)"
-        )),
-        None => Ok(()),
-    }
+    })
 }
 
 /// A name as text safe to print (control characters replaced).
