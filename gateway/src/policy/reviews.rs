@@ -136,11 +136,13 @@ impl Reviews {
             .iter()
             .filter(|q| all || !everywhere(q))
             .partition(|q| !self.grants.contains_key(*q));
+        // A new question that failed waits for its retry like any other.
+        let new = new.into_iter().filter(|q| !self.retry.contains(*q));
         let again = known
             .into_iter()
             .filter(|q| all || stale.contains(&q.1) || self.pending.contains(*q));
         let mut want: Vec<Question> = scoped;
-        want.extend(new.into_iter().chain(again).cloned());
+        want.extend(new.chain(again).cloned());
         let later = want.split_off(self.bucket.take(want.len(), now));
         self.pending = later.into_iter().collect();
         want.into_iter().collect()
@@ -166,8 +168,8 @@ impl Reviews {
     }
 
     /// Asking `q` failed at `now`: its last answer (if any) stands, and it is asked again
-    /// after [`RETRY`] (not at once, even with tokens to spare: an API server refusing reviews
-    /// is not asked in a loop).
+    /// after [`RETRY`] (not at once, even with tokens to spare or never answered: an API
+    /// server refusing reviews is not asked in a loop).
     pub fn failed(&mut self, q: Question, now: Instant) {
         self.retry.insert(q);
         self.retry_at.get_or_insert(now + RETRY);

@@ -324,3 +324,17 @@ fn a_namespace_changed_while_allowed_everywhere_is_asked_at_once_when_that_goes(
     assert!(r.allowed(&alice, "x"));
     assert!(!r.tick(t1), "once");
 }
+
+#[test]
+fn a_new_question_that_failed_waits_for_the_retry() {
+    let t0 = Instant::now();
+    let mut r = Reviews::new(Duration::from_secs(3600), 100.0, t0);
+    let need = needed(&["alice"], &["emo"]);
+    assert_eq!(r.to_ask(&need, t0), need);
+    r.failed(q("alice", "emo"), t0);
+    let t1 = t0 + Duration::from_millis(100);
+    assert!(r.to_ask(&need, t1).is_empty(), "not before the retry");
+    assert_eq!(r.next_wake(t1), t0 + RETRY);
+    assert!(r.tick(t0 + RETRY));
+    assert_eq!(r.to_ask(&need, t0 + RETRY), need);
+}
