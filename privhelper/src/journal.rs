@@ -59,6 +59,37 @@ impl Journal {
         })
     }
 
+    /// Takes the journal's lock (an exclusive `flock` on `lock` in the directory), held while
+    /// the returned file is open: one helper per journal, so a second never reverts the live
+    /// sessions of the first.
+    pub fn lock(&self) -> io::Result<File> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.dir.join("lock"))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is shared.
+        let r = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if r == 0 {
+            return Ok(f);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Err(io::Error::other(format!(
+                "another kwg-helper is serving with the journal {} (starting would revert its sessions): stop that one first",
+                self.dir.display()
+            )));
+        }
+        Err(e)
+    }
+
     fn path(&self, session: u64) -> PathBuf {
         self.dir.join(format!("session-{session}.json"))
     }

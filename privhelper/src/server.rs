@@ -42,6 +42,8 @@ struct Inner {
     policy: Box<dyn Policy>,
     access: Access,
     allow_uids: Vec<u32>,
+    /// The journal's lock, held while the helper runs.
+    _lock: std::fs::File,
 }
 
 /// A running helper's shared state.
@@ -58,6 +60,7 @@ impl Helper {
         net: Box<dyn Net>,
         policy: Box<dyn Policy>,
     ) -> io::Result<Helper> {
+        let lock = journal.lock()?;
         for entry in journal.entries()? {
             tracing::warn!(
                 session = entry.session,
@@ -77,6 +80,7 @@ impl Helper {
                 policy,
                 access: cfg.access,
                 allow_uids: cfg.allow_uids,
+                _lock: lock,
             }),
         })
     }
@@ -398,7 +402,7 @@ pub(crate) fn send_some(sock: RawFd, bytes: &[u8], fd: Option<RawFd>) -> io::Res
 }
 
 /// Binds the helper's socket at `path` (0660, group `gid`, in a 0755 root-owned directory),
-/// replacing a stale socket file; or takes the listener systemd passed (socket activation).
+/// replacing a stale socket file (never one a helper still serves on); or takes the listener systemd passed (socket activation).
 pub fn listener(path: &Path, gid: Option<u32>) -> io::Result<UnixListener> {
     if let Some(l) = activated()? {
         return Ok(l);
@@ -408,6 +412,12 @@ pub fn listener(path: &Path, gid: Option<u32>) -> io::Result<UnixListener> {
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::other(format!(
+                    "a kwg-helper is already serving on {}: stop it first, or pass another --socket",
+                    path.display()
+                )));
+            }
             std::fs::remove_file(path)?
         }
         Ok(_) => {

@@ -281,3 +281,49 @@ async fn a_new_helper_reverts_what_the_journal_holds() {
     );
     assert_eq!(rig.journal.entries().unwrap(), vec![]);
 }
+
+#[tokio::test]
+async fn a_second_helper_leaves_the_running_ones_sessions_and_socket_alone() {
+    let rig = rig().await;
+    let mut alice = Client::connect(&rig.socket).await.unwrap();
+    alice.open("kwg0", None, &[], &[]).await.unwrap();
+    alice.create_tun(1420).await.unwrap();
+    let dir = rig.socket.parent().unwrap();
+    // A second helper on the same journal stops before reading it...
+    let cfg = Config {
+        access: Access {
+            group_name: "kwg".into(),
+            gid: Some(64999),
+        },
+        allow_uids: vec![],
+        allow_routes: vec![],
+        limits: Limits::default(),
+    };
+    let second = Helper::start(
+        cfg,
+        Journal::open(&dir.join("journal")).unwrap(),
+        Box::new(FakeNet(rig.rec.clone())),
+        Box::new(TenOnly),
+    )
+    .await;
+    let e = second.err().expect("the second helper must not start");
+    assert!(
+        e.to_string()
+            .starts_with("another kwg-helper is serving with the journal"),
+        "{e}"
+    );
+    // ...and does not take the live socket over.
+    let e = listener(&rig.socket, None).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("a kwg-helper is already serving on"),
+        "{e}"
+    );
+    assert!(
+        !rig.log().iter().any(|l| l.starts_with("undo")),
+        "{:?}",
+        rig.log()
+    );
+    let mut root = Client::connect(&rig.socket).await.unwrap();
+    assert_eq!(root.list().await.unwrap().len(), 1);
+}
