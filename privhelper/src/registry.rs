@@ -406,7 +406,11 @@ impl Registry {
                         &name,
                         &sessions,
                         facts,
-                        &s.spec.allow_conflicting,
+                        // A normal user's exemption is ignored: only root may route over
+                        // the machine's own networks.
+                        s.peer
+                            .is_root()
+                            .then_some(s.spec.allow_conflicting.as_slice()),
                     )
                     .map_err(|m| refuse(ErrorKind::Conflict, m))?;
                 }

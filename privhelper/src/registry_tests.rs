@@ -337,3 +337,39 @@ fn the_tunnel_address_is_never_a_host_on_the_machines_networks() {
     );
     assert!(r.get(id).unwrap().addresses.is_empty());
 }
+
+#[test]
+fn only_root_may_route_over_the_machines_networks() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let lan = n("10.1.2.0/24");
+    let mut session = |peer: Peer, name: &str| {
+        let id = r
+            .open(
+                peer,
+                VERSION,
+                name.into(),
+                None,
+                vec![],
+                vec![n("10.1.0.0/16")],
+            )
+            .unwrap();
+        apply(&mut r, id, Op::CreateTun { mtu: 1420 }).unwrap();
+        apply(
+            &mut r,
+            id,
+            Op::Routes {
+                add: vec![n("10.1.2.128/25")],
+                remove: vec![],
+            },
+        )
+    };
+    let e = session(ALICE, "kwg0").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict);
+    assert_eq!(
+        e.message,
+        format!(
+            "refused route 10.1.2.128/25: it overlaps the existing route {lan} dev eth0 (only root may route over it: join as root with --allow-conflicting-subnets 10.1.2.128/25)"
+        )
+    );
+    assert!(session(ROOT, "kwg1").is_ok());
+}

@@ -114,20 +114,27 @@ pub fn check_address(addr: &IpNet, facts: &Facts, policy: &dyn Policy) -> Result
 
 /// A route against the machine's existing routes (other than `own` interface's, default routes
 /// and the local table): an overlap is refused unless inside `allowed`
-/// (`--allow-conflicting-subnets`).
+/// (`--allow-conflicting-subnets`); `None`: the caller may not exempt any (only root may, since
+/// a route over the LAN's takes the LAN's traffic).
 pub fn check_machine_routes(
     net: &IpNet,
     own: &str,
     sessions: &[&str],
     facts: &Facts,
-    allowed: &[IpNet],
+    allowed: Option<&[IpNet]>,
 ) -> Result<(), String> {
-    if allowed.iter().any(|a| a.contains(net)) {
+    if allowed.is_some_and(|a| a.iter().any(|a| a.contains(net))) {
         return Ok(());
     }
+    let hint = match allowed {
+        Some(_) => format!("pass --allow-conflicting-subnets {net} to route it anyway"),
+        None => format!(
+            "only root may route over it: join as root with --allow-conflicting-subnets {net}"
+        ),
+    };
     match clashing_route(net, own, sessions, facts) {
         Some(e) => Err(format!(
-            "refused route {net}: it overlaps the existing route {e} (pass --allow-conflicting-subnets {net} to route it anyway)"
+            "refused route {net}: it overlaps the existing route {e} ({hint})"
         )),
         None => Ok(()),
     }
@@ -258,17 +265,23 @@ pub(crate) mod tests {
     #[test]
     fn machine_routes_conflict_unless_allowed() {
         let f = facts();
-        let e = check_machine_routes(&n("10.1.0.0/16"), "kwg0", &[], &f, &[]).unwrap_err();
+        let e = check_machine_routes(&n("10.1.0.0/16"), "kwg0", &[], &f, Some(&[])).unwrap_err();
         assert!(
             e.contains("overlaps the existing route 10.1.2.0/24 dev eth0"),
             "{e}"
         );
         assert_eq!(
-            check_machine_routes(&n("10.1.0.0/16"), "kwg0", &[], &f, &[n("10.1.0.0/16")]),
+            check_machine_routes(
+                &n("10.1.0.0/16"),
+                "kwg0",
+                &[],
+                &f,
+                Some(&[n("10.1.0.0/16")])
+            ),
             Ok(())
         );
         assert_eq!(
-            check_machine_routes(&n("10.96.0.0/12"), "kwg0", &[], &f, &[]),
+            check_machine_routes(&n("10.96.0.0/12"), "kwg0", &[], &f, Some(&[])),
             Ok(())
         );
     }
