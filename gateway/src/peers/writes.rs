@@ -8,7 +8,7 @@
 
 use crate::core::{Plan, Problem};
 use kwg_contract::TunnelIp;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// The first wait before a failed write is sent again.
@@ -136,7 +136,8 @@ impl Writes {
     }
 
     /// The writes and Events `plan` asks for that are not under way, or failed and due again;
-    /// `known` looks a Secret up in the store. Nothing while following.
+    /// `known` looks a Secret up in the store. Nothing while following. A failed write due
+    /// again that `plan` no longer asks for is dropped (no retry waits for it).
     #[must_use]
     pub fn decide(
         &mut self,
@@ -174,6 +175,19 @@ impl Writes {
         for name in &plan.expired {
             self.send(&mut out, name, WriteOp::Delete, version(name), now);
         }
+        // A failed write due again that the plan no longer asks for is forgotten: nothing
+        // would send it, and its retry instant, past, would wake the loop without end.
+        let asked: HashSet<&str> = (plan.annotate.iter().map(|(n, _)| n.as_str()))
+            .chain(
+                plan.malformed
+                    .iter()
+                    .filter(|m| m.write_annotation)
+                    .map(|m| m.secret_name.as_str()),
+            )
+            .chain(plan.expired.iter().map(String::as_str))
+            .collect();
+        self.sent
+            .retain(|n, s| s.retry_at.is_none_or(|at| at > now) || asked.contains(n.as_str()));
         out
     }
 

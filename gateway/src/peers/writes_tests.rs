@@ -141,6 +141,26 @@ fn a_failed_write_is_sent_again_after_a_growing_backoff() {
 }
 
 #[test]
+fn a_failed_write_the_plan_no_longer_asks_for_is_not_waited_for() {
+    let t0 = Instant::now();
+    let mut store = Store::default();
+    store.put("kwg-peer-a", "7");
+    let mut w = leader();
+    let first = w.decide(&annotate(&[("kwg-peer-a", 2)]), store.known(), t0);
+    w.failed(first.writes[0].id, t0);
+    // The Secret needs no write any more (its peer went, or the plan changed its mind): the
+    // backoff still runs until its retry was due…
+    let none = Plan::default();
+    assert_eq!(w.decide(&none, store.known(), t0), Sends::default());
+    assert_eq!(w.poll_timeout(), Some(t0 + RETRY_FIRST));
+    // …then there is no retry to wake for: the peer loop does not spin on a past instant.
+    let t1 = t0 + RETRY_FIRST;
+    assert_eq!(w.decide(&none, store.known(), t1), Sends::default());
+    assert_eq!(w.poll_timeout(), None);
+    assert_eq!(w.decide(&none, store.known(), t1), Sends::default());
+}
+
+#[test]
 fn the_failure_of_a_superseded_write_changes_nothing() {
     let t0 = Instant::now();
     let mut store = Store::default();
