@@ -142,10 +142,10 @@ fn a_failed_write_is_sent_again_after_a_growing_backoff() {
 
 #[test]
 fn a_failed_write_the_plan_no_longer_asks_for_is_not_waited_for() {
-    let t0 = Instant::now();
+    let mut w = leader();
     let mut store = Store::default();
     store.put("kwg-peer-a", "7");
-    let mut w = leader();
+    let t0 = Instant::now();
     let first = w.decide(&annotate(&[("kwg-peer-a", 2)]), store.known(), t0);
     w.failed(first.writes[0].id, t0);
     // The Secret needs no write any more (its peer went, or the plan changed its mind): the
