@@ -33,10 +33,57 @@ pub struct Config {
 
 /// Connections served at once (each a session or a `list`/`end`); more are refused.
 const MAX_CONNECTIONS: usize = 128;
+/// Connections one user (other than root) is served at once, so that one member cannot take
+/// every slot from the others.
+const MAX_CONNECTIONS_PER_UID: usize = 8;
+
+/// The connections being served: in all and per uid.
+#[derive(Default)]
+struct Slots {
+    total: usize,
+    by_uid: std::collections::HashMap<u32, usize>,
+}
+
+impl Slots {
+    /// Takes a slot for a caller of `uid` (`None`: unknown, refused later), or says why not.
+    /// Root is never refused: it can always `list` and `end`.
+    fn take(&mut self, uid: Option<u32>) -> Result<(), String> {
+        let mine = uid.map_or(0, |u| self.by_uid.get(&u).copied().unwrap_or(0));
+        if uid != Some(0) {
+            if mine >= MAX_CONNECTIONS_PER_UID {
+                return Err(format!(
+                    "kwg-helper serves at most {MAX_CONNECTIONS_PER_UID} connections of one user at once: end one of your kwg sessions, or try again"
+                ));
+            }
+            if self.total >= MAX_CONNECTIONS {
+                return Err(format!(
+                    "kwg-helper serves {MAX_CONNECTIONS} connections at once; try again"
+                ));
+            }
+        }
+        self.total += 1;
+        if let Some(u) = uid {
+            *self.by_uid.entry(u).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    fn give_back(&mut self, uid: Option<u32>) {
+        self.total -= 1;
+        if let Some(u) = uid
+            && let Some(n) = self.by_uid.get_mut(&u)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.by_uid.remove(&u);
+            }
+        }
+    }
+}
 
 struct Inner {
     reg: Mutex<Registry>,
-    connections: std::sync::atomic::AtomicUsize,
+    connections: std::sync::Mutex<Slots>,
     journal: Journal,
     net: Box<dyn Net>,
     policy: Box<dyn Policy>,
@@ -89,23 +136,27 @@ impl Helper {
     pub async fn serve(&self, listener: UnixListener) -> io::Result<()> {
         loop {
             let (stream, _) = listener.accept().await?;
-            use std::sync::atomic::Ordering::SeqCst;
+            let uid = stream.peer_cred().ok().map(|c| c.uid());
             let me = self.clone();
-            if me.inner.connections.fetch_add(1, SeqCst) >= MAX_CONNECTIONS {
-                me.inner.connections.fetch_sub(1, SeqCst);
+            let taken = me.slots().take(uid);
+            if let Err(full) = taken {
                 tokio::spawn(async move {
-                    let full = format!(
-                        "kwg-helper serves {MAX_CONNECTIONS} connections at once; try again"
-                    );
                     let _ = send(&stream, &error_reply(ErrorKind::Limit, full), None).await;
                 });
                 continue;
             }
             tokio::spawn(async move {
                 me.connection(stream).await;
-                me.inner.connections.fetch_sub(1, SeqCst);
+                me.slots().give_back(uid);
             });
         }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The sessions, as root sees them (tests and `list`).

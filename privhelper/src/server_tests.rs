@@ -327,3 +327,33 @@ async fn a_second_helper_leaves_the_running_ones_sessions_and_socket_alone() {
     let mut root = Client::connect(&rig.socket).await.unwrap();
     assert_eq!(root.list().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn one_user_gets_at_most_eight_connections_and_root_is_never_refused() {
+    let rig = rig().await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut bob = rig.client_as(BOB).await;
+        bob.list().await.unwrap();
+        held.push(bob);
+    }
+    let mut ninth = rig.client_as(BOB).await;
+    let (kind, msg) = refused(ninth.list().await.unwrap_err());
+    assert_eq!(kind, ErrorKind::Limit);
+    assert!(
+        msg.starts_with("kwg-helper serves at most 8 connections of one user at once"),
+        "{msg}"
+    );
+    let mut root = Client::connect(&rig.socket).await.unwrap();
+    assert_eq!(root.list().await.unwrap().len(), 0);
+    // A connection that ends gives its slot back.
+    drop(held.pop());
+    let t = Instant::now();
+    while rig.client_as(BOB).await.list().await.is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
