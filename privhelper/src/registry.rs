@@ -356,7 +356,18 @@ impl Registry {
                         "the MTU must be within 576..9000",
                     ));
                 }
-                Ok(vec![Change::CreateTun { name, mtu: *mtu }])
+                // The firewall is loaded before the descriptor is handed over (the server sends
+                // it once every change is made): no packet passes the link unfiltered.
+                Ok(vec![
+                    Change::CreateTun {
+                        name: name.clone(),
+                        mtu: *mtu,
+                    },
+                    Change::InstallFirewall {
+                        table: crate::firewall::table_name(&name),
+                        name,
+                    },
+                ])
             }
             Op::SetAddress { address } => {
                 need_link()?;

@@ -63,9 +63,6 @@ fn a_session_creates_its_link_then_addresses_routes_and_firewall_and_undoes_them
     assert_eq!(
         undo,
         vec![
-            Undo::RemoveFirewall {
-                table: "kwg_kwg0".into()
-            },
             Undo::DeleteRoute {
                 name: "kwg0".into(),
                 route: n("10.244.0.0/16")
@@ -77,6 +74,9 @@ fn a_session_creates_its_link_then_addresses_routes_and_firewall_and_undoes_them
             Undo::DeleteAddress {
                 name: "kwg0".into(),
                 address: n("10.77.0.2/32")
+            },
+            Undo::RemoveFirewall {
+                table: "kwg_kwg0".into()
             },
             Undo::DeleteLink {
                 name: "kwg0".into(),
@@ -136,7 +136,8 @@ fn a_removed_route_or_replaced_address_leaves_the_journal() {
     let s = r.get(id).unwrap();
     assert!(s.routes.is_empty());
     assert_eq!(s.addresses, vec![n("10.77.0.3/32")]);
-    assert_eq!(s.undo.len(), 2, "{:?}", s.undo);
+    // The link, its firewall (loaded with it) and the address left.
+    assert_eq!(s.undo.len(), 3, "{:?}", s.undo);
 }
 
 #[test]
@@ -372,4 +373,26 @@ fn only_root_may_route_over_the_machines_networks() {
         )
     );
     assert!(session(ROOT, "kwg1").is_ok());
+}
+
+#[test]
+fn the_firewall_is_loaded_with_the_link_before_its_descriptor_leaves() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let id = open(&mut r, ALICE, "kwg0");
+    let c = apply(&mut r, id, Op::CreateTun { mtu: 1420 }).unwrap();
+    assert_eq!(
+        c,
+        vec![
+            Change::CreateTun {
+                name: "kwg0".into(),
+                mtu: 1420
+            },
+            Change::InstallFirewall {
+                table: "kwg_kwg0".into(),
+                name: "kwg0".into()
+            },
+        ]
+    );
+    assert!(r.get(id).unwrap().firewall);
+    assert_eq!(apply(&mut r, id, Op::Firewall).unwrap(), vec![]);
 }

@@ -162,9 +162,9 @@ async fn a_session_is_made_over_the_socket_and_reverted_when_its_client_goes() {
     assert_eq!(
         undos,
         [
-            "undo RemoveFirewall { table: \"kwg_kwg0\" }",
             "undo DeleteRoute { name: \"kwg0\", route: 10.96.0.0/12 }",
             "undo DeleteAddress { name: \"kwg0\", address: 10.77.0.2/32 }",
+            "undo RemoveFirewall { table: \"kwg_kwg0\" }",
             "undo DeleteLink { name: \"kwg0\", ifindex: Some(7) }",
         ]
     );

@@ -121,9 +121,11 @@ impl Net for Kernel {
         let fd = unsafe { OwnedFd::from_raw_fd(dev.into_raw_fd()) };
         // Before any address, route or peer: nothing the cluster sends is forwarded
         // (docs/laptop-trust.md). The link goes with the descriptor, and with it this setting.
-        let path = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");
-        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "0") {
-            std::fs::write(&path, "0").map_err(io(format!("write 0 to {path}")))?;
+        for family in ["ipv4", "ipv6"] {
+            let path = format!("/proc/sys/net/{family}/conf/{name}/forwarding");
+            if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "0") {
+                std::fs::write(&path, "0").map_err(io(format!("write 0 to {path}")))?;
+            }
         }
         let ifindex = nl.link_index(name).await?;
         Ok(NewTun {
