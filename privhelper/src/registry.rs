@@ -182,6 +182,13 @@ impl Registry {
         }
     }
 
+    /// Numbers new sessions after `last` (the highest a journal holds), so that a session never
+    /// takes the journal file of one a previous helper could not fully revert.
+    pub fn numbering_after(mut self, last: u64) -> Registry {
+        self.next = self.next.max(last.saturating_add(1));
+        self
+    }
+
     pub fn get(&self, id: u64) -> Option<&Session> {
         self.sessions.get(&id)
     }

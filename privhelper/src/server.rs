@@ -108,7 +108,9 @@ impl Helper {
         policy: Box<dyn Policy>,
     ) -> io::Result<Helper> {
         let lock = journal.lock()?;
-        for entry in journal.entries()? {
+        let entries = journal.entries()?;
+        let last = entries.iter().map(|e| e.session).max().unwrap_or(0);
+        for entry in entries {
             tracing::warn!(
                 session = entry.session,
                 uid = entry.uid,
@@ -120,7 +122,7 @@ impl Helper {
         }
         Ok(Helper {
             inner: Arc::new(Inner {
-                reg: Mutex::new(Registry::new(cfg.limits, cfg.allow_routes)),
+                reg: Mutex::new(Registry::new(cfg.limits, cfg.allow_routes).numbering_after(last)),
                 connections: Default::default(),
                 journal,
                 net,

@@ -280,6 +280,9 @@ async fn a_new_helper_reverts_what_the_journal_holds() {
         ]
     );
     assert_eq!(rig.journal.entries().unwrap(), vec![]);
+    // New sessions are numbered after the journal's, never reusing its files.
+    let mut c = Client::connect(&rig.socket).await.unwrap();
+    assert_eq!(c.open("kwg0", None, &[], &[]).await.unwrap(), 4);
 }
 
 #[tokio::test]
