@@ -192,8 +192,10 @@ async fn a_users_session_gets_a_working_tun_and_is_reverted_when_the_user_goes()
             && !ns.sh(&["nft", "list", "tables"]).contains("kwg_kwg1")
     });
     drop(tun);
-    let journal = std::fs::read_dir(dir.path().join("journal"))
+    // Only the helpers' lock file is left.
+    let journal: Vec<_> = std::fs::read_dir(dir.path().join("journal"))
         .unwrap()
-        .count();
-    assert_eq!(journal, 0);
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(journal, ["lock"]);
 }
