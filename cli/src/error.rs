@@ -6,6 +6,11 @@ pub enum Error {
         "kwg join needs root or CAP_NET_ADMIN to create the tunnel interface: run it with sudo (or grant CAP_NET_ADMIN)"
     )]
     NotPrivileged,
+    /// A normal user's TUN join found no kwg-helper and could not start one.
+    #[error(
+        "kwg join needs root or CAP_NET_ADMIN to create the tunnel interface, or kwg-helper to create it: {0}: run sudo kwg-helper install once (it says how to enable it), join with sudo, or pass --userspace"
+    )]
+    NoHelper(String),
     #[error(
         "no kwg gateway is installed in namespace {namespace} (ConfigMap {configmap} is missing): as a cluster admin, apply the manifests with kubectl apply -k manifests/"
     )]

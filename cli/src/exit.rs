@@ -230,7 +230,7 @@ impl From<&Error> for ExitCode {
     fn from(e: &Error) -> Self {
         use ExitCode as C;
         match e {
-            Error::NotPrivileged => C::Privilege,
+            Error::NotPrivileged | Error::NoHelper(_) => C::Privilege,
             Error::NoGateway { .. } | Error::GatewayNotReady { .. } | Error::NoTunnelIp { .. } => {
                 C::GatewayMissing
             }

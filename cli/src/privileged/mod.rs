@@ -61,13 +61,10 @@ pub async fn ensure(socket: &Path) -> Result<(), Error> {
         return Ok(());
     }
     let not_running = |why: &str| {
-        Error::io(
-            "reach kwg-helper, which creates the tunnel interface for a join as a normal user",
-            std::io::Error::other(format!(
-                "no helper answers on {} and {why}: run sudo kwg-helper install once (it says how to enable it), or join with sudo, or pass --userspace",
-                socket.display()
-            )),
-        )
+        Error::NoHelper(format!(
+            "no helper answers on {} and {why}",
+            socket.display()
+        ))
     };
     let Some(binary) = helper_binary() else {
         return Err(not_running(
