@@ -87,9 +87,10 @@ impl Health {
         self.next = now + CHECK_EVERY;
         if tx < self.last_tx || rx < self.last_rx {
             // Counters that went back: the gateway peer was replaced (a reinstalled gateway's
-            // new key) and counts from zero again.
-            self.last_tx = 0;
-            self.last_rx = 0;
+            // new key) and counts from zero again. The device applies the new peer after the
+            // session saw the new key, so a read in between showed the old peer's answers and
+            // cleared the streak `peer_replaced` began: begin it here again.
+            self.peer_replaced(now);
         }
         let (sent, received) = (tx > self.last_tx, rx > self.last_rx);
         self.last_tx = tx;

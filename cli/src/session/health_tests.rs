@@ -163,3 +163,23 @@ fn an_unanswered_handshake_to_a_replaced_peer_moves_to_a_new_port() {
     assert_eq!(h2.observe(tx, 92, at(101)), Verdict::Fine);
     assert!((102..200).all(|i| h2.observe(tx, 92, at(i)) == Verdict::Fine));
 }
+
+#[test]
+fn a_replaced_peer_read_before_the_device_swapped_it_is_still_watched() {
+    // The session sees the new key and calls `peer_replaced`, but the transport task swaps
+    // the device's peer a moment later: one read still shows the old peer's counters (its
+    // answers), then the new peer's single unanswered initiation, and nothing moves after it
+    // (packets wait inside boringtun for the handshake). Before, that read cleared the streak
+    // and only boringtun's 5 s REKEY_TIMEOUT retried.
+    let start = Instant::now();
+    let mut h = Health::new(start);
+    let at = |i: u32| start + CHECK_EVERY * i;
+    assert_eq!(h.observe(1000, 1000, at(1)), Verdict::Fine);
+    h.peer_replaced(at(2));
+    assert_eq!(h.observe(1100, 1100, at(3)), Verdict::Fine);
+    let first = (4..=40u32)
+        .map(|i| (i, h.observe(148, 0, at(i))))
+        .find(|(_, v)| *v != Verdict::Fine);
+    // Half a second after the new peer's counters first showed.
+    assert_eq!(first, Some((9, Verdict::Handshake)));
+}
