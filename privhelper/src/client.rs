@@ -2,6 +2,7 @@
 //! Dropping the client (or the process dying) ends the session: the helper reverts it.
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -124,6 +125,37 @@ impl Client {
 
     pub async fn firewall(&mut self) -> Result<(), ClientError> {
         self.done(&Request::Firewall {}).await
+    }
+
+    /// Has the helper bind the session's DNS forwarder on `listen` (port 53 is privileged) and
+    /// takes the socket: the UDP one, then (`tcp`) the TCP listener.
+    pub async fn dns_socket(
+        &mut self,
+        listen: SocketAddr,
+        tcp: bool,
+    ) -> Result<OwnedFd, ClientError> {
+        match self.call(&Request::DnsSocket { listen, tcp }).await? {
+            (Reply::Socket { .. }, Some(fd)) => Ok(fd),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    /// Has the helper point the resolver file at `forwarder` (this session's), `search` first.
+    pub async fn resolv_conf(
+        &mut self,
+        forwarder: IpAddr,
+        search: &[String],
+    ) -> Result<(), ClientError> {
+        self.done(&Request::ResolvConf {
+            forwarder,
+            search: search.to_vec(),
+        })
+        .await
+    }
+
+    /// Has the helper put the resolver file back now.
+    pub async fn revert_dns(&mut self) -> Result<(), ClientError> {
+        self.done(&Request::RevertDns {}).await
     }
 
     /// Reverts the session; the helper then closes the connection.

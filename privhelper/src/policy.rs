@@ -15,6 +15,24 @@ impl Policy for TrustRules {
     }
 }
 
+/// The laptop's cluster-domain rule (`kwg_session::trust::check_cluster_domain`) with no consent:
+/// a user's `--cluster-domain` or `--dns-include-suffix` does not count in the helper (the user
+/// side may be compromised); the default exclude suffixes do.
+pub fn cluster_domain(domain: &str) -> Result<(), String> {
+    let exclude: Vec<String> = kwg_session::dns::split::DEFAULT_EXCLUDE_SUFFIXES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let consent = kwg_session::trust::Consent {
+        also_proxy: &[],
+        never_proxy: &[],
+        cluster_domain: None,
+        exclude: &exclude,
+        include: &[],
+    };
+    kwg_session::trust::check_cluster_domain(domain, &consent).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 //! are reverted when the connection ends, however it ends (`Close`, the client's exit, a crash,
 //! `kill -9`).
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
@@ -60,6 +61,24 @@ pub enum Request {
     },
     /// Loads the session's nftables table (new connections from the tunnel dropped).
     Firewall {},
+    /// Binds the session's DNS forwarder socket on `listen` (a loopback address, port 53:
+    /// privileged) and passes its descriptor back: UDP, or a TCP listener with `tcp`.
+    #[serde(rename_all = "camelCase")]
+    DnsSocket {
+        listen: SocketAddr,
+        #[serde(default)]
+        tcp: bool,
+    },
+    /// Rewrites the resolver file (the helper's own `/etc/resolv.conf`, never a path from the
+    /// client) to ask `forwarder` (the address of this session's `DnsSocket`) first, with
+    /// `search` before the file's own search domains. Reverted with the session.
+    ResolvConf {
+        forwarder: IpAddr,
+        #[serde(default)]
+        search: Vec<String>,
+    },
+    /// Puts the resolver file back now (the user side stops its forwarder next).
+    RevertDns {},
     /// Reverts everything of the session.
     Close {},
     /// The sessions the caller may see (root: all; others: their own).
@@ -81,6 +100,11 @@ pub enum Reply {
         name: String,
         ifindex: u32,
         offload: bool,
+    },
+    /// A DNS socket's descriptor travels with this line.
+    Socket {
+        listen: SocketAddr,
+        tcp: bool,
     },
     Done,
     Sessions {
@@ -104,6 +128,9 @@ pub struct SessionInfo {
     pub addresses: Vec<IpNet>,
     pub routes: Vec<IpNet>,
     pub firewall: bool,
+    /// Whether the resolver file points at the session's forwarder.
+    #[serde(default)]
+    pub dns: bool,
 }
 
 /// Why a request failed: the client maps each to its error and exit code.
@@ -199,6 +226,15 @@ mod tests {
                 remove: vec![],
             },
             Request::Firewall {},
+            Request::DnsSocket {
+                listen: "127.77.0.53:53".parse().unwrap(),
+                tcp: true,
+            },
+            Request::ResolvConf {
+                forwarder: "127.77.0.53".parse().unwrap(),
+                search: vec!["emojivoto.svc.cluster.local".into()],
+            },
+            Request::RevertDns {},
             Request::End {
                 interface: "kwg1".into(),
             },

@@ -4,6 +4,7 @@
 //! change, then [`Registry::applied`] records it.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, PathBuf};
 
 use ipnet::IpNet;
@@ -70,12 +71,41 @@ pub struct OpenSpec {
 /// A change to the machine, planned for one session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    CreateTun { name: String, mtu: u16 },
-    AddAddress { name: String, address: IpNet },
-    DeleteAddress { name: String, address: IpNet },
-    AddRoute { name: String, route: IpNet },
-    DeleteRoute { name: String, route: IpNet },
-    InstallFirewall { table: String, name: String },
+    CreateTun {
+        name: String,
+        mtu: u16,
+    },
+    AddAddress {
+        name: String,
+        address: IpNet,
+    },
+    DeleteAddress {
+        name: String,
+        address: IpNet,
+    },
+    AddRoute {
+        name: String,
+        route: IpNet,
+    },
+    DeleteRoute {
+        name: String,
+        route: IpNet,
+    },
+    InstallFirewall {
+        table: String,
+        name: String,
+    },
+    /// Binds the session's DNS forwarder socket (UDP, or a TCP listener) on `listen`: the
+    /// descriptor goes to the user side; nothing to undo (it closes with the user's process).
+    BindDns {
+        listen: SocketAddr,
+        tcp: bool,
+    },
+    /// Rewrites the resolver file in place with `contents`; `original` is what it held.
+    WriteResolvConf {
+        original: String,
+        contents: String,
+    },
 }
 
 /// How a change is undone; what the journal holds.
@@ -99,6 +129,11 @@ pub enum Undo {
     RemoveFirewall {
         table: String,
     },
+    /// Puts the resolver file's `original` text back in place, if the file is still kwg's (or
+    /// empty: a write cut short). The journal is the backup.
+    RestoreResolvConf {
+        original: String,
+    },
 }
 
 impl Change {
@@ -120,7 +155,12 @@ impl Change {
             Change::InstallFirewall { table, .. } => Some(Undo::RemoveFirewall {
                 table: table.clone(),
             }),
-            Change::DeleteAddress { .. } | Change::DeleteRoute { .. } => None,
+            Change::WriteResolvConf { original, .. } => Some(Undo::RestoreResolvConf {
+                original: original.clone(),
+            }),
+            Change::DeleteAddress { .. } | Change::DeleteRoute { .. } | Change::BindDns { .. } => {
+                None
+            }
         }
     }
 }
@@ -135,6 +175,10 @@ pub struct Session {
     pub addresses: Vec<IpNet>,
     pub routes: Vec<IpNet>,
     pub firewall: bool,
+    /// Where the helper bound the session's DNS forwarder.
+    pub dns_listen: Option<SocketAddr>,
+    /// Whether the resolver file is this session's (rewritten to its forwarder).
+    pub resolv_conf: bool,
     /// What undoes this session's changes, oldest first (the journal's content).
     pub undo: Vec<Undo>,
 }
@@ -150,6 +194,7 @@ impl Session {
             addresses: self.addresses.clone(),
             routes: self.routes.clone(),
             firewall: self.firewall,
+            dns: self.resolv_conf,
         }
     }
 }
@@ -157,10 +202,27 @@ impl Session {
 /// A session-scoped request, after `Open`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    CreateTun { mtu: u16 },
-    SetAddress { address: IpNet },
-    Routes { add: Vec<IpNet>, remove: Vec<IpNet> },
+    CreateTun {
+        mtu: u16,
+    },
+    SetAddress {
+        address: IpNet,
+    },
+    Routes {
+        add: Vec<IpNet>,
+        remove: Vec<IpNet>,
+    },
     Firewall,
+    /// A DNS forwarder socket on `listen` (UDP, or TCP with `tcp`).
+    DnsSocket {
+        listen: SocketAddr,
+        tcp: bool,
+    },
+    /// Points the resolver file at the session's forwarder, with `search` first.
+    ResolvConf {
+        forwarder: IpAddr,
+        search: Vec<String>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -320,6 +382,8 @@ impl Registry {
                 addresses: Vec::new(),
                 routes: Vec::new(),
                 firewall: false,
+                dns_listen: None,
+                resolv_conf: false,
                 undo: Vec::new(),
             },
         );
@@ -447,6 +511,14 @@ impl Registry {
                 }));
                 Ok(out)
             }
+            Op::DnsSocket { listen, tcp } => {
+                need_link()?;
+                self.plan_dns_socket(s, *listen, *tcp)
+            }
+            Op::ResolvConf { forwarder, search } => {
+                need_link()?;
+                self.plan_resolv_conf(s, *forwarder, search, facts, policy)
+            }
             Op::Firewall => {
                 need_link()?;
                 if s.firewall {
@@ -460,7 +532,76 @@ impl Registry {
         }
     }
 
-    /// Another session than `id` matching `f`.
+    /// The forwarder's socket: a loopback port 53 (the rule), one address per session.
+    fn plan_dns_socket(
+        &self,
+        s: &Session,
+        listen: SocketAddr,
+        tcp: bool,
+    ) -> Result<Vec<Change>, Refusal> {
+        rules::check_dns_listen(listen).map_err(|m| refuse(ErrorKind::Refused, m))?;
+        if s.dns_listen.is_some_and(|l| l != listen) {
+            return Err(refuse(
+                ErrorKind::BadRequest,
+                "the session's DNS forwarder listens on one address",
+            ));
+        }
+        if let Some(o) = self.holder(s.id, |o| o.dns_listen == Some(listen)) {
+            return Err(self.conflict(o, format!("DNS listen address {listen}")));
+        }
+        Ok(vec![Change::BindDns { listen, tcp }])
+    }
+
+    /// The resolver file pointed at the session's own forwarder, with search domains the
+    /// rules accept; one session at a time, never over another kwg's version of the file.
+    fn plan_resolv_conf(
+        &self,
+        s: &Session,
+        forwarder: IpAddr,
+        search: &[String],
+        facts: &Facts,
+        policy: &dyn Policy,
+    ) -> Result<Vec<Change>, Refusal> {
+        if s.dns_listen.map(|l| l.ip()) != Some(forwarder) {
+            return Err(refuse(
+                ErrorKind::Refused,
+                format!(
+                    "refused nameserver {forwarder}: the resolver file points only at the forwarder kwg-helper bound for this session (send dnsSocket first)"
+                ),
+            ));
+        }
+        if s.resolv_conf {
+            return Err(refuse(
+                ErrorKind::BadRequest,
+                "the session holds the resolver file already",
+            ));
+        }
+        if search.len() > rules::MAX_SEARCH {
+            return Err(refuse(
+                ErrorKind::Limit,
+                format!("at most {} search domains", rules::MAX_SEARCH),
+            ));
+        }
+        for d in search {
+            rules::check_search(d, &facts.resolv_conf, policy)
+                .map_err(|m| refuse(ErrorKind::Refused, m))?;
+        }
+        if let Some(o) = self.holder(s.id, |o| o.resolv_conf) {
+            return Err(self.conflict(o, "the resolver file".into()));
+        }
+        if kwg_session::dns::resolvconf::is_ours(&facts.resolv_conf) {
+            return Err(refuse(
+                ErrorKind::Conflict,
+                "the resolver file is already rewritten by another kwg join (a root one?): kwg leave that one first",
+            ));
+        }
+        let contents = kwg_session::dns::resolvconf::render(&facts.resolv_conf, forwarder, search);
+        Ok(vec![Change::WriteResolvConf {
+            original: facts.resolv_conf.clone(),
+            contents,
+        }])
+    }
+
     /// The interfaces of the sessions other than `id`.
     fn others(&self, id: u64) -> Vec<&str> {
         self.sessions
@@ -539,7 +680,23 @@ impl Registry {
                 s.undo.retain(|x| *x != u);
             }
             Change::InstallFirewall { .. } => s.firewall = true,
+            Change::BindDns { listen, .. } => s.dns_listen = Some(*listen),
+            Change::WriteResolvConf { .. } => s.resolv_conf = true,
         }
+    }
+
+    /// Takes the session's resolver-file undo out of it (the user side ends DNS before the
+    /// rest of the session), to be done now.
+    pub fn take_dns_undo(&mut self, id: u64) -> Vec<Undo> {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Vec::new();
+        };
+        s.resolv_conf = false;
+        let (dns, rest) = std::mem::take(&mut s.undo)
+            .into_iter()
+            .partition(|u| matches!(u, Undo::RestoreResolvConf { .. }));
+        s.undo = rest;
+        dns
     }
 
     /// Ends session `id`: its undo steps, newest first.

@@ -396,3 +396,125 @@ fn the_firewall_is_loaded_with_the_link_before_its_descriptor_leaves() {
     assert!(r.get(id).unwrap().firewall);
     assert_eq!(apply(&mut r, id, Op::Firewall).unwrap(), vec![]);
 }
+
+#[test]
+fn dns_points_the_resolver_file_only_at_the_sessions_own_forwarder_one_session_at_a_time() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let a = open(&mut r, ALICE, "kwg0");
+    let b = open(&mut r, BOB, "kwg1");
+    let listen: std::net::SocketAddr = "127.77.0.53:53".parse().unwrap();
+    let fwd = listen.ip();
+    let search = vec![
+        "corp.example".to_string(),
+        "emojivoto.svc.cluster.local".into(),
+        "svc.cluster.local".into(),
+        "cluster.local".into(),
+    ];
+    let resolv = |search: &[String]| Op::ResolvConf {
+        forwarder: fwd,
+        search: search.to_vec(),
+    };
+    for id in [a, b] {
+        apply(&mut r, id, Op::CreateTun { mtu: 1420 }).unwrap();
+    }
+    // No forwarder bound by the helper: the file may not point anywhere.
+    let e = apply(&mut r, a, resolv(&search)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Refused, "{e}");
+    let e = apply(
+        &mut r,
+        a,
+        Op::DnsSocket {
+            listen: "127.0.0.53:53".parse().unwrap(),
+            tcp: false,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Refused, "{e}");
+    apply(&mut r, a, Op::DnsSocket { listen, tcp: false }).unwrap();
+    apply(&mut r, a, Op::DnsSocket { listen, tcp: true }).unwrap();
+    let e = apply(&mut r, b, Op::DnsSocket { listen, tcp: false }).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+    // A public search domain (every single label would be asked under it) is refused.
+    let mut bad = search.clone();
+    bad.push("google.com".into());
+    let e = apply(&mut r, a, resolv(&bad)).unwrap_err();
+    assert!(
+        e.message.contains("refused search domain \"google.com\""),
+        "{e}"
+    );
+    let changes = apply(&mut r, a, resolv(&search)).unwrap();
+    let Change::WriteResolvConf { original, contents } = &changes[0] else {
+        panic!("{changes:?}")
+    };
+    assert_eq!(original, &facts().resolv_conf);
+    assert!(
+        contents.contains("nameserver 127.77.0.53\nnameserver 10.53.0.53\n"),
+        "{contents}"
+    );
+    assert!(
+        contents.contains(
+            "search corp.example emojivoto.svc.cluster.local svc.cluster.local cluster.local\n"
+        ),
+        "{contents}"
+    );
+    assert!(r.get(a).unwrap().info().dns);
+    // Another session cannot take the file while this one holds it.
+    apply(
+        &mut r,
+        b,
+        Op::DnsSocket {
+            listen: "127.77.0.54:53".parse().unwrap(),
+            tcp: false,
+        },
+    )
+    .unwrap();
+    let e = r
+        .plan(
+            b,
+            &Op::ResolvConf {
+                forwarder: "127.77.0.54".parse().unwrap(),
+                search: vec![],
+            },
+            &facts(),
+            &TenOnly,
+        )
+        .unwrap_err();
+    assert!(
+        e.message.contains("the kwg session on kwg0 (uid 1000)"),
+        "{e}"
+    );
+    // The undo is the original text, taken out first when the user side ends DNS.
+    assert_eq!(
+        r.take_dns_undo(a),
+        vec![Undo::RestoreResolvConf {
+            original: facts().resolv_conf
+        }]
+    );
+    assert!(!r.get(a).unwrap().info().dns);
+    assert!(
+        !r.close(a)
+            .iter()
+            .any(|u| matches!(u, Undo::RestoreResolvConf { .. }))
+    );
+}
+
+#[test]
+fn a_resolver_file_another_kwg_rewrote_is_not_taken() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let a = open(&mut r, ALICE, "kwg0");
+    apply(&mut r, a, Op::CreateTun { mtu: 1420 }).unwrap();
+    let listen: std::net::SocketAddr = "127.77.0.53:53".parse().unwrap();
+    apply(&mut r, a, Op::DnsSocket { listen, tcp: false }).unwrap();
+    let mut f = facts();
+    f.resolv_conf =
+        kwg_session::dns::resolvconf::render(&f.resolv_conf, "127.0.0.9".parse().unwrap(), &[]);
+    let op = Op::ResolvConf {
+        forwarder: listen.ip(),
+        search: vec![],
+    };
+    let e = r.plan(a, &op, &f, &TenOnly).unwrap_err();
+    assert!(
+        e.message.contains("already rewritten by another kwg join"),
+        "{e}"
+    );
+}

@@ -3,7 +3,7 @@
 //! (docs/laptop-trust.md), reached through [`Policy`] so that there is one copy of it; the rest
 //! (the machine's own addresses, other sessions, interface names) is the helper's own.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
@@ -16,6 +16,11 @@ const LOCAL_TABLE: u32 = 255;
 /// (private or shared space, not reserved, not too wide). `Err` is why, in a clause.
 pub trait Policy: Send + Sync {
     fn address_space(&self, net: &IpNet) -> Result<(), String>;
+    /// Whether `domain` may be a cluster domain without the user's say-so (the laptop's rule:
+    /// at least two labels, no public suffix nor a name under one).
+    fn cluster_domain(&self, domain: &str) -> Result<(), String> {
+        crate::policy::cluster_domain(domain)
+    }
 }
 
 /// What the helper reads about the machine before each change (excluding its sessions' links).
@@ -29,6 +34,8 @@ pub struct Facts {
     pub dns_servers: Vec<IpAddr>,
     /// Every route of every table.
     pub routes: Vec<RouteEntry>,
+    /// The resolver file's text (`/etc/resolv.conf`, empty when unreadable).
+    pub resolv_conf: String,
 }
 
 impl Facts {
@@ -110,6 +117,68 @@ pub fn check_address(addr: &IpNet, facts: &Facts, policy: &dyn Policy) -> Result
         ));
     }
     Ok(())
+}
+
+/// Where a session's DNS forwarder may listen (the helper binds it: port 53 is privileged): a
+/// loopback address on port 53 other than the ones the machine's own resolvers use
+/// (`127.0.0.1`: dnsmasq and friends, `127.0.0.53`/`127.0.0.54`: systemd-resolved's stubs).
+pub fn check_dns_listen(listen: SocketAddr) -> Result<(), String> {
+    let refuse = |why: &str| Err(format!("refused DNS listen address {listen}: {why}"));
+    let IpAddr::V4(ip) = listen.ip() else {
+        return refuse("the forwarder listens on an IPv4 loopback address (e.g. 127.77.0.53:53)");
+    };
+    if !ip.is_loopback() || listen.port() != 53 {
+        return refuse(
+            "the forwarder listens on port 53 of a loopback address (e.g. 127.77.0.53:53)",
+        );
+    }
+    if [[127, 0, 0, 1], [127, 0, 0, 53], [127, 0, 0, 54]].contains(&ip.octets()) {
+        return refuse("the machine's own resolvers use it: pass --dns-listen 127.77.0.53:53");
+    }
+    Ok(())
+}
+
+/// At most this many search domains (glibc reads 6; kwg adds 3 to the machine's own).
+pub const MAX_SEARCH: usize = 16;
+
+/// A search domain of the joined resolver file: one the file has already (the machine's own),
+/// or the cluster's `<domain>`, `svc.<domain>` or `<namespace>.svc.<domain>` whose domain passes
+/// the policy's cluster-domain rule with no consent (never a public suffix, a name under one, or
+/// a single label: single-label names would go to the cluster).
+pub fn check_search(entry: &str, original: &str, policy: &dyn Policy) -> Result<(), String> {
+    let e = entry.trim_end_matches('.').to_ascii_lowercase();
+    let refuse = |why: String| {
+        Err(format!(
+            "refused search domain {:?}: {why}",
+            printable(entry)
+        ))
+    };
+    let own = original.lines().any(|l| {
+        let mut w = l.split_whitespace();
+        matches!(w.next(), Some("search" | "domain"))
+            && w.any(|d| d.trim_end_matches('.').eq_ignore_ascii_case(&e))
+    });
+    if own {
+        return Ok(());
+    }
+    let domain = match (e.split_once(".svc."), e.strip_prefix("svc.")) {
+        (Some((ns, d)), _) if is_label(ns) => d,
+        (Some(_), _) => return refuse("the part before .svc. is not a namespace".into()),
+        (None, Some(d)) => d,
+        (None, None) => e.as_str(),
+    };
+    match policy.cluster_domain(domain) {
+        Ok(()) => Ok(()),
+        Err(why) => refuse(format!(
+            "{why} (kwg-helper takes no --cluster-domain consent from the user side; join as root for such a domain)"
+        )),
+    }
+}
+
+fn is_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// A route against the machine's existing routes (other than `own` interface's, default routes
@@ -215,6 +284,47 @@ pub(crate) mod tests {
                 gateway: None,
                 table: 254,
             }],
+            resolv_conf: "search corp.example\nnameserver 10.53.0.53\n".into(),
+        }
+    }
+
+    #[test]
+    fn dns_listens_on_a_loopback_port_53_the_machine_does_not_use() {
+        assert_eq!(check_dns_listen("127.77.0.53:53".parse().unwrap()), Ok(()));
+        for bad in [
+            "127.0.0.1:53",
+            "127.0.0.53:53",
+            "127.77.0.53:5353",
+            "192.0.2.10:53",
+            "[::1]:53",
+        ] {
+            assert!(check_dns_listen(bad.parse().unwrap()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn search_domains_are_the_machines_or_a_private_cluster_domains() {
+        let original = "search corp.example\nnameserver 10.53.0.53\n";
+        let p = TenOnly;
+        for ok in [
+            "corp.example",
+            "cluster.local",
+            "svc.cluster.local",
+            "emojivoto.svc.cluster.local",
+            "prod.internal",
+        ] {
+            assert_eq!(check_search(ok, original, &p), Ok(()), "{ok}");
+        }
+        for bad in [
+            "com",
+            "google.com",
+            "svc.co.uk",
+            "x.svc.bbc.co.uk",
+            "a.b.svc.cluster.local",
+            "local",
+        ] {
+            let e = check_search(bad, original, &p).unwrap_err();
+            assert!(e.starts_with("refused search domain"), "{bad}: {e}");
         }
     }
 

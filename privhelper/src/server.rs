@@ -286,6 +286,13 @@ impl Helper {
                 self.change(id, Op::Routes { add, remove }).await
             }
             (Request::Firewall {}, Some(id)) => self.change(id, Op::Firewall).await,
+            (Request::DnsSocket { listen, tcp }, Some(id)) => {
+                self.change(id, Op::DnsSocket { listen, tcp }).await
+            }
+            (Request::ResolvConf { forwarder, search }, Some(id)) => {
+                self.change(id, Op::ResolvConf { forwarder, search }).await
+            }
+            (Request::RevertDns {}, Some(id)) => self.revert_dns(id).await,
         };
         match r {
             Ok(x) => x,
@@ -329,6 +336,16 @@ impl Helper {
                         Some(ifindex)
                     },
                 ),
+                Change::BindDns { listen, tcp } => {
+                    self.inner.net.bind_dns(*listen, *tcp).await.map(|f| {
+                        reply = Reply::Socket {
+                            listen: *listen,
+                            tcp: *tcp,
+                        };
+                        fd = Some(f);
+                        None
+                    })
+                }
                 other => self.inner.net.apply(other).await.map(|()| None),
             };
             let ifindex = made.map_err(|e| system(e.to_string()))?;
@@ -336,6 +353,27 @@ impl Helper {
             self.write_journal(&reg, id)?;
         }
         Ok((reply, fd))
+    }
+
+    /// Puts the resolver file back now, ahead of the rest of the session.
+    async fn revert_dns(&self, id: u64) -> Result<(Reply, Option<OwnedFd>), Refusal> {
+        let mut reg = self.inner.reg.lock().await;
+        let undo = reg.take_dns_undo(id);
+        let left = revert_steps(self.inner.net.as_ref(), undo.iter()).await;
+        if let Some(s) = reg.get(id) {
+            let mut entry = Entry::of(s);
+            entry.undo.extend(left.iter().cloned());
+            self.inner
+                .journal
+                .write(&entry)
+                .map_err(|e| system(format!("cannot write kwg-helper's journal: {e}")))?;
+        }
+        match left.is_empty() {
+            true => Ok((Reply::Done, None)),
+            false => Err(system(
+                "cannot put the resolver file back (kept in kwg-helper's journal; it retries when the session ends)".into(),
+            )),
+        }
     }
 
     fn write_journal(&self, reg: &Registry, id: u64) -> Result<(), Refusal> {

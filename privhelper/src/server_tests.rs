@@ -40,6 +40,18 @@ impl Net for FakeNet {
         self.0.log.lock().unwrap().push(format!("undo {undo:?}"));
         Ok(())
     }
+    async fn bind_dns(
+        &self,
+        listen: std::net::SocketAddr,
+        tcp: bool,
+    ) -> Result<std::os::fd::OwnedFd, SysError> {
+        self.0
+            .log
+            .lock()
+            .unwrap()
+            .push(format!("bind {listen} tcp={tcp}"));
+        Ok(std::fs::File::open("/dev/null").unwrap().into())
+    }
 }
 
 struct Rig {

@@ -1,10 +1,12 @@
 //! The helper's I/O on the machine: the facts its rules need, the TUN, addresses, routes and the
 //! firewall. Behind [`Net`] so that the server's logic runs in tests without root.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::path::Path;
 
 use kwg_host::netlink::{Netlink, NetlinkError};
+use kwg_session::dns::resolvconf::nameservers;
 
 use crate::firewall;
 use crate::registry::{Change, Undo};
@@ -42,6 +44,8 @@ pub trait Net: Send + Sync {
     async fn facts(&self) -> Result<Facts, SysError>;
     async fn create_tun(&self, name: &str, mtu: u16) -> Result<NewTun, SysError>;
     async fn apply(&self, change: &Change) -> Result<(), SysError>;
+    /// A DNS forwarder socket bound on `listen`: UDP, or a listening TCP socket.
+    async fn bind_dns(&self, listen: SocketAddr, tcp: bool) -> Result<OwnedFd, SysError>;
     /// Undoes one step; `Ok` also when there was nothing left to undo.
     async fn undo(&self, undo: &Undo) -> Result<(), SysError>;
 }
@@ -55,13 +59,9 @@ impl Kernel {
     }
 }
 
-/// The resolver file's `nameserver` addresses.
-pub fn nameservers(text: &str) -> Vec<IpAddr> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect()
-}
+/// The resolver file the helper reads and, for a session's DNS, rewrites in place (in the
+/// helper's mount namespace: `ip netns exec` binds `/etc/netns/<ns>/resolv.conf` over it).
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 #[async_trait::async_trait]
 impl Net for Kernel {
@@ -81,13 +81,13 @@ impl Net for Kernel {
                     .or_else(|| s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
             })
             .collect();
-        let dns_servers =
-            nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+        let resolv_conf = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
         Ok(Facts {
             addresses,
             gateways,
-            dns_servers,
+            dns_servers: nameservers(&resolv_conf),
             routes,
+            resolv_conf,
         })
     }
 
@@ -151,6 +151,10 @@ impl Net for Kernel {
             Change::DeleteRoute { name, route } => {
                 nl.delete_route(*route, name).await?;
             }
+            Change::BindDns { .. } => unreachable!("bind_dns binds sockets"),
+            Change::WriteResolvConf { contents, .. } => {
+                write_in_place(Path::new(RESOLV_CONF), contents.as_bytes())?
+            }
             Change::InstallFirewall { table, name } => {
                 if !firewall::install_new(table, name)
                     .await
@@ -192,23 +196,44 @@ impl Net for Kernel {
                     .await
                     .map_err(io(format!("delete the nftables table {table}")))?;
             }
+            Undo::RestoreResolvConf { original } => {
+                let path = Path::new(RESOLV_CONF);
+                let current = std::fs::read_to_string(path).unwrap_or_default();
+                if kwg_session::dns::resolvconf::is_ours(&current) || current.is_empty() {
+                    write_in_place(path, original.as_bytes())?;
+                } else {
+                    tracing::warn!(
+                        path = RESOLV_CONF,
+                        "the resolver file was changed by someone else since the join: left as it is"
+                    );
+                }
+            }
         }
         Ok(())
     }
+
+    async fn bind_dns(&self, listen: SocketAddr, tcp: bool) -> Result<OwnedFd, SysError> {
+        let what = format!(
+            "bind the DNS forwarder's {} socket on {listen} (is another DNS server using it? pass --dns-listen with another loopback address)",
+            if tcp { "TCP" } else { "UDP" }
+        );
+        let fd = match tcp {
+            true => std::net::TcpListener::bind(listen).map(OwnedFd::from),
+            false => std::net::UdpSocket::bind(listen).map(OwnedFd::from),
+        };
+        fd.map_err(io(what))
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn nameservers_are_read_like_the_resolver() {
-        let t =
-            "# x\nnameserver 192.0.2.53\nnameserver  fd00::53 # c\nsearch a\nnameserver bogus\n";
-        assert_eq!(
-            super::nameservers(t),
-            vec![
-                "192.0.2.53".parse::<std::net::IpAddr>().unwrap(),
-                "fd00::53".parse().unwrap()
-            ]
-        );
-    }
+/// Overwrites `path` in place (truncate, write, fsync; no rename: it may be a bind mount,
+/// where a rename fails with EBUSY).
+fn write_in_place(path: &Path, bytes: &[u8]) -> Result<(), SysError> {
+    use std::io::Write;
+    let what = format!("rewrite {}", path.display());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .map_err(io(what))
 }
