@@ -8,6 +8,7 @@ mod error;
 pub mod io;
 pub mod peer;
 pub mod run;
+pub mod translate;
 pub mod uapi;
 
 pub use error::Error;

@@ -83,6 +83,8 @@ pub struct Core {
     cookies_reported: u64,
     /// Handshakes completed on this core, for [`Core::handshake_serial`].
     handshakes: u64,
+    /// Virtual subnets (`crate::translate`): `None`, the default, costs one branch per batch.
+    translation: Option<std::sync::Arc<crate::translate::Translator>>,
     pub drops: Drops,
 }
 
@@ -102,6 +104,7 @@ impl Core {
             last_rate_reset: None,
             cookies_reported: 0,
             handshakes: 0,
+            translation: None,
             drops: Drops::default(),
         };
         core.set_private_key(private_key);
@@ -146,6 +149,19 @@ impl Core {
         for p in self.peers.values_mut() {
             p.tunn = None;
         }
+    }
+
+    /// Sets the virtual subnets: packets read from the TUN are translated (mapped → real
+    /// destination) by the device's TUN task before [`Core::handle_tun`], packets decrypted
+    /// here (real → mapped source) before they go into the TUN batch. `None` or an empty
+    /// translator: no translation.
+    pub fn set_translation(&mut self, t: Option<crate::translate::Translator>) {
+        self.translation = t.filter(|t| !t.is_empty()).map(std::sync::Arc::new);
+    }
+
+    /// The virtual subnets set, if any.
+    pub fn translation(&self) -> Option<std::sync::Arc<crate::translate::Translator>> {
+        self.translation.clone()
     }
 
     /// An IP packet read from the TUN device: encrypt it for the peer that owns its destination.
@@ -348,6 +364,9 @@ impl Core {
             TunnResult::WriteToTunnelV4(p, src) => {
                 let n = p.len();
                 if self.routes.lookup(IpAddr::V4(src)) == Some(idx) {
+                    if let Some(t) = &self.translation {
+                        t.inbound(p);
+                    }
                     tun.commit(n);
                 } else {
                     self.drops.spoofed_source += 1;

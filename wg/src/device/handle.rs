@@ -163,6 +163,13 @@ impl DeviceHandle {
         Ok(known)
     }
 
+    /// Sets the virtual subnets translated between the TUN and the peers (see
+    /// [`crate::translate`]); `None` turns translation off.
+    pub fn set_translation(&self, t: Option<crate::translate::Translator>) -> Result<(), Error> {
+        self.live()?.core().set_translation(t);
+        Ok(())
+    }
+
     /// Keeps copies of what is sent to the peer for [`DeviceHandle::rehandshake`].
     pub fn set_replay(&self, k: &PublicKey, on: bool) -> Result<(), Error> {
         self.live()?.core().set_replay(k, on);

@@ -54,10 +54,17 @@ pub(super) async fn tun_to_udp(shared: Arc<Shared>) {
 fn encrypt_batch(shared: &Shared, bufs: &mut TunRecvBufs, net: &mut NetBatch) {
     let now = Instant::now();
     let mut core = shared.core();
+    let translation = core.translation();
+    if let Some(t) = &translation {
+        bufs.translate(t);
+    }
     bufs.drain(|p| core.handle_tun(p, now, net));
     for _ in 0..TUN_READS_PER_BATCH {
         if shared.tun.try_recv(bufs).is_err() {
             break;
+        }
+        if let Some(t) = &translation {
+            bufs.translate(t);
         }
         bufs.drain(|p| core.handle_tun(p, now, net));
     }

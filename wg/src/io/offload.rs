@@ -58,6 +58,11 @@ impl VnetHdr {
         })
     }
 
+    /// The transport checksum field holds the pseudo-header's sum for the device to complete.
+    pub fn needs_csum(&self) -> bool {
+        self.flags & F_NEEDS_CSUM != 0
+    }
+
     pub fn encode(&self, b: &mut [u8]) {
         b[0] = self.flags;
         b[1] = self.gso_type;

@@ -319,6 +319,22 @@ impl TunRecvBufs {
         }
     }
 
+    /// Translates the packets received since the last drain (virtual subnets: mapped →
+    /// real destination), before they are split and drained. A super-packet is translated
+    /// once: its segments' checksums are computed from its rewritten headers.
+    pub fn translate(&mut self, t: &crate::translate::Translator) {
+        let n = self.len;
+        if self.vnet && n >= VNET_HDR_LEN {
+            let partial = offload::VnetHdr::decode(&self.raw[..n]).is_some_and(|h| h.needs_csum());
+            t.outbound(&mut self.raw[VNET_HDR_LEN..n], partial);
+        } else if !self.vnet && n > 0 {
+            t.outbound(&mut self.raw[..n], false);
+        }
+        for p in &mut self.queued {
+            t.outbound(p, false);
+        }
+    }
+
     /// Calls `f` with each IP packet received since the last drain, in order. A read the
     /// kernel's offloads made unsplittable is dropped (and logged).
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) {
