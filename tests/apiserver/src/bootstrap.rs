@@ -108,7 +108,7 @@ pub fn populate(store: &mut Store, env: &Env) {
         "networking.k8s.io",
         "servicecidrs",
         "",
-        json!({"metadata": {"name": "kubernetes"}, "spec": {"cidrs": [env.service_cidr.to_string()]},
+        json!({"metadata": {"name": "kubernetes"}, "spec": {"cidrs": env.service_cidrs().all().iter().map(ToString::to_string).collect::<Vec<_>>()},
                "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "", "message": "Kubernetes Service CIDR is ready",
                                           "lastTransitionTime": ops::timestamp(opts.now)}]}}),
     );

@@ -4,21 +4,21 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use ipnet::IpNet;
 use serde_json::{Value, json};
 
+use crate::families::{ServiceCidrs, allocate_cluster_ips, init_ip_families};
 use crate::kinds::Kind;
 use crate::status::{ApiError, FieldError, go_str};
 use crate::store::{Store, meta_str};
 use crate::validation::{
-    allocate_cluster_ip, allocate_node_port, check_cluster_ip, check_node_port, config_key_errors,
+    allocate_node_port, check_node_port, config_key_errors,
     services_in_use,
 };
 
 /// What hooks may look at.
 pub struct Ctx<'a> {
     pub store: &'a Store,
-    pub service_cidr: IpNet,
+    pub service_cidrs: ServiceCidrs,
 }
 
 fn invalid(kind: &Kind, obj: &Value, errs: Vec<FieldError>) -> Result<(), ApiError> {
@@ -256,48 +256,66 @@ fn service(
     if ty == "ExternalName" {
         return invalid(kind, obj, errs);
     }
-    // ClusterIP: kept, validated or allocated.
-    let requested = spec["clusterIP"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .or_else(|| spec["clusterIPs"].get(0).and_then(Value::as_str))
-        .map(str::to_string);
-    let previous = old_spec
-        .and_then(|s| s["clusterIP"].as_str())
-        .map(str::to_string);
-    let ip = match (requested, previous) {
-        (None, Some(prev)) => Some(prev),
-        (Some(req), Some(prev)) if req != prev => {
-            errs.push(FieldError::invalid(
-                "spec.clusterIPs[0]",
-                go_str(&req),
-                "may not change once set",
-            ));
-            None
-        }
-        (Some(req), Some(_)) => Some(req),
-        (Some(req), None) if req == "None" => Some(req),
-        (Some(req), None) => match check_cluster_ip(&req, &ctx.service_cidr, &used_ips) {
-            Ok(ip) => Some(ip.to_string()),
-            Err(e) => {
-                errs.push(e);
-                None
-            }
-        },
-        (None, None) => match allocate_cluster_ip(&ctx.service_cidr, &used_ips) {
-            Ok(ip) => Some(ip.to_string()),
-            Err(e) => {
-                errs.push(e);
-                None
-            }
-        },
+    // ClusterIPs: families defaulted and checked, addresses kept, validated or allocated.
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
     };
-    if let Some(ip) = ip {
-        spec["clusterIP"] = json!(ip);
-        spec["clusterIPs"] = json!([ip]);
-        default(spec, "ipFamilies", json!(["IPv4"]));
-        default(spec, "ipFamilyPolicy", json!("SingleStack"));
-        default(spec, "internalTrafficPolicy", json!("Cluster"));
+    let old_ips = old_spec
+        .map(|s| strings(&s["clusterIPs"]))
+        .filter(|v| !v.is_empty())
+        .or_else(|| {
+            old_spec
+                .and_then(|s| s["clusterIP"].as_str())
+                .map(|ip| vec![ip.to_string()])
+        })
+        .unwrap_or_default();
+    let mut requested = strings(&spec["clusterIPs"]);
+    if requested.is_empty() {
+        if let Some(ip) = spec["clusterIP"].as_str().filter(|s| !s.is_empty()) {
+            requested = vec![ip.to_string()];
+        } else {
+            requested = old_ips.clone();
+        }
+    }
+    if let (Some(req), Some(prev)) = (requested.first(), old_ips.first())
+        && req != prev
+    {
+        errs.push(FieldError::invalid(
+            "spec.clusterIPs[0]",
+            go_str(req),
+            "may not change once set",
+        ));
+        return invalid(kind, obj, errs);
+    }
+    if requested.is_empty() {
+        if let Some(o) = spec.as_object_mut() {
+            o.remove("clusterIPs");
+        }
+    } else {
+        spec["clusterIPs"] = json!(requested);
+    }
+    let fam_errs = init_ip_families(spec, old_spec, &ctx.service_cidrs);
+    if !fam_errs.is_empty() {
+        errs.extend(fam_errs);
+        return invalid(kind, obj, errs);
+    }
+    let ips = if requested.first().map(String::as_str) == Some("None") {
+        Ok(vec!["None".to_string()])
+    } else {
+        let mut used = used_ips;
+        allocate_cluster_ips(spec, &old_ips, &ctx.service_cidrs, &mut used)
+    };
+    match ips {
+        Ok(ips) => {
+            spec["clusterIP"] = json!(ips[0]);
+            spec["clusterIPs"] = json!(ips);
+            default(spec, "internalTrafficPolicy", json!("Cluster"));
+        }
+        Err(e) => errs.push(e),
     }
     if old.is_none() {
         obj["status"] = json!({"loadBalancer": {}});

@@ -6,6 +6,7 @@ mod admission;
 mod bootstrap;
 mod cel;
 mod discovery;
+mod families;
 mod events;
 mod hooks;
 mod http;
@@ -48,6 +49,9 @@ pub use status::ApiError;
 pub struct Config {
     /// The service CIDR (10.96.0.0/12 in the sim); the `kubernetes` Service gets its first IP.
     pub service_cidr: ipnet::IpNet,
+    /// A second Service CIDR of the other family, for a dual-stack cluster (the API server's
+    /// `--service-cluster-ip-range=<primary>,<secondary>`).
+    pub service_cidr_secondary: Option<ipnet::IpNet>,
     /// IPs and DNS names the serving certificate is valid for.
     pub cert_sans: Vec<String>,
     /// Where `ca.crt`/`ca.key` live (an existing CA there is reused).
@@ -160,6 +164,7 @@ impl ApiServer {
         let tls = tls::load_or_create(&cfg.state_dir, &cfg.cert_sans)?;
         let env = ops::Env {
             service_cidr: cfg.service_cidr,
+            service_cidr_secondary: cfg.service_cidr_secondary,
             ca_pem: tls.ca_pem.clone(),
         };
         let mut store = Store::default();

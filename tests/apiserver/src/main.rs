@@ -20,6 +20,9 @@ struct Args {
     /// Service CIDR.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: ipnet::IpNet,
+    /// A second Service CIDR of the other family (a dual-stack cluster).
+    #[arg(long)]
+    service_cidr_secondary: Option<ipnet::IpNet>,
     /// Extra names/IPs for the serving certificate.
     #[arg(long = "san")]
     sans: Vec<String>,
@@ -48,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let cfg = Config {
         service_cidr: args.service_cidr,
+        service_cidr_secondary: args.service_cidr_secondary,
         cert_sans: sans,
         state_dir: args.state_dir.clone(),
     };

@@ -21,7 +21,19 @@ use crate::validation::name_errors;
 #[derive(Debug, Clone)]
 pub struct Env {
     pub service_cidr: IpNet,
+    /// A second Service CIDR of the other family (a dual-stack cluster).
+    pub service_cidr_secondary: Option<IpNet>,
     pub ca_pem: String,
+}
+
+impl Env {
+    /// The Service CIDRs, primary first.
+    pub fn service_cidrs(&self) -> crate::families::ServiceCidrs {
+        crate::families::ServiceCidrs {
+            primary: self.service_cidr,
+            secondary: self.service_cidr_secondary,
+        }
+    }
 }
 
 /// Options common to writes.
@@ -178,7 +190,7 @@ pub fn create(
     hooks::on_create(
         &Ctx {
             store,
-            service_cidr: env.service_cidr,
+            service_cidrs: env.service_cidrs(),
         },
         kind,
         &mut obj,
@@ -259,7 +271,7 @@ pub fn update(
     hooks::on_update(
         &Ctx {
             store,
-            service_cidr: env.service_cidr,
+            service_cidrs: env.service_cidrs(),
         },
         kind,
         &old,

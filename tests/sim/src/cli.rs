@@ -1,7 +1,7 @@
 //! Command line of `kwg-sim`.
 
 use crate::names::{self, Names};
-use crate::net::{ClusterNet, parse_cidr};
+use crate::net::{ClusterNet, IpFamily, parse_cidr, parse_cidr6};
 use crate::topology::LanModel;
 use crate::{Error, Result, sh, topology};
 use clap::{Parser, Subcommand};
@@ -75,6 +75,19 @@ pub struct UpArgs {
     /// cluster).
     #[arg(long, value_enum, value_name = "MODEL", default_value_t = LanModel::Nic)]
     pub lan_model: LanModel,
+    /// The cluster's IP families: `dual` adds IPv6 to the LAN, the Services (IPv4 stays the
+    /// primary family) and the pods.
+    #[arg(long, value_enum, value_name = "FAMILY", default_value_t = IpFamily::Ipv4)]
+    pub ip_family: IpFamily,
+    /// The LAN's IPv6 prefix (with --ip-family dual): node ::1, laptop ::10, resolver ::53.
+    #[arg(long, value_name = "CIDR", default_value = crate::net::LAN6_CIDR)]
+    pub lan6: String,
+    /// IPv6 ClusterIPs (with --ip-family dual, /108 to /120): `kubernetes` ::1, kube-dns ::10.
+    #[arg(long, value_name = "CIDR", default_value = crate::net::SERVICE6_CIDR)]
+    pub service_cidr6: String,
+    /// IPv6 pod IPs (with --ip-family dual, /48 to /64); the node's IPv6 podCIDR is its first /64.
+    #[arg(long, value_name = "CIDR", default_value = crate::net::POD6_CIDR)]
+    pub pod_cidr6: String,
 }
 
 impl UpArgs {
@@ -85,6 +98,10 @@ impl UpArgs {
             service_cidr: parse_cidr("--service-cidr", &self.service_cidr)?,
             pod_cidr: parse_cidr("--pod-cidr", &self.pod_cidr)?,
             domain: self.domain.trim_end_matches('.').to_string(),
+            ip_family: self.ip_family,
+            lan6: parse_cidr6("--lan6", &self.lan6)?,
+            service_cidr6: parse_cidr6("--service-cidr6", &self.service_cidr6)?,
+            pod_cidr6: parse_cidr6("--pod-cidr6", &self.pod_cidr6)?,
         };
         net.validate()?;
         Ok(net)
@@ -311,6 +328,12 @@ fn status(n: &Names) -> Result<()> {
         "addresses   LAN {}, Services {}, pods {}, domain {}",
         net.lan, net.service_cidr, net.pod_cidr, net.domain
     );
+    if net.dual() {
+        println!(
+            "IPv6        LAN {}, Services {}, pods {}",
+            net.lan6, net.service_cidr6, net.pod_cidr6
+        );
+    }
     println!(
         "kubeconfig  {} (developer), {} (admin)",
         n.kubeconfig("developer").display(),

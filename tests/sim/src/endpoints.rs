@@ -19,6 +19,8 @@ const MANAGER: &str = "endpointslice-controller.k8s.io";
 struct Ep<'a> {
     pod: &'a Pod,
     ip: String,
+    /// Every address of the pod (`status.podIPs`), the primary first.
+    ips: Vec<String>,
     ready: bool,
 }
 
@@ -41,9 +43,15 @@ fn selected<'a>(svc: &Service, pods: &'a [Pod]) -> Vec<Ep<'a>> {
         .filter_map(|p| {
             let st = p.status.as_ref()?;
             (st.phase.as_deref() == Some("Running")).then_some(())?;
+            let ip = st.pod_ip.clone()?;
+            let mut ips: Vec<String> = st.pod_ips.iter().flatten().map(|i| i.ip.clone()).collect();
+            if ips.is_empty() {
+                ips.push(ip.clone());
+            }
             Some(Ep {
                 pod: p,
-                ip: st.pod_ip.clone()?,
+                ip,
+                ips,
                 ready: crate::kubelet::plan::pod_ready(p),
             })
         })
@@ -73,11 +81,47 @@ fn target_ref(p: &Pod) -> Value {
     json!({"kind": "Pod", "namespace": p.metadata.namespace, "name": p.metadata.name, "uid": p.metadata.uid})
 }
 
-/// The EndpointSlice a Service should have (named after it), or None for a Service without selector.
+/// The EndpointSlice of a Service's primary family (named after it), or None for a Service
+/// without selector.
 pub fn desired_slice(svc: &Service, pods: &[Pod]) -> Option<EndpointSlice> {
+    desired_slices(svc, pods).into_iter().next()
+}
+
+/// The EndpointSlices a Service should have, one per IP family of `spec.ipFamilies` (IPv4 when
+/// unset), as the real controller keeps them: the primary family's named after the Service,
+/// the other `<service>-ipv6` (or `-ipv4`); none for a Service without selector.
+pub fn desired_slices(svc: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
+    let families = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ip_families.clone())
+        .filter(|f| !f.is_empty())
+        .unwrap_or_else(|| vec!["IPv4".into()]);
+    families
+        .iter()
+        .enumerate()
+        .filter_map(|(i, fam)| family_slice(svc, pods, fam, i == 0))
+        .collect()
+}
+
+fn is_family(ip: &str, family: &str) -> bool {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => family == "IPv4",
+        Ok(std::net::IpAddr::V6(_)) => family == "IPv6",
+        Err(_) => false,
+    }
+}
+
+fn family_slice(svc: &Service, pods: &[Pod], family: &str, primary: bool) -> Option<EndpointSlice> {
     let spec = svc.spec.as_ref()?;
     spec.selector.as_ref().filter(|s| !s.is_empty())?;
-    let eps = selected(svc, pods);
+    let eps: Vec<Ep> = selected(svc, pods)
+        .into_iter()
+        .filter_map(|e| {
+            let ip = e.ips.iter().find(|ip| is_family(ip, family))?.clone();
+            Some(Ep { ip, ..e })
+        })
+        .collect();
     let first = eps.first().map(|e| e.pod);
     let ports: Vec<Value> = spec
         .ports
@@ -97,17 +141,22 @@ pub fn desired_slice(svc: &Service, pods: &[Pod]) -> Option<EndpointSlice> {
                 "nodeName": e.pod.spec.as_ref().and_then(|s| s.node_name.clone()), "targetRef": target_ref(e.pod)})
         })
         .collect();
-    let name = svc.name_any();
+    let service = svc.name_any();
+    let name = if primary {
+        service.clone()
+    } else {
+        format!("{service}-{}", family.to_lowercase())
+    };
     // Owned by its Service, as the real controller's slices are (the garbage collector
     // deletes them with it).
-    let owner = json!({"apiVersion": "v1", "kind": "Service", "name": name,
+    let owner = json!({"apiVersion": "v1", "kind": "Service", "name": service,
         "uid": svc.metadata.uid, "controller": true, "blockOwnerDeletion": true});
     serde_json::from_value(json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": name, "namespace": svc.metadata.namespace,
-            "labels": {SERVICE_NAME_LABEL: name, MANAGED_BY: MANAGER},
+            "labels": {SERVICE_NAME_LABEL: service, MANAGED_BY: MANAGER},
             "ownerReferences": [owner]},
-        "addressType": "IPv4", "ports": ports, "endpoints": endpoints,
+        "addressType": family, "ports": ports, "endpoints": endpoints,
     }))
     .ok()
 }
@@ -216,7 +265,8 @@ async fn reconcile(
     for svc in services {
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let k = key(&svc.metadata.namespace, &svc.metadata.name);
-        if let Some(want) = desired_slice(svc, pods) {
+        for want in desired_slices(svc, pods) {
+            let k = key(&want.metadata.namespace, &want.metadata.name);
             wanted.insert(k.clone());
             let same = |a: &EndpointSlice, b: &EndpointSlice| {
                 a.endpoints == b.endpoints

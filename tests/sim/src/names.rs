@@ -13,6 +13,8 @@ pub const LAN_DNS_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
 pub const INTRANET_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
 /// The gateway address pods route through (on every node-side pod veth).
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The node's link-local address on every pod veth, the pods' IPv6 default gateway.
+pub const POD_GATEWAY6: &str = "fe80::1";
 /// The `kubernetes` Service.
 pub const KUBERNETES_SVC_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 /// kube-dns.

@@ -7,9 +7,37 @@
 
 use crate::names::{self, Names};
 use crate::{Error, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// The IP families of a cluster (`kwg-sim up --ip-family`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    /// IPv4 only (Services, pods and the LAN).
+    #[default]
+    Ipv4,
+    /// IPv4 and IPv6: the LAN, Services (IPv4 the primary family) and pods carry both.
+    Dual,
+}
+
+/// The IPv6 defaults of a dual-stack cluster: a ULA LAN, and kind's Service and pod ranges.
+pub const LAN6_CIDR: &str = "fd00:c0:2::/64";
+pub const SERVICE6_CIDR: &str = "fd00:10:96::/112";
+pub const POD6_CIDR: &str = "fd00:10:244::/56";
+
+fn default_lan6() -> Ipv6Net {
+    LAN6_CIDR.parse().expect("a default CIDR parses")
+}
+fn default_service6() -> Ipv6Net {
+    SERVICE6_CIDR.parse().expect("a default CIDR parses")
+}
+fn default_pod6() -> Ipv6Net {
+    POD6_CIDR.parse().expect("a default CIDR parses")
+}
 
 /// A cluster's network choices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +50,19 @@ pub struct ClusterNet {
     pub pod_cidr: Ipv4Net,
     /// The cluster domain, e.g. `cluster.local`.
     pub domain: String,
+    /// IPv4 only, or dual-stack with the IPv6 ranges below.
+    #[serde(default)]
+    pub ip_family: IpFamily,
+    /// The LAN's IPv6 prefix (dual-stack): the same host numbers as IPv4, written in hex
+    /// digits (node `::1`, laptop `::10`, resolver `::53`, intranet `::80`).
+    #[serde(default = "default_lan6")]
+    pub lan6: Ipv6Net,
+    /// The IPv6 Service CIDR (dual-stack): `kubernetes` is `::1`, kube-dns `::10`.
+    #[serde(default = "default_service6")]
+    pub service_cidr6: Ipv6Net,
+    /// The IPv6 pod CIDR (dual-stack); the node's IPv6 podCIDR is its first /64.
+    #[serde(default = "default_pod6")]
+    pub pod_cidr6: Ipv6Net,
 }
 
 impl Default for ClusterNet {
@@ -32,8 +73,35 @@ impl Default for ClusterNet {
             service_cidr: net(names::SERVICE_CIDR),
             pod_cidr: net(names::POD_CIDR),
             domain: names::CLUSTER_DOMAIN.into(),
+            ip_family: IpFamily::Ipv4,
+            lan6: default_lan6(),
+            service_cidr6: default_service6(),
+            pod_cidr6: default_pod6(),
         }
     }
+}
+
+/// The host `n` of `net`, `n`'s decimal digits read as hex digits (`53` is `::53`), so the
+/// IPv6 addresses read like their IPv4 twins.
+fn nth6(net: &Ipv6Net, n: u32) -> Ipv6Addr {
+    let hex = u128::from_str_radix(&n.to_string(), 16).expect("decimal digits are hex digits");
+    Ipv6Addr::from(u128::from(net.network()) + hex)
+}
+
+/// Parses an IPv6 CIDR option; `what` names it in the error (`--lan6`).
+pub fn parse_cidr6(what: &str, value: &str) -> Result<Ipv6Net> {
+    let net: Ipv6Net = value.parse().map_err(|e| {
+        Error::Invalid(format!(
+            "{what} {value:?} is not an IPv6 CIDR ({e}); write it like fd00:10:96::/112"
+        ))
+    })?;
+    if net.network() != net.addr() {
+        return Err(Error::Invalid(format!(
+            "{what} {value} has host bits set; did you mean {}?",
+            net.trunc()
+        )));
+    }
+    Ok(net)
 }
 
 /// The `n`th address of `net` (`n` = 0 is the network address).
@@ -127,7 +195,109 @@ impl ClusterNet {
                 )));
             }
         }
+        if self.dual() {
+            self.validate6()?;
+        }
         check_domain(&self.domain)
+    }
+
+    /// The IPv6 ranges of a dual-stack cluster: sizes (the API server takes a Service range of
+    /// at most 2^20 addresses, /108) and overlaps.
+    fn validate6(&self) -> Result<()> {
+        let size = |what: &str, net: &Ipv6Net, range: std::ops::RangeInclusive<u8>, why: &str| {
+            if range.contains(&net.prefix_len()) {
+                Ok(())
+            } else {
+                Err(Error::Invalid(format!(
+                    "{what} {net} does not fit: use a prefix length from /{} to /{} ({why})",
+                    range.start(),
+                    range.end()
+                )))
+            }
+        };
+        size("--lan6", &self.lan6, 48..=120, "hosts ::1 to ::80")?;
+        size(
+            "--service-cidr6",
+            &self.service_cidr6,
+            108..=120,
+            "the API server allocates from at most 2^20 addresses",
+        )?;
+        size(
+            "--pod-cidr6",
+            &self.pod_cidr6,
+            48..=64,
+            "the node's IPv6 podCIDR is its first /64",
+        )?;
+        let all = [
+            ("--lan6", self.lan6),
+            ("--service-cidr6", self.service_cidr6),
+            ("--pod-cidr6", self.pod_cidr6),
+        ];
+        for (i, (a, x)) in all.iter().enumerate() {
+            for (b, y) in &all[i + 1..] {
+                if x.contains(&y.network()) || y.contains(&x.network()) {
+                    return Err(Error::Invalid(format!(
+                        "{a} {x} overlaps {b} {y}: pick ranges that do not overlap"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the cluster is dual-stack.
+    pub fn dual(&self) -> bool {
+        self.ip_family == IpFamily::Dual
+    }
+    /// The node's IPv6 address on the LAN (`::1`), dual-stack only.
+    pub fn node_ip6(&self) -> Option<Ipv6Addr> {
+        self.dual().then(|| nth6(&self.lan6, 1))
+    }
+    /// The default laptop's IPv6 address (`::10`), dual-stack only.
+    pub fn laptop_ip6(&self) -> Option<Ipv6Addr> {
+        self.dual().then(|| nth6(&self.lan6, 10))
+    }
+    /// The IPv6 twin of an IPv4 address on the LAN (same host number), dual-stack only.
+    pub fn lan_ip6_of(&self, v4: Ipv4Addr) -> Option<Ipv6Addr> {
+        let n = u32::from(v4) - u32::from(self.lan.network());
+        self.dual().then(|| nth6(&self.lan6, n))
+    }
+    /// The LAN resolver's IPv6 address (`::53`), dual-stack only.
+    pub fn lan_dns_ip6(&self) -> Option<Ipv6Addr> {
+        self.lan_ip6_of(self.lan_dns_ip())
+    }
+    /// The intranet's IPv6 address (`::80`), dual-stack only.
+    pub fn intranet_ip6(&self) -> Option<Ipv6Addr> {
+        self.lan_ip6_of(self.intranet_ip())
+    }
+    /// kube-dns's IPv6 ClusterIP (`::10` of the IPv6 Service CIDR), dual-stack only.
+    pub fn dns_svc_ip6(&self) -> Option<Ipv6Addr> {
+        self.dual().then(|| nth6(&self.service_cidr6, 10))
+    }
+    /// The `kubernetes` Service's IPv6 ClusterIP (`::1`), dual-stack only.
+    pub fn kubernetes_svc_ip6(&self) -> Option<Ipv6Addr> {
+        self.dual().then(|| nth6(&self.service_cidr6, 1))
+    }
+    /// The second Service CIDR the API server allocates from (dual-stack).
+    pub fn secondary_service_cidr(&self) -> Option<Ipv6Net> {
+        self.dual().then_some(self.service_cidr6)
+    }
+    /// The node's IPv6 podCIDR: the first /64 of the IPv6 pod CIDR, dual-stack only.
+    pub fn node_pod_cidr6(&self) -> Option<Ipv6Net> {
+        self.dual()
+            .then(|| Ipv6Net::new(self.pod_cidr6.network(), 64).expect("a /64"))
+    }
+    /// The node's podCIDRs as the Node publishes them, IPv4 first.
+    pub fn node_pod_cidrs(&self) -> Vec<String> {
+        std::iter::once(self.node_pod_cidr().to_string())
+            .chain(self.node_pod_cidr6().map(|n| n.to_string()))
+            .collect()
+    }
+    /// The IPv6 address of the pod at IPv4 `v4` (same host number in the node's IPv6 podCIDR),
+    /// dual-stack only.
+    pub fn pod_ip6_of(&self, v4: Ipv4Addr) -> Option<Ipv6Addr> {
+        let n = u32::from(v4) - u32::from(self.node_pod_cidr().network());
+        self.node_pod_cidr6().map(|net| nth6(&net, n))
     }
 
     /// The node's address on the LAN (`.1`); the API server listens here.
@@ -227,6 +397,7 @@ mod tests {
             service_cidr: parse_cidr("--service-cidr", "10.43.0.0/16").unwrap(),
             pod_cidr: parse_cidr("--pod-cidr", "10.42.0.0/16").unwrap(),
             domain: "corp.internal".into(),
+            ..ClusterNet::default()
         };
         n.validate().unwrap();
         assert_eq!(n.node_ip().to_string(), "198.51.100.1");
@@ -239,6 +410,38 @@ mod tests {
             n.extra_laptop_ips().next().unwrap().to_string(),
             "198.51.100.11"
         );
+    }
+
+    #[test]
+    fn dual_stack_addresses_are_the_ipv4_host_numbers_in_hex_digits() {
+        let mut n = ClusterNet::default();
+        assert_eq!(n.node_ip6(), None);
+        assert_eq!(n.node_pod_cidrs(), ["10.244.0.0/24"]);
+        n.ip_family = IpFamily::Dual;
+        n.validate().unwrap();
+        assert_eq!(n.node_ip6().unwrap().to_string(), "fd00:c0:2::1");
+        assert_eq!(n.laptop_ip6().unwrap().to_string(), "fd00:c0:2::10");
+        assert_eq!(n.lan_dns_ip6().unwrap().to_string(), "fd00:c0:2::53");
+        assert_eq!(n.dns_svc_ip6().unwrap().to_string(), "fd00:10:96::10");
+        assert_eq!(n.kubernetes_svc_ip6().unwrap().to_string(), "fd00:10:96::1");
+        assert_eq!(n.node_pod_cidrs(), ["10.244.0.0/24", "fd00:10:244::/64"]);
+        assert_eq!(
+            n.pod_ip6_of(Ipv4Addr::new(10, 244, 0, 27)).unwrap().to_string(),
+            "fd00:10:244::27"
+        );
+        n.service_cidr6 = "fd00:10:96::/64".parse().unwrap();
+        assert!(n.validate().unwrap_err().to_string().contains("--service-cidr6"));
+        n.service_cidr6 = "fd00:10:244::/112".parse().unwrap();
+        assert!(
+            n.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--service-cidr6 fd00:10:244::/112 overlaps --pod-cidr6")
+        );
+        // A net.json written before dual-stack reads as IPv4 only.
+        let old = r#"{"lan":"192.0.2.0/24","service_cidr":"10.96.0.0/12","pod_cidr":"10.244.0.0/16","domain":"cluster.local"}"#;
+        let old: ClusterNet = serde_json::from_str(old).unwrap();
+        assert_eq!(old, ClusterNet::default());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::names::{self, Names};
 use crate::net::ClusterNet;
 use crate::sh::{self, ip};
 use crate::{Error, Result};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// How the machines' interfaces on the LAN behave (`kwg-sim up --lan-model`).
 ///
@@ -95,6 +95,27 @@ pub fn build(n: &Names, net: &ClusterNet, model: LanModel) -> Result<()> {
     for addr in [net.lan_dns_ip(), net.intranet_ip()] {
         ip(&format!("-n {lan} addr add {addr}/{bits} dev br0"))?;
     }
+    let bits6 = net.lan6.prefix_len();
+    for addr in [net.lan_dns_ip6(), net.intranet_ip6()].into_iter().flatten() {
+        ip(&format!("-n {lan} addr add {addr}/{bits6} dev br0 nodad"))?;
+    }
+    if net.dual() {
+        // Addresses usable at once (no duplicate address detection on this wire), and the node
+        // routes IPv6 as it routes IPv4.
+        sh::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &node,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ],
+        )?;
+    }
     sh::run(
         "ip",
         &[
@@ -111,9 +132,10 @@ pub fn build(n: &Names, net: &ClusterNet, model: LanModel) -> Result<()> {
     let on_lan = Attach {
         lan_ns: lan.clone(),
         bits,
+        bits6,
         model,
     };
-    on_lan.attach(&node, "p-node", "eth0", net.node_ip())?;
+    on_lan.attach(&node, "p-node", "eth0", net.node_ip(), net.node_ip6())?;
     // The node's own processes reach ClusterIPs through the output DNAT, which needs a route to
     // exist first; a veth whose peer stays down (a dummy like kube-proxy's kube-ipvs0, without
     // needing the dummy module) drops what no Service matches.
@@ -125,8 +147,17 @@ pub fn build(n: &Names, net: &ClusterNet, model: LanModel) -> Result<()> {
         "-n {node} route add {} dev kube-svc",
         net.service_cidr
     ))?;
+    if let Some(svc6) = net.secondary_service_cidr() {
+        ip(&format!("-n {node} route add {svc6} dev kube-svc"))?;
+    }
     add_machine(&laptop, net)?;
-    on_lan.attach(&laptop, "p-laptop", "eth0", net.laptop_ip())
+    on_lan.attach(
+        &laptop,
+        "p-laptop",
+        "eth0",
+        net.laptop_ip(),
+        net.laptop_ip6(),
+    )
 }
 
 /// Creates a machine namespace with a resolv.conf pointing at the LAN resolver of `net` (its
@@ -149,6 +180,8 @@ fn add_machine(ns: &str, net: &ClusterNet) -> Result<()> {
 struct Attach {
     lan_ns: String,
     bits: u8,
+    /// The LAN's IPv6 prefix length (used by dual-stack clusters).
+    bits6: u8,
     model: LanModel,
 }
 
@@ -157,17 +190,26 @@ impl Attach {
         Attach {
             lan_ns: n.lan_ns(),
             bits: net.lan.prefix_len(),
+            bits6: net.lan6.prefix_len(),
             model: LanModel::of(n),
         }
     }
 
-    /// A veth from the LAN bridge (port `port`) to `ifname` in `ns` with `addr`.
+    /// A veth from the LAN bridge (port `port`) to `ifname` in `ns` with `addr` (and `addr6` on
+    /// a dual-stack LAN).
     ///
     /// The interface's MAC address is derived from `addr`: a laptop deleted and added again with
     /// the same address keeps its MAC, so the LAN's neighbour caches (resolver, node) stay right
     /// instead of sending replies to a vanished MAC until their entries expire (seconds of
     /// silence).
-    fn attach(&self, ns: &str, port: &str, ifname: &str, addr: Ipv4Addr) -> Result<()> {
+    fn attach(
+        &self,
+        ns: &str,
+        port: &str,
+        ifname: &str,
+        addr: Ipv4Addr,
+        addr6: Option<Ipv6Addr>,
+    ) -> Result<()> {
         let (lan, bits) = (&self.lan_ns, self.bits);
         let [a, b, c, d] = addr.octets();
         let mac = format!("02:6b:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
@@ -179,6 +221,10 @@ impl Attach {
         ))?;
         ip(&format!("-n {lan} link set {port} master br0 up"))?;
         ip(&format!("-n {ns} addr add {addr}/{bits} dev {ifname}"))?;
+        if let Some(a6) = addr6 {
+            let bits6 = self.bits6;
+            ip(&format!("-n {ns} addr add {a6}/{bits6} dev {ifname} nodad"))?;
+        }
         if self.model == LanModel::Nic {
             // Transmit as a NIC: frames of at most the MTU leave (see LanModel::Nic).
             ip(&format!("-n {ns} link set {ifname} gso_max_segs 1"))?;
@@ -320,7 +366,8 @@ pub fn add_laptop(clusters: &[Names], name: &str) -> Result<Vec<Ipv4Addr>> {
             // Unique on that LAN: the address is.
             _ => format!("g-{}", addr.octets()[3]),
         };
-        Attach::of(c, net).attach(&ns, &port, &format!("eth{i}"), *addr)?;
+        let addr6 = net.lan_ip6_of(*addr);
+        Attach::of(c, net).attach(&ns, &port, &format!("eth{i}"), *addr, addr6)?;
     }
     Ok(addrs)
 }
@@ -375,6 +422,8 @@ pub struct PodNet {
     /// The node-side interface name.
     pub host_if: String,
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address in a dual-stack cluster.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 impl PodNet {
@@ -384,6 +433,7 @@ impl PodNet {
             ns: n.pod_ns(namespace, pod),
             host_if: format!("pod{}", ip.octets()[3]),
             ip,
+            ip6: None,
         }
     }
 
@@ -410,6 +460,15 @@ impl PodNet {
         ip(&format!("-n {ns} link set eth0 up"))?;
         ip(&format!("-n {ns} route add {gw} dev eth0 scope link"))?;
         ip(&format!("-n {ns} route add default via {gw} dev eth0"))?;
+        if let Some(ip6) = self.ip6 {
+            // As IPv4: the node's side answers a fixed link-local gateway, a /128 route to the
+            // pod; no duplicate address detection, so the addresses work at once.
+            let gw6 = names::POD_GATEWAY6;
+            ip(&format!("-n {node} addr add {gw6}/64 dev {hif} nodad"))?;
+            ip(&format!("-n {node} route replace {ip6}/128 dev {hif}"))?;
+            ip(&format!("-n {ns} addr add {ip6}/128 dev eth0 nodad"))?;
+            ip(&format!("-n {ns} route add default via {gw6} dev eth0"))?;
+        }
         sh::write_file(
             &Names::etc_netns(ns).join("resolv.conf"),
             &pod_resolv_conf(namespace, net),

@@ -52,14 +52,15 @@ pub async fn serve_udp_echo(sock: tokio::net::UdpSocket) -> Result<()> {
 
 /// `kwg-sim workload http --port P --title T [--udp-echo U]`.
 pub async fn http(port: u16, title: String, udp_echo: Option<u16>) -> Result<()> {
-    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    // Both families (an IPv6 socket takes IPv4 too): a dual-stack cluster's pods have both.
+    let addr = SocketAddr::from(([0u16; 8], port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(Error::io(format!("binding {addr}")))?;
     tracing::info!(%addr, %title, "HTTP workload listening");
     match udp_echo {
         Some(u) => {
-            let sock = tokio::net::UdpSocket::bind(("0.0.0.0", u))
+            let sock = tokio::net::UdpSocket::bind(("::", u))
                 .await
                 .map_err(Error::io(format!("binding UDP {u}")))?;
             tokio::try_join!(serve_http(listener, title), serve_udp_echo(sock)).map(|_| ())
@@ -73,7 +74,7 @@ pub async fn http(port: u16, title: String, udp_echo: Option<u16>) -> Result<()>
 pub async fn cluster_dns(port: u16, domain: String, upstream: SocketAddr) -> Result<()> {
     use crate::dns::cluster::{ClusterDnsConfig, serve};
     let client = kube::Client::try_default().await?;
-    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    let addr = SocketAddr::from(([0u16; 8], port));
     let udp = tokio::net::UdpSocket::bind(addr)
         .await
         .map_err(Error::io(format!("binding UDP {addr}")))?;

@@ -73,6 +73,7 @@ impl Setup {
         let url = format!("https://{}", listener.local_addr().unwrap());
         let cfg = Config {
             service_cidr: "10.96.0.0/12".parse().unwrap(),
+            service_cidr_secondary: None,
             cert_sans: vec!["127.0.0.1".into()],
             state_dir: dir.path().join("state"),
         };

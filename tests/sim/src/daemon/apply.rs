@@ -19,6 +19,14 @@ pub fn cluster_docs(net: &ClusterNet) -> Result<Vec<Value>> {
         if d["kind"] == "Service" && d["metadata"]["name"] == "kube-dns" && in_kube_system {
             d["spec"]["clusterIP"] = json!(net.dns_svc_ip().to_string());
         }
+        // A dual-stack cluster's workloads ask for both families (their Services as a user of
+        // such a cluster writes them); kube-dns gets ::10 of the IPv6 Service CIDR too.
+        if d["kind"] == "Service" && net.dual() {
+            d["spec"]["ipFamilyPolicy"] = json!("PreferDualStack");
+            if let Some(ip6) = net.dns_svc_ip6().filter(|_| d["metadata"]["name"] == "kube-dns") {
+                d["spec"]["clusterIPs"] = json!([net.dns_svc_ip().to_string(), ip6.to_string()]);
+            }
+        }
         if d["kind"] == "Deployment" && d["metadata"]["name"] == "coredns" && in_kube_system {
             let args = &mut d["spec"]["template"]["spec"]["containers"][0]["args"];
             let Some(args) = args.as_array_mut() else {
@@ -97,11 +105,12 @@ pub async fn create_all(client: &Client, docs: Vec<Value>) -> Result<()> {
 /// The Node object of the one node.
 pub fn node(net: &ClusterNet) -> Value {
     let pod_cidr = net.node_pod_cidr().to_string();
+    let pod_cidrs = net.node_pod_cidrs();
     json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": names::NODE_NAME, "labels": {"kubernetes.io/hostname": names::NODE_NAME,
             "kubernetes.io/os": "linux", "node-role.kubernetes.io/control-plane": ""}},
-        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": pod_cidrs},
     })
 }
 
@@ -123,8 +132,10 @@ pub fn kubernetes_endpoints(net: &ClusterNet) -> Vec<Value> {
 /// The Node's status (Ready, InternalIP its LAN address).
 pub fn node_status(now: &str, net: &ClusterNet) -> Value {
     json!({
-        "addresses": [{"type": "InternalIP", "address": net.node_ip().to_string()},
-                      {"type": "Hostname", "address": names::NODE_NAME}],
+        "addresses": std::iter::once(json!({"type": "InternalIP", "address": net.node_ip().to_string()}))
+            .chain(net.node_ip6().map(|ip| json!({"type": "InternalIP", "address": ip.to_string()})))
+            .chain([json!({"type": "Hostname", "address": names::NODE_NAME})])
+            .collect::<Vec<_>>(),
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
             "message": "kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}],
         "nodeInfo": {"kubeletVersion": "v1.33.0", "kubeProxyVersion": "v1.33.0", "operatingSystem": "linux",
@@ -188,5 +199,32 @@ mod tests {
             ])
         );
         assert_eq!(node(&net)["spec"]["podCIDR"], "10.244.0.0/24");
+        assert!(find("Service", "web-app")["spec"]["ipFamilyPolicy"].is_null());
+    }
+
+    #[test]
+    fn a_dual_stack_cluster_asks_for_both_families() {
+        let net = ClusterNet {
+            ip_family: crate::net::IpFamily::Dual,
+            ..ClusterNet::default()
+        };
+        let docs = cluster_docs(&net).unwrap();
+        let find = |name: &str| {
+            docs.iter()
+                .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == name)
+                .unwrap()
+        };
+        assert_eq!(find("web-app")["spec"]["ipFamilyPolicy"], "PreferDualStack");
+        assert_eq!(
+            find("kube-dns")["spec"]["clusterIPs"],
+            json!(["10.96.0.10", "fd00:10:96::10"])
+        );
+        let node = node(&net);
+        assert_eq!(
+            node["spec"]["podCIDRs"],
+            json!(["10.244.0.0/24", "fd00:10:244::/64"])
+        );
+        let status = node_status("now", &net);
+        assert_eq!(status["addresses"][1]["address"], "fd00:c0:2::1");
     }
 }

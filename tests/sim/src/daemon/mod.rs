@@ -48,6 +48,7 @@ pub async fn run(n: Names) -> Result<()> {
         .map_err(Error::io(format!("binding the API server to {addr}")))?;
     let cfg = kwg_apiserver::Config {
         service_cidr: net.service_cidr.into(),
+        service_cidr_secondary: net.secondary_service_cidr().map(Into::into),
         cert_sans: cert_sans(&net),
         state_dir: dir.join("pki"),
     };

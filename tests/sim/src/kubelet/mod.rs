@@ -248,7 +248,8 @@ impl Kubelet {
         let ip = plan::allocate_ip(self.cfg.net.pod_ips(), &used).ok_or_else(|| {
             Error::Invalid(format!("pod CIDR {} is full", self.cfg.net.node_pod_cidr()))
         })?;
-        let net = PodNet::new(&self.cfg.names, &ns, &name, ip);
+        let mut net = PodNet::new(&self.cfg.names, &ns, &name, ip);
+        net.ip6 = self.cfg.net.pod_ip6_of(ip);
         let dir = self.cfg.names.pods_dir().join(format!("{ns}_{name}"));
         let sa_name = pod
             .spec

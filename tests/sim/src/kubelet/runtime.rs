@@ -189,7 +189,9 @@ pub fn pod_status(pod: &RunningPod, host_ip: std::net::Ipv4Addr) -> Value {
         .collect();
     json!({
         "phase": if any_started { "Running" } else { "Pending" },
-        "podIP": pod.net.ip.to_string(), "podIPs": [{"ip": pod.net.ip.to_string()}],
+        "podIP": pod.net.ip.to_string(),
+        "podIPs": std::iter::once(pod.net.ip.to_string()).chain(pod.net.ip6.map(|ip| ip.to_string()))
+            .map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
         "hostIP": host_ip.to_string(), "hostIPs": [{"ip": host_ip.to_string()}],
         "startTime": t, "qosClass": "BestEffort",
         "conditions": [cond("PodScheduled", true), cond("Initialized", true),

@@ -22,7 +22,10 @@ pub async fn run(client: Client, net: ClusterNet) -> crate::Result<()> {
     let mut last = String::new();
     loop {
         let rules = render::plan(&snapshot(&services), &snapshot(&slices));
-        let text = render::render(TABLE, net.node_ip(), net.pod_cidr, &rules);
+        let mut text = render::render(TABLE, net.node_ip(), net.pod_cidr, &rules);
+        if let Some(node6) = net.node_ip6() {
+            text.push_str(&render::render(TABLE, node6, net.pod_cidr6, &rules));
+        }
         if text != last {
             match crate::sh::run_stdin("nft", &["-f", "-"], Some(&text)) {
                 Ok(_) => {
@@ -49,7 +52,11 @@ fn forget_stale_udp_flows(rules: &[render::PortRule], net: &ClusterNet) {
     let live = rules
         .iter()
         .filter(|r| r.proto == "udp")
-        .flat_map(|r| r.endpoints.iter().map(|(ip, _)| *ip))
+        .flat_map(|r| r.endpoints.iter())
+        .filter_map(|(ip, _)| match ip {
+            std::net::IpAddr::V4(ip) => Some(*ip),
+            std::net::IpAddr::V6(_) => None,
+        })
         .collect();
     let Ok(text) = std::fs::read_to_string("/proc/net/nf_conntrack") else {
         return;

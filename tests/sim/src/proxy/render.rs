@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::BTreeSet;
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// The label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -18,11 +18,12 @@ pub struct PortRule {
     pub key: String,
     /// `tcp` or `udp`.
     pub proto: &'static str,
-    pub cluster_ip: Ipv4Addr,
+    /// One of the Service's ClusterIPs (a dual-stack Service has a rule per family).
+    pub cluster_ip: IpAddr,
     pub port: u16,
     pub node_port: Option<u16>,
-    /// Ready endpoints (address, target port), sorted.
-    pub endpoints: Vec<(Ipv4Addr, u16)>,
+    /// Ready endpoints of the ClusterIP's family (address, target port), sorted.
+    pub endpoints: Vec<(IpAddr, u16)>,
 }
 
 fn proto(p: Option<&str>) -> Option<&'static str> {
@@ -44,13 +45,19 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Vec<PortRule> {
         ) else {
             continue;
         };
-        let Some(cluster_ip) = spec
-            .cluster_ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-        else {
-            continue; // headless or not allocated
-        };
+        // Headless or not allocated: no IPs.
+        let cluster_ips: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.as_slice())
+            .filter_map(|ip| ip.parse::<IpAddr>().ok())
+            .fold(Vec::new(), |mut v, ip| {
+                if !v.contains(&ip) {
+                    v.push(ip);
+                }
+                v
+            });
         let own_slices: Vec<&EndpointSlice> = slices
             .iter()
             .filter(|s| {
@@ -63,7 +70,10 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Vec<PortRule> {
                         == Some(name)
             })
             .collect();
-        for sp in spec.ports.iter().flatten() {
+        for (cluster_ip, sp) in cluster_ips
+            .iter()
+            .flat_map(|ip| spec.ports.iter().flatten().map(move |sp| (*ip, sp)))
+        {
             let Some(proto) = proto(sp.protocol.as_deref()) else {
                 continue;
             };
@@ -84,7 +94,9 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Vec<PortRule> {
                         continue;
                     }
                     for a in &ep.addresses {
-                        if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                        if let Ok(ip) = a.parse::<IpAddr>()
+                            && ip.is_ipv4() == cluster_ip.is_ipv4()
+                        {
                             endpoints.insert((ip, target));
                         }
                     }
@@ -100,7 +112,7 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Vec<PortRule> {
             });
         }
     }
-    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out.sort_by(|a, b| (&a.key, a.cluster_ip.is_ipv6()).cmp(&(&b.key, b.cluster_ip.is_ipv6())));
     out
 }
 
@@ -108,15 +120,25 @@ fn proto_matches(p: Option<&str>, want: &str) -> bool {
     proto(p) == Some(want)
 }
 
-/// The whole `table ip <table>` for `nft -f -`, replacing any previous one atomically.
+/// The whole `table ip <table>` (`ip6` when `node_ip` is IPv6: the rules of that family's
+/// ClusterIPs) for `nft -f -`, replacing any previous one atomically.
 /// Pods' traffic (from `pods`, the cluster's pod CIDR) leaving the node towards the LAN (`eth0`)
 /// is masqueraded like a node's egress.
-pub fn render(table: &str, node_ip: Ipv4Addr, pods: ipnet::Ipv4Net, rules: &[PortRule]) -> String {
+pub fn render(
+    table: &str,
+    node_ip: impl Into<IpAddr>,
+    pods: impl Into<ipnet::IpNet>,
+    rules: &[PortRule],
+) -> String {
+    let (node_ip, pods) = (node_ip.into(), pods.into());
+    let v6 = node_ip.is_ipv6();
+    let fam = if v6 { "ip6" } else { "ip" };
+    let rules: Vec<&PortRule> = rules.iter().filter(|r| r.cluster_ip.is_ipv6() == v6).collect();
     let mut s = String::new();
     // Create-then-delete makes the replacement work whether or not the table exists.
     let _ = writeln!(
         s,
-        "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{"
+        "table {fam} {table} {{}}\ndelete table {fam} {table}\ntable {fam} {table} {{"
     );
     // Numeric priorities: `dstnat` is not accepted for the output hook by nft 1.0.6.
     for (hook, prio) in [("prerouting", "-100"), ("output", "-100")] {
@@ -127,7 +149,7 @@ pub fn render(table: &str, node_ip: Ipv4Addr, pods: ipnet::Ipv4Net, rules: &[Por
     }
     let _ = writeln!(
         s,
-        "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    meta mark & {MASQ_MARK} == {MASQ_MARK} masquerade\n    ip saddr {pods} ip daddr != {pods} oifname \"eth0\" masquerade\n  }}"
+        "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    meta mark & {MASQ_MARK} == {MASQ_MARK} masquerade\n    {fam} saddr {pods} {fam} daddr != {pods} oifname \"eth0\" masquerade\n  }}"
     );
     // Services without endpoints are rejected like kube-proxy does (ICMP port unreachable), in
     // filter hooks that see packets after any DNAT.
@@ -142,13 +164,13 @@ pub fn render(table: &str, node_ip: Ipv4Addr, pods: ipnet::Ipv4Net, rules: &[Por
         let (p, key) = (r.proto, &r.key);
         let _ = writeln!(
             s,
-            "    ip daddr {} {p} dport {} reject comment \"{key} has no endpoints\"",
+            "    {fam} daddr {} {p} dport {} reject comment \"{key} has no endpoints\"",
             r.cluster_ip, r.port
         );
         if let Some(np) = r.node_port {
             let _ = writeln!(
                 s,
-                "    ip daddr {node_ip} {p} dport {np} reject comment \"{key} has no endpoints\""
+                "    {fam} daddr {node_ip} {p} dport {np} reject comment \"{key} has no endpoints\""
             );
         }
     }
@@ -162,13 +184,13 @@ pub fn render(table: &str, node_ip: Ipv4Addr, pods: ipnet::Ipv4Net, rules: &[Por
         let (p, key) = (r.proto, &r.key);
         let _ = writeln!(
             s,
-            "    ip daddr {} {p} dport {} goto svc_{i} comment \"{key}\"",
+            "    {fam} daddr {} {p} dport {} goto svc_{i} comment \"{key}\"",
             r.cluster_ip, r.port
         );
         if let Some(np) = r.node_port {
             let _ = writeln!(
                 s,
-                "    ip daddr {node_ip} {p} dport {np} goto svc_{i} comment \"{key} nodePort\""
+                "    {fam} daddr {node_ip} {p} dport {np} goto svc_{i} comment \"{key} nodePort\""
             );
         }
     }
@@ -186,9 +208,13 @@ pub fn render(table: &str, node_ip: Ipv4Addr, pods: ipnet::Ipv4Net, rules: &[Por
             targets.join(", ")
         );
         for (j, (ip, port)) in r.endpoints.iter().enumerate() {
+            let to = match ip {
+                IpAddr::V4(ip) => format!("{ip}:{port}"),
+                IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+            };
             let _ = writeln!(
                 s,
-                "  chain ep_{i}_{j} {{\n    ip saddr {ip} meta mark set meta mark | {MASQ_MARK}\n    meta l4proto {} dnat to {ip}:{port}\n  }}",
+                "  chain ep_{i}_{j} {{\n    {fam} saddr {ip} meta mark set meta mark | {MASQ_MARK}\n    meta l4proto {} dnat to {to}\n  }}",
                 r.proto
             );
         }
@@ -252,8 +278,8 @@ mod tests {
         assert_eq!(
             rules[0].endpoints,
             [
-                (Ipv4Addr::new(10, 244, 0, 2), 7007),
-                (Ipv4Addr::new(10, 244, 0, 3), 7007)
+                (IpAddr::from([10, 244, 0, 2]), 7007),
+                (IpAddr::from([10, 244, 0, 3]), 7007)
             ]
         );
         assert_eq!(rules[1].endpoints.len(), 2);
@@ -265,8 +291,8 @@ mod tests {
         let (services, slices) = fixture();
         let text = render(
             "kube-proxy",
-            Ipv4Addr::new(192, 0, 2, 1),
-            "10.244.0.0/16".parse().unwrap(),
+            IpAddr::from([192, 0, 2, 1]),
+            "10.244.0.0/16".parse::<ipnet::IpNet>().unwrap(),
             &plan(&services, &slices),
         );
         assert!(text.contains("ip daddr 10.96.0.20 udp dport 7 goto svc_0"));
@@ -284,5 +310,41 @@ mod tests {
             "but a reject"
         );
         assert!(text.starts_with("table ip kube-proxy {}\ndelete table ip kube-proxy\n"));
+    }
+
+    #[test]
+    fn a_dual_stack_service_gets_a_rule_per_family_in_its_family_table() {
+        let services = vec![svc(json!({"metadata": {"name": "web", "namespace": "app"},
+            "spec": {"clusterIP": "10.96.0.40", "clusterIPs": ["10.96.0.40", "fd00:10:96::40"],
+                "ipFamilies": ["IPv4", "IPv6"], "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))];
+        let slices = vec![
+            slice(json!({"metadata": {"name": "web", "namespace": "app", "labels": {SERVICE_NAME_LABEL: "web"}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true}}]})),
+            slice(json!({"metadata": {"name": "web-ipv6", "namespace": "app", "labels": {SERVICE_NAME_LABEL: "web"}},
+                "addressType": "IPv6", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": [{"addresses": ["fd00:10:244::5"], "conditions": {"ready": true}}]})),
+        ];
+        let rules = plan(&services, &slices);
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[1].endpoints, [("fd00:10:244::5".parse().unwrap(), 8080)]);
+        let v6 = render(
+            "kube-proxy",
+            "fd00:c0:2::1".parse::<IpAddr>().unwrap(),
+            "fd00:10:244::/56".parse::<ipnet::IpNet>().unwrap(),
+            &rules,
+        );
+        assert!(v6.starts_with("table ip6 kube-proxy {}\n"), "{v6}");
+        assert!(v6.contains("ip6 daddr fd00:10:96::40 tcp dport 80 goto svc_0"), "{v6}");
+        assert!(v6.contains("dnat to [fd00:10:244::5]:8080"), "{v6}");
+        assert!(v6.contains("ip6 saddr fd00:10:244::/56 ip6 daddr != fd00:10:244::/56"));
+        assert!(!v6.contains("10.96.0.40"), "only its family: {v6}");
+        let v4 = render(
+            "kube-proxy",
+            IpAddr::from([192, 0, 2, 1]),
+            "10.244.0.0/16".parse::<ipnet::IpNet>().unwrap(),
+            &rules,
+        );
+        assert!(v4.contains("dnat to 10.244.0.5:8080") && !v4.contains("fd00"));
     }
 }
