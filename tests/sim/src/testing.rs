@@ -77,6 +77,10 @@ impl ClusterBuilder {
     pub fn domain(self, domain: &str) -> ClusterBuilder {
         self.option("--domain", domain)
     }
+    /// `kwg-sim up --ip-family FAMILY` (`ipv4`, `dual`).
+    pub fn ip_family(self, family: &str) -> ClusterBuilder {
+        self.option("--ip-family", family)
+    }
     /// This prefix instead of a unique one.
     pub fn prefix(mut self, prefix: &str) -> ClusterBuilder {
         self.prefix = Some(prefix.to_string());
