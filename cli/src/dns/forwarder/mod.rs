@@ -83,19 +83,48 @@ impl Forwarder {
             addr: listen.to_string(),
             source: e,
         };
-        let udp = Arc::new(UdpSocket::bind(listen).await.map_err(bind_err)?);
+        let udp = UdpSocket::bind(listen).await.map_err(bind_err)?;
         let addr = udp.local_addr().map_err(bind_err)?;
         let tcp = TcpListener::bind(addr).await.map_err(bind_err)?;
+        Ok(Self::serve(udp, tcp, addr, cfg))
+    }
+
+    /// Serves on sockets bound elsewhere (a normal user's join: kwg-helper binds port 53).
+    pub fn start_on(
+        udp: std::net::UdpSocket,
+        tcp: std::net::TcpListener,
+        cfg: ForwarderConfig,
+    ) -> Result<Forwarder, Error> {
+        let bind_err = |source| Error::DnsListen {
+            addr: "the socket kwg-helper bound".into(),
+            source,
+        };
+        let tokio_sockets = udp
+            .set_nonblocking(true)
+            .and_then(|()| tcp.set_nonblocking(true))
+            .and_then(|()| Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?)));
+        let (udp, tcp) = tokio_sockets.map_err(bind_err)?;
+        let addr = udp.local_addr().map_err(bind_err)?;
+        Ok(Self::serve(udp, tcp, addr, cfg))
+    }
+
+    fn serve(
+        udp: UdpSocket,
+        tcp: TcpListener,
+        addr: SocketAddr,
+        cfg: ForwarderConfig,
+    ) -> Forwarder {
+        let udp = Arc::new(udp);
         let shared: Shared = Arc::new(std::sync::RwLock::new(Arc::new(cfg)));
         let mut tasks = JoinSet::new();
         tasks.spawn(serve_udp(udp, shared.clone()));
         tasks.spawn(serve_tcp(tcp, shared.clone()));
         tracing::info!(%addr, "DNS forwarder listening");
-        Ok(Forwarder {
+        Forwarder {
             addr,
             tasks,
             shared,
-        })
+        }
     }
 
     pub fn split_handle(&self) -> SplitHandle {
