@@ -51,8 +51,10 @@ pub async fn run(
         None => admission_policy_installed(&client).await,
     };
     let (roles, bindings, mut ns_rbac) = namespaced_rbac(&client);
-    let (mut cluster_roles, mut cluster_bindings) = cluster_rbac(&client);
+    let (cluster_role_store, mut cluster_roles, cluster_binding_store, mut cluster_bindings) =
+        cluster_rbac(&client);
     let mut rbac_seen = rbac::RbacVersions::new();
+    let mut roles_seen = rbac::RoleVersions::new();
     let mut reviews = Reviews::new(
         cfg.reach_refresh,
         cfg.reach_reviews_per_second,
@@ -90,9 +92,18 @@ pub async fn run(
                 rbac_seen = now;
             }
             Some(()) = cluster_roles.next() => {
-                tracing::debug!("ClusterRoles changed: asking every owner's grants again");
-                reviews.cluster_roles_changed();
                 while let Some(Some(())) = cluster_roles.next().now_or_never() {}
+                let now = cluster_role_versions(&cluster_role_store);
+                let changed = rbac::changed_roles(&roles_seen, &now);
+                let rbs = bindings.state();
+                let crbs = cluster_binding_store.state();
+                let all = rbs.iter().map(|b| rbac::Binding::of_role_binding(b));
+                let all = all.chain(crbs.iter().map(|b| rbac::Binding::of_cluster_role_binding(b)));
+                let affected = rbac::bound_to(&changed, &all.collect::<Vec<_>>());
+                tracing::debug!(cluster_roles = changed.len(), bound_everywhere = affected.everywhere.len(),
+                    namespaces = affected.in_namespace.len(), "ClusterRoles changed: asking the grants of the subjects bound to them again");
+                reviews.cluster_roles_changed(affected);
+                roles_seen = now;
             }
             Some(()) = cluster_bindings.next() => {
                 tracing::debug!("ClusterRoleBindings changed: asking every owner's cluster-wide grant again");
@@ -325,12 +336,31 @@ fn namespaced_rbac(
     (roles, bindings, futures::stream::select_all([a, b]).boxed())
 }
 
-/// Streams that yield whenever a ClusterRole, and a ClusterRoleBinding, changes.
-fn cluster_rbac(client: &kube::Client) -> (BoxStream<'static, ()>, BoxStream<'static, ()>) {
-    let (_, roles) = watch::<ClusterRole>(Api::all(client.clone()), None, "ClusterRoles", strip);
-    let (_, bindings) =
+/// Caches of ClusterRoles and ClusterRoleBindings, each with a stream that yields whenever
+/// one changes.
+fn cluster_rbac(
+    client: &kube::Client,
+) -> (
+    Store<ClusterRole>,
+    BoxStream<'static, ()>,
+    Store<ClusterRoleBinding>,
+    BoxStream<'static, ()>,
+) {
+    let (role_store, roles) =
+        watch::<ClusterRole>(Api::all(client.clone()), None, "ClusterRoles", strip);
+    let (binding_store, bindings) =
         watch::<ClusterRoleBinding>(Api::all(client.clone()), None, "ClusterRoleBindings", strip);
-    (roles, bindings)
+    (role_store, roles, binding_store, bindings)
+}
+
+/// The cached ClusterRoles' versions.
+fn cluster_role_versions(roles: &Store<ClusterRole>) -> rbac::RoleVersions {
+    let version = |r: &ClusterRole| {
+        let m = &r.metadata;
+        let name = m.name.clone().unwrap_or_default();
+        (name, m.resource_version.clone().unwrap_or_default())
+    };
+    roles.state().iter().map(|r| version(r)).collect()
 }
 
 /// The cached Roles' and RoleBindings' versions.

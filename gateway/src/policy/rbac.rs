@@ -1,6 +1,9 @@
-//! Which reviews a change to namespaced RBAC can affect (pure): a Role or RoleBinding grants
-//! nothing outside its namespace.
+//! Which reviews a change to RBAC can affect (pure): a Role or RoleBinding grants nothing
+//! outside its namespace; a ClusterRole grants only to the subjects bound to it, through a
+//! RoleBinding (in that binding's namespace) or a ClusterRoleBinding (everywhere).
 
+use super::grants::{Question, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Namespaced RBAC objects (Roles and RoleBindings): (kind, namespace, name) → resourceVersion.
@@ -13,6 +16,150 @@ pub fn changed_namespaces(old: &RbacVersions, new: &RbacVersions) -> BTreeSet<St
     let gone = old.iter().filter(|(k, v)| new.get(*k) != Some(*v));
     let came = new.iter().filter(|(k, v)| old.get(*k) != Some(*v));
     gone.chain(came).map(|((_, ns, _), _)| ns.clone()).collect()
+}
+
+/// Who a binding names: a user (a ServiceAccount as its user name,
+/// `system:serviceaccount:<namespace>:<name>`) or a group.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Named {
+    User(String),
+    Group(String),
+}
+
+impl Named {
+    /// Whether a review about `who` counts this binding subject (its user, or one of the
+    /// groups counted for it).
+    pub fn names(&self, who: &Subject) -> bool {
+        match self {
+            Named::User(u) => *u == who.user,
+            Named::Group(g) => who.groups.contains(g),
+        }
+    }
+}
+
+/// A RoleBinding or ClusterRoleBinding as reach reads it: where it grants (`None`: every
+/// namespace), the ClusterRole it names (`None`: a Role), and whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub namespace: Option<String>,
+    pub cluster_role: Option<String>,
+    pub subjects: Vec<Named>,
+}
+
+fn cluster_role(r: &RoleRef) -> Option<String> {
+    (r.kind == "ClusterRole").then(|| r.name.clone())
+}
+
+/// A binding's subjects; a ServiceAccount without a namespace is the binding's own.
+fn named(subjects: &[k8s_openapi::api::rbac::v1::Subject], own: &str) -> Vec<Named> {
+    let one = |s: &k8s_openapi::api::rbac::v1::Subject| match s.kind.as_str() {
+        "User" => Some(Named::User(s.name.clone())),
+        "Group" => Some(Named::Group(s.name.clone())),
+        "ServiceAccount" => {
+            let ns = s
+                .namespace
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(own);
+            Some(Named::User(format!(
+                "system:serviceaccount:{ns}:{}",
+                s.name
+            )))
+        }
+        _ => None,
+    };
+    subjects.iter().filter_map(one).collect()
+}
+
+impl Binding {
+    pub fn of_role_binding(b: &RoleBinding) -> Binding {
+        let ns = b.metadata.namespace.clone().unwrap_or_default();
+        let subjects = named(b.subjects.as_deref().unwrap_or_default(), &ns);
+        Binding {
+            namespace: Some(ns),
+            cluster_role: cluster_role(&b.role_ref),
+            subjects,
+        }
+    }
+
+    pub fn of_cluster_role_binding(b: &ClusterRoleBinding) -> Binding {
+        Binding {
+            namespace: None,
+            cluster_role: cluster_role(&b.role_ref),
+            subjects: named(b.subjects.as_deref().unwrap_or_default(), ""),
+        }
+    }
+}
+
+/// The answers a ClusterRole change can move: those of the subjects bound to it, everywhere
+/// (ClusterRoleBindings: their cluster-scope question) or in one namespace (RoleBindings).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Affected {
+    pub everywhere: BTreeSet<Named>,
+    pub in_namespace: BTreeMap<String, BTreeSet<Named>>,
+}
+
+impl Affected {
+    /// Whether nothing can have moved.
+    pub fn is_empty(&self) -> bool {
+        self.everywhere.is_empty() && self.in_namespace.is_empty()
+    }
+
+    /// Adds what `other` can move.
+    pub fn extend(&mut self, other: Affected) {
+        self.everywhere.extend(other.everywhere);
+        for (ns, named) in other.in_namespace {
+            self.in_namespace.entry(ns).or_default().extend(named);
+        }
+    }
+
+    /// Whether `who`'s cluster-scope answer can have moved.
+    pub fn everywhere(&self, who: &Subject) -> bool {
+        self.everywhere.iter().any(|n| n.names(who))
+    }
+
+    /// Whether the answer to `q` (a namespace's) can have moved through a RoleBinding there
+    /// (a ClusterRoleBinding's moves the cluster-scope answer, whose refusal asks the
+    /// namespaces again: [`super::reviews::Reviews::answered`]).
+    pub fn touches(&self, q: &Question) -> bool {
+        let named = self.in_namespace.get(&q.1).into_iter().flatten();
+        named.into_iter().any(|n| n.names(&q.0))
+    }
+}
+
+/// ClusterRoles: name → resourceVersion.
+pub type RoleVersions = BTreeMap<String, String>;
+
+/// The ClusterRoles added, changed or deleted between `old` and `new`.
+pub fn changed_roles(old: &RoleVersions, new: &RoleVersions) -> BTreeSet<String> {
+    let gone = old.iter().filter(|(k, v)| new.get(*k) != Some(*v));
+    let came = new.iter().filter(|(k, v)| old.get(*k) != Some(*v));
+    gone.chain(came).map(|(k, _)| k.clone()).collect()
+}
+
+/// What a change to the ClusterRoles `roles` can move: the subjects of every binding naming
+/// one of them, in that binding's namespace (a RoleBinding) or everywhere (a
+/// ClusterRoleBinding). A ClusterRole no binding names moves nothing.
+pub fn bound_to<'a>(
+    roles: &BTreeSet<String>,
+    bindings: impl IntoIterator<Item = &'a Binding>,
+) -> Affected {
+    let mut out = Affected::default();
+    let naming = bindings
+        .into_iter()
+        .filter(|b| b.cluster_role.as_ref().is_some_and(|r| roles.contains(r)));
+    for b in naming {
+        let named = b.subjects.iter().cloned();
+        match &b.namespace {
+            None => out.everywhere.extend(named),
+            Some(ns) => out
+                .in_namespace
+                .entry(ns.clone())
+                .or_default()
+                .extend(named),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

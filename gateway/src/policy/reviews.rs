@@ -1,7 +1,9 @@
 //! Which SubjectAccessReviews to send, and when (pure; time passed in): the cache of answers
 //! (one per [`Question`], forgotten when no peer needs it), new questions at once, the pairs a
-//! Role or RoleBinding change can affect at once (those of its namespace), every pair after a
-//! ClusterRole change (a RoleBinding may name it), the periodic safety re-review spread evenly
+//! Role or RoleBinding change can affect at once (those of its namespace), after a ClusterRole
+//! change only the pairs of the subjects bound to it ([`Affected`]: through a RoleBinding, in
+//! that binding's namespace; through a ClusterRoleBinding, their cluster-scope question), the
+//! periodic safety re-review spread evenly
 //! over `--reach-refresh` ([`Spread`]), a failed review again after [`RETRY`], and all of it
 //! paced by the global rate limit `--reach-reviews-per-second` ([`Bucket`]; new questions
 //! first, the rest wait their turn).
@@ -15,6 +17,7 @@
 //! RoleBinding changes there were not reviewed meanwhile).
 
 use super::grants::{Question, Subject};
+use super::rbac::Affected;
 use super::schedule::{Bucket, Spread};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -36,8 +39,8 @@ pub struct Reviews {
     pending: BTreeSet<Question>,
     /// Namespaces whose Roles or RoleBindings changed since the last pass.
     stale: BTreeSet<String>,
-    /// A ClusterRole or ClusterRoleBinding changed since the last pass.
-    all_stale: bool,
+    /// The answers changed ClusterRoles can have moved since the last pass.
+    roles: Affected,
     /// Questions whose review failed, asked again at `retry_at`.
     retry: BTreeSet<Question>,
     retry_at: Option<Instant>,
@@ -58,7 +61,7 @@ impl Reviews {
             bindings_stale: false,
             pending: BTreeSet::new(),
             stale: BTreeSet::new(),
-            all_stale: false,
+            roles: Affected::default(),
             retry: BTreeSet::new(),
             retry_at: None,
             dropped: false,
@@ -72,9 +75,10 @@ impl Reviews {
         self.stale.extend(namespaces);
     }
 
-    /// A ClusterRole changed: any answer can have (a RoleBinding anywhere may name it).
-    pub fn cluster_roles_changed(&mut self) {
-        self.all_stale = true;
+    /// ClusterRoles changed: the answers of the subjects bound to them can have
+    /// ([`super::rbac::bound_to`]), in those bindings' namespaces or everywhere.
+    pub fn cluster_roles_changed(&mut self, affected: Affected) {
+        self.roles.extend(affected);
     }
 
     /// A ClusterRoleBinding changed: only cluster-wide grants can have.
@@ -118,29 +122,27 @@ impl Reviews {
         let subjects: BTreeSet<&Subject> = needed.iter().map(|q| &q.0).collect();
         self.cluster.retain(|s, _| subjects.contains(s));
         self.dropped = false;
-        let all = std::mem::take(&mut self.all_stale);
+        let roles = std::mem::take(&mut self.roles);
         let bindings = std::mem::take(&mut self.bindings_stale);
         let stale = std::mem::take(&mut self.stale);
-        // Cluster-scope questions: every subject after a binding change; those answered
-        // before after a ClusterRole change, when due again, or waiting.
-        let scoped = subjects.iter().filter(|s| {
-            bindings
-                || (all && self.cluster.contains_key(**s))
-                || self.pending.contains(&cluster(s))
-        });
+        // Cluster-scope questions: every subject after a binding change; those bound to a
+        // changed ClusterRole by a ClusterRoleBinding, when due again, or waiting.
+        let scoped = subjects
+            .iter()
+            .filter(|s| bindings || roles.everywhere(s) || self.pending.contains(&cluster(s)));
         let scoped: Vec<Question> = scoped.map(|s| cluster(s)).collect();
-        // A subject allowed everywhere needs no question per namespace, except after a
-        // ClusterRole change: a RoleBinding naming it may have changed its answers too.
+        // A subject allowed everywhere needs no question per namespace, except those a
+        // changed ClusterRole can have moved (a RoleBinding there names it).
         let everywhere = |q: &Question| self.cluster.get(&q.0) == Some(&true);
         let (new, known): (Vec<&Question>, Vec<&Question>) = needed
             .iter()
-            .filter(|q| all || !everywhere(q))
+            .filter(|q| roles.touches(q) || !everywhere(q))
             .partition(|q| !self.grants.contains_key(*q));
         // A new question that failed waits for its retry like any other.
         let new = new.into_iter().filter(|q| !self.retry.contains(*q));
         let again = known
             .into_iter()
-            .filter(|q| all || stale.contains(&q.1) || self.pending.contains(*q));
+            .filter(|q| roles.touches(q) || stale.contains(&q.1) || self.pending.contains(*q));
         let mut want: Vec<Question> = scoped;
         want.extend(new.chain(again).cloned());
         let later = want.split_off(self.bucket.take(want.len(), now));

@@ -1,4 +1,5 @@
 use super::*;
+use crate::policy::rbac::{self, Named};
 
 fn q(user: &str, ns: &str) -> Question {
     (Subject::new(user, &[]), ns.to_owned())
@@ -10,6 +11,20 @@ fn needed(users: &[&str], namespaces: &[&str]) -> BTreeSet<Question> {
         .iter()
         .flat_map(|u| namespaces.iter().map(move |n| q(u, n)))
         .collect()
+}
+
+/// What a ClusterRole change moves: `users` bound to it by RoleBindings in `namespaces`, and
+/// `everywhere` by ClusterRoleBindings.
+fn bound(users: &[&str], namespaces: &[&str], everywhere: &[&str]) -> Affected {
+    let user = |u: &&str| Named::User(u.to_string());
+    let named: BTreeSet<Named> = users.iter().map(user).collect();
+    Affected {
+        everywhere: everywhere.iter().map(user).collect(),
+        in_namespace: namespaces
+            .iter()
+            .map(|n| (n.to_string(), named.clone()))
+            .collect(),
+    }
 }
 
 /// A pass where every question asked is answered `allowed(q)`; what was asked.
@@ -122,14 +137,47 @@ fn a_role_binding_change_asks_only_its_namespace_again() {
 }
 
 #[test]
-fn a_cluster_role_change_asks_every_pair_again() {
+fn a_cluster_role_change_asks_only_the_pairs_of_the_subjects_bound_to_it() {
     let t0 = Instant::now();
     let mut r = Reviews::new(Duration::from_secs(3600), 100.0, t0);
-    let need = needed(&["alice", "bob"], &["emo", "default"]);
+    // alice is in group team; carol is not; bob is named by a ClusterRoleBinding.
+    let alice = Subject::new("alice", &["team".to_owned()]);
+    let (bob, carol) = (Subject::new("bob", &[]), Subject::new("carol", &[]));
+    let need: BTreeSet<Question> = [&alice, &bob, &carol]
+        .into_iter()
+        .flat_map(|s| ["emo", "default"].map(|n| (s.clone(), n.to_owned())))
+        .collect();
     pass(&mut r, &need, t0, |_| false);
-    r.cluster_roles_changed();
-    assert_eq!(r.to_ask(&need, t0), need);
+    // The ClusterRole `edit` changed: a RoleBinding in emo binds it to group team, a
+    // ClusterRoleBinding to bob.
+    let rbs = [
+        rbac::Binding {
+            namespace: Some("emo".into()),
+            cluster_role: Some("edit".into()),
+            subjects: vec![Named::Group("team".into())],
+        },
+        rbac::Binding {
+            namespace: Some("default".into()),
+            cluster_role: Some("view".into()),
+            subjects: vec![Named::Group("team".into()), Named::User("carol".into())],
+        },
+        rbac::Binding {
+            namespace: None,
+            cluster_role: Some("edit".into()),
+            subjects: vec![Named::User("bob".into())],
+        },
+    ];
+    let affected = rbac::bound_to(&["edit".to_owned()].into(), &rbs);
+    r.cluster_roles_changed(affected);
+    assert_eq!(
+        r.to_ask(&need, t0),
+        [(alice, "emo".to_owned()), cluster(&bob)].into(),
+        "alice in emo, bob's cluster-wide grant; nothing of carol's, nothing in default"
+    );
     assert!(r.to_ask(&need, t0).is_empty(), "once");
+    // A ClusterRole no binding names asks nothing.
+    r.cluster_roles_changed(rbac::bound_to(&["unbound".to_owned()].into(), &rbs));
+    assert!(r.to_ask(&need, t0).is_empty());
 }
 
 #[test]
@@ -140,7 +188,7 @@ fn the_rate_limit_paces_a_burst_new_questions_first() {
     let old = needed(&["old"], &["a", "b", "c", "d", "e"]);
     assert_eq!(pass(&mut r, &old, t0, |_| true).len(), 5);
     let t1 = t0 + Duration::from_secs(10); // the bucket is full again
-    r.cluster_roles_changed();
+    r.cluster_roles_changed(bound(&["old"], &["a", "b", "c", "d", "e"], &[]));
     let users: Vec<String> = (0..10).map(|i| format!("new{i}")).collect();
     let users: Vec<&str> = users.iter().map(String::as_str).collect();
     let mut need = needed(&users, &["a", "b", "c", "d", "e"]);
@@ -174,7 +222,7 @@ fn a_failed_review_keeps_its_last_answer_and_is_asked_again_after_the_retry() {
     let mut r = Reviews::new(Duration::from_secs(3600), 100.0, t0);
     let need = needed(&["alice"], &["emo", "default"]);
     pass(&mut r, &need, t0, |_| true);
-    r.cluster_roles_changed();
+    r.cluster_roles_changed(bound(&["alice"], &["emo", "default"], &[]));
     let asked = r.to_ask(&need, t0);
     assert_eq!(asked, need);
     r.answered(q("alice", "default"), false);
@@ -279,7 +327,7 @@ fn cluster_wide_answers_are_reviewed_again_each_period() {
 }
 
 #[test]
-fn a_cluster_role_change_asks_every_pair_even_of_a_subject_allowed_everywhere() {
+fn a_cluster_role_change_asks_the_bound_pairs_even_of_a_subject_allowed_everywhere() {
     let t0 = Instant::now();
     let mut r = Reviews::new(Duration::from_secs(3600), 100.0, t0);
     let alice = Subject::new("alice", &[]);
@@ -287,9 +335,9 @@ fn a_cluster_role_change_asks_every_pair_even_of_a_subject_allowed_everywhere() 
     pass(&mut r, &need, t0, |_| false);
     r.cluster_bindings_changed();
     pass(&mut r, &need, t0, |_| true);
-    // The ClusterRole it was bound to changed: its cluster-wide answer and every namespace's
-    // (a RoleBinding there may name the ClusterRole) are asked again.
-    r.cluster_roles_changed();
+    // The ClusterRole it was bound to changed: its cluster-wide answer and those of the
+    // namespaces whose RoleBindings name the ClusterRole are asked again.
+    r.cluster_roles_changed(bound(&["alice"], &["a", "b"], &["alice"]));
     let mut want = need.clone();
     want.insert(cluster(&alice));
     assert_eq!(pass(&mut r, &need, t0, |q| q.1 == "b"), want);
