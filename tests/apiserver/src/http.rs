@@ -233,6 +233,18 @@ pub(crate) fn authorize(shared: &Shared, user: &User, a: &Attrs) -> Result<(), A
     }
 }
 
+/// The one series of kube-apiserver's `/metrics` this server keeps: SubjectAccessReviews
+/// created (how many reviews a client such as the kwg gateway asks), in kube-apiserver's
+/// name and labels (`kubectl get --raw /metrics`, as the admin).
+fn metrics(shared: &Shared) -> String {
+    let n = (shared.subject_access_reviews).load(std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "# HELP apiserver_request_total Counter of apiserver requests broken out for each verb, dry run value, group, version, resource, scope, component, and HTTP response code.\n\
+         # TYPE apiserver_request_total counter\n\
+         apiserver_request_total{{code=\"201\",component=\"apiserver\",dry_run=\"\",group=\"authorization.k8s.io\",resource=\"subjectaccessreviews\",scope=\"cluster\",subresource=\"\",verb=\"POST\",version=\"v1\"}} {n}\n"
+    )
+}
+
 fn route(shared: &Arc<Shared>, req: &Req) -> Result<Response<Body>, ApiError> {
     let path = req.path;
     if ["/healthz", "/readyz", "/livez"]
@@ -269,6 +281,13 @@ fn route(shared: &Arc<Shared>, req: &Req) -> Result<Response<Body>, ApiError> {
         ["api", v] => non_resource(discovery::resource_list("", v)),
         ["apis", g] => non_resource(discovery::api_group(g)),
         ["apis", g, v] => non_resource(discovery::resource_list(g, v)),
+        ["metrics"] => non_resource(Some(Value::Null)).map(|_| {
+            full(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics(shared).into_bytes(),
+            )
+        }),
         ["openapi", "v2"] => non_resource(Some(Value::Null)).map(|_| {
             let (content_type, doc) = discovery::openapi_v2(req.header(header::ACCEPT));
             full(StatusCode::OK, content_type, doc)

@@ -96,6 +96,9 @@ pub(crate) struct Shared {
     pub tls: tokio_rustls::TlsAcceptor,
     pub logs: Mutex<Option<podlog::LogSource>>,
     pub netns: Mutex<Option<portforward::NetnsSource>>,
+    /// SubjectAccessReviews answered since start (`/metrics`: how often a client such as the
+    /// kwg gateway asks).
+    pub subject_access_reviews: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) use store::Store;
@@ -177,6 +180,7 @@ impl ApiServer {
             tls: tokio_rustls::TlsAcceptor::from(tls.config),
             logs: Mutex::new(None),
             netns: Mutex::new(None),
+            subject_access_reviews: Default::default(),
         });
         let server = ApiServer {
             shared,
@@ -198,6 +202,11 @@ impl ApiServer {
     /// The CA certificate (PEM) clients must trust.
     pub fn ca_pem(&self) -> String {
         self.shared.env.ca_pem.clone()
+    }
+
+    /// SubjectAccessReviews answered since start (also on `/metrics`).
+    pub fn subject_access_reviews(&self) -> u64 {
+        (self.shared.subject_access_reviews).load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Register a bearer-token user (also in `system:authenticated`); returns the token.

@@ -79,6 +79,8 @@ pub(crate) fn resource(
         return crate::reviews::access_review(shared, req, Some(user), kind);
     }
     if kind.is("authorization.k8s.io", "subjectaccessreviews") {
+        let count = &shared.subject_access_reviews;
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return crate::reviews::access_review(shared, req, None, kind);
     }
     if sub == Some("token") {
