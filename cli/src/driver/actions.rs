@@ -95,6 +95,17 @@ impl Driver {
                     Err(e) => Started::Now(Event::Failed(e)),
                 }
             }
+            // A normal user's join: the helper binds port 53 and rewrites the resolver file.
+            Action::StartForwarder { listen, config } if self.helper.is_some() => {
+                match self.start_forwarder_via_helper(listen, *config).await {
+                    Ok(addr) => Started::Now(Event::ForwarderStarted(addr)),
+                    Err(e) => event(Err(e), Event::ForwarderStarted(listen)),
+                }
+            }
+            Action::WriteResolvConf { contents, .. } if self.helper.is_some() => event(
+                self.resolv_conf_via_helper(&contents).await,
+                Event::ResolvConfWritten,
+            ),
             Action::StartForwarder { listen, config } => {
                 match Forwarder::start(listen, *config).await {
                     Ok(f) => {

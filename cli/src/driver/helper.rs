@@ -5,6 +5,7 @@
 use kwg_wg::device::{DEFAULT_MTU, Device, DeviceConfig};
 
 use super::{Driver, exec};
+use crate::dns::forwarder::{Forwarder, ForwarderConfig};
 use crate::error::Error;
 use crate::privileged::Helper;
 
@@ -61,5 +62,44 @@ impl Driver {
             Some(h) => h.set_address(new).await,
             None => exec::change_address(name, old, new).await,
         }
+    }
+}
+
+impl Driver {
+    /// The DNS forwarder on sockets the helper bound (port 53 is privileged); its address.
+    pub(super) async fn start_forwarder_via_helper(
+        &mut self,
+        listen: std::net::SocketAddr,
+        config: ForwarderConfig,
+    ) -> Result<std::net::SocketAddr, Error> {
+        let h = self.helper.as_mut().expect("a helper session");
+        let (udp, tcp) = h.dns_sockets(listen).await?;
+        let f = Forwarder::start_on(udp, tcp, config)?;
+        let addr = f.addr;
+        self.forwarder = Some(f);
+        Ok(addr)
+    }
+
+    /// Has the helper point the resolver file at the forwarder: the first `nameserver` and the
+    /// `search` line of `contents` (what the session rendered); the helper renders and checks
+    /// its own version from them.
+    pub(super) async fn resolv_conf_via_helper(&mut self, contents: &[u8]) -> Result<(), Error> {
+        let text = String::from_utf8_lossy(contents);
+        let forwarder = kwg_session::dns::resolvconf::nameservers(&text)
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                Error::io(
+                    "render the resolver file".to_string(),
+                    std::io::Error::other("no nameserver"),
+                )
+            })?;
+        let search: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("search "))
+            .flat_map(|l| l.split_whitespace().map(str::to_string))
+            .collect();
+        let h = self.helper.as_mut().expect("a helper session");
+        h.resolv_conf(forwarder, &search).await
     }
 }

@@ -457,6 +457,13 @@ impl Driver {
             }
             // The helper removes the table with the rest of the session (below).
             Undo::RemoveFirewall { .. } if self.helper.is_some() => return Event::Undone(None),
+            Undo::RestoreResolvConf { .. } if self.helper.is_some() => {
+                let h = self.helper.as_mut().expect("checked");
+                return match h.revert_dns().await {
+                    Ok(()) => Event::Undone(Some("DNS settings".into())),
+                    Err(e) => Event::UndoFailed(e.into()),
+                };
+            }
             Undo::DeleteInterface { name, .. } => {
                 if let Some(t) = self.transport.take() {
                     self.transport_status = t.last_status();

@@ -8,6 +8,7 @@
 //! (`kwg-helper install`), or one it starts through `sudo -b` with the user's uid allowed (one
 //! password prompt), or it fails with one sentence naming `kwg-helper install`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -100,12 +101,15 @@ pub async fn ensure(socket: &Path) -> Result<(), Error> {
 
 /// Decides, for `kwg join` before it starts the daemon, whether this join goes through the
 /// helper: neither root nor CAP_NET_ADMIN, no `--userspace`, and a helper answering (or,
-/// with `--tun`, one started through sudo). Such a join is a TUN-mode join (`args.tun`); the
-/// helper configures no DNS yet, so the join's DNS mode is `off` and the user is told.
+/// with `--tun`, one started through sudo). Such a join is a TUN-mode join (`args.tun`). The
+/// helper rewrites the resolver file for it (resolv-conf mode); systemd-resolved's per-link DNS
+/// does not go through the helper yet, so where resolved manages DNS the join's DNS mode is
+/// `off` and the user is told.
 pub async fn prepare(
     args: &mut crate::args::JoinArgs,
     reporter: &crate::progress::Reporter,
 ) -> Result<bool, Error> {
+    use crate::args::DnsMode;
     if args.userspace || !needed() {
         return Ok(false);
     }
@@ -118,12 +122,22 @@ pub async fn prepare(
         ensure(&socket).await?;
     }
     args.tun = true;
-    if args.dns_mode != crate::args::DnsMode::Off {
-        args.dns_mode = crate::args::DnsMode::Off;
-        reporter.step(&format!(
-            "Tunnel interface through kwg-helper ({}): kwg runs as you and the helper configures only the interface, routes and firewall, not DNS yet, so cluster names do not resolve on this machine (Service and pod addresses do; join with sudo for split DNS)",
-            socket.display()
-        ));
+    let stub = {
+        use crate::dns::resolved::ResolvConf;
+        let target = std::fs::read_link(&args.resolv_conf).ok();
+        let text = std::fs::read_to_string(&args.resolv_conf).unwrap_or_default();
+        ResolvConf::classify(target.as_deref(), &text) == ResolvConf::Stub
+    };
+    match args.dns_mode {
+        DnsMode::Auto | DnsMode::Resolved if stub => {
+            args.dns_mode = DnsMode::Off;
+            reporter.step(&format!(
+                "Tunnel interface through kwg-helper ({}): kwg runs as you; systemd-resolved manages DNS here and its per-link DNS does not go through the helper yet, so cluster names do not resolve on this machine (Service and pod addresses do; join as root for split DNS with resolved)",
+                socket.display()
+            ));
+        }
+        DnsMode::Auto => args.dns_mode = DnsMode::ResolvConf,
+        _ => {}
     }
     Ok(true)
 }
@@ -179,6 +193,40 @@ impl Helper {
             .firewall()
             .await
             .map_err(|e| helper_error("have kwg-helper load the firewall table", e))
+    }
+
+    /// The DNS forwarder's sockets on `listen` (port 53), bound by the helper: UDP, then TCP.
+    pub async fn dns_sockets(
+        &mut self,
+        listen: SocketAddr,
+    ) -> Result<(std::net::UdpSocket, std::net::TcpListener), Error> {
+        let what = format!("have kwg-helper bind the DNS forwarder on {listen}");
+        let udp = self.client.dns_socket(listen, false).await;
+        let udp = udp.map_err(|e| helper_error(&what, e))?;
+        let tcp = self.client.dns_socket(listen, true).await;
+        let tcp = tcp.map_err(|e| helper_error(&what, e))?;
+        Ok((udp.into(), tcp.into()))
+    }
+
+    /// Points the resolver file at `forwarder` (this session's), `search` first.
+    pub async fn resolv_conf(&mut self, forwarder: IpAddr, search: &[String]) -> Result<(), Error> {
+        self.client
+            .resolv_conf(forwarder, search)
+            .await
+            .map_err(|e| {
+                helper_error(
+                    "have kwg-helper point the resolver file at kwg's forwarder",
+                    e,
+                )
+            })
+    }
+
+    /// Puts the resolver file back now.
+    pub async fn revert_dns(&mut self) -> Result<(), Error> {
+        self.client
+            .revert_dns()
+            .await
+            .map_err(|e| helper_error("have kwg-helper put the resolver file back", e))
     }
 
     /// Ends the session: the helper removes the table, routes, address and link.
