@@ -5,6 +5,7 @@
 
 mod error;
 mod info;
+mod ipv6;
 pub mod keys;
 mod peer;
 mod status;
@@ -12,6 +13,9 @@ mod types;
 
 pub use error::ContractError;
 pub use info::{Endpoint, GatewayInfo, GatewayPeer, PublishedVersions, UdpReceive};
+pub use ipv6::{
+    DEFAULT_TUNNEL_CIDR6, GATEWAY_INFO6_KEY, GatewayInfo6, TUNNEL_PREFIX6_LEN, check_tunnel_cidr6,
+};
 pub use peer::{PeerSpec, format_lease, parse_lease};
 pub use status::LeaseStatus;
 pub use status::{ConnectionState, HealthIssue, HealthKind};

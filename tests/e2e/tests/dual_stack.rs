@@ -1,0 +1,195 @@
+//! A dual-stack one-machine cluster (`kwg-sim up --ip-family dual`, issue 28): the cluster as
+//! kubectl, pods and the node see it in both families, then kwg on it. One cluster, one test.
+
+use kwg_e2e::install_gateway;
+use kwg_e2e::laptop::{Laptop, text};
+use kwg_sim::testing::Cluster;
+use std::sync::Arc;
+
+fn kubectl(c: &Cluster, args: &[&str]) -> String {
+    c.kubectl_admin(args)
+        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+}
+
+/// What kubectl says, stdout and stderr, whatever the exit code.
+fn kubectl_says(c: &Cluster, args: &[&str]) -> String {
+    let out = c.kubectl_output(&c.admin_kubeconfig(), args).unwrap();
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
+    let c = Cluster::builder()
+        .ip_family("dual")
+        .up()
+        .expect("kwg-sim up");
+
+    // The API server allocates by ipFamilyPolicy, from both ServiceCIDRs.
+    let cidrs = kubectl(
+        &c,
+        &[
+            "get",
+            "servicecidr",
+            "kubernetes",
+            "-o",
+            "jsonpath={.spec.cidrs}",
+        ],
+    );
+    assert_eq!(cidrs, r#"["10.96.0.0/12","fd00:10:96::/112"]"#);
+    let web = kubectl(
+        &c,
+        &[
+            "-n",
+            "emojivoto",
+            "get",
+            "svc",
+            "web-app",
+            "-o",
+            "jsonpath={.spec.ipFamilyPolicy} {.spec.ipFamilies} {.spec.clusterIPs}",
+        ],
+    );
+    let (policy, rest) = web.split_once(' ').unwrap();
+    assert_eq!(policy, "PreferDualStack");
+    assert!(rest.starts_with(r#"["IPv4","IPv6"] ["10.96."#), "{web}");
+    assert!(rest.contains(r#"","fd00:10:96::"#), "{web}");
+    let ip6 = rest.rsplit('"').nth(1).unwrap().to_string();
+    // A Service without a policy stays single-stack in the primary family; asking for IPv6
+    // alone gets an IPv6 ClusterIP.
+    kubectl(
+        &c,
+        &[
+            "-n",
+            "default",
+            "create",
+            "service",
+            "clusterip",
+            "plain",
+            "--tcp=80:80",
+        ],
+    );
+    let plain = kubectl(
+        &c,
+        &[
+            "-n",
+            "default",
+            "get",
+            "svc",
+            "plain",
+            "-o",
+            "jsonpath={.spec.ipFamilyPolicy} {.spec.clusterIPs}",
+        ],
+    );
+    assert!(plain.starts_with(r#"SingleStack ["10.96."#), "{plain}");
+    let only6 = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"only6","namespace":"default"},
+        "spec":{"ipFamilies":["IPv6"],"selector":{"app":"echo"},"ports":[{"port":80,"targetPort":8080}]}}"#;
+    let file = c.names().run_dir().join("only6.json");
+    std::fs::write(&file, only6).unwrap();
+    kubectl(&c, &["create", "-f", file.to_str().unwrap()]);
+    let got = kubectl(
+        &c,
+        &[
+            "-n",
+            "default",
+            "get",
+            "svc",
+            "only6",
+            "-o",
+            "jsonpath={.spec.ipFamilies} {.spec.clusterIP}",
+        ],
+    );
+    assert!(got.starts_with(r#"["IPv6"] fd00:10:96::"#), "{got}");
+    // What the real API server says to a request the cluster cannot serve.
+    let three = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"bad","namespace":"default"},
+        "spec":{"ipFamilyPolicy":"SingleStack","ipFamilies":["IPv4","IPv6"],"ports":[{"port":80}]}}"#;
+    std::fs::write(&file, three).unwrap();
+    let said = kubectl_says(&c, &["create", "-f", file.to_str().unwrap()]);
+    assert!(
+        said.contains(r#"The Service "bad" is invalid: spec.ipFamilyPolicy: Invalid value: "SingleStack": must be 'RequireDualStack' or 'PreferDualStack' when multiple IP families are specified"#),
+        "{said}"
+    );
+
+    // The node publishes both podCIDRs; pods get an address of each.
+    let node = kubectl(
+        &c,
+        &["get", "node", "node-1", "-o", "jsonpath={.spec.podCIDRs}"],
+    );
+    assert_eq!(node, r#"["10.244.0.0/24","fd00:10:244::/64"]"#);
+    let pod_ips = kubectl(
+        &c,
+        &[
+            "-n",
+            "emojivoto",
+            "get",
+            "pods",
+            "-l",
+            "app=web-app",
+            "-o",
+            "jsonpath={.items[0].status.podIPs[*].ip}",
+        ],
+    );
+    let (pod4, pod6) = pod_ips.split_once(' ').expect("two pod IPs");
+    assert!(
+        pod4.starts_with("10.244.0.") && pod6.starts_with("fd00:10:244::"),
+        "{pod_ips}"
+    );
+
+    // From a pod: kube-proxy's rules of both families, and the cluster DNS's AAAA.
+    let client = c.pod_netns("default", "echo").expect("an echo pod");
+    let in_pod = |argv: &[&str]| text(&c.exec(&client, argv).expect("exec in the pod").stdout);
+    let url6 = format!("http://[{ip6}]/");
+    assert!(in_pod(&["curl", "-sS", "-6", "--max-time", "3", &url6]).contains("Emoji Vote"));
+    assert!(
+        in_pod(&[
+            "curl",
+            "-sS",
+            "-6",
+            "--max-time",
+            "3",
+            &format!("http://[{pod6}]/")
+        ])
+        .contains("Emoji Vote")
+    );
+    assert!(
+        in_pod(&[
+            "curl",
+            "-sS",
+            "-4",
+            "--max-time",
+            "3",
+            "http://web-app.emojivoto/"
+        ])
+        .contains("Emoji Vote")
+    );
+    let aaaa = in_pod(&[
+        "dig",
+        "+short",
+        "AAAA",
+        "web-app.emojivoto.svc.cluster.local",
+    ]);
+    assert_eq!(aaaa.trim(), ip6);
+
+    // kwg on a dual-stack cluster: the gateway publishes both families' CIDRs, and a laptop
+    // joins and reaches web-app over IPv4.
+    let info = install_gateway(&c).expect("gateway installed");
+    assert!(
+        info.service_cidrs
+            .contains(&"fd00:10:96::/112".parse().unwrap()),
+        "{info:?}"
+    );
+    let c = Arc::new(c);
+    let netns = c.add_laptop("dual").expect("laptop");
+    let l = Laptop {
+        sim: c.clone(),
+        name: "dual".into(),
+        state: c.names().run_dir().join("kwg-state-dual"),
+        netns,
+    };
+    l.join(&["--namespace", "emojivoto"]);
+    let page = l.curl("http://web-app.emojivoto/");
+    assert!(
+        text(&page.stdout).contains("Emoji Vote"),
+        "{}",
+        text(&page.stderr)
+    );
+    l.kwg(&["leave"]);
+}
