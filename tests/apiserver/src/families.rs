@@ -46,7 +46,9 @@ impl ServiceCidrs {
 
     /// Both ranges, primary first (what the ServiceCIDR `kubernetes` lists).
     pub fn all(&self) -> Vec<IpNet> {
-        std::iter::once(self.primary).chain(self.secondary).collect()
+        std::iter::once(self.primary)
+            .chain(self.secondary)
+            .collect()
     }
 
     fn dual(&self) -> bool {
@@ -82,7 +84,10 @@ pub fn init_ip_families(
         };
         spec["ipFamilyPolicy"] = json!(policy);
     }
-    let policy = spec["ipFamilyPolicy"].as_str().unwrap_or_default().to_string();
+    let policy = spec["ipFamilyPolicy"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let mut families = strings(&spec["ipFamilies"]);
     let mut errs = Vec::new();
     // The loose pre-validation.
@@ -118,7 +123,10 @@ pub fn init_ip_families(
             "may only hold up to 2 values",
         ));
     }
-    if ips.len() == 2 && family_of_ip(&ips[0]).is_some() && family_of_ip(&ips[0]) == family_of_ip(&ips[1]) {
+    if ips.len() == 2
+        && family_of_ip(&ips[0]).is_some()
+        && family_of_ip(&ips[0]) == family_of_ip(&ips[1])
+    {
         errs.push(FieldError::invalid(
             "spec.clusterIPs",
             go_str_slice(&ips),
@@ -128,13 +136,11 @@ pub fn init_ip_families(
     if !headless {
         for (i, (ip, f)) in ips.iter().zip(&families).enumerate() {
             match (family_of_ip(ip), f.as_str()) {
-                (Some("IPv6"), "IPv4") | (Some("IPv4"), "IPv6") => {
-                    errs.push(FieldError::invalid(
-                        format!("spec.clusterIPs[{i}]"),
-                        go_str(ip),
-                        format!("expected an {f} value as indicated by `ipFamilies[{i}]`"),
-                    ))
-                }
+                (Some("IPv6"), "IPv4") | (Some("IPv4"), "IPv6") => errs.push(FieldError::invalid(
+                    format!("spec.clusterIPs[{i}]"),
+                    go_str(ip),
+                    format!("expected an {f} value as indicated by `ipFamilies[{i}]`"),
+                )),
                 _ => {}
             }
         }
@@ -322,11 +328,17 @@ mod tests {
                 "spec.ipFamilyPolicy: Unsupported value: \"Dual\": supported values: \"PreferDualStack\", \"RequireDualStack\", \"SingleStack\""
             ]
         );
-        let e = init(json!({"ipFamilies": ["IPv4", "IPv4"], "ipFamilyPolicy": "PreferDualStack"}), &dual())
-            .unwrap_err();
+        let e = init(
+            json!({"ipFamilies": ["IPv4", "IPv4"], "ipFamilyPolicy": "PreferDualStack"}),
+            &dual(),
+        )
+        .unwrap_err();
         assert_eq!(e, ["spec.ipFamilies[1]: Duplicate value: \"IPv4\""]);
-        let e = init(json!({"clusterIPs": ["10.96.0.50"], "ipFamilies": ["IPv6"]}), &dual())
-            .unwrap_err();
+        let e = init(
+            json!({"clusterIPs": ["10.96.0.50"], "ipFamilies": ["IPv6"]}),
+            &dual(),
+        )
+        .unwrap_err();
         assert_eq!(
             e,
             [
@@ -349,12 +361,18 @@ mod tests {
         let ips = allocate_cluster_ips(&spec, &[], &dual(), &mut used).unwrap();
         assert_eq!(ips.len(), 2);
         assert!(dual().primary.contains(&ips[0].parse::<IpAddr>().unwrap()));
-        assert!(dual().secondary.unwrap().contains(&ips[1].parse::<IpAddr>().unwrap()));
+        assert!(
+            dual()
+                .secondary
+                .unwrap()
+                .contains(&ips[1].parse::<IpAddr>().unwrap())
+        );
         // The next Service gets other addresses.
         let again = allocate_cluster_ips(&spec, &[], &dual(), &mut used).unwrap();
         assert_ne!(again, ips);
         // A requested IPv6 address outside the range is refused as the real server does.
-        let spec = json!({"clusterIPs": ["10.96.0.40", "fd00:99::1"], "ipFamilies": ["IPv4", "IPv6"]});
+        let spec =
+            json!({"clusterIPs": ["10.96.0.40", "fd00:99::1"], "ipFamilies": ["IPv4", "IPv6"]});
         let e = allocate_cluster_ips(&spec, &[], &dual(), &mut HashSet::new()).unwrap_err();
         assert!(
             e.to_string()

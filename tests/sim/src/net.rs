@@ -12,9 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The IP families of a cluster (`kwg-sim up --ip-family`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum IpFamily {
     /// IPv4 only (Services, pods and the LAN).
@@ -426,11 +424,18 @@ mod tests {
         assert_eq!(n.kubernetes_svc_ip6().unwrap().to_string(), "fd00:10:96::1");
         assert_eq!(n.node_pod_cidrs(), ["10.244.0.0/24", "fd00:10:244::/64"]);
         assert_eq!(
-            n.pod_ip6_of(Ipv4Addr::new(10, 244, 0, 27)).unwrap().to_string(),
+            n.pod_ip6_of(Ipv4Addr::new(10, 244, 0, 27))
+                .unwrap()
+                .to_string(),
             "fd00:10:244::27"
         );
         n.service_cidr6 = "fd00:10:96::/64".parse().unwrap();
-        assert!(n.validate().unwrap_err().to_string().contains("--service-cidr6"));
+        assert!(
+            n.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--service-cidr6")
+        );
         n.service_cidr6 = "fd00:10:244::/112".parse().unwrap();
         assert!(
             n.validate()

@@ -96,7 +96,10 @@ pub fn build(n: &Names, net: &ClusterNet, model: LanModel) -> Result<()> {
         ip(&format!("-n {lan} addr add {addr}/{bits} dev br0"))?;
     }
     let bits6 = net.lan6.prefix_len();
-    for addr in [net.lan_dns_ip6(), net.intranet_ip6()].into_iter().flatten() {
+    for addr in [net.lan_dns_ip6(), net.intranet_ip6()]
+        .into_iter()
+        .flatten()
+    {
         ip(&format!("-n {lan} addr add {addr}/{bits6} dev br0 nodad"))?;
     }
     if net.dual() {

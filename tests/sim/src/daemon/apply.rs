@@ -23,7 +23,10 @@ pub fn cluster_docs(net: &ClusterNet) -> Result<Vec<Value>> {
         // such a cluster writes them); kube-dns gets ::10 of the IPv6 Service CIDR too.
         if d["kind"] == "Service" && net.dual() {
             d["spec"]["ipFamilyPolicy"] = json!("PreferDualStack");
-            if let Some(ip6) = net.dns_svc_ip6().filter(|_| d["metadata"]["name"] == "kube-dns") {
+            if let Some(ip6) = net
+                .dns_svc_ip6()
+                .filter(|_| d["metadata"]["name"] == "kube-dns")
+            {
                 d["spec"]["clusterIPs"] = json!([net.dns_svc_ip().to_string(), ip6.to_string()]);
             }
         }

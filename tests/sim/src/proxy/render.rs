@@ -133,7 +133,10 @@ pub fn render(
     let (node_ip, pods) = (node_ip.into(), pods.into());
     let v6 = node_ip.is_ipv6();
     let fam = if v6 { "ip6" } else { "ip" };
-    let rules: Vec<&PortRule> = rules.iter().filter(|r| r.cluster_ip.is_ipv6() == v6).collect();
+    let rules: Vec<&PortRule> = rules
+        .iter()
+        .filter(|r| r.cluster_ip.is_ipv6() == v6)
+        .collect();
     let mut s = String::new();
     // Create-then-delete makes the replacement work whether or not the table exists.
     let _ = writeln!(
@@ -318,16 +321,23 @@ mod tests {
             "spec": {"clusterIP": "10.96.0.40", "clusterIPs": ["10.96.0.40", "fd00:10:96::40"],
                 "ipFamilies": ["IPv4", "IPv6"], "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))];
         let slices = vec![
-            slice(json!({"metadata": {"name": "web", "namespace": "app", "labels": {SERVICE_NAME_LABEL: "web"}},
+            slice(
+                json!({"metadata": {"name": "web", "namespace": "app", "labels": {SERVICE_NAME_LABEL: "web"}},
                 "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-                "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true}}]})),
-            slice(json!({"metadata": {"name": "web-ipv6", "namespace": "app", "labels": {SERVICE_NAME_LABEL: "web"}},
+                "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true}}]}),
+            ),
+            slice(
+                json!({"metadata": {"name": "web-ipv6", "namespace": "app", "labels": {SERVICE_NAME_LABEL: "web"}},
                 "addressType": "IPv6", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-                "endpoints": [{"addresses": ["fd00:10:244::5"], "conditions": {"ready": true}}]})),
+                "endpoints": [{"addresses": ["fd00:10:244::5"], "conditions": {"ready": true}}]}),
+            ),
         ];
         let rules = plan(&services, &slices);
         assert_eq!(rules.len(), 2);
-        assert_eq!(rules[1].endpoints, [("fd00:10:244::5".parse().unwrap(), 8080)]);
+        assert_eq!(
+            rules[1].endpoints,
+            [("fd00:10:244::5".parse().unwrap(), 8080)]
+        );
         let v6 = render(
             "kube-proxy",
             "fd00:c0:2::1".parse::<IpAddr>().unwrap(),
@@ -335,7 +345,10 @@ mod tests {
             &rules,
         );
         assert!(v6.starts_with("table ip6 kube-proxy {}\n"), "{v6}");
-        assert!(v6.contains("ip6 daddr fd00:10:96::40 tcp dport 80 goto svc_0"), "{v6}");
+        assert!(
+            v6.contains("ip6 daddr fd00:10:96::40 tcp dport 80 goto svc_0"),
+            "{v6}"
+        );
         assert!(v6.contains("dnat to [fd00:10:244::5]:8080"), "{v6}");
         assert!(v6.contains("ip6 saddr fd00:10:244::/56 ip6 daddr != fd00:10:244::/56"));
         assert!(!v6.contains("10.96.0.40"), "only its family: {v6}");
