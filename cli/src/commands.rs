@@ -12,35 +12,98 @@ use crate::error::Error;
 use crate::lock::{DaemonLock, Holder};
 use crate::output::{self, PeerRow};
 use crate::progress::Reporter;
-use crate::state::{State, StateDir, StateFile};
+use crate::state::{Session, State, StateDir, StateFile, pick, sessions};
+use kwg_contract::Status;
 
 mod join;
+mod sessions;
 pub use join::{daemon, join};
 
-/// `kwg status`: exit code 1 when not joined.
+/// `kwg status`: every session (or the one of `--context`); exit code 1 when not joined,
+/// else the worst of the sessions' codes.
 pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
-    let Some(state) = State::load(&dir.state())? else {
+    let all = sessions(&dir)?;
+    let several = all.len() > 1;
+    let chosen: Vec<&Session> = all
+        .iter()
+        .filter(|s| s.state.is_some())
+        .filter(|s| args.context.is_none() || s.context() == args.context.as_deref())
+        .collect();
+    if chosen.is_empty() {
         if args.output == Format::Json {
-            println!("{}", serde_json::json!({ "connected": false }));
+            println!(
+                "{}",
+                serde_json::json!({ "connected": false, "sessions": [] })
+            );
+        } else if let Some(c) = &args.context {
+            println!("kwg is not joined to context {c}: run `kwg join --context {c}`.");
         } else {
             println!("{}", output::NOT_JOINED);
         }
         return Ok(1);
-    };
+    }
+    let mut shown = Vec::new();
+    for s in &chosen {
+        let state = s.state.as_ref().expect("filtered");
+        shown.push((*s, session_status(state, &s.dir).await?));
+    }
+    let code = shown
+        .iter()
+        .map(|(_, st)| crate::health::exit_code(st))
+        .max()
+        .unwrap_or(1);
+    if args.output == Format::Json {
+        // The primary session's status at the top (as with one session), every session's in
+        // `sessions` (docs/contract.md).
+        let top = shown
+            .iter()
+            .position(|(s, _)| s.primary())
+            .unwrap_or_default();
+        let each: Vec<serde_json::Value> = shown.iter().map(|(s, st)| session_json(s, st)).collect();
+        let mut out = each[top].clone();
+        out["sessions"] = serde_json::Value::Array(each);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("status serializes")
+        );
+    } else {
+        for (i, (s, st)) in shown.iter().enumerate() {
+            if several {
+                if i > 0 {
+                    println!();
+                }
+                println!("{}", output::session_heading(&s.label(), s.alias(), s.primary()));
+            }
+            print!("{}", output::status_text(st, Utc::now()));
+        }
+    }
+    Ok(code)
+}
+
+/// One session's status object with its alias and role added.
+fn session_json(s: &Session, status: &Status) -> serde_json::Value {
+    let mut v = serde_json::to_value(status).expect("status serializes");
+    v["alias"] = serde_json::json!(s.alias());
+    v["primary"] = serde_json::json!(s.primary());
+    v
+}
+
+/// One session's status: its daemon's answer, else what its journal says.
+async fn session_status(state: &State, dir: &StateDir) -> Result<Status, Error> {
     let status = match DaemonLock::holder(&dir.lock()) {
-        Holder::None => status_from_state(&state, false),
+        Holder::None => status_from_state(state, false),
         Holder::Running(_) => {
             match api::call(&dir.socket(), Request::Status, Duration::from_secs(3)).await {
                 Ok(Reply::Status(s)) => *s,
                 Ok(other) => {
                     tracing::warn!(?other, "unexpected reply to status");
-                    status_from_state(&state, false)
+                    status_from_state(state, false)
                 }
                 // An older daemon: its version sentence is the answer.
                 Err(e @ (ClientError::OlderDaemon | ClientError::OtherVersion { .. })) => {
                     return Err(e.into());
                 }
-                Err(e) => crate::driver::silent_daemon_status(&state, e.to_string()).await,
+                Err(e) => crate::driver::silent_daemon_status(state, e.to_string()).await,
             }
         }
     };
@@ -49,23 +112,28 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
     if let (true, None, Some(admin)) = (status.connected, status.state, state.gateway_admin) {
         status.reach = crate::reach::own(admin, &status.peer).await;
     }
-    if args.output == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status).expect("status serializes")
-        );
-    } else {
-        print!("{}", output::status_text(&status, Utc::now()));
-    }
-    Ok(crate::health::exit_code(&status))
+    Ok(status)
 }
 
-/// `kwg peers`: the peer Secrets, with tunnel statistics from the gateway when joined.
+/// `kwg peers`: the peer Secrets, with tunnel statistics from the gateway when joined (the
+/// session of `--context`, else the only or the primary session).
 pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
-    let state = State::load(&dir.state())?;
-    let (kubeconfig, context) = match (&args.kube.kubeconfig, &args.kube.context, &state) {
-        (None, None, Some(s)) => (s.kubeconfig.clone(), s.context.clone()),
-        _ => (args.kube.kubeconfig.clone(), args.kube.context.clone()),
+    let all = sessions(&dir)?;
+    let session = match pick(&all, args.kube.context.as_deref()) {
+        Ok(s) => s,
+        Err(_) => all
+            .iter()
+            .find(|s| s.running.is_some() && s.primary())
+            .or(all.first()),
+    };
+    let state = session.and_then(|s| s.state.clone());
+    let dir = session.map_or(dir, |s| s.dir.clone());
+    let (kubeconfig, context) = match &state {
+        Some(s) => (
+            args.kube.kubeconfig.clone().or(s.kubeconfig.clone()),
+            args.kube.context.clone().or(s.context.clone()),
+        ),
+        None => (args.kube.kubeconfig.clone(), args.kube.context.clone()),
     };
     let kube = Kube::connect(kubeconfig.as_deref(), context.as_deref()).await?;
     let listed = kube.list_peers(&args.kube.kwg_namespace).await?;
@@ -111,20 +179,85 @@ pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
     Ok(())
 }
 
-/// `kwg leave`: asks the daemon to undo everything, or undoes it from the state file.
+/// `kwg leave`: the session of `--context`, every session with `--all`, else the only one
+/// (with several: asked on a terminal, refused otherwise). Asks each daemon to undo
+/// everything, or undoes it from the journal; one session's leave touches nothing of another.
 pub async fn leave(args: LeaveArgs, dir: StateDir) -> Result<(), Error> {
-    let started = Instant::now();
     let reporter = Reporter::new(args.output);
-    let holder = DaemonLock::holder(&dir.lock());
-    if holder == Holder::None && State::load(&dir.state())?.is_none() {
-        reporter.step("kwg is not joined; nothing to do.");
+    let all = sessions(&dir)?;
+    let targets: Vec<&Session> = if args.all {
+        all.iter().collect()
+    } else {
+        match pick(&all, args.context.as_deref()) {
+            Ok(s) => s.into_iter().collect(),
+            Err(labels) => ask_which(&all, labels)?,
+        }
+    };
+    if targets.is_empty() {
+        match &args.context {
+            Some(c) => reporter.step(&format!("kwg is not joined to context {c}; nothing to do.")),
+            None => reporter.step("kwg is not joined; nothing to do."),
+        }
         if args.output == Format::Json {
             println!("{}", serde_json::json!({ "left": false, "removed": [] }));
         }
         return Ok(());
+    }
+    let named = all.len() > 1;
+    let mut outcome = Ok(());
+    for s in targets {
+        let r = leave_one(&s.dir, named.then(|| s.label()), &args, &reporter).await;
+        let _ = std::fs::remove_file(s.dir.session_info());
+        outcome = outcome.and(r);
+    }
+    outcome
+}
+
+/// Asks on a terminal which session to leave; refuses off a terminal with the list.
+fn ask_which(all: &[Session], labels: Vec<String>) -> Result<Vec<&Session>, Error> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let refused = || Error::WhichSession {
+        contexts: labels.clone(),
     };
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Err(refused());
+    }
+    let mut err = std::io::stderr();
+    let _ = writeln!(err, "Several sessions are joined:");
+    for (i, s) in all.iter().enumerate() {
+        let role = if s.primary() { ", primary" } else { "" };
+        let _ = writeln!(
+            err,
+            "  {}) {} ({}{role})",
+            i + 1,
+            s.label(),
+            s.interface().unwrap_or("-")
+        );
+    }
+    let _ = write!(err, "Leave which? [1-{}, a for all]: ", all.len());
+    let _ = err.flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    match answer.trim() {
+        "a" | "all" => Ok(all.iter().collect()),
+        n => match n.parse::<usize>() {
+            Ok(i) if (1..=all.len()).contains(&i) => Ok(vec![&all[i - 1]]),
+            _ => Err(refused()),
+        },
+    }
+}
+
+/// Leaves one session; `named` is its label when several sessions exist.
+async fn leave_one(
+    dir: &StateDir,
+    named: Option<String>,
+    args: &LeaveArgs,
+    reporter: &Reporter,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let what = named.map_or("the cluster".to_string(), |n| format!("context {n}"));
     reporter.doing("Leaving", "Undoing what kwg join set up");
-    let cleaned = undo_all(&dir, &reporter).await;
+    let cleaned = undo_all(dir, reporter).await;
     reporter.clear();
     let cleaned = cleaned?;
     let (removed, left_behind) = (cleaned.removed, cleaned.left_behind);
@@ -135,12 +268,9 @@ pub async fn leave(args: LeaveArgs, dir: StateDir) -> Result<(), Error> {
             serde_json::json!({ "left": true, "removed": removed, "elapsedMs": ms, "leftBehind": left_behind })
         );
     } else if removed.is_empty() {
-        println!("Left the cluster ({ms} ms).");
+        println!("Left {what} ({ms} ms).");
     } else {
-        println!(
-            "Left the cluster: removed {} ({ms} ms).",
-            removed.join(", ")
-        );
+        println!("Left {what}: removed {} ({ms} ms).", removed.join(", "));
     }
     // The machine is clean; what could not be done remotely is one sentence and its own
     // exit code.

@@ -95,6 +95,20 @@ pub enum Error {
     DnsCheck { name: String, secs: u64 },
     #[error("kwg is already joined or joining (daemon pid {}): run kwg leave first", pid.map_or("unknown".to_string(), |p| p.to_string()))]
     AlreadyJoined { pid: Option<u32> },
+    /// A second `kwg join` to a context that has a session (issue 27).
+    #[error("kwg is already joined to context {context} (daemon pid {}, interface {interface}): kwg status --context {context} shows it; run kwg leave --context {context} first to join it again", pid.map_or("unknown".to_string(), |p| p.to_string()))]
+    AlreadyJoinedContext {
+        context: String,
+        pid: Option<u32>,
+        interface: String,
+    },
+    /// `kwg leave` (or `status`/`peers` where one is needed) with several sessions and no
+    /// terminal to ask on.
+    #[error("{} sessions are joined ({}): name one with --context NAME, or pass --all for every one", contexts.len(), contexts.join(", "))]
+    WhichSession { contexts: Vec<String> },
+    /// `kwg join --primary` while another session answers the short names.
+    #[error("the session of context {other} is the primary (short names go to it): join without --primary (names of this cluster are then <svc>.<ns>.svc.<alias>), or run kwg leave --context {other} first")]
+    PrimaryTaken { other: String },
     #[error(
         "interface {name} already exists and is not kwg's: pass --interface with another name (kwg never touches an interface it did not create)"
     )]

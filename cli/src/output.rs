@@ -8,6 +8,19 @@ use kwg_contract::{LeaseStatus, Status};
 /// The sentence `kwg status` prints when nothing is joined (exit code 1).
 pub const NOT_JOINED: &str = "kwg is not joined to a cluster: run `kwg join --namespace <ns>`.";
 
+/// The line above each session's status when several are joined: `Context a (alias a,
+/// primary: short names go here)`.
+pub fn session_heading(label: &str, alias: Option<&str>, primary: bool) -> String {
+    let alias = alias.map_or(String::new(), |a| format!("alias {a}, names <svc>.<ns>.svc.{a}"));
+    let role = if primary {
+        "primary: short names go here"
+    } else {
+        "secondary"
+    };
+    let sep = if alias.is_empty() { "" } else { "; " };
+    sanitize_lines(&format!("Context {label} ({alias}{sep}{role})"))
+}
+
 /// `2m3s ago`, `never`.
 pub fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     match t {

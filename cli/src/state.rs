@@ -97,6 +97,138 @@ impl StateDir {
     pub fn log(&self) -> PathBuf {
         self.0.join("daemon.log")
     }
+    /// The session's record ([`SessionInfo`]), written by `kwg join` before the daemon starts.
+    pub fn session_info(&self) -> PathBuf {
+        self.0.join("session.json")
+    }
+    /// Where the sessions after the first live: `<state dir>/sessions/<alias>`.
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.0.join("sessions")
+    }
+}
+
+/// One session's record next to its journal (issue 27): which context it serves, its name in
+/// DNS, whether it answers the short names, and what it holds on the machine that another
+/// session must not take (the interface and the DNS forwarder's address).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo {
+    /// The kubeconfig context (`None`: the kubeconfig has none, the API server alone).
+    pub context: Option<String>,
+    pub alias: String,
+    pub primary: bool,
+    pub interface: String,
+    pub dns_listen: std::net::SocketAddr,
+}
+
+impl SessionInfo {
+    pub fn load(dir: &StateDir) -> Option<SessionInfo> {
+        let bytes = read_no_follow(&dir.session_info()).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+    pub fn save(&self, dir: &StateDir) -> Result<(), Error> {
+        let json = serde_json::to_vec_pretty(self).expect("session info serializes");
+        write_atomic(&dir.session_info(), &json)
+    }
+}
+
+/// A session found on this machine: a state directory with a journal, a running daemon, or
+/// both.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub dir: StateDir,
+    pub info: Option<SessionInfo>,
+    pub state: Option<State>,
+    /// The daemon's pid when one holds the directory's lock.
+    pub running: Option<Option<u32>>,
+}
+
+impl Session {
+    /// The context it serves (its record's, else its journal's).
+    pub fn context(&self) -> Option<&str> {
+        self.info
+            .as_ref()
+            .and_then(|i| i.context.as_deref())
+            .or_else(|| self.state.as_ref().and_then(|s| s.context.as_deref()))
+    }
+    /// A label for lists: the context, else the API server.
+    pub fn label(&self) -> String {
+        self.context()
+            .map(str::to_string)
+            .or_else(|| self.state.as_ref().map(|s| s.server.clone()))
+            .unwrap_or_else(|| self.dir.0.display().to_string())
+    }
+    pub fn interface(&self) -> Option<&str> {
+        self.state
+            .as_ref()
+            .map(|s| s.interface.as_str())
+            .or_else(|| self.info.as_ref().map(|i| i.interface.as_str()))
+    }
+    pub fn primary(&self) -> bool {
+        self.info.as_ref().is_none_or(|i| i.primary)
+    }
+    pub fn alias(&self) -> Option<&str> {
+        self.info.as_ref().map(|i| i.alias.as_str())
+    }
+    /// A daemon runs, or a journal waits for `kwg leave`.
+    pub fn exists(&self) -> bool {
+        self.running.is_some() || self.state.is_some()
+    }
+}
+
+/// Every session under the state directory `base`: `base` itself (the first session, where
+/// a single join has always kept its state) and each `base/sessions/<alias>`, oldest first.
+pub fn sessions(base: &StateDir) -> Result<Vec<Session>, Error> {
+    let mut dirs = vec![base.clone()];
+    if let Ok(entries) = std::fs::read_dir(base.sessions_dir()) {
+        let mut more: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| {
+                let made = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                (made, e.path())
+            })
+            .collect();
+        more.sort();
+        dirs.extend(more.into_iter().map(|(_, p)| StateDir(p)));
+    }
+    let mut out = Vec::new();
+    for dir in dirs {
+        dir.check()?;
+        let running = match crate::lock::DaemonLock::holder(&dir.lock()) {
+            crate::lock::Holder::Running(pid) => Some(pid),
+            crate::lock::Holder::None => None,
+        };
+        let session = Session {
+            info: SessionInfo::load(&dir),
+            state: State::load(&dir.state())?,
+            running,
+            dir,
+        };
+        if session.exists() {
+            out.push(session);
+        }
+    }
+    // The first joined first (a journal's join time; a daemon still joining last).
+    out.sort_by_key(|s| s.state.as_ref().map(|st| st.joined_at));
+    out.sort_by_key(|s| s.state.is_none());
+    Ok(out)
+}
+
+/// Which of `sessions` a command means: the one of `context`, else the only one; several
+/// without a context is `Err` with their labels (the caller asks, or refuses).
+pub fn pick<'a>(
+    sessions: &'a [Session],
+    context: Option<&str>,
+) -> Result<Option<&'a Session>, Vec<String>> {
+    match context {
+        Some(c) => Ok(sessions.iter().find(|s| s.context() == Some(c))),
+        None if sessions.len() <= 1 => Ok(sessions.first()),
+        None => Err(sessions.iter().map(Session::label).collect()),
+    }
 }
 
 /// The state directory when `$KWG_STATE_DIR` is not set.

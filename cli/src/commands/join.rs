@@ -36,6 +36,8 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
     }
     let started = Instant::now();
     dir.create()?;
+    // A session per context: its own directory, interface, forwarder and alias.
+    let dir = super::sessions::place(&mut args, &dir)?;
     if let Holder::Running(pid) = DaemonLock::holder(&dir.lock()) {
         return Err(Error::AlreadyJoined { pid });
     }

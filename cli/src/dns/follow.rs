@@ -318,6 +318,7 @@ pub(crate) mod tests {
             reverse_subnets: vec![],
             machine_search: vec![],
             reachable: None,
+            naming: Default::default(),
         }
     }
 

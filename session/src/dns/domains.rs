@@ -44,16 +44,28 @@ pub struct LinkDomains {
 
 /// Every domain of kwg's link for `split`: [`link_domains`] of the namespaces it routes to
 /// the cluster ([`SplitDns::routed_namespaces`]), then [`reverse_domains`] of its subnets.
+/// A session with an alias also routes `~svc.<alias>`; a secondary one (another session
+/// answers the short names) routes only that and its reverse names.
 pub fn split_domains(split: &crate::dns::split::SplitDns) -> Result<Vec<LinkDomain>, Error> {
     let names = split.routed_namespaces();
-    let mut domains = link_domains(
-        &split.cluster_domain,
-        &split.namespace,
-        names.iter().map(String::as_str),
-        &split.exclude_suffixes,
-        &split.named_namespaces(),
-    )?
-    .domains;
+    let mut domains = if split.naming.secondary {
+        Vec::new()
+    } else {
+        link_domains(
+            &split.cluster_domain,
+            &split.namespace,
+            names.iter().map(String::as_str),
+            &split.exclude_suffixes,
+            &split.named_namespaces(),
+        )?
+        .domains
+    };
+    if let Some(alias) = &split.naming.alias {
+        domains.push(LinkDomain {
+            name: format!("svc.{alias}"),
+            routing_only: true,
+        });
+    }
     domains.extend(reverse_domains(&split.reverse_subnets));
     Ok(domains)
 }

@@ -94,6 +94,73 @@ pub struct SplitDns {
     /// ClusterIPs would only be dropped by the gateway.
     #[serde(default)]
     pub reachable: Option<BTreeSet<String>>,
+    /// This session's name next to the machine's other sessions (issue 27).
+    #[serde(default)]
+    pub naming: Naming,
+}
+
+/// How a session's names sit next to the machine's other sessions: `<svc>.<ns>.svc.<alias>`
+/// always reach this session's cluster; the cluster domain, `<svc>.<ns>` and single labels
+/// only the primary session's (a secondary one passes them on to the machine's resolvers,
+/// which is where the primary session's forwarder sits), so a short name never silently
+/// means two clusters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Naming {
+    /// A DNS label ([`alias_of`] of the context by default).
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// Another session answers the short names.
+    #[serde(default)]
+    pub secondary: bool,
+}
+
+/// Labels an alias may not be: they would send mDNS, reverse lookups or a special-use
+/// domain's names to one cluster.
+const RESERVED_ALIASES: &[&str] = &["local", "arpa", "localhost", "invalid", "test", "onion"];
+
+/// The default alias of a kubeconfig context: a DNS label (lower case, every run of other
+/// characters one `-`, at most 63 characters): `kind-dev` stays, `arn:aws:eks:eu-west-1:1:cluster/prod`
+/// becomes `arn-aws-eks-eu-west-1-1-cluster-prod`, `Dev.Example` `dev-example`.
+pub fn alias_of(context: &str) -> String {
+    let mut out = String::new();
+    for c in context.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.truncate(63);
+    let out = out.trim_end_matches('-').to_string();
+    match out.as_str() {
+        "" => "cluster".to_string(),
+        a if RESERVED_ALIASES.contains(&a) => format!("{a}-cluster"),
+        _ => out,
+    }
+}
+
+/// Checks an alias given with `--alias`: one DNS label, not a special-use name.
+pub fn check_alias(alias: &str) -> Result<(), String> {
+    let label = (1..=63).contains(&alias.len())
+        && alias
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !alias.starts_with('-')
+        && !alias.ends_with('-');
+    if !label {
+        return Err(format!(
+            "{alias:?} is not a DNS label: use lower-case letters, digits and - (at most 63), e.g. --alias {}",
+            alias_of(alias)
+        ));
+    }
+    if RESERVED_ALIASES.contains(&alias) {
+        return Err(format!(
+            "{alias:?} is a special-use name (RFC 6761): choose another --alias"
+        ));
+    }
+    Ok(())
 }
 
 impl SplitDns {
@@ -133,6 +200,9 @@ impl SplitDns {
             return Decision::Upstream;
         }
         let dotted = format!(".{name}");
+        if let Some(d) = self.decide_alias(&name) {
+            return d;
+        }
         if self
             .include_suffixes
             .iter()
@@ -142,6 +212,16 @@ impl SplitDns {
         }
         let domain = self.cluster_domain.trim_matches('.').to_ascii_lowercase();
         let machine = self.machine_match(&dotted);
+        if self.naming.secondary {
+            // Only the alias names (above) and this cluster's reverse names are this
+            // session's; the primary session answers the rest.
+            return match reverse_name_ip(&name) {
+                Some(ip) if self.reverse_subnets.iter().any(|n| n.contains(&ip)) => {
+                    Decision::Cluster(name)
+                }
+                _ => Decision::Upstream,
+            };
+        }
         if ends_with_suffix(&dotted, &domain) && machine.is_none_or(|m| m.len() < domain.len()) {
             return self.decide_cluster_fqdn(&name, &domain);
         }
@@ -179,6 +259,24 @@ impl SplitDns {
             }
             _ => Decision::Upstream,
         }
+    }
+
+    /// `<svc>.<ns>.svc.<alias>` (and any name under `svc.<alias>`): the cluster's
+    /// `<svc>.<ns>.svc.<cluster domain>`, hidden when `ns` is not visible.
+    fn decide_alias(&self, name: &str) -> Option<Decision> {
+        let alias = self.naming.alias.as_deref()?;
+        let domain = self.cluster_domain.trim_matches('.').to_ascii_lowercase();
+        let suffix = format!("svc.{alias}");
+        if name == suffix {
+            return Some(Decision::Cluster(format!("svc.{domain}")));
+        }
+        let rest = name.strip_suffix(&format!(".{suffix}"))?;
+        let ns = rest.rsplit('.').next().unwrap_or(rest);
+        Some(if self.visible(ns) {
+            Decision::Cluster(format!("{rest}.svc.{domain}"))
+        } else {
+            Decision::Hidden
+        })
     }
 
     /// The longest machine search domain `dotted` is equal to or under.
@@ -232,9 +330,13 @@ impl SplitDns {
     /// The joined resolver's search list: the machine's own domains first, as before join
     /// (a LAN name keeps its answer even when a Service has the same name), then the
     /// connected namespace's, as inside a pod.
+    /// A secondary session's list is the machine's only: short names are the primary's.
     pub fn search_domains(&self) -> Vec<String> {
         let d = self.cluster_domain.trim_matches('.');
         let mut out: Vec<String> = Vec::new();
+        if self.naming.secondary {
+            return self.machine_search.clone();
+        }
         let cluster = [
             format!("{}.svc.{d}", self.namespace),
             format!("svc.{d}"),

@@ -23,6 +23,7 @@ fn split(mapped: Option<&[&str]>) -> SplitDns {
         reverse_subnets: vec!["10.96.0.0/12".parse().unwrap()],
         machine_search: vec!["corp.example".into()],
         reachable: None,
+        naming: Naming::default(),
     }
 }
 
@@ -238,4 +239,89 @@ fn search_list_is_the_machines_first_then_the_namespaces() {
             "cluster.local"
         ]
     );
+}
+
+fn named(alias: &str, secondary: bool) -> SplitDns {
+    SplitDns {
+        naming: Naming {
+            alias: Some(alias.into()),
+            secondary,
+        },
+        ..split(None)
+    }
+}
+
+#[test]
+fn every_session_answers_names_under_its_alias() {
+    for secondary in [false, true] {
+        let s = named("staging", secondary);
+        assert_eq!(
+            s.decide("web-app.emojivoto.svc.staging."),
+            cluster("web-app.emojivoto.svc.cluster.local")
+        );
+        assert_eq!(
+            s.decide("web-app-0.web-app-headless.emojivoto.svc.staging"),
+            cluster("web-app-0.web-app-headless.emojivoto.svc.cluster.local")
+        );
+        assert_eq!(
+            s.decide("kubernetes.default.svc.staging"),
+            cluster("kubernetes.default.svc.cluster.local")
+        );
+        // Another alias, or a namespace that does not exist, is not this session's.
+        assert_eq!(s.decide("web-app.emojivoto.svc.prod"), Decision::Upstream);
+        assert_eq!(s.decide("web-app.nowhere.svc.staging"), Decision::Hidden);
+    }
+}
+
+#[test]
+fn a_secondary_session_leaves_short_names_and_the_cluster_domain_to_the_primary() {
+    let primary = named("dev", false);
+    let secondary = named("staging", true);
+    for q in [
+        "web-app",
+        "web-app.emojivoto",
+        "web-app.emojivoto.svc",
+        "web-app.emojivoto.svc.cluster.local",
+    ] {
+        assert_ne!(primary.decide(q), Decision::Upstream, "{q}");
+        assert_eq!(secondary.decide(q), Decision::Upstream, "{q}");
+    }
+    // Its own subnets' reverse names stay its own.
+    assert_eq!(
+        secondary.decide("10.0.96.10.in-addr.arpa"),
+        cluster("10.0.96.10.in-addr.arpa")
+    );
+    assert_eq!(secondary.search_domains(), vec!["corp.example".to_string()]);
+    assert!(primary.search_domains().len() > 1);
+    let domains = |s: &SplitDns| -> Vec<String> {
+        crate::dns::domains::split_domains(s)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .filter(|d| !d.contains("arpa"))
+            .collect()
+    };
+    assert_eq!(domains(&secondary), vec!["~svc.staging".to_string()]);
+    let p = domains(&primary);
+    assert!(
+        p.contains(&"~svc.dev".to_string()) && p.contains(&"~cluster.local".to_string()),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_context_name_becomes_a_dns_label() {
+    assert_eq!(alias_of("kind-dev"), "kind-dev");
+    assert_eq!(
+        alias_of("arn:aws:eks:eu-west-1:1:cluster/prod"),
+        "arn-aws-eks-eu-west-1-1-cluster-prod"
+    );
+    assert_eq!(alias_of("Dev.Example"), "dev-example");
+    assert_eq!(alias_of("--"), "cluster");
+    assert_eq!(alias_of("local"), "local-cluster");
+    assert_eq!(alias_of(&"x".repeat(80)).len(), 63);
+    assert!(check_alias("staging").is_ok());
+    let e = check_alias("Staging_1").unwrap_err();
+    assert!(e.contains("--alias staging-1"), "{e}");
+    assert!(check_alias("local").unwrap_err().contains("special-use"));
 }

@@ -1,0 +1,213 @@
+//! Sessions per kubeconfig context (issue 27): where a new join keeps its state, which
+//! interface and DNS forwarder address it takes, its alias and whether it is the primary
+//! session; and which session `status`, `leave` and `peers` mean.
+
+use std::net::SocketAddr;
+
+use crate::args::{JoinArgs, KubeArgs};
+use crate::error::Error;
+use crate::state::{Session, SessionInfo, StateDir, sessions};
+use kwg_session::dns::split::{alias_of, check_alias};
+
+/// The default interface name, the first session's.
+const FIRST_INTERFACE: &str = "kwg0";
+
+/// The context a join with these flags serves: `--context`, else the kubeconfig's current
+/// context; `None` when the kubeconfig cannot be read (the join then says why) or names none.
+pub fn resolve_context(kube: &KubeArgs) -> Option<String> {
+    if let Some(c) = &kube.context {
+        return Some(c.clone());
+    }
+    let kc = match &kube.kubeconfig {
+        Some(p) => kube::config::Kubeconfig::read_from(p),
+        None => kube::config::Kubeconfig::read(),
+    };
+    kc.ok()?.current_context.filter(|c| !c.is_empty())
+}
+
+/// Decides where a new join of `args` lives next to the sessions under `base` and sets its
+/// context, interface, forwarder address, alias and primary role in `args` (the daemon reads
+/// them from its spec); writes the session's record and returns its state directory. A second
+/// join to a context whose daemon runs is refused.
+pub fn place(args: &mut JoinArgs, base: &StateDir) -> Result<StateDir, Error> {
+    let context = resolve_context(&args.kube);
+    let all = sessions(base)?;
+    let same = all
+        .iter()
+        .find(|s| context.is_some() && s.context() == context.as_deref());
+    if let Some(s) = same
+        && let Some(pid) = s.running
+    {
+        return Err(Error::AlreadyJoinedContext {
+            context: context.clone().unwrap_or_default(),
+            pid,
+            interface: s.interface().unwrap_or(FIRST_INTERFACE).to_string(),
+        });
+    }
+    // A context's journal left by a dead daemon stays its own: the join undoes it first.
+    let others: Vec<&Session> = all
+        .iter()
+        .filter(|s| !same.is_some_and(|m| m.dir.0 == s.dir.0))
+        .collect();
+    let alias = match &args.alias {
+        Some(a) => {
+            check_alias(a).map_err(|why| Error::invalid("--alias", why))?;
+            a.clone()
+        }
+        None => alias_of(context.as_deref().unwrap_or("cluster")),
+    };
+    if let Some(o) = others.iter().find(|s| s.alias() == Some(alias.as_str())) {
+        return Err(Error::invalid(
+            "--alias",
+            format!(
+                "{alias} already names the session of {}: pass --alias with another name",
+                o.label()
+            ),
+        ));
+    }
+    let primary_other = others
+        .iter()
+        .find(|s| s.running.is_some() && s.primary());
+    if let (true, Some(o)) = (args.primary, primary_other) {
+        return Err(Error::PrimaryTaken { other: o.label() });
+    }
+    if args.interface == FIRST_INTERFACE {
+        args.interface = free_interface(&others, |n| {
+            nix::net::if_::if_nametoindex(n).is_ok()
+        });
+    }
+    if args.dns_listen == default_dns_listen() {
+        args.dns_listen = free_dns_listen(&others);
+    }
+    if args.proxy_listen == default_proxy_listen() {
+        args.proxy_listen = free_proxy_listen(&others);
+    }
+    let dir = match same {
+        Some(s) => s.dir.clone(),
+        None if all.iter().all(|s| s.dir.0 != base.0) => base.clone(),
+        None => free_dir(base, &alias, &all),
+    };
+    args.kube.context = context.clone().or(args.kube.context.take());
+    args.alias = Some(alias.clone());
+    args.secondary = primary_other.is_some();
+    dir.create()?;
+    SessionInfo {
+        context,
+        alias,
+        primary: !args.secondary,
+        interface: args.interface.clone(),
+        dns_listen: args.dns_listen,
+    }
+    .save(&dir)?;
+    Ok(dir)
+}
+
+/// `kwg0` unless another session holds it; then the first `kwgN` no session holds and no
+/// link of the machine is called (`exists`).
+fn free_interface(others: &[&Session], exists: impl Fn(&str) -> bool) -> String {
+    let taken = |n: &str| others.iter().any(|s| s.interface() == Some(n));
+    if !taken(FIRST_INTERFACE) {
+        return FIRST_INTERFACE.to_string();
+    }
+    (1..)
+        .map(|n| format!("kwg{n}"))
+        .find(|n| !taken(n) && !exists(n))
+        .expect("a free name")
+}
+
+fn default_dns_listen() -> SocketAddr {
+    crate::dns::forwarder::DEFAULT_LISTEN
+        .parse()
+        .expect("an address")
+}
+
+fn default_proxy_listen() -> SocketAddr {
+    crate::userspace::DEFAULT_PROXY.parse().expect("an address")
+}
+
+/// The default forwarder address (127.77.0.53:53) unless another session's forwarder has it;
+/// then the next loopback address (127.77.0.54, ...).
+fn free_dns_listen(others: &[&Session]) -> SocketAddr {
+    let taken = |a: SocketAddr| {
+        others.iter().any(|s| {
+            s.info.as_ref().map(|i| i.dns_listen) == Some(a)
+                || s.state
+                    .as_ref()
+                    .and_then(|st| st.dns.as_ref())
+                    .map(|d| d.forwarder)
+                    == Some(a)
+        })
+    };
+    let first = default_dns_listen();
+    let std::net::IpAddr::V4(ip) = first.ip() else {
+        return first;
+    };
+    (0u8..200)
+        .map(|n| {
+            let [a, b, c, d] = ip.octets();
+            SocketAddr::new([a, b, c, d.saturating_add(n)].into(), first.port())
+        })
+        .find(|a| !taken(*a))
+        .unwrap_or(first)
+}
+
+/// The default userspace proxy port unless another session's proxy has it; then the next.
+fn free_proxy_listen(others: &[&Session]) -> SocketAddr {
+    let first = default_proxy_listen();
+    let taken = |a: SocketAddr| {
+        others
+            .iter()
+            .any(|s| s.state.as_ref().and_then(|st| st.proxy) == Some(a))
+    };
+    (0u16..100)
+        .map(|n| SocketAddr::new(first.ip(), first.port() + n))
+        .find(|a| !taken(*a))
+        .unwrap_or(first)
+}
+
+/// `base/sessions/<alias>`, or `<alias>-2`, ... when a session lives there.
+fn free_dir(base: &StateDir, alias: &str, all: &[Session]) -> StateDir {
+    (1..)
+        .map(|n| match n {
+            1 => alias.to_string(),
+            n => format!("{alias}-{n}"),
+        })
+        .map(|name| StateDir(base.sessions_dir().join(name)))
+        .find(|d| all.iter().all(|s| s.dir.0 != d.0))
+        .expect("a free directory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(interface: &str, listen: &str) -> Session {
+        Session {
+            dir: StateDir("/nowhere".into()),
+            info: Some(SessionInfo {
+                context: Some("a".into()),
+                alias: "a".into(),
+                primary: true,
+                interface: interface.into(),
+                dns_listen: listen.parse().unwrap(),
+            }),
+            state: None,
+            running: Some(Some(1)),
+        }
+    }
+
+    #[test]
+    fn a_second_session_takes_the_next_interface_and_forwarder_address() {
+        assert_eq!(free_interface(&[], |_| false), "kwg0");
+        let a = session("kwg0", "127.77.0.53:53");
+        let b = session("kwg1", "127.77.0.54:53");
+        assert_eq!(free_interface(&[&a], |_| false), "kwg1");
+        // A link of that name that is no session's is passed over.
+        assert_eq!(free_interface(&[&a], |n| n == "kwg1"), "kwg2");
+        assert_eq!(free_interface(&[&a, &b], |_| false), "kwg2");
+        assert_eq!(free_interface(&[&b], |_| false), "kwg0");
+        assert_eq!(free_dns_listen(&[]), "127.77.0.53:53".parse().unwrap());
+        assert_eq!(free_dns_listen(&[&a]), "127.77.0.54:53".parse().unwrap());
+        assert_eq!(free_dns_listen(&[&a, &b]), "127.77.0.55:53".parse().unwrap());
+    }
+}
