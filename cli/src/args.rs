@@ -170,7 +170,8 @@ pub struct JoinArgs {
     /// The resolver file rewritten in resolv-conf mode.
     #[arg(long, default_value = "/etc/resolv.conf", hide = true)]
     pub resolv_conf: PathBuf,
-    /// Tunnel interface name.
+    /// Tunnel interface name (default kwg0; the next free kwgN while another session holds
+    /// it).
     #[arg(long, default_value = "kwg0")]
     pub interface: String,
     /// How WireGuard reaches the gateway: auto tries UDP, then TCP to the same endpoint, then
@@ -183,6 +184,20 @@ pub struct JoinArgs {
     #[serde(default = "default_probe_every")]
     pub transport_probe_every: Duration,
     /// Userspace mode: no interface, routes, DNS or firewall changes and no privilege; the
+    /// This session's name in DNS: `<svc>.<ns>.svc.<ALIAS>` reaches this cluster whatever
+    /// else is joined (default: the context's name as a DNS label).
+    #[arg(long, value_name = "ALIAS")]
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// This session answers short names (`web-app`, `web-app.emojivoto`, `*.cluster.local`):
+    /// the default for the first session; refused while another session is the primary.
+    #[arg(long)]
+    #[serde(default)]
+    pub primary: bool,
+    /// Another session answers the short names (decided by `kwg join` for its daemon).
+    #[arg(skip)]
+    #[serde(default)]
+    pub secondary: bool,
     /// cluster is reached through a SOCKS5/HTTP proxy on --proxy-listen (see kwg exec, kwg
     /// forward). Chosen by itself without root/CAP_NET_ADMIN or /dev/net/tun.
     #[arg(long, conflicts_with = "tun")]
@@ -226,6 +241,9 @@ pub struct PeersArgs {
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Format,
 }
+    /// Only the session of this kubeconfig context (default: every session).
+    #[arg(long)]
+    pub context: Option<String>,
 
 #[derive(Debug, Args)]
 pub struct LeaveArgs {
@@ -242,6 +260,12 @@ fn default_proxy() -> std::net::SocketAddr {
     crate::userspace::DEFAULT_PROXY
         .parse()
         .expect("a socket address")
+    /// Leave the session of this kubeconfig context (needed when several are joined).
+    #[arg(long, conflicts_with = "all")]
+    pub context: Option<String>,
+    /// Leave every session.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -319,6 +343,10 @@ mod tests {
     use super::*;
     use clap::error::ErrorKind;
 
+            naming: kwg_session::dns::split::Naming {
+                alias: a.alias.clone(),
+                secondary: a.secondary,
+            },
     fn refused(argv: &[&str]) -> clap::Error {
         Cli::try_parse_from(argv).expect_err("refused")
     }

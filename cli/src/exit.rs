@@ -255,7 +255,10 @@ impl From<&Error> for ExitCode {
             Error::GatewayUdp { .. } | Error::GatewayPaths { .. } => C::GatewayUnreachable,
             Error::DnsCheck { .. } => C::DnsVerification,
             Error::WaitFor { .. } => C::WaitFor,
+            Error::WhichSession { .. } => C::Usage,
             Error::AlreadyJoined { .. }
+            | Error::AlreadyJoinedContext { .. }
+            | Error::PrimaryTaken { .. }
             | Error::InterfaceExists { .. }
             | Error::DnsListen { .. } => C::LocalConflict,
             Error::Session(e) => session_code(e),

@@ -385,6 +385,7 @@ fn plan_dns(
             return Err(Error::ResolvedUnavailable {
                 reason: reason.clone(),
             });
+        naming: config.naming.clone(),
         }
         _ => false,
     };

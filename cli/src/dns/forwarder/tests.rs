@@ -67,6 +67,7 @@ fn split() -> SplitDns {
         reverse_subnets: vec!["10.96.0.0/12".parse().unwrap()],
         machine_search: vec!["corp.example".into()],
         reachable: None,
+        naming: Default::default(),
     }
 }
 
