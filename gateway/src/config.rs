@@ -17,8 +17,15 @@ pub struct Config {
     /// leader Lease and the private key Secret. The manifests set it to the pod's namespace.
     #[arg(long, env = "KWG_GATEWAY_NAMESPACE", default_value = kwg_contract::DEFAULT_GATEWAY_NAMESPACE)]
     pub gateway_namespace: String,
-    /// Addresses handed to peers; the gateway takes the first host address.
-    #[arg(long, env = "KWG_TUNNEL_CIDR", default_value = kwg_contract::DEFAULT_TUNNEL_CIDR)]
+    /// Addresses handed to peers; the gateway takes the first host address. Unset: the
+    /// CIDR kept in the key Secret, which a new install picks at random, a /20 inside
+    /// 100.64.0.0/10, so two clusters' gateways rarely collide (a key Secret from before
+    /// keeps 100.77.0.0/16).
+    #[arg(long = "tunnel-cidr", env = "KWG_TUNNEL_CIDR")]
+    pub tunnel_cidr_flag: Option<Ipv4Net>,
+    /// The tunnel CIDR in use: `--tunnel-cidr`, else the one kept in the key Secret (set by
+    /// `run::build`).
+    #[arg(skip = legacy_tunnel_cidr())]
     pub tunnel_cidr: Ipv4Net,
     /// WireGuard UDP port in the pod.
     #[arg(long, env = "KWG_LISTEN_PORT", default_value_t = kwg_contract::WIREGUARD_PORT)]
@@ -128,6 +135,27 @@ impl Config {
     pub fn defaults() -> Config {
         Config::parse_from(["kwg-gateway"])
     }
+}
+
+/// The tunnel CIDR of every install before random ones (and of a key Secret without
+/// `tunnelCidr`): its peers keep their addresses.
+pub fn legacy_tunnel_cidr() -> Ipv4Net {
+    kwg_contract::DEFAULT_TUNNEL_CIDR.parse().expect("a CIDR")
+}
+
+/// Where random tunnel CIDRs come from: RFC 6598 shared address space.
+const SHARED_SPACE: Ipv4Net = Ipv4Net::new_assert(std::net::Ipv4Addr::new(100, 64, 0, 0), 10);
+
+/// The prefix length of a random tunnel CIDR: 4094 peers, one of 1024 in 100.64.0.0/10.
+pub const RANDOM_TUNNEL_PREFIX: u8 = 20;
+
+/// The `n`th /20 of 100.64.0.0/10 (`n` taken modulo 1024): a new install's tunnel CIDR for a
+/// random `n`.
+pub fn random_tunnel_cidr(n: u32) -> Ipv4Net {
+    let count = 1u32 << (RANDOM_TUNNEL_PREFIX - SHARED_SPACE.prefix_len());
+    let step = 1u32 << (32 - RANDOM_TUNNEL_PREFIX);
+    let base = u32::from(SHARED_SPACE.network());
+    Ipv4Net::new_assert((base + (n % count) * step).into(), RANDOM_TUNNEL_PREFIX)
 }
 
 #[cfg(test)]

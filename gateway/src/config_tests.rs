@@ -8,6 +8,9 @@ fn defaults_match_the_contract() {
         ("kwg-system", "kwg-gateway")
     );
     assert_eq!(c.tunnel_cidr.to_string(), "100.77.0.0/16");
+    assert_eq!(c.tunnel_cidr_flag, None, "unset: the key Secret's");
+    let set = Config::parse_from(["kwg-gateway", "--tunnel-cidr", "100.99.0.0/16"]);
+    assert_eq!(set.tunnel_cidr_flag, Some("100.99.0.0/16".parse().unwrap()));
     assert_eq!(c.admin_addr.port(), kwg_contract::ADMIN_PORT);
     assert_eq!(c.listen_port, 51820);
     assert_eq!(c.tcp_pending_per_source, 64);
@@ -36,4 +39,16 @@ fn lists_split_on_commas() {
         "192.0.2.0/24,198.51.100.7/32",
     ]);
     assert_eq!(c.allow_cidr.len(), 2);
+}
+
+#[test]
+fn random_tunnel_cidrs_are_the_20s_of_the_shared_space() {
+    assert_eq!(random_tunnel_cidr(0).to_string(), "100.64.0.0/20");
+    assert_eq!(random_tunnel_cidr(1).to_string(), "100.64.16.0/20");
+    assert_eq!(random_tunnel_cidr(1023).to_string(), "100.127.240.0/20");
+    assert_eq!(random_tunnel_cidr(1024), random_tunnel_cidr(0));
+    let shared: ipnet::Ipv4Net = "100.64.0.0/10".parse().unwrap();
+    for n in [7, 500, 999] {
+        assert!(shared.contains(&random_tunnel_cidr(n)));
+    }
 }

@@ -23,11 +23,17 @@ use std::hash::Hash;
 /// The component name in Events and field managers.
 pub const COMPONENT: &str = "kwg-gateway";
 
-/// The gateway's private key: read from its Secret, or generated and stored on first start.
+/// Field of the key Secret that keeps the tunnel CIDR a new install picked (issue 27).
+pub const TUNNEL_CIDR_FIELD: &str = "tunnelCidr";
+
+/// The gateway's private key and the tunnel CIDR kept with it: read from its Secret, or
+/// generated and stored on first start with `new_cidr` (the replica that wins the create
+/// decides for all). A Secret from before tunnel CIDRs were kept gives `None`.
 pub async fn ensure_private_key(
     client: &kube::Client,
     namespace: &str,
-) -> Result<PrivateKey, GatewayError> {
+    new_cidr: ipnet::Ipv4Net,
+) -> Result<(PrivateKey, Option<ipnet::Ipv4Net>), GatewayError> {
     let api = Api::<Secret>::namespaced(client.clone(), namespace);
     let what = format!(
         "read Secret {namespace}/{}",
@@ -52,8 +58,17 @@ pub async fn ensure_private_key(
                 .ok_or_else(bad)?;
             let text = std::str::from_utf8(&bytes.0).map_err(|_| bad())?;
             let key: PrivateKey = text.parse().map_err(|_| bad())?;
+            let cidr = match secret.data.as_ref().and_then(|d| d.get(TUNNEL_CIDR_FIELD)) {
+                None => None,
+                Some(b) => Some(
+                    std::str::from_utf8(&b.0)
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok())
+                        .ok_or_else(bad)?,
+                ),
+            };
             tracing::info!(key = %key.public_key().short(), "using the stored gateway key");
-            return Ok(key);
+            return Ok((key, cidr));
         }
         let key = PrivateKey::generate();
         let secret = Secret {
@@ -62,16 +77,22 @@ pub async fn ensure_private_key(
                 ..Default::default()
             },
             type_: Some("Opaque".into()),
-            data: Some(BTreeMap::from([(
-                kwg_contract::GATEWAY_KEY_FIELD.to_owned(),
-                ByteString(key.to_string().into_bytes()),
-            )])),
+            data: Some(BTreeMap::from([
+                (
+                    kwg_contract::GATEWAY_KEY_FIELD.to_owned(),
+                    ByteString(key.to_string().into_bytes()),
+                ),
+                (
+                    TUNNEL_CIDR_FIELD.to_owned(),
+                    ByteString(new_cidr.to_string().into_bytes()),
+                ),
+            ])),
             ..Default::default()
         };
         match api.create(&PostParams::default(), &secret).await {
             Ok(_) => {
-                tracing::info!(key = %key.public_key().short(), "generated and stored a new gateway key");
-                return Ok(key);
+                tracing::info!(key = %key.public_key().short(), tunnel_cidr = %new_cidr, "generated and stored a new gateway key and tunnel CIDR");
+                return Ok((key, Some(new_cidr)));
             }
             // Another replica won the race: read its key.
             Err(kube::Error::Api(s)) if s.is_already_exists() => continue,

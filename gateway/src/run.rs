@@ -38,15 +38,24 @@ pub struct Gateway {
 
 /// Sets the gateway up: connects to the API, reads (or creates) the key, loads a closed
 /// firewall, starts the device and binds its sockets.
-pub async fn build(cfg: Config) -> Result<Gateway, GatewayError> {
+pub async fn build(mut cfg: Config) -> Result<Gateway, GatewayError> {
     let client = kube::Client::try_default()
         .await
         .map_err(GatewayError::kube(
             "connect to the API (in-cluster config or KUBECONFIG)",
         ))?;
+    // The tunnel CIDR: the flag, else the one kept with the key (a new install's random one).
+    let new_cidr = cfg
+        .tunnel_cidr_flag
+        .unwrap_or_else(|| crate::config::random_tunnel_cidr(rand::random()));
+    let (key, kept) =
+        kube_io::ensure_private_key(&client, &cfg.gateway_namespace, new_cidr).await?;
+    cfg.tunnel_cidr = cfg
+        .tunnel_cidr_flag
+        .or(kept)
+        .unwrap_or_else(crate::config::legacy_tunnel_cidr);
     let alloc = Allocator::new(cfg.tunnel_cidr)?;
     let gateway_ip = alloc.gateway_ip();
-    let key = kube_io::ensure_private_key(&client, &cfg.gateway_namespace).await?;
     let public_key = key.public_key();
     let replica_key = ReplicaKey::derive(&key);
     // Until discovery knows the cluster's CIDRs, the firewall lets peers reach only the
