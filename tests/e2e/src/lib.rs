@@ -68,7 +68,8 @@ pub fn install_gateway(c: &Cluster) -> Result<GatewayInfo> {
 /// Installs the gateway (the manifests run 2 replicas) scaled to `replicas`, and waits until
 /// exactly that many pods are Ready and the info is published.
 pub fn install_gateway_replicas(c: &Cluster, replicas: usize) -> Result<GatewayInfo> {
-    let manifests = repo_root().join("manifests");
+    // manifests/ with the tunnel CIDR the tests name (a new install picks one at random).
+    let manifests = repo_root().join("tests/e2e/manifests");
     c.kubectl_admin(&["apply", "-k", manifests.to_str().context("path")?])?;
     let n = format!("--replicas={replicas}");
     c.kubectl_admin(&["-n", GATEWAY_NS, "scale", "deployment/kwg-gateway", &n])?;
