@@ -50,7 +50,8 @@ LAPTOP=$PREFIX-laptop
 ADMIN=/run/kwg-sim/$PREFIX/admin.kubeconfig
 kube() { ip netns exec "$LAPTOP" kubectl --kubeconfig "$ADMIN" "$@"; }
 
-kube apply -k manifests/ >/dev/null
+# The tunnel CIDR the wg set below names (a new install picks one at random).
+kube apply -k tests/e2e/manifests/ >/dev/null
 POD=
 for _ in $(seq 1 300); do
     POD=$(kube -n kwg-gateway get pods -o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | awk '$2=="True"{print $1; exit}')
