@@ -2,8 +2,10 @@
 //! whose kubeconfig authenticates through an exec plugin that reads its token from `$HOME` and
 //! refuses root (like `aws eks get-token` with its cache), joins in TUN mode through a running
 //! kwg-helper. The daemon runs as that uid, the cluster answers through the tunnel, the helper
-//! refuses a hand-written client's unsafe route and another uid's attempt to end the session,
-//! and reverts link, routes and firewall within 1 s of a kill -9 of the user's daemon.
+//! refuses a hand-written client's unsafe route and another uid's attempt to end the session;
+//! cluster and LAN names resolve through the user's forwarder (the helper binds its port 53 and
+//! rewrites the resolver file); and the helper reverts link, routes, firewall and the resolver
+//! file within 1 s of a kill -9 of the user's daemon.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -170,6 +172,7 @@ fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
     let web = cluster_ip(&sim, "emojivoto", "web-app").unwrap();
 
     // The join, as the user: the plugin ran as the user with the user's home.
+    let resolv_before = r.laptop.resolv_conf();
     let out = r.run_as_uid(USER, &["kwg", "join", "--name", "priv", "-n", "emojivoto"]);
     let log = std::fs::read_to_string(r.home.join("kwg/daemon.log")).unwrap_or_default();
     assert!(
@@ -211,6 +214,16 @@ fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
     );
     let status = r.run_as_uid(USER, &["kwg", "status"]);
     assert!(status.status.success(), "{}", text(&status.stdout));
+    // Split DNS through the helper: it bound the user's forwarder on port 53 and pointed the
+    // resolver file at it; cluster names resolve, and so do the LAN's own names.
+    assert_eq!(r.laptop.getent("web-app.emojivoto"), web);
+    assert_eq!(r.laptop.getent("intranet.corp.example"), "192.0.2.80");
+    let joined = String::from_utf8_lossy(&r.laptop.resolv_conf()).into_owned();
+    assert!(
+        joined.contains("added by kwg join")
+            && joined.contains("search corp.example emojivoto.svc.cluster.local"),
+        "{joined}"
+    );
 
     // A hand-written client of another uid the helper serves: refused an unsafe route in a
     // session of its own, and cannot end (or see) the user's session.
@@ -291,7 +304,8 @@ fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
         "curl web-app after the refused second session"
     );
 
-    // kill -9 of the user's daemon: the helper reverts link, routes and firewall within 1 s.
+    // kill -9 of the user's daemon: the helper reverts link, routes, firewall and the resolver
+    // file (byte for byte) within 1 s.
     let t = Instant::now();
     let killed = Command::new("kill")
         .args(["-KILL", pid.trim()])
@@ -301,7 +315,8 @@ fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
     loop {
         let gone = !r.ip(&["link"]).contains("kwg0")
             && !r.ip(&["route"]).contains("kwg0")
-            && !text(&r.laptop.run(&["nft", "list", "tables"]).stdout).contains("kwg_kwg0");
+            && !text(&r.laptop.run(&["nft", "list", "tables"]).stdout).contains("kwg_kwg0")
+            && r.laptop.resolv_conf() == resolv_before;
         if gone {
             break;
         }
