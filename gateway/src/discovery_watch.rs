@@ -297,6 +297,16 @@ pub(crate) fn policy(cfg: &Config, gateway_ip: TunnelIp, d: &Discovered) -> nft:
     }
 }
 
+/// The IPv4 prefixes of `nets`: what `info.json` announces, since its tunnel carries IPv4 only.
+/// A dual-stack cluster's IPv6 ranges would otherwise be routed into every laptop's tunnel and go
+/// nowhere (docs/contract.md, what is carried per family).
+fn ipv4_only(nets: &[ipnet::IpNet]) -> Vec<ipnet::IpNet> {
+    nets.iter()
+        .filter(|n| matches!(n, ipnet::IpNet::V4(_)))
+        .copied()
+        .collect()
+}
+
 fn gateway_info(cfg: &Config, base: InfoBase, d: &Discovered) -> GatewayInfo {
     GatewayInfo {
         version: kwg_contract::PROTOCOL_VERSION,
@@ -304,9 +314,9 @@ fn gateway_info(cfg: &Config, base: InfoBase, d: &Discovered) -> GatewayInfo {
         endpoints: d.endpoints.clone(),
         tunnel_cidr: cfg.tunnel_cidr.trunc(),
         gateway_ip: base.gateway_ip,
-        service_cidrs: d.service_cidrs.clone(),
-        pod_cidrs: d.pod_cidrs.clone(),
-        dns_ip: d.dns_ip,
+        service_cidrs: ipv4_only(&d.service_cidrs),
+        pod_cidrs: ipv4_only(&d.pod_cidrs),
+        dns_ip: d.dns_ip.filter(std::net::IpAddr::is_ipv4),
         cluster_domain: cfg.cluster_domain.clone(),
         admin_port: cfg.admin_addr.port(),
         gateway_version: Some(env!("CARGO_PKG_VERSION").into()),

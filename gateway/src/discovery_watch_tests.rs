@@ -53,6 +53,19 @@ fn only_what_differs_is_redone() {
 }
 
 #[test]
+fn the_info_announces_only_the_ipv4_ranges_its_tunnel_carries() {
+    let mut d = found(&["192.0.2.1:31820"], "10.244.0.0/24");
+    d.service_cidrs.push("fd00:10:96::/112".parse().unwrap());
+    d.pod_cidrs.push("fd00:10:244::/64".parse().unwrap());
+    let (_, info) = plan(&d);
+    assert_eq!(info.service_cidrs, ["10.96.0.0/12".parse().unwrap()]);
+    assert_eq!(info.pod_cidrs, ["10.244.0.0/24".parse().unwrap()]);
+    // An IPv6-only cluster's DNS address is not announced on an IPv4 tunnel.
+    d.dns_ip = Some("fd00:10:96::10".parse().unwrap());
+    assert_eq!(plan(&d).1.dns_ip, None);
+}
+
+#[test]
 fn info_without_endpoints_is_not_published() {
     let (p, i) = plan(&found(&[], "10.244.0.0/24"));
     assert_eq!(changes(None, None, &p, &i), redo(true, false));
