@@ -137,6 +137,16 @@ pub struct JoinArgs {
     /// Route cluster subnets inside this one even where they overlap existing routes.
     #[arg(long, value_name = "CIDR")]
     pub allow_conflicting_subnets: Vec<IpNet>,
+    /// Reach this Service or pod CIDR of the cluster through this range of the same size
+    /// (CLUSTER=MAPPED, repeatable): addresses are translated 1:1 on this machine.
+    #[arg(long, value_name = "CIDR=CIDR")]
+    #[serde(default)]
+    pub map: Vec<kwg_session::mapping::ForcedMap>,
+    /// Where a Service or pod CIDR that overlaps this machine's routes or another session's is
+    /// mapped from, onto a free range of the same size (repeatable).
+    #[arg(long, value_name = "CIDR", default_value = "10.224.0.0/11")]
+    #[serde(default)]
+    pub map_pool: Vec<ipnet::Ipv4Net>,
     /// Peer name (a DNS label; default: derived from the hostname).
     #[arg(long)]
     pub name: Option<String>,
@@ -321,6 +331,11 @@ impl From<&JoinArgs> for kwg_session::SessionConfig {
             also_proxy: a.also_proxy.clone(),
             never_proxy: a.never_proxy.clone(),
             allow_conflicting_subnets: a.allow_conflicting_subnets.clone(),
+            map: a.map.clone(),
+            map_pool: match a.map_pool.is_empty() {
+                true => vec![kwg_session::mapping::DEFAULT_POOL],
+                false => a.map_pool.clone(),
+            },
             cluster_domain: a.cluster_domain.clone(),
             exclude_suffixes: a.exclude_suffixes.clone(),
             include_suffixes: a.include_suffixes.clone(),

@@ -284,6 +284,7 @@ fn session_code(e: &kwg_session::Error) -> ExitCode {
     use kwg_session::Error as S;
     match e {
         S::RouteConflict { .. } | S::UntrustedInfo { .. } => ExitCode::LocalConflict,
+        S::Mapping(_) => ExitCode::LocalConflict,
         S::DnsConfig(_) => ExitCode::Failure,
     }
 }

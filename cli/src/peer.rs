@@ -7,6 +7,7 @@ use std::time::Duration;
 use kwg_contract::keys::PublicKey;
 use kwg_session::gateway::GatewayPeer;
 use kwg_wg::device::{DeviceHandle, PeerConfig};
+use kwg_wg::translate::{PrefixMap, Translator};
 use kwg_wg::uapi::SetRequest;
 
 use crate::error::Error;
@@ -20,6 +21,22 @@ pub fn peer_config(g: &GatewayPeer) -> PeerConfig {
         allowed_ips: g.allowed_ips.clone(),
         persistent_keepalive: g.persistent_keepalive,
     }
+}
+
+/// Sets the device's virtual subnets to the gateway peer's mappings (none: no translation).
+pub fn set_translation(handle: &DeviceHandle, g: &GatewayPeer) -> Result<(), Error> {
+    let maps: Vec<PrefixMap> = g
+        .mappings
+        .iter()
+        .map(|m| PrefixMap {
+            real: m.cluster,
+            mapped: m.mapped,
+        })
+        .collect();
+    let t = Translator::new(&maps)
+        .map_err(|e| kwg_wg::Error::Io(std::io::Error::other(e.to_string())))?;
+    handle.set_translation(Some(t))?;
+    Ok(())
 }
 
 /// Runs `poke` (which sends something into the tunnel) until the gateway answered the

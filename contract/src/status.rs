@@ -165,14 +165,8 @@ impl Status {
                 timeout_secs: 4,
             }),
             subnets: vec![
-                PlannedRoute {
-                    subnet: "10.96.0.0/12".parse().unwrap(),
-                    source: RouteSource::Service,
-                },
-                PlannedRoute {
-                    subnet: "172.30.0.0/16".parse().unwrap(),
-                    source: RouteSource::AlsoProxy,
-                },
+                PlannedRoute::new("10.96.0.0/12".parse().unwrap(), RouteSource::Service),
+                PlannedRoute::new("172.30.0.0/16".parse().unwrap(), RouteSource::AlsoProxy),
             ],
             lease: None,
             reach: None,
@@ -331,8 +325,30 @@ impl std::fmt::Display for RouteSource {
 /// One subnet to route through the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PlannedRoute {
+    /// What this machine routes (a mapped range, when `cluster` is set).
     pub subnet: IpNet,
     pub source: RouteSource,
+    /// Virtual subnets (issue 27): the cluster's own range, which overlaps this machine's
+    /// networks or another session's, reached through `subnet`, the same size; the laptop's
+    /// data plane translates between the two. Absent when the subnet is routed as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<IpNet>,
+}
+
+impl PlannedRoute {
+    /// A subnet routed as it is.
+    pub fn new(subnet: IpNet, source: RouteSource) -> PlannedRoute {
+        PlannedRoute {
+            subnet,
+            source,
+            cluster: None,
+        }
+    }
+
+    /// The range as the cluster knows it (the gateway peer's AllowedIPs).
+    pub fn cluster_subnet(&self) -> IpNet {
+        self.cluster.unwrap_or(self.subnet)
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,10 @@ pub struct SessionConfig {
     pub also_proxy: Vec<IpNet>,
     pub never_proxy: Vec<IpNet>,
     pub allow_conflicting_subnets: Vec<IpNet>,
+    /// `--map`: cluster ranges the user maps onto ranges of their choice (virtual subnets).
+    pub map: Vec<crate::mapping::ForcedMap>,
+    /// `--map-pool`: where overlapping cluster ranges are mapped from.
+    pub map_pool: Vec<ipnet::Ipv4Net>,
     /// `--cluster-domain`: this cluster domain is accepted even when public.
     pub cluster_domain: Option<String>,
     /// `--dns-exclude-suffix` (empty: Telepresence's defaults).

@@ -26,4 +26,7 @@ pub enum Error {
     /// A cluster domain or namespace systemd-resolved could not take as a link domain.
     #[error("invalid DNS configuration for systemd-resolved: {0}")]
     DnsConfig(String),
+    /// Virtual subnets: a cluster range could not be mapped (`--map`, `--map-pool`).
+    #[error(transparent)]
+    Mapping(#[from] crate::mapping::MapError),
 }

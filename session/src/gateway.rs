@@ -18,4 +18,6 @@ pub struct GatewayPeer {
     pub allowed_ips: Vec<IpNet>,
     /// Seconds.
     pub persistent_keepalive: Option<u16>,
+    /// Virtual subnets the device translates between this machine and the peer (empty: none).
+    pub mappings: Vec<crate::mapping::Mapping>,
 }

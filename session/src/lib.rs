@@ -11,6 +11,7 @@ pub mod firewall;
 pub mod gateway;
 pub mod journal;
 pub mod lease;
+pub mod mapping;
 pub mod routes;
 pub mod text;
 pub mod transport;

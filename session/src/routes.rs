@@ -66,10 +66,7 @@ pub fn plan(inputs: &RouteInputs) -> Vec<PlannedRoute> {
     ];
     for (nets, source) in tagged {
         for net in nets {
-            candidates.push(PlannedRoute {
-                subnet: net.trunc(),
-                source,
-            });
+            candidates.push(PlannedRoute::new(net.trunc(), source));
         }
     }
     for never in &inputs.never_proxy {
@@ -80,7 +77,7 @@ pub fn plan(inputs: &RouteInputs) -> Vec<PlannedRoute> {
                 if r.subnet.prefix_len() <= never.prefix_len() && r.subnet.contains(&never) {
                     subtract(r.subnet, never)
                         .into_iter()
-                        .map(|subnet| PlannedRoute { subnet, ..r })
+                        .map(|subnet| PlannedRoute::new(subnet, r.source))
                         .collect()
                 } else {
                     vec![r]
@@ -89,10 +86,7 @@ pub fn plan(inputs: &RouteInputs) -> Vec<PlannedRoute> {
             .collect();
     }
     for net in &inputs.gateway {
-        candidates.push(PlannedRoute {
-            subnet: net.trunc(),
-            source: RouteSource::Gateway,
-        });
+        candidates.push(PlannedRoute::new(net.trunc(), RouteSource::Gateway));
     }
     candidates.sort_by_key(|r| (r.subnet.prefix_len(), r.subnet));
     let mut out: Vec<PlannedRoute> = Vec::new();
@@ -139,13 +133,7 @@ pub fn check_conflicts(
         if allowed.iter().any(|a| a.contains(&route.subnet)) {
             continue;
         }
-        let conflict = existing.iter().find(|e| {
-            e.table != LOCAL_TABLE
-                && e.destination.prefix_len() > 0
-                && e.interface.as_deref() != Some(own_interface)
-                && (e.destination.contains(&route.subnet) || route.subnet.contains(&e.destination))
-        });
-        if let Some(existing) = conflict {
+        if let Some(existing) = conflicting(&route.subnet, existing, own_interface) {
             return Err(Error::RouteConflict {
                 subnet: route.subnet,
                 source_name: route.source.to_string(),
@@ -154,6 +142,21 @@ pub fn check_conflicts(
         }
     }
     Ok(())
+}
+
+/// The machine's route that `subnet` overlaps, as [`check_conflicts`] judges it: any table but
+/// `local`, no default route, none of `own_interface`'s.
+pub fn conflicting<'a>(
+    subnet: &IpNet,
+    existing: &'a [Route],
+    own_interface: &str,
+) -> Option<&'a Route> {
+    existing.iter().find(|e| {
+        e.table != LOCAL_TABLE
+            && e.destination.prefix_len() > 0
+            && e.interface.as_deref() != Some(own_interface)
+            && (e.destination.contains(subnet) || subnet.contains(&e.destination))
+    })
 }
 
 #[cfg(test)]

@@ -2,5 +2,6 @@
 
 pub mod follow;
 pub mod forwarder;
+pub mod mapped;
 pub mod resolvconf;
 pub mod resolved;

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-pub use kwg_session::dns::resolvconf::{MARKER, is_ours, nameservers, render, upstreams};
+pub use kwg_session::dns::resolvconf::{
+    MARKER, after_leave, is_ours, nameservers, render, upstreams,
+};
 
 use crate::error::Error;
 
@@ -29,6 +31,58 @@ pub fn write_in_place_until(
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+/// Undoes one session's resolver file ([`after_leave`]): its forwarder and search list come
+/// from the journal next to its backup (`state.json`); without them, the backup is put back
+/// if the file is still kwg's or empty, as before sessions stacked. Deletes the backup; says
+/// whether the file was changed.
+pub fn restore(path: &Path, backup: &Path) -> Result<bool, Error> {
+    use crate::state::StateFile;
+    let original = match crate::state::read_no_follow(backup) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(Error::io(
+                format!("read the resolv.conf backup {}", backup.display()),
+                e,
+            ));
+        }
+    };
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    let own = crate::state::State::load(&backup.with_file_name("state.json"))
+        .ok()
+        .flatten()
+        .and_then(|s| s.dns);
+    let next = match own {
+        Some(d) => after_leave(
+            &current,
+            &String::from_utf8_lossy(&original),
+            d.forwarder.ip(),
+            &d.search,
+            forwarder_answers,
+        )
+        .map(String::into_bytes),
+        None => (is_ours(&current) || current.is_empty()).then(|| original.clone()),
+    };
+    let restored = match next {
+        Some(bytes) => {
+            write_in_place(path, &bytes)?;
+            true
+        }
+        None => {
+            tracing::warn!(path = %path.display(), "resolv.conf was changed by someone else since kwg join: leaving it as it is");
+            false
+        }
+    };
+    let _ = std::fs::remove_file(backup);
+    Ok(restored)
+}
+
+/// Whether a DNS forwarder (another session's) still holds `ip`:53: binding it fails with
+/// "address in use". Any other failure counts as held (the backup is then put back as it is).
+fn forwarder_answers(ip: std::net::IpAddr) -> bool {
+    !matches!(std::net::UdpSocket::bind((ip, 53)), Ok(_))
 }
 
 #[cfg(test)]

@@ -74,6 +74,7 @@ impl Driver {
             } => {
                 let r = async {
                     self.set_routes(&name, Some(address), &routes, &[]).await?;
+                    crate::peer::set_translation(&self.handle(), &gateway)?;
                     self.configure_gateway(peer_config(&gateway)).await
                 };
                 event(r.await, Event::NetworkConfigured)
@@ -211,6 +212,9 @@ impl Driver {
                 }))
             }
             Action::UpdateGateway { peer, .. } if self.transport.is_some() => {
+                if let Err(e) = crate::peer::set_translation(&self.handle(), &peer) {
+                    return Started::Now(Event::Failed(e.into()));
+                }
                 self.transport
                     .as_ref()
                     .expect("checked")
@@ -223,6 +227,7 @@ impl Driver {
                     if old_key != peer.public_key {
                         h.remove_peer(&old_key).await?;
                     }
+                    crate::peer::set_translation(&h, &peer)?;
                     h.upsert_peer(peer_config(&peer)).await.map_err(Error::from)
                 };
                 quiet(r.await)

@@ -96,32 +96,13 @@ pub fn left_behind(u: &Undo, reason: String) -> Error {
     })
 }
 
-/// Puts the original resolver file back byte for byte if the current one is still kwg's (or
-/// empty: a crash in the middle of writing it), then deletes the backup.
+/// Puts the resolver file back as this session found it, leaving other sessions' lines
+/// (`dns::resolvconf::restore`), then deletes the backup.
 fn restore_resolv_conf(
     path: &std::path::Path,
     backup: &std::path::Path,
 ) -> Result<Option<String>, Error> {
-    let original = match crate::state::read_no_follow(backup) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Error::io(
-                format!("read the resolv.conf backup {}", backup.display()),
-                e,
-            ));
-        }
-    };
-    let current = std::fs::read_to_string(path).unwrap_or_default();
-    let restored = if resolvconf::is_ours(&current) || current.is_empty() {
-        resolvconf::write_in_place(path, &original)?;
-        true
-    } else {
-        tracing::warn!(path = %path.display(), "resolv.conf was changed by someone else since kwg join: leaving it as it is");
-        false
-    };
-    let _ = std::fs::remove_file(backup);
-    Ok(restored.then(|| "DNS settings".to_string()))
+    Ok(resolvconf::restore(path, backup)?.then(|| "DNS settings".to_string()))
 }
 
 /// What undoing a dead daemon's journal removed, and the peer Secret it could not delete.

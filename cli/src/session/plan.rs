@@ -190,7 +190,10 @@ pub fn plan(
         namespaces: config.mapped_namespaces.clone().unwrap_or_default(),
         lease_expires,
     };
-    let cluster_dns = info.dns_ip.map(|ip| SocketAddr::new(ip, 53));
+    let maps = kwg_session::mapping::mappings(&routes);
+    let cluster_dns = info
+        .dns_ip
+        .map(|ip| SocketAddr::new(kwg_session::mapping::to_mapped(&maps, ip), 53));
     let dns = match (cluster_dns, &facts.resolv_conf) {
         (Some(cluster), Some(original)) if sets_up_dns(config.dns_mode) => Some(plan_dns(
             config, facts, &namespace, &routes, cluster, original, backup,
@@ -268,7 +271,13 @@ pub fn check_cluster(
 ) -> Result<Vec<PlannedRoute>, Error> {
     let exclude = exclude_suffixes(config);
     trust::check_info(info, machine, &consent(config, &exclude))?;
-    let routes = plan_routes(config, info);
+    // Virtual subnets: a Service or pod CIDR overlapping the machine's routes is mapped.
+    let routes = kwg_session::mapping::for_session(
+        config,
+        plan_routes(config, info),
+        machine_routes,
+        &machine.addresses,
+    )?;
     // Userspace mode creates no interface and adds no routes: neither can conflict.
     if !config.userspace {
         routes::check_conflicts(
@@ -343,8 +352,9 @@ pub fn gateway_peer(
     GatewayPeer {
         public_key: info.public_key,
         endpoint: Some(endpoint),
-        allowed_ips: routes.iter().map(|r| r.subnet).collect(),
+        allowed_ips: routes.iter().map(|r| r.cluster_subnet()).collect(),
         persistent_keepalive: Some(KEEPALIVE),
+        mappings: kwg_session::mapping::mappings(routes),
     }
 }
 
@@ -421,6 +431,7 @@ fn plan_dns(
             cluster,
             upstreams,
             timeout: config.dns_timeout,
+            mappings: kwg_session::mapping::mappings(routes),
         },
         search,
         target,

@@ -20,4 +20,7 @@ pub struct ForwarderConfig {
     pub upstreams: Vec<SocketAddr>,
     /// Per-lookup timeout.
     pub timeout: Duration,
+    /// Virtual subnets: the cluster DNS's A records in these ranges are rewritten to the
+    /// mapped ones.
+    pub mappings: Vec<crate::mapping::Mapping>,
 }

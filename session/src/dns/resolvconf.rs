@@ -80,6 +80,79 @@ pub fn is_ours(text: &str) -> bool {
     text.lines().next() == Some(MARKER)
 }
 
+/// The resolver file after one session leaves (issue 27), or `None` to leave it as it is
+/// (someone else's). Sessions stack: each later one renders over the file it found (its
+/// `backup`), putting its forwarder first, so each forwarder passes on what is not its own to
+/// the one below. The leaving session's forwarder is `own`, its search list `own_search`;
+/// `live` says whether another session's forwarder still answers at an address.
+/// - The file is empty (a crash mid-write): the backup.
+/// - Not kwg's: untouched.
+/// - This session on top: its backup, unless the backup is another session's rendering whose
+///   forwarder is gone (it left while this one was on top); then the file without this
+///   session's lines.
+/// - Another session on top: the file without this session's lines (its forwarder and the
+///   search domains it added), the rest untouched, so the other session keeps working.
+pub fn after_leave(
+    current: &str,
+    backup: &str,
+    own: IpAddr,
+    own_search: &[String],
+    live: impl Fn(IpAddr) -> bool,
+) -> Option<String> {
+    if current.is_empty() {
+        return Some(backup.to_string());
+    }
+    if !is_ours(current) {
+        return None;
+    }
+    let on_top = nameservers(current).first() == Some(&own);
+    let backup_gone = is_ours(backup) && nameservers(backup).first().is_some_and(|ip| !live(*ip));
+    if on_top && !backup_gone {
+        return Some(backup.to_string());
+    }
+    let found = search_of(backup);
+    let added: Vec<&String> = own_search.iter().filter(|s| !found.contains(s)).collect();
+    Some(without(current, own, &added, &live))
+}
+
+/// The `search` words of a resolver file (the last `search`/`domain` line, as glibc).
+fn search_of(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let Some("search" | "domain") = words.next() {
+            found = words.map(str::to_string).collect();
+        }
+    }
+    found
+}
+
+/// `text` without the `nameserver` line of `forwarder` and the search words `search`; kwg's
+/// marker stays while the first server left is a live forwarder of another session.
+fn without(text: &str, forwarder: IpAddr, search: &[&String], live: &impl Fn(IpAddr) -> bool) -> String {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") if words.next().and_then(|w| w.parse().ok()) == Some(forwarder) => {}
+            Some(kind @ ("search" | "domain")) => {
+                let kept: Vec<&str> = words.filter(|w| !search.iter().any(|s| s == w)).collect();
+                if !kept.is_empty() {
+                    out.push(format!("{kind} {}", kept.join(" ")));
+                }
+            }
+            _ => out.push(line.to_string()),
+        }
+    }
+    let first = nameservers(&out.join("\n")).first().copied();
+    if !first.is_some_and(live) {
+        out.retain(|l| l != MARKER);
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +193,31 @@ mod tests {
                 "fe80::1".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn a_session_leaving_from_under_another_takes_only_its_own_lines() {
+        let (a, b): (IpAddr, IpAddr) = ("127.77.0.53".parse().unwrap(), "127.77.0.54".parse().unwrap());
+        let a_search: Vec<String> = vec!["emojivoto.svc.cluster.local".into(), "svc.cluster.local".into()];
+        let b_search: Vec<String> = vec!["corp.example".into()];
+        let first = render(ORIGINAL, a, &a_search);
+        let second = render(&first, b, &b_search);
+        let alive = |l: &[IpAddr]| { let l = l.to_vec(); move |ip: IpAddr| l.contains(&ip) };
+        // Last in, first out: each puts back what it found.
+        assert_eq!(after_leave(&second, &first, b, &b_search, alive(&[a])), Some(first.clone()));
+        assert_eq!(after_leave(&first, ORIGINAL, a, &a_search, alive(&[])), Some(ORIGINAL.to_string()));
+        // The first leaves while the second is on top: only its server and search go.
+        let left = after_leave(&second, ORIGINAL, a, &a_search, alive(&[b])).unwrap();
+        assert_eq!(nameservers(&left), vec![b, "192.0.2.53".parse().unwrap()]);
+        assert!(left.contains("search corp.example\n") && is_ours(&left), "{left}");
+        // Then the second: its backup's forwarder is gone, so the machine's file is what is left.
+        let end = after_leave(&left, &first, b, &b_search, alive(&[])).unwrap();
+        assert!(!is_ours(&end), "{end}");
+        assert_eq!(nameservers(&end), vec!["192.0.2.53".parse::<IpAddr>().unwrap()]);
+        assert_eq!(search_of(&end), vec!["corp.example".to_string()]);
+        assert!(end.contains("options edns0") && end.contains("# lan"), "{end}");
+        // Someone else's file is left alone; an empty one gets the backup.
+        assert_eq!(after_leave(ORIGINAL, &first, a, &a_search, alive(&[])), None);
+        assert_eq!(after_leave("", &first, b, &b_search, alive(&[a])), Some(first));
     }
 }

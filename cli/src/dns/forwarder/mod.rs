@@ -236,7 +236,9 @@ pub async fn answer(query: &[u8], cfg: &ForwarderConfig) -> Option<Vec<u8>> {
     for source in decision.sources() {
         let reply = match source {
             Source::Upstream => relay_any(query, &cfg.upstreams, cfg.timeout).await,
-            Source::Cluster(fqdn) => ask_cluster(&msg, query, fqdn, cfg).await,
+            Source::Cluster(fqdn) => ask_cluster(&msg, query, fqdn, cfg)
+                .await
+                .map(|r| super::mapped::rewrite(r, &cfg.mappings)),
         };
         match reply {
             Some(r) if no_error(&r) => return Some(r),

@@ -135,6 +135,7 @@ async fn setup() -> Forwarder {
             cluster,
             upstreams: vec![dead, lan],
             timeout: Duration::from_secs(2),
+            mappings: vec![],
         },
     )
     .await
@@ -248,6 +249,7 @@ async fn hidden_namespaces_and_timeouts() {
             cluster: "127.0.0.1:9".parse().unwrap(),
             upstreams: vec![],
             timeout: Duration::from_millis(300),
+            mappings: vec![],
         },
     )
     .await
@@ -291,6 +293,7 @@ async fn a_flood_of_queries_to_a_silent_upstream_neither_exhausts_sockets_nor_st
             cluster: silent,
             upstreams: vec![upstream],
             timeout: Duration::from_secs(3),
+            mappings: vec![],
         },
     )
     .await

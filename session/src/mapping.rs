@@ -1,0 +1,542 @@
+//! Virtual subnets (issue 27): a cluster's Service or pod CIDR that overlaps this machine's
+//! routes (its LAN, another VPN, an earlier kwg session) is reached through a free range of the
+//! same size instead, taken from a pool (`--map-pool`) or named by the user (`--map
+//! CLUSTER=MAPPED`). The laptop routes the mapped range; its data plane translates addresses
+//! 1:1 between the two (`kwg_wg::translate`), and the split DNS forwarder rewrites the cluster
+//! DNS's A records into the mapped range. The planned route carries both (`PlannedRoute::cluster`).
+//!
+//! The default pool, [`DEFAULT_POOL`] = `10.224.0.0/11`, is the top of 10/8: home routers and
+//! most office LANs number from the bottom of their private range, and the usual cluster
+//! defaults lie below it (kubeadm and kind 10.96.0.0/12 and 10.244.0.0/16, k3s 10.42/10.43,
+//! AKS 10.0.0.0/16, EKS 10.100.0.0/16, OpenShift 10.128.0.0/14, Podman 10.88.0.0/16). It stays
+//! in private space, which kwg-helper's rules require of every route (docs/laptop-trust.md),
+//! and away from 100.64.0.0/10, where Tailscale and the gateways' tunnel CIDRs live. It holds
+//! one /12 plus the /16s of pod CIDRs; a larger pool is one flag away.
+//!
+//! Pure: the machine's routes and addresses come in, the routes to set up go out.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+use ipnet::{IpNet, Ipv4Net};
+use kwg_contract::{PlannedRoute, RouteSource};
+
+use crate::routes::{Route, conflicting};
+use crate::trust;
+
+/// `--map-pool`'s default (see the module's documentation for the choice).
+pub const DEFAULT_POOL: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(10, 224, 0, 0), 11) {
+    Ok(n) => n,
+    Err(_) => panic!("a valid prefix"),
+};
+
+/// `--map CLUSTER=MAPPED`: the user's own choice of the mapped range of one cluster range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ForcedMap {
+    pub cluster: Ipv4Net,
+    pub mapped: Ipv4Net,
+}
+
+impl FromStr for ForcedMap {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ForcedMap, String> {
+        let usage = || {
+            format!(
+                "{s:?} is not CLUSTER=MAPPED: give a Service or pod CIDR of the cluster and a free \
+                 range of the same size, e.g. 10.96.0.0/12=10.224.0.0/12"
+            )
+        };
+        let (c, m) = s.split_once('=').ok_or_else(usage)?;
+        let cluster: Ipv4Net = c.trim().parse().map_err(|_| usage())?;
+        let mapped: Ipv4Net = m.trim().parse().map_err(|_| usage())?;
+        if cluster.prefix_len() != mapped.prefix_len() {
+            return Err(format!(
+                "{s:?}: the mapped range must be the same size as {cluster}: give it the prefix \
+                 length /{}",
+                cluster.prefix_len()
+            ));
+        }
+        Ok(ForcedMap {
+            cluster: cluster.trunc(),
+            mapped: mapped.trunc(),
+        })
+    }
+}
+
+impl fmt::Display for ForcedMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.cluster, self.mapped)
+    }
+}
+
+/// One mapping in force: the cluster's range, where this machine sees it, and what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    pub cluster: Ipv4Net,
+    pub mapped: Ipv4Net,
+    pub source: RouteSource,
+}
+
+impl Mapping {
+    /// Where this machine sees the cluster's address `ip`, if this mapping covers it.
+    pub fn to_mapped(&self, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+        let mask = u32::from(self.cluster.netmask());
+        self.cluster
+            .contains(&ip)
+            .then(|| Ipv4Addr::from(u32::from(self.mapped.network()) | (u32::from(ip) & !mask)))
+    }
+}
+
+/// Where this machine sees the cluster's address `ip` (itself when no mapping covers it).
+pub fn to_mapped(maps: &[Mapping], ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => maps
+            .iter()
+            .find_map(|m| m.to_mapped(v4))
+            .map_or(ip, IpAddr::V4),
+        IpAddr::V6(_) => ip,
+    }
+}
+
+/// The mappings among planned routes.
+pub fn mappings(routes: &[PlannedRoute]) -> Vec<Mapping> {
+    routes
+        .iter()
+        .filter_map(|r| match (r.cluster, r.subnet) {
+            (Some(IpNet::V4(cluster)), IpNet::V4(mapped)) => Some(Mapping {
+                cluster,
+                mapped,
+                source: r.source,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What mapping needs to know of the machine and the user's flags.
+#[derive(Debug, Clone, Copy)]
+pub struct MapInputs<'a> {
+    /// Every route of the machine (an earlier session's included).
+    pub existing: &'a [Route],
+    /// The machine's own addresses: a mapped range covers none.
+    pub addresses: &'a [IpAddr],
+    /// This session's interface: its own routes never conflict.
+    pub own_interface: &'a str,
+    /// `--allow-conflicting-subnets`: routed over the machine's routes as they are.
+    pub allowed: &'a [IpNet],
+    /// `--map`.
+    pub forced: &'a [ForcedMap],
+    /// `--map-pool` (default [`DEFAULT_POOL`]).
+    pub pool: &'a [Ipv4Net],
+}
+
+/// Why the cluster's ranges cannot be mapped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    #[error(
+        "--map {forced}: {} is not a Service or pod CIDR of this cluster (it has {have}): name one of those",
+        .forced.cluster
+    )]
+    NotClusterRange { forced: ForcedMap, have: String },
+    #[error(
+        "--map {forced}: {} overlaps {existing}: choose a free range",
+        .forced.mapped
+    )]
+    ForcedConflict { forced: ForcedMap, existing: String },
+    #[error(
+        "route {subnet} ({what}) conflicts with the existing route {existing}, and --map-pool {pool} has no free /{len} left to map it onto: pass a larger --map-pool, --map {subnet}=<a free /{len}>, or --allow-conflicting-subnets {subnet} to route it over the existing one",
+        len = .subnet.prefix_len()
+    )]
+    PoolExhausted {
+        subnet: Ipv4Net,
+        what: RouteSource,
+        existing: String,
+        pool: String,
+    },
+    #[error(
+        "{flag} {net}: {why}; choose a range in private address space (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)"
+    )]
+    Space {
+        flag: &'static str,
+        net: Ipv4Net,
+        why: String,
+    },
+}
+
+/// The routes with every Service and pod CIDR that overlaps the machine's routes (and is not in
+/// `--allow-conflicting-subnets`) moved onto a free range of the same size, and every `--map`
+/// applied. Other routes are returned as they are: a conflict of theirs is still the route
+/// check's to refuse. Deterministic: the same machine and cluster give the same mappings, so
+/// a re-plan while serving keeps them.
+pub fn apply(
+    routes: Vec<PlannedRoute>,
+    inputs: &MapInputs<'_>,
+) -> Result<Vec<PlannedRoute>, MapError> {
+    for (flag, net) in inputs
+        .pool
+        .iter()
+        .map(|n| ("--map-pool", *n))
+        .chain(inputs.forced.iter().map(|f| ("--map", f.mapped)))
+    {
+        trust::address_space(&IpNet::V4(net)).map_err(|why| MapError::Space { flag, net, why })?;
+    }
+    let mappable = |r: &PlannedRoute| matches!(r.source, RouteSource::Service | RouteSource::Pod);
+    for forced in inputs.forced {
+        if !routes
+            .iter()
+            .any(|r| mappable(r) && r.subnet == IpNet::V4(forced.cluster))
+        {
+            let have: Vec<String> = routes
+                .iter()
+                .filter(|r| mappable(r))
+                .map(|r| r.subnet.to_string())
+                .collect();
+            return Err(MapError::NotClusterRange {
+                forced: *forced,
+                have: have.join(", "),
+            });
+        }
+        if let Some(e) = conflicting(
+            &IpNet::V4(forced.mapped),
+            inputs.existing,
+            inputs.own_interface,
+        ) {
+            return Err(MapError::ForcedConflict {
+                forced: *forced,
+                existing: format!("the existing route {e}"),
+            });
+        }
+        // Nor one of the cluster's own ranges or another --map's.
+        let overlaps = |n: &IpNet| {
+            n.contains(&IpNet::V4(forced.mapped)) || IpNet::V4(forced.mapped).contains(n)
+        };
+        let other = routes
+            .iter()
+            .map(|r| (r.subnet, "the cluster's range"))
+            .chain(
+                inputs
+                    .forced
+                    .iter()
+                    .filter(|f| *f != forced)
+                    .map(|f| (IpNet::V4(f.mapped), "the --map of")),
+            )
+            .find(|(n, _)| overlaps(n));
+        if let Some((n, whose)) = other {
+            return Err(MapError::ForcedConflict {
+                forced: *forced,
+                existing: format!("{whose} {n}"),
+            });
+        }
+    }
+    // What a mapped range must stay clear of besides the machine: every range of this cluster
+    // (a mapped range inside one would make its answers ambiguous) and the ranges already
+    // taken.
+    let mut taken: Vec<Ipv4Net> = routes
+        .iter()
+        .filter_map(|r| match r.subnet {
+            IpNet::V4(n) => Some(n),
+            IpNet::V6(_) => None,
+        })
+        .chain(inputs.forced.iter().map(|f| f.mapped))
+        .collect();
+    let mut out = Vec::with_capacity(routes.len());
+    for r in routes {
+        let IpNet::V4(subnet) = r.subnet else {
+            out.push(r);
+            continue;
+        };
+        if !mappable(&r) {
+            out.push(r);
+            continue;
+        }
+        let mapped = if let Some(f) = inputs.forced.iter().find(|f| f.cluster == subnet) {
+            f.mapped
+        } else if inputs.allowed.iter().any(|a| a.contains(&r.subnet)) {
+            out.push(r);
+            continue;
+        } else if let Some(existing) = conflicting(&r.subnet, inputs.existing, inputs.own_interface)
+        {
+            let free = free_range(subnet.prefix_len(), inputs, &taken).ok_or_else(|| {
+                MapError::PoolExhausted {
+                    subnet,
+                    what: r.source,
+                    existing: existing.to_string(),
+                    pool: join(inputs.pool),
+                }
+            })?;
+            taken.push(free);
+            free
+        } else {
+            out.push(r);
+            continue;
+        };
+        out.push(PlannedRoute {
+            subnet: IpNet::V4(mapped),
+            source: r.source,
+            cluster: Some(r.subnet),
+        });
+    }
+    Ok(out)
+}
+
+/// [`apply`] with a join's flags (`--map`, `--map-pool`, `--allow-conflicting-subnets`, the
+/// interface): userspace mode routes nothing on the machine, so nothing is mapped there.
+pub fn for_session(
+    config: &crate::SessionConfig,
+    routes: Vec<PlannedRoute>,
+    existing: &[Route],
+    addresses: &[IpAddr],
+) -> Result<Vec<PlannedRoute>, MapError> {
+    if config.userspace {
+        return Ok(routes);
+    }
+    apply(
+        routes,
+        &MapInputs {
+            existing,
+            addresses,
+            own_interface: &config.interface,
+            allowed: &config.allow_conflicting_subnets,
+            forced: &config.map,
+            pool: &config.map_pool,
+        },
+    )
+}
+
+/// The first range of prefix length `len` in the pool that overlaps none of the machine's
+/// routes and addresses and nothing `taken`.
+fn free_range(len: u8, inputs: &MapInputs<'_>, taken: &[Ipv4Net]) -> Option<Ipv4Net> {
+    let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(b) || b.contains(a);
+    inputs
+        .pool
+        .iter()
+        .filter(|p| p.prefix_len() <= len)
+        .flat_map(|p| p.subnets(len).into_iter().flatten())
+        .find(|c| {
+            conflicting(&IpNet::V4(*c), inputs.existing, inputs.own_interface).is_none()
+                && !taken.iter().any(|t| overlaps(t, c))
+                && !inputs.addresses.iter().any(|a| IpNet::V4(*c).contains(a))
+        })
+}
+
+fn join(nets: &[Ipv4Net]) -> String {
+    nets.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::MAIN_TABLE;
+
+    fn n4(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+    fn route(dst: &str, dev: &str) -> Route {
+        Route {
+            destination: dst.parse().unwrap(),
+            interface: Some(dev.to_string()),
+            gateway: None,
+            table: MAIN_TABLE,
+        }
+    }
+    fn cluster() -> Vec<PlannedRoute> {
+        vec![
+            PlannedRoute::new("10.96.0.0/12".parse().unwrap(), RouteSource::Service),
+            PlannedRoute::new("10.244.0.0/16".parse().unwrap(), RouteSource::Pod),
+            PlannedRoute::new("100.77.0.1/32".parse().unwrap(), RouteSource::Gateway),
+        ]
+    }
+    fn inputs<'a>(existing: &'a [Route], pool: &'a [Ipv4Net]) -> MapInputs<'a> {
+        MapInputs {
+            existing,
+            addresses: &[],
+            own_interface: "kwg1",
+            allowed: &[],
+            forced: &[],
+            pool,
+        }
+    }
+    fn shown(routes: &[PlannedRoute]) -> Vec<String> {
+        routes
+            .iter()
+            .map(|r| match r.cluster {
+                Some(c) => format!("{} <- {c}", r.subnet),
+                None => r.subnet.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_earlier_sessions_ranges_are_mapped_from_the_pool_the_rest_stays() {
+        // Another session on kwg0 routes the same Service and pod CIDRs.
+        let existing = [
+            route("10.96.0.0/12", "kwg0"),
+            route("10.244.0.0/16", "kwg0"),
+            route("192.0.2.0/24", "eth0"),
+        ];
+        let out = apply(cluster(), &inputs(&existing, &[DEFAULT_POOL])).unwrap();
+        assert_eq!(
+            shown(&out),
+            [
+                "10.224.0.0/12 <- 10.96.0.0/12",
+                "10.240.0.0/16 <- 10.244.0.0/16",
+                "100.77.0.1/32"
+            ]
+        );
+        let maps = mappings(&out);
+        assert_eq!(maps.len(), 2);
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(to_mapped(&maps, a("10.96.0.10")), a("10.224.0.10"));
+        assert_eq!(to_mapped(&maps, a("10.244.0.7")), a("10.240.0.7"));
+        assert_eq!(to_mapped(&maps, a("192.0.2.1")), a("192.0.2.1"));
+        // Its own routes (a re-plan while serving) conflict with nothing: the same plan.
+        let mine = [route("10.224.0.0/12", "kwg1")];
+        let again = apply(
+            cluster(),
+            &inputs(&[existing.as_slice(), &mine].concat(), &[DEFAULT_POOL]),
+        );
+        assert_eq!(again.unwrap(), out);
+    }
+
+    #[test]
+    fn nothing_is_mapped_without_a_conflict_or_when_conflicts_are_allowed() {
+        let existing = [route("192.0.2.0/24", "eth0"), route("10.96.0.0/12", "kwg0")];
+        let pool = [DEFAULT_POOL];
+        let out = apply(cluster()[1..].to_vec(), &inputs(&existing, &pool)).unwrap();
+        assert_eq!(shown(&out), ["10.244.0.0/16", "100.77.0.1/32"]);
+        let allowed = ["10.0.0.0/8".parse().unwrap()];
+        let out = apply(
+            cluster(),
+            &MapInputs {
+                allowed: &allowed,
+                ..inputs(&existing, &pool)
+            },
+        );
+        assert_eq!(shown(&out.unwrap())[0], "10.96.0.0/12");
+    }
+
+    #[test]
+    fn the_pool_skips_the_machines_routes_addresses_and_the_clusters_own_ranges() {
+        // A VPN holds the pool's first /12 and the cluster its own 10.209.0.0/16: the /12
+        // goes to the third; the /16 skips the VPN, the machine's address and the cluster's.
+        let existing = [
+            route("10.96.0.0/12", "kwg0"),
+            route("10.244.0.0/16", "kwg0"),
+            route("10.192.0.0/12", "tun0"),
+        ];
+        let addresses = ["10.208.0.5".parse().unwrap()];
+        let mut routes = cluster();
+        routes.push(PlannedRoute::new(
+            "10.209.0.0/16".parse().unwrap(),
+            RouteSource::Pod,
+        ));
+        let pool = [n4("10.192.0.0/10")];
+        let out = apply(
+            routes,
+            &MapInputs {
+                addresses: &addresses,
+                ..inputs(&existing, &pool)
+            },
+        );
+        assert_eq!(
+            shown(&out.unwrap()),
+            [
+                "10.224.0.0/12 <- 10.96.0.0/12",
+                "10.210.0.0/16 <- 10.244.0.0/16",
+                "100.77.0.1/32",
+                "10.209.0.0/16"
+            ],
+        );
+    }
+
+    #[test]
+    fn a_forced_mapping_wins_and_bad_ones_name_the_fix() {
+        let existing = [
+            route("10.96.0.0/12", "kwg0"),
+            route("172.20.0.0/16", "docker0"),
+        ];
+        let pool = [DEFAULT_POOL];
+        let forced = ["10.96.0.0/12=172.16.0.0/12".parse::<ForcedMap>().unwrap()];
+        let err = apply(
+            cluster(),
+            &MapInputs {
+                forced: &forced,
+                ..inputs(&existing, &pool)
+            },
+        );
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "--map 10.96.0.0/12=172.16.0.0/12: 172.16.0.0/12 overlaps the existing route \
+             172.20.0.0/16 dev docker0: choose a free range"
+        );
+        let forced = ["10.244.0.0/16=192.168.77.0/16"
+            .parse::<ForcedMap>()
+            .unwrap()];
+        let out = apply(
+            cluster(),
+            &MapInputs {
+                forced: &forced,
+                ..inputs(&existing, &pool)
+            },
+        );
+        assert_eq!(
+            shown(&out.unwrap()),
+            [
+                "10.224.0.0/12 <- 10.96.0.0/12",
+                "192.168.0.0/16 <- 10.244.0.0/16",
+                "100.77.0.1/32"
+            ]
+        );
+        let forced = ["10.97.0.0/16=10.230.0.0/16".parse::<ForcedMap>().unwrap()];
+        let err = apply(
+            cluster(),
+            &MapInputs {
+                forced: &forced,
+                ..inputs(&existing, &pool)
+            },
+        );
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "--map 10.97.0.0/16=10.230.0.0/16: 10.97.0.0/16 is not a Service or pod CIDR of this \
+             cluster (it has 10.96.0.0/12, 10.244.0.0/16): name one of those"
+        );
+        assert_eq!(
+            "10.96.0.0/12=10.224.0.0/16"
+                .parse::<ForcedMap>()
+                .unwrap_err(),
+            "\"10.96.0.0/12=10.224.0.0/16\": the mapped range must be the same size as \
+             10.96.0.0/12: give it the prefix length /12"
+        );
+        assert!(
+            "10.96.0.0/12"
+                .parse::<ForcedMap>()
+                .unwrap_err()
+                .contains("CLUSTER=MAPPED")
+        );
+    }
+
+    #[test]
+    fn a_full_or_public_pool_is_refused_in_one_sentence() {
+        let existing = [route("10.96.0.0/12", "kwg0")];
+        let pool = [n4("10.250.0.0/16")];
+        let err = apply(cluster(), &inputs(&existing, &pool)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "route 10.96.0.0/12 (service CIDR) conflicts with the existing route 10.96.0.0/12 dev \
+             kwg0, and --map-pool 10.250.0.0/16 has no free /12 left to map it onto: pass a \
+             larger --map-pool, --map 10.96.0.0/12=<a free /12>, or --allow-conflicting-subnets \
+             10.96.0.0/12 to route it over the existing one"
+        );
+        let pool = [n4("8.8.0.0/12")];
+        let err = apply(cluster(), &inputs(&existing, &pool)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--map-pool 8.8.0.0/12: "),
+            "{err}"
+        );
+    }
+}
