@@ -57,6 +57,6 @@ pub struct SessionConfig {
     pub dns_timeout: Duration,
     /// The resolver file rewritten in resolv-conf mode.
     pub resolv_conf: PathBuf,
-}
     /// This session's alias and whether another session answers the short names (issue 27).
     pub naming: crate::dns::split::Naming,
+}
