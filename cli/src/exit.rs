@@ -283,9 +283,22 @@ impl From<&Error> for ExitCode {
 fn session_code(e: &kwg_session::Error) -> ExitCode {
     use kwg_session::Error as S;
     match e {
-        S::RouteConflict { .. } | S::UntrustedInfo { .. } => ExitCode::LocalConflict,
+        S::RouteConflict { .. } | S::UntrustedInfo { .. } | S::InterfaceExists { .. } => {
+            ExitCode::LocalConflict
+        }
+        S::NamespaceNotFound { .. } | S::PeerName { .. } | S::ResolvedUnavailable { .. } => {
+            ExitCode::Usage
+        }
+        S::NoTunnelIp { .. } => ExitCode::GatewayMissing,
+        S::GatewayUdp { .. } => ExitCode::GatewayUnreachable,
+        S::DnsCheck { .. } => ExitCode::DnsVerification,
         S::Mapping(_) => ExitCode::LocalConflict,
-        S::DnsConfig(_) => ExitCode::Failure,
+        S::DnsConfig(_) | S::JoinTimeout { .. } => ExitCode::Failure,
+        // A step of the driver: the CLI's own error inside says.
+        S::Step(s) => s
+            .source
+            .downcast_ref::<Error>()
+            .map_or(ExitCode::Failure, ExitCode::from),
     }
 }
 

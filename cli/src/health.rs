@@ -158,7 +158,7 @@ pub fn assess(s: &Status, o: &Observed, now: DateTime<Utc>) -> (ConnectionState,
         // and when the next attempt is (a rule for rejected credentials belongs here).
         _ => {}
     }
-    // The daemon's sentence for a 401 (`credentials_rejected` in session/serving.rs).
+    // The daemon's sentence for a 401 (`kwg_session::machine::credentials_rejected`).
     if let Some(e) = lease
         .and_then(|l| l.error.as_deref())
         .filter(|e| e.starts_with("credentials rejected since"))

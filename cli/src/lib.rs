@@ -19,7 +19,6 @@ pub mod portforward;
 pub mod privileged;
 pub mod progress;
 pub mod reach;
-pub mod session;
 pub mod state;
 pub mod transport;
 pub mod userspace;

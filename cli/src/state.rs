@@ -401,16 +401,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// The fixed part of a state a session starts from.
-    pub(crate) fn sample_template() -> State {
-        State {
-            undo: Vec::new(),
-            tunnel_ip: None,
-            routes: Vec::new(),
-            ..sample()
-        }
-    }
-
     #[test]
     fn users_other_than_root_keep_state_in_their_runtime_directory() {
         let p = |s: &str| Some(PathBuf::from(s));

@@ -118,6 +118,41 @@ impl std::fmt::Display for LeftBehind {
     }
 }
 
+impl State {
+    /// The state a session of `config` starts from: who joins from where, nothing changed
+    /// yet (the session fills in the peer, the cluster and each step as it goes).
+    pub fn template(
+        config: &crate::SessionConfig,
+        kubeconfig: Option<PathBuf>,
+        context: Option<String>,
+        daemon_pid: Option<u32>,
+        joined_at: DateTime<Utc>,
+    ) -> State {
+        State {
+            peer: "pending".parse().expect("a valid name"),
+            kwg_namespace: config.kwg_namespace.clone(),
+            kubeconfig,
+            context,
+            server: String::new(),
+            user: String::new(),
+            namespace: String::new(),
+            mapped_namespaces: config.mapped_namespaces.clone(),
+            interface: config.interface.clone(),
+            tunnel_ip: None,
+            gateway_endpoint: None,
+            gateway_key: None,
+            gateway_admin: None,
+            routes: Vec::new(),
+            dns: None,
+            daemon_pid,
+            proxy: None,
+            joined_at,
+            ttl_secs: config.ttl.as_secs(),
+            undo: Vec::new(),
+        }
+    }
+}
+
 /// Everything `join` did, written before each change is made.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]

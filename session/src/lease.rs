@@ -25,6 +25,19 @@ pub enum LeaseFailure<E> {
     Other(E),
 }
 
+impl<E> LeaseFailure<E> {
+    /// The same failure with `f` of the error in `Other` (the driver's error into the
+    /// session's).
+    pub fn map_other<F>(self, f: impl FnOnce(E) -> F) -> LeaseFailure<F> {
+        match self {
+            LeaseFailure::Conflict => LeaseFailure::Conflict,
+            LeaseFailure::NotFound => LeaseFailure::NotFound,
+            LeaseFailure::Replaced => LeaseFailure::Replaced,
+            LeaseFailure::Other(e) => LeaseFailure::Other(f(e)),
+        }
+    }
+}
+
 /// The kind of a failed renewal from the API's status code and message. A patch naming the
 /// journalled uid is refused when the Secret of that name is another object: Kubernetes
 /// validates `metadata.uid` as immutable (422 `metadata.uid: Invalid value: ...: field is

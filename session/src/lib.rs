@@ -1,7 +1,8 @@
 //! kwg's laptop decisions, without I/O: what the laptop accepts from the cluster (`trust`),
 //! which subnets it routes (`routes`), which names go to the cluster DNS and how the machine's
 //! resolver is pointed at kwg (`dns`), and which way WireGuard's datagrams take to the gateway
-//! (`transport`). Time is passed in; the CLI's driver (`kwg`) does the I/O. No tokio, kube,
+//! (`transport`), and the join session itself (`machine`: events in, actions out, every change
+//! journalled before it is asked for). Time is passed in; the CLI's driver (`kwg`) does the I/O. No tokio, kube,
 //! clap, zbus, netlink, tun or hickory: the compiler keeps the decisions below the I/O.
 
 pub mod config;
@@ -12,6 +13,7 @@ pub mod gateway;
 pub mod journal;
 pub mod lease;
 pub mod mapping;
+pub mod machine;
 pub mod routes;
 pub mod text;
 pub mod transport;

@@ -11,8 +11,8 @@ use crate::cluster::Kube;
 use crate::dns::forwarder::Forwarder;
 use crate::error::Error;
 use crate::peer::peer_config;
-use crate::session::{Action, Event};
 use crate::state::{State, StateFile};
+use kwg_session::machine::{Action, Event};
 
 /// What starting an action gave: its event now, a future for it, or nothing to report.
 pub(super) enum Started {
@@ -25,14 +25,14 @@ pub(super) enum Started {
 fn quiet(r: Result<(), Error>) -> Started {
     match r {
         Ok(()) => Started::Nothing,
-        Err(e) => Started::Now(Event::Failed(e)),
+        Err(e) => Started::Now(Event::Failed(e.into())),
     }
 }
 
 fn event(r: Result<(), Error>, ok: Event) -> Started {
     Started::Now(match r {
         Ok(()) => ok,
-        Err(e) => Event::Failed(e),
+        Err(e) => Event::Failed(e.into()),
     })
 }
 
@@ -93,7 +93,7 @@ impl Driver {
                         self.warnings.push(msg.to_string());
                         Started::Now(Event::FirewallInstalled)
                     }
-                    Err(e) => Started::Now(Event::Failed(e)),
+                    Err(e) => Started::Now(Event::Failed(e.into())),
                 }
             }
             // A normal user's join: the helper binds port 53 and rewrites the resolver file.
@@ -114,7 +114,7 @@ impl Driver {
                         self.forwarder = Some(f);
                         Started::Now(Event::ForwarderStarted(addr))
                     }
-                    Err(e) => Started::Now(Event::Failed(e)),
+                    Err(e) => Started::Now(Event::Failed(e.into())),
                 }
             }
             Action::WriteResolvConf {
@@ -248,7 +248,7 @@ impl Driver {
         if crate::privileged::needed() {
             return match self.create_device_via_helper(&name).await {
                 Ok(ifindex) => Started::Now(Event::DeviceCreated { ifindex }),
-                Err(e) => Started::Now(Event::Failed(e)),
+                Err(e) => Started::Now(Event::Failed(e.into())),
             };
         }
         let key = self.key.clone().expect("key loaded");
@@ -268,7 +268,7 @@ impl Driver {
         };
         match r.await {
             Ok(ifindex) => Started::Now(Event::DeviceCreated { ifindex }),
-            Err(e) => Started::Now(Event::Failed(e)),
+            Err(e) => Started::Now(Event::Failed(e.into())),
         }
     }
 
@@ -285,7 +285,7 @@ impl Driver {
                 self.start_transport(peer_config(&gateway));
                 Started::Now(Event::UserspaceStarted(listen))
             }
-            Err(e) => Started::Now(Event::Failed(e)),
+            Err(e) => Started::Now(Event::Failed(e.into())),
         }
     }
 

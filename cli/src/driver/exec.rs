@@ -15,25 +15,33 @@ use kwg_wg::device::{DeviceHandle, PeerConfig};
 use crate::cluster::Kube;
 use crate::dns::{forwarder, resolvconf};
 use crate::error::Error;
-use crate::session::{Event, LeaseFailure};
+use kwg_session::error::StepKind;
+use kwg_session::lease::LeaseFailure;
+use kwg_session::machine::Event;
 
-/// Registers the peer with a lease of `ttl` from now (`kwg_session::lease::lease_end`, as
-/// every renewal).
+/// The end of a lease of `ttl` written now: the one place a lease's end is decided, from the
+/// wall clock as the Secret is written (registration and every renewal); the session only
+/// journals what `Registered` and `LeaseRenewed` report.
+fn lease_from_now(ttl: Duration) -> chrono::DateTime<chrono::Utc> {
+    kwg_session::lease::lease_end(chrono::Utc::now(), ttl)
+}
+
+/// Registers the peer with a lease of `ttl` from now.
 pub async fn register(kube: Kube, ns: String, mut spec: PeerSpec, ttl: Duration) -> Event {
-    spec.lease_expires = kwg_session::lease::lease_end(chrono::Utc::now(), ttl);
+    spec.lease_expires = lease_from_now(ttl);
     match kube.register_peer(&ns, &spec).await {
-        Ok(uid) => Event::Registered(crate::session::Registration {
+        Ok(uid) => Event::Registered(kwg_session::machine::Registration {
             uid,
             lease_expires: spec.lease_expires,
         }),
-        Err(e) => Event::Failed(e),
+        Err(e) => Event::Failed(e.into()),
     }
 }
 
 pub async fn wait_tunnel_ip(kube: Kube, ns: String, secret: String) -> Event {
     match kube.wait_tunnel_ip(&ns, &secret).await {
         Ok(ip) => Event::TunnelIp(ip),
-        Err(e) => Event::Failed(e),
+        Err(e) => Event::Failed(e.into()),
     }
 }
 
@@ -44,13 +52,13 @@ pub async fn renew_lease(
     (secret, uid): (String, Option<String>),
     ttl: Duration,
 ) -> Event {
-    let expires = kwg_session::lease::lease_end(chrono::Utc::now(), ttl);
+    let expires = lease_from_now(ttl);
     match kube
         .renew_lease(&ns, &secret, uid.as_deref(), expires)
         .await
     {
         Ok(()) => Event::LeaseRenewed(expires),
-        Err(f) => Event::LeaseFailed(f),
+        Err(f) => Event::LeaseFailed(f.map_other(Into::into)),
     }
 }
 
@@ -65,10 +73,8 @@ pub async fn renew_lease_fresh(
     ttl: Duration,
 ) -> (Event, Option<Kube>) {
     let first = renew_lease(kube, ns.clone(), secret.clone(), ttl).await;
-    if !matches!(
-        first,
-        Event::LeaseFailed(LeaseFailure::Other(Error::Unauthorized { .. }))
-    ) {
+    let rejected = |e: &kwg_session::Error| matches!(e, kwg_session::Error::Step(s) if s.kind == StepKind::CredentialsRejected);
+    if !matches!(&first, Event::LeaseFailed(LeaseFailure::Other(e)) if rejected(e)) {
         return (first, None);
     }
     match Kube::connect(login.0.as_deref(), login.1.as_deref()).await {

@@ -12,8 +12,8 @@ use crate::args::{DnsMode, JoinArgs};
 use crate::cluster::Kube;
 use crate::dns::resolved::{self, Detection};
 use crate::error::Error;
-use crate::session::{Facts, plan};
 use crate::state::StateDir;
+use kwg_session::machine::{Facts, plan};
 
 /// What inspecting found: the facts for the core, and the clients the driver keeps.
 pub struct Inspected {
@@ -287,7 +287,7 @@ mod tests {
 
     #[test]
     fn default_names_are_the_hostname_and_the_tag_within_a_dns_label() {
-        use crate::session::plan::default_peer_name;
+        use kwg_session::machine::plan::default_peer_name;
         let name = |h: &str, t: &str| default_peer_name(h, t).map(|n| n.to_string());
         assert_eq!(
             name("Dev-Box.corp", "a1b2c3").as_deref(),

@@ -3,6 +3,7 @@
 //! resource; the core owns every decision.
 
 mod actions;
+mod edge;
 pub mod exec;
 pub mod firewall;
 mod helper;
@@ -26,9 +27,9 @@ use crate::cluster::Kube;
 use crate::dns::forwarder::Forwarder;
 use crate::error::Error;
 use crate::lock::DaemonLock;
-use crate::session::{Action, Event, Phase, Session};
 use crate::state::{State, StateDir, StateFile, Undo};
 use actions::Started;
+use kwg_session::machine::{Action, Event, Phase, Session};
 pub use status::{dns_problem, peer_secret, silent_daemon_status, status_from_state};
 
 /// What the daemon tells `kwg join` while it comes up (one JSON object per line).
@@ -179,35 +180,16 @@ pub async fn run(
     let (req_tx, mut requests) = mpsc::channel::<Incoming>(16);
     let server = tokio::spawn(api::serve(api::listen(&dir.socket())?, req_tx));
     let (info_tx, mut infos) = mpsc::channel(4);
-    let template = State {
-        peer: "pending".parse().expect("a valid name"),
-        kwg_namespace: args.kube.kwg_namespace.clone(),
-        kubeconfig: args.kube.kubeconfig.clone(),
-        context: args.kube.context.clone(),
-        server: String::new(),
-        user: String::new(),
-        namespace: String::new(),
-        mapped_namespaces: args.mapped_namespaces.clone(),
-        interface: args.interface.clone(),
-        tunnel_ip: None,
-        gateway_endpoint: None,
-        gateway_key: None,
-        gateway_admin: None,
-        routes: Vec::new(),
-        dns: None,
-        daemon_pid: Some(std::process::id()),
-        proxy: None,
-        joined_at: chrono::Utc::now(),
-        ttl_secs: args.ttl.as_secs(),
-        undo: Vec::new(),
-    };
-    let started = Instant::now();
-    let mut session = Session::new(
-        args.clone(),
-        template,
-        dir.resolv_backup(),
-        started.into_std(),
+    let config = kwg_session::SessionConfig::from(&args);
+    let template = State::template(
+        &config,
+        args.kube.kubeconfig.clone(),
+        args.kube.context.clone(),
+        Some(std::process::id()),
+        chrono::Utc::now(),
     );
+    let started = Instant::now();
+    let mut session = Session::new(config, template, dir.resolv_backup(), started.into_std());
     let mut d = Driver {
         args,
         dir: dir.clone(),
@@ -314,7 +296,9 @@ pub async fn run(
         w.abort();
     }
     let _ = std::fs::remove_file(dir.socket());
-    let outcome = session.outcome().map_err(|e| d.paths_error(e));
+    let outcome = session
+        .outcome()
+        .map_err(|e| d.paths_error(edge::from_session(e)));
     for w in leave_waiters {
         let _ = w.send(match &outcome {
             Ok(removed) => Reply::Left {
@@ -356,7 +340,9 @@ impl Driver {
     /// No handshake on any path: the error names each path tried and why it failed.
     fn paths_error(&self, e: Error) -> Error {
         match (e, &self.transport_status) {
-            (Error::GatewayUdp { secs, .. }, Some(t)) if !t.failed.is_empty() => {
+            (Error::Session(kwg_session::Error::GatewayUdp { secs, .. }), Some(t))
+                if !t.failed.is_empty() =>
+            {
                 Error::GatewayPaths {
                     secs,
                     tried: crate::transport::failures_text(t),
@@ -376,7 +362,7 @@ impl Driver {
                 self.warnings.extend(i.notes);
                 Event::Inspected(i.facts)
             }
-            Done::Inspected(Err(e)) => Event::Failed(e),
+            Done::Inspected(Err(e)) => Event::Failed(e.into()),
             Done::Reconnected(kube, e) => {
                 self.kube = Some(*kube);
                 // The watches (gateway info, namespaces) hold the client they started with,
@@ -394,7 +380,9 @@ impl Driver {
     /// kubeconfig (a new token, the exec plugin run again) for one more try.
     async fn delete_peer(&mut self, u: &Undo) -> Event {
         let Some(kube) = self.kube.clone() else {
-            return Event::UndoFailed(undo::left_behind(u, "the cluster cannot be reached".into()));
+            return Event::UndoFailed(
+                undo::left_behind(u, "the cluster cannot be reached".into()).into(),
+            );
         };
         let mut r = undo::delete_peer(u, &kube).await;
         // Rejected credentials are loaded again; an unreachable server is tried once more on
@@ -407,7 +395,7 @@ impl Driver {
         }
         match r {
             Ok(what) => Event::Undone(what),
-            Err(e) => Event::UndoFailed(undo::left_behind(u, e.to_string())),
+            Err(e) => Event::UndoFailed(undo::left_behind(u, e.to_string()).into()),
         }
     }
 
@@ -440,7 +428,7 @@ impl Driver {
                 if let Some(c) = &self.resolved {
                     return match c.revert(*ifindex).await {
                         Ok(()) => Event::Undone(Some("DNS settings in systemd-resolved".into())),
-                        Err(e) => Event::UndoFailed(e.into()),
+                        Err(e) => Event::UndoFailed(Error::from(e).into()),
                     };
                 }
             }
@@ -475,13 +463,13 @@ impl Driver {
                     if let Some(h) = self.helper.take() {
                         return match h.close().await {
                             Ok(()) => Event::Undone(Some(format!("routes and interface {name}"))),
-                            Err(e) => Event::UndoFailed(e),
+                            Err(e) => Event::UndoFailed(Error::from(e).into()),
                         };
                     }
                     // The TUN goes with the device; delete it if it is somehow still there.
                     return match undo::undo_step(&u, self.kube.as_ref()).await {
                         Ok(_) => Event::Undone(Some(format!("routes and interface {name}"))),
-                        Err(e) => Event::UndoFailed(e),
+                        Err(e) => Event::UndoFailed(Error::from(e).into()),
                     };
                 }
             }
@@ -490,7 +478,7 @@ impl Driver {
         }
         match undo::undo_step(&u, self.kube.as_ref()).await {
             Ok(what) => Event::Undone(what),
-            Err(e) => Event::UndoFailed(e),
+            Err(e) => Event::UndoFailed(e.into()),
         }
     }
 }

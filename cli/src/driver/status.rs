@@ -8,7 +8,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use kwg_contract::{ConnectionState, DnsStatus, GatewayInfo, Status};
 
-use crate::session::Session;
+use kwg_session::machine::Session;
 
 use crate::args::JoinArgs;
 use crate::cluster::Kube;

@@ -183,7 +183,7 @@ mod tests {
     fn resolv_conf_is_whole_after_a_kill_at_any_write_step() {
         use super::super::exec::{ResolvWrite, write_resolv_conf_until};
         let original = b"search corp.example\nnameserver 192.0.2.53\n".to_vec();
-        let ours = crate::session::DnsPlan::rendered(
+        let ours = kwg_session::machine::DnsPlan::rendered(
             &original,
             "127.77.0.53:53".parse().unwrap(),
             &["emojivoto.svc.cluster.local".into()],

@@ -23,7 +23,7 @@ use kwg_contract::keys::PrivateKey;
 use kwg_wg::device::{DEFAULT_MTU, Device, DeviceHandle, PeerConfig};
 
 use crate::error::Error;
-use crate::session::Event;
+use kwg_session::machine::Event;
 use netstack::{Connector, Netstack};
 use route::Router;
 
@@ -210,10 +210,13 @@ pub async fn await_handshake(
 /// Asks the cluster DNS `server` through the stack until it resolves `name`.
 pub async fn dns_answers(tunnel: Connector, server: SocketAddr, name: String) -> Event {
     let SocketAddr::V4(server) = server else {
-        return Event::Failed(Error::invalid(
-            "cluster DNS address",
-            "IPv6 is not supported in userspace mode",
-        ));
+        return Event::Failed(
+            Error::invalid(
+                "cluster DNS address",
+                "IPv6 is not supported in userspace mode",
+            )
+            .into(),
+        );
     };
     let router = Router {
         tunnel,

@@ -1,19 +1,17 @@
 //! Everything the model takes from the crates under test, in one place: when a type moves
-//! (the session core and the ladder are moving out of `cli/`), only this file changes.
+//! (the ladder is moving out of `cli/` as the session core did), only this file changes.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use kwg_contract::PeerName;
 use kwg_contract::keys::PublicKey;
 
-pub use kwg::error::Error;
-pub use kwg::session::plan::Resolved;
-pub use kwg::session::{Action, Event, Facts, LeaseFailure, Phase, Registration, Session};
-pub use kwg::state::{State, Undo};
 pub use kwg::transport::{Ladder, Step, Timings};
 pub use kwg::transport::{Mode, Rung};
+pub use kwg_session::Error;
+pub use kwg_session::journal::{State, Undo};
+pub use kwg_session::machine::plan::Resolved;
+pub use kwg_session::machine::{Action, Event, Facts, LeaseFailure, Phase, Registration, Session};
 
 pub use kwg_gateway::alloc::Allocator;
 pub use kwg_gateway::core::{Core as GatewayCore, DeviceOp, PeerSecret, Plan};
@@ -24,7 +22,7 @@ pub use kwg_wg::core::{Core as WgCore, NetBatch, TunBatch};
 pub use kwg_wg::device::PeerConfig;
 
 /// What a laptop joins with (`kwg join --name NAME --ttl TTL --timeout TIMEOUT
-/// --dns-mode off`).
+/// --dns-mode off`, as the CLI maps those flags).
 pub struct JoinConfig {
     pub name: String,
     pub ttl: Duration,
@@ -47,33 +45,12 @@ pub fn new_session(cfg: &JoinConfig, now: Instant) -> Session {
         "--dns-mode",
         "off",
     ];
-    let args = match kwg::args::Cli::parse_from(argv).command {
-        kwg::args::Command::Join(a) => *a,
+    let config = match <kwg::args::Cli as clap::Parser>::parse_from(argv).command {
+        kwg::args::Command::Join(a) => kwg_session::SessionConfig::from(&*a),
         _ => unreachable!("parsed a join"),
     };
-    let template = State {
-        peer: cfg.name.parse::<PeerName>().expect("a valid peer name"),
-        kwg_namespace: kwg_contract::DEFAULT_NAMESPACE.to_string(),
-        kubeconfig: None,
-        context: None,
-        server: String::new(),
-        user: String::new(),
-        namespace: String::new(),
-        mapped_namespaces: None,
-        interface: "kwg0".into(),
-        tunnel_ip: None,
-        gateway_endpoint: None,
-        gateway_key: None,
-        gateway_admin: None,
-        routes: Vec::new(),
-        dns: None,
-        daemon_pid: None,
-        proxy: None,
-        joined_at: chrono::DateTime::UNIX_EPOCH,
-        ttl_secs: cfg.ttl.as_secs(),
-        undo: Vec::new(),
-    };
-    Session::new(args, template, "/model/resolv.conf.orig".into(), now)
+    let template = State::template(&config, None, None, None, chrono::DateTime::UNIX_EPOCH);
+    Session::new(config, template, "/model/resolv.conf.orig".into(), now)
 }
 
 /// The machine facts a laptop's driver would gather (no DNS, no routes of its own).
@@ -107,22 +84,25 @@ pub fn facts(
     }
 }
 
-/// The API server could not be reached.
+/// The API server could not be reached (the CLI's error, as its driver hands it to the
+/// session).
 pub fn api_unreachable() -> Error {
-    Error::ApiUnreachable {
+    kwg::error::Error::ApiUnreachable {
         server: "https://192.0.2.1:6443".into(),
         reason: "blocked by the model".into(),
     }
+    .into()
 }
 
 /// A peer of that name is another machine's.
 pub fn name_taken(name: &str, secret: &str) -> Error {
-    Error::PeerNameTaken {
+    kwg::error::Error::PeerNameTaken {
         name: name.into(),
         secret: secret.into(),
         owner: "developer".into(),
         hostname: "other".into(),
     }
+    .into()
 }
 
 /// The first UDP endpoint the gateway peer gets before the ladder pins it.

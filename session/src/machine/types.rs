@@ -3,15 +3,14 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::Facts;
+use crate::dns::ForwarderConfig;
+use crate::dns::domains::LinkConfig;
+use crate::error::Error;
+use crate::gateway::GatewayPeer;
+use crate::journal::{State, Undo};
 use ipnet::IpNet;
 use kwg_contract::{GatewayInfo, PeerSpec};
-use kwg_session::gateway::GatewayPeer;
-
-use super::Facts;
-use crate::dns::forwarder::ForwarderConfig;
-use crate::dns::resolved::LinkConfig;
-use crate::error::Error;
-use crate::state::{State, Undo};
 
 /// What the driver does next.
 #[derive(Debug)]
@@ -165,7 +164,7 @@ pub struct Registration {
 }
 
 /// Why a lease renewal failed (the driver's error in `Other`).
-pub type LeaseFailure = kwg_session::lease::LeaseFailure<Error>;
+pub type LeaseFailure = crate::lease::LeaseFailure<Error>;
 
 /// The states of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,25 +6,29 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::{IpNet, Ipv4Net};
+use kwg_contract::PlannedRoute;
 use kwg_contract::keys::PublicKey;
 use kwg_contract::{GatewayInfo, PeerName, PeerSpec};
-use kwg_session::gateway::{GatewayPeer, KEEPALIVE};
-use kwg_session::routes::Route;
 
-use crate::dns::forwarder::ForwarderConfig;
+use crate::dns::ForwarderConfig;
+use crate::dns::domains::{self, LinkDomain};
 use crate::dns::resolvconf;
-use crate::dns::resolved::{self, LinkDomain, STUB};
+use crate::dns::split::{DEFAULT_EXCLUDE_SUFFIXES, SplitDns, machine_search};
 use crate::error::Error;
-use kwg_contract::PlannedRoute;
-use kwg_session::dns::split::{DEFAULT_EXCLUDE_SUFFIXES, SplitDns, machine_search};
-use kwg_session::routes::{self, RouteInputs};
-use kwg_session::trust;
-use kwg_session::{DnsMode, SessionConfig};
+use crate::gateway::{GatewayPeer, KEEPALIVE};
+use crate::routes::{self, Route, RouteInputs};
+use crate::trust;
+use crate::{DnsMode, SessionConfig};
+
+/// systemd-resolved's stub listener (`127.0.0.53`, resolved.conf(5) `DNSStubListener`): a
+/// probe through resolved asks it, as applications do.
+pub const STUB: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
 
 /// What the driver found out before anything is changed (event `Inspected`).
 #[derive(Debug, Clone)]
 pub struct Facts {
-    /// The wall clock when inspected (for the first lease).
+    /// The wall clock when inspected: the peer spec's lease end until the driver writes the
+    /// Secret, which sets the real one (`lease::lease_end` from the driver's clock then).
     pub now_wall: chrono::DateTime<chrono::Utc>,
     pub server: String,
     pub user: String,
@@ -136,9 +140,14 @@ pub fn peer_name(name: Option<&str>, hostname: &str, tag: &str) -> Result<PeerNa
     match name {
         Some(n) => n
             .parse()
-            .map_err(|e: kwg_contract::ContractError| Error::invalid("--name", e.to_string())),
-        None => default_peer_name(hostname, tag)
-            .ok_or_else(|| Error::invalid("hostname", "it gives no usable peer name: pass --name")),
+            .map_err(|e: kwg_contract::ContractError| Error::PeerName {
+                what: "--name",
+                reason: e.to_string(),
+            }),
+        None => default_peer_name(hostname, tag).ok_or_else(|| Error::PeerName {
+            what: "the hostname",
+            reason: "it gives no usable peer name: pass --name".into(),
+        }),
     }
 }
 
@@ -160,12 +169,7 @@ pub fn default_peer_name(hostname: &str, tag: &str) -> Option<PeerName> {
 }
 
 /// Plans routes, the gateway peer and DNS; fails on a route conflict or a taken interface.
-pub fn plan(
-    config: &SessionConfig,
-    facts: &Facts,
-    backup: PathBuf,
-    lease_expires: chrono::DateTime<chrono::Utc>,
-) -> Result<Plan, Error> {
+pub fn plan(config: &SessionConfig, facts: &Facts, backup: PathBuf) -> Result<Plan, Error> {
     // Userspace mode creates no interface and adds no routes: neither can conflict.
     if facts.interface_exists && !config.userspace {
         return Err(Error::InterfaceExists {
@@ -188,12 +192,13 @@ pub fn plan(
         // What the gateway lets the peer reach (with the owner's RBAC): the mapped
         // namespaces, or every namespace (empty) without --mapped-namespaces.
         namespaces: config.mapped_namespaces.clone().unwrap_or_default(),
-        lease_expires,
+        // The driver sets the lease's end when it writes the Secret.
+        lease_expires: facts.now_wall,
     };
-    let maps = kwg_session::mapping::mappings(&routes);
+    let maps = crate::mapping::mappings(&routes);
     let cluster_dns = info
         .dns_ip
-        .map(|ip| SocketAddr::new(kwg_session::mapping::to_mapped(&maps, ip), 53));
+        .map(|ip| SocketAddr::new(crate::mapping::to_mapped(&maps, ip), 53));
     let dns = match (cluster_dns, &facts.resolv_conf) {
         (Some(cluster), Some(original)) if sets_up_dns(config.dns_mode) => Some(plan_dns(
             config, facts, &namespace, &routes, cluster, original, backup,
@@ -272,7 +277,7 @@ pub fn check_cluster(
     let exclude = exclude_suffixes(config);
     trust::check_info(info, machine, &consent(config, &exclude))?;
     // Virtual subnets: a Service or pod CIDR overlapping the machine's routes is mapped.
-    let routes = kwg_session::mapping::for_session(
+    let routes = crate::mapping::for_session(
         config,
         plan_routes(config, info),
         machine_routes,
@@ -354,7 +359,7 @@ pub fn gateway_peer(
         endpoint: Some(endpoint),
         allowed_ips: routes.iter().map(|r| r.cluster_subnet()).collect(),
         persistent_keepalive: Some(KEEPALIVE),
-        mappings: kwg_session::mapping::mappings(routes),
+        mappings: crate::mapping::mappings(routes),
     }
 }
 
@@ -385,6 +390,7 @@ fn plan_dns(
             &facts.info.cluster_domain,
         ),
         reachable: None,
+        naming: config.naming.clone(),
     };
     let search = split.search_domains();
     let use_resolved = match (&facts.resolved, config.dns_mode) {
@@ -395,7 +401,6 @@ fn plan_dns(
             return Err(Error::ResolvedUnavailable {
                 reason: reason.clone(),
             });
-        naming: config.naming.clone(),
         }
         _ => false,
     };
@@ -416,7 +421,7 @@ fn plan_dns(
         // `~<ns>` for every namespace whose `<svc>.<ns>` goes to the cluster: resolved
         // searches no domain for a two-label name, it routes it by its last label (the
         // daemon keeps these in step with namespaces created and deleted while joined).
-        let domains = resolved::split_domains(&split)?;
+        let domains = domains::split_domains(&split)?;
         if config.dns_mode == DnsMode::Auto {
             fallback = Some(file);
         }
@@ -431,7 +436,7 @@ fn plan_dns(
             cluster,
             upstreams,
             timeout: config.dns_timeout,
-            mappings: kwg_session::mapping::mappings(routes),
+            mappings: crate::mapping::mappings(routes),
         },
         search,
         target,

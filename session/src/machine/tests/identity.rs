@@ -14,7 +14,7 @@ fn delete_peer(s: &State) -> Undo {
 
 #[test]
 fn the_journal_names_this_joins_secret_by_key_before_the_create_and_by_uid_after() {
-    let mut r = Run::new(&[]);
+    let mut r = Run::new(defaults);
     let lease: chrono::DateTime<chrono::Utc> = "2026-01-01T00:01:30Z".parse().unwrap();
     let (mut last_saved, mut before_create) = (None, None);
     r.pump(|a| match a {
@@ -65,10 +65,10 @@ fn the_journal_names_this_joins_secret_by_key_before_the_create_and_by_uid_after
 
 #[test]
 fn a_peer_that_cannot_be_deleted_leaves_the_machine_clean_and_the_state_removed() {
-    let mut r = Run::new(&[]);
+    let mut r = Run::new(defaults);
     r.pump(|_| None);
     r.take_log();
-    let left = crate::state::LeftBehind {
+    let left = crate::journal::LeftBehind {
         namespace: "kwg-system".into(),
         secret: "kwg-peer-laptop".into(),
         reason: "forbidden".into(),
@@ -76,8 +76,10 @@ fn a_peer_that_cannot_be_deleted_leaves_the_machine_clean_and_the_state_removed(
     };
     r.s.handle(Event::Leave, r.now);
     r.pump(|a| {
-        matches!(a, Action::Undo(Undo::DeletePeer { .. }))
-            .then(|| Some(Event::UndoFailed(Error::PeerLeftBehind(left.clone()))))
+        matches!(a, Action::Undo(Undo::DeletePeer { .. })).then(|| {
+            let kind = StepKind::PeerLeftBehind(left.clone());
+            Some(Event::UndoFailed(failed(kind, "forbidden")))
+        })
     });
     let log = r.take_log();
     // Every local step undone, then the state file removed (nothing kept for a next leave).
@@ -96,12 +98,14 @@ fn a_peer_that_cannot_be_deleted_leaves_the_machine_clean_and_the_state_removed(
 
 #[test]
 fn rejected_credentials_are_named_with_their_time_until_a_renewal_succeeds() {
-    let mut r = Run::new(&[]);
+    let mut r = Run::new(defaults);
     r.pump(|_| None);
     let wall: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
-    let rejected = || Error::Unauthorized {
-        server: "https://192.0.2.1:6443".into(),
-        user: "ci".into(),
+    let rejected = || {
+        failed(
+            StepKind::CredentialsRejected,
+            "the Kubernetes API server https://192.0.2.1:6443 rejected the credentials of your kubeconfig user ci",
+        )
     };
     r.advance(Duration::from_secs(30));
     let since = r.now;
@@ -119,7 +123,7 @@ fn rejected_credentials_are_named_with_their_time_until_a_renewal_succeeds() {
     let status = r.s.lease_status(r.now, wall).unwrap();
     assert_eq!(
         status.error.as_deref(),
-        Some(crate::session::serving::credentials_rejected(at).as_str())
+        Some(credentials_rejected(at).as_str())
     );
     assert!(
         status

@@ -11,6 +11,8 @@ use super::health::{Health, Verdict};
 use super::{
     Action, Event, LeaseFailure, Phase, RENEW_BACKOFF, RENEW_CONFLICT_RETRY, Session, plan,
 };
+use crate::error::{Error, StepKind};
+use crate::journal::Undo;
 
 impl Session {
     pub(super) fn serve(&mut self, now: Instant) {
@@ -107,7 +109,7 @@ impl Session {
             secret: self.plan.as_ref().expect("planned").secret(),
             uid: self.state().and_then(|s| {
                 s.undo.iter().find_map(|u| match u {
-                    crate::state::Undo::DeletePeer { uid, .. } => uid.clone(),
+                    Undo::DeletePeer { uid, .. } => uid.clone(),
                     _ => None,
                 })
             }),
@@ -123,7 +125,7 @@ impl Session {
             Event::LeaseRenewed(expires) => {
                 self.journal(|s| {
                     for u in &mut s.undo {
-                        if let crate::state::Undo::DeletePeer { lease_expires, .. } = u {
+                        if let Undo::DeletePeer { lease_expires, .. } = u {
                             *lease_expires = Some(expires);
                         }
                     }
@@ -161,13 +163,13 @@ impl Session {
                     .min((self.config.ttl / 10).max(RENEW_BACKOFF));
                 self.lease.failures += 1;
                 tracing::warn!(error = %e, retry_in = ?backoff, "lease renewal failed; the tunnel keeps working");
-                match e {
-                    crate::error::Error::Unauthorized { .. } => {
+                match &e {
+                    Error::Step(s) if s.kind == StepKind::CredentialsRejected => {
                         self.lease.credentials_rejected_since.get_or_insert(now);
                     }
                     _ => self.lease.credentials_rejected_since = None,
                 }
-                self.lease.last_error = Some(short_error(&e));
+                self.lease.last_error = Some(e.summary());
                 self.lease.failing_since.get_or_insert(now);
                 self.lease.next = Some(now + backoff);
             }
@@ -187,8 +189,7 @@ impl Session {
             }
             Event::TunnelIp(ip) => {
                 let plan = self.plan.as_mut().expect("planned");
-                let refused =
-                    kwg_session::trust::check_tunnel_ip(ip, &plan.info, &plan.machine).err();
+                let refused = crate::trust::check_tunnel_ip(ip, &plan.info, &plan.machine).err();
                 if let Some(e) = &refused {
                     tracing::error!(error = %e, "keeping the old tunnel address");
                     plan.refused = Some((now, e.to_string()));
@@ -282,16 +283,4 @@ pub fn credentials_rejected(since: DateTime<Utc>) -> String {
         "credentials rejected since {}: log in again (kwg reloads the kubeconfig at each retry)",
         since.format("%Y-%m-%d %H:%M:%S UTC")
     )
-}
-
-/// The sentence `kwg status` shows for a failed renewal: the innermost cause of an unreachable
-/// API server (`connection refused`), not the whole chain of the HTTP stack.
-fn short_error(e: &crate::error::Error) -> String {
-    match e {
-        crate::error::Error::ApiUnreachable { server, reason } => format!(
-            "API server {server} unreachable: {}",
-            reason.rsplit(": ").next().unwrap_or(reason)
-        ),
-        e => e.to_string(),
-    }
 }

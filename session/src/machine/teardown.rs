@@ -2,7 +2,7 @@
 //! failed step stays in the journal for the next `kwg leave`.
 
 use super::{Action, Phase, Session};
-use crate::error::Error;
+use crate::error::{Error, StepError, StepKind};
 
 impl Session {
     pub(super) fn fail(&mut self, e: Error) {
@@ -49,7 +49,10 @@ impl Session {
         // A peer Secret that cannot be deleted is the lease's to collect: the rest of the
         // machine is cleaned up and the state removed all the same.
         let err = match err {
-            Some(crate::error::Error::PeerLeftBehind(l)) => {
+            Some(Error::Step(StepError {
+                kind: StepKind::PeerLeftBehind(l),
+                ..
+            })) => {
                 tracing::warn!(secret = %l.secret, reason = %l.reason, "could not delete the peer Secret; its lease collects it");
                 self.left_behind = Some(l);
                 None

@@ -4,12 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use kwg_contract::GatewayInfo;
 use kwg_contract::keys::PrivateKey;
 
 use super::*;
-use crate::state::Undo;
+use crate::DnsMode;
+use crate::error::StepKind;
+use crate::journal::Undo;
 
 mod dns;
 mod identity;
@@ -29,22 +30,43 @@ fn info(key: &PrivateKey) -> GatewayInfo {
     .unwrap()
 }
 
-fn args(extra: &[&str]) -> SessionConfig {
-    let mut argv = vec![
-        "kwg",
-        "join",
-        "--name",
-        "laptop",
-        "--ttl",
-        "90s",
-        "--timeout",
-        "30s",
-    ];
-    argv.extend_from_slice(extra);
-    match crate::args::Cli::parse_from(argv).command {
-        crate::args::Command::Join(a) => (*a).into(),
-        _ => unreachable!(),
-    }
+/// `kwg join --name laptop --ttl 90s --timeout 30s` (the other flags at their defaults), then
+/// `change`.
+fn config(change: impl FnOnce(&mut SessionConfig)) -> SessionConfig {
+    let mut c = SessionConfig {
+        name: Some("laptop".into()),
+        namespace: None,
+        mapped_namespaces: None,
+        kwg_namespace: "kwg-system".into(),
+        interface: "kwg0".into(),
+        userspace: false,
+        proxy_listen: "127.0.0.1:1080".parse().unwrap(),
+        timeout: Duration::from_secs(30),
+        ttl: Duration::from_secs(90),
+        also_proxy: vec![],
+        never_proxy: vec![],
+        allow_conflicting_subnets: vec![],
+        map: vec![],
+        map_pool: vec![],
+        cluster_domain: None,
+        exclude_suffixes: vec![],
+        include_suffixes: vec![],
+        dns_mode: DnsMode::Auto,
+        dns_listen: "127.77.0.53:53".parse().unwrap(),
+        dns_timeout: Duration::from_secs(4),
+        resolv_conf: "/etc/resolv.conf".into(),
+        naming: Default::default(),
+    };
+    change(&mut c);
+    c
+}
+
+/// The join's defaults.
+fn defaults(_: &mut SessionConfig) {}
+
+/// A step of the driver that failed, as the driver reports it.
+fn failed(kind: StepKind, why: &str) -> Error {
+    Error::step(kind, why.into(), why)
 }
 
 fn facts(gateway: &PrivateKey) -> Facts {
@@ -111,11 +133,13 @@ fn undo_name(u: &Undo) -> &'static str {
 }
 
 impl Run {
-    fn new(extra: &[&str]) -> Run {
+    fn new(change: impl FnOnce(&mut SessionConfig)) -> Run {
         let now = Instant::now();
-        let template = crate::state::tests::sample_template();
+        let config = config(change);
+        let joined = "2026-01-01T00:00:00Z".parse().unwrap();
+        let template = State::template(&config, None, None, Some(4242), joined);
         Run {
-            s: Session::new(args(extra), template, "/state/resolv.conf.orig".into(), now),
+            s: Session::new(config, template, "/state/resolv.conf.orig".into(), now),
             now,
             log: Vec::new(),
             gateway: PrivateKey::generate(),
@@ -209,7 +233,7 @@ const HAPPY: &[&str] = &[
 
 #[test]
 fn happy_path_records_each_undo_before_its_step() {
-    let mut r = Run::new(&[]);
+    let mut r = Run::new(defaults);
     let mut journal_before = Vec::new();
     let mut last_saved: Vec<Undo> = Vec::new();
     while let Some(a) = r.s.poll_action() {
@@ -281,7 +305,7 @@ fn undo_tail(log: &[String]) -> Vec<String> {
 
 #[test]
 fn without_a_handshake_the_udp_port_is_rebound_after_1s_then_every_2s() {
-    let mut r = Run::new(&[]);
+    let mut r = Run::new(defaults);
     r.pump(|a| (name(a) == "AwaitHandshake").then_some(None));
     r.take_log();
     let start = r.now;
@@ -303,7 +327,7 @@ fn without_a_handshake_the_udp_port_is_rebound_after_1s_then_every_2s() {
 
 #[test]
 fn an_existing_interface_is_refused_before_anything_changes() {
-    let mut r = Run::new(&["--interface", "wg0"]);
+    let mut r = Run::new(|c| c.interface = "wg0".into());
     let gw = PrivateKey::generate();
     r.pump(|a| {
         matches!(a, Action::Inspect).then(|| {
@@ -319,13 +343,14 @@ fn an_existing_interface_is_refused_before_anything_changes() {
 
 #[test]
 fn a_namespace_that_does_not_exist_is_refused_before_anything_changes() {
+    type Flags = fn(&mut SessionConfig);
     for (flags, sentence) in [
         (
-            &["--namespace", "doesnotexist"][..],
+            (|c| c.namespace = Some("doesnotexist".into())) as Flags,
             "namespaces \"doesnotexist\" not found: kubectl get namespaces lists them; pass an existing one with --namespace",
         ),
         (
-            &["--mapped-namespaces", "default,typo"][..],
+            |c| c.mapped_namespaces = Some(vec!["default".into(), "typo".into()]),
             "namespaces \"typo\" not found",
         ),
     ] {
@@ -336,7 +361,7 @@ fn a_namespace_that_does_not_exist_is_refused_before_anything_changes() {
         assert!(err.contains(sentence), "{err}");
     }
     // A user who may not list namespaces is told it could not be checked, and joins.
-    let mut r = Run::new(&["--namespace", "unlisted"]);
+    let mut r = Run::new(|c| c.namespace = Some("unlisted".into()));
     let gw = PrivateKey::generate();
     r.pump(|a| {
         matches!(a, Action::Inspect).then(|| {

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 
 use super::{Action, DnsPlan, DnsTarget, Phase, Session};
-use crate::dns::resolved::LinkConfig;
-use crate::state::{DnsModeUsed, DnsState, Undo};
+use crate::dns::domains::LinkConfig;
+use crate::journal::{DnsModeUsed, DnsState, Undo};
 
 impl Session {
     pub(super) fn forwarder_started(&mut self, addr: SocketAddr) {

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use super::{Action, Phase, Session};
-use crate::state::Undo;
+use crate::journal::Undo;
 
 impl Session {
     pub(super) fn start_userspace(&mut self, ip: Ipv4Addr) {

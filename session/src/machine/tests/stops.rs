@@ -46,9 +46,9 @@ const STEPS: &[&str] = &[
 #[test]
 fn a_failure_at_every_step_undoes_exactly_the_steps_taken() {
     for step in STEPS {
-        let mut r = Run::new(&[]);
+        let mut r = Run::new(defaults);
         r.pump(|a| {
-            (name(a) == *step).then(|| Some(Event::Failed(Error::invalid("test", "injected"))))
+            (name(a) == *step).then(|| Some(Event::Failed(failed(StepKind::Other, "injected"))))
         });
         let log = r.take_log();
         let expected = match *step {
@@ -76,7 +76,7 @@ fn a_failure_at_every_step_undoes_exactly_the_steps_taken() {
 #[test]
 fn a_signal_at_every_step_cancels_it_and_undoes_the_steps_taken() {
     for step in STEPS {
-        let mut r = Run::new(&[]);
+        let mut r = Run::new(defaults);
         // The step never answers: it is in flight (or, for a quick step, done just before).
         r.pump(|a| (name(a) == *step).then_some(None));
         r.take_log();
@@ -119,7 +119,7 @@ fn the_deadline_fails_the_step_it_stops_with_its_own_sentence() {
         ("Register", "did not get past Registering"),
     ];
     for (step, sentence) in cases {
-        let mut r = Run::new(&[]);
+        let mut r = Run::new(defaults);
         r.pump(|a| (name(a) == step).then_some(None));
         r.take_log();
         // Before the deadline nothing happens (a rebind at most).

@@ -9,7 +9,7 @@ use super::*;
 
 #[test]
 fn with_systemd_resolved_the_tunnel_link_gets_the_cluster_domains_and_the_stub_is_probed() {
-    let mut r = Run::new(&[]);
+    let mut r = Run::new(defaults);
     let gw = PrivateKey::generate();
     let mut actions = Vec::new();
     r.pump(|a| {
@@ -54,7 +54,7 @@ fn with_systemd_resolved_the_tunnel_link_gets_the_cluster_domains_and_the_stub_i
     assert!(probe.contains("127.0.0.53:53"), "{probe}");
     assert_eq!(
         r.s.state().unwrap().dns.as_ref().unwrap().mode,
-        crate::state::DnsModeUsed::Resolved
+        crate::journal::DnsModeUsed::Resolved
     );
     // Leave reverts the link first.
     r.s.handle(Event::Leave, r.now);
@@ -64,7 +64,7 @@ fn with_systemd_resolved_the_tunnel_link_gets_the_cluster_domains_and_the_stub_i
 
 #[test]
 fn dns_mode_resolved_without_resolved_is_refused_before_anything_changes() {
-    let mut r = Run::new(&["--dns-mode", "resolved"]);
+    let mut r = Run::new(|c| c.dns_mode = DnsMode::Resolved);
     r.pump(|_| None);
     assert_eq!(r.take_log(), ["Inspect", "Exit"]);
     let err = r.s.outcome().unwrap_err().to_string();
@@ -76,7 +76,7 @@ fn dns_mode_resolved_without_resolved_is_refused_before_anything_changes() {
 
 #[test]
 fn in_auto_mode_queries_not_reaching_kwg_through_resolved_fall_back_to_the_resolver_file() {
-    let mut r = Run::new(&[]);
+    let mut r = Run::new(defaults);
     let gw = PrivateKey::generate();
     r.pump(|a| match a {
         Action::Inspect => {
@@ -120,7 +120,7 @@ fn in_auto_mode_queries_not_reaching_kwg_through_resolved_fall_back_to_the_resol
     let state = r.s.state().unwrap();
     assert_eq!(
         state.dns.as_ref().unwrap().mode,
-        crate::state::DnsModeUsed::ResolvConf
+        crate::journal::DnsModeUsed::ResolvConf
     );
     let undo: Vec<&str> = state.undo.iter().map(undo_name).collect();
     assert_eq!(
@@ -148,17 +148,11 @@ fn the_machines_dns_servers_are_trust_facts_even_without_dns() {
     f.uplink = Some(b"nameserver 192.0.2.54\n".to_vec());
     let servers: [std::net::IpAddr; 2] =
         ["192.0.2.53".parse().unwrap(), "192.0.2.54".parse().unwrap()];
-    let off = plan::plan(
-        &args(&["--dns-mode", "off"]),
-        &f,
-        "/tmp/b".into(),
-        f.now_wall,
-    )
-    .unwrap();
+    let off = plan::plan(&config(|c| c.dns_mode = DnsMode::Off), &f, "/tmp/b".into()).unwrap();
     assert!(off.dns.is_none());
     assert_eq!(off.machine.dns_servers, servers);
     f.info.dns_ip = None;
-    let no_dns_ip = plan::plan(&args(&[]), &f, "/tmp/b".into(), f.now_wall).unwrap();
+    let no_dns_ip = plan::plan(&config(defaults), &f, "/tmp/b".into()).unwrap();
     assert!(no_dns_ip.dns.is_none());
     assert_eq!(no_dns_ip.machine.dns_servers, servers);
 }

@@ -2,8 +2,9 @@
 //! deadline from [`Session::poll_timeout`]. Bring-up is a fixed sequence of states; every
 //! change to the machine or the cluster has its [`Undo`] recorded (and saved, action
 //! [`Action::Save`]) before the change is asked for, so a failure, a timeout or a signal at any
-//! step undoes exactly the steps already taken, in reverse. The driver (`crate::driver`)
-//! executes the actions and feeds their results back.
+//! step undoes exactly the steps already taken, in reverse. The driver (the CLI's
+//! `driver`) executes the actions and feeds their results back, its failures as
+//! [`Error::Step`].
 
 mod dns;
 pub mod health;
@@ -12,17 +13,18 @@ mod serving;
 mod teardown;
 #[cfg(test)]
 mod tests;
-use kwg_session::trust;
 mod types;
 mod userspace;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::SessionConfig;
 use crate::error::Error;
-use crate::state::{State, Undo};
-use kwg_session::SessionConfig;
+use crate::journal::{LeftBehind, State, Undo};
+use crate::trust;
 pub use plan::{DnsPlan, DnsTarget, Facts, Plan};
+pub use serving::credentials_rejected;
 pub use types::{Action, Event, Lease, LeaseFailure, Phase, Registration};
 
 /// While there is no handshake: when to move to a new UDP source port and restart the
@@ -65,19 +67,18 @@ pub struct Session {
     kept: Vec<Undo>,
     removed: Vec<String>,
     /// The peer Secret teardown could not delete (the lease collects it).
-    left_behind: Option<crate::state::LeftBehind>,
+    left_behind: Option<LeftBehind>,
 }
 
 impl Session {
-    /// A session for `config` (the CLI passes its `JoinArgs`), starting at `now`. `template` is the state file's fixed part
+    /// A session for `config`, starting at `now`. `template` is the state file's fixed part
     /// (kubeconfig, pid, time); its `undo` must be empty.
     pub fn new(
-        config: impl Into<SessionConfig>,
+        config: SessionConfig,
         template: State,
         resolv_backup: std::path::PathBuf,
         now: Instant,
     ) -> Session {
-        let config = config.into();
         let deadline = now + config.timeout;
         Session {
             config,
@@ -103,7 +104,7 @@ impl Session {
     }
 
     /// After teardown: the peer Secret that could not be deleted, if any.
-    pub fn left_behind(&self) -> Option<&crate::state::LeftBehind> {
+    pub fn left_behind(&self) -> Option<&LeftBehind> {
         self.left_behind.as_ref()
     }
 
@@ -249,10 +250,7 @@ impl Session {
         }
         self.in_flight = false;
         match (self.phase, event) {
-            (Phase::Inspecting, Event::Inspected(facts)) => {
-                let lease = kwg_session::lease::lease_end(facts.now_wall, self.config.ttl);
-                self.inspected(*facts, lease)
-            }
+            (Phase::Inspecting, Event::Inspected(facts)) => self.inspected(*facts),
             (Phase::Registering, Event::Registered(r)) => {
                 self.registered(r);
                 self.long(Phase::WaitingTunnelIp, self.wait_tunnel_ip());
@@ -262,7 +260,7 @@ impl Session {
             (Phase::WaitingTunnelIp, Event::TunnelIp(ip)) => {
                 let plan = self.plan.as_ref().expect("planned");
                 if let Err(e) = trust::check_tunnel_ip(ip, &plan.info, &plan.machine) {
-                    return self.fail(e.into());
+                    return self.fail(e);
                 }
                 self.journal(|s| s.tunnel_ip = Some(ip));
                 if self.config.userspace {
@@ -297,7 +295,7 @@ impl Session {
             }
             (Phase::ConfiguringNetwork, Event::NetworkConfigured) => {
                 let interface = self.config.interface.clone();
-                let table = kwg_session::firewall::table_name(&interface);
+                let table = crate::firewall::table_name(&interface);
                 self.record(Undo::RemoveFirewall {
                     table: table.clone(),
                 });
@@ -327,8 +325,8 @@ impl Session {
             .unwrap_or_default()
     }
 
-    fn inspected(&mut self, facts: Facts, lease: chrono::DateTime<chrono::Utc>) {
-        let plan = match plan::plan(&self.config, &facts, self.resolv_backup.clone(), lease) {
+    fn inspected(&mut self, facts: Facts) {
+        let plan = match plan::plan(&self.config, &facts, self.resolv_backup.clone()) {
             Ok(p) => p,
             Err(e) => return self.fail(e),
         };
@@ -362,7 +360,8 @@ impl Session {
             secret: spec.secret_name(),
             uid: None,
             public_key: Some(spec.public_key.to_string()),
-            lease_expires: Some(spec.lease_expires),
+            // Known once the driver wrote the Secret (`Registered`).
+            lease_expires: None,
         });
         let ttl = self.config.ttl;
         self.long(

@@ -6,7 +6,10 @@ use super::*;
 
 #[test]
 fn userspace_mode_changes_nothing_on_the_machine_and_probes_the_cluster_dns() {
-    let mut r = Run::new(&["--userspace", "--proxy-listen", "127.0.0.1:0"]);
+    let mut r = Run::new(|c| {
+        c.userspace = true;
+        c.proxy_listen = "127.0.0.1:0".parse().unwrap();
+    });
     let proxy: std::net::SocketAddr = "127.0.0.1:41080".parse().unwrap();
     let mut setup = None;
     let mut probed = None;
@@ -18,11 +21,11 @@ fn userspace_mode_changes_nothing_on_the_machine_and_probes_the_cluster_dns() {
             facts_given = true;
             let mut f = facts(&gateway);
             f.interface_exists = true;
-            f.machine_routes = vec![kwg_session::routes::Route {
+            f.machine_routes = vec![crate::routes::Route {
                 destination: "10.96.0.0/12".parse().unwrap(),
                 gateway: None,
                 interface: Some("eth0".into()),
-                table: kwg_host::netlink::MAIN_TABLE,
+                table: crate::routes::MAIN_TABLE,
             }];
             Some(Some(Event::Inspected(Box::new(f))))
         }
