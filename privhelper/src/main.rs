@@ -95,6 +95,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
             let access = Access::lookup(&group);
+            let first_uid = allow_uid.first().copied();
             let cfg = Config {
                 access: access.clone(),
                 allow_uids: allow_uid,
@@ -110,6 +111,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await?;
             let listener = server::listener(&socket, access.gid)?;
+            // A helper started for one user (`sudo kwg join`, kwg join's `sudo -b`): that user
+            // may connect (the socket is 0660); who is served is still decided by SO_PEERCRED.
+            if let Some(uid) = first_uid.filter(|_| std::env::var_os("LISTEN_FDS").is_none()) {
+                nix::unistd::chown(&socket, Some(nix::unistd::Uid::from_raw(uid)), None)?;
+            }
             tracing::info!(socket = %socket.display(), group, "kwg-helper serving");
             let mut signals = kwg_host::process::Signals::new()?;
             tokio::select! {

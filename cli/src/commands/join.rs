@@ -19,6 +19,8 @@ use kwg_contract::Status;
 /// `kwg join`: starts the daemon (or runs it here with --foreground) and waits until it is
 /// connected or failed.
 pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
+    // `sudo kwg join`: the same join runs as the user who typed it, through kwg-helper.
+    crate::privileged::sudo::join_as_invoker(&args).await?;
     let format = args.output;
     let reporter = Reporter::new(format);
     // A normal user's TUN-mode join goes through kwg-helper (crate::privileged).

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use kwg_privhelper::client::{Client, ClientError, HelperTun};
 
+pub mod sudo;
+
 use crate::error::Error;
 
 /// Where the daemon finds the helper: `$KWG_HELPER_SOCKET`, else the installed helper's socket.
@@ -58,6 +60,12 @@ pub fn helper_binary() -> Option<PathBuf> {
 /// Makes sure a helper answers on `socket`: the running one, or one started through
 /// `sudo -b` (the password asked once on the terminal) serving this user's uid.
 pub async fn ensure(socket: &Path) -> Result<(), Error> {
+    ensure_for(socket, nix::unistd::getuid().as_raw()).await
+}
+
+/// [`ensure`] for `uid`: as root (`sudo kwg join`) the helper is started directly, otherwise
+/// through `sudo -b`.
+pub async fn ensure_for(socket: &Path, uid: u32) -> Result<(), Error> {
     if answers(socket).await {
         return Ok(());
     }
@@ -72,20 +80,29 @@ pub async fn ensure(socket: &Path) -> Result<(), Error> {
             "kwg-helper is not installed next to kwg or on PATH",
         ));
     };
-    let uid = nix::unistd::getuid().as_raw().to_string();
-    let status = std::process::Command::new("sudo")
-        .arg("-b")
-        .arg(&binary)
+    let uid = uid.to_string();
+    let mut serve = std::process::Command::new(&binary);
+    serve
         .arg("serve")
         .arg("--socket")
         .arg(socket)
         .args(["--allow-uid", &uid])
-        .stdout(std::process::Stdio::null())
-        .status();
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(_) => return Err(not_running("sudo did not start it")),
-        Err(e) => return Err(not_running(&format!("sudo cannot run ({e})"))),
+        .stdout(std::process::Stdio::null());
+    if nix::unistd::geteuid().is_root() {
+        serve.stderr(std::process::Stdio::null());
+        kwg_host::process::spawn_detached(&mut serve)
+            .map_err(|e| not_running(&format!("it cannot be started ({e})")))?;
+    } else {
+        let mut sudo = std::process::Command::new("sudo");
+        sudo.arg("-b")
+            .arg(serve.get_program())
+            .args(serve.get_args())
+            .stdout(std::process::Stdio::null());
+        match sudo.status() {
+            Ok(s) if s.success() => {}
+            Ok(_) => return Err(not_running("sudo did not start it")),
+            Err(e) => return Err(not_running(&format!("sudo cannot run ({e})"))),
+        }
     }
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
@@ -94,9 +111,7 @@ pub async fn ensure(socket: &Path) -> Result<(), Error> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(not_running(
-        "the one started through sudo did not answer within 5 s",
-    ))
+    Err(not_running("the one started did not answer within 5 s"))
 }
 
 /// Decides, for `kwg join` before it starts the daemon, whether this join goes through the

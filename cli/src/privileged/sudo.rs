@@ -1,0 +1,269 @@
+//! `sudo kwg join`: the cluster side runs as the user who typed it, only the network side as
+//! root. Under sudo (real uid 0, `SUDO_UID`/`SUDO_GID`/`SUDO_USER` set, a uid other than 0),
+//! `kwg join` makes sure a kwg-helper serves that user (starting one itself: it is root), then
+//! runs the same `kwg join` again as the user, with the user's groups, home and kubeconfig, and
+//! exits with its code. That join goes through the helper like any normal user's, so its daemon,
+//! exec credential plugins and state directory are the user's, and the user's plain `kwg status`
+//! and `kwg leave` see and end the session.
+//!
+//! sudo resets the environment, so what the user's join gets is decided here:
+//! - `HOME`, `USER`, `LOGNAME`: the user's, from the user database (never root's);
+//! - `KUBECONFIG`: the value sudo kept (`sudo --preserve-env=KUBECONFIG`, or `sudo -E` where
+//!   allowed: it is then the user's own), else `--kubeconfig`, else the user's
+//!   `~/.kube/config`; with none of them the join fails naming `--preserve-env=KUBECONFIG`;
+//! - `XDG_RUNTIME_DIR`: `/run/user/<uid>` when it is the user's (where the user's own `kwg`
+//!   looks for the state directory), else unset (`/tmp/kwg-<uid>`, as for the user);
+//! - `PATH`, `TERM`, `LANG`, `LC_ALL`, `NO_COLOR` and every `KWG_*` variable as sudo passed them.
+
+use std::ffi::{CString, OsString};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+
+/// The user who ran `sudo kwg ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invoker {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    pub home: PathBuf,
+}
+
+/// The sudo variables as they were set, when this process is really root (not a setuid binary
+/// or a user's own `SUDO_UID`) and the invoker is not root.
+pub fn invoker_ids(
+    real_root: bool,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<(u32, u32, String)>, Error> {
+    let (Some(uid), Some(gid), Some(name)) = (var("SUDO_UID"), var("SUDO_GID"), var("SUDO_USER"))
+    else {
+        return Ok(None);
+    };
+    if !real_root {
+        return Ok(None);
+    }
+    let num = |what: &str, v: &str| {
+        v.parse::<u32>().map_err(|_| Error::Invalid {
+            what: what.to_string(),
+            reason: format!("{v:?} is not a number (sudo sets it)"),
+        })
+    };
+    let (uid, gid) = (num("SUDO_UID", &uid)?, num("SUDO_GID", &gid)?);
+    Ok((uid != 0).then_some((uid, gid, name)))
+}
+
+/// The invoker of `sudo kwg`, looked up in the user database, if this is one.
+pub fn invoker() -> Result<Option<Invoker>, Error> {
+    let real_root = nix::unistd::getuid().is_root();
+    let Some((uid, gid, name)) = invoker_ids(real_root, |k| std::env::var(k).ok())? else {
+        return Ok(None);
+    };
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::Invalid {
+            what: "SUDO_UID".into(),
+            reason: format!(
+                "uid {uid} ({name}) is not in the user database, so kwg cannot find its home: run kwg join as that user without sudo (kwg-helper does the privileged part)"
+            ),
+        })?;
+    Ok(Some(Invoker {
+        uid,
+        gid,
+        name: user.name,
+        home: user.dir,
+    }))
+}
+
+/// The `KUBECONFIG` the user's join gets: what sudo kept, else none when `--kubeconfig` is
+/// given or the user's `~/.kube/config` exists; else the error naming the fix.
+pub fn kubeconfig(
+    kept: Option<OsString>,
+    flag: Option<&Path>,
+    inv: &Invoker,
+    exists: impl Fn(&Path) -> bool,
+) -> Result<Option<OsString>, Error> {
+    if let Some(k) = kept.filter(|k| !k.is_empty()) {
+        return Ok(Some(k));
+    }
+    let default = inv.home.join(".kube/config");
+    if flag.is_some() || exists(&default) {
+        return Ok(None);
+    }
+    Err(Error::Kubeconfig(format!(
+        "sudo kwg join runs the cluster side as {}, but sudo reset KUBECONFIG and {} does not exist: keep it with sudo --preserve-env=KUBECONFIG kwg join ..., pass --kubeconfig, or run kwg join without sudo (kwg-helper does the privileged part)",
+        inv.name,
+        default.display()
+    )))
+}
+
+/// The environment of the user's join (see the module's documentation).
+pub fn environment(
+    inv: &Invoker,
+    kubeconfig: Option<OsString>,
+    vars: impl Iterator<Item = (OsString, OsString)>,
+    runtime_dir: Option<PathBuf>,
+) -> Vec<(OsString, OsString)> {
+    const KEPT: &[&str] = &["PATH", "TERM", "LANG", "LC_ALL", "NO_COLOR"];
+    let mut env: Vec<(OsString, OsString)> = vars
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            KEPT.contains(&k.as_ref()) || k.starts_with("KWG_")
+        })
+        .collect();
+    env.push(("HOME".into(), inv.home.clone().into()));
+    env.push(("USER".into(), inv.name.clone().into()));
+    env.push(("LOGNAME".into(), inv.name.clone().into()));
+    if let Some(k) = kubeconfig {
+        env.push(("KUBECONFIG".into(), k));
+    }
+    if let Some(r) = runtime_dir {
+        env.push(("XDG_RUNTIME_DIR".into(), r.into()));
+    }
+    env
+}
+
+/// `/run/user/<uid>` when it is the user's directory.
+fn runtime_dir(uid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let d = PathBuf::from(format!("/run/user/{uid}"));
+    let m = std::fs::symlink_metadata(&d).ok()?;
+    (m.is_dir() && m.uid() == uid).then_some(d)
+}
+
+/// Under `sudo kwg join`: a helper serving the invoker, then this same join run as the invoker;
+/// exits with its code. Returns when this is no sudo invocation.
+pub async fn join_as_invoker(args: &crate::args::JoinArgs) -> Result<(), Error> {
+    let Some(inv) = invoker()? else {
+        return Ok(());
+    };
+    let kubeconfig = kubeconfig(
+        std::env::var_os("KUBECONFIG"),
+        args.kube.kubeconfig.as_deref(),
+        &inv,
+        Path::exists,
+    )?;
+    if !args.userspace {
+        super::ensure_for(&super::socket(), inv.uid).await?;
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::io("find the kwg executable", e))?;
+    let env = environment(&inv, kubeconfig, std::env::vars_os(), runtime_dir(inv.uid));
+    let groups = nix::unistd::getgrouplist(
+        &CString::new(inv.name.clone()).map_err(|_| Error::Invalid {
+            what: "SUDO_USER".into(),
+            reason: "it holds a NUL byte".into(),
+        })?,
+        nix::unistd::Gid::from_raw(inv.gid),
+    )
+    .unwrap_or_else(|_| vec![nix::unistd::Gid::from_raw(inv.gid)]);
+    let groups: Vec<libc::gid_t> = groups.into_iter().map(|g| g.as_raw()).collect();
+    let (uid, gid) = (inv.uid, inv.gid);
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1)).env_clear().envs(env);
+    // SAFETY: only async-signal-safe syscalls between fork and exec; groups, then gid, then
+    // uid (after setuid the others are no longer allowed).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setresgid(gid, gid, gid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| Error::io(format!("run kwg join as {} (uid {uid})", inv.name), e))?;
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Invoker {
+        Invoker {
+            uid: 1000,
+            gid: 1000,
+            name: "alice".into(),
+            home: "/home/alice".into(),
+        }
+    }
+
+    #[test]
+    fn only_real_root_with_all_three_variables_and_another_uid_is_a_sudo_invocation() {
+        let vars = |uid: &'static str| {
+            move |k: &str| match k {
+                "SUDO_UID" => Some(uid.to_string()),
+                "SUDO_GID" => Some("1000".to_string()),
+                "SUDO_USER" => Some("alice".to_string()),
+                _ => None,
+            }
+        };
+        assert_eq!(
+            invoker_ids(true, vars("1000")).unwrap(),
+            Some((1000, 1000, "alice".into()))
+        );
+        assert_eq!(invoker_ids(false, vars("1000")).unwrap(), None);
+        assert_eq!(invoker_ids(true, vars("0")).unwrap(), None);
+        assert_eq!(invoker_ids(true, |_| None).unwrap(), None);
+        assert!(invoker_ids(true, vars("x")).is_err());
+    }
+
+    #[test]
+    fn the_kubeconfig_is_what_sudo_kept_else_the_users_own_else_an_error_naming_the_fix() {
+        let inv = alice();
+        let kept = Some(OsString::from("/home/alice/eks.yaml"));
+        assert_eq!(
+            kubeconfig(kept.clone(), None, &inv, |_| false).unwrap(),
+            kept
+        );
+        assert_eq!(kubeconfig(None, None, &inv, |_| true).unwrap(), None);
+        let flag = Path::new("/x");
+        assert_eq!(kubeconfig(None, Some(flag), &inv, |_| false).unwrap(), None);
+        let e = kubeconfig(Some("".into()), None, &inv, |_| false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sudo reset KUBECONFIG"), "{e}");
+        assert!(e.contains("sudo --preserve-env=KUBECONFIG kwg join"), "{e}");
+        assert!(e.contains("/home/alice/.kube/config"), "{e}");
+    }
+
+    #[test]
+    fn the_users_join_gets_the_users_home_and_no_root_variables() {
+        let root = [
+            ("HOME", "/root"),
+            ("PATH", "/usr/sbin:/usr/bin"),
+            ("SUDO_COMMAND", "/usr/bin/kwg join"),
+            ("MAIL", "/var/mail/root"),
+            ("KWG_LOG", "debug"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = environment(
+            &alice(),
+            Some("/home/alice/eks.yaml".into()),
+            root.into_iter(),
+            None,
+        );
+        let get = |k: &str| {
+            env.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.to_string_lossy().into_owned())
+        };
+        assert_eq!(get("HOME").as_deref(), Some("/home/alice"));
+        assert_eq!(get("USER").as_deref(), Some("alice"));
+        assert_eq!(get("KUBECONFIG").as_deref(), Some("/home/alice/eks.yaml"));
+        assert_eq!(get("PATH").as_deref(), Some("/usr/sbin:/usr/bin"));
+        assert_eq!(get("KWG_LOG").as_deref(), Some("debug"));
+        assert_eq!(get("SUDO_COMMAND"), None);
+        assert_eq!(get("MAIL"), None);
+        assert_eq!(env.iter().filter(|(n, _)| n == "HOME").count(), 1);
+    }
+}
