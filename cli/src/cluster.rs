@@ -219,7 +219,7 @@ impl Kube {
         {
             return Ok(ip);
         }
-        Err(Error::NoTunnelIp {
+        Err(kwg_session::Error::NoTunnelIp {
             peer: secret.to_string(),
             secs: 0,
             detail: format!(
@@ -230,7 +230,8 @@ impl Kube {
                         .map_or("", |s| s.as_str())
                 )
             ),
-        })
+        }
+        .into())
     }
 
     /// Moves the lease to `expires`; with `uid`, only on that very object (a Secret of the

@@ -56,10 +56,6 @@ pub enum Error {
     #[error("context {0} is not in the kubeconfig: kubectl config get-contexts lists them")]
     NoSuchContext(String),
     #[error(
-        "namespaces \"{name}\" not found: kubectl get namespaces lists them; pass an existing one with {flag}"
-    )]
-    NamespaceNotFound { name: String, flag: &'static str },
-    #[error(
         "the kwg gateway has no ready pod ({ready}/{desired} ready in {namespace}): kubectl -n {namespace} describe deployment kwg-gateway shows why; a cluster admin must scale it up or fix it"
     )]
     GatewayNotReady {
@@ -74,25 +70,9 @@ pub enum Error {
         source: Box<kube::Error>,
     },
     #[error(
-        "the gateway did not answer on UDP {endpoints} within {secs}s: check that UDP to the kwg-gateway NodePort/LoadBalancer is allowed by firewalls and that the gateway pod runs"
-    )]
-    GatewayUdp { endpoints: String, secs: u64 },
-    #[error(
         "the gateway did not answer within {secs}s on any path ({tried}): check that UDP or TCP to the kwg-gateway NodePort/LoadBalancer is allowed by firewalls and that the gateway pod runs"
     )]
     GatewayPaths { secs: u64, tried: String },
-    #[error(
-        "the gateway did not assign a tunnel IP to peer {peer} within {secs}s: check that the kwg-gateway pod runs (kubectl -n kwg-gateway get pods) and read its log{detail}"
-    )]
-    NoTunnelIp {
-        peer: String,
-        secs: u64,
-        detail: String,
-    },
-    #[error(
-        "cluster DNS did not answer {name} through the tunnel within {secs}s: check the kube-dns Service and the gateway's log"
-    )]
-    DnsCheck { name: String, secs: u64 },
     #[error("kwg is already joined or joining (daemon pid {}): run kwg leave first", pid.map_or("unknown".to_string(), |p| p.to_string()))]
     AlreadyJoined { pid: Option<u32> },
     /// A second `kwg join` to a context that has a session (issue 27).
@@ -109,14 +89,6 @@ pub enum Error {
     /// `kwg join --primary` while another session answers the short names.
     #[error("the session of context {other} is the primary (short names go to it): join without --primary (names of this cluster are then <svc>.<ns>.svc.<alias>), or run kwg leave --context {other} first")]
     PrimaryTaken { other: String },
-    #[error(
-        "interface {name} already exists and is not kwg's: pass --interface with another name (kwg never touches an interface it did not create)"
-    )]
-    InterfaceExists { name: String },
-    #[error(
-        "kwg join did not get past {step} within {secs}s: check the API server and the kwg-gateway pod (kubectl -n kwg-gateway get pods), or raise --timeout"
-    )]
-    JoinTimeout { step: String, secs: u64 },
     #[error(
         "the kwg daemon did not finish joining within {secs}s and was stopped (what it had set up is undone): read its log {log}"
     )]
@@ -166,10 +138,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "--dns-mode resolved: systemd-resolved does not manage this machine's DNS ({reason}): pass --dns-mode auto or resolv-conf"
-    )]
-    ResolvedUnavailable { reason: String },
     #[error("{0}")]
     Resolved(#[from] crate::dns::resolved::ResolvedError),
     /// A decision of the session core (kwg-session): a refused gateway info, a route

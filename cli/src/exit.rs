@@ -231,9 +231,7 @@ impl From<&Error> for ExitCode {
         use ExitCode as C;
         match e {
             Error::NotPrivileged | Error::NoHelper(_) => C::Privilege,
-            Error::NoGateway { .. } | Error::GatewayNotReady { .. } | Error::NoTunnelIp { .. } => {
-                C::GatewayMissing
-            }
+            Error::NoGateway { .. } | Error::GatewayNotReady { .. } => C::GatewayMissing,
             Error::Forbidden { .. }
             | Error::Unauthorized { .. }
             | Error::Kubeconfig(_)
@@ -249,23 +247,18 @@ impl From<&Error> for ExitCode {
             Error::ApiUnreachable { .. } => C::ApiUnreachable,
             Error::PeerNameTaken { .. } => C::NameTaken,
             Error::PeerLeftBehind(_) => C::LeftLocally,
-            Error::NamespaceNotFound { .. }
-            | Error::Invalid { .. }
-            | Error::ResolvedUnavailable { .. } => C::Usage,
-            Error::GatewayUdp { .. } | Error::GatewayPaths { .. } => C::GatewayUnreachable,
-            Error::DnsCheck { .. } => C::DnsVerification,
+            Error::Invalid { .. } => C::Usage,
+            Error::GatewayPaths { .. } => C::GatewayUnreachable,
             Error::WaitFor { .. } => C::WaitFor,
             Error::WhichSession { .. } => C::Usage,
             Error::AlreadyJoined { .. }
             | Error::AlreadyJoinedContext { .. }
             | Error::PrimaryTaken { .. }
-            | Error::InterfaceExists { .. }
             | Error::DnsListen { .. } => C::LocalConflict,
             Error::Session(e) => session_code(e),
             Error::Reported(f) => f.exit_code,
             Error::Cancelled { by, .. } => by.exit_code(),
-            Error::JoinTimeout { .. }
-            | Error::DaemonTimeout { .. }
+            Error::DaemonTimeout { .. }
             | Error::DaemonExited { .. }
             | Error::NoTokenRequest { .. }
             | Error::Api(_)
@@ -353,6 +346,7 @@ mod as_number {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kwg_session::Error as S;
 
     fn code(e: Error) -> i32 {
         ExitCode::from(&e).code()
@@ -376,27 +370,27 @@ mod tests {
             ))),
         };
         assert_eq!(code(kube403), 4);
-        let ns = Error::NamespaceNotFound {
+        let ns = S::NamespaceNotFound {
             name: "x".into(),
             flag: "-n",
         };
-        assert_eq!(code(ns), 2);
+        assert_eq!(code(ns.into()), 2);
         let ready = Error::GatewayNotReady {
             ready: 0,
             desired: 0,
             namespace: "kwg-gateway".into(),
         };
         assert_eq!(code(ready), 5);
-        let udp = Error::GatewayUdp {
+        let udp = S::GatewayUdp {
             endpoints: "192.0.2.1:31820".into(),
             secs: 3,
         };
-        assert_eq!(code(udp), 6);
-        let dns = Error::DnsCheck {
+        assert_eq!(code(udp.into()), 6);
+        let dns = S::DnsCheck {
             name: "kubernetes.default".into(),
             secs: 3,
         };
-        assert_eq!(code(dns), 7);
+        assert_eq!(code(dns.into()), 7);
         let wait = Error::WaitFor {
             targets: "web-app.emojivoto:80".into(),
             secs: 3,
@@ -404,13 +398,21 @@ mod tests {
         };
         assert_eq!(code(wait), 8);
         assert_eq!(code(Error::AlreadyJoined { pid: Some(1) }), 9);
-        let iface = Error::InterfaceExists { name: "wg0".into() };
-        assert_eq!(code(iface), 9);
+        let iface = S::InterfaceExists { name: "wg0".into() };
+        assert_eq!(code(iface.into()), 9);
         let api = Error::ApiUnreachable {
             server: "https://x".into(),
             reason: "refused".into(),
         };
         assert_eq!(code(api), 10);
+        // A step of the driver that failed inside the session keeps its own code.
+        let taken = Error::PeerNameTaken {
+            name: "laptop".into(),
+            secret: "kwg-peer-laptop".into(),
+            owner: "ci".into(),
+            hostname: "runner".into(),
+        };
+        assert_eq!(code(Error::Session(taken.into())), 11);
         assert_eq!(code(Error::invalid("--name", "not a label")), 2);
         let timeout = Error::DaemonTimeout {
             secs: 5,
@@ -445,10 +447,10 @@ mod tests {
 
     #[test]
     fn a_reported_failure_keeps_the_daemons_code_through_json() {
-        let f = Failure::from(&Error::GatewayUdp {
+        let f = Failure::from(&Error::Session(S::GatewayUdp {
             endpoints: "192.0.2.1:31820".into(),
             secs: 3,
-        });
+        }));
         let json = serde_json::to_value(&f).unwrap();
         assert_eq!(json["connected"], false);
         assert_eq!(json["step"], "handshake");

@@ -129,9 +129,10 @@ impl Driver {
             Action::ConfigureResolved(link) => {
                 let r = match &self.resolved {
                     Some(c) => c.configure(&link).await.map_err(Error::from),
-                    None => Err(Error::ResolvedUnavailable {
+                    None => Err(kwg_session::Error::ResolvedUnavailable {
                         reason: "not connected to it".into(),
-                    }),
+                    }
+                    .into()),
                 };
                 event(r, Event::ResolvedConfigured)
             }

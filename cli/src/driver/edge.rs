@@ -43,3 +43,47 @@ fn summary(e: &Error) -> String {
         e => e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::ExitCode;
+
+    #[test]
+    fn a_failed_step_crosses_the_session_and_comes_back_as_the_clis_own_error() {
+        let e: kwg_session::Error = Error::ApiUnreachable {
+            server: "https://192.0.2.1:6443".into(),
+            reason: "client error (Connect): tcp connect error: Connection refused (os error 111)"
+                .into(),
+        }
+        .into();
+        // What kwg status shows: the innermost cause, not the HTTP stack's chain.
+        assert_eq!(
+            e.summary(),
+            "API server https://192.0.2.1:6443 unreachable: Connection refused (os error 111)"
+        );
+        let back = from_session(e);
+        assert!(matches!(back, Error::ApiUnreachable { .. }), "{back:?}");
+        assert_eq!(ExitCode::from(&back), ExitCode::ApiUnreachable);
+        // Rejected credentials are what the session counts as such.
+        let rejected: kwg_session::Error = Error::Unauthorized {
+            server: "https://192.0.2.1:6443".into(),
+            user: "ci".into(),
+        }
+        .into();
+        assert!(
+            matches!(&rejected, kwg_session::Error::Step(s) if s.kind == StepKind::CredentialsRejected)
+        );
+        // A decision of the session passed on by the driver stays the session's.
+        let udp: kwg_session::Error = Error::Session(kwg_session::Error::GatewayUdp {
+            endpoints: "192.0.2.1:31820".into(),
+            secs: 3,
+        })
+        .into();
+        assert!(matches!(udp, kwg_session::Error::GatewayUdp { .. }));
+        assert_eq!(
+            ExitCode::from(&from_session(udp)),
+            ExitCode::GatewayUnreachable
+        );
+    }
+}
