@@ -339,4 +339,109 @@ fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
     let left = r.run_as_uid(USER, &["kwg", "leave"]);
     assert!(left.status.success(), "{}", text(&left.stderr));
     assert!(!r.ip(&["link"]).contains("kwg0"));
+
+    sudo_join_runs_the_cluster_side_as_the_user(&r, &web, &resolv_before);
+}
+
+/// `sudo kwg join` typed by the user. There is no sudo binary on this machine: root runs kwg
+/// with the variables sudo sets (`SUDO_UID`, `SUDO_GID`, `SUDO_USER`) and sudo's reset
+/// environment (root's `HOME`, no `KUBECONFIG`), in a mount namespace whose `/etc/passwd` knows
+/// the test users (kwg finds the user's home there). `KWG_HELPER_SOCKET` names this test's
+/// helper (the default socket needs none).
+fn sudo_join_runs_the_cluster_side_as_the_user(r: &Rig, web: &str, resolv_before: &[u8]) {
+    let passwd = r.dir.join("passwd");
+    let empty = r.dir.join("empty-home");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut users = std::fs::read_to_string("/etc/passwd").unwrap();
+    users += &format!(
+        "kwgpriv:x:{USER}:{USER}::{}:/bin/sh\nkwgother:x:{OTHER}:{OTHER}::{}:/bin/sh\n",
+        r.home.display(),
+        empty.display()
+    );
+    std::fs::write(&passwd, users).unwrap();
+    // The user's own state directory when nothing sets KWG_STATE_DIR or XDG_RUNTIME_DIR.
+    let state = PathBuf::from(format!("/tmp/kwg-{USER}"));
+    let _ = std::fs::remove_dir_all(&state);
+    let sudo = |uid: u32, user: &str, argv: &[&str]| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &r.laptop.netns,
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+            ])
+            .arg(r#"mount --bind "$0" /etc/passwd && exec "$@""#)
+            .arg(&passwd)
+            .args(["env", "-i", "HOME=/root", "LOGNAME=root", "USER=root"])
+            .arg(format!("PATH={}", path_with_bins()))
+            .arg(format!("SUDO_UID={uid}"))
+            .arg(format!("SUDO_GID={uid}"))
+            .arg(format!("SUDO_USER={user}"))
+            .arg(format!("KWG_HELPER_SOCKET={}", r.socket().display()))
+            .args(argv)
+            .output()
+            .unwrap()
+    };
+    let plain = |argv: &[&str]| {
+        let mut a = vec!["env", "-u", "KWG_STATE_DIR"];
+        a.extend_from_slice(argv);
+        r.run_as_uid(USER, &a)
+    };
+    let _ = std::fs::remove_file(r.home.join("plugin-calls"));
+
+    let out = sudo(
+        USER,
+        "kwgpriv",
+        &["kwg", "join", "--name", "priv", "-n", "emojivoto"],
+    );
+    assert!(
+        out.status.success(),
+        "sudo kwg join failed:\n{}{}\ndaemon log:\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        std::fs::read_to_string(state.join("daemon.log")).unwrap_or_default()
+    );
+    // The exec plugin ran as the user, in the user's home (never as root).
+    let calls = std::fs::read_to_string(r.home.join("plugin-calls")).unwrap();
+    assert!(
+        calls
+            .lines()
+            .all(|l| l == format!("{USER} {}", r.home.display())),
+        "{calls}"
+    );
+    // The user's plain kwg sees the session, and its names resolve.
+    let status = plain(&["kwg", "status"]);
+    assert!(
+        status.status.success() && text(&status.stdout).contains("Connected"),
+        "{}{}",
+        text(&status.stdout),
+        text(&status.stderr)
+    );
+    assert_eq!(r.laptop.getent("web-app.emojivoto"), web);
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&state).unwrap());
+    assert_eq!(owner, USER, "the state directory is the user's");
+    // The user's plain kwg leave ends it, and everything is back.
+    let left = plain(&["kwg", "leave"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+    assert!(!r.ip(&["link"]).contains("kwg0"));
+    assert_eq!(r.laptop.resolv_conf(), resolv_before);
+
+    // sudo reset KUBECONFIG and the user has no ~/.kube/config: the error names the fix.
+    let out = sudo(
+        OTHER,
+        "kwgother",
+        &["kwg", "join", "--name", "priv", "-n", "emojivoto"],
+    );
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("sudo reset KUBECONFIG"), "{said}");
+    assert!(
+        said.contains("sudo --preserve-env=KUBECONFIG kwg join"),
+        "{said}"
+    );
+    assert!(!r.ip(&["link"]).contains("kwg"), "{}", r.ip(&["link"]));
+    let _ = std::fs::remove_dir_all(&state);
 }
