@@ -69,7 +69,12 @@ pub fn install_gateway(c: &Cluster) -> Result<GatewayInfo> {
 /// exactly that many pods are Ready and the info is published.
 pub fn install_gateway_replicas(c: &Cluster, replicas: usize) -> Result<GatewayInfo> {
     // manifests/ with the tunnel CIDR the tests name (a new install picks one at random).
-    let manifests = repo_root().join("tests/e2e/manifests");
+    install_gateway_from(c, "tests/e2e/manifests", replicas)
+}
+
+/// [`install_gateway_replicas`] from the kustomization in `overlay` (relative to the repository).
+pub fn install_gateway_from(c: &Cluster, overlay: &str, replicas: usize) -> Result<GatewayInfo> {
+    let manifests = repo_root().join(overlay);
     c.kubectl_admin(&["apply", "-k", manifests.to_str().context("path")?])?;
     let n = format!("--replicas={replicas}");
     c.kubectl_admin(&["-n", GATEWAY_NS, "scale", "deployment/kwg-gateway", &n])?;
@@ -80,6 +85,28 @@ pub fn install_gateway_replicas(c: &Cluster, replicas: usize) -> Result<GatewayI
     wait_for("gateway info", Duration::from_secs(30), || {
         gateway_info(c).map(Some)
     })
+}
+
+/// Has `c`'s web-app serve a page titled `title` (one cluster's page told from another's), and
+/// waits for its rollout.
+pub fn title_web_app(c: &Cluster, title: &str) -> Result<()> {
+    let patch = serde_json::json!([{
+        "op": "replace",
+        "path": "/spec/template/spec/containers/0/args",
+        "value": ["workload", "http", "--port", "80", "--title", title],
+    }])
+    .to_string();
+    let deploy = ["-n", "emojivoto", "patch", "deployment/web-app", "--type=json", "-p"];
+    c.kubectl_admin(&[&deploy[..], &[patch.as_str()]].concat())?;
+    let status = ["-n", "emojivoto", "rollout", "status", "deployment/web-app"];
+    c.kubectl_admin(&[&status[..], &["--timeout=30s"]].concat())?;
+    Ok(())
+}
+
+/// The `<title>` of an HTML page.
+pub fn page_title(page: &str) -> Option<&str> {
+    let (_, rest) = page.split_once("<title>")?;
+    Some(rest.split_once("</title>")?.0)
 }
 
 /// Every gateway pod: (name, Ready).
@@ -214,13 +241,19 @@ pub fn peer_secret_json(
     })
 }
 
-/// Registers a peer as the developer, with a lease of `lease` from now.
+/// The developer's groups as the API server gives them (kwg-sim): what `kwg join` writes into
+/// its peer Secret's `kwg.io/groups`, and what its reach comes through (`developers` edits
+/// emojivoto and views default).
+pub const DEVELOPER_GROUPS: [&str; 3] = ["kwg:users", "developers", "system:authenticated"];
+
+/// Registers a peer as the developer, with a lease of `lease` from now, and the developer's
+/// groups as `kwg join` writes them (its reach comes through the group `developers`).
 pub fn register_peer(c: &Cluster, name: &str, key: &PublicKey, lease: Duration) -> Result<()> {
     let expires = chrono::Utc::now() + chrono::Duration::from_std(lease)?;
-    c.kubectl_apply(
-        &c.developer_kubeconfig(),
-        &peer_secret_json(name, key, expires).to_string(),
-    )?;
+    let mut doc = peer_secret_json(name, key, expires);
+    doc["metadata"]["annotations"] =
+        serde_json::json!({kwg_contract::GROUPS_ANNOTATION: DEVELOPER_GROUPS.join("\n")});
+    c.kubectl_apply(&c.developer_kubeconfig(), &doc.to_string())?;
     Ok(())
 }
 

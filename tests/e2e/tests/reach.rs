@@ -320,7 +320,7 @@ fn the_node_address_in_the_pod_cidr_is_unreachable() -> Result<()> {
     wait_for("the refusal counted", Duration::from_secs(3), || {
         Ok((drops(&c, "kubelet")? > before).then_some(()))
     })?;
-    // The same peer reaches pods (its owner has view everywhere).
+    // The same peer reaches pods (its owner's group edits emojivoto).
     assert!(text(&l.curl("web-app:80").stdout).contains("Emoji Vote"));
     Ok(())
 }

@@ -12,12 +12,13 @@ use kwg_sim::testing::Cluster;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-/// The developer as a namespace's team: `edit` in emojivoto (its only reach: the view
-/// ClusterRoleBinding the sim gives it is removed) plus EndpointSlice writes there, as a
-/// cluster grants a team that points Services without selector at backends of its own
-/// (`edit` alone writes no EndpointSlices since Kubernetes 1.22).
+/// The developer as a namespace's team: `edit` in emojivoto (its only reach: the `view` in
+/// default the sim gives its group is removed, so echo there is another team's) plus
+/// EndpointSlice writes there, as a cluster grants a team that points Services without
+/// selector at backends of its own (`edit` alone writes no EndpointSlices since Kubernetes
+/// 1.22).
 fn developer_owns_emojivoto(c: &Cluster) -> Result<()> {
-    c.kubectl_admin(&["delete", "clusterrolebinding", "kwg-sim:developer-view"])?;
+    c.kubectl_admin(&["-n", "default", "delete", "rolebinding", "developers-view"])?;
     let docs = [
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": "endpointslice-writer", "namespace": "emojivoto"},

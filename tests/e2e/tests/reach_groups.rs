@@ -1,14 +1,18 @@
 //! Reach by RBAC through the user's groups, on a cluster of its own with the shipped manifests
 //! (groups count by default where the admission policy is installed): the client writes the
 //! groups the API server gives it into its peer Secret, the admission policy holds them to the
-//! user's own, and a grant to one of them opens a namespace.
+//! user's own, and a grant to one of them opens a namespace. The developer's team RBAC (its
+//! group `developers` edits emojivoto and views default) opens those two and nothing else; a
+//! RoleBinding to the user by name and a ClusterRoleBinding open more until they go; and the
+//! API server is asked little: the SubjectAccessReviews it received while idle, after one
+//! RoleBinding change, and after a change to a ClusterRole no peer's owner is bound to.
 
 use anyhow::Result;
-use kwg_e2e::laptop::{laptop, text};
+use kwg_e2e::laptop::{Laptop, laptop, text};
 use kwg_e2e::{wait_for, wait_gateway_ready};
 use kwg_sim::testing::Cluster;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `carol` (group `kwg:viewers`, see kwg-sim) as a kwg user: the kwg-user Roles and
 /// ClusterRole (which opens no namespace: it holds no `get services`).
@@ -47,11 +51,18 @@ fn gateway_logged(c: &Cluster, line: &str) -> Result<bool> {
 }
 
 #[test]
-fn a_grant_to_the_users_group_opens_a_namespace_until_it_goes() -> Result<()> {
+fn reach_follows_group_user_and_cluster_bindings_and_asks_little() -> Result<()> {
     let c = Arc::new(Cluster::up()?);
     kwg_e2e::install_gateway(&c)?;
     kwg_user_carol(&c)?;
     wait_gateway_ready(&c, Duration::from_secs(60))?;
+    a_grant_to_the_users_group_opens_a_namespace_until_it_goes(&c)?;
+    the_developer_reaches_what_its_team_and_its_bindings_grant(&c)?;
+    Ok(())
+}
+
+fn a_grant_to_the_users_group_opens_a_namespace_until_it_goes(c: &Arc<Cluster>) -> Result<()> {
+    let c = c.clone();
     // The gateway found the admission policy at start and says groups count.
     assert!(gateway_logged(
         &c,
@@ -131,5 +142,153 @@ fn a_grant_to_the_users_group_opens_a_namespace_until_it_goes() -> Result<()> {
         Duration::from_secs(60),
         || Ok((!answers()).then_some(())),
     )?;
+    Ok(())
+}
+
+/// SubjectAccessReviews the API server answered so far (its `/metrics`, as the admin reads it).
+fn reviews(c: &Cluster) -> Result<u64> {
+    let metrics = c.kubectl_admin(&["get", "--raw", "/metrics"])?;
+    let series = "apiserver_request_total{";
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l.contains("resource=\"subjectaccessreviews\""));
+    let n = line.and_then(|l| l.rsplit(' ').next()?.parse().ok());
+    n.ok_or_else(|| anyhow::anyhow!("no SubjectAccessReview count in /metrics:\n{metrics}"))
+}
+
+/// A TCP connection from the laptop to `addr` port 53 within 0.3 s: `ok`, or the error's
+/// name (`ConnectionRefusedError` for a reset, `TimeoutError` for a silent drop).
+fn connect(l: &Laptop, addr: &str) -> String {
+    let py = format!(
+        "import socket\ntry:\n socket.create_connection(('{addr}', 53), 0.3); print('ok')\nexcept Exception as e:\n print(type(e).__name__)"
+    );
+    text(&l.run(&["python3", "-c", &py]).stdout)
+        .trim()
+        .to_owned()
+}
+
+fn connects(l: &Laptop, addr: &str) -> bool {
+    connect(l, addr) == "ok"
+}
+
+/// How long until `connects(addr) == want`, at most `limit`.
+fn settles(l: &Laptop, addr: &str, want: bool, limit: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    while connects(l, addr) != want {
+        anyhow::ensure!(
+            start.elapsed() < limit,
+            "{addr} still {} after {limit:?}",
+            if want { "refused" } else { "reached" }
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(start.elapsed())
+}
+
+fn reach_of(l: &Laptop) -> Vec<String> {
+    let json = l.status_json();
+    serde_json::from_value(json["reach"]["namespaces"].clone()).unwrap_or_default()
+}
+
+fn the_developer_reaches_what_its_team_and_its_bindings_grant(c: &Arc<Cluster>) -> Result<()> {
+    let l = laptop(c, "team");
+    l.join(&[]);
+    // Its group `developers`: edit in emojivoto, view in default; nothing in kube-system.
+    wait_for("the team's namespaces", Duration::from_secs(10), || {
+        Ok((reach_of(&l) == ["default", "emojivoto"]).then_some(()))
+    })?;
+    assert!(text(&l.curl("web-app.emojivoto").stdout).contains("Emoji Vote"));
+    assert!(text(&l.curl("echo.default").stdout).contains("Echo"));
+    // kube-system's DNS pod (not its ClusterIP, which every peer reaches): refused at once.
+    let jp = "jsonpath={.items[0].status.podIP}";
+    let dns_pod = c.kubectl_admin(&[
+        "-n",
+        "kube-system",
+        "get",
+        "pods",
+        "-l",
+        "k8s-app=kube-dns",
+        "-o",
+        jp,
+    ])?;
+    assert_eq!(
+        connect(&l, &dns_pod),
+        "ConnectionRefusedError",
+        "reset, not dropped"
+    );
+
+    // Idle: only the periodic re-review (each answer once per --reach-refresh, 60 s, spread).
+    std::thread::sleep(Duration::from_secs(2));
+    let before = reviews(c)?;
+    std::thread::sleep(Duration::from_secs(10));
+    let idle = reviews(c)? - before;
+    eprintln!("SubjectAccessReviews while idle: {idle} in 10 s");
+    assert!(idle <= 6, "{idle} reviews in 10 s idle");
+
+    // A RoleBinding to the user by name in kube-system: asked again there only, in effect in
+    // about a second.
+    let rb = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "developer-reach", "namespace": "kube-system"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kwg-reach"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "developer"}]});
+    let before = reviews(c)?;
+    c.kubectl_apply(&c.admin_kubeconfig(), &rb.to_string())?;
+    let took = settles(&l, &dns_pod, true, Duration::from_secs(5))?;
+    eprintln!("RoleBinding to the user took effect in {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let one_binding = reviews(c)? - before;
+    eprintln!("SubjectAccessReviews after one RoleBinding change: {one_binding}");
+    // carol's and the developer's questions in kube-system, and the re-review's few.
+    assert!(
+        one_binding <= 2 + 3,
+        "{one_binding} reviews after one RoleBinding"
+    );
+    wait_for("kube-system listed", Duration::from_secs(10), || {
+        Ok((reach_of(&l) == ["default", "emojivoto", "kube-system"]).then_some(()))
+    })?;
+    c.kubectl_admin(&[
+        "-n",
+        "kube-system",
+        "delete",
+        "rolebinding",
+        "developer-reach",
+    ])?;
+    settles(&l, &dns_pod, false, Duration::from_secs(5))?;
+
+    // A ClusterRoleBinding opens every namespace, kwg-gateway included, until it goes.
+    let crb = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "developer-reach-everywhere"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kwg-reach"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "developer"}]});
+    c.kubectl_apply(&c.admin_kubeconfig(), &crb.to_string())?;
+    let took = settles(&l, &dns_pod, true, Duration::from_secs(5))?;
+    eprintln!("ClusterRoleBinding took effect in {took:?}");
+    wait_for("every namespace listed", Duration::from_secs(10), || {
+        let all = ["default", "emojivoto", "kube-system", "kwg-gateway"];
+        Ok((reach_of(&l) == all).then_some(()))
+    })?;
+    c.kubectl_admin(&["delete", "clusterrolebinding", "developer-reach-everywhere"])?;
+    let took = settles(&l, &dns_pod, false, Duration::from_secs(5))?;
+    eprintln!("ClusterRoleBinding removal took effect in {took:?}");
+    wait_for(
+        "the team's namespaces again",
+        Duration::from_secs(10),
+        || Ok((reach_of(&l) == ["default", "emojivoto"]).then_some(())),
+    )?;
+    assert!(text(&l.curl("web-app.emojivoto").stdout).contains("Emoji Vote"));
+
+    // A ClusterRole no peer's owner is bound to any more changes: nothing is asked again (it
+    // asked every owner in every namespace before).
+    std::thread::sleep(Duration::from_secs(2));
+    let before = reviews(c)?;
+    c.kubectl_admin(&["label", "clusterrole", "kwg-reach", "team=unbound"])?;
+    std::thread::sleep(Duration::from_secs(3));
+    let unbound = reviews(c)? - before;
+    eprintln!("SubjectAccessReviews after a change to an unbound ClusterRole: {unbound}");
+    assert!(
+        unbound <= 2,
+        "{unbound} reviews after an unbound ClusterRole changed"
+    );
     Ok(())
 }

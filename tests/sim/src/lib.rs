@@ -16,8 +16,8 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cluster = kwg_sim::testing::Cluster::up()?; // unique prefix, `kwg-sim down` on drop
 //! let out = cluster.exec(&cluster.netns("laptop"), &["kubectl", "--kubeconfig",
-//!     cluster.developer_kubeconfig().to_str().unwrap(), "get", "ns"])?;
-//! assert!(String::from_utf8_lossy(&out.stdout).contains("emojivoto"));
+//!     cluster.developer_kubeconfig().to_str().unwrap(), "-n", "emojivoto", "get", "svc"])?;
+//! assert!(String::from_utf8_lossy(&out.stdout).contains("web-app"));
 //! let web = cluster.pod_netns("emojivoto", "web-app")?;
 //! cluster.exec(&web, &["curl", "-s", "http://web-app.emojivoto.svc.cluster.local/"])?;
 //! # Ok(()) }

@@ -282,7 +282,7 @@ impl Cluster {
         self.kubectl(&self.admin_kubeconfig(), args)
     }
 
-    /// `kubectl` as the developer (view access), run from the laptop.
+    /// `kubectl` as the developer (group `developers`: `edit` in emojivoto, `view` in default), run from the laptop.
     pub fn kubectl_developer(&self, args: &[&str]) -> Result<String> {
         self.kubectl(&self.developer_kubeconfig(), args)
     }

@@ -9,10 +9,18 @@ use std::time::Duration;
 fn the_laptop_has_kubectl_and_the_lan_but_not_the_cluster_network() {
     let c = common::cluster();
     let laptop = c.netns("laptop");
-    let ns = c.kubectl_developer(&["get", "ns"]).unwrap();
-    assert!(
-        ns.contains("emojivoto") && ns.contains("kube-system"),
-        "{ns}"
+    let svc = c.kubectl_developer(&["-n", "emojivoto", "get", "svc"]).unwrap();
+    assert!(svc.contains("web-app"), "{svc}");
+    // A team's RBAC: its group edits emojivoto and views default, nothing in kube-system.
+    let kube_system = c
+        .kubectl_output(
+            &c.developer_kubeconfig(),
+            &["-n", "kube-system", "get", "svc"],
+        )
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&kube_system.stderr).trim(),
+        "Error from server (Forbidden): services is forbidden: User \"developer\" cannot list resource \"services\" in API group \"\" in the namespace \"kube-system\""
     );
     // The developer can read but not write.
     let denied = c
@@ -115,10 +123,10 @@ fn extra_laptops_join_the_lan() {
         String::from_utf8_lossy(&out.stderr)
     );
     let bob = c.netns("bob");
-    let ns = c
-        .kubectl(&c.developer_kubeconfig(), &["get", "ns"])
+    let svc = c
+        .kubectl(&c.developer_kubeconfig(), &["-n", "emojivoto", "get", "svc"])
         .unwrap();
-    assert!(ns.contains("emojivoto"));
+    assert!(svc.contains("web-app"));
     let page = c
         .exec_ok(
             &bob,

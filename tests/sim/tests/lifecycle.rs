@@ -32,8 +32,8 @@ fn two_clusters_run_at_once_and_down_leaves_nothing() {
     let a = Cluster::up_with_prefix(&pa).unwrap();
     let b = Cluster::up_with_prefix(&pb).unwrap();
     for c in [&a, &b] {
-        let ns = c.kubectl_developer(&["get", "ns"]).unwrap();
-        assert!(ns.contains("emojivoto"));
+        let svc = c.kubectl_developer(&["-n", "emojivoto", "get", "svc"]).unwrap();
+        assert!(svc.contains("web-app"));
         let env = String::from_utf8(c.kwg_sim(&["env"]).unwrap().stdout).unwrap();
         assert!(env.contains(&format!(
             "export KUBECONFIG=/run/kwg-sim/{}/developer.kubeconfig",
@@ -65,9 +65,9 @@ fn two_clusters_run_at_once_and_down_leaves_nothing() {
     // Idempotent, and B is unaffected.
     assert!(a.kwg_sim(&["down"]).unwrap().status.success());
     assert!(
-        b.kubectl_developer(&["get", "ns"])
+        b.kubectl_developer(&["-n", "emojivoto", "get", "svc"])
             .unwrap()
-            .contains("emojivoto")
+            .contains("web-app")
     );
     let status = a.kwg_sim(&["status"]).unwrap();
     assert!(!status.status.success());

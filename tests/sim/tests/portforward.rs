@@ -116,17 +116,19 @@ fn kubectl_port_forward_carries_http_and_answers_like_a_real_cluster() {
         "{err}"
     );
 
-    // developer has `view` (get pods) but no pods/portforward: the WebSocket GET is refused
-    // (get), kubectl falls back to SPDY (POST), and prints the create refusal.
+    // developer has `view` in default (get pods) but no pods/portforward there (its `edit` in
+    // emojivoto would allow it): the WebSocket GET is refused (get), kubectl falls back to
+    // SPDY (POST), and prints the create refusal.
+    let echo = c.pod_field("default", "echo", ".metadata.name").unwrap();
     let out = c
         .kubectl_output(
             &c.developer_kubeconfig(),
             &[
                 "-n",
-                "emojivoto",
+                "default",
                 "port-forward",
-                &format!("pod/{pod}"),
-                "18082:80",
+                &format!("pod/{echo}"),
+                "18082:8080",
             ],
         )
         .unwrap();
@@ -135,8 +137,8 @@ fn kubectl_port_forward_carries_http_and_answers_like_a_real_cluster() {
     assert_eq!(
         stderr.trim(),
         format!(
-            "error: error upgrading connection: pods \"{pod}\" is forbidden: User \"developer\" \
-             cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"emojivoto\""
+            "error: error upgrading connection: pods \"{echo}\" is forbidden: User \"developer\" \
+             cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"default\""
         )
     );
     // A missing pod: kubectl's own GET gets the 404.

@@ -100,22 +100,24 @@ fn kwg_and_kube_rs_port_forward_to_pods_like_kubectl() {
         closed.1
     );
 
-    // developer may view pods but not port-forward: the real 403, as one sentence.
-    let p = pod.clone();
+    // developer may view pods in default but not port-forward there (its `edit` in emojivoto
+    // would allow it): the real 403, as one sentence.
+    let echo = c.pod_field("default", "echo", ".metadata.name").unwrap();
+    let p = echo.clone();
     let refused = in_laptop(&c, &c.developer_kubeconfig(), move |client| async move {
-        match portforward::open(client, "emojivoto", &p, 80).await {
+        match portforward::open(client, "default", &p, 8080).await {
             Err(e @ PortForwardError::Forbidden { .. }) => e.to_string(),
             Err(e) => panic!("expected a 403, got {e}"),
-            Ok(_) => panic!("developer must not port-forward in emojivoto"),
+            Ok(_) => panic!("developer must not port-forward in default"),
         }
     });
     assert_eq!(
         refused,
         format!(
             "your kubeconfig user may not port-forward to the kwg gateway's pods in namespace \
-             emojivoto (pods \"{pod}\" is forbidden: User \"developer\" cannot get resource \
-             \"pods/portforward\" in API group \"\" in the namespace \"emojivoto\"): ask a \
-             cluster admin for get and create on pods/portforward in emojivoto (the kwg-user \
+             default (pods \"{echo}\" is forbidden: User \"developer\" cannot get resource \
+             \"pods/portforward\" in API group \"\" in the namespace \"default\"): ask a \
+             cluster admin for get and create on pods/portforward in default (the kwg-user \
              role in manifests/rbac-user.yaml has it)"
         )
     );

@@ -66,7 +66,8 @@ pub async fn run(n: Names) -> Result<()> {
     let server = format!("https://{addr}");
     for (user, groups) in [
         ("admin", vec!["system:masters"]),
-        ("developer", vec!["kwg:users"]),
+        // A team's member: `developers` edits emojivoto and views default (cluster.yaml).
+        ("developer", vec!["kwg:users", "developers"]),
         // Not a kwg user until a test binds it; what it reaches comes through its group
         // (e2e reach_groups.rs).
         ("carol", vec!["kwg:viewers"]),
