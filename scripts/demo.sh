@@ -7,7 +7,8 @@
 # Builds kwg, brings up the cluster (`kwg-sim up`), installs the gateway with
 # `kubectl apply -k manifests/` as the cluster admin, then, on the laptop (a network namespace
 # on the LAN, with the developer's kubeconfig): kwg join, status, curl by short and
-# namespaced names, peers, leave, and curl failing again. The LAN name
+# namespaced names, peers, the namespaces the developer's RBAC reaches and a refused one
+# (kube-system), leave, and curl failing again. The LAN name
 # intranet.corp.example keeps resolving throughout. Prints the time from `kwg join` to the
 # first HTTP 200 and the time `kwg leave` takes. Tears everything down unless --keep.
 set -euo pipefail
@@ -17,7 +18,7 @@ KEEP=0
 for a in "$@"; do
   case "$a" in
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $a (only --keep)" >&2; exit 2 ;;
   esac
 done
@@ -84,6 +85,20 @@ on_laptop curl -s web-app.emojivoto | grep -o '<title>.*</title>'
 on_laptop curl -s echo.default | grep -o '<title>.*</title>'
 on_laptop dig +short intranet.corp.example
 on_laptop kwg peers
+
+echo "== reach by RBAC: the developer's group 'developers' edits emojivoto and views default, nothing in kube-system"
+DNS_POD=$(admin_kubectl -n kube-system get pods -l k8s-app=kube-dns -o jsonpath='{.items[0].status.podIP}')
+t2=$(date +%s%N)
+if on_laptop curl -sS --max-time 3 -o /dev/null "http://$DNS_POD:53/"; then
+  echo "demo.sh: kube-system's DNS pod $DNS_POD answered the developer" >&2
+  exit 1
+fi
+echo "(refused in $(ms "$t2") ms: the gateway resets connections to a namespace the owner may not reach)"
+for _ in $(seq 1 50); do
+  ip netns exec "$LAPTOP" kwg status | grep -q '^Last refused' && break
+  sleep 0.1
+done
+on_laptop kwg status | grep -E '^(Reachable ns|Last refused)'
 
 t1=$(date +%s%N)
 on_laptop kwg leave
