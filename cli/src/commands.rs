@@ -59,7 +59,8 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
             .iter()
             .position(|(s, _)| s.primary())
             .unwrap_or_default();
-        let each: Vec<serde_json::Value> = shown.iter().map(|(s, st)| session_json(s, st)).collect();
+        let each: Vec<serde_json::Value> =
+            shown.iter().map(|(s, st)| session_json(s, st)).collect();
         let mut out = each[top].clone();
         out["sessions"] = serde_json::Value::Array(each);
         println!(
@@ -72,7 +73,10 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
                 if i > 0 {
                     println!();
                 }
-                println!("{}", output::session_heading(&s.label(), s.alias(), s.primary()));
+                println!(
+                    "{}",
+                    output::session_heading(&s.label(), s.alias(), s.primary())
+                );
             }
             print!("{}", output::status_text(st, Utc::now()));
         }

@@ -11,7 +11,9 @@ pub const NOT_JOINED: &str = "kwg is not joined to a cluster: run `kwg join --na
 /// The line above each session's status when several are joined: `Context a (alias a,
 /// primary: short names go here)`.
 pub fn session_heading(label: &str, alias: Option<&str>, primary: bool) -> String {
-    let alias = alias.map_or(String::new(), |a| format!("alias {a}, names <svc>.<ns>.svc.{a}"));
+    let alias = alias.map_or(String::new(), |a| {
+        format!("alias {a}, names <svc>.<ns>.svc.{a}")
+    });
     let role = if primary {
         "primary: short names go here"
     } else {

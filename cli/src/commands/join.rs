@@ -62,6 +62,8 @@ pub async fn join(mut args: JoinArgs, dir: StateDir) -> Result<(), Error> {
     let mut child = kwg_host::process::spawn_detached(
         Process::new(exe)
             .args(["daemon", "--spec", &spec])
+            // The session's own directory (sessions after the first live under sessions/).
+            .env("KWG_STATE_DIR", &dir.0)
             .stdout(Stdio::piped())
             .stderr(log),
     )

@@ -65,16 +65,12 @@ pub fn place(args: &mut JoinArgs, base: &StateDir) -> Result<StateDir, Error> {
             ),
         ));
     }
-    let primary_other = others
-        .iter()
-        .find(|s| s.running.is_some() && s.primary());
+    let primary_other = others.iter().find(|s| s.running.is_some() && s.primary());
     if let (true, Some(o)) = (args.primary, primary_other) {
         return Err(Error::PrimaryTaken { other: o.label() });
     }
     if args.interface == FIRST_INTERFACE {
-        args.interface = free_interface(&others, |n| {
-            nix::net::if_::if_nametoindex(n).is_ok()
-        });
+        args.interface = free_interface(&others, |n| nix::net::if_::if_nametoindex(n).is_ok());
     }
     if args.dns_listen == default_dns_listen() {
         args.dns_listen = free_dns_listen(&others);
@@ -208,6 +204,9 @@ mod tests {
         assert_eq!(free_interface(&[&b], |_| false), "kwg0");
         assert_eq!(free_dns_listen(&[]), "127.77.0.53:53".parse().unwrap());
         assert_eq!(free_dns_listen(&[&a]), "127.77.0.54:53".parse().unwrap());
-        assert_eq!(free_dns_listen(&[&a, &b]), "127.77.0.55:53".parse().unwrap());
+        assert_eq!(
+            free_dns_listen(&[&a, &b]),
+            "127.77.0.55:53".parse().unwrap()
+        );
     }
 }

@@ -80,9 +80,9 @@ pub fn restore(path: &Path, backup: &Path) -> Result<bool, Error> {
 }
 
 /// Whether a DNS forwarder (another session's) still holds `ip`:53: binding it fails with
-/// "address in use". Any other failure counts as held (the backup is then put back as it is).
+/// "address in use" (a LAN resolver's address is not this machine's: not a forwarder).
 fn forwarder_answers(ip: std::net::IpAddr) -> bool {
-    !matches!(std::net::UdpSocket::bind((ip, 53)), Ok(_))
+    matches!(std::net::UdpSocket::bind((ip, 53)), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 #[cfg(test)]

@@ -129,7 +129,12 @@ fn search_of(text: &str) -> Vec<String> {
 
 /// `text` without the `nameserver` line of `forwarder` and the search words `search`; kwg's
 /// marker stays while the first server left is a live forwarder of another session.
-fn without(text: &str, forwarder: IpAddr, search: &[&String], live: &impl Fn(IpAddr) -> bool) -> String {
+fn without(
+    text: &str,
+    forwarder: IpAddr,
+    search: &[&String],
+    live: &impl Fn(IpAddr) -> bool,
+) -> String {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
@@ -197,27 +202,57 @@ mod tests {
 
     #[test]
     fn a_session_leaving_from_under_another_takes_only_its_own_lines() {
-        let (a, b): (IpAddr, IpAddr) = ("127.77.0.53".parse().unwrap(), "127.77.0.54".parse().unwrap());
-        let a_search: Vec<String> = vec!["emojivoto.svc.cluster.local".into(), "svc.cluster.local".into()];
+        let (a, b): (IpAddr, IpAddr) = (
+            "127.77.0.53".parse().unwrap(),
+            "127.77.0.54".parse().unwrap(),
+        );
+        let a_search: Vec<String> = vec![
+            "emojivoto.svc.cluster.local".into(),
+            "svc.cluster.local".into(),
+        ];
         let b_search: Vec<String> = vec!["corp.example".into()];
         let first = render(ORIGINAL, a, &a_search);
         let second = render(&first, b, &b_search);
-        let alive = |l: &[IpAddr]| { let l = l.to_vec(); move |ip: IpAddr| l.contains(&ip) };
+        let alive = |l: &[IpAddr]| {
+            let l = l.to_vec();
+            move |ip: IpAddr| l.contains(&ip)
+        };
         // Last in, first out: each puts back what it found.
-        assert_eq!(after_leave(&second, &first, b, &b_search, alive(&[a])), Some(first.clone()));
-        assert_eq!(after_leave(&first, ORIGINAL, a, &a_search, alive(&[])), Some(ORIGINAL.to_string()));
+        assert_eq!(
+            after_leave(&second, &first, b, &b_search, alive(&[a])),
+            Some(first.clone())
+        );
+        assert_eq!(
+            after_leave(&first, ORIGINAL, a, &a_search, alive(&[])),
+            Some(ORIGINAL.to_string())
+        );
         // The first leaves while the second is on top: only its server and search go.
         let left = after_leave(&second, ORIGINAL, a, &a_search, alive(&[b])).unwrap();
         assert_eq!(nameservers(&left), vec![b, "192.0.2.53".parse().unwrap()]);
-        assert!(left.contains("search corp.example\n") && is_ours(&left), "{left}");
+        assert!(
+            left.contains("search corp.example\n") && is_ours(&left),
+            "{left}"
+        );
         // Then the second: its backup's forwarder is gone, so the machine's file is what is left.
         let end = after_leave(&left, &first, b, &b_search, alive(&[])).unwrap();
         assert!(!is_ours(&end), "{end}");
-        assert_eq!(nameservers(&end), vec!["192.0.2.53".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            nameservers(&end),
+            vec!["192.0.2.53".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(search_of(&end), vec!["corp.example".to_string()]);
-        assert!(end.contains("options edns0") && end.contains("# lan"), "{end}");
+        assert!(
+            end.contains("options edns0") && end.contains("# lan"),
+            "{end}"
+        );
         // Someone else's file is left alone; an empty one gets the backup.
-        assert_eq!(after_leave(ORIGINAL, &first, a, &a_search, alive(&[])), None);
-        assert_eq!(after_leave("", &first, b, &b_search, alive(&[a])), Some(first));
+        assert_eq!(
+            after_leave(ORIGINAL, &first, a, &a_search, alive(&[])),
+            None
+        );
+        assert_eq!(
+            after_leave("", &first, b, &b_search, alive(&[a])),
+            Some(first)
+        );
     }
 }

@@ -1,0 +1,261 @@
+//! Several clusters at once (issue 27): one laptop on two one-machine clusters with distinct
+//! LANs and CIDRs, each gateway installed with the shipped manifests (a tunnel CIDR of its
+//! own, picked at random), each web-app serving a page naming its cluster. A session per
+//! kubeconfig context: `<svc>.<ns>.svc.<alias>` reaches each one's own web-app, short names
+//! the first (primary) session's, `kwg status` lists both, `kwg leave` asks for
+//! `--context`/`--all`, and leaving one leaves the other working and nothing of the first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kwg_e2e::laptop::{Laptop, text};
+use kwg_sim::testing::Cluster;
+
+/// `kubectl apply -k manifests/` as shipped (no tunnel CIDR set), one replica, and the info
+/// the gateway published.
+fn install_default(c: &Cluster) -> kwg_contract::GatewayInfo {
+    let manifests = kwg_e2e::repo_root().join("manifests");
+    c.kubectl_admin(&["apply", "-k", manifests.to_str().unwrap()])
+        .expect("kubectl apply -k manifests/");
+    c.kubectl_admin(&[
+        "-n",
+        "kwg-gateway",
+        "scale",
+        "deployment/kwg-gateway",
+        "--replicas=1",
+    ])
+    .expect("scale the gateway");
+    kwg_e2e::wait_for("one ready gateway", Duration::from_secs(30), || {
+        let pods = kwg_e2e::gateway_pods(c)?;
+        Ok((pods.len() == 1 && pods[0].1).then_some(()))
+    })
+    .expect("the gateway is ready");
+    kwg_e2e::wait_for("gateway info", Duration::from_secs(30), || {
+        kwg_e2e::gateway_info(c).map(Some)
+    })
+    .expect("the gateway info")
+}
+
+/// web-app's page says which cluster served it.
+fn name_web_app(c: &Cluster, title: &str) {
+    let patch = serde_json::json!([{
+        "op": "replace",
+        "path": "/spec/template/spec/containers/0/args",
+        "value": ["workload", "http", "--port", "80", "--title", title],
+    }])
+    .to_string();
+    c.kubectl_admin(&[
+        "-n",
+        "emojivoto",
+        "patch",
+        "deployment/web-app",
+        "--type=json",
+        "-p",
+        &patch,
+    ])
+    .expect("patch web-app");
+    c.kubectl_admin(&[
+        "-n",
+        "emojivoto",
+        "rollout",
+        "status",
+        "deployment/web-app",
+        "--timeout=30s",
+    ])
+    .expect("web-app rolled out");
+}
+
+/// The developer's kubeconfig of `c` with its context called `context`.
+fn kubeconfig(c: &Cluster, context: &str) -> String {
+    let text = std::fs::read_to_string(c.developer_kubeconfig()).expect("kubeconfig");
+    let path = c.names().run_dir().join(format!("{context}.kubeconfig"));
+    std::fs::write(&path, text.replace("developer@kwg", context)).expect("write kubeconfig");
+    path.display().to_string()
+}
+
+fn title(l: &Laptop, url: &str) -> String {
+    let out = l.curl(url);
+    let page = text(&out.stdout);
+    page.split_once("<title>")
+        .and_then(|(_, rest)| rest.split_once("</title>"))
+        .map(|(t, _)| t.to_string())
+        .unwrap_or_else(|| format!("no page from {url}: {}", text(&out.stderr)))
+}
+
+#[test]
+fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
+    let a = Cluster::up().expect("kwg-sim up (alpha)");
+    let b = Cluster::builder()
+        .lan("198.51.100.0/24")
+        .service_cidr("10.128.0.0/16")
+        .pod_cidr("10.200.0.0/16")
+        .up()
+        .expect("kwg-sim up (beta)");
+    // Two default installs: each picked its own tunnel CIDR inside 100.64.0.0/10.
+    let (ia, ib) = (install_default(&a), install_default(&b));
+    for info in [&ia, &ib] {
+        let [first, second, ..] = info.tunnel_cidr.network().octets();
+        assert!(
+            first == 100 && (64..128).contains(&second),
+            "{}",
+            info.tunnel_cidr
+        );
+    }
+    assert_ne!(
+        ia.tunnel_cidr, ib.tunnel_cidr,
+        "two installs, two tunnel CIDRs"
+    );
+    // A restart keeps it (kept in the key Secret).
+    a.kubectl_admin(&[
+        "-n",
+        "kwg-gateway",
+        "rollout",
+        "restart",
+        "deployment/kwg-gateway",
+    ])
+    .unwrap();
+    a.kubectl_admin(&[
+        "-n",
+        "kwg-gateway",
+        "rollout",
+        "status",
+        "deployment/kwg-gateway",
+        "--timeout=30s",
+    ])
+    .unwrap();
+    assert_eq!(
+        kwg_e2e::gateway_info(&a).unwrap().tunnel_cidr,
+        ia.tunnel_cidr
+    );
+    name_web_app(&a, "Cluster Alpha");
+    name_web_app(&b, "Cluster Beta");
+
+    let (netns, _) = a
+        .add_laptop_on("multi", &[&b])
+        .expect("a laptop on both LANs");
+    let a = Arc::new(a);
+    let l = Laptop {
+        state: a.names().run_dir().join("kwg-state-multi"),
+        sim: a.clone(),
+        name: "multi".into(),
+        netns,
+    };
+    let original = l.resolv_conf();
+    let (ka, kb) = (kubeconfig(&a, "alpha"), kubeconfig(&b, "beta"));
+    l.join(&["--kubeconfig", &ka, "--namespace", "emojivoto"]);
+    l.join(&["--kubeconfig", &kb, "--namespace", "emojivoto"]);
+
+    // Each cluster by its alias, short names the primary's (alpha, joined first).
+    assert_eq!(title(&l, "web-app.emojivoto.svc.alpha"), "Cluster Alpha");
+    assert_eq!(title(&l, "web-app.emojivoto.svc.beta"), "Cluster Beta");
+    assert_eq!(title(&l, "web-app"), "Cluster Alpha");
+    assert_eq!(title(&l, "web-app.emojivoto"), "Cluster Alpha");
+
+    let status = l.status_json();
+    let sessions = status["sessions"].as_array().expect("sessions[]");
+    assert_eq!(sessions.len(), 2, "{status}");
+    let by = |ctx: &str| {
+        sessions
+            .iter()
+            .find(|s| s["context"] == ctx)
+            .unwrap_or_else(|| panic!("no session of {ctx}: {status}"))
+            .clone()
+    };
+    let (sa, sb) = (by("alpha"), by("beta"));
+    assert_eq!(
+        (sa["primary"].as_bool(), sb["primary"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(
+        (sa["interface"].as_str(), sb["interface"].as_str()),
+        (Some("kwg0"), Some("kwg1"))
+    );
+    assert_eq!(
+        (sa["alias"].as_str(), sb["alias"].as_str()),
+        (Some("alpha"), Some("beta"))
+    );
+    assert_eq!(status["context"], "alpha", "the primary's status on top");
+    let s = text(&l.kwg(&["status"]).stdout);
+    assert!(
+        s.contains("Context alpha (alias alpha")
+            && s.contains("primary: short names go here")
+            && s.contains("Context beta (alias beta"),
+        "{s}"
+    );
+    let peers = text(
+        &l.kwg(&["peers", "--context", "beta", "--kubeconfig", &kb])
+            .stdout,
+    );
+    assert!(
+        peers
+            .lines()
+            .any(|l| l.starts_with('*') && l.contains("multi")),
+        "{peers}"
+    );
+
+    // A second join to a joined context, and a leave that does not say which.
+    let again = l.kwg(&["join", "--kubeconfig", &ka, "--namespace", "emojivoto"]);
+    assert_eq!(again.status.code(), Some(9), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("already joined to context alpha"),
+        "{}",
+        text(&again.stderr)
+    );
+    let which = l.kwg(&["leave"]);
+    assert_eq!(which.status.code(), Some(2), "{}", text(&which.stderr));
+    let e = text(&which.stderr);
+    assert!(
+        e.contains("alpha, beta") && e.contains("--context NAME") && e.contains("--all"),
+        "{e}"
+    );
+
+    // Leaving alpha leaves beta working and nothing of alpha.
+    let left = l.kwg(&["leave", "--context", "alpha"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+    assert_eq!(title(&l, "web-app.emojivoto.svc.beta"), "Cluster Beta");
+    let routes = l.routes();
+    assert!(
+        !routes.contains("kwg0") && !routes.contains("10.96.0.0/12"),
+        "{routes}"
+    );
+    assert!(routes.contains("10.128.0.0/16 dev kwg1"), "{routes}");
+    assert!(!text(&l.run(&["ip", "link"]).stdout).contains("kwg0"));
+    let resolv = text(&l.resolv_conf());
+    assert!(
+        !resolv.contains("127.77.0.53") && resolv.contains("127.77.0.54"),
+        "{resolv}"
+    );
+    let tables = text(&l.run(&["nft", "list", "tables"]).stdout);
+    assert!(!tables.contains("kwg0"), "{tables}");
+    let status = l.status_json();
+    assert_eq!(
+        status["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+
+    let all = l.kwg(&["leave", "--all"]);
+    assert!(all.status.success(), "{}", text(&all.stderr));
+    assert!(!l.routes().contains("kwg"));
+    let resolv = text(&l.resolv_conf());
+    assert!(
+        !resolv.contains("127.77.") && !resolv.contains("added by kwg"),
+        "{resolv}"
+    );
+    assert_eq!(
+        kwg_session_like(&resolv),
+        kwg_session_like(&text(&original)),
+        "the machine's resolvers and search list as before"
+    );
+}
+
+/// A resolver file's servers and search list.
+fn kwg_session_like(text: &str) -> (Vec<String>, Vec<String>) {
+    let words = |kind: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(kind))
+            .flat_map(|l| l.split_whitespace().skip(1).map(str::to_string))
+            .collect()
+    };
+    (words("nameserver"), words("search"))
+}
