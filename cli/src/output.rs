@@ -161,7 +161,24 @@ pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
     for r in &s.subnets {
         let _ = writeln!(o, "  - {} ({})", r.subnet, r.source);
     }
+    o.push_str(&mapping_lines(&s.subnets));
     o.push_str(&crate::health::lines_text(s));
+    o
+}
+
+/// Virtual subnets (issue 27): each cluster range this machine reaches through a mapped one.
+fn mapping_lines(subnets: &[kwg_contract::PlannedRoute]) -> String {
+    let mapped: Vec<_> = subnets
+        .iter()
+        .filter_map(|r| r.cluster.map(|c| (c, r)))
+        .collect();
+    if mapped.is_empty() {
+        return String::new();
+    }
+    let mut o = format!("Mapped: ({} cluster ranges overlap this machine's)\n", mapped.len());
+    for (cluster, r) in mapped {
+        let _ = writeln!(o, "  - {cluster} ({}) as {}", r.source, r.subnet);
+    }
     o
 }
 

@@ -288,11 +288,11 @@ pub fn for_session(
     routes: Vec<PlannedRoute>,
     existing: &[Route],
     addresses: &[IpAddr],
-) -> Result<Vec<PlannedRoute>, MapError> {
+) -> Result<Vec<PlannedRoute>, crate::Error> {
     if config.userspace {
         return Ok(routes);
     }
-    apply(
+    let mapped = apply(
         routes,
         &MapInputs {
             existing,
@@ -302,7 +302,8 @@ pub fn for_session(
             forced: &config.map,
             pool: &config.map_pool,
         },
-    )
+    )?;
+    Ok(mapped)
 }
 
 /// The first range of prefix length `len` in the pool that overlaps none of the machine's
