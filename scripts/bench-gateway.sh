@@ -10,6 +10,14 @@
 # interleaved over rollouts, as medians, with the gateways' CPU time per GB (see below).
 # Target: on >= 95 % of off.
 #   COUNTS="1000 10000" SAMPLES=10 PROFILE=release ROUNDS=3 PER=2 WINDOW=5 scripts/bench-gateway.sh
+# PART=reviews measures instead what reach by RBAC costs the API server (issue 30): OWNERS
+# owners (default 1,000, one peer each) in TEAMS groups (default 50) x NAMESPACES namespaces
+# (default 300, each with a Service and a RoleBinding of `view` to one team), then prints
+# the SubjectAccessReviews per second the API server answered over REVIEW_WINDOW s (default
+# 600, after WARMUP s, default 60; goal <= 20/s), the time from a RoleBinding, and from a
+# ClusterRoleBinding, to a peer reaching a pod (ping; goals <= 1 s and <= 5 s) and the
+# gateway's RSS. The reviews are the API server's own count (`kubectl get --raw /metrics`).
+#   PART=reviews [OWNERS=1000 TEAMS=50 NAMESPACES=300 REVIEW_WINDOW=600 WARMUP=60] scripts/bench-gateway.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -65,6 +73,68 @@ for p in $(ip netns pids "$PREFIX-pod-kwg-gateway-$POD"); do
 done
 [ -n "$PID" ] || { echo "cannot find the gateway process" >&2; exit 1; }
 rss_mib() { awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$PID/status"; }
+
+if [ "${PART:-}" = reviews ]; then
+    OWNERS=${OWNERS:-1000}; TEAMS=${TEAMS:-50}; NAMESPACES=${NAMESPACES:-300}
+    REVIEW_WINDOW=${REVIEW_WINDOW:-600}; WARMUP=${WARMUP:-60}
+    load() { ip netns exec "$LAPTOP" env KUBECONFIG="$ADMIN" "$@" "$BIN/examples/bench_load" "${BENCH_ARGS[@]}"; }
+    sars() { kube get --raw /metrics | awk '/resource="subjectaccessreviews"/{print $NF}'; }
+    echo "kwg-gateway ($PROFILE build), cluster $PREFIX: reach by RBAC, $OWNERS owners in $TEAMS groups x $NAMESPACES namespaces"
+    BENCH_ARGS=(teams "$NAMESPACES" "$TEAMS"); load >&2
+    BENCH_ARGS=(register "$OWNERS"); load BENCH_OWNERS="$OWNERS" BENCH_GROUPS="$TEAMS" >&2
+    # A peer of our own (wireguard-go) whose owner is in no group, and a pod to ping in a
+    # namespace of its own.
+    kube create namespace bench-rb >/dev/null
+    kube -n bench-rb run target --image=busybox --restart=Never --command -- sleep 86400 >/dev/null
+    TARGET=
+    for _ in $(seq 1 300); do
+        TARGET=$(kube -n bench-rb get pod target -o jsonpath='{.status.podIP}' 2>/dev/null || true)
+        [ -n "$TARGET" ] && break
+        sleep 0.2
+    done
+    [ -n "$TARGET" ] || { echo "the target pod got no address" >&2; exit 1; }
+    ip netns exec "$LAPTOP" wireguard-go -f "$IFNAME" >/dev/null 2>&1 &
+    WGPID=$!
+    for _ in $(seq 1 100); do [ -S "/var/run/wireguard/$IFNAME.sock" ] && break; sleep 0.05; done
+    ip -n "$LAPTOP" link set "$IFNAME" up
+    read -r TIP GWKEY GWEP < <(ip netns exec "$LAPTOP" env KUBECONFIG="$ADMIN" "$BIN/examples/bench_load" peer rbench rbench-owner "$IFNAME")
+    ip -n "$LAPTOP" address add "$TIP/32" dev "$IFNAME"
+    ip netns exec "$LAPTOP" wg set "$IFNAME" peer "$GWKEY" endpoint "$GWEP" persistent-keepalive 1 \
+        allowed-ips 100.77.0.1/32,10.96.0.0/12,10.244.0.0/16
+    ip -n "$LAPTOP" route replace 10.244.0.0/16 dev "$IFNAME"
+    reaches() { ip netns exec "$LAPTOP" ping -c 1 -W 0.2 -q "$TARGET" >/dev/null 2>&1; }
+    # ms until reaches() says $1 (yes/no), at most 120 s ("-" if never).
+    until_reach() {
+        local t0=$(date +%s%N) i
+        for i in $(seq 1 600); do
+            if reaches; then [ "$1" = yes ] && break; else [ "$1" = no ] && break; fi
+            sleep 0.05
+        done
+        if reaches; then [ "$1" = yes ] || { echo -; return; }; else [ "$1" = no ] || { echo -; return; }; fi
+        echo $(( ($(date +%s%N) - t0) / 1000000 ))
+    }
+    echo "warming up ${WARMUP} s (the first reviews of every owner x namespace)" >&2
+    sleep "$WARMUP"
+    S0=$(sars); T0=$(date +%s%N)
+    sleep "$REVIEW_WINDOW"
+    S1=$(sars); T1=$(date +%s%N)
+    RATE=$(awk -v a="$S0" -v b="$S1" -v t="$(( (T1 - T0) / 1000000 ))" 'BEGIN{printf "%.1f", (b - a) * 1000 / t}')
+    T0=$(date +%s%N)
+    kube -n bench-rb create rolebinding rbench --clusterrole=kwg-reach --user=rbench-owner >/dev/null
+    RB_MS=$(until_reach yes)
+    kube -n bench-rb delete rolebinding rbench >/dev/null
+    RB_OFF_MS=$(until_reach no)
+    kube create clusterrolebinding rbench --clusterrole=kwg-reach --user=rbench-owner >/dev/null
+    CRB_MS=$(until_reach yes)
+    kube delete clusterrolebinding rbench >/dev/null
+    CRB_OFF_MS=$(until_reach no)
+    echo "reach by RBAC: $OWNERS owners ($TEAMS groups) x $NAMESPACES namespaces, one peer per owner"
+    echo "SubjectAccessReviews answered: $((S1 - S0)) in ${REVIEW_WINDOW} s after ${WARMUP} s: $RATE /s (goal <= 20 /s)"
+    echo "RoleBinding -> reached: ${RB_MS} ms, its removal -> refused: ${RB_OFF_MS} ms (goal <= 1000 ms)"
+    echo "ClusterRoleBinding -> reached: ${CRB_MS} ms, its removal -> refused: ${CRB_OFF_MS} ms (goal <= 5000 ms)"
+    echo "gateway RSS: $(rss_mib) MiB"
+    exit 0
+fi
 
 echo "kwg-gateway ($PROFILE build), cluster $PREFIX"
 printf "%-8s %10s\n" peers "RSS MiB"

@@ -10,7 +10,12 @@
 //! inventory: one namespace id per namespace, one element per ClusterIP).
 //! `bench_load peer NAME OWNER IFNAME`: a new key on IFNAME, a peer Secret owned by OWNER;
 //! prints `<tunnel IP> <gateway key> <gateway endpoint>` once the gateway addressed it.
-//! `BENCH_OWNERS=K` spreads registered peers over K owners (default: one owner per peer).
+//! `BENCH_OWNERS=K` spreads registered peers over K owners (default: one owner per peer);
+//! `BENCH_GROUPS=G` puts owner i in group `bench-team-<i mod G>` (the peer Secret's
+//! `kwg.io/groups`, as `kwg join` writes it; the admin who registers is exempt from the
+//! admission policy).
+//! `bench_load teams N G`: N namespaces `bench-ns-<i>`, each with one Service and a
+//! RoleBinding of ClusterRole `view` to group `bench-team-<i mod G>` (a team's namespaces).
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
@@ -100,13 +105,20 @@ async fn register(api: &Api<Secret>, n: usize) -> Result<()> {
     let owners: Option<usize> = std::env::var("BENCH_OWNERS")
         .ok()
         .and_then(|v| v.parse().ok());
+    let groups: Option<usize> = std::env::var("BENCH_GROUPS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     in_flight(names.into_iter().enumerate(), |(i, name)| async move {
-        let owner = owners.map_or(name.clone(), |k| format!("bench-owner-{}", i % k.max(1)));
-        create_or_keep(
-            api,
-            &secret(&spec_owned(&name, &owner, &PrivateKey::generate())?),
-        )
-        .await
+        let k = owners.unwrap_or(n).max(1);
+        let owner = owners.map_or(name.clone(), |_| format!("bench-owner-{}", i % k));
+        let mut s = secret(&spec_owned(&name, &owner, &PrivateKey::generate())?);
+        if let Some(g) = groups {
+            let team = format!("bench-team-{}", (i % k) % g.max(1));
+            let groups = format!("{team}\nsystem:authenticated");
+            s.metadata.annotations =
+                Some([(kwg_contract::GROUPS_ANNOTATION.to_owned(), groups)].into());
+        }
+        create_or_keep(api, &s).await
     })
     .await?;
     let created = start.elapsed();
@@ -260,6 +272,39 @@ async fn services(client: kube::Client, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// `teams N G`: namespaces `bench-ns-<i>` with one Service each and a RoleBinding of `view` to
+/// group `bench-team-<i mod G>`.
+async fn teams(client: kube::Client, n: usize, g: usize) -> Result<()> {
+    use k8s_openapi::api::core::v1::{Namespace, Service};
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let start = Instant::now();
+    let nss: Api<Namespace> = Api::all(client.clone());
+    in_flight(0..n, |i| {
+        let (client, nss) = (client.clone(), nss.clone());
+        async move {
+            let ns = format!("bench-ns-{i}");
+            let obj = serde_json::json!({"metadata": {"name": ns}});
+            create_or_keep(&nss, &serde_json::from_value::<Namespace>(obj)?).await?;
+            let svc = serde_json::json!({"metadata": {"name": "svc"},
+                "spec": {"ports": [{"port": 80}], "selector": {"app": "none"}}});
+            let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+            create_or_keep(&svcs, &serde_json::from_value::<Service>(svc)?).await?;
+            let rb = serde_json::json!({"metadata": {"name": "team-view"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                              "name": format!("bench-team-{}", i % g.max(1))}]});
+            let rbs: Api<RoleBinding> = Api::namespaced(client, &ns);
+            create_or_keep(&rbs, &serde_json::from_value::<RoleBinding>(rb)?).await
+        }
+    })
+    .await?;
+    println!(
+        "created {n} namespaces with a Service and a team's RoleBinding each ({g} teams) in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// `peer NAME OWNER IFNAME`: a fresh key on IFNAME and its peer Secret; prints the tunnel IP,
 /// the gateway's key and endpoint.
 async fn peer(client: kube::Client, api: &Api<Secret>, args: &[String]) -> Result<()> {
@@ -321,8 +366,12 @@ async fn main() -> Result<()> {
         }
         Some("services") => services(client, args.get(2).context("services N")?.parse()?).await,
         Some("peer") => peer(client, &api, &args[2..]).await,
+        Some("teams") => {
+            let n = args.get(2).context("teams N G")?.parse()?;
+            teams(client, n, args.get(3).context("teams N G")?.parse()?).await
+        }
         _ => bail!(
-            "usage: bench_load register N | latency IFNAME SAMPLES | services N | peer NAME OWNER IFNAME"
+            "usage: bench_load register N | latency IFNAME SAMPLES | services N | peer NAME OWNER IFNAME | teams N G"
         ),
     }
 }
