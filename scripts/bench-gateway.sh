@@ -57,6 +57,23 @@ trap cleanup EXIT
 LAPTOP=$PREFIX-laptop
 ADMIN=/run/kwg-sim/$PREFIX/admin.kubeconfig
 kube() { ip netns exec "$LAPTOP" kubectl --kubeconfig "$ADMIN" "$@"; }
+# wireguard-go on IFNAME in the laptop.
+wg_start() {
+    ip netns exec "$LAPTOP" wireguard-go -f "$IFNAME" >/dev/null 2>&1 &
+    WGPID=$!
+    for _ in $(seq 1 100); do [ -S "/var/run/wireguard/$IFNAME.sock" ] && break; sleep 0.05; done
+    ip -n "$LAPTOP" link set "$IFNAME" up
+}
+# A peer `rbench` of owner rbench-owner on IFNAME (a new key), routed to the cluster.
+rbench_peer() {
+    local tip key ep
+    read -r tip key ep < <(ip netns exec "$LAPTOP" env KUBECONFIG="$ADMIN" "$BIN/examples/bench_load" peer rbench rbench-owner "$IFNAME")
+    ip -n "$LAPTOP" address add "$tip/32" dev "$IFNAME"
+    ip netns exec "$LAPTOP" wg set "$IFNAME" peer "$key" endpoint "$ep" persistent-keepalive 1 \
+        allowed-ips 100.77.0.1/32,10.96.0.0/12,10.244.0.0/16
+    ip -n "$LAPTOP" route replace 10.244.0.0/16 dev "$IFNAME"
+    ip -n "$LAPTOP" route replace 10.96.0.0/12 dev "$IFNAME"
+}
 
 # The tunnel CIDR the wg set below names (a new install picks one at random).
 kube apply -k tests/e2e/manifests/ >/dev/null
@@ -93,15 +110,8 @@ if [ "${PART:-}" = reviews ]; then
         sleep 0.2
     done
     [ -n "$TARGET" ] || { echo "the target pod got no address" >&2; exit 1; }
-    ip netns exec "$LAPTOP" wireguard-go -f "$IFNAME" >/dev/null 2>&1 &
-    WGPID=$!
-    for _ in $(seq 1 100); do [ -S "/var/run/wireguard/$IFNAME.sock" ] && break; sleep 0.05; done
-    ip -n "$LAPTOP" link set "$IFNAME" up
-    read -r TIP GWKEY GWEP < <(ip netns exec "$LAPTOP" env KUBECONFIG="$ADMIN" "$BIN/examples/bench_load" peer rbench rbench-owner "$IFNAME")
-    ip -n "$LAPTOP" address add "$TIP/32" dev "$IFNAME"
-    ip netns exec "$LAPTOP" wg set "$IFNAME" peer "$GWKEY" endpoint "$GWEP" persistent-keepalive 1 \
-        allowed-ips 100.77.0.1/32,10.96.0.0/12,10.244.0.0/16
-    ip -n "$LAPTOP" route replace 10.244.0.0/16 dev "$IFNAME"
+    wg_start
+    rbench_peer
     reaches() { ip netns exec "$LAPTOP" ping -c 1 -W 0.2 -q "$TARGET" >/dev/null 2>&1; }
     # ms until reaches() says $1 (yes/no), at most 120 s ("-" if never).
     until_reach() {
@@ -147,10 +157,7 @@ for n in $COUNTS; do
     printf "%-8s %10s\n" "$n" "$LAST_RSS"
 done
 
-ip netns exec "$LAPTOP" wireguard-go -f "$IFNAME" >/dev/null 2>&1 &
-WGPID=$!
-for _ in $(seq 1 100); do [ -S "/var/run/wireguard/$IFNAME.sock" ] && break; sleep 0.05; done
-ip -n "$LAPTOP" link set "$IFNAME" up
+wg_start
 LAT=$(ip netns exec "$LAPTOP" env KUBECONFIG="$ADMIN" "$BIN/examples/bench_load" latency "$IFNAME" "$SAMPLES")
 echo "$LAT"
 HS=$(echo "$LAT" | awk '/first handshake/{print $6}')
@@ -176,12 +183,7 @@ done
 [ -n "$IPERF" ] || { echo "the iperf3 pod got no address" >&2; exit 1; }
 sleep 3
 printf "gateway RSS with %s peers and %s Services: %s MiB\n" "$LAST" "$SERVICES" "$(rss_mib)"
-read -r TIP GWKEY GWEP < <(ip netns exec "$LAPTOP" env KUBECONFIG="$ADMIN" "$BIN/examples/bench_load" peer rbench rbench-owner "$IFNAME")
-ip -n "$LAPTOP" address add "$TIP/32" dev "$IFNAME"
-ip netns exec "$LAPTOP" wg set "$IFNAME" peer "$GWKEY" endpoint "$GWEP" persistent-keepalive 1 \
-    allowed-ips 100.77.0.1/32,10.96.0.0/12,10.244.0.0/16
-ip -n "$LAPTOP" route replace 10.244.0.0/16 dev "$IFNAME"
-ip -n "$LAPTOP" route replace 10.96.0.0/12 dev "$IFNAME"
+rbench_peer
 # Reach is judged per address (any protocol): ping, never a connection to iperf3's port (a
 # half-open probe would keep the single-client server busy).
 reaches() { ip netns exec "$LAPTOP" ping -c 1 -W 0.3 -q "$IPERF" >/dev/null 2>&1; }
