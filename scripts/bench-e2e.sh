@@ -9,7 +9,8 @@
 # and receive with GRO as NICs do; LAN_MODEL=previous: the LAN of earlier figures, whose
 # datagrams this script cuts to the MTU itself, see wire() below; docs/architecture.md). Two more
 # rows show kwg with the datagrams whole (only the sim can do that) and both clients with a node
-# NIC that coalesces forwarded UDP (nic_gro() below).
+# NIC that coalesces forwarded UDP (nic_gro() below), and one kwg through a virtual subnet
+# (--map: every packet translated on the laptop, issue 27).
 # Prints Gbit/s, the gateway's CPU seconds per GB carried (user + system time of the
 # kwg-gateway process, from /proc/PID/stat) and the machine's (all CPUs, busy time, from
 # /proc/stat: it includes the client, iperf3, softirq and anything else running), and the
@@ -147,6 +148,15 @@ nic_gro on
 measure "kwg, node NIC UDP GRO forwarding" "$LAPTOP" "$SVC_IP"
 nic_gro off
 dev kwg leave >/dev/null 2>&1
+# Virtual subnets (issue 27), A/B against the row "kwg join -> ClusterIP": the same join with
+# the Service CIDR forced onto another range (--map), so every packet is translated on the
+# laptop (destination out, source in, checksums updated). The cluster's Service CIDR is the
+# sim's default 10.96.0.0/12: its ClusterIP moves by the second octet.
+MAPPED_IP=$(awk -F. -v OFS=. '{ $2 = $2 - 96 + 224; print }' <<<"$SVC_IP")
+dev kwg join --name kwg-bench --map 10.96.0.0/12=10.224.0.0/12 >"$BINDIR/join.log" 2>&1 ||
+  { echo "bench-e2e.sh: kwg join --map failed:" >&2; cat "$BINDIR/join.log" >&2; exit 1; }
+measure "kwg, mapped (virtual subnets)" "$LAPTOP" "$MAPPED_IP"
+dev kwg leave >/dev/null 2>&1
 
 # A wireguard-go client registered per docs/contract.md.
 wggo_client "$LAPTOP" wggo "${P}w"
@@ -164,6 +174,8 @@ printf '%-28s %9s %10s\n' "ratio" "1 stream" "4 streams"
 printf '%-28s %9s %10s\n' "kwg / wireguard-go client" "$(ratio "${T1[$K]}" "${T1[$W]}")" "$(ratio "${T4[$K]}" "${T4[$W]}")"
 printf '%-28s %9s %10s\n' "(datagrams whole) / wg-go" "$(ratio "${T1[$S]}" "${T1[$W]}")" "$(ratio "${T4[$S]}" "${T4[$W]}")"
 printf '%-28s %9s %10s\n' "(node UDP GRO) kwg / wg-go" "$(ratio "${T1[$KG]}" "${T1[$WG]}")" "$(ratio "${T4[$KG]}" "${T4[$WG]}")"
+V="kwg, mapped (virtual subnets)"
+printf '%-28s %9s %10s\n' "kwg mapped / kwg (>= 0.95)" "$(ratio "${T1[$V]}" "${T1[$K]}")" "$(ratio "${T4[$V]}" "${T4[$K]}")"
 printf '%-28s %9s %10s\n' "kwg / no tunnel" "$(ratio "${T1[$K]}" "${T1[$N]}")" "$(ratio "${T4[$K]}" "${T4[$N]}")"
 printf '%-28s %9s %10s\n' "wireguard-go / no tunnel" "$(ratio "${T1[$W]}" "${T1[$N]}")" "$(ratio "${T4[$W]}" "${T4[$N]}")"
 printf '%-28s %9s %10s\n' "gateway CPU/GB kwg / wg-go" "$(ratio "${G1[$K]}" "${G1[$W]}")" "$(ratio "${G4[$K]}" "${G4[$W]}")"
