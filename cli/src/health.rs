@@ -32,6 +32,9 @@ pub struct Observed {
     /// Why the machine's resolver does not send cluster names to kwg (`None`: it does, or
     /// it was not checked).
     pub dns: Option<String>,
+    /// A normal user's join: kwg-helper's connection closed (the helper exited or was killed),
+    /// with what became of the interface.
+    pub helper_gone: Option<String>,
 }
 
 /// A check that may not have been made.
@@ -195,6 +198,13 @@ pub fn assess(s: &Status, o: &Observed, now: DateTime<Utc>) -> (ConnectionState,
             _ => "something rewrote /etc/resolv.conf (NetworkManager, dhclient): run kwg leave, then kwg join".to_string(),
         };
         line(HealthKind::DnsMissing, why.clone(), fix);
+    }
+    if let Some(why) = &o.helper_gone {
+        line(
+            HealthKind::HelperGone,
+            why.clone(),
+            "start kwg-helper again (sudo systemctl start kwg-helper.socket, or sudo kwg-helper serve): it reverts this session from its journal; then run kwg leave and kwg join".into(),
+        );
     }
     let state = match out.is_empty() {
         true => ConnectionState::Connected,

@@ -287,3 +287,22 @@ fn rejected_credentials_and_a_refused_gateway_info_are_lines_too() {
         lines[1].message
     );
 }
+
+#[test]
+fn a_gone_helper_is_degraded_with_the_way_back() {
+    let o = Observed {
+        helper_gone: Some(
+            "kwg-helper, which holds this session's interface, routes and DNS, is gone".into(),
+        ),
+        ..answered()
+    };
+    let (state, lines) = assess(&joined(), &o, at(30));
+    assert_eq!(state, ConnectionState::Degraded);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0].kind, HealthKind::HelperGone);
+    assert!(
+        lines[0].fix.contains("kwg-helper serve"),
+        "{}",
+        lines[0].fix
+    );
+}

@@ -131,6 +131,8 @@ pub enum HealthKind {
     RoutesMissing,
     /// The machine's resolver no longer points at kwg.
     DnsMissing,
+    /// kwg-helper, which holds a normal user's interface, routes and DNS, is gone.
+    HelperGone,
     /// Any kind this version does not know (from a newer daemon).
     #[serde(other)]
     Other,

@@ -178,6 +178,18 @@ impl Client {
         }
     }
 
+    /// Whether the helper closed the connection (it exited or was killed, and with it the
+    /// session it held): a peek, without waiting, finds the connection's end.
+    pub fn is_closed(&self) -> bool {
+        use nix::sys::socket::{MsgFlags, recv};
+        let mut b = [0u8; 1];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        matches!(
+            recv(self.stream.as_raw_fd(), &mut b, flags),
+            Ok(0) | Err(nix::errno::Errno::ECONNRESET)
+        )
+    }
+
     async fn done(&mut self, req: &Request) -> Result<(), ClientError> {
         match self.call(req).await? {
             (Reply::Done, _) => Ok(()),

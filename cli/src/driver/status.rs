@@ -289,7 +289,11 @@ impl super::Driver {
         s.lease = session.lease_status(std::time::Instant::now(), chrono::Utc::now());
         s.refused_info = session.refused_status(std::time::Instant::now(), chrono::Utc::now());
         // What the daemon knows without asking anyone (the answer to `kwg join`).
-        health::apply(&mut s, &Observed::default(), Utc::now());
+        let observed = Observed {
+            helper_gone: self.helper.as_ref().and_then(|h| h.gone()),
+            ..Observed::default()
+        };
+        health::apply(&mut s, &observed, Utc::now());
         s
     }
 
@@ -306,6 +310,7 @@ impl super::Driver {
         let resolved = self.resolved.clone();
         let state = session.state().cloned();
         let serving = s.lease.is_some();
+        let helper_gone = self.helper.as_ref().and_then(|h| h.gone());
         async move {
             let Some(state) = state.filter(|_| serving) else {
                 return s;
@@ -352,6 +357,7 @@ impl super::Driver {
                 peer_secret,
                 missing_routes,
                 dns,
+                helper_gone,
             };
             health::apply(&mut s, &observed, Utc::now());
             s

@@ -160,6 +160,7 @@ pub async fn prepare(
 /// The daemon's session with the helper: the connection is the session's lifeline.
 pub struct Helper {
     client: Client,
+    interface: String,
 }
 
 impl Helper {
@@ -183,7 +184,13 @@ impl Helper {
             .create_tun(mtu)
             .await
             .map_err(|e| helper_error(&format!("have kwg-helper create {interface}"), e))?;
-        Ok((Helper { client }, tun))
+        Ok((
+            Helper {
+                client,
+                interface: interface.to_string(),
+            },
+            tun,
+        ))
     }
 
     /// Gives the link `address` (replacing the previous one) and sets it up.
@@ -238,6 +245,14 @@ impl Helper {
 
     /// Puts the resolver file back now.
     pub async fn revert_dns(&mut self) -> Result<(), Error> {
+        if let Some(why) = self.gone() {
+            // A helper that starts again puts the file back from its journal.
+            let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            return match kwg_session::dns::resolvconf::is_ours(&text) {
+                true => Err(Error::NoHelper(why)),
+                false => Ok(()),
+            };
+        }
         self.client
             .revert_dns()
             .await
@@ -246,9 +261,35 @@ impl Helper {
 
     /// Ends the session: the helper removes the table, routes, address and link.
     pub async fn close(mut self) -> Result<(), Error> {
+        if let Some(why) = self.gone() {
+            // Nobody is left to ask: the link is gone already, or a helper that starts again
+            // removes it from its journal.
+            if nix::net::if_::if_nametoindex(self.interface.as_str()).is_err() {
+                return Ok(());
+            }
+            return Err(Error::NoHelper(why));
+        }
         self.client
             .close()
             .await
             .map_err(|e| helper_error("have kwg-helper end the session", e))
+    }
+
+    /// Why the session's helper is gone (its connection closed: it exited or was killed), with
+    /// what became of the interface; `None` while it serves the session.
+    pub fn gone(&self) -> Option<String> {
+        if !self.client.is_closed() {
+            return None;
+        }
+        let name = &self.interface;
+        let link = match nix::net::if_::if_nametoindex(name.as_str()) {
+            Ok(_) => format!(
+                "interface {name} and its routes stay until a helper starts again and reverts them"
+            ),
+            Err(_) => format!("interface {name} is gone with its routes and DNS"),
+        };
+        Some(format!(
+            "kwg-helper, which holds this session's interface, routes and DNS, is gone (exited or killed): {link}; the tunnel does not carry traffic"
+        ))
     }
 }

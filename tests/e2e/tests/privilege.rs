@@ -127,14 +127,7 @@ fn rig() -> Rig {
         chown(&p, USER);
     }
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let log = std::fs::File::create(dir.join("helper.log")).unwrap();
-    let helper = kwg_privhelper::testing::serve_in(
-        &laptop.netns,
-        &kwg_sim::bin_path("kwg-helper"),
-        &dir,
-        &[USER, OTHER],
-        log.into(),
-    );
+    let helper = start_helper(&laptop.netns, &dir);
     Rig {
         laptop,
         dir,
@@ -167,7 +160,7 @@ fn speak_as(r: &Rig, uid: u32, lines: &[&str]) -> Vec<String> {
 
 #[test]
 fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
-    let r = rig();
+    let mut r = rig();
     let sim = r.laptop.sim.clone();
     let web = cluster_ip(&sim, "emojivoto", "web-app").unwrap();
 
@@ -341,6 +334,57 @@ fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
     assert!(!r.ip(&["link"]).contains("kwg0"));
 
     sudo_join_runs_the_cluster_side_as_the_user(&r, &web, &resolv_before);
+
+    // kill -9 of the helper while a session runs: the daemon notices its connection closed and
+    // kwg status says so instead of Connected; the restarted helper reverts the session from
+    // its journal, and kwg leave ends the daemon.
+    let out = r.run_as_uid(USER, &["kwg", "join", "--name", "priv", "-n", "emojivoto"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    r.helper.kill().unwrap();
+    r.helper.wait().unwrap();
+    let t = Instant::now();
+    loop {
+        let status = text(&r.run_as_uid(USER, &["kwg", "status"]).stdout);
+        if status.contains("Degraded")
+            && status.contains("kwg-helper, which holds this session's interface")
+        {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "{status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    r.helper = start_helper(&r.laptop.netns, &r.dir);
+    let t = Instant::now();
+    while r.ip(&["link"]).contains("kwg0") || r.laptop.resolv_conf() != resolv_before {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "the restarted helper did not revert"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = r.run_as_uid(USER, &["kwg", "leave"]);
+    assert!(
+        left.status.success(),
+        "{}{}",
+        text(&left.stdout),
+        text(&left.stderr)
+    );
+}
+
+/// A kwg-helper in `netns` with its socket and journal in `dir`, serving the test's users.
+fn start_helper(netns: &str, dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("helper.log"))
+        .unwrap();
+    kwg_privhelper::testing::serve_in(
+        netns,
+        &kwg_sim::bin_path("kwg-helper"),
+        dir,
+        &[USER, OTHER],
+        log.into(),
+    )
 }
 
 /// `sudo kwg join` typed by the user. There is no sudo binary on this machine: root runs kwg
