@@ -247,6 +247,65 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
         kwg_session_like(&text(&original)),
         "the machine's resolvers and search list as before"
     );
+
+    // The same through systemd-resolved: each session's link routes its own alias, only the
+    // primary's the cluster domain and the namespaces.
+    let r = a
+        .start_resolved(&l.netns)
+        .expect("systemd-resolved in the laptop");
+    let in_resolved = |argv: &[&str]| {
+        let state = format!("KWG_STATE_DIR={}", l.state.display());
+        let path = format!("PATH={}", kwg_e2e::laptop::path_with_bins());
+        let mut all = vec!["env", state.as_str(), path.as_str()];
+        all.extend_from_slice(argv);
+        r.exec(&all).expect("run in resolved's namespace")
+    };
+    for kc in [&ka, &kb] {
+        let out = in_resolved(&[
+            "kwg",
+            "join",
+            "--name",
+            "multi",
+            "--kubeconfig",
+            kc,
+            "-n",
+            "emojivoto",
+            "--dns-mode",
+            "resolved",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    let page = |url: &str| text(&in_resolved(&["curl", "-sS", "--max-time", "3", url]).stdout);
+    assert!(page("web-app.emojivoto.svc.alpha").contains("Cluster Alpha"));
+    assert!(page("web-app.emojivoto.svc.beta").contains("Cluster Beta"));
+    assert!(page("web-app").contains("Cluster Alpha"));
+    assert!(page("web-app.emojivoto").contains("Cluster Alpha"));
+    let domains = r.resolvectl(&["domain"]).expect("resolvectl domain");
+    let of = |link: &str| {
+        // A link's block runs to the next link (resolvectl wraps long lists).
+        domains
+            .split("Link ")
+            .find(|b| b.contains(&format!("({link})")))
+            .unwrap_or_else(|| panic!("no {link} in {domains}"))
+            .to_string()
+    };
+    assert!(
+        of("kwg0").contains("~svc.alpha") && of("kwg0").contains("~cluster.local"),
+        "{domains}"
+    );
+    assert!(
+        of("kwg1").contains("~svc.beta") && !of("kwg1").contains("cluster.local"),
+        "{domains}"
+    );
+    let all = in_resolved(&["kwg", "leave", "--all"]);
+    assert!(all.status.success(), "{}", text(&all.stderr));
+    let after = r.resolvectl(&["domain"]).unwrap();
+    assert!(!after.contains("kwg"), "{after}");
 }
 
 /// A resolver file's servers and search list.
