@@ -38,7 +38,7 @@ pub struct GatewayInfo6 {
 impl GatewayInfo6 {
     /// The IPv6 tunnel address of the peer (or gateway) whose IPv4 tunnel address is `ip`.
     pub fn tunnel_ip6(&self, ip: TunnelIp) -> Ipv6Addr {
-        embed(self.tunnel_cidr, ip)
+        tunnel_ip6_of(self.tunnel_cidr, ip)
     }
 
     /// The cluster's IPv6 destinations a peer routes into the tunnel: Service and pod CIDRs.
@@ -82,8 +82,9 @@ impl GatewayInfo6 {
     }
 }
 
-/// `ip` in the last 32 bits of `prefix`.
-pub fn embed(prefix: Ipv6Net, ip: TunnelIp) -> Ipv6Addr {
+/// The IPv6 tunnel address of IPv4 tunnel address `ip` under `prefix`: `ip` in its last 32
+/// bits.
+pub fn tunnel_ip6_of(prefix: Ipv6Net, ip: TunnelIp) -> Ipv6Addr {
     let base = u128::from(prefix.network()) & !u128::from(u32::MAX);
     Ipv6Addr::from(base | u128::from(u32::from(ip.addr())))
 }

@@ -15,6 +15,7 @@ pub use error::ContractError;
 pub use info::{Endpoint, GatewayInfo, GatewayPeer, PublishedVersions, UdpReceive};
 pub use ipv6::{
     DEFAULT_TUNNEL_CIDR6, GATEWAY_INFO6_KEY, GatewayInfo6, TUNNEL_PREFIX6_LEN, check_tunnel_cidr6,
+    tunnel_ip6_of,
 };
 pub use peer::{PeerSpec, format_lease, parse_lease};
 pub use status::LeaseStatus;

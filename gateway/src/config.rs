@@ -42,6 +42,11 @@ pub struct Config {
     /// TUN MTU.
     #[arg(long, env = "KWG_MTU", default_value_t = kwg_wg::device::DEFAULT_MTU)]
     pub mtu: u16,
+    /// The IPv6 tunnel prefix, a /96, used when the cluster has IPv6 Service or pod CIDRs: a
+    /// peer's IPv6 tunnel address is its IPv4 one in the last 32 bits (docs/contract.md).
+    #[arg(long, env = "KWG_TUNNEL_CIDR6", default_value = kwg_contract::DEFAULT_TUNNEL_CIDR6,
+          value_parser = parse_tunnel_cidr6)]
+    pub tunnel_cidr6: ipnet::Ipv6Net,
     /// Admin HTTP address (/healthz, /readyz, /metrics, /peers).
     #[arg(long, env = "KWG_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
@@ -135,6 +140,15 @@ impl Config {
     pub fn defaults() -> Config {
         Config::parse_from(["kwg-gateway"])
     }
+}
+
+/// `--tunnel-cidr6`: a /96 without host bits.
+fn parse_tunnel_cidr6(s: &str) -> Result<ipnet::Ipv6Net, String> {
+    let net: ipnet::Ipv6Net = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not an IPv6 CIDR ({e}); write it like fd6b:7767::/96"))?;
+    kwg_contract::check_tunnel_cidr6(net)?;
+    Ok(net)
 }
 
 /// The tunnel CIDR of every install before random ones (and of a key Secret without

@@ -296,9 +296,10 @@ impl Core {
             if secret.tunnel_ip != Some(ip) || secret.error.is_some() {
                 plan.annotate.push((secret.secret_name.clone(), ip));
             }
-            let want = [IpNet::V4(Ipv4Net::from(ip.addr()))];
+            let want = IpNet::V4(Ipv4Net::from(ip.addr()));
+            // The IPv4 address first; the peer loop adds its IPv6 twin after it.
             match running.get(&spec.public_key) {
-                Some(have) if have.as_slice() == want => {}
+                Some(have) if have.first() == Some(&want) => {}
                 have => plan.device.push(DeviceOp::Upsert {
                     name: spec.name.clone(),
                     key: spec.public_key,

@@ -71,6 +71,8 @@ pub async fn run(
     let (sources, mut kicks) = Sources::watch(&client, &cfg).await;
     let mut applied: Option<nft::Policy> = None;
     let mut published: Option<GatewayInfo> = None;
+    // `ipv6.json` as last published (`Some(None)`: known absent).
+    let mut published6: Option<Option<kwg_contract::GatewayInfo6>> = None;
     let mut last: Option<Discovered> = None;
     let mut probed: Option<Vec<IpNet>> = None;
     let mut failed = false;
@@ -89,6 +91,7 @@ pub async fn run(
             Ok(()) = leader.changed() => {
                 // A new leader publishes what it found (the old one may have been older).
                 published = None;
+                published6 = None;
             }
             kick = kicks.next() => {
                 if kick.is_none() {
@@ -165,7 +168,47 @@ pub async fn run(
                 }
             }
         }
+        let info6 = gateway_info6(&cfg, &found);
+        if published.is_some() && published6.as_ref() != Some(&info6) && *leader.borrow() {
+            match publish_info6(&client, &cfg.kwg_namespace, info6.as_ref()).await {
+                Ok(()) => {
+                    tracing::info!(ipv6 = info6.is_some(), "gateway IPv6 info published");
+                    published6 = Some(info6);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot publish the gateway's IPv6 info");
+                    failed = true;
+                }
+            }
+        }
     }
+}
+
+/// Writes `ipv6.json` into the info ConfigMap (which [`kube_io::publish_info`] created), or
+/// removes it when the tunnel carries no IPv6 (a merge patch keeps `info.json`).
+async fn publish_info6(
+    client: &kube::Client,
+    namespace: &str,
+    info6: Option<&kwg_contract::GatewayInfo6>,
+) -> Result<(), GatewayError> {
+    let json = info6
+        .map(kwg_contract::GatewayInfo6::to_json)
+        .transpose()
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
+    let api = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({ "data": { kwg_contract::GATEWAY_INFO6_KEY: json } });
+    api.patch(
+        kwg_contract::GATEWAY_INFO_CONFIGMAP,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(GatewayError::kube(format!(
+        "publish {} in ConfigMap {namespace}/{}",
+        kwg_contract::GATEWAY_INFO6_KEY,
+        kwg_contract::GATEWAY_INFO_CONFIGMAP
+    )))
 }
 
 /// Caches of the watched objects.
@@ -294,7 +337,36 @@ pub(crate) fn policy(cfg: &Config, gateway_ip: TunnelIp, d: &Discovered) -> nft:
             .collect(),
         allow_peer_to_peer: cfg.allow_peer_to_peer,
         reach_rbac: cfg.reach == crate::config::Reach::Rbac,
+        ipv6: carries_ipv6(d).then(|| {
+            let tunnel6 = cfg.tunnel_cidr6;
+            (tunnel6, kwg_contract::tunnel_ip6_of(tunnel6, gateway_ip))
+        }),
     }
+}
+
+/// Whether the tunnel carries IPv6: the cluster has IPv6 Service or pod CIDRs.
+pub(crate) fn carries_ipv6(d: &Discovered) -> bool {
+    d.service_cidrs
+        .iter()
+        .chain(&d.pod_cidrs)
+        .any(|n| matches!(n, ipnet::IpNet::V6(_)))
+}
+
+/// The IPv6 document (`ipv6.json`) when the tunnel carries IPv6.
+pub(crate) fn gateway_info6(cfg: &Config, d: &Discovered) -> Option<kwg_contract::GatewayInfo6> {
+    let v6 = |nets: &[ipnet::IpNet]| -> Vec<ipnet::Ipv6Net> {
+        nets.iter()
+            .filter_map(|n| match n {
+                ipnet::IpNet::V6(n) => Some(n.trunc()),
+                ipnet::IpNet::V4(_) => None,
+            })
+            .collect()
+    };
+    carries_ipv6(d).then(|| kwg_contract::GatewayInfo6 {
+        tunnel_cidr: cfg.tunnel_cidr6,
+        service_cidrs: v6(&d.service_cidrs),
+        pod_cidrs: v6(&d.pod_cidrs),
+    })
 }
 
 /// The IPv4 prefixes of `nets`: what `info.json` announces, since its tunnel carries IPv4 only.

@@ -34,15 +34,27 @@ pub async fn start_device(
     nl.add_address(&cfg.interface, IpNet::V4(addr))
         .await
         .map_err(nl_err)?;
+    // The IPv6 tunnel address (used on a dual-stack cluster), best effort: a pod without IPv6
+    // still serves IPv4.
+    let gw6 = kwg_contract::tunnel_ip6_of(cfg.tunnel_cidr6, gateway_ip);
+    let addr6 = ipnet::Ipv6Net::new(gw6, cfg.tunnel_cidr6.prefix_len()).expect("a /96");
+    if let Err(e) = nl.add_address(&cfg.interface, IpNet::V6(addr6)).await {
+        tracing::warn!(error = %e, address = %addr6, "no IPv6 tunnel address: IPv6 is not carried");
+    }
     nl.link_up(&cfg.interface, Some(u32::from(cfg.mtu)))
         .await
         .map_err(nl_err)?;
     Ok(device)
 }
 
-/// Turns on IPv4 forwarding in the pod's network namespace.
+/// Turns on IPv4 forwarding in the pod's network namespace, and IPv6 forwarding where the pod
+/// has IPv6 (best effort: IPv4 is served without it).
 pub fn enable_forwarding() -> Result<(), GatewayError> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(GatewayError::Forwarding)
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(GatewayError::Forwarding)?;
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1") {
+        tracing::warn!(error = %e, "cannot turn on IPv6 forwarding: IPv6 is not carried");
+    }
+    Ok(())
 }
 
 /// Loads an nft script (`nft -f -`).

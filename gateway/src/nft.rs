@@ -4,11 +4,12 @@
 //! the allowed destinations (service and pod CIDRs plus admin extras), masqueraded to the
 //! pod's address, and the gateway's admin port on its tunnel IP. Everything else from the
 //! tunnel is dropped: link-local and cloud metadata, the node's other networks, the
-//! internet, other peers (unless allowed) and IPv6.
+//! internet, other peers (unless allowed), and IPv6 unless the tunnel has an IPv6 prefix
+//! (a dual-stack cluster): then the same rules hold for IPv6.
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Name of the gateway's table (family `inet`).
 pub const TABLE: &str = "kwg";
@@ -28,10 +29,15 @@ pub struct Policy {
     /// Reach by RBAC: traffic from peers to the cluster is judged by the [`REACH_TABLE`]
     /// (only `@allowed`'s link-local and tunnel guards stay here); off: `@allowed` decides.
     pub reach_rbac: bool,
+    /// The IPv6 tunnel prefix and the gateway's IPv6 address, when the tunnel carries IPv6
+    /// (the IPv6 entries of `allowed` then count, in `@allowed6`).
+    pub ipv6: Option<(Ipv6Net, Ipv6Addr)>,
 }
 
 /// Where cloud metadata services and other link-local hosts live (RFC 3927).
 const LINK_LOCAL: &str = "169.254.0.0/16";
+/// IPv6 link-local unicast (RFC 4291 section 2.5.6).
+const LINK_LOCAL6: &str = "fe80::/10";
 
 /// The `nft -f -` script that atomically replaces the gateway's table.
 pub fn render(p: &Policy) -> String {
@@ -55,6 +61,13 @@ pub fn render(p: &Policy) -> String {
             "\tset allowed {{ type ipv4_addr; flags interval; elements = {{ {list} }} }}"
         );
     }
+    if p.ipv6.is_some() {
+        let _ = writeln!(
+            s,
+            "\tset allowed6 {{ type ipv6_addr; flags interval;{} }}",
+            elements(&merged_v6(&p.allowed))
+        );
+    }
     let _ = writeln!(
         s,
         "\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;"
@@ -73,6 +86,17 @@ pub fn render(p: &Policy) -> String {
         "\t\tiifname \"{iif}\" ip daddr {} icmp type echo-request accept",
         p.gateway_ip
     );
+    if let Some((_, gw6)) = p.ipv6 {
+        let _ = writeln!(
+            s,
+            "\t\tiifname \"{iif}\" ip6 daddr {gw6} tcp dport {} accept",
+            p.admin_port
+        );
+        let _ = writeln!(
+            s,
+            "\t\tiifname \"{iif}\" ip6 daddr {gw6} icmpv6 type echo-request accept"
+        );
+    }
     let _ = writeln!(s, "\t\tiifname \"{iif}\" counter drop\n\t}}");
     let _ = writeln!(
         s,
@@ -87,12 +111,29 @@ pub fn render(p: &Policy) -> String {
         s,
         "\t\tiifname \"{iif}\" ip daddr {LINK_LOCAL} counter drop"
     );
+    match p.ipv6 {
+        Some((tunnel6, _)) => {
+            let _ = writeln!(
+                s,
+                "\t\tiifname \"{iif}\" meta nfproto ipv6 ip6 saddr != {tunnel6} counter drop\n\t\tiifname \"{iif}\" ip6 daddr {LINK_LOCAL6} counter drop"
+            );
+        }
+        None => {
+            let _ = writeln!(s, "\t\tiifname \"{iif}\" meta nfproto ipv6 counter drop");
+        }
+    }
     if p.allow_peer_to_peer {
         let _ = writeln!(
             s,
             "\t\tiifname \"{iif}\" oifname \"{iif}\" ip daddr {} accept",
             p.tunnel_cidr
         );
+        if let Some((tunnel6, _)) = p.ipv6 {
+            let _ = writeln!(
+                s,
+                "\t\tiifname \"{iif}\" oifname \"{iif}\" ip6 daddr {tunnel6} accept"
+            );
+        }
     }
     // Toward peers only replies: nothing in the cluster opens a connection to a laptop.
     let _ = writeln!(
@@ -109,6 +150,12 @@ pub fn render(p: &Policy) -> String {
         s,
         "\t\tiifname \"{iif}\" oifname != \"{iif}\"{judge} accept"
     );
+    if p.ipv6.is_some() && !p.reach_rbac {
+        let _ = writeln!(
+            s,
+            "\t\tiifname \"{iif}\" oifname != \"{iif}\" ip6 daddr @allowed6 accept"
+        );
+    }
     let _ = writeln!(s, "\t\tiifname \"{iif}\" counter drop\n\t}}");
     let _ = writeln!(
         s,
@@ -117,9 +164,13 @@ pub fn render(p: &Policy) -> String {
     // Only what the forward chains let through leaves the tunnel: masquerade all of it.
     let _ = writeln!(
         s,
-        "\t\tip saddr {} oifname != \"{iif}\" masquerade\n\t}}",
+        "\t\tip saddr {} oifname != \"{iif}\" masquerade",
         p.tunnel_cidr
     );
+    if let Some((tunnel6, _)) = p.ipv6 {
+        let _ = writeln!(s, "\t\tip6 saddr {tunnel6} oifname != \"{iif}\" masquerade");
+    }
+    let _ = writeln!(s, "\t}}");
     let _ = writeln!(s, "}}");
     s
 }
@@ -154,13 +205,8 @@ const REFUSED_KEPT_SECS: u64 = 3600;
 pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
     let t = REACH_TABLE;
     let iif = interface;
-    let extra = merged_v4(extra);
-    let elements = if extra.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = extra.iter().map(ToString::to_string).collect();
-        format!(" elements = {{ {} }}", list.join(", "))
-    };
+    let extra6 = elements(&merged_v6(extra));
+    let elements = elements(&merged_v4(extra));
     format!(
         "table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{
 \tmap dest_ns {{ typeof ip daddr : meta mark; }}
@@ -169,6 +215,10 @@ pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
 \tset extra {{ type ipv4_addr; flags interval;{elements} }}
 \tset peer_drops {{ typeof ip saddr; size {DROP_COUNTERS}; flags dynamic; counter; }}
 \tset refused {{ typeof ip saddr . ip daddr; size {DROP_COUNTERS}; flags dynamic, timeout; timeout {REFUSED_KEPT_SECS}s; }}
+\tmap dest_ns6 {{ typeof ip6 daddr : meta mark; }}
+\tset peer_ns6 {{ typeof @nh,160,32 . meta mark; }}
+\tset dns6 {{ typeof ip6 daddr; }}
+\tset extra6 {{ type ipv6_addr; flags interval;{extra6} }}
 \tchain refuse {{
 \t\tmeta l4proto tcp reject with tcp reset
 \t\treject with icmpx admin-prohibited
@@ -180,6 +230,10 @@ pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
 \t\tiifname \"{iif}\" ip daddr @extra accept
 \t\tiifname \"{iif}\" meta mark set ip daddr map @dest_ns
 \t\tiifname \"{iif}\" ip saddr . meta mark @peer_ns accept
+\t\tiifname \"{iif}\" meta l4proto {{ tcp, udp }} th dport 53 ip6 daddr @dns6 accept
+\t\tiifname \"{iif}\" ip6 daddr @extra6 accept
+\t\tiifname \"{iif}\" meta mark set ip6 daddr map @dest_ns6
+\t\tiifname \"{iif}\" meta nfproto ipv6 @nh,160,32 . meta mark @peer_ns6 accept
 \t\tiifname \"{iif}\" update @peer_drops {{ ip saddr }}
 \t\tiifname \"{iif}\" update @refused {{ ip saddr . ip daddr }}
 \t\tiifname \"{iif}\" counter goto refuse
@@ -226,6 +280,27 @@ pub fn parse_last_refused(json: &str) -> Vec<(Ipv4Addr, Ipv4Addr)> {
         }
     }
     last.into_iter().map(|(p, (_, d))| (p, d)).collect()
+}
+
+/// ` elements = { a, b }` of an interval set, or nothing for none.
+fn elements<N: std::fmt::Display>(nets: &[N]) -> String {
+    if nets.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = nets.iter().map(ToString::to_string).collect();
+    format!(" elements = {{ {} }}", list.join(", "))
+}
+
+/// IPv6 destinations, merged.
+fn merged_v6(allowed: &[IpNet]) -> Vec<Ipv6Net> {
+    let v6: Vec<Ipv6Net> = allowed
+        .iter()
+        .filter_map(|n| match n {
+            IpNet::V6(n) => Some(n.trunc()),
+            IpNet::V4(_) => None,
+        })
+        .collect();
+    Ipv6Net::aggregate(&v6)
 }
 
 /// IPv4 destinations, merged (nft interval sets refuse overlaps). The tunnel CIDR and

@@ -17,6 +17,7 @@ fn policy() -> Policy {
         .collect(),
         allow_peer_to_peer: false,
         reach_rbac: false,
+        ipv6: None,
     }
 }
 
@@ -182,7 +183,11 @@ fn nft_accepts_the_ruleset() {
             use std::io::Write;
             let mut p = policy();
             p.reach_rbac = true;
-            let script = render_reach("kwg0", &[]) + &render(&policy()) + &render(&p);
+            let script = render_reach("kwg0", &["fd00:1::/64".parse().unwrap()])
+                + &render(&policy())
+                + &render(&p)
+                + &render(&dual_stack(false))
+                + &render(&dual_stack(true));
             c.stdin.take().unwrap().write_all(script.as_bytes())?;
             c.wait_with_output()
         })
@@ -194,4 +199,123 @@ fn nft_accepts_the_ruleset() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn dual_stack(reach_rbac: bool) -> Policy {
+    let mut p = policy();
+    p.reach_rbac = reach_rbac;
+    p.ipv6 = Some((
+        "fd6b:7767::/96".parse().unwrap(),
+        "fd6b:7767::644d:1".parse().unwrap(),
+    ));
+    p
+}
+
+#[test]
+fn ipv6_is_dropped_unless_the_tunnel_carries_it() {
+    let r = render(&policy());
+    assert!(
+        r.contains("iifname \"kwg0\" meta nfproto ipv6 counter drop"),
+        "{r}"
+    );
+    let r = render(&dual_stack(false));
+    assert!(!r.contains("meta nfproto ipv6 counter drop"), "{r}");
+    assert!(
+        r.contains("set allowed6 { type ipv6_addr; flags interval; elements = { fd00::/64 } }"),
+        "{r}"
+    );
+    assert!(
+        r.contains("ip6 saddr != fd6b:7767::/96 counter drop"),
+        "{r}"
+    );
+    assert!(r.contains("ip6 daddr fe80::/10 counter drop"), "{r}");
+    assert!(
+        r.contains("oifname != \"kwg0\" ip6 daddr @allowed6 accept"),
+        "{r}"
+    );
+    assert!(
+        r.contains("ip6 saddr fd6b:7767::/96 oifname != \"kwg0\" masquerade"),
+        "{r}"
+    );
+    assert!(
+        r.contains("ip6 daddr fd6b:7767::644d:1 tcp dport 8080 accept"),
+        "{r}"
+    );
+    // With reach by RBAC the reach table judges IPv6 too: no @allowed6 shortcut here.
+    let r = render(&dual_stack(true));
+    assert!(!r.contains("@allowed6 accept"), "{r}");
+}
+
+#[test]
+fn ipv6_through_the_tables_follows_the_ipv4_grants() {
+    // The real tables in a router namespace between a peer (IPv6 tunnel address
+    // fd6b:7767::644d:2, i.e. 100.77.0.2) and a host with a granted Service address, a
+    // Service address of a namespace the peer may not reach, and the peer's grant set by the
+    // element script the reach loop sends.
+    let ns = format!("kwgnft6{}", std::process::id());
+    let tables = render(&dual_stack(true)) + &render_reach("kwg0", &[]);
+    let mut inv = crate::policy::fixtures::inv();
+    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+    inv.twins6
+        .insert(v6("fd00:10:96::100"), "10.96.1.0".parse().unwrap());
+    inv.twins6
+        .insert(v6("fd00:10:96::200"), "10.96.2.0".parse().unwrap());
+    let mut ids = crate::policy::sets::NsIds::default();
+    let peers = [crate::policy::fixtures::peer("100.77.0.2", "alice", &[])];
+    let sets = crate::policy::sets::desired(&inv, &peers, crate::policy::fixtures::rbac, &mut ids);
+    let elements = crate::policy::sets::diff(&Default::default(), &sets).render(REACH_TABLE);
+    let script = format!(
+        r#"set -e
+A={ns}a R={ns}r B={ns}b
+trap 'for n in $A $R $B; do ip netns del $n 2>/dev/null; done' EXIT
+for n in $A $R $B; do ip netns add $n; ip -n $n link set lo up; done
+for n in $A $R $B; do ip netns exec $n sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0; done
+ip -n $A link add peer type veth peer name kwg0 netns $R
+ip -n $R link add host type veth peer name router netns $B
+ip -n $A addr add fd6b:7767::644d:2/96 dev peer; ip -n $A addr add fd99::2/64 dev peer; ip -n $A link set peer up
+ip -n $R addr add fd6b:7767::644d:1/96 dev kwg0; ip -n $R link set kwg0 up
+ip -n $R addr add fd08::1/64 dev host; ip -n $R link set host up
+ip -n $B addr add fd08::2/64 dev router; ip -n $B link set router up
+ip -n $R route add fd00:10:96::/112 via fd08::2
+ip -n $A route add fd00:10:96::/112 via fd6b:7767::644d:1
+# Static neighbours: the gateway's kwg0 is a TUN without neighbour discovery, which its input
+# chain would drop on a veth.
+ip -n $A neigh add fd6b:7767::644d:1 lladdr $(ip -n $R -br link show kwg0 | awk '{{print $3}}') dev peer nud permanent
+ip -n $R neigh add fd6b:7767::644d:2 lladdr $(ip -n $A -br link show peer | awk '{{print $3}}') dev kwg0 nud permanent
+ip -n $R neigh add fd99::2 lladdr $(ip -n $A -br link show peer | awk '{{print $3}}') dev kwg0 nud permanent
+ip -n $B addr add fd00:10:96::100/128 dev lo
+ip -n $B addr add fd00:10:96::200/128 dev lo
+ip netns exec $R sysctl -qw net.ipv6.conf.all.forwarding=1
+ip netns exec $R nft -f - <<'NFT'
+{tables}{elements}NFT
+ip netns exec $B nft add table ip6 seen
+ip netns exec $B nft add chain ip6 seen in '{{ type filter hook input priority 0; }}'
+ip netns exec $B nft add rule ip6 seen in ip6 saddr fd08::1 icmpv6 type echo-request counter
+ip netns exec $A ping -6 -c1 -W1 fd00:10:96::100 2>&1 | grep -E 'bytes from|filtered|prohibited' | sed 's/^/granted: /' || echo "granted: no answer"
+ip netns exec $A ping -6 -c1 -W1 fd00:10:96::200 2>&1 | grep -E 'bytes from|filtered|prohibited' | sed 's/^/other: /' || echo "other: no answer"
+ip netns exec $A ping -6 -c1 -W1 -I fd99::2 fd00:10:96::100 2>&1 | grep -q 'bytes from' && echo "spoofed: answered" || echo "spoofed: no answer"
+ip netns exec $B nft list chain ip6 seen in | grep -o 'packets [0-9]*' | sed 's/^/masqueraded /'
+"#
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("granted: 64 bytes from fd00:10:96::100"),
+        "{text}"
+    );
+    assert!(
+        text.contains("other: ") && !text.contains("other: 64 bytes"),
+        "{text}"
+    );
+    assert!(text.contains("spoofed: no answer"), "{text}");
+    // The host saw the granted ping from the router's address (masqueraded), once.
+    assert!(text.contains("masqueraded packets 1"), "{text}");
 }

@@ -38,6 +38,8 @@ pub struct PeerLoop {
     recorder: Recorder,
     namespace: String,
     max_secret_bytes: usize,
+    /// The IPv6 tunnel prefix: each peer's AllowedIPs hold its IPv6 tunnel address too.
+    tunnel_cidr6: ipnet::Ipv6Net,
     core: Core,
     device: DeviceHandle,
     /// Publishes the active peers (this loop owns them).
@@ -73,6 +75,7 @@ impl PeerLoop {
             recorder: kube_io::recorder(&client),
             namespace: cfg.kwg_namespace.clone(),
             max_secret_bytes: cfg.max_secret_bytes,
+            tunnel_cidr6: cfg.tunnel_cidr6,
             core,
             device,
             peers,
@@ -191,7 +194,11 @@ impl PeerLoop {
                     let _span =
                         tracing::info_span!("peer", peer = %name, key = %key.short()).entered();
                     let mut pc = PeerConfig::new(*key);
-                    pc.allowed_ips = vec![ipnet::IpNet::V4(ipnet::Ipv4Net::from(ip.addr()))];
+                    let ip6 = kwg_contract::tunnel_ip6_of(self.tunnel_cidr6, *ip);
+                    pc.allowed_ips = vec![
+                        ipnet::IpNet::V4(ipnet::Ipv4Net::from(ip.addr())),
+                        ipnet::IpNet::V6(ipnet::Ipv6Net::from(ip6)),
+                    ];
                     match self.device.upsert_peer(pc).await {
                         Ok(()) if *new => {
                             tracing::info!(tunnel_ip = %ip, "peer added");

@@ -33,6 +33,10 @@ pub struct Inventory {
     pub pods: BTreeMap<Ipv4Addr, BTreeSet<String>>,
     /// Each Service's endpoints in its slices now (not those in `--allow-cidr`), judged.
     pub endpoints: BTreeMap<ServiceKey, Judged>,
+    /// A dual-stack object's IPv6 address and an IPv4 address of the same object (a pod's
+    /// IPv4 pod IP, a Service's IPv4 ClusterIP): the IPv6 one goes where the IPv4 one is
+    /// judged to go (an IPv6-only object has no twin and no peer reaches it).
+    pub twins6: BTreeMap<std::net::Ipv6Addr, Ipv4Addr>,
 }
 
 /// A Service: (namespace, name).
@@ -219,8 +223,10 @@ pub fn inventory<'a>(
             .flatten()
             .map(|i| &i.ip)
             .chain(st.pod_ip.iter());
+        let ips: Vec<&String> = ips.collect();
+        twin_v6(&mut inv.twins6, ips.iter().copied(), &node_addrs);
         let set = inv.by_namespace.entry(ns.clone()).or_default();
-        for ip in ips.filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
+        for ip in ips.into_iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
             if !node_addrs.contains(&ip) {
                 set.insert(ip);
                 pod_ns.entry(ip).or_default().insert(ns.clone());
@@ -240,6 +246,11 @@ pub fn inventory<'a>(
         else {
             continue;
         };
+        twin_v6(
+            &mut inv.twins6,
+            spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter()),
+            &node_addrs,
+        );
         let ips = spec
             .cluster_ips
             .iter()
@@ -298,6 +309,27 @@ pub fn inventory<'a>(
     }
     inv.pods = pod_ns;
     inv
+}
+
+/// Records each IPv6 address of one object (`ips`: a pod's podIPs, a Service's ClusterIPs)
+/// with the object's first IPv4 address, not a node's.
+fn twin_v6<'a>(
+    twins: &mut BTreeMap<std::net::Ipv6Addr, Ipv4Addr>,
+    ips: impl Iterator<Item = &'a String>,
+    node_addrs: &BTreeSet<Ipv4Addr>,
+) {
+    let parsed: Vec<IpAddr> = ips.filter_map(|ip| ip.parse().ok()).collect();
+    let Some(v4) = parsed.iter().find_map(|a| match a {
+        IpAddr::V4(a) if !node_addrs.contains(a) => Some(*a),
+        _ => None,
+    }) else {
+        return;
+    };
+    for a in &parsed {
+        if let IpAddr::V6(a6) = a {
+            twins.insert(*a6, v4);
+        }
+    }
 }
 
 /// Every IPv4 endpoint address of each Service (`namespace`, `name`), from the EndpointSlices

@@ -22,4 +22,4 @@ pub mod sets;
 pub mod view;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;

@@ -5,6 +5,11 @@
 //! - `peer_ns`: peer address . namespace id (one element per peer and granted namespace);
 //! - `dns`: the cluster DNS addresses (port 53 for every peer).
 //!
+//! IPv6 (a dual-stack cluster): `dest_ns6` and `dns6` hold the IPv6 twins of those addresses
+//! (a pod's or Service's IPv6 address goes where its IPv4 one goes), and `peer_ns6` the
+//! `peer_ns` grants keyed by the peer's IPv4 address as the last 32 bits of its IPv6 tunnel
+//! address carry it (`kwg_contract::GatewayInfo6`).
+//!
 //! So a packet costs two hash lookups whatever the number of peers, Services or pods, and the
 //! sets hold peers × namespaces + destinations elements, not peers × destinations.
 
@@ -12,7 +17,7 @@ use super::grants::{PeerReach, Subject};
 use super::inventory::Inventory;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// A namespace's number in the `dest_ns` and `peer_ns` sets (the packet mark the lookup sets;
 /// never 0, the mark of a packet whose destination is in no namespace).
@@ -55,6 +60,10 @@ pub struct Sets {
     pub dest_ns: BTreeMap<Ipv4Addr, NsId>,
     pub peer_ns: BTreeSet<(Ipv4Addr, NsId)>,
     pub dns: BTreeSet<Ipv4Addr>,
+    /// The IPv6 twins of `dest_ns`'s addresses.
+    pub dest_ns6: BTreeMap<Ipv6Addr, NsId>,
+    /// The IPv6 twins of `dns`'s addresses.
+    pub dns6: BTreeSet<Ipv6Addr>,
 }
 
 impl Sets {
@@ -101,6 +110,14 @@ pub fn desired(
         };
         sets.dest_ns.insert(*a, id);
     }
+    for (a6, a4) in &inv.twins6 {
+        if let Some(id) = sets.dest_ns.get(a4) {
+            sets.dest_ns6.insert(*a6, *id);
+        }
+        if sets.dns.contains(a4) {
+            sets.dns6.insert(*a6);
+        }
+    }
     for p in peers {
         let granted: BTreeSet<&str> = p.wanted(inv).filter(|ns| allowed(&p.subject, ns)).collect();
         for ns in &granted {
@@ -125,6 +142,10 @@ pub struct Diff {
     pub add_peer: Vec<(Ipv4Addr, NsId)>,
     pub del_dns: Vec<Ipv4Addr>,
     pub add_dns: Vec<Ipv4Addr>,
+    pub del_dest6: Vec<Ipv6Addr>,
+    pub add_dest6: Vec<(Ipv6Addr, NsId)>,
+    pub del_dns6: Vec<Ipv6Addr>,
+    pub add_dns6: Vec<Ipv6Addr>,
 }
 
 pub fn diff(old: &Sets, new: &Sets) -> Diff {
@@ -144,7 +165,23 @@ pub fn diff(old: &Sets, new: &Sets) -> Diff {
     d.add_peer = new.peer_ns.difference(&old.peer_ns).copied().collect();
     d.del_dns = old.dns.difference(&new.dns).copied().collect();
     d.add_dns = new.dns.difference(&old.dns).copied().collect();
+    d.del_dest6 = changed_keys(&old.dest_ns6, &new.dest_ns6);
+    d.add_dest6 = changed_keys(&new.dest_ns6, &old.dest_ns6)
+        .into_iter()
+        .map(|a| (a, new.dest_ns6[&a]))
+        .collect();
+    d.del_dns6 = old.dns6.difference(&new.dns6).copied().collect();
+    d.add_dns6 = new.dns6.difference(&old.dns6).copied().collect();
     d
+}
+
+/// Keys of `a` whose value `b` lacks or holds otherwise (a changed namespace is a delete then
+/// an add: nft keeps a map element's value on add).
+fn changed_keys<K: Ord + Copy, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> Vec<K> {
+    a.iter()
+        .filter(|(k, v)| b.get(k) != Some(v))
+        .map(|(k, _)| *k)
+        .collect()
 }
 
 /// Elements per `nft` command line (bounds one line's length; the script is one transaction).
@@ -163,6 +200,10 @@ impl Diff {
             + self.add_peer.len()
             + self.del_dns.len()
             + self.add_dns.len()
+            + self.del_dest6.len()
+            + self.add_dest6.len()
+            + self.del_dns6.len()
+            + self.add_dns6.len()
     }
 
     /// The `nft -f -` script (one transaction): deletes first, then adds.
@@ -177,6 +218,17 @@ impl Diff {
         lines(&mut s, "add", table, "dest_ns", &self.add_dest, dest);
         lines(&mut s, "add", table, "peer_ns", &self.add_peer, pair);
         lines(&mut s, "add", table, "dns", &self.add_dns, addr);
+        // IPv6: the same grants keyed by the peer's IPv4 address as an integer (the last 32
+        // bits of its IPv6 tunnel address), the IPv6 twins of the destinations.
+        let pair6 = |(a, id): &(Ipv4Addr, NsId)| format!("0x{:08x} . {}", u32::from(*a), id.0);
+        let dest6 = |(a, id): &(Ipv6Addr, NsId)| format!("{a} : {}", id.0);
+        let addr6 = |a: &Ipv6Addr| a.to_string();
+        lines(&mut s, "delete", table, "dest_ns6", &self.del_dest6, addr6);
+        lines(&mut s, "delete", table, "peer_ns6", &self.del_peer, pair6);
+        lines(&mut s, "delete", table, "dns6", &self.del_dns6, addr6);
+        lines(&mut s, "add", table, "dest_ns6", &self.add_dest6, dest6);
+        lines(&mut s, "add", table, "peer_ns6", &self.add_peer, pair6);
+        lines(&mut s, "add", table, "dns6", &self.add_dns6, addr6);
         s
     }
 }

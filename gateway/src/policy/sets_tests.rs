@@ -38,11 +38,13 @@ fn a_grant_and_its_removal_are_two_elements() {
     let d = diff(&before, &after);
     assert_eq!(d.add_peer, [(ip("100.77.0.2"), def)]);
     assert_eq!(d.len(), 1);
+    // The IPv6 grant is the same peer, keyed by its IPv4 address as the last 32 bits of its
+    // IPv6 tunnel address carry it.
     assert_eq!(
         d.render("kwg"),
         format!(
-            "add element inet kwg peer_ns {{ 100.77.0.2 . {} }}\n",
-            def.get()
+            "add element inet kwg peer_ns {{ 100.77.0.2 . {id} }}\nadd element inet kwg peer_ns6 {{ 0x644d0002 . {id} }}\n",
+            id = def.get()
         )
     );
     let back = diff(&after, &before);
@@ -52,6 +54,40 @@ fn a_grant_and_its_removal_are_two_elements() {
             .starts_with("delete element inet kwg peer_ns")
     );
     assert!(diff(&after, &after).is_empty());
+}
+
+#[test]
+fn ipv6_twins_go_where_their_ipv4_address_goes() {
+    let mut ids = NsIds::default();
+    let mut inv = inv();
+    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+    inv.twins6.insert(v6("fd00:10:96::100"), ip("10.96.1.0"));
+    inv.twins6.insert(v6("fd00:10:96::a"), ip("10.96.0.10"));
+    // An IPv6-only Service has no twin judged anywhere: no peer reaches it.
+    inv.twins6.insert(v6("fd00:10:96::99"), ip("10.96.9.9"));
+    let sets = desired(&inv, &[], rbac, &mut ids);
+    let emo = ids.id("emojivoto");
+    assert_eq!(sets.dest_ns6.get(&v6("fd00:10:96::100")), Some(&emo));
+    assert!(!sets.dest_ns6.contains_key(&v6("fd00:10:96::99")));
+    assert_eq!(sets.dns6, [v6("fd00:10:96::a")].into());
+    let script = diff(&Sets::default(), &sets).render("kwg");
+    assert!(
+        script.contains(&format!(
+            "add element inet kwg dest_ns6 {{ fd00:10:96::100 : {} }}",
+            emo.get()
+        )),
+        "{script}"
+    );
+    assert!(
+        script.contains("add element inet kwg dns6 { fd00:10:96::a }"),
+        "{script}"
+    );
+    // Gone again: deleted.
+    let back = diff(
+        &sets,
+        &desired(&crate::policy::fixtures::inv(), &[], rbac, &mut ids),
+    );
+    assert_eq!(back.del_dest6, [v6("fd00:10:96::100")]);
 }
 
 #[test]
