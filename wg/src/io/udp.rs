@@ -154,28 +154,36 @@ impl Udp {
     pub async fn recv(&self, bufs: &mut RecvBufs) -> io::Result<usize> {
         loop {
             self.sock.readable().await?;
-            // On the stack: no allocation per receive.
-            let mut slots = bufs.bufs.iter_mut();
-            let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] = std::array::from_fn(|_| {
-                IoSliceMut::new(slots.next().expect("one buffer per batch slot"))
-            });
-            match self.sock.try_io(Interest::READABLE, || {
-                self.state
-                    .recv((&self.sock).into(), &mut slices, &mut bufs.meta)
-            }) {
+            match self.sock.try_io(Interest::READABLE, || self.read(bufs)) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-                Ok(n) => {
-                    let datagrams = bufs.meta[..n]
-                        .iter()
-                        .map(|m| m.len.div_ceil(m.stride.max(1)))
-                        .sum();
-                    self.recvs.add(datagrams);
-                    self.recv_gro.add_calls(n, datagrams);
-                    return Ok(n);
-                }
+                r => return r,
             }
         }
+    }
+
+    /// Like [`Udp::recv`] but returns `WouldBlock` instead of waiting: what the socket already
+    /// holds, for a receive task that folds several batches into one TUN write.
+    pub fn try_recv(&self, bufs: &mut RecvBufs) -> io::Result<usize> {
+        self.sock.try_io(Interest::READABLE, || self.read(bufs))
+    }
+
+    /// One recvmmsg into `bufs`, counted.
+    fn read(&self, bufs: &mut RecvBufs) -> io::Result<usize> {
+        // On the stack: no allocation per receive.
+        let mut slots = bufs.bufs.iter_mut();
+        let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] = std::array::from_fn(|_| {
+            IoSliceMut::new(slots.next().expect("one buffer per batch slot"))
+        });
+        let n = self
+            .state
+            .recv((&self.sock).into(), &mut slices, &mut bufs.meta)?;
+        let datagrams = bufs.meta[..n]
+            .iter()
+            .map(|m| m.len.div_ceil(m.stride.max(1)))
+            .sum();
+        self.recvs.add(datagrams);
+        self.recv_gro.add_calls(n, datagrams);
+        Ok(n)
     }
 }
 
@@ -206,6 +214,24 @@ impl RecvBufs {
             .zip(&self.bufs)
             .filter(|(m, _)| !is_stream_endpoint(&m.addr))
             .flat_map(|(m, b)| b[..m.len].chunks(m.stride.max(1)).map(move |d| (m.addr, d)))
+    }
+
+    /// Puts `datagrams` into the buffers as one receive round of one datagram per entry (at
+    /// most a batch's); the entries filled, as [`Udp::recv`] returns them.
+    #[cfg(test)]
+    pub(crate) fn fill(&mut self, datagrams: &[(SocketAddr, Vec<u8>)]) -> usize {
+        assert!(
+            datagrams.len() <= self.meta.len(),
+            "one round holds at most a batch"
+        );
+        for (i, (from, d)) in datagrams.iter().enumerate() {
+            self.bufs[i][..d.len()].copy_from_slice(d);
+            self.meta[i] = RecvMeta::default();
+            self.meta[i].addr = *from;
+            self.meta[i].len = d.len();
+            self.meta[i].stride = d.len();
+        }
+        datagrams.len()
     }
 }
 
