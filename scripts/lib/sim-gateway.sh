@@ -84,6 +84,13 @@ metadata: {name: iperf3, namespace: kwg-bench}
 spec:
   selector: {app: iperf3}
   ports: [{name: iperf3, port: 5201, targetPort: iperf3}]
+---
+# The sim's developer (group developers) reaches only the namespaces it may see: view here.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: developers-view, namespace: kwg-bench}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: developers}]
 EOF
   wait_for "the gateway to be Ready" gw_ready >/dev/null
   wait_for "one gateway pod" gw_one >/dev/null
