@@ -85,12 +85,13 @@ spec:
   selector: {app: iperf3}
   ports: [{name: iperf3, port: 5201, targetPort: iperf3}]
 ---
-# The sim's developer (group developers) reaches only the namespaces it may see: view here.
+# The sim's developer reaches only the namespaces it may see: view here, for the user itself
+# (the wireguard-go clients' Secrets carry no kwg.io/groups: the gateway asks for the user alone).
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
-metadata: {name: developers-view, namespace: kwg-bench}
+metadata: {name: developer-view, namespace: kwg-bench}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: developers}]
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: developer}]
 EOF
   wait_for "the gateway to be Ready" gw_ready >/dev/null
   wait_for "one gateway pod" gw_one >/dev/null
