@@ -73,6 +73,23 @@ pub fn routes(
     }
     subnets.dedup();
     let first = &subnets[0];
+    // Virtual subnets: a Service or pod CIDR is mapped at join, not refused.
+    let mappable = |what: &str| matches!(what, "service CIDR" | "pod CIDR");
+    if cluster
+        .iter()
+        .filter(|(s, _)| subnets.contains(&s.to_string()))
+        .all(|(_, what)| mappable(what))
+    {
+        return Check::warn(
+            NAME,
+            format!("{}{vpn_note}", conflicts.join("; ")),
+            format!(
+                "kwg join maps {} onto a free range of the same size from --map-pool (default {}): addresses are translated on this machine; --map {first}=CIDR chooses the range, --allow-conflicting-subnets {first} routes it over the existing route, --never-proxy {first} leaves it to that route",
+                subnets.join(", "),
+                kwg_session::mapping::DEFAULT_POOL
+            ),
+        );
+    }
     Check::fail(
         NAME,
         ExitCode::LocalConflict,

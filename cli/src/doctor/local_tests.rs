@@ -30,8 +30,9 @@ fn a_route_of_another_vpn_over_a_cluster_subnet_names_both_ways_out() {
         route("10.0.0.0/8", "tailscale0", 52),
     ];
     let c = routes(&cluster(), &existing, "kwg0", &interfaces);
-    assert_eq!(c.outcome, Outcome::Fail);
-    assert_eq!(c.code, Some(ExitCode::LocalConflict));
+    // Service and pod CIDRs are mapped at join (virtual subnets): a warning that says so.
+    assert_eq!(c.outcome, Outcome::Warn);
+    assert_eq!(c.code, None);
     assert_eq!(
         c.detail,
         "10.96.0.0/12 (service CIDR) overlaps the route 10.0.0.0/8 dev tailscale0 table 52 (another VPN: tailscale0); \
@@ -44,6 +45,21 @@ fn a_route_of_another_vpn_over_a_cluster_subnet_names_both_ways_out() {
         "{fix}"
     );
     assert!(fix.contains("--never-proxy 10.96.0.0/12"), "{fix}");
+    assert!(
+        fix.starts_with("kwg join maps 10.96.0.0/12, 10.244.0.0/16 onto a free range of the same size from --map-pool (default 10.224.0.0/11)"),
+        "{fix}"
+    );
+    // An --also-proxy subnet is not mapped: its overlap still fails the join.
+    let mut more = cluster();
+    more.push(("10.1.0.0/16".parse().unwrap(), "--also-proxy"));
+    let c = routes(&more, &existing, "kwg0", &interfaces);
+    assert_eq!(c.outcome, Outcome::Fail);
+    assert_eq!(c.code, Some(ExitCode::LocalConflict));
+    assert!(
+        c.fix
+            .unwrap()
+            .starts_with("kwg join --allow-conflicting-subnets 10.96.0.0/12")
+    );
     // Without the overlapping route: a pass that still lists the other VPNs.
     let ok = routes(&cluster(), &existing[..4], "kwg0", &interfaces);
     assert_eq!(ok.outcome, Outcome::Pass);

@@ -346,8 +346,9 @@ fn doctor_passes_a_healthy_join_and_names_the_fix_of_each_failure() {
         ],
     );
     eprintln!("routes: {}", checks["routes"]);
-    assert_eq!(outcome(&checks, "routes"), "fail", "{checks:#}");
-    assert_eq!(code, 9, "{checks:#}");
+    // A pod CIDR is mapped at join (virtual subnets): a warning, not a failure.
+    assert_eq!(outcome(&checks, "routes"), "warn", "{checks:#}");
+    assert_eq!(code, 0, "{checks:#}");
     let detail = checks["routes"]["detail"].as_str().unwrap();
     assert!(
         detail.contains(&format!(
@@ -357,9 +358,8 @@ fn doctor_passes_a_healthy_join_and_names_the_fix_of_each_failure() {
     );
     let fix = checks["routes"]["fix"].as_str().unwrap();
     assert!(
-        fix.starts_with(&format!(
-            "kwg join --allow-conflicting-subnets {NODE_POD_CIDR}"
-        )),
+        fix.starts_with(&format!("kwg join maps {NODE_POD_CIDR} onto a free range"))
+            && fix.contains(&format!("--allow-conflicting-subnets {NODE_POD_CIDR}")),
         "{fix}"
     );
 
