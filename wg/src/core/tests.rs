@@ -313,3 +313,27 @@ proptest! {
         prop_assert!(tun.is_empty());
     }
 }
+
+#[test]
+fn virtual_subnets_translate_what_comes_out_of_the_tunnel_after_the_cryptokey_check() {
+    use crate::translate::{PrefixMap, Translator};
+    let mut p = Pair::new();
+    p.a_sends(&ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"hello"));
+    let map = PrefixMap {
+        real: "10.0.0.2/32".parse().unwrap(),
+        mapped: "10.224.0.2/32".parse().unwrap(),
+    };
+    p.a.set_translation(Some(Translator::new(&[map]).unwrap()));
+    // B's packet passes A's AllowedIPs with its real source, then A's TUN sees the mapped one.
+    let got = p.b_sends(&ipv4([10, 0, 0, 2], [10, 0, 0, 1], b"pong"));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0][12..20], [10, 224, 0, 2, 10, 0, 0, 1]);
+    assert_eq!(&got[0][28..], b"pong");
+    // A source outside B's AllowedIPs is still dropped, mapped or not.
+    assert!(p.b_sends(&ipv4([10, 224, 0, 2], [10, 0, 0, 1], b"x")).is_empty());
+    assert_eq!(p.a.drops.spoofed_source, 1);
+    // Off again: as it came.
+    p.a.set_translation(None);
+    let pong = ipv4([10, 0, 0, 2], [10, 0, 0, 1], b"pong");
+    assert_eq!(p.b_sends(&pong), vec![pong]);
+}
