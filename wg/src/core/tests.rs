@@ -330,7 +330,10 @@ fn virtual_subnets_translate_what_comes_out_of_the_tunnel_after_the_cryptokey_ch
     assert_eq!(got[0][12..20], [10, 224, 0, 2, 10, 0, 0, 1]);
     assert_eq!(&got[0][28..], b"pong");
     // A source outside B's AllowedIPs is still dropped, mapped or not.
-    assert!(p.b_sends(&ipv4([10, 224, 0, 2], [10, 0, 0, 1], b"x")).is_empty());
+    assert!(
+        p.b_sends(&ipv4([10, 224, 0, 2], [10, 0, 0, 1], b"x"))
+            .is_empty()
+    );
     assert_eq!(p.a.drops.spoofed_source, 1);
     // Off again: as it came.
     p.a.set_translation(None);
