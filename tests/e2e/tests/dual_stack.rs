@@ -1,8 +1,8 @@
 //! A dual-stack one-machine cluster (`kwg-sim up --ip-family dual`, issue 28): the cluster as
 //! kubectl, pods and the node see it in both families, then kwg on it. One cluster, one test.
 
-use kwg_e2e::install_gateway;
 use kwg_e2e::laptop::{Laptop, text};
+use kwg_e2e::{Implementation, WgPeer, install_gateway, register_peer, wait_tunnel_ip};
 use kwg_sim::testing::Cluster;
 use std::sync::Arc;
 
@@ -174,6 +174,79 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
     let info = install_gateway(&c).expect("gateway installed");
     assert_eq!(info.service_cidrs, ["10.96.0.0/12".parse().unwrap()]);
     assert_eq!(info.pod_cidrs, ["10.244.0.0/24".parse().unwrap()]);
+    // IPv6 through the gateway, for a WireGuard peer set up by hand from ipv6.json: its IPv6
+    // tunnel address is its IPv4 one under the /96, and reach by RBAC holds in both families
+    // (the peer asked for emojivoto only: default's Services are refused).
+    let ipv6_json = kubectl(
+        &c,
+        &[
+            "-n",
+            "kwg-system",
+            "get",
+            "configmap",
+            "kwg-gateway-info",
+            "-o",
+            "jsonpath={.data.ipv6\\.json}",
+        ],
+    );
+    let info6 = kwg_contract::GatewayInfo6::from_json(ipv6_json.as_bytes()).expect("ipv6.json");
+    assert_eq!(info6.tunnel_cidr.to_string(), "fd6b:7767::/96");
+    assert_eq!(info6.service_cidrs, ["fd00:10:96::/112".parse().unwrap()]);
+    let mut wg = WgPeer::start(&c.netns("laptop"), Implementation::KwgWg).expect("kwg-wg");
+    register_peer(
+        &c,
+        "byhand",
+        &wg.public_key(),
+        std::time::Duration::from_secs(600),
+    )
+    .unwrap();
+    let ip = wait_tunnel_ip(&c, "byhand", std::time::Duration::from_secs(10)).unwrap();
+    let tun6 = info6.tunnel_ip6(ip);
+    let routes = ["10.96.0.0/12", "fd00:10:96::/112", "fd00:10:244::/64"];
+    wg.connect(&info, ip, &routes).unwrap();
+    let addr6 = format!("{tun6}/128");
+    c.exec_ok(
+        &wg.netns,
+        &["ip", "addr", "add", &addr6, "dev", &wg.ifname, "nodad"],
+    )
+    .unwrap();
+    let web6 = wg.http_get(&url6, 3).unwrap().unwrap_or_default();
+    assert!(
+        web6.contains("Emoji Vote"),
+        "curl -6 through the tunnel: {web6:?}"
+    );
+    let echo6 = kubectl(
+        &c,
+        &[
+            "-n",
+            "default",
+            "get",
+            "svc",
+            "echo",
+            "-o",
+            "jsonpath={.spec.clusterIPs[1]}",
+        ],
+    );
+    let refused = wg
+        .exec(&[
+            "curl",
+            "-sS",
+            "-6",
+            "--max-time",
+            "3",
+            &format!("http://[{echo6}]/"),
+        ])
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "IPv6 to a namespace the peer did not ask for passed"
+    );
+    let said = text(&refused.stderr);
+    assert!(
+        said.contains("Couldn't connect to server") || said.contains("reset"),
+        "refused at once: {said}"
+    );
+
     let c = Arc::new(c);
     let netns = c.add_laptop("dual").expect("laptop");
     let l = Laptop {
