@@ -109,28 +109,6 @@ pub fn page_title(page: &str) -> Option<&str> {
     Some(rest.split_once("</title>")?.0)
 }
 
-/// Has `c`'s web-app serve a page titled `title` (one cluster's page told from another's), and
-/// waits for its rollout.
-pub fn title_web_app(c: &Cluster, title: &str) -> Result<()> {
-    let patch = serde_json::json!([{
-        "op": "replace",
-        "path": "/spec/template/spec/containers/0/args",
-        "value": ["workload", "http", "--port", "80", "--title", title],
-    }])
-    .to_string();
-    let deploy = ["-n", "emojivoto", "patch", "deployment/web-app", "--type=json", "-p"];
-    c.kubectl_admin(&[&deploy[..], &[patch.as_str()]].concat())?;
-    let status = ["-n", "emojivoto", "rollout", "status", "deployment/web-app"];
-    c.kubectl_admin(&[&status[..], &["--timeout=30s"]].concat())?;
-    Ok(())
-}
-
-/// The `<title>` of an HTML page.
-pub fn page_title(page: &str) -> Option<&str> {
-    let (_, rest) = page.split_once("<title>")?;
-    Some(rest.split_once("</title>")?.0)
-}
-
 /// Every gateway pod: (name, Ready).
 pub fn gateway_pods(c: &Cluster) -> Result<Vec<(String, bool)>> {
     let out = c.kubectl_admin(&[
