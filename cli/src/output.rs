@@ -175,7 +175,10 @@ fn mapping_lines(subnets: &[kwg_contract::PlannedRoute]) -> String {
     if mapped.is_empty() {
         return String::new();
     }
-    let mut o = format!("Mapped: ({} cluster ranges overlap this machine's)\n", mapped.len());
+    let mut o = format!(
+        "Mapped: ({} cluster ranges overlap this machine's)\n",
+        mapped.len()
+    );
     for (cluster, r) in mapped {
         let _ = writeln!(o, "  - {cluster} ({}) as {}", r.source, r.subnet);
     }
