@@ -192,6 +192,56 @@ mod tests {
         }
     }
 
+    fn join_args(argv: &[&str]) -> JoinArgs {
+        use clap::Parser;
+        let mut all = vec!["kwg", "join", "--kubeconfig", "/nonexistent"];
+        all.extend_from_slice(argv);
+        match crate::args::Cli::try_parse_from(all).unwrap().command {
+            crate::args::Command::Join(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_join_next_to_a_running_session_gets_its_own_place_and_is_secondary() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = StateDir(tmp.path().join("kwg"));
+        base.create().unwrap();
+        SessionInfo {
+            context: Some("dev".into()),
+            alias: "dev".into(),
+            primary: true,
+            interface: "kwg0".into(),
+            dns_listen: "127.77.0.53:53".parse().unwrap(),
+        }
+        .save(&base)
+        .unwrap();
+        let _running = crate::lock::DaemonLock::acquire(&base.lock()).unwrap();
+
+        let again = place(&mut join_args(&["--context", "dev"]), &base).unwrap_err();
+        assert!(
+            again.to_string().contains("already joined to context dev"),
+            "{again}"
+        );
+        let primary = place(&mut join_args(&["--context", "stage", "--primary"]), &base);
+        assert!(matches!(primary, Err(Error::PrimaryTaken { ref other }) if other == "dev"));
+        let taken = place(&mut join_args(&["--context", "x", "--alias", "dev"]), &base);
+        assert!(taken.unwrap_err().to_string().contains("--alias"));
+
+        let mut args = join_args(&["--context", "Stage.1"]);
+        let dir = place(&mut args, &base).unwrap();
+        assert_eq!(dir.0, base.sessions_dir().join("stage-1"));
+        assert_eq!(args.interface, "kwg1");
+        assert_eq!(args.dns_listen, "127.77.0.54:53".parse().unwrap());
+        assert_eq!(args.alias.as_deref(), Some("stage-1"));
+        assert!(args.secondary);
+        let info = SessionInfo::load(&dir).unwrap();
+        assert_eq!(
+            (info.context.as_deref(), info.primary),
+            (Some("Stage.1"), false)
+        );
+    }
+
     #[test]
     fn a_second_session_takes_the_next_interface_and_forwarder_address() {
         assert_eq!(free_interface(&[], |_| false), "kwg0");
