@@ -226,7 +226,10 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
         "{resolv}"
     );
     let tables = text(&l.run(&["nft", "list", "tables"]).stdout);
-    assert!(!tables.contains("kwg0"), "{tables}");
+    assert!(
+        !tables.contains("kwg_kwg0") && tables.contains("kwg_kwg1"),
+        "alpha's firewall table gone, beta's kept: {tables}"
+    );
     let status = l.status_json();
     assert_eq!(
         status["sessions"].as_array().map(Vec::len),
