@@ -15,8 +15,11 @@ const GATEWAY: &str = "192.0.2.1:51820";
 /// Datagrams per receive round (recvmmsg's batch).
 const ROUND: usize = quinn_udp::BATCH_SIZE;
 
-/// A socket whose queue holds `rounds`; `recv` on an empty queue is a test error.
-struct Rounds(RefCell<VecDeque<Vec<(SocketAddr, Vec<u8>)>>>);
+/// One receive round's datagrams and their sources.
+type Round = Vec<(SocketAddr, Vec<u8>)>;
+
+/// A socket whose queue holds rounds; `recv` on an empty queue is a test error.
+struct Rounds(RefCell<VecDeque<Round>>);
 
 impl Receive for Rounds {
     async fn recv(&self, bufs: &mut RecvBufs) -> io::Result<usize> {
@@ -62,7 +65,7 @@ fn segment(i: u8, k: u32) -> Vec<u8> {
 /// A gateway core with `n` laptops' cores, each with a session, and `per_peer` segments of each
 /// laptop's upload encrypted, interleaved as the gateway's socket queues them when they all
 /// send at once: one segment of each laptop in turn.
-fn uploads(n: u8, per_peer: u32) -> (Core, Vec<(SocketAddr, Vec<u8>)>) {
+fn uploads(n: u8, per_peer: u32) -> (Core, Round) {
     let now = Instant::now();
     let gw_key = PrivateKey::generate();
     let mut gw = Core::new(Some(gw_key.clone()));
