@@ -37,6 +37,8 @@ pub struct Reviews {
     bindings_stale: bool,
     /// Due (re-review, change, failure) but held back by the rate limit or a failure.
     pending: BTreeSet<Question>,
+    /// Those of `pending` an RBAC change can have moved: they go before the re-reviews.
+    changed: BTreeSet<Question>,
     /// Namespaces whose Roles or RoleBindings changed since the last pass.
     stale: BTreeSet<String>,
     /// The answers changed ClusterRoles can have moved since the last pass.
@@ -60,6 +62,7 @@ impl Reviews {
             cluster: HashMap::new(),
             bindings_stale: false,
             pending: BTreeSet::new(),
+            changed: BTreeSet::new(),
             stale: BTreeSet::new(),
             roles: Affected::default(),
             retry: BTreeSet::new(),
@@ -140,12 +143,22 @@ impl Reviews {
             .partition(|q| !self.grants.contains_key(*q));
         // A new question that failed waits for its retry like any other.
         let new = new.into_iter().filter(|q| !self.retry.contains(*q));
-        let again = known
+        // What a change can have moved goes before the re-reviews that wait their turn (with
+        // more answers than the rate limit lets through in a period, those always wait).
+        let changed = |q: &Question| {
+            roles.touches(q) || stale.contains(&q.1) || self.changed.contains(q)
+        };
+        let (changed, due): (Vec<&Question>, Vec<&Question>) = known
             .into_iter()
-            .filter(|q| roles.touches(q) || stale.contains(&q.1) || self.pending.contains(*q));
+            .filter(|q| changed(q) || self.pending.contains(*q))
+            .partition(|q| changed(q));
+        let changed: BTreeSet<Question> = changed.into_iter().cloned().collect();
         let mut want: Vec<Question> = scoped;
-        want.extend(new.chain(again).cloned());
+        want.extend(new.cloned());
+        want.extend(changed.iter().cloned());
+        want.extend(due.into_iter().cloned());
         let later = want.split_off(self.bucket.take(want.len(), now));
+        self.changed = later.iter().filter(|q| changed.contains(*q)).cloned().collect();
         self.pending = later.into_iter().collect();
         want.into_iter().collect()
     }

@@ -386,3 +386,25 @@ fn a_new_question_that_failed_waits_for_the_retry() {
     assert!(r.tick(t0 + RETRY));
     assert_eq!(r.to_ask(&need, t0 + RETRY), need);
 }
+
+#[test]
+fn a_change_goes_before_the_re_reviews_waiting_for_the_rate_limit() {
+    let t0 = Instant::now();
+    // 2 a second, bursts of 4; 200 answers re-reviewed each minute: more than it lets through.
+    let mut r = Reviews::new(Duration::from_secs(60), 2.0, t0);
+    let users: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    let namespaces: Vec<String> = (0..20).map(|i| format!("ns{i:02}")).collect();
+    let namespaces: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+    let need = needed(&users, &namespaces);
+    pass(&mut r, &need, t0, |_| true); // the peers appear: the first 4 go, the rest wait
+    let _ = run(&mut r, &need, t0, t0 + Duration::from_secs(150));
+    let w = r.waiting();
+    assert!(w > 20, "re-reviews wait for the rate limit: {w}");
+    // A RoleBinding in ns09 changes: its 10 pairs go first, in the next 5 s.
+    let t1 = t0 + Duration::from_secs(150);
+    r.namespaces_changed(["ns09".to_owned()]);
+    let asked = run(&mut r, &need, t1, t1 + Duration::from_secs(5));
+    let first: Vec<&Question> = asked.iter().map(|(_, q)| q).take(10).collect();
+    assert!(first.iter().all(|q| q.1 == "ns09"), "{first:?}");
+}
