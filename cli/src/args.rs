@@ -29,12 +29,14 @@ pub enum Command {
     /// before it returns cancels the join and undoes every step taken.
     #[command(after_help = crate::exit::ExitCode::help_table())]
     Join(Box<JoinArgs>),
-    /// Show whether this machine is joined and how (exit 1 when not joined).
+    /// Show whether this machine is joined and how: every session (one per kubeconfig
+    /// context), or the one of --context (exit 1 when not joined).
     Status(OutputArgs),
     /// List every registered peer of the cluster (this machine marked with *).
     Peers(PeersArgs),
     /// Leave the cluster: restore DNS, remove routes and the interface, delete the peer Secret.
-    /// Idempotent; also cleans up after a killed daemon.
+    /// Idempotent; also cleans up after a killed daemon. With several sessions: --context NAME
+    /// or --all.
     Leave(LeaveArgs),
     /// Listen on 127.0.0.1:LOCAL_PORT and carry each connection to HOST:PORT in the cluster
     /// (for clients that cannot use a proxy, e.g. a database client), until Ctrl-C.
