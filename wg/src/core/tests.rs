@@ -5,6 +5,7 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 use std::time::SystemTime;
 
+mod ipv6;
 mod logs;
 mod offload;
 mod replay;
