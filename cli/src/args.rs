@@ -186,16 +186,6 @@ pub struct JoinArgs {
     /// it).
     #[arg(long, default_value = "kwg0")]
     pub interface: String,
-    /// How WireGuard reaches the gateway: auto tries UDP, then TCP to the same endpoint, then
-    /// the API server's port-forward, and moves back up when a better path answers.
-    #[arg(long, value_enum, default_value = "auto")]
-    #[serde(default)]
-    pub transport: crate::transport::Flag,
-    /// How often auto probes better paths while on TCP or the API server.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, hide = true)]
-    #[serde(default = "default_probe_every")]
-    pub transport_probe_every: Duration,
-    /// Userspace mode: no interface, routes, DNS or firewall changes and no privilege; the
     /// This session's name in DNS: `<svc>.<ns>.svc.<ALIAS>` reaches this cluster whatever
     /// else is joined (default: the context's name as a DNS label).
     #[arg(long, value_name = "ALIAS")]
@@ -210,6 +200,16 @@ pub struct JoinArgs {
     #[arg(skip)]
     #[serde(default)]
     pub secondary: bool,
+    /// How WireGuard reaches the gateway: auto tries UDP, then TCP to the same endpoint, then
+    /// the API server's port-forward, and moves back up when a better path answers.
+    #[arg(long, value_enum, default_value = "auto")]
+    #[serde(default)]
+    pub transport: crate::transport::Flag,
+    /// How often auto probes better paths while on TCP or the API server.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, hide = true)]
+    #[serde(default = "default_probe_every")]
+    pub transport_probe_every: Duration,
+    /// Userspace mode: no interface, routes, DNS or firewall changes and no privilege; the
     /// cluster is reached through a SOCKS5/HTTP proxy on --proxy-listen (see kwg exec, kwg
     /// forward). Chosen by itself without root/CAP_NET_ADMIN or /dev/net/tun.
     #[arg(long, conflicts_with = "tun")]
@@ -243,6 +243,9 @@ pub struct OutputArgs {
     /// text or json.
     #[arg(short, long, default_value = "text", value_parser = text_or_json())]
     pub output: Format,
+    /// Only the session of this kubeconfig context (default: every session).
+    #[arg(long)]
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -253,15 +256,18 @@ pub struct PeersArgs {
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Format,
 }
-    /// Only the session of this kubeconfig context (default: every session).
-    #[arg(long)]
-    pub context: Option<String>,
 
 #[derive(Debug, Args)]
 pub struct LeaveArgs {
     /// text or json (progress as JSON events on stderr).
     #[arg(short, long, default_value = "text", value_parser = text_or_json())]
     pub output: Format,
+    /// Leave the session of this kubeconfig context (needed when several are joined).
+    #[arg(long, conflicts_with = "all")]
+    pub context: Option<String>,
+    /// Leave every session.
+    #[arg(long)]
+    pub all: bool,
 }
 
 fn default_probe_every() -> Duration {
@@ -272,12 +278,6 @@ fn default_proxy() -> std::net::SocketAddr {
     crate::userspace::DEFAULT_PROXY
         .parse()
         .expect("a socket address")
-    /// Leave the session of this kubeconfig context (needed when several are joined).
-    #[arg(long, conflicts_with = "all")]
-    pub context: Option<String>,
-    /// Leave every session.
-    #[arg(long)]
-    pub all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -345,6 +345,10 @@ impl From<&JoinArgs> for kwg_session::SessionConfig {
             dns_listen: a.dns_listen,
             dns_timeout: a.dns_timeout,
             resolv_conf: a.resolv_conf.clone(),
+            naming: kwg_session::dns::split::Naming {
+                alias: a.alias.clone(),
+                secondary: a.secondary,
+            },
         }
     }
 }
@@ -360,10 +364,6 @@ mod tests {
     use super::*;
     use clap::error::ErrorKind;
 
-            naming: kwg_session::dns::split::Naming {
-                alias: a.alias.clone(),
-                secondary: a.secondary,
-            },
     fn refused(argv: &[&str]) -> clap::Error {
         Cli::try_parse_from(argv).expect_err("refused")
     }
