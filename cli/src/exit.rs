@@ -279,9 +279,10 @@ fn session_code(e: &kwg_session::Error) -> ExitCode {
         S::RouteConflict { .. } | S::UntrustedInfo { .. } | S::InterfaceExists { .. } => {
             ExitCode::LocalConflict
         }
-        S::NamespaceNotFound { .. } | S::PeerName { .. } | S::ResolvedUnavailable { .. } => {
-            ExitCode::Usage
-        }
+        S::NamespaceNotFound { .. }
+        | S::PeerName { .. }
+        | S::ResolvedUnavailable { .. }
+        | S::UncarriedFamily { .. } => ExitCode::Usage,
         S::NoTunnelIp { .. } => ExitCode::GatewayMissing,
         S::GatewayUdp { .. } => ExitCode::GatewayUnreachable,
         S::DnsCheck { .. } => ExitCode::DnsVerification,

@@ -27,6 +27,11 @@ pub enum Error {
         /// The user's flag that would accept it.
         allow: Option<String>,
     },
+    /// `--also-proxy` with an IPv6 range: the laptop's tunnel carries IPv4 only.
+    #[error(
+        "--also-proxy {net} is an IPv6 range, and kwg join carries only IPv4 through the tunnel so far (issue 28): remove it"
+    )]
+    UncarriedFamily { net: IpNet },
     /// A cluster domain or namespace systemd-resolved could not take as a link domain.
     #[error("invalid DNS configuration for systemd-resolved: {0}")]
     DnsConfig(String),

@@ -118,6 +118,7 @@ pub fn check_info(
     machine: &Machine,
     consent: &Consent<'_>,
 ) -> Result<(), Error> {
+    check_families(consent.also_proxy)?;
     let users = |net: &IpNet| consent.also_proxy.iter().any(|a| a.contains(net));
     // Subnets inside the user's own --also-proxy are routed anyway: nothing to accept.
     let cluster: Vec<IpNet> = info
@@ -177,6 +178,16 @@ pub fn check_info(
         ));
     }
     Ok(())
+}
+
+/// `--also-proxy` ranges must be of a family the tunnel carries: the laptop's tunnel is the
+/// IPv4 one of `info.json` (docs/contract.md, IP families), so an IPv6 range would be routed
+/// into `kwg0` and go nowhere.
+pub fn check_families(also_proxy: &[IpNet]) -> Result<(), Error> {
+    match also_proxy.iter().find(|n| matches!(n, IpNet::V6(_))) {
+        Some(net) => Err(Error::UncarriedFamily { net: *net }),
+        None => Ok(()),
+    }
 }
 
 /// Where a prefix lies: not too wide, not reserved, inside private or shared space. The error
@@ -423,6 +434,16 @@ mod tests {
         let mut i = info();
         i.pod_cidrs.push(cidr.parse().unwrap());
         i
+    }
+
+    #[test]
+    fn an_ipv6_also_proxy_is_refused_in_one_sentence() {
+        let e = check(&info(), &["10.50.0.0/16", "fd00::/64"], &[], None).unwrap_err();
+        assert_eq!(
+            e,
+            "--also-proxy fd00::/64 is an IPv6 range, and kwg join carries only IPv4 through the tunnel so far (issue 28): remove it"
+        );
+        check(&info(), &["10.50.0.0/16"], &[], None).unwrap();
     }
 
     #[test]

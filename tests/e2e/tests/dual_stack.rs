@@ -255,6 +255,14 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
         state: c.names().run_dir().join("kwg-state-dual"),
         netns,
     };
+    // An IPv6 --also-proxy is refused in one sentence: the laptop's tunnel carries IPv4 only.
+    let refused = l.kwg(&["join", "--name", "dual", "--also-proxy", "fd00:99::/64"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("--also-proxy fd00:99::/64 is an IPv6 range, and kwg join carries only IPv4 through the tunnel so far"),
+        "{}",
+        text(&refused.stderr)
+    );
     l.join(&["--namespace", "emojivoto"]);
     let page = l.curl("http://web-app.emojivoto/");
     assert!(
