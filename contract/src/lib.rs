@@ -75,8 +75,9 @@ pub const WIREGUARD_PORT: u16 = 51820;
 pub const DEFAULT_NODE_PORT: u16 = 31820;
 /// The gateway's admin HTTP port (`/healthz`, `/readyz`, `/metrics`, `/peers`).
 pub const ADMIN_PORT: u16 = 8080;
-/// Default tunnel CIDR (inside 100.64.0.0/10, RFC 6598 shared address space, which rarely
-/// collides with home, office or cluster networks).
+/// The tunnel CIDR of an install whose key Secret keeps none (from before a new install
+/// picked a random /20 inside 100.64.0.0/10, issue 27; RFC 6598 shared address space, which
+/// rarely collides with home, office or cluster networks).
 pub const DEFAULT_TUNNEL_CIDR: &str = "100.77.0.0/16";
 /// Version of this contract; [`GatewayInfo::version`] must equal it.
 pub const PROTOCOL_VERSION: u32 = 1;
