@@ -123,6 +123,21 @@ fn drops_per_peer_from_nft_json() {
     assert!(parse_drops("garbage").is_empty());
 }
 
+/// Runs a shell script (root, network namespaces); its stdout, or the test fails with both.
+fn run_sh(script: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .expect("sh");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 #[test]
 fn a_full_refused_set_still_refuses() {
     // The rendered reach table, its `refused` set shrunk to 2, in a router namespace
@@ -157,16 +172,7 @@ for i in 1 2 3 4 5 6; do
 done
 "#
     );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .expect("sh");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_sh(&script);
     assert_eq!(text.matches("Packet filtered").count(), 6, "{text}");
 }
 
@@ -297,16 +303,7 @@ ip netns exec $A ping -6 -c1 -W1 -I fd99::2 fd00:10:96::100 2>&1 | grep -q 'byte
 ip netns exec $B nft list chain ip6 seen in | grep -o 'packets [0-9]*' | sed 's/^/masqueraded /'
 "#
     );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .expect("sh");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_sh(&script);
     assert!(
         text.contains("granted: 64 bytes from fd00:10:96::100"),
         "{text}"

@@ -172,3 +172,42 @@ fn large_diffs_are_chunked() {
     let script = diff(&Sets::default(), &new).render("kwg");
     assert_eq!(script.lines().count(), 3);
 }
+
+proptest::proptest! {
+    #[test]
+    fn ipv6_elements_follow_their_ipv4_twins_and_diffs_reach_the_new_sets(
+        old_twins in proptest::collection::btree_map(0u16..64, 0usize..6, 0..20),
+        new_twins in proptest::collection::btree_map(0u16..64, 0usize..6, 0..20),
+    ) {
+        // Twins among the fixture's addresses (some judged, one unknown).
+        let v4s = ["10.96.1.0", "10.244.0.5", "10.96.2.0", "10.244.0.6", "10.96.0.10", "10.96.9.9"];
+        let sets_of = |twins: &std::collections::BTreeMap<u16, usize>, ids: &mut NsIds| {
+            let mut inv = inv();
+            for (h, i) in twins {
+                let a6 = std::net::Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, *h);
+                inv.twins6.insert(a6, ip(v4s[*i]));
+            }
+            (desired(&inv, &[], |_, _| true, ids), inv)
+        };
+        let mut ids = NsIds::default();
+        let (old, _) = sets_of(&old_twins, &mut ids);
+        let (new, inv) = sets_of(&new_twins, &mut ids);
+        for (a6, a4) in &inv.twins6 {
+            proptest::prop_assert_eq!(new.dest_ns6.get(a6), new.dest_ns.get(a4));
+            proptest::prop_assert_eq!(new.dns6.contains(a6), new.dns.contains(a4));
+        }
+        let d = diff(&old, &new);
+        let mut applied = old.dest_ns6.clone();
+        for a in &d.del_dest6 {
+            applied.remove(a);
+        }
+        applied.extend(d.add_dest6.iter().copied());
+        proptest::prop_assert_eq!(&applied, &new.dest_ns6);
+        let mut dns = old.dns6.clone();
+        for a in &d.del_dns6 {
+            dns.remove(a);
+        }
+        dns.extend(d.add_dns6.iter().copied());
+        proptest::prop_assert_eq!(&dns, &new.dns6);
+    }
+}
