@@ -19,7 +19,12 @@ pub const STALL: Duration = Duration::from_millis(500);
 pub const ESCALATE: Duration = Duration::from_secs(2);
 /// At most one new port per this long; also the pace of new handshakes when the last one was
 /// answered but the stall came back (one-way traffic such as a UDP stream nobody answers).
+/// While new ports go unanswered the wait doubles from here up to [`RETRY_MAX`].
 pub const RETRY: Duration = Duration::from_secs(3);
+/// The longest wait between new ports while nothing answers (a gateway unreachable for
+/// hours gets one every minute, not one every 3 s; WireGuard's own handshake retries on the
+/// current port go on meanwhile).
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Sending after this long without sending starts a new streak: persistent keepalives (every
 /// 25 s, unanswered by design) never add up to a stall, TCP's retransmissions (1 s, 2 s) do.
 pub const IDLE: Duration = Duration::from_secs(5);
@@ -48,6 +53,8 @@ pub struct Health {
     last_try: Option<Instant>,
     answered_since_try: bool,
     last_rebind: Option<Instant>,
+    /// New ports since anything came back: each waits twice as long as the one before.
+    rebinds_unanswered: u32,
     pub restarts: u32,
     /// Since when the last stall went unanswered (what a new session should carry again).
     pub stalled_since: Option<Instant>,
@@ -65,6 +72,7 @@ impl Health {
             last_try: None,
             answered_since_try: false,
             last_rebind: None,
+            rebinds_unanswered: 0,
             restarts: 0,
             stalled_since: None,
         }
@@ -74,6 +82,7 @@ impl Health {
     /// from zero, and the one initiation it sends (later packets wait for the handshake, so
     /// the counters barely move) counts as a streak: unanswered for [`STALL`], another one.
     pub fn peer_replaced(&mut self, now: Instant) {
+        self.registered_again();
         self.last_tx = 0;
         self.last_rx = 0;
         self.last_sent = Some(now);
@@ -81,8 +90,29 @@ impl Health {
         self.unanswered_reads = 1;
     }
 
+    /// The peer Secret was registered again (the gateway had collected it): the gateway
+    /// knows this machine anew, so the next new port comes at the first pace again.
+    pub fn registered_again(&mut self) {
+        self.rebinds_unanswered = 0;
+    }
+
+    /// How long after the last new port another may follow: [`RETRY`], doubled for each new
+    /// port since anything came back, at most [`RETRY_MAX`].
+    fn rebind_gap(&self) -> Duration {
+        let doublings = self.rebinds_unanswered.saturating_sub(1).min(8);
+        RETRY.saturating_mul(1 << doublings).min(RETRY_MAX)
+    }
+
+    /// A new port at `now`.
+    fn rebind(&mut self, now: Instant) -> Verdict {
+        self.last_rebind = Some(now);
+        self.rebinds_unanswered += 1;
+        Verdict::Rebind
+    }
+
     /// The counters read at `now`. A stall: packets were sent in at least two reads of one
     /// streak and none was answered for [`STALL`].
+    #[must_use]
     pub fn observe(&mut self, tx: u64, rx: u64, now: Instant) -> Verdict {
         self.next = now + CHECK_EVERY;
         if tx < self.last_tx || rx < self.last_rx {
@@ -99,6 +129,7 @@ impl Health {
             self.unanswered_since = None;
             self.unanswered_reads = 0;
             self.answered_since_try = true;
+            self.rebinds_unanswered = 0;
             return Verdict::Fine;
         }
         if sent {
@@ -125,8 +156,7 @@ impl Health {
                     && d <= ESCALATE
                     && self.last_rebind.is_none_or(|t| now - t >= RETRY) =>
             {
-                self.last_rebind = Some(now);
-                Verdict::Rebind
+                self.rebind(now)
             }
             _ => Verdict::Handshake,
         };
@@ -143,27 +173,27 @@ impl Health {
     /// A new handshake (or port) that nothing answered, with no new stall to show it: packets
     /// for a gateway peer without a session (a new key) wait inside boringtun for the
     /// handshake, so the counters move only with its initiations, seconds apart. A new port
-    /// after [`ESCALATE`] unanswered (after a new port, [`RETRY`]); the transport then falls
-    /// back to a stream when UDP stays silent.
+    /// after [`ESCALATE`] unanswered (after a new port, [`RETRY`] doubling up to
+    /// [`RETRY_MAX`]); the transport then falls back to a stream when UDP stays silent.
     fn unanswered_try(&mut self, now: Instant) -> Verdict {
         let Some(t) = self.last_try.filter(|_| !self.answered_since_try) else {
             return Verdict::Fine;
         };
+        let gap = self.rebind_gap();
         let wait = if self.last_rebind == Some(t) {
-            RETRY
+            gap
         } else {
             ESCALATE
         };
-        if now - t < wait || self.last_rebind.is_some_and(|r| now - r < RETRY) {
+        if now - t < wait || self.last_rebind.is_some_and(|r| now - r < gap) {
             return Verdict::Fine;
         }
         self.last_try = Some(now);
-        self.last_rebind = Some(now);
         self.restarts += 1;
         // Its own initiation starts a new streak.
         self.unanswered_since = None;
         self.unanswered_reads = 0;
-        Verdict::Rebind
+        self.rebind(now)
     }
 }
 

@@ -148,14 +148,13 @@ fn an_unanswered_handshake_to_a_replaced_peer_moves_to_a_new_port() {
         }
     }
     // Noticed half a second after the replacement; unanswered for ESCALATE: a new port; then
-    // one every RETRY while nothing answers, and nothing in between.
+    // another RETRY later (the next one 6 s after that), and nothing in between.
     assert_eq!(
         verdicts,
         [
             (7, Verdict::Handshake),
             (27, Verdict::Rebind),
-            (57, Verdict::Rebind),
-            (87, Verdict::Rebind)
+            (57, Verdict::Rebind)
         ]
     );
     // An answer ends it.
@@ -182,4 +181,106 @@ fn a_replaced_peer_read_before_the_device_swapped_it_is_still_watched() {
         .find(|(_, v)| *v != Verdict::Fine);
     // Half a second after the new peer's counters first showed.
     assert_eq!(first, Some((9, Verdict::Handshake)));
+}
+
+/// The new ports of a session whose gateway stays unreachable for an hour of reads (every
+/// `CHECK_EVERY`), the laptop sending all along (`busy`: an application retrying; else only
+/// the initiations of a replaced gateway peer), in seconds from the start.
+fn rebinds_while_unreachable(busy: bool) -> Vec<u64> {
+    let start = Instant::now();
+    let mut h = Health::new(start);
+    let at = |i: u32| start + CHECK_EVERY * i;
+    assert_eq!(h.observe(1000, 1000, at(1)), Verdict::Fine);
+    // The new peer counts from zero: its first initiation, then nothing comes back.
+    h.peer_replaced(at(2));
+    let mut tx = 148;
+    let mut rebinds = Vec::new();
+    for i in 3..=36_000u32 {
+        if busy {
+            tx += 100;
+        }
+        match h.observe(tx, 0, at(i)) {
+            Verdict::Rebind => rebinds.push((at(i) - start).as_secs()),
+            Verdict::Handshake => tx += 148,
+            Verdict::Fine => {}
+        }
+    }
+    rebinds
+}
+
+#[test]
+fn an_unreachable_gateway_gets_new_ports_ever_more_slowly_up_to_one_a_minute() {
+    let rebinds = rebinds_while_unreachable(false);
+    let gaps: Vec<u64> = rebinds.windows(2).map(|w| w[1] - w[0]).collect();
+    // 3 s, 6 s, 12 s, 24 s, 48 s, then a minute apart (it was 3 s apart for the whole hour:
+    // 1200 new ports, each a new conntrack entry and a log line).
+    assert_eq!(gaps[..5], [3, 6, 12, 24, 48], "{rebinds:?}");
+    assert!(gaps[5..].iter().all(|g| *g == 60), "{gaps:?}");
+    assert!(rebinds.len() < 65, "{} new ports", rebinds.len());
+    // An application sending all along stalls again and again: each stall is the transport's
+    // cue to fall back to (or start over on) a stream, so those keep the 3 s pace.
+    let busy = rebinds_while_unreachable(true);
+    assert!(busy.windows(2).all(|w| w[1] - w[0] == 3), "{busy:?}");
+}
+
+#[test]
+fn registering_again_brings_back_the_first_pace() {
+    let start = Instant::now();
+    let mut h = Health::new(start);
+    let at = |i: u32| start + CHECK_EVERY * i;
+    assert_eq!(h.observe(1000, 1000, at(1)), Verdict::Fine);
+    h.peer_replaced(at(2));
+    let mut tx = 148;
+    let mut last = 0;
+    for i in 3..=3000u32 {
+        if h.observe(tx, 0, at(i)) == Verdict::Rebind {
+            tx += 148;
+            last = i;
+        }
+    }
+    // 5 minutes in, new ports a minute apart; the Secret registered again (the gateway had
+    // collected the peer): the next new port comes 3 s after the last, not a minute.
+    h.registered_again();
+    let next = (3001..=4000u32).find(|i| h.observe(tx, 0, at(*i)) == Verdict::Rebind);
+    assert_eq!(
+        next,
+        Some((last + 30).max(3001)),
+        "last new port at read {last}"
+    );
+}
+
+#[test]
+fn an_answer_after_the_outage_brings_back_the_quick_new_port() {
+    let start = Instant::now();
+    let mut h = Health::new(start);
+    let at = |i: u32| start + CHECK_EVERY * i;
+    assert_eq!(h.observe(1000, 1000, at(1)), Verdict::Fine);
+    h.peer_replaced(at(2));
+    let mut tx = 148;
+    for i in 3..=3000u32 {
+        if h.observe(tx, 0, at(i)) != Verdict::Fine {
+            tx += 148;
+        }
+    }
+    // The gateway answers again, then its next key goes unanswered: the first new port comes
+    // ESCALATE after the handshake, the next RETRY later, as at the first outage.
+    assert_eq!(h.observe(tx, 92, at(3001)), Verdict::Fine);
+    h.peer_replaced(at(3002));
+    tx = 148;
+    let mut verdicts = Vec::new();
+    for i in 3003..=3100u32 {
+        let v = h.observe(tx, 0, at(i));
+        if v != Verdict::Fine {
+            verdicts.push((i - 3000, v));
+            tx += 148;
+        }
+    }
+    assert_eq!(
+        verdicts,
+        [
+            (7, Verdict::Handshake),
+            (27, Verdict::Rebind),
+            (57, Verdict::Rebind)
+        ]
+    );
 }

@@ -195,6 +195,9 @@ impl Session {
                     plan.refused = Some((now, e.to_string()));
                 }
                 self.lease.reregistering = false;
+                if let Some(h) = self.health.as_mut() {
+                    h.registered_again();
+                }
                 self.lease.renewed = Some(now);
                 self.lease.failing_since = None;
                 self.lease.last_error = None;

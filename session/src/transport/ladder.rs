@@ -155,14 +155,19 @@ impl Ladder {
             .map(|(r, f)| (*r, f))
     }
 
+    #[must_use]
     pub fn next_probe(&self) -> Option<Instant> {
         self.next_probe
     }
 
+    /// The next step for the driver: a dropped step is a connection never made.
+    #[must_use]
     pub fn poll(&mut self) -> Option<Step> {
         self.steps.pop_front()
     }
 
+    /// When [`Ladder::tick`] must be called next.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let switch = (self.mode == Mode::Auto && self.joined.is_none())
             .then_some(self.started + self.t.switch_after);
