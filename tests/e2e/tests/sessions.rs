@@ -305,8 +305,24 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
         of("kwg1").contains("~svc.beta") && !of("kwg1").contains("cluster.local"),
         "{domains}"
     );
-    let all = in_resolved(&["kwg", "leave", "--all"]);
-    assert!(all.status.success(), "{}", text(&all.stderr));
+    // On a terminal, `kwg leave` asks which session (here: all of them).
+    let asked = in_resolved(&[
+        "sh",
+        "-c",
+        "printf 'a\\n' | script -qec 'kwg leave' /dev/null",
+    ]);
+    let said = text(&asked.stdout);
+    assert!(asked.status.success(), "{said}");
+    assert!(
+        said.contains("Several sessions are joined")
+            && said.contains("1) alpha (kwg0, primary)")
+            && said.contains("2) beta (kwg1)")
+            && said.contains("Left context alpha")
+            && said.contains("Left context beta"),
+        "{said}"
+    );
+    let none = text(&in_resolved(&["kwg", "status"]).stdout);
+    assert!(none.contains("not joined"), "{none}");
     let after = r.resolvectl(&["domain"]).unwrap();
     assert!(!after.contains("kwg"), "{after}");
 }
