@@ -260,5 +260,4 @@ pub fn lines_text(s: &Status) -> String {
 }
 
 #[cfg(test)]
-#[path = "health_tests.rs"]
 mod tests;

@@ -198,5 +198,4 @@ impl Health {
 }
 
 #[cfg(test)]
-#[path = "health_tests.rs"]
 mod tests;

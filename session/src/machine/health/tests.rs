@@ -223,23 +223,31 @@ fn an_unreachable_gateway_gets_new_ports_ever_more_slowly_up_to_one_a_minute() {
     assert!(busy.windows(2).all(|w| w[1] - w[0] == 3), "{busy:?}");
 }
 
-#[test]
-fn registering_again_brings_back_the_first_pace() {
+/// A replaced gateway peer that answers nothing for 3000 reads (5 minutes): the detector,
+/// the sent counter and the read of the last new port.
+fn five_minutes_unanswered() -> (Health, Instant, u64, u32) {
     let start = Instant::now();
     let mut h = Health::new(start);
     let at = |i: u32| start + CHECK_EVERY * i;
     assert_eq!(h.observe(1000, 1000, at(1)), Verdict::Fine);
     h.peer_replaced(at(2));
-    let mut tx = 148;
-    let mut last = 0;
+    let (mut tx, mut last) = (148, 0);
     for i in 3..=3000u32 {
-        if h.observe(tx, 0, at(i)) == Verdict::Rebind {
-            tx += 148;
-            last = i;
+        match h.observe(tx, 0, at(i)) {
+            Verdict::Fine => {}
+            Verdict::Rebind => (tx, last) = (tx + 148, i),
+            Verdict::Handshake => tx += 148,
         }
     }
-    // 5 minutes in, new ports a minute apart; the Secret registered again (the gateway had
-    // collected the peer): the next new port comes 3 s after the last, not a minute.
+    (h, start, tx, last)
+}
+
+#[test]
+fn registering_again_brings_back_the_first_pace() {
+    let (mut h, start, tx, last) = five_minutes_unanswered();
+    let at = |i: u32| start + CHECK_EVERY * i;
+    // New ports a minute apart by now; the Secret registered again (the gateway had collected
+    // the peer): the next new port comes 3 s after the last, not a minute.
     h.registered_again();
     let next = (3001..=4000u32).find(|i| h.observe(tx, 0, at(*i)) == Verdict::Rebind);
     assert_eq!(
@@ -251,17 +259,8 @@ fn registering_again_brings_back_the_first_pace() {
 
 #[test]
 fn an_answer_after_the_outage_brings_back_the_quick_new_port() {
-    let start = Instant::now();
-    let mut h = Health::new(start);
+    let (mut h, start, mut tx, _) = five_minutes_unanswered();
     let at = |i: u32| start + CHECK_EVERY * i;
-    assert_eq!(h.observe(1000, 1000, at(1)), Verdict::Fine);
-    h.peer_replaced(at(2));
-    let mut tx = 148;
-    for i in 3..=3000u32 {
-        if h.observe(tx, 0, at(i)) != Verdict::Fine {
-            tx += 148;
-        }
-    }
     // The gateway answers again, then its next key goes unanswered: the first new port comes
     // ESCALATE after the handshake, the next RETRY later, as at the first outage.
     assert_eq!(h.observe(tx, 92, at(3001)), Verdict::Fine);
