@@ -53,7 +53,7 @@ pub async fn run(
     let (roles, bindings, mut ns_rbac) = namespaced_rbac(&client);
     let (cluster_role_store, mut cluster_roles, cluster_binding_store, mut cluster_bindings) =
         cluster_rbac(&client);
-    let mut rbac_seen = rbac::RbacVersions::new();
+    let mut rbac_seen = (rbac::Roles::new(), rbac::RoleBindings::new());
     let mut roles_seen = rbac::RoleVersions::new();
     let mut reviews = Reviews::new(
         cfg.reach_refresh,
@@ -85,10 +85,10 @@ pub async fn run(
             }
             Some(()) = ns_rbac.next() => {
                 while let Some(Some(())) = ns_rbac.next().now_or_never() {}
-                let now = rbac_versions(&roles, &bindings);
-                let changed = rbac::changed_namespaces(&rbac_seen, &now);
-                tracing::debug!(namespaces = changed.len(), "Roles or RoleBindings changed: asking the grants there again");
-                reviews.namespaces_changed(changed);
+                let now = namespaced_now(&roles, &bindings);
+                let affected = rbac::namespaced_changes((&rbac_seen.0, &rbac_seen.1), (&now.0, &now.1));
+                tracing::debug!(namespaces = affected.in_namespace.len(), "Roles or RoleBindings changed: asking the grants of their subjects there again");
+                reviews.subjects_changed(affected);
                 rbac_seen = now;
             }
             Some(()) = cluster_roles.next() => {
@@ -102,7 +102,7 @@ pub async fn run(
                 let affected = rbac::bound_to(&changed, &all.collect::<Vec<_>>());
                 tracing::debug!(cluster_roles = changed.len(), bound_everywhere = affected.everywhere.len(),
                     namespaces = affected.in_namespace.len(), "ClusterRoles changed: asking the grants of the subjects bound to them again");
-                reviews.cluster_roles_changed(affected);
+                reviews.subjects_changed(affected);
                 roles_seen = now;
             }
             Some(()) = cluster_bindings.next() => {
@@ -363,26 +363,27 @@ fn cluster_role_versions(roles: &Store<ClusterRole>) -> rbac::RoleVersions {
     roles.state().iter().map(|r| version(r)).collect()
 }
 
-/// The cached Roles' and RoleBindings' versions.
-fn rbac_versions(roles: &Store<Role>, bindings: &Store<RoleBinding>) -> rbac::RbacVersions {
-    fn key<K: kube::Resource>(
-        kind: &'static str,
-        o: &K,
-    ) -> ((&'static str, String, String), String) {
-        let m = o.meta();
+/// The cached Roles' versions and RoleBindings (version and what reach reads of each).
+fn namespaced_now(
+    roles: &Store<Role>,
+    bindings: &Store<RoleBinding>,
+) -> (rbac::Roles, rbac::RoleBindings) {
+    fn key(m: &kube::api::ObjectMeta) -> (String, String) {
         let ns = m.namespace.clone().unwrap_or_default();
-        let name = m.name.clone().unwrap_or_default();
-        (
-            (kind, ns, name),
-            m.resource_version.clone().unwrap_or_default(),
-        )
+        (ns, m.name.clone().unwrap_or_default())
     }
-    let r = roles.state().into_iter().map(|o| key("Role", o.as_ref()));
-    let b = bindings
+    let version = |m: &kube::api::ObjectMeta| m.resource_version.clone().unwrap_or_default();
+    let r = roles
         .state()
-        .into_iter()
-        .map(|o| key("RoleBinding", o.as_ref()));
-    r.chain(b).collect()
+        .iter()
+        .map(|o| (key(&o.metadata), version(&o.metadata)))
+        .collect();
+    let all = bindings.state();
+    let b = all.iter().map(|o| {
+        let binding = rbac::Binding::of_role_binding(o);
+        (key(&o.metadata), (version(&o.metadata), binding))
+    });
+    (r, b.collect())
 }
 
 /// Keeps what reach reads of a Pod: namespace, hostNetwork, phase and addresses.

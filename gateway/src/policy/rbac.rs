@@ -6,18 +6,6 @@ use super::grants::{Question, Subject};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Namespaced RBAC objects (Roles and RoleBindings): (kind, namespace, name) → resourceVersion.
-pub type RbacVersions = BTreeMap<(&'static str, String, String), String>;
-
-/// The namespaces where a Role or RoleBinding was added, changed or deleted between `old` and
-/// `new`: only grants there can have changed (a RoleBinding grants nothing elsewhere), so only
-/// those reviews are asked again at once.
-pub fn changed_namespaces(old: &RbacVersions, new: &RbacVersions) -> BTreeSet<String> {
-    let gone = old.iter().filter(|(k, v)| new.get(*k) != Some(*v));
-    let came = new.iter().filter(|(k, v)| old.get(*k) != Some(*v));
-    gone.chain(came).map(|((_, ns, _), _)| ns.clone()).collect()
-}
-
 /// Who a binding names: a user (a ServiceAccount as its user name,
 /// `system:serviceaccount:<namespace>:<name>`) or a group.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,11 +31,17 @@ impl Named {
 pub struct Binding {
     pub namespace: Option<String>,
     pub cluster_role: Option<String>,
+    /// The Role it names (a RoleBinding's `roleRef` of kind Role).
+    pub role: Option<String>,
     pub subjects: Vec<Named>,
 }
 
 fn cluster_role(r: &RoleRef) -> Option<String> {
     (r.kind == "ClusterRole").then(|| r.name.clone())
+}
+
+fn role(r: &RoleRef) -> Option<String> {
+    (r.kind == "Role").then(|| r.name.clone())
 }
 
 /// A binding's subjects; a ServiceAccount without a namespace is the binding's own.
@@ -78,6 +72,7 @@ impl Binding {
         Binding {
             namespace: Some(ns),
             cluster_role: cluster_role(&b.role_ref),
+            role: role(&b.role_ref),
             subjects,
         }
     }
@@ -86,6 +81,7 @@ impl Binding {
         Binding {
             namespace: None,
             cluster_role: cluster_role(&b.role_ref),
+            role: None,
             subjects: named(b.subjects.as_deref().unwrap_or_default(), ""),
         }
     }
@@ -160,6 +156,56 @@ pub fn bound_to<'a>(
         }
     }
     out
+}
+
+/// RoleBindings by (namespace, name): resourceVersion and what reach reads of it.
+pub type RoleBindings = BTreeMap<(String, String), (String, Binding)>;
+/// Roles by (namespace, name): resourceVersion.
+pub type Roles = BTreeMap<(String, String), String>;
+
+/// What a change of Roles and RoleBindings from `old` to `new` can move: for a RoleBinding
+/// added, changed or deleted, the subjects it named before and names now, in its namespace;
+/// for a Role, the subjects of the RoleBindings naming it (before and now), in its namespace.
+/// Nobody else's answers (a RoleBinding grants only its subjects, only in its namespace).
+pub fn namespaced_changes(
+    (old_roles, old): (&Roles, &RoleBindings),
+    (new_roles, new): (&Roles, &RoleBindings),
+) -> Affected {
+    let mut out = Affected::default();
+    let mut add = |b: &Binding| {
+        let ns = b.namespace.clone().unwrap_or_default();
+        let named = out.in_namespace.entry(ns).or_default();
+        named.extend(b.subjects.iter().cloned());
+    };
+    let version = |m: &RoleBindings, k: &(String, String)| m.get(k).map(|(v, _)| v.clone());
+    for (k, (v, b)) in old {
+        if version(new, k).as_ref() != Some(v) {
+            add(b);
+        }
+    }
+    for (k, (v, b)) in new {
+        if version(old, k).as_ref() != Some(v) {
+            add(b);
+        }
+    }
+    let roles = changed_roles_in(old_roles, new_roles);
+    let naming = |b: &&Binding| {
+        let ns = b.namespace.clone().unwrap_or_default();
+        b.role
+            .as_ref()
+            .is_some_and(|r| roles.contains(&(ns, r.clone())))
+    };
+    let all = old.values().chain(new.values()).map(|(_, b)| b);
+    for b in all.filter(naming) {
+        add(b);
+    }
+    out
+}
+
+fn changed_roles_in(old: &Roles, new: &Roles) -> BTreeSet<(String, String)> {
+    let gone = old.iter().filter(|(k, v)| new.get(*k) != Some(*v));
+    let came = new.iter().filter(|(k, v)| old.get(*k) != Some(*v));
+    gone.chain(came).map(|(k, _)| k.clone()).collect()
 }
 
 #[cfg(test)]

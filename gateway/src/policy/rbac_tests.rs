@@ -1,29 +1,6 @@
 use super::*;
 
 #[test]
-fn a_role_binding_change_names_only_its_namespace() {
-    let v = |items: &[(&'static str, &str, &str, &str)]| -> RbacVersions {
-        items
-            .iter()
-            .map(|(k, ns, n, rv)| ((*k, ns.to_string(), n.to_string()), rv.to_string()))
-            .collect()
-    };
-    let old = v(&[
-        ("RoleBinding", "emojivoto", "view", "1"),
-        ("Role", "default", "r", "2"),
-        ("RoleBinding", "kwg-system", "kwg", "3"),
-    ]);
-    let new = v(&[
-        ("RoleBinding", "emojivoto", "view", "1"),
-        ("Role", "default", "r", "5"),       // changed
-        ("RoleBinding", "bench", "rb", "6"), // added
-    ]); // kwg-system's deleted
-    let changed: Vec<String> = changed_namespaces(&old, &new).into_iter().collect();
-    assert_eq!(changed, ["bench", "default", "kwg-system"]);
-    assert!(changed_namespaces(&new, &new).is_empty());
-}
-
-#[test]
 fn a_cluster_role_change_moves_only_the_subjects_bound_to_it_where_they_are_bound() {
     use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
     let rb: RoleBinding = serde_json::from_value(serde_json::json!({
@@ -86,4 +63,64 @@ fn changed_cluster_roles_are_those_added_changed_or_deleted() {
     let new = v(&[("view", "1"), ("edit", "4"), ("new", "5")]);
     let changed: Vec<String> = changed_roles(&old, &new).into_iter().collect();
     assert_eq!(changed, ["edit", "gone", "new"]);
+}
+
+#[test]
+fn a_role_or_role_binding_change_moves_only_its_subjects_in_its_namespace() {
+    let rb = |ns: &str, role: Option<&str>, subjects: Vec<Named>| Binding {
+        namespace: Some(ns.into()),
+        cluster_role: role.is_none().then(|| "view".to_owned()),
+        role: role.map(str::to_owned),
+        subjects,
+    };
+    let (team, ana, bo) = (
+        Named::Group("team".into()),
+        Named::User("ana".into()),
+        Named::User("bo".into()),
+    );
+    let key = |ns: &str, n: &str| (ns.to_owned(), n.to_owned());
+    let roles: Roles = [(key("emo", "reader"), "1".to_owned())].into();
+    let old: RoleBindings = [
+        (
+            key("emo", "team-view"),
+            ("1".into(), rb("emo", None, vec![team.clone()])),
+        ),
+        (
+            key("emo", "ana-read"),
+            ("2".into(), rb("emo", Some("reader"), vec![ana.clone()])),
+        ),
+        (
+            key("default", "bo"),
+            ("3".into(), rb("default", None, vec![bo.clone()])),
+        ),
+    ]
+    .into();
+    assert!(namespaced_changes((&roles, &old), (&roles, &old)).is_empty());
+    // bo's binding in default now names ana instead: both, in default only.
+    let mut new = old.clone();
+    new.insert(
+        key("default", "bo"),
+        ("4".into(), rb("default", None, vec![ana.clone()])),
+    );
+    let moved = namespaced_changes((&roles, &old), (&roles, &new));
+    assert!(moved.everywhere.is_empty());
+    assert_eq!(
+        moved.in_namespace,
+        [("default".to_owned(), [ana.clone(), bo.clone()].into())].into()
+    );
+    // The Role `reader` in emo changes: ana there (its binding names it), not the team.
+    let changed: Roles = [(key("emo", "reader"), "5".to_owned())].into();
+    let moved = namespaced_changes((&roles, &old), (&changed, &old));
+    assert_eq!(
+        moved.in_namespace,
+        [("emo".to_owned(), [ana.clone()].into())].into()
+    );
+    // A binding deleted moves what it granted.
+    let mut gone = old.clone();
+    gone.remove(&key("emo", "team-view"));
+    let moved = namespaced_changes((&roles, &old), (&roles, &gone));
+    assert_eq!(
+        moved.in_namespace,
+        [("emo".to_owned(), [team].into())].into()
+    );
 }

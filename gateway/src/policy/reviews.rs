@@ -1,11 +1,11 @@
 //! Which SubjectAccessReviews to send, and when (pure; time passed in): the cache of answers
 //! (one per [`Question`], forgotten when no peer needs it), new questions at once, the pairs a
-//! Role or RoleBinding change can affect at once (those of its namespace), after a ClusterRole
-//! change only the pairs of the subjects bound to it ([`Affected`]: through a RoleBinding, in
-//! that binding's namespace; through a ClusterRoleBinding, their cluster-scope question), the
-//! periodic safety re-review spread evenly
-//! over `--reach-refresh` ([`Spread`]), a failed review again after [`RETRY`], and all of it
-//! paced by the global rate limit `--reach-reviews-per-second` ([`Bucket`]; new questions
+//! Role or RoleBinding change can affect at once (the subjects it names, or names no more, in
+//! its namespace), after a ClusterRole change only the pairs of the subjects bound to it
+//! ([`Affected`]: through a RoleBinding, in that binding's namespace; through a
+//! ClusterRoleBinding, their cluster-scope question), the periodic safety re-review spread
+//! evenly over `--reach-refresh` ([`Spread`]), a failed review again after [`RETRY`], and all
+//! of it paced by the global rate limit `--reach-reviews-per-second` ([`Bucket`]; new questions
 //! first, the rest wait their turn).
 //!
 //! A ClusterRoleBinding grants in every namespace or nowhere, so its change is answered by one
@@ -78,9 +78,10 @@ impl Reviews {
         self.stale.extend(namespaces);
     }
 
-    /// ClusterRoles changed: the answers of the subjects bound to them can have
-    /// ([`super::rbac::bound_to`]), in those bindings' namespaces or everywhere.
-    pub fn cluster_roles_changed(&mut self, affected: Affected) {
+    /// RBAC changed: the answers of these subjects can have, in these namespaces or everywhere
+    /// (a ClusterRole's bound subjects, [`super::rbac::bound_to`]; a Role's or RoleBinding's,
+    /// [`super::rbac::namespaced_changes`]).
+    pub fn subjects_changed(&mut self, affected: Affected) {
         self.roles.extend(affected);
     }
 

@@ -154,21 +154,24 @@ fn a_cluster_role_change_asks_only_the_pairs_of_the_subjects_bound_to_it() {
         rbac::Binding {
             namespace: Some("emo".into()),
             cluster_role: Some("edit".into()),
+            role: None,
             subjects: vec![Named::Group("team".into())],
         },
         rbac::Binding {
             namespace: Some("default".into()),
             cluster_role: Some("view".into()),
+            role: None,
             subjects: vec![Named::Group("team".into()), Named::User("carol".into())],
         },
         rbac::Binding {
             namespace: None,
             cluster_role: Some("edit".into()),
+            role: None,
             subjects: vec![Named::User("bob".into())],
         },
     ];
     let affected = rbac::bound_to(&["edit".to_owned()].into(), &rbs);
-    r.cluster_roles_changed(affected);
+    r.subjects_changed(affected);
     assert_eq!(
         r.to_ask(&need, t0),
         [(alice, "emo".to_owned()), cluster(&bob)].into(),
@@ -176,7 +179,7 @@ fn a_cluster_role_change_asks_only_the_pairs_of_the_subjects_bound_to_it() {
     );
     assert!(r.to_ask(&need, t0).is_empty(), "once");
     // A ClusterRole no binding names asks nothing.
-    r.cluster_roles_changed(rbac::bound_to(&["unbound".to_owned()].into(), &rbs));
+    r.subjects_changed(rbac::bound_to(&["unbound".to_owned()].into(), &rbs));
     assert!(r.to_ask(&need, t0).is_empty());
 }
 
@@ -188,7 +191,7 @@ fn the_rate_limit_paces_a_burst_new_questions_first() {
     let old = needed(&["old"], &["a", "b", "c", "d", "e"]);
     assert_eq!(pass(&mut r, &old, t0, |_| true).len(), 5);
     let t1 = t0 + Duration::from_secs(10); // the bucket is full again
-    r.cluster_roles_changed(bound(&["old"], &["a", "b", "c", "d", "e"], &[]));
+    r.subjects_changed(bound(&["old"], &["a", "b", "c", "d", "e"], &[]));
     let users: Vec<String> = (0..10).map(|i| format!("new{i}")).collect();
     let users: Vec<&str> = users.iter().map(String::as_str).collect();
     let mut need = needed(&users, &["a", "b", "c", "d", "e"]);
@@ -222,7 +225,7 @@ fn a_failed_review_keeps_its_last_answer_and_is_asked_again_after_the_retry() {
     let mut r = Reviews::new(Duration::from_secs(3600), 100.0, t0);
     let need = needed(&["alice"], &["emo", "default"]);
     pass(&mut r, &need, t0, |_| true);
-    r.cluster_roles_changed(bound(&["alice"], &["emo", "default"], &[]));
+    r.subjects_changed(bound(&["alice"], &["emo", "default"], &[]));
     let asked = r.to_ask(&need, t0);
     assert_eq!(asked, need);
     r.answered(q("alice", "default"), false);
@@ -337,7 +340,7 @@ fn a_cluster_role_change_asks_the_bound_pairs_even_of_a_subject_allowed_everywhe
     pass(&mut r, &need, t0, |_| true);
     // The ClusterRole it was bound to changed: its cluster-wide answer and those of the
     // namespaces whose RoleBindings name the ClusterRole are asked again.
-    r.cluster_roles_changed(bound(&["alice"], &["a", "b"], &["alice"]));
+    r.subjects_changed(bound(&["alice"], &["a", "b"], &["alice"]));
     let mut want = need.clone();
     want.insert(cluster(&alice));
     assert_eq!(pass(&mut r, &need, t0, |q| q.1 == "b"), want);

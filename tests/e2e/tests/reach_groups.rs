@@ -239,7 +239,8 @@ fn the_developer_reaches_what_its_team_and_its_bindings_grant(c: &Arc<Cluster>) 
     std::thread::sleep(Duration::from_secs(2));
     let one_binding = reviews(c)? - before;
     eprintln!("SubjectAccessReviews after one RoleBinding change: {one_binding}");
-    // carol's and the developer's questions in kube-system, and the re-review's few.
+    // The developer's question in kube-system (the binding names nobody else), and the
+    // re-review's few.
     assert!(
         one_binding <= 2 + 3,
         "{one_binding} reviews after one RoleBinding"
