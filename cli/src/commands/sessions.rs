@@ -47,7 +47,7 @@ pub fn place(args: &mut JoinArgs, base: &StateDir) -> Result<StateDir, Error> {
     // A context's journal left by a dead daemon stays its own: the join undoes it first.
     let others: Vec<&Session> = all
         .iter()
-        .filter(|s| !same.is_some_and(|m| m.dir.0 == s.dir.0))
+        .filter(|s| same.is_none_or(|m| m.dir.0 != s.dir.0))
         .collect();
     let alias = match &args.alias {
         Some(a) => {
