@@ -92,7 +92,26 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
         .up()
         .expect("kwg-sim up (beta)");
     // Two default installs: each picked its own tunnel CIDR inside 100.64.0.0/10.
-    let (ia, ib) = (install_default(&a), install_default(&b));
+    let (ia, mut ib) = (install_default(&a), install_default(&b));
+    if ia.tunnel_cidr == ib.tunnel_cidr {
+        // One pick in 1024 is the same /20: a new install (a new key Secret) picks again,
+        // so this test does not fail on that chance.
+        b.kubectl_admin(&["-n", "kwg-gateway", "delete", "secret", "kwg-gateway-key"])
+            .unwrap();
+        b.kubectl_admin(&[
+            "-n",
+            "kwg-gateway",
+            "rollout",
+            "restart",
+            "deployment/kwg-gateway",
+        ])
+        .unwrap();
+        ib = kwg_e2e::wait_for("a new tunnel CIDR", Duration::from_secs(30), || {
+            let info = kwg_e2e::gateway_info(&b)?;
+            Ok((info.tunnel_cidr != ia.tunnel_cidr).then_some(info))
+        })
+        .unwrap();
+    }
     for info in [&ia, &ib] {
         let [first, second, ..] = info.tunnel_cidr.network().octets();
         assert!(
