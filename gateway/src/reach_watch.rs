@@ -55,6 +55,7 @@ pub async fn run(
         cluster_rbac(&client);
     let mut rbac_seen = (rbac::Roles::new(), rbac::RoleBindings::new());
     let mut roles_seen = rbac::RoleVersions::new();
+    let mut crbs_seen = rbac::ClusterRoleBindings::new();
     let mut reviews = Reviews::new(
         cfg.reach_refresh,
         cfg.reach_reviews_per_second,
@@ -106,9 +107,12 @@ pub async fn run(
                 roles_seen = now;
             }
             Some(()) = cluster_bindings.next() => {
-                tracing::debug!("ClusterRoleBindings changed: asking every owner's cluster-wide grant again");
-                reviews.cluster_bindings_changed();
                 while let Some(Some(())) = cluster_bindings.next().now_or_never() {}
+                let now = cluster_bindings_now(&cluster_binding_store);
+                let affected = rbac::cluster_binding_changes(&crbs_seen, &now);
+                tracing::debug!(subjects = affected.everywhere.len(), "ClusterRoleBindings changed: asking the cluster-wide grant of their subjects again");
+                reviews.subjects_changed(affected);
+                crbs_seen = now;
             }
             Ok(()) = served.changed() => {}
             _ = tokio::time::sleep_until(wake) => {
@@ -351,6 +355,18 @@ fn cluster_rbac(
     let (binding_store, bindings) =
         watch::<ClusterRoleBinding>(Api::all(client.clone()), None, "ClusterRoleBindings", strip);
     (role_store, roles, binding_store, bindings)
+}
+
+/// The cached ClusterRoleBindings (version and what reach reads of each).
+fn cluster_bindings_now(bindings: &Store<ClusterRoleBinding>) -> rbac::ClusterRoleBindings {
+    let all = bindings.state();
+    let one = |b: &ClusterRoleBinding| {
+        let m = &b.metadata;
+        let version = m.resource_version.clone().unwrap_or_default();
+        let name = m.name.clone().unwrap_or_default();
+        (name, (version, rbac::Binding::of_cluster_role_binding(b)))
+    };
+    all.iter().map(|b| one(b)).collect()
 }
 
 /// The cached ClusterRoles' versions.

@@ -202,6 +202,26 @@ pub fn namespaced_changes(
     out
 }
 
+/// ClusterRoleBindings by name: resourceVersion and what reach reads of it.
+pub type ClusterRoleBindings = BTreeMap<String, (String, Binding)>;
+
+/// What a change of ClusterRoleBindings from `old` to `new` can move: the cluster-scope answers
+/// of the subjects each added, changed or deleted one named before or names now.
+pub fn cluster_binding_changes(old: &ClusterRoleBindings, new: &ClusterRoleBindings) -> Affected {
+    let mut out = Affected::default();
+    let version = |m: &ClusterRoleBindings, k: &String| m.get(k).map(|(v, _)| v.clone());
+    let gone = old
+        .iter()
+        .filter(|(k, (v, _))| version(new, k).as_ref() != Some(v));
+    let came = new
+        .iter()
+        .filter(|(k, (v, _))| version(old, k).as_ref() != Some(v));
+    for (_, (_, b)) in gone.chain(came) {
+        out.everywhere.extend(b.subjects.iter().cloned());
+    }
+    out
+}
+
 fn changed_roles_in(old: &Roles, new: &Roles) -> BTreeSet<(String, String)> {
     let gone = old.iter().filter(|(k, v)| new.get(*k) != Some(*v));
     let came = new.iter().filter(|(k, v)| old.get(*k) != Some(*v));

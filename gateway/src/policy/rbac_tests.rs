@@ -124,3 +124,27 @@ fn a_role_or_role_binding_change_moves_only_its_subjects_in_its_namespace() {
         [("emo".to_owned(), [team].into())].into()
     );
 }
+
+#[test]
+fn a_cluster_role_binding_change_moves_only_the_cluster_wide_answers_of_its_subjects() {
+    let crb = |subjects: Vec<Named>| Binding {
+        namespace: None,
+        cluster_role: Some("kwg-reach".into()),
+        role: None,
+        subjects,
+    };
+    let (ops, ana) = (Named::Group("ops".into()), Named::User("ana".into()));
+    let old: ClusterRoleBindings = [
+        ("ops".to_owned(), ("1".to_owned(), crb(vec![ops.clone()]))),
+        ("ana".to_owned(), ("2".to_owned(), crb(vec![ana.clone()]))),
+    ]
+    .into();
+    assert!(cluster_binding_changes(&old, &old).is_empty());
+    let mut new = old.clone();
+    new.remove("ana");
+    let moved = cluster_binding_changes(&old, &new);
+    assert_eq!(moved.everywhere, [ana].into());
+    assert!(moved.in_namespace.is_empty());
+    assert!(moved.everywhere(&Subject::new("ana", &[])));
+    assert!(!moved.everywhere(&Subject::new("bo", &["ops".to_owned()])));
+}
