@@ -4,7 +4,9 @@
 //! runs the same `kwg join` again as the user, with the user's groups, home and kubeconfig, and
 //! exits with its code. That join goes through the helper like any normal user's, so its daemon,
 //! exec credential plugins and state directory are the user's, and the user's plain `kwg status`
-//! and `kwg leave` see and end the session.
+//! and `kwg leave` see and end the session. `sudo kwg status`, `sudo kwg peers` and
+//! `sudo kwg leave` run again as the user the same way, so they too act on the user's sessions
+//! (root's own sessions are those of a root login, without sudo).
 //!
 //! sudo resets the environment, so what the user's join gets is decided here:
 //! - `HOME`, `USER`, `LOGNAME`: the user's, from the user database (never root's);
@@ -147,8 +149,24 @@ pub async fn join_as_invoker(args: &crate::args::JoinArgs) -> Result<(), Error> 
     if !args.userspace {
         super::ensure_for(&super::socket(), inv.uid).await?;
     }
+    rerun_as(&inv, kubeconfig)
+}
+
+/// Under `sudo kwg status|peers|leave`: this same command run as the invoker, so it acts on
+/// the invoker's sessions (the ones `sudo kwg join` made), never root's; exits with its code.
+/// Returns when this is no sudo invocation.
+pub fn as_invoker() -> Result<(), Error> {
+    let Some(inv) = invoker()? else {
+        return Ok(());
+    };
+    rerun_as(&inv, std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()))
+}
+
+/// Runs this process's command line again as `inv` (its groups, then gid, then uid), with the
+/// environment of [`environment`], and exits with its code.
+fn rerun_as(inv: &Invoker, kubeconfig: Option<OsString>) -> Result<(), Error> {
     let exe = std::env::current_exe().map_err(|e| Error::io("find the kwg executable", e))?;
-    let env = environment(&inv, kubeconfig, std::env::vars_os(), runtime_dir(inv.uid));
+    let env = environment(inv, kubeconfig, std::env::vars_os(), runtime_dir(inv.uid));
     let groups = nix::unistd::getgrouplist(
         &CString::new(inv.name.clone()).map_err(|_| Error::Invalid {
             what: "SUDO_USER".into(),
@@ -176,7 +194,7 @@ pub async fn join_as_invoker(args: &crate::args::JoinArgs) -> Result<(), Error> 
     }
     let status = cmd
         .status()
-        .map_err(|e| Error::io(format!("run kwg join as {} (uid {uid})", inv.name), e))?;
+        .map_err(|e| Error::io(format!("run kwg as {} (uid {uid})", inv.name), e))?;
     use std::os::unix::process::ExitStatusExt;
     let code = status
         .code()

@@ -387,7 +387,7 @@ fn start_helper(netns: &str, dir: &Path) -> Child {
     )
 }
 
-/// `sudo kwg join` typed by the user. There is no sudo binary on this machine: root runs kwg
+/// `sudo kwg join`, `sudo kwg status` and `sudo kwg leave` typed by the user. There is no sudo binary on this machine: root runs kwg
 /// with the variables sudo sets (`SUDO_UID`, `SUDO_GID`, `SUDO_USER`) and sudo's reset
 /// environment (root's `HOME`, no `KUBECONFIG`), in a mount namespace whose `/etc/passwd` knows
 /// the test users (kwg finds the user's home there). `KWG_HELPER_SOCKET` names this test's
@@ -467,11 +467,30 @@ fn sudo_join_runs_the_cluster_side_as_the_user(r: &Rig, web: &str, resolv_before
     assert_eq!(r.laptop.getent("web-app.emojivoto"), web);
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&state).unwrap());
     assert_eq!(owner, USER, "the state directory is the user's");
-    // The user's plain kwg leave ends it, and everything is back.
-    let left = plain(&["kwg", "leave"]);
-    assert!(left.status.success(), "{}", text(&left.stderr));
+    // sudo kwg status shows the user's session too (not root's: root has none).
+    let status = sudo(USER, "kwgpriv", &["kwg", "status"]);
+    assert!(
+        status.status.success() && text(&status.stdout).contains("Connected"),
+        "sudo kwg status:\n{}{}",
+        text(&status.stdout),
+        text(&status.stderr)
+    );
+    // sudo kwg leave ends the user's session, and everything is back.
+    let left = sudo(USER, "kwgpriv", &["kwg", "leave"]);
+    assert!(
+        left.status.success() && text(&left.stdout).contains("Left"),
+        "sudo kwg leave:\n{}{}",
+        text(&left.stdout),
+        text(&left.stderr)
+    );
     assert!(!r.ip(&["link"]).contains("kwg0"));
     assert_eq!(r.laptop.resolv_conf(), resolv_before);
+    let status = plain(&["kwg", "status"]);
+    assert!(
+        !status.status.success() && text(&status.stdout).contains("not joined"),
+        "{}",
+        text(&status.stdout)
+    );
 
     // sudo reset KUBECONFIG and the user has no ~/.kube/config: the error names the fix.
     let out = sudo(
