@@ -85,7 +85,14 @@ pub fn nft_apply(script: &str) -> Result<(), GatewayError> {
 
 /// Packets the reach table dropped per peer address (empty when it does not exist).
 pub fn nft_drops() -> Vec<(std::net::Ipv4Addr, u64)> {
-    reach_set_json("peer_drops").map_or_else(Vec::new, |j| nft::parse_drops(&j))
+    // A peer's IPv4 and IPv6 drops, summed.
+    let mut by_peer: std::collections::BTreeMap<std::net::Ipv4Addr, u64> = Default::default();
+    for set in ["peer_drops", "peer_drops6"] {
+        for (ip, n) in reach_set_json(set).map_or_else(Vec::new, |j| nft::parse_drops(&j)) {
+            *by_peer.entry(ip).or_default() += n;
+        }
+    }
+    by_peer.into_iter().collect()
 }
 
 /// The destination the reach table last refused per peer address (empty when it does not

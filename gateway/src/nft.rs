@@ -217,6 +217,7 @@ pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
 \tset refused {{ typeof ip saddr . ip daddr; size {DROP_COUNTERS}; flags dynamic, timeout; timeout {REFUSED_KEPT_SECS}s; }}
 \tmap dest_ns6 {{ typeof ip6 daddr : meta mark; }}
 \tset peer_ns6 {{ typeof @nh,160,32 . meta mark; }}
+\tset peer_drops6 {{ typeof @nh,160,32; size {DROP_COUNTERS}; flags dynamic; counter; }}
 \tset dns6 {{ typeof ip6 daddr; }}
 \tset extra6 {{ type ipv6_addr; flags interval;{extra6} }}
 \tchain refuse {{
@@ -234,6 +235,7 @@ pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
 \t\tiifname \"{iif}\" ip6 daddr @extra6 accept
 \t\tiifname \"{iif}\" meta mark set ip6 daddr map @dest_ns6
 \t\tiifname \"{iif}\" meta nfproto ipv6 @nh,160,32 . meta mark @peer_ns6 accept
+\t\tiifname \"{iif}\" meta nfproto ipv6 update @peer_drops6 {{ @nh,160,32 }}
 \t\tiifname \"{iif}\" update @peer_drops {{ ip saddr }}
 \t\tiifname \"{iif}\" update @refused {{ ip saddr . ip daddr }}
 \t\tiifname \"{iif}\" counter goto refuse
@@ -243,7 +245,9 @@ pub fn render_reach(interface: &str, extra: &[IpNet]) -> String {
     )
 }
 
-/// Packets dropped per peer address, from `nft -j list set inet kwg_reach peer_drops`.
+/// Packets dropped per peer address, from `nft -j list set inet kwg_reach peer_drops` (or
+/// `peer_drops6`, whose elements are the peer's IPv4 address as the integer its IPv6 source
+/// carries in its last 32 bits).
 pub fn parse_drops(json: &str) -> Vec<(Ipv4Addr, u64)> {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
         return Vec::new();
@@ -252,7 +256,11 @@ pub fn parse_drops(json: &str) -> Vec<(Ipv4Addr, u64)> {
     sets.filter_map(|o| o["set"]["elem"].as_array())
         .flatten()
         .filter_map(|e| {
-            let ip = e["elem"]["val"].as_str()?.parse().ok()?;
+            let val = &e["elem"]["val"];
+            let ip = match val.as_u64() {
+                Some(n) => Ipv4Addr::from(u32::try_from(n).ok()?),
+                None => val.as_str()?.parse().ok()?,
+            };
             Some((ip, e["elem"]["counter"]["packets"].as_u64()?))
         })
         .collect()

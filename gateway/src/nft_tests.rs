@@ -301,6 +301,7 @@ ip netns exec $A ping -6 -c1 -W1 fd00:10:96::100 2>&1 | grep -E 'bytes from|filt
 ip netns exec $A ping -6 -c1 -W1 fd00:10:96::200 2>&1 | grep -E 'bytes from|filtered|prohibited' | sed 's/^/other: /' || echo "other: no answer"
 ip netns exec $A ping -6 -c1 -W1 -I fd99::2 fd00:10:96::100 2>&1 | grep -q 'bytes from' && echo "spoofed: answered" || echo "spoofed: no answer"
 ip netns exec $B nft list chain ip6 seen in | grep -o 'packets [0-9]*' | sed 's/^/masqueraded /'
+echo "drops6 $(ip netns exec $R nft -j list set inet {REACH_TABLE} peer_drops6)"
 "#
     );
     let text = run_sh(&script);
@@ -315,4 +316,11 @@ ip netns exec $B nft list chain ip6 seen in | grep -o 'packets [0-9]*' | sed 's/
     assert!(text.contains("spoofed: no answer"), "{text}");
     // The host saw the granted ping from the router's address (masqueraded), once.
     assert!(text.contains("masqueraded packets 1"), "{text}");
+    // The refused IPv6 packet counts for the peer, by its IPv4 address.
+    let drops = text.split("drops6 ").nth(1).unwrap_or_default();
+    assert_eq!(
+        parse_drops(drops),
+        [("100.77.0.2".parse().unwrap(), 1)],
+        "{drops}"
+    );
 }
