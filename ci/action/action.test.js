@@ -7,7 +7,7 @@ const os = require('os');
 const path = require('path');
 const { spawnSync } = require('child_process');
 const { test } = require('node:test');
-const { workflowCommand } = require('./runner');
+const { workflowCommand, kwgCommand } = require('./runner');
 
 test('messages and properties are escaped per the workflow-command rules', () => {
   assert.strictEqual(
@@ -55,4 +55,15 @@ test('a failed leave in the post step is a warning and the step succeeds', () =>
   const r = step('post.js', '{"left":false}', 4);
   assert.strictEqual(r.code, 0, r.stdout);
   assert.match(r.stdout, /^::warning title=kwg leave failed::the peer is removed by the gateway when its lease ends; see the log above$/m);
+});
+
+test('kwg runs as the runner\'s user, never through sudo; a user\'s join asks for the helper with --tun', () => {
+  const join = ['join', '-o', 'json', '--name', 'ci-1'];
+  assert.deepStrictEqual(kwgCommand('/opt/kwg', join, { root: false, asUser: false }),
+    ['/opt/kwg', ['join', '--tun', '-o', 'json', '--name', 'ci-1']]);
+  assert.deepStrictEqual(kwgCommand('/opt/kwg', join, { root: true, asUser: false }), ['/opt/kwg', join]);
+  assert.deepStrictEqual(kwgCommand('/opt/kwg', [...join, '--userspace'], { root: false, asUser: true }),
+    ['/opt/kwg', [...join, '--userspace']]);
+  assert.deepStrictEqual(kwgCommand('/opt/kwg', ['leave', '-o', 'json'], { root: false, asUser: false }),
+    ['/opt/kwg', ['leave', '-o', 'json']]);
 });

@@ -37,11 +37,20 @@ function workflowCommand(name, properties, message) {
   return `::${name}${props ? ` ${props}` : ''}::${escapeData(message)}`;
 }
 
-// Runs kwg (through sudo when not root, unless `asUser`: userspace mode); returns
-// { code, stdout }.
+// How the action runs kwg: always as the runner's own user (never `sudo kwg`: sudo's
+// secure_path and sudo-rs, which ignores -E, broke that on real runners). Not root and not in
+// userspace mode, `join` gets --tun: kwg then uses the kwg-helper that is running (or
+// installed), else starts the one next to kwg through sudo by its absolute path, once for the
+// job; kwg runs as the user, only the helper as root. Returns [command, argv].
+function kwgCommand(exe, args, { root, asUser }) {
+  const tun = !root && !asUser && args[0] === 'join' && !args.includes('--tun');
+  return [exe, tun ? [args[0], '--tun', ...args.slice(1)] : args];
+}
+
+// Runs kwg (see kwgCommand; `asUser`: userspace mode); returns { code, stdout }.
 function kwg(exe, args, asUser) {
   const root = typeof process.getuid === 'function' && process.getuid() === 0;
-  const [cmd, argv] = root || asUser ? [exe, args] : ['sudo', ['-E', exe, ...args]];
+  const [cmd, argv] = kwgCommand(exe, args, { root, asUser });
   const r = spawnSync(cmd, argv, { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
   if (r.error) {
     return { code: 1, stdout: '', error: `cannot run ${cmd}: ${r.error.message}` };
@@ -80,5 +89,5 @@ function proxyEnv(proxy) {
 }
 
 module.exports = {
-  input, fileCommand, kwg, defaultName, userspace, proxyEnv, workflowCommand, escapeData, escapeProperty,
+  input, fileCommand, kwg, kwgCommand, defaultName, userspace, proxyEnv, workflowCommand, escapeData, escapeProperty,
 };

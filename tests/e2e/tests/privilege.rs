@@ -334,6 +334,7 @@ fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
     assert!(!r.ip(&["link"]).contains("kwg0"));
 
     sudo_join_runs_the_cluster_side_as_the_user(&r, &web, &resolv_before);
+    the_action_runs_kwg_as_the_runner_user(&r, &web, &resolv_before);
 
     // kill -9 of the helper while a session runs: the daemon notices its connection closed and
     // kwg status says so instead of Connected; the restarted helper reverts the session from
@@ -507,4 +508,63 @@ fn sudo_join_runs_the_cluster_side_as_the_user(r: &Rig, web: &str, resolv_before
     );
     assert!(!r.ip(&["link"]).contains("kwg"), "{}", r.ip(&["link"]));
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// The GitHub action on a runner whose user is not root (ci/action): main.js runs kwg as that
+/// user, never `sudo kwg`, through the helper (here the running one; on a runner kwg starts it
+/// through sudo by its absolute path); the later steps reach the cluster by name; post.js
+/// leaves as the user and everything is back.
+fn the_action_runs_kwg_as_the_runner_user(r: &Rig, web: &str, resolv_before: &[u8]) {
+    let files = r.dir.join("action");
+    std::fs::create_dir_all(&files).unwrap();
+    chown(&files, USER);
+    let kubeconfig = std::fs::read_to_string(r.home.join(".kube/config")).unwrap();
+    let step = |script: &str, extra: &[String]| {
+        let file = |n: &str| files.join(n).display().to_string();
+        let mut env = vec![
+            "env".to_string(),
+            format!("INPUT_KUBECONFIG={kubeconfig}"),
+            "INPUT_NAMESPACE=emojivoto".to_string(),
+            "INPUT_WAIT-FOR=web-app.emojivoto:80".to_string(),
+            "INPUT_NAME=priv-action".to_string(),
+            "INPUT_VERSION=path".to_string(),
+            format!("GITHUB_OUTPUT={}", file("output")),
+            format!("GITHUB_ENV={}", file("env")),
+            format!("GITHUB_STATE={}", file("state")),
+            format!("RUNNER_TEMP={}", files.display()),
+        ];
+        env.extend(extra.iter().cloned());
+        let js = kwg_e2e::repo_root().join("ci/action").join(script);
+        env.extend(["node".to_string(), js.display().to_string()]);
+        let argv: Vec<&str> = env.iter().map(String::as_str).collect();
+        r.run_as_uid(USER, &argv)
+    };
+    let main = step("main.js", &[]);
+    assert_eq!(
+        main.status.code(),
+        Some(0),
+        "the action's main step:\n{}{}",
+        text(&main.stdout),
+        text(&main.stderr)
+    );
+    let status = r.run_as_uid(USER, &["kwg", "status"]);
+    assert!(text(&status.stdout).contains("Connected"), "{}", text(&status.stdout));
+    assert_eq!(r.laptop.getent("web-app.emojivoto"), web);
+    let state: Vec<String> = std::fs::read_to_string(files.join("state"))
+        .unwrap()
+        .split('\n')
+        .collect::<Vec<_>>()
+        .chunks(3)
+        .filter(|c| c.len() == 3)
+        .filter_map(|c| Some(format!("STATE_{}={}", c[0].split_once("<<")?.0, c[1])))
+        .collect();
+    let post = step("post.js", &state);
+    assert!(
+        post.status.success() && text(&post.stdout).contains("\"left\":true"),
+        "the action's post step:\n{}{}",
+        text(&post.stdout),
+        text(&post.stderr)
+    );
+    assert!(!r.ip(&["link"]).contains("kwg0"));
+    assert_eq!(r.laptop.resolv_conf(), resolv_before);
 }
