@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the release assets of one architecture into OUT (the release workflow runs it on an
 # amd64 and an arm64 runner; tests run it with BIN_DIR=target/debug to package what is built):
-#   kwg_VERSION_linux_ARCH.tar.gz   kwg, its man pages and bash/zsh/fish completions
+#   kwg_VERSION_linux_ARCH.tar.gz   kwg, kwg-helper (the root helper of a join by a normal user),
+#                                   kwg's man pages and bash/zsh/fish completions
 #   kwg_VERSION-1_ARCH.deb          the same as a Debian package (cargo-deb, metadata in cli/Cargo.toml)
 #   linux-ARCH/kwg-gateway          the gateway binary gateway/Dockerfile copies into the image
 #   SHA256SUMS                      sha256sum of the archives and packages above
@@ -23,7 +24,7 @@ if [ "$version" != "$workspace" ]; then
 fi
 
 if [ -z "$bin" ]; then
-  cargo build --release --locked -p kwg -p kwg-gateway
+  cargo build --release --locked -p kwg -p kwg-gateway -p kwg-privhelper
   bin=target/release
 fi
 mkdir -p "$out"
@@ -37,7 +38,7 @@ trap 'rm -rf "$stage"' EXIT
 release="$stage/target/release"
 assets="$release/kwg-assets"
 mkdir -p "$assets/man" "$assets/completions"
-cp "$bin/kwg" "$release/kwg"
+cp "$bin/kwg" "$bin/kwg-helper" "$release/"
 "$release/kwg" man --dir "$assets/man"
 gzip -9n "$assets"/man/*.1
 "$release/kwg" completion bash >"$assets/completions/kwg.bash"
@@ -46,7 +47,7 @@ gzip -9n "$assets"/man/*.1
 
 name="kwg_${version}_linux_${arch}"
 mkdir -p "$stage/$name"
-cp "$release/kwg" README.md "$stage/$name/"
+cp "$release/kwg" "$release/kwg-helper" README.md "$stage/$name/"
 cp -r "$assets/man" "$assets/completions" "$stage/$name/"
 tar -C "$stage" --owner=0 --group=0 -czf "$out/$name.tar.gz" "$name"
 

@@ -227,7 +227,7 @@ fn the_release_manifests_pin_the_gateway_image_by_version() {
 }
 
 #[test]
-fn the_deb_installs_kwg_its_man_page_and_completions_and_removes_cleanly() {
+fn the_deb_installs_kwg_kwg_helper_its_man_page_and_completions_and_removes_cleanly() {
     let s = Scratch::new("deb");
     let v = workspace_version();
     let bins = kwg_sim::bin_dir();
@@ -279,11 +279,12 @@ fn the_deb_installs_kwg_its_man_page_and_completions_and_removes_cleanly() {
         text(&node.stderr)
     );
 
-    // The archive: kwg, man pages, completions.
+    // The archive: kwg, kwg-helper, man pages, completions.
     let list = Command::new("tar").arg("-tzf").arg(&tgz).output().unwrap();
     let list = text(&list.stdout);
     for want in [
         "/kwg\n",
+        "/kwg-helper\n",
         "/man/kwg.1.gz",
         "/man/kwg-join.1.gz",
         "/completions/kwg.bash",
@@ -328,6 +329,10 @@ fn the_deb_installs_kwg_its_man_page_and_completions_and_removes_cleanly() {
         "{}",
         text(&version.stdout)
     );
+    // The root helper of a join by a normal user, next to kwg (where kwg looks first).
+    let helper = root.join("usr/bin/kwg-helper");
+    let version = Command::new(&helper).arg("--version").output().unwrap();
+    assert_eq!(text(&version.stdout).trim(), format!("kwg-helper {v}"));
     let man = Command::new("man")
         .env("MANPATH", root.join("usr/share/man"))
         .env("MANWIDTH", "100")
@@ -364,6 +369,7 @@ fn the_deb_installs_kwg_its_man_page_and_completions_and_removes_cleanly() {
 
     dpkg(&["--purge", "kwg"]);
     assert!(!kwg.exists(), "kwg left after dpkg --purge");
+    assert!(!helper.exists(), "kwg-helper left after dpkg --purge");
     assert!(!completion.exists(), "completion left after dpkg --purge");
     assert!(
         !root.join("usr/share/man/man1/kwg.1.gz").exists(),
