@@ -50,13 +50,23 @@ pub(crate) fn resource(
         (&Method::DELETE, false) => "deletecollection",
         _ => return Err(ApiError::method_not_allowed()),
     };
+    // As the real RequestInfoFactory: a list or watch whose fieldSelector names one object
+    // (`metadata.name=x`) is authorized as a request for that name, so a Role with
+    // `resourceNames: [x]` and the list/watch verbs allows it.
+    let selected = match (req.method, name) {
+        (&Method::GET, None) => crate::selectors::FieldSelector::parse(req.param("fieldSelector"))
+            .ok()
+            .and_then(|f| f.exact("metadata.name").map(str::to_owned))
+            .filter(|n| valid_path_segment(n)),
+        _ => None,
+    };
     let attrs = Attrs::Resource {
         verb: verb.into(),
         group: group.into(),
         resource: res.into(),
         subresource: sub.unwrap_or("").into(),
         namespace: ns.into(),
-        name: name.unwrap_or("").into(),
+        name: name.map(str::to_owned).or(selected).unwrap_or_default(),
     };
     authorize(shared, user, &attrs)?;
     let kind = find(group, version, res).ok_or_else(ApiError::unknown_path)?;
@@ -388,4 +398,9 @@ fn check_preconditions(
         }
     }
     Ok(())
+}
+
+/// apimachinery's `path.IsValidPathSegmentName`: a name that can stand in a URL path.
+fn valid_path_segment(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '%'])
 }

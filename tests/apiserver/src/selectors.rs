@@ -154,6 +154,15 @@ impl FieldSelector {
         Ok(FieldSelector(reqs))
     }
 
+    /// The value `path` must equal (`metadata.name=x` among the terms), as the real
+    /// `fields.Selector.RequiresExactMatch`.
+    pub fn exact(&self, path: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(p, eq, _)| *eq && p == path)
+            .map(|(_, _, v)| v.as_str())
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(path, eq, want)| {
             let pointer = format!("/{}", path.replace('.', "/"));

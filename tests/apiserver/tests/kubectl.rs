@@ -709,3 +709,51 @@ async fn logs_and_follow() {
     assert_eq!(next().await, None);
     assert!(child.wait().await.unwrap().success());
 }
+
+#[tokio::test]
+async fn a_list_naming_one_object_is_authorized_by_its_resource_name() {
+    // The real API server takes a list's or watch's `fieldSelector=metadata.name=x` as the
+    // request's name, so `resourceNames: [x]` with the list verb allows it (kwg's watch of
+    // the gateway info ConfigMap relies on this).
+    let c = Cluster::start().await;
+    c.kubectl_ok("admin", &["create", "namespace", "kwg-system"])
+        .await;
+    for name in ["info", "other"] {
+        c.kubectl_ok("admin", &["-n", "kwg-system", "create", "configmap", name])
+            .await;
+    }
+    for grant in [
+        "role info-reader --verb=get,list,watch --resource=configmaps --resource-name=info",
+        "rolebinding info-reader --role=info-reader --user=nobody",
+    ] {
+        let mut args = vec!["-n", "kwg-system", "create"];
+        args.extend(grant.split(' '));
+        c.kubectl_ok("admin", &args).await;
+    }
+    let get = |selector: &'static str| {
+        let c = &c;
+        async move {
+            let mut args = vec!["-n", "kwg-system", "get", "configmaps", "-o", "name"];
+            if !selector.is_empty() {
+                args.extend(["--field-selector", selector]);
+            }
+            c.kubectl("nobody", &args).await
+        }
+    };
+    let named = get("metadata.name=info").await;
+    assert!(named.ok, "{}", named.stderr);
+    assert_eq!(named.stdout, "configmap/info\n");
+    let other = get("metadata.name=other").await;
+    assert!(!other.ok);
+    assert!(
+        other
+            .stderr
+            .contains("configmaps \"other\" is forbidden: User \"nobody\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"kwg-system\""),
+        "{}",
+        other.stderr
+    );
+    assert!(
+        !get("").await.ok,
+        "a list of every ConfigMap is not allowed"
+    );
+}
