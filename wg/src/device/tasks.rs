@@ -71,13 +71,18 @@ fn encrypt_batch(shared: &Shared, bufs: &mut TunRecvBufs, net: &mut NetBatch) {
 }
 
 /// Receive rounds (recvmmsg calls) decrypted into one TUN batch before it is written, when the
-/// socket already holds more. Peers' datagrams interleave in the socket's queue: with 16
-/// laptops uploading, one round of 32 datagrams holds about 2 segments of each connection, and
-/// writing after every round made super-packets of about 2 segments (and a TCP ACK back through
-/// the TUN for each). Over several rounds each connection's segments meet in one super-packet.
-/// Only what is already queued is read, never waited for; 16 rounds are at most 512 datagrams
-/// (about 0.7 MB), decrypted before the first of them is written.
+/// socket already holds more and the rounds so far carried fewer than [`DATAGRAMS_PER_WRITE`].
+/// Peers' datagrams interleave in the socket's queue: with 16 laptops uploading, one round of
+/// 32 datagrams holds about 2 segments of each connection, and writing after every round made
+/// super-packets of about 2 segments (and a TCP ACK back through the TUN for each). Over several
+/// rounds each connection's segments meet in one super-packet. Only what is already queued is
+/// read, never waited for.
 pub(super) const ROUNDS_PER_WRITE: usize = 16;
+/// Datagrams after which the rounds stop and the batch is written: 16 rounds of one datagram
+/// per message. A round that UDP GRO coalesced (hundreds of one flow's datagrams) is written at
+/// once, as before: holding several such rounds back delayed a single stream's delivery and
+/// ACKs (kwg-wg fell from 2.35 to 1.24-1.65 Gbit/s in bench-tunnel.sh).
+pub(super) const DATAGRAMS_PER_WRITE: usize = 512;
 
 /// Where the receive task gets datagrams: the device's UDP socket, or a test's rounds.
 pub(super) trait Receive {
@@ -155,11 +160,13 @@ pub(super) async fn receive_to_tun(
         }
     };
     tun.clear();
+    let mut datagrams = 0;
     for round in 1.. {
-        if !decrypt_into(core, bufs.datagrams(n), net, tun, out).await {
-            return false;
+        match decrypt_into(core, bufs.datagrams(n), net, tun, out).await {
+            Some(d) => datagrams += d,
+            None => return false,
         }
-        if round == ROUNDS_PER_WRITE {
+        if round == ROUNDS_PER_WRITE || datagrams >= DATAGRAMS_PER_WRITE {
             break;
         }
         // WouldBlock (nothing more queued) or a failed read: write what the rounds made.
@@ -180,7 +187,9 @@ pub(super) async fn decrypt_to_tun<'a>(
     tun: &mut TunBatch,
 ) -> bool {
     tun.clear();
-    if !decrypt_into(&shared.core, datagrams, net, tun, &shared.tun).await
+    if decrypt_into(&shared.core, datagrams, net, tun, &shared.tun)
+        .await
+        .is_none()
         || !write_tun(&shared.tun, tun).await
     {
         return false;
@@ -193,16 +202,17 @@ pub(super) async fn decrypt_to_tun<'a>(
 
 /// Decrypts `datagrams` into `tun` (coalesced), writing it whenever it fills: a receive can
 /// hold over a thousand datagrams (UDP GRO). The core's lock is held only while decrypting.
-/// False when the interface is gone.
+/// The datagrams decrypted; `None` when the interface is gone.
 async fn decrypt_into<'a>(
     core: &Mutex<Core>,
     datagrams: impl Iterator<Item = (SocketAddr, &'a [u8])>,
     net: &mut NetBatch,
     tun: &mut TunBatch,
     out: &impl WriteTun,
-) -> bool {
+) -> Option<usize> {
     let now = Instant::now();
     let mut datagrams = datagrams.peekable();
+    let mut count = 0;
     while datagrams.peek().is_some() {
         {
             // A panic while holding the lock leaves the core usable: recover it.
@@ -211,13 +221,14 @@ async fn decrypt_into<'a>(
                 && let Some((from, d)) = datagrams.next()
             {
                 core.handle_udp(from, d, now, net, tun);
+                count += 1;
             }
         }
         if tun.is_full() && !write_tun(out, tun).await {
-            return false;
+            return None;
         }
     }
-    true
+    Some(count)
 }
 
 /// Writes and empties `tun`. False when the interface is gone.
