@@ -13,10 +13,12 @@ use kwg_wg::device::{Device, DeviceConfig, DeviceHandle};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A short unique name: `kt<pid%10000><counter><tag>` (fits a 15-character ifname).
+/// A short unique name: `kt<pid in hex>x<counter><tag>` (at most 15 characters, an ifname's
+/// limit, for pids up to Linux's 2^22 and 999 names a process). The whole pid: two test
+/// processes whose pids differ by 10000 made the same names.
 pub fn unique(tag: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("kt{}{}{}", std::process::id() % 10000, n, tag)
+    format!("kt{:x}x{}{}", std::process::id(), n, tag)
 }
 
 pub fn sh(args: &[&str]) -> String {
