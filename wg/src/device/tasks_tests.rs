@@ -161,3 +161,48 @@ async fn rounds_beyond_the_limit_go_into_the_next_write_and_nothing_is_waited_fo
     assert!(udp.0.borrow().is_empty());
     assert_eq!(segments_in(&tun_out.0.borrow()), queue.len());
 }
+
+/// A socket whose queue holds rounds UDP GRO coalesced (one sender's datagrams, many per entry).
+struct GroRounds(RefCell<VecDeque<(SocketAddr, Vec<Vec<u8>>)>>);
+
+impl Receive for GroRounds {
+    async fn recv(&self, bufs: &mut RecvBufs) -> io::Result<usize> {
+        self.try_recv(bufs)
+    }
+
+    fn try_recv(&self, bufs: &mut RecvBufs) -> io::Result<usize> {
+        let round = self.0.borrow_mut().pop_front();
+        round
+            .map(|(from, r)| bufs.fill_gro(from, &r))
+            .ok_or_else(|| io::ErrorKind::WouldBlock.into())
+    }
+}
+
+#[tokio::test]
+async fn a_round_gro_coalesced_is_written_without_waiting_for_the_next() {
+    // One laptop's upload, 2 rounds of 540 datagrams each (more than DATAGRAMS_PER_WRITE, 512).
+    let per_round = 540;
+    let (gw, queue) = uploads(1, 2 * per_round as u32);
+    let round = |r: usize| {
+        let datagrams = &queue[r * per_round..(r + 1) * per_round];
+        (
+            datagrams[0].0,
+            datagrams.iter().map(|(_, d)| d.clone()).collect(),
+        )
+    };
+    let udp = GroRounds(RefCell::new([round(0), round(1)].into()));
+    let (core, tun_out) = (Mutex::new(gw), Writes::default());
+    let mut tun = TunBatch::new(VNET_HDR_LEN);
+    let (mut bufs, mut net) = (RecvBufs::default(), NetBatch::new(1));
+    assert!(receive_to_tun(&core, &udp, &mut bufs, &mut net, &mut tun, &tun_out).await);
+    // The first round alone reached the limit: written, the second left queued.
+    assert_eq!(udp.0.borrow().len(), 1, "rounds left queued");
+    let segments: usize = tun_out
+        .0
+        .borrow()
+        .iter()
+        .flatten()
+        .map(|f| split_all(&mut f.clone()).len())
+        .sum();
+    assert_eq!(segments, per_round);
+}

@@ -233,6 +233,27 @@ impl RecvBufs {
         }
         datagrams.len()
     }
+
+    /// Puts `datagrams` from `from`, all of one size, into the buffers as one receive round that
+    /// UDP GRO coalesced: as many per entry as a slot holds. The entries filled.
+    #[cfg(test)]
+    pub(crate) fn fill_gro(&mut self, from: SocketAddr, datagrams: &[Vec<u8>]) -> usize {
+        let stride = datagrams[0].len();
+        let chunks = datagrams.chunks(RECV_SLOT / stride);
+        assert!(
+            chunks.len() <= self.meta.len(),
+            "one round holds at most a batch"
+        );
+        for (i, chunk) in chunks.enumerate() {
+            let len = chunk.iter().map(|d| d.len()).sum();
+            self.bufs[i][..len].copy_from_slice(&chunk.concat());
+            self.meta[i] = RecvMeta::default();
+            self.meta[i].addr = from;
+            self.meta[i].len = len;
+            self.meta[i].stride = stride;
+        }
+        datagrams.len().div_ceil(RECV_SLOT / stride)
+    }
 }
 
 #[cfg(test)]
