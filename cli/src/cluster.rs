@@ -184,16 +184,25 @@ impl Kube {
         }
     }
 
-    /// Watches the peer Secret until the gateway wrote its tunnel IP (or an error
-    /// annotation). No timeout of its own: the session's deadline cancels it.
-    pub async fn wait_tunnel_ip(&self, ns: &str, secret: &str) -> Result<Ipv4Addr, Error> {
+    /// Watches the peer Secret until the gateway wrote its tunnel IP (in `within`, when
+    /// given: an address the gateway before wrote does not count) or an error annotation.
+    /// No timeout of its own: the session's deadline (or its lease renewal) cancels it.
+    pub async fn wait_tunnel_ip(
+        &self,
+        ns: &str,
+        secret: &str,
+        within: Option<ipnet::Ipv4Net>,
+    ) -> Result<Ipv4Addr, Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let wanted = |v: &String| {
+            v.parse::<Ipv4Addr>()
+                .is_ok_and(|ip| within.is_none_or(|c| c.contains(&ip)))
+        };
         let decided = |s: Option<&Secret>| {
             let a = s.and_then(|s| s.metadata.annotations.as_ref());
             a.is_some_and(|a| {
                 a.contains_key(kwg_contract::ERROR_ANNOTATION)
-                    || a.get(kwg_contract::TUNNEL_IP_ANNOTATION)
-                        .is_some_and(|v| v.parse::<Ipv4Addr>().is_ok())
+                    || a.get(kwg_contract::TUNNEL_IP_ANNOTATION).is_some_and(wanted)
             })
         };
         let secret_obj = kube::runtime::wait::await_condition(api, secret, decided)
@@ -215,6 +224,7 @@ impl Kube {
             .unwrap_or_default();
         if let Some(ip) = annotations
             .get(kwg_contract::TUNNEL_IP_ANNOTATION)
+            .filter(|v| wanted(v))
             .and_then(|v| v.parse().ok())
         {
             return Ok(ip);

@@ -61,9 +61,11 @@ impl Driver {
                 let ns = self.args.kube.kwg_namespace.clone();
                 long(exec::register(self.kube(), ns, *spec, ttl))
             }
-            Action::WaitTunnelIp { namespace, secret } => {
-                long(exec::wait_tunnel_ip(self.kube(), namespace, secret))
-            }
+            Action::WaitTunnelIp {
+                namespace,
+                secret,
+                within,
+            } => long(exec::wait_tunnel_ip(self.kube(), namespace, secret, within)),
             Action::CreateDevice { name } => self.create_device(name).await,
             Action::StartUserspace(setup) => self.start_userspace(*setup).await,
             Action::ConfigureNetwork {

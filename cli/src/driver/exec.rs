@@ -38,8 +38,14 @@ pub async fn register(kube: Kube, ns: String, mut spec: PeerSpec, ttl: Duration)
     }
 }
 
-pub async fn wait_tunnel_ip(kube: Kube, ns: String, secret: String) -> Event {
-    match kube.wait_tunnel_ip(&ns, &secret).await {
+/// With `within`, only a tunnel IP in that CIDR counts (a new gateway's).
+pub async fn wait_tunnel_ip(
+    kube: Kube,
+    ns: String,
+    secret: String,
+    within: Option<ipnet::Ipv4Net>,
+) -> Event {
+    match kube.wait_tunnel_ip(&ns, &secret, within).await {
         Ok(ip) => Event::TunnelIp(ip),
         Err(e) => Event::Failed(e.into()),
     }

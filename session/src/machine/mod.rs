@@ -57,6 +57,8 @@ pub struct Session {
     ifindex: Option<u32>,
     lease: Lease,
     health: Option<health::Health>,
+    /// Following a new gateway: its tunnel IP for this machine is to be read again.
+    readdress: Option<serving::Readdress>,
     /// In mode auto with resolved: when the probe through resolved's stub gives up and the
     /// resolver file is used instead.
     resolved_check: Option<Instant>,
@@ -94,6 +96,7 @@ impl Session {
             ifindex: None,
             lease: Lease::default(),
             health: None,
+            readdress: None,
             resolved_check: None,
             error: None,
             undo_error: None,
@@ -161,6 +164,12 @@ impl Session {
         match self.phase {
             Phase::Serving => {
                 if self.lease.next.is_some_and(|t| now >= t) && !self.lease.in_flight {
+                    // The lease comes first: a wait for the new tunnel IP in flight is
+                    // dropped, and started again once the renewal is answered.
+                    if let Some(r) = self.readdress.as_mut().filter(|r| r.waiting) {
+                        r.waiting = false;
+                        self.actions.push_back(Action::Cancel);
+                    }
                     self.renew();
                 }
                 if let Some(h) = self.health.as_mut().filter(|h| now >= h.next) {
@@ -225,6 +234,10 @@ impl Session {
                 if self.phase != Phase::Serving {
                     return self.fail(e);
                 }
+                if let Some(r) = self.readdress.as_mut().filter(|r| r.waiting) {
+                    r.waiting = false;
+                    return tracing::error!(error = %e, "reading the tunnel IP the new gateway assigned failed; trying again after the next lease renewal");
+                }
                 if self.lease.reregistering || self.lease.in_flight {
                     self.lease.reregistering = false;
                     return self.lease_result(Event::LeaseFailed(LeaseFailure::Other(e)), now);
@@ -243,6 +256,12 @@ impl Session {
             Event::GatewayInfo(info) if self.phase == Phase::Serving => {
                 return self.gateway_changed(*info, now);
             }
+            Event::TunnelIp(ip)
+                if self.phase == Phase::Serving
+                    && self.readdress.as_ref().is_some_and(|r| r.waiting) =>
+            {
+                return self.readdressed(ip, now);
+            }
             _ => {}
         }
         if self.lease.reregistering && self.phase == Phase::Serving {
@@ -253,7 +272,7 @@ impl Session {
             (Phase::Inspecting, Event::Inspected(facts)) => self.inspected(*facts),
             (Phase::Registering, Event::Registered(r)) => {
                 self.registered(r);
-                self.long(Phase::WaitingTunnelIp, self.wait_tunnel_ip());
+                self.long(Phase::WaitingTunnelIp, self.wait_tunnel_ip(None));
                 let msg = format!("Registered peer {}, waiting for its tunnel IP", self.peer());
                 self.actions.push_front(Action::Progress(msg));
             }
@@ -389,10 +408,11 @@ impl Session {
         });
     }
 
-    fn wait_tunnel_ip(&self) -> Action {
+    fn wait_tunnel_ip(&self, within: Option<ipnet::Ipv4Net>) -> Action {
         Action::WaitTunnelIp {
             namespace: self.config.kwg_namespace.clone(),
             secret: self.plan.as_ref().expect("planned").secret(),
+            within,
         }
     }
 

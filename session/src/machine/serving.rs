@@ -1,7 +1,9 @@
 //! The session while serving: lease renewal (with back-off, and registering again when the
 //! Secret vanished) and following the gateway info.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use ipnet::Ipv4Net;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -175,6 +177,7 @@ impl Session {
             }
             _ => {}
         }
+        self.follow_tunnel_ip();
     }
 
     /// Events while registering again after the Secret vanished.
@@ -184,16 +187,10 @@ impl Session {
             Event::Registered(r) => {
                 self.registered(r);
                 self.in_flight = true;
-                let action = self.wait_tunnel_ip();
+                let action = self.wait_tunnel_ip(None);
                 self.actions.push_back(action);
             }
             Event::TunnelIp(ip) => {
-                let plan = self.plan.as_mut().expect("planned");
-                let refused = crate::trust::check_tunnel_ip(ip, &plan.info, &plan.machine).err();
-                if let Some(e) = &refused {
-                    tracing::error!(error = %e, "keeping the old tunnel address");
-                    plan.refused = Some((now, e.to_string()));
-                }
                 self.lease.reregistering = false;
                 if let Some(h) = self.health.as_mut() {
                     h.registered_again();
@@ -203,19 +200,77 @@ impl Session {
                 self.lease.last_error = None;
                 self.lease.failures = 0;
                 self.lease.next = Some(now + self.renew_every());
-                let old = self.state().and_then(|s| s.tunnel_ip);
-                if old != Some(ip) && refused.is_none() {
-                    if let Some(old) = old {
-                        self.actions.push_back(Action::ChangeAddress {
-                            name: self.config.interface.clone(),
-                            old: plan::tunnel_address(old),
-                            new: plan::tunnel_address(ip),
-                        });
-                    }
-                    self.journal(|s| s.tunnel_ip = Some(ip));
+                let _ = self.adopt_tunnel_ip(ip, now);
+                // A new gateway's address read along the way counts for it too.
+                if self.readdress.is_some_and(|r| r.within.contains(&ip)) {
+                    self.readdress = None;
                 }
+                self.follow_tunnel_ip();
             }
             other => tracing::debug!(?other, "event ignored while registering again"),
+        }
+    }
+
+    /// Takes `ip` as this machine's tunnel address when the trust rules allow it (else the
+    /// old address stays and `kwg status` says why): the address is changed in place.
+    /// Whether it changed.
+    fn adopt_tunnel_ip(&mut self, ip: Ipv4Addr, now: Instant) -> bool {
+        let plan = self.plan.as_mut().expect("planned");
+        if let Err(e) = crate::trust::check_tunnel_ip(ip, &plan.info, &plan.machine) {
+            tracing::error!(error = %e, "keeping the old tunnel address");
+            plan.refused = Some((now, e.to_string()));
+            return false;
+        }
+        let old = self.state().and_then(|s| s.tunnel_ip);
+        if old == Some(ip) {
+            return false;
+        }
+        if let Some(old) = old {
+            tracing::info!(%old, new = %ip, "the gateway assigned another tunnel IP: changing the address");
+            self.actions.push_back(Action::ChangeAddress {
+                name: self.config.interface.clone(),
+                old: plan::tunnel_address(old),
+                new: plan::tunnel_address(ip),
+            });
+        }
+        self.journal(|s| s.tunnel_ip = Some(ip));
+        true
+    }
+
+    /// Starts reading the tunnel IP a new gateway assigned, once no other long action is in
+    /// flight (the driver runs one at a time).
+    pub(super) fn follow_tunnel_ip(&mut self) {
+        if self.phase != Phase::Serving || self.in_flight || self.lease.reregistering {
+            return;
+        }
+        let Some(r) = self.readdress.as_mut().filter(|r| !r.waiting) else {
+            return;
+        };
+        r.waiting = true;
+        let within = Some(r.within);
+        self.in_flight = true;
+        let action = self.wait_tunnel_ip(within);
+        self.actions.push_back(action);
+    }
+
+    /// The tunnel IP the new gateway assigned.
+    pub(super) fn readdressed(&mut self, ip: Ipv4Addr, now: Instant) {
+        self.in_flight = false;
+        let Some(r) = self.readdress.take() else {
+            return;
+        };
+        if !r.within.contains(&ip) {
+            // The driver waits for an address in `within`; a stale one is read again later.
+            tracing::warn!(%ip, cidr = %r.within, "the tunnel IP read is outside the gateway's tunnel CIDR");
+            self.readdress = Some(Readdress { waiting: false, ..r });
+            return;
+        }
+        // The packets sent from the old address were dropped: restart the stall detection
+        // at its first pace.
+        if self.adopt_tunnel_ip(ip, now)
+            && let Some(h) = self.health.as_mut()
+        {
+            h.peer_replaced(now);
         }
     }
 
@@ -239,6 +294,7 @@ impl Session {
             }
         };
         plan.refused = None;
+        let old_cidr = plan.info.tunnel_cidr;
         plan.info = info.clone();
         let endpoint = info
             .endpoints
@@ -253,6 +309,7 @@ impl Session {
         }
         tracing::info!(key = %info.public_key, %endpoint, ?add, ?remove, "the gateway info changed: following it");
         let old_key = plan.gateway.public_key;
+        let cidr_changed = old_cidr != info.tunnel_cidr;
         plan.gateway = gateway.clone();
         plan.routes = routes.clone();
         self.journal(|s| {
@@ -272,11 +329,42 @@ impl Session {
         {
             h.peer_replaced(now);
         }
+        let key_changed = old_key != gateway.public_key;
         self.actions.push_back(Action::UpdateGateway {
             old_key,
             peer: gateway,
         });
+        // Another gateway (a reinstall lost the key Secret) or another tunnel CIDR may assign
+        // this machine another tunnel IP: read it again, as after registering again. Without,
+        // the old source address is dropped by the new gateway until leave and join.
+        let outside = self
+            .state()
+            .and_then(|s| s.tunnel_ip)
+            .is_some_and(|ip| !info.tunnel_cidr.contains(&ip));
+        if key_changed || cidr_changed || outside {
+            if let Some(r) = self.readdress.filter(|r| r.waiting) {
+                if r.within == info.tunnel_cidr {
+                    return;
+                }
+                // Waiting for an address in the CIDR before: wait again for the new one.
+                self.actions.push_back(Action::Cancel);
+                self.in_flight = false;
+            }
+            self.readdress = Some(Readdress {
+                within: info.tunnel_cidr,
+                waiting: false,
+            });
+            self.follow_tunnel_ip();
+        }
     }
+}
+
+/// A tunnel IP to read again, in the gateway's current tunnel CIDR.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Readdress {
+    pub within: Ipv4Net,
+    /// The wait is in flight.
+    pub waiting: bool,
 }
 
 /// What `kwg status` says while the API server rejects the daemon's credentials (each retry

@@ -24,8 +24,15 @@ pub enum Action {
     /// Create or overwrite this machine's peer Secret, its lease ending `ttl` from the
     /// driver's wall clock (long; `Registered`).
     Register { spec: Box<PeerSpec>, ttl: Duration },
-    /// Wait until the gateway annotates the Secret with a tunnel IP (long; `TunnelIp`).
-    WaitTunnelIp { namespace: String, secret: String },
+    /// Wait until the gateway annotates the Secret with a tunnel IP (long; `TunnelIp`); with
+    /// `within`, only an address in that CIDR counts (after the gateway's tunnel CIDR or key
+    /// changed, the annotation the old gateway wrote is still there until the new one
+    /// replaces it).
+    WaitTunnelIp {
+        namespace: String,
+        secret: String,
+        within: Option<ipnet::Ipv4Net>,
+    },
     /// Create the WireGuard TUN device (`DeviceCreated`).
     CreateDevice { name: String },
     /// Userspace mode instead of the device, network, firewall and DNS steps: the device on

@@ -133,7 +133,8 @@ fn the_gateway_info_changing_while_serving_is_followed() {
         actions.push(a);
     }
     let names: Vec<String> = actions.iter().map(name).collect();
-    assert_eq!(names, ["Save", "SetRoutes", "UpdateGateway"]);
+    // A new key: the new gateway's tunnel IP for this machine is read again.
+    assert_eq!(names, ["Save", "SetRoutes", "UpdateGateway", "WaitTunnelIp"]);
     match &actions[1] {
         Action::SetRoutes { add, remove, .. } => {
             assert_eq!(add, &["10.250.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
@@ -153,6 +154,70 @@ fn the_gateway_info_changing_while_serving_is_followed() {
         r.s.state().unwrap().gateway_key,
         Some(new.public_key().to_string())
     );
+}
+
+/// A reinstall lost the key Secret: the new gateway has a new key and picked another tunnel
+/// CIDR, so it assigns this machine another tunnel IP (the old one is outside its CIDR and its
+/// AllowedIPs). The session reads it, as after registering again, and moves its address.
+#[test]
+fn a_new_gateway_with_another_tunnel_cidr_gets_the_tunnel_ip_it_assigned() {
+    let mut r = serving(defaults);
+    let old: ipnet::IpNet = "100.77.0.2/32".parse().unwrap();
+    let new = PrivateKey::generate();
+    let mut changed = info(&new);
+    changed.tunnel_cidr = "100.64.48.0/20".parse().unwrap();
+    changed.gateway_ip = "100.64.48.1".parse().unwrap();
+    r.s.handle(Event::GatewayInfo(Box::new(changed.clone())), r.now);
+    let mut waits = Vec::new();
+    // The wait gets no answer yet: the new gateway has not annotated the Secret.
+    let mut unanswered = |a: &Action| match a {
+        Action::WaitTunnelIp { within, .. } => {
+            waits.push(*within);
+            Some(None)
+        }
+        _ => None,
+    };
+    r.pump(&mut unanswered);
+    assert_eq!(
+        r.take_log(),
+        ["Save", "SetRoutes", "UpdateGateway", "WaitTunnelIp"]
+    );
+    // The lease is due meanwhile: it goes first (the driver runs one long action at a time),
+    // then the wait starts again.
+    r.advance(Duration::from_secs(30));
+    r.pump(&mut unanswered);
+    assert_eq!(
+        r.take_log(),
+        ["Cancel", "RenewLease", "Save", "WaitTunnelIp"]
+    );
+    assert_eq!(waits, [Some(changed.tunnel_cidr); 2]);
+    // The gateway annotated the Secret: the address moves to the new CIDR.
+    r.s.handle(Event::TunnelIp("100.64.48.7".parse().unwrap()), r.now);
+    let mut actions = Vec::new();
+    while let Some(a) = r.s.poll_action() {
+        actions.push(a);
+    }
+    let names: Vec<String> = actions.iter().map(name).collect();
+    assert_eq!(names, ["ChangeAddress", "Save"]);
+    match &actions[0] {
+        Action::ChangeAddress { old: o, new: n, .. } => {
+            assert_eq!(*o, old);
+            assert_eq!(*n, "100.64.48.7/32".parse::<ipnet::IpNet>().unwrap());
+        }
+        a => panic!("{a:?}"),
+    }
+    assert_eq!(
+        r.s.state().unwrap().tunnel_ip,
+        Some("100.64.48.7".parse().unwrap())
+    );
+    // Renewals go on as before, with nothing more to read.
+    r.advance(Duration::from_secs(30));
+    r.pump(|_| None);
+    assert_eq!(r.take_log(), ["RenewLease", "Save"]);
+    // The same info again changes nothing.
+    r.s.handle(Event::GatewayInfo(Box::new(changed)), r.now);
+    r.pump(|_| None);
+    assert!(r.take_log().is_empty());
 }
 
 #[test]
