@@ -282,5 +282,4 @@ pub(super) fn restart_udp_task(shared: &Arc<Shared>) {
 }
 
 #[cfg(test)]
-#[path = "tasks_tests.rs"]
 mod tests;
