@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::lock::{DaemonLock, Holder};
 use crate::output::{self, PeerRow};
 use crate::progress::Reporter;
-use crate::state::{Session, State, StateDir, StateFile, pick, sessions};
+use crate::state::{Session, State, StateDir, StateFile, pick, select, sessions};
 use kwg_contract::Status;
 
 mod join;
@@ -26,11 +26,13 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
     crate::privileged::sudo::as_invoker()?;
     let all = sessions(&dir)?;
     let several = all.len() > 1;
-    let chosen: Vec<&Session> = all
-        .iter()
-        .filter(|s| s.state.is_some())
-        .filter(|s| args.context.is_none() || s.context() == args.context.as_deref())
-        .collect();
+    // `--context`: the session of that alias, else every one of that context (two clusters
+    // may both call theirs `default`).
+    let named = match &args.context {
+        Some(c) => select(&all, c),
+        None => all.iter().collect(),
+    };
+    let chosen: Vec<&Session> = named.into_iter().filter(|s| s.state.is_some()).collect();
     if chosen.is_empty() {
         if args.output == Format::Json {
             println!(
@@ -55,12 +57,9 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
         .max()
         .unwrap_or(1);
     if args.output == Format::Json {
-        // The primary session's status at the top (as with one session), every session's in
-        // `sessions` (docs/contract.md).
-        let top = shown
-            .iter()
-            .position(|(s, _)| s.primary())
-            .unwrap_or_default();
+        // The live primary session's status at the top (as with one session), every session's
+        // in `sessions` (docs/contract.md).
+        let top = top_session(&shown.iter().map(|(s, _)| *s).collect::<Vec<_>>());
         let each: Vec<serde_json::Value> =
             shown.iter().map(|(s, st)| session_json(s, st)).collect();
         let mut out = each[top].clone();
@@ -84,6 +83,19 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
         }
     }
     Ok(code)
+}
+
+/// Which of the shown sessions `kwg status -o json` puts at the top: the primary whose daemon
+/// runs; else (the primary crashed) the first whose daemon runs; else the primary's journal;
+/// else the first.
+fn top_session(shown: &[&Session]) -> usize {
+    let live = |s: &&Session| s.running.is_some();
+    shown
+        .iter()
+        .position(|s| live(s) && s.primary())
+        .or_else(|| shown.iter().position(live))
+        .or_else(|| shown.iter().position(|s| s.primary()))
+        .unwrap_or_default()
 }
 
 /// One session's status object with its alias and role added.
@@ -129,6 +141,10 @@ pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
     let all = sessions(&dir)?;
     let session = match pick(&all, args.kube.context.as_deref()) {
         Ok(s) => s,
+        // A context two sessions share: which one.
+        Err(names) if args.kube.context.is_some() => {
+            return Err(Error::WhichSession { contexts: names });
+        }
         Err(_) => all
             .iter()
             .find(|s| s.running.is_some() && s.primary())
@@ -136,13 +152,10 @@ pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
     };
     let state = session.and_then(|s| s.state.clone());
     let dir = session.map_or(dir, |s| s.dir.clone());
-    let (kubeconfig, context) = match &state {
-        Some(s) => (
-            args.kube.kubeconfig.clone().or(s.kubeconfig.clone()),
-            args.kube.context.clone().or(s.context.clone()),
-        ),
-        None => (args.kube.kubeconfig.clone(), args.kube.context.clone()),
-    };
+    let joined = state
+        .as_ref()
+        .map(|s| (s.kubeconfig.clone(), s.context.clone()));
+    let (kubeconfig, context) = peers_target(&args.kube, joined);
     let kube = Kube::connect(kubeconfig.as_deref(), context.as_deref()).await?;
     let listed = kube.list_peers(&args.kube.kwg_namespace).await?;
     let running = matches!(DaemonLock::holder(&dir.lock()), Holder::Running(_));
@@ -187,6 +200,17 @@ pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
     Ok(())
 }
 
+/// The kubeconfig and context `kwg peers` lists with: `--kubeconfig` names another cluster
+/// (its `--context` or current context, nothing of the session's); without it, the chosen
+/// session's kubeconfig and context (`--context` may be its alias); with no session, the flags.
+type KubeTarget = (Option<std::path::PathBuf>, Option<String>);
+fn peers_target(kube: &crate::args::KubeArgs, session: Option<KubeTarget>) -> KubeTarget {
+    match session {
+        Some(joined) if kube.kubeconfig.is_none() => joined,
+        _ => (kube.kubeconfig.clone(), kube.context.clone()),
+    }
+}
+
 /// `kwg leave`: the session of `--context`, every session with `--all`, else the only one
 /// (with several: asked on a terminal, refused otherwise). Asks each daemon to undo
 /// everything, or undoes it from the journal; one session's leave touches nothing of another.
@@ -216,11 +240,20 @@ pub async fn leave(args: LeaveArgs, dir: StateDir) -> Result<(), Error> {
     let named = all.len() > 1;
     let mut outcome = Ok(());
     for s in targets {
-        let r = leave_one(&s.dir, named.then(|| s.label()), &args, &reporter).await;
-        let _ = std::fs::remove_file(s.dir.session_info());
+        let r = leave_one(s, named.then(|| s.name_in(&all)), &args, &reporter).await;
+        forget_if_gone(&s.dir);
         outcome = outcome.and(r);
     }
     outcome
+}
+
+/// Removes a session's record once nothing of it is left (no daemon, no journal): a leave
+/// that failed keeps it, so `kwg leave` can be run again and the session keeps its role.
+fn forget_if_gone(dir: &StateDir) {
+    let running = matches!(DaemonLock::holder(&dir.lock()), Holder::Running(_));
+    if !running && !dir.state().exists() {
+        let _ = std::fs::remove_file(dir.session_info());
+    }
 }
 
 /// Asks on a terminal which session to leave; refuses off a terminal with the list.
@@ -240,7 +273,7 @@ fn ask_which(all: &[Session], labels: Vec<String>) -> Result<Vec<&Session>, Erro
             err,
             "  {}) {} ({}{role})",
             i + 1,
-            s.label(),
+            s.name_in(all),
             s.interface().unwrap_or("-")
         );
     }
@@ -257,9 +290,9 @@ fn ask_which(all: &[Session], labels: Vec<String>) -> Result<Vec<&Session>, Erro
     }
 }
 
-/// Leaves one session; `named` is its label when several sessions exist.
+/// Leaves one session; `named` is its name when several sessions exist.
 async fn leave_one(
-    dir: &StateDir,
+    session: &Session,
     named: Option<String>,
     args: &LeaveArgs,
     reporter: &Reporter,
@@ -267,16 +300,13 @@ async fn leave_one(
     let started = Instant::now();
     let what = named.map_or("the cluster".to_string(), |n| format!("context {n}"));
     reporter.doing("Leaving", "Undoing what kwg join set up");
-    let cleaned = undo_all(dir, reporter).await;
+    let cleaned = undo_all(&session.dir, reporter).await;
     reporter.clear();
     let cleaned = cleaned?;
     let (removed, left_behind) = (cleaned.removed, cleaned.left_behind);
     let ms = started.elapsed().as_millis();
     if args.output == Format::Json {
-        println!(
-            "{}",
-            serde_json::json!({ "left": true, "removed": removed, "elapsedMs": ms, "leftBehind": left_behind })
-        );
+        println!("{}", left_json(session, &removed, ms, left_behind.as_ref()));
     } else if removed.is_empty() {
         println!("Left {what} ({ms} ms).");
     } else {
@@ -288,6 +318,24 @@ async fn leave_one(
         Some(l) => Err(Error::PeerLeftBehind(l)),
         None => Ok(()),
     }
+}
+
+/// `kwg leave -o json`: one line per session left, naming it (context, alias, API server).
+fn left_json(
+    session: &Session,
+    removed: &[String],
+    ms: u128,
+    left_behind: Option<&crate::state::LeftBehind>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "left": true,
+        "context": session.context(),
+        "alias": session.alias(),
+        "server": session.server(),
+        "removed": removed,
+        "elapsedMs": ms,
+        "leftBehind": left_behind,
+    })
 }
 
 /// Asks the daemon to undo everything (or stops it), then undoes what is left from the
@@ -359,5 +407,107 @@ async fn wait_exit(dir: &StateDir, pid: Option<u32>, max: Duration) {
     if let Some(pid) = pid.filter(|_| running()) {
         signal(pid, nix::sys::signal::Signal::SIGKILL);
         until_gone(Instant::now() + Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::SessionInfo;
+
+    fn session(dir: &std::path::Path, context: &str, primary: bool, running: bool) -> Session {
+        Session {
+            dir: StateDir(dir.join(context)),
+            info: Some(SessionInfo {
+                context: Some(context.into()),
+                alias: context.into(),
+                primary,
+                interface: "kwg0".into(),
+                dns_listen: "127.77.0.53:53".parse().unwrap(),
+                server: None,
+            }),
+            state: None,
+            running: running.then_some(Some(1)),
+        }
+    }
+
+    #[test]
+    fn status_json_tops_the_live_session_when_the_primary_crashed() {
+        let d = std::path::Path::new("/nowhere");
+        let (dead, live) = (
+            session(d, "old", true, false),
+            session(d, "new", false, true),
+        );
+        assert_eq!(top_session(&[&dead, &live]), 1);
+        let primary = session(d, "p", true, true);
+        assert_eq!(top_session(&[&live, &primary]), 1);
+        // Nothing runs: the primary's journal.
+        let quiet = session(d, "q", false, false);
+        assert_eq!(top_session(&[&quiet, &dead]), 1);
+    }
+
+    #[test]
+    fn peers_with_another_kubeconfig_takes_nothing_of_the_session() {
+        use clap::Parser;
+        let kube = |argv: &[&str]| {
+            let all = [&["kwg", "peers"][..], argv].concat();
+            match crate::args::Cli::try_parse_from(all).unwrap().command {
+                crate::args::Command::Peers(a) => a.kube,
+                _ => unreachable!(),
+            }
+        };
+        let joined = || Some((Some("/state/kubeconfig".into()), Some("alpha".to_string())));
+        assert_eq!(
+            peers_target(&kube(&["--kubeconfig", "/other"]), joined()),
+            (Some("/other".into()), None)
+        );
+        assert_eq!(
+            peers_target(
+                &kube(&["--kubeconfig", "/other", "--context", "x"]),
+                joined()
+            ),
+            (Some("/other".into()), Some("x".into()))
+        );
+        // Without --kubeconfig the session's (--context may have been its alias).
+        assert_eq!(
+            peers_target(&kube(&["--context", "a"]), joined()),
+            joined().unwrap()
+        );
+        assert_eq!(peers_target(&kube(&[]), joined()), joined().unwrap());
+        assert_eq!(
+            peers_target(&kube(&["--context", "x"]), None),
+            (None, Some("x".into()))
+        );
+    }
+
+    #[test]
+    fn a_failed_leave_keeps_the_session_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir(tmp.path().join("kwg"));
+        dir.create().unwrap();
+        let s = session(tmp.path(), "kwg", true, false);
+        s.info.as_ref().unwrap().save(&dir).unwrap();
+        std::fs::write(dir.state(), "{}").unwrap();
+        // The journal is still there (the undo failed): the record stays for the retry.
+        forget_if_gone(&dir);
+        assert!(SessionInfo::load(&dir).is_some());
+        std::fs::remove_file(dir.state()).unwrap();
+        forget_if_gone(&dir);
+        assert!(SessionInfo::load(&dir).is_none());
+    }
+
+    #[test]
+    fn each_leave_json_line_names_its_session() {
+        let s = session(std::path::Path::new("/nowhere"), "beta", false, false);
+        let v = left_json(&s, &["route 10.0.0.0/16".into()], 12, None);
+        assert_eq!(
+            (
+                v["context"].as_str(),
+                v["alias"].as_str(),
+                v["left"].as_bool()
+            ),
+            (Some("beta"), Some("beta"), Some(true))
+        );
+        assert_eq!(v["removed"][0], "route 10.0.0.0/16");
     }
 }

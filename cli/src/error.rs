@@ -76,18 +76,23 @@ pub enum Error {
     #[error("kwg is already joined or joining (daemon pid {}): run kwg leave first", pid.map_or("unknown".to_string(), |p| p.to_string()))]
     AlreadyJoined { pid: Option<u32> },
     /// A second `kwg join` to a context that has a session (issue 27).
-    #[error("kwg is already joined to context {context} (daemon pid {}, interface {interface}): kwg status --context {context} shows it; run kwg leave --context {context} first to join it again", pid.map_or("unknown".to_string(), |p| p.to_string()))]
+    /// `name` is what `--context` finds that session by (its alias when another cluster's
+    /// context has the same name).
+    #[error("kwg is already joined to context {context} (daemon pid {}, interface {interface}): kwg status --context {name} shows it; run kwg leave --context {name} first to join it again", pid.map_or("unknown".to_string(), |p| p.to_string()))]
     AlreadyJoinedContext {
         context: String,
         pid: Option<u32>,
         interface: String,
+        name: String,
     },
     /// `kwg leave` (or `status`/`peers` where one is needed) with several sessions and no
     /// terminal to ask on.
     #[error("{} sessions are joined ({}): name one with --context NAME, or pass --all for every one", contexts.len(), contexts.join(", "))]
     WhichSession { contexts: Vec<String> },
     /// `kwg join --primary` while another session answers the short names.
-    #[error("the session of context {other} is the primary (short names go to it): join without --primary (names of this cluster are then <svc>.<ns>.svc.<alias>), or run kwg leave --context {other} first")]
+    #[error(
+        "the session of context {other} is the primary (short names go to it): join without --primary (names of this cluster are then <svc>.<ns>.svc.<alias>), or run kwg leave --context {other} first"
+    )]
     PrimaryTaken { other: String },
     #[error(
         "the kwg daemon did not finish joining within {secs}s and was stopped (what it had set up is undone): read its log {log}"

@@ -119,6 +119,10 @@ pub struct SessionInfo {
     pub primary: bool,
     pub interface: String,
     pub dns_listen: std::net::SocketAddr,
+    /// The API server URL of the context as the kubeconfig gives it (`None` in records of
+    /// older joins): two clusters may both call their context `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 impl SessionInfo {
@@ -154,9 +158,31 @@ impl Session {
     /// A label for lists: the context, else the API server.
     pub fn label(&self) -> String {
         self.context()
+            .or_else(|| self.server())
             .map(str::to_string)
-            .or_else(|| self.state.as_ref().map(|s| s.server.clone()))
             .unwrap_or_else(|| self.dir.0.display().to_string())
+    }
+    /// The API server it reaches (its record's, else its journal's).
+    pub fn server(&self) -> Option<&str> {
+        self.info
+            .as_ref()
+            .and_then(|i| i.server.as_deref())
+            .or_else(|| self.state.as_ref().map(|s| s.server.as_str()))
+            .filter(|s| !s.is_empty())
+    }
+    /// The name that `--context` finds this session by among `all` alone: its label when
+    /// that names no other session, else its alias (two clusters whose contexts share a
+    /// name), else its state directory.
+    pub fn name_in(&self, all: &[Session]) -> String {
+        let label = self.label();
+        let alone = |n: &str| matches!(select(all, n).as_slice(), [one] if one.dir.0 == self.dir.0);
+        if alone(&label) {
+            return label;
+        }
+        match self.alias() {
+            Some(a) if alone(a) => a.to_string(),
+            _ => self.dir.0.display().to_string(),
+        }
     }
     pub fn interface(&self) -> Option<&str> {
         self.state
@@ -218,21 +244,42 @@ pub fn sessions(base: &StateDir) -> Result<Vec<Session>, Error> {
     Ok(out)
 }
 
-/// Which of `sessions` a command means: the one of `context`, else the only one; several
-/// without a context is `Err` with their labels (the caller asks, or refuses).
+/// The sessions `--context NAME` names: the one whose alias it is (aliases are unique), else
+/// every one whose context (or, without a context, API server URL) it is: two clusters whose
+/// kubeconfigs both call their context `default` are two.
+pub fn select<'a>(sessions: &'a [Session], name: &str) -> Vec<&'a Session> {
+    if let Some(s) = sessions.iter().find(|s| s.alias() == Some(name)) {
+        return vec![s];
+    }
+    sessions
+        .iter()
+        .filter(|s| {
+            s.context() == Some(name) || (s.context().is_none() && s.server() == Some(name))
+        })
+        .collect()
+}
+
+/// Which of `sessions` a command means: the one `context` names, else the only one; several
+/// (without a context, or a context two sessions share) is `Err` with names `--context`
+/// takes (the caller asks, or refuses).
 pub fn pick<'a>(
     sessions: &'a [Session],
     context: Option<&str>,
 ) -> Result<Option<&'a Session>, Vec<String>> {
+    let names = |some: &[&Session]| some.iter().map(|s| s.name_in(sessions)).collect();
     match context {
-        Some(c) => Ok(sessions.iter().find(|s| s.context() == Some(c))),
+        Some(c) => match select(sessions, c).as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one)),
+            several => Err(names(several)),
+        },
         None if sessions.len() <= 1 => Ok(sessions.first()),
-        None => Err(sessions.iter().map(Session::label).collect()),
+        None => Err(names(&sessions.iter().collect::<Vec<_>>())),
     }
 }
 
 /// The state directory when `$KWG_STATE_DIR` is not set.
-fn default_dir(
+pub(crate) fn default_dir(
     explicit: Option<PathBuf>,
     root: bool,
     runtime: Option<PathBuf>,

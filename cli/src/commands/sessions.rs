@@ -12,29 +12,66 @@ use kwg_session::dns::split::{alias_of, check_alias};
 /// The default interface name, the first session's.
 const FIRST_INTERFACE: &str = "kwg0";
 
-/// The context a join with these flags serves: `--context`, else the kubeconfig's current
-/// context; `None` when the kubeconfig cannot be read (the join then says why) or names none.
-pub fn resolve_context(kube: &KubeArgs) -> Option<String> {
-    if let Some(c) = &kube.context {
-        return Some(c.clone());
-    }
+/// The context a join with these flags serves (`--context`, else the kubeconfig's current
+/// context) and that context's API server URL; `None` when the kubeconfig cannot be read (the
+/// join then says why) or names none.
+pub fn resolve_target(kube: &KubeArgs) -> (Option<String>, Option<String>) {
     let kc = match &kube.kubeconfig {
         Some(p) => kube::config::Kubeconfig::read_from(p),
         None => kube::config::Kubeconfig::read(),
-    };
-    kc.ok()?.current_context.filter(|c| !c.is_empty())
+    }
+    .ok();
+    let context = kube.context.clone().or_else(|| {
+        kc.as_ref()?
+            .current_context
+            .clone()
+            .filter(|c| !c.is_empty())
+    });
+    let server = kc
+        .as_ref()
+        .and_then(|kc| server_of(kc, context.as_deref()?));
+    (context, server)
+}
+
+/// The API server URL the kubeconfig's `context` points at.
+fn server_of(kc: &kube::config::Kubeconfig, context: &str) -> Option<String> {
+    let cluster = &kc
+        .contexts
+        .iter()
+        .find(|c| c.name == context)?
+        .context
+        .as_ref()?
+        .cluster;
+    kc.clusters
+        .iter()
+        .find(|c| &c.name == cluster)?
+        .cluster
+        .as_ref()?
+        .server
+        .as_deref()
+        .map(|s| s.trim_end_matches('/').to_string())
+}
+
+/// Whether a session serves this context of this API server: the same context name of
+/// another cluster (k3s calls every context `default`) is another session. A record without
+/// a server (an older join) is taken for the same.
+fn serves(s: &Session, context: Option<&str>, server: Option<&str>) -> bool {
+    let recorded = s.server().map(|u| u.trim_end_matches('/'));
+    context.is_some()
+        && s.context() == context
+        && (server.is_none() || recorded.is_none() || recorded == server)
 }
 
 /// Decides where a new join of `args` lives next to the sessions under `base` and sets its
 /// context, interface, forwarder address, alias and primary role in `args` (the daemon reads
 /// them from its spec); writes the session's record and returns its state directory. A second
-/// join to a context whose daemon runs is refused.
+/// join to a context (of the same API server) whose daemon runs is refused.
 pub fn place(args: &mut JoinArgs, base: &StateDir) -> Result<StateDir, Error> {
-    let context = resolve_context(&args.kube);
+    let (context, server) = resolve_target(&args.kube);
     let all = sessions(base)?;
     let same = all
         .iter()
-        .find(|s| context.is_some() && s.context() == context.as_deref());
+        .find(|s| serves(s, context.as_deref(), server.as_deref()));
     if let Some(s) = same
         && let Some(pid) = s.running
     {
@@ -42,6 +79,7 @@ pub fn place(args: &mut JoinArgs, base: &StateDir) -> Result<StateDir, Error> {
             context: context.clone().unwrap_or_default(),
             pid,
             interface: s.interface().unwrap_or(FIRST_INTERFACE).to_string(),
+            name: s.name_in(&all),
         });
     }
     // A context's journal left by a dead daemon stays its own: the join undoes it first.
@@ -49,25 +87,32 @@ pub fn place(args: &mut JoinArgs, base: &StateDir) -> Result<StateDir, Error> {
         .iter()
         .filter(|s| same.is_none_or(|m| m.dir.0 != s.dir.0))
         .collect();
+    let taken = |a: &str| others.iter().find(|s| s.alias() == Some(a));
     let alias = match &args.alias {
         Some(a) => {
             check_alias(a).map_err(|why| Error::invalid("--alias", why))?;
+            if let Some(o) = taken(a) {
+                return Err(Error::invalid(
+                    "--alias",
+                    format!(
+                        "{a} already names the session of {}: pass --alias with another name",
+                        o.label()
+                    ),
+                ));
+            }
             a.clone()
         }
-        None => alias_of(context.as_deref().unwrap_or("cluster")),
+        // The same context name on another cluster (or two names with one alias): the next
+        // free `<alias>-N`, which `--context` then takes.
+        None => free_alias(&alias_of(context.as_deref().unwrap_or("cluster")), |a| {
+            taken(a).is_some()
+        }),
     };
-    if let Some(o) = others.iter().find(|s| s.alias() == Some(alias.as_str())) {
-        return Err(Error::invalid(
-            "--alias",
-            format!(
-                "{alias} already names the session of {}: pass --alias with another name",
-                o.label()
-            ),
-        ));
-    }
     let primary_other = others.iter().find(|s| s.running.is_some() && s.primary());
     if let (true, Some(o)) = (args.primary, primary_other) {
-        return Err(Error::PrimaryTaken { other: o.label() });
+        return Err(Error::PrimaryTaken {
+            other: o.name_in(&all),
+        });
     }
     if args.interface == FIRST_INTERFACE {
         args.interface = free_interface(&others, |n| nix::net::if_::if_nametoindex(n).is_ok());
@@ -93,9 +138,25 @@ pub fn place(args: &mut JoinArgs, base: &StateDir) -> Result<StateDir, Error> {
         primary: !args.secondary,
         interface: args.interface.clone(),
         dns_listen: args.dns_listen,
+        server,
     }
     .save(&dir)?;
     Ok(dir)
+}
+
+/// `alias` unless `taken`; then `alias-2`, `alias-3`, ... (still a DNS label).
+fn free_alias(alias: &str, taken: impl Fn(&str) -> bool) -> String {
+    (1..)
+        .map(|n| match n {
+            1 => alias.to_string(),
+            n => {
+                let suffix = format!("-{n}");
+                let keep = alias.len().min(63 - suffix.len());
+                format!("{}{suffix}", alias[..keep].trim_end_matches('-'))
+            }
+        })
+        .find(|a| !taken(a))
+        .expect("a free alias")
 }
 
 /// `kwg0` unless another session holds it; then the first `kwgN` no session holds and no
@@ -186,6 +247,7 @@ mod tests {
                 primary: true,
                 interface: interface.into(),
                 dns_listen: listen.parse().unwrap(),
+                server: None,
             }),
             state: None,
             running: Some(Some(1)),
@@ -213,6 +275,7 @@ mod tests {
             primary: true,
             interface: "kwg0".into(),
             dns_listen: "127.77.0.53:53".parse().unwrap(),
+            server: None,
         }
         .save(&base)
         .unwrap();
@@ -258,5 +321,86 @@ mod tests {
             free_dns_listen(&[&a, &b]),
             "127.77.0.55:53".parse().unwrap()
         );
+    }
+
+    /// A kubeconfig whose one context is called `default` (as k3s names it) on `server`.
+    fn k3s_kubeconfig(dir: &std::path::Path, name: &str, server: &str) -> String {
+        let path = dir.join(name);
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: default\nclusters:\n- name: default\n  cluster:\n    server: {server}\ncontexts:\n- name: default\n  context:\n    cluster: default\n    user: default\nusers:\n- name: default\n  user:\n    token: t\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn two_clusters_that_both_call_their_context_default_are_two_sessions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = StateDir(tmp.path().join("kwg"));
+        let ka = k3s_kubeconfig(tmp.path(), "a", "https://192.0.2.1:6443");
+        let kb = k3s_kubeconfig(tmp.path(), "b", "https://198.51.100.1:6443/");
+        let mut args = join_args(&[]);
+        args.kube.kubeconfig = Some(ka.clone().into());
+        let first = place(&mut args, &base).unwrap();
+        let _a = crate::lock::DaemonLock::acquire(&first.lock()).unwrap();
+        args = join_args(&[]);
+        args.kube.kubeconfig = Some(kb.clone().into());
+        let second = place(&mut args, &base).unwrap();
+        let _b = crate::lock::DaemonLock::acquire(&second.lock()).unwrap();
+        assert_eq!(second.0, base.sessions_dir().join("default-2"));
+        assert_eq!(
+            (
+                args.alias.as_deref(),
+                args.interface.as_str(),
+                args.secondary
+            ),
+            (Some("default-2"), "kwg1", true)
+        );
+        let info = SessionInfo::load(&second).unwrap();
+        assert_eq!(info.server.as_deref(), Some("https://198.51.100.1:6443"));
+
+        // The same cluster again is refused, naming what --context takes.
+        for (kc, name) in [(&ka, "default"), (&kb, "default-2")] {
+            let mut again = join_args(&[]);
+            again.kube.kubeconfig = Some(kc.into());
+            let e = place(&mut again, &base).unwrap_err().to_string();
+            assert!(
+                e.contains("already joined to context default")
+                    && e.contains(&format!("kwg leave --context {name} first")),
+                "{e}"
+            );
+        }
+        // Each is found by the name kwg lists it by.
+        let all = sessions(&base).unwrap();
+        let names = crate::state::pick(&all, None).unwrap_err();
+        assert_eq!(names, ["default", "default-2"]);
+        for (name, dir) in names.iter().zip([&first, &second]) {
+            let s = crate::state::pick(&all, Some(name)).unwrap().unwrap();
+            assert_eq!(s.dir.0, dir.0, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_session_without_a_context_is_named_by_its_api_server() {
+        let mut a = session("kwg0", "127.77.0.53:53");
+        let mut b = session("kwg1", "127.77.0.54:53");
+        b.dir = StateDir("/elsewhere".into());
+        for (s, alias, server) in [
+            (&mut a, "one", "https://a:6443"),
+            (&mut b, "two", "https://b:6443"),
+        ] {
+            let info = s.info.as_mut().unwrap();
+            (info.context, info.alias, info.server) = (None, alias.into(), Some(server.into()));
+        }
+        let all = [a, b];
+        let names = crate::state::pick(&all, None).unwrap_err();
+        assert_eq!(names, ["https://a:6443", "https://b:6443"]);
+        for (name, s) in names.iter().zip(&all) {
+            let found = crate::state::pick(&all, Some(name)).unwrap().unwrap();
+            assert_eq!(found.dir.0, s.dir.0);
+        }
+        // Its alias names it too.
+        let two = crate::state::pick(&all, Some("two")).unwrap().unwrap();
+        assert_eq!(two.dir.0, all[1].dir.0);
     }
 }
