@@ -275,6 +275,7 @@ impl From<&Error> for ExitCode {
 /// The exit code of a decision of the session core.
 fn session_code(e: &kwg_session::Error) -> ExitCode {
     use kwg_session::Error as S;
+    use kwg_session::mapping::MapError;
     match e {
         S::RouteConflict { .. } | S::UntrustedInfo { .. } | S::InterfaceExists { .. } => {
             ExitCode::LocalConflict
@@ -286,7 +287,15 @@ fn session_code(e: &kwg_session::Error) -> ExitCode {
         S::NoTunnelIp { .. } => ExitCode::GatewayMissing,
         S::GatewayUdp { .. } => ExitCode::GatewayUnreachable,
         S::DnsCheck { .. } => ExitCode::DnsVerification,
-        S::Mapping(_) => ExitCode::LocalConflict,
+        // No free range left for a conflicting one is the machine's conflict; a `--map` or
+        // `--map-pool` that cannot be used is a bad flag value.
+        S::Mapping(MapError::PoolExhausted { .. }) => ExitCode::LocalConflict,
+        S::Mapping(
+            MapError::NotClusterRange { .. }
+            | MapError::ForcedConflict { .. }
+            | MapError::ForcedCoversMachine { .. }
+            | MapError::Space { .. },
+        ) => ExitCode::Usage,
         S::DnsConfig(_) | S::JoinTimeout { .. } => ExitCode::Failure,
         // A step of the driver: the CLI's own error inside says.
         S::Step(s) => s
@@ -401,6 +410,26 @@ mod tests {
         assert_eq!(code(Error::AlreadyJoined { pid: Some(1) }), 9);
         let iface = S::InterfaceExists { name: "wg0".into() };
         assert_eq!(code(iface.into()), 9);
+        // Mapping: a full pool is the machine's conflict, a bad --map or --map-pool is usage.
+        let forced: kwg_session::mapping::ForcedMap = "10.97.0.0/16=10.230.0.0/16".parse().unwrap();
+        let pool = kwg_session::mapping::MapError::PoolExhausted {
+            subnet: "10.96.0.0/12".parse().unwrap(),
+            what: kwg_contract::RouteSource::Service,
+            existing: "10.96.0.0/12 dev kwg0".into(),
+            pool: "10.224.0.0/11".into(),
+        };
+        assert_eq!(code(S::from(pool).into()), 9);
+        let not_cluster = kwg_session::mapping::MapError::NotClusterRange {
+            forced,
+            have: "10.96.0.0/12".into(),
+        };
+        assert_eq!(code(S::from(not_cluster).into()), 2);
+        let public = kwg_session::mapping::MapError::Space {
+            flag: "--map-pool",
+            net: "8.8.0.0/16".parse().unwrap(),
+            why: "it is public".into(),
+        };
+        assert_eq!(code(S::from(public).into()), 2);
         let api = Error::ApiUnreachable {
             server: "https://x".into(),
             reason: "refused".into(),

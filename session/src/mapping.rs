@@ -120,8 +120,10 @@ pub fn mappings(routes: &[PlannedRoute]) -> Vec<Mapping> {
 pub struct MapInputs<'a> {
     /// Every route of the machine (an earlier session's included).
     pub existing: &'a [Route],
-    /// The machine's own addresses: a mapped range covers none.
-    pub addresses: &'a [IpAddr],
+    /// The machine's own addresses, default gateways, DNS servers and the API server's
+    /// addresses: a mapped range covers none of them, or their traffic would go into the tunnel
+    /// (the checks `trust::check_info` makes of the cluster's own ranges).
+    pub machine: &'a trust::Machine,
     /// This session's interface: its own routes never conflict.
     pub own_interface: &'a str,
     /// `--allow-conflicting-subnets`: routed over the machine's routes as they are.
@@ -145,6 +147,15 @@ pub enum MapError {
         .forced.mapped
     )]
     ForcedConflict { forced: ForcedMap, existing: String },
+    #[error(
+        "--map {forced}: {} covers {whose} {ip}, whose traffic would then go into the tunnel: choose a range that does not cover it",
+        .forced.mapped
+    )]
+    ForcedCoversMachine {
+        forced: ForcedMap,
+        whose: &'static str,
+        ip: IpAddr,
+    },
     #[error(
         "route {subnet} ({what}) conflicts with the existing route {existing}, and --map-pool {pool} has no free /{len} left to map it onto: pass a larger --map-pool, --map {subnet}=<a free /{len}>, or --allow-conflicting-subnets {subnet} to route it over the existing one",
         len = .subnet.prefix_len()
@@ -206,6 +217,13 @@ pub fn apply(
             return Err(MapError::ForcedConflict {
                 forced: *forced,
                 existing: format!("the existing route {e}"),
+            });
+        }
+        if let Some((whose, ip)) = covered(inputs.machine, forced.mapped) {
+            return Err(MapError::ForcedCoversMachine {
+                forced: *forced,
+                whose,
+                ip,
             });
         }
         // Nor one of the cluster's own ranges or another --map's.
@@ -287,7 +305,7 @@ pub fn for_session(
     config: &crate::SessionConfig,
     routes: Vec<PlannedRoute>,
     existing: &[Route],
-    addresses: &[IpAddr],
+    machine: &trust::Machine,
 ) -> Result<Vec<PlannedRoute>, crate::Error> {
     if config.userspace {
         return Ok(routes);
@@ -296,7 +314,7 @@ pub fn for_session(
         routes,
         &MapInputs {
             existing,
-            addresses,
+            machine,
             own_interface: &config.interface,
             allowed: &config.allow_conflicting_subnets,
             forced: &config.map,
@@ -307,7 +325,8 @@ pub fn for_session(
 }
 
 /// The first range of prefix length `len` in the pool that overlaps none of the machine's
-/// routes and addresses and nothing `taken`.
+/// routes, covers none of its addresses, gateways, DNS servers or API server, and overlaps
+/// nothing `taken`.
 fn free_range(len: u8, inputs: &MapInputs<'_>, taken: &[Ipv4Net]) -> Option<Ipv4Net> {
     let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(b) || b.contains(a);
     inputs
@@ -318,8 +337,15 @@ fn free_range(len: u8, inputs: &MapInputs<'_>, taken: &[Ipv4Net]) -> Option<Ipv4
         .find(|c| {
             conflicting(&IpNet::V4(*c), inputs.existing, inputs.own_interface).is_none()
                 && !taken.iter().any(|t| overlaps(t, c))
-                && !inputs.addresses.iter().any(|a| IpNet::V4(*c).contains(a))
+                && covered(inputs.machine, *c).is_none()
         })
+}
+
+/// The first address of the machine's that `net` covers, and whose it is.
+fn covered(machine: &trust::Machine, net: Ipv4Net) -> Option<(&'static str, IpAddr)> {
+    machine
+        .kept_out()
+        .find(|(_, ip)| IpNet::V4(net).contains(ip))
 }
 
 fn join(nets: &[Ipv4Net]) -> String {
@@ -333,6 +359,14 @@ fn join(nets: &[Ipv4Net]) -> String {
 mod tests {
     use super::*;
     use crate::routes::MAIN_TABLE;
+
+    /// A machine with no addresses, gateways, DNS servers or API server to keep clear of.
+    static NO_MACHINE: trust::Machine = trust::Machine {
+        addresses: Vec::new(),
+        gateways: Vec::new(),
+        dns_servers: Vec::new(),
+        api_server: Vec::new(),
+    };
 
     fn n4(s: &str) -> Ipv4Net {
         s.parse().unwrap()
@@ -355,7 +389,7 @@ mod tests {
     fn inputs<'a>(existing: &'a [Route], pool: &'a [Ipv4Net]) -> MapInputs<'a> {
         MapInputs {
             existing,
-            addresses: &[],
+            machine: &NO_MACHINE,
             own_interface: "kwg1",
             allowed: &[],
             forced: &[],
@@ -430,7 +464,10 @@ mod tests {
             route("10.244.0.0/16", "kwg0"),
             route("10.192.0.0/12", "tun0"),
         ];
-        let addresses = ["10.208.0.5".parse().unwrap()];
+        let machine = trust::Machine {
+            addresses: vec!["10.208.0.5".parse().unwrap()],
+            ..Default::default()
+        };
         let mut routes = cluster();
         routes.push(PlannedRoute::new(
             "10.209.0.0/16".parse().unwrap(),
@@ -440,7 +477,7 @@ mod tests {
         let out = apply(
             routes,
             &MapInputs {
-                addresses: &addresses,
+                machine: &machine,
                 ..inputs(&existing, &pool)
             },
         );
@@ -453,6 +490,68 @@ mod tests {
                 "10.209.0.0/16"
             ],
         );
+    }
+
+    #[test]
+    fn a_mapped_range_never_covers_the_machines_dns_gateway_or_api_server() {
+        // The corporate DNS server, the default gateway and a private API server sit in the
+        // pool, reached over the LAN's default route: a range covering one would route its
+        // traffic into the tunnel (no DNS, no lease renewal, no API server).
+        let existing = [
+            route("10.96.0.0/12", "kwg0"),
+            route("10.244.0.0/16", "kwg0"),
+            route("192.0.2.0/24", "eth0"),
+        ];
+        let machine = trust::Machine {
+            dns_servers: vec!["10.192.0.53".parse().unwrap()],
+            gateways: vec!["10.193.0.1".parse().unwrap()],
+            api_server: vec!["10.194.9.9".parse().unwrap()],
+            ..Default::default()
+        };
+        let pool = [n4("10.192.0.0/10")];
+        let with = |forced: &'static [ForcedMap]| {
+            apply(
+                cluster(),
+                &MapInputs {
+                    machine: &machine,
+                    forced,
+                    ..inputs(&existing, &pool)
+                },
+            )
+        };
+        assert_eq!(
+            shown(&with(&[]).unwrap()),
+            [
+                "10.208.0.0/12 <- 10.96.0.0/12",
+                "10.195.0.0/16 <- 10.244.0.0/16",
+                "100.77.0.1/32"
+            ]
+        );
+        let forced = |s: &str| -> &'static [ForcedMap] {
+            Box::leak(Box::new([s.parse::<ForcedMap>().unwrap()]))
+        };
+        for (map, says) in [
+            (
+                "10.244.0.0/16=10.192.0.0/16",
+                "--map 10.244.0.0/16=10.192.0.0/16: 10.192.0.0/16 covers this machine's DNS \
+                 server 10.192.0.53, whose traffic would then go into the tunnel: choose a range \
+                 that does not cover it",
+            ),
+            (
+                "10.244.0.0/16=10.193.0.0/16",
+                "--map 10.244.0.0/16=10.193.0.0/16: 10.193.0.0/16 covers this machine's default \
+                 gateway 10.193.0.1, whose traffic would then go into the tunnel: choose a range \
+                 that does not cover it",
+            ),
+            (
+                "10.244.0.0/16=10.194.0.0/16",
+                "--map 10.244.0.0/16=10.194.0.0/16: 10.194.0.0/16 covers the API server's \
+                 address 10.194.9.9, whose traffic would then go into the tunnel: choose a range \
+                 that does not cover it",
+            ),
+        ] {
+            assert_eq!(with(forced(map)).unwrap_err().to_string(), says);
+        }
     }
 
     #[test]

@@ -67,6 +67,21 @@ pub struct Machine {
     pub api_server: Vec<IpAddr>,
 }
 
+impl Machine {
+    /// Every address whose traffic must keep its own way (never into the tunnel), and whose it
+    /// is, in the order the checks name them.
+    pub fn kept_out(&self) -> impl Iterator<Item = (&'static str, IpAddr)> + '_ {
+        [
+            (&self.addresses, "this machine's address"),
+            (&self.gateways, "this machine's default gateway"),
+            (&self.dns_servers, "this machine's DNS server"),
+            (&self.api_server, "the API server's address"),
+        ]
+        .into_iter()
+        .flat_map(|(ips, whose)| ips.iter().map(move |ip| (whose, *ip)))
+    }
+}
+
 /// What the user allowed on the command line.
 #[derive(Debug, Clone, Copy)]
 pub struct Consent<'a> {
@@ -240,19 +255,14 @@ fn check_subnet(net: &IpNet, machine: &Machine, consent: &Consent<'_>) -> Result
     let what = format!("cluster subnet {net}");
     check_space(net).map_err(|(why, allow)| Refusal::new(&what, why).allow(allow))?;
     let kept_off = |ip: &IpAddr| consent.never_proxy.iter().any(|n| n.contains(ip));
-    for (ips, whose) in [
-        (&machine.addresses, "this machine's address"),
-        (&machine.gateways, "this machine's default gateway"),
-        (&machine.dns_servers, "this machine's DNS server"),
-        (&machine.api_server, "the API server's address"),
-    ] {
-        if let Some(ip) = ips.iter().find(|ip| net.contains(*ip) && !kept_off(ip)) {
-            let host = IpNet::from(*ip);
-            return Err(Refusal::new(&what, format!("it covers {whose} {ip}"))
-                .allow(format!("--never-proxy {host}")));
-        }
+    match machine
+        .kept_out()
+        .find(|(_, ip)| net.contains(ip) && !kept_off(ip))
+    {
+        Some((whose, ip)) => Err(Refusal::new(&what, format!("it covers {whose} {ip}"))
+            .allow(format!("--never-proxy {}", IpNet::from(ip)))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The cluster domain: a DNS name of at least two labels that captures no public name: not a

@@ -277,12 +277,8 @@ pub fn check_cluster(
     let exclude = exclude_suffixes(config);
     trust::check_info(info, machine, &consent(config, &exclude))?;
     // Virtual subnets: a Service or pod CIDR overlapping the machine's routes is mapped.
-    let routes = crate::mapping::for_session(
-        config,
-        plan_routes(config, info),
-        machine_routes,
-        &machine.addresses,
-    )?;
+    let routes =
+        crate::mapping::for_session(config, plan_routes(config, info), machine_routes, machine)?;
     // Userspace mode creates no interface and adds no routes: neither can conflict.
     if !config.userspace {
         routes::check_conflicts(
