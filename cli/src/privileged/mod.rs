@@ -137,17 +137,12 @@ pub async fn prepare(
         ensure(&socket).await?;
     }
     args.tun = true;
-    let stub = {
-        use crate::dns::resolved::ResolvConf;
-        let target = std::fs::read_link(&args.resolv_conf).ok();
-        let text = std::fs::read_to_string(&args.resolv_conf).unwrap_or_default();
-        ResolvConf::classify(target.as_deref(), &text) == ResolvConf::Stub
-    };
+    let stub = resolved_stub(&args.resolv_conf);
     match args.dns_mode {
         DnsMode::Auto | DnsMode::Resolved if stub => {
             args.dns_mode = DnsMode::Off;
             reporter.step(&format!(
-                "Tunnel interface through kwg-helper ({}): kwg runs as you; systemd-resolved manages DNS here and its per-link DNS does not go through the helper yet, so cluster names do not resolve on this machine (Service and pod addresses do; join as root for split DNS with resolved)",
+                "Tunnel interface through kwg-helper ({}): kwg runs as you; systemd-resolved manages DNS here and its per-link DNS does not go through the helper yet, so cluster names do not resolve on this machine (Service and pod addresses do; sudo kwg join joins as root here and sets them in resolved)",
                 socket.display()
             ));
         }
@@ -155,6 +150,14 @@ pub async fn prepare(
         _ => {}
     }
     Ok(true)
+}
+
+/// Whether `resolv_conf` sends queries to systemd-resolved's stub (resolved manages DNS).
+pub fn resolved_stub(resolv_conf: &Path) -> bool {
+    use crate::dns::resolved::ResolvConf;
+    let target = std::fs::read_link(resolv_conf).ok();
+    let text = std::fs::read_to_string(resolv_conf).unwrap_or_default();
+    ResolvConf::classify(target.as_deref(), &text) == ResolvConf::Stub
 }
 
 /// The daemon's session with the helper: the connection is the session's lifeline.

@@ -8,6 +8,14 @@
 //! `sudo kwg leave` run again as the user the same way, so they too act on the user's sessions
 //! (root's own sessions are those of a root login, without sudo).
 //!
+//! Two exceptions keep root where the user alone cannot do the job:
+//! - systemd-resolved manages DNS (`/etc/resolv.conf` is its stub) and the join is neither
+//!   `--userspace` nor `--dns-mode off|resolv-conf`: resolved's per-link DNS does not go
+//!   through kwg-helper yet, so `sudo kwg join` joins as root as it always did (one line on
+//!   stderr says so, and that exec plugins then run as root), and cluster names resolve;
+//! - `sudo kwg status|peers|leave` when the user has no session but root does (such a root
+//!   join, or one by an older kwg): they act on root's sessions, saying so on stderr.
+//!
 //! sudo resets the environment, so what the user's join gets is decided here:
 //! - `HOME`, `USER`, `LOGNAME`: the user's, from the user database (never root's);
 //! - `KUBECONFIG`: the value sudo kept (`sudo --preserve-env=KUBECONFIG`, or `sudo -E` where
@@ -140,6 +148,14 @@ pub async fn join_as_invoker(args: &crate::args::JoinArgs) -> Result<(), Error> 
     let Some(inv) = invoker()? else {
         return Ok(());
     };
+    let stub = super::resolved_stub(&args.resolv_conf);
+    if joins_as_root(args.userspace, args.dns_mode, stub) {
+        eprintln!(
+            "kwg: systemd-resolved manages DNS here and its per-link DNS needs root, so this join's cluster side runs as root, not as {}: exec credential plugins run as root too, and the session is root's (sudo kwg status, sudo kwg leave)",
+            inv.name
+        );
+        return Ok(());
+    }
     let kubeconfig = kubeconfig(
         std::env::var_os("KUBECONFIG"),
         args.kube.kubeconfig.as_deref(),
@@ -152,14 +168,48 @@ pub async fn join_as_invoker(args: &crate::args::JoinArgs) -> Result<(), Error> 
     rerun_as(&inv, kubeconfig)
 }
 
+/// Whether `sudo kwg join` keeps the cluster side as root: systemd-resolved manages DNS
+/// (`stub`) and the join would set it (TUN mode, DNS mode auto or resolved), which needs root.
+pub fn joins_as_root(userspace: bool, dns_mode: crate::args::DnsMode, stub: bool) -> bool {
+    use crate::args::DnsMode;
+    stub && !userspace && matches!(dns_mode, DnsMode::Auto | DnsMode::Resolved)
+}
+
 /// Under `sudo kwg status|peers|leave`: this same command run as the invoker, so it acts on
-/// the invoker's sessions (the ones `sudo kwg join` made), never root's; exits with its code.
-/// Returns when this is no sudo invocation.
+/// the invoker's sessions (the ones `sudo kwg join` made); exits with its code. Returns when
+/// this is no sudo invocation, or when the invoker has no session but root has (then the
+/// command acts on root's, as the note on stderr says).
 pub fn as_invoker() -> Result<(), Error> {
     let Some(inv) = invoker()? else {
         return Ok(());
     };
-    rerun_as(&inv, std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()))
+    let root_dir = crate::state::StateDir::from_env();
+    let user_dir = crate::state::StateDir(crate::state::default_dir(
+        std::env::var_os("KWG_STATE_DIR").map(PathBuf::from),
+        false,
+        runtime_dir(inv.uid),
+        inv.uid,
+    ));
+    if has_sessions(&root_dir, 0) && !has_sessions(&user_dir, inv.uid) {
+        eprintln!(
+            "kwg: {} has no kwg session, root has one (in {}): acting on root's",
+            inv.name,
+            root_dir.0.display()
+        );
+        return Ok(());
+    }
+    rerun_as(
+        &inv,
+        std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()),
+    )
+}
+
+/// Whether `dir` is `uid`'s state directory and holds a session (an unreadable one counts:
+/// the command run as its owner says what is wrong).
+fn has_sessions(dir: &crate::state::StateDir, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let owned = std::fs::symlink_metadata(&dir.0).is_ok_and(|m| m.uid() == uid);
+    owned && crate::state::sessions(dir).map_or(true, |s| !s.is_empty())
 }
 
 /// Runs this process's command line again as `inv` (its groups, then gid, then uid), with the
@@ -233,6 +283,17 @@ mod tests {
         assert_eq!(invoker_ids(true, vars("0")).unwrap(), None);
         assert_eq!(invoker_ids(true, |_| None).unwrap(), None);
         assert!(invoker_ids(true, vars("x")).is_err());
+    }
+
+    #[test]
+    fn sudo_join_stays_root_only_where_resolved_manages_dns_and_the_join_would_set_it() {
+        use crate::args::DnsMode;
+        assert!(joins_as_root(false, DnsMode::Auto, true));
+        assert!(joins_as_root(false, DnsMode::Resolved, true));
+        assert!(!joins_as_root(false, DnsMode::Auto, false));
+        assert!(!joins_as_root(true, DnsMode::Auto, true));
+        assert!(!joins_as_root(false, DnsMode::Off, true));
+        assert!(!joins_as_root(false, DnsMode::ResolvConf, true));
     }
 
     #[test]

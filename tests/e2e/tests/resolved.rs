@@ -133,10 +133,20 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
     );
 
     for kill in [false, true] {
+        // The first time as `sudo kwg join` would run it (the variables sudo sets, for a user
+        // who is not root): with resolved managing DNS it stays root's and sets the link's DNS,
+        // and sudo kwg status and sudo kwg leave act on that root session (the user has none).
+        let sudo: &[&'static str] = match kill {
+            false => &["SUDO_UID=65534", "SUDO_GID=65534", "SUDO_USER=nobody"],
+            true => &[],
+        };
+        let as_typed = |argv: &[&'static str]| -> Vec<&'static str> {
+            sudo.iter().chain(argv).copied().collect()
+        };
         let out = run(
             &r,
             &l,
-            &["kwg", "join", "--name", "rsv", "--namespace", "emojivoto"],
+            &as_typed(&["kwg", "join", "--name", "rsv", "--namespace", "emojivoto"]),
         );
         assert!(
             out.status.success(),
@@ -144,6 +154,15 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
             text(&out.stdout),
             text(&out.stderr)
         );
+        if !kill {
+            assert!(
+                text(&out.stderr).contains(
+                    "systemd-resolved manages DNS here and its per-link DNS needs root, so this join's cluster side runs as root, not as nobody"
+                ),
+                "{}",
+                text(&out.stderr)
+            );
+        }
         assert!(
             text(&out.stdout).contains("DNS resolved"),
             "{}",
@@ -189,7 +208,7 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
             "{}",
             text(&page.stderr)
         );
-        let status = text(&run(&r, &l, &["kwg", "status", "-o", "json"]).stdout);
+        let status = text(&run(&r, &l, &as_typed(&["kwg", "status", "-o", "json"])).stdout);
         assert!(status.contains("\"mode\": \"resolved\""), "{status}");
         // kwg doctor sees queries for a cluster name reach kwg through resolved.
         let doctor = run(&r, &l, &["kwg", "doctor", "-o", "json"]);
@@ -251,8 +270,15 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
                 "{v:#}"
             );
         }
-        let leave = run(&r, &l, &["kwg", "leave"]);
+        let leave = run(&r, &l, &as_typed(&["kwg", "leave"]));
         assert!(leave.status.success(), "{}", text(&leave.stderr));
+        if !kill {
+            assert!(
+                text(&leave.stderr).contains("kwg: nobody has no kwg session, root has one"),
+                "{}",
+                text(&leave.stderr)
+            );
+        }
         let after = kwg_link_state(&r);
         assert!(
             !after.contains("kwg0") && !after.contains("127.77.0.53"),
