@@ -93,6 +93,18 @@ fn needs_are_what_the_shipped_kwg_user_roles_grant() {
         info.to_string(),
         "get configmaps kwg-gateway-info in team-kwg"
     );
+    // The laptop's watch of the gateway info lists it first (by name): kwg doctor asks for
+    // list and watch too, as the shipped Role grants them.
+    for verb in ["list", "watch"] {
+        let n = needs
+            .iter()
+            .find(|n| n.resource == "configmaps" && n.verb == verb)
+            .unwrap_or_else(|| panic!("no {verb} configmaps need: {needs:?}"));
+        assert_eq!(
+            n.to_string(),
+            format!("{verb} configmaps kwg-gateway-info in team-kwg")
+        );
+    }
     assert!(
         !needs
             .iter()

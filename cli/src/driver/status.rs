@@ -195,6 +195,17 @@ pub fn joining(args: &JoinArgs) -> Status {
     }
 }
 
+/// The errors seen since the last success, so each distinct one is logged at warn once.
+#[derive(Default)]
+struct Repeats(std::collections::HashSet<String>);
+
+impl Repeats {
+    /// Whether `error` was not seen before (it is remembered).
+    fn is_new(&mut self, error: &str) -> bool {
+        self.0.insert(error.to_string())
+    }
+}
+
 impl super::Driver {
     /// Follows the gateway info ConfigMap (and, with a forwarder, the cluster's namespaces)
     /// while serving, with the client of the moment: started again when the credentials are
@@ -214,11 +225,20 @@ impl super::Driver {
                 kwg_contract::GATEWAY_INFO_CONFIGMAP
             ));
             let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff().applied_objects());
+            let mut failures = Repeats::default();
             while let Some(item) = stream.next().await {
                 let cm = match item {
-                    Ok(cm) => cm,
+                    Ok(cm) => {
+                        failures = Repeats::default();
+                        cm
+                    }
                     Err(e) => {
-                        tracing::debug!(error = %e, "gateway info watch failed; it starts again");
+                        let error = e.to_string();
+                        if failures.is_new(&error) {
+                            tracing::warn!(%error, "the gateway info watch failed (it retries, backing off): until it works, a new gateway key or a refused update is not followed; kwg doctor checks the RBAC it needs");
+                        } else {
+                            tracing::debug!(%error, "gateway info watch failed again");
+                        }
                         continue;
                     }
                 };
@@ -362,5 +382,21 @@ impl super::Driver {
             health::apply(&mut s, &observed, Utc::now());
             s
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Repeats;
+
+    #[test]
+    fn each_distinct_watch_error_is_new_once_until_a_success_forgets_them() {
+        let mut r = Repeats::default();
+        assert!(r.is_new("403 Forbidden"));
+        assert!(!r.is_new("403 Forbidden"));
+        assert!(r.is_new("connection refused"));
+        assert!(!r.is_new("403 Forbidden"));
+        r = Repeats::default();
+        assert!(r.is_new("403 Forbidden"));
     }
 }
