@@ -67,8 +67,13 @@ fn name_web_app(c: &Cluster, title: &str) {
 
 /// The developer's kubeconfig of `c` with its context called `context`.
 fn kubeconfig(c: &Cluster, context: &str) -> String {
+    kubeconfig_in(c, context, context)
+}
+
+/// The same, in the file `<file>.kubeconfig`.
+fn kubeconfig_in(c: &Cluster, context: &str, file: &str) -> String {
     let text = std::fs::read_to_string(c.developer_kubeconfig()).expect("kubeconfig");
-    let path = c.names().run_dir().join(format!("{context}.kubeconfig"));
+    let path = c.names().run_dir().join(format!("{file}.kubeconfig"));
     std::fs::write(&path, text.replace("developer@kwg", context)).expect("write kubeconfig");
     path.display().to_string()
 }
@@ -211,6 +216,14 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
             .any(|l| l.starts_with('*') && l.contains("multi")),
         "{peers}"
     );
+    // Another kubeconfig's peers, nothing of the sessions' contexts mixed in.
+    let other = l.kwg(&["peers", "--kubeconfig", &kb]);
+    assert!(
+        other.status.success() && text(&other.stdout).contains("multi"),
+        "{}{}",
+        text(&other.stdout),
+        text(&other.stderr)
+    );
 
     // A second join to a joined context, and a leave that does not say which.
     let again = l.kwg(&["join", "--kubeconfig", &ka, "--namespace", "emojivoto"]);
@@ -256,8 +269,16 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
         "{status}"
     );
 
-    let all = l.kwg(&["leave", "--all"]);
+    let all = l.kwg(&["leave", "--all", "-o", "json"]);
     assert!(all.status.success(), "{}", text(&all.stderr));
+    let lines: Vec<serde_json::Value> = text(&all.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(
+        matches!(lines.as_slice(), [one] if one["context"] == "beta" && one["alias"] == "beta" && one["left"] == true),
+        "{lines:?}"
+    );
     assert!(!l.routes().contains("kwg"));
     let resolv = text(&l.resolv_conf());
     assert!(
@@ -271,7 +292,12 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
     );
 
     // The same through systemd-resolved: each session's link routes its own alias, only the
-    // primary's the cluster domain and the namespaces.
+    // primary's the cluster domain and the namespaces. Here both kubeconfigs call their
+    // context `default` (as k3s does): two sessions all the same, the second `default-2`.
+    let (da, db) = (
+        kubeconfig_in(&a, "default", "default-a"),
+        kubeconfig_in(&b, "default", "default-b"),
+    );
     let r = a
         .start_resolved(&l.netns)
         .expect("systemd-resolved in the laptop");
@@ -282,7 +308,7 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
         all.extend_from_slice(argv);
         r.exec(&all).expect("run in resolved's namespace")
     };
-    for kc in [&ka, &kb] {
+    for kc in [&da, &db] {
         let out = in_resolved(&[
             "kwg",
             "join",
@@ -303,8 +329,8 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
         );
     }
     let page = |url: &str| text(&in_resolved(&["curl", "-sS", "--max-time", "3", url]).stdout);
-    assert!(page("web-app.emojivoto.svc.alpha").contains("Cluster Alpha"));
-    assert!(page("web-app.emojivoto.svc.beta").contains("Cluster Beta"));
+    assert!(page("web-app.emojivoto.svc.default").contains("Cluster Alpha"));
+    assert!(page("web-app.emojivoto.svc.default-2").contains("Cluster Beta"));
     assert!(page("web-app").contains("Cluster Alpha"));
     assert!(page("web-app.emojivoto").contains("Cluster Alpha"));
     let domains = r.resolvectl(&["domain"]).expect("resolvectl domain");
@@ -317,13 +343,32 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
             .to_string()
     };
     assert!(
-        of("kwg0").contains("~svc.alpha") && of("kwg0").contains("~cluster.local"),
+        of("kwg0").split_whitespace().any(|w| w == "~svc.default")
+            && of("kwg0").contains("~cluster.local"),
         "{domains}"
     );
     assert!(
-        of("kwg1").contains("~svc.beta") && !of("kwg1").contains("cluster.local"),
+        of("kwg1").contains("~svc.default-2") && !of("kwg1").contains("cluster.local"),
         "{domains}"
     );
+    // Joined to that cluster already: the name that finds it.
+    let again = in_resolved(&["kwg", "join", "--kubeconfig", &db, "-n", "emojivoto"]);
+    assert_eq!(again.status.code(), Some(9), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("kwg leave --context default-2 first"),
+        "{}",
+        text(&again.stderr)
+    );
+    let second: serde_json::Value = serde_json::from_slice(
+        &in_resolved(&["kwg", "status", "--context", "default-2", "-o", "json"]).stdout,
+    )
+    .expect("status json");
+    assert_eq!(
+        (second["context"].as_str(), second["alias"].as_str()),
+        (Some("default"), Some("default-2")),
+        "{second}"
+    );
+    assert_eq!(second["sessions"].as_array().map(Vec::len), Some(1));
     // On a terminal, `kwg leave` asks which session (here: all of them).
     let asked = in_resolved(&[
         "sh",
@@ -334,10 +379,10 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
     assert!(asked.status.success(), "{said}");
     assert!(
         said.contains("Several sessions are joined")
-            && said.contains("1) alpha (kwg0, primary)")
-            && said.contains("2) beta (kwg1)")
-            && said.contains("Left context alpha")
-            && said.contains("Left context beta"),
+            && said.contains("1) default (kwg0, primary)")
+            && said.contains("2) default-2 (kwg1)")
+            && said.contains("Left context default:")
+            && said.contains("Left context default-2"),
         "{said}"
     );
     let none = text(&in_resolved(&["kwg", "status"]).stdout);
