@@ -7,7 +7,7 @@ const os = require('os');
 const path = require('path');
 const { spawnSync } = require('child_process');
 const { test } = require('node:test');
-const { workflowCommand, kwgCommand } = require('./runner');
+const { workflowCommand, kwgCommand, resolvedStub } = require('./runner');
 
 test('messages and properties are escaped per the workflow-command rules', () => {
   assert.strictEqual(
@@ -17,12 +17,16 @@ test('messages and properties are escaped per the workflow-command rules', () =>
   assert.strictEqual(workflowCommand('warning', {}, 'plain'), '::warning::plain');
 });
 
-// Runs one of the action's steps with `kwg` replaced by a script that prints `stdout` and
-// exits `code`; returns the step's exit code and output.
-function step(script, stdout, code) {
+// Runs one of the action's steps with `kwg` replaced by a script that prints `stdout`, exits
+// `code` and appends its arguments to `args`; `extra`: more variables (e.g. STATE_*). Returns
+// the step's exit code and output, the arguments kwg got, and the state the step saved.
+function step(script, stdout, code, extra = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kwg-action-test-'));
   const fake = path.join(dir, 'kwg');
-  fs.writeFileSync(fake, `#!/bin/sh\ncat <<'EOF'\n${stdout}\nEOF\nexit ${code}\n`, { mode: 0o755 });
+  const argsFile = path.join(dir, 'args');
+  fs.writeFileSync(fake, `#!/bin/sh\necho "$@" >> '${argsFile}'\ncat <<'EOF'\n${stdout}\nEOF\nexit ${code}\n`, { mode: 0o755 });
+  const resolvConf = path.join(dir, 'resolv.conf');
+  fs.writeFileSync(resolvConf, 'nameserver 192.0.2.53\n');
   const files = {};
   for (const name of ['GITHUB_OUTPUT', 'GITHUB_ENV', 'GITHUB_STATE']) {
     files[name] = path.join(dir, name.toLowerCase());
@@ -30,10 +34,18 @@ function step(script, stdout, code) {
   }
   const env = {
     ...process.env, ...files, RUNNER_TEMP: dir, INPUT_KWG: fake, INPUT_KUBECONFIG: 'k',
+    KWG_ACTION_RESOLV_CONF: resolvConf, ...extra,
   };
   const r = spawnSync('node', [path.join(__dirname, script)], { env, encoding: 'utf8' });
+  const read = (f) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '');
+  const args = read(argsFile).split('\n').filter(Boolean);
+  const lines = read(files.GITHUB_STATE).split('\n');
+  const state = {};
+  for (let i = 0; i + 1 < lines.length; i += 3) {
+    state[lines[i].split('<<')[0]] = lines[i + 1];
+  }
   fs.rmSync(dir, { recursive: true, force: true });
-  return { code: r.status, stdout: r.stdout };
+  return { code: r.status, stdout: r.stdout, args, state };
 }
 
 test('a failed join is one ::error:: line carrying the whole message, and kwg\'s code', () => {
@@ -59,11 +71,54 @@ test('a failed leave in the post step is a warning and the step succeeds', () =>
 
 test('kwg runs as the runner\'s user, never through sudo; a user\'s join asks for the helper with --tun', () => {
   const join = ['join', '-o', 'json', '--name', 'ci-1'];
-  assert.deepStrictEqual(kwgCommand('/opt/kwg', join, { root: false, asUser: false }),
+  const user = { root: false, asUser: false, resolved: false };
+  assert.deepStrictEqual(kwgCommand('/opt/kwg', join, user),
     ['/opt/kwg', ['join', '--tun', '-o', 'json', '--name', 'ci-1']]);
-  assert.deepStrictEqual(kwgCommand('/opt/kwg', join, { root: true, asUser: false }), ['/opt/kwg', join]);
-  assert.deepStrictEqual(kwgCommand('/opt/kwg', [...join, '--userspace'], { root: false, asUser: true }),
+  assert.deepStrictEqual(kwgCommand('/opt/kwg', join, { ...user, root: true }), ['/opt/kwg', join]);
+  assert.deepStrictEqual(kwgCommand('/opt/kwg', [...join, '--userspace'], { ...user, asUser: true }),
     ['/opt/kwg', [...join, '--userspace']]);
-  assert.deepStrictEqual(kwgCommand('/opt/kwg', ['leave', '-o', 'json'], { root: false, asUser: false }),
+  assert.deepStrictEqual(kwgCommand('/opt/kwg', ['leave', '-o', 'json'], user),
     ['/opt/kwg', ['leave', '-o', 'json']]);
+});
+
+test('where systemd-resolved manages DNS, join and leave are root\'s: sudo -n by the absolute path', () => {
+  const join = ['join', '-o', 'json', '--kubeconfig', '/tmp/k/kubeconfig'];
+  const resolved = { root: false, asUser: false, resolved: true };
+  assert.deepStrictEqual(kwgCommand('/opt/kwg', join, resolved), ['sudo', ['-n', '/opt/kwg', ...join]]);
+  assert.deepStrictEqual(kwgCommand('/opt/kwg', ['leave', '-o', 'json'], resolved),
+    ['sudo', ['-n', '/opt/kwg', 'leave', '-o', 'json']]);
+  // Root needs no sudo; userspace mode sets no DNS.
+  assert.deepStrictEqual(kwgCommand('/opt/kwg', join, { ...resolved, root: true }), ['/opt/kwg', join]);
+  assert.deepStrictEqual(kwgCommand('/opt/kwg', join, { ...resolved, asUser: true }), ['/opt/kwg', join]);
+});
+
+test('resolv.conf is resolved\'s stub when it links to stub-resolv.conf or names 127.0.0.53 first', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kwg-action-resolv-'));
+  const file = (name, text) => {
+    fs.writeFileSync(path.join(dir, name), text);
+    return path.join(dir, name);
+  };
+  assert.strictEqual(resolvedStub(file('stub', '# resolved\nnameserver 127.0.0.53\noptions edns0\n')), true);
+  assert.strictEqual(resolvedStub(file('static', 'nameserver 10.0.0.2\nnameserver 127.0.0.53\n')), false);
+  fs.symlinkSync(file('stub-resolv.conf', ''), path.join(dir, 'link'));
+  assert.strictEqual(resolvedStub(path.join(dir, 'link')), true);
+  assert.strictEqual(resolvedStub(path.join(dir, 'missing')), false);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('the post step leaves the session of its own join only (--context), not every one', () => {
+  const joined = JSON.stringify({
+    connected: true, context: 'ci-staging', tunnelIp: '100.64.0.9', server: 'https://k', namespace: 'default',
+  });
+  const main = step('main.js', joined, 0);
+  assert.strictEqual(main.code, 0, main.stdout);
+  assert.strictEqual(main.state.context, 'ci-staging');
+  // The main step's kwg was its own stand-in (gone with its directory): the post step's is
+  // INPUT_KWG.
+  const state = Object.fromEntries(Object.entries(main.state)
+    .filter(([k]) => k !== 'kwg').map(([k, v]) => [`STATE_${k}`, v]));
+  const post = step('post.js', '{"left":true}', 0, state);
+  assert.strictEqual(post.code, 0, post.stdout);
+  assert.deepStrictEqual(post.args.map((a) => a.replace(/^.*(leave)/, '$1')),
+    ['leave -o json --context ci-staging']);
 });

@@ -5,7 +5,7 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const {
-  input, fileCommand, kwg, defaultName, userspace, proxyEnv, workflowCommand,
+  input, fileCommand, kwg, defaultName, userspace, proxyEnv, workflowCommand, resolvedStub,
 } = require('./runner');
 const { resolveKwg } = require('./install');
 
@@ -44,7 +44,10 @@ if (asUser) {
   args.push('--userspace');
 }
 fileCommand('GITHUB_STATE', 'userspace', String(asUser));
-const r = kwg(exe, args, asUser);
+// systemd-resolved manages DNS here: the join is root's (runner.js), and so is the leave.
+const resolved = !asUser && resolvedStub(process.env.KWG_ACTION_RESOLV_CONF || undefined);
+fileCommand('GITHUB_STATE', 'resolved', String(resolved));
+const r = kwg(exe, args, { asUser, resolved });
 let result;
 try {
   result = JSON.parse(r.stdout.trim().split('\n').pop() || '{}');
@@ -58,6 +61,9 @@ if (r.code !== 0 || !result.connected) {
   process.exit(r.code || 1);
 }
 fileCommand('GITHUB_STATE', 'joined', 'true');
+// The post step leaves this session alone (--context): another use of the action in the job
+// may have joined another cluster.
+fileCommand('GITHUB_STATE', 'context', result.context || '');
 fileCommand('GITHUB_OUTPUT', 'tunnel-ip', result.tunnelIp || '');
 fileCommand('GITHUB_OUTPUT', 'status', JSON.stringify(result));
 fileCommand('GITHUB_ENV', 'KWG_TUNNEL_IP', result.tunnelIp || '');

@@ -8,7 +8,16 @@ const { input, kwg, workflowCommand } = require('./runner');
 
 // The main step's kwg (an absolute path, maybe the downloaded release).
 const exe = process.env.STATE_kwg || input('kwg') || 'kwg';
-const r = kwg(exe, ['leave', '-o', 'json'], process.env.STATE_userspace === 'true');
+// This use of the action's session only: with two (two clusters), a leave without --context
+// would ask which.
+const args = ['leave', '-o', 'json'];
+if (process.env.STATE_context) {
+  args.push('--context', process.env.STATE_context);
+}
+const r = kwg(exe, args, {
+  asUser: process.env.STATE_userspace === 'true',
+  resolved: process.env.STATE_resolved === 'true',
+});
 console.log(r.stdout.trim());
 const kubeconfig = process.env.STATE_kubeconfig;
 if (kubeconfig) {
