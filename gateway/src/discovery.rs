@@ -162,7 +162,7 @@ pub fn assemble(cfg: &Config, objs: &Objects) -> Result<Discovered, GatewayError
     let dns_ip = objs
         .dns
         .as_ref()
-        .and_then(|s| s.spec.as_ref()?.cluster_ip.as_ref()?.parse().ok())
+        .and_then(|s| dns_ipv4(s))
         .or(cfg.dns_ip);
     let endpoints = objs
         .gateway
@@ -175,6 +175,19 @@ pub fn assemble(cfg: &Config, objs: &Objects) -> Result<Discovered, GatewayError
         dns_ip,
         endpoints,
     })
+}
+
+/// The cluster DNS Service's IPv4 address: the first of `spec.clusterIPs` (on an IPv6-primary
+/// dual-stack cluster `spec.clusterIP` is the IPv6 one, which laptops cannot use), else
+/// `spec.clusterIP` when it is IPv4 (objects written before `clusterIPs` existed).
+fn dns_ipv4(service: &Service) -> Option<IpAddr> {
+    let spec = service.spec.as_ref()?;
+    let ipv4 = |s: &String| s.parse::<IpAddr>().ok().filter(IpAddr::is_ipv4);
+    spec.cluster_ips
+        .iter()
+        .flatten()
+        .find_map(ipv4)
+        .or_else(|| spec.cluster_ip.as_ref().and_then(ipv4))
 }
 
 /// The service range named in the error for a dry-run Service with an invalid ClusterIP;

@@ -120,6 +120,28 @@ fn assemble_prefers_objects_then_probe_then_flags() {
     assert_eq!(d.pod_cidrs, nets(&["10.244.0.0/24"]));
     assert_eq!(d.dns_ip, Some("10.96.0.10".parse().unwrap()));
     assert_eq!(d.endpoints[0].to_string(), "192.0.2.1:31820");
+    // An IPv6-primary dual-stack cluster: clusterIP is the IPv6 address, the IPv4 one is in
+    // clusterIPs only.
+    let dual: Service = serde_json::from_value(serde_json::json!({"spec": {
+        "clusterIP": "fd00:10:96::a",
+        "clusterIPs": ["fd00:10:96::a", "10.96.0.10"]
+    }}))
+    .unwrap();
+    objs.dns = Some(Arc::new(dual));
+    assert_eq!(
+        assemble(&cfg, &objs).unwrap().dns_ip,
+        Some("10.96.0.10".parse().unwrap())
+    );
+    // IPv6 only: the flag's address, as when there is no such Service.
+    let v6: Service = serde_json::from_value(serde_json::json!({"spec": {
+        "clusterIP": "fd00:10:96::a", "clusterIPs": ["fd00:10:96::a"]
+    }}))
+    .unwrap();
+    objs.dns = Some(Arc::new(v6));
+    assert_eq!(
+        assemble(&cfg, &objs).unwrap().dns_ip,
+        Some("10.0.0.10".parse().unwrap())
+    );
     objs.service_cidrs.clear();
     assert_eq!(
         assemble(&cfg, &objs).unwrap().service_cidrs,
