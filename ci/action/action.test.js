@@ -7,7 +7,9 @@ const os = require('os');
 const path = require('path');
 const { spawnSync } = require('child_process');
 const { test } = require('node:test');
-const { workflowCommand, kwgCommand, resolvedStub } = require('./runner');
+const {
+  workflowCommand, kwgCommand, resolvedStub, sessionName,
+} = require('./runner');
 
 test('messages and properties are escaped per the workflow-command rules', () => {
   assert.strictEqual(
@@ -24,7 +26,10 @@ function step(script, stdout, code, extra = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kwg-action-test-'));
   const fake = path.join(dir, 'kwg');
   const argsFile = path.join(dir, 'args');
-  fs.writeFileSync(fake, `#!/bin/sh\necho "$@" >> '${argsFile}'\ncat <<'EOF'\n${stdout}\nEOF\nexit ${code}\n`, { mode: 0o755 });
+  // `stdout`: what every command prints, or per command ({ join: ..., status: ... }).
+  const out = typeof stdout === 'string' ? { '*': stdout } : stdout;
+  const cases = Object.entries(out).map(([cmd, text]) => `${cmd}) cat <<'EOF'\n${text}\nEOF\n;;`).join('\n');
+  fs.writeFileSync(fake, `#!/bin/sh\necho "$@" >> '${argsFile}'\ncase "$1" in\n${cases}\nesac\nexit ${code}\n`, { mode: 0o755 });
   const resolvConf = path.join(dir, 'resolv.conf');
   fs.writeFileSync(resolvConf, 'nameserver 192.0.2.53\n');
   const files = {};
@@ -106,13 +111,16 @@ test('resolv.conf is resolved\'s stub when it links to stub-resolv.conf or names
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test('the post step leaves the session of its own join only (--context), not every one', () => {
-  const joined = JSON.stringify({
-    connected: true, context: 'ci-staging', tunnelIp: '100.64.0.9', server: 'https://k', namespace: 'default',
-  });
-  const main = step('main.js', joined, 0);
+test('the post step leaves the session of its own join only (--context its alias), not every one', () => {
+  const session = {
+    connected: true, context: 'default', peer: 'ci-2', tunnelIp: '100.64.0.9', server: 'https://b', namespace: 'default',
+  };
+  const other = { ...session, peer: 'ci-1', tunnelIp: '100.80.0.3', server: 'https://a' };
+  const status = { ...other, sessions: [{ ...other, alias: 'default' }, { ...session, alias: 'default-2' }] };
+  const main = step('main.js', { join: JSON.stringify(session), status: JSON.stringify(status) }, 0);
   assert.strictEqual(main.code, 0, main.stdout);
-  assert.strictEqual(main.state.context, 'ci-staging');
+  // Both kubeconfigs call their context default: the alias tells the sessions apart.
+  assert.strictEqual(main.state.context, 'default-2');
   // The main step's kwg was its own stand-in (gone with its directory): the post step's is
   // INPUT_KWG.
   const state = Object.fromEntries(Object.entries(main.state)
@@ -120,5 +128,12 @@ test('the post step leaves the session of its own join only (--context), not eve
   const post = step('post.js', '{"left":true}', 0, state);
   assert.strictEqual(post.code, 0, post.stdout);
   assert.deepStrictEqual(post.args.map((a) => a.replace(/^.*(leave)/, '$1')),
-    ['leave -o json --context ci-staging']);
+    ['leave -o json --context default-2']);
+});
+
+test('without the status\'s sessions, the join\'s context names the session', () => {
+  const joined = { context: 'ci-staging', peer: 'p', tunnelIp: '100.64.0.9', server: 'https://k' };
+  assert.strictEqual(sessionName(joined, {}), 'ci-staging');
+  assert.strictEqual(sessionName({ ...joined, context: null }, {}), '');
+  assert.strictEqual(sessionName(joined, { sessions: [{ ...joined, alias: 'staging' }] }), 'staging');
 });

@@ -6,6 +6,7 @@ const os = require('os');
 const path = require('path');
 const {
   input, fileCommand, kwg, defaultName, userspace, proxyEnv, workflowCommand, resolvedStub,
+  sessionName,
 } = require('./runner');
 const { resolveKwg } = require('./install');
 
@@ -63,7 +64,13 @@ if (r.code !== 0 || !result.connected) {
 fileCommand('GITHUB_STATE', 'joined', 'true');
 // The post step leaves this session alone (--context): another use of the action in the job
 // may have joined another cluster.
-fileCommand('GITHUB_STATE', 'context', result.context || '');
+let status = {};
+try {
+  status = JSON.parse(kwg(exe, ['status', '-o', 'json'], { asUser, resolved }).stdout || '{}');
+} catch (e) {
+  // Then the join's context names it.
+}
+fileCommand('GITHUB_STATE', 'context', sessionName(result, status));
 fileCommand('GITHUB_OUTPUT', 'tunnel-ip', result.tunnelIp || '');
 fileCommand('GITHUB_OUTPUT', 'status', JSON.stringify(result));
 fileCommand('GITHUB_ENV', 'KWG_TUNNEL_IP', result.tunnelIp || '');

@@ -108,6 +108,18 @@ function userspace() {
   return ['true', 'yes', '1'].includes(input('userspace').toLowerCase());
 }
 
+// The name the post step's `kwg leave --context` takes for the session `joined` (the join's
+// result): its alias in `kwg status -o json` (`status`: that object), unique even when two
+// kubeconfigs call their contexts alike; else its context; else '' (the only session).
+function sessionName(joined, status) {
+  const same = ((status && status.sessions) || []).filter((s) => s.peer === joined.peer
+    && s.tunnelIp === joined.tunnelIp && s.server === joined.server);
+  if (same.length === 1 && same[0].alias) {
+    return same[0].alias;
+  }
+  return joined.context || '';
+}
+
 // The variables `kwg exec` sets, for the job's later steps (curl reads the lower-case ones).
 function proxyEnv(proxy) {
   const socks = `socks5h://${proxy}`;
@@ -122,5 +134,5 @@ function proxyEnv(proxy) {
 }
 
 module.exports = {
-  input, fileCommand, kwg, kwgCommand, resolvedStub, defaultName, userspace, proxyEnv, workflowCommand, escapeData, escapeProperty,
+  input, fileCommand, kwg, kwgCommand, resolvedStub, sessionName, defaultName, userspace, proxyEnv, workflowCommand, escapeData, escapeProperty,
 };

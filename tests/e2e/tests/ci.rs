@@ -429,6 +429,13 @@ fn the_github_action_joins_and_its_post_step_leaves_also_after_a_failed_step() {
             .unwrap()
             .to_string();
         assert!(Path::new(&kubeconfig).exists());
+        // The session the post step leaves (--context): its alias in kwg status.
+        let alias = get(&file_commands(&dir.join("state")), "context")
+            .unwrap()
+            .to_string();
+        let status: serde_json::Value =
+            serde_json::from_slice(&l.kwg(&["status", "-o", "json"]).stdout).unwrap();
+        assert_eq!(status["sessions"][0]["alias"], alias.as_str(), "{status:#}");
         let post = action_step(&l, &dir, "post.js", &state);
         assert_eq!(post.status.code(), Some(0), "{}", text(&post.stdout));
         assert!(
