@@ -273,7 +273,7 @@ fn ask_which(all: &[Session], labels: Vec<String>) -> Result<Vec<&Session>, Erro
             err,
             "  {}) {} ({}{role})",
             i + 1,
-            s.name_in(all),
+            crate::output::sanitize(&s.name_in(all)),
             s.interface().unwrap_or("-")
         );
     }
