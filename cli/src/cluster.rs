@@ -202,7 +202,8 @@ impl Kube {
             let a = s.and_then(|s| s.metadata.annotations.as_ref());
             a.is_some_and(|a| {
                 a.contains_key(kwg_contract::ERROR_ANNOTATION)
-                    || a.get(kwg_contract::TUNNEL_IP_ANNOTATION).is_some_and(wanted)
+                    || a.get(kwg_contract::TUNNEL_IP_ANNOTATION)
+                        .is_some_and(wanted)
             })
         };
         let secret_obj = kube::runtime::wait::await_condition(api, secret, decided)

@@ -159,11 +159,7 @@ pub fn assemble(cfg: &Config, objs: &Objects) -> Result<Discovered, GatewayError
     if pod_cidrs.is_empty() {
         pod_cidrs = cfg.pod_cidr.clone();
     }
-    let dns_ip = objs
-        .dns
-        .as_ref()
-        .and_then(|s| dns_ipv4(s))
-        .or(cfg.dns_ip);
+    let dns_ip = objs.dns.as_ref().and_then(|s| dns_ipv4(s)).or(cfg.dns_ip);
     let endpoints = objs
         .gateway
         .as_ref()

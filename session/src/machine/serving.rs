@@ -262,7 +262,10 @@ impl Session {
         if !r.within.contains(&ip) {
             // The driver waits for an address in `within`; a stale one is read again later.
             tracing::warn!(%ip, cidr = %r.within, "the tunnel IP read is outside the gateway's tunnel CIDR");
-            self.readdress = Some(Readdress { waiting: false, ..r });
+            self.readdress = Some(Readdress {
+                waiting: false,
+                ..r
+            });
             return;
         }
         // The packets sent from the old address were dropped: restart the stall detection

@@ -17,7 +17,8 @@ use kwg_sim::testing::Cluster;
 #[test]
 fn traffic_flows_again_through_a_gateway_reinstalled_with_a_new_key() {
     let sim = Arc::new(Cluster::up().expect("kwg-sim up"));
-    let before = kwg_e2e::install_gateway_from(&sim, "manifests", 1).expect("kubectl apply -k manifests/");
+    let before =
+        kwg_e2e::install_gateway_from(&sim, "manifests", 1).expect("kubectl apply -k manifests/");
     let l = Arc::new(laptop(&sim, "reinstall"));
     l.join(&["--namespace", "emojivoto"]);
     let requests = RequestLoop::start(&l);

@@ -134,7 +134,10 @@ fn the_gateway_info_changing_while_serving_is_followed() {
     }
     let names: Vec<String> = actions.iter().map(name).collect();
     // A new key: the new gateway's tunnel IP for this machine is read again.
-    assert_eq!(names, ["Save", "SetRoutes", "UpdateGateway", "WaitTunnelIp"]);
+    assert_eq!(
+        names,
+        ["Save", "SetRoutes", "UpdateGateway", "WaitTunnelIp"]
+    );
     match &actions[1] {
         Action::SetRoutes { add, remove, .. } => {
             assert_eq!(add, &["10.250.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
