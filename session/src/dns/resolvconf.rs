@@ -88,8 +88,9 @@ pub fn is_ours(text: &str) -> bool {
 /// - The file is empty (a crash mid-write): the backup.
 /// - Not kwg's: untouched.
 /// - This session on top: its backup, unless the backup is another session's rendering whose
-///   forwarder is gone (it left while this one was on top); then the file without this
-///   session's lines.
+///   forwarder is gone: it left while this one was on top (its `nameserver` line is no longer
+///   in the file: whoever holds that address now is not that session), or `live` says no;
+///   then the file without this session's lines.
 /// - Another session on top: the file without this session's lines (its forwarder and the
 ///   search domains it added), the rest untouched, so the other session keeps working.
 pub fn after_leave(
@@ -106,7 +107,11 @@ pub fn after_leave(
         return None;
     }
     let on_top = nameservers(current).first() == Some(&own);
-    let backup_gone = is_ours(backup) && nameservers(backup).first().is_some_and(|ip| !live(*ip));
+    let in_file = nameservers(current);
+    let backup_gone = is_ours(backup)
+        && nameservers(backup)
+            .first()
+            .is_some_and(|ip| !in_file.contains(ip) || !live(*ip));
     if on_top && !backup_gone {
         return Some(backup.to_string());
     }
@@ -245,6 +250,14 @@ mod tests {
             end.contains("options edns0") && end.contains("# lan"),
             "{end}"
         );
+        // The same, but another program took the first one's address in between (a probe
+        // of it answers): its line left the file with it, so the backup is not put back.
+        let end = after_leave(&left, &first, b, &b_search, alive(&[a])).unwrap();
+        assert_eq!(
+            nameservers(&end),
+            vec!["192.0.2.53".parse::<IpAddr>().unwrap()]
+        );
+        assert!(!is_ours(&end), "{end}");
         // Someone else's file is left alone; an empty one gets the backup.
         assert_eq!(
             after_leave(ORIGINAL, &first, a, &a_search, alive(&[])),
