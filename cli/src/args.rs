@@ -243,7 +243,7 @@ pub struct OutputArgs {
     /// text or json.
     #[arg(short, long, default_value = "text", value_parser = text_or_json())]
     pub output: Format,
-    /// Only the session of this kubeconfig context (default: every session).
+    /// Only the session of this kubeconfig context or alias (default: every session).
     #[arg(long)]
     pub context: Option<String>,
 }
@@ -262,7 +262,7 @@ pub struct LeaveArgs {
     /// text or json (progress as JSON events on stderr).
     #[arg(short, long, default_value = "text", value_parser = text_or_json())]
     pub output: Format,
-    /// Leave the session of this kubeconfig context (needed when several are joined).
+    /// Leave the session of this kubeconfig context or alias (needed when several are joined).
     #[arg(long, conflicts_with = "all")]
     pub context: Option<String>,
     /// Leave every session.
