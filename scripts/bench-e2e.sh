@@ -22,6 +22,10 @@
 # runs; nothing is built). PERF=1: also where the CPU goes during one more 4-stream run of each
 # client (perf sampling of the whole machine; kernel and user symbols; PERF_OUT=DIR keeps the
 # perf.data files).
+# PRIV=helper (issue 26): instead of the kwg and wireguard-go rows, kwg join twice in one run,
+# (a) as root, kwg in one process (the rows above), and (b) as a normal user through a running
+# kwg-helper, which creates the TUN and passes its descriptor to the user's daemon; prints (b)/(a)
+# for 1 and 4 streams (target >= 0.95) and the load average before and after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${SECONDS_PER_RUN:-5}
@@ -31,18 +35,53 @@ ME=bench-e2e.sh
 . scripts/lib/sim-gateway.sh
 gw_deps "$([[ ${PERF:-0} == 1 ]] && echo perf)"
 # BUILD=0: use the release binaries already in target/ (another cargo may hold the lock).
-gw_bins
+if [[ ${PRIV:-root} == helper ]]; then gw_bins kwg-privhelper:kwg-helper; else gw_bins; fi
 
 P=ke$(( $$ % 10000 )) STATE=$BINDIR/kwg-state
 cleanup() {
   wggo_stop
   [[ -d $STATE ]] && dev kwg leave >/dev/null 2>&1 || true
+  helper_stop
   "$BINDIR/kwg-sim" --prefix "$P" down >/dev/null 2>&1 || true
   rm -rf "$BINDIR"
 }
 trap cleanup EXIT
 # As the developer on the laptop.
 dev() { dev_in "$LAPTOP" "$STATE" "$@"; }
+# join CMD...: a kwg join (CMD runs it: dev, or user below) or the script stops with its output.
+join() {
+  "$@" >"$BINDIR/join.log" 2>&1 ||
+    { echo "$ME: $* failed:" >&2; cat "$BINDIR/join.log" >&2; exit 1; }
+}
+
+# PRIV=helper: the developer as a normal user of the laptop (uid HUID, no capability, its own
+# home with a copy of the developer's kubeconfig and its state), served by a kwg-helper (root,
+# in the laptop's namespace) on a socket in HDIR, like tests/e2e/tests/privilege.rs.
+HUID=64051 HDIR=$BINDIR/priv HPID=
+user() {
+  dev_in "$LAPTOP" "$HDIR/home/kwg" env HOME="$HDIR/home" KUBECONFIG="$HDIR/home/.kube/config" \
+    KWG_HELPER_SOCKET="$HDIR/helper.sock" setpriv --reuid "$HUID" --regid "$HUID" --clear-groups "$@"
+}
+helper_start() {
+  mkdir -p "$HDIR/home/.kube"
+  chmod 755 "$BINDIR" "$HDIR"
+  cp "$RUN/developer.kubeconfig" "$HDIR/home/.kube/config"
+  chown -R "$HUID:$HUID" "$HDIR/home"
+  chmod 700 "$HDIR/home" && chmod 600 "$HDIR/home/.kube/config"
+  ip netns exec "$LAPTOP" "$BINDIR/kwg-helper" serve --socket "$HDIR/helper.sock" \
+    --journal "$HDIR/journal" --group kwg-bench-no-such-group --allow-uid "$HUID" \
+    2>"$HDIR/helper.log" &
+  HPID=$!
+  wait_for "kwg-helper's socket" ls "$HDIR/helper.sock" >/dev/null
+}
+# Ends the user's session, then the helper (SIGTERM: it reverts what it still holds).
+helper_stop() {
+  [[ -n $HPID ]] || return 0
+  user kwg leave >/dev/null 2>&1 || true
+  kill "$HPID" 2>/dev/null || true
+  wait "$HPID" 2>/dev/null || true
+  HPID=
+}
 
 gw_cluster "$P" "$LAN_MODEL"
 
@@ -99,6 +138,7 @@ profile() {
   echo
 }
 
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "iperf3 TCP ${DURATION} s per run, pod $POD_IP behind ClusterIP $SVC_IP (cluster $P, LAN model $LAN_MODEL)"
 printf '%-34s %15s %15s %15s %15s\n' "" "" "" "gateway CPU" "machine CPU"
 printf '%-34s %15s %15s %15s %15s\n' "path" "TCP 1 stream" "TCP 4 streams" "s/GB 1 / 4" "s/GB 1 / 4"
@@ -136,9 +176,20 @@ if ip netns exec "$P-lan" test -e /proc/sys/net/bridge/bridge-nf-call-iptables; 
     net.bridge.bridge-nf-call-ip6tables=0 net.bridge.bridge-nf-call-arptables=0
 fi
 
-dev kwg join --name kwg-bench >"$BINDIR/join.log" 2>&1 ||
-  { echo "bench-e2e.sh: kwg join failed:" >&2; cat "$BINDIR/join.log" >&2; exit 1; }
+join dev kwg join --name kwg-bench
 measure "kwg join -> ClusterIP" "$LAPTOP" "$SVC_IP"
+if [[ ${PRIV:-root} == helper ]]; then
+  dev kwg leave >/dev/null 2>&1
+  helper_start
+  join user kwg join --name kwg-bench
+  measure "kwg join as a user, via kwg-helper" "$LAPTOP" "$SVC_IP"
+  K="kwg join -> ClusterIP" U="kwg join as a user, via kwg-helper"
+  echo
+  printf '%-28s %9s %10s\n' "ratio" "1 stream" "4 streams"
+  printf '%-28s %9s %10s\n' "user+helper / root (>= 0.95)" "$(ratio "${T1[$U]}" "${T1[$K]}")" "$(ratio "${T4[$U]}" "${T4[$K]}")"
+  echo "load average before: $LOAD0; after: $(cut -d' ' -f1-3 /proc/loadavg)"
+  exit 0
+fi
 PROFILES=()
 [[ ${PERF:-0} == 1 ]] && PROFILES+=("$(profile "kwg join -> ClusterIP" "$LAPTOP" "$SVC_IP")")
 wire off
@@ -153,8 +204,7 @@ dev kwg leave >/dev/null 2>&1
 # laptop (destination out, source in, checksums updated). The cluster's Service CIDR is the
 # sim's default 10.96.0.0/12: its ClusterIP moves by the second octet.
 MAPPED_IP=$(awk -F. -v OFS=. '{ $2 = $2 - 96 + 224; print }' <<<"$SVC_IP")
-dev kwg join --name kwg-bench --map 10.96.0.0/12=10.224.0.0/12 >"$BINDIR/join.log" 2>&1 ||
-  { echo "bench-e2e.sh: kwg join --map failed:" >&2; cat "$BINDIR/join.log" >&2; exit 1; }
+join dev kwg join --name kwg-bench --map 10.96.0.0/12=10.224.0.0/12
 measure "kwg, mapped (virtual subnets)" "$LAPTOP" "$MAPPED_IP"
 dev kwg leave >/dev/null 2>&1
 

@@ -17,16 +17,17 @@ gw_deps() {
   fi
 }
 
-# gw_bins: release kwg, kwg-gateway, kwg-wg and kwg-sim (built unless BUILD=0 or BINS=DIR names
-# binaries to use, e.g. copies of two builds for A/B runs) linked into a fresh BINDIR, which
-# the sim's kubelet runs images from (KWG_BIN_DIR).
+# gw_bins [PACKAGE:BINARY...]: release kwg, kwg-gateway, kwg-wg and kwg-sim, and the binaries
+# named (e.g. kwg-privhelper:kwg-helper), built unless BUILD=0 or BINS=DIR names binaries to
+# use (e.g. copies of two builds for A/B runs), linked into a fresh BINDIR, which the sim's
+# kubelet runs images from (KWG_BIN_DIR).
 gw_bins() {
-  [[ ${BUILD:-1} == 0 || -n ${BINS:-} ]] ||
-    cargo build --release -q -p kwg -p kwg-gateway -p kwg-wg -p kwg-sim
+  local b pkgs=(-p kwg -p kwg-gateway -p kwg-wg -p kwg-sim) bins=(kwg kwg-gateway kwg-wg kwg-sim)
+  for b in "$@"; do pkgs+=(-p "${b%%:*}") bins+=("${b#*:}"); done
+  [[ ${BUILD:-1} == 0 || -n ${BINS:-} ]] || cargo build --release -q "${pkgs[@]}"
   BINS=$(realpath "${BINS:-$PWD/target/release}")
   BINDIR=$(mktemp -d)
-  local b
-  for b in kwg kwg-gateway kwg-wg kwg-sim; do ln -s "$BINS/$b" "$BINDIR/$b"; done
+  for b in "${bins[@]}"; do ln -s "$BINS/$b" "$BINDIR/$b"; done
   export KWG_BIN_DIR=$BINDIR
 }
 
