@@ -510,7 +510,8 @@ fn sudo_join_runs_the_cluster_side_as_the_user(r: &Rig, web: &str, resolv_before
     let _ = std::fs::remove_dir_all(&state);
 }
 
-/// The GitHub action on a runner whose user is not root (ci/action): main.js runs kwg as that
+/// The GitHub action on a runner whose user is not root (ci/action), where resolved does not
+/// manage DNS (there it joins as root through `sudo -n`: node tests): main.js runs kwg as that
 /// user, never `sudo kwg`, through the helper (here the running one; on a runner kwg starts it
 /// through sudo by its absolute path); the later steps reach the cluster by name; post.js
 /// leaves as the user and everything is back.
@@ -548,7 +549,11 @@ fn the_action_runs_kwg_as_the_runner_user(r: &Rig, web: &str, resolv_before: &[u
         text(&main.stderr)
     );
     let status = r.run_as_uid(USER, &["kwg", "status"]);
-    assert!(text(&status.stdout).contains("Connected"), "{}", text(&status.stdout));
+    assert!(
+        text(&status.stdout).contains("Connected"),
+        "{}",
+        text(&status.stdout)
+    );
     assert_eq!(r.laptop.getent("web-app.emojivoto"), web);
     let state: Vec<String> = std::fs::read_to_string(files.join("state"))
         .unwrap()
