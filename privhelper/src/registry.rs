@@ -177,6 +177,8 @@ pub struct Session {
     pub firewall: bool,
     /// Where the helper bound the session's DNS forwarder.
     pub dns_listen: Option<SocketAddr>,
+    /// The forwarder sockets the helper bound, by kind (`true`: the TCP listener).
+    pub dns_sockets: Vec<bool>,
     /// Whether the resolver file is this session's (rewritten to its forwarder).
     pub resolv_conf: bool,
     /// What undoes this session's changes, oldest first (the journal's content).
@@ -383,6 +385,7 @@ impl Registry {
                 routes: Vec::new(),
                 firewall: false,
                 dns_listen: None,
+                dns_sockets: Vec::new(),
                 resolv_conf: false,
                 undo: Vec::new(),
             },
@@ -513,7 +516,7 @@ impl Registry {
             }
             Op::DnsSocket { listen, tcp } => {
                 need_link()?;
-                self.plan_dns_socket(s, *listen, *tcp)
+                self.plan_dns_socket(s, *listen, *tcp, facts)
             }
             Op::ResolvConf { forwarder, search } => {
                 need_link()?;
@@ -532,18 +535,30 @@ impl Registry {
         }
     }
 
-    /// The forwarder's socket: a loopback port 53 (the rule), one address per session.
+    /// The forwarder's sockets: port 53 of an address of 127.77.0.0/24 (the rule), one
+    /// address per session and one UDP socket and one TCP listener on it, no more (each
+    /// descriptor outlives the session: nothing would undo a hoard of them).
     fn plan_dns_socket(
         &self,
         s: &Session,
         listen: SocketAddr,
         tcp: bool,
+        facts: &Facts,
     ) -> Result<Vec<Change>, Refusal> {
-        rules::check_dns_listen(listen).map_err(|m| refuse(ErrorKind::Refused, m))?;
+        rules::check_dns_listen(listen, facts).map_err(|m| refuse(ErrorKind::Refused, m))?;
         if s.dns_listen.is_some_and(|l| l != listen) {
             return Err(refuse(
                 ErrorKind::BadRequest,
                 "the session's DNS forwarder listens on one address",
+            ));
+        }
+        if s.dns_sockets.contains(&tcp) {
+            return Err(refuse(
+                ErrorKind::BadRequest,
+                format!(
+                    "the session already has its DNS forwarder's {} socket on {listen} (one per session)",
+                    if tcp { "TCP" } else { "UDP" }
+                ),
             ));
         }
         if let Some(o) = self.holder(s.id, |o| o.dns_listen == Some(listen)) {
@@ -680,7 +695,10 @@ impl Registry {
                 s.undo.retain(|x| *x != u);
             }
             Change::InstallFirewall { .. } => s.firewall = true,
-            Change::BindDns { listen, .. } => s.dns_listen = Some(*listen),
+            Change::BindDns { listen, tcp } => {
+                s.dns_listen = Some(*listen);
+                s.dns_sockets.push(*tcp);
+            }
             Change::WriteResolvConf { .. } => s.resolv_conf = true,
         }
     }
@@ -697,6 +715,23 @@ impl Registry {
             .partition(|u| matches!(u, Undo::RestoreResolvConf { .. }));
         s.undo = rest;
         dns
+    }
+
+    /// Gives back the part of a taken resolver-file undo that failed: the file stays this
+    /// session's, so a later journal write keeps the undo and the session's end retries it.
+    pub fn return_dns_undo(&mut self, id: u64, left: Vec<Undo>) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if left.is_empty() {
+            return;
+        }
+        s.resolv_conf = true;
+        for u in left {
+            if !s.undo.contains(&u) {
+                s.undo.push(u);
+            }
+        }
     }
 
     /// Ends session `id`: its undo steps, newest first.

@@ -518,3 +518,60 @@ fn a_resolver_file_another_kwg_rewrote_is_not_taken() {
         "{e}"
     );
 }
+
+#[test]
+fn a_session_binds_one_forwarder_udp_and_tcp_never_a_machine_resolvers_address() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let a = open(&mut r, ALICE, "kwg0");
+    apply(&mut r, a, Op::CreateTun { mtu: 1420 }).unwrap();
+    let dns = |listen: &str, tcp| Op::DnsSocket {
+        listen: listen.parse().unwrap(),
+        tcp,
+    };
+    // NetworkManager's dnsmasq and dnscrypt-proxy listen there: refused, as is the machine's
+    // own nameserver inside the range.
+    for other in ["127.0.1.1:53", "127.0.2.1:53"] {
+        let e = apply(&mut r, a, dns(other, false)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Refused, "{e}");
+        assert!(e.message.contains("127.77.0.0/24"), "{e}");
+    }
+    let mut f = facts();
+    f.dns_servers.push("127.77.0.53".parse().unwrap());
+    let e = r
+        .plan(a, &dns("127.77.0.53:53", false), &f, &TenOnly)
+        .unwrap_err();
+    assert!(e.message.contains("nameserver of this machine"), "{e}");
+    // One UDP socket and one TCP listener; a second of either is refused, and so is
+    // another address (a session cannot hoard the range's port 53s).
+    apply(&mut r, a, dns("127.77.0.53:53", false)).unwrap();
+    apply(&mut r, a, dns("127.77.0.53:53", true)).unwrap();
+    for again in [
+        dns("127.77.0.53:53", false),
+        dns("127.77.0.53:53", true),
+        dns("127.77.0.54:53", false),
+    ] {
+        let e = apply(&mut r, a, again).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
+    }
+}
+
+#[test]
+fn a_failed_resolver_file_revert_stays_the_sessions_to_undo() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let a = open(&mut r, ALICE, "kwg0");
+    apply(&mut r, a, Op::CreateTun { mtu: 1420 }).unwrap();
+    let listen: std::net::SocketAddr = "127.77.0.53:53".parse().unwrap();
+    apply(&mut r, a, Op::DnsSocket { listen, tcp: false }).unwrap();
+    let op = Op::ResolvConf {
+        forwarder: listen.ip(),
+        search: vec![],
+    };
+    apply(&mut r, a, op).unwrap();
+    let undo = r.take_dns_undo(a);
+    assert_eq!(undo.len(), 1);
+    // The restore failed: given back, the session still holds the file and its end restores it.
+    r.return_dns_undo(a, undo.clone());
+    assert!(r.get(a).unwrap().info().dns);
+    assert!(r.get(a).unwrap().undo.contains(&undo[0]));
+    assert!(r.close(a).contains(&undo[0]));
+}

@@ -119,21 +119,32 @@ pub fn check_address(addr: &IpNet, facts: &Facts, policy: &dyn Policy) -> Result
     Ok(())
 }
 
-/// Where a session's DNS forwarder may listen (the helper binds it: port 53 is privileged): a
-/// loopback address on port 53 other than the ones the machine's own resolvers use
-/// (`127.0.0.1`: dnsmasq and friends, `127.0.0.53`/`127.0.0.54`: systemd-resolved's stubs).
-pub fn check_dns_listen(listen: SocketAddr) -> Result<(), String> {
+/// The loopback range a session's DNS forwarder may listen in: the CLI's default
+/// `127.77.0.53:53` and the next addresses it picks when another session has one
+/// (`free_dns_listen`: `127.77.0.53`..`127.77.0.252`).
+pub const DNS_LISTEN_RANGE: [u8; 3] = [127, 77, 0];
+
+/// Where a session's DNS forwarder may listen (the helper binds it: port 53 is privileged):
+/// port 53 of an address in `127.77.0.0/24`, never one of the machine's own resolvers
+/// (`facts.dns_servers`). Any other loopback address may be a resolver of the machine that is
+/// not running at this moment (`127.0.1.1`: NetworkManager's dnsmasq, `127.0.2.1`:
+/// dnscrypt-proxy, `127.0.0.53`: systemd-resolved): a user holding its port 53 would answer
+/// every lookup once it restarts.
+pub fn check_dns_listen(listen: SocketAddr, facts: &Facts) -> Result<(), String> {
     let refuse = |why: &str| Err(format!("refused DNS listen address {listen}: {why}"));
     let IpAddr::V4(ip) = listen.ip() else {
-        return refuse("the forwarder listens on an IPv4 loopback address (e.g. 127.77.0.53:53)");
+        return refuse("the forwarder listens on port 53 of 127.77.0.0/24 (e.g. 127.77.0.53:53)");
     };
-    if !ip.is_loopback() || listen.port() != 53 {
+    let [a, b, c, _] = ip.octets();
+    if [a, b, c] != DNS_LISTEN_RANGE || listen.port() != 53 {
         return refuse(
-            "the forwarder listens on port 53 of a loopback address (e.g. 127.77.0.53:53)",
+            "the forwarder listens on port 53 of 127.77.0.0/24: pass --dns-listen 127.77.0.53:53 (or leave it out)",
         );
     }
-    if [[127, 0, 0, 1], [127, 0, 0, 53], [127, 0, 0, 54]].contains(&ip.octets()) {
-        return refuse("the machine's own resolvers use it: pass --dns-listen 127.77.0.53:53");
+    if facts.dns_servers.contains(&listen.ip()) {
+        return refuse(
+            "it is a nameserver of this machine's resolver file: pass --dns-listen with another address of 127.77.0.0/24",
+        );
     }
     Ok(())
 }
@@ -289,17 +300,35 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn dns_listens_on_a_loopback_port_53_the_machine_does_not_use() {
-        assert_eq!(check_dns_listen("127.77.0.53:53".parse().unwrap()), Ok(()));
+    fn dns_listens_on_port_53_of_127_77_0_0_24_never_a_resolver_of_the_machine() {
+        let mut f = facts();
+        assert_eq!(
+            check_dns_listen("127.77.0.53:53".parse().unwrap(), &f),
+            Ok(())
+        );
+        assert_eq!(
+            check_dns_listen("127.77.0.252:53".parse().unwrap(), &f),
+            Ok(())
+        );
         for bad in [
             "127.0.0.1:53",
             "127.0.0.53:53",
+            "127.0.0.54:53",
+            // NetworkManager's dnsmasq and dnscrypt-proxy: a held port 53 there would answer
+            // the machine's lookups once the resolver restarts.
+            "127.0.1.1:53",
+            "127.0.2.1:53",
+            "127.78.0.53:53",
             "127.77.0.53:5353",
             "192.0.2.10:53",
             "[::1]:53",
         ] {
-            assert!(check_dns_listen(bad.parse().unwrap()).is_err(), "{bad}");
+            let e = check_dns_listen(bad.parse().unwrap(), &f).unwrap_err();
+            assert!(e.contains("127.77.0.0/24"), "{bad}: {e}");
         }
+        f.dns_servers.push("127.77.0.60".parse().unwrap());
+        let e = check_dns_listen("127.77.0.60:53".parse().unwrap(), &f).unwrap_err();
+        assert!(e.contains("nameserver of this machine"), "{e}");
     }
 
     #[test]

@@ -360,12 +360,11 @@ impl Helper {
         let mut reg = self.inner.reg.lock().await;
         let undo = reg.take_dns_undo(id);
         let left = revert_steps(self.inner.net.as_ref(), undo.iter()).await;
+        reg.return_dns_undo(id, left.clone());
         if let Some(s) = reg.get(id) {
-            let mut entry = Entry::of(s);
-            entry.undo.extend(left.iter().cloned());
             self.inner
                 .journal
-                .write(&entry)
+                .write(&Entry::of(s))
                 .map_err(|e| system(format!("cannot write kwg-helper's journal: {e}")))?;
         }
         match left.is_empty() {
