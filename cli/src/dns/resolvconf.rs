@@ -60,7 +60,7 @@ pub fn restore(path: &Path, backup: &Path) -> Result<bool, Error> {
             &String::from_utf8_lossy(&original),
             d.forwarder.ip(),
             &d.search,
-            forwarder_answers,
+            |ip| forwarder_live(backup, ip),
         )
         .map(String::into_bytes),
         None => (is_ours(&current) || current.is_empty()).then(|| original.clone()),
@@ -79,10 +79,31 @@ pub fn restore(path: &Path, backup: &Path) -> Result<bool, Error> {
     Ok(restored)
 }
 
-/// Whether a DNS forwarder (another session's) still holds `ip`:53: binding it fails with
-/// "address in use" (a LAN resolver's address is not this machine's: not a forwarder).
-fn forwarder_answers(ip: std::net::IpAddr) -> bool {
-    matches!(std::net::UdpSocket::bind((ip, 53)), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+/// Whether another kwg session of this machine's state directory still serves a DNS
+/// forwarder at `ip`: its daemon holds its lock and its journal records that forwarder. Not
+/// whether something answers there (another user's program may have bound the address since).
+/// `backup` is the leaving session's, in `<base>` or `<base>/sessions/<alias>`.
+fn forwarder_live(backup: &Path, ip: std::net::IpAddr) -> bool {
+    let Some(own) = backup.parent() else {
+        return false;
+    };
+    let base = match own.parent() {
+        Some(p) if p.file_name() == Some(std::ffi::OsStr::new("sessions")) => {
+            p.parent().unwrap_or(own)
+        }
+        _ => own,
+    };
+    let Ok(all) = crate::state::sessions(&crate::state::StateDir(base.to_path_buf())) else {
+        return false;
+    };
+    all.iter().any(|s| {
+        s.dir.0 != own
+            && s.running.is_some()
+            && s.state
+                .as_ref()
+                .and_then(|st| st.dns.as_ref())
+                .is_some_and(|d| d.forwarder.ip() == ip)
+    })
 }
 
 #[cfg(test)]
@@ -103,5 +124,49 @@ mod tests {
             ino,
             std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap())
         );
+    }
+
+    #[test]
+    fn a_forwarder_is_live_only_as_another_running_session_of_kwg() {
+        use crate::state::{DnsModeUsed, DnsState, StateDir, StateFile};
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let base = StateDir(tmp.path().join("kwg"));
+        let second = StateDir(base.sessions_dir().join("default-2"));
+        base.create().unwrap();
+        second.create().unwrap();
+        std::fs::set_permissions(base.sessions_dir(), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = (
+            "127.77.0.53".parse().unwrap(),
+            "127.77.0.54".parse().unwrap(),
+        );
+        let with_dns = |ip| {
+            let mut st = crate::state::tests::sample();
+            st.dns = Some(DnsState {
+                mode: DnsModeUsed::ResolvConf,
+                forwarder: std::net::SocketAddr::new(ip, 53),
+                cluster_dns: None,
+                upstreams: vec![],
+                include_suffixes: vec![],
+                exclude_suffixes: vec![],
+                timeout_secs: 4,
+                search: vec![],
+            });
+            st
+        };
+        with_dns(a).save(&base.state()).unwrap();
+        with_dns(b).save(&second.state()).unwrap();
+        // The first session's daemon is gone: whatever answers at its address is not it.
+        assert!(!forwarder_live(&second.resolv_backup(), a));
+        let lock = crate::lock::DaemonLock::acquire(&base.lock()).unwrap();
+        assert!(forwarder_live(&second.resolv_backup(), a));
+        assert!(!forwarder_live(&second.resolv_backup(), b), "not its own");
+        assert!(!forwarder_live(&second.resolv_backup(), "127.77.0.55".parse().unwrap()));
+        drop(lock);
+        let lock = crate::lock::DaemonLock::acquire(&second.lock()).unwrap();
+        assert!(forwarder_live(&base.resolv_backup(), b));
+        assert!(!forwarder_live(&base.resolv_backup(), a), "not its own");
+        drop(lock);
     }
 }
