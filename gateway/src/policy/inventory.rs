@@ -35,14 +35,18 @@ pub struct Inventory {
     pub endpoints: BTreeMap<ServiceKey, Judged>,
     /// A dual-stack object's IPv6 address and an IPv4 address of the same object (a pod's
     /// IPv4 pod IP, a Service's IPv4 ClusterIP): the IPv6 one goes where the IPv4 one is
-    /// judged to go (an IPv6-only object has no twin and no peer reaches it).
+    /// judged to go (an IPv6-only object has no twin and no peer reaches it). A Service's
+    /// IPv6 ClusterIPs are linked only while every endpoint of its IPv6 slices is a pod (by
+    /// the pods' own links) of namespaces its IPv4 ClusterIP already needs: kube-proxy sends
+    /// the IPv6 ClusterIP to the IPv6 endpoints, which a slice writer may point anywhere.
     pub twins6: BTreeMap<std::net::Ipv6Addr, Ipv4Addr>,
 }
 
 /// A Service: (namespace, name).
 pub type ServiceKey = (String, String);
-/// An endpoint address as its slice spells it: IPv4, or (`Err`) not in canonical form.
-pub type EndpointAddr = Result<Ipv4Addr, String>;
+/// An endpoint address as its slice spells it: IPv4 (from an IPv4 slice) or IPv6 (from an
+/// IPv6 slice), or (`Err`) not in canonical form for its slice's family.
+pub type EndpointAddr = Result<IpAddr, String>;
 /// Endpoint addresses with the namespaces of the pods holding them (`None`: no pod's, so no
 /// peer reaches the ClusterIP).
 pub type Judged = BTreeMap<EndpointAddr, Option<BTreeSet<String>>>;
@@ -234,6 +238,8 @@ pub fn inventory<'a>(
         }
     }
     let endpoints = service_endpoints(slices);
+    // Whose pod each IPv6 address is goes by the pods' own links (never a Service's).
+    let pod_twins = inv.twins6.clone();
     let mut owners = pod_ns.clone();
     for (ip, ns) in departed {
         owners
@@ -246,11 +252,6 @@ pub fn inventory<'a>(
         else {
             continue;
         };
-        twin_v6(
-            &mut inv.twins6,
-            spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter()),
-            &node_addrs,
-        );
         let ips = spec
             .cluster_ips
             .iter()
@@ -266,11 +267,16 @@ pub fn inventory<'a>(
             .get(&(ns.as_str(), name.as_str()))
             .into_iter()
             .flatten();
-        let anyones = |a: &Ipv4Addr| allowed.iter().any(|n| n.contains(&IpAddr::V4(*a)));
+        let anyones = |a: &IpAddr| allowed.iter().any(|n| n.contains(a));
         let judged: Judged = eps
             .filter(|a| !a.as_ref().is_ok_and(anyones))
             .map(|a| {
-                let whose = a.as_ref().ok().and_then(|a| owners.get(a)).cloned();
+                let v4 = match a {
+                    Ok(IpAddr::V4(a)) => Some(a),
+                    Ok(IpAddr::V6(a6)) => pod_twins.get(a6),
+                    Err(_) => None,
+                };
+                let whose = v4.and_then(|a| owners.get(a)).cloned();
                 (a.map_err(str::to_owned), whose)
             })
             .collect();
@@ -278,9 +284,13 @@ pub fn inventory<'a>(
         // Endpoints that left moments ago: kube-proxy may still send new connections there.
         let lingering = removed.get(&key).into_iter().flatten();
         let lingering = lingering.filter(|(a, _)| !judged.contains_key(*a));
+        let (v6, v4): (Vec<_>, Vec<_>) = judged
+            .iter()
+            .chain(lingering)
+            .partition(|(a, _)| matches!(a, Ok(IpAddr::V6(_))));
         let mut span = BTreeSet::from([ns.clone()]);
         let mut refused = None;
-        for (a, whose) in judged.iter().chain(lingering) {
+        for (a, whose) in v4 {
             match whose {
                 Some(owners) => span.extend(owners.iter().cloned()),
                 None => {
@@ -291,6 +301,18 @@ pub fn inventory<'a>(
                     break;
                 }
             }
+        }
+        // The IPv6 ClusterIPs go where the IPv4 ones do only if the IPv6 endpoints need no
+        // more than that (a hand-made IPv6 slice may name a node or another namespace's pod).
+        let v6_within = v6
+            .iter()
+            .all(|(_, whose)| whose.as_ref().is_some_and(|o| o.is_subset(&span)));
+        if refused.is_none() && v6_within {
+            twin_v6(
+                &mut inv.twins6,
+                spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter()),
+                &node_addrs,
+            );
         }
         inv.endpoints.insert(key, judged);
         for ip in ips {
@@ -332,17 +354,23 @@ fn twin_v6<'a>(
     }
 }
 
-/// Every IPv4 endpoint address of each Service (`namespace`, `name`), from the EndpointSlices
-/// labelled with its name in its namespace, whoever manages them: kube-proxy sends a
-/// ClusterIP's connections to all of them. FQDN and IPv6 slices carry nothing for an IPv4
-/// ClusterIP. An address that is no IPv4 address in canonical form stays as written (`Err`):
+/// Every IPv4 and IPv6 endpoint address of each Service (`namespace`, `name`), from the
+/// EndpointSlices labelled with its name in its namespace, whoever manages them: kube-proxy
+/// sends a ClusterIP's connections to all of its family's. FQDN slices carry nothing for a
+/// ClusterIP. An address that is no address of its slice's family in canonical form stays as
+/// written (`Err`, which refuses the Service's ClusterIPs of both families):
 /// the API server validates slices with Go's lenient parser, which takes `010.244.001.007`
 /// (kube-proxy reads it as 10.244.1.7) and `::ffff:10.244.1.7`, so it may lead anywhere.
 fn service_endpoints<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
-) -> BTreeMap<(&'a str, &'a str), BTreeSet<Result<Ipv4Addr, &'a str>>> {
-    let mut out: BTreeMap<(&str, &str), BTreeSet<Result<Ipv4Addr, &str>>> = BTreeMap::new();
-    for s in slices.into_iter().filter(|s| s.address_type == "IPv4") {
+) -> BTreeMap<(&'a str, &'a str), BTreeSet<Result<IpAddr, &'a str>>> {
+    let mut out: BTreeMap<(&str, &str), BTreeSet<Result<IpAddr, &str>>> = BTreeMap::new();
+    for s in slices.into_iter() {
+        let parse: fn(&str) -> Option<IpAddr> = match s.address_type.as_str() {
+            "IPv4" => |a| a.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+            "IPv6" => |a| a.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6),
+            _ => continue,
+        };
         let service = s
             .metadata
             .labels
@@ -354,7 +382,7 @@ fn service_endpoints<'a>(
         let addrs = s.endpoints.iter().flat_map(|e| &e.addresses);
         out.entry((ns.as_str(), service.as_str()))
             .or_default()
-            .extend(addrs.map(|a| a.parse::<Ipv4Addr>().map_err(|_| a.as_str())));
+            .extend(addrs.map(|a| parse(a).ok_or(a.as_str())));
     }
     out
 }

@@ -272,6 +272,54 @@ fn only_ipv4_slices_labelled_for_the_service_count() {
     assert!(inv.refused.contains_key(&ip("10.96.1.1")));
 }
 
+/// A dual-stack Service `emo/web` (10.96.1.1, fd00:96::1) with an IPv4 slice of its own
+/// pod and an IPv6 slice of `v6`; pods web (emo), api (kube-system), both dual-stack.
+fn dual_stack(v6: &[&str]) -> Inventory {
+    let pods: Vec<Pod> = objects(vec![
+        json!({"metadata": {"name": "web", "namespace": "emo"}, "status": {"phase": "Running",
+            "podIP": "10.244.0.5", "podIPs": [{"ip": "10.244.0.5"}, {"ip": "fd00:244::5"}]}}),
+        json!({"metadata": {"name": "api", "namespace": "kube-system"}, "status": {"phase": "Running",
+            "podIP": "10.244.0.7", "podIPs": [{"ip": "10.244.0.7"}, {"ip": "fd00:244::7"}]}}),
+    ]);
+    let mut web = service("emo", "web", "10.96.1.1");
+    web["spec"]["clusterIPs"] = json!(["10.96.1.1", "fd00:96::1"]);
+    let services: Vec<Service> = objects(vec![web]);
+    let mut six = slice("emo", "web", "web-v6", v6);
+    six["addressType"] = json!("IPv6");
+    let slices: Vec<EndpointSlice> =
+        objects(vec![slice("emo", "web", "web-v4", &["10.244.0.5"]), six]);
+    pods_and_slices(&services, &pods, &slices)
+}
+
+#[test]
+fn an_ipv6_cluster_ip_follows_its_ipv4_one_only_while_its_ipv6_endpoints_need_no_more() {
+    let v6: std::net::Ipv6Addr = "fd00:96::1".parse().unwrap();
+    let emo = |inv: &Inventory| {
+        let mut ids = NsIds::default();
+        let sets = desired(inv, &[], |_, _| true, &mut ids);
+        (sets.dest_ns6.get(&v6).copied(), ids.id("emo"))
+    };
+    // Its own pod's IPv6 address (and an empty IPv6 slice): where the IPv4 ClusterIP goes.
+    for own in [&["fd00:244::5"][..], &[]] {
+        let inv = dual_stack(own);
+        assert_eq!(inv.twins6.get(&v6), Some(&ip("10.96.1.1")), "{inv:?}");
+        let (got, id) = emo(&inv);
+        assert_eq!(got, Some(id));
+    }
+    // A kube-system pod's or a node's IPv6 address, an address of no pod, or one not in
+    // canonical form: the IPv6 ClusterIP is no peer's (the IPv4 one stays emo's).
+    for hostile in ["fd00:244::7", "fd00:192::1", "::ffff:10.244.0.5"] {
+        let inv = dual_stack(&["fd00:244::5", hostile]);
+        assert_eq!(inv.twins6.get(&v6), None, "{hostile}: {inv:?}");
+        assert_eq!(emo(&inv).0, None, "{hostile}");
+        assert!(inv.by_namespace["emo"].contains(&ip("10.96.1.1")), "{hostile}");
+    }
+    // Not IPv6 at all in an IPv6 slice: refused outright.
+    let inv = dual_stack(&["10.244.0.5x"]);
+    assert!(inv.refused.contains_key(&ip("10.96.1.1")), "{inv:?}");
+    assert_eq!(inv.twins6.get(&v6), None);
+}
+
 #[test]
 fn an_address_whose_pod_just_went_counts_for_its_namespace_for_a_while() {
     let t0 = std::time::Instant::now();
@@ -334,7 +382,7 @@ fn an_endpoint_that_left_its_slice_counts_for_a_while() {
     let gone = removed.recent();
     let db = &gone[&("emo".to_owned(), "pivot".to_owned())];
     assert_eq!(
-        db[&Ok(ip("10.244.0.6"))],
+        db[&Ok(IpAddr::V4(ip("10.244.0.6")))],
         Some(BTreeSet::from(["default".to_owned()]))
     );
     let inv = cluster_after(&["10.244.0.5"], &[], &gone);
