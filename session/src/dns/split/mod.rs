@@ -136,7 +136,11 @@ pub fn alias_of(context: &str) -> String {
     let out = out.trim_end_matches('-').to_string();
     match out.as_str() {
         "" => "cluster".to_string(),
-        a if RESERVED_ALIASES.contains(&a) => format!("{a}-cluster"),
+        a if RESERVED_ALIASES.contains(&a) || public_alias(a) => {
+            let mut a = a.to_string();
+            a.truncate(63 - "-cluster".len());
+            format!("{}-cluster", a.trim_end_matches('-'))
+        }
         _ => out,
     }
 }
@@ -160,7 +164,26 @@ pub fn check_alias(alias: &str) -> Result<(), String> {
             "{alias:?} is a special-use name (RFC 6761): choose another --alias"
         ));
     }
+    if public_alias(alias) {
+        return Err(format!(
+            "svc.{alias} is a public name (Public Suffix List), which anyone may register: choose another --alias, e.g. --alias {alias}-cluster"
+        ));
+    }
     Ok(())
+}
+
+/// Whether `svc.<alias>` (the names a session's alias sends to its cluster) is a public
+/// name: under a public suffix of the Public Suffix List, as the cluster domain may not be
+/// without consent (`trust::check_cluster_domain`); `dev`, `io` or `com` are.
+fn public_alias(alias: &str) -> bool {
+    let none = crate::trust::Consent {
+        also_proxy: &[],
+        never_proxy: &[],
+        cluster_domain: None,
+        exclude: &[],
+        include: &[],
+    };
+    crate::trust::check_cluster_domain(&format!("svc.{alias}"), &none).is_err()
 }
 
 impl SplitDns {

@@ -321,6 +321,17 @@ fn a_context_name_becomes_a_dns_label() {
     assert_eq!(alias_of("local"), "local-cluster");
     assert_eq!(alias_of(&"x".repeat(80)).len(), 63);
     assert!(check_alias("staging").is_ok());
+    // A public top-level domain would send svc.<tld> (registrable by anyone) to the cluster.
+    for tld in ["prod", "dev", "app", "io", "com"] {
+        assert_eq!(alias_of(tld), format!("{tld}-cluster"));
+        let why = check_alias(tld).unwrap_err();
+        assert!(why.contains("--alias") && why.contains("public"), "{why}");
+    }
+    assert_eq!(alias_of("Dev"), "dev-cluster");
+    for fine in ["kind-dev", "default", "default-2", "cluster", "staging", "dev-cluster"] {
+        assert_eq!(alias_of(fine), fine);
+        assert!(check_alias(fine).is_ok(), "{fine}");
+    }
     let e = check_alias("Staging_1").unwrap_err();
     assert!(e.contains("--alias staging-1"), "{e}");
     assert!(check_alias("local").unwrap_err().contains("special-use"));
