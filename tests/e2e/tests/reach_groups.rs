@@ -236,13 +236,18 @@ fn the_developer_reaches_what_its_team_and_its_bindings_grant(c: &Arc<Cluster>) 
     let took = settles(&l, &dns_pod, true, Duration::from_secs(5))?;
     eprintln!("RoleBinding to the user took effect in {took:?}");
     assert!(took < Duration::from_secs(2), "{took:?}");
-    std::thread::sleep(Duration::from_secs(2));
+    // The targeted review was answered before the change took effect; a moment for a stray one.
+    std::thread::sleep(Duration::from_millis(300));
     let one_binding = reviews(c)? - before;
     eprintln!("SubjectAccessReviews after one RoleBinding change: {one_binding}");
-    // The developer's question in kube-system (the binding names nobody else), and the
-    // re-review's few.
+    // Exactly one is the change's (gateway/src/policy/rbac.rs namespaced_changes, reviews.rs):
+    // the developer's question in kube-system, the only owner the binding names, asked by the
+    // one gateway replica. The window is kept to about a second because the periodic re-review
+    // (each of the ~8 known answers once per --reach-refresh, 60 s, at a hashed phase, so not
+    // evenly) can fall in it: one in about 1 run in 8, two in well under 1 in 100 (over the old
+    // 4 s window, two came in about 1 run in 8). The slack of 1 is that re-review's.
     assert!(
-        one_binding <= 2 + 3,
+        one_binding <= 1 + 1,
         "{one_binding} reviews after one RoleBinding"
     );
     wait_for("kube-system listed", Duration::from_secs(10), || {
