@@ -175,12 +175,14 @@ fn mapping_lines(subnets: &[kwg_contract::PlannedRoute]) -> String {
     if mapped.is_empty() {
         return String::new();
     }
-    let mut o = format!(
-        "Mapped: ({} cluster ranges overlap this machine's)\n",
-        mapped.len()
-    );
+    let mut o = format!("Mapped: ({} cluster ranges)\n", mapped.len());
     for (cluster, r) in mapped {
-        let _ = writeln!(o, "  - {cluster} ({}) as {}", r.source, r.subnet);
+        let why = if r.forced {
+            "mapped by --map"
+        } else {
+            "overlaps this machine's routes"
+        };
+        let _ = writeln!(o, "  - {cluster} ({}) as {}, {why}", r.source, r.subnet);
     }
     o
 }
@@ -337,6 +339,33 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         "2026-01-01T00:01:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn a_mapping_says_whether_it_overlaps_or_was_chosen_by_map() {
+        use kwg_contract::{PlannedRoute, RouteSource};
+        let pool = PlannedRoute {
+            subnet: "10.224.0.0/12".parse().unwrap(),
+            source: RouteSource::Service,
+            cluster: Some("10.96.0.0/12".parse().unwrap()),
+            forced: false,
+        };
+        let by_flag = PlannedRoute {
+            subnet: "192.168.0.0/16".parse().unwrap(),
+            source: RouteSource::Pod,
+            cluster: Some("10.244.0.0/16".parse().unwrap()),
+            forced: true,
+        };
+        assert_eq!(
+            mapping_lines(&[pool, by_flag]),
+            "Mapped: (2 cluster ranges)\n  \
+             - 10.96.0.0/12 (service CIDR) as 10.224.0.0/12, overlaps this machine's routes\n  \
+             - 10.244.0.0/16 (pod CIDR) as 192.168.0.0/16, mapped by --map\n"
+        );
+        assert_eq!(
+            mapping_lines(&[PlannedRoute::new(pool.subnet, pool.source)]),
+            ""
+        );
     }
 
     #[test]

@@ -335,6 +335,10 @@ pub struct PlannedRoute {
     /// data plane translates between the two. Absent when the subnet is routed as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<IpNet>,
+    /// The user chose `subnet` with `--map` (the cluster range need not overlap anything);
+    /// otherwise a mapped range came from `--map-pool`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
 }
 
 impl PlannedRoute {
@@ -344,6 +348,7 @@ impl PlannedRoute {
             subnet,
             source,
             cluster: None,
+            forced: false,
         }
     }
 

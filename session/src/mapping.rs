@@ -269,7 +269,8 @@ pub fn apply(
             out.push(r);
             continue;
         }
-        let mapped = if let Some(f) = inputs.forced.iter().find(|f| f.cluster == subnet) {
+        let forced = inputs.forced.iter().find(|f| f.cluster == subnet);
+        let mapped = if let Some(f) = forced {
             f.mapped
         } else if inputs.allowed.iter().any(|a| a.contains(&r.subnet)) {
             out.push(r);
@@ -294,6 +295,7 @@ pub fn apply(
             subnet: IpNet::V4(mapped),
             source: r.source,
             cluster: Some(r.subnet),
+            forced: forced.is_some(),
         });
     }
     Ok(out)
@@ -400,6 +402,7 @@ mod tests {
         routes
             .iter()
             .map(|r| match r.cluster {
+                Some(c) if r.forced => format!("{} <- {c} (--map)", r.subnet),
                 Some(c) => format!("{} <- {c}", r.subnet),
                 None => r.subnet.to_string(),
             })
@@ -588,7 +591,7 @@ mod tests {
             shown(&out.unwrap()),
             [
                 "10.224.0.0/12 <- 10.96.0.0/12",
-                "192.168.0.0/16 <- 10.244.0.0/16",
+                "192.168.0.0/16 <- 10.244.0.0/16 (--map)",
                 "100.77.0.1/32"
             ]
         );
