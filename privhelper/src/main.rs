@@ -114,7 +114,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             // A helper started for one user (`sudo kwg join`, kwg join's `sudo -b`): that user
             // may connect (the socket is 0660); who is served is still decided by SO_PEERCRED.
             if let Some(uid) = first_uid.filter(|_| std::env::var_os("LISTEN_FDS").is_none()) {
-                nix::unistd::chown(&socket, Some(nix::unistd::Uid::from_raw(uid)), None)?;
+                // Not following a symlink: the directory is root's (server::listener checks).
+                std::os::unix::fs::lchown(&socket, Some(uid), None)?;
             }
             tracing::info!(socket = %socket.display(), group, "kwg-helper serving");
             let mut signals = kwg_host::process::Signals::new()?;

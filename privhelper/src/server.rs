@@ -499,6 +499,7 @@ pub fn listener(path: &Path, gid: Option<u32>) -> io::Result<UnixListener> {
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
+        check_socket_dir(dir, nix::unistd::geteuid().as_raw())?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
@@ -521,10 +522,49 @@ pub fn listener(path: &Path, gid: Option<u32>) -> io::Result<UnixListener> {
     let l = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Some(g) = gid {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(g)))
-            .map_err(io::Error::from)?;
+        std::os::unix::fs::lchown(path, None, Some(g))?;
     }
     Ok(l)
+}
+
+/// Refuses a socket directory another user could change: root (or whoever runs the helper)
+/// must own it and every directory above it, none writable by group or others (above it a
+/// sticky one such as `/tmp` is fine). Otherwise a user could swap the new socket for a
+/// symlink before the helper sets its mode and owner.
+pub fn check_socket_dir(dir: &Path, euid: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // The path as given (a symlink on it is replaceable by whoever may write where it is) and
+    // where it leads.
+    let given = std::path::absolute(dir)?;
+    let dir = std::fs::canonicalize(dir)?;
+    let walk = given
+        .ancestors()
+        .enumerate()
+        .chain(dir.ancestors().enumerate());
+    for (i, d) in walk {
+        let m = std::fs::metadata(d)?;
+        let sticky = i > 0 && m.mode() & 0o1000 != 0;
+        let why = if m.uid() != 0 && m.uid() != euid {
+            format!("it is owned by uid {}", m.uid())
+        } else if m.mode() & 0o022 != 0 && !sticky {
+            format!(
+                "group or others may write it (mode {:o})",
+                m.mode() & 0o7777
+            )
+        } else {
+            continue;
+        };
+        return Err(io::Error::other(format!(
+            "refused socket directory {}: {} ({why}); another user could replace the socket: pass a --socket in a directory only root may write, e.g. {}",
+            given.display(),
+            match i {
+                0 => "the directory".to_string(),
+                _ => format!("{} above it", d.display()),
+            },
+            default_socket().display()
+        )));
+    }
+    Ok(())
 }
 
 /// The listening socket systemd passed as fd 3 (`LISTEN_FDS`, `LISTEN_PID`), if any.

@@ -372,3 +372,50 @@ async fn one_user_gets_at_most_eight_connections_and_root_is_never_refused() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[test]
+fn a_socket_directory_another_user_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let euid = nix::unistd::geteuid().as_raw();
+    check_socket_dir(dir.path(), euid).unwrap();
+    // Group or others may write it: they could swap the socket for a symlink.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = check_socket_dir(dir.path(), euid).unwrap_err().to_string();
+    assert!(e.contains("group or others may write it (mode 777)"), "{e}");
+    let e = listener(&dir.path().join("helper.sock"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("refused socket directory"), "{e}");
+    // Owned by another user.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    if euid == 0 {
+        std::os::unix::fs::chown(dir.path(), Some(1000), None).unwrap();
+        let e = check_socket_dir(dir.path(), euid).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 1000"), "{e}");
+        // A directory under a user's one is refused too (the user may rename it away).
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let e = check_socket_dir(&sub, euid).unwrap_err().to_string();
+        assert!(e.contains("above it (it is owned by uid 1000)"), "{e}");
+    }
+}
+
+#[test]
+fn a_socket_directory_reached_through_a_writable_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let top = tempfile::tempdir().unwrap();
+    let euid = nix::unistd::geteuid().as_raw();
+    let safe = top.path().join("safe");
+    let open = top.path().join("open");
+    std::fs::create_dir(&safe).unwrap();
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A link to a safe directory, placed where anyone may replace it.
+    std::os::unix::fs::symlink(&safe, open.join("link")).unwrap();
+    check_socket_dir(&safe, euid).unwrap();
+    let e = check_socket_dir(&open.join("link"), euid)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("above it (group or others may write it"), "{e}");
+}
