@@ -20,7 +20,9 @@ pub struct Config {
     /// Addresses handed to peers; the gateway takes the first host address. Unset: the
     /// CIDR kept in the key Secret, which a new install picks at random, a /20 inside
     /// 100.64.0.0/10, so two clusters' gateways rarely collide (a key Secret from before
-    /// keeps 100.77.0.0/16).
+    /// keeps 100.77.0.0/16). Either must be a /8 to /30 inside 10.0.0.0/8, 172.16.0.0/12,
+    /// 192.168.0.0/16 or 100.64.0.0/10, overlapping no --service-cidr or --pod-cidr; else the
+    /// gateway does not start.
     #[arg(long = "tunnel-cidr", env = "KWG_TUNNEL_CIDR")]
     pub tunnel_cidr_flag: Option<Ipv4Net>,
     /// The tunnel CIDR in use: `--tunnel-cidr`, else the one kept in the key Secret (set by
@@ -170,6 +172,44 @@ pub fn random_tunnel_cidr(n: u32) -> Ipv4Net {
     let step = 1u32 << (32 - RANDOM_TUNNEL_PREFIX);
     let base = u32::from(SHARED_SPACE.network());
     Ipv4Net::new_assert((base + (n % count) * step).into(), RANDOM_TUNNEL_PREFIX)
+}
+
+/// Where a tunnel CIDR may lie: private (RFC 1918) or shared (RFC 6598) space.
+const TUNNEL_SPACES: [Ipv4Net; 4] = [
+    Ipv4Net::new_assert(std::net::Ipv4Addr::new(10, 0, 0, 0), 8),
+    Ipv4Net::new_assert(std::net::Ipv4Addr::new(172, 16, 0, 0), 12),
+    Ipv4Net::new_assert(std::net::Ipv4Addr::new(192, 168, 0, 0), 16),
+    SHARED_SPACE,
+];
+
+/// The shortest and longest tunnel CIDR prefixes: a /30 holds the gateway and one peer.
+const TUNNEL_PREFIXES: std::ops::RangeInclusive<u8> = 8..=30;
+
+/// Whether `cidr` may be the tunnel CIDR: inside private or shared space, a /8 to /30, and
+/// overlapping none of `cluster` (the Service and pod ranges known at start). `from` names
+/// where it came from (`--tunnel-cidr`, the key Secret's field) and `fix` how to change it.
+/// The error is one sentence naming the value, its source and the fix.
+pub fn check_tunnel_cidr(
+    cidr: Ipv4Net,
+    from: &str,
+    fix: &str,
+    cluster: &[IpNet],
+) -> Result<(), String> {
+    let problem = if !TUNNEL_PREFIXES.contains(&cidr.prefix_len()) {
+        "is not a /8 to /30".to_owned()
+    } else if !TUNNEL_SPACES.iter().any(|s| s.contains(&cidr)) {
+        "is not inside private (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16) or shared \
+         (100.64.0.0/10) space"
+            .to_owned()
+    } else if let Some(c) = cluster.iter().find(|c| match c {
+        IpNet::V4(c) => c.contains(&cidr.network()) || cidr.contains(&c.network()),
+        IpNet::V6(_) => false,
+    }) {
+        format!("overlaps the cluster range {c}")
+    } else {
+        return Ok(());
+    };
+    Err(format!("tunnel CIDR {cidr} from {from} {problem}: {fix}"))
 }
 
 #[cfg(test)]

@@ -52,3 +52,46 @@ fn random_tunnel_cidrs_are_the_20s_of_the_shared_space() {
         assert!(shared.contains(&random_tunnel_cidr(n)));
     }
 }
+
+#[test]
+fn tunnel_cidrs_are_private_or_shared_space_of_8_to_30_outside_the_cluster_ranges() {
+    let net = |s: &str| -> Ipv4Net { s.parse().unwrap() };
+    let cluster: Vec<IpNet> = ["10.96.0.0/12", "10.244.0.0/16", "fd00::/108"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let check = |s: &str| check_tunnel_cidr(net(s), "--tunnel-cidr", "pick another", &cluster);
+    for good in [
+        "100.77.0.0/16",
+        "100.64.0.0/10",
+        "10.0.0.0/12",
+        "172.16.0.0/12",
+        "192.168.100.0/30",
+    ] {
+        assert_eq!(check(good), Ok(()), "{good}");
+    }
+    assert_eq!(check(&random_tunnel_cidr(77).to_string()), Ok(()));
+    assert_eq!(check(&legacy_tunnel_cidr().to_string()), Ok(()));
+    assert_eq!(
+        check("0.0.0.0/0").unwrap_err(),
+        "tunnel CIDR 0.0.0.0/0 from --tunnel-cidr is not a /8 to /30: pick another"
+    );
+    for bad in [
+        "8.8.8.0/24",
+        "100.128.0.0/16",
+        "172.32.0.0/16",
+        "169.254.0.0/16",
+    ] {
+        let e = check(bad).unwrap_err();
+        assert!(e.contains("is not inside private"), "{bad}: {e}");
+    }
+    for short_or_long in ["10.0.0.0/7", "10.0.0.0/31", "10.0.0.1/32"] {
+        assert!(check(short_or_long).unwrap_err().contains("/8 to /30"));
+    }
+    // Overlapping a Service or pod range either way round.
+    assert_eq!(
+        check("10.244.8.0/24").unwrap_err(),
+        "tunnel CIDR 10.244.8.0/24 from --tunnel-cidr overlaps the cluster range 10.244.0.0/16: pick another"
+    );
+    assert!(check("10.0.0.0/8").unwrap_err().contains("10.96.0.0/12"));
+}

@@ -48,12 +48,45 @@ pub async fn build(mut cfg: Config) -> Result<Gateway, GatewayError> {
     let new_cidr = cfg
         .tunnel_cidr_flag
         .unwrap_or_else(|| crate::config::random_tunnel_cidr(rand::random()));
+    let cluster: Vec<ipnet::IpNet> = cfg
+        .service_cidr
+        .iter()
+        .chain(&cfg.pod_cidr)
+        .copied()
+        .collect();
+    let check = |cidr, from: &str, fix: &str| {
+        crate::config::check_tunnel_cidr(cidr, from, fix, &cluster).map_err(GatewayError::Config)
+    };
+    let flag_fix = "start the gateway with a --tunnel-cidr of /8 to /30 inside 10.0.0.0/8, \
+                    172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10 that overlaps no Service or \
+                    pod range";
+    if let Some(flag) = cfg.tunnel_cidr_flag {
+        check(flag, "--tunnel-cidr (KWG_TUNNEL_CIDR)", flag_fix)?;
+    }
     let (key, kept) =
         kube_io::ensure_private_key(&client, &cfg.gateway_namespace, new_cidr).await?;
-    cfg.tunnel_cidr = cfg
-        .tunnel_cidr_flag
-        .or(kept)
-        .unwrap_or_else(crate::config::legacy_tunnel_cidr);
+    cfg.tunnel_cidr = match (cfg.tunnel_cidr_flag, kept) {
+        (Some(flag), _) => flag,
+        (None, Some(kept)) => {
+            let from = format!(
+                "the {} field of Secret {}/{}",
+                kube_io::TUNNEL_CIDR_FIELD,
+                cfg.gateway_namespace,
+                kwg_contract::GATEWAY_KEY_SECRET
+            );
+            check(kept, &from, &format!("correct that field, or {flag_fix}"))?;
+            kept
+        }
+        (None, None) => {
+            let legacy = crate::config::legacy_tunnel_cidr();
+            check(
+                legacy,
+                "the default (a key Secret without tunnelCidr)",
+                flag_fix,
+            )?;
+            legacy
+        }
+    };
     let alloc = Allocator::new(cfg.tunnel_cidr)?;
     let gateway_ip = alloc.gateway_ip();
     let public_key = key.public_key();

@@ -310,7 +310,10 @@ pub fn inventory<'a>(
         if refused.is_none() && v6_within {
             twin_v6(
                 &mut inv.twins6,
-                spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter()),
+                spec.cluster_ips
+                    .iter()
+                    .flatten()
+                    .chain(spec.cluster_ip.iter()),
                 &node_addrs,
             );
         }

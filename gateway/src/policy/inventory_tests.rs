@@ -312,7 +312,10 @@ fn an_ipv6_cluster_ip_follows_its_ipv4_one_only_while_its_ipv6_endpoints_need_no
         let inv = dual_stack(&["fd00:244::5", hostile]);
         assert_eq!(inv.twins6.get(&v6), None, "{hostile}: {inv:?}");
         assert_eq!(emo(&inv).0, None, "{hostile}");
-        assert!(inv.by_namespace["emo"].contains(&ip("10.96.1.1")), "{hostile}");
+        assert!(
+            inv.by_namespace["emo"].contains(&ip("10.96.1.1")),
+            "{hostile}"
+        );
     }
     // Not IPv6 at all in an IPv6 slice: refused outright.
     let inv = dual_stack(&["10.244.0.5x"]);
