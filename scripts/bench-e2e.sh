@@ -182,6 +182,9 @@ if [[ ${PRIV:-root} == helper ]]; then
   dev kwg leave >/dev/null 2>&1
   helper_start
   join user kwg join --name kwg-bench
+  pid=$(jq -r .daemonPid "$HDIR/home/kwg/state.json")
+  [[ $(awk '/^Uid:/ { print $2 }' "/proc/$pid/status") == "$HUID" ]] ||
+    { echo "$ME: the user's daemon (pid $pid) does not run as uid $HUID" >&2; exit 1; }
   measure "kwg join as a user, via kwg-helper" "$LAPTOP" "$SVC_IP"
   K="kwg join -> ClusterIP" U="kwg join as a user, via kwg-helper"
   echo
