@@ -162,7 +162,10 @@ mod tests {
         let lock = crate::lock::DaemonLock::acquire(&base.lock()).unwrap();
         assert!(forwarder_live(&second.resolv_backup(), a));
         assert!(!forwarder_live(&second.resolv_backup(), b), "not its own");
-        assert!(!forwarder_live(&second.resolv_backup(), "127.77.0.55".parse().unwrap()));
+        assert!(!forwarder_live(
+            &second.resolv_backup(),
+            "127.77.0.55".parse().unwrap()
+        ));
         drop(lock);
         let lock = crate::lock::DaemonLock::acquire(&second.lock()).unwrap();
         assert!(forwarder_live(&base.resolv_backup(), b));

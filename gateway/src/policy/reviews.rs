@@ -146,9 +146,8 @@ impl Reviews {
         let new = new.into_iter().filter(|q| !self.retry.contains(*q));
         // What a change can have moved goes before the re-reviews that wait their turn (with
         // more answers than the rate limit lets through in a period, those always wait).
-        let changed = |q: &Question| {
-            roles.touches(q) || stale.contains(&q.1) || self.changed.contains(q)
-        };
+        let changed =
+            |q: &Question| roles.touches(q) || stale.contains(&q.1) || self.changed.contains(q);
         let (changed, due): (Vec<&Question>, Vec<&Question>) = known
             .into_iter()
             .filter(|q| changed(q) || self.pending.contains(*q))
@@ -159,7 +158,11 @@ impl Reviews {
         want.extend(changed.iter().cloned());
         want.extend(due.into_iter().cloned());
         let later = want.split_off(self.bucket.take(want.len(), now));
-        self.changed = later.iter().filter(|q| changed.contains(*q)).cloned().collect();
+        self.changed = later
+            .iter()
+            .filter(|q| changed.contains(*q))
+            .cloned()
+            .collect();
         self.pending = later.into_iter().collect();
         want.into_iter().collect()
     }

@@ -10,10 +10,7 @@ use crate::families::{ServiceCidrs, allocate_cluster_ips, init_ip_families};
 use crate::kinds::Kind;
 use crate::status::{ApiError, FieldError, go_str};
 use crate::store::{Store, meta_str};
-use crate::validation::{
-    allocate_node_port, check_node_port, config_key_errors,
-    services_in_use,
-};
+use crate::validation::{allocate_node_port, check_node_port, config_key_errors, services_in_use};
 
 /// What hooks may look at.
 pub struct Ctx<'a> {

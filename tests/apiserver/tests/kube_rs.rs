@@ -580,7 +580,7 @@ async fn ca_is_reused_and_shutdown_stops_serving() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cfg = kwg_apiserver::Config {
         service_cidr: "10.96.0.0/12".parse().unwrap(),
-            service_cidr_secondary: None,
+        service_cidr_secondary: None,
         cert_sans: vec!["127.0.0.1".into()],
         state_dir: c.dir.path().join("state"),
     };

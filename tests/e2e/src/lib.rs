@@ -96,7 +96,14 @@ pub fn title_web_app(c: &Cluster, title: &str) -> Result<()> {
         "value": ["workload", "http", "--port", "80", "--title", title],
     }])
     .to_string();
-    let deploy = ["-n", "emojivoto", "patch", "deployment/web-app", "--type=json", "-p"];
+    let deploy = [
+        "-n",
+        "emojivoto",
+        "patch",
+        "deployment/web-app",
+        "--type=json",
+        "-p",
+    ];
     c.kubectl_admin(&[&deploy[..], &[patch.as_str()]].concat())?;
     let status = ["-n", "emojivoto", "rollout", "status", "deployment/web-app"];
     c.kubectl_admin(&[&status[..], &["--timeout=30s"]].concat())?;

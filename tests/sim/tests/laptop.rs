@@ -9,7 +9,9 @@ use std::time::Duration;
 fn the_laptop_has_kubectl_and_the_lan_but_not_the_cluster_network() {
     let c = common::cluster();
     let laptop = c.netns("laptop");
-    let svc = c.kubectl_developer(&["-n", "emojivoto", "get", "svc"]).unwrap();
+    let svc = c
+        .kubectl_developer(&["-n", "emojivoto", "get", "svc"])
+        .unwrap();
     assert!(svc.contains("web-app"), "{svc}");
     // A team's RBAC: its group edits emojivoto and views default, nothing in kube-system.
     let kube_system = c
@@ -124,7 +126,10 @@ fn extra_laptops_join_the_lan() {
     );
     let bob = c.netns("bob");
     let svc = c
-        .kubectl(&c.developer_kubeconfig(), &["-n", "emojivoto", "get", "svc"])
+        .kubectl(
+            &c.developer_kubeconfig(),
+            &["-n", "emojivoto", "get", "svc"],
+        )
         .unwrap();
     assert!(svc.contains("web-app"));
     let page = c

@@ -32,7 +32,9 @@ fn two_clusters_run_at_once_and_down_leaves_nothing() {
     let a = Cluster::up_with_prefix(&pa).unwrap();
     let b = Cluster::up_with_prefix(&pb).unwrap();
     for c in [&a, &b] {
-        let svc = c.kubectl_developer(&["-n", "emojivoto", "get", "svc"]).unwrap();
+        let svc = c
+            .kubectl_developer(&["-n", "emojivoto", "get", "svc"])
+            .unwrap();
         assert!(svc.contains("web-app"));
         let env = String::from_utf8(c.kwg_sim(&["env"]).unwrap().stdout).unwrap();
         assert!(env.contains(&format!(

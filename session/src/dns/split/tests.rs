@@ -328,7 +328,14 @@ fn a_context_name_becomes_a_dns_label() {
         assert!(why.contains("--alias") && why.contains("public"), "{why}");
     }
     assert_eq!(alias_of("Dev"), "dev-cluster");
-    for fine in ["kind-dev", "default", "default-2", "cluster", "staging", "dev-cluster"] {
+    for fine in [
+        "kind-dev",
+        "default",
+        "default-2",
+        "cluster",
+        "staging",
+        "dev-cluster",
+    ] {
         assert_eq!(alias_of(fine), fine);
         assert!(check_alias(fine).is_ok(), "{fine}");
     }
