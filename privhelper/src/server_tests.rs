@@ -14,6 +14,8 @@ use crate::system::SysError;
 #[derive(Default)]
 struct Recorded {
     log: StdMutex<Vec<String>>,
+    /// Undoes fail while set (a resolver file that cannot be written back).
+    fail_undo: std::sync::atomic::AtomicBool,
 }
 
 struct FakeNet(Arc<Recorded>);
@@ -38,6 +40,12 @@ impl Net for FakeNet {
     }
     async fn undo(&self, undo: &Undo) -> Result<(), SysError> {
         self.0.log.lock().unwrap().push(format!("undo {undo:?}"));
+        if self.0.fail_undo.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SysError::Io {
+                what: "write /etc/resolv.conf".into(),
+                source: std::io::Error::other("read-only file system"),
+            });
+        }
         Ok(())
     }
     async fn bind_dns(
@@ -418,4 +426,43 @@ fn a_socket_directory_reached_through_a_writable_one_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("above it (group or others may write it"), "{e}");
+}
+
+#[tokio::test]
+async fn a_resolver_file_that_cannot_be_put_back_is_restored_when_the_session_ends() {
+    use std::sync::atomic::Ordering;
+    let rig = rig().await;
+    let mut c = Client::connect(&rig.socket).await.unwrap();
+    c.open("kwg0", None, &[], &[]).await.unwrap();
+    c.create_tun(1420).await.unwrap();
+    let listen: std::net::SocketAddr = "127.77.0.53:53".parse().unwrap();
+    c.dns_socket(listen, false).await.unwrap();
+    c.resolv_conf(listen.ip(), &[]).await.unwrap();
+    rig.rec.fail_undo.store(true, Ordering::SeqCst);
+    let e = c.revert_dns().await.unwrap_err();
+    assert!(
+        e.to_string().contains("cannot put the resolver file back"),
+        "{e}"
+    );
+    rig.rec.fail_undo.store(false, Ordering::SeqCst);
+    // A later change rewrites the journal entry: the file's undo is still in it...
+    c.set_address(n("10.77.0.2/32")).await.unwrap();
+    let journal = rig.journal.entries().unwrap();
+    assert!(
+        journal[0]
+            .undo
+            .iter()
+            .any(|u| matches!(u, Undo::RestoreResolvConf { .. })),
+        "{:?}",
+        journal[0].undo
+    );
+    // ...and the session's end puts the file back.
+    drop(c);
+    rig.wait_log("undo DeleteLink").await;
+    let restores = rig
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("undo RestoreResolvConf"))
+        .count();
+    assert_eq!(restores, 2, "{:?}", rig.log());
 }
