@@ -187,7 +187,8 @@ pub struct JoinArgs {
     #[arg(long, default_value = "kwg0")]
     pub interface: String,
     /// This session's name in DNS: `<svc>.<ns>.svc.<ALIAS>` reaches this cluster whatever
-    /// else is joined (default: the context's name as a DNS label).
+    /// else is joined (default: the context's name as a DNS label, with `-cluster` added when
+    /// `svc.<name>` would be a public suffix such as `svc.dev`).
     #[arg(long, value_name = "ALIAS")]
     #[serde(default)]
     pub alias: Option<String>,
