@@ -7,7 +7,7 @@
 
 use crate::names::{self, Names};
 use crate::{Error, Result};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -86,32 +86,32 @@ fn nth6(net: &Ipv6Net, n: u32) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(net.network()) + hex)
 }
 
-/// Parses an IPv6 CIDR option; `what` names it in the error (`--lan6`).
-pub fn parse_cidr6(what: &str, value: &str) -> Result<Ipv6Net> {
-    let net: Ipv6Net = value.parse().map_err(|e| {
-        Error::Invalid(format!(
-            "{what} {value:?} is not an IPv6 CIDR ({e}); write it like fd00:10:96::/112"
-        ))
-    })?;
-    if net.network() != net.addr() {
-        return Err(Error::Invalid(format!(
-            "{what} {value} has host bits set; did you mean {}?",
-            net.trunc()
-        )));
-    }
-    Ok(net)
-}
-
 /// The `n`th address of `net` (`n` = 0 is the network address).
 fn nth(net: &Ipv4Net, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()) + n)
 }
 
-/// Parses a CIDR option; `what` names it in the error (`--lan`).
+/// Parses an IPv4 CIDR option; `what` names it in the error (`--lan`).
 pub fn parse_cidr(what: &str, value: &str) -> Result<Ipv4Net> {
-    let net: Ipv4Net = value.parse().map_err(|e| {
+    match parse_net(what, value, "IPv4", "10.96.0.0/12")? {
+        IpNet::V4(net) => Ok(net),
+        IpNet::V6(_) => Err(not_family(what, value, "IPv4", "10.96.0.0/12")),
+    }
+}
+
+/// Parses an IPv6 CIDR option; `what` names it in the error (`--lan6`).
+pub fn parse_cidr6(what: &str, value: &str) -> Result<Ipv6Net> {
+    match parse_net(what, value, "IPv6", "fd00:10:96::/112")? {
+        IpNet::V6(net) => Ok(net),
+        IpNet::V4(_) => Err(not_family(what, value, "IPv6", "fd00:10:96::/112")),
+    }
+}
+
+/// A CIDR of either family, without host bits.
+fn parse_net(what: &str, value: &str, family: &str, example: &str) -> Result<IpNet> {
+    let net: IpNet = value.parse().map_err(|e| {
         Error::Invalid(format!(
-            "{what} {value:?} is not an IPv4 CIDR ({e}); write it like 10.96.0.0/12"
+            "{what} {value:?} is not an {family} CIDR ({e}); write it like {example}"
         ))
     })?;
     if net.network() != net.addr() {
@@ -121,6 +121,12 @@ pub fn parse_cidr(what: &str, value: &str) -> Result<Ipv4Net> {
         )));
     }
     Ok(net)
+}
+
+fn not_family(what: &str, value: &str, family: &str, example: &str) -> Error {
+    Error::Invalid(format!(
+        "{what} {value:?} is not an {family} CIDR; write it like {example}"
+    ))
 }
 
 /// A cluster domain: lowercase DNS labels (a-z, 0-9, '-'), like `cluster.local`.
@@ -475,6 +481,22 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("--lan")
+        );
+        assert!(
+            parse_cidr("--lan", "fd00::/64")
+                .unwrap_err()
+                .to_string()
+                .contains("is not an IPv4 CIDR")
+        );
+        assert!(
+            parse_cidr6("--lan6", "10.0.0.0/8")
+                .unwrap_err()
+                .to_string()
+                .contains("is not an IPv6 CIDR; write it like fd00:10:96::/112")
+        );
+        assert_eq!(
+            parse_cidr6("--lan6", "fd00:c0:2::/64").unwrap().to_string(),
+            "fd00:c0:2::/64"
         );
     }
 }

@@ -102,36 +102,23 @@ pub fn build(n: &Names, net: &ClusterNet, model: LanModel) -> Result<()> {
     {
         ip(&format!("-n {lan} addr add {addr}/{bits6} dev br0 nodad"))?;
     }
+    let mut sysctls = vec![
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ];
     if net.dual() {
         // Addresses usable at once (no duplicate address detection on this wire), and the node
         // routes IPv6 as it routes IPv4.
-        sh::run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &node,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.forwarding=1",
-                "net.ipv6.conf.all.accept_dad=0",
-                "net.ipv6.conf.default.accept_dad=0",
-            ],
-        )?;
+        sysctls.extend([
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ]);
     }
-    sh::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
-        ],
-    )?;
+    let mut args = vec!["netns", "exec", node.as_str(), "sysctl", "-qw"];
+    args.extend(sysctls);
+    sh::run("ip", &args)?;
     let on_lan = Attach {
         lan_ns: lan.clone(),
         bits,
