@@ -107,8 +107,11 @@ mod tests {
         let mut l = Lifeline::with_netns_dir("lo", socket.clone(), dir.path());
         l.netns = None;
         assert_eq!(l.ended(), None);
+        // A second name keeps the old inode alive so the new file cannot get its number (ext4
+        // hands a removed file's inode to the next new file; the old "other" file did not
+        // always take it, and CI then saw the same identity).
+        std::fs::hard_link(&socket, dir.path().join("old")).unwrap();
         std::fs::remove_file(&socket).unwrap();
-        std::fs::write(dir.path().join("other"), "").unwrap();
         std::fs::write(&socket, "").unwrap();
         assert_eq!(l.ended(), Some(Ended::SocketRemoved(socket.clone())));
         std::fs::remove_file(&socket).unwrap();
