@@ -3,11 +3,13 @@
 //! A cluster whose Service or pod CIDR overlaps the laptop's networks (or another session's) is
 //! reached through an equal-size range of its own, the *mapped* range: the laptop's
 //! applications and routes see `mapped`, the tunnel and the cluster see `real`. A packet going
-//! into the tunnel (laptop → cluster) has its destination rewritten from the mapped range to
-//! the real one ([`Translator::outbound`]); a packet coming out of it (cluster → laptop) its
-//! source from the real range to the mapped one ([`Translator::inbound`]). The host part of an
-//! address is kept: with `10.96.0.0/12` mapped to `10.224.0.0/12`, `10.96.0.10` is seen as
-//! `10.224.0.10`.
+//! into the tunnel (laptop → cluster) has each address in a mapped range rewritten to the real
+//! one ([`Translator::outbound`]); a packet coming out of it (cluster → laptop) each address in
+//! a real range to the mapped one ([`Translator::inbound`]). For a Service or pod range that is
+//! the destination going in and the source coming out; for a mapped tunnel CIDR (two gateways
+//! with the same one) the laptop's own tunnel address too: its interface holds the mapped
+//! address, the wire carries the one the gateway assigned. The host part of an address is
+//! kept: with `10.96.0.0/12` mapped to `10.224.0.0/12`, `10.96.0.10` is seen as `10.224.0.10`.
 //!
 //! Checksums are updated incrementally (RFC 1624 equation 3, as Linux's `csum_replace4`): the
 //! IPv4 header's, TCP's and UDP's (their pseudo-header holds the addresses; a UDP checksum of
@@ -67,12 +69,12 @@ pub struct Translator {
     entries: Vec<Entry>,
 }
 
-/// Which way a packet goes, and so which addresses change.
+/// Which way a packet goes, and so which way its addresses change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dir {
-    /// Laptop → cluster: destination mapped → real (an ICMP error's embedded source too).
+    /// Laptop → cluster: every address (an ICMP error's embedded ones too) mapped → real.
     Out,
-    /// Cluster → laptop: source real → mapped (an ICMP error's embedded destination too).
+    /// Cluster → laptop: every address real → mapped.
     In,
 }
 
@@ -163,16 +165,16 @@ impl Translator {
         }
     }
 
-    /// A packet read from the TUN, before it is encrypted: its destination (and an ICMP
-    /// error's embedded source) from a mapped range to the real one. `l4_partial`: the TCP or
+    /// A packet read from the TUN, before it is encrypted: its addresses (and an ICMP
+    /// error's embedded ones) from a mapped range to the real one. `l4_partial`: the TCP or
     /// UDP checksum field holds the pseudo-header's sum for the device to complete (virtio-net
     /// `NEEDS_CSUM`). True when something changed.
     pub fn outbound(&self, pkt: &mut [u8], l4_partial: bool) -> bool {
         self.translate(pkt, Dir::Out, l4_partial)
     }
 
-    /// A packet decrypted from the tunnel, before it is written to the TUN: its source (and an
-    /// ICMP error's embedded destination) from a real range to the mapped one.
+    /// A packet decrypted from the tunnel, before it is written to the TUN: its addresses (and
+    /// an ICMP error's embedded ones) from a real range to the mapped one.
     pub fn inbound(&self, pkt: &mut [u8]) -> bool {
         self.translate(pkt, Dir::In, false)
     }
@@ -181,16 +183,17 @@ impl Translator {
         let Some(ihl) = ipv4_header(pkt) else {
             return false;
         };
-        let at = if dir == Dir::Out { DST } else { SRC };
-        let old = be32(pkt, at);
         let mut changed = false;
-        if let Some(new) = self.lookup(dir, old) {
-            put32(pkt, at, new);
-            let c = replace4(be16(pkt, IP_CSUM), old, new);
-            put16(pkt, IP_CSUM, c);
-            changed = true;
-            if first_fragment(pkt) {
-                pseudo_changed(pkt, ihl, old, new, partial);
+        for at in [SRC, DST] {
+            let old = be32(pkt, at);
+            if let Some(new) = self.lookup(dir, old) {
+                put32(pkt, at, new);
+                let c = replace4(be16(pkt, IP_CSUM), old, new);
+                put16(pkt, IP_CSUM, c);
+                changed = true;
+                if first_fragment(pkt) {
+                    pseudo_changed(pkt, ihl, old, new, partial);
+                }
             }
         }
         if pkt[9] == ICMP && first_fragment(pkt) {
@@ -199,8 +202,9 @@ impl Translator {
         changed
     }
 
-    /// Translates an ICMP error's embedded packet (the inner address on the other side of the
-    /// one translated outside), fixing its checksums and the ICMP checksum.
+    /// Translates an ICMP error's embedded packet (its addresses the same way as the outer
+    /// ones: the embedded packet went the other way, so its source is the outer destination),
+    /// fixing its checksums and the ICMP checksum.
     fn icmp_error(&self, pkt: &mut [u8], ihl: usize, dir: Dir, partial: bool) -> bool {
         let icmp = ihl;
         let Some(&kind) = pkt.get(icmp) else {
@@ -219,31 +223,30 @@ impl Translator {
         let Some(inner_ihl) = ipv4_header_loose(inner) else {
             return false;
         };
-        // The embedded packet went the other way: its destination is what we translate as a
-        // source here, and the other way round.
-        let at = if dir == Dir::Out { SRC } else { DST };
-        let old = be32(inner, at);
-        let Some(new) = self.lookup(dir, old) else {
-            return false;
-        };
-        // Every 16-bit word changed inside the ICMP message, for its checksum: (old, new).
-        let mut words: [(u16, u16); 4] = [(0, 0); 4];
-        put32(inner, at, new);
-        words[0] = ((old >> 16) as u16, (new >> 16) as u16);
-        words[1] = (old as u16, new as u16);
-        let c_old = be16(inner, IP_CSUM);
-        let c_new = replace4(c_old, old, new);
-        put16(inner, IP_CSUM, c_new);
-        words[2] = (c_old, c_new);
-        if first_fragment(inner) {
-            let field = match inner[9] {
-                TCP => Some(TCP_CSUM),
-                UDP => Some(UDP_CSUM),
-                _ => None,
+        let field = match inner[9] {
+            TCP => Some(inner_ihl + TCP_CSUM),
+            UDP => Some(inner_ihl + UDP_CSUM),
+            _ => None,
+        }
+        .filter(|off| first_fragment(inner) && inner.len() >= off + 2);
+        // Every 16-bit word changed inside the ICMP message, for its checksum: (old, new);
+        // the two checksums as they were and are.
+        let mut words: [(u16, u16); 6] = [(0, 0); 6];
+        let ip_csum = be16(inner, IP_CSUM);
+        let l4_csum = field.map(|off| be16(inner, off));
+        let mut changed = false;
+        for (i, at) in [SRC, DST].into_iter().enumerate() {
+            let old = be32(inner, at);
+            let Some(new) = self.lookup(dir, old) else {
+                continue;
             };
-            if let Some(off) = field.map(|f| inner_ihl + f)
-                && inner.len() >= off + 2
-            {
+            changed = true;
+            put32(inner, at, new);
+            words[2 * i] = ((old >> 16) as u16, (new >> 16) as u16);
+            words[2 * i + 1] = (old as u16, new as u16);
+            let c = replace4(be16(inner, IP_CSUM), old, new);
+            put16(inner, IP_CSUM, c);
+            if let Some(off) = field {
                 let l_old = be16(inner, off);
                 if !(inner[9] == UDP && l_old == 0) {
                     let mut l_new = replace4(l_old, old, new);
@@ -251,9 +254,15 @@ impl Translator {
                         l_new = 0xffff;
                     }
                     put16(inner, off, l_new);
-                    words[3] = (l_old, l_new);
                 }
             }
+        }
+        if !changed {
+            return false;
+        }
+        words[4] = (ip_csum, be16(inner, IP_CSUM));
+        if let (Some(off), Some(before)) = (field, l4_csum) {
+            words[5] = (before, be16(inner, off));
         }
         // A checksum the device completes sums the message as it will be: nothing to adjust.
         if !partial && pkt.len() >= icmp + ICMP_CSUM + 2 {

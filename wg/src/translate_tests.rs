@@ -324,3 +324,45 @@ fn mappings_must_be_the_same_size_and_apart() {
     assert_eq!(t.to_real(a("10.224.0.10")), Some(a("10.96.0.10")));
     assert_eq!(t.to_real(a("10.96.0.10")), None);
 }
+
+proptest! {
+    /// A mapped tunnel CIDR (issue 27: two gateways with the same one): the laptop's own
+    /// address and the gateway's both lie in it; both addresses are translated, each way, and
+    /// an ICMP error's embedded ones too.
+    #[test]
+    fn both_addresses_in_mapped_ranges_are_translated(
+        (proto, body) in body(),
+        payload in proptest::collection::vec(any::<u8>(), 0..32),
+    ) {
+        let n = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let t = Translator::new(&[
+            PrefixMap { real: n("10.96.0.0/12"), mapped: n("10.224.0.0/12") },
+            PrefixMap { real: n("100.77.0.0/16"), mapped: n("10.241.0.0/16") },
+        ])
+        .unwrap();
+        let a = |s: &str| u32::from(s.parse::<Ipv4Addr>().unwrap());
+        // The laptop (seen as 10.241.0.2, the gateway assigned 100.77.0.2) to the gateway's
+        // admin address and to a ClusterIP.
+        for (to_mapped, to_real) in [("10.241.0.1", "100.77.0.1"), ("10.224.0.10", "10.96.0.10")] {
+            let sent = ipv4(a("10.241.0.2"), a(to_mapped), proto, body.clone(), 0);
+            let mut p = sent.clone();
+            prop_assert!(t.outbound(&mut p, false));
+            prop_assert_eq!(addr(&p, SRC), a("100.77.0.2"));
+            prop_assert_eq!(addr(&p, DST), a(to_real));
+            prop_assert!(verifies(&p), "outbound {:02x?}", p);
+            let mut answer = swapped(&p);
+            prop_assert!(t.inbound(&mut answer));
+            prop_assert!(verifies(&answer));
+            prop_assert_eq!(answer, swapped(&sent));
+        }
+        // The gateway says a datagram the laptop sent to a ClusterIP found no endpoint.
+        let inner = ipv4(a("100.77.0.2"), a("10.96.0.10"), UDP, udp(&payload), 0);
+        let mut p = ipv4(a("100.77.0.1"), a("100.77.0.2"), ICMP, icmp_error(3, &inner), 0);
+        prop_assert!(t.inbound(&mut p));
+        prop_assert!(verifies(&p), "inbound {:02x?}", p);
+        prop_assert_eq!(addr(&p, SRC), a("10.241.0.1"));
+        prop_assert_eq!(addr(&p, DST), a("10.241.0.2"));
+        prop_assert_eq!(addr(&p[28..], SRC), a("10.241.0.2"));
+        prop_assert_eq!(addr(&p[28..], DST), a("10.224.0.10"));
+    }
+}
