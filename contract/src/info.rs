@@ -38,6 +38,11 @@ pub struct GatewayInfo {
     /// has seen enough traffic to judge (and from gateways older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp_receive: Option<UdpReceive>,
+    /// The gateway's IPv6 side: not a field of `info.json` but its sibling document
+    /// `ipv6.json` ([`crate::GatewayInfo6`]), which a client reads next to it and keeps here
+    /// (`None`: the gateway carries IPv4 only). Never serialized into `info.json`.
+    #[serde(skip)]
+    pub ipv6: Option<crate::GatewayInfo6>,
 }
 
 /// The gateway's judgement of its UDP receive over a window under load (docs/performance.md):
@@ -109,13 +114,45 @@ impl GatewayInfo {
         Ok(info)
     }
 
-    /// The JSON document (validated first).
+    /// The JSON document (validated first). `ipv6` is not part of it: the gateway writes it
+    /// as `ipv6.json` next to it.
     pub fn to_json(&self) -> Result<String, ContractError> {
         self.validate()?;
         Ok(serde_json::to_string_pretty(self).expect("GatewayInfo serializes"))
     }
 
-    /// Checks the fields agree with each other.
+    /// Parses and validates `info.json` read together with the `ipv6.json` next to it
+    /// (`None`: absent), which it keeps as [`GatewayInfo::ipv6`]. The only difference to
+    /// [`GatewayInfo::from_json`]: an IPv6-only cluster's `info.json` lists no IPv4 Service or
+    /// pod CIDR (its tunnel stays IPv4), valid only with an `ipv6.json` carrying IPv6 Service
+    /// CIDRs. A client older than `ipv6.json` reads the same `info.json` with
+    /// [`GatewayInfo::from_json`] and refuses it in one sentence (no service CIDR) instead of
+    /// routing nothing.
+    pub fn from_json_with6(
+        bytes: &[u8],
+        info6: Option<crate::GatewayInfo6>,
+    ) -> Result<GatewayInfo, ContractError> {
+        let mut info = match GatewayInfo::from_json(bytes) {
+            Err(ContractError::InvalidGatewayInfo { .. }) if info6.is_some() => {
+                serde_json::from_slice(bytes).map_err(|e| ContractError::InvalidGatewayInfo {
+                    reason: e.to_string(),
+                })?
+            }
+            other => other?,
+        };
+        info.ipv6 = info6;
+        info.validate()?;
+        Ok(info)
+    }
+
+    /// Whether the cluster has no IPv4 range for the tunnel to carry (an IPv6-only cluster:
+    /// no IPv4 Service or pod CIDR, its ranges and DNS address all in `ipv6.json`).
+    pub fn ipv6_only(&self) -> bool {
+        self.service_cidrs.is_empty() && self.pod_cidrs.is_empty()
+    }
+
+    /// Checks the fields agree with each other (and with [`GatewayInfo::ipv6`]: an IPv6-only
+    /// cluster, no IPv4 range and `dnsIp` `null`, is valid when it has IPv6 Service CIDRs).
     pub fn validate(&self) -> Result<(), ContractError> {
         let fail = |reason: String| Err(ContractError::InvalidGatewayInfo { reason });
         if self.version != PROTOCOL_VERSION {
@@ -143,8 +180,17 @@ impl GatewayInfo {
         if self.endpoints.is_empty() {
             return fail("no endpoints: the gateway found neither a LoadBalancer ingress nor a node address; check the kwg-gateway Service".into());
         }
-        if self.service_cidrs.is_empty() {
+        let ipv6_services = self
+            .ipv6
+            .as_ref()
+            .is_some_and(|i| !i.service_cidrs.is_empty());
+        if self.service_cidrs.is_empty() && !(ipv6_services && self.ipv6_only()) {
             return fail("no service CIDR: start the gateway with --service-cidr".into());
+        }
+        if let Some(ip) = self.dns_ip.filter(|ip| ip.is_ipv6() && self.ipv6_only()) {
+            return fail(format!(
+                "dnsIp {ip} is IPv6 on an IPv6-only cluster: ipv6.json's dnsIp carries it"
+            ));
         }
         if self.cluster_domain.is_empty() || self.cluster_domain.len() > 253 {
             return fail(format!(
@@ -299,6 +345,7 @@ mod tests {
             admin_port: 8080,
             gateway_version: Some("0.1.0".into()),
             udp_receive: None,
+            ipv6: None,
         }
     }
 
@@ -403,6 +450,63 @@ mod tests {
         assert!(i.to_json().is_err());
         let mut i = example();
         i.tunnel_cidr = "100.77.0.0/31".parse().unwrap();
+        assert!(i.validate().is_err());
+    }
+
+    #[test]
+    fn an_ipv6_only_cluster_needs_its_ipv6_json_and_older_clients_refuse_it() {
+        // What the gateway publishes on an IPv6-only cluster: the tunnel stays IPv4, no IPv4
+        // range, the DNS address only in ipv6.json.
+        let info6 = crate::GatewayInfo6 {
+            tunnel_cidr: crate::DEFAULT_TUNNEL_CIDR6.parse().unwrap(),
+            service_cidrs: vec!["fd00:10:96::/112".parse().unwrap()],
+            pod_cidrs: vec!["fd00:10:244::/64".parse().unwrap()],
+            dns_ip: Some("fd00:10:96::a".parse().unwrap()),
+        };
+        let mut i = example();
+        i.service_cidrs.clear();
+        i.pod_cidrs.clear();
+        i.dns_ip = None;
+        i.ipv6 = Some(info6.clone());
+        assert!(i.ipv6_only() && !example().ipv6_only());
+        let json = i.to_json().unwrap();
+        assert!(
+            !json.contains("fd00"),
+            "ipv6.json is a document of its own: {json}"
+        );
+        let read = GatewayInfo::from_json_with6(json.as_bytes(), Some(info6.clone())).unwrap();
+        assert_eq!(read, i);
+        // A client older than ipv6.json (or one that found none) refuses in one sentence
+        // instead of routing nothing.
+        for e in [
+            GatewayInfo::from_json(json.as_bytes()).unwrap_err(),
+            GatewayInfo::from_json_with6(json.as_bytes(), None).unwrap_err(),
+        ] {
+            assert_eq!(
+                e.to_string(),
+                "gateway info is invalid: no service CIDR: start the gateway with --service-cidr"
+            );
+        }
+        // ipv6.json without Service CIDRs does not make an empty info.json valid.
+        let pods_only = crate::GatewayInfo6 {
+            service_cidrs: vec![],
+            ..info6.clone()
+        };
+        assert!(GatewayInfo::from_json_with6(json.as_bytes(), Some(pods_only)).is_err());
+        // The IPv6 DNS address belongs in ipv6.json, never in info.json of an IPv6-only cluster.
+        let mut dns6 = i.clone();
+        dns6.dns_ip = Some("fd00:10:96::a".parse().unwrap());
+        let e = dns6.validate().unwrap_err().to_string();
+        assert!(e.contains("ipv6.json's dnsIp"), "{e}");
+        // A dual-stack info.json reads the same with ipv6.json; its other checks still apply.
+        let dual = example();
+        let read =
+            GatewayInfo::from_json_with6(dual.to_json().unwrap().as_bytes(), Some(info6)).unwrap();
+        assert_eq!(
+            (&read.service_cidrs, read.ipv6.is_some()),
+            (&dual.service_cidrs, true)
+        );
+        i.endpoints.clear();
         assert!(i.validate().is_err());
     }
 

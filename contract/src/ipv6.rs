@@ -33,6 +33,11 @@ pub struct GatewayInfo6 {
     pub service_cidrs: Vec<Ipv6Net>,
     /// The cluster's IPv6 pod CIDRs.
     pub pod_cidrs: Vec<Ipv6Net>,
+    /// The cluster DNS Service's (`kube-system/kube-dns`) IPv6 ClusterIP; absent when it has
+    /// none (and from gateways older than this field). On an IPv6-only cluster it is the only
+    /// DNS address: `info.json`'s `dnsIp` is then `null` (it holds only an IPv4 address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_ip: Option<Ipv6Addr>,
 }
 
 impl GatewayInfo6 {
@@ -115,6 +120,7 @@ mod tests {
             tunnel_cidr: DEFAULT_TUNNEL_CIDR6.parse().unwrap(),
             service_cidrs: vec!["fd00:10:96::/112".parse().unwrap()],
             pod_cidrs: vec!["fd00:10:244::/64".parse().unwrap()],
+            dns_ip: None,
         }
     }
 
@@ -150,6 +156,21 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("no IPv6")
+        );
+        // dnsIp is additive: absent when unknown, read when given.
+        assert!(!json.contains("dnsIp"), "{json}");
+        let with_dns = GatewayInfo6 {
+            dns_ip: Some("fd00:10:96::a".parse().unwrap()),
+            ..info()
+        };
+        let json_dns = with_dns.to_json().unwrap();
+        assert!(
+            json_dns.contains("\"dnsIp\": \"fd00:10:96::a\""),
+            "{json_dns}"
+        );
+        assert_eq!(
+            GatewayInfo6::from_json(json_dns.as_bytes()).unwrap(),
+            with_dns
         );
         // A newer gateway's extra fields are ignored, as in info.json.
         let newer = json.replace("{", "{\"later\": 1,");

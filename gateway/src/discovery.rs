@@ -22,7 +22,10 @@ use std::sync::Arc;
 pub struct Discovered {
     pub service_cidrs: Vec<IpNet>,
     pub pod_cidrs: Vec<IpNet>,
+    /// The cluster DNS Service's IPv4 address (what `info.json` announces).
     pub dns_ip: Option<IpAddr>,
+    /// Its IPv6 address (what `ipv6.json` announces; the only one on an IPv6-only cluster).
+    pub dns_ip6: Option<std::net::Ipv6Addr>,
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -159,7 +162,15 @@ pub fn assemble(cfg: &Config, objs: &Objects) -> Result<Discovered, GatewayError
     if pod_cidrs.is_empty() {
         pod_cidrs = cfg.pod_cidr.clone();
     }
-    let dns_ip = objs.dns.as_ref().and_then(|s| dns_ipv4(s)).or(cfg.dns_ip);
+    let dns = |ipv6: bool| {
+        let flag = cfg.dns_ip.filter(|ip| ip.is_ipv6() == ipv6);
+        objs.dns.as_ref().and_then(|s| dns_ip_of(s, ipv6)).or(flag)
+    };
+    let dns_ip = dns(false);
+    let dns_ip6 = dns(true).and_then(|ip| match ip {
+        IpAddr::V6(ip) => Some(ip),
+        IpAddr::V4(_) => None,
+    });
     let endpoints = objs
         .gateway
         .as_ref()
@@ -169,21 +180,23 @@ pub fn assemble(cfg: &Config, objs: &Objects) -> Result<Discovered, GatewayError
         service_cidrs,
         pod_cidrs,
         dns_ip,
+        dns_ip6,
         endpoints,
     })
 }
 
-/// The cluster DNS Service's IPv4 address: the first of `spec.clusterIPs` (on an IPv6-primary
-/// dual-stack cluster `spec.clusterIP` is the IPv6 one, which laptops cannot use), else
-/// `spec.clusterIP` when it is IPv4 (objects written before `clusterIPs` existed).
-fn dns_ipv4(service: &Service) -> Option<IpAddr> {
+/// The cluster DNS Service's address of one family: the first of `spec.clusterIPs` of it (on
+/// an IPv6-primary dual-stack cluster `spec.clusterIP` is the IPv6 one, which an IPv4 tunnel
+/// cannot carry), else `spec.clusterIP` when it is of that family (objects written before
+/// `clusterIPs` existed).
+fn dns_ip_of(service: &Service, ipv6: bool) -> Option<IpAddr> {
     let spec = service.spec.as_ref()?;
-    let ipv4 = |s: &String| s.parse::<IpAddr>().ok().filter(IpAddr::is_ipv4);
+    let of_family = |s: &String| s.parse::<IpAddr>().ok().filter(|ip| ip.is_ipv6() == ipv6);
     spec.cluster_ips
         .iter()
         .flatten()
-        .find_map(ipv4)
-        .or_else(|| spec.cluster_ip.as_ref().and_then(ipv4))
+        .find_map(of_family)
+        .or_else(|| spec.cluster_ip.as_ref().and_then(of_family))
 }
 
 /// The service range named in the error for a dry-run Service with an invalid ClusterIP;

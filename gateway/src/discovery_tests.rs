@@ -138,10 +138,10 @@ fn assemble_prefers_objects_then_probe_then_flags() {
     }}))
     .unwrap();
     objs.dns = Some(Arc::new(v6));
-    assert_eq!(
-        assemble(&cfg, &objs).unwrap().dns_ip,
-        Some("10.0.0.10".parse().unwrap())
-    );
+    let d = assemble(&cfg, &objs).unwrap();
+    assert_eq!(d.dns_ip, Some("10.0.0.10".parse().unwrap()));
+    // ... and its IPv6 address for ipv6.json.
+    assert_eq!(d.dns_ip6, Some("fd00:10:96::a".parse().unwrap()));
     objs.service_cidrs.clear();
     assert_eq!(
         assemble(&cfg, &objs).unwrap().service_cidrs,

@@ -71,8 +71,6 @@ pub async fn run(
     let (sources, mut kicks) = Sources::watch(&client, &cfg).await;
     let mut applied: Option<nft::Policy> = None;
     let mut published: Option<GatewayInfo> = None;
-    // `ipv6.json` as last published (`Some(None)`: known absent).
-    let mut published6: Option<Option<kwg_contract::GatewayInfo6>> = None;
     let mut last: Option<Discovered> = None;
     let mut probed: Option<Vec<IpNet>> = None;
     let mut failed = false;
@@ -91,7 +89,6 @@ pub async fn run(
             Ok(()) = leader.changed() => {
                 // A new leader publishes what it found (the old one may have been older).
                 published = None;
-                published6 = None;
             }
             kick = kicks.next() => {
                 if kick.is_none() {
@@ -158,7 +155,7 @@ pub async fn run(
         if (todo.info || rewrite) && *leader.borrow() {
             match kube_io::publish_info(&client, &cfg.kwg_namespace, &info).await {
                 Ok(()) if todo.info => {
-                    tracing::info!(endpoints = ?info.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(), "gateway info published");
+                    tracing::info!(endpoints = ?info.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(), ipv6 = info.ipv6.is_some(), ipv6_only = info.ipv6_only(), "gateway info published");
                     published = Some(info);
                 }
                 Ok(()) => tracing::debug!("gateway info rewritten"),
@@ -168,47 +165,7 @@ pub async fn run(
                 }
             }
         }
-        let info6 = gateway_info6(&cfg, &found);
-        if published.is_some() && published6.as_ref() != Some(&info6) && *leader.borrow() {
-            match publish_info6(&client, &cfg.kwg_namespace, info6.as_ref()).await {
-                Ok(()) => {
-                    tracing::info!(ipv6 = info6.is_some(), "gateway IPv6 info published");
-                    published6 = Some(info6);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot publish the gateway's IPv6 info");
-                    failed = true;
-                }
-            }
-        }
     }
-}
-
-/// Writes `ipv6.json` into the info ConfigMap (which [`kube_io::publish_info`] created), or
-/// removes it when the tunnel carries no IPv6 (a merge patch keeps `info.json`).
-async fn publish_info6(
-    client: &kube::Client,
-    namespace: &str,
-    info6: Option<&kwg_contract::GatewayInfo6>,
-) -> Result<(), GatewayError> {
-    let json = info6
-        .map(kwg_contract::GatewayInfo6::to_json)
-        .transpose()
-        .map_err(|e| GatewayError::Config(e.to_string()))?;
-    let api = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), namespace);
-    let patch = serde_json::json!({ "data": { kwg_contract::GATEWAY_INFO6_KEY: json } });
-    api.patch(
-        kwg_contract::GATEWAY_INFO_CONFIGMAP,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
-    )
-    .await
-    .map(drop)
-    .map_err(GatewayError::kube(format!(
-        "publish {} in ConfigMap {namespace}/{}",
-        kwg_contract::GATEWAY_INFO6_KEY,
-        kwg_contract::GATEWAY_INFO_CONFIGMAP
-    )))
 }
 
 /// Caches of the watched objects.
@@ -366,10 +323,12 @@ pub(crate) fn gateway_info6(cfg: &Config, d: &Discovered) -> Option<kwg_contract
         tunnel_cidr: cfg.tunnel_cidr6,
         service_cidrs: v6(&d.service_cidrs),
         pod_cidrs: v6(&d.pod_cidrs),
+        dns_ip: d.dns_ip6,
     })
 }
 
-/// The IPv4 prefixes of `nets`: what `info.json` announces, since its tunnel carries IPv4 only.
+/// The IPv4 prefixes of `nets`: what `info.json` announces, since its tunnel's IPv4 side carries
+/// them (the IPv6 ones are in `ipv6.json`; an IPv6-only cluster's `info.json` lists none).
 /// A dual-stack cluster's IPv6 ranges would otherwise be routed into every laptop's tunnel and go
 /// nowhere (docs/contract.md, what is carried per family).
 fn ipv4_only(nets: &[ipnet::IpNet]) -> Vec<ipnet::IpNet> {
@@ -393,6 +352,7 @@ fn gateway_info(cfg: &Config, base: InfoBase, d: &Discovered) -> GatewayInfo {
         admin_port: cfg.admin_addr.port(),
         gateway_version: Some(env!("CARGO_PKG_VERSION").into()),
         udp_receive: None,
+        ipv6: gateway_info6(cfg, d),
     }
 }
 

@@ -6,6 +6,7 @@ fn found(endpoints: &[&str], pod_cidr: &str) -> Discovered {
         service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
         pod_cidrs: vec![pod_cidr.parse().unwrap()],
         dns_ip: Some("10.96.0.10".parse().unwrap()),
+        dns_ip6: None,
         endpoints: endpoints
             .iter()
             .map(|e| e.parse::<Endpoint>().unwrap())
@@ -63,6 +64,33 @@ fn the_info_announces_only_the_ipv4_ranges_its_tunnel_carries() {
     // An IPv6-only cluster's DNS address is not announced on an IPv4 tunnel.
     d.dns_ip = Some("fd00:10:96::10".parse().unwrap());
     assert_eq!(plan(&d).1.dns_ip, None);
+}
+
+#[test]
+fn an_ipv6_only_cluster_announces_its_ranges_and_dns_in_ipv6_json_only() {
+    let d = Discovered {
+        service_cidrs: vec!["fd00:10:96::/112".parse().unwrap()],
+        pod_cidrs: vec!["fd00:10:244::/64".parse().unwrap()],
+        dns_ip: None,
+        dns_ip6: Some("fd00:10:96::a".parse().unwrap()),
+        endpoints: vec!["192.0.2.1:31820".parse().unwrap()],
+    };
+    let (policy, info) = plan(&d);
+    // The tunnel stays IPv4 (and carries the /96); info.json lists no IPv4 range.
+    assert!(info.ipv6_only() && info.dns_ip.is_none());
+    let info6 = info.ipv6.clone().expect("ipv6.json");
+    assert_eq!(info6.service_cidrs, ["fd00:10:96::/112".parse().unwrap()]);
+    assert_eq!(info6.pod_cidrs, ["fd00:10:244::/64".parse().unwrap()]);
+    assert_eq!(info6.dns_ip, Some("fd00:10:96::a".parse().unwrap()));
+    assert!(policy.ipv6.is_some());
+    // What the ConfigMap gets reads back with its ipv6.json, and an older client refuses it.
+    let json = info.to_json().unwrap();
+    assert_eq!(
+        GatewayInfo::from_json_with6(json.as_bytes(), Some(info6)).unwrap(),
+        info
+    );
+    let old = GatewayInfo::from_json(json.as_bytes()).unwrap_err();
+    assert!(old.to_string().contains("no service CIDR"), "{old}");
 }
 
 #[test]

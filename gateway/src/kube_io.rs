@@ -110,17 +110,26 @@ pub async fn ensure_private_key(
     )))
 }
 
-/// Creates or updates the gateway info ConfigMap.
+/// Creates or updates the gateway info ConfigMap: `info.json`, and `ipv6.json` from
+/// `info.ipv6` (removed when `None`) in the same write, so a client never reads an IPv6-only
+/// cluster's `info.json` (no IPv4 range) without its `ipv6.json`.
 pub async fn publish_info(
     client: &kube::Client,
     namespace: &str,
     info: &GatewayInfo,
 ) -> Result<(), GatewayError> {
-    let json = info
-        .to_json()
-        .map_err(|e| GatewayError::Config(e.to_string()))?;
+    let config = |e: kwg_contract::ContractError| GatewayError::Config(e.to_string());
+    let json = info.to_json().map_err(config)?;
+    let info6 = info.ipv6.as_ref();
+    let json6 = info6
+        .map(kwg_contract::GatewayInfo6::to_json)
+        .transpose()
+        .map_err(config)?;
     let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-    let data = BTreeMap::from([(kwg_contract::GATEWAY_INFO_KEY.to_owned(), json)]);
+    let mut data = BTreeMap::from([(kwg_contract::GATEWAY_INFO_KEY.to_owned(), json)]);
+    if let Some(json6) = json6 {
+        data.insert(kwg_contract::GATEWAY_INFO6_KEY.to_owned(), json6);
+    }
     let cm = ConfigMap {
         metadata: ObjectMeta {
             name: Some(kwg_contract::GATEWAY_INFO_CONFIGMAP.into()),
@@ -136,7 +145,11 @@ pub async fn publish_info(
     match api.create(&PostParams::default(), &cm).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_already_exists() => {
-            let patch = serde_json::json!({ "data": data });
+            let mut patch = serde_json::json!({ "data": data });
+            if info6.is_none() {
+                // No IPv6 any more: a merge patch's null removes `ipv6.json`.
+                patch["data"][kwg_contract::GATEWAY_INFO6_KEY] = serde_json::Value::Null;
+            }
             api.patch(
                 kwg_contract::GATEWAY_INFO_CONFIGMAP,
                 &PatchParams::default(),
