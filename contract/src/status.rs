@@ -28,6 +28,11 @@ pub struct Status {
     /// The tunnel interface, e.g. `kwg0`.
     pub interface: String,
     pub tunnel_ip: Option<String>,
+    /// The IPv6 tunnel address of a dual-stack join (`ipv6.json`'s prefix with the IPv4
+    /// tunnel address in its last 32 bits); absent when the join carries IPv4 only (and from
+    /// an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_ip6: Option<String>,
     pub gateway_endpoint: Option<String>,
     pub gateway_key: Option<String>,
     pub last_handshake: Option<DateTime<Utc>>,
@@ -152,6 +157,7 @@ impl Status {
             peer: "laptop".into(),
             interface: "kwg0".into(),
             tunnel_ip: Some("100.77.0.2".into()),
+            tunnel_ip6: None,
             gateway_endpoint: Some("192.0.2.1:31820".into()),
             gateway_key: Some("p0DgqXpMPbxjtgkBYpjGFK6fJVGdjwi3mv3ZCw5qQV0=".into()),
             last_handshake: Some("2026-01-01T00:00:57Z".parse().unwrap()),
@@ -311,6 +317,9 @@ pub enum RouteSource {
     Pod,
     AlsoProxy,
     Gateway,
+    /// The gateway's whole tunnel CIDR, routed only when mapped (issue 27: it overlaps an
+    /// earlier session's, e.g. two installs with the same `KWG_TUNNEL_CIDR`).
+    Tunnel,
 }
 
 impl std::fmt::Display for RouteSource {
@@ -320,6 +329,7 @@ impl std::fmt::Display for RouteSource {
             RouteSource::Pod => "pod CIDR",
             RouteSource::AlsoProxy => "--also-proxy",
             RouteSource::Gateway => "gateway tunnel address",
+            RouteSource::Tunnel => "tunnel CIDR",
         })
     }
 }

@@ -132,6 +132,10 @@ pub struct MapInputs<'a> {
     pub forced: &'a [ForcedMap],
     /// `--map-pool` (default [`DEFAULT_POOL`]).
     pub pool: &'a [Ipv4Net],
+    /// The gateway's tunnel CIDR: mapped as a whole (its `Gateway` route replaced by a `Tunnel`
+    /// route of the mapped range) when it overlaps the machine's routes or holds one of its
+    /// addresses, e.g. an earlier session's gateway of the same CIDR.
+    pub tunnel: Option<Ipv4Net>,
 }
 
 /// Why the cluster's ranges cannot be mapped.
@@ -195,14 +199,16 @@ pub fn apply(
     }
     let mappable = |r: &PlannedRoute| matches!(r.source, RouteSource::Service | RouteSource::Pod);
     for forced in inputs.forced {
-        if !routes
-            .iter()
-            .any(|r| mappable(r) && r.subnet == IpNet::V4(forced.cluster))
+        if inputs.tunnel != Some(forced.cluster)
+            && !routes
+                .iter()
+                .any(|r| mappable(r) && r.subnet == IpNet::V4(forced.cluster))
         {
             let have: Vec<String> = routes
                 .iter()
                 .filter(|r| mappable(r))
                 .map(|r| r.subnet.to_string())
+                .chain(inputs.tunnel.map(|t| t.to_string()))
                 .collect();
             return Err(MapError::NotClusterRange {
                 forced: *forced,
@@ -258,6 +264,7 @@ pub fn apply(
             IpNet::V6(_) => None,
         })
         .chain(inputs.forced.iter().map(|f| f.mapped))
+        .chain(inputs.tunnel)
         .collect();
     let mut out = Vec::with_capacity(routes.len());
     for r in routes {
@@ -298,13 +305,91 @@ pub fn apply(
             forced: forced.is_some(),
         });
     }
-    Ok(out)
+    match inputs.tunnel {
+        Some(tunnel) => map_tunnel(out, tunnel, inputs, &taken),
+        None => Ok(out),
+    }
+}
+
+/// The routes with the gateway's address replaced by the whole tunnel CIDR mapped, when the
+/// CIDR overlaps a route of the machine (an earlier session's gateway of the same CIDR, a VPN
+/// such as Tailscale's 100.64.0.0/10) or holds one of its addresses (an earlier session's own
+/// tunnel address, which the gateway may well assign again): the interface then holds the
+/// mapped tunnel address and routes the mapped gateway address, and the data plane translates
+/// both to what the gateway assigned and has (docs/architecture.md, "Virtual subnets").
+fn map_tunnel(
+    mut routes: Vec<PlannedRoute>,
+    tunnel: Ipv4Net,
+    inputs: &MapInputs<'_>,
+    taken: &[Ipv4Net],
+) -> Result<Vec<PlannedRoute>, MapError> {
+    let net = IpNet::V4(tunnel);
+    let forced = inputs.forced.iter().find(|f| f.cluster == tunnel);
+    let clash = || {
+        if inputs.allowed.iter().any(|a| a.contains(&net)) {
+            return None;
+        }
+        if let Some(e) = conflicting(&net, inputs.existing, inputs.own_interface) {
+            return Some(e.to_string());
+        }
+        inputs
+            .machine
+            .addresses
+            .iter()
+            .find(|ip| net.contains(*ip))
+            .map(|ip| format!("{ip}, an address of this machine"))
+    };
+    let mapped = match (forced, clash()) {
+        (Some(f), _) => f.mapped,
+        (None, None) => return Ok(routes),
+        (None, Some(existing)) => {
+            free_range(tunnel.prefix_len(), inputs, taken).ok_or_else(|| {
+                MapError::PoolExhausted {
+                    subnet: tunnel,
+                    what: RouteSource::Tunnel,
+                    existing,
+                    pool: join(inputs.pool),
+                }
+            })?
+        }
+    };
+    routes.retain(|r| !(r.source == RouteSource::Gateway && net.contains(&r.subnet)));
+    routes.push(PlannedRoute {
+        subnet: IpNet::V4(mapped),
+        source: RouteSource::Tunnel,
+        cluster: Some(net),
+        forced: forced.is_some(),
+    });
+    routes.sort_by_key(|r| r.subnet);
+    Ok(routes)
 }
 
 /// [`apply`] with a join's flags (`--map`, `--map-pool`, `--allow-conflicting-subnets`, the
 /// interface): userspace mode routes nothing on the machine, so nothing is mapped there.
 pub fn for_session(
     config: &crate::SessionConfig,
+    routes: Vec<PlannedRoute>,
+    existing: &[Route],
+    machine: &trust::Machine,
+) -> Result<Vec<PlannedRoute>, crate::Error> {
+    for_session_tunnel(config, None, routes, existing, machine)
+}
+
+/// [`for_session`] that also maps the gateway's tunnel CIDR `tunnel` when it overlaps the
+/// machine (see [`MapInputs::tunnel`]).
+pub fn for_session_in(
+    config: &crate::SessionConfig,
+    tunnel: Ipv4Net,
+    routes: Vec<PlannedRoute>,
+    existing: &[Route],
+    machine: &trust::Machine,
+) -> Result<Vec<PlannedRoute>, crate::Error> {
+    for_session_tunnel(config, Some(tunnel.trunc()), routes, existing, machine)
+}
+
+fn for_session_tunnel(
+    config: &crate::SessionConfig,
+    tunnel: Option<Ipv4Net>,
     routes: Vec<PlannedRoute>,
     existing: &[Route],
     machine: &trust::Machine,
@@ -321,9 +406,35 @@ pub fn for_session(
             allowed: &config.allow_conflicting_subnets,
             forced: &config.map,
             pool: &config.map_pool,
+            tunnel,
         },
     )?;
     Ok(mapped)
+}
+
+/// The address this machine gives the tunnel IP `ip` the gateway assigned: the mapped one
+/// when the session's `routes` map the tunnel CIDR; the data plane translates it to `ip` on
+/// the wire.
+pub fn local_address(routes: &[PlannedRoute], ip: Ipv4Addr) -> IpNet {
+    match to_mapped(&mappings(routes), IpAddr::V4(ip)) {
+        IpAddr::V4(local) => IpNet::V4(Ipv4Net::from(local)),
+        IpAddr::V6(_) => IpNet::V4(Ipv4Net::from(ip)),
+    }
+}
+
+/// The trust checks of an assigned tunnel IP ([`trust::check_tunnel_ip`]). A mapped tunnel
+/// address comes from a range that covers none of the machine's addresses, gateways, DNS
+/// servers or API server ([`free_range`]; a `--map` covering one is refused): only the tunnel
+/// CIDR's rules are left then, and the assignment may equal an earlier session's own address.
+pub fn check_tunnel_ip(
+    routes: &[PlannedRoute],
+    ip: Ipv4Addr,
+    info: &kwg_contract::GatewayInfo,
+    machine: &trust::Machine,
+) -> Result<(), crate::Error> {
+    let none = trust::Machine::default();
+    let mapped = local_address(routes, ip) != IpNet::V4(Ipv4Net::from(ip));
+    trust::check_tunnel_ip(ip, info, if mapped { &none } else { machine })
 }
 
 /// The first range of prefix length `len` in the pool that overlaps none of the machine's
@@ -396,6 +507,7 @@ mod tests {
             allowed: &[],
             forced: &[],
             pool,
+            tunnel: None,
         }
     }
     fn shown(routes: &[PlannedRoute]) -> Vec<String> {
@@ -407,6 +519,91 @@ mod tests {
                 None => r.subnet.to_string(),
             })
             .collect()
+    }
+
+    /// Two installs with the same tunnel CIDR: the earlier session routes the gateway's
+    /// address and holds the tunnel address the gateway will likely assign again.
+    #[test]
+    fn a_tunnel_cidr_of_an_earlier_session_is_mapped_whole() {
+        let existing = [
+            route("10.96.0.0/12", "kwg0"),
+            route("10.244.0.0/16", "kwg0"),
+            route("100.77.0.1/32", "kwg0"),
+        ];
+        let machine = trust::Machine {
+            addresses: vec!["100.77.0.2".parse().unwrap()],
+            ..Default::default()
+        };
+        let pool = [DEFAULT_POOL];
+        let tunnel = n4("100.77.0.0/16");
+        let with = |existing: &[Route], machine| {
+            apply(
+                cluster(),
+                &MapInputs {
+                    machine,
+                    tunnel: Some(tunnel),
+                    ..inputs(existing, &pool)
+                },
+            )
+            .unwrap()
+        };
+        let out = with(&existing, &machine);
+        assert_eq!(
+            shown(&out),
+            [
+                "10.224.0.0/12 <- 10.96.0.0/12",
+                "10.240.0.0/16 <- 10.244.0.0/16",
+                "10.241.0.0/16 <- 100.77.0.0/16"
+            ]
+        );
+        assert_eq!(out[2].source, RouteSource::Tunnel);
+        // The interface holds the mapped tunnel address; the gateway's assignment equal to the
+        // earlier session's own address is fine then, and the admin address is mapped too.
+        let ip = "100.77.0.2".parse().unwrap();
+        assert_eq!(local_address(&out, ip).to_string(), "10.241.0.2/32");
+        let key = kwg_contract::keys::PrivateKey::generate().public_key();
+        let info = kwg_contract::GatewayInfo::from_json(
+            format!(
+                r#"{{"version":1,"publicKey":"{key}","endpoints":["192.0.2.1:31820"],"tunnelCidr":"100.77.0.0/16",
+"gatewayIp":"100.77.0.1","serviceCidrs":["10.96.0.0/12"],"podCidrs":["10.244.0.0/16"],"dnsIp":"10.96.0.10",
+"clusterDomain":"cluster.local","adminPort":8080}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        check_tunnel_ip(&out, ip, &info, &machine).unwrap();
+        assert_eq!(
+            to_mapped(&mappings(&out), "100.77.0.1".parse().unwrap()).to_string(),
+            "10.241.0.1"
+        );
+        // Only the held address (no route): mapped as well; unmapped, that address is refused.
+        let out = with(&existing[..2], &machine);
+        assert_eq!(shown(&out)[2], "10.241.0.0/16 <- 100.77.0.0/16");
+        let unmapped = with(&[], &NO_MACHINE);
+        assert_eq!(shown(&unmapped)[2], "100.77.0.1/32");
+        assert_eq!(local_address(&unmapped, ip).to_string(), "100.77.0.2/32");
+        let err = check_tunnel_ip(&unmapped, ip, &info, &machine).unwrap_err();
+        assert!(
+            err.to_string().contains("already has that address"),
+            "{err}"
+        );
+        // A full pool names the tunnel CIDR and why.
+        let small = [n4("10.224.0.0/17")];
+        let err = apply(
+            cluster(),
+            &MapInputs {
+                machine: &machine,
+                tunnel: Some(tunnel),
+                ..inputs(&existing[2..], &small)
+            },
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "route 100.77.0.0/16 (tunnel CIDR) conflicts with the existing route 100.77.0.1/32"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -375,6 +375,7 @@ fn cluster_subnets(f: &Findings) -> Vec<(IpNet, &'static str)> {
                     RouteSource::Pod => "pod CIDR",
                     RouteSource::AlsoProxy => "--also-proxy",
                     RouteSource::Gateway => "gateway tunnel address",
+                    RouteSource::Tunnel => "tunnel CIDR",
                 };
                 (r.subnet, what)
             })
