@@ -137,5 +137,4 @@ impl Allocator {
 }
 
 #[cfg(test)]
-#[path = "alloc_tests.rs"]
 mod tests;

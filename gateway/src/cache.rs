@@ -50,5 +50,4 @@ impl<T: Clone> Cached<T> {
 }
 
 #[cfg(test)]
-#[path = "cache_tests.rs"]
 mod tests;

@@ -109,10 +109,18 @@ pub struct Config {
     /// a Role, ClusterRole or binding changes).
     #[arg(long, env = "KWG_REACH_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
     pub reach_refresh: Duration,
-    /// At most this many SubjectAccessReviews a second, in bursts of up to twice as many (new
-    /// peers' questions first; the rest wait their turn).
-    #[arg(long, env = "KWG_REACH_REVIEWS_PER_SECOND", default_value_t = 100.0)]
+    /// At most this many SubjectAccessReviews a second, in bursts of up to twice as many
+    /// (what an RBAC change can have moved first, then new peers' questions; the periodic
+    /// re-review takes at most half, stretching its period beyond --reach-refresh when
+    /// there are more answers than that lets through).
+    #[arg(long, env = "KWG_REACH_REVIEWS_PER_SECOND", default_value_t = 20.0)]
     pub reach_reviews_per_second: f64,
+    /// Ask a SubjectAccessReview for every (owner, namespace) a peer asks for, instead of only
+    /// where the cluster's RBAC objects (Roles, ClusterRoles, their bindings and aggregations)
+    /// could grant `get services`, denying the others without a review. For clusters where
+    /// another authorizer (a webhook, ABAC) can grant what RBAC does not.
+    #[arg(long, env = "KWG_REVIEW_ALL_PAIRS", num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub review_all_pairs: bool,
     /// After SIGTERM: how long the tunnel keeps serving, not ready (while endpoints and load
     /// balancers stop sending here), before it stops; keep it below the pod's grace period.
     #[arg(long, env = "KWG_DRAIN", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -213,5 +221,4 @@ pub fn check_tunnel_cidr(
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
 mod tests;

@@ -477,9 +477,4 @@ pub fn error_patch(reason: &str) -> serde_json::Value {
 }
 
 #[cfg(test)]
-#[path = "core_tests.rs"]
 mod tests;
-
-#[cfg(test)]
-#[path = "core_rules_tests.rs"]
-mod rules_tests;

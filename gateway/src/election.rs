@@ -163,5 +163,4 @@ impl Elector {
 }
 
 #[cfg(test)]
-#[path = "election_tests.rs"]
 mod tests;

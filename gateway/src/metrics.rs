@@ -250,5 +250,4 @@ fn gauge(v: usize) -> Gauge {
 }
 
 #[cfg(test)]
-#[path = "metrics_tests.rs"]
 mod tests;

@@ -326,5 +326,4 @@ fn merged_v4(allowed: &[IpNet]) -> Vec<Ipv4Net> {
 }
 
 #[cfg(test)]
-#[path = "nft_tests.rs"]
 mod tests;

@@ -111,5 +111,4 @@ impl Lookup for PeerObject {
 }
 
 #[cfg(test)]
-#[path = "peer_object_tests.rs"]
 mod tests;

@@ -232,5 +232,4 @@ async fn get(addr: SocketAddr, proof: &str) -> Option<Vec<ReplicaStat>> {
 }
 
 #[cfg(test)]
-#[path = "siblings_tests.rs"]
 mod tests;

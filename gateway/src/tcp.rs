@@ -182,5 +182,4 @@ impl AsyncWrite for Counted {
 }
 
 #[cfg(test)]
-#[path = "tcp_tests.rs"]
 mod tests;

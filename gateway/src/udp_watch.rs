@@ -132,5 +132,4 @@ pub async fn run(
 }
 
 #[cfg(test)]
-#[path = "udp_watch_tests.rs"]
 mod tests;

@@ -115,5 +115,4 @@ pub fn gateway_peers(
 }
 
 #[cfg(test)]
-#[path = "peers_tests.rs"]
 pub(crate) mod tests;

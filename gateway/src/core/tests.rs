@@ -4,6 +4,8 @@ use proptest::prelude::*;
 use std::collections::HashSet;
 use std::time::Duration;
 
+mod rules;
+
 pub(super) const LEASE: &str = "2030-01-01T00:00:00Z";
 
 pub(super) fn now() -> SystemTime {

@@ -231,5 +231,4 @@ impl Writes {
 }
 
 #[cfg(test)]
-#[path = "writes_tests.rs"]
 mod tests;

@@ -184,5 +184,4 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
 }
 
 #[cfg(test)]
-#[path = "proof_tests.rs"]
 mod tests;

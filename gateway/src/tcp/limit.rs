@@ -208,5 +208,4 @@ impl FrameWatch {
 }
 
 #[cfg(test)]
-#[path = "limit_tests.rs"]
 mod tests;

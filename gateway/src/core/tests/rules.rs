@@ -1,8 +1,8 @@
 //! Who gets a public key and how many peers an owner gets: the rules that stop one kwg user
 //! from taking over or crowding out another's peer.
 
-use super::tests::{LEASE, apply, core, data, key, now, secret, store};
-use super::*;
+use super::{LEASE, apply, core, data, key, now, secret, store};
+use crate::core::*;
 use std::collections::HashSet;
 
 /// A Secret of `owner`, created `age` seconds after a fixed instant (larger = newer).
