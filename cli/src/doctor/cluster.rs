@@ -425,5 +425,4 @@ pub fn node_tuning(info: &InfoProbe) -> Check {
 }
 
 #[cfg(test)]
-#[path = "cluster_tests.rs"]
 mod tests;

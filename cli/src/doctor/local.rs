@@ -393,5 +393,4 @@ pub fn daemon(probe: &DaemonProbe, now: DateTime<Utc>) -> Check {
 }
 
 #[cfg(test)]
-#[path = "local_tests.rs"]
 mod tests;

@@ -159,5 +159,4 @@ fn blank(v: &mut Value) {
 }
 
 #[cfg(test)]
-#[path = "redact_tests.rs"]
 mod tests;
