@@ -296,5 +296,4 @@ impl TunBatch {
 }
 
 #[cfg(test)]
-#[path = "tun_batch_tests.rs"]
 mod tests;
