@@ -432,3 +432,12 @@ pub fn cluster_ip(c: &Cluster, ns: &str, name: &str) -> anyhow::Result<String> {
     let jp = "jsonpath={.spec.clusterIP}";
     Ok(c.kubectl_admin(&["-n", ns, "get", "svc", name, "-o", jp])?)
 }
+
+/// The developer's kubeconfig of `c` with its context called `context`, written to
+/// `<run dir>/<file>.kubeconfig`: one kubeconfig per cluster, as a user with several has.
+pub fn kubeconfig_as(c: &Cluster, context: &str, file: &str) -> String {
+    let text = std::fs::read_to_string(c.developer_kubeconfig()).expect("kubeconfig");
+    let path = c.names().run_dir().join(format!("{file}.kubeconfig"));
+    std::fs::write(&path, text.replace("developer@kwg", context)).expect("write kubeconfig");
+    path.display().to_string()
+}

@@ -67,15 +67,7 @@ fn name_web_app(c: &Cluster, title: &str) {
 
 /// The developer's kubeconfig of `c` with its context called `context`.
 fn kubeconfig(c: &Cluster, context: &str) -> String {
-    kubeconfig_in(c, context, context)
-}
-
-/// The same, in the file `<file>.kubeconfig`.
-fn kubeconfig_in(c: &Cluster, context: &str, file: &str) -> String {
-    let text = std::fs::read_to_string(c.developer_kubeconfig()).expect("kubeconfig");
-    let path = c.names().run_dir().join(format!("{file}.kubeconfig"));
-    std::fs::write(&path, text.replace("developer@kwg", context)).expect("write kubeconfig");
-    path.display().to_string()
+    kwg_e2e::kubeconfig_as(c, context, context)
 }
 
 fn title(l: &Laptop, url: &str) -> String {
@@ -295,8 +287,8 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
     // primary's the cluster domain and the namespaces. Here both kubeconfigs call their
     // context `default` (as k3s does): two sessions all the same, the second `default-2`.
     let (da, db) = (
-        kubeconfig_in(&a, "default", "default-a"),
-        kubeconfig_in(&b, "default", "default-b"),
+        kwg_e2e::kubeconfig_as(&a, "default", "default-a"),
+        kwg_e2e::kubeconfig_as(&b, "default", "default-b"),
     );
     let r = a
         .start_resolved(&l.netns)
