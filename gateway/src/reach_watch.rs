@@ -6,6 +6,7 @@
 
 use crate::core::ActivePeer;
 use crate::kube_io::{listed, watch};
+use crate::policy::possible::{Needs, Possible};
 use crate::policy::reviews::{RETRY, Reviews};
 use crate::policy::view::ReachView;
 use crate::policy::{grants, inventory, rbac, sets};
@@ -61,6 +62,14 @@ pub async fn run(
         cfg.reach_reviews_per_second,
         std::time::Instant::now(),
     );
+    // What RBAC could grant (rebuilt on every change of the RBAC objects): only those pairs
+    // are reviewed, the others denied without a review; everything with --review-all-pairs.
+    let mut possible = Possible::all();
+    let mut rbac_changed = true;
+    let local = !cfg.review_all_pairs;
+    if !local {
+        tracing::info!("--review-all-pairs: every (owner, namespace) a peer asks for is reviewed");
+    }
     let mut applied = Sets::default();
     let mut refused = std::collections::BTreeMap::new();
     let mut departed = inventory::Departed::default();
@@ -91,6 +100,7 @@ pub async fn run(
                 tracing::debug!(namespaces = affected.in_namespace.len(), "Roles or RoleBindings changed: asking the grants of their subjects there again");
                 reviews.subjects_changed(affected);
                 rbac_seen = now;
+                rbac_changed = true;
             }
             Some(()) = cluster_roles.next() => {
                 while let Some(Some(())) = cluster_roles.next().now_or_never() {}
@@ -105,6 +115,7 @@ pub async fn run(
                     namespaces = affected.in_namespace.len(), "ClusterRoles changed: asking the grants of the subjects bound to them again");
                 reviews.subjects_changed(affected);
                 roles_seen = now;
+                rbac_changed = true;
             }
             Some(()) = cluster_bindings.next() => {
                 while let Some(Some(())) = cluster_bindings.next().now_or_never() {}
@@ -113,6 +124,7 @@ pub async fn run(
                 tracing::debug!(subjects = affected.everywhere.len(), "ClusterRoleBindings changed: asking the cluster-wide grant of their subjects again");
                 reviews.subjects_changed(affected);
                 crbs_seen = now;
+                rbac_changed = true;
             }
             Ok(()) = served.changed() => {}
             _ = tokio::time::sleep_until(wake) => {
@@ -126,6 +138,22 @@ pub async fn run(
         }
         if !(listed(&services) && listed(&pods) && listed(&nodes) && listed(&slices)) {
             continue;
+        }
+        let rbac_listed = listed(&roles)
+            && listed(&bindings)
+            && listed(&cluster_role_store)
+            && listed(&cluster_binding_store);
+        if local && !rbac_listed {
+            continue; // what RBAC could grant is not known yet
+        }
+        if std::mem::take(&mut rbac_changed) {
+            possible = rebuild(
+                local,
+                &roles,
+                &bindings,
+                &cluster_role_store,
+                &cluster_binding_store,
+            );
         }
         let started = std::time::Instant::now();
         let inventory = |departed: &inventory::Departed, removed: &inventory::Removed| {
@@ -149,8 +177,9 @@ pub async fn run(
         log_refused(&refused, &inv.refused);
         refused = inv.refused.clone();
         let peers = peer_reach(&served.borrow_and_update(), trust_groups);
-        let needed = grants::questions(&inv, &peers, |_, _| false);
-        let asked = reviews.to_ask(&needed, std::time::Instant::now());
+        let needs = Needs::of(&inv, &peers, &possible);
+        let now = std::time::Instant::now();
+        let asked = reviews.to_ask_with(&needs.questions, needs.scoped.as_ref(), now);
         if !asked.is_empty() {
             let n = asked.len();
             review_all(&client, asked, &mut reviews).await;
@@ -160,7 +189,8 @@ pub async fn run(
                 "owners' grants asked"
             );
         }
-        let new = sets::desired(&inv, &peers, |o, ns| reviews.allowed(o, ns), &mut ids);
+        let allowed = |o: &Subject, ns: &str| needs.allowed(&reviews, o, ns);
+        let new = sets::desired(&inv, &peers, allowed, &mut ids);
         let d = sets::diff(&applied, &new);
         nft_failed = false;
         if !d.is_empty() {
@@ -182,10 +212,31 @@ pub async fn run(
         // What is enforced now is what peers are told (`/peers`).
         reach.send_replace(Arc::new(ReachView {
             enforced: true,
-            by_peer: grants::reachable(&inv, &peers, |o, ns| reviews.answer(o, ns)),
+            by_peer: grants::reachable(&inv, &peers, |o, ns| needs.answer(&reviews, o, ns)),
             namespaces_of: std::sync::Arc::new(inventory::address_namespaces(&inv)),
         }));
     }
+}
+
+/// What RBAC could grant, from the cached RBAC objects (everything, without `local`).
+fn rebuild(
+    local: bool,
+    roles: &Store<Role>,
+    bindings: &Store<RoleBinding>,
+    cluster_roles: &Store<ClusterRole>,
+    cluster_bindings: &Store<ClusterRoleBinding>,
+) -> Possible {
+    if !local {
+        return Possible::all();
+    }
+    let (r, b) = (roles.state(), bindings.state());
+    let (cr, cb) = (cluster_roles.state(), cluster_bindings.state());
+    Possible::build(
+        r.iter().map(|o| o.as_ref()),
+        cr.iter().map(|o| o.as_ref()),
+        b.iter().map(|o| o.as_ref()),
+        cb.iter().map(|o| o.as_ref()),
+    )
 }
 
 /// The admission policy that makes a peer Secret's groups its owner's.

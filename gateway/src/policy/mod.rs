@@ -5,6 +5,8 @@
 //! - [`grants`]: who a review asks about ([`grants::Subject`]), the reviews each peer's reach
 //!   needs, what each peer reaches by name, the RoleBinding that would allow a refused one;
 //! - [`rbac`]: which namespaces a Role or RoleBinding change can affect;
+//! - [`possible`]: the local pre-evaluation of RBAC: which pairs a review could allow (only
+//!   those are asked), which certainly not (denied without a review);
 //! - [`reviews`]: the cache of answers and which reviews to send when (changes, the periodic
 //!   re-review, retries, the rate limit);
 //! - [`schedule`]: the periodic safety re-review spread over its period, the global rate limit;
@@ -15,6 +17,7 @@
 
 pub mod grants;
 pub mod inventory;
+pub mod possible;
 pub mod rbac;
 pub mod reviews;
 pub mod schedule;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Who a binding names: a user (a ServiceAccount as its user name,
 /// `system:serviceaccount:<namespace>:<name>`) or a group.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Named {
     User(String),
     Group(String),

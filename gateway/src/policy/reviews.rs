@@ -18,7 +18,7 @@
 
 use super::grants::{Question, Subject};
 use super::rbac::Affected;
-use super::schedule::{Bucket, Spread};
+use super::schedule::{Bucket, REREVIEW_SHARE, Spread};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,8 @@ pub struct Reviews {
 }
 
 impl Reviews {
-    /// Re-reviews every answer once per `period`; at most `per_second` reviews a second, in
+    /// Re-reviews every answer once per `period` (or slower, so that the re-review takes at
+    /// most [`REREVIEW_SHARE`] of the rate limit); at most `per_second` reviews a second, in
     /// bursts of up to twice as many.
     pub fn new(period: Duration, per_second: f64, now: Instant) -> Reviews {
         let burst = (per_second * 2.0).ceil() as u32;
@@ -68,7 +69,7 @@ impl Reviews {
             retry: BTreeSet::new(),
             retry_at: None,
             dropped: false,
-            spread: Spread::new(period, now),
+            spread: Spread::new(period, per_second * REREVIEW_SHARE, now),
             bucket: Bucket::new(per_second, burst, now),
         }
     }
@@ -109,7 +110,10 @@ impl Reviews {
     /// costs no pass).
     pub fn tick(&mut self, now: Instant) -> bool {
         let scoped: Vec<Question> = self.cluster.keys().map(cluster).collect();
-        let due = self.spread.due(self.grants.keys().chain(&scoped), now);
+        let count = self.grants.len() + scoped.len();
+        let due = self
+            .spread
+            .due(self.grants.keys().chain(&scoped), count, now);
         self.pending.extend(due);
         if self.retry_at.is_some_and(|at| at <= now) {
             self.retry_at = None;
@@ -120,21 +124,56 @@ impl Reviews {
 
     /// A pass: of the questions the peers `needed` now, those to ask at once, as many as the
     /// rate limit lets go, new ones first; the others wait. Answers no peer needs are dropped.
+    /// The cluster-scope questions are asked after a ClusterRoleBinding change
+    /// ([`Reviews::to_ask_with`] without local RBAC).
     #[must_use]
     pub fn to_ask(&mut self, needed: &BTreeSet<Question>, now: Instant) -> BTreeSet<Question> {
+        self.to_ask_with(needed, None, now)
+    }
+
+    /// A pass, as [`Reviews::to_ask`]; with `scoped` (the local RBAC evaluation,
+    /// [`super::possible`]), exactly the subjects a ClusterRoleBinding could grant everywhere
+    /// have a cluster-scope question (asked when new, changed or due), and the others none.
+    /// What a change can have moved goes first, then new questions, then the re-reviews.
+    #[must_use]
+    pub fn to_ask_with(
+        &mut self,
+        needed: &BTreeSet<Question>,
+        scoped: Option<&BTreeSet<Subject>>,
+        now: Instant,
+    ) -> BTreeSet<Question> {
         self.grants.retain(|q, _| needed.contains(q));
         let subjects: BTreeSet<&Subject> = needed.iter().map(|q| &q.0).collect();
-        self.cluster.retain(|s, _| subjects.contains(s));
+        match scoped {
+            Some(scoped) => self.cluster.retain(|s, _| scoped.contains(s)),
+            None => self.cluster.retain(|s, _| subjects.contains(s)),
+        }
         self.dropped = false;
         let roles = std::mem::take(&mut self.roles);
         let bindings = std::mem::take(&mut self.bindings_stale);
         let stale = std::mem::take(&mut self.stale);
-        // Cluster-scope questions: every subject after a binding change; those bound to a
-        // changed ClusterRole by a ClusterRoleBinding, when due again, or waiting.
-        let scoped = subjects
-            .iter()
-            .filter(|s| bindings || roles.everywhere(s) || self.pending.contains(&cluster(s)));
-        let scoped: Vec<Question> = scoped.map(|s| cluster(s)).collect();
+        // Cluster-scope questions. Without local RBAC: every subject after a binding change;
+        // those bound to a changed ClusterRole by a ClusterRoleBinding, when due again, or
+        // waiting. With it: those a ClusterRoleBinding could grant, when new (not after a
+        // failure before its retry), changed, due or waiting.
+        let pending = &self.pending;
+        let scope_changed =
+            |s: &Subject| bindings || roles.everywhere(s) || self.changed.contains(&cluster(s));
+        let (scoped_changed, scoped_other): (Vec<Question>, Vec<Question>) = match scoped {
+            None => subjects
+                .iter()
+                .filter(|s| scope_changed(s) || pending.contains(&cluster(s)))
+                .map(|s| cluster(s))
+                .partition(|q| scope_changed(&q.0)),
+            Some(scoped) => scoped
+                .iter()
+                .map(cluster)
+                .filter(|q| !self.retry.contains(q) || pending.contains(q))
+                .filter(|q| {
+                    scope_changed(&q.0) || !self.cluster.contains_key(&q.0) || pending.contains(q)
+                })
+                .partition(|q| scope_changed(&q.0)),
+        };
         // A subject allowed everywhere needs no question per namespace, except those a
         // changed ClusterRole can have moved (a RoleBinding there names it).
         let everywhere = |q: &Question| self.cluster.get(&q.0) == Some(&true);
@@ -144,18 +183,21 @@ impl Reviews {
             .partition(|q| !self.grants.contains_key(*q));
         // A new question that failed waits for its retry like any other.
         let new = new.into_iter().filter(|q| !self.retry.contains(*q));
-        // What a change can have moved goes before the re-reviews that wait their turn (with
-        // more answers than the rate limit lets through in a period, those always wait).
+        // What a change can have moved goes before the rest (with more answers than the rate
+        // limit lets through, the rest waits).
         let changed =
             |q: &Question| roles.touches(q) || stale.contains(&q.1) || self.changed.contains(q);
-        let (changed, due): (Vec<&Question>, Vec<&Question>) = known
+        let (new_changed, new): (Vec<&Question>, Vec<&Question>) = new.partition(|q| changed(q));
+        let (known_changed, due): (Vec<&Question>, Vec<&Question>) = known
             .into_iter()
             .filter(|q| changed(q) || self.pending.contains(*q))
             .partition(|q| changed(q));
-        let changed: BTreeSet<Question> = changed.into_iter().cloned().collect();
-        let mut want: Vec<Question> = scoped;
-        want.extend(new.cloned());
-        want.extend(changed.iter().cloned());
+        let mut want: Vec<Question> = scoped_changed;
+        want.extend(new_changed.into_iter().cloned());
+        want.extend(known_changed.into_iter().cloned());
+        let changed: BTreeSet<Question> = want.iter().cloned().collect();
+        want.extend(scoped_other);
+        want.extend(new.into_iter().cloned());
         want.extend(due.into_iter().cloned());
         let later = want.split_off(self.bucket.take(want.len(), now));
         self.changed = later
@@ -203,6 +245,11 @@ impl Reviews {
         self.grants
             .get(&(who.clone(), namespace.to_owned()))
             .copied()
+    }
+
+    /// The last cluster-scope answer about `who` (`None`: not asked, or not answered yet).
+    pub fn cluster_answer(&self, who: &Subject) -> Option<bool> {
+        self.cluster.get(who).copied()
     }
 
     /// Whether `who` may reach `namespace`; never answered counts as no.

@@ -1,20 +1,30 @@
 //! When reach by RBAC asks the API server (pure; time passed in): the periodic safety
 //! re-review of every known (owner, namespace) answer spread evenly over its period instead of
-//! all at once, and a global rate limit on reviews (a token bucket) so that a burst (a
+//! all at once (and stretched to stay within its share of the rate limit), and a global rate limit on reviews (a token bucket) so that a burst (a
 //! ClusterRole change, a thousand peers joining) is paced rather than sent at once.
 
 use super::grants::Question;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
-/// The periodic re-review: each question is due once per `period`, at a phase of its own (a
-/// stable hash of it), so N known answers cost N / period reviews per second, evenly.
+/// The share of the rate limit the periodic re-review may take: the rest stays free for what
+/// a change asks (and new peers), so those never wait behind re-reviews.
+pub const REREVIEW_SHARE: f64 = 0.5;
+
+/// The periodic re-review: each question is due once per period, at a phase of its own (a
+/// stable hash of it), so N known answers cost N / period reviews per second, evenly. The
+/// period is the configured one, or longer when N answers would take more than `per_second`
+/// reviews a second: N / `per_second` seconds (the re-review never outgrows its share of the
+/// rate limit, however many answers there are).
 #[derive(Debug, Clone)]
 pub struct Spread {
     period: Duration,
-    epoch: Instant,
-    /// Up to where (since `epoch`) questions were handed out.
-    done: Duration,
+    per_second: f64,
+    /// The last hand-out, and the period it ran at.
+    last: Instant,
+    current: Duration,
+    /// Rounds handed out so far (1.0: every question once).
+    done: f64,
 }
 
 /// How often the spread hands out the questions that fell due (at most a second's worth at a
@@ -23,9 +33,9 @@ fn tick(period: Duration) -> Duration {
     (period / 60).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
-/// `q`'s phase within the period: a stable hash (FNV-1a) of the question, so a question keeps
-/// its slot while the gateway runs and questions spread evenly.
-fn phase(q: &Question, period: Duration) -> Duration {
+/// `q`'s phase within a round, in [0, 1): a stable hash (FNV-1a) of the question, so a
+/// question keeps its slot while the gateway runs and questions spread evenly.
+fn phase(q: &Question) -> f64 {
     struct Fnv(u64);
     impl Hasher for Fnv {
         fn finish(&self) -> u64 {
@@ -39,45 +49,54 @@ fn phase(q: &Question, period: Duration) -> Duration {
     }
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     q.hash(&mut h);
-    let nanos = period.as_nanos().max(1);
-    Duration::from_nanos((u128::from(h.finish()) % nanos) as u64)
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 impl Spread {
-    pub fn new(period: Duration, now: Instant) -> Spread {
+    /// Each question once per `period`, or slower so that they stay under `per_second`.
+    pub fn new(period: Duration, per_second: f64, now: Instant) -> Spread {
+        let period = period.max(Duration::from_secs(1));
         Spread {
-            period: period.max(Duration::from_secs(1)),
-            epoch: now,
-            done: Duration::ZERO,
+            period,
+            per_second: per_second.max(0.001),
+            last: now,
+            current: period,
+            done: 0.0,
         }
+    }
+
+    /// The period in effect for `known` answers.
+    pub fn period_for(&self, known: usize) -> Duration {
+        let needed = Duration::from_secs_f64((known as f64 / self.per_second).min(1e9));
+        self.period.max(needed)
     }
 
     /// When [`Spread::due`] next has something to hand out.
     pub fn next_wake(&self) -> Instant {
-        self.epoch + self.done + tick(self.period)
+        self.last + tick(self.current)
     }
 
-    /// The questions of `known` whose phase passed since the last call (each once per period).
+    /// The questions of `known` (`count` of them) whose phase passed since the last call
+    /// (each once per period).
     pub fn due<'a>(
         &mut self,
         known: impl Iterator<Item = &'a Question>,
+        count: usize,
         now: Instant,
     ) -> Vec<Question> {
-        let until = now.saturating_duration_since(self.epoch);
-        if until <= self.done {
+        if now <= self.last {
             return Vec::new();
         }
-        let p = self.period.as_nanos();
-        let (from, to) = (self.done.as_nanos(), until.as_nanos());
-        self.done = until;
+        self.current = self.period_for(count);
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        let (from, to) = (self.done, self.done + elapsed / self.current.as_secs_f64());
+        self.last = now;
+        self.done = to;
         known
             .filter(|q| {
-                let ph = phase(q, self.period).as_nanos();
-                // The first instant after `from` at this phase: from + (ph - from) mod p, or a
-                // full period later when that is `from` itself.
-                let step = (ph + p - from % p) % p;
-                let step = if step == 0 { p } else { step };
-                from + step <= to
+                // Due when a round's instant at this phase falls in (from, to].
+                let ph = phase(q);
+                (to - ph).floor() > (from - ph).floor()
             })
             .cloned()
             .collect()
