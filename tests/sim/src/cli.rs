@@ -76,16 +76,18 @@ pub struct UpArgs {
     #[arg(long, value_enum, value_name = "MODEL", default_value_t = LanModel::Nic)]
     pub lan_model: LanModel,
     /// The cluster's IP families: `dual` adds IPv6 to the LAN, the Services (IPv4 stays the
-    /// primary family) and the pods.
+    /// primary family) and the pods; `ipv6` makes Services, pods, kube-proxy and cluster DNS
+    /// IPv6 only (the LAN stays dual-stack: the API server on the node's IPv4 address, the
+    /// gateway's NodePort on its IPv6 one).
     #[arg(long, value_enum, value_name = "FAMILY", default_value_t = IpFamily::Ipv4)]
     pub ip_family: IpFamily,
-    /// The LAN's IPv6 prefix (with --ip-family dual): node ::1, laptop ::10, resolver ::53.
+    /// The LAN's IPv6 prefix (with --ip-family dual or ipv6): node ::1, laptop ::10, resolver ::53.
     #[arg(long, value_name = "CIDR", default_value = crate::net::LAN6_CIDR)]
     pub lan6: String,
-    /// IPv6 ClusterIPs (with --ip-family dual, /108 to /120): `kubernetes` ::1, kube-dns ::10.
+    /// IPv6 ClusterIPs (with --ip-family dual or ipv6, /108 to /120): `kubernetes` ::1, kube-dns ::10.
     #[arg(long, value_name = "CIDR", default_value = crate::net::SERVICE6_CIDR)]
     pub service_cidr6: String,
-    /// IPv6 pod IPs (with --ip-family dual, /48 to /64); the node's IPv6 podCIDR is its first /64.
+    /// IPv6 pod IPs (with --ip-family dual or ipv6, /48 to /64); the node's IPv6 podCIDR is its first /64.
     #[arg(long, value_name = "CIDR", default_value = crate::net::POD6_CIDR)]
     pub pod_cidr6: String,
 }
@@ -328,7 +330,7 @@ fn status(n: &Names) -> Result<()> {
         "addresses   LAN {}, Services {}, pods {}, domain {}",
         net.lan, net.service_cidr, net.pod_cidr, net.domain
     );
-    if net.dual() {
+    if net.has_ipv6() {
         println!(
             "IPv6        LAN {}, Services {}, pods {}",
             net.lan6, net.service_cidr6, net.pod_cidr6

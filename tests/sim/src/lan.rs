@@ -25,29 +25,32 @@ pub fn records(net: &ClusterNet) -> Vec<(String, std::net::Ipv4Addr)> {
     .collect()
 }
 
-/// Binds and starts the LAN resolver (`.53` of the LAN, port 53 UDP+TCP) and the intranet
-/// (`.80`, port 80).
+/// Binds and starts the LAN resolver (`.53` of the LAN, port 53 UDP+TCP, and `::53` on a LAN
+/// with IPv6, which an IPv6-only cluster's DNS forwards to) and the intranet (`.80`, port 80).
 pub fn start(n: &Names, net: &ClusterNet) -> Result<Lan> {
     let lan = n.lan_ns();
-    let dns = SocketAddr::from((net.lan_dns_ip(), 53));
-    let udp = netns::udp_socket(&lan, dns)?;
-    let tcp = netns::tcp_listener(&lan, dns)?;
+    let mut tasks = Vec::new();
+    let v6 = net.lan_dns_ip6().map(std::net::IpAddr::V6);
+    for ip in std::iter::once(std::net::IpAddr::V4(net.lan_dns_ip())).chain(v6) {
+        let dns = SocketAddr::from((ip, 53));
+        let udp = netns::udp_socket(&lan, dns)?;
+        let tcp = netns::tcp_listener(&lan, dns)?;
+        let cfg = LanDnsConfig {
+            zone: names::LAN_ZONE.to_string(),
+            records: records(net),
+        };
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve(udp, tcp, cfg).await {
+                tracing::error!(error = %e, "LAN resolver stopped");
+            }
+        }));
+    }
     let web = netns::tcp_listener(&lan, SocketAddr::from((net.intranet_ip(), 80)))?;
-    let cfg = LanDnsConfig {
-        zone: names::LAN_ZONE.to_string(),
-        records: records(net),
-    };
-    let t1 = tokio::spawn(async move {
-        if let Err(e) = serve(udp, tcp, cfg).await {
-            tracing::error!(error = %e, "LAN resolver stopped");
-        }
-    });
     let t2 = tokio::spawn(async move {
         if let Err(e) = crate::workload::serve_http(web, "Corp Intranet".into()).await {
             tracing::error!(error = %e, "intranet server stopped");
         }
     });
-    Ok(Lan {
-        _tasks: vec![t1, t2],
-    })
+    tasks.push(t2);
+    Ok(Lan { _tasks: tasks })
 }

@@ -9,7 +9,7 @@ use crate::names::{self, Names};
 use crate::{Error, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The IP families of a cluster (`kwg-sim up --ip-family`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -20,6 +20,13 @@ pub enum IpFamily {
     Ipv4,
     /// IPv4 and IPv6: the LAN, Services (IPv4 the primary family) and pods carry both.
     Dual,
+    /// IPv6 only inside the cluster, as a cluster made with `--service-cluster-ip-range=<v6>`
+    /// and one IPv6 pod CIDR: Services get one IPv6 ClusterIP, pods only IPv6 addresses,
+    /// kube-proxy and cluster DNS (AAAA) IPv6 only, the Node's podCIDR and InternalIP IPv6.
+    /// The LAN stays dual-stack: the API server listens on the node's IPv4 and IPv6 addresses
+    /// (kubeconfigs name the IPv4 one), the gateway's NodePort is reached at the node's IPv6
+    /// address.
+    Ipv6,
 }
 
 /// The IPv6 defaults of a dual-stack cluster: a ULA LAN, and kind's Service and pod ranges.
@@ -199,7 +206,7 @@ impl ClusterNet {
                 )));
             }
         }
-        if self.dual() {
+        if self.has_ipv6() {
             self.validate6()?;
         }
         check_domain(&self.domain)
@@ -253,18 +260,27 @@ impl ClusterNet {
     pub fn dual(&self) -> bool {
         self.ip_family == IpFamily::Dual
     }
-    /// The node's IPv6 address on the LAN (`::1`), dual-stack only.
+    /// Whether the cluster is IPv6 only (its LAN still carries both families).
+    pub fn ipv6_only(&self) -> bool {
+        self.ip_family == IpFamily::Ipv6
+    }
+    /// Whether the cluster has IPv6 (dual-stack or IPv6 only): the LAN, the node and the pods
+    /// carry IPv6.
+    pub fn has_ipv6(&self) -> bool {
+        self.ip_family != IpFamily::Ipv4
+    }
+    /// The node's IPv6 address on the LAN (`::1`), with IPv6 only.
     pub fn node_ip6(&self) -> Option<Ipv6Addr> {
-        self.dual().then(|| nth6(&self.lan6, 1))
+        self.has_ipv6().then(|| nth6(&self.lan6, 1))
     }
-    /// The default laptop's IPv6 address (`::10`), dual-stack only.
+    /// The default laptop's IPv6 address (`::10`), with IPv6 only.
     pub fn laptop_ip6(&self) -> Option<Ipv6Addr> {
-        self.dual().then(|| nth6(&self.lan6, 10))
+        self.has_ipv6().then(|| nth6(&self.lan6, 10))
     }
-    /// The IPv6 twin of an IPv4 address on the LAN (same host number), dual-stack only.
+    /// The IPv6 twin of an IPv4 address on the LAN (same host number), with IPv6 only.
     pub fn lan_ip6_of(&self, v4: Ipv4Addr) -> Option<Ipv6Addr> {
         let n = u32::from(v4) - u32::from(self.lan.network());
-        self.dual().then(|| nth6(&self.lan6, n))
+        self.has_ipv6().then(|| nth6(&self.lan6, n))
     }
     /// The LAN resolver's IPv6 address (`::53`), dual-stack only.
     pub fn lan_dns_ip6(&self) -> Option<Ipv6Addr> {
@@ -274,31 +290,72 @@ impl ClusterNet {
     pub fn intranet_ip6(&self) -> Option<Ipv6Addr> {
         self.lan_ip6_of(self.intranet_ip())
     }
-    /// kube-dns's IPv6 ClusterIP (`::10` of the IPv6 Service CIDR), dual-stack only.
+    /// kube-dns's IPv6 ClusterIP (`::10` of the IPv6 Service CIDR), with IPv6 only.
     pub fn dns_svc_ip6(&self) -> Option<Ipv6Addr> {
-        self.dual().then(|| nth6(&self.service_cidr6, 10))
+        self.has_ipv6().then(|| nth6(&self.service_cidr6, 10))
     }
-    /// The `kubernetes` Service's IPv6 ClusterIP (`::1`), dual-stack only.
+    /// The `kubernetes` Service's IPv6 ClusterIP (`::1`), with IPv6 only.
     pub fn kubernetes_svc_ip6(&self) -> Option<Ipv6Addr> {
-        self.dual().then(|| nth6(&self.service_cidr6, 1))
+        self.has_ipv6().then(|| nth6(&self.service_cidr6, 1))
+    }
+    /// The Service CIDRs the API server allocates from (`--service-cluster-ip-range`), the
+    /// primary first: IPv4 (and IPv6 when dual-stack), or IPv6 alone.
+    pub fn api_service_cidrs(&self) -> (IpNet, Option<IpNet>) {
+        match self.ip_family {
+            IpFamily::Ipv4 => (self.service_cidr.into(), None),
+            IpFamily::Dual => (self.service_cidr.into(), Some(self.service_cidr6.into())),
+            IpFamily::Ipv6 => (self.service_cidr6.into(), None),
+        }
+    }
+    /// The cluster's Service CIDRs (what the node routes to kube-proxy).
+    pub fn service_cidrs(&self) -> Vec<IpNet> {
+        let (a, b) = self.api_service_cidrs();
+        std::iter::once(a).chain(b).collect()
     }
     /// The second Service CIDR the API server allocates from (dual-stack).
     pub fn secondary_service_cidr(&self) -> Option<Ipv6Net> {
         self.dual().then_some(self.service_cidr6)
     }
-    /// The node's IPv6 podCIDR: the first /64 of the IPv6 pod CIDR, dual-stack only.
+    /// The node's IPv6 podCIDR: the first /64 of the IPv6 pod CIDR, with IPv6 only.
     pub fn node_pod_cidr6(&self) -> Option<Ipv6Net> {
-        self.dual()
+        self.has_ipv6()
             .then(|| Ipv6Net::new(self.pod_cidr6.network(), 64).expect("a /64"))
     }
-    /// The node's podCIDRs as the Node publishes them, IPv4 first.
+    /// The node's podCIDRs as the Node publishes them, IPv4 first (IPv6 alone when IPv6
+    /// only).
     pub fn node_pod_cidrs(&self) -> Vec<String> {
-        std::iter::once(self.node_pod_cidr().to_string())
+        let v4 = (!self.ipv6_only()).then(|| self.node_pod_cidr().to_string());
+        v4.into_iter()
             .chain(self.node_pod_cidr6().map(|n| n.to_string()))
             .collect()
     }
+    /// `v6` in an IPv6-only cluster, else `v4`: an address in the cluster's primary family.
+    fn primary(&self, v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> IpAddr {
+        match v6.filter(|_| self.ipv6_only()) {
+            Some(ip) => ip.into(),
+            None => v4.into(),
+        }
+    }
+    /// The `kubernetes` Service's address in the cluster's primary family (what pods get as
+    /// `KUBERNETES_SERVICE_HOST`).
+    pub fn kubernetes_svc_addr(&self) -> IpAddr {
+        self.primary(self.kubernetes_svc_ip(), self.kubernetes_svc_ip6())
+    }
+    /// kube-dns's address in the primary family (pods' nameserver).
+    pub fn dns_svc_addr(&self) -> IpAddr {
+        self.primary(self.dns_svc_ip(), self.dns_svc_ip6())
+    }
+    /// The node's address in the primary family (its InternalIP, pods' hostIP).
+    pub fn node_addr(&self) -> IpAddr {
+        self.primary(self.node_ip(), self.node_ip6())
+    }
+    /// The LAN resolver's address in the primary family (cluster DNS's upstream).
+    pub fn lan_dns_addr(&self) -> IpAddr {
+        self.primary(self.lan_dns_ip(), self.lan_dns_ip6())
+    }
     /// The IPv6 address of the pod at IPv4 `v4` (same host number in the node's IPv6 podCIDR),
-    /// dual-stack only.
+    /// with IPv6 only. (An IPv6-only cluster's pods have only this one: `v4` is then just the
+    /// kubelet's allocation index.)
     pub fn pod_ip6_of(&self, v4: Ipv4Addr) -> Option<Ipv6Addr> {
         let n = u32::from(v4) - u32::from(self.node_pod_cidr().network());
         self.node_pod_cidr6().map(|net| nth6(&net, n))
@@ -453,6 +510,32 @@ mod tests {
         let old = r#"{"lan":"192.0.2.0/24","service_cidr":"10.96.0.0/12","pod_cidr":"10.244.0.0/16","domain":"cluster.local"}"#;
         let old: ClusterNet = serde_json::from_str(old).unwrap();
         assert_eq!(old, ClusterNet::default());
+    }
+
+    #[test]
+    fn an_ipv6_only_cluster_has_ipv6_inside_and_both_families_on_its_lan() {
+        let n = ClusterNet {
+            ip_family: IpFamily::Ipv6,
+            ..ClusterNet::default()
+        };
+        n.validate().unwrap();
+        let (primary, secondary) = n.api_service_cidrs();
+        assert_eq!(
+            (primary.to_string(), secondary),
+            ("fd00:10:96::/112".into(), None)
+        );
+        assert_eq!(n.node_pod_cidrs(), ["fd00:10:244::/64"]);
+        assert_eq!(n.kubernetes_svc_addr().to_string(), "fd00:10:96::1");
+        assert_eq!(n.dns_svc_addr().to_string(), "fd00:10:96::10");
+        assert_eq!(n.node_addr().to_string(), "fd00:c0:2::1");
+        assert_eq!(n.lan_dns_addr().to_string(), "fd00:c0:2::53");
+        // The LAN keeps IPv4: the API server's address in kubeconfigs, the laptop's.
+        assert_eq!(n.api_server(), "https://192.0.2.1:6443");
+        assert_eq!(n.laptop_ip6().unwrap().to_string(), "fd00:c0:2::10");
+        // IPv4 and dual-stack clusters keep their IPv4 primary addresses.
+        let d = ClusterNet::default();
+        assert_eq!(d.kubernetes_svc_addr().to_string(), "10.96.0.1");
+        assert_eq!(d.node_addr().to_string(), "192.0.2.1");
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl ClusterBuilder {
     pub fn domain(self, domain: &str) -> ClusterBuilder {
         self.option("--domain", domain)
     }
-    /// `kwg-sim up --ip-family FAMILY` (`ipv4`, `dual`).
+    /// `kwg-sim up --ip-family FAMILY` (`ipv4`, `dual`, `ipv6`).
     pub fn ip_family(self, family: &str) -> ClusterBuilder {
         self.option("--ip-family", family)
     }

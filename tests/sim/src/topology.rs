@@ -7,7 +7,7 @@ use crate::names::{self, Names};
 use crate::net::ClusterNet;
 use crate::sh::{self, ip};
 use crate::{Error, Result};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// How the machines' interfaces on the LAN behave (`kwg-sim up --lan-model`).
 ///
@@ -107,7 +107,7 @@ pub fn build(n: &Names, net: &ClusterNet, model: LanModel) -> Result<()> {
         "net.ipv4.conf.all.rp_filter=0",
         "net.ipv4.conf.default.rp_filter=0",
     ];
-    if net.dual() {
+    if net.has_ipv6() {
         // Addresses usable at once (no duplicate address detection on this wire), and the node
         // routes IPv6 as it routes IPv4.
         sysctls.extend([
@@ -137,7 +137,8 @@ pub fn build(n: &Names, net: &ClusterNet, model: LanModel) -> Result<()> {
         "-n {node} route add {} dev kube-svc",
         net.service_cidr
     ))?;
-    if let Some(svc6) = net.secondary_service_cidr() {
+    if net.has_ipv6() {
+        let svc6 = net.service_cidr6;
         ip(&format!("-n {node} route add {svc6} dev kube-svc"))?;
     }
     add_machine(&laptop, net)?;
@@ -411,9 +412,13 @@ pub struct PodNet {
     pub ns: String,
     /// The node-side interface name.
     pub host_if: String,
+    /// The pod's IPv4 address; in an IPv6-only cluster (`ipv4` false) only the kubelet's
+    /// allocation index, never given to the pod.
     pub ip: Ipv4Addr,
-    /// The pod's IPv6 address in a dual-stack cluster.
+    /// The pod's IPv6 address in a dual-stack or IPv6-only cluster.
     pub ip6: Option<Ipv6Addr>,
+    /// Whether the pod has `ip` (false in an IPv6-only cluster).
+    pub ipv4: bool,
 }
 
 impl PodNet {
@@ -424,7 +429,19 @@ impl PodNet {
             host_if: format!("pod{}", ip.octets()[3]),
             ip,
             ip6: None,
+            ipv4: true,
         }
+    }
+
+    /// The pod's addresses as `status.podIPs` lists them, the primary first.
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        let v4 = self.ipv4.then_some(IpAddr::V4(self.ip));
+        v4.into_iter().chain(self.ip6.map(IpAddr::V6)).collect()
+    }
+
+    /// The pod's primary address (`status.podIP`).
+    pub fn primary(&self) -> IpAddr {
+        self.addrs()[0]
     }
 
     /// Creates the namespace and veth, routes and the kubelet-style resolv.conf.
@@ -442,14 +459,16 @@ impl PodNet {
         ip(&format!(
             "-n {node} link add {hif} type veth peer name eth0 netns {ns}"
         ))?;
-        ip(&format!("-n {node} addr add {gw}/32 dev {hif}"))?;
         ip(&format!("-n {node} link set {hif} up"))?;
-        ip(&format!("-n {node} route replace {ip4}/32 dev {hif}"))?;
         ip(&format!("-n {ns} link set lo up"))?;
-        ip(&format!("-n {ns} addr add {ip4}/32 dev eth0"))?;
         ip(&format!("-n {ns} link set eth0 up"))?;
-        ip(&format!("-n {ns} route add {gw} dev eth0 scope link"))?;
-        ip(&format!("-n {ns} route add default via {gw} dev eth0"))?;
+        if self.ipv4 {
+            ip(&format!("-n {node} addr add {gw}/32 dev {hif}"))?;
+            ip(&format!("-n {node} route replace {ip4}/32 dev {hif}"))?;
+            ip(&format!("-n {ns} addr add {ip4}/32 dev eth0"))?;
+            ip(&format!("-n {ns} route add {gw} dev eth0 scope link"))?;
+            ip(&format!("-n {ns} route add default via {gw} dev eth0"))?;
+        }
         if let Some(ip6) = self.ip6 {
             // As IPv4: the node's side answers a fixed link-local gateway, a /128 route to the
             // pod; no duplicate address detection, so the addresses work at once.
@@ -477,7 +496,7 @@ pub fn pod_resolv_conf(namespace: &str, net: &ClusterNet) -> String {
     let d = &net.domain;
     format!(
         "nameserver {}\nsearch {namespace}.svc.{d} svc.{d} {d}\noptions ndots:5\n",
-        net.dns_svc_ip()
+        net.dns_svc_addr()
     )
 }
 

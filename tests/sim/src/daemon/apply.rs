@@ -5,6 +5,7 @@ use crate::{Error, Result, names};
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 
 /// The cluster's own manifest: workloads, kube-dns, RBAC.
 pub const CLUSTER_YAML: &str = include_str!("../../manifests/cluster.yaml");
@@ -17,7 +18,7 @@ pub fn cluster_docs(net: &ClusterNet) -> Result<Vec<Value>> {
     for d in &mut docs {
         let in_kube_system = d["metadata"]["namespace"] == "kube-system";
         if d["kind"] == "Service" && d["metadata"]["name"] == "kube-dns" && in_kube_system {
-            d["spec"]["clusterIP"] = json!(net.dns_svc_ip().to_string());
+            d["spec"]["clusterIP"] = json!(net.dns_svc_addr().to_string());
         }
         // A dual-stack cluster's workloads ask for both families (their Services as a user of
         // such a cluster writes them); kube-dns gets ::10 of the IPv6 Service CIDR too.
@@ -35,7 +36,7 @@ pub fn cluster_docs(net: &ClusterNet) -> Result<Vec<Value>> {
             let Some(args) = args.as_array_mut() else {
                 return Err(Error::Invalid("manifest: coredns has no args".into()));
             };
-            let upstream = format!("{}:53", net.lan_dns_ip());
+            let upstream = SocketAddr::from((net.lan_dns_addr(), 53)).to_string();
             for a in ["--domain", &net.domain, "--upstream", &upstream] {
                 args.push(json!(a));
             }
@@ -107,8 +108,8 @@ pub async fn create_all(client: &Client, docs: Vec<Value>) -> Result<()> {
 
 /// The Node object of the one node.
 pub fn node(net: &ClusterNet) -> Value {
-    let pod_cidr = net.node_pod_cidr().to_string();
     let pod_cidrs = net.node_pod_cidrs();
+    let pod_cidr = pod_cidrs[0].clone();
     json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": names::NODE_NAME, "labels": {"kubernetes.io/hostname": names::NODE_NAME,
@@ -118,14 +119,17 @@ pub fn node(net: &ClusterNet) -> Value {
 }
 
 /// The `kubernetes` Service's EndpointSlice and Endpoints: the API server at the node's LAN
-/// address, port 6443 (the real API server maintains these itself).
+/// address, port 6443 (the real API server maintains these itself), of the cluster's primary
+/// family.
 pub fn kubernetes_endpoints(net: &ClusterNet) -> Vec<Value> {
-    let ip = net.node_ip().to_string();
+    let node = net.node_addr();
+    let ip = node.to_string();
+    let family = if node.is_ipv6() { "IPv6" } else { "IPv4" };
     vec![
         json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "kubernetes", "namespace": "default",
                 "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "endpointslicemirroring-controller.k8s.io"}},
-            "addressType": "IPv4", "ports": [{"name": "https", "port": names::API_PORT, "protocol": "TCP"}],
+            "addressType": family, "ports": [{"name": "https", "port": names::API_PORT, "protocol": "TCP"}],
             "endpoints": [{"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}}]}),
         json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "kubernetes", "namespace": "default"},
             "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": names::API_PORT, "protocol": "TCP"}]}]}),
@@ -135,8 +139,8 @@ pub fn kubernetes_endpoints(net: &ClusterNet) -> Vec<Value> {
 /// The Node's status (Ready, InternalIP its LAN address).
 pub fn node_status(now: &str, net: &ClusterNet) -> Value {
     json!({
-        "addresses": std::iter::once(json!({"type": "InternalIP", "address": net.node_ip().to_string()}))
-            .chain(net.node_ip6().map(|ip| json!({"type": "InternalIP", "address": ip.to_string()})))
+        "addresses": std::iter::once(json!({"type": "InternalIP", "address": net.node_addr().to_string()}))
+            .chain(net.node_ip6().filter(|_| net.dual()).map(|ip| json!({"type": "InternalIP", "address": ip.to_string()})))
             .chain([json!({"type": "Hostname", "address": names::NODE_NAME})])
             .collect::<Vec<_>>(),
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
@@ -205,6 +209,13 @@ mod tests {
         assert!(find("Service", "web-app")["spec"]["ipFamilyPolicy"].is_null());
     }
 
+    /// The document of `kind` named `name`.
+    fn doc<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap()
+    }
+
     #[test]
     fn a_dual_stack_cluster_asks_for_both_families() {
         let net = ClusterNet {
@@ -212,11 +223,7 @@ mod tests {
             ..ClusterNet::default()
         };
         let docs = cluster_docs(&net).unwrap();
-        let find = |name: &str| {
-            docs.iter()
-                .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == name)
-                .unwrap()
-        };
+        let find = |name: &str| doc(&docs, "Service", name);
         assert_eq!(find("web-app")["spec"]["ipFamilyPolicy"], "PreferDualStack");
         assert_eq!(
             find("kube-dns")["spec"]["clusterIPs"],
@@ -229,5 +236,38 @@ mod tests {
         );
         let status = node_status("now", &net);
         assert_eq!(status["addresses"][1]["address"], "fd00:c0:2::1");
+    }
+
+    #[test]
+    fn an_ipv6_only_cluster_is_ipv6_in_every_object() {
+        let net = ClusterNet {
+            ip_family: crate::net::IpFamily::Ipv6,
+            ..ClusterNet::default()
+        };
+        let docs = cluster_docs(&net).unwrap();
+        let find = |kind: &str, name: &str| doc(&docs, kind, name);
+        // Services ask for nothing: the API server gives them its one family, IPv6.
+        assert!(find("Service", "web-app")["spec"]["ipFamilyPolicy"].is_null());
+        assert_eq!(
+            find("Service", "kube-dns")["spec"]["clusterIP"],
+            "fd00:10:96::10"
+        );
+        let args =
+            &find("Deployment", "coredns")["spec"]["template"]["spec"]["containers"][0]["args"];
+        assert!(
+            args.as_array()
+                .unwrap()
+                .contains(&json!("[fd00:c0:2::53]:53")),
+            "{args}"
+        );
+        let node = node(&net);
+        assert_eq!(node["spec"]["podCIDR"], "fd00:10:244::/64");
+        assert_eq!(node["spec"]["podCIDRs"], json!(["fd00:10:244::/64"]));
+        let status = node_status("now", &net);
+        assert_eq!(status["addresses"][0]["address"], "fd00:c0:2::1");
+        assert_eq!(status["addresses"][1]["type"], "Hostname");
+        let eps = kubernetes_endpoints(&net);
+        assert_eq!(eps[0]["addressType"], "IPv6");
+        assert_eq!(eps[0]["endpoints"][0]["addresses"][0], "fd00:c0:2::1");
     }
 }

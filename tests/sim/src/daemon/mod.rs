@@ -28,6 +28,11 @@ fn cert_sans(net: &ClusterNet) -> Vec<String> {
         net.node_ip().to_string(),
         net.kubernetes_svc_ip().to_string(),
     ];
+    // Pods of an IPv6-only cluster reach it at the IPv6 ClusterIP and node address.
+    if net.ipv6_only() {
+        sans.extend(net.kubernetes_svc_ip6().map(|ip| ip.to_string()));
+        sans.extend(net.node_ip6().map(|ip| ip.to_string()));
+    }
     for s in ["kubernetes", "kubernetes.default", "kubernetes.default.svc"] {
         sans.push(s.into());
     }
@@ -43,12 +48,12 @@ pub async fn run(n: Names) -> Result<()> {
         .map_err(Error::io("writing the pid file"))?;
     let net = ClusterNet::load(&n)?;
     let addr = SocketAddr::from((net.node_ip(), names::API_PORT));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(Error::io(format!("binding the API server to {addr}")))?;
+    let listener =
+        api_listener(&net).map_err(Error::io(format!("binding the API server to {addr}")))?;
+    let (service_cidr, service_cidr_secondary) = net.api_service_cidrs();
     let cfg = kwg_apiserver::Config {
-        service_cidr: net.service_cidr.into(),
-        service_cidr_secondary: net.secondary_service_cidr().map(Into::into),
+        service_cidr,
+        service_cidr_secondary,
         cert_sans: cert_sans(&net),
         state_dir: dir.join("pki"),
     };
@@ -121,6 +126,19 @@ pub async fn run(n: Names) -> Result<()> {
     stop(&n, lan)
 }
 
+/// The API server's socket: the node's LAN address, and in an IPv6-only cluster every address
+/// of the node (`[::]`, both families), as the `kubernetes` Service's IPv6 endpoint is the
+/// node's IPv6 address (an IPv6 socket takes IPv4 too: the node keeps `bindv6only` 0).
+fn api_listener(net: &ClusterNet) -> std::io::Result<tokio::net::TcpListener> {
+    let std = if net.ipv6_only() {
+        std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, names::API_PORT))?
+    } else {
+        std::net::TcpListener::bind((net.node_ip(), names::API_PORT))?
+    };
+    std.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(std)
+}
+
 fn spawn(what: &'static str, f: impl std::future::Future<Output = Result<()>> + Send + 'static) {
     tokio::spawn(async move {
         if let Err(e) = f.await {
@@ -144,7 +162,7 @@ async fn create_node(client: &Client, net: &ClusterNet) -> Result<()> {
 async fn wait_ready(client: &Client, n: &Names, net: &ClusterNet) -> Result<()> {
     let start = Instant::now();
     let mut logged = Instant::now();
-    let dns = SocketAddr::from((net.dns_svc_ip(), 53));
+    let dns = SocketAddr::from((net.dns_svc_addr(), 53));
     let name = format!("kubernetes.default.svc.{}", net.domain);
     loop {
         let unready = ready::unready_deployments(client).await?;

@@ -6,8 +6,8 @@ use kube::api::{Api, ListParams};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// A DNS A query for `name` with id `id` (RFC 1035 4.1).
-pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
+/// A DNS A query for `name` with id `id` (RFC 1035 4.1); AAAA (RFC 3596) when `aaaa`.
+pub fn dns_query(id: u16, name: &str, aaaa: bool) -> Vec<u8> {
     let mut q = Vec::with_capacity(64);
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD, QDCOUNT 1
@@ -15,7 +15,8 @@ pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
         q.push(label.len() as u8);
         q.extend_from_slice(label.as_bytes());
     }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
+    let qtype = if aaaa { 28 } else { 1 };
+    q.extend_from_slice(&[0, 0, qtype, 0, 1]); // root, type A or AAAA, class IN
     q
 }
 
@@ -27,13 +28,20 @@ pub fn dns_answered(id: u16, reply: &[u8]) -> bool {
         && u16::from_be_bytes([reply[6], reply[7]]) > 0
 }
 
-/// Sends one query over UDP and waits up to 300 ms.
+/// Sends one query over UDP and waits up to 300 ms: A, or AAAA to an IPv6 server (an IPv6-only
+/// cluster's DNS has no A records).
 pub async fn dns_answers(server: SocketAddr, name: &str) -> bool {
-    let Ok(sock) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+    let bind = if server.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let Ok(sock) = tokio::net::UdpSocket::bind(bind).await else {
         return false;
     };
     let id = rand::random::<u16>();
-    if sock.send_to(&dns_query(id, name), server).await.is_err() {
+    let query = dns_query(id, name, server.is_ipv6());
+    if sock.send_to(&query, server).await.is_err() {
         return false;
     }
     let mut buf = [0u8; 1500];
@@ -48,7 +56,7 @@ pub fn tcp_service_addrs(services: &[k8s_openapi::api::core::v1::Service]) -> Ve
         let Some(ip) = spec
             .cluster_ip
             .as_deref()
-            .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
         else {
             continue;
         };
@@ -120,13 +128,15 @@ mod tests {
 
     #[test]
     fn query_wire_format() {
-        let q = dns_query(0x1234, "a.bc.");
+        let q = dns_query(0x1234, "a.bc.", false);
         assert_eq!(
             q,
             [
                 0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 2, b'b', b'c', 0, 0, 1, 0, 1
             ]
         );
+        // AAAA: type 28.
+        assert_eq!(dns_query(0x1234, "a.bc.", true)[18..], [0, 28, 0, 1]);
         let mut reply = q.clone();
         reply[2] = 0x81;
         reply[3] = 0x80;

@@ -250,6 +250,7 @@ impl Kubelet {
         })?;
         let mut net = PodNet::new(&self.cfg.names, &ns, &name, ip);
         net.ip6 = self.cfg.net.pod_ip6_of(ip);
+        net.ipv4 = !self.cfg.net.ipv6_only();
         let dir = self.cfg.names.pods_dir().join(format!("{ns}_{name}"));
         let sa_name = pod
             .spec
@@ -277,7 +278,7 @@ impl Kubelet {
                 name: c.name.clone(),
                 image: c.image.clone().unwrap_or_default(),
                 argv: plan::argv(c, |b| crate::bin_path(b).to_string_lossy().into_owned()),
-                env: self.env(pod, c, ip).await,
+                env: self.env(pod, c, net.primary()).await,
                 probe: plan::readiness_http(c),
                 child: None,
                 restarts: 0,
@@ -287,7 +288,7 @@ impl Kubelet {
                 waiting: None,
             });
         }
-        tracing::info!(pod = %name, namespace = %ns, %ip, "pod network ready");
+        tracing::info!(pod = %name, namespace = %ns, ip = %net.primary(), "pod network ready");
         let grace = pod
             .spec
             .as_ref()
@@ -309,7 +310,7 @@ impl Kubelet {
         &self,
         pod: &Pod,
         c: &k8s_openapi::api::core::v1::Container,
-        ip: std::net::Ipv4Addr,
+        ip: std::net::IpAddr,
     ) -> Vec<(String, String)> {
         let ns = pod.namespace().unwrap_or_default();
         let mut env: Vec<(String, String)> = vec![
@@ -323,7 +324,7 @@ impl Kubelet {
             ("HOSTNAME".into(), pod.name_any()),
             (
                 "KUBERNETES_SERVICE_HOST".into(),
-                self.cfg.net.kubernetes_svc_ip().to_string(),
+                self.cfg.net.kubernetes_svc_addr().to_string(),
             ),
             ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
             (
@@ -339,7 +340,7 @@ impl Kubelet {
                 (Some(v), _) => Some(v.clone()),
                 (None, Some(from)) => {
                     if let Some(f) = &from.field_ref {
-                        plan::field_ref(pod, &f.field_path, ip, self.cfg.net.node_ip())
+                        plan::field_ref(pod, &f.field_path, ip, self.cfg.net.node_addr())
                     } else if let Some(s) = &from.secret_key_ref {
                         let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
                         api.get_opt(&s.name).await.ok().flatten().and_then(|sec| {
@@ -390,7 +391,7 @@ impl Kubelet {
         }
         // Readiness probes of every container at once (each waits at most 500 ms).
         let probes = self.pods.values().flat_map(|rp| {
-            let ip = rp.net.ip;
+            let ip = rp.net.primary();
             rp.containers.iter().map(move |c| {
                 let probe = c.probe.clone();
                 let running = c.child.is_some();
@@ -412,7 +413,7 @@ impl Kubelet {
         }
         let stored: BTreeMap<Key, &Pod> = pods.iter().map(|p| (key(p), p)).collect();
         for (k, rp) in &mut self.pods {
-            let status = runtime::pod_status(rp, self.cfg.net.node_ip());
+            let status = runtime::pod_status(rp, self.cfg.net.node_addr());
             let in_store = stored
                 .get(k)
                 .and_then(|p| p.status.as_ref())

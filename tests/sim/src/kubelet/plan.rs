@@ -148,7 +148,12 @@ pub fn backoff(restarts: u32) -> Duration {
 }
 
 /// The value of a `fieldRef` env var.
-pub fn field_ref(pod: &Pod, path: &str, pod_ip: Ipv4Addr, host_ip: Ipv4Addr) -> Option<String> {
+pub fn field_ref(
+    pod: &Pod,
+    path: &str,
+    pod_ip: std::net::IpAddr,
+    host_ip: std::net::IpAddr,
+) -> Option<String> {
     let spec = pod.spec.as_ref();
     Some(match path {
         "metadata.name" => pod.metadata.name.clone()?,

@@ -134,7 +134,7 @@ impl Ctr {
 }
 
 /// An httpGet probe from the node: true on a 2xx/3xx answer.
-pub async fn http_ok(ip: std::net::Ipv4Addr, port: u16, path: &str) -> bool {
+pub async fn http_ok(ip: std::net::IpAddr, port: u16, path: &str) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect((ip, port)).await.ok()?;
@@ -166,7 +166,7 @@ pub async fn http_ok(ip: std::net::Ipv4Addr, port: u16, path: &str) -> bool {
 }
 
 /// The Pod status a kubelet would report for `pod` (deterministic for unchanged state).
-pub fn pod_status(pod: &RunningPod, host_ip: std::net::Ipv4Addr) -> Value {
+pub fn pod_status(pod: &RunningPod, host_ip: std::net::IpAddr) -> Value {
     let all_ready = pod.containers.iter().all(|c| c.ready);
     let any_started = pod.containers.iter().any(|c| c.started_at.is_some());
     let t = &pod.started;
@@ -189,9 +189,8 @@ pub fn pod_status(pod: &RunningPod, host_ip: std::net::Ipv4Addr) -> Value {
         .collect();
     json!({
         "phase": if any_started { "Running" } else { "Pending" },
-        "podIP": pod.net.ip.to_string(),
-        "podIPs": std::iter::once(pod.net.ip.to_string()).chain(pod.net.ip6.map(|ip| ip.to_string()))
-            .map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+        "podIP": pod.net.primary().to_string(),
+        "podIPs": pod.net.addrs().iter().map(|ip| json!({"ip": ip.to_string()})).collect::<Vec<_>>(),
         "hostIP": host_ip.to_string(), "hostIPs": [{"ip": host_ip.to_string()}],
         "startTime": t, "qosClass": "BestEffort",
         "conditions": [cond("PodScheduled", true), cond("Initialized", true),
@@ -234,7 +233,7 @@ mod tests {
             reported: None,
             grace: Duration::from_secs(1),
         };
-        let st = pod_status(&pod, std::net::Ipv4Addr::new(192, 0, 2, 1));
+        let st = pod_status(&pod, std::net::Ipv4Addr::new(192, 0, 2, 1).into());
         assert_eq!(st["phase"], "Pending");
         assert_eq!(st["podIP"], "10.244.0.7");
         assert_eq!(st["hostIP"], "192.0.2.1");
@@ -251,7 +250,7 @@ mod tests {
             "CrashLoopBackOff".into(),
             "container exited: exit status: 1".into(),
         ));
-        let st = pod_status(&pod, std::net::Ipv4Addr::new(192, 0, 2, 1));
+        let st = pod_status(&pod, std::net::Ipv4Addr::new(192, 0, 2, 1).into());
         assert_eq!(st["phase"], "Running");
         assert_eq!(st["containerStatuses"][0]["restartCount"], 2);
         assert_eq!(
@@ -267,7 +266,7 @@ mod tests {
         assert_eq!(ready["status"], "False");
         assert_eq!(
             st,
-            pod_status(&pod, std::net::Ipv4Addr::new(192, 0, 2, 1)),
+            pod_status(&pod, std::net::Ipv4Addr::new(192, 0, 2, 1).into()),
             "deterministic"
         );
     }

@@ -22,7 +22,12 @@ pub async fn run(client: Client, net: ClusterNet) -> crate::Result<()> {
     let mut last = String::new();
     loop {
         let rules = render::plan(&snapshot(&services), &snapshot(&slices));
-        let mut text = render::render(TABLE, net.node_ip(), net.pod_cidr, &rules);
+        // An IPv6-only cluster's kube-proxy programs IPv6 alone (`--cluster-cidr` of one family).
+        let mut text = if net.ipv6_only() {
+            String::new()
+        } else {
+            render::render(TABLE, net.node_ip(), net.pod_cidr, &rules)
+        };
         if let Some(node6) = net.node_ip6() {
             text.push_str(&render::render(TABLE, node6, net.pod_cidr6, &rules));
         }

@@ -130,7 +130,7 @@ fn service(
             let extra = if answers.is_empty() {
                 Vec::new()
             } else {
-                address_records(&svc_name, ips, RecordType::A)
+                glue(&svc_name, ips)
             };
             Reply::or_nodata(answers, extra, soa)
         }
@@ -155,7 +155,7 @@ fn service(
                     any = true;
                 }
                 if any {
-                    extra.extend(address_records(&host, &ep.addresses, RecordType::A));
+                    extra.extend(glue(&host, &ep.addresses));
                 }
             }
             Reply::or_nodata(srv_records(name, targets.into_iter()), extra, soa)
@@ -188,6 +188,14 @@ fn srv_records(name: &Name, targets: impl ExactSizeIterator<Item = (u16, Name)>)
             )
         })
         .collect()
+}
+
+/// An SRV answer's additional records: A and AAAA of the target (an IPv6-only cluster's
+/// targets have only AAAA).
+fn glue(name: &Name, ips: &[IpAddr]) -> Vec<Record> {
+    let mut out = address_records(name, ips, RecordType::A);
+    out.extend(address_records(name, ips, RecordType::AAAA));
+    out
 }
 
 /// A records for the IPv4 addresses (query type A) or AAAA for the IPv6 ones (AAAA).
