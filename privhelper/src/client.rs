@@ -153,6 +153,18 @@ impl Client {
         .await
     }
 
+    /// Has systemd-resolved send `domains` to this session's forwarder on its link (a second
+    /// call replaces the domains).
+    pub async fn resolved_link(
+        &mut self,
+        domains: &[kwg_session::dns::domains::LinkDomain],
+    ) -> Result<(), ClientError> {
+        self.done(&Request::ResolvedLink {
+            domains: domains.iter().map(Into::into).collect(),
+        })
+        .await
+    }
+
     /// Has the helper put the resolver file back now.
     pub async fn revert_dns(&mut self) -> Result<(), ClientError> {
         self.done(&Request::RevertDns {}).await

@@ -77,7 +77,13 @@ pub enum Request {
         #[serde(default)]
         search: Vec<String>,
     },
-    /// Puts the resolver file back now (the user side stops its forwarder next).
+    /// Has systemd-resolved send `domains` to this session's forwarder (the address of its
+    /// `DnsSocket`) on the session's own link, never as the default route: the calls of a root
+    /// join (`SetLinkDNS`, `SetLinkDomains`, `SetLinkDefaultRoute` false). A second one
+    /// replaces the domains. Reverted (`RevertLink`) with the session and by `RevertDns`.
+    ResolvedLink { domains: Vec<Domain> },
+    /// Puts the resolver file back and reverts the link in systemd-resolved now (the user side
+    /// stops its forwarder next).
     RevertDns {},
     /// Reverts everything of the session.
     Close {},
@@ -85,6 +91,33 @@ pub enum Request {
     List {},
     /// Reverts the session on `interface` (its owner or root only).
     End { interface: String },
+}
+
+/// A domain of the session's link in systemd-resolved: `routingOnly` is resolved's `~domain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Domain {
+    pub name: String,
+    #[serde(default)]
+    pub routing_only: bool,
+}
+
+impl From<&kwg_session::dns::domains::LinkDomain> for Domain {
+    fn from(d: &kwg_session::dns::domains::LinkDomain) -> Domain {
+        Domain {
+            name: d.name.clone(),
+            routing_only: d.routing_only,
+        }
+    }
+}
+
+impl From<Domain> for kwg_session::dns::domains::LinkDomain {
+    fn from(d: Domain) -> Self {
+        kwg_session::dns::domains::LinkDomain {
+            name: d.name,
+            routing_only: d.routing_only,
+        }
+    }
 }
 
 /// What the helper answers.
@@ -233,6 +266,12 @@ mod tests {
             Request::ResolvConf {
                 forwarder: "127.77.0.53".parse().unwrap(),
                 search: vec!["emojivoto.svc.cluster.local".into()],
+            },
+            Request::ResolvedLink {
+                domains: vec![Domain {
+                    name: "cluster.local".into(),
+                    routing_only: true,
+                }],
             },
             Request::RevertDns {},
             Request::End {

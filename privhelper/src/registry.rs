@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::proto::{ErrorKind, MAX_ROUTES, SessionInfo, VERSION};
 use crate::rules::{self, Facts, Policy};
+use kwg_session::dns::domains::{LinkConfig, LinkDomain};
 
 /// How many sessions one uid may hold at once, and the machine in all.
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +107,17 @@ pub enum Change {
         original: String,
         contents: String,
     },
+    /// Sets systemd-resolved's DNS on the session's link (`SetLinkDNS`, `SetLinkDomains`,
+    /// `SetLinkDefaultRoute` false, DNSSEC/DoT/LLMNR/mDNS off), as a root join does.
+    ConfigureResolved {
+        name: String,
+        link: LinkConfig,
+    },
+    /// Replaces the domains of a link configured already (namespaces come and go).
+    SetResolvedDomains {
+        ifindex: u32,
+        domains: Vec<LinkDomain>,
+    },
 }
 
 /// How a change is undone; what the journal holds.
@@ -134,6 +146,12 @@ pub enum Undo {
     RestoreResolvConf {
         original: String,
     },
+    /// `RevertLink` of the link, if it still has this index (a link that is gone took its DNS
+    /// settings with it).
+    RevertLink {
+        name: String,
+        ifindex: u32,
+    },
 }
 
 impl Change {
@@ -158,9 +176,14 @@ impl Change {
             Change::WriteResolvConf { original, .. } => Some(Undo::RestoreResolvConf {
                 original: original.clone(),
             }),
-            Change::DeleteAddress { .. } | Change::DeleteRoute { .. } | Change::BindDns { .. } => {
-                None
-            }
+            Change::ConfigureResolved { name, link } => Some(Undo::RevertLink {
+                name: name.clone(),
+                ifindex: link.ifindex,
+            }),
+            Change::DeleteAddress { .. }
+            | Change::DeleteRoute { .. }
+            | Change::BindDns { .. }
+            | Change::SetResolvedDomains { .. } => None,
         }
     }
 }
@@ -181,6 +204,8 @@ pub struct Session {
     pub dns_sockets: Vec<bool>,
     /// Whether the resolver file is this session's (rewritten to its forwarder).
     pub resolv_conf: bool,
+    /// Whether systemd-resolved sends names to the session's forwarder (its link configured).
+    pub resolved: bool,
     /// What undoes this session's changes, oldest first (the journal's content).
     pub undo: Vec<Undo>,
 }
@@ -196,7 +221,7 @@ impl Session {
             addresses: self.addresses.clone(),
             routes: self.routes.clone(),
             firewall: self.firewall,
-            dns: self.resolv_conf,
+            dns: self.resolv_conf || self.resolved,
         }
     }
 }
@@ -225,6 +250,10 @@ pub enum Op {
         forwarder: IpAddr,
         search: Vec<String>,
     },
+    /// systemd-resolved's DNS on the session's link: its forwarder, `domains`.
+    ResolvedLink {
+        domains: Vec<LinkDomain>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -234,7 +263,14 @@ pub struct Registry {
     limits: Limits,
     /// The helper's `--allow-route`: public prefixes members may route with their consent.
     allow_routes: Vec<IpNet>,
+    /// The forwarder addresses the helper bound for each uid: the descriptors outlive the
+    /// sessions, so an address counts until a probe finds it free ([`Registry::forget_dns`]).
+    dns_bound: BTreeMap<u32, std::collections::BTreeSet<SocketAddr>>,
 }
+
+/// Forwarder addresses of `127.77.0.0/24` one uid (other than root) may hold at once: each
+/// session has one, and a user's sessions are at most [`Limits::per_uid`].
+pub const MAX_DNS_ADDRESSES_PER_UID: usize = 8;
 
 impl Registry {
     pub fn new(limits: Limits, allow_routes: Vec<IpNet>) -> Registry {
@@ -243,6 +279,7 @@ impl Registry {
             next: 1,
             limits,
             allow_routes,
+            dns_bound: BTreeMap::new(),
         }
     }
 
@@ -387,6 +424,7 @@ impl Registry {
                 dns_listen: None,
                 dns_sockets: Vec::new(),
                 resolv_conf: false,
+                resolved: false,
                 undo: Vec::new(),
             },
         );
@@ -522,6 +560,10 @@ impl Registry {
                 need_link()?;
                 self.plan_resolv_conf(s, *forwarder, search, facts, policy)
             }
+            Op::ResolvedLink { domains } => {
+                need_link()?;
+                self.plan_resolved_link(s, domains, policy)
+            }
             Op::Firewall => {
                 need_link()?;
                 if s.firewall {
@@ -564,7 +606,47 @@ impl Registry {
         if let Some(o) = self.holder(s.id, |o| o.dns_listen == Some(listen)) {
             return Err(self.conflict(o, format!("DNS listen address {listen}")));
         }
+        let held = self.dns_bound.get(&s.peer.uid);
+        let count = held.map_or(0, |h| h.len());
+        let new = !held.is_some_and(|h| h.contains(&listen));
+        if !s.peer.is_root() && new && count >= MAX_DNS_ADDRESSES_PER_UID {
+            return Err(refuse(
+                ErrorKind::Limit,
+                format!(
+                    "refused DNS listen address {listen}: uid {} holds the forwarder sockets of {count} addresses of 127.77.0.0/24 already (at most {MAX_DNS_ADDRESSES_PER_UID} per user): end one of your kwg sessions, or the process still holding a forwarder's sockets",
+                    s.peer.uid
+                ),
+            ));
+        }
         Ok(vec![Change::BindDns { listen, tcp }])
+    }
+
+    /// The forwarder addresses recorded for `uid` that no live session of that uid holds: the
+    /// server probes whether something still holds them (the descriptors it handed out).
+    pub fn dns_to_probe(&self, uid: u32) -> Vec<SocketAddr> {
+        let live: Vec<SocketAddr> = self
+            .sessions
+            .values()
+            .filter(|s| s.peer.uid == uid)
+            .filter_map(|s| s.dns_listen)
+            .collect();
+        self.dns_bound
+            .get(&uid)
+            .into_iter()
+            .flatten()
+            .filter(|a| !live.contains(a))
+            .copied()
+            .collect()
+    }
+
+    /// Forgets `free` (addresses a probe found nobody holding) from `uid`'s forwarder addresses.
+    pub fn forget_dns(&mut self, uid: u32, free: &[SocketAddr]) {
+        if let Some(set) = self.dns_bound.get_mut(&uid) {
+            set.retain(|a| !free.contains(a));
+            if set.is_empty() {
+                self.dns_bound.remove(&uid);
+            }
+        }
     }
 
     /// The resolver file pointed at the session's own forwarder, with search domains the
@@ -614,6 +696,54 @@ impl Registry {
         Ok(vec![Change::WriteResolvConf {
             original: facts.resolv_conf.clone(),
             contents,
+        }])
+    }
+
+    /// systemd-resolved's DNS on the session's own link only, pointed at the forwarder the
+    /// helper bound for it, with domains the rules accept ([`crate::linkdns`]); never the
+    /// default route. A session whose link is configured already gets its domains replaced.
+    fn plan_resolved_link(
+        &self,
+        s: &Session,
+        domains: &[LinkDomain],
+        policy: &dyn Policy,
+    ) -> Result<Vec<Change>, Refusal> {
+        let (Some(ifindex), Some(server)) = (s.ifindex, s.dns_listen) else {
+            return Err(refuse(
+                ErrorKind::Refused,
+                "refused systemd-resolved DNS: the link's server is only the forwarder kwg-helper bound for this session (send dnsSocket first)",
+            ));
+        };
+        if domains.is_empty() {
+            return Err(refuse(
+                ErrorKind::BadRequest,
+                "no domains for the link: without them systemd-resolved would send no query to kwg",
+            ));
+        }
+        if domains.len() > crate::linkdns::MAX_LINK_DOMAINS {
+            return Err(refuse(
+                ErrorKind::Limit,
+                format!(
+                    "at most {} domains on a link",
+                    crate::linkdns::MAX_LINK_DOMAINS
+                ),
+            ));
+        }
+        for d in domains {
+            crate::linkdns::check_link_domain(d, policy)
+                .map_err(|m| refuse(ErrorKind::Refused, m))?;
+        }
+        let domains = domains.to_vec();
+        Ok(vec![match s.resolved {
+            true => Change::SetResolvedDomains { ifindex, domains },
+            false => Change::ConfigureResolved {
+                name: s.spec.interface.clone(),
+                link: LinkConfig {
+                    ifindex,
+                    server,
+                    domains,
+                },
+            },
         }])
     }
 
@@ -698,21 +828,26 @@ impl Registry {
             Change::BindDns { listen, tcp } => {
                 s.dns_listen = Some(*listen);
                 s.dns_sockets.push(*tcp);
+                let uid = s.peer.uid;
+                self.dns_bound.entry(uid).or_default().insert(*listen);
             }
             Change::WriteResolvConf { .. } => s.resolv_conf = true,
+            Change::ConfigureResolved { .. } => s.resolved = true,
+            Change::SetResolvedDomains { .. } => {}
         }
     }
 
-    /// Takes the session's resolver-file undo out of it (the user side ends DNS before the
-    /// rest of the session), to be done now.
+    /// Takes the session's DNS undo (the resolver file's, systemd-resolved's link) out of it
+    /// (the user side ends DNS before the rest of the session), to be done now.
     pub fn take_dns_undo(&mut self, id: u64) -> Vec<Undo> {
         let Some(s) = self.sessions.get_mut(&id) else {
             return Vec::new();
         };
         s.resolv_conf = false;
+        s.resolved = false;
         let (dns, rest) = std::mem::take(&mut s.undo)
             .into_iter()
-            .partition(|u| matches!(u, Undo::RestoreResolvConf { .. }));
+            .partition(|u| matches!(u, Undo::RestoreResolvConf { .. } | Undo::RevertLink { .. }));
         s.undo = rest;
         dns
     }
@@ -723,10 +858,12 @@ impl Registry {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        if left.is_empty() {
-            return;
+        for u in &left {
+            match u {
+                Undo::RevertLink { .. } => s.resolved = true,
+                _ => s.resolv_conf = true,
+            }
         }
-        s.resolv_conf = true;
         for u in left {
             if !s.undo.contains(&u) {
                 s.undo.push(u);

@@ -575,3 +575,135 @@ fn a_failed_resolver_file_revert_stays_the_sessions_to_undo() {
     assert!(r.get(a).unwrap().undo.contains(&undo[0]));
     assert!(r.close(a).contains(&undo[0]));
 }
+
+#[test]
+fn resolved_dns_goes_only_on_the_sessions_own_link_to_its_own_forwarder() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let a = open(&mut r, ALICE, "kwg0");
+    let link = |names: &[&str]| Op::ResolvedLink {
+        domains: names
+            .iter()
+            .map(|d| LinkDomain {
+                name: d.trim_start_matches('~').into(),
+                routing_only: d.starts_with('~'),
+            })
+            .collect(),
+    };
+    let planned = [
+        "~cluster.local",
+        "emojivoto.svc.cluster.local",
+        "~emojivoto",
+    ];
+    let e = apply(&mut r, a, link(&planned)).unwrap_err();
+    assert!(e.message.contains("send createTun first"), "{e}");
+    apply(&mut r, a, Op::CreateTun { mtu: 1420 }).unwrap();
+    // No forwarder of this session's yet: nothing for the link to point at.
+    let e = apply(&mut r, a, link(&planned)).unwrap_err();
+    assert!(e.message.contains("send dnsSocket first"), "{e}");
+    let listen: std::net::SocketAddr = "127.77.0.53:53".parse().unwrap();
+    apply(&mut r, a, Op::DnsSocket { listen, tcp: false }).unwrap();
+    // Every name (`~.`), a public suffix or a public reverse zone: refused, nothing planned.
+    for bad in [
+        &["~."][..],
+        &["~cluster.local", "~com"],
+        &["~8.8.8.in-addr.arpa"],
+    ] {
+        let e = apply(&mut r, a, link(bad)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Refused, "{bad:?}: {e}");
+        assert!(!r.get(a).unwrap().info().dns);
+    }
+    let changes = apply(&mut r, a, link(&planned)).unwrap();
+    let [Change::ConfigureResolved { name, link: cfg }] = &changes[..] else {
+        panic!("{changes:?}")
+    };
+    // The session's own link (the ifindex the helper made) and forwarder, whatever was asked.
+    assert_eq!(
+        (name.as_str(), cfg.ifindex, cfg.server),
+        ("kwg0", 7, listen)
+    );
+    assert!(r.get(a).unwrap().info().dns);
+    // Namespaces come and go: the domains are replaced, the undo stays the one RevertLink.
+    let changes = apply(&mut r, a, link(&["~cluster.local", "~late"])).unwrap();
+    assert!(
+        matches!(
+            &changes[..],
+            [Change::SetResolvedDomains { ifindex: 7, .. }]
+        ),
+        "{changes:?}"
+    );
+    let revert = Undo::RevertLink {
+        name: "kwg0".into(),
+        ifindex: 7,
+    };
+    assert_eq!(
+        r.get(a)
+            .unwrap()
+            .undo
+            .iter()
+            .filter(|u| **u == revert)
+            .count(),
+        1
+    );
+    // revertDns takes it out first; a failed revert is given back and done at the end.
+    assert_eq!(r.take_dns_undo(a), vec![revert.clone()]);
+    assert!(!r.get(a).unwrap().info().dns);
+    r.return_dns_undo(a, vec![revert.clone()]);
+    assert!(r.get(a).unwrap().info().dns);
+    let undo = r.close(a);
+    assert_eq!(
+        undo.first(),
+        Some(&revert),
+        "reverted before the link goes: {undo:?}"
+    );
+}
+
+#[test]
+fn a_user_holds_at_most_eight_forwarder_addresses_while_their_sockets_live_root_any() {
+    let mut r = Registry::new(
+        Limits {
+            per_uid: 32,
+            total: 64,
+        },
+        vec![],
+    );
+    let addr = |i: u8| std::net::SocketAddr::from(([127, 77, 0, 53 + i], 53));
+    let bind = |r: &mut Registry, peer: Peer, i: u8| {
+        let id = open(r, peer, &format!("kwg{i}"));
+        apply(r, id, Op::CreateTun { mtu: 1420 }).unwrap();
+        (
+            id,
+            apply(
+                r,
+                id,
+                Op::DnsSocket {
+                    listen: addr(i),
+                    tcp: false,
+                },
+            ),
+        )
+    };
+    // Sessions that bound a forwarder and ended: their descriptors may live on with the user.
+    for i in 0..8 {
+        let (id, got) = bind(&mut r, ALICE, i);
+        got.unwrap();
+        r.close(id);
+    }
+    let (_, got) = bind(&mut r, ALICE, 8);
+    let e = got.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Limit);
+    assert_eq!(
+        e.message,
+        "refused DNS listen address 127.77.0.61:53: uid 1000 holds the forwarder sockets of 8 addresses of 127.77.0.0/24 already (at most 8 per user): end one of your kwg sessions, or the process still holding a forwarder's sockets"
+    );
+    // Another user, and root, are not held back by Alice's.
+    bind(&mut r, BOB, 9).1.unwrap();
+    for i in 10..20 {
+        bind(&mut r, ROOT, i).1.unwrap();
+    }
+    // The ended sessions' addresses are the ones to probe; one found free counts no more.
+    let probe = r.dns_to_probe(ALICE.uid);
+    assert_eq!(probe.len(), 8);
+    r.forget_dns(ALICE.uid, &probe[..1]);
+    let (_, got) = bind(&mut r, ALICE, 20);
+    got.unwrap();
+}

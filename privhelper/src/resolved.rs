@@ -1,5 +1,6 @@
 //! systemd-resolved over D-Bus (`org.freedesktop.resolve1`): per-link DNS for the tunnel
-//! interface, the way NetworkManager and VPN clients do it, instead of rewriting resolv.conf.
+//! interface; shared by a root `kwg join` (`kwg::dns::resolved` re-exports it) and kwg-helper,
+//! which makes the same calls for a normal user's session. The way NetworkManager and VPN clients do it, instead of rewriting resolv.conf.
 //!
 //! The pure parts decide (is resolv.conf the stub, which domains the link gets, which call
 //! carries the server); [`Resolved`] makes the calls. Root callers need no polkit rule.
@@ -95,7 +96,9 @@ impl ResolvConf {
         if link_target.is_some_and(|t| t.ends_with("stub-resolv.conf")) {
             return ResolvConf::Stub;
         }
-        let first = crate::dns::resolvconf::nameservers(text).into_iter().next();
+        let first = kwg_session::dns::resolvconf::nameservers(text)
+            .into_iter()
+            .next();
         if first == Some(IpAddr::V4(STUB)) {
             ResolvConf::Stub
         } else {
@@ -417,4 +420,5 @@ pub fn classify_call_error(
 }
 
 #[cfg(test)]
+#[path = "resolved_tests.rs"]
 mod tests;

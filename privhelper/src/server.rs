@@ -292,6 +292,10 @@ impl Helper {
             (Request::ResolvConf { forwarder, search }, Some(id)) => {
                 self.change(id, Op::ResolvConf { forwarder, search }).await
             }
+            (Request::ResolvedLink { domains }, Some(id)) => {
+                let domains = domains.into_iter().map(Into::into).collect();
+                self.change(id, Op::ResolvedLink { domains }).await
+            }
             (Request::RevertDns {}, Some(id)) => self.revert_dns(id).await,
         };
         match r {
@@ -303,6 +307,16 @@ impl Helper {
     /// Plans `op`, then journals, makes and records each change.
     async fn change(&self, id: u64, op: Op) -> Result<(Reply, Option<OwnedFd>), Refusal> {
         let mut reg = self.inner.reg.lock().await;
+        if let (Op::DnsSocket { .. }, Some(uid)) = (&op, reg.get(id).map(|s| s.peer.uid)) {
+            // Forwarder addresses of the uid's ended sessions count while their sockets live.
+            let mut free = Vec::new();
+            for a in reg.dns_to_probe(uid) {
+                if !self.inner.net.dns_in_use(a).await {
+                    free.push(a);
+                }
+            }
+            reg.forget_dns(uid, &free);
+        }
         let facts = self
             .inner
             .net
@@ -355,7 +369,8 @@ impl Helper {
         Ok((reply, fd))
     }
 
-    /// Puts the resolver file back now, ahead of the rest of the session.
+    /// Puts the resolver file back and reverts the resolved link now, ahead of the rest of the
+    /// session.
     async fn revert_dns(&self, id: u64) -> Result<(Reply, Option<OwnedFd>), Refusal> {
         let mut reg = self.inner.reg.lock().await;
         let undo = reg.take_dns_undo(id);
@@ -370,7 +385,7 @@ impl Helper {
         match left.is_empty() {
             true => Ok((Reply::Done, None)),
             false => Err(system(
-                "cannot put the resolver file back (kept in kwg-helper's journal; it retries when the session ends)".into(),
+                "cannot put the resolver file back or revert the link in systemd-resolved (kept in kwg-helper's journal; it retries when the session ends)".into(),
             )),
         }
     }

@@ -16,6 +16,8 @@ struct Recorded {
     log: StdMutex<Vec<String>>,
     /// Undoes fail while set (a resolver file that cannot be written back).
     fail_undo: std::sync::atomic::AtomicBool,
+    /// Forwarder addresses something still holds.
+    dns_held: StdMutex<Vec<std::net::SocketAddr>>,
 }
 
 struct FakeNet(Arc<Recorded>);
@@ -47,6 +49,9 @@ impl Net for FakeNet {
             });
         }
         Ok(())
+    }
+    async fn dns_in_use(&self, listen: std::net::SocketAddr) -> bool {
+        self.0.dns_held.lock().unwrap().contains(&listen)
     }
     async fn bind_dns(
         &self,

@@ -10,6 +10,7 @@ use kwg_session::dns::resolvconf::nameservers;
 
 use crate::firewall;
 use crate::registry::{Change, Undo};
+use crate::resolved::Resolved;
 use crate::rules::Facts;
 
 /// What the kernel (or nft) said, as one clause.
@@ -17,6 +18,8 @@ use crate::rules::Facts;
 pub enum SysError {
     #[error("{0}")]
     Netlink(#[from] NetlinkError),
+    #[error("{0}")]
+    Resolved(#[from] crate::resolved::ResolvedError),
     #[error("cannot {what}: {source}")]
     Io {
         what: String,
@@ -48,6 +51,8 @@ pub trait Net: Send + Sync {
     async fn bind_dns(&self, listen: SocketAddr, tcp: bool) -> Result<OwnedFd, SysError>;
     /// Undoes one step; `Ok` also when there was nothing left to undo.
     async fn undo(&self, undo: &Undo) -> Result<(), SysError>;
+    /// Whether something still holds the forwarder address `listen` (a UDP bind there fails).
+    async fn dns_in_use(&self, listen: SocketAddr) -> bool;
 }
 
 /// The real machine: rtnetlink, /dev/net/tun, nft, in the helper's network namespace.
@@ -155,6 +160,12 @@ impl Net for Kernel {
             Change::WriteResolvConf { contents, .. } => {
                 write_in_place(Path::new(RESOLV_CONF), contents.as_bytes())?
             }
+            // The system bus (`DBUS_SYSTEM_BUS_ADDRESS`, else /run/dbus/system_bus_socket);
+            // `configure` reverts the link itself when a call fails part way.
+            Change::ConfigureResolved { link, .. } => Resolved::connect().await?.configure(link).await?,
+            Change::SetResolvedDomains { ifindex, domains } => {
+                Resolved::connect().await?.set_domains(*ifindex, domains).await?
+            }
             Change::InstallFirewall { table, name } => {
                 if !firewall::install_new(table, name)
                     .await
@@ -196,6 +207,12 @@ impl Net for Kernel {
                     .await
                     .map_err(io(format!("delete the nftables table {table}")))?;
             }
+            Undo::RevertLink { name, ifindex } => {
+                // A link that is gone (or another of that name) took its settings with it.
+                if nl.link_index(name).await.ok() == Some(*ifindex) {
+                    Resolved::connect().await?.revert(*ifindex).await?;
+                }
+            }
             Undo::RestoreResolvConf { original } => {
                 let path = Path::new(RESOLV_CONF);
                 let current = std::fs::read_to_string(path).unwrap_or_default();
@@ -210,6 +227,11 @@ impl Net for Kernel {
             }
         }
         Ok(())
+    }
+
+    async fn dns_in_use(&self, listen: SocketAddr) -> bool {
+        // Any failure but "free" counts as held: the cap errs on the side of refusing.
+        std::net::UdpSocket::bind(listen).is_err()
     }
 
     async fn bind_dns(&self, listen: SocketAddr, tcp: bool) -> Result<OwnedFd, SysError> {
