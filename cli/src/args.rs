@@ -350,6 +350,10 @@ impl From<&JoinArgs> for kwg_session::SessionConfig {
                 alias: a.alias.clone(),
                 secondary: a.secondary,
             },
+            // A join through kwg-helper is IPv4 only too: the driver says so at its start.
+            ipv4_only: a
+                .userspace
+                .then_some(kwg_session::config::USERSPACE_IPV4_ONLY),
         }
     }
 }

@@ -119,15 +119,24 @@ impl Kube {
         }
     }
 
-    /// The gateway's published info; [`Error::NoGateway`] when it is not installed.
+    /// The gateway's published info (with its IPv6 side, `ipv6.json`, when published);
+    /// [`Error::NoGateway`] when it is not installed.
     pub async fn gateway_info(&self, ns: &str) -> Result<GatewayInfo, Error> {
-        let json = self.gateway_info_json(ns).await?;
-        Ok(GatewayInfo::from_json(json.as_bytes())?)
+        let data = self.gateway_info_data(ns).await?;
+        parse_gateway_info(&data).unwrap_or_else(|| Err(no_gateway(ns)))
     }
 
     /// The gateway's info document as published, not parsed (`kwg version` reads the
     /// versions of any contract from it); [`Error::NoGateway`] when it is not installed.
     pub async fn gateway_info_json(&self, ns: &str) -> Result<String, Error> {
+        self.gateway_info_data(ns)
+            .await?
+            .remove(kwg_contract::GATEWAY_INFO_KEY)
+            .ok_or_else(|| no_gateway(ns))
+    }
+
+    /// The data of the gateway info ConfigMap.
+    async fn gateway_info_data(&self, ns: &str) -> Result<BTreeMap<String, String>, Error> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
         let step = || Step {
             verb: "get",
@@ -142,9 +151,7 @@ impl Kube {
                 _ => self.error(step(), e),
             })?
             .ok_or_else(|| no_gateway(ns))?;
-        cm.data
-            .and_then(|mut d| d.remove(kwg_contract::GATEWAY_INFO_KEY))
-            .ok_or_else(|| no_gateway(ns))
+        Ok(cm.data.unwrap_or_default())
     }
 
     /// Creates the peer Secret, or overwrites this machine's own earlier one (same public key
@@ -450,6 +457,23 @@ fn secret_field(s: &Secret, key: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
 }
 
+/// The gateway info of the `kwg-gateway-info` ConfigMap's data: `info.json`, with the IPv6
+/// side of a dual-stack (or IPv6-only) cluster from `ipv6.json` next to it
+/// (`GatewayInfo::ipv6`); `None` without `info.json`. An invalid `ipv6.json` fails the
+/// whole, as an invalid `info.json` does: half a cluster's ranges would route the rest
+/// nowhere without a word.
+pub fn parse_gateway_info(data: &BTreeMap<String, String>) -> Option<Result<GatewayInfo, Error>> {
+    let json = data.get(kwg_contract::GATEWAY_INFO_KEY)?;
+    let parse = || -> Result<GatewayInfo, Error> {
+        let info6 = data
+            .get(kwg_contract::GATEWAY_INFO6_KEY)
+            .map(|j| kwg_contract::GatewayInfo6::from_json(j.as_bytes()))
+            .transpose()?;
+        Ok(GatewayInfo::from_json_with6(json.as_bytes(), info6)?)
+    };
+    Some(parse())
+}
+
 fn no_gateway(ns: &str) -> Error {
     Error::NoGateway {
         namespace: ns.to_string(),
@@ -511,6 +535,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gateway_info_carries_ipv6_json_when_published_and_a_bad_one_fails_the_whole() {
+        let key = kwg_contract::keys::PrivateKey::generate().public_key();
+        let info = format!(
+            r#"{{"version":1,"publicKey":"{key}","endpoints":["192.0.2.1:31820"],"tunnelCidr":"100.77.0.0/16",
+"gatewayIp":"100.77.0.1","serviceCidrs":["10.96.0.0/12"],"podCidrs":["10.244.0.0/16"],"dnsIp":"10.96.0.10",
+"clusterDomain":"cluster.local","adminPort":8080}}"#
+        );
+        let six = r#"{"tunnelCidr":"fd6b:7767::/96","serviceCidrs":["fd00:10:96::/112"],"podCidrs":["fd00:10:244::/64"]}"#;
+        let data = |with6: Option<&str>| {
+            let mut d =
+                BTreeMap::from([(kwg_contract::GATEWAY_INFO_KEY.to_string(), info.clone())]);
+            if let Some(j) = with6 {
+                d.insert(kwg_contract::GATEWAY_INFO6_KEY.to_string(), j.to_string());
+            }
+            d
+        };
+        assert!(parse_gateway_info(&BTreeMap::new()).is_none());
+        let v4 = parse_gateway_info(&data(None)).unwrap().unwrap();
+        assert_eq!(v4.ipv6, None);
+        let dual = parse_gateway_info(&data(Some(six))).unwrap().unwrap();
+        let got = dual.ipv6.expect("ipv6.json kept");
+        assert_eq!(got.service_cidrs, ["fd00:10:96::/112".parse().unwrap()]);
+        let bad = six.replace("/96", "/64");
+        let e = parse_gateway_info(&data(Some(&bad))).unwrap().unwrap_err();
+        assert!(e.to_string().contains("ipv6.json"), "{e}");
+    }
 
     #[test]
     fn a_renewal_names_the_journalled_uid_and_only_then() {

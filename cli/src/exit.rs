@@ -283,7 +283,8 @@ fn session_code(e: &kwg_session::Error) -> ExitCode {
         S::NamespaceNotFound { .. }
         | S::PeerName { .. }
         | S::ResolvedUnavailable { .. }
-        | S::UncarriedFamily { .. } => ExitCode::Usage,
+        | S::UncarriedFamily { .. }
+        | S::Ipv6OnlyCluster { .. } => ExitCode::Usage,
         S::NoTunnelIp { .. } => ExitCode::GatewayMissing,
         S::GatewayUdp { .. } => ExitCode::GatewayUnreachable,
         S::DnsCheck { .. } => ExitCode::DnsVerification,

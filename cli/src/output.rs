@@ -92,9 +92,15 @@ pub fn status_text(s: &Status, now: DateTime<Utc>) -> String {
         Some(p) => format!("in userspace mode (no interface): SOCKS5/HTTP proxy on {p}"),
         None => format!("on {}", s.interface),
     };
+    // A dual-stack join: both families' addresses.
+    let six = s.tunnel_ip6.as_ref().map(|ip| format!(", {ip}"));
     row(
         "Tunnel IP",
-        format!("{} {on}", s.tunnel_ip.clone().unwrap_or_else(none)),
+        format!(
+            "{}{} {on}",
+            s.tunnel_ip.clone().unwrap_or_else(none),
+            six.unwrap_or_default()
+        ),
     );
     row(
         "Gateway",

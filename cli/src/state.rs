@@ -429,6 +429,7 @@ pub(crate) mod tests {
             mapped_namespaces: None,
             interface: "kwg0".into(),
             tunnel_ip: Some("100.77.0.2".parse().unwrap()),
+            tunnel_cidr6: None,
             gateway_endpoint: Some("192.0.2.1:31820".into()),
             gateway_key: Some("k".into()),
             gateway_admin: Some("100.77.0.1:8080".parse().unwrap()),

@@ -27,11 +27,15 @@ pub enum Error {
         /// The user's flag that would accept it.
         allow: Option<String>,
     },
-    /// `--also-proxy` with an IPv6 range: the laptop's tunnel carries IPv4 only.
+    /// `--also-proxy` with an IPv6 range while this join's tunnel carries IPv4 only (`why`:
+    /// the gateway publishes no `ipv6.json`, userspace mode, a join through kwg-helper).
+    #[error("--also-proxy {net} is an IPv6 range, and {why}: remove it")]
+    UncarriedFamily { net: IpNet, why: String },
+    /// An IPv6-only cluster (no IPv4 Service or pod CIDR) while this join carries IPv4 only.
     #[error(
-        "--also-proxy {net} is an IPv6 range, and kwg join carries only IPv4 through the tunnel so far (issue 28): remove it"
+        "this cluster is IPv6-only (its gateway info lists no IPv4 Service or pod CIDR), and {why}: nothing of it could be reached"
     )]
-    UncarriedFamily { net: IpNet },
+    Ipv6OnlyCluster { why: &'static str },
     /// A cluster domain or namespace systemd-resolved could not take as a link domain.
     #[error("invalid DNS configuration for systemd-resolved: {0}")]
     DnsConfig(String),

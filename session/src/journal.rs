@@ -119,6 +119,12 @@ impl std::fmt::Display for LeftBehind {
 }
 
 impl State {
+    /// The IPv6 tunnel address of a dual-stack join.
+    pub fn tunnel_ip6(&self) -> Option<std::net::Ipv6Addr> {
+        let ip = kwg_contract::TunnelIp::new(self.tunnel_ip?);
+        Some(kwg_contract::tunnel_ip6_of(self.tunnel_cidr6?, ip))
+    }
+
     /// The state a session of `config` starts from: who joins from where, nothing changed
     /// yet (the session fills in the peer, the cluster and each step as it goes).
     pub fn template(
@@ -139,6 +145,7 @@ impl State {
             mapped_namespaces: config.mapped_namespaces.clone(),
             interface: config.interface.clone(),
             tunnel_ip: None,
+            tunnel_cidr6: None,
             gateway_endpoint: None,
             gateway_key: None,
             gateway_admin: None,
@@ -167,6 +174,11 @@ pub struct State {
     pub mapped_namespaces: Option<Vec<String>>,
     pub interface: String,
     pub tunnel_ip: Option<Ipv4Addr>,
+    /// A dual-stack join's IPv6 tunnel prefix (`ipv6.json`'s /96): the interface's IPv6
+    /// address is `tunnel_ip` in its last 32 bits ([`State::tunnel_ip6`]); absent for IPv4
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_cidr6: Option<ipnet::Ipv6Net>,
     pub gateway_endpoint: Option<String>,
     pub gateway_key: Option<String>,
     pub gateway_admin: Option<SocketAddr>,

@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
-use kwg_contract::GatewayInfo;
+use kwg_contract::{GatewayInfo, TunnelIp};
 
 use crate::error::Error;
 
@@ -127,20 +127,24 @@ fn refused(what: impl Into<String>, why: impl Into<String>) -> Error {
     Refusal::new(what, why).error()
 }
 
-/// Checks the gateway info: its subnets, gateway IP, tunnel CIDR, cluster domain and DNS IP.
+/// Checks the gateway info: its subnets, gateway IP, tunnel CIDR, cluster domain and DNS IP;
+/// in a dual-stack cluster (`info.ipv6`, its `ipv6.json`) the IPv6 ones by the same rules
+/// (unique local `fc00::/7` without the user's say-so).
 pub fn check_info(
     info: &GatewayInfo,
     machine: &Machine,
     consent: &Consent<'_>,
 ) -> Result<(), Error> {
-    check_families(consent.also_proxy)?;
     let users = |net: &IpNet| consent.also_proxy.iter().any(|a| a.contains(net));
+    let info6 = info.ipv6.as_ref();
     // Subnets inside the user's own --also-proxy are routed anyway: nothing to accept.
     let cluster: Vec<IpNet> = info
         .service_cidrs
         .iter()
         .chain(&info.pod_cidrs)
-        .map(IpNet::trunc)
+        .copied()
+        .chain(info6.map(|i| i.cluster_cidrs()).unwrap_or_default())
+        .map(|n| n.trunc())
         .filter(|n| !users(n))
         .collect();
     let mut refusals = cluster
@@ -164,28 +168,45 @@ pub fn check_info(
         .allow("--also-proxy with ranges that cover them")
         .error());
     }
-    let gateway = IpNet::from(IpAddr::V4(info.gateway_ip.addr()));
-    if !users(&gateway) {
-        check_subnet(&gateway, machine, consent).map_err(|mut r| {
-            r.what = format!("gatewayIp {}", info.gateway_ip.addr());
-            r.error()
-        })?;
+    let mut gateways = vec![("gatewayIp", IpAddr::V4(info.gateway_ip.addr()))];
+    let mut tunnels = vec![("tunnelCidr", IpNet::V4(info.tunnel_cidr.trunc()))];
+    if let Some(i) = info6 {
+        let ip6 = IpAddr::V6(i.tunnel_ip6(info.gateway_ip));
+        gateways.push(("the gateway's IPv6 tunnel address", ip6));
+        tunnels.push(("ipv6.json tunnelCidr", IpNet::V6(i.tunnel_cidr.trunc())));
     }
-    let tunnel = IpNet::V4(info.tunnel_cidr.trunc());
-    if !users(&tunnel) {
-        check_space(&tunnel).map_err(|(why, allow)| {
-            Refusal::new(format!("tunnelCidr {tunnel}"), why)
-                .allow(allow)
-                .error()
-        })?;
+    for (what, ip) in gateways {
+        let gateway = IpNet::from(ip);
+        if !users(&gateway) {
+            check_subnet(&gateway, machine, consent).map_err(|mut r| {
+                r.what = format!("{what} {ip}");
+                r.error()
+            })?;
+        }
+    }
+    for (what, tunnel) in tunnels {
+        if !users(&tunnel) {
+            check_space(&tunnel).map_err(|(why, allow)| {
+                Refusal::new(format!("{what} {tunnel}"), why)
+                    .allow(allow)
+                    .error()
+            })?;
+        }
     }
     check_cluster_domain(&info.cluster_domain, consent)?;
-    if let Some(dns) = info.dns_ip
-        && !info
-            .service_cidrs
-            .iter()
-            .chain(&info.pod_cidrs)
-            .any(|n| n.contains(&dns))
+    let dns6 = info6.and_then(|i| i.dns_ip).map(IpAddr::V6);
+    let ranges: Vec<IpNet> = info
+        .service_cidrs
+        .iter()
+        .chain(&info.pod_cidrs)
+        .copied()
+        .chain(info6.map(|i| i.cluster_cidrs()).unwrap_or_default())
+        .collect();
+    if let Some(dns) = info
+        .dns_ip
+        .into_iter()
+        .chain(dns6)
+        .find(|dns| !ranges.iter().any(|n| n.contains(dns)))
     {
         return Err(refused(
             format!("dnsIp {dns}"),
@@ -195,13 +216,23 @@ pub fn check_info(
     Ok(())
 }
 
-/// `--also-proxy` ranges must be of a family the tunnel carries: the laptop's tunnel is the
-/// IPv4 one of `info.json` (docs/contract.md, IP families), so an IPv6 range would be routed
-/// into `kwg0` and go nowhere.
-pub fn check_families(also_proxy: &[IpNet]) -> Result<(), Error> {
-    match also_proxy.iter().find(|n| matches!(n, IpNet::V6(_))) {
-        Some(net) => Err(Error::UncarriedFamily { net: *net }),
-        None => Ok(()),
+/// Why a gateway info carries no IPv6 (the end of [`Error::UncarriedFamily`]'s sentence).
+pub const GATEWAY_IPV4_ONLY: &str = "this cluster's gateway carries only IPv4 (kwg-gateway-info has no ipv6.json: the cluster has no IPv6 range, or its gateway is older than IPv6 support)";
+
+/// `--also-proxy` ranges must be of a family the tunnel carries: IPv4 always, IPv6 when the
+/// gateway publishes `ipv6.json` and this join carries it (`ipv4_only` says why not,
+/// docs/contract.md, IP families); an IPv6 range would otherwise be routed into `kwg0` and go
+/// nowhere.
+pub fn check_families(also_proxy: &[IpNet], ipv4_only: Option<&str>) -> Result<(), Error> {
+    match (
+        also_proxy.iter().find(|n| matches!(n, IpNet::V6(_))),
+        ipv4_only,
+    ) {
+        (Some(net), Some(why)) => Err(Error::UncarriedFamily {
+            net: *net,
+            why: why.to_string(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -358,17 +389,21 @@ pub fn check_tunnel_ip(ip: Ipv4Addr, info: &GatewayInfo, machine: &Machine) -> R
             "it is the gateway's or the CIDR's own address",
         ));
     }
-    let ip = IpAddr::V4(ip);
-    if machine.addresses.contains(&ip) {
-        return Err(refused(what(), "this machine already has that address"));
-    }
-    for (ips, whose) in [
-        (&machine.gateways, "this machine's default gateway"),
-        (&machine.dns_servers, "this machine's DNS server"),
-        (&machine.api_server, "the API server's address"),
-    ] {
-        if ips.contains(&ip) {
-            return Err(refused(what(), format!("it is {whose}")));
+    // In a dual-stack cluster the IPv6 tunnel address embeds it: the same rules.
+    let ip6 = info.ipv6.as_ref().map(|i| i.tunnel_ip6(TunnelIp::new(ip)));
+    for ip in std::iter::once(IpAddr::V4(ip)).chain(ip6.map(IpAddr::V6)) {
+        let what = || format!("tunnel IP {ip}");
+        if machine.addresses.contains(&ip) {
+            return Err(refused(what(), "this machine already has that address"));
+        }
+        for (ips, whose) in [
+            (&machine.gateways, "this machine's default gateway"),
+            (&machine.dns_servers, "this machine's DNS server"),
+            (&machine.api_server, "the API server's address"),
+        ] {
+            if ips.contains(&ip) {
+                return Err(refused(what(), format!("it is {whose}")));
+            }
         }
     }
     Ok(())
@@ -447,13 +482,235 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_also_proxy_is_refused_in_one_sentence() {
-        let e = check(&info(), &["10.50.0.0/16", "fd00::/64"], &[], None).unwrap_err();
+    fn an_ipv6_also_proxy_is_refused_in_one_sentence_when_the_join_carries_only_ipv4() {
+        let nets: Vec<IpNet> = vec![
+            "10.50.0.0/16".parse().unwrap(),
+            "fd00::/64".parse().unwrap(),
+        ];
+        let e = check_families(&nets, Some(GATEWAY_IPV4_ONLY))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
-            "--also-proxy fd00::/64 is an IPv6 range, and kwg join carries only IPv4 through the tunnel so far (issue 28): remove it"
+            format!("--also-proxy fd00::/64 is an IPv6 range, and {GATEWAY_IPV4_ONLY}: remove it")
         );
-        check(&info(), &["10.50.0.0/16"], &[], None).unwrap();
+        assert_eq!(e.matches('\n').count(), 0, "{e}");
+        // A dual-stack join carries it; IPv4 ranges pass either way.
+        check_families(&nets, None).unwrap();
+        check_families(&nets[..1], Some(GATEWAY_IPV4_ONLY)).unwrap();
+    }
+
+    /// The IPv6 side of a dual-stack cluster as the one-machine cluster publishes it.
+    fn info6() -> kwg_contract::GatewayInfo6 {
+        kwg_contract::GatewayInfo6 {
+            tunnel_cidr: kwg_contract::DEFAULT_TUNNEL_CIDR6.parse().unwrap(),
+            service_cidrs: vec!["fd00:10:96::/112".parse().unwrap()],
+            pod_cidrs: vec!["fd00:10:244::/56".parse().unwrap()],
+            dns_ip: Some("fd00:10:96::a".parse().unwrap()),
+        }
+    }
+
+    fn dual(change: impl FnOnce(&mut kwg_contract::GatewayInfo6)) -> GatewayInfo {
+        let mut i = info();
+        let mut six = info6();
+        change(&mut six);
+        i.ipv6 = Some(six);
+        i
+    }
+
+    /// A machine on a dual-stack LAN.
+    fn machine6() -> Machine {
+        let mut m = machine();
+        m.addresses
+            .extend(ips(&["fd00:c0:2::10", "2001:db8:5::10", "fe80::1"]));
+        m.gateways.push("fe80::1".parse().unwrap());
+        m.dns_servers.push("fd00:c0:2::53".parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn a_dual_stack_cluster_is_accepted_and_its_ipv6_side_follows_the_same_rules() {
+        check_on(&machine6(), &dual(|_| {}), &[], &[], None).unwrap();
+        for (change, what, why, flag) in [
+            (
+                "2001:db8:1::/48",
+                "cluster subnet 2001:db8:1::/48",
+                "public address space",
+                "--also-proxy 2001:db8:1::/48",
+            ),
+            (
+                "::/0",
+                "cluster subnet ::/0",
+                "shorter than /32",
+                "--also-proxy ::/0",
+            ),
+            (
+                "2000::/3",
+                "cluster subnet 2000::/3",
+                "shorter than /32",
+                "--also-proxy",
+            ),
+            (
+                "fc00::/7",
+                "cluster subnet fc00::/7",
+                "shorter than /32",
+                "--also-proxy",
+            ),
+            (
+                "fe80::/64",
+                "cluster subnet fe80::/64",
+                "reserved range fe80::/10",
+                "--also-proxy",
+            ),
+            (
+                "ff02::/64",
+                "cluster subnet ff02::/64",
+                "reserved range ff00::/8",
+                "--also-proxy",
+            ),
+            (
+                "::1/128",
+                "cluster subnet ::1/128",
+                "reserved range ::1/128",
+                "--also-proxy",
+            ),
+            (
+                "fd00:c0:2::/64",
+                "cluster subnet fd00:c0:2::/64",
+                "covers this machine's address fd00:c0:2::10",
+                "--never-proxy fd00:c0:2::10/128",
+            ),
+        ] {
+            let i = dual(|s| s.pod_cidrs.push(change.parse().unwrap()));
+            let err = check_on(&machine6(), &i, &[], &[], None).unwrap_err();
+            assert!(
+                err.contains(&format!("refused {what} from the cluster"))
+                    && err.contains(why)
+                    && err.contains(&format!("pass {flag}")),
+                "{change}: {err}"
+            );
+        }
+        // The user's own flags accept what they name, as for IPv4.
+        let public = dual(|s| s.pod_cidrs.push("2001:db8:1::/48".parse().unwrap()));
+        check_on(&machine6(), &public, &["2001:db8::/32"], &[], None).unwrap();
+        let lan = dual(|s| s.pod_cidrs.push("fd00:c0:2::/64".parse().unwrap()));
+        check_on(
+            &machine6(),
+            &lan,
+            &[],
+            &["fd00:c0:2::10/128", "fd00:c0:2::53/128"],
+            None,
+        )
+        .unwrap();
+        // The tunnel prefix and the gateway's IPv6 address.
+        let global = dual(|s| s.tunnel_cidr = "2001:db8:77::/96".parse().unwrap());
+        let err = check_on(&machine6(), &global, &[], &[], None).unwrap_err();
+        assert!(
+            err.contains("refused the gateway's IPv6 tunnel address 2001:db8:77::644d:1")
+                && err.contains("public address space"),
+            "{err}"
+        );
+        let err = check_on(
+            &machine6(),
+            &global,
+            &["2001:db8:77::644d:1/128"],
+            &[],
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("refused ipv6.json tunnelCidr 2001:db8:77::/96")
+                && err.contains("pass --also-proxy 2001:db8:77::/96"),
+            "{err}"
+        );
+        // The cluster DNS's IPv6 address must be the cluster's.
+        let dns = dual(|s| s.dns_ip = Some("fd00:c0:2::53".parse().unwrap()));
+        let err = check_on(&machine(), &dns, &[], &[], None).unwrap_err();
+        assert!(err.contains("refused dnsIp fd00:c0:2::53"), "{err}");
+    }
+
+    #[test]
+    fn the_ipv6_tunnel_address_is_checked_with_the_ipv4_one() {
+        let ip: Ipv4Addr = "100.77.0.2".parse().unwrap();
+        check_tunnel_ip(ip, &dual(|_| {}), &machine6()).unwrap();
+        let mut m = machine6();
+        m.addresses.push("fd6b:7767::644d:2".parse().unwrap());
+        let err = check_tunnel_ip(ip, &dual(|_| {}), &m)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("refused tunnel IP fd6b:7767::644d:2")
+                && err.contains("already has that address"),
+            "{err}"
+        );
+        // Without ipv6.json the IPv6 address is not the laptop's: nothing to check.
+        check_tunnel_ip(ip, &info(), &m).unwrap();
+    }
+
+    /// A small deterministic generator (xorshift64*), so the property below runs the same
+    /// cases everywhere.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    #[test]
+    fn property_an_accepted_ipv6_cluster_subnet_is_unique_local_narrow_and_off_the_machine() {
+        let m = machine6();
+        let ula: IpNet = "fc00::/7".parse().unwrap();
+        let mut rng = Rng(0x6b77_6764_7561_6c31);
+        // Addresses near the ranges that matter (unique local, the machine's own, link-local,
+        // multicast, loopback, global) and anywhere.
+        let bases: Vec<u128> = [
+            "fd00::",
+            "fd00:c0:2::",
+            "fe80::",
+            "ff02::",
+            "::",
+            "2001:db8::",
+            "fc00::",
+        ]
+        .iter()
+        .map(|a| u128::from(a.parse::<std::net::Ipv6Addr>().unwrap()))
+        .collect();
+        let mut accepted = 0;
+        for case in 0..20_000u32 {
+            let r = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+            let len = (rng.next() % 129) as u8;
+            let base = match case % 8 {
+                7 => r,
+                k => bases[k as usize] ^ (r >> (16 + rng.next() % 100)),
+            };
+            let net = IpNet::V6(
+                ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(base), len)
+                    .unwrap()
+                    .trunc(),
+            );
+            let i = dual(|s| {
+                s.pod_cidrs = vec![match net {
+                    IpNet::V6(n) => n,
+                    IpNet::V4(_) => unreachable!(),
+                }]
+            });
+            if check_on(&m, &i, &[], &[], None).is_ok() {
+                accepted += 1;
+                assert!(ula.contains(&net), "{net} accepted outside fc00::/7");
+                assert!(
+                    net.prefix_len() >= MIN_PREFIX_V6,
+                    "{net} accepted wider than /32"
+                );
+                for a in &m.addresses {
+                    assert!(!net.contains(a), "{net} accepted over this machine's {a}");
+                }
+            }
+        }
+        // The generator reaches both verdicts.
+        assert!(accepted > 100 && accepted < 19_000, "{accepted} accepted");
     }
 
     #[test]

@@ -142,6 +142,15 @@ pub async fn set_routes(
     Ok(())
 }
 
+/// Adds the interface's IPv6 tunnel address (a /128; a TUN is `NOARP`, so the kernel runs no
+/// duplicate address detection and the address sources packets at once). Only a join as root
+/// gets here: a join through kwg-helper carries IPv4 only.
+pub async fn add_address6(name: &str, address: ipnet::IpNet) -> Result<(), Error> {
+    let nl = Netlink::open()?;
+    nl.add_address(name, address).await?;
+    Ok(())
+}
+
 /// Replaces the interface's address `old` by `new`.
 pub async fn change_address(name: &str, old: ipnet::IpNet, new: ipnet::IpNet) -> Result<(), Error> {
     let nl = Netlink::open()?;
@@ -158,15 +167,30 @@ pub async fn dns_answers(server: SocketAddr, name: String) -> Event {
     Event::DnsAnswered
 }
 
-/// Whether `server` resolves `name` to at least one address.
+/// Whether `server` resolves `name` to at least one address: A, else AAAA (an IPv6-only
+/// cluster's DNS has no A records).
 pub async fn probe_dns(server: SocketAddr, name: &str, timeout: Duration) -> bool {
+    for rtype in [RecordType::A, RecordType::AAAA] {
+        if probe_dns_of(server, name, rtype, timeout).await {
+            return true;
+        }
+    }
+    false
+}
+
+async fn probe_dns_of(
+    server: SocketAddr,
+    name: &str,
+    rtype: RecordType,
+    timeout: Duration,
+) -> bool {
     let Ok(qname) = Name::from_ascii(name) else {
         return false;
     };
     let mut m = Message::query();
     m.metadata.id = rand::random();
     m.metadata.recursion_desired = true;
-    m.add_query(Query::query(qname, RecordType::A));
+    m.add_query(Query::query(qname, rtype));
     let Ok(raw) = m.to_vec() else {
         return false;
     };

@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kwg_contract::PlannedRoute;
 use kwg_contract::keys::PublicKey;
-use kwg_contract::{GatewayInfo, PeerName, PeerSpec};
+use kwg_contract::{GatewayInfo, GatewayInfo6, PeerName, PeerSpec, TunnelIp};
 
 use crate::dns::ForwarderConfig;
 use crate::dns::domains::{self, LinkDomain};
@@ -133,6 +133,7 @@ impl Plan {
     pub fn secret(&self) -> String {
         self.peer.secret_name()
     }
+
 }
 
 /// The peer name: `--name`, or the hostname and this machine's tag.
@@ -176,7 +177,7 @@ pub fn plan(config: &SessionConfig, facts: &Facts, backup: PathBuf) -> Result<Pl
             name: config.interface.clone(),
         });
     }
-    let info = &facts.info;
+    let info = &carried(config, &facts.info);
     let namespace = config
         .namespace
         .clone()
@@ -196,8 +197,10 @@ pub fn plan(config: &SessionConfig, facts: &Facts, backup: PathBuf) -> Result<Pl
         lease_expires: facts.now_wall,
     };
     let maps = crate::mapping::mappings(&routes);
+    // An IPv6-only cluster's DNS address is in ipv6.json (info.json's dnsIp is null).
     let cluster_dns = info
         .dns_ip
+        .or(info.ipv6.as_ref().and_then(|i| i.dns_ip).map(IpAddr::V6))
         .map(|ip| SocketAddr::new(crate::mapping::to_mapped(&maps, ip), 53));
     let dns = match (cluster_dns, &facts.resolv_conf) {
         (Some(cluster), Some(original)) if sets_up_dns(config.dns_mode) => Some(plan_dns(
@@ -212,7 +215,10 @@ pub fn plan(config: &SessionConfig, facts: &Facts, backup: PathBuf) -> Result<Pl
     };
     Ok(Plan {
         gateway: gateway_peer(info, facts.endpoint, &routes),
-        gateway_admin: SocketAddr::new(IpAddr::V4(info.gateway_ip.addr()), info.admin_port),
+        gateway_admin: SocketAddr::new(
+            crate::mapping::to_mapped(&maps, IpAddr::V4(info.gateway_ip.addr())),
+            info.admin_port,
+        ),
         probe_name: format!(
             "kubernetes.default.svc.{}.",
             info.cluster_domain.trim_end_matches('.')
@@ -275,10 +281,25 @@ pub fn check_cluster(
     machine_routes: &[Route],
 ) -> Result<Vec<PlannedRoute>, Error> {
     let exclude = exclude_suffixes(config);
+    let ipv4_only = match &info.ipv6 {
+        _ if config.ipv4_only.is_some() => config.ipv4_only,
+        Some(_) => None,
+        None => Some(trust::GATEWAY_IPV4_ONLY),
+    };
+    trust::check_families(&config.also_proxy, ipv4_only)?;
+    if let Some(why) = config.ipv4_only.filter(|_| info.ipv6_only()) {
+        return Err(Error::Ipv6OnlyCluster { why });
+    }
+    let info = &carried(config, info);
     trust::check_info(info, machine, &consent(config, &exclude))?;
     // Virtual subnets: a Service or pod CIDR overlapping the machine's routes is mapped.
-    let routes =
-        crate::mapping::for_session(config, plan_routes(config, info), machine_routes, machine)?;
+    let routes = crate::mapping::for_session_in(
+        config,
+        info.tunnel_cidr,
+        plan_routes(config, info),
+        machine_routes,
+        machine,
+    )?;
     // Userspace mode creates no interface and adds no routes: neither can conflict.
     if !config.userspace {
         routes::check_conflicts(
@@ -331,16 +352,35 @@ pub fn check_namespaces(
     Ok(())
 }
 
-/// The routes for `info`: the cluster's subnets (adjacent ones merged: per-node pod CIDRs
-/// become their cluster range), `--also-proxy`, minus `--never-proxy`, plus the gateway's own
-/// tunnel address.
+/// What of `info` this join carries: all of it, or its IPv4 side only
+/// ([`SessionConfig::ipv4_only`]: the IPv6 side, `info.ipv6`, dropped).
+pub fn carried(config: &SessionConfig, info: &GatewayInfo) -> GatewayInfo {
+    let mut info = info.clone();
+    if config.ipv4_only.is_some() {
+        info.ipv6 = None;
+    }
+    info
+}
+
+/// The routes for `info`: the cluster's subnets of both families (adjacent ones merged:
+/// per-node pod CIDRs become their cluster range), `--also-proxy`, minus `--never-proxy`, plus
+/// the gateway's own tunnel addresses.
 pub fn plan_routes(config: &SessionConfig, info: &GatewayInfo) -> Vec<PlannedRoute> {
+    let v6 = |f: fn(&GatewayInfo6) -> &Vec<Ipv6Net>| -> Vec<IpNet> {
+        info.ipv6
+            .as_ref()
+            .map(|i| f(i).iter().map(|n| IpNet::V6(*n)).collect())
+            .unwrap_or_default()
+    };
+    let both = |v4: &[IpNet], v6: Vec<IpNet>| IpNet::aggregate(&[v4, &v6].concat());
+    let mut gateway = vec![IpNet::V4(Ipv4Net::from(info.gateway_ip.addr()))];
+    gateway.extend(tunnel_address6(info, info.gateway_ip.addr()));
     routes::plan(&RouteInputs {
-        service: IpNet::aggregate(&info.service_cidrs),
-        pod: IpNet::aggregate(&info.pod_cidrs),
+        service: both(&info.service_cidrs, v6(|i| &i.service_cidrs)),
+        pod: both(&info.pod_cidrs, v6(|i| &i.pod_cidrs)),
         also_proxy: config.also_proxy.clone(),
         never_proxy: config.never_proxy.clone(),
-        gateway: vec![IpNet::V4(Ipv4Net::from(info.gateway_ip.addr()))],
+        gateway,
     })
 }
 
@@ -458,4 +498,11 @@ pub fn diff_routes(old: &[PlannedRoute], new: &[PlannedRoute]) -> (Vec<IpNet>, V
 /// The tunnel IP as the address of the interface.
 pub fn tunnel_address(ip: Ipv4Addr) -> IpNet {
     IpNet::V4(Ipv4Net::from(ip))
+}
+
+/// The IPv6 tunnel address of tunnel IP `ip` (a /128), when `info` carries IPv6: `ip` in the
+/// last 32 bits of `ipv6.json`'s /96 tunnel prefix, as the gateway computes it.
+pub fn tunnel_address6(info: &GatewayInfo, ip: Ipv4Addr) -> Option<IpNet> {
+    let i = info.ipv6.as_ref()?;
+    Some(IpNet::V6(Ipv6Net::from(i.tunnel_ip6(TunnelIp::new(ip)))))
 }

@@ -56,6 +56,7 @@ fn config(change: impl FnOnce(&mut SessionConfig)) -> SessionConfig {
         dns_timeout: Duration::from_secs(4),
         resolv_conf: "/etc/resolv.conf".into(),
         naming: Default::default(),
+        ipv4_only: None,
     };
     change(&mut c);
     c

@@ -255,20 +255,208 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
         state: c.names().run_dir().join("kwg-state-dual"),
         netns,
     };
-    // An IPv6 --also-proxy is refused in one sentence: the laptop's tunnel carries IPv4 only.
-    let refused = l.kwg(&["join", "--name", "dual", "--also-proxy", "fd00:99::/64"]);
-    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    // kwg join on the dual-stack cluster (a root join, resolv-conf mode): both families
+    // through the tunnel. The developer's own IPv6 --also-proxy is carried too.
+    l.join(&["--namespace", "emojivoto", "--also-proxy", "fd00:99::/64"]);
+    let status = l.status_json();
+    let tun4: std::net::Ipv4Addr = status["tunnelIp"].as_str().unwrap().parse().unwrap();
+    let tun6 = info6
+        .tunnel_ip6(kwg_contract::TunnelIp::new(tun4))
+        .to_string();
+    assert_eq!(
+        status["tunnelIp6"].as_str(),
+        Some(tun6.as_str()),
+        "{status}"
+    );
+    let subnets: Vec<&str> = status["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["subnet"].as_str())
+        .collect();
+    for net in [
+        "10.96.0.0/12",
+        "fd00:10:96::/112",
+        "fd00:10:244::/64",
+        "fd00:99::/64",
+        "fd6b:7767::644d:1/128",
+    ] {
+        assert!(subnets.contains(&net), "{net} not routed: {status}");
+    }
+    let shown = text(&l.kwg(&["status"]).stdout);
+    let line = shown
+        .lines()
+        .find(|l| l.starts_with("Tunnel IP"))
+        .unwrap_or_default();
+    assert!(line.contains(&format!("{tun4}, {tun6} on kwg0")), "{shown}");
+    let addrs = text(&l.run(&["ip", "-6", "addr", "show", "dev", "kwg0"]).stdout);
+    assert!(addrs.contains(&format!("{tun6}/128")), "{addrs}");
+    let routes6 = text(&l.run(&["ip", "-6", "route", "show", "dev", "kwg0"]).stdout);
+    assert!(routes6.contains("fd00:10:96::/112"), "{routes6}");
+
+    // By name through the split DNS (AAAA and A answered for cluster names), in each family,
+    // and a pod's IPv6 address.
+    for family in ["-6", "-4"] {
+        let page = l.run(&[
+            "curl",
+            "-sS",
+            family,
+            "--max-time",
+            "3",
+            "http://web-app.emojivoto/",
+        ]);
+        assert!(
+            text(&page.stdout).contains("Emoji Vote"),
+            "curl {family}: {}",
+            text(&page.stderr)
+        );
+    }
+    let page = l.run(&[
+        "curl",
+        "-sS",
+        "-6",
+        "--max-time",
+        "3",
+        &format!("http://[{pod6}]/"),
+    ]);
     assert!(
-        text(&refused.stderr).contains("--also-proxy fd00:99::/64 is an IPv6 range, and kwg join carries only IPv4 through the tunnel so far"),
-        "{}",
+        text(&page.stdout).contains("Emoji Vote"),
+        "curl -6 the pod: {}",
+        text(&page.stderr)
+    );
+    let aaaa = |name: &str| {
+        let out = l.run(&["dig", "+short", "+time=3", "+search", "AAAA", name]);
+        text(&out.stdout).trim().to_string()
+    };
+    assert_eq!(aaaa("web-app.emojivoto.svc.cluster.local"), ip6);
+    assert_eq!(aaaa("web-app.emojivoto"), ip6);
+    assert_eq!(aaaa("web-app"), ip6, "the joined namespace's short name");
+
+    // Reach by RBAC in IPv6: the developer may not see kube-system, so its pods' IPv6
+    // addresses are refused at once (a reset, curl's exit 7), as their IPv4 ones are.
+    let dns_pod6 = kubectl(
+        &c,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "pods",
+            "-l",
+            "k8s-app=kube-dns",
+            "-o",
+            "jsonpath={.items[0].status.podIPs[1].ip}",
+        ],
+    );
+    assert!(dns_pod6.starts_with("fd00:10:244::"), "{dns_pod6}");
+    let started = std::time::Instant::now();
+    let refused = l.run(&[
+        "curl",
+        "-sS",
+        "-6",
+        "--max-time",
+        "3",
+        &format!("http://[{dns_pod6}]:53/"),
+    ]);
+    assert_eq!(
+        refused.status.code(),
+        Some(7),
+        "IPv6 to kube-system: {}",
         text(&refused.stderr)
     );
-    l.join(&["--namespace", "emojivoto"]);
-    let page = l.curl("http://web-app.emojivoto/");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+
+    // The laptop's firewall drops a new IPv6 connection from the cluster (the gateway pod
+    // calls the laptop's IPv6 tunnel address): no answer at all, not even a reset, and the
+    // table's drop counter moves.
+    let before = firewall_drops(&l);
+    let gw = kwg_e2e::gateway_netns(&c).unwrap();
+    let call = c
+        .exec(
+            &gw,
+            &[
+                "curl",
+                "-sS",
+                "-6",
+                "--max-time",
+                "1",
+                &format!("http://[{tun6}]:22/"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(call.status.code(), Some(28), "{}", text(&call.stderr));
+    let after = firewall_drops(&l);
+    assert!(after > before, "dropped {before} -> {after}");
+    // Replies to the laptop's own IPv6 connections still pass.
+    assert!(
+        text(
+            &l.run(&["curl", "-sS", "-6", "--max-time", "3", "http://web-app:80/"])
+                .stdout
+        )
+        .contains("Emoji Vote")
+    );
+    l.kwg(&["leave"]);
+    let addrs = text(&l.run(&["ip", "-6", "addr"]).stdout);
+    assert!(!addrs.contains(&tun6), "{addrs}");
+
+    // The same names through the real systemd-resolved (mode resolved): AAAA via the stub.
+    let r = kwg_sim::testing::ResolvedNs::start(
+        &l.netns,
+        std::net::IpAddr::V4(kwg_sim::names::LAN_DNS_IP),
+    )
+    .expect("start systemd-resolved");
+    let in_resolved = |argv: &[&str]| {
+        let state = format!("KWG_STATE_DIR={}", l.state.display());
+        let kubeconfig = format!("KUBECONFIG={}", c.names().kubeconfig("developer").display());
+        let path = format!("PATH={}", kwg_e2e::laptop::path_with_bins());
+        let mut all = vec!["env", &state, &kubeconfig, &path];
+        all.extend_from_slice(argv);
+        r.exec(&all).unwrap()
+    };
+    let joined = in_resolved(&[
+        "kwg",
+        "join",
+        "--name",
+        "dual",
+        "--namespace",
+        "emojivoto",
+        "--dns-mode",
+        "resolved",
+    ]);
+    assert!(joined.status.success(), "{}", text(&joined.stderr));
+    let got = in_resolved(&["getent", "ahostsv6", "web-app.emojivoto.svc.cluster.local"]);
+    assert!(
+        text(&got.stdout).starts_with(&format!("{ip6} ")),
+        "getent through resolved: {}{}",
+        text(&got.stdout),
+        text(&got.stderr)
+    );
+    let page = in_resolved(&[
+        "curl",
+        "-sS",
+        "-6",
+        "--max-time",
+        "3",
+        "http://web-app.emojivoto.svc.cluster.local/",
+    ]);
     assert!(
         text(&page.stdout).contains("Emoji Vote"),
         "{}",
         text(&page.stderr)
     );
-    l.kwg(&["leave"]);
+    let left = in_resolved(&["kwg", "leave"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+}
+
+/// The laptop's firewall counter of dropped new connections from the tunnel (both families:
+/// one `inet` table).
+fn firewall_drops(l: &Laptop) -> u64 {
+    let t = text(&l.run(&["nft", "list", "table", "inet", "kwg_kwg0"]).stdout);
+    t.lines()
+        .filter(|l| l.contains("counter") && l.contains("drop"))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "packets")?;
+            words.next()?.parse::<u64>().ok()
+        })
+        .sum()
 }
