@@ -93,6 +93,8 @@ pub fn is_ours(text: &str) -> bool {
 ///   then the file without this session's lines.
 /// - Another session on top: the file without this session's lines (its forwarder and the
 ///   search domains it added), the rest untouched, so the other session keeps working.
+/// - Either way, when the session below (the backup's) was killed (`live` says no), its
+///   `nameserver` line goes too.
 pub fn after_leave(
     current: &str,
     backup: &str,
@@ -117,7 +119,16 @@ pub fn after_leave(
     }
     let found = search_of(backup);
     let added: Vec<&String> = own_search.iter().filter(|s| !found.contains(s)).collect();
-    Some(without(current, own, &added, &live))
+    let mut out = without(current, own, &added, &live);
+    // The session below, killed (its forwarder no longer answers): its `nameserver` line goes
+    // too, or every lookup would try a dead server first.
+    let below = is_ours(backup)
+        .then(|| nameservers(backup).first().copied())
+        .flatten();
+    if let Some(dead) = below.filter(|ip| *ip != own && !live(*ip)) {
+        out = without(&out, dead, &[], &live);
+    }
+    Some(out)
 }
 
 /// The `search` words of a resolver file (the last `search`/`domain` line, as glibc).
@@ -256,6 +267,15 @@ mod tests {
         assert_eq!(
             nameservers(&end),
             vec!["192.0.2.53".parse::<IpAddr>().unwrap()]
+        );
+        assert!(!is_ours(&end), "{end}");
+        // The first one killed (its daemon gone), then the second leaves: the dead forwarder's
+        // line goes with it, the machine's server first again.
+        let end = after_leave(&second, &first, b, &b_search, alive(&[])).unwrap();
+        assert_eq!(
+            nameservers(&end),
+            vec!["192.0.2.53".parse::<IpAddr>().unwrap()],
+            "{end}"
         );
         assert!(!is_ours(&end), "{end}");
         // Someone else's file is left alone; an empty one gets the backup.
