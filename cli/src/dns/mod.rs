@@ -3,5 +3,6 @@
 pub mod follow;
 pub mod forwarder;
 pub mod mapped;
+pub mod primary;
 pub mod resolvconf;
 pub mod resolved;

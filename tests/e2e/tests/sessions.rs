@@ -260,6 +260,21 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
         Some(1),
         "{status}"
     );
+    // The short names and <svc>.<ns> go to the next session joined (beta) within a few
+    // seconds, and status says so.
+    kwg_e2e::wait_for("beta answers short names", Duration::from_secs(8), || {
+        Ok((title(&l, "web-app") == "Cluster Beta").then_some(()))
+    })
+    .unwrap();
+    assert_eq!(title(&l, "web-app.emojivoto"), "Cluster Beta");
+    let status = l.status_json();
+    assert_eq!(
+        (status["shortNames"].as_str(), status["primary"].as_bool()),
+        (Some("beta"), Some(true)),
+        "{status}"
+    );
+    let s = text(&l.kwg(&["status"]).stdout);
+    assert!(s.contains("Short names     : beta"), "{s}");
 
     let all = l.kwg(&["leave", "--all", "-o", "json"]);
     assert!(all.status.success(), "{}", text(&all.stderr));
@@ -361,6 +376,41 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
         "{second}"
     );
     assert_eq!(second["sessions"].as_array().map(Vec::len), Some(1));
+    // The primary leaves: default-2's link takes the cluster domain and the namespaces, and
+    // the short names go to it; a join again is secondary (the short names stay).
+    let left = in_resolved(&["kwg", "leave", "--context", "default"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+    kwg_e2e::wait_for(
+        "default-2 answers short names",
+        Duration::from_secs(8),
+        || Ok(page("web-app").contains("Cluster Beta").then_some(())),
+    )
+    .unwrap();
+    assert!(page("web-app.emojivoto").contains("Cluster Beta"));
+    let domains = r.resolvectl(&["domain"]).expect("resolvectl domain");
+    let kwg1 = domains
+        .split("Link ")
+        .find(|b| b.contains("(kwg1)"))
+        .unwrap_or_default();
+    assert!(
+        kwg1.contains("~cluster.local") && kwg1.contains("~svc.default-2"),
+        "{domains}"
+    );
+    let again = in_resolved(&[
+        "kwg",
+        "join",
+        "--name",
+        "multi",
+        "--kubeconfig",
+        &da,
+        "-n",
+        "emojivoto",
+        "--dns-mode",
+        "resolved",
+    ]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(page("web-app").contains("Cluster Beta"));
+    assert!(page("web-app.emojivoto.svc.default").contains("Cluster Alpha"));
     // On a terminal, `kwg leave` asks which session (here: all of them).
     let asked = in_resolved(&[
         "sh",
@@ -371,8 +421,8 @@ fn two_clusters_at_once_each_by_its_alias_and_short_names_to_the_primary() {
     assert!(asked.status.success(), "{said}");
     assert!(
         said.contains("Several sessions are joined")
-            && said.contains("1) default (kwg0, primary)")
-            && said.contains("2) default-2 (kwg1)")
+            && said.contains("1) default-2 (kwg1, primary)")
+            && said.contains("2) default (kwg0)")
             && said.contains("Left context default:")
             && said.contains("Left context default-2"),
         "{said}"

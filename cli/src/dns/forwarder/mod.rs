@@ -64,7 +64,8 @@ impl SplitHandle {
         let mut cfg = ForwarderConfig::clone(&guard);
         change(&mut cfg.split);
         let changed = cfg.split.cluster_namespaces != guard.split.cluster_namespaces
-            || cfg.split.reachable != guard.split.reachable;
+            || cfg.split.reachable != guard.split.reachable
+            || cfg.split.naming != guard.split.naming;
         if changed {
             *guard = Arc::new(cfg);
         }
