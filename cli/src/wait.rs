@@ -157,11 +157,27 @@ async fn resolve(host: &str, dns: Option<SocketAddr>, budget: Duration) -> Resul
             Err(_) => Err(format!("{host}: the resolver did not answer")),
         };
     };
+    // A, else AAAA: a dual-stack cluster's names have both, an IPv6-only cluster's only AAAA.
+    for rtype in [RecordType::A, RecordType::AAAA] {
+        if let Some(ip) = ask(host, server, rtype, budget).await? {
+            return Ok(ip);
+        }
+    }
+    Err(format!("{host} has no address"))
+}
+
+/// The first address of type `rtype` the forwarder at `server` gives for `host`.
+async fn ask(
+    host: &str,
+    server: SocketAddr,
+    rtype: RecordType,
+    budget: Duration,
+) -> Result<Option<IpAddr>, String> {
     let qname = Name::from_ascii(host).map_err(|e| format!("{host}: {e}"))?;
     let mut m = Message::query();
     m.metadata.id = rand::random();
     m.metadata.recursion_desired = true;
-    m.add_query(Query::query(qname, RecordType::A));
+    m.add_query(Query::query(qname, rtype));
     let raw = m.to_vec().map_err(|e| e.to_string())?;
     let reply = forwarder::relay(&raw, server, budget)
         .await
@@ -170,14 +186,11 @@ async fn resolve(host: &str, dns: Option<SocketAddr>, budget: Duration) -> Resul
     if reply.metadata.response_code != ResponseCode::NoError {
         return Err(format!("{host}: {}", reply.metadata.response_code));
     }
-    reply
-        .answers
-        .iter()
-        .find_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            _ => None,
-        })
-        .ok_or_else(|| format!("{host} has no address"))
+    Ok(reply.answers.iter().find_map(|r| match &r.data {
+        RData::A(a) => Some(IpAddr::V4(a.0)),
+        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+        _ => None,
+    }))
 }
 
 #[cfg(test)]
@@ -206,6 +219,40 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// A DNS server answering AAAA `fd00::7` and A with no record (NODATA), as an IPv6-only
+    /// cluster's DNS does.
+    async fn ipv6_only_dns() -> SocketAddr {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (n, from) = sock.recv_from(&mut buf).await.unwrap();
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+                r.queries = q.queries.clone();
+                if q.queries[0].query_type == RecordType::AAAA {
+                    let six = hickory_proto::rr::rdata::AAAA("fd00::7".parse().unwrap());
+                    let name = q.queries[0].name.clone();
+                    r.answers.push(hickory_proto::rr::Record::from_rdata(
+                        name,
+                        5,
+                        RData::AAAA(six),
+                    ));
+                }
+                sock.send_to(&r.to_vec().unwrap(), from).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_name_with_only_an_aaaa_record_resolves_to_it() {
+        let dns = ipv6_only_dns().await;
+        let ip = resolve("web-app.emojivoto", Some(dns), Duration::from_secs(2)).await;
+        assert_eq!(ip, Ok("fd00::7".parse().unwrap()));
     }
 
     #[tokio::test]
