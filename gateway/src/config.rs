@@ -49,8 +49,10 @@ pub struct Config {
     #[arg(long, env = "KWG_TUNNEL_CIDR6", default_value = kwg_contract::DEFAULT_TUNNEL_CIDR6,
           value_parser = parse_tunnel_cidr6)]
     pub tunnel_cidr6: ipnet::Ipv6Net,
-    /// Admin HTTP address (/healthz, /readyz, /metrics, /peers).
-    #[arg(long, env = "KWG_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    /// Admin HTTP address (/healthz, /readyz, /metrics, /peers). The default `[::]:8080` takes
+    /// both families (the kubelet of an IPv6-only cluster probes the pod's IPv6 address); in a
+    /// pod without IPv6 it is `0.0.0.0:8080`.
+    #[arg(long, env = "KWG_ADMIN_ADDR", default_value = "[::]:8080")]
     pub admin_addr: SocketAddr,
     /// Service CIDR(s) when neither ServiceCIDR objects nor the API's error reveal them.
     #[arg(long, env = "KWG_SERVICE_CIDR", value_delimiter = ',')]

@@ -111,11 +111,21 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-/// Binds the admin address (before anything serves: a taken port fails the start).
+/// Binds the admin address (before anything serves: a taken port fails the start). `[::]`
+/// where the pod has no IPv6 (the address family unsupported or unavailable) is `0.0.0.0`.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| GatewayError::Admin { addr, source })?;
+    // EAFNOSUPPORT (97 on Linux): IPv6 disabled in the kernel; EADDRNOTAVAIL: in the pod.
+    let no_ipv6 = |e: &std::io::Error| {
+        e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(97)
+    };
+    let listener = match TcpListener::bind(addr).await {
+        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED && no_ipv6(&e) => {
+            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            TcpListener::bind(v4).await
+        }
+        r => r,
+    }
+    .map_err(|source| GatewayError::Admin { addr, source })?;
     tracing::info!(%addr, "admin HTTP server listening");
     Ok(listener)
 }
