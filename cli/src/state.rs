@@ -200,6 +200,24 @@ impl Session {
     pub fn exists(&self) -> bool {
         self.running.is_some() || self.state.is_some()
     }
+
+    /// A session of context `context` (its alias too) in `dir`, without a journal, for tests.
+    #[cfg(test)]
+    pub fn example(dir: PathBuf, context: &str, primary: bool, running: bool) -> Session {
+        Session {
+            dir: StateDir(dir),
+            info: Some(SessionInfo {
+                context: Some(context.into()),
+                alias: context.into(),
+                primary,
+                interface: "kwg0".into(),
+                dns_listen: "127.77.0.53:53".parse().unwrap(),
+                server: None,
+            }),
+            state: None,
+            running: running.then_some(Some(1)),
+        }
+    }
 }
 
 /// Every session under the state directory `base`: `base` itself (the first session, where

@@ -67,19 +67,7 @@ mod tests {
     use super::*;
 
     fn session(dir: &str, primary: bool, running: bool) -> Session {
-        Session {
-            dir: StateDir(dir.into()),
-            info: Some(SessionInfo {
-                context: Some(dir.into()),
-                alias: dir.trim_start_matches("/s/sessions/").into(),
-                primary,
-                interface: "kwg0".into(),
-                dns_listen: "127.77.0.53:53".parse().unwrap(),
-                server: None,
-            }),
-            state: None,
-            running: running.then_some(Some(1)),
-        }
+        Session::example(dir.into(), dir, primary, running)
     }
 
     #[test]
