@@ -216,3 +216,148 @@ fn review_all_pairs_asks_everything() {
     let all = Possible::all().of(&Subject::new("nobody", &[]));
     assert!(all.all && all.may("kube-system") && all.asks("kube-system"));
 }
+
+mod needs {
+    use super::*;
+    use crate::policy::fixtures::{inv, ip};
+    use crate::policy::reviews::Reviews;
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+
+    fn peer(addr: &str, owner: &str, groups: &[&str]) -> PeerReach {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        PeerReach {
+            ip: ip(addr),
+            subject: Subject::new(owner, &groups),
+            asked: Vec::new(),
+        }
+    }
+
+    /// Every question of the pass asked and answered as RBAC would (`allowed`).
+    fn pass(
+        r: &mut Reviews,
+        n: &Needs,
+        now: Instant,
+        allowed: impl Fn(&Question) -> bool,
+    ) -> usize {
+        let asked = r.to_ask_with(&n.questions, n.scoped.as_ref(), now);
+        for q in &asked {
+            r.answered(q.clone(), allowed(q));
+        }
+        asked.len()
+    }
+
+    #[test]
+    fn only_pairs_a_binding_could_grant_are_reviewed_the_rest_denied_without_one() {
+        let t0 = Instant::now();
+        let peers = [
+            peer("100.77.0.2", "dev", &["developers"]),
+            peer("100.77.0.3", "nobody", &[]),
+            peer("100.77.0.4", "olga", &[]),
+        ];
+        let n = Needs::of(&inv(), &peers, &cluster());
+        let dev = Subject::new("dev", &["developers".to_owned()]);
+        let (nobody, olga) = (Subject::new("nobody", &[]), Subject::new("olga", &[]));
+        // dev: emojivoto only (default is alice's); olga: one cluster-scope question.
+        assert_eq!(n.questions, [(dev.clone(), "emojivoto".to_owned())].into());
+        assert_eq!(n.scoped, Some([olga.clone()].into()));
+        let mut r = Reviews::new(Duration::from_secs(60), 20.0, t0);
+        // Before any answer: nobody is decided (no), the others are not.
+        assert_eq!(n.answer(&r, &nobody, "default"), Some(false));
+        assert_eq!(n.answer(&r, &dev, "emojivoto"), None);
+        assert_eq!(n.answer(&r, &dev, "default"), Some(false));
+        assert_eq!(n.answer(&r, &olga, "default"), None);
+        assert_eq!(
+            pass(&mut r, &n, t0, |_| true),
+            2,
+            "dev in emojivoto, olga everywhere"
+        );
+        assert!(n.allowed(&r, &dev, "emojivoto") && !n.allowed(&r, &dev, "default"));
+        assert!(n.allowed(&r, &olga, "default") && n.allowed(&r, &olga, "emojivoto"));
+        assert!(!n.allowed(&r, &nobody, "emojivoto"));
+        // A review saying no is the authority, whatever RBAC could grant.
+        let mut r = Reviews::new(Duration::from_secs(60), 20.0, t0);
+        pass(&mut r, &n, t0, |_| false);
+        assert_eq!(n.answer(&r, &dev, "emojivoto"), Some(false));
+        assert_eq!(n.answer(&r, &olga, "default"), Some(false));
+        // The binding goes: denied at once, without a review.
+        let mut r = Reviews::new(Duration::from_secs(60), 20.0, t0);
+        pass(&mut r, &n, t0, |_| true);
+        let gone = Needs::of(&inv(), &peers, &Possible::default());
+        assert!(gone.questions.is_empty());
+        assert_eq!(
+            r.to_ask_with(&gone.questions, gone.scoped.as_ref(), t0)
+                .len(),
+            0
+        );
+        assert!(!gone.allowed(&r, &dev, "emojivoto") && !gone.allowed(&r, &olga, "default"));
+        // --review-all-pairs: every pair a peer asks for.
+        let all = Needs::of(&inv(), &peers, &Possible::all());
+        assert_eq!((all.questions.len(), all.scoped.is_none()), (6, true));
+    }
+
+    #[test]
+    fn a_thousand_owners_in_fifty_teams_over_three_hundred_namespaces() {
+        // The bench's cluster (bench_load teams 300 50): each namespace's RoleBinding of `view`
+        // to one team; each owner in one team. 6 questions per owner, not 300.
+        let view = cluster_role(
+            "view",
+            json!({}),
+            json!([{"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}]),
+        );
+        let bindings: Vec<RoleBinding> = (0..300)
+            .map(|i| {
+                let team = format!("bench-team-{}", i % 50);
+                role_binding(
+                    &format!("bench-ns-{i}"),
+                    "ClusterRole",
+                    "view",
+                    json!([{"kind": "Group", "name": team}]),
+                )
+            })
+            .collect();
+        let p = Possible::build(&[], &[view], &bindings, &[]);
+        let mut inventory = inv();
+        for i in 0..300 {
+            inventory
+                .by_namespace
+                .insert(format!("bench-ns-{i}"), Default::default());
+        }
+        let peers: Vec<PeerReach> = (0..1000)
+            .map(|i| {
+                let addr = Ipv4Addr::from(u32::from(ip("100.77.0.0")) + 2 + i);
+                let team = format!("bench-team-{}", i % 50);
+                PeerReach {
+                    ip: addr,
+                    subject: Subject::new(&format!("owner-{i}"), &[team]),
+                    asked: Vec::new(),
+                }
+            })
+            .collect();
+        let n = Needs::of(&inventory, &peers, &p);
+        assert_eq!(n.questions.len(), 6000);
+        assert_eq!(n.scoped.as_ref().map(BTreeSet::len), Some(0));
+        // The re-review takes at most half the rate limit: at 20/s, those 6,000 once every
+        // 600 s (10/s). Run here a tenth of it (the first 600 questions at 2/s, so also once
+        // every 600 s) for 30 minutes of the fake clock.
+        let fewer = Needs {
+            questions: n.questions.iter().take(600).cloned().collect(),
+            ..n.clone()
+        };
+        let t0 = Instant::now();
+        let mut r = Reviews::new(Duration::from_secs(60), 2.0, t0);
+        let mut now = t0;
+        let mut asked = 0;
+        while now < t0 + Duration::from_secs(1800) {
+            now = r.next_wake(now).max(now + Duration::from_millis(1));
+            r.tick(now);
+            let n_asked = pass(&mut r, &fewer, now, |_| true);
+            if now >= t0 + Duration::from_secs(1200) {
+                asked += n_asked;
+            }
+        }
+        // The last 600 s, at steady state: about 1 a second (each once), never the limit of 2.
+        let rate = asked as f64 / 600.0;
+        assert!((0.8..=1.2).contains(&rate), "{rate} reviews a second");
+    }
+}
