@@ -497,11 +497,16 @@ impl Registry {
                     name: name.clone(),
                     address: *address,
                 }];
-                out.extend(s.addresses.iter().filter(|a| *a != address).map(|a| {
-                    Change::DeleteAddress {
-                        name: name.clone(),
-                        address: *a,
-                    }
+                // One tunnel address per family (a dual-stack session has an IPv6 one too):
+                // the new one replaces the session's address of its own family only.
+                let same_family = |a: &IpNet| a.addr().is_ipv4() == address.addr().is_ipv4();
+                let replaced = s
+                    .addresses
+                    .iter()
+                    .filter(|a| *a != address && same_family(a));
+                out.extend(replaced.map(|a| Change::DeleteAddress {
+                    name: name.clone(),
+                    address: *a,
                 }));
                 Ok(out)
             }

@@ -141,6 +141,53 @@ fn a_removed_route_or_replaced_address_leaves_the_journal() {
 }
 
 #[test]
+fn a_dual_stack_session_has_one_address_per_family() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let id = open(&mut r, ALICE, "kwg0");
+    apply(&mut r, id, Op::CreateTun { mtu: 1420 }).unwrap();
+    // The helper's real rule (unique local IPv6 is private space), applied as the server does.
+    let try_set = |r: &mut Registry, a: &str| {
+        let op = Op::SetAddress { address: n(a) };
+        let changes = r.plan(id, &op, &facts(), &crate::policy::TrustRules)?;
+        for c in &changes {
+            r.journalled(id, c);
+            r.applied(id, c, Some(7));
+        }
+        Ok::<_, Refusal>(changes)
+    };
+    let set = |r: &mut Registry, a: &str| try_set(r, a).unwrap();
+    set(&mut r, "10.77.0.2/32");
+    // The IPv6 tunnel address joins the IPv4 one.
+    let c = set(&mut r, "fd6b:7767::a4d:2/128");
+    assert_eq!(c.len(), 1, "{c:?}");
+    // A new IPv4 address replaces the IPv4 one only, and the IPv6 one likewise.
+    let c = set(&mut r, "10.77.0.3/32");
+    assert_eq!(
+        c[1..],
+        [Change::DeleteAddress {
+            name: "kwg0".into(),
+            address: n("10.77.0.2/32")
+        }]
+    );
+    let c = set(&mut r, "fd6b:7767::a4d:3/128");
+    assert_eq!(
+        c[1..],
+        [Change::DeleteAddress {
+            name: "kwg0".into(),
+            address: n("fd6b:7767::a4d:2/128")
+        }]
+    );
+    let mut have = r.get(id).unwrap().addresses.clone();
+    have.sort();
+    assert_eq!(have, [n("10.77.0.3/32"), n("fd6b:7767::a4d:3/128")]);
+    // The helper's rules hold for IPv6 as for IPv4: not public, one host.
+    for bad in ["2001:db8::1/128", "fd6b:7767::/96"] {
+        let e = try_set(&mut r, bad).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Refused, "{bad}: {e:?}");
+    }
+}
+
+#[test]
 fn sessions_never_share_an_interface_or_overlap_and_say_whose_it_is() {
     let mut r = Registry::new(Limits::default(), vec![]);
     let a = open(&mut r, ALICE, "kwg0");
