@@ -139,13 +139,15 @@ pub struct JoinArgs {
     /// Route cluster subnets inside this one even where they overlap existing routes.
     #[arg(long, value_name = "CIDR")]
     pub allow_conflicting_subnets: Vec<IpNet>,
-    /// Reach this Service or pod CIDR of the cluster through this range of the same size
-    /// (CLUSTER=MAPPED, repeatable): addresses are translated 1:1 on this machine.
+    /// Reach this Service, pod or tunnel CIDR of the cluster (or an --also-proxy range) through
+    /// this range of the same size (CLUSTER=MAPPED, repeatable): addresses are translated 1:1
+    /// on this machine.
     #[arg(long, value_name = "CIDR=CIDR")]
     #[serde(default)]
     pub map: Vec<kwg_session::mapping::ForcedMap>,
-    /// Where a Service or pod CIDR that overlaps this machine's routes or another session's is
-    /// mapped from, onto a free range of the same size (repeatable).
+    /// Where a Service, pod or tunnel CIDR (or an --also-proxy range) that overlaps this
+    /// machine's routes or another session's is mapped from, onto a free range of the same size
+    /// (repeatable).
     #[arg(long, value_name = "CIDR", default_value = "10.224.0.0/11")]
     #[serde(default)]
     pub map_pool: Vec<ipnet::Ipv4Net>,
@@ -350,7 +352,6 @@ impl From<&JoinArgs> for kwg_session::SessionConfig {
                 alias: a.alias.clone(),
                 secondary: a.secondary,
             },
-            // A join through kwg-helper is IPv4 only too: the driver says so at its start.
             ipv4_only: a
                 .userspace
                 .then_some(kwg_session::config::USERSPACE_IPV4_ONLY),

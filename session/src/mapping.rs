@@ -1,7 +1,9 @@
-//! Virtual subnets (issue 27): a cluster's Service or pod CIDR that overlaps this machine's
-//! routes (its LAN, another VPN, an earlier kwg session) is reached through a free range of the
-//! same size instead, taken from a pool (`--map-pool`) or named by the user (`--map
-//! CLUSTER=MAPPED`). The laptop routes the mapped range; its data plane translates addresses
+//! Virtual subnets (issue 27): a cluster's Service or pod CIDR (or an `--also-proxy` range) that
+//! overlaps this machine's routes (its LAN, another VPN, an earlier kwg session) is reached
+//! through a free range of the same size instead, taken from a pool (`--map-pool`) or named by
+//! the user (`--map CLUSTER=MAPPED`). So is the gateway's tunnel CIDR when it overlaps them or
+//! holds one of the machine's addresses (two installs with the same one): the interface then
+//! holds the mapped tunnel address ([`local_address`]). The laptop routes the mapped range; its data plane translates addresses
 //! 1:1 between the two (`kwg_wg::translate`), and the split DNS forwarder rewrites the cluster
 //! DNS's A records into the mapped range. The planned route carries both (`PlannedRoute::cluster`).
 //!
@@ -44,7 +46,7 @@ impl FromStr for ForcedMap {
     fn from_str(s: &str) -> Result<ForcedMap, String> {
         let usage = || {
             format!(
-                "{s:?} is not CLUSTER=MAPPED: give a Service or pod CIDR of the cluster and a free \
+                "{s:?} is not CLUSTER=MAPPED: give a Service, pod or tunnel CIDR of the cluster (or an --also-proxy range) and a free \
                  range of the same size, e.g. 10.96.0.0/12=10.224.0.0/12"
             )
         };
@@ -142,7 +144,7 @@ pub struct MapInputs<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MapError {
     #[error(
-        "--map {forced}: {} is not a Service or pod CIDR of this cluster (it has {have}): name one of those",
+        "--map {forced}: {} is not a Service, pod or tunnel CIDR of this cluster nor an --also-proxy range (they are {have}): name one of those",
         .forced.cluster
     )]
     NotClusterRange { forced: ForcedMap, have: String },
@@ -197,7 +199,14 @@ pub fn apply(
     {
         trust::address_space(&IpNet::V4(net)).map_err(|why| MapError::Space { flag, net, why })?;
     }
-    let mappable = |r: &PlannedRoute| matches!(r.source, RouteSource::Service | RouteSource::Pod);
+    // An --also-proxy range too: the user asked for it through this session, and another
+    // session (or the LAN) routes it already.
+    let mappable = |r: &PlannedRoute| {
+        matches!(
+            r.source,
+            RouteSource::Service | RouteSource::Pod | RouteSource::AlsoProxy
+        )
+    };
     for forced in inputs.forced {
         if inputs.tunnel != Some(forced.cluster)
             && !routes
@@ -606,6 +615,40 @@ mod tests {
         );
     }
 
+    /// An --also-proxy range another session routes already is mapped like the cluster's
+    /// own ranges (the user reaches it at the mapped range), or where --map says.
+    #[test]
+    fn an_also_proxy_range_of_an_earlier_session_is_mapped() {
+        let existing = [route("172.30.0.0/16", "kwg0")];
+        let mut routes = cluster();
+        routes.push(PlannedRoute::new(
+            "172.30.0.0/16".parse().unwrap(),
+            RouteSource::AlsoProxy,
+        ));
+        let pool = [DEFAULT_POOL];
+        let out = apply(routes.clone(), &inputs(&existing, &pool)).unwrap();
+        assert_eq!(
+            shown(&out),
+            [
+                "10.96.0.0/12",
+                "10.244.0.0/16",
+                "100.77.0.1/32",
+                "10.224.0.0/16 <- 172.30.0.0/16"
+            ]
+        );
+        assert_eq!(out[3].source, RouteSource::AlsoProxy);
+        let forced = ["172.30.0.0/16=192.168.0.0/16".parse::<ForcedMap>().unwrap()];
+        let out = apply(
+            routes,
+            &MapInputs {
+                forced: &forced,
+                ..inputs(&existing, &pool)
+            },
+        )
+        .unwrap();
+        assert_eq!(shown(&out)[3], "192.168.0.0/16 <- 172.30.0.0/16 (--map)");
+    }
+
     #[test]
     fn an_earlier_sessions_ranges_are_mapped_from_the_pool_the_rest_stays() {
         // Another session on kwg0 routes the same Service and pod CIDRs.
@@ -802,8 +845,9 @@ mod tests {
         );
         assert_eq!(
             err.unwrap_err().to_string(),
-            "--map 10.97.0.0/16=10.230.0.0/16: 10.97.0.0/16 is not a Service or pod CIDR of this \
-             cluster (it has 10.96.0.0/12, 10.244.0.0/16): name one of those"
+            "--map 10.97.0.0/16=10.230.0.0/16: 10.97.0.0/16 is not a Service, pod or tunnel CIDR \
+             of this cluster nor an --also-proxy range (they are 10.96.0.0/12, 10.244.0.0/16): \
+             name one of those"
         );
         assert_eq!(
             "10.96.0.0/12=10.224.0.0/16"
