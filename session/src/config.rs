@@ -59,14 +59,11 @@ pub struct SessionConfig {
     pub resolv_conf: PathBuf,
     /// This session's alias and whether another session answers the short names (issue 27).
     pub naming: crate::dns::split::Naming,
-    /// Why this join carries IPv4 only, whatever the gateway publishes (userspace mode; a
-    /// normal user's join through kwg-helper, which gives the interface one address), as the
-    /// end of a sentence; `None`: IPv6 too when the gateway publishes `ipv6.json`.
+    /// Why this join carries IPv4 only, whatever the gateway publishes (userspace mode: its
+    /// stack is IPv4), as the end of a sentence; `None`: IPv6 too when the gateway publishes
+    /// `ipv6.json`.
     pub ipv4_only: Option<&'static str>,
 }
 
 /// [`SessionConfig::ipv4_only`] in userspace mode.
 pub const USERSPACE_IPV4_ONLY: &str = "userspace mode carries only IPv4";
-/// [`SessionConfig::ipv4_only`] of a normal user's join through kwg-helper.
-pub const HELPER_IPV4_ONLY: &str =
-    "a join through kwg-helper carries only IPv4 so far (join as root for IPv6)";

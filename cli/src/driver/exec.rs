@@ -143,8 +143,7 @@ pub async fn set_routes(
 }
 
 /// Adds the interface's IPv6 tunnel address (a /128; a TUN is `NOARP`, so the kernel runs no
-/// duplicate address detection and the address sources packets at once). Only a join as root
-/// gets here: a join through kwg-helper carries IPv4 only.
+/// duplicate address detection and the address sources packets at once).
 pub async fn add_address6(name: &str, address: ipnet::IpNet) -> Result<(), Error> {
     let nl = Netlink::open()?;
     nl.add_address(name, address).await?;

@@ -51,7 +51,20 @@ impl Driver {
         h.routes(add, remove).await
     }
 
-    /// Replaces the interface's address `old` by `new`.
+    /// Adds the interface's IPv6 tunnel address (next to the IPv4 one: kwg-helper keeps one
+    /// address per family).
+    pub(super) async fn add_address6(
+        &mut self,
+        name: &str,
+        address: ipnet::IpNet,
+    ) -> Result<(), Error> {
+        match self.helper.as_mut() {
+            Some(h) => h.set_address(address).await,
+            None => exec::add_address6(name, address).await,
+        }
+    }
+
+    /// Replaces the interface's address `old` by `new` (of the same family).
     pub(super) async fn change_address(
         &mut self,
         name: &str,

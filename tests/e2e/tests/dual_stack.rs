@@ -445,6 +445,106 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
     );
     let left = in_resolved(&["kwg", "leave"]);
     assert!(left.status.success(), "{}", text(&left.stderr));
+    drop(r);
+
+    // A normal user's join through kwg-helper carries IPv6 too: the helper gives the
+    // session's interface its address of each family (resolv-conf mode).
+    let h = Helper::start(&c, &l);
+    let joined = h.run(&["kwg", "join", "--name", "dualu", "--namespace", "emojivoto"]);
+    assert!(joined.status.success(), "{}", text(&joined.stderr));
+    let status: serde_json::Value =
+        serde_json::from_slice(&h.run(&["kwg", "status", "-o", "json"]).stdout).unwrap();
+    let user6 = status["tunnelIp6"].as_str().unwrap_or_default().to_string();
+    assert!(user6.starts_with("fd6b:7767::"), "{status}");
+    let addrs = text(&l.run(&["ip", "addr", "show", "dev", "kwg0"]).stdout);
+    assert!(
+        addrs.contains(&format!("{user6}/128")) && addrs.contains("inet 100."),
+        "{addrs}"
+    );
+    let page = h.run(&[
+        "curl",
+        "-sS",
+        "-6",
+        "--max-time",
+        "3",
+        "http://web-app.emojivoto/",
+    ]);
+    assert!(
+        text(&page.stdout).contains("Emoji Vote"),
+        "{}",
+        text(&page.stderr)
+    );
+    let left = h.run(&["kwg", "leave"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+}
+
+/// A user without privilege (uid [`Helper::UID`]) on the laptop and the kwg-helper serving
+/// them; the helper is stopped (by its PID) and its directory removed on drop.
+struct Helper {
+    netns: String,
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Helper {
+    const UID: u32 = 64051;
+
+    fn start(c: &kwg_sim::testing::Cluster, l: &Laptop) -> Helper {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = c.names().run_dir().join("helper");
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let kubeconfig = home.join("kubeconfig");
+        std::fs::copy(c.names().kubeconfig("developer"), &kubeconfig).unwrap();
+        for p in [&kubeconfig, &home] {
+            std::os::unix::fs::chown(p, Some(Self::UID), Some(Self::UID)).unwrap();
+        }
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let log = std::fs::File::create(dir.join("helper.log")).unwrap();
+        let child = kwg_privhelper::testing::serve_in(
+            &l.netns,
+            &kwg_sim::bin_path("kwg-helper"),
+            &dir,
+            &[Self::UID],
+            log.into(),
+        );
+        Helper {
+            netns: l.netns.clone(),
+            dir,
+            child,
+        }
+    }
+
+    /// `argv` in the laptop's namespace as the user.
+    fn run(&self, argv: &[&str]) -> std::process::Output {
+        let home = self.dir.join("home");
+        let uid = Self::UID.to_string();
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &self.netns, "setpriv"])
+            .args(["--reuid", &uid, "--regid", &uid, "--clear-groups"])
+            .args(["env", "-i"])
+            .arg(format!("HOME={}", home.display()))
+            .arg(format!("PATH={}", kwg_e2e::laptop::path_with_bins()))
+            .arg(format!("KUBECONFIG={}/kubeconfig", home.display()))
+            .arg(format!("KWG_STATE_DIR={}/kwg", home.display()))
+            .arg(format!(
+                "KWG_HELPER_SOCKET={}",
+                self.dir.join("helper.sock").display()
+            ))
+            .args(argv)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.run(&["kwg", "leave"]);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The laptop's firewall counter of dropped new connections from the tunnel (both families:
