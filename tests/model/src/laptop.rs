@@ -2,6 +2,7 @@
 //! their actions and steps against the in-memory API server, a real WireGuard core and the
 //! fake network (what `cli/src/driver` and `cli/src/transport/run.rs` do with real I/O).
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -56,6 +57,29 @@ pub struct Laptop {
     /// Replies from the pod.
     pub answers: u64,
     next_ping: u32,
+    /// The routes through the tunnel interface, as the driver set them.
+    pub routes: BTreeSet<IpNet>,
+    /// The WireGuard core's silences while serving and awake.
+    quiet: Quiet,
+}
+
+/// While serving and awake: when the WireGuard core last sent a datagram (or the window
+/// began), and the longest silence seen in this window.
+#[derive(Debug, Default)]
+struct Quiet {
+    last_sent: Option<Instant>,
+    longest: Duration,
+}
+
+impl Quiet {
+    /// `out` is about to be sent at `now`.
+    fn sending(&mut self, out: &NetBatch, now: Instant) {
+        if out.datagrams().next().is_some()
+            && let Some(t) = self.last_sent.replace(now)
+        {
+            self.longest = self.longest.max(now - t);
+        }
+    }
 }
 
 impl Laptop {
@@ -84,6 +108,8 @@ impl Laptop {
             info_seen: 0,
             answers: 0,
             next_ping: 0,
+            routes: BTreeSet::new(),
+            quiet: Quiet::default(),
         }
     }
 
@@ -132,11 +158,51 @@ impl Laptop {
         let p = sut::ipv4(src.octets(), POD.octets(), &self.next_ping.to_be_bytes());
         let mut out = NetBatch::new(1);
         wg.handle_tun(&p, now, &mut out);
+        self.send(out, now, net);
+    }
+
+    /// The longest the WireGuard core stayed silent while serving and awake, in the current
+    /// window (since it last began serving or woke up), up to `now`.
+    pub fn quiet(&self, now: Instant) -> Duration {
+        let q = &self.quiet;
+        q.last_sent
+            .map_or(Duration::ZERO, |t| q.longest.max(now - t))
+    }
+
+    /// Whether the gateway peer completed a handshake within REJECT_AFTER_TIME (180 s).
+    fn established(&self, now: Instant, wall: SystemTime) -> bool {
+        let (Some(wg), Some(gw)) = (self.wg.as_ref(), self.gateway.as_ref()) else {
+            return false;
+        };
+        wg.peer_stats(&gw.public_key, now, wall)
+            .and_then(|p| p.last_handshake)
+            .and_then(|t| wall.duration_since(t).ok())
+            .is_some_and(|age| age < Duration::from_secs(180))
+    }
+
+    /// The allowed IPs of the gateway peer on the WireGuard core.
+    pub fn gateway_allowed_ips(&self, now: Instant, wall: SystemTime) -> Option<BTreeSet<IpNet>> {
+        let (wg, gw) = (self.wg.as_ref()?, self.gateway.as_ref()?);
+        let p = wg.peer_stats(&gw.public_key, now, wall)?;
+        Some(p.allowed_ips.iter().copied().collect())
+    }
+
+    /// Sends what the WireGuard core put out, noting when.
+    fn send(&mut self, out: NetBatch, now: Instant, net: &mut Net) {
+        self.quiet.sending(&out, now);
         send(self.idx, self.udp_port, out, net);
     }
 
     /// One turn of the driver at `now`.
     pub fn tick(&mut self, now: Instant, api: &mut Api, net: &mut Net, wall: SystemTime) {
+        // The keepalive window: serving, awake, and a WireGuard session the gateway answered
+        // within REJECT_AFTER_TIME (boringtun gives up sending once its handshake attempts
+        // expire).
+        if self.suspended || !self.running() || !self.serving() || !self.established(now, wall) {
+            self.quiet = Quiet::default();
+        } else if self.quiet.last_sent.is_none() {
+            self.quiet.last_sent = Some(now);
+        }
         if self.suspended || !self.running() {
             return;
         }
@@ -154,7 +220,7 @@ impl Laptop {
         if let Some(wg) = self.wg.as_mut() {
             let mut out = NetBatch::new(1);
             wg.tick(now, &mut out);
-            send(self.idx, self.udp_port, out, net);
+            self.send(out, now, net);
         }
     }
 
@@ -183,7 +249,7 @@ impl Laptop {
                 self.answers += 1;
             }
         }
-        send(self.idx, self.udp_port, out, net);
+        self.send(out, now, net);
     }
 
     /// Executes the session's actions until it has none.
@@ -254,9 +320,13 @@ impl Laptop {
                 Some(Event::DeviceCreated { ifindex: 7 })
             }
             Action::ConfigureNetwork {
-                address, gateway, ..
+                address,
+                gateway,
+                routes,
+                ..
             } => {
                 self.address = Some(v4(address));
+                self.routes = routes.into_iter().collect();
                 let wg = self.wg.as_mut().expect("created");
                 let mut first = gateway.clone();
                 first.endpoint = sut::first_endpoint(Mode::Auto, gateway.endpoint);
@@ -285,6 +355,7 @@ impl Laptop {
                     .or(gateway.endpoint)?;
                 let mut out = NetBatch::new(1);
                 wg.initiate_replaying(&key, ep, since, now, &mut out);
+                self.quiet.sending(&out, now);
                 send(self.idx, self.udp_port, out, net);
                 None
             }
@@ -328,7 +399,13 @@ impl Laptop {
                 self.follow(sut::peer_config(&peer));
                 None
             }
-            Action::SetRoutes { .. } => None,
+            Action::SetRoutes { add, remove, .. } => {
+                for r in remove {
+                    self.routes.remove(&r);
+                }
+                self.routes.extend(add);
+                None
+            }
             Action::ChangeAddress { new, .. } => {
                 self.address = Some(v4(new));
                 None
@@ -377,6 +454,8 @@ impl Laptop {
                 self.ladder = None;
                 self.gateway = None;
                 self.address = None;
+                // The interface's routes go with it.
+                self.routes.clear();
                 Event::Undone(Some("interface".into()))
             }
             _ => Event::Undone(None),
@@ -433,6 +512,7 @@ impl Laptop {
                 let p = sut::ipv4(src.octets(), octets(poke.ip()), b"poke");
                 let mut out = NetBatch::new(1);
                 wg.handle_tun(&p, now, &mut out);
+                self.quiet.sending(&out, now);
                 send(self.idx, self.udp_port, out, net);
             }
         }
@@ -500,6 +580,7 @@ impl Laptop {
                         wg.remove_peer(&gw.public_key);
                         wg.upsert_peer(gw);
                     }
+                    self.quiet.sending(&out, now);
                     send(self.idx, self.udp_port, out, net);
                     if let Some(ep) = self.udp_endpoint() {
                         self.pin(ep, false);
@@ -512,6 +593,7 @@ impl Laptop {
                     if let Some(wg) = self.wg.as_mut() {
                         let mut out = NetBatch::new(1);
                         wg.initiate_to(&gw.public_key, ep, now, &mut out);
+                        self.quiet.sending(&out, now);
                         send(self.idx, self.udp_port, out, net);
                     }
                 }

@@ -4,6 +4,7 @@
 //! `tests/model.rs`; docs/architecture.md ("Model test") says what it covers.
 
 pub mod api;
+pub mod clock;
 pub mod gateway;
 pub mod laptop;
 pub mod net;

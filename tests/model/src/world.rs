@@ -22,6 +22,15 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const TUNNEL_CIDR: &str = "100.77.0.0/16";
 pub const PORTS: [u16; 2] = [31820, 31821];
 
+/// The cluster's Service and pod CIDRs as the gateway publishes them, one set per variant: as
+/// installed; a second pod CIDR next to the first (a cluster that grew); a second Service CIDR
+/// and the first pod CIDR only.
+pub const CIDRS: [(&[&str], &[&str]); 3] = [
+    (&["10.96.0.0/12"], &["10.244.0.0/16"]),
+    (&["10.96.0.0/12"], &["10.244.0.0/16", "10.245.0.0/16"]),
+    (&["10.96.0.0/12", "172.20.0.0/16"], &["10.244.0.0/16"]),
+];
+
 pub struct World {
     pub start: Instant,
     pub now: Instant,
@@ -30,16 +39,23 @@ pub struct World {
     pub net: Net,
     pub gateway: Gateway,
     pub laptops: Vec<Laptop>,
+    /// Which [`CIDRS`] the gateway publishes.
+    pub cidrs: usize,
 }
 
-/// The gateway info the gateway publishes for `key` on `port`.
-pub fn info(key: &PrivateKey, port: u16) -> GatewayInfo {
+/// The gateway info the gateway publishes for `key` on `port`, with the CIDRs of variant
+/// `cidrs` of [`CIDRS`].
+pub fn info(key: &PrivateKey, port: u16, cidrs: usize) -> GatewayInfo {
+    let (service, pod) = CIDRS[cidrs];
+    let list = |l: &[&str]| format!("{:?}", l);
     let json = format!(
         r#"{{"version":1,"publicKey":"{}","endpoints":["{}:{port}"],
-"tunnelCidr":"{TUNNEL_CIDR}","gatewayIp":"100.77.0.1","serviceCidrs":["10.96.0.0/12"],
-"podCidrs":["10.244.0.0/16"],"clusterDomain":"cluster.local","adminPort":8080}}"#,
+"tunnelCidr":"{TUNNEL_CIDR}","gatewayIp":"100.77.0.1","serviceCidrs":{},
+"podCidrs":{},"clusterDomain":"cluster.local","adminPort":8080}}"#,
         key.public_key(),
-        net::NODE
+        net::NODE,
+        list(service),
+        list(pod),
     );
     GatewayInfo::from_json(json.as_bytes()).expect("valid gateway info")
 }
@@ -59,7 +75,7 @@ impl World {
                 .parse::<DateTime<Utc>>()
                 .expect("a time")
                 .into(),
-            api: Api::new(info(&key, port)),
+            api: Api::new(info(&key, port, 0)),
             net: Net::new(seed),
             gateway: Gateway::new(key, cidr, port),
             laptops: names
@@ -67,6 +83,7 @@ impl World {
                 .enumerate()
                 .map(|(i, n)| Laptop::new(i, n, PrivateKey::generate()))
                 .collect(),
+            cidrs: 0,
         }
     }
 
@@ -79,6 +96,7 @@ impl World {
         let end = self.now + d;
         while self.now < end {
             self.now += TICK;
+            crate::clock::advance(TICK);
             self.tick(ping);
         }
     }
@@ -149,7 +167,16 @@ impl World {
         let key = PrivateKey::generate();
         self.gateway.set_key(key.clone());
         let port = self.gateway.port;
-        self.api.set_info(info(&key, port));
+        self.api.set_info(info(&key, port, self.cidrs));
+    }
+
+    /// The cluster's Service and pod CIDRs change to variant `cidrs` of [`CIDRS`]: the gateway
+    /// publishes them.
+    pub fn change_cidrs(&mut self, cidrs: usize) {
+        self.cidrs = cidrs;
+        let key = self.gateway.key.clone();
+        let port = self.gateway.port;
+        self.api.set_info(info(&key, port, cidrs));
     }
 
     /// The gateway moves to the other node port: the old one no longer answers.
@@ -162,7 +189,7 @@ impl World {
         self.gateway.port = port;
         self.net.break_streams(|_| false);
         let key = self.gateway.key.clone();
-        self.api.set_info(info(&key, port));
+        self.api.set_info(info(&key, port, self.cidrs));
     }
 
     /// Whether a machine holding `key` and claiming `src` gets a packet to the pod through

@@ -7,10 +7,12 @@
 //! and the latest time its Secret may have been renewed, and checks only what is certain (a
 //! lease surely alive, a lease surely over). Each operation takes a fixed amount of fake time.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use kwg_model::laptop::Outcome;
-use kwg_model::world::World;
+use kwg_model::world::{CIDRS, TICK, World};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
@@ -55,6 +57,9 @@ enum Op {
     RotateGatewayKey,
     /// The gateway info changes: another node port.
     MoveGatewayPort,
+    /// The gateway info changes: the cluster's Service and pod CIDRs are variant N of
+    /// `world::CIDRS`.
+    ChangeCidrs(usize),
     BlockUdp(bool),
     BlockTcp(bool),
     BlockApi(bool),
@@ -107,9 +112,31 @@ struct Reference {
     tcp_blocked: bool,
     api_blocked: bool,
     info_version: u64,
+    /// The variant of `world::CIDRS` the gateway publishes.
+    cidrs: usize,
     seed: u64,
     expect: Expect,
 }
+
+/// The routes through the tunnel of a laptop following CIDR variant `v` (`world::CIDRS`),
+/// written out: the Service and pod CIDRs, adjacent ones merged, and the gateway's tunnel IP.
+fn routes(v: usize) -> BTreeSet<IpNet> {
+    let list: &[&str] = match v {
+        0 => &["10.96.0.0/12", "10.244.0.0/16", "100.77.0.1/32"],
+        1 => &["10.96.0.0/12", "10.244.0.0/15", "100.77.0.1/32"],
+        _ => &[
+            "10.96.0.0/12",
+            "172.20.0.0/16",
+            "10.244.0.0/16",
+            "100.77.0.1/32",
+        ],
+    };
+    list.iter().map(|n| n.parse().expect("a CIDR")).collect()
+}
+
+/// The gateway peer's persistent keepalive (`kwg join` sets 25 s): an awake, serving laptop
+/// with a live WireGuard session sends at least this often, plus a tick.
+const KEEPALIVE: Duration = Duration::from_secs(25);
 
 /// Whether a laptop's Secret surely exists, surely does not, or either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +227,7 @@ impl ReferenceStateMachine for Reference {
                 tcp_blocked: false,
                 api_blocked: false,
                 info_version: 1,
+                cidrs: 0,
                 seed,
                 expect: Expect::Nothing,
             })
@@ -218,6 +246,7 @@ impl ReferenceStateMachine for Reference {
             1 => Just(Op::RestartGateway),
             1 => Just(Op::RotateGatewayKey),
             1 => Just(Op::MoveGatewayPort),
+            1 => (0..CIDRS.len()).prop_map(Op::ChangeCidrs),
             1 => any::<bool>().prop_map(Op::BlockUdp),
             1 => any::<bool>().prop_map(Op::BlockTcp),
             1 => any::<bool>().prop_map(Op::BlockApi),
@@ -298,6 +327,10 @@ impl ReferenceStateMachine for Reference {
             }
             Op::Advance(_) => {}
             Op::RotateGatewayKey | Op::MoveGatewayPort => r.info_version += 1,
+            Op::ChangeCidrs(v) => {
+                r.info_version += 1;
+                r.cidrs = v;
+            }
             // Loss and reordering slow a laptop down but never stop it.
             Op::RestartGateway | Op::Lossy(_) | Op::Reorder(_) => {}
             Op::BlockUdp(b) => r.udp_blocked = b,
@@ -340,6 +373,7 @@ impl StateMachineTest for ModelTest {
             Op::RestartGateway => w.restart_gateway(),
             Op::RotateGatewayKey => w.rotate_gateway_key(),
             Op::MoveGatewayPort => w.move_gateway_port(),
+            Op::ChangeCidrs(v) => w.change_cidrs(v),
             Op::BlockUdp(b) => w.net.udp_blocked = b,
             Op::BlockTcp(b) => w.net.tcp_blocked = b,
             Op::BlockApi(b) => w.api.blocked = b,
@@ -359,6 +393,8 @@ impl StateMachineTest for ModelTest {
         check_gateway_serves_only_leases(w);
         check_deletes(w);
         check_alive(w, r);
+        check_routes(w, r);
+        check_keepalive(w, r);
     }
 }
 
@@ -518,6 +554,51 @@ fn check_alive(w: &World, r: &Reference) {
             w.gateway.peer_ip(&l.public_key()),
             Some(ip.into()),
             "the gateway does not route laptop {i}'s tunnel IP to it"
+        );
+    }
+}
+
+/// A serving laptop that follows the current gateway info routes exactly the reference's
+/// subnets through the tunnel: in its session's plan, on the interface (what the driver was
+/// told by `ConfigureNetwork` and `SetRoutes`) and as the gateway peer's allowed IPs.
+fn check_routes(w: &World, r: &Reference) {
+    let want = routes(r.cidrs);
+    for (i, rl) in r.laptops.iter().enumerate() {
+        let l = &w.laptops[i];
+        if rl.status != Status::Joined || rl.evicted || rl.info_seen != r.info_version {
+            continue;
+        }
+        let Some(plan) = l
+            .session
+            .as_ref()
+            .filter(|_| l.serving())
+            .and_then(|s| s.plan())
+        else {
+            continue;
+        };
+        let planned: BTreeSet<IpNet> = plan.routes.iter().map(|p| p.subnet).collect();
+        assert_eq!(planned, want, "laptop {i}'s session planned other routes");
+        assert_eq!(l.routes, want, "laptop {i}'s interface has other routes");
+        assert_eq!(
+            l.gateway_allowed_ips(w.now, w.wall()),
+            Some(want.clone()),
+            "laptop {i}'s gateway peer allows other IPs"
+        );
+    }
+}
+
+/// The persistent keepalive (kwg-wg's own, and boringtun's with feature `timers`): an awake
+/// laptop with a live session never stays silent longer than the keepalive (plus a tick).
+fn check_keepalive(w: &World, r: &Reference) {
+    for (i, rl) in r.laptops.iter().enumerate() {
+        if rl.status != Status::Joined {
+            continue;
+        }
+        let quiet = w.laptops[i].quiet(w.now);
+        assert!(
+            quiet <= KEEPALIVE + TICK,
+            "laptop {i} ({}) sent nothing for {quiet:?} with a live WireGuard session",
+            NAMES[i]
         );
     }
 }
