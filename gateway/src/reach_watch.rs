@@ -72,6 +72,7 @@ pub async fn run(
     }
     let mut applied = Sets::default();
     let mut refused = std::collections::BTreeMap::new();
+    let mut refused6 = std::collections::BTreeMap::new();
     let mut departed = inventory::Departed::default();
     let mut removed = inventory::Removed::default();
     let mut ids = NsIds::default();
@@ -168,7 +169,7 @@ pub async fn run(
             )
         };
         let mut inv = inventory(&departed, &removed);
-        if departed.update(&inv.pods, started) {
+        if departed.update(&inv.pods, &inv.pods6, started) {
             inv = inventory(&departed, &removed); // a pod just went: its endpoints still count
         }
         if removed.update(&inv.endpoints, started) {
@@ -176,6 +177,8 @@ pub async fn run(
         }
         log_refused(&refused, &inv.refused);
         refused = inv.refused.clone();
+        log_refused(&refused6, &inv.refused6);
+        refused6 = inv.refused6.clone();
         let peers = peer_reach(&served.borrow_and_update(), trust_groups);
         let needs = Needs::of(&inv, &peers, &possible);
         let now = std::time::Instant::now();
@@ -286,10 +289,12 @@ fn apply(cfg: &Config, d: &sets::Diff, new: &Sets) -> Result<(), GatewayError> {
     })
 }
 
-/// Logs each ClusterIP that became refused to every peer, or stopped being.
-fn log_refused(
-    old: &std::collections::BTreeMap<std::net::Ipv4Addr, inventory::Refused>,
-    new: &std::collections::BTreeMap<std::net::Ipv4Addr, inventory::Refused>,
+/// Logs each ClusterIP (IPv4, or IPv6: its Service refused, or an endpoint of its IPv6 slices
+/// no pod of the namespaces the Service needs) that became refused to every peer, or stopped
+/// being.
+fn log_refused<K: Ord + std::fmt::Display>(
+    old: &std::collections::BTreeMap<K, inventory::Refused>,
+    new: &std::collections::BTreeMap<K, inventory::Refused>,
 ) {
     for (ip, r) in new.iter().filter(|(ip, r)| old.get(ip) != Some(r)) {
         tracing::warn!(cluster_ip = %ip, service = %r.service, endpoint = %r.endpoint,

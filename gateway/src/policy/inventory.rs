@@ -28,9 +28,15 @@ pub struct Inventory {
     pub spans: BTreeMap<Ipv4Addr, BTreeSet<String>>,
     /// ClusterIPs with an endpoint that is no pod: no peer reaches them.
     pub refused: BTreeMap<Ipv4Addr, Refused>,
+    /// IPv6 ClusterIPs no peer reaches: their Service is refused, or an endpoint of its IPv6
+    /// slices is no pod of the namespaces its IPv4 ClusterIP needs (an IPv6-only Service: an
+    /// endpoint that is no pod).
+    pub refused6: BTreeMap<std::net::Ipv6Addr, Refused>,
     pub dns: BTreeSet<Ipv4Addr>,
     /// Whose pod each address is (two namespaces for a stale address already reused).
     pub pods: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    /// Whose pod each IPv6 address is (what an IPv6 endpoint is judged by).
+    pub pods6: BTreeMap<std::net::Ipv6Addr, BTreeSet<String>>,
     /// Each Service's endpoints in its slices now (not those in `--allow-cidr`), judged.
     pub endpoints: BTreeMap<ServiceKey, Judged>,
     /// A dual-stack object's IPv6 address and an IPv4 address of the same object (a pod's
@@ -39,7 +45,24 @@ pub struct Inventory {
     /// IPv6 ClusterIPs are linked only while every endpoint of its IPv6 slices is a pod (by
     /// the pods' own links) of namespaces its IPv4 ClusterIP already needs: kube-proxy sends
     /// the IPv6 ClusterIP to the IPv6 endpoints, which a slice writer may point anywhere.
+    /// An object with no IPv4 address at all (an IPv6-only cluster's) is keyed by
+    /// [`key6`] of its first IPv6 address instead, everywhere an IPv4 address would be.
     pub twins6: BTreeMap<std::net::Ipv6Addr, Ipv4Addr>,
+}
+
+/// The key an IPv6 address takes where the policy counts in IPv4 addresses: its low 28 bits
+/// in 240.0.0.0/4 (RFC 1112's reserved class E, never a pod IP or ClusterIP, kept out of the
+/// IPv4 sets by [`is_key6`]). An IPv6-only object (no IPv4 twin) is counted under it. Two
+/// addresses with the same low 28 bits share a key: their namespaces then claim it together,
+/// which makes it a span needing reach in each (refusing more, never allowing more). Whose pod
+/// an IPv6 endpoint is never goes by a key: by the exact address ([`Inventory::pods6`]).
+pub fn key6(a: std::net::Ipv6Addr) -> Ipv4Addr {
+    Ipv4Addr::from(0xF000_0000 | (u128::from(a) as u32 & 0x0FFF_FFFF))
+}
+
+/// Whether `a` is a [`key6`] (in 240.0.0.0/4), not an address of the cluster.
+pub fn is_key6(a: Ipv4Addr) -> bool {
+    a.octets()[0] >= 240
 }
 
 /// A Service: (namespace, name).
@@ -116,18 +139,27 @@ impl Removed {
 /// after the Pod is gone, and meanwhile the Service's ClusterIP would be refused to everyone.
 pub const DEPARTED_GRACE: Duration = Duration::from_secs(10);
 
-/// Pod addresses that went within [`DEPARTED_GRACE`] (time passed in).
+/// Pod addresses, IPv4 and IPv6, that went within [`DEPARTED_GRACE`] (time passed in).
 #[derive(Debug, Default)]
 pub struct Departed {
-    last: BTreeMap<Ipv4Addr, String>,
-    left: BTreeMap<Ipv4Addr, (String, Instant)>,
+    last: BTreeMap<IpAddr, String>,
+    left: BTreeMap<IpAddr, (String, Instant)>,
 }
 
 impl Departed {
-    /// Notes the addresses that stopped being pods since the last call (`pods`: the
+    /// Notes the addresses that stopped being pods since the last call (`pods`, `pods6`: the
     /// inventory's) and forgets those that are pods again or went more than the grace ago.
     /// Whether an address just went (judge the endpoints again with it).
-    pub fn update(&mut self, pods: &BTreeMap<Ipv4Addr, BTreeSet<String>>, now: Instant) -> bool {
+    pub fn update(
+        &mut self,
+        pods: &BTreeMap<Ipv4Addr, BTreeSet<String>>,
+        pods6: &BTreeMap<std::net::Ipv6Addr, BTreeSet<String>>,
+        now: Instant,
+    ) -> bool {
+        let v4 = pods.iter().map(|(ip, ns)| (IpAddr::V4(*ip), ns));
+        let pods: BTreeMap<IpAddr, &BTreeSet<String>> = v4
+            .chain(pods6.iter().map(|(ip, ns)| (IpAddr::V6(*ip), ns)))
+            .collect();
         let mut went = false;
         for (ip, ns) in &self.last {
             if !pods.contains_key(ip) && !self.left.contains_key(ip) {
@@ -146,7 +178,7 @@ impl Departed {
     }
 
     /// The addresses that went recently, with the namespace of the pod that held them.
-    pub fn recent(&self) -> BTreeMap<Ipv4Addr, String> {
+    pub fn recent(&self) -> BTreeMap<IpAddr, String> {
         self.left
             .iter()
             .map(|(ip, (ns, _))| (*ip, ns.clone()))
@@ -193,14 +225,15 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// (see the module's documentation; endpoints in `allowed`, the admin's `--allow-cidr`, need
 /// nothing; an address in `departed`, whose pod went moments ago, still counts as that
 /// namespace's; an endpoint in `removed`, which left its Service's slices moments ago, still
-/// counts as it was judged then); DNS: the ClusterIPs of `kube-system/kube-dns`.
+/// counts as it was judged then); DNS: the ClusterIPs of `kube-system/kube-dns`. IPv6: see
+/// [`Inventory::twins6`] and [`key6`]; a departed pod's IPv6 address counts as its IPv4 one.
 pub fn inventory<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     pods: impl IntoIterator<Item = &'a Pod>,
     nodes: impl IntoIterator<Item = &'a Node>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     allowed: &[IpNet],
-    departed: &BTreeMap<Ipv4Addr, String>,
+    departed: &BTreeMap<IpAddr, String>,
     removed: &BTreeMap<ServiceKey, Judged>,
 ) -> Inventory {
     let node_addrs: BTreeSet<Ipv4Addr> = nodes
@@ -227,20 +260,35 @@ pub fn inventory<'a>(
             .flatten()
             .map(|i| &i.ip)
             .chain(st.pod_ip.iter());
-        let ips: Vec<&String> = ips.collect();
-        twin_v6(&mut inv.twins6, ips.iter().copied(), &node_addrs);
+        let ips: Vec<IpAddr> = ips.filter_map(|ip| ip.parse().ok()).collect();
+        let key = twin_v6(&mut inv.twins6, &ips, &node_addrs);
         let set = inv.by_namespace.entry(ns.clone()).or_default();
-        for ip in ips.into_iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
-            if !node_addrs.contains(&ip) {
-                set.insert(ip);
-                pod_ns.entry(ip).or_default().insert(ns.clone());
+        let v4 = ips.iter().filter_map(|ip| match ip {
+            IpAddr::V4(ip) if !node_addrs.contains(ip) && !is_key6(*ip) => Some(*ip),
+            _ => None,
+        });
+        // An IPv6-only pod counts under its key.
+        for ip in v4 {
+            set.insert(ip);
+            pod_ns.entry(ip).or_default().insert(ns.clone());
+        }
+        set.extend(key.filter(|k| is_key6(*k)));
+        for ip in &ips {
+            if let IpAddr::V6(a6) = ip {
+                inv.pods6.entry(*a6).or_default().insert(ns.clone());
             }
         }
     }
     let endpoints = service_endpoints(slices);
-    // Whose pod each IPv6 address is goes by the pods' own links (never a Service's).
-    let pod_twins = inv.twins6.clone();
-    let mut owners = pod_ns.clone();
+    let mut owners: BTreeMap<IpAddr, BTreeSet<String>> = pod_ns
+        .iter()
+        .map(|(ip, ns)| (IpAddr::V4(*ip), ns.clone()))
+        .chain(
+            inv.pods6
+                .iter()
+                .map(|(ip, ns)| (IpAddr::V6(*ip), ns.clone())),
+        )
+        .collect();
     for (ip, ns) in departed {
         owners
             .entry(*ip)
@@ -252,13 +300,30 @@ pub fn inventory<'a>(
         else {
             continue;
         };
-        let ips = spec
+        let cluster_ips: Vec<IpAddr> = spec
             .cluster_ips
             .iter()
             .flatten()
             .chain(spec.cluster_ip.iter())
-            .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        let ips6: BTreeSet<std::net::Ipv6Addr> = cluster_ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(a) => Some(*a),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        let ipv6_only = !cluster_ips.iter().any(IpAddr::is_ipv4);
+        let ips = cluster_ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(a) if !is_key6(*a) => Some(*a),
+                _ => None,
+            })
             .filter(|a| !node_addrs.contains(a))
+            // An IPv6-only Service counts under the key of its first IPv6 ClusterIP.
+            .chain(ips6.first().filter(|_| ipv6_only).map(|a| key6(*a)))
             .collect::<BTreeSet<_>>();
         if ns == "kube-system" && name == "kube-dns" {
             inv.dns.extend(ips.iter().copied());
@@ -271,12 +336,8 @@ pub fn inventory<'a>(
         let judged: Judged = eps
             .filter(|a| !a.as_ref().is_ok_and(anyones))
             .map(|a| {
-                let v4 = match a {
-                    Ok(IpAddr::V4(a)) => Some(a),
-                    Ok(IpAddr::V6(a6)) => pod_twins.get(a6),
-                    Err(_) => None,
-                };
-                let whose = v4.and_then(|a| owners.get(a)).cloned();
+                // Whose pod holds that very address (of its family).
+                let whose = a.as_ref().ok().and_then(|a| owners.get(a)).cloned();
                 (a.map_err(str::to_owned), whose)
             })
             .collect();
@@ -284,10 +345,11 @@ pub fn inventory<'a>(
         // Endpoints that left moments ago: kube-proxy may still send new connections there.
         let lingering = removed.get(&key).into_iter().flatten();
         let lingering = lingering.filter(|(a, _)| !judged.contains_key(*a));
+        // An IPv6-only Service's IPv6 endpoints are its only ones: judged as IPv4 ones are.
         let (v6, v4): (Vec<_>, Vec<_>) = judged
             .iter()
             .chain(lingering)
-            .partition(|(a, _)| matches!(a, Ok(IpAddr::V6(_))));
+            .partition(|(a, _)| matches!(a, Ok(IpAddr::V6(_))) && !ipv6_only);
         let mut span = BTreeSet::from([ns.clone()]);
         let mut refused = None;
         for (a, whose) in v4 {
@@ -304,23 +366,31 @@ pub fn inventory<'a>(
         }
         // The IPv6 ClusterIPs go where the IPv4 ones do only if the IPv6 endpoints need no
         // more than that (a hand-made IPv6 slice may name a node or another namespace's pod).
-        let v6_within = v6
+        let outside = v6
             .iter()
-            .all(|(_, whose)| whose.as_ref().is_some_and(|o| o.is_subset(&span)));
-        if refused.is_none() && v6_within {
-            twin_v6(
-                &mut inv.twins6,
-                spec.cluster_ips
-                    .iter()
-                    .flatten()
-                    .chain(spec.cluster_ip.iter()),
-                &node_addrs,
-            );
+            .find(|(_, whose)| !whose.as_ref().is_some_and(|o| o.is_subset(&span)));
+        let refused6 = refused.clone().or_else(|| {
+            outside.map(|(a, _)| Refused {
+                service: format!("{ns}/{name}"),
+                endpoint: a.as_ref().map_or_else(Clone::clone, ToString::to_string),
+            })
+        });
+        match &refused6 {
+            None => {
+                twin_v6(&mut inv.twins6, &cluster_ips, &node_addrs);
+            }
+            Some(r) => {
+                for a6 in &ips6 {
+                    inv.refused6.insert(*a6, r.clone());
+                }
+            }
         }
         inv.endpoints.insert(key, judged);
         for ip in ips {
             if let Some(r) = &refused {
-                inv.refused.insert(ip, r.clone());
+                if !is_key6(ip) {
+                    inv.refused.insert(ip, r.clone());
+                }
             } else if span.len() > 1 {
                 inv.spans.insert(ip, span.clone());
                 // Its namespaces are asked about even when they hold no pod of their own.
@@ -336,25 +406,30 @@ pub fn inventory<'a>(
     inv
 }
 
-/// Records each IPv6 address of one object (`ips`: a pod's podIPs, a Service's ClusterIPs)
-/// with the object's first IPv4 address, not a node's.
-fn twin_v6<'a>(
+/// Records each IPv6 address of one object (`parsed`: a pod's podIPs, a Service's
+/// ClusterIPs) with the object's first IPv4 address, not a node's, or with the [`key6`] of
+/// its first IPv6 address when it has no IPv4 address at all (an IPv6-only object); returns
+/// that address (`None`: no twin).
+fn twin_v6(
     twins: &mut BTreeMap<std::net::Ipv6Addr, Ipv4Addr>,
-    ips: impl Iterator<Item = &'a String>,
+    parsed: &[IpAddr],
     node_addrs: &BTreeSet<Ipv4Addr>,
-) {
-    let parsed: Vec<IpAddr> = ips.filter_map(|ip| ip.parse().ok()).collect();
-    let Some(v4) = parsed.iter().find_map(|a| match a {
-        IpAddr::V4(a) if !node_addrs.contains(a) => Some(*a),
-        _ => None,
-    }) else {
-        return;
+) -> Option<Ipv4Addr> {
+    let v6 = parsed.iter().filter_map(|a| match a {
+        IpAddr::V6(a6) => Some(*a6),
+        IpAddr::V4(_) => None,
+    });
+    let v4 = match parsed.iter().any(IpAddr::is_ipv4) {
+        true => parsed.iter().find_map(|a| match a {
+            IpAddr::V4(a) if !node_addrs.contains(a) && !is_key6(*a) => Some(*a),
+            _ => None,
+        })?,
+        false => key6(v6.clone().next()?),
     };
-    for a in &parsed {
-        if let IpAddr::V6(a6) = a {
-            twins.insert(*a6, v4);
-        }
+    for a6 in v6 {
+        twins.insert(a6, v4);
     }
+    Some(v4)
 }
 
 /// Every IPv4 and IPv6 endpoint address of each Service (`namespace`, `name`), from the

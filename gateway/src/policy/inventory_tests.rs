@@ -328,31 +328,150 @@ fn an_address_whose_pod_just_went_counts_for_its_namespace_for_a_while() {
     let t0 = std::time::Instant::now();
     let mut gone = Departed::default();
     let with_web = cluster(&["10.244.0.5"], &[]);
-    assert!(!gone.update(&with_web.pods, t0));
+    let none6 = BTreeMap::new();
+    assert!(!gone.update(&with_web.pods, &none6, t0));
     // web's Pod is deleted; its slice still lists it until the controller catches up.
     let mut pods = with_web.pods.clone();
     pods.remove(&ip("10.244.0.5"));
-    assert!(gone.update(&pods, t0), "an address went");
-    assert_eq!(gone.recent(), [(ip("10.244.0.5"), "emo".to_owned())].into());
+    assert!(gone.update(&pods, &none6, t0), "an address went");
+    assert_eq!(
+        gone.recent(),
+        [(IpAddr::V4(ip("10.244.0.5")), "emo".to_owned())].into()
+    );
     assert_eq!(gone.next_expiry(), Some(t0 + DEPARTED_GRACE));
     let services: Vec<Service> = objects(vec![service("emo", "web", "10.96.1.1")]);
     let slices: Vec<EndpointSlice> = objects(vec![slice("emo", "web", "web-1", &["10.244.0.5"])]);
-    let judge = |recent: &BTreeMap<Ipv4Addr, String>| {
+    let judge = |recent: &BTreeMap<IpAddr, String>| {
         inventory(&services, &[], &[], &slices, &[], recent, &BTreeMap::new())
     };
     assert!(judge(&gone.recent()).by_namespace["emo"].contains(&ip("10.96.1.1")));
     // After the grace it is no pod: refused.
-    assert!(!gone.update(&pods, t0 + DEPARTED_GRACE));
+    assert!(!gone.update(&pods, &none6, t0 + DEPARTED_GRACE));
     assert!(gone.recent().is_empty() && gone.next_expiry().is_none());
     assert!(judge(&gone.recent()).refused.contains_key(&ip("10.96.1.1")));
     // An address that is a pod again (of any namespace) is judged by that pod at once.
     let mut again = Departed::default();
-    again.update(&with_web.pods, t0);
-    again.update(&pods, t0);
+    again.update(&with_web.pods, &none6, t0);
+    again.update(&pods, &none6, t0);
     let mut reused = pods.clone();
     reused.insert(ip("10.244.0.5"), ["default".to_owned()].into());
-    again.update(&reused, t0);
+    again.update(&reused, &none6, t0);
     assert!(again.recent().is_empty());
+}
+
+#[test]
+fn a_departed_dual_stack_pods_ipv6_address_counts_for_the_same_grace() {
+    // web's Pod is deleted; both its slices still list it. The IPv6 ClusterIP keeps following
+    // the IPv4 one for the grace, as the IPv4 one keeps counting (red before: the IPv6
+    // address was no pod's at once, so IPv6 to the Service was refused for the grace).
+    let t0 = std::time::Instant::now();
+    let v6: std::net::Ipv6Addr = "fd00:96::1".parse().unwrap();
+    let with_web = dual_stack(&["fd00:244::5"]);
+    assert!(with_web.pods6.contains_key(&"fd00:244::5".parse().unwrap()));
+    let mut gone = Departed::default();
+    gone.update(&with_web.pods, &with_web.pods6, t0);
+    let mut web = service("emo", "web", "10.96.1.1");
+    web["spec"]["clusterIPs"] = json!(["10.96.1.1", "fd00:96::1"]);
+    let services: Vec<Service> = objects(vec![web]);
+    let mut six = slice("emo", "web", "web-v6", &["fd00:244::5"]);
+    six["addressType"] = json!("IPv6");
+    let slices: Vec<EndpointSlice> =
+        objects(vec![slice("emo", "web", "web-v4", &["10.244.0.5"]), six]);
+    let judge = |recent: &BTreeMap<IpAddr, String>| {
+        inventory(&services, &[], &[], &slices, &[], recent, &BTreeMap::new())
+    };
+    let without = judge(&BTreeMap::new());
+    assert!(
+        gone.update(&without.pods, &without.pods6, t0),
+        "addresses went"
+    );
+    let inv = judge(&gone.recent());
+    assert_eq!(inv.twins6.get(&v6), Some(&ip("10.96.1.1")), "{inv:?}");
+    assert!(inv.refused6.is_empty(), "{inv:?}");
+    // After the grace: both refused, and the IPv6 ClusterIP is recorded (and logged) as such.
+    gone.update(&without.pods, &without.pods6, t0 + DEPARTED_GRACE);
+    let inv = judge(&gone.recent());
+    assert!(inv.refused.contains_key(&ip("10.96.1.1")));
+    assert_eq!(inv.refused6[&v6].service, "emo/web");
+    assert_eq!(inv.twins6.get(&v6), None);
+}
+
+#[test]
+fn an_ipv6_cluster_ip_refused_is_recorded_like_an_ipv4_one() {
+    // Another namespace's pod in the IPv6 slice: the IPv4 ClusterIP stays emo's, the IPv6
+    // one is refused, with the endpoint that refuses it.
+    let inv = dual_stack(&["fd00:244::5", "fd00:244::7"]);
+    let v6: std::net::Ipv6Addr = "fd00:96::1".parse().unwrap();
+    assert!(inv.refused.is_empty());
+    assert_eq!(inv.refused6[&v6].endpoint, "fd00:244::7");
+    assert!(dual_stack(&["fd00:244::5"]).refused6.is_empty());
+}
+
+#[test]
+fn an_ipv6_only_cluster_is_reached_by_namespace_as_ipv4_is() {
+    // IPv6-only: pods with only IPv6 addresses, Services with only IPv6 ClusterIPs.
+    let pods: Vec<Pod> = objects(vec![
+        json!({"metadata": {"name": "web", "namespace": "emo"}, "status": {"phase": "Running",
+            "podIP": "fd00:244::5", "podIPs": [{"ip": "fd00:244::5"}]}}),
+        json!({"metadata": {"name": "db", "namespace": "default"}, "status": {"phase": "Running",
+            "podIP": "fd00:244::6", "podIPs": [{"ip": "fd00:244::6"}]}}),
+    ]);
+    let svc = |ns: &str, name: &str, ip: &str| {
+        let mut s = service(ns, name, ip);
+        s["spec"]["clusterIPs"] = json!([ip]);
+        s
+    };
+    let services: Vec<Service> = objects(vec![
+        svc("emo", "web", "fd00:96::100"),
+        svc("emo", "pivot", "fd00:96::101"),
+        svc("kube-system", "kube-dns", "fd00:96::a"),
+    ]);
+    let v6_slice = |svc: &str, addrs: &[&str]| {
+        let mut s = slice("emo", svc, svc, addrs);
+        s["addressType"] = json!("IPv6");
+        s
+    };
+    let nodes: Vec<Node> = objects(vec![
+        json!({"metadata": {"name": "n1"}, "status": {"addresses": [
+        {"type": "InternalIP", "address": "fd00:c0:2::1"}]}}),
+    ]);
+    // pivot leads to the node's address.
+    let slices: Vec<EndpointSlice> = objects(vec![
+        v6_slice("web", &["fd00:244::5"]),
+        v6_slice("pivot", &["fd00:c0:2::1"]),
+    ]);
+    let inv = inventory(
+        &services,
+        &pods,
+        &nodes,
+        &slices,
+        &[],
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+    );
+    let a6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+    assert_eq!(inv.refused6[&a6("fd00:96::101")].endpoint, "fd00:c0:2::1");
+    assert!(inv.refused.is_empty(), "no IPv4 address is named: {inv:?}");
+    let peers = [
+        peer("100.77.0.2", "alice", &["emo"]),
+        peer("100.77.0.3", "root", &[]),
+    ];
+    let mut ids = NsIds::default();
+    let emo_rbac = |who: &Subject, ns: &str| who.user == "root" || ns == "emo";
+    let sets = desired(&inv, &peers, emo_rbac, &mut ids);
+    let (emo, default) = (ids.id("emo"), ids.id("default"));
+    // The pod and the Service of emo go to emo, db to default; pivot to no peer.
+    assert_eq!(sets.dest_ns6.get(&a6("fd00:244::5")), Some(&emo));
+    assert_eq!(sets.dest_ns6.get(&a6("fd00:96::100")), Some(&emo));
+    assert_eq!(sets.dest_ns6.get(&a6("fd00:244::6")), Some(&default));
+    assert_eq!(sets.dest_ns6.get(&a6("fd00:96::101")), None);
+    assert_eq!(sets.dns6, [a6("fd00:96::a")].into());
+    // Nothing of it in the IPv4 sets (the keys stay out).
+    assert!(sets.dest_ns.is_empty() && sets.dns.is_empty(), "{sets:?}");
+    // alice reaches emo only; root (cluster-wide) both.
+    assert!(sets.peer_ns.contains(&(ip("100.77.0.2"), emo)));
+    assert!(!sets.peer_ns.contains(&(ip("100.77.0.2"), default)));
+    assert!(sets.peer_ns.contains(&(ip("100.77.0.3"), default)));
 }
 
 #[test]

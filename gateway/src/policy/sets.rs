@@ -6,7 +6,8 @@
 //! - `dns`: the cluster DNS addresses (port 53 for every peer).
 //!
 //! IPv6 (a dual-stack cluster): `dest_ns6` and `dns6` hold the IPv6 twins of those addresses
-//! (a pod's or Service's IPv6 address goes where its IPv4 one goes), and `peer_ns6` the
+//! (a pod's or Service's IPv6 address goes where its IPv4 one goes; an IPv6-only one's where
+//! its [`super::inventory::key6`] goes, which stays out of the IPv4 sets), and `peer_ns6` the
 //! `peer_ns` grants keyed by the peer's IPv4 address as the last 32 bits of its IPv6 tunnel
 //! address carry it (`kwg_contract::GatewayInfo6`).
 //!
@@ -118,6 +119,9 @@ pub fn desired(
             sets.dns6.insert(*a6);
         }
     }
+    // IPv6-only objects' keys are no IPv4 addresses: only their IPv6 twins go in the sets.
+    sets.dest_ns.retain(|a, _| !super::inventory::is_key6(*a));
+    sets.dns.retain(|a| !super::inventory::is_key6(*a));
     for p in peers {
         let granted: BTreeSet<&str> = p.wanted(inv).filter(|ns| allowed(&p.subject, ns)).collect();
         for ns in &granted {
