@@ -3,18 +3,18 @@
 //! arrive through resolved.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
-use super::{Action, DnsPlan, DnsTarget, Phase, Session};
+use super::stage::{Step, Tun};
+use super::{Action, DnsPlan, DnsTarget, Session};
 use crate::dns::domains::LinkConfig;
 use crate::journal::{DnsModeUsed, DnsState, Undo};
 
 impl Session {
-    pub(super) fn forwarder_started(&mut self, addr: SocketAddr) {
-        let dns = self
-            .plan
-            .as_ref()
-            .and_then(|p| p.dns.clone())
-            .expect("dns planned");
+    pub(super) fn forwarder_started(&mut self, tun: Tun, addr: SocketAddr, now: Instant) {
+        let Some(dns) = self.plan().and_then(|p| p.dns.clone()) else {
+            return self.verify(tun.ip, Some(tun.ifindex), now);
+        };
         let config = &self.config;
         let state = DnsState {
             mode: mode_of(&dns.target),
@@ -27,10 +27,10 @@ impl Session {
             search: dns.search.clone(),
         };
         self.journal(|s| s.dns = Some(state));
-        self.point_dns(dns.target, addr, &dns.search);
+        self.point_dns(tun, dns.target, addr, &dns.search);
     }
 
-    fn point_dns(&mut self, target: DnsTarget, addr: SocketAddr, search: &[String]) {
+    fn point_dns(&mut self, tun: Tun, target: DnsTarget, addr: SocketAddr, search: &[String]) {
         match target {
             DnsTarget::ResolvConf {
                 path,
@@ -48,18 +48,23 @@ impl Session {
                     original,
                     contents,
                 };
-                self.step(Phase::WritingResolvConf, action);
+                self.step(Step::WritingResolvConf(tun), action);
             }
             DnsTarget::Resolved { domains } => {
-                let ifindex = self.ifindex.expect("device created");
                 let name = self.config.interface.clone();
-                self.record(Undo::RevertLink { name, ifindex });
+                self.record(Undo::RevertLink {
+                    name,
+                    ifindex: tun.ifindex,
+                });
                 let link = LinkConfig {
-                    ifindex,
+                    ifindex: tun.ifindex,
                     server: addr,
                     domains,
                 };
-                self.step(Phase::ConfiguringResolved, Action::ConfigureResolved(link));
+                self.step(
+                    Step::ConfiguringResolved(tun),
+                    Action::ConfigureResolved(link),
+                );
             }
         }
     }
@@ -67,36 +72,51 @@ impl Session {
     /// The probe through resolved's stub did not get an answer in time: revert the link, then
     /// rewrite the resolver file instead (with a warning).
     pub(super) fn fall_back(&mut self) {
-        self.resolved_check = None;
+        let Some(j) = self.joined_mut() else { return };
+        let Step::ProbingDns {
+            ip,
+            check: Some(check),
+        } = std::mem::replace(&mut j.step, Step::Registering)
+        else {
+            return;
+        };
+        let ifindex = check.ifindex;
+        j.step = Step::RevertingResolved { ip, check };
         if std::mem::take(&mut self.in_flight) {
             self.actions.push_back(Action::Cancel);
         }
         self.actions.push_back(Action::Progress(
             "Warning: queries through systemd-resolved did not reach kwg within 2 s: falling back to rewriting the resolver file".into(),
         ));
-        let ifindex = self.ifindex.expect("device created");
-        self.step(Phase::RevertingResolved, Action::RevertResolved { ifindex });
+        self.actions.push_back(Action::RevertResolved { ifindex });
     }
 
     pub(super) fn resolved_reverted(&mut self) {
-        let plan = self.plan.as_mut().expect("planned");
-        let dns = plan.dns.as_mut().expect("dns planned");
-        let target = dns.fallback.take().expect("a fallback");
-        dns.target = target.clone();
+        let Some(j) = self.joined_mut() else { return };
+        let Step::RevertingResolved { ip, check } =
+            std::mem::replace(&mut j.step, Step::Registering)
+        else {
+            return;
+        };
+        let plan = &mut j.plan;
+        let mut search = Vec::new();
+        if let Some(dns) = plan.dns.as_mut() {
+            dns.target = check.fallback.clone();
+            dns.fallback = None;
+            search = dns.search.clone();
+        }
         plan.probe_dns = plan.cluster_dns;
-        let search = dns.search.clone();
         self.journal(|s| {
             s.undo.retain(|u| !matches!(u, Undo::RevertLink { .. }));
             if let Some(d) = s.dns.as_mut() {
                 d.mode = DnsModeUsed::ResolvConf;
             }
         });
-        let addr = self
-            .state()
-            .and_then(|s| s.dns.as_ref())
-            .map(|d| d.forwarder)
-            .expect("forwarder");
-        self.point_dns(target, addr, &search);
+        let tun = Tun {
+            ip,
+            ifindex: check.ifindex,
+        };
+        self.point_dns(tun, check.fallback, check.forwarder, &search);
     }
 }
 

@@ -10,6 +10,7 @@ mod dns;
 pub mod health;
 pub mod plan;
 mod serving;
+mod stage;
 mod teardown;
 #[cfg(test)]
 mod tests;
@@ -22,9 +23,9 @@ use std::time::{Duration, Instant};
 use crate::SessionConfig;
 use crate::error::Error;
 use crate::journal::{LeftBehind, State, Undo};
-use crate::trust;
 pub use plan::{DnsPlan, DnsTarget, Facts, Plan};
 pub use serving::credentials_rejected;
+use stage::{Joined, Serving, Stage, Step, Tun};
 pub use types::{Action, Event, Lease, LeaseFailure, Phase, Registration};
 
 /// While there is no handshake: when to move to a new UDP source port and restart the
@@ -45,23 +46,12 @@ pub struct Session {
     template: State,
     /// Where the resolver file's original is kept.
     resolv_backup: std::path::PathBuf,
-    phase: Phase,
+    /// Where the session is, with what exists there.
+    stage: Stage,
     deadline: Instant,
     actions: VecDeque<Action>,
     /// A long action is in flight.
     in_flight: bool,
-    plan: Option<Plan>,
-    state: Option<State>,
-    next_rebind: Option<Instant>,
-    /// The tunnel interface's index, once created.
-    ifindex: Option<u32>,
-    lease: Lease,
-    health: Option<health::Health>,
-    /// Following a new gateway: its tunnel IP for this machine is to be read again.
-    readdress: Option<serving::Readdress>,
-    /// In mode auto with resolved: when the probe through resolved's stub gives up and the
-    /// resolver file is used instead.
-    resolved_check: Option<Instant>,
     /// Why the session ends badly (the first error); `None` after a clean `leave`.
     error: Option<Error>,
     undo_error: Option<Error>,
@@ -70,6 +60,18 @@ pub struct Session {
     removed: Vec<String>,
     /// The peer Secret teardown could not delete (the lease collects it).
     left_behind: Option<LeftBehind>,
+}
+
+/// The serving part of a stage, if it serves (a function of the field alone, so the rest of
+/// the session stays free to use meanwhile).
+fn serving(stage: &mut Stage) -> Option<&mut Serving> {
+    match stage {
+        Stage::Joined(j) => match &mut j.step {
+            Step::Serving(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 impl Session {
@@ -86,18 +88,10 @@ impl Session {
             config,
             template,
             resolv_backup,
-            phase: Phase::Inspecting,
+            stage: Stage::Inspecting,
             deadline,
             actions: VecDeque::from([Action::Inspect]),
             in_flight: true,
-            plan: None,
-            state: None,
-            next_rebind: None,
-            ifindex: None,
-            lease: Lease::default(),
-            health: None,
-            readdress: None,
-            resolved_check: None,
             error: None,
             undo_error: None,
             kept: Vec::new(),
@@ -112,16 +106,45 @@ impl Session {
     }
 
     pub fn phase(&self) -> Phase {
-        self.phase
+        self.stage.phase()
     }
+    /// The journal, once planned.
     pub fn state(&self) -> Option<&State> {
-        self.state.as_ref()
+        match &self.stage {
+            Stage::Inspecting => None,
+            Stage::Joined(j) => Some(&j.journal),
+            Stage::TearingDown(s) | Stage::Done(s) => s.as_ref(),
+        }
     }
-    pub fn lease(&self) -> &Lease {
-        &self.lease
+    /// The lease, while serving.
+    pub fn lease(&self) -> Option<&Lease> {
+        self.serving().map(|s| &s.lease)
     }
+    /// The plan, from planning until teardown.
     pub fn plan(&self) -> Option<&Plan> {
-        self.plan.as_ref()
+        self.joined().map(|j| &j.plan)
+    }
+
+    fn joined(&self) -> Option<&Joined> {
+        match &self.stage {
+            Stage::Joined(j) => Some(j),
+            _ => None,
+        }
+    }
+    fn joined_mut(&mut self) -> Option<&mut Joined> {
+        match &mut self.stage {
+            Stage::Joined(j) => Some(j),
+            _ => None,
+        }
+    }
+    fn step_ref(&self) -> Option<&Step> {
+        self.joined().map(|j| &j.step)
+    }
+    fn serving(&self) -> Option<&Serving> {
+        match self.step_ref() {
+            Some(Step::Serving(s)) => Some(s),
+            _ => None,
+        }
     }
 
     /// The next action to execute.
@@ -133,22 +156,22 @@ impl Session {
     /// When [`Session::handle_timeout`] must be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.phase {
-            Phase::TearingDown | Phase::Done => None,
-            Phase::Serving => {
-                let lease = self.lease.next.filter(|_| !self.lease.in_flight);
-                let health = self.health.as_ref().map(|h| h.next);
-                lease.into_iter().chain(health).min()
-            }
-            Phase::AwaitingHandshake => Some(
-                self.next_rebind
-                    .map_or(self.deadline, |r| r.min(self.deadline)),
-            ),
-            Phase::ProbingDns => Some(
-                self.resolved_check
-                    .map_or(self.deadline, |r| r.min(self.deadline)),
-            ),
-            _ => Some(self.deadline),
+        match &self.stage {
+            Stage::TearingDown(_) | Stage::Done(_) => None,
+            Stage::Inspecting => Some(self.deadline),
+            Stage::Joined(j) => match &j.step {
+                Step::Serving(s) => {
+                    let lease = s.lease.next.filter(|_| !s.lease.in_flight);
+                    lease.into_iter().chain([s.health.next]).min()
+                }
+                Step::AwaitingHandshake { rebind, .. } => Some((*rebind).min(self.deadline)),
+                Step::ProbingDns { check, .. } => Some(
+                    check
+                        .as_ref()
+                        .map_or(self.deadline, |c| c.at.min(self.deadline)),
+                ),
+                _ => Some(self.deadline),
+            },
         }
     }
 
@@ -161,47 +184,66 @@ impl Session {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        match self.phase {
-            Phase::Serving => {
-                if self.lease.next.is_some_and(|t| now >= t) && !self.lease.in_flight {
-                    // The lease comes first: a wait for the new tunnel IP in flight is
-                    // dropped, and started again once the renewal is answered.
-                    if let Some(r) = self.readdress.as_mut().filter(|r| r.waiting) {
-                        r.waiting = false;
-                        self.actions.push_back(Action::Cancel);
-                    }
-                    self.renew();
-                }
-                if let Some(h) = self.health.as_mut().filter(|h| now >= h.next) {
-                    h.next = now + health::CHECK_EVERY;
-                    self.actions.push_back(Action::ReadStats);
-                }
-            }
+        match self.phase() {
+            Phase::Serving => self.serving_timeout(now),
             Phase::TearingDown | Phase::Done => {}
             phase if now >= self.deadline => {
                 let err = self.timeout_error(phase);
                 self.fail(err);
             }
             Phase::AwaitingHandshake => {
-                if let (Some(t), Some(plan)) = (self.next_rebind, &self.plan)
-                    && now >= t
+                let Some(j) = self.joined_mut() else { return };
+                if let Step::AwaitingHandshake { rebind, .. } = &mut j.step
+                    && now >= *rebind
                 {
-                    self.actions.push_back(Action::Rebind {
-                        gateway: plan.gateway.clone(),
-                    });
-                    self.next_rebind = Some(t + REBIND_EVERY);
+                    *rebind += REBIND_EVERY;
+                    let gateway = j.plan.gateway.clone();
+                    self.actions.push_back(Action::Rebind { gateway });
                 }
             }
-            Phase::ProbingDns if self.resolved_check.is_some_and(|t| now >= t) => {
-                self.fall_back();
+            Phase::ProbingDns => {
+                if let Some(Step::ProbingDns { check: Some(c), .. }) = self.step_ref()
+                    && now >= c.at
+                {
+                    self.fall_back();
+                }
             }
             _ => {}
         }
     }
 
+    fn serving_timeout(&mut self, now: Instant) {
+        let Some(s) = serving(&mut self.stage) else {
+            return;
+        };
+        let renew = s.lease.next.is_some_and(|t| now >= t) && !s.lease.in_flight;
+        // The lease comes first: a wait for the new tunnel IP in flight is dropped, and
+        // started again once the renewal is answered.
+        let cancel = match s.readdress.as_mut().filter(|r| r.waiting && renew) {
+            Some(r) => {
+                r.waiting = false;
+                true
+            }
+            None => false,
+        };
+        let check = now >= s.health.next;
+        if check {
+            s.health.next = now + health::CHECK_EVERY;
+        }
+        if cancel {
+            self.actions.push_back(Action::Cancel);
+        }
+        if renew {
+            self.renew();
+        }
+        if check {
+            self.actions.push_back(Action::ReadStats);
+        }
+    }
+
     fn timeout_error(&self, phase: Phase) -> Error {
         let secs = self.config.timeout.as_secs();
-        match (phase, &self.plan) {
+        match (phase, self.plan()) {
             (Phase::WaitingTunnelIp, Some(p)) => Error::NoTunnelIp {
                 peer: p.secret(),
                 secs,
@@ -227,19 +269,20 @@ impl Session {
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) {
+        let is_serving = self.serving().is_some();
         match event {
             Event::Leave | Event::Signal => return self.teardown(),
             Event::Failed(e) => {
                 self.in_flight = false;
-                if self.phase != Phase::Serving {
+                let Some(s) = serving(&mut self.stage) else {
                     return self.fail(e);
-                }
-                if let Some(r) = self.readdress.as_mut().filter(|r| r.waiting) {
+                };
+                if let Some(r) = s.readdress.as_mut().filter(|r| r.waiting) {
                     r.waiting = false;
                     return tracing::error!(error = %e, "reading the tunnel IP the new gateway assigned failed; trying again after the next lease renewal");
                 }
-                if self.lease.reregistering || self.lease.in_flight {
-                    self.lease.reregistering = false;
+                if s.lease.reregistering || s.lease.in_flight {
+                    s.lease.reregistering = false;
                     return self.lease_result(Event::LeaseFailed(LeaseFailure::Other(e)), now);
                 }
                 // A change while serving (routes, gateway peer) failed: keep the tunnel.
@@ -247,99 +290,78 @@ impl Session {
             }
             Event::Undone(what) => return self.undone(what, None),
             Event::UndoFailed(e) => return self.undone(None, Some(e)),
-            Event::LeaseRenewed(_) | Event::LeaseFailed(_) if self.phase == Phase::Serving => {
+            Event::LeaseRenewed(_) | Event::LeaseFailed(_) if is_serving => {
                 return self.lease_result(event, now);
             }
-            Event::Stats { tx_bytes, rx_bytes } if self.phase == Phase::Serving => {
+            Event::Stats { tx_bytes, rx_bytes } if is_serving => {
                 return self.stats(tx_bytes, rx_bytes, now);
             }
-            Event::GatewayInfo(info) if self.phase == Phase::Serving => {
+            Event::GatewayInfo(info) if is_serving => {
                 return self.gateway_changed(*info, now);
             }
             Event::TunnelIp(ip)
-                if self.phase == Phase::Serving
-                    && self.readdress.as_ref().is_some_and(|r| r.waiting) =>
+                if self
+                    .serving()
+                    .is_some_and(|s| s.readdress.is_some_and(|r| r.waiting)) =>
             {
                 return self.readdressed(ip, now);
             }
             _ => {}
         }
-        if self.lease.reregistering && self.phase == Phase::Serving {
+        if self.serving().is_some_and(|s| s.lease.reregistering) {
             return self.reregistered(event, now);
         }
         self.in_flight = false;
-        match (self.phase, event) {
-            (Phase::Inspecting, Event::Inspected(facts)) => self.inspected(*facts),
-            (Phase::Registering, Event::Registered(r)) => {
+        let inspecting = matches!(self.stage, Stage::Inspecting);
+        match (self.step_ref(), event) {
+            (None, Event::Inspected(facts)) if inspecting => self.inspected(*facts),
+            (Some(Step::Registering), Event::Registered(r)) => {
                 self.registered(r);
-                self.long(Phase::WaitingTunnelIp, self.wait_tunnel_ip(None));
+                self.long(Step::WaitingTunnelIp, self.wait_tunnel_ip(None));
                 let msg = format!("Registered peer {}, waiting for its tunnel IP", self.peer());
                 self.actions.push_front(Action::Progress(msg));
             }
-            (Phase::WaitingTunnelIp, Event::TunnelIp(ip)) => {
-                let plan = self.plan.as_ref().expect("planned");
-                if let Err(e) = trust::check_tunnel_ip(ip, &plan.info, &plan.machine) {
-                    return self.fail(e);
-                }
-                self.journal(|s| s.tunnel_ip = Some(ip));
-                if self.config.userspace {
-                    return self.start_userspace(ip);
-                }
-                let name = self.config.interface.clone();
-                self.record(Undo::DeleteInterface {
-                    name: name.clone(),
-                    ifindex: None,
-                });
-                self.step(Phase::CreatingDevice, Action::CreateDevice { name });
+            (Some(Step::WaitingTunnelIp), Event::TunnelIp(ip)) => self.tunnel_ip(ip),
+            (Some(&Step::CreatingDevice { ip }), Event::DeviceCreated { ifindex }) => {
+                self.device_created(Tun { ip, ifindex })
             }
-            (Phase::CreatingDevice, Event::DeviceCreated { ifindex }) => {
-                self.ifindex = Some(ifindex);
-                self.journal(|s| {
-                    for u in &mut s.undo {
-                        if let Undo::DeleteInterface { ifindex: i, .. } = u {
-                            *i = Some(ifindex);
-                        }
-                    }
-                });
-                let (plan, state) = (self.plan.as_ref().expect("planned"), self.state());
-                let action = Action::ConfigureNetwork {
-                    name: self.config.interface.clone(),
-                    address: plan::tunnel_address(
-                        state.and_then(|s| s.tunnel_ip).expect("assigned"),
-                    ),
-                    routes: plan.routes.iter().map(|r| r.subnet).collect(),
-                    gateway: plan.gateway.clone(),
-                };
-                self.step(Phase::ConfiguringNetwork, action);
-            }
-            (Phase::ConfiguringNetwork, Event::NetworkConfigured) => {
+            (Some(&Step::ConfiguringNetwork(tun)), Event::NetworkConfigured) => {
                 let interface = self.config.interface.clone();
                 let table = crate::firewall::table_name(&interface);
                 self.record(Undo::RemoveFirewall {
                     table: table.clone(),
                 });
                 self.step(
-                    Phase::InstallingFirewall,
+                    Step::InstallingFirewall(tun),
                     Action::InstallFirewall { table, interface },
                 );
             }
-            (Phase::InstallingFirewall, Event::FirewallInstalled) => self.network_configured(now),
-            (Phase::CreatingDevice, Event::UserspaceStarted(proxy)) => {
-                self.userspace_started(proxy, now)
+            (Some(&Step::InstallingFirewall(tun)), Event::FirewallInstalled) => {
+                self.network_configured(tun, now)
             }
-            (Phase::StartingDns, Event::ForwarderStarted(addr)) => self.forwarder_started(addr),
-            (Phase::WritingResolvConf, Event::ResolvConfWritten) => self.verify(now),
-            (Phase::ConfiguringResolved, Event::ResolvedConfigured) => self.verify(now),
-            (Phase::AwaitingHandshake, Event::Handshake) => self.handshake_done(now),
-            (Phase::ProbingDns, Event::DnsAnswered) => self.serve(now),
-            (Phase::RevertingResolved, Event::ResolvedReverted) => self.resolved_reverted(),
-            (phase, event) => tracing::debug!(?phase, ?event, "event ignored in this phase"),
+            (Some(&Step::CreatingDevice { ip }), Event::UserspaceStarted(proxy)) => {
+                self.userspace_started(ip, proxy, now)
+            }
+            (Some(&Step::StartingDns(tun)), Event::ForwarderStarted(addr)) => {
+                self.forwarder_started(tun, addr, now)
+            }
+            (Some(&Step::WritingResolvConf(tun)), Event::ResolvConfWritten)
+            | (Some(&Step::ConfiguringResolved(tun)), Event::ResolvedConfigured) => {
+                self.verify(tun.ip, Some(tun.ifindex), now)
+            }
+            (Some(&Step::AwaitingHandshake { ip, link, .. }), Event::Handshake) => {
+                self.handshake_done(ip, link, now)
+            }
+            (Some(&Step::ProbingDns { ip, .. }), Event::DnsAnswered) => self.serve(ip, now),
+            (Some(Step::RevertingResolved { .. }), Event::ResolvedReverted) => {
+                self.resolved_reverted()
+            }
+            (step, event) => tracing::debug!(?step, ?event, "event ignored in this phase"),
         }
     }
 
     fn peer(&self) -> String {
-        self.plan
-            .as_ref()
+        self.plan()
             .map(|p| p.peer.name.to_string())
             .unwrap_or_default()
     }
@@ -359,6 +381,7 @@ impl Session {
         state.gateway_key = Some(facts.info.public_key.to_string());
         state.gateway_admin = Some(plan.gateway_admin);
         state.routes = plan.routes.clone();
+        state.tunnel_cidr6 = plan.info.ipv6.as_ref().map(|i| i.tunnel_cidr);
         if facts.namespaces.is_none() {
             self.actions.push_back(Action::Progress(format!(
                 "Could not check that namespace {} exists: you may not list namespaces",
@@ -372,8 +395,11 @@ impl Session {
             facts.server
         )));
         let spec = plan.peer.clone();
-        self.state = Some(state);
-        self.plan = Some(plan);
+        self.stage = Stage::Joined(Box::new(Joined {
+            plan,
+            journal: state,
+            step: Step::Registering,
+        }));
         self.record(Undo::DeletePeer {
             namespace: self.config.kwg_namespace.clone(),
             secret: spec.secret_name(),
@@ -384,7 +410,7 @@ impl Session {
         });
         let ttl = self.config.ttl;
         self.long(
-            Phase::Registering,
+            Step::Registering,
             Action::Register {
                 spec: Box::new(spec),
                 ttl,
@@ -411,41 +437,82 @@ impl Session {
     fn wait_tunnel_ip(&self, within: Option<ipnet::Ipv4Net>) -> Action {
         Action::WaitTunnelIp {
             namespace: self.config.kwg_namespace.clone(),
-            secret: self.plan.as_ref().expect("planned").secret(),
+            secret: self.plan().map(Plan::secret).unwrap_or_default(),
             within,
         }
     }
 
-    fn network_configured(&mut self, now: Instant) {
-        let plan = self.plan.as_ref().expect("planned");
-        let ip = self.state().and_then(|s| s.tunnel_ip).expect("assigned");
+    /// The gateway assigned `ip`: once the trust rules allow it, create the device.
+    fn tunnel_ip(&mut self, ip: std::net::Ipv4Addr) {
+        let Some(plan) = self.plan() else { return };
+        if let Err(e) = crate::mapping::check_tunnel_ip(&plan.routes, ip, &plan.info, &plan.machine)
+        {
+            return self.fail(e);
+        }
+        self.journal(|s| s.tunnel_ip = Some(ip));
+        if self.config.userspace {
+            return self.start_userspace(ip);
+        }
+        let name = self.config.interface.clone();
+        self.record(Undo::DeleteInterface {
+            name: name.clone(),
+            ifindex: None,
+        });
+        self.step(Step::CreatingDevice { ip }, Action::CreateDevice { name });
+    }
+
+    fn device_created(&mut self, tun: Tun) {
+        self.journal(|s| {
+            for u in &mut s.undo {
+                if let Undo::DeleteInterface { ifindex: i, .. } = u {
+                    *i = Some(tun.ifindex);
+                }
+            }
+        });
+        let Some(plan) = self.plan() else { return };
+        let action = Action::ConfigureNetwork {
+            name: self.config.interface.clone(),
+            address: crate::mapping::local_address(&plan.routes, tun.ip),
+            address6: plan::tunnel_address6(&plan.info, tun.ip),
+            routes: plan.routes.iter().map(|r| r.subnet).collect(),
+            gateway: plan.gateway.clone(),
+        };
+        self.step(Step::ConfiguringNetwork(tun), action);
+    }
+
+    fn network_configured(&mut self, tun: Tun, now: Instant) {
+        let Some(plan) = self.plan() else { return };
         let msg = format!(
-            "Tunnel {} up as {ip} to gateway {}, {} routes",
+            "Tunnel {} up as {} to gateway {}, {} routes",
             self.config.interface,
+            tun.ip,
             plan.gateway
                 .endpoint
                 .map(|e| e.to_string())
                 .unwrap_or_default(),
             plan.routes.len()
         );
+        let dns = plan.dns.clone();
         self.actions.push_back(Action::Progress(msg));
-        match plan.dns.clone() {
+        match dns {
             Some(dns) => {
                 self.record(Undo::StopForwarder);
                 self.step(
-                    Phase::StartingDns,
+                    Step::StartingDns(tun),
                     Action::StartForwarder {
                         listen: dns.listen,
                         config: Box::new(dns.forwarder),
                     },
                 );
             }
-            None => self.verify(now),
+            None => self.verify(tun.ip, Some(tun.ifindex), now),
         }
     }
 
-    pub(super) fn verify(&mut self, now: Instant) {
-        let plan = self.plan.as_ref().expect("planned");
+    /// Waits for the handshake with the gateway, the tunnel at `ip` (on link `link`, none in
+    /// userspace mode) set up.
+    pub(super) fn verify(&mut self, ip: std::net::Ipv4Addr, link: Option<u32>, now: Instant) {
+        let Some(plan) = self.plan() else { return };
         let poke = match plan.cluster_dns {
             Some(dns) => dns,
             None => plan.gateway_admin,
@@ -454,23 +521,36 @@ impl Session {
             gateway: plan.gateway.clone(),
             poke,
         };
-        self.next_rebind = Some(now + REBIND_FIRST);
-        self.long(Phase::AwaitingHandshake, action);
+        let rebind = now + REBIND_FIRST;
+        self.long(Step::AwaitingHandshake { ip, link, rebind }, action);
     }
 
-    fn handshake_done(&mut self, now: Instant) {
-        self.next_rebind = None;
-        let plan = self.plan.as_ref().expect("planned");
-        let resolved = plan.dns.as_ref().is_some_and(|d| {
-            matches!(d.target, DnsTarget::Resolved { .. }) && d.fallback.is_some()
-        });
-        self.resolved_check = resolved.then_some(now + RESOLVED_CHECK);
+    fn handshake_done(&mut self, ip: std::net::Ipv4Addr, link: Option<u32>, now: Instant) {
+        let Some(j) = self.joined() else { return };
+        let plan = &j.plan;
+        // In mode auto with resolved: the check that queries arrive through resolved, with
+        // the resolver file to fall back to.
+        let check = match (&plan.dns, link, &j.journal.dns) {
+            (Some(d), Some(ifindex), Some(used)) => match (&d.target, &d.fallback) {
+                (DnsTarget::Resolved { .. }, Some(fallback)) => Some(stage::ResolvedCheck {
+                    at: now + RESOLVED_CHECK,
+                    ifindex,
+                    forwarder: used.forwarder,
+                    fallback: fallback.clone(),
+                }),
+                _ => None,
+            },
+            _ => None,
+        };
         match plan.probe_dns {
             Some(server) => {
                 let name = plan.probe_name.clone();
-                self.long(Phase::ProbingDns, Action::ProbeDns { server, name });
+                self.long(
+                    Step::ProbingDns { ip, check },
+                    Action::ProbeDns { server, name },
+                );
             }
-            None => self.serve(now),
+            None => self.serve(ip, now),
         }
     }
 
@@ -479,21 +559,29 @@ impl Session {
         self.journal(|s| s.undo.push(undo));
     }
 
-    /// Changes the state and saves it.
+    /// Changes the journal and saves it.
     fn journal(&mut self, change: impl FnOnce(&mut State)) {
-        if let Some(s) = self.state.as_mut() {
+        let journal = match &mut self.stage {
+            Stage::Joined(j) => Some(&mut j.journal),
+            Stage::TearingDown(s) | Stage::Done(s) => s.as_mut(),
+            Stage::Inspecting => None,
+        };
+        if let Some(s) = journal {
             change(s);
             self.actions.push_back(Action::Save(Box::new(s.clone())));
         }
     }
 
-    fn step(&mut self, phase: Phase, action: Action) {
-        self.phase = phase;
+    /// Moves on to `step` (the session is planned) and asks for `action`.
+    fn step(&mut self, step: Step, action: Action) {
+        if let Some(j) = self.joined_mut() {
+            j.step = step;
+        }
         self.actions.push_back(action);
     }
 
-    fn long(&mut self, phase: Phase, action: Action) {
+    fn long(&mut self, step: Step, action: Action) {
         self.in_flight = true;
-        self.step(phase, action);
+        self.step(step, action);
     }
 }

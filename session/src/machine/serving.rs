@@ -10,32 +10,42 @@ use chrono::{DateTime, Utc};
 use kwg_contract::{GatewayInfo, LeaseStatus, RefusedInfo};
 
 use super::health::{Health, Verdict};
+use super::stage::{Serving, Stage, Step};
 use super::{
-    Action, Event, LeaseFailure, Phase, RENEW_BACKOFF, RENEW_CONFLICT_RETRY, Session, plan,
+    Action, Event, Lease, LeaseFailure, RENEW_BACKOFF, RENEW_CONFLICT_RETRY, Session, plan, serving,
 };
 use crate::error::{Error, StepKind};
 use crate::journal::Undo;
 
 impl Session {
-    pub(super) fn serve(&mut self, now: Instant) {
-        self.phase = Phase::Serving;
-        self.lease.next = Some(now + self.renew_every());
-        self.lease.renewed = Some(now);
-        self.health = Some(Health::new(now));
-        self.actions.push_back(Action::Ready);
+    pub(super) fn serve(&mut self, ip: Ipv4Addr, now: Instant) {
+        let lease = Lease {
+            next: Some(now + self.renew_every()),
+            renewed: Some(now),
+            ..Lease::default()
+        };
+        let serving = Serving {
+            ip,
+            lease,
+            health: Health::new(now),
+            readdress: None,
+        };
+        self.step(Step::Serving(Box::new(serving)), Action::Ready);
     }
 
     /// The device's counters: a stalled session gets a new handshake, then one from a fresh
     /// port when that goes unanswered.
     pub(super) fn stats(&mut self, tx: u64, rx: u64, now: Instant) {
-        let Some(h) = self.health.as_mut() else {
+        let Some(j) = self.joined_mut() else { return };
+        let Step::Serving(s) = &mut j.step else {
             return;
         };
+        let h = &mut s.health;
         let verdict = h.observe(tx, rx, now);
         if verdict == Verdict::Fine {
             return;
         }
-        let gateway = self.plan.as_ref().expect("planned").gateway.clone();
+        let gateway = j.plan.gateway.clone();
         if verdict == Verdict::Rebind {
             tracing::warn!(
                 restarts = h.restarts,
@@ -55,20 +65,17 @@ impl Session {
 
     /// How many times a stalled session was restarted.
     pub fn restarts(&self) -> u32 {
-        self.health.as_ref().map_or(0, |h| h.restarts)
+        self.serving().map_or(0, |s| s.health.restarts)
     }
 
     /// The lease as `kwg status` shows it, in wall-clock time (`wall` is the wall clock at
     /// `now`); `None` before the session serves.
     pub fn lease_status(&self, now: Instant, wall: DateTime<Utc>) -> Option<LeaseStatus> {
-        if self.phase != Phase::Serving {
-            return None;
-        }
+        let l = &self.serving()?.lease;
         let at = |t: Instant| {
             wall + chrono::Duration::from_std(t.saturating_duration_since(now)).unwrap_or_default()
                 - chrono::Duration::from_std(now.saturating_duration_since(t)).unwrap_or_default()
         };
-        let l = &self.lease;
         let renewed = l.renewed.map(at);
         let error = match l.credentials_rejected_since {
             Some(since) => Some(credentials_rejected(at(since))),
@@ -90,7 +97,7 @@ impl Session {
     /// The last changed gateway info this session refused while serving, for `kwg status`
     /// (`wall` is the wall clock at `now`).
     pub fn refused_status(&self, now: Instant, wall: DateTime<Utc>) -> Option<RefusedInfo> {
-        let (at, reason) = self.plan.as_ref()?.refused.as_ref()?;
+        let (at, reason) = self.plan()?.refused.as_ref()?;
         let ago =
             chrono::Duration::from_std(now.saturating_duration_since(*at)).unwrap_or_default();
         Some(RefusedInfo {
@@ -104,55 +111,66 @@ impl Session {
     }
 
     pub(super) fn renew(&mut self) {
-        self.lease.in_flight = true;
-        self.in_flight = true;
-        self.actions.push_back(Action::RenewLease {
-            namespace: self.config.kwg_namespace.clone(),
-            secret: self.plan.as_ref().expect("planned").secret(),
-            uid: self.state().and_then(|s| {
-                s.undo.iter().find_map(|u| match u {
-                    Undo::DeletePeer { uid, .. } => uid.clone(),
-                    _ => None,
-                })
+        let namespace = self.config.kwg_namespace.clone();
+        let Some(j) = self.joined_mut() else { return };
+        let Step::Serving(s) = &mut j.step else {
+            return;
+        };
+        s.lease.in_flight = true;
+        let action = Action::RenewLease {
+            namespace,
+            secret: j.plan.secret(),
+            uid: j.journal.undo.iter().find_map(|u| match u {
+                Undo::DeletePeer { uid, .. } => uid.clone(),
+                _ => None,
             }),
             ttl: self.config.ttl,
-        });
+        };
+        self.in_flight = true;
+        self.actions.push_back(action);
     }
 
     pub(super) fn lease_result(&mut self, event: Event, now: Instant) {
-        self.lease.in_flight = false;
         self.in_flight = false;
         let every = self.renew_every();
-        match event {
-            Event::LeaseRenewed(expires) => {
-                self.journal(|s| {
-                    for u in &mut s.undo {
-                        if let Undo::DeletePeer { lease_expires, .. } = u {
-                            *lease_expires = Some(expires);
-                        }
+        let (ttl, peer) = (self.config.ttl, self.peer());
+        if let Event::LeaseRenewed(expires) = event {
+            self.journal(|s| {
+                for u in &mut s.undo {
+                    if let Undo::DeletePeer { lease_expires, .. } = u {
+                        *lease_expires = Some(expires);
                     }
-                });
-                self.lease.failures = 0;
-                self.lease.last_error = None;
-                self.lease.failing_since = None;
-                self.lease.credentials_rejected_since = None;
-                self.lease.renewed = Some(now);
-                self.lease.next = Some(now + every);
+                }
+            });
+        }
+        let Some(j) = self.joined_mut() else { return };
+        let Step::Serving(s) = &mut j.step else {
+            return;
+        };
+        let lease = &mut s.lease;
+        lease.in_flight = false;
+        match event {
+            Event::LeaseRenewed(_) => {
+                lease.failures = 0;
+                lease.last_error = None;
+                lease.failing_since = None;
+                lease.credentials_rejected_since = None;
+                lease.renewed = Some(now);
+                lease.next = Some(now + every);
             }
             Event::LeaseFailed(LeaseFailure::Conflict) => {
-                self.lease.next = Some(now + RENEW_CONFLICT_RETRY);
+                lease.next = Some(now + RENEW_CONFLICT_RETRY);
             }
             Event::LeaseFailed(f @ (LeaseFailure::NotFound | LeaseFailure::Replaced)) => {
                 if matches!(f, LeaseFailure::Replaced) {
-                    tracing::warn!(peer = %self.peer(), "the peer Secret of this name is another object now (ours was deleted): registering again");
+                    tracing::warn!(%peer, "the peer Secret of this name is another object now (ours was deleted): registering again");
                 } else {
-                    tracing::warn!(peer = %self.peer(), "the peer Secret is gone (lease expired?): registering again");
+                    tracing::warn!(%peer, "the peer Secret is gone (lease expired?): registering again");
                 }
-                self.lease.reregistering = true;
-                self.lease.next = None;
-                let spec = Box::new(self.plan.as_ref().expect("planned").peer.clone());
+                lease.reregistering = true;
+                lease.next = None;
+                let spec = Box::new(j.plan.peer.clone());
                 self.in_flight = true;
-                let ttl = self.config.ttl;
                 self.actions.push_back(Action::Register { spec, ttl });
             }
             Event::LeaseFailed(LeaseFailure::Other(e)) => {
@@ -160,20 +178,20 @@ impl Session {
                 // missed renewal and the lease's end (capped at the interval alone, the last
                 // attempt came as the lease ended).
                 let backoff = RENEW_BACKOFF
-                    .saturating_mul(1 << self.lease.failures.min(16))
+                    .saturating_mul(1 << lease.failures.min(16))
                     .min(every)
-                    .min((self.config.ttl / 10).max(RENEW_BACKOFF));
-                self.lease.failures += 1;
+                    .min((ttl / 10).max(RENEW_BACKOFF));
+                lease.failures += 1;
                 tracing::warn!(error = %e, retry_in = ?backoff, "lease renewal failed; the tunnel keeps working");
                 match &e {
                     Error::Step(s) if s.kind == StepKind::CredentialsRejected => {
-                        self.lease.credentials_rejected_since.get_or_insert(now);
+                        lease.credentials_rejected_since.get_or_insert(now);
                     }
-                    _ => self.lease.credentials_rejected_since = None,
+                    _ => lease.credentials_rejected_since = None,
                 }
-                self.lease.last_error = Some(e.summary());
-                self.lease.failing_since.get_or_insert(now);
-                self.lease.next = Some(now + backoff);
+                lease.last_error = Some(e.summary());
+                lease.failing_since.get_or_insert(now);
+                lease.next = Some(now + backoff);
             }
             _ => {}
         }
@@ -191,20 +209,22 @@ impl Session {
                 self.actions.push_back(action);
             }
             Event::TunnelIp(ip) => {
-                self.lease.reregistering = false;
-                if let Some(h) = self.health.as_mut() {
-                    h.registered_again();
-                }
-                self.lease.renewed = Some(now);
-                self.lease.failing_since = None;
-                self.lease.last_error = None;
-                self.lease.failures = 0;
-                self.lease.next = Some(now + self.renew_every());
-                let _ = self.adopt_tunnel_ip(ip, now);
+                let every = self.renew_every();
+                let Some(s) = serving(&mut self.stage) else {
+                    return;
+                };
+                s.health.registered_again();
+                s.lease = Lease {
+                    renewed: Some(now),
+                    next: Some(now + every),
+                    credentials_rejected_since: s.lease.credentials_rejected_since,
+                    ..Lease::default()
+                };
                 // A new gateway's address read along the way counts for it too.
-                if self.readdress.is_some_and(|r| r.within.contains(&ip)) {
-                    self.readdress = None;
+                if s.readdress.is_some_and(|r| r.within.contains(&ip)) {
+                    s.readdress = None;
                 }
+                let _ = self.adopt_tunnel_ip(ip, now);
                 self.follow_tunnel_ip();
             }
             other => tracing::debug!(?other, "event ignored while registering again"),
@@ -215,23 +235,42 @@ impl Session {
     /// old address stays and `kwg status` says why): the address is changed in place.
     /// Whether it changed.
     fn adopt_tunnel_ip(&mut self, ip: Ipv4Addr, now: Instant) -> bool {
-        let plan = self.plan.as_mut().expect("planned");
-        if let Err(e) = crate::trust::check_tunnel_ip(ip, &plan.info, &plan.machine) {
+        let Some(j) = self.joined_mut() else {
+            return false;
+        };
+        let Step::Serving(s) = &mut j.step else {
+            return false;
+        };
+        let plan = &mut j.plan;
+        if let Err(e) = crate::mapping::check_tunnel_ip(&plan.routes, ip, &plan.info, &plan.machine)
+        {
             tracing::error!(error = %e, "keeping the old tunnel address");
             plan.refused = Some((now, e.to_string()));
             return false;
         }
-        let old = self.state().and_then(|s| s.tunnel_ip);
-        if old == Some(ip) {
+        let old = std::mem::replace(&mut s.ip, ip);
+        if old == ip {
             return false;
         }
-        if let Some(old) = old {
-            tracing::info!(%old, new = %ip, "the gateway assigned another tunnel IP: changing the address");
-            self.actions.push_back(Action::ChangeAddress {
-                name: self.config.interface.clone(),
-                old: plan::tunnel_address(old),
-                new: plan::tunnel_address(ip),
-            });
+        tracing::info!(%old, new = %ip, "the gateway assigned another tunnel IP: changing the address");
+        // The IPv6 tunnel address embeds the IPv4 one: it moves with it.
+        let six = (
+            plan::tunnel_address6(&plan.info, old),
+            plan::tunnel_address6(&plan.info, ip),
+        );
+        let (old4, new4) = (
+            crate::mapping::local_address(&plan.routes, old),
+            crate::mapping::local_address(&plan.routes, ip),
+        );
+        self.actions.push_back(Action::ChangeAddress {
+            name: self.config.interface.clone(),
+            old: old4,
+            new: new4,
+        });
+        if let (Some(old), Some(new)) = six {
+            let name = self.config.interface.clone();
+            self.actions
+                .push_back(Action::ChangeAddress { name, old, new });
         }
         self.journal(|s| s.tunnel_ip = Some(ip));
         true
@@ -240,10 +279,16 @@ impl Session {
     /// Starts reading the tunnel IP a new gateway assigned, once no other long action is in
     /// flight (the driver runs one at a time).
     pub(super) fn follow_tunnel_ip(&mut self) {
-        if self.phase != Phase::Serving || self.in_flight || self.lease.reregistering {
+        if self.in_flight {
             return;
         }
-        let Some(r) = self.readdress.as_mut().filter(|r| !r.waiting) else {
+        let Some(s) = serving(&mut self.stage) else {
+            return;
+        };
+        if s.lease.reregistering {
+            return;
+        }
+        let Some(r) = s.readdress.as_mut().filter(|r| !r.waiting) else {
             return;
         };
         r.waiting = true;
@@ -256,13 +301,16 @@ impl Session {
     /// The tunnel IP the new gateway assigned.
     pub(super) fn readdressed(&mut self, ip: Ipv4Addr, now: Instant) {
         self.in_flight = false;
-        let Some(r) = self.readdress.take() else {
+        let Some(s) = serving(&mut self.stage) else {
+            return;
+        };
+        let Some(r) = s.readdress.take() else {
             return;
         };
         if !r.within.contains(&ip) {
             // The driver waits for an address in `within`; a stale one is read again later.
             tracing::warn!(%ip, cidr = %r.within, "the tunnel IP read is outside the gateway's tunnel CIDR");
-            self.readdress = Some(Readdress {
+            s.readdress = Some(Readdress {
                 waiting: false,
                 ..r
             });
@@ -271,24 +319,30 @@ impl Session {
         // The packets sent from the old address were dropped: restart the stall detection
         // at its first pace.
         if self.adopt_tunnel_ip(ip, now)
-            && let Some(h) = self.health.as_mut()
+            && let Some(s) = serving(&mut self.stage)
         {
-            h.peer_replaced(now);
+            s.health.peer_replaced(now);
         }
     }
 
     pub(super) fn gateway_changed(&mut self, info: GatewayInfo, now: Instant) {
-        let Some(plan) = self.plan.as_mut() else {
+        let config = &self.config;
+        let Some(Stage::Joined(j)) = Some(&mut self.stage) else {
             return;
         };
+        let Step::Serving(serving) = &mut j.step else {
+            return;
+        };
+        let plan = &mut j.plan;
+        let mut info = plan::carried(config, &info);
+        // The IPv6 side is set up at join (the interface's IPv6 address): a gateway that
+        // starts publishing ipv6.json while joined is carried from the next join on.
+        if plan.info.ipv6.is_none() {
+            info.ipv6 = None;
+        }
         // The same checks as at join, against the machine as it was then: a refused change
         // leaves the whole last good configuration in place, and `kwg status` says why.
-        let routes = match plan::check_cluster(
-            &self.config,
-            &info,
-            &plan.machine,
-            &plan.machine_routes,
-        ) {
+        let routes = match plan::check_cluster(config, &info, &plan.machine, &plan.machine_routes) {
             Ok(routes) => routes,
             Err(e) => {
                 tracing::error!(error = %e, "ignoring the changed gateway info; keeping the last good one");
@@ -299,12 +353,14 @@ impl Session {
         plan.refused = None;
         let old_cidr = plan.info.tunnel_cidr;
         plan.info = info.clone();
-        let endpoint = info
+        let Some(endpoint) = info
             .endpoints
             .iter()
             .find_map(|e| e.ip().map(|ip| SocketAddr::new(ip, e.port)))
             .or(plan.gateway.endpoint)
-            .expect("an endpoint");
+        else {
+            return;
+        };
         let gateway = plan::gateway_peer(&info, endpoint, &routes);
         let (add, remove) = plan::diff_routes(&plan.routes, &routes);
         if gateway == plan.gateway && add.is_empty() && remove.is_empty() {
@@ -312,9 +368,32 @@ impl Session {
         }
         tracing::info!(key = %info.public_key, %endpoint, ?add, ?remove, "the gateway info changed: following it");
         let old_key = plan.gateway.public_key;
+        let key_changed = old_key != gateway.public_key;
         let cidr_changed = old_cidr != info.tunnel_cidr;
         plan.gateway = gateway.clone();
         plan.routes = routes.clone();
+        if key_changed {
+            serving.health.peer_replaced(now);
+        }
+        // Another gateway (a reinstall lost the key Secret) or another tunnel CIDR may assign
+        // this machine another tunnel IP: read it again, as after registering again. Without,
+        // the old source address is dropped by the new gateway until leave and join.
+        let outside = !info.tunnel_cidr.contains(&serving.ip);
+        let readdress = key_changed || cidr_changed || outside;
+        let mut cancel = false;
+        if readdress {
+            match serving.readdress.filter(|r| r.waiting) {
+                Some(r) if r.within == info.tunnel_cidr => {}
+                waiting => {
+                    // Waiting for an address in the CIDR before: wait again for the new one.
+                    cancel = waiting.is_some();
+                    serving.readdress = Some(Readdress {
+                        within: info.tunnel_cidr,
+                        waiting: false,
+                    });
+                }
+            }
+        }
         self.journal(|s| {
             s.gateway_key = Some(info.public_key.to_string());
             s.gateway_endpoint = Some(endpoint.to_string());
@@ -327,36 +406,15 @@ impl Session {
                 remove,
             });
         }
-        if old_key != gateway.public_key
-            && let Some(h) = self.health.as_mut()
-        {
-            h.peer_replaced(now);
-        }
-        let key_changed = old_key != gateway.public_key;
         self.actions.push_back(Action::UpdateGateway {
             old_key,
             peer: gateway,
         });
-        // Another gateway (a reinstall lost the key Secret) or another tunnel CIDR may assign
-        // this machine another tunnel IP: read it again, as after registering again. Without,
-        // the old source address is dropped by the new gateway until leave and join.
-        let outside = self
-            .state()
-            .and_then(|s| s.tunnel_ip)
-            .is_some_and(|ip| !info.tunnel_cidr.contains(&ip));
-        if key_changed || cidr_changed || outside {
-            if let Some(r) = self.readdress.filter(|r| r.waiting) {
-                if r.within == info.tunnel_cidr {
-                    return;
-                }
-                // Waiting for an address in the CIDR before: wait again for the new one.
-                self.actions.push_back(Action::Cancel);
-                self.in_flight = false;
-            }
-            self.readdress = Some(Readdress {
-                within: info.tunnel_cidr,
-                waiting: false,
-            });
+        if cancel {
+            self.actions.push_back(Action::Cancel);
+            self.in_flight = false;
+        }
+        if readdress {
             self.follow_tunnel_ip();
         }
     }

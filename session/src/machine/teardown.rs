@@ -1,16 +1,17 @@
 //! Failing and tearing down: the recorded undo steps, newest first, each exactly once; a
 //! failed step stays in the journal for the next `kwg leave`.
 
+use super::stage::Stage;
 use super::{Action, Phase, Session};
 use crate::error::{Error, StepError, StepKind};
 
 impl Session {
     pub(super) fn fail(&mut self, e: Error) {
-        if matches!(self.phase, Phase::TearingDown | Phase::Done) {
+        if matches!(self.phase(), Phase::TearingDown | Phase::Done) {
             tracing::warn!(error = %e, "error while tearing down");
             return;
         }
-        if self.phase == Phase::Serving {
+        if self.phase() == Phase::Serving {
             tracing::error!(error = %e, "the session failed while serving");
         }
         self.error.get_or_insert(e);
@@ -18,10 +19,15 @@ impl Session {
     }
 
     pub(super) fn teardown(&mut self) {
-        if matches!(self.phase, Phase::TearingDown | Phase::Done) {
-            return;
-        }
-        self.phase = Phase::TearingDown;
+        let journal = match std::mem::replace(&mut self.stage, Stage::Done(None)) {
+            Stage::Inspecting => None,
+            Stage::Joined(j) => Some(j.journal),
+            done @ (Stage::TearingDown(_) | Stage::Done(_)) => {
+                self.stage = done;
+                return;
+            }
+        };
+        self.stage = Stage::TearingDown(journal);
         self.actions.clear();
         if std::mem::take(&mut self.in_flight) {
             self.actions.push_back(Action::Cancel);
@@ -30,7 +36,10 @@ impl Session {
     }
 
     fn next_undo(&mut self) {
-        let undo = self.state.as_mut().and_then(|s| s.undo.last().cloned());
+        let undo = match &self.stage {
+            Stage::TearingDown(Some(s)) => s.undo.last().cloned(),
+            _ => None,
+        };
         match undo {
             Some(u) => self.actions.push_back(Action::Undo(u)),
             None => self.finish(),
@@ -38,14 +47,13 @@ impl Session {
     }
 
     pub(super) fn undone(&mut self, what: Option<String>, err: Option<Error>) {
-        if self.phase != Phase::TearingDown {
+        let Stage::TearingDown(Some(state)) = &mut self.stage else {
             return;
-        }
+        };
+        let undo = state.undo.pop();
         if let Some(w) = what {
             self.removed.push(w);
         }
-        let state = self.state.as_mut().expect("undoing a journal");
-        let undo = state.undo.pop();
         // A peer Secret that cannot be deleted is the lease's to collect: the rest of the
         // machine is cleaned up and the state removed all the same.
         let err = match err {
@@ -69,16 +77,21 @@ impl Session {
     }
 
     fn finish(&mut self) {
-        if self.state.is_none() {
+        let mut journal = match std::mem::replace(&mut self.stage, Stage::Done(None)) {
+            Stage::TearingDown(s) | Stage::Done(s) => s,
+            Stage::Inspecting | Stage::Joined(_) => None,
+        };
+        match journal.as_mut() {
             // Nothing was changed, nothing was saved.
-        } else if self.kept.is_empty() {
-            self.actions.push_back(Action::RemoveState);
-        } else if let Some(s) = self.state.as_mut() {
-            s.undo = std::mem::take(&mut self.kept);
-            s.undo.reverse();
-            self.actions.push_back(Action::Save(Box::new(s.clone())));
+            None => {}
+            Some(_) if self.kept.is_empty() => self.actions.push_back(Action::RemoveState),
+            Some(s) => {
+                s.undo = std::mem::take(&mut self.kept);
+                s.undo.reverse();
+                self.actions.push_back(Action::Save(Box::new(s.clone())));
+            }
         }
-        self.phase = Phase::Done;
+        self.stage = Stage::Done(journal);
         self.actions.push_back(Action::Exit);
     }
 }

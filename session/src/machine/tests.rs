@@ -14,6 +14,7 @@ use crate::journal::Undo;
 
 mod dns;
 mod identity;
+mod ipv6;
 mod serving;
 mod stops;
 mod userspace;

@@ -42,6 +42,8 @@ pub enum Action {
     ConfigureNetwork {
         name: String,
         address: IpNet,
+        /// The IPv6 tunnel address, when the join carries IPv6 (a dual-stack cluster).
+        address6: Option<IpNet>,
         routes: Vec<IpNet>,
         gateway: GatewayPeer,
     },
@@ -106,7 +108,8 @@ pub enum Action {
         add: Vec<IpNet>,
         remove: Vec<IpNet>,
     },
-    /// Replace the tunnel address (the gateway assigned another one on re-registration).
+    /// Replace the tunnel address (the gateway assigned another one on re-registration), one
+    /// action per family.
     ChangeAddress {
         name: String,
         old: IpNet,

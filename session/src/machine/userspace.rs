@@ -5,14 +5,15 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
-use super::{Action, Phase, Session};
+use super::stage::Step;
+use super::{Action, Session};
 use crate::journal::Undo;
 
 impl Session {
     pub(super) fn start_userspace(&mut self, ip: Ipv4Addr) {
         let listen = self.config.proxy_listen;
         self.record(Undo::StopProxy { listen });
-        let plan = self.plan.as_ref().expect("planned");
+        let Some(plan) = self.plan() else { return };
         let setup = crate::userspace::Setup {
             address: ip,
             gateway_ip: plan.info.gateway_ip.addr(),
@@ -22,12 +23,12 @@ impl Session {
             listen,
         };
         self.step(
-            Phase::CreatingDevice,
+            Step::CreatingDevice { ip },
             Action::StartUserspace(Box::new(setup)),
         );
     }
 
-    pub(super) fn userspace_started(&mut self, proxy: SocketAddr, now: Instant) {
+    pub(super) fn userspace_started(&mut self, ip: Ipv4Addr, proxy: SocketAddr, now: Instant) {
         self.journal(|s| {
             s.proxy = Some(proxy);
             for u in &mut s.undo {
@@ -36,8 +37,7 @@ impl Session {
                 }
             }
         });
-        let plan = self.plan.as_ref().expect("planned");
-        let ip = self.state().and_then(|s| s.tunnel_ip).expect("assigned");
+        let Some(plan) = self.plan() else { return };
         let msg = format!(
             "Userspace tunnel up as {ip} to gateway {} (no interface, routes or DNS changes): SOCKS5 and HTTP proxy on {proxy}",
             plan.gateway
@@ -46,6 +46,6 @@ impl Session {
                 .unwrap_or_default(),
         );
         self.actions.push_back(Action::Progress(msg));
-        self.verify(now);
+        self.verify(ip, None, now);
     }
 }

@@ -18,20 +18,26 @@ fn serving(change: fn(&mut SessionConfig)) -> Run {
 #[test]
 fn the_lease_is_renewed_every_third_of_the_ttl_and_failures_back_off() {
     let mut r = serving(defaults);
-    let renew_at = r.s.lease().next.unwrap();
+    let renew_at = r.s.lease().unwrap().next.unwrap();
     assert_eq!(renew_at - r.now, Duration::from_secs(30));
     r.advance(Duration::from_secs(30));
     r.pump(|_| None);
     // The lease's new end is journalled (what leave names when it cannot delete the peer).
     assert_eq!(r.take_log(), ["RenewLease", "Save"]);
-    assert_eq!(r.s.lease().next.unwrap() - r.now, Duration::from_secs(30));
+    assert_eq!(
+        r.s.lease().unwrap().next.unwrap() - r.now,
+        Duration::from_secs(30)
+    );
     // 409: retried after a second.
     r.advance(Duration::from_secs(30));
     r.pump(|a| {
         matches!(a, Action::RenewLease { .. })
             .then(|| Some(Event::LeaseFailed(LeaseFailure::Conflict)))
     });
-    assert_eq!(r.s.lease().next.unwrap() - r.now, RENEW_CONFLICT_RETRY);
+    assert_eq!(
+        r.s.lease().unwrap().next.unwrap() - r.now,
+        RENEW_CONFLICT_RETRY
+    );
     // 403 (or the API unreachable): the tunnel stays, retries back off 2 s, 4 s, 8 s, then
     // every 9 s (a tenth of the ttl: several attempts before the lease ends).
     let forbidden = || {
@@ -42,14 +48,15 @@ fn the_lease_is_renewed_every_third_of_the_ttl_and_failures_back_off() {
     };
     let mut waits = Vec::new();
     for _ in 0..5 {
-        let wait = r.s.lease().next.unwrap() - r.now;
+        let wait = r.s.lease().unwrap().next.unwrap() - r.now;
         r.advance(wait);
         r.pump(|a| matches!(a, Action::RenewLease { .. }).then(forbidden));
-        waits.push((r.s.lease().next.unwrap() - r.now).as_secs());
+        waits.push((r.s.lease().unwrap().next.unwrap() - r.now).as_secs());
     }
     assert_eq!(waits, [2, 4, 8, 9, 9]);
     assert!(
         r.s.lease()
+            .unwrap()
             .last_error
             .as_deref()
             .unwrap()
@@ -60,8 +67,11 @@ fn the_lease_is_renewed_every_third_of_the_ttl_and_failures_back_off() {
     // Success clears the error and restores the interval.
     r.advance(Duration::from_secs(9));
     r.pump(|_| None);
-    assert_eq!(r.s.lease().last_error, None);
-    assert_eq!(r.s.lease().next.unwrap() - r.now, Duration::from_secs(30));
+    assert_eq!(r.s.lease().unwrap().last_error, None);
+    assert_eq!(
+        r.s.lease().unwrap().next.unwrap() - r.now,
+        Duration::from_secs(30)
+    );
 }
 
 #[test]
@@ -81,7 +91,10 @@ fn a_vanished_secret_is_registered_again_and_a_new_address_replaces_the_old() {
         }
         assert_eq!(log, expected);
         assert_eq!(r.s.state().unwrap().tunnel_ip, Some(ip.parse().unwrap()));
-        assert_eq!(r.s.lease().next.unwrap() - r.now, Duration::from_secs(30));
+        assert_eq!(
+            r.s.lease().unwrap().next.unwrap() - r.now,
+            Duration::from_secs(30)
+        );
     }
 }
 
@@ -108,7 +121,10 @@ fn a_secret_of_our_name_with_another_uid_is_left_alone_and_registered_again() {
         r.take_log(),
         ["RenewLease", "Register", "Save", "WaitTunnelIp"]
     );
-    assert_eq!(r.s.lease().next.unwrap() - r.now, Duration::from_secs(30));
+    assert_eq!(
+        r.s.lease().unwrap().next.unwrap() - r.now,
+        Duration::from_secs(30)
+    );
     // The next renewal names the uid of the Secret registered now.
     r.advance(Duration::from_secs(30));
     r.pump(&mut answer);
@@ -256,7 +272,7 @@ fn a_changed_gateway_info_that_fails_the_trust_checks_is_refused_and_the_last_go
     let mut conflict = info(&r.gateway);
     conflict.pod_cidrs.push("192.168.5.0/24".parse().unwrap());
     let mut s = r;
-    if let Some(p) = s.s.plan.as_mut() {
+    if let Some(p) = s.s.joined_mut().map(|j| &mut j.plan) {
         p.machine_routes.push(crate::routes::Route {
             destination: "192.168.0.0/16".parse().unwrap(),
             interface: Some("eth0".into()),
@@ -431,7 +447,7 @@ fn status_says_since_when_renewal_fails_why_and_when_it_is_retried() {
     };
     // Three failures: the first at 30 s, then 2 s and 4 s later.
     for _ in 0..3 {
-        let wait = r.s.lease().next.unwrap() - r.now;
+        let wait = r.s.lease().unwrap().next.unwrap() - r.now;
         r.advance(wait);
         r.pump(|a| matches!(a, Action::RenewLease { .. }).then(unreachable));
     }
@@ -496,4 +512,39 @@ fn a_new_gateway_key_whose_first_handshake_goes_unanswered_gets_another_at_once(
     }
     // Not after WireGuard's 5 s rekey timeout: after the stall time.
     assert_eq!(restarted, Some(Duration::from_millis(500)));
+}
+
+/// A reinstall that kept the tunnel CIDR but not the key (issue 27): the new gateway's
+/// assignment for this machine is read again within the same CIDR, and an address other than
+/// the old one is taken (the new gateway drops packets from the old source).
+#[test]
+fn a_new_gateway_key_in_the_same_tunnel_cidr_gets_the_tunnel_ip_it_assigned() {
+    let mut r = serving(defaults);
+    let new = PrivateKey::generate();
+    let changed = info(&new);
+    assert_eq!(changed.tunnel_cidr, info(&r.gateway).tunnel_cidr);
+    r.s.handle(Event::GatewayInfo(Box::new(changed.clone())), r.now);
+    let mut waits = Vec::new();
+    r.pump(|a| match a {
+        Action::WaitTunnelIp { within, .. } => {
+            waits.push(*within);
+            Some(Some(Event::TunnelIp("100.77.0.9".parse().unwrap())))
+        }
+        _ => None,
+    });
+    assert_eq!(waits, [Some(changed.tunnel_cidr)]);
+    assert_eq!(
+        r.take_log(),
+        [
+            "Save",
+            "UpdateGateway",
+            "WaitTunnelIp",
+            "ChangeAddress",
+            "Save"
+        ]
+    );
+    assert_eq!(
+        r.s.state().unwrap().tunnel_ip,
+        Some("100.77.0.9".parse().unwrap())
+    );
 }

@@ -1,0 +1,192 @@
+//! A dual-stack cluster (issue 28): the gateway publishes `ipv6.json` next to `info.json`, and
+//! the session gives the interface its IPv6 tunnel address, routes the IPv6 ranges into the
+//! tunnel, lets the gateway peer carry them, and moves the IPv6 address with the IPv4 one. A
+//! join that carries IPv4 only (userspace mode) leaves the IPv6 side alone and
+//! refuses an IPv6 `--also-proxy` in one sentence, as does a cluster without `ipv6.json`.
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::*;
+use crate::config::USERSPACE_IPV4_ONLY;
+
+fn info6() -> kwg_contract::GatewayInfo6 {
+    kwg_contract::GatewayInfo6 {
+        tunnel_cidr: kwg_contract::DEFAULT_TUNNEL_CIDR6.parse().unwrap(),
+        service_cidrs: vec!["fd00:10:96::/112".parse().unwrap()],
+        pod_cidrs: vec!["fd00:10:244::/64".parse().unwrap()],
+        dns_ip: Some("fd00:10:96::a".parse().unwrap()),
+    }
+}
+
+fn dual_info(key: &PrivateKey) -> GatewayInfo {
+    let mut i = info(key);
+    i.ipv6 = Some(info6());
+    i
+}
+
+fn n(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+/// What the session asked of the interface: its addresses, routes and the gateway peer.
+type Network = (
+    IpNet,
+    Option<IpNet>,
+    Vec<IpNet>,
+    crate::gateway::GatewayPeer,
+);
+
+/// Runs a join of `change` against the dual-stack cluster; what `ConfigureNetwork` asked.
+fn dual_join(change: impl FnOnce(&mut SessionConfig)) -> (Run, Vec<Network>) {
+    let mut r = Run::new(change);
+    let mut kept = Vec::new();
+    let gateway = r.gateway.clone();
+    r.pump(|a| match a {
+        Action::Inspect => {
+            let mut f = facts(&gateway);
+            f.info = dual_info(&gateway);
+            Some(Some(Event::Inspected(Box::new(f))))
+        }
+        Action::ConfigureNetwork {
+            address: a,
+            address6: a6,
+            routes: nets,
+            gateway: peer,
+            ..
+        } => {
+            kept.push((*a, *a6, nets.clone(), peer.clone()));
+            None
+        }
+        _ => None,
+    });
+    (r, kept)
+}
+
+#[test]
+fn a_dual_stack_join_gives_the_interface_both_addresses_and_routes_both_families() {
+    let (r, kept) = dual_join(defaults);
+    assert_eq!(r.s.phase(), Phase::Serving);
+    let Some((address, address6, routes, gateway)) = kept.first() else {
+        panic!("no ConfigureNetwork");
+    };
+    assert_eq!(*address, n("100.77.0.2/32"));
+    // 100.77.0.2 in the last 32 bits of the /96, as the gateway computes it.
+    assert_eq!(*address6, Some(n("fd6b:7767::644d:2/128")));
+    for net in [
+        "10.96.0.0/12",
+        "10.244.0.0/16",
+        "100.77.0.1/32",
+        "fd00:10:96::/112",
+        "fd00:10:244::/64",
+        "fd6b:7767::644d:1/128",
+    ] {
+        assert!(routes.contains(&n(net)), "{net} not routed: {routes:?}");
+        assert!(
+            gateway.allowed_ips.contains(&n(net)),
+            "{net} not in the gateway's AllowedIPs: {:?}",
+            gateway.allowed_ips
+        );
+    }
+    // `kwg status` reads the IPv6 address from the journal.
+    let state = r.s.state().unwrap();
+    assert_eq!(
+        state.tunnel_ip6(),
+        Some("fd6b:7767::644d:2".parse().unwrap())
+    );
+    // The cluster DNS stays the IPv4 one of a dual-stack cluster.
+    assert_eq!(
+        r.s.plan().unwrap().cluster_dns,
+        Some("10.96.0.10:53".parse().unwrap())
+    );
+}
+
+#[test]
+fn a_join_carrying_ipv4_only_leaves_the_ipv6_side_alone() {
+    let (r, kept) = dual_join(|c| c.ipv4_only = Some(USERSPACE_IPV4_ONLY));
+    assert_eq!(r.s.phase(), Phase::Serving);
+    let Some((_, address6, routes, _)) = kept.first() else {
+        panic!("no ConfigureNetwork");
+    };
+    assert_eq!(*address6, None);
+    assert!(routes.iter().all(|r| r.addr().is_ipv4()), "{routes:?}");
+    assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
+}
+
+#[test]
+fn an_ipv6_also_proxy_is_carried_by_a_dual_stack_join_and_refused_otherwise() {
+    let also = |c: &mut SessionConfig| c.also_proxy = vec![n("fd00:99::/64")];
+    let (r, kept) = dual_join(also);
+    assert_eq!(r.s.phase(), Phase::Serving);
+    let Some((_, _, routes, _)) = kept.first() else {
+        panic!("no ConfigureNetwork");
+    };
+    assert!(routes.contains(&n("fd00:99::/64")), "{routes:?}");
+
+    // Refused before anything changes: in userspace mode, or by a gateway without ipv6.json.
+    let (mut r, kept) = dual_join(|c| {
+        also(c);
+        c.ipv4_only = Some(USERSPACE_IPV4_ONLY);
+    });
+    assert!(kept.is_empty());
+    assert_eq!(
+        r.s.outcome().unwrap_err().to_string(),
+        format!("--also-proxy fd00:99::/64 is an IPv6 range, and {USERSPACE_IPV4_ONLY}: remove it")
+    );
+    let mut r = Run::new(also);
+    r.pump(|_| None);
+    assert!(!r.take_log().contains(&"ConfigureNetwork".to_string()));
+    let e = r.s.outcome().unwrap_err().to_string();
+    assert!(
+        e.starts_with("--also-proxy fd00:99::/64 is an IPv6 range, and this cluster's gateway carries only IPv4 (kwg-gateway-info has no ipv6.json"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_ipv6_only_cluster_is_refused_by_a_join_carrying_ipv4_only() {
+    let mut r = Run::new(|c| c.ipv4_only = Some(crate::config::USERSPACE_IPV4_ONLY));
+    let gateway = r.gateway.clone();
+    r.pump(|a| match a {
+        Action::Inspect => {
+            let mut f = facts(&gateway);
+            f.info = dual_info(&gateway);
+            f.info.service_cidrs.clear();
+            f.info.pod_cidrs.clear();
+            f.info.dns_ip = None;
+            Some(Some(Event::Inspected(Box::new(f))))
+        }
+        _ => None,
+    });
+    let e = r.s.outcome().unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "this cluster is IPv6-only (its gateway info lists no IPv4 Service or pod CIDR), and userspace mode carries only IPv4: nothing of it could be reached"
+    );
+}
+
+/// The gateway assigned another tunnel IP (its Secret registered again): the IPv6 address,
+/// which embeds the IPv4 one, moves with it.
+#[test]
+fn the_ipv6_tunnel_address_moves_with_the_ipv4_one() {
+    let (mut r, _) = dual_join(defaults);
+    r.take_log();
+    // The Secret vanished: the renewal's 404 registers again, and the gateway assigns .9.
+    r.advance(Duration::from_secs(30));
+    r.pump(|a| match a {
+        Action::RenewLease { .. } => Some(Some(Event::LeaseFailed(LeaseFailure::NotFound))),
+        Action::WaitTunnelIp { .. } => Some(Some(Event::TunnelIp("100.77.0.9".parse().unwrap()))),
+        _ => None,
+    });
+    let log = r.take_log();
+    assert_eq!(
+        log.iter().filter(|a| *a == "ChangeAddress").count(),
+        2,
+        "{log:?}"
+    );
+    assert_eq!(
+        r.s.state().unwrap().tunnel_ip6(),
+        Some("fd6b:7767::644d:9".parse().unwrap())
+    );
+}
