@@ -306,10 +306,13 @@ fn print_joined(status: &Status, format: Format, elapsed: Duration) {
                     .unwrap_or("off")
             ),
         };
+        // A dual-stack join: both tunnel addresses.
+        let six = status.tunnel_ip6.as_ref().map(|ip| format!(", {ip}"));
         println!(
-            "Joined: {} as {} in namespace {} ({} subnets, {how}) in {} ms",
+            "Joined: {} as {}{} in namespace {} ({} subnets, {how}) in {} ms",
             status.context.as_deref().unwrap_or(&status.server),
             status.tunnel_ip.as_deref().unwrap_or("-"),
+            six.unwrap_or_default(),
             status.namespace,
             status.subnets.len(),
             elapsed.as_millis()

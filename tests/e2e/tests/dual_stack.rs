@@ -257,7 +257,7 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
     };
     // kwg join on the dual-stack cluster (a root join, resolv-conf mode): both families
     // through the tunnel. The developer's own IPv6 --also-proxy is carried too.
-    l.join(&["--namespace", "emojivoto", "--also-proxy", "fd00:99::/64"]);
+    let joined = l.join(&["--namespace", "emojivoto", "--also-proxy", "fd00:99::/64"]);
     let status = l.status_json();
     let tun4: std::net::Ipv4Addr = status["tunnelIp"].as_str().unwrap().parse().unwrap();
     let tun6 = info6
@@ -267,6 +267,11 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
         status["tunnelIp6"].as_str(),
         Some(tun6.as_str()),
         "{status}"
+    );
+    let said = text(&joined.stdout);
+    assert!(
+        said.contains(&format!(" as {tun4}, {tun6} in namespace emojivoto")),
+        "{said}"
     );
     let subnets: Vec<&str> = status["subnets"]
         .as_array()
