@@ -133,7 +133,6 @@ impl Plan {
     pub fn secret(&self) -> String {
         self.peer.secret_name()
     }
-
 }
 
 /// The peer name: `--name`, or the hostname and this machine's tag.
