@@ -14,11 +14,13 @@ use std::path::Path;
 use crate::state::{Session, SessionInfo, StateDir};
 
 /// The session that answers the short names: the primary whose daemon runs; else the session
-/// joined first among those whose daemon runs (`sessions` as [`crate::state::sessions`] lists
-/// them, the first joined first); `None` when no daemon runs.
+/// joined first among those whose daemon runs with a forwarder (`sessions` as
+/// [`crate::state::sessions`] lists them, the first joined first; one joined with `--dns off`
+/// answers no names); `None` when there is none.
 pub fn successor(sessions: &[Session]) -> Option<&Session> {
     let live = || sessions.iter().filter(|s| s.running.is_some());
-    live().find(|s| s.primary()).or_else(|| live().next())
+    let dns = |s: &&Session| s.state.as_ref().is_none_or(|st| st.dns.is_some());
+    live().find(|s| s.primary()).or_else(|| live().find(dns))
 }
 
 /// The state directory holding every session of `dir`'s: `dir` itself for the first, the one
@@ -91,6 +93,11 @@ mod tests {
         let all = [session(b, true, true), session(c, false, true)];
         assert_eq!(successor(&all).unwrap().dir.0, Path::new(b));
         assert!(successor(&[session(a, true, false)]).is_none());
+        // One joined with --dns off answers no names: the next one takes them.
+        let mut off = session(b, false, true);
+        off.state = Some(crate::state::tests::sample());
+        let all = [session(a, true, false), off, session(c, false, true)];
+        assert_eq!(successor(&all).unwrap().dir.0, Path::new(c));
         assert_eq!(base_of(&StateDir(b.into())).0, Path::new(a));
         assert_eq!(base_of(&StateDir(a.into())).0, Path::new(a));
     }
