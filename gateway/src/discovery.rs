@@ -240,5 +240,4 @@ pub async fn probe_service_cidrs(client: &kube::Client) -> Vec<IpNet> {
 }
 
 #[cfg(test)]
-#[path = "discovery_tests.rs"]
 mod tests;

@@ -357,5 +357,4 @@ fn gateway_info(cfg: &Config, base: InfoBase, d: &Discovered) -> GatewayInfo {
 }
 
 #[cfg(test)]
-#[path = "discovery_watch_tests.rs"]
 mod tests;
