@@ -2,8 +2,10 @@
 # Throughput and latency of kwg-wg against the other userspace WireGuards and the raw veth, in
 # one run. Two network namespaces joined by a veth pair; iperf3 TCP with 1 and 4 streams (5 s
 # each) and ping RTT over: the veth itself, wireguard-go (Debian), boringtun-cli, GotaTun
-# (gotatun-cli), kwg-wg. Prints Gbit/s, RTT, every ratio kwg/other, and kwg-wg's segments per
-# syscall on each edge (TUN read/write, UDP send/receive). boringtun-cli and gotatun-cli are
+# (gotatun-cli), kwg-wg, and kwg-wg's tunnel carrying IPv6 inside (row kwg-wg IPv6: the same
+# tunnel, the iperf3 traffic to the peer's IPv6 tunnel address; goal within 10 % of IPv4).
+# Prints Gbit/s, RTT, every ratio kwg/other, the ratio IPv6/IPv4 inside kwg-wg's tunnel, and
+# kwg-wg's segments per syscall on each edge (TUN read/write, UDP send/receive). boringtun-cli and gotatun-cli are
 # installed with `cargo install` into ~/.cargo/bin when missing (bench only). The machine's
 # other load moves the absolute figures: compare the ratios of one run.
 # PERF=1: also where kwg-wg's CPU goes (perf sampling of both sides during one more 1-stream
@@ -84,7 +86,7 @@ rtt() {
 
 # tunnel IMPL NAME: start IMPL in the foreground on both sides (interfaces NAMEa in A, NAMEb in
 # B: the UAPI socket directory is shared by all namespaces), configure with wg, address
-# 10.90.0.x/24. kwg-wg writes its counters to $WORK/stats-{a,b} on SIGUSR1.
+# 10.90.0.x/24 and fd90::x/64 (IPv6 inside the tunnel; the outer UDP stays IPv4). kwg-wg writes its counters to $WORK/stats-{a,b} on SIGUSR1.
 tunnel() {
   local impl=$1 ia="${2}a" ib="${2}b" side
   for side in a b; do
@@ -105,12 +107,13 @@ tunnel() {
   done
   local fail="bench-tunnel.sh: the $impl tunnel"
   ip netns exec "$A" wg set "$ia" private-key "$WORK/ka" listen-port 51820 \
-    peer "$(wg pubkey < "$WORK/kb")" endpoint 192.168.90.2:51820 allowed-ips 10.90.0.2/32 &&
+    peer "$(wg pubkey < "$WORK/kb")" endpoint 192.168.90.2:51820 allowed-ips 10.90.0.2/32,fd90::2/128 &&
   ip netns exec "$B" wg set "$ib" private-key "$WORK/kb" listen-port 51820 \
-    peer "$(wg pubkey < "$WORK/ka")" allowed-ips 10.90.0.1/32 ||
+    peer "$(wg pubkey < "$WORK/ka")" allowed-ips 10.90.0.1/32,fd90::1/128 ||
     { echo "$fail cannot be configured with wg; its logs:" >&2; cat "$WORK/$impl"-*.log >&2; exit 1; }
   ip -n "$A" addr add 10.90.0.1/24 dev "$ia"; ip -n "$A" link set "$ia" mtu 1420 up
   ip -n "$B" addr add 10.90.0.2/24 dev "$ib"; ip -n "$B" link set "$ib" mtu 1420 up
+  ip -n "$A" addr add fd90::1/64 dev "$ia" nodad; ip -n "$B" addr add fd90::2/64 dev "$ib" nodad
   ip netns exec "$A" ping -q -c 5 -i 0.2 -W 1 10.90.0.2 >/dev/null ||
     { echo "$fail does not pass traffic; its logs:" >&2; cat "$WORK/$impl"-*.log >&2; exit 1; }
 }
@@ -187,6 +190,8 @@ for impl in "${IMPLS[@]}"; do
   tunnel "$impl" "$name"
   [[ $impl == kwg ]] && label=kwg-wg || label=$impl
   measure "$label" 10.90.0.2 "$impl"
+  # The same tunnel carrying IPv6 inside.
+  [[ $impl == kwg ]] && measure "kwg-wg IPv6" fd90::2
   [[ $impl == kwg && ${PERF:-0} == 1 ]] && kwg_profile
   untunnel "$name"
 done
@@ -198,9 +203,13 @@ for other in veth wireguard-go boringtun gotatun; do
   printf '%-24s %9s %10s\n' "kwg-wg / $other" "$(ratio "${T1[kwg-wg]:-0}" "${T1[$other]:-0}")" \
     "$(ratio "${T4[kwg-wg]:-0}" "${T4[$other]:-0}")"
 done
+if [[ -n ${T1[kwg-wg IPv6]:-} ]]; then
+  printf '%-24s %9s %10s   (goal: at least 0.90)\n' "kwg-wg IPv6 / IPv4" \
+    "$(ratio "${T1[kwg-wg IPv6]}" "${T1[kwg-wg]:-0}")" "$(ratio "${T4[kwg-wg IPv6]}" "${T4[kwg-wg]:-0}")"
+fi
 echo
 printf 'added RTT over the veth:'
-for other in wireguard-go boringtun gotatun kwg-wg; do
+for other in wireguard-go boringtun gotatun kwg-wg "kwg-wg IPv6"; do
   [[ -n ${RTT[$other]:-} ]] || continue
   printf ' %s %s ms;' "$other" "$(awk -v a="${RTT[$other]}" -v b="${RTT[veth]}" 'BEGIN { printf "%.3f", a - b }')"
 done
