@@ -364,6 +364,16 @@ fn cluster_subnets(f: &Findings) -> Vec<(IpNet, &'static str)> {
         v.extend(i.service_cidrs.iter().map(|c| (*c, "service CIDR")));
         v.extend(i.pod_cidrs.iter().map(|c| (*c, "pod CIDR")));
         v.push((IpNet::V4(i.tunnel_cidr), "tunnel CIDR"));
+        // A dual-stack cluster's IPv6 side (ipv6.json), which a join routes too.
+        if let Some(six) = &i.ipv6 {
+            v.extend(
+                six.service_cidrs
+                    .iter()
+                    .map(|c| (IpNet::V6(*c), "service CIDR")),
+            );
+            v.extend(six.pod_cidrs.iter().map(|c| (IpNet::V6(*c), "pod CIDR")));
+            v.push((IpNet::V6(six.tunnel_cidr), "tunnel CIDR"));
+        }
         return v;
     }
     f.state.as_ref().map_or(Vec::new(), |s| {

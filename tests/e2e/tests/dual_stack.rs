@@ -288,6 +288,17 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
     ] {
         assert!(subnets.contains(&net), "{net} not routed: {status}");
     }
+    // kwg doctor checks the IPv6 ranges against the machine's routes too.
+    let doctor = l.kwg(&["doctor"]);
+    let said = text(&doctor.stdout);
+    let routes = said
+        .lines()
+        .find(|l| l.contains("routes"))
+        .unwrap_or_default();
+    assert!(
+        doctor.status.success() && routes.contains("fd00:10:96::/112"),
+        "{said}"
+    );
     let shown = text(&l.kwg(&["status"]).stdout);
     let line = shown
         .lines()
