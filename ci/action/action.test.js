@@ -8,7 +8,7 @@ const path = require('path');
 const { spawnSync } = require('child_process');
 const { test } = require('node:test');
 const {
-  workflowCommand, kwgCommand, resolvedStub, sessionName,
+  workflowCommand, kwgCommand, sessionName,
 } = require('./runner');
 
 test('messages and properties are escaped per the workflow-command rules', () => {
@@ -30,16 +30,13 @@ function step(script, stdout, code, extra = {}) {
   const out = typeof stdout === 'string' ? { '*': stdout } : stdout;
   const cases = Object.entries(out).map(([cmd, text]) => `${cmd}) cat <<'EOF'\n${text}\nEOF\n;;`).join('\n');
   fs.writeFileSync(fake, `#!/bin/sh\necho "$@" >> '${argsFile}'\ncase "$1" in\n${cases}\nesac\nexit ${code}\n`, { mode: 0o755 });
-  const resolvConf = path.join(dir, 'resolv.conf');
-  fs.writeFileSync(resolvConf, 'nameserver 192.0.2.53\n');
   const files = {};
   for (const name of ['GITHUB_OUTPUT', 'GITHUB_ENV', 'GITHUB_STATE']) {
     files[name] = path.join(dir, name.toLowerCase());
     fs.writeFileSync(files[name], '');
   }
   const env = {
-    ...process.env, ...files, RUNNER_TEMP: dir, INPUT_KWG: fake, INPUT_KUBECONFIG: 'k',
-    KWG_ACTION_RESOLV_CONF: resolvConf, ...extra,
+    ...process.env, ...files, RUNNER_TEMP: dir, INPUT_KWG: fake, INPUT_KUBECONFIG: 'k', ...extra,
   };
   const r = spawnSync('node', [path.join(__dirname, script)], { env, encoding: 'utf8' });
   const read = (f) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '');
@@ -76,7 +73,7 @@ test('a failed leave in the post step is a warning and the step succeeds', () =>
 
 test('kwg runs as the runner\'s user, never through sudo; a user\'s join asks for the helper with --tun', () => {
   const join = ['join', '-o', 'json', '--name', 'ci-1'];
-  const user = { root: false, asUser: false, resolved: false };
+  const user = { root: false, asUser: false };
   assert.deepStrictEqual(kwgCommand('/opt/kwg', join, user),
     ['/opt/kwg', ['join', '--tun', '-o', 'json', '--name', 'ci-1']]);
   assert.deepStrictEqual(kwgCommand('/opt/kwg', join, { ...user, root: true }), ['/opt/kwg', join]);
@@ -84,31 +81,6 @@ test('kwg runs as the runner\'s user, never through sudo; a user\'s join asks fo
     ['/opt/kwg', [...join, '--userspace']]);
   assert.deepStrictEqual(kwgCommand('/opt/kwg', ['leave', '-o', 'json'], user),
     ['/opt/kwg', ['leave', '-o', 'json']]);
-});
-
-test('where systemd-resolved manages DNS, join and leave are root\'s: sudo -n by the absolute path', () => {
-  const join = ['join', '-o', 'json', '--kubeconfig', '/tmp/k/kubeconfig'];
-  const resolved = { root: false, asUser: false, resolved: true };
-  assert.deepStrictEqual(kwgCommand('/opt/kwg', join, resolved), ['sudo', ['-n', '/opt/kwg', ...join]]);
-  assert.deepStrictEqual(kwgCommand('/opt/kwg', ['leave', '-o', 'json'], resolved),
-    ['sudo', ['-n', '/opt/kwg', 'leave', '-o', 'json']]);
-  // Root needs no sudo; userspace mode sets no DNS.
-  assert.deepStrictEqual(kwgCommand('/opt/kwg', join, { ...resolved, root: true }), ['/opt/kwg', join]);
-  assert.deepStrictEqual(kwgCommand('/opt/kwg', join, { ...resolved, asUser: true }), ['/opt/kwg', join]);
-});
-
-test('resolv.conf is resolved\'s stub when it links to stub-resolv.conf or names 127.0.0.53 first', () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kwg-action-resolv-'));
-  const file = (name, text) => {
-    fs.writeFileSync(path.join(dir, name), text);
-    return path.join(dir, name);
-  };
-  assert.strictEqual(resolvedStub(file('stub', '# resolved\nnameserver 127.0.0.53\noptions edns0\n')), true);
-  assert.strictEqual(resolvedStub(file('static', 'nameserver 10.0.0.2\nnameserver 127.0.0.53\n')), false);
-  fs.symlinkSync(file('stub-resolv.conf', ''), path.join(dir, 'link'));
-  assert.strictEqual(resolvedStub(path.join(dir, 'link')), true);
-  assert.strictEqual(resolvedStub(path.join(dir, 'missing')), false);
-  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 test('the post step leaves the session of its own join only (--context its alias), not every one', () => {

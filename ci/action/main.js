@@ -5,7 +5,7 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const {
-  input, fileCommand, kwg, defaultName, userspace, proxyEnv, workflowCommand, resolvedStub,
+  input, fileCommand, kwg, defaultName, userspace, proxyEnv, workflowCommand,
   sessionName,
 } = require('./runner');
 const { resolveKwg } = require('./install');
@@ -45,10 +45,7 @@ if (asUser) {
   args.push('--userspace');
 }
 fileCommand('GITHUB_STATE', 'userspace', String(asUser));
-// systemd-resolved manages DNS here: the join is root's (runner.js), and so is the leave.
-const resolved = !asUser && resolvedStub(process.env.KWG_ACTION_RESOLV_CONF || undefined);
-fileCommand('GITHUB_STATE', 'resolved', String(resolved));
-const r = kwg(exe, args, { asUser, resolved });
+const r = kwg(exe, args, { asUser });
 let result;
 try {
   result = JSON.parse(r.stdout.trim().split('\n').pop() || '{}');
@@ -66,7 +63,7 @@ fileCommand('GITHUB_STATE', 'joined', 'true');
 // may have joined another cluster.
 let status = {};
 try {
-  status = JSON.parse(kwg(exe, ['status', '-o', 'json'], { asUser, resolved }).stdout || '{}');
+  status = JSON.parse(kwg(exe, ['status', '-o', 'json'], { asUser }).stdout || '{}');
 } catch (e) {
   // Then the join's context names it.
 }

@@ -16,7 +16,6 @@ if (process.env.STATE_context) {
 }
 const r = kwg(exe, args, {
   asUser: process.env.STATE_userspace === 'true',
-  resolved: process.env.STATE_resolved === 'true',
 });
 console.log(r.stdout.trim());
 const kubeconfig = process.env.STATE_kubeconfig;

@@ -37,53 +37,24 @@ function workflowCommand(name, properties, message) {
   return `::${name}${props ? ` ${props}` : ''}::${escapeData(message)}`;
 }
 
-// Whether systemd-resolved manages this machine's DNS: resolv.conf is its stub (a link to
-// stub-resolv.conf, or 127.0.0.53 its first nameserver), as kwg itself decides.
-function resolvedStub(file = '/etc/resolv.conf') {
-  let target = '';
-  try {
-    target = fs.readlinkSync(file);
-  } catch (e) {
-    // Not a link.
-  }
-  if (target.endsWith('stub-resolv.conf')) {
-    return true;
-  }
-  let text = '';
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    return false;
-  }
-  const first = text.split('\n').map((l) => l.trim().split(/\s+/))
-    .find((w) => w[0] === 'nameserver');
-  return Boolean(first) && first[1] === '127.0.0.53';
-}
-
-// How the action runs kwg. Root, or userspace mode: kwg itself. Where systemd-resolved manages
-// DNS (`resolved`, GitHub's Ubuntu runners): `sudo -n` by kwg's absolute path (never by name:
-// sudo's secure_path; never -E: sudo-rs ignores it; the kubeconfig is passed as --kubeconfig),
-// so the join is root's and sets the tunnel link's DNS in resolved (its per-link DNS does not
-// go through kwg-helper yet); the post step's leave goes the same way. Else as the runner's
-// own user, and `join` gets --tun: kwg then uses the kwg-helper that is running (or
-// installed), else starts the one next to kwg through sudo by its absolute path; kwg runs as
-// the user, only the helper as root. Returns [command, argv].
-function kwgCommand(exe, args, { root, asUser, resolved }) {
+// How the action runs kwg. Root, or userspace mode: kwg itself. Else as the runner's own user,
+// and `join` gets --tun: kwg then uses the kwg-helper that is running (or installed), else
+// starts the one next to kwg through sudo by its absolute path (never by name: sudo's
+// secure_path); kwg runs as the user, only the helper as root, and the helper sets the
+// tunnel's DNS (systemd-resolved's per-link DNS on GitHub's Ubuntu runners, else the resolver
+// file). Returns [command, argv].
+function kwgCommand(exe, args, { root, asUser }) {
   if (root || asUser) {
     return [exe, args];
-  }
-  if (resolved) {
-    return ['sudo', ['-n', exe, ...args]];
   }
   const tun = args[0] === 'join' && !args.includes('--tun');
   return [exe, tun ? [args[0], '--tun', ...args.slice(1)] : args];
 }
 
-// Runs kwg (see kwgCommand; `asUser`: userspace mode; `resolved`: as root through sudo);
-// returns { code, stdout }.
-function kwg(exe, args, { asUser, resolved }) {
+// Runs kwg (see kwgCommand; `asUser`: userspace mode); returns { code, stdout }.
+function kwg(exe, args, { asUser }) {
   const root = typeof process.getuid === 'function' && process.getuid() === 0;
-  const [cmd, argv] = kwgCommand(exe, args, { root, asUser, resolved });
+  const [cmd, argv] = kwgCommand(exe, args, { root, asUser });
   const r = spawnSync(cmd, argv, { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
   if (r.error) {
     return { code: 1, stdout: '', error: `cannot run ${cmd}: ${r.error.message}` };
@@ -134,5 +105,5 @@ function proxyEnv(proxy) {
 }
 
 module.exports = {
-  input, fileCommand, kwg, kwgCommand, resolvedStub, sessionName, defaultName, userspace, proxyEnv, workflowCommand, escapeData, escapeProperty,
+  input, fileCommand, kwg, kwgCommand, sessionName, defaultName, userspace, proxyEnv, workflowCommand, escapeData, escapeProperty,
 };

@@ -26,6 +26,10 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
     crate::privileged::sudo::as_invoker()?;
     let all = sessions(&dir)?;
     let several = all.len() > 1;
+    // The session that answers the short names (issue 27; the next one after the primary left).
+    let answering = crate::dns::primary::successor(&all);
+    let short_names = answering.and_then(|s| s.alias()).map(str::to_string);
+    let answering_later = answering.is_some_and(|s| s.dir.0 != dir.0);
     // `--context`: the session of that alias, else every one of that context (two clusters
     // may both call theirs `default`).
     let named = match &args.context {
@@ -34,11 +38,16 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
     };
     let chosen: Vec<&Session> = named.into_iter().filter(|s| s.state.is_some()).collect();
     if chosen.is_empty() {
+        // A session that ended on its own (its helper went away) says why.
+        let ended = crate::privileged::ended_note(&dir.0);
         if args.output == Format::Json {
-            println!(
-                "{}",
-                serde_json::json!({ "connected": false, "sessions": [] })
-            );
+            let mut out = serde_json::json!({ "connected": false, "sessions": [] });
+            if let Some(why) = ended {
+                out["message"] = serde_json::Value::String(format!("not joined: {why}"));
+            }
+            println!("{out}");
+        } else if let Some(why) = ended.filter(|_| args.context.is_none()) {
+            println!("kwg is not joined: {why}");
         } else if let Some(c) = &args.context {
             println!("kwg is not joined to context {c}: run `kwg join --context {c}`.");
         } else {
@@ -64,11 +73,18 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
             shown.iter().map(|(s, st)| session_json(s, st)).collect();
         let mut out = each[top].clone();
         out["sessions"] = serde_json::Value::Array(each);
+        if let Some(alias) = short_names {
+            out["shortNames"] = serde_json::json!(alias);
+        }
         println!(
             "{}",
             serde_json::to_string_pretty(&out).expect("status serializes")
         );
     } else {
+        // Once several sessions joined, or a later one took the short names over.
+        if let Some(alias) = short_names.filter(|_| several || answering_later) {
+            println!("Short names     : {alias} (single labels and <svc>.<ns>)");
+        }
         for (i, (s, st)) in shown.iter().enumerate() {
             if several {
                 if i > 0 {
@@ -416,19 +432,7 @@ mod tests {
     use crate::state::SessionInfo;
 
     fn session(dir: &std::path::Path, context: &str, primary: bool, running: bool) -> Session {
-        Session {
-            dir: StateDir(dir.join(context)),
-            info: Some(SessionInfo {
-                context: Some(context.into()),
-                alias: context.into(),
-                primary,
-                interface: "kwg0".into(),
-                dns_listen: "127.77.0.53:53".parse().unwrap(),
-                server: None,
-            }),
-            state: None,
-            running: running.then_some(Some(1)),
-        }
+        Session::example(dir.join(context), context, primary, running)
     }
 
     #[test]

@@ -24,8 +24,9 @@ use kwg_contract::{GatewayPeer, ReachStatus};
 use tokio::time::Instant;
 
 use super::forwarder::SplitHandle;
-use super::resolved::{self, LinkDomain, Resolved};
+use super::resolved::{self, LinkDomain};
 use crate::cluster::Kube;
+use crate::privileged::LinkDns;
 use crate::reach::Own;
 use kwg_session::dns::split::SplitDns;
 
@@ -43,9 +44,12 @@ pub struct Follow {
     pub split: SplitHandle,
     pub kube: Kube,
     /// systemd-resolved and kwg's link index, in mode resolved.
-    pub resolved: Option<(Resolved, u32)>,
+    pub resolved: Option<(LinkDns, u32)>,
     /// The gateway's admin address (through the tunnel) and this peer's name.
     pub gateway: Option<(SocketAddr, String)>,
+    /// This session's state directory, while another session answers the short names: it
+    /// takes them over when that one leaves ([`super::primary`]).
+    pub secondary: Option<crate::state::StateDir>,
 }
 
 /// The split with what was read: `namespaces` (`None`: nothing new, keep the last list) and
@@ -242,7 +246,7 @@ pub async fn run(f: Follow) {
             ev = next_event(&mut watch) => Woke::Watch(ev),
             _ = tick.tick() => Woke::Tick,
         };
-        let (mut namespaces, mut reach) = (None, None);
+        let (mut namespaces, mut reach, mut primary) = (None, None, false);
         match woke {
             Woke::Watch(Some(Ok(ev))) => namespaces = names.event(ev),
             Woke::Watch(Some(Err(e))) if forbidden(&e) => {
@@ -263,11 +267,17 @@ pub async fn run(f: Follow) {
                 if let Some((admin, me)) = &f.gateway {
                     reach = ask_gateway((*admin, me), &mut poll, now).await;
                 }
+                if let Some(own) = &f.secondary
+                    && f.split.split().naming.secondary
+                {
+                    primary = super::primary::take_over(own);
+                }
             }
         }
-        let changed = f
-            .split
-            .update(|s| apply(s, namespaces, reach.as_ref().map(Option::as_ref)));
+        let changed = f.split.update(|s| {
+            apply(s, namespaces, reach.as_ref().map(Option::as_ref));
+            s.naming.secondary &= !primary;
+        });
         let Some((client, ifindex)) = &f.resolved else {
             continue;
         };

@@ -71,11 +71,15 @@ impl Driver {
             Action::ConfigureNetwork {
                 name,
                 address,
+                address6,
                 routes,
                 gateway,
             } => {
                 let r = async {
                     self.set_routes(&name, Some(address), &routes, &[]).await?;
+                    if let Some(a) = address6 {
+                        self.add_address6(&name, a).await?;
+                    }
                     crate::peer::set_translation(&self.handle(), &gateway)?;
                     self.configure_gateway(peer_config(&gateway)).await
                 };
@@ -128,6 +132,18 @@ impl Driver {
                 exec::write_resolv_conf(&path, &backup, &original, &contents),
                 Event::ResolvConfWritten,
             ),
+            // A normal user's session: the helper sets the link (its own, to its forwarder).
+            Action::ConfigureResolved(link) if self.helper.is_some() => {
+                let h = self.helper.as_ref().expect("checked");
+                event(
+                    h.resolved_link(&link.domains).await,
+                    Event::ResolvedConfigured,
+                )
+            }
+            Action::RevertResolved { .. } if self.helper.is_some() => {
+                let h = self.helper.as_ref().expect("checked");
+                event(h.revert_dns().await, Event::ResolvedReverted)
+            }
             Action::ConfigureResolved(link) => {
                 let r = match &self.resolved {
                     Some(c) => c.configure(&link).await.map_err(Error::from),

@@ -188,6 +188,8 @@ pub async fn run(
         Some(std::process::id()),
         chrono::Utc::now(),
     );
+    // Why a previous session here ended on its own is no longer news.
+    let _ = std::fs::remove_file(crate::privileged::ended_path(&dir.0));
     let started = Instant::now();
     let mut session = Session::new(config, template, dir.resolv_backup(), started.into_std());
     let mut d = Driver {
@@ -210,6 +212,8 @@ pub async fn run(
     let mut leave_waiters: Vec<oneshot::Sender<Reply>> = Vec::new();
     let mut joined = false;
     let mut cancelled: Option<crate::exit::Cancel> = None;
+    // kwg-helper, which held the machine side, went away: the session is ending.
+    let mut helper_lost = false;
     let mut shown: Option<Phase> = None;
     'run: loop {
         while let Some(action) = session.poll_action() {
@@ -248,7 +252,19 @@ pub async fn run(
             }
         }
         let timeout = session.poll_timeout().map(Instant::from_std);
+        let helper = d.helper.clone().filter(|_| joined && !helper_lost);
         tokio::select! {
+            () = crate::privileged::lost(helper) => {
+                // The helper held the machine side: the session ends as at leave (the peer
+                // deregistered, transports and forwarder stopped), saying why for kwg status.
+                helper_lost = true;
+                tracing::warn!("kwg-helper went away: ending the session");
+                let note = crate::privileged::ended_path(&dir.0);
+                if let Err(e) = std::fs::write(&note, crate::privileged::HELPER_WENT_AWAY) {
+                    tracing::warn!(error = %e, "cannot write {}", note.display());
+                }
+                session.handle(Event::Leave, std::time::Instant::now());
+            }
             done = async { long.as_mut().expect("in flight").await }, if long.is_some() => {
                 long = None;
                 let ev = d.finished(done);
@@ -423,6 +439,14 @@ impl Driver {
                 if let Some(f) = self.forwarder.take() {
                     f.stop();
                 }
+            }
+            // A normal user's session: the helper reverts the link it configured.
+            Undo::RevertLink { .. } if self.helper.is_some() => {
+                let h = self.helper.as_ref().expect("checked");
+                return match h.revert_dns().await {
+                    Ok(()) => Event::Undone(Some("DNS settings in systemd-resolved".into())),
+                    Err(e) => Event::UndoFailed(e.into()),
+                };
             }
             Undo::RevertLink { ifindex, .. } => {
                 if let Some(c) = &self.resolved {

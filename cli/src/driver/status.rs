@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use kwg_contract::{ConnectionState, DnsStatus, GatewayInfo, Status};
+use kwg_contract::{ConnectionState, DnsStatus, Status};
 
 use kwg_session::machine::Session;
 
@@ -32,6 +32,7 @@ pub fn status_from_state(state: &State, connected: bool) -> Status {
         peer: state.peer.to_string(),
         interface: state.interface.clone(),
         tunnel_ip: state.tunnel_ip.map(|i| i.to_string()),
+        tunnel_ip6: state.tunnel_ip6().map(|i| i.to_string()),
         gateway_endpoint: state.gateway_endpoint.clone(),
         gateway_key: state.gateway_key.clone(),
         last_handshake: None,
@@ -178,6 +179,7 @@ pub fn joining(args: &JoinArgs) -> Status {
         peer: args.name.clone().unwrap_or_default(),
         interface: args.interface.clone(),
         tunnel_ip: None,
+        tunnel_ip6: None,
         gateway_endpoint: None,
         gateway_key: None,
         last_handshake: None,
@@ -242,14 +244,11 @@ impl super::Driver {
                         continue;
                     }
                 };
-                let Some(json) = cm
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(kwg_contract::GATEWAY_INFO_KEY))
-                else {
+                let data = cm.data.unwrap_or_default();
+                let Some(info) = crate::cluster::parse_gateway_info(&data) else {
                     continue;
                 };
-                match GatewayInfo::from_json(json.as_bytes()) {
+                match info {
                     Ok(info) => {
                         if tx.send(info).await.is_err() {
                             return;
@@ -273,12 +272,18 @@ impl super::Driver {
     /// (`None` without a forwarder: DNS off, or userspace mode).
     fn dns_follow(&self, kube: &Kube) -> Option<crate::dns::follow::Follow> {
         let split = self.forwarder.as_ref()?.split_handle();
+        let secondary = split.split().naming.secondary;
         let state = State::load(&self.dir.state()).ok().flatten()?;
         let resolved = match (&self.resolved, state.dns.as_ref().map(|d| d.mode)) {
             (Some(r), Some(DnsModeUsed::Resolved)) => {
+                // A normal user's session: kwg-helper changes the link (resolved refuses the user).
+                let dns = match &self.helper {
+                    Some(h) => crate::privileged::LinkDns::Helper(h.clone()),
+                    None => crate::privileged::LinkDns::Bus(r.clone()),
+                };
                 nix::net::if_::if_nametoindex(state.interface.as_str())
                     .ok()
-                    .map(|i| (r.clone(), i))
+                    .map(|i| (dns, i))
             }
             _ => None,
         };
@@ -287,6 +292,7 @@ impl super::Driver {
             kube: kube.clone(),
             resolved,
             gateway: state.gateway_admin.map(|a| (a, state.peer.to_string())),
+            secondary: secondary.then(|| self.dir.clone()),
         })
     }
 

@@ -20,10 +20,51 @@ pub mod sudo;
 use crate::error::Error;
 
 /// Where the daemon finds the helper: `$KWG_HELPER_SOCKET`, else the installed helper's socket.
+/// As root (`sudo kwg join` keeps `KWG_*`) the variable counts only where no other user could
+/// have put or replaced a socket: its directory (or, before the helper makes it, the nearest
+/// one that exists) and each above it owned by root and writable by nobody else; otherwise
+/// root would start a helper on, or talk to, a socket of a user's choosing. Ignored with one
+/// line on stderr.
 pub fn socket() -> PathBuf {
-    std::env::var_os("KWG_HELPER_SOCKET")
-        .map(PathBuf::from)
-        .unwrap_or_else(kwg_privhelper::server::default_socket)
+    let root = nix::unistd::geteuid().is_root();
+    match socket_from(std::env::var_os("KWG_HELPER_SOCKET"), root, |dir| {
+        kwg_privhelper::server::check_socket_dir(dir, 0)
+    }) {
+        Ok(path) => path,
+        Err(why) => {
+            eprintln!("kwg: {why}");
+            kwg_privhelper::server::default_socket()
+        }
+    }
+}
+
+/// [`socket`] from the variable's value, whether the caller is root and the directory rule
+/// (`check_dir`); `Err` says why a root caller ignores the variable.
+pub fn socket_from(
+    var: Option<std::ffi::OsString>,
+    root: bool,
+    check_dir: impl Fn(&Path) -> std::io::Result<()>,
+) -> Result<PathBuf, String> {
+    let default = kwg_privhelper::server::default_socket();
+    let Some(path) = var.filter(|v| !v.is_empty()).map(PathBuf::from) else {
+        return Ok(default);
+    };
+    if !root {
+        return Ok(path);
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let existing = dir.and_then(|d| d.ancestors().find(|a| a.exists()));
+    let checked = match existing {
+        Some(d) if path.is_absolute() => check_dir(d).map_err(|e| e.to_string()),
+        _ => Err("not an absolute path".to_string()),
+    };
+    checked.map(|()| path.clone()).map_err(|why| {
+        format!(
+            "ignoring KWG_HELPER_SOCKET={} as root ({why}); using {}",
+            path.display(),
+            default.display()
+        )
+    })
 }
 
 /// Whether this process needs the helper for a TUN-mode join (neither root nor CAP_NET_ADMIN).
@@ -117,9 +158,8 @@ pub async fn ensure_for(socket: &Path, uid: u32) -> Result<(), Error> {
 /// Decides, for `kwg join` before it starts the daemon, whether this join goes through the
 /// helper: neither root nor CAP_NET_ADMIN, no `--userspace`, and a helper answering (or,
 /// with `--tun`, one started through sudo). Such a join is a TUN-mode join (`args.tun`). The
-/// helper rewrites the resolver file for it (resolv-conf mode); systemd-resolved's per-link DNS
-/// does not go through the helper yet, so where resolved manages DNS the join's DNS mode is
-/// `off` and the user is told.
+/// helper does its DNS as a root join's: systemd-resolved's per-link DNS where resolved manages
+/// DNS (auto mode finds it), else it rewrites the resolver file (resolv-conf mode).
 pub async fn prepare(
     args: &mut crate::args::JoinArgs,
     reporter: &crate::progress::Reporter,
@@ -138,16 +178,14 @@ pub async fn prepare(
     }
     args.tun = true;
     let stub = resolved_stub(&args.resolv_conf);
-    match args.dns_mode {
-        DnsMode::Auto | DnsMode::Resolved if stub => {
-            args.dns_mode = DnsMode::Off;
-            reporter.step(&format!(
-                "Tunnel interface through kwg-helper ({}): kwg runs as you; systemd-resolved manages DNS here and its per-link DNS does not go through the helper yet, so cluster names do not resolve on this machine (Service and pod addresses do; sudo kwg join joins as root here and sets them in resolved)",
-                socket.display()
-            ));
-        }
-        DnsMode::Auto => args.dns_mode = DnsMode::ResolvConf,
-        _ => {}
+    if args.dns_mode == DnsMode::Auto && !stub {
+        args.dns_mode = DnsMode::ResolvConf;
+    }
+    if stub && matches!(args.dns_mode, DnsMode::Auto | DnsMode::Resolved) {
+        reporter.step(&format!(
+            "Tunnel interface through kwg-helper ({}): kwg runs as you; the helper sets the tunnel's DNS in systemd-resolved",
+            socket.display()
+        ));
     }
     Ok(true)
 }
@@ -160,9 +198,11 @@ pub fn resolved_stub(resolv_conf: &Path) -> bool {
     ResolvConf::classify(target.as_deref(), &text) == ResolvConf::Stub
 }
 
-/// The daemon's session with the helper: the connection is the session's lifeline.
+/// The daemon's session with the helper: the connection is the session's lifeline. Clones
+/// share it (the DNS follower replaces the link's domains in systemd-resolved through it).
+#[derive(Clone)]
 pub struct Helper {
-    client: Client,
+    client: std::sync::Arc<tokio::sync::Mutex<Client>>,
     interface: String,
 }
 
@@ -189,7 +229,7 @@ impl Helper {
             .map_err(|e| helper_error(&format!("have kwg-helper create {interface}"), e))?;
         Ok((
             Helper {
-                client,
+                client: std::sync::Arc::new(tokio::sync::Mutex::new(client)),
                 interface: interface.to_string(),
             },
             tun,
@@ -197,24 +237,30 @@ impl Helper {
     }
 
     /// Gives the link `address` (replacing the previous one) and sets it up.
-    pub async fn set_address(&mut self, address: IpNet) -> Result<(), Error> {
+    pub async fn set_address(&self, address: IpNet) -> Result<(), Error> {
         self.client
+            .lock()
+            .await
             .set_address(address)
             .await
             .map_err(|e| helper_error(&format!("have kwg-helper set address {address}"), e))
     }
 
     /// Removes, then adds routes through the link.
-    pub async fn routes(&mut self, add: &[IpNet], remove: &[IpNet]) -> Result<(), Error> {
+    pub async fn routes(&self, add: &[IpNet], remove: &[IpNet]) -> Result<(), Error> {
         self.client
+            .lock()
+            .await
             .routes(add, remove)
             .await
             .map_err(|e| helper_error("have kwg-helper change the routes", e))
     }
 
     /// Loads the session's firewall table.
-    pub async fn firewall(&mut self) -> Result<(), Error> {
+    pub async fn firewall(&self) -> Result<(), Error> {
         self.client
+            .lock()
+            .await
             .firewall()
             .await
             .map_err(|e| helper_error("have kwg-helper load the firewall table", e))
@@ -222,20 +268,23 @@ impl Helper {
 
     /// The DNS forwarder's sockets on `listen` (port 53), bound by the helper: UDP, then TCP.
     pub async fn dns_sockets(
-        &mut self,
+        &self,
         listen: SocketAddr,
     ) -> Result<(std::net::UdpSocket, std::net::TcpListener), Error> {
         let what = format!("have kwg-helper bind the DNS forwarder on {listen}");
-        let udp = self.client.dns_socket(listen, false).await;
+        let mut client = self.client.lock().await;
+        let udp = client.dns_socket(listen, false).await;
         let udp = udp.map_err(|e| helper_error(&what, e))?;
-        let tcp = self.client.dns_socket(listen, true).await;
+        let tcp = client.dns_socket(listen, true).await;
         let tcp = tcp.map_err(|e| helper_error(&what, e))?;
         Ok((udp.into(), tcp.into()))
     }
 
     /// Points the resolver file at `forwarder` (this session's), `search` first.
-    pub async fn resolv_conf(&mut self, forwarder: IpAddr, search: &[String]) -> Result<(), Error> {
+    pub async fn resolv_conf(&self, forwarder: IpAddr, search: &[String]) -> Result<(), Error> {
         self.client
+            .lock()
+            .await
             .resolv_conf(forwarder, search)
             .await
             .map_err(|e| {
@@ -246,33 +295,58 @@ impl Helper {
             })
     }
 
-    /// Puts the resolver file back now.
-    pub async fn revert_dns(&mut self) -> Result<(), Error> {
+    /// Has systemd-resolved send `domains` to this session's forwarder on its link (the
+    /// session's own: the helper knows which), or replaces them.
+    pub async fn resolved_link(
+        &self,
+        domains: &[kwg_session::dns::domains::LinkDomain],
+    ) -> Result<(), Error> {
+        self.client
+            .lock()
+            .await
+            .resolved_link(domains)
+            .await
+            .map_err(|e| {
+                helper_error(
+                    &format!(
+                        "have kwg-helper set {}'s DNS in systemd-resolved",
+                        self.interface
+                    ),
+                    e,
+                )
+            })
+    }
+
+    /// Puts the resolver file back (and reverts the link in systemd-resolved) now.
+    pub async fn revert_dns(&self) -> Result<(), Error> {
         if let Some(why) = self.gone() {
-            // A helper that starts again puts the file back from its journal.
-            let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-            return match kwg_session::dns::resolvconf::is_ours(&text) {
-                true => Err(Error::NoHelper(why)),
-                false => Ok(()),
-            };
+            // Nobody is left to ask: a helper that starts again puts the file back and reverts
+            // the link from its journal.
+            tracing::warn!(why, "DNS is left to kwg-helper's journal");
+            return Ok(());
         }
         self.client
+            .lock()
+            .await
             .revert_dns()
             .await
             .map_err(|e| helper_error("have kwg-helper put the resolver file back", e))
     }
 
     /// Ends the session: the helper removes the table, routes, address and link.
-    pub async fn close(mut self) -> Result<(), Error> {
+    pub async fn close(self) -> Result<(), Error> {
         if let Some(why) = self.gone() {
-            // Nobody is left to ask: the link is gone already, or a helper that starts again
-            // removes it from its journal.
-            if nix::net::if_::if_nametoindex(self.interface.as_str()).is_err() {
-                return Ok(());
-            }
-            return Err(Error::NoHelper(why));
+            // Nobody is left to ask: the link went with the device's descriptor, and a helper
+            // that starts again removes the rest (firewall, DNS) from its journal.
+            tracing::warn!(
+                why,
+                "the session's machine side is left to kwg-helper's journal"
+            );
+            return Ok(());
         }
         self.client
+            .lock()
+            .await
             .close()
             .await
             .map_err(|e| helper_error("have kwg-helper end the session", e))
@@ -281,7 +355,9 @@ impl Helper {
     /// Why the session's helper is gone (its connection closed: it exited or was killed), with
     /// what became of the interface; `None` while it serves the session.
     pub fn gone(&self) -> Option<String> {
-        if !self.client.is_closed() {
+        // A request in flight holds the connection: the helper answers it, or it fails.
+        let closed = self.client.try_lock().is_ok_and(|c| c.is_closed());
+        if !closed {
             return None;
         }
         let name = &self.interface;
@@ -294,5 +370,115 @@ impl Helper {
         Some(format!(
             "kwg-helper, which holds this session's interface, routes and DNS, is gone (exited or killed): {link}; the tunnel does not carry traffic"
         ))
+    }
+}
+
+/// Why a session ended on its own, as `kwg status` says it after: the daemon whose helper went
+/// away ended the session (peer deregistered, transports and forwarder stopped) and left this.
+pub const HELPER_WENT_AWAY: &str = "the helper went away (was it killed?) and ended this session: its peer is deregistered, and a kwg-helper that starts again reverts the interface, routes, firewall and DNS it held; run kwg join again";
+
+/// The file in a session's state directory holding why it ended on its own; removed by the
+/// next join.
+pub fn ended_path(dir: &Path) -> PathBuf {
+    dir.join("ended")
+}
+
+/// Why the last session under `base` (the state directory or one of its `sessions/`) ended on
+/// its own, if one did.
+pub fn ended_note(base: &Path) -> Option<String> {
+    let mut dirs = vec![base.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(base.join("sessions")) {
+        dirs.extend(entries.flatten().map(|e| e.path()));
+    }
+    dirs.iter().find_map(|d| {
+        let bytes = crate::state::read_no_follow(&ended_path(d)).ok()?;
+        let text = String::from_utf8_lossy(&bytes).trim().to_string();
+        (!text.is_empty()).then_some(text)
+    })
+}
+
+/// Returns once the helper holding `helper`'s session is gone (its connection closed: it
+/// exited or was killed); never without a helper.
+pub async fn lost(helper: Option<Helper>) {
+    let Some(h) = helper else {
+        return std::future::pending().await;
+    };
+    while h.gone().is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Who replaces the link's domains in systemd-resolved as namespaces come and go: the daemon
+/// itself over the system bus (a root join), or kwg-helper (a normal user's session, which
+/// systemd-resolved would refuse such calls).
+#[derive(Clone)]
+pub enum LinkDns {
+    Bus(crate::dns::resolved::Resolved),
+    Helper(Helper),
+}
+
+impl LinkDns {
+    /// `SetLinkDomains` of `ifindex` (through the helper: the session's own link).
+    pub async fn set_domains(
+        &self,
+        ifindex: u32,
+        domains: &[kwg_session::dns::domains::LinkDomain],
+    ) -> Result<(), Error> {
+        match self {
+            LinkDns::Bus(r) => Ok(r.set_domains(ifindex, domains).await?),
+            LinkDns::Helper(h) => h.resolved_link(domains).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn root_honours_kwg_helper_socket_only_in_a_directory_no_other_user_can_change() {
+        let check = |d: &Path| kwg_privhelper::server::check_socket_dir(d, 0);
+        let default = kwg_privhelper::server::default_socket();
+        assert_eq!(socket_from(None, true, check), Ok(default.clone()));
+        let tmp = tempfile::tempdir().unwrap();
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let sock = open.join("helper.sock");
+        // A normal user's own choice is the user's business (the helper decides what it serves).
+        assert_eq!(
+            socket_from(Some(sock.clone().into()), false, check),
+            Ok(sock.clone())
+        );
+        // Root: a directory others may write (a socket there may be anyone's) is ignored, also
+        // one not made yet under it, and a relative path.
+        for (p, why) in [
+            (sock.clone(), "group or others may write it"),
+            (open.join("new/helper.sock"), "group or others may write it"),
+            (PathBuf::from("helper.sock"), "not an absolute path"),
+        ] {
+            let e = socket_from(Some(p.clone().into()), true, check).unwrap_err();
+            assert!(
+                e.starts_with(&format!(
+                    "ignoring KWG_HELPER_SOCKET={} as root",
+                    p.display()
+                )) && e.contains(why)
+                    && e.ends_with(&format!("using {}", default.display())),
+                "{e}"
+            );
+        }
+        // Only root may write it (when the test runs as root): honoured.
+        if nix::unistd::geteuid().is_root() {
+            let safe = tmp.path().join("safe");
+            std::fs::create_dir(&safe).unwrap();
+            std::fs::set_permissions(&safe, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            let sock = safe.join("helper.sock");
+            assert_eq!(
+                socket_from(Some(sock.clone().into()), true, check),
+                Ok(sock)
+            );
+        }
     }
 }

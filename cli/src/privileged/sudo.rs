@@ -8,13 +8,10 @@
 //! `sudo kwg leave` run again as the user the same way, so they too act on the user's sessions
 //! (root's own sessions are those of a root login, without sudo).
 //!
-//! Two exceptions keep root where the user alone cannot do the job:
-//! - systemd-resolved manages DNS (`/etc/resolv.conf` is its stub) and the join is neither
-//!   `--userspace` nor `--dns-mode off|resolv-conf`: resolved's per-link DNS does not go
-//!   through kwg-helper yet, so `sudo kwg join` joins as root as it always did (one line on
-//!   stderr says so, and that exec plugins then run as root), and cluster names resolve;
-//! - `sudo kwg status|peers|leave` when the user has no session but root does (such a root
-//!   join, or one by an older kwg): they act on root's sessions, saying so on stderr.
+//! One exception keeps root: `sudo kwg status|peers|leave` when the user has no session but
+//! root does (a root login's join, or one by an older kwg that joined as root where
+//! systemd-resolved manages DNS): they act on root's sessions, saying so on stderr. Where
+//! systemd-resolved manages DNS, the user's join sets the link's DNS through kwg-helper.
 //!
 //! sudo resets the environment, so what the user's join gets is decided here:
 //! - `HOME`, `USER`, `LOGNAME`: the user's, from the user database (never root's);
@@ -148,14 +145,6 @@ pub async fn join_as_invoker(args: &crate::args::JoinArgs) -> Result<(), Error> 
     let Some(inv) = invoker()? else {
         return Ok(());
     };
-    let stub = super::resolved_stub(&args.resolv_conf);
-    if joins_as_root(args.userspace, args.dns_mode, stub) {
-        eprintln!(
-            "kwg: systemd-resolved manages DNS here and its per-link DNS needs root, so this join's cluster side runs as root, not as {}: exec credential plugins run as root too, and the session is root's (sudo kwg status, sudo kwg leave)",
-            inv.name
-        );
-        return Ok(());
-    }
     let kubeconfig = kubeconfig(
         std::env::var_os("KUBECONFIG"),
         args.kube.kubeconfig.as_deref(),
@@ -166,13 +155,6 @@ pub async fn join_as_invoker(args: &crate::args::JoinArgs) -> Result<(), Error> 
         super::ensure_for(&super::socket(), inv.uid).await?;
     }
     rerun_as(&inv, kubeconfig)
-}
-
-/// Whether `sudo kwg join` keeps the cluster side as root: systemd-resolved manages DNS
-/// (`stub`) and the join would set it (TUN mode, DNS mode auto or resolved), which needs root.
-pub fn joins_as_root(userspace: bool, dns_mode: crate::args::DnsMode, stub: bool) -> bool {
-    use crate::args::DnsMode;
-    stub && !userspace && matches!(dns_mode, DnsMode::Auto | DnsMode::Resolved)
 }
 
 /// Under `sudo kwg status|peers|leave`: this same command run as the invoker, so it acts on
@@ -283,17 +265,6 @@ mod tests {
         assert_eq!(invoker_ids(true, vars("0")).unwrap(), None);
         assert_eq!(invoker_ids(true, |_| None).unwrap(), None);
         assert!(invoker_ids(true, vars("x")).is_err());
-    }
-
-    #[test]
-    fn sudo_join_stays_root_only_where_resolved_manages_dns_and_the_join_would_set_it() {
-        use crate::args::DnsMode;
-        assert!(joins_as_root(false, DnsMode::Auto, true));
-        assert!(joins_as_root(false, DnsMode::Resolved, true));
-        assert!(!joins_as_root(false, DnsMode::Auto, false));
-        assert!(!joins_as_root(true, DnsMode::Auto, true));
-        assert!(!joins_as_root(false, DnsMode::Off, true));
-        assert!(!joins_as_root(false, DnsMode::ResolvConf, true));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use kwg_e2e::cluster_ip;
-use kwg_e2e::laptop::{Laptop, laptop, path_with_bins, shared, text};
+use kwg_e2e::laptop::{Laptop, laptop, path_with_bins, secret_exists, shared, text};
 
 /// The user who joins, and another one the helper also serves.
 const USER: u32 = 64031;
@@ -337,26 +337,38 @@ fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
     the_action_runs_kwg_as_the_runner_user(&r, &web, &resolv_before);
 
     // kill -9 of the helper while a session runs: the daemon notices its connection closed and
-    // kwg status says so instead of Connected; the restarted helper reverts the session from
-    // its journal, and kwg leave ends the daemon.
+    // ends the session as at leave (its peer Secret deleted with the user's credentials, the
+    // tunnel and forwarder stopped, the TUN gone with its descriptor), and kwg status says why;
+    // the restarted helper reverts what its journal holds (firewall table, resolver file).
     let out = r.run_as_uid(USER, &["kwg", "join", "--name", "priv", "-n", "emojivoto"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(secret_exists(&sim, "priv"));
     r.helper.kill().unwrap();
     r.helper.wait().unwrap();
     let t = Instant::now();
     loop {
-        let status = text(&r.run_as_uid(USER, &["kwg", "status"]).stdout);
-        if status.contains("Degraded")
-            && status.contains("kwg-helper, which holds this session's interface")
-        {
+        let status = r.run_as_uid(USER, &["kwg", "status"]);
+        let said = text(&status.stdout);
+        if said.contains("kwg is not joined: the helper went away (was it killed?)") {
+            assert_eq!(status.status.code(), Some(1), "{said}");
+            assert!(said.contains("run kwg join again"), "{said}");
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(3), "{status}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{said}\ndaemon log:\n{}",
+            std::fs::read_to_string(r.home.join("kwg/daemon.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
+    eprintln!("MEASURED: the session ended {:?} after kill -9 of the helper", t.elapsed());
+    assert!(!secret_exists(&sim, "priv"), "the peer Secret stayed");
+    assert!(!r.ip(&["link"]).contains("kwg0"), "{}", r.ip(&["link"]));
     r.helper = start_helper(&r.laptop.netns, &r.dir);
     let t = Instant::now();
-    while r.ip(&["link"]).contains("kwg0") || r.laptop.resolv_conf() != resolv_before {
+    while text(&r.laptop.run(&["nft", "list", "tables"]).stdout).contains("kwg_kwg0")
+        || r.laptop.resolv_conf() != resolv_before
+    {
         assert!(
             t.elapsed() < Duration::from_secs(3),
             "the restarted helper did not revert"
@@ -370,6 +382,15 @@ fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
         text(&left.stdout),
         text(&left.stderr)
     );
+    // The next join clears the note.
+    let out = r.run_as_uid(USER, &["kwg", "join", "--name", "priv", "-n", "emojivoto"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status = text(&r.run_as_uid(USER, &["kwg", "status"]).stdout);
+    assert!(status.contains("Connected"), "{status}");
+    let left = r.run_as_uid(USER, &["kwg", "leave"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+    let status = text(&r.run_as_uid(USER, &["kwg", "status"]).stdout);
+    assert!(!status.contains("helper went away"), "{status}");
 }
 
 /// A kwg-helper in `netns` with its socket and journal in `dir`, serving the test's users.
@@ -510,9 +531,9 @@ fn sudo_join_runs_the_cluster_side_as_the_user(r: &Rig, web: &str, resolv_before
     let _ = std::fs::remove_dir_all(&state);
 }
 
-/// The GitHub action on a runner whose user is not root (ci/action), where resolved does not
-/// manage DNS (there it joins as root through `sudo -n`: node tests): main.js runs kwg as that
-/// user, never `sudo kwg`, through the helper (here the running one; on a runner kwg starts it
+/// The GitHub action on a runner whose user is not root (ci/action): main.js runs kwg as that
+/// user, never `sudo kwg`, through the helper (which sets the DNS in resolved where it manages
+/// DNS: tests/e2e/tests/resolved.rs) (here the running one; on a runner kwg starts it
 /// through sudo by its absolute path); the later steps reach the cluster by name; post.js
 /// leaves as the user and everything is back.
 fn the_action_runs_kwg_as_the_runner_user(r: &Rig, web: &str, resolv_before: &[u8]) {

@@ -106,6 +106,23 @@ fn every_namespace_resolves_and_follows_new_ones(r: &ResolvedNs, l: &Laptop) {
     .unwrap();
 }
 
+/// kwg's link in resolved: the forwarder, the cluster's domains, never the default route.
+fn assert_kwg_link(r: &ResolvedNs) {
+    let link = r.resolvectl(&["status", "kwg0"]).unwrap();
+    for want in [
+        "127.77.0.53",
+        "~cluster.local",
+        "emojivoto.svc.cluster.local",
+        "~emojivoto",
+        "-DefaultRoute",
+    ] {
+        assert!(
+            link.contains(want),
+            "{want} missing from resolvectl status kwg0:\n{link}"
+        );
+    }
+}
+
 fn kwg_link_state(r: &ResolvedNs) -> String {
     // The global view of every link: kwg's link and domains must not appear after leave.
     r.resolvectl(&["status"]).unwrap_or_default()
@@ -133,9 +150,8 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
     );
 
     for kill in [false, true] {
-        // The first time as `sudo kwg join` would run it (the variables sudo sets, for a user
-        // who is not root): with resolved managing DNS it stays root's and sets the link's DNS,
-        // and sudo kwg status and sudo kwg leave act on that root session (the user has none).
+        // A root join; the first time `sudo kwg status` and `sudo kwg leave` (the variables sudo
+        // sets, for a user who is not root) act on that root session: the user has none.
         let sudo: &[&'static str] = match kill {
             false => &["SUDO_UID=65534", "SUDO_GID=65534", "SUDO_USER=nobody"],
             true => &[],
@@ -146,7 +162,7 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
         let out = run(
             &r,
             &l,
-            &as_typed(&["kwg", "join", "--name", "rsv", "--namespace", "emojivoto"]),
+            &["kwg", "join", "--name", "rsv", "--namespace", "emojivoto"],
         );
         assert!(
             out.status.success(),
@@ -154,32 +170,12 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
             text(&out.stdout),
             text(&out.stderr)
         );
-        if !kill {
-            assert!(
-                text(&out.stderr).contains(
-                    "systemd-resolved manages DNS here and its per-link DNS needs root, so this join's cluster side runs as root, not as nobody"
-                ),
-                "{}",
-                text(&out.stderr)
-            );
-        }
         assert!(
             text(&out.stdout).contains("DNS resolved"),
             "{}",
             text(&out.stdout)
         );
-        let link = r.resolvectl(&["status", "kwg0"]).unwrap();
-        for want in [
-            "127.77.0.53",
-            "~cluster.local",
-            "emojivoto.svc.cluster.local",
-            "~emojivoto",
-        ] {
-            assert!(
-                link.contains(want),
-                "{want} missing from resolvectl status kwg0:\n{link}"
-            );
-        }
+        assert_kwg_link(&r);
         for name in [
             "web-app",
             "web-app.emojivoto",
@@ -291,4 +287,140 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
         );
         assert!(!secret_exists(&sim, "rsv"));
     }
+    a_user_joins_through_the_helper(&r, &l, &web_app);
+}
+
+/// A normal user (no privilege, no polkit here: resolved refuses its per-link calls) joins in
+/// TUN mode through a kwg-helper running in resolved's namespaces: the helper sets the link's
+/// server (the forwarder it bound for the session) and domains in resolved, names resolve
+/// through the stub, and within 1 s of `kill -9` of the user's daemon the helper has reverted
+/// the link (RevertLink, then the link itself) and resolved sends nothing to kwg.
+fn a_user_joins_through_the_helper(r: &ResolvedNs, l: &Laptop, web_app: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    const USER: u32 = 64041;
+    let dir = std::path::PathBuf::from(format!("/tmp/kwg-e2e-rsvu-{}", l.sim.prefix()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kubeconfig = home.join("kubeconfig");
+    std::fs::copy(l.sim.names().kubeconfig("developer"), &kubeconfig).unwrap();
+    for p in [&kubeconfig, &home] {
+        std::os::unix::fs::chown(p, Some(USER), Some(USER)).unwrap();
+    }
+    // The bus (dbus-daemon) serves only uids of the user database, as on a real machine; this
+    // /etc is the namespace's overlay.
+    r.exec_ok(&[
+        "sh",
+        "-c",
+        "echo 'kwg-e2e:x:64041:64041::/nonexistent:/bin/sh' >> /etc/passwd",
+    ])
+    .unwrap();
+    let socket = dir.join("helper.sock");
+    let log = std::fs::File::create(dir.join("helper.log")).unwrap();
+    let mut helper = r
+        .command(&kwg_sim::bin_path("kwg-helper").display().to_string())
+        .arg("serve")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--journal")
+        .arg(dir.join("journal"))
+        .args(["--group", "kwg-test-no-such-group", "--allow-uid"])
+        .arg(USER.to_string())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let helper_log = || std::fs::read_to_string(dir.join("helper.log")).unwrap_or_default();
+    kwg_e2e::wait_for(
+        "kwg-helper's socket",
+        std::time::Duration::from_secs(5),
+        || Ok(socket.exists().then_some(())),
+    )
+    .unwrap();
+    let as_user = |argv: &[&str]| {
+        let uid = USER.to_string();
+        let mut all = vec![
+            "setpriv",
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+        ];
+        let env = [
+            format!("HOME={}", home.display()),
+            format!("PATH={}", path_with_bins()),
+            format!("KUBECONFIG={}", kubeconfig.display()),
+            format!("KWG_STATE_DIR={}/kwg", home.display()),
+            format!("KWG_HELPER_SOCKET={}", socket.display()),
+        ];
+        all.extend(["env", "-i"]);
+        all.extend(env.iter().map(String::as_str));
+        all.extend_from_slice(argv);
+        r.exec(&all).unwrap()
+    };
+    let out = as_user(&["kwg", "join", "--name", "rsvu", "-n", "emojivoto"]);
+    let daemon_log = || std::fs::read_to_string(home.join("kwg/daemon.log")).unwrap_or_default();
+    assert!(
+        out.status.success() && text(&out.stdout).contains("DNS resolved"),
+        "the user's join: {}{}\ndaemon log:\n{}\nhelper log:\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        daemon_log(),
+        helper_log()
+    );
+    assert_kwg_link(r);
+    for name in ["web-app", "web-app.emojivoto"] {
+        assert_eq!(getent(r, l, name).as_deref(), Some(web_app), "{name}");
+    }
+    assert_eq!(
+        getent(r, l, "intranet.corp.example").as_deref(),
+        Some("192.0.2.80")
+    );
+    let status = text(&as_user(&["kwg", "status", "-o", "json"]).stdout);
+    assert!(status.contains("\"mode\": \"resolved\""), "{status}");
+    // The domains follow the cluster's namespaces through the helper too.
+    every_namespace_resolves_and_follows_new_ones(r, l);
+    // kill -9 of the user's daemon (it runs as the user): the helper reverts the link.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("kwg/state.json")).unwrap()).unwrap();
+    let pid = state["daemonPid"]
+        .as_i64()
+        .expect("the daemon's pid")
+        .to_string();
+    let owner = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        owner
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("64041")),
+        "{owner}"
+    );
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let t = std::time::Instant::now();
+    loop {
+        let all = kwg_link_state(r);
+        if !all.contains("kwg0") && !all.contains("127.77.0.53") {
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "resolved still has kwg's link 1 s after kill -9:\n{all}\nhelper log:\n{}",
+            helper_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!(
+        "MEASURED: resolved's link reverted {:?} after kill -9 of the user's daemon",
+        t.elapsed()
+    );
+    assert!(getent(r, l, "web-app.emojivoto").is_none());
+    let left = as_user(&["kwg", "leave"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+    let _ = helper.kill();
+    let _ = helper.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }
