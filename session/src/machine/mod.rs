@@ -482,10 +482,13 @@ impl Session {
 
     fn network_configured(&mut self, tun: Tun, now: Instant) {
         let Some(plan) = self.plan() else { return };
+        // A dual-stack join: both tunnel addresses.
+        let six = plan::tunnel_address6(&plan.info, tun.ip).map(|a| format!(", {}", a.addr()));
         let msg = format!(
-            "Tunnel {} up as {} to gateway {}, {} routes",
+            "Tunnel {} up as {}{} to gateway {}, {} routes",
             self.config.interface,
             tun.ip,
+            six.unwrap_or_default(),
             plan.gateway
                 .endpoint
                 .map(|e| e.to_string())

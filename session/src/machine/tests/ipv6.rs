@@ -190,3 +190,27 @@ fn the_ipv6_tunnel_address_moves_with_the_ipv4_one() {
         Some("fd6b:7767::644d:9".parse().unwrap())
     );
 }
+
+#[test]
+fn kwg_join_names_both_tunnel_addresses() {
+    let mut r = Run::new(defaults);
+    let gateway = r.gateway.clone();
+    let mut said = Vec::new();
+    r.pump(|a| match a {
+        Action::Inspect => {
+            let mut f = facts(&gateway);
+            f.info = dual_info(&gateway);
+            Some(Some(Event::Inspected(Box::new(f))))
+        }
+        Action::Progress(m) => {
+            said.push(m.clone());
+            None
+        }
+        _ => None,
+    });
+    assert!(
+        said.iter()
+            .any(|m| m.starts_with("Tunnel kwg0 up as 100.77.0.2, fd6b:7767::644d:2 to gateway ")),
+        "{said:?}"
+    );
+}
