@@ -48,6 +48,10 @@ pub struct Reviews {
     retry_at: Option<Instant>,
     /// Answers were dropped (a cluster-wide allowance went): the next pass asks them anew.
     dropped: bool,
+    /// When each question was last sent: the periodic re-review skips one sent less than
+    /// half a period ago (a first review, a change's), so a question is asked about once a
+    /// period, not again right after its first answer.
+    sent: HashMap<Question, Instant>,
     spread: Spread,
     bucket: Bucket,
 }
@@ -69,6 +73,7 @@ impl Reviews {
             retry: BTreeSet::new(),
             retry_at: None,
             dropped: false,
+            sent: HashMap::new(),
             spread: Spread::new(period, per_second * REREVIEW_SHARE, now),
             bucket: Bucket::new(per_second, burst, now),
         }
@@ -114,7 +119,13 @@ impl Reviews {
         let due = self
             .spread
             .due(self.grants.keys().chain(&scoped), count, now);
-        self.pending.extend(due);
+        let recent = self.spread.current() / 2;
+        let sent = &self.sent;
+        let stale = |q: &Question| {
+            sent.get(q)
+                .is_none_or(|at| now.duration_since(*at) >= recent)
+        };
+        self.pending.extend(due.into_iter().filter(stale));
         if self.retry_at.is_some_and(|at| at <= now) {
             self.retry_at = None;
             self.pending.append(&mut self.retry);
@@ -143,6 +154,10 @@ impl Reviews {
         now: Instant,
     ) -> BTreeSet<Question> {
         self.grants.retain(|q, _| needed.contains(q));
+        let (grants, cluster_qs) = (&self.grants, &self.cluster);
+        self.sent.retain(|q, _| {
+            grants.contains_key(q) || (q.1.is_empty() && cluster_qs.contains_key(&q.0))
+        });
         let subjects: BTreeSet<&Subject> = needed.iter().map(|q| &q.0).collect();
         match scoped {
             Some(scoped) => self.cluster.retain(|s, _| scoped.contains(s)),
@@ -206,6 +221,9 @@ impl Reviews {
             .cloned()
             .collect();
         self.pending = later.into_iter().collect();
+        for q in &want {
+            self.sent.insert(q.clone(), now);
+        }
         want.into_iter().collect()
     }
 

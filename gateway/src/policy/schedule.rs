@@ -71,6 +71,11 @@ impl Spread {
         self.period.max(needed)
     }
 
+    /// The period in effect at the last hand-out.
+    pub fn current(&self) -> Duration {
+        self.current
+    }
+
     /// When [`Spread::due`] next has something to hand out.
     pub fn next_wake(&self) -> Instant {
         self.last + tick(self.current)
