@@ -4,23 +4,25 @@
 //! Flows are read from `/proc/net/nf_conntrack` and deleted over ctnetlink (no `conntrack` tool).
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
+#[cfg(test)]
 use std::net::Ipv4Addr;
 
-/// The original direction of a UDP flow.
+/// The original direction of a UDP flow (both addresses of one family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
 }
 
-/// UDP flows DNATed to a pod address (the reply source, in `pods`) that is no longer a UDP
-/// endpoint (pure).
+/// UDP flows DNATed to a pod address (the reply source, in one of `pods`) that is no longer a
+/// UDP endpoint (pure); IPv4 and IPv6 flows alike.
 pub fn stale_udp_flows(
     proc_text: &str,
-    pods: ipnet::Ipv4Net,
-    live: &BTreeSet<Ipv4Addr>,
+    pods: &[ipnet::IpNet],
+    live: &BTreeSet<IpAddr>,
 ) -> Vec<Flow> {
     let mut out = Vec::new();
     for line in proc_text.lines() {
@@ -52,12 +54,12 @@ pub fn stale_udp_flows(
             dst.parse(),
             sport.parse(),
             dport.parse(),
-            reply_src.parse::<Ipv4Addr>(),
+            reply_src.parse::<IpAddr>(),
         ) else {
             continue;
         };
         let dnated = reply_src != dst;
-        let to_pod = pods.contains(&reply_src);
+        let to_pod = pods.iter().any(|p| p.contains(&reply_src));
         if dnated && to_pod && !live.contains(&reply_src) {
             out.push(Flow {
                 src,
@@ -83,8 +85,22 @@ const NLA_F_NESTED: u16 = 0x8000;
 /// An IPCTNL_MSG_CT_DELETE request for `f` (linux/netfilter/nfnetlink_conntrack.h).
 pub fn delete_message(f: &Flow, seq: u32) -> Vec<u8> {
     let mut ip = Vec::new();
-    attr(&mut ip, 1, &f.src.octets()); // CTA_IP_V4_SRC
-    attr(&mut ip, 2, &f.dst.octets()); // CTA_IP_V4_DST
+    let family = match (f.src, f.dst) {
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            attr(&mut ip, 3, &src.octets()); // CTA_IP_V6_SRC
+            attr(&mut ip, 4, &dst.octets()); // CTA_IP_V6_DST
+            libc::AF_INET6
+        }
+        (src, dst) => {
+            let v4 = |a: IpAddr| match a {
+                IpAddr::V4(a) => a.octets(),
+                IpAddr::V6(_) => [0; 4],
+            };
+            attr(&mut ip, 1, &v4(src)); // CTA_IP_V4_SRC
+            attr(&mut ip, 2, &v4(dst)); // CTA_IP_V4_DST
+            libc::AF_INET
+        }
+    };
     let mut proto = Vec::new();
     attr(&mut proto, 1, &[libc::IPPROTO_UDP as u8]); // CTA_PROTO_NUM
     attr(&mut proto, 2, &f.sport.to_be_bytes()); // CTA_PROTO_SRC_PORT
@@ -92,7 +108,7 @@ pub fn delete_message(f: &Flow, seq: u32) -> Vec<u8> {
     let mut tuple = Vec::new();
     attr(&mut tuple, 1 | NLA_F_NESTED, &ip); // CTA_TUPLE_IP
     attr(&mut tuple, 2 | NLA_F_NESTED, &proto); // CTA_TUPLE_PROTO
-    let mut body = vec![libc::AF_INET as u8, 0, 0, 0]; // nfgenmsg: family, NFNETLINK_V0, res_id
+    let mut body = vec![family as u8, 0, 0, 0]; // nfgenmsg: family, NFNETLINK_V0, res_id
     attr(&mut body, 1 | NLA_F_NESTED, &tuple); // CTA_TUPLE_ORIG
     let mut msg = Vec::with_capacity(16 + body.len());
     msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
@@ -161,28 +177,37 @@ ipv4     2 udp      17 29 src=192.0.2.10 dst=192.0.2.1 sport=40000 dport=30007 s
 ipv4     2 udp      17 20 src=10.244.0.5 dst=10.96.0.10 sport=5353 dport=53 src=10.244.0.7 dst=10.244.0.5 sport=53 dport=5353 mark=0 zone=0 use=2
 ipv4     2 udp      17 20 src=10.244.0.5 dst=192.0.2.53 sport=5353 dport=53 src=192.0.2.53 dst=192.0.2.1 sport=53 dport=5353 mark=0 zone=0 use=2
 ipv4     2 tcp      6 431999 ESTABLISHED src=192.0.2.10 dst=192.0.2.1 sport=50000 dport=30080 src=10.244.0.4 dst=192.0.2.10 sport=8080 dport=50000 [ASSURED] mark=0 zone=0 use=2
+ipv6     10 udp      17 29 src=fd00:00c0:0002:0000:0000:0000:0000:0010 dst=fd00:00c0:0002:0000:0000:0000:0000:0001 sport=40001 dport=31820 src=fd00:0010:0244:0000:0000:0000:0000:0009 dst=fd00:00c0:0002:0000:0000:0000:0000:0010 sport=51820 dport=40001 mark=0 zone=0 use=2
 ";
 
     #[test]
     fn only_udp_flows_dnated_to_dead_endpoints_are_stale() {
-        let live: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 244, 0, 7)].into();
-        let stale = stale_udp_flows(PROC, "10.244.0.0/16".parse().unwrap(), &live);
+        let live: BTreeSet<IpAddr> = [Ipv4Addr::new(10, 244, 0, 7).into()].into();
+        let pods = ["10.244.0.0/16".parse().unwrap()];
+        let stale = stale_udp_flows(PROC, &pods, &live);
         assert_eq!(
             stale,
             [Flow {
-                src: Ipv4Addr::new(192, 0, 2, 10),
-                dst: Ipv4Addr::new(192, 0, 2, 1),
+                src: Ipv4Addr::new(192, 0, 2, 10).into(),
+                dst: Ipv4Addr::new(192, 0, 2, 1).into(),
                 sport: 40000,
                 dport: 30007
             }]
         );
+        // IPv6 (an IPv6-only cluster's gateway NodePort): the same, in the IPv6 pod CIDR.
+        let pods6 = ["fd00:10:244::/56".parse().unwrap()];
+        let stale6 = stale_udp_flows(PROC, &pods6, &live);
+        assert_eq!(stale6.len(), 1, "{stale6:?}");
+        assert_eq!(stale6[0].dst.to_string(), "fd00:c0:2::1");
+        let gw: IpAddr = "fd00:10:244::9".parse().unwrap();
+        assert!(stale_udp_flows(PROC, &pods6, &[gw].into()).is_empty());
     }
 
     #[test]
     fn delete_message_layout() {
         let f = Flow {
-            src: Ipv4Addr::new(1, 2, 3, 4),
-            dst: Ipv4Addr::new(5, 6, 7, 8),
+            src: Ipv4Addr::new(1, 2, 3, 4).into(),
+            dst: Ipv4Addr::new(5, 6, 7, 8).into(),
             sport: 1,
             dport: 2,
         };
@@ -195,5 +220,16 @@ ipv4     2 tcp      6 431999 ESTABLISHED src=192.0.2.10 dst=192.0.2.1 sport=5000
         assert_eq!(m[16], libc::AF_INET as u8);
         assert_eq!(m.len() % 4, 0);
         assert!(m.windows(4).any(|w| w == [1, 2, 3, 4]) && m.windows(4).any(|w| w == [5, 6, 7, 8]));
+        let f6 = Flow {
+            src: "fd00::10".parse().unwrap(),
+            dst: "fd00::1".parse().unwrap(),
+            sport: 1,
+            dport: 2,
+        };
+        let m6 = delete_message(&f6, 8);
+        assert_eq!(m6[16], libc::AF_INET6 as u8);
+        assert_eq!(m6.len() % 4, 0);
+        let dst6 = "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        assert!(m6.windows(16).any(|w| w == dst6));
     }
 }

@@ -57,16 +57,14 @@ fn forget_stale_udp_flows(rules: &[render::PortRule], net: &ClusterNet) {
     let live = rules
         .iter()
         .filter(|r| r.proto == "udp")
-        .flat_map(|r| r.endpoints.iter())
-        .filter_map(|(ip, _)| match ip {
-            std::net::IpAddr::V4(ip) => Some(*ip),
-            std::net::IpAddr::V6(_) => None,
-        })
+        .flat_map(|r| r.endpoints.iter().map(|(ip, _)| *ip))
         .collect();
     let Ok(text) = std::fs::read_to_string("/proc/net/nf_conntrack") else {
         return;
     };
-    let stale = conntrack::stale_udp_flows(&text, net.pod_cidr, &live);
+    let mut pods = vec![ipnet::IpNet::from(net.pod_cidr)];
+    pods.extend(net.has_ipv6().then(|| ipnet::IpNet::from(net.pod_cidr6)));
+    let stale = conntrack::stale_udp_flows(&text, &pods, &live);
     match conntrack::delete(&stale) {
         Ok(0) => {}
         Ok(n) => tracing::info!(
