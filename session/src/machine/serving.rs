@@ -352,6 +352,14 @@ impl Session {
         };
         plan.refused = None;
         let old_cidr = plan.info.tunnel_cidr;
+        // A new IPv6 prefix (/96) moves the IPv6 tunnel address, the IPv4 one staying.
+        let moved6 = match (
+            plan::tunnel_address6(&plan.info, serving.ip),
+            plan::tunnel_address6(&info, serving.ip),
+        ) {
+            (Some(old), Some(new)) if old != new => Some((old, new)),
+            _ => None,
+        };
         plan.info = info.clone();
         let Some(endpoint) = info
             .endpoints
@@ -363,7 +371,7 @@ impl Session {
         };
         let gateway = plan::gateway_peer(&info, endpoint, &routes);
         let (add, remove) = plan::diff_routes(&plan.routes, &routes);
-        if gateway == plan.gateway && add.is_empty() && remove.is_empty() {
+        if gateway == plan.gateway && add.is_empty() && remove.is_empty() && moved6.is_none() {
             return;
         }
         tracing::info!(key = %info.public_key, %endpoint, ?add, ?remove, "the gateway info changed: following it");
@@ -398,7 +406,13 @@ impl Session {
             s.gateway_key = Some(info.public_key.to_string());
             s.gateway_endpoint = Some(endpoint.to_string());
             s.routes = routes;
+            s.tunnel_cidr6 = info.ipv6.as_ref().map(|i| i.tunnel_cidr);
         });
+        if let Some((old, new)) = moved6 {
+            let name = self.config.interface.clone();
+            self.actions
+                .push_back(Action::ChangeAddress { name, old, new });
+        }
         if !add.is_empty() || !remove.is_empty() {
             self.actions.push_back(Action::SetRoutes {
                 name: self.config.interface.clone(),

@@ -214,3 +214,63 @@ fn kwg_join_names_both_tunnel_addresses() {
         "{said:?}"
     );
 }
+
+/// The gateway moved to another IPv6 prefix (`--tunnel-cidr6`) while joined: the IPv6 tunnel
+/// address moves under it, the IPv4 one stays; without ipv6.json any more its routes go.
+#[test]
+fn a_new_ipv6_prefix_moves_the_ipv6_address_and_a_withdrawn_ipv6_side_its_routes() {
+    let (mut r, _) = dual_join(defaults);
+    r.take_log();
+    let mut changed = dual_info(&r.gateway);
+    changed.ipv6.as_mut().unwrap().tunnel_cidr = "fd6b:9999::/96".parse().unwrap();
+    r.s.handle(Event::GatewayInfo(Box::new(changed.clone())), r.now);
+    let mut actions = Vec::new();
+    while let Some(a) = r.s.poll_action() {
+        actions.push(a);
+    }
+    let moved: Vec<(IpNet, IpNet)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ChangeAddress { old, new, .. } => Some((*old, *new)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        moved,
+        [(n("fd6b:7767::644d:2/128"), n("fd6b:9999::644d:2/128"))]
+    );
+    let routes = actions.iter().find_map(|a| match a {
+        Action::SetRoutes { add, remove, .. } => Some((add.clone(), remove.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        routes,
+        Some((
+            vec![n("fd6b:9999::644d:1/128")],
+            vec![n("fd6b:7767::644d:1/128")]
+        ))
+    );
+    assert_eq!(
+        r.s.state().unwrap().tunnel_ip6(),
+        Some("fd6b:9999::644d:2".parse().unwrap())
+    );
+    // ipv6.json withdrawn: the IPv6 routes go, the IPv4 ones stay.
+    let mut v4 = changed;
+    v4.ipv6 = None;
+    r.s.handle(Event::GatewayInfo(Box::new(v4)), r.now);
+    let mut removed = Vec::new();
+    while let Some(a) = r.s.poll_action() {
+        if let Action::SetRoutes { remove, .. } = a {
+            removed.extend(remove);
+        }
+    }
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            n("fd00:10:96::/112"),
+            n("fd00:10:244::/64"),
+            n("fd6b:9999::644d:1/128")
+        ]
+    );
+}
