@@ -326,11 +326,18 @@ fn status(n: &Names) -> Result<()> {
     );
     let net = ClusterNet::load(n)?;
     println!("API server  {}", net.api_server());
-    println!(
-        "addresses   LAN {}, Services {}, pods {}, domain {}",
-        net.lan, net.service_cidr, net.pod_cidr, net.domain
-    );
-    if net.has_ipv6() {
+    if net.ipv6_only() {
+        println!(
+            "addresses   LAN {} and {}, Services {}, pods {} (IPv6 only), domain {}",
+            net.lan, net.lan6, net.service_cidr6, net.pod_cidr6, net.domain
+        );
+    } else {
+        println!(
+            "addresses   LAN {}, Services {}, pods {}, domain {}",
+            net.lan, net.service_cidr, net.pod_cidr, net.domain
+        );
+    }
+    if net.dual() {
         println!(
             "IPv6        LAN {}, Services {}, pods {}",
             net.lan6, net.service_cidr6, net.pod_cidr6
