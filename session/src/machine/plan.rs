@@ -214,10 +214,7 @@ pub fn plan(config: &SessionConfig, facts: &Facts, backup: PathBuf) -> Result<Pl
     };
     Ok(Plan {
         gateway: gateway_peer(info, facts.endpoint, &routes),
-        gateway_admin: SocketAddr::new(
-            crate::mapping::to_mapped(&maps, IpAddr::V4(info.gateway_ip.addr())),
-            info.admin_port,
-        ),
+        gateway_admin: gateway_admin(info, &routes),
         probe_name: format!(
             "kubernetes.default.svc.{}.",
             info.cluster_domain.trim_end_matches('.')
@@ -381,6 +378,16 @@ pub fn plan_routes(config: &SessionConfig, info: &GatewayInfo) -> Vec<PlannedRou
         never_proxy: config.never_proxy.clone(),
         gateway,
     })
+}
+
+/// The gateway's admin address (`kwg status`, the DNS follower), through the tunnel: its
+/// tunnel IP, mapped when the tunnel CIDR is a virtual subnet.
+pub(super) fn gateway_admin(info: &GatewayInfo, routes: &[PlannedRoute]) -> SocketAddr {
+    let maps = crate::mapping::mappings(routes);
+    SocketAddr::new(
+        crate::mapping::to_mapped(&maps, IpAddr::V4(info.gateway_ip.addr())),
+        info.admin_port,
+    )
 }
 
 /// The gateway as this machine's one WireGuard peer.

@@ -371,7 +371,14 @@ impl Session {
         };
         let gateway = plan::gateway_peer(&info, endpoint, &routes);
         let (add, remove) = plan::diff_routes(&plan.routes, &routes);
+        // A reinstall with another tunnel CIDR moves the gateway's admin address with it.
+        let admin = plan::gateway_admin(&info, &routes);
+        let admin_changed = admin != plan.gateway_admin;
+        plan.gateway_admin = admin;
         if gateway == plan.gateway && add.is_empty() && remove.is_empty() && moved6.is_none() {
+            if admin_changed {
+                self.journal(|s| s.gateway_admin = Some(admin));
+            }
             return;
         }
         tracing::info!(key = %info.public_key, %endpoint, ?add, ?remove, "the gateway info changed: following it");
@@ -407,6 +414,7 @@ impl Session {
             s.gateway_endpoint = Some(endpoint.to_string());
             s.routes = routes;
             s.tunnel_cidr6 = info.ipv6.as_ref().map(|i| i.tunnel_cidr);
+            s.gateway_admin = Some(admin);
         });
         if let Some((old, new)) = moved6 {
             let name = self.config.interface.clone();

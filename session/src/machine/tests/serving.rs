@@ -201,6 +201,10 @@ fn a_new_gateway_with_another_tunnel_cidr_gets_the_tunnel_ip_it_assigned() {
         r.take_log(),
         ["Save", "SetRoutes", "UpdateGateway", "WaitTunnelIp"]
     );
+    // `kwg status` and the DNS follower reach the new gateway at its new tunnel IP.
+    let admin: std::net::SocketAddr = "100.64.48.1:8080".parse().unwrap();
+    assert_eq!(r.s.plan().unwrap().gateway_admin, admin);
+    assert_eq!(r.s.state().unwrap().gateway_admin, Some(admin));
     // The lease is due meanwhile: it goes first (the driver runs one long action at a time),
     // then the wait starts again.
     r.advance(Duration::from_secs(30));
