@@ -24,8 +24,13 @@ impl Session {
             renewed: Some(now),
             ..Lease::default()
         };
+        let address = match self.plan() {
+            Some(plan) => crate::mapping::local_address(&plan.routes, ip),
+            None => ipnet::IpNet::V4(Ipv4Net::from(ip)),
+        };
         let serving = Serving {
             ip,
+            address,
             lease,
             health: Health::new(now),
             readdress: None,
@@ -249,7 +254,11 @@ impl Session {
             return false;
         }
         let old = std::mem::replace(&mut s.ip, ip);
-        if old == ip {
+        // The address on the interface, not the old IP under the new routes: a gateway
+        // change may have removed (or moved) the mapping it was set under.
+        let new4 = crate::mapping::local_address(&plan.routes, ip);
+        let old4 = std::mem::replace(&mut s.address, new4);
+        if old == ip && old4 == new4 {
             return false;
         }
         tracing::info!(%old, new = %ip, "the gateway assigned another tunnel IP: changing the address");
@@ -258,16 +267,16 @@ impl Session {
             plan::tunnel_address6(&plan.info, old),
             plan::tunnel_address6(&plan.info, ip),
         );
-        let (old4, new4) = (
-            crate::mapping::local_address(&plan.routes, old),
-            crate::mapping::local_address(&plan.routes, ip),
-        );
-        self.actions.push_back(Action::ChangeAddress {
-            name: self.config.interface.clone(),
-            old: old4,
-            new: new4,
-        });
-        if let (Some(old), Some(new)) = six {
+        if old4 != new4 {
+            self.actions.push_back(Action::ChangeAddress {
+                name: self.config.interface.clone(),
+                old: old4,
+                new: new4,
+            });
+        }
+        if let (Some(old), Some(new)) = six
+            && old != new
+        {
             let name = self.config.interface.clone();
             self.actions
                 .push_back(Action::ChangeAddress { name, old, new });
@@ -409,6 +418,14 @@ impl Session {
                 }
             }
         }
+        let mut moved4 = None;
+        // The same IP under another mapping (or none any more): the interface's address
+        // follows now; a tunnel IP being read again moves it when it comes.
+        let local = crate::mapping::local_address(&routes, serving.ip);
+        if !readdress && local != serving.address {
+            let old = std::mem::replace(&mut serving.address, local);
+            moved4 = Some((old, local));
+        }
         self.journal(|s| {
             s.gateway_key = Some(info.public_key.to_string());
             s.gateway_endpoint = Some(endpoint.to_string());
@@ -416,7 +433,7 @@ impl Session {
             s.tunnel_cidr6 = info.ipv6.as_ref().map(|i| i.tunnel_cidr);
             s.gateway_admin = Some(admin);
         });
-        if let Some((old, new)) = moved6 {
+        for (old, new) in moved4.into_iter().chain(moved6) {
             let name = self.config.interface.clone();
             self.actions
                 .push_back(Action::ChangeAddress { name, old, new });

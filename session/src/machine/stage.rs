@@ -91,6 +91,9 @@ pub(super) struct ResolvedCheck {
 #[derive(Debug)]
 pub(super) struct Serving {
     pub ip: Ipv4Addr,
+    /// The interface's IPv4 address: `ip`, mapped when the tunnel CIDR is a virtual subnet
+    /// (as planned when it was last set: a gateway change may map it elsewhere since).
+    pub address: ipnet::IpNet,
     pub lease: Lease,
     pub health: Health,
     /// Following a new gateway: its tunnel IP for this machine is to be read again.

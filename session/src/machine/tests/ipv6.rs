@@ -274,3 +274,60 @@ fn a_new_ipv6_prefix_moves_the_ipv6_address_and_a_withdrawn_ipv6_side_its_routes
         ]
     );
 }
+
+/// A reinstall moves the tunnel CIDR off a virtual subnet (the old one overlapped a LAN
+/// route): the interface ends with exactly the new addresses of both families, the old mapped
+/// IPv4 one gone (issue 27).
+#[test]
+fn a_new_tunnel_cidr_off_a_mapped_range_leaves_exactly_the_new_addresses() {
+    let mut r = Run::new(|c| c.map_pool = vec![crate::mapping::DEFAULT_POOL]);
+    let gateway = r.gateway.clone();
+    let mut on_link = std::collections::BTreeSet::<IpNet>::new();
+    r.pump(|a| match a {
+        Action::Inspect => {
+            let mut f = facts(&gateway);
+            f.info = dual_info(&gateway);
+            f.machine_routes = vec![crate::routes::Route {
+                destination: n("100.77.0.0/16"),
+                interface: Some("eth0".into()),
+                gateway: None,
+                table: 254,
+            }];
+            Some(Some(Event::Inspected(Box::new(f))))
+        }
+        Action::ConfigureNetwork {
+            address, address6, ..
+        } => {
+            on_link.extend(std::iter::once(*address).chain(*address6));
+            None
+        }
+        _ => None,
+    });
+    assert_eq!(r.s.phase(), Phase::Serving);
+    let mapped = on_link.first().copied().unwrap();
+    assert!(
+        !n("100.77.0.0/16").contains(&mapped),
+        "not mapped: {on_link:?}"
+    );
+    let mut changed = dual_info(&PrivateKey::generate());
+    changed.tunnel_cidr = "100.64.48.0/20".parse().unwrap();
+    changed.gateway_ip = "100.64.48.1".parse().unwrap();
+    r.s.handle(Event::GatewayInfo(Box::new(changed)), r.now);
+    r.pump(|a| {
+        if let Action::ChangeAddress { old, new, .. } = a {
+            assert!(on_link.remove(old), "{old} is not on the interface");
+            on_link.insert(*new);
+        }
+        match a {
+            Action::WaitTunnelIp { .. } => {
+                Some(Some(Event::TunnelIp("100.64.48.7".parse().unwrap())))
+            }
+            _ => None,
+        }
+    });
+    assert_eq!(r.s.plan().unwrap().refused, None);
+    assert_eq!(
+        on_link.into_iter().collect::<Vec<_>>(),
+        [n("100.64.48.7/32"), n("fd6b:7767::6440:3007/128")]
+    );
+}
