@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Throughput and latency of kwg-wg against the other userspace WireGuards and the raw veth, in
 # one run. Two network namespaces joined by a veth pair; iperf3 TCP with 1 and 4 streams (5 s
-# each) and ping RTT over: the veth itself, wireguard-go (Debian), boringtun-cli, GotaTun
+# each) and ping RTT over: the veth itself (and over IPv6: the kernel's own ratio), wireguard-go (Debian), boringtun-cli, GotaTun
 # (gotatun-cli), kwg-wg, and kwg-wg's tunnel carrying IPv6 inside (row kwg-wg IPv6: the same
 # tunnel, the iperf3 traffic to the peer's IPv6 tunnel address; goal within 10 % of IPv4).
 # Prints Gbit/s, RTT, every ratio kwg/other, the ratio IPv6/IPv4 inside kwg-wg's tunnel, and
-# kwg-wg's segments per syscall on each edge (TUN read/write, UDP send/receive). boringtun-cli and gotatun-cli are
+# kwg-wg's segments per syscall on each edge (TUN read/write, UDP send/receive), for the
+# IPv4 and the IPv6 rows. boringtun-cli and gotatun-cli are
 # installed with `cargo install` into ~/.cargo/bin when missing (bench only). The machine's
 # other load moves the absolute figures: compare the ratios of one run.
 # PERF=1: also where kwg-wg's CPU goes (perf sampling of both sides during one more 1-stream
@@ -66,6 +67,8 @@ ip -n "$A" link set lo up; ip -n "$B" link set lo up
 ip -n "$A" link add va type veth peer name vb netns "$B"
 ip -n "$A" addr add 192.168.90.1/24 dev va; ip -n "$A" link set va up
 ip -n "$B" addr add 192.168.90.2/24 dev vb; ip -n "$B" link set vb up
+# IPv6 on the veth too: the kernel's own IPv6/IPv4 ratio, the baseline for kwg-wg's.
+ip -n "$A" addr add fd91::1/64 dev va nodad; ip -n "$B" addr add fd91::2/64 dev vb nodad
 
 ip netns exec "$B" iperf3 -s -D -p 5201 --pidfile "$WORK/iperf.pid" >/dev/null
 sleep 0.3
@@ -171,12 +174,13 @@ kwg_profile() {
 
 declare -A T1 T4 RTT
 read -ra IMPLS <<<"${IMPLS:-wireguard-go boringtun gotatun kwg}"
-measure() { # NAME ADDR [kwg]
-  if [[ ${3:-} == kwg ]]; then kwg_snapshot start; fi
+measure() { # NAME ADDR [kwg [SNAPSHOT_PREFIX]]
+  local s=${4:-}
+  if [[ ${3:-} == kwg ]]; then kwg_snapshot "${s}start"; fi
   T1[$1]=$(throughput "$2" 1)
-  if [[ ${3:-} == kwg ]]; then kwg_snapshot one; fi
+  if [[ ${3:-} == kwg ]]; then kwg_snapshot "${s}one"; fi
   T4[$1]=$(throughput "$2" 4)
-  if [[ ${3:-} == kwg ]]; then kwg_snapshot four; fi
+  if [[ ${3:-} == kwg ]]; then kwg_snapshot "${s}four"; fi
   RTT[$1]=$(rtt "$2")
   printf '%-14s %8s Gbit/s %8s Gbit/s %9s ms\n' "$1" "${T1[$1]}" "${T4[$1]}" "${RTT[$1]}"
 }
@@ -184,6 +188,7 @@ measure() { # NAME ADDR [kwg]
 echo "iperf3 TCP ${DURATION} s per run; $("$GOTATUN" --version 2>/dev/null | head -1), $("$BORINGTUN" --version 2>/dev/null | head -1), wireguard-go $(wireguard-go --version 2>/dev/null | awk '{print $2; exit}')"
 printf '%-14s %15s %15s %12s\n' "path" "TCP 1 stream" "TCP 4 streams" "ping RTT"
 measure veth 192.168.90.2
+measure "veth IPv6" fd91::2
 n=0
 for impl in "${IMPLS[@]}"; do
   name="${P}$((n++))"
@@ -191,7 +196,7 @@ for impl in "${IMPLS[@]}"; do
   [[ $impl == kwg ]] && label=kwg-wg || label=$impl
   measure "$label" 10.90.0.2 "$impl"
   # The same tunnel carrying IPv6 inside.
-  [[ $impl == kwg ]] && measure "kwg-wg IPv6" fd90::2
+  [[ $impl == kwg ]] && measure "kwg-wg IPv6" fd90::2 kwg v6
   [[ $impl == kwg && ${PERF:-0} == 1 ]] && kwg_profile
   untunnel "$name"
 done
@@ -206,20 +211,24 @@ done
 if [[ -n ${T1[kwg-wg IPv6]:-} ]]; then
   printf '%-24s %9s %10s   (goal: at least 0.90)\n' "kwg-wg IPv6 / IPv4" \
     "$(ratio "${T1[kwg-wg IPv6]}" "${T1[kwg-wg]:-0}")" "$(ratio "${T4[kwg-wg IPv6]}" "${T4[kwg-wg]:-0}")"
+  printf '%-24s %9s %10s   (the kernel alone)\n' "veth IPv6 / IPv4" \
+    "$(ratio "${T1[veth IPv6]}" "${T1[veth]:-0}")" "$(ratio "${T4[veth IPv6]}" "${T4[veth]:-0}")"
 fi
 echo
 printf 'added RTT over the veth:'
 for other in wireguard-go boringtun gotatun kwg-wg "kwg-wg IPv6"; do
   [[ -n ${RTT[$other]:-} ]] || continue
-  printf ' %s %s ms;' "$other" "$(awk -v a="${RTT[$other]}" -v b="${RTT[veth]}" 'BEGIN { printf "%.3f", a - b }')"
+  base=veth; [[ $other == *IPv6 ]] && base="veth IPv6"  # IPv6 against the veth's IPv6
+  printf ' %s %s ms;' "$other" "$(awk -v a="${RTT[$other]}" -v b="${RTT[$base]}" 'BEGIN { printf "%.3f", a - b }')"
 done
 echo
 [[ -f $WORK/snap-four-a ]] || exit 0
 echo
 echo "kwg-wg segments per syscall (a = sender side of the iperf3 data, b = receiver side)"
 printf '%-10s %9s %10s %9s %9s\n' "run/side" "TUN read" "TUN write" "UDP send" "UDP recv"
-for run in "start one 1-stream" "one four 4-streams"; do
+for run in "start one 1-stream" "one four 4-streams" "v6start v6one 1-str-v6" "v6one v6four 4-str-v6"; do
   set -- $run
+  [[ -f $WORK/snap-$2-a ]] || continue
   for side in a b; do
     printf '%-10s %9s %10s %9s %9s\n' "$3/$side" "$(kwg_per_call "$1" "$2" "$side" tun_read)" \
       "$(kwg_per_call "$1" "$2" "$side" tun_write)" "$(kwg_per_call "$1" "$2" "$side" udp_send)" \
