@@ -257,6 +257,18 @@ impl Driver {
             Action::ChangeAddress { name, old, new } => {
                 quiet(self.change_address(&name, old, new).await)
             }
+            // Userspace mode carries IPv4 only: the session never adds an IPv6 side to it.
+            Action::AddAddress { .. } | Action::RemoveAddress { .. }
+                if self.userspace.is_some() =>
+            {
+                Started::Nothing
+            }
+            Action::AddAddress { name, address } => {
+                quiet(self.add_address6(&name, address).await)
+            }
+            Action::RemoveAddress { name, address } => {
+                quiet(self.remove_address(&name, address).await)
+            }
             Action::Undo(u) => Started::Now(self.undo(u).await),
             Action::RemoveState => quiet(State::remove(&self.dir.state())),
             Action::Exit | Action::Cancel | Action::Progress(_) | Action::Ready => Started::Nothing,

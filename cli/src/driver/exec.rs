@@ -150,6 +150,13 @@ pub async fn add_address6(name: &str, address: ipnet::IpNet) -> Result<(), Error
     Ok(())
 }
 
+/// Removes the interface's address `address`.
+pub async fn delete_address(name: &str, address: ipnet::IpNet) -> Result<(), Error> {
+    let nl = Netlink::open()?;
+    nl.delete_address(name, address).await?;
+    Ok(())
+}
+
 /// Replaces the interface's address `old` by `new`.
 pub async fn change_address(name: &str, old: ipnet::IpNet, new: ipnet::IpNet) -> Result<(), Error> {
     let nl = Netlink::open()?;

@@ -343,12 +343,9 @@ impl Session {
             return;
         };
         let plan = &mut j.plan;
-        let mut info = plan::carried(config, &info);
-        // The IPv6 side is set up at join (the interface's IPv6 address): a gateway that
-        // starts publishing ipv6.json while joined is carried from the next join on.
-        if plan.info.ipv6.is_none() {
-            info.ipv6 = None;
-        }
+        // A gateway that starts publishing ipv6.json while joined adds the IPv6 side (address,
+        // routes, AllowedIPs) after the same checks as at join; a withdrawn one removes it.
+        let info = plan::carried(config, &info);
         // The same checks as at join, against the machine as it was then: a refused change
         // leaves the whole last good configuration in place, and `kwg status` says why.
         let routes = match plan::check_cluster(config, &info, &plan.machine, &plan.machine_routes) {
@@ -362,12 +359,18 @@ impl Session {
         plan.refused = None;
         let old_cidr = plan.info.tunnel_cidr;
         // A new IPv6 prefix (/96) moves the IPv6 tunnel address, the IPv4 one staying.
-        let moved6 = match (
+        let six = (
             plan::tunnel_address6(&plan.info, serving.ip),
             plan::tunnel_address6(&info, serving.ip),
-        ) {
+        );
+        let moved6 = match six {
             (Some(old), Some(new)) if old != new => Some((old, new)),
             _ => None,
+        };
+        let (added6, removed6) = match six {
+            (None, Some(new)) => (Some(new), None),
+            (Some(old), None) => (None, Some(old)),
+            _ => (None, None),
         };
         plan.info = info.clone();
         let Some(endpoint) = info
@@ -384,7 +387,8 @@ impl Session {
         let admin = plan::gateway_admin(&info, &routes);
         let admin_changed = admin != plan.gateway_admin;
         plan.gateway_admin = admin;
-        if gateway == plan.gateway && add.is_empty() && remove.is_empty() && moved6.is_none() {
+        let same6 = moved6.is_none() && added6.is_none() && removed6.is_none();
+        if gateway == plan.gateway && add.is_empty() && remove.is_empty() && same6 {
             if admin_changed {
                 self.journal(|s| s.gateway_admin = Some(admin));
             }
@@ -437,6 +441,15 @@ impl Session {
             let name = self.config.interface.clone();
             self.actions
                 .push_back(Action::ChangeAddress { name, old, new });
+        }
+        if let Some(address) = added6 {
+            let name = self.config.interface.clone();
+            self.actions.push_back(Action::AddAddress { name, address });
+        }
+        if let Some(address) = removed6 {
+            let name = self.config.interface.clone();
+            self.actions
+                .push_back(Action::RemoveAddress { name, address });
         }
         if !add.is_empty() || !remove.is_empty() {
             self.actions.push_back(Action::SetRoutes {

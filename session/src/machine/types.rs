@@ -115,6 +115,12 @@ pub enum Action {
         old: IpNet,
         new: IpNet,
     },
+    /// Add an address to the interface: the IPv6 tunnel address of a gateway that started
+    /// publishing `ipv6.json` while joined.
+    AddAddress { name: String, address: IpNet },
+    /// Remove an address from the interface: the IPv6 tunnel address once `ipv6.json` is
+    /// withdrawn while joined.
+    RemoveAddress { name: String, address: IpNet },
     /// Drop the long action in flight: the session is tearing down.
     Cancel,
     /// Undo one change (`Undone` / `UndoFailed`).

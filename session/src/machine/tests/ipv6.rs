@@ -331,3 +331,85 @@ fn a_new_tunnel_cidr_off_a_mapped_range_leaves_exactly_the_new_addresses() {
         [n("100.64.48.7/32"), n("fd6b:7767::6440:3007/128")]
     );
 }
+
+/// What the serving session asked of the interface after `info` arrived: its address
+/// changes, its route changes and the gateway peer's AllowedIPs.
+fn follow(r: &mut Run, info: GatewayInfo) -> (Vec<String>, Vec<IpNet>, Vec<IpNet>, Vec<IpNet>) {
+    r.s.handle(Event::GatewayInfo(Box::new(info)), r.now);
+    let (mut addresses, mut add, mut remove, mut allowed) = (vec![], vec![], vec![], vec![]);
+    while let Some(a) = r.s.poll_action() {
+        match a {
+            Action::AddAddress { address, .. } => addresses.push(format!("+{address}")),
+            Action::RemoveAddress { address, .. } => addresses.push(format!("-{address}")),
+            Action::ChangeAddress { old, new, .. } => addresses.push(format!("{old}>{new}")),
+            Action::SetRoutes {
+                add: a, remove: d, ..
+            } => {
+                add.extend(a);
+                remove.extend(d);
+            }
+            Action::UpdateGateway { peer, .. } => allowed = peer.allowed_ips,
+            _ => {}
+        }
+    }
+    (addresses, add, remove, allowed)
+}
+
+/// A gateway that starts publishing ipv6.json while a laptop is joined: the session adds the
+/// IPv6 address, routes and AllowedIPs (after the same trust checks as at join), and removes
+/// all of them when ipv6.json is withdrawn; `kwg status` follows (issue 28).
+#[test]
+fn ipv6_published_while_joined_is_added_and_withdrawn_ipv6_removed() {
+    let mut r = Run::new(defaults);
+    r.pump(|_| None);
+    assert_eq!(r.s.phase(), Phase::Serving);
+    assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
+    let v4 = info(&r.gateway);
+    // An ipv6.json that fails the trust rules (the whole IPv6 Internet) is refused.
+    let mut bad = dual_info(&r.gateway);
+    bad.ipv6.as_mut().unwrap().service_cidrs = vec!["::/0".parse().unwrap()];
+    let (addresses, add, ..) = follow(&mut r, bad);
+    assert!(addresses.is_empty() && add.is_empty(), "{addresses:?} {add:?}");
+    assert!(r.s.plan().unwrap().refused.is_some());
+    assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
+    // A good one: the IPv6 side comes up.
+    let dual = dual_info(&r.gateway);
+    let (addresses, add, remove, allowed) = follow(&mut r, dual);
+    assert_eq!(addresses, ["+fd6b:7767::644d:2/128"]);
+    let six = [
+        n("fd00:10:96::/112"),
+        n("fd00:10:244::/64"),
+        n("fd6b:7767::644d:1/128"),
+    ];
+    for net in six {
+        assert!(add.contains(&net), "{net} not routed: {add:?}");
+        assert!(allowed.contains(&net), "{net} not in AllowedIPs: {allowed:?}");
+    }
+    assert!(remove.is_empty(), "{remove:?}");
+    assert_eq!(
+        r.s.state().unwrap().tunnel_ip6(),
+        Some("fd6b:7767::644d:2".parse().unwrap())
+    );
+    // Withdrawn: all of it goes, the IPv4 side staying.
+    let (addresses, add, remove, allowed) = follow(&mut r, v4);
+    assert_eq!(addresses, ["-fd6b:7767::644d:2/128"]);
+    assert!(add.is_empty(), "{add:?}");
+    for net in six {
+        assert!(remove.contains(&net), "{net} still routed");
+        assert!(!allowed.contains(&net), "{net} still in AllowedIPs");
+    }
+    assert!(allowed.contains(&n("10.96.0.0/12")), "{allowed:?}");
+    assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
+}
+
+/// `ipv4_only` (userspace mode) never takes the IPv6 side, even when it appears while joined.
+#[test]
+fn an_ipv4_only_session_ignores_ipv6_published_while_joined() {
+    let mut r = Run::new(|c| c.ipv4_only = Some(USERSPACE_IPV4_ONLY));
+    r.pump(|_| None);
+    assert_eq!(r.s.phase(), Phase::Serving);
+    let dual = dual_info(&r.gateway);
+    let (addresses, add, ..) = follow(&mut r, dual);
+    assert!(addresses.is_empty() && add.is_empty(), "{addresses:?} {add:?}");
+    assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
+}
