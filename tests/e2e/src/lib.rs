@@ -175,18 +175,30 @@ pub fn restart_gateway(c: &Cluster) -> Result<String> {
     })
 }
 
-/// The gateway info as a kwg user reads it.
+/// The gateway info as a kwg user reads it: `info.json` with the `ipv6.json` next to it, if
+/// any (an IPv6-only cluster's `info.json` is valid only with it).
 pub fn gateway_info(c: &Cluster) -> Result<GatewayInfo> {
-    let json = c.kubectl_developer(&[
+    let json = gateway_info_key(c, kwg_contract::GATEWAY_INFO_KEY)?;
+    let six = gateway_info_key(c, kwg_contract::GATEWAY_INFO6_KEY)?;
+    let info6 = match six.trim() {
+        "" => None,
+        six => Some(kwg_contract::GatewayInfo6::from_json(six.as_bytes())?),
+    };
+    Ok(GatewayInfo::from_json_with6(json.as_bytes(), info6)?)
+}
+
+/// One key of the gateway info ConfigMap as a kwg user reads it (empty when absent).
+pub fn gateway_info_key(c: &Cluster, key: &str) -> Result<String> {
+    let path = format!("jsonpath={{.data.{}}}", key.replace('.', "\\."));
+    Ok(c.kubectl_developer(&[
         "-n",
         kwg_contract::DEFAULT_NAMESPACE,
         "get",
         "configmap",
         kwg_contract::GATEWAY_INFO_CONFIGMAP,
         "-o",
-        "jsonpath={.data.info\\.json}",
-    ])?;
-    Ok(GatewayInfo::from_json(json.as_bytes())?)
+        &path,
+    ])?)
 }
 
 /// Writes the gateway info ConfigMap of namespace `ns` as the admin, with any JSON (how a

@@ -4,31 +4,15 @@
 //! `curl web-app.emojivoto` and `curl web-app:80` (AAAA only), reach by RBAC, leave. One
 //! cluster, one test.
 
-use kwg_contract::{GatewayInfo, GatewayInfo6};
+use kwg_contract::GatewayInfo;
 use kwg_e2e::laptop::{Laptop, text};
-use kwg_e2e::{gateway_pods, repo_root, wait_for};
+use kwg_e2e::{gateway_info_key, install_gateway};
 use kwg_sim::testing::Cluster;
 use std::sync::Arc;
-use std::time::Duration;
 
 fn kubectl(c: &Cluster, args: &[&str]) -> String {
     c.kubectl_admin(args)
         .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
-}
-
-/// One key of the gateway info ConfigMap as a kwg user reads it (empty when absent).
-fn info_key(c: &Cluster, key: &str) -> String {
-    let path = format!("jsonpath={{.data.{}}}", key.replace('.', "\\."));
-    c.kubectl_developer(&[
-        "-n",
-        kwg_contract::DEFAULT_NAMESPACE,
-        "get",
-        "configmap",
-        kwg_contract::GATEWAY_INFO_CONFIGMAP,
-        "-o",
-        &path,
-    ])
-    .unwrap_or_default()
 }
 
 #[test]
@@ -96,34 +80,12 @@ fn an_ipv6_only_cluster_runs_the_gateway_and_the_walkthrough() {
 
     // The gateway: ready (the kubelet probes its IPv6 address), info.json keeps the IPv4
     // tunnel with no IPv4 range, ipv6.json carries the ranges and the DNS address.
-    let manifests = repo_root().join("tests/e2e/manifests");
-    kubectl(&c, &["apply", "-k", manifests.to_str().unwrap()]);
-    kubectl(
-        &c,
-        &[
-            "-n",
-            "kwg-gateway",
-            "scale",
-            "deployment/kwg-gateway",
-            "--replicas=1",
-        ],
-    );
-    wait_for("a ready gateway", Duration::from_secs(30), || {
-        let pods = gateway_pods(&c)?;
-        Ok((pods.len() == 1 && pods[0].1).then_some(()))
-    })
-    .expect("gateway ready");
-    let (info_json, ipv6_json) = wait_for("the gateway info", Duration::from_secs(30), || {
-        let (a, b) = (info_key(&c, "info.json"), info_key(&c, "ipv6.json"));
-        Ok((!a.is_empty() && !b.is_empty()).then_some((a, b)))
-    })
-    .expect("info.json and ipv6.json");
-    let info6 = GatewayInfo6::from_json(ipv6_json.as_bytes()).expect("ipv6.json");
+    let info = install_gateway(&c).expect("the gateway and its info.json with ipv6.json");
+    let info_json = gateway_info_key(&c, "info.json").expect("info.json");
+    let info6 = info.ipv6.clone().expect("ipv6.json");
     assert_eq!(info6.service_cidrs, ["fd00:10:96::/112".parse().unwrap()]);
     assert_eq!(info6.pod_cidrs, ["fd00:10:244::/64".parse().unwrap()]);
     assert_eq!(info6.dns_ip, Some("fd00:10:96::10".parse().unwrap()));
-    let info = GatewayInfo::from_json_with6(info_json.as_bytes(), Some(info6.clone()))
-        .expect("info.json with its ipv6.json");
     assert!(info.ipv6_only() && info.dns_ip.is_none(), "{info_json}");
     assert_eq!(info.endpoints[0].to_string(), "[fd00:c0:2::1]:31820");
     // A client older than ipv6.json reads info.json alone: one sentence, nothing routed.
