@@ -263,9 +263,7 @@ impl Driver {
             {
                 Started::Nothing
             }
-            Action::AddAddress { name, address } => {
-                quiet(self.add_address6(&name, address).await)
-            }
+            Action::AddAddress { name, address } => quiet(self.add_address6(&name, address).await),
             Action::RemoveAddress { name, address } => {
                 quiet(self.remove_address(&name, address).await)
             }

@@ -369,7 +369,10 @@ fn ipv6_published_while_joined_is_added_and_withdrawn_ipv6_removed() {
     let mut bad = dual_info(&r.gateway);
     bad.ipv6.as_mut().unwrap().service_cidrs = vec!["::/0".parse().unwrap()];
     let (addresses, add, ..) = follow(&mut r, bad);
-    assert!(addresses.is_empty() && add.is_empty(), "{addresses:?} {add:?}");
+    assert!(
+        addresses.is_empty() && add.is_empty(),
+        "{addresses:?} {add:?}"
+    );
     assert!(r.s.plan().unwrap().refused.is_some());
     assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
     // A good one: the IPv6 side comes up.
@@ -383,7 +386,10 @@ fn ipv6_published_while_joined_is_added_and_withdrawn_ipv6_removed() {
     ];
     for net in six {
         assert!(add.contains(&net), "{net} not routed: {add:?}");
-        assert!(allowed.contains(&net), "{net} not in AllowedIPs: {allowed:?}");
+        assert!(
+            allowed.contains(&net),
+            "{net} not in AllowedIPs: {allowed:?}"
+        );
     }
     assert!(remove.is_empty(), "{remove:?}");
     assert_eq!(
@@ -410,6 +416,9 @@ fn an_ipv4_only_session_ignores_ipv6_published_while_joined() {
     assert_eq!(r.s.phase(), Phase::Serving);
     let dual = dual_info(&r.gateway);
     let (addresses, add, ..) = follow(&mut r, dual);
-    assert!(addresses.is_empty() && add.is_empty(), "{addresses:?} {add:?}");
+    assert!(
+        addresses.is_empty() && add.is_empty(),
+        "{addresses:?} {add:?}"
+    );
     assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
 }
