@@ -134,6 +134,8 @@ struct Driver {
     forwarder: Option<Forwarder>,
     resolved: Option<crate::dns::resolved::Resolved>,
     watch: Option<tokio::task::JoinHandle<()>>,
+    /// The gateway admin address the DNS follower in `watch` asks (`None`: no follower).
+    followed_admin: Option<std::net::SocketAddr>,
     info_tx: mpsc::Sender<GatewayInfo>,
     /// Said to `kwg join` with the next progress line.
     warnings: Vec<String>,
@@ -204,6 +206,7 @@ pub async fn run(
         forwarder: None,
         resolved: None,
         watch: None,
+        followed_admin: None,
         info_tx,
         warnings: Vec::new(),
         helper: None,
@@ -251,6 +254,9 @@ pub async fn run(
                 }
             }
         }
+        // A reinstalled gateway's new tunnel CIDR moved its admin address (journalled by
+        // the Save just run): the DNS follower starts again asking the new one.
+        d.follow_gateway_admin(session.state().and_then(|s| s.gateway_admin));
         let timeout = session.poll_timeout().map(Instant::from_std);
         let helper = d.helper.clone().filter(|_| joined && !helper_lost);
         tokio::select! {

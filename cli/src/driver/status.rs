@@ -218,6 +218,10 @@ impl super::Driver {
         };
         let ns = self.args.kube.kwg_namespace.clone();
         let follow = self.dns_follow(&kube);
+        self.followed_admin = follow
+            .as_ref()
+            .and_then(|f| f.gateway.as_ref())
+            .map(|g| g.0);
         let info = async move {
             use kube::runtime::{WatchStreamExt, watcher};
             let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
@@ -266,6 +270,24 @@ impl super::Driver {
                 None => info.await,
             }
         }));
+    }
+
+    /// Starts the watches again when the DNS follower asks another gateway admin address
+    /// than `admin` (the session's, after a gateway change).
+    pub(super) fn follow_gateway_admin(&mut self, admin: Option<std::net::SocketAddr>) {
+        let Some(followed) = self.followed_admin else {
+            return;
+        };
+        if admin.is_none_or(|a| a == followed) {
+            return;
+        }
+        if let Some(w) = self.watch.take() {
+            tracing::info!(old = %followed, new = ?admin, "the gateway's admin address moved: following the new one");
+            w.abort();
+            self.watch_gateway_info();
+            // Once per move, even if the journal on disk still names the old one.
+            self.followed_admin = admin;
+        }
     }
 
     /// What keeps the split DNS in step with the cluster's namespaces and the peer's reach
