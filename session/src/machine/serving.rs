@@ -372,6 +372,16 @@ impl Session {
             (Some(old), None) => (None, Some(old)),
             _ => (None, None),
         };
+        // A new IPv6 tunnel address meets the join's rules for it (none of the machine's own
+        // addresses, gateways, DNS servers or API server).
+        if (added6.is_some() || moved6.is_some())
+            && let Err(e) =
+                crate::mapping::check_tunnel_ip(&routes, serving.ip, &info, &plan.machine)
+        {
+            tracing::error!(error = %e, "ignoring the changed gateway info; keeping the last good one");
+            plan.refused = Some((now, e.to_string()));
+            return;
+        }
         plan.info = info.clone();
         let Some(endpoint) = info
             .endpoints

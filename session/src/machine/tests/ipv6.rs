@@ -422,3 +422,30 @@ fn an_ipv4_only_session_ignores_ipv6_published_while_joined() {
     );
     assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
 }
+
+/// ipv6.json appearing while joined whose IPv6 tunnel address is one of the machine's own
+/// addresses is refused, as at join: nothing of the IPv6 side is added.
+#[test]
+fn ipv6_published_while_joined_meets_the_tunnel_address_rules_of_a_join() {
+    let mut r = Run::new(defaults);
+    let gateway = r.gateway.clone();
+    r.pump(|a| match a {
+        Action::Inspect => {
+            let mut f = facts(&gateway);
+            f.machine_addresses
+                .push("fd6b:7767::644d:2".parse().unwrap());
+            Some(Some(Event::Inspected(Box::new(f))))
+        }
+        _ => None,
+    });
+    assert_eq!(r.s.phase(), Phase::Serving);
+    let dual = dual_info(&r.gateway);
+    let (addresses, add, ..) = follow(&mut r, dual);
+    assert!(
+        addresses.is_empty() && add.is_empty(),
+        "{addresses:?} {add:?}"
+    );
+    let refused = &r.s.plan().unwrap().refused.as_ref().expect("refused").1;
+    assert!(refused.contains("fd6b:7767::644d:2"), "{refused}");
+    assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
+}
