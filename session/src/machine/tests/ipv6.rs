@@ -413,13 +413,7 @@ fn ipv6_published_while_joined_is_added_and_withdrawn_ipv6_removed() {
 fn an_ipv4_only_session_ignores_ipv6_published_while_joined() {
     let mut r = Run::new(|c| c.ipv4_only = Some(USERSPACE_IPV4_ONLY));
     r.pump(|_| None);
-    assert_eq!(r.s.phase(), Phase::Serving);
-    let dual = dual_info(&r.gateway);
-    let (addresses, add, ..) = follow(&mut r, dual);
-    assert!(
-        addresses.is_empty() && add.is_empty(),
-        "{addresses:?} {add:?}"
-    );
+    ipv6_appears_and_nothing_is_added(&mut r);
     assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
 }
 
@@ -438,14 +432,19 @@ fn ipv6_published_while_joined_meets_the_tunnel_address_rules_of_a_join() {
         }
         _ => None,
     });
+    ipv6_appears_and_nothing_is_added(&mut r);
+    let refused = &r.s.plan().unwrap().refused.as_ref().expect("refused").1;
+    assert!(refused.contains("fd6b:7767::644d:2"), "{refused}");
+    assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
+}
+
+/// Serving, the gateway starts publishing ipv6.json: neither an address nor a route is added.
+fn ipv6_appears_and_nothing_is_added(r: &mut Run) {
     assert_eq!(r.s.phase(), Phase::Serving);
     let dual = dual_info(&r.gateway);
-    let (addresses, add, ..) = follow(&mut r, dual);
+    let (addresses, add, ..) = follow(r, dual);
     assert!(
         addresses.is_empty() && add.is_empty(),
         "{addresses:?} {add:?}"
     );
-    let refused = &r.s.plan().unwrap().refused.as_ref().expect("refused").1;
-    assert!(refused.contains("fd6b:7767::644d:2"), "{refused}");
-    assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
 }
