@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use kwg_e2e::cluster_ip;
-use kwg_e2e::laptop::{Laptop, laptop, path_with_bins, secret_exists, shared, text};
+use kwg_e2e::laptop::{laptop, path_with_bins, secret_exists, shared, text, Laptop};
 
 /// The user who joins, and another one the helper also serves.
 const USER: u32 = 64031;
@@ -361,7 +361,10 @@ fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("MEASURED: the session ended {:?} after kill -9 of the helper", t.elapsed());
+    eprintln!(
+        "MEASURED: the session ended {:?} after kill -9 of the helper",
+        t.elapsed()
+    );
     assert!(!secret_exists(&sim, "priv"), "the peer Secret stayed");
     assert!(!r.ip(&["link"]).contains("kwg0"), "{}", r.ip(&["link"]));
     r.helper = start_helper(&r.laptop.netns, &r.dir);
