@@ -58,6 +58,18 @@ pub fn check_link_domain(d: &LinkDomain, policy: &dyn Policy) -> Result<(), Stri
             Err(e) => refuse(e.to_string()),
         };
     }
+    // The cluster-domain rule's shortcut for names under a private-use domain (`home.arpa`)
+    // does not apply here: such a name is the LAN's (`~home.arpa`), so the excluded suffixes
+    // count.
+    if let Some(x) = kwg_session::dns::split::DEFAULT_EXCLUDE_SUFFIXES
+        .iter()
+        .map(|x| x.trim_matches('.'))
+        .find(|x| name == *x || name.ends_with(&format!(".{x}")))
+    {
+        return refuse(format!(
+            "it is under the excluded suffix .{x}, whose names stay the machine's (kwg-helper takes no --dns-include-suffix consent from the user side)"
+        ));
+    }
     policy.cluster_domain(&name).or_else(|why| {
         refuse(format!(
             "{why} (kwg-helper takes no --cluster-domain consent from the user side; join as root for such a domain)"
@@ -168,6 +180,8 @@ mod tests {
             ("~arpa", "not a reverse zone"),
             ("~x.10.in-addr.arpa", "not a reverse zone"),
             ("~0.0.2.ip6.arpa", "far more than a cluster"),
+            ("~home.arpa", "excluded suffix .arpa"),
+            ("~nas.home.arpa", "excluded suffix .arpa"),
         ] {
             let got = check(d);
             assert!(got.as_ref().is_err_and(|e| e.contains(why)), "{d}: {got:?}");

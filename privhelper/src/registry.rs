@@ -206,6 +206,8 @@ pub struct Session {
     pub resolv_conf: bool,
     /// Whether systemd-resolved sends names to the session's forwarder (its link configured).
     pub resolved: bool,
+    /// The domains systemd-resolved routes to the session's link (while `resolved`).
+    pub link_domains: Vec<LinkDomain>,
     /// What undoes this session's changes, oldest first (the journal's content).
     pub undo: Vec<Undo>,
 }
@@ -425,6 +427,7 @@ impl Registry {
                 dns_sockets: Vec::new(),
                 resolv_conf: false,
                 resolved: false,
+                link_domains: Vec::new(),
                 undo: Vec::new(),
             },
         );
@@ -738,6 +741,7 @@ impl Registry {
             crate::linkdns::check_link_domain(d, policy)
                 .map_err(|m| refuse(ErrorKind::Refused, m))?;
         }
+        self.check_link_overlap(s, domains)?;
         let domains = domains.to_vec();
         Ok(vec![match s.resolved {
             true => Change::SetResolvedDomains { ifindex, domains },
@@ -750,6 +754,41 @@ impl Registry {
                 },
             },
         }])
+    }
+
+    /// Refuses a domain equal to, under or above one on another session's link: systemd-resolved
+    /// routes a name to the link with the longest matching domain, so `~emojivoto.svc.cluster.local`
+    /// on one link would take those names from the session whose link has `~cluster.local`.
+    fn check_link_overlap(&self, s: &Session, domains: &[LinkDomain]) -> Result<(), Refusal> {
+        let norm = |d: &LinkDomain| d.name.trim_matches('.').to_ascii_lowercase();
+        let related = |a: &str, b: &str| {
+            a == b || a.ends_with(&format!(".{b}")) || b.ends_with(&format!(".{a}"))
+        };
+        for d in domains {
+            let name = norm(d);
+            let found = self
+                .sessions
+                .values()
+                .filter(|o| o.id != s.id && o.resolved)
+                .find_map(|o| {
+                    o.link_domains
+                        .iter()
+                        .find(|x| related(&name, &norm(x)))
+                        .map(|x| (o, x))
+                });
+            if let Some((o, theirs)) = found {
+                return Err(refuse(
+                    ErrorKind::Conflict,
+                    format!(
+                        "refused link domain {}: it overlaps {theirs} on the link of the kwg session on {} (uid {}), whose names systemd-resolved would send to one forwarder only; leave that session first, or join with --alias (names under svc.<alias>)",
+                        crate::rules::printable(&d.to_string()),
+                        o.spec.interface,
+                        o.peer.uid
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The interfaces of the sessions other than `id`.
@@ -837,8 +876,11 @@ impl Registry {
                 self.dns_bound.entry(uid).or_default().insert(*listen);
             }
             Change::WriteResolvConf { .. } => s.resolv_conf = true,
-            Change::ConfigureResolved { .. } => s.resolved = true,
-            Change::SetResolvedDomains { .. } => {}
+            Change::ConfigureResolved { link, .. } => {
+                s.resolved = true;
+                s.link_domains = link.domains.clone();
+            }
+            Change::SetResolvedDomains { domains, .. } => s.link_domains = domains.clone(),
         }
     }
 

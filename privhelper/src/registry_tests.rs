@@ -627,15 +627,7 @@ fn a_failed_resolver_file_revert_stays_the_sessions_to_undo() {
 fn resolved_dns_goes_only_on_the_sessions_own_link_to_its_own_forwarder() {
     let mut r = Registry::new(Limits::default(), vec![]);
     let a = open(&mut r, ALICE, "kwg0");
-    let link = |names: &[&str]| Op::ResolvedLink {
-        domains: names
-            .iter()
-            .map(|d| LinkDomain {
-                name: d.trim_start_matches('~').into(),
-                routing_only: d.starts_with('~'),
-            })
-            .collect(),
-    };
+    let link = link_op;
     let planned = [
         "~cluster.local",
         "emojivoto.svc.cluster.local",
@@ -753,4 +745,64 @@ fn a_user_holds_at_most_eight_forwarder_addresses_while_their_sockets_live_root_
     r.forget_dns(ALICE.uid, &probe[..1]);
     let (_, got) = bind(&mut r, ALICE, 20);
     got.unwrap();
+}
+
+/// The domains `names` (`~` for routing-only) as a `resolvedLink` request.
+fn link_op(names: &[&str]) -> Op {
+    Op::ResolvedLink {
+        domains: names
+            .iter()
+            .map(|d| LinkDomain {
+                name: d.trim_start_matches('~').into(),
+                routing_only: d.starts_with('~'),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_session_never_takes_the_names_on_another_sessions_link() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let with_forwarder = |r: &mut Registry, peer, name: &str, listen: &str| {
+        let id = open(r, peer, name);
+        apply(r, id, Op::CreateTun { mtu: 1420 }).unwrap();
+        let listen = listen.parse().unwrap();
+        apply(r, id, Op::DnsSocket { listen, tcp: false }).unwrap();
+        id
+    };
+    let a = with_forwarder(&mut r, ALICE, "kwg0", "127.77.0.53:53");
+    let b = with_forwarder(&mut r, BOB, "kwg1", "127.77.0.54:53");
+    apply(
+        &mut r,
+        a,
+        link_op(&[
+            "~cluster.local",
+            "emojivoto.svc.cluster.local",
+            "~emojivoto",
+        ]),
+    )
+    .unwrap();
+    // Equal, under (resolved's longest match would win), above: refused, naming Alice's link.
+    for bad in [
+        &["~cluster.local"][..],
+        &["~emojivoto.svc.cluster.local"],
+        &["~svc.cluster.local"],
+        &["~other", "~cluster.local."],
+        &["~EMOJIVOTO"],
+    ] {
+        let e = apply(&mut r, b, link_op(bad)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict, "{bad:?}: {e}");
+        assert!(
+            e.message.contains("kwg session on kwg0 (uid 1000)") && e.message.contains("--alias"),
+            "{bad:?}: {e}"
+        );
+        assert!(!r.get(b).unwrap().info().dns);
+    }
+    // Names of its own (another alias, another namespace): accepted.
+    apply(&mut r, b, link_op(&["~svc.staging", "~books"])).unwrap();
+    // Alice's session replacing its own domains is no overlap with itself.
+    apply(&mut r, a, link_op(&["~cluster.local", "~late"])).unwrap();
+    // Once Alice's link is reverted, its names are free.
+    r.take_dns_undo(a);
+    apply(&mut r, b, link_op(&["~cluster.local", "~emojivoto"])).unwrap();
 }
