@@ -51,7 +51,7 @@ pub trait Net: Send + Sync {
     async fn bind_dns(&self, listen: SocketAddr, tcp: bool) -> Result<OwnedFd, SysError>;
     /// Undoes one step; `Ok` also when there was nothing left to undo.
     async fn undo(&self, undo: &Undo) -> Result<(), SysError>;
-    /// Whether something still holds the forwarder address `listen` (a UDP bind there fails).
+    /// Whether something still holds the forwarder address `listen` (a UDP or a TCP bind there fails).
     async fn dns_in_use(&self, listen: SocketAddr) -> bool;
 }
 
@@ -230,8 +230,7 @@ impl Net for Kernel {
     }
 
     async fn dns_in_use(&self, listen: SocketAddr) -> bool {
-        // Any failure but "free" counts as held: the cap errs on the side of refusing.
-        std::net::UdpSocket::bind(listen).is_err()
+        address_in_use(listen)
     }
 
     async fn bind_dns(&self, listen: SocketAddr, tcp: bool) -> Result<OwnedFd, SysError> {
@@ -247,6 +246,14 @@ impl Net for Kernel {
     }
 }
 
+/// Whether something holds `listen` (a forwarder's UDP socket or TCP listener): free only
+/// when both a UDP and a TCP bind succeed, so sessions binding only the TCP listener count
+/// against the cap too. Any failure but "free" counts as held: the cap errs on the side of
+/// refusing.
+pub fn address_in_use(listen: SocketAddr) -> bool {
+    std::net::UdpSocket::bind(listen).is_err() || std::net::TcpListener::bind(listen).is_err()
+}
+
 /// Overwrites `path` in place (truncate, write, fsync; no rename: it may be a bind mount,
 /// where a rename fails with EBUSY).
 fn write_in_place(path: &Path, bytes: &[u8]) -> Result<(), SysError> {
@@ -258,4 +265,20 @@ fn write_in_place(path: &Path, bytes: &[u8]) -> Result<(), SysError> {
         .open(path)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
         .map_err(io(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_held_by_a_tcp_listener_alone_is_in_use() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let held = tcp.local_addr().unwrap();
+        assert!(address_in_use(held), "{held} has a TCP listener");
+        drop(tcp);
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let held = udp.local_addr().unwrap();
+        assert!(address_in_use(held), "{held} has a UDP socket");
+    }
 }
