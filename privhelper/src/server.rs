@@ -535,11 +535,32 @@ pub fn listener(path: &Path, gid: Option<u32>) -> io::Result<UnixListener> {
         Err(_) => {}
     }
     let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    if let Some(g) = gid {
-        std::os::unix::fs::lchown(path, None, Some(g))?;
-    }
+    restrict_socket(path, gid)?;
     Ok(l)
+}
+
+/// Gives the socket just bound at `path` mode 0660 (and group `gid`) without following a
+/// symlink: the path is opened `O_PATH|O_NOFOLLOW`, checked to be a socket, and changed through
+/// that descriptor, so a path swapped since the bind is refused rather than followed.
+fn restrict_socket(path: &Path, gid: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_socket() {
+        return Err(io::Error::other(format!(
+            "{} is no longer the socket kwg-helper bound (replaced since the bind?): pass a --socket in a directory only root may write",
+            path.display()
+        )));
+    }
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{fd}"));
+    std::fs::set_permissions(&by_fd, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(g) = gid {
+        std::os::unix::fs::chown(&by_fd, None, Some(g))?;
+    }
+    Ok(())
 }
 
 /// Refuses a socket directory another user could change: root (or whoever runs the helper)
@@ -557,9 +578,19 @@ pub fn check_socket_dir(dir: &Path, euid: u32) -> io::Result<()> {
         .enumerate()
         .chain(dir.ancestors().enumerate());
     for (i, d) in walk {
-        let m = std::fs::metadata(d)?;
+        // Never followed: a symlink is checked as itself (its owner may repoint it; its mode
+        // is always 777 and means nothing), and what it leads to is on the canonical walk.
+        let m = std::fs::symlink_metadata(d)?;
+        let link = m.file_type().is_symlink();
         let sticky = i > 0 && m.mode() & 0o1000 != 0;
-        let why = if m.uid() != 0 && m.uid() != euid {
+        let why = if link && m.uid() != 0 && m.uid() != euid {
+            format!(
+                "it is a symlink owned by uid {}, who may repoint it",
+                m.uid()
+            )
+        } else if link {
+            continue;
+        } else if m.uid() != 0 && m.uid() != euid {
             format!("it is owned by uid {}", m.uid())
         } else if m.mode() & 0o022 != 0 && !sticky {
             format!(

@@ -433,6 +433,45 @@ fn a_socket_directory_reached_through_a_writable_one_is_refused() {
     assert!(e.contains("above it (group or others may write it"), "{e}");
 }
 
+#[test]
+fn a_socket_directory_through_another_users_symlink_is_refused_and_the_socket_is_never_followed() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let top = tempfile::tempdir().unwrap();
+    let euid = nix::unistd::geteuid().as_raw();
+    let safe = top.path().join("safe");
+    std::fs::create_dir(&safe).unwrap();
+    let link = top.path().join("link");
+    std::os::unix::fs::symlink(&safe, &link).unwrap();
+    // The helper's own symlink to a safe directory is fine.
+    check_socket_dir(&link, euid).unwrap();
+    if euid == 0 {
+        // A user's symlink (as in sticky /tmp): they may repoint it between check and bind.
+        std::os::unix::fs::lchown(&link, Some(1000), None).unwrap();
+        let e = check_socket_dir(&link, euid).unwrap_err().to_string();
+        assert!(
+            e.contains("(it is a symlink owned by uid 1000, who may repoint it)"),
+            "{e}"
+        );
+    }
+    // The bound socket gets its mode itself; a path swapped for a symlink since the bind is
+    // refused, and what it points at is left as it was.
+    let sock = safe.join("helper.sock");
+    let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    restrict_socket(&sock, None).unwrap();
+    assert_eq!(
+        std::fs::symlink_metadata(&sock).unwrap().mode() & 0o7777,
+        0o660
+    );
+    drop(l);
+    let victim = top.path().join("victim");
+    std::fs::write(&victim, "x").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(&sock).unwrap();
+    std::os::unix::fs::symlink(&victim, &sock).unwrap();
+    assert!(restrict_socket(&sock, None).is_err());
+    assert_eq!(std::fs::metadata(&victim).unwrap().mode() & 0o7777, 0o600);
+}
+
 #[tokio::test]
 async fn a_resolver_file_that_cannot_be_put_back_is_restored_when_the_session_ends() {
     use std::sync::atomic::Ordering;
