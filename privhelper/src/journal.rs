@@ -34,6 +34,13 @@ impl Entry {
     }
 }
 
+/// The forwarder addresses each uid holds (see [`crate::registry::Registry`]).
+pub type DnsBound =
+    std::collections::BTreeMap<u32, std::collections::BTreeSet<std::net::SocketAddr>>;
+
+/// The file (`<name>.json` in the journal directory) recording [`DnsBound`].
+const DNS_BOUND: &str = "dns-bound";
+
 /// The journal directory.
 #[derive(Debug, Clone)]
 pub struct Journal {
@@ -96,8 +103,17 @@ impl Journal {
 
     /// Writes `entry` durably, replacing the session's previous one.
     pub fn write(&self, entry: &Entry) -> io::Result<()> {
-        let path = self.path(entry.session);
-        let tmp = self.dir.join(format!(".session-{}.tmp", entry.session));
+        let name = format!("session-{}", entry.session);
+        self.write_json(
+            &name,
+            &serde_json::to_vec_pretty(entry).map_err(io::Error::other)?,
+        )
+    }
+
+    /// Writes `<name>.json` durably (temporary file, fsync, rename, fsync of the directory).
+    fn write_json(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self.dir.join(format!("{name}.json"));
+        let tmp = self.dir.join(format!(".{name}.tmp"));
         let _ = fs::remove_file(&tmp);
         let mut f = OpenOptions::new()
             .write(true)
@@ -105,10 +121,35 @@ impl Journal {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(entry).map_err(io::Error::other)?)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, &path)?;
         File::open(&self.dir)?.sync_all()
+    }
+
+    /// Records the forwarder addresses each uid holds (the descriptors outlive the sessions and
+    /// a restart of the helper), so a new helper keeps counting them against the per-uid cap.
+    pub fn write_dns_bound(&self, bound: &DnsBound) -> io::Result<()> {
+        self.write_json(
+            DNS_BOUND,
+            &serde_json::to_vec_pretty(bound).map_err(io::Error::other)?,
+        )
+    }
+
+    /// The forwarder addresses a previous helper recorded (none when there is no record; an
+    /// unreadable one is reported and counts as none).
+    pub fn dns_bound(&self) -> DnsBound {
+        let path = self.dir.join(format!("{DNS_BOUND}.json"));
+        match fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => DnsBound::new(),
+            r => r
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                .unwrap_or_else(|e| {
+                    tracing::warn!(path = %path.display(), error = %e, "unreadable record of forwarder addresses: counting none");
+                    DnsBound::new()
+                }),
+        }
     }
 
     /// Forgets session `session` (after its changes were reverted).

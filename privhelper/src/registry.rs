@@ -267,7 +267,7 @@ pub struct Registry {
     allow_routes: Vec<IpNet>,
     /// The forwarder addresses the helper bound for each uid: the descriptors outlive the
     /// sessions, so an address counts until a probe finds it free ([`Registry::forget_dns`]).
-    dns_bound: BTreeMap<u32, std::collections::BTreeSet<SocketAddr>>,
+    dns_bound: crate::journal::DnsBound,
 }
 
 /// Forwarder addresses of `127.77.0.0/24` one uid (other than root) may hold at once: each
@@ -290,6 +290,18 @@ impl Registry {
     pub fn numbering_after(mut self, last: u64) -> Registry {
         self.next = self.next.max(last.saturating_add(1));
         self
+    }
+
+    /// Counts `bound` (what a previous helper handed out, from its record) as held; the next
+    /// `dnsSocket` of a uid probes them and forgets the free ones.
+    pub fn with_dns_bound(mut self, bound: crate::journal::DnsBound) -> Registry {
+        self.dns_bound = bound;
+        self
+    }
+
+    /// The forwarder addresses each uid holds, for the record a new helper reads.
+    pub fn dns_bound(&self) -> &crate::journal::DnsBound {
+        &self.dns_bound
     }
 
     pub fn get(&self, id: u64) -> Option<&Session> {

@@ -122,7 +122,11 @@ impl Helper {
         }
         Ok(Helper {
             inner: Arc::new(Inner {
-                reg: Mutex::new(Registry::new(cfg.limits, cfg.allow_routes).numbering_after(last)),
+                reg: Mutex::new(
+                    Registry::new(cfg.limits, cfg.allow_routes)
+                        .numbering_after(last)
+                        .with_dns_bound(journal.dns_bound()),
+                ),
                 connections: Default::default(),
                 journal,
                 net,
@@ -315,7 +319,12 @@ impl Helper {
                     free.push(a);
                 }
             }
-            reg.forget_dns(uid, &free);
+            if !free.is_empty() {
+                reg.forget_dns(uid, &free);
+                if let Err(e) = self.inner.journal.write_dns_bound(reg.dns_bound()) {
+                    tracing::warn!(error = %e, "cannot update the record of forwarder addresses");
+                }
+            }
         }
         let facts = self
             .inner
@@ -351,6 +360,15 @@ impl Helper {
                     },
                 ),
                 Change::BindDns { listen, tcp } => {
+                    // Recorded before it is bound, as the journal is: a new helper counts it.
+                    let mut bound = reg.dns_bound().clone();
+                    let uid = reg.get(id).map_or(0, |s| s.peer.uid);
+                    bound.entry(uid).or_default().insert(*listen);
+                    self.inner.journal.write_dns_bound(&bound).map_err(|e| {
+                        system(format!(
+                            "cannot write kwg-helper's record of forwarder addresses (nothing was bound): {e}"
+                        ))
+                    })?;
                     self.inner.net.bind_dns(*listen, *tcp).await.map(|f| {
                         reply = Reply::Socket {
                             listen: *listen,

@@ -311,6 +311,33 @@ async fn a_new_helper_reverts_what_the_journal_holds() {
 }
 
 #[tokio::test]
+async fn forwarder_addresses_handed_out_count_against_the_cap_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&dir.path().join("journal")).unwrap();
+    // A previous helper handed Bob the sockets of 8 addresses; he still holds them.
+    let earlier: Vec<std::net::SocketAddr> =
+        (60..68).map(|i| ([127, 77, 0, i], 53).into()).collect();
+    let bound = [(BOB, earlier.iter().copied().collect())].into();
+    journal.write_dns_bound(&bound).unwrap();
+    let rig = rig_with(dir).await;
+    rig.rec.dns_held.lock().unwrap().extend(&earlier);
+    let mut bob = rig.client_as(BOB).await;
+    bob.open("kwg0", None, &[], &[]).await.unwrap();
+    bob.create_tun(1420).await.unwrap();
+    let listen: std::net::SocketAddr = "127.77.0.53:53".parse().unwrap();
+    let (kind, msg) = refused(bob.dns_socket(listen, true).await.unwrap_err());
+    assert_eq!(kind, ErrorKind::Limit);
+    assert!(
+        msg.contains("holds the forwarder sockets of 8 addresses"),
+        "{msg}"
+    );
+    // Once they are closed, the probe frees them and the new one is recorded alone.
+    rig.rec.dns_held.lock().unwrap().clear();
+    bob.dns_socket(listen, true).await.unwrap();
+    assert_eq!(rig.journal.dns_bound(), [(BOB, [listen].into())].into());
+}
+
+#[tokio::test]
 async fn a_second_helper_leaves_the_running_ones_sessions_and_socket_alone() {
     let rig = rig().await;
     let mut alice = Client::connect(&rig.socket).await.unwrap();
