@@ -2,7 +2,7 @@
 //! laptop's own planning gives a link (`kwg_session::dns::domains`) and the cluster-domain rule
 //! allows with no consent, checked here again because the user side may be compromised. Never
 //! `~.` (every name), never a public suffix or a name under one, never a reverse zone of public
-//! address space.
+//! address space or outside the session's own routes, never a name on another session's link.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -24,8 +24,14 @@ pub const MAX_LINK_DOMAINS: usize = 512;
 /// - a routing-only single label (`~emojivoto`, a namespace): one the laptop's planning routes
 ///   without the user naming it (not reserved, not an excluded suffix, not a public suffix);
 /// - a reverse zone (`~96.10.in-addr.arpa`, `~...ip6.arpa`) of a network in the address space
-///   the trust rule allows (private or shared, not wider than the rule's limit).
-pub fn check_link_domain(d: &LinkDomain, policy: &dyn Policy) -> Result<(), String> {
+///   the trust rule allows (private or shared, not wider than the rule's limit) and inside one
+///   of `routes`, the session's own (the laptop plans reverse zones of the subnets it routes
+///   only: another's would take the PTR lookups of the LAN or of another session).
+pub fn check_link_domain(
+    d: &LinkDomain,
+    routes: &[IpNet],
+    policy: &dyn Policy,
+) -> Result<(), String> {
     let shown = printable(&d.to_string());
     let refuse = |why: String| Err(format!("refused link domain {shown}: {why}"));
     let name = d.name.trim_end_matches('.').to_ascii_lowercase();
@@ -41,7 +47,18 @@ pub fn check_link_domain(d: &LinkDomain, policy: &dyn Policy) -> Result<(), Stri
     }
     if let Some(net) = reverse_zone(&name) {
         return match net.and_then(|n| policy.address_space(&n).map(|()| n)) {
-            Ok(_) => Ok(()),
+            Ok(n) if routes.iter().any(|r| r.contains(&n)) => Ok(()),
+            Ok(n) => refuse(format!(
+                "{n} is inside none of this session's routes ({}): kwg plans reverse zones only for the subnets the session routes",
+                match routes {
+                    [] => "none yet: send routes first".to_string(),
+                    _ => routes
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+            )),
             Err(why) => refuse(format!("not a reverse zone of the cluster's space: {why}")),
         };
     }
@@ -127,6 +144,14 @@ mod tests {
     use super::*;
     use crate::policy::TrustRules;
 
+    /// The session's routes in these tests.
+    fn routes() -> Vec<IpNet> {
+        ["10.96.0.0/12", "10.244.0.0/16", "fd00:10:96::/112"]
+            .iter()
+            .map(|r| r.parse().unwrap())
+            .collect()
+    }
+
     fn check(d: &str) -> Result<(), String> {
         let (name, routing_only) = match d.strip_prefix('~') {
             Some(n) => (n, true),
@@ -137,6 +162,7 @@ mod tests {
                 name: name.into(),
                 routing_only,
             },
+            &routes(),
             &TrustRules,
         )
     }
@@ -151,13 +177,9 @@ mod tests {
             &Default::default(),
         )
         .unwrap();
-        let reverse = kwg_session::dns::domains::reverse_domains(&[
-            "10.96.0.0/12".parse().unwrap(),
-            "10.244.0.0/16".parse().unwrap(),
-            "fd00:10:96::/112".parse().unwrap(),
-        ]);
+        let reverse = kwg_session::dns::domains::reverse_domains(&routes());
         for d in split.domains.iter().chain(&reverse) {
-            assert_eq!(check_link_domain(d, &TrustRules), Ok(()), "{d}");
+            assert_eq!(check_link_domain(d, &routes(), &TrustRules), Ok(()), "{d}");
         }
         assert_eq!(check("~svc.staging"), Ok(()));
     }
@@ -181,6 +203,16 @@ mod tests {
             ("~x.10.in-addr.arpa", "not a reverse zone"),
             ("~0.0.2.ip6.arpa", "far more than a cluster"),
             ("~home.arpa", "excluded suffix .arpa"),
+            // Private, but not the session's: the LAN's PTR lookups.
+            (
+                "~1.168.192.in-addr.arpa",
+                "inside none of this session's routes",
+            ),
+            ("~10.in-addr.arpa", "inside none of this session's routes"),
+            (
+                "~0.2.0.0.0.0.d.f.ip6.arpa",
+                "inside none of this session's routes",
+            ),
             ("~nas.home.arpa", "excluded suffix .arpa"),
         ] {
             let got = check(d);

@@ -750,7 +750,7 @@ impl Registry {
             ));
         }
         for d in domains {
-            crate::linkdns::check_link_domain(d, policy)
+            crate::linkdns::check_link_domain(d, &s.routes, policy)
                 .map_err(|m| refuse(ErrorKind::Refused, m))?;
         }
         self.check_link_overlap(s, domains)?;
