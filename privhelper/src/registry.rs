@@ -582,7 +582,7 @@ impl Registry {
             }
             Op::ResolvedLink { domains } => {
                 need_link()?;
-                self.plan_resolved_link(s, domains, policy)
+                self.plan_resolved_link(s, domains, facts, policy)
             }
             Op::Firewall => {
                 need_link()?;
@@ -726,6 +726,7 @@ impl Registry {
         &self,
         s: &Session,
         domains: &[LinkDomain],
+        facts: &Facts,
         policy: &dyn Policy,
     ) -> Result<Vec<Change>, Refusal> {
         let (Some(ifindex), Some(server)) = (s.ifindex, s.dns_listen) else {
@@ -753,7 +754,7 @@ impl Registry {
             crate::linkdns::check_link_domain(d, &s.routes, policy)
                 .map_err(|m| refuse(ErrorKind::Refused, m))?;
         }
-        self.check_link_overlap(s, domains)?;
+        self.check_link_overlap(s, domains, facts)?;
         let domains = domains.to_vec();
         Ok(vec![match s.resolved {
             true => Change::SetResolvedDomains { ifindex, domains },
@@ -771,11 +772,42 @@ impl Registry {
     /// Refuses a domain equal to, under or above one on another session's link: systemd-resolved
     /// routes a name to the link with the longest matching domain, so `~emojivoto.svc.cluster.local`
     /// on one link would take those names from the session whose link has `~cluster.local`.
-    fn check_link_overlap(&self, s: &Session, domains: &[LinkDomain]) -> Result<(), Refusal> {
+    /// Other links of systemd-resolved (a VPN's `~eng.corp.internal`, the LAN's `home.arpa`,
+    /// resolved's global domains) count the same: a session never takes their names.
+    fn check_link_overlap(
+        &self,
+        s: &Session,
+        domains: &[LinkDomain],
+        facts: &Facts,
+    ) -> Result<(), Refusal> {
         let norm = |d: &LinkDomain| d.name.trim_matches('.').to_ascii_lowercase();
         let related = |a: &str, b: &str| {
-            a == b || a.ends_with(&format!(".{b}")) || b.ends_with(&format!(".{a}"))
+            !a.is_empty()
+                && !b.is_empty()
+                && (a == b || a.ends_with(&format!(".{b}")) || b.ends_with(&format!(".{a}")))
         };
+        let kwg_links: Vec<u32> = self.sessions.values().filter_map(|o| o.ifindex).collect();
+        for d in domains {
+            let name = norm(d);
+            let other = facts
+                .resolved_domains
+                .iter()
+                .filter(|(i, _)| !kwg_links.contains(i))
+                .find(|(_, x)| related(&name, &norm(x)));
+            if let Some((i, theirs)) = other {
+                let whose = match i {
+                    0 => "systemd-resolved's global domains".to_string(),
+                    _ => format!("link {i} in systemd-resolved (resolvectl domain lists it)"),
+                };
+                return Err(refuse(
+                    ErrorKind::Conflict,
+                    format!(
+                        "refused link domain {}: it overlaps {theirs} of {whose}, whose names systemd-resolved would send to kwg instead (the longest matching domain wins); join as root for a cluster domain that overlaps the machine's own",
+                        crate::rules::printable(&d.to_string()),
+                    ),
+                ));
+            }
+        }
         for d in domains {
             let name = norm(d);
             let found = self

@@ -806,3 +806,49 @@ fn a_session_never_takes_the_names_on_another_sessions_link() {
     r.take_dns_undo(a);
     apply(&mut r, b, link_op(&["~cluster.local", "~emojivoto"])).unwrap();
 }
+
+#[test]
+fn a_session_never_takes_the_names_of_another_link_in_resolved() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let a = open(&mut r, ALICE, "kwg0");
+    apply(&mut r, a, Op::CreateTun { mtu: 1420 }).unwrap();
+    let listen = "127.77.0.53:53".parse().unwrap();
+    apply(&mut r, a, Op::DnsSocket { listen, tcp: false }).unwrap();
+    let domain = |name: &str, routing_only| LinkDomain {
+        name: name.into(),
+        routing_only,
+    };
+    let mut f = facts();
+    f.resolved_domains = vec![
+        (3, domain("eng.corp.internal", true)),
+        (2, domain("lan", false)),
+        (0, domain("corp.example", false)),
+        (2, domain(".", true)),
+        // The session's own link (ifindex 7): its current domains are no conflict.
+        (7, domain("cluster.local", true)),
+    ];
+    let plan = |names: &[&str]| r.plan(a, &link_op(names), &f, &TenOnly);
+    for (bad, whose) in [
+        ("~eng.corp.internal", "link 3 in systemd-resolved"),
+        ("~x.eng.corp.internal", "link 3 in systemd-resolved"),
+        ("~corp.internal", "link 3 in systemd-resolved"),
+        ("~router.lan", "link 2 in systemd-resolved"),
+        ("~svc.corp.example", "systemd-resolved's global domains"),
+    ] {
+        let e = plan(&["~cluster.local", bad]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict, "{bad}: {e}");
+        assert!(
+            e.message
+                .starts_with(&format!("refused link domain {bad}: it overlaps"))
+                && e.message.contains(whose),
+            "{bad}: {e}"
+        );
+    }
+    // A `~.` elsewhere (the default route) is no domain to overlap.
+    plan(&[
+        "~cluster.local",
+        "emojivoto.svc.cluster.local",
+        "~emojivoto",
+    ])
+    .unwrap();
+}

@@ -297,24 +297,9 @@ impl Resolved {
             .await
             .map_err(|e| call_error("GetLink", ifindex, e))?;
         let path: zbus::OwnedObjectPath = reply.body().deserialize().map_err(bus)?;
-        let reply = self
-            .conn
-            .call_method(
-                Some(BUS_NAME),
-                path.as_str(),
-                Some("org.freedesktop.DBus.Properties"),
-                "Get",
-                &("org.freedesktop.resolve1.Link", "DNS"),
-            )
-            .await
-            .map_err(bus)?;
-        let value: zbus::OwnedVariant = reply.body().deserialize().map_err(bus)?;
-        let servers: Vec<(i32, Vec<u8>)> =
-            value
-                .try_into()
-                .map_err(|e: zbus::Error| ResolvedError::Bus {
-                    reason: format!("the link's DNS property: {e}"),
-                })?;
+        let servers: Vec<(i32, Vec<u8>)> = self
+            .property(path.as_str(), "org.freedesktop.resolve1.Link", "DNS")
+            .await?;
         Ok(servers
             .into_iter()
             .filter_map(|(_, a)| match a.len() {
@@ -323,6 +308,45 @@ impl Resolved {
                 _ => None,
             })
             .collect())
+    }
+
+    /// Every link's domains (the manager's `Domains` property: link index, 0 for the global
+    /// ones, name, routing-only).
+    pub async fn all_domains(&self) -> Result<Vec<(u32, LinkDomain)>, ResolvedError> {
+        let domains: Vec<(i32, String, bool)> = self.property(OBJECT, MANAGER, "Domains").await?;
+        Ok(domains
+            .into_iter()
+            .filter_map(|(i, name, routing_only)| {
+                Some((u32::try_from(i).ok()?, LinkDomain { name, routing_only }))
+            })
+            .collect())
+    }
+
+    /// The property `name` of `interface` on the object `path`.
+    async fn property<T>(&self, path: &str, interface: &str, name: &str) -> Result<T, ResolvedError>
+    where
+        T: TryFrom<zbus::OwnedVariant, Error = zbus::Error>,
+    {
+        let bus = |e: zbus::Error| ResolvedError::Bus {
+            reason: e.to_string(),
+        };
+        let reply = self
+            .conn
+            .call_method(
+                Some(BUS_NAME),
+                path,
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &(interface, name),
+            )
+            .await
+            .map_err(bus)?;
+        let value: zbus::OwnedVariant = reply.body().deserialize().map_err(bus)?;
+        value
+            .try_into()
+            .map_err(|e: zbus::Error| ResolvedError::Bus {
+                reason: format!("the property {name} of {interface}: {e}"),
+            })
     }
 
     /// Replaces the link's domains (`SetLinkDomains`), e.g. when namespaces come and go.

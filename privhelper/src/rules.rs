@@ -36,6 +36,9 @@ pub struct Facts {
     pub routes: Vec<RouteEntry>,
     /// The resolver file's text (`/etc/resolv.conf`, empty when unreadable).
     pub resolv_conf: String,
+    /// systemd-resolved's domains by link index (0: its global ones), read for `resolvedLink`
+    /// only (empty otherwise, or when resolved does not answer).
+    pub resolved_domains: Vec<(u32, kwg_session::dns::domains::LinkDomain)>,
 }
 
 impl Facts {
@@ -296,6 +299,7 @@ pub(crate) mod tests {
                 table: 254,
             }],
             resolv_conf: "search corp.example\nnameserver 10.53.0.53\n".into(),
+            resolved_domains: vec![],
         }
     }
 

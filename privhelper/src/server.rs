@@ -337,6 +337,10 @@ impl Helper {
                 ))
             })?
             .without_links(&reg.links());
+        let mut facts = facts;
+        if matches!(op, Op::ResolvedLink { .. }) {
+            facts.resolved_domains = self.inner.net.resolved_domains().await;
+        }
         let changes = reg.plan(id, &op, &facts, self.inner.policy.as_ref())?;
         let mut reply = Reply::Done;
         let mut fd = None;

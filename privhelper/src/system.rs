@@ -6,6 +6,7 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 
 use kwg_host::netlink::{Netlink, NetlinkError};
+use kwg_session::dns::domains::LinkDomain;
 use kwg_session::dns::resolvconf::nameservers;
 
 use crate::firewall;
@@ -53,6 +54,10 @@ pub trait Net: Send + Sync {
     async fn undo(&self, undo: &Undo) -> Result<(), SysError>;
     /// Whether something still holds the forwarder address `listen` (a UDP or a TCP bind there fails).
     async fn dns_in_use(&self, listen: SocketAddr) -> bool;
+    /// systemd-resolved's domains by link index (0: global), none when it does not answer.
+    async fn resolved_domains(&self) -> Vec<(u32, LinkDomain)> {
+        Vec::new()
+    }
 }
 
 /// The real machine: rtnetlink, /dev/net/tun, nft, in the helper's network namespace.
@@ -93,6 +98,18 @@ impl Net for Kernel {
             dns_servers: nameservers(&resolv_conf),
             routes,
             resolv_conf,
+            resolved_domains: Vec::new(),
+        })
+    }
+
+    async fn resolved_domains(&self) -> Vec<(u32, LinkDomain)> {
+        let domains = match crate::resolved::Resolved::connect().await {
+            Ok(r) => r.all_domains().await,
+            Err(e) => Err(e),
+        };
+        domains.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read systemd-resolved's domains of other links");
+            Vec::new()
         })
     }
 
