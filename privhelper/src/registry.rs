@@ -824,7 +824,7 @@ impl Registry {
                 return Err(refuse(
                     ErrorKind::Conflict,
                     format!(
-                        "refused link domain {}: it overlaps {theirs} on the link of the kwg session on {} (uid {}), whose names systemd-resolved would send to one forwarder only; leave that session first, or join with --alias (names under svc.<alias>)",
+                        "refused link domain {}: it overlaps {theirs} on the link of the kwg session on {} (uid {}), whose names systemd-resolved would send to one forwarder only; that session must leave first (kwg leave by its user, or sudo kwg leave)",
                         crate::rules::printable(&d.to_string()),
                         o.spec.interface,
                         o.peer.uid

@@ -793,7 +793,8 @@ fn a_session_never_takes_the_names_on_another_sessions_link() {
         let e = apply(&mut r, b, link_op(bad)).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Conflict, "{bad:?}: {e}");
         assert!(
-            e.message.contains("kwg session on kwg0 (uid 1000)") && e.message.contains("--alias"),
+            e.message.contains("kwg session on kwg0 (uid 1000)")
+                && e.message.contains("that session must leave first"),
             "{bad:?}: {e}"
         );
         assert!(!r.get(b).unwrap().info().dns);
