@@ -45,22 +45,59 @@ pub struct Inventory {
     /// IPv6 ClusterIPs are linked only while every endpoint of its IPv6 slices is a pod (by
     /// the pods' own links) of namespaces its IPv4 ClusterIP already needs: kube-proxy sends
     /// the IPv6 ClusterIP to the IPv6 endpoints, which a slice writer may point anywhere.
-    /// An object with no IPv4 address at all (an IPv6-only cluster's) is keyed by
-    /// [`key6`] of its first IPv6 address instead, everywhere an IPv4 address would be.
+    /// An object with no IPv4 address at all (an IPv6-only cluster's) is keyed by the
+    /// [`Keys6`] key of its first IPv6 address instead, everywhere an IPv4 address would be.
     pub twins6: BTreeMap<std::net::Ipv6Addr, Ipv4Addr>,
 }
 
-/// The key an IPv6 address takes where the policy counts in IPv4 addresses: its low 28 bits
-/// in 240.0.0.0/4 (RFC 1112's reserved class E, never a pod IP or ClusterIP, kept out of the
-/// IPv4 sets by [`is_key6`]). An IPv6-only object (no IPv4 twin) is counted under it. Two
-/// addresses with the same low 28 bits share a key: their namespaces then claim it together,
-/// which makes it a span needing reach in each (refusing more, never allowing more). Whose pod
-/// an IPv6 endpoint is never goes by a key: by the exact address ([`Inventory::pods6`]).
-pub fn key6(a: std::net::Ipv6Addr) -> Ipv4Addr {
-    Ipv4Addr::from(0xF000_0000 | (u128::from(a) as u32 & 0x0FFF_FFFF))
+/// How many [`Keys6`] there are: 240.0.0.0/4 holds 2^28 addresses.
+const KEYS6: u32 = 1 << 28;
+
+/// The keys IPv6 addresses take where the policy counts in IPv4 addresses: each IPv6-only
+/// object (no IPv4 twin) is counted under the key of its first IPv6 address, and each
+/// address has its own key in 240.0.0.0/4 (RFC 1112's reserved class E, never a pod IP or
+/// ClusterIP, kept out of the IPv4 sets by [`is_key6`]), handed out in the order addresses
+/// are met. Two objects share a key only when they share the address (a stale pod address
+/// already reused), which makes it a span of their namespaces, as an IPv4 address would.
+/// Not its low bits: a multi-node IPv6-only cluster's per-node /64s hand out ::5 on every
+/// node, and one namespace's pod would become a span with another's.
+///
+/// A key lives for one [`inventory`] pass only (it indexes the claims of
+/// [`super::sets::desired`]; the nft sets hold the IPv6 address itself, through
+/// [`Inventory::twins6`]), so an address no object holds any more has no key in the next
+/// pass. Past 2^28 addresses in one pass (more than any API server stores), an
+/// address gets no key and its object no twin: no peer reaches it.
+#[derive(Debug)]
+pub struct Keys6 {
+    of: BTreeMap<std::net::Ipv6Addr, Ipv4Addr>,
+    limit: u32,
 }
 
-/// Whether `a` is a [`key6`] (in 240.0.0.0/4), not an address of the cluster.
+impl Default for Keys6 {
+    fn default() -> Keys6 {
+        Keys6 {
+            of: BTreeMap::new(),
+            limit: KEYS6,
+        }
+    }
+}
+
+impl Keys6 {
+    /// The key of `a` (`None`: all of them are taken).
+    fn key(&mut self, a: std::net::Ipv6Addr) -> Option<Ipv4Addr> {
+        let next = u32::try_from(self.of.len())
+            .ok()
+            .filter(|n| *n < self.limit);
+        match self.of.entry(a) {
+            std::collections::btree_map::Entry::Occupied(e) => Some(*e.get()),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                Some(*e.insert(Ipv4Addr::from(0xF000_0000 | next?)))
+            }
+        }
+    }
+}
+
+/// Whether `a` is a [`Keys6`] key (in 240.0.0.0/4), not an address of the cluster.
 pub fn is_key6(a: Ipv4Addr) -> bool {
     a.octets()[0] >= 240
 }
@@ -226,7 +263,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// nothing; an address in `departed`, whose pod went moments ago, still counts as that
 /// namespace's; an endpoint in `removed`, which left its Service's slices moments ago, still
 /// counts as it was judged then); DNS: the ClusterIPs of `kube-system/kube-dns`. IPv6: see
-/// [`Inventory::twins6`] and [`key6`]; a departed pod's IPv6 address counts as its IPv4 one.
+/// [`Inventory::twins6`] and [`Keys6`]; a departed pod's IPv6 address counts as its IPv4 one.
 pub fn inventory<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     pods: impl IntoIterator<Item = &'a Pod>,
@@ -243,6 +280,7 @@ pub fn inventory<'a>(
         .filter_map(|a| a.address.parse().ok())
         .collect();
     let mut inv = Inventory::default();
+    let mut keys = Keys6::default();
     // Whose pod each address is (two namespaces for a stale address already reused).
     let mut pod_ns: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
     for p in pods {
@@ -261,7 +299,7 @@ pub fn inventory<'a>(
             .map(|i| &i.ip)
             .chain(st.pod_ip.iter());
         let ips: Vec<IpAddr> = ips.filter_map(|ip| ip.parse().ok()).collect();
-        let key = twin_v6(&mut inv.twins6, &ips, &node_addrs);
+        let key = twin_v6(&mut inv.twins6, &mut keys, &ips, &node_addrs);
         let set = inv.by_namespace.entry(ns.clone()).or_default();
         let v4 = ips.iter().filter_map(|ip| match ip {
             IpAddr::V4(ip) if !node_addrs.contains(ip) && !is_key6(*ip) => Some(*ip),
@@ -315,6 +353,11 @@ pub fn inventory<'a>(
             })
             .collect();
         let ipv6_only = !cluster_ips.iter().any(IpAddr::is_ipv4);
+        // An IPv6-only Service counts under the key of its first IPv6 ClusterIP.
+        let key = cluster_ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(a) if ipv6_only => keys.key(*a),
+            _ => None,
+        });
         let ips = cluster_ips
             .iter()
             .filter_map(|ip| match ip {
@@ -322,8 +365,7 @@ pub fn inventory<'a>(
                 _ => None,
             })
             .filter(|a| !node_addrs.contains(a))
-            // An IPv6-only Service counts under the key of its first IPv6 ClusterIP.
-            .chain(ips6.first().filter(|_| ipv6_only).map(|a| key6(*a)))
+            .chain(key)
             .collect::<BTreeSet<_>>();
         if ns == "kube-system" && name == "kube-dns" {
             inv.dns.extend(ips.iter().copied());
@@ -377,7 +419,7 @@ pub fn inventory<'a>(
         });
         match &refused6 {
             None => {
-                twin_v6(&mut inv.twins6, &cluster_ips, &node_addrs);
+                twin_v6(&mut inv.twins6, &mut keys, &cluster_ips, &node_addrs);
             }
             Some(r) => {
                 for a6 in &ips6 {
@@ -407,11 +449,12 @@ pub fn inventory<'a>(
 }
 
 /// Records each IPv6 address of one object (`parsed`: a pod's podIPs, a Service's
-/// ClusterIPs) with the object's first IPv4 address, not a node's, or with the [`key6`] of
-/// its first IPv6 address when it has no IPv4 address at all (an IPv6-only object); returns
+/// ClusterIPs) with the object's first IPv4 address, not a node's, or with the key of its
+/// first IPv6 address when it has no IPv4 address at all (an IPv6-only object); returns
 /// that address (`None`: no twin).
 fn twin_v6(
     twins: &mut BTreeMap<std::net::Ipv6Addr, Ipv4Addr>,
+    keys: &mut Keys6,
     parsed: &[IpAddr],
     node_addrs: &BTreeSet<Ipv4Addr>,
 ) -> Option<Ipv4Addr> {
@@ -424,7 +467,7 @@ fn twin_v6(
             IpAddr::V4(a) if !node_addrs.contains(a) && !is_key6(*a) => Some(*a),
             _ => None,
         })?,
-        false => key6(v6.clone().next()?),
+        false => keys.key(v6.clone().next()?)?,
     };
     for a6 in v6 {
         twins.insert(a6, v4);

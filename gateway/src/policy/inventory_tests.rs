@@ -1,7 +1,7 @@
 use super::*;
 use crate::policy::fixtures::*;
 use crate::policy::grants::{Subject, questions};
-use crate::policy::sets::{NsIds, desired, diff};
+use crate::policy::sets::{NsId, NsIds, desired, diff};
 use serde_json::json;
 
 #[test]
@@ -407,6 +407,19 @@ fn an_ipv6_cluster_ip_refused_is_recorded_like_an_ipv4_one() {
     assert!(dual_stack(&["fd00:244::5"]).refused6.is_empty());
 }
 
+/// The sets for alice (asking for emo, granted emo only) at 100.77.0.2 and root (granted
+/// everywhere) at 100.77.0.3, with the ids of emo and default.
+fn emo_and_root(inv: &Inventory) -> (crate::policy::sets::Sets, NsId, NsId) {
+    let peers = [
+        peer("100.77.0.2", "alice", &["emo"]),
+        peer("100.77.0.3", "root", &[]),
+    ];
+    let mut ids = NsIds::default();
+    let emo_rbac = |who: &Subject, ns: &str| who.user == "root" || ns == "emo";
+    let sets = desired(inv, &peers, emo_rbac, &mut ids);
+    (sets, ids.id("emo"), ids.id("default"))
+}
+
 #[test]
 fn an_ipv6_only_cluster_is_reached_by_namespace_as_ipv4_is() {
     // IPv6-only: pods with only IPv6 addresses, Services with only IPv6 ClusterIPs.
@@ -452,14 +465,7 @@ fn an_ipv6_only_cluster_is_reached_by_namespace_as_ipv4_is() {
     let a6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
     assert_eq!(inv.refused6[&a6("fd00:96::101")].endpoint, "fd00:c0:2::1");
     assert!(inv.refused.is_empty(), "no IPv4 address is named: {inv:?}");
-    let peers = [
-        peer("100.77.0.2", "alice", &["emo"]),
-        peer("100.77.0.3", "root", &[]),
-    ];
-    let mut ids = NsIds::default();
-    let emo_rbac = |who: &Subject, ns: &str| who.user == "root" || ns == "emo";
-    let sets = desired(&inv, &peers, emo_rbac, &mut ids);
-    let (emo, default) = (ids.id("emo"), ids.id("default"));
+    let (sets, emo, default) = emo_and_root(&inv);
     // The pod and the Service of emo go to emo, db to default; pivot to no peer.
     assert_eq!(sets.dest_ns6.get(&a6("fd00:244::5")), Some(&emo));
     assert_eq!(sets.dest_ns6.get(&a6("fd00:96::100")), Some(&emo));
@@ -472,6 +478,75 @@ fn an_ipv6_only_cluster_is_reached_by_namespace_as_ipv4_is() {
     assert!(sets.peer_ns.contains(&(ip("100.77.0.2"), emo)));
     assert!(!sets.peer_ns.contains(&(ip("100.77.0.2"), default)));
     assert!(sets.peer_ns.contains(&(ip("100.77.0.3"), default)));
+}
+
+#[test]
+fn ipv6_only_addresses_sharing_low_bits_keep_their_own_namespaces() {
+    // A multi-node IPv6-only cluster: each node's /64 hands out ::5, and a tenant's Service
+    // may take a ClusterIP ending in ::5 too. Each address is judged on its own; only one
+    // address two pods hold (a stale one already reused) is a span of both namespaces.
+    let pod = |name: &str, ns: &str, ip: &str| {
+        json!({"metadata": {"name": name, "namespace": ns}, "status": {"phase": "Running",
+            "podIP": ip, "podIPs": [{"ip": ip}]}})
+    };
+    let pods: Vec<Pod> = objects(vec![
+        pod("web", "emo", "fd00:10:244:1::5"),
+        pod("db", "default", "fd00:10:244:2::5"),
+        pod("old", "emo", "fd00:10:244:3::7"),
+        pod("new", "default", "fd00:10:244:3::7"),
+    ]);
+    let mut decoy = service("default", "decoy", "fd00:10:96::5");
+    decoy["spec"]["clusterIPs"] = json!(["fd00:10:96::5"]);
+    let services: Vec<Service> = objects(vec![decoy]);
+    let mut decoy_slice = slice("default", "decoy", "decoy-1", &["fd00:10:244:2::5"]);
+    decoy_slice["addressType"] = json!("IPv6");
+    let slices: Vec<EndpointSlice> = objects(vec![decoy_slice]);
+    let inv = pods_and_slices(&services, &pods, &slices);
+    let (sets, emo, default) = emo_and_root(&inv);
+    let a6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+    let of = |a: &str| sets.dest_ns6.get(&a6(a)).copied();
+    assert_eq!(of("fd00:10:244:1::5"), Some(emo), "{inv:?}");
+    assert_eq!(of("fd00:10:244:2::5"), Some(default), "{inv:?}");
+    assert_eq!(of("fd00:10:96::5"), Some(default), "{inv:?}");
+    let reused = of("fd00:10:244:3::7").expect("the reused address is in the sets");
+    assert!(reused != emo && reused != default, "{sets:?}");
+    // alice reaches her own pod, not default's nor the reused address; root all of them.
+    let alice = |id| sets.peer_ns.contains(&(ip("100.77.0.2"), id));
+    let root = |id| sets.peer_ns.contains(&(ip("100.77.0.3"), id));
+    assert!(alice(emo) && !alice(default) && !alice(reused), "{sets:?}");
+    assert!(root(emo) && root(default) && root(reused), "{sets:?}");
+    assert!(
+        sets.dest_ns.is_empty(),
+        "the keys stay out of the IPv4 sets: {sets:?}"
+    );
+}
+
+#[test]
+fn ipv6_keys_are_one_per_address_in_class_e_and_run_out_closed() {
+    let a6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+    let mut keys = Keys6::default();
+    let (a, b) = (a6("fd00:10:244:1::5"), a6("fd00:10:244:2::5"));
+    let ka = keys.key(a).unwrap();
+    assert!(is_key6(ka) && keys.key(b).is_some_and(|kb| kb != ka && is_key6(kb)));
+    assert_eq!(
+        keys.key(a),
+        Some(ka),
+        "an address keeps its key within a pass"
+    );
+    // Once every key is taken, a new address gets none (its object: no twin, no peer).
+    let mut keys = Keys6 {
+        limit: 1,
+        ..Keys6::default()
+    };
+    assert_eq!(keys.key(a), Some(ka));
+    assert_eq!(keys.key(b), None);
+    assert_eq!(keys.key(a), Some(ka));
+    let mut twins = BTreeMap::new();
+    assert_eq!(
+        twin_v6(&mut twins, &mut keys, &[IpAddr::V6(b)], &BTreeSet::new()),
+        None
+    );
+    assert!(twins.is_empty());
 }
 
 #[test]

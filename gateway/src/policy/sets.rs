@@ -7,9 +7,9 @@
 //!
 //! IPv6 (a dual-stack cluster): `dest_ns6` and `dns6` hold the IPv6 twins of those addresses
 //! (a pod's or Service's IPv6 address goes where its IPv4 one goes; an IPv6-only one's where
-//! its [`super::inventory::key6`] goes, which stays out of the IPv4 sets), and `peer_ns6` the
-//! `peer_ns` grants keyed by the peer's IPv4 address as the last 32 bits of its IPv6 tunnel
-//! address carry it (`kwg_contract::GatewayInfo6`).
+//! its own key ([`super::inventory::Keys6`]) goes, which stays out of the IPv4 sets), and
+//! `peer_ns6` the `peer_ns` grants keyed by the peer's IPv4 address as the last 32 bits of
+//! its IPv6 tunnel address carry it (`kwg_contract::GatewayInfo6`).
 //!
 //! So a packet costs two hash lookups whatever the number of peers, Services or pods, and the
 //! sets hold peers × namespaces + destinations elements, not peers × destinations.
