@@ -434,16 +434,28 @@ pub fn local_address(routes: &[PlannedRoute], ip: Ipv4Addr) -> IpNet {
 /// The trust checks of an assigned tunnel IP ([`trust::check_tunnel_ip`]). A mapped tunnel
 /// address comes from a range that covers none of the machine's addresses, gateways, DNS
 /// servers or API server ([`free_range`]; a `--map` covering one is refused): only the tunnel
-/// CIDR's rules are left then, and the assignment may equal an earlier session's own address.
+/// CIDR's rules are left then for the IPv4 address, and the assignment may equal an earlier
+/// session's own address. Its IPv6 twin (the cluster's /96 and the IPv4 tunnel IP) is never
+/// mapped: it always meets the machine's rules, else a cluster could choose both to put the
+/// machine's DNS server or the API server's IPv6 address on the interface.
 pub fn check_tunnel_ip(
     routes: &[PlannedRoute],
     ip: Ipv4Addr,
     info: &kwg_contract::GatewayInfo,
     machine: &trust::Machine,
 ) -> Result<(), crate::Error> {
-    let none = trust::Machine::default();
     let mapped = local_address(routes, ip) != IpNet::V4(Ipv4Net::from(ip));
-    trust::check_tunnel_ip(ip, info, if mapped { &none } else { machine })
+    if !mapped {
+        return trust::check_tunnel_ip(ip, info, machine);
+    }
+    trust::check_tunnel_ip(ip, info, &trust::Machine::default())?;
+    match &info.ipv6 {
+        Some(six) => trust::check_clear_of_machine(
+            IpAddr::V6(six.tunnel_ip6(kwg_contract::TunnelIp::new(ip))),
+            machine,
+        ),
+        None => Ok(()),
+    }
 }
 
 /// The first range of prefix length `len` in the pool that overlaps none of the machine's

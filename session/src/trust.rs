@@ -392,18 +392,26 @@ pub fn check_tunnel_ip(ip: Ipv4Addr, info: &GatewayInfo, machine: &Machine) -> R
     // In a dual-stack cluster the IPv6 tunnel address embeds it: the same rules.
     let ip6 = info.ipv6.as_ref().map(|i| i.tunnel_ip6(TunnelIp::new(ip)));
     for ip in std::iter::once(IpAddr::V4(ip)).chain(ip6.map(IpAddr::V6)) {
-        let what = || format!("tunnel IP {ip}");
-        if machine.addresses.contains(&ip) {
-            return Err(refused(what(), "this machine already has that address"));
-        }
-        for (ips, whose) in [
-            (&machine.gateways, "this machine's default gateway"),
-            (&machine.dns_servers, "this machine's DNS server"),
-            (&machine.api_server, "the API server's address"),
-        ] {
-            if ips.contains(&ip) {
-                return Err(refused(what(), format!("it is {whose}")));
-            }
+        check_clear_of_machine(ip, machine)?;
+    }
+    Ok(())
+}
+
+/// The machine's rules of a tunnel address (IPv4, or its IPv6 twin): none of the machine's
+/// own addresses, default gateways, DNS servers or the API server's address, which the
+/// tunnel address, added as a local address on the interface, would take over.
+pub fn check_clear_of_machine(ip: IpAddr, machine: &Machine) -> Result<(), Error> {
+    let what = || format!("tunnel IP {ip}");
+    if machine.addresses.contains(&ip) {
+        return Err(refused(what(), "this machine already has that address"));
+    }
+    for (ips, whose) in [
+        (&machine.gateways, "this machine's default gateway"),
+        (&machine.dns_servers, "this machine's DNS server"),
+        (&machine.api_server, "the API server's address"),
+    ] {
+        if ips.contains(&ip) {
+            return Err(refused(what(), format!("it is {whose}")));
         }
     }
     Ok(())

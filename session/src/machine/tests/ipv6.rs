@@ -284,17 +284,9 @@ fn a_new_tunnel_cidr_off_a_mapped_range_leaves_exactly_the_new_addresses() {
     let gateway = r.gateway.clone();
     let mut on_link = std::collections::BTreeSet::<IpNet>::new();
     r.pump(|a| match a {
-        Action::Inspect => {
-            let mut f = facts(&gateway);
-            f.info = dual_info(&gateway);
-            f.machine_routes = vec![crate::routes::Route {
-                destination: n("100.77.0.0/16"),
-                interface: Some("eth0".into()),
-                gateway: None,
-                table: 254,
-            }];
-            Some(Some(Event::Inspected(Box::new(f))))
-        }
+        Action::Inspect => Some(Some(Event::Inspected(Box::new(mapped_dual_facts(
+            &gateway,
+        ))))),
         Action::ConfigureNetwork {
             address, address6, ..
         } => {
@@ -446,5 +438,80 @@ fn ipv6_appears_and_nothing_is_added(r: &mut Run) {
     assert!(
         addresses.is_empty() && add.is_empty(),
         "{addresses:?} {add:?}"
+    );
+}
+
+/// The dual-stack cluster seen from a machine with a LAN route over its tunnel CIDR
+/// (100.77.0.0/16 on eth0): a root join maps the IPv4 tunnel address into the pool.
+fn mapped_dual_facts(gateway: &PrivateKey) -> Facts {
+    let mut f = facts(gateway);
+    f.info = dual_info(gateway);
+    f.machine_routes = vec![crate::routes::Route {
+        destination: n("100.77.0.0/16"),
+        interface: Some("eth0".into()),
+        gateway: None,
+        table: 254,
+    }];
+    f
+}
+
+/// A root join whose tunnel CIDR overlaps a LAN route (100.77.0.0/16 on eth0), so the IPv4
+/// tunnel address is mapped into the pool, against the dual-stack cluster; `machine` changes
+/// what the join finds on the machine.
+fn mapped_dual_join(machine: impl FnOnce(&mut Facts)) -> Run {
+    let mut r = Run::new(|c| c.map_pool = vec![crate::mapping::DEFAULT_POOL]);
+    let mut f = mapped_dual_facts(&r.gateway);
+    machine(&mut f);
+    let mut f = Some(f);
+    r.pump(|a| match a {
+        Action::Inspect => f.take().map(|f| Some(Event::Inspected(Box::new(f)))),
+        _ => None,
+    });
+    r
+}
+
+/// Security review: the IPv6 twin of a mapped IPv4 tunnel address is never mapped, so it
+/// meets the machine's rules at join: a cluster whose /96 and tunnel IP make it the
+/// machine's own unique-local address is refused before anything changes.
+#[test]
+fn a_mapped_join_refuses_an_ipv6_tunnel_address_that_is_the_machines_own() {
+    let mut r = mapped_dual_join(|f| {
+        f.machine_addresses
+            .push("fd6b:7767::644d:2".parse().unwrap())
+    });
+    assert!(!r.take_log().contains(&"ConfigureNetwork".to_string()));
+    let e = r.s.outcome().unwrap_err().to_string();
+    assert!(
+        e.contains("fd6b:7767::644d:2") && e.contains("this machine already has that address"),
+        "{e}"
+    );
+}
+
+/// Security review: a new /96 in ipv6.json while a mapped session is joined moves the IPv6
+/// tunnel address only after the machine's rules: a /96 whose address would be the API
+/// server's IPv6 address is refused, the old address stays and `kwg status` says why.
+#[test]
+fn a_new_ipv6_prefix_of_a_mapped_session_may_not_make_the_api_servers_address_local() {
+    let mut r = mapped_dual_join(|f| f.api_server.push("fd12:3456::644d:2".parse().unwrap()));
+    assert_eq!(r.s.phase(), Phase::Serving);
+    assert_eq!(
+        r.s.state().unwrap().tunnel_ip6(),
+        Some("fd6b:7767::644d:2".parse().unwrap())
+    );
+    let mut hostile = dual_info(&r.gateway);
+    hostile.ipv6.as_mut().unwrap().tunnel_cidr = "fd12:3456::/96".parse().unwrap();
+    let (addresses, add, ..) = follow(&mut r, hostile);
+    assert!(
+        addresses.is_empty() && add.is_empty(),
+        "{addresses:?} {add:?}"
+    );
+    let refused = &r.s.plan().unwrap().refused.as_ref().expect("refused").1;
+    assert!(
+        refused.contains("fd12:3456::644d:2") && refused.contains("the API server's address"),
+        "{refused}"
+    );
+    assert_eq!(
+        r.s.state().unwrap().tunnel_ip6(),
+        Some("fd6b:7767::644d:2".parse().unwrap())
     );
 }
