@@ -515,3 +515,37 @@ fn a_new_ipv6_prefix_of_a_mapped_session_may_not_make_the_api_servers_address_lo
         Some("fd6b:7767::644d:2".parse().unwrap())
     );
 }
+
+/// Security review: a new IPv4 tunnel IP read while a mapped session is joined (another
+/// gateway key) moves its IPv6 twin too, so the twin meets the machine's rules: one that would
+/// be the machine's IPv6 DNS server is refused and both old addresses stay.
+#[test]
+fn a_new_tunnel_ip_of_a_mapped_session_may_not_make_the_dns_servers_address_local() {
+    let mut r = mapped_dual_join(|f| {
+        f.resolv_conf = Some(b"nameserver 192.0.2.53\nnameserver fd6b:7767::644d:9\n".to_vec())
+    });
+    assert_eq!(r.s.phase(), Phase::Serving);
+    let mut moved = Vec::new();
+    r.s.handle(
+        Event::GatewayInfo(Box::new(dual_info(&PrivateKey::generate()))),
+        r.now,
+    );
+    r.pump(|a| match a {
+        Action::ChangeAddress { old, new, .. } => {
+            moved.push((*old, *new));
+            None
+        }
+        Action::WaitTunnelIp { .. } => Some(Some(Event::TunnelIp("100.77.0.9".parse().unwrap()))),
+        _ => None,
+    });
+    assert!(moved.is_empty(), "{moved:?}");
+    let refused = &r.s.plan().unwrap().refused.as_ref().expect("refused").1;
+    assert!(
+        refused.contains("fd6b:7767::644d:9") && refused.contains("this machine's DNS server"),
+        "{refused}"
+    );
+    assert_eq!(
+        r.s.state().unwrap().tunnel_ip6(),
+        Some("fd6b:7767::644d:2".parse().unwrap())
+    );
+}
