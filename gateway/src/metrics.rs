@@ -21,6 +21,12 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
+/// Owners no RBAC binding could grant whom a cluster-scope SubjectAccessReview allowed anyway
+/// (another authorizer: a webhook), each counted once ([`crate::reach_watch`]; process-wide,
+/// as there is one reach loop per process).
+pub static REACH_GRANTED_ELSEWHERE: std::sync::LazyLock<Counter> =
+    std::sync::LazyLock::new(Counter::default);
+
 /// The `Content-Type` of [`render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
@@ -152,6 +158,11 @@ pub fn render(
             "kwg_gateway_tcp_refused_full",
             "WireGuard TCP connections closed at once: every stream slot was taken",
             &m.tcp_refused_full,
+        ),
+        (
+            "kwg_gateway_reach_granted_elsewhere",
+            "Owners no RBAC binding could grant whom another authorizer grants every namespace (start the gateway with --review-all-pairs to ask their pairs one by one)",
+            &REACH_GRANTED_ELSEWHERE,
         ),
     ];
     for (name, help, counter) in counters {

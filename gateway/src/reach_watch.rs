@@ -182,10 +182,14 @@ pub async fn run(
         let peers = peer_reach(&served.borrow_and_update(), trust_groups);
         let needs = Needs::of(&inv, &peers, &possible);
         let now = std::time::Instant::now();
-        let asked = reviews.to_ask_with(&needs.questions, needs.scoped.as_ref(), now);
+        let asked = reviews.to_ask_needs(&needs, now);
         if !asked.is_empty() {
             let n = asked.len();
             review_all(&client, asked, &mut reviews).await;
+            for owner in reviews.granted_elsewhere() {
+                tracing::warn!(owner = %owner.user, groups = ?owner.groups, "another authorizer grants {} get services in every namespace though no RBAC binding could: reach everywhere granted as by a ClusterRoleBinding; to have its namespaces asked one by one instead, start the gateway with --review-all-pairs", owner.user);
+                crate::metrics::REACH_GRANTED_ELSEWHERE.inc();
+            }
             tracing::debug!(
                 reviews = n,
                 waiting = reviews.waiting(),

@@ -128,6 +128,12 @@ impl Could {
         self.all || self.everywhere || self.namespaces.contains(namespace)
     }
 
+    /// Whether no RBAC binding could grant it anywhere (then only another authorizer can:
+    /// one low-priority cluster-scope review finds out, [`Needs::probes`]).
+    pub fn nowhere(&self) -> bool {
+        !self.all && !self.everywhere && self.namespaces.is_empty()
+    }
+
     /// Whether `namespace` is asked by a review of its own (not only by the cluster-scope one).
     pub fn asks(&self, namespace: &str) -> bool {
         self.all || self.namespaces.contains(namespace)
@@ -227,6 +233,11 @@ pub struct Needs {
     /// The subjects with a cluster-scope review (a ClusterRoleBinding could grant them);
     /// `None` with [`Possible::all`] (then asked after a ClusterRoleBinding change only).
     pub scoped: Option<BTreeSet<Subject>>,
+    /// The subjects no RBAC binding could grant anywhere: one cluster-scope review each, at
+    /// the lowest priority and on the periodic period only, in case another authorizer (a
+    /// webhook: EKS access entries, GKE IAM, AKS Azure RBAC) grants them. Its yes grants
+    /// every namespace, as a ClusterRoleBinding's does. Empty with [`Possible::all`].
+    pub probes: BTreeSet<Subject>,
     could: HashMap<Subject, Could>,
 }
 
@@ -245,6 +256,9 @@ impl Needs {
                 && let Some(scoped) = needs.scoped.as_mut()
             {
                 scoped.insert(p.subject.clone());
+            }
+            if could.nowhere() {
+                needs.probes.insert(p.subject.clone());
             }
             let wanted = |ns: &str| {
                 inv.by_namespace.contains_key(ns)
@@ -277,7 +291,9 @@ impl Needs {
             return Some(false);
         };
         if !could.may(namespace) {
-            return Some(false);
+            // No binding could grant it here; where none could anywhere, another authorizer's
+            // cluster-wide yes (its probe) grants every namespace, as a ClusterRoleBinding's.
+            return Some(could.nowhere() && reviews.cluster_answer(who) == Some(true));
         }
         let cluster = match could.everywhere {
             true => reviews.cluster_answer(who),

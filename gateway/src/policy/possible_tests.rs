@@ -220,7 +220,7 @@ fn review_all_pairs_asks_everything() {
 mod needs {
     use super::*;
     use crate::policy::fixtures::{inv, ip};
-    use crate::policy::reviews::Reviews;
+    use crate::policy::reviews::{self, Reviews};
     use std::net::Ipv4Addr;
     use std::time::{Duration, Instant};
 
@@ -231,6 +231,16 @@ mod needs {
             subject: Subject::new(owner, &groups),
             asked: Vec::new(),
         }
+    }
+
+    /// dev (a RoleBinding could grant it emojivoto), nobody (no binding), olga (a
+    /// ClusterRoleBinding could grant it everywhere).
+    fn dev_nobody_olga() -> [PeerReach; 3] {
+        [
+            peer("100.77.0.2", "dev", &["developers"]),
+            peer("100.77.0.3", "nobody", &[]),
+            peer("100.77.0.4", "olga", &[]),
+        ]
     }
 
     /// Every question of the pass asked and answered as RBAC would (`allowed`).
@@ -250,11 +260,7 @@ mod needs {
     #[test]
     fn only_pairs_a_binding_could_grant_are_reviewed_the_rest_denied_without_one() {
         let t0 = Instant::now();
-        let peers = [
-            peer("100.77.0.2", "dev", &["developers"]),
-            peer("100.77.0.3", "nobody", &[]),
-            peer("100.77.0.4", "olga", &[]),
-        ];
+        let peers = dev_nobody_olga();
         let n = Needs::of(&inv(), &peers, &cluster());
         let dev = Subject::new("dev", &["developers".to_owned()]);
         let (nobody, olga) = (Subject::new("nobody", &[]), Subject::new("olga", &[]));
@@ -294,6 +300,70 @@ mod needs {
         // --review-all-pairs: every pair a peer asks for.
         let all = Needs::of(&inv(), &peers, &Possible::all());
         assert_eq!((all.questions.len(), all.scoped.is_none()), (6, true));
+    }
+
+    #[test]
+    fn an_owner_no_binding_could_grant_costs_one_low_priority_cluster_review_another_authorizer_may_allow()
+     {
+        // EKS access entries, GKE IAM, AKS Azure RBAC: a webhook authorizer grants `nobody`
+        // what no RBAC binding does. One cluster-scope review says so; its yes reaches every
+        // namespace, as a ClusterRoleBinding's.
+        let t0 = Instant::now();
+        let peers = dev_nobody_olga();
+        let n = Needs::of(&inv(), &peers, &cluster());
+        let (nobody, olga) = (Subject::new("nobody", &[]), Subject::new("olga", &[]));
+        assert_eq!(n.probes, [nobody.clone()].into());
+        // At 1 review a second (bursts of 2): dev's and olga's first, nobody's last.
+        let mut r = Reviews::new(Duration::from_secs(60), 1.0, t0);
+        let first = r.to_ask_needs(&n, t0);
+        assert!(!first.contains(&reviews::cluster(&nobody)), "{first:?}");
+        assert_eq!(first.len(), 2);
+        for q in first {
+            r.answered(q, true);
+        }
+        assert_eq!(
+            n.answer(&r, &nobody, "default"),
+            Some(false),
+            "not answered yet: no"
+        );
+        let later = t0 + Duration::from_secs(1);
+        r.tick(later);
+        let second = r.to_ask_needs(&n, later);
+        assert_eq!(second, [reviews::cluster(&nobody)].into());
+        r.answered(reviews::cluster(&nobody), true);
+        assert!(n.allowed(&r, &nobody, "default") && n.allowed(&r, &nobody, "emojivoto"));
+        assert!(n.allowed(&r, &olga, "default"));
+        // Said once.
+        assert_eq!(r.granted_elsewhere(), vec![nobody.clone()]);
+        assert!(r.granted_elsewhere().is_empty());
+        // An RBAC change asks it no sooner than its period.
+        r.cluster_bindings_changed();
+        r.namespaces_changed(["default".to_owned()]);
+        let soon = later + Duration::from_secs(5);
+        r.tick(soon);
+        let changed = r.to_ask_needs(&n, soon);
+        assert!(!changed.contains(&reviews::cluster(&nobody)), "{changed:?}");
+        for q in changed {
+            r.answered(q, true);
+        }
+        // The periodic re-review asks it again: the webhook says no now, reach goes.
+        let mut now = soon;
+        let mut asked = 0;
+        while now < later + Duration::from_secs(120) {
+            now = r.next_wake(now).max(now + Duration::from_millis(1));
+            r.tick(now);
+            for q in r.to_ask_needs(&n, now) {
+                asked += usize::from(q == reviews::cluster(&nobody));
+                let yes = q.0 != nobody;
+                r.answered(q, yes);
+            }
+        }
+        assert!((1..=2).contains(&asked), "{asked} probes in two periods");
+        assert!(!n.allowed(&r, &nobody, "default") && n.allowed(&r, &olga, "default"));
+        assert!(r.granted_elsewhere().is_empty());
+        // --review-all-pairs: no probe (its pairs are asked one by one).
+        let all = Needs::of(&inv(), &peers, &Possible::all());
+        assert!(all.probes.is_empty());
     }
 
     #[test]

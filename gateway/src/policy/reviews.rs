@@ -17,6 +17,7 @@
 //! RoleBinding changes there were not reviewed meanwhile).
 
 use super::grants::{Question, Subject};
+use super::possible::Needs;
 use super::rbac::Affected;
 use super::schedule::{Bucket, REREVIEW_SHARE, Spread};
 use std::collections::{BTreeSet, HashMap};
@@ -54,6 +55,13 @@ pub struct Reviews {
     sent: HashMap<Question, Instant>,
     spread: Spread,
     bucket: Bucket,
+    /// The subjects no RBAC binding could grant ([`super::possible::Needs::probes`]): their
+    /// cluster-scope question goes last, when new or due (not after an RBAC change).
+    probes: BTreeSet<Subject>,
+    /// Those a cluster-scope review allowed anyway (another authorizer grants them): said once.
+    elsewhere: BTreeSet<Subject>,
+    /// Of those, the ones not said yet ([`Reviews::granted_elsewhere`]).
+    found: Vec<Subject>,
 }
 
 impl Reviews {
@@ -76,6 +84,9 @@ impl Reviews {
             sent: HashMap::new(),
             spread: Spread::new(period, per_second * REREVIEW_SHARE, now),
             bucket: Bucket::new(per_second, burst, now),
+            probes: BTreeSet::new(),
+            elsewhere: BTreeSet::new(),
+            found: Vec::new(),
         }
     }
 
@@ -153,6 +164,33 @@ impl Reviews {
         scoped: Option<&BTreeSet<Subject>>,
         now: Instant,
     ) -> BTreeSet<Question> {
+        self.to_ask_probing(needed, scoped, &BTreeSet::new(), now)
+    }
+
+    /// A pass, as [`Reviews::to_ask_with`], for what the peers need now
+    /// ([`super::possible::Needs`]), its probes included.
+    #[must_use]
+    pub fn to_ask_needs(&mut self, needs: &Needs, now: Instant) -> BTreeSet<Question> {
+        self.to_ask_probing(&needs.questions, needs.scoped.as_ref(), &needs.probes, now)
+    }
+
+    /// A pass, as [`Reviews::to_ask_with`]; `probes` (subjects no binding could grant) have a
+    /// cluster-scope question too, asked last: when new (a first answer), waiting, or due on
+    /// the periodic re-review, never because RBAC changed (their bindings are counted locally).
+    #[must_use]
+    pub fn to_ask_probing(
+        &mut self,
+        needed: &BTreeSet<Question>,
+        scoped: Option<&BTreeSet<Subject>>,
+        probes: &BTreeSet<Subject>,
+        now: Instant,
+    ) -> BTreeSet<Question> {
+        let probes: BTreeSet<Subject> = match scoped {
+            Some(scoped) => probes.difference(scoped).cloned().collect(),
+            None => BTreeSet::new(),
+        };
+        self.elsewhere.retain(|s| probes.contains(s));
+        self.found.retain(|s| probes.contains(s));
         self.grants.retain(|q, _| needed.contains(q));
         let (grants, cluster_qs) = (&self.grants, &self.cluster);
         self.sent.retain(|q, _| {
@@ -160,7 +198,9 @@ impl Reviews {
         });
         let subjects: BTreeSet<&Subject> = needed.iter().map(|q| &q.0).collect();
         match scoped {
-            Some(scoped) => self.cluster.retain(|s, _| scoped.contains(s)),
+            Some(scoped) => self
+                .cluster
+                .retain(|s, _| scoped.contains(s) || probes.contains(s)),
             None => self.cluster.retain(|s, _| subjects.contains(s)),
         }
         self.dropped = false;
@@ -214,6 +254,13 @@ impl Reviews {
         want.extend(scoped_other);
         want.extend(new.into_iter().cloned());
         want.extend(due.into_iter().cloned());
+        // Last, the probes: asked when new (not after a failure before its retry) or waiting.
+        let cluster_answers = &self.cluster;
+        let probing = probes.iter().map(cluster).filter(|q| {
+            (!cluster_answers.contains_key(&q.0) && !self.retry.contains(q)) || pending.contains(q)
+        });
+        want.extend(probing);
+        self.probes = probes;
         let later = want.split_off(self.bucket.take(want.len(), now));
         self.changed = later
             .iter()
@@ -233,6 +280,9 @@ impl Reviews {
     pub fn answered(&mut self, q: Question, allowed: bool) -> bool {
         if !q.1.is_empty() {
             return self.grants.insert(q, allowed) != Some(allowed);
+        }
+        if allowed && self.probes.contains(&q.0) && self.elsewhere.insert(q.0.clone()) {
+            self.found.push(q.0.clone());
         }
         let before = self.cluster.insert(q.0.clone(), allowed);
         if !allowed && before == Some(true) {
@@ -273,6 +323,13 @@ impl Reviews {
     /// Whether `who` may reach `namespace`; never answered counts as no.
     pub fn allowed(&self, who: &Subject, namespace: &str) -> bool {
         self.answer(who, namespace) == Some(true)
+    }
+
+    /// The subjects no RBAC binding could grant whom a cluster-scope review allowed since the
+    /// last call (another authorizer grants them every namespace), each once while it stays
+    /// one: to say so (`--review-all-pairs` asks their pairs one by one).
+    pub fn granted_elsewhere(&mut self) -> Vec<Subject> {
+        std::mem::take(&mut self.found)
     }
 
     /// Questions waiting for the rate limit or a retry.
