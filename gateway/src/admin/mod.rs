@@ -112,22 +112,39 @@ pub fn router(state: Arc<AdminState>) -> Router {
 }
 
 /// Binds the admin address (before anything serves: a taken port fails the start). `[::]`
-/// where the pod has no IPv6 (the address family unsupported or unavailable) is `0.0.0.0`.
+/// takes IPv4 connections too (IPV6_V6ONLY off, whatever `net.ipv6.bindv6only` says: the
+/// kubelet probes over IPv4); where the pod has no IPv6 (the address family unsupported or
+/// unavailable) it is `0.0.0.0`. The address logged is the one bound.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
     // EAFNOSUPPORT (97 on Linux): IPv6 disabled in the kernel; EADDRNOTAVAIL: in the pod.
     let no_ipv6 = |e: &std::io::Error| {
         e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(97)
     };
-    let listener = match TcpListener::bind(addr).await {
-        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED && no_ipv6(&e) => {
-            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
-            TcpListener::bind(v4).await
-        }
+    let listener = match listen(addr) {
+        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED && no_ipv6(&e) => listen(
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port())),
+        ),
         r => r,
     }
     .map_err(|source| GatewayError::Admin { addr, source })?;
-    tracing::info!(%addr, "admin HTTP server listening");
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "admin HTTP server listening");
     Ok(listener)
+}
+
+/// A listening TCP socket on `addr`, as [`TcpListener::bind`] makes it (SO_REUSEADDR), and
+/// on `[::]` dual-stack explicitly.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Serves on `listener` until `shutdown` completes.
@@ -294,3 +311,7 @@ impl AdminState {
         gateway_peers(peers, &stats, (&s.views.reach(), counted), caller)
     }
 }
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
