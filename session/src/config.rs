@@ -67,3 +67,12 @@ pub struct SessionConfig {
 
 /// [`SessionConfig::ipv4_only`] in userspace mode.
 pub const USERSPACE_IPV4_ONLY: &str = "userspace mode carries only IPv4";
+
+/// [`SessionConfig::ipv4_only`] when the machine has IPv6 turned off.
+pub const IPV6_DISABLED_IPV4_ONLY: &str =
+    "IPv6 is disabled on this machine (enable it: sysctl -w net.ipv6.conf.all.disable_ipv6=0)";
+
+/// [`SessionConfig::ipv4_only`] when the cluster's IPv6 ranges overlap the machine's routes
+/// (another kwg session's, the LAN's): IPv6 ranges are never mapped.
+pub const IPV6_OVERLAP_IPV4_ONLY: &str =
+    "the cluster's IPv6 ranges overlap a route of this machine (another kwg session's?)";

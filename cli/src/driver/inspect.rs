@@ -88,6 +88,7 @@ pub async fn inspect(args: &JoinArgs, dir: &StateDir) -> Result<Inspected, Error
         resolv_conf,
         uplink,
         resolved: resolved_state,
+        ipv6_usable: ipv6_usable(),
     };
     Ok(Inspected {
         facts: Box::new(facts),
@@ -203,6 +204,17 @@ fn machine_addresses() -> Vec<IpAddr> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether this network namespace can take IPv6 addresses and routes: the kernel has IPv6
+/// (`/proc/net/if_inet6`) and neither `net.ipv6.conf.all.disable_ipv6` nor `.default.` (what
+/// a new interface such as kwg0 starts with) is 1.
+fn ipv6_usable() -> bool {
+    let off = |conf: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"))
+            .is_ok_and(|v| v.trim() == "1")
+    };
+    std::path::Path::new("/proc/net/if_inet6").exists() && !off("all") && !off("default")
 }
 
 /// The API server's addresses (its URL's host, resolved).

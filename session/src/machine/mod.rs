@@ -367,6 +367,17 @@ impl Session {
     }
 
     fn inspected(&mut self, facts: Facts) {
+        // IPv6 unusable here: this join (and every change while serving) carries IPv4 only.
+        let ipv4_only = plan::machine_ipv4_only(&self.config, &facts);
+        if let Some(why) = ipv4_only {
+            self.config.ipv4_only = Some(why);
+            if !facts.info.ipv6_only() {
+                self.actions.push_back(Action::Progress(format!(
+                    "{}: joining IPv4 only",
+                    capitalized(why)
+                )));
+            }
+        }
         let plan = match plan::plan(&self.config, &facts, self.resolv_backup.clone()) {
             Ok(p) => p,
             Err(e) => return self.fail(e),
@@ -587,4 +598,12 @@ impl Session {
         self.in_flight = true;
         self.step(step, action);
     }
+}
+
+/// `why` as the start of a sentence.
+fn capitalized(why: &str) -> String {
+    let mut c = why.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }

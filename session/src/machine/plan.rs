@@ -61,6 +61,9 @@ pub struct Facts {
     pub uplink: Option<Vec<u8>>,
     /// Whether systemd-resolved manages the machine's DNS (checked in modes auto and resolved).
     pub resolved: Resolved,
+    /// Whether the machine can take IPv6 routes and addresses (`false`: no
+    /// `/proc/net/if_inet6`, or `net.ipv6.conf.all.disable_ipv6=1`).
+    pub ipv6_usable: bool,
 }
 
 /// What the driver found out about systemd-resolved.
@@ -346,6 +349,32 @@ pub fn check_namespaces(
         }
     }
     Ok(())
+}
+
+/// Why this join carries IPv4 only although the gateway publishes `ipv6.json`, from the
+/// machine's facts (`None`: nothing stops IPv6): IPv6 disabled here, or the cluster's IPv6
+/// ranges or tunnel /96 overlapping a route of the machine (another kwg session's, the
+/// LAN's). IPv4 ranges are mapped instead (virtual subnets); IPv6 ones are not.
+pub fn machine_ipv4_only(config: &SessionConfig, facts: &Facts) -> Option<&'static str> {
+    let i = facts.info.ipv6.as_ref()?;
+    if config.ipv4_only.is_some() {
+        return None;
+    }
+    if !facts.ipv6_usable {
+        return Some(crate::config::IPV6_DISABLED_IPV4_ONLY);
+    }
+    let ranges: Vec<IpNet> = [&i.service_cidrs[..], &i.pod_cidrs, &[i.tunnel_cidr]]
+        .concat()
+        .into_iter()
+        .map(IpNet::V6)
+        .collect();
+    // Another session's tunnel address comes with its kernel prefix route (the /96 on kwgN):
+    // a lone address equal to ours meets the machine's rules instead (refused).
+    let overlaps = ranges.iter().any(|n| {
+        routes::conflicting(n, &facts.machine_routes, &config.interface).is_some()
+            && !config.allow_conflicting_subnets.iter().any(|a| a.contains(n))
+    });
+    overlaps.then_some(crate::config::IPV6_OVERLAP_IPV4_ONLY)
 }
 
 /// What of `info` this join carries: all of it, or its IPv4 side only

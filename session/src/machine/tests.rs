@@ -91,6 +91,7 @@ fn facts(gateway: &PrivateKey) -> Facts {
         resolv_conf: Some(b"nameserver 192.0.2.53\n".to_vec()),
         uplink: None,
         resolved: plan::Resolved::NotManaged("no stub".into()),
+        ipv6_usable: true,
     }
 }
 

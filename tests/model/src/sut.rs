@@ -81,6 +81,7 @@ pub fn facts(
         resolv_conf: None,
         uplink: None,
         resolved: Resolved::NotManaged("model".into()),
+        ipv6_usable: true,
     }
 }
 

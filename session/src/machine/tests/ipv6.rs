@@ -4,6 +4,7 @@
 //! join that carries IPv4 only (userspace mode) leaves the IPv6 side alone and
 //! refuses an IPv6 `--also-proxy` in one sentence, as does a cluster without `ipv6.json`.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -40,14 +41,27 @@ type Network = (
 
 /// Runs a join of `change` against the dual-stack cluster; what `ConfigureNetwork` asked.
 fn dual_join(change: impl FnOnce(&mut SessionConfig)) -> (Run, Vec<Network>) {
+    let (r, kept, _) = dual_join_with(change, |_| ());
+    (r, kept)
+}
+
+/// [`dual_join`] on a machine `machine` changes; also the progress lines said.
+fn dual_join_with(
+    change: impl FnOnce(&mut SessionConfig),
+    machine: impl FnOnce(&mut Facts),
+) -> (Run, Vec<Network>, Vec<String>) {
     let mut r = Run::new(change);
     let mut kept = Vec::new();
-    let gateway = r.gateway.clone();
+    let mut said = Vec::new();
+    let mut f = facts(&r.gateway);
+    f.info = dual_info(&r.gateway);
+    machine(&mut f);
+    let mut f = Some(f);
     r.pump(|a| match a {
-        Action::Inspect => {
-            let mut f = facts(&gateway);
-            f.info = dual_info(&gateway);
-            Some(Some(Event::Inspected(Box::new(f))))
+        Action::Inspect => f.take().map(|f| Some(Event::Inspected(Box::new(f)))),
+        Action::Progress(line) => {
+            said.push(line.clone());
+            None
         }
         Action::ConfigureNetwork {
             address: a,
@@ -61,7 +75,82 @@ fn dual_join(change: impl FnOnce(&mut SessionConfig)) -> (Run, Vec<Network>) {
         }
         _ => None,
     });
-    (r, kept)
+    (r, kept, said)
+}
+
+/// Review finding: a machine with IPv6 turned off joins a dual-stack cluster IPv4 only and
+/// says so (the IPv6 routes failed in netlink before: "IPv6 is disabled on nexthop device");
+/// an IPv6-only cluster is refused in one sentence naming the fix.
+#[test]
+fn a_machine_with_ipv6_disabled_joins_ipv4_only_and_refuses_an_ipv6_only_cluster() {
+    let (r, kept, said) = dual_join_with(|_| (), |f| f.ipv6_usable = false);
+    assert_eq!(r.s.phase(), Phase::Serving);
+    let (_, address6, routes, _) = kept.first().expect("no ConfigureNetwork");
+    assert_eq!(*address6, None);
+    assert!(routes.iter().all(|r| r.addr().is_ipv4()), "{routes:?}");
+    assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
+    assert!(
+        said.iter().any(|l| l.starts_with("IPv6 is disabled on this machine")
+            && l.ends_with(": joining IPv4 only")),
+        "{said:?}"
+    );
+
+    let (mut r, kept, _) = dual_join_with(
+        |_| (),
+        |f| {
+            f.ipv6_usable = false;
+            f.info.service_cidrs.clear();
+            f.info.pod_cidrs.clear();
+            f.info.dns_ip = None;
+        },
+    );
+    assert!(kept.is_empty());
+    let e = r.s.outcome().unwrap_err().to_string();
+    assert!(
+        e.contains("IPv6-only") && e.contains("sysctl -w net.ipv6.conf.all.disable_ipv6=0"),
+        "{e}"
+    );
+}
+
+/// Review finding: a second dual-stack cluster with the same IPv6 ranges as a joined one
+/// (kwg0 routes fd00:10:96::/112 and holds the same IPv6 tunnel address) joins IPv4 only,
+/// with a warning, instead of being refused (IPv6 ranges are never mapped).
+#[test]
+fn a_second_cluster_with_the_same_ipv6_ranges_joins_ipv4_only() {
+    let kwg0 = |d: &str| crate::routes::Route {
+        destination: n(d),
+        interface: Some("kwg0".into()),
+        gateway: None,
+        table: 254,
+    };
+    let (mut r, kept, said) = dual_join_with(
+        |c| c.interface = "kwg1".into(),
+        |f| {
+            f.machine_routes = vec![kwg0("fd00:10:96::/112"), kwg0("fd00:10:244::/64")];
+        },
+    );
+    assert_eq!(r.s.phase(), Phase::Serving, "{:?}", r.s.outcome());
+    let (_, address6, routes, _) = kept.first().expect("no ConfigureNetwork");
+    assert_eq!(*address6, None);
+    assert!(routes.iter().all(|r| r.addr().is_ipv4()), "{routes:?}");
+    assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
+    assert!(
+        said.iter()
+            .any(|l| l.contains("IPv6 ranges overlap") && l.ends_with(": joining IPv4 only")),
+        "{said:?}"
+    );
+
+    // Only the tunnel /96 taken: kwg0's identical IPv6 tunnel address and its kernel route.
+    let (mut r, kept, _) = dual_join_with(
+        |c| c.interface = "kwg1".into(),
+        |f| {
+            let t = f.info.ipv6.as_ref().unwrap().tunnel_cidr;
+            f.machine_addresses = vec![IpAddr::V6(t.hosts().nth(5).unwrap())];
+            f.machine_routes = vec![kwg0(&t.to_string())];
+        },
+    );
+    assert_eq!(r.s.phase(), Phase::Serving, "{:?}", r.s.outcome());
+    assert_eq!(kept.first().expect("no ConfigureNetwork").1, None);
 }
 
 #[test]
