@@ -127,6 +127,16 @@ fn refused(what: impl Into<String>, why: impl Into<String>) -> Error {
     Refusal::new(what, why).error()
 }
 
+/// The cluster's Service and pod ranges of both families (IPv6 ones from `info.ipv6`).
+fn cluster_ranges(info: &GatewayInfo) -> Vec<IpNet> {
+    info.service_cidrs
+        .iter()
+        .chain(&info.pod_cidrs)
+        .copied()
+        .chain(info.ipv6.as_ref().map(|i| i.cluster_cidrs()).unwrap_or_default())
+        .collect()
+}
+
 /// Checks the gateway info: its subnets, gateway IP, tunnel CIDR, cluster domain and DNS IP;
 /// in a dual-stack cluster (`info.ipv6`, its `ipv6.json`) the IPv6 ones by the same rules
 /// (unique local `fc00::/7` without the user's say-so).
@@ -138,12 +148,8 @@ pub fn check_info(
     let users = |net: &IpNet| consent.also_proxy.iter().any(|a| a.contains(net));
     let info6 = info.ipv6.as_ref();
     // Subnets inside the user's own --also-proxy are routed anyway: nothing to accept.
-    let cluster: Vec<IpNet> = info
-        .service_cidrs
-        .iter()
-        .chain(&info.pod_cidrs)
-        .copied()
-        .chain(info6.map(|i| i.cluster_cidrs()).unwrap_or_default())
+    let cluster: Vec<IpNet> = cluster_ranges(info)
+        .into_iter()
         .map(|n| n.trunc())
         .filter(|n| !users(n))
         .collect();
@@ -195,13 +201,7 @@ pub fn check_info(
     }
     check_cluster_domain(&info.cluster_domain, consent)?;
     let dns6 = info6.and_then(|i| i.dns_ip).map(IpAddr::V6);
-    let ranges: Vec<IpNet> = info
-        .service_cidrs
-        .iter()
-        .chain(&info.pod_cidrs)
-        .copied()
-        .chain(info6.map(|i| i.cluster_cidrs()).unwrap_or_default())
-        .collect();
+    let ranges = cluster_ranges(info);
     if let Some(dns) = info
         .dns_ip
         .into_iter()
