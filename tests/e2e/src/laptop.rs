@@ -56,6 +56,19 @@ impl Laptop {
             .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"))
     }
 
+    /// Runs `argv` on this laptop as the developer and returns its stdout; a failure panics
+    /// with its stderr (an absence in the output of a command that failed proves nothing).
+    pub fn run_ok(&self, argv: &[&str]) -> String {
+        let out = self.run(argv);
+        assert!(
+            out.status.success(),
+            "{argv:?} failed ({}): {}",
+            out.status,
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
     /// Starts `argv` on this laptop as the developer without waiting (stdout and stderr
     /// piped), e.g. to watch what a `kwg join` does while it runs.
     pub fn spawn(&self, argv: &[&str]) -> std::process::Child {
@@ -169,9 +182,7 @@ impl Laptop {
 
     /// `ip route show` (a failure panics: "no kwg0 route" must not pass on empty output).
     pub fn routes(&self) -> String {
-        let out = self.run(&["ip", "route", "show"]);
-        assert!(out.status.success(), "ip route: {}", text(&out.stderr));
-        text(&out.stdout)
+        self.run_ok(&["ip", "route", "show"])
     }
 
     pub fn daemon_pid(&self) -> i32 {
