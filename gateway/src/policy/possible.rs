@@ -3,7 +3,8 @@
 //! the authority: this never grants anything, it only says which pairs need a review (where
 //! a RoleBinding could grant), which owners need one cluster-scope review (a
 //! ClusterRoleBinding could grant everywhere), and which pairs certainly cannot be granted by
-//! RBAC (denied without a review).
+//! RBAC (denied without a review of their own; an owner RBAC could grant nowhere gets one
+//! low-priority cluster-scope review, [`Needs::probes`], in case another authorizer does).
 //!
 //! What could grant, exactly as the RBAC authorizer decides a review of `get services` with no
 //! name: a rule with apiGroups `""` or `*`, resources `services` or `*`, verbs `get` or `*`,
@@ -14,7 +15,8 @@
 //! counts with the rules of every ClusterRole its selectors match (the aggregation controller
 //! copies them into its rules a moment later; counting them at once is the conservative side),
 //! transitively. Members of `system:masters` are allowed everything by the API server before
-//! RBAC is asked. Other authorizers (a webhook, ABAC) can allow what RBAC does not: for them
+//! RBAC is asked. Other authorizers (a webhook, ABAC) can allow what RBAC does not: their
+//! cluster-wide grants are found by the probes; for grants namespace by namespace
 //! `--review-all-pairs` asks every pair ([`Could::all`]).
 
 use super::grants::{PeerReach, Question, Subject};
