@@ -71,6 +71,7 @@ fn renders_counts_histogram_and_peers() {
         "kwg_gateway_leases_expired_total 0",
         "kwg_gateway_tcp_refused_per_source_total 4",
         "kwg_gateway_tcp_refused_full_total 0",
+        "kwg_gateway_reach_granted_elsewhere_total 0",
         "# TYPE kwg_gateway_udp_receive_calls_total counter",
         "kwg_gateway_udp_receive_calls_total 30",
         "kwg_gateway_udp_receive_messages_total 40",
