@@ -137,14 +137,14 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
     let client = c.pod_netns("default", "echo").expect("an echo pod");
     let in_pod = |argv: &[&str]| text(&c.exec(&client, argv).expect("exec in the pod").stdout);
     let url6 = format!("http://[{ip6}]/");
-    assert!(in_pod(&["curl", "-sS", "-6", "--max-time", "3", &url6]).contains("Emoji Vote"));
+    assert!(in_pod(&["curl", "-sS", "-6", "--max-time", "10", &url6]).contains("Emoji Vote"));
     assert!(
         in_pod(&[
             "curl",
             "-sS",
             "-6",
             "--max-time",
-            "3",
+            "10",
             &format!("http://[{pod6}]/")
         ])
         .contains("Emoji Vote")
@@ -155,7 +155,7 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
             "-sS",
             "-4",
             "--max-time",
-            "3",
+            "10",
             "http://web-app.emojivoto/"
         ])
         .contains("Emoji Vote")
@@ -200,7 +200,7 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
         std::time::Duration::from_secs(600),
     )
     .unwrap();
-    let ip = wait_tunnel_ip(&c, "byhand", std::time::Duration::from_secs(10)).unwrap();
+    let ip = wait_tunnel_ip(&c, "byhand", std::time::Duration::from_secs(30)).unwrap();
     let tun6 = info6.tunnel_ip6(ip);
     let routes = ["10.96.0.0/12", "fd00:10:96::/112", "fd00:10:244::/64"];
     wg.connect(&info, ip, &routes).unwrap();
@@ -210,7 +210,7 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
         &["ip", "addr", "add", &addr6, "dev", &wg.ifname, "nodad"],
     )
     .unwrap();
-    let web6 = wg.http_get(&url6, 3).unwrap().unwrap_or_default();
+    let web6 = wg.http_get(&url6, 10).unwrap().unwrap_or_default();
     assert!(
         web6.contains("Emoji Vote"),
         "curl -6 through the tunnel: {web6:?}"
@@ -233,18 +233,16 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
             "-sS",
             "-6",
             "--max-time",
-            "3",
+            "10",
             &format!("http://[{echo6}]/"),
         ])
         .unwrap();
-    assert!(
-        !refused.status.success(),
-        "IPv6 to a namespace the peer did not ask for passed"
-    );
-    let said = text(&refused.stderr);
-    assert!(
-        said.contains("Couldn't connect to server") || said.contains("reset"),
-        "refused at once: {said}"
+    // Refused (curl's exit 7), not passed and not timed out (28).
+    assert_eq!(
+        refused.status.code(),
+        Some(7),
+        "IPv6 to a namespace the peer did not ask for: {}",
+        text(&refused.stderr)
     );
 
     let c = Arc::new(c);
@@ -305,9 +303,9 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
         .find(|l| l.starts_with("Tunnel IP"))
         .unwrap_or_default();
     assert!(line.contains(&format!("{tun4}, {tun6} on kwg0")), "{shown}");
-    let addrs = text(&l.run(&["ip", "-6", "addr", "show", "dev", "kwg0"]).stdout);
+    let addrs = l.run_ok(&["ip", "-6", "addr", "show", "dev", "kwg0"]);
     assert!(addrs.contains(&format!("{tun6}/128")), "{addrs}");
-    let routes6 = text(&l.run(&["ip", "-6", "route", "show", "dev", "kwg0"]).stdout);
+    let routes6 = l.run_ok(&["ip", "-6", "route", "show", "dev", "kwg0"]);
     assert!(routes6.contains("fd00:10:96::/112"), "{routes6}");
 
     // By name through the split DNS (AAAA and A answered for cluster names), in each family,
@@ -318,7 +316,7 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
             "-sS",
             family,
             "--max-time",
-            "3",
+            "10",
             "http://web-app.emojivoto/",
         ]);
         assert!(
@@ -332,7 +330,7 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
         "-sS",
         "-6",
         "--max-time",
-        "3",
+        "10",
         &format!("http://[{pod6}]/"),
     ]);
     assert!(
@@ -364,22 +362,29 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
         ],
     );
     assert!(dns_pod6.starts_with("fd00:10:244::"), "{dns_pod6}");
+    // Refused, not timed out: curl's exit 7 (connection refused), never 28 (its --max-time
+    // of 10 s ran out); the time is printed, and bounded generously for a loaded machine.
     let started = std::time::Instant::now();
     let refused = l.run(&[
         "curl",
         "-sS",
         "-6",
         "--max-time",
-        "3",
+        "10",
         &format!("http://[{dns_pod6}]:53/"),
     ]);
+    let took = started.elapsed();
     assert_eq!(
         refused.status.code(),
         Some(7),
-        "IPv6 to kube-system: {}",
+        "IPv6 to kube-system (7: refused; 28: timed out) after {took:?}: {}",
         text(&refused.stderr)
     );
-    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    eprintln!("MEASURED: IPv6 to a pod in kube-system refused after {took:?}");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "refused only after {took:?}"
+    );
 
     // The laptop's firewall drops a new IPv6 connection from the cluster (the gateway pod
     // calls the laptop's IPv6 tunnel address): no answer at all, not even a reset, and the
@@ -405,13 +410,21 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
     // Replies to the laptop's own IPv6 connections still pass.
     assert!(
         text(
-            &l.run(&["curl", "-sS", "-6", "--max-time", "3", "http://web-app:80/"])
-                .stdout
+            &l.run(&[
+                "curl",
+                "-sS",
+                "-6",
+                "--max-time",
+                "10",
+                "http://web-app:80/"
+            ])
+            .stdout
         )
         .contains("Emoji Vote")
     );
-    l.kwg(&["leave"]);
-    let addrs = text(&l.run(&["ip", "-6", "addr"]).stdout);
+    let left = l.kwg(&["leave"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+    let addrs = l.run_ok(&["ip", "-6", "addr"]);
     assert!(!addrs.contains(&tun6), "{addrs}");
 
     // The same names through the real systemd-resolved (mode resolved): AAAA via the stub.
@@ -451,7 +464,7 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
         "-sS",
         "-6",
         "--max-time",
-        "3",
+        "10",
         "http://web-app.emojivoto.svc.cluster.local/",
     ]);
     assert!(
@@ -472,7 +485,7 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
         serde_json::from_slice(&h.run(&["kwg", "status", "-o", "json"]).stdout).unwrap();
     let user6 = status["tunnelIp6"].as_str().unwrap_or_default().to_string();
     assert!(user6.starts_with("fd6b:7767::"), "{status}");
-    let addrs = text(&l.run(&["ip", "addr", "show", "dev", "kwg0"]).stdout);
+    let addrs = l.run_ok(&["ip", "addr", "show", "dev", "kwg0"]);
     assert!(
         addrs.contains(&format!("{user6}/128")) && addrs.contains("inet 100."),
         "{addrs}"
@@ -482,7 +495,7 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
         "-sS",
         "-6",
         "--max-time",
-        "3",
+        "10",
         "http://web-app.emojivoto/",
     ]);
     assert!(
@@ -566,7 +579,7 @@ impl Drop for Helper {
 /// The laptop's firewall counter of dropped new connections from the tunnel (both families:
 /// one `inet` table).
 fn firewall_drops(l: &Laptop) -> u64 {
-    let t = text(&l.run(&["nft", "list", "table", "inet", "kwg_kwg0"]).stdout);
+    let t = l.run_ok(&["nft", "list", "table", "inet", "kwg_kwg0"]);
     t.lines()
         .filter(|l| l.contains("counter") && l.contains("drop"))
         .filter_map(|l| {
