@@ -39,14 +39,14 @@ pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
     let chosen: Vec<&Session> = named.into_iter().filter(|s| s.state.is_some()).collect();
     if chosen.is_empty() {
         // A session that ended on its own (its helper went away) says why.
-        let ended = crate::privileged::ended_note(&dir.0);
+        let ended = crate::privileged::ended_note(&dir.0, args.context.as_deref());
         if args.output == Format::Json {
             let mut out = serde_json::json!({ "connected": false, "sessions": [] });
             if let Some(why) = ended {
                 out["message"] = serde_json::Value::String(format!("not joined: {why}"));
             }
             println!("{out}");
-        } else if let Some(why) = ended.filter(|_| args.context.is_none()) {
+        } else if let Some(why) = ended {
             println!("kwg is not joined: {why}");
         } else if let Some(c) = &args.context {
             println!("kwg is not joined to context {c}: run `kwg join --context {c}`.");

@@ -190,8 +190,8 @@ pub async fn run(
         Some(std::process::id()),
         chrono::Utc::now(),
     );
-    // Why a previous session here ended on its own is no longer news.
-    let _ = std::fs::remove_file(crate::privileged::ended_path(&dir.0));
+    // Why a previous session (this one or another) ended on its own is no longer news.
+    crate::privileged::clear_ended_notes(&dir.0);
     let started = Instant::now();
     let mut session = Session::new(config, template, dir.resolv_backup(), started.into_std());
     let mut d = Driver {

@@ -383,18 +383,87 @@ pub fn ended_path(dir: &Path) -> PathBuf {
     dir.join("ended")
 }
 
-/// Why the last session under `base` (the state directory or one of its `sessions/`) ended on
-/// its own, if one did.
-pub fn ended_note(base: &Path) -> Option<String> {
+/// The state directory `base` and each session directory under it (`sessions/<alias>`).
+fn session_dirs(base: &Path) -> Vec<PathBuf> {
     let mut dirs = vec![base.to_path_buf()];
     if let Ok(entries) = std::fs::read_dir(base.join("sessions")) {
         dirs.extend(entries.flatten().map(|e| e.path()));
     }
-    dirs.iter().find_map(|d| {
+    dirs
+}
+
+/// Why a session under the state directory `base` ended on its own, if one did: with
+/// `context`, only the note of that context's (or alias's) session, as its record names it.
+pub fn ended_note(base: &Path, context: Option<&str>) -> Option<String> {
+    let ours = |d: &Path| {
+        let Some(c) = context else { return true };
+        crate::state::SessionInfo::load(&crate::state::StateDir(d.to_path_buf()))
+            .is_some_and(|i| i.alias == c || i.context.as_deref() == Some(c))
+    };
+    session_dirs(base).iter().filter(|d| ours(d)).find_map(|d| {
         let bytes = crate::state::read_no_follow(&ended_path(d)).ok()?;
         let text = String::from_utf8_lossy(&bytes).trim().to_string();
         (!text.is_empty()).then_some(text)
     })
+}
+
+/// At a join in the session directory `dir`: every session's note of how it ended (under the
+/// state directory `dir` is in, or is) is older than this join, no longer news; a note left
+/// would make `kwg status` say "the helper went away" after this session leaves normally.
+pub fn clear_ended_notes(dir: &Path) {
+    let base = match dir.parent() {
+        Some(p) if p.file_name().is_some_and(|n| n == "sessions") => p.parent().unwrap_or(dir),
+        _ => dir,
+    };
+    for d in session_dirs(base) {
+        let _ = std::fs::remove_file(ended_path(&d));
+    }
+}
+
+#[cfg(test)]
+mod ended_tests {
+    use super::*;
+
+    fn note(dir: &Path, context: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        let info = crate::state::SessionInfo {
+            context: Some(context.into()),
+            alias: context.into(),
+            primary: false,
+            interface: "kwg1".into(),
+            dns_listen: "127.77.0.54:53".parse().unwrap(),
+            server: None,
+        };
+        info.save(&crate::state::StateDir(dir.to_path_buf())).unwrap();
+        std::fs::write(ended_path(dir), HELPER_WENT_AWAY).unwrap();
+    }
+
+    /// Review finding: session B ended as its helper went away; A joining (and leaving
+    /// normally) made `kwg status` say "not joined: the helper went away" until B joined again.
+    #[test]
+    fn a_join_clears_every_sessions_ended_note_and_a_context_sees_only_its_own() {
+        let base = tempfile::tempdir().unwrap();
+        let b = base.path().join("sessions").join("staging");
+        note(&b, "staging");
+        assert_eq!(
+            ended_note(base.path(), None).as_deref(),
+            Some(HELPER_WENT_AWAY)
+        );
+        assert_eq!(
+            ended_note(base.path(), Some("staging")).as_deref(),
+            Some(HELPER_WENT_AWAY)
+        );
+        assert_eq!(ended_note(base.path(), Some("kind-dev")), None);
+
+        // A (the first session, in the base directory) joins: B's note is old news.
+        clear_ended_notes(base.path());
+        assert_eq!(ended_note(base.path(), None), None);
+
+        // A join of a later session clears the base directory's note too.
+        note(base.path(), "kind-dev");
+        clear_ended_notes(&b);
+        assert_eq!(ended_note(base.path(), None), None);
+    }
 }
 
 /// Returns once the helper holding `helper`'s session is gone (its connection closed: it
