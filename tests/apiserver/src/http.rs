@@ -235,14 +235,27 @@ pub(crate) fn authorize(shared: &Shared, user: &User, a: &Attrs) -> Result<(), A
 
 /// The one series of kube-apiserver's `/metrics` this server keeps: SubjectAccessReviews
 /// created (how many reviews a client such as the kwg gateway asks), in kube-apiserver's
-/// name and labels (`kubectl get --raw /metrics`, as the admin).
+/// name and labels (`kubectl get --raw /metrics`, as the admin); then kwg-sim's own series of
+/// the same reviews by their `spec.user` (kube-apiserver has none), so that a test can count
+/// one subject's reviews while other subjects' are asked.
 fn metrics(shared: &Shared) -> String {
     let n = (shared.subject_access_reviews).load(std::sync::atomic::Ordering::Relaxed);
-    format!(
+    let mut out = format!(
         "# HELP apiserver_request_total Counter of apiserver requests broken out for each verb, dry run value, group, version, resource, scope, component, and HTTP response code.\n\
          # TYPE apiserver_request_total counter\n\
          apiserver_request_total{{code=\"201\",component=\"apiserver\",dry_run=\"\",group=\"authorization.k8s.io\",resource=\"subjectaccessreviews\",scope=\"cluster\",subresource=\"\",verb=\"POST\",version=\"v1\"}} {n}\n"
-    )
+    );
+    out.push_str(
+        "# HELP kwg_sim_subject_access_reviews_total SubjectAccessReviews created, by spec.user (kwg-sim only).\n\
+         # TYPE kwg_sim_subject_access_reviews_total counter\n",
+    );
+    for (user, n) in shared.subject_access_reviews_by_user.lock().unwrap().iter() {
+        let user = user.replace('\\', "\\\\").replace('"', "\\\"");
+        out.push_str(&format!(
+            "kwg_sim_subject_access_reviews_total{{user=\"{user}\"}} {n}\n"
+        ));
+    }
+    out
 }
 
 fn route(shared: &Arc<Shared>, req: &Req) -> Result<Response<Body>, ApiError> {

@@ -99,6 +99,9 @@ pub(crate) struct Shared {
     /// SubjectAccessReviews answered since start (`/metrics`: how often a client such as the
     /// kwg gateway asks).
     pub subject_access_reviews: std::sync::atomic::AtomicU64,
+    /// The same, by the review's `spec.user` (kwg-sim only, not a kube-apiserver series: a
+    /// test counts one subject's reviews while others are asked).
+    pub subject_access_reviews_by_user: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 pub(crate) use store::Store;
@@ -181,6 +184,7 @@ impl ApiServer {
             logs: Mutex::new(None),
             netns: Mutex::new(None),
             subject_access_reviews: Default::default(),
+            subject_access_reviews_by_user: Default::default(),
         });
         let server = ApiServer {
             shared,

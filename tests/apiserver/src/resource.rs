@@ -91,6 +91,11 @@ pub(crate) fn resource(
     if kind.is("authorization.k8s.io", "subjectaccessreviews") {
         let count = &shared.subject_access_reviews;
         count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body = req.json_body().unwrap_or_default();
+        let user = body["spec"]["user"].as_str().unwrap_or("").to_string();
+        let mut by_user = shared.subject_access_reviews_by_user.lock().unwrap();
+        *by_user.entry(user).or_default() += 1;
+        drop(by_user);
         return crate::reviews::access_review(shared, req, None, kind);
     }
     if sub == Some("token") {
