@@ -505,6 +505,27 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
     );
     let left = h.run(&["kwg", "leave"]);
     assert!(left.status.success(), "{}", text(&left.stderr));
+
+    // Review finding: a laptop with IPv6 turned off joins the dual-stack cluster IPv4 only
+    // and says so (netlink refused the IPv6 routes before: the join failed).
+    l.run_ok(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    let joined = l.join(&["--namespace", "emojivoto"]);
+    let said = format!("{}{}", text(&joined.stdout), text(&joined.stderr));
+    assert!(
+        said.contains("IPv6 is disabled on this machine") && said.contains("joining IPv4 only"),
+        "{said}"
+    );
+    let status = l.status_json();
+    assert!(status["tunnelIp6"].is_null(), "{status}");
+    let page = l.run(&["curl", "-sS", "-4", "--max-time", "10", "http://web-app:80/"]);
+    assert!(
+        text(&page.stdout).contains("Emoji Vote"),
+        "{}",
+        text(&page.stderr)
+    );
+    let left = l.kwg(&["leave"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+    l.run_ok(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"]);
 }
 
 /// A user without privilege (uid [`Helper::UID`]) on the laptop and the kwg-helper serving
