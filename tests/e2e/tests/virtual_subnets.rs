@@ -213,7 +213,7 @@ fn a_second_cluster_with_the_same_cidrs_is_reached_through_its_mapping() {
     let pod_b = mapped(&pod_b, pod.0, pod.1);
     assert_eq!(title(&l, &format!("http://{svc_b}/")), "Cluster Beta");
     assert_eq!(title(&l, &format!("http://{pod_b}/")), "Cluster Beta");
-    let ping = l.run(&["ping", "-c", "1", "-W", "2", &pod_b]);
+    let ping = l.run(&["ping", "-c", "1", "-W", "5", &pod_b]);
     assert!(
         ping.status.success(),
         "ping {pod_b}: {}",
