@@ -303,21 +303,22 @@ fn the_developer_reaches_what_its_team_and_its_bindings_grant(c: &Arc<Cluster>) 
         "metadata": {"name": "developer-reach", "namespace": "kube-system"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kwg-reach"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "developer"}]});
-    let before = reviews(c)?;
+    // The developer's reviews only (other owners' periodic re-reviews are not the change's).
+    let before = reviews_of(c, "developer")?;
     c.kubectl_apply(&c.admin_kubeconfig(), &rb.to_string())?;
-    let took = settles(&l, &dns_pod, true, Duration::from_secs(5))?;
-    eprintln!("RoleBinding to the user took effect in {took:?}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    let took = settles(&l, &dns_pod, true, Duration::from_secs(10))?;
+    eprintln!("MEASURED: RoleBinding to the user took effect in {took:?}");
+    // About a second here; the bound is generous for a loaded 2-core CI machine.
+    assert!(took < Duration::from_secs(5), "{took:?}");
     // The targeted review was answered before the change took effect; a moment for a stray one.
     std::thread::sleep(Duration::from_millis(300));
-    let one_binding = reviews(c)? - before;
+    let one_binding = reviews_of(c, "developer")? - before;
     eprintln!("SubjectAccessReviews after one RoleBinding change: {one_binding}");
     // Exactly one is the change's (gateway/src/policy/rbac.rs namespaced_changes, reviews.rs):
     // the developer's question in kube-system, the only owner the binding names, asked by the
-    // one gateway replica. The window is kept to about a second because the periodic re-review
-    // (each of the ~8 known answers once per --reach-refresh, 60 s, at a hashed phase, so not
-    // evenly) can fall in it: one in about 1 run in 8, two in well under 1 in 100 (over the old
-    // 4 s window, two came in about 1 run in 8). The slack of 1 is that re-review's.
+    // one gateway replica. Only the developer's reviews are counted; the periodic re-review of
+    // its two other answers (each once per --reach-refresh, 60 s, at a hashed phase) can fall
+    // in the window of about a second: the slack of 1 is that re-review's.
     assert!(
         one_binding <= 1 + 1,
         "{one_binding} reviews after one RoleBinding"
