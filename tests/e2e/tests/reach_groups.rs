@@ -289,13 +289,16 @@ fn the_developer_reaches_what_its_team_and_its_bindings_grant(c: &Arc<Cluster>) 
     // Idle: only the periodic re-review (each answer once per --reach-refresh, 60 s, spread)
     // of the two answers RBAC could give (the developer's in default and emojivoto) and the
     // cluster-scope ones of carol and nobody (no binding could grant them; another
-    // authorizer might): four answers, one every 15 s, so at most 2 in 10 s.
+    // authorizer might): four answers, each asked again at most once in 10 s (a question sent
+    // less than half a period ago is skipped). Their phases are hashed, so 3 or 4 can fall in
+    // one 10 s window (about 1.6 % of runs): the bound is one asking of each answer, not their
+    // average of one every 15 s (the figure printed shows that).
     std::thread::sleep(Duration::from_secs(2));
     let before = reviews(c)?;
     std::thread::sleep(Duration::from_secs(10));
     let idle = reviews(c)? - before;
     eprintln!("SubjectAccessReviews while idle: {idle} in 10 s");
-    assert!(idle <= 2, "{idle} reviews in 10 s idle");
+    assert!(idle <= 4, "{idle} reviews in 10 s idle");
 
     // A RoleBinding to the user by name in kube-system: asked again there only, in effect in
     // about a second.
@@ -365,8 +368,10 @@ fn the_developer_reaches_what_its_team_and_its_bindings_grant(c: &Arc<Cluster>) 
     std::thread::sleep(Duration::from_secs(3));
     let unbound = reviews(c)? - before;
     eprintln!("SubjectAccessReviews after a change to an unbound ClusterRole: {unbound}");
+    // Before targeted reviews this asked every owner in every namespace (16); what may come
+    // is at most one periodic asking of each of the four answers.
     assert!(
-        unbound <= 2,
+        unbound <= 4,
         "{unbound} reviews after an unbound ClusterRole changed"
     );
     Ok(())
