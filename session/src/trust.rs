@@ -133,7 +133,12 @@ fn cluster_ranges(info: &GatewayInfo) -> Vec<IpNet> {
         .iter()
         .chain(&info.pod_cidrs)
         .copied()
-        .chain(info.ipv6.as_ref().map(|i| i.cluster_cidrs()).unwrap_or_default())
+        .chain(
+            info.ipv6
+                .as_ref()
+                .map(|i| i.cluster_cidrs())
+                .unwrap_or_default(),
+        )
         .collect()
 }
 

@@ -434,7 +434,8 @@ mod ended_tests {
             dns_listen: "127.77.0.54:53".parse().unwrap(),
             server: None,
         };
-        info.save(&crate::state::StateDir(dir.to_path_buf())).unwrap();
+        info.save(&crate::state::StateDir(dir.to_path_buf()))
+            .unwrap();
         std::fs::write(ended_path(dir), HELPER_WENT_AWAY).unwrap();
     }
 

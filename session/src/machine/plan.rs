@@ -372,7 +372,10 @@ pub fn machine_ipv4_only(config: &SessionConfig, facts: &Facts) -> Option<&'stat
     // a lone address equal to ours meets the machine's rules instead (refused).
     let overlaps = ranges.iter().any(|n| {
         routes::conflicting(n, &facts.machine_routes, &config.interface).is_some()
-            && !config.allow_conflicting_subnets.iter().any(|a| a.contains(n))
+            && !config
+                .allow_conflicting_subnets
+                .iter()
+                .any(|a| a.contains(n))
     });
     overlaps.then_some(crate::config::IPV6_OVERLAP_IPV4_ONLY)
 }

@@ -517,7 +517,14 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
     );
     let status = l.status_json();
     assert!(status["tunnelIp6"].is_null(), "{status}");
-    let page = l.run(&["curl", "-sS", "-4", "--max-time", "10", "http://web-app:80/"]);
+    let page = l.run(&[
+        "curl",
+        "-sS",
+        "-4",
+        "--max-time",
+        "10",
+        "http://web-app:80/",
+    ]);
     assert!(
         text(&page.stdout).contains("Emoji Vote"),
         "{}",

@@ -413,7 +413,10 @@ impl Laptop {
             // Only the IPv6 tunnel address moves this way (ipv6.json appearing or withdrawn
             // while joined); the model's gateway publishes no ipv6.json.
             Action::AddAddress { address, .. } | Action::RemoveAddress { address, .. } => {
-                panic!("laptop {}: no ipv6.json was published, yet {address} changes", self.idx)
+                panic!(
+                    "laptop {}: no ipv6.json was published, yet {address} changes",
+                    self.idx
+                )
             }
             Action::Cancel => {
                 self.pending = None;

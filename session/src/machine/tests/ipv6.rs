@@ -90,8 +90,9 @@ fn a_machine_with_ipv6_disabled_joins_ipv4_only_and_refuses_an_ipv6_only_cluster
     assert!(routes.iter().all(|r| r.addr().is_ipv4()), "{routes:?}");
     assert_eq!(r.s.state().unwrap().tunnel_ip6(), None);
     assert!(
-        said.iter().any(|l| l.starts_with("IPv6 is disabled on this machine")
-            && l.ends_with(": joining IPv4 only")),
+        said.iter()
+            .any(|l| l.starts_with("IPv6 is disabled on this machine")
+                && l.ends_with(": joining IPv4 only")),
         "{said:?}"
     );
 
