@@ -186,10 +186,11 @@ fn an_owner_no_binding_could_grant_costs_one_cluster_review(c: &Arc<Cluster>) ->
     std::thread::sleep(Duration::from_millis(500));
     let asked = reviews_of(c, "nobody")? - before;
     eprintln!("SubjectAccessReviews for an owner with no possible grant: {asked}");
-    // Not one per namespace (it asked one for each before the local reading of RBAC): only
-    // its cluster-scope review.
-    assert_eq!(
-        asked, 1,
+    // Not one per namespace (it asked one for each of the cluster's namespaces, per replica,
+    // before the local reading of RBAC): only its cluster-scope review, once per gateway
+    // replica (each of the 2 reviews the peers it serves; the second may land after the wait).
+    assert!(
+        (1..=2).contains(&asked),
         "{asked} reviews for an owner no binding could grant"
     );
     let echo = kwg_e2e::cluster_ip(c, "default", "echo")?;
