@@ -186,9 +186,10 @@ fn an_owner_no_binding_could_grant_costs_one_cluster_review(c: &Arc<Cluster>) ->
     std::thread::sleep(Duration::from_millis(500));
     let asked = reviews_of(c, "nobody")? - before;
     eprintln!("SubjectAccessReviews for an owner with no possible grant: {asked}");
-    // Not one per namespace (it asked one for each of the cluster's namespaces, per replica,
-    // before the local reading of RBAC): only its cluster-scope review, once per gateway
-    // replica (each of the 2 reviews the peers it serves; the second may land after the wait).
+    // Not one per namespace (it asked one for each of the cluster's namespaces before the
+    // local reading of RBAC): only its cluster-scope review. One is expected; a CI run once saw
+    // it asked twice by this one replica, a second asking not explained yet (see issue 30), so
+    // the bound allows 2, still below the old one per namespace.
     assert!(
         (1..=2).contains(&asked),
         "{asked} reviews for an owner no binding could grant"
