@@ -445,6 +445,30 @@ pub fn cluster_ip(c: &Cluster, ns: &str, name: &str) -> anyhow::Result<String> {
     Ok(c.kubectl_admin(&["-n", ns, "get", "svc", name, "-o", jp])?)
 }
 
+/// The address of the given family (`index` into `status.podIPs`: 0 the cluster's first
+/// family, 1 the second of a dual-stack one) of cluster DNS's pod in kube-system: a pod of a
+/// namespace the developer may not see.
+pub fn kube_dns_pod_ip(c: &Cluster, index: usize) -> anyhow::Result<String> {
+    let jp = format!("jsonpath={{.items[0].status.podIPs[{index}].ip}}");
+    let args = [
+        "-n",
+        "kube-system",
+        "get",
+        "pods",
+        "-l",
+        "k8s-app=kube-dns",
+        "-o",
+        &jp,
+    ];
+    Ok(c.kubectl_admin(&args)?)
+}
+
+/// `kubectl` as the admin, its output; panics naming the command when it fails.
+pub fn kubectl(c: &Cluster, args: &[&str]) -> String {
+    c.kubectl_admin(args)
+        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+}
+
 /// The developer's kubeconfig of `c` with its context called `context`, written to
 /// `<run dir>/<file>.kubeconfig`: one kubeconfig per cluster, as a user with several has.
 pub fn kubeconfig_as(c: &Cluster, context: &str, file: &str) -> String {

@@ -2,14 +2,12 @@
 //! kubectl, pods and the node see it in both families, then kwg on it. One cluster, one test.
 
 use kwg_e2e::laptop::{Laptop, text};
-use kwg_e2e::{Implementation, WgPeer, install_gateway, register_peer, wait_tunnel_ip};
+use kwg_e2e::{
+    Implementation, WgPeer, install_gateway, kube_dns_pod_ip, kubectl, register_peer,
+    wait_tunnel_ip,
+};
 use kwg_sim::testing::Cluster;
 use std::sync::Arc;
-
-fn kubectl(c: &Cluster, args: &[&str]) -> String {
-    c.kubectl_admin(args)
-        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
-}
 
 /// What kubectl says, stdout and stderr, whatever the exit code.
 fn kubectl_says(c: &Cluster, args: &[&str]) -> String {
@@ -348,19 +346,7 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
 
     // Reach by RBAC in IPv6: the developer may not see kube-system, so its pods' IPv6
     // addresses are refused at once (a reset, curl's exit 7), as their IPv4 ones are.
-    let dns_pod6 = kubectl(
-        &c,
-        &[
-            "-n",
-            "kube-system",
-            "get",
-            "pods",
-            "-l",
-            "k8s-app=kube-dns",
-            "-o",
-            "jsonpath={.items[0].status.podIPs[1].ip}",
-        ],
-    );
+    let dns_pod6 = kube_dns_pod_ip(&c, 1).expect("kube-dns pod");
     assert!(dns_pod6.starts_with("fd00:10:244::"), "{dns_pod6}");
     // Refused, not timed out: curl's exit 7 (connection refused), never 28 (its --max-time
     // of 10 s ran out); the time is printed, and bounded generously for a loaded machine.

@@ -6,14 +6,9 @@
 
 use kwg_contract::GatewayInfo;
 use kwg_e2e::laptop::{Laptop, text};
-use kwg_e2e::{gateway_info_key, install_gateway};
+use kwg_e2e::{gateway_info_key, install_gateway, kube_dns_pod_ip, kubectl};
 use kwg_sim::testing::Cluster;
 use std::sync::Arc;
-
-fn kubectl(c: &Cluster, args: &[&str]) -> String {
-    c.kubectl_admin(args)
-        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
-}
 
 #[test]
 fn an_ipv6_only_cluster_runs_the_gateway_and_the_walkthrough() {
@@ -146,19 +141,7 @@ fn an_ipv6_only_cluster_runs_the_gateway_and_the_walkthrough() {
     assert_eq!(l.dig("web-app.emojivoto.svc.cluster.local"), "");
     // Reach by RBAC on IPv6 alone: the developer may not see kube-system, so cluster DNS's pod
     // is refused at once (a reset), while emojivoto's pod answers.
-    let dns_pod = kubectl(
-        &c,
-        &[
-            "-n",
-            "kube-system",
-            "get",
-            "pods",
-            "-l",
-            "k8s-app=kube-dns",
-            "-o",
-            "jsonpath={.items[0].status.podIP}",
-        ],
-    );
+    let dns_pod = kube_dns_pod_ip(&c, 0).expect("kube-dns pod");
     let refused = l.curl(&format!("http://[{dns_pod}]:53/"));
     assert_eq!(
         refused.status.code(),

@@ -271,17 +271,7 @@ fn the_developer_reaches_what_its_team_and_its_bindings_grant(c: &Arc<Cluster>) 
     assert!(text(&l.curl("web-app.emojivoto").stdout).contains("Emoji Vote"));
     assert!(text(&l.curl("echo.default").stdout).contains("Echo"));
     // kube-system's DNS pod (not its ClusterIP, which every peer reaches): refused at once.
-    let jp = "jsonpath={.items[0].status.podIP}";
-    let dns_pod = c.kubectl_admin(&[
-        "-n",
-        "kube-system",
-        "get",
-        "pods",
-        "-l",
-        "k8s-app=kube-dns",
-        "-o",
-        jp,
-    ])?;
+    let dns_pod = kwg_e2e::kube_dns_pod_ip(c, 0)?;
     assert_eq!(
         connect(&l, &dns_pod),
         "ConnectionRefusedError",
