@@ -313,5 +313,4 @@ impl AdminState {
 }
 
 #[cfg(test)]
-#[path = "tests.rs"]
 mod tests;

@@ -149,5 +149,4 @@ fn shell_word(word: &str) -> String {
 }
 
 #[cfg(test)]
-#[path = "grants_tests.rs"]
 mod tests;

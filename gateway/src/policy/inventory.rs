@@ -509,5 +509,4 @@ fn service_endpoints<'a>(
 }
 
 #[cfg(test)]
-#[path = "inventory_tests.rs"]
 mod tests;

@@ -318,5 +318,4 @@ impl Needs {
 }
 
 #[cfg(test)]
-#[path = "possible_tests.rs"]
 mod tests;

@@ -229,5 +229,4 @@ fn changed_roles_in(old: &Roles, new: &Roles) -> BTreeSet<(String, String)> {
 }
 
 #[cfg(test)]
-#[path = "rbac_tests.rs"]
 mod tests;

@@ -345,5 +345,4 @@ pub fn cluster(who: &Subject) -> Question {
 }
 
 #[cfg(test)]
-#[path = "reviews_tests.rs"]
 mod tests;

@@ -152,5 +152,4 @@ impl Bucket {
 }
 
 #[cfg(test)]
-#[path = "schedule_tests.rs"]
 mod tests;

@@ -256,5 +256,4 @@ fn lines<T>(
 }
 
 #[cfg(test)]
-#[path = "sets_tests.rs"]
 mod tests;
