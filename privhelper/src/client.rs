@@ -115,6 +115,11 @@ impl Client {
         self.done(&Request::SetAddress { address }).await
     }
 
+    /// Removes `address` from the session's link (one the helper gave it).
+    pub async fn remove_address(&mut self, address: IpNet) -> Result<(), ClientError> {
+        self.done(&Request::RemoveAddress { address }).await
+    }
+
     pub async fn routes(&mut self, add: &[IpNet], remove: &[IpNet]) -> Result<(), ClientError> {
         self.done(&Request::Routes {
             add: add.to_vec(),

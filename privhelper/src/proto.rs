@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol's version; a helper refuses an `Open` of another one with a reply saying which
 /// binaries to match.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The longest line either side accepts, newline included (a request names at most
 /// [`MAX_ROUTES`] prefixes: a few KiB).
@@ -52,6 +52,9 @@ pub enum Request {
     CreateTun { mtu: u16 },
     /// Gives the link `address` (replacing the session's previous one) and sets it up.
     SetAddress { address: IpNet },
+    /// Removes `address` from the session's link: only one the helper gave it (the IPv6 tunnel
+    /// address once the cluster withdraws `ipv6.json`).
+    RemoveAddress { address: IpNet },
     /// Removes, then adds routes through the session's link.
     Routes {
         #[serde(default)]
@@ -254,6 +257,9 @@ mod tests {
                 allow_conflicting: vec![],
             },
             Request::CreateTun { mtu: 1420 },
+            Request::RemoveAddress {
+                address: "fd6b:7767::6440:2/128".parse().unwrap(),
+            },
             Request::Routes {
                 add: vec!["10.96.0.0/12".parse().unwrap()],
                 remove: vec![],

@@ -237,6 +237,10 @@ pub enum Op {
     SetAddress {
         address: IpNet,
     },
+    /// Removes an address the session's link got from the helper.
+    RemoveAddress {
+        address: IpNet,
+    },
     Routes {
         add: Vec<IpNet>,
         remove: Vec<IpNet>,
@@ -524,6 +528,23 @@ impl Registry {
                     address: *a,
                 }));
                 Ok(out)
+            }
+            Op::RemoveAddress { address } => {
+                need_link()?;
+                // Only an address this session's link got from the helper (journalled with
+                // it): never the machine's, nor another session's.
+                if !s.addresses.contains(address) {
+                    return Err(refuse(
+                        ErrorKind::NotFound,
+                        format!(
+                            "refused to remove address {address}: kwg-helper did not give it to this session's link {name} (kwg-helper list shows the session's addresses)"
+                        ),
+                    ));
+                }
+                Ok(vec![Change::DeleteAddress {
+                    name,
+                    address: *address,
+                }])
             }
             Op::Routes { add, remove } => {
                 need_link()?;

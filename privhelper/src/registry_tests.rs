@@ -187,6 +187,79 @@ fn a_dual_stack_session_has_one_address_per_family() {
     }
 }
 
+/// The IPv6 tunnel address goes when the cluster withdraws `ipv6.json` (a root join removes
+/// it; the helper had no request for it): only an address the session's link got from the
+/// helper, journalled out with it.
+#[test]
+fn a_session_removes_only_an_address_the_helper_gave_its_link() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let a = open(&mut r, ALICE, "kwg0");
+    let b = open(&mut r, BOB, "kwg1");
+    let early = apply(
+        &mut r,
+        a,
+        Op::RemoveAddress {
+            address: n("10.77.0.2/32"),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(early.kind, ErrorKind::BadRequest, "{early}");
+    for (id, address) in [(a, "10.77.0.2/32"), (b, "10.78.0.2/32")] {
+        apply(&mut r, id, Op::CreateTun { mtu: 1420 }).unwrap();
+        apply(
+            &mut r,
+            id,
+            Op::SetAddress {
+                address: n(address),
+            },
+        )
+        .unwrap();
+    }
+    let six = n("fd6b:7767::a4d:2/128");
+    let changes = r
+        .plan(
+            a,
+            &Op::SetAddress { address: six },
+            &facts(),
+            &crate::policy::TrustRules,
+        )
+        .unwrap();
+    for c in &changes {
+        r.journalled(a, c);
+        r.applied(a, c, Some(7));
+    }
+    // Another session's address, the machine's own, one never given: refused, naming the link.
+    for other in ["10.78.0.2/32", "192.168.1.10/24", "fd6b:7767::a4d:3/128"] {
+        let e = apply(&mut r, a, Op::RemoveAddress { address: n(other) }).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound, "{other}: {e}");
+        assert!(
+            e.message
+                .starts_with(&format!("refused to remove address {other}"))
+                && e.message.contains("this session's link kwg0"),
+            "{e}"
+        );
+    }
+    assert_eq!(r.get(b).unwrap().addresses, [n("10.78.0.2/32")]);
+    let c = apply(&mut r, a, Op::RemoveAddress { address: six }).unwrap();
+    assert_eq!(
+        c,
+        [Change::DeleteAddress {
+            name: "kwg0".into(),
+            address: six
+        }]
+    );
+    let s = r.get(a).unwrap();
+    assert_eq!(s.addresses, [n("10.77.0.2/32")]);
+    let gone = Undo::DeleteAddress {
+        name: "kwg0".into(),
+        address: six,
+    };
+    assert!(!s.undo.contains(&gone), "{:?}", s.undo);
+    // Gone already: a second removal is refused (nothing of the machine is touched).
+    let e = apply(&mut r, a, Op::RemoveAddress { address: six }).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+}
+
 #[test]
 fn sessions_never_share_an_interface_or_overlap_and_say_whose_it_is() {
     let mut r = Registry::new(Limits::default(), vec![]);

@@ -286,6 +286,9 @@ impl Helper {
             (Request::SetAddress { address }, Some(id)) => {
                 self.change(id, Op::SetAddress { address }).await
             }
+            (Request::RemoveAddress { address }, Some(id)) => {
+                self.change(id, Op::RemoveAddress { address }).await
+            }
             (Request::Routes { add, remove }, Some(id)) => {
                 self.change(id, Op::Routes { add, remove }).await
             }

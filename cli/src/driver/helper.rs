@@ -52,18 +52,16 @@ impl Driver {
     }
 
     /// Removes an address of the interface (the IPv6 tunnel address once ipv6.json is
-    /// withdrawn). kwg-helper has no request for that (it only replaces an address of the
-    /// same family): the address then stays, unrouted, until `kwg leave`; the session goes on.
+    /// withdrawn).
     pub(super) async fn remove_address(
         &mut self,
         name: &str,
         address: ipnet::IpNet,
     ) -> Result<(), Error> {
-        if self.helper.is_some() {
-            tracing::warn!(%address, "the gateway withdrew IPv6: kwg-helper cannot remove the IPv6 tunnel address, which stays (without routes) until kwg leave");
-            return Ok(());
+        match self.helper.as_mut() {
+            Some(h) => h.remove_address(address).await,
+            None => exec::delete_address(name, address).await,
         }
-        exec::delete_address(name, address).await
     }
 
     /// Adds the interface's IPv6 tunnel address (next to the IPv4 one: kwg-helper keeps one

@@ -134,16 +134,7 @@ pub async fn ensure_for(socket: &Path, uid: u32) -> Result<(), Error> {
         kwg_host::process::spawn_detached(&mut serve)
             .map_err(|e| not_running(&format!("it cannot be started ({e})")))?;
     } else {
-        let mut sudo = std::process::Command::new("sudo");
-        sudo.arg("-b")
-            .arg(serve.get_program())
-            .args(serve.get_args())
-            .stdout(std::process::Stdio::null());
-        match sudo.status() {
-            Ok(s) if s.success() => {}
-            Ok(_) => return Err(not_running("sudo did not start it")),
-            Err(e) => return Err(not_running(&format!("sudo cannot run ({e})"))),
-        }
+        sudo::start_in_background(&serve).map_err(|why| not_running(&why))?;
     }
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
@@ -244,6 +235,16 @@ impl Helper {
             .set_address(address)
             .await
             .map_err(|e| helper_error(&format!("have kwg-helper set address {address}"), e))
+    }
+
+    /// Removes `address` from the link (one the helper gave it).
+    pub async fn remove_address(&self, address: IpNet) -> Result<(), Error> {
+        self.client
+            .lock()
+            .await
+            .remove_address(address)
+            .await
+            .map_err(|e| helper_error(&format!("have kwg-helper remove address {address}"), e))
     }
 
     /// Removes, then adds routes through the link.

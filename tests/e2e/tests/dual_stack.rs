@@ -489,6 +489,58 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
         "{}",
         text(&page.stderr)
     );
+    // The cluster withdraws ipv6.json while the user is joined: the helper removes the IPv6
+    // tunnel address as a root join does (it had no request for it: the address stayed until
+    // leave), the IPv4 side goes on; published again, the address comes back.
+    let six_json = kwg_e2e::gateway_info_key(&c, kwg_contract::GATEWAY_INFO6_KEY).unwrap();
+    let patch_info6 = |value: serde_json::Value| {
+        let patch = serde_json::json!({"data": {(kwg_contract::GATEWAY_INFO6_KEY): value}});
+        c.kubectl_admin(&[
+            "-n",
+            kwg_contract::DEFAULT_NAMESPACE,
+            "patch",
+            "configmap",
+            kwg_contract::GATEWAY_INFO_CONFIGMAP,
+            "--type",
+            "merge",
+            "-p",
+            &patch.to_string(),
+        ])
+        .unwrap();
+    };
+    let kwg0_has_user6 = || {
+        let addrs = l.run_ok(&["ip", "addr", "show", "dev", "kwg0"]);
+        (addrs.contains(&format!("{user6}/128")), addrs)
+    };
+    patch_info6(serde_json::Value::Null);
+    let started = std::time::Instant::now();
+    kwg_e2e::wait_for(
+        "kwg0 without its IPv6 address",
+        std::time::Duration::from_secs(10),
+        || Ok((!kwg0_has_user6().0).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", kwg0_has_user6().1));
+    println!(
+        "MEASURED: IPv6 address removed {:?} after ipv6.json was withdrawn",
+        started.elapsed()
+    );
+    let (_, addrs) = kwg0_has_user6();
+    assert!(addrs.contains("inet 100."), "{addrs}");
+    assert_web_app(&h.run(&[
+        "curl",
+        "-sS",
+        "-4",
+        "--max-time",
+        "10",
+        "http://web-app.emojivoto/",
+    ]));
+    patch_info6(serde_json::Value::String(six_json));
+    kwg_e2e::wait_for(
+        "kwg0 with its IPv6 address again",
+        std::time::Duration::from_secs(10),
+        || Ok(kwg0_has_user6().0.then_some(())),
+    )
+    .unwrap();
     let left = h.run(&["kwg", "leave"]);
     assert!(left.status.success(), "{}", text(&left.stderr));
 
@@ -519,6 +571,15 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
     let left = l.kwg(&["leave"]);
     assert!(left.status.success(), "{}", text(&left.stderr));
     l.run_ok(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"]);
+}
+
+/// `curl`'s output is web-app's page.
+fn assert_web_app(page: &std::process::Output) {
+    assert!(
+        text(&page.stdout).contains("Emoji Vote"),
+        "{}",
+        text(&page.stderr)
+    );
 }
 
 /// A user without privilege (uid [`Helper::UID`]) on the laptop and the kwg-helper serving
