@@ -7,3 +7,4 @@ pub mod lifeline;
 pub mod logging;
 pub mod netlink;
 pub mod process;
+pub mod sockbuf;

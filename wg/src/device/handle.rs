@@ -71,6 +71,11 @@ impl DeviceHandle {
         &self.ifname
     }
 
+    /// A descriptor of the current UDP socket (a new one after each rebind).
+    pub fn udp_socket(&self) -> Result<std::os::fd::OwnedFd, Error> {
+        Ok(self.live()?.udp().try_clone_fd()?)
+    }
+
     /// Where a peer's traffic currently goes.
     pub async fn peer_endpoint(&self, k: &PublicKey) -> Option<SocketAddr> {
         let s = self.live().ok()?;

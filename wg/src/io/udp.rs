@@ -11,8 +11,9 @@ use tokio::io::Interest;
 use crate::io::stats::Edge;
 use crate::io::stream::is_stream_endpoint;
 
-/// Socket buffer size: room for a few GSO batches in flight.
-const SOCKET_BUFFER: usize = 4 << 20;
+/// Socket buffer size: room for a few GSO batches in flight (kwg-helper forces the same on a
+/// normal user's socket).
+const SOCKET_BUFFER: usize = kwg_host::sockbuf::UDP_SOCKET_BUFFER;
 /// Receive buffer per datagram slot: a GRO batch can reach 64 KiB.
 const RECV_SLOT: usize = 65536;
 
@@ -80,6 +81,12 @@ impl Udp {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// A descriptor of the socket (kwg-helper forces its buffers for a normal user's daemon).
+    pub fn try_clone_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.sock.as_fd().try_clone_to_owned()
     }
 
     pub fn max_gso_segments(&self) -> usize {
