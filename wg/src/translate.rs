@@ -354,5 +354,4 @@ fn put32(b: &mut [u8], i: usize, v: u32) {
 }
 
 #[cfg(test)]
-#[path = "translate_tests.rs"]
 mod tests;

@@ -399,5 +399,4 @@ impl Flow {
 }
 
 #[cfg(test)]
-#[path = "offload_tests.rs"]
 pub(crate) mod tests;
