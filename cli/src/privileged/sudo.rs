@@ -194,6 +194,44 @@ fn has_sessions(dir: &crate::state::StateDir, uid: u32) -> bool {
     owned && crate::state::sessions(dir).map_or(true, |s| !s.is_empty())
 }
 
+/// Starts `serve` (kwg-helper's command line) as root through `sudo -b`, for a normal user's
+/// `kwg join`; `Err` is why not, with sudo's own words. `sudo -l` first asks for the password
+/// (on the terminal, as sudo does) and checks the rule without starting anything: its refusal
+/// ("not allowed to execute", "a terminal is required to read the password") is read in full.
+/// `sudo -b` then starts the helper with its input and output on /dev/null: the command keeps the
+/// caller's descriptors, and a helper holding kwg join's stderr printed its log into the
+/// user's terminal after the join and kept a pipe reading it open (`$(kwg join 2>&1)`, a
+/// step's captured output) until the helper exited.
+pub fn start_in_background(serve: &std::process::Command) -> Result<(), String> {
+    use std::process::{Command, Stdio};
+    let sudo = |first: &str| {
+        let mut c = Command::new("sudo");
+        c.arg(first)
+            .arg(serve.get_program())
+            .args(serve.get_args())
+            .stdout(Stdio::null());
+        c
+    };
+    let checked = sudo("-l")
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("sudo cannot run ({e})"))?;
+    if !checked.status.success() {
+        let said = String::from_utf8_lossy(&checked.stderr);
+        let said: Vec<&str> = said.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        return Err(match said.is_empty() {
+            true => "sudo does not allow it".to_string(),
+            false => format!("sudo does not allow it ({})", said.join("; ")),
+        });
+    }
+    let started = sudo("-b").stdin(Stdio::null()).stderr(Stdio::null()).status();
+    match started {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("sudo -b did not start it ({s})")),
+        Err(e) => Err(format!("sudo cannot run ({e})")),
+    }
+}
+
 /// Runs this process's command line again as `inv` (its groups, then gid, then uid), with the
 /// environment of [`environment`], and exits with its code.
 fn rerun_as(inv: &Invoker, kubeconfig: Option<OsString>) -> Result<(), Error> {
