@@ -389,5 +389,4 @@ fn kernel(action: String, source: rtnetlink::Error) -> NetlinkError {
 }
 
 #[cfg(test)]
-#[path = "netlink_tests.rs"]
 mod tests;
