@@ -118,5 +118,4 @@ fn surplus(current: &[&Pod], want: usize, pending: usize) -> Vec<String> {
 }
 
 #[cfg(test)]
-#[path = "rollout_tests.rs"]
 mod tests;
