@@ -260,5 +260,4 @@ pub(crate) fn create(
 }
 
 #[cfg(test)]
-#[path = "token_request_tests.rs"]
 mod tests;

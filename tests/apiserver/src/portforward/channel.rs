@@ -220,5 +220,4 @@ pub async fn serve(
 }
 
 #[cfg(test)]
-#[path = "channel_tests.rs"]
 mod tests;
