@@ -438,5 +438,4 @@ pub fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
 }
 
 #[cfg(test)]
-#[path = "netstack_tests.rs"]
 mod tests;
