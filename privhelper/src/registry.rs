@@ -996,5 +996,4 @@ impl Registry {
 }
 
 #[cfg(test)]
-#[path = "registry_tests.rs"]
 mod tests;

@@ -444,5 +444,4 @@ pub fn classify_call_error(
 }
 
 #[cfg(test)]
-#[path = "resolved_tests.rs"]
 mod tests;
