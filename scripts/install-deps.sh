@@ -24,6 +24,11 @@ have dbus-daemon  || need+=(dbus-daemon)
 have dbus-send    || need+=(dbus-bin)
 have nsenter      || need+=(util-linux)
 have setpriv      || need+=(util-linux)
+# e2e privilege: the real sudo (its configuration is the test's, in a private mount namespace),
+# and systemd-socket-activate + systemd-analyze for kwg-helper's units (nothing is started:
+# systemd is not PID 1 here).
+have sudo         || need+=(sudo)
+have systemd-socket-activate || need+=(systemd)
 # Listeners inside pods in the reach and gateway e2e tests; doctor's bundle is unpacked with tar.
 have python3      || need+=(python3)
 have tar          || need+=(tar)

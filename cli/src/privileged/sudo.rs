@@ -218,13 +218,20 @@ pub fn start_in_background(serve: &std::process::Command) -> Result<(), String> 
         .map_err(|e| format!("sudo cannot run ({e})"))?;
     if !checked.status.success() {
         let said = String::from_utf8_lossy(&checked.stderr);
-        let said: Vec<&str> = said.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let said: Vec<&str> = said
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         return Err(match said.is_empty() {
             true => "sudo does not allow it".to_string(),
             false => format!("sudo does not allow it ({})", said.join("; ")),
         });
     }
-    let started = sudo("-b").stdin(Stdio::null()).stderr(Stdio::null()).status();
+    let started = sudo("-b")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     match started {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(format!("sudo -b did not start it ({s})")),

@@ -8,6 +8,7 @@
 pub mod firewall;
 pub mod laptop;
 pub mod requests;
+pub mod sudo;
 pub mod tokens;
 
 use anyhow::{Context, Result, bail};

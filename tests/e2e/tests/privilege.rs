@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use kwg_e2e::cluster_ip;
 use kwg_e2e::laptop::{Laptop, laptop, path_with_bins, secret_exists, shared, text};
+use kwg_e2e::sudo::{Sudo, User, output_within};
 
 /// The user who joins, and another one the helper also serves.
 const USER: u32 = 64031;
@@ -220,11 +221,15 @@ fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
 
     // A hand-written client of another uid the helper serves: refused an unsafe route in a
     // session of its own, and cannot end (or see) the user's session.
+    let open = format!(
+        r#"{{"request":"open","version":{},"interface":"kwg9"}}"#,
+        kwg_privhelper::proto::VERSION
+    );
     let replies = speak_as(
         &r,
         OTHER,
         &[
-            r#"{"request":"open","version":1,"interface":"kwg9"}"#,
+            &open,
             r#"{"request":"createTun","mtu":1420}"#,
             r#"{"request":"routes","add":["8.8.8.0/24"]}"#,
             r#"{"request":"list"}"#,
@@ -340,7 +345,7 @@ fn a_normal_user_joins_through_the_helper_and_the_helper_guards_the_machine() {
     assert!(left.status.success(), "{}", text(&left.stderr));
     assert!(!r.ip(&["link"]).contains("kwg0"));
 
-    sudo_join_runs_the_cluster_side_as_the_user(&r, &web, &resolv_before);
+    real_sudo(&r, &web, &resolv_before);
     the_action_runs_kwg_as_the_runner_user(&r, &web, &resolv_before);
 
     // kill -9 of the helper while a session runs: the daemon notices its connection closed and
@@ -428,68 +433,132 @@ fn start_helper(netns: &str, dir: &Path) -> Child {
     )
 }
 
-/// `sudo kwg join`, `sudo kwg status` and `sudo kwg leave` typed by the user. There is no sudo binary on this machine: root runs kwg
-/// with the variables sudo sets (`SUDO_UID`, `SUDO_GID`, `SUDO_USER`) and sudo's reset
-/// environment (root's `HOME`, no `KUBECONFIG`), in a mount namespace whose `/etc/passwd` knows
-/// the test users (kwg finds the user's home there). `KWG_HELPER_SOCKET` names this test's
-/// helper (the default socket needs none).
-fn sudo_join_runs_the_cluster_side_as_the_user(r: &Rig, web: &str, resolv_before: &[u8]) {
-    let passwd = r.dir.join("passwd");
-    let empty = r.dir.join("empty-home");
-    std::fs::create_dir_all(&empty).unwrap();
-    let mut users = std::fs::read_to_string("/etc/passwd").unwrap();
-    users += &format!(
-        "kwgpriv:x:{USER}:{USER}::{}:/bin/sh\nkwgother:x:{OTHER}:{OTHER}::{}:/bin/sh\n",
-        r.home.display(),
-        empty.display()
+/// `sudo kwg join`, `sudo kwg status` and `sudo kwg leave` typed by the user, and the user's
+/// plain `kwg join --tun` starting kwg-helper through `sudo -b`, with the real sudo (Debian's
+/// 1.9.13: `env_reset`, `secure_path`, `use_pty`) and a sudoers rule naming the two binaries
+/// by absolute path with NOPASSWD (it stands in for the password prompt). The namespace of
+/// [`kwg_e2e::sudo`] keeps the machine's sudoers, user database and `/run/kwg-helper` as
+/// they are: the helpers sudo starts there have the default socket and journal to themselves.
+fn real_sudo(r: &Rig, web: &str, resolv_before: &[u8]) {
+    let bin = |name: &str| std::fs::canonicalize(kwg_sim::bin_path(name)).unwrap();
+    let (kwg, helper) = (bin("kwg"), bin("kwg-helper"));
+    let (kwg, helper) = (kwg.display().to_string(), helper.display().to_string());
+    let other_home = r.dir.join("other-home");
+    std::fs::create_dir_all(&other_home).unwrap();
+    chown(&other_home, OTHER);
+    let users = [
+        User {
+            name: "kwgpriv".into(),
+            uid: USER,
+            home: r.home.clone(),
+        },
+        User {
+            name: "kwgother".into(),
+            uid: OTHER,
+            home: other_home,
+        },
+    ];
+    let rules: String = users
+        .iter()
+        .map(|u| format!("{}\tALL=(root) NOPASSWD: {kwg}, {helper}\n", u.name))
+        .collect();
+    let sudo = Sudo::new(&r.dir.join("sudo"), &r.laptop.netns, &users, &[], &rules);
+    let rig_helper = [r.helper.id()];
+    let listed = sudo
+        .root(&["sudo", "-l", "-U", "kwgpriv"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&listed.stdout).contains(&format!("(root) NOPASSWD: {kwg},")),
+        "sudo -l -U kwgpriv:\n{}{}",
+        text(&listed.stdout),
+        text(&listed.stderr)
     );
-    std::fs::write(&passwd, users).unwrap();
+    // As the user typed it, in a shell whose PATH has kwg (sudo's secure_path does not).
+    let run = |u: &User, argv: &[&str]| {
+        let env = [format!("KUBECONFIG={}/.kube/config", u.home.display())];
+        output_within(
+            &mut sudo.user(u, &path_with_bins(), &env, argv),
+            Duration::from_secs(60),
+        )
+    };
+    let said = |o: &Output| format!("{}{}", text(&o.stdout), text(&o.stderr));
     // The user's own state directory when nothing sets KWG_STATE_DIR or XDG_RUNTIME_DIR.
     let state = PathBuf::from(format!("/tmp/kwg-{USER}"));
     let _ = std::fs::remove_dir_all(&state);
-    let sudo = |uid: u32, user: &str, argv: &[&str]| {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &r.laptop.netns,
-                "unshare",
-                "-m",
-                "sh",
-                "-c",
-            ])
-            .arg(r#"mount --bind "$0" /etc/passwd && exec "$@""#)
-            .arg(&passwd)
-            .args(["env", "-i", "HOME=/root", "LOGNAME=root", "USER=root"])
-            .arg(format!("PATH={}", path_with_bins()))
-            .arg(format!("SUDO_UID={uid}"))
-            .arg(format!("SUDO_GID={uid}"))
-            .arg(format!("SUDO_USER={user}"))
-            .arg(format!("KWG_HELPER_SOCKET={}", r.socket().display()))
-            .args(argv)
-            .output()
-            .unwrap()
+    let daemon_log = || std::fs::read_to_string(state.join("daemon.log")).unwrap_or_default();
+    let gone = |what: &str| {
+        assert!(
+            !r.ip(&["link"]).contains("kwg0"),
+            "{what}: {}",
+            r.ip(&["link"])
+        );
+        assert_eq!(r.laptop.resolv_conf(), resolv_before, "{what}");
     };
-    let plain = |argv: &[&str]| {
-        let mut a = vec!["env", "-u", "KWG_STATE_DIR"];
-        a.extend_from_slice(argv);
-        r.run_as_uid(USER, &a)
-    };
-    let _ = std::fs::remove_file(r.home.join("plugin-calls"));
 
-    let out = sudo(
-        USER,
-        "kwgpriv",
-        &["kwg", "join", "--name", "priv", "-n", "emojivoto"],
+    // No helper runs where kwg looks by default: the user's kwg join --tun starts one through
+    // sudo -b (by its absolute path), serving the user's uid, and joins through it.
+    let t = Instant::now();
+    let out = run(
+        &users[0],
+        &["kwg", "join", "--tun", "--name", "priv", "-n", "emojivoto"],
     );
     assert!(
         out.status.success(),
-        "sudo kwg join failed:\n{}{}\ndaemon log:\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        std::fs::read_to_string(state.join("daemon.log")).unwrap_or_default()
+        "kwg join --tun (helper through sudo -b):\n{}\ndaemon log:\n{}",
+        said(&out),
+        daemon_log()
     );
-    // The exec plugin ran as the user, in the user's home (never as root).
+    eprintln!(
+        "MEASURED: kwg join --tun with sudo -b took {:?}",
+        t.elapsed()
+    );
+    let started = sudo.helpers(&rig_helper);
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert!(
+        started[0].1.ends_with(&format!(
+            "{helper} serve --socket /run/kwg-helper/helper.sock --allow-uid {USER} "
+        )),
+        "{started:?}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", started[0].0)).unwrap();
+    assert!(status.contains("\nUid:\t0\t0\t0\t0\n"), "{status}");
+    assert!(r.laptop.curl(&format!("http://{web}:80/")).status.success());
+    let plain = |argv: &[&str]| {
+        let mut a = vec!["env", "-u", "KWG_STATE_DIR", "-u", "KWG_HELPER_SOCKET"];
+        a.extend_from_slice(argv);
+        r.run_as_uid(USER, &a)
+    };
+    let status = plain(&["kwg", "status"]);
+    assert!(
+        text(&status.stdout).contains("Connected"),
+        "{}",
+        said(&status)
+    );
+    // sudo kwg leave ends the user's session (run again as the user).
+    let left = run(&users[0], &["sudo", &kwg, "leave"]);
+    assert!(
+        left.status.success() && text(&left.stdout).contains("Left"),
+        "sudo kwg leave:\n{}",
+        said(&left)
+    );
+    gone("after sudo kwg leave");
+    sudo.stop_helpers(&rig_helper);
+
+    // sudo kwg join: sudo dropped KUBECONFIG, HOME is root's and PATH secure_path; kwg (root)
+    // starts the helper itself and runs the join again as the user, with the user's
+    // ~/.kube/config: the exec plugin ran as the user, in the user's home.
+    let _ = std::fs::remove_file(r.home.join("plugin-calls"));
+    let out = run(
+        &users[0],
+        &["sudo", &kwg, "join", "--name", "priv", "-n", "emojivoto"],
+    );
+    assert!(
+        out.status.success(),
+        "sudo kwg join:\n{}\ndaemon log:\n{}",
+        said(&out),
+        daemon_log()
+    );
     let calls = std::fs::read_to_string(r.home.join("plugin-calls")).unwrap();
     assert!(
         calls
@@ -497,56 +566,53 @@ fn sudo_join_runs_the_cluster_side_as_the_user(r: &Rig, web: &str, resolv_before
             .all(|l| l == format!("{USER} {}", r.home.display())),
         "{calls}"
     );
-    // The user's plain kwg sees the session, and its names resolve.
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&state).unwrap());
+    assert_eq!(owner, USER, "the state directory is the user's");
+    // The user's plain kwg sees the session; names resolve and web-app answers.
     let status = plain(&["kwg", "status"]);
     assert!(
         status.status.success() && text(&status.stdout).contains("Connected"),
-        "{}{}",
-        text(&status.stdout),
-        text(&status.stderr)
+        "{}",
+        said(&status)
     );
     assert_eq!(r.laptop.getent("web-app.emojivoto"), web);
-    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&state).unwrap());
-    assert_eq!(owner, USER, "the state directory is the user's");
+    assert!(r.laptop.curl(&format!("http://{web}:80/")).status.success());
     // sudo kwg status shows the user's session too (not root's: root has none).
-    let status = sudo(USER, "kwgpriv", &["kwg", "status"]);
+    let status = run(&users[0], &["sudo", &kwg, "status"]);
     assert!(
         status.status.success() && text(&status.stdout).contains("Connected"),
-        "sudo kwg status:\n{}{}",
-        text(&status.stdout),
-        text(&status.stderr)
+        "sudo kwg status:\n{}",
+        said(&status)
     );
-    // sudo kwg leave ends the user's session, and everything is back.
-    let left = sudo(USER, "kwgpriv", &["kwg", "leave"]);
+    // The user's plain kwg leave ends it, and everything is back.
+    let left = plain(&["kwg", "leave"]);
     assert!(
         left.status.success() && text(&left.stdout).contains("Left"),
-        "sudo kwg leave:\n{}{}",
-        text(&left.stdout),
-        text(&left.stderr)
+        "kwg leave:\n{}",
+        said(&left)
     );
-    assert!(!r.ip(&["link"]).contains("kwg0"));
-    assert_eq!(r.laptop.resolv_conf(), resolv_before);
+    gone("after kwg leave");
     let status = plain(&["kwg", "status"]);
     assert!(
         !status.status.success() && text(&status.stdout).contains("not joined"),
         "{}",
-        text(&status.stdout)
+        said(&status)
     );
 
-    // sudo reset KUBECONFIG and the user has no ~/.kube/config: the error names the fix.
-    let out = sudo(
-        OTHER,
-        "kwgother",
-        &["kwg", "join", "--name", "priv", "-n", "emojivoto"],
+    // sudo dropped KUBECONFIG and this user has no ~/.kube/config: the error names the fix.
+    let out = run(
+        &users[1],
+        &["sudo", &kwg, "join", "--name", "priv", "-n", "emojivoto"],
     );
-    let said = text(&out.stderr);
-    assert!(!out.status.success(), "{said}");
-    assert!(said.contains("sudo reset KUBECONFIG"), "{said}");
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("sudo reset KUBECONFIG"), "{err}");
     assert!(
-        said.contains("sudo --preserve-env=KUBECONFIG kwg join"),
-        "{said}"
+        err.contains("sudo --preserve-env=KUBECONFIG kwg join"),
+        "{err}"
     );
     assert!(!r.ip(&["link"]).contains("kwg"), "{}", r.ip(&["link"]));
+    sudo.stop_helpers(&rig_helper);
     let _ = std::fs::remove_dir_all(&state);
 }
 
