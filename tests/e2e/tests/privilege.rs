@@ -107,9 +107,22 @@ fn rig() -> Rig {
     let sim = shared();
     let laptop = laptop(&sim, "priv");
     let dir = PathBuf::from(format!("/tmp/kwg-e2e-priv-{}", sim.prefix()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let home = user_home(&sim, &dir);
+    let helper = start_helper(&laptop.netns, &dir);
+    Rig {
+        laptop,
+        dir,
+        home,
+        helper,
+    }
+}
+
+/// `dir` (made anew, 0755) and in it the user's home (`dir/home`, 0700) with the kubeconfig
+/// authenticating through [`PLUGIN`] and the token it reads.
+fn user_home(sim: &kwg_sim::testing::Cluster, dir: &Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir.join("home/.kube")).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let home = dir.join("home");
     let (kubeconfig, token) = user_kubeconfig(&sim.names().kubeconfig("developer"), &home);
     std::fs::write(home.join(".kube/config"), kubeconfig).unwrap();
@@ -128,13 +141,7 @@ fn rig() -> Rig {
         chown(&p, USER);
     }
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let helper = start_helper(&laptop.netns, &dir);
-    Rig {
-        laptop,
-        dir,
-        home,
-        helper,
-    }
+    home
 }
 
 /// Request lines to the helper from a connection made as `uid`, one reply line each (a
@@ -678,4 +685,191 @@ fn the_action_runs_kwg_as_the_runner_user(r: &Rig, web: &str, resolv_before: &[u
     );
     assert!(!r.ip(&["link"]).contains("kwg0"));
     assert_eq!(r.laptop.resolv_conf(), resolv_before);
+}
+
+/// The value of `key=` in a unit's text (its last setting).
+fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .last()
+        .unwrap_or_else(|| panic!("no {key}= in\n{unit}"))
+}
+
+/// Stops the activation and its helper (SIGTERM: the helper reverts its sessions).
+struct Activation(Child);
+
+impl Drop for Activation {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// `kwg-helper install` writes units `systemd-analyze verify` finds clean; the service's
+/// command run under `systemd-socket-activate` (not a booted systemd: it is not PID 1 here)
+/// as the socket unit describes it (the socket made before the helper runs, its mode and
+/// group applied as systemd does, the helper started by the first connection with
+/// `LISTEN_PID`/`LISTEN_FDS` and the socket as fd 3) serves a member of the unit's group: the
+/// user's join goes through it and reaches web-app, and kill -9 of the user's daemon has the
+/// activated helper revert link, routes, firewall and resolver file (MEASURED).
+#[test]
+fn the_installed_units_verify_and_the_socket_activated_helper_serves_a_join() {
+    const GROUP: (&str, u32) = ("kwgsock", 64033);
+    let sim = shared();
+    let laptop = laptop(&sim, "privsock");
+    let dir = PathBuf::from(format!("/tmp/kwg-e2e-privsock-{}", sim.prefix()));
+    let home = user_home(&sim, &dir);
+    let socket = dir.join("act/helper.sock");
+
+    let helper = std::fs::canonicalize(kwg_sim::bin_path("kwg-helper")).unwrap();
+    let root = dir.join("root");
+    let out = Command::new(&helper)
+        .args(["install", "--root"])
+        .arg(&root)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--group", GROUP.0])
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", text(&out.stderr));
+    assert!(said.contains("Remove it:"), "{said}");
+    let units = root.join("etc/systemd/system");
+    let (socket_unit, service_unit) = (
+        units.join("kwg-helper.socket"),
+        units.join("kwg-helper.service"),
+    );
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args([&socket_unit, &service_unit])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success() && verify.stderr.is_empty() && verify.stdout.is_empty(),
+        "systemd-analyze verify:\n{}{}",
+        text(&verify.stdout),
+        text(&verify.stderr)
+    );
+    let socket_text = std::fs::read_to_string(&socket_unit).unwrap();
+    let service_text = std::fs::read_to_string(&service_unit).unwrap();
+    let listen = unit_value(&socket_text, "ListenStream");
+    assert_eq!(listen, socket.display().to_string());
+    let mode = u32::from_str_radix(unit_value(&socket_text, "SocketMode"), 8).unwrap();
+    assert_eq!(unit_value(&socket_text, "SocketGroup"), GROUP.0);
+    let exec: Vec<&str> = unit_value(&service_text, "ExecStart")
+        .split_whitespace()
+        .collect();
+    assert_eq!(exec[0], helper.display().to_string());
+
+    // The namespace: the user in the unit's group, /run/kwg-helper the test's (the service's
+    // RuntimeDirectory, where its journal goes).
+    let user = User {
+        name: "kwgpriv".into(),
+        uid: USER,
+        home: home.clone(),
+    };
+    let ns = Sudo::new(
+        &dir.join("ns"),
+        &laptop.netns,
+        std::slice::from_ref(&user),
+        &[(GROUP.0, GROUP.1, &["kwgpriv"])],
+        "",
+    );
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let log = std::fs::File::create(dir.join("helper.log")).unwrap();
+    let mut argv = vec!["systemd-socket-activate", "-l", listen];
+    argv.extend(&exec);
+    let activation = Activation(
+        ns.root(&argv)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while !socket.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // What systemd does with SocketMode= and SocketGroup= before anyone connects.
+    std::os::unix::fs::chown(&socket, Some(0), Some(GROUP.1)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode)).unwrap();
+    assert!(
+        ns.helpers(&[]).is_empty(),
+        "the helper runs before a connection"
+    );
+
+    let state = home.join("kwg");
+    let env = [
+        format!("KUBECONFIG={}/.kube/config", home.display()),
+        format!("KWG_STATE_DIR={}", state.display()),
+        format!("KWG_HELPER_SOCKET={}", socket.display()),
+    ];
+    let run = |argv: &[&str]| {
+        output_within(
+            &mut ns.user(&user, &path_with_bins(), &env, argv),
+            Duration::from_secs(60),
+        )
+    };
+    let resolv_before = laptop.resolv_conf();
+    let out = run(&["kwg", "join", "--name", "privsock", "-n", "emojivoto"]);
+    let helper_log = || std::fs::read_to_string(dir.join("helper.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "kwg join through the activated helper:\n{}{}\nhelper log:\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        helper_log()
+    );
+    // The helper serving is the activated one: systemd-socket-activate exec'd it in place.
+    let helpers = ns.helpers(&[]);
+    assert_eq!(helpers.len(), 1, "{helpers:?}");
+    let environ = std::fs::read(format!("/proc/{}/environ", helpers[0].0)).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ.split('\0').any(|v| v == "LISTEN_FDS=1")
+            && environ
+                .split('\0')
+                .any(|v| v == format!("LISTEN_PID={}", helpers[0].0)),
+        "{environ}"
+    );
+    let web = cluster_ip(&sim, "emojivoto", "web-app").unwrap();
+    let got = laptop.curl(&format!("http://{web}:80/"));
+    assert!(got.status.success(), "curl web-app: {}", text(&got.stderr));
+
+    // kill -9 of the user's daemon: the activated helper reverts it all.
+    let daemon: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    let pid = daemon["daemonPid"].as_i64().expect("daemonPid").to_string();
+    let t = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    loop {
+        let gone = !laptop.run_ok(&["ip", "link"]).contains("kwg0")
+            && !laptop.run_ok(&["ip", "route"]).contains("kwg0")
+            && !laptop
+                .run_ok(&["nft", "list", "tables"])
+                .contains("kwg_kwg0")
+            && laptop.resolv_conf() == resolv_before;
+        if gone {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "not reverted within 10 s\nhelper log:\n{}",
+            helper_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "MEASURED: the socket-activated helper reverted {:?} after kill -9 of the user's daemon",
+        t.elapsed()
+    );
+    drop(activation);
+    let _ = std::fs::remove_dir_all(&dir);
 }
