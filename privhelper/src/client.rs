@@ -128,6 +128,19 @@ impl Client {
         .await
     }
 
+    /// Has the helper force the buffers of `sock` (the session's WireGuard UDP socket) to a
+    /// root join's size; the sizes the kernel reports (receive, send).
+    pub async fn udp_buffers(
+        &mut self,
+        sock: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(u64, u64), ClientError> {
+        let raw = sock.as_raw_fd();
+        match self.call_with(&Request::UdpBuffers {}, Some(raw)).await? {
+            (Reply::Buffers { receive, send }, _) => Ok((receive, send)),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
     pub async fn firewall(&mut self) -> Result<(), ClientError> {
         self.done(&Request::Firewall {}).await
     }
@@ -216,8 +229,20 @@ impl Client {
 
     /// Sends `req` and reads its reply (and a descriptor that came with it).
     pub async fn call(&mut self, req: &Request) -> Result<(Reply, Option<OwnedFd>), ClientError> {
+        self.call_with(req, None).await
+    }
+
+    /// [`Client::call`] with `fd` passed on the request's first byte (SCM_RIGHTS).
+    pub async fn call_with(
+        &mut self,
+        req: &Request,
+        fd: Option<RawFd>,
+    ) -> Result<(Reply, Option<OwnedFd>), ClientError> {
         let fut = async {
-            self.stream.write_all(&proto::encode(req)).await?;
+            match fd {
+                None => self.stream.write_all(&proto::encode(req)).await?,
+                Some(_) => crate::server::send(&self.stream, req, fd).await?,
+            }
             self.reply().await
         };
         let (reply, fd) = tokio::time::timeout(REQUEST_TIMEOUT, fut)

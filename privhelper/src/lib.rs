@@ -9,6 +9,7 @@
 //! - [`proto`]: what crosses the socket (JSON lines, bounded).
 //! - [`registry`]: every session, pure: ownership, conflicts, planning changes and their undo.
 //! - [`system`]: the machine (netlink, TUN, nft) behind a trait.
+//! - [`sockbuf`]: the user daemon's WireGuard UDP socket buffers, forced as a root join's.
 //! - [`client`]: the user side's end.
 //! - [`install`]: the systemd units (socket activation).
 
@@ -24,6 +25,7 @@ pub mod registry;
 pub mod resolved;
 pub mod rules;
 pub mod server;
+pub mod sockbuf;
 pub mod system;
 #[doc(hidden)]
 pub mod testing;

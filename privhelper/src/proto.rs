@@ -88,6 +88,11 @@ pub enum Request {
     /// Puts the resolver file back and reverts the link in systemd-resolved now (the user side
     /// stops its forwarder next).
     RevertDns {},
+    /// Forces the buffers of the session's WireGuard UDP socket, passed with this line
+    /// (SCM_RIGHTS), to the size a root join's has (past `net.core.rmem_max`): a UDP socket of
+    /// the caller's uid only, one per session at a time. Nothing to revert: the socket dies with
+    /// the daemon.
+    UdpBuffers {},
     /// Reverts everything of the session.
     Close {},
     /// The sessions the caller may see (root: all; others: their own).
@@ -143,6 +148,12 @@ pub enum Reply {
         tcp: bool,
     },
     Done,
+    /// The forced buffer sizes of the socket `udpBuffers` passed, as the kernel reports them
+    /// (twice the size set).
+    Buffers {
+        receive: u64,
+        send: u64,
+    },
     Sessions {
         sessions: Vec<SessionInfo>,
     },
@@ -280,6 +291,7 @@ mod tests {
                 }],
             },
             Request::RevertDns {},
+            Request::UdpBuffers {},
             Request::End {
                 interface: "kwg1".into(),
             },

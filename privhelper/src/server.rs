@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
 
@@ -207,8 +207,11 @@ impl Helper {
         let mut session = None;
         let mut lines = LineBuf::default();
         let mut buf = vec![0u8; 4096];
+        // A descriptor the client passed (with `udpBuffers`), and the socket forced last.
+        let mut passed = None;
+        let mut forced = crate::sockbuf::Forced::default();
         loop {
-            let request = match next_request(&mut stream, &mut lines, &mut buf).await {
+            let request = match next_request(&stream, &mut lines, &mut buf, &mut passed).await {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
@@ -218,7 +221,11 @@ impl Helper {
                 }
             };
             let close = request == Request::Close {};
-            let (reply, fd) = self.handle(peer, &mut session, request).await;
+            let fd_in = passed.take();
+            let (reply, fd) = match request {
+                Request::UdpBuffers {} => (udp_buffers(peer, session, fd_in, &mut forced), None),
+                other => self.handle(peer, &mut session, other).await,
+            };
             let fd_ref = fd.as_ref().map(|f| f.as_raw_fd());
             if send(&stream, &reply, fd_ref).await.is_err() || close {
                 break;
@@ -304,6 +311,7 @@ impl Helper {
                 self.change(id, Op::ResolvedLink { domains }).await
             }
             (Request::RevertDns {}, Some(id)) => self.revert_dns(id).await,
+            (Request::UdpBuffers {}, Some(_)) => unreachable!("served by udp_buffers"),
         };
         match r {
             Ok(x) => x,
@@ -440,20 +448,73 @@ impl Helper {
     }
 }
 
-/// The next request on `stream`; `None` when the client went away.
+/// The next request on `stream`; `None` when the client went away. A descriptor passed with
+/// it lands in `passed` (one at most: any other is closed).
 async fn next_request(
-    stream: &mut UnixStream,
+    stream: &UnixStream,
     lines: &mut LineBuf,
     buf: &mut [u8],
+    passed: &mut Option<OwnedFd>,
 ) -> Result<Option<Request>, proto::FrameError> {
     loop {
         if let Some(line) = lines.next_line()? {
             return proto::decode::<Request>(&line).map(Some);
         }
-        match stream.read(buf).await {
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(n) => lines.push(&buf[..n]),
+        if stream.readable().await.is_err() {
+            return Ok(None);
         }
+        let raw = stream.as_raw_fd();
+        match stream.try_io(Interest::READABLE, || crate::client::recv_some(raw, buf)) {
+            Ok((0, _)) => return Ok(None),
+            Ok((n, fd)) => {
+                lines.push(&buf[..n]);
+                if fd.is_some() {
+                    *passed = fd;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// `udpBuffers`: forces the buffers of the UDP socket passed with it (the session's uid's),
+/// keeping it as the session's one forced socket.
+fn udp_buffers(
+    peer: Peer,
+    session: Option<u64>,
+    fd: Option<OwnedFd>,
+    forced: &mut crate::sockbuf::Forced,
+) -> Reply {
+    use crate::sockbuf::ForceError;
+    if session.is_none() {
+        return error_reply(ErrorKind::BadRequest, "no session: send open first".into());
+    }
+    let Some(fd) = fd else {
+        return error_reply(
+            ErrorKind::BadRequest,
+            "udpBuffers carries the session's UDP socket (SCM_RIGHTS on the request line): none came with it".into(),
+        );
+    };
+    match forced.force(fd, peer.uid) {
+        Ok((receive, send)) => {
+            tracing::info!(
+                session,
+                uid = peer.uid,
+                receive,
+                send,
+                "forced the buffers of the session's UDP socket"
+            );
+            Reply::Buffers {
+                receive: receive as u64,
+                send: send as u64,
+            }
+        }
+        Err(ForceError::Refused(m)) => error_reply(ErrorKind::Refused, m),
+        Err(ForceError::System(e)) => error_reply(
+            ErrorKind::System,
+            format!("cannot force the UDP socket's buffers: {e}"),
+        ),
     }
 }
 
@@ -504,9 +565,14 @@ fn error_reply(kind: ErrorKind, message: String) -> Reply {
     Reply::Error { kind, message }
 }
 
-/// Sends `reply`, with `fd` attached to its first byte when given.
-async fn send(stream: &UnixStream, reply: &Reply, fd: Option<RawFd>) -> io::Result<()> {
-    let line = proto::encode(reply);
+/// Sends `msg` (a reply, or the client's request), with `fd` attached to its first byte when
+/// given.
+pub(crate) async fn send<T: serde::Serialize>(
+    stream: &UnixStream,
+    msg: &T,
+    fd: Option<RawFd>,
+) -> io::Result<()> {
+    let line = proto::encode(msg);
     let mut sent = 0;
     while sent < line.len() {
         stream.writable().await?;

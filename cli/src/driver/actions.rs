@@ -188,15 +188,20 @@ impl Driver {
                 if self.userspace.is_none() {
                     exec::keep_forwarding_off(&self.args.interface);
                 }
+                self.force_udp_buffers().await;
                 let p = self.handle().peers().await.into_iter().next();
                 if let Some(p) = &p {
                     // Packets to the gateway are kept a moment, for a rehandshake to send
                     // again (idempotent; a re-added peer gets it back here).
                     let _ = self.handle().set_replay(&p.public_key, true);
                 }
+                let held_packets = p
+                    .as_ref()
+                    .and_then(|p| self.handle().held_packets(&p.public_key));
                 Started::Now(Event::Stats {
                     tx_bytes: p.as_ref().map_or(0, |p| p.tx_bytes),
                     rx_bytes: p.as_ref().map_or(0, |p| p.rx_bytes),
+                    held_packets: held_packets.unwrap_or(0),
                 })
             }
             Action::ProbeDns { server, name } => match &self.userspace {

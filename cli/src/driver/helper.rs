@@ -31,7 +31,44 @@ impl Driver {
             uapi_dir: Some(self.dir.uapi_dir()),
         };
         self.device = Some(Device::start_on_fd(cfg, tun.fd, tun.offload).await?);
+        self.force_udp_buffers().await;
         Ok(tun.ifindex)
+    }
+
+    /// Has the helper force the buffers of the device's UDP socket to a root join's size (a
+    /// normal user gets at most `net.core.rmem_max`): once it is bound, and again for each new
+    /// socket (a rebind, by the transport ladder too, binds another port; the stats read every
+    /// 100 ms notices). A failure costs throughput only: logged.
+    pub(super) async fn force_udp_buffers(&mut self) {
+        let (Some(h), Some(d)) = (self.helper.as_ref(), self.device.as_ref()) else {
+            return;
+        };
+        let handle = d.handle();
+        let port = handle.listen_port();
+        if port == 0 || port == self.udp_forced {
+            return;
+        }
+        self.udp_forced = port;
+        let forced = match handle.udp_socket() {
+            Ok(sock) => h.udp_buffers(std::os::fd::AsFd::as_fd(&sock)).await,
+            Err(e) => Err(Error::io(
+                "read the UDP socket".to_string(),
+                std::io::Error::other(e.to_string()),
+            )),
+        };
+        match forced {
+            Ok((receive, send)) => {
+                tracing::info!(
+                    port,
+                    receive,
+                    send,
+                    "kwg-helper forced the UDP socket's buffers"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(port, error = %e, "the UDP socket keeps the buffers net.core.rmem_max allows: throughput may suffer")
+            }
+        }
     }
 
     /// Brings `name` up with `address` (when given) and reconciles its routes.

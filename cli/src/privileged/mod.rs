@@ -257,6 +257,20 @@ impl Helper {
             .map_err(|e| helper_error("have kwg-helper change the routes", e))
     }
 
+    /// Forces the buffers of `sock` (the device's UDP socket) to a root join's size; the
+    /// sizes the kernel reports (receive, send).
+    pub async fn udp_buffers(
+        &self,
+        sock: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(u64, u64), Error> {
+        self.client
+            .lock()
+            .await
+            .udp_buffers(sock)
+            .await
+            .map_err(|e| helper_error("have kwg-helper force the UDP socket's buffers", e))
+    }
+
     /// Loads the session's firewall table.
     pub async fn firewall(&self) -> Result<(), Error> {
         self.client

@@ -467,6 +467,23 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
     let h = Helper::start(&c, &l);
     let joined = h.run(&["kwg", "join", "--name", "dualu", "--namespace", "emojivoto"]);
     assert!(joined.status.success(), "{}", text(&joined.stderr));
+    // The user daemon's WireGuard UDP socket has the buffers a root join's has (twice
+    // kwg_host::sockbuf::UDP_SOCKET_BUFFER, 4 MiB, as the kernel reports them): kwg-helper
+    // forced them. A normal user's own setsockopt stops at net.core.rmem_max (208 KiB on a
+    // stock laptop); this machine's is 4 MiB already, so here the helper's log is what tells.
+    let (rb, tb) = user_udp_buffers(&l);
+    let rmem_max = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap();
+    println!(
+        "MEASURED: the user daemon's UDP socket rb {rb} tb {tb} (net.core.rmem_max {})",
+        rmem_max.trim()
+    );
+    assert_eq!((rb, tb), (8 << 20, 8 << 20));
+    let log = std::fs::read_to_string(h.dir.join("helper.log")).unwrap();
+    assert!(
+        log.contains("forced the buffers of the session's UDP socket")
+            && log.contains("receive=8388608"),
+        "{log}"
+    );
     let status: serde_json::Value =
         serde_json::from_slice(&h.run(&["kwg", "status", "-o", "json"]).stdout).unwrap();
     let user6 = status["tunnelIp6"].as_str().unwrap_or_default().to_string();
@@ -571,6 +588,26 @@ fn a_dual_stack_cluster_serves_both_families_and_kwg_joins_it() {
     let left = l.kwg(&["leave"]);
     assert!(left.status.success(), "{}", text(&left.stderr));
     l.run_ok(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"]);
+}
+
+/// The receive and send buffer sizes (`ss -m`'s `rb`, `tb`) of the WireGuard UDP socket of the
+/// laptop's `kwg` daemon (bound on every address; its forwarder's is on 127.77.0.x:53).
+fn user_udp_buffers(l: &Laptop) -> (u64, u64) {
+    let ss = l.run_ok(&["ss", "-u", "-a", "-n", "-m", "-p"]);
+    let lines: Vec<&str> = ss.lines().collect();
+    let sock = lines.windows(2).find(|w| {
+        let local = w[0].split_whitespace().nth(3).unwrap_or_default();
+        w[0].contains("((\"kwg\"") && (local.starts_with("*:") || local.starts_with("[::]:"))
+    });
+    let Some([_, mem]) = sock else {
+        panic!("no UDP socket of kwg on every address: {ss}")
+    };
+    let field = |name: &str| {
+        mem.split(['(', ',', ')'])
+            .find_map(|f| f.trim().strip_prefix(name)?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {mem}"))
+    };
+    (field("rb"), field("tb"))
 }
 
 /// `curl`'s output is web-app's page.
