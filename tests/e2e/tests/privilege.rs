@@ -6,6 +6,8 @@
 //! cluster and LAN names resolve through the user's forwarder (the helper binds its port 53 and
 //! rewrites the resolver file); and the helper reverts link, routes, firewall and the resolver
 //! file soon after a kill -9 of the user's daemon (MEASURED; the test allows 10 s).
+//! `sudo kwg join` and the helper's start through `sudo -b` run with the real sudo
+//! ([`kwg_e2e::sudo`]); the installed units are verified and run socket-activated.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
