@@ -293,8 +293,12 @@ impl Session {
             Event::LeaseRenewed(_) | Event::LeaseFailed(_) if is_serving => {
                 return self.lease_result(event, now);
             }
-            Event::Stats { tx_bytes, rx_bytes } if is_serving => {
-                return self.stats(tx_bytes, rx_bytes, now);
+            Event::Stats {
+                tx_bytes,
+                rx_bytes,
+                held_packets,
+            } if is_serving => {
+                return self.stats(tx_bytes, rx_bytes, held_packets, now);
             }
             Event::GatewayInfo(info) if is_serving => {
                 return self.gateway_changed(*info, now);

@@ -171,6 +171,7 @@ impl Run {
             Action::ReadStats => Event::Stats {
                 tx_bytes: 0,
                 rx_bytes: 0,
+                held_packets: 0,
             },
             Action::Undo(_) => Event::Undone(None),
             _ => return None,

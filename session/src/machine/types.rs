@@ -154,10 +154,12 @@ pub enum Event {
     /// The lease now ends at this time.
     LeaseRenewed(chrono::DateTime<chrono::Utc>),
     LeaseFailed(LeaseFailure),
-    /// The gateway peer's byte counters.
+    /// The gateway peer's byte counters, and how many packets to it waited inside the
+    /// WireGuard core for a handshake (both count from zero when the peer is replaced).
     Stats {
         tx_bytes: u64,
         rx_bytes: u64,
+        held_packets: u64,
     },
     /// The gateway's published info changed.
     GatewayInfo(Box<GatewayInfo>),

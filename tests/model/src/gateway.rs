@@ -12,7 +12,7 @@ use kwg_contract::keys::{PrivateKey, PublicKey};
 use crate::api::Api;
 use crate::net::Net;
 use crate::sut::{
-    Allocator, DeviceOp, GatewayCore, NetBatch, PeerConfig, PeerSecret, TunBatch, WgCore,
+    Allocator, DeviceOp, GatewayCore, NetBatch, PeerConfig, PeerSecret, Tai64N, TunBatch, WgCore,
 };
 
 /// The pod every laptop pings.
@@ -32,6 +32,8 @@ pub struct Gateway {
     pub echoed: u64,
     /// Packets that reached the pod, by inner source address.
     pub reached: BTreeMap<Ipv4Addr, u64>,
+    /// With feature `timers`: each peer's latest initiation timestamp, and when it came.
+    stamps: BTreeMap<PublicKey, (Tai64N, Instant)>,
 }
 
 impl Gateway {
@@ -46,6 +48,7 @@ impl Gateway {
             next_expiry: None,
             echoed: 0,
             reached: BTreeMap::new(),
+            stamps: BTreeMap::new(),
         }
     }
 
@@ -130,6 +133,9 @@ impl Gateway {
 
     /// [`Gateway::receive`], the answers returned instead of sent.
     pub fn handle(&mut self, from: SocketAddr, bytes: &[u8], now: Instant) -> NetBatch {
+        if crate::clock::TIMERS {
+            self.new_stamper(bytes, now);
+        }
         let mut out = NetBatch::new(1);
         let mut tun = TunBatch::new(0);
         self.wg.handle_udp(from, bytes, now, &mut out, &mut tun);
@@ -147,6 +153,38 @@ impl Gateway {
             self.wg.handle_tun(&reply, now, &mut out);
         }
         out
+    }
+
+    /// The fake clock's flaw, mended (feature `timers`): boringtun stamps an initiation with
+    /// the real wall clock read when its `Tunn` was made plus the fake time since, so a laptop's
+    /// new `Tunn` (a new gateway key, a peer re-added to restart its handshake) stamps earlier
+    /// than its old one did once fake time ran ahead of real time, and the gateway refuses it
+    /// as a replay (kwg-wg and boringtun both keep the last timestamp) until real time catches
+    /// up: minutes. On a real machine both clocks move together. The fake network delivers
+    /// everything within its tick and replays nothing, so an initiation not newer than one of
+    /// an earlier tick comes from a new `Tunn`: the gateway forgets the peer's old timestamp
+    /// (the peer is added again; the laptop's old sessions went with its old `Tunn`).
+    fn new_stamper(&mut self, bytes: &[u8], now: Instant) {
+        let (secret, public) = (self.key.to_secret(), self.key.public_key().to_x25519());
+        let Some(opened) = crate::sut::open_initiation(&secret, &public, bytes) else {
+            return;
+        };
+        let (Some(stamp), Some(cfg)) = (opened.timestamp, self.wg.peer_config(&opened.peer)) else {
+            return;
+        };
+        let behind = self
+            .stamps
+            .get(&opened.peer)
+            .is_some_and(|(last, at)| stamp <= *last && *at < now);
+        if behind {
+            let cfg = cfg.clone();
+            self.wg.remove_peer(&opened.peer);
+            self.wg.upsert_peer(cfg);
+        }
+        let last = self.stamps.entry(opened.peer).or_insert((stamp, now));
+        if behind || stamp > last.0 {
+            *last = (stamp, now);
+        }
     }
 
     pub fn tick(&mut self, now: Instant, net: &mut Net) {

@@ -376,9 +376,11 @@ impl Laptop {
                 if let Some(p) = &first {
                     wg.set_replay(&p.public_key, true);
                 }
+                let held = first.as_ref().and_then(|p| wg.held_packets(&p.public_key));
                 Some(Event::Stats {
                     tx_bytes: first.as_ref().map_or(0, |p| p.tx_bytes),
                     rx_bytes: first.as_ref().map_or(0, |p| p.rx_bytes),
+                    held_packets: held.unwrap_or(0),
                 })
             }
             Action::RenewLease {

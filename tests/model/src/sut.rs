@@ -18,7 +18,7 @@ pub use kwg_gateway::core::{Core as GatewayCore, DeviceOp, PeerSecret, Plan};
 
 pub use kwg::peer::peer_config;
 pub use kwg_wg::core::testing::ipv4;
-pub use kwg_wg::core::{Core as WgCore, NetBatch, TunBatch};
+pub use kwg_wg::core::{Core as WgCore, NetBatch, Tai64N, TunBatch, open_initiation};
 pub use kwg_wg::device::PeerConfig;
 
 /// What a laptop joins with (`kwg join --name NAME --ttl TTL --timeout TIMEOUT

@@ -764,3 +764,41 @@ fn a_gateway_restart_keeps_every_tunnel_address() {
         assert_eq!(w.gateway.peer_ip(&l.public_key()), Some(ip.into()));
     }
 }
+
+/// Found by the timers run (issue 25): after 180 s without a handshake boringtun's session is
+/// gone, so a ping waits inside boringtun for a new one and the byte counters move only with
+/// its initiations, 5 s apart, which never added up to a stall: with UDP blocked the laptop
+/// never fell back to TCP (about 17 s when a retransmission happened to fall inside a stall's
+/// window). Packets held for a handshake now count as sending.
+#[cfg(feature = "timers")]
+#[test]
+fn a_ping_after_the_session_expired_while_udp_was_blocked_moves_to_tcp() {
+    let mut w = joined(&["alpha"]);
+    w.run_for(Duration::from_secs(80), &[]);
+    w.net.udp_blocked = true;
+    w.run_for(Duration::from_secs(110), &[]);
+    assert!(
+        pings_answered(&mut w, 0, PING_TIME) > 0,
+        "path {:?}",
+        w.laptops[0].path()
+    );
+    assert_eq!(w.laptops[0].path(), Some(kwg_model::sut::Rung::Tcp));
+}
+
+/// Found by the timers run (issue 25): a laptop whose WireGuard session lived a while (a rekey
+/// at 120 s) follows a gateway key rotation with a new `Tunn`, whose initiations the fake
+/// clock stamped earlier than the old one's, and the gateway refused them as replays
+/// (`Gateway::new_stamper` says why and mends it).
+#[cfg(feature = "timers")]
+#[test]
+fn a_gateway_key_rotation_after_a_rekey_still_reaches_the_pod() {
+    let mut w = joined(&["alpha"]);
+    assert!(pings_answered(&mut w, 0, Duration::from_secs(125)) > 0);
+    w.rotate_gateway_key();
+    w.run_for(CHANGE_TIME, &[]);
+    assert!(
+        pings_answered(&mut w, 0, PING_TIME) > 0,
+        "path {:?}",
+        w.laptops[0].path()
+    );
+}

@@ -33,6 +33,8 @@ use peer::{Peer, ensure_tunn};
 use crate::peer::{PeerConfig, PeerStats};
 use kwg_contract::keys::{PrivateKey, PublicKey};
 
+/// Message type of a handshake initiation (the WireGuard paper, section 5.4.2).
+const HANDSHAKE_INIT: u8 = 1;
 /// Message type of a cookie reply (the WireGuard paper, section 5.4.7).
 const COOKIE_REPLY: u8 = 3;
 
@@ -251,6 +253,14 @@ impl Core {
     pub fn handshake_serial(&self, key: &PublicKey) -> Option<u64> {
         let peer = self.by_key.get(key).and_then(|i| self.peers.get(i))?;
         Some(peer.handshake_serial)
+    }
+
+    /// How many packets from the TUN waited for a handshake since the peer was added: without
+    /// a session boringtun keeps them (and sends them once a handshake completes), so the byte
+    /// counters move only with its initiations, seconds apart. `None`: unknown peer.
+    pub fn held_packets(&self, key: &PublicKey) -> Option<u64> {
+        let peer = self.by_key.get(key).and_then(|i| self.peers.get(i))?;
+        Some(peer.held)
     }
 
     /// The peers' current endpoints (what the device must keep a stream open for).

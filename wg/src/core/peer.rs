@@ -8,7 +8,7 @@ use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
 
 use super::initiation::Tai64N;
-use super::{DATA_OVERHEAD, HANDSHAKE_INIT_LEN, NetBatch, StaticKeys};
+use super::{DATA_OVERHEAD, HANDSHAKE_INIT, HANDSHAKE_INIT_LEN, NetBatch, StaticKeys};
 use crate::peer::{PeerConfig, PeerStats};
 
 pub(super) struct Peer {
@@ -30,6 +30,9 @@ pub(super) struct Peer {
     pub(super) last_initiation: Option<Tai64N>,
     pub(super) rx_bytes: u64,
     pub(super) tx_bytes: u64,
+    /// Packets from the TUN that boringtun kept for want of a session (they go out once a
+    /// handshake completes): sending the byte counters cannot show.
+    pub(super) held: u64,
     pub(super) last_sent: Option<Instant>,
     /// The endpoint is chosen by the owner (a client choosing its path), not learned from
     /// where packets come from.
@@ -58,6 +61,7 @@ impl Peer {
             last_initiation: None,
             rx_bytes: 0,
             tx_bytes: 0,
+            held: 0,
             last_sent: None,
             pinned: false,
             heard_other: None,
@@ -111,10 +115,22 @@ impl Peer {
         }
         let tunn = self.tunn(keys);
         let max = (packet.len() + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
+        let mut held = false;
         let sent = net.push_with(endpoint, max, |buf| match tunn.encapsulate(packet, buf) {
-            TunnResult::WriteToNetwork(p) => Some(p.len()),
-            _ => None,
+            TunnResult::WriteToNetwork(p) => {
+                // No session: the packet was queued and this is the handshake it waits for.
+                held = p.first() == Some(&HANDSHAKE_INIT);
+                Some(p.len())
+            }
+            // Queued behind a handshake already under way (or refused).
+            _ => {
+                held = true;
+                None
+            }
         });
+        if held && !packet.is_empty() {
+            self.held += 1;
+        }
         self.record_sent(sent, now);
         true
     }

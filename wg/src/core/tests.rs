@@ -147,6 +147,41 @@ fn each_completed_handshake_gets_a_new_serial() {
 }
 
 #[test]
+fn packets_waiting_for_a_handshake_are_counted_as_held() {
+    let mut p = Pair::new();
+    let packet = ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"ping");
+    // No session: the first packet starts a handshake (148 bytes out), the next ones wait
+    // behind it and move no byte counter; all three are held.
+    for _ in 0..3 {
+        let mut lost = NetBatch::new(1);
+        p.a.handle_tun(&packet, p.now, &mut lost);
+    }
+    let tx = |p: &Pair| {
+        p.a.peer_stats(&p.b_key, p.now, SystemTime::now())
+            .unwrap()
+            .tx_bytes
+    };
+    assert_eq!(tx(&p), HANDSHAKE_INIT_LEN as u64);
+    assert_eq!(p.a.held_packets(&p.b_key), Some(3));
+    // A keepalive is not a packet of the user's.
+    let mut cfg = p.a.peer_config(&p.b_key).unwrap().clone();
+    cfg.persistent_keepalive = Some(25);
+    p.a.upsert_peer(cfg);
+    let mut lost = NetBatch::new(1);
+    p.a.tick(p.now + Duration::from_secs(30), &mut lost);
+    assert_eq!(p.a.held_packets(&p.b_key), Some(3));
+    // With a session packets go out at once and are not held.
+    let mut net = NetBatch::new(1);
+    assert!(p.a.initiate_to(&p.b_key, B_ADDR.parse().unwrap(), p.now, &mut net));
+    p.deliver(true, net);
+    let before = tx(&p);
+    assert_eq!(p.a_sends(&packet), [packet.clone()]);
+    assert!(tx(&p) > before);
+    assert_eq!(p.a.held_packets(&p.b_key), Some(3));
+    assert_eq!(p.a.held_packets(&PrivateKey::generate().public_key()), None);
+}
+
+#[test]
 fn spoofed_inner_source_is_dropped() {
     let mut p = Pair::new();
     p.a_sends(&ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"hello"));

@@ -198,6 +198,13 @@ impl DeviceHandle {
         self.live().ok()?.core().handshake_serial(k)
     }
 
+    /// How many packets to the peer waited for a handshake since it was added (see
+    /// [`Core::held_packets`](crate::core::Core::held_packets)): sending that the byte
+    /// counters of [`DeviceHandle::peers`] do not show.
+    pub fn held_packets(&self, k: &PublicKey) -> Option<u64> {
+        self.live().ok()?.core().held_packets(k)
+    }
+
     /// The last address other than a pinned endpoint an authenticated packet came from, and
     /// how long ago.
     pub fn heard_other(&self, k: &PublicKey) -> Option<(SocketAddr, std::time::Duration)> {

@@ -368,6 +368,7 @@ fn a_session_whose_packets_go_unanswered_gets_a_new_handshake() {
             matches!(a, Action::ReadStats).then_some(Some(Event::Stats {
                 tx_bytes: tx,
                 rx_bytes: rx,
+                held_packets: 0,
             }))
         });
         for a in r.take_log() {
@@ -406,6 +407,7 @@ fn a_handshake_a_live_replica_answers_ends_the_stall_on_the_same_port() {
             Action::ReadStats => Some(Some(Event::Stats {
                 tx_bytes: tx,
                 rx_bytes: rx,
+                held_packets: 0,
             })),
             // Another replica answers the initiation; traffic flows again.
             Action::Rehandshake { since, .. } => {
@@ -492,6 +494,7 @@ fn a_new_gateway_key_whose_first_handshake_goes_unanswered_gets_another_at_once(
             matches!(a, Action::ReadStats).then_some(Some(Event::Stats {
                 tx_bytes: i * 10_000,
                 rx_bytes: i * 10_000,
+                held_packets: 0,
             }))
         });
     }
@@ -508,6 +511,7 @@ fn a_new_gateway_key_whose_first_handshake_goes_unanswered_gets_another_at_once(
             matches!(a, Action::ReadStats).then_some(Some(Event::Stats {
                 tx_bytes: 148,
                 rx_bytes: 0,
+                held_packets: 0,
             }))
         });
         if r.take_log().iter().any(|a| a == "Rehandshake") && restarted.is_none() {
@@ -516,6 +520,31 @@ fn a_new_gateway_key_whose_first_handshake_goes_unanswered_gets_another_at_once(
     }
     // Not after WireGuard's 5 s rekey timeout: after the stall time.
     assert_eq!(restarted, Some(Duration::from_millis(500)));
+}
+
+#[test]
+fn packets_held_for_a_handshake_that_goes_unanswered_count_as_a_stall() {
+    let mut r = serving(defaults);
+    // The session expired (180 s idle): a ping loop's packets wait inside WireGuard for the
+    // handshake their first one started (148 bytes out); its retransmission is 5 s away.
+    let (tx, rx) = (5000u64, 4000u64);
+    let start = r.now;
+    let mut restarted = None;
+    for i in 1..=20u64 {
+        r.advance(health::CHECK_EVERY);
+        r.pump(|a| {
+            matches!(a, Action::ReadStats).then_some(Some(Event::Stats {
+                tx_bytes: tx + if i > 1 { 148 } else { 0 },
+                rx_bytes: rx,
+                held_packets: i - 1,
+            }))
+        });
+        if r.take_log().iter().any(|a| a == "Rehandshake") && restarted.is_none() {
+            restarted = Some(r.now - start);
+        }
+    }
+    // Seen from the second read (200 ms), a stall 500 ms later: not after the retransmission.
+    assert_eq!(restarted, Some(Duration::from_millis(700)));
 }
 
 /// A reinstall that kept the tunnel CIDR but not the key (issue 27): the new gateway's
