@@ -26,7 +26,8 @@ pub fn socket_unit(socket: &Path, group: &str) -> String {
     )
 }
 
-/// The service unit, started by the socket.
+/// The service unit, started by the socket. CAP_NET_BIND_SERVICE: the helper binds the
+/// session's DNS forwarder on port 53 (without it the join failed: EACCES).
 pub fn service_unit(binary: &Path, socket: &Path, group: &str) -> String {
     format!(
         "[Unit]\n\
@@ -38,7 +39,7 @@ pub fn service_unit(binary: &Path, socket: &Path, group: &str) -> String {
          ExecStart={} serve --socket {} --group {group}\n\
          RuntimeDirectory=kwg-helper\n\
          RuntimeDirectoryPreserve=yes\n\
-         CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN\n\
+         CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_CHOWN\n\
          NoNewPrivileges=yes\n\
          ProtectHome=yes\n\
          ProtectSystem=strict\n\

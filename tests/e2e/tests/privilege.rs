@@ -779,7 +779,21 @@ fn the_installed_units_verify_and_the_socket_activated_helper_serves_a_join() {
     );
     std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
     let log = std::fs::File::create(dir.join("helper.log")).unwrap();
-    let mut argv = vec!["systemd-socket-activate", "-l", listen];
+    // The unit's CapabilityBoundingSet= and NoNewPrivileges= as setpriv applies them.
+    let caps: Vec<String> = unit_value(&service_text, "CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let bounding = format!("-all,{}", caps.join(","));
+    assert_eq!(unit_value(&service_text, "NoNewPrivileges"), "yes");
+    let mut argv = vec!["systemd-socket-activate", "-l", listen, "setpriv"];
+    argv.extend([
+        "--bounding-set",
+        &bounding,
+        "--inh-caps",
+        "-all",
+        "--no-new-privs",
+    ]);
     argv.extend(&exec);
     let activation = Activation(
         ns.root(&argv)
