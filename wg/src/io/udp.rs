@@ -89,6 +89,13 @@ impl Udp {
         self.sock.as_fd().try_clone_to_owned()
     }
 
+    /// Forces the receive buffer to `bytes` (`SO_RCVBUFFORCE`); the size the kernel reports.
+    pub fn force_recv_buffer(&self, bytes: usize) -> io::Result<usize> {
+        use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+        setsockopt(&self.sock, sockopt::RcvBufForce, &bytes)?;
+        Ok(getsockopt(&self.sock, sockopt::RcvBuf)?)
+    }
+
     pub fn max_gso_segments(&self) -> usize {
         self.state.max_gso_segments()
     }
@@ -274,6 +281,16 @@ mod tests {
         m.len = len;
         m.stride = len;
         m
+    }
+
+    #[tokio::test]
+    async fn the_receive_buffer_is_forced_past_the_sysctl() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let udp = Udp::bind(0, 0).unwrap();
+        // The kernel reports twice what was asked; past net.core.rmem_max.
+        assert_eq!(udp.force_recv_buffer(32 << 20).unwrap(), 64 << 20);
     }
 
     #[test]
