@@ -27,7 +27,9 @@ pub fn socket_unit(socket: &Path, group: &str) -> String {
 }
 
 /// The service unit, started by the socket. CAP_NET_BIND_SERVICE: the helper binds the
-/// session's DNS forwarder on port 53 (without it the join failed: EACCES).
+/// session's DNS forwarder on port 53 (without it the join failed: EACCES). `/etc/resolv.conf`
+/// writable under `ProtectSystem=strict`: resolv-conf mode rewrites it in place (it failed:
+/// read-only file system).
 pub fn service_unit(binary: &Path, socket: &Path, group: &str) -> String {
     format!(
         "[Unit]\n\
@@ -43,7 +45,7 @@ pub fn service_unit(binary: &Path, socket: &Path, group: &str) -> String {
          NoNewPrivileges=yes\n\
          ProtectHome=yes\n\
          ProtectSystem=strict\n\
-         ReadWritePaths=/run/kwg-helper\n",
+         ReadWritePaths=/run/kwg-helper -/etc/resolv.conf\n",
         binary.display(),
         socket.display()
     )

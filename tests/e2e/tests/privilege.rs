@@ -689,6 +689,20 @@ fn the_action_runs_kwg_as_the_runner_user(r: &Rig, web: &str, resolv_before: &[u
     assert_eq!(r.laptop.resolv_conf(), resolv_before);
 }
 
+/// `ProtectSystem=strict` as systemd sets it up in the service's mount namespace: every mount
+/// read-only but `/dev`, `/proc` and `/sys`, the `ReadWritePaths=` of `$1` (`-` before a path:
+/// skipped when missing) writable; then the rest of the command.
+const PROTECT_SYSTEM_STRICT: &str = r#"set -e
+rw=$1; shift
+for p in $rw; do q=${p#-}; if [ -e "$q" ]; then mount --bind "$q" "$q"; fi; done
+for m in $(awk '{print $5}' /proc/self/mountinfo); do
+  case "$m" in /dev|/dev/*|/proc|/proc/*|/sys|/sys/*) continue ;; esac
+  mount -o remount,bind,ro "$m" 2>/dev/null || true
+done
+for p in $rw; do q=${p#-}; if [ -e "$q" ]; then mount -o remount,bind,rw "$q"; fi; done
+exec "$@"
+"#;
+
 /// The value of `key=` in a unit's text (its last setting).
 fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
     unit.lines()
@@ -786,7 +800,14 @@ fn the_installed_units_verify_and_the_socket_activated_helper_serves_a_join() {
         .collect();
     let bounding = format!("-all,{}", caps.join(","));
     assert_eq!(unit_value(&service_text, "NoNewPrivileges"), "yes");
-    let mut argv = vec!["systemd-socket-activate", "-l", listen, "setpriv"];
+    assert_eq!(unit_value(&service_text, "ProtectSystem"), "strict");
+    let rw = unit_value(&service_text, "ReadWritePaths");
+    let protect = dir.join("protect-system.sh");
+    std::fs::write(&protect, PROTECT_SYSTEM_STRICT).unwrap();
+    let protect = protect.display().to_string();
+    let mut argv = vec!["systemd-socket-activate", "-l", listen];
+    argv.extend(["unshare", "--mount", "--propagation", "private"]);
+    argv.extend(["sh", &protect, rw, "setpriv"]);
     argv.extend([
         "--bounding-set",
         &bounding,
