@@ -172,15 +172,19 @@ impl Client {
     }
 
     /// Has systemd-resolved send `domains` to this session's forwarder on its link (a second
-    /// call replaces the domains).
+    /// call replaces the domains); the namespaces the helper left out, with why.
     pub async fn resolved_link(
         &mut self,
         domains: &[kwg_session::dns::domains::LinkDomain],
-    ) -> Result<(), ClientError> {
-        self.done(&Request::ResolvedLink {
+    ) -> Result<Vec<proto::LeftOut>, ClientError> {
+        let req = Request::ResolvedLink {
             domains: domains.iter().map(Into::into).collect(),
-        })
-        .await
+        };
+        match self.call(&req).await? {
+            (Reply::Done, _) => Ok(Vec::new()),
+            (Reply::LinkDomains { left_out }, _) => Ok(left_out),
+            (other, _) => Err(unexpected(&other)),
+        }
     }
 
     /// Has the helper put the resolver file back now.

@@ -148,6 +148,12 @@ pub enum Reply {
         tcp: bool,
     },
     Done,
+    /// `resolvedLink` applied, leaving out these namespaces (single-label routing domains) the
+    /// rules refuse, each with the rule's sentence; the rest is on the link.
+    #[serde(rename_all = "camelCase")]
+    LinkDomains {
+        left_out: Vec<LeftOut>,
+    },
     /// The forced buffer sizes of the socket `udpBuffers` passed, as the kernel reports them
     /// (twice the size set).
     Buffers {
@@ -161,6 +167,14 @@ pub enum Reply {
         kind: ErrorKind,
         message: String,
     },
+}
+
+/// A domain `resolvedLink` left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeftOut {
+    pub domain: Domain,
+    pub message: String,
 }
 
 /// One session as `List` shows it.

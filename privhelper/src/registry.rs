@@ -228,6 +228,9 @@ impl Session {
     }
 }
 
+/// A namespace a `resolvedLink` left out, and why (the rule's sentence).
+pub type LeftOut = (LinkDomain, Refusal);
+
 /// A session-scoped request, after `Open`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -788,6 +791,39 @@ impl Registry {
                 },
             },
         }])
+    }
+
+    /// Splits the domains of a `resolvedLink` for session `id` into those to plan and the
+    /// namespaces (single-label routing domains, `~box`) the rules refuse, each with why: such
+    /// a namespace is left out rather than refusing the request, which would cost the session
+    /// every domain (a namespace `box` next to the LAN's `fritz.box`). Any other domain the
+    /// rules refuse still refuses the request ([`Registry::plan`]), and so does a request whose
+    /// every domain would be left out.
+    pub fn leave_out_namespaces(
+        &self,
+        id: u64,
+        domains: Vec<LinkDomain>,
+        facts: &Facts,
+        policy: &dyn Policy,
+    ) -> (Vec<LinkDomain>, Vec<LeftOut>) {
+        let Some(s) = self.sessions.get(&id) else {
+            return (domains, Vec::new());
+        };
+        let (mut keep, mut out) = (Vec::new(), Vec::new());
+        for d in domains {
+            let namespace = d.routing_only && !d.name.trim_end_matches('.').contains('.');
+            let why = crate::linkdns::check_link_domain(&d, &s.routes, policy)
+                .map_err(|m| refuse(ErrorKind::Refused, m))
+                .and_then(|()| self.check_link_overlap(s, std::slice::from_ref(&d), facts));
+            match why {
+                Err(r) if namespace => out.push((d, r)),
+                _ => keep.push(d),
+            }
+        }
+        if keep.is_empty() {
+            keep.extend(out.drain(..).map(|(d, _)| d));
+        }
+        (keep, out)
     }
 
     /// Refuses a domain equal to, under or above one on another session's link: systemd-resolved

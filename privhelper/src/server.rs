@@ -349,11 +349,34 @@ impl Helper {
             })?
             .without_links(&reg.links());
         let mut facts = facts;
-        if matches!(op, Op::ResolvedLink { .. }) {
-            facts.resolved_domains = self.inner.net.resolved_domains().await;
-        }
+        let mut left_out = Vec::new();
+        let op = match op {
+            Op::ResolvedLink { domains } => {
+                facts.resolved_domains = self.inner.net.resolved_domains().await;
+                let policy = self.inner.policy.as_ref();
+                let (keep, out) = reg.leave_out_namespaces(id, domains, &facts, policy);
+                left_out = out;
+                Op::ResolvedLink { domains: keep }
+            }
+            op => op,
+        };
         let changes = reg.plan(id, &op, &facts, self.inner.policy.as_ref())?;
-        let mut reply = Reply::Done;
+        let mut reply = match left_out.is_empty() {
+            true => Reply::Done,
+            false => {
+                let left_out: Vec<proto::LeftOut> = left_out
+                    .iter()
+                    .map(|(d, why)| proto::LeftOut {
+                        domain: d.into(),
+                        message: why.message.clone(),
+                    })
+                    .collect();
+                for l in &left_out {
+                    tracing::info!(session = id, domain = %l.domain.name, why = %l.message, "a namespace left out of the link's domains");
+                }
+                Reply::LinkDomains { left_out }
+            }
+        };
         let mut fd = None;
         for c in &changes {
             reg.journalled(id, c);

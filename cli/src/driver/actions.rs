@@ -135,10 +135,9 @@ impl Driver {
             // A normal user's session: the helper sets the link (its own, to its forwarder).
             Action::ConfigureResolved(link) if self.helper.is_some() => {
                 let h = self.helper.as_ref().expect("checked");
-                event(
-                    h.resolved_link(&link.domains).await,
-                    Event::ResolvedConfigured,
-                )
+                let r = h.resolved_link(&link.domains).await;
+                let r = r.map(|said| self.warnings.extend(said));
+                event(r, Event::ResolvedConfigured)
             }
             Action::RevertResolved { .. } if self.helper.is_some() => {
                 let h = self.helper.as_ref().expect("checked");

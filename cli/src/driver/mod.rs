@@ -235,6 +235,11 @@ pub async fn run(
                 }
                 Action::Ready => {
                     joined = true;
+                    // Said before the join's last line (a namespace left out of the link's
+                    // domains comes with the DNS step, after its progress line).
+                    for w in d.warnings.drain(..) {
+                        progress(Progress::Step(w));
+                    }
                     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "joined");
                     progress(Progress::Ready(Box::new(d.status(&session).await)));
                     d.watch_gateway_info();

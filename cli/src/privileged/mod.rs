@@ -195,6 +195,8 @@ pub fn resolved_stub(resolv_conf: &Path) -> bool {
 pub struct Helper {
     client: std::sync::Arc<tokio::sync::Mutex<Client>>,
     interface: String,
+    /// The namespaces the helper left out of the link's domains that were said already.
+    left_out: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Helper {
@@ -222,6 +224,7 @@ impl Helper {
             Helper {
                 client: std::sync::Arc::new(tokio::sync::Mutex::new(client)),
                 interface: interface.to_string(),
+                left_out: Default::default(),
             },
             tun,
         ))
@@ -311,12 +314,16 @@ impl Helper {
     }
 
     /// Has systemd-resolved send `domains` to this session's forwarder on its link (the
-    /// session's own: the helper knows which), or replaces them.
+    /// session's own: the helper knows which), or replaces them. The helper leaves out a
+    /// namespace its rules refuse (named like another link's domain: `box` next to the LAN's
+    /// `fritz.box`) and sets the rest: each such namespace is said once, in the sentences
+    /// returned (and the daemon's log).
     pub async fn resolved_link(
         &self,
         domains: &[kwg_session::dns::domains::LinkDomain],
-    ) -> Result<(), Error> {
-        self.client
+    ) -> Result<Vec<String>, Error> {
+        let left_out = self
+            .client
             .lock()
             .await
             .resolved_link(domains)
@@ -329,7 +336,18 @@ impl Helper {
                     ),
                     e,
                 )
-            })
+            })?;
+        let mut said = self.left_out.lock().unwrap_or_else(|p| p.into_inner());
+        let mut news = Vec::new();
+        for l in left_out {
+            let ns = l.domain.name.trim_end_matches('.').to_string();
+            if said.insert(ns.clone()) {
+                let line = left_out_sentence(&ns, &l.message);
+                tracing::warn!("{line}");
+                news.push(line);
+            }
+        }
+        Ok(news)
     }
 
     /// Puts the resolver file back (and reverts the link in systemd-resolved) now.
@@ -386,6 +404,15 @@ impl Helper {
             "kwg-helper, which holds this session's interface, routes and DNS, is gone (exited or killed): {link}; the tunnel does not carry traffic"
         ))
     }
+}
+
+/// What `kwg join` says of namespace `ns`, which kwg-helper left out of the link's domains in
+/// systemd-resolved for `why` (its sentence names the domain it conflicts with).
+fn left_out_sentence(ns: &str, why: &str) -> String {
+    format!(
+        "Warning: namespace {} is left out of this session's domains in systemd-resolved, so <service>.{0} does not resolve through kwg (<service>.{0}.svc.<cluster domain> does): kwg-helper {why}",
+        kwg_privhelper::rules::printable(ns)
+    )
 }
 
 /// Why a session ended on its own, as `kwg status` says it after: the daemon whose helper went
@@ -511,7 +538,7 @@ impl LinkDns {
     ) -> Result<(), Error> {
         match self {
             LinkDns::Bus(r) => Ok(r.set_domains(ifindex, domains).await?),
-            LinkDns::Helper(h) => h.resolved_link(domains).await,
+            LinkDns::Helper(h) => h.resolved_link(domains).await.map(|_| ()),
         }
     }
 }

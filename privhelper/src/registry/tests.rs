@@ -926,3 +926,68 @@ fn a_session_never_takes_the_names_of_another_link_in_resolved() {
     ])
     .unwrap();
 }
+
+/// A namespace named like the last label of another link's domain (`lan` next to the LAN's
+/// `home.lan`, OpenWrt's; `box` of `fritz.box` is a public suffix, left out by the rules anyway) is left out with the rule's sentence and the rest of the link's domains are
+/// set; before, the whole request was refused and the session got no DNS at all.
+#[test]
+fn a_namespace_named_like_another_links_label_is_left_out_not_every_domain() {
+    let mut r = Registry::new(Limits::default(), vec![]);
+    let a = open(&mut r, ALICE, "kwg0");
+    apply(&mut r, a, Op::CreateTun { mtu: 1420 }).unwrap();
+    let listen = "127.77.0.53:53".parse().unwrap();
+    apply(&mut r, a, Op::DnsSocket { listen, tcp: false }).unwrap();
+    let mut f = facts();
+    f.resolved_domains = vec![(
+        2,
+        LinkDomain {
+            name: "home.lan".into(),
+            routing_only: false,
+        },
+    )];
+    let domains = |names: &[&str]| match link_op(names) {
+        Op::ResolvedLink { domains } => domains,
+        _ => unreachable!(),
+    };
+    let asked = domains(&[
+        "~cluster.local",
+        "emojivoto.svc.cluster.local",
+        "~emojivoto",
+        "~lan",
+        "~de",
+    ]);
+    let (keep, out) = r.leave_out_namespaces(a, asked, &f, &TenOnly);
+    assert_eq!(
+        keep,
+        domains(&[
+            "~cluster.local",
+            "emojivoto.svc.cluster.local",
+            "~emojivoto"
+        ])
+    );
+    let out: Vec<(String, String)> = out
+        .into_iter()
+        .map(|(d, why)| (d.name, why.message))
+        .collect();
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0].0, "lan");
+    assert!(
+        out[0]
+            .1
+            .starts_with("refused link domain ~lan: it overlaps home.lan of link 2"),
+        "{out:?}"
+    );
+    assert_eq!(out[1].0, "de");
+    r.plan(a, &Op::ResolvedLink { domains: keep }, &f, &TenOnly)
+        .unwrap();
+    // Only namespaces are left out: another domain refused still refuses the request, and so
+    // does a request whose every domain would be left out.
+    for asked in [&["~svc.home.lan", "~emojivoto"][..], &["~lan"]] {
+        let (keep, out) = r.leave_out_namespaces(a, domains(asked), &f, &TenOnly);
+        assert!(out.is_empty(), "{asked:?}: {out:?}");
+        let e = r
+            .plan(a, &Op::ResolvedLink { domains: keep }, &f, &TenOnly)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict, "{asked:?}: {e}");
+    }
+}

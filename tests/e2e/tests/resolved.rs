@@ -431,7 +431,46 @@ fn a_user_joins_through_the_helper(r: &ResolvedNs, l: &Laptop, web_app: &str) {
     assert!(getent(r, l, "web-app.emojivoto").is_none());
     let left = as_user(&["kwg", "leave"]);
     assert!(left.status.success(), "{}", text(&left.stderr));
+    a_namespace_named_like_another_links_domain_is_left_out(r, l, web_app, &as_user);
     let _ = helper.kill();
     let _ = helper.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A namespace named like the last label of another link's domain (`lan`, next to the LAN
+/// link's `home.lan`) is one domain kwg-helper refuses on the user's link (systemd-resolved
+/// would send `router.lan`-style names to kwg): the join leaves that namespace out and says
+/// so once, naming it and the domain, and every other name resolves. Before, the helper
+/// refused the whole request and the user's join failed without DNS.
+fn a_namespace_named_like_another_links_domain_is_left_out(
+    r: &ResolvedNs,
+    l: &Laptop,
+    web_app: &str,
+    as_user: &dyn Fn(&[&str]) -> Output,
+) {
+    r.resolvectl(&["domain", "eth0", "~home.lan"]).unwrap();
+    l.sim
+        .kubectl_admin(&["create", "namespace", "lan"])
+        .unwrap();
+    let out = as_user(&["kwg", "join", "--name", "rsvl", "-n", "emojivoto"]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    let warning =
+        "Warning: namespace lan is left out of this session's domains in systemd-resolved";
+    assert_eq!(said.matches(warning).count(), 1, "{said}");
+    assert!(said.contains("it overlaps ~home.lan of link"), "{said}");
+    let link = r.resolvectl(&["status", "kwg0"]).unwrap();
+    assert!(
+        link.contains("~emojivoto") && !link.contains("~lan"),
+        "{link}"
+    );
+    for name in ["web-app", "web-app.emojivoto"] {
+        assert_eq!(getent(r, l, name).as_deref(), Some(web_app), "{name}");
+    }
+    let left = as_user(&["kwg", "leave"]);
+    assert!(left.status.success(), "{}", text(&left.stderr));
+    l.sim
+        .kubectl_admin(&["delete", "namespace", "lan"])
+        .unwrap();
+    r.resolvectl(&["revert", "eth0"]).unwrap();
 }
