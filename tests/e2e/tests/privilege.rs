@@ -711,13 +711,15 @@ fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in\n{unit}"))
 }
 
-/// Stops the activation and its helper (SIGTERM: the helper reverts its sessions).
-struct Activation(Child);
+/// Stops the activation and its helper (SIGTERM: the helper reverts its sessions), then
+/// removes the test's directory.
+struct Activation(Child, PathBuf);
 
 impl Drop for Activation {
     fn drop(&mut self) {
         let _ = Command::new("kill").arg(self.0.id().to_string()).status();
         let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
     }
 }
 
@@ -822,6 +824,7 @@ fn the_installed_units_verify_and_the_socket_activated_helper_serves_a_join() {
             .stderr(log)
             .spawn()
             .unwrap(),
+        dir.clone(),
     );
     let t = Instant::now();
     while !socket.exists() {
@@ -908,5 +911,4 @@ fn the_installed_units_verify_and_the_socket_activated_helper_serves_a_join() {
         t.elapsed()
     );
     drop(activation);
-    let _ = std::fs::remove_dir_all(&dir);
 }
