@@ -754,5 +754,4 @@ pub fn default_socket() -> PathBuf {
 }
 
 #[cfg(test)]
-#[path = "server_tests.rs"]
 mod tests;
