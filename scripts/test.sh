@@ -24,3 +24,11 @@ cargo test --workspace --locked --no-fail-fast
 echo "== test: WireGuard timers (wg/timer-tests)"
 CARGO_TARGET_DIR="$PWD/target/timer-tests" \
   cargo test --locked --manifest-path wg/timer-tests/Cargo.toml
+
+# The model test again with boringtun's own timers (keepalive, rekey, handshake retransmission,
+# session expiry) on the model's fake clock: feature `timers` turns on boringtun's
+# `mock-instant`, so it builds in a target directory of its own (feature unification must not
+# freeze Tunn's clock in the workspace's binaries; never --all-features).
+echo "== test: model with boringtun's timers (tests/model --features timers)"
+CARGO_TARGET_DIR="$PWD/target/model-timers" \
+  cargo test --locked -p kwg-model --features timers

@@ -170,9 +170,10 @@ impl Health {
         verdict
     }
 
-    /// A new handshake (or port) that nothing answered, with no new stall to show it: packets
-    /// for a gateway peer without a session (a new key) wait inside boringtun for the
-    /// handshake, so the counters move only with its initiations, seconds apart. A new port
+    /// A new handshake (or port) that nothing answered, with no new stall to show it: with no
+    /// session (a new key) and nothing sent by the user, the counters move only with
+    /// boringtun's initiations, seconds apart (packets it holds for the handshake count as
+    /// sent: `Session::stats`). A new port
     /// after [`ESCALATE`] unanswered (after a new port, [`RETRY`] doubling up to
     /// [`RETRY_MAX`]); the transport then falls back to a stream when UDP stays silent.
     fn unanswered_try(&mut self, now: Instant) -> Verdict {
