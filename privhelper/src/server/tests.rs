@@ -537,3 +537,49 @@ async fn a_resolver_file_that_cannot_be_put_back_is_restored_when_the_session_en
         .count();
     assert_eq!(restores, 2, "{:?}", rig.log());
 }
+
+/// `udpBuffers` takes the socket passed with the request line (SCM_RIGHTS) through the real
+/// socket: it needs a session and a descriptor, refuses what is not a UDP socket of the
+/// caller's uid (SO_PEERCRED), and forces a good one to a root join's size.
+#[tokio::test]
+async fn udp_buffers_force_only_a_passed_udp_socket_of_the_callers_uid() {
+    use std::os::fd::AsFd;
+    let rig = rig().await;
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut c = Client::connect(&rig.socket).await.unwrap();
+    let (kind, m) = refused(c.udp_buffers(udp.as_fd()).await.unwrap_err());
+    assert_eq!(
+        (kind, m.as_str()),
+        (ErrorKind::BadRequest, "no session: send open first")
+    );
+    c.open("kwg0", None, &[], &[]).await.unwrap();
+    let (kind, m) = refused(c.call(&Request::UdpBuffers {}).await.unwrap_err());
+    assert!(
+        kind == ErrorKind::BadRequest && m.contains("none came with it"),
+        "{m}"
+    );
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    for (fd, why) in [
+        (tcp.as_fd(), "is a TCP socket, not a UDP socket"),
+        (null.as_fd(), "is not a socket"),
+    ] {
+        let (kind, m) = refused(c.udp_buffers(fd).await.unwrap_err());
+        assert!(kind == ErrorKind::Refused && m.contains(why), "{m}");
+    }
+    let want = 2 * kwg_host::sockbuf::UDP_SOCKET_BUFFER as u64;
+    assert_eq!(c.udp_buffers(udp.as_fd()).await.unwrap(), (want, want));
+    assert_eq!(
+        kwg_host::sockbuf::sizes(udp.as_fd()).unwrap(),
+        (want as usize, want as usize)
+    );
+    // Another uid's session passing root's socket: refused by the socket's owner.
+    let mut bob = rig.client_as(BOB).await;
+    bob.open("kwg1", None, &[], &[]).await.unwrap();
+    let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (kind, m) = refused(bob.udp_buffers(other.as_fd()).await.unwrap_err());
+    assert!(
+        kind == ErrorKind::Refused && m.contains(&format!("not by this session's uid {BOB}")),
+        "{m}"
+    );
+}
