@@ -76,11 +76,24 @@ fn helper_error(what: &str, e: ClientError) -> Error {
     Error::io(what.to_string(), std::io::Error::other(e.to_string()))
 }
 
-/// Whether a helper answers on `socket`.
+/// Whether a helper answers on `socket` and serves this process.
 pub async fn answers(socket: &Path) -> bool {
-    match Client::connect(socket).await {
-        Ok(mut c) => c.list().await.is_ok(),
-        Err(_) => false,
+    answer(socket).await.is_ok()
+}
+
+/// `Ok` when a helper answers on `socket` and serves this process; `Err(Some(why))` when one
+/// is there but refuses it (a helper started through sudo for another user: its socket is that
+/// user's, 0660), `Err(None)` when none answers.
+async fn answer(socket: &Path) -> Result<(), Option<String>> {
+    let Ok(mut c) = Client::connect(socket).await else {
+        let denied = std::os::unix::net::UnixStream::connect(socket)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+        return Err(denied.then(|| "its socket refuses you: permission denied".to_string()));
+    };
+    match c.list().await {
+        Ok(_) => Ok(()),
+        Err(ClientError::Refused { message, .. }) => Err(Some(message)),
+        Err(_) => Err(None),
     }
 }
 
@@ -160,12 +173,17 @@ pub async fn prepare(
         return Ok(false);
     }
     let socket = socket();
-    if !answers(&socket).await {
-        if !args.tun {
-            // Userspace mode, as before there was a helper.
-            return Ok(false);
+    match answer(&socket).await {
+        Ok(()) => {}
+        // Userspace mode, as before there was a helper.
+        Err(_) if !args.tun => return Ok(false),
+        Err(Some(why)) => {
+            return Err(Error::NoHelper(format!(
+                "the kwg-helper on {} does not serve you ({why}; one started through sudo serves the user it was started for, an installed one its group)",
+                socket.display()
+            )));
         }
-        ensure(&socket).await?;
+        Err(None) => ensure(&socket).await?,
     }
     args.tun = true;
     let stub = resolved_stub(&args.resolv_conf);

@@ -151,10 +151,17 @@ pub async fn join_as_invoker(args: &crate::args::JoinArgs) -> Result<(), Error> 
         &inv,
         Path::exists,
     )?;
+    // The user's join is a TUN-mode join (what sudo was typed for): through the helper, or
+    // it fails saying why; never the userspace mode a user's join without a helper that serves
+    // it falls back to (with a helper started for another user it did, silently).
+    let mut extra = Vec::new();
     if !args.userspace {
         super::ensure_for(&super::socket(), inv.uid).await?;
+        if !args.tun {
+            extra.push(OsString::from("--tun"));
+        }
     }
-    rerun_as(&inv, kubeconfig)
+    rerun_as(&inv, kubeconfig, &extra)
 }
 
 /// Under `sudo kwg status|peers|leave`: this same command run as the invoker, so it acts on
@@ -183,6 +190,7 @@ pub fn as_invoker() -> Result<(), Error> {
     rerun_as(
         &inv,
         std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()),
+        &[],
     )
 }
 
@@ -239,9 +247,9 @@ pub fn start_in_background(serve: &std::process::Command) -> Result<(), String> 
     }
 }
 
-/// Runs this process's command line again as `inv` (its groups, then gid, then uid), with the
-/// environment of [`environment`], and exits with its code.
-fn rerun_as(inv: &Invoker, kubeconfig: Option<OsString>) -> Result<(), Error> {
+/// Runs this process's command line again as `inv` (its groups, then gid, then uid), `extra`
+/// arguments after it, with the environment of [`environment`], and exits with its code.
+fn rerun_as(inv: &Invoker, kubeconfig: Option<OsString>, extra: &[OsString]) -> Result<(), Error> {
     let exe = std::env::current_exe().map_err(|e| Error::io("find the kwg executable", e))?;
     let env = environment(inv, kubeconfig, std::env::vars_os(), runtime_dir(inv.uid));
     let groups = nix::unistd::getgrouplist(
@@ -255,7 +263,10 @@ fn rerun_as(inv: &Invoker, kubeconfig: Option<OsString>) -> Result<(), Error> {
     let groups: Vec<libc::gid_t> = groups.into_iter().map(|g| g.as_raw()).collect();
     let (uid, gid) = (inv.uid, inv.gid);
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(std::env::args_os().skip(1)).env_clear().envs(env);
+    cmd.args(std::env::args_os().skip(1))
+        .args(extra)
+        .env_clear()
+        .envs(env);
     // SAFETY: only async-signal-safe syscalls between fork and exec; groups, then gid, then
     // uid (after setuid the others are no longer allowed).
     unsafe {

@@ -621,6 +621,51 @@ fn real_sudo(r: &Rig, web: &str, resolv_before: &[u8]) {
         "{err}"
     );
     assert!(!r.ip(&["link"]).contains("kwg"), "{}", r.ip(&["link"]));
+
+    // With a kubeconfig, while the helper root started for the first user runs: sudo kwg join
+    // is refused in one sentence naming why (it became a userspace-mode join before, silently:
+    // the helper does not serve this user).
+    let other = &users[1];
+    std::fs::create_dir_all(other.home.join(".kube")).unwrap();
+    let (kubeconfig, token) =
+        user_kubeconfig(&r.laptop.sim.names().kubeconfig("developer"), &other.home);
+    let files = [
+        (".kube/config", kubeconfig.as_str(), 0o600),
+        (".kube/token", token.as_str(), 0o600),
+        ("plugin.sh", PLUGIN, 0o755),
+    ];
+    for (name, body, mode) in files {
+        let p = other.home.join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        chown(&p, OTHER);
+    }
+    chown(&other.home.join(".kube"), OTHER);
+    let other_state = PathBuf::from(format!("/tmp/kwg-{OTHER}"));
+    let _ = std::fs::remove_dir_all(&other_state);
+    let out = run(
+        other,
+        &["sudo", &kwg, "join", "--name", "privo", "-n", "emojivoto"],
+    );
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{}", said(&out));
+    assert!(
+        err.contains(
+            "the kwg-helper on /run/kwg-helper/helper.sock does not serve you (its socket refuses you: permission denied; one started through sudo serves the user it was started for, an installed one its group)"
+        ),
+        "{err}"
+    );
+    assert!(!r.ip(&["link"]).contains("kwg"), "{}", r.ip(&["link"]));
+    let status = sudo
+        .user(other, &path_with_bins(), &[], &["kwg", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        !text(&status.stdout).contains("Connected"),
+        "{}",
+        said(&status)
+    );
+    let _ = std::fs::remove_dir_all(&other_state);
     sudo.stop_helpers(&rig_helper);
     let _ = std::fs::remove_dir_all(&state);
 }
