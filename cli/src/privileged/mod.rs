@@ -20,7 +20,7 @@ pub mod sudo;
 use crate::error::Error;
 
 /// Where the daemon finds the helper: `$KWG_HELPER_SOCKET`, else the installed helper's socket.
-/// As root (`sudo kwg join` keeps `KWG_*`) the variable counts only where no other user could
+/// As root (a root login, or sudo where sudoers keeps `KWG_*`: Debian's `env_reset` drops it) the variable counts only where no other user could
 /// have put or replaced a socket: its directory (or, before the helper makes it, the nearest
 /// one that exists) and each above it owned by root and writable by nobody else; otherwise
 /// root would start a helper on, or talk to, a socket of a user's choosing. Ignored with one
