@@ -1,8 +1,8 @@
 //! `sudo kwg join`: the cluster side runs as the user who typed it, only the network side as
 //! root. Under sudo (real uid 0, `SUDO_UID`/`SUDO_GID`/`SUDO_USER` set, a uid other than 0),
 //! `kwg join` makes sure a kwg-helper serves that user (starting one itself: it is root), then
-//! runs the same `kwg join` again as the user, with the user's groups, home and kubeconfig, and
-//! exits with its code. That join goes through the helper like any normal user's, so its daemon,
+//! runs the same `kwg join` again as the user (with `--tun`: through the helper, or failing
+//! saying why), with the user's groups, home and kubeconfig, and exits with its code. That join goes through the helper like any normal user's, so its daemon,
 //! exec credential plugins and state directory are the user's, and the user's plain `kwg status`
 //! and `kwg leave` see and end the session. `sudo kwg status`, `sudo kwg peers` and
 //! `sudo kwg leave` run again as the user the same way, so they too act on the user's sessions
