@@ -9,10 +9,6 @@ use kwg_wg::device::{Device, DeviceConfig};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-/// The gateway's UDP receive buffer (the kernel counts twice this): 16 laptops' uploads at
-/// once queued without a drop (bench-gateway-load.sh).
-const RECEIVE_BUFFER: usize = 32 << 20;
-
 /// Starts the device on `cfg.interface`, gives the TUN the gateway's address with the tunnel
 /// prefix (so the kernel routes the whole tunnel CIDR into it) and brings it up.
 pub async fn start_device(
@@ -28,17 +24,6 @@ pub async fn start_device(
         uapi_dir: cfg.uapi_dir.clone(),
     })
     .await?;
-    // Every peer's datagrams queue in one socket: with 16 laptops uploading at once, 8 MiB
-    // (kwg-wg's default, as the kernel counts it) overflowed in bursts (19 000 datagrams
-    // dropped in 5 s, as many TCP retransmissions, and each loss ended its connection's
-    // super-packet: 12.7 segments per TUN packet instead of 17; docs/performance.md).
-    match device.force_receive_buffer(RECEIVE_BUFFER) {
-        Ok(bytes) => tracing::debug!(bytes, "UDP receive buffer"),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "cannot enlarge the UDP receive buffer (needs CAP_NET_ADMIN): many peers sending at once may see drops"
-        ),
-    }
     let nl_err = |source| GatewayError::Netlink {
         interface: cfg.interface.clone(),
         source,

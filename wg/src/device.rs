@@ -248,13 +248,6 @@ impl Device {
         self.shared.handle()
     }
 
-    /// Sets the UDP socket's receive buffer to `bytes` past `net.core.rmem_max`
-    /// (`SO_RCVBUFFORCE`, CAP_NET_ADMIN): a gateway's socket queues many peers' bursts. The
-    /// size the kernel reports (twice `bytes`). A rebind (a new listen port) gets the default.
-    pub fn force_receive_buffer(&self, bytes: usize) -> std::io::Result<usize> {
-        self.shared.udp().force_recv_buffer(bytes)
-    }
-
     /// Stops the device: its tasks end, the TUN disappears, the UAPI socket is removed.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         self.shared.streams.close_all();

@@ -282,11 +282,6 @@ impl TunBatch {
         self.len == 0
     }
 
-    /// TCP connections with a packet in the batch (with offloads; 0 without).
-    pub fn connections(&self) -> usize {
-        self.latest.len()
-    }
-
     /// [`TUN_BATCH`] frames are waiting: write them before adding more.
     pub fn is_full(&self) -> bool {
         self.len >= TUN_BATCH

@@ -70,36 +70,22 @@ fn encrypt_batch(shared: &Shared, bufs: &mut TunRecvBufs, net: &mut NetBatch) {
     }
 }
 
-/// Receive rounds (recvmmsg calls) decrypted into one TUN batch before it is written, at most,
-/// when the socket already holds more and the rounds so far carried fewer datagrams than
-/// [`datagrams_per_write`] allows. Peers' datagrams interleave in the socket's queue: with 16
-/// laptops uploading, one round of 32 datagrams holds about 2 segments of each connection, and
-/// writing after every round made super-packets of about 2 segments (and a TCP ACK back
-/// through the TUN for each). Over several rounds each connection's segments meet in one
-/// super-packet. Only what is already queued is read, never waited for. 64 rounds of 32: the
-/// most [`datagrams_per_write`] allows at one datagram per message.
-pub(super) const ROUNDS_PER_WRITE: usize = 64;
-/// Datagrams after which the rounds stop and the batch is written, whatever the connections:
-/// 16 rounds of one datagram per message. A round that UDP GRO coalesced (hundreds of one
-/// flow's datagrams) is written at once, as before: holding several such rounds back delayed a
-/// single stream's delivery and ACKs (kwg-wg fell from 2.35 to 1.24-1.65 Gbit/s in
-/// bench-tunnel.sh).
+/// Receive rounds (recvmmsg calls) decrypted into one TUN batch before it is written, when the
+/// socket already holds more and the rounds so far carried fewer than [`DATAGRAMS_PER_WRITE`].
+/// Peers' datagrams interleave in the socket's queue: with 16 laptops uploading, one round of
+/// 32 datagrams holds about 2 segments of each connection, and writing after every round made
+/// super-packets of about 2 segments (and a TCP ACK back through the TUN for each). Over several
+/// rounds each connection's segments meet in one super-packet. Only what is already queued is
+/// read, never waited for.
+pub(super) const ROUNDS_PER_WRITE: usize = 16;
+/// Datagrams after which the rounds stop and the batch is written: 16 rounds of one datagram
+/// per message. A round that UDP GRO coalesced (hundreds of one flow's datagrams) is written at
+/// once, as before: holding several such rounds back delayed a single stream's delivery and
+/// ACKs (kwg-wg fell from 2.35 to 1.24-1.65 Gbit/s in bench-tunnel.sh). Folding more when many
+/// connections share the rounds (64 segments of each: 1024 datagrams at 16 laptops) was
+/// measured worse at the gateway under 16 laptops (12 against 16 segments per TUN packet in
+/// the same run, docs/performance.md).
 pub(super) const DATAGRAMS_PER_WRITE: usize = 512;
-/// Segments of each TCP connection a batch of many connections gathers before it is written:
-/// a full super-packet (64 KiB: 47 segments of 1368 bytes) and some room for uneven shares.
-pub(super) const SEGMENTS_PER_CONNECTION: usize = 64;
-
-/// Datagrams after which the rounds of a batch holding `connections` TCP connections stop:
-/// [`DATAGRAMS_PER_WRITE`], or [`SEGMENTS_PER_CONNECTION`] of each connection when more than 8
-/// share the socket (up to 64 rounds of 32). The gateway under 16 laptops: with 512, each
-/// connection got about 32 segments per write, fewer when they were not evenly interleaved
-/// (17 segments per TUN packet measured, against 31 with one laptop); with 1024, about 64.
-pub(super) fn datagrams_per_write(connections: usize) -> usize {
-    (connections * SEGMENTS_PER_CONNECTION).clamp(
-        DATAGRAMS_PER_WRITE,
-        ROUNDS_PER_WRITE * quinn_udp::BATCH_SIZE,
-    )
-}
 
 /// Where the receive task gets datagrams: the device's UDP socket, or a test's rounds.
 pub(super) trait Receive {
@@ -158,7 +144,7 @@ pub(super) async fn udp_to_tun(shared: Arc<Shared>) {
 }
 
 /// Waits for datagrams, then decrypts them and up to [`ROUNDS_PER_WRITE`] - 1 more rounds the
-/// socket already holds (until [`datagrams_per_write`]) into `tun`, written once at the end (and whenever it fills). What the
+/// socket already holds into `tun`, written once at the end (and whenever it fills). What the
 /// core answers (handshake responses, queued packets) is left in `net`. False when the
 /// interface is gone.
 pub(super) async fn receive_to_tun(
@@ -177,15 +163,13 @@ pub(super) async fn receive_to_tun(
         }
     };
     tun.clear();
-    let (mut datagrams, mut connections) = (0, 0);
+    let mut datagrams = 0;
     for round in 1.. {
         match decrypt_into(core, bufs.datagrams(n), net, tun, out).await {
             Some(d) => datagrams += d,
             None => return false,
         }
-        // The batch may have been written (full) meanwhile: the most it held.
-        connections = tun.connections().max(connections);
-        if round == ROUNDS_PER_WRITE || datagrams >= datagrams_per_write(connections) {
+        if round == ROUNDS_PER_WRITE || datagrams >= DATAGRAMS_PER_WRITE {
             break;
         }
         // WouldBlock (nothing more queued) or a failed read: write what the rounds made.

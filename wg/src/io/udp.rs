@@ -12,7 +12,9 @@ use crate::io::stats::Edge;
 use crate::io::stream::is_stream_endpoint;
 
 /// Socket buffer size: room for a few GSO batches in flight (kwg-helper forces the same on a
-/// normal user's socket).
+/// normal user's socket). A gateway under 16 laptops overflows it in bursts (thousands of drops
+/// in 5 s, TCP's signal to slow down); 32 MiB there dropped nothing but queued deeper and
+/// halved the segments per TUN packet (docs/performance.md, Many laptops).
 const SOCKET_BUFFER: usize = kwg_host::sockbuf::UDP_SOCKET_BUFFER;
 /// Receive buffer per datagram slot: a GRO batch can reach 64 KiB.
 const RECV_SLOT: usize = 65536;
@@ -87,13 +89,6 @@ impl Udp {
     pub fn try_clone_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
         use std::os::fd::AsFd;
         self.sock.as_fd().try_clone_to_owned()
-    }
-
-    /// Forces the receive buffer to `bytes` (`SO_RCVBUFFORCE`); the size the kernel reports.
-    pub fn force_recv_buffer(&self, bytes: usize) -> io::Result<usize> {
-        use nix::sys::socket::{getsockopt, setsockopt, sockopt};
-        setsockopt(&self.sock, sockopt::RcvBufForce, &bytes)?;
-        Ok(getsockopt(&self.sock, sockopt::RcvBuf)?)
     }
 
     pub fn max_gso_segments(&self) -> usize {
@@ -281,16 +276,6 @@ mod tests {
         m.len = len;
         m.stride = len;
         m
-    }
-
-    #[tokio::test]
-    async fn the_receive_buffer_is_forced_past_the_sysctl() {
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
-        let udp = Udp::bind(0, 0).unwrap();
-        // The kernel reports twice what was asked; past net.core.rmem_max.
-        assert_eq!(udp.force_recv_buffer(32 << 20).unwrap(), 64 << 20);
     }
 
     #[test]

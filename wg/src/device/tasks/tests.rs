@@ -114,22 +114,16 @@ fn rounds(queue: &[(SocketAddr, Vec<u8>)]) -> Rounds {
     ))
 }
 
-/// One receive of `n` laptops' `per_peer` segments each, queued in rounds: the rounds left
-/// and the TUN writes.
-async fn one_receive(n: u8, per_peer: u32) -> (Rounds, Vec<Vec<Vec<u8>>>) {
-    let (gw, queue) = uploads(n, per_peer);
+#[tokio::test]
+async fn sixteen_peers_segments_over_several_receive_rounds_make_one_super_packet_each() {
+    // 16 laptops × 8 segments: 4 rounds of 32 datagrams, 2 segments of each laptop per round.
+    let (gw, queue) = uploads(16, 8);
     let udp = rounds(&queue);
     let (core, tun_out) = (Mutex::new(gw), Writes::default());
     let mut tun = TunBatch::new(VNET_HDR_LEN);
     let (mut bufs, mut net) = (RecvBufs::default(), NetBatch::new(1));
     assert!(receive_to_tun(&core, &udp, &mut bufs, &mut net, &mut tun, &tun_out).await);
-    (udp, tun_out.0.into_inner())
-}
-
-#[tokio::test]
-async fn sixteen_peers_segments_over_several_receive_rounds_make_one_super_packet_each() {
-    // 16 laptops × 8 segments: 4 rounds of 32 datagrams, 2 segments of each laptop per round.
-    let (udp, writes) = one_receive(16, 8).await;
+    let writes = tun_out.0.into_inner();
     // One batch of writes, one super-packet per laptop's connection holding its 8 segments in
     // order (written after each round: 4 batches of 16 frames of 2 segments).
     assert_eq!(writes.len(), 1, "TUN write batches");
@@ -146,46 +140,10 @@ async fn sixteen_peers_segments_over_several_receive_rounds_make_one_super_packe
     assert!(udp.0.borrow().is_empty());
 }
 
-/// The frames of `writes` of connection `i` (10.0.1.i's), each split into its segments' TCP
-/// sequence numbers.
-fn frames_of(writes: &[Vec<Vec<u8>>], i: u8) -> Vec<Vec<u32>> {
-    let frames = writes.iter().flatten().map(|f| split_all(&mut f.clone()));
-    let frames = frames.filter(|segments| segments[0][12..16] == [10, 0, 1, i]);
-    frames
-        .map(|segments| {
-            let seq = |s: &Vec<u8>| u32::from_be_bytes(s[24..28].try_into().unwrap());
-            segments.iter().map(seq).collect()
-        })
-        .collect()
-}
-
-#[tokio::test]
-async fn sixteen_peers_queued_rounds_are_folded_until_each_connection_fills_super_packets() {
-    // 16 laptops × 64 segments: 32 full rounds, 2 segments of each laptop per round, all queued
-    // (the gateway is the bottleneck). Each connection's 64 segments go into one write: two
-    // super-packets of 46 and 18 (64 KiB holds 46 of 1400 bytes). With at most 512 datagrams
-    // per write, the 16 rounds left made a second write and each connection 2 super-packets of
-    // 32 segments.
-    let (udp, writes) = one_receive(16, 64).await;
-    assert!(udp.0.borrow().is_empty(), "rounds left queued");
-    assert_eq!(writes.len(), 1, "TUN write batches");
-    for i in 1..=16u8 {
-        let frames = frames_of(&writes, i);
-        let sizes: Vec<usize> = frames.iter().map(Vec::len).collect();
-        assert_eq!(sizes, [46, 18], "connection {i}'s super-packets");
-        let seqs: Vec<u32> = frames.concat();
-        assert_eq!(seqs, (1..=64).map(|k| 1000 + k * 1400).collect::<Vec<_>>());
-    }
-    assert_eq!(datagrams_per_write(16), 1024);
-    assert_eq!(datagrams_per_write(1), DATAGRAMS_PER_WRITE);
-    assert_eq!(datagrams_per_write(1000), 2048);
-}
-
 #[tokio::test]
 async fn rounds_beyond_the_limit_go_into_the_next_write_and_nothing_is_waited_for() {
-    // 2 laptops: DATAGRAMS_PER_WRITE / ROUND + 2 full rounds. Two connections fold no more than
-    // one laptop's would (DATAGRAMS_PER_WRITE).
-    let per_peer = (ROUND / 2 * (DATAGRAMS_PER_WRITE / ROUND + 2)) as u32;
+    // 2 laptops × 16 × (ROUNDS_PER_WRITE + 2) segments: ROUNDS_PER_WRITE + 2 full rounds.
+    let per_peer = (ROUND / 2 * (ROUNDS_PER_WRITE + 2)) as u32;
     let (gw, queue) = uploads(2, per_peer);
     let udp = rounds(&queue);
     let (core, tun_out) = (Mutex::new(gw), Writes::default());
@@ -197,7 +155,7 @@ async fn rounds_beyond_the_limit_go_into_the_next_write_and_nothing_is_waited_fo
     };
     assert!(receive_to_tun(&core, &udp, &mut bufs, &mut net, &mut tun, &tun_out).await);
     assert_eq!(udp.0.borrow().len(), 2, "rounds left queued");
-    assert_eq!(segments_in(&tun_out.0.borrow()), DATAGRAMS_PER_WRITE);
+    assert_eq!(segments_in(&tun_out.0.borrow()), ROUND * ROUNDS_PER_WRITE);
     // The next call takes the rest; with the queue empty it writes at once (no wait).
     assert!(receive_to_tun(&core, &udp, &mut bufs, &mut net, &mut tun, &tun_out).await);
     assert!(udp.0.borrow().is_empty());
