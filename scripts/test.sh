@@ -27,8 +27,9 @@ CARGO_TARGET_DIR="$PWD/target/timer-tests" \
 
 # The model test again with boringtun's own timers (keepalive, rekey, handshake retransmission,
 # session expiry) on the model's fake clock: feature `timers` turns on boringtun's
-# `mock-instant`, so it builds in a target directory of its own (feature unification must not
-# freeze Tunn's clock in the workspace's binaries; never --all-features).
+# `mock-instant` (never --all-features). Features are unified per cargo invocation, so this run
+# builds its own copies of boringtun and the crates above it (a different feature set, a
+# different artifact) and leaves the workspace's binaries, built above, untouched; the shared
+# target directory reuses everything else (tokio, kube, hickory...).
 echo "== test: model with boringtun's timers (tests/model --features timers)"
-CARGO_TARGET_DIR="$PWD/target/model-timers" \
-  cargo test --locked -p kwg-model --features timers
+cargo test --locked -p kwg-model --features timers
