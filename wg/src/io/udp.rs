@@ -13,8 +13,8 @@ use crate::io::stream::is_stream_endpoint;
 
 /// Socket buffer size: room for a few GSO batches in flight (kwg-helper forces the same on a
 /// normal user's socket). A gateway under 16 laptops overflows it in bursts (thousands of drops
-/// in 5 s, TCP's signal to slow down); 32 MiB there dropped nothing but queued deeper and
-/// halved the segments per TUN packet (docs/performance.md, Many laptops).
+/// in 5 s, TCP's signal to slow down); 32 MiB there dropped nothing, queued 22 MB (58 ms) and
+/// never coalesced better (docs/performance.md, Many laptops).
 const SOCKET_BUFFER: usize = kwg_host::sockbuf::UDP_SOCKET_BUFFER;
 /// Receive buffer per datagram slot: a GRO batch can reach 64 KiB.
 const RECV_SLOT: usize = 65536;
