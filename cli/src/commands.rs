@@ -22,8 +22,6 @@ pub use join::{daemon, join};
 /// `kwg status`: every session (or the one of `--context`); exit code 1 when not joined,
 /// else the worst of the sessions' codes.
 pub async fn status(args: OutputArgs, dir: StateDir) -> Result<i32, Error> {
-    // `sudo kwg status`: the invoking user's sessions, as `sudo kwg join` made them.
-    crate::privileged::sudo::as_invoker()?;
     let all = sessions(&dir)?;
     let several = all.len() > 1;
     // The session that answers the short names (issue 27; the next one after the primary left).
@@ -152,8 +150,6 @@ async fn session_status(state: &State, dir: &StateDir) -> Result<Status, Error> 
 /// `kwg peers`: the peer Secrets, with tunnel statistics from the gateway when joined (the
 /// session of `--context`, else the only or the primary session).
 pub async fn peers(args: PeersArgs, dir: StateDir) -> Result<(), Error> {
-    // `sudo kwg peers`: the invoking user's sessions and kubeconfig.
-    crate::privileged::sudo::as_invoker()?;
     let all = sessions(&dir)?;
     let session = match pick(&all, args.kube.context.as_deref()) {
         Ok(s) => s,
@@ -231,8 +227,6 @@ fn peers_target(kube: &crate::args::KubeArgs, session: Option<KubeTarget>) -> Ku
 /// (with several: asked on a terminal, refused otherwise). Asks each daemon to undo
 /// everything, or undoes it from the journal; one session's leave touches nothing of another.
 pub async fn leave(args: LeaveArgs, dir: StateDir) -> Result<(), Error> {
-    // `sudo kwg leave`: the invoking user's sessions, as `sudo kwg join` made them.
-    crate::privileged::sudo::as_invoker()?;
     let reporter = Reporter::new(args.output);
     let all = sessions(&dir)?;
     let targets: Vec<&Session> = if args.all {

@@ -54,6 +54,9 @@ pub fn init_tracing(daemon: bool) {
 
 /// Runs a parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
+    // `sudo kwg ...` by a user who is not root: everything but `join` runs as that user (or is
+    // refused) before anything of root's is read or run.
+    privileged::sudo::dispatch(&cli.command)?;
     // Commands that touch no state.
     match cli.command {
         Command::Version(a) => return version::run(a).await,

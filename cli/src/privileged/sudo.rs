@@ -4,14 +4,18 @@
 //! runs the same `kwg join` again as the user (with `--tun`: through the helper, or failing
 //! saying why), with the user's groups, home and kubeconfig, and exits with its code. That join goes through the helper like any normal user's, so its daemon,
 //! exec credential plugins and state directory are the user's, and the user's plain `kwg status`
-//! and `kwg leave` see and end the session. `sudo kwg status`, `sudo kwg peers` and
-//! `sudo kwg leave` run again as the user the same way, so they too act on the user's sessions
-//! (root's own sessions are those of a root login, without sudo).
+//! and `kwg leave` see and end the session. Every other command (`status`, `peers`, `leave`,
+//! `version`, `doctor`, `forward`, `exec`, `ci-credentials`, `man`, `completion`) runs again
+//! as the user the same way, so nothing the user passes (a kubeconfig and its exec plugin, a
+//! file to write, a command to run) runs as root; `sudo kwg daemon` is refused (kwg join
+//! starts the daemon). Root's own sessions are those of a root login, without sudo.
 //!
-//! One exception keeps root: `sudo kwg status|peers|leave` when the user has no session but
-//! root does (a root login's join, or one by an older kwg that joined as root where
-//! systemd-resolved manages DNS): they act on root's sessions, saying so on stderr. Where
-//! systemd-resolved manages DNS, the user's join sets the link's DNS through kwg-helper.
+//! One exception keeps root: `sudo kwg status|leave` when the user has no session but root
+//! does (a root login's join, or one by an older kwg that joined as root where
+//! systemd-resolved manages DNS): they act on root's sessions, saying so on stderr, and then
+//! refuse `--context` and a `KUBECONFIG` sudo kept (root's session uses root's kubeconfig).
+//! `sudo kwg peers` never falls back. Where systemd-resolved manages DNS, the user's join sets
+//! the link's DNS through kwg-helper.
 //!
 //! sudo resets the environment, so what the user's join gets is decided here:
 //! - `HOME`, `USER`, `LOGNAME`: the user's, from the user database (never root's);
@@ -164,14 +168,97 @@ pub async fn join_as_invoker(args: &crate::args::JoinArgs) -> Result<(), Error> 
     rerun_as(&inv, kubeconfig, &extra)
 }
 
-/// Under `sudo kwg status|peers|leave`: this same command run as the invoker, so it acts on
-/// the invoker's sessions (the ones `sudo kwg join` made); exits with its code. Returns when
-/// this is no sudo invocation, or when the invoker has no session but root has (then the
-/// command acts on root's, as the note on stderr says).
-pub fn as_invoker() -> Result<(), Error> {
+/// What `sudo kwg COMMAND` does for an invoker who is not root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnderSudo {
+    /// `join`: root makes sure a helper serves the invoker, then runs the join as the invoker.
+    Join,
+    /// Run again as the invoker, whatever root has.
+    AsInvoker,
+    /// `status`, `leave`: as the invoker, or on root's own sessions when only root has one.
+    AsInvokerElseRoot,
+    /// Not run at all: why, and what to do instead.
+    Refused(String),
+}
+
+/// Which user runs `sudo kwg COMMAND` (see the module's documentation): every command but
+/// `join` runs as the invoker, so nothing the invoker passes (a kubeconfig and its exec
+/// plugin, a file to write, a command to run) runs as root.
+pub fn under_sudo(command: &crate::args::Command) -> UnderSudo {
+    use crate::args::Command as C;
+    match command {
+        C::Join(_) => UnderSudo::Join,
+        C::Status(_) | C::Leave(_) => UnderSudo::AsInvokerElseRoot,
+        C::Daemon(_) => UnderSudo::Refused(
+            "kwg daemon is started by kwg join, never through sudo: run kwg join (kwg-helper does the privileged part)".into(),
+        ),
+        C::Peers(_)
+        | C::Version(_)
+        | C::Completion(_)
+        | C::Man(_)
+        | C::CiCredentials(_)
+        | C::Forward(_)
+        | C::Exec(_)
+        | C::Doctor(_) => UnderSudo::AsInvoker,
+    }
+}
+
+/// Why `sudo kwg status|leave` acting on root's own sessions refuses what the invoker passed
+/// that chooses a cluster or session (`--context`, a `KUBECONFIG` sudo kept): root's session
+/// uses root's own kubeconfig, and an exec plugin of the invoker's would run as root.
+pub fn root_fallback_refusal(
+    name: &str,
+    context: bool,
+    kubeconfig_kept: bool,
+) -> Option<String> {
+    let passed = match (context, kubeconfig_kept) {
+        (false, false) => return None,
+        (true, false) => "--context",
+        (false, true) => "KUBECONFIG",
+        (true, true) => "--context and KUBECONFIG",
+    };
+    Some(format!(
+        "{name} has no kwg session, so sudo kwg would act on root's, which takes no {passed} from {name}: run it without them, or as root itself (sudo -i)"
+    ))
+}
+
+/// Under sudo with an invoker who is not root (see [`under_sudo`]): runs this command again as
+/// the invoker and exits with its code, or refuses it; returns for `join` (which runs as the
+/// invoker itself, after starting the helper) and for `status`/`leave` acting on root's
+/// sessions, and when this is no sudo invocation.
+pub fn dispatch(command: &crate::args::Command) -> Result<(), Error> {
+    use crate::args::Command as C;
     let Some(inv) = invoker()? else {
         return Ok(());
     };
+    match under_sudo(command) {
+        UnderSudo::Join => Ok(()),
+        UnderSudo::Refused(reason) => Err(Error::Invalid {
+            what: "use of sudo".into(),
+            reason,
+        }),
+        UnderSudo::AsInvoker => rerun_as(&inv, kept_kubeconfig(), &[]),
+        UnderSudo::AsInvokerElseRoot => {
+            let context = match command {
+                C::Status(a) => a.context.is_some(),
+                C::Leave(a) => a.context.is_some(),
+                _ => false,
+            };
+            as_invoker(&inv, context)
+        }
+    }
+}
+
+/// The `KUBECONFIG` sudo kept, if any.
+fn kept_kubeconfig() -> Option<OsString> {
+    std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty())
+}
+
+/// Under `sudo kwg status|leave`: this same command run as the invoker, so it acts on the
+/// invoker's sessions (the ones `sudo kwg join` made); exits with its code. Returns when the
+/// invoker has no session but root has (then the command acts on root's, as the note on stderr
+/// says), unless the invoker passed `--context` or a `KUBECONFIG`: refused.
+fn as_invoker(inv: &Invoker, context: bool) -> Result<(), Error> {
     let root_dir = crate::state::StateDir::from_env();
     let user_dir = crate::state::StateDir(crate::state::default_dir(
         std::env::var_os("KWG_STATE_DIR").map(PathBuf::from),
@@ -180,6 +267,14 @@ pub fn as_invoker() -> Result<(), Error> {
         inv.uid,
     ));
     if has_sessions(&root_dir, 0) && !has_sessions(&user_dir, inv.uid) {
+        if let Some(reason) =
+            root_fallback_refusal(&inv.name, context, kept_kubeconfig().is_some())
+        {
+            return Err(Error::Invalid {
+                what: "use of sudo".into(),
+                reason,
+            });
+        }
         eprintln!(
             "kwg: {} has no kwg session, root has one (in {}): acting on root's",
             inv.name,
@@ -187,11 +282,7 @@ pub fn as_invoker() -> Result<(), Error> {
         );
         return Ok(());
     }
-    rerun_as(
-        &inv,
-        std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()),
-        &[],
-    )
+    rerun_as(inv, kept_kubeconfig(), &[])
 }
 
 /// Whether `dir` is `uid`'s state directory and holds a session (an unreadable one counts:
@@ -321,6 +412,46 @@ mod tests {
         assert_eq!(invoker_ids(true, vars("0")).unwrap(), None);
         assert_eq!(invoker_ids(true, |_| None).unwrap(), None);
         assert!(invoker_ids(true, vars("x")).is_err());
+    }
+
+    #[test]
+    fn under_sudo_every_command_but_join_runs_as_the_invoker_and_daemon_is_refused() {
+        use crate::args::Cli;
+        use clap::Parser;
+        let plan = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("kwg").chain(argv.iter().copied()))
+                .unwrap();
+            under_sudo(&cli.command)
+        };
+        assert_eq!(plan(&["join"]), UnderSudo::Join);
+        for argv in [
+            &["version", "--kubeconfig", "/tmp/f"][..],
+            &["doctor", "--bundle", "/etc/shadow"],
+            &["man", "--dir", "/etc"],
+            &["completion", "bash"],
+            &["peers", "--kubeconfig", "/tmp/f"],
+            &["exec", "--", "sh"],
+            &["forward", "5432:db:5432"],
+            &["ci-credentials", "ci", "--kubeconfig", "/tmp/f"],
+        ] {
+            assert_eq!(plan(argv), UnderSudo::AsInvoker, "{argv:?}");
+        }
+        assert_eq!(plan(&["status"]), UnderSudo::AsInvokerElseRoot);
+        assert_eq!(plan(&["leave", "--all"]), UnderSudo::AsInvokerElseRoot);
+        let UnderSudo::Refused(why) = plan(&["daemon", "--spec", "{}"]) else {
+            panic!("daemon under sudo runs");
+        };
+        assert!(why.contains("run kwg join"), "{why}");
+    }
+
+    #[test]
+    fn acting_on_roots_sessions_takes_no_context_or_kubeconfig_from_the_invoker() {
+        assert_eq!(root_fallback_refusal("alice", false, false), None);
+        let why = root_fallback_refusal("alice", true, false).unwrap();
+        assert!(why.contains("no --context from alice"), "{why}");
+        let why = root_fallback_refusal("alice", false, true).unwrap();
+        assert!(why.contains("KUBECONFIG"), "{why}");
+        assert!(why.contains("sudo -i"), "{why}");
     }
 
     #[test]
