@@ -40,7 +40,7 @@ enum Command {
         #[arg(long = "allow-route", value_name = "CIDR")]
         allow_route: Vec<IpNet>,
         /// Where the journal lives (0700).
-        #[arg(long, default_value = "/run/kwg-helper/journal")]
+        #[arg(long, default_value = DEFAULT_JOURNAL)]
         journal: PathBuf,
     },
     /// Writes the systemd socket and service units (under --root) and says how to remove them.
@@ -68,6 +68,59 @@ enum Command {
     },
 }
 
+/// The default journal directory (`serve --journal`).
+const DEFAULT_JOURNAL: &str = "/run/kwg-helper/journal";
+
+/// The uid of the user who ran `sudo kwg-helper ...` when that is not root: `SUDO_UID` when
+/// this process is really root (not a setuid binary or a user's own variable).
+fn sudo_invoker(real_root: bool, sudo_uid: Option<&str>) -> Option<u32> {
+    let uid = sudo_uid?.parse::<u32>().ok()?;
+    (real_root && uid != 0).then_some(uid)
+}
+
+/// Why `command` is refused when run through sudo by `invoker` (not root): a sudoers rule that
+/// lets a user start kwg-helper (what `kwg join --tun`'s `sudo -b kwg-helper serve --socket
+/// DEFAULT --allow-uid UID` needs) must not let that user write units, end others' sessions,
+/// replay a journal of theirs or widen the routes. `None`: allowed.
+fn refused_under_sudo(command: &Command, invoker: u32) -> Option<String> {
+    let why = match command {
+        Command::Install { .. } => {
+            "kwg-helper install writes systemd units: run it as root itself (sudo -i), not through a sudo rule".to_string()
+        }
+        Command::End { .. } => {
+            "through sudo, kwg-helper end would end any user's session: end yours with kwg leave (or kwg-helper end without sudo), or run it as root itself (sudo -i)".to_string()
+        }
+        Command::List { .. } => return None,
+        Command::Serve {
+            socket,
+            allow_uid,
+            allow_route,
+            journal,
+            ..
+        } => {
+            if *socket != server::default_socket() {
+                format!(
+                    "through sudo, kwg-helper serve uses only the default socket {}: drop --socket, or run it as root from the installed service (kwg-helper install)",
+                    server::default_socket().display()
+                )
+            } else if journal.as_path() != std::path::Path::new(DEFAULT_JOURNAL) {
+                format!(
+                    "through sudo, kwg-helper serve uses only the default journal {DEFAULT_JOURNAL}: drop --journal, or run it as root from the installed service (kwg-helper install)"
+                )
+            } else if allow_uid.iter().any(|u| *u != invoker) {
+                format!(
+                    "through sudo, kwg-helper serve serves only you (--allow-uid {invoker}): drop the other --allow-uid, or run it as root from the installed service (kwg-helper install)"
+                )
+            } else if !allow_route.is_empty() {
+                "through sudo, kwg-helper serve takes no --allow-route: run it as root from the installed service (kwg-helper install) to allow routes".to_string()
+            } else {
+                return None;
+            }
+        }
+    };
+    Some(why)
+}
+
 fn main() -> ExitCode {
     kwg_host::logging::init("info");
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
@@ -80,7 +133,19 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(mut command: Command) -> anyhow::Result<()> {
+    let real_root = nix::unistd::getuid().is_root();
+    if let Some(invoker) = sudo_invoker(real_root, std::env::var("SUDO_UID").ok().as_deref()) {
+        if let Some(why) = refused_under_sudo(&command, invoker) {
+            anyhow::bail!("{why}");
+        }
+        // Through sudo the helper serves the invoker (what kwg join asks for), nobody else.
+        if let Command::Serve { allow_uid, .. } = &mut command {
+            if allow_uid.is_empty() {
+                allow_uid.push(invoker);
+            }
+        }
+    }
     match command {
         Command::Serve {
             socket,
@@ -161,6 +226,56 @@ async fn run(command: Command) -> anyhow::Result<()> {
             c.end(&interface).await?;
             println!("ended the session on {interface}");
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("kwg-helper").chain(argv.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn only_real_root_with_a_sudo_uid_other_than_0_is_run_through_sudo() {
+        assert_eq!(sudo_invoker(true, Some("1000")), Some(1000));
+        assert_eq!(sudo_invoker(true, Some("0")), None);
+        assert_eq!(sudo_invoker(false, Some("1000")), None);
+        assert_eq!(sudo_invoker(true, None), None);
+        assert_eq!(sudo_invoker(true, Some("x")), None);
+    }
+
+    #[test]
+    fn through_sudo_only_kwg_joins_serve_for_the_invoker_is_allowed() {
+        let allowed = |argv: &[&str]| refused_under_sudo(&parse(argv), 1000);
+        // What kwg join runs (ensure_for), and the defaults.
+        assert_eq!(
+            allowed(&[
+                "serve",
+                "--socket",
+                "/run/kwg-helper/helper.sock",
+                "--allow-uid",
+                "1000"
+            ]),
+            None
+        );
+        assert_eq!(allowed(&["serve"]), None);
+        assert_eq!(allowed(&["list"]), None);
+        for (argv, says) in [
+            (&["install", "--root", "/tmp/x"][..], "sudo -i"),
+            (&["end", "kwg0"], "kwg leave"),
+            (&["serve", "--allow-route", "0.0.0.0/0"], "--allow-route"),
+            (&["serve", "--allow-uid", "1001"], "only you"),
+            (&["serve", "--allow-uid", "1000", "--allow-uid", "0"], "only you"),
+            (&["serve", "--journal", "/home/alice/j"], "default journal"),
+            (&["serve", "--socket", "/tmp/s.sock"], "default socket"),
+        ] {
+            let why = allowed(argv).unwrap_or_else(|| panic!("{argv:?} allowed"));
+            assert!(why.contains(says), "{argv:?}: {why}");
         }
     }
 }
