@@ -29,6 +29,12 @@ pub const RETRY_MAX: Duration = Duration::from_secs(60);
 /// 25 s, unanswered by design) never add up to a stall, TCP's retransmissions (1 s, 2 s) do.
 pub const IDLE: Duration = Duration::from_secs(5);
 
+/// [`RETRY`] doubled for each of `rebinds` new ports after the first, at most [`RETRY_MAX`].
+fn gap_after(rebinds: u32) -> Duration {
+    let doublings = rebinds.saturating_sub(1).min(8);
+    RETRY.saturating_mul(1 << doublings).min(RETRY_MAX)
+}
+
 /// What to do about the session after a read of the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -45,6 +51,8 @@ pub struct Health {
     pub next: Instant,
     last_tx: u64,
     last_rx: u64,
+    /// Packets boringtun held for a handshake (no session), counted since the peer was added.
+    last_held: u64,
     /// When sending without an answer was first seen, and in how many reads.
     unanswered_since: Option<Instant>,
     unanswered_reads: u32,
@@ -66,6 +74,7 @@ impl Health {
             next: now + CHECK_EVERY,
             last_tx: 0,
             last_rx: 0,
+            last_held: 0,
             unanswered_since: None,
             unanswered_reads: 0,
             last_sent: None,
@@ -85,6 +94,7 @@ impl Health {
         self.registered_again();
         self.last_tx = 0;
         self.last_rx = 0;
+        self.last_held = 0;
         self.last_sent = Some(now);
         self.unanswered_since = Some(now);
         self.unanswered_reads = 1;
@@ -99,8 +109,16 @@ impl Health {
     /// How long after the last new port another may follow: [`RETRY`], doubled for each new
     /// port since anything came back, at most [`RETRY_MAX`].
     fn rebind_gap(&self) -> Duration {
-        let doublings = self.rebinds_unanswered.saturating_sub(1).min(8);
-        RETRY.saturating_mul(1 << doublings).min(RETRY_MAX)
+        gap_after(self.rebinds_unanswered)
+    }
+
+    /// The same for a stall (packets the user sends going unanswered), one doubling behind:
+    /// the second new port comes [`RETRY`] after the first too, so that a stall lasting the
+    /// transport's `fallback_after` (5 s) moves to a stream as soon as before; then the same
+    /// doubling (it was a new port, or a stream closed and connected again, every 3 s for as
+    /// long as the gateway stayed unreachable).
+    fn stall_rebind_gap(&self) -> Duration {
+        gap_after(self.rebinds_unanswered.saturating_sub(1))
     }
 
     /// A new port at `now`.
@@ -110,21 +128,29 @@ impl Health {
         Verdict::Rebind
     }
 
-    /// The counters read at `now`. A stall: packets were sent in at least two reads of one
-    /// streak and none was answered for [`STALL`].
+    /// The counters read at `now` (`held`: packets boringtun keeps for want of a session).
+    /// A stall: packets were sent in at least two reads of one streak and none was answered
+    /// for [`STALL`]. Held packets count as sending only while no new handshake is waiting
+    /// for its answer: the user sending on meanwhile is no news, and a new handshake every
+    /// stall would replace the one under way (boringtun takes an answer only to the last two),
+    /// so on a path whose round trip is over a second none would ever complete; that wait
+    /// is paced by [`Health::unanswered_try`] instead.
     #[must_use]
-    pub fn observe(&mut self, tx: u64, rx: u64, now: Instant) -> Verdict {
+    pub fn observe(&mut self, tx: u64, rx: u64, held: u64, now: Instant) -> Verdict {
         self.next = now + CHECK_EVERY;
-        if tx < self.last_tx || rx < self.last_rx {
+        if tx < self.last_tx || rx < self.last_rx || held < self.last_held {
             // Counters that went back: the gateway peer was replaced (a reinstalled gateway's
             // new key) and counts from zero again. The device applies the new peer after the
             // session saw the new key, so a read in between showed the old peer's answers and
             // cleared the streak `peer_replaced` began: begin it here again.
             self.peer_replaced(now);
         }
-        let (sent, received) = (tx > self.last_tx, rx > self.last_rx);
+        let waiting = self.last_try.is_some() && !self.answered_since_try;
+        let held_more = held > self.last_held && !waiting;
+        let (sent, received) = (tx > self.last_tx || held_more, rx > self.last_rx);
         self.last_tx = tx;
         self.last_rx = rx;
+        self.last_held = held;
         if received {
             self.unanswered_since = None;
             self.unanswered_reads = 0;
@@ -151,10 +177,15 @@ impl Health {
             // Answered, yet stalled again soon: one-way traffic, or a path that answers only
             // handshakes; go slowly.
             Some(d) if self.answered_since_try && d < RETRY => return Verdict::Fine,
+            // A new handshake unanswered for a while, and sending seen again (boringtun's own
+            // initiations, 5 s apart, after the forced one): it sets the pace, not the stall.
+            Some(d) if !self.answered_since_try && d > ESCALATE => return self.unanswered_try(now),
             Some(d)
                 if !self.answered_since_try
                     && d <= ESCALATE
-                    && self.last_rebind.is_none_or(|t| now - t >= RETRY) =>
+                    && self
+                        .last_rebind
+                        .is_none_or(|t| now - t >= self.stall_rebind_gap()) =>
             {
                 self.rebind(now)
             }
@@ -171,9 +202,9 @@ impl Health {
     }
 
     /// A new handshake (or port) that nothing answered, with no new stall to show it: with no
-    /// session (a new key) and nothing sent by the user, the counters move only with
-    /// boringtun's initiations, seconds apart (packets it holds for the handshake count as
-    /// sent: `Session::stats`). A new port
+    /// session (a new key, or expired) the counters move only with boringtun's initiations,
+    /// seconds apart, and packets it holds for the handshake no longer count once one is
+    /// forced ([`Health::observe`]). A new port
     /// after [`ESCALATE`] unanswered (after a new port, [`RETRY`] doubling up to
     /// [`RETRY_MAX`]); the transport then falls back to a stream when UDP stays silent.
     fn unanswered_try(&mut self, now: Instant) -> Verdict {

@@ -39,18 +39,18 @@ impl Session {
     }
 
     /// The device's counters: a stalled session gets a new handshake, then one from a fresh
-    /// port when that goes unanswered. Packets held for a handshake count as sending: without
-    /// a session (expired after 180 s idle, or a new gateway key) boringtun keeps them and the
-    /// byte counters move only with its initiations, 5 s apart, which never add up to a stall.
+    /// port when that goes unanswered. Packets held for a handshake count as sending until a
+    /// new handshake is forced: without a session (expired after 180 s idle, or a new gateway
+    /// key) boringtun keeps them and the byte counters move only with its initiations, 5 s
+    /// apart, which never add up to a stall.
     pub(super) fn stats(&mut self, tx: u64, rx: u64, held: u64, now: Instant) {
         let Some(j) = self.joined_mut() else { return };
         let Step::Serving(s) = &mut j.step else {
             return;
         };
         let h = &mut s.health;
-        // Both only grow while the peer stays and start from zero when it is replaced: their
-        // sum moves when either does and goes back when the peer is replaced.
-        let verdict = h.observe(tx.saturating_add(held), rx, now);
+        // Each only grows while the peer stays and starts from zero when it is replaced.
+        let verdict = h.observe(tx, rx, held, now);
         if verdict == Verdict::Fine {
             return;
         }
