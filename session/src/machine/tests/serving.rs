@@ -547,6 +547,41 @@ fn packets_held_for_a_handshake_that_goes_unanswered_count_as_a_stall() {
     assert_eq!(restarted, Some(Duration::from_millis(700)));
 }
 
+#[test]
+fn packets_held_while_the_new_handshake_waits_for_its_answer_force_no_other() {
+    // F1: the user pings on into a peer without a session; the forced handshake's answer is
+    // on its way over a slow path (the API server's port-forward). Held packets no longer
+    // force a new handshake every 0.6 s (each replaced the one under way); the unanswered
+    // handshake sets the pace: a new path 2 s after it.
+    let mut r = serving(defaults);
+    let (mut tx, rx) = (5000u64, 4000u64);
+    let start = r.now;
+    let mut tries = Vec::new();
+    for i in 1..=40u64 {
+        r.advance(health::CHECK_EVERY);
+        r.pump(|a| {
+            matches!(a, Action::ReadStats).then_some(Some(Event::Stats {
+                tx_bytes: tx,
+                rx_bytes: rx,
+                held_packets: i,
+            }))
+        });
+        for a in r.take_log() {
+            if a == "Rehandshake" || a == "Rebind" {
+                tries.push(((r.now - start).as_millis(), a));
+                tx += 148;
+            }
+        }
+    }
+    assert_eq!(
+        tries,
+        [
+            (700, "Rehandshake".to_string()),
+            (2700, "Rebind".to_string())
+        ]
+    );
+}
+
 /// A reinstall that kept the tunnel CIDR but not the key (issue 27): the new gateway's
 /// assignment for this machine is read again within the same CIDR, and an address other than
 /// the old one is taken (the new gateway drops packets from the old source).
