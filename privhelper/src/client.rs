@@ -283,10 +283,16 @@ impl Client {
                         "kwg-helper closed the connection",
                     )));
                 }
-                Ok((n, got)) => {
+                Ok((n, mut got)) => {
                     self.lines.push(&buf[..n]);
-                    if got.is_some() {
-                        fd = got;
+                    if got.len() > 1 || (fd.is_some() && !got.is_empty()) {
+                        return Err(ClientError::Protocol(format!(
+                            "kwg-helper passed {} descriptors with one reply (one at most)",
+                            got.len() + usize::from(fd.is_some())
+                        )));
+                    }
+                    if let Some(f) = got.pop() {
+                        fd = Some(f);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -296,26 +302,51 @@ impl Client {
     }
 }
 
-/// One `recvmsg`: the bytes and at most one descriptor (any more are closed).
-pub(crate) fn recv_some(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    let mut space = nix::cmsg_space!([RawFd; 4]);
-    let mut iov = [io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(io::Error::from)?;
-    let mut fd = None;
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for f in fds {
-                // SAFETY: the kernel installed this descriptor in our table for us.
-                let owned = unsafe { OwnedFd::from_raw_fd(f) };
-                if fd.is_none() {
-                    fd = Some(owned);
+/// The most descriptors one message can carry (the kernel's SCM_MAX_FD).
+const SCM_MAX_FD: usize = 253;
+
+/// One `recvmsg`: the bytes and every descriptor that came with them, each owned (so closed
+/// when dropped). The control buffer has room for the most a message can carry, and it is
+/// walked by hand, so that even a truncated one (MSG_CTRUNC) leaves no descriptor open.
+pub(crate) fn recv_some(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((SCM_MAX_FD * std::mem::size_of::<RawFd>()) as u32) };
+    // u64s: aligned as a cmsghdr needs.
+    let mut control = vec![0u64; (space as usize).div_ceil(8) + 1];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; the pointers below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() * 8;
+    // SAFETY: msg points at live buffers of the lengths given.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled msg_control with msg_controllen bytes of whole cmsghdrs; the
+    // CMSG_* walk stays within them, and each SCM_RIGHTS entry is a descriptor it installed in
+    // our table for us (owned here, and nowhere else).
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c);
+                let len = (*c).cmsg_len as usize - (data as usize - c as usize);
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    let f = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(f));
                 }
             }
+            c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Ok((msg.bytes, fd))
+    Ok((n as usize, fds))
 }
 
 fn unexpected(r: &Reply) -> ClientError {

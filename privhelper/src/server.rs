@@ -89,6 +89,9 @@ struct Inner {
     policy: Box<dyn Policy>,
     access: Access,
     allow_uids: Vec<u32>,
+    /// Each session's one socket with forced buffers (`udpBuffers`), by session: a new one
+    /// resets the one before, and the session's end resets it (changed under `reg`'s lock).
+    forced: std::sync::Mutex<std::collections::HashMap<u64, crate::sockbuf::Forced>>,
     /// The journal's lock, held while the helper runs.
     _lock: std::fs::File,
 }
@@ -133,15 +136,25 @@ impl Helper {
                 policy,
                 access: cfg.access,
                 allow_uids: cfg.allow_uids,
+                forced: Default::default(),
                 _lock: lock,
             }),
         })
     }
 
-    /// Serves `listener` until the task is dropped.
+    /// Serves `listener` until the task is dropped (a failed `accept` is logged and retried).
     pub async fn serve(&self, listener: UnixListener) -> io::Result<()> {
         loop {
-            let (stream, _) = listener.accept().await?;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors (EMFILE, ENFILE) or memory, or a connection reset
+                    // before it was taken: the sessions being served stay; try again shortly.
+                    tracing::warn!(error = %e, "cannot accept a connection: retrying in 100 ms");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let uid = stream.peer_cred().ok().map(|c| c.uid());
             let me = self.clone();
             let taken = me.slots().take(uid);
@@ -207,15 +220,14 @@ impl Helper {
         let mut session = None;
         let mut lines = LineBuf::default();
         let mut buf = vec![0u8; 4096];
-        // A descriptor the client passed (with `udpBuffers`), and the socket forced last.
+        // A descriptor the client passed (with `udpBuffers`).
         let mut passed = None;
-        let mut forced = crate::sockbuf::Forced::default();
         loop {
             let request = match next_request(&stream, &mut lines, &mut buf, &mut passed).await {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
-                    let reply = error_reply(ErrorKind::BadRequest, e.to_string());
+                    let reply = error_reply(ErrorKind::BadRequest, e);
                     let _ = send(&stream, &reply, None).await;
                     break;
                 }
@@ -223,7 +235,7 @@ impl Helper {
             let close = request == Request::Close {};
             let fd_in = passed.take();
             let (reply, fd) = match request {
-                Request::UdpBuffers {} => (udp_buffers(peer, session, fd_in, &mut forced), None),
+                Request::UdpBuffers {} => (self.udp_buffers(peer, session, fd_in).await, None),
                 other => self.handle(peer, &mut session, other).await,
             };
             let fd_ref = fd.as_ref().map(|f| f.as_raw_fd());
@@ -465,23 +477,73 @@ impl Helper {
         };
         let (uid, interface) = (s.peer.uid, s.spec.interface.clone());
         let undo = reg.close(id);
+        // Its forced socket gets the default size back (dropped).
+        self.forced().remove(&id);
         let left = revert_steps(self.inner.net.as_ref(), undo.iter()).await;
         finish_journal(&self.inner.journal, id, uid, &interface, left);
         tracing::info!(session = id, uid, interface, "session reverted");
     }
+
+    fn forced(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, crate::sockbuf::Forced>> {
+        self.inner.forced.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `udpBuffers`: forces the buffers of the UDP socket passed with it (the session's
+    /// uid's), keeping it as the session's one forced socket.
+    async fn udp_buffers(&self, peer: Peer, session: Option<u64>, fd: Option<OwnedFd>) -> Reply {
+        use crate::sockbuf::ForceError;
+        // Under the registry's lock: the session cannot end (and reset it) meanwhile.
+        let reg = self.inner.reg.lock().await;
+        let Some(id) = session.filter(|id| reg.get(*id).is_some()) else {
+            return error_reply(ErrorKind::BadRequest, "no session: send open first".into());
+        };
+        let Some(fd) = fd else {
+            return error_reply(
+                ErrorKind::BadRequest,
+                "udpBuffers carries the session's UDP socket (SCM_RIGHTS on the request line): none came with it".into(),
+            );
+        };
+        let forced = self.forced().entry(id).or_default().force(fd, peer.uid);
+        drop(reg);
+        match forced {
+            Ok((receive, send)) => {
+                tracing::info!(
+                    session = id,
+                    uid = peer.uid,
+                    receive,
+                    send,
+                    "forced the buffers of the session's UDP socket"
+                );
+                Reply::Buffers {
+                    receive: receive as u64,
+                    send: send as u64,
+                }
+            }
+            Err(ForceError::Refused(m)) => error_reply(ErrorKind::Refused, m),
+            Err(ForceError::System(e)) => error_reply(
+                ErrorKind::System,
+                format!("cannot force the UDP socket's buffers: {e}"),
+            ),
+        }
+    }
 }
 
 /// The next request on `stream`; `None` when the client went away. A descriptor passed with
-/// it lands in `passed` (one at most: any other is closed).
+/// it lands in `passed`. More than one descriptor for one request is refused (every one of
+/// them closed first): the caller ends the connection.
 async fn next_request(
     stream: &UnixStream,
     lines: &mut LineBuf,
     buf: &mut [u8],
     passed: &mut Option<OwnedFd>,
-) -> Result<Option<Request>, proto::FrameError> {
+) -> Result<Option<Request>, String> {
     loop {
-        if let Some(line) = lines.next_line()? {
-            return proto::decode::<Request>(&line).map(Some);
+        if let Some(line) = lines.next_line().map_err(|e| e.to_string())? {
+            return proto::decode::<Request>(&line)
+                .map(Some)
+                .map_err(|e| e.to_string());
         }
         if stream.readable().await.is_err() {
             return Ok(None);
@@ -489,55 +551,23 @@ async fn next_request(
         let raw = stream.as_raw_fd();
         match stream.try_io(Interest::READABLE, || crate::client::recv_some(raw, buf)) {
             Ok((0, _)) => return Ok(None),
-            Ok((n, fd)) => {
+            Ok((n, mut fds)) => {
                 lines.push(&buf[..n]);
-                if fd.is_some() {
-                    *passed = fd;
+                let count = fds.len() + usize::from(passed.is_some() && !fds.is_empty());
+                if count > 1 {
+                    drop(fds);
+                    *passed = None;
+                    return Err(format!(
+                        "{count} descriptors came with one request: kwg-helper takes one at most (the UDP socket with udpBuffers); connection closed"
+                    ));
+                }
+                if let Some(fd) = fds.pop() {
+                    *passed = Some(fd);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return Ok(None),
         }
-    }
-}
-
-/// `udpBuffers`: forces the buffers of the UDP socket passed with it (the session's uid's),
-/// keeping it as the session's one forced socket.
-fn udp_buffers(
-    peer: Peer,
-    session: Option<u64>,
-    fd: Option<OwnedFd>,
-    forced: &mut crate::sockbuf::Forced,
-) -> Reply {
-    use crate::sockbuf::ForceError;
-    if session.is_none() {
-        return error_reply(ErrorKind::BadRequest, "no session: send open first".into());
-    }
-    let Some(fd) = fd else {
-        return error_reply(
-            ErrorKind::BadRequest,
-            "udpBuffers carries the session's UDP socket (SCM_RIGHTS on the request line): none came with it".into(),
-        );
-    };
-    match forced.force(fd, peer.uid) {
-        Ok((receive, send)) => {
-            tracing::info!(
-                session,
-                uid = peer.uid,
-                receive,
-                send,
-                "forced the buffers of the session's UDP socket"
-            );
-            Reply::Buffers {
-                receive: receive as u64,
-                send: send as u64,
-            }
-        }
-        Err(ForceError::Refused(m)) => error_reply(ErrorKind::Refused, m),
-        Err(ForceError::System(e)) => error_reply(
-            ErrorKind::System,
-            format!("cannot force the UDP socket's buffers: {e}"),
-        ),
     }
 }
 

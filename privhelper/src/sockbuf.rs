@@ -4,9 +4,9 @@
 //! the socket dies with the daemon.
 //!
 //! Only a UDP socket of the session's own uid is forced, and only one per session at a time:
-//! the helper keeps a descriptor of the socket it forced last and gives the previous one the
-//! default size back when a new one comes (after a rebind), so a user cannot collect forced
-//! buffers on many sockets.
+//! the helper keeps a descriptor of the socket it forced last, by session, and gives it the
+//! default size back when a new one comes (after a rebind) and when the session ends, so a
+//! user cannot collect forced buffers on many sockets.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -51,9 +51,19 @@ pub fn check_udp_socket(fd: BorrowedFd<'_>, uid: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// The socket this session's buffers were forced on last.
+/// The socket this session's buffers were forced on last; it gets the default size back
+/// when this is dropped (the session ended).
 #[derive(Default)]
 pub struct Forced(Option<OwnedFd>);
+
+impl Drop for Forced {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0.take() {
+            // Within the sysctl's limit, as any process may set it.
+            let _ = sockbuf::set(fd.as_fd(), default_size());
+        }
+    }
+}
 
 impl Forced {
     /// Checks `fd` (a UDP socket of `uid`), forces its buffers and keeps it; the one forced

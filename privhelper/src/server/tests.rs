@@ -573,6 +573,34 @@ async fn udp_buffers_force_only_a_passed_udp_socket_of_the_callers_uid() {
         kwg_host::sockbuf::sizes(udp.as_fd()).unwrap(),
         (want as usize, want as usize)
     );
+    // One forced socket per session: a second one (a rebind) takes the force from the first...
+    let next = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(c.udp_buffers(next.as_fd()).await.unwrap(), (want, want));
+    let (rb, sb) = kwg_host::sockbuf::sizes(udp.as_fd()).unwrap();
+    assert!(rb < want as usize && sb < want as usize, "the first keeps {rb}/{sb}");
+    // ...and the session's end takes it from the second, over a new connection each time.
+    c.close().await.unwrap();
+    let (rb, _) = kwg_host::sockbuf::sizes(next.as_fd()).unwrap();
+    assert!(rb < want as usize, "the socket of an ended session keeps {rb}");
+    let mut c = Client::connect(&rig.socket).await.unwrap();
+    c.open("kwg0", None, &[], &[]).await.unwrap();
+    assert_eq!(c.udp_buffers(next.as_fd()).await.unwrap(), (want, want));
+    drop(c);
+    let t = Instant::now();
+    while kwg_host::sockbuf::sizes(next.as_fd()).unwrap().0 >= want as usize {
+        assert!(t.elapsed() < Duration::from_secs(5), "still forced after the client went");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A session ended from elsewhere (`kwg-helper end`) has no socket forced any more.
+    let mut c = Client::connect(&rig.socket).await.unwrap();
+    c.open("kwg0", None, &[], &[]).await.unwrap();
+    let mut root = Client::connect(&rig.socket).await.unwrap();
+    root.end("kwg0").await.unwrap();
+    let (kind, m) = refused(c.udp_buffers(udp.as_fd()).await.unwrap_err());
+    assert_eq!(
+        (kind, m.as_str()),
+        (ErrorKind::BadRequest, "no session: send open first")
+    );
     // Another uid's session passing root's socket: refused by the socket's owner.
     let mut bob = rig.client_as(BOB).await;
     bob.open("kwg1", None, &[], &[]).await.unwrap();
@@ -583,3 +611,72 @@ async fn udp_buffers_force_only_a_passed_udp_socket_of_the_callers_uid() {
         "{m}"
     );
 }
+
+/// A client passing more descriptors than the one a request takes (8 here: more than an old
+/// 4-slot control buffer held; 253: the most one message carries) is refused and its
+/// connection closed, with every descriptor closed in the helper: the copies of a pipe's write
+/// end it was sent are all gone when the read end sees end-of-file.
+#[tokio::test]
+async fn a_request_with_many_descriptors_is_refused_and_none_stays_open() {
+    use std::io::Read;
+    use std::os::fd::{AsFd, AsRawFd};
+    let rig = rig().await;
+    for count in [2, 8, 253] {
+        let (mut r, w) = std::io::pipe().unwrap();
+        let std = std::os::unix::net::UnixStream::connect(&rig.socket).unwrap();
+        let copies: Vec<std::os::fd::OwnedFd> = (0..count)
+            .map(|_| w.as_fd().try_clone_to_owned().unwrap())
+            .collect();
+        drop(w);
+        let raw: Vec<RawFd> = copies.iter().map(|f| f.as_raw_fd()).collect();
+        let line = proto::encode(&Request::List {});
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
+        let iov = [std::io::IoSlice::new(&line)];
+        nix::sys::socket::sendmsg::<()>(std.as_raw_fd(), &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None)
+            .unwrap();
+        drop(copies);
+        std.set_nonblocking(true).unwrap();
+        let mut stream = UnixStream::from_std(std).unwrap();
+        let mut reply = String::new();
+        let read = tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut reply);
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+        let reply: Reply = proto::decode(reply.trim_end().as_bytes()).unwrap();
+        match reply {
+            Reply::Error { kind, message } => assert!(
+                kind == ErrorKind::BadRequest
+                    && message.contains(&format!(
+                        "{count} descriptors came with one request: kwg-helper takes one at most"
+                    )),
+                "{message}"
+            ),
+            other => panic!("not refused: {other:?}"),
+        }
+        // End-of-file: no copy of the write end is left open in the helper.
+        nix::fcntl::fcntl(
+            r.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let t = Instant::now();
+        let mut byte = [0u8; 1];
+        let eof = loop {
+            match r.read(&mut byte) {
+                Ok(0) => break true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => panic!("{other:?}"),
+            }
+            if t.elapsed() > Duration::from_secs(5) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert!(
+            eof,
+            "{count} descriptors: the helper still holds one"
+        );
+    }
+}
+
