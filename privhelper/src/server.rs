@@ -4,7 +4,7 @@
 //! reverted at once.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -757,7 +757,9 @@ pub fn check_socket_dir(dir: &Path, euid: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// The listening socket systemd passed as fd 3 (`LISTEN_FDS`, `LISTEN_PID`), if any.
+/// The listening socket systemd passed as fd 3 (`LISTEN_FDS`, `LISTEN_PID`), if any. Taken
+/// out of what a child inherits: close-on-exec, and `LISTEN_PID`/`LISTEN_FDNAMES` removed from
+/// the environment (`LISTEN_FDS` stays: `main` reads it to know the socket is systemd's).
 fn activated() -> io::Result<Option<UnixListener>> {
     let ours = std::env::var("LISTEN_PID")
         .ok()
@@ -771,11 +773,41 @@ fn activated() -> io::Result<Option<UnixListener>> {
         return Ok(None);
     }
     const SD_LISTEN_FDS_START: RawFd = 3;
-    // SAFETY: systemd passed fd 3 to this process (LISTEN_PID is ours) and nothing else owns it.
-    let fd = unsafe { BorrowedFd::borrow_raw(SD_LISTEN_FDS_START) }.try_clone_to_owned()?;
+    // SAFETY: systemd passed fd 3 to this process (LISTEN_PID is ours) and nothing else owns
+    // it: it is owned here from now on (closed if refused).
+    let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
+    // SAFETY: read and changed once, at start, before any child or thread reads the
+    // environment (the runtime's threads run nothing yet).
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    take_listener(fd).map(Some)
+}
+
+/// `fd` as the helper's listener, if it is a listening Unix stream socket (refused otherwise),
+/// set close-on-exec so that no child (`nft`) inherits it.
+fn take_listener(fd: OwnedFd) -> io::Result<UnixListener> {
+    let opt = |o| kwg_host::sockbuf::get_int(fd.as_fd(), libc::SOL_SOCKET, o).unwrap_or(-1);
+    let (domain, kind, listening) = (
+        opt(libc::SO_DOMAIN),
+        opt(libc::SO_TYPE),
+        opt(libc::SO_ACCEPTCONN),
+    );
+    if (domain, kind, listening) != (libc::AF_UNIX, libc::SOCK_STREAM, 1) {
+        return Err(io::Error::other(format!(
+            "the descriptor systemd passed (fd {}) is not a listening Unix stream socket (domain {domain}, type {kind}, listening {listening}): kwg-helper.socket needs ListenStream=/run/kwg-helper/helper.sock (kwg-helper install writes it)",
+            fd.as_raw_fd()
+        )));
+    }
+    nix::fcntl::fcntl(
+        fd.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(io::Error::from)?;
     let std = std::os::unix::net::UnixListener::from(fd);
     std.set_nonblocking(true)?;
-    UnixListener::from_std(std).map(Some)
+    UnixListener::from_std(std)
 }
 
 /// The default socket path.

@@ -680,3 +680,37 @@ async fn a_request_with_many_descriptors_is_refused_and_none_stays_open() {
     }
 }
 
+
+/// Socket activation takes only a listening Unix stream socket, and makes it close-on-exec
+/// (systemd passes it without: every `nft` child would inherit the listener).
+#[tokio::test]
+async fn an_activated_descriptor_must_be_a_listening_unix_socket_and_is_not_inherited() {
+    use std::os::fd::AsFd;
+    let dir = tempfile::tempdir().unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (pair, _) = std::os::unix::net::UnixStream::pair().unwrap();
+    for fd in [OwnedFd::from(udp), OwnedFd::from(pair)] {
+        let e = take_listener(fd).unwrap_err().to_string();
+        assert!(
+            e.contains("is not a listening Unix stream socket")
+                && e.contains("ListenStream=/run/kwg-helper/helper.sock"),
+            "{e}"
+        );
+    }
+    let l = std::os::unix::net::UnixListener::bind(dir.path().join("s")).unwrap();
+    let fd = OwnedFd::from(l);
+    let flags = |fd: std::os::fd::BorrowedFd<'_>| {
+        nix::fcntl::FdFlag::from_bits_truncate(
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).unwrap(),
+        )
+    };
+    // As systemd passes it: inheritable.
+    nix::fcntl::fcntl(
+        fd.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    assert!(!flags(fd.as_fd()).contains(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let taken = take_listener(fd).unwrap();
+    assert!(flags(taken.as_fd()).contains(nix::fcntl::FdFlag::FD_CLOEXEC));
+}
