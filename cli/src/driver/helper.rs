@@ -37,26 +37,34 @@ impl Driver {
 
     /// Has the helper force the buffers of the device's UDP socket to a root join's size (a
     /// normal user gets at most `net.core.rmem_max`): once it is bound, and again for each new
-    /// socket (a rebind, by the transport ladder too, binds another port; the stats read every
-    /// 100 ms notices). A failure costs throughput only: logged.
+    /// socket (a rebind, by the transport ladder too; the stats read every 100 ms notices),
+    /// told apart by the socket's identity, not its port (a rebind may get the same port). A
+    /// failure costs throughput only: logged.
     pub(super) async fn force_udp_buffers(&mut self) {
         let (Some(h), Some(d)) = (self.helper.as_ref(), self.device.as_ref()) else {
             return;
         };
         let handle = d.handle();
         let port = handle.listen_port();
-        if port == 0 || port == self.udp_forced {
+        if port == 0 {
             return;
         }
-        self.udp_forced = port;
-        let forced = match handle.udp_socket() {
-            Ok(sock) => h.udp_buffers(std::os::fd::AsFd::as_fd(&sock)).await,
-            Err(e) => Err(Error::io(
-                "read the UDP socket".to_string(),
-                std::io::Error::other(e.to_string()),
-            )),
+        let sock = match handle.udp_socket() {
+            Ok(sock) => sock,
+            Err(e) => {
+                tracing::warn!(port, error = %e, "cannot read the UDP socket: its buffers are not forced");
+                return;
+            }
         };
-        match forced {
+        // fstat never fails on a descriptor we hold; were it to, nothing is forced.
+        let Some(id) = socket_identity(std::os::fd::AsFd::as_fd(&sock)) else {
+            return;
+        };
+        if self.udp_forced == Some(id) {
+            return;
+        }
+        self.udp_forced = Some(id);
+        match h.udp_buffers(std::os::fd::AsFd::as_fd(&sock)).await {
             Ok((receive, send)) => {
                 tracing::info!(
                     port,
@@ -128,6 +136,13 @@ impl Driver {
     }
 }
 
+/// A socket's identity (its device and inode), the same for every descriptor of it.
+fn socket_identity(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u64, u64)> {
+    nix::sys::stat::fstat(fd)
+        .ok()
+        .map(|s| (s.st_dev as u64, s.st_ino as u64))
+}
+
 impl Driver {
     /// The DNS forwarder on sockets the helper bound (port 53 is privileged); its address.
     pub(super) async fn start_forwarder_via_helper(
@@ -164,5 +179,42 @@ impl Driver {
             .collect();
         let h = self.helper.as_mut().expect("a helper session");
         h.resolv_conf(forwarder, &search).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use super::socket_identity;
+
+    /// A rebind that gets the same port is another socket (forced again); another descriptor
+    /// of the same socket is not. Both sockets live at once on one port (SO_REUSEADDR), so
+    /// neither a free port nor a reused inode decides the result.
+    #[test]
+    fn a_socket_is_known_by_its_identity_not_its_port() {
+        use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn, sockopt};
+        let bind = |port: u16| {
+            let fd = socket::socket(
+                AddressFamily::Inet,
+                SockType::Datagram,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .unwrap();
+            socket::setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
+            socket::bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port)).unwrap();
+            let port = socket::getsockname::<SockaddrIn>(fd.as_raw_fd())
+                .unwrap()
+                .port();
+            (fd, port)
+        };
+        let (first, port) = bind(0);
+        let id = socket_identity(first.as_fd()).unwrap();
+        let dup = first.try_clone().unwrap();
+        assert_eq!(socket_identity(dup.as_fd()), Some(id));
+        let (again, same) = bind(port);
+        assert_eq!(same, port);
+        assert_ne!(socket_identity(again.as_fd()), Some(id));
     }
 }

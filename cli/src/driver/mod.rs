@@ -142,8 +142,9 @@ struct Driver {
     /// A normal user's join: the session with kwg-helper, which made the TUN and holds the
     /// address, routes and firewall (`crate::privileged`).
     helper: Option<crate::privileged::Helper>,
-    /// The port of the UDP socket whose buffers kwg-helper forced last (0: none yet).
-    udp_forced: u16,
+    /// The identity (device, inode) of the UDP socket whose buffers kwg-helper forced last:
+    /// a rebind onto the same port is another socket.
+    udp_forced: Option<(u64, u64)>,
 }
 
 /// Runs the daemon: takes the lock, cleans up after a dead predecessor, brings everything up
@@ -212,7 +213,7 @@ pub async fn run(
         info_tx,
         warnings: Vec::new(),
         helper: None,
-        udp_forced: 0,
+        udp_forced: None,
     };
     let mut long: Option<Long> = None;
     let mut leave_waiters: Vec<oneshot::Sender<Reply>> = Vec::new();
