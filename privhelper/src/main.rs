@@ -175,10 +175,12 @@ async fn run(mut command: Command) -> anyhow::Result<()> {
                 Box::new(policy::TrustRules),
             )
             .await?;
+            // Read before server::listener takes systemd's socket (and its variables).
+            let activated = std::env::var_os("LISTEN_FDS").is_some();
             let listener = server::listener(&socket, access.gid)?;
             // A helper started for one user (`sudo kwg join`, kwg join's `sudo -b`): that user
             // may connect (the socket is 0660); who is served is still decided by SO_PEERCRED.
-            if let Some(uid) = first_uid.filter(|_| std::env::var_os("LISTEN_FDS").is_none()) {
+            if let Some(uid) = first_uid.filter(|_| !activated) {
                 // Not following a symlink: the directory is root's (server::listener checks).
                 std::os::unix::fs::lchown(&socket, Some(uid), None)?;
             }

@@ -758,8 +758,8 @@ pub fn check_socket_dir(dir: &Path, euid: u32) -> io::Result<()> {
 }
 
 /// The listening socket systemd passed as fd 3 (`LISTEN_FDS`, `LISTEN_PID`), if any. Taken
-/// out of what a child inherits: close-on-exec, and `LISTEN_PID`/`LISTEN_FDNAMES` removed from
-/// the environment (`LISTEN_FDS` stays: `main` reads it to know the socket is systemd's).
+/// out of what a child inherits: close-on-exec, and `LISTEN_PID`, `LISTEN_FDS` and
+/// `LISTEN_FDNAMES` removed from the environment.
 fn activated() -> io::Result<Option<UnixListener>> {
     let ours = std::env::var("LISTEN_PID")
         .ok()
@@ -780,6 +780,7 @@ fn activated() -> io::Result<Option<UnixListener>> {
     // environment (the runtime's threads run nothing yet).
     unsafe {
         std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
         std::env::remove_var("LISTEN_FDNAMES");
     }
     take_listener(fd).map(Some)
