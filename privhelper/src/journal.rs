@@ -47,8 +47,24 @@ pub struct Journal {
     dir: PathBuf,
 }
 
+/// Refuses a journal directory `uid` does not own or that its group or others may write.
+fn check_owner(dir: &Path, meta: &fs::Metadata, uid: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() != uid || meta.mode() & 0o022 != 0 {
+        return Err(io::Error::other(format!(
+            "the journal directory {} belongs to uid {} with mode {:o}: it must be uid {uid}'s and writable by nobody else (remove it, or use the default /run/kwg-helper/journal)",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 impl Journal {
-    /// Opens (creating, 0700) `dir`. It must not be a symlink.
+    /// Opens (creating, 0700) `dir`. It must not be a symlink, and must be the helper's own
+    /// (its effective uid: root) and writable by nobody else: its entries are replayed as
+    /// root (a user's directory would have the helper delete links and run nft as told).
     pub fn open(dir: &Path) -> io::Result<Journal> {
         fs::DirBuilder::new()
             .recursive(true)
@@ -61,6 +77,7 @@ impl Journal {
                 dir.display()
             )));
         }
+        check_owner(dir, &meta, nix::unistd::geteuid().as_raw())?;
         Ok(Journal {
             dir: dir.to_path_buf(),
         })
@@ -231,5 +248,19 @@ pub(crate) mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_journal_directory_of_another_user_or_writable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let meta = std::fs::symlink_metadata(d.path()).unwrap();
+        assert!(check_owner(d.path(), &meta, me).is_ok());
+        let e = check_owner(d.path(), &meta, me.wrapping_add(1)).unwrap_err();
+        assert!(e.to_string().contains("writable by nobody else"), "{e}");
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = Journal::open(d.path()).err().expect("a world-writable journal opens");
+        assert!(e.to_string().contains("mode 777"), "{e}");
     }
 }
