@@ -178,9 +178,15 @@ fn auto_mode_uses_systemd_resolved_and_leaves_nothing_behind() {
 
     for kill in [false, true] {
         // A root join; the first time `sudo kwg status` and `sudo kwg leave` (the variables sudo
-        // sets, for a user who is not root) act on that root session: the user has none.
+        // sets, for a user who is not root; KUBECONFIG reset as sudo's env_reset does: one kept
+        // is refused on root's session) act on that root session: the user has none.
         let sudo: &[&'static str] = match kill {
-            false => &["SUDO_UID=65534", "SUDO_GID=65534", "SUDO_USER=nobody"],
+            false => &[
+                "SUDO_UID=65534",
+                "SUDO_GID=65534",
+                "SUDO_USER=nobody",
+                "KUBECONFIG=",
+            ],
             true => &[],
         };
         let as_typed = |argv: &[&'static str]| -> Vec<&'static str> {
