@@ -187,6 +187,34 @@ impl Sudo {
     }
 }
 
+/// Stops the helpers sudo started in the namespace (all but `except`) and removes `paths` when
+/// dropped, so a failed assertion leaves no root kwg-helper or state directory behind.
+pub struct HelperGuard<'a> {
+    sudo: &'a Sudo,
+    except: Vec<u32>,
+    paths: Vec<PathBuf>,
+}
+
+impl Sudo {
+    /// A [`HelperGuard`] for this namespace.
+    pub fn guard(&self, except: &[u32], paths: &[PathBuf]) -> HelperGuard<'_> {
+        HelperGuard {
+            sudo: self,
+            except: except.to_vec(),
+            paths: paths.to_vec(),
+        }
+    }
+}
+
+impl Drop for HelperGuard<'_> {
+    fn drop(&mut self) {
+        self.sudo.stop_helpers(&self.except);
+        for p in &self.paths {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
 /// Runs `cmd` to the end of its output, as a script reading it does (`$(kwg join 2>&1)`);
 /// panics when that takes over `limit`: a process it started (a helper through `sudo -b`)
 /// holding its stdout or stderr open keeps such a script waiting.

@@ -495,6 +495,9 @@ fn real_sudo(r: &Rig, web: &str, resolv_before: &[u8]) {
     // The user's own state directory when nothing sets KWG_STATE_DIR or XDG_RUNTIME_DIR.
     let state = PathBuf::from(format!("/tmp/kwg-{USER}"));
     let _ = std::fs::remove_dir_all(&state);
+    let other_state = PathBuf::from(format!("/tmp/kwg-{OTHER}"));
+    // Whatever fails below, the helpers sudo started and the state directories go.
+    let _guard = sudo.guard(&rig_helper, &[state.clone(), other_state.clone()]);
     let daemon_log = || std::fs::read_to_string(state.join("daemon.log")).unwrap_or_default();
     let gone = |what: &str| {
         assert!(
@@ -608,6 +611,39 @@ fn real_sudo(r: &Rig, web: &str, resolv_before: &[u8]) {
         said(&status)
     );
 
+    // Every other command under sudo runs as the user too: the exec plugin of the kubeconfig
+    // passed to sudo kwg version ran as the user (it ran as root before).
+    let _ = std::fs::remove_file(r.home.join("plugin-calls"));
+    let config = format!("{}/.kube/config", r.home.display());
+    let out = run(&users[0], &["sudo", &kwg, "version", "--kubeconfig", &config]);
+    assert!(out.status.success(), "sudo kwg version:\n{}", said(&out));
+    let calls = std::fs::read_to_string(r.home.join("plugin-calls")).unwrap_or_default();
+    assert!(
+        !calls.is_empty()
+            && calls
+                .lines()
+                .all(|l| l == format!("{USER} {}", r.home.display())),
+        "plugin calls of sudo kwg version: {calls:?}"
+    );
+    // A sudo rule for kwg-helper gives no more than a helper serving the user: end, and serve
+    // with --allow-route, are refused before anything runs.
+    for (argv, says) in [
+        (&["end", "kwg0"][..], "kwg-helper end would end any user's session"),
+        (
+            &["serve", "--allow-route", "0.0.0.0/0"],
+            "kwg-helper serve takes no --allow-route",
+        ),
+    ] {
+        let mut typed = vec!["sudo", helper.as_str()];
+        typed.extend_from_slice(argv);
+        let out = run(&users[0], &typed);
+        assert!(
+            !out.status.success() && text(&out.stderr).contains(says),
+            "sudo kwg-helper {argv:?}:\n{}",
+            said(&out)
+        );
+    }
+
     // sudo dropped KUBECONFIG and this user has no ~/.kube/config: the error names the fix.
     let out = run(
         &users[1],
@@ -641,7 +677,6 @@ fn real_sudo(r: &Rig, web: &str, resolv_before: &[u8]) {
         chown(&p, OTHER);
     }
     chown(&other.home.join(".kube"), OTHER);
-    let other_state = PathBuf::from(format!("/tmp/kwg-{OTHER}"));
     let _ = std::fs::remove_dir_all(&other_state);
     let out = run(
         other,
