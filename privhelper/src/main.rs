@@ -81,14 +81,29 @@ fn sudo_invoker(real_root: bool, sudo_uid: Option<&str>) -> Option<u32> {
 /// Why `command` is refused when run through sudo by `invoker` (not root): a sudoers rule that
 /// lets a user start kwg-helper (what `kwg join --tun`'s `sudo -b kwg-helper serve --socket
 /// DEFAULT --allow-uid UID` needs) must not let that user write units, end others' sessions,
-/// replay a journal of theirs or widen the routes. `None`: allowed.
+/// replay a journal of theirs, widen the routes or install units running another binary.
+/// `None`: allowed.
 fn refused_under_sudo(command: &Command, invoker: u32) -> Option<String> {
     let why = match command {
-        Command::Install { .. } => {
-            "kwg-helper install writes systemd units: run it as root itself (sudo -i), not through a sudo rule".to_string()
+        // `sudo kwg-helper install` as the README says: the units of this binary, as they are
+        // by default; anything else (another --binary would run as root) only as root.
+        Command::Install {
+            root,
+            socket,
+            group,
+            binary,
+        } => {
+            if root.as_path() == std::path::Path::new("/")
+                && *socket == server::default_socket()
+                && group == DEFAULT_GROUP
+                && binary.is_none()
+            {
+                return None;
+            }
+            "through sudo, kwg-helper install takes no --root, --socket, --group or --binary (another binary would run as root): run it in a root login (sudo su -)".to_string()
         }
         Command::End { .. } => {
-            "through sudo, kwg-helper end would end any user's session: end yours with kwg leave (or kwg-helper end without sudo), or run it as root itself (sudo -i)".to_string()
+            "through sudo, kwg-helper end would end any user's session: end yours with kwg leave (or kwg-helper end without sudo), or run it in a root login (sudo su -)".to_string()
         }
         Command::List { .. } => return None,
         Command::Serve {
@@ -266,9 +281,12 @@ mod tests {
             None
         );
         assert_eq!(allowed(&["serve"]), None);
+        assert_eq!(allowed(&["install"]), None);
         assert_eq!(allowed(&["list"]), None);
         for (argv, says) in [
-            (&["install", "--root", "/tmp/x"][..], "sudo -i"),
+            (&["install", "--root", "/tmp/x"][..], "sudo su -"),
+            (&["install", "--binary", "/tmp/evil"], "another binary"),
+            (&["install", "--group", "users"], "--group"),
             (&["end", "kwg0"], "kwg leave"),
             (&["serve", "--allow-route", "0.0.0.0/0"], "--allow-route"),
             (&["serve", "--allow-uid", "1001"], "only you"),

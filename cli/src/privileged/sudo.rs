@@ -218,7 +218,7 @@ pub fn root_fallback_refusal(
         (true, true) => "--context and KUBECONFIG",
     };
     Some(format!(
-        "{name} has no kwg session, so sudo kwg would act on root's, which takes no {passed} from {name}: run it without them, or as root itself (sudo -i)"
+        "{name} has no kwg session, so sudo kwg would act on root's, which takes no {passed} from {name}: run it without them, or in a root login (sudo su -)"
     ))
 }
 
@@ -451,7 +451,7 @@ mod tests {
         assert!(why.contains("no --context from alice"), "{why}");
         let why = root_fallback_refusal("alice", false, true).unwrap();
         assert!(why.contains("KUBECONFIG"), "{why}");
-        assert!(why.contains("sudo -i"), "{why}");
+        assert!(why.contains("sudo su -"), "{why}");
     }
 
     #[test]
