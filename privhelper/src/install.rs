@@ -56,7 +56,9 @@ fn plain(what: &str, value: &str) -> io::Result<()> {
     match value.chars().any(char::is_control) {
         true => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("the {what} {value:?} holds a control character (a newline would add lines to the unit): pass one without"),
+            format!(
+                "the {what} {value:?} holds a control character (a newline would add lines to the unit): pass one without"
+            ),
         )),
         false => Ok(()),
     }
@@ -96,7 +98,10 @@ pub fn install(root: &Path, binary: &Path, socket: &Path, group: &str) -> io::Re
     if std::fs::symlink_metadata(&dir)?.file_type().is_symlink() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{} is a symlink: kwg-helper install writes only into a real directory", dir.display()),
+            format!(
+                "{} is a symlink: kwg-helper install writes only into a real directory",
+                dir.display()
+            ),
         ));
     }
     let files = [

@@ -260,7 +260,9 @@ pub(crate) mod tests {
         let e = check_owner(d.path(), &meta, me.wrapping_add(1)).unwrap_err();
         assert!(e.to_string().contains("writable by nobody else"), "{e}");
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = Journal::open(d.path()).err().expect("a world-writable journal opens");
+        let Err(e) = Journal::open(d.path()) else {
+            panic!("a world-writable journal opens");
+        };
         assert!(e.to_string().contains("mode 777"), "{e}");
     }
 }

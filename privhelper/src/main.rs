@@ -88,18 +88,17 @@ fn refused_under_sudo(command: &Command, invoker: u32) -> Option<String> {
         // `sudo kwg-helper install` as the README says: the units of this binary, as they are
         // by default; anything else (another --binary would run as root) only as root.
         Command::Install {
+            binary: None,
             root,
             socket,
             group,
-            binary,
-        } => {
-            if root.as_path() == std::path::Path::new("/")
-                && *socket == server::default_socket()
-                && group == DEFAULT_GROUP
-                && binary.is_none()
-            {
-                return None;
-            }
+        } if root.as_path() == std::path::Path::new("/")
+            && *socket == server::default_socket()
+            && group == DEFAULT_GROUP =>
+        {
+            return None;
+        }
+        Command::Install { .. } => {
             "through sudo, kwg-helper install takes no --root, --socket, --group or --binary (another binary would run as root): run it in a root login (sudo su -)".to_string()
         }
         Command::End { .. } => {
@@ -290,7 +289,10 @@ mod tests {
             (&["end", "kwg0"], "kwg leave"),
             (&["serve", "--allow-route", "0.0.0.0/0"], "--allow-route"),
             (&["serve", "--allow-uid", "1001"], "only you"),
-            (&["serve", "--allow-uid", "1000", "--allow-uid", "0"], "only you"),
+            (
+                &["serve", "--allow-uid", "1000", "--allow-uid", "0"],
+                "only you",
+            ),
             (&["serve", "--journal", "/home/alice/j"], "default journal"),
             (&["serve", "--socket", "/tmp/s.sock"], "default socket"),
         ] {

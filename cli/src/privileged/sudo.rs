@@ -206,11 +206,7 @@ pub fn under_sudo(command: &crate::args::Command) -> UnderSudo {
 /// Why `sudo kwg status|leave` acting on root's own sessions refuses what the invoker passed
 /// that chooses a cluster or session (`--context`, a `KUBECONFIG` sudo kept): root's session
 /// uses root's own kubeconfig, and an exec plugin of the invoker's would run as root.
-pub fn root_fallback_refusal(
-    name: &str,
-    context: bool,
-    kubeconfig_kept: bool,
-) -> Option<String> {
+pub fn root_fallback_refusal(name: &str, context: bool, kubeconfig_kept: bool) -> Option<String> {
     let passed = match (context, kubeconfig_kept) {
         (false, false) => return None,
         (true, false) => "--context",
@@ -267,8 +263,7 @@ fn as_invoker(inv: &Invoker, context: bool) -> Result<(), Error> {
         inv.uid,
     ));
     if has_sessions(&root_dir, 0) && !has_sessions(&user_dir, inv.uid) {
-        if let Some(reason) =
-            root_fallback_refusal(&inv.name, context, kept_kubeconfig().is_some())
+        if let Some(reason) = root_fallback_refusal(&inv.name, context, kept_kubeconfig().is_some())
         {
             return Err(Error::Invalid {
                 what: "use of sudo".into(),
@@ -419,8 +414,8 @@ mod tests {
         use crate::args::Cli;
         use clap::Parser;
         let plan = |argv: &[&str]| {
-            let cli = Cli::try_parse_from(std::iter::once("kwg").chain(argv.iter().copied()))
-                .unwrap();
+            let cli =
+                Cli::try_parse_from(std::iter::once("kwg").chain(argv.iter().copied())).unwrap();
             under_sudo(&cli.command)
         };
         assert_eq!(plan(&["join"]), UnderSudo::Join);

@@ -615,7 +615,10 @@ fn real_sudo(r: &Rig, web: &str, resolv_before: &[u8]) {
     // passed to sudo kwg version ran as the user (it ran as root before).
     let _ = std::fs::remove_file(r.home.join("plugin-calls"));
     let config = format!("{}/.kube/config", r.home.display());
-    let out = run(&users[0], &["sudo", &kwg, "version", "--kubeconfig", &config]);
+    let out = run(
+        &users[0],
+        &["sudo", &kwg, "version", "--kubeconfig", &config],
+    );
     assert!(out.status.success(), "sudo kwg version:\n{}", said(&out));
     let calls = std::fs::read_to_string(r.home.join("plugin-calls")).unwrap_or_default();
     assert!(
@@ -628,7 +631,10 @@ fn real_sudo(r: &Rig, web: &str, resolv_before: &[u8]) {
     // A sudo rule for kwg-helper gives no more than a helper serving the user: end, and serve
     // with --allow-route, are refused before anything runs.
     for (argv, says) in [
-        (&["end", "kwg0"][..], "kwg-helper end would end any user's session"),
+        (
+            &["end", "kwg0"][..],
+            "kwg-helper end would end any user's session",
+        ),
         (
             &["serve", "--allow-route", "0.0.0.0/0"],
             "kwg-helper serve takes no --allow-route",
