@@ -467,10 +467,13 @@ fn real_sudo(r: &Rig, web: &str, resolv_before: &[u8]) {
             home: other_home,
         },
     ];
-    let rules: String = users
-        .iter()
-        .map(|u| format!("{}\tALL=(root) NOPASSWD: {kwg}, {helper}\n", u.name))
-        .collect();
+    // The first user has the README's rule (the exact serve command kwg starts for it), the
+    // other one a rule for kwg-helper with any arguments.
+    let rules = format!(
+        "{}\tALL=(root) NOPASSWD: {kwg}, {helper} serve --socket /run/kwg-helper/helper.sock --allow-uid {USER}\n\
+         {}\tALL=(root) NOPASSWD: {kwg}, {helper}\n",
+        users[0].name, users[1].name
+    );
     let sudo = Sudo::new(&r.dir.join("sudo"), &r.laptop.netns, &users, &[], &rules);
     let rig_helper = [r.helper.id()];
     let listed = sudo
@@ -628,8 +631,8 @@ fn real_sudo(r: &Rig, web: &str, resolv_before: &[u8]) {
                 .all(|l| l == format!("{USER} {}", r.home.display())),
         "plugin calls of sudo kwg version: {calls:?}"
     );
-    // A sudo rule for kwg-helper gives no more than a helper serving the user: end, and serve
-    // with --allow-route, are refused before anything runs.
+    // A sudo rule for kwg-helper with any arguments gives no more than a helper serving the
+    // user: end, and serve with --allow-route, are refused before anything runs.
     for (argv, says) in [
         (
             &["end", "kwg0"][..],
@@ -642,7 +645,7 @@ fn real_sudo(r: &Rig, web: &str, resolv_before: &[u8]) {
     ] {
         let mut typed = vec!["sudo", helper.as_str()];
         typed.extend_from_slice(argv);
-        let out = run(&users[0], &typed);
+        let out = run(&users[1], &typed);
         assert!(
             !out.status.success() && text(&out.stderr).contains(says),
             "sudo kwg-helper {argv:?}:\n{}",
