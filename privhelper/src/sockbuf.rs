@@ -90,11 +90,7 @@ pub enum ForceError {
 }
 
 fn same_socket(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
-    let id = |fd: BorrowedFd<'_>| {
-        nix::sys::stat::fstat(fd)
-            .ok()
-            .map(|s| (s.st_dev, s.st_ino))
-    };
+    let id = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).ok().map(|s| (s.st_dev, s.st_ino));
     id(a).is_some() && id(a) == id(b)
 }
 

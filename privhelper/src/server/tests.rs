@@ -577,18 +577,27 @@ async fn udp_buffers_force_only_a_passed_udp_socket_of_the_callers_uid() {
     let next = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     assert_eq!(c.udp_buffers(next.as_fd()).await.unwrap(), (want, want));
     let (rb, sb) = kwg_host::sockbuf::sizes(udp.as_fd()).unwrap();
-    assert!(rb < want as usize && sb < want as usize, "the first keeps {rb}/{sb}");
+    assert!(
+        rb < want as usize && sb < want as usize,
+        "the first keeps {rb}/{sb}"
+    );
     // ...and the session's end takes it from the second, over a new connection each time.
     c.close().await.unwrap();
     let (rb, _) = kwg_host::sockbuf::sizes(next.as_fd()).unwrap();
-    assert!(rb < want as usize, "the socket of an ended session keeps {rb}");
+    assert!(
+        rb < want as usize,
+        "the socket of an ended session keeps {rb}"
+    );
     let mut c = Client::connect(&rig.socket).await.unwrap();
     c.open("kwg0", None, &[], &[]).await.unwrap();
     assert_eq!(c.udp_buffers(next.as_fd()).await.unwrap(), (want, want));
     drop(c);
     let t = Instant::now();
     while kwg_host::sockbuf::sizes(next.as_fd()).unwrap().0 >= want as usize {
-        assert!(t.elapsed() < Duration::from_secs(5), "still forced after the client went");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "still forced after the client went"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // A session ended from elsewhere (`kwg-helper end`) has no socket forced any more.
@@ -632,8 +641,14 @@ async fn a_request_with_many_descriptors_is_refused_and_none_stays_open() {
         let line = proto::encode(&Request::List {});
         let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
         let iov = [std::io::IoSlice::new(&line)];
-        nix::sys::socket::sendmsg::<()>(std.as_raw_fd(), &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None)
-            .unwrap();
+        nix::sys::socket::sendmsg::<()>(
+            std.as_raw_fd(),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
         drop(copies);
         std.set_nonblocking(true).unwrap();
         let mut stream = UnixStream::from_std(std).unwrap();
@@ -673,13 +688,9 @@ async fn a_request_with_many_descriptors_is_refused_and_none_stays_open() {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        assert!(
-            eof,
-            "{count} descriptors: the helper still holds one"
-        );
+        assert!(eof, "{count} descriptors: the helper still holds one");
     }
 }
-
 
 /// Socket activation takes only a listening Unix stream socket, and makes it close-on-exec
 /// (systemd passes it without: every `nft` child would inherit the listener).
