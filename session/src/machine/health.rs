@@ -53,6 +53,10 @@ pub struct Health {
     last_rx: u64,
     /// Packets boringtun held for a handshake (no session), counted since the peer was added.
     last_held: u64,
+    /// Packets were held since anything came back: no session (expired, or a new key), so
+    /// the counters move only with initiations; else the keys are live and the user's
+    /// packets go out.
+    holding: bool,
     /// When sending without an answer was first seen, and in how many reads.
     unanswered_since: Option<Instant>,
     unanswered_reads: u32,
@@ -75,6 +79,7 @@ impl Health {
             last_tx: 0,
             last_rx: 0,
             last_held: 0,
+            holding: false,
             unanswered_since: None,
             unanswered_reads: 0,
             last_sent: None,
@@ -146,6 +151,7 @@ impl Health {
             self.peer_replaced(now);
         }
         let waiting = self.last_try.is_some() && !self.answered_since_try;
+        self.holding |= held > self.last_held;
         let held_more = held > self.last_held && !waiting;
         let (sent, received) = (tx > self.last_tx || held_more, rx > self.last_rx);
         self.last_tx = tx;
@@ -156,6 +162,7 @@ impl Health {
             self.unanswered_reads = 0;
             self.answered_since_try = true;
             self.rebinds_unanswered = 0;
+            self.holding = false;
             return Verdict::Fine;
         }
         if sent {
@@ -177,18 +184,26 @@ impl Health {
             // Answered, yet stalled again soon: one-way traffic, or a path that answers only
             // handshakes; go slowly.
             Some(d) if self.answered_since_try && d < RETRY => return Verdict::Fine,
-            // A new handshake unanswered for a while, and sending seen again (boringtun's own
-            // initiations, 5 s apart, after the forced one): it sets the pace, not the stall.
-            Some(d) if !self.answered_since_try && d > ESCALATE => return self.unanswered_try(now),
+            // Unanswered since the last try, and the gap for a new port passed: a new port
+            // (held packets: only soon after it; later the initiations set the pace, below).
             Some(d)
                 if !self.answered_since_try
-                    && d <= ESCALATE
+                    && (d <= ESCALATE || !self.holding)
                     && self
                         .last_rebind
                         .is_none_or(|t| now - t >= self.stall_rebind_gap()) =>
             {
                 self.rebind(now)
             }
+            // A new handshake unanswered for a while, and sending seen again (boringtun's own
+            // initiations, 5 s apart, after the forced one): it sets the pace, not the stall.
+            Some(d) if !self.answered_since_try && d > ESCALATE => return self.unanswered_try(now),
+            // Unanswered since the last try, too soon for a new port: no new handshake either.
+            // The user sending on (live keys, so nothing is held) is no news, and a handshake
+            // every stall would replace the one under way (boringtun takes an answer only to
+            // its last two), so on a path whose round trip is over a second none would ever
+            // complete until the keys expired. Each new port brings its own initiation.
+            Some(_) if !self.answered_since_try => return Verdict::Fine,
             _ => Verdict::Handshake,
         };
         self.last_try = Some(now);

@@ -379,7 +379,8 @@ fn a_session_whose_packets_go_unanswered_gets_a_new_handshake() {
     }
     // The first read (100 ms) sets the baseline, sending is seen from the second (200 ms);
     // 500 ms later a handshake on the current socket; unanswered, a new streak: 600 ms later
-    // a new port, then handshakes every 600 ms and a new port at most every 3 s.
+    // a new port, then new ports only, at most every 3 s (no handshake in between: it would
+    // replace the one under way).
     let at = |name: &str| -> Vec<u128> {
         restarts
             .iter()
@@ -389,7 +390,7 @@ fn a_session_whose_packets_go_unanswered_gets_a_new_handshake() {
     };
     assert_eq!(restarts[0], ("Rehandshake".to_string(), 700));
     assert_eq!(at("Rebind"), [1300, 4300]);
-    assert_eq!(at("Rehandshake")[..2], [700, 1900]);
+    assert_eq!(at("Rehandshake"), [700]);
     assert_eq!(r.s.restarts() as usize, restarts.len());
     assert_eq!(r.s.phase(), Phase::Serving);
 }
