@@ -107,12 +107,16 @@ fn refused_under_sudo(command: &Command, invoker: u32) -> Option<String> {
         Command::List { .. } => return None,
         Command::Serve {
             socket,
+            group,
             allow_uid,
             allow_route,
             journal,
-            ..
         } => {
-            if *socket != server::default_socket() {
+            if group != DEFAULT_GROUP {
+                format!(
+                    "through sudo, kwg-helper serve serves only the default group {DEFAULT_GROUP}: drop --group, or run it as root from the installed service (kwg-helper install --group)"
+                )
+            } else if *socket != server::default_socket() {
                 format!(
                     "through sudo, kwg-helper serve uses only the default socket {}: drop --socket, or run it as root from the installed service (kwg-helper install)",
                     server::default_socket().display()
@@ -136,9 +140,15 @@ fn refused_under_sudo(command: &Command, invoker: u32) -> Option<String> {
 }
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: systemd's LISTEN_* are read, then the environment
+    // is cut to server::kept_environment (PATH fixed: sudo without secure_path keeps the
+    // user's PATH, and nft is started by name), so no child or thread sees the rest.
+    let activation = server::Activation::from_env();
+    // SAFETY: no other thread exists yet (no runtime, no logging).
+    unsafe { server::clear_environment() };
     kwg_host::logging::init("info");
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    match rt.block_on(run(Cli::parse().command)) {
+    match rt.block_on(run(Cli::parse().command, activation)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kwg-helper: {e:#}");
@@ -147,7 +157,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(mut command: Command) -> anyhow::Result<()> {
+async fn run(mut command: Command, activation: server::Activation) -> anyhow::Result<()> {
     let real_root = nix::unistd::getuid().is_root();
     if let Some(invoker) = sudo_invoker(real_root, std::env::var("SUDO_UID").ok().as_deref()) {
         if let Some(why) = refused_under_sudo(&command, invoker) {
@@ -189,9 +199,8 @@ async fn run(mut command: Command) -> anyhow::Result<()> {
                 Box::new(policy::TrustRules),
             )
             .await?;
-            // Read before server::listener takes systemd's socket (and its variables).
-            let activated = std::env::var_os("LISTEN_FDS").is_some();
-            let listener = server::listener(&socket, access.gid)?;
+            let activated = activation.fd3;
+            let listener = server::activated_or_bound(&socket, access.gid, activation)?;
             // A helper started for one user (`sudo kwg join`, kwg join's `sudo -b`): that user
             // may connect (the socket is 0660); who is served is still decided by SO_PEERCRED.
             if let Some(uid) = first_uid.filter(|_| !activated) {
@@ -295,9 +304,55 @@ mod tests {
             ),
             (&["serve", "--journal", "/home/alice/j"], "default journal"),
             (&["serve", "--socket", "/tmp/s.sock"], "default socket"),
+            (&["serve", "--group", "wheel"], "default group"),
         ] {
             let why = allowed(argv).unwrap_or_else(|| panic!("{argv:?} allowed"));
             assert!(why.contains(says), "{argv:?}: {why}");
         }
+    }
+
+    #[test]
+    fn root_keeps_only_the_locale_log_settings_and_sudo_uid_with_a_fixed_path() {
+        let vars = [
+            ("PATH", "/home/alice/x:/usr/bin"),
+            ("LD_PRELOAD", "/home/alice/evil.so"),
+            ("LD_LIBRARY_PATH", "/home/alice/lib"),
+            ("LISTEN_FDS", "1"),
+            ("HOME", "/home/alice"),
+            ("LANG", "C.UTF-8"),
+            ("LC_ALL", "C"),
+            ("TERM", "xterm"),
+            ("NO_COLOR", "1"),
+            ("KWG_LOG", "debug"),
+            ("SUDO_UID", "1000"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        let mut kept: Vec<(String, String)> = server::kept_environment(vars)
+            .into_iter()
+            .map(|(k, v)| (k.into_string().unwrap(), v.into_string().unwrap()))
+            .collect();
+        kept.sort();
+        let want: Vec<(String, String)> = [
+            ("KWG_LOG", "debug"),
+            ("LANG", "C.UTF-8"),
+            ("LC_ALL", "C"),
+            ("NO_COLOR", "1"),
+            ("PATH", server::SAFE_PATH),
+            ("SUDO_UID", "1000"),
+            ("TERM", "xterm"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec();
+        assert_eq!(kept, want);
+        assert!(!server::SAFE_PATH.contains("home"));
+    }
+
+    #[test]
+    fn socket_activation_is_read_only_for_this_process() {
+        use server::Activation;
+        assert!(Activation::from_vars(Some("42"), Some("1"), 42).fd3);
+        assert!(!Activation::from_vars(Some("41"), Some("1"), 42).fd3);
+        assert!(!Activation::from_vars(Some("42"), Some("0"), 42).fd3);
+        assert!(!Activation::from_vars(None, Some("1"), 42).fd3);
     }
 }

@@ -142,19 +142,29 @@ impl Helper {
         })
     }
 
-    /// Serves `listener` until the task is dropped (a failed `accept` is logged and retried).
+    /// Serves `listener` until the task is dropped. A failed `accept` is retried when it is
+    /// passing ([`accept_retryable`]); any other error is returned.
     pub async fn serve(&self, listener: UnixListener) -> io::Result<()> {
+        let mut retrying = false;
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of descriptors (EMFILE, ENFILE) or memory, or a connection reset
-                    // before it was taken: the sessions being served stay; try again shortly.
-                    tracing::warn!(error = %e, "cannot accept a connection: retrying in 100 ms");
+                Err(e) if accept_retryable(&e) => {
+                    // Out of descriptors (EMFILE, ENFILE), buffers or memory, or a connection
+                    // reset before it was taken: the sessions being served stay; try again
+                    // shortly, saying so once per burst.
+                    if !retrying {
+                        tracing::warn!(error = %e, "cannot accept a connection: retrying every 100 ms");
+                        retrying = true;
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
+                // EBADF, EINVAL, ENOTSOCK...: the listener itself is broken and no retry mends
+                // it; the error ends serve (systemd restarts the service).
+                Err(e) => return Err(e),
             };
+            retrying = false;
             let uid = stream.peer_cred().ok().map(|c| c.uid());
             let me = self.clone();
             let taken = me.slots().take(uid);
@@ -651,9 +661,18 @@ pub(crate) fn send_some(sock: RawFd, bytes: &[u8], fd: Option<RawFd>) -> io::Res
 }
 
 /// Binds the helper's socket at `path` (0660, group `gid`, in a 0755 root-owned directory),
-/// replacing a stale socket file (never one a helper still serves on); or takes the listener systemd passed (socket activation).
+/// replacing a stale socket file (never one a helper still serves on).
 pub fn listener(path: &Path, gid: Option<u32>) -> io::Result<UnixListener> {
-    if let Some(l) = activated()? {
+    activated_or_bound(path, gid, Activation::default())
+}
+
+/// [`listener`], or the listener systemd passed when `activation` says so (socket activation).
+pub fn activated_or_bound(
+    path: &Path,
+    gid: Option<u32>,
+    activation: Activation,
+) -> io::Result<UnixListener> {
+    if let Some(l) = activated(activation)? {
         return Ok(l);
     }
     if let Some(dir) = path.parent() {
@@ -757,32 +776,103 @@ pub fn check_socket_dir(dir: &Path, euid: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// The listening socket systemd passed as fd 3 (`LISTEN_FDS`, `LISTEN_PID`), if any. Taken
-/// out of what a child inherits: close-on-exec, and `LISTEN_PID`, `LISTEN_FDS` and
-/// `LISTEN_FDNAMES` removed from the environment.
-fn activated() -> io::Result<Option<UnixListener>> {
-    let ours = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        == Some(std::process::id());
-    let n: u32 = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    if !ours || n < 1 {
+/// Whether an `accept` error passes (out of descriptors, buffers or memory, a connection
+/// aborted before it was taken): retried. Others (EBADF, EINVAL, ENOTSOCK) are permanent.
+pub fn accept_retryable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED)
+    )
+}
+
+/// Socket activation: whether systemd passed this process a listening socket as fd 3
+/// (`LISTEN_PID` is this process and `LISTEN_FDS` at least 1). Read by `main` before any thread
+/// or child, and before it clears the environment ([`kept_environment`] drops `LISTEN_*`, so
+/// no child inherits them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activation {
+    pub fd3: bool,
+}
+
+impl Activation {
+    /// From the values of `LISTEN_PID` and `LISTEN_FDS` and this process's id.
+    pub fn from_vars(listen_pid: Option<&str>, listen_fds: Option<&str>, me: u32) -> Self {
+        let ours = listen_pid.and_then(|p| p.parse::<u32>().ok()) == Some(me);
+        let n: u32 = listen_fds.and_then(|n| n.parse().ok()).unwrap_or(0);
+        Activation {
+            fd3: ours && n >= 1,
+        }
+    }
+
+    /// From this process's environment.
+    pub fn from_env() -> Self {
+        let var = |k| std::env::var(k).ok();
+        Self::from_vars(
+            var("LISTEN_PID").as_deref(),
+            var("LISTEN_FDS").as_deref(),
+            std::process::id(),
+        )
+    }
+}
+
+/// The only `PATH` root's helper (and root's kwg starting it) uses: never the user's, which
+/// sudo keeps where sudoers has no `secure_path` (then `nft` could be `$HOME/x/nft`).
+pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The environment the helper runs with (and root's kwg starts it with), out of `vars`: the
+/// locale (`LANG`, `LC_*`), `TERM`, `NO_COLOR`, the log settings (`KWG_LOG`,
+/// `KWG_LOG_FORMAT`, `RUST_LOG`) and `SUDO_UID` (who ran sudo), plus `PATH` = [`SAFE_PATH`].
+/// Everything else (`LD_*`, `PATH`, `LISTEN_*`, ...) is dropped.
+pub fn kept_environment(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    const KEPT: [&str; 7] = [
+        "LANG",
+        "TERM",
+        "NO_COLOR",
+        "KWG_LOG",
+        "KWG_LOG_FORMAT",
+        "RUST_LOG",
+        "SUDO_UID",
+    ];
+    let mut kept: Vec<_> = vars
+        .into_iter()
+        .filter(|(k, _)| {
+            k.to_str()
+                .is_some_and(|k| KEPT.contains(&k) || k.starts_with("LC_"))
+        })
+        .collect();
+    kept.push(("PATH".into(), SAFE_PATH.into()));
+    kept
+}
+
+/// Replaces this process's environment with [`kept_environment`] of it.
+///
+/// # Safety
+/// Call before any other thread exists (at the very start of `main`): the environment is not
+/// safe to change while another thread may read it.
+pub unsafe fn clear_environment() {
+    let kept = kept_environment(std::env::vars_os());
+    for (k, _) in std::env::vars_os() {
+        // SAFETY: single-threaded, as the caller promised.
+        unsafe { std::env::remove_var(k) };
+    }
+    for (k, v) in kept {
+        // SAFETY: as above.
+        unsafe { std::env::set_var(k, v) };
+    }
+}
+
+/// The listening socket systemd passed as fd 3, if `activation` says so. Taken out of what a
+/// child inherits: close-on-exec (the `LISTEN_*` variables are gone: [`clear_environment`]).
+fn activated(activation: Activation) -> io::Result<Option<UnixListener>> {
+    if !activation.fd3 {
         return Ok(None);
     }
     const SD_LISTEN_FDS_START: RawFd = 3;
     // SAFETY: systemd passed fd 3 to this process (LISTEN_PID is ours) and nothing else owns
     // it: it is owned here from now on (closed if refused).
     let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
-    // SAFETY: read and changed once, at start, before any child or thread reads the
-    // environment (the runtime's threads run nothing yet).
-    unsafe {
-        std::env::remove_var("LISTEN_PID");
-        std::env::remove_var("LISTEN_FDS");
-        std::env::remove_var("LISTEN_FDNAMES");
-    }
     take_listener(fd).map(Some)
 }
 

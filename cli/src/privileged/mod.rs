@@ -97,18 +97,34 @@ async fn answer(socket: &Path) -> Result<(), Option<String>> {
     }
 }
 
-/// The `kwg-helper` binary: next to this `kwg`, else on `PATH` (absolute either way: sudo's
-/// `secure_path` would not find it by name).
+/// The `kwg-helper` binary: next to this `kwg`, else (not as root) on `PATH` (absolute either
+/// way: sudo's `secure_path` would not find it by name). As root only the one next to kwg: the
+/// PATH may be a user's (sudo without `secure_path` keeps it) and root would run their binary.
 pub fn helper_binary() -> Option<PathBuf> {
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("kwg-helper")));
-    let on_path = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("kwg-helper"))
-            .find(|c| c.is_file())
-    });
-    sibling.filter(|s| s.is_file()).or(on_path)
+    let exe = std::env::current_exe().ok();
+    helper_binary_in(
+        exe.as_deref().and_then(Path::parent),
+        std::env::var_os("PATH").as_deref(),
+        nix::unistd::geteuid().is_root(),
+    )
+}
+
+/// [`helper_binary`] for kwg in `exe_dir` with `path`, as root or not.
+fn helper_binary_in(
+    exe_dir: Option<&Path>,
+    path: Option<&std::ffi::OsStr>,
+    root: bool,
+) -> Option<PathBuf> {
+    let sibling = exe_dir.map(|d| d.join("kwg-helper"));
+    if let Some(s) = sibling.filter(|s| s.is_file()) {
+        return Some(s);
+    }
+    if root {
+        return None;
+    }
+    std::env::split_paths(path?)
+        .map(|d| d.join("kwg-helper"))
+        .find(|c| c.is_file())
 }
 
 /// Makes sure a helper answers on `socket`: the running one, or one started through
@@ -129,10 +145,13 @@ pub async fn ensure_for(socket: &Path, uid: u32) -> Result<(), Error> {
             socket.display()
         ))
     };
+    let root = nix::unistd::geteuid().is_root();
     let Some(binary) = helper_binary() else {
-        return Err(not_running(
-            "kwg-helper is not installed next to kwg or on PATH",
-        ));
+        return Err(not_running(if root {
+            "kwg-helper is not installed next to kwg (as root kwg runs only that one, never one found on PATH)"
+        } else {
+            "kwg-helper is not installed next to kwg or on PATH"
+        }));
     };
     let uid = uid.to_string();
     let mut serve = std::process::Command::new(&binary);
@@ -142,8 +161,13 @@ pub async fn ensure_for(socket: &Path, uid: u32) -> Result<(), Error> {
         .arg(socket)
         .args(["--allow-uid", &uid])
         .stdout(std::process::Stdio::null());
-    if nix::unistd::geteuid().is_root() {
-        serve.stderr(std::process::Stdio::null());
+    if root {
+        // Root's environment may be the user's (sudo keeping PATH, LD_*): the helper gets
+        // only what it keeps itself, with the fixed PATH.
+        serve
+            .env_clear()
+            .envs(kwg_privhelper::server::kept_environment(std::env::vars_os()))
+            .stderr(std::process::Stdio::null());
         kwg_host::process::spawn_detached(&mut serve)
             .map_err(|e| not_running(&format!("it cannot be started ({e})")))?;
     } else {
@@ -563,6 +587,30 @@ impl LinkDns {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn root_runs_only_the_helper_next_to_kwg_never_one_on_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, user) = (dir.path().join("bin"), dir.path().join("x"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&user).unwrap();
+        std::fs::write(user.join("kwg-helper"), "").unwrap();
+        let path = std::env::join_paths([&user]).unwrap();
+        // Only on the (user's) PATH: root refuses it, a user (through sudo) may use it.
+        assert_eq!(helper_binary_in(Some(&bin), Some(&path), true), None);
+        assert_eq!(
+            helper_binary_in(Some(&bin), Some(&path), false),
+            Some(user.join("kwg-helper"))
+        );
+        // Next to kwg: that one, for both.
+        std::fs::write(bin.join("kwg-helper"), "").unwrap();
+        for root in [true, false] {
+            assert_eq!(
+                helper_binary_in(Some(&bin), Some(&path), root),
+                Some(bin.join("kwg-helper"))
+            );
+        }
+    }
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
