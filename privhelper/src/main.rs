@@ -210,7 +210,16 @@ async fn run(mut command: Command, activation: server::Activation) -> anyhow::Re
             tracing::info!(socket = %socket.display(), group, "kwg-helper serving");
             let mut signals = kwg_host::process::Signals::new()?;
             tokio::select! {
-                r = helper.serve(listener) => r?,
+                r = helper.serve(listener) => {
+                    // The listener is broken for good (EBADF, EINVAL, ENOTSOCK): no session can
+                    // be served any more; revert them all and exit (socket activation starts a
+                    // new helper at the next connection).
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "cannot accept connections: reverting every session");
+                        helper.end_all().await;
+                        return Err(e.into());
+                    }
+                }
                 _ = signals.recv() => {
                     tracing::info!("stopping: reverting every session");
                     helper.end_all().await;
@@ -354,5 +363,23 @@ mod tests {
         assert!(!Activation::from_vars(Some("41"), Some("1"), 42).fd3);
         assert!(!Activation::from_vars(Some("42"), Some("0"), 42).fd3);
         assert!(!Activation::from_vars(None, Some("1"), 42).fd3);
+    }
+
+    #[test]
+    fn only_passing_accept_errors_are_retried() {
+        let e = std::io::Error::from_raw_os_error;
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::ECONNABORTED,
+        ] {
+            assert!(server::accept_retryable(&e(errno)), "{errno}");
+        }
+        for errno in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK] {
+            assert!(!server::accept_retryable(&e(errno)), "{errno}");
+        }
+        assert!(!server::accept_retryable(&std::io::Error::other("x")));
     }
 }
